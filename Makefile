@@ -1,0 +1,38 @@
+# stabaudit developer tasks. Every install step lives here or in pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint demo bench sample-models clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check stabaudit tests bench scripts
+	$(BIN)/mypy
+
+demo: install
+	@echo "== stabaudit check sample_models/cnn.onnx"
+	-$(BIN)/stabaudit check sample_models/cnn.onnx
+	@echo "== the same model with a gate: --threshold lipschitz=1000 (exit code $$? expected 0 or 1)"
+	$(BIN)/stabaudit check sample_models/mlp.onnx --threshold lipschitz=1000 --format json --output demo-report.json; \
+		echo "exit code $$?; JSON report written to demo-report.json"
+
+bench: install
+	$(BIN)/python bench/run.py --output docs/benchmarks.md
+
+sample-models: install
+	$(BIN)/python scripts/train_sample_models.py --out sample_models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.json

@@ -1,0 +1,64 @@
+"""SA902: the engine's forward pass against the reference runtime on seeded inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabaudit.loaders.base import LoadedModel
+
+RTOL = 1e-4  # relative to the output scale max|reference|
+ATOL = 1e-6
+
+
+@dataclass(frozen=True, kw_only=True)
+class EquivalenceResult:
+    reference: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+    samples: int
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, where NaN/Inf in the same place on both sides count as agreement."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a64.shape != b64.shape:
+        return float("inf")
+    same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+    d = np.where(same, 0.0, np.abs(a64 - b64))
+    return float(np.nan_to_num(d, nan=np.inf).max(initial=0.0))
+
+
+def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> EquivalenceResult:
+    """Run both on ``samples`` seeded standard-normal float32 inputs; compare every output."""
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    graph = model.graph
+    rng = np.random.default_rng(seed)
+    ex = Executor(graph, dtype=torch.float32)
+    worst, scale = 0.0, 0.0
+    for _ in range(samples):
+        feeds = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in graph.inputs}
+        expected = model.reference(feeds)
+        with torch.no_grad():
+            got = ex(*(torch.from_numpy(feeds[s.name]) for s in graph.inputs))
+        if len(expected) != len(got):
+            return EquivalenceResult(
+                reference=model.reference_name, max_abs_diff=float("inf"), tolerance=0.0, passed=False, samples=samples
+            )
+        for e, g in zip(expected, got, strict=True):
+            worst = max(worst, _diff(g.numpy(), e))
+            finite = np.abs(np.asarray(e, dtype=np.float64)[np.isfinite(e)])
+            scale = max(scale, float(finite.max(initial=0.0)))
+    tolerance = RTOL * scale + ATOL
+    return EquivalenceResult(
+        reference=model.reference_name,
+        max_abs_diff=worst,
+        tolerance=tolerance,
+        passed=worst <= tolerance,
+        samples=samples,
+    )

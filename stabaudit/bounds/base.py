@@ -1,0 +1,73 @@
+"""The per-operator bound contract: guarantees, bounds, the rule context and the rule registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from stabaudit.ir.graph import Node
+from stabaudit.registry import Registry
+
+
+class Guarantee(str, Enum):
+    """What a number promises (STYLE convention 2)."""
+
+    UPPER = "upper"  # a sound upper bound, float rounding included
+    LOWER = "lower"  # a sound lower bound
+    ESTIMATE = "estimate"  # neither: a heuristic value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bound:
+    value: float
+    guarantee: Guarantee
+    method: str
+
+    @property
+    def certified(self) -> bool:
+        return self.guarantee is not Guarantee.ESTIMATE
+
+
+class Combine(str, Enum):
+    """How a node's Lipschitz constant composes with those of its inputs."""
+
+    CHAIN = "chain"  # unary: L_out = upper * L_in
+    SUM = "sum"  # L_out = sum_i gain_i * L_i (triangle inequality: Add, Sub)
+    STACK = "stack"  # L_out = sqrt(sum_i (gain_i * L_i)^2) (disjoint coordinates: Concat)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpBound:
+    """Lipschitz constant (L2 -> L2) of one operator at the model's shapes.
+
+    ``upper``: UPPER when sound, else ESTIMATE. ``lower``: LOWER when sound, else ESTIMATE, or None.
+    Multi-input operators give ``input_gains`` (one per input) and their ``combine`` rule.
+    """
+
+    upper: Bound
+    lower: Bound | None = None
+    combine: Combine = Combine.CHAIN
+    input_gains: tuple[float, ...] = ()
+    seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoundSettings:
+    seed: int = 0
+    power_iterations: int = 50
+    device: str = "cpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleContext:
+    """What a rule may know besides its node: the static shapes around it and the settings."""
+
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+    settings: BoundSettings = field(default_factory=BoundSettings)
+
+
+Rule = Callable[[Node, RuleContext], OpBound]
+RULES: Registry = Registry("bound rules")

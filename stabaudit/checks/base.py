@@ -1,0 +1,148 @@
+"""Check specifications, the evidence they read, the policy they apply, and the registry."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from stabaudit.errors import UsageError
+from stabaudit.registry import Registry
+from stabaudit.report.model import Equivalence, Finding, GlobalLipschitz, Layer, Severity, Status
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evidence:
+    """Everything the checks may read: analysis results, never the engine itself."""
+
+    layers: tuple[Layer, ...]
+    lipschitz: GlobalLipschitz
+    product_upper: float | None  # the composed layer-gain bound (prod s_l over the graph)
+    depth: int  # number of linear/conv layers (L in THEORY.md)
+    nonfinite: Mapping[str, int]  # layer name -> count of NaN/Inf parameters
+    equivalence: Equivalence
+    operators: int
+    source_ops: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckPolicy:
+    """Thresholds and severities after defaults, config and command line are merged."""
+
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # by threshold key
+    severities: Mapping[str, Severity] = field(default_factory=dict)  # by check id
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckSpec:
+    id: str
+    name: str
+    summary: str
+    doc: str  # the user documentation (the function's docstring): `stabaudit explain`
+    severity: Severity
+    threshold_key: str | None
+    default_threshold: float | None
+    run: Callable[[Evidence, CheckContext], Finding]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckContext:
+    """What one check gets: its spec, its effective threshold and severity."""
+
+    spec: CheckSpec
+    threshold: float | None
+    severity: Severity
+
+    def finding(self, status: Status, value: object, message: str) -> Finding:
+        return Finding(
+            id=self.spec.id,
+            name=self.spec.name,
+            status=status,
+            severity=self.severity,
+            value=value,
+            threshold=self.threshold,
+            message=message,
+        )
+
+
+CHECKS: Registry[str, CheckSpec] = Registry("checks")
+
+
+def check(
+    id: str,
+    name: str,
+    *,
+    severity: Severity,
+    threshold_key: str | None = None,
+    default_threshold: float | None = None,
+) -> Callable[[Callable[[Evidence, CheckContext], Finding]], Callable[[Evidence, CheckContext], Finding]]:
+    """Register a check; its docstring is its documentation, the first line its summary."""
+
+    def decorate(fn: Callable[[Evidence, CheckContext], Finding]) -> Callable[[Evidence, CheckContext], Finding]:
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        CHECKS.add(
+            id,
+            CheckSpec(
+                id=id,
+                name=name,
+                summary=doc.splitlines()[0] if doc else name,
+                doc=doc,
+                severity=severity,
+                threshold_key=threshold_key,
+                default_threshold=default_threshold,
+                run=fn,
+            ),
+        )
+        return fn
+
+    return decorate
+
+
+def threshold_keys() -> dict[str, str]:
+    """Every accepted threshold name (key or check id) -> the canonical key."""
+    keys: dict[str, str] = {}
+    for spec in CHECKS._items.values():
+        if spec.threshold_key:
+            keys[spec.threshold_key] = spec.threshold_key
+            keys[spec.id] = spec.threshold_key
+            keys[spec.name] = spec.threshold_key
+    return keys
+
+
+def canonical_threshold(name: str) -> str:
+    keys = threshold_keys()
+    if name not in keys:
+        known = ", ".join(sorted({k for k in keys.values()}))
+        raise UsageError(f"unknown threshold {name!r}; known: {known} (or a check id such as SA101)")
+    return keys[name]
+
+
+def run_checks(evidence: Evidence, policy: CheckPolicy) -> tuple[Finding, ...]:
+    """Every registered check in id order. A threshold the user sets makes its check an error."""
+    findings = []
+    for check_id in sorted(CHECKS):
+        spec = CHECKS.get(check_id)
+        threshold = spec.default_threshold
+        severity = spec.severity
+        if spec.threshold_key and spec.threshold_key in policy.thresholds:
+            threshold = policy.thresholds[spec.threshold_key]
+            severity = Severity.ERROR
+        severity = policy.severities.get(spec.id, severity)
+        ctx = CheckContext(spec=spec, threshold=threshold, severity=severity)
+        findings.append(spec.run(evidence, ctx))
+    return tuple(findings)
+
+
+def bracket_status(lower: float | None, upper: float | None, threshold: float, *, certified: bool) -> Status:
+    """THEORY.md's three-way status: pass only when a certified upper bound proves the condition,
+    fail only when a sound lower bound proves the violation, inconclusive otherwise."""
+    if upper is not None and certified and math.isfinite(upper) and upper <= threshold:
+        return Status.PASS
+    if lower is not None and lower > threshold:
+        return Status.FAIL
+    return Status.INCONCLUSIVE
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.6g}"

@@ -1,0 +1,97 @@
+"""Representation channel: SA101 global Lipschitz, SA102 per-layer gains, SA103 the exponent."""
+
+from __future__ import annotations
+
+import math
+
+from stabaudit.checks.base import CheckContext, Evidence, bracket_status, check, fmt
+from stabaudit.report.model import Finding, Severity, Status
+
+
+@check("SA101", "lipschitz.global", severity=Severity.WARNING, threshold_key="lipschitz", default_threshold=1.0)
+def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
+    """The whole model's L2 Lipschitz constant K is at most K_max.
+
+    Inequality: ||F(x) - F(y)||_2 <= K ||x - y||_2 for all inputs x, y (THEORY.md SA101; the
+    feedforward spectral stability condition: K <= 1 is non-expansive, K < 1 contractive).
+    Upper bound: the tightest certified method enabled (composition of certified per-layer
+    bounds over the graph: product along chains, 1 + Lip f for x + f(x), sums at Add).
+    Lower bound: the largest difference quotient |F(x) - F(y)| / |x - y| found by a seeded
+    multi-start search, confirmed in float64; its witness pair is in the report.
+    Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
+    > K_max, inconclusive when the bracket straddles K_max.
+    Assumptions: weights as stored, inputs unrestricted (a global statement), L2 norms of the
+    flattened input and output.
+    Default threshold 1 (warning); `--threshold lipschitz=VALUE` or `thresholds: {lipschitz: VALUE}`
+    in the config sets K_max and makes the check an error.
+    """
+    assert ctx.threshold is not None
+    lip = ev.lipschitz
+    status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified)
+    bracket = f"[{fmt(lip.lower)}, {fmt(lip.upper)}]"
+    text = {
+        Status.PASS: f"certified K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)}",
+        Status.FAIL: f"K >= {fmt(lip.lower)} > {fmt(ctx.threshold)} (witness pair in the report)",
+        Status.INCONCLUSIVE: f"bracket {bracket} straddles K_max = {fmt(ctx.threshold)}",
+    }[status]
+    return ctx.finding(status, {"lower": lip.lower, "upper": lip.upper}, text)
+
+
+@check("SA102", "lipschitz.layer", severity=Severity.WARNING, threshold_key="layer_lipschitz", default_threshold=1.0)
+def lipschitz_layer(ev: Evidence, ctx: CheckContext) -> Finding:
+    """Every layer's gain s_l is at most s_max (per-layer non-expansiveness).
+
+    Inequality: s_l = Lip(layer l) <= s_max for every single-input layer (linear and conv maps
+    with eval BatchNorm folded, element-wise affine maps, activations, pooling); the operator norm
+    of a linear or conv layer is that of its true operator at the model's input shape (stride,
+    padding, dilation, groups included). Residual adds and concatenations are composed at the
+    graph level and not judged here.
+    Status: pass when every certified upper bound is <= s_max, fail when a sound lower bound of
+    some layer is > s_max, inconclusive otherwise. Every layer above s_max is listed.
+    Default threshold 1 (warning); `--threshold layer_lipschitz=VALUE` sets it (error).
+    """
+    assert ctx.threshold is not None
+    t = ctx.threshold
+    judged = [layer for layer in ev.layers if layer.lipschitz.upper is not None or layer.lipschitz.lower is not None]
+    judged = [layer for layer in judged if layer.op not in ("Add", "Sub")]
+    proved_above = [
+        layer.name
+        for layer in judged
+        if layer.lipschitz.lower is not None and layer.lipschitz.lower_certified and layer.lipschitz.lower > t
+    ]
+    unproved = [
+        layer.name
+        for layer in judged
+        if not (layer.lipschitz.certified and layer.lipschitz.upper is not None and layer.lipschitz.upper <= t)
+    ]
+    uppers = [layer.lipschitz.upper for layer in judged if layer.lipschitz.upper is not None]
+    value = max(uppers) if uppers else None
+    if proved_above:
+        status, text = Status.FAIL, f"{len(proved_above)} layer(s) proved above {fmt(t)}: {', '.join(proved_above)}"
+    elif not unproved:
+        status, text = Status.PASS, f"every layer gain certified <= {fmt(t)} (max {fmt(value)})"
+    else:
+        status, text = Status.INCONCLUSIVE, f"{len(unproved)} layer(s) not proved <= {fmt(t)}: {', '.join(unproved)}"
+    return ctx.finding(status, value, text)
+
+
+@check("SA103", "stability.exponent", severity=Severity.WARNING, threshold_key="exponent", default_threshold=0.0)
+def stability_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
+    """The stability exponent Lambda = (1/L) * sum_l log s_l is at most Lambda_max.
+
+    Inequality: Lambda = (1/L) log prod_l s_l, L the number of linear/conv layers. Its certified
+    upper value is (1/L) log of the composed layer-gain bound (the end of the depth profile
+    l -> prod_{j<=l} s_j, reported beside it); its sound lower value is (1/L) log of the global
+    lower bound K_lower, since K <= prod_l s_l. The exponent alone does not prove boundedness
+    (THEORY.md): read it with SA101 and the depth profile.
+    Default threshold 0 (warning); `--threshold exponent=VALUE` sets it (error).
+    """
+    assert ctx.threshold is not None
+    if ev.depth == 0 or ev.product_upper is None:
+        return ctx.finding(Status.SKIPPED, None, "no linear or conv layer: the exponent is undefined")
+    up = math.log(ev.product_upper) / ev.depth if ev.product_upper > 0 else -math.inf
+    lo_k = ev.lipschitz.lower
+    lo = math.log(lo_k) / ev.depth if lo_k is not None and lo_k > 0 else None
+    status = bracket_status(lo, up, ctx.threshold, certified=ev.lipschitz.certified)
+    text = f"Lambda in [{fmt(lo)}, {fmt(up)}] over L = {ev.depth} layers (threshold {fmt(ctx.threshold)})"
+    return ctx.finding(status, {"lower": lo, "upper": up if math.isfinite(up) else None}, text)

@@ -1,0 +1,228 @@
+"""The command line: options -> request -> engine -> renderer -> file -> exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from stabaudit import __version__
+from stabaudit.errors import StabauditError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Certified stability audits of trained neural networks (ONNX, TorchScript).",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stabaudit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """stabaudit: certified Lipschitz brackets and stability checks (THEORY.md) with CI exit codes."""
+
+
+def _report_error(exc: StabauditError) -> None:
+    for problem in exc.problems:
+        if exc.path and not problem.startswith(exc.path):
+            typer.echo(f"error: {exc.path}: {problem}", err=True)
+        else:
+            typer.echo(f"error: {problem}", err=True)
+
+
+def _run_guarded(debug: bool, body) -> NoReturn:  # type: ignore[no-untyped-def]
+    """Map errors to CONTRACT.md exit codes: 2 for bad input, 3 for a bug; tracebacks only with --debug."""
+    try:
+        code = body()
+    except StabauditError as exc:
+        if debug:
+            traceback.print_exc()
+        _report_error(exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # an internal error: a bug in stabaudit
+        if debug:
+            traceback.print_exc()
+        typer.echo(
+            f"error: internal error: {type(exc).__name__}: {exc} (a bug in stabaudit; rerun with --debug "
+            "for the traceback and report it)",
+            err=True,
+        )
+        raise typer.Exit(3) from None
+    raise typer.Exit(code)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise UsageError(f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32")
+    return dims
+
+
+def parse_threshold(text: str) -> tuple[str, float]:
+    from stabaudit.checks import canonical_threshold
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"--threshold {text!r}: expected NAME=VALUE, e.g. lipschitz=10")
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"--threshold {text!r}: {value!r} is not a number") from None
+    return canonical_threshold(name.strip()), number
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same directory and rename: never a partial file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a TorchScript archive (torch.jit.save).")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="table | json | md (default: table, or from --output's suffix)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="An audit YAML (thresholds:, severity:, input_shape:, seed:, fail_on:).")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="Fix dynamic dims, e.g. 1,3,32,32.")] = None,
+    threshold: Annotated[list[str] | None, typer.Option("--threshold", help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, or a check id); makes the check an error.")] = None,
+    fail_on: Annotated[str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
+
+    def body() -> int:
+        from stabaudit.config import load_config
+        from stabaudit.engine import AuditRequest, audit
+        from stabaudit.renderers import RENDERERS, OutputFormat
+        from stabaudit.report.gate import FailOn
+        from stabaudit.report.model import Severity
+
+        cfg = load_config(config) if config is not None else None
+        fmt = _pick_format(format, output, OutputFormat)
+        thresholds: dict[str, float] = {}
+        if cfg is not None:
+            from stabaudit.checks import canonical_threshold
+
+            for name, value in cfg.thresholds.items():
+                thresholds[canonical_threshold(name)] = value
+        for item in threshold or []:
+            key, value = parse_threshold(item)
+            thresholds[key] = value
+        shape = parse_shape(input_shape) if input_shape else (cfg.input_shape if cfg else None)
+        fail = fail_on or (cfg.fail_on if cfg and cfg.fail_on else "error")
+        try:
+            fail_level = FailOn(fail)
+        except ValueError:
+            raise UsageError(f"--fail-on {fail!r}: expected error, warning or inconclusive") from None
+        if device not in ("cpu", "cuda"):
+            raise UsageError(f"--device {device!r}: expected cpu or cuda")
+        severities = {k: Severity(v) for k, v in (cfg.severity.items() if cfg else [])}
+        request = AuditRequest(
+            path=model,
+            input_shape=shape,
+            thresholds=thresholds,
+            severities=severities,
+            fail_on=fail_level,
+            seed=seed if seed is not None else (cfg.seed if cfg and cfg.seed is not None else 0),
+            device=device,
+        )
+        report = audit(request)
+        text = RENDERERS.get(fmt)(report)
+        if output is not None:
+            write_atomic(output, text)
+        else:
+            sys.stdout.write(text)
+        return report.exit_code
+
+    _run_guarded(debug, body)
+
+
+def _pick_format(name: str | None, output: Path | None, formats):  # type: ignore[no-untyped-def]
+    if name is not None:
+        try:
+            return formats(name)
+        except ValueError:
+            known = ", ".join(f.value for f in formats)
+            raise UsageError(f"--format {name!r}: expected one of {known}") from None
+    if output is not None:
+        guessed = formats.from_suffix(output.suffix)
+        if guessed is not None:
+            return guessed
+    return formats.TABLE
+
+
+@app.command()
+def explain(check_id: Annotated[str, typer.Argument(help="A check id such as SA101, or its name.")]) -> None:
+    """What a check proves, its inequality, its assumptions and its settings."""
+
+    def body() -> int:
+        from stabaudit.checks import CHECKS
+
+        wanted = check_id.upper()
+        for key in CHECKS:
+            spec = CHECKS.get(key)
+            if wanted in (spec.id, spec.name.upper()):
+                default = "none" if spec.default_threshold is None else f"{spec.default_threshold:g}"
+                setting = f" (set with --threshold {spec.threshold_key}=VALUE)" if spec.threshold_key else ""
+                typer.echo(f"{spec.id} {spec.name}  [default severity {spec.severity.value}, threshold {default}{setting}]\n")
+                typer.echo(spec.doc)
+                return 0
+        known = ", ".join(sorted(CHECKS))
+        raise UsageError(f"unknown check {check_id!r}; known: {known}")
+
+    _run_guarded(False, body)
+
+
+@app.command()
+def ops() -> None:
+    """The operators understood, per loader."""
+
+    def body() -> int:
+        from stabaudit.loaders import supported_operators
+
+        for loader, names in supported_operators().items():
+            typer.echo(f"{loader} ({len(names)}):")
+            typer.echo("  " + ", ".join(sorted(names)))
+        return 0
+
+    _run_guarded(False, body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

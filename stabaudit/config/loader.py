@@ -1,0 +1,94 @@
+"""The audit YAML: loaded and validated, errors name the file, the line and the key path."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stabaudit.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    thresholds: dict[str, float] = field(default_factory=dict)
+    severity: dict[str, str] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
+    seed: int | None = None
+    fail_on: str | None = None
+
+
+_KEYS = {"thresholds", "severity", "input_shape", "seed", "fail_on"}
+_SEVERITIES = {"error", "warning", "info"}
+_FAIL_ON = {"error", "warning", "inconclusive"}
+
+
+def _fail(path: Path, node: Any, key_path: str, message: str) -> ConfigError:
+    line = getattr(getattr(node, "start_mark", None), "line", None)
+    where = f"{path}:{line + 1}" if line is not None else str(path)
+    return ConfigError(f"{where}: {key_path}: {message}", path=str(path))
+
+
+def _suggest(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Parse and validate an audit config; every error is a ConfigError (exit code 2)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the config: {exc}", path=str(p)) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}", path=str(p)) from None
+    if root is None:
+        return AuditConfig()
+    if not isinstance(root, yaml.MappingNode):
+        raise _fail(p, root, "(top level)", "expected a mapping of settings")
+    out: dict[str, Any] = {}
+    for key_node, value_node in root.value:
+        key = key_node.value
+        if key not in _KEYS:
+            raise _fail(p, key_node, key, "unknown key" + _suggest(key, _KEYS))
+        value = yaml.safe_load(yaml.serialize(value_node))
+        if key == "thresholds":
+            if not isinstance(value, dict):
+                raise _fail(p, value_node, key, "expected a mapping NAME: number")
+            for (k_node, v_node), (k, v) in zip(value_node.value, value.items(), strict=True):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise _fail(p, v_node, f"thresholds.{k}", "expected a number")
+                del k_node
+            out[key] = {str(k): float(v) for k, v in value.items()}
+        elif key == "severity":
+            if not isinstance(value, dict):
+                raise _fail(p, value_node, key, "expected a mapping CHECK_ID: error|warning|info")
+            for (_k_node, v_node), (k, v) in zip(value_node.value, value.items(), strict=True):
+                if v not in _SEVERITIES:
+                    raise _fail(p, v_node, f"severity.{k}", "expected one of error, warning, info")
+            out[key] = {str(k): str(v) for k, v in value.items()}
+        elif key == "input_shape":
+            if not isinstance(value, list) or not value or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
+            ):
+                raise _fail(p, value_node, key, "expected a list of positive integers")
+            out[key] = tuple(value)
+        elif key == "seed":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise _fail(p, value_node, key, "expected a non-negative integer")
+            out[key] = value
+        elif key == "fail_on":
+            if value not in _FAIL_ON:
+                raise _fail(p, value_node, key, "expected one of error, warning, inconclusive")
+            out[key] = value
+    return AuditConfig(**out)

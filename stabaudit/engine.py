@@ -1,0 +1,206 @@
+"""audit(request) -> Report: orchestration of loading, verification, bounds and checks."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stabaudit import __version__
+from stabaudit.errors import EquivalenceError, InternalError
+from stabaudit.report.gate import FailOn, gate
+from stabaudit.report.model import (
+    Equivalence,
+    GlobalLipschitz,
+    Layer,
+    LayerLipschitz,
+    ModelInfo,
+    ProfileStep,
+    Report,
+    Severity,
+    ToolInfo,
+    Witness,
+)
+
+Observer = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRequest:
+    path: Path
+    input_shape: tuple[int, ...] | None = None
+    thresholds: Mapping[str, float] = field(default_factory=dict)  # canonical keys
+    severities: Mapping[str, Severity] = field(default_factory=dict)
+    fail_on: FailOn = FailOn.ERROR
+    seed: int = 0
+    device: str = "cpu"
+    lower_budget_s: float = 10.0
+    power_iterations: int = 50
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _nonfinite(graph) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        n = 0
+        for value in vars(node.op).values():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                n += int((~np.isfinite(value)).sum())
+        counts[node.name] = n
+    return counts
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and np.isfinite(x) else None
+
+
+def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
+    """Run one audit; raises StabauditError subclasses for anything that stops it (exit 2)."""
+    from stabaudit.analyses.composition import compose
+    from stabaudit.analyses.equivalence import check_equivalence
+    from stabaudit.analyses.lower import lower_bound
+    from stabaudit.bounds import bound_node
+    from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
+    from stabaudit.checks import CheckPolicy, Evidence, run_checks
+    from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
+    from stabaudit.ir.passes import fold_affine
+    from stabaudit.loaders import load_model
+
+    say = observer or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    say("loading")
+    loaded = load_model(request.path, input_shape=request.input_shape)
+    graph = fold_affine(loaded.graph)
+    folded = type(loaded)(
+        graph=graph,
+        format=loaded.format,
+        reference_name=loaded.reference_name,
+        reference=loaded.reference,
+        parameters=loaded.parameters,
+        source_ops=loaded.source_ops,
+        notes=loaded.notes,
+    )
+    timings["load"] = time.perf_counter() - t0
+
+    say("equivalence")
+    t = time.perf_counter()
+    eq = check_equivalence(folded, seed=request.seed)
+    timings["equivalence"] = time.perf_counter() - t
+    if not eq.passed:
+        raise EquivalenceError(
+            f"the engine's forward pass differs from {eq.reference} by {eq.max_abs_diff:.3g} "
+            f"(tolerance {eq.tolerance:.3g}) [SA902]; no bound can be trusted",
+            path=str(request.path),
+        )
+
+    say("per-layer bounds")
+    t = time.perf_counter()
+    settings = BoundSettings(seed=request.seed, power_iterations=request.power_iterations, device=request.device)
+    op_bounds = {}
+    layers: list[Layer] = []
+    for node in graph.nodes:
+        ctx = RuleContext(
+            input_shapes=tuple(graph.shapes[name] for name in node.inputs),
+            output_shape=graph.shapes[node.output],
+            settings=settings,
+        )
+        ob = bound_node(node, ctx)
+        op_bounds[node.output] = ob
+        if node.op.type in STRUCTURAL:
+            continue
+        if ob.combine is not Combine.CHAIN:
+            lip = LayerLipschitz(upper=None, lower=None, method="composed at graph level", certified=True)
+        else:
+            lip = LayerLipschitz(
+                upper=_finite(ob.upper.value),
+                lower=_finite(ob.lower.value) if ob.lower else None,
+                method=ob.upper.method,
+                certified=ob.upper.certified and np.isfinite(ob.upper.value),
+                lower_method=ob.lower.method if ob.lower else "",
+                lower_certified=bool(ob.lower and ob.lower.certified),
+            )
+        layers.append(
+            Layer(name=node.name, op=node.op.type.value, source_op=node.source_op, lipschitz=lip, seconds=ob.seconds)
+        )
+    timings["layer_bounds"] = time.perf_counter() - t
+
+    say("global bound")
+    t = time.perf_counter()
+    comp = compose(graph, op_bounds)
+    timings["composition"] = time.perf_counter() - t
+
+    say("lower bound search")
+    t = time.perf_counter()
+    low = lower_bound(graph, seed=request.seed, budget_s=request.lower_budget_s)
+    timings["lower_bound"] = time.perf_counter() - t
+
+    upper = _finite(comp.upper.value)
+    lower = _finite(low.value) if low.value > 0 else None
+    if upper is not None and lower is not None and lower > upper:
+        raise InternalError(
+            f"the lower bound {lower:.6g} exceeds the certified upper bound {upper:.6g}: a bug in stabaudit, "
+            "please report it with the model",
+            path=str(request.path),
+        )
+    witness = (
+        Witness(x=tuple(low.witness.x), y=tuple(low.witness.y), quotient=low.witness.quotient)
+        if low.witness is not None and lower is not None
+        else None
+    )
+    lipschitz = GlobalLipschitz(
+        upper=upper,
+        lower=lower,
+        upper_method=comp.upper.method,
+        lower_method=low.method,
+        certified=comp.upper.certified and upper is not None,
+        witness=witness,
+    )
+    equivalence = Equivalence(
+        reference=eq.reference, max_abs_diff=eq.max_abs_diff, tolerance=eq.tolerance, passed=eq.passed, samples=eq.samples
+    )
+    evidence = Evidence(
+        layers=tuple(layers),
+        lipschitz=lipschitz,
+        product_upper=upper,
+        depth=sum(1 for node in graph.nodes if node.op.type in LINEAR_MAPS),
+        nonfinite=_nonfinite(graph),
+        equivalence=equivalence,
+        operators=len(graph.nodes),
+        source_ops=dict(loaded.source_ops),
+    )
+    findings = run_checks(evidence, CheckPolicy(thresholds=dict(request.thresholds), severities=dict(request.severities)))
+    verdict, exit_code = gate(findings, request.fail_on)
+    timings["total"] = time.perf_counter() - t0
+    return Report(
+        tool=ToolInfo(name="stabaudit", version=__version__),
+        model=ModelInfo(
+            path=str(request.path),
+            format=loaded.format.value,
+            sha256=_sha256(request.path),
+            parameters=loaded.parameters,
+            input_shape=tuple(graph.inputs[0].shape),
+        ),
+        equivalence=equivalence,
+        layers=tuple(layers),
+        lipschitz=lipschitz,
+        profile=tuple(ProfileStep(layer=name, upper=_finite(value)) for name, value in comp.profile),
+        checks=findings,
+        verdict=verdict,
+        exit_code=exit_code,
+        fail_on=request.fail_on.value,
+        timings={k: round(v, 4) for k, v in timings.items()},
+        notes=tuple(loaded.notes),
+    )

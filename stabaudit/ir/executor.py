@@ -1,0 +1,226 @@
+"""A torch executor of the IR: forward passes in any dtype/device, usable under autograd and vmap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stabaudit.errors import ModelLoadError
+from stabaudit.ir import ops as O
+from stabaudit.ir.graph import Graph, Node
+
+if TYPE_CHECKING:
+    import torch
+
+Kernel = Callable[[Sequence["torch.Tensor"]], "torch.Tensor"]
+
+
+def _torch_pads(pads: tuple[int, ...]) -> list[int]:
+    """IR pads (begin..., end...) over the last N axes -> F.pad order (last axis first)."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for axis in reversed(range(n)):
+        out += [pads[axis], pads[axis + n]]
+    return out
+
+
+def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
+    """The torch function of one op; parameters converted once through ``param``."""
+    import torch
+    import torch.nn.functional as F
+
+    match op:
+        case O.Linear(weight=w, bias=b):
+            wt, bt = param(w), (param(b) if b is not None else None)
+            return lambda a: F.linear(a[0], wt, bt)
+        case O.Conv(weight=w, bias=b, strides=s, pads=p, dilations=d, groups=g):
+            wt, bt = param(w), (param(b) if b is not None else None)
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(s)]
+            tp = _torch_pads(p)
+            return lambda a: conv(F.pad(a[0], tp) if any(tp) else a[0], wt, bt, s, 0, d, g)
+        case O.ConvTranspose(weight=w, bias=b, strides=s, pads=p, dilations=d, groups=g, output_padding=op_):
+            wt, bt = param(w), (param(b) if b is not None else None)
+            convt = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(s)]
+            n = len(s)
+
+            def conv_transpose(a: Sequence[torch.Tensor]) -> torch.Tensor:
+                # full transposed conv, then crop pads (begin, end) and append output_padding
+                y = convt(a[0], wt, bt, s, 0, op_, g, d)
+                index: list[slice] = [slice(None), slice(None)]
+                for i in range(n):
+                    index.append(slice(p[i], y.shape[2 + i] - p[i + n]))
+                return y[tuple(index)]
+
+            return conv_transpose
+        case O.Affine(scale=sc, shift=sh):
+            st = param(sc) if sc is not None else None
+            ht = param(sh) if sh is not None else None
+
+            def affine(a: Sequence[torch.Tensor]) -> torch.Tensor:
+                y = a[0]
+                if st is not None:
+                    y = y * st
+                if ht is not None:
+                    y = y + ht
+                return y
+
+            return affine
+        case O.Add():
+            return lambda a: a[0] + a[1]
+        case O.Sub():
+            return lambda a: a[0] - a[1]
+        case O.Relu():
+            return lambda a: F.relu(a[0])
+        case O.LeakyRelu(alpha=alpha):
+            return lambda a: F.leaky_relu(a[0], alpha)
+        case O.PRelu(slope=slope):
+            sl = param(slope)
+            return lambda a: torch.where(a[0] >= 0, a[0], a[0] * sl)
+        case O.Sigmoid():
+            return lambda a: torch.sigmoid(a[0])
+        case O.Tanh():
+            return lambda a: torch.tanh(a[0])
+        case O.Softplus(beta=beta):
+            return lambda a: F.softplus(a[0], beta=beta, threshold=1e4)
+        case O.Elu(alpha=alpha):
+            return lambda a: F.elu(a[0], alpha)
+        case O.Gelu(approximate=approx):
+            return lambda a: F.gelu(a[0], approximate=approx)
+        case O.HardSigmoid(alpha=alpha, beta=beta):
+            return lambda a: torch.clamp(a[0] * alpha + beta, 0.0, 1.0)
+        case O.HardSwish():
+            return lambda a: F.hardswish(a[0])
+        case O.Silu():
+            return lambda a: F.silu(a[0])
+        case O.Clip(min=lo, max=hi):
+            return lambda a: torch.clamp(a[0], lo, hi)
+        case O.Softmax(axis=axis):
+            return lambda a: torch.softmax(a[0], dim=axis)
+        case O.MaxPool(kernel=k, strides=s, pads=p, dilations=d, ceil_mode=cm):
+            pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(k)]
+            tp = _torch_pads(p)
+            return lambda a: pool(
+                F.pad(a[0], tp, value=-float("inf")) if any(tp) else a[0], k, s, 0, d, ceil_mode=cm
+            )
+        case O.AvgPool():
+            return _avg_pool_kernel(op)
+        case O.GlobalAvgPool():
+            return lambda a: a[0].mean(dim=tuple(range(2, a[0].dim())), keepdim=True)
+        case O.GlobalMaxPool():
+            return lambda a: a[0].amax(dim=tuple(range(2, a[0].dim())), keepdim=True)
+        case O.Reshape(shape=shape):
+            return lambda a: a[0].reshape(shape)
+        case O.Transpose(perm=perm):
+            return lambda a: a[0].permute(perm)
+        case O.Pad(pads=p, value=v):
+            tp = _torch_pads(p)
+            return lambda a: F.pad(a[0], tp, value=v)
+        case O.Concat(axis=axis):
+            return lambda a: torch.cat(list(a), dim=axis)
+    raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
+
+
+def _avg_pool_kernel(op: O.AvgPool) -> Kernel:
+    """Average pooling as (window sum) / (window count): exact for asymmetric pads and ceil mode."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(op.kernel)
+    tp = _torch_pads(op.pads)
+    if any(d != 1 for d in op.dilations):
+        raise ModelLoadError("AveragePool with dilations is not supported")
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+
+    def sum_pool(x: torch.Tensor) -> torch.Tensor:
+        if n == 1:  # avg_pool1d has no divisor_override
+            return pool(x, op.kernel, op.strides, 0, op.ceil_mode, True) * op.kernel[0]
+        return pool(x, op.kernel, op.strides, 0, op.ceil_mode, True, 1)  # type: ignore[call-arg]
+
+    def avg_pool(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = a[0]
+        spatial = x.shape[-n:]
+        if op.count_include_pad:
+            mask = F.pad(torch.ones((1, 1, *spatial), dtype=x.dtype, device=x.device), tp, value=1.0)
+        else:
+            mask = F.pad(torch.ones((1, 1, *spatial), dtype=x.dtype, device=x.device), tp, value=0.0)
+        xs = F.pad(x, tp) if any(tp) else x
+        return sum_pool(xs) / sum_pool(mask)
+
+    return avg_pool
+
+
+class Executor:
+    """Runs a graph in torch; parameters are converted once to ``dtype`` on ``device``."""
+
+    def __init__(self, graph: Graph, *, dtype: Any = None, device: str = "cpu"):
+        import torch
+
+        self.graph = graph
+        self.dtype = dtype if dtype is not None else torch.float32
+        self.device = device
+        self._kernels: list[tuple[Node, Kernel]] = []
+        for node in graph.nodes:
+            try:
+                self._kernels.append((node, _kernel(node.op, self._param)))
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"node {node.name!r} ({node.op.type.value}): {exc}") from exc
+
+    def _param(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.array(array, dtype=np.float64)).to(self.dtype).to(self.device)
+
+    def run(self, inputs: Mapping[str, torch.Tensor], *, keep: bool = False) -> dict[str, torch.Tensor]:
+        """Evaluate the graph; returns the outputs (every value when ``keep``)."""
+        env: dict[str, torch.Tensor] = dict(inputs)
+        for node, kernel in self._kernels:
+            try:
+                env[node.output] = kernel([env[name] for name in node.inputs])
+            except Exception as exc:  # re-raised with the node's context (STYLE convention 4)
+                raise RuntimeError(f"node {node.name!r} ({node.op.type.value}): {exc}") from exc
+        if keep:
+            return env
+        return {name: env[name] for name in self.graph.outputs}
+
+    def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.run(dict(zip(self.graph.input_names, args, strict=True)))
+        return tuple(out[name] for name in self.graph.outputs)
+
+    def flat(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """f(x) with x the concatenation of all flattened inputs and the result likewise.
+
+        Works on one example (shape [n]); batch it with torch.func.vmap.
+        """
+        import torch
+
+        specs = self.graph.inputs
+        sizes = [int(np.prod(s.shape)) for s in specs]
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            parts = torch.split(x, sizes)
+            args = [p.reshape(s.shape) for p, s in zip(parts, specs, strict=True)]
+            return torch.cat([y.reshape(-1) for y in self(*args)])
+
+        return f
+
+
+def infer_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], nodes: Sequence[Node]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value, computed on torch's meta device (no data is allocated)."""
+    import torch
+
+    from stabaudit.ir.graph import Graph, TensorSpec
+
+    specs = tuple(TensorSpec(name=n, shape=tuple(s)) for n, s in inputs)
+    outputs = tuple(node.output for node in nodes[-1:]) or tuple(n for n, _ in inputs)
+    graph = Graph(inputs=specs, outputs=outputs, nodes=tuple(nodes))
+    ex = Executor(graph, dtype=torch.float32, device="meta")
+    env = ex.run({s.name: torch.empty(s.shape, device="meta") for s in specs}, keep=True)
+    return {name: tuple(int(d) for d in t.shape) for name, t in env.items()}
+
+
+def with_shapes(graph: Graph) -> Graph:
+    """The same graph with ``shapes`` filled in for every value."""
+    shapes = infer_shapes([(s.name, s.shape) for s in graph.inputs], graph.nodes)
+    return Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=graph.nodes, shapes=shapes)

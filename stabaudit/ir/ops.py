@@ -1,0 +1,312 @@
+"""Canonical operators of the IR: one frozen dataclass per operator, with resolved attributes.
+
+Loaders translate every source operator into these (attribute defaults and opset quirks are
+resolved in the loader, once). Parameters are numpy arrays as stored in the model; analyses
+convert them to float64 themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import ClassVar
+
+import numpy as np
+
+
+class OpType(str, Enum):
+    LINEAR = "Linear"
+    CONV = "Conv"
+    CONV_TRANSPOSE = "ConvTranspose"
+    AFFINE = "Affine"
+    ADD = "Add"
+    SUB = "Sub"
+    RELU = "Relu"
+    LEAKY_RELU = "LeakyRelu"
+    PRELU = "PRelu"
+    SIGMOID = "Sigmoid"
+    TANH = "Tanh"
+    SOFTPLUS = "Softplus"
+    ELU = "Elu"
+    GELU = "Gelu"
+    HARD_SIGMOID = "HardSigmoid"
+    HARD_SWISH = "HardSwish"
+    SILU = "Silu"
+    CLIP = "Clip"
+    SOFTMAX = "Softmax"
+    MAX_POOL = "MaxPool"
+    AVG_POOL = "AveragePool"
+    GLOBAL_AVG_POOL = "GlobalAveragePool"
+    GLOBAL_MAX_POOL = "GlobalMaxPool"
+    RESHAPE = "Reshape"
+    TRANSPOSE = "Transpose"
+    PAD = "Pad"
+    CONCAT = "Concat"
+
+
+def _arr(a: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return None
+    out = np.asarray(a)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Op:
+    """Base of every operator; ``type`` is the canonical OpType."""
+
+    type: ClassVar[OpType]
+    arity: ClassVar[int] = 1  # number of variable inputs; -1 for variadic
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                object.__setattr__(self, name, _arr(value))
+
+    def parameter_count(self) -> int:
+        return int(sum(v.size for v in vars(self).values() if isinstance(v, np.ndarray)))
+
+
+# ---- linear maps -------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Linear(Op):
+    """y = x @ weight.T + bias over the last axis; weight is [out, in]."""
+
+    type = OpType.LINEAR
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Conv(Op):
+    """N-d cross-correlation (N = len(strides)); weight [C_out, C_in/groups, k...].
+
+    pads = (begin_0, ..., begin_{N-1}, end_0, ..., end_{N-1}), zero padding.
+    """
+
+    type = OpType.CONV
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ConvTranspose(Op):
+    """Transposed convolution; weight [C_in, C_out/groups, k...]; pads as for Conv."""
+
+    type = OpType.CONV_TRANSPOSE
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    groups: int = 1
+    output_padding: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Affine(Op):
+    """Element-wise y = x * scale + shift, both broadcast to the input's shape (numpy rules).
+
+    Eval-mode BatchNormalization, Mul/Div/Add/Sub by constants and normalisation all land here.
+    """
+
+    type = OpType.AFFINE
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Add(Op):
+    """Sum of two variable tensors (numpy broadcasting); residual connections."""
+
+    type = OpType.ADD
+    arity = 2
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Sub(Op):
+    """Difference of two variable tensors (numpy broadcasting)."""
+
+    type = OpType.SUB
+    arity = 2
+
+
+# ---- activations -------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Relu(Op):
+    type = OpType.RELU
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LeakyRelu(Op):
+    type = OpType.LEAKY_RELU
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PRelu(Op):
+    """y = x if x >= 0 else slope * x; slope broadcast to the input (numpy rules)."""
+
+    type = OpType.PRELU
+    slope: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Sigmoid(Op):
+    type = OpType.SIGMOID
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Tanh(Op):
+    type = OpType.TANH
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Softplus(Op):
+    """y = log(1 + exp(beta * x)) / beta."""
+
+    type = OpType.SOFTPLUS
+    beta: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Elu(Op):
+    type = OpType.ELU
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Gelu(Op):
+    """approximate: "none" (exact, erf) or "tanh"."""
+
+    type = OpType.GELU
+    approximate: str = "none"
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class HardSigmoid(Op):
+    """y = max(0, min(1, alpha * x + beta))."""
+
+    type = OpType.HARD_SIGMOID
+    alpha: float = 0.2
+    beta: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class HardSwish(Op):
+    """y = x * max(0, min(1, x / 6 + 1 / 2))."""
+
+    type = OpType.HARD_SWISH
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Silu(Op):
+    type = OpType.SILU
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Clip(Op):
+    """y = min(max(x, min), max); None means unbounded on that side (ReLU6, HardTanh)."""
+
+    type = OpType.CLIP
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Softmax(Op):
+    type = OpType.SOFTMAX
+    axis: int = -1
+
+
+# ---- pooling -----------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MaxPool(Op):
+    """pads as for Conv (padding never wins a max)."""
+
+    type = OpType.MAX_POOL
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AvgPool(Op):
+    """pads as for Conv; count_include_pad decides whether padding counts in the divisor."""
+
+    type = OpType.AVG_POOL
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    count_include_pad: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class GlobalAvgPool(Op):
+    """Mean over every axis after the first two (keeps them as size 1)."""
+
+    type = OpType.GLOBAL_AVG_POOL
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class GlobalMaxPool(Op):
+    type = OpType.GLOBAL_MAX_POOL
+
+
+# ---- structure ---------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Reshape(Op):
+    """Reshape to a static shape (Flatten, Squeeze, Unsqueeze, View all become this)."""
+
+    type = OpType.RESHAPE
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Transpose(Op):
+    type = OpType.TRANSPOSE
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Pad(Op):
+    """Constant padding; pads = (begin per axis..., end per axis...) over all axes."""
+
+    type = OpType.PAD
+    pads: tuple[int, ...]
+    value: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Concat(Op):
+    type = OpType.CONCAT
+    arity = -1
+    axis: int = 1
+
+
+ACTIVATIONS: frozenset[OpType] = frozenset(
+    {
+        OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
+        OpType.SOFTPLUS, OpType.ELU, OpType.GELU, OpType.HARD_SIGMOID, OpType.HARD_SWISH,
+        OpType.SILU, OpType.CLIP, OpType.SOFTMAX,
+    }
+)
+LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE})
+POOLING: frozenset[OpType] = frozenset(
+    {OpType.MAX_POOL, OpType.AVG_POOL, OpType.GLOBAL_AVG_POOL, OpType.GLOBAL_MAX_POOL}
+)
+# Operators that only move or embed entries: isometries, not reported as layers.
+STRUCTURAL: frozenset[OpType] = frozenset(
+    {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT}
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")] + ["field"]

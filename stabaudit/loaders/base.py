@@ -1,0 +1,31 @@
+"""What every loader returns: the IR graph plus the reference runtime that SA902 compares against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from stabaudit.ir.graph import Graph
+
+
+class ModelFormat(str, Enum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+
+# Runs the original model on named float32 inputs; returns its outputs in graph-output order.
+ReferenceRun = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LoadedModel:
+    graph: Graph  # validated, shapes filled (stabaudit.ir.executor.with_shapes)
+    format: ModelFormat
+    reference_name: str  # "onnxruntime" | "torchscript"
+    reference: ReferenceRun
+    parameters: int  # number of stored parameter elements of the source model
+    source_ops: Mapping[str, int] = field(default_factory=dict)  # op counts of the source model
+    notes: tuple[str, ...] = ()  # what the loader changed (opset lifted, constants folded, ...)

@@ -1,0 +1,6 @@
+"""Renderers: one module per output format, registered by explicit import."""
+
+from stabaudit.renderers import json, markdown, table  # noqa: F401  (registration)
+from stabaudit.renderers.base import RENDERERS, OutputFormat
+
+__all__ = ["RENDERERS", "OutputFormat"]

@@ -1,0 +1,123 @@
+"""The immutable report: what an audit found, independent of how it is rendered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = "1"
+
+
+class Status(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}[self]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolInfo:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    path: str
+    format: str
+    sha256: str
+    parameters: int
+    input_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Equivalence:
+    reference: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+    samples: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerLipschitz:
+    upper: float | None
+    lower: float | None
+    method: str
+    certified: bool  # the upper bound is sound
+    lower_method: str = ""
+    lower_certified: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    name: str
+    op: str
+    source_op: str
+    lipschitz: LayerLipschitz
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Witness:
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    quotient: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalLipschitz:
+    upper: float | None
+    lower: float | None
+    upper_method: str
+    lower_method: str
+    certified: bool
+    witness: Witness | None
+    norm: str = "l2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileStep:
+    """Running certified bound of the depth profile l -> prod_{j<=l} s_j after one layer."""
+
+    layer: str
+    upper: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finding:
+    id: str
+    name: str
+    status: Status
+    severity: Severity
+    value: Any
+    threshold: Any
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    tool: ToolInfo
+    model: ModelInfo
+    equivalence: Equivalence
+    layers: tuple[Layer, ...]
+    lipschitz: GlobalLipschitz
+    profile: tuple[ProfileStep, ...]
+    checks: tuple[Finding, ...]
+    verdict: str
+    exit_code: int
+    fail_on: str
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    schema_version: str = SCHEMA_VERSION

@@ -1,0 +1,125 @@
+"""The checks' three-way status, thresholds and severities against hand-built evidence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stabaudit.checks import CHECKS, CheckPolicy, Evidence, canonical_threshold, run_checks
+from stabaudit.errors import UsageError
+from stabaudit.report.model import (
+    Equivalence,
+    GlobalLipschitz,
+    Layer,
+    LayerLipschitz,
+    Severity,
+    Status,
+)
+
+
+def layer(name: str, lower: float | None, upper: float | None, *, certified: bool = True, op: str = "Linear") -> Layer:
+    return Layer(
+        name=name,
+        op=op,
+        source_op=op,
+        lipschitz=LayerLipschitz(
+            upper=upper, lower=lower, method="svd", certified=certified, lower_method="svd", lower_certified=True
+        ),
+    )
+
+
+def evidence(lower: float | None, upper: float | None, *, layers=(), certified=True, depth=2, nonfinite=None) -> Evidence:
+    return Evidence(
+        layers=tuple(layers),
+        lipschitz=GlobalLipschitz(
+            upper=upper, lower=lower, upper_method="product", lower_method="search", certified=certified, witness=None
+        ),
+        product_upper=upper,
+        depth=depth,
+        nonfinite=nonfinite or {},
+        equivalence=Equivalence(reference="onnxruntime", max_abs_diff=1e-7, tolerance=1e-4, passed=True, samples=4),
+        operators=5,
+    )
+
+
+def by_id(findings, check_id):
+    return next(f for f in findings if f.id == check_id)
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "threshold", "status"),
+    [
+        (0.5, 0.9, 1.0, Status.PASS),
+        (1.5, 3.0, 1.0, Status.FAIL),
+        (0.5, 3.0, 1.0, Status.INCONCLUSIVE),
+        (None, 3.0, 1.0, Status.INCONCLUSIVE),
+        (2.0, 4.0, 4.0, Status.PASS),  # the upper bound equal to the threshold proves it
+    ],
+)
+def test_sa101_three_way_status(lower, upper, threshold, status):
+    f = by_id(run_checks(evidence(lower, upper), CheckPolicy(thresholds={"lipschitz": threshold})), "SA101")
+    assert f.status is status
+    assert f.threshold == threshold
+    assert f.value == {"lower": lower, "upper": upper}
+
+
+def test_sa101_estimate_upper_never_passes():
+    f = by_id(run_checks(evidence(0.1, 0.5, certified=False), CheckPolicy()), "SA101")
+    assert f.status is Status.INCONCLUSIVE
+
+
+def test_user_threshold_makes_check_an_error_and_default_is_warning():
+    default = by_id(run_checks(evidence(2, 3), CheckPolicy()), "SA101")
+    assert default.severity is Severity.WARNING and default.status is Status.FAIL
+    assert default.threshold == 1.0
+    set_ = by_id(run_checks(evidence(2, 3), CheckPolicy(thresholds={"lipschitz": 1.5})), "SA101")
+    assert set_.severity is Severity.ERROR
+    over = by_id(
+        run_checks(evidence(2, 3), CheckPolicy(thresholds={"lipschitz": 1.5}, severities={"SA101": Severity.INFO})),
+        "SA101",
+    )
+    assert over.severity is Severity.INFO
+
+
+def test_sa102_lists_layers_and_uses_certified_lower_bounds():
+    layers = [layer("a", 0.5, 0.8), layer("b", 1.2, 1.3), layer("c", 0.9, 1.1)]
+    f = by_id(run_checks(evidence(1, 2, layers=layers), CheckPolicy()), "SA102")
+    assert f.status is Status.FAIL and "b" in f.message and f.value == pytest.approx(1.3)
+    f2 = by_id(run_checks(evidence(1, 2, layers=[layers[0], layers[2]]), CheckPolicy()), "SA102")
+    assert f2.status is Status.INCONCLUSIVE and "c" in f2.message
+    f3 = by_id(run_checks(evidence(1, 2, layers=[layers[0]]), CheckPolicy()), "SA102")
+    assert f3.status is Status.PASS
+    f4 = by_id(run_checks(evidence(1, 2, layers=[layer("d", 0.5, 0.8, certified=False)]), CheckPolicy()), "SA102")
+    assert f4.status is Status.INCONCLUSIVE
+
+
+def test_sa103_exponent_from_composed_bound_over_depth():
+    f = by_id(run_checks(evidence(math.e**2, math.e**4, depth=2), CheckPolicy()), "SA103")
+    assert f.value["upper"] == pytest.approx(2.0) and f.value["lower"] == pytest.approx(1.0)
+    assert f.status is Status.FAIL
+    f2 = by_id(run_checks(evidence(0.1, 0.5, depth=3), CheckPolicy()), "SA103")
+    assert f2.status is Status.PASS and f2.value["upper"] == pytest.approx(math.log(0.5) / 3)
+    f3 = by_id(run_checks(evidence(0.1, 0.5, depth=0), CheckPolicy()), "SA103")
+    assert f3.status is Status.SKIPPED
+
+
+def test_sa402_fails_on_nonfinite_weights():
+    f = by_id(run_checks(evidence(1, 2, nonfinite={"fc1": 3, "fc2": 0}), CheckPolicy()), "SA402")
+    assert f.status is Status.FAIL and f.value == 3 and "fc1" in f.message
+    assert f.severity is Severity.ERROR
+    assert by_id(run_checks(evidence(1, 2), CheckPolicy()), "SA402").status is Status.PASS
+
+
+def test_threshold_names_and_ids_resolve():
+    assert canonical_threshold("SA101") == "lipschitz"
+    assert canonical_threshold("lipschitz.layer") == "layer_lipschitz"
+    with pytest.raises(UsageError, match="unknown threshold"):
+        canonical_threshold("lipschitzz")
+
+
+def test_every_check_is_documented_and_ids_are_stable():
+    assert sorted(CHECKS) == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    for key in CHECKS:
+        spec = CHECKS.get(key)
+        assert len(spec.doc.splitlines()) >= 3, key
