@@ -1,0 +1,95 @@
+"""Benchmarks of `stabaudit check`: wall time, peak memory, bracket; writes docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL = ROOT.parent / "shared" / "models" / "external"
+EXE = Path(sys.executable).parent / "stabaudit"
+
+SAMPLES = ["mlp.onnx", "mlp.pt", "cnn.onnx", "cnn.pt", "resnet.onnx", "resnet.pt"]
+RESNETS = [
+    "cifar10_resnet/resnet_2b.onnx",
+    "cifar10_resnet/resnet_4b.onnx",
+    "sri_resnet_a/resnet_3b2_bn_mixup_adv_4.0_bs128_lr-1.onnx",
+]
+
+
+def measure(args: list[str]) -> tuple[int, float, float, str]:
+    """Run a command; return (exit code, wall seconds, peak RSS in MiB of that child, stdout)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        text = out.read().decode()
+    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024, text
+
+
+def startup(repeats: int) -> tuple[float, bool]:
+    best = min(measure([str(EXE), "--help"])[1] for _ in range(repeats))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, stabaudit.cli as c; sys.argv=['stabaudit','--help'];\n"
+         "try:\n c.main()\nexcept SystemExit:\n pass\nprint('torch' in sys.modules, file=sys.stderr)"],
+        capture_output=True, text=True, check=False,
+    )
+    return best, probe.stderr.strip().endswith("False")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rows = []
+    models = [ROOT / "sample_models" / name for name in SAMPLES]
+    models += [EXTERNAL / name for name in RESNETS if (EXTERNAL / name).exists()]
+    for model in models:
+        code, wall, rss, text = measure([str(EXE), "check", str(model), "--format", "json"])
+        lip = json.loads(text)["lipschitz"] if code in (0, 1) else {}
+        name = model.relative_to(ROOT) if model.is_relative_to(ROOT) else Path("../shared/models/external") / model.relative_to(EXTERNAL)
+        rows.append((str(name), code, wall, rss, lip.get("lower"), lip.get("upper")))
+        print(rows[-1], flush=True)
+    help_s, torch_free = startup(args.repeats)
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Regenerate with `make bench` (bench/run.py). Machine: "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, CPU only.",
+        "",
+        "## `stabaudit check MODEL --format json`: wall time, peak memory, certified bracket",
+        "",
+        "| model | exit | wall s | peak RSS MiB | lower | upper (certified) | upper/lower |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, code, wall, rss, lo, up in rows:
+        ratio = f"{up / lo:.3g}" if lo and up else "-"
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append(f"| {name} | {code} | {wall:.2f} | {rss:.0f} | {fmt(lo)} | {fmt(up)} | {ratio} |")
+    lines += [
+        "",
+        "## Start-up",
+        "",
+        f"`stabaudit --help`: {help_s * 1000:.0f} ms (best of {args.repeats}); "
+        f"torch imported: {'no' if torch_free else 'YES (regression)'}.",
+        "",
+    ]
+    args.output.write_text("\n".join(lines))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""A hand-built Report for renderer and gate tests (no engine involved)."""
+
+from __future__ import annotations
+
+from stabaudit.report.model import (
+    Equivalence,
+    Finding,
+    GlobalLipschitz,
+    Layer,
+    LayerLipschitz,
+    ModelInfo,
+    ProfileStep,
+    Report,
+    Severity,
+    Status,
+    ToolInfo,
+    Witness,
+)
+
+
+def make_report() -> Report:
+    return Report(
+        tool=ToolInfo(name="stabaudit", version="0.1.0"),
+        model=ModelInfo(path="m.onnx", format="onnx", sha256="ab" * 32, parameters=123, input_shape=(1, 4)),
+        equivalence=Equivalence(reference="onnxruntime", max_abs_diff=1.5e-7, tolerance=1e-4, passed=True, samples=4),
+        layers=(
+            Layer(
+                name="fc1",
+                op="Linear",
+                source_op="Gemm",
+                lipschitz=LayerLipschitz(upper=2.5, lower=2.4999, method="svd", certified=True, lower_method="svd", lower_certified=True),
+            ),
+            Layer(
+                name="conv",
+                op="Conv",
+                source_op="Conv",
+                lipschitz=LayerLipschitz(upper=1.25, lower=1.2, method="circulant-embedding", certified=True, lower_method="power-iteration"),
+            ),
+            Layer(
+                name="relu",
+                op="Relu",
+                source_op="Relu",
+                lipschitz=LayerLipschitz(upper=1.0, lower=1.0, method="constant", certified=True),
+            ),
+        ),
+        lipschitz=GlobalLipschitz(
+            upper=3.125,
+            lower=1.5,
+            upper_method="product",
+            lower_method="search",
+            certified=True,
+            witness=Witness(x=(0.0, 1.0), y=(0.5, 1.0), quotient=1.5),
+        ),
+        profile=(ProfileStep(layer="fc1", upper=2.5), ProfileStep(layer="conv", upper=3.125)),
+        checks=(
+            Finding(id="SA101", name="lipschitz.global", status=Status.FAIL, severity=Severity.WARNING,
+                    value={"lower": 1.5, "upper": 3.125}, threshold=1.0, message="K >= 1.5 > 1"),
+            Finding(id="SA402", name="weights.finite", status=Status.PASS, severity=Severity.ERROR,
+                    value=0, threshold=None, message="every parameter is finite"),
+        ),
+        verdict="pass",
+        exit_code=0,
+        fail_on="error",
+        timings={"total": 0.5},
+    )
