@@ -1,0 +1,687 @@
+"""TorchScript archive -> IR graph: torch.jit.load only, calls inlined, every operator translated."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import operator
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stabaudit.errors import ModelLoadError, ResourceError, UnsupportedOperatorError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import infer_shapes, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.loaders.base import LoadedModel, ModelFormat
+
+if TYPE_CHECKING:
+    from stabaudit.loaders.ts_ops.base import Var
+
+MAX_ARCHIVE_BYTES = 2 * 1024**3  # archives above this are refused before torch.jit.load reads them
+EXTRA_FILE = "stabaudit.json"  # optional extra file of the archive: {"input_shape": [...]}
+MAX_LOOP_ITERATIONS = 100_000  # prim::Loop unrolling guard
+
+_INPUT_SHAPE_HINT = (
+    "pass --input-shape (e.g. --input-shape 1,3,32,32) or save the archive with "
+    f'_extra_files={{"{EXTRA_FILE}": \'{{"input_shape": [...]}}\'}}'
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SCOPE_PART = re.compile(r"(\w+)\([^()]*\)")
+
+
+def supported_operators() -> list[str]:
+    """The TorchScript operators the loader translates (in-place "op_" variants included)."""
+    from stabaudit.loaders.ts_ops import TRANSLATORS
+
+    return sorted(TRANSLATORS)
+
+
+def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Load a torch.jit.save archive and translate ``forward`` at a static input shape.
+
+    The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file.
+    """
+    import torch
+
+    where = str(path)
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError("file not found", path=where)
+    size = file.stat().st_size
+    if size > MAX_ARCHIVE_BYTES:
+        raise ResourceError(
+            f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
+        )
+    extra = {EXTRA_FILE: ""}
+    try:
+        module = torch.jit.load(where, map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # any failure of torch's reader means: not a loadable archive
+        raise ModelLoadError(
+            f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
+        ) from exc
+    module.eval()
+    try:
+        graph = module.forward.graph.copy()
+    except (AttributeError, RuntimeError) as exc:
+        raise ModelLoadError("the archive's module has no forward method", path=where) from exc
+    # Inline every call and walk the result ourselves rather than torch.jit.freeze it: freezing
+    # folds BatchNorm into convolutions in float32 and merges equal constants, so the graph would
+    # neither hold the stored weights nor keep each layer's module path (used for layer names).
+    torch._C._jit_pass_inline(graph)
+    torch._C._jit_pass_dce(graph)  # results the forward computes and discards are never walked
+    inputs = list(graph.inputs())[1:]  # the first input is the module itself
+    notes = ["calls inlined (torch._C._jit_pass_inline); translated at a static input shape"]
+    shapes, shape_note = _input_shapes(inputs, input_shape, extra[EXTRA_FILE], where)
+    if shape_note:
+        notes.append(shape_note)
+
+    walker = _Walker(module, where)
+    with torch.no_grad():
+        ir_graph = walker.translate(graph, inputs, shapes)
+    notes.extend(walker.notes)
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    return LoadedModel(
+        graph=ir_graph,
+        format=ModelFormat.TORCHSCRIPT,
+        reference_name="torchscript",
+        reference=_reference(module, ir_graph.input_names, dtype),
+        parameters=_parameter_count(module),
+        source_ops=dict(sorted(walker.source_ops.items())),
+        notes=tuple(notes),
+    )
+
+
+# ---- archive metadata --------------------------------------------------------------------------
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _shape(value: Any, where: str, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ModelLoadError(f"{what} must be a non-empty list of positive integers", path=where)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        raise ModelLoadError(f"{what} must be a list of positive integers, got {value}", path=where)
+    return tuple(value)
+
+
+def _input_shapes(
+    inputs: Sequence[Any], input_shape: tuple[int, ...] | None, extra: str | bytes, where: str
+) -> tuple[list[tuple[int, ...]], str]:
+    """The static shape of every forward input, and a note on where it came from."""
+    import torch
+
+    for value in inputs:
+        if not isinstance(value.type(), torch._C.TensorType):
+            raise ModelLoadError(
+                f"forward argument {value.debugName()!r} is a {value.type()}, not a tensor", path=where
+            )
+    if not inputs:
+        raise ModelLoadError("forward takes no tensor input", path=where)
+    if input_shape is not None:
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"forward takes {len(inputs)} inputs; give their shapes as \"input_shapes\" in {EXTRA_FILE}",
+                path=where,
+            )
+        return [_shape(list(input_shape), where, "input shape")], ""
+    text = extra.decode("utf-8", "replace") if isinstance(extra, bytes) else extra
+    if not text.strip():
+        raise ModelLoadError(f"the input shape is unknown: {_INPUT_SHAPE_HINT}", path=where)
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{EXTRA_FILE} in the archive is not valid JSON ({exc.msg})", path=where) from exc
+    if isinstance(meta, dict) and "input_shapes" in meta and isinstance(meta["input_shapes"], list):
+        shapes = [_shape(s, where, f"{EXTRA_FILE} input_shapes[{i}]") for i, s in enumerate(meta["input_shapes"])]
+    elif isinstance(meta, dict) and "input_shape" in meta:
+        shapes = [_shape(meta["input_shape"], where, f"{EXTRA_FILE} input_shape")]
+    else:
+        raise ModelLoadError(f"{EXTRA_FILE} names no input_shape: {_INPUT_SHAPE_HINT}", path=where)
+    if len(shapes) != len(inputs):
+        raise ModelLoadError(
+            f"{EXTRA_FILE} gives {len(shapes)} input shapes for {len(inputs)} forward inputs", path=where
+        )
+    return shapes, f"input shape from the archive's {EXTRA_FILE}"
+
+
+def _parameter_count(module: Any) -> int:
+    """Parameters plus floating buffers (running statistics), each stored tensor counted once."""
+    seen: set[int] = set()
+    total = 0
+    tensors = itertools.chain(module.parameters(), (b for b in module.buffers() if b.is_floating_point()))
+    for tensor in tensors:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += int(tensor.numel())
+    return total
+
+
+def _flatten_outputs(value: Any) -> Iterator[Any]:
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from _flatten_outputs(item)
+    else:
+        yield value
+
+
+def _reference(module: Any, names: tuple[str, ...], dtype: Any) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        args = [torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype) for name in names]
+        with torch.no_grad():
+            out = module(*args)
+        return [
+            t.detach().to(torch.float32).cpu().numpy() for t in _flatten_outputs(out) if isinstance(t, torch.Tensor)
+        ]
+
+    return run
+
+
+# ---- Python semantics of TorchScript's scalar and list operators --------------------------------
+def _slice(seq: Sequence[Any], start: int | None = None, end: int | None = None, step: int = 1) -> list[Any]:
+    return list(seq[start:end:step])
+
+
+def _append(seq: list[Any], item: Any) -> list[Any]:
+    seq.append(item)
+    return seq
+
+
+_PY_OPS: dict[str, Callable[..., Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "floordiv": operator.floordiv, "remainder": operator.mod, "pow": operator.pow,
+    "neg": operator.neg, "abs": abs, "eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
+    "le": operator.le, "gt": operator.gt, "ge": operator.ge, "__and__": operator.and_,
+    "__or__": operator.or_, "__xor__": operator.xor, "__not__": operator.not_,
+    "__is__": operator.is_, "__isnot__": operator.is_not, "__contains__": lambda a, b: b in a,
+    "__getitem__": lambda a, i: a[i], "len": len, "min": lambda *a: min(*a), "max": lambda *a: max(*a),
+    "Int": int, "Float": float, "Bool": bool, "str": str, "list": list, "floor": math.floor,
+    "ceil": math.ceil, "sqrt": math.sqrt, "slice": _slice, "append": _append,
+    "format": lambda fmt, *args: fmt.format(*args), "warn": lambda *a: None,
+    "__range_length": lambda lo, hi, step: len(range(lo, hi, step)),
+    "__derive_index": lambda index, start, step: start + index * step,
+}
+_ALWAYS_PY = frozenset({"__is__", "__isnot__"})
+
+
+# ---- the walk ----------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Pending:
+    """An emitted IR node before the layer names are chosen."""
+
+    op: O.Op
+    inputs: tuple[str, ...]
+    output: str
+    scope: str  # module path of the forward it came from ("" at the top level)
+    base: str  # source op without namespace, e.g. "conv2d"
+    role: str  # "" for the node that carries the source op's result; else a helper's role
+    call: int  # which source node emitted it
+    source: str  # the source op, e.g. "aten::conv2d"
+
+
+class _Walker:
+    """Interprets the inlined graph: constants are evaluated, tensors from the input become IR."""
+
+    def __init__(self, module: Any, where: str):
+        self.module = module
+        self.where = where
+        self.env: dict[int, Any] = {}
+        self.pending: list[_Pending] = []
+        self.unsupported: Counter[str] = Counter()
+        self.source_ops: Counter[str] = Counter()
+        self.notes: list[str] = []
+        self._ids = itertools.count()
+        self._calls = itertools.count()
+        self._current: tuple[str, str, int, str] = ("", "", 0, "")  # scope, base, call, kind
+        self._schemas: dict[str, Any] = {}
+
+    # -- the Context protocol used by translators --
+    def emit(self, op: O.Op, inputs: Sequence[Var], *, role: str = "") -> Var:
+        from stabaudit.loaders.ts_ops.base import Unsupported, Var
+
+        out = f"%{next(self._ids)}"
+        specs = list({v.id: (v.id, v.shape) for v in inputs}.values())
+        node = Node(name=out, op=op, inputs=tuple(v.id for v in inputs), output=out)
+        try:
+            shape = infer_shapes(specs, [node])[out]
+        except Exception as exc:  # the IR rejects what the translator built: say so, per op
+            raise Unsupported(f"IR shape inference failed: {_first_line(exc)}") from exc
+        scope, base, call, kind = self._current
+        self.pending.append(
+            _Pending(op=op, inputs=node.inputs, output=out, scope=scope, base=base, role=role, call=call, source=kind)
+        )
+        return Var(id=out, shape=shape)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # -- driver --
+    def translate(self, graph: Any, inputs: Sequence[Any], shapes: Sequence[tuple[int, ...]]) -> Graph:
+        from stabaudit.loaders.ts_ops.base import POISON, Opaque, Var
+
+        self.env[next(iter(graph.inputs())).unique()] = self.module
+        specs: list[TensorSpec] = []
+        used: set[str] = set()
+        for i, (value, shape) in enumerate(zip(inputs, shapes, strict=True)):
+            name = re.sub(r"\.\d+$", "", value.debugName())
+            if not _NAME.fullmatch(name) or name in used:
+                name = f"input{i}"
+            used.add(name)
+            specs.append(TensorSpec(name=name, shape=shape))
+            self.env[value.unique()] = Var(id=name, shape=shape)
+        self._block(graph.nodes())
+        outputs = list(_flatten_outputs([self.env[v.unique()] for v in graph.outputs()]))
+        for value in outputs:
+            if isinstance(value, Opaque):
+                self._refuse(value.kind, value.detail)
+        if self.unsupported:
+            raise UnsupportedOperatorError(dict(self.unsupported), path=self.where)
+        for i, value in enumerate(outputs):
+            if value is POISON or not isinstance(value, Var):
+                raise ModelLoadError(
+                    f"forward output {i} is a {type(value).__name__}, not a tensor computed from the input",
+                    path=self.where,
+                )
+        self._prune({v.id for v in outputs})
+        names = self._layer_names(used)
+        nodes = tuple(
+            Node(
+                name=names[p.output], op=p.op, inputs=tuple(names.get(i, i) for i in p.inputs),
+                output=names[p.output], source_op=p.source,
+            )
+            for p in self.pending
+        )
+        ir = Graph(inputs=tuple(specs), outputs=tuple(names.get(v.id, v.id) for v in outputs), nodes=nodes)
+        return with_shapes(ir.validate())
+
+    def _prune(self, live: set[str]) -> None:
+        """Drop IR nodes that no output depends on (results the forward computes and discards)."""
+        kept: list[_Pending] = []
+        for p in reversed(self.pending):
+            if p.output in live:
+                kept.append(p)
+                live.update(p.inputs)
+        if len(kept) < len(self.pending):
+            self.note(f"{len(self.pending) - len(kept)} unused node(s) removed")
+        self.pending = kept[::-1]
+
+    def _layer_names(self, used: set[str]) -> dict[str, str]:
+        """Readable, unique names: the module path ("features.0"), else "<op>_<index>"."""
+        by_call: dict[int, list[_Pending]] = {}
+        for p in self.pending:
+            by_call.setdefault(p.call, []).append(p)
+        primary = {
+            call: next((p for p in group if not p.role), group[-1]) for call, group in by_call.items()
+        }
+        per_scope = Counter(p.scope for p in primary.values() if p.scope)
+        bases: dict[str, set[str]] = {}
+        for p in primary.values():
+            bases.setdefault(p.scope, set()).add(p.base)
+        index = {p.output: i for i, p in enumerate(self.pending)}
+        names: dict[str, str] = {}
+
+        def claim(name: str) -> str:
+            candidate, k = name, 1
+            while candidate in used:
+                candidate, k = f"{name}_{k}", k + 1
+            used.add(candidate)
+            return candidate
+
+        for call in sorted(primary, key=lambda c: index[primary[c].output]):
+            main = primary[call]
+            if not main.scope:
+                base = f"{main.base}_{index[main.output]}"
+            elif per_scope[main.scope] == 1 or len(bases[main.scope]) == 1:
+                base = main.scope  # one op, or one module called several times ("relu", "relu_1")
+            else:
+                base = f"{main.scope}.{main.base}"
+            names[main.output] = claim(base)
+            for p in by_call[call]:
+                if p is not main:
+                    names[p.output] = claim(f"{names[main.output]}/{p.role or p.base}")
+        return names
+
+    def _block(self, nodes: Any) -> None:
+        for node in nodes:
+            self._node(node)
+
+    def _node(self, node: Any) -> None:
+        from stabaudit.loaders.ts_ops.base import POISON
+
+        kind = node.kind()
+        values = [self.env[v.unique()] for v in node.inputs()]
+        handler = _PRIM.get(kind)
+        outs = handler(self, node, values) if handler else self._op(node, kind, values)
+        outputs = list(node.outputs())
+        if len(outs) != len(outputs):
+            if self.unsupported:  # an earlier failure left this node without usable inputs
+                outs = [POISON] * len(outputs)
+            else:
+                raise ModelLoadError(f"{kind} produced {len(outs)} values for {len(outputs)} outputs", path=self.where)
+        for value, out in zip(outputs, outs, strict=True):
+            self.env[value.unique()] = out
+
+    def _refuse(self, kind: str, detail: str = "") -> None:
+        self.unsupported[f"{kind} ({detail})" if detail else kind] += 1
+
+    def _schema(self, node: Any) -> Any:
+        import torch
+
+        text = node.schema()
+        if text == "(no schema)":
+            return None
+        if text not in self._schemas:
+            self._schemas[text] = torch._C.parse_schema(text)
+        return self._schemas[text]
+
+    def _call(self, node: Any, schema: Any, values: Sequence[Any], convert: Callable[[Any], Any]) -> list[Any]:
+        """Run the node's own ATen overload on converted arguments (real or meta tensors)."""
+        import torch
+
+        namespace, name = schema.name.split("::", 1)
+        packet = getattr(getattr(torch.ops, namespace), name)
+        overload = getattr(packet, schema.overload_name or "default")
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for argument, value in zip(schema.arguments, values, strict=False):
+            if argument.kwarg_only:
+                kwargs[argument.name] = convert(value)
+            else:
+                args.append(convert(value))
+        result = overload(*args, **kwargs)
+        if not schema.returns:
+            return []
+        return list(result) if len(schema.returns) > 1 else [result]
+
+    def _op(self, node: Any, kind: str, values: list[Any]) -> list[Any]:
+        import torch
+
+        from stabaudit.loaders.ts_ops import TRANSLATORS, SourceNode, Unsupported, Var
+        from stabaudit.loaders.ts_ops.base import POISON, Opaque
+
+        n_out = node.outputsSize()
+        if _contains(values, lambda v: v is POISON):
+            return [POISON] * n_out
+        opaque = _find(values, lambda v: isinstance(v, Opaque))
+        if opaque is not None:
+            self._refuse(opaque.kind, opaque.detail)
+            return [POISON] * n_out
+        short = kind.split("::", 1)[-1]
+        top_level_tensor = any(isinstance(v, Var | torch.Tensor) for v in values)
+        if short in _PY_OPS and (short in _ALWAYS_PY or not top_level_tensor):
+            try:
+                result = _PY_OPS[short](*values)
+                return [result] if n_out else []
+            except Exception as exc:
+                raise ModelLoadError(f"{kind} failed on constants: {_first_line(exc)}", path=self.where) from exc
+        schema = self._schema(node)
+        inplace = short.endswith("_") and not short.endswith("__")
+        if not _contains(values, lambda v: isinstance(v, Var)):
+            return self._fold(node, kind, schema, values, inplace)
+
+        meta = self._meta(node, schema, values)
+        tensor_outputs = [isinstance(v.type(), torch._C.TensorType) for v in node.outputs()]
+        if not any(tensor_outputs):  # shape queries (size, dim, numel, ...): constants
+            if meta is None:
+                self._refuse(kind, "depends on the input's values")
+                return [POISON] * n_out
+            return meta
+        self.source_ops[kind] += 1  # an operator on tensors computed from the input
+        out_shapes = tuple(
+            tuple(int(d) for d in m.shape) if isinstance(m, torch.Tensor) else None
+            for m in (meta if meta is not None else [None] * n_out)
+        )
+        translator = TRANSLATORS.get(kind) if kind in TRANSLATORS else None
+        if translator is None and inplace and kind[:-1] in TRANSLATORS:
+            translator = TRANSLATORS.get(kind[:-1])
+        if translator is None:
+            self._refuse(kind)
+            return self._placeholders(out_shapes)
+        arg_names = (
+            tuple(a.name for a in schema.arguments) if schema is not None else tuple(str(i) for i in range(len(values)))
+        )
+        source = SourceNode(
+            kind=kind, args=tuple(values), arg_names=arg_names, out_shapes=out_shapes,
+        )
+        scope = ".".join(p for p in _SCOPE_PART.findall(node.getModuleHierarchy()) if p not in ("SELF", "UNKNOWN_INSTANCE"))
+        self._current = (scope, source.base, next(self._calls), kind)
+        try:
+            outs = list(translator(self, source))
+        except Unsupported as exc:
+            self._refuse(kind, exc.detail)
+            return self._placeholders(out_shapes)
+        for i, (out, shape) in enumerate(zip(outs, out_shapes, strict=False)):
+            if isinstance(out, Var) and shape is not None and out.shape != shape:
+                self._refuse(kind, f"output {i} has shape {list(out.shape)}, torch gives {list(shape)}")
+                return self._placeholders(out_shapes)
+        if inplace and outs and isinstance(values[0], Var):
+            self.env[node.inputsAt(0).unique()] = outs[0]  # later readers of the input see the result
+        return outs
+
+    def _placeholders(self, shapes: Sequence[tuple[int, ...] | None]) -> list[Any]:
+        """Stand-ins after an unsupported op, so that the walk goes on and finds every other one."""
+        from stabaudit.loaders.ts_ops.base import POISON, Var
+
+        return [POISON if s is None else Var(id=f"<unsupported {next(self._ids)}>", shape=s) for s in shapes]
+
+    def _meta(self, node: Any, schema: Any, values: Sequence[Any]) -> list[Any] | None:
+        """The node evaluated by torch on the meta device: torch's own static output shapes."""
+        import torch
+
+        from stabaudit.loaders.ts_ops import Var
+
+        if schema is None:
+            return None
+
+        def convert(value: Any) -> Any:
+            if isinstance(value, Var):
+                return value.meta()
+            if isinstance(value, torch.Tensor):
+                return value.to("meta")
+            if isinstance(value, list | tuple):
+                return type(value)(convert(v) for v in value)
+            return value
+
+        try:
+            return self._call(node, schema, values, convert)
+        except Exception:  # no meta kernel, or a data-dependent result
+            return None
+
+    def _fold(self, node: Any, kind: str, schema: Any, values: list[Any], inplace: bool) -> list[Any]:
+        """A node whose inputs are all constants: evaluate it now (never mutating the module)."""
+        import torch
+
+        from stabaudit.loaders.ts_ops.base import POISON
+
+        n_out = node.outputsSize()
+        if schema is None or node.isNondeterministic():
+            self._refuse(kind, "random" if schema is not None else "")
+            return [POISON] * n_out
+
+        def convert(value: Any) -> Any:
+            if inplace and isinstance(value, torch.Tensor):
+                return value.clone()
+            return value
+
+        try:
+            outs = self._call(node, schema, values, convert)
+        except Exception:
+            self._refuse(kind)
+            return [POISON] * n_out
+        if inplace and outs and isinstance(values[0], torch.Tensor):
+            self.env[node.inputsAt(0).unique()] = outs[0]
+        return outs
+
+
+def _find(value: Any, test: Callable[[Any], bool]) -> Any:
+    """The first item of a (nested) list/tuple passing ``test``; None when there is none."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = _find(item, test)
+            if found is not None:
+                return found
+        return None
+    return value if test(value) else None
+
+
+def _contains(value: Any, test: Callable[[Any], bool]) -> bool:
+    return _find(value, test) is not None
+
+
+# ---- prim:: nodes ------------------------------------------------------------------------------
+def _constant(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    try:
+        return [node.output().toIValue()]
+    except Exception:  # functions and other non-values: only ever called, and calls are inlined
+        return [None]
+
+
+def _get_attr(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    name = node.s("name")
+    try:
+        return [getattr(values[0], name)]
+    except AttributeError as exc:
+        raise ModelLoadError(f"the module has no attribute {name!r}", path=w.where) from exc
+
+
+def _unpack(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    from stabaudit.loaders.ts_ops.base import POISON
+
+    if values[0] is POISON:
+        return [POISON] * node.outputsSize()
+    return list(values[0])
+
+
+def _if(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    import torch
+
+    from stabaudit.loaders.ts_ops.base import POISON
+
+    condition = values[0]
+    if isinstance(condition, torch.Tensor) and condition.numel() == 1:
+        condition = bool(condition)
+    if not isinstance(condition, bool):
+        if condition is not POISON:
+            w._refuse("prim::If", "condition depends on the input's values")
+        return [POISON] * node.outputsSize()
+    block = list(node.blocks())[0 if condition else 1]
+    w._block(block.nodes())
+    return [w.env[v.unique()] for v in block.outputs()]
+
+
+def _loop(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    from stabaudit.loaders.ts_ops.base import POISON
+
+    trips, condition, carried = values[0], values[1], list(values[2:])
+    block = next(iter(node.blocks()))
+    block_inputs = list(block.inputs())
+    i = 0
+    while True:
+        if not isinstance(trips, int) or not isinstance(condition, bool):
+            w._refuse("prim::Loop", "trip count depends on the input's values")
+            return [POISON] * node.outputsSize()
+        if i >= trips or not condition:
+            return carried
+        if i >= MAX_LOOP_ITERATIONS:
+            raise ResourceError(f"a loop runs more than {MAX_LOOP_ITERATIONS} iterations", path=w.where)
+        for value, bound in zip(block_inputs, [i, *carried], strict=True):
+            w.env[value.unique()] = bound
+        w._block(block.nodes())
+        outs = [w.env[v.unique()] for v in block.outputs()]
+        condition, carried = outs[0], outs[1:]
+        i += 1
+
+
+def _raise(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    message = values[0] if values and isinstance(values[0], str) else "an exception"
+    raise ModelLoadError(f"forward raises at this input shape: {message.splitlines()[0] if message else ''}", path=w.where)
+
+
+def _refused(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    from stabaudit.loaders.ts_ops.base import POISON
+
+    w.source_ops[node.kind()] += 1
+    w._refuse(node.kind())
+    return [POISON] * node.outputsSize()
+
+
+def _num_to_tensor(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    import torch
+
+    from stabaudit.loaders.ts_ops.base import POISON
+
+    return [POISON if values[0] is POISON else torch.tensor(values[0])]
+
+
+def _dtype(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    import torch
+
+    value = values[0]
+    return [value.dtype if isinstance(value, torch.Tensor) else torch.float32]
+
+
+def _device(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    import torch
+
+    return [torch.device("cpu")]
+
+
+def _shape_of(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+    import torch
+
+    from stabaudit.loaders.ts_ops.base import POISON, Var
+
+    value = values[0]
+    if isinstance(value, Var):
+        return [list(value.shape)]
+    return [list(value.shape) if isinstance(value, torch.Tensor) else POISON]
+
+
+def _scalar(fn: Callable[..., Any]) -> Callable[[_Walker, Any, list[Any]], list[Any]]:
+    def handle(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
+        return [fn(*values)]
+
+    return handle
+
+
+_PRIM: dict[str, Callable[[_Walker, Any, list[Any]], list[Any]]] = {
+    "prim::Constant": _constant,
+    "prim::GetAttr": _get_attr,
+    "prim::ListConstruct": _scalar(lambda *a: list(a)),
+    "prim::TupleConstruct": _scalar(lambda *a: tuple(a)),
+    "prim::DictConstruct": _scalar(lambda *a: dict(zip(a[::2], a[1::2], strict=True))),
+    "prim::ListUnpack": _unpack,
+    "prim::TupleUnpack": _unpack,
+    "prim::TupleIndex": _scalar(lambda t, i: t[i]),
+    "prim::If": _if,
+    "prim::Loop": _loop,
+    "prim::unchecked_cast": _scalar(lambda v: v),
+    "prim::Uninitialized": _scalar(lambda: None),
+    "prim::RaiseException": _raise,
+    "prim::NumToTensor": _num_to_tensor,
+    "prim::dtype": _dtype,
+    "prim::device": _device,
+    "prim::shape": _shape_of,
+    "prim::is_cuda": _scalar(lambda v: False),
+    "prim::requires_grad": _scalar(lambda v: False),
+    "prim::min": _scalar(lambda *a: min(*a)),
+    "prim::max": _scalar(lambda *a: max(*a)),
+    "prim::abs": _scalar(abs),
+    "prim::CallMethod": _refused,
+    "prim::CallFunction": _refused,
+    "prim::PythonOp": _refused,
+    "prim::SetAttr": _refused,
+}
+

@@ -1,0 +1,13 @@
+"""TorchScript operator translators, one module per op family, registered by explicit import."""
+
+from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their registrations)
+    activations,
+    arithmetic,
+    linear,
+    normalization,
+    pooling,
+    structural,
+)
+from stabaudit.loaders.ts_ops.base import POISON, TRANSLATORS, SourceNode, Unsupported, Var
+
+__all__ = ["POISON", "TRANSLATORS", "SourceNode", "Unsupported", "Var"]

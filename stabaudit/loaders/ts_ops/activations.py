@@ -1,0 +1,123 @@
+"""Translators of TorchScript's element-wise activations and softmax."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.ts_ops.base import (
+    Context,
+    SourceNode,
+    Translator,
+    Unsupported,
+    as_float,
+    channel_shape,
+    const_array,
+    is_float_dtype,
+    norm_axis,
+    translates,
+)
+
+
+def _simple(make: Callable[[], O.Op]) -> Translator:
+    def translate(ctx: Context, node: SourceNode) -> Sequence[Any]:
+        return [ctx.emit(make(), [node.var(0)])]
+
+    return translate
+
+
+translates("aten::relu")(_simple(O.Relu))
+translates("aten::sigmoid")(_simple(O.Sigmoid))
+translates("aten::tanh")(_simple(O.Tanh))
+translates("aten::hardswish")(_simple(O.HardSwish))
+translates("aten::silu")(_simple(O.Silu))
+# hardsigmoid(x) = relu6(x + 3) / 6 = clamp(x / 6 + 1/2, 0, 1)
+translates("aten::hardsigmoid")(_simple(lambda: O.HardSigmoid(alpha=1.0 / 6.0, beta=0.5)))
+translates("aten::relu6")(_simple(lambda: O.Clip(min=0.0, max=6.0)))
+
+
+@translates("aten::leaky_relu")
+def leaky_relu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    alpha = as_float(node.arg("negative_slope", 0.01), what="negative_slope")
+    return [ctx.emit(O.LeakyRelu(alpha=alpha), [node.var(0)])]
+
+
+@translates("aten::prelu")
+def prelu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    x = node.var(0)
+    slope = const_array(node.arg("weight"), what="weight").reshape(-1)
+    if slope.size > 1:
+        if x.rank < 2 or x.shape[1] != slope.size:
+            raise Unsupported(f"{slope.size} slopes for input shape {list(x.shape)}")
+        slope = channel_shape(slope, x.rank)
+    return [ctx.emit(O.PRelu(slope=slope), [x])]
+
+
+@translates("aten::softplus")
+def softplus(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    beta = as_float(node.arg("beta", 1.0), what="beta")
+    threshold = as_float(node.arg("threshold", 20.0), what="threshold")
+    if beta <= 0:
+        raise Unsupported(f"beta {beta}")
+    # torch returns x itself where beta*x > threshold; the IR's softplus differs there by at most
+    # log(1 + exp(-threshold)) / beta <= exp(-threshold) / beta (log(1+u) <= u).
+    if math.exp(-threshold) / beta > 1e-6:
+        raise Unsupported(f"threshold {threshold} (linear switch visible in the output)")
+    return [ctx.emit(O.Softplus(beta=beta), [node.var(0)])]
+
+
+@translates("aten::elu")
+def elu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    scale = as_float(node.arg("scale", 1), what="scale")
+    input_scale = as_float(node.arg("input_scale", 1), what="input_scale")
+    if scale != 1.0 or input_scale != 1.0:
+        raise Unsupported("scale or input_scale other than 1")
+    alpha = as_float(node.arg("alpha", 1.0), what="alpha")
+    return [ctx.emit(O.Elu(alpha=alpha), [node.var(0)])]
+
+
+@translates("aten::gelu")
+def gelu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    approximate = node.arg("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise Unsupported(f"approximate={approximate!r}")
+    return [ctx.emit(O.Gelu(approximate=approximate), [node.var(0)])]
+
+
+def _bound(value: Any, what: str) -> float | None:
+    return None if value is None else as_float(value, what=what)
+
+
+@translates("aten::hardtanh")
+def hardtanh(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    lo = _bound(node.arg("min_val", -1.0), "min_val")
+    hi = _bound(node.arg("max_val", 1.0), "max_val")
+    return [ctx.emit(O.Clip(min=lo, max=hi), [node.var(0)])]
+
+
+@translates("aten::clamp", "aten::clip")
+def clamp(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    lo, hi = _bound(node.arg(1), "min"), _bound(node.arg(2), "max")
+    if lo is None and hi is None:
+        raise Unsupported("neither min nor max")
+    return [ctx.emit(O.Clip(min=lo, max=hi), [node.var(0)])]
+
+
+@translates("aten::clamp_min")
+def clamp_min(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [ctx.emit(O.Clip(min=as_float(node.arg(1), what="min")), [node.var(0)])]
+
+
+@translates("aten::clamp_max")
+def clamp_max(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [ctx.emit(O.Clip(max=as_float(node.arg(1), what="max")), [node.var(0)])]
+
+
+@translates("aten::softmax", "aten::_softmax")
+def softmax(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    x = node.var(0)
+    if node.kind == "aten::softmax" and not is_float_dtype(node.arg("dtype")):
+        raise Unsupported(f"dtype {node.arg('dtype')}")
+    return [ctx.emit(O.Softmax(axis=norm_axis(int(node.arg("dim")), x.rank)), [x])]

@@ -1,0 +1,98 @@
+"""Translators of TorchScript's arithmetic: residual add/sub, and affine maps by constants."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.ts_ops.base import (
+    Context,
+    SourceNode,
+    Unsupported,
+    Var,
+    as_float,
+    const_array,
+    translates,
+)
+
+
+def _scaled(ctx: Context, x: Var, factor: float, role: str) -> Var:
+    if factor == 1.0:
+        return x
+    return ctx.emit(O.Affine(scale=np.asarray(factor, dtype=np.float64)), [x], role=role)
+
+
+def _combine(ctx: Context, node: SourceNode, *, sign: float) -> Sequence[Any]:
+    """self + sign * alpha * other, for add (sign 1) and sub (sign -1)."""
+    a, b = node.arg(0), node.arg(1)
+    alpha = as_float(node.arg("alpha", 1), what="alpha")
+    if isinstance(a, Var) and isinstance(b, Var):
+        if alpha == 1.0:
+            return [ctx.emit(O.Add() if sign > 0 else O.Sub(), [a, b])]
+        if alpha == -1.0:
+            return [ctx.emit(O.Sub() if sign > 0 else O.Add(), [a, b])]
+        b_scaled = _scaled(ctx, b, sign * alpha, "alpha")
+        return [ctx.emit(O.Add(), [a, b_scaled])]
+    if isinstance(a, Var):  # x + sign * alpha * c
+        shift = const_array(b, what="other")
+        if sign * alpha != 1.0:
+            shift = shift.astype(np.float64) * (sign * alpha)
+        return [ctx.emit(O.Affine(shift=shift), [a])]
+    if isinstance(b, Var):  # c + sign * alpha * x
+        scale = np.asarray(sign * alpha, dtype=np.float64)
+        shift = const_array(a, what="self")
+        return [ctx.emit(O.Affine(scale=None if scale == 1.0 else scale, shift=shift), [b])]
+    raise Unsupported("no variable operand")
+
+
+@translates("aten::add")
+def add(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return _combine(ctx, node, sign=1.0)
+
+
+@translates("aten::sub", "aten::subtract")
+def sub(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return _combine(ctx, node, sign=-1.0)
+
+
+@translates("aten::rsub")
+def rsub(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    # rsub(self, other, alpha) = other - alpha * self
+    a, b = node.arg(0), node.arg(1)
+    alpha = as_float(node.arg("alpha", 1), what="alpha")
+    if isinstance(a, Var) and isinstance(b, Var):
+        return [ctx.emit(O.Sub(), [b, _scaled(ctx, a, alpha, "alpha")])]
+    if isinstance(a, Var):
+        shift = const_array(b, what="other")
+        return [ctx.emit(O.Affine(scale=np.asarray(-alpha, dtype=np.float64), shift=shift), [a])]
+    raise Unsupported("no variable operand")
+
+
+@translates("aten::mul", "aten::multiply")
+def mul(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    a, b = node.arg(0), node.arg(1)
+    if isinstance(a, Var) and isinstance(b, Var):
+        raise Unsupported("variable * variable")
+    x, c = (a, b) if isinstance(a, Var) else (b, a)
+    return [ctx.emit(O.Affine(scale=const_array(c, what="factor")), [x])]
+
+
+@translates("aten::div", "aten::divide", "aten::true_divide")
+def div(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    a, b = node.arg(0), node.arg(1)
+    if node.arg("rounding_mode") is not None:
+        raise Unsupported(f"rounding_mode={node.arg('rounding_mode')!r}")
+    if not isinstance(a, Var) or isinstance(b, Var):
+        raise Unsupported("only variable / constant")
+    divisor = const_array(b, what="divisor").astype(np.float64)
+    if np.any(divisor == 0):
+        raise Unsupported("division by zero")
+    return [ctx.emit(O.Affine(scale=1.0 / divisor), [a])]
+
+
+@translates("aten::neg", "aten::negative")
+def neg(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [ctx.emit(O.Affine(scale=np.asarray(-1.0)), [node.var(0)])]

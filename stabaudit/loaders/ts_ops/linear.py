@@ -1,0 +1,154 @@
+"""Translators of TorchScript's linear maps: linear, matmul/mm/addmm by constants, convolutions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.ts_ops.base import (
+    Context,
+    SourceNode,
+    Unsupported,
+    Var,
+    as_float,
+    const_array,
+    int_list,
+    translates,
+)
+
+
+def _bias(value: Any) -> np.ndarray | None:
+    return None if value is None else const_array(value, what="bias")
+
+
+@translates("aten::linear")
+def linear(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    x = node.var("input")
+    weight = const_array(node.arg("weight"), what="weight")
+    if weight.ndim != 2:
+        raise Unsupported(f"weight of rank {weight.ndim}")
+    return [ctx.emit(O.Linear(weight=weight, bias=_bias(node.arg("bias"))), [x])]
+
+
+def _right_matrix(node: SourceNode, x: Any, w: Any) -> tuple[Var, np.ndarray]:
+    """x @ W with W a constant matrix [in, out] -> (x, weight [out, in])."""
+    if not isinstance(x, Var):
+        raise Unsupported("only variable @ constant-matrix is supported")
+    matrix = const_array(w, what="matrix")
+    if matrix.ndim != 2:
+        raise Unsupported(f"right operand of rank {matrix.ndim}")
+    return x, np.ascontiguousarray(matrix.T)
+
+
+@translates("aten::matmul", "aten::mm")
+def matmul(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    x, weight = _right_matrix(node, node.arg(0), node.arg(1))
+    return [ctx.emit(O.Linear(weight=weight), [x])]
+
+
+@translates("aten::addmm")
+def addmm(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    # addmm(b, x, W, beta, alpha) = beta * b + alpha * (x @ W)
+    x, weight = _right_matrix(node, node.arg("mat1"), node.arg("mat2"))
+    beta = as_float(node.arg("beta", 1), what="beta")
+    alpha = as_float(node.arg("alpha", 1), what="alpha")
+    bias = const_array(node.arg("self"), what="bias")
+    if alpha != 1.0:
+        weight = weight.astype(np.float64) * alpha
+    if beta != 1.0:
+        bias = bias.astype(np.float64) * beta
+    out_features = weight.shape[0]
+    if bias.size == out_features and bias.ndim <= 2 and bias.shape[-1:] in ((out_features,), ()):
+        return [ctx.emit(O.Linear(weight=weight, bias=bias.reshape(out_features)), [x])]
+    y = ctx.emit(O.Linear(weight=weight), [x])
+    return [ctx.emit(O.Affine(shift=bias), [y], role="bias")]
+
+
+def _padding(value: Any, weight: np.ndarray, dilations: tuple[int, ...]) -> tuple[int, ...]:
+    """IR pads (begin..., end...) from torch's symmetric padding or the strings "valid"/"same"."""
+    n = weight.ndim - 2
+    if isinstance(value, str):
+        if value == "valid":
+            return (0,) * (2 * n)
+        if value == "same":
+            # torch puts the odd pixel of the total padding d*(k-1) at the end
+            totals = [d * (k - 1) for d, k in zip(dilations, weight.shape[2:], strict=True)]
+            return tuple(t // 2 for t in totals) + tuple(t - t // 2 for t in totals)
+        raise Unsupported(f"padding {value!r}")
+    pads = int_list(value, n, what="padding")
+    return pads + pads
+
+
+def _conv(
+    ctx: Context,
+    x: Var,
+    weight_value: Any,
+    bias_value: Any,
+    *,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    transposed: bool = False,
+    output_padding: Any = 0,
+) -> Var:
+    weight = const_array(weight_value, what="weight")
+    n = weight.ndim - 2
+    if n not in (1, 2, 3) or x.rank != n + 2:
+        raise Unsupported(f"{n}-d convolution of a rank-{x.rank} input")
+    strides = int_list(stride, n, what="stride")
+    dilations = int_list(dilation, n, what="dilation")
+    pads = _padding(padding, weight, dilations)
+    bias = _bias(bias_value)
+    if transposed:
+        if isinstance(padding, str):
+            raise Unsupported("string padding of a transposed convolution")
+        return ctx.emit(
+            O.ConvTranspose(
+                weight=weight, bias=bias, strides=strides, pads=pads, dilations=dilations,
+                groups=int(groups), output_padding=int_list(output_padding, n, what="output_padding"),
+            ),
+            [x],
+        )
+    return ctx.emit(
+        O.Conv(weight=weight, bias=bias, strides=strides, pads=pads, dilations=dilations, groups=int(groups)),
+        [x],
+    )
+
+
+@translates("aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution_mode")
+def conv(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [
+        _conv(
+            ctx, node.var("input"), node.arg("weight"), node.arg("bias"),
+            stride=node.arg("stride", 1), padding=node.arg("padding", 0),
+            dilation=node.arg("dilation", 1), groups=node.arg("groups", 1),
+        )
+    ]
+
+
+@translates("aten::_convolution", "aten::convolution")
+def convolution(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [
+        _conv(
+            ctx, node.var("input"), node.arg("weight"), node.arg("bias"),
+            stride=node.arg("stride"), padding=node.arg("padding"), dilation=node.arg("dilation"),
+            groups=node.arg("groups"), transposed=bool(node.arg("transposed")),
+            output_padding=node.arg("output_padding"),
+        )
+    ]
+
+
+@translates("aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d")
+def conv_transpose(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    return [
+        _conv(
+            ctx, node.var("input"), node.arg("weight"), node.arg("bias"),
+            stride=node.arg("stride", 1), padding=node.arg("padding", 0),
+            dilation=node.arg("dilation", 1), groups=node.arg("groups", 1), transposed=True,
+            output_padding=node.arg("output_padding", 0),
+        )
+    ]

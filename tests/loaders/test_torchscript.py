@@ -1,0 +1,503 @@
+"""Tests of the TorchScript loader: seeded modules scripted and traced, translated, run, compared."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stabaudit.errors import ModelLoadError, ResourceError, UnsupportedOperatorError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor
+from stabaudit.loaders import torchscript as ts
+from stabaudit.loaders.base import ModelFormat
+from stabaudit.loaders.torchscript import load_torchscript
+
+MODES = ("script", "trace")
+
+
+# ---- modules under test ------------------------------------------------------------------------
+def _randomize_bn(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial running statistics and affine parameters for every BatchNorm."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
+    return module
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.fc3 = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.tanh(self.fc2(F.relu(self.fc1(x)))))
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        self.classifier = nn.Linear(6 * 2 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class ResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.block1 = Block(4)
+        self.block2 = Block(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block2(self.block1(self.stem(x)))
+        return self.fc(y.mean((2, 3)))
+
+
+class Act(nn.Module):
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x) * 3.0)
+
+
+class Clamp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, -0.5, 0.25) + torch.clamp_min(x, 0.1) - x.clamp(max=0.3)
+
+
+class CatBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Conv2d(2, 3, 3, padding=1)
+        self.right = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.left(x), F.relu(self.right(x)), x], dim=1)
+
+
+class AdaptivePools(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.half_pool = nn.AdaptiveAvgPool2d((2, 3))
+        self.max_pool = nn.AdaptiveMaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        parts = [self.global_pool(y).flatten(1), self.half_pool(y).flatten(1), self.max_pool(y).flatten(1)]
+        return torch.cat(parts, 1)
+
+
+class Conv1d(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3, stride=2, padding=2, dilation=2)
+        self.grouped = nn.Conv1d(4, 4, 3, groups=2, padding="same")
+        self.pool = nn.MaxPool1d(2)
+        self.avg = nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.avg(self.pool(F.elu(self.grouped(self.conv(x)))))
+
+
+class ConvTranspose(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.up1d = nn.ConvTranspose2d(2, 2, 2, stride=2, groups=2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up1d(F.leaky_relu(self.bn(self.up(x)), 0.2))
+
+
+class Dropouts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.drop = nn.Dropout(0.5)
+        self.alpha = nn.AlphaDropout(0.3)
+        self.fc2 = nn.Linear(8, 4)
+        self.drop2d = nn.Dropout2d(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.alpha(self.drop(F.relu(self.fc1(x))))
+        return self.fc2(y).unsqueeze(-1).unsqueeze(-1) + 0 * self.drop2d(self.fc2(y).view(-1, 4, 1, 1))
+
+
+class Arithmetic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(5, 7))
+        self.bias = nn.Parameter(torch.randn(7))
+        self.register_buffer("offset", torch.randn(7))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight)
+        z = torch.addmm(self.bias, x, self.weight, beta=0.5, alpha=2.0)
+        w = torch.add(y, z, alpha=-0.5) - torch.sub(z, y, alpha=3)
+        w = (w / 4.0 - self.offset) * 1.5 + 1.0
+        return torch.sigmoid(-(1.0 - w)) / 2
+
+
+class Structural(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.pad(self.conv(x), [1, 2, 0, 1])
+        y = y.permute(0, 2, 3, 1).contiguous().transpose(1, 2)
+        y = torch.stack([y, y * 2.0], dim=1)
+        y = y.reshape(y.size(0), -1, 4).squeeze(0).unsqueeze(0)
+        return F.softmax(y, dim=-1)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.gelu(self.fc(x))
+        return h, self.head(h).detach().to(torch.float32)
+
+
+class ControlFlow(nn.Module):
+    """Shape-dependent branches and a loop: resolved at the static input shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(6, 6) for _ in range(3)])
+        self.norm = nn.LayerNorm(6)  # only in a branch never taken at rank 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            x = self.norm(x)
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        for _ in range(x.size(0)):
+            x = x * 0.5
+        return x
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.a(x)) - self.b(y)
+
+
+class DeadCode(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(3, 3)
+        self.unused = nn.Linear(3, 2)
+        self.norm = nn.LayerNorm(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        discarded = self.norm(self.unused(x))  # noqa: F841
+        return self.used(x)
+
+
+class Unsupported(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(4)
+        self.norm2 = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.fc(self.norm1(x)))
+        return y * y + F.relu(y)
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp": (MLP, (3, 12)),
+    "cnn": (lambda: _randomize_bn(CNN()), (2, 2, 8, 8)),
+    "resnet": (lambda: _randomize_bn(ResNet()), (1, 1, 6, 6)),
+    "cat": (CatBranches, (1, 2, 5, 5)),
+    "adaptive_pools": (AdaptivePools, (1, 2, 4, 6)),
+    "conv1d": (Conv1d, (2, 3, 17)),
+    "conv_transpose": (lambda: _randomize_bn(ConvTranspose()), (1, 3, 4, 5)),
+    "dropout": (Dropouts, (2, 6)),
+    "arithmetic": (Arithmetic, (3, 5)),
+    "structural": (Structural, (1, 2, 5, 6)),
+    "clamp": (Clamp, (2, 9)),
+    "two_outputs": (TwoOutputs, (2, 4)),
+    "control_flow": (ControlFlow, (3, 6)),
+}
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu_inplace": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.1),
+    "prelu": lambda: nn.PReLU(3, init=0.3),
+    "prelu_shared": lambda: nn.PReLU(1, init=0.2),
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "softplus": lambda: nn.Softplus(beta=2.0),
+    "elu": lambda: nn.ELU(0.5),
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "hardsigmoid": nn.Hardsigmoid,
+    "hardswish": nn.Hardswish,
+    "silu": nn.SiLU,
+    "hardtanh": lambda: nn.Hardtanh(-0.5, 0.7),
+    "relu6": nn.ReLU6,
+    "softmax": lambda: nn.Softmax(dim=1),
+}
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def _save(module: nn.Module, shape: tuple[int, ...], mode: str, path: Path, *, extra: dict[str, str] | None = None) -> Path:
+    module.eval()
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    compiled = torch.jit.script(module) if mode == "script" else torch.jit.trace(module, example)
+    torch.jit.save(compiled, str(path), _extra_files=extra or {})
+    return path
+
+
+def _check_equivalent(module: nn.Module, shape: tuple[int, ...], mode: str, tmp_path: Path) -> None:
+    path = _save(module, shape, mode, tmp_path / f"model_{mode}.pt")
+    loaded = load_torchscript(path, input_shape=shape)
+    assert loaded.format is ModelFormat.TORCHSCRIPT
+    assert loaded.reference_name == "torchscript"
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = module(x)
+        got = Executor(loaded.graph)(x)
+    expected_list = list(expected) if isinstance(expected, tuple) else [expected]
+    assert len(got) == len(expected_list)
+    for g, e in zip(got, expected_list, strict=True):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), atol=1e-5, rtol=0)
+    reference = loaded.reference({loaded.graph.input_names[0]: x.numpy()})
+    for r, e in zip(reference, expected_list, strict=True):
+        np.testing.assert_array_equal(r, e.numpy())
+    for node in loaded.graph.nodes:  # every value has a static shape
+        assert node.output in loaded.graph.shapes
+
+
+# ---- equivalence -------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_translation_matches_module(case: str, mode: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    make, shape = CASES[case]
+    _check_equivalent(make(), shape, mode, tmp_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_each_activation(name: str, mode: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _check_equivalent(Act(ACTIVATIONS[name]()), (2, 3, 4, 4), mode, tmp_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cnn_graph_structure_and_names(mode: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _randomize_bn(CNN()).eval()
+    loaded = load_torchscript(_save(module, (1, 2, 8, 8), mode, tmp_path / "cnn.pt"), input_shape=(1, 2, 8, 8))
+    graph = loaded.graph
+    assert [n.name for n in graph.nodes][:4] == ["features.0", "features.1", "features.2", "features.3"]
+    assert [n.op.type for n in graph.nodes] == [
+        O.OpType.CONV, O.OpType.AFFINE, O.OpType.RELU, O.OpType.MAX_POOL,
+        O.OpType.CONV, O.OpType.AFFINE, O.OpType.RELU, O.OpType.AVG_POOL,
+        O.OpType.RESHAPE, O.OpType.LINEAR,
+    ]
+    assert graph.nodes[-1].name == "classifier"
+    conv = graph.nodes[0].op
+    assert isinstance(conv, O.Conv)
+    np.testing.assert_array_equal(conv.weight, module.features[0].weight.detach().numpy())
+    assert conv.pads == (1, 1, 1, 1) and conv.strides == (1, 1)
+    bn = graph.nodes[1].op
+    assert isinstance(bn, O.Affine) and bn.scale is not None and bn.scale.shape == (4, 1, 1)
+    assert bn.scale.dtype == np.float64
+    layer = module.features[1]
+    expected_scale = layer.weight.detach().double() / torch.sqrt(layer.running_var.double() + layer.eps)
+    np.testing.assert_allclose(bn.scale.reshape(-1), expected_scale.numpy(), rtol=1e-15)
+    assert graph.shapes["classifier"] == (1, 3)
+    # parameters + float buffers; num_batches_tracked (int64) is not counted
+    expected = sum(p.numel() for p in module.parameters()) + sum(
+        b.numel() for b in module.buffers() if b.is_floating_point()
+    )
+    assert loaded.parameters == expected
+    assert loaded.source_ops["aten::batch_norm"] == 2
+    assert any("batch_norm" in note for note in loaded.notes)
+
+
+def test_residual_add_is_a_variable_add(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = _randomize_bn(ResNet())
+    loaded = load_torchscript(_save(module, (1, 1, 6, 6), "script", tmp_path / "r.pt"), input_shape=(1, 1, 6, 6))
+    adds = [n for n in loaded.graph.nodes if n.op.type is O.OpType.ADD]
+    assert [n.name for n in adds] == ["block1.add", "block2.add"]
+    assert all(len(set(n.inputs)) == 2 for n in adds)
+    assert loaded.graph.nodes[-2].op.type is O.OpType.RESHAPE  # mean without keepdim
+    assert loaded.graph.nodes[-3].op.type is O.OpType.GLOBAL_AVG_POOL
+
+
+def test_dropout_is_removed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    loaded = load_torchscript(_save(Dropouts(), (2, 6), "script", tmp_path / "d.pt"), input_shape=(2, 6))
+    assert "dropout removed (eval mode)" in loaded.notes
+    assert not any("dropout" in n.source_op for n in loaded.graph.nodes)
+
+
+def test_input_shape_from_extra_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    meta = json.dumps({"input_shape": [4, 12]})
+    path = _save(MLP(), (4, 12), "trace", tmp_path / "m.pt", extra={ts.EXTRA_FILE: meta})
+    loaded = load_torchscript(path)
+    assert loaded.graph.inputs[0].shape == (4, 12)
+    assert loaded.graph.shapes[loaded.graph.outputs[0]] == (4, 5)
+    explicit = load_torchscript(path, input_shape=(2, 12))  # the argument wins
+    assert explicit.graph.inputs[0].shape == (2, 12)
+
+
+def test_two_inputs_from_extra_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = TwoInputs().eval()
+    x, y = torch.randn(2, 3), torch.randn(2, 5)
+    path = tmp_path / "two.pt"
+    meta = json.dumps({"input_shapes": [[2, 3], [2, 5]]})
+    torch.jit.save(torch.jit.script(module), str(path), _extra_files={ts.EXTRA_FILE: meta})
+    loaded = load_torchscript(path)
+    assert loaded.graph.input_names == ("x", "y")
+    with torch.no_grad():
+        np.testing.assert_allclose(Executor(loaded.graph)(x, y)[0].numpy(), module(x, y).numpy(), atol=1e-6)
+    assert loaded.graph.nodes[-1].op.type is O.OpType.SUB
+    with pytest.raises(ModelLoadError, match="2 inputs"):
+        load_torchscript(path, input_shape=(2, 3))
+
+
+def test_frozen_archive(tmp_path: Path) -> None:
+    """torch.jit.freeze turns parameters into graph constants (and folds BN into the conv)."""
+    torch.manual_seed(0)
+    module = _randomize_bn(CNN()).eval()
+    path = tmp_path / "frozen.pt"
+    torch.jit.save(torch.jit.freeze(torch.jit.script(module)), str(path))
+    loaded = load_torchscript(path, input_shape=(1, 2, 8, 8))
+    x = torch.randn(1, 2, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(Executor(loaded.graph)(x)[0].numpy(), module(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dead_code_is_not_translated(mode: str, tmp_path: Path) -> None:
+    loaded = load_torchscript(_save(DeadCode(), (1, 3), mode, tmp_path / "dead.pt"), input_shape=(1, 3))
+    assert [n.name for n in loaded.graph.nodes] == ["used"]
+
+
+def test_operator_list_covers_brief() -> None:
+    listed = set(ts.supported_operators())
+    for op in ("aten::linear", "aten::conv2d", "aten::_convolution", "aten::batch_norm", "aten::cat",
+               "aten::adaptive_avg_pool2d", "aten::dropout", "aten::softmax", "aten::addmm"):
+        assert op in listed
+
+
+# ---- errors ------------------------------------------------------------------------------------
+def test_missing_input_shape(tmp_path: Path) -> None:
+    path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt")
+    with pytest.raises(ModelLoadError, match="--input-shape"):
+        load_torchscript(path)
+
+
+def test_bad_extra_file(tmp_path: Path) -> None:
+    path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt", extra={ts.EXTRA_FILE: "{not json"})
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_torchscript(path)
+    path = _save(MLP(), (1, 12), "script", tmp_path / "n.pt", extra={ts.EXTRA_FILE: '{"input_shape": [1, -2]}'})
+    with pytest.raises(ModelLoadError, match="positive integers"):
+        load_torchscript(path)
+
+
+def test_truncated_archive(tmp_path: Path) -> None:
+    path = _save(CNN(), (1, 2, 8, 8), "script", tmp_path / "full.pt")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="not a loadable TorchScript archive") as info:
+        load_torchscript(cut, input_shape=(1, 2, 8, 8))
+    assert "\n" not in str(info.value)
+
+
+def test_torch_save_pickle_is_not_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "pickle.pt"
+    torch.save(MLP().state_dict(), str(path))
+    with pytest.raises(ModelLoadError, match="not a loadable TorchScript archive"):
+        load_torchscript(path, input_shape=(1, 12))
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"hello, I am not an archive")
+    with pytest.raises(ModelLoadError):
+        load_torchscript(path, input_shape=(1, 12))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_torchscript(tmp_path / "absent.pt", input_shape=(1, 12))
+
+
+def test_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt")
+    monkeypatch.setattr(ts, "MAX_ARCHIVE_BYTES", 100)
+    with pytest.raises(ResourceError, match="exceeds the limit"):
+        load_torchscript(path, input_shape=(1, 12))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unsupported_operators_listed_with_counts(mode: str, tmp_path: Path) -> None:
+    path = _save(Unsupported(), (2, 4), mode, tmp_path / "u.pt")
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_torchscript(path, input_shape=(2, 4))
+    assert info.value.counts == {"aten::layer_norm": 2, "aten::mul (variable * variable)": 1}
+    assert "SA901" in str(info.value)
+
+
+def test_archive_is_a_zip_of_code_not_pickled_objects(tmp_path: Path) -> None:
+    """Sanity: what we load is torch.jit.save's zip (code + constants), read by torch.jit.load."""
+    path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt")
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+        assert any(name.endswith("constants.pkl") for name in archive.namelist())
