@@ -1,0 +1,107 @@
+"""Bound rules of convolutions (Conv, ConvTranspose): circulant-embedding upper, power-iteration lower."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
+from stabaudit.bounds.numerics import conv_norm_certified, conv_output_size, conv_power
+from stabaudit.ir.graph import Node
+from stabaudit.ir.ops import Conv, ConvTranspose, OpType
+
+
+def _spatial(shape: tuple[int, ...], ndim: int, what: str) -> tuple[int, ...]:
+    if len(shape) != ndim + 2:
+        raise ValueError(f"{what} shape {shape} is not [batch, channels, {ndim} spatial dims]")
+    return tuple(int(n) for n in shape[2:])
+
+
+def _result(
+    upper_value: float, upper_method: str, notes: tuple[str, ...], lower: float | None, lower_method: str
+) -> OpBound:
+    if not math.isfinite(upper_value):
+        return OpBound(
+            upper=Bound(value=upper_value, guarantee=Guarantee.UPPER, method=upper_method),
+            notes=(*notes, "no lower bound: the weights are not finite"),
+        )
+    if lower is not None and lower > upper_value:  # impossible unless a bound is wrong
+        raise ArithmeticError(f"certified lower {lower!r} exceeds certified upper {upper_value!r}")
+    return OpBound(
+        upper=Bound(value=upper_value, guarantee=Guarantee.UPPER, method=upper_method),
+        lower=None if lower is None else Bound(value=lower, guarantee=Guarantee.LOWER, method=lower_method),
+        notes=notes,
+    )
+
+
+@RULES.register(OpType.CONV)
+def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
+    """||conv||_2 at the model's input shape, stride/padding/dilation/groups included.
+
+    Upper: ``conv_norm_certified``: the exact explicit matrix for small layers ("dense-svd", which
+    gives the lower bound too), else the circulant embedding (the real operator is P C_circ E, so
+    ||conv|| <= ||C_circ||). Lower otherwise: ||A v|| / ||v|| for the power-iteration vector v, its
+    float rounding removed (any v gives ||A|| >= ||A v|| / ||v||: a sound lower bound).
+    """
+    match node.op:
+        case Conv(weight=weight, strides=strides, pads=pads, dilations=dilations, groups=groups):
+            pass
+        case _:
+            raise TypeError(f"bound_conv got a {type(node.op).__name__}")
+    spatial = _spatial(ctx.input_shapes[0], len(strides), "Conv input")
+    if ctx.input_shapes[0][1] != np.asarray(weight).shape[1] * groups:
+        raise ValueError(f"Conv input {ctx.input_shapes[0]} has not {np.asarray(weight).shape[1] * groups} channels")
+    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial)
+    lower, lower_method = cert.lower, cert.method
+    if lower is None and math.isfinite(cert.upper):
+        lower_method = "power-iteration"
+        lower = conv_power(
+            weight, strides, pads, dilations, groups, spatial,
+            seed=ctx.settings.seed, iterations=ctx.settings.power_iterations, device=ctx.settings.device,
+        ).lower
+    return _result(cert.upper, cert.method, cert.notes, lower, lower_method)
+
+
+@RULES.register(OpType.CONV_TRANSPOSE)
+def bound_conv_transpose(node: Node, ctx: RuleContext) -> OpBound:
+    """||conv_transpose||_2 through its adjoint.
+
+    The executor's ConvTranspose T (full transposed conv, then crop pads, output_padding appended)
+    satisfies T^T = P A, where A is the Conv with the *same* weight array (read as
+    [C_out_A = C_in_T, C_in_A/groups = C_out_T/groups, k...]), strides, pads, dilations and groups
+    at input size n_out = T's output size, and P keeps A's first n_in outputs per axis (A has
+    n_in + floor(output_padding / stride) of them: P = I when output_padding < stride). Hence
+    ||T|| = ||T^T|| = ||P A|| <= ||A|| (equality when output_padding < stride): the dense method
+    computes ||P A|| exactly, the circulant and fallback bounds of A apply as they are. Without a
+    dense lower bound, the lower bound is power iteration on T itself.
+    """
+    match node.op:
+        case ConvTranspose(
+            weight=weight, strides=strides, pads=pads, dilations=dilations, groups=groups, output_padding=opad
+        ):
+            pass
+        case _:
+            raise TypeError(f"bound_conv_transpose got a {type(node.op).__name__}")
+    d = len(strides)
+    spatial_in = _spatial(ctx.input_shapes[0], d, "ConvTranspose input")
+    spatial_out = _spatial(ctx.output_shape, d, "ConvTranspose output")
+    w = np.asarray(weight)
+    for i in range(d):
+        expected = (spatial_in[i] - 1) * strides[i] + dilations[i] * (w.shape[2 + i] - 1) + 1 - pads[i] - pads[i + d] + opad[i]
+        if expected != spatial_out[i]:
+            raise ValueError(f"ConvTranspose output size {spatial_out} does not match its attributes (axis {i}: {expected})")
+        n_adj = conv_output_size(spatial_out[i], w.shape[2 + i], strides[i], pads[i], pads[i + d], dilations[i])
+        if n_adj < spatial_in[i]:  # cannot happen for output_padding >= 0; guards the adjoint identity
+            raise ValueError("ConvTranspose adjoint has fewer outputs than the ConvTranspose has inputs")
+    # keep_outputs=spatial_in: the operator is exactly P A = T^T (dense-svd is then exact for T)
+    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial_out, keep_outputs=spatial_in)
+    lower, lower_method = cert.lower, cert.method
+    if lower is None and math.isfinite(cert.upper):
+        lower_method = "power-iteration"
+        lower = conv_power(
+            weight, strides, pads, dilations, groups, spatial_in,
+            seed=ctx.settings.seed, iterations=ctx.settings.power_iterations, device=ctx.settings.device,
+            transpose=True, output_padding=opad,
+        ).lower
+    return _result(cert.upper, cert.method, cert.notes, lower, lower_method)

@@ -1,0 +1,124 @@
+"""Bound rules of operators that move, embed, add or stack entries (Reshape, Transpose, Pad, Add, Sub, Concat)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
+from stabaudit.bounds.numerics import sqrt_int_bounds
+from stabaudit.ir.graph import Node
+from stabaudit.ir.ops import Add, Concat, OpType, Pad, Reshape, Sub, Transpose
+
+
+def _exact(
+    value: float, method: str, *, combine: Combine = Combine.CHAIN, input_gains: tuple[float, ...] = ()
+) -> OpBound:
+    return OpBound(
+        upper=Bound(value=value, guarantee=Guarantee.UPPER, method=method),
+        lower=Bound(value=value, guarantee=Guarantee.LOWER, method=method),
+        combine=combine,
+        input_gains=input_gains,
+    )
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+@RULES.register(OpType.RESHAPE)
+def bound_reshape(node: Node, ctx: RuleContext) -> OpBound:
+    """The flattened tensor is unchanged: an isometry, Lip = 1."""
+    match node.op:
+        case Reshape():
+            return _exact(1.0 if _size(ctx.input_shapes[0]) else 0.0, "isometry")
+    raise TypeError(f"bound_reshape got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.TRANSPOSE)
+def bound_transpose(node: Node, ctx: RuleContext) -> OpBound:
+    """A permutation of the entries: an isometry, Lip = 1."""
+    match node.op:
+        case Transpose():
+            return _exact(1.0 if _size(ctx.input_shapes[0]) else 0.0, "isometry")
+    raise TypeError(f"bound_transpose got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.PAD)
+def bound_pad(node: Node, ctx: RuleContext) -> OpBound:
+    """Constant padding = an isometric embedding plus a constant: Lip = 1. Negative pads crop (a
+    coordinate projection, Lip <= 1, = 1 when any entry survives)."""
+    match node.op:
+        case Pad(pads=pads):
+            pass
+        case _:
+            raise TypeError(f"bound_pad got a {type(node.op).__name__}")
+    shape = ctx.input_shapes[0]
+    n = len(shape)
+    if len(pads) != 2 * n:
+        raise ValueError(f"Pad has {len(pads)} pads for a rank-{n} input")
+    kept = all(shape[i] + min(pads[i], 0) + min(pads[i + n], 0) > 0 for i in range(n))
+    return _exact(1.0 if kept and _size(shape) else 0.0, "isometry")
+
+
+def _broadcast_sum(node: Node, ctx: RuleContext) -> OpBound:
+    """x_1 +- x_2 with numpy broadcasting.
+
+    Broadcasting input i to the output repeats each of its entries r_i = |out| / |in_i| times,
+    so ||B_i d|| = sqrt(r_i) ||d|| exactly: the input gains are sqrt(r_i) and the output obeys
+    ||dy|| <= sum_i sqrt(r_i) ||dx_i|| (triangle inequality; Combine.SUM). As a map of the joint
+    input (x_1, x_2) its norm is ||[B_1, +-B_2]|| = sqrt(||B_1 B_1^T + B_2 B_2^T||) = sqrt(r_1 + r_2)
+    exactly: <= by the triangle inequality on B_i B_i^T (norms r_i), = at the all-ones output
+    direction, an eigenvector of both with eigenvalues r_1 and r_2.
+    """
+    out = _size(ctx.output_shape)
+    reps: list[int] = []
+    for shape in ctx.input_shapes:
+        size = _size(shape)
+        if size == 0 or out == 0:
+            reps.append(0)
+            continue
+        if np.broadcast_shapes(tuple(shape), tuple(ctx.output_shape)) != tuple(ctx.output_shape) or out % size:
+            raise ValueError(f"input {shape} does not broadcast to the output {ctx.output_shape}")
+        reps.append(out // size)
+    gains = tuple(sqrt_int_bounds(r)[0] for r in reps)
+    upper, lower = sqrt_int_bounds(sum(reps))
+    return OpBound(
+        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="broadcast-sum"),
+        lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="broadcast-sum"),
+        combine=Combine.SUM,
+        input_gains=gains,
+    )
+
+
+@RULES.register(OpType.ADD)
+def bound_add(node: Node, ctx: RuleContext) -> OpBound:
+    """Add: Combine.SUM with gains sqrt(broadcast repetitions) (see _broadcast_sum)."""
+    match node.op:
+        case Add():
+            return _broadcast_sum(node, ctx)
+    raise TypeError(f"bound_add got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.SUB)
+def bound_sub(node: Node, ctx: RuleContext) -> OpBound:
+    """Sub: as Add (a sign changes no norm)."""
+    match node.op:
+        case Sub():
+            return _broadcast_sum(node, ctx)
+    raise TypeError(f"bound_sub got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.CONCAT)
+def bound_concat(node: Node, ctx: RuleContext) -> OpBound:
+    """Concatenation places the inputs on disjoint coordinates: ||dy||^2 = sum_i ||dx_i||^2, gains 1,
+    Combine.STACK; as a map of the joint input it is a permutation (Lip = 1)."""
+    match node.op:
+        case Concat():
+            pass
+        case _:
+            raise TypeError(f"bound_concat got a {type(node.op).__name__}")
+    gains = tuple(1.0 if _size(s) else 0.0 for s in ctx.input_shapes)
+    value = 1.0 if any(gains) else 0.0
+    return _exact(value, "isometry", combine=Combine.STACK, input_gains=gains)
+
+

@@ -1,0 +1,120 @@
+"""Tests of the rule registry and bound_node: every OpType has a rule, timing, errors named by node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.bounds import RULES, bound_node, rule_for
+from stabaudit.bounds.base import Guarantee, OpBound, RuleContext
+from stabaudit.errors import InternalError, ResourceError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+RNG = np.random.default_rng(0)
+
+# one small instance of every canonical op, with the input shapes it runs on
+SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
+    O.OpType.LINEAR: (O.Linear(weight=RNG.standard_normal((3, 4)), bias=np.ones(3)), [(1, 4)]),
+    O.OpType.CONV: (O.Conv(weight=RNG.standard_normal((2, 2, 3, 3)), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)), [(1, 2, 5, 5)]),
+    O.OpType.CONV_TRANSPOSE: (
+        O.ConvTranspose(weight=RNG.standard_normal((2, 2, 3, 3)), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), output_padding=(1, 1)),
+        [(1, 2, 3, 3)],
+    ),
+    O.OpType.AFFINE: (O.Affine(scale=RNG.standard_normal((1, 2, 1, 1)), shift=np.ones((1, 2, 1, 1))), [(1, 2, 3, 3)]),
+    O.OpType.ADD: (O.Add(), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.SUB: (O.Sub(), [(1, 2, 3), (1, 2, 3)]),
+    O.OpType.RELU: (O.Relu(), [(1, 6)]),
+    O.OpType.LEAKY_RELU: (O.LeakyRelu(alpha=0.2), [(1, 6)]),
+    O.OpType.PRELU: (O.PRelu(slope=np.array([0.1, 1.7]).reshape(1, 2, 1)), [(1, 2, 3)]),
+    O.OpType.SIGMOID: (O.Sigmoid(), [(1, 6)]),
+    O.OpType.TANH: (O.Tanh(), [(1, 6)]),
+    O.OpType.SOFTPLUS: (O.Softplus(beta=2.0), [(1, 6)]),
+    O.OpType.ELU: (O.Elu(alpha=1.0), [(1, 6)]),
+    O.OpType.GELU: (O.Gelu(), [(1, 6)]),
+    O.OpType.HARD_SIGMOID: (O.HardSigmoid(), [(1, 6)]),
+    O.OpType.HARD_SWISH: (O.HardSwish(), [(1, 6)]),
+    O.OpType.SILU: (O.Silu(), [(1, 6)]),
+    O.OpType.CLIP: (O.Clip(min=0.0, max=6.0), [(1, 6)]),
+    O.OpType.SOFTMAX: (O.Softmax(axis=-1), [(1, 2, 6)]),
+    O.OpType.MAX_POOL: (O.MaxPool(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1)), [(1, 2, 6, 6)]),
+    O.OpType.AVG_POOL: (O.AvgPool(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1)), [(1, 2, 6, 6)]),
+    O.OpType.GLOBAL_AVG_POOL: (O.GlobalAvgPool(), [(1, 2, 4, 4)]),
+    O.OpType.GLOBAL_MAX_POOL: (O.GlobalMaxPool(), [(1, 2, 4, 4)]),
+    O.OpType.RESHAPE: (O.Reshape(shape=(1, 12)), [(1, 3, 4)]),
+    O.OpType.TRANSPOSE: (O.Transpose(perm=(0, 2, 1)), [(1, 3, 4)]),
+    O.OpType.PAD: (O.Pad(pads=(0, 0, 1, 0, 0, 2)), [(1, 2, 3)]),
+    O.OpType.CONCAT: (O.Concat(axis=1), [(1, 2, 3), (1, 1, 3)]),
+}
+
+
+def single(op: O.Op, shapes: list[tuple[int, ...]]):
+    names = tuple(f"x{i}" for i in range(len(shapes)))
+    node = Node(name=f"n_{op.type.value}", op=op, inputs=names, output="y")
+    specs = tuple(TensorSpec(name=n, shape=s) for n, s in zip(names, shapes, strict=True))
+    graph = with_shapes(Graph(inputs=specs, outputs=("y",), nodes=(node,)).validate())
+    return graph, node, RuleContext(input_shapes=tuple(shapes), output_shape=graph.shapes["y"])
+
+
+def test_every_op_type_has_a_rule_and_a_sample() -> None:
+    for op_type in O.OpType:
+        assert op_type in RULES, f"no bound rule for {op_type.value}"
+        assert op_type in SAMPLES, f"no test sample for {op_type.value}"
+        assert SAMPLES[op_type][0].type is op_type
+    assert len(RULES) == len(O.OpType)
+
+
+@pytest.mark.parametrize("op_type", list(O.OpType), ids=lambda t: t.value)
+def test_every_rule_is_sound_on_its_sample(op_type: O.OpType) -> None:
+    op, shapes = SAMPLES[op_type]
+    graph, node, ctx = single(op, shapes)
+    result = bound_node(node, ctx)
+    assert isinstance(result, OpBound) and result.seconds > 0.0
+    assert result.upper.guarantee is Guarantee.UPPER
+    if result.lower is not None:
+        assert result.lower.guarantee is Guarantee.LOWER
+        assert result.lower.value <= result.upper.value
+    if len(shapes) > 1:
+        assert len(result.input_gains) == len(shapes)
+    # difference quotients of the joint input never exceed the upper bound
+    f = Executor(graph, dtype=torch.float64).flat()
+    n = sum(int(np.prod(s)) for s in shapes)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((64, n)) * 2)
+    y = x + torch.from_numpy(rng.standard_normal((64, n)) * 0.3)
+    q = (torch.func.vmap(f)(x) - torch.func.vmap(f)(y)).norm(dim=1) / (x - y).norm(dim=1)
+    assert float(q.max()) <= result.upper.value * (1 + 1e-12)
+
+
+def test_errors_name_the_node_and_keep_their_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(name="conv_7", op=O.Gelu(approximate="bogus"), inputs=("a",), output="b")
+    with pytest.raises(InternalError, match=r"node 'conv_7' \(Gelu\).*bogus") as info:
+        bound_node(node, RuleContext(input_shapes=((1, 2),), output_shape=(1, 2)))
+    assert isinstance(info.value.__cause__, ValueError)
+
+    def too_big(node: Node, ctx: RuleContext) -> OpBound:
+        raise ResourceError("layer too large")
+
+    monkeypatch.setitem(RULES._items, O.OpType.RELU, too_big)
+    relu = Node(name="act1", op=O.Relu(), inputs=("a",), output="b")
+    with pytest.raises(ResourceError, match=r"node 'act1' \(Relu\): layer too large") as rinfo:
+        bound_node(relu, RuleContext(input_shapes=((1, 2),), output_shape=(1, 2)))
+    assert rinfo.value.exit_code == 2
+
+
+def test_rule_for_returns_the_registered_function() -> None:
+    from stabaudit.bounds.linear import bound_linear
+
+    node = Node(name="fc", op=SAMPLES[O.OpType.LINEAR][0], inputs=("a",), output="b")
+    assert rule_for(node) is bound_linear
+
+
+def test_importing_the_rules_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, stabaudit.bounds; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
