@@ -1,0 +1,465 @@
+"""ONNX file -> IR graph, with onnxruntime on the original model as the reference runtime."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from stabaudit.errors import ModelLoadError, StabauditError, UnsupportedOperatorError
+from stabaudit.ir.graph import Graph, TensorSpec
+from stabaudit.loaders.base import LoadedModel, ModelFormat
+from stabaudit.loaders.detect import check_file
+
+LIFT_BELOW = 11  # opsets older than this are lifted to it with onnx.version_converter
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def supported_operators() -> list[str]:
+    """The ONNX operators translated on variables; any operator on constants is folded, and
+    Erf inside x*0.5*(1+Erf(x/sqrt 2)) is fused into Gelu."""
+    from stabaudit.loaders.onnx_ops import TRANSLATORS
+
+    return sorted(set(TRANSLATORS) | {"Constant"})
+
+
+def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Load an ONNX model; dynamic dims come from ``input_shape`` (first input) or batch 1.
+
+    Raises ModelLoadError (with ``path``) for unreadable, malformed or unsafe files, and
+    UnsupportedOperatorError listing every operator outside the IR at once.
+    """
+    try:
+        return _load(Path(path), input_shape)
+    except StabauditError as exc:
+        if exc.path is None:
+            exc.path = str(path)
+        raise
+
+
+def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    check_file(path)
+    data = path.read_bytes()
+    model = _parse(data)
+    external_files = _load_external_data(model, path)
+    notes: list[str] = []
+    if external_files:
+        notes.append(f"external data read from {external_files} file(s) in the model's directory")
+    _check(model, notes)
+    work = _lift_opset(model, notes)
+    inputs = _input_shapes(work.graph, input_shape, notes)
+    graph = _translate(work, inputs, notes)
+    reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
+    return LoadedModel(
+        graph=graph,
+        format=ModelFormat.ONNX,
+        reference_name="onnxruntime",
+        reference=reference,
+        parameters=_parameter_count(model.graph),
+        source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        notes=tuple(notes),
+    )
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def _parse(data: bytes) -> Any:
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)  # never follows external data by itself
+    except Exception as exc:  # google.protobuf DecodeError and friends
+        raise ModelLoadError(
+            f"not an ONNX model or TorchScript archive (the ONNX protobuf does not parse, truncated or corrupt: {_first_line(exc)})"
+        ) from exc
+    if model.ir_version < 1 or not model.HasField("graph") or not model.graph.output:
+        raise ModelLoadError("not an ONNX model or TorchScript archive (no ONNX graph in the file)")
+    return model
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
+    from onnx import AttributeProto
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == AttributeProto.GRAPH:
+                yield from _tensors(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _tensors(sub)
+
+
+def _load_external_data(model: Any, path: Path) -> int:
+    """Read external tensor data into the model, only from files inside the model's directory.
+
+    Absolute locations and locations that resolve elsewhere (``..``, symlinks followed) are
+    refused. Returns the number of files read.
+    """
+    from onnx import TensorProto
+
+    base = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    files: set[str] = set()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        what = f"external data {location!r} of tensor {tensor.name!r}"
+        if not location:
+            raise ModelLoadError(f"tensor {tensor.name!r} has external data without a location")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
+            raise ModelLoadError(f"{what} is an absolute path; only files in the model's directory are read")
+        target = os.path.realpath(os.path.join(base, location))
+        if os.path.commonpath([base, target]) != base:
+            raise ModelLoadError(f"{what} resolves outside the model's directory; refused")
+        if not os.path.isfile(target):
+            raise ModelLoadError(f"{what} is missing")
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        with open(target, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.read(int(length)) if length is not None else fh.read()
+        if length is not None and len(raw) != int(length):
+            raise ModelLoadError(f"{what} is truncated ({len(raw)} of {length} bytes)")
+        tensor.raw_data = raw
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+        files.add(target)
+    return len(files)
+
+
+def _check(model: Any, notes: list[str]) -> None:
+    """onnx.checker as a diagnostic: real exports often fail it harmlessly, so only note it."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        notes.append(f"onnx.checker: {_first_line(exc)}")
+
+
+def _opset(model: Any) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return int(versions[0]) if versions else 1
+
+
+def _lift_opset(model: Any, notes: list[str]) -> Any:
+    """The model lifted to opset LIFT_BELOW when older (or itself when conversion fails)."""
+    from onnx import version_converter
+
+    version = _opset(model)
+    if version >= LIFT_BELOW:
+        return model
+    try:
+        lifted = version_converter.convert_version(model, LIFT_BELOW)
+    except Exception as exc:
+        notes.append(f"opset {version} kept: onnx.version_converter failed ({_first_line(exc)})")
+        return model
+    notes.append(f"opset lifted from {version} to {LIFT_BELOW} (onnx.version_converter)")
+    return lifted
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _Input:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str]) -> list[_Input]:
+    """Static shapes of the real inputs (graph inputs that are not initializers).
+
+    The first input takes ``input_shape`` when given (same rank; static dims must agree);
+    otherwise an unknown dim 0 (batch) becomes 1 and any other unknown dim is an error.
+    """
+    from onnx import TensorProto, helper
+
+    from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
+
+    initialized = {t.name for t in graph.initializer}
+    real = [vi for vi in graph.input if vi.name not in initialized]
+    if not real:
+        raise ModelLoadError("the model has no inputs (every graph input is an initializer)")
+    result = []
+    for index, vi in enumerate(real):
+        if not vi.type.HasField("tensor_type"):
+            raise ModelLoadError(f"input {vi.name!r} is not a tensor")
+        tensor = vi.type.tensor_type
+        if tensor.elem_type not in FLOAT_TYPES:
+            type_name = TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "undefined"
+            raise ModelLoadError(f"input {vi.name!r} has element type {type_name}; only floating-point inputs are supported")
+        dims: list[int | None] | None = None
+        labels: list[str] = []
+        if tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
+            labels = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                      for d in tensor.shape.dim]
+        if index == 0 and input_shape is not None:
+            shape = _given_shape(vi.name, dims, tuple(input_shape))
+            if dims is None or None in dims:
+                notes.append(f"input {vi.name!r} [{','.join(labels)}] fixed to {list(shape)} by --input-shape")
+        else:
+            shape = _default_shape(vi.name, dims, labels, notes)
+        dtype = np.dtype(np.float32) if tensor.elem_type == TensorProto.BFLOAT16 else \
+            np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        result.append(_Input(name=vi.name, shape=shape, dtype=dtype))
+    return result
+
+
+def _given_shape(name: str, dims: list[int | None] | None, given: tuple[int, ...]) -> tuple[int, ...]:
+    text = ",".join(str(d) for d in given)
+    if any(int(d) < 1 for d in given):
+        raise ModelLoadError(f"--input-shape {text} has a dim below 1")
+    if dims is not None and len(dims) != len(given):
+        raise ModelLoadError(f"--input-shape {text} has rank {len(given)} but input {name!r} has rank {len(dims)}")
+    for axis, (d, g) in enumerate(zip(dims or [], given, strict=False)):
+        if d is not None and d != g:
+            raise ModelLoadError(f"--input-shape {text} gives dim {axis} = {g} but input {name!r} has static size {d} there")
+    return tuple(int(d) for d in given)
+
+
+def _default_shape(name: str, dims: list[int | None] | None, labels: list[str], notes: list[str]) -> tuple[int, ...]:
+    if dims is None:
+        raise ModelLoadError(f"input {name!r} has no shape in the model; pass --input-shape")
+    if dims and dims[0] is None:
+        notes.append(f"input {name!r}: batch dim {labels[0]!r} set to 1")
+        dims = [1, *dims[1:]]
+    if None in dims:
+        raise ModelLoadError(f"input {name!r} has shape [{','.join(labels)}] with unknown dims beyond the batch dim; "
+                             "give its full shape with --input-shape")
+    return tuple(int(d) for d in dims if d is not None)
+
+
+# ---- translation -------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _Walk:
+    ctx: Any  # onnx_ops.Context
+    unsupported: Counter[str]
+    poisoned: frozenset[str]
+    constant_nodes: int
+    folded: Counter[str]
+
+
+def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> Graph:
+    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+    from onnx import numpy_helper
+
+    from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
+
+    graph = model.graph
+    if graph.sparse_initializer:
+        raise ModelLoadError("sparse initializers are not supported")
+    try:
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    except Exception as exc:
+        raise ModelLoadError(f"an initializer cannot be read: {_first_line(exc)}") from exc
+    opset = _opset(model)
+    nodes = _topological([wrap_node(n, i, opset) for i, n in enumerate(graph.node)],
+                         {i.name for i in inputs} | set(constants))
+    outputs = [o.name for o in graph.output]
+    walk = _walk(nodes, constants, inputs, outputs)
+    if any(n.op_type in ANCHORS for n in nodes):
+        fused, labels = fuse_patterns(nodes, walk.ctx.constants, set(outputs))
+        if labels:
+            walk = _walk(fused, constants, inputs, outputs)
+            notes.append("fused: " + ", ".join(f"{k} x{n}" for k, n in sorted(Counter(labels).items())))
+    if walk.unsupported:
+        raise UnsupportedOperatorError(dict(walk.unsupported))
+    ctx = walk.ctx
+    ir_outputs = []
+    for name in outputs:
+        if ctx.is_const(name):
+            raise ModelLoadError(f"graph output {name!r} is a constant (it does not depend on any input)")
+        ir_outputs.append(ctx.var(name))
+    nodes_needed = _live(ctx.nodes, ir_outputs)
+    _notes(walk, len(ctx.nodes) - len(nodes_needed), notes)
+    from stabaudit.ir.executor import with_shapes
+
+    specs = tuple(TensorSpec(name=i.name, shape=i.shape) for i in inputs)
+    return with_shapes(Graph(inputs=specs, outputs=tuple(ir_outputs), nodes=tuple(nodes_needed)).validate())
+
+
+def _topological(nodes: Sequence[Any], defined: set[str]) -> list[Any]:
+    """The nodes in a topological order, stable (one pass for graphs that are already sorted)."""
+    known, order, pending = set(defined), [], list(nodes)
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in known for name in node.present_inputs):
+                order.append(node)
+                known.update(node.outputs)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = next(n for n in rest[0].present_inputs if n not in known)
+            raise ModelLoadError(f"node {rest[0].name!r} ({rest[0].op_type}) reads {missing!r}, which nothing defines")
+        pending = rest
+    return order
+
+
+def _constant_value(node: Any) -> np.ndarray:
+    """The tensor of a Constant node (value, value_float(s), value_int(s))."""
+    kinds = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+             "value_int": np.int64, "value_ints": np.int64}
+    for key, dtype in kinds.items():
+        if key in node.attrs:
+            return np.asarray(node.attrs[key], dtype=dtype)
+    raise ModelLoadError(f"Constant node {node.name!r} has no numeric value ({', '.join(node.attrs) or 'no attributes'})")
+
+
+def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Sequence[_Input],
+          outputs: Sequence[str]) -> _Walk:
+    """Fold constants and translate every other node; unsupported nodes are counted, and the
+    nodes that depend on them are skipped (counted only when their op is unknown too)."""
+    from stabaudit.loaders.onnx_ops import (
+        FOLDERS,
+        TRANSLATORS,
+        Context,
+        Unsupported,
+        fold,
+        foldable,
+    )
+
+    uses = Counter(name for node in nodes for name in node.present_inputs) + Counter(outputs)
+    ctx = Context(inputs={i.name: i.shape for i in inputs}, constants=constants, uses=uses,
+                  float_dtype=inputs[0].dtype)
+    unsupported: Counter[str] = Counter()
+    folded: Counter[str] = Counter()
+    poisoned: set[str] = set()
+    constant_nodes = 0
+    for node in nodes:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            ctx.constants[node.outputs[0]] = _constant_value(node)
+            constant_nodes += 1
+            continue
+        if any(name in poisoned for name in node.present_inputs):
+            if node.key not in TRANSLATORS and node.key not in FOLDERS:
+                unsupported[node.key] += 1
+            poisoned.update(node.outputs)
+            continue
+        try:
+            if foldable(node, ctx):
+                for name, value in zip(node.outputs, fold(node, ctx), strict=False):
+                    if name:
+                        ctx.constants[name] = value
+                folded[node.op_type] += 1
+            elif node.key in TRANSLATORS:
+                TRANSLATORS.get(node.key)(node, ctx)
+            else:
+                raise Unsupported(node.key)
+        except Unsupported as exc:
+            unsupported[exc.label] += 1
+            poisoned.update(node.outputs)
+        except (ModelLoadError, ValueError, IndexError) as exc:  # malformed node (wrong arity, shapes)
+            raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
+    return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
+                 constant_nodes=constant_nodes, folded=folded)
+
+
+def _live(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:
+    """The IR nodes that some output depends on, in order."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if node.output in needed:
+            kept.append(node)
+            needed.update(node.inputs)
+    return kept[::-1]
+
+
+def _notes(walk: _Walk, dead: int, notes: list[str]) -> None:
+    def counts(c: Counter[str]) -> str:
+        return ", ".join(f"{k} x{n}" for k, n in sorted(c.items()))
+
+    if walk.constant_nodes:
+        notes.append(f"{walk.constant_nodes} Constant node(s) read as constants")
+    if walk.folded:
+        notes.append(f"{sum(walk.folded.values())} node(s) constant-folded ({counts(walk.folded)})")
+    if walk.ctx.removed:
+        notes.append(f"removed as no-ops at inference: {counts(walk.ctx.removed)}")
+    if dead:
+        notes.append(f"{dead} IR node(s) that no output depends on dropped")
+
+
+def _parameter_count(graph: Any) -> int:
+    """Elements of float initializers and float Constant-node tensors (shape constants excluded)."""
+    from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
+
+    count = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in FLOAT_TYPES)
+    for node in graph.node:
+        if node.op_type != "Constant":
+            continue
+        for a in node.attribute:
+            if a.name == "value" and a.t.data_type in FLOAT_TYPES:
+                count += math.prod(a.t.dims)
+            elif a.name == "value_float":
+                count += 1
+            elif a.name == "value_floats":
+                count += len(a.floats)
+    return int(count)
+
+
+# ---- reference runtime -------------------------------------------------------------------------
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+class OnnxRuntimeReference:
+    """onnxruntime (CPU, one intra-op thread) on the original model, created on first call.
+
+    ``data`` are the file's bytes; for a model with external data (already read, from inside
+    its directory only) the in-memory model is serialized instead, or, beyond protobuf's 2 GiB,
+    the session opens the checked path itself.
+    """
+
+    def __init__(self, *, model: Any, data: bytes | None, path: Path):
+        self._model = model
+        self._data = data
+        self._path = path
+        self._session: Any = None
+
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3  # errors only: real exports draw many harmless warnings
+            source: bytes | str
+            if self._data is not None:
+                source = self._data
+            elif self._model.ByteSize() < _PROTOBUF_LIMIT:
+                source = self._model.SerializeToString()
+            else:
+                source = str(self._path)
+            try:
+                self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}", path=str(self._path)) from exc
+            self._model = None  # the session holds what it needs
+        return self._session
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        session = self.session()
+        feeds = {i.name: np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
+                 for i in session.get_inputs()}
+        try:
+            results = session.run(None, feeds)
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime failed to run the model: {_first_line(exc)}", path=str(self._path)) from exc
+        return [np.asarray(out) for out in results]

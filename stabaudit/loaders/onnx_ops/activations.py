@@ -1,0 +1,114 @@
+"""Translators of element-wise activations, Clip and Softmax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.common import (
+    Context,
+    OnnxNode,
+    Unsupported,
+    fits,
+    normalize_axis,
+    register,
+)
+
+_PLAIN: dict[str, type[O.Op]] = {
+    "Relu": O.Relu,
+    "Sigmoid": O.Sigmoid,
+    "Tanh": O.Tanh,
+    "Softplus": O.Softplus,
+    "HardSwish": O.HardSwish,
+}
+
+
+@register(*_PLAIN)
+def plain(node: OnnxNode, ctx: Context) -> None:
+    ctx.emit(node, _PLAIN[node.op_type](), [node.inputs[0]])
+
+
+@register("LeakyRelu")
+def leaky_relu(node: OnnxNode, ctx: Context) -> None:
+    ctx.emit(node, O.LeakyRelu(alpha=float(node.attr("alpha"))), [node.inputs[0]])
+
+
+@register("Elu")
+def elu(node: OnnxNode, ctx: Context) -> None:
+    ctx.emit(node, O.Elu(alpha=float(node.attr("alpha"))), [node.inputs[0]])
+
+
+@register("HardSigmoid")
+def hard_sigmoid(node: OnnxNode, ctx: Context) -> None:
+    op = O.HardSigmoid(alpha=float(node.attr("alpha")), beta=float(node.attr("beta")))
+    ctx.emit(node, op, [node.inputs[0]])
+
+
+@register("Gelu")
+def gelu(node: OnnxNode, ctx: Context) -> None:
+    approximate = node.attr("approximate") or "none"
+    if approximate not in ("none", "tanh"):
+        raise Unsupported(f"Gelu(approximate={approximate})")
+    ctx.emit(node, O.Gelu(approximate=approximate), [node.inputs[0]])
+
+
+@register("Swish")
+def swish(node: OnnxNode, ctx: Context) -> None:
+    """Swish(alpha) = x * sigmoid(alpha * x); alpha = 1 is SiLU (also the fused x*Sigmoid(x))."""
+    if float(node.attr("alpha", 1.0)) != 1.0:
+        raise Unsupported("Swish(alpha != 1)")
+    ctx.emit(node, O.Silu(), [node.inputs[0]])
+
+
+@register("PRelu")
+def prelu(node: OnnxNode, ctx: Context) -> None:
+    slope = ctx.param(node, 1, "slope")
+    assert slope is not None
+    if not fits(slope, ctx.shape(node.inputs[0])):
+        raise Unsupported("PRelu(slope does not broadcast to the input)")
+    ctx.emit(node, O.PRelu(slope=slope), [node.inputs[0]])
+
+
+def _bound(value: object) -> float | None:
+    """A Clip bound; +-float32 max (the old attribute defaults) and infinities mean unbounded."""
+    if value is None:
+        return None
+    array = np.asarray(value, dtype=np.float64)
+    if array.size != 1:
+        raise Unsupported("Clip(non-scalar bound)")
+    v = float(array.reshape(-1)[0])
+    return None if abs(v) >= float(np.finfo(np.float32).max) else v
+
+
+@register("Clip")
+def clip(node: OnnxNode, ctx: Context) -> None:
+    if node.opset < 11:  # bounds were attributes before opset 11
+        lo, hi = node.attr("min"), node.attr("max")
+    else:
+        lo, hi = ctx.param(node, 1, "min", optional=True), ctx.param(node, 2, "max", optional=True)
+    lo, hi = _bound(lo), _bound(hi)
+    if lo is None and hi is None:  # no bounds: the identity
+        ctx.alias(node, node.inputs[0])
+    else:
+        ctx.emit(node, O.Clip(min=lo, max=hi), [node.inputs[0]])
+
+
+@register("Softmax")
+def softmax(node: OnnxNode, ctx: Context) -> None:
+    """Softmax over one axis; before opset 13 over the input coerced to 2-D at ``axis``.
+
+    The coerced form is translated exactly: Reshape to [prod(dims < axis), prod(dims >= axis)],
+    Softmax over the last axis, Reshape back.
+    """
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    axis = normalize_axis(int(node.attr("axis")), rank)
+    if node.opset >= 13 or axis == rank - 1:
+        ctx.emit(node, O.Softmax(axis=axis), [node.inputs[0]])
+        return
+    flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+    coerced = ctx.emit(node, O.Reshape(shape=flat), [node.inputs[0]], tag="coerce")
+    soft = ctx.emit(node, O.Softmax(axis=1), [coerced], tag="softmax")
+    ctx.emit(node, O.Reshape(shape=shape), [soft])

@@ -1,0 +1,75 @@
+"""Translators of Add, Sub, Mul, Div, Neg and Sum: residual sums and affine maps by constants."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, fits, register
+
+_MINUS_ONE = np.array(-1.0)
+
+
+def _affine(node: OnnxNode, ctx: Context, var: str, scale: np.ndarray | None, shift: np.ndarray | None) -> None:
+    """Emit y = var * scale + shift, refusing constants that would enlarge the variable's shape."""
+    shape = ctx.shape(var)
+    for constant in (scale, shift):
+        if constant is not None and not fits(constant, shape):
+            raise Unsupported(f"{node.op_type}(constant of shape {list(constant.shape)} broadcasts beyond the input)")
+    ctx.emit(node, O.Affine(scale=scale, shift=shift), [var])
+
+
+@register("Add", "Sub", "Mul", "Div")
+def binary(node: OnnxNode, ctx: Context) -> None:
+    """Two variables: Add/Sub IR nodes; one constant c: an Affine map, computed in float64.
+
+    x + c, c + x: shift c; x - c: shift -c; c - x: scale -1, shift c; x * c, c * x: scale c;
+    x / c: scale 1/c (rounded once, in float64).
+    """
+    a, b = node.inputs[0], node.inputs[1]
+    ca, cb = ctx.const(a), ctx.const(b)
+    op = node.op_type
+    if ca is None and cb is None:
+        if op in ("Mul", "Div"):
+            raise Unsupported(f"{op}(variable x variable)")
+        ctx.emit(node, O.Add() if op == "Add" else O.Sub(), [a, b])
+        return
+    constant_first = ca is not None
+    var = b if constant_first else a
+    c = np.asarray(ca if constant_first else cb, dtype=np.float64)
+    match op, constant_first:
+        case "Add", _:
+            _affine(node, ctx, var, None, c)
+        case "Sub", False:
+            _affine(node, ctx, var, None, -c)
+        case "Sub", True:
+            _affine(node, ctx, var, _MINUS_ONE, c)
+        case "Mul", _:
+            _affine(node, ctx, var, c, None)
+        case "Div", False:
+            with np.errstate(divide="ignore"):
+                _affine(node, ctx, var, 1.0 / c, None)
+        case _:
+            raise Unsupported("Div(constant / variable)")
+
+
+@register("Neg")
+def neg(node: OnnxNode, ctx: Context) -> None:
+    _affine(node, ctx, node.inputs[0], _MINUS_ONE, None)
+
+
+@register("Sum")
+def sum_(node: OnnxNode, ctx: Context) -> None:
+    """Sum of variables (a chain of Add nodes) plus the sum of any constant operands as a shift."""
+    variables = [name for name in node.present_inputs if not ctx.is_const(name)]
+    constants = [np.asarray(ctx.const(name), dtype=np.float64) for name in node.present_inputs if ctx.is_const(name)]
+    shift = sum(constants[1:], constants[0]) if constants else None
+    if len(variables) == 1 and shift is None:
+        ctx.alias(node, variables[0])
+        return
+    total = variables[0]
+    for i, other in enumerate(variables[1:], start=1):
+        last = i == len(variables) - 1 and shift is None
+        total = ctx.emit(node, O.Add(), [total, other], tag=None if last else f"sum{i}")
+    if shift is not None:
+        _affine(node, ctx, total, None, shift)

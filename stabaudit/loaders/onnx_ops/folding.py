@@ -1,0 +1,219 @@
+"""Constant folding at load time: numpy for shape arithmetic, onnx.reference for the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from stabaudit.loaders.onnx_ops.common import (
+    DEFAULT_DOMAINS,
+    Context,
+    OnnxNode,
+    Unsupported,
+    flatten_target,
+    int_list,
+    normalize_axis,
+    reshape_target,
+    squeeze_target,
+    unsqueeze_target,
+)
+from stabaudit.registry import Registry
+
+Values = Sequence[np.ndarray | None]  # one entry per ONNX input, None where omitted
+Folder = Callable[[OnnxNode, Values], list[np.ndarray]]
+FOLDERS: Registry[str, Folder] = Registry("ONNX constant folders")
+
+# Inputs that may be variables because only their static shape or type is read.
+SHAPE_OR_TYPE_INPUTS: dict[str, tuple[int, ...]] = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
+NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
+
+
+def foldable(node: OnnxNode, ctx: Context) -> bool:
+    """Whether every input the node reads by value is a constant."""
+    if node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC or not node.present_inputs:
+        return False
+    free = SHAPE_OR_TYPE_INPUTS.get(node.op_type, ())
+    return all(ctx.is_const(name) or (i in free and ctx.is_var(name))
+               for i, name in enumerate(node.inputs) if name)
+
+
+def fold(node: OnnxNode, ctx: Context) -> list[np.ndarray]:
+    """The node's outputs; a variable input stands in as a zero-stride array of its shape."""
+    values: list[np.ndarray | None] = []
+    for name in node.inputs:
+        if not name:
+            values.append(None)
+        elif ctx.is_const(name):
+            values.append(ctx.const(name))
+        else:
+            values.append(np.broadcast_to(np.zeros((), ctx.float_dtype), ctx.shape(name)))
+    if node.op_type in FOLDERS:
+        return FOLDERS.get(node.op_type)(node, values)
+    return _reference(node, values)
+
+
+def _reference(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    """Evaluate one node with onnx.reference (the executable ONNX specification)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    if node.proto is None:
+        raise Unsupported(node.key)
+    feeds = {name: v for name, v in zip(node.inputs, values, strict=False) if name and v is not None}
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+              for name, v in feeds.items()]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in node.outputs if name]
+    graph = helper.make_graph([node.proto], "fold", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    try:
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as exc:
+        raise Unsupported(f"{node.op_type}(on constants)") from exc
+    return [np.asarray(r) for r in results]
+
+
+def _register(*op_types: str) -> Callable[[Folder], Folder]:
+    def decorate(fn: Folder) -> Folder:
+        for op_type in op_types:
+            FOLDERS.add(op_type, fn)
+        return fn
+
+    return decorate
+
+
+def _first(values: Values) -> np.ndarray:
+    assert values[0] is not None
+    return values[0]
+
+
+def _optional_ints(node: OnnxNode, values: Values, key: str, index: int) -> list[int] | None:
+    """An int list that is an attribute in old opsets and an optional input in new ones."""
+    if key in node.attrs:
+        return int_list(node.attrs[key])
+    return int_list(values[index]) if index < len(values) else None
+
+
+@_register("Identity")
+def _identity(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    return [_first(values)]
+
+
+@_register("Cast")
+def _cast(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    from onnx import helper
+
+    return [_first(values).astype(helper.tensor_dtype_to_np_dtype(int(node.attr("to"))))]
+
+
+@_register("CastLike")
+def _cast_like(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    assert values[1] is not None
+    return [_first(values).astype(values[1].dtype)]
+
+
+@_register("Shape")
+def _shape(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    shape = np.array(_first(values).shape, dtype=np.int64)
+    return [shape[int(node.attr("start") or 0):node.attr("end")]]
+
+
+@_register("Size")
+def _size(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    return [np.array(_first(values).size, dtype=np.int64)]
+
+
+@_register("Gather")
+def _gather(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    data, indices = _first(values), values[1]
+    assert indices is not None
+    return [np.take(data, indices.astype(np.int64), axis=normalize_axis(int(node.attr("axis")), data.ndim))]
+
+
+@_register("Unsqueeze")
+def _unsqueeze(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    data = _first(values)
+    return [data.reshape(unsqueeze_target(data.shape, _optional_ints(node, values, "axes", 1) or []))]
+
+
+@_register("Squeeze")
+def _squeeze(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    data = _first(values)
+    return [data.reshape(squeeze_target(data.shape, _optional_ints(node, values, "axes", 1)))]
+
+
+@_register("Flatten")
+def _flatten(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    data = _first(values)
+    return [data.reshape(flatten_target(data.shape, int(node.attr("axis"))))]
+
+
+@_register("Reshape")
+def _reshape(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    data = _first(values)
+    target = _optional_ints(node, values, "shape", 1) or []
+    return [data.reshape(reshape_target(data.shape, target, allowzero=bool(node.attr("allowzero", 0))))]
+
+
+@_register("Transpose")
+def _transpose(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    return [np.transpose(_first(values), int_list(node.attr("perm")))]
+
+
+@_register("Concat")
+def _concat(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    present = [v for v in values if v is not None]
+    return [np.concatenate(present, axis=normalize_axis(int(node.attr("axis")), present[0].ndim))]
+
+
+@_register("Slice")
+def _slice(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    """Python slicing clamps starts and ends exactly as ONNX Slice does."""
+    data = _first(values)
+    starts = _optional_ints(node, values, "starts", 1) or []
+    ends = _optional_ints(node, values, "ends", 2) or []
+    axes = _optional_ints(node, values, "axes", 3) or list(range(len(starts)))
+    steps = (int_list(values[4]) if len(values) > 4 else None) or [1] * len(starts)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        index[normalize_axis(axis, data.ndim)] = slice(start, end, step)
+    return [data[tuple(index)]]
+
+
+@_register("Add", "Sub", "Mul", "Div")
+def _arithmetic(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    """Element-wise arithmetic in the operands' type; integer Div truncates toward zero."""
+    a, b = _first(values), values[1]
+    assert b is not None
+    match node.op_type:
+        case "Add":
+            out = np.add(a, b)
+        case "Sub":
+            out = np.subtract(a, b)
+        case "Mul":
+            out = np.multiply(a, b)
+        case _ if a.dtype.kind in "iu":
+            out = np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
+        case _:
+            out = np.divide(a, b)
+    return [np.asarray(out).astype(a.dtype)]
+
+
+@_register("Neg")
+def _neg(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    return [np.negative(_first(values))]
+
+
+@_register("ConstantOfShape")
+def _constant_of_shape(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    value = node.attr("value")
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    return [np.full(int_list(_first(values)) or [], fill[0], dtype=fill.dtype)]
+
+
+@_register("Range")
+def _range(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    start, limit, delta = (np.asarray(v).reshape(()) for v in values[:3])
+    return [np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)]

@@ -1,0 +1,64 @@
+"""Translators of Gemm and MatMul with constant weights into Linear nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
+
+
+@register("Gemm")
+def gemm(node: OnnxNode, ctx: Context) -> None:
+    """Y = alpha * A' @ B' + beta * C with A' = A or A.T (a Transpose node) and B, C constant.
+
+    The weight is alpha * B' transposed to [out, in]; alpha * b and beta * c are exact in float64
+    (the product of two float32 numbers has at most 48 significant bits). A bias C whose rows are
+    all equal becomes the Linear bias, any other C an Affine shift after it.
+    """
+    a = node.inputs[0]
+    if ctx.const(node.inputs[1]) is None:
+        raise Unsupported("Gemm(variable x variable)")
+    b = ctx.param(node, 1, "B")
+    c = ctx.param(node, 2, "C", optional=True)
+    assert b is not None
+    if len(ctx.shape(a)) != 2 or b.ndim != 2:
+        raise Unsupported("Gemm(operands not 2-D)")
+    alpha, beta = float(node.attr("alpha")), float(node.attr("beta"))
+    weight = b if node.attr("transB") else b.T  # [out, in]
+    if alpha != 1.0:
+        weight = alpha * weight.astype(np.float64)
+    if node.attr("transA"):
+        a = ctx.emit(node, O.Transpose(perm=(1, 0)), [a], tag="transA")
+    rows, out = ctx.shape(a)[0], weight.shape[0]
+    bias, shift = None, None
+    if c is not None:
+        c = np.broadcast_to(c.astype(np.float64) * beta if beta != 1.0 else c, (rows, out))
+        if (c == c[:1]).all():
+            bias = np.ascontiguousarray(c[0])
+        else:
+            shift = np.ascontiguousarray(c)
+    linear = O.Linear(weight=np.ascontiguousarray(weight), bias=bias)
+    if shift is None:
+        ctx.emit(node, linear, [a])
+    else:
+        y = ctx.emit(node, linear, [a], tag="linear")
+        ctx.emit(node, O.Affine(shift=shift), [y])
+
+
+@register("MatMul")
+def matmul(node: OnnxNode, ctx: Context) -> None:
+    """x @ B with a constant 2-D B [in, out] is Linear(weight=B.T); a 1-D b drops the last axis."""
+    a, b = node.inputs[0], node.inputs[1]
+    if ctx.is_const(a):
+        raise Unsupported("MatMul(constant x variable)")
+    weight = ctx.const(b)
+    if weight is None:
+        raise Unsupported("MatMul(variable x variable)")
+    if weight.ndim == 2:
+        ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weight.T)), [a])
+    elif weight.ndim == 1:
+        y = ctx.emit(node, O.Linear(weight=weight.reshape(1, -1)), [a], tag="linear")
+        ctx.emit(node, O.Reshape(shape=ctx.shape(y)[:-1]), [y])
+    else:
+        raise Unsupported("MatMul(batched constant)")

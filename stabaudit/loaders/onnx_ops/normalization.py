@@ -1,0 +1,31 @@
+"""Translator of inference-mode BatchNormalization into an Affine node."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
+
+
+@register("BatchNormalization")
+def batch_normalization(node: OnnxNode, ctx: Context) -> None:
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta = x * scale + shift, along axis 1.
+
+    scale = gamma / sqrt(var + eps) and shift = beta - mean * scale are computed in float64
+    from the stored float32 statistics (eps as stored: a float32 attribute).
+    """
+    if node.attr("training_mode", 0) or any(ctx.is_used(name) for name in node.outputs[1:]):
+        raise Unsupported("BatchNormalization(training mode)")
+    if not node.attr("spatial", 1):
+        raise Unsupported("BatchNormalization(spatial=0)")
+    gamma, beta, mean, var = (
+        np.asarray(ctx.param(node, i, what), dtype=np.float64)
+        for i, what in enumerate(("scale", "bias", "mean", "variance"), start=1)
+    )
+    eps = float(node.attr("epsilon"))
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - mean * scale
+    rank = len(ctx.shape(node.inputs[0]))
+    channel_shape = (-1,) + (1,) * max(rank - 2, 0)
+    ctx.emit(node, O.Affine(scale=scale.reshape(channel_shape), shift=shift.reshape(channel_shape)), [node.inputs[0]])

@@ -1,0 +1,149 @@
+"""Fusion of exported activation patterns (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x))."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabaudit.loaders.onnx_ops.common import OnnxNode
+
+ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid"})  # fusion is tried only when one occurs
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Match:
+    nodes: tuple[OnnxNode, ...]  # consumed ONNX nodes; the last one produces the output
+    fused: OnnxNode
+
+
+class _Graph:
+    """Producers, consumers and constants of an ONNX node list."""
+
+    def __init__(self, nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray], outputs: set[str]):
+        self.constants = constants
+        self.producer = {out: node for node in nodes for out in node.outputs}
+        self.consumers: dict[str, list[OnnxNode]] = {}
+        for node in nodes:
+            for name in node.present_inputs:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = outputs
+
+    def sole_consumer(self, name: str) -> OnnxNode | None:
+        """The only reader of ``name`` when it is also not a graph output."""
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in self.outputs else None
+
+    def is_scalar(self, name: str, target: float) -> bool:
+        value = self.constants.get(name)
+        if value is None or value.size != 1 or value.dtype.kind != "f":
+            return False
+        return abs(float(value.reshape(-1)[0]) - target) <= 1e-6 * abs(target)
+
+    def other(self, node: OnnxNode, name: str) -> str | None:
+        """The second operand of binary ``node`` that reads ``name`` once."""
+        if len(node.inputs) != 2 or list(node.inputs).count(name) != 1:
+            return None
+        return node.inputs[1] if node.inputs[0] == name else node.inputs[0]
+
+
+def _fused(op_type: str, chain: Sequence[OnnxNode], x: str, attrs: dict[str, object]) -> OnnxNode:
+    last = chain[-1]
+    return OnnxNode(op_type=op_type, name=last.name, inputs=(x,), outputs=(last.outputs[0],), attrs=attrs,
+                    opset=last.opset, source_op="+".join(n.op_type for n in chain))
+
+
+def _match_gelu(erf: OnnxNode, g: _Graph) -> _Match | None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)) in its usual exported forms.
+
+    The scaled input is Div(x, sqrt 2) or Mul(x, 1/sqrt 2); 1 + erf is Add or Sum; the product
+    with x and 0.5 (or a Div by 2) comes in any order, or as a separate Mul(x, 0.5).
+    """
+    scaled = g.producer.get(erf.inputs[0])
+    if scaled is None or len(scaled.inputs) != 2 or g.sole_consumer(erf.inputs[0]) is not erf:
+        return None
+    if scaled.op_type == "Div" and g.is_scalar(scaled.inputs[1], math.sqrt(2.0)) or scaled.op_type == "Mul" and g.is_scalar(scaled.inputs[1], math.sqrt(0.5)):
+        x = scaled.inputs[0]
+    elif scaled.op_type == "Mul" and g.is_scalar(scaled.inputs[0], math.sqrt(0.5)):
+        x = scaled.inputs[1]
+    else:
+        return None
+    if x in g.constants:
+        return None
+    plus = g.sole_consumer(erf.outputs[0])
+    if plus is None or plus.op_type not in ("Add", "Sum"):
+        return None
+    one = g.other(plus, erf.outputs[0])
+    if one is None or not g.is_scalar(one, 1.0):
+        return None
+    chain, value = [scaled, erf, plus], plus.outputs[0]
+    need_x, need_half = True, True
+    while need_x or need_half:
+        step = g.sole_consumer(value)
+        operand = None if step is None else g.other(step, value)
+        if step is None or operand is None:
+            return None
+        half_mul = g.producer.get(operand)
+        if step.op_type == "Div" and step.inputs[0] == value and need_half and g.is_scalar(operand, 2.0):
+            need_half = False
+        elif step.op_type != "Mul":
+            return None
+        elif need_x and operand == x:
+            need_x = False
+        elif need_half and g.is_scalar(operand, 0.5):
+            need_half = False
+        elif (need_x and need_half and half_mul is not None and half_mul.op_type == "Mul"
+              and g.sole_consumer(operand) is step and x in half_mul.inputs
+              and g.is_scalar(g.other(half_mul, x) or "", 0.5)):
+            need_x = need_half = False
+            chain.append(half_mul)
+        else:
+            return None
+        chain.append(step)
+        value = step.outputs[0]
+    return _Match(nodes=tuple(chain), fused=_fused("Gelu", chain, x, {"approximate": "none"}))
+
+
+def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
+    """x * Sigmoid(x) -> Swish(alpha=1) (SiLU); x * HardSigmoid(x; 1/6, 1/2) -> HardSwish."""
+    if len(mul.inputs) != 2:
+        return None
+    for gate_name, x in (mul.inputs, tuple(reversed(mul.inputs))):
+        gate = g.producer.get(gate_name)
+        if gate is None or gate.op_type not in ("Sigmoid", "HardSigmoid") or gate.inputs[0] != x \
+                or g.sole_consumer(gate_name) is not mul:
+            continue
+        if gate.op_type == "Sigmoid":
+            return _Match(nodes=(gate, mul), fused=_fused("Swish", (gate, mul), x, {"alpha": 1.0}))
+        if (gate.op_type == "HardSigmoid" and abs(float(gate.attr("alpha")) - 1 / 6) <= 1e-6
+                and float(gate.attr("beta")) == 0.5):
+            return _Match(nodes=(gate, mul), fused=_fused("HardSwish", (gate, mul), x, {}))
+    return None
+
+
+def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray],
+                  outputs: set[str]) -> tuple[list[OnnxNode], list[str]]:
+    """The node list with each matched pattern replaced by one node at its last node's place.
+
+    ``constants`` are the values known after a first translation pass (so constants computed
+    in the graph, like CastLike(2) -> Sqrt, are seen). Returns the nodes and the fused labels.
+    """
+    g = _Graph(nodes, constants, outputs)
+    taken: set[int] = set()
+    replace: dict[int, OnnxNode] = {}
+    labels: list[str] = []
+    for node in nodes:
+        match = None
+        if node.op_type == "Erf":
+            match = _match_gelu(node, g)
+        elif node.op_type == "Mul":
+            match = _match_gated(node, g)
+        if match is None or any(id(n) in taken for n in match.nodes):
+            continue
+        taken.update(id(n) for n in match.nodes)
+        replace[id(match.nodes[-1])] = match.fused
+        labels.append(f"{match.fused.op_type} ({match.fused.source_op})")
+    fused = [replace.get(id(n), n) for n in nodes if id(n) not in taken or id(n) in replace]
+    return fused, labels

@@ -1,0 +1,18 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXTERNAL_MODELS = REPO_ROOT / ".." / "shared" / "models" / "external"
+
+
+@pytest.fixture(scope="session")
+def external_dir() -> Path:
+    """The real networks under repo_root/../shared/models/external (skips when absent)."""
+    if not EXTERNAL_MODELS.is_dir():
+        pytest.skip("no external networks at ../shared/models/external")
+    return EXTERNAL_MODELS.resolve()

@@ -1,0 +1,497 @@
+"""Tests of the ONNX loader: every operator against onnxruntime, folding, patterns, errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from stabaudit.errors import ModelLoadError, UnsupportedOperatorError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor
+from stabaudit.loaders.base import LoadedModel, ModelFormat
+from stabaudit.loaders.onnx import load_onnx
+
+F = TensorProto.FLOAT
+
+
+# ---- building models -----------------------------------------------------------------------------
+def rand(*shape: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def save(tmp_path: Path, nodes: Sequence[Any], inputs: Mapping[str, Sequence[int | str] | None],
+         outputs: Sequence[str] = ("y",), params: Mapping[str, Any] | None = None,
+         opset: int = 17, name: str = "model.onnx", elem: int = F) -> Path:
+    """Write a model; ``inputs`` maps names to shapes (str dims are symbolic), ``params`` become
+    initializers."""
+    graph = helper.make_graph(
+        list(nodes), "test",
+        [helper.make_tensor_value_info(k, elem, v) for k, v in inputs.items()],
+        [helper.make_tensor_value_info(k, elem, None) for k in outputs],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in (params or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+def run_both(lm: LoadedModel, seed: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The engine (float64) and onnxruntime on the same seeded float32 inputs."""
+    rng = np.random.default_rng(seed)
+    xs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in lm.graph.inputs}
+    ex = Executor(lm.graph, dtype=torch.float64)
+    ours = ex(*[torch.from_numpy(xs[s.name].astype(np.float64)) for s in lm.graph.inputs])
+    return [o.detach().numpy() for o in ours], lm.reference(xs)
+
+
+def check(path: Path, input_shape: tuple[int, ...] | None = None, tol: float = 1e-5) -> LoadedModel:
+    lm = load_onnx(path, input_shape=input_shape)
+    ours, ref = run_both(lm)
+    assert len(ours) == len(ref)
+    for o, r in zip(ours, ref, strict=True):
+        assert o.shape == r.shape
+        np.testing.assert_allclose(o, r, rtol=tol, atol=tol)
+    return lm
+
+
+def ir_ops(lm: LoadedModel) -> list[str]:
+    return [n.op.type.value for n in lm.graph.nodes]
+
+
+def node(op: str, inputs: Sequence[str], outputs: Sequence[str] = ("y",), **attrs: Any) -> Any:
+    return helper.make_node(op, list(inputs), list(outputs), **attrs)
+
+
+# ---- operator cases: (id, nodes, inputs, params, opset, expected IR ops) ---------------------------
+X4 = {"x": [1, 3, 8, 8]}
+W = rand(4, 3, 3, 3, seed=2)
+B4 = rand(4, seed=3)
+CASES: list[tuple[str, list[Any], dict[str, Any], dict[str, Any], int, list[str]]] = [
+    ("gemm_transB", [node("Gemm", ["x", "w", "b"], transB=1)], {"x": [1, 5]},
+     {"w": rand(3, 5), "b": rand(3)}, 17, ["Linear"]),
+    ("gemm_plain_alpha_beta", [node("Gemm", ["x", "w", "b"], alpha=0.5, beta=2.0)], {"x": [1, 5]},
+     {"w": rand(5, 3), "b": rand(1, 3)}, 17, ["Linear"]),
+    ("gemm_row_bias", [node("Gemm", ["x", "w", "b"], transB=1)], {"x": [3, 5]},
+     {"w": rand(4, 5), "b": rand(3, 1)}, 17, ["Linear", "Affine"]),
+    ("gemm_transA", [node("Gemm", ["x", "w"], transA=1)], {"x": [5, 2]}, {"w": rand(5, 3)}, 17,
+     ["Transpose", "Linear"]),
+    ("matmul", [node("MatMul", ["x", "w"], ["h"]), node("Add", ["h", "b"])], {"x": [1, 2, 6]},
+     {"w": rand(6, 4), "b": rand(4)}, 17, ["Linear", "Affine"]),
+    ("matmul_vector", [node("MatMul", ["x", "w"])], {"x": [2, 6]}, {"w": rand(6)}, 17, ["Linear", "Reshape"]),
+    ("add_sub_var", [node("Add", ["x", "z"], ["h"]), node("Sub", ["h", "x"])], {"x": [2, 3], "z": [1, 3]},
+     {}, 17, ["Add", "Sub"]),
+    ("const_minus_x", [node("Sub", ["c", "x"])], {"x": [1, 3, 4]}, {"c": rand(3, 1)}, 17, ["Affine"]),
+    ("x_minus_const", [node("Sub", ["x", "c"])], {"x": [1, 3, 4]}, {"c": rand(4)}, 17, ["Affine"]),
+    ("const_times_x", [node("Mul", ["c", "x"])], {"x": [1, 3, 4]}, {"c": rand(1, 3, 1)}, 17, ["Affine"]),
+    ("x_div_const", [node("Div", ["x", "c"])], {"x": [1, 3, 4]}, {"c": np.float32(0.3081)}, 17, ["Affine"]),
+    ("const_plus_x", [node("Add", ["c", "x"])], {"x": [1, 3, 4]}, {"c": rand(3, 4)}, 17, ["Affine"]),
+    ("neg_sum", [node("Neg", ["x"], ["n"]), node("Sum", ["n", "x", "c"])], {"x": [2, 3]},
+     {"c": rand(3)}, 17, ["Affine", "Add", "Affine"]),
+    ("conv2d", [node("Conv", ["x", "w", "b"], pads=[1, 0, 2, 1], strides=[2, 1])], X4, {"w": W, "b": B4}, 17,
+     ["Conv"]),
+    ("conv2d_same_upper", [node("Conv", ["x", "w"], auto_pad="SAME_UPPER", strides=[2, 2])], X4, {"w": W},
+     17, ["Conv"]),
+    ("conv2d_same_lower", [node("Conv", ["x", "w"], auto_pad="SAME_LOWER", strides=[2, 3])], X4,
+     {"w": rand(4, 3, 4, 2)}, 17, ["Conv"]),
+    ("conv2d_dilated", [node("Conv", ["x", "w"], pads=[2, 1, 2, 1], dilations=[2, 1])], X4, {"w": W}, 17,
+     ["Conv"]),
+    ("conv2d_valid_groups", [node("Conv", ["x", "w"], auto_pad="VALID", group=3)], {"x": [1, 3, 7, 7]},
+     {"w": rand(6, 1, 3, 3)}, 17, ["Conv"]),
+    ("conv1d", [node("Conv", ["x", "w"], pads=[2, 1])], {"x": [1, 2, 9]}, {"w": rand(3, 2, 4)}, 17, ["Conv"]),
+    ("conv3d", [node("Conv", ["x", "w", "b"], strides=[1, 2, 2])], {"x": [1, 2, 4, 5, 5]},
+     {"w": rand(3, 2, 2, 3, 3), "b": rand(3)}, 17, ["Conv"]),
+    ("conv_transpose", [node("ConvTranspose", ["x", "w", "b"], strides=[2, 2], pads=[1, 0, 0, 1],
+                             output_padding=[1, 1])], {"x": [1, 3, 4, 4]}, {"w": rand(3, 2, 3, 3), "b": rand(2)},
+     17, ["ConvTranspose"]),
+    ("conv_transpose_output_shape", [node("ConvTranspose", ["x", "w"], strides=[2, 2], output_shape=[8, 9])],
+     {"x": [1, 3, 4, 4]}, {"w": rand(3, 2, 3, 3)}, 17, ["ConvTranspose"]),
+    ("conv_transpose_output_shape_beyond_full", [node("ConvTranspose", ["x", "w"], strides=[2, 2],
+                                                      output_shape=[10, 9])], {"x": [1, 3, 4, 4]},
+     {"w": rand(3, 2, 3, 3)}, 17, ["ConvTranspose"]),
+    ("conv_transpose_same_upper", [node("ConvTranspose", ["x", "w"], strides=[2, 2], auto_pad="SAME_UPPER")],
+     {"x": [1, 3, 4, 4]}, {"w": rand(3, 2, 3, 3)}, 17, ["ConvTranspose"]),
+    ("batchnorm4d", [node("BatchNormalization", ["x", "g", "b", "m", "v"], epsilon=1e-3)], X4,
+     {"g": rand(3), "b": rand(3), "m": rand(3), "v": np.abs(rand(3)) + 0.1}, 15, ["Affine"]),
+    ("batchnorm2d_opset9", [node("BatchNormalization", ["x", "g", "b", "m", "v"])], {"x": [2, 3]},
+     {"g": rand(3), "b": rand(3), "m": rand(3), "v": np.abs(rand(3)) + 0.1}, 9, ["Affine"]),
+    ("relu", [node("Relu", ["x"])], X4, {}, 17, ["Relu"]),
+    ("leaky_relu", [node("LeakyRelu", ["x"], alpha=0.1)], X4, {}, 17, ["LeakyRelu"]),
+    ("leaky_relu_default", [node("LeakyRelu", ["x"])], X4, {}, 17, ["LeakyRelu"]),
+    ("prelu", [node("PRelu", ["x", "s"])], X4, {"s": rand(3, 1, 1)}, 17, ["PRelu"]),
+    ("sigmoid_tanh", [node("Sigmoid", ["x"], ["h"]), node("Tanh", ["h"])], X4, {}, 17, ["Sigmoid", "Tanh"]),
+    ("softplus", [node("Softplus", ["x"])], X4, {}, 17, ["Softplus"]),
+    ("elu", [node("Elu", ["x"], alpha=0.7)], X4, {}, 17, ["Elu"]),
+    ("gelu_op", [node("Gelu", ["x"])], X4, {}, 20, ["Gelu"]),
+    ("gelu_tanh_op", [node("Gelu", ["x"], approximate="tanh")], X4, {}, 20, ["Gelu"]),
+    ("hard_sigmoid", [node("HardSigmoid", ["x"], alpha=0.3, beta=0.4)], X4, {}, 17, ["HardSigmoid"]),
+    ("hard_swish", [node("HardSwish", ["x"])], X4, {}, 17, ["HardSwish"]),
+    ("clip_attrs_opset6", [node("Clip", ["x"], min=-0.5, max=0.7)], X4, {}, 6, ["Clip"]),
+    ("clip_inputs", [node("Clip", ["x", "lo", "hi"])], X4, {"lo": np.float32(-0.2), "hi": np.float32(0.9)}, 13,
+     ["Clip"]),
+    ("clip_max_only", [node("Clip", ["x", "", "hi"])], X4, {"hi": np.float32(6.0)}, 13, ["Clip"]),
+    ("clip_unbounded_is_identity", [node("Relu", ["x"], ["r"]), node("Clip", ["r"])], X4, {}, 13, ["Relu"]),
+    ("softmax_13", [node("Softmax", ["x"], axis=1)], {"x": [2, 3, 4]}, {}, 13, ["Softmax"]),
+    ("softmax_11_coerced", [node("Softmax", ["x"], axis=1)], {"x": [2, 3, 4]}, {}, 11,
+     ["Reshape", "Softmax", "Reshape"]),
+    ("softmax_11_default", [node("Softmax", ["x"])], {"x": [2, 5]}, {}, 11, ["Softmax"]),
+    ("maxpool", [node("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0], ceil_mode=1)],
+     X4, {}, 17, ["MaxPool"]),
+    ("maxpool_same_indices_unused", [node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 3], strides=[2, 2],
+                                          auto_pad="SAME_UPPER")], X4, {}, 12, ["MaxPool"]),
+    ("maxpool_dilated", [node("MaxPool", ["x"], kernel_shape=[2, 2], dilations=[2, 3], pads=[1, 0, 1, 1])],
+     X4, {}, 12, ["MaxPool"]),
+    ("avgpool_include_pad", [node("AveragePool", ["x"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                  count_include_pad=1)], X4, {}, 17, ["AveragePool"]),
+    ("avgpool_exclude_pad_ceil", [node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
+                                       pads=[1, 1, 1, 1], ceil_mode=1)], {"x": [1, 2, 7, 7]}, {}, 17,
+     ["AveragePool"]),
+    ("avgpool_1d_same", [node("AveragePool", ["x"], kernel_shape=[4], auto_pad="SAME_LOWER")], {"x": [1, 2, 9]},
+     {}, 17, ["AveragePool"]),
+    ("global_pools", [node("GlobalAveragePool", ["x"], ["a"]), node("GlobalMaxPool", ["x"], ["m"]),
+                      node("Add", ["a", "m"])], X4, {}, 17, ["GlobalAveragePool", "GlobalMaxPool", "Add"]),
+    ("flatten_axis2", [node("Flatten", ["x"], axis=2)], X4, {}, 17, ["Reshape"]),
+    ("reshape_zero_minus_one", [node("Reshape", ["x", "s"])], X4, {"s": np.array([0, -1, 4], np.int64)}, 17,
+     ["Reshape"]),
+    ("squeeze_unsqueeze_11", [node("Unsqueeze", ["x"], ["u"], axes=[0, 3]), node("Squeeze", ["u"], axes=[0])],
+     {"x": [1, 3, 4]}, {}, 11, ["Reshape", "Reshape"]),
+    ("squeeze_unsqueeze_13", [node("Unsqueeze", ["x", "a"], ["u"]), node("Squeeze", ["u"])], {"x": [2, 3]},
+     {"a": np.array([-1], np.int64)}, 13, ["Reshape", "Reshape"]),
+    ("transpose", [node("Transpose", ["x"], perm=[0, 2, 3, 1])], X4, {}, 17, ["Transpose"]),
+    ("transpose_default", [node("Transpose", ["x"])], {"x": [2, 3, 4]}, {}, 17, ["Transpose"]),
+    ("noops", [node("Identity", ["x"], ["a"]), node("Dropout", ["a"], ["b", "mask"], ratio=0.3),
+               node("Cast", ["b"], ["c"], to=TensorProto.DOUBLE), node("Cast", ["c"], ["d"], to=F),
+               node("Relu", ["d"])], X4, {}, 11, ["Relu"]),
+    ("pad_attr_opset2", [node("Pad", ["x"], pads=[0, 0, 1, 2, 0, 0, 3, 0], value=0.5)], X4, {}, 2, ["Pad"]),
+    ("pad_inputs", [node("Pad", ["x", "p", "v"])], X4,
+     {"p": np.array([0, 1, 1, 0, 0, 0, 2, 2], np.int64), "v": np.float32(-1.0)}, 13, ["Pad"]),
+    ("pad_axes_18", [node("Pad", ["x", "p", "", "a"])], X4,
+     {"p": np.array([1, 2, 3, 0], np.int64), "a": np.array([2, -1], np.int64)}, 18, ["Pad"]),
+    ("concat", [node("Relu", ["x"], ["r"]), node("Concat", ["x", "r"], axis=-1)], X4, {}, 17,
+     ["Relu", "Concat"]),
+    ("constants_nodes", [node("Constant", [], ["c1"], value_float=2.0),
+                         node("Constant", [], ["c2"], value_floats=[1.0, 2.0, 3.0]),
+                         node("Constant", [], ["s"], value_ints=[1, -1]),
+                         node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(0.5, dtype=np.float32))),
+                         node("Mul", ["x", "c1"], ["a"]), node("Add", ["a", "c2"], ["b"]),
+                         node("Mul", ["b", "k"], ["c"]), node("Reshape", ["c", "s"])],
+     {"x": [2, 3]}, {}, 17, ["Affine", "Affine", "Affine", "Reshape"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_operator_matches_onnxruntime(tmp_path: Path, case: tuple[Any, ...]) -> None:
+    _, nodes, inputs, params, opset, expected = case
+    outputs = ("y",) if nodes[-1].output[0] == "y" else (nodes[-1].output[0],)
+    lm = check(save(tmp_path, nodes, inputs, outputs, params, opset=opset))
+    assert ir_ops(lm) == expected
+    assert lm.format is ModelFormat.ONNX and lm.reference_name == "onnxruntime"
+
+
+def test_batchnorm_affine_values(tmp_path: Path) -> None:
+    g, b, m, v = rand(3, seed=4), rand(3, seed=5), rand(3, seed=6), np.abs(rand(3, seed=7)) + 0.1
+    lm = load_onnx(save(tmp_path, [node("BatchNormalization", ["x", "g", "b", "m", "v"], epsilon=1e-3)], X4,
+                        params={"g": g, "b": b, "m": m, "v": v}))
+    op = lm.graph.nodes[0].op
+    assert isinstance(op, O.Affine) and op.scale is not None and op.shift is not None
+    eps = float(np.float32(1e-3))
+    scale = g.astype(np.float64) / np.sqrt(v.astype(np.float64) + eps)
+    assert op.scale.shape == (3, 1, 1) and op.scale.dtype == np.float64
+    np.testing.assert_array_equal(op.scale.reshape(-1), scale)
+    np.testing.assert_array_equal(op.shift.reshape(-1), b - m * scale)
+
+
+def test_gemm_and_matmul_weights_are_out_by_in(tmp_path: Path) -> None:
+    w = rand(5, 3)
+    lm = load_onnx(save(tmp_path, [node("MatMul", ["x", "w"])], {"x": [1, 5]}, params={"w": w}))
+    op = lm.graph.nodes[0].op
+    assert isinstance(op, O.Linear) and op.weight.shape == (3, 5)
+    np.testing.assert_array_equal(op.weight, w.T)
+
+
+def test_div_by_constant_is_float64_reciprocal(tmp_path: Path) -> None:
+    lm = load_onnx(save(tmp_path, [node("Div", ["x", "c"])], {"x": [1, 2]}, params={"c": np.float32(0.3081)}))
+    op = lm.graph.nodes[0].op
+    assert isinstance(op, O.Affine) and op.scale is not None
+    assert float(op.scale) == 1.0 / float(np.float32(0.3081))
+
+
+# ---- patterns ----------------------------------------------------------------------------------
+def _scalar(name: str, value: float) -> Any:
+    return node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, dtype=np.float32)))
+
+
+GELU_FORMS = {
+    # PyTorch: ((x / sqrt2).erf() + 1) * x * 0.5
+    "torch": [_scalar("r2", math.sqrt(2)), node("Div", ["x", "r2"], ["u"]), node("Erf", ["u"], ["e"]),
+              _scalar("one", 1.0), node("Add", ["e", "one"], ["w"]), node("Mul", ["x", "w"], ["p"]),
+              _scalar("half", 0.5), node("Mul", ["p", "half"], ["y"])],
+    # x * 0.5 * (1 + erf(x * (1/sqrt2)))
+    "half_first": [_scalar("ir2", math.sqrt(0.5)), node("Mul", ["ir2", "x"], ["u"]), node("Erf", ["u"], ["e"]),
+                   _scalar("one", 1.0), node("Add", ["one", "e"], ["w"]), _scalar("half", 0.5),
+                   node("Mul", ["x", "half"], ["h"]), node("Mul", ["h", "w"], ["y"])],
+    # 0.5 * (1 + erf) first, then x; the constants computed in the graph (as in ONNX's Gelu function)
+    "computed_constants": [_scalar("two", 2.0), node("Sqrt", ["two"], ["r2"]), node("Div", ["x", "r2"], ["u"]),
+                           node("Erf", ["u"], ["e"]), _scalar("one", 1.0), node("Sum", ["one", "e"], ["w"]),
+                           _scalar("half", 0.5), node("Mul", ["half", "w"], ["p"]), node("Mul", ["p", "x"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("form", sorted(GELU_FORMS))
+def test_gelu_erf_pattern_is_one_gelu(tmp_path: Path, form: str) -> None:
+    nodes = [node("Relu", ["in"], ["x"]), *GELU_FORMS[form]]
+    lm = check(save(tmp_path, nodes, {"in": [2, 7]}))
+    assert ir_ops(lm) == ["Relu", "Gelu"]
+    assert "Erf" in lm.graph.nodes[1].source_op
+    assert any(note.startswith("fused: Gelu") for note in lm.notes)
+
+
+def test_silu_and_hardswish_patterns(tmp_path: Path) -> None:
+    nodes = [node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["a"]),
+             node("HardSigmoid", ["a"], ["h"], alpha=1 / 6, beta=0.5), node("Mul", ["a", "h"])]
+    lm = check(save(tmp_path, nodes, X4))
+    assert ir_ops(lm) == ["Silu", "HardSwish"]
+
+
+def test_erf_outside_the_pattern_is_unsupported(tmp_path: Path) -> None:
+    nodes = [node("Erf", ["x"], ["e"]), node("Add", ["e", "x"])]
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(save(tmp_path, nodes, X4))
+    assert info.value.counts == {"Erf": 1}
+
+
+def test_sigmoid_used_twice_is_not_fused(tmp_path: Path) -> None:
+    nodes = [node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["a"]), node("Add", ["a", "s"])]
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(save(tmp_path, nodes, X4))
+    assert info.value.counts == {"Mul(variable x variable)": 1}
+
+
+# ---- folding and dynamic shapes ----------------------------------------------------------------------
+def test_shape_chain_folds_into_reshape(tmp_path: Path) -> None:
+    """PyTorch's x.view(x.size(0), -1) with a dynamic batch dim."""
+    nodes = [
+        node("Shape", ["x"], ["shape"]), _scalar("zero", 0), node("Cast", ["zero"], ["i0"], to=TensorProto.INT64),
+        node("Gather", ["shape", "i0"], ["n"], axis=0), node("Unsqueeze", ["n", "axes"], ["n1"]),
+        node("Concat", ["n1", "minus1"], ["target"], axis=0), node("Reshape", ["x", "target"], ["flat"]),
+        node("Slice", ["shape", "starts", "ends"], ["hw"]), node("ReduceProd", ["hw"], ["k"], keepdims=0),
+        node("ConstantOfShape", ["n1"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        node("Range", ["r0", "r1", "r2"], ["range"]),
+        node("Gemm", ["flat", "w", "b"], ["g"], transB=1), node("Mul", ["g", "ones"], ["y"]),
+    ]
+    params = {"axes": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
+              "starts": np.array([2], np.int64), "ends": np.array([100], np.int64),
+              "w": rand(4, 48), "b": rand(4), "r0": np.int64(0), "r1": np.int64(5), "r2": np.int64(2)}
+    lm = check(save(tmp_path, nodes, {"x": ["N", 3, 4, 4]}, params=params))
+    assert ir_ops(lm) == ["Reshape", "Linear", "Affine"]
+    assert lm.graph.inputs[0].shape == (1, 3, 4, 4)
+    folded = next(n for n in lm.notes if "constant-folded" in n)
+    assert "Shape x1" in folded and "Gather x1" in folded and "ReduceProd x1" in folded
+    assert any("batch dim 'N' set to 1" in n for n in lm.notes)
+
+
+def test_input_shape_fixes_dynamic_dims(tmp_path: Path) -> None:
+    path = save(tmp_path, [node("Conv", ["x", "w"])], {"x": ["N", 3, "H", "W"]}, params={"w": W})
+    with pytest.raises(ModelLoadError, match="--input-shape"):
+        load_onnx(path)
+    lm = check(path, input_shape=(1, 3, 10, 12))
+    assert lm.graph.shapes[lm.graph.outputs[0]] == (1, 4, 8, 10)
+
+
+def test_input_shape_rank_and_static_dims_are_checked(tmp_path: Path) -> None:
+    path = save(tmp_path, [node("Relu", ["x"])], {"x": ["N", 3, 8, 8]})
+    with pytest.raises(ModelLoadError) as info:
+        load_onnx(path, input_shape=(1, 2))
+    assert str(info.value) == "--input-shape 1,2 has rank 2 but input 'x' has rank 4"
+    assert info.value.path == str(path)
+    with pytest.raises(ModelLoadError, match="static size 3"):
+        load_onnx(path, input_shape=(1, 4, 8, 8))
+    assert load_onnx(path, input_shape=(2, 3, 8, 8)).graph.inputs[0].shape == (2, 3, 8, 8)
+
+
+def test_initializer_listed_as_input_is_not_an_input(tmp_path: Path) -> None:
+    nodes = [node("Gemm", ["x", "w", "b"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 3]),
+                                           helper.make_tensor_value_info("w", F, [2, 3]),
+                                           helper.make_tensor_value_info("b", F, [2])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              [numpy_helper.from_array(rand(2, 3), "w"), numpy_helper.from_array(rand(2), "b")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), path)
+    lm = check(path)
+    assert lm.graph.input_names == ("x",)
+    assert any("lifted from 9 to 11" in n for n in lm.notes)
+
+
+def test_two_inputs_and_two_outputs(tmp_path: Path) -> None:
+    nodes = [node("Add", ["a", "b"], ["s"]), node("Relu", ["s"], ["y"]), node("Identity", ["s"], ["z"])]
+    lm = check(save(tmp_path, nodes, {"a": ["B", 3], "b": ["B", 3]}, outputs=("y", "z")))
+    assert lm.graph.outputs == ("y", "s")
+    assert [s.shape for s in lm.graph.inputs] == [(1, 3), (1, 3)]
+
+
+def test_metadata_names_parameters_and_source_ops(tmp_path: Path) -> None:
+    nodes = [node("Constant", [], ["c"], value=numpy_helper.from_array(rand(4))),
+             helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1, name=""),
+             helper.make_node("Add", ["g", "c"], ["h"], name="bias2"), helper.make_node("Relu", ["h"], ["y"])]
+    lm = load_onnx(save(tmp_path, nodes, {"x": [1, 5]}, params={"w": rand(4, 5), "b": rand(4),
+                                                                  "s": np.array([1, 4], np.int64)}))
+    assert lm.parameters == 20 + 4 + 4  # float initializers and Constant tensors; not the int64 shape
+    assert lm.source_ops == {"Add": 1, "Constant": 1, "Gemm": 1, "Relu": 1}
+    assert [n.name for n in lm.graph.nodes] == ["Gemm_1", "bias2", "Relu_3"]
+    assert [n.source_op for n in lm.graph.nodes] == ["Gemm", "Add", "Relu"]
+
+
+# ---- errors ------------------------------------------------------------------------------------------
+def test_unsupported_operators_are_listed_at_once(tmp_path: Path) -> None:
+    nodes = [node("Exp", ["x"], ["e1"]), node("Exp", ["e1"], ["e2"]), node("Mul", ["x", "x"], ["m"]),
+             node("MatMul", ["x", "x"], ["mm"]), node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+             node("Pad", ["x", "p"], ["pd"], mode="reflect"), node("Relu", ["e2"], ["r"]),
+             node("Sum", ["r", "m", "mm", "pd"], ["y"])]
+    path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.zeros(8, np.int64)})
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(path)
+    assert info.value.counts == {"Exp": 2, "Mul(variable x variable)": 1, "MatMul(variable x variable)": 1,
+                                 "Cast(variable to a non-float type)": 1, "Pad(mode=reflect)": 1}
+    assert info.value.path == str(path) and "SA901" in str(info.value)
+
+
+@pytest.mark.parametrize(("nodes", "params", "label"), [
+    ([node("MatMul", ["w", "x"])], {"w": rand(3, 1)}, "MatMul(constant x variable)"),
+    ([node("Div", ["c", "x"])], {"c": rand(1)}, "Div(constant / variable)"),
+    ([node("Add", ["x", "c"])], {"c": rand(2, 1, 4)}, "Add(constant of shape [2, 1, 4] broadcasts beyond the input)"),
+    ([node("Concat", ["x", "c"], axis=0)], {"c": rand(1, 4)}, "Concat(variable with constant)"),
+    ([node("Conv", ["x", "x"])], {}, "Conv(variable weight)"),
+    ([node("BatchNormalization", ["x", "c", "c", "c", "c"], training_mode=1)], {"c": rand(1)},
+     "BatchNormalization(training mode)"),
+    ([node("Dropout", ["x", "r", "t"])], {"r": np.float32(0.5), "t": np.bool_(True)}, "Dropout(training mode)"),
+    ([node("Gemm", ["x", "x"])], {}, "Gemm(variable x variable)"),
+])
+def test_unsupported_variants(tmp_path: Path, nodes: list[Any], params: dict[str, Any], label: str) -> None:
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(save(tmp_path, nodes, {"x": [1, 4]}, params=params))
+    assert info.value.counts == {label: 1}
+
+
+def test_ceil_mode_window_starting_in_the_padding_is_refused(tmp_path: Path) -> None:
+    """onnxruntime drops such a window; a pool over the explicitly padded input would keep it."""
+    pool = node("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(save(tmp_path, [pool], {"x": [1, 1, 4, 4]}))
+    assert info.value.counts == {"AveragePool(ceil_mode window starting in the padding)": 1}
+
+
+def test_constant_output_is_an_error(tmp_path: Path) -> None:
+    nodes = [node("Relu", ["x"], ["r"]), node("Shape", ["x"], ["y"])]
+    with pytest.raises(ModelLoadError, match="'y' is a constant"):
+        load_onnx(save(tmp_path, nodes, X4, outputs=("r", "y")))
+
+
+def test_integer_input_is_an_error(tmp_path: Path) -> None:
+    path = save(tmp_path, [node("Relu", ["x"])], {"x": [1, 3]}, elem=TensorProto.INT64)
+    with pytest.raises(ModelLoadError, match="element type INT64"):
+        load_onnx(path)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty file"),
+    (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not an ONNX model"),
+    (b"hello world, this is text", "not an ONNX model"),
+])
+def test_bad_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_onnx(path)
+    assert info.value.path == str(path) and "\n" not in str(info.value)
+
+
+def test_truncated_and_missing_files(tmp_path: Path) -> None:
+    good = save(tmp_path, [node("Gemm", ["x", "w"])], {"x": [1, 64]}, params={"w": rand(64, 64)})
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        load_onnx(cut)
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_onnx(tmp_path / "absent.onnx")
+    with pytest.raises(ModelLoadError, match="directory"):
+        load_onnx(tmp_path)
+
+
+# ---- external data -------------------------------------------------------------------------------
+def _external_model(directory: Path, location: str) -> Path:
+    """A Gemm model whose weight lives in external data at ``location`` (written as given)."""
+    w = rand(8, 16, seed=9)
+    tensor = numpy_helper.from_array(w, "w")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([node("Gemm", ["x", "w"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", F, [1, 16])],
+                              [helper.make_tensor_value_info("y", F, None)], [tensor])
+    path = directory / "model.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+def _write_weights(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(rand(8, 16, seed=9).tobytes())
+
+
+def test_external_data_inside_the_directory_loads(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    _write_weights(model_dir / "data" / "w.bin")
+    lm = check(_external_model(model_dir, "data/w.bin"))
+    op = lm.graph.nodes[0].op
+    assert isinstance(op, O.Linear)
+    np.testing.assert_array_equal(op.weight, rand(8, 16, seed=9))
+    assert any("external data" in n for n in lm.notes)
+
+
+def test_external_data_escaping_the_directory_is_refused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    _write_weights(tmp_path / "w.bin")
+    with pytest.raises(ModelLoadError, match="outside the model's directory"):
+        load_onnx(_external_model(model_dir, "../w.bin"))
+    with pytest.raises(ModelLoadError, match="absolute path"):
+        load_onnx(_external_model(model_dir, str(tmp_path / "w.bin")))
+    os.symlink(tmp_path / "w.bin", model_dir / "link.bin")
+    with pytest.raises(ModelLoadError, match="outside the model's directory"):
+        load_onnx(_external_model(model_dir, "link.bin"))
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_onnx(_external_model(model_dir, "nothing.bin"))
+
+
+# ---- the real networks ----------------------------------------------------------------------------
+def _external_names() -> list[str]:
+    root = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "external"
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*.onnx")) if root.is_dir() else []
+
+
+@pytest.mark.external
+def test_external_collection_is_complete(external_dir: Path) -> None:
+    assert len(list(external_dir.glob("*/*.onnx"))) == 29
+
+
+@pytest.mark.external
+@pytest.mark.parametrize("name", _external_names())
+def test_external_network_matches_onnxruntime(external_dir: Path, name: str) -> None:
+    lm = load_onnx(external_dir / name)
+    ours, ref = run_both(lm)
+    for o, r in zip(ours, ref, strict=True):
+        assert o.shape == r.shape
+        assert np.abs(o - r).max() <= 1e-4 * max(float(np.abs(r).max()), 1.0)
