@@ -128,7 +128,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
                 upper=_finite(ob.upper.value),
                 lower=_finite(ob.lower.value) if ob.lower else None,
                 method=ob.upper.method,
-                certified=ob.upper.certified and np.isfinite(ob.upper.value),
+                certified=bool(ob.upper.certified and np.isfinite(ob.upper.value)),
                 lower_method=ob.lower.method if ob.lower else "",
                 lower_certified=bool(ob.lower and ob.lower.certified),
             )
@@ -144,7 +144,8 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
 
     say("lower bound search")
     t = time.perf_counter()
-    low = lower_bound(graph, seed=request.seed, budget_s=request.lower_budget_s)
+    # on the graph as loaded: the bound is about the stored weights, not the folded products
+    low = lower_bound(loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds)
     timings["lower_bound"] = time.perf_counter() - t
 
     upper = _finite(comp.upper.value)

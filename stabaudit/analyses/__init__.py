@@ -1,0 +1,1 @@
+"""Whole-graph analyses: composition of per-operator bounds, lower bounds with witnesses."""

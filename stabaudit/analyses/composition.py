@@ -1,0 +1,229 @@
+"""Composition of per-operator bounds into a global Lipschitz bound and its depth profile."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from stabaudit.bounds.base import Bound, BoundSettings, Combine, Guarantee, OpBound, RuleContext
+from stabaudit.errors import InternalError
+from stabaudit.ir.graph import Graph, Node
+
+METHOD = "product"
+_INF = math.inf
+
+
+def _up(value: float) -> float:
+    """The next float64 above a rounded result: an upper bound of the exact result.
+
+    IEEE 754 round to nearest gives |fl(a op b) - (a op b)| <= ulp/2 for +, *, / and sqrt
+    (all correctly rounded), so nextafter(fl(a op b), +inf) >= a op b for every finite result.
+    """
+    if math.isnan(value) or math.isinf(value):
+        return value
+    return math.nextafter(value, _INF)
+
+
+def _mul(a: float, b: float) -> float:
+    """Upper bound of a*b for a, b >= 0, with 0 * inf = 0.
+
+    0 * inf = 0 is sound here: a map with Lipschitz constant 0 is constant, so its output does
+    not move whatever its input does (||g(u) - g(u')|| <= 0 * ||u - u'||).
+    """
+    if a == 0.0 or b == 0.0:
+        return 0.0
+    return _up(a * b)
+
+
+def _add(a: float, b: float) -> float:
+    return _up(a + b)
+
+
+def _root_sum_squares(values: list[float]) -> float:
+    """Upper bound of sqrt(sum v_i^2), each partial result rounded up; one value is returned as is."""
+    if len(values) == 1:
+        return values[0]
+    total = 0.0
+    for v in values:
+        total = _add(total, _mul(v, v))
+    return _up(math.sqrt(total))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Composition:
+    """The composed bound.
+
+    ``upper``: L with ||f(x) - f(x')|| <= L ||x - x'|| for x the stacked graph inputs and f the
+    stacked graph outputs (UPPER when every bound used is UPPER, else ESTIMATE).
+    ``per_value``: that L for every value the outputs depend on (graph inputs have 1).
+    ``estimated``: the values whose L rests on an estimate somewhere upstream.
+    ``profile``: (node name, L of its output) for every node on the path, in topological order:
+    the depth profile l -> prod_{j<=l} s_j generalised to DAGs.
+    """
+
+    upper: Bound
+    per_value: Mapping[str, float]
+    profile: tuple[tuple[str, float], ...]
+    estimated: frozenset[str] = frozenset()
+    method: str = METHOD
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+
+def _needed(graph: Graph) -> list[Node]:
+    """The nodes the graph outputs depend on, in topological order."""
+    producers = graph.producers()
+    wanted: set[str] = set()
+    stack = list(graph.outputs)
+    while stack:
+        value = stack.pop()
+        node = producers.get(value)
+        if node is None or node.output in wanted:
+            continue
+        wanted.add(node.output)
+        stack.extend(node.inputs)
+    return [node for node in graph.nodes if node.output in wanted]
+
+
+def _checked_upper(node: Node, bound: OpBound) -> tuple[float, bool]:
+    """The operator's upper value and whether it is only an estimate (NaN -> inf, estimate)."""
+    value = float(bound.upper.value)
+    estimate = bound.upper.guarantee is not Guarantee.UPPER
+    if math.isnan(value):
+        return _INF, True
+    if value < 0.0:
+        raise InternalError(
+            f"node {node.name!r} ({node.op.type.value}): negative Lipschitz bound {value}"
+        )
+    return value, estimate
+
+
+def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
+    """Compose ``op_bounds`` (keyed by node output) along the graph.
+
+    Per node, with L_i the constants of its inputs (each graph input has L = 1, a projection of
+    the stacked input):
+    - CHAIN: L = upper * L_in (Lip(g o h) <= Lip(g) Lip(h));
+    - SUM: L = sum_i gain_i L_i (triangle inequality);
+    - STACK: L = sqrt(sum_i (gain_i L_i)^2) (the parts occupy disjoint coordinates, so squared
+      norms add).
+    The graph outputs are stacked: L = sqrt(sum_o L_o^2). Every product, sum and root is rounded
+    upward (see ``_up``), so the float64 result bounds the exact real composition.
+    """
+    start = time.perf_counter()
+    per_value: dict[str, float] = {name: 1.0 for name in graph.input_names}
+    estimated: set[str] = set()
+    profile: list[tuple[str, float]] = []
+    needed = _needed(graph)
+    missing = [node.name for node in needed if node.output not in op_bounds]
+    if missing:
+        raise InternalError(f"composition: no operator bound for node(s) {', '.join(missing)}")
+    for node in needed:
+        bound = op_bounds[node.output]
+        # for SUM/STACK the gains carry the value; ``upper`` still contributes its guarantee
+        upper, estimate = _checked_upper(node, bound)
+        inputs = [per_value[name] for name in node.inputs]
+        estimate = estimate or any(name in estimated for name in node.inputs)
+        match bound.combine:
+            case Combine.CHAIN:
+                # several inputs: ``upper`` is then the constant w.r.t. the stacked inputs, whose
+                # own constant is at most sqrt(sum_i L_i^2) (squared norms of stacked parts add)
+                value = _mul(upper, _root_sum_squares(inputs) if inputs else 0.0)
+            case Combine.SUM | Combine.STACK:
+                gains = bound.input_gains or (1.0,) * len(inputs)
+                if len(gains) != len(inputs):
+                    raise InternalError(
+                        f"node {node.name!r} ({node.op.type.value}): {len(gains)} input gains for {len(inputs)} inputs"
+                    )
+                terms: list[float] = []
+                for gain, lip in zip(gains, inputs, strict=True):
+                    g = float(gain)
+                    if math.isnan(g):
+                        g, estimate = _INF, True
+                    terms.append(_mul(abs(g), lip))
+                if bound.combine is Combine.SUM:
+                    value = 0.0
+                    for t in terms:
+                        value = _add(value, t)
+                else:
+                    value = _root_sum_squares(terms)
+        per_value[node.output] = value
+        if estimate:
+            estimated.add(node.output)
+        profile.append((node.name, value))
+    outputs = [per_value[name] for name in graph.outputs]
+    total = _root_sum_squares(outputs)
+    estimate = any(name in estimated for name in graph.outputs)
+    upper_bound = Bound(
+        value=total,
+        guarantee=Guarantee.ESTIMATE if estimate else Guarantee.UPPER,
+        method=METHOD,
+    )
+    return Composition(
+        upper=upper_bound,
+        per_value=MappingProxyType(per_value),
+        profile=tuple(profile),
+        estimated=frozenset(estimated),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def rule_bounds(
+    graph: Graph, settings: BoundSettings | None = None, *, only: frozenset[str] | None = None
+) -> dict[str, OpBound]:
+    """The registered rule's OpBound of every node the outputs depend on, keyed by node output
+    (only the nodes whose outputs are in ``only``, when given).
+
+    The graph must carry its shapes (``ir.executor.with_shapes``).
+    """
+    from stabaudit.bounds import bound_node
+
+    settings = settings if settings is not None else BoundSettings()
+    result: dict[str, OpBound] = {}
+    for node in _needed(graph):
+        if only is not None and node.output not in only:
+            continue
+        ctx = RuleContext(
+            input_shapes=tuple(tuple(graph.shapes[name]) for name in node.inputs),
+            output_shape=tuple(graph.shapes[node.output]),
+            settings=settings,
+        )
+        result[node.output] = bound_node(node, ctx)
+    return result
+
+
+def output_sensitivities(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, float]:
+    """For every value v: S_v with ||f(.., v + d, ..) - f(.., v, ..)|| <= S_v ||d||, where the
+    values that do not depend on v are held fixed and f is the stacked graph outputs.
+
+    A reverse sweep: S_v = [v is an output] + sum over the uses of v of gain * S_use, where the
+    gain is ``upper`` for CHAIN and |gain_i| for SUM/STACK (triangle inequality over the uses
+    and over stacked outputs). A value whose downstream path holds an ESTIMATE (or a missing
+    bound) gets inf: the result is only ever used as a sound bound. Products and sums are
+    rounded upward.
+    """
+    sens: dict[str, float] = {}
+    for name in graph.outputs:
+        sens[name] = _add(sens.get(name, 0.0), 1.0)
+    for node in reversed(_needed(graph)):
+        downstream = sens.get(node.output, 0.0)
+        bound = op_bounds.get(node.output)
+        if downstream == 0.0:
+            continue
+        if bound is None or bound.upper.guarantee is not Guarantee.UPPER:
+            gains = [_INF] * len(node.inputs)
+        elif bound.combine is Combine.CHAIN:
+            upper = float(bound.upper.value)
+            gains = [_INF if math.isnan(upper) or upper < 0.0 else upper] * len(node.inputs)
+        else:
+            raw = bound.input_gains or (1.0,) * len(node.inputs)
+            if len(raw) != len(node.inputs):
+                gains = [_INF] * len(node.inputs)
+            else:
+                gains = [_INF if math.isnan(float(g)) else abs(float(g)) for g in raw]
+        for name, gain in zip(node.inputs, gains, strict=True):
+            sens[name] = _add(sens.get(name, 0.0), _mul(gain, downstream))
+    return sens

@@ -1,0 +1,363 @@
+"""Tests of stabaudit.analyses.lower: sound lower bounds with witnesses, on exact references."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.analyses.composition import rule_bounds
+from stabaudit.analyses.lower import LowerResult, _ErrorModel, _sensitivities, lower_bound
+from stabaudit.bounds.base import Guarantee
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+FAST = {"starts": 8, "steps": 8, "budget_s": 10.0}  # small plans that finish far within the budget
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: faster for these small models on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _graph(
+    inputs: dict[str, tuple[int, ...]], nodes: list[Node], outputs: tuple[str, ...] | None = None
+) -> Graph:
+    g = Graph(
+        inputs=tuple(TensorSpec(name=k, shape=v) for k, v in inputs.items()),
+        outputs=outputs or (nodes[-1].output,),
+        nodes=tuple(nodes),
+    )
+    return with_shapes(g.validate())
+
+
+def _mlp(weights: list[np.ndarray], biases: list[np.ndarray], act: O.Op) -> Graph:
+    nodes: list[Node] = []
+    src = "x"
+    for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        nodes.append(
+            Node(name=f"fc{i}", op=O.Linear(weight=w, bias=b), inputs=(src,), output=f"h{i}")
+        )
+        src = f"h{i}"
+        if i < len(weights) - 1:
+            nodes.append(Node(name=f"act{i}", op=act, inputs=(src,), output=f"a{i}"))
+            src = f"a{i}"
+    return _graph({"x": (1, weights[0].shape[1])}, nodes)
+
+
+def _quotient(graph: Graph, x: list[float], y: list[float]) -> float:
+    f = Executor(graph, dtype=torch.float64).flat()
+    tx, ty = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    return float((f(ty) - f(tx)).norm() / (ty - tx).norm())
+
+
+def _check_witness(graph: Graph, result: LowerResult, margin: float = 1e-6) -> None:
+    assert result.witness is not None
+    assert result.witness.quotient == result.value
+    recomputed = _quotient(graph, result.witness.x, result.witness.y)
+    # the value is the recomputed quotient minus the explicit rounding margin
+    assert result.value <= recomputed * (1 + 1e-12)
+    assert recomputed <= result.value * (1 + margin)
+
+
+def test_linear_model_gives_its_spectral_norm() -> None:
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(5, 7)), rng.normal(size=5)
+    g = _graph(
+        {"x": (1, 7)}, [Node(name="fc", op=O.Linear(weight=w, bias=b), inputs=("x",), output="y")]
+    )
+    exact = float(np.linalg.svd(w, compute_uv=False)[0])
+    result = lower_bound(g, seed=1, **FAST)
+    assert result.guarantee is Guarantee.LOWER
+    assert result.value <= exact * (1 + 1e-12)
+    assert result.value >= exact * (1 - 1e-6)
+    assert "multi-start jacobian ascent + difference quotient" in result.method
+    assert result.evaluations > 0 and result.seconds > 0
+    _check_witness(g, result)
+
+
+def test_wide_linear_model_through_power_iteration() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(80, 90))  # min(n, m) > 64: jvp/vjp power iteration
+    g = _graph({"x": (1, 90)}, [Node(name="fc", op=O.Linear(weight=w), inputs=("x",), output="y")])
+    exact = float(np.linalg.svd(w, compute_uv=False)[0])
+    result = lower_bound(g, seed=0, **FAST)
+    assert "power iteration" in result.method
+    assert exact * (1 - 1e-6) <= result.value <= exact * (1 + 1e-12)
+
+
+def _relu_exact_constant(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray) -> float:
+    """max over the cells of the line arrangement {w1_i . x + b1_i = 0} in R^2 of ||W2 D W1||.
+
+    In general position every cell has a vertex, and the four points around each vertex
+    (offsets along both normals) visit all cells that meet there.
+    """
+    best = 0.0
+    for i, j in itertools.combinations(range(w1.shape[0]), 2):
+        a = np.stack([w1[i], w1[j]])
+        vertex = np.linalg.solve(a, -np.array([b1[i], b1[j]]))
+        for si, sj in itertools.product((-1.0, 1.0), repeat=2):
+            p = vertex + 1e-7 * (
+                si * w1[i] / np.linalg.norm(w1[i]) + sj * w1[j] / np.linalg.norm(w1[j])
+            )
+            d = (w1 @ p + b1 > 0).astype(np.float64)
+            best = max(best, float(np.linalg.svd(w2 @ (d[:, None] * w1), compute_uv=False)[0]))
+    return best
+
+
+def test_one_hidden_layer_relu_net_against_its_exact_constant() -> None:
+    rng = np.random.default_rng(2)
+    w1, b1, w2 = rng.normal(size=(7, 2)), rng.normal(size=7), rng.normal(size=(3, 7))
+    g = _mlp([w1, w2], [b1, np.zeros(3)], O.Relu())
+    exact = _relu_exact_constant(w1, b1, w2)
+    result = lower_bound(g, seed=3, **FAST)
+    assert result.value <= exact * (1 + 1e-12)
+    assert result.value >= 0.999 * exact  # two inputs: the search finds the best cell
+    _check_witness(g, result)
+
+
+def test_deep_relu_net_with_operator_bounds() -> None:
+    # deep and wide: the propagated float64 error bound alone grows with depth; the telescoped
+    # one (from the operator bounds) and the off-unit refinement keep small steps confirmable
+    rng = np.random.default_rng(10)
+    sizes = [6] + [40] * 8 + [3]
+    ws = [rng.normal(size=(b, a)) * 1.5 / math.sqrt(a) for a, b in itertools.pairwise(sizes)]
+    bs = [rng.normal(size=b) * 0.1 for b in sizes[1:]]
+    g = _mlp(ws, bs, O.Relu())
+    plain = lower_bound(g, seed=0, **FAST)
+    tight = lower_bound(g, seed=0, op_bounds=rule_bounds(g), **FAST)
+    assert tight.value >= plain.value * (1 - 1e-9)
+    assert tight.value >= tight.estimate * (1 - 1e-6)  # the best local constant was confirmed
+    _check_witness(g, tight)
+
+
+def test_same_seed_same_result() -> None:
+    rng = np.random.default_rng(3)
+    g = _mlp(
+        [rng.normal(size=(16, 4)), rng.normal(size=(16, 16)), rng.normal(size=(2, 16))],
+        [rng.normal(size=16), rng.normal(size=16), rng.normal(size=2)],
+        O.Relu(),
+    )
+    a = lower_bound(g, seed=5, **FAST)
+    b = lower_bound(g, seed=5, **FAST)
+    assert a.value == b.value and a.witness == b.witness and a.evaluations == b.evaluations
+    assert a.value > 0.0
+    _check_witness(g, a)
+
+
+def test_smooth_network_uses_the_jacobian_gradient_and_stays_below_the_product() -> None:
+    rng = np.random.default_rng(4)
+    ws = [rng.normal(size=(12, 3)), rng.normal(size=(12, 12)), rng.normal(size=(2, 12))]
+    g = _mlp(ws, [rng.normal(size=12), rng.normal(size=12), np.zeros(2)], O.Tanh())
+    product = math.prod(float(np.linalg.svd(w, compute_uv=False)[0]) for w in ws)
+    f = Executor(g, dtype=torch.float64).flat()
+    at_zero = float(
+        torch.linalg.matrix_norm(torch.func.jacrev(f)(torch.zeros(3, dtype=torch.float64)), ord=2)
+    )
+    result = lower_bound(g, seed=0, **FAST)
+    assert at_zero * 0.999 <= result.value <= product
+    _check_witness(g, result)
+
+
+def test_rounding_margin_under_heavy_cancellation() -> None:
+    # y = A x - B x with |A|, |B| ~ 1e8 and A - B ~ 1: float64 evaluation loses about 8 digits
+    rng = np.random.default_rng(5)
+    a = 1e8 * rng.uniform(1.0, 2.0, size=(3, 4))
+    b = a + rng.normal(size=(3, 4))
+    diff = b - a  # exact (Sterbenz lemma: b/2 <= a <= 2b entrywise)
+    g = _graph(
+        {"x": (1, 4)},
+        [
+            Node(name="fa", op=O.Linear(weight=a), inputs=("x",), output="p"),
+            Node(name="fb", op=O.Linear(weight=b), inputs=("x",), output="q"),
+            Node(name="sub", op=O.Sub(), inputs=("q", "p"), output="y"),
+        ],
+    )
+    exact = float(np.linalg.svd(diff, compute_uv=False)[0])
+    result = lower_bound(g, seed=0, **FAST)
+    assert result.value <= exact * (1 + 1e-12)
+    assert result.value >= 0.99 * exact
+
+
+def test_several_inputs_and_outputs_are_stacked() -> None:
+    rng = np.random.default_rng(6)
+    w1, w2 = rng.normal(size=(3, 2)), rng.normal(size=(3, 4))
+    g = _graph(
+        {"x1": (1, 2), "x2": (1, 4)},
+        [
+            Node(name="f1", op=O.Linear(weight=w1), inputs=("x1",), output="a"),
+            Node(name="f2", op=O.Linear(weight=w2), inputs=("x2",), output="b"),
+            Node(name="sum", op=O.Add(), inputs=("a", "b"), output="y"),
+            Node(name="cat", op=O.Concat(axis=1), inputs=("a", "y"), output="z"),
+        ],
+        outputs=("z", "b"),
+    )
+    # the whole map (x1, x2) -> (a, a + b, b) is linear: its matrix gives the exact constant
+    m = np.block([[w1, np.zeros((3, 4))], [w1, w2], [np.zeros((3, 2)), w2]])
+    exact = float(np.linalg.svd(m, compute_uv=False)[0])
+    result = lower_bound(g, seed=0, **FAST)
+    assert exact * (1 - 1e-6) <= result.value <= exact * (1 + 1e-12)
+    assert result.witness is not None and len(result.witness.x) == 6
+
+
+def test_zero_budget_still_returns_a_sound_value() -> None:
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 3))
+    g = _graph({"x": (1, 3)}, [Node(name="fc", op=O.Linear(weight=w), inputs=("x",), output="y")])
+    result = lower_bound(g, seed=0, budget_s=0.0)
+    assert 0.0 < result.value <= float(np.linalg.svd(w, compute_uv=False)[0]) * (1 + 1e-12)
+    assert "budget" in result.method
+
+
+def _exact_forward(
+    weights: list[tuple[np.ndarray, np.ndarray]],
+    scale: np.ndarray,
+    shift: np.ndarray,
+    x: np.ndarray,
+) -> list[Fraction]:
+    """The MLP of the error-model test in exact rational arithmetic."""
+
+    def lin(w: np.ndarray, b: np.ndarray, v: list[Fraction]) -> list[Fraction]:
+        return [
+            sum((Fraction(float(w[i, j])) * v[j] for j in range(len(v))), Fraction(float(b[i])))
+            for i in range(w.shape[0])
+        ]
+
+    v = [Fraction(float(t)) for t in x]
+    h = lin(*weights[0], v)
+    h = [
+        t * Fraction(float(s)) + Fraction(float(c)) for t, s, c in zip(h, scale, shift, strict=True)
+    ]
+    r = [max(t, Fraction(0)) for t in h]
+    y = lin(*weights[1], r)
+    return [a + b for a, b in zip(y, lin(*weights[2], v), strict=True)]  # residual-like skip
+
+
+def test_error_model_bounds_the_float64_evaluation_error() -> None:
+    rng = np.random.default_rng(8)
+    # large, cancelling weights so that the float64 result carries a visible error
+    w1, b1 = rng.normal(size=(6, 4)) * 1e6, rng.normal(size=6) * 1e6
+    w2, b2 = rng.normal(size=(3, 6)) * 1e3, rng.normal(size=3)
+    w3, b3 = rng.normal(size=(3, 4)), np.zeros(3)
+    scale, shift = rng.normal(size=6), rng.normal(size=6) * 1e6
+    g = _graph(
+        {"x": (1, 4)},
+        [
+            Node(name="fc1", op=O.Linear(weight=w1, bias=b1), inputs=("x",), output="h"),
+            Node(name="bn", op=O.Affine(scale=scale, shift=shift), inputs=("h",), output="hb"),
+            Node(name="relu", op=O.Relu(), inputs=("hb",), output="r"),
+            Node(name="fc2", op=O.Linear(weight=w2, bias=b2), inputs=("r",), output="y1"),
+            Node(name="skip", op=O.Linear(weight=w3, bias=b3), inputs=("x",), output="y2"),
+            Node(name="add", op=O.Add(), inputs=("y1", "y2"), output="y"),
+        ],
+    )
+    propagated = _ErrorModel(g, dict(g.shapes))
+    telescoped = _ErrorModel(g, dict(g.shapes), _sensitivities(g, rule_bounds(g)))
+    worst = 0.0
+    for trial in range(20):
+        x = rng.normal(size=4) * (10.0 ** (trial % 4))
+        model = propagated if trial % 2 else telescoped
+        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
+        exact = _exact_forward([(w1, b1), (w2, b2), (w3, b3)], scale, shift, x)
+        err = math.sqrt(
+            float(sum((Fraction(float(a)) - e) ** 2 for a, e in zip(y_hat, exact, strict=True)))
+        )
+        assert err <= bound
+        assert bound <= 1e-3 * (1.0 + float(np.abs(y_hat).max())) * 1e6  # not absurdly loose
+        worst = max(worst, err)
+    assert worst > 0.0  # the test does exercise rounding
+
+
+@pytest.mark.external
+def test_acasxu_lower_bound(external_dir: Path) -> None:
+    onnx_loader = pytest.importorskip("stabaudit.loaders.onnx")
+    model = onnx_loader.load_onnx(external_dir / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx")
+    g = model.graph
+    result = lower_bound(g, seed=0)
+    product = math.prod(
+        float(np.linalg.svd(np.asarray(n.op.weight, dtype=np.float64), compute_uv=False)[0])
+        for n in g.nodes
+        if isinstance(n.op, O.Linear)
+    )
+    print(f"ACAS Xu 1_1 lower bound {result.value:.6g} in {result.seconds:.2f} s ({result.method})")
+    assert 269.0 <= result.value <= product
+    _check_witness(g, result, margin=1e-4)  # thin linear regions: small steps, larger margins
+
+
+def _matrix_of(graph: Graph, shape: tuple[int, ...]) -> np.ndarray:
+    """The explicit matrix of a bias-free linear graph: its images of the unit vectors (exact:
+    each entry is one stored weight times 1 plus exact zeros)."""
+    f = Executor(graph, dtype=torch.float64).flat()
+    n = int(np.prod(shape))
+    return np.stack([f(torch.eye(n, dtype=torch.float64)[i]).numpy() for i in range(n)], axis=1)
+
+
+def test_error_model_bounds_conv_tanh_pool_softmax() -> None:
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    rng = np.random.default_rng(9)
+    shape = (1, 2, 4, 4)
+    conv = O.Conv(
+        weight=rng.normal(size=(3, 2, 3, 3)) * 30,
+        strides=(1, 1),
+        pads=(1, 1, 1, 1),
+        dilations=(1, 1),
+    )
+    pool = O.AvgPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1))
+    w, b = rng.normal(size=(4, 12)) * 10, rng.normal(size=4) * 10
+    bias = rng.normal(size=3)
+    g = _graph(
+        {"x": shape},
+        [
+            Node(name="conv", op=dataclasses.replace(conv, bias=bias), inputs=("x",), output="c"),
+            Node(name="tanh", op=O.Tanh(), inputs=("c",), output="t"),
+            Node(name="pool", op=pool, inputs=("t",), output="p"),
+            Node(name="flat", op=O.Reshape(shape=(1, 12)), inputs=("p",), output="r"),
+            Node(name="fc", op=O.Linear(weight=w, bias=b), inputs=("r",), output="z"),
+            Node(name="soft", op=O.Softmax(axis=1), inputs=("z",), output="y"),
+        ],
+    )
+    m_conv = _matrix_of(
+        _graph({"x": shape}, [Node(name="c", op=conv, inputs=("x",), output="c")]), shape
+    )
+    m_pool = _matrix_of(
+        _graph({"x": (1, 3, 4, 4)}, [Node(name="p", op=pool, inputs=("x",), output="p")]),
+        (1, 3, 4, 4),
+    )
+    bias_c = np.repeat(bias, 16)
+    mp = mpmath.mpf
+    propagated = _ErrorModel(g, dict(g.shapes))
+    telescoped = _ErrorModel(g, dict(g.shapes), _sensitivities(g, rule_bounds(g)))
+    for trial in range(6):
+        model = propagated if trial % 2 else telescoped
+        x = rng.normal(size=32) * (0.3 * (trial + 1))
+        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
+        c = [
+            sum(
+                (mp(float(m_conv[i, j])) * mp(float(x[j])) for j in range(32)), mp(float(bias_c[i]))
+            )
+            for i in range(48)
+        ]
+        t = [mpmath.tanh(v) for v in c]
+        p = [sum((mp(float(m_pool[i, j])) * t[j] for j in range(48)), mp(0)) for i in range(12)]
+        z = [sum((mp(float(w[i, j])) * p[j] for j in range(12)), mp(float(b[i]))) for i in range(4)]
+        top = max(z)
+        e = [mpmath.exp(v - top) for v in z]
+        exact = [v / sum(e) for v in e]
+        err = float(
+            mpmath.sqrt(sum((mp(float(a)) - v) ** 2 for a, v in zip(y_hat, exact, strict=True)))
+        )
+        assert err <= bound
+        assert bound <= 1e-9

@@ -1,0 +1,246 @@
+"""Tests of stabaudit.ir.passes: folding per-channel affine maps into the linear op before them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.passes import fold_affine
+
+
+def _graph(
+    shape: tuple[int, ...], nodes: list[Node], outputs: tuple[str, ...] | None = None
+) -> Graph:
+    g = Graph(
+        inputs=(TensorSpec(name="x", shape=shape),),
+        outputs=outputs or (nodes[-1].output,),
+        nodes=tuple(nodes),
+    )
+    return with_shapes(g.validate())
+
+
+def _run(graph: Graph, x: np.ndarray) -> list[np.ndarray]:
+    ex = Executor(graph, dtype=torch.float64)
+    return [t.numpy() for t in ex(torch.from_numpy(x))]
+
+
+def _assert_same(a: Graph, b: Graph, shape: tuple[int, ...], seed: int = 0) -> None:
+    x = np.random.default_rng(seed).normal(size=shape)
+    for ya, yb in zip(_run(a, x), _run(b, x), strict=True):
+        np.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_then_affine_folds_exactly() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(6, 4)).astype(np.float32)
+    b = rng.normal(size=6).astype(np.float32)
+    scale = rng.normal(size=6).astype(np.float32)
+    shift = rng.normal(size=(1, 6)).astype(np.float32)
+    g = _graph(
+        (2, 4),
+        [
+            Node(
+                name="fc1",
+                op=O.Linear(weight=w, bias=b),
+                inputs=("x",),
+                output="h",
+                source_op="Gemm",
+            ),
+            Node(
+                name="mul1",
+                op=O.Affine(scale=scale, shift=shift),
+                inputs=("h",),
+                output="y",
+                source_op="Mul",
+            ),
+            Node(name="act", op=O.Relu(), inputs=("y",), output="z", source_op="Relu"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["fc1+mul1", "act"]
+    assert folded.nodes[0].source_op == "Gemm+Mul"
+    assert folded.nodes[0].output == "y"
+    assert folded.shapes["y"] == (2, 6)
+    op = folded.nodes[0].op
+    assert isinstance(op, O.Linear)
+    np.testing.assert_allclose(op.weight, scale[:, None].astype(np.float64) * w, rtol=1e-15)
+    _assert_same(g, folded, (2, 4))
+
+
+def test_conv_then_batchnorm_like_affine_folds_exactly() -> None:
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(5, 3, 3, 3))
+    gamma, beta = rng.normal(size=5), rng.normal(size=5)
+    mean, var = rng.normal(size=5), rng.uniform(0.5, 2.0, size=5)
+    scale = (gamma / np.sqrt(var + 1e-5)).reshape(1, 5, 1, 1)
+    shift = (beta - mean * gamma / np.sqrt(var + 1e-5)).reshape(5, 1, 1)
+    g = _graph(
+        (1, 3, 8, 8),
+        [
+            Node(
+                name="conv1",
+                op=O.Conv(weight=w, bias=None, strides=(2, 1), pads=(1, 0, 1, 2), dilations=(1, 1)),
+                inputs=("x",),
+                output="c",
+                source_op="Conv",
+            ),
+            Node(
+                name="bn1",
+                op=O.Affine(scale=scale, shift=shift),
+                inputs=("c",),
+                output="y",
+                source_op="BatchNormalization",
+            ),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["conv1+bn1"]
+    assert folded.nodes[0].source_op == "Conv+BatchNormalization"
+    op = folded.nodes[0].op
+    assert isinstance(op, O.Conv) and op.bias is not None
+    _assert_same(g, folded, (1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_grouped_conv_transpose_then_affine_folds_exactly(groups: int) -> None:
+    rng = np.random.default_rng(3 + groups)
+    c_in, c_out = 6, 3 * groups
+    w = rng.normal(size=(c_in, c_out // groups, 3, 2))
+    b = rng.normal(size=c_out)
+    scale = rng.normal(size=(c_out, 1, 1))  # distinct per output channel
+    shift = rng.normal(size=(1, c_out, 1, 1))
+    g = _graph(
+        (1, c_in, 5, 4),
+        [
+            Node(
+                name="up",
+                op=O.ConvTranspose(
+                    weight=w,
+                    bias=b,
+                    strides=(2, 1),
+                    pads=(1, 0, 0, 1),
+                    dilations=(1, 2),
+                    groups=groups,
+                    output_padding=(1, 0),
+                ),
+                inputs=("x",),
+                output="u",
+            ),
+            Node(name="aff", op=O.Affine(scale=scale, shift=shift), inputs=("u",), output="y"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["up+aff"]
+    assert folded.nodes[0].source_op == "ConvTranspose+Affine"
+    _assert_same(g, folded, (1, c_in, 5, 4))
+
+
+def test_chain_of_affines_folds_one_after_another() -> None:
+    rng = np.random.default_rng(4)
+    g = _graph(
+        (3, 4),
+        [
+            Node(name="fc", op=O.Linear(weight=rng.normal(size=(5, 4))), inputs=("x",), output="h"),
+            Node(name="mul", op=O.Affine(scale=rng.normal(size=5)), inputs=("h",), output="h2"),
+            Node(name="add", op=O.Affine(shift=np.float64(0.5)), inputs=("h2",), output="y"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["fc+mul+add"]
+    _assert_same(g, folded, (3, 4))
+
+
+def test_not_folded_when_linear_output_has_two_consumers() -> None:
+    rng = np.random.default_rng(5)
+    g = _graph(
+        (1, 4),
+        [
+            Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 4))), inputs=("x",), output="h"),
+            Node(name="aff", op=O.Affine(scale=rng.normal(size=4)), inputs=("h",), output="a"),
+            Node(name="res", op=O.Add(), inputs=("a", "h"), output="y"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["fc", "aff", "res"]
+    _assert_same(g, folded, (1, 4))
+
+
+def test_not_folded_when_linear_output_is_a_graph_output() -> None:
+    rng = np.random.default_rng(6)
+    g = _graph(
+        (1, 4),
+        [
+            Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 4))), inputs=("x",), output="h"),
+            Node(name="aff", op=O.Affine(scale=rng.normal(size=4)), inputs=("h",), output="y"),
+        ],
+        outputs=("h", "y"),
+    )
+    assert [n.name for n in fold_affine(g).nodes] == ["fc", "aff"]
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        np.linspace(0.5, 2.0, 36).reshape(1, 1, 6, 6),  # varies spatially
+        np.linspace(0.5, 2.0, 4 * 6).reshape(4, 6, 1),  # varies along channel and height
+        np.linspace(0.5, 2.0, 4).reshape(4),  # aligned with the last (width) axis, not channels
+    ],
+)
+def test_not_folded_when_scale_is_not_per_channel(scale: np.ndarray) -> None:
+    rng = np.random.default_rng(7)
+    g = _graph(
+        (1, 2, 6, 4) if scale.ndim != 4 else (1, 2, 6, 6),
+        [
+            Node(
+                name="conv",
+                op=O.Conv(
+                    weight=rng.normal(size=(4, 2, 1, 1)),
+                    strides=(1, 1),
+                    pads=(0, 0, 0, 0),
+                    dilations=(1, 1),
+                ),
+                inputs=("x",),
+                output="c",
+            ),
+            Node(name="aff", op=O.Affine(scale=scale), inputs=("c",), output="y"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["conv", "aff"]
+
+
+def test_not_folded_when_affine_broadcasts_to_a_larger_shape() -> None:
+    g = _graph(
+        (1, 3),
+        [
+            Node(name="fc", op=O.Linear(weight=np.eye(3)), inputs=("x",), output="h"),
+            Node(name="aff", op=O.Affine(scale=np.ones((2, 1, 3))), inputs=("h",), output="y"),
+        ],
+    )
+    assert [n.name for n in fold_affine(g).nodes] == ["fc", "aff"]
+
+
+def test_unrelated_nodes_are_kept_and_order_is_valid() -> None:
+    rng = np.random.default_rng(8)
+    g = _graph(
+        (1, 4),
+        [
+            Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 4))), inputs=("x",), output="h"),
+            Node(name="side", op=O.Tanh(), inputs=("x",), output="t"),
+            Node(
+                name="aff",
+                op=O.Affine(scale=rng.normal(size=4), shift=rng.normal(size=4)),
+                inputs=("h",),
+                output="a",
+            ),
+            Node(name="sum", op=O.Add(), inputs=("a", "t"), output="y"),
+        ],
+    )
+    folded = fold_affine(g)
+    assert [n.name for n in folded.nodes] == ["side", "fc+aff", "sum"]
+    assert set(folded.shapes) == {"x", "t", "a", "y"}
+    _assert_same(g, folded, (1, 4))
