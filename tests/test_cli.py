@@ -1,0 +1,246 @@
+"""The command line end to end: reports, gates, exit codes and one-line errors (CONTRACT.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stabaudit.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_check_json_report_on_sample_mlp(tmp_path):
+    out = tmp_path / "r.json"
+    result = run("check", SAMPLES / "mlp.onnx", "--output", out)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["model"]["format"] == "onnx" and data["model"]["input_shape"] == [1, 64]
+    assert data["equivalence"]["passed"] and data["equivalence"]["reference"] == "onnxruntime"
+    lip = data["lipschitz"]
+    assert lip["certified"] and 0 < lip["lower"] <= lip["upper"]
+    assert lip["witness"]["quotient"] == pytest.approx(lip["lower"], rel=1e-6)
+    ops = [layer["op"] for layer in data["layers"]]
+    assert ops.count("Linear") == 3 and "Relu" in ops
+    assert [c["id"] for c in data["checks"]] == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    # the product of the layer bounds is what composition gives for a chain
+    uppers = [layer["lipschitz"]["upper"] for layer in data["layers"]]
+    assert lip["upper"] == pytest.approx(float(np.prod(uppers)), rel=1e-9)
+
+
+def test_threshold_gates_exit_code():
+    low = run("check", SAMPLES / "mlp.onnx", "--threshold", "lipschitz=1e-6", "--format", "json")
+    assert low.exit_code == 1
+    sa101 = next(c for c in json.loads(low.stdout)["checks"] if c["id"] == "SA101")
+    assert sa101["status"] == "fail" and sa101["severity"] == "error" and sa101["threshold"] == 1e-6
+    high = run("check", SAMPLES / "mlp.onnx", "--threshold", "SA101=1e9", "--format", "json")
+    assert high.exit_code == 0
+    sa101 = next(c for c in json.loads(high.stdout)["checks"] if c["id"] == "SA101")
+    assert sa101["status"] == "pass"
+
+
+def test_config_thresholds_and_fail_on(tmp_path):
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text("thresholds:\n  lipschitz: 1.0e-6\n")
+    assert run("check", SAMPLES / "mlp.onnx", "--config", cfg).exit_code == 1
+    # warnings fail the gate only with --fail-on warning
+    assert run("check", SAMPLES / "mlp.onnx").exit_code == 0
+    assert run("check", SAMPLES / "mlp.onnx", "--fail-on", "warning").exit_code == 1
+
+
+def test_table_output_marks_numbers():
+    result = run("check", SAMPLES / "cnn.pt")
+    assert result.exit_code == 0, result.stderr
+    assert "certified" in result.stdout and "verdict: PASS" in result.stdout
+    assert "equivalence vs torchscript" in result.stdout
+
+
+# ---- bad input: exit 2, one line per problem, no traceback ----------------------------------------
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(run("check", tmp_path / "nope.onnx"), 2, "nope.onnx")
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.onnx"
+    p.write_bytes(b"")
+    assert_one_line_error(run("check", p), 2, "empty")
+
+
+def test_truncated_onnx(tmp_path):
+    data = (SAMPLES / "cnn.onnx").read_bytes()
+    p = tmp_path / "cut.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("check", p), 2, "cut.onnx")
+
+
+def test_truncated_torchscript(tmp_path):
+    data = (SAMPLES / "cnn.pt").read_bytes()
+    p = tmp_path / "cut.pt"
+    p.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("check", p), 2, "cut.pt")
+
+
+def test_random_bytes(tmp_path):
+    p = tmp_path / "noise.onnx"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert_one_line_error(run("check", p), 2, "noise.onnx")
+
+
+def test_unknown_format(tmp_path):
+    p = tmp_path / "model.txt"
+    p.write_text("this is not a model\n")
+    assert_one_line_error(run("check", p), 2, "model.txt")
+
+
+def test_pickle_instead_of_torchscript(tmp_path):
+    import torch
+
+    p = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, p)
+    assert_one_line_error(run("check", p), 2, "TorchScript")
+
+
+def test_external_data_escaping_directory(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 2), dtype=np.float32), "W")
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    entry = w.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [w],
+    )
+    sub = tmp_path / "model"
+    sub.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.ones(4, dtype=np.float32).tobytes())
+    p = sub / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p)
+    assert_one_line_error(run("check", p), 2, "m.onnx")
+
+
+def test_unsupported_operators_all_listed(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Sin", ["a"], ["b"]),
+            helper.make_node("Cos", ["b"], ["c"]),
+            helper.make_node("Sin", ["c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    p = tmp_path / "trig.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p)
+    result = run("check", p)
+    assert_one_line_error(result, 2, "Sin (x2)", "Cos (x1)", "SA901")
+
+
+def test_equivalence_mismatch(monkeypatch):
+    import dataclasses
+
+    import stabaudit.loaders as loaders
+
+    real = loaders.load_model
+
+    def skewed(path, **kw):
+        model = real(path, **kw)
+        return dataclasses.replace(model, reference=lambda feeds: [o + 1.0 for o in model.reference(feeds)])
+
+    monkeypatch.setattr(loaders, "load_model", skewed)
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx"), 2, "SA902")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--input-shape", "1,x"], "--input-shape"),
+        (["--input-shape", "1,2,3"], "rank"),
+        (["--threshold", "lipschitz"], "NAME=VALUE"),
+        (["--threshold", "nonsense=1"], "unknown threshold"),
+        (["--threshold", "lipschitz=abc"], "not a number"),
+        (["--format", "pdf"], "--format"),
+        (["--fail-on", "never"], "--fail-on"),
+    ],
+)
+def test_bad_options(args, fragment):
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", *args), 2, fragment)
+
+
+def test_bad_config(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("thresholds:\n  lipschitz: high\n")
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--config", cfg), 2, "bad.yaml:2: thresholds.lipschitz")
+
+
+def test_output_is_not_left_half_written_on_error(tmp_path):
+    out = tmp_path / "r.json"
+    run("check", tmp_path / "missing.onnx", "--output", out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ---- other commands ---------------------------------------------------------------------------
+
+
+def test_explain_every_check():
+    from stabaudit.checks import CHECKS
+
+    for check_id in CHECKS:
+        result = run("explain", check_id)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.startswith(check_id)
+        assert CHECKS.get(check_id).doc in result.stdout
+    assert "Inequality" in run("explain", "lipschitz.global").stdout
+    assert_one_line_error(run("explain", "SA999"), 2, "unknown check")
+
+
+def test_ops_lists_both_loaders():
+    result = run("ops")
+    assert result.exit_code == 0
+    assert "onnx" in result.stdout and "torchscript" in result.stdout and "Conv" in result.stdout
+
+
+def test_version_and_help_do_not_import_torch():
+    code = (
+        "import sys\nfrom stabaudit.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'onnx' not in sys.modules\n"
+    )
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "check" in proc.stdout
+    assert run("--version").stdout.startswith("stabaudit ")
