@@ -61,6 +61,12 @@ def _nonfinite(graph) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return counts
 
 
+def _is_translation(op: object) -> bool:
+    from stabaudit.ir.ops import Affine
+
+    return isinstance(op, Affine) and op.scale is None
+
+
 def _finite(x: float | None) -> float | None:
     return x if x is not None and np.isfinite(x) else None
 
@@ -119,8 +125,8 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         )
         ob = bound_node(node, ctx)
         op_bounds[node.output] = ob
-        if node.op.type in STRUCTURAL:
-            continue
+        if node.op.type in STRUCTURAL or _is_translation(node.op):
+            continue  # isometries and translations do not change distances: not layers
         if ob.combine is not Combine.CHAIN:
             lip = LayerLipschitz(upper=None, lower=None, method="composed at graph level", certified=True)
         else:

@@ -611,6 +611,9 @@ class _Search:
         return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+HARD_LIMIT_FACTOR = 3.0
+
+
 def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int, int, int]:
     """(pool size, Adam steps per round, rounds between Jacobians of the pair ascent, proposals
     per start and round of the local search), from the static cost model only (deterministic).
@@ -862,7 +865,11 @@ def lower_bound(
     if not all(node.output in graph.shapes for node in graph.nodes):
         graph = with_shapes(graph)
     shapes = dict(graph.shapes)
-    search = _Search(graph, shapes, seed, start_time + budget_s)
+    # The work plan is sized for budget_s by a static cost model (deterministic); the clock stops
+    # the search only at HARD_LIMIT_FACTOR * budget_s, so a slow or busy machine still gives the
+    # same result unless it is several times slower than the cost model assumes.
+    limit = HARD_LIMIT_FACTOR * budget_s
+    search = _Search(graph, shapes, seed, start_time + limit)
     model = _ErrorModel(graph, shapes, _sensitivities(graph, op_bounds))
     starts = max(1, int(starts))
     steps = max(0, int(steps))
@@ -870,7 +877,7 @@ def lower_bound(
     notes: list[str] = []
 
     # 1. screening
-    pop, screened = _screen(search, pool, starts, domain_scale, budget_s, notes)
+    pop, screened = _screen(search, pool, starts, domain_scale, limit, notes)
     k = pop.P.shape[0]
 
     # 2. ascent: pair ascent and local search, side by side
@@ -879,7 +886,7 @@ def lower_bound(
     radius = torch.full((k,), 0.1, dtype=torch.float64)
     rounds = 0
     for rnd in range(steps):
-        if search.time_left() < 0.25 * budget_s:
+        if search.time_left() < 0.25 * limit:
             notes.append(f"ascent stopped by budget after {rnd} of {steps} rounds")
             break
         for _ in range(adam_steps):

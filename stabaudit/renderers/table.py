@@ -5,7 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from stabaudit.renderers.base import RENDERERS, OutputFormat
-from stabaudit.report.model import Report
+from stabaudit.report.model import LayerLipschitz, Report
 
 
 def num(x: float | None) -> str:
@@ -14,6 +14,17 @@ def num(x: float | None) -> str:
 
 def mark(certified: bool) -> str:
     return "certified" if certified else "estimate"
+
+
+def _layer_mark(lip: LayerLipschitz) -> str:
+    """Which of the two numbers are sound: both, only the upper one, or neither."""
+    if lip.upper is None:
+        return "-"
+    if not lip.certified:
+        return "estimate"
+    if lip.lower is not None and not lip.lower_certified:
+        return "upper only"
+    return "certified"
 
 
 @RENDERERS.register(OutputFormat.TABLE)
@@ -33,13 +44,13 @@ def render_table(report: Report) -> str:
             layer.op,
             num(layer.lipschitz.lower),
             num(layer.lipschitz.upper),
-            mark(layer.lipschitz.certified) if layer.lipschitz.upper is not None else "-",
+            _layer_mark(layer.lipschitz),
             layer.lipschitz.method,
         ]
         for i, layer in enumerate(report.layers)
     ]
     out.append("Per-layer Lipschitz constants (L2)")
-    out.append(tabulate(rows, headers=["#", "layer", "op", "lower", "upper", "upper is", "method"], disable_numparse=True))
+    out.append(tabulate(rows, headers=["#", "layer", "op", "lower", "upper", "sound", "method"], disable_numparse=True))
     out.append("")
     out.append(
         f"Global Lipschitz bracket (L2): [{num(lip.lower)}, {num(lip.upper)}]"
