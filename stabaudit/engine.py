@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stabaudit import __version__
-from stabaudit.errors import EquivalenceError, InternalError
+from stabaudit.errors import EquivalenceError, InternalError, UsageError
 from stabaudit.report.gate import FailOn, gate
 from stabaudit.report.model import (
     Equivalence,
@@ -86,6 +86,12 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     say = observer or (lambda _msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+
+    if request.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
 
     say("loading")
     loaded = load_model(request.path, input_shape=request.input_shape)

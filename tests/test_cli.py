@@ -244,3 +244,11 @@ def test_version_and_help_do_not_import_torch():
     assert proc.returncode == 0, proc.stderr
     assert "check" in proc.stdout
     assert run("--version").stdout.startswith("stabaudit ")
+
+
+def test_cuda_without_a_device_is_a_usage_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--device", "cuda"), 2, "--device cuda")
