@@ -118,6 +118,7 @@ def check(
     fail_on: Annotated[str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    budget: Annotated[float, typer.Option("--budget", help="Seconds planned for the search-based analyses (the lower-bound search).")] = 10.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
@@ -146,6 +147,8 @@ def check(
             fail_level = FailOn(fail)
         except ValueError:
             raise UsageError(f"--fail-on {fail!r}: expected error, warning or inconclusive") from None
+        if not budget > 0:
+            raise UsageError(f"--budget {budget}: expected a positive number of seconds")
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
         severities = {k: Severity(v) for k, v in (cfg.severity.items() if cfg else [])}
@@ -157,6 +160,7 @@ def check(
             fail_on=fail_level,
             seed=seed if seed is not None else (cfg.seed if cfg and cfg.seed is not None else 0),
             device=device,
+            lower_budget_s=budget,
         )
         report = audit(request)
         text = RENDERERS.get(fmt)(report)

@@ -20,7 +20,10 @@ runner = CliRunner()
 
 
 def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
+    argv = [str(a) for a in args]
+    if argv[:1] == ["check"] and "--budget" not in argv:
+        argv += ["--budget", "1"]  # a short lower-bound search keeps the suite fast
+    return runner.invoke(app, argv)
 
 
 def assert_one_line_error(result, code: int, *fragments: str) -> None:
@@ -194,6 +197,7 @@ def test_equivalence_mismatch(monkeypatch):
         (["--threshold", "lipschitz=abc"], "not a number"),
         (["--format", "pdf"], "--format"),
         (["--fail-on", "never"], "--fail-on"),
+        (["--budget", "0"], "--budget"),
     ],
 )
 def test_bad_options(args, fragment):
