@@ -6,13 +6,17 @@ import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from stabaudit import __version__
 from stabaudit.errors import StabauditError, UsageError
+
+if TYPE_CHECKING:
+    from stabaudit.renderers.base import OutputFormat
 
 app = typer.Typer(
     add_completion=False,
@@ -45,7 +49,7 @@ def _report_error(exc: StabauditError) -> None:
             typer.echo(f"error: {problem}", err=True)
 
 
-def _run_guarded(debug: bool, body) -> NoReturn:  # type: ignore[no-untyped-def]
+def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
     """Map errors to CONTRACT.md exit codes: 2 for bad input, 3 for a bug; tracebacks only with --debug."""
     try:
         code = body()
@@ -173,7 +177,7 @@ def check(
     _run_guarded(debug, body)
 
 
-def _pick_format(name: str | None, output: Path | None, formats):  # type: ignore[no-untyped-def]
+def _pick_format(name: str | None, output: Path | None, formats: type[OutputFormat]) -> OutputFormat:
     if name is not None:
         try:
             return formats(name)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from stabaudit import __version__
 from stabaudit.errors import EquivalenceError, InternalError, UsageError
+from stabaudit.ir.graph import Graph
 from stabaudit.report.gate import FailOn, gate
 from stabaudit.report.model import (
     Equivalence,
@@ -50,7 +51,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _nonfinite(graph) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _nonfinite(graph: Graph) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in graph.nodes:
         n = 0
@@ -96,15 +97,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     say("loading")
     loaded = load_model(request.path, input_shape=request.input_shape)
     graph = fold_affine(loaded.graph)
-    folded = type(loaded)(
-        graph=graph,
-        format=loaded.format,
-        reference_name=loaded.reference_name,
-        reference=loaded.reference,
-        parameters=loaded.parameters,
-        source_ops=loaded.source_ops,
-        notes=loaded.notes,
-    )
+    folded = replace(loaded, graph=graph)
     timings["load"] = time.perf_counter() - t0
 
     say("equivalence")

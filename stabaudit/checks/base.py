@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -102,7 +103,8 @@ def check(
 def threshold_keys() -> dict[str, str]:
     """Every accepted threshold name (key or check id) -> the canonical key."""
     keys: dict[str, str] = {}
-    for spec in CHECKS._items.values():
+    for check_id in CHECKS:
+        spec = CHECKS.get(check_id)
         if spec.threshold_key:
             keys[spec.threshold_key] = spec.threshold_key
             keys[spec.id] = spec.threshold_key
@@ -114,7 +116,9 @@ def canonical_threshold(name: str) -> str:
     keys = threshold_keys()
     if name not in keys:
         known = ", ".join(sorted({k for k in keys.values()}))
-        raise UsageError(f"unknown threshold {name!r}; known: {known} (or a check id such as SA101)")
+        close = difflib.get_close_matches(name, sorted(keys), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown threshold {name!r}{hint}; known: {known} (or a check id such as SA101)")
     return keys[name]
 
 

@@ -35,6 +35,25 @@ def _suggest(key: str, known: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
 
 
+def _items(path: Path, node: Any, prefix: str) -> list[tuple[str, Any, Any, Any]]:
+    """(key, key node, plain value, value node) of a YAML mapping; duplicate keys are errors."""
+    import yaml
+
+    seen: set[str] = set()
+    items = []
+    for key_node, value_node in node.value:
+        key = str(key_node.value)
+        if key in seen:
+            raise _fail(path, key_node, prefix + key, "duplicate key")
+        seen.add(key)
+        try:
+            value = yaml.safe_load(yaml.serialize(value_node))
+        except yaml.YAMLError as exc:
+            raise _fail(path, value_node, prefix + key, f"invalid value: {exc}") from None
+        items.append((key, key_node, value, value_node))
+    return items
+
+
 def load_config(path: str | Path) -> AuditConfig:
     """Parse and validate an audit config; every error is a ConfigError (exit code 2)."""
     import yaml
@@ -57,26 +76,27 @@ def load_config(path: str | Path) -> AuditConfig:
     if not isinstance(root, yaml.MappingNode):
         raise _fail(p, root, "(top level)", "expected a mapping of settings")
     out: dict[str, Any] = {}
-    for key_node, value_node in root.value:
-        key = key_node.value
+    for key, key_node, value, value_node in _items(p, root, ""):
         if key not in _KEYS:
             raise _fail(p, key_node, key, "unknown key" + _suggest(key, _KEYS))
-        value = yaml.safe_load(yaml.serialize(value_node))
         if key == "thresholds":
-            if not isinstance(value, dict):
+            if not isinstance(value_node, yaml.MappingNode):
                 raise _fail(p, value_node, key, "expected a mapping NAME: number")
-            for (k_node, v_node), (k, v) in zip(value_node.value, value.items(), strict=True):
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise _fail(p, v_node, f"thresholds.{k}", "expected a number")
-                del k_node
-            out[key] = {str(k): float(v) for k, v in value.items()}
+            thresholds = {}
+            for name, _, number, number_node in _items(p, value_node, "thresholds."):
+                if isinstance(number, bool) or not isinstance(number, int | float):
+                    raise _fail(p, number_node, f"thresholds.{name}", "expected a number")
+                thresholds[name] = float(number)
+            out[key] = thresholds
         elif key == "severity":
-            if not isinstance(value, dict):
+            if not isinstance(value_node, yaml.MappingNode):
                 raise _fail(p, value_node, key, "expected a mapping CHECK_ID: error|warning|info")
-            for (_k_node, v_node), (k, v) in zip(value_node.value, value.items(), strict=True):
-                if v not in _SEVERITIES:
-                    raise _fail(p, v_node, f"severity.{k}", "expected one of error, warning, info")
-            out[key] = {str(k): str(v) for k, v in value.items()}
+            severities = {}
+            for name, _, level, level_node in _items(p, value_node, "severity."):
+                if level not in _SEVERITIES:
+                    raise _fail(p, level_node, f"severity.{name}", "expected one of error, warning, info")
+                severities[name] = str(level)
+            out[key] = severities
         elif key == "input_shape":
             if not isinstance(value, list) or not value or not all(
                 isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value

@@ -36,6 +36,9 @@ def test_empty_config(tmp_path):
         ("thresholds: [1, 2]\n", r"thresholds: expected a mapping"),
         ("- 1\n- 2\n", r"expected a mapping of settings"),
         ("thresholds: {a: 1\n", r"invalid YAML"),
+        ("seed: 1\nseed: 2\n", r"audit.yaml:2: seed: duplicate key"),
+        ("thresholds:\n  lipschitz: 1\n  lipschitz: 2\n", r"audit.yaml:3: thresholds.lipschitz: duplicate key"),
+        ("severity: {SA101: fatal}\n", r"severity.SA101: expected one of"),
     ],
 )
 def test_config_errors(tmp_path, text, pattern):
