@@ -26,6 +26,14 @@ app = typer.Typer(
 )
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that clean-up runs (exit code 143 = 128 + 15)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"stabaudit {__version__}")
@@ -35,7 +43,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """stabaudit: certified Lipschitz brackets and stability checks (THEORY.md) with CI exit codes."""
@@ -59,8 +70,11 @@ def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
         _report_error(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
+        typer.echo("error: interrupted (SIGINT); no report written", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        typer.echo("error: terminated (SIGTERM); no report written", err=True)
+        raise typer.Exit(143) from None
     except typer.Exit:
         raise
     except Exception as exc:  # an internal error: a bug in stabaudit
@@ -79,9 +93,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32") from None
+        raise UsageError(
+            f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32"
+        ) from None
     if not dims or any(d <= 0 for d in dims):
-        raise UsageError(f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32")
+        raise UsageError(
+            f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32"
+        )
     return dims
 
 
@@ -113,16 +131,51 @@ def write_atomic(path: Path, text: str) -> None:
 
 @app.command()
 def check(
-    model: Annotated[Path, typer.Argument(help="An .onnx file or a TorchScript archive (torch.jit.save).")],
-    format: Annotated[str | None, typer.Option("--format", "-f", help="table | json | md (default: table, or from --output's suffix)")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="An audit YAML (thresholds:, severity:, input_shape:, seed:, fail_on:).")] = None,
-    input_shape: Annotated[str | None, typer.Option("--input-shape", help="Fix dynamic dims, e.g. 1,3,32,32.")] = None,
-    threshold: Annotated[list[str] | None, typer.Option("--threshold", help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, or a check id); makes the check an error.")] = None,
-    fail_on: Annotated[str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")] = None,
+    model: Annotated[
+        Path, typer.Argument(help="An .onnx file or a TorchScript archive (torch.jit.save).")
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="table | json | md (default: table, or from --output's suffix)"
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="An audit YAML (thresholds:, severity:, input_shape:, seed:, fail_on:).",
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option("--input-shape", help="Fix dynamic dims, e.g. 1,3,32,32.")
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, or a check id); makes the check an error.",
+        ),
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option("--fail-on", help="error | warning | inconclusive (default error)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
-    budget: Annotated[float, typer.Option("--budget", help="Seconds planned for the search-based analyses (the lower-bound search).")] = 10.0,
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            help="Seconds planned for the search-based analyses (the lower-bound search).",
+        ),
+    ] = 10.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
@@ -150,7 +203,9 @@ def check(
         try:
             fail_level = FailOn(fail)
         except ValueError:
-            raise UsageError(f"--fail-on {fail!r}: expected error, warning or inconclusive") from None
+            raise UsageError(
+                f"--fail-on {fail!r}: expected error, warning or inconclusive"
+            ) from None
         if not budget > 0:
             raise UsageError(f"--budget {budget}: expected a positive number of seconds")
         if device not in ("cpu", "cuda"):
@@ -177,7 +232,9 @@ def check(
     _run_guarded(debug, body)
 
 
-def _pick_format(name: str | None, output: Path | None, formats: type[OutputFormat]) -> OutputFormat:
+def _pick_format(
+    name: str | None, output: Path | None, formats: type[OutputFormat]
+) -> OutputFormat:
     if name is not None:
         try:
             return formats(name)
@@ -192,7 +249,9 @@ def _pick_format(name: str | None, output: Path | None, formats: type[OutputForm
 
 
 @app.command()
-def explain(check_id: Annotated[str, typer.Argument(help="A check id such as SA101, or its name.")]) -> None:
+def explain(
+    check_id: Annotated[str, typer.Argument(help="A check id such as SA101, or its name.")],
+) -> None:
     """What a check proves, its inequality, its assumptions and its settings."""
 
     def body() -> int:
@@ -202,9 +261,17 @@ def explain(check_id: Annotated[str, typer.Argument(help="A check id such as SA1
         for key in CHECKS:
             spec = CHECKS.get(key)
             if wanted in (spec.id, spec.name.upper()):
-                default = "none" if spec.default_threshold is None else f"{spec.default_threshold:g}"
-                setting = f" (set with --threshold {spec.threshold_key}=VALUE)" if spec.threshold_key else ""
-                typer.echo(f"{spec.id} {spec.name}  [default severity {spec.severity.value}, threshold {default}{setting}]\n")
+                default = (
+                    "none" if spec.default_threshold is None else f"{spec.default_threshold:g}"
+                )
+                setting = (
+                    f" (set with --threshold {spec.threshold_key}=VALUE)"
+                    if spec.threshold_key
+                    else ""
+                )
+                typer.echo(
+                    f"{spec.id} {spec.name}  [default severity {spec.severity.value}, threshold {default}{setting}]\n"
+                )
                 typer.echo(spec.doc)
                 return 0
         known = ", ".join(sorted(CHECKS))
@@ -229,6 +296,9 @@ def ops() -> None:
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,26 @@ class AuditRequest:
     device: str = "cpu"
     lower_budget_s: float = 10.0
     power_iterations: int = 50
+
+
+_REPRODUCIBLE_NOTE = (
+    "SOURCE_DATE_EPOCH is set: timings omitted so that the report is reproducible",
+)
+
+
+def report_timestamp() -> tuple[str, bool]:
+    """The report's creation time (UTC, ISO 8601) and whether it is pinned by SOURCE_DATE_EPOCH
+    (the reproducible-builds convention): then the whole report is a function of its inputs."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            moment = datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise UsageError(
+                f"SOURCE_DATE_EPOCH={epoch!r}: expected a Unix timestamp in seconds"
+            ) from None
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), True
+    return datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), False
 
 
 def _sha256(path: Path) -> str:
@@ -85,6 +107,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     from stabaudit.loaders import load_model
 
     say = observer or (lambda _msg: None)
+    created, reproducible = report_timestamp()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -113,7 +136,9 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
 
     say("per-layer bounds")
     t = time.perf_counter()
-    settings = BoundSettings(seed=request.seed, power_iterations=request.power_iterations, device=request.device)
+    settings = BoundSettings(
+        seed=request.seed, power_iterations=request.power_iterations, device=request.device
+    )
     op_bounds = {}
     layers: list[Layer] = []
     for node in graph.nodes:
@@ -127,7 +152,9 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         if node.op.type in STRUCTURAL or _is_translation(node.op):
             continue  # isometries and translations do not change distances: not layers
         if ob.combine is not Combine.CHAIN:
-            lip = LayerLipschitz(upper=None, lower=None, method="composed at graph level", certified=True)
+            lip = LayerLipschitz(
+                upper=None, lower=None, method="composed at graph level", certified=True
+            )
         else:
             lip = LayerLipschitz(
                 upper=_finite(ob.upper.value),
@@ -138,7 +165,13 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
                 lower_certified=bool(ob.lower and ob.lower.certified),
             )
         layers.append(
-            Layer(name=node.name, op=node.op.type.value, source_op=node.source_op, lipschitz=lip, seconds=ob.seconds)
+            Layer(
+                name=node.name,
+                op=node.op.type.value,
+                source_op=node.source_op,
+                lipschitz=lip,
+                seconds=0.0 if reproducible else round(ob.seconds, 4),
+            )
         )
     timings["layer_bounds"] = time.perf_counter() - t
 
@@ -150,7 +183,9 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     say("lower bound search")
     t = time.perf_counter()
     # on the graph as loaded: the bound is about the stored weights, not the folded products
-    low = lower_bound(loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds)
+    low = lower_bound(
+        loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds
+    )
     timings["lower_bound"] = time.perf_counter() - t
 
     upper = _finite(comp.upper.value)
@@ -175,7 +210,11 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         witness=witness,
     )
     equivalence = Equivalence(
-        reference=eq.reference, max_abs_diff=eq.max_abs_diff, tolerance=eq.tolerance, passed=eq.passed, samples=eq.samples
+        reference=eq.reference,
+        max_abs_diff=eq.max_abs_diff,
+        tolerance=eq.tolerance,
+        passed=eq.passed,
+        samples=eq.samples,
     )
     evidence = Evidence(
         layers=tuple(layers),
@@ -187,7 +226,10 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         operators=len(graph.nodes),
         source_ops=dict(loaded.source_ops),
     )
-    findings = run_checks(evidence, CheckPolicy(thresholds=dict(request.thresholds), severities=dict(request.severities)))
+    findings = run_checks(
+        evidence,
+        CheckPolicy(thresholds=dict(request.thresholds), severities=dict(request.severities)),
+    )
     verdict, exit_code = gate(findings, request.fail_on)
     timings["total"] = time.perf_counter() - t0
     return Report(
@@ -202,11 +244,14 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         equivalence=equivalence,
         layers=tuple(layers),
         lipschitz=lipschitz,
-        profile=tuple(ProfileStep(layer=name, upper=_finite(value)) for name, value in comp.profile),
+        profile=tuple(
+            ProfileStep(layer=name, upper=_finite(value)) for name, value in comp.profile
+        ),
         checks=findings,
         verdict=verdict,
         exit_code=exit_code,
         fail_on=request.fail_on.value,
-        timings={k: round(v, 4) for k, v in timings.items()},
-        notes=tuple(loaded.notes),
+        created=created,
+        timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
+        notes=tuple(loaded.notes) + (_REPRODUCIBLE_NOTE if reproducible else ()),
     )

@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stabaudit.bounds.base import Guarantee, OpBound
-from stabaudit.errors import InternalError
+from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.limits import check_deadline
 
 if TYPE_CHECKING:
     import torch
@@ -493,6 +494,8 @@ class _Search:
         try:
             vf(torch.zeros(2, self.n, dtype=torch.float64))
             return vf
+        except StabauditError:  # a timeout or resource limit: never a fallback
+            raise
         except Exception:  # some op without a batching rule: loop instead
             return lambda xs: torch.stack([f(x) for x in xs])
 
@@ -509,7 +512,10 @@ class _Search:
 
             def full_one(J: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 # top eigenvector of the smaller Gram matrix (much faster than an SVD of J);
-                # sigma = ||J v|| recomputed from the unit vector v
+                # sigma = ||J v|| recomputed from the unit vector v. A Jacobian that overflowed
+                # (inf/NaN entries) only proposes candidates: zero them so that eigh cannot fail;
+                # every reported value is confirmed by _confirm, which rejects non-finite outputs
+                J = torch.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
                 if J.shape[1] <= J.shape[2]:
                     _, vecs = torch.linalg.eigh(J @ J.transpose(1, 2))
                     v = (J.transpose(1, 2) @ vecs[:, :, -1:])[:, :, 0]
@@ -569,6 +575,8 @@ class _Search:
             try:
                 impl(probe, probe_v)
                 return impl
+            except StabauditError:  # a timeout or resource limit: never a fallback
+                raise
             except Exception:  # fall back to the next (slower) implementation
                 continue
         raise InternalError("lower bound: torch.func cannot differentiate this graph")
@@ -604,6 +612,8 @@ class _Search:
 
         try:
             g = vmap(grad(objective))(X, V)
+        except StabauditError:  # a timeout or resource limit: never a fallback
+            raise
         except Exception:  # no batching or forward-mode rule for some op: stop proposing it
             self.smooth = False
             return torch.zeros_like(X)
@@ -612,6 +622,7 @@ class _Search:
 
 
 HARD_LIMIT_FACTOR = 3.0
+HARD_LIMIT_SLACK_S = 20.0
 
 
 def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int, int, int]:
@@ -680,6 +691,7 @@ def _screen(
     chunk = max(starts, search.chunk)
     sig_parts, v_parts = [], []
     for i in range(0, pool, chunk):
+        check_deadline()
         if i > 0 and search.time_left() < 0.6 * budget_s:
             notes.append(f"screening cut by budget after {i} of {pool} points")
             X = X[:i]
@@ -783,20 +795,43 @@ def _local_search(
     return radius
 
 
+POWER_SWEEPS = 4  # warm-started power-iteration sweeps at the best points before confirmation
+POWER_RTOL = 1e-3  # a last sweep that still raises sigma by more than this is "not converged"
+
+
 def _confirmation_pairs(
-    search: _Search, pop: _Population, pairs: _PairAscent, domain_scale: float
+    search: _Search,
+    pop: _Population,
+    pairs: _PairAscent,
+    domain_scale: float,
+    notes: list[str] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent."""
+    """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent.
+
+    The power iteration runs a fixed number of sweeps (never until convergence); when its last
+    sweep still moved sigma by more than POWER_RTOL, ``notes`` says so (the pairs are then only
+    less tight: soundness rests on ``_confirm``).
+    """
     import torch
 
     k = pop.P.shape[0]
     if not search.full and k:
         # power iteration converges from below: more warm-started sweeps at the best points
         top = torch.argsort(pop.PS, descending=True, stable=True)[: min(k, 8)]
-        for _ in range(4):
+        change = 0.0
+        for _ in range(POWER_SWEEPS):
+            check_deadline()
             s, v = search.pairs(pop.P[top], pop.PV[top])
-            better = s > pop.PS[top]
+            old = pop.PS[top]
+            better = s > old
+            rel = (s - old).abs() / old.abs().clamp_min(1e-300)
+            change = float(rel.max()) if rel.numel() else 0.0
             pop.PS[top[better]], pop.PV[top[better]] = s[better], v[better]
+        if notes is not None and change > POWER_RTOL:
+            notes.append(
+                f"power iteration not converged at the best points after {POWER_SWEEPS} extra sweeps "
+                f"(last relative change {change:.1e} > {POWER_RTOL:g})"
+            )
     tries: list[tuple[torch.Tensor, torch.Tensor]] = []
     chosen: list[torch.Tensor] = []
     for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
@@ -830,10 +865,22 @@ def _sensitivities(
     if missing:
         try:
             computed = rule_bounds(graph, only=frozenset(node.output for node in missing))
+        except StabauditError:  # a timeout or resource limit: never a fallback
+            raise
         except Exception:  # no rule or a failing one: those nodes keep S_v = inf (bound unused)
             computed = {}
         bounds.update(computed)
     return output_sensitivities(graph, bounds)
+
+
+def _nonfinite_parameters(graph: Graph) -> int:
+    """The number of NaN/Inf entries in the graph's parameter arrays."""
+    count = 0
+    for node in graph.nodes:
+        for value in vars(node.op).values():
+            if isinstance(value, np.ndarray) and value.dtype.kind in "fc":
+                count += int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    return count
 
 
 def lower_bound(
@@ -865,10 +912,22 @@ def lower_bound(
     if not all(node.output in graph.shapes for node in graph.nodes):
         graph = with_shapes(graph)
     shapes = dict(graph.shapes)
+    nonfinite = _nonfinite_parameters(graph)
+    if nonfinite:
+        # NaN/Inf parameters: f is NaN/Inf somewhere or everywhere and no quotient can be
+        # confirmed; 0 is the trivial sound lower bound (check SA402 reports the parameters)
+        return LowerResult(
+            value=0.0,
+            method=f"not searched: {nonfinite} NaN/Inf parameter value(s) (see SA402)",
+            witness=None,
+            seconds=time.perf_counter() - start_time,
+            evaluations=0,
+        )
     # The work plan is sized for budget_s by a static cost model (deterministic); the clock stops
-    # the search only at HARD_LIMIT_FACTOR * budget_s, so a slow or busy machine still gives the
-    # same result unless it is several times slower than the cost model assumes.
-    limit = HARD_LIMIT_FACTOR * budget_s
+    # the search only at max(HARD_LIMIT_FACTOR * budget_s, budget_s + HARD_LIMIT_SLACK_S), so a
+    # slow or busy machine still gives the same result unless it is far slower than the cost
+    # model assumes (the method string then says the clock cut the search).
+    limit = max(HARD_LIMIT_FACTOR * budget_s, budget_s + HARD_LIMIT_SLACK_S)
     search = _Search(graph, shapes, seed, start_time + limit)
     model = _ErrorModel(graph, shapes, _sensitivities(graph, op_bounds))
     starts = max(1, int(starts))
@@ -886,6 +945,7 @@ def lower_bound(
     radius = torch.full((k,), 0.1, dtype=torch.float64)
     rounds = 0
     for rnd in range(steps):
+        check_deadline()
         if search.time_left() < 0.25 * limit:
             notes.append(f"ascent stopped by budget after {rnd} of {steps} rounds")
             break
@@ -898,10 +958,11 @@ def lower_bound(
         rounds = rnd + 1
 
     # 3. confirmation
-    tries = _confirmation_pairs(search, pop, pairs, domain_scale)
+    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes)
     estimate = float(pop.PS.max()) if k else 0.0
     best_value, witness = 0.0, None
     for x, y in tries:
+        check_deadline()
         if search.time_left() <= 0.0 and best_value > 0.0:
             notes.append("confirmation cut by budget")
             break

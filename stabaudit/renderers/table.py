@@ -31,7 +31,7 @@ def _layer_mark(lip: LayerLipschitz) -> str:
 def render_table(report: Report) -> str:
     m, lip, eq = report.model, report.lipschitz, report.equivalence
     out = [
-        f"stabaudit {report.tool.version}  {m.path}",
+        f"stabaudit {report.tool.version}  {m.path}  {report.created}",
         f"format {m.format}  input {list(m.input_shape)}  parameters {m.parameters}  sha256 {m.sha256[:16]}",
         f"equivalence vs {eq.reference}: max |diff| {eq.max_abs_diff:.3g} "
         f"(tolerance {eq.tolerance:.3g}) {'ok' if eq.passed else 'MISMATCH'}",

@@ -118,6 +118,7 @@ class Report:
     verdict: str
     exit_code: int
     fail_on: str
+    created: str = ""  # UTC, ISO 8601; pinned by SOURCE_DATE_EPOCH
     timings: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     schema_version: str = SCHEMA_VERSION
