@@ -50,6 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-corpus", action="store_true", help="skip the real-network corpus table")
     args = parser.parse_args()
 
     rows = []
@@ -99,6 +100,19 @@ def main() -> int:
         f"torch imported: {'no' if torch_free else 'YES (regression)'}.",
         "",
     ]
+    if EXTERNAL.is_dir() and not args.skip_corpus:
+        from corpus import corpus_rows
+
+        lines += [
+            "## The real-network corpus (../shared/models/external)",
+            "",
+            "Every network audited in-process (`--budget 2`): equivalence with onnxruntime, the certified",
+            "bracket, and the largest difference quotient over 768 random pairs, which must stay below",
+            "the certified upper bound. Regenerate alone with `python bench/corpus.py`.",
+            "",
+            *corpus_rows(),
+            "",
+        ]
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
     return 0

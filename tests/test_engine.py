@@ -61,6 +61,7 @@ def test_sample_models_sampled_quotients_below_upper(name):
 
 
 @pytest.mark.external
+@pytest.mark.corpus
 @pytest.mark.parametrize("path", EXTERNAL_MODELS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_external_network_sound_report(path):
     report = audit(AuditRequest(path=path, lower_budget_s=1.0, power_iterations=20))
