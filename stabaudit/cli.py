@@ -137,7 +137,7 @@ def check(
     format: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f", help="table | json | md (default: table, or from --output's suffix)"
+            "--format", "-f", help="table | json | md | sarif | junit (default: table, or from --output's suffix: .json .md .sarif .xml)"
         ),
     ] = None,
     output: Annotated[

@@ -101,7 +101,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     from stabaudit.analyses.lower import lower_bound
     from stabaudit.bounds import bound_node
     from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
-    from stabaudit.checks import CheckPolicy, Evidence, run_checks
+    from stabaudit.checks import CheckPolicy, Evidence, rule_catalogue, run_checks
     from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
     from stabaudit.ir.passes import fold_affine
     from stabaudit.loaders import load_model
@@ -252,6 +252,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         exit_code=exit_code,
         fail_on=request.fail_on.value,
         created=created,
+        rules=rule_catalogue(),
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
         notes=tuple(loaded.notes) + (_REPRODUCIBLE_NOTE if reproducible else ()),
     )

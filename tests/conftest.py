@@ -16,3 +16,14 @@ def external_dir() -> Path:
     if not EXTERNAL_MODELS.is_dir():
         pytest.skip("no external networks at ../shared/models/external")
     return EXTERNAL_MODELS.resolve()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", default=False, help="rewrite the golden files of renderer tests"
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))

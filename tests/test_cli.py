@@ -256,3 +256,20 @@ def test_cuda_without_a_device_is_a_usage_error():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--device", "cuda"), 2, "--device cuda")
+
+
+def test_sarif_and_junit_from_the_output_suffix(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    sarif, junit = tmp_path / "r.sarif", tmp_path / "r.xml"
+    assert run("check", SAMPLES / "cnn.onnx", "-o", sarif).exit_code == 0
+    assert run("check", SAMPLES / "cnn.onnx", "-o", junit).exit_code == 0
+    doc = json.loads(sarif.read_text())
+    schema = ROOT.parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
+    if schema.is_file():
+        import jsonschema
+
+        jsonschema.validate(doc, json.loads(schema.read_text()), cls=jsonschema.Draft7Validator)
+    rules = [r["id"] for r in doc["runs"][0]["tool"]["driver"]["rules"]]
+    assert rules == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "6"

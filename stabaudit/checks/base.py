@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 
 from stabaudit.errors import UsageError
 from stabaudit.registry import Registry
-from stabaudit.report.model import Equivalence, Finding, GlobalLipschitz, Layer, Severity, Status
+from stabaudit.report.model import (
+    Equivalence,
+    Finding,
+    GlobalLipschitz,
+    Layer,
+    RuleInfo,
+    Severity,
+    Status,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +63,11 @@ class CheckContext:
     threshold: float | None
     severity: Severity
 
-    def finding(self, status: Status, value: object, message: str) -> Finding:
+    def finding(
+        self, status: Status, value: object, message: str, locations: tuple[str, ...] = ()
+    ) -> Finding:
         return Finding(
+            locations=locations,
             id=self.spec.id,
             name=self.spec.name,
             status=status,
@@ -98,6 +109,21 @@ def check(
         return fn
 
     return decorate
+
+
+def rule_catalogue() -> tuple[RuleInfo, ...]:
+    """Every check's id, name, documentation and defaults, in id order."""
+    return tuple(
+        RuleInfo(
+            id=spec.id,
+            name=spec.name,
+            summary=spec.summary,
+            doc=spec.doc,
+            severity=spec.severity,
+            default_threshold=spec.default_threshold,
+        )
+        for spec in (CHECKS.get(key) for key in sorted(CHECKS))
+    )
 
 
 def threshold_keys() -> dict[str, str]:

@@ -18,7 +18,9 @@ def weights_finite(ev: Evidence, ctx: CheckContext) -> Finding:
     bad = {name: n for name, n in ev.nonfinite.items() if n}
     if bad:
         listing = ", ".join(f"{name} ({n})" for name, n in sorted(bad.items()))
-        return ctx.finding(Status.FAIL, sum(bad.values()), f"non-finite parameters in: {listing}")
+        return ctx.finding(
+            Status.FAIL, sum(bad.values()), f"non-finite parameters in: {listing}", tuple(sorted(bad))
+        )
     return ctx.finding(Status.PASS, 0, "every parameter is finite")
 
 

@@ -67,12 +67,15 @@ def lipschitz_layer(ev: Evidence, ctx: CheckContext) -> Finding:
     uppers = [layer.lipschitz.upper for layer in judged if layer.lipschitz.upper is not None]
     value = max(uppers) if uppers else None
     if proved_above:
-        status, text = Status.FAIL, f"{len(proved_above)} layer(s) proved above {fmt(t)}: {', '.join(proved_above)}"
+        status, where = Status.FAIL, proved_above
+        text = f"{len(where)} layer(s) proved above {fmt(t)}: {', '.join(where)}"
     elif not unproved:
-        status, text = Status.PASS, f"every layer gain certified <= {fmt(t)} (max {fmt(value)})"
+        status, where = Status.PASS, []
+        text = f"every layer gain certified <= {fmt(t)} (max {fmt(value)})"
     else:
-        status, text = Status.INCONCLUSIVE, f"{len(unproved)} layer(s) not proved <= {fmt(t)}: {', '.join(unproved)}"
-    return ctx.finding(status, value, text)
+        status, where = Status.INCONCLUSIVE, unproved
+        text = f"{len(where)} layer(s) not proved <= {fmt(t)}: {', '.join(where)}"
+    return ctx.finding(status, value, text, tuple(where))
 
 
 @check("SA103", "stability.exponent", severity=Severity.WARNING, threshold_key="exponent", default_threshold=0.0)

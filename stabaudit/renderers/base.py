@@ -13,10 +13,18 @@ class OutputFormat(str, Enum):
     TABLE = "table"
     JSON = "json"
     MD = "md"
+    SARIF = "sarif"
+    JUNIT = "junit"
 
     @classmethod
     def from_suffix(cls, suffix: str) -> OutputFormat | None:
-        return {".json": cls.JSON, ".md": cls.MD, ".txt": cls.TABLE}.get(suffix.lower())
+        return {
+            ".json": cls.JSON,
+            ".md": cls.MD,
+            ".txt": cls.TABLE,
+            ".sarif": cls.SARIF,
+            ".xml": cls.JUNIT,
+        }.get(suffix.lower())
 
 
 Renderer = Callable[[Report], str]

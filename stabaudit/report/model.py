@@ -104,6 +104,19 @@ class Finding:
     value: Any
     threshold: Any
     message: str
+    locations: tuple[str, ...] = ()  # the layers the finding is about (SARIF logical locations)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuleInfo:
+    """A check's catalogue entry, carried by the report so renderers need no registry."""
+
+    id: str
+    name: str
+    summary: str
+    doc: str
+    severity: Severity
+    default_threshold: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,4 +134,5 @@ class Report:
     created: str = ""  # UTC, ISO 8601; pinned by SOURCE_DATE_EPOCH
     timings: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    rules: tuple[RuleInfo, ...] = ()  # not part of the JSON report (see report.serialize)
     schema_version: str = SCHEMA_VERSION

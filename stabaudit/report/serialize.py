@@ -10,23 +10,24 @@ from typing import Any
 from stabaudit.report.model import Report
 
 
-def _clean(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Plain JSON values: enums by value, tuples as lists, non-finite floats as null."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _clean(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
-    data = _clean(report)
+    data = plain(report)
     assert isinstance(data, dict)
     data["tool"] = {"name": report.tool.name, "version": report.tool.version}
+    del data["rules"]  # the check catalogue: `stabaudit explain`, SARIF's rules
     return data
