@@ -8,6 +8,7 @@ from stabaudit.report.model import (
     GlobalLipschitz,
     Layer,
     LayerLipschitz,
+    MethodBound,
     ModelInfo,
     ProfileStep,
     Report,
@@ -51,6 +52,11 @@ def make_report() -> Report:
             lower_method="search",
             certified=True,
             witness=Witness(x=(0.0, 1.0), y=(0.5, 1.0), quotient=1.5),
+            methods=(
+                MethodBound(method="product", upper=3.125, certified=True, seconds=0.001),
+                MethodBound(method="lipsdp-neuron", upper=None, certified=False, seconds=0.0,
+                            notes=("not a feedforward chain: residual Add",)),
+            ),
         ),
         profile=(ProfileStep(layer="fc1", upper=2.5), ProfileStep(layer="conv", upper=3.125)),
         checks=(

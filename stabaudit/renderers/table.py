@@ -58,6 +58,10 @@ def render_table(report: Report) -> str:
     )
     if lip.lower and lip.upper:
         out.append(f"  upper / lower = {lip.upper / lip.lower:.4g}")
+    for mb in lip.methods:
+        state = mark(mb.certified) if mb.upper is not None else "no bound"
+        note = f"  ({'; '.join(mb.notes)})" if mb.notes and mb.upper is None else ""
+        out.append(f"  method {mb.method}: {num(mb.upper)} [{state}, {mb.seconds:.2f} s]{note}")
     if report.profile:
         ends = report.profile[-1]
         out.append(f"Depth profile: {len(report.profile)} steps, ends at {num(ends.upper)} after {ends.layer}")

@@ -77,6 +77,17 @@ class Witness:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MethodBound:
+    """One global method's upper bound and what it cost (the report keeps every method tried)."""
+
+    method: str
+    upper: float | None
+    certified: bool
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class GlobalLipschitz:
     upper: float | None
     lower: float | None
@@ -85,6 +96,7 @@ class GlobalLipschitz:
     certified: bool
     witness: Witness | None
     norm: str = "l2"
+    methods: tuple[MethodBound, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
