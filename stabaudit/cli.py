@@ -137,7 +137,9 @@ def check(
     format: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f", help="table | json | md | sarif | junit (default: table, or from --output's suffix: .json .md .sarif .xml)"
+            "--format",
+            "-f",
+            help="table | json | md | sarif | junit (default: table, or from --output's suffix: .json .md .sarif .xml)",
         ),
     ] = None,
     output: Annotated[
@@ -176,6 +178,20 @@ def check(
             help="Seconds planned for the search-based analyses (the lower-bound search).",
         ),
     ] = 10.0,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="A previous JSON report: fail (SA001) on a regression of a certified bound.",
+        ),
+    ] = None,
+    max_regression: Annotated[
+        float | None,
+        typer.Option(
+            "--max-regression",
+            help="Allowed growth of a certified bound against --baseline (default 0.1 = 10%).",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
@@ -198,6 +214,17 @@ def check(
         for item in threshold or []:
             key, value = parse_threshold(item)
             thresholds[key] = value
+        if max_regression is not None:
+            if not max_regression >= 0:
+                raise UsageError(
+                    f"--max-regression {max_regression}: expected a fraction >= 0, e.g. 0.1"
+                )
+            thresholds["max_regression"] = max_regression
+        previous = None
+        if baseline is not None:
+            from stabaudit.report.baseline import load_baseline
+
+            previous = load_baseline(baseline, str(model))
         shape = parse_shape(input_shape) if input_shape else (cfg.input_shape if cfg else None)
         fail = fail_on or (cfg.fail_on if cfg and cfg.fail_on else "error")
         try:
@@ -220,6 +247,7 @@ def check(
             seed=seed if seed is not None else (cfg.seed if cfg and cfg.seed is not None else 0),
             device=device,
             lower_budget_s=budget,
+            baseline=previous,
         )
         report = audit(request)
         text = RENDERERS.get(fmt)(report)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class AuditRequest:
     device: str = "cpu"
     lower_budget_s: float = 10.0
     power_iterations: int = 50
+    baseline: Mapping[str, Any] | None = None  # a previous JSON report of this model (SA001)
 
 
 _REPRODUCIBLE_NOTE = (
@@ -225,6 +227,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         equivalence=equivalence,
         operators=len(graph.nodes),
         source_ops=dict(loaded.source_ops),
+        baseline=request.baseline,
     )
     findings = run_checks(
         evidence,

@@ -47,7 +47,7 @@ def test_check_json_report_on_sample_mlp(tmp_path):
     assert lip["witness"]["quotient"] == pytest.approx(lip["lower"], rel=1e-6)
     ops = [layer["op"] for layer in data["layers"]]
     assert ops.count("Linear") == 3 and "Relu" in ops
-    assert [c["id"] for c in data["checks"]] == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert [c["id"] for c in data["checks"]] == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
     # the product of the layer bounds is what composition gives for a chain
     uppers = [layer["lipschitz"]["upper"] for layer in data["layers"]]
     assert lip["upper"] == pytest.approx(float(np.prod(uppers)), rel=1e-9)
@@ -271,5 +271,33 @@ def test_sarif_and_junit_from_the_output_suffix(tmp_path):
 
         jsonschema.validate(doc, json.loads(schema.read_text()), cls=jsonschema.Draft7Validator)
     rules = [r["id"] for r in doc["runs"][0]["tool"]["driver"]["rules"]]
-    assert rules == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
-    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "6"
+    assert rules == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "7"
+
+
+def test_baseline_regression_of_scaled_weights(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    base = tmp_path / "base.json"
+    assert run("check", SAMPLES / "mlp.onnx", "-o", base).exit_code == 0
+    model = onnx.load(SAMPLES / "mlp.onnx")
+    first = model.graph.initializer[0]
+    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * np.float32(1.2), first.name))
+    scaled = tmp_path / "mlp.onnx"
+    onnx.save(model, scaled)
+    result = run("check", scaled, "--baseline", base, "--format", "json")
+    assert result.exit_code == 1, result.stderr
+    sa001 = next(c for c in json.loads(result.stdout)["checks"] if c["id"] == "SA001")
+    assert sa001["status"] == "fail" and sa001["message"].startswith("regression")
+    assert "+20.0%" in sa001["message"]
+    # the original against its own baseline passes; a looser allowance passes the scaled model
+    assert run("check", SAMPLES / "mlp.onnx", "--baseline", base).exit_code == 0
+    assert run("check", scaled, "--baseline", base, "--max-regression", "0.25").exit_code == 0
+
+
+def test_bad_baseline(tmp_path):
+    bad = tmp_path / "b.json"
+    bad.write_text("{not json")
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", bad), 2, "--baseline")
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", tmp_path / "none.json"), 2, "no such file")

@@ -7,6 +7,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from stabaudit.errors import UsageError
 from stabaudit.registry import Registry
@@ -33,6 +34,7 @@ class Evidence:
     equivalence: Equivalence
     operators: int
     source_ops: Mapping[str, int] = field(default_factory=dict)
+    baseline: Mapping[str, Any] | None = None  # a previous JSON report of the same model (SA001)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,28 +18,57 @@ from stabaudit.report.model import (
 )
 
 
-def layer(name: str, lower: float | None, upper: float | None, *, certified: bool = True, op: str = "Linear") -> Layer:
+def layer(
+    name: str,
+    lower: float | None,
+    upper: float | None,
+    *,
+    certified: bool = True,
+    op: str = "Linear",
+) -> Layer:
     return Layer(
         name=name,
         op=op,
         source_op=op,
         lipschitz=LayerLipschitz(
-            upper=upper, lower=lower, method="svd", certified=certified, lower_method="svd", lower_certified=True
+            upper=upper,
+            lower=lower,
+            method="svd",
+            certified=certified,
+            lower_method="svd",
+            lower_certified=True,
         ),
     )
 
 
-def evidence(lower: float | None, upper: float | None, *, layers=(), certified=True, depth=2, nonfinite=None) -> Evidence:
+def evidence(
+    lower: float | None,
+    upper: float | None,
+    *,
+    layers=(),
+    certified=True,
+    depth=2,
+    nonfinite=None,
+    baseline=None,
+) -> Evidence:
     return Evidence(
         layers=tuple(layers),
         lipschitz=GlobalLipschitz(
-            upper=upper, lower=lower, upper_method="product", lower_method="search", certified=certified, witness=None
+            upper=upper,
+            lower=lower,
+            upper_method="product",
+            lower_method="search",
+            certified=certified,
+            witness=None,
         ),
         product_upper=upper,
         depth=depth,
         nonfinite=nonfinite or {},
-        equivalence=Equivalence(reference="onnxruntime", max_abs_diff=1e-7, tolerance=1e-4, passed=True, samples=4),
+        equivalence=Equivalence(
+            reference="onnxruntime", max_abs_diff=1e-7, tolerance=1e-4, passed=True, samples=4
+        ),
         operators=5,
+        baseline=baseline,
     )
 
 
@@ -58,7 +87,10 @@ def by_id(findings, check_id):
     ],
 )
 def test_sa101_three_way_status(lower, upper, threshold, status):
-    f = by_id(run_checks(evidence(lower, upper), CheckPolicy(thresholds={"lipschitz": threshold})), "SA101")
+    f = by_id(
+        run_checks(evidence(lower, upper), CheckPolicy(thresholds={"lipschitz": threshold})),
+        "SA101",
+    )
     assert f.status is status
     assert f.threshold == threshold
     assert f.value == {"lower": lower, "upper": upper}
@@ -76,7 +108,10 @@ def test_user_threshold_makes_check_an_error_and_default_is_warning():
     set_ = by_id(run_checks(evidence(2, 3), CheckPolicy(thresholds={"lipschitz": 1.5})), "SA101")
     assert set_.severity is Severity.ERROR
     over = by_id(
-        run_checks(evidence(2, 3), CheckPolicy(thresholds={"lipschitz": 1.5}, severities={"SA101": Severity.INFO})),
+        run_checks(
+            evidence(2, 3),
+            CheckPolicy(thresholds={"lipschitz": 1.5}, severities={"SA101": Severity.INFO}),
+        ),
         "SA101",
     )
     assert over.severity is Severity.INFO
@@ -90,7 +125,10 @@ def test_sa102_lists_layers_and_uses_certified_lower_bounds():
     assert f2.status is Status.INCONCLUSIVE and "c" in f2.message
     f3 = by_id(run_checks(evidence(1, 2, layers=[layers[0]]), CheckPolicy()), "SA102")
     assert f3.status is Status.PASS
-    f4 = by_id(run_checks(evidence(1, 2, layers=[layer("d", 0.5, 0.8, certified=False)]), CheckPolicy()), "SA102")
+    f4 = by_id(
+        run_checks(evidence(1, 2, layers=[layer("d", 0.5, 0.8, certified=False)]), CheckPolicy()),
+        "SA102",
+    )
     assert f4.status is Status.INCONCLUSIVE
 
 
@@ -119,7 +157,37 @@ def test_threshold_names_and_ids_resolve():
 
 
 def test_every_check_is_documented_and_ids_are_stable():
-    assert sorted(CHECKS) == ["SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert sorted(CHECKS) == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
     for key in CHECKS:
         spec = CHECKS.get(key)
         assert len(spec.doc.splitlines()) >= 3, key
+
+
+def test_sa001_baseline_regressions_and_improvements():
+    base = {
+        "lipschitz": {"upper": 10.0, "certified": True},
+        "layers": [
+            {"name": "a", "lipschitz": {"upper": 2.0, "certified": True}},
+            {"name": "b", "lipschitz": {"upper": 4.0, "certified": True}},
+        ],
+    }
+    layers = [layer("a", 1.0, 2.5), layer("b", 1.0, 3.0)]
+    f = by_id(run_checks(evidence(1, 10.5, layers=layers, baseline=base), CheckPolicy()), "SA001")
+    assert f.status is Status.FAIL and f.severity is Severity.ERROR
+    assert "regression" in f.message and "layer a: 2 -> 2.5 (+25.0%)" in f.message
+    assert "improvements: layer b" in f.message and f.locations == ("a",)
+    assert f.value == {"regressions": 1, "improvements": 1}
+    ok = by_id(run_checks(evidence(1, 10.9, baseline=base), CheckPolicy()), "SA001")
+    assert ok.status is Status.PASS
+    loose = by_id(
+        run_checks(
+            evidence(1, 10.9, baseline=base), CheckPolicy(thresholds={"max_regression": 0.05})
+        ),
+        "SA001",
+    )
+    assert loose.status is Status.FAIL and "global: 10 -> 10.9" in loose.message
+    lost = by_id(
+        run_checks(evidence(1, 10.0, certified=False, baseline=base), CheckPolicy()), "SA001"
+    )
+    assert lost.status is Status.FAIL and "lost" in lost.message
+    assert by_id(run_checks(evidence(1, 2), CheckPolicy()), "SA001").status is Status.SKIPPED
