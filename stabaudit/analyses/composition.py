@@ -42,14 +42,37 @@ def _add(a: float, b: float) -> float:
     return _up(a + b)
 
 
+_SMALLEST_NORMAL = 2.2250738585072014e-308  # below it products and powers of two are rounded
+
+
 def _root_sum_squares(values: list[float]) -> float:
-    """Upper bound of sqrt(sum v_i^2), each partial result rounded up; one value is returned as is."""
+    """Upper bound of sqrt(sum v_i^2), each partial result rounded up; one value is returned as is.
+
+    The values are first divided by 2^e ~ max v_i (exact in binary floating point, except for a
+    quotient in the subnormal range, which is then rounded up), so the squares neither overflow
+    (v > 1e154 would give inf) nor underflow (v < 1e-154 would lose the value to the rounding
+    floor); the root is multiplied back by 2^e (overflow gives inf, an upper bound still).
+    """
     if len(values) == 1:
         return values[0]
+    if any(math.isnan(v) or math.isinf(v) for v in values):
+        return _INF
+    peak = max(values, default=0.0)
+    if peak <= 0.0:
+        return 0.0
+    exponent = math.frexp(peak)[1]
     total = 0.0
     for v in values:
-        total = _add(total, _mul(v, v))
-    return _up(math.sqrt(total))
+        scaled = math.ldexp(v, -exponent)
+        if 0.0 < scaled < _SMALLEST_NORMAL or (scaled == 0.0 and v > 0.0):
+            scaled = math.nextafter(scaled, _INF)  # rounded in the subnormal range: round up
+        total = _add(total, _mul(scaled, scaled))
+    root = _up(math.sqrt(total))
+    try:
+        result = math.ldexp(root, exponent)
+    except OverflowError:
+        return _INF
+    return math.nextafter(result, _INF) if result < _SMALLEST_NORMAL else result
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +179,7 @@ def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
         profile.append((node.name, value))
     outputs = [per_value[name] for name in graph.outputs]
     total = _root_sum_squares(outputs)
+    notes = _notes(needed, op_bounds, per_value, total)
     estimate = any(name in estimated for name in graph.outputs)
     upper_bound = Bound(
         value=total,
@@ -168,7 +192,30 @@ def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
         profile=tuple(profile),
         estimated=frozenset(estimated),
         seconds=time.perf_counter() - start,
+        notes=notes,
     )
+
+
+def _notes(
+    needed: list[Node], op_bounds: Mapping[str, OpBound], per_value: Mapping[str, float], total: float
+) -> tuple[str, ...]:
+    """Why the composed bound is infinite, when it is: the operators without a finite bound (NaN
+    or Inf weights, their rule's own notes), or a float64 overflow of finite factors."""
+    if math.isfinite(total):
+        return ()
+    notes: list[str] = []
+    for node in needed:
+        bound = op_bounds[node.output]
+        values = [float(bound.upper.value), *(float(g) for g in bound.input_gains)]
+        if any(not math.isfinite(v) for v in values):
+            why = "; ".join(bound.notes) if bound.notes else f"method {bound.upper.method}"
+            notes.append(f"node {node.name!r} ({node.op.type.value}) has no finite Lipschitz bound ({why})")
+    if not notes:
+        notes.append(
+            "the composed Lipschitz bound overflows float64 (above 1.8e308): reported as unbounded "
+            "(no finite certified upper bound)"
+        )
+    return tuple(notes)
 
 
 def rule_bounds(

@@ -934,6 +934,8 @@ def lower_bound(
     steps = max(0, int(steps))
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     notes: list[str] = []
+    if pool <= starts and proposals == 0:
+        notes.append(f"minimal search plan: the budget of {budget_s:g} s is below the cost model's smallest plan")
 
     # 1. screening
     pop, screened = _screen(search, pool, starts, domain_scale, limit, notes)

@@ -11,6 +11,8 @@ from stabaudit.bounds.numerics import EPS
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import Affine, OpType
 
+_SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
+
 
 def broadcast_copy_gain(scale: np.ndarray | None, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> tuple[float, bool]:
     """(max over input entries j of sqrt(sum over the output copies c of j of scale_c^2), exact?).
@@ -34,8 +36,22 @@ def broadcast_copy_gain(scale: np.ndarray | None, in_shape: tuple[int, ...], out
     lead = len(full) - len(in_shape)
     padded_in = (1,) * lead + tuple(in_shape)
     axes = tuple(i for i, (a, b) in enumerate(zip(padded_in, full, strict=True)) if a == 1 and b != 1)
-    sums = np.sum(sb * sb, axis=axes)
-    return float(np.sqrt(np.max(sums))), False
+    # divide by 2^e ~ max |scale| first (exact, powers of two), so that the squares neither overflow
+    # (|scale| > 1e154) nor underflow (|scale| < 1e-154, which would give a bound of 0); entries
+    # that fall into the subnormal range after the division are below 2^-1022 of the largest one,
+    # so their squares change the sum (>= 1/4) by less than r * 2^-2040, far inside the (r + 4) EPS
+    # margin of the caller
+    peak = float(np.max(np.abs(sb)))
+    if not np.isfinite(peak) or peak == 0.0:
+        return (peak if peak == 0.0 else math.inf), False
+    exponent = math.frexp(peak)[1]
+    scaled = np.ldexp(sb, -exponent)
+    sums = np.sum(scaled * scaled, axis=axes)
+    root = float(np.sqrt(np.max(sums)))
+    try:
+        return math.ldexp(root, exponent), False
+    except OverflowError:
+        return math.inf, False
 
 
 @RULES.register(OpType.AFFINE)
@@ -62,6 +78,10 @@ def bound_affine(node: Node, ctx: RuleContext) -> OpBound:
         r = max(1, int(np.prod(ctx.output_shape)) // max(1, int(np.prod(in_shape))))
         upper = gain * (1.0 + (r + 4) * EPS)
         lower = gain * (1.0 - (r + 4) * EPS)
+        if gain < _SMALLEST_NORMAL:
+            # subnormal results carry an absolute rounding error (<= 1 ulp = 2^-1074 per operation)
+            # instead of a relative one: widen by 4 ulps
+            upper, lower = upper + 2.0**-1072, max(0.0, lower - 2.0**-1072)
     return OpBound(
         upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="exact-diagonal"),
         lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="exact-diagonal"),

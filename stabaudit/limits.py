@@ -1,0 +1,413 @@
+"""Resource limits of one audit: a memory budget checked before allocating, and a per-model timeout.
+
+Memory: ``check_model_memory`` refuses a model whose declared tensors (initializer dims x dtype
+size, read from the ONNX protobuf before any external data is read, or from the entry sizes of a
+TorchScript zip) times the copies the engine makes would exceed the budget; ``check_analysis_memory``
+does the same for the analyses' large allocations (``estimate_analysis_memory``). Both raise
+``ResourceError`` naming the budget and ``--max-memory``. The estimates are deliberately coarse
+(they count every copy at its peak), so a model refused here would have been close to the limit.
+
+Time: ``run_with_timeout(fn, seconds)`` stops ``fn`` with ``AuditTimeoutError`` (exit 2). In the
+main thread it uses SIGALRM through ``signal.setitimer``: the handler raises inside whatever Python
+code runs (a long torch or LAPACK call is interrupted when it returns to Python, not inside it), the
+timer repeats every ``RETRY_INTERVAL_S`` so an alarm swallowed by a broad ``except Exception`` fires
+again, an error raised after the alarm fired is reported as the timeout, and an alarm that arrives
+while a module is being imported is deferred to the next one (an import interrupted by an exception
+leaves a half-initialised module behind). Outside the main thread
+signals are unavailable, so the deadline is cooperative: the iterative loops call ``check_deadline``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stabaudit.errors import ResourceError, UsageError
+
+if TYPE_CHECKING:
+    from stabaudit.ir.graph import Graph
+
+T = TypeVar("T")
+
+DEFAULT_MEMORY_FRACTION = 0.5  # of physical RAM
+MEMORY_ENV = "STABAUDIT_MAX_MEMORY"  # overrides the default budget (same syntax as --max-memory)
+_FALLBACK_RAM = 8 * 2**30  # when the platform does not tell its physical memory
+
+# Copies of the model's tensors the engine holds at its peak (see ``estimate_model_memory``):
+RAW_COPIES = 2  # the parsed protobuf (or TorchScript module) and the reference runtime's session
+F64_COPIES = 4  # float64 numpy arrays of the IR, the folded IR, the lower search's two float64 executors
+F32_COPIES = 1  # the float32 executor of the equivalence check
+RETRY_INTERVAL_S = 0.25
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def physical_memory() -> int:
+    """Physical RAM in bytes (os.sysconf), or 8 GiB where the platform does not say."""
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return _FALLBACK_RAM
+    return int(pages) * int(page) if pages > 0 and page > 0 else _FALLBACK_RAM
+
+
+def parse_size(text: str | int | float) -> int:
+    """Bytes from ``4G``, ``512M``, ``1.5GiB``, ``2TB``, ``1048576`` or ``25%`` (of physical RAM).
+
+    K, M, G, T (optionally followed by ``i`` and/or ``B``, any case) are powers of 1024; a bare
+    number is bytes. UsageError on anything else, on zero and on negative sizes.
+    """
+    if isinstance(text, bool):
+        raise UsageError(f"--max-memory {text!r}: expected a size such as 4G, 512M or 1.5GiB")
+    if isinstance(text, int | float):
+        value = float(text)
+        if not (math.isfinite(value) and value >= 1):
+            raise UsageError(f"--max-memory {text!r}: expected a positive size in bytes")
+        return int(value)
+    raw = str(text).strip()
+    if raw.endswith("%"):
+        try:
+            share = float(raw[:-1])
+        except ValueError:
+            share = math.nan
+        if not (math.isfinite(share) and 0 < share <= 100):
+            raise UsageError(f"--max-memory {text!r}: a percentage must be in (0, 100]")
+        return max(1, int(physical_memory() * share / 100))
+    match = _SIZE.match(raw)
+    if not match:
+        raise UsageError(f"--max-memory {text!r}: expected a size such as 4G, 512M, 1.5GiB or 25%")
+    number, unit = float(match.group(1)), _UNITS[match.group(2).lower()]
+    size = number * unit
+    if not (math.isfinite(size) and size >= 1):
+        raise UsageError(f"--max-memory {text!r}: expected a positive size")
+    return int(size)
+
+
+def default_memory_budget(fraction: float = DEFAULT_MEMORY_FRACTION) -> int:
+    """``STABAUDIT_MAX_MEMORY`` when set (parsed by ``parse_size``), else ``fraction`` of physical RAM."""
+    env = os.environ.get(MEMORY_ENV, "").strip()
+    if env:
+        return parse_size(env)
+    return max(1, int(physical_memory() * fraction))
+
+
+def format_size(size: float) -> str:
+    """Binary units, about 3 significant digits: ``1.5 GiB``, ``512 MiB``, ``1000 MiB``, ``12 B``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            value = size / scale
+            text = f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+            return f"{text} {unit}"
+    return f"{int(size)} B"
+
+
+def _refuse(what: str, needed: float, budget: int, path: str | None) -> ResourceError:
+    return ResourceError(
+        f"{what.format(size=format_size(needed))}, above the memory budget of {format_size(budget)} "
+        "(--max-memory)",
+        path=path,
+    )
+
+
+# ---- the model's tensors -----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class TensorFootprint:
+    """Declared tensor storage of a model: bytes as stored and the number of elements."""
+
+    stored_bytes: int
+    elements: int
+
+    @property
+    def needed(self) -> int:
+        """Bytes at the engine's peak: RAW_COPIES of the stored bytes, float64 and float32 copies."""
+        return self.stored_bytes * RAW_COPIES + self.elements * (8 * F64_COPIES + 4 * F32_COPIES)
+
+
+def _onnx_footprint(model: Any) -> TensorFootprint:
+    """Sum of dims x dtype size over every TensorProto (initializers, attribute tensors, subgraphs),
+    from the declared dims and data types only: nothing is decoded and no external file is read."""
+    from onnx import AttributeProto, TensorProto, helper
+
+    def tensors(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == AttributeProto.TENSOR:
+                    yield attribute.t
+                elif attribute.type == AttributeProto.TENSORS:
+                    yield from attribute.tensors
+                elif attribute.type == AttributeProto.GRAPH:
+                    yield from tensors(attribute.g)
+                elif attribute.type == AttributeProto.GRAPHS:
+                    for sub in attribute.graphs:
+                        yield from tensors(sub)
+
+    stored = elements = 0
+    for tensor in tensors(model.graph):
+        count = 1
+        for dim in tensor.dims:
+            count *= max(int(dim), 0)
+        try:
+            itemsize = 1 if tensor.data_type == TensorProto.STRING else helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = 8  # unknown or undefined type: the widest common one
+        stored += count * itemsize
+        elements += count
+    return TensorFootprint(stored_bytes=stored, elements=elements)
+
+
+def _zip_footprint(path: Path) -> TensorFootprint:
+    """A TorchScript archive: the uncompressed sizes of its ``data/`` records (the tensor storages),
+    counted as float32 elements (the common case; float64 storages only overestimate copies less)."""
+    with zipfile.ZipFile(path) as archive:
+        stored = sum(info.file_size for info in archive.infolist() if "/data/" in f"/{info.filename}")
+    return TensorFootprint(stored_bytes=stored, elements=stored // 4)
+
+
+def estimate_model_memory(source: str | Path | Any) -> int:
+    """Bytes the engine needs for a model's tensors (see ``TensorFootprint.needed``).
+
+    ``source``: an ONNX ModelProto (declared dims, before external data is read), or a path:
+    a TorchScript zip (its record sizes) or an ONNX file (its size stands for its inline tensors;
+    external data files are checked by the loader's hook once the protobuf is parsed).
+    """
+    if isinstance(source, str | Path):
+        path = Path(source)
+        if not path.is_file():
+            return 0  # missing files are the loader's to report
+        if zipfile.is_zipfile(path):
+            try:
+                return _zip_footprint(path).needed
+            except (OSError, zipfile.BadZipFile):
+                return 0
+        size = path.stat().st_size
+        return TensorFootprint(stored_bytes=size, elements=size // 4).needed
+    return _onnx_footprint(source).needed
+
+
+def check_model_memory(source: str | Path | Any, budget: int | None = None, *, path: str | None = None) -> None:
+    """Raise ResourceError when the model's tensors would exceed ``budget`` bytes (default: the
+    active budget of ``use_limits``, else ``default_memory_budget()``)."""
+    budget = active_memory_budget() if budget is None else budget
+    needed = estimate_model_memory(source)
+    if needed > budget:
+        name = path if path is not None else (str(source) if isinstance(source, str | Path) else None)
+        raise _refuse("the model needs ~{size} for its tensors", needed, budget, name)
+
+
+# ---- the analyses ------------------------------------------------------------------------------
+def _size(shape: tuple[int, ...]) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
+
+
+def estimate_analysis_memory(graph: Graph) -> int:
+    """Bytes of the analyses' largest allocations on a graph with static shapes (an upper estimate).
+
+    Phases run one after the other, so the result is the weights' float64 copies plus the largest
+    phase: the lower search's batched call (the full Jacobian inputs x outputs per point when
+    min(inputs, outputs) <= 64, else power-iteration buffers; at least one point per call, batched
+    up to 256 MB as ``analyses.lower`` plans it) and its candidate pool, the float64 error model,
+    and the convolution bounds (explicit dense matrices and circulant chunks, capped by
+    ``bounds.numerics``, plus power-iteration buffers at the conv's input size).
+    """
+    import numpy as np
+
+    from stabaudit.bounds.numerics import DENSE_MAX_ENTRIES
+    from stabaudit.ir import ops as O
+
+    shapes = {name: tuple(shape) for name, shape in graph.shapes.items()}
+    values = sum(_size(s) for s in shapes.values())
+    n = sum(_size(tuple(s.shape)) for s in graph.inputs)
+    m = sum(_size(shapes.get(name, ())) for name in graph.outputs)
+    k = min(n, m)
+    weights = 0
+    conv = 0
+    for node in graph.nodes:
+        for value in vars(node.op).values():
+            if isinstance(value, np.ndarray):
+                weights += int(value.size)
+        if isinstance(node.op, O.Conv | O.ConvTranspose):
+            # the dense matrix and its Gram matrix, or one circulant chunk (64 MiB) and its Gram
+            # matrices, plus power iteration at the input (about 6 tensors of the input's size)
+            inputs = _size(shapes.get(node.inputs[0], ()))
+            conv = max(conv, 2 * DENSE_MAX_ENTRIES * 8, 4 * (1 << 22) * 16, 6 * 8 * inputs)
+    # analyses.lower._Search: per point, values x 8 bytes x (k + 2) (full Jacobian) or x 4
+    per_point = values * 8 * ((k + 2) if k <= 64 else 4)
+    chunk = int(max(1, min(4096, 256e6 // max(per_point, 1))))
+    search = 2 * chunk * per_point  # autograd keeps about as much again
+    pool = 2 * 8 * min(2**25, 32 * 1024 * max(n, 1))  # candidate points and their vectors
+    error_model = 3 * 8 * values
+    return int(weights * 8 * F64_COPIES + max(search + pool, error_model, conv))
+
+
+def check_analysis_memory(graph: Graph, budget: int | None = None, *, path: str | None = None) -> None:
+    """Raise ResourceError when ``estimate_analysis_memory(graph)`` exceeds ``budget`` bytes."""
+    budget = active_memory_budget() if budget is None else budget
+    needed = estimate_analysis_memory(graph)
+    if needed > budget:
+        raise _refuse("the analyses need ~{size} (Jacobians, explicit operators, search buffers)", needed, budget, path)
+
+
+# ---- time ------------------------------------------------------------------------------------------
+class AuditTimeoutError(ResourceError):
+    """The per-model timeout (``--timeout``) expired; exit 2 like every resource limit."""
+
+    def __init__(self, seconds: float, *, path: str | None = None):
+        super().__init__(f"timed out after {seconds:g} s (--timeout)", path=path)
+        self.seconds = seconds
+
+
+@dataclass(kw_only=True)
+class Deadline:
+    """A point in time (time.monotonic) after which ``check`` raises AuditTimeoutError."""
+
+    seconds: float
+    start: float = field(default_factory=time.monotonic)
+    path: str | None = None
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+    def check(self) -> None:
+        if self.expired():
+            raise AuditTimeoutError(self.seconds, path=self.path)
+
+
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("stabaudit_deadline", default=None)
+_BUDGET: ContextVar[int | None] = ContextVar("stabaudit_memory_budget", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    return _DEADLINE.get()
+
+
+def check_deadline() -> None:
+    """The cooperative deadline: iterative loops call this once per round (cheap: one clock read)."""
+    deadline = _DEADLINE.get()
+    if deadline is not None:
+        deadline.check()
+
+
+def active_memory_budget() -> int:
+    """The budget set by ``use_limits``, else ``default_memory_budget()``."""
+    budget = _BUDGET.get()
+    return default_memory_budget() if budget is None else budget
+
+
+@contextlib.contextmanager
+def use_limits(*, max_memory: int | None = None) -> Iterator[None]:
+    """Make ``max_memory`` the budget of the hooks (the ONNX loader's pre-check) inside the block."""
+    token = _BUDGET.set(max_memory)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def validate_timeout(seconds: float | None) -> float | None:
+    """None (no timeout) or a positive finite number of seconds; UsageError otherwise."""
+    if seconds is None:
+        return None
+    if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--timeout {seconds!r}: expected a positive number of seconds")
+    return float(seconds)
+
+
+def signals_available() -> bool:
+    """SIGALRM timers exist on this platform and this is the main thread (where handlers run)."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def run_with_timeout(fn: Callable[[], T], seconds: float | None, *, path: str | None = None) -> T:
+    """``fn()``, stopped with AuditTimeoutError after ``seconds`` (None: no limit).
+
+    Main thread: SIGALRM (see the module docstring). Elsewhere: a cooperative deadline that the
+    loops of the analyses poll with ``check_deadline``. In both cases the exception propagates
+    through ``fn``'s frames, so context managers (torch.no_grad, open files) are unwound normally.
+    A result that ``fn`` returned is kept even if the alarm fires while the timer is disarmed.
+    """
+    limit = validate_timeout(seconds)
+    if limit is None:
+        return fn()
+    deadline = Deadline(seconds=limit, path=path)
+    token = _DEADLINE.set(deadline)
+    try:
+        if not signals_available():
+            return fn()
+        return _with_alarm(fn, deadline)
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code runs inside the import machinery (importlib's frames)."""
+    depth = 0
+    while frame is not None and depth < 1000:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame, depth = frame.f_back, depth + 1
+    return False
+
+
+def _with_alarm(fn: Callable[[], T], deadline: Deadline) -> T:
+    state = {"armed": True, "fired": False}
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        # An exception inside an import leaves a half-initialised module in sys.modules (torch's
+        # lazy imports would then fail for the rest of the process): defer to the next alarm.
+        if state["armed"] and not _importing(frame):
+            state["fired"] = True
+            raise AuditTimeoutError(deadline.seconds, path=deadline.path)
+
+    previous_timer = signal.getitimer(signal.ITIMER_REAL)
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, deadline.seconds, RETRY_INTERVAL_S)
+    try:
+        result = fn()
+    except AuditTimeoutError:
+        raise
+    except BaseException as exc:
+        if state["fired"]:  # the alarm's exception was caught and turned into another error
+            raise AuditTimeoutError(deadline.seconds, path=deadline.path) from exc
+        raise
+    finally:
+        # the handler may still fire between these statements: disarming first makes it a no-op,
+        # and the bounded retry covers an alarm that raised before the flag was cleared
+        for _ in range(3):
+            try:
+                state["armed"] = False
+                signal.setitimer(signal.ITIMER_REAL, 0.0, 0.0)
+                signal.signal(signal.SIGALRM, previous_handler)
+                break
+            except AuditTimeoutError:
+                continue
+        remaining, interval = previous_timer
+        if remaining > 0.0:  # an enclosing timer: re-arm it with what is left of it
+            left = max(remaining - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
+    if state["fired"]:  # every alarm was swallowed, yet the deadline passed: still a timeout
+        raise AuditTimeoutError(deadline.seconds, path=deadline.path)
+    return result
