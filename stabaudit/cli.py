@@ -192,6 +192,17 @@ def check(
             help="Allowed growth of a certified bound against --baseline (default 0.1 = 10%).",
         ),
     ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory budget, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2."),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
@@ -225,6 +236,10 @@ def check(
             from stabaudit.report.baseline import load_baseline
 
             previous = load_baseline(baseline, str(model))
+        from stabaudit.limits import parse_size, validate_timeout
+
+        memory = parse_size(max_memory) if max_memory is not None else None
+        time_limit = validate_timeout(timeout)
         shape = parse_shape(input_shape) if input_shape else (cfg.input_shape if cfg else None)
         fail = fail_on or (cfg.fail_on if cfg and cfg.fail_on else "error")
         try:
@@ -248,6 +263,8 @@ def check(
             device=device,
             lower_budget_s=budget,
             baseline=previous,
+            max_memory=memory,
+            timeout_s=time_limit,
         )
         report = audit(request)
         text = RENDERERS.get(fmt)(report)

@@ -45,6 +45,8 @@ class AuditRequest:
     lower_budget_s: float = 10.0
     power_iterations: int = 50
     baseline: Mapping[str, Any] | None = None  # a previous JSON report of this model (SA001)
+    max_memory: int | None = None  # bytes; None: limits.default_memory_budget()
+    timeout_s: float | None = None  # seconds for the whole audit; None: no limit
 
 
 _REPRODUCIBLE_NOTE = (
@@ -97,7 +99,21 @@ def _finite(x: float | None) -> float | None:
 
 
 def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
-    """Run one audit; raises StabauditError subclasses for anything that stops it (exit 2)."""
+    """Run one audit; raises StabauditError subclasses for anything that stops it (exit 2).
+
+    The memory budget is checked before the model's tensors and the analyses' large buffers are
+    allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout).
+    """
+    from stabaudit.limits import default_memory_budget, run_with_timeout, use_limits
+
+    budget = request.max_memory if request.max_memory is not None else default_memory_budget()
+    with use_limits(max_memory=budget):  # the ONNX loader's pre-check reads this budget
+        return run_with_timeout(
+            lambda: _audit(request, observer, budget), request.timeout_s, path=str(request.path)
+        )
+
+
+def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int) -> Report:
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.equivalence import check_equivalence
     from stabaudit.analyses.lower import lower_bound
@@ -106,6 +122,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     from stabaudit.checks import CheckPolicy, Evidence, rule_catalogue, run_checks
     from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
     from stabaudit.ir.passes import fold_affine
+    from stabaudit.limits import check_analysis_memory, check_deadline, check_model_memory
     from stabaudit.loaders import load_model
 
     say = observer or (lambda _msg: None)
@@ -120,8 +137,10 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
             raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
 
     say("loading")
+    check_model_memory(request.path, memory_budget)
     loaded = load_model(request.path, input_shape=request.input_shape)
     graph = fold_affine(loaded.graph)
+    check_analysis_memory(graph, memory_budget, path=str(request.path))
     folded = replace(loaded, graph=graph)
     timings["load"] = time.perf_counter() - t0
 
@@ -144,6 +163,7 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
     op_bounds = {}
     layers: list[Layer] = []
     for node in graph.nodes:
+        check_deadline()
         ctx = RuleContext(
             input_shapes=tuple(graph.shapes[name] for name in node.inputs),
             output_shape=graph.shapes[node.output],
@@ -257,5 +277,8 @@ def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
         created=created,
         rules=rule_catalogue(),
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
-        notes=tuple(loaded.notes) + (_REPRODUCIBLE_NOTE if reproducible else ()),
+        notes=tuple(loaded.notes)
+        + tuple(eq.notes)
+        + tuple(comp.notes)
+        + (_REPRODUCIBLE_NOTE if reproducible else ()),
     )

@@ -301,3 +301,15 @@ def test_bad_baseline(tmp_path):
     bad.write_text("{not json")
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", bad), 2, "--baseline")
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", tmp_path / "none.json"), 2, "no such file")
+
+
+def test_timeout_stops_cleanly(tmp_path):
+    out = tmp_path / "r.json"
+    result = run("check", SAMPLES / "cnn.onnx", "--budget", "60", "--timeout", "1", "-o", out)
+    assert_one_line_error(result, 2, "timed out after 1", "--timeout")
+    assert not out.exists()
+
+
+def test_memory_budget_refuses_before_loading():
+    assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "1K"), 2, "memory budget", "--max-memory")
+    assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "lots"), 2, "--max-memory")

@@ -189,19 +189,11 @@ def test_nonfinite_weights_cli_exit_1_with_a_report(tmp_path):
     assert result.exit_code == 1 and "SA402" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.audit does not copy Composition.notes into Report.notes yet (lead: engine.py wiring)",
-)
 def test_report_notes_explain_the_missing_upper_bound(tmp_path):
     report = _audit(NONFINITE["inf_weight"](tmp_path / "inf.onnx"))
     assert any("no finite Lipschitz bound" in n for n in report.notes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checks: SA102 passes when the only layer has no finite bound (upper None); it should fail or be inconclusive",
-)
 def test_sa102_does_not_pass_a_layer_without_a_finite_bound(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
