@@ -171,11 +171,18 @@ def check(
         int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Global upper bound: auto (every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron.",
+        ),
+    ] = "auto",
     budget: Annotated[
         float,
         typer.Option(
             "--budget",
-            help="Seconds planned for the search-based analyses (the lower-bound search).",
+            help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search.",
         ),
     ] = 10.0,
     baseline: Annotated[
@@ -248,6 +255,10 @@ def check(
             raise UsageError(
                 f"--fail-on {fail!r}: expected error, warning or inconclusive"
             ) from None
+        from stabaudit.engine import METHOD_CHOICES
+
+        if method not in METHOD_CHOICES:
+            raise UsageError(f"--method {method!r}: expected one of {', '.join(METHOD_CHOICES)}")
         if not budget > 0:
             raise UsageError(f"--budget {budget}: expected a positive number of seconds")
         if device not in ("cpu", "cuda"):
@@ -262,6 +273,8 @@ def check(
             seed=seed if seed is not None else (cfg.seed if cfg and cfg.seed is not None else 0),
             device=device,
             lower_budget_s=budget,
+            budget_s=budget,
+            method=method,
             baseline=previous,
             max_memory=memory,
             timeout_s=time_limit,

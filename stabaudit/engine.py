@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from stabaudit.report.model import (
     GlobalLipschitz,
     Layer,
     LayerLipschitz,
+    MethodBound,
     ModelInfo,
     ProfileStep,
     Report,
@@ -47,6 +49,8 @@ class AuditRequest:
     baseline: Mapping[str, Any] | None = None  # a previous JSON report of this model (SA001)
     max_memory: int | None = None  # bytes; None: limits.default_memory_budget()
     timeout_s: float | None = None  # seconds for the whole audit; None: no limit
+    method: str = "auto"  # global upper bound: auto | product | layerwise | sdp | ... (METHODS)
+    budget_s: float = 10.0  # seconds planned for the global methods beyond the product
 
 
 _REPRODUCIBLE_NOTE = (
@@ -86,6 +90,45 @@ def _nonfinite(graph: Graph) -> dict[str, int]:
                 n += int((~np.isfinite(value)).sum())
         counts[node.name] = n
     return counts
+
+
+# --method: the global methods each choice runs beyond the product (analyses.feedforward.METHODS)
+METHOD_CHOICES: dict[str, tuple[str, ...]] = {
+    "auto": ("layerwise", "sdp"),
+    "product": (),
+    "layerwise": ("layerwise",),
+    "sdp": ("sdp",),
+    "eclipse-fast": ("eclipse-fast",),
+    "eclipse": ("eclipse",),
+    "lipsdp-neuron": ("lipsdp-neuron",),
+}
+
+
+def _global_methods(graph: Graph, request: AuditRequest, reproducible: bool) -> list[MethodBound]:
+    """The certified global methods beyond the product; under auto, only those that apply."""
+    from stabaudit.analyses.feedforward import global_bounds
+
+    results = global_bounds(
+        graph, budget_s=request.budget_s, methods=METHOD_CHOICES[request.method]
+    )
+    out = []
+    for r in results:
+        if (
+            request.method == "auto"
+            and r.upper is None
+            and any("not a feedforward chain" in n for n in r.notes)
+        ):
+            continue  # auto tries what applies; an explicit --method reports why it did not
+        out.append(
+            MethodBound(
+                method=r.method,
+                upper=_finite(r.upper),
+                certified=r.certified and _finite(r.upper) is not None,
+                seconds=0.0 if reproducible else round(r.seconds, 4),
+                notes=tuple(r.notes),
+            )
+        )
+    return out
 
 
 def _is_translation(op: object) -> bool:
@@ -201,6 +244,25 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     t = time.perf_counter()
     comp = compose(graph, op_bounds)
     timings["composition"] = time.perf_counter() - t
+    methods = [
+        MethodBound(
+            method=comp.upper.method,
+            upper=_finite(comp.upper.value),
+            certified=comp.upper.certified,
+            seconds=0.0 if reproducible else round(comp.seconds, 4),
+            notes=tuple(comp.notes),
+        )
+    ]
+    if request.method != "product":
+        say("global methods")
+        t = time.perf_counter()
+        methods += _global_methods(loaded.graph, request, reproducible)
+        timings["global_methods"] = time.perf_counter() - t
+    best = min(
+        (m for m in methods if m.certified and m.upper is not None),
+        key=lambda m: m.upper if m.upper is not None else math.inf,
+        default=None,
+    )
 
     say("lower bound search")
     t = time.perf_counter()
@@ -210,7 +272,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     )
     timings["lower_bound"] = time.perf_counter() - t
 
-    upper = _finite(comp.upper.value)
+    upper = best.upper if best is not None else None
     lower = _finite(low.value) if low.value > 0 else None
     if upper is not None and lower is not None and lower > upper:
         raise InternalError(
@@ -226,10 +288,11 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     lipschitz = GlobalLipschitz(
         upper=upper,
         lower=lower,
-        upper_method=comp.upper.method,
+        upper_method=best.method if best is not None else comp.upper.method,
         lower_method=low.method,
-        certified=comp.upper.certified and upper is not None,
+        certified=best is not None,
         witness=witness,
+        methods=tuple(methods),
     )
     equivalence = Equivalence(
         reference=eq.reference,
@@ -241,7 +304,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     evidence = Evidence(
         layers=tuple(layers),
         lipschitz=lipschitz,
-        product_upper=upper,
+        product_upper=_finite(comp.upper.value) if comp.upper.certified else None,
         depth=sum(1 for node in graph.nodes if node.op.type in LINEAR_MAPS),
         nonfinite=_nonfinite(graph),
         equivalence=equivalence,

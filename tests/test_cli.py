@@ -313,3 +313,22 @@ def test_timeout_stops_cleanly(tmp_path):
 def test_memory_budget_refuses_before_loading():
     assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "1K"), 2, "memory budget", "--max-memory")
     assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "lots"), 2, "--max-memory")
+
+
+def test_method_choice_and_every_method_reported():
+    auto = json.loads(run("check", SAMPLES / "mlp.onnx", "--format", "json").stdout)["lipschitz"]
+    product = json.loads(run("check", SAMPLES / "mlp.onnx", "--format", "json", "--method", "product").stdout)[
+        "lipschitz"
+    ]
+    assert [m["method"] for m in product["methods"]] == ["product"]
+    assert product["upper"] == product["methods"][0]["upper"] and product["upper_method"] == "product"
+    names = [m["method"] for m in auto["methods"]]
+    assert names == ["product", "eclipse-fast", "eclipse", "lipsdp-neuron"]
+    certified = [m["upper"] for m in auto["methods"] if m["certified"]]
+    assert auto["upper"] == min(certified) < product["upper"]
+    assert auto["lower"] <= auto["upper"]
+    # a residual net is not a feedforward chain: auto keeps the product, an explicit method says why
+    resnet = json.loads(run("check", SAMPLES / "resnet.onnx", "--format", "json", "--method", "sdp").stdout)
+    sdp = resnet["lipschitz"]["methods"][1]
+    assert sdp["upper"] is None and "not a feedforward chain" in " ".join(sdp["notes"])
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--method", "magic"), 2, "--method")
