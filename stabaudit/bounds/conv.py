@@ -1,4 +1,4 @@
-"""Bound rules of convolutions (Conv, ConvTranspose): circulant-embedding upper, power-iteration lower."""
+"""Bound rules of convolutions (Conv, ConvTranspose): exact dense or certified circulant upper, power-iteration lower."""
 
 from __future__ import annotations
 
@@ -35,14 +35,27 @@ def _result(
     )
 
 
+# Power iterations from a warm start (the top singular vector of the worst circulant frequency
+# block, mapped to the real input): it starts near the top of the spectrum, so a few steps suffice;
+# the lower bound stays sound for any vector (||A|| >= ||A v|| / ||v||), only its tightness varies.
+WARM_ITERATIONS = 12
+
+
+def _iterations(ctx: RuleContext, start: np.ndarray | None) -> int:
+    return ctx.settings.power_iterations if start is None else min(ctx.settings.power_iterations, WARM_ITERATIONS)
+
+
 @RULES.register(OpType.CONV)
 def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
     """||conv||_2 at the model's input shape, stride/padding/dilation/groups included.
 
     Upper: ``conv_norm_certified``: the exact explicit matrix for small layers ("dense-svd", which
     gives the lower bound too), else the circulant embedding (the real operator is P C_circ E, so
-    ||conv|| <= ||C_circ||). Lower otherwise: ||A v|| / ||v|| for the power-iteration vector v, its
-    float rounding removed (any v gives ||A|| >= ||A v|| / ||v||: a sound lower bound).
+    ||conv|| <= ||C_circ||), certified per frequency block ("circulant-cholesky": Gram matrices and
+    shifted-Cholesky certificates). Lower otherwise: ||A v|| / ||v|| for the power-iteration vector
+    v, its float rounding removed (any v gives ||A|| >= ||A v|| / ||v||: a sound lower bound),
+    warm-started at the worst frequency block's top singular vector ("power-iteration-warm",
+    ``WARM_ITERATIONS`` steps at most).
     """
     match node.op:
         case Conv(weight=weight, strides=strides, pads=pads, dilations=dilations, groups=groups):
@@ -52,13 +65,14 @@ def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
     spatial = _spatial(ctx.input_shapes[0], len(strides), "Conv input")
     if ctx.input_shapes[0][1] != np.asarray(weight).shape[1] * groups:
         raise ValueError(f"Conv input {ctx.input_shapes[0]} has not {np.asarray(weight).shape[1] * groups} channels")
-    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial)
+    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial, device=ctx.settings.device)
     lower, lower_method = cert.lower, cert.method
     if lower is None and math.isfinite(cert.upper):
-        lower_method = "power-iteration"
+        lower_method = "power-iteration" if cert.start_in is None else "power-iteration-warm"
         lower = conv_power(
             weight, strides, pads, dilations, groups, spatial,
-            seed=ctx.settings.seed, iterations=ctx.settings.power_iterations, device=ctx.settings.device,
+            seed=ctx.settings.seed, iterations=_iterations(ctx, cert.start_in), device=ctx.settings.device,
+            start=cert.start_in,
         ).lower
     return _result(cert.upper, cert.method, cert.notes, lower, lower_method)
 
@@ -95,13 +109,16 @@ def bound_conv_transpose(node: Node, ctx: RuleContext) -> OpBound:
         if n_adj < spatial_in[i]:  # cannot happen for output_padding >= 0; guards the adjoint identity
             raise ValueError("ConvTranspose adjoint has fewer outputs than the ConvTranspose has inputs")
     # keep_outputs=spatial_in: the operator is exactly P A = T^T (dense-svd is then exact for T)
-    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial_out, keep_outputs=spatial_in)
+    cert = conv_norm_certified(
+        weight, strides, pads, dilations, groups, spatial_out, keep_outputs=spatial_in, device=ctx.settings.device
+    )
     lower, lower_method = cert.lower, cert.method
     if lower is None and math.isfinite(cert.upper):
-        lower_method = "power-iteration"
+        # T's input space is A's output space: A's left singular vector starts T's iteration
+        lower_method = "power-iteration" if cert.start_out is None else "power-iteration-warm"
         lower = conv_power(
             weight, strides, pads, dilations, groups, spatial_in,
-            seed=ctx.settings.seed, iterations=ctx.settings.power_iterations, device=ctx.settings.device,
-            transpose=True, output_padding=opad,
+            seed=ctx.settings.seed, iterations=_iterations(ctx, cert.start_out), device=ctx.settings.device,
+            transpose=True, output_padding=opad, start=cert.start_out,
         ).lower
     return _result(cert.upper, cert.method, cert.notes, lower, lower_method)

@@ -1,4 +1,7 @@
-"""Certified spectral norms in float64: dense SVD, convolutions by circulant embedding, power iteration.
+"""Certified spectral norms in float64: dense SVD, convolutions (exact or circulant), power iteration.
+
+Convolutions: the explicit matrix when small, else the circulant embedding certified per frequency
+block by Gram matrices and shifted-Cholesky certificates, or by Gram iteration (``bounds.gram``).
 
 Every function here is sound for the *stored* weights, floating-point rounding included: inputs are
 converted to float64 (exact for float16/float32 storage) and every floating-point result is widened
@@ -7,17 +10,28 @@ machine epsilon 2**-52 (twice the unit roundoff u = 2**-53); ``gamma_k = k*u / (
 classical bound on the relative error of a k-term sum (Higham, Accuracy and Stability of Numerical
 Algorithms, 2nd ed., Lemma 3.1 and eq. (3.5)); we bound it by ``k*EPS`` whenever k*u < 1/2.
 
-torch is imported lazily inside the power-iteration functions only.
+torch is imported lazily inside the functions that use it (circulant bounds, power iteration).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from stabaudit.bounds.gram import (
+    GramResult,
+    certify_hermitian_max,
+    gram_cholesky_max_norm,
+    gram_max_norm,
+    singular_vectors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -37,9 +51,14 @@ TINY = 1e-290
 # Weyl's inequality |sigma_i(W + E) - sigma_i(W)| <= ||E||_2 turns it into a relative margin.
 SVD_BACKWARD_CONSTANT = 64
 
-# Work budget (roughly flops) of the exact circulant bound of one convolution before falling back
-# to a cheaper certified bound; 1.5e11 is ~10-30 s on two CPU cores (a 512 -> 512 3x3 conv at 14x14).
-CIRCULANT_BUDGET = 1.5e11
+# Work budget (flops of one Gram step over all frequency blocks) of the circulant bound of one
+# convolution before falling back to a cheaper certified bound: 1e12 is ~1 min on two CPU cores
+# (a 512 -> 512 3x3 conv at 14x14 is 2.2e11 per step); Gram iteration takes a few such steps, most
+# of them on the few frequencies that can still hold the maximum.
+CIRCULANT_BUDGET = 1e12
+# Relative gap between the certified Gram bound and its estimate at which the iteration stops:
+# the circulant norm is then known to within this factor (the estimate is ~its true value).
+GRAM_RTOL = 1e-4
 # The exact explicit matrix is used for small convolutions: at most this many entries per group
 # (16 MiB of float64) and about this much work (Gram matrix + symmetric eigensolver; a
 # 2048 x 1024 matrix, ~1e10, takes about half a second on two cores).
@@ -47,6 +66,9 @@ DENSE_MAX_ENTRIES = 1 << 21
 DENSE_BUDGET = 1.2e10
 # Complex entries held in memory at once by the chunked frequency loop (16 bytes each: 64 MiB).
 _CHUNK_ENTRIES = 1 << 22
+# Complex entries of the frequency blocks held at once by the Gram path (16 bytes each: 64 MiB;
+# with the scaled copy, the Gram matrices and the Cholesky factors about 4x that, as limits.py plans).
+_GRAM_CHUNK_ENTRIES = 1 << 22
 
 
 def svd_relative_margin(m: int, n: int) -> float:
@@ -147,6 +169,10 @@ class CertifiedNorm:
     method: str
     lower: float | None = None  # a sound lower bound when the method yields one (dense-svd)
     notes: tuple[str, ...] = ()
+    # circulant methods: approximate top right / left singular vectors of the real operator
+    # ([C_in, *input spatial] and [C_out, *kept outputs]), for warm-starting a power iteration
+    start_in: np.ndarray | None = field(default=None, compare=False, repr=False)
+    start_out: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,6 +257,9 @@ def conv_norm_certified(
     keep_outputs: Sequence[int] | None = None,
     budget: float = CIRCULANT_BUDGET,
     dense_budget: float = DENSE_BUDGET,
+    device: str = "cpu",
+    gram_rtol: float = GRAM_RTOL,
+    certificate: str = "cholesky",
 ) -> CertifiedNorm:
     """Certified upper bound on ||conv||_2 of a zero-padded, strided, dilated, grouped N-d conv.
 
@@ -240,15 +269,68 @@ def conv_norm_certified(
     runs (cross-correlation; a bias is a translation and changes no Lipschitz constant). The batch
     does not matter: batch copies are a block diagonal of identical blocks.
 
+    The weights are first rescaled by a power of two (exact: ||c A|| = c ||A||), so that neither
+    1e30 nor 1e-30 weights overflow or underflow any square; the bound is scaled back at the end
+    (inf with a note if that overflows float64).
+
     Methods, the first that fits its budget:
     "dense-svd": the exact explicit matrix of each group and its certified norm (upper and lower);
-    "circulant-embedding": the exact norm of a circular convolution that contains the real one;
+    "circulant-cholesky" / "circulant-gram": the norm of a circular convolution that contains the
+    real one (exact for the circular operator, an upper bound for the zero-padded one: within O(k/n)
+    of it), bounded per frequency block (``stabaudit.bounds.gram``, torch on ``device``) either by
+    one Gram step and a shifted-Cholesky certificate (``certificate="cholesky"``, the default: the
+    fastest) or by Gram iteration to convergence (``certificate="gram"``, Delattre et al. 2023);
     else the smaller of the cheaper "unfolded-coverage" and "tap-sum" bounds (``_conv_fallback``).
+    The circulant method also returns approximate top singular vectors of the real operator's
+    input and output spaces (``start_in`` / ``start_out``) to warm-start a power iteration.
     """
-    g = _geometry(weight, strides, pads, dilations, groups, input_spatial, keep_outputs)
-    w = g.weight
-    if not np.all(np.isfinite(w)):
+    w0 = np.asarray(weight, dtype=np.float64)
+    if not np.all(np.isfinite(w0)):
+        _geometry(w0 if w0.size else np.zeros_like(w0), strides, pads, dilations, groups, input_spatial, keep_outputs)
         return CertifiedNorm(upper=math.inf, method="non-finite-weights", notes=("weights contain NaN or Inf",))
+    peak = float(np.max(np.abs(w0))) if w0.size else 0.0
+    exponent = int(np.frexp(peak)[1]) if peak > 0 else 0
+    # ldexp by a power of two is exact unless a result underflows to a subnormal: then each entry
+    # moves by <= 2**-1075, an operator perturbation far below the TINY slack of every bound.
+    g = _geometry(np.ldexp(w0, -exponent), strides, pads, dilations, groups, input_spatial, keep_outputs)
+    if certificate not in ("cholesky", "gram"):
+        raise ValueError(f"unknown certificate {certificate!r}: 'cholesky' or 'gram'")
+    result = _conv_norm_scaled(
+        g, budget=budget, dense_budget=dense_budget, device=device, gram_rtol=gram_rtol, certificate=certificate
+    )
+    if exponent == 0:
+        return result
+    return _unscale(result, exponent)
+
+
+def _unscale(result: CertifiedNorm, exponent: int) -> CertifiedNorm:
+    """Multiply a bound of the rescaled operator by 2**exponent (exact, or inf / float max on overflow)."""
+    try:
+        upper = math.ldexp(result.upper, exponent) if math.isfinite(result.upper) else result.upper
+        if 0.0 < upper < sys.float_info.min:  # a subnormal result was rounded to nearest: one ulp up
+            upper = math.nextafter(upper, math.inf)
+        notes = result.notes
+    except OverflowError:
+        upper = math.inf
+        notes = (*result.notes, f"the bound {result.upper!r} * 2**{exponent} overflows float64")
+    lower = result.lower
+    if lower is not None:
+        # TINY: the underflow of the rescaling (see conv_norm_certified) may lower the norm by that much
+        lower = max(0.0, lower - TINY)
+        try:
+            lower = math.ldexp(lower, exponent)
+            if lower < sys.float_info.min:  # subnormal: rounded to nearest, one ulp down
+                lower = max(0.0, math.nextafter(lower, 0.0))
+        except OverflowError:
+            lower = sys.float_info.max  # the true norm exceeds every float: the largest is a sound lower bound
+    return dataclasses.replace(result, upper=upper, lower=lower, notes=notes)
+
+
+def _conv_norm_scaled(
+    g: _ConvGeometry, *, budget: float, dense_budget: float, device: str, gram_rtol: float, certificate: str
+) -> CertifiedNorm:
+    """``conv_norm_certified`` for finite weights already rescaled to max |w| in [1/2, 1)."""
+    w = g.weight
     if w.size == 0 or any(o <= 0 for o in g.keep) or any(n <= 0 for n in g.spatial) or not np.any(w):
         return CertifiedNorm(upper=0.0, method="zero-operator", lower=0.0)
     m = w.shape[0] // g.groups
@@ -260,22 +342,28 @@ def conv_norm_certified(
         return CertifiedNorm(
             upper=max(u for u, _ in pairs), lower=max(low for _, low in pairs), method="dense-svd"
         )
-    periods = tuple(
+    periods = _periods(g)
+    plan = _circulant_plan(g, periods)
+    # one Gram step over all frequencies (complex: 8 real flops per multiply-add) and the DFT
+    cost = float(g.groups) * plan.nfreq * (8.0 * plan.p_side**2 * plan.q_side + 8.0 * m * g.weight.shape[1] * plan.ktaps)
+    if cost > budget:
+        return _conv_fallback(g, note=f"circulant bound skipped: ~{cost:.1e} flops over budget {budget:.1e}")
+    direct = _circulant_direct(g, plan, device=device) if certificate == "cholesky" else None
+    if direct is None:
+        upper, res = _circulant_gram(g, plan, device=device, rtol=gram_rtol, certificate=certificate)
+    else:
+        upper, res = direct
+    group, freq = divmod(res.worst, plan.nfreq)
+    start_in, start_out = _start_vectors(g, plan, group, dataclasses.replace(res, worst=freq))
+    method = "circulant-cholesky" if certificate == "cholesky" else "circulant-gram"
+    return CertifiedNorm(upper=upper, method=method, start_in=start_in, start_out=start_out)
+
+
+def _periods(g: _ConvGeometry) -> tuple[int, ...]:
+    return tuple(
         _period(n, o, k, s, b, dl)
         for n, o, k, s, b, dl in zip(g.spatial, g.out, g.kernel, g.strides, g.pads_begin, g.dilations, strict=True)
     )
-    phases = int(np.prod(g.strides))
-    ncols = w.shape[1] * phases
-    grid = [p // s for p, s in zip(periods, g.strides, strict=True)]
-    freqs = int(np.prod(grid[:-1])) * (grid[-1] // 2 + 1)
-    p = min(m, ncols)
-    ktaps = int(np.prod(g.kernel))
-    # per frequency: the DFT of the taps, the Gram matrix, a Hermitian eigensolver (~6 p^3)
-    cost = float(g.groups) * freqs * (4.0 * m * w.shape[1] * ktaps + m * ncols * p + 6.0 * p**3)
-    if cost <= budget:
-        upper = max(_circulant_group_norm(g, j, periods) for j in range(g.groups))
-        return CertifiedNorm(upper=upper, method="circulant-embedding")
-    return _conv_fallback(g, note=f"circulant-embedding skipped: ~{cost:.1e} flops over budget {budget:.1e}")
 
 
 def _dense_group_matrix(g: _ConvGeometry, group: int) -> np.ndarray:
@@ -388,6 +476,280 @@ def _tap_table(g: _ConvGeometry, periods: Sequence[int]) -> tuple[np.ndarray, np
     return np.asarray(phase, dtype=np.int64), tau, grid
 
 
+@dataclass(frozen=True, kw_only=True)
+class _CirculantPlan:
+    """Frequency grid and polyphase tap table of one convolution's circulant embedding."""
+
+    periods: tuple[int, ...]
+    grid: tuple[int, ...]  # M = N / s per axis
+    half: tuple[int, ...]  # frequencies computed: all on leading axes, 0..M/2 on the last (A_{-f} = conj A_f)
+    phase: np.ndarray  # [K] flattened phase r_k of each tap
+    tau: np.ndarray  # [K, ndim] circular position of each tap
+    used: tuple[int, ...]  # phases that hold at least one tap (the others give zero columns)
+    ktaps: int
+    p_side: int
+    q_side: int
+
+    @property
+    def nfreq(self) -> int:
+        return int(np.prod(self.half))
+
+
+def _circulant_plan(g: _ConvGeometry, periods: Sequence[int]) -> _CirculantPlan:
+    phase, tau, grid = _tap_table(g, periods)
+    used = tuple(int(r) for r in np.unique(phase))
+    half = list(grid)
+    half[-1] = grid[-1] // 2 + 1
+    if not np.any(tau):
+        # every tap at circular position 0: A_f = A_0 for every f, one frequency suffices
+        half = [1] * len(grid)
+    m, ncols = g.weight.shape[0] // g.groups, g.weight.shape[1] * len(used)
+    return _CirculantPlan(
+        periods=tuple(periods), grid=tuple(grid), half=tuple(half), phase=phase, tau=tau, used=used,
+        ktaps=int(phase.size), p_side=min(m, ncols), q_side=max(m, ncols),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _twiddles(tau_key: bytes, ktaps: int, grid: tuple[int, ...], half: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(cos, -sin) of 2 pi sum_axis (f_axis tau_k,axis mod M_axis) / M_axis, [K, F]: the DFT factors.
+
+    Cached: every layer of one shape (kernel, stride, padding, input size) shares them.
+    """
+    tau = np.frombuffer(tau_key, dtype=np.int64).reshape(ktaps, len(grid))
+    fidx = np.unravel_index(np.arange(int(np.prod(half))), half)
+    e = np.ones((ktaps, int(np.prod(half))), dtype=np.complex128)
+    for axis, size in enumerate(grid):
+        turns = np.mod(np.outer(tau[:, axis], fidx[axis]), size) / size  # reduced exactly in integers
+        angle = (2.0 * np.pi) * turns
+        e = e * (np.cos(angle) - 1j * np.sin(angle))
+    return np.ascontiguousarray(e.real), np.ascontiguousarray(e.imag)
+
+
+def _circulant_gram(
+    g: _ConvGeometry, plan: _CirculantPlan, *, device: str, rtol: float, certificate: str
+) -> tuple[float, GramResult]:
+    """Certified upper bound on ||C_circ|| = max over groups and frequencies of ||A_f||.
+
+    Steps 1-4 of the derivation above; the blocks of every group and frequency form one batch
+    (block index = group * nfreq + f), computed in float64 (torch, on ``device``) with the entry
+    error e_dft of step 4 (the largest over groups), and bounded by ``gram_cholesky_max_norm`` or
+    ``gram_max_norm`` (their own rounding included), so
+    ||A_f|| <= ||A^_f|| + ||A_f - A^_f||_2 <= U + e_dft   (Weyl / triangle inequality).
+    """
+    import torch
+
+    m = g.weight.shape[0] // g.groups
+    c = g.weight.shape[1]
+    w = g.weight.reshape(g.groups, m, c, -1)  # [G, m, c, K]
+    ktaps = w.shape[3]
+    nused = len(plan.used)
+    # entrywise bound S[j, o, c, r] of the DFT rounding (step 4), per group
+    absw = np.abs(w)
+    s_abs = np.stack([absw[..., plan.phase == r].sum(axis=3) for r in plan.used], axis=3)
+    e_coef = 2.0 * (32 * g.ndim + ktaps + 2) * EPS
+    e_dft = _round_up(e_coef * float(np.sqrt(np.max(np.sum(s_abs * s_abs, axis=(1, 2, 3))))) * (1.0 + (s_abs[0].size + 2) * EPS))
+
+    cos, sin = _twiddles(plan.tau.astype(np.int64).tobytes(), ktaps, plan.grid, plan.half)
+    nfreq = plan.nfreq
+    total = g.groups * nfreq
+    chunk = max(1, _GRAM_CHUNK_ENTRIES // max(m * c * nused, 1))
+    wt = torch.from_numpy(np.ascontiguousarray(w.reshape(g.groups * m * c, ktaps))).to(device)
+    er_all = torch.from_numpy(cos).to(device)
+    ei_all = torch.from_numpy(sin).to(device)
+    taps = [torch.from_numpy(np.flatnonzero(plan.phase == r)).to(device) for r in plan.used]
+    # A_f entries per used phase: real dot products of <= K terms (the rounding of step 4)
+    best: GramResult | None = None
+    upper = 0.0
+    for start in range(0, total, chunk):
+        stop = min(total, start + chunk)
+        ids = np.arange(start, stop)
+        groups_in = np.unique(ids // nfreq)
+        parts = []
+        for j in groups_in:
+            fsel = ids[ids // nfreq == j] % nfreq
+            f0, f1 = int(fsel[0]), int(fsel[-1]) + 1
+            wj = wt[int(j) * m * c : (int(j) + 1) * m * c]
+            blk = torch.empty((f1 - f0, m, c, nused), dtype=torch.complex128, device=device)
+            for i, idx in enumerate(taps):
+                wr = wj.index_select(1, idx)
+                re = wr @ er_all[:, f0:f1].index_select(0, idx)
+                im = wr @ ei_all[:, f0:f1].index_select(0, idx)
+                blk[:, :, :, i] = torch.complex(re, im).T.reshape(f1 - f0, m, c)
+            parts.append(blk.reshape(f1 - f0, m, c * nused))
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        res = gram_cholesky_max_norm(flat)[0] if certificate == "cholesky" else gram_max_norm(flat, rtol=rtol)
+        upper = max(upper, res.upper)
+        if best is None or res.estimate > best.estimate:
+            best = dataclasses.replace(res, worst=res.worst + start)
+    assert best is not None
+    return _round_up(upper + e_dft, 8) + TINY, best
+
+
+# The Cholesky certificate reads only the Gram matrices H_f = A_f A_f^H (or A_f^H A_f), and these
+# are cheaper to form from the taps than from the blocks (stride-2 layers most of all: only taps of
+# one phase pair up). With omega_k(f) = exp(-2 pi i f.tau_k / M) (step 3: A_f = [conj G_r(f)]_r,
+# G_r(f) = sum_{k in phase r} W_k omega_k(f), W_k = w[:, :, k] real):
+#   A_f A_f^H = sum_r sum_{k, k' in r} exp(-2 pi i f.(tau_k' - tau_k) / M) W_k W_k'^T          (m x m)
+#   (A_f^H A_f)[(c, r), (c', r')] = sum_{k in r, k' in r'} exp(-2 pi i f.(tau_k - tau_k') / M) (W_k^T W_k')[c, c']
+# Grouping the pairs by their circular difference delta gives real matrices Q_delta (one GEMM each)
+# and H_f = sum_delta c_delta(f) Q_delta (one real GEMM over all frequencies). Rounding, entrywise
+# (Higham eq. (3.5)): Q^_delta has error <= gamma_L sum_pairs |W_k||W_k'|^T (L the GEMM's inner
+# length), c^_delta(f) has modulus error <= 32 ndim EPS (step 4), the D-term combination adds
+# <= 2 (D + 2) EPS sum_delta |c^||Q^|; with S = sum_pairs ||W_k||_F ||W_k'||_F (>= the Frobenius
+# norm of sum_pairs |W_k||W_k'|^T, Cauchy-Schwarz) the computed H^_f satisfies
+#   ||H^_f - H_f||_2 <= ||.||_F <= e_H := (2 (L + 2) + 32 ndim + 2 (D + 4)) EPS S (1 + 1e-10),
+# and certify_hermitian_max turns it into lambda_max(H_f) <= bound. No e_dft: the weights enter
+# exactly, and ||A_f||_2 = sqrt(lambda_max(H_f)).
+def _direct_gram_layout(g: _ConvGeometry, plan: _CirculantPlan) -> tuple[bool, dict[tuple[int, int], dict[tuple[int, ...], list[tuple[int, int]]]]]:
+    """(output side?, {(block i, block j): {delta: [(k, k'), ...]}}) for the Gram matrices H_f."""
+    m, c, nused = g.weight.shape[0] // g.groups, g.weight.shape[1], len(plan.used)
+    out_side = m <= c * nused
+    grid = np.array(plan.grid)
+    taps = [np.flatnonzero(plan.phase == r) for r in plan.used]
+    layout: dict[tuple[int, int], dict[tuple[int, ...], list[tuple[int, int]]]] = {}
+    for i, ti in enumerate(taps):
+        for j, tj in enumerate(taps):
+            if out_side and i != j:
+                continue  # A A^H pairs taps of one phase only
+            block = layout.setdefault((0, 0) if out_side else (i, j), {})
+            for k in ti:
+                for k2 in tj:
+                    diff = plan.tau[k2] - plan.tau[k] if out_side else plan.tau[k] - plan.tau[k2]
+                    block.setdefault(tuple(int(x) for x in np.mod(diff, grid)), []).append((int(k), int(k2)))
+    return out_side, layout
+
+
+def _circulant_direct(g: _ConvGeometry, plan: _CirculantPlan, *, device: str) -> tuple[float, GramResult] | None:
+    """Certified ||C_circ|| from the Gram matrices formed from the taps (comment above); None when
+    some frequency fails every Cholesky certificate (the caller then takes the block path)."""
+    import torch
+
+    m, c, nused = g.weight.shape[0] // g.groups, g.weight.shape[1], len(plan.used)
+    out_side, layout = _direct_gram_layout(g, plan)
+    side = m if out_side else c * nused
+    bs = m if out_side else c  # size of one block of H
+    nfreq = plan.nfreq
+    fidx = np.array(np.unravel_index(np.arange(nfreq), plan.half)).T  # [F, ndim]
+    grid = np.array(plan.grid)
+    chunk = max(1, _GRAM_CHUNK_ENTRIES // max(side * side, 1))
+    ndim = g.ndim
+    best_bound, best_lead = 0.0, -1.0
+    best: tuple[int, int, torch.Tensor | None] = (0, 0, None)
+    for group in range(g.groups):
+        wg = g.weight[group * m : (group + 1) * m].reshape(m, c, -1)
+        wk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(wg, 2, 0))).to(device)  # [K, m, c]
+        norms = [float(torch.linalg.vector_norm(x)) * (1.0 + (m * c + 4) * EPS) for x in wk]
+        s_total = 0.0
+        inner = 0
+        dmax = 0
+        blocks: list[tuple[tuple[int, int], np.ndarray, torch.Tensor]] = []
+        done: dict[tuple[int, int, tuple[int, ...]], torch.Tensor] = {}
+        for (i, j), deltas in layout.items():
+            qs = []
+            for delta_key, pairs in deltas.items():
+                # the reversed pairs of (j, i, -delta) give the transpose: reuse it (half the GEMMs)
+                mirror = done.get((j, i, tuple(int(x) for x in np.mod(-np.array(delta_key), plan.grid))))
+                if mirror is not None:
+                    q = mirror.T
+                else:
+                    # sum of GEMMs accumulated in place: one sum of len(pairs) * (c or m) products
+                    # per entry, the rounding of a GEMM of that inner length
+                    q = torch.zeros((bs, bs), dtype=torch.float64, device=device)
+                    for k, k2 in pairs:
+                        q.addmm_(wk[k], wk[k2].T) if out_side else q.addmm_(wk[k].T, wk[k2])
+                done[(i, j, delta_key)] = q
+                qs.append(q)
+                inner = max(inner, len(pairs) * (c if out_side else m))
+                s_total += sum(norms[k] * norms[k2] for k, k2 in pairs)
+            dmax = max(dmax, len(deltas))
+            delta = np.array(list(deltas.keys()), dtype=np.int64).reshape(-1, ndim)
+            blocks.append(((i, j), delta, torch.stack(qs).reshape(len(qs), -1)))
+        e_h = (2.0 * (inner + 2) + 32.0 * ndim + 2.0 * (dmax + 4)) * EPS * s_total * (1.0 + 1e-10) + 1e-300
+        for start in range(0, nfreq, chunk):
+            stop = min(nfreq, start + chunk)
+            fr = fidx[start:stop]  # [Fc, ndim]
+            h = torch.zeros((stop - start, side, side), dtype=torch.complex128, device=device)
+            hv = h if out_side else h.view(stop - start, c, nused, c, nused)
+            for (i, j), delta, q in blocks:
+                # c_delta(f) = prod_axis exp(-2 pi i (f_axis delta_axis mod M_axis) / M_axis)
+                angle = np.zeros((len(fr), len(delta)))
+                coef = np.ones((len(fr), len(delta)), dtype=np.complex128)
+                for axis in range(ndim):
+                    turns = np.mod(np.outer(fr[:, axis], delta[:, axis]), grid[axis]) / grid[axis]
+                    angle = (2.0 * np.pi) * turns
+                    coef = coef * (np.cos(angle) - 1j * np.sin(angle))
+                cre = torch.from_numpy(np.ascontiguousarray(coef.real)).to(device)
+                cim = torch.from_numpy(np.ascontiguousarray(coef.imag)).to(device)
+                blk = torch.complex(cre @ q, cim @ q).reshape(stop - start, bs, bs)
+                if out_side:
+                    hv += blk
+                else:
+                    hv[:, :, i, :, j] = blk
+            fro = torch.linalg.vector_norm(torch.view_as_real(h).reshape(h.shape[0], -1), dim=1).cpu().numpy()
+            s = np.frexp(fro.astype(np.float64))[1].astype(np.int64)
+            scale = torch.from_numpy(np.ldexp(1.0, -s)).to(device=device, dtype=torch.float64)
+            h = h * scale.view(-1, 1, 1).to(h.dtype)  # exact: powers of two
+            cert = certify_hermitian_max(h, np.ldexp(e_h, -s) * (1.0 + EPS), s)
+            if cert.pending.size:
+                return None
+            best_bound = max(best_bound, cert.bound)
+            if cert.lead > best_lead:
+                best_lead, best = cert.lead, (group, start + cert.worst, cert.vector)
+    group, freq, vector = best
+    a = _frequency_block(g, plan, group, freq, device=device)
+    left, right = singular_vectors(a, vector, out_side)
+    res = GramResult(upper=math.sqrt(best_bound), estimate=math.sqrt(max(best_lead, 0.0)), steps=1,
+                     worst=group * nfreq + freq, left=left, right=right)
+    return _round_up(math.sqrt(best_bound), 4) + TINY, res
+
+
+def _frequency_block(g: _ConvGeometry, plan: _CirculantPlan, group: int, freq: int, *, device: str) -> torch.Tensor:
+    """The block A_f of one group at one frequency (steps 2-3), [m, c * len(used)], complex128."""
+    import torch
+
+    m, c = g.weight.shape[0] // g.groups, g.weight.shape[1]
+    w = g.weight[group * m : (group + 1) * m].reshape(m, c, -1)
+    cos, sin = _twiddles(plan.tau.astype(np.int64).tobytes(), plan.ktaps, plan.grid, plan.half)
+    cols = []
+    for r in plan.used:
+        sel = plan.phase == r
+        wr = np.ascontiguousarray(w[:, :, sel])  # real: two real matrix-vector products, no complex copy
+        cols.append(wr @ cos[sel, freq] + 1j * (wr @ sin[sel, freq]))
+    return torch.from_numpy(np.stack(cols, axis=2).reshape(m, -1)).to(device)
+
+
+def _start_vectors(g: _ConvGeometry, plan: _CirculantPlan, group: int, res: GramResult) -> tuple[np.ndarray, np.ndarray]:
+    """Real input / output vectors of the real operator from the worst block's singular vectors.
+
+    A circular input x_r[c, u] = a[c, r] exp(2 pi i f.u / M) (phase r, polyphase position u) gives the
+    output exp(2 pi i f.t / M) A_f a (step 3): the top right singular vector a of A_f, read at the real
+    input positions j = s*u + r, is a good start for the power iteration of the real (zero-padded)
+    operator; likewise the left one at the kept output positions t.
+    """
+    m = g.weight.shape[0] // g.groups
+    c = g.weight.shape[1]
+    f = np.array(np.unravel_index(res.worst, plan.half), dtype=np.float64)  # [ndim]
+    grid = np.array(plan.grid, dtype=np.float64)
+    a = res.right.reshape(c, len(plan.used))
+    pos = np.indices(g.spatial).reshape(g.ndim, -1)  # [ndim, P]
+    strides = np.array(g.strides)[:, None]
+    u, r = pos // strides, pos % strides
+    rflat = np.ravel_multi_index(tuple(r), g.strides) if g.ndim else np.zeros(pos.shape[1], dtype=np.int64)
+    col = np.full(rflat.shape, -1)
+    for i, ph in enumerate(plan.used):
+        col[rflat == ph] = i
+    wave = np.exp(2j * np.pi * np.sum(f[:, None] * u / grid[:, None], axis=0))  # [P]
+    vals = np.where(col >= 0, a[:, np.maximum(col, 0)] * wave, 0.0).real  # [c, P]
+    x = np.zeros((g.weight.shape[1] * g.groups, int(np.prod(g.spatial))))
+    x[group * c : (group + 1) * c] = vals
+    tpos = np.indices(g.keep).reshape(g.ndim, -1)
+    twave = np.exp(2j * np.pi * np.sum(f[:, None] * tpos / grid[:, None], axis=0))
+    y = np.zeros((g.weight.shape[0], int(np.prod(g.keep))))
+    y[group * m : (group + 1) * m] = (res.left[:, None] * twave[None, :]).real
+    return x.reshape(-1, *g.spatial), y.reshape(-1, *g.keep)
+
+
 def _circulant_group_norm(g: _ConvGeometry, group: int, periods: Sequence[int]) -> float:
     """Certified upper bound on ||C_circ|| restricted to one group (steps 1-4 above)."""
     m = g.weight.shape[0] // g.groups
@@ -494,12 +856,19 @@ def power_iteration(
     seed: int,
     iterations: int,
     device: str = "cpu",
+    start: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """The unit vector after ``iterations`` steps of v <- A^T A v / ||A^T A v|| (adjoint by autograd)."""
+    """The unit vector after ``iterations`` steps of v <- A^T A v / ||A^T A v|| (adjoint by autograd).
+
+    ``start`` (optional, of ``in_shape``): the initial vector instead of a seeded random one.
+    """
     import torch
 
-    gen = torch.Generator().manual_seed(int(seed))
-    v = torch.randn(tuple(in_shape), generator=gen, dtype=torch.float64).to(device)
+    if start is not None and np.all(np.isfinite(start)) and np.any(start):
+        v = torch.from_numpy(np.array(start, dtype=np.float64).reshape(tuple(in_shape))).to(device)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        v = torch.randn(tuple(in_shape), generator=gen, dtype=torch.float64).to(device)
     v = v / v.norm()
     for _ in range(max(0, int(iterations))):
         y, vjp = torch.func.vjp(apply, v)[:2]
@@ -591,11 +960,13 @@ def conv_power(
     device: str = "cpu",
     transpose: bool = False,
     output_padding: Sequence[int] | None = None,
+    start: np.ndarray | None = None,
 ) -> PowerResult:
     """Power iteration on the true (not circular) conv or conv-transpose at its input shape.
 
     For ``transpose`` the weight is [C_in, C_out/groups, k...] and ``input_spatial`` is the
-    ConvTranspose's input size. The iteration runs on ``device``; the final ratio is re-evaluated
+    ConvTranspose's input size. ``start``: an initial vector [C_in, *input_spatial] (e.g. the
+    ``start_in`` of ``conv_norm_certified``), else a seeded random one. The iteration runs on ``device``; the final ratio is re-evaluated
     on the CPU in float64, where the rounding bound of ``_certified_ratio`` holds.
     """
     w = np.asarray(weight, dtype=np.float64)
@@ -608,7 +979,7 @@ def conv_power(
     def make(dev: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return _conv_apply(w, strides, pads, dilations, groups, transpose=transpose, output_padding=opad, device=dev)
 
-    v = power_iteration(make(device), shape, seed=seed, iterations=iterations, device=device)
+    v = power_iteration(make(device), shape, seed=seed, iterations=iterations, device=device, start=start)
     # |A| bounds (Hoelder / Schur test, || |A| ||_2 <= sqrt(||A||_1 ||A||_inf)): every weight
     # entry meets each input element at most once and each output element at most once, so a
     # row or column sum of |A| is at most the matching sum of |w| within one group: the sums over
