@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench sample-models clean
+.PHONY: install test lint demo bench sample-models fuzz clean
+FUZZ_SECONDS ?= 300
 
 install: $(STAMP)
 
@@ -18,7 +19,7 @@ test: install
 	$(BIN)/pytest -q -n 2
 
 lint: install
-	$(BIN)/ruff check stabaudit tests bench scripts
+	$(BIN)/ruff check stabaudit tests bench scripts fuzz
 	$(BIN)/mypy
 
 demo: install
@@ -31,6 +32,12 @@ bench: install
 
 sample-models: install
 	$(BIN)/python scripts/train_sample_models.py --out sample_models
+
+fuzz: install
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	$(BIN)/python fuzz/fuzz_onnx.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
+	$(BIN)/python fuzz/fuzz_torchscript.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
+	$(BIN)/python fuzz/fuzz_config.py -max_total_time=$(FUZZ_SECONDS) -timeout=20
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.json

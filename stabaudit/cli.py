@@ -259,6 +259,8 @@ def check(
 
         if method not in METHOD_CHOICES:
             raise UsageError(f"--method {method!r}: expected one of {', '.join(METHOD_CHOICES)}")
+        if seed is not None and not 0 <= seed < 2**32:
+            raise UsageError(f"--seed {seed}: expected an integer in [0, 2**32)")
         if not budget > 0:
             raise UsageError(f"--budget {budget}: expected a positive number of seconds")
         if device not in ("cpu", "cuda"):

@@ -335,3 +335,7 @@ def test_method_choice_and_every_method_reported():
     sdp = resnet["lipschitz"]["methods"][1]
     assert sdp["upper"] is None and "not a feedforward chain" in " ".join(sdp["notes"])
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--method", "magic"), 2, "--method")
+
+
+def test_seed_out_of_range():
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--seed", "99999999999999999999"), 2, "--seed")

@@ -256,12 +256,12 @@ class _ErrorModel:
                 return linear
             case O.Affine(scale=sc, shift=sh):
                 s = (
-                    torch.from_numpy(np.abs(np.asarray(sc, dtype=np.float64)))
+                    torch.as_tensor(np.abs(np.asarray(sc, dtype=np.float64)))
                     if sc is not None
                     else None
                 )
                 h = (
-                    torch.from_numpy(np.abs(np.asarray(sh, dtype=np.float64)))
+                    torch.as_tensor(np.abs(np.asarray(sh, dtype=np.float64)))
                     if sh is not None
                     else None
                 )

@@ -259,7 +259,11 @@ def pow2_scaled(lmi: ChainLMI) -> tuple[ChainLMI, float]:
         ws.append(np.ldexp(w, -e))
         errs.append(None if err is None else np.ldexp(err, -e))
         total += e
-    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs)), math.ldexp(1.0, total)
+    try:
+        factor = math.ldexp(1.0, total)
+    except OverflowError:  # the constant is beyond float64: no finite bound to report
+        factor = math.inf
+    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs)), factor
 
 
 def _reduce_input(w0: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ class AuditConfig:
 _KEYS = {"thresholds", "severity", "input_shape", "seed", "fail_on"}
 _SEVERITIES = {"error", "warning", "info"}
 _FAIL_ON = {"error", "warning", "inconclusive"}
+MAX_SEED = 2**32 - 1  # every random generator the engine seeds accepts this range
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's text (YAML errors span several lines with a caret)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _fail(path: Path, node: Any, key_path: str, message: str) -> ConfigError:
@@ -42,14 +50,18 @@ def _items(path: Path, node: Any, prefix: str) -> list[tuple[str, Any, Any, Any]
     seen: set[str] = set()
     items = []
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _fail(path, key_node, prefix + "(key)", "expected a plain name as key, not a list or mapping")
         key = str(key_node.value)
         if key in seen:
             raise _fail(path, key_node, prefix + key, "duplicate key")
         seen.add(key)
         try:
             value = yaml.safe_load(yaml.serialize(value_node))
-        except yaml.YAMLError as exc:
-            raise _fail(path, value_node, prefix + key, f"invalid value: {exc}") from None
+        except RecursionError:
+            raise _fail(path, value_node, prefix + key, "invalid value: nested too deeply") from None
+        except Exception as exc:  # SafeLoader's constructors fail in many ways: "!!int x", "!!int" empty
+            raise _fail(path, value_node, prefix + key, f"invalid value: {_one_line(exc)}") from None
         items.append((key, key_node, value, value_node))
     return items
 
@@ -70,7 +82,9 @@ def load_config(path: str | Path) -> AuditConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}", path=str(p)) from None
+        raise ConfigError(f"{where}: invalid YAML: {_one_line(getattr(exc, 'problem', None) or exc)}", path=str(p)) from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply", path=str(p)) from None
     if root is None:
         return AuditConfig()
     if not isinstance(root, yaml.MappingNode):
@@ -84,7 +98,7 @@ def load_config(path: str | Path) -> AuditConfig:
                 raise _fail(p, value_node, key, "expected a mapping NAME: number")
             thresholds = {}
             for name, _, number, number_node in _items(p, value_node, "thresholds."):
-                if isinstance(number, bool) or not isinstance(number, int | float):
+                if isinstance(number, bool) or not isinstance(number, int | float) or math.isnan(number):
                     raise _fail(p, number_node, f"thresholds.{name}", "expected a number")
                 thresholds[name] = float(number)
             out[key] = thresholds
@@ -93,7 +107,7 @@ def load_config(path: str | Path) -> AuditConfig:
                 raise _fail(p, value_node, key, "expected a mapping CHECK_ID: error|warning|info")
             severities = {}
             for name, _, level, level_node in _items(p, value_node, "severity."):
-                if level not in _SEVERITIES:
+                if not isinstance(level, str) or level not in _SEVERITIES:
                     raise _fail(p, level_node, f"severity.{name}", "expected one of error, warning, info")
                 severities[name] = str(level)
             out[key] = severities
@@ -104,11 +118,11 @@ def load_config(path: str | Path) -> AuditConfig:
                 raise _fail(p, value_node, key, "expected a list of positive integers")
             out[key] = tuple(value)
         elif key == "seed":
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise _fail(p, value_node, key, "expected a non-negative integer")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+                raise _fail(p, value_node, key, f"expected a non-negative integer (at most {MAX_SEED})")
             out[key] = value
         elif key == "fail_on":
-            if value not in _FAIL_ON:
+            if not isinstance(value, str) or value not in _FAIL_ON:
                 raise _fail(p, value_node, key, "expected one of error, warning, inconclusive")
             out[key] = value
     return AuditConfig(**out)

@@ -29,3 +29,24 @@ class LoadedModel:
     parameters: int  # number of stored parameter elements of the source model
     source_ops: Mapping[str, int] = field(default_factory=dict)  # op counts of the source model
     notes: tuple[str, ...] = ()  # what the loader changed (opset lifted, constants folded, ...)
+
+
+# A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:
+# a hostile file can declare any shape, and the engine holds every value of the graph at once.
+MAX_ELEMENTS = 2**28
+
+
+def check_value_sizes(graph: Graph) -> None:
+    """Refuse a graph with a value above MAX_ELEMENTS elements (its shapes are static, filled on
+    the meta device, so nothing has been allocated yet)."""
+    import math
+
+    from stabaudit.errors import ResourceError
+
+    for name, shape in graph.shapes.items():
+        size = math.prod(shape)
+        if size > MAX_ELEMENTS:
+            raise ResourceError(
+                f"value {name!r} of shape {list(shape)} has {size} elements, above the limit of "
+                f"{MAX_ELEMENTS} elements per tensor"
+            )

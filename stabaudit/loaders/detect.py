@@ -51,13 +51,13 @@ def detect_format(path: str | Path) -> ModelFormat:
         try:
             with zipfile.ZipFile(p) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError) as exc:
             raise ModelLoadError(f"a damaged zip archive ({exc})", path=str(path)) from exc
         if any(_is_torchscript_entry(name) for name in names):
             return ModelFormat.TORCHSCRIPT
         if any(name.split("/")[-1] == "data.pkl" for name in names):
             raise ModelLoadError(f"a torch.save pickle, not a TorchScript archive: {NOT_TORCHSCRIPT}", path=str(path))
         raise ModelLoadError("a zip archive that is neither a TorchScript archive nor an ONNX model", path=str(path))
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocol 2-5 header
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5 header
         raise ModelLoadError(f"a Python pickle (as written by torch.save), not a TorchScript archive: {NOT_TORCHSCRIPT}", path=str(path))
     return ModelFormat.ONNX

@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from stabaudit.errors import ModelLoadError, StabauditError, UnsupportedOperatorError
+from stabaudit.errors import ModelLoadError, ResourceError, StabauditError, UnsupportedOperatorError
 from stabaudit.ir.graph import Graph, TensorSpec
-from stabaudit.loaders.base import LoadedModel, ModelFormat
+from stabaudit.limits import check_model_memory
+from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
 from stabaudit.loaders.detect import check_file
 
 LIFT_BELOW = 11  # opsets older than this are lifted to it with onnx.version_converter
+MAX_OPSET = 1000  # a default-domain opset outside [1, MAX_OPSET] is not a real one
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -41,13 +43,19 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None) -
         if exc.path is None:
             exc.path = str(path)
         raise
+    except MemoryError:  # a last resort: sizes are checked before allocating wherever they are known
+        raise ResourceError("loading the model needs more memory than is available", path=str(path)) from None
+    except RecursionError:
+        raise ModelLoadError("the model's graph is nested too deeply", path=str(path)) from None
 
 
 def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
     check_file(path)
     data = path.read_bytes()
     model = _parse(data)
+    check_model_memory(model, path=str(path))  # declared tensor sizes, before external data is read
     external_files = _load_external_data(model, path)
+    _check_tensor_sizes(model)
     notes: list[str] = []
     if external_files:
         notes.append(f"external data read from {external_files} file(s) in the model's directory")
@@ -84,6 +92,9 @@ def _parse(data: bytes) -> Any:
         ) from exc
     if model.ir_version < 1 or not model.HasField("graph") or not model.graph.output:
         raise ModelLoadError("not an ONNX model or TorchScript archive (no ONNX graph in the file)")
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and not 1 <= entry.version <= MAX_OPSET:
+            raise ModelLoadError(f"the model imports opset {entry.version} of the default domain, which does not exist")
     return model
 
 
@@ -128,19 +139,70 @@ def _load_external_data(model: Any, path: Path) -> int:
         target = os.path.realpath(os.path.join(base, location))
         if os.path.commonpath([base, target]) != base:
             raise ModelLoadError(f"{what} resolves outside the model's directory; refused")
-        if not os.path.isfile(target):
+        if not os.path.exists(target):
             raise ModelLoadError(f"{what} is missing")
-        offset, length = int(info.get("offset", 0)), info.get("length")
+        if not os.path.isfile(target):
+            raise ModelLoadError(f"{what} is not a regular file; refused")
+        if target == os.path.realpath(path):
+            raise ModelLoadError(f"{what} is the model file itself; refused")
+        size = os.path.getsize(target)
+        offset = _byte_count(info.get("offset", "0"), f"{what}: offset")
+        length = _byte_count(info["length"], f"{what}: length") if "length" in info else max(size - offset, 0)
+        if offset + length > size:  # checked before reading: a declared length is never allocated blindly
+            raise ModelLoadError(f"{what}: offset {offset} + length {length} is beyond the end of the file ({size} bytes)")
         with open(target, "rb") as fh:
             fh.seek(offset)
-            raw = fh.read(int(length)) if length is not None else fh.read()
-        if length is not None and len(raw) != int(length):
+            raw = fh.read(length)
+        if len(raw) != length:
             raise ModelLoadError(f"{what} is truncated ({len(raw)} of {length} bytes)")
         tensor.raw_data = raw
         del tensor.external_data[:]
         tensor.data_location = TensorProto.DEFAULT
         files.add(target)
     return len(files)
+
+
+def _byte_count(text: str, what: str) -> int:
+    """An external-data offset or length: a non-negative decimal integer."""
+    if not (text.isascii() and text.isdigit()):
+        raise ModelLoadError(f"{what} {text!r} is not a non-negative integer")
+    return int(text)
+
+
+_PACKED_TYPES = frozenset({21, 22, 23, 25, 26})  # INT4, UINT4, FLOAT4E2M1, ...: two items per byte
+
+
+def _check_tensor_sizes(model: Any) -> None:
+    """Refuse stored tensors whose declared shape is negative, huge, or disagrees with their raw
+    data, before any is converted to an array (the declared shape is the file's claim, not a fact)."""
+    from onnx import helper
+
+    for tensor in _tensors(model.graph):
+        what = f"tensor {tensor.name!r}"
+        dims = list(tensor.dims)
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{what} has a negative dim in its shape {dims}")
+        size = math.prod(dims)
+        if size > MAX_ELEMENTS:
+            raise ResourceError(f"{what} declares {size} elements (shape {dims}), above the limit of {MAX_ELEMENTS}")
+        if not tensor.HasField("raw_data") or tensor.data_type in _PACKED_TYPES:
+            continue
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except Exception:  # an undefined or unknown element type: refused where the tensor is read
+            continue
+        if len(tensor.raw_data) != size * itemsize:
+            raise ModelLoadError(f"{what} declares shape {dims} ({size * itemsize} bytes) but holds "
+                                 f"{len(tensor.raw_data)} bytes of raw data")
+
+
+def _type_name(elem_type: int) -> str:
+    from onnx import TensorProto
+
+    try:
+        return TensorProto.DataType.Name(elem_type) if elem_type else "undefined"
+    except ValueError:
+        return f"unknown ({elem_type})"
 
 
 def _check(model: Any, notes: list[str]) -> None:
@@ -202,7 +264,7 @@ def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str
             raise ModelLoadError(f"input {vi.name!r} is not a tensor")
         tensor = vi.type.tensor_type
         if tensor.elem_type not in FLOAT_TYPES:
-            type_name = TensorProto.DataType.Name(tensor.elem_type) if tensor.elem_type else "undefined"
+            type_name = _type_name(tensor.elem_type)
             raise ModelLoadError(f"input {vi.name!r} has element type {type_name}; only floating-point inputs are supported")
         dims: list[int | None] | None = None
         labels: list[str] = []
@@ -218,6 +280,8 @@ def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str
             shape = _default_shape(vi.name, dims, labels, notes)
         dtype = np.dtype(np.float32) if tensor.elem_type == TensorProto.BFLOAT16 else \
             np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ResourceError(f"input {vi.name!r} of shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements")
         result.append(_Input(name=vi.name, shape=shape, dtype=dtype))
     return result
 
@@ -270,8 +334,14 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> Graph:
     except Exception as exc:
         raise ModelLoadError(f"an initializer cannot be read: {_first_line(exc)}") from exc
     opset = _opset(model)
-    nodes = _topological([wrap_node(n, i, opset) for i, n in enumerate(graph.node)],
-                         {i.name for i in inputs} | set(constants))
+    wrapped = []
+    for i, n in enumerate(graph.node):
+        try:
+            wrapped.append(wrap_node(n, i, opset))
+        except Exception as exc:  # an attribute that does not decode (a malformed tensor, a bad type)
+            raise ModelLoadError(f"node {n.name or n.op_type!r} ({n.op_type}): an attribute cannot be read: "
+                                 f"{_first_line(exc)}") from exc
+    nodes = _topological(wrapped, {i.name for i in inputs} | set(constants))
     outputs = [o.name for o in graph.output]
     walk = _walk(nodes, constants, inputs, outputs)
     if any(n.op_type in ANCHORS for n in nodes):
@@ -292,7 +362,9 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> Graph:
     from stabaudit.ir.executor import with_shapes
 
     specs = tuple(TensorSpec(name=i.name, shape=i.shape) for i in inputs)
-    return with_shapes(Graph(inputs=specs, outputs=tuple(ir_outputs), nodes=tuple(nodes_needed)).validate())
+    result = with_shapes(Graph(inputs=specs, outputs=tuple(ir_outputs), nodes=tuple(nodes_needed)).validate())
+    check_value_sizes(result)
+    return result
 
 
 def _topological(nodes: Sequence[Any], defined: set[str]) -> list[Any]:
@@ -366,7 +438,12 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
         except Unsupported as exc:
             unsupported[exc.label] += 1
             poisoned.update(node.outputs)
-        except (ModelLoadError, ValueError, IndexError) as exc:  # malformed node (wrong arity, shapes)
+        except ResourceError as exc:
+            raise ResourceError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
+        except MemoryError:
+            raise ResourceError(f"node {node.name!r} ({node.op_type}) needs more memory than is available") from None
+        except (ModelLoadError, ValueError, IndexError, TypeError, KeyError, AttributeError, ArithmeticError,
+                AssertionError) as exc:  # a malformed node: wrong arity, attribute types or shapes
             raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
     return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
                  constant_nodes=constant_nodes, folded=folded)

@@ -8,6 +8,7 @@ import math
 import operator
 import os
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ from stabaudit.errors import ModelLoadError, ResourceError, UnsupportedOperatorE
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import infer_shapes, with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
-from stabaudit.loaders.base import LoadedModel, ModelFormat
+from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
 
 if TYPE_CHECKING:
     from stabaudit.loaders.ts_ops.base import Var
 
 MAX_ARCHIVE_BYTES = 2 * 1024**3  # archives above this are refused before torch.jit.load reads them
+# Zip-bomb guards, read from the central directory before torch.jit.load (nothing is extracted):
+MAX_UNCOMPRESSED_BYTES = 4 * 1024**3  # the declared sizes of all entries together
+MAX_COMPRESSION_RATIO = 200  # declared / stored size of one entry (torch.jit.save stores, ratio 1)
+MAX_ENTRIES = 100_000
 EXTRA_FILE = "stabaudit.json"  # optional extra file of the archive: {"input_shape": [...]}
 MAX_LOOP_ITERATIONS = 100_000  # prim::Loop unrolling guard
 
@@ -60,6 +65,7 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
         raise ResourceError(
             f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
         )
+    _check_archive(file, where)
     extra = {EXTRA_FILE: ""}
     try:
         module = torch.jit.load(where, map_location="cpu", _extra_files=extra)
@@ -68,6 +74,7 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
             f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
         ) from exc
     module.eval()
+    _check_storages(module, where)
     try:
         graph = module.forward.graph.copy()
     except (AttributeError, RuntimeError) as exc:
@@ -82,17 +89,21 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
     shapes, shape_note = _input_shapes(inputs, input_shape, extra[EXTRA_FILE], where)
     if shape_note:
         notes.append(shape_note)
+    for shape in shapes:  # before the walk: translators may broadcast constants to these shapes
+        if math.prod(shape) > MAX_ELEMENTS:
+            raise ResourceError(f"input shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements", path=where)
 
     walker = _Walker(module, where)
     with torch.no_grad():
         ir_graph = walker.translate(graph, inputs, shapes)
+    check_value_sizes(ir_graph)
     notes.extend(walker.notes)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     return LoadedModel(
         graph=ir_graph,
         format=ModelFormat.TORCHSCRIPT,
         reference_name="torchscript",
-        reference=_reference(module, ir_graph.input_names, dtype),
+        reference=_reference(module, ir_graph.input_names, dtype, where),
         parameters=_parameter_count(module),
         source_ops=dict(sorted(walker.source_ops.items())),
         notes=tuple(notes),
@@ -100,6 +111,27 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
 
 
 # ---- archive metadata --------------------------------------------------------------------------
+def _check_archive(file: Path, where: str) -> None:
+    """Refuse a zip bomb from the archive's central directory, before torch.jit.load inflates it:
+    too many entries, declared sizes above MAX_UNCOMPRESSED_BYTES, or an extreme compression ratio."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError) as exc:
+        raise ModelLoadError(f"not a loadable TorchScript archive (a damaged zip: {_first_line(exc)})", path=where) from exc
+    if len(entries) > MAX_ENTRIES:
+        raise ResourceError(f"zip bomb guard: the archive has {len(entries)} entries, above the limit of {MAX_ENTRIES}",
+                            path=where)
+    total = sum(e.file_size for e in entries)
+    if total > MAX_UNCOMPRESSED_BYTES:
+        raise ResourceError(f"zip bomb guard: the archive's entries declare {total} bytes uncompressed, above the "
+                            f"limit of {MAX_UNCOMPRESSED_BYTES} bytes", path=where)
+    for e in entries:
+        if e.file_size > 1024**2 and e.file_size > MAX_COMPRESSION_RATIO * max(e.compress_size, 1):
+            raise ResourceError(f"zip bomb guard: entry {e.filename!r} inflates {e.compress_size} bytes to "
+                                f"{e.file_size} (ratio above {MAX_COMPRESSION_RATIO})", path=where)
+
+
 def _first_line(exc: BaseException, limit: int = 200) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     line = lines[0] if lines else type(exc).__name__
@@ -154,6 +186,22 @@ def _input_shapes(
     return shapes, f"input shape from the archive's {EXTRA_FILE}"
 
 
+def _check_storages(module: Any, where: str) -> None:
+    """Every stored tensor's data is there: torch.jit.load accepts a truncated data record and
+    leaves the tensor without memory, which fails only when the tensor is first read."""
+    for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+        if tensor.numel() == 0:
+            continue
+        last = tensor.storage_offset() + sum((n - 1) * st for n, st in zip(tensor.shape, tensor.stride(), strict=True))
+        try:
+            storage = tensor.untyped_storage()
+            missing = storage.data_ptr() == 0 or storage.nbytes() < (last + 1) * tensor.element_size()
+        except RuntimeError:  # "an invalid python storage": no data was read for it
+            missing = True
+        if missing:
+            raise ModelLoadError(f"the data of tensor {name!r} is missing or truncated in the archive", path=where)
+
+
 def _parameter_count(module: Any) -> int:
     """Parameters plus floating buffers (running statistics), each stored tensor counted once."""
     seen: set[int] = set()
@@ -174,13 +222,16 @@ def _flatten_outputs(value: Any) -> Iterator[Any]:
         yield value
 
 
-def _reference(module: Any, names: tuple[str, ...], dtype: Any) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+def _reference(module: Any, names: tuple[str, ...], dtype: Any, where: str) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
     def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
         args = [torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype) for name in names]
-        with torch.no_grad():
-            out = module(*args)
+        try:
+            with torch.no_grad():
+                out = module(*args)
+        except Exception as exc:  # the archive's own forward fails on a valid input
+            raise ModelLoadError(f"the TorchScript forward fails: {_first_line(exc)}", path=where) from exc
         return [
             t.detach().to(torch.float32).cpu().numpy() for t in _flatten_outputs(out) if isinstance(t, torch.Tensor)
         ]
@@ -515,8 +566,18 @@ class _Walker:
                 return value.clone()
             return value
 
+        # Sizes first, on the meta device (factories too: their device argument becomes meta), so
+        # that a huge constant is refused before it is built.
+        on_meta = [torch.device("meta") if i < len(schema.arguments) and schema.arguments[i].name == "device" else v
+                   for i, v in enumerate(values)]
+        for planned in self._meta(node, schema, on_meta) or []:
+            if isinstance(planned, torch.Tensor) and planned.numel() > MAX_ELEMENTS:
+                raise ResourceError(f"{kind} would build a constant of shape {list(planned.shape)}, above the limit "
+                                    f"of {MAX_ELEMENTS} elements", path=self.where)
         try:
             outs = self._call(node, schema, values, convert)
+        except MemoryError:
+            raise ResourceError(f"{kind} needs more memory than is available", path=self.where) from None
         except Exception:
             self._refuse(kind)
             return [POISON] * n_out

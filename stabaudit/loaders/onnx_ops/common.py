@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from stabaudit.errors import ModelLoadError
+from stabaudit.errors import ModelLoadError, ResourceError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Node
+from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.registry import Registry
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -306,6 +307,9 @@ class Context:
             cause = str(exc.__cause__ or exc).strip().splitlines()[0]
             shapes_in = [list(self.shapes[i]) for i in ir_inputs]
             raise ModelLoadError(f"{type(op).__name__} cannot take inputs of shapes {shapes_in}: {cause}") from exc
+        if math.prod(shapes[output]) > MAX_ELEMENTS:  # refused before any translator reads the value
+            raise ResourceError(f"{type(op).__name__} output of shape {list(shapes[output])} is above the limit "
+                                f"of {MAX_ELEMENTS} elements")
         self.shapes[output] = shapes[output]
         self.nodes.append(ir_node)
         return output

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from stabaudit.errors import ResourceError
+from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.loaders.onnx_ops.common import (
     DEFAULT_DOMAINS,
     Context,
@@ -29,11 +32,15 @@ SHAPE_OR_TYPE_INPUTS: dict[str, tuple[int, ...]] = {"Shape": (0,), "Size": (0,),
 NONDETERMINISTIC = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
 )
+# Control flow whose run time the file chooses (a Loop's trip count): never evaluated at load time.
+NOT_FOLDED = frozenset({"Loop", "Scan", "SequenceMap"})
+_SMALL_INPUT = 4096  # int inputs up to this size are shown to shape inference as data (shapes, repeats)
 
 
 def foldable(node: OnnxNode, ctx: Context) -> bool:
     """Whether every input the node reads by value is a constant."""
-    if node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC or not node.present_inputs:
+    if (node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC or node.op_type in NOT_FOLDED
+            or not node.present_inputs):
         return False
     free = SHAPE_OR_TYPE_INPUTS.get(node.op_type, ())
     return all(ctx.is_const(name) or (i in free and ctx.is_var(name))
@@ -50,9 +57,61 @@ def fold(node: OnnxNode, ctx: Context) -> list[np.ndarray]:
             values.append(ctx.const(name))
         else:
             values.append(np.broadcast_to(np.zeros((), ctx.float_dtype), ctx.shape(name)))
+    _check_planned_size(node, values)
     if node.op_type in FOLDERS:
-        return FOLDERS.get(node.op_type)(node, values)
-    return _reference(node, values)
+        results = FOLDERS.get(node.op_type)(node, values)
+    else:
+        results = _reference(node, values)
+    for result in results:
+        if result.size > MAX_ELEMENTS:
+            raise ResourceError(f"a folded constant of shape {list(result.shape)} is above the limit of {MAX_ELEMENTS} elements")
+    return results
+
+
+def _refuse_size(shape: Sequence[int]) -> None:
+    size = math.prod(int(d) for d in shape)
+    if any(int(d) < 0 for d in shape):
+        raise ValueError(f"negative output dim in {list(shape)}")
+    if size > MAX_ELEMENTS:
+        raise ResourceError(f"folding would build a constant of shape {list(shape)} ({size} elements), "
+                            f"above the limit of {MAX_ELEMENTS}")
+
+
+def _check_planned_size(node: OnnxNode, values: Values) -> None:
+    """Refuse a fold whose output would be huge, before evaluating it: ConstantOfShape and Range
+    directly, other ops from ONNX shape inference with the small integer inputs shown as data."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    if node.op_type == "ConstantOfShape":
+        _refuse_size(int_list(_first(values)) or [])
+        return
+    if node.op_type == "Range":
+        start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in values[:3] if v is not None)
+        if delta == 0 or not all(map(math.isfinite, (start, limit, delta))):
+            raise ValueError(f"Range({start}, {limit}, {delta}) is not a finite range")
+        _refuse_size([max(math.ceil((limit - start) / delta), 0)])
+        return
+    if node.op_type in FOLDERS or node.proto is None:
+        return  # the other numpy folders never produce more elements than they read
+    inputs, initializers = [], []
+    for name, v in zip(node.inputs, values, strict=False):
+        if not name or v is None:
+            continue
+        if v.dtype.kind in "iu" and v.size <= _SMALL_INPUT:
+            initializers.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
+        else:
+            inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape))
+    outputs = [helper.make_empty_tensor_value_info(name) for name in node.outputs if name]
+    graph = helper.make_graph([node.proto], "plan", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # no inference for this node: the size is checked after the fold instead
+        return
+    for out in inferred.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if out.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            _refuse_size([d.dim_value for d in dims])
 
 
 def _reference(node: OnnxNode, values: Values) -> list[np.ndarray]:

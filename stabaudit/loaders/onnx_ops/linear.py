@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from stabaudit.errors import ResourceError
 from stabaudit.ir import ops as O
+from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
 
 
@@ -33,6 +35,8 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
     rows, out = ctx.shape(a)[0], weight.shape[0]
     bias, shift = None, None
     if c is not None:
+        if rows * out > MAX_ELEMENTS:  # before C is broadcast to the output's shape
+            raise ResourceError(f"Gemm output [{rows}, {out}] is above the limit of {MAX_ELEMENTS} elements")
         c = np.broadcast_to(c.astype(np.float64) * beta if beta != 1.0 else c, (rows, out))
         if (c == c[:1]).all():
             bias = np.ascontiguousarray(c[0])

@@ -1,0 +1,40 @@
+"""atheris target: the audit YAML loader on arbitrary bytes; anything but a config or a one-line
+ConfigError is a finding."""
+
+from __future__ import annotations
+
+import sys
+
+import _common  # noqa: F401  (puts the repository on sys.path)
+import atheris
+
+with atheris.instrument_imports(include=["stabaudit", "yaml"]):
+    import yaml  # noqa: F401  (instrumented now; the config loader imports it lazily)
+
+    from stabaudit.config import load_config
+    from stabaudit.errors import ConfigError
+
+from tests.fuzz.harness import check_error  # noqa: E402
+
+PATH = _common.scratch_file(".yaml")
+SEEDS = [
+    b"thresholds:\n  lipschitz: 10\n  SA103: 0.5\nseed: 3\ninput_shape: [1, 3, 8, 8]\nfail_on: warning\nseverity: {SA102: info}\n",
+    b"",
+    b"thresholds: {a: &x 1, b: *x}\n",
+    b"severity:\n  SA101: error\n  SA102: warning\n",
+    b"- 1\n- 2\n",
+    b"seed: !!int 3\n",
+]
+
+
+def test_one_input(data: bytes) -> None:
+    PATH.write_bytes(data)
+    try:
+        load_config(PATH)
+    except ConfigError as exc:
+        check_error(exc)
+
+
+if __name__ == "__main__":
+    _common.run("config", [(f"seed-{i}", s) for i, s in enumerate(SEEDS)], test_one_input)
+    sys.exit(0)
