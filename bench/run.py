@@ -36,6 +36,17 @@ def measure(args: list[str]) -> tuple[int, float, float, str]:
     return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024, text
 
 
+def sub_bench(script: str, *extra: str) -> str:
+    """The markdown printed by another benchmark script of this folder."""
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parent / script), *extra],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        return f"({script} failed: {proc.stderr.strip().splitlines()[-1:]})"
+    return proc.stdout.strip()
+
+
 def startup(repeats: int) -> tuple[float, bool]:
     best = min(measure([str(EXE), "--help"])[1] for _ in range(repeats))
     probe = subprocess.run(
@@ -51,6 +62,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-corpus", action="store_true", help="skip the real-network corpus table")
+    parser.add_argument("--skip-methods", action="store_true", help="skip the global-method and conv tables")
     args = parser.parse_args()
 
     rows = []
@@ -100,6 +112,22 @@ def main() -> int:
         f"torch imported: {'no' if torch_free else 'YES (regression)'}.",
         "",
     ]
+    if not args.skip_methods:
+        lines += [
+            "## Global methods on feedforward networks (`python bench/bench_global.py`)",
+            "",
+            "model x method -> certified upper bound, sound lower bound (the search), upper/lower, seconds.",
+            "",
+            sub_bench("bench_global.py"),
+            "",
+            "## Convolution bounds on a CIFAR ResNet-18 (`python bench/bench_conv.py --threads 1`)",
+            "",
+            "Seeded kaiming-normal weights at 32x32 input; every conv's certified upper bound and",
+            "certified power-iteration lower bound, against a plain 50-step power iteration.",
+            "",
+            sub_bench("bench_conv.py", "--threads", "1"),
+            "",
+        ]
     if EXTERNAL.is_dir() and not args.skip_corpus:
         from corpus import corpus_rows
 
