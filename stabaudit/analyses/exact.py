@@ -1,0 +1,516 @@
+"""Exact global L2 Lipschitz constant of small ReLU chains by branch and bound over activation
+patterns (LipBaB: Bhowmick, D'Souza, Raghavan, ICANN 2021, arXiv:2105.05495).
+
+What is computed. A chain f(x) = W_L s(W_{L-1} ... s(W_0 x + b_0) ... ) + b_L with piecewise-linear
+activations (ReLU, LeakyReLU, identity) is linear on each region of its activation pattern; it is
+Lipschitz with constant ess sup_x ||J(x)|| (Rademacher + convexity of R^n: the constant of a locally
+Lipschitz map on a convex set is the essential supremum of its Jacobian norm), and J is constant on
+every region with non-empty interior, J = W_L D_{L-1} W_{L-1} ... D_0 W_0. So the constant is the
+maximum over realised full-dimensional regions of ||J_region||_2 (regions of measure zero do not
+count). As in feedforward.py, a constant of the per-row map f is the graph's constant, and equal to
+it: a pair differing in one row only attains it.
+
+Branch and bound. A node fixes the state (active / inactive) of some units, layer by layer (all of
+layer k before any of layer k+1), so every fixed unit's pre-activation is an affine function of x and
+the node's region is a polyhedron; an LP (HiGHS) maximises the common distance t of a point to the
+fixed units' hyperplanes: t < 0 beyond the solver's tolerance means empty (pruned), t > 0 gives an
+interior point. Upper bound of a node: the product with undecided slopes in [a, 1] written as
+midpoint + radius, the radius kept entry-wise (interval matrices) or in the spectral norm, with
+rounding margins, ||C + E|| <= ||C|| + ||E|| (triangle inequality, ||E||_2 <= ||E||_F), the best of
+both; also split at layers (submultiplicativity), by a dynamic programme over split points. Lower
+bound: at any point whose pre-activations are verified non-zero in float64 (with an error bound),
+the network is differentiable and the region's ||J|| is attained, so a certified lower end of it is
+a lower bound of the constant (the point is the witness). When the queue empties every realised
+region was either evaluated or pruned by a certified bound, so upper = max over them = lower up to
+the rounding margins: the exact constant.
+
+Trust. The upper bound relies on the LP solver only when it prunes a node as empty (t < -1e-7 after
+normalising every row: far beyond HiGHS' 1e-7 feasibility tolerance on unit-scale rows); the lower
+bound and the witness do not rely on the LP at all. A unit whose pre-activation is identically
+constant on the region (an exactly zero row) keeps only its realised state; with a zero constant
+both states give the same Jacobian (its row of the pre-activation map is zero). Regions whose LP
+slack lies within the tolerance are kept without a point (counted in the notes): they can only
+raise the upper end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabaudit.bounds.numerics import spectral_norm_dense
+from stabaudit.ir import ops as O
+from stabaudit.ir.graph import Graph
+
+U = 2.0**-53  # unit roundoff of float64
+TINY = 1e-290  # absolute slack against underflow
+EXACT_RTOL = 1e-9  # upper - lower <= EXACT_RTOL * upper: the value is the exact constant
+EMPTY_T = -1e-7  # LP slack below this (unit-norm rows): the region is empty
+INTERIOR_T = 1e-9  # LP slack above this: the LP point is taken as interior
+
+
+def _gamma(n: int) -> float:
+    """gamma_n = n u / (1 - n u) (Higham, eq. (3.8)): |fl(sum of n products) - exact| <= gamma_n sum |products|."""
+    return n * U / (1.0 - n * U)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactWitness:
+    """A point in the interior of the maximising region and its pattern (per hidden layer, 1 active
+    / 0 inactive), with the region's Jacobian norm bracket."""
+
+    point: tuple[float, ...]
+    pattern: tuple[tuple[int, ...], ...]
+    norm_lower: float
+    norm_upper: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactResult:
+    """Bracket of the global L2 Lipschitz constant: ``upper`` certified, ``lower`` sound (realised by
+    ``witness``); ``exact`` when upper - lower <= 1e-9 * upper, then both are the exact constant."""
+
+    upper: float | None
+    lower: float | None
+    exact: bool
+    nodes_explored: int
+    seconds: float
+    method: str = "lipbab"
+    witness: ExactWitness | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Net:
+    """W_0..W_L, b_0..b_L (float64, exact copies of the stored values), and per hidden layer the
+    slope on the negative side and on the positive side (equal for an identity layer)."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    neg: tuple[float, ...]
+    pos: tuple[float, ...]
+    norms: tuple[float, ...]  # certified upper bounds of ||W_k||_2
+    input_shifted: bool = False  # a translation before the first Linear was dropped
+
+
+# ---- extraction -------------------------------------------------------------------------------
+def _net(graph: Graph) -> _Net | str:
+    """The piecewise-linear chain with its biases, or why exact mode does not apply."""
+    from stabaudit.analyses.feedforward import _needed, explain_chain
+
+    chain = explain_chain(graph)
+    if isinstance(chain, str):
+        return f"not a feedforward chain: {chain}"
+    weights: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
+    neg: list[float] = []
+    pos: list[float] = []
+    last = "none"
+    shifted = False
+    for node in _needed(graph):
+        match node.op:
+            case O.Reshape() | O.Transpose():
+                continue  # validated by explain_chain: a permutation before the first Linear, rows intact after
+            case O.Affine(scale=None, shift=shift):
+                if not weights:
+                    shifted = True  # a translation of the input: the constant does not change
+                    continue
+                sh = np.zeros(biases[-1].shape) if shift is None else np.asarray(shift, dtype=np.float64)
+                vec = sh.reshape(-1, sh.shape[-1]) if sh.ndim else sh.reshape(1, 1)
+                if not np.all(vec == vec[0:1]) or vec.shape[-1] not in (1, biases[-1].shape[0]) or last != "lin":
+                    return f"Affine {node.name!r}: exact mode needs a per-feature shift right after a Linear"
+                # the float64 sum of two float32 values is exact unless their exponents differ by
+                # more than 29; otherwise the bias moves by half an ulp of float64 (region geometry
+                # only: the Jacobians do not depend on biases)
+                biases[-1] = biases[-1] + np.broadcast_to(vec[0], biases[-1].shape)
+            case O.Linear(weight=w, bias=b):
+                w64 = np.asarray(w, dtype=np.float64)
+                if last == "lin":
+                    neg.append(1.0)
+                    pos.append(1.0)
+                weights.append(w64)
+                biases.append(np.zeros(w64.shape[0]) if b is None else np.asarray(b, dtype=np.float64).reshape(-1).copy())
+                last = "lin"
+            case O.Relu():
+                neg.append(0.0)
+                pos.append(1.0)
+                last = "act"
+            case O.LeakyRelu(alpha=a) if math.isfinite(a):
+                neg.append(float(a))
+                pos.append(1.0)
+                last = "act"
+            case _:
+                return f"{node.op.type.value} {node.name!r}: exact mode handles Linear with ReLU / LeakyReLU / identity only"
+    if last == "act":
+        n = weights[-1].shape[0]
+        weights.append(np.eye(n))
+        biases.append(np.zeros(n))
+    if not weights or len(weights) != len(neg) + 1:
+        return "internal: the chain does not alternate"
+    for w, b in zip(weights, biases, strict=True):
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))) or b.shape != (w.shape[0],):
+            return "non-finite or mis-shaped weights"
+    norms = tuple(spectral_norm_dense(w)[0] for w in weights)
+    return _Net(weights=tuple(weights), biases=tuple(biases), neg=tuple(neg), pos=tuple(pos), norms=norms, input_shifted=shifted)
+
+
+# ---- certified interval-matrix products --------------------------------------------------------
+def _inflate(r: np.ndarray, ops: int) -> np.ndarray:
+    """Cover the rounding of the (non-negative) radius computation itself: (1 + gamma_ops) and TINY."""
+    return r * (1.0 + 2.0 * _gamma(ops + 2)) + TINY
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Set:
+    """A product with undecided slopes, two enclosures sharing the centre C:
+    (1) {C + E1 + E2 : |E1| <= rx entry-wise (rounding), ||E2||_2 <= rho (the undecided slopes)};
+    (2) {C + E : |E| <= ry entry-wise} (interval matrix). The true product lies in both."""
+
+    c: np.ndarray
+    rx: np.ndarray
+    rho: float
+    ry: np.ndarray
+
+    def bounds(self) -> tuple[float, float]:
+        """(upper, lower) of ||X||_2 over the intersection of both enclosures: ||C|| +- radius
+        (triangle inequality, ||E||_2 <= ||E||_F), the better of the two."""
+        up, low = spectral_norm_dense(self.c)
+        lo = low or 0.0
+        rad = min(_frob_up(self.rx) + self.rho, _frob_up(self.ry)) * (1.0 + 4 * U)
+        return (up + rad) * (1.0 + 4 * U), max(0.0, (lo - rad) * (1.0 - 4 * U))
+
+
+def _start(w: np.ndarray) -> _Set:
+    z = np.zeros_like(w)
+    return _Set(c=w.copy(), rx=z, rho=0.0, ry=z)
+
+
+def _matmul(w: np.ndarray, w_norm: float, x: _Set) -> _Set:
+    """W X (W exact): centre fl(W C), entry-wise radius |W| R + gamma_n |W| |C| (Higham Lemma 3.5
+    for the rounding of the product), ||W E2|| <= ||W|| rho (submultiplicativity)."""
+    n = w.shape[1]
+    aw = np.abs(w)
+    rounding = _gamma(n) * (aw @ np.abs(x.c))
+    return _Set(
+        c=w @ x.c,
+        rx=_inflate(aw @ x.rx + rounding, n),
+        rho=w_norm * x.rho * (1.0 + 2 * U),
+        ry=_inflate(aw @ x.ry + rounding, n),
+    )
+
+
+def _diag(lo: np.ndarray, hi: np.ndarray, x: _Set) -> _Set:
+    """diag(d) X with d in [lo, hi] per row: d = m + e, |e| <= h = (hi - lo) / 2. Then
+    diag(d) X - diag(m) C = diag(m) E1 + diag(m) E2 + diag(e) X: entry-wise |m| R (plus u |m C|
+    for the rounded product), in norm max|m| rho + max(h) (||C_h|| + ||R_h||_F + rho) with C_h,
+    R_h the rows where h > 0 (||diag(v)|| = max |v|); for the interval enclosure entry-wise
+    |diag(e) (C + E)| <= h (|C| + R)."""
+    m = (lo + hi) / 2.0
+    h = (hi - lo) / 2.0
+    cm = m[:, None] * x.c
+    am = np.abs(m)[:, None]
+    rho = float(np.max(np.abs(m), initial=0.0)) * x.rho
+    hmax = float(np.max(h, initial=0.0))
+    if hmax > 0.0:
+        rows = h > 0.0
+        rho += hmax * (spectral_norm_dense(x.c[rows])[0] + _frob_up(x.rx[rows]) + x.rho)
+    return _Set(
+        c=cm,
+        rx=_inflate(am * x.rx + U * np.abs(cm), 2),
+        rho=rho * (1.0 + 4 * U),
+        ry=_inflate(am * x.ry + h[:, None] * (np.abs(x.c) + x.ry) + U * np.abs(cm), 4),
+    )
+
+
+def _frob_up(r: np.ndarray) -> float:
+    """An upper bound of ||R||_F >= ||R||_2 (sum of N squares: relative error gamma_N, then sqrt)."""
+    if r.size == 0:
+        return 0.0
+    s = float(np.sqrt(np.sum(r * r)))
+    return s * (1.0 + 2.0 * _gamma(r.size + 2)) + TINY
+
+
+def _slopes(net: _Net, states: tuple[np.ndarray, ...], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slope interval per unit of hidden layer k: state 1 active, -1 inactive, 0 undecided."""
+    s = states[k]
+    a, p = net.neg[k], net.pos[k]
+    lo = np.where(s > 0, p, np.where(s < 0, a, min(a, p))).astype(np.float64)
+    hi = np.where(s > 0, p, np.where(s < 0, a, max(a, p))).astype(np.float64)
+    return lo, hi
+
+
+def _node_bound(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float, list[np.ndarray]]:
+    """(certified upper on max ||J|| over the patterns consistent with ``states``, certified lower
+    on ||J|| when ``states`` is complete (else 0), the forward centres F_k = W_k D_{k-1} ... W_0).
+
+    Dynamic programme over split points: with S(i, j) = W_j D_{j-1} ... D_i W_i as an interval
+    matrix, ||J|| <= ||S(i, L)|| * max|D_{i-1}| * ||W_{i-1} ... W_0|| (submultiplicativity, and
+    ||D|| = max |d| for a diagonal D), recursively; S(0, L) alone is the unsplit bound."""
+    depth = len(net.neg)
+    slopes = [_slopes(net, states, k) for k in range(depth)]
+    dmax = [float(max(np.max(np.abs(lo), initial=0.0), np.max(np.abs(hi), initial=0.0))) for lo, hi in slopes]
+    best = [math.inf] * (depth + 1)
+    forward: list[np.ndarray] = []
+    full_low = 0.0
+    for i in range(depth + 1):
+        x = _start(net.weights[i])
+        before = 1.0 if i == 0 else best[i - 1] * dmax[i - 1] * (1.0 + 2 * U)
+        for j in range(i, depth + 1):
+            if j > i:
+                x = _matmul(net.weights[j], net.norms[j], _diag(*slopes[j - 1], x))
+            if i == 0:
+                forward.append(x.c)
+            up, low = x.bounds()
+            if i == 0 and j == depth:
+                full_low = low
+            best[j] = min(best[j], up * before * (1.0 + 2 * U))
+            if before == 0.0:
+                break
+    complete = all(bool(np.all((s != 0) | (net.neg[k] == net.pos[k]))) for k, s in enumerate(states))
+    return best[depth], (full_low if complete else 0.0), forward
+
+
+# ---- points -----------------------------------------------------------------------------------
+def _pattern_at(net: _Net, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """The activation pattern at x when every unit's pre-activation is verified non-zero in float64
+    (|fl(z) - z| <= gamma_{n+1} (|W| |h| + |b|) + |W| e_h, Higham Lemma 3.5), else None. Units of an
+    identity layer get state 1 and are not checked."""
+    h = np.asarray(x, dtype=np.float64)
+    e = np.zeros_like(h)
+    states: list[np.ndarray] = []
+    for k in range(len(net.neg)):
+        w, b = net.weights[k], net.biases[k]
+        z = w @ h + b
+        aw = np.abs(w)
+        ez = _inflate(_gamma(w.shape[1] + 1) * (aw @ np.abs(h) + np.abs(b)) + aw @ e, w.shape[1])
+        a, p = net.neg[k], net.pos[k]
+        if a != p and not np.all(np.abs(z) > ez):
+            return None
+        s = np.where(z > 0, 1, -1).astype(np.int8) if a != p else np.ones(z.shape, dtype=np.int8)
+        states.append(s)
+        slope = np.where(s > 0, p, a)
+        h = slope * z
+        e = _inflate(np.abs(slope) * ez + U * np.abs(h), 2)
+    return tuple(states)
+
+
+def _constraints(net: _Net, states: tuple[np.ndarray, ...], layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (a, c, s) of the fixed units of layers <= ``layer`` (all earlier layers complete):
+    pre-activation a x + c, required sign s."""
+    rows_a: list[np.ndarray] = []
+    rows_c: list[np.ndarray] = []
+    rows_s: list[np.ndarray] = []
+    amat, cvec = net.weights[0], net.biases[0]
+    for k in range(layer + 1):
+        s = states[k]
+        mask = s != 0
+        if net.neg[k] != net.pos[k] and np.any(mask):
+            rows_a.append(amat[mask])
+            rows_c.append(cvec[mask])
+            rows_s.append(s[mask].astype(np.float64))
+        if k == layer:
+            break
+        slope = np.where(s > 0, net.pos[k], np.where(s < 0, net.neg[k], net.pos[k]))
+        amat = net.weights[k + 1] @ (slope[:, None] * amat)
+        cvec = net.weights[k + 1] @ (slope * cvec) + net.biases[k + 1]
+    n = net.weights[0].shape[1]
+    if not rows_a:
+        return np.zeros((0, n)), np.zeros(0), np.zeros(0)
+    return np.vstack(rows_a), np.concatenate(rows_c), np.concatenate(rows_s)
+
+
+def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """max t s.t. s_i (a_i x + c_i) >= t ||a_i||, -1 <= t <= 1, x free: (t*, x*) or (-inf, None)."""
+    from scipy.optimize import linprog
+
+    n = a.shape[1]
+    norms = np.linalg.norm(a, axis=1)
+    zero = norms == 0.0
+    if np.any(zero & (s * c < 0)):
+        return -math.inf, None  # a constant pre-activation of the wrong sign
+    keep = ~zero
+    a, c, s, norms = a[keep] / norms[keep, None], c[keep] / norms[keep], s[keep], norms[keep]
+    if a.shape[0] == 0:
+        return 1.0, np.zeros(n)
+    # -s (a x) + t <= s c
+    a_ub = np.hstack([-s[:, None] * a, np.ones((a.shape[0], 1))])
+    cost = np.zeros(n + 1)
+    cost[-1] = -1.0
+    res = linprog(cost, A_ub=a_ub, b_ub=s * c, bounds=[(None, None)] * n + [(-1.0, 1.0)], method="highs")
+    if res.status != 0 or res.x is None:
+        return -math.inf, None
+    return float(res.x[-1]), np.asarray(res.x[:n], dtype=np.float64)
+
+
+def _cheap_point(
+    a: np.ndarray, c: np.ndarray, s: np.ndarray, start: np.ndarray | None, row_a: np.ndarray, row_c: float, sign: int
+) -> np.ndarray | None:
+    """An interior point found without an LP: the parent's point moved across the new hyperplane
+    by a few step lengths, accepted when every row holds with normalised slack > INTERIOR_T."""
+    if start is None:
+        return None
+    norms = np.linalg.norm(a, axis=1)
+    keep = norms > 0.0
+    a, c, s, norms = a[keep], c[keep], s[keep], norms[keep]
+    nn = float(row_a @ row_a)
+    z = float(row_a @ start + row_c)
+    scale = 1.0 + float(np.max(np.abs(start)))
+    for step in (1e-6, 1e-4, 1e-2, 1e-1, 1.0):
+        x = start + ((sign * step * scale * math.sqrt(nn)) - z) / nn * row_a
+        if np.all(s * (a @ x + c) > INTERIOR_T * norms * scale):
+            return x
+    return None
+
+
+# ---- branch and bound -------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _Node:
+    states: tuple[np.ndarray, ...]
+    upper: float
+    point: np.ndarray | None  # an interior point of the node's region (None: not known)
+    forward: tuple[np.ndarray, ...]  # centres of the pre-activation operators F_k
+
+
+def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactResult:
+    """The exact global L2 Lipschitz constant of a small ReLU / LeakyReLU chain (see the module
+    docstring), or the best certified bracket when ``budget_s`` runs out (``exact`` False).
+    Deterministic for a given seed (the search order does not depend on time; only where it
+    stops does)."""
+    start = time.perf_counter()
+    net = _net(graph)
+    if isinstance(net, str):
+        return ExactResult(upper=None, lower=None, exact=False, nodes_explored=0, seconds=time.perf_counter() - start, notes=(net,))
+    depth = len(net.neg)
+    widths = [w.shape[0] for w in net.weights[:-1]]
+    branchable = [net.neg[k] != net.pos[k] for k in range(depth)]
+    rng = np.random.default_rng(seed)
+    n_in = net.weights[0].shape[1]
+
+    best_low = 0.0
+    witness: ExactWitness | None = None
+
+    def offer(x: np.ndarray) -> None:
+        nonlocal best_low, witness
+        pattern = _pattern_at(net, x)
+        if pattern is None:
+            return
+        up, low, _ = _node_bound(net, pattern)
+        if low > best_low:
+            best_low = low
+            witness = ExactWitness(
+                point=tuple(float(v) for v in x),
+                pattern=tuple(tuple(int(v > 0) for v in s) for s in pattern),
+                norm_lower=low,
+                norm_upper=up,
+            )
+
+    for _ in range(8):
+        offer(np.asarray(rng.standard_normal(n_in), dtype=np.float64))
+
+    def first_open(states: tuple[np.ndarray, ...]) -> int | None:
+        for k in range(depth):
+            if branchable[k] and np.any(states[k] == 0):
+                return k
+        return None
+
+    def make(states: tuple[np.ndarray, ...], point: np.ndarray | None) -> _Node:
+        up, _, forward = _node_bound(net, states)
+        return _Node(states=states, upper=up, point=point, forward=tuple(forward))
+
+    root_states = tuple(np.where(np.full(w, b), 0, 1).astype(np.int8) for w, b in zip(widths, branchable, strict=True))
+    root = make(root_states, np.asarray(rng.standard_normal(n_in), dtype=np.float64))
+    heap: list[tuple[float, int, _Node]] = [(-root.upper, 0, root)]
+    counter = 1
+    closed = 0.0  # max certified upper of every closed node (leaf or pruned)
+    explored = 0
+    ambiguous = 0
+    stopped = False
+    while heap:
+        if time.perf_counter() - start > budget_s:
+            stopped = True
+            break
+        _, _, node = heapq.heappop(heap)
+        if node.upper <= best_low:
+            closed = max(closed, node.upper)
+            continue
+        explored += 1
+        layer = first_open(node.states)
+        if layer is None:  # a complete pattern: its certified upper closes it
+            closed = max(closed, node.upper)
+            continue
+        # the constraints of the region so far, and the pre-activations of the layer being split
+        a_fix, c_fix, s_fix = _constraints(net, node.states, layer)
+        probe = tuple(np.where(s == 0, 1, s).astype(np.int8) if k == layer else s for k, s in enumerate(node.states))
+        a_all, c_all, _ = _constraints(net, probe, layer)
+        pre_a = a_all[a_all.shape[0] - widths[layer] :]
+        pre_c = c_all[c_all.shape[0] - widths[layer] :]
+        # branch on the undecided unit with the widest effect: ||column of the forward map||
+        # times how close its hyperplane passes to the known interior point
+        open_units = np.flatnonzero(node.states[layer] == 0)
+        effect = np.linalg.norm(node.forward[layer][open_units], axis=1)
+        if node.point is not None:
+            dist = np.abs(pre_a[open_units] @ node.point + pre_c[open_units]) / np.maximum(np.linalg.norm(pre_a[open_units], axis=1), 1e-300)
+            effect = effect / (1.0 + dist)
+        unit = int(open_units[int(np.argmax(effect))])
+        row_a, row_c = pre_a[unit], pre_c[unit]
+        for sign in (1, -1):
+            st = list(node.states)
+            st[layer] = st[layer].copy()
+            st[layer][unit] = sign
+            child_states = tuple(st)
+            point: np.ndarray | None = None
+            norm_a = float(np.linalg.norm(row_a))
+            if norm_a == 0.0:
+                if sign * row_c < 0 or (row_c == 0 and sign < 0):
+                    continue  # constant pre-activation: only one state is realised (or both agree)
+                point = node.point
+            elif node.point is not None and sign * (row_a @ node.point + row_c) / norm_a > INTERIOR_T:
+                point = node.point  # the parent's interior point lies strictly on this side
+            else:
+                a_c = np.vstack([a_fix, row_a[None, :]])
+                c_c = np.concatenate([c_fix, [row_c]])
+                s_c = np.concatenate([s_fix, [float(sign)]])
+                x = _cheap_point(a_c, c_c, s_c, node.point, row_a, row_c, sign)
+                if x is None:
+                    t, x = _lp(a_c, c_c, s_c)
+                    if t < EMPTY_T or x is None:
+                        continue  # empty region (the only pruning that relies on the LP solver)
+                    if t <= INTERIOR_T:
+                        ambiguous += 1
+                        x = None
+                if x is not None:
+                    point = x
+                    offer(x)
+            child = make(child_states, point)
+            if child.upper <= best_low:
+                closed = max(closed, child.upper)
+                continue
+            heapq.heappush(heap, (-child.upper, counter, child))
+            counter += 1
+    open_max = max((-item[0] for item in heap), default=0.0)
+    upper = max(closed, open_max, witness.norm_upper if witness is not None else 0.0)
+    lower = best_low if witness is not None else None
+    exact = (not stopped) and lower is not None and upper - lower <= EXACT_RTOL * upper
+    if not heap and not stopped and lower is None:
+        exact = upper == 0.0
+        lower = 0.0 if exact else None
+    notes: list[str] = [f"{explored} nodes, {sum(w for w, b in zip(widths, branchable, strict=True) if b)} branchable units"]
+    if stopped:
+        notes.append(f"budget of {budget_s:g} s exhausted with {len(heap)} open nodes: a certified bracket, not the exact value")
+    if net.input_shifted:
+        notes.append("an input translation precedes the first Linear: the witness point is in translated coordinates")
+    if ambiguous:
+        notes.append(f"{ambiguous} regions of near-zero width (LP slack within solver tolerance) kept without a point")
+    return ExactResult(
+        upper=upper,
+        lower=lower,
+        exact=exact,
+        nodes_explored=explored,
+        seconds=time.perf_counter() - start,
+        witness=witness,
+        notes=tuple(notes),
+    )
