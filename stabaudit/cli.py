@@ -175,7 +175,7 @@ def check(
         str,
         typer.Option(
             "--method",
-            help="Global upper bound: auto (every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron.",
+            help="Global upper bound: auto (every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron | exact (branch and bound, small ReLU nets).",
         ),
     ] = "auto",
     budget: Annotated[

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from stabaudit.report.model import (
     ToolInfo,
     Witness,
 )
+
+if TYPE_CHECKING:
+    from stabaudit.analyses.exact import ExactResult
 
 Observer = Callable[[str], None]
 
@@ -92,32 +95,56 @@ def _nonfinite(graph: Graph) -> dict[str, int]:
     return counts
 
 
-# --method: the global methods each choice runs beyond the product (analyses.feedforward.METHODS)
+# --method: the global methods each choice runs beyond the product (analyses.feedforward.METHODS;
+# "exact" is the branch and bound of analyses.exact)
 METHOD_CHOICES: dict[str, tuple[str, ...]] = {
-    "auto": ("layerwise", "sdp"),
+    "auto": ("layerwise", "sdp", "exact"),
     "product": (),
     "layerwise": ("layerwise",),
     "sdp": ("sdp",),
     "eclipse-fast": ("eclipse-fast",),
     "eclipse": ("eclipse",),
     "lipsdp-neuron": ("lipsdp-neuron",),
+    "exact": ("exact",),
 }
+AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most this many hidden units
 
 
-def _global_methods(graph: Graph, request: AuditRequest, reproducible: bool) -> list[MethodBound]:
-    """The certified global methods beyond the product; under auto, only those that apply."""
-    from stabaudit.analyses.feedforward import global_bounds
+def _global_methods(
+    graph: Graph, request: AuditRequest, reproducible: bool
+) -> tuple[list[MethodBound], ExactResult | None]:
+    """The certified global methods beyond the product; under auto, only those that apply.
+    Also returns the exact mode's result (its lower bound is a witnessed region norm)."""
+    from stabaudit.analyses.exact import exact_lipschitz
+    from stabaudit.analyses.feedforward import GlobalBoundResult, extract_chain, global_bounds
 
-    results = global_bounds(
-        graph, budget_s=request.budget_s, methods=METHOD_CHOICES[request.method]
+    auto = request.method == "auto"
+    wanted = METHOD_CHOICES[request.method]
+    convex = tuple(m for m in wanted if m != "exact")
+    results = (
+        list(global_bounds(graph, budget_s=request.budget_s, methods=convex)) if convex else []
     )
+    exact = None
+    if "exact" in wanted:
+        chain = extract_chain(graph)
+        units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else None
+        if not auto or (units is not None and units <= AUTO_EXACT_MAX_UNITS):
+            exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
+            notes = exact.notes + (
+                ("exact constant (branch and bound finished)",) if exact.exact else ()
+            )
+            results.append(
+                GlobalBoundResult(
+                    method=exact.method,
+                    upper=exact.upper,
+                    certified=exact.upper is not None,
+                    seconds=exact.seconds,
+                    notes=notes,
+                )
+            )
     out = []
     for r in results:
-        if (
-            request.method == "auto"
-            and r.upper is None
-            and any("not a feedforward chain" in n for n in r.notes)
-        ):
+        if auto and r.upper is None and any("not a feedforward chain" in n for n in r.notes):
             continue  # auto tries what applies; an explicit --method reports why it did not
         out.append(
             MethodBound(
@@ -128,7 +155,7 @@ def _global_methods(graph: Graph, request: AuditRequest, reproducible: bool) -> 
                 notes=tuple(r.notes),
             )
         )
-    return out
+    return out, exact
 
 
 def _is_translation(op: object) -> bool:
@@ -253,10 +280,12 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
             notes=tuple(comp.notes),
         )
     ]
+    exact = None
     if request.method != "product":
         say("global methods")
         t = time.perf_counter()
-        methods += _global_methods(loaded.graph, request, reproducible)
+        more, exact = _global_methods(loaded.graph, request, reproducible)
+        methods += more
         timings["global_methods"] = time.perf_counter() - t
     best = min(
         (m for m in methods if m.certified and m.upper is not None),
@@ -285,11 +314,26 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         if low.witness is not None and lower is not None
         else None
     )
+    lower_method = low.method
+    if (
+        exact is not None
+        and exact.lower is not None
+        and exact.witness is not None
+        and (lower is None or exact.lower > lower)
+        and not any("transl" in n for n in exact.notes)  # the witness point is in model coordinates
+    ):
+        # THEORY.md SA101: a Jacobian norm at a point where the function is differentiable (the
+        # interior of an activation region) is a sound lower bound of the Lipschitz constant
+        lower = exact.lower
+        lower_method = (
+            "lipbab: Jacobian norm of an activation region (interior point in the witness)"
+        )
+        witness = Witness(x=exact.witness.point, y=(), quotient=exact.lower, kind="jacobian")
     lipschitz = GlobalLipschitz(
         upper=upper,
         lower=lower,
         upper_method=best.method if best is not None else comp.upper.method,
-        lower_method=low.method,
+        lower_method=lower_method,
         certified=best is not None,
         witness=witness,
         methods=tuple(methods),

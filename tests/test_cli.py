@@ -47,7 +47,15 @@ def test_check_json_report_on_sample_mlp(tmp_path):
     assert lip["witness"]["quotient"] == pytest.approx(lip["lower"], rel=1e-6)
     ops = [layer["op"] for layer in data["layers"]]
     assert ops.count("Linear") == 3 and "Relu" in ops
-    assert [c["id"] for c in data["checks"]] == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert [c["id"] for c in data["checks"]] == [
+        "SA001",
+        "SA101",
+        "SA102",
+        "SA103",
+        "SA402",
+        "SA901",
+        "SA902",
+    ]
     # the product of the layer bounds is what composition gives for a chain; auto may beat it
     uppers = [layer["lipschitz"]["upper"] for layer in data["layers"]]
     product = lip["methods"][0]
@@ -184,7 +192,9 @@ def test_equivalence_mismatch(monkeypatch):
 
     def skewed(path, **kw):
         model = real(path, **kw)
-        return dataclasses.replace(model, reference=lambda feeds: [o + 1.0 for o in model.reference(feeds)])
+        return dataclasses.replace(
+            model, reference=lambda feeds: [o + 1.0 for o in model.reference(feeds)]
+        )
 
     monkeypatch.setattr(loaders, "load_model", skewed)
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx"), 2, "SA902")
@@ -210,7 +220,9 @@ def test_bad_options(args, fragment):
 def test_bad_config(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("thresholds:\n  lipschitz: high\n")
-    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--config", cfg), 2, "bad.yaml:2: thresholds.lipschitz")
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--config", cfg), 2, "bad.yaml:2: thresholds.lipschitz"
+    )
 
 
 def test_output_is_not_left_half_written_on_error(tmp_path):
@@ -247,7 +259,9 @@ def test_version_and_help_do_not_import_torch():
         "assert 'torch' not in sys.modules and 'onnx' not in sys.modules\n"
     )
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert "check" in proc.stdout
     assert run("--version").stdout.startswith("stabaudit ")
@@ -258,7 +272,9 @@ def test_cuda_without_a_device_is_a_usage_error():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--device", "cuda"), 2, "--device cuda")
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--device", "cuda"), 2, "--device cuda"
+    )
 
 
 def test_sarif_and_junit_from_the_output_suffix(tmp_path):
@@ -286,7 +302,9 @@ def test_baseline_regression_of_scaled_weights(tmp_path):
     assert run("check", SAMPLES / "mlp.onnx", "-o", base).exit_code == 0
     model = onnx.load(SAMPLES / "mlp.onnx")
     first = model.graph.initializer[0]
-    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * np.float32(1.2), first.name))
+    first.CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(first) * np.float32(1.2), first.name)
+    )
     scaled = tmp_path / "mlp.onnx"
     onnx.save(model, scaled)
     result = run("check", scaled, "--baseline", base, "--format", "json")
@@ -303,7 +321,9 @@ def test_bad_baseline(tmp_path):
     bad = tmp_path / "b.json"
     bad.write_text("{not json")
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", bad), 2, "--baseline")
-    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--baseline", tmp_path / "none.json"), 2, "no such file")
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--baseline", tmp_path / "none.json"), 2, "no such file"
+    )
 
 
 def test_timeout_stops_cleanly(tmp_path):
@@ -314,28 +334,90 @@ def test_timeout_stops_cleanly(tmp_path):
 
 
 def test_memory_budget_refuses_before_loading():
-    assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "1K"), 2, "memory budget", "--max-memory")
-    assert_one_line_error(run("check", SAMPLES / "cnn.onnx", "--max-memory", "lots"), 2, "--max-memory")
+    assert_one_line_error(
+        run("check", SAMPLES / "cnn.onnx", "--max-memory", "1K"), 2, "memory budget", "--max-memory"
+    )
+    assert_one_line_error(
+        run("check", SAMPLES / "cnn.onnx", "--max-memory", "lots"), 2, "--max-memory"
+    )
 
 
 def test_method_choice_and_every_method_reported():
     auto = json.loads(run("check", SAMPLES / "mlp.onnx", "--format", "json").stdout)["lipschitz"]
-    product = json.loads(run("check", SAMPLES / "mlp.onnx", "--format", "json", "--method", "product").stdout)[
-        "lipschitz"
-    ]
+    product = json.loads(
+        run("check", SAMPLES / "mlp.onnx", "--format", "json", "--method", "product").stdout
+    )["lipschitz"]
     assert [m["method"] for m in product["methods"]] == ["product"]
-    assert product["upper"] == product["methods"][0]["upper"] and product["upper_method"] == "product"
+    assert (
+        product["upper"] == product["methods"][0]["upper"] and product["upper_method"] == "product"
+    )
     names = [m["method"] for m in auto["methods"]]
     assert names == ["product", "eclipse-fast", "eclipse", "lipsdp-neuron"]
     certified = [m["upper"] for m in auto["methods"] if m["certified"]]
     assert auto["upper"] == min(certified) < product["upper"]
     assert auto["lower"] <= auto["upper"]
     # a residual net is not a feedforward chain: auto keeps the product, an explicit method says why
-    resnet = json.loads(run("check", SAMPLES / "resnet.onnx", "--format", "json", "--method", "sdp").stdout)
+    resnet = json.loads(
+        run("check", SAMPLES / "resnet.onnx", "--format", "json", "--method", "sdp").stdout
+    )
     sdp = resnet["lipschitz"]["methods"][1]
     assert sdp["upper"] is None and "not a feedforward chain" in " ".join(sdp["notes"])
     assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--method", "magic"), 2, "--method")
 
 
 def test_seed_out_of_range():
-    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--seed", "99999999999999999999"), 2, "--seed")
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--seed", "99999999999999999999"), 2, "--seed"
+    )
+
+
+def _small_relu_net(path: Path, widths=(2, 6, 6, 2), seed: int = 0) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        inits += [
+            numpy_helper.from_array(rng.normal(size=(a, b)).astype(np.float32), f"W{i}"),
+            numpy_helper.from_array(rng.normal(size=(b,)).astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        ]
+        prev = f"a{i}"
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, widths[0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, widths[-1]])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_auto_runs_the_exact_mode_on_small_relu_nets(tmp_path):
+    model = _small_relu_net(tmp_path / "small.onnx")
+    result = run("check", model, "--format", "json", "--budget", "5")
+    assert result.exit_code == 0, result.stderr
+    lip = json.loads(result.stdout)["lipschitz"]
+    exact = next(m for m in lip["methods"] if m["method"] == "lipbab")
+    assert "exact constant (branch and bound finished)" in exact["notes"]
+    # the bracket closes: the certified upper bound equals a witnessed region's Jacobian norm
+    assert lip["upper"] == pytest.approx(lip["lower"], rel=1e-9)
+    assert lip["witness"]["kind"] == "jacobian" and len(lip["witness"]["x"]) == 2
+    import torch
+
+    from stabaudit.ir.executor import Executor
+    from stabaudit.loaders import load_model
+
+    f = Executor(load_model(model).graph, dtype=torch.float64).flat()
+    jac = torch.autograd.functional.jacobian(
+        f, torch.tensor(lip["witness"]["x"], dtype=torch.float64)
+    )
+    assert float(torch.linalg.matrix_norm(jac, ord=2)) == pytest.approx(lip["lower"], rel=1e-9)

@@ -71,9 +71,13 @@ class Layer:
 
 @dataclass(frozen=True, kw_only=True)
 class Witness:
+    """kind "pair": |F(x) - F(y)| / |x - y| = quotient; kind "jacobian": ||J_F(x)||_2 = quotient at a
+    point x where F is differentiable (y is empty)."""
+
     x: tuple[float, ...]
     y: tuple[float, ...]
     quotient: float
+    kind: str = "pair"
 
 
 @dataclass(frozen=True, kw_only=True)
