@@ -27,7 +27,7 @@ def test_json_has_contract_fields():
     assert set(layer["lipschitz"]) >= {"upper", "lower", "method", "certified"}
     assert set(data["lipschitz"]) >= {"norm", "upper", "lower", "upper_method", "certified", "witness"}
     assert data["lipschitz"]["norm"] == "l2"
-    assert data["lipschitz"]["witness"] == {"x": [0.0, 1.0], "y": [0.5, 1.0], "quotient": 1.5}
+    assert data["lipschitz"]["witness"] == {"x": [0.0, 1.0], "y": [0.5, 1.0], "quotient": 1.5, "kind": "pair"}
     check = data["checks"][0]
     assert check == {
         "id": "SA101", "name": "lipschitz.global", "status": "fail", "severity": "warning",
