@@ -47,7 +47,7 @@ def corpus_rows(budget: float = 2.0) -> list[str]:
         name = str(path.relative_to(EXTERNAL))
         start = time.perf_counter()
         try:
-            report = audit(AuditRequest(path=path, lower_budget_s=budget))
+            report = audit(AuditRequest(path=path, lower_budget_s=budget, budget_s=budget))
         except StabauditError as exc:
             rows.append(f"| {name} | - | - | - | - | - | - | error: {exc} | - |")
             continue

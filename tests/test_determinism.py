@@ -19,7 +19,7 @@ EXE = Path(sys.executable).parent / "stabaudit"
 
 def test_same_process_reports_are_identical(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    request = AuditRequest(path=SAMPLES / "cnn.onnx", seed=3, lower_budget_s=0.5)
+    request = AuditRequest(path=SAMPLES / "cnn.onnx", seed=3, lower_budget_s=0.5, budget_s=0.5)
     a = RENDERERS.get(OutputFormat.JSON)(audit(request))
     b = RENDERERS.get(OutputFormat.JSON)(audit(request))
     assert a == b
@@ -29,14 +29,14 @@ def test_same_process_reports_are_identical(monkeypatch):
 
 def test_without_source_date_epoch_timings_are_reported(monkeypatch):
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    report = audit(AuditRequest(path=SAMPLES / "mlp.onnx", lower_budget_s=0.2))
+    report = audit(AuditRequest(path=SAMPLES / "mlp.onnx", lower_budget_s=0.2, budget_s=0.2))
     assert report.timings["total"] > 0 and report.created.endswith("Z")
 
 
 def test_seed_changes_the_search_but_not_the_certified_bounds(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
-    a = audit(AuditRequest(path=SAMPLES / "mlp.onnx", seed=0, lower_budget_s=0.3))
-    b = audit(AuditRequest(path=SAMPLES / "mlp.onnx", seed=1, lower_budget_s=0.3))
+    a = audit(AuditRequest(path=SAMPLES / "mlp.onnx", seed=0, lower_budget_s=0.3, budget_s=5.0))
+    b = audit(AuditRequest(path=SAMPLES / "mlp.onnx", seed=1, lower_budget_s=0.3, budget_s=5.0))
     assert a.lipschitz.upper == b.lipschitz.upper
     assert a.lipschitz.witness != b.lipschitz.witness
 
@@ -47,8 +47,21 @@ def test_across_processes_byte_identical(tmp_path):
     for i in range(2):
         out = tmp_path / f"r{i}.json"
         proc = subprocess.run(
-            [str(EXE), "check", str(SAMPLES / "resnet.pt"), "--budget", "0.3", "--seed", "7", "-o", str(out)],
-            env=env, capture_output=True, text=True, check=False,
+            [
+                str(EXE),
+                "check",
+                str(SAMPLES / "resnet.pt"),
+                "--budget",
+                "0.3",
+                "--seed",
+                "7",
+                "-o",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr
         outputs.append(out.read_bytes())
@@ -60,4 +73,4 @@ def test_bad_source_date_epoch_is_a_usage_error(monkeypatch):
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
-        audit(AuditRequest(path=SAMPLES / "mlp.onnx", lower_budget_s=0.2))
+        audit(AuditRequest(path=SAMPLES / "mlp.onnx", lower_budget_s=0.2, budget_s=0.2))

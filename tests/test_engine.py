@@ -38,23 +38,33 @@ def sampled_quotients(path: Path, input_shape: tuple[int, ...], *, pairs: int, s
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet"])
 def test_onnx_and_torchscript_twins_give_the_same_bounds(name):
-    a = audit(AuditRequest(path=SAMPLES / f"{name}.onnx", lower_budget_s=2.0))
-    b = audit(AuditRequest(path=SAMPLES / f"{name}.pt", lower_budget_s=2.0))
+    a = audit(AuditRequest(path=SAMPLES / f"{name}.onnx", lower_budget_s=2.0, budget_s=2.0))
+    b = audit(AuditRequest(path=SAMPLES / f"{name}.pt", lower_budget_s=2.0, budget_s=2.0))
     assert a.model.format == "onnx" and b.model.format == "torchscript"
-    ua = [layer.lipschitz.upper for layer in a.layers if layer.op in ("Linear", "Conv", "ConvTranspose")]
-    ub = [layer.lipschitz.upper for layer in b.layers if layer.op in ("Linear", "Conv", "ConvTranspose")]
+    ua = [
+        layer.lipschitz.upper
+        for layer in a.layers
+        if layer.op in ("Linear", "Conv", "ConvTranspose")
+    ]
+    ub = [
+        layer.lipschitz.upper
+        for layer in b.layers
+        if layer.op in ("Linear", "Conv", "ConvTranspose")
+    ]
     assert len(ua) == len(ub) > 0
     np.testing.assert_allclose(ua, ub, rtol=1e-6)
     assert a.lipschitz.upper == pytest.approx(b.lipschitz.upper, rel=1e-6)
     for report in (a, b):
         assert report.lipschitz.certified
-        assert report.lipschitz.lower is not None and report.lipschitz.lower <= report.lipschitz.upper
+        assert (
+            report.lipschitz.lower is not None and report.lipschitz.lower <= report.lipschitz.upper
+        )
         assert report.equivalence.passed
 
 
 @pytest.mark.parametrize("name", ["mlp.onnx", "cnn.onnx", "resnet.pt"])
 def test_sample_models_sampled_quotients_below_upper(name):
-    report = audit(AuditRequest(path=SAMPLES / name, lower_budget_s=1.0))
+    report = audit(AuditRequest(path=SAMPLES / name, lower_budget_s=1.0, budget_s=1.0))
     q = sampled_quotients(SAMPLES / name, report.model.input_shape, pairs=256, seed=1)
     assert q <= report.lipschitz.upper
     assert report.lipschitz.lower <= report.lipschitz.upper
@@ -64,7 +74,7 @@ def test_sample_models_sampled_quotients_below_upper(name):
 @pytest.mark.corpus
 @pytest.mark.parametrize("path", EXTERNAL_MODELS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_external_network_sound_report(path):
-    report = audit(AuditRequest(path=path, lower_budget_s=1.0, power_iterations=20))
+    report = audit(AuditRequest(path=path, lower_budget_s=1.0, budget_s=1.0, power_iterations=20))
     assert report.equivalence.passed
     assert report.layers
     lip = report.lipschitz

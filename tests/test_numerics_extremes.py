@@ -33,7 +33,9 @@ BUDGET = 0.5
 
 
 # ---- models ------------------------------------------------------------------------------------
-def _save(path: Path, nodes: list, inits: list, x_shape: list[int], y_shape: list[int], opset: int = 17) -> Path:
+def _save(
+    path: Path, nodes: list, inits: list, x_shape: list[int], y_shape: list[int], opset: int = 17
+) -> Path:
     graph = helper.make_graph(
         nodes,
         "g",
@@ -56,7 +58,9 @@ def mlp(path: Path, weights: list[np.ndarray], scales: list[float | None] | None
         nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"b{i}"], [f"h{i}"], transB=1))
         cur = f"h{i}"
         if scales is not None and scales[i] is not None:
-            inits.append(numpy_helper.from_array(np.full(w.shape[0], scales[i], np.float32), f"s{i}"))
+            inits.append(
+                numpy_helper.from_array(np.full(w.shape[0], scales[i], np.float32), f"s{i}")
+            )
             nodes.append(helper.make_node("Mul", [cur, f"s{i}"], [f"m{i}"]))
             cur = f"m{i}"
         if i < len(weights) - 1:
@@ -97,12 +101,18 @@ NONFINITE = {
 
 EXTREME = {
     "weights_1e30": lambda p: mlp(p, [_w(0, 4, 3) * 1e30, _w(1, 2, 4)]),
-    "two_layers_1e30": lambda p: mlp(p, [_w(0, 4, 3) * 1e30, _w(1, 2, 4) * 1e30]),  # float32 outputs overflow
+    "two_layers_1e30": lambda p: mlp(
+        p, [_w(0, 4, 3) * 1e30, _w(1, 2, 4) * 1e30]
+    ),  # float32 outputs overflow
     "scale_1e-30": lambda p: mlp(p, [_w(0, 4, 3), _w(1, 2, 4)], scales=[1e-30, None]),
-    "scale_1e-30_then_1e30": lambda p: mlp(p, [_w(0, 4, 3), _w(1, 2, 4) * 1e30], scales=[1e-30, None]),
+    "scale_1e-30_then_1e30": lambda p: mlp(
+        p, [_w(0, 4, 3), _w(1, 2, 4) * 1e30], scales=[1e-30, None]
+    ),
     "batchnorm_tiny_var": lambda p: batchnorm(p, var=1e-30, eps=0.0),  # scale 1e15
     "batchnorm_gamma_1e-30": lambda p: batchnorm(p, var=1.0, eps=1e-5, gamma=1e-30),
-    "float64_overflow": lambda p: mlp(p, [_w(0, 4, 3) * 1e37] + [_w(i, 4, 4) * 1e37 for i in range(1, 10)] + [_w(10, 2, 4)]),
+    "float64_overflow": lambda p: mlp(
+        p, [_w(0, 4, 3) * 1e37] + [_w(i, 4, 4) * 1e37 for i in range(1, 10)] + [_w(10, 2, 4)]
+    ),
 }
 
 
@@ -130,7 +140,7 @@ def sampled_quotient(path: Path, *, pairs: int = 256, seed: int = 1) -> float:
 
 
 def _audit(path: Path):
-    return audit(AuditRequest(path=path, lower_budget_s=BUDGET))
+    return audit(AuditRequest(path=path, lower_budget_s=BUDGET, budget_s=BUDGET))
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +190,9 @@ def test_nonfinite_weights_fail_sa402_without_a_crash(tmp_path, name):
 def test_nonfinite_weights_cli_exit_1_with_a_report(tmp_path):
     path = NONFINITE["nan_weight"](tmp_path / "nan.onnx")
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["check", str(path), "--budget", str(BUDGET), "--output", str(out)])
+    result = CliRunner().invoke(
+        app, ["check", str(path), "--budget", str(BUDGET), "--output", str(out)]
+    )
     assert result.exit_code == 1, result.output
     data = json.loads(out.read_text())
     assert data["lipschitz"]["upper"] is None and data["lipschitz"]["lower"] is None
@@ -233,15 +245,21 @@ def test_float64_overflow_model_reports_no_upper(extreme):
 
 
 def test_extremes_cli_runs(tmp_path):
-    path = EXTREME["two_layers_1e30"](tmp_path / "big.onnx")  # float32 outputs overflow in both runtimes
-    result = CliRunner().invoke(app, ["check", str(path), "--budget", str(BUDGET), "--format", "json"])
+    path = EXTREME["two_layers_1e30"](
+        tmp_path / "big.onnx"
+    )  # float32 outputs overflow in both runtimes
+    result = CliRunner().invoke(
+        app, ["check", str(path), "--budget", str(BUDGET), "--format", "json"]
+    )
     assert result.exit_code in (0, 1), result.output
     data = json.loads(result.stdout)
     assert data["equivalence"]["passed"] and data["lipschitz"]["certified"]
     assert data["lipschitz"]["lower"] <= data["lipschitz"]["upper"]
 
 
-def _exact_chain(weights: list[np.ndarray], scales: list[float | None], x: list[Fraction]) -> list[Fraction]:
+def _exact_chain(
+    weights: list[np.ndarray], scales: list[float | None], x: list[Fraction]
+) -> list[Fraction]:
     """The float32-stored chain of ``mlp`` evaluated exactly in rationals (Gemm, Mul, Relu)."""
     h = x
     for i, w in enumerate(weights):
@@ -268,7 +286,10 @@ def test_tiny_then_huge_bound_holds_in_exact_arithmetic(extreme):
         fx = _exact_chain(weights, scales, [Fraction(float(v)) for v in xs])
         fy = _exact_chain(weights, scales, [Fraction(float(v)) for v in ys])
         num = sum(((a - b) ** 2 for a, b in zip(fx, fy, strict=True)), Fraction(0))
-        den = sum(((Fraction(float(a)) - Fraction(float(b))) ** 2 for a, b in zip(xs, ys, strict=True)), Fraction(0))
+        den = sum(
+            ((Fraction(float(a)) - Fraction(float(b))) ** 2 for a, b in zip(xs, ys, strict=True)),
+            Fraction(0),
+        )
         assert num <= bound2 * den  # ||f(x) - f(y)||^2 <= K^2 ||x - y||^2, exactly
         worst = max(worst, num / den)
     assert float(worst) > 0.1 * upper**2  # the samples are not trivially below the bound
@@ -354,7 +375,9 @@ def test_linear_rule_tight_at_1e_minus_300():
     ob = bound_linear(node, RuleContext(input_shapes=((1, 3),), output_shape=(1, 3)))
     exact = float(np.linalg.svd(w * 1e300, compute_uv=False)[0]) * 1e-300
     assert ob.lower is not None
-    assert ob.lower.value <= exact * (1 + 1e-13) and exact * (1 - 1e-13) <= ob.upper.value <= exact * (1 + 1e-12)
+    assert ob.lower.value <= exact * (1 + 1e-13) and exact * (
+        1 - 1e-13
+    ) <= ob.upper.value <= exact * (1 + 1e-12)
 
 
 # ---- composition: outward rounding near overflow ------------------------------------------------
@@ -392,13 +415,26 @@ def test_composition_underflow_never_rounds_to_zero():
 
 @pytest.mark.parametrize(
     "values",
-    [[1e200, 1e200], [1e-200, 3e-200, 0.0], [1.0, 2.0, 2.0], [1e300, 1e-300], [5e-324, 5e-324], [1e154, 1e154, 1e154]],
+    [
+        [1e200, 1e200],
+        [1e-200, 3e-200, 0.0],
+        [1.0, 2.0, 2.0],
+        [1e300, 1e-300],
+        [5e-324, 5e-324],
+        [1e154, 1e154, 1e154],
+    ],
 )
 def test_root_sum_squares_is_an_upper_bound_without_overflow(values):
     result = _root_sum_squares(values)
     exact2 = sum((Fraction(v) ** 2 for v in values), Fraction(0))
     assert math.isfinite(result) and Fraction(result) ** 2 >= exact2
-    assert result <= math.sqrt(float(sum(Fraction(v) ** 2 / Fraction(max(values)) ** 2 for v in values))) * max(values) * (1 + 1e-12) + 1e-320
+    assert (
+        result
+        <= math.sqrt(float(sum(Fraction(v) ** 2 / Fraction(max(values)) ** 2 for v in values)))
+        * max(values)
+        * (1 + 1e-12)
+        + 1e-320
+    )
 
 
 def test_root_sum_squares_overflow_and_nonfinite_are_infinite():
