@@ -9,31 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL = ROOT.parent / "shared" / "models" / "external"
 
 
-def sampled_max_quotient(graph, pairs: int = 256, seed: int = 0) -> float:  # type: ignore[no-untyped-def]
-    import torch
-
-    from stabaudit.ir.executor import Executor
-
-    f = torch.func.vmap(Executor(graph, dtype=torch.float64).flat())
-    n = sum(int(np.prod(s.shape)) for s in graph.inputs)
-    gen = torch.Generator().manual_seed(seed)
-    best = 0.0
-    for scale, step in [(1.0, 1e-3), (1.0, 1.0), (3.0, 1e-2)]:
-        x = torch.randn(pairs, n, generator=gen, dtype=torch.float64) * scale
-        y = x + torch.randn(pairs, n, generator=gen, dtype=torch.float64) * step
-        with torch.no_grad():
-            q = (f(x) - f(y)).norm(dim=1) / (x - y).norm(dim=1)
-        best = max(best, float(q.max()))
-    return best
-
-
 def corpus_rows(budget: float = 2.0) -> list[str]:
+    from stabaudit.analyses.sampling import sampled_max_quotient
     from stabaudit.engine import AuditRequest, audit
     from stabaudit.errors import StabauditError
     from stabaudit.loaders import load_model

@@ -137,29 +137,34 @@ class TensorFootprint:
         return self.stored_bytes * RAW_COPIES + self.elements * (8 * F64_COPIES + 4 * F32_COPIES)
 
 
+def onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: initializers, sparse initializers' values and node
+    attribute tensors, subgraphs included."""
+    from onnx import AttributeProto
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == AttributeProto.GRAPH:
+                yield from onnx_tensors(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from onnx_tensors(sub)
+
+
 def _onnx_footprint(model: Any) -> TensorFootprint:
     """Sum of dims x dtype size over every TensorProto (initializers, attribute tensors, subgraphs),
     from the declared dims and data types only: nothing is decoded and no external file is read."""
-    from onnx import AttributeProto, TensorProto, helper
-
-    def tensors(graph: Any) -> Iterator[Any]:
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == AttributeProto.TENSOR:
-                    yield attribute.t
-                elif attribute.type == AttributeProto.TENSORS:
-                    yield from attribute.tensors
-                elif attribute.type == AttributeProto.GRAPH:
-                    yield from tensors(attribute.g)
-                elif attribute.type == AttributeProto.GRAPHS:
-                    for sub in attribute.graphs:
-                        yield from tensors(sub)
+    from onnx import TensorProto, helper
 
     stored = elements = 0
-    for tensor in tensors(model.graph):
+    for tensor in onnx_tensors(model.graph):
         count = 1
         for dim in tensor.dims:
             count *= max(int(dim), 0)

@@ -118,25 +118,10 @@ EXTREME = {
 
 def sampled_quotient(path: Path, *, pairs: int = 256, seed: int = 1) -> float:
     """max ||f(x) - f(y)|| / ||x - y|| over random pairs, f run in float64 (inf/NaN pairs skipped)."""
-    import torch
-
-    from stabaudit.ir.executor import Executor
+    from stabaudit.analyses.sampling import sampled_max_quotient
     from stabaudit.loaders import load_model
 
-    graph = load_model(path).graph
-    f = torch.func.vmap(Executor(graph, dtype=torch.float64).flat())
-    n = int(np.prod(graph.inputs[0].shape))
-    gen = torch.Generator().manual_seed(seed)
-    best = 0.0
-    for scale, step in [(1.0, 1e-3), (1.0, 1.0), (3.0, 1e-2)]:
-        x = torch.randn(pairs, n, generator=gen, dtype=torch.float64) * scale
-        y = x + torch.randn(pairs, n, generator=gen, dtype=torch.float64) * step
-        with torch.no_grad():
-            q = (f(x) - f(y)).norm(dim=1) / (x - y).norm(dim=1)
-        q = q[torch.isfinite(q)]
-        if q.numel():
-            best = max(best, float(q.max()))
-    return best
+    return sampled_max_quotient(load_model(path).graph, pairs=pairs, seed=seed)
 
 
 def _audit(path: Path):

@@ -96,19 +96,6 @@ class Composition:
     notes: tuple[str, ...] = field(default=())
 
 
-def _needed(graph: Graph) -> list[Node]:
-    """The nodes the graph outputs depend on, in topological order."""
-    producers = graph.producers()
-    wanted: set[str] = set()
-    stack = list(graph.outputs)
-    while stack:
-        value = stack.pop()
-        node = producers.get(value)
-        if node is None or node.output in wanted:
-            continue
-        wanted.add(node.output)
-        stack.extend(node.inputs)
-    return [node for node in graph.nodes if node.output in wanted]
 
 
 def _checked_upper(node: Node, bound: OpBound) -> tuple[float, bool]:
@@ -140,7 +127,7 @@ def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
     per_value: dict[str, float] = {name: 1.0 for name in graph.input_names}
     estimated: set[str] = set()
     profile: list[tuple[str, float]] = []
-    needed = _needed(graph)
+    needed = graph.needed_nodes()
     missing = [node.name for node in needed if node.output not in op_bounds]
     if missing:
         raise InternalError(f"composition: no operator bound for node(s) {', '.join(missing)}")
@@ -230,7 +217,7 @@ def rule_bounds(
 
     settings = settings if settings is not None else BoundSettings()
     result: dict[str, OpBound] = {}
-    for node in _needed(graph):
+    for node in graph.needed_nodes():
         if only is not None and node.output not in only:
             continue
         ctx = RuleContext(
@@ -255,7 +242,7 @@ def output_sensitivities(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict
     sens: dict[str, float] = {}
     for name in graph.outputs:
         sens[name] = _add(sens.get(name, 0.0), 1.0)
-    for node in reversed(_needed(graph)):
+    for node in reversed(graph.needed_nodes()):
         downstream = sens.get(node.output, 0.0)
         bound = op_bounds.get(node.output)
         if downstream == 0.0:

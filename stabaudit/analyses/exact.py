@@ -100,7 +100,7 @@ class _Net:
 # ---- extraction -------------------------------------------------------------------------------
 def _net(graph: Graph) -> _Net | str:
     """The piecewise-linear chain with its biases, or why exact mode does not apply."""
-    from stabaudit.analyses.feedforward import _needed, explain_chain
+    from stabaudit.analyses.feedforward import explain_chain
 
     chain = explain_chain(graph)
     if isinstance(chain, str):
@@ -111,7 +111,7 @@ def _net(graph: Graph) -> _Net | str:
     pos: list[float] = []
     last = "none"
     shifted = False
-    for node in _needed(graph):
+    for node in graph.needed_nodes():
         match node.op:
             case O.Reshape() | O.Transpose():
                 continue  # validated by explain_chain: a permutation before the first Linear, rows intact after

@@ -24,7 +24,7 @@ import numpy as np
 
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir import ops as O
-from stabaudit.ir.graph import Graph, Node
+from stabaudit.ir.graph import Graph
 
 if TYPE_CHECKING:
     from stabaudit.analyses.certify import ChainLMI
@@ -130,18 +130,6 @@ class _Act:
     slope: tuple[float, float]
 
 
-def _needed(graph: Graph) -> list[Node]:
-    producers = graph.producers()
-    wanted: set[str] = set()
-    stack = list(graph.outputs)
-    while stack:
-        value = stack.pop()
-        node = producers.get(value)
-        if node is None or node.output in wanted:
-            continue
-        wanted.add(node.output)
-        stack.extend(node.inputs)
-    return [node for node in graph.nodes if node.output in wanted]
 
 
 def _mul_rounds(a: np.ndarray, b: np.ndarray, ra: int, rb: int) -> int:
@@ -152,7 +140,7 @@ def _walk(graph: Graph) -> tuple[list[_Lin | _Diag | _Act], int, list[str]] | st
     """The chain's items in order, the row count and the node names, or why it is not a chain."""
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         return "more than one input or output"
-    nodes = _needed(graph)
+    nodes = graph.needed_nodes()
     if not nodes:
         return "no operators"
     current = graph.inputs[0].name

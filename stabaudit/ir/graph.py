@@ -60,6 +60,19 @@ class Graph:
                 users.setdefault(name, []).append(node)
         return users
 
+    def needed_nodes(self) -> list[Node]:
+        """The nodes the graph outputs depend on, in topological order."""
+        producers = self.producers()
+        wanted: set[str] = set()
+        stack = list(self.outputs)
+        while stack:
+            node = producers.get(stack.pop())
+            if node is None or node.output in wanted:
+                continue
+            wanted.add(node.output)
+            stack.extend(node.inputs)
+        return [node for node in self.nodes if node.output in wanted]
+
     def parameter_count(self) -> int:
         return sum(node.op.parameter_count() for node in self.nodes)
 

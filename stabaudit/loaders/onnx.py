@@ -99,21 +99,10 @@ def _parse(data: bytes) -> Any:
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: initializers and node attributes, subgraphs included."""
-    from onnx import AttributeProto
+    """Every TensorProto of a graph (stabaudit.limits.onnx_tensors)."""
+    from stabaudit.limits import onnx_tensors
 
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.TENSOR:
-                yield attribute.t
-            elif attribute.type == AttributeProto.TENSORS:
-                yield from attribute.tensors
-            elif attribute.type == AttributeProto.GRAPH:
-                yield from _tensors(attribute.g)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    yield from _tensors(sub)
+    return onnx_tensors(graph)
 
 
 def _load_external_data(model: Any, path: Path) -> int:
