@@ -101,10 +101,11 @@ def main() -> int:
         )
     lines += [
         "",
-        "The certified upper bound is the composition of the certified per-layer bounds over the",
-        "graph (product along chains, sums at residual adds); the lower bound is the largest",
-        "difference quotient the seeded search confirmed in float64. Both are sound; the ratio says",
-        "how much the composition overestimates at most.",
+        "The certified upper bound is the tightest certified method of `--method auto`: the",
+        "composition of per-layer bounds (product along chains, sums at residual adds), and for",
+        "feedforward chains ECLipsE and LipSDP-Neuron; the lower bound is the largest difference",
+        "quotient the seeded search confirmed in float64. Both are sound; their ratio bounds how",
+        "far the upper bound can be from the true constant.",
         "",
         "## Start-up",
         "",
