@@ -993,23 +993,3 @@ def conv_power(
     terms = int(w[0].size) if not transpose else int(w.shape[0] // groups * int(np.prod(w.shape[2:])))
     return _certified_ratio(make("cpu"), v, terms, abs_bound)
 
-
-def conv_norm_power(
-    weight: np.ndarray,
-    strides: Sequence[int],
-    pads: Sequence[int],
-    dilations: Sequence[int],
-    groups: int,
-    input_spatial: Sequence[int],
-    *,
-    seed: int = 0,
-    iterations: int = 50,
-    device: str = "cpu",
-    transpose: bool = False,
-    output_padding: Sequence[int] | None = None,
-) -> float:
-    """Power-iteration value ||A v|| / ||v|| (an ESTIMATE of ||A||_2 from below)."""
-    return conv_power(
-        weight, strides, pads, dilations, groups, input_spatial, seed=seed, iterations=iterations,
-        device=device, transpose=transpose, output_padding=output_padding,
-    ).estimate
