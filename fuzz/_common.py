@@ -44,3 +44,22 @@ def run(target: str, seeds: Iterable[tuple[str, bytes]], test_one_input: Callabl
         argv.append(f"-artifact_prefix={artifacts}/{target}-")
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
+
+
+def exercise(payload: bytes, path: Path) -> None:
+    """Write one input where the loaders read it, load it and run its reference once: only a
+    StabauditError may escape the loader, and its message must be one clear line."""
+    if not payload:
+        return
+    import numpy as np
+
+    from stabaudit.errors import StabauditError
+    from stabaudit.loaders import load_model
+    from tests.fuzz.harness import check_error
+
+    path.write_bytes(payload)
+    try:
+        loaded = load_model(path)
+        loaded.reference({s.name: np.zeros(s.shape, np.float32) for s in loaded.graph.inputs})
+    except StabauditError as exc:
+        check_error(exc)

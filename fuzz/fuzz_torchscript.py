@@ -17,11 +17,8 @@ with atheris.instrument_imports(include=["stabaudit"]):
     import stabaudit.ir.executor
     import stabaudit.loaders.torchscript
     import stabaudit.loaders.ts_ops  # noqa: F401  (instrumented now; the loader imports them lazily)
-    from stabaudit.errors import StabauditError
-    from stabaudit.loaders import load_model
 
 from tests.fuzz import ts_seeds  # noqa: E402
-from tests.fuzz.harness import check_error  # noqa: E402
 
 PATH = _common.scratch_file(".pt")
 MUTATIONS = sorted(ts_seeds.MUTATIONS)
@@ -41,17 +38,7 @@ def archive_bytes(data: bytes) -> bytes:
 
 
 def test_one_input(data: bytes) -> None:
-    payload = archive_bytes(data)
-    if not payload:
-        return
-    PATH.write_bytes(payload)
-    try:
-        loaded = load_model(PATH)
-        import numpy as np
-
-        loaded.reference({s.name: np.zeros(s.shape, np.float32) for s in loaded.graph.inputs})
-    except StabauditError as exc:
-        check_error(exc)
+    _common.exercise(archive_bytes(data), PATH)
 
 
 def seeds() -> list[tuple[str, bytes]]:
