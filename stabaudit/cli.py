@@ -199,6 +199,16 @@ def check(
             help="Allowed growth of a certified bound against --baseline (default 0.1 = 10%).",
         ),
     ] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--inputs",
+            help="Sample inputs [N, ...] (.npz array x, or .npy) for SA302's local bounds.",
+        ),
+    ] = None,
+    eps: Annotated[
+        float, typer.Option("--eps", help="Radius of the linf balls around the samples (SA302).")
+    ] = 0.01,
     max_memory: Annotated[
         str | None,
         typer.Option(
@@ -238,6 +248,13 @@ def check(
                     f"--max-regression {max_regression}: expected a fraction >= 0, e.g. 0.1"
                 )
             thresholds["max_regression"] = max_regression
+        if not (eps >= 0 and eps < float("inf")):
+            raise UsageError(f"--eps {eps}: expected a finite radius >= 0")
+        samples = None
+        if inputs is not None:
+            from stabaudit.config.inputs import load_samples
+
+            samples = load_samples(inputs)
         previous = None
         if baseline is not None:
             from stabaudit.report.baseline import load_baseline
@@ -278,6 +295,8 @@ def check(
             budget_s=budget,
             method=method,
             baseline=previous,
+            inputs=samples,
+            eps=eps,
             max_memory=memory,
             timeout_s=time_limit,
         )

@@ -34,6 +34,7 @@ from stabaudit.report.model import (
 
 if TYPE_CHECKING:
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.checks.base import LocalEvidence
 
 Observer = Callable[[str], None]
 
@@ -54,6 +55,8 @@ class AuditRequest:
     timeout_s: float | None = None  # seconds for the whole audit; None: no limit
     method: str = "auto"  # global upper bound: auto | product | layerwise | sdp | ... (METHODS)
     budget_s: float = 10.0  # seconds planned for the global methods beyond the product
+    inputs: np.ndarray | None = None  # sample inputs [N, ...] for the data-dependent checks (SA302)
+    eps: float = 0.01  # radius of the linf balls around the samples (SA302)
 
 
 _REPRODUCIBLE_NOTE = (
@@ -156,6 +159,28 @@ def _global_methods(
             )
         )
     return out, exact
+
+
+def _local_evidence(graph: Graph, request: AuditRequest) -> LocalEvidence:
+    """SA302's evidence: the certified local bound over linf balls around the samples."""
+    from stabaudit.analyses.local import local_bounds
+    from stabaudit.checks.base import LocalEvidence
+    from stabaudit.errors import UnsupportedOperatorError
+
+    assert request.inputs is not None
+    n = int(request.inputs.shape[0])
+    try:
+        result = local_bounds(graph, request.inputs, eps=request.eps, norm="linf")
+    except UnsupportedOperatorError as exc:
+        return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
+    upper = _finite(result.upper.value)
+    return LocalEvidence(
+        upper=upper,
+        eps=request.eps,
+        norm="linf",
+        samples=len(result.samples),
+        message="" if upper is not None else "the local bound is not finite",
+    )
 
 
 def _is_translation(op: object) -> bool:
@@ -293,6 +318,13 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         default=None,
     )
 
+    local = None
+    if request.inputs is not None:
+        say("local bounds")
+        t = time.perf_counter()
+        local = _local_evidence(loaded.graph, request)
+        timings["local_bounds"] = time.perf_counter() - t
+
     say("lower bound search")
     t = time.perf_counter()
     # on the graph as loaded: the bound is about the stored weights, not the folded products
@@ -355,6 +387,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         operators=len(graph.nodes),
         source_ops=dict(loaded.source_ops),
         baseline=request.baseline,
+        local=local,
     )
     findings = run_checks(
         evidence,

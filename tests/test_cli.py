@@ -52,6 +52,7 @@ def test_check_json_report_on_sample_mlp(tmp_path):
         "SA101",
         "SA102",
         "SA103",
+        "SA302",
         "SA402",
         "SA901",
         "SA902",
@@ -290,8 +291,8 @@ def test_sarif_and_junit_from_the_output_suffix(tmp_path):
 
         jsonschema.validate(doc, json.loads(schema.read_text()), cls=jsonschema.Draft7Validator)
     rules = [r["id"] for r in doc["runs"][0]["tool"]["driver"]["rules"]]
-    assert rules == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
-    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "7"
+    assert rules == ["SA001", "SA101", "SA102", "SA103", "SA302", "SA402", "SA901", "SA902"]
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "8"
 
 
 def test_baseline_regression_of_scaled_weights(tmp_path):
@@ -421,3 +422,54 @@ def test_auto_runs_the_exact_mode_on_small_relu_nets(tmp_path):
         f, torch.tensor(lip["witness"]["x"], dtype=torch.float64)
     )
     assert float(torch.linalg.matrix_norm(jac, ord=2)) == pytest.approx(lip["lower"], rel=1e-9)
+
+
+def test_local_clarke_bound_with_sample_inputs(tmp_path):
+    samples = np.load(SAMPLES / "digits_samples.npz")["x_flat"][:4]
+    np.save(tmp_path / "x.npy", samples)
+    result = run(
+        "check",
+        SAMPLES / "mlp.onnx",
+        "--inputs",
+        tmp_path / "x.npy",
+        "--eps",
+        "0.01",
+        "--format",
+        "json",
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    sa302 = next(c for c in data["checks"] if c["id"] == "SA302")
+    assert sa302["status"] == "inconclusive" and sa302["value"]["samples"] == 4
+    local = sa302["value"]["upper"]
+    # a local bound over small balls never exceeds the global certified bound, and is at least
+    # the Jacobian norm at each sample
+    assert local <= data["lipschitz"]["methods"][0]["upper"]
+    import torch
+
+    from stabaudit.ir.executor import Executor
+    from stabaudit.loaders import load_model
+
+    f = Executor(load_model(SAMPLES / "mlp.onnx").graph, dtype=torch.float64).flat()
+    for x in samples:
+        jac = torch.autograd.functional.jacobian(f, torch.tensor(x, dtype=torch.float64))
+        assert float(torch.linalg.matrix_norm(jac, ord=2)) <= local
+    assert (
+        json.loads(run("check", SAMPLES / "mlp.onnx", "--format", "json").stdout)["checks"][4][
+            "status"
+        ]
+        == "skipped"
+    )
+
+
+def test_bad_inputs(tmp_path):
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--inputs", tmp_path / "none.npy"), 2, "--inputs"
+    )
+    (tmp_path / "bad.npy").write_text("no")
+    assert_one_line_error(
+        run("check", SAMPLES / "mlp.onnx", "--inputs", tmp_path / "bad.npy"), 2, "--inputs"
+    )
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 5)))
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--inputs", tmp_path / "wrong.npy"), 2)
+    assert_one_line_error(run("check", SAMPLES / "mlp.onnx", "--eps", "-1"), 2, "--eps")

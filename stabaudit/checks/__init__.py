@@ -1,6 +1,6 @@
 """Checks: analysis results + thresholds -> findings with stable ids (SA101...)."""
 
-from stabaudit.checks import baseline, integrity, representation  # noqa: F401  (registration)
+from stabaudit.checks import baseline, integrity, nonsmooth, representation  # noqa: F401  (registration)
 from stabaudit.checks.base import (
     CHECKS,
     CheckPolicy,

@@ -23,6 +23,17 @@ from stabaudit.report.model import (
 
 
 @dataclass(frozen=True, kw_only=True)
+class LocalEvidence:
+    """The local (Clarke) bound over eps-balls around the sample inputs, for SA302."""
+
+    upper: float | None
+    eps: float
+    norm: str
+    samples: int
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Evidence:
     """Everything the checks may read: analysis results, never the engine itself."""
 
@@ -35,6 +46,7 @@ class Evidence:
     operators: int
     source_ops: Mapping[str, int] = field(default_factory=dict)
     baseline: Mapping[str, Any] | None = None  # a previous JSON report of the same model (SA001)
+    local: LocalEvidence | None = None  # SA302; None without sample inputs
 
 
 @dataclass(frozen=True, kw_only=True)

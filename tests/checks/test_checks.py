@@ -157,7 +157,16 @@ def test_threshold_names_and_ids_resolve():
 
 
 def test_every_check_is_documented_and_ids_are_stable():
-    assert sorted(CHECKS) == ["SA001", "SA101", "SA102", "SA103", "SA402", "SA901", "SA902"]
+    assert sorted(CHECKS) == [
+        "SA001",
+        "SA101",
+        "SA102",
+        "SA103",
+        "SA302",
+        "SA402",
+        "SA901",
+        "SA902",
+    ]
     for key in CHECKS:
         spec = CHECKS.get(key)
         assert len(spec.doc.splitlines()) >= 3, key
@@ -191,3 +200,32 @@ def test_sa001_baseline_regressions_and_improvements():
     )
     assert lost.status is Status.FAIL and "lost" in lost.message
     assert by_id(run_checks(evidence(1, 2), CheckPolicy()), "SA001").status is Status.SKIPPED
+
+
+def test_sa302_local_bound_statuses():
+    from dataclasses import replace
+
+    from stabaudit.checks.base import LocalEvidence
+
+    ev = evidence(1, 2)
+    assert by_id(run_checks(ev, CheckPolicy()), "SA302").status is Status.SKIPPED
+    local = LocalEvidence(upper=0.5, eps=0.01, norm="linf", samples=3)
+    f = by_id(run_checks(replace(ev, local=local), CheckPolicy()), "SA302")
+    assert f.status is Status.PASS and f.value == {
+        "upper": 0.5,
+        "eps": 0.01,
+        "norm": "linf",
+        "samples": 3,
+    }
+    f = by_id(
+        run_checks(
+            replace(ev, local=replace(local, upper=5.0)), CheckPolicy(thresholds={"lipschitz": 2})
+        ),
+        "SA302",
+    )
+    assert f.status is Status.INCONCLUSIVE and f.severity is Severity.ERROR and f.threshold == 2
+    f = by_id(
+        run_checks(replace(ev, local=replace(local, upper=None, message="x")), CheckPolicy()),
+        "SA302",
+    )
+    assert f.status is Status.SKIPPED
