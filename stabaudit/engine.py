@@ -116,46 +116,46 @@ AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most th
 def _global_methods(
     graph: Graph, request: AuditRequest, reproducible: bool
 ) -> tuple[list[MethodBound], ExactResult | None]:
-    """The certified global methods beyond the product; under auto, only those that apply.
-    Also returns the exact mode's result (its lower bound is a witnessed region norm)."""
+    """The certified global methods beyond the product; auto runs them only on the feedforward
+    chains they apply to, an explicit --method reports why it did not apply. Also returns the
+    exact mode's result (its lower bound is a witnessed region norm)."""
     from stabaudit.analyses.exact import exact_lipschitz
-    from stabaudit.analyses.feedforward import GlobalBoundResult, extract_chain, global_bounds
+    from stabaudit.analyses.feedforward import extract_chain, global_bounds
 
     auto = request.method == "auto"
+    chain = extract_chain(graph)
+    if auto and chain is None:
+        return [], None
+
+    def method_bound(
+        method: str, upper: float | None, certified: bool, seconds: float, notes: tuple[str, ...]
+    ) -> MethodBound:
+        return MethodBound(
+            method=method,
+            upper=_finite(upper),
+            certified=certified and _finite(upper) is not None,
+            seconds=0.0 if reproducible else round(seconds, 4),
+            notes=notes,
+        )
+
     wanted = METHOD_CHOICES[request.method]
     convex = tuple(m for m in wanted if m != "exact")
-    results = (
-        list(global_bounds(graph, budget_s=request.budget_s, methods=convex)) if convex else []
-    )
+    out = [
+        method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes))
+        for r in (global_bounds(graph, budget_s=request.budget_s, methods=convex) if convex else [])
+    ]
     exact = None
-    if "exact" in wanted:
-        chain = extract_chain(graph)
-        units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else None
-        if not auto or (units is not None and units <= AUTO_EXACT_MAX_UNITS):
-            exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
-            notes = exact.notes + (
-                ("exact constant (branch and bound finished)",) if exact.exact else ()
-            )
-            results.append(
-                GlobalBoundResult(
-                    method=exact.method,
-                    upper=exact.upper,
-                    certified=exact.upper is not None,
-                    seconds=exact.seconds,
-                    notes=notes,
-                )
-            )
-    out = []
-    for r in results:
-        if auto and r.upper is None and any("not a feedforward chain" in n for n in r.notes):
-            continue  # auto tries what applies; an explicit --method reports why it did not
+    units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else 0
+    if "exact" in wanted and (not auto or units <= AUTO_EXACT_MAX_UNITS):
+        exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
+        done = ("exact constant (branch and bound finished)",) if exact.exact else ()
         out.append(
-            MethodBound(
-                method=r.method,
-                upper=_finite(r.upper),
-                certified=r.certified and _finite(r.upper) is not None,
-                seconds=0.0 if reproducible else round(r.seconds, 4),
-                notes=tuple(r.notes),
+            method_bound(
+                exact.method,
+                exact.upper,
+                exact.upper is not None,
+                exact.seconds,
+                exact.notes + done,
             )
         )
     return out, exact
@@ -352,7 +352,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         and exact.lower is not None
         and exact.witness is not None
         and (lower is None or exact.lower > lower)
-        and not any("transl" in n for n in exact.notes)  # the witness point is in model coordinates
+        and not exact.witness_translated  # the witness point must be in model coordinates
     ):
         # THEORY.md SA101: a Jacobian norm at a point where the function is differentiable (the
         # interior of an activation region) is a sound lower bound of the Lipschitz constant

@@ -81,6 +81,7 @@ class ExactResult:
     seconds: float
     method: str = "lipbab"
     witness: ExactWitness | None = None
+    witness_translated: bool = False  # the witness point is in input coordinates shifted by a dropped translation
     notes: tuple[str, ...] = ()
 
 
@@ -512,5 +513,6 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
         nodes_explored=explored,
         seconds=time.perf_counter() - start,
         witness=witness,
+        witness_translated=net.input_shifted,
         notes=tuple(notes),
     )
