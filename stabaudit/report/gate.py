@@ -18,8 +18,11 @@ class FailOn(str, Enum):
 
 def gate(findings: Iterable[Finding], fail_on: FailOn) -> tuple[str, int]:
     """A failed check at or above the level fails the gate; with ``inconclusive``, an
-    inconclusive check of severity warning or error fails it too."""
+    inconclusive check of severity warning or error fails it too. A waived finding never fails it
+    (an expired waiver is a failed finding of its own, SA002)."""
     for f in findings:
+        if f.waiver is not None:
+            continue
         if f.status is Status.FAIL:
             if f.severity is Severity.ERROR:
                 return "fail", 1

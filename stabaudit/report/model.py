@@ -112,6 +112,17 @@ class ProfileStep:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Waiver:
+    """An accepted finding (config ``waivers:``): the check still runs and is reported, but a waived
+    failure does not fail the gate until ``expires`` (ISO date; empty: never)."""
+
+    check: str
+    reason: str
+    expires: str = ""
+    model: str = "*"  # glob over model paths, as written in the config
+
+
+@dataclass(frozen=True, kw_only=True)
 class Finding:
     id: str
     name: str
@@ -121,6 +132,7 @@ class Finding:
     threshold: Any
     message: str
     locations: tuple[str, ...] = ()  # the layers the finding is about (SARIF logical locations)
+    waiver: Waiver | None = None  # set when a valid waiver covers this (failed) finding
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,3 +164,37 @@ class Report:
     notes: tuple[str, ...] = ()
     rules: tuple[RuleInfo, ...] = ()  # not part of the JSON report (see report.serialize)
     schema_version: str = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelError:
+    """A batch entry that could not be audited: its path and the one-line error (exit code 2, or 3
+    for an internal error)."""
+
+    path: str
+    error: str
+    exit_code: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchReport:
+    """Many audits: one Report or ModelError per model, in config order. exit_code: 2 if any model
+    could not be audited, else 1 if any gate failed, else 0 (verdict error | fail | pass)."""
+
+    tool: ToolInfo
+    config: str
+    models: tuple[Report | ModelError, ...]
+    verdict: str
+    exit_code: int
+    created: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+
+
+def batch_outcome(models: tuple[Report | ModelError, ...]) -> tuple[str, int]:
+    """The batch verdict and exit code from its entries (CONTRACT.md exit codes)."""
+    if any(isinstance(m, ModelError) for m in models):
+        return "error", max(m.exit_code for m in models if isinstance(m, ModelError))
+    if any(isinstance(m, Report) and m.exit_code == 1 for m in models):
+        return "fail", 1
+    return "pass", 0

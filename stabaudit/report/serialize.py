@@ -7,7 +7,7 @@ import math
 from enum import Enum
 from typing import Any
 
-from stabaudit.report.model import Report
+from stabaudit.report.model import BatchReport, ModelError, Report
 
 
 def plain(value: Any) -> Any:
@@ -30,4 +30,14 @@ def report_to_dict(report: Report) -> dict[str, Any]:
     assert isinstance(data, dict)
     data["tool"] = {"name": report.tool.name, "version": report.tool.version}
     del data["rules"]  # the check catalogue: `stabaudit explain`, SARIF's rules
+    return data
+
+
+def batch_to_dict(batch: BatchReport) -> dict[str, Any]:
+    """{"schema_version", "tool", "config", "created", "timings", "models": [report | {"path",
+    "error", "exit_code"}], "verdict", "exit_code"} (CONTRACT.md batch report)."""
+    data = {f.name: plain(getattr(batch, f.name)) for f in dataclasses.fields(batch) if f.name != "models"}
+    data["models"] = [
+        plain(m) if isinstance(m, ModelError) else report_to_dict(m) for m in batch.models
+    ]
     return data

@@ -32,7 +32,7 @@ def test_json_has_contract_fields():
     assert check == {
         "id": "SA101", "name": "lipschitz.global", "status": "fail", "severity": "warning",
         "value": {"lower": 1.5, "upper": 3.125}, "threshold": 1.0, "message": "K >= 1.5 > 1",
-        "locations": ["fc1"],
+        "locations": ["fc1"], "waiver": None,
     }
     assert data["verdict"] == "pass" and data["exit_code"] == 0
     assert "rules" not in data and data["created"] == "2026-01-02T03:04:05Z"
