@@ -24,6 +24,9 @@ SEEDS = [
     b"severity:\n  SA101: error\n  SA102: warning\n",
     b"- 1\n- 2\n",
     b"seed: !!int 3\n",
+    b"defaults:\n  thresholds: {lipschitz: 100}\nmodels:\n  - path: a.onnx\n    checks: {disable: [SA303]}\n"
+    b"waivers:\n  - {check: SA101, model: '*.onnx', reason: r, expires: 2027-03-01}\n",
+    b"models:\n  - &m {path: '*.pt', max_memory: 8G, method: sdp, budget: 1.5}\n  - *m\n",
 ]
 
 

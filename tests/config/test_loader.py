@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stabaudit.config import load_config
+from stabaudit.config import Settings, load_config
 from stabaudit.errors import ConfigError
 
 
@@ -16,13 +16,15 @@ def write(tmp_path, text):
 
 def test_valid_config(tmp_path):
     cfg = load_config(write(tmp_path, "thresholds:\n  lipschitz: 10\n  SA103: 0.5\nseed: 3\ninput_shape: [1, 3, 8, 8]\nfail_on: warning\nseverity: {SA102: info}\n"))
-    assert cfg.thresholds == {"lipschitz": 10.0, "SA103": 0.5}
-    assert cfg.seed == 3 and cfg.input_shape == (1, 3, 8, 8) and cfg.fail_on == "warning"
-    assert cfg.severity == {"SA102": "info"}
+    assert cfg.defaults.thresholds == {"lipschitz": 10.0, "SA103": 0.5}
+    assert cfg.defaults.seed == 3 and cfg.defaults.input_shape == (1, 3, 8, 8) and cfg.defaults.fail_on == "warning"
+    assert cfg.defaults.severity == {"SA102": "info"}
+    assert cfg.models == () and cfg.waivers == ()
 
 
 def test_empty_config(tmp_path):
-    assert load_config(write(tmp_path, "")).thresholds == {}
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.defaults == Settings() and cfg.models == () and cfg.waivers == ()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stabaudit.config import load_config
+from stabaudit.config import load_config, resolve_models
 from stabaudit.errors import ConfigError
 from tests.fuzz.harness import check_error, time_limit
 
@@ -67,3 +67,39 @@ def test_structured_mutations_of_a_valid_config(tmp_path_factory: pytest.TempPat
         node = node[key]
     node[key_path[-1]] = value
     _load(tmp_path_factory.mktemp("cfg"), yaml.safe_dump(config, default_flow_style=flow).encode())
+
+
+VALID_BATCH = {"defaults": {"thresholds": {"lipschitz": 100}, "severity": {"SA102": "info"}, "max_memory": "8G"},
+               "models": [{"path": "m.onnx", "input_shape": [1, 4], "checks": {"disable": ["SA303"]},
+                           "method": "sdp", "budget": 5, "eps": 0.1}],
+               "waivers": [{"check": "SA101", "model": "*.onnx", "reason": "r", "expires": "2027-03-01"}]}
+
+
+@settings(FUZZ, max_examples=100)
+@given(key_path=st.lists(st.sampled_from(["defaults", "models", "waivers", "thresholds", "checks", "disable",
+                                          "path", "expires", "max_memory", "method", "budget", "other"]),
+                         min_size=1, max_size=3),
+       value=values, flow=st.booleans())
+def test_structured_mutations_of_a_batch_config(tmp_path_factory: pytest.TempPathFactory, key_path: list[str],
+                                                value: object, flow: bool) -> None:
+    """The batch form, a value replaced somewhere (inside the first model or waiver for list keys)."""
+    config: dict = yaml.safe_load(yaml.safe_dump(VALID_BATCH))
+    node = config
+    for key in key_path[:-1]:
+        child = node.get(key)
+        if isinstance(child, list) and child and isinstance(child[0], dict):
+            node = child[0]
+            continue
+        if not isinstance(child, dict):
+            node[key] = {}
+        node = node[key]
+    node[key_path[-1]] = value
+    tmp_path = tmp_path_factory.mktemp("cfg")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    path = tmp_path / "batch.yaml"
+    path.write_bytes(yaml.safe_dump(config, default_flow_style=flow).encode())
+    with time_limit(20):
+        try:
+            resolve_models(load_config(path))
+        except ConfigError as exc:
+            check_error(exc)

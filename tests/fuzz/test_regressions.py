@@ -196,7 +196,7 @@ def test_huge_input_shape_in_the_archive(tmp_path: Path, shape: list[int]) -> No
 
 # ---- config ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "fragment"), [
-    ("thresholds: {a: !!float x}\n", "thresholds: invalid value"),  # was ValueError
+    ("thresholds: {a: !!float x}\n", "thresholds.a: invalid value"),  # was ValueError
     ("seed: !!int x\n", "seed: invalid value"),  # was ValueError
     ("seed: !!int \n", "seed: invalid value"),  # was IndexError (atheris, fuzz_config)
     ("fail_on: [error]\n", "fail_on: expected one of"),  # was TypeError: unhashable list
@@ -204,7 +204,7 @@ def test_huge_input_shape_in_the_archive(tmp_path: Path, shape: list[int]) -> No
     ("thresholds: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),  # was RecursionError
     ("thresholds: {lipschitz: .nan}\n", "thresholds.lipschitz: expected a number"),  # was accepted
     ("seed: 99999999999999999999999999\n", "seed: expected a non-negative integer"),  # was exit 3 in torch
-    ("thresholds: {? [a]: 1}\n", "invalid value"),
+    ("thresholds: {? [a]: 1}\n", "thresholds.(key): expected a plain name as key"),
     ("{[1]: 2}\n", "expected a plain name as key"),
     ("\x00", "invalid YAML"),
 ])

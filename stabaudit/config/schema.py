@@ -1,0 +1,299 @@
+"""The config schema: what the YAML may say (strict pydantic models) and what loading yields."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from stabaudit.errors import UsageError
+
+SeverityName = Literal["error", "warning", "info"]
+FailOn = Literal["error", "warning", "inconclusive"]
+Method = Literal["auto", "product", "layerwise", "sdp", "eclipse-fast", "eclipse", "lipsdp-neuron", "exact"]
+METHODS: tuple[str, ...] = get_args(Method)
+SEVERITIES: tuple[str, ...] = get_args(SeverityName)
+FAIL_ON: tuple[str, ...] = get_args(FailOn)
+MAX_SEED = 2**32 - 1  # every random generator the engine seeds accepts this range
+CHECK_ID = r"^SA\d{3}$"
+INPUT_SUFFIXES = (".npz", ".npy")
+CUSTOM = "stabaudit"  # the pydantic error type whose message is already ours, passed through as is
+
+
+def _error(message: str) -> PydanticCustomError:
+    return PydanticCustomError(CUSTOM, message)
+
+
+# ---- the public result of loading ------------------------------------------------------------------
+class Settings(BaseModel):
+    """Audit settings of one level (defaults or a model entry); empty or None means "not set"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    severity: dict[str, SeverityName] = Field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
+    seed: int | None = None
+    fail_on: FailOn | None = None
+    method: Method | None = None
+    budget: float | None = None
+    timeout: float | None = None
+    eps: float | None = None
+    inputs: Path | None = None  # absolute
+    max_memory: int | None = None  # bytes
+    disable: frozenset[str] = frozenset()
+
+    def merged(self, over: Settings) -> Settings:
+        """These settings overridden by ``over``: its set values win, thresholds and severity merge
+        key by key (``over`` wins), the disabled checks are the union."""
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            mine, theirs = getattr(self, name), getattr(over, name)
+            if name in ("thresholds", "severity"):
+                values[name] = {**mine, **theirs}
+            elif name == "disable":
+                values[name] = mine | theirs
+            else:
+                values[name] = mine if theirs is None else theirs
+        return Settings(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+    """One entry of ``models:``: a path or glob as written, its own settings, the line of its path."""
+
+    path: str
+    settings: Settings
+    line: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaiverEntry:
+    """One entry of ``waivers:``: a check accepted for the models matching a glob, until a date."""
+
+    check: str
+    model: str
+    reason: str
+    expires: datetime.date | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigFile:
+    """A loaded config: the file it came from, the defaults, the model entries and the waivers."""
+
+    path: Path
+    defaults: Settings
+    models: tuple[ModelEntry, ...]
+    waivers: tuple[WaiverEntry, ...]
+
+
+# ---- the YAML as written (validated strictly; ``context={"base": <config dir>}``) -----------------
+def _not_nan(value: float) -> float:
+    # inf stays allowed: a threshold of .inf switches a check's limit off.
+    if math.isnan(value):
+        raise _error("expected a number")
+    return value
+
+
+def _size(value: object) -> object:
+    from stabaudit.limits import parse_size
+
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return value  # left to the strict int check, which refuses it
+    try:
+        return parse_size(value)
+    except UsageError as exc:
+        # parse_size speaks of the command-line option; keep only its reason.
+        reason = str(exc).split(": ", 1)[-1]
+        raise _error(reason) from None
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _date(value: object) -> object:
+    if isinstance(value, datetime.datetime):
+        raise _error("expected a date YYYY-MM-DD, not a date and time")
+    if isinstance(value, str) and _ISO_DATE.match(value):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError as exc:
+            raise _error(f"expected a date YYYY-MM-DD ({exc})") from None
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise _error("expected a non-empty reason")
+    return value
+
+
+CheckId = Annotated[str, Field(pattern=CHECK_ID)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, value: object) -> object:
+        # An empty value (`seed:`) is a mistake, not "not set": not setting a key is how to leave it out.
+        if value is None:
+            raise PydanticCustomError("null", "empty value")
+        return value
+
+
+class ChecksInput(_Input):
+    disable: list[CheckId] = Field(default_factory=list)
+
+
+class SettingsInput(_Input):
+    thresholds: dict[str, Annotated[float, AfterValidator(_not_nan)]] = Field(default_factory=dict)
+    severity: dict[str, SeverityName] = Field(default_factory=dict)
+    input_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] | None = None
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    fail_on: FailOn | None = None
+    method: Method | None = None
+    budget: Seconds | None = None
+    timeout: Seconds | None = None
+    eps: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    inputs: str | None = None
+    max_memory: Annotated[int, BeforeValidator(_size)] | None = None
+    checks: ChecksInput | None = None
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_exist(cls, value: str, info: ValidationInfo) -> str:
+        base = Path((info.context or {}).get("base", "."))
+        if Path(value).suffix.lower() not in INPUT_SUFFIXES:
+            raise _error(f"expected a .npz or .npy file, not {value!r}")
+        if not (base / value).is_file():
+            raise _error(f"no such file {value!r}")
+        return value
+
+    def to_settings(self, base: Path) -> Settings:
+        """The public settings; ``inputs`` made absolute against ``base`` (the config's directory)."""
+        inputs = Path(os.path.normpath(base.absolute() / self.inputs)) if self.inputs is not None else None
+        return Settings(
+            thresholds=dict(self.thresholds), severity=dict(self.severity),
+            input_shape=tuple(self.input_shape) if self.input_shape is not None else None,
+            seed=self.seed, fail_on=self.fail_on, method=self.method, budget=self.budget, timeout=self.timeout,
+            eps=self.eps, inputs=inputs, max_memory=self.max_memory,
+            disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
+        )
+
+
+SETTINGS_KEYS: tuple[str, ...] = tuple(SettingsInput.model_fields)
+
+
+class ModelInput(SettingsInput):
+    path: Annotated[str, Field(min_length=1)]
+
+
+class WaiverInput(_Input):
+    check: CheckId
+    model: Annotated[str, Field(min_length=1)] = "*"
+    reason: Annotated[str, AfterValidator(_non_blank)]
+    expires: Annotated[datetime.date, BeforeValidator(_date)] | None = None
+
+
+class ConfigInput(SettingsInput):
+    """The whole file; settings at the top level are the old flat form and mean ``defaults:``."""
+
+    defaults: SettingsInput | None = None
+    models: list[ModelInput] | None = None
+    waivers: list[WaiverInput] | None = None
+
+
+# ---- pydantic errors in our words --------------------------------------------------------------------
+# field -> (message for the value itself, message for an item or value inside it; None: report the
+# error at the field itself, a list whose one bad item is the whole field's problem)
+_EXPECTED: dict[str, tuple[str, str | None]] = {
+    "thresholds": ("expected a mapping NAME: number", "expected a number"),
+    "severity": ("expected a mapping CHECK_ID: error|warning|info", "expected one of error, warning, info"),
+    "input_shape": ("expected a list of positive integers", None),
+    "seed": (f"expected a non-negative integer (at most {MAX_SEED})", None),
+    "fail_on": ("expected one of " + ", ".join(FAIL_ON), None),
+    "method": ("expected one of " + ", ".join(METHODS), None),
+    "budget": ("expected a finite number of seconds > 0", None),
+    "timeout": ("expected a finite number of seconds > 0", None),
+    "eps": ("expected a finite number >= 0", None),
+    "inputs": ("expected the path of a .npz or .npy file", None),
+    "max_memory": ("expected a size such as 8G, 512M, 25% or a number of bytes", None),
+    "checks": ("expected a mapping such as {disable: [SA101]}", None),
+    "disable": ("expected a list of check ids such as [SA101, SA303]", "expected a check id such as SA101"),
+    "defaults": ("expected a mapping of settings", None),
+    "models": ("expected a list of models, each a mapping with a 'path'", "expected a mapping with a 'path'"),
+    "waivers": ("expected a list of waivers", "expected a mapping with 'check' and 'reason'"),
+    "path": ("expected a file path or glob", None),
+    "check": ("expected a check id such as SA101", None),
+    "model": ("expected a glob over model paths", None),
+    "reason": ("expected a non-empty reason", None),
+    "expires": ("expected a date YYYY-MM-DD", None),
+}
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def explain(loc: tuple[int | str, ...], kind: str, message: str) -> tuple[tuple[int | str, ...], str]:
+    """(where, what) for one pydantic error: the location to report (a prefix of ``loc`` where the
+    whole value is at fault) and the message in our words."""
+    model: type[BaseModel] = ConfigInput
+    field: str | None = None
+    end = 0  # loc[:end] reaches `field`
+    i = 0
+    while i < len(loc):
+        segment = loc[i]
+        if not (isinstance(segment, str) and segment in model.model_fields):
+            break
+        field, end = segment, i + 1
+        nested = _nested_model(model.model_fields[segment].annotation)
+        if nested is None:
+            break
+        model = nested
+        i += 1
+        while i < len(loc) and isinstance(loc[i], int):
+            i += 1
+    if kind == "extra_forbidden":
+        import difflib
+
+        key, known = str(loc[-1]), sorted(model.model_fields)
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+        return loc, f"unknown key ({hint})"
+    if kind == "missing":
+        return loc, "missing (required)"
+    if kind == CUSTOM:
+        return loc, message
+    if field is None:
+        return loc, "expected a mapping of settings"
+    whole, item = _EXPECTED[field]
+    if end == len(loc):
+        return loc, whole
+    if item is None:
+        return loc[:end], whole
+    return loc, item
