@@ -1,14 +1,18 @@
-"""A hand-built Report for renderer and gate tests (no engine involved)."""
+"""Hand-built reports (single and batch) for renderer and gate tests (no engine involved)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from stabaudit.report.model import (
+    BatchReport,
     Equivalence,
     Finding,
     GlobalLipschitz,
     Layer,
     LayerLipschitz,
     MethodBound,
+    ModelError,
     ModelInfo,
     ProfileStep,
     Report,
@@ -16,7 +20,9 @@ from stabaudit.report.model import (
     Severity,
     Status,
     ToolInfo,
+    Waiver,
     Witness,
+    batch_outcome,
 )
 
 
@@ -77,4 +83,43 @@ def make_report() -> Report:
             RuleInfo(id="SA402", name="weights.finite", summary="Finite weights.", doc="Finite weights.",
                      severity=Severity.ERROR, default_threshold=None),
         ),
+    )
+
+
+def make_batch_report() -> BatchReport:
+    """Three entries: a passing model whose failed check is waived, a failing model, a model that
+    could not be audited."""
+    base = make_report()
+    sa101, sa402 = base.checks
+    waived = replace(
+        base,
+        model=replace(base.model, path="models/a.onnx"),
+        checks=(
+            replace(sa101, waiver=Waiver(check="SA101", reason="bracket accepted by review", expires="2026-12-31")),
+            sa402,
+        ),
+    )
+    failing = replace(
+        base,
+        model=replace(base.model, path="models/b.pt", format="torchscript", sha256="cd" * 32),
+        lipschitz=replace(base.lipschitz, upper=40.0, lower=12.5, certified=False, upper_method="gram-iteration"),
+        checks=(
+            replace(sa101, value={"lower": 12.5, "upper": 40.0}, message="K >= 12.5 > 1"),
+            replace(sa402, status=Status.FAIL, value=3, message="3 parameters are NaN or infinite",
+                    locations=("conv",)),
+        ),
+        verdict="fail",
+        exit_code=1,
+    )
+    broken = ModelError(path="models/broken.onnx", error="not an ONNX model or TorchScript archive")
+    models: tuple[Report | ModelError, ...] = (waived, failing, broken)
+    verdict, exit_code = batch_outcome(models)
+    return BatchReport(
+        tool=base.tool,
+        config="audit.yaml",
+        models=models,
+        verdict=verdict,
+        exit_code=exit_code,
+        created="2026-01-02T03:04:05Z",
+        timings={"total": 1.5},
     )

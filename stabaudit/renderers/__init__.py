@@ -1,6 +1,12 @@
 """Renderers: one module per output format, registered by explicit import."""
 
-from stabaudit.renderers import json, junit, markdown, sarif, table  # noqa: F401  (registration)
-from stabaudit.renderers.base import RENDERERS, OutputFormat
+from stabaudit.renderers import html, json, junit, markdown, sarif, table  # noqa: F401  (registration)
+from stabaudit.renderers.base import (
+    BATCH_RENDERERS,
+    RENDERERS,
+    BatchRenderer,
+    OutputFormat,
+    Renderer,
+)
 
-__all__ = ["RENDERERS", "OutputFormat"]
+__all__ = ["BATCH_RENDERERS", "RENDERERS", "BatchRenderer", "OutputFormat", "Renderer"]

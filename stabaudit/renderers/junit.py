@@ -1,20 +1,35 @@
-"""JUnit XML: one test suite per model, one test case per check (CI test-report widgets)."""
+"""JUnit XML: one test suite per model, one test case per check (CI test-report widgets); a model
+that could not be audited is a suite whose one test case "audit" is an error."""
 
 from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from stabaudit.renderers.base import RENDERERS, OutputFormat
-from stabaudit.report.model import Report, Status
+from stabaudit.renderers.base import (
+    BATCH_RENDERERS,
+    RENDERERS,
+    OutputFormat,
+    is_failing,
+    waiver_note,
+)
+from stabaudit.report.model import BatchReport, ModelError, Report, Status
+
+_HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
-@RENDERERS.register(OutputFormat.JUNIT)
-def render_junit(report: Report) -> str:
-    failures = sum(f.status is Status.FAIL for f in report.checks)
-    skipped = sum(f.status in (Status.SKIPPED, Status.INCONCLUSIVE) for f in report.checks)
-    suites = ET.Element("testsuites", name="stabaudit", tests=str(len(report.checks)), failures=str(failures))
+def _counts(report: Report) -> tuple[int, int]:
+    """(failures, skipped): a waived failure is skipped, not failed, as the gate treats it."""
+    failures = sum(is_failing(f) for f in report.checks)
+    skipped = sum(
+        f.waiver is not None or f.status in (Status.SKIPPED, Status.INCONCLUSIVE) for f in report.checks
+    )
+    return failures, skipped
+
+
+def _suite(parent: ET.Element, report: Report) -> None:
+    failures, skipped = _counts(report)
     suite = ET.SubElement(
-        suites,
+        parent,
         "testsuite",
         name=report.model.path,
         tests=str(len(report.checks)),
@@ -26,7 +41,9 @@ def render_junit(report: Report) -> str:
     for f in report.checks:
         case = ET.SubElement(suite, "testcase", classname=report.model.path, name=f"{f.id} {f.name}")
         text = f"[{f.severity.value}] {f.message}"
-        if f.status is Status.FAIL:
+        if f.waiver is not None:
+            ET.SubElement(case, "skipped", message=waiver_note(f.waiver))
+        elif f.status is Status.FAIL:
             ET.SubElement(case, "failure", message=f.message, type=f.severity.value).text = text
         elif f.status is Status.INCONCLUSIVE:
             ET.SubElement(case, "skipped", message=f"inconclusive: {f.message}")
@@ -34,5 +51,52 @@ def render_junit(report: Report) -> str:
             ET.SubElement(case, "skipped", message=f.message)
         else:
             ET.SubElement(case, "system-out").text = text
+
+
+def _error_suite(parent: ET.Element, entry: ModelError, created: str) -> None:
+    suite = ET.SubElement(
+        parent,
+        "testsuite",
+        name=entry.path,
+        tests="1",
+        failures="0",
+        skipped="0",
+        errors="1",
+        timestamp=created.removesuffix("Z"),
+    )
+    case = ET.SubElement(suite, "testcase", classname=entry.path, name="audit")
+    ET.SubElement(case, "error", message=entry.error, type=f"exit code {entry.exit_code}").text = entry.error
+
+
+def _document(suites: ET.Element) -> str:
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return _HEADER + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+@RENDERERS.register(OutputFormat.JUNIT)
+def render_junit(report: Report) -> str:
+    failures, _ = _counts(report)
+    suites = ET.Element("testsuites", name="stabaudit", tests=str(len(report.checks)), failures=str(failures))
+    _suite(suites, report)
+    return _document(suites)
+
+
+@BATCH_RENDERERS.register(OutputFormat.JUNIT)
+def render_batch_junit(batch: BatchReport) -> str:
+    tests = failures = errors = 0
+    for entry in batch.models:
+        match entry:
+            case ModelError():
+                tests, errors = tests + 1, errors + 1
+            case Report():
+                tests, failures = tests + len(entry.checks), failures + _counts(entry)[0]
+    suites = ET.Element(
+        "testsuites", name="stabaudit", tests=str(tests), failures=str(failures), errors=str(errors)
+    )
+    for entry in batch.models:
+        match entry:
+            case ModelError():
+                _error_suite(suites, entry, batch.created)
+            case Report():
+                _suite(suites, entry)
+    return _document(suites)

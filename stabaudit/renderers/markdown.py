@@ -1,17 +1,47 @@
-"""A pull-request comment: verdict, bracket, the checks, the per-layer table folded."""
+"""A pull-request comment: verdict, bracket, the checks, the per-layer table folded; for a batch,
+the batch verdict, one row per model and each model's failing checks folded."""
 
 from __future__ import annotations
 
-from stabaudit.renderers.base import RENDERERS, OutputFormat
-from stabaudit.renderers.table import mark, num
-from stabaudit.report.model import Report
+import html
+
+from stabaudit.renderers.base import (
+    BATCH_RENDERERS,
+    RENDERERS,
+    OutputFormat,
+    is_failing,
+    status_label,
+)
+from stabaudit.renderers.table import detail, failing_ids, mark, num
+from stabaudit.report.model import BatchReport, ModelError, Report
+
+
+def cell(text: str) -> str:
+    """Text safe inside a table cell: a '|' would end the cell, a newline the row."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
+def prose(text: str) -> str:
+    """User text (messages, layer names) as literal text in a table cell: no HTML tags, no entities."""
+    return cell(text.replace("&", "&amp;").replace("<", "&lt;"))
+
+
+def summary_code(text: str) -> str:
+    """A path inside <summary>, where Markdown is not parsed: HTML code, escaped."""
+    return f"<code>{html.escape(text)}</code>"
+
+
+def code(text: str) -> str:
+    """Inline code whose content may itself hold backticks (CommonMark: a longer fence)."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
 
 
 @RENDERERS.register(OutputFormat.MD)
 def render_markdown(report: Report) -> str:
     lip = report.lipschitz
     lines = [
-        f"### stabaudit: {report.verdict.upper()} — `{report.model.path}`",
+        f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
         "",
         f"Global Lipschitz (L2): **[{num(lip.lower)}, {num(lip.upper)}]** "
         f"(upper {mark(lip.certified)}: {lip.upper_method})",
@@ -20,7 +50,7 @@ def render_markdown(report: Report) -> str:
         "|---|---|---|---|",
     ]
     for f in report.checks:
-        lines.append(f"| {f.id} {f.name} | {f.status.value} | {f.severity.value} | {f.message} |")
+        lines.append(f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |")
     lines += [
         "",
         "<details><summary>Per-layer bounds</summary>",
@@ -30,6 +60,58 @@ def render_markdown(report: Report) -> str:
     ]
     for layer in report.layers:
         lb = layer.lipschitz
-        lines.append(f"| {layer.name} | {layer.op} | {num(lb.lower)} | {num(lb.upper)} | {lb.method} |")
+        lines.append(f"| {prose(layer.name)} | {layer.op} | {num(lb.lower)} | {num(lb.upper)} | {lb.method} |")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def _model_details(entry: Report | ModelError) -> list[str]:
+    """One model folded: its failing (and waived) checks, or why it could not be audited."""
+    match entry:
+        case ModelError(path=path, error=error):
+            return [
+                f"<details><summary>{summary_code(path)}: ERROR</summary>",
+                "",
+                f"Could not be audited (exit code {entry.exit_code}): {prose(error)}",
+                "",
+                "</details>",
+            ]
+        case Report():
+            shown = [f for f in entry.checks if is_failing(f) or f.waiver is not None]
+            count = sum(is_failing(f) for f in entry.checks)
+            lines = [
+                f"<details><summary>{summary_code(entry.model.path)}: {entry.verdict.upper()}, "
+                f"{count} failing check{'' if count == 1 else 's'}</summary>",
+                "",
+            ]
+            if shown:
+                lines += ["| check | status | severity | detail |", "|---|---|---|---|"]
+                lines += [
+                    f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |" for f in shown
+                ]
+            else:
+                lines.append("No failing checks.")
+            return [*lines, "", "</details>"]
+
+
+@BATCH_RENDERERS.register(OutputFormat.MD)
+def render_batch_markdown(batch: BatchReport) -> str:
+    lines = [
+        f"### stabaudit batch: {batch.verdict.upper()} — {len(batch.models)} models ({code(batch.config)}, "
+        f"exit code {batch.exit_code})",
+        "",
+        "| model | verdict | lower | upper | upper is | failing checks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in batch.models:
+        match entry:
+            case ModelError(path=path):
+                lines.append(f"| {cell(code(path))} | error | - | - | - | - |")
+            case Report(model=model, lipschitz=lip):
+                lines.append(
+                    f"| {cell(code(model.path))} | {entry.verdict} | {num(lip.lower)} | {num(lip.upper)} "
+                    f"| {mark(lip.certified)} | {failing_ids(entry)} |"
+                )
+    for entry in batch.models:
+        lines += ["", *_model_details(entry)]
+    return "\n".join(lines) + "\n"

@@ -1,11 +1,19 @@
-"""The terminal report: per-layer gains, the global bracket, the depth profile, checks, verdict."""
+"""The terminal report: per-layer gains, the global bracket, the depth profile, checks, verdict;
+for a batch, one row per model and the batch verdict."""
 
 from __future__ import annotations
 
 from tabulate import tabulate
 
-from stabaudit.renderers.base import RENDERERS, OutputFormat
-from stabaudit.report.model import LayerLipschitz, Report
+from stabaudit.renderers.base import (
+    BATCH_RENDERERS,
+    RENDERERS,
+    OutputFormat,
+    is_failing,
+    status_label,
+    waiver_note,
+)
+from stabaudit.report.model import BatchReport, Finding, LayerLipschitz, ModelError, Report
 
 
 def num(x: float | None) -> str:
@@ -66,8 +74,46 @@ def render_table(report: Report) -> str:
         ends = report.profile[-1]
         out.append(f"Depth profile: {len(report.profile)} steps, ends at {num(ends.upper)} after {ends.layer}")
     out.append("")
-    crow = [[f.id, f.name, f.severity.value, f.status.value.upper(), f.message] for f in report.checks]
+    crow = [[f.id, f.name, f.severity.value, status_label(f).upper(), detail(f)] for f in report.checks]
     out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
     out.append("")
     out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})")
+    return "\n".join(out) + "\n"
+
+
+def detail(finding: Finding) -> str:
+    """The check's message, and the waiver that accepts it."""
+    if finding.waiver is None:
+        return finding.message
+    return f"{finding.message} ({waiver_note(finding.waiver)})"
+
+
+def failing_ids(report: Report) -> str:
+    """The ids of the failed checks no waiver covers, then the waived ones marked as such."""
+    ids = [f.id for f in report.checks if is_failing(f)]
+    ids += [f"{f.id} (waived)" for f in report.checks if f.waiver is not None]
+    return ", ".join(ids) or "-"
+
+
+@BATCH_RENDERERS.register(OutputFormat.TABLE)
+def render_batch_table(batch: BatchReport) -> str:
+    rows = []
+    errors = []
+    for entry in batch.models:
+        match entry:
+            case ModelError(path=path, error=error):
+                rows.append([path, "error", "-", "-", "-", "-"])
+                errors.append(f"error: {path}: {error}")
+            case Report(model=model, lipschitz=lip):
+                rows.append(
+                    [model.path, entry.verdict, num(lip.lower), num(lip.upper), mark(lip.certified), failing_ids(entry)]
+                )
+    out = [
+        f"stabaudit {batch.tool.version}  batch {batch.config}  {batch.created}",
+        "",
+        tabulate(rows, headers=["model", "verdict", "lower", "upper", "upper is", "failing checks"], disable_numparse=True),
+    ]
+    if errors:
+        out += ["", *errors]
+    out += ["", f"batch verdict: {batch.verdict.upper()} ({len(batch.models)} models, exit code {batch.exit_code})"]
     return "\n".join(out) + "\n"

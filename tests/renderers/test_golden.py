@@ -1,24 +1,41 @@
-"""Golden files: every format rendered from one hand-built report (regenerate: --update-golden)."""
+"""Golden files: every format rendered from one hand-built report and one hand-built batch
+(regenerate: --update-golden)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from stabaudit.renderers import RENDERERS, OutputFormat
-from tests.report_factory import make_report
+from stabaudit.renderers import BATCH_RENDERERS, RENDERERS, OutputFormat
+from tests.report_factory import make_batch_report, make_report
 
 GOLDEN = Path(__file__).parent / "golden"
 SUFFIX = {
     OutputFormat.TABLE: "txt",
     OutputFormat.JSON: "json",
     OutputFormat.MD: "md",
+    OutputFormat.HTML: "html",
     OutputFormat.SARIF: "sarif",
     OutputFormat.JUNIT: "xml",
 }
 SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
+
+
+def _check_golden(path: Path, text: str, update: bool) -> None:
+    if update:
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{path.name} changed: rerun with --update-golden if intended"
+
+
+def _sarif_schema() -> tuple[object, dict]:
+    jsonschema = pytest.importorskip("jsonschema")
+    if not SCHEMA.is_file():
+        pytest.skip("../shared/schemas/sarif-schema-2.1.0.json is absent")
+    return jsonschema, json.loads(SCHEMA.read_text())
 
 
 def test_every_format_has_a_golden_suffix():
@@ -27,27 +44,72 @@ def test_every_format_has_a_golden_suffix():
 
 @pytest.mark.parametrize("fmt", list(OutputFormat), ids=lambda f: f.value)
 def test_golden(fmt, update_golden):
-    text = RENDERERS.get(fmt)(make_report())
-    path = GOLDEN / f"report.{SUFFIX[fmt]}"
-    if update_golden:
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{path.name} changed: rerun with --update-golden if intended"
+    _check_golden(GOLDEN / f"report.{SUFFIX[fmt]}", RENDERERS.get(fmt)(make_report()), update_golden)
+
+
+@pytest.mark.parametrize("fmt", list(OutputFormat), ids=lambda f: f.value)
+def test_batch_golden(fmt, update_golden):
+    _check_golden(GOLDEN / f"batch.{SUFFIX[fmt]}", BATCH_RENDERERS.get(fmt)(make_batch_report()), update_golden)
 
 
 def test_sarif_validates_against_the_schema():
-    jsonschema = pytest.importorskip("jsonschema")
-    if not SCHEMA.is_file():
-        pytest.skip("../shared/schemas/sarif-schema-2.1.0.json is absent")
-    schema = json.loads(SCHEMA.read_text())
+    jsonschema, schema = _sarif_schema()
     doc = json.loads(RENDERERS.get(OutputFormat.SARIF)(make_report()))
-    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
     run = doc["runs"][0]
     assert [r["id"] for r in run["tool"]["driver"]["rules"]] == ["SA101", "SA402"]
     fail = run["results"][0]
     assert fail["kind"] == "fail" and fail["level"] == "warning" and fail["ruleIndex"] == 0
     assert fail["locations"][0]["logicalLocations"] == [{"name": "fc1", "kind": "member"}]
+    assert "suppressions" not in fail
     assert run["results"][1]["kind"] == "pass" and run["results"][1]["level"] == "none"
+
+
+def test_batch_sarif_is_one_run_over_every_model_file():
+    jsonschema, schema = _sarif_schema()
+    doc = json.loads(BATCH_RENDERERS.get(OutputFormat.SARIF)(make_batch_report()))
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
+    assert len(doc["runs"]) == 1
+    run = doc["runs"][0]
+    uris = [a["location"]["uri"] for a in run["artifacts"]]
+    assert uris == ["models/a.onnx", "models/b.pt", "models/broken.onnx"]
+    assert run["artifacts"][1]["hashes"] == {"sha-256": "cd" * 32}
+    located = [
+        (r["ruleId"], r["locations"][0]["physicalLocation"]["artifactLocation"]) for r in run["results"]
+    ]
+    assert located == [
+        ("SA101", {"uri": "models/a.onnx", "index": 0}),
+        ("SA402", {"uri": "models/a.onnx", "index": 0}),
+        ("SA101", {"uri": "models/b.pt", "index": 1}),
+        ("SA402", {"uri": "models/b.pt", "index": 1}),
+    ]
+    assert run["results"][3]["locations"][0]["logicalLocations"] == [{"name": "conv", "kind": "member"}]
+    waived = run["results"][0]
+    assert waived["suppressions"] == [{"kind": "external", "justification": "bracket accepted by review"}]
+    assert all("suppressions" not in r for r in run["results"][1:])
+    invocation = run["invocations"][0]
+    assert invocation["executionSuccessful"] is False and invocation["exitCode"] == 2
+    assert invocation["toolExecutionNotifications"] == [
+        {
+            "level": "error",
+            "message": {"text": "not an ONNX model or TorchScript archive"},
+            "locations": [
+                {"physicalLocation": {"artifactLocation": {"uri": "models/broken.onnx", "index": 2}}}
+            ],
+            "properties": {"exitCode": 2},
+        }
+    ]
+    assert run["properties"]["verdict"] == "error" and run["properties"]["exitCode"] == 2
+
+
+def test_batch_sarif_without_errors_ran_successfully():
+    jsonschema, schema = _sarif_schema()
+    batch = make_batch_report()
+    ok = replace(batch, models=batch.models[:2], verdict="fail", exit_code=1)
+    doc = json.loads(BATCH_RENDERERS.get(OutputFormat.SARIF)(ok))
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
+    invocation = doc["runs"][0]["invocations"][0]
+    assert invocation["executionSuccessful"] is True and invocation["toolExecutionNotifications"] == []
 
 
 def test_junit_counts():
@@ -58,3 +120,22 @@ def test_junit_counts():
     assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"
     cases = suite.findall("testcase")
     assert cases[0].find("failure") is not None and cases[1].find("failure") is None
+
+
+def test_batch_junit_one_suite_per_model():
+    from xml.etree import ElementTree as ET
+
+    root = ET.fromstring(BATCH_RENDERERS.get(OutputFormat.JUNIT)(make_batch_report()))
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("5", "2", "1")
+    suites = root.findall("testsuite")
+    assert [s.get("name") for s in suites] == ["models/a.onnx", "models/b.pt", "models/broken.onnx"]
+    waived, failing, broken = suites
+    assert (waived.get("failures"), waived.get("skipped")) == ("0", "1")
+    skipped = waived.find("testcase/skipped")
+    assert skipped is not None
+    assert skipped.get("message") == "waived: bracket accepted by review (expires 2026-12-31)"
+    assert failing.get("failures") == "2" and len(failing.findall("testcase/failure")) == 2
+    cases = broken.findall("testcase")
+    assert [c.get("name") for c in cases] == ["audit"] and broken.get("errors") == "1"
+    error = cases[0].find("error")
+    assert error is not None and error.get("message") == "not an ONNX model or TorchScript archive"
