@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
-from stabaudit.report.model import BatchReport, ModelError, Report
+from stabaudit.report.model import SCHEMA_VERSION, BatchReport, ModelError, Report
+
+_T = TypeVar("_T")
 
 
 def plain(value: Any) -> Any:
@@ -41,3 +46,105 @@ def batch_to_dict(batch: BatchReport) -> dict[str, Any]:
         plain(m) if isinstance(m, ModelError) else report_to_dict(m) for m in batch.models
     ]
     return data
+
+
+# Fields that report_to_dict leaves out: they come back with their defaults.
+_NOT_SERIALIZED: dict[type, frozenset[str]] = {Report: frozenset({"rules"})}
+
+
+def report_from_dict(data: Mapping[str, Any]) -> Report:
+    """The inverse of report_to_dict: ``report_to_dict(report_from_dict(d)) == d`` for every ``d``
+    it produced. Nulls in float fields (non-finite floats) come back as None, ``rules`` as (),
+    Finding.value/threshold as loaded. Anything else that does not fit the model (a missing or
+    unknown key, a wrong type, an unknown enum value, another schema_version) raises ValueError
+    naming the key path."""
+    # Checked first: another schema's layout would otherwise fail on some inner key.
+    if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise ValueError(
+            f"report.schema_version: {data['schema_version']!r} is not supported "
+            f"(expected {SCHEMA_VERSION!r})"
+        )
+    return _decode_dataclass(Report, data, "report")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    # model.py uses postponed annotations: resolve the strings once per class, not per instance.
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _decode_dataclass(cls: type[_T], data: Any, path: str) -> _T:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected an object, got {_type_name(data)}")
+    skipped = _NOT_SERIALIZED.get(cls, frozenset())
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skipped]  # type: ignore[arg-type]
+    names = {f.name for f in fields}
+    # Unknown keys would be dropped silently and break the exact round trip: refuse them.
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        if f.name not in data:
+            raise ValueError(f"{path}.{f.name}: missing")
+        kwargs[f.name] = _decode(hints[f.name], data[f.name], f"{path}.{f.name}")
+    return cls(**kwargs)
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    """``value`` (plain JSON data) as an instance of the type annotation ``tp``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValueError(f"{path}: expected a value, got null")
+        members = [a for a in args if a is not type(None)]
+        if len(members) != 1:  # the report model only uses ``X | None``
+            raise TypeError(f"{path}: unsupported annotation {tp!r}")
+        return _decode(members[0], value, path)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ValueError(f"{path}: expected a list, got {_type_name(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        raise TypeError(f"{path}: unsupported annotation {tp!r}")
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: expected an object, got {_type_name(value)}")
+        if key_type is not str:
+            raise TypeError(f"{path}: unsupported annotation {tp!r}")
+        return {str(k): _decode(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _decode_dataclass(tp, value, path)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            known = ", ".join(repr(m.value) for m in tp)
+            raise ValueError(f"{path}: {value!r} is not one of {known}") from None
+    if tp is float:
+        # plain() writes non-finite floats as null; JSON may also spell an integral float as an
+        # int, kept as is so that the JSON text round-trips too. bool is an int but no number here.
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return value
+        raise ValueError(f"{path}: expected a number, got {_type_name(value)}")
+    if tp is int or tp is str or tp is bool:
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ValueError(f"{path}: expected {tp.__name__}, got {_type_name(value)}")
+    raise TypeError(f"{path}: unsupported annotation {tp!r}")
