@@ -29,11 +29,13 @@ from stabaudit.report.model import (
     Report,
     Severity,
     ToolInfo,
+    Waiver,
     Witness,
 )
 
 if TYPE_CHECKING:
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.cache import ReportCache
     from stabaudit.checks.base import LocalEvidence
 
 Observer = Callable[[str], None]
@@ -57,6 +59,8 @@ class AuditRequest:
     budget_s: float = 10.0  # seconds planned for the global methods beyond the product
     inputs: np.ndarray | None = None  # sample inputs [N, ...] for the data-dependent checks (SA302)
     eps: float = 0.01  # radius of the linf balls around the samples (SA302)
+    disabled: frozenset[str] = frozenset()  # check ids turned off (config checks.disable)
+    waivers: tuple[Waiver, ...] = ()  # the config waivers that apply to this model (SA002)
 
 
 _REPRODUCIBLE_NOTE = (
@@ -193,19 +197,97 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and np.isfinite(x) else None
 
 
-def audit(request: AuditRequest, observer: Observer | None = None) -> Report:
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def request_fingerprint(request: AuditRequest, today: str) -> dict[str, Any]:
+    """Everything of the request that can change the report, as canonical JSON data (the cache key
+    together with the model's sha256 and the version). The memory budget and the timeout only
+    decide whether an audit finishes, so they are left out; the date only matters for waivers."""
+    import json
+
+    inputs = None
+    if request.inputs is not None:
+        arr = np.ascontiguousarray(request.inputs)
+        inputs = [list(arr.shape), str(arr.dtype), _digest(arr.tobytes())]
+    baseline = None
+    if request.baseline is not None:
+        text = json.dumps(request.baseline, sort_keys=True, allow_nan=False, default=str)
+        baseline = _digest(text.encode())
+    return {
+        "input_shape": list(request.input_shape) if request.input_shape else None,
+        "thresholds": {k: float(v) for k, v in sorted(request.thresholds.items())},
+        "severities": {k: Severity(v).value for k, v in sorted(request.severities.items())},
+        "fail_on": request.fail_on.value,
+        "seed": request.seed,
+        "device": request.device,
+        "lower_budget_s": request.lower_budget_s,
+        "power_iterations": request.power_iterations,
+        "baseline": baseline,
+        "method": request.method,
+        "budget_s": request.budget_s,
+        "inputs": inputs,
+        "eps": request.eps,
+        "disabled": sorted(request.disabled),
+        "waivers": [[w.check, w.reason, w.expires] for w in request.waivers],
+        "today": today if request.waivers else None,
+        "reproducible": bool(os.environ.get("SOURCE_DATE_EPOCH", "").strip()),
+    }
+
+
+def _validate_policy(request: AuditRequest) -> None:
+    from stabaudit.checks import unknown_check_ids
+
+    for what, ids in (
+        ("checks.disable", request.disabled),
+        ("waivers", {w.check for w in request.waivers}),
+        ("severity", set(request.severities)),
+    ):
+        problem = unknown_check_ids(ids)
+        if problem:
+            raise UsageError(f"{request.path}: {what}: {problem}")
+
+
+def audit(
+    request: AuditRequest, observer: Observer | None = None, cache: ReportCache | None = None
+) -> Report:
     """Run one audit; raises StabauditError subclasses for anything that stops it (exit 2).
 
     The memory budget is checked before the model's tensors and the analyses' large buffers are
-    allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout).
+    allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout). With a cache,
+    a report for the same model bytes, effective request and stabaudit version is reused.
     """
     from stabaudit.limits import default_memory_budget, run_with_timeout, use_limits
 
+    _validate_policy(request)
+    key = None
+    if cache is not None:
+        from stabaudit.cache import cache_key
+
+        try:
+            sha = _sha256(request.path)
+        except OSError:
+            sha = None  # the audit itself reports the unreadable file
+        if sha is not None:
+            key = cache_key(sha, request_fingerprint(request, report_timestamp()[0][:10]))
+            hit = cache.get(key)
+            if hit is not None:
+                if observer is not None:
+                    observer("cached")
+                from stabaudit.checks import rule_catalogue
+
+                # the catalogue is not part of the stored JSON; the path is the one asked for
+                path = str(request.path)
+                return replace(hit, model=replace(hit.model, path=path), rules=rule_catalogue())
     budget = request.max_memory if request.max_memory is not None else default_memory_budget()
     with use_limits(max_memory=budget):  # the ONNX loader's pre-check reads this budget
-        return run_with_timeout(
+        report = run_with_timeout(
             lambda: _audit(request, observer, budget), request.timeout_s, path=str(request.path)
         )
+    if cache is not None and key is not None:
+        cache.put(key, report)
+    return report
 
 
 def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int) -> Report:
@@ -388,10 +470,16 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         source_ops=dict(loaded.source_ops),
         baseline=request.baseline,
         local=local,
+        waivers=request.waivers,
+        today=created[:10],
     )
     findings = run_checks(
         evidence,
-        CheckPolicy(thresholds=dict(request.thresholds), severities=dict(request.severities)),
+        CheckPolicy(
+            thresholds=dict(request.thresholds),
+            severities=dict(request.severities),
+            disabled=request.disabled,
+        ),
     )
     verdict, exit_code = gate(findings, request.fail_on)
     timings["total"] = time.perf_counter() - t0

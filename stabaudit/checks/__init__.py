@@ -1,6 +1,12 @@
 """Checks: analysis results + thresholds -> findings with stable ids (SA101...)."""
 
-from stabaudit.checks import baseline, integrity, nonsmooth, representation  # noqa: F401  (registration)
+from stabaudit.checks import (  # noqa: F401  (registration)
+    baseline,
+    integrity,
+    nonsmooth,
+    representation,
+    waivers,
+)
 from stabaudit.checks.base import (
     CHECKS,
     CheckPolicy,
@@ -8,6 +14,7 @@ from stabaudit.checks.base import (
     canonical_threshold,
     rule_catalogue,
     run_checks,
+    unknown_check_ids,
 )
 
 __all__ = [
@@ -17,4 +24,5 @@ __all__ = [
     "canonical_threshold",
     "rule_catalogue",
     "run_checks",
+    "unknown_check_ids",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from stabaudit.report.model import (
     RuleInfo,
     Severity,
     Status,
+    Waiver,
 )
 
 
@@ -47,6 +48,8 @@ class Evidence:
     source_ops: Mapping[str, int] = field(default_factory=dict)
     baseline: Mapping[str, Any] | None = None  # a previous JSON report of the same model (SA001)
     local: LocalEvidence | None = None  # SA302; None without sample inputs
+    waivers: tuple[Waiver, ...] = ()  # the config waivers that apply to this model (SA002)
+    today: str = ""  # the report's date, ISO (waiver expiry)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +58,7 @@ class CheckPolicy:
 
     thresholds: Mapping[str, float] = field(default_factory=dict)  # by threshold key
     severities: Mapping[str, Severity] = field(default_factory=dict)  # by check id
+    disabled: frozenset[str] = frozenset()  # check ids turned off (reported as skipped)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,8 +166,21 @@ def canonical_threshold(name: str) -> str:
     return keys[name]
 
 
+def unknown_check_ids(ids: Iterable[str]) -> str | None:
+    """A message naming the first id that is no registered check (with a did-you-mean), or None."""
+    for check_id in sorted(ids):
+        if check_id not in CHECKS:
+            close = difflib.get_close_matches(check_id, sorted(CHECKS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return f"unknown check id {check_id!r}{hint}"
+    return None
+
+
 def run_checks(evidence: Evidence, policy: CheckPolicy) -> tuple[Finding, ...]:
-    """Every registered check in id order. A threshold the user sets makes its check an error."""
+    """Every registered check in id order. A threshold the user sets makes its check an error.
+    A disabled check is reported as skipped; failed findings a valid waiver covers carry it."""
+    from stabaudit.checks.waivers import apply_waivers
+
     findings = []
     for check_id in sorted(CHECKS):
         spec = CHECKS.get(check_id)
@@ -174,8 +191,11 @@ def run_checks(evidence: Evidence, policy: CheckPolicy) -> tuple[Finding, ...]:
             severity = Severity.ERROR
         severity = policy.severities.get(spec.id, severity)
         ctx = CheckContext(spec=spec, threshold=threshold, severity=severity)
+        if check_id in policy.disabled:
+            findings.append(ctx.finding(Status.SKIPPED, None, "disabled by the config"))
+            continue
         findings.append(spec.run(evidence, ctx))
-    return tuple(findings)
+    return apply_waivers(findings, evidence.waivers, evidence.today)
 
 
 def bracket_status(lower: float | None, upper: float | None, threshold: float, *, certified: bool) -> Status:

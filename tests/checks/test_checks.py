@@ -159,6 +159,7 @@ def test_threshold_names_and_ids_resolve():
 def test_every_check_is_documented_and_ids_are_stable():
     assert sorted(CHECKS) == [
         "SA001",
+        "SA002",
         "SA101",
         "SA102",
         "SA103",
