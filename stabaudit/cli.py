@@ -14,9 +14,12 @@ import typer
 
 from stabaudit import __version__
 from stabaudit.errors import StabauditError, UsageError
+from stabaudit.progress import Progress
 
 if TYPE_CHECKING:
+    from stabaudit.config import Settings
     from stabaudit.renderers.base import OutputFormat
+    from stabaudit.report.model import Waiver
 
 app = typer.Typer(
     add_completion=False,
@@ -129,28 +132,137 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+_EXT = {"table": ".txt", "json": ".json", "md": ".md", "html": ".html", "sarif": ".sarif", "junit": ".xml"}
+FORMAT_HELP = (
+    "table | json | md | html | sarif | junit (default: table, or from each --output's suffix: "
+    ".json .md .html .sarif .xml)"
+)
+
+
+def _check_options(
+    *,
+    threshold: list[str] | None,
+    max_regression: float | None,
+    eps: float | None,
+    inputs: Path | None,
+    max_memory: str | None,
+    timeout: float | None,
+    input_shape: str | None,
+    fail_on: str | None,
+    method: str | None,
+    seed: int | None,
+    budget: float | None,
+) -> Settings:
+    """The command line's settings, validated; they override the config's (only those given)."""
+    from stabaudit.config import METHODS, Settings
+    from stabaudit.limits import parse_size, validate_timeout
+
+    thresholds: dict[str, float] = {}
+    for item in threshold or []:
+        key, value = parse_threshold(item)
+        thresholds[key] = value
+    if max_regression is not None:
+        if not max_regression >= 0:
+            raise UsageError(f"--max-regression {max_regression}: expected a fraction >= 0, e.g. 0.1")
+        thresholds["max_regression"] = max_regression
+    if eps is not None and not (eps >= 0 and eps < float("inf")):
+        raise UsageError(f"--eps {eps}: expected a finite radius >= 0")
+    if inputs is not None:
+        from stabaudit.config.inputs import load_samples
+
+        load_samples(inputs)  # fail now, with the option's name, not inside an audit
+    if fail_on is not None and fail_on not in ("error", "warning", "inconclusive"):
+        raise UsageError(f"--fail-on {fail_on!r}: expected error, warning or inconclusive")
+    if method is not None and method not in METHODS:
+        raise UsageError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageError(f"--seed {seed}: expected an integer in [0, 2**32)")
+    if budget is not None and not (budget > 0 and budget < float("inf")):
+        raise UsageError(f"--budget {budget}: expected a positive number of seconds")
+    return Settings(
+        thresholds=thresholds,
+        input_shape=parse_shape(input_shape) if input_shape else None,
+        seed=seed,
+        fail_on=fail_on,  # type: ignore[arg-type]  # validated above
+        method=method,  # type: ignore[arg-type]
+        budget=budget,
+        timeout=validate_timeout(timeout),
+        eps=eps,
+        inputs=inputs.absolute() if inputs is not None else None,
+        max_memory=parse_size(max_memory) if max_memory is not None else None,
+    )
+
+
+def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
+    """--no-cache wins; an explicit --cache-dir is used; else the default directory unless
+    STABAUDIT_NO_CACHE is set (to anything but empty or 0)."""
+    if no_cache:
+        return None
+    if cache_dir is not None:
+        return cache_dir
+    if os.environ.get("STABAUDIT_NO_CACHE", "").strip() not in ("", "0"):
+        return None
+    from stabaudit.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _targets(
+    formats: list[str] | None, outputs: list[Path] | None, formats_enum: type[OutputFormat]
+) -> list[tuple[OutputFormat, Path | None]]:
+    """(format, file or None for stdout) for every requested output. One --format and one
+    --output: the format as named. Several outputs: each one's suffix, else the one --format."""
+    named = [_pick_format(f, None, formats_enum) for f in formats or []]
+    if len(named) > 1 and outputs:
+        raise UsageError("--format may be repeated only without --output (several files: use suffixes)")
+    if not outputs:
+        return [(fmt, None) for fmt in (named or [formats_enum.TABLE])]
+    if len(outputs) != len(set(outputs)):
+        raise UsageError("--output: the same file is named twice")
+    if len(outputs) == 1:
+        return [(named[0] if named else _pick_format(None, outputs[0], formats_enum), outputs[0])]
+    targets: list[tuple[OutputFormat, Path | None]] = []
+    for out in outputs:
+        guessed = formats_enum.from_suffix(out.suffix)
+        if guessed is None and not named:
+            raise UsageError(
+                f"--output {out}: cannot tell the format from the suffix {out.suffix!r}; "
+                "use .json .md .html .sarif .xml .txt"
+            )
+        targets.append((guessed or named[0], out))
+    return targets
+
+
+def _write_all(texts: list[tuple[str, Path | None]]) -> None:
+    """Everything is rendered before anything is written; each file is written atomically."""
+    for text, path in texts:
+        if path is None:
+            sys.stdout.write(text)
+        else:
+            write_atomic(path, text)
+
+
 @app.command()
 def check(
     model: Annotated[
         Path, typer.Argument(help="An .onnx file or a TorchScript archive (torch.jit.save).")
     ],
     format: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table | json | md | sarif | junit (default: table, or from --output's suffix: .json .md .sarif .xml)",
-        ),
+        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
     ] = None,
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the report to this file instead of stdout."),
+        list[Path] | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report to this file instead of stdout; repeat for several formats (by suffix).",
+        ),
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
-            help="An audit YAML (thresholds:, severity:, input_shape:, seed:, fail_on:).",
+            help="An audit YAML (default: ./stabaudit.yaml when present): defaults, the model's entry and its waivers apply.",
         ),
     ] = None,
     input_shape: Annotated[
@@ -172,24 +284,24 @@ def check(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
     method: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--method",
-            help="Global upper bound: auto (every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron | exact (branch and bound, small ReLU nets).",
+            help="Global upper bound: auto (default: every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron | exact (branch and bound, small ReLU nets).",
         ),
-    ] = "auto",
+    ] = None,
     budget: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--budget",
-            help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search.",
+            help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search (default 10).",
         ),
-    ] = 10.0,
+    ] = None,
     baseline: Annotated[
         Path | None,
         typer.Option(
             "--baseline",
-            help="A previous JSON report: fail (SA001) on a regression of a certified bound.",
+            help="A previous JSON report (single or batch): fail (SA001) on a regression of a certified bound.",
         ),
     ] = None,
     max_regression: Annotated[
@@ -207,8 +319,9 @@ def check(
         ),
     ] = None,
     eps: Annotated[
-        float, typer.Option("--eps", help="Radius of the linf balls around the samples (SA302).")
-    ] = 0.01,
+        float | None,
+        typer.Option("--eps", help="Radius of the linf balls around the samples (SA302, default 0.01)."),
+    ] = None,
     max_memory: Annotated[
         str | None,
         typer.Option(
@@ -220,92 +333,165 @@ def check(
         float | None,
         typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2."),
     ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Reuse reports of unchanged models (same bytes, settings, version) from here (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
 
     def body() -> int:
-        from stabaudit.config import load_config
-        from stabaudit.engine import AuditRequest, audit
+        from stabaudit.batch import request_for
+        from stabaudit.config import Settings, find_default_config, load_config, resolve_one
+        from stabaudit.engine import audit
         from stabaudit.renderers import RENDERERS, OutputFormat
-        from stabaudit.report.gate import FailOn
-        from stabaudit.report.model import Severity
 
-        cfg = load_config(config) if config is not None else None
-        fmt = _pick_format(format, output, OutputFormat)
-        thresholds: dict[str, float] = {}
-        if cfg is not None:
-            from stabaudit.checks import canonical_threshold
-
-            for name, value in cfg.thresholds.items():
-                thresholds[canonical_threshold(name)] = value
-        for item in threshold or []:
-            key, value = parse_threshold(item)
-            thresholds[key] = value
-        if max_regression is not None:
-            if not max_regression >= 0:
-                raise UsageError(
-                    f"--max-regression {max_regression}: expected a fraction >= 0, e.g. 0.1"
-                )
-            thresholds["max_regression"] = max_regression
-        if not (eps >= 0 and eps < float("inf")):
-            raise UsageError(f"--eps {eps}: expected a finite radius >= 0")
-        samples = None
-        if inputs is not None:
-            from stabaudit.config.inputs import load_samples
-
-            samples = load_samples(inputs)
+        targets = _targets(format, output, OutputFormat)
+        overrides = _check_options(
+            threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
+            max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
+            method=method, seed=seed, budget=budget,
+        )
+        if device not in ("cpu", "cuda"):
+            raise UsageError(f"--device {device!r}: expected cpu or cuda")
+        config_path = config if config is not None else find_default_config(Path.cwd())
+        settings = Settings()
+        waivers: tuple[Waiver, ...] = ()
+        if config_path is not None:
+            entry = resolve_one(load_config(config_path), model)
+            settings, waivers = entry.settings, entry.waivers
         previous = None
         if baseline is not None:
             from stabaudit.report.baseline import load_baseline
 
             previous = load_baseline(baseline, str(model))
-        from stabaudit.limits import parse_size, validate_timeout
-
-        memory = parse_size(max_memory) if max_memory is not None else None
-        time_limit = validate_timeout(timeout)
-        shape = parse_shape(input_shape) if input_shape else (cfg.input_shape if cfg else None)
-        fail = fail_on or (cfg.fail_on if cfg and cfg.fail_on else "error")
-        try:
-            fail_level = FailOn(fail)
-        except ValueError:
-            raise UsageError(
-                f"--fail-on {fail!r}: expected error, warning or inconclusive"
-            ) from None
-        from stabaudit.engine import METHOD_CHOICES
-
-        if method not in METHOD_CHOICES:
-            raise UsageError(f"--method {method!r}: expected one of {', '.join(METHOD_CHOICES)}")
-        if seed is not None and not 0 <= seed < 2**32:
-            raise UsageError(f"--seed {seed}: expected an integer in [0, 2**32)")
-        if not budget > 0:
-            raise UsageError(f"--budget {budget}: expected a positive number of seconds")
-        if device not in ("cpu", "cuda"):
-            raise UsageError(f"--device {device!r}: expected cpu or cuda")
-        severities = {k: Severity(v) for k, v in (cfg.severity.items() if cfg else [])}
-        request = AuditRequest(
-            path=model,
-            input_shape=shape,
-            thresholds=thresholds,
-            severities=severities,
-            fail_on=fail_level,
-            seed=seed if seed is not None else (cfg.seed if cfg and cfg.seed is not None else 0),
-            device=device,
-            lower_budget_s=budget,
-            budget_s=budget,
-            method=method,
-            baseline=previous,
-            inputs=samples,
-            eps=eps,
-            max_memory=memory,
-            timeout_s=time_limit,
+        request = request_for(
+            model, settings.merged(overrides), waivers=waivers, baseline=previous
         )
-        report = audit(request)
-        text = RENDERERS.get(fmt)(report)
-        if output is not None:
-            write_atomic(output, text)
-        else:
-            sys.stdout.write(text)
+        if device != "cpu":
+            from dataclasses import replace
+
+            request = replace(request, device=device)
+        cache = None
+        where = _cache(cache_dir, no_cache)
+        if where is not None:
+            from stabaudit.cache import ReportCache
+
+            cache = ReportCache(where)
+        with Progress(enabled=not quiet, label=str(model)) as progress:
+            report = audit(request, observer=progress.phase, cache=cache)
+        _write_all([(RENDERERS.get(fmt)(report), path) for fmt, path in targets])
+        return report.exit_code
+
+    _run_guarded(debug, body)
+
+
+@app.command()
+def batch(
+    config: Annotated[Path, typer.Argument(help="A batch YAML: defaults:, models:, waivers:.")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Models audited in parallel (processes).")] = 1,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="processes (default: worker processes, a crash or hang costs only its model) | inprocess | dask",
+        ),
+    ] = "processes",
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="The Dask scheduler for --executor dask, tcp://HOST:PORT."),
+    ] = None,
+    format: Annotated[
+        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
+    ] = None,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option("--output", "-o", help="Write the batch report here; repeat for several formats."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            help="Also write each model's own report here (every --format; json by default) and the batch report as batch.<ext>.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", help="NAME=VALUE for every model (overrides the config)."),
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option("--fail-on", help="error | warning | inconclusive (overrides the config)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every model.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="Global method for every model.")] = None,
+    budget: Annotated[float | None, typer.Option("--budget", help="Seconds per search, every model.")] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="A previous batch (or single) JSON report: SA001 per model."),
+    ] = None,
+    max_regression: Annotated[
+        float | None, typer.Option("--max-regression", help="Allowed growth against --baseline (default 0.1).")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds per model; a model past it is recorded as an error."),
+    ] = None,
+    max_memory: Annotated[
+        str | None, typer.Option("--max-memory", help="Memory budget per model, e.g. 8G, 25%.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Reuse reports of unchanged models from here.")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Audit every model of a batch config; exit 2 if any could not be audited, else 1 if any gate failed."""
+
+    def body() -> int:
+        from stabaudit.batch import ExecutorKind, make_executor, plan, run_batch
+        from stabaudit.config import load_config
+        from stabaudit.renderers import BATCH_RENDERERS, RENDERERS, OutputFormat
+
+        if jobs < 1:
+            raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        try:
+            kind = ExecutorKind(executor)
+        except ValueError:
+            known = ", ".join(k.value for k in ExecutorKind)
+            raise UsageError(f"--executor {executor!r}: expected one of {known}") from None
+        targets = _targets(format, output, OutputFormat)
+        dir_formats = [_pick_format(f, None, OutputFormat) for f in format or ["json"]]
+        overrides = _check_options(
+            threshold=threshold, max_regression=max_regression, eps=None, inputs=None,
+            max_memory=max_memory, timeout=timeout, input_shape=None, fail_on=fail_on,
+            method=method, seed=seed, budget=budget,
+        )
+        cfg = load_config(config)
+        planned = plan(cfg, overrides=overrides, baseline=baseline, cache_dir=_cache(cache_dir, no_cache))
+        runner = make_executor(kind, jobs, scheduler)
+        with Progress(enabled=not quiet, label=str(config), total=len(planned)) as progress:
+            report = run_batch(cfg, runner, planned, progress=progress.step)
+        texts = [(BATCH_RENDERERS.get(fmt)(report), path) for fmt, path in targets]
+        if output_dir is not None:
+            from stabaudit.report.model import Report
+
+            for fmt in dir_formats:
+                ext = _EXT[fmt.value]
+                texts.append((BATCH_RENDERERS.get(fmt)(report), output_dir / f"batch{ext}"))
+                for i, m in enumerate(report.models):
+                    if isinstance(m, Report):
+                        name = f"{i:03d}-{Path(m.model.path).stem}{ext}"
+                        texts.append((RENDERERS.get(fmt)(m), output_dir / name))
+            output_dir.mkdir(parents=True, exist_ok=True)
+        _write_all(texts)
         return report.exit_code
 
     _run_guarded(debug, body)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The result cache is on by default for users; in the suite it would let one test's audit answer
+# another's (timeouts, signals, timings). Cache tests name --cache-dir explicitly.
+os.environ["STABAUDIT_NO_CACHE"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL_MODELS = REPO_ROOT / ".." / "shared" / "models" / "external"
