@@ -1,3 +1,27 @@
 """stabaudit: certified stability audits of trained neural networks."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from stabaudit.report.model import BatchReport, Report
+
+
+def audit(path: Any, **options: Any) -> Report:
+    """Audit one model; see stabaudit.api.audit (imported lazily: torch loads only when used)."""
+    from stabaudit.api import audit as _audit
+
+    return _audit(path, **options)
+
+
+def batch(config: Any, **options: Any) -> BatchReport:
+    """Audit every model of a batch config; see stabaudit.api.batch."""
+    from stabaudit.api import batch as _batch
+
+    return _batch(config, **options)
+
+
+__all__ = ["__version__", "audit", "batch"]

@@ -43,6 +43,16 @@ def request_for(
     from stabaudit.report.gate import FailOn
     from stabaudit.report.model import Severity
 
+    from stabaudit.checks import unknown_check_ids
+
+    for what, ids in (
+        ("checks.disable", settings.disable),
+        ("severity", set(settings.severity)),
+        ("waivers", {w.check for w in waivers}),
+    ):
+        problem = unknown_check_ids(ids)
+        if problem:
+            raise UsageError(f"{what}: {problem}")
     options: dict[str, Any] = {}
     if settings.seed is not None:
         options["seed"] = settings.seed

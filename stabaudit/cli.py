@@ -19,7 +19,6 @@ from stabaudit.progress import Progress
 if TYPE_CHECKING:
     from stabaudit.config import Settings
     from stabaudit.renderers.base import OutputFormat
-    from stabaudit.report.model import Waiver
 
 app = typer.Typer(
     add_completion=False,
@@ -347,9 +346,8 @@ def check(
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
 
     def body() -> int:
-        from stabaudit.batch import request_for
-        from stabaudit.config import Settings, find_default_config, load_config, resolve_one
-        from stabaudit.engine import audit
+        from stabaudit.api import audit_with
+        from stabaudit.config import find_default_config
         from stabaudit.renderers import RENDERERS, OutputFormat
 
         targets = _targets(format, output, OutputFormat)
@@ -360,32 +358,16 @@ def check(
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
-        config_path = config if config is not None else find_default_config(Path.cwd())
-        settings = Settings()
-        waivers: tuple[Waiver, ...] = ()
-        if config_path is not None:
-            entry = resolve_one(load_config(config_path), model)
-            settings, waivers = entry.settings, entry.waivers
-        previous = None
-        if baseline is not None:
-            from stabaudit.report.baseline import load_baseline
-
-            previous = load_baseline(baseline, str(model))
-        request = request_for(
-            model, settings.merged(overrides), waivers=waivers, baseline=previous
-        )
-        if device != "cpu":
-            from dataclasses import replace
-
-            request = replace(request, device=device)
-        cache = None
-        where = _cache(cache_dir, no_cache)
-        if where is not None:
-            from stabaudit.cache import ReportCache
-
-            cache = ReportCache(where)
         with Progress(enabled=not quiet, label=str(model)) as progress:
-            report = audit(request, observer=progress.phase, cache=cache)
+            report = audit_with(
+                model,
+                overrides,
+                config=config if config is not None else find_default_config(Path.cwd()),
+                baseline=baseline,
+                cache_dir=_cache(cache_dir, no_cache),
+                device=device,
+                observer=progress.phase,
+            )
         _write_all([(RENDERERS.get(fmt)(report), path) for fmt, path in targets])
         return report.exit_code
 

@@ -166,6 +166,27 @@ def _translate(path: Path, root: yaml.Node, exc: ValidationError) -> ConfigError
 
 
 # ---- loading --------------------------------------------------------------------------------------------
+def _loader() -> type:
+    """SafeLoader that also reads exponent floats without a dot (1e5, 2E-3) as numbers, as YAML 1.2
+    does; YAML 1.1's resolver leaves them strings, a surprise in a file full of thresholds."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
 def load_config(path: str | Path) -> ConfigFile:
     """Parse and validate a config (single-audit or batch form); every error is a ConfigError (exit 2)."""
     import yaml
@@ -178,7 +199,7 @@ def load_config(path: str | Path) -> ConfigFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read the config: {exc}", path=str(p)) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)

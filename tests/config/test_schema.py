@@ -225,3 +225,19 @@ def test_errors_name_file_line_and_key_path(tmp_path: Path, text: str, message: 
     assert message in text_of_error, text_of_error
     assert "\n" not in text_of_error and "Input should" not in text_of_error
     assert info.value.exit_code == 2 and info.value.path == str(path)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    from stabaudit.config import load_config
+
+    p = tmp_path / "audit.yaml"
+    p.write_text("thresholds: {lipschitz: 1e5, exponent: -2E-3, layer_lipschitz: 1.5e+2}\nseed: 7\n")
+    cfg = load_config(p)
+    assert cfg.defaults.thresholds == {"lipschitz": 1e5, "exponent": -2e-3, "layer_lipschitz": 150.0}
+    p.write_text("thresholds: {lipschitz: 1e5x}\n")
+    import pytest
+
+    from stabaudit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"audit.yaml:1: thresholds.lipschitz: expected a number"):
+        load_config(p)

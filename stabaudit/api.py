@@ -1,0 +1,103 @@
+"""The Python API: stabaudit.audit(path, **options) -> Report and stabaudit.batch(config) -> BatchReport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stabaudit.config import Settings
+    from stabaudit.engine import Observer
+    from stabaudit.report.model import BatchReport, Report, Waiver
+
+
+def audit(
+    path: str | Path,
+    *,
+    config: str | Path | None = None,
+    baseline: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    **options: Any,
+) -> Report:
+    """Audit one model. ``options`` are the config's settings (thresholds, severity, input_shape,
+    seed, fail_on, method, budget, timeout, eps, inputs, max_memory, disable) and override
+    ``config``'s; the model's entry and waivers in ``config`` apply as with ``stabaudit check``.
+    Raises StabauditError subclasses (exit_code 2 or 3) when the audit cannot run."""
+    from stabaudit.config import Settings
+    from stabaudit.errors import UsageError
+
+    try:
+        overrides = Settings(**options)
+    except Exception as exc:  # pydantic's ValidationError: name the option
+        raise UsageError(f"stabaudit.audit: bad option: {str(exc).splitlines()[0]}") from None
+    return audit_with(
+        Path(path),
+        overrides,
+        config=Path(config) if config is not None else None,
+        baseline=Path(baseline) if baseline is not None else None,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+        device=device,
+    )
+
+
+def audit_with(
+    model: Path,
+    overrides: Settings,
+    *,
+    config: Path | None,
+    baseline: Path | None,
+    cache_dir: Path | None,
+    device: str = "cpu",
+    observer: Observer | None = None,
+) -> Report:
+    """One audit from validated settings: the config's defaults (or the model's entry) and its
+    waivers, overridden by ``overrides``; shared by ``stabaudit check`` and ``audit``."""
+    from dataclasses import replace
+
+    from stabaudit.batch import request_for
+    from stabaudit.config import Settings, load_config, resolve_one
+    from stabaudit.engine import audit as run
+
+    settings = Settings()
+    waivers: tuple[Waiver, ...] = ()
+    if config is not None:
+        entry = resolve_one(load_config(config), model)
+        settings, waivers = entry.settings, entry.waivers
+    previous = None
+    if baseline is not None:
+        from stabaudit.report.baseline import load_baseline
+
+        previous = load_baseline(baseline, str(model))
+    request = request_for(model, settings.merged(overrides), waivers=waivers, baseline=previous)
+    if device != "cpu":
+        request = replace(request, device=device)
+    cache = None
+    if cache_dir is not None:
+        from stabaudit.cache import ReportCache
+
+        cache = ReportCache(cache_dir)
+    return run(request, observer=observer, cache=cache)
+
+
+def batch(
+    config: str | Path,
+    *,
+    jobs: int = 1,
+    executor: str = "processes",
+    scheduler: str | None = None,
+    baseline: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> BatchReport:
+    """Audit every model of a batch config (as ``stabaudit batch``); never raises for one model's
+    failure: it is a ModelError entry of the report."""
+    from stabaudit.batch import ExecutorKind, make_executor, plan, run_batch
+    from stabaudit.config import load_config
+
+    cfg = load_config(config)
+    jobs_ = plan(
+        cfg,
+        baseline=Path(baseline) if baseline is not None else None,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+    )
+    return run_batch(cfg, make_executor(ExecutorKind(executor), jobs, scheduler), jobs_)
