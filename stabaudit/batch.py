@@ -37,13 +37,11 @@ def request_for(
 ) -> AuditRequest:
     """The engine request of one model from its effective settings (defaults merged with its
     entry and the command line). Unset settings keep the engine's defaults."""
-    from stabaudit.checks import canonical_threshold
+    from stabaudit.checks import canonical_threshold, unknown_check_ids
     from stabaudit.config.inputs import load_samples
     from stabaudit.engine import AuditRequest
     from stabaudit.report.gate import FailOn
     from stabaudit.report.model import Severity
-
-    from stabaudit.checks import unknown_check_ids
 
     for what, ids in (
         ("checks.disable", settings.disable),
