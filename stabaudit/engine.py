@@ -165,16 +165,15 @@ def _global_methods(
     return out, exact
 
 
-def _local_evidence(graph: Graph, request: AuditRequest) -> LocalEvidence:
+def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) -> LocalEvidence:
     """SA302's evidence: the certified local bound over linf balls around the samples."""
     from stabaudit.analyses.local import local_bounds
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
 
-    assert request.inputs is not None
-    n = int(request.inputs.shape[0])
+    n = int(samples.shape[0])
     try:
-        result = local_bounds(graph, request.inputs, eps=request.eps, norm="linf")
+        result = local_bounds(graph, samples, eps=request.eps, norm="linf")
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
@@ -400,12 +399,16 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         default=None,
     )
 
+    # ---- data-dependent channels (THEORY.md): they read `samples`, never request.inputs ----
+    samples = request.inputs  # [N, ...] sample inputs, or None
+
     local = None
-    if request.inputs is not None:
+    if samples is not None:
         say("local bounds")
         t = time.perf_counter()
-        local = _local_evidence(loaded.graph, request)
+        local = _local_evidence(loaded.graph, samples, request)
         timings["local_bounds"] = time.perf_counter() - t
+    # ---- end of the data-dependent channels ----
 
     say("lower bound search")
     t = time.perf_counter()
