@@ -362,7 +362,7 @@ def check(
             report = audit_with(
                 model,
                 overrides,
-                config=config if config is not None else find_default_config(Path.cwd()),
+                config=config if config is not None else find_default_config(Path(".")),
                 baseline=baseline,
                 cache_dir=_cache(cache_dir, no_cache),
                 device=device,
