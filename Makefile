@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench sample-models fuzz clean
+.PHONY: install test lint demo bench sample-models fuzz browser clean
 FUZZ_SECONDS ?= 300
 
 install: $(STAMP)
@@ -26,6 +26,11 @@ demo: install
 	$(BIN)/stabaudit check sample_models/cnn.onnx
 	$(BIN)/stabaudit check sample_models/resnet.pt --threshold lipschitz=1e5 --format json --output demo-report.json
 	@echo "gate lipschitz <= 1e5 on sample_models/resnet.pt: passed (exit code 0); JSON report in demo-report.json"
+
+# Headless Chromium for the HTML renderer's browser test (skipped when absent); Debian's package.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 bench: install
 	$(BIN)/python bench/run.py --output docs/benchmarks.md
