@@ -129,6 +129,15 @@ def main() -> int:
             sub_bench("bench_conv.py", "--threads", "1"),
             "",
         ]
+    lines += [
+        "## Batches: `--jobs 2` against `--jobs 1` (`python bench/bench_batch.py`)",
+        "",
+        "Worker processes each take an equal share of the cores as torch threads; the in-process",
+        "executor has no start-up cost but no isolation from a crash.",
+        "",
+        sub_bench("bench_batch.py"),
+        "",
+    ]
     if EXTERNAL.is_dir() and not args.skip_corpus:
         from corpus import corpus_rows
 
