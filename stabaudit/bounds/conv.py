@@ -58,7 +58,9 @@ def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
     ``WARM_ITERATIONS`` steps at most).
     """
     match node.op:
-        case Conv(weight=weight, strides=strides, pads=pads, dilations=dilations, groups=groups):
+        case Conv(
+            weight=weight, strides=strides, pads=pads, dilations=dilations, groups=groups, error=error
+        ):
             pass
         case _:
             raise TypeError(f"bound_conv got a {type(node.op).__name__}")
@@ -74,7 +76,12 @@ def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
             seed=ctx.settings.seed, iterations=_iterations(ctx, cert.start_in), device=ctx.settings.device,
             start=cert.start_in,
         ).lower
-    return _result(cert.upper, cert.method, cert.notes, lower, lower_method)
+    upper, method = cert.upper, cert.method
+    if error > 0.0:  # merged maps: Weyl, | ||A|| - ||conv(W)|| | <= error
+        upper = math.nextafter(upper + error, math.inf)
+        lower = None if lower is None else max(0.0, lower - error)
+        method = f"{method} of the merged maps"
+    return _result(upper, method, cert.notes, lower, lower_method)
 
 
 @RULES.register(OpType.CONV_TRANSPOSE)

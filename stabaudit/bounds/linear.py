@@ -66,7 +66,7 @@ def bound_linear(node: Node, ctx: RuleContext) -> OpBound:
     per leading index), whose norm is ||W||_2 (the norm of a Kronecker product with I); the bias is
     a translation and changes no difference."""
     match node.op:
-        case Linear(weight=weight):
+        case Linear(weight=weight, error=error):
             w = np.asarray(weight)
         case _:
             raise TypeError(f"bound_linear got a {type(node.op).__name__}")
@@ -80,7 +80,11 @@ def bound_linear(node: Node, ctx: RuleContext) -> OpBound:
             upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="non-finite-weights"),
             notes=("weights contain NaN or Inf",),
         )
+    method = "svd"
+    if error > 0.0:  # a merged map: Weyl, | ||A|| - ||W|| | <= ||A - W|| <= error
+        upper, lower = math.nextafter(upper + error, math.inf), max(0.0, lower - error)
+        method = "svd of the merged maps"
     return OpBound(
-        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="svd"),
-        lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="svd"),
+        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method=method),
+        lower=Bound(value=lower, guarantee=Guarantee.LOWER, method=method),
     )

@@ -76,6 +76,10 @@ class Linear(Op):
     type = OpType.LINEAR
     weight: np.ndarray
     bias: np.ndarray | None = None
+    # ||A - W||_2 <= error: the distance from the operator this node stands for (merged adjacent
+    # linear maps, ir.passes.merge_linear_maps) to the one of the computed ``weight``; the bound
+    # rules widen their bounds by it (Weyl). 0 for a weight read from the model.
+    error: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -92,6 +96,7 @@ class Conv(Op):
     pads: tuple[int, ...]
     dilations: tuple[int, ...]
     groups: int = 1
+    error: float = 0.0  # as for Linear: ||A - conv(weight)||_2 <= error after a merge
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

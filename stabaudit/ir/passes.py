@@ -134,3 +134,266 @@ def _try_fold(
     if not np.all(np.isfinite(np.asarray(producer.op.weight, dtype=np.float64))):
         return None
     return _fold(producer, affine, scale, shift)
+
+
+# ---- merging adjacent linear maps ---------------------------------------------------------------------
+U = 2.0**-53  # unit roundoff of float64
+
+
+def _gamma(k: int) -> float:
+    """gamma_k = k u / (1 - k u): the relative error bound of a k-term float64 dot product (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.4), widened by 1%."""
+    return 1.01 * k * U / (1.0 - k * U)
+
+
+def _merge_linears(first: O.Linear, second: O.Linear) -> O.Linear:
+    """x -> W2 (W1 x + b1) + b2 as one Linear: W = W2 W1 computed in float64. The computed product
+    differs from the exact one entrywise by at most gamma_k (|W2| |W1|) (k = the inner dimension),
+    so ||A - W||_2 <= ||E||_F <= gamma_k || |W2| |W1| ||_F, plus the two inputs' own errors carried
+    through (||W2|| e1 + e2 ||W1|| + e1 e2 bounds the rest, by the triangle inequality)."""
+    w1 = np.asarray(first.weight, dtype=np.float64)
+    w2 = np.asarray(second.weight, dtype=np.float64)
+    w = w2 @ w1
+    k = w1.shape[0]
+    err = _gamma(k) * float(np.linalg.norm(np.abs(w2) @ np.abs(w1)))
+    if first.error or second.error:
+        n1, n2 = float(np.linalg.norm(w1, 2)), float(np.linalg.norm(w2, 2))
+        err += (n2 * first.error + first.error * second.error) * (1 + 1e-12) + second.error * n1 * (1 + 1e-12)
+    bias = None
+    if first.bias is not None or second.bias is not None:
+        b1 = np.zeros(w1.shape[0]) if first.bias is None else np.asarray(first.bias, dtype=np.float64)
+        b2 = np.zeros(w2.shape[0]) if second.bias is None else np.asarray(second.bias, dtype=np.float64)
+        bias = w2 @ b1 + b2
+    return O.Linear(weight=w, bias=bias, error=err)
+
+
+def _pointwise_or_valid(op: O.Op) -> bool:
+    """A convolution without padding, stride, dilation or groups: composing two of them is again
+    one such convolution (with the kernels convolved), exactly."""
+    return (
+        isinstance(op, O.Conv)
+        and op.groups == 1
+        and all(s == 1 for s in op.strides)
+        and all(d == 1 for d in op.dilations)
+        and not any(op.pads)
+    )
+
+
+def _merge_convs(first: O.Conv, second: O.Conv) -> O.Conv:
+    """conv2(conv1(x)) for valid stride-1 convolutions: with cross-correlation y[n] = sum_q W1[q]
+    x[n + q], z[n] = sum_p W2[p] y[n + p] = sum_{p,q} W2[p] W1[q] x[n + p + q], the kernel
+    K[r] = sum_{p + q = r} W2[p] W1[q] (channel products). Each entry of K is a sum of at most
+    k = C_mid * |p positions| float64 products: |K - fl(K)| <= gamma_k (|W2| * |W1|) entrywise, and
+    a convolution's norm is at most the sum over kernel positions r of ||E[:, :, r]||_2 (one shift
+    per position, each of norm <= 1), bounded by the Frobenius norms."""
+    w1 = np.asarray(first.weight, dtype=np.float64)  # [C_mid, C_in, k1...]
+    w2 = np.asarray(second.weight, dtype=np.float64)  # [C_out, C_mid, k2...]
+    k1, k2 = w1.shape[2:], w2.shape[2:]
+    out_k = tuple(a + b - 1 for a, b in zip(k1, k2, strict=True))
+    kernel = np.zeros((w2.shape[0], w1.shape[1], *out_k))
+    absk = np.zeros_like(kernel)
+    a1, a2 = np.abs(w1), np.abs(w2)
+    for p in np.ndindex(*k2):
+        window = (slice(None), slice(None), *(slice(pi, pi + ki) for pi, ki in zip(p, k1, strict=True)))
+        kernel[window] += np.einsum("om,mi...->oi...", w2[(slice(None), slice(None), *p)], w1)
+        absk[window] += np.einsum("om,mi...->oi...", a2[(slice(None), slice(None), *p)], a1)
+    terms = w1.shape[0] * int(np.prod(k2))
+    flat = absk.reshape(absk.shape[0], absk.shape[1], -1)
+    err = _gamma(terms) * float(sum(np.linalg.norm(flat[:, :, r]) for r in range(flat.shape[2])))
+    bias = None
+    if first.bias is not None or second.bias is not None:
+        b1 = np.zeros(w1.shape[0]) if first.bias is None else np.asarray(first.bias, dtype=np.float64)
+        b2 = np.zeros(w2.shape[0]) if second.bias is None else np.asarray(second.bias, dtype=np.float64)
+        bias = w2.reshape(w2.shape[0], w2.shape[1], -1).sum(axis=2) @ b1 + b2
+    nd = len(out_k)
+    return O.Conv(
+        weight=kernel, bias=bias, strides=(1,) * nd, pads=(0,) * (2 * nd), dilations=(1,) * nd,
+        groups=1, error=err,
+    )
+
+
+def _scale_inputs(op: O.Op, scale: np.ndarray, shift: np.ndarray | None) -> list[O.Op] | None:
+    """The ops computing ``op(x * scale + shift)`` with the scale folded into the weights:
+    [folded] or, for a padded convolution with a shift, [translation by shift/scale, folded]
+    (zero padding does not commute with a shift, a translation does not change distances).
+    ``scale`` is per input feature (last axis of a Linear, axis 1 of a Conv)."""
+    match op:
+        case O.Linear(weight=weight, bias=bias):
+            w = np.asarray(weight, dtype=np.float64)
+            folded = w * scale[None, :]
+            b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64)
+            if shift is not None:
+                b = b + w @ shift
+            # one rounded product per entry: ||A - W'||_2 <= ||E||_F <= u ||W'||_F
+            err = 1.01 * U * float(np.linalg.norm(folded)) + op.error * float(np.max(np.abs(scale)))
+            has_bias = bias is not None or shift is not None
+            return [O.Linear(weight=folded, bias=b if has_bias else None, error=err)]
+        case O.Conv(weight=weight, bias=bias, groups=groups, pads=pads):
+            w = np.asarray(weight, dtype=np.float64)
+            c_out, c_in_g = w.shape[0], w.shape[1]
+            group = np.arange(c_out) // (c_out // groups)  # the group of each output channel
+            cols = group[:, None] * c_in_g + np.arange(c_in_g)[None, :]  # its input channels
+            factor = scale[cols].reshape(c_out, c_in_g, *(1,) * (w.ndim - 2))
+            folded = w * factor
+            err = 1.01 * U * float(np.linalg.norm(folded)) + op.error * float(np.max(np.abs(scale)))
+            ops: list[O.Op] = []
+            cb: np.ndarray | None = None if bias is None else np.asarray(bias, dtype=np.float64)
+            if shift is not None and np.any(shift):
+                if not any(pads):
+                    t = shift[cols].reshape(c_out, c_in_g, *(1,) * (w.ndim - 2))
+                    extra = (w * t).reshape(c_out, -1).sum(axis=1)
+                    cb = extra if cb is None else cb + extra
+                elif np.all(scale != 0):
+                    bshape = (1, -1) + (1,) * (w.ndim - 2)
+                    ops.append(O.Affine(shift=(shift / scale).reshape(bshape)))
+                else:
+                    return None
+            return [*ops, dataclasses.replace(op, weight=folded, bias=cb, error=err)]
+    return None
+
+
+def _input_scale(affine: O.Affine, shape: tuple[int, ...], axis: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    scale: np.ndarray | None = (
+        np.ones(shape[axis]) if affine.scale is None else _per_channel(affine.scale, shape, axis)
+    )
+    shift = None if affine.shift is None else _per_channel(affine.shift, shape, axis)
+    if scale is None or (affine.shift is not None and shift is None):
+        return None
+    return scale, shift
+
+
+def merge_linear_maps(graph: Graph) -> Graph:
+    """Merge adjacent linear maps with no nonlinearity between them into one node, so that they
+    are bounded as one operator (||A B|| instead of ||A|| ||B||):
+
+    - Linear -> Linear (MatMul -> MatMul): one Linear, W2 W1;
+    - a per-feature Affine (in-graph Sub/Div normalisation, a folded BatchNorm before the map)
+      -> Linear or Conv: the scale folded into the weights' input side, the shift into the bias
+      (for a padded convolution the shift stays as a translation in front);
+    - Conv -> Conv without padding, stride, dilation or groups (pointwise and valid convolutions):
+      one Conv with the convolved kernel;
+    - Affine -> Affine (Sub then Div): one Affine; a scalar Affine moves past a Reshape/Transpose.
+
+    Each merge applies when the first value has the second node as its only consumer and is not a
+    graph output. A merged node carries ``error``, a bound on the spectral distance between the
+    exact composition of the stored weights and its computed weight, which the bound rules add.
+    Padded convolution pairs are left as they are: their composition is no single convolution.
+    """
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = dict(graph.shapes if known else with_shapes(graph.validate()).shapes)
+    uses = {name: len(users) for name, users in graph.consumers().items()}
+    outputs = set(graph.outputs)
+    nodes: list[Node | None] = []
+    where: dict[str, int] = {}
+    changed = False
+    for node in graph.nodes:
+        i = where.get(node.inputs[0]) if node.inputs else None
+        prev = nodes[i] if i is not None else None
+        merged: list[Node] | None = None
+        if prev is not None and uses.get(prev.output, 0) == 1 and prev.output not in outputs:
+            merged = _try_merge(prev, node, shapes)
+        if merged is not None and i is not None:
+            nodes[i] = None
+            for m in merged:
+                where[m.output] = len(nodes)
+                nodes.append(m)
+            changed = True
+            continue
+        where[node.output] = len(nodes)
+        nodes.append(node)
+    if not changed:
+        return graph
+    kept = tuple(n for n in nodes if n is not None)
+    return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=kept).validate())
+
+
+def _f32(a: np.ndarray) -> bool:
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.all(np.isfinite(a)) and np.all(a.astype(np.float32).astype(np.float64) == a))
+
+
+def _is_scalar_affine(op: O.Affine) -> bool:
+    return all(p is None or np.asarray(p).size == 1 for p in (op.scale, op.shift))
+
+
+def _merge_affines(
+    a: O.Affine, b: O.Affine, shapes: Mapping[str, tuple[int, ...]], prev: Node, node: Node
+) -> O.Affine | None:
+    """(x s1 + t1) s2 + t2 = x (s1 s2) + (t1 s2 + t2), when neither broadcasts to a larger shape
+    and the scale product is exact (float32 operands: 24 + 24 significant bits fit in float64),
+    so that the merged Affine's bound max |s1 s2| is the exact one. Shifts only translate."""
+    if not (tuple(shapes[prev.inputs[0]]) == tuple(shapes[prev.output]) == tuple(shapes[node.output])):
+        return None
+    s1 = None if a.scale is None else np.asarray(a.scale, dtype=np.float64)
+    s2 = None if b.scale is None else np.asarray(b.scale, dtype=np.float64)
+    if s1 is not None and s2 is not None and not (_f32(s1) and _f32(s2)):
+        return None
+    scale = s2 if s1 is None else (s1 if s2 is None else s1 * s2)
+    t1 = None if a.shift is None else np.asarray(a.shift, dtype=np.float64)
+    t2 = None if b.shift is None else np.asarray(b.shift, dtype=np.float64)
+    if t1 is not None and s2 is not None:
+        t1 = t1 * s2
+    shift = t2 if t1 is None else (t1 if t2 is None else t1 + t2)
+    return O.Affine(scale=scale, shift=shift)
+
+
+def _try_merge(prev: Node, node: Node, shapes: dict[str, tuple[int, ...]]) -> list[Node] | None:
+    """The nodes replacing ``prev -> node``, or None; new intermediate values get their shapes."""
+    name = f"{prev.name}+{node.name}"
+    source = f"{prev.source_op}+{node.source_op}"
+
+    def make(op: O.Op, output: str, inputs: tuple[str, ...], label: str = name) -> Node:
+        return dataclasses.replace(node, name=label, op=op, inputs=inputs, output=output, source_op=source)
+
+    match prev.op, node.op:
+        case O.Affine() as a, O.Affine() as b:
+            merged_affine = _merge_affines(a, b, shapes, prev, node)
+            if merged_affine is not None:
+                return [make(merged_affine, node.output, prev.inputs)]
+        case O.Affine() as a, (O.Reshape() | O.Transpose()) if _is_scalar_affine(a):
+            # an element-wise map by one scalar commutes with moving entries: move it past the
+            # reshape, where it can meet the linear map that follows (as 0-d parameters, so that
+            # it broadcasts to nothing larger)
+            if tuple(shapes[prev.inputs[0]]) != tuple(shapes[prev.output]):
+                return None
+            moved = f"{prev.output}__moved"
+            shapes[moved] = tuple(shapes[node.output])
+            scalar = O.Affine(
+                scale=None if a.scale is None else np.asarray(a.scale).reshape(()),
+                shift=None if a.shift is None else np.asarray(a.shift).reshape(()),
+            )
+            return [
+                dataclasses.replace(node, inputs=prev.inputs, output=moved),
+                dataclasses.replace(prev, op=scalar, inputs=(moved,), output=node.output),
+            ]
+        case O.Linear() as a, O.Linear() as b if a.weight.ndim == 2 and b.weight.ndim == 2:
+            if np.all(np.isfinite(a.weight)) and np.all(np.isfinite(b.weight)):
+                return [make(_merge_linears(a, b), node.output, prev.inputs)]
+        case O.Conv() as a, O.Conv() as b if _pointwise_or_valid(a) and _pointwise_or_valid(b):
+            if np.all(np.isfinite(a.weight)) and np.all(np.isfinite(b.weight)):
+                return [make(_merge_convs(a, b), node.output, prev.inputs)]
+        case O.Affine() as aff, (O.Linear() | O.Conv()) as lin:
+            shape = tuple(shapes[prev.output])
+            if tuple(shapes[prev.inputs[0]]) != shape or not shape:
+                return None  # the Affine broadcasts its input to a larger shape
+            axis = len(shape) - 1 if isinstance(lin, O.Linear) else 1
+            if isinstance(lin, O.Conv) and len(shape) < 2:
+                return None
+            found = _input_scale(aff, shape, axis)
+            if found is None or not np.all(np.isfinite(np.asarray(lin.weight, dtype=np.float64))):
+                return None
+            ops = _scale_inputs(lin, *found)
+            if ops is None:
+                return None
+            if len(ops) == 1:
+                return [make(ops[0], node.output, prev.inputs)]
+            shifted = f"{prev.output}__translated"
+            shapes[shifted] = tuple(shapes[prev.output])
+            return [
+                make(ops[0], shifted, prev.inputs, label=f"{prev.name}/translation"),
+                make(ops[1], node.output, (shifted,)),
+            ]
+    return None
