@@ -25,7 +25,6 @@ Each result is a certificate (rho, T) verified by ``certify.verify``; the code i
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +114,7 @@ def _eclipse_fast(lmi: ChainLMI, inflate: float) -> Certificate | None:
     return _finish(lmi, s, ts, inflate)
 
 
-def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tuple[float, float], t0: np.ndarray, deadline: float) -> np.ndarray:
+def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tuple[float, float], t0: np.ndarray, budget_s: float) -> np.ndarray:
     """max c s.t. S_k(T) >= c W_next^T W_next over diagonal T >= 0, from the feasible scalar t0.
 
     With S_{k-1} = L L^T the congruence diag(L^{-1}, I) turns the per-layer LMI
@@ -124,7 +123,12 @@ def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tup
     """
     import scipy.linalg
 
-    from stabaudit.analyses.sdp import barrier_solve, chain_problem
+    from stabaudit.analyses.sdp import (
+        barrier_solve,
+        chain_problem,
+        hard_deadline,
+        planned_newton_steps,
+    )
 
     lo = scipy.linalg.cholesky(s_prev, lower=True, check_finite=False)
     w_hat = scipy.linalg.solve_triangular(lo, w.T, lower=True, check_finite=False).T  # W L^{-T}
@@ -138,7 +142,12 @@ def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tup
     if q is None:
         return t0
     rho0 = 1.5 * max(float(np.linalg.eigvalsh(q)[-1]), 1e-300)
-    rho, t, _ = barrier_solve(pr, rho0, rho0 * t0, deadline=deadline, rel_gap=1e-3)
+    plan = planned_newton_steps(pr.size, t0.size, budget_s)
+    if plan == 0:
+        return t0
+    rho, t, _ = barrier_solve(
+        pr, rho0, rho0 * t0, deadline=hard_deadline(budget_s), rel_gap=1e-3, max_newton=plan
+    )
     return np.asarray(t / rho)
 
 
@@ -151,7 +160,6 @@ def eclipse(lmi: ChainLMI, *, budget_s: float, inflate: float = 1e-9) -> Certifi
 
 
 def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | None:
-    start = time.perf_counter()
     s = np.eye(lmi.dims[0])
     ts: list[np.ndarray] = []
     notes: list[str] = []
@@ -161,16 +169,15 @@ def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | No
         t0 = _fast_t(w, s, slope)
         if t0 is None:
             return None
-        remaining = budget_s - (time.perf_counter() - start)
         t = t0
-        if remaining > 0.0:
-            deadline = time.perf_counter() + remaining / (depth - k)
+        # an equal share of the budget per layer, as planned Newton steps (deterministic)
+        if budget_s > 0.0:
             try:
-                t = _layer_sdp(w, s, lmi.weights[k + 1], slope, t0, deadline)
+                t = _layer_sdp(w, s, lmi.weights[k + 1], slope, t0, budget_s / depth)
             except (np.linalg.LinAlgError, ValueError):
                 t = t0
         else:
-            notes.append(f"layer {k + 1}: out of time, closed-form multiplier")
+            notes.append(f"layer {k + 1}: no budget, closed-form multiplier")
         nxt = _next_schur(w, s, t, slope) if np.all(t > 0.0) else None
         fallback = _next_schur(w, s, t0, slope)
         # keep the SDP's multipliers only when they serve the per-layer objective (the smallest
