@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint demo bench sample-models fuzz browser clean
+.PHONY: install test lint demo bench docs sample-models fuzz browser clean
 FUZZ_SECONDS ?= 300
 
 install: $(STAMP)
@@ -34,6 +34,9 @@ browser:
 
 bench: install
 	$(BIN)/python bench/run.py --output docs/benchmarks.md
+
+docs: install
+	$(BIN)/stabaudit explain --all > docs/theory.md
 
 sample-models: install
 	$(BIN)/python scripts/train_sample_models.py --out sample_models

@@ -61,6 +61,18 @@ def request_for(
         options["lower_budget_s"] = settings.budget
     if settings.eps is not None:
         options["eps"] = settings.eps
+    if settings.training is not None:
+        from stabaudit.analyses.training import load_training_spec
+
+        options["training"] = load_training_spec(**dict(settings.training))
+    if settings.domain is not None:
+        options["domain"] = settings.domain
+    if settings.samples is not None:
+        options["sample_count"] = settings.samples
+    if settings.inputs is not None:
+        from stabaudit.analyses.samples import file_sha256
+
+        options["inputs_sha256"] = file_sha256(settings.inputs)
     return AuditRequest(
         path=path,
         input_shape=tuple(settings.input_shape) if settings.input_shape else None,

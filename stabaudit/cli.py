@@ -497,29 +497,29 @@ def _pick_format(
 
 @app.command()
 def explain(
-    check_id: Annotated[str, typer.Argument(help="A check id such as SA101, or its name.")],
+    check_id: Annotated[
+        str | None, typer.Argument(help="A check id such as SA101, or its name.")
+    ] = None,
+    all_checks: Annotated[
+        bool, typer.Option("--all", help="Every check, as the markdown of docs/theory.md.")
+    ] = False,
 ) -> None:
     """What a check proves, its inequality, its assumptions and its settings."""
 
     def body() -> int:
         from stabaudit.checks import CHECKS
+        from stabaudit.checks.docs import explain_text, theory_markdown
 
+        if all_checks:
+            sys.stdout.write(theory_markdown())
+            return 0
+        if check_id is None:
+            raise UsageError("explain: name a check (e.g. SA101) or give --all")
         wanted = check_id.upper()
         for key in CHECKS:
             spec = CHECKS.get(key)
             if wanted in (spec.id, spec.name.upper()):
-                default = (
-                    "none" if spec.default_threshold is None else f"{spec.default_threshold:g}"
-                )
-                setting = (
-                    f" (set with --threshold {spec.threshold_key}=VALUE)"
-                    if spec.threshold_key
-                    else ""
-                )
-                typer.echo(
-                    f"{spec.id} {spec.name}  [default severity {spec.severity.value}, threshold {default}{setting}]\n"
-                )
-                typer.echo(spec.doc)
+                typer.echo(explain_text(spec), nl=False)
                 return 0
         known = ", ".join(sorted(CHECKS))
         raise UsageError(f"unknown check {check_id!r}; known: {known}")
@@ -540,6 +540,93 @@ def ops() -> None:
         return 0
 
     _run_guarded(False, body)
+
+
+@app.command()
+def trajectory(
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Checkpoints of one training run, in step order (default: the config's trajectory: list)."),
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option("--steps", help="The training step of each checkpoint, e.g. 0,100,200 (default 0,1,2,...)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="An audit YAML: its defaults and waivers apply; its trajectory: list when no CKPT is named (default: ./stabaudit.yaml when present).",
+        ),
+    ] = None,
+    format: Annotated[
+        list[str] | None, typer.Option("--format", "-f", help="table | json | md (default: table, or from each --output's suffix)")
+    ] = None,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option("--output", "-o", help="Write the trajectory report here; repeat for several formats (by suffix)."),
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", help="NAME=VALUE (lipschitz, growth_exponent, ... or a check id) for every checkpoint."),
+    ] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")
+    ] = None,
+    budget: Annotated[float | None, typer.Option("--budget", help="Seconds per search, every checkpoint.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every checkpoint (default 0).")] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Checkpoints audited in parallel (worker processes when > 1).")
+    ] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Audit the checkpoints of one training run: SA601 (supremum) and SA602 (growth exponent);
+    exit 2 if any checkpoint could not be audited, else 1 if SA601/SA602 or a checkpoint's gate failed."""
+
+    def body() -> int:
+        from stabaudit.batch import ExecutorKind, make_executor
+        from stabaudit.config import find_default_config, load_config, resolve_one
+        from stabaudit.renderers import TRAJECTORY_RENDERERS, OutputFormat
+        from stabaudit.trajectory import (
+            checkpoints_from_args,
+            checkpoints_from_config,
+            plan_trajectory,
+            run_trajectory,
+        )
+
+        if jobs < 1:
+            raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        targets = _targets(format, output, OutputFormat)
+        for fmt, _ in targets:
+            if fmt not in TRAJECTORY_RENDERERS:
+                raise UsageError(f"format {fmt.value} is not available for trajectories (use table, json or md)")
+        overrides = _check_options(
+            threshold=threshold, max_regression=None, eps=None, inputs=None, max_memory=None,
+            timeout=None, input_shape=None, fail_on=fail_on, method=None, seed=seed, budget=budget,
+        )
+        path = config if config is not None else find_default_config(Path("."))
+        cfg = load_config(path) if path is not None else None
+        if checkpoints:
+            ckpts = checkpoints_from_args(checkpoints, steps)
+        elif cfg is not None and cfg.trajectory:
+            if steps is not None:
+                raise UsageError("--steps goes with checkpoints named on the command line; the config's trajectory: has its own")
+            ckpts = checkpoints_from_config(cfg)
+        else:
+            raise UsageError("no checkpoints: name them (CKPT...) or give a config with a trajectory: list")
+        settings = cfg.defaults.merged(overrides) if cfg is not None else overrides
+        waivers = [resolve_one(cfg, c.path).waivers for c in ckpts] if cfg is not None else []
+        planned = plan_trajectory(ckpts, settings, waivers=waivers)
+        runner = make_executor(ExecutorKind.PROCESSES if jobs > 1 else ExecutorKind.INPROCESS, jobs, None)
+        with Progress(enabled=not quiet, label="trajectory", total=len(planned)) as progress:
+            report = run_trajectory(
+                ckpts, runner, planned, config=str(path) if cfg is not None else "", progress=progress.step
+            )
+        _write_all([(TRAJECTORY_RENDERERS.get(fmt)(report), out) for fmt, out in targets])
+        return report.exit_code
+
+    _run_guarded(debug, body)
 
 
 def main() -> None:

@@ -35,8 +35,13 @@ from stabaudit.report.model import (
 
 if TYPE_CHECKING:
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.analyses.samples import Domain, SampleEvidence
+    from stabaudit.analyses.training import TrainingResult, TrainingSpec
+    from stabaudit.bounds.base import OpBound
     from stabaudit.cache import ReportCache
     from stabaudit.checks.base import LocalEvidence
+    from stabaudit.checks.residual import ResidualEvidence
+    from stabaudit.report.model import SampleInfo, TrainingReport
 
 Observer = Callable[[str], None]
 
@@ -61,6 +66,10 @@ class AuditRequest:
     eps: float = 0.01  # radius of the linf balls around the samples (SA302)
     disabled: frozenset[str] = frozenset()  # check ids turned off (config checks.disable)
     waivers: tuple[Waiver, ...] = ()  # the config waivers that apply to this model (SA002)
+    training: TrainingSpec | None = None  # the update channel (SA501-SA503): optimizer, loss, data
+    domain: Domain | None = None  # sampled when inputs is None (analyses.samples)
+    sample_count: int = 64  # how many samples to draw from the domain
+    inputs_sha256: str | None = None  # the sha256 of the file `inputs` came from (the report's samples)
 
 
 _REPRODUCIBLE_NOTE = (
@@ -186,6 +195,90 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) ->
     )
 
 
+def _residual_evidence(
+    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray | None, request: AuditRequest
+) -> ResidualEvidence:
+    """SA201/SA202's evidence: the residual blocks, their certified bounds, and J_f at the samples."""
+    from stabaudit.checks.residual import residual_evidence
+
+    return residual_evidence(graph, op_bounds, samples, seed=request.seed)
+
+
+def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
+    """The samples of the data-dependent channels [N, *input shape] and what the report says of
+    them: the given inputs (checked against the model's input shape), else ``sample_count`` draws
+    from the domain seeded with request.seed, else none."""
+    from stabaudit.analyses import samples as S
+    from stabaudit.report.model import DomainParameter, SampleInfo, SampleSource
+
+    if request.inputs is not None:
+        try:
+            samples = S.conform_samples(request.inputs, graph)
+        except UsageError as exc:
+            raise UsageError(str(exc), path=str(request.path)) from None
+        file = request.inputs_sha256 is not None
+        return samples, SampleInfo(
+            source=SampleSource.FILE if file else SampleSource.ARRAY,
+            count=int(samples.shape[0]),
+            shape=tuple(int(d) for d in samples.shape[1:]),
+            sha256=request.inputs_sha256 if file else S.array_sha256(samples),
+        )
+    if request.domain is None:
+        return None, None
+    if len(graph.inputs) != 1:
+        raise UsageError(
+            f"domain: the model has {len(graph.inputs)} inputs; a domain is sampled for models "
+            "with one input (give --inputs instead)",
+            path=str(request.path),
+        )
+    shape = tuple(int(d) for d in graph.inputs[0].shape)
+    try:
+        samples = S.draw_samples(request.domain, shape, request.sample_count, request.seed)
+    except UsageError as exc:
+        raise UsageError(str(exc), path=str(request.path)) from None
+    return samples, SampleInfo(
+        source=SampleSource(S.domain_source(request.domain)),
+        count=int(samples.shape[0]),
+        shape=shape,
+        seed=request.seed,
+        domain=tuple(
+            DomainParameter(name=name, values=v.values, shape=v.shape)
+            for name, v in S.domain_parameters(request.domain).items()
+        ),
+    )
+
+
+def _samples_evidence(
+    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest
+) -> SampleEvidence:
+    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples."""
+    from stabaudit.analyses.activations import activation_units
+    from stabaudit.analyses.parameters import parameter_sensitivity
+    from stabaudit.analyses.samples import SampleEvidence
+
+    return SampleEvidence(
+        count=int(samples.shape[0]),
+        source=source,
+        activations=activation_units(graph, samples, eps=request.eps),
+        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed),
+    )
+
+
+def _training_evidence(graph: Graph, request: AuditRequest) -> TrainingResult:
+    """SA501-SA503's evidence: the loss Hessian's extreme eigenvalues at the stored parameters."""
+    from stabaudit.analyses.training import training_dynamics
+
+    assert request.training is not None
+    return training_dynamics(graph, request.training, seed=request.seed, device=request.device)
+
+
+def _training_report(result: TrainingResult | None) -> TrainingReport | None:
+    """The report's `training` section, None without a spec."""
+    from stabaudit.checks.training import training_report
+
+    return training_report(result)
+
+
 def _is_translation(op: object) -> bool:
     from stabaudit.ir.ops import Affine
 
@@ -200,39 +293,54 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _canonical(value: Any) -> Any:
+    """JSON data for any request value: arrays by shape, dtype and sha256; dataclasses field by
+    field; enums by value; mappings with sorted keys; floats as they are (NaN refused later)."""
+    import dataclasses
+    import json
+    from enum import Enum
+
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        return [list(arr.shape), str(arr.dtype), _digest(arr.tobytes())]
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        text = json.dumps({str(k): _canonical(v) for k, v in value.items()}, sort_keys=True, default=str)
+        return json.loads(text)
+    if isinstance(value, set | frozenset):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+# The request fields that only decide whether an audit finishes, not what it reports.
+_NOT_IN_KEY = ("path", "max_memory", "timeout_s")
+
+
 def request_fingerprint(request: AuditRequest, today: str) -> dict[str, Any]:
     """Everything of the request that can change the report, as canonical JSON data (the cache key
-    together with the model's sha256 and the version). The memory budget and the timeout only
-    decide whether an audit finishes, so they are left out; the date only matters for waivers."""
-    import json
+    together with the model's sha256 and the version): every field of AuditRequest, so a new field
+    can never be forgotten, except the memory budget and the timeout (they only decide whether an
+    audit finishes) and the path (the model's bytes are in the key). The date only matters for
+    waivers; whether the report is pinned by SOURCE_DATE_EPOCH changes its timings."""
+    import dataclasses
 
-    inputs = None
-    if request.inputs is not None:
-        arr = np.ascontiguousarray(request.inputs)
-        inputs = [list(arr.shape), str(arr.dtype), _digest(arr.tobytes())]
-    baseline = None
-    if request.baseline is not None:
-        text = json.dumps(request.baseline, sort_keys=True, allow_nan=False, default=str)
-        baseline = _digest(text.encode())
-    return {
-        "input_shape": list(request.input_shape) if request.input_shape else None,
-        "thresholds": {k: float(v) for k, v in sorted(request.thresholds.items())},
-        "severities": {k: Severity(v).value for k, v in sorted(request.severities.items())},
-        "fail_on": request.fail_on.value,
-        "seed": request.seed,
-        "device": request.device,
-        "lower_budget_s": request.lower_budget_s,
-        "power_iterations": request.power_iterations,
-        "baseline": baseline,
-        "method": request.method,
-        "budget_s": request.budget_s,
-        "inputs": inputs,
-        "eps": request.eps,
-        "disabled": sorted(request.disabled),
-        "waivers": [[w.check, w.reason, w.expires] for w in request.waivers],
-        "today": today if request.waivers else None,
-        "reproducible": bool(os.environ.get("SOURCE_DATE_EPOCH", "").strip()),
+    data = {
+        f.name: _canonical(getattr(request, f.name))
+        for f in dataclasses.fields(request)
+        if f.name not in _NOT_IN_KEY
     }
+    data["today"] = today if request.waivers else None
+    data["reproducible"] = bool(os.environ.get("SOURCE_DATE_EPOCH", "").strip())
+    return data
 
 
 def _validate_policy(request: AuditRequest) -> None:
@@ -297,7 +405,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
     from stabaudit.checks import CheckPolicy, Evidence, rule_catalogue, run_checks
     from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
-    from stabaudit.ir.passes import fold_affine
+    from stabaudit.ir.passes import fold_affine, merge_linear_maps
     from stabaudit.limits import check_analysis_memory, check_deadline, check_model_memory
     from stabaudit.loaders import load_model
 
@@ -315,7 +423,8 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     say("loading")
     check_model_memory(request.path, memory_budget)
     loaded = load_model(request.path, input_shape=request.input_shape)
-    graph = fold_affine(loaded.graph)
+    # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
+    graph = merge_linear_maps(fold_affine(loaded.graph))
     check_analysis_memory(graph, memory_budget, path=str(request.path))
     folded = replace(loaded, graph=graph)
     timings["load"] = time.perf_counter() - t0
@@ -400,7 +509,16 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     )
 
     # ---- data-dependent channels (THEORY.md): they read `samples`, never request.inputs ----
-    samples = request.inputs  # [N, ...] sample inputs, or None
+    # samples (SA301, SA303, SA401, and every channel below): the inputs, or draws from the domain
+    samples, sample_info = _samples_resolve(loaded.graph, request)  # [N, *input shape], or None
+    sampled = None
+    if samples is not None and sample_info is not None:
+        say("activations and parameter sensitivity at the samples")
+        t = time.perf_counter()
+        # on the folded graph: its layers are the report's, W_l the effective weights
+        sampled = _samples_evidence(graph, op_bounds, samples, sample_info.source.value, request)
+        timings["samples"] = time.perf_counter() - t
+    # end of the samples block
 
     local = None
     if samples is not None:
@@ -408,6 +526,21 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         t = time.perf_counter()
         local = _local_evidence(loaded.graph, samples, request)
         timings["local_bounds"] = time.perf_counter() - t
+
+    # update channel (SA501-SA503): on the graph as loaded, the parameters as stored
+    training = None
+    if request.training is not None:
+        say("training dynamics")
+        t = time.perf_counter()
+        training = _training_evidence(loaded.graph, request)
+        timings["training"] = time.perf_counter() - t
+
+    # residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds holds
+    say("residual blocks")
+    t = time.perf_counter()
+    residual = _residual_evidence(graph, op_bounds, samples, request)
+    timings["residual"] = time.perf_counter() - t
+    # end of the residual channel
     # ---- end of the data-dependent channels ----
 
     say("lower bound search")
@@ -475,6 +608,9 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         local=local,
         waivers=request.waivers,
         today=created[:10],
+        training=training,
+        sampled=sampled,
+        residual=residual,
     )
     findings = run_checks(
         evidence,
@@ -507,6 +643,9 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         fail_on=request.fail_on.value,
         created=created,
         rules=rule_catalogue(),
+        training=_training_report(training),
+        samples=sample_info,
+        residual_blocks=residual.blocks,
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
         notes=tuple(loaded.notes)
         + tuple(eq.notes)

@@ -53,8 +53,18 @@ def test_check_json_report_on_sample_mlp(tmp_path):
         "SA101",
         "SA102",
         "SA103",
+        "SA201",
+        "SA202",
+        "SA301",
         "SA302",
+        "SA303",
+        "SA401",
         "SA402",
+        "SA501",
+        "SA502",
+        "SA503",
+        "SA601",
+        "SA602",
         "SA901",
         "SA902",
     ]
@@ -292,8 +302,8 @@ def test_sarif_and_junit_from_the_output_suffix(tmp_path):
 
         jsonschema.validate(doc, json.loads(schema.read_text()), cls=jsonschema.Draft7Validator)
     rules = [r["id"] for r in doc["runs"][0]["tool"]["driver"]["rules"]]
-    assert rules == ["SA001", "SA002", "SA101", "SA102", "SA103", "SA302", "SA402", "SA901", "SA902"]
-    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "9"
+    assert rules == ["SA001", "SA002", "SA101", "SA102", "SA103", "SA201", "SA202", "SA301", "SA302", "SA303", "SA401", "SA402", "SA501", "SA502", "SA503", "SA601", "SA602", "SA901", "SA902"]
+    assert ET.parse(junit).getroot().find("testsuite").get("tests") == "19"
 
 
 def test_baseline_regression_of_scaled_weights(tmp_path):

@@ -4,7 +4,11 @@ from stabaudit.checks import (  # noqa: F401  (registration)
     baseline,
     integrity,
     nonsmooth,
+    parameters,
     representation,
+    residual,
+    training,
+    trajectory,
     waivers,
 )
 from stabaudit.checks.base import (

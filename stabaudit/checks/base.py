@@ -7,7 +7,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stabaudit.errors import UsageError
 from stabaudit.registry import Registry
@@ -21,6 +21,11 @@ from stabaudit.report.model import (
     Status,
     Waiver,
 )
+
+if TYPE_CHECKING:
+    from stabaudit.analyses.samples import SampleEvidence
+    from stabaudit.analyses.training import TrainingResult
+    from stabaudit.checks.residual import ResidualEvidence
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +55,9 @@ class Evidence:
     local: LocalEvidence | None = None  # SA302; None without sample inputs
     waivers: tuple[Waiver, ...] = ()  # the config waivers that apply to this model (SA002)
     today: str = ""  # the report's date, ISO (waiver expiry)
+    training: TrainingResult | None = None  # the update channel (SA501-SA503); None without a spec
+    sampled: SampleEvidence | None = None  # SA301, SA303, SA401; None without samples
+    residual: ResidualEvidence | None = None  # SA201, SA202: the residual blocks (residual channel)
 
 
 @dataclass(frozen=True, kw_only=True)

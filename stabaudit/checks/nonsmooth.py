@@ -1,4 +1,4 @@
-"""Non-smooth channel: SA302, certified local Lipschitz bounds with Clarke generalized derivatives."""
+"""Non-smooth channel: SA301 kinks at the samples, SA302 certified local (Clarke) bounds, SA303 dead units."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     range of their derivative; L_local is the smallest of the certified candidates (interval
     Jacobian, local products of layer gains with dead units removed, slope vertices).
     Inputs: `--inputs samples.npz` (array `x`, or the first array; .npy also read) and `--eps`
-    (default 0.01). Skipped without inputs. The threshold is K_max, shared with SA101
+    (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold is K_max, shared with SA101
     (`--threshold lipschitz=VALUE`). Passes when L_local <= K_max on every sample; this
     version reports no sound local lower bound, so otherwise the check is inconclusive.
     """
     local = ev.local
     if local is None:
         return ctx.finding(
-            Status.SKIPPED, None, "no --inputs given: local bounds need sample inputs"
+            Status.SKIPPED, None, "no samples (--inputs or a config domain): local bounds need them"
         )
     if local.upper is None:
         return ctx.finding(Status.SKIPPED, None, f"no local bound: {local.message}")
@@ -46,4 +46,97 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
         Status.INCONCLUSIVE,
         value,
         f"certified local L <= {fmt(local.upper)} {where}, not <= {fmt(t)}",
+    )
+
+
+@check(
+    "SA301",
+    "clarke.kinks",
+    severity=Severity.WARNING,
+    threshold_key="kinks",
+    default_threshold=0.05,
+)
+def clarke_kinks(ev: Evidence, ctx: CheckContext) -> Finding:
+    """At the sample inputs, at most a share (default 5%) of ReLU-type units sit within eps of a kink.
+
+    At a kink the Clarke generalized Jacobian is a set (for ReLU at 0, the slope interval
+    [0, 1]) and autodiff silently returns one selection of it; a unit within eps of its kink can
+    change its piece under a perturbation of its pre-activation by eps. Measured per ReLU-type
+    layer: share = #{(sample, unit) : |z - kink| <= eps} / (samples x units), where z is the
+    unit's pre-activation (one entry of the layer's input tensor; a conv layer has channels x
+    positions units) and a unit exactly at its kink counts. Layers counted: Relu, LeakyRelu and
+    PRelu (kink at 0; a slope of 1 has none), Clip (HardTanh, ReLU6: at min and max),
+    HardSigmoid (where alpha z + beta is 0 or 1), HardSwish (at -3 and 3); smooth activations
+    have no kink, and max-pooling ties and Abs are out of scope.
+    This is a measurement at these samples, exact for them up to the float64 forward pass, not a
+    bound over a domain: the status compares the measured max share over layers directly with
+    the threshold (pass when <= it, fail when above). Value: the max share and the per-layer shares.
+    Inputs: `--inputs samples.npz` or a config `domain:` ({low, high} or {mean, std}) with
+    `samples: N`; eps is `--eps` / config `eps:` (default 0.01), in the pre-activation's units.
+    Skipped without samples or without ReLU-type units. Threshold: `--threshold kinks=0.1`
+    (a share in [0, 1]); severity warning (config `severity: {SA301: error}`).
+    """
+    acts = ev.sampled.activations if ev.sampled is not None else None
+    if ev.sampled is None:
+        return ctx.finding(Status.SKIPPED, None, "no samples: give --inputs or a config domain")
+    if acts is None:
+        return ctx.finding(Status.SKIPPED, None, f"no activation analysis: {ev.sampled.message}")
+    if not acts.layers:
+        return ctx.finding(Status.SKIPPED, None, "the model has no ReLU-type units")
+    t = ctx.threshold if ctx.threshold is not None else 0.05
+    top = acts.max_share
+    value = {
+        "max_share": top,
+        "eps": acts.eps,
+        "samples": acts.samples,
+        "layers": {layer.layer: layer.share for layer in acts.layers},
+    }
+    over = tuple(layer.layer for layer in acts.layers if layer.share > t)
+    where = f"within eps={fmt(acts.eps)} of a kink at {acts.samples} samples"
+    if top <= t:
+        return ctx.finding(Status.PASS, value, f"max share {fmt(top)} <= {fmt(t)} of units {where}")
+    return ctx.finding(
+        Status.FAIL,
+        value,
+        f"max share {fmt(top)} > {fmt(t)} of units {where} (layers: {', '.join(over)})",
+        locations=over,
+    )
+
+
+@check("SA303", "relu.dead", severity=Severity.INFO)
+def relu_dead(ev: Evidence, ctx: CheckContext) -> Finding:
+    """Information: ReLU-type units that are never active on the samples (dead units).
+
+    A unit is dead when its slope is 0 at every sample: for ReLU, its pre-activation is <= 0 at
+    every sample (PyTorch's selection at 0 is the slope 0); for LeakyRelu/PRelu only with a zero
+    negative slope; Clip and HardSigmoid when on a flat piece (at or beyond a kink), HardSwish at
+    or below -3. A unit is one entry of the layer's pre-activation tensor (per position for a
+    conv layer). A dead unit passes no gradient at these samples; it proves nothing about other
+    inputs. Value: the total count and the count per layer (with the layer's units).
+    Status fail when some unit is dead, pass when none; the severity is info, so it never fails
+    the gate unless raised (config `severity: {SA303: warning}`). Inputs: `--inputs` or a config
+    `domain:`; skipped without samples or without ReLU-type units. No threshold.
+    """
+    acts = ev.sampled.activations if ev.sampled is not None else None
+    if ev.sampled is None:
+        return ctx.finding(Status.SKIPPED, None, "no samples: give --inputs or a config domain")
+    if acts is None:
+        return ctx.finding(Status.SKIPPED, None, f"no activation analysis: {ev.sampled.message}")
+    if not acts.layers:
+        return ctx.finding(Status.SKIPPED, None, "the model has no ReLU-type units")
+    value = {
+        "dead": acts.dead,
+        "samples": acts.samples,
+        "layers": {layer.layer: {"dead": layer.dead, "units": layer.units} for layer in acts.layers},
+    }
+    units = sum(layer.units for layer in acts.layers)
+    with_dead = tuple(layer.layer for layer in acts.layers if layer.dead)
+    if not with_dead:
+        return ctx.finding(Status.PASS, value, f"no dead unit among {units} at {acts.samples} samples")
+    return ctx.finding(
+        Status.FAIL,
+        value,
+        f"{acts.dead} of {units} units never active at {acts.samples} samples "
+        f"(layers: {', '.join(with_dead)})",
+        locations=with_dead,
     )

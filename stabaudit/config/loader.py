@@ -18,6 +18,7 @@ from stabaudit.config.schema import (
     ModelEntry,
     Settings,
     SettingsInput,
+    TrajectoryEntry,
     WaiverEntry,
     explain,
 )
@@ -235,7 +236,11 @@ def load_config(path: str | Path) -> ConfigFile:
     waivers = tuple(
         WaiverEntry(check=w.check, model=w.model, reason=w.reason, expires=w.expires) for w in raw.waivers or ()
     )
-    return ConfigFile(path=p, defaults=defaults, models=models, waivers=waivers)
+    trajectory = tuple(
+        TrajectoryEntry(path=e.path, step=e.step, line=_line(_walk(root, ("trajectory", i, "path"))[0]) or 0)
+        for i, e in enumerate(raw.trajectory or ())
+    )
+    return ConfigFile(path=p, defaults=defaults, models=models, waivers=waivers, trajectory=trajectory)
 
 
 def find_default_config(cwd: Path) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import glob
 import math
 import os
 import re
@@ -16,11 +17,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    InstanceOf,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from stabaudit.analyses.samples import (
+    MAX_SAMPLE_COUNT,
+    NormalDomain,
+    UniformDomain,
+    Values,
+    check_domain,
+    values_of,
+)
 from stabaudit.errors import UsageError
 
 SeverityName = Literal["error", "warning", "info"]
@@ -40,6 +51,28 @@ def _error(message: str) -> PydanticCustomError:
 
 
 # ---- the public result of loading ------------------------------------------------------------------
+Optimizer = Literal["sgd", "momentum", "adam"]
+LossName = Literal["mse", "cross_entropy"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LOSSES: tuple[str, ...] = get_args(LossName)
+Unit = Annotated[float, Field(ge=0, lt=1)]  # a momentum coefficient in [0, 1)
+
+
+class TrainingSettings(BaseModel):
+    """The update channel's spec (SA501-SA503): optimizer, loss and the data the loss is taken over."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    optimizer: Optimizer = "sgd"
+    momentum: Unit | None = None  # heavy-ball beta (optimizer momentum; default 0.9)
+    betas: tuple[Unit, Unit] | None = None  # Adam's (beta1, beta2) (default (0.9, 0.999))
+    loss: LossName = "mse"
+    data: Path  # .npz with arrays x and y; absolute when it comes from a config
+    second_moment: Path | None = None  # .npz: Adam's v by parameter name (SA502)
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # sigma^2 (SA503)
+
+
 class Settings(BaseModel):
     """Audit settings of one level (defaults or a model entry); empty or None means "not set"."""
 
@@ -57,6 +90,10 @@ class Settings(BaseModel):
     inputs: Path | None = None  # absolute
     max_memory: int | None = None  # bytes
     disable: frozenset[str] = frozenset()
+    training: TrainingSettings | None = None  # replaced as a whole by a more specific level
+    # the input domain sampled when no inputs are given (replaced as a whole), and the count
+    domain: InstanceOf[UniformDomain] | InstanceOf[NormalDomain] | None = None
+    samples: int | None = None
 
     def merged(self, over: Settings) -> Settings:
         """These settings overridden by ``over``: its set values win, thresholds and severity merge
@@ -100,6 +137,17 @@ class ConfigFile:
     defaults: Settings
     models: tuple[ModelEntry, ...]
     waivers: tuple[WaiverEntry, ...]
+    trajectory: tuple[TrajectoryEntry, ...] = ()  # `stabaudit trajectory`: checkpoints of one run
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrajectoryEntry:
+    """One entry of ``trajectory:``: a checkpoint path (a glob only without steps), its training
+    step (None: the checkpoints' index, in sorted glob order), the line of its path."""
+
+    path: str
+    step: int | None
+    line: int
 
 
 # ---- the YAML as written (validated strictly; ``context={"base": <config dir>}``) -----------------
@@ -163,6 +211,90 @@ class ChecksInput(_Input):
     disable: list[CheckId] = Field(default_factory=list)
 
 
+def _npz_file(value: str, info: ValidationInfo) -> str:
+    base = Path((info.context or {}).get("base", "."))
+    if Path(value).suffix.lower() != ".npz":
+        raise _error(f"expected a .npz file, not {value!r}")
+    if not (base / value).is_file():
+        raise _error(f"no such file {value!r}")
+    return value
+
+
+class TrainingInput(_Input):
+    learning_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    optimizer: Optimizer = "sgd"
+    momentum: Unit | None = None
+    betas: Annotated[list[Unit], Field(min_length=2, max_length=2)] | None = None
+    loss: LossName = "mse"
+    data: str
+    second_moment: str | None = None
+    noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+    _files = field_validator("data", "second_moment")(_npz_file)
+
+    @model_validator(mode="after")
+    def _fits_optimizer(self) -> TrainingInput:
+        # a setting the chosen optimizer ignores is most likely a mistake in the optimizer's name
+        if self.momentum is not None and self.optimizer != "momentum":
+            raise _error("momentum is only used with optimizer: momentum")
+        for name in ("betas", "second_moment"):
+            if getattr(self, name) is not None and self.optimizer != "adam":
+                raise _error(f"{name} is only used with optimizer: adam")
+        return self
+
+    def to_settings(self, base: Path) -> TrainingSettings:
+        def absolute(p: str) -> Path:
+            return Path(os.path.normpath(base.absolute() / p))
+
+        return TrainingSettings(
+            learning_rate=self.learning_rate, optimizer=self.optimizer, momentum=self.momentum,
+            betas=(self.betas[0], self.betas[1]) if self.betas is not None else None, loss=self.loss,
+            data=absolute(self.data),
+            second_moment=absolute(self.second_moment) if self.second_moment is not None else None,
+            noise=self.noise,
+        )
+
+
+class DomainInput(_Input):
+    """``domain:``: {low, high} (uniform in the box) or {mean, std} (normal), each a number, a list
+    with one number per channel, or nested lists that broadcast to the model's input shape."""
+
+    low: Any = None
+    high: Any = None
+    mean: Any = None
+    std: Any = None
+
+    @field_validator("low", "high", "mean", "std")
+    @classmethod
+    def _values(cls, value: object, info: ValidationInfo) -> Values:
+        try:
+            values = values_of(value)
+        except ValueError as exc:
+            raise _error(str(exc)) from None
+        if info.field_name == "std" and min(values.values) < 0:
+            raise _error("expected std >= 0 for every entry")
+        return values
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DomainInput:
+        given = {name for name in ("low", "high", "mean", "std") if getattr(self, name) is not None}
+        if given not in ({"low", "high"}, {"mean", "std"}):
+            raise _error(
+                "expected either {low, high} (uniform) or {mean, std} (normal)"
+                + (f", got {{{', '.join(sorted(given))}}}" if given else "")
+            )
+        try:
+            check_domain(self.to_domain())
+        except ValueError as exc:
+            raise _error(str(exc)) from None
+        return self
+
+    def to_domain(self) -> UniformDomain | NormalDomain:
+        if self.low is not None:
+            return UniformDomain(low=self.low, high=self.high)
+        return NormalDomain(mean=self.mean, std=self.std)
+
+
 class SettingsInput(_Input):
     thresholds: dict[str, Annotated[float, AfterValidator(_not_nan)]] = Field(default_factory=dict)
     severity: dict[str, SeverityName] = Field(default_factory=dict)
@@ -176,6 +308,9 @@ class SettingsInput(_Input):
     inputs: str | None = None
     max_memory: Annotated[int, BeforeValidator(_size)] | None = None
     checks: ChecksInput | None = None
+    training: TrainingInput | None = None
+    domain: DomainInput | None = None
+    samples: Annotated[int, Field(gt=0, le=MAX_SAMPLE_COUNT)] | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -196,6 +331,8 @@ class SettingsInput(_Input):
             seed=self.seed, fail_on=self.fail_on, method=self.method, budget=self.budget, timeout=self.timeout,
             eps=self.eps, inputs=inputs, max_memory=self.max_memory,
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
+            training=self.training.to_settings(base) if self.training is not None else None,
+            domain=self.domain.to_domain() if self.domain is not None else None, samples=self.samples,
         )
 
 
@@ -213,12 +350,36 @@ class WaiverInput(_Input):
     expires: Annotated[datetime.date, BeforeValidator(_date)] | None = None
 
 
+class TrajectoryInput(_Input):
+    path: Annotated[str, Field(min_length=1)]
+    step: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _glob_without_step(self) -> TrajectoryInput:
+        # a glob names several checkpoints: one step cannot belong to all of them
+        if self.step is not None and glob.has_magic(self.path):
+            raise _error(f"a glob ({self.path!r}) takes no step: list each checkpoint with its step, or omit the steps")
+        return self
+
+
+def _steps_increase(entries: list[TrajectoryInput]) -> list[TrajectoryInput]:
+    given = [e.step is not None for e in entries]
+    if any(given) and not all(given):
+        raise _error("give a step for every checkpoint or for none (then step = position, sorted glob order)")
+    steps = [e.step for e in entries if e.step is not None]
+    for i, (before, after) in enumerate(zip(steps, steps[1:], strict=False)):
+        if after <= before:
+            raise _error(f"expected strictly increasing steps: trajectory[{i + 1}] has step {after} after {before}")
+    return entries
+
+
 class ConfigInput(SettingsInput):
     """The whole file; settings at the top level are the old flat form and mean ``defaults:``."""
 
     defaults: SettingsInput | None = None
     models: list[ModelInput] | None = None
     waivers: list[WaiverInput] | None = None
+    trajectory: Annotated[list[TrajectoryInput], AfterValidator(_steps_increase)] | None = None
 
 
 # ---- pydantic errors in our words --------------------------------------------------------------------
@@ -246,6 +407,23 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "model": ("expected a glob over model paths", None),
     "reason": ("expected a non-empty reason", None),
     "expires": ("expected a date YYYY-MM-DD", None),
+    "trajectory": ("expected a list of checkpoints, each a mapping {path, step}", "expected a mapping {path, step}"),
+    "step": ("expected a training step, an integer >= 0", None),
+    "training": ("expected a mapping with learning_rate, optimizer, loss and data", None),
+    "learning_rate": ("expected a finite number > 0", None),
+    "optimizer": ("expected one of " + ", ".join(OPTIMIZERS), None),
+    "momentum": ("expected a number in [0, 1)", None),
+    "betas": ("expected a list of two numbers [b1, b2], each in [0, 1)", "expected a number in [0, 1)"),
+    "loss": ("expected one of " + ", ".join(LOSSES), None),
+    "data": ("expected the path of a .npz file with arrays x and y", None),
+    "second_moment": ("expected the path of a .npz file (Adam's v by parameter name)", None),
+    "noise": ("expected a finite number >= 0 (the gradient-noise variance)", None),
+    "domain": ("expected a mapping {low, high} (uniform) or {mean, std} (normal)", None),
+    "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
+    "low": ("expected a number or a list of numbers", None),
+    "high": ("expected a number or a list of numbers", None),
+    "mean": ("expected a number or a list of numbers", None),
+    "std": ("expected a number or a list of numbers", None),
 }
 
 

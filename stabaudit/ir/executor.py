@@ -151,10 +151,35 @@ def _avg_pool_kernel(op: O.AvgPool) -> Kernel:
     return avg_pool
 
 
-class Executor:
-    """Runs a graph in torch; parameters are converted once to ``dtype`` on ``device``."""
+ParameterKey = tuple[str, str]  # (node name, field of its op), e.g. ("fc1", "weight")
 
-    def __init__(self, graph: Graph, *, dtype: Any = None, device: str = "cpu"):
+
+def parameter_arrays(graph: Graph) -> dict[ParameterKey, np.ndarray]:
+    """Every floating-point parameter array of the graph's ops, keyed (node name, field), in node
+    order and field order: the parameters theta that training updates."""
+    out: dict[ParameterKey, np.ndarray] = {}
+    for node in graph.nodes:
+        for field, value in vars(node.op).items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                out[(node.name, field)] = value
+    return out
+
+
+class Executor:
+    """Runs a graph in torch; parameters are converted once to ``dtype`` on ``device``.
+
+    ``parameters`` substitutes tensors for some of the ops' arrays (keys as in
+    ``parameter_arrays``): they are used as given, so autograd differentiates with respect to them.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        dtype: Any = None,
+        device: str = "cpu",
+        parameters: Mapping[ParameterKey, torch.Tensor] | None = None,
+    ):
         import torch
 
         self.graph = graph
@@ -163,7 +188,8 @@ class Executor:
         self._kernels: list[tuple[Node, Kernel]] = []
         for node in graph.nodes:
             try:
-                self._kernels.append((node, _kernel(node.op, self._param)))
+                param = self._param if not parameters else self._substituting(node, parameters)
+                self._kernels.append((node, _kernel(node.op, param)))
             except ModelLoadError as exc:
                 raise ModelLoadError(f"node {node.name!r} ({node.op.type.value}): {exc}") from exc
 
@@ -171,6 +197,20 @@ class Executor:
         import torch
 
         return torch.from_numpy(np.array(array, dtype=np.float64)).to(self.dtype).to(self.device)
+
+    def _substituting(
+        self, node: Node, parameters: Mapping[ParameterKey, torch.Tensor]
+    ) -> Callable[[np.ndarray], torch.Tensor]:
+        """The parameter conversion of one node: a given tensor where ``parameters`` has the
+        array's (node, field) key, else the usual conversion. Arrays are matched by identity:
+        the kernel receives the op's own array objects."""
+        fields = {id(v): f for f, v in vars(node.op).items() if isinstance(v, np.ndarray)}
+
+        def param(array: np.ndarray) -> torch.Tensor:
+            key = (node.name, fields.get(id(array), ""))
+            return parameters[key] if key in parameters else self._param(array)
+
+        return param
 
     def run(self, inputs: Mapping[str, torch.Tensor], *, keep: bool = False) -> dict[str, torch.Tensor]:
         """Evaluate the graph; returns the outputs (every value when ``keep``)."""

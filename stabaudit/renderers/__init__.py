@@ -4,9 +4,10 @@ from stabaudit.renderers import html, json, junit, markdown, sarif, table  # noq
 from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
+    TRAJECTORY_RENDERERS,
     BatchRenderer,
     OutputFormat,
     Renderer,
 )
 
-__all__ = ["BATCH_RENDERERS", "RENDERERS", "BatchRenderer", "OutputFormat", "Renderer"]
+__all__ = ["BATCH_RENDERERS", "RENDERERS", "TRAJECTORY_RENDERERS", "BatchRenderer", "OutputFormat", "Renderer"]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from stabaudit.registry import Registry
-from stabaudit.report.model import BatchReport, Finding, Report, Status, Waiver
+from stabaudit.report.model import BatchReport, Finding, Report, Status, TrajectoryReport, Waiver
 
 
 class OutputFormat(str, Enum):
@@ -34,6 +34,8 @@ Renderer = Callable[[Report], str]
 BatchRenderer = Callable[[BatchReport], str]
 RENDERERS: Registry[OutputFormat, Renderer] = Registry("renderers")
 BATCH_RENDERERS: Registry[OutputFormat, BatchRenderer] = Registry("batch renderers")
+TrajectoryRenderer = Callable[[TrajectoryReport], str]
+TRAJECTORY_RENDERERS: Registry[OutputFormat, TrajectoryRenderer] = Registry("trajectory renderers")
 
 
 def waiver_note(waiver: Waiver) -> str:

@@ -8,12 +8,13 @@ import html
 from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
+    TRAJECTORY_RENDERERS,
     OutputFormat,
     is_failing,
     status_label,
 )
-from stabaudit.renderers.table import detail, failing_ids, mark, num
-from stabaudit.report.model import BatchReport, ModelError, Report
+from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
+from stabaudit.report.model import BatchReport, ModelError, Report, TrajectoryReport
 
 
 def cell(text: str) -> str:
@@ -114,4 +115,34 @@ def render_batch_markdown(batch: BatchReport) -> str:
                 )
     for entry in batch.models:
         lines += ["", *_model_details(entry)]
+    return "\n".join(lines) + "\n"
+
+
+@TRAJECTORY_RENDERERS.register(OutputFormat.MD)
+def render_trajectory_markdown(trajectory: TrajectoryReport) -> str:
+    headers, rows = trajectory_rows(trajectory)
+    lines = [
+        f"### stabaudit trajectory: {trajectory.verdict.upper()} — {len(trajectory.points)} checkpoints "
+        f"(exit code {trajectory.exit_code})",
+        "",
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+    ]
+    for row in rows:
+        row[1] = code(row[1])
+        lines.append("| " + " | ".join(cell(c) for c in row) + " |")
+    lines += ["", "| channel | sup lower | sup upper | upper is | limit | status |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {c.channel.value} | {num(c.sup_lower)} | {num(c.sup_upper)} | {mark(c.certified)} | {num(c.limit)} "
+        f"| {c.status.value} |"
+        for c in trajectory.channels
+    ]
+    lines += ["", f"- {growth_line('K_upper', trajectory.growth_upper)}", f"- {growth_line('K_lower', trajectory.growth_lower)}"]
+    lines += ["", "| check | status | severity | detail |", "|---|---|---|---|"]
+    lines += [
+        f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |" for f in trajectory.checks
+    ]
+    errors = [f"- {code(p.path)}: {prose(p.error)}" for p in trajectory.points if p.error]
+    if errors:
+        lines += ["", "Checkpoints that could not be audited:", *errors]
     return "\n".join(lines) + "\n"

@@ -8,12 +8,23 @@ from tabulate import tabulate
 from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
+    TRAJECTORY_RENDERERS,
     OutputFormat,
     is_failing,
     status_label,
     waiver_note,
 )
-from stabaudit.report.model import BatchReport, Finding, LayerLipschitz, ModelError, Report
+from stabaudit.report.model import (
+    BatchReport,
+    Finding,
+    GrowthFit,
+    LayerLipschitz,
+    ModelError,
+    Report,
+    TrajectoryChannel,
+    TrajectoryPoint,
+    TrajectoryReport,
+)
 
 
 def num(x: float | None) -> str:
@@ -116,4 +127,74 @@ def render_batch_table(batch: BatchReport) -> str:
     if errors:
         out += ["", *errors]
     out += ["", f"batch verdict: {batch.verdict.upper()} ({len(batch.models)} models, exit code {batch.exit_code})"]
+    return "\n".join(out) + "\n"
+
+
+def _channel_cell(point: TrajectoryPoint, channel: TrajectoryChannel) -> str:
+    b = next((b for b in point.channels if b.channel is channel), None)
+    return "-" if b is None else f"[{num(b.lower)}, {num(b.upper)}]"
+
+
+def trajectory_rows(trajectory: TrajectoryReport) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row per checkpoint): step, path, verdict, the global bracket and the other
+    channels that some checkpoint has, as [lower, upper]."""
+    shown = [
+        c.channel for c in trajectory.channels if c.channel is not TrajectoryChannel.LIPSCHITZ
+    ]
+    headers = ["step", "checkpoint", "verdict", "K lower", "K upper", "upper is", *[c.value for c in shown]]
+    rows = []
+    for p in trajectory.points:
+        lip = next((b for b in p.channels if b.channel is TrajectoryChannel.LIPSCHITZ), None)
+        rows.append(
+            [
+                str(p.step),
+                p.path,
+                p.verdict,
+                num(lip.lower) if lip else "-",
+                num(lip.upper) if lip else "-",
+                mark(lip.certified) if lip else "-",
+                *[_channel_cell(p, c) for c in shown],
+            ]
+        )
+    return headers, rows
+
+
+def growth_line(name: str, fit: GrowthFit) -> str:
+    if fit.slope is None:
+        return f"growth exponent of {name}: - ({fit.message})"
+    return f"growth exponent of {name}: {fit.slope:.6g} per step (fit residual {num(fit.residual)}, {fit.points} checkpoints)"
+
+
+@TRAJECTORY_RENDERERS.register(OutputFormat.TABLE)
+def render_trajectory_table(trajectory: TrajectoryReport) -> str:
+    headers, rows = trajectory_rows(trajectory)
+    where = f"  config {trajectory.config}" if trajectory.config else ""
+    out = [
+        f"stabaudit {trajectory.tool.version}  trajectory of {len(trajectory.points)} checkpoints{where}  {trajectory.created}",
+        "",
+        tabulate(rows, headers=headers, disable_numparse=True),
+        "",
+        "Supremum over the checkpoints",
+        tabulate(
+            [
+                [c.channel.value, num(c.sup_lower), num(c.sup_upper), mark(c.certified), num(c.limit), c.status.value.upper()]
+                for c in trajectory.channels
+            ],
+            headers=["channel", "sup lower", "sup upper", "upper is", "limit", "status"],
+            disable_numparse=True,
+        ),
+        "",
+        growth_line("K_upper", trajectory.growth_upper),
+        growth_line("K_lower", trajectory.growth_lower),
+        "",
+    ]
+    crow = [[f.id, f.name, f.severity.value, status_label(f).upper(), detail(f)] for f in trajectory.checks]
+    out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
+    errors = [f"error: {p.path}: {p.error}" for p in trajectory.points if p.error]
+    if errors:
+        out += ["", *errors]
+    out += [
+        "",
+        f"trajectory verdict: {trajectory.verdict.upper()} (fail-on {trajectory.fail_on}, exit code {trajectory.exit_code})",
+    ]
     return "\n".join(out) + "\n"

@@ -163,6 +163,9 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     rules: tuple[RuleInfo, ...] = ()  # not part of the JSON report (see report.serialize)
+    residual_blocks: tuple[ResidualBlock, ...] = ()  # THEORY.md residual channel (SA201, SA202)
+    training: TrainingReport | None = None  # THEORY.md update channel (SA501-SA503)
+    samples: SampleInfo | None = None  # the sample inputs of the data-dependent checks; None: none
     schema_version: str = SCHEMA_VERSION
 
 
@@ -198,3 +201,177 @@ def batch_outcome(models: tuple[Report | ModelError, ...]) -> tuple[str, int]:
     if any(isinstance(m, Report) and m.exit_code == 1 for m in models):
         return "fail", 1
     return "pass", 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidualBlock:
+    """One residual block x -> S(x) + h*f(x) (THEORY.md residual channel), named by its Add node.
+
+    shortcut: "identity" (S = I) or "projection" (S = P, a linear map). Bounds on f are certified
+    when ``certified``; lip_f_lower is a sound lower bound of Lip(f); cfl = h*lip_f_upper;
+    growth_upper bounds the block's Lipschitz constant (1 + h Lip f, or ||P|| + h Lip f) and
+    growth_lower is a sound lower bound of it. mu, jacobian_norm and h_star are measured at the
+    sample inputs (max, max, min over samples): estimates, not bounds. None: not known.
+    """
+
+    name: str
+    shortcut: str
+    branch: tuple[str, ...]
+    h: float
+    lip_f_upper: float | None
+    lip_f_lower: float | None
+    cfl: float | None
+    growth_upper: float | None
+    growth_lower: float | None = None
+    shortcut_norm: float | None = None  # ||P||_2 upper bound (projection shortcuts)
+    certified: bool = False
+    mu: float | None = None
+    jacobian_norm: float | None = None
+    h_star: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingReport:
+    """The update channel (THEORY.md SA501-SA503): the loss Hessian H at the stored parameters.
+
+    sharpness = lambda_max(H) and lambda_min = lambda_min(H) as computed, with their sound bounds
+    (None: not known). method "dense eigvalsh" (full Hessian): two-sided bounds, ``certified``;
+    method "lanczos": Ritz values, inner bounds only (sharpness_lower, lambda_min_upper).
+    margin = limit - sharpness with limit 2/eta (2(1+beta)/eta with momentum); for Adam,
+    preconditioned_sharpness = lambda_max(P^1/2 H P^1/2), P = diag(1/(sqrt(v)+eps)).
+    parameter_names: the parameter arrays in order (the keys of a second-moment file).
+    """
+
+    sharpness: float | None
+    lambda_min: float | None
+    learning_rate: float
+    optimizer: str
+    margin: float | None
+    iterations: int
+    certified: bool
+    method: str
+    sharpness_lower: float | None = None
+    sharpness_upper: float | None = None
+    lambda_min_lower: float | None = None
+    lambda_min_upper: float | None = None
+    preconditioned_sharpness: float | None = None
+    parameters: int = 0
+    parameter_names: tuple[str, ...] = ()
+    samples: int = 0
+    loss: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+class SampleSource(str, Enum):
+    FILE = "file"  # --inputs / config inputs:
+    ARRAY = "array"  # an array given to the Python API, no file
+    DOMAIN_UNIFORM = "domain-uniform"  # drawn from a config domain {low, high}
+    DOMAIN_NORMAL = "domain-normal"  # drawn from a config domain {mean, std}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainParameter:
+    """One parameter of the sampled domain as written: low, high, mean or std."""
+
+    name: str
+    values: tuple[float, ...]  # row-major
+    shape: tuple[int, ...] = ()  # () one number; (C,) one per channel; else broadcast to the input
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleInfo:
+    """Which sample inputs the data-dependent checks used (SA301-SA303, SA401, ...).
+
+    shape is one sample's (the model's input shape); seed is the seed of a domain draw;
+    sha256 is the file's (source file) or the array's float64 bytes (source array).
+    """
+
+    source: SampleSource
+    count: int
+    shape: tuple[int, ...]
+    seed: int | None = None
+    sha256: str | None = None
+    domain: tuple[DomainParameter, ...] = ()
+
+
+class TrajectoryChannel(str, Enum):
+    """The LSP channels followed across checkpoints (THEORY.md trajectory, SA601/SA602)."""
+
+    LIPSCHITZ = "lipschitz"  # the global certified bracket [K_lower, K_upper] (SA101)
+    LAYER = "layer_lipschitz"  # max_l s_l (SA102)
+    EXPONENT = "exponent"  # Lambda (SA103's value)
+    RESIDUAL = "residual_growth"  # the residual depth growth (SA202), when the report has it
+    SHARPNESS = "sharpness"  # lambda_max of the loss Hessian (SA501), when the report has it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelBracket:
+    """One channel at one checkpoint: a sound lower bound, an upper bound (sound when
+    ``certified``) and the limit the channel is judged against there (None: none)."""
+
+    channel: TrajectoryChannel
+    lower: float | None
+    upper: float | None
+    certified: bool
+    limit: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrajectoryPoint:
+    """One checkpoint of the run: its step, file, audit outcome and channel brackets. A checkpoint
+    that could not be audited has verdict "error", its error, and no channels."""
+
+    step: int
+    path: str
+    verdict: str
+    exit_code: int
+    sha256: str = ""
+    channels: tuple[ChannelBracket, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelSummary:
+    """A channel over the whole trajectory: sup over checkpoints of its upper and lower bounds
+    (None when some checkpoint lacks one), the limit and SA601's status for this channel."""
+
+    channel: TrajectoryChannel
+    sup_upper: float | None
+    sup_lower: float | None
+    certified: bool
+    limit: float | None
+    status: Status
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrowthFit:
+    """log v_t ~ intercept + slope * step by least squares over the checkpoints (SA602): slope is
+    the growth exponent per step unit, residual the root mean square of the log residuals."""
+
+    slope: float | None
+    intercept: float | None
+    residual: float | None
+    points: int
+    message: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrajectoryReport:
+    """Audits of several checkpoints of one training run (THEORY.md SA601, SA602). exit_code: 2
+    if any checkpoint could not be audited, else 1 if SA601/SA602 or any checkpoint's gate
+    failed, else 0 (verdict error | fail | pass)."""
+
+    tool: ToolInfo
+    config: str
+    points: tuple[TrajectoryPoint, ...]
+    channels: tuple[ChannelSummary, ...]
+    growth_upper: GrowthFit
+    growth_lower: GrowthFit
+    checks: tuple[Finding, ...]
+    verdict: str
+    exit_code: int
+    fail_on: str
+    created: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION

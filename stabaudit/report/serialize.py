@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
-from stabaudit.report.model import SCHEMA_VERSION, BatchReport, ModelError, Report
+from stabaudit.report.model import SCHEMA_VERSION, BatchReport, ModelError, Report, TrajectoryReport
 
 _T = TypeVar("_T")
 
@@ -148,3 +148,22 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
             return value
         raise ValueError(f"{path}: expected {tp.__name__}, got {_type_name(value)}")
     raise TypeError(f"{path}: unsupported annotation {tp!r}")
+
+
+def trajectory_to_dict(trajectory: TrajectoryReport) -> dict[str, Any]:
+    """{"schema_version", "tool", "config", "points": [{"step", "path", "verdict", "exit_code",
+    "sha256", "channels", "error"}], "channels", "growth_upper", "growth_lower", "checks",
+    "verdict", "exit_code", "fail_on", "created", "timings"}: every checkpoint in step order."""
+    data = plain(trajectory)
+    assert isinstance(data, dict)
+    return data
+
+
+def trajectory_from_dict(data: Mapping[str, Any]) -> TrajectoryReport:
+    """The inverse of trajectory_to_dict (errors as in report_from_dict)."""
+    if isinstance(data, Mapping) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise ValueError(
+            f"trajectory.schema_version: {data['schema_version']!r} is not supported "
+            f"(expected {SCHEMA_VERSION!r})"
+        )
+    return _decode_dataclass(TrajectoryReport, data, "trajectory")

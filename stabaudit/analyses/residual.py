@@ -1,0 +1,405 @@
+"""Residual channel: certified Lip(f), CFL value and growth of each block x -> S(x) + h*f(x), with Jacobians at samples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stabaudit.analyses.composition import _add, _mul, compose
+from stabaudit.bounds.base import Guarantee, OpBound
+from stabaudit.errors import UsageError
+from stabaudit.ir import ops as O
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.patterns import ResidualMatch, Shortcut, find_residual_blocks
+from stabaudit.limits import check_deadline
+
+if TYPE_CHECKING:
+    import torch
+
+DENSE_MAX = 1024  # full Jacobian (jacrev) when both sides of the block have at most this many entries
+KRYLOV_STEPS = 40  # power iteration / Lanczos steps for larger blocks
+MAX_POINTS = 16  # samples analysed per block (the first ones): jacrev per point and block
+_STEPS_T = (1e-3, 1e-5, 1e-7)  # difference-quotient steps, times (||x|| + 1)
+# Operators under which a branch is affine: J_f is then the same at every point.
+_AFFINE_OPS = O.LINEAR_MAPS | O.STRUCTURAL | {O.OpType.AFFINE, O.OpType.ADD, O.OpType.SUB}
+
+
+def _down(v: float) -> float:
+    return math.nextafter(v, -math.inf) if math.isfinite(v) else v
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockResult:
+    """One block's numbers; see report.model.ResidualBlock for their meaning."""
+
+    match: ResidualMatch
+    h: float
+    lip_f_upper: float
+    lip_f_lower: float | None
+    certified: bool
+    cfl: float
+    growth_upper: float
+    growth_lower: float | None
+    shortcut_norm: float | None
+    mu: float | None
+    jacobian_norm: float | None
+    h_star: float | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidualAnalysis:
+    blocks: tuple[BlockResult, ...]
+    samples: int  # number of sample points analysed per block (0 without samples)
+
+
+def _subgraph(graph: Graph, x: str, output: str, nodes: tuple[Node, ...]) -> Graph:
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    return Graph(
+        inputs=(TensorSpec(name=x, shape=shapes[x]),), outputs=(output,), nodes=nodes, shapes=shapes
+    )
+
+
+def _block_graph(graph: Graph, m: ResidualMatch) -> Graph:
+    """x -> S(x) + branch(x): the branch, the projection and the Add, in topological order."""
+    members = {id(n) for n in m.branch} | {id(m.add)}
+    if m.projection is not None:
+        members.add(id(m.projection))
+    nodes = tuple(n for n in graph.nodes if id(n) in members)
+    return _subgraph(graph, m.x, m.add.output, nodes)
+
+
+def analyse_residual(
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    samples: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+) -> ResidualAnalysis:
+    """Every residual block of ``graph`` (which carries its shapes) with its bounds.
+
+    ``op_bounds``: the certified per-node bounds keyed by node output (those the engine gives to
+    ``composition.compose``). ``samples``: [N, ...] model inputs (each of the stacked input size);
+    the Jacobians are taken at the block input of each (at most MAX_POINTS of them).
+    """
+    matches = find_residual_blocks(graph)
+    if not matches:
+        return ResidualAnalysis(blocks=(), samples=0)
+    points = _block_inputs(graph, matches, samples) if samples is not None else None
+    blocks = tuple(_analyse(graph, m, op_bounds, points, seed) for m in matches)
+    n = 0 if points is None else len(next(iter(points.values()), []))
+    return ResidualAnalysis(blocks=blocks, samples=n)
+
+
+def _block_inputs(
+    graph: Graph, matches: tuple[ResidualMatch, ...], samples: np.ndarray
+) -> dict[str, list[np.ndarray]]:
+    """The value of each block input x at each sample (float64, flat)."""
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    x = np.asarray(samples, dtype=np.float64)
+    sizes = [int(np.prod(s.shape)) for s in graph.inputs]
+    if x.ndim < 1 or x.shape[0] == 0 or int(np.prod(x.shape[1:])) != sum(sizes):
+        raise UsageError(f"samples of shape {x.shape} do not split into inputs of {sum(sizes)} entries")
+    rows = x.reshape(x.shape[0], -1)[:MAX_POINTS]
+    ex = Executor(graph, dtype=torch.float64)
+    wanted = {m.x for m in matches}
+    out: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
+    for row in rows:
+        check_deadline()
+        parts = np.split(row, np.cumsum(sizes)[:-1])
+        inputs = {
+            s.name: torch.from_numpy(p.reshape(s.shape).copy())
+            for s, p in zip(graph.inputs, parts, strict=True)
+        }
+        with torch.no_grad():
+            env = ex.run(inputs, keep=True)
+        for name in wanted:
+            out[name].append(env[name].reshape(-1).numpy().astype(np.float64))
+    return out
+
+
+def _analyse(
+    graph: Graph,
+    m: ResidualMatch,
+    op_bounds: Mapping[str, OpBound],
+    points: Mapping[str, list[np.ndarray]] | None,
+    seed: int,
+) -> BlockResult:
+    notes: list[str] = []
+    g = _subgraph(graph, m.x, m.inner_output, m.inner)
+    comp = compose(g, op_bounds)
+    lip_g = float(comp.upper.value)
+    certified = comp.upper.guarantee is Guarantee.UPPER and math.isfinite(lip_g)
+    h = m.h
+    if m.scale is not None:
+        assert isinstance(m.scale.op, O.Affine) and m.scale.op.scale is not None
+        scale = np.asarray(m.scale.op.scale, dtype=np.float64)
+        if h == 0.0:
+            h = 0.0
+            notes.append(f"the branch scale (node {m.scale.name!r}) is 0: the block is its shortcut")
+        elif scale.size == 1:
+            notes.append(
+                f"explicit scale {float(scale.reshape(-1)[0]):.6g} at the end of the branch "
+                f"(node {m.scale.name!r}): h = {h:.6g}, f = sign(scale) * the branch without it"
+            )
+        else:
+            notes.append(
+                f"vector (layer) scale of {scale.size} entries at the end of the branch "
+                f"(node {m.scale.name!r}): h = max|scale| = {h:.6g}, f = (scale/h) * g with g the "
+                "branch without the scale; |scale/h| <= 1, so Lip f <= Lip g"
+            )
+    # Lip(f) <= Lip(g): f = (scale/h) g with |scale/h| <= 1 entrywise (exactly, h is one |scale_i|)
+    lip_f = lip_g
+    cfl = _mul(h, lip_f)
+    shortcut_norm = None
+    if m.shortcut is Shortcut.IDENTITY:
+        growth = _add(1.0, cfl)  # ||I + h J_f|| <= 1 + h Lip f (triangle inequality)
+    else:
+        assert m.projection is not None
+        pb = op_bounds[m.projection.output].upper
+        shortcut_norm = float(pb.value)
+        certified = certified and pb.guarantee is Guarantee.UPPER and math.isfinite(shortcut_norm)
+        growth = _add(shortcut_norm, cfl)  # ||P + h J_f|| <= ||P|| + h Lip f
+        notes.append(
+            f"projection shortcut (node {m.projection.name!r}): the block is P x + h f(x); THEORY's "
+            "CFL and dissipativity conditions are stated for identity shortcuts, so mu and h* are "
+            "not applicable; growth uses ||P|| + h Lip f"
+        )
+    if not certified:
+        notes.append("Lip f rests on an estimate somewhere in the branch: not certified")
+
+    affine = all(n.op.type in _AFFINE_OPS for n in m.inner)
+    at: list[np.ndarray] = []
+    if points is not None:
+        at = points[m.x]
+    elif affine:
+        at = [np.zeros(int(np.prod(graph.shapes[m.x])), dtype=np.float64)]
+        notes.append("affine branch: J_f is the same everywhere, taken at x = 0")
+    sampled = _at_points(graph, m, op_bounds, at, h, seed) if at else None
+
+    lip_f_lower = sampled.lip_f_lower if sampled is not None else None
+    growth_lower = sampled.block_lower if sampled is not None else None
+    if m.shortcut is Shortcut.IDENTITY:
+        # ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| and >= (h ||f(x)-f(y)|| / ||x-y||) - 1
+        candidates = [growth_lower or 0.0]
+        if certified:
+            candidates.append(_down(1.0 - cfl))
+        if lip_f_lower is not None:
+            candidates.append(_down(_down(h * lip_f_lower) - 1.0))
+        best = max(candidates)
+        growth_lower = best if best > 0.0 else growth_lower
+    if sampled is not None and sampled.notes:
+        notes.extend(sampled.notes)
+    identity = m.shortcut is Shortcut.IDENTITY
+    return BlockResult(
+        match=m,
+        h=h,
+        lip_f_upper=lip_f,
+        lip_f_lower=lip_f_lower,
+        certified=certified,
+        cfl=cfl,
+        growth_upper=growth,
+        growth_lower=growth_lower,
+        shortcut_norm=shortcut_norm,
+        mu=sampled.mu if sampled is not None and identity else None,
+        jacobian_norm=sampled.jacobian_norm if sampled is not None else None,
+        h_star=sampled.h_star if sampled is not None and identity else None,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sampled:
+    mu: float | None
+    jacobian_norm: float | None
+    h_star: float | None
+    lip_f_lower: float | None
+    block_lower: float | None
+    notes: tuple[str, ...]
+
+
+def _flat(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    return Executor(graph, dtype=torch.float64).flat()
+
+
+def _at_points(
+    graph: Graph,
+    m: ResidualMatch,
+    op_bounds: Mapping[str, OpBound],
+    points: list[np.ndarray],
+    h: float,
+    seed: int,
+) -> _Sampled:
+    """J_f at each point: mu = lambda_max((J_f + J_f^T)/2), ||J_f||_2, h* = 2|mu| / ||J_f||^2, and
+    sound lower bounds of Lip f and of the block's Lipschitz constant from confirmed difference
+    quotients along the top right singular vectors (analyses.lower's float64 error bound)."""
+    import torch
+
+    from stabaudit.analyses.lower import _confirm, _ErrorModel, _sensitivities
+
+    branch = _subgraph(graph, m.x, m.branch_output, m.branch)
+    block = _block_graph(graph, m)
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    fb, fB = _flat(branch), _flat(block)
+    model_b = _ErrorModel(branch, shapes, _sensitivities(branch, op_bounds))
+    model_B = _ErrorModel(block, shapes, _sensitivities(block, op_bounds))
+    n = int(np.prod(graph.shapes[m.x]))
+    out_n = int(np.prod(graph.shapes[m.branch_output]))
+    square = m.shortcut is Shortcut.IDENTITY and out_n == n
+    dense = max(n, out_n) <= DENSE_MAX
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    # the branch is h*f: divide its Jacobian by h (h = 0: f is the branch itself)
+    div = h if h > 0.0 else 1.0
+    mus: list[float] = []
+    norms: list[float] = []
+    stars: list[float | None] = []
+    best_q, best_block = 0.0, 0.0
+    for p in points:
+        check_deadline()
+        x0 = torch.from_numpy(p.copy())
+        if dense:
+            Jb = torch.func.jacrev(fb)(x0).detach().numpy().reshape(out_n, n)
+            J = Jb / div
+            sigma, v = _top_singular(J, rng)
+            mu = _top_eigenvalue((J + J.T) / 2.0, rng) if square else None
+            if square:
+                JB = Jb + np.eye(n)  # d(x + branch(x))/dx
+            else:
+                JB = torch.func.jacrev(fB)(x0).detach().numpy()
+                JB = JB.reshape(JB.shape[0], n)
+            vB = _top_singular(JB, rng)[1]
+        else:
+            sigma, vt_ = _power(fb, x0, gen)
+            sigma, v = sigma / div, vt_
+            mu = _lanczos_mu(fb, x0, gen) / div if square else None
+            vB = _power(fB, x0, gen)[1]
+        norms.append(sigma)
+        if mu is not None:
+            mus.append(mu)
+            stars.append(2.0 * abs(mu) / (sigma * sigma) if mu < 0.0 and sigma > 0.0 else None)
+        scale = float(np.linalg.norm(p)) + 1.0
+        for t in _STEPS_T:
+            for direction, model, which in ((v, model_b, "f"), (vB, model_B, "block")):
+                d = torch.from_numpy(np.asarray(direction, dtype=np.float64) * (t * scale))
+                q = _confirm(model, x0, x0 + d)
+                if which == "f":
+                    best_q = max(best_q, q)
+                else:
+                    best_block = max(best_block, q)
+    lip_f_lower = _down(best_q / h) if best_q > 0.0 and h > 0.0 else None
+    mu_max = max(mus) if mus else None
+    h_star = None
+    if mus and all(s is not None for s in stars):
+        h_star = min(s for s in stars if s is not None)
+    notes = [
+        ("mu, ||J_f|| and h*" if square else "||J_f||")
+        + f" at {len(points)} point(s): "
+        + ("full Jacobian (jacrev)" if dense else f"{KRYLOV_STEPS} power/Lanczos steps (lower estimates)")
+        + "; at a ReLU kink autograd picks one element of the Clarke Jacobian"
+    ]
+    if best_q > 0.0 or best_block > 0.0:
+        notes.append(
+            "lower bounds: confirmed difference quotients (float64 error bound) on the graph with "
+            "BatchNorm folded (folded weights carry a relative rounding of 2^-53)"
+        )
+    return _Sampled(
+        mu=mu_max,
+        jacobian_norm=max(norms) if norms else None,
+        h_star=h_star,
+        lip_f_lower=lip_f_lower,
+        block_lower=best_block if best_block > 0.0 else None,
+        notes=tuple(notes),
+    )
+
+
+_DENSE_EIG_MAX = 64  # below this size a full decomposition is cheaper than ARPACK
+
+
+def _top_singular(J: np.ndarray, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """||J||_2 and a top right singular vector (ARPACK with a seeded start: deterministic)."""
+    if min(J.shape) <= _DENSE_EIG_MAX:
+        _, s, vt = np.linalg.svd(J, full_matrices=False)
+        return float(s[0]), vt[0]
+    from scipy.sparse.linalg import svds
+
+    v0 = rng.standard_normal(min(J.shape))
+    u, s, vt = svds(J, k=1, v0=v0, tol=1e-13, random_state=0)
+    return float(s[0]), vt[0]
+
+
+def _top_eigenvalue(S: np.ndarray, rng: np.random.Generator) -> float:
+    """lambda_max of a symmetric matrix (ARPACK Lanczos with a seeded start)."""
+    if S.shape[0] <= _DENSE_EIG_MAX:
+        return float(np.linalg.eigvalsh(S)[-1])
+    from scipy.sparse.linalg import eigsh
+
+    v0 = rng.standard_normal(S.shape[0])
+    return float(eigsh(S, k=1, which="LA", v0=v0, tol=1e-13)[0][0])
+
+
+def _power(
+    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator
+) -> tuple[float, np.ndarray]:
+    """||J(x0)||_2 from below and its right singular vector: power iteration on J^T J (jvp/vjp)."""
+    import torch
+
+    pull = torch.func.vjp(f, x0)[1]
+    v = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    v = v / v.norm()
+    sigma = 0.0
+    for _ in range(KRYLOV_STEPS):
+        check_deadline()
+        u = torch.func.jvp(f, (x0,), (v,))[1]
+        sigma = float(u.norm())
+        w = pull(u)[0]
+        nw = float(w.norm())
+        if nw == 0.0:
+            break
+        v = w / nw
+    u = torch.func.jvp(f, (x0,), (v,))[1]
+    return max(sigma, float(u.norm())), v.detach().numpy()
+
+
+def _lanczos_mu(
+    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator
+) -> float:
+    """lambda_max((J + J^T)/2) at x0 by Lanczos with full reorthogonalisation (a Ritz value:
+    from below)."""
+    import torch
+
+    pull = torch.func.vjp(f, x0)[1]
+
+    def sym(v: torch.Tensor) -> torch.Tensor:
+        return (torch.func.jvp(f, (x0,), (v,))[1] + pull(v)[0]) / 2.0
+
+    q = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    q = q / q.norm()
+    basis = [q]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for _ in range(min(KRYLOV_STEPS, x0.numel())):
+        check_deadline()
+        w = sym(basis[-1])
+        alphas.append(float(w @ basis[-1]))
+        for b in basis:  # full reorthogonalisation: keeps the Ritz values honest
+            w = w - (w @ b) * b
+        beta = float(w.norm())
+        if beta < 1e-12:
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    k = len(alphas)
+    T = np.diag(alphas) + np.diag(betas[: k - 1], 1) + np.diag(betas[: k - 1], -1)
+    return float(np.linalg.eigvalsh(T)[-1])

@@ -1,0 +1,430 @@
+"""Update channel: the loss Hessian's extreme eigenvalues at the stored parameters (HVP + Lanczos)."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stabaudit.analyses.lanczos import Extremes, dense_extremes, lanczos_extremes
+from stabaudit.errors import UsageError
+from stabaudit.ir.graph import Graph
+
+if TYPE_CHECKING:
+    import torch
+
+DENSE_MAX = 2000  # parameters up to which the full Hessian is formed (certified eigenvalues)
+MAX_SAMPLES = 256  # full batch up to this many samples, else a seeded subset
+LANCZOS_ITERATIONS = 100
+LANCZOS_MEMORY = 512 * 2**20  # bytes for the Lanczos basis and its images (2 k n float64)
+ADAM_EPS = 1e-8
+METHOD_DENSE = "dense eigvalsh"
+METHOD_LANCZOS = "lanczos"
+
+
+class Optimizer(str, Enum):
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+
+
+class Loss(str, Enum):
+    MSE = "mse"  # mean over all elements of (f(x) - y)^2
+    CROSS_ENTROPY = "cross_entropy"  # on logits, integer class labels y
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSpec:
+    """How the model is trained: the update rule and the data its loss is taken over."""
+
+    learning_rate: float
+    x: np.ndarray  # [N, ...] inputs
+    y: np.ndarray  # [N, ...] targets (mse) or [N] class labels (cross_entropy)
+    optimizer: Optimizer = Optimizer.SGD
+    momentum: float = 0.9  # heavy-ball beta (optimizer momentum)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (beta1, beta2)
+    loss: Loss = Loss.MSE
+    second_moment: Mapping[str, np.ndarray] | None = None  # Adam's v by parameter name (SA502)
+    noise: float | None = None  # gradient-noise variance sigma^2 (SA503's noise floor)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bracket:
+    """An extreme eigenvalue: the computed value and the sound bounds known (None: not known)."""
+
+    estimate: float
+    lower: float | None
+    upper: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingResult:
+    """The Hessian's spectrum at the stored parameters, with the spec the checks compare it to."""
+
+    learning_rate: float
+    optimizer: Optimizer
+    momentum: float
+    betas: tuple[float, float]
+    noise: float | None
+    lambda_max: Bracket | None  # None: the Hessian is not finite
+    lambda_min: Bracket | None
+    preconditioned: Bracket | None  # lambda_max(P^1/2 H P^1/2), Adam with a second moment only
+    method: str  # METHOD_DENSE | METHOD_LANCZOS
+    certified: bool  # two-sided bounds (dense path)
+    iterations: int
+    parameters: int
+    parameter_names: tuple[str, ...]
+    samples: int
+    loss_value: float
+    notes: tuple[str, ...] = ()
+
+
+def parameter_name(node: str, field: str) -> str:
+    """How a parameter array is named in the report and in the second-moment file."""
+    return f"{node}.{field}"
+
+
+# ---- loading the spec's files (config and Python API) -----------------------------------------------
+def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"training.{what} {path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"training.{what} {path}: not a .npz array file ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"training.{what} {path}: expected a .npz file with named arrays")
+    with data:
+        try:
+            return {name: np.asarray(data[name]) for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise UsageError(f"training.{what} {path}: unreadable array ({exc})") from None
+
+
+def load_training_spec(
+    *,
+    learning_rate: float,
+    data: Path,
+    optimizer: str = "sgd",
+    momentum: float | None = None,
+    betas: tuple[float, float] | None = None,
+    loss: str = "mse",
+    second_moment: Path | None = None,
+    noise: float | None = None,
+) -> TrainingSpec:
+    """A TrainingSpec from the config's values: ``data`` holds arrays x and y, ``second_moment``
+    one array per parameter name. Never unpickles."""
+    arrays = _npz(data, "data")
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise UsageError(f"training.data {data}: missing array(s) {', '.join(missing)} (expected x and y)")
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype.kind not in "fiu" or x.ndim == 0 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise UsageError(f"training.data {data}: x must be a non-empty finite numeric array [N, ...]")
+    if y.dtype.kind not in "fiu" or y.ndim == 0 or y.shape[0] != x.shape[0] or not np.all(np.isfinite(y)):
+        raise UsageError(
+            f"training.data {data}: y must be a finite numeric array with one entry per sample of x "
+            f"(x has {x.shape[0]}, y has shape {list(y.shape)})"
+        )
+    moments = None
+    if second_moment is not None:
+        moments = _npz(second_moment, "second_moment")
+        for name, v in moments.items():
+            if v.dtype.kind not in "fiu" or not np.all(np.isfinite(v)) or np.any(v < 0):
+                raise UsageError(
+                    f"training.second_moment {second_moment}: {name!r} must be finite and >= 0"
+                )
+    return TrainingSpec(
+        learning_rate=float(learning_rate),
+        x=np.asarray(x, dtype=np.float64),
+        y=np.asarray(y),
+        optimizer=Optimizer(optimizer),
+        momentum=0.9 if momentum is None else float(momentum),
+        betas=(0.9, 0.999) if betas is None else (float(betas[0]), float(betas[1])),
+        loss=Loss(loss),
+        second_moment=moments,
+        noise=noise,
+    )
+
+
+def spec_fingerprint(spec: TrainingSpec | None) -> dict[str, Any] | None:
+    """Everything of a spec that can change the report, as canonical JSON data (a cache key part)."""
+    if spec is None:
+        return None
+    import hashlib
+
+    def digest(a: np.ndarray) -> list[Any]:
+        arr = np.ascontiguousarray(a)
+        return [list(arr.shape), str(arr.dtype), hashlib.sha256(arr.tobytes()).hexdigest()]
+
+    return {
+        "learning_rate": spec.learning_rate,
+        "optimizer": spec.optimizer.value,
+        "momentum": spec.momentum,
+        "betas": list(spec.betas),
+        "loss": spec.loss.value,
+        "x": digest(spec.x),
+        "y": digest(spec.y),
+        "second_moment": (
+            {k: digest(v) for k, v in sorted(spec.second_moment.items())}
+            if spec.second_moment is not None
+            else None
+        ),
+        "noise": spec.noise,
+    }
+
+
+# ---- the loss and its Hessian-vector products ---------------------------------------------------------
+NON_SMOOTH = frozenset(
+    {"Relu", "LeakyRelu", "PRelu", "Clip", "MaxPool", "GlobalMaxPool", "HardSigmoid", "HardSwish"}
+)
+
+
+class _Hessian:
+    """v -> H v for the loss at the stored parameters, by double backward through the engine's
+    own executor in float64 (ONNX and TorchScript models alike)."""
+
+    def __init__(self, graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss, device: str):
+        import torch
+        import torch.nn.functional as F
+
+        from stabaudit.ir.executor import Executor, parameter_arrays
+
+        arrays = parameter_arrays(graph)
+        self.names = tuple(parameter_name(node, field) for node, field in arrays)
+        self.shapes = [a.shape for a in arrays.values()]
+        self.sizes = [int(a.size) for a in arrays.values()]
+        self.n = int(sum(self.sizes))
+        self.device = device
+        self.leaves = [
+            torch.tensor(np.array(a, dtype=np.float64), device=device, requires_grad=True)
+            for a in arrays.values()
+        ]
+        executor = Executor(
+            graph,
+            dtype=torch.float64,
+            device=device,
+            parameters=dict(zip(arrays, self.leaves, strict=True)),
+        )
+        n_in = int(sum(int(np.prod(s.shape)) for s in graph.inputs))
+        if int(np.prod(x.shape[1:])) != n_in:
+            raise UsageError(
+                f"training.data: each sample of x has shape {list(x.shape[1:])}, "
+                f"the model's input has {n_in} elements ({', '.join(str(list(s.shape)) for s in graph.inputs)})"
+            )
+        xt = torch.tensor(x.reshape(x.shape[0], n_in), dtype=torch.float64, device=device)
+        # one sample at a time through vmap: graphs may fix the batch dimension (Reshape to [1, k])
+        out = torch.func.vmap(executor.flat())(xt)
+        n_out = out.shape[1]
+        if loss is Loss.MSE:
+            if y.size != out.numel():
+                raise UsageError(
+                    f"training.data: y has {y.size // max(y.shape[0], 1)} values per sample, "
+                    f"the model's output has {n_out}"
+                )
+            target = torch.tensor(np.asarray(y, dtype=np.float64).reshape(out.shape), device=device)
+            value = ((out - target) ** 2).mean()
+        else:
+            labels = np.asarray(y).reshape(-1)
+            if labels.size != out.shape[0] or np.any(labels != np.round(labels)):
+                raise UsageError("training.data: cross_entropy needs one integer class label per sample in y")
+            if np.any(labels < 0) or np.any(labels >= n_out):
+                raise UsageError(
+                    f"training.data: class labels must lie in [0, {n_out - 1}] (the model has {n_out} outputs)"
+                )
+            target = torch.tensor(labels.astype(np.int64), device=device)
+            value = F.cross_entropy(out, target)
+        self.loss = float(value.detach())
+        grads = torch.autograd.grad(value, self.leaves, create_graph=True, allow_unused=True)
+        self.grad = torch.cat(
+            [
+                (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                for g, p in zip(grads, self.leaves, strict=True)
+            ]
+        )
+
+    def _flat(self, parts: tuple[torch.Tensor | None, ...], batch: int | None = None) -> torch.Tensor:
+        import torch
+
+        flat = []
+        for part, leaf in zip(parts, self.leaves, strict=True):
+            if part is None:  # the gradient does not depend on this parameter (H block of zeros)
+                shape = (batch, leaf.numel()) if batch is not None else (leaf.numel(),)
+                flat.append(torch.zeros(shape, dtype=torch.float64, device=self.device))
+            else:
+                flat.append(part.reshape(batch, -1) if batch is not None else part.reshape(-1))
+        return torch.cat(flat, dim=-1)
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        import torch
+
+        if not self.grad.requires_grad:  # the loss is linear in theta: H = 0
+            return np.zeros(self.n)
+        vt = torch.tensor(v, dtype=torch.float64, device=self.device)
+        parts = torch.autograd.grad(self.grad, self.leaves, grad_outputs=vt, retain_graph=True, allow_unused=True)
+        return self._flat(parts).cpu().numpy()
+
+    def dense(self, tick: Callable[[], None]) -> np.ndarray:
+        """The full Hessian, columns in chunks (batched backward, else one column at a time)."""
+        import torch
+
+        h = np.zeros((self.n, self.n))
+        if not self.grad.requires_grad:
+            return h
+        chunk = max(1, min(self.n, 2**22 // max(self.n, 1)))
+        for start in range(0, self.n, chunk):
+            tick()
+            stop = min(self.n, start + chunk)
+            eye = torch.zeros((stop - start, self.n), dtype=torch.float64, device=self.device)
+            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            try:
+                parts = torch.autograd.grad(
+                    self.grad, self.leaves, grad_outputs=eye, retain_graph=True,
+                    allow_unused=True, is_grads_batched=True,
+                )
+                h[start:stop] = self._flat(parts, stop - start).cpu().numpy()
+            except RuntimeError:  # an op without a batching rule: one column at a time
+                for i in range(start, stop):
+                    h[i] = self.matvec(eye[i - start].cpu().numpy())
+        return h
+
+
+def _bracket_max(e: Extremes) -> Bracket:
+    return Bracket(estimate=e.largest, lower=e.largest - e.slack, upper=e.largest + e.slack if e.two_sided else None)
+
+
+def _bracket_min(e: Extremes) -> Bracket:
+    return Bracket(estimate=e.smallest, lower=e.smallest - e.slack if e.two_sided else None, upper=e.smallest + e.slack)
+
+
+def _preconditioner(spec: TrainingSpec, names: tuple[str, ...], shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """Adam's diag(P)^(1/2) = 1/sqrt(sqrt(v) + eps), flattened in parameter order."""
+    assert spec.second_moment is not None
+    moments = spec.second_moment
+    missing = [n for n in names if n not in moments]
+    unknown = sorted(set(moments) - set(names))
+    if missing or unknown:
+        detail = (f"missing {', '.join(missing)}" if missing else "") + (
+            ("; " if missing else "") + f"unknown {', '.join(unknown)}" if unknown else ""
+        )
+        raise UsageError(
+            f"training.second_moment: expected one array per parameter ({', '.join(names)}): {detail}"
+        )
+    parts = []
+    for name, shape in zip(names, shapes, strict=True):
+        v = np.asarray(moments[name], dtype=np.float64)
+        if v.size != int(np.prod(shape)):
+            raise UsageError(
+                f"training.second_moment: {name!r} has {v.size} values, the parameter has shape {list(shape)}"
+            )
+        parts.append(v.reshape(-1))
+    v = np.concatenate(parts) if parts else np.zeros(0)
+    return 1.0 / np.sqrt(np.sqrt(v) + ADAM_EPS)
+
+
+def training_dynamics(
+    graph: Graph,
+    spec: TrainingSpec,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    dense_max: int = DENSE_MAX,
+    iterations: int = LANCZOS_ITERATIONS,
+    max_samples: int = MAX_SAMPLES,
+) -> TrainingResult:
+    """lambda_max and lambda_min of the loss Hessian H at the graph's stored parameters (and, for
+    Adam with a second moment, lambda_max(P^1/2 H P^1/2)): dense eigvalsh with two-sided bounds up
+    to ``dense_max`` parameters, else Lanczos Ritz values (inner bounds only)."""
+    from stabaudit.limits import check_deadline
+
+    notes: list[str] = []
+    x, y = spec.x, spec.y
+    total = int(x.shape[0])
+    if total > max_samples:
+        pick = np.sort(np.random.default_rng(seed).choice(total, size=max_samples, replace=False))
+        x, y = x[pick], y[pick]
+        notes.append(f"loss over a seeded subset of {max_samples} of the {total} samples (full batch is capped)")
+    hess = _Hessian(graph, x, y, spec.loss, device)
+    if any(node.op.type.value in NON_SMOOTH for node in graph.nodes):
+        notes.append(
+            "non-smooth operators: double backward gives the Hessian of the piece autodiff selects "
+            "at each kink (one element of the Clarke generalized Hessian)"
+        )
+    adam = spec.optimizer is Optimizer.ADAM and spec.second_moment is not None
+    root_p = _preconditioner(spec, hess.names, hess.shapes) if adam else None
+    n = hess.n
+    pre: Extremes | None = None
+    if n <= dense_max:
+        method = METHOD_DENSE
+        h = hess.dense(check_deadline)
+        if not np.all(np.isfinite(h)):
+            return _not_finite(spec, hess, x, method, notes)
+        plain = dense_extremes(h)
+        if root_p is not None:
+            pre = dense_extremes(root_p[:, None] * h * root_p[None, :])
+        iterations_done = n
+    else:
+        method = METHOD_LANCZOS
+        k = min(n, iterations, max(8, LANCZOS_MEMORY // (16 * n)))
+        if k < min(n, iterations):
+            notes.append(f"Lanczos steps capped at {k} by memory")
+        plain = lanczos_extremes(hess.matvec, n, iterations=k, seed=seed, tick=check_deadline)
+        if not (np.isfinite(plain.largest) and np.isfinite(plain.smallest)):
+            return _not_finite(spec, hess, x, method, notes)
+        if root_p is not None:
+            d = root_p
+            pre = lanczos_extremes(
+                lambda v: d * hess.matvec(d * v), n, iterations=k, seed=seed, tick=check_deadline
+            )
+        iterations_done = plain.iterations
+        notes.append(
+            f"Lanczos ({plain.iterations} steps, full reorthogonalization): the Ritz values are inner "
+            "bounds (lambda_max >= Ritz max, lambda_min <= Ritz min), not enclosures"
+        )
+    notes += plain.notes
+    return TrainingResult(
+        learning_rate=spec.learning_rate,
+        optimizer=spec.optimizer,
+        momentum=spec.momentum,
+        betas=spec.betas,
+        noise=spec.noise,
+        lambda_max=_bracket_max(plain),
+        lambda_min=_bracket_min(plain),
+        preconditioned=_bracket_max(pre) if pre is not None else None,
+        method=method,
+        certified=plain.two_sided,
+        iterations=iterations_done,
+        parameters=n,
+        parameter_names=hess.names,
+        samples=int(x.shape[0]),
+        loss_value=hess.loss,
+        notes=tuple(notes),
+    )
+
+
+def _not_finite(
+    spec: TrainingSpec, hess: _Hessian, x: np.ndarray, method: str, notes: list[str]
+) -> TrainingResult:
+    return TrainingResult(
+        learning_rate=spec.learning_rate,
+        optimizer=spec.optimizer,
+        momentum=spec.momentum,
+        betas=spec.betas,
+        noise=spec.noise,
+        lambda_max=None,
+        lambda_min=None,
+        preconditioned=None,
+        method=method,
+        certified=False,
+        iterations=0,
+        parameters=hess.n,
+        parameter_names=hess.names,
+        samples=int(x.shape[0]),
+        loss_value=hess.loss,
+        notes=(*notes, "the loss Hessian is not finite at the stored parameters"),
+    )

@@ -1,0 +1,44 @@
+"""The checks' documentation as text: one check for `stabaudit explain`, all of them as docs/theory.md."""
+
+from __future__ import annotations
+
+from stabaudit.checks.base import CHECKS, CheckSpec
+
+
+def settings_line(spec: CheckSpec) -> str:
+    default = "none" if spec.default_threshold is None else f"{spec.default_threshold:g}"
+    how = f"; change it with --threshold {spec.threshold_key}=VALUE or `thresholds: {{{spec.threshold_key}: VALUE}}`" if spec.threshold_key else ""
+    return (
+        f"default severity {spec.severity.value} (change it with `severity: {{{spec.id}: error|warning|info}}`), "
+        f"default threshold {default}{how}"
+    )
+
+
+def explain_text(spec: CheckSpec) -> str:
+    """What `stabaudit explain ID` prints."""
+    return f"{spec.id} {spec.name}\n{settings_line(spec)}\n\n{spec.doc}\n"
+
+
+def theory_markdown() -> str:
+    """docs/theory.md: every registered check, in id order, from its docstring (`make docs`)."""
+    lines = [
+        "# The checks of stabaudit",
+        "",
+        "Generated from the checks' own documentation by `make docs` (`stabaudit explain --all`);",
+        "`stabaudit explain SAxxx` prints one of them. The theory they implement:",
+        "[THEORY.md](../../shared/docs/THEORY.md). Every status follows one rule: pass only when a",
+        "certified upper bound proves the condition, fail only when a sound lower bound (or a",
+        "measurement that is exact for the given samples) proves the violation, inconclusive otherwise,",
+        "skipped when the check's inputs were not given.",
+        "",
+        "| id | name | severity | threshold |",
+        "|---|---|---|---|",
+    ]
+    specs = [CHECKS.get(k) for k in sorted(CHECKS)]
+    for spec in specs:
+        default = "" if spec.default_threshold is None else f"{spec.default_threshold:g}"
+        key = f" (`{spec.threshold_key}`)" if spec.threshold_key else ""
+        lines.append(f"| [{spec.id}](#{spec.id.lower()}) | {spec.name} | {spec.severity.value} | {default}{key} |")
+    for spec in specs:
+        lines += ["", f"## {spec.id}", "", f"**{spec.name}**: {settings_line(spec)}.", "", spec.doc]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,220 @@
+"""Residual channel: SA201 (CFL condition h*Lip f <= 2) and SA202 (depth growth of the residual blocks)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stabaudit.checks.base import CheckContext, Evidence, check, fmt
+from stabaudit.report.model import Finding, ResidualBlock, Severity, Status
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stabaudit.bounds.base import OpBound
+    from stabaudit.ir.graph import Graph
+
+_NO_BLOCK = "the model has no residual block (x + h*f(x) or P x + h*f(x))"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidualEvidence:
+    """The residual blocks found, with their bounds; ``samples``: points analysed per block."""
+
+    blocks: tuple[ResidualBlock, ...]
+    samples: int = 0
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def residual_evidence(
+    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray | None, *, seed: int
+) -> ResidualEvidence:
+    """Detect and analyse the residual blocks of ``graph`` (with shapes; the engine's folded
+    graph) from the engine's per-node bounds and optional sample inputs [N, ...]."""
+    from stabaudit.analyses.residual import analyse_residual
+
+    result = analyse_residual(graph, op_bounds, samples, seed=seed)
+    blocks = tuple(
+        ResidualBlock(
+            name=b.match.name,
+            shortcut=b.match.shortcut.value,
+            branch=tuple(n.name for n in b.match.branch),
+            h=b.h,
+            lip_f_upper=_finite(b.lip_f_upper),
+            lip_f_lower=_finite(b.lip_f_lower),
+            cfl=_finite(b.cfl),
+            growth_upper=_finite(b.growth_upper),
+            growth_lower=_finite(b.growth_lower),
+            shortcut_norm=_finite(b.shortcut_norm),
+            certified=b.certified,
+            mu=_finite(b.mu),
+            jacobian_norm=_finite(b.jacobian_norm),
+            h_star=_finite(b.h_star),
+            notes=b.notes,
+        )
+        for b in result.blocks
+    )
+    return ResidualEvidence(blocks=blocks, samples=result.samples)
+
+
+def _sampled(blocks: tuple[ResidualBlock, ...]) -> tuple[float | None, float | None]:
+    """max mu and min h* over the blocks (h* only when every block has one)."""
+    mus = [b.mu for b in blocks if b.mu is not None]
+    stars = [b.h_star for b in blocks]
+    mu = max(mus) if mus else None
+    h_star = min(s for s in stars if s is not None) if stars and all(s is not None for s in stars) else None
+    return mu, h_star
+
+
+@check(
+    "SA201",
+    "residual.cfl",
+    severity=Severity.WARNING,
+    threshold_key="residual_cfl",
+    default_threshold=2.0,
+)
+def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
+    """Every identity residual block x + h*f(x) satisfies the CFL-type condition h * Lip(f) <= 2.
+
+    A residual block is one explicit Euler step of x' = f(x) with step h. When the spectrum of
+    J_f is real and non-positive, max_i |1 + h*lambda_i(J_f)| <= 1 needs h * Lip(f) <= 2 (the
+    discrete CFL condition). Lip(f) is the certified product-type composition of the branch's
+    per-operator bounds (BatchNorm folded); h is an explicit scale at the end of the branch (a
+    constant Mul, |scalar|, or max |scale| of a per-channel layer scale, f then being
+    (scale/h) * the rest of the branch), else 1. A scale that folds into the linear map before it
+    is part of f (h * Lip f is the same). Passes when every block's certified h * Lip(f) <= 2;
+    fails when a sound lower bound of h * Lip(f) exceeds 2 (a confirmed difference quotient of f
+    at a sample along the top singular vector of J_f, or at x = 0 for an affine branch);
+    inconclusive otherwise. With `--inputs`, the finding also reports mu = max over blocks and
+    samples of lambda_max((J_f + J_f^T)/2) (dissipativity) and, where every mu < 0, the
+    admissible step h* = min 2|mu| / ||J_f||^2 (the step is contractive if h < h*). Only
+    identity shortcuts are judged (THEORY.md states the condition for x + h*f(x)); projection
+    blocks P x + h*f(x) are reported in `residual_blocks`. Skipped when the model has no
+    residual block. Default threshold 2, severity warning; change with
+    `--threshold residual_cfl=VALUE` (then an error).
+    """
+    res = ev.residual
+    if res is None or not res.blocks:
+        return ctx.finding(Status.SKIPPED, None, _NO_BLOCK)
+    blocks = tuple(b for b in res.blocks if b.shortcut == "identity")
+    if not blocks:
+        return ctx.finding(
+            Status.SKIPPED,
+            None,
+            f"no identity-shortcut residual block; the CFL condition is stated for x + h*f(x) "
+            f"({len(res.blocks)} projection block(s) in residual_blocks)",
+        )
+    t = ctx.threshold if ctx.threshold is not None else 2.0
+    uppers = [b.cfl for b in blocks]
+    worst = max((u for u in uppers if u is not None), default=None)
+    lowers = {
+        b.name: b.h * b.lip_f_lower for b in blocks if b.lip_f_lower is not None
+    }  # h * (sound lower bound of Lip f), rounded below in the comparison
+    mu, h_star = _sampled(blocks)
+    value = {
+        "max_cfl": worst if all(u is not None for u in uppers) else None,
+        "blocks": {b.name: b.cfl for b in blocks},
+        "mu": mu,
+        "h_star": h_star,
+        "samples": res.samples,
+    }
+    extra = ""
+    if mu is not None:
+        extra = f"; at the samples mu = {fmt(mu)}" + (
+            f", admissible step h* = {fmt(h_star)}" if h_star is not None else " (h* needs mu < 0)"
+        )
+    proved = all(b.certified and b.cfl is not None and b.cfl <= t for b in blocks)
+    if proved:
+        return ctx.finding(
+            Status.PASS,
+            value,
+            f"certified h*Lip(f) <= {fmt(worst)} <= {fmt(t)} in all {len(blocks)} identity residual block(s){extra}",
+        )
+    failing = tuple(name for name, low in lowers.items() if math.nextafter(low, -math.inf) > t)
+    if failing:
+        return ctx.finding(
+            Status.FAIL,
+            value,
+            f"h*Lip(f) >= {fmt(max(lowers[n] for n in failing))} > {fmt(t)} (sound lower bound) in "
+            f"{len(failing)} of {len(blocks)} identity residual block(s){extra}",
+            locations=failing,
+        )
+    above = tuple(b.name for b in blocks if b.cfl is None or not b.certified or b.cfl > t)
+    return ctx.finding(
+        Status.INCONCLUSIVE,
+        value,
+        f"certified h*Lip(f) <= {fmt(worst)}, not <= {fmt(t)}, and no sound lower bound above "
+        f"{fmt(t)}, in {len(above)} of {len(blocks)} identity residual block(s){extra}",
+        locations=above,
+    )
+
+
+@check(
+    "SA202",
+    "residual.growth",
+    severity=Severity.WARNING,
+    threshold_key="lipschitz",
+    default_threshold=1.0,
+)
+def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
+    """The depth growth of the residual blocks, prod_k Lip(block_k), is within the budget K_max.
+
+    Inequality: ||I + h*J_f|| <= 1 + h*Lip(f) for an identity block and ||P + h*J_f|| <=
+    ||P|| + h*Lip(f) for a projection block P x + h*f(x), so the growth through the blocks is
+    at most G = prod_k (1 + h*Lip f_k) (or ||P_k|| + h*Lip f_k) <= exp(h * sum_k Lip f_k), with
+    the certified per-operator bounds of each branch. Passes when the certified G <= K_max.
+    Fails when the product of sound lower bounds of the blocks' own Lipschitz constants exceeds
+    K_max (then no product of per-block constants meets the budget): each factor is the largest
+    of a confirmed difference quotient of the block at a sample, 1 - h*Lip f and h*lower(Lip f)
+    - 1 (reverse triangle inequality, identity blocks). Inconclusive otherwise. Skipped when the
+    model has no residual block. The budget is K_max, shared with SA101 and SA302 (default 1,
+    `--threshold lipschitz=VALUE`, then an error); severity warning.
+    """
+    res = ev.residual
+    if res is None or not res.blocks:
+        return ctx.finding(Status.SKIPPED, None, _NO_BLOCK)
+    t = ctx.threshold if ctx.threshold is not None else 1.0
+    upper: float | None = 1.0
+    lower = 1.0
+    for b in res.blocks:
+        upper = (
+            None
+            if upper is None or b.growth_upper is None
+            else math.nextafter(upper * b.growth_upper, math.inf)
+        )
+        low = b.growth_lower if b.growth_lower is not None else 0.0
+        lower = math.nextafter(lower * low, -math.inf) if lower * low > 0.0 else 0.0
+    if upper is not None and not math.isfinite(upper):
+        upper = None
+    certified = all(b.certified for b in res.blocks)
+    value = {
+        "upper": upper,
+        "lower": lower if lower > 0.0 else None,
+        "blocks": {b.name: b.growth_upper for b in res.blocks},
+    }
+    n = len(res.blocks)
+    if certified and upper is not None and upper <= t:
+        return ctx.finding(
+            Status.PASS, value, f"certified growth over {n} residual block(s) <= {fmt(upper)} <= {fmt(t)}"
+        )
+    names = tuple(b.name for b in res.blocks)
+    if lower > t:
+        return ctx.finding(
+            Status.FAIL,
+            value,
+            f"prod of the blocks' Lipschitz constants >= {fmt(lower)} > {fmt(t)} (sound lower "
+            f"bounds) over {n} residual block(s); certified growth <= {fmt(upper)}",
+            locations=names,
+        )
+    return ctx.finding(
+        Status.INCONCLUSIVE,
+        value,
+        f"growth over {n} residual block(s) in [{fmt(lower if lower > 0.0 else None)}, "
+        f"{fmt(upper)}], not proved <= {fmt(t)}",
+        locations=names,
+    )
