@@ -273,6 +273,7 @@ class DaskExecutor:
     system). A worker lost with its job records that model as an error."""
 
     scheduler: str
+    connect_timeout_s: float = 20.0
 
     def run(self, jobs: Sequence[BatchJob]) -> Iterator[tuple[int, Outcome]]:
         try:
@@ -282,7 +283,7 @@ class DaskExecutor:
                 "--executor dask needs the optional extra: pip install 'stabaudit[distributed]'"
             ) from None
         try:
-            client = Client(self.scheduler, timeout="20s")
+            client = Client(self.scheduler, timeout=f"{self.connect_timeout_s}s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
         try:

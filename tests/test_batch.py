@@ -23,6 +23,7 @@ from stabaudit.batch import (
 )
 from stabaudit.config import load_config
 from stabaudit.engine import AuditRequest
+from stabaudit.errors import UsageError
 from stabaudit.report.model import ModelError, Report
 from stabaudit.report.serialize import batch_to_dict
 
@@ -97,7 +98,7 @@ def test_ten_models_and_a_broken_file_run_to_the_end(tmp_path):
 
 
 def test_jobs_1_and_2_give_byte_identical_reports(tmp_path):
-    models_dir(tmp_path, 3)
+    models_dir(tmp_path, 2)
     (tmp_path / "b.yaml").write_text(f"defaults:\n  {FAST}models:\n  - path: 'models/*.onnx'\n")
     a = run_cli("batch", "b.yaml", "--jobs", "1", "-o", "j1.json", cwd=tmp_path)
     b = run_cli("batch", "b.yaml", "--jobs", "2", "-o", "j2.json", cwd=tmp_path)
@@ -114,7 +115,7 @@ def test_timeouts_and_gate_failures_per_model(tmp_path):
         "  - path: models/m00.onnx\n    thresholds: {lipschitz: 1e-3}\n"
         "  - path: models/m01.onnx\n"
     )
-    r = run_cli("batch", "b.yaml", "-o", "out.json", cwd=tmp_path)
+    r = run_cli("batch", "b.yaml", "--executor", "inprocess", "-o", "out.json", cwd=tmp_path)
     assert r.returncode == 1, r.stderr  # a failed gate, nothing that could not run
     data = json.loads((tmp_path / "out.json").read_text())
     assert [m["exit_code"] for m in data["models"]] == [1, 0]
@@ -146,7 +147,7 @@ def test_waivers_in_a_batch(tmp_path):
         "  - {check: SA101, model: 'models/m00.onnx', reason: accepted, expires: 2099-01-01}\n"
         "  - {check: SA101, model: 'models/m01.onnx', reason: old, expires: 2020-01-01}\n"
     )
-    r = run_cli("batch", "b.yaml", "-o", "out.json", "-o", "out.sarif", cwd=tmp_path)
+    r = run_cli("batch", "b.yaml", "--executor", "inprocess", "-o", "out.json", "-o", "out.sarif", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     waived, expired = json.loads((tmp_path / "out.json").read_text())["models"]
     w = next(c for c in waived["checks"] if c["id"] == "SA101")
@@ -163,9 +164,11 @@ def test_waivers_in_a_batch(tmp_path):
 def test_baseline_of_a_batch_finds_a_scaled_model(tmp_path):
     d = models_dir(tmp_path, 2)
     (tmp_path / "b.yaml").write_text(f"defaults:\n  {FAST}models:\n  - path: 'models/*.onnx'\n")
-    assert run_cli("batch", "b.yaml", "-o", "base.json", cwd=tmp_path).returncode == 0
+    assert run_cli("batch", "b.yaml", "--executor", "inprocess", "-o", "base.json", cwd=tmp_path).returncode == 0
     onnx.save(mlp(1, scale=1.2), d / "m01.onnx")  # both layers x1.2: the bound grows by 44%
-    r = run_cli("batch", "b.yaml", "--baseline", "base.json", "-o", "new.json", cwd=tmp_path)
+    r = run_cli(
+        "batch", "b.yaml", "--executor", "inprocess", "--baseline", "base.json", "-o", "new.json", cwd=tmp_path
+    )
     assert r.returncode == 1, r.stderr
     same, scaled = json.loads((tmp_path / "new.json").read_text())["models"]
     assert next(c for c in same["checks"] if c["id"] == "SA001")["status"] == "pass"
@@ -177,7 +180,9 @@ def test_baseline_of_a_batch_finds_a_scaled_model(tmp_path):
 def test_output_dir_holds_each_model_and_the_batch(tmp_path):
     models_dir(tmp_path, 2)
     (tmp_path / "b.yaml").write_text(f"defaults:\n  {FAST}models:\n  - path: 'models/*.onnx'\n")
-    r = run_cli("batch", "b.yaml", "--output-dir", "out", "--format", "json", "-q", cwd=tmp_path)
+    r = run_cli(
+        "batch", "b.yaml", "--executor", "inprocess", "--output-dir", "out", "--format", "json", "-q", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["000-m00.json", "001-m01.json", "batch.json"]
@@ -224,8 +229,9 @@ def test_dask_without_a_scheduler_is_a_usage_error(tmp_path):
     (tmp_path / "b.yaml").write_text("models:\n  - path: models/m00.onnx\n")
     r = run_cli("batch", "b.yaml", "--executor", "dask", cwd=tmp_path)
     assert r.returncode == 2 and "--scheduler" in r.stderr
-    r = run_cli("batch", "b.yaml", "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path)
-    assert r.returncode == 2 and "cannot connect" in r.stderr
+    job = BatchJob(index=0, request=AuditRequest(path=tmp_path / "models" / "m00.onnx"))
+    with pytest.raises(UsageError, match=r"--scheduler tcp://127.0.0.1:9: cannot connect"):
+        list(DaskExecutor(scheduler="tcp://127.0.0.1:9", connect_timeout_s=1).run([job]))
 
 
 def test_inprocess_executor_records_what_stops_a_model(tmp_path):

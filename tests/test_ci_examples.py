@@ -23,7 +23,7 @@ def registry(tmp_path: Path) -> Path:
     """A model repository laid out as the examples expect: models/ and stabaudit.yaml."""
     models = tmp_path / "models"
     models.mkdir()
-    for name in ("mlp.onnx", "cnn.onnx", "mlp.pt"):
+    for name in ("mlp.onnx", "mlp.pt"):
         shutil.copy(SAMPLES / name, models / name)
     shutil.copy(ROOT / "examples" / "stabaudit.yaml", tmp_path / "stabaudit.yaml")
     return tmp_path
@@ -55,7 +55,7 @@ def test_pre_commit_hook_definition_runs(tmp_path):
     again = execute(hook["entry"], repo)
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
     assert again.returncode == 0 and stamp.sub("", again.stdout) == stamp.sub("", first.stdout)
-    assert len(list((repo / ".cache").rglob("*.json"))) == 3
+    assert len(list((repo / ".cache").rglob("*.json"))) == 2
 
 
 def test_github_workflow_audit_step_runs(tmp_path):
@@ -72,11 +72,7 @@ def test_github_workflow_audit_step_runs(tmp_path):
     sarif = json.loads((repo / sarif_step["with"]["sarif_file"]).read_text())
     assert sarif["version"] == "2.1.0" and len(sarif["runs"]) == 1
     report = json.loads((repo / "stabaudit-report.json").read_text())
-    assert [m["model"]["path"] for m in report["models"]] == [
-        "models/cnn.onnx",
-        "models/mlp.onnx",
-        "models/mlp.pt",
-    ]
+    assert [m["model"]["path"] for m in report["models"]] == ["models/mlp.onnx", "models/mlp.pt"]
     for m in report["models"]:
         sa001 = next(c for c in m["checks"] if c["id"] == "SA001")
         assert sa001["status"] == "pass"  # compared with the baseline: no regression
