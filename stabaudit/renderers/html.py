@@ -15,6 +15,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
+from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.renderers.table import failing_ids, mark, num
 from stabaudit.report.model import BatchReport, Finding, Layer, ModelError, ProfileStep, Report
 
@@ -288,6 +289,22 @@ def _summary(report: Report) -> str:
     return f'<table class="summary">\n{body}\n</table>' + (f"\n<ul>{notes}</ul>" if notes else "")
 
 
+def _channel_sections(report: Report, h: str) -> list[str]:
+    """Samples, residual blocks and the update channel, when the report has them."""
+    parts: list[str] = []
+    line = samples_line(report)
+    if line:
+        parts.append(f"<p>Samples: {_e(line)}</p>")
+    for sec in sections(report):
+        head = "".join(f"<th>{_e(c)}</th>" for c in sec.headers)
+        body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in sec.rows)
+        notes = "".join(f"<li>{_e(n)}</li>" for n in sec.notes)
+        parts.append(f"<{h}>{_e(sec.title)}</{h}>\n<table>\n<tr>{head}</tr>\n{body}\n</table>")
+        if notes:
+            parts.append(f"<ul>{notes}</ul>")
+    return parts
+
+
 def _report_body(report: Report, level: int) -> str:
     """One model's content; `level` is the heading level of its subsections."""
     h = f"h{level}"
@@ -298,6 +315,7 @@ def _report_body(report: Report, level: int) -> str:
             _layer_chart(report.layers),
             f"<{h}>Depth profile: running certified bound after each layer (log scale)</{h}>",
             _profile_chart(report.profile),
+            *_channel_sections(report, h),
             f"<{h}>Checks</{h}>",
             _checks_table(report.checks),
         ]

@@ -13,6 +13,7 @@ from stabaudit.renderers.base import (
     is_failing,
     status_label,
 )
+from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
 from stabaudit.report.model import BatchReport, ModelError, Report, TrajectoryReport
 
@@ -52,6 +53,15 @@ def render_markdown(report: Report) -> str:
     ]
     for f in report.checks:
         lines.append(f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |")
+    line = samples_line(report)
+    if line:
+        lines += ["", f"Samples: {prose(line)}"]
+    for sec in sections(report):
+        lines += ["", f"<details><summary>{html.escape(sec.title)}</summary>", ""]
+        lines += ["| " + " | ".join(sec.headers) + " |", "|" + "---|" * len(sec.headers)]
+        lines += ["| " + " | ".join(prose(c) for c in row) + " |" for row in sec.rows]
+        lines += [f"- {prose(n)}" for n in sec.notes]
+        lines += ["", "</details>"]
     lines += [
         "",
         "<details><summary>Per-layer bounds</summary>",

@@ -14,6 +14,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
+from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.report.model import (
     BatchReport,
     Finding,
@@ -84,6 +85,12 @@ def render_table(report: Report) -> str:
     if report.profile:
         ends = report.profile[-1]
         out.append(f"Depth profile: {len(report.profile)} steps, ends at {num(ends.upper)} after {ends.layer}")
+    line = samples_line(report)
+    if line:
+        out.append(f"Samples: {line}")
+    for sec in sections(report):
+        out += ["", sec.title, tabulate(list(sec.rows), headers=list(sec.headers), disable_numparse=True)]
+        out += [f"  {n}" for n in sec.notes]
     out.append("")
     crow = [[f.id, f.name, f.severity.value, status_label(f).upper(), detail(f)] for f in report.checks]
     out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))

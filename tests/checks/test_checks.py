@@ -224,17 +224,21 @@ def test_sa302_local_bound_statuses():
     f = by_id(run_checks(replace(ev, local=local), CheckPolicy()), "SA302")
     assert f.status is Status.PASS and f.value == {
         "upper": 0.5,
+        "local_analysis": 0.5,
         "eps": 0.01,
         "norm": "linf",
         "samples": 3,
     }
+    loose = replace(local, upper=5.0)
     f = by_id(
-        run_checks(
-            replace(ev, local=replace(local, upper=5.0)), CheckPolicy(thresholds={"lipschitz": 2})
-        ),
+        run_checks(replace(evidence(1, 10), local=loose), CheckPolicy(thresholds={"lipschitz": 2})),
         "SA302",
     )
     assert f.status is Status.INCONCLUSIVE and f.severity is Severity.ERROR and f.threshold == 2
+    # the global certified bound K = 2 holds on every ball: it replaces a looser local analysis
+    f = by_id(run_checks(replace(ev, local=loose), CheckPolicy(thresholds={"lipschitz": 2})), "SA302")
+    assert f.status is Status.PASS and f.value["upper"] == 2 and f.value["local_analysis"] == 5.0
+    assert "global certified bound" in f.message
     f = by_id(
         run_checks(replace(ev, local=replace(local, upper=None, message="x")), CheckPolicy()),
         "SA302",
