@@ -484,7 +484,10 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
 
     say("global bound")
     t = time.perf_counter()
-    comp = compose(graph, op_bounds)
+    from stabaudit.analyses.residual import block_bounds
+
+    # residual blocks bounded as a whole where that is tighter than 1 + h Lip f
+    comp = compose(graph, op_bounds, block_bounds(graph, op_bounds))
     timings["composition"] = time.perf_counter() - t
     methods = [
         MethodBound(

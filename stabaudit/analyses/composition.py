@@ -111,7 +111,11 @@ def _checked_upper(node: Node, bound: OpBound) -> tuple[float, bool]:
     return value, estimate
 
 
-def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
+def compose(
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    block_bounds: Mapping[str, tuple[str, float]] | None = None,
+) -> Composition:
     """Compose ``op_bounds`` (keyed by node output) along the graph.
 
     Per node, with L_i the constants of its inputs (each graph input has L = 1, a projection of
@@ -122,6 +126,8 @@ def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
       norms add).
     The graph outputs are stacked: L = sqrt(sum_o L_o^2). Every product, sum and root is rounded
     upward (see ``_up``), so the float64 result bounds the exact real composition.
+    ``block_bounds`` (value -> (block input x, certified B)) bounds a residual block as a whole:
+    L(value) = min(its composed L, B * L(x)) (Lip(g o h) <= Lip(g) Lip(h) with g the block).
     """
     start = time.perf_counter()
     per_value: dict[str, float] = {name: 1.0 for name in graph.input_names}
@@ -160,6 +166,10 @@ def compose(graph: Graph, op_bounds: Mapping[str, OpBound]) -> Composition:
                         value = _add(value, t)
                 else:
                     value = _root_sum_squares(terms)
+        if block_bounds and node.output in block_bounds:
+            x, whole = block_bounds[node.output]
+            if x in per_value and x not in estimated:
+                value = min(value, _mul(whole, per_value[x]))
         per_value[node.output] = value
         if estimate:
             estimated.add(node.output)
