@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -323,14 +322,9 @@ def _baselines(path: Path | None) -> dict[str, Mapping[str, Any]] | None:
     """The model reports of a previous single or batch JSON report, by model path."""
     if path is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--baseline {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--baseline {path}: not a JSON report ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema_version") != "1":
-        raise UsageError(f"--baseline {path}: not a stabaudit JSON report (schema_version 1)")
+    from stabaudit.report.baseline import read_report_json
+
+    data = read_report_json(path)
     entries = data["models"] if isinstance(data.get("models"), list) else [data]
     return {
         e["model"]["path"]: e
@@ -372,6 +366,18 @@ def plan(
     return jobs
 
 
+def collect(
+    executor: BatchExecutor, jobs: Sequence[BatchJob], progress: Progress | None = None
+) -> dict[int, Outcome]:
+    """Every job's outcome by job index, reporting progress as they finish (in any order)."""
+    outcomes: dict[int, Outcome] = {}
+    for index, outcome in executor.run(jobs):
+        outcomes[index] = outcome
+        if progress is not None:
+            progress(len(outcomes), len(jobs), outcome)
+    return outcomes
+
+
 def run_batch(
     config: ConfigFile,
     executor: BatchExecutor,
@@ -384,11 +390,7 @@ def run_batch(
 
     created, reproducible = report_timestamp()
     start = time.perf_counter()
-    outcomes: dict[int, Outcome] = {}
-    for index, outcome in executor.run(jobs):
-        outcomes[index] = outcome
-        if progress is not None:
-            progress(len(outcomes), len(jobs), outcome)
+    outcomes = collect(executor, jobs, progress)
     models = tuple(outcomes[job.index] for job in jobs)
     if reproducible:  # a cached report keeps its own time; a pinned batch pins its models too
         models = tuple(

@@ -138,6 +138,45 @@ FORMAT_HELP = (
 )
 
 
+# Options shared by check, batch and trajectory (one definition each).
+FormatOption = Annotated[list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+ThresholdOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--threshold",
+        help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, growth_exponent, ... or a check id); makes the check an error.",
+    ),
+]
+FailOnOption = Annotated[
+    str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
+BudgetOption = Annotated[
+    float | None,
+    typer.Option(
+        "--budget",
+        help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search (default 10).",
+    ),
+]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory budget per audit, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
+    ),
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Reuse reports of unchanged models (same bytes, settings, version) from here (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
+    ),
+]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
 def _check_options(
     *,
     threshold: list[str] | None,
@@ -246,9 +285,7 @@ def check(
     model: Annotated[
         Path, typer.Argument(help="An .onnx file or a TorchScript archive (torch.jit.save).")
     ],
-    format: Annotated[
-        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
-    ] = None,
+    format: FormatOption = None,
     output: Annotated[
         list[Path] | None,
         typer.Option(
@@ -267,20 +304,9 @@ def check(
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="Fix dynamic dims, e.g. 1,3,32,32.")
     ] = None,
-    threshold: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--threshold",
-            help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, or a check id); makes the check an error.",
-        ),
-    ] = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option("--fail-on", help="error | warning | inconclusive (default error)."),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")
-    ] = None,
+    threshold: ThresholdOption = None,
+    fail_on: FailOnOption = None,
+    seed: SeedOption = None,
     device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
     method: Annotated[
         str | None,
@@ -289,13 +315,7 @@ def check(
             help="Global upper bound: auto (default: every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron | exact (branch and bound, small ReLU nets).",
         ),
     ] = None,
-    budget: Annotated[
-        float | None,
-        typer.Option(
-            "--budget",
-            help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search (default 10).",
-        ),
-    ] = None,
+    budget: BudgetOption = None,
     baseline: Annotated[
         Path | None,
         typer.Option(
@@ -321,27 +341,15 @@ def check(
         float | None,
         typer.Option("--eps", help="Radius of the linf balls around the samples (SA302, default 0.01)."),
     ] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory",
-            help="Memory budget, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
-        ),
-    ] = None,
+    max_memory: MaxMemoryOption = None,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2."),
     ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache-dir",
-            help="Reuse reports of unchanged models (same bytes, settings, version) from here (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
-        ),
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
 
@@ -389,9 +397,7 @@ def batch(
         str | None,
         typer.Option("--scheduler", help="The Dask scheduler for --executor dask, tcp://HOST:PORT."),
     ] = None,
-    format: Annotated[
-        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
-    ] = None,
+    format: FormatOption = None,
     output: Annotated[
         list[Path] | None,
         typer.Option("--output", "-o", help="Write the batch report here; repeat for several formats."),
@@ -403,17 +409,11 @@ def batch(
             help="Also write each model's own report here (every --format; json by default) and the batch report as batch.<ext>.",
         ),
     ] = None,
-    threshold: Annotated[
-        list[str] | None,
-        typer.Option("--threshold", help="NAME=VALUE for every model (overrides the config)."),
-    ] = None,
-    fail_on: Annotated[
-        str | None,
-        typer.Option("--fail-on", help="error | warning | inconclusive (overrides the config)."),
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every model.")] = None,
+    threshold: ThresholdOption = None,
+    fail_on: FailOnOption = None,
+    seed: SeedOption = None,
     method: Annotated[str | None, typer.Option("--method", help="Global method for every model.")] = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="Seconds per search, every model.")] = None,
+    budget: BudgetOption = None,
     baseline: Annotated[
         Path | None,
         typer.Option("--baseline", help="A previous batch (or single) JSON report: SA001 per model."),
@@ -425,15 +425,11 @@ def batch(
         float | None,
         typer.Option("--timeout", help="Seconds per model; a model past it is recorded as an error."),
     ] = None,
-    max_memory: Annotated[
-        str | None, typer.Option("--max-memory", help="Memory budget per model, e.g. 8G, 25%.")
-    ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Reuse reports of unchanged models from here.")
-    ] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    max_memory: MaxMemoryOption = None,
+    cache_dir: CacheDirOption = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Audit every model of a batch config; exit 2 if any could not be audited, else 1 if any gate failed."""
 
@@ -559,27 +555,20 @@ def trajectory(
             help="An audit YAML: its defaults and waivers apply; its trajectory: list when no CKPT is named (default: ./stabaudit.yaml when present).",
         ),
     ] = None,
-    format: Annotated[
-        list[str] | None, typer.Option("--format", "-f", help="table | json | md (default: table, or from each --output's suffix)")
-    ] = None,
+    format: FormatOption = None,
     output: Annotated[
         list[Path] | None,
         typer.Option("--output", "-o", help="Write the trajectory report here; repeat for several formats (by suffix)."),
     ] = None,
-    threshold: Annotated[
-        list[str] | None,
-        typer.Option("--threshold", help="NAME=VALUE (lipschitz, growth_exponent, ... or a check id) for every checkpoint."),
-    ] = None,
-    fail_on: Annotated[
-        str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")
-    ] = None,
-    budget: Annotated[float | None, typer.Option("--budget", help="Seconds per search, every checkpoint.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for every checkpoint (default 0).")] = None,
+    threshold: ThresholdOption = None,
+    fail_on: FailOnOption = None,
+    budget: BudgetOption = None,
+    seed: SeedOption = None,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Checkpoints audited in parallel (worker processes when > 1).")
     ] = 1,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Audit the checkpoints of one training run: SA601 (supremum) and SA602 (growth exponent);
     exit 2 if any checkpoint could not be audited, else 1 if SA601/SA602 or a checkpoint's gate failed."""

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stabaudit import __version__
-from stabaudit.batch import BatchExecutor, BatchJob, Outcome, Progress, display_path, request_for
+from stabaudit.batch import (
+    BatchExecutor,
+    BatchJob,
+    Outcome,
+    Progress,
+    collect,
+    display_path,
+    request_for,
+)
 from stabaudit.errors import ConfigError, UsageError
 from stabaudit.report.model import (
     ChannelBracket,
@@ -259,11 +267,7 @@ def run_trajectory(
         raise UsageError("a trajectory needs one job per checkpoint, and at least one")
     created, reproducible = report_timestamp()
     start = time.perf_counter()
-    outcomes: dict[int, Outcome] = {}
-    for index, outcome in executor.run(jobs):
-        outcomes[index] = outcome
-        if progress is not None:
-            progress(len(outcomes), len(jobs), outcome)
+    outcomes = collect(executor, jobs, progress)
     request = jobs[0].request
     limits = channel_limits(request.thresholds)
     points = tuple(

@@ -10,8 +10,8 @@ from typing import Any
 from stabaudit.errors import UsageError
 
 
-def load_baseline(path: Path, model_path: str) -> Mapping[str, Any]:
-    """The baseline report for ``model_path`` from a single or a batch JSON report."""
+def read_report_json(path: Path) -> dict[str, Any]:
+    """A previous stabaudit JSON report (single or batch), checked for its schema version."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -20,6 +20,12 @@ def load_baseline(path: Path, model_path: str) -> Mapping[str, Any]:
         raise UsageError(f"--baseline {path}: not a JSON report ({exc})") from None
     if not isinstance(data, dict) or data.get("schema_version") != "1":
         raise UsageError(f"--baseline {path}: not a stabaudit JSON report (schema_version 1)")
+    return data
+
+
+def load_baseline(path: Path, model_path: str) -> Mapping[str, Any]:
+    """The baseline report for ``model_path`` from a single or a batch JSON report."""
+    data = read_report_json(path)
     if "models" in data:
         for entry in data["models"]:
             if isinstance(entry, dict) and entry.get("model", {}).get("path") == model_path:
