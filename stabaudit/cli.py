@@ -621,11 +621,7 @@ def trajectory(
 def main() -> None:
     import signal
 
-    # Reports must be byte-identical across processes (same model, options and seed). Without
-    # conditional numerical reproducibility, MKL may pick a different kernel path from one run
-    # to the next and flip the last bits of a sum, which the witness search then amplifies;
-    # pinned here, before torch loads MKL. A value set by the user wins.
-    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+    # MKL_CBWR (reproducible MKL kernels) is pinned when the package is imported: stabaudit/__init__
     signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 

@@ -216,7 +216,7 @@ def test_dask_executor_gives_the_same_report_as_the_local_one(tmp_path, monkeypa
     cfg = load_config(tmp_path / "b.yaml")
     local = run_batch(cfg, InProcessExecutor(), plan(cfg))
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, protocol="tcp", dashboard_address=None
     ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://")
         remote = run_batch(cfg, DaskExecutor(scheduler=cluster.scheduler_address), plan(cfg))

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,17 +251,25 @@ def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, deadline: float, re
     return z0, t, steps
 
 
-def single_blas_thread() -> contextlib.AbstractContextManager[object]:
+_BLAS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
     """A context keeping BLAS on one thread: the matrices here are small, threads only cost
     (badly so on a shared machine), and the summation order, hence every iterate, then does not
-    depend on the machine's thread count. threadpoolctl is optional."""
+    depend on the machine's thread count. Some BLAS builds keep the limit per thread, others per
+    process: concurrent audits in threads (a threaded Dask worker) take turns here, so that one's
+    restoring the limit never changes another's. threadpoolctl is optional."""
     import scipy.linalg  # noqa: F401  (load the BLAS before limiting it)
 
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)  # type: ignore[no-any-return]
+        yield
+        return
+    with _BLAS_LOCK, threadpool_limits(1):
+        yield
 
 
 # ---- LipSDP-Neuron on a chain -----------------------------------------------------------------

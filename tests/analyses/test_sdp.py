@@ -211,3 +211,36 @@ def test_acasxu_and_mnist(external_dir: Path) -> None:
     product = compose(g, ob).upper.value
     res = feedforward.global_bounds(g, op_bounds=ob, methods=("eclipse-fast",), budget_s=10.0)
     assert res[0].certified and res[0].upper is not None and res[0].upper < product
+
+
+def test_single_blas_thread_limits_and_serialises_concurrent_users():
+    import threading
+    import time
+
+    from threadpoolctl import threadpool_info
+
+    from stabaudit.analyses.sdp import single_blas_thread
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    before = blas_threads()
+    events: list[str] = []
+
+    def user(name: str) -> None:
+        with single_blas_thread():
+            events.append(f"{name} in {sorted(blas_threads())}")
+            time.sleep(0.05)
+            with single_blas_thread():  # nested in one thread: no deadlock
+                pass
+            events.append(f"{name} out")
+
+    threads = [threading.Thread(target=user, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    # each one ran alone, with one BLAS thread
+    assert sorted(events) == ["a in [1]", "a out", "b in [1]", "b out"]
+    assert events[1].endswith("out") and events[3].endswith("out")
+    assert blas_threads() == before
