@@ -152,11 +152,9 @@ class InProcessExecutor:
             yield job.index, run_job(job)
 
 
-def _worker_main(conn: Any, threads: int) -> None:
-    """A worker process: jobs in, outcomes out, until it gets None."""
-    import torch
-
-    torch.set_num_threads(threads)
+def _worker_main(conn: Any) -> None:
+    """A worker process: jobs in, outcomes out, until it gets None (each audit runs on one thread,
+    see limits.one_thread, so that the report does not depend on --jobs)."""
     while True:
         job = conn.recv()
         if job is None:
@@ -176,10 +174,9 @@ class _Worker:
 class ProcessExecutor:
     """``jobs`` long-lived worker processes (spawned: torch and fork do not mix). A worker that
     crashes or outlives its model's timeout is replaced; its model is recorded as an error and
-    the batch goes on. Each worker gets an equal share of the cores as torch threads."""
+    the batch goes on."""
 
     jobs: int
-    threads: int | None = None
     _workers: list[_Worker] = field(default_factory=list)
 
     def _start(self) -> _Worker:
@@ -187,8 +184,7 @@ class ProcessExecutor:
 
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
-        process = ctx.Process(target=_worker_main, args=(child, threads), daemon=True)
+        process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
         process.start()
         child.close()
         return _Worker(process=process, conn=parent)

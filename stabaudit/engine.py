@@ -365,7 +365,7 @@ def audit(
     allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout). With a cache,
     a report for the same model bytes, effective request and stabaudit version is reused.
     """
-    from stabaudit.limits import default_memory_budget, run_with_timeout, use_limits
+    from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
 
     _validate_policy(request)
     key = None
@@ -388,7 +388,8 @@ def audit(
                 path = str(request.path)
                 return replace(hit, model=replace(hit.model, path=path), rules=rule_catalogue())
     budget = request.max_memory if request.max_memory is not None else default_memory_budget()
-    with use_limits(max_memory=budget):  # the ONNX loader's pre-check reads this budget
+    # one thread: the report must not depend on the machine's cores or on --jobs (limits.one_thread)
+    with use_limits(max_memory=budget), one_thread():  # the ONNX loader reads the memory budget
         report = run_with_timeout(
             lambda: _audit(request, observer, budget), request.timeout_s, path=str(request.path)
         )

@@ -416,3 +416,41 @@ def _with_alarm(fn: Callable[[], T], deadline: Deadline) -> T:
     if state["fired"]:  # every alarm was swallowed, yet the deadline passed: still a timeout
         raise AuditTimeoutError(deadline.seconds, path=deadline.path)
     return result
+
+
+# ---- one thread per audit --------------------------------------------------------------------------
+_THREADS_LOCK = threading.Lock()
+_THREAD_USERS = 0
+_SAVED_TORCH_THREADS: int | None = None
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run an audit on one thread: torch's intra-op pool, OpenMP and BLAS. The order of a parallel
+    sum depends on the number of threads, and the seeded searches amplify last-bit differences,
+    so a report would depend on the machine's cores and on `--jobs`; on one thread it does not
+    (and the small batched operations of an audit gain little from threads: parallelism comes
+    from `--jobs`). torch's setting is process-wide: concurrent audits in threads share it, the
+    first sets it and the last restores it; the BLAS/OpenMP limits are taken per thread."""
+    global _THREAD_USERS, _SAVED_TORCH_THREADS
+    import torch
+
+    with _THREADS_LOCK:
+        if _THREAD_USERS == 0:
+            _SAVED_TORCH_THREADS = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _THREAD_USERS += 1
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: torch's own setting is the one that matters most
+            yield
+        else:
+            with threadpool_limits(1):
+                yield
+    finally:
+        with _THREADS_LOCK:
+            _THREAD_USERS -= 1
+            if _THREAD_USERS == 0 and _SAVED_TORCH_THREADS is not None:
+                torch.set_num_threads(_SAVED_TORCH_THREADS)
+                _SAVED_TORCH_THREADS = None

@@ -405,3 +405,32 @@ def test_timeout_of_a_whole_audit_then_a_normal_audit(tmp_path):
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     report = audit(AuditRequest(path=path, lower_budget_s=0.1, budget_s=0.1))  # nothing left behind
     assert report.lipschitz.upper is not None and report.lipschitz.lower is not None
+
+
+def test_one_thread_pins_torch_and_restores_it():
+    import threading
+
+    import torch
+
+    from stabaudit.limits import one_thread
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with one_thread():
+            entered.set()
+            release.wait(10)
+            seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=other)
+    t.start()
+    entered.wait(10)
+    with one_thread():
+        seen.append(torch.get_num_threads())
+    # this audit left first: the other one still runs on one thread
+    release.set()
+    t.join(10)
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
