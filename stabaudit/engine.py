@@ -186,12 +186,18 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) ->
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
+    totals: dict[str, list[int]] = {}
+    for sample in result.samples:
+        for c in sample.counts:
+            t = totals.setdefault(c.layer, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + c.active, t[1] + c.inactive, t[2] + c.unstable
     return LocalEvidence(
         upper=upper,
         eps=request.eps,
         norm="linf",
         samples=len(result.samples),
         message="" if upper is not None else "the local bound is not finite",
+        units=tuple((layer, a, i, u) for layer, (a, i, u) in totals.items()),
     )
 
 

@@ -453,6 +453,11 @@ def test_local_clarke_bound_with_sample_inputs(tmp_path):
     sa302 = next(c for c in data["checks"] if c["id"] == "SA302")
     assert sa302["status"] == "inconclusive" and sa302["value"]["samples"] == 4
     local = sa302["value"]["upper"]
+    # every hidden unit of every ball is stably active, stably inactive or unstable
+    units = sa302["value"]["units"]
+    assert len(units) == 2
+    for counts in units.values():
+        assert sum(counts.values()) == 4 * 32
     # a local bound over small balls never exceeds the global certified bound, and is at least
     # the Jacobian norm at each sample
     assert local <= data["lipschitz"]["methods"][0]["upper"]

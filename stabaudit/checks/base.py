@@ -37,6 +37,9 @@ class LocalEvidence:
     norm: str
     samples: int
     message: str = ""
+    # per activation layer, summed over the samples' balls: (layer, stably active, stably
+    # inactive, unstable: the pre-activation interval straddles a kink, Clarke slope interval)
+    units: tuple[tuple[str, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

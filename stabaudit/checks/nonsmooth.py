@@ -23,7 +23,9 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     straddles 0 gets the slope interval [0, 1] (its Clarke derivative), smooth activations the
     range of their derivative; L_local is the smallest of the certified candidates (interval
     Jacobian, local products of layer gains with dead units removed, slope vertices), and never
-    more than the global certified bound K (which holds on every ball).
+    more than the global certified bound K (which holds on every ball). The value lists, per
+    activation layer and summed over the balls, the stably active, stably inactive and unstable
+    units (an unstable unit's pre-activation interval straddles a kink).
     Inputs: `--inputs samples.npz` (array `x`, or the first array; .npy also read) and `--eps`
     (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold is K_max, shared with SA101
     (`--threshold lipschitz=VALUE`). Passes when L_local <= K_max on every sample; this
@@ -42,13 +44,18 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     if g.certified and g.upper is not None and g.upper < upper:
         # a global Lipschitz bound holds on every ball too: the smaller one is the local bound
         upper, how = g.upper, " (the global certified bound, tighter than the local analysis here)"
-    value = {
+    value: dict[str, object] = {
         "upper": upper,
         "local_analysis": local.upper,
         "eps": local.eps,
         "norm": local.norm,
         "samples": local.samples,
     }
+    if local.units:
+        value["units"] = {
+            layer: {"stable_active": a, "stable_inactive": i, "unstable": u}
+            for layer, a, i, u in local.units
+        }
     where = f"over linf balls of radius {fmt(local.eps)} around {local.samples} samples{how}"
     if upper <= t:
         return ctx.finding(Status.PASS, value, f"certified local L <= {fmt(upper)} <= {fmt(t)} {where}")
