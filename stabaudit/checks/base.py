@@ -206,7 +206,10 @@ def run_checks(evidence: Evidence, policy: CheckPolicy) -> tuple[Finding, ...]:
             findings.append(ctx.finding(Status.SKIPPED, None, "disabled by the config"))
             continue
         findings.append(spec.run(evidence, ctx))
-    return apply_waivers(findings, evidence.waivers, evidence.today)
+    from stabaudit.checks.baseline import with_status_changes
+
+    found = with_status_changes(tuple(findings), evidence.baseline)
+    return apply_waivers(found, evidence.waivers, evidence.today)
 
 
 def bracket_status(lower: float | None, upper: float | None, threshold: float, *, certified: bool) -> Status:

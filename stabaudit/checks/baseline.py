@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from stabaudit.checks.base import CheckContext, Evidence, check
@@ -32,7 +33,9 @@ def baseline_regression(ev: Evidence, ctx: CheckContext) -> Finding:
     (`--baseline previous.json`; in a batch report, the entry with the same model path).
     A bound that grew beyond r, or a certified bound that was lost, is a regression: the check
     fails (severity error) and names each one. Bounds that shrank by more than r are reported as
-    improvements. Lower bounds come from a search and are not compared.
+    improvements. Lower bounds come from a search and are not compared. The checks whose status
+    changed between pass and fail since the baseline are listed too (information: each check
+    gates on its own).
     Skipped without --baseline.
     """
     if ev.baseline is None:
@@ -74,3 +77,31 @@ def baseline_regression(ev: Evidence, ctx: CheckContext) -> Finding:
             layers,
         )
     return ctx.finding(Status.PASS, value, f"no regression beyond {r:.0%}{better}")
+
+
+def with_status_changes(findings: tuple[Finding, ...], baseline: Any) -> tuple[Finding, ...]:
+    """SA001 also lists the checks whose status changed against the baseline (pass -> fail is a
+    check that newly fails, fail -> pass one that now holds). Information only: each check gates
+    on its own; SA001 fails on the growth of certified bounds."""
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("checks"), list):
+        return findings
+    before = {
+        c.get("id"): c.get("status") for c in baseline["checks"] if isinstance(c, dict)
+    }
+    changes = [
+        f"{f.id} {before[f.id]} -> {f.status.value}"
+        for f in findings
+        if f.id not in ("SA001", "SA002")
+        and before.get(f.id) in ("pass", "fail")
+        and f.status.value in ("pass", "fail")
+        and before[f.id] != f.status.value
+    ]
+    if not changes:
+        return findings
+    out = []
+    for f in findings:
+        if f.id == "SA001" and f.status is not Status.SKIPPED and isinstance(f.value, dict):
+            value = {**f.value, "status_changes": changes}
+            f = replace(f, value=value, message=f"{f.message}; status changes: {', '.join(changes)}")
+        out.append(f)
+    return tuple(out)
