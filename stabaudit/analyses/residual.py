@@ -410,7 +410,7 @@ def _lanczos_mu(
 
 
 # ---- a residual block bounded as a whole ---------------------------------------------------------------
-WHOLE_BLOCK_MAX = 2048  # input entries up to which the block's explicit matrices are formed (dense SVD)
+WHOLE_BLOCK_MAX = 1024  # input entries up to which the block's explicit matrices are formed (dense SVD)
 U = 2.0**-53
 
 
