@@ -69,7 +69,7 @@ def main() -> int:
     models = [ROOT / "sample_models" / name for name in SAMPLES]
     models += [EXTERNAL / name for name in RESNETS if (EXTERNAL / name).exists()]
     for model in models:
-        code, wall, rss, text = measure([str(EXE), "check", str(model), "--format", "json"])
+        code, wall, rss, text = measure([str(EXE), "check", str(model), "--format", "json", "--no-cache"])
         data = json.loads(text) if code in (0, 1) else {}
         lip, phases = data.get("lipschitz", {}), data.get("timings", {})
         name = model.relative_to(ROOT) if model.is_relative_to(ROOT) else Path("../shared/models/external") / model.relative_to(EXTERNAL)

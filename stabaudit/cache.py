@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -20,13 +21,33 @@ CACHE_FORMAT = 1
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 of stabaudit's own source files (paths and bytes): a development install changes its
+    code without changing its version, and a cached report must never outlive the code that
+    computed it."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(model_sha256: str, config: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON (sorted keys, compact) of {"model", "config", "version"}.
+    """sha256 hex of the canonical JSON (sorted keys, compact) of {"model", "config", "version",
+    "code"} (``code_digest``: the package's own sources).
 
     ``config`` must be JSON data (str keys; str, int, float, bool, None, lists/tuples, mappings);
     non-finite floats and other values raise ValueError, since they have no canonical JSON form.
     """
-    payload = {"model": model_sha256, "config": config, "version": stabaudit.__version__}
+    payload = {
+        "model": model_sha256,
+        "config": config,
+        "version": stabaudit.__version__,
+        "code": code_digest(),
+    }
     try:
         text = json.dumps(
             payload, sort_keys=True, allow_nan=False, separators=(",", ":"), ensure_ascii=True

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import stabaudit
+import stabaudit.cache as cache_module
 from stabaudit.cache import ReportCache, cache_key, default_cache_dir
 from stabaudit.report.serialize import report_to_dict
 from tests.report_factory import make_report
@@ -22,12 +23,30 @@ CONFIG = {"method": "auto", "seed": 0, "thresholds": {"lipschitz.global": 1.0}, 
 @pytest.fixture
 def pinned_version(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(stabaudit, "__version__", "9.9.9")
+    monkeypatch.setattr(cache_module, "code_digest", lambda: "c0de")
     return "9.9.9"
+
+
+def test_key_is_the_sha256_of_the_canonical_payload(pinned_version):
+    import hashlib
+
+    text = json.dumps(
+        {"model": SHA, "config": CONFIG, "version": "9.9.9", "code": "c0de"},
+        sort_keys=True, separators=(",", ":"),
+    )
+    assert cache_key(SHA, CONFIG) == hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_code_digest_covers_the_package_sources():
+    from stabaudit.cache import code_digest
+
+    d = code_digest()
+    assert len(d) == 64 and d == code_digest()
 
 
 def test_key_is_a_fixed_sha256_of_the_canonical_json(pinned_version):
     # Hard-coded: the key must not depend on the process (hash seeds, dict order).
-    expected = "1b38ee1d441f761c71025ba3a877da535d986673e3e521a78c33aece63890b38"
+    expected = "ea97f758bc094f4f440638c2711f1ba253b8fd7c0dcdf6fedc734379a700f999"
     assert cache_key(SHA, CONFIG) == expected
     reordered = dict(reversed(list(CONFIG.items())))
     assert cache_key(SHA, reordered) == expected
