@@ -35,6 +35,7 @@ from stabaudit.report.model import (
 
 if TYPE_CHECKING:
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.analyses.residual import WholeBlock
     from stabaudit.analyses.samples import Domain, SampleEvidence
     from stabaudit.analyses.training import TrainingResult, TrainingSpec
     from stabaudit.bounds.base import OpBound
@@ -202,12 +203,16 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) ->
 
 
 def _residual_evidence(
-    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray | None, request: AuditRequest
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    samples: np.ndarray | None,
+    request: AuditRequest,
+    whole: Mapping[str, WholeBlock],
 ) -> ResidualEvidence:
     """SA201/SA202's evidence: the residual blocks, their certified bounds, and J_f at the samples."""
     from stabaudit.checks.residual import residual_evidence
 
-    return residual_evidence(graph, op_bounds, samples, seed=request.seed)
+    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole)
 
 
 def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
@@ -494,7 +499,8 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     from stabaudit.analyses.residual import block_bounds
 
     # residual blocks bounded as a whole where that is tighter than 1 + h Lip f
-    comp = compose(graph, op_bounds, block_bounds(graph, op_bounds))
+    whole = block_bounds(graph, op_bounds)
+    comp = compose(graph, op_bounds, {k: (b.x, b.value) for k, b in whole.items()})
     timings["composition"] = time.perf_counter() - t
     methods = [
         MethodBound(
@@ -548,7 +554,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
     # residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds holds
     say("residual blocks")
     t = time.perf_counter()
-    residual = _residual_evidence(graph, op_bounds, samples, request)
+    residual = _residual_evidence(graph, op_bounds, samples, request, whole)
     timings["residual"] = time.perf_counter() - t
     # end of the residual channel
     # ---- end of the data-dependent channels ----

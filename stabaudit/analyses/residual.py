@@ -79,18 +79,22 @@ def analyse_residual(
     samples: np.ndarray | None = None,
     *,
     seed: int = 0,
+    whole: Mapping[str, WholeBlock] | None = None,
 ) -> ResidualAnalysis:
     """Every residual block of ``graph`` (which carries its shapes) with its bounds.
 
     ``op_bounds``: the certified per-node bounds keyed by node output (those the engine gives to
     ``composition.compose``). ``samples``: [N, ...] model inputs (each of the stacked input size);
-    the Jacobians are taken at the block input of each (at most MAX_POINTS of them).
+    the Jacobians are taken at the block input of each (at most MAX_POINTS of them). ``whole``:
+    the blocks' whole-block bounds (``block_bounds``) when already computed, else computed here.
     """
     matches = find_residual_blocks(graph)
     if not matches:
         return ResidualAnalysis(blocks=(), samples=0)
     points = _block_inputs(graph, matches, samples) if samples is not None else None
-    blocks = tuple(_analyse(graph, m, op_bounds, points, seed) for m in matches)
+    if whole is None:
+        whole = block_bounds(graph, op_bounds)
+    blocks = tuple(_analyse(graph, m, op_bounds, points, seed, whole.get(m.add.output)) for m in matches)
     n = 0 if points is None else len(next(iter(points.values()), []))
     return ResidualAnalysis(blocks=blocks, samples=n)
 
@@ -131,6 +135,7 @@ def _analyse(
     op_bounds: Mapping[str, OpBound],
     points: Mapping[str, list[np.ndarray]] | None,
     seed: int,
+    whole: WholeBlock | None = None,
 ) -> BlockResult:
     notes: list[str] = []
     g = _subgraph(graph, m.x, m.inner_output, m.inner)
@@ -161,10 +166,9 @@ def _analyse(
     shortcut_norm = None
     if m.shortcut is Shortcut.IDENTITY:
         growth = _add(1.0, cfl)  # ||I + h J_f|| <= 1 + h Lip f (triangle inequality)
-        whole = whole_block_bound(graph, m, op_bounds) if certified else None
-        if whole is not None and whole[0] < growth:
-            growth = whole[0]
-            notes.append(whole[1] + f", below 1 + h Lip f = {_add(1.0, cfl):.6g}")
+        if whole is not None and certified and whole.value < growth:
+            growth = whole.value
+            notes.append(whole.note + f", below 1 + h Lip f = {_add(1.0, cfl):.6g}")
     else:
         assert m.projection is not None
         pb = op_bounds[m.projection.output].upper
@@ -410,7 +414,7 @@ def _lanczos_mu(
 
 
 # ---- a residual block bounded as a whole ---------------------------------------------------------------
-WHOLE_BLOCK_MAX = 1024  # input entries up to which the block's explicit matrices are formed (dense SVD)
+WHOLE_BLOCK_MAX = 2048  # input entries up to which the block's explicit matrices are formed (dense SVD)
 U = 2.0**-53
 
 
@@ -493,12 +497,23 @@ def whole_block_bound(
     return value, note
 
 
-def block_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, tuple[str, float]]:
-    """For the composition: Add output -> (block input, certified whole-block bound), where it applies."""
-    out: dict[str, tuple[str, float]] = {}
+@dataclass(frozen=True, kw_only=True)
+class WholeBlock:
+    """A residual block's certified whole-block bound: ``value`` bounds the Lipschitz constant of
+    x -> block(x) with x the value ``x``; ``note`` says how."""
+
+    x: str
+    value: float
+    note: str
+
+
+def block_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, WholeBlock]:
+    """Add output -> the block's whole-block bound, for the blocks where it applies (computed once
+    per audit: the composition and the residual channel both use it)."""
+    out: dict[str, WholeBlock] = {}
     for m in find_residual_blocks(graph):
         check_deadline()
         found = whole_block_bound(graph, m, op_bounds)
         if found is not None:
-            out[m.add.output] = (m.x, found[0])
+            out[m.add.output] = WholeBlock(x=m.x, value=found[0], note=found[1])
     return out

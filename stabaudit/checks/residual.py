@@ -13,6 +13,7 @@ from stabaudit.report.model import Finding, ResidualBlock, Severity, Status
 if TYPE_CHECKING:
     import numpy as np
 
+    from stabaudit.analyses.residual import WholeBlock
     from stabaudit.bounds.base import OpBound
     from stabaudit.ir.graph import Graph
 
@@ -32,13 +33,18 @@ def _finite(x: float | None) -> float | None:
 
 
 def residual_evidence(
-    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray | None, *, seed: int
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    samples: np.ndarray | None,
+    *,
+    seed: int,
+    whole: Mapping[str, WholeBlock] | None = None,
 ) -> ResidualEvidence:
     """Detect and analyse the residual blocks of ``graph`` (with shapes; the engine's folded
     graph) from the engine's per-node bounds and optional sample inputs [N, ...]."""
     from stabaudit.analyses.residual import analyse_residual
 
-    result = analyse_residual(graph, op_bounds, samples, seed=seed)
+    result = analyse_residual(graph, op_bounds, samples, seed=seed, whole=whole)
     blocks = tuple(
         ResidualBlock(
             name=b.match.name,

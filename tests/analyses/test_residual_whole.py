@@ -85,9 +85,9 @@ def test_composition_uses_the_whole_block_bound():
     ob = rule_bounds(g)
     plain = compose(g, ob).upper.value
     blocks = block_bounds(g, ob)
-    assert set(blocks) == {"y"} and blocks["y"][0] == "x"
-    tight = compose(g, ob, blocks).upper.value
-    assert tight == pytest.approx(blocks["y"][1]) and tight < plain
+    assert set(blocks) == {"y"} and blocks["y"].x == "x"
+    tight = compose(g, ob, {k: (b.x, b.value) for k, b in blocks.items()}).upper.value
+    assert tight == pytest.approx(blocks["y"].value) and tight < plain
 
 
 def test_sample_resnet_blocks_are_bounded_as_a_whole():
@@ -96,7 +96,7 @@ def test_sample_resnet_blocks_are_bounded_as_a_whole():
     blocks = block_bounds(g, ob)
     assert len(blocks) == 2
     plain = compose(g, ob).upper.value
-    assert compose(g, ob, blocks).upper.value < 0.9 * plain
+    assert compose(g, ob, {k: (b.x, b.value) for k, b in blocks.items()}).upper.value < 0.9 * plain
 
 
 def test_what_is_not_bounded_as_a_whole():
