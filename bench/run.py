@@ -132,8 +132,8 @@ def main() -> int:
     lines += [
         "## Batches: `--jobs 2` against `--jobs 1` (`python bench/bench_batch.py`)",
         "",
-        "Each audit computes on one thread (the report must not depend on --jobs); worker processes
-run audits side by side, the in-process",
+        "Each audit computes on one thread (the report must not depend on --jobs); worker processes",
+        "run audits side by side, the in-process",
         "executor has no start-up cost but no isolation from a crash.",
         "",
         sub_bench("bench_batch.py"),
