@@ -75,6 +75,29 @@ def test_default_budget_is_half_the_ram_and_overridable(monkeypatch):
 
 
 # ---- the model's tensors -----------------------------------------------------------------------
+def _relu_mlp(widths: tuple[int, ...]) -> onnx.ModelProto:
+    """x [1, w0] -> (MatMul -> Relu)* -> MatMul with seeded weights."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for k, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        inits.append(numpy_helper.from_array(rng.normal(size=(a, b)).astype(np.float32), f"w{k}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{k}"], [f"z{k}"]))
+        prev = f"z{k}"
+        if k < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{k}"]))
+            prev = f"r{k}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, widths[0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, widths[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def _gemm_model(weight_dims: tuple[int, int], *, external: str | None = None) -> onnx.ModelProto:
     """x [1, in] -> Gemm(W [out, in]); W inline (small) or declared with external data."""
     out, n_in = weight_dims
@@ -395,9 +418,11 @@ def test_timeout_inside_a_bound_rule_keeps_its_class():
 def test_timeout_of_a_whole_audit_then_a_normal_audit(tmp_path):
     from stabaudit.engine import AuditRequest, audit
 
-    path = tmp_path / "small.onnx"
-    onnx.save(_gemm_model((4, 3)), path)
-    request = AuditRequest(path=path, lower_budget_s=60.0)  # a search planned for a minute
+    path = tmp_path / "relu.onnx"
+    onnx.save(_relu_mlp((12, 48, 48, 6)), path)
+    # the exact branch and bound and the lower search planned for a minute each: work that
+    # cannot finish within the 1 s timeout on any machine
+    request = AuditRequest(path=path, lower_budget_s=60.0, budget_s=60.0, method="exact")
     start = time.monotonic()
     with pytest.raises(AuditTimeoutError, match=r"timed out after 1 s \(--timeout\)"):
         run_with_timeout(lambda: audit(request), 1.0, path=str(path))
