@@ -334,7 +334,7 @@ def check(
         Path | None,
         typer.Option(
             "--inputs",
-            help="Sample inputs [N, ...] (.npz array x, or .npy) for SA302's local bounds.",
+            help="Sample inputs [N, ...] (.npz array x, or .npy) for the data-dependent checks (SA201's mu, SA301-SA303, SA401); without them, a config domain: draws samples.",
         ),
     ] = None,
     eps: Annotated[
