@@ -61,7 +61,7 @@ def request_for(
     if settings.eps is not None:
         options["eps"] = settings.eps
     if settings.training is not None:
-        from stabaudit.analyses.training import load_training_spec
+        from stabaudit.config.inputs import load_training_spec
 
         options["training"] = load_training_spec(**dict(settings.training))
     if settings.domain is not None:

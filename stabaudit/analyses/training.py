@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -87,96 +85,6 @@ class TrainingResult:
 def parameter_name(node: str, field: str) -> str:
     """How a parameter array is named in the report and in the second-moment file."""
     return f"{node}.{field}"
-
-
-# ---- loading the spec's files (config and Python API) -----------------------------------------------
-def _npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UsageError(f"training.{what} {path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"training.{what} {path}: not a .npz array file ({exc})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise UsageError(f"training.{what} {path}: expected a .npz file with named arrays")
-    with data:
-        try:
-            return {name: np.asarray(data[name]) for name in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise UsageError(f"training.{what} {path}: unreadable array ({exc})") from None
-
-
-def load_training_spec(
-    *,
-    learning_rate: float,
-    data: Path,
-    optimizer: str = "sgd",
-    momentum: float | None = None,
-    betas: tuple[float, float] | None = None,
-    loss: str = "mse",
-    second_moment: Path | None = None,
-    noise: float | None = None,
-) -> TrainingSpec:
-    """A TrainingSpec from the config's values: ``data`` holds arrays x and y, ``second_moment``
-    one array per parameter name. Never unpickles."""
-    arrays = _npz(data, "data")
-    missing = [name for name in ("x", "y") if name not in arrays]
-    if missing:
-        raise UsageError(f"training.data {data}: missing array(s) {', '.join(missing)} (expected x and y)")
-    x, y = arrays["x"], arrays["y"]
-    if x.dtype.kind not in "fiu" or x.ndim == 0 or x.size == 0 or not np.all(np.isfinite(x)):
-        raise UsageError(f"training.data {data}: x must be a non-empty finite numeric array [N, ...]")
-    if y.dtype.kind not in "fiu" or y.ndim == 0 or y.shape[0] != x.shape[0] or not np.all(np.isfinite(y)):
-        raise UsageError(
-            f"training.data {data}: y must be a finite numeric array with one entry per sample of x "
-            f"(x has {x.shape[0]}, y has shape {list(y.shape)})"
-        )
-    moments = None
-    if second_moment is not None:
-        moments = _npz(second_moment, "second_moment")
-        for name, v in moments.items():
-            if v.dtype.kind not in "fiu" or not np.all(np.isfinite(v)) or np.any(v < 0):
-                raise UsageError(
-                    f"training.second_moment {second_moment}: {name!r} must be finite and >= 0"
-                )
-    return TrainingSpec(
-        learning_rate=float(learning_rate),
-        x=np.asarray(x, dtype=np.float64),
-        y=np.asarray(y),
-        optimizer=Optimizer(optimizer),
-        momentum=0.9 if momentum is None else float(momentum),
-        betas=(0.9, 0.999) if betas is None else (float(betas[0]), float(betas[1])),
-        loss=Loss(loss),
-        second_moment=moments,
-        noise=noise,
-    )
-
-
-def spec_fingerprint(spec: TrainingSpec | None) -> dict[str, Any] | None:
-    """Everything of a spec that can change the report, as canonical JSON data (a cache key part)."""
-    if spec is None:
-        return None
-    import hashlib
-
-    def digest(a: np.ndarray) -> list[Any]:
-        arr = np.ascontiguousarray(a)
-        return [list(arr.shape), str(arr.dtype), hashlib.sha256(arr.tobytes()).hexdigest()]
-
-    return {
-        "learning_rate": spec.learning_rate,
-        "optimizer": spec.optimizer.value,
-        "momentum": spec.momentum,
-        "betas": list(spec.betas),
-        "loss": spec.loss.value,
-        "x": digest(spec.x),
-        "y": digest(spec.y),
-        "second_moment": (
-            {k: digest(v) for k, v in sorted(spec.second_moment.items())}
-            if spec.second_moment is not None
-            else None
-        ),
-        "noise": spec.noise,
-    }
 
 
 # ---- the loss and its Hessian-vector products ---------------------------------------------------------

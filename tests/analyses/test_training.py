@@ -15,7 +15,6 @@ from stabaudit.analyses.training import (
     Loss,
     Optimizer,
     TrainingSpec,
-    load_training_spec,
     training_dynamics,
 )
 from stabaudit.errors import UsageError
@@ -204,22 +203,6 @@ def test_data_that_does_not_fit_the_model_is_a_usage_error():
             graph,
             TrainingSpec(learning_rate=0.1, x=rng.normal(size=(4, 3)), y=np.array([0, 1, 2, 1]), loss=Loss.CROSS_ENTROPY),
         )
-
-
-def test_load_training_spec_reads_npz_and_refuses_bad_files(tmp_path):
-    x, y = np.ones((3, 2)), np.zeros((3, 1))
-    np.savez(tmp_path / "d.npz", x=x, y=y)
-    np.savez(tmp_path / "no_y.npz", x=x)
-    np.save(tmp_path / "a.npy", x)
-    spec = load_training_spec(learning_rate=0.5, data=tmp_path / "d.npz", optimizer="momentum", momentum=0.5)
-    assert spec.optimizer is Optimizer.MOMENTUM and spec.momentum == 0.5 and spec.loss is Loss.MSE
-    np.testing.assert_array_equal(spec.x, x)
-    with pytest.raises(UsageError, match="missing array"):
-        load_training_spec(learning_rate=0.5, data=tmp_path / "no_y.npz")
-    with pytest.raises(UsageError, match="expected a .npz"):
-        load_training_spec(learning_rate=0.5, data=tmp_path / "a.npy")
-    with pytest.raises(UsageError, match="no such file"):
-        load_training_spec(learning_rate=0.5, data=tmp_path / "missing.npz")
 
 
 def test_executor_parameter_substitution_is_differentiable():
