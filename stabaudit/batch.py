@@ -36,20 +36,12 @@ def request_for(
 ) -> AuditRequest:
     """The engine request of one model from its effective settings (defaults merged with its
     entry and the command line). Unset settings keep the engine's defaults."""
-    from stabaudit.checks import canonical_threshold, unknown_check_ids
+    from stabaudit.checks import canonical_threshold
     from stabaudit.config.inputs import load_samples
-    from stabaudit.engine import AuditRequest
+    from stabaudit.engine import AuditRequest, policy_problem
     from stabaudit.report.gate import FailOn
     from stabaudit.report.model import Severity
 
-    for what, ids in (
-        ("checks.disable", settings.disable),
-        ("severity", set(settings.severity)),
-        ("waivers", {w.check for w in waivers}),
-    ):
-        problem = unknown_check_ids(ids)
-        if problem:
-            raise UsageError(f"{what}: {problem}")
     options: dict[str, Any] = {}
     if settings.seed is not None:
         options["seed"] = settings.seed
@@ -72,7 +64,7 @@ def request_for(
         from stabaudit.analyses.samples import file_sha256
 
         options["inputs_sha256"] = file_sha256(settings.inputs)
-    return AuditRequest(
+    request = AuditRequest(
         path=path,
         input_shape=tuple(settings.input_shape) if settings.input_shape else None,
         thresholds={canonical_threshold(k): float(v) for k, v in settings.thresholds.items()},
@@ -86,6 +78,10 @@ def request_for(
         waivers=waivers,
         **options,
     )
+    problem = policy_problem(request)  # refused before anything runs, with its config key
+    if problem:
+        raise UsageError(problem)
+    return request
 
 
 def display_path(path: Path) -> str:
@@ -240,22 +236,14 @@ class ProcessExecutor:
                             yield index, outcome
                             continue
                     if w.process.sentinel in ready or not w.process.is_alive():
-                        code = w.process.exitcode
-                        self._stop(w, kill=True)
-                        workers[i] = self._start()
-                        yield job.index, ModelError(
-                            path=path,
-                            error=f"the audit crashed (worker exit code {code})",
-                            exit_code=2,
-                        )
+                        error = f"the audit crashed (worker exit code {w.process.exitcode})"
                     elif time.monotonic() >= w.deadline:
-                        self._stop(w, kill=True)
-                        workers[i] = self._start()
-                        yield job.index, ModelError(
-                            path=path,
-                            error=f"timed out after {job.request.timeout_s:g} s (worker killed)",
-                            exit_code=2,
-                        )
+                        error = f"timed out after {job.request.timeout_s:g} s (worker killed)"
+                    else:
+                        continue
+                    self._stop(w, kill=True)  # its model is recorded; a fresh worker goes on
+                    workers[i] = self._start()
+                    yield job.index, ModelError(path=path, error=error, exit_code=2)
         finally:
             for w in workers:
                 self._stop(w, kill=w.job is not None)

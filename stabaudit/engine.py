@@ -354,7 +354,9 @@ def request_fingerprint(request: AuditRequest, today: str) -> dict[str, Any]:
     return data
 
 
-def _validate_policy(request: AuditRequest) -> None:
+def policy_problem(request: AuditRequest) -> str | None:
+    """The first check id named by the request's policy (disabled checks, waivers, severities)
+    that is no registered check, as "key: message", or None."""
     from stabaudit.checks import unknown_check_ids
 
     for what, ids in (
@@ -364,7 +366,8 @@ def _validate_policy(request: AuditRequest) -> None:
     ):
         problem = unknown_check_ids(ids)
         if problem:
-            raise UsageError(f"{request.path}: {what}: {problem}")
+            return f"{what}: {problem}"
+    return None
 
 
 def audit(
@@ -378,8 +381,11 @@ def audit(
     """
     from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
 
-    _validate_policy(request)
+    problem = policy_problem(request)
+    if problem:
+        raise UsageError(f"{request.path}: {problem}")
     key = None
+    sha: str | None = None  # the model file's sha256, read once (cache key and report)
     if cache is not None:
         from stabaudit.cache import cache_key
 
@@ -402,14 +408,17 @@ def audit(
     # one thread: the report must not depend on the machine's cores or on --jobs (limits.one_thread)
     with use_limits(max_memory=budget), one_thread():  # the ONNX loader reads the memory budget
         report = run_with_timeout(
-            lambda: _audit(request, observer, budget), request.timeout_s, path=str(request.path)
+            lambda: _audit(request, observer, budget, sha), request.timeout_s, path=str(request.path)
         )
     if cache is not None and key is not None:
         cache.put(key, report)
     return report
 
 
-def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int) -> Report:
+def _audit(
+    request: AuditRequest, observer: Observer | None, memory_budget: int, sha256: str | None
+) -> Report:
+    """The audit itself; ``sha256`` of the model file when the caller already read it (cache)."""
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.equivalence import check_equivalence
     from stabaudit.analyses.lower import lower_bound
@@ -643,7 +652,7 @@ def _audit(request: AuditRequest, observer: Observer | None, memory_budget: int)
         model=ModelInfo(
             path=str(request.path),
             format=loaded.format.value,
-            sha256=_sha256(request.path),
+            sha256=sha256 if sha256 is not None else _sha256(request.path),
             parameters=loaded.parameters,
             input_shape=tuple(graph.inputs[0].shape),
         ),
