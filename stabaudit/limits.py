@@ -454,3 +454,50 @@ def one_thread() -> Iterator[None]:
             if _THREAD_USERS == 0 and _SAVED_TORCH_THREADS is not None:
                 torch.set_num_threads(_SAVED_TORCH_THREADS)
                 _SAVED_TORCH_THREADS = None
+
+
+# ---- the worker threads of the batched numerical kernels --------------------------------------------
+THREADS_ENV = "STABAUDIT_THREADS"  # worker threads of ``thread_map`` (default: min(2, usable cores))
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, Any] = {}  # worker count -> its ThreadPoolExecutor (created on first use)
+
+
+def kernel_threads() -> int:
+    """Worker threads for ``thread_map``: $STABAUDIT_THREADS, else min(2, usable cores)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if raw:
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise UsageError(f"{THREADS_ENV}={raw!r} is not a whole number of threads") from None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def thread_map(fn: Callable[[T], Any], items: list[T]) -> list[Any]:
+    """[fn(item) for item in items], the items spread over ``kernel_threads()`` threads.
+
+    For independent pieces of one batched computation (torch and LAPACK release the GIL): each
+    piece must compute the same bits whichever thread runs it and whatever runs beside it, so the
+    results never depend on the number of threads. Every call runs in a copy of the caller's
+    context (its deadline included); the first exception is raised after all pieces finished.
+    """
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = kernel_threads()
+    if workers == 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with _POOL_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stabaudit-kernel")
+    futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]

@@ -459,3 +459,35 @@ def test_one_thread_pins_torch_and_restores_it():
     t.join(10)
     assert seen == [1, 1]
     assert torch.get_num_threads() == before
+
+
+# ---- kernel threads -----------------------------------------------------------------------------------
+def test_kernel_threads_default_and_override(monkeypatch):
+    monkeypatch.delenv(limits.THREADS_ENV, raising=False)
+    assert 1 <= limits.kernel_threads() <= 2
+    monkeypatch.setenv(limits.THREADS_ENV, "3")
+    assert limits.kernel_threads() == 3
+    monkeypatch.setenv(limits.THREADS_ENV, "0")
+    assert limits.kernel_threads() == 1
+    monkeypatch.setenv(limits.THREADS_ENV, "two")
+    with pytest.raises(UsageError, match="STABAUDIT_THREADS='two' is not a whole number"):
+        limits.kernel_threads()
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_thread_map_keeps_order_context_and_errors(monkeypatch, threads):
+    import contextvars
+
+    monkeypatch.setenv(limits.THREADS_ENV, threads)
+    assert limits.thread_map(lambda x: x * x, list(range(7))) == [0, 1, 4, 9, 16, 25, 36]
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("probe", default="unset")
+    var.set("caller")
+    assert limits.thread_map(lambda _: var.get(), [1, 2, 3]) == ["caller"] * 3
+
+    def boom(x: int) -> int:
+        if x == 2:
+            raise ValueError("piece 2 failed")
+        return x
+
+    with pytest.raises(ValueError, match="piece 2 failed"):
+        limits.thread_map(boom, [1, 2, 3])

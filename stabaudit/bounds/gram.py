@@ -193,13 +193,19 @@ def singular_vectors(a: torch.Tensor, top: torch.Tensor | None, wide: bool) -> t
 # - R^H R is positive semidefinite, so mu I - H_L + D + dM >= 0, i.e.
 #   lambda_max(Y Y^H) <= mu + ||D|| + ||dM|| + e_1                        (Weyl)
 #   and ||B||_2 = 2^s sqrt(lambda_max(Y Y^H)).
-# A failed factorization certifies nothing: mu is raised (a few rounds) and frequencies that still
-# fail go to the plain Gram iteration, which is certified by construction.
-_CHOLESKY_SHIFTS = (5e-5, 2e-4, 1e-3, 5e-3, 2.5e-2, 0.125)
-# Bisection steps between the last failed and the certified level, until within _BISECT_RTOL.
-_BISECTIONS = 20
-_BISECT_RTOL = 1e-5
-_POWER_STEPS = 24
+# The level mu: a Lanczos estimate of each lambda_max(H_f) (no guarantee needed); one factorization
+# of every frequency at the largest estimate, raised by LEVEL_RTOL, certifies all that lie below it
+# (the maximum is all that matters). A failure certifies nothing and only says the estimate was low:
+# those few frequencies get their eigenvalues computed (single-precision eigvalsh, an estimate) and a new level,
+# raised by the factors of _RETRY_SHIFTS in turn; frequencies that still fail go to the plain Gram
+# iteration, which is certified by construction.
+LEVEL_RTOL = 5e-5
+_RETRY_SHIFTS = (2e-5, 5e-4, 1e-2, 0.125)
+# Lanczos steps by side: enough that the largest estimate over the frequencies is within ~1e-5 of
+# the true maximum on dense random-like Gram matrices (the hardest case: clustered top eigenvalues)
+_LANCZOS_STEPS = ((320, 16), (1 << 62, 24))
+# up to this side the estimates come from eigvalsh outright (cheaper than the iteration's overhead)
+_EIGVALSH_SIDE = 160
 
 
 def gram_cholesky_max_norm(blocks: torch.Tensor) -> tuple[GramResult, int]:
@@ -244,32 +250,88 @@ class HermitianCertificate:
     pending: np.ndarray
 
 
-def certify_hermitian_max(h: torch.Tensor, err: np.ndarray, exp2: np.ndarray) -> HermitianCertificate:
-    """Certified bound on max_f lambda_max(H_f) by shifted Cholesky factorizations (comment above).
+def _lanczos_top(h: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimates (no guarantee) of lambda_max(h_f) and unit top eigenvectors, batched Lanczos.
 
-    ``h`` [F, p, p]: computed Hermitian matrices (only their lower triangles are read), scaled so
-    that ||h_f||_F <= ~1; ``err`` [F]: bounds on ||h_f - H_f / 2^exp2_f||_2 (the true matrices, in the
-    same scaled units); H_f = 2^exp2_f * (scaled true matrix). Frequencies whose factorization
-    fails at every shift are returned in ``pending`` (bounded by their Frobenius norm only).
+    Starts from each matrix's largest column; ``steps`` matrix-vector products per frequency, fully
+    re-orthogonalized against the (small) basis; the Ritz pair of the largest Ritz value (a
+    Rayleigh quotient: never above lambda_max in exact arithmetic). A breakdown (an invariant
+    subspace found) leaves zero vectors, whose entries of the projected matrix are zero: the Ritz
+    values stay those of the subspace found.
     """
     import torch
 
     nfreq, p = int(h.shape[0]), int(h.shape[1])
-    # estimate lambda_max(H) per frequency: power iteration from the largest column (no guarantee)
+    k = max(1, min(steps, p))
     colnorm = _colnorm(h)
     jmax = torch.argmax(colnorm, dim=1)
-    v = torch.gather(h, 2, jmax.view(-1, 1, 1).expand(-1, p, 1))
-    for step in range(_POWER_STEPS):
-        if step % 6 == 0:  # ||H||_2 <= ||H||_F <= ~1: six unnormalized steps cannot overflow
-            nv = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)
-            v = v / torch.where(nv > 0, nv, torch.ones_like(nv))
-        v = h @ v
-    nv = torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True)
-    v = v / torch.where(nv > 0, nv, torch.ones_like(nv))
-    lam = (v.mH @ h @ v).real.reshape(-1).cpu().numpy().astype(np.float64)
+    q = torch.gather(h, 2, jmax.view(-1, 1, 1).expand(-1, p, 1))
+    nq = torch.linalg.vector_norm(q, dim=(1, 2), keepdim=True)
+    q = torch.where(nq > 0, q / torch.where(nq > 0, nq, torch.ones_like(nq)), torch.ones_like(q) / math.sqrt(p))
+    rows = torch.zeros((nfreq, k, p), dtype=h.dtype, device=h.device)  # the basis, one row per vector
+    proj = torch.zeros((nfreq, k, k), dtype=h.dtype, device=h.device)  # Q^H H Q, built column by column
+    for j in range(k):
+        rows[:, j, :] = q[:, :, 0]
+        w = h @ q
+        qs = rows[:, : j + 1, :]
+        coef = qs.conj() @ w  # [F, j + 1, 1]
+        proj[:, : j + 1, j : j + 1] = coef
+        if j + 1 == k:
+            break
+        w = w - qs.transpose(1, 2) @ coef
+        w = w - qs.transpose(1, 2) @ (qs.conj() @ w)  # twice is enough (Kahan / Parlett)
+        b = torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True)
+        good = b > 1e-150
+        q = torch.where(good, w / torch.where(good, b, torch.ones_like(b)), torch.zeros_like(w))
+    t = proj.triu()
+    t = t + t.triu(1).mH  # Hermitian from its upper triangle (the computed columns)
+    vals, vecs = torch.linalg.eigh(t)
+    vec = (rows.transpose(1, 2) @ vecs[:, :, -1:])[:, :, 0]
+    return vals[:, -1], vec
+
+
+def estimate_top(h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(lambda_max estimates [F], unit top eigenvector estimates [F, p] or zeros); no guarantee attached.
+
+    Small sides: eigvalsh outright, in single precision (twice as fast; an estimate only needs ~1e-6
+    relative accuracy, float32's rounding is ~1e-7 of ||h||); larger sides: Lanczos.
+    """
+    import torch
+
+    p = int(h.shape[1])
+    if p <= _EIGVALSH_SIDE:
+        vals = torch.linalg.eigvalsh(h.to(torch.complex64 if h.is_complex() else torch.float32))[:, -1]
+        return vals.cpu().numpy().astype(np.float64), torch.zeros((int(h.shape[0]), p), dtype=h.dtype, device=h.device)
+    steps = next(k for side, k in _LANCZOS_STEPS if p <= side)
+    lam, vec = _lanczos_top(h, steps)  # double precision: faster matrix-vector products in torch
+    return lam.cpu().numpy().astype(np.float64), vec
+
+
+def certify_hermitian_max(
+    h: torch.Tensor,
+    err: np.ndarray,
+    exp2: np.ndarray,
+    *,
+    level: float = 0.0,
+    estimate: tuple[np.ndarray, torch.Tensor] | None = None,
+) -> HermitianCertificate:
+    """Certified bound on max_f lambda_max(H_f) by shifted Cholesky factorizations (comment above).
+
+    ``h`` [F, p, p]: computed Hermitian matrices (only their lower triangles are read; consumed:
+    negated in place), scaled so that ||h_f||_F <= ~1; ``err`` [F]: bounds on ||h_f - H_f / 2^exp2_f||_2
+    (the true matrices, in the same scaled units); H_f = 2^exp2_f * (scaled true matrix). ``level``: the common level to try
+    (true units), when the caller knows a larger maximum than these matrices' own (other chunks of
+    frequencies: certifying below it buys no tightness); ``estimate``: ``estimate_top(h)`` when the
+    caller has it. Frequencies whose factorization fails at every level are returned in ``pending``
+    (bounded by their Frobenius norm only).
+    """
+    import torch
+
+    nfreq, p = int(h.shape[0]), int(h.shape[1])
+    lam, vectors = estimate_top(h) if estimate is None else estimate
     lam_true = np.ldexp(np.maximum(lam, 0.0), exp2)
     lead = float(np.max(lam_true))
-    worst = int(np.argmax(lam_true))
+    worst = first_worst = int(np.argmax(lam_true))
     s = exp2
 
     # certified bounds on lambda_max(H_f), to start with lambda_max <= ||H||_F <= ||h||_F + err
@@ -280,15 +342,23 @@ def certify_hermitian_max(h: torch.Tensor, err: np.ndarray, exp2: np.ndarray) ->
     diag = torch.diagonal(h, dim1=1, dim2=2).real.cpu().numpy().astype(np.float64)
     g = 4.0 * (p + 3) * EPS
 
+    neg = h.neg_()  # -H, in place (the caller's h is consumed)
+    neg_diag = neg.diagonal(dim1=1, dim2=2).clone()
+
     def certify(freqs: np.ndarray, level: np.ndarray | float) -> np.ndarray:
         """Try lambda_max(H_f) <= ~level_f for each f in freqs; record the bounds; return successes."""
         mu = np.ldexp(np.broadcast_to(np.asarray(level, dtype=np.float64), freqs.shape), -s[freqs])  # scaled units
         if freqs.size == 0 or not np.all(np.isfinite(mu)):
             return np.zeros(freqs.size, dtype=bool)
-        idx = torch.from_numpy(freqs).to(h.device)
-        mat = h.index_select(0, idx).neg_()
-        mat.diagonal(dim1=1, dim2=2).add_(torch.from_numpy(mu).to(device=h.device).view(-1, 1))  # mu I - H
-        _, info = torch.linalg.cholesky_ex(mat, check_errors=False)
+        shift = torch.from_numpy(mu).to(device=h.device).view(-1, 1)
+        if freqs.size == nfreq:  # in place: mu I + (-H), then the diagonal restored (no copy of H)
+            neg.diagonal(dim1=1, dim2=2).add_(shift)
+            _, info = torch.linalg.cholesky_ex(neg, check_errors=False)
+            neg.diagonal(dim1=1, dim2=2).copy_(neg_diag)
+        else:
+            mat = neg.index_select(0, torch.from_numpy(freqs).to(h.device))
+            mat.diagonal(dim1=1, dim2=2).add_(shift)  # mu I - H
+            _, info = torch.linalg.cholesky_ex(mat, check_errors=False)
         ok = (info == 0).cpu().numpy()
         if np.any(ok):
             f = freqs[ok]
@@ -299,35 +369,26 @@ def certify_hermitian_max(h: torch.Tensor, err: np.ndarray, exp2: np.ndarray) ->
             bound2[f] = np.minimum(bound2[f], lam_bound)
         return ok
 
-    # frequencies well below the maximum are certified at 1.05 x their own estimate (so that only
-    # those near the maximum take part in the bisection below), the others at the maximum's
-    # estimate; the levels rise for those that fail
+    # one factorization per frequency at the common level; the few that fail get exact estimates
+    level = max(lead * (1.0 + LEVEL_RTOL), level)
     pending = np.arange(nfreq)
-    failed_level = lead
-    for shift in _CHOLESKY_SHIFTS:
-        if pending.size == 0:
-            break
-        levels = np.minimum(lam_true[pending] * 1.05, lead) * (1.0 + shift)
-        if shift == _CHOLESKY_SHIFTS[-1]:
-            levels = np.maximum(levels, lead * (1.0 + shift))
-        ok = certify(pending, levels)
-        if not np.all(ok):
-            failed_level = max(failed_level, float(np.max(levels[~ok])))
-        pending = pending[~ok]
-    if pending.size == 0:
-        # bisection between the last level that failed and the certified maximum, on the
-        # frequencies that hold it (a failure certifies nothing: it only guides the search)
-        lo, hi = failed_level, float(np.max(bound2))
-        for _ in range(_BISECTIONS):
-            if hi <= lo * (1.0 + _BISECT_RTOL):
+    pending = pending[~certify(pending, level)]
+    if pending.size:
+        sub = neg.index_select(0, torch.from_numpy(pending).to(h.device))  # -H: its lowest eigenvalue
+        exact = -torch.linalg.eigvalsh(sub.to(torch.complex64 if sub.is_complex() else torch.float32))[:, 0]
+        lam_pending = np.ldexp(np.maximum(exact.cpu().numpy().astype(np.float64), 0.0), s[pending])
+        if float(np.max(lam_pending)) > lead:
+            lead = float(np.max(lam_pending))
+            worst = int(pending[int(np.argmax(lam_pending))])
+        for shift in _RETRY_SHIFTS:
+            if pending.size == 0:
                 break
-            mid = 0.5 * (lo + hi)
-            near = np.flatnonzero(bound2 > mid)
-            if np.all(certify(near, mid)):
-                hi = float(np.max(bound2))
-            else:
-                lo = mid
+            levels = np.maximum(lam_pending * (1.0 + shift), level)
+            ok = certify(pending, levels)
+            pending, lam_pending = pending[~ok], lam_pending[~ok]
+    vector = vectors[worst]
+    if worst != first_worst or not bool(torch.any(vector != 0)):  # no estimate of it: the lowest of -H
+        vector = torch.linalg.eigh(neg[worst])[1][:, 0]
     return HermitianCertificate(
-        bound=float(np.max(bound2)), bounds=bound2, lead=lead, worst=worst,
-        vector=v[worst, :, 0], pending=pending,
+        bound=float(np.max(bound2)), bounds=bound2, lead=lead, worst=worst, vector=vector, pending=pending,
     )

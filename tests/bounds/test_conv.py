@@ -239,7 +239,8 @@ def test_conv_rules_under_extreme_weights(spatial: int) -> None:
         # 1e30-magnitude weights: rescaled, a finite certified bound, 1e30 times the unit one
         big = run(w * 1e30, transpose)
         assert big.upper.guarantee is Guarantee.UPPER and math.isfinite(big.upper.value)
-        assert abs(big.upper.value / 1e30 - unit.upper.value) <= 1e-9 * unit.upper.value
+        # equal up to the single-precision eigenvalue estimate that sets the certified level
+        assert abs(big.upper.value / 1e30 - unit.upper.value) <= 1e-6 * unit.upper.value
         assert big.lower is not None and 0.0 < big.lower.value <= big.upper.value
         # a norm beyond float64: inf with a note, never a wrong finite number, never a crash
         over = run(w / np.abs(w).max() * 1.7e308, transpose)
