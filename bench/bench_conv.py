@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 
 from stabaudit.bounds.conv import WARM_ITERATIONS
 from stabaudit.bounds.numerics import conv_norm_certified, conv_power
+from stabaudit.limits import THREADS_ENV, kernel_threads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,18 +71,26 @@ def main() -> None:
     layers = resnet18_convs()
     weights = [kaiming_weight(layer, rng) for layer in layers]
     params = sum(w.size for w in weights)
+    # warm-up on a small conv: torch's lazy imports and first-call set-up are not bounding work
+    small = ConvLayer(name="warm-up", c_in=4, c_out=4, size=8, stride=1, kernel=3)
+    w_small = kaiming_weight(small, np.random.default_rng(1))
+    warm = conv_norm_certified(w_small, *conv_args(small), dense_budget=0.0, device=args.device)
+    conv_power(w_small, *conv_args(small), iterations=2, device=args.device, start=warm.start_in)
     print(f"CIFAR ResNet-18 convolutions: {len(layers)} layers, {params:,} conv parameters, seed {args.seed}, "
-          f"device {args.device}, torch threads {torch.get_num_threads()}, {platform.machine()}\n")
+          f"device {args.device}, torch threads {torch.get_num_threads()}, kernel threads {kernel_threads()} "
+          f"(${THREADS_ENV}), {platform.machine()}\n")
     print("| layer | C_in -> C_out | input | k / s | method | upper | lower (power) | upper / lower | upper s | lower s | upper cpu s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     total_up = total_low = cpu_up = 0.0
     worst_ratio = 1.0
+    uppers: list[float] = []
     for layer, w in zip(layers, weights, strict=True):
         strides, pads, dil, groups, spatial = conv_args(layer)
         t0, c0 = time.perf_counter(), time.process_time()
         cert = conv_norm_certified(w, strides, pads, dil, groups, spatial, device=args.device)
         t1, c1 = time.perf_counter(), time.process_time()
         cpu_up += c1 - c0
+        uppers.append(cert.upper)
         iters = 50 if cert.start_in is None else WARM_ITERATIONS
         low = cert.lower if cert.lower is not None else conv_power(
             w, strides, pads, dil, groups, spatial, iterations=iters, device=args.device, start=cert.start_in
@@ -96,6 +106,21 @@ def main() -> None:
           f"({WARM_ITERATIONS} steps) {total_low:.2f} s, together {total_up + total_low:.2f} s; "
           f"worst upper / lower {worst_ratio:.4f}; CPU time of the upper bounds {cpu_up:.2f} s (all threads: "
           f"on a shared machine, CPU time / threads is the wall time it would take uncontended)")
+    threads = kernel_threads()
+    if threads > 1:  # the same certificates on one kernel thread: identical bounds, the time it takes
+        saved = os.environ.get(THREADS_ENV)
+        os.environ[THREADS_ENV] = "1"
+        t0 = time.perf_counter()
+        same = all(
+            conv_norm_certified(w, *conv_args(layer), device=args.device).upper == up
+            for layer, w, up in zip(layers, weights, uppers, strict=True)
+        )
+        print(f"\n**One kernel thread**: certified upper bounds {time.perf_counter() - t0:.2f} s; "
+              f"bounds bit-identical to the {threads}-thread run: {'yes' if same else 'NO'}")
+        if saved is None:
+            del os.environ[THREADS_ENV]
+        else:
+            os.environ[THREADS_ENV] = saved
     if not args.skip_baseline:
         t0, c0 = time.perf_counter(), time.process_time()
         for layer, w in zip(layers, weights, strict=True):

@@ -34,7 +34,8 @@ def _fmt(v: float | None) -> str:
 
 def main() -> None:
     from stabaudit.analyses.composition import compose, rule_bounds
-    from stabaudit.analyses.feedforward import global_bounds
+    from stabaudit.analyses.feedforward import explain_chain, global_bounds
+    from stabaudit.analyses.floor import slope_relaxation_floor
     from stabaudit.analyses.lower import lower_bound
     from stabaudit.ir.passes import fold_affine
     from stabaudit.loaders import load_model
@@ -48,6 +49,7 @@ def main() -> None:
     print(f"Machine: {platform.machine()}, {platform.system()}; one BLAS thread; budgets per model: "
           f"{args.budget if args.budget else 'ACAS Xu 20 s, MNIST 60 s'}.\n")
     print("| model | method | upper | lower | upper/lower | seconds |")
+    floors = []
     print("|---|---|---:|---:|---:|---:|")
     for rel in args.models:
         path = EXTERNAL / rel
@@ -69,6 +71,21 @@ def main() -> None:
         for method, upper, seconds in rows:
             ratio = None if upper is None or lower <= 0.0 else upper / lower
             print(f"| {name} | {method} | {_fmt(upper)} | {_fmt(lower)} | {_fmt(ratio)} | {seconds:.2f} |", flush=True)
+        chain = explain_chain(graph)
+        if not isinstance(chain, str):
+            best = min((u for _, u, _ in rows if u is not None), default=None)
+            floors.append((name, product, best, slope_relaxation_floor(chain)))
+    if floors:
+        print("\n**Slope-relaxation floor** (`stabaudit.analyses.floor`): a certified value F below which no method that "
+              "sees each activation only through its slope interval (the product, ECLipsE, LipSDP-Neuron, any SDP over "
+              "per-neuron slope constraints) can certify, because some activation pattern, reached by an input or not, "
+              "has a Jacobian of norm F. Between F and the network's sound lower bound lies what only the realizability "
+              "of patterns can decide.\n")
+        print("| model | product | best certified | floor F | product / best | product / F (the best ratio any slope relaxation can reach) | floor s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, product, best, fl in floors:
+            ratio = "-" if best is None else f"{product / best:.2f}x"
+            print(f"| {name} | {product:.4g} | {_fmt(best)} | {fl.value:.4g} | {ratio} | {product / fl.value:.2f}x | {fl.seconds:.1f} |")
 
 
 if __name__ == "__main__":

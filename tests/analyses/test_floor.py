@@ -1,0 +1,100 @@
+"""Tests of stabaudit.analyses.floor: the slope-relaxation floor lies between the exact constant and
+every slope-relaxation upper bound, and equals the vertex maximum found by brute force."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from stabaudit.analyses.certify import ChainLMI
+from stabaudit.analyses.exact import exact_lipschitz
+from stabaudit.analyses.feedforward import Chain
+from stabaudit.analyses.floor import slope_relaxation_floor
+from stabaudit.analyses.layerwise import eclipse_fast
+from stabaudit.analyses.sdp import lipsdp, pow2_scaled
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+
+def _chain(weights: list[np.ndarray], slopes: tuple[float, float] = (0.0, 1.0)) -> Chain:
+    return Chain(
+        weights=tuple(weights), slopes=(slopes,) * (len(weights) - 1), errors=(None,) * len(weights),
+        rows=1, nodes=tuple(f"fc{i}" for i in range(len(weights))),
+    )
+
+
+def _brute_force(weights: list[np.ndarray], slopes: tuple[float, float]) -> float:
+    """max over every vertex pattern of ||W_l D_l ... W_0||_2 (small widths only)."""
+    widths = [w.shape[0] for w in weights[:-1]]
+    best = 0.0
+    for bits in itertools.product(slopes, repeat=sum(widths)):
+        diags, at = [], 0
+        for n in widths:
+            diags.append(np.array(bits[at : at + n]))
+            at += n
+        m = weights[0]
+        for d, w in zip(diags, weights[1:], strict=True):
+            m = w @ (d[:, None] * m)
+        best = max(best, float(np.linalg.norm(m, 2)))
+    return best
+
+
+@pytest.mark.parametrize(("seed", "slopes"), [(0, (0.0, 1.0)), (1, (0.0, 1.0)), (2, (0.1, 1.0))])
+def test_floor_is_the_vertex_maximum_and_below_lipsdp(seed: int, slopes: tuple[float, float]) -> None:
+    rng = np.random.default_rng(seed)
+    widths = (3, 4, 4, 2)
+    weights = [rng.standard_normal((b, a)) for a, b in itertools.pairwise(widths)]
+    chain = _chain(weights, slopes)
+    floor = slope_relaxation_floor(chain, seed=seed)
+    brute = _brute_force(weights, slopes)
+    # the ascent finds the vertex maximum on these small chains; its certified value sits just below
+    assert floor.estimate == pytest.approx(brute, rel=1e-12)
+    assert brute * (1 - 1e-12) <= floor.value <= brute
+    # and no slope-relaxation certificate can go below it
+    scaled, factor = pow2_scaled(ChainLMI(weights=chain.weights, slopes=chain.slopes, errors=chain.errors))
+    start = eclipse_fast(scaled)
+    assert start is not None
+    rho, _, _ = lipsdp(scaled, start.rho, list(start.ts), budget_s=10.0)
+    assert floor.value <= math.sqrt(rho) * factor * (1 + 1e-9)
+    assert floor.value <= math.prod(float(np.linalg.norm(w, 2)) for w in weights) * (1 + 1e-12)
+
+
+def test_floor_is_above_the_exact_constant_and_meets_it_when_every_pattern_is_reached() -> None:
+    # x -> W1 relu(W0 x + b0) with 2 inputs and 5 hidden units: only some patterns are reached
+    # (the exact constant is below the floor); with 2 hidden units (W0 invertible) every pattern
+    # is reached and the floor is the exact constant
+    rng = np.random.default_rng(4)
+    for hidden, equal in ((5, False), (2, True)):
+        w0, b0 = rng.standard_normal((hidden, 2)), rng.standard_normal(hidden)
+        w1 = rng.standard_normal((3, hidden))
+        graph = with_shapes(Graph(
+            inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=("y",),
+            nodes=(Node(name="fc0", op=O.Linear(weight=w0, bias=b0), inputs=("x",), output="h"),
+                   Node(name="act", op=O.Relu(), inputs=("h",), output="a"),
+                   Node(name="fc1", op=O.Linear(weight=w1, bias=np.zeros(3)), inputs=("a",), output="y")),
+        ))
+        exact = exact_lipschitz(graph, budget_s=30.0)
+        assert exact.exact
+        floor = slope_relaxation_floor(_chain([w0, w1]))
+        assert floor.value >= exact.lower * (1 - 1e-9)
+        if equal:
+            assert floor.value == pytest.approx(exact.upper, rel=1e-9)
+        else:
+            assert floor.estimate > exact.upper * 1.01  # a pattern no input reaches
+
+
+def test_floor_is_deterministic_and_certifies_its_rounding() -> None:
+    rng = np.random.default_rng(7)
+    weights = [rng.standard_normal((30, 20)) * 1e3, rng.standard_normal((30, 30)), rng.standard_normal((5, 30)) * 1e-3]
+    a = slope_relaxation_floor(_chain(weights), seed=3)
+    b = slope_relaxation_floor(_chain(weights), seed=3)
+    assert a.value == b.value and all(np.array_equal(x, y) for x, y in zip(a.patterns, b.patterns, strict=True))
+    assert 0.0 < a.value < a.estimate <= a.value * (1 + 1e-10)
+    m = weights[0]
+    for d, w in zip(a.patterns, weights[1:], strict=True):
+        m = w @ (d[:, None] * m)
+    assert np.linalg.norm(m, 2) == pytest.approx(a.estimate, rel=1e-12)
