@@ -430,7 +430,8 @@ def one_thread() -> Iterator[None]:
     sum depends on the number of threads, and the seeded searches amplify last-bit differences,
     so a report would depend on the machine's cores and on `--jobs`; on one thread it does not
     (and the small batched operations of an audit gain little from threads: parallelism comes
-    from `--jobs`). torch's setting is process-wide: concurrent audits in threads share it, the
+    from `--jobs`; the one exception, ``thread_map``, splits work into pieces that compute the
+    same bits on any thread). torch's setting is process-wide: concurrent audits in threads share it, the
     first sets it and the last restores it; the BLAS/OpenMP limits are taken per thread."""
     global _THREAD_USERS, _SAVED_TORCH_THREADS
     import torch
@@ -460,6 +461,7 @@ def one_thread() -> Iterator[None]:
 THREADS_ENV = "STABAUDIT_THREADS"  # worker threads of ``thread_map`` (default: min(2, usable cores))
 _POOL_LOCK = threading.Lock()
 _POOLS: dict[int, Any] = {}  # worker count -> its ThreadPoolExecutor (created on first use)
+_POOL_PREFIX = "stabaudit-kernel"
 
 
 def kernel_threads() -> int:
@@ -489,12 +491,13 @@ def thread_map(fn: Callable[[T], Any], items: list[T]) -> list[Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     workers = kernel_threads()
-    if workers == 1 or len(items) <= 1:
+    nested = threading.current_thread().name.startswith(_POOL_PREFIX)  # waiting on its own pool could deadlock
+    if workers == 1 or len(items) <= 1 or nested:
         return [fn(item) for item in items]
     with _POOL_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stabaudit-kernel")
+            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=_POOL_PREFIX)
     futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
     errors = [f.exception() for f in futures]
     for error in errors:

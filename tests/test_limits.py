@@ -491,3 +491,13 @@ def test_thread_map_keeps_order_context_and_errors(monkeypatch, threads):
 
     with pytest.raises(ValueError, match="piece 2 failed"):
         limits.thread_map(boom, [1, 2, 3])
+
+
+def test_thread_map_inside_a_piece_runs_serially(monkeypatch):
+    # a piece that maps again must not wait on its own pool (two workers, both waiting: deadlock)
+    monkeypatch.setenv(limits.THREADS_ENV, "2")
+    inner = lambda x: limits.thread_map(lambda y: (x, y, threading.current_thread().name), [0, 1])  # noqa: E731
+    results = limits.thread_map(inner, [0, 1, 2, 3])
+    for x, pieces in enumerate(results):
+        assert [p[:2] for p in pieces] == [(x, 0), (x, 1)]
+        assert len({p[2] for p in pieces}) == 1  # both inner pieces on the outer piece's thread

@@ -3,7 +3,7 @@
 Any pair of inputs x != y gives Lip(f) >= ||f(y) - f(x)|| / ||y - x||, so the largest quotient
 that survives an explicit float64 rounding analysis is a sound lower bound (Guarantee.LOWER),
 with the pair as its witness. The search only proposes candidates; soundness rests entirely
-on ``_confirm``:
+on ``confirm_quotient``:
 
 1. Points with a large Jacobian norm: a screened pool of seeded normal samples at scales
    1, 3 and 10 (times ``domain_scale``); at each point the top singular pair (sigma, v) of the
@@ -19,7 +19,7 @@ on ``_confirm``:
      proposal follows the gradient of ||J(x) v|| when the network is smooth.
 3. Confirmation: for the best 8 distinct points, y = x +- h v with h in {1e-2, ..., 1e-8} times
    (||x|| + domain_scale), and the best pairs of the pair ascent, evaluated in float64 with a
-   componentwise forward error bound (``_ErrorModel``); the reported value is the largest
+   componentwise forward error bound (``ForwardErrorModel``); the reported value is the largest
    confirmed quotient, its witness the pair actually evaluated. A relative margin such as
    q (1 - 1e-9) would not be sound: for small ||y - x|| the rounding error of f_hat(y) - f_hat(x)
    is absolute (it scales with the magnitudes inside the network, not with ||y - x||).
@@ -144,7 +144,7 @@ def _gamma(k: int) -> float:
 
 
 # ---- float64 forward error bound ------------------------------------------------------------------
-class _ErrorModel:
+class ForwardErrorModel:
     """Componentwise bound |f_hat(x) - f(x)| of the float64 evaluation of the graph.
 
     Propagated node by node (e = bound on |computed - exact| of a value, x_hat the computed
@@ -405,11 +405,11 @@ class _ErrorModel:
         return _up(_norm(a) * (1.0 + 1e-6) + _TINY * a.size)
 
 
-def _confirm(model: _ErrorModel, x: torch.Tensor, y: torch.Tensor) -> float:
+def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor) -> float:
     """A sound lower bound of ||f(y) - f(x)|| / ||y - x|| (0 when nothing can be certified).
 
     ||f(y) - f(x)|| >= ||f_hat(y) - f_hat(x)|| - E(x) - E(y) (triangle inequality, E the forward
-    error bounds of ``_ErrorModel``). The float64 difference of two outputs carries a relative
+    error bounds of ``ForwardErrorModel``). The float64 difference of two outputs carries a relative
     error u per entry and ``_norm`` at most 3u, so the computed norm times (1 - 16u) is below
     the exact one; the computed ||y - x|| times (1 + 16u) plus 1e-300 per entry (underflowed
     squares) is above the exact one. Every following operation is rounded outward.
@@ -514,7 +514,7 @@ class _Search:
                 # top eigenvector of the smaller Gram matrix (much faster than an SVD of J);
                 # sigma = ||J v|| recomputed from the unit vector v. A Jacobian that overflowed
                 # (inf/NaN entries) only proposes candidates: zero them so that eigh cannot fail;
-                # every reported value is confirmed by _confirm, which rejects non-finite outputs
+                # every reported value is confirmed by confirm_quotient, which rejects non-finite outputs
                 J = torch.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
                 if J.shape[1] <= J.shape[2]:
                     _, vecs = torch.linalg.eigh(J @ J.transpose(1, 2))
@@ -810,7 +810,7 @@ def _confirmation_pairs(
 
     The power iteration runs a fixed number of sweeps (never until convergence); when its last
     sweep still moved sigma by more than POWER_RTOL, ``notes`` says so (the pairs are then only
-    less tight: soundness rests on ``_confirm``).
+    less tight: soundness rests on ``confirm_quotient``).
     """
     import torch
 
@@ -852,7 +852,7 @@ def _confirmation_pairs(
     return tries
 
 
-def _sensitivities(
+def error_sensitivities(
     graph: Graph, op_bounds: Mapping[str, OpBound] | None
 ) -> dict[str, float] | None:
     """S_v for the telescoped error bound, or None without operator bounds."""
@@ -901,7 +901,7 @@ def lower_bound(
     ``budget_s`` stops the search early (the method string then says so).
 
     ``op_bounds`` (keyed by node output, e.g. those given to ``composition.compose``) tighten the
-    float64 error bound of deep networks (see ``_ErrorModel``); bounds missing for nodes of this
+    float64 error bound of deep networks (see ``ForwardErrorModel``); bounds missing for nodes of this
     graph are computed with the registered rules.
     """
     import torch
@@ -929,7 +929,7 @@ def lower_bound(
     # model assumes (the method string then says the clock cut the search).
     limit = max(HARD_LIMIT_FACTOR * budget_s, budget_s + HARD_LIMIT_SLACK_S)
     search = _Search(graph, shapes, seed, start_time + limit)
-    model = _ErrorModel(graph, shapes, _sensitivities(graph, op_bounds))
+    model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
     starts = max(1, int(starts))
     steps = max(0, int(steps))
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
@@ -971,7 +971,7 @@ def lower_bound(
         x, y = x.detach().clone(), y.detach().clone()
         if torch.equal(x, y):
             continue
-        q = _confirm(model, x, y)
+        q = confirm_quotient(model, x, y)
         search.evaluations += 2
         if q > best_value:
             best_value = q

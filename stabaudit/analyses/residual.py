@@ -254,14 +254,14 @@ def _at_points(
     quotients along the top right singular vectors (analyses.lower's float64 error bound)."""
     import torch
 
-    from stabaudit.analyses.lower import _confirm, _ErrorModel, _sensitivities
+    from stabaudit.analyses.lower import ForwardErrorModel, confirm_quotient, error_sensitivities
 
     branch = _subgraph(graph, m.x, m.branch_output, m.branch)
     block = _block_graph(graph, m)
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     fb, fB = _flat(branch), _flat(block)
-    model_b = _ErrorModel(branch, shapes, _sensitivities(branch, op_bounds))
-    model_B = _ErrorModel(block, shapes, _sensitivities(block, op_bounds))
+    model_b = ForwardErrorModel(branch, shapes, error_sensitivities(branch, op_bounds))
+    model_B = ForwardErrorModel(block, shapes, error_sensitivities(block, op_bounds))
     n = int(np.prod(graph.shapes[m.x]))
     out_n = int(np.prod(graph.shapes[m.branch_output]))
     square = m.shortcut is Shortcut.IDENTITY and out_n == n
@@ -301,7 +301,7 @@ def _at_points(
         for t in _STEPS_T:
             for direction, model, which in ((v, model_b, "f"), (vB, model_B, "block")):
                 d = torch.from_numpy(np.asarray(direction, dtype=np.float64) * (t * scale))
-                q = _confirm(model, x0, x0 + d)
+                q = confirm_quotient(model, x0, x0 + d)
                 if which == "f":
                     best_q = max(best_q, q)
                 else:

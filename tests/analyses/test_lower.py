@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from stabaudit.analyses.composition import rule_bounds
-from stabaudit.analyses.lower import LowerResult, _ErrorModel, _sensitivities, lower_bound
+from stabaudit.analyses.lower import (
+    ForwardErrorModel,
+    LowerResult,
+    error_sensitivities,
+    lower_bound,
+)
 from stabaudit.bounds.base import Guarantee
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor, with_shapes
@@ -263,8 +268,8 @@ def test_error_model_bounds_the_float64_evaluation_error() -> None:
             Node(name="add", op=O.Add(), inputs=("y1", "y2"), output="y"),
         ],
     )
-    propagated = _ErrorModel(g, dict(g.shapes))
-    telescoped = _ErrorModel(g, dict(g.shapes), _sensitivities(g, rule_bounds(g)))
+    propagated = ForwardErrorModel(g, dict(g.shapes))
+    telescoped = ForwardErrorModel(g, dict(g.shapes), error_sensitivities(g, rule_bounds(g)))
     worst = 0.0
     for trial in range(20):
         x = rng.normal(size=4) * (10.0 ** (trial % 4))
@@ -338,8 +343,8 @@ def test_error_model_bounds_conv_tanh_pool_softmax() -> None:
     )
     bias_c = np.repeat(bias, 16)
     mp = mpmath.mpf
-    propagated = _ErrorModel(g, dict(g.shapes))
-    telescoped = _ErrorModel(g, dict(g.shapes), _sensitivities(g, rule_bounds(g)))
+    propagated = ForwardErrorModel(g, dict(g.shapes))
+    telescoped = ForwardErrorModel(g, dict(g.shapes), error_sensitivities(g, rule_bounds(g)))
     for trial in range(6):
         model = propagated if trial % 2 else telescoped
         x = rng.normal(size=32) * (0.3 * (trial + 1))
