@@ -356,14 +356,18 @@ def _conv_norm_scaled(
     if cost > budget:
         return _conv_fallback(g, note=f"circulant bound skipped: ~{cost:.1e} flops over budget {budget:.1e}")
     direct = _circulant_direct(g, plan, device=device) if certificate == "cholesky" else None
+    notes: tuple[str, ...] = ()
     if direct is None:
         upper, res = _circulant_gram(g, plan, device=device, rtol=gram_rtol, certificate=certificate)
+        fgrid, method = _freq_grid(plan, (0,) * g.ndim), "circulant-cholesky" if certificate == "cholesky" else "circulant-gram"
     else:
-        upper, res = direct
-    group, freq = divmod(res.worst, plan.nfreq)
-    start_in, start_out = _start_vectors(g, plan, group, dataclasses.replace(res, worst=freq))
-    method = "circulant-cholesky" if certificate == "cholesky" else "circulant-gram"
-    return CertifiedNorm(upper=upper, method=method, start_in=start_in, start_out=start_out)
+        upper, res, fgrid, skewed = direct
+        method = "skew-circulant-cholesky" if skewed == g.groups else "circulant-cholesky"
+        if 0 < skewed < g.groups:
+            notes = (f"skew-circulant embedding on {skewed} of {g.groups} groups",)
+    group, freq = divmod(res.worst, fgrid.nfreq)
+    start_in, start_out = _start_vectors(g, plan, group, dataclasses.replace(res, worst=freq), fgrid)
+    return CertifiedNorm(upper=upper, method=method, notes=notes, start_in=start_in, start_out=start_out)
 
 
 def _periods(g: _ConvGeometry) -> tuple[int, ...]:
@@ -471,7 +475,8 @@ def conv_norm_upper(
 #    err_f = 2 (q+2) EPS ||A^_f||_F^2 (1 + (p q + 2) EPS),
 #    ||A_f|| <= sqrt((lam^_f + (1 + delta) err_f)(1 + 2 delta)) + e_dft.
 def _tap_table(g: _ConvGeometry, periods: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Per flattened tap k: its flattened phase r_k, and its circular position tau_k per axis."""
+    """Per flattened tap k: its flattened phase r_k, and its circular position tau_k per axis
+    (``_tap_offsets`` gives the unwrapped positions q_k, tau_k = q_k mod M)."""
     grid = [p // s for p, s in zip(periods, g.strides, strict=True)]
     taps = np.array(list(np.ndindex(*g.kernel)), dtype=np.int64).reshape(-1, g.ndim)
     offsets = taps * np.array(g.dilations) - np.array(g.pads_begin)  # d*k - p per axis
@@ -483,6 +488,51 @@ def _tap_table(g: _ConvGeometry, periods: Sequence[int]) -> tuple[np.ndarray, np
     return np.asarray(phase, dtype=np.int64), tau, grid
 
 
+def _tap_offsets(g: _ConvGeometry) -> np.ndarray:
+    """[K, ndim] unwrapped polyphase position q_k = floor((d k - p_begin) / s) of each tap."""
+    taps = np.array(list(np.ndindex(*g.kernel)), dtype=np.int64).reshape(-1, g.ndim)
+    offsets = taps * np.array(g.dilations) - np.array(g.pads_begin)
+    return np.floor_divide(offsets, np.array(g.strides))
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FreqGrid:
+    """The frequencies of one (twisted) circulant embedding: omega_axis = (2 pi f + pi t_axis) / M_axis,
+    t_axis = 0 (circulant) or 1 (skew-circulant, x[j + M] = -x[j]); every f on the leading axes and
+    one of each pair omega, -omega on the last (A(-omega) = conj A(omega) for real weights; both
+    grids are closed under negation)."""
+
+    twist: tuple[int, ...]
+    half: tuple[int, ...]
+
+    @property
+    def nfreq(self) -> int:
+        return int(np.prod(self.half))
+
+    def index(self) -> np.ndarray:
+        """[F, ndim] integer f of each frequency, in the order of the batches."""
+        return np.array(np.unravel_index(np.arange(self.nfreq), self.half)).T.reshape(self.nfreq, len(self.half))
+
+
+def _freq_grid(plan: _CirculantPlan, twist: tuple[int, ...]) -> _FreqGrid:
+    if not any(twist) and plan.nfreq == 1:  # every tap at position 0: one frequency (plan)
+        return _FreqGrid(twist=twist, half=plan.half)
+    half = list(plan.grid)
+    half[-1] = plan.grid[-1] // 2 + 1 if twist[-1] == 0 else (plan.grid[-1] + 1) // 2
+    return _FreqGrid(twist=twist, half=tuple(half))
+
+
+def _phase_factors(grid: Sequence[int], twist: Sequence[int], fidx: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """exp(-i omega_f . delta) [F, D] for integer offsets delta [D, ndim]: the angle
+    (2 pi f + pi t) delta / M = 2 pi ((2 f + t) delta mod 2M) / 2M, reduced exactly in integers."""
+    coef = np.ones((len(fidx), len(delta)), dtype=np.complex128)
+    for axis, size in enumerate(grid):
+        turns = np.mod(np.outer(2 * fidx[:, axis] + twist[axis], delta[:, axis]), 2 * size) / (2 * size)
+        angle = (2.0 * np.pi) * turns
+        coef = coef * (np.cos(angle) - 1j * np.sin(angle))
+    return coef
+
+
 @dataclass(frozen=True, kw_only=True)
 class _CirculantPlan:
     """Frequency grid and polyphase tap table of one convolution's circulant embedding."""
@@ -492,6 +542,7 @@ class _CirculantPlan:
     half: tuple[int, ...]  # frequencies computed: all on leading axes, 0..M/2 on the last (A_{-f} = conj A_f)
     phase: np.ndarray  # [K] flattened phase r_k of each tap
     tau: np.ndarray  # [K, ndim] circular position of each tap
+    offsets: np.ndarray  # [K, ndim] its unwrapped position (tau = offsets mod grid)
     used: tuple[int, ...]  # phases that hold at least one tap (the others give zero columns)
     ktaps: int
     p_side: int
@@ -512,7 +563,7 @@ def _circulant_plan(g: _ConvGeometry, periods: Sequence[int]) -> _CirculantPlan:
         half = [1] * len(grid)
     m, ncols = g.weight.shape[0] // g.groups, g.weight.shape[1] * len(used)
     return _CirculantPlan(
-        periods=tuple(periods), grid=tuple(grid), half=tuple(half), phase=phase, tau=tau, used=used,
+        periods=tuple(periods), grid=tuple(grid), half=tuple(half), phase=phase, tau=tau, offsets=_tap_offsets(g), used=used,
         ktaps=int(phase.size), p_side=min(m, ncols), q_side=max(m, ncols),
     )
 
@@ -599,7 +650,8 @@ def _circulant_gram(
 # G_r(f) = sum_{k in phase r} W_k omega_k(f), W_k = w[:, :, k] real):
 #   A_f A_f^H = sum_r sum_{k, k' in r} exp(-2 pi i f.(tau_k' - tau_k) / M) W_k W_k'^T          (m x m)
 #   (A_f^H A_f)[(c, r), (c', r')] = sum_{k in r, k' in r'} exp(-2 pi i f.(tau_k - tau_k') / M) (W_k^T W_k')[c, c']
-# Grouping the pairs by their circular difference delta gives real matrices Q_delta (one GEMM each)
+# Grouping the pairs by their difference delta (unwrapped: the same sums serve the twisted grids
+# below) gives real matrices Q_delta (one GEMM each)
 # and H_f = sum_delta c_delta(f) Q_delta (one real GEMM over all frequencies). Rounding, entrywise
 # (Higham eq. (3.5)): Q^_delta has error <= gamma_L sum_pairs |W_k||W_k'|^T (L the GEMM's inner
 # length), c^_delta(f) has modulus error <= 32 ndim EPS (step 4), the D-term combination adds
@@ -612,7 +664,6 @@ def _direct_gram_layout(g: _ConvGeometry, plan: _CirculantPlan) -> tuple[bool, d
     """(output side?, {(block i, block j): {delta: [(k, k'), ...]}}) for the Gram matrices H_f."""
     m, c, nused = g.weight.shape[0] // g.groups, g.weight.shape[1], len(plan.used)
     out_side = m <= c * nused
-    grid = np.array(plan.grid)
     taps = [np.flatnonzero(plan.phase == r) for r in plan.used]
     layout: dict[tuple[int, int], dict[tuple[int, ...], list[tuple[int, int]]]] = {}
     for i, ti in enumerate(taps):
@@ -622,61 +673,91 @@ def _direct_gram_layout(g: _ConvGeometry, plan: _CirculantPlan) -> tuple[bool, d
             block = layout.setdefault((0, 0) if out_side else (i, j), {})
             for k in ti:
                 for k2 in tj:
-                    diff = plan.tau[k2] - plan.tau[k] if out_side else plan.tau[k] - plan.tau[k2]
-                    block.setdefault(tuple(int(x) for x in np.mod(diff, grid)), []).append((int(k), int(k2)))
+                    diff = plan.offsets[k2] - plan.offsets[k] if out_side else plan.offsets[k] - plan.offsets[k2]
+                    block.setdefault(tuple(int(x) for x in diff), []).append((int(k), int(k2)))
     return out_side, layout
 
 
-def _circulant_direct(g: _ConvGeometry, plan: _CirculantPlan, *, device: str) -> tuple[float, GramResult] | None:
-    """Certified ||C_circ|| from the Gram matrices formed from the taps (comment above); None when
-    some frequency fails every Cholesky certificate (the caller then takes the block path).
+def _circulant_direct(
+    g: _ConvGeometry, plan: _CirculantPlan, *, device: str
+) -> tuple[float, GramResult, _FreqGrid, int] | None:
+    """Certified ||C|| from the Gram matrices formed from the taps (comment above), C a circulant or
+    skew-circulant embedding chosen per group; None when some frequency fails every Cholesky
+    certificate (the caller then takes the block path). Also the grid of the worst group and the
+    number of groups bounded on the skew-circulant grid.
 
     Groups in turn (``_direct_group``); each certifies at no lower level than the groups before it
     reached (a lower one buys no tightness), a fixed order, so the result never depends on threads.
     """
     out_side, layout = _direct_gram_layout(g, plan)
     best_bound, best_lead = 0.0, -1.0
-    best: tuple[int, int, torch.Tensor | None] = (0, 0, None)
+    best: tuple[int, int, torch.Tensor | None, _FreqGrid] = (0, 0, None, _freq_grid(plan, (0,) * g.ndim))
+    skewed = 0
     for group in range(g.groups):
         found = _direct_group(g, plan, layout, out_side, group, floor=best_bound, device=device)
         if found is None:
             return None
-        best_bound = max(best_bound, found[0])
-        if found[1] > best_lead:
-            best_lead, best = found[1], (group, found[2], found[3])
-    group, freq, top = best
-    a = _frequency_block(g, plan, group, freq, device=device)
+        bound, lead, freq, vector, fgrid = found
+        skewed += int(any(fgrid.twist))
+        best_bound = max(best_bound, bound)
+        if lead > best_lead:
+            best_lead, best = lead, (group, freq, vector, fgrid)
+    group, freq, top, fgrid = best
+    a = _frequency_block(g, plan, group, freq, fgrid, device=device)
     left, right = singular_vectors(a, top, out_side)
     res = GramResult(upper=math.sqrt(best_bound), estimate=math.sqrt(max(best_lead, 0.0)), steps=1,
-                     worst=group * plan.nfreq + freq, left=left, right=right)
-    return _round_up(math.sqrt(best_bound), 4) + TINY, res
+                     worst=group * fgrid.nfreq + freq, left=left, right=right)
+    return _round_up(math.sqrt(best_bound), 4) + TINY, res, fgrid, skewed
 
 
 _Layout = dict[tuple[int, int], dict[tuple[int, ...], list[tuple[int, int]]]]
+# The skew-circulant grid is tried when every axis has at most this many frequencies: there the
+# grids are coarse and where the symbol peaks (a smooth kernel: at omega = 0) the shifted grid can
+# miss the peak by a wide margin; on fine grids both maxima are within ~(pi / M)^2 of each other.
+SKEW_MAX_GRID = 17
+# ... when the peak of trace(H_f) over its grid is lower by _SKEW_PROMISE (a cheap gauge, from the
+# traces of the Q_delta), and it is taken when its estimated maximum is lower by _SKEW_GAIN
+_SKEW_PROMISE = 0.02
+_SKEW_GAIN = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    """One group on one frequency grid: its chunks (start, H_f scaled or None, exponents), the
+    eigenvalue estimates per chunk, and the largest estimate (true units)."""
+
+    grid: _FreqGrid
+    chunk: int  # frequencies per chunk
+    chunks: list[tuple[int, Any, np.ndarray]]
+    estimates: list[tuple[np.ndarray, torch.Tensor]]
+    lead: float
+
+
+def _lead(chunks: list[tuple[int, Any, np.ndarray]], estimates: list[tuple[np.ndarray, torch.Tensor]]) -> float:
+    """The largest estimate over the chunks, in true units (2^s times the scaled estimate)."""
+    return max(float(np.max(np.ldexp(np.maximum(e[0], 0.0), c[2]))) for c, e in zip(chunks, estimates, strict=True))
 
 
 def _direct_group(
     g: _ConvGeometry, plan: _CirculantPlan, layout: _Layout, out_side: bool, group: int, *, floor: float, device: str
-) -> tuple[float, float, int, torch.Tensor] | None:
-    """(certified bound on max_f lambda_max(H_f), the largest estimate, its frequency and vector) of
-    one group, or None when a frequency fails every certificate.
+) -> tuple[float, float, int, torch.Tensor, _FreqGrid] | None:
+    """(certified bound on max_f lambda_max(H_f), the largest estimate, its frequency, vector and
+    grid) of one group, or None when a frequency fails every certificate.
 
-    The distinct Q_delta are GEMMs spread over ``thread_map``; the frequencies are cut into chunks
-    (at least two when there are two frequencies: work for two threads; the cut depends on the
-    layer only). First every chunk's H_f and eigenvalue estimates, then every chunk certified at
-    one level, the largest estimate over all chunks (and ``floor``): a chunk's result does not
-    depend on which thread ran it or on what ran beside it.
+    The distinct Q_delta are GEMMs spread over ``thread_map``; they serve every grid. The
+    frequencies are cut into chunks (at least two when there are two frequencies: work for two
+    threads; the cut depends on the layer only). First every chunk's H_f and eigenvalue estimates
+    (on the circulant grid, and on the skew-circulant one where ``SKEW_MAX_GRID`` allows and the
+    traces promise a lower maximum), then every chunk of the
+    grid with the lower maximum certified at one level, the largest estimate over its chunks (and
+    ``floor``): a chunk's result does not depend on which thread ran it or on what ran beside it.
     """
     import torch
 
     m, c, nused = g.weight.shape[0] // g.groups, g.weight.shape[1], len(plan.used)
     side = m if out_side else c * nused
     bs = m if out_side else c  # size of one block of H
-    nfreq, ndim = plan.nfreq, g.ndim
-    fidx = np.array(np.unravel_index(np.arange(nfreq), plan.half)).T  # [F, ndim]
-    grid = np.array(plan.grid)
-    chunk = max(1, min(_GRAM_CHUNK_ENTRIES // max(side * side, 1), -(-nfreq // 2)))
-    hold = nfreq * side * side <= _HOLD_ENTRIES  # else the chunks are formed again for the certificates
+    ndim = g.ndim
 
     wg = g.weight[group * m : (group + 1) * m].reshape(m, c, -1)
     wk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(wg, 2, 0))).to(device)  # [K, m, c]
@@ -689,7 +770,7 @@ def _direct_group(
     mirrors: dict[tuple[int, int, tuple[int, ...]], tuple[int, int, tuple[int, ...]]] = {}
     for (i, j), deltas in layout.items():
         for delta_key, pairs in deltas.items():
-            mirror = (j, i, tuple(int(x) for x in np.mod(-np.array(delta_key), plan.grid)))
+            mirror = (j, i, tuple(-x for x in delta_key))
             if mirror in tasks:
                 mirrors[(i, j, delta_key)] = mirror
             else:
@@ -712,24 +793,18 @@ def _direct_group(
         qs = [done[(i, j, key)] if (i, j, key) in done else done[mirrors[(i, j, key)]].T for key in deltas]
         delta = np.array(list(deltas.keys()), dtype=np.int64).reshape(-1, ndim)
         blocks.append(((i, j), delta, torch.stack(qs).reshape(len(qs), -1)))
+    del done
     e_h = (2.0 * (inner + 2) + 32.0 * ndim + 2.0 * (dmax + 4)) * EPS * s_total * (1.0 + 1e-10) + 1e-300
 
-    def form(start: int, second: bool = False) -> tuple[Any, np.ndarray, Any]:
-        """The chunk's H_f scaled by powers of two (kept if ``hold`` or ``second``), their
-        exponents, and their eigenvalue estimates (the first time)."""
-        stop = min(nfreq, start + chunk)
-        fr = fidx[start:stop]  # [Fc, ndim]
-        h = torch.zeros(0 if out_side else (stop - start, side, side), dtype=torch.complex128, device=device)
-        hv = h if out_side else h.view(stop - start, c, nused, c, nused)
+    def form(fgrid: _FreqGrid, start: int, chunk: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The chunk's H_f scaled by powers of two, and their exponents."""
+        fr = fgrid.index()[start : start + chunk]  # [Fc, ndim]
+        h = torch.zeros(0 if out_side else (len(fr), side, side), dtype=torch.complex128, device=device)
+        hv = h if out_side else h.view(len(fr), c, nused, c, nused)
         for (i, j), delta, q in blocks:
-            # c_delta(f) = prod_axis exp(-2 pi i (f_axis delta_axis mod M_axis) / M_axis)
-            coef = np.ones((len(fr), len(delta)), dtype=np.complex128)
-            for axis in range(ndim):
-                turns = np.mod(np.outer(fr[:, axis], delta[:, axis]), grid[axis]) / grid[axis]
-                angle = (2.0 * np.pi) * turns
-                coef = coef * (np.cos(angle) - 1j * np.sin(angle))
+            coef = _phase_factors(plan.grid, fgrid.twist, fr, delta)  # c_delta(f) = exp(-i omega_f . delta)
             parts = torch.from_numpy(np.concatenate([coef.real, coef.imag])).to(device) @ q  # [2 Fc, bs^2]
-            blk = torch.complex(parts[: len(fr)], parts[len(fr) :]).reshape(stop - start, bs, bs)
+            blk = torch.complex(parts[: len(fr)], parts[len(fr) :]).reshape(len(fr), bs, bs)
             if out_side:  # one block: H_f itself
                 h = blk
             else:
@@ -738,58 +813,89 @@ def _direct_group(
         s = np.frexp(fro.astype(np.float64))[1].astype(np.int64)
         scale = torch.from_numpy(np.ldexp(1.0, -s)).to(device=device, dtype=torch.float64)
         h.mul_(scale.view(-1, 1, 1).to(h.dtype))  # exact: powers of two
-        if second:
-            return h, s, None
-        return (h if hold else None), s, estimate_top(h)
+        return h, s
 
-    starts = list(range(0, nfreq, chunk))
-    formed = thread_map(form, starts)
-    lead = max(float(np.max(np.ldexp(np.maximum(est[0], 0.0), s))) for _, s, est in formed)
-    level = max(floor, lead * (1.0 + LEVEL_RTOL))
-    pieces = list(zip(starts, formed if hold else [None] * len(starts), strict=True))  # (start, held or None)
-    estimates = [est for _, _, est in formed]
-    del formed
+    def prepare(fgrid: _FreqGrid) -> _Prepared:
+        nfreq = fgrid.nfreq
+        chunk = max(1, min(_GRAM_CHUNK_ENTRIES // max(side * side, 1), -(-nfreq // 2)))
+        hold = nfreq * side * side <= _HOLD_ENTRIES  # else the chunks are formed again for the certificates
 
-    def certify(piece: tuple[int, Any]) -> HermitianCertificate:
-        start, held = piece
-        h, s, _ = held if held is not None else form(start, second=True)
-        est = estimates[start // chunk]
-        return certify_hermitian_max(h, np.ldexp(e_h, -s) * (1.0 + EPS), s, level=level, estimate=est)
+        def one(start: int) -> tuple[tuple[int, Any, np.ndarray], tuple[np.ndarray, torch.Tensor]]:
+            h, s = form(fgrid, start, chunk)
+            return (start, h if hold else None, s), estimate_top(h)
 
-    certs = thread_map(certify, pieces)
-    del pieces
+        pieces = thread_map(one, list(range(0, nfreq, chunk)))
+        chunks, estimates = [p for p, _ in pieces], [e for _, e in pieces]
+        return _Prepared(grid=fgrid, chunk=chunk, chunks=chunks, estimates=estimates, lead=_lead(chunks, estimates))
+
+    def held_or_formed(prep: _Prepared, k: int) -> torch.Tensor:
+        start, held, _ = prep.chunks[k]
+        return held if held is not None else form(prep.grid, start, prep.chunk)[0]
+
+    def peak_trace(fgrid: _FreqGrid) -> float:
+        """max_f trace(H_f) on a grid: a cheap gauge of where the symbol peaks (its trace is the
+        sum of the eigenvalues; for a separable kernel it is proportional to lambda_max)."""
+        total = np.zeros(fgrid.nfreq)
+        for (i, j), delta, q in blocks:
+            if i == j:
+                traces = q.view(len(delta), bs, bs).diagonal(dim1=1, dim2=2).sum(dim=1).cpu().numpy()
+                total += (_phase_factors(plan.grid, fgrid.twist, fgrid.index(), delta) @ traces).real
+        return float(np.max(total))
+
+    circulant, skewed = _freq_grid(plan, (0,) * ndim), _freq_grid(plan, (1,) * ndim)
+    chosen = prepare(circulant)
+    if max(plan.grid) <= SKEW_MAX_GRID and plan.nfreq > 1 and peak_trace(skewed) < peak_trace(circulant) * (1.0 - _SKEW_PROMISE):
+        skew = prepare(skewed)
+        if skew.lead < chosen.lead * (1.0 - _SKEW_GAIN):
+            chosen = skew
+        del skew
+    level = max(floor, chosen.lead * (1.0 + LEVEL_RTOL))
+
+    def certify(k: int) -> HermitianCertificate:
+        _, _, s = chosen.chunks[k]
+        h = held_or_formed(chosen, k)
+        return certify_hermitian_max(h, np.ldexp(e_h, -s) * (1.0 + EPS), s, level=level, estimate=chosen.estimates[k])
+
+    certs = thread_map(certify, list(range(len(chosen.chunks))))
     if any(cert.pending.size for cert in certs):
         return None
     top = max(range(len(certs)), key=lambda k: certs[k].lead)
-    return (max(cert.bound for cert in certs), certs[top].lead, starts[top] + certs[top].worst, certs[top].vector)
+    return (max(cert.bound for cert in certs), certs[top].lead, chosen.chunks[top][0] + certs[top].worst,
+            certs[top].vector, chosen.grid)
 
 
-def _frequency_block(g: _ConvGeometry, plan: _CirculantPlan, group: int, freq: int, *, device: str) -> torch.Tensor:
-    """The block A_f of one group at one frequency (steps 2-3), [m, c * len(used)], complex128."""
+def _frequency_block(
+    g: _ConvGeometry, plan: _CirculantPlan, group: int, freq: int, fgrid: _FreqGrid, *, device: str
+) -> torch.Tensor:
+    """The block A_f of one group at one frequency of ``fgrid`` (steps 2-3), [m, c * len(used)], complex128."""
     import torch
 
     m, c = g.weight.shape[0] // g.groups, g.weight.shape[1]
     w = g.weight[group * m : (group + 1) * m].reshape(m, c, -1)
-    cos, sin = _twiddles(plan.tau.astype(np.int64).tobytes(), plan.ktaps, plan.grid, plan.half)
+    f = fgrid.index()[freq : freq + 1]
     cols = []
     for r in plan.used:
         sel = plan.phase == r
+        e = _phase_factors(plan.grid, fgrid.twist, f, plan.offsets[sel])[0]  # exp(-i omega . q_k)
         wr = np.ascontiguousarray(w[:, :, sel])  # real: two real matrix-vector products, no complex copy
-        cols.append(wr @ cos[sel, freq] + 1j * (wr @ sin[sel, freq]))
+        cols.append(wr @ e.real + 1j * (wr @ e.imag))
     return torch.from_numpy(np.stack(cols, axis=2).reshape(m, -1)).to(device)
 
 
-def _start_vectors(g: _ConvGeometry, plan: _CirculantPlan, group: int, res: GramResult) -> tuple[np.ndarray, np.ndarray]:
+def _start_vectors(
+    g: _ConvGeometry, plan: _CirculantPlan, group: int, res: GramResult, fgrid: _FreqGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """Real input / output vectors of the real operator from the worst block's singular vectors.
 
-    A circular input x_r[c, u] = a[c, r] exp(2 pi i f.u / M) (phase r, polyphase position u) gives the
-    output exp(2 pi i f.t / M) A_f a (step 3): the top right singular vector a of A_f, read at the real
-    input positions j = s*u + r, is a good start for the power iteration of the real (zero-padded)
-    operator; likewise the left one at the kept output positions t.
+    A circular input x_r[c, u] = a[c, r] exp(i omega.u) (phase r, polyphase position u; omega =
+    (2 pi f + pi t) / M on the grid ``fgrid``) gives the output exp(i omega.t) A_f a (step 3): the top
+    right singular vector a of A_f, read at the real input positions j = s*u + r, is a good start
+    for the power iteration of the real (zero-padded) operator; likewise the left one at the kept
+    output positions t.
     """
     m = g.weight.shape[0] // g.groups
     c = g.weight.shape[1]
-    f = np.array(np.unravel_index(res.worst, plan.half), dtype=np.float64)  # [ndim]
+    f = np.array(np.unravel_index(res.worst, fgrid.half), dtype=np.float64) + 0.5 * np.array(fgrid.twist)  # [ndim]
     grid = np.array(plan.grid, dtype=np.float64)
     a = res.right.reshape(c, len(plan.used))
     pos = np.indices(g.spatial).reshape(g.ndim, -1)  # [ndim, P]
