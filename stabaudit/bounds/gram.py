@@ -193,12 +193,12 @@ def singular_vectors(a: torch.Tensor, top: torch.Tensor | None, wide: bool) -> t
 # - R^H R is positive semidefinite, so mu I - H_L + D + dM >= 0, i.e.
 #   lambda_max(Y Y^H) <= mu + ||D|| + ||dM|| + e_1                        (Weyl)
 #   and ||B||_2 = 2^s sqrt(lambda_max(Y Y^H)).
-# The level mu: a Lanczos estimate of each lambda_max(H_f) (no guarantee needed); one factorization
-# of every frequency at the largest estimate, raised by LEVEL_RTOL, certifies all that lie below it
-# (the maximum is all that matters). A failure certifies nothing and only says the estimate was low:
-# those few frequencies get their eigenvalues computed (single-precision eigvalsh, an estimate) and a new level,
-# raised by the factors of _RETRY_SHIFTS in turn; frequencies that still fail go to the plain Gram
-# iteration, which is certified by construction.
+# The level mu: an estimate of each lambda_max(H_f) (``estimate_top``; no guarantee needed); one
+# factorization of every frequency at the largest estimate, raised by LEVEL_RTOL, certifies all
+# that lie below it (the maximum is all that matters). A failure certifies nothing and only says
+# the estimate was low: those few frequencies get their eigenvalues computed (single-precision
+# eigvalsh, still an estimate) and a new level, raised by the factors of _RETRY_SHIFTS in turn;
+# frequencies that still fail go to the plain Gram iteration, which is certified by construction.
 LEVEL_RTOL = 5e-5
 _RETRY_SHIFTS = (2e-5, 5e-4, 1e-2, 0.125)
 # Lanczos steps by side: enough that the largest estimate over the frequencies is within ~1e-5 of
@@ -318,12 +318,13 @@ def certify_hermitian_max(
     """Certified bound on max_f lambda_max(H_f) by shifted Cholesky factorizations (comment above).
 
     ``h`` [F, p, p]: computed Hermitian matrices (only their lower triangles are read; consumed:
-    negated in place), scaled so that ||h_f||_F <= ~1; ``err`` [F]: bounds on ||h_f - H_f / 2^exp2_f||_2
-    (the true matrices, in the same scaled units); H_f = 2^exp2_f * (scaled true matrix). ``level``: the common level to try
-    (true units), when the caller knows a larger maximum than these matrices' own (other chunks of
-    frequencies: certifying below it buys no tightness); ``estimate``: ``estimate_top(h)`` when the
-    caller has it. Frequencies whose factorization fails at every level are returned in ``pending``
-    (bounded by their Frobenius norm only).
+    negated in place), scaled so that ||h_f||_F <= ~1; ``err`` [F]: bounds on
+    ||h_f - H_f / 2^exp2_f||_2 (the true matrices, in the same scaled units); H_f = 2^exp2_f *
+    (scaled true matrix). ``level``: the common level to try (true units), when the caller knows a
+    larger maximum than these matrices' own (other chunks of frequencies: certifying below it buys
+    no tightness); ``estimate``: ``estimate_top(h)`` when the caller has it. Frequencies whose
+    factorization fails at every level are returned in ``pending`` (bounded by their Frobenius
+    norm only).
     """
     import torch
 
@@ -369,7 +370,7 @@ def certify_hermitian_max(
             bound2[f] = np.minimum(bound2[f], lam_bound)
         return ok
 
-    # one factorization per frequency at the common level; the few that fail get exact estimates
+    # one factorization per frequency at the common level; the few that fail get eigvalsh estimates
     level = max(lead * (1.0 + LEVEL_RTOL), level)
     pending = np.arange(nfreq)
     pending = pending[~certify(pending, level)]
@@ -383,7 +384,7 @@ def certify_hermitian_max(
         for shift in _RETRY_SHIFTS:
             if pending.size == 0:
                 break
-            levels = np.maximum(lam_pending * (1.0 + shift), level)
+            levels = np.maximum(lam_pending, level) * (1.0 + shift)  # a failed level is never tried again
             ok = certify(pending, levels)
             pending, lam_pending = pending[~ok], lam_pending[~ok]
     vector = vectors[worst]

@@ -474,6 +474,16 @@ def conv_norm_upper(
 #    delta = svd_relative_margin(p, p) (Weyl; see gram_norm_bounds). Altogether, with
 #    err_f = 2 (q+2) EPS ||A^_f||_F^2 (1 + (p q + 2) EPS),
 #    ||A_f|| <= sqrt((lam^_f + (1 + delta) err_f)(1 + 2 delta)) + e_dft.
+# 5. Skew-circulant embedding. Step 1 holds as well for the skew-periodic extension
+#    x~[c, j + N] = -x~[c, j] (the wrapped reads land on [n, N), zeros, whatever their sign), and
+#    steps 2-3 carry over with u in Z_M skew-periodic: the unitary twisted DFT (diag(exp(i pi u / M))
+#    then F_M) diagonalises it, at the frequencies omega = (2 pi f + pi) / M with the unwrapped
+#    offsets q_k in the phase factors (exp(-i omega q_k); ``_phase_factors``). So ||conv|| is also
+#    bounded by the max over that shifted grid, per axis; the grid is closed under negation, so
+#    half of it suffices as well. Where the symbol peaks on the circulant grid (omega = 0 for a
+#    smooth kernel) the skew grid misses the peak by pi / M: for a symmetric tridiagonal Toeplitz
+#    factor (a [1 2 1]-type kernel, stride 1) its maximum is the exact zero-padded norm (the sine
+#    transform diagonalises both). ``_direct_group`` takes the smaller of the two maxima.
 def _tap_table(g: _ConvGeometry, periods: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Per flattened tap k: its flattened phase r_k, and its circular position tau_k per axis
     (``_tap_offsets`` gives the unwrapped positions q_k, tau_k = q_k mod M)."""
