@@ -236,7 +236,7 @@ def estimate_analysis_memory(graph: Graph) -> int:
     """
     import numpy as np
 
-    from stabaudit.bounds.numerics import DENSE_MAX_ENTRIES
+    from stabaudit.bounds.numerics import CONV_PEAK_BYTES, DENSE_CHOLESKY_MAX_ENTRIES
     from stabaudit.ir import ops as O
 
     shapes = {name: tuple(shape) for name, shape in graph.shapes.items()}
@@ -251,10 +251,10 @@ def estimate_analysis_memory(graph: Graph) -> int:
             if isinstance(value, np.ndarray):
                 weights += int(value.size)
         if isinstance(node.op, O.Conv | O.ConvTranspose):
-            # the dense matrix and its Gram matrix, or one circulant chunk (64 MiB) and its Gram
-            # matrices, plus power iteration at the input (about 6 tensors of the input's size)
+            # the dense matrix, its Gram matrix and Cholesky factor, or the circulant chunks
+            # (CONV_PEAK_BYTES), plus power iteration at the input (about 6 tensors of its size)
             inputs = _size(shapes.get(node.inputs[0], ()))
-            conv = max(conv, 2 * DENSE_MAX_ENTRIES * 8, 4 * (1 << 22) * 16, 6 * 8 * inputs)
+            conv = max(conv, 3 * DENSE_CHOLESKY_MAX_ENTRIES * 8, CONV_PEAK_BYTES, 6 * 8 * inputs)
     # analyses.lower._Search: per point, values x 8 bytes x (k + 2) (full Jacobian) or x 4
     per_point = values * 8 * ((k + 2) if k <= 64 else 4)
     chunk = int(max(1, min(4096, 256e6 // max(per_point, 1))))

@@ -204,6 +204,11 @@ _RETRY_SHIFTS = (2e-5, 5e-4, 1e-2, 0.125)
 # Lanczos steps by side: enough that the largest estimate over the frequencies is within ~1e-5 of
 # the true maximum on dense random-like Gram matrices (the hardest case: clustered top eigenvalues)
 _LANCZOS_STEPS = ((320, 16), (1 << 62, 24))
+# ... and at least side / 32 steps, up to 96: on large sides a factorization costs ~side / 3
+# matrix-vector products, and a failed level costs another one
+_LANCZOS_PER_SIDE, _LANCZOS_MAX = 32, 96
+# Gram matrices from this side up are formed in two row blocks (on two kernel threads)
+_SPLIT_GRAM_SIDE = 1024
 # up to this side the estimates come from eigvalsh outright (cheaper than the iteration's overhead)
 _EIGVALSH_SIDE = 160
 
@@ -224,7 +229,13 @@ def gram_cholesky_max_norm(blocks: torch.Tensor) -> tuple[GramResult, int]:
     y = x * scale.view(-1, 1, 1).to(x.dtype)
     fro_y = np.ldexp(fro, -s) * (1.0 + (2 * p * q + 4) * EPS)
     e1 = 2.0 * (q + 2) * EPS * fro_y * fro_y * (1.0 + 4 * EPS) + _TINY_STEP
-    h = y @ y.mH  # [F, p, p]
+    if p >= _SPLIT_GRAM_SIDE:  # two row blocks of the Gram matrix, one per kernel thread (a fixed cut)
+        from stabaudit.limits import thread_map
+
+        half = p // 2
+        h = torch.cat(thread_map(lambda rows: y[:, rows] @ y.mH, [slice(0, half), slice(half, p)]), dim=1)
+    else:
+        h = y @ y.mH  # [F, p, p]
     cert = certify_hermitian_max(h, e1, 2 * s)
     upper = math.sqrt(cert.bound) * (1.0 + 4 * EPS)
     if cert.pending.size:  # tighter than their Frobenius bound: Gram iteration on those blocks
@@ -302,7 +313,7 @@ def estimate_top(h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     if p <= _EIGVALSH_SIDE:
         vals = torch.linalg.eigvalsh(h.to(torch.complex64 if h.is_complex() else torch.float32))[:, -1]
         return vals.cpu().numpy().astype(np.float64), torch.zeros((int(h.shape[0]), p), dtype=h.dtype, device=h.device)
-    steps = next(k for side, k in _LANCZOS_STEPS if p <= side)
+    steps = max(next(k for side, k in _LANCZOS_STEPS if p <= side), min(_LANCZOS_MAX, p // _LANCZOS_PER_SIDE))
     lam, vec = _lanczos_top(h, steps)  # double precision: faster matrix-vector products in torch
     return lam.cpu().numpy().astype(np.float64), vec
 

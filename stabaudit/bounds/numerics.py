@@ -69,14 +69,23 @@ GRAM_RTOL = 1e-4
 # 2048 x 1024 matrix, ~1e10, takes about half a second on two cores).
 DENSE_MAX_ENTRIES = 1 << 21
 DENSE_BUDGET = 1.2e10
+# Beyond that, up to this many entries (64 MiB) the explicit matrix is bounded by its Gram matrix
+# and a shifted-Cholesky certificate ("dense-cholesky": within LEVEL_RTOL of the exact norm, no
+# eigensolver), when that work (Gram p^2 q + Cholesky p^3 / 3 flops) fits DENSE_BUDGET too: the
+# exact zero-padded operator, where the circulant embeddings are loosest (small inputs).
+DENSE_CHOLESKY_MAX_ENTRIES = 1 << 23
 # Complex entries held in memory at once by the chunked frequency loop (16 bytes each: 64 MiB).
 _CHUNK_ENTRIES = 1 << 22
 # Complex entries of the frequency blocks held at once by the Gram path (16 bytes each: 64 MiB;
 # with the scaled copy, the Gram matrices and the Cholesky factors about 4x that, as limits.py plans).
 _GRAM_CHUNK_ENTRIES = 1 << 22
 # The direct Gram path holds every chunk of a group between its estimates and its certificates
-# up to this many complex entries (256 MiB); beyond, it forms each chunk a second time instead.
-_HOLD_ENTRIES = 1 << 24
+# up to this many complex entries (64 MiB); beyond, it forms each chunk a second time instead.
+_HOLD_ENTRIES = 1 << 22
+# Peak bytes of one convolution bound, as limits.py plans memory: the held chunks, and per kernel
+# thread a chunk, its Cholesky factor and a single-precision copy; the dense paths need less (the
+# explicit matrix, its Gram matrix and the factor).
+CONV_PEAK_BYTES = 16 * (_HOLD_ENTRIES + 2 * 3 * _GRAM_CHUNK_ENTRIES)
 
 
 def svd_relative_margin(m: int, n: int) -> float:
@@ -350,6 +359,9 @@ def _conv_norm_scaled(
         return CertifiedNorm(
             upper=max(u for u, _ in pairs), lower=max(low for _, low in pairs), method="dense-svd"
         )
+    cholesky_cost = float(g.groups) * (side * side * max(rows, cols) + side**3 / 3.0)
+    if rows * cols <= DENSE_CHOLESKY_MAX_ENTRIES and cholesky_cost <= dense_budget and certificate == "cholesky":
+        return _dense_cholesky(g, device=device)
     periods = _periods(g)
     plan = _circulant_plan(g, periods)
     # one Gram step over all frequencies (complex: 8 real flops per multiply-add) and the DFT
@@ -404,6 +416,29 @@ def _dense_group_matrix(g: _ConvGeometry, group: int) -> np.ndarray:
         j_idx = np.ravel_multi_index(tuple(pos[:, valid]), g.spatial)
         mat[:, t_idx, :, j_idx] = wj[:, :, kidx]  # advanced indices first: [P, m, c]
     return mat.reshape(m * nkeep, c * nin)
+
+
+def _dense_cholesky(g: _ConvGeometry, *, device: str) -> CertifiedNorm:
+    """Certified ||P_keep A|| from each group's explicit matrix (``_dense_group_matrix``, exact
+    entries): ``gram_cholesky_max_norm`` (one Gram step and a shifted-Cholesky certificate, its
+    rounding included); the top singular vectors of the worst group start the power iteration."""
+    import torch
+
+    m, c = g.weight.shape[0] // g.groups, g.weight.shape[1]
+    best: tuple[float, int, GramResult] | None = None
+    upper = 0.0
+    for j in range(g.groups):
+        res, pending = gram_cholesky_max_norm(torch.from_numpy(_dense_group_matrix(g, j)).to(device)[None])
+        upper = max(upper, res.upper)
+        if best is None or res.estimate > best[0]:
+            best = (res.estimate, j, res)
+    assert best is not None
+    _, group, res = best
+    start_in = np.zeros((g.weight.shape[1] * g.groups, *g.spatial))
+    start_in[group * c : (group + 1) * c] = np.real(res.right).reshape(c, *g.spatial)
+    start_out = np.zeros((g.weight.shape[0], *g.keep))
+    start_out[group * m : (group + 1) * m] = np.real(res.left).reshape(m, *g.keep)
+    return CertifiedNorm(upper=_round_up(upper, 4) + TINY, method="dense-cholesky", start_in=start_in, start_out=start_out)
 
 
 def gram_norm_bounds(a: np.ndarray) -> tuple[float, float]:

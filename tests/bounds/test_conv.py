@@ -205,10 +205,14 @@ def test_conv_transpose_rule_in_isolation() -> None:
         bound_conv_transpose(node, RuleContext(input_shapes=((1, 2, 3, 3),), output_shape=(1, 3, 4, 4)))
 
 
-def test_conv_transpose_rule_on_a_layer_too_big_for_the_dense_matrix() -> None:
+def test_conv_transpose_rule_on_a_layer_too_big_for_the_dense_matrix(monkeypatch) -> None:
     # ConvTranspose 2 -> 2 channels, 1-D, stride 2, input 540 -> output 1080: the adjoint conv is
-    # too big for the dense matrix; the circulant bound of the adjoint bounds T, and A's left
-    # singular vector warm-starts the power iteration on T
+    # too big for the dense-svd matrix (and the dense-cholesky one is turned off here); the
+    # circulant bound of the adjoint bounds T, and A's left singular vector warm-starts the power
+    # iteration on T
+    import stabaudit.bounds.numerics as numerics
+
+    monkeypatch.setattr(numerics, "DENSE_CHOLESKY_MAX_ENTRIES", 0)
     rng = np.random.default_rng(12)
     op = ConvTranspose(weight=rng.standard_normal((2, 2, 4)), strides=(2,), pads=(1, 1), dilations=(1,),
                        groups=1, output_padding=(0,))
@@ -271,3 +275,25 @@ def test_conv_rules_on_real_networks(name: str, external_dir: Path) -> None:
         assert result.lower is not None and result.upper.guarantee is Guarantee.UPPER
         # measured brackets on these nets: upper / lower <= 1.015 (oval21 deep), 1.008 (verivital)
         assert result.lower.value <= result.upper.value <= 1.05 * result.lower.value
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_conv_rules_take_the_dense_cholesky_certificate_on_mid_size_layers(transpose: bool) -> None:
+    # 2 -> 2 channels, 1-D, stride 2, 540 <-> 1080: past the dense-svd size, within dense-cholesky:
+    # the exact operator (the adjoint for the transpose), certified within LEVEL_RTOL of its norm,
+    # and its top singular vector starts the power iteration (which then is tight)
+    from stabaudit.bounds.gram import LEVEL_RTOL
+
+    rng = np.random.default_rng(12)
+    weight = rng.standard_normal((2, 2, 4))
+    if transpose:
+        op = ConvTranspose(weight=weight, strides=(2,), pads=(1, 1), dilations=(1,), groups=1, output_padding=(0,))
+        graph, node, ctx = single(op, (1, 2, 540))
+    else:
+        graph, node, ctx = single(Conv(weight=weight, strides=(2,), pads=(1, 1), dilations=(1,)), (1, 2, 1080))
+    exact = norm2(explicit_matrix(graph))
+    result = bound_node(node, ctx)
+    assert result.upper.method == "dense-cholesky" and result.lower is not None
+    assert exact <= result.upper.value <= exact * (1 + LEVEL_RTOL)
+    assert result.lower.method == "power-iteration-warm"
+    assert exact * (1 - 1e-3) <= result.lower.value <= exact
