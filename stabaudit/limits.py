@@ -386,6 +386,12 @@ def _with_alarm(fn: Callable[[], T], deadline: Deadline) -> T:
             state["fired"] = True
             raise AuditTimeoutError(deadline.seconds, path=deadline.path)
 
+    import numpy as np
+
+    # numpy keeps its error state in a context variable that its linalg functions set and reset
+    # around each call; an alarm between the two would leave theirs in place (0 * inf raising
+    # "SVD did not converge" in whatever runs next): restored below when the alarm fired
+    saved_err, saved_call = np.geterr(), np.geterrcall()
     previous_timer = signal.getitimer(signal.ITIMER_REAL)
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
     started = time.monotonic()
@@ -409,6 +415,9 @@ def _with_alarm(fn: Callable[[], T], deadline: Deadline) -> T:
                 break
             except AuditTimeoutError:
                 continue
+        if state["fired"]:
+            np.seterr(**saved_err)
+            np.seterrcall(saved_call)
         remaining, interval = previous_timer
         if remaining > 0.0:  # an enclosing timer: re-arm it with what is left of it
             left = max(remaining - (time.monotonic() - started), 1e-3)

@@ -501,3 +501,18 @@ def test_thread_map_inside_a_piece_runs_serially(monkeypatch):
     for x, pieces in enumerate(results):
         assert [p[:2] for p in pieces] == [(x, 0), (x, 1)]
         assert len({p[2] for p in pieces}) == 1  # both inner pieces on the outer piece's thread
+
+
+def test_a_timeout_restores_numpys_error_state():
+    # numpy's linalg sets its error callback around each call; an alarm in between would leave
+    # it set (0 * inf then raises "SVD did not converge" far from any SVD): the timeout restores it
+    before_err, before_call = np.geterr(), np.geterrcall()
+
+    def interrupted_inside_errstate():
+        np.seterrcall(lambda *_: None)
+        np.seterr(invalid="call")  # as numpy's errstate.__enter__ leaves it, the alarm arriving now
+        time.sleep(5.0)
+
+    with pytest.raises(AuditTimeoutError):
+        run_with_timeout(interrupted_inside_errstate, 0.2)
+    assert np.geterrcall() is before_call and np.geterr() == before_err

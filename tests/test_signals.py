@@ -20,6 +20,9 @@ def test_interrupt_leaves_no_file(tmp_path, sig, code):
     proc = subprocess.Popen(
         [str(EXE), "check", str(ROOT / "sample_models" / "cnn.onnx"), "--budget", "60", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a job started in the background inherits SIGINT ignored (shell job control): the child
+        # gets the default disposition, as an interactive Ctrl-C would find it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(6.0)  # imports and loading done: inside the analyses
     assert proc.poll() is None, proc.communicate()
