@@ -82,10 +82,11 @@ _GRAM_CHUNK_ENTRIES = 1 << 22
 # The direct Gram path holds every chunk of a group between its estimates and its certificates
 # up to this many complex entries (64 MiB); beyond, it forms each chunk a second time instead.
 _HOLD_ENTRIES = 1 << 22
-# Peak bytes of one convolution bound, as limits.py plans memory: the held chunks, and per kernel
-# thread a chunk, its Cholesky factor and a single-precision copy; the dense paths need less (the
-# explicit matrix, its Gram matrix and the factor).
-CONV_PEAK_BYTES = 16 * (_HOLD_ENTRIES + 2 * 3 * _GRAM_CHUNK_ENTRIES)
+# Peak bytes of one convolution bound, as limits.py plans memory: per kernel thread (two) a chunk
+# of Gram matrices, its Cholesky factor and a single-precision copy (5 chunks' worth at most; held
+# chunks are the chunks themselves, and they hold no more than one chunk's entries); the dense
+# paths need less (the explicit matrix, its Gram matrix and the factor).
+CONV_PEAK_BYTES = 16 * 5 * _GRAM_CHUNK_ENTRIES
 
 
 def svd_relative_margin(m: int, n: int) -> float:
