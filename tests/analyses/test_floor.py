@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,25 @@ def test_floor_is_deterministic_and_certifies_its_rounding() -> None:
     for d, w in zip(a.patterns, weights[1:], strict=True):
         m = w @ (d[:, None] * m)
     assert np.linalg.norm(m, 2) == pytest.approx(a.estimate, rel=1e-12)
+
+
+EXTERNAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "models" / "external"
+
+
+@pytest.mark.parametrize(("name", "product_over_floor"), [("mnist-net_256x2", 2.84), ("mnist-net_256x4", 4.12)])
+def test_floor_of_the_mnist_nets_is_above_a_tenth_of_the_product(name: str, product_over_floor: float) -> None:
+    # no slope-relaxation bound of these networks can be 10x below the layer product: a pattern
+    # whose Jacobian norm is above product / 10 exists (product / F = 2.84 and 4.12)
+    path = EXTERNAL / "mnistfc" / f"{name}.onnx"
+    if not path.is_file():
+        pytest.skip("../shared/models/external is absent")
+    from stabaudit.analyses.feedforward import explain_chain
+    from stabaudit.ir.passes import fold_affine
+    from stabaudit.loaders import load_model
+
+    chain = explain_chain(fold_affine(load_model(path).graph))
+    assert not isinstance(chain, str)
+    product = math.prod(float(np.linalg.norm(w, 2)) for w in chain.weights)
+    floor = slope_relaxation_floor(chain)
+    assert product / floor.value == pytest.approx(product_over_floor, abs=0.01)
+    assert floor.value > product / 10
