@@ -14,6 +14,7 @@ f is one of the graph. Reshapes/Transposes after the first Linear must keep the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -446,4 +447,23 @@ def global_bounds(
                     notes=tuple(notes),
                 )
             )
+        if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
+            results = _with_floor(results, chain, best_upper)
     return results
+
+
+def _with_floor(results: list[GlobalBoundResult], chain: Chain, best_upper: float) -> list[GlobalBoundResult]:
+    """The tightest result, with a note on the slope-relaxation floor (``analyses.floor``): the
+    value below which no method of this kind (slope intervals per activation) can certify."""
+    from stabaudit.analyses.floor import slope_relaxation_floor
+
+    floor = slope_relaxation_floor(chain)
+    if floor.value <= 0.0:
+        return results
+    k = min((i for i, r in enumerate(results) if r.upper is not None), key=lambda i: results[i].upper or math.inf)
+    note = (
+        f"slope-relaxation floor {floor.value:.6g} (certified, {floor.seconds:.2f} s): an activation pattern, "
+        f"reached by an input or not, has a Jacobian of that norm, so no bound from per-activation slope "
+        f"intervals can be lower; this one is {best_upper / floor.value - 1.0:.1%} above it"
+    )
+    return [dataclasses.replace(r, notes=(*r.notes, note)) if i == k else r for i, r in enumerate(results)]

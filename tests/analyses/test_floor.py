@@ -121,3 +121,25 @@ def test_floor_of_the_mnist_nets_is_above_a_tenth_of_the_product(name: str, prod
     floor = slope_relaxation_floor(chain)
     assert product / floor.value == pytest.approx(product_over_floor, abs=0.01)
     assert floor.value > product / 10
+
+
+def test_global_bounds_note_the_floor_beside_the_tightest_bound() -> None:
+    from stabaudit.analyses.feedforward import global_bounds
+
+    rng = np.random.default_rng(5)
+    w0, w1, w2 = rng.standard_normal((12, 6)), rng.standard_normal((12, 12)), rng.standard_normal((3, 12))
+    nodes = (
+        Node(name="fc0", op=O.Linear(weight=w0, bias=rng.standard_normal(12)), inputs=("x",), output="h0"),
+        Node(name="act0", op=O.Relu(), inputs=("h0",), output="a0"),
+        Node(name="fc1", op=O.Linear(weight=w1, bias=rng.standard_normal(12)), inputs=("a0",), output="h1"),
+        Node(name="act1", op=O.Relu(), inputs=("h1",), output="a1"),
+        Node(name="fc2", op=O.Linear(weight=w2, bias=np.zeros(3)), inputs=("a1",), output="y"),
+    )
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 6)),), outputs=("y",), nodes=nodes))
+    results = global_bounds(graph, budget_s=5.0)
+    floor = slope_relaxation_floor(_chain([w0, w1, w2]))
+    best = min((r for r in results if r.upper is not None), key=lambda r: r.upper or math.inf)
+    notes = [n for r in results for n in r.notes if n.startswith("slope-relaxation floor")]
+    assert len(notes) == 1 and notes[0] in best.notes
+    assert f"{floor.value:.6g}" in notes[0]
+    assert floor.value <= best.upper
