@@ -462,7 +462,7 @@ def _with_floor(results: list[GlobalBoundResult], chain: Chain, best_upper: floa
         return results
     k = min((i for i, r in enumerate(results) if r.upper is not None), key=lambda i: results[i].upper or math.inf)
     note = (
-        f"slope-relaxation floor {floor.value:.6g} (certified, {floor.seconds:.2f} s): an activation pattern, "
+        f"slope-relaxation floor {floor.value:.6g} (certified): an activation pattern, "
         f"reached by an input or not, has a Jacobian of that norm, so no bound from per-activation slope "
         f"intervals can be lower; this one is {best_upper / floor.value - 1.0:.1%} above it"
     )
