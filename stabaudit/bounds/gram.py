@@ -301,6 +301,13 @@ def _lanczos_top(h: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tenso
     return vals[:, -1], vec
 
 
+def _single(h: torch.Tensor) -> torch.Tensor:
+    """A single-precision copy (complex64 or float32), for estimates only."""
+    import torch
+
+    return h.to(torch.complex64 if h.is_complex() else torch.float32)
+
+
 def estimate_top(h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     """(lambda_max estimates [F], unit top eigenvector estimates [F, p] or zeros); no guarantee attached.
 
@@ -311,7 +318,7 @@ def estimate_top(h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
 
     p = int(h.shape[1])
     if p <= _EIGVALSH_SIDE:
-        vals = torch.linalg.eigvalsh(h.to(torch.complex64 if h.is_complex() else torch.float32))[:, -1]
+        vals = torch.linalg.eigvalsh(_single(h))[:, -1]
         return vals.cpu().numpy().astype(np.float64), torch.zeros((int(h.shape[0]), p), dtype=h.dtype, device=h.device)
     steps = max(next(k for side, k in _LANCZOS_STEPS if p <= side), min(_LANCZOS_MAX, p // _LANCZOS_PER_SIDE))
     lam, vec = _lanczos_top(h, steps)  # double precision: faster matrix-vector products in torch
@@ -387,7 +394,7 @@ def certify_hermitian_max(
     pending = pending[~certify(pending, level)]
     if pending.size:
         sub = neg.index_select(0, torch.from_numpy(pending).to(h.device))  # -H: its lowest eigenvalue
-        exact = -torch.linalg.eigvalsh(sub.to(torch.complex64 if sub.is_complex() else torch.float32))[:, 0]
+        exact = -torch.linalg.eigvalsh(_single(sub))[:, 0]
         lam_pending = np.ldexp(np.maximum(exact.cpu().numpy().astype(np.float64), 0.0), s[pending])
         if float(np.max(lam_pending)) > lead:
             lead = float(np.max(lam_pending))

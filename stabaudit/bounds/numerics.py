@@ -624,12 +624,8 @@ def _twiddles(tau_key: bytes, ktaps: int, grid: tuple[int, ...], half: tuple[int
     Cached: every layer of one shape (kernel, stride, padding, input size) shares them.
     """
     tau = np.frombuffer(tau_key, dtype=np.int64).reshape(ktaps, len(grid))
-    fidx = np.unravel_index(np.arange(int(np.prod(half))), half)
-    e = np.ones((ktaps, int(np.prod(half))), dtype=np.complex128)
-    for axis, size in enumerate(grid):
-        turns = np.mod(np.outer(tau[:, axis], fidx[axis]), size) / size  # reduced exactly in integers
-        angle = (2.0 * np.pi) * turns
-        e = e * (np.cos(angle) - 1j * np.sin(angle))
+    fidx = _FreqGrid(twist=(0,) * len(grid), half=half).index()
+    e = _phase_factors(grid, (0,) * len(grid), fidx, tau).T  # reduced exactly in integers
     return np.ascontiguousarray(e.real), np.ascontiguousarray(e.imag)
 
 
@@ -1003,17 +999,13 @@ def _circulant_group_norm(g: _ConvGeometry, group: int, periods: Sequence[int]) 
     best = 0.0
     for start in range(0, total, chunk):
         flat = np.arange(start, min(total, start + chunk))
-        fidx = np.unravel_index(flat, half)
+        fidx = np.array(np.unravel_index(flat, half)).T.reshape(len(flat), len(half))
         a = np.zeros((m, c, nphase, len(flat)), dtype=np.complex128)
         for r, idx in enumerate(taps_by_phase):
             if len(idx) == 0:
                 continue
             # exp(-2 pi i sum_axis f_axis * tau_axis / M_axis), the phase reduced exactly mod M
-            e = np.ones((len(idx), len(flat)), dtype=np.complex128)
-            for axis, size in enumerate(grid):
-                turns = np.mod(np.outer(tau[idx, axis], fidx[axis]), size) / size
-                angle = (2.0 * np.pi) * turns
-                e = e * (np.cos(angle) - 1j * np.sin(angle))
+            e = _phase_factors(grid, (0,) * len(grid), fidx, tau[idx]).T
             re = w_by_phase[r] @ e.real
             im = w_by_phase[r] @ e.imag
             a[:, :, r, :] = (re + 1j * im).reshape(m, c, len(flat))
