@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from stabaudit.cache import ReportCache
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.checks.residual import ResidualEvidence
+    from stabaudit.ir.parameters import Parameterisation
     from stabaudit.report.model import SampleInfo, TrainingReport
 
 Observer = Callable[[str], None]
@@ -275,12 +276,13 @@ def _samples_evidence(
     )
 
 
-def _training_evidence(graph: Graph, request: AuditRequest) -> TrainingResult:
+def _training_evidence(graph: Graph, request: AuditRequest, parameterisation: Parameterisation | None) -> TrainingResult:
     """SA501-SA503's evidence: the loss Hessian's extreme eigenvalues at the stored parameters."""
     from stabaudit.analyses.training import training_dynamics
 
     assert request.training is not None
-    return training_dynamics(graph, request.training, seed=request.seed, device=request.device)
+    return training_dynamics(graph, request.training, seed=request.seed, device=request.device,
+                             parameterisation=parameterisation)
 
 
 def _training_report(result: TrainingResult | None) -> TrainingReport | None:
@@ -557,7 +559,7 @@ def _audit(
     if request.training is not None:
         say("training dynamics")
         t = time.perf_counter()
-        training = _training_evidence(loaded.graph, request)
+        training = _training_evidence(loaded.graph, request, loaded.parameterisation)
         timings["training"] = time.perf_counter() - t
 
     # residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds holds

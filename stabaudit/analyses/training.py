@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -10,8 +11,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.lanczos import Extremes, dense_extremes, lanczos_extremes
-from stabaudit.errors import UsageError
+from stabaudit.errors import InternalError, UsageError
 from stabaudit.ir.graph import Graph
+from stabaudit.ir.parameters import (
+    GraphParameters,
+    ModuleParameters,
+    Parameterisation,
+    SourceParameter,
+    select,
+    unmatched,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +58,7 @@ class TrainingSpec:
     loss: Loss = Loss.MSE
     second_moment: Mapping[str, np.ndarray] | None = None  # Adam's v by parameter name (SA502)
     noise: float | None = None  # gradient-noise variance sigma^2 (SA503's noise floor)
+    parameters: tuple[str, ...] | None = None  # globs of the parameters trained (None: the defaults)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +90,9 @@ class TrainingResult:
     samples: int
     loss_value: float
     notes: tuple[str, ...] = ()
+    parameter_source: str = ""  # "TorchScript module parameters" | "ONNX initializers" | "IR arrays"
+    parameter_roles: tuple[str, ...] = ()  # per name: how the model uses it (and where it came from)
+    parameterisation_notes: tuple[str, ...] = ()  # e.g. the exporter folded BatchNorm
 
 
 def parameter_name(node: str, field: str) -> str:
@@ -93,32 +106,195 @@ NON_SMOOTH = frozenset(
 )
 
 
-class _Hessian:
-    """v -> H v for the loss at the stored parameters, by double backward through the engine's
-    own executor in float64 (ONNX and TorchScript models alike)."""
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Parameters:
+    """The leaves the Hessian is taken over and the model as a function of them: x [N, n_in]
+    (flattened inputs) -> [N, n_out] (flattened outputs), in float64."""
 
-    def __init__(self, graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss, device: str):
+    names: tuple[str, ...]
+    roles: tuple[str, ...]
+    leaves: tuple[torch.Tensor, ...]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    source: str
+    notes: tuple[str, ...]
+
+
+def _selected(params: Sequence[SourceParameter], patterns: tuple[str, ...] | None) -> tuple[SourceParameter, ...]:
+    if patterns is not None:
+        missing = unmatched(params, patterns)
+        if missing:
+            known = ", ".join(p.name for p in params[:20]) + (" ..." if len(params) > 20 else "")
+            raise UsageError(f"training.parameters: {', '.join(repr(m) for m in missing)} match no parameter "
+                             f"of the model (its parameters: {known or 'none'})")
+    return select(params, patterns)
+
+
+def _role(p: SourceParameter) -> str:
+    return f"{p.role} ({p.origin.value})" if p.role and p.role != p.origin.value else p.origin.value
+
+
+def _graph_parameters(graph: Graph, gp: GraphParameters, patterns: tuple[str, ...] | None,
+                      device: str) -> _Parameters:
+    """Leaves: the chosen source parameters; every IR array bound to one of them is rebuilt from
+    its binding (linear in the parameters: BatchNorm's scale r * gamma, a Gemm's alpha * B^T), the
+    other arrays stay constants."""
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    chosen = _selected(gp.parameters, patterns)
+    leaves = {p.name: torch.tensor(np.array(gp.values[p.name], dtype=np.float64), device=device,
+                                   requires_grad=True) for p in chosen}
+    by_node = {node.name: node for node in graph.nodes}
+
+    def value(name: str) -> torch.Tensor:
+        if name in leaves:
+            return leaves[name]
+        return torch.tensor(np.array(gp.values[name], dtype=np.float64), device=device)
+
+    substitutes: dict[tuple[str, str], torch.Tensor] = {}
+    for b in gp.bindings:
+        if not any(t.parameter in leaves for t in b.terms):
+            continue
+        target = np.asarray(vars(by_node[b.node].op)[b.field])
+        total: torch.Tensor | None = None
+        for t in b.terms:
+            v = value(t.parameter)
+            v = v.T if t.transpose else v
+            v = v * torch.as_tensor(np.asarray(t.coefficient, dtype=np.float64), device=device)
+            total = v if total is None else total + v
+        assert total is not None
+        if b.offset is not None:
+            total = total + torch.as_tensor(np.asarray(b.offset, dtype=np.float64), device=device)
+        rebuilt = (total.reshape(target.shape) if total.numel() == target.size
+                   else torch.broadcast_to(total, target.shape))
+        # the binding must reproduce the array the loader computed (float32 rounding apart)
+        expected = np.asarray(target, dtype=np.float64)
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        if not np.allclose(rebuilt.detach().cpu().numpy(), expected, rtol=1e-5, atol=1e-6 * scale):
+            raise InternalError(f"training parameters: {b.node}.{b.field} is not reproduced by its binding "
+                                "to the model's parameters: a bug in stabaudit, please report it with the model")
+        substitutes[(b.node, b.field)] = rebuilt
+    executor = Executor(graph, dtype=torch.float64, device=device, parameters=substitutes)
+    flat = executor.flat()
+
+    def forward(xt: torch.Tensor) -> torch.Tensor:
+        # one sample at a time through vmap: graphs may fix the batch dimension (Reshape to [1, k])
+        return torch.func.vmap(flat)(xt)
+
+    return _Parameters(names=tuple(p.name for p in chosen), roles=tuple(_role(p) for p in chosen),
+                       leaves=tuple(leaves.values()), forward=forward, source=gp.source, notes=gp.notes)
+
+
+def _module_parameters(graph: Graph, mp: ModuleParameters, patterns: tuple[str, ...] | None,
+                       device: str) -> _Parameters:
+    """Leaves: the module's own parameters (float64 copies swapped in by ``_float64_module``); the
+    forward is the module as executed, one sample at a time (a module may mix or fix the batch)."""
+    import torch
+
+    chosen = _selected(mp.parameters, patterns)
+    wanted = {p.name for p in chosen}
+    named = dict(mp.module.named_parameters())
+    leaves = tuple(named[p.name] for p in chosen)
+    for name, p in named.items():
+        p.requires_grad_(name in wanted)
+    specs = graph.inputs
+    sizes = [int(np.prod(s.shape)) for s in specs]
+
+    def forward(xt: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for row in xt:
+            args = [part.reshape(spec.shape) for part, spec in zip(torch.split(row, sizes), specs, strict=True)]
+            rows.append(torch.cat([t.reshape(-1) for t in _tensors(mp.module(*args))]))
+        return torch.stack(rows)
+
+    return _Parameters(names=tuple(p.name for p in chosen), roles=tuple(_role(p) for p in chosen),
+                       leaves=leaves, forward=forward, source=mp.source, notes=mp.notes)
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    """The tensors of a module's output (a tensor, or nested tuples, lists and dicts of them)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+@contextmanager
+def _float64_module(parameterisation: Parameterisation | None) -> Iterator[None]:
+    """A TorchScript module's floating-point parameters and buffers in float64 for the duration
+    (the stored tensors are put back afterwards, bit for bit, with their requires_grad flags)."""
+    if not isinstance(parameterisation, ModuleParameters):
+        yield
+        return
+    import torch
+
+    module = parameterisation.module
+    saved = []
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point():
+            saved.append((t, t.data, t.requires_grad))
+            t.data = t.data.to(torch.float64)
+    try:
+        yield
+    finally:
+        for t, data, grad in saved:
+            t.data = data
+            if t.is_leaf:
+                t.requires_grad_(grad)
+
+
+def _ir_parameters(graph: Graph, device: str) -> GraphParameters:
+    """Without a loader's parameterisation (a graph built in code): every float array of the IR."""
+    from stabaudit.ir.executor import parameter_arrays
+    from stabaudit.ir.parameters import Binding, Origin, Term
+
+    arrays = parameter_arrays(graph)
+    params = tuple(SourceParameter(name=parameter_name(node, field), shape=tuple(a.shape), origin=Origin.FOLDED,
+                                   role="IR array") for (node, field), a in arrays.items())
+    return GraphParameters(
+        parameters=params,
+        values={parameter_name(node, field): a for (node, field), a in arrays.items()},
+        bindings=tuple(Binding(node=node, field=field, terms=(Term(parameter=parameter_name(node, field)),))
+                       for node, field in arrays),
+        source="IR arrays",
+    )
+
+
+def training_parameters(graph: Graph, parameterisation: Parameterisation | None,
+                        patterns: tuple[str, ...] | None, device: str) -> _Parameters:
+    """The parameters the Hessian is taken over (see ``_graph_parameters`` and ``_module_parameters``)."""
+    match parameterisation:
+        case ModuleParameters():
+            return _module_parameters(graph, parameterisation, patterns, device)
+        case GraphParameters():
+            return _graph_parameters(graph, parameterisation, patterns, device)
+        case None:
+            return _graph_parameters(graph, _ir_parameters(graph, device), patterns, device)
+
+
+class _Hessian:
+    """v -> H v for the loss at the stored parameters, by double backward in float64: through the
+    engine's own executor with the IR arrays rebuilt from the source parameters (ONNX), or
+    through the module as executed (TorchScript), so that H is over the parameters training
+    updates (``_Parameters``)."""
+
+    def __init__(self, graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss, device: str,
+                 params: _Parameters):
         import torch
         import torch.nn.functional as F
 
-        from stabaudit.ir.executor import Executor, parameter_arrays
-
-        arrays = parameter_arrays(graph)
-        self.names = tuple(parameter_name(node, field) for node, field in arrays)
-        self.shapes = [a.shape for a in arrays.values()]
-        self.sizes = [int(a.size) for a in arrays.values()]
+        self.names = params.names
+        self.shapes = [tuple(t.shape) for t in params.leaves]
+        self.sizes = [int(t.numel()) for t in params.leaves]
         self.n = int(sum(self.sizes))
         self.device = device
-        self.leaves = [
-            torch.tensor(np.array(a, dtype=np.float64), device=device, requires_grad=True)
-            for a in arrays.values()
-        ]
-        executor = Executor(
-            graph,
-            dtype=torch.float64,
-            device=device,
-            parameters=dict(zip(arrays, self.leaves, strict=True)),
-        )
+        self.leaves = list(params.leaves)
         n_in = int(sum(int(np.prod(s.shape)) for s in graph.inputs))
         if int(np.prod(x.shape[1:])) != n_in:
             raise UsageError(
@@ -126,8 +302,7 @@ class _Hessian:
                 f"the model's input has {n_in} elements ({', '.join(str(list(s.shape)) for s in graph.inputs)})"
             )
         xt = torch.tensor(x.reshape(x.shape[0], n_in), dtype=torch.float64, device=device)
-        # one sample at a time through vmap: graphs may fix the batch dimension (Reshape to [1, k])
-        out = torch.func.vmap(executor.flat())(xt)
+        out = params.forward(xt)
         n_out = out.shape[1]
         if loss is Loss.MSE:
             if y.size != out.numel():
@@ -244,10 +419,23 @@ def training_dynamics(
     dense_max: int = DENSE_MAX,
     iterations: int = LANCZOS_ITERATIONS,
     max_samples: int = MAX_SAMPLES,
+    parameterisation: Parameterisation | None = None,
 ) -> TrainingResult:
     """lambda_max and lambda_min of the loss Hessian H at the graph's stored parameters (and, for
     Adam with a second moment, lambda_max(P^1/2 H P^1/2)): dense eigvalsh with two-sided bounds up
-    to ``dense_max`` parameters, else Lanczos Ritz values (inner bounds only)."""
+    to ``dense_max`` parameters, else Lanczos Ritz values (inner bounds only).
+
+    H is over the parameters training updates, as the loader names them (``parameterisation``:
+    a TorchScript module's own parameters, an ONNX file's weights and biases, or the globs of
+    ``spec.parameters``); without one, over every float array of the graph."""
+    with _float64_module(parameterisation):
+        return _training_dynamics(graph, spec, seed=seed, device=device, dense_max=dense_max,
+                                  iterations=iterations, max_samples=max_samples,
+                                  parameterisation=parameterisation)
+
+
+def _training_dynamics(graph: Graph, spec: TrainingSpec, *, seed: int, device: str, dense_max: int,
+                       iterations: int, max_samples: int, parameterisation: Parameterisation | None) -> TrainingResult:
     from stabaudit.limits import check_deadline
 
     notes: list[str] = []
@@ -257,7 +445,8 @@ def training_dynamics(
         pick = np.sort(np.random.default_rng(seed).choice(total, size=max_samples, replace=False))
         x, y = x[pick], y[pick]
         notes.append(f"loss over a seeded subset of {max_samples} of the {total} samples (full batch is capped)")
-    hess = _Hessian(graph, x, y, spec.loss, device)
+    params = training_parameters(graph, parameterisation, spec.parameters, device)
+    hess = _Hessian(graph, x, y, spec.loss, device, params)
     if any(node.op.type.value in NON_SMOOTH for node in graph.nodes):
         notes.append(
             "non-smooth operators: double backward gives the Hessian of the piece autodiff selects "
@@ -271,7 +460,7 @@ def training_dynamics(
         method = METHOD_DENSE
         h = hess.dense(check_deadline)
         if not np.all(np.isfinite(h)):
-            return _not_finite(spec, hess, x, method, notes)
+            return _not_finite(spec, hess, x, method, notes, params)
         plain = dense_extremes(h)
         if root_p is not None:
             pre = dense_extremes(root_p[:, None] * h * root_p[None, :])
@@ -283,7 +472,7 @@ def training_dynamics(
             notes.append(f"Lanczos steps capped at {k} by memory")
         plain = lanczos_extremes(hess.matvec, n, iterations=k, seed=seed, tick=check_deadline)
         if not (np.isfinite(plain.largest) and np.isfinite(plain.smallest)):
-            return _not_finite(spec, hess, x, method, notes)
+            return _not_finite(spec, hess, x, method, notes, params)
         if root_p is not None:
             d = root_p
             pre = lanczos_extremes(
@@ -312,11 +501,14 @@ def training_dynamics(
         samples=int(x.shape[0]),
         loss_value=hess.loss,
         notes=tuple(notes),
+        parameter_source=params.source,
+        parameter_roles=params.roles,
+        parameterisation_notes=params.notes,
     )
 
 
 def _not_finite(
-    spec: TrainingSpec, hess: _Hessian, x: np.ndarray, method: str, notes: list[str]
+    spec: TrainingSpec, hess: _Hessian, x: np.ndarray, method: str, notes: list[str], params: _Parameters
 ) -> TrainingResult:
     return TrainingResult(
         learning_rate=spec.learning_rate,
@@ -335,4 +527,7 @@ def _not_finite(
         samples=int(x.shape[0]),
         loss_value=hess.loss,
         notes=(*notes, "the loss Hessian is not finite at the stored parameters"),
+        parameter_source=params.source,
+        parameter_roles=params.roles,
+        parameterisation_notes=params.notes,
     )

@@ -29,8 +29,19 @@ def adam_limit(result: TrainingResult) -> float:
     return (2.0 + 2.0 * b1) / ((1.0 - b1) * result.learning_rate)
 
 
+def _over(result: TrainingResult) -> str:
+    """The parameterisation a sharpness is about, for the finding's message."""
+    text = f"; H over {result.parameters} parameters"
+    if result.parameter_source:
+        text += f" ({result.parameter_source})"
+    if result.parameterisation_notes:
+        text += " -- " + " ".join(result.parameterisation_notes)
+    return text
+
+
 def _versus_limit(
-    ctx: CheckContext, what: str, bracket: Bracket, limit: float, certified: bool, method: str
+    ctx: CheckContext, what: str, bracket: Bracket, limit: float, certified: bool, method: str,
+    over: str = "",
 ) -> Finding:
     """pass when a certified upper bound is below the limit, fail when a sound lower bound reaches
     it, inconclusive otherwise (THEORY.md statuses)."""
@@ -54,7 +65,7 @@ def _versus_limit(
             f"~ {fmt(bracket.estimate)} (>= {fmt(bracket.lower)}; no certified upper bound)"
         )
         message = f"{what} {known}, limit {fmt(limit)} ({method})"
-    return replace(ctx.finding(status, value, message), threshold=limit)
+    return replace(ctx.finding(status, value, message + over), threshold=limit)
 
 
 @check("SA501", "training.gd", severity=Severity.ERROR)
@@ -67,8 +78,15 @@ def training_gd(ev: Evidence, ctx: CheckContext) -> Finding:
     momentum beta the condition is eta * lambda_max < 2(1 + beta). Proximal or projected steps with
     a convex regularizer or set are non-expansive and inherit this condition.
     H is the Hessian of the training loss over the given data (full batch, at most 256 samples,
-    a seeded subset beyond) at the stored weights, computed in float64 by double backward through
-    the engine's own executor. Up to 2000 parameters H is formed and its eigenvalues come with a
+    a seeded subset beyond) at the stored weights, computed in float64 by double backward, over
+    the parameters training updates: for TorchScript the module's own parameters (BatchNorm's
+    gamma and beta included, buffers and constants excluded), through the module as executed;
+    for ONNX the weights and biases of parameterised operators (Conv, ConvTranspose, Gemm,
+    MatMul and the Add after it, BatchNormalization's scale and bias, PRelu; never a scalar
+    constant), through the engine's executor, or the initializers `training.parameters` lists
+    (globs). The report names them (training.parameter_names, parameter_roles, parameter_source)
+    and says when an exporter folded BatchNorm into a convolution: the sharpness is then about
+    the folded parameterisation, not the one trained. Up to 2000 parameters H is formed and its eigenvalues come with a
     two-sided rounding bound (certified: can pass or fail); beyond that Lanczos Ritz values give a
     sound lower bound of lambda_max (can fail, never pass: inconclusive otherwise).
     Inputs: the config's `training:` (learning_rate, optimizer sgd|momentum, momentum, loss,
@@ -88,7 +106,7 @@ def training_gd(ev: Evidence, ctx: CheckContext) -> Finding:
     what = "sharpness lambda_max(H)"
     if r.optimizer is Optimizer.MOMENTUM:
         what += f" (limit 2(1+beta)/eta, beta = {fmt(r.momentum)})"
-    return _versus_limit(ctx, what, r.lambda_max, gd_limit(r), r.certified, r.method)
+    return _versus_limit(ctx, what, r.lambda_max, gd_limit(r), r.certified, r.method, _over(r))
 
 
 @check("SA502", "training.adam", severity=Severity.ERROR)
@@ -119,7 +137,7 @@ def training_adam(ev: Evidence, ctx: CheckContext) -> Finding:
             Status.SKIPPED, None, "no training.second_moment: the preconditioner needs Adam's v"
         )
     what = "preconditioned sharpness lambda_max(P^1/2 H P^1/2)"
-    return _versus_limit(ctx, what, r.preconditioned, adam_limit(r), r.certified, r.method)
+    return _versus_limit(ctx, what, r.preconditioned, adam_limit(r), r.certified, r.method, _over(r))
 
 
 @check("SA503", "training.sgd_mean_square", severity=Severity.WARNING)
@@ -220,4 +238,7 @@ def training_report(result: TrainingResult | None) -> TrainingReport | None:
         samples=result.samples,
         loss=result.loss_value,
         notes=result.notes,
+        parameter_source=result.parameter_source,
+        parameter_roles=result.parameter_roles,
+        parameterisation_notes=result.parameterisation_notes,
     )

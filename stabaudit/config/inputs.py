@@ -64,6 +64,7 @@ def load_training_spec(
     loss: str = "mse",
     second_moment: Path | None = None,
     noise: float | None = None,
+    parameters: tuple[str, ...] | None = None,
 ) -> TrainingSpec:
     """A TrainingSpec from the config's values: ``data`` holds arrays x and y, ``second_moment``
     one array per parameter name. Never unpickles."""
@@ -97,4 +98,5 @@ def load_training_spec(
         loss=Loss(loss),
         second_moment=moments,
         noise=noise,
+        parameters=tuple(parameters) if parameters is not None else None,
     )

@@ -71,6 +71,7 @@ class TrainingSettings(BaseModel):
     data: Path  # .npz with arrays x and y; absolute when it comes from a config
     second_moment: Path | None = None  # .npz: Adam's v by parameter name (SA502)
     noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # sigma^2 (SA503)
+    parameters: tuple[str, ...] | None = None  # globs of the parameter names training updates
 
 
 class Settings(BaseModel):
@@ -229,6 +230,7 @@ class TrainingInput(_Input):
     data: str
     second_moment: str | None = None
     noise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    parameters: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
 
     _files = field_validator("data", "second_moment")(_npz_file)
 
@@ -252,6 +254,7 @@ class TrainingInput(_Input):
             data=absolute(self.data),
             second_moment=absolute(self.second_moment) if self.second_moment is not None else None,
             noise=self.noise,
+            parameters=tuple(self.parameters) if self.parameters is not None else None,
         )
 
 

@@ -9,6 +9,7 @@ from enum import Enum
 import numpy as np
 
 from stabaudit.ir.graph import Graph
+from stabaudit.ir.parameters import Parameterisation
 
 
 class ModelFormat(str, Enum):
@@ -29,6 +30,8 @@ class LoadedModel:
     parameters: int  # number of stored parameter elements of the source model
     source_ops: Mapping[str, int] = field(default_factory=dict)  # op counts of the source model
     notes: tuple[str, ...] = ()  # what the loader changed (opset lifted, constants folded, ...)
+    # the parameters training updates, as the source names them (the update channel, SA501-SA503)
+    parameterisation: Parameterisation | None = None
 
 
 # A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:

@@ -14,6 +14,7 @@ import numpy as np
 
 from stabaudit.errors import ModelLoadError, ResourceError, StabauditError, UnsupportedOperatorError
 from stabaudit.ir.graph import Graph, TensorSpec
+from stabaudit.ir.parameters import GraphParameters
 from stabaudit.limits import check_model_memory
 from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
 from stabaudit.loaders.detect import check_file
@@ -62,10 +63,11 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
     _check(model, notes)
     work = _lift_opset(model, notes)
     inputs = _input_shapes(work.graph, input_shape, notes)
-    graph = _translate(work, inputs, notes)
+    graph, params = _translate(work, inputs, notes)
     reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
     return LoadedModel(
         graph=graph,
+        parameterisation=params,
         format=ModelFormat.ONNX,
         reference_name="onnxruntime",
         reference=reference,
@@ -309,7 +311,7 @@ class _Walk:
     folded: Counter[str]
 
 
-def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> Graph:
+def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> tuple[Graph, GraphParameters]:
     """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
     from onnx import numpy_helper
 
@@ -353,7 +355,31 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> Graph:
     specs = tuple(TensorSpec(name=i.name, shape=i.shape) for i in inputs)
     result = with_shapes(Graph(inputs=specs, outputs=tuple(ir_outputs), nodes=tuple(nodes_needed)).validate())
     check_value_sizes(result)
-    return result
+    params = ctx.recorder.finish({n.name for n in nodes_needed}, notes=_exporter_folding(model, nodes, ctx))
+    return result, params
+
+
+def _exporter_folding(model: Any, nodes: Sequence[Any], ctx: Any) -> list[str]:
+    """A note when the exporter folded BatchNormalization into a convolution: torch.onnx.export in
+    eval mode replaces Conv + BatchNorm by one Conv whose weight and bias are new constants named
+    'onnx::Conv_<n>' instead of the module's parameter names."""
+    if not str(model.producer_name).lower().startswith("pytorch"):
+        return []
+    folded = []
+    for node in nodes:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.present_inputs) > 1:
+            weight = ctx.resolve(node.inputs[1])
+            if weight.startswith("onnx::"):
+                folded.append(node.name or node.outputs[0])
+    if not folded:
+        return []
+    shown = ", ".join(repr(n) for n in folded[:5]) + (f" and {len(folded) - 5} more" if len(folded) > 5 else "")
+    return [
+        f"the exporter folded BatchNormalization into {len(folded)} layer(s) ({shown}: weights named "
+        "'onnx::...'): the Hessian is over the folded parameterisation, not the module's (BatchNorm's "
+        "gamma and beta are not parameters here); audit the TorchScript module, or export with "
+        "training=torch.onnx.TrainingMode.PRESERVE to keep BatchNorm"
+    ]
 
 
 def _topological(nodes: Sequence[Any], defined: set[str]) -> list[Any]:
@@ -407,6 +433,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
     for node in nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             ctx.constants[node.outputs[0]] = _constant_value(node)
+            ctx.stored.add(node.outputs[0])
             constant_nodes += 1
             continue
         if any(name in poisoned for name in node.present_inputs):

@@ -21,6 +21,7 @@ from stabaudit.errors import ModelLoadError, ResourceError, UnsupportedOperatorE
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import infer_shapes, with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.parameters import ModuleParameters, Origin, SourceParameter
 from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     return LoadedModel(
         graph=ir_graph,
+        parameterisation=_module_parameters(module),
         format=ModelFormat.TORCHSCRIPT,
         reference_name="torchscript",
         reference=_reference(module, ir_graph.input_names, dtype, where),
@@ -108,6 +110,18 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
         source_ops=dict(sorted(walker.source_ops.items())),
         notes=tuple(notes),
     )
+
+
+def _module_parameters(module: Any) -> ModuleParameters:
+    """The module's own floating-point parameters (nn.Parameter: BatchNorm's gamma and beta
+    included, buffers such as running statistics and constants excluded)."""
+    params = tuple(
+        SourceParameter(name=name, shape=tuple(int(d) for d in p.shape), origin=Origin.MODULE,
+                        role="module parameter")
+        for name, p in module.named_parameters()
+        if p.is_floating_point()
+    )
+    return ModuleParameters(module=module, parameters=params)
 
 
 # ---- archive metadata --------------------------------------------------------------------------

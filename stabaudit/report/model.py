@@ -240,7 +240,13 @@ class TrainingReport:
     method "lanczos": Ritz values, inner bounds only (sharpness_lower, lambda_min_upper).
     margin = limit - sharpness with limit 2/eta (2(1+beta)/eta with momentum); for Adam,
     preconditioned_sharpness = lambda_max(P^1/2 H P^1/2), P = diag(1/(sqrt(v)+eps)).
-    parameter_names: the parameter arrays in order (the keys of a second-moment file).
+    parameter_names: the parameter arrays in order (the keys of a second-moment file), as the
+    source model names them; parameter_roles: how the model uses each and where it came from;
+    parameter_source: the parameterisation H is over ("TorchScript module parameters": the
+    module's own nn.Parameters, nothing folded; "ONNX initializers": the file's weights and
+    biases, or those `training.parameters` lists). A certified sharpness is certified for that
+    parameterisation only; parameterisation_notes says when it is not the one trained (BatchNorm
+    folded by the exporter).
     """
 
     sharpness: float | None
@@ -261,6 +267,9 @@ class TrainingReport:
     samples: int = 0
     loss: float | None = None
     notes: tuple[str, ...] = ()
+    parameter_source: str = ""
+    parameter_roles: tuple[str, ...] = ()
+    parameterisation_notes: tuple[str, ...] = ()
 
 
 class SampleSource(str, Enum):

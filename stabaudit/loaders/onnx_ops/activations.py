@@ -68,7 +68,8 @@ def prelu(node: OnnxNode, ctx: Context) -> None:
     assert slope is not None
     if not fits(slope, ctx.shape(node.inputs[0])):
         raise Unsupported("PRelu(slope does not broadcast to the input)")
-    ctx.emit(node, O.PRelu(slope=slope), [node.inputs[0]])
+    y = ctx.emit(node, O.PRelu(slope=slope), [node.inputs[0]])
+    ctx.bind(y, "slope", [ctx.term(node, 1, "slope")])
 
 
 def _bound(value: object) -> float | None:

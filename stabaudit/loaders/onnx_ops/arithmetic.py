@@ -5,18 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 from stabaudit.ir import ops as O
+from stabaudit.ir.parameters import Term
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, fits, register
 
 _MINUS_ONE = np.array(-1.0)
 
 
-def _affine(node: OnnxNode, ctx: Context, var: str, scale: np.ndarray | None, shift: np.ndarray | None) -> None:
-    """Emit y = var * scale + shift, refusing constants that would enlarge the variable's shape."""
+def _affine(node: OnnxNode, ctx: Context, var: str, scale: np.ndarray | None, shift: np.ndarray | None,
+            bind: tuple[str, list[Term | None]] | None = None) -> None:
+    """Emit y = var * scale + shift, refusing constants that would enlarge the variable's shape;
+    ``bind`` = (field, terms) records the training parameter the constant is."""
     shape = ctx.shape(var)
     for constant in (scale, shift):
         if constant is not None and not fits(constant, shape):
             raise Unsupported(f"{node.op_type}(constant of shape {list(constant.shape)} broadcasts beyond the input)")
-    ctx.emit(node, O.Affine(scale=scale, shift=shift), [var])
+    y = ctx.emit(node, O.Affine(scale=scale, shift=shift), [var])
+    if bind is not None:
+        ctx.bind(y, *bind)
+
+
+def _is_bias(ctx: Context, var: str) -> bool:
+    """An Add right after a linear map: its constant is that layer's bias (exports of MatMul + Add)."""
+    return ctx.producer_op(var) in (O.OpType.LINEAR, O.OpType.CONV, O.OpType.CONV_TRANSPOSE)
 
 
 @register("Add", "Sub", "Mul", "Div")
@@ -37,15 +47,20 @@ def binary(node: OnnxNode, ctx: Context) -> None:
     constant_first = ca is not None
     var = b if constant_first else a
     c = np.asarray(ca if constant_first else cb, dtype=np.float64)
+    index = 0 if constant_first else 1
+    # training parameters by default: the bias of an Add after a linear map; any other constant
+    # (normalisation, scales) only when the config's training.parameters lists it
     match op, constant_first:
         case "Add", _:
-            _affine(node, ctx, var, None, c)
+            role = "bias" if _is_bias(ctx, var) else "shift"
+            _affine(node, ctx, var, None, c,
+                    ("shift", [ctx.term(node, index, role, default=role == "bias")]))
         case "Sub", False:
-            _affine(node, ctx, var, None, -c)
+            _affine(node, ctx, var, None, -c, ("shift", [ctx.term(node, index, "shift", default=False, coefficient=-1.0)]))
         case "Sub", True:
-            _affine(node, ctx, var, _MINUS_ONE, c)
+            _affine(node, ctx, var, _MINUS_ONE, c, ("shift", [ctx.term(node, index, "shift", default=False)]))
         case "Mul", _:
-            _affine(node, ctx, var, c, None)
+            _affine(node, ctx, var, c, None, ("scale", [ctx.term(node, index, "scale", default=False)]))
         case "Div", False:
             with np.errstate(divide="ignore"):
                 _affine(node, ctx, var, 1.0 / c, None)

@@ -14,6 +14,7 @@ import numpy as np
 from stabaudit.errors import ModelLoadError, ResourceError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Node
+from stabaudit.ir.parameters import BindingRecorder, Origin, Term
 from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.registry import Registry
 
@@ -244,6 +245,8 @@ class Context:
         self.float_dtype = float_dtype
         self.removed: Counter[str] = Counter()  # op types removed by aliasing
         self._names: set[str] = set()
+        self.stored: set[str] = set(constants)  # initializers and Constant outputs, as the file stores them
+        self.recorder = BindingRecorder()  # the training parameters and the IR arrays bound to them
 
     # reading
     def resolve(self, name: str) -> str:
@@ -281,6 +284,36 @@ class Context:
         if value is None:
             raise Unsupported(f"{node.op_type}(variable {what})")
         return value
+
+    def term(self, node: OnnxNode, index: int, role: str, *, default: bool = True,
+             coefficient: np.ndarray | float = 1.0, transpose: bool = False) -> Term | None:
+        """Constant input ``index`` as a training parameter (None unless it is a float constant).
+
+        ``default``: whether training updates it when the config lists no parameters; a scalar
+        never does (a constant such as a `Mul` by 3.0 is not a weight).
+        """
+        name = node.input(index)
+        value = self.const(name)
+        if name is None or value is None or value.dtype.kind != "f":
+            return None
+        resolved = self.resolve(name)
+        origin = Origin.INITIALIZER if resolved in self.stored else Origin.FOLDED
+        self.recorder.parameter(resolved, value, origin, f"{node.op_type} {node.name!r} {role}",
+                                default and value.size > 1)
+        return Term(parameter=resolved, coefficient=coefficient, transpose=transpose)
+
+    def bind(self, output: str, field: str, terms: Sequence[Term | None], offset: np.ndarray | None = None) -> None:
+        """Record that the IR array ``field`` of the node writing ``output`` is the sum of
+        ``terms`` (+ ``offset``); nothing is recorded when a term is not a float constant."""
+        if not terms or any(t is None for t in terms):
+            return
+        node = next(n for n in reversed(self.nodes) if n.output == output)
+        self.recorder.bind(node.name, field, [t for t in terms if t is not None], offset)
+
+    def producer_op(self, name: str) -> O.OpType | None:
+        """The IR op type that writes the variable ``name`` (None for a graph input)."""
+        target = self.resolve(name)
+        return next((n.op.type for n in reversed(self.nodes) if n.output == target), None)
 
     # writing
     def alias(self, node: OnnxNode, target: str) -> None:

@@ -34,7 +34,13 @@ def conv(node: OnnxNode, ctx: Context) -> None:
     w = resolve_window(node, spatial, weight.shape[2:])
     op = O.Conv(weight=weight, bias=bias, strides=w.strides, pads=w.pads, dilations=w.dilations,
                 groups=int(node.attr("group")))
-    ctx.emit(node, op, [node.inputs[0]])
+    _bind(node, ctx, ctx.emit(node, op, [node.inputs[0]]), bias is not None)
+
+
+def _bind(node: OnnxNode, ctx: Context, output: str, has_bias: bool) -> None:
+    ctx.bind(output, "weight", [ctx.term(node, 1, "weight")])
+    if has_bias:
+        ctx.bind(output, "bias", [ctx.term(node, 2, "bias")])
 
 
 @register("ConvTranspose")
@@ -48,7 +54,7 @@ def conv_transpose(node: OnnxNode, ctx: Context) -> None:
     pads, output_padding = _transpose_pads(node, spatial, w, output_padding)
     op = O.ConvTranspose(weight=weight, bias=bias, strides=w.strides, pads=pads, dilations=w.dilations,
                          groups=int(node.attr("group")), output_padding=output_padding)
-    ctx.emit(node, op, [node.inputs[0]])
+    _bind(node, ctx, ctx.emit(node, op, [node.inputs[0]]), bias is not None)
 
 
 def _transpose_pads(node: OnnxNode, spatial: tuple[int, ...], w: Window,

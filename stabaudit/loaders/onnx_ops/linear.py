@@ -43,11 +43,18 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
         else:
             shift = np.ascontiguousarray(c)
     linear = O.Linear(weight=np.ascontiguousarray(weight), bias=bias)
+    w_term = ctx.term(node, 1, "weight (B)", coefficient=alpha, transpose=not node.attr("transB"))
+    c_term = ctx.term(node, 2, "bias (C)", coefficient=beta) if c is not None else None
     if shift is None:
-        ctx.emit(node, linear, [a])
+        y = ctx.emit(node, linear, [a])
+        ctx.bind(y, "weight", [w_term])
+        if bias is not None:
+            ctx.bind(y, "bias", [c_term])
     else:
         y = ctx.emit(node, linear, [a], tag="linear")
-        ctx.emit(node, O.Affine(shift=shift), [y])
+        ctx.bind(y, "weight", [w_term])
+        z = ctx.emit(node, O.Affine(shift=shift), [y])
+        ctx.bind(z, "shift", [c_term])
 
 
 @register("MatMul")
@@ -60,9 +67,11 @@ def matmul(node: OnnxNode, ctx: Context) -> None:
     if weight is None:
         raise Unsupported("MatMul(variable x variable)")
     if weight.ndim == 2:
-        ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weight.T)), [a])
+        y = ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weight.T)), [a])
+        ctx.bind(y, "weight", [ctx.term(node, 1, "weight (B)", transpose=True)])
     elif weight.ndim == 1:
         y = ctx.emit(node, O.Linear(weight=weight.reshape(1, -1)), [a], tag="linear")
+        ctx.bind(y, "weight", [ctx.term(node, 1, "weight (B)")])
         ctx.emit(node, O.Reshape(shape=ctx.shape(y)[:-1]), [y])
     else:
         raise Unsupported("MatMul(batched constant)")

@@ -28,4 +28,9 @@ def batch_normalization(node: OnnxNode, ctx: Context) -> None:
     shift = beta - mean * scale
     rank = len(ctx.shape(node.inputs[0]))
     channel_shape = (-1,) + (1,) * max(rank - 2, 0)
-    ctx.emit(node, O.Affine(scale=scale.reshape(channel_shape), shift=shift.reshape(channel_shape)), [node.inputs[0]])
+    y = ctx.emit(node, O.Affine(scale=scale.reshape(channel_shape), shift=shift.reshape(channel_shape)), [node.inputs[0]])
+    # training updates gamma and beta (the statistics are buffers): scale = r * gamma and
+    # shift = beta - (mean * r) * gamma with r = 1 / sqrt(var + eps), both linear in (gamma, beta)
+    r = 1.0 / np.sqrt(var + eps)
+    ctx.bind(y, "scale", [ctx.term(node, 1, "scale (gamma)", coefficient=r)])
+    ctx.bind(y, "shift", [ctx.term(node, 2, "bias (beta)"), ctx.term(node, 1, "scale (gamma)", coefficient=-mean * r)])
