@@ -187,3 +187,51 @@ def test_training_parameters_globs_select_and_unknown_globs_are_errors(tmp_path:
     assert len(names) == 4 and any(n.startswith("/Constant") for n in names)
     with pytest.raises(UsageError, match="'nope.\\*' match no parameter"):
         run(("fc.*", "nope.*"))
+
+
+def test_onnx_matmul_add_exports_train_their_weights_and_biases(tmp_path: Path) -> None:
+    """MatMul + Add (the common export of a linear layer, weight stored [in, out]) and a
+    normalising Sub/Div in front: the weights and the Adds' biases are parameters, the
+    normalisation constants are not; H matches the reference over (W1, b1, W2, b2)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w1, b1 = rng.normal(size=(5, 4)), rng.normal(size=4)
+    w2, b2 = rng.normal(size=(4, 3)), rng.normal(size=3)
+    mean, std = rng.normal(size=5), rng.uniform(0.5, 2, size=5)
+    inits = [numpy_helper.from_array(a.astype(np.float32), name) for a, name in
+             ((w1, "W1"), (b1, "b1"), (w2, "W2"), (b2, "b2"), (mean, "mean"), (std, "std"))]
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "std"], ["n"]),
+        helper.make_node("MatMul", ["n", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Tanh", ["hb"], ["a"]), helper.make_node("MatMul", ["a", "W2"], ["o"]),
+        helper.make_node("Add", ["o", "b2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "mlp.onnx")
+    loaded = load_onnx(tmp_path / "mlp.onnx")
+    x = rng.normal(size=(10, 1, 5))
+    y = rng.normal(size=(10, 1, 3))
+    result = training_dynamics(loaded.graph, TrainingSpec(learning_rate=0.1, x=x, y=y),
+                               parameterisation=loaded.parameterisation)
+    assert result.parameter_names == ("W1", "b1", "W2", "b2")
+
+    f32 = [np.asarray(a, dtype=np.float32).astype(np.float64) for a in (w1, b1, w2, b2, mean, std)]
+    xt = torch.tensor(x.reshape(10, 5))
+    yt = torch.tensor(y.reshape(10, 3))
+    sizes = [20, 4, 12, 3]
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        a, b, c, d = torch.split(theta, sizes)
+        n = (xt - torch.tensor(f32[4])) * (1.0 / torch.tensor(f32[5]))
+        out = torch.tanh(n @ a.reshape(5, 4) + b) @ c.reshape(4, 3) + d
+        return ((out - yt) ** 2).mean()
+
+    theta = torch.cat([torch.tensor(a.reshape(-1)) for a in f32[:4]])
+    exact = np.linalg.eigvalsh(torch.autograd.functional.hessian(loss, theta).numpy())
+    assert result.lambda_max is not None and result.lambda_min is not None
+    assert result.lambda_max.estimate == pytest.approx(exact[-1], rel=1e-9)
+    assert result.lambda_min.estimate == pytest.approx(exact[0], rel=1e-6, abs=1e-12)
