@@ -507,11 +507,19 @@ def _audit(
 
     say("global bound")
     t = time.perf_counter()
+    from stabaudit.analyses.regions import region_bounds, region_note
     from stabaudit.analyses.residual import block_bounds
 
     # residual blocks bounded as a whole where that is tighter than 1 + h Lip f
     whole = block_bounds(graph, op_bounds)
-    comp = compose(graph, op_bounds, {k: (b.x, b.value) for k, b in whole.items()})
+    # linear regions (affine in one value, fan-out and re-joining included) by their exact norm
+    regions = region_bounds(graph, op_bounds)
+    comp = compose(
+        graph,
+        op_bounds,
+        {k: (b.x, b.value) for k, b in whole.items()},
+        {k: (r.x, r.value) for k, r in regions.items()},
+    )
     timings["composition"] = time.perf_counter() - t
     methods = [
         MethodBound(
@@ -519,7 +527,7 @@ def _audit(
             upper=_finite(comp.upper.value),
             certified=comp.upper.certified,
             seconds=0.0 if reproducible else round(comp.seconds, 4),
-            notes=tuple(comp.notes),
+            notes=tuple(comp.notes) + region_note(regions),
         )
     ]
     exact = None

@@ -115,6 +115,7 @@ def compose(
     graph: Graph,
     op_bounds: Mapping[str, OpBound],
     block_bounds: Mapping[str, tuple[str, float]] | None = None,
+    region_bounds: Mapping[str, tuple[str, float]] | None = None,
 ) -> Composition:
     """Compose ``op_bounds`` (keyed by node output) along the graph.
 
@@ -128,6 +129,8 @@ def compose(
     upward (see ``_up``), so the float64 result bounds the exact real composition.
     ``block_bounds`` (value -> (block input x, certified B)) bounds a residual block as a whole:
     L(value) = min(its composed L, B * L(x)) (Lip(g o h) <= Lip(g) Lip(h) with g the block).
+    ``region_bounds`` (value -> (region input x, certified B)) does the same for linear regions
+    bounded as a whole (``analyses.regions``).
     """
     start = time.perf_counter()
     per_value: dict[str, float] = {name: 1.0 for name in graph.input_names}
@@ -166,10 +169,11 @@ def compose(
                         value = _add(value, t)
                 else:
                     value = _root_sum_squares(terms)
-        if block_bounds and node.output in block_bounds:
-            x, whole = block_bounds[node.output]
-            if x in per_value and x not in estimated:
-                value = min(value, _mul(whole, per_value[x]))
+        for wholes in (block_bounds, region_bounds):
+            if wholes and node.output in wholes:
+                x, whole = wholes[node.output]
+                if x in per_value and x not in estimated:
+                    value = min(value, _mul(whole, per_value[x]))
         per_value[node.output] = value
         if estimate:
             estimated.add(node.output)

@@ -1,0 +1,324 @@
+"""Linear regions bounded as a whole: the certified spectral norm of each region's explicit matrix."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabaudit.analyses.composition import _add, _mul, compose, output_sensitivities
+from stabaudit.bounds.base import Guarantee, OpBound
+from stabaudit.bounds.numerics import (
+    DENSE_BUDGET,
+    DENSE_CHOLESKY_MAX_ENTRIES,
+    DENSE_MAX_ENTRIES,
+    gram_norm_bounds,
+)
+from stabaudit.ir import ops as O
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.regions import LinearRegion, find_linear_regions
+from stabaudit.limits import check_deadline
+
+METHOD = "linear-region"
+U = 2.0**-53  # unit roundoff of float64
+EPS = 2.0**-52
+# Entries of the region's values held at once while the basis runs through it (32 MiB of float64;
+# the executor keeps every value of the region for one chunk of basis vectors).
+CHUNK_ENTRIES = 1 << 22
+# Multiply-adds of the two forward passes of the whole basis (the matrix and its absolute
+# counterpart) above which a region is left to the composition (about 2 s on two cores).
+WORK_BUDGET = 4e9
+
+
+def _gamma(k: int) -> float:
+    """gamma_k = k u / (1 - k u): the relative error of a k-term float64 dot product (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2nd ed., Lemma 3.1 and eq. (3.5)), any order
+    of summation, widened by 1%."""
+    return 1.01 * k * U / (1.0 - k * U) if k > 0 else 0.0
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegionBound:
+    """A certified bound ``value`` on the Lipschitz constant of the map ``x`` -> ``output`` (a linear
+    region, its translations dropped); ``composed`` is what composing its nodes' bounds gives,
+    ``lower`` a sound lower bound of the same constant (the explicit matrix's certified norm)."""
+
+    x: str
+    output: str
+    nodes: tuple[str, ...]
+    value: float
+    lower: float | None
+    composed: float
+    method: str = METHOD
+
+
+def _linear_part(op: O.Op, absolute: bool) -> O.Op:
+    """The op without its translation (bias, shift, pad value); with ``absolute`` every coefficient
+    replaced by its absolute value and Sub by Add, so that the op's matrix is |A| entrywise."""
+    mag = np.abs if absolute else (lambda a: a)
+    match op:
+        case O.Linear() | O.Conv() | O.ConvTranspose():
+            return dataclasses.replace(op, weight=mag(np.asarray(op.weight, dtype=np.float64)), bias=None)
+        case O.Affine(scale=scale, shift=shift):
+            # a zero shift keeps a broadcasting shift's output shape; x + 0 is exact
+            return O.Affine(
+                scale=None if scale is None else mag(np.asarray(scale, dtype=np.float64)),
+                shift=None if shift is None else np.zeros(np.shape(shift)),
+            )
+        case O.Pad():
+            return dataclasses.replace(op, value=0.0)
+        case O.Sub() if absolute:
+            return O.Add()
+    return op
+
+
+def _node_gamma(node: Node, graph: Graph) -> float:
+    """The relative rounding factor of one node's float64 output: |fl(A v) - A v| <= gamma |A| |v|
+    entrywise, with A the node's (translation-free) operator and |A| its entrywise absolute value."""
+    op = node.op
+    match op:
+        case O.Linear(weight=w):
+            return _gamma(int(np.shape(w)[-1]))  # one dot product of in_features terms per entry
+        case O.Conv(weight=w) | O.ConvTranspose(weight=w):
+            # at most C_in/groups * prod(kernel) products summed per output entry (ConvTranspose:
+            # the taps that reach an output are a subset of the kernel)
+            shape = np.shape(w)
+            channels = shape[1] if isinstance(op, O.Conv) else shape[0] // max(op.groups, 1)
+            return _gamma(int(channels * int(np.prod(shape[2:]))))
+        case O.Affine(scale=scale):
+            return _gamma(1) if scale is not None else 0.0  # one product; + 0 is exact
+        case O.Add() | O.Sub():
+            return _gamma(1)  # |fl(a + b) - (a + b)| <= u |a + b| <= u (|a| + |b|)
+        case O.AvgPool(kernel=kernel):
+            # a window sum, a division (and the 1-d kernel's multiply back): gamma_{K + 3} covers it
+            return _gamma(int(np.prod(kernel)) + 3)
+        case O.GlobalAvgPool():
+            shape = graph.shapes[node.inputs[0]]
+            return _gamma(_size(tuple(shape[2:])) + 3)
+    return 0.0  # Reshape, Transpose, zero Pad, Concat move entries exactly
+
+
+def _subgraph(graph: Graph, region: LinearRegion, absolute: bool) -> Graph:
+    nodes = tuple(dataclasses.replace(n, op=_linear_part(n.op, absolute)) for n in region.nodes)
+    return Graph(
+        inputs=(TensorSpec(name=region.x, shape=tuple(graph.shapes[region.x])),),
+        outputs=(region.output,),
+        nodes=nodes,
+        shapes={k: tuple(v) for k, v in graph.shapes.items()},
+    )
+
+
+def _work(graph: Graph, region: LinearRegion) -> float:
+    """Multiply-adds of one forward pass of one basis vector through the region."""
+    total = 0.0
+    for node in region.nodes:
+        out = _size(tuple(graph.shapes[node.output]))
+        match node.op:
+            case O.Linear(weight=w):
+                total += out * int(np.shape(w)[-1])
+            case O.Conv(weight=w) | O.ConvTranspose(weight=w):
+                total += _size(tuple(graph.shapes[node.inputs[0]])) * int(np.prod(np.shape(w)[1:])) * 2
+                total += out * int(np.prod(np.shape(w)[1:]))
+            case O.AvgPool(kernel=kernel):
+                total += out * int(np.prod(kernel)) * 2
+            case _:
+                total += out + sum(_size(tuple(graph.shapes[i])) for i in node.inputs)
+    return total
+
+
+def _matrices(graph: Graph, region: LinearRegion) -> tuple[np.ndarray, float] | None:
+    """The region's computed float64 matrix M^ (columns: images of the basis vectors) and the
+    computed Frobenius norm of its absolute counterpart P^ (the region with |coefficients|), or
+    None when they hold a NaN or Inf."""
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    n = _size(tuple(graph.shapes[region.x]))
+    held = n + sum(_size(tuple(graph.shapes[node.output])) for node in region.nodes)
+    chunk = max(1, CHUNK_ENTRIES // max(held, 1))
+    f = Executor(_subgraph(graph, region, False), dtype=torch.float64).flat()
+    g = Executor(_subgraph(graph, region, True), dtype=torch.float64).flat()
+    columns: list[np.ndarray] = []
+    abs_squares = 0.0
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            check_deadline()
+            stop = min(n, start + chunk)
+            basis = torch.zeros((stop - start, n), dtype=torch.float64)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            cols = torch.func.vmap(f)(basis).numpy()
+            absolute = torch.func.vmap(g)(basis).numpy()
+            if not (np.all(np.isfinite(cols)) and np.all(np.isfinite(absolute))):
+                return None
+            columns.append(cols)
+            abs_squares += float(np.sum(absolute * absolute))
+    if not math.isfinite(abs_squares):
+        return None
+    mat = np.concatenate(columns, axis=0).T  # [outputs, inputs]
+    # a sum of m n squares: relative error <= gamma_{mn + chunks} (Higham Lemma 3.1), the sqrt one more u
+    terms = mat.size + len(columns) + 2
+    return np.ascontiguousarray(mat), math.sqrt(abs_squares * (1.0 + 1.01 * terms * EPS)) * (1.0 + EPS)
+
+
+def _rounding(graph: Graph, region: LinearRegion, abs_frobenius: float) -> float:
+    """A bound on ||M^ - M||_2, M the exact matrix of the region (translations dropped).
+
+    Per value v, delta_v with |v^ - v| <= delta_v P_v |e| for every input e, P_v the product of the
+    nodes' absolute matrices (|A| >= |A| entrywise, so |v| <= P_v |e|): a node with rounding
+    factor gamma (``_node_gamma``) gives |fl(A v^) - A v| <= gamma |A| |v^| + |A| |v^ - v|
+    <= ((1 + gamma)(1 + delta_in) - 1) |A| P_in |e| (an Add or Sub: the same with |A| P_in =
+    P_a + P_b and delta_in = max(delta_a, delta_b)). At the output, with e the basis vectors,
+    |M^ - M| <= delta P entrywise; the computed P^ obeys |P^ - P| <= delta P by the same argument
+    (its own absolute matrix is P), so P <= P^ / (1 - delta), and
+    ||M^ - M||_2 <= ||M^ - M||_F <= delta / (1 - delta) ||P^||_F.
+    """
+    delta: dict[str, float] = {region.x: 0.0}
+    for node in region.nodes:
+        before = max((delta[name] for name in node.inputs), default=0.0)
+        delta[node.output] = (1.0 + _node_gamma(node, graph)) * (1.0 + before) - 1.0
+    d = delta[region.output] * (1.0 + 4 * EPS)
+    if d >= 0.5:
+        return math.inf
+    return _mul(d / (1.0 - d) * (1.0 + 2 * EPS), abs_frobenius)
+
+
+def _merge_errors(graph: Graph, region: LinearRegion, op_bounds: Mapping[str, OpBound]) -> float:
+    """A bound on the distance between the region's exact operator and that of its nodes' computed
+    weights, for nodes that stand for merged maps (``error`` > 0, ``ir.passes.merge_linear_maps``).
+
+    Replacing one node's operator W by W' changes the region's operator by S (W - W') R, with R
+    the map from x to the node's input and S from its output to the region's output (the other
+    nodes being linear). Swapping the merged nodes one at a time (telescoping, triangle
+    inequality), ||M_exact - M|| <= sum_i S_i error_i R_i, where R_i and S_i are the composed and
+    output-sensitivity bounds of the region's nodes, sound for either version of every node
+    (the rules' bounds are widened by the error)."""
+    merged = [n for n in region.nodes if float(getattr(n.op, "error", 0.0)) > 0.0]
+    if not merged:
+        return 0.0
+    sub = _subgraph(graph, region, False)
+    comp = compose(sub, op_bounds)
+    if comp.upper.guarantee is not Guarantee.UPPER:
+        return math.inf
+    sens = output_sensitivities(sub, op_bounds)
+    total = 0.0
+    for node in merged:
+        err = float(getattr(node.op, "error", 0.0))
+        total = _add(total, _mul(_mul(sens.get(node.output, math.inf), err), comp.per_value[node.inputs[0]]))
+    return total
+
+
+def _norm_path(rows: int, cols: int) -> str | None:
+    """How the norm of a rows x cols matrix is certified, as the dense paths of the convolution
+    bounds: "gram" (the Gram matrix's eigenvalue with its rounding margin, exact to ~1e-13
+    relative) up to DENSE_MAX_ENTRIES, "cholesky" (a shifted-Cholesky certificate, within 5e-5,
+    no lower bound) up to DENSE_CHOLESKY_MAX_ENTRIES, each within DENSE_BUDGET; else None."""
+    side = min(rows, cols)
+    if rows * cols <= DENSE_MAX_ENTRIES and rows * cols * side + 6.0 * side**3 <= DENSE_BUDGET:
+        return "gram"
+    if rows * cols <= DENSE_CHOLESKY_MAX_ENTRIES and side * side * max(rows, cols) + side**3 / 3.0 <= DENSE_BUDGET:
+        return "cholesky"
+    return None
+
+
+def _norm_bounds(mat: np.ndarray) -> tuple[float, float | None] | None:
+    """Certified (upper, lower) on ||mat||_2 by ``_norm_path``'s method; None where none fits."""
+    path = _norm_path(*mat.shape)
+    if path is None:
+        return None
+    if not np.any(mat):
+        return 0.0, 0.0
+    # scale by a power of two (exact) so that no square overflows or underflows
+    peak = float(np.max(np.abs(mat)))
+    exponent = int(np.frexp(peak)[1])
+    scaled = np.ldexp(mat, -exponent)
+    lower: float | None = None
+    if path == "gram":
+        upper, lower = gram_norm_bounds(scaled)
+    else:
+        import torch
+
+        from stabaudit.bounds.gram import gram_cholesky_max_norm
+
+        upper = gram_cholesky_max_norm(torch.from_numpy(scaled)[None])[0].upper * (1.0 + 4 * EPS)
+    try:
+        # times 2^exponent: exact, unless the result leaves the normal range (one ulp outward then)
+        upper = math.nextafter(math.ldexp(upper, exponent), math.inf)
+        lower = None if lower is None else max(0.0, math.nextafter(math.ldexp(lower, exponent), 0.0))
+    except OverflowError:
+        return None
+    return upper, lower
+
+
+def region_bound(
+    graph: Graph, region: LinearRegion, op_bounds: Mapping[str, OpBound]
+) -> RegionBound | None:
+    """The region's certified whole bound, or None when its matrix is too large to form (more
+    than DENSE_CHOLESKY_MAX_ENTRIES entries, or WORK_BUDGET multiply-adds) or is not finite.
+
+    Lip(x -> output) = ||M|| with M the exact matrix of the region's linear part (translations
+    change no distance). M^ is formed by a float64 forward pass of the basis; Weyl's inequality
+    gives ||M|| <= ||M^|| + ||M^ - M|| (``_rounding``) + the merged nodes' errors
+    (``_merge_errors``), and ||M^|| is certified by ``_norm_bounds``."""
+    n = _size(tuple(graph.shapes[region.x]))
+    m = _size(tuple(graph.shapes[region.output]))
+    if _norm_path(m, n) is None or 2.0 * n * _work(graph, region) > WORK_BUDGET:
+        return None
+    if any(
+        isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v))
+        for node in region.nodes
+        for v in vars(node.op).values()
+    ):
+        return None
+    formed = _matrices(graph, region)
+    if formed is None:
+        return None
+    mat, abs_frobenius = formed
+    bounds = _norm_bounds(mat)
+    if bounds is None:
+        return None
+    upper, lower = bounds
+    err = _add(_rounding(graph, region, abs_frobenius), _merge_errors(graph, region, op_bounds))
+    value = _add(upper, err)
+    if not math.isfinite(value):
+        return None
+    composed = compose(_subgraph(graph, region, False), op_bounds)
+    return RegionBound(
+        x=region.x,
+        output=region.output,
+        nodes=tuple(n.name for n in region.nodes),
+        value=value,
+        lower=None if lower is None else max(0.0, lower - err),
+        composed=float(composed.upper.value) if composed.upper.guarantee is Guarantee.UPPER else math.inf,
+    )
+
+
+def region_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, RegionBound]:
+    """Region output -> its whole bound, for every linear region of ``graph`` (which carries its
+    shapes) whose whole bound is below the composition of its nodes' bounds."""
+    out: dict[str, RegionBound] = {}
+    for region in find_linear_regions(graph):
+        check_deadline()
+        found = region_bound(graph, region, op_bounds)
+        if found is not None and found.value < found.composed:
+            out[region.output] = found
+    return out
+
+
+def region_note(bounds: Mapping[str, RegionBound]) -> tuple[str, ...]:
+    """One line for the report: how many regions were bounded as a whole, and the largest gain."""
+    if not bounds:
+        return ()
+    best = max(bounds.values(), key=lambda b: b.composed / b.value if b.value > 0 else math.inf)
+    return (
+        f"{len(bounds)} linear region(s) bounded as a whole by the certified norm of their explicit "
+        f"matrix (largest gain: {best.x!r} -> {best.output!r}, {len(best.nodes)} nodes, "
+        f"{best.value:.6g} instead of {best.composed:.6g})",
+    )
