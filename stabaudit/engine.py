@@ -507,7 +507,7 @@ def _audit(
 
     say("global bound")
     t = time.perf_counter()
-    from stabaudit.analyses.regions import region_bounds, region_note
+    from stabaudit.analyses.linear_regions import region_bounds, region_note
     from stabaudit.analyses.residual import block_bounds
 
     # residual blocks bounded as a whole where that is tighter than 1 + h Lip f

@@ -130,7 +130,7 @@ def compose(
     ``block_bounds`` (value -> (block input x, certified B)) bounds a residual block as a whole:
     L(value) = min(its composed L, B * L(x)) (Lip(g o h) <= Lip(g) Lip(h) with g the block).
     ``region_bounds`` (value -> (region input x, certified B)) does the same for linear regions
-    bounded as a whole (``analyses.regions``).
+    bounded as a whole (``analyses.linear_regions``).
     """
     start = time.perf_counter()
     per_value: dict[str, float] = {name: 1.0 for name in graph.input_names}

@@ -123,6 +123,40 @@ def test_branches_summed_at_add_with_gains() -> None:
     _close(compose(g, bounds).upper.value, 2.0 * 3.0 + 0.5 * 4.0)
 
 
+def test_region_bounds_replace_the_composed_value_when_smaller() -> None:
+    # x -> relu -> (g1 - g2) -> relu: the region r -> y bounded as a whole by 0.5, which then
+    # multiplies L(r); an estimate upstream of the region's input keeps it unused
+    g = _graph(
+        [
+            _relu("r0", "x", "r"),
+            _lin("g1", "r", "a"),
+            _lin("g2", "r", "b"),
+            Node(name="sub", op=O.Sub(), inputs=("a", "b"), output="c"),
+            _relu("r1", "c", "y"),
+        ],
+        ("y",),
+    )
+    bounds = {
+        "r": _ub(2.0),
+        "a": _ub(3.0),
+        "b": _ub(4.0),
+        "c": _ub(1.0, combine=Combine.SUM, input_gains=(1.0, 1.0)),
+        "y": _ub(1.0),
+    }
+    _close(compose(g, bounds).upper.value, 2.0 * 7.0)
+    comp = compose(g, bounds, region_bounds={"c": ("r", 0.5)})
+    _close(comp.upper.value, 2.0 * 0.5)
+    _close(comp.per_value["c"], 1.0)
+    assert [name for name, _ in comp.profile] == ["r0", "g1", "g2", "sub", "r1"]
+    # a looser whole bound changes nothing
+    _close(compose(g, bounds, region_bounds={"c": ("r", 9.0)}).upper.value, 14.0)
+    # both kinds of whole bounds on one value: the smaller product wins
+    both = compose(g, bounds, {"c": ("r", 3.0)}, {"c": ("r", 0.5)})
+    _close(both.upper.value, 1.0)
+    estimated = dict(bounds, r=_ub(2.0, Guarantee.ESTIMATE))
+    _close(compose(g, estimated, region_bounds={"c": ("r", 0.5)}).upper.value, 14.0)
+
+
 def test_concat_is_root_sum_of_squares() -> None:
     g = _graph(
         [
