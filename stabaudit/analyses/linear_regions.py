@@ -146,8 +146,10 @@ def _matrices(graph: Graph, region: LinearRegion) -> tuple[np.ndarray, float] | 
     chunk = max(1, CHUNK_ENTRIES // max(held, 1))
     f = Executor(_subgraph(graph, region, False), dtype=torch.float64).flat()
     g = Executor(_subgraph(graph, region, True), dtype=torch.float64).flat()
-    columns: list[np.ndarray] = []
+    m = _size(tuple(graph.shapes[region.output]))
+    mat = np.empty((m, n), dtype=np.float64)  # [outputs, inputs]
     abs_squares = 0.0
+    chunks = 0
     with torch.no_grad():
         for start in range(0, n, chunk):
             check_deadline()
@@ -158,14 +160,14 @@ def _matrices(graph: Graph, region: LinearRegion) -> tuple[np.ndarray, float] | 
             absolute = torch.func.vmap(g)(basis).numpy()
             if not (np.all(np.isfinite(cols)) and np.all(np.isfinite(absolute))):
                 return None
-            columns.append(cols)
+            mat[:, start:stop] = cols.T
             abs_squares += float(np.sum(absolute * absolute))
+            chunks += 1
     if not math.isfinite(abs_squares):
         return None
-    mat = np.concatenate(columns, axis=0).T  # [outputs, inputs]
     # a sum of m n squares: relative error <= gamma_{mn + chunks} (Higham Lemma 3.1), the sqrt one more u
-    terms = mat.size + len(columns) + 2
-    return np.ascontiguousarray(mat), math.sqrt(abs_squares * (1.0 + 1.01 * terms * EPS)) * (1.0 + EPS)
+    terms = mat.size + chunks + 2
+    return mat, math.sqrt(abs_squares * (1.0 + 1.01 * terms * EPS)) * (1.0 + EPS)
 
 
 def _rounding(graph: Graph, region: LinearRegion, abs_frobenius: float) -> float:
@@ -229,7 +231,8 @@ def _norm_path(rows: int, cols: int) -> str | None:
 
 
 def _norm_bounds(mat: np.ndarray) -> tuple[float, float | None] | None:
-    """Certified (upper, lower) on ||mat||_2 by ``_norm_path``'s method; None where none fits."""
+    """Certified (upper, lower) on ||mat||_2 by ``_norm_path``'s method; None where none fits.
+    ``mat`` is overwritten (rescaled in place)."""
     path = _norm_path(*mat.shape)
     if path is None:
         return None
@@ -238,7 +241,7 @@ def _norm_bounds(mat: np.ndarray) -> tuple[float, float | None] | None:
     # scale by a power of two (exact) so that no square overflows or underflows
     peak = float(np.max(np.abs(mat)))
     exponent = int(np.frexp(peak)[1])
-    scaled = np.ldexp(mat, -exponent)
+    scaled = np.ldexp(mat, -exponent, out=mat)  # in place: the caller's matrix is not used again
     lower: float | None = None
     if path == "gram":
         upper, lower = gram_norm_bounds(scaled)

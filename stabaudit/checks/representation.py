@@ -15,7 +15,9 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     Inequality: ||F(x) - F(y)||_2 <= K ||x - y||_2 for all inputs x, y (THEORY.md SA101; the
     feedforward spectral stability condition: K <= 1 is non-expansive, K < 1 contractive).
     Upper bound: the tightest certified method enabled (composition of certified per-layer
-    bounds over the graph: product along chains, 1 + Lip f for x + f(x), sums at Add).
+    bounds over the graph: product along chains, 1 + Lip f for x + f(x), sums at Add; a linear
+    region, a subgraph affine in one value such as Conv then ConvTranspose or sums of scaled
+    copies, is bounded as a whole by the certified norm of its explicit matrix, rounding included).
     Lower bound: the largest difference quotient |F(x) - F(y)| / |x - y| found by a seeded
     multi-start search, confirmed in float64; its witness pair is in the report.
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is

@@ -137,9 +137,13 @@ def test_two_linear_branches_added_then_a_relu_layer(tmp_path: Path) -> None:
     assert expected <= upper <= expected * (1 + 1e-9)
     composed = (np.linalg.norm(_f64(w1), 2) + np.linalg.norm(_f64(w2), 2)) * np.linalg.norm(_f64(w3), 2)
     assert upper < composed
-    # the depth profile follows the tighter bound at the region's output
-    profile = dict((step.layer, step.upper) for step in report.profile)
-    assert profile["Add_2"] == pytest.approx(region, rel=1e-9)
+    # the depth profile (and SA103's exponent) stay products of the layers' own gains
+    profile = {step.layer: step.upper for step in report.profile}
+    layers = {layer.name: layer.lipschitz.upper for layer in report.layers}
+    assert profile["Add_2"] == pytest.approx(layers["Gemm_0"] + layers["Gemm_1"], rel=1e-12)
+    assert profile["Gemm_4"] == pytest.approx(composed, rel=1e-9)
+    (exponent,) = [c for c in report.checks if c.id == "SA103"]
+    assert exponent.value["upper"] == pytest.approx(np.log(composed) / 3, rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(3))
