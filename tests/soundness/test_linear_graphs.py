@@ -9,7 +9,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper, save
 
+from stabaudit.analyses import linear_regions
+from stabaudit.analyses.composition import rule_bounds
 from stabaudit.api import audit
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.regions import find_linear_regions
 
 
 def _model(path: Path, nodes: list, inits: dict[str, np.ndarray], in_shape: list[int], out_shape: list[int]) -> Path:
@@ -189,3 +195,66 @@ def test_torchscript_branches_and_scaled_copies(tmp_path: Path) -> None:
     wa, wb = (layer.weight.detach().double().numpy() for layer in (module.a, module.b))
     exact = np.linalg.norm(6.0 * wa + 2.0 * np.eye(6) + wb, 2)
     assert exact <= upper <= exact * (1 + 1e-9)
+
+
+def _random_affine_dag(rng: np.random.Generator) -> Graph:
+    """A random DAG of affine nodes on [1, 2, 4, 4] values: convolutions and their transposes,
+    per-channel affine maps with shifts, average pools, transposes, shifts by pad-and-crop, and
+    sums and differences of any two earlier values (fan-out and re-joining)."""
+    values = ["x"]
+    nodes: list[Node] = []
+    for i in range(int(rng.integers(4, 9))):
+        out = f"v{i}"
+        src = values[int(rng.integers(len(values)))]
+        kind = int(rng.integers(7))
+        if kind == 0:
+            op: O.Op = O.Conv(weight=rng.normal(size=(2, 2, 3, 3)), bias=rng.normal(size=2), strides=(1, 1),
+                              pads=(1, 1, 1, 1), dilations=(1, 1))
+        elif kind == 1:
+            op = O.ConvTranspose(weight=rng.normal(size=(2, 2, 3, 3)), strides=(1, 1), pads=(1, 1, 1, 1),
+                                 dilations=(1, 1), output_padding=(0, 0))
+        elif kind == 2:
+            op = O.Affine(scale=rng.normal(size=(1, 2, 1, 1)), shift=rng.normal(size=(1, 2, 1, 1)))
+        elif kind == 3:
+            op = O.AvgPool(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1),
+                           count_include_pad=bool(rng.integers(2)))
+        elif kind == 4:
+            op = O.Transpose(perm=(0, 1, 3, 2))
+        elif kind == 5:
+            op = O.Pad(pads=(0, 0, 1, 0, 0, 0, -1, 0), value=float(rng.normal()))
+        else:
+            other = values[int(rng.integers(len(values)))]
+            op2: O.Op = O.Add() if rng.integers(2) else O.Sub()
+            nodes.append(Node(name=f"n{i}", op=op2, inputs=(src, other), output=out))
+            values.append(out)
+            continue
+        nodes.append(Node(name=f"n{i}", op=op, inputs=(src,), output=out))
+        values.append(out)
+    # join every value into the output, so that the whole DAG is one region
+    total = values[-1]
+    for j, v in enumerate(values[1:-1]):
+        nodes.append(Node(name=f"j{j}", op=O.Add(), inputs=(total, v), output=f"s{j}"))
+        total = f"s{j}"
+    nodes.append(Node(name="out", op=O.Affine(scale=np.array(0.5)), inputs=(total,), output="y"))
+    g = Graph(inputs=(TensorSpec(name="x", shape=(1, 2, 4, 4)),), outputs=("y",), nodes=tuple(nodes))
+    return with_shapes(g.validate())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_affine_dags_are_bounded_by_their_exact_norm(seed: int) -> None:
+    """The region's bound never falls below the exact norm of the DAG's matrix (its float64
+    Jacobian) and is within 1e-9 of it; sampled difference quotients never exceed it."""
+    rng = np.random.default_rng(seed)
+    g = _random_affine_dag(rng)
+    (region,) = find_linear_regions(g)
+    assert region.x == "x" and region.output == "y"
+    found = linear_regions.region_bound(g, region, rule_bounds(g))
+    assert found is not None
+    f = Executor(g, dtype=torch.float64).flat()
+    exact = np.linalg.norm(torch.func.jacrev(f)(torch.zeros(32, dtype=torch.float64)).numpy(), 2)
+    assert exact <= found.value <= exact * (1 + 1e-9)
+    assert found.lower is not None and found.lower <= exact
+    x = torch.from_numpy(rng.normal(size=(64, 32)) * 10)
+    d = torch.from_numpy(rng.normal(size=(64, 32)))
+    q = torch.linalg.norm(torch.func.vmap(f)(x + d) - torch.func.vmap(f)(x), dim=1) / torch.linalg.norm(d, dim=1)
+    assert float(q.max()) <= found.value
