@@ -232,9 +232,7 @@ def estimate_analysis_memory(graph: Graph) -> int:
     min(inputs, outputs) <= 64, else power-iteration buffers; at least one point per call, batched
     up to 256 MB as ``analyses.lower`` plans it) and its candidate pool, the float64 error model,
     and the convolution bounds (explicit dense matrices and circulant chunks, capped by
-    ``bounds.numerics``, plus power-iteration buffers at the conv's input size), and the linear
-    regions bounded as a whole (``analyses.linear_regions``: the explicit matrix, its Gram matrix
-    and factor, capped as the convolutions' dense paths, plus one chunk of the basis's values).
+    ``bounds.numerics``, plus power-iteration buffers at the conv's input size).
     """
     import numpy as np
 
@@ -257,20 +255,13 @@ def estimate_analysis_memory(graph: Graph) -> int:
             # (CONV_PEAK_BYTES), plus power iteration at the input (about 6 tensors of its size)
             inputs = _size(shapes.get(node.inputs[0], ()))
             conv = max(conv, 3 * DENSE_CHOLESKY_MAX_ENTRIES * 8, CONV_PEAK_BYTES, 6 * 8 * inputs)
-    from stabaudit.ir.regions import find_linear_regions
-
-    region = 0
-    for r in find_linear_regions(graph):
-        entries = _size(shapes.get(r.x, ())) * _size(shapes.get(r.output, ()))
-        if entries <= DENSE_CHOLESKY_MAX_ENTRIES:
-            region = max(region, 3 * 8 * entries + 8 * (1 << 22))
     # analyses.lower._Search: per point, values x 8 bytes x (k + 2) (full Jacobian) or x 4
     per_point = values * 8 * ((k + 2) if k <= 64 else 4)
     chunk = int(max(1, min(4096, 256e6 // max(per_point, 1))))
     search = 2 * chunk * per_point  # autograd keeps about as much again
     pool = 2 * 8 * min(2**25, 32 * 1024 * max(n, 1))  # candidate points and their vectors
     error_model = 3 * 8 * values
-    return int(weights * 8 * F64_COPIES + max(search + pool, error_model, conv, region))
+    return int(weights * 8 * F64_COPIES + max(search + pool, error_model, conv))
 
 
 def check_analysis_memory(graph: Graph, budget: int | None = None, *, path: str | None = None) -> None:

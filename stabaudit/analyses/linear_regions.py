@@ -26,7 +26,10 @@ METHOD = "linear-region"
 U = 2.0**-53  # unit roundoff of float64
 EPS = 2.0**-52
 # Entries of the region's values held at once while the basis runs through it (32 MiB of float64;
-# the executor keeps every value of the region for one chunk of basis vectors).
+# the executor keeps every value of the region for one chunk of basis vectors). With the matrix,
+# its Gram matrix and the Cholesky factor (each at most DENSE_CHOLESKY_MAX_ENTRIES, 64 MiB) the
+# peak stays under the lower search's planned batch (limits.estimate_analysis_memory, ~512 MB
+# wherever a region can reach that size).
 CHUNK_ENTRIES = 1 << 22
 # Multiply-adds of the two forward passes of the whole basis (the matrix and its absolute
 # counterpart) above which a region is left to the composition (about 2 s on two cores).
