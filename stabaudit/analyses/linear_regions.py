@@ -197,18 +197,37 @@ def _rounding(graph: Graph, region: LinearRegion, abs_frobenius: float) -> float
     return _mul(d / (1.0 - d) * (1.0 + 2 * EPS), abs_frobenius)
 
 
-def _merge_errors(graph: Graph, region: LinearRegion, op_bounds: Mapping[str, OpBound]) -> float:
-    """A bound on the distance between the region's exact operator and that of its nodes' computed
-    weights, for nodes that stand for merged maps (``error`` > 0, ``ir.passes.merge_linear_maps``).
+def _node_error(op: O.Op) -> float:
+    """A bound on ||A - A'||_2 between the operator a node means and that of its stored parameters:
+    the merged maps' ``error`` (``ir.passes.merge_linear_maps``), plus one float64 rounding per
+    coefficient for weights and scales that the passes or the loader computed (BatchNorm folded
+    into a convolution, 1/c for a division): |A - A'| <= u |A'| entrywise, so
+    ||A - A'||_2 <= ||A - A'||_F <= u ||A'||_F for a weight, <= u max|scale| for a diagonal map.
+    Counted for every weight (zero for weights read as they are, but harmless): a region whose
+    branches cancel can be far smaller than its weights, unlike a single layer."""
+    match op:
+        case O.Linear(weight=w) | O.Conv(weight=w) | O.ConvTranspose(weight=w):
+            fro = float(np.linalg.norm(np.asarray(w, dtype=np.float64))) * (1.0 + (np.size(w) + 2) * EPS)
+            return _add(float(getattr(op, "error", 0.0)), 1.01 * U * fro)
+        case O.Affine(scale=scale) if scale is not None:
+            return 1.01 * U * float(np.max(np.abs(np.asarray(scale, dtype=np.float64)), initial=0.0))
+    return 0.0
 
-    Replacing one node's operator W by W' changes the region's operator by S (W - W') R, with R
+
+def _representation_errors(graph: Graph, region: LinearRegion, op_bounds: Mapping[str, OpBound]) -> float:
+    """A bound on the distance between the region's exact operator (the operators its nodes mean)
+    and that of its nodes' stored parameters (``_node_error`` per node).
+
+    Replacing one node's operator A by A' changes the region's operator by S (A - A') R, with R
     the map from x to the node's input and S from its output to the region's output (the other
-    nodes being linear). Swapping the merged nodes one at a time (telescoping, triangle
-    inequality), ||M_exact - M|| <= sum_i S_i error_i R_i, where R_i and S_i are the composed and
-    output-sensitivity bounds of the region's nodes, sound for either version of every node
-    (the rules' bounds are widened by the error)."""
-    merged = [n for n in region.nodes if float(getattr(n.op, "error", 0.0)) > 0.0]
-    if not merged:
+    nodes being linear). Swapping the nodes one at a time (telescoping, triangle inequality),
+    ||M_exact - M|| <= sum_i S_i e_i R_i, where R_i and S_i are the composed and
+    output-sensitivity bounds of the region's nodes, for either version of every node: the
+    rules' bounds are widened by the merged maps' errors, and a node's operator moved by its
+    rounding of u grows by at most (1 + 2u), so the products along the region's paths by at most
+    (1 + 2u)^k <= 1 + 4 k u (k nodes, k u << 1)."""
+    errors = {node.output: _node_error(node.op) for node in region.nodes}
+    if not any(errors.values()):
         return 0.0
     sub = _subgraph(graph, region, False)
     comp = compose(sub, op_bounds)
@@ -216,10 +235,11 @@ def _merge_errors(graph: Graph, region: LinearRegion, op_bounds: Mapping[str, Op
         return math.inf
     sens = output_sensitivities(sub, op_bounds)
     total = 0.0
-    for node in merged:
-        err = float(getattr(node.op, "error", 0.0))
-        total = _add(total, _mul(_mul(sens.get(node.output, math.inf), err), comp.per_value[node.inputs[0]]))
-    return total
+    for node in region.nodes:
+        if errors[node.output] > 0.0:
+            r = comp.per_value[node.inputs[0]]
+            total = _add(total, _mul(_mul(sens.get(node.output, math.inf), errors[node.output]), r))
+    return _mul(total, 1.0 + 4 * len(region.nodes) * U)
 
 
 def _norm_path(rows: int, cols: int) -> str | None:
@@ -273,8 +293,9 @@ def region_bound(
 
     Lip(x -> output) = ||M|| with M the exact matrix of the region's linear part (translations
     change no distance). M^ is formed by a float64 forward pass of the basis; Weyl's inequality
-    gives ||M|| <= ||M^|| + ||M^ - M|| (``_rounding``) + the merged nodes' errors
-    (``_merge_errors``), and ||M^|| is certified by ``_norm_bounds``."""
+    gives ||M|| <= ||M^|| + ||M^ - M|| (``_rounding``) + the distance from the stored parameters
+    to the operators they stand for (``_representation_errors``), and ||M^|| is certified by
+    ``_norm_bounds``."""
     n = _size(tuple(graph.shapes[region.x]))
     m = _size(tuple(graph.shapes[region.output]))
     if _norm_path(m, n) is None or 2.0 * n * _work(graph, region) > WORK_BUDGET:
@@ -293,7 +314,7 @@ def region_bound(
     if bounds is None:
         return None
     upper, lower = bounds
-    err = _add(_rounding(graph, region, abs_frobenius), _merge_errors(graph, region, op_bounds))
+    err = _add(_rounding(graph, region, abs_frobenius), _representation_errors(graph, region, op_bounds))
     value = _add(upper, err)
     if not math.isfinite(value):
         return None

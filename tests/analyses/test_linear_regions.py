@@ -87,7 +87,7 @@ def test_merged_maps_inside_a_region_carry_their_error() -> None:
     assert merged.nodes[0].op.error > 0.0
     (region,) = find_linear_regions(merged)
     bounds = rule_bounds(merged)
-    assert R._merge_errors(merged, region, bounds) > 0.0
+    assert R._representation_errors(merged, region, bounds) >= merged.nodes[0].op.error  # S = R = 1 here
     found = R.region_bound(merged, region, bounds)
     assert found is not None
     exact = np.linalg.norm(w2 @ w1 - w3, 2)
@@ -227,3 +227,23 @@ def test_the_cholesky_path_certifies_larger_matrices(monkeypatch: pytest.MonkeyP
     exact = np.linalg.norm(w1 + w2, 2)
     assert exact <= found.value <= exact * (1 + 1e-4)
     assert found.lower is None
+
+
+def test_branches_that_cancel_keep_the_rounding_of_their_weights() -> None:
+    """W x - W x computes exactly 0, but weights folded or divided in float64 may stand for
+    operators a rounding apart: the bound keeps u ||W||_F per branch (cancellation makes it
+    visible, unlike for one layer, whose norm is at least ||W||_F / sqrt(rank))."""
+    rng = np.random.default_rng(9)
+    w = rng.normal(size=(6, 6)) * 100
+    g = _graph([
+        Node(name="fc1", op=O.Linear(weight=w), inputs=("x",), output="a"),
+        Node(name="fc2", op=O.Linear(weight=w), inputs=("x",), output="b"),
+        Node(name="half", op=O.Affine(scale=np.array(0.5)), inputs=("b",), output="c"),
+        Node(name="sub", op=O.Sub(), inputs=("a", "c"), output="d"),
+        Node(name="sub2", op=O.Sub(), inputs=("d", "c"), output="y"),
+    ], (1, 6))
+    found = _only_bound(g)
+    u = 2.0**-53
+    assert found.value >= 2 * u * np.linalg.norm(w)  # one rounding per branch at least
+    assert found.value <= 1e-10 * np.linalg.norm(w, 2)
+    assert found.lower == 0.0
