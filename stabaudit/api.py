@@ -56,7 +56,7 @@ def audit_with(
     waivers, overridden by ``overrides``; shared by ``stabaudit check`` and ``audit``."""
     from dataclasses import replace
 
-    from stabaudit.batch import request_for
+    from stabaudit.batching import request_for
     from stabaudit.config import Settings, load_config, resolve_one
     from stabaudit.engine import audit as run
 
@@ -92,7 +92,7 @@ def batch(
 ) -> BatchReport:
     """Audit every model of a batch config (as ``stabaudit batch``); never raises for one model's
     failure: it is a ModelError entry of the report."""
-    from stabaudit.batch import ExecutorKind, make_executor, plan, run_batch
+    from stabaudit.batching import ExecutorKind, make_executor, plan, run_batch
     from stabaudit.config import load_config
 
     cfg = load_config(config)

@@ -434,7 +434,7 @@ def batch(
     """Audit every model of a batch config; exit 2 if any could not be audited, else 1 if any gate failed."""
 
     def body() -> int:
-        from stabaudit.batch import ExecutorKind, make_executor, plan, run_batch
+        from stabaudit.batching import ExecutorKind, make_executor, plan, run_batch
         from stabaudit.config import load_config
         from stabaudit.renderers import BATCH_RENDERERS, RENDERERS, OutputFormat
 
@@ -574,7 +574,7 @@ def trajectory(
     exit 2 if any checkpoint could not be audited, else 1 if SA601/SA602 or a checkpoint's gate failed."""
 
     def body() -> int:
-        from stabaudit.batch import ExecutorKind, make_executor
+        from stabaudit.batching import ExecutorKind, make_executor
         from stabaudit.config import find_default_config, load_config, resolve_one
         from stabaudit.renderers import TRAJECTORY_RENDERERS, OutputFormat
         from stabaudit.trajectory import (

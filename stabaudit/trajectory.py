@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stabaudit import __version__
-from stabaudit.batch import (
+from stabaudit.batching import (
     BatchExecutor,
     BatchJob,
     Outcome,

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stabaudit.batch import (
+from stabaudit.batching import (
     BatchJob,
     DaskExecutor,
     InProcessExecutor,

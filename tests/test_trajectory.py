@@ -13,7 +13,7 @@ from click.testing import Result
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from stabaudit.batch import InProcessExecutor
+from stabaudit.batching import InProcessExecutor
 from stabaudit.checks import CHECKS, CheckPolicy, rule_catalogue
 from stabaudit.checks.trajectory import (
     NEEDS_TRAJECTORY,
