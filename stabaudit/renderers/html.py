@@ -12,6 +12,7 @@ from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
     OutputFormat,
+    gate_line,
     status_label,
     waiver_note,
 )
@@ -32,7 +33,7 @@ code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; w
 h1 code, h2 code { font-size: inherit; }
 .verdict-pass, .status-pass { color: #1a7f37; font-weight: 600; }
 .verdict-fail, .verdict-error, .status-fail { color: #cf222e; font-weight: 600; }
-.status-waived { color: #9a6700; font-weight: 600; }
+.status-waived, .status-warn { color: #9a6700; font-weight: 600; }
 .status-inconclusive { color: #8250df; font-weight: 600; }
 .status-skipped { color: #57606a; }
 .waiver { color: #9a6700; font-size: 12px; }
@@ -237,7 +238,7 @@ def _message_cell(f: Finding) -> str:
     return f"<td>{_e(f.message)}{waiver}</td>"
 
 
-def _checks_table(checks: tuple[Finding, ...]) -> str:
+def _checks_table(checks: tuple[Finding, ...], fail_on: str) -> str:
     rows = [
         '<table class="checks">',
         "<thead><tr><th>id</th><th>name</th><th>status</th><th>severity</th><th>value</th>"
@@ -246,8 +247,8 @@ def _checks_table(checks: tuple[Finding, ...]) -> str:
     ]
     for f in checks:
         rows.append(
-            f'<tr><td>{_e(f.id)}</td><td>{_e(f.name)}</td><td class="status-{_e(status_label(f))}">'
-            f"{_e(status_label(f))}</td><td>{_e(f.severity.value)}</td>"
+            f'<tr><td>{_e(f.id)}</td><td>{_e(f.name)}</td><td class="status-{_e(status_label(f, fail_on))}">'
+            f"{_e(status_label(f, fail_on))}</td><td>{_e(f.severity.value)}</td>"
             f'<td class="num">{_e(value_text(f.value))}</td><td class="num">{_e(value_text(f.threshold))}</td>'
             f"{_message_cell(f)}</tr>"
         )
@@ -269,6 +270,7 @@ def _summary(report: Report) -> str:
         ("input shape", _e(list(m.input_shape))),
         ("verdict", f'<span class="verdict-{_e(report.verdict)}">{_e(report.verdict.upper())}</span>'),
         ("exit code", f"{_e(report.exit_code)} (fail-on {_e(report.fail_on)})"),
+        ("gate", _e(gate_line(report.checks, report.fail_on))),
         ("global Lipschitz (L2)", _e(f"[{num(lip.lower)}, {num(lip.upper)}]")),
         ("upper bound", _e(f"{lip.upper_method} ({mark(lip.certified)})")),
         ("certified", "yes" if lip.certified else "no"),
@@ -317,7 +319,7 @@ def _report_body(report: Report, level: int) -> str:
             _profile_chart(report.profile),
             *_channel_sections(report, h),
             f"<{h}>Checks</{h}>",
-            _checks_table(report.checks),
+            _checks_table(report.checks, report.fail_on),
         ]
     )
 

@@ -1,5 +1,6 @@
 """JUnit XML: one test suite per model, one test case per check (CI test-report widgets); a model
-that could not be audited is a suite whose one test case "audit" is an error."""
+that could not be audited is a suite whose one test case "audit" is an error. Only findings that
+fail the gate are <failure>s; a failed check below --fail-on is a warning (system-out)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
     OutputFormat,
+    gate_counts,
     is_failing,
     waiver_note,
 )
@@ -18,10 +20,13 @@ _HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
 def _counts(report: Report) -> tuple[int, int]:
-    """(failures, skipped): a waived failure is skipped, not failed, as the gate treats it."""
-    failures = sum(is_failing(f) for f in report.checks)
+    """(failures, skipped) as the gate sees them: failures are the findings that fail the gate at
+    the report's --fail-on; a waived failure is skipped, a warning is neither."""
+    failures = sum(is_failing(f, report.fail_on) for f in report.checks)
     skipped = sum(
-        f.waiver is not None or f.status in (Status.SKIPPED, Status.INCONCLUSIVE) for f in report.checks
+        not is_failing(f, report.fail_on)
+        and (f.waiver is not None or f.status in (Status.SKIPPED, Status.INCONCLUSIVE))
+        for f in report.checks
     )
     return failures, skipped
 
@@ -38,13 +43,23 @@ def _suite(parent: ET.Element, report: Report) -> None:
         errors="0",
         timestamp=report.created.removesuffix("Z"),
     )
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="verdict", value=report.verdict)
+    ET.SubElement(props, "property", name="fail_on", value=report.fail_on)
+    ET.SubElement(props, "property", name="warnings", value=str(gate_counts(report.checks, report.fail_on)[1]))
     for f in report.checks:
         case = ET.SubElement(suite, "testcase", classname=report.model.path, name=f"{f.id} {f.name}")
         text = f"[{f.severity.value}] {f.message}"
         if f.waiver is not None:
             ET.SubElement(case, "skipped", message=waiver_note(f.waiver))
-        elif f.status is Status.FAIL:
+        elif is_failing(f, report.fail_on):
             ET.SubElement(case, "failure", message=f.message, type=f.severity.value).text = text
+        elif f.status is Status.FAIL:  # below --fail-on: a warning, which does not gate
+            ET.SubElement(ET.SubElement(case, "properties"), "property", name="status", value="warn")
+            ET.SubElement(case, "system-out").text = (
+                f"[{f.severity.value}] warning, failed below --fail-on {report.fail_on} "
+                f"(warnings do not gate at --fail-on {report.fail_on}): {f.message}"
+            )
         elif f.status is Status.INCONCLUSIVE:
             ET.SubElement(case, "skipped", message=f"inconclusive: {f.message}")
         elif f.status is Status.SKIPPED:

@@ -10,12 +10,13 @@ from stabaudit.renderers.base import (
     RENDERERS,
     TRAJECTORY_RENDERERS,
     OutputFormat,
+    gate_line,
     is_failing,
     status_label,
 )
 from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
-from stabaudit.report.model import BatchReport, ModelError, Report, TrajectoryReport
+from stabaudit.report.model import BatchReport, ModelError, Report, Status, TrajectoryReport
 
 
 def cell(text: str) -> str:
@@ -48,11 +49,13 @@ def render_markdown(report: Report) -> str:
         f"Global Lipschitz (L2): **[{num(lip.lower)}, {num(lip.upper)}]** "
         f"(upper {mark(lip.certified)}: {lip.upper_method})",
         "",
+        f"Gate (fail-on {report.fail_on}, exit code {report.exit_code}): {gate_line(report.checks, report.fail_on)}",
+        "",
         "| check | status | severity | detail |",
         "|---|---|---|---|",
     ]
     for f in report.checks:
-        lines.append(f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |")
+        lines.append(f"| {f.id} {f.name} | {status_label(f, report.fail_on)} | {f.severity.value} | {prose(detail(f))} |")
     line = samples_line(report)
     if line:
         lines += ["", f"Samples: {prose(line)}"]
@@ -88,17 +91,17 @@ def _model_details(entry: Report | ModelError) -> list[str]:
                 "</details>",
             ]
         case Report():
-            shown = [f for f in entry.checks if is_failing(f) or f.waiver is not None]
-            count = sum(is_failing(f) for f in entry.checks)
+            shown = [f for f in entry.checks if f.status is Status.FAIL or is_failing(f, entry.fail_on)]
             lines = [
                 f"<details><summary>{summary_code(entry.model.path)}: {entry.verdict.upper()}, "
-                f"{count} failing check{'' if count == 1 else 's'}</summary>",
+                f"{html.escape(gate_line(entry.checks, entry.fail_on))}</summary>",
                 "",
             ]
             if shown:
                 lines += ["| check | status | severity | detail |", "|---|---|---|---|"]
                 lines += [
-                    f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |" for f in shown
+                    f"| {f.id} {f.name} | {status_label(f, entry.fail_on)} | {f.severity.value} | {prose(detail(f))} |"
+                    for f in shown
                 ]
             else:
                 lines.append("No failing checks.")
@@ -150,7 +153,8 @@ def render_trajectory_markdown(trajectory: TrajectoryReport) -> str:
     lines += ["", f"- {growth_line('K_upper', trajectory.growth_upper)}", f"- {growth_line('K_lower', trajectory.growth_lower)}"]
     lines += ["", "| check | status | severity | detail |", "|---|---|---|---|"]
     lines += [
-        f"| {f.id} {f.name} | {status_label(f)} | {f.severity.value} | {prose(detail(f))} |" for f in trajectory.checks
+        f"| {f.id} {f.name} | {status_label(f, trajectory.fail_on)} | {f.severity.value} | {prose(detail(f))} |"
+        for f in trajectory.checks
     ]
     errors = [f"- {code(p.path)}: {prose(p.error)}" for p in trajectory.points if p.error]
     if errors:

@@ -1,12 +1,21 @@
-"""SARIF 2.1.0: a rules catalogue from the check docstrings, one result per check, layers as
-logical locations, the model files as artifacts; a batch is one run over every model file."""
+"""SARIF 2.1.0 for code scanning: the non-passing findings (all with all_results) with stable
+fingerprints and repository-relative URIs, a rules catalogue from the check docstrings."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
-from stabaudit.renderers.base import BATCH_RENDERERS, RENDERERS, OutputFormat
+from stabaudit.renderers.base import (
+    BATCH_RENDERERS,
+    RENDERERS,
+    OutputFormat,
+    fingerprint,
+    repo_path,
+    shown_in_ci,
+)
+from stabaudit.report.gate import gates
 from stabaudit.report.model import (
     BatchReport,
     Finding,
@@ -20,6 +29,10 @@ from stabaudit.report.model import (
 from stabaudit.report.serialize import plain, report_to_dict
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+# Artifact URIs are relative to this base (SARIF 2.1.0 §3.4.4, §3.14.14): the directory stabaudit
+# ran in, the repository root in CI. GitHub code scanning resolves %SRCROOT% to the checkout.
+URI_BASE = "%SRCROOT%"
+FINGERPRINT_KEY = "stabaudit/v1"
 _LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 # SARIF result kinds: a proved violation is a "fail", an undecided bracket needs "review".
 _KIND = {
@@ -30,22 +43,46 @@ _KIND = {
 }
 
 
-def _physical(uri: str, index: int) -> dict[str, Any]:
-    return {"physicalLocation": {"artifactLocation": {"uri": uri, "index": index}}}
+def _uri(path: str) -> str:
+    """The repository-relative path, percent-encoded (code scanning validates uri-reference)."""
+    return quote(repo_path(path), safe="/")
 
 
-def _result(f: Finding, index: dict[str, int], uri: str, artifact: int) -> dict[str, Any]:
-    location = _physical(uri, artifact)
+def _physical(path: str, index: int) -> dict[str, Any]:
+    return {
+        "physicalLocation": {"artifactLocation": {"uri": _uri(path), "uriBaseId": URI_BASE, "index": index}}
+    }
+
+
+def _level(f: Finding, fail_on: str) -> str:
+    """The gate decides: a finding that fails the gate is an error, a failure below --fail-on a
+    warning (a note at severity info), anything else informational."""
+    if gates(f, fail_on):
+        return "error"
+    if f.status is Status.FAIL:
+        return "note" if f.severity is Severity.INFO else "warning"
+    return "note" if f.status is Status.INCONCLUSIVE else "none"
+
+
+def _result(f: Finding, index: dict[str, int], path: str, artifact: int, fail_on: str) -> dict[str, Any]:
+    location = _physical(path, artifact)
     if f.locations:
         location["logicalLocations"] = [{"name": name, "kind": "member"} for name in f.locations]
+    gating = gates(f, fail_on)
     result: dict[str, Any] = {
         "ruleId": f.id,
         "ruleIndex": index[f.id],
         "kind": _KIND[f.status],
-        "level": _LEVEL[f.severity] if f.status is Status.FAIL else "none",
+        "level": _level(f, fail_on),
         "message": {"text": f"{f.name}: {f.status.value}: {f.message}"},
         "locations": [location],
-        "properties": {"status": f.status.value, "value": plain(f.value), "threshold": plain(f.threshold)},
+        "partialFingerprints": {FINGERPRINT_KEY: fingerprint(f.id, path, f.locations)},
+        "properties": {
+            "status": f.status.value,
+            "gating": gating,
+            "value": plain(f.value),
+            "threshold": plain(f.threshold),
+        },
     }
     if f.waiver is not None:
         # SARIF 2.1.0 §3.27.23 / §3.35: a waiver in the audit config is a suppression kept outside
@@ -55,37 +92,60 @@ def _result(f: Finding, index: dict[str, int], uri: str, artifact: int) -> dict[
     return result
 
 
-def _rules(rules: list[RuleInfo]) -> list[dict[str, Any]]:
-    return [
-        {
+def _rules(rules: list[RuleInfo], docs_url: str | None) -> list[dict[str, Any]]:
+    out = []
+    for r in rules:
+        anchor = r.id.lower()
+        markdown = (
+            f"**{r.id} {r.name}**\n\n{r.doc}\n\n"
+            f"`stabaudit explain {r.id}` prints this text; it is also the section `{r.id}` of "
+            f"docs/theory.md in the stabaudit source tree."
+        )
+        rule: dict[str, Any] = {
             "id": r.id,
             "name": r.name,
             "shortDescription": {"text": r.summary},
             "fullDescription": {"text": r.doc},
-            "help": {"text": f"{r.doc}\n\nRun `stabaudit explain {r.id}` for the same text."},
+            "help": {"text": f"{r.doc}\n\nRun `stabaudit explain {r.id}` for the same text.", "markdown": markdown},
             "defaultConfiguration": {"level": _LEVEL[r.severity]},
             "properties": {"defaultThreshold": r.default_threshold},
         }
-        for r in rules
-    ]
+        # helpUri must be an absolute URI (code scanning validates it); stabaudit has no website,
+        # so it is written only when the docs are published somewhere (STABAUDIT_DOCS_URL).
+        if docs_url:
+            rule["helpUri"] = f"{docs_url}#{anchor}"
+        out.append(rule)
+    return out
 
 
 def _artifact(report: Report) -> dict[str, Any]:
     return {
-        "location": {"uri": report.model.path},
+        "location": {"uri": _uri(report.model.path), "uriBaseId": URI_BASE},
         "hashes": {"sha-256": report.model.sha256},
         "properties": {"format": report.model.format},
     }
 
 
-def _driver(tool: ToolInfo, rules: list[RuleInfo]) -> dict[str, Any]:
+def _driver(tool: ToolInfo, rules: list[RuleInfo], docs_url: str | None) -> dict[str, Any]:
     return {
         "driver": {
             "name": tool.name,
             "version": tool.version,
             "semanticVersion": tool.version,
-            "rules": _rules(rules),
+            "rules": _rules(rules, docs_url),
         }
+    }
+
+
+def _run_frame(automation_id: str) -> dict[str, Any]:
+    return {
+        # category/ (trailing slash: the category alone): code scanning keeps one alert set per
+        # category, so the audits of different models or configs do not close each other's alerts
+        "automationDetails": {"id": f"stabaudit/{automation_id}/"},
+        "originalUriBaseIds": {
+            URI_BASE: {"description": {"text": "The working directory of the run (the repository root in CI)."}}
+        },
+        "columnKind": "unicodeCodePoints",
     }
 
 
@@ -98,13 +158,19 @@ def _lipschitz(report: Report) -> Any:
     return report_to_dict(report)["lipschitz"] | {"witness": None}
 
 
-@RENDERERS.register(OutputFormat.SARIF)
-def render_sarif(report: Report) -> str:
+def _listed(report: Report, all_results: bool) -> list[Finding]:
+    ids = {r.id for r in report.rules}
+    return [f for f in report.checks if f.id in ids and (all_results or shown_in_ci(f))]
+
+
+def render_sarif(report: Report, *, all_results: bool = False, docs_url: str | None = None) -> str:
+    """One run over one model file; only findings that are not pass or skipped unless
+    ``all_results`` (--sarif-all)."""
     index = {r.id: i for i, r in enumerate(report.rules)}
-    run = {
-        "tool": _driver(report.tool, list(report.rules)),
+    run = _run_frame(repo_path(report.model.path)) | {
+        "tool": _driver(report.tool, list(report.rules), docs_url),
         "artifacts": [_artifact(report)],
-        "results": [_result(f, index, report.model.path, 0) for f in report.checks if f.id in index],
+        "results": [_result(f, index, report.model.path, 0, report.fail_on) for f in _listed(report, all_results)],
         "properties": {
             "verdict": report.verdict,
             "exitCode": report.exit_code,
@@ -115,8 +181,7 @@ def render_sarif(report: Report) -> str:
     return _document(run)
 
 
-@BATCH_RENDERERS.register(OutputFormat.SARIF)
-def render_batch_sarif(batch: BatchReport) -> str:
+def render_batch_sarif(batch: BatchReport, *, all_results: bool = False, docs_url: str | None = None) -> str:
     # One catalogue for the run: every rule any report carries, first description wins, by id.
     catalogue: dict[str, RuleInfo] = {}
     for entry in batch.models:
@@ -132,7 +197,11 @@ def render_batch_sarif(batch: BatchReport) -> str:
         path = entry.path if isinstance(entry, ModelError) else entry.model.path
         if path not in where:
             where[path] = len(artifacts)
-            artifacts.append(_artifact(entry) if isinstance(entry, Report) else {"location": {"uri": path}})
+            artifacts.append(
+                _artifact(entry)
+                if isinstance(entry, Report)
+                else {"location": {"uri": _uri(path), "uriBaseId": URI_BASE}}
+            )
     results: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
     models: list[dict[str, Any]] = []
@@ -150,7 +219,9 @@ def render_batch_sarif(batch: BatchReport) -> str:
                 models.append({"path": path, "verdict": "error", "exitCode": entry.exit_code})
             case Report(model=model):
                 results += [
-                    _result(f, index, model.path, where[model.path]) for f in entry.checks if f.id in index
+                    _result(f, index, model.path, where[model.path], entry.fail_on)
+                    for f in entry.checks
+                    if f.id in index and (all_results or shown_in_ci(f))
                 ]
                 models.append(
                     {
@@ -160,8 +231,8 @@ def render_batch_sarif(batch: BatchReport) -> str:
                         "lipschitz": _lipschitz(entry),
                     }
                 )
-    run = {
-        "tool": _driver(batch.tool, rules),
+    run = _run_frame(f"batch/{repo_path(batch.config)}") | {
+        "tool": _driver(batch.tool, rules, docs_url),
         "invocations": [
             {
                 "executionSuccessful": not notifications,
@@ -180,3 +251,7 @@ def render_batch_sarif(batch: BatchReport) -> str:
         },
     }
     return _document(run)
+
+
+RENDERERS.register(OutputFormat.SARIF)(render_sarif)
+BATCH_RENDERERS.register(OutputFormat.SARIF)(render_batch_sarif)

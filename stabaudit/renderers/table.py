@@ -10,11 +10,13 @@ from stabaudit.renderers.base import (
     RENDERERS,
     TRAJECTORY_RENDERERS,
     OutputFormat,
+    gate_line,
     is_failing,
     status_label,
     waiver_note,
 )
 from stabaudit.renderers.sections import samples_line, sections
+from stabaudit.report.gate import is_warning
 from stabaudit.report.model import (
     BatchReport,
     Finding,
@@ -92,9 +94,10 @@ def render_table(report: Report) -> str:
         out += ["", sec.title, tabulate(list(sec.rows), headers=list(sec.headers), disable_numparse=True)]
         out += [f"  {n}" for n in sec.notes]
     out.append("")
-    crow = [[f.id, f.name, f.severity.value, status_label(f).upper(), detail(f)] for f in report.checks]
+    crow = [[f.id, f.name, f.severity.value, status_label(f, report.fail_on).upper(), detail(f)] for f in report.checks]
     out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
     out.append("")
+    out.append(f"gate: {gate_line(report.checks, report.fail_on)}")
     out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})")
     return "\n".join(out) + "\n"
 
@@ -107,8 +110,10 @@ def detail(finding: Finding) -> str:
 
 
 def failing_ids(report: Report) -> str:
-    """The ids of the failed checks no waiver covers, then the waived ones marked as such."""
-    ids = [f.id for f in report.checks if is_failing(f)]
+    """The ids of the checks that fail the gate, then the warnings (failed below --fail-on) and
+    the waived ones, marked as such."""
+    ids = [f.id for f in report.checks if is_failing(f, report.fail_on)]
+    ids += [f"{f.id} (warn)" for f in report.checks if is_warning(f, report.fail_on)]
     ids += [f"{f.id} (waived)" for f in report.checks if f.waiver is not None]
     return ", ".join(ids) or "-"
 
@@ -195,7 +200,10 @@ def render_trajectory_table(trajectory: TrajectoryReport) -> str:
         growth_line("K_lower", trajectory.growth_lower),
         "",
     ]
-    crow = [[f.id, f.name, f.severity.value, status_label(f).upper(), detail(f)] for f in trajectory.checks]
+    crow = [
+        [f.id, f.name, f.severity.value, status_label(f, trajectory.fail_on).upper(), detail(f)]
+        for f in trajectory.checks
+    ]
     out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
     errors = [f"error: {p.path}: {p.error}" for p in trajectory.points if p.error]
     if errors:

@@ -15,23 +15,39 @@ class FailOn(str, Enum):
     WARNING = "warning"
     INCONCLUSIVE = "inconclusive"
 
+    @classmethod
+    def parse(cls, value: str) -> FailOn:
+        """A report's ``fail_on`` string; an empty or unknown one is the default, error."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.ERROR
+
+
+def gates(f: Finding, fail_on: FailOn | str) -> bool:
+    """Whether this one finding fails the gate: a failed check at or above the level; with
+    ``inconclusive``, an inconclusive check of severity warning or error too. A waived finding
+    never does (an expired waiver is a failed finding of its own, SA002)."""
+    level = fail_on if isinstance(fail_on, FailOn) else FailOn.parse(fail_on)
+    if f.waiver is not None:
+        return False
+    if f.status is Status.FAIL:
+        return f.severity is Severity.ERROR or (f.severity is Severity.WARNING and level is not FailOn.ERROR)
+    return (
+        f.status is Status.INCONCLUSIVE
+        and level is FailOn.INCONCLUSIVE
+        and f.severity.rank >= Severity.WARNING.rank
+    )
+
+
+def is_warning(f: Finding, fail_on: FailOn | str) -> bool:
+    """A failed check, not waived, below the --fail-on level: shown in every format, never a gate
+    failure (the same words everywhere: "warnings do not gate at --fail-on LEVEL")."""
+    return f.waiver is None and f.status is Status.FAIL and not gates(f, fail_on)
+
 
 def gate(findings: Iterable[Finding], fail_on: FailOn) -> tuple[str, int]:
-    """A failed check at or above the level fails the gate; with ``inconclusive``, an
-    inconclusive check of severity warning or error fails it too. A waived finding never fails it
-    (an expired waiver is a failed finding of its own, SA002)."""
-    for f in findings:
-        if f.waiver is not None:
-            continue
-        if f.status is Status.FAIL:
-            if f.severity is Severity.ERROR:
-                return "fail", 1
-            if f.severity is Severity.WARNING and fail_on is not FailOn.ERROR:
-                return "fail", 1
-        if (
-            f.status is Status.INCONCLUSIVE
-            and fail_on is FailOn.INCONCLUSIVE
-            and f.severity.rank >= Severity.WARNING.rank
-        ):
-            return "fail", 1
+    """The verdict: "fail" (exit 1) when any finding gates (see ``gates``), else "pass" (exit 0)."""
+    if any(gates(f, fail_on) for f in findings):
+        return "fail", 1
     return "pass", 0

@@ -74,7 +74,8 @@ def test_summary_chart_and_checks():
     assert len(doc.all("line", "lower")) == 3
     assert len(doc.all("circle")) == 2 and len(doc.all("polyline")) == 1
     rows = re.findall(r"<tr><td>(SA\d+)</td><td>([^<]*)</td><td class=\"status-(\w+)\">", page)
-    assert rows == [("SA101", "lipschitz.global", "fail"), ("SA402", "weights.finite", "pass")]
+    assert rows == [("SA101", "lipschitz.global", "warn"), ("SA402", "weights.finite", "pass")]
+    assert "0 failing checks, 1 warning (warnings do not gate at --fail-on error)" in page
     assert "lower=1.5, upper=3.125" in text
 
 
@@ -167,7 +168,7 @@ def test_batch_page_has_summary_sections_and_errors():
     assert len(doc.all("table", "checks")) == 2
     text = " ".join(doc.text)
     assert "Could not be audited (exit code 2): not an ONNX model or TorchScript archive" in text
-    assert "SA101 (waived)" in text and "SA101, SA402" in text
+    assert "SA101 (waived)" in text and "SA402, SA101 (warn)" in text
     assert '<span class="verdict-error">ERROR</span>, 3 models, exit code 2;' in page
 
 

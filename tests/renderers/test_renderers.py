@@ -83,9 +83,12 @@ def test_json_is_stable_and_nonfinite_becomes_null():
 def test_table_marks_certified_and_estimates():
     text = RENDERERS.get(OutputFormat.TABLE)(make_report())
     assert "certified" in text and "[1.5, 3.125]" in text
-    assert "SA101" in text and "FAIL" in text and "verdict: PASS" in text
+    # SA101 failed at severity warning, below --fail-on error: a warning, and the table says why
+    assert "SA101" in text and "WARN" in text and "FAIL" not in text and "verdict: PASS" in text
+    assert "gate: 0 failing checks, 1 warning (warnings do not gate at --fail-on error)" in text
     md = RENDERERS.get(OutputFormat.MD)(make_report())
-    assert "<details>" in md and "| SA101 lipschitz.global | fail |" in md
+    assert "<details>" in md and "| SA101 lipschitz.global | warn |" in md
+    assert "0 failing checks, 1 warning (warnings do not gate at --fail-on error)" in md
 
 
 def test_waived_finding_in_table_and_markdown():
@@ -142,7 +145,7 @@ def test_batch_table_rows_errors_and_verdict():
     lines = BATCH_RENDERERS.get(OutputFormat.TABLE)(make_batch_report()).splitlines()
     row = {line.split()[0]: line.split() for line in lines if line.startswith("models/")}
     assert row["models/a.onnx"][1:6] == ["pass", "1.5", "3.125", "certified", "SA101"]
-    assert row["models/b.pt"][1:] == ["fail", "12.5", "40", "estimate", "SA101,", "SA402"]
+    assert row["models/b.pt"][1:] == ["fail", "12.5", "40", "estimate", "SA402,", "SA101", "(warn)"]
     assert row["models/broken.onnx"][1] == "error"
     assert "error: models/broken.onnx: not an ONNX model or TorchScript archive" in lines
     assert lines[-1] == "batch verdict: ERROR (3 models, exit code 2)"
@@ -151,9 +154,12 @@ def test_batch_table_rows_errors_and_verdict():
 def test_batch_markdown_folds_each_model():
     md = BATCH_RENDERERS.get(OutputFormat.MD)(make_batch_report())
     assert md.startswith("### stabaudit batch: ERROR — 3 models")
-    assert "| `models/b.pt` | fail | 12.5 | 40 | estimate | SA101, SA402 |" in md
+    assert "| `models/b.pt` | fail | 12.5 | 40 | estimate | SA402, SA101 (warn) |" in md
     assert md.count("<details>") == 3 and md.count("</details>") == 3
-    assert "<details><summary><code>models/b.pt</code>: FAIL, 2 failing checks</summary>" in md
+    assert (
+        "<details><summary><code>models/b.pt</code>: FAIL, 1 failing check, 1 warning "
+        "(warnings do not gate at --fail-on error)</summary>" in md
+    )
     assert "| SA402 weights.finite | fail | error | 3 parameters are NaN or infinite |" in md
     assert "Could not be audited (exit code 2): not an ONNX model or TorchScript archive" in md
     # The table comes before every folded section.
