@@ -16,6 +16,7 @@ def audit(
     *,
     config: str | Path | None = None,
     baseline: str | Path | None = None,
+    baseline_any_model: bool = False,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     **options: Any,
@@ -39,6 +40,7 @@ def audit(
         baseline=Path(baseline) if baseline is not None else None,
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
         device=device,
+        baseline_any_model=baseline_any_model,
     )
 
 
@@ -51,14 +53,18 @@ def audit_with(
     cache_dir: Path | None,
     device: str = "cpu",
     observer: Observer | None = None,
+    baseline_any_model: bool = False,
 ) -> Report:
     """One audit from validated settings: the config's defaults (or the model's entry) and its
-    waivers, overridden by ``overrides``; shared by ``stabaudit check`` and ``audit``."""
+    waivers, overridden by ``overrides``; shared by ``stabaudit check`` and ``audit``. A baseline
+    of another model (sha256 and input shape both differ) is refused (UsageError, exit 2) unless
+    ``baseline_any_model``."""
     from dataclasses import replace
 
     from stabaudit.batching import request_for
     from stabaudit.config import Settings, load_config, resolve_one
     from stabaudit.engine import audit as run
+    from stabaudit.errors import UsageError
 
     settings = Settings()
     waivers: tuple[Waiver, ...] = ()
@@ -78,7 +84,14 @@ def audit_with(
         from stabaudit.cache import ReportCache
 
         cache = ReportCache(cache_dir)
-    return run(request, observer=observer, cache=cache)
+    report = run(request, observer=observer, cache=cache)
+    if previous is not None and not baseline_any_model:
+        from stabaudit.report.baseline import other_model
+
+        problem = other_model(previous, report.model.sha256, report.model.input_shape)
+        if problem:
+            raise UsageError(f"--baseline {baseline}: {problem}", path=str(model))
+    return report
 
 
 def batch(
@@ -88,6 +101,7 @@ def batch(
     executor: str = "processes",
     scheduler: str | None = None,
     baseline: str | Path | None = None,
+    baseline_any_model: bool = False,
     cache_dir: str | Path | None = None,
 ) -> BatchReport:
     """Audit every model of a batch config (as ``stabaudit batch``); never raises for one model's
@@ -99,6 +113,7 @@ def batch(
     jobs_ = plan(
         cfg,
         baseline=Path(baseline) if baseline is not None else None,
+        baseline_any_model=baseline_any_model,
         cache_dir=Path(cache_dir) if cache_dir is not None else None,
     )
     return run_batch(cfg, make_executor(ExecutorKind(executor), jobs, scheduler), jobs_)

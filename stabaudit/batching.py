@@ -100,6 +100,7 @@ class BatchJob:
     index: int
     request: AuditRequest
     cache_dir: str | None = None
+    baseline_any_model: bool = False  # compare with a baseline entry of another model anyway
 
 
 def run_job(job: BatchJob) -> Outcome:
@@ -114,7 +115,14 @@ def run_job(job: BatchJob) -> Outcome:
 
         cache = ReportCache(Path(job.cache_dir))
     try:
-        return audit(job.request, cache=cache)
+        report = audit(job.request, cache=cache)
+        if job.request.baseline is not None and not job.baseline_any_model:
+            from stabaudit.report.baseline import other_model
+
+            problem = other_model(job.request.baseline, report.model.sha256, report.model.input_shape)
+            if problem:
+                return ModelError(path=path, error=f"--baseline: {problem}", exit_code=2)
+        return report
     except StabauditError as exc:
         return ModelError(path=path, error="; ".join(exc.problems), exit_code=exc.exit_code)
     except MemoryError:
@@ -303,7 +311,8 @@ def make_executor(kind: ExecutorKind, jobs: int, scheduler: str | None) -> Batch
 
 
 def _baselines(path: Path | None) -> dict[str, Mapping[str, Any]] | None:
-    """The model reports of a previous single or batch JSON report, by model path."""
+    """The model reports of a previous single or batch JSON report, by model path as a batch
+    names it (display_path: `./m.onnx`, `m.onnx` and its absolute path are one key)."""
     if path is None:
         return None
     from stabaudit.report.baseline import read_report_json
@@ -311,7 +320,7 @@ def _baselines(path: Path | None) -> dict[str, Mapping[str, Any]] | None:
     data = read_report_json(path)
     entries = data["models"] if isinstance(data.get("models"), list) else [data]
     return {
-        e["model"]["path"]: e
+        display_path(Path(str(e["model"]["path"]))): e
         for e in entries
         if isinstance(e, dict) and isinstance(e.get("model"), dict) and "path" in e["model"]
     }
@@ -323,6 +332,7 @@ def plan(
     overrides: Settings | None = None,
     baseline: Path | None = None,
     cache_dir: Path | None = None,
+    baseline_any_model: bool = False,
 ) -> list[BatchJob]:
     """Every model of the config as a job, in config order. A bad setting stops the batch before
     anything runs (exit 2); a model that cannot be audited is only known when it runs."""
@@ -343,7 +353,12 @@ def plan(
         except StabauditError as exc:
             raise UsageError(f"{config.path}: {entry.entry}: {exc}") from None
         jobs.append(
-            BatchJob(index=i, request=request, cache_dir=str(cache_dir) if cache_dir else None)
+            BatchJob(
+                index=i,
+                request=request,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                baseline_any_model=baseline_any_model,
+            )
         )
     if not jobs:
         raise UsageError(f"{config.path}: no models: to audit (add a models: list)")
