@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import sys
-import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -19,6 +20,7 @@ from stabaudit.progress import Progress
 if TYPE_CHECKING:
     from stabaudit.config import Settings
     from stabaudit.renderers.base import OutputFormat
+    from stabaudit.report.model import BatchReport, Report
 
 app = typer.Typer(
     add_completion=False,
@@ -79,6 +81,9 @@ def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
         raise typer.Exit(143) from None
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader of stdout went away (`stabaudit explain --all | head -1`)
+        _silence_stdout()
+        raise typer.Exit(0) from None
     except Exception as exc:  # an internal error: a bug in stabaudit
         if debug:
             traceback.print_exc()
@@ -119,22 +124,64 @@ def parse_threshold(text: str) -> tuple[str, float]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory and rename: never a partial file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    """Write ``text`` to ``path`` so that no reader ever sees a partial file: a temporary file in
+    the target's directory, renamed over it. Through a symlink, the file it points to is replaced
+    and the link kept. The new file's mode is 0666 less the umask, as for any file the user
+    creates (reports are shared artefacts, not secrets)."""
+    target = Path(os.path.realpath(path))
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-_EXT = {"table": ".txt", "json": ".json", "md": ".md", "html": ".html", "sarif": ".sarif", "junit": ".xml"}
+def _silence_stdout() -> None:
+    """After the reader of stdout closed the pipe: send what is left to /dev/null, so that neither
+    the remaining writes nor the interpreter's final flush raise BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stream)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def validate_outputs(paths: Sequence[Path | None]) -> None:
+    """Every --output file can be written, checked before the audit runs (exit 2 at once rather
+    than an error after minutes of analysis): its directory exists and is writable, and the path
+    is not a directory. A symlink is checked at the file it points to."""
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(os.path.realpath(path))
+        if target.is_dir():
+            raise UsageError(f"--output {path}: is a directory")
+        parent = target.parent
+        if not parent.is_dir():
+            raise UsageError(f"--output {path}: no such directory {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--output {path}: the directory {parent} is not writable")
+
+
+_EXT = {
+    "table": ".txt",
+    "json": ".json",
+    "md": ".md",
+    "html": ".html",
+    "sarif": ".sarif",
+    "junit": ".xml",
+    "github": ".github.txt",
+    "gitlab": ".gitlab.json",
+}
 FORMAT_HELP = (
-    "table | json | md | html | sarif | junit (default: table, or from each --output's suffix: "
-    ".json .md .html .sarif .xml)"
+    "table | json | md | html | sarif | junit | github (workflow annotations) | gitlab (Code Quality "
+    "JSON) (default: table, or from each --output's suffix: .json .md .html .sarif .xml)"
 )
 
 
@@ -173,7 +220,24 @@ CacheDirOption = Annotated[
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress and no summary line on stderr (errors are still printed)."),
+]
+BaselineAnyModelOption = Annotated[
+    bool,
+    typer.Option(
+        "--baseline-any-model",
+        help="Compare with the --baseline even when it is a report of another model (its sha256 and input shape both differ; refused by default, exit 2).",
+    ),
+]
+SarifAllOption = Annotated[
+    bool,
+    typer.Option(
+        "--sarif-all",
+        help="SARIF: a result for every check, passes and skips included (default: only the findings that are not a pass or skipped).",
+    ),
+]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
@@ -251,6 +315,7 @@ def _targets(
     """(format, file or None for stdout) for every requested output. One --format and one
     --output: the format as named. Several outputs: each one's suffix, else the one --format."""
     named = [_pick_format(f, None, formats_enum) for f in formats or []]
+    outputs = [o for o in outputs or []] or None
     if len(named) > 1 and outputs:
         raise UsageError("--format may be repeated only without --output (several files: use suffixes)")
     if not outputs:
@@ -258,26 +323,146 @@ def _targets(
     if len(outputs) != len(set(outputs)):
         raise UsageError("--output: the same file is named twice")
     if len(outputs) == 1:
-        return [(named[0] if named else _pick_format(None, outputs[0], formats_enum), outputs[0])]
+        fmt = named[0] if named else _pick_format(None, outputs[0], formats_enum)
+        return [(fmt, _file(outputs[0]))]
     targets: list[tuple[OutputFormat, Path | None]] = []
     for out in outputs:
-        guessed = formats_enum.from_suffix(out.suffix)
+        guessed = formats_enum.from_suffix(out.suffix) if _file(out) is not None else None
         if guessed is None and not named:
+            what = "stdout (-o -)" if _file(out) is None else f"the suffix {out.suffix!r}"
             raise UsageError(
-                f"--output {out}: cannot tell the format from the suffix {out.suffix!r}; "
-                "use .json .md .html .sarif .xml .txt"
+                f"--output {out}: cannot tell the format from {what}; use .json .md .html .sarif .xml .txt "
+                "or one --format"
             )
-        targets.append((guessed or named[0], out))
+        targets.append((guessed or named[0], _file(out)))
     return targets
 
 
-def _write_all(texts: list[tuple[str, Path | None]]) -> None:
-    """Everything is rendered before anything is written; each file is written atomically."""
+def _file(path: Path) -> Path | None:
+    """``-o -`` is standard output."""
+    return None if str(path) == "-" else path
+
+
+def _write_all(texts: list[tuple[str, Path | None]]) -> list[str]:
+    """Everything is rendered before anything is written; each file is written atomically. A
+    closed stdout (`| head -1`) ends the stdout writes quietly; the files are still written.
+    Returns what was written, for the summary line."""
+    written: list[str] = []
     for text, path in texts:
         if path is None:
-            sys.stdout.write(text)
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _silence_stdout()
+                continue
+            written.append("stdout")
         else:
             write_atomic(path, text)
+            written.append(str(path))
+    return written
+
+
+def _render(fmt: OutputFormat, report: Report, sarif_all: bool) -> str:
+    from stabaudit.renderers import RENDERERS, OutputFormat
+    from stabaudit.renderers.sarif import render_sarif
+
+    if fmt is OutputFormat.SARIF:
+        return render_sarif(report, all_results=sarif_all, docs_url=_docs_url())
+    return RENDERERS.get(fmt)(report)
+
+
+def _render_batch(fmt: OutputFormat, batch: BatchReport, sarif_all: bool) -> str:
+    from stabaudit.renderers import BATCH_RENDERERS, OutputFormat
+    from stabaudit.renderers.sarif import render_batch_sarif
+
+    if fmt is OutputFormat.SARIF:
+        return render_batch_sarif(batch, all_results=sarif_all, docs_url=_docs_url())
+    return BATCH_RENDERERS.get(fmt)(batch)
+
+
+def _docs_url() -> str | None:
+    """Where the checks' documentation is published, for SARIF helpUri (an absolute URL of
+    docs/theory.md; stabaudit has no website of its own): STABAUDIT_DOCS_URL, else none."""
+    return os.environ.get("STABAUDIT_DOCS_URL", "").strip() or None
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _wrote(written: list[str]) -> str:
+    return f"; wrote {', '.join(written)}" if written else ""
+
+
+def summary_line(report: Report, written: list[str]) -> str:
+    """The last line on stderr: verdict, bracket, the checks that fail the gate, what was written."""
+    from stabaudit.report.gate import gates, is_warning
+    from stabaudit.report.refusal import is_refusal
+
+    head = f"stabaudit: {report.verdict.upper()} (exit code {report.exit_code}) {report.model.path}"
+    if is_refusal(report):
+        ids = ", ".join(f.id for f in report.checks)
+        return f"{head}: refused ({ids}), no bound computed{_wrote(written)}"
+    lip = report.lipschitz
+    failing = [f.id for f in report.checks if gates(f, report.fail_on)]
+    warnings = [f.id for f in report.checks if is_warning(f, report.fail_on)]
+    sound = "certified" if lip.certified else "estimate"
+    parts = [
+        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}] ({sound} upper)",
+        f"failing: {', '.join(failing) or 'none'}",
+    ]
+    if warnings:
+        parts.append(f"warnings (do not gate at --fail-on {report.fail_on}): {', '.join(warnings)}")
+    return "; ".join(parts) + _wrote(written)
+
+
+def batch_summary_line(batch: BatchReport, written: list[str]) -> str:
+    from stabaudit.report.gate import gates
+    from stabaudit.report.model import ModelError
+
+    failing = [
+        f"{m.model.path} ({', '.join(f.id for f in m.checks if gates(f, m.fail_on))})"
+        for m in batch.models
+        if not isinstance(m, ModelError) and m.exit_code == 1
+    ]
+    errors = [m.path for m in batch.models if isinstance(m, ModelError)]
+    parts = [
+        f"stabaudit batch: {batch.verdict.upper()} (exit code {batch.exit_code}) {batch.config}: "
+        f"{len(batch.models)} models, {len(failing)} failed, {len(errors)} not audited"
+    ]
+    if failing:
+        parts.append(f"failing: {', '.join(failing)}")
+    if errors:
+        parts.append(f"not audited: {', '.join(errors)}")
+    return "; ".join(parts) + _wrote(written)
+
+
+def _say(line: str, quiet: bool) -> None:
+    if not quiet:
+        typer.echo(line, err=True)
+
+
+def _refusal(exc: StabauditError, model: Path, fail_on: str | None) -> Report:
+    """The report of a model whose audit stopped with exit code 2 (report/refusal.py)."""
+    from stabaudit.checks import rule_catalogue
+    from stabaudit.engine import report_timestamp
+    from stabaudit.report.model import ToolInfo
+    from stabaudit.report.refusal import refusal_report
+
+    try:
+        digest = hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else ""
+    except OSError:
+        digest = ""
+    return refusal_report(
+        exc,
+        path=str(model),
+        fail_on=fail_on or "error",
+        tool=ToolInfo(name="stabaudit", version=__version__),
+        created=report_timestamp()[0],
+        rules=rule_catalogue(),
+        sha256=digest,
+    )
 
 
 @app.command()
@@ -330,6 +515,7 @@ def check(
             help="Allowed growth of a certified bound against --baseline (default 0.1 = 10%).",
         ),
     ] = None,
+    baseline_any_model: BaselineAnyModelOption = False,
     inputs: Annotated[
         Path | None,
         typer.Option(
@@ -348,6 +534,7 @@ def check(
     ] = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
+    sarif_all: SarifAllOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -356,9 +543,10 @@ def check(
     def body() -> int:
         from stabaudit.api import audit_with
         from stabaudit.config import find_default_config
-        from stabaudit.renderers import RENDERERS, OutputFormat
+        from stabaudit.renderers import OutputFormat
 
         targets = _targets(format, output, OutputFormat)
+        validate_outputs([path for _, path in targets])
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
@@ -366,17 +554,29 @@ def check(
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
-        with Progress(enabled=not quiet, label=str(model)) as progress:
-            report = audit_with(
-                model,
-                overrides,
-                config=config if config is not None else find_default_config(Path(".")),
-                baseline=baseline,
-                cache_dir=_cache(cache_dir, no_cache),
-                device=device,
-                observer=progress.phase,
-            )
-        _write_all([(RENDERERS.get(fmt)(report), path) for fmt, path in targets])
+        try:
+            with Progress(enabled=not quiet, label=str(model)) as progress:
+                report = audit_with(
+                    model,
+                    overrides,
+                    config=config if config is not None else find_default_config(Path(".")),
+                    baseline=baseline,
+                    cache_dir=_cache(cache_dir, no_cache),
+                    device=device,
+                    observer=progress.phase,
+                    baseline_any_model=baseline_any_model,
+                )
+        except StabauditError as exc:
+            if exc.exit_code != 2:
+                raise
+            # refused (unsupported operators, equivalence, a file that cannot be read, ...): the
+            # reasons on stderr as always, and still a report in every requested format
+            if debug:
+                traceback.print_exc()
+            _report_error(exc)
+            report = _refusal(exc, model, overrides.fail_on)
+        written = _write_all([(_render(fmt, report, sarif_all), path) for fmt, path in targets])
+        _say(summary_line(report, written), quiet)
         return report.exit_code
 
     _run_guarded(debug, body)
@@ -421,6 +621,7 @@ def batch(
     max_regression: Annotated[
         float | None, typer.Option("--max-regression", help="Allowed growth against --baseline (default 0.1).")
     ] = None,
+    baseline_any_model: BaselineAnyModelOption = False,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", help="Seconds per model; a model past it is recorded as an error."),
@@ -428,6 +629,7 @@ def batch(
     max_memory: MaxMemoryOption = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
+    sarif_all: SarifAllOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -436,7 +638,7 @@ def batch(
     def body() -> int:
         from stabaudit.batching import ExecutorKind, make_executor, plan, run_batch
         from stabaudit.config import load_config
-        from stabaudit.renderers import BATCH_RENDERERS, RENDERERS, OutputFormat
+        from stabaudit.renderers import OutputFormat
 
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
@@ -446,6 +648,9 @@ def batch(
             known = ", ".join(k.value for k in ExecutorKind)
             raise UsageError(f"--executor {executor!r}: expected one of {known}") from None
         targets = _targets(format, output, OutputFormat)
+        validate_outputs([path for _, path in targets])
+        if output_dir is not None and output_dir.exists() and not output_dir.is_dir():
+            raise UsageError(f"--output-dir {output_dir}: not a directory")
         dir_formats = [_pick_format(f, None, OutputFormat) for f in format or ["json"]]
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=None, inputs=None,
@@ -453,26 +658,43 @@ def batch(
             method=method, seed=seed, budget=budget,
         )
         cfg = load_config(config)
-        planned = plan(cfg, overrides=overrides, baseline=baseline, cache_dir=_cache(cache_dir, no_cache))
+        planned = plan(
+            cfg,
+            overrides=overrides,
+            baseline=baseline,
+            cache_dir=_cache(cache_dir, no_cache),
+            baseline_any_model=baseline_any_model,
+        )
         runner = make_executor(kind, jobs, scheduler)
         with Progress(enabled=not quiet, label=str(config), total=len(planned)) as progress:
             report = run_batch(cfg, runner, planned, progress=progress.step)
-        texts = [(BATCH_RENDERERS.get(fmt)(report), path) for fmt, path in targets]
+        texts = [(_render_batch(fmt, report, sarif_all), path) for fmt, path in targets]
         if output_dir is not None:
             from stabaudit.report.model import Report
 
             for fmt in dir_formats:
                 ext = _EXT[fmt.value]
-                texts.append((BATCH_RENDERERS.get(fmt)(report), output_dir / f"batch{ext}"))
+                texts.append((_render_batch(fmt, report, sarif_all), output_dir / f"batch{ext}"))
                 for i, m in enumerate(report.models):
                     if isinstance(m, Report):
                         name = f"{i:03d}-{Path(m.model.path).stem}{ext}"
-                        texts.append((RENDERERS.get(fmt)(m), output_dir / name))
+                        texts.append((_render(fmt, m, sarif_all), output_dir / name))
             output_dir.mkdir(parents=True, exist_ok=True)
-        _write_all(texts)
+        # the models that could not be audited, one line each, whatever the outputs and --quiet
+        _report_model_errors(report)
+        written = _write_all(texts)
+        _say(batch_summary_line(report, written), quiet)
         return report.exit_code
 
     _run_guarded(debug, body)
+
+
+def _report_model_errors(batch: BatchReport) -> None:
+    from stabaudit.report.model import ModelError
+
+    for m in batch.models:
+        if isinstance(m, ModelError):
+            typer.echo(f"error: {m.path}: {m.error}", err=True)
 
 
 def _pick_format(
@@ -587,6 +809,7 @@ def trajectory(
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
         targets = _targets(format, output, OutputFormat)
+        validate_outputs([path for _, path in targets])
         for fmt, _ in targets:
             if fmt not in TRAJECTORY_RENDERERS:
                 raise UsageError(f"format {fmt.value} is not available for trajectories (use table, json or md)")

@@ -28,8 +28,13 @@ def run(*args: str):
 
 
 def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    """One `error: ` line per problem; a refused audit (the report is still written) ends with the
+    summary line `stabaudit: FAIL (exit code 2) ...`."""
     assert result.exit_code == code, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
+    if lines and lines[-1].startswith("stabaudit: "):
+        assert lines[-1].startswith(f"stabaudit: FAIL (exit code {code}) "), lines[-1]
+        lines = lines[:-1]
     assert lines and all(line.startswith("error: ") for line in lines), result.stderr
     assert "Traceback" not in result.stderr
     for fragment in fragments:
@@ -219,10 +224,16 @@ def test_bad_config(tmp_path):
     )
 
 
-def test_output_is_not_left_half_written_on_error(tmp_path):
+def test_a_refused_model_still_gets_its_report_and_nothing_half_written(tmp_path):
     out = tmp_path / "r.json"
-    run("check", tmp_path / "missing.onnx", "--output", out)
-    assert not out.exists() and not list(tmp_path.iterdir())
+    result = run("check", tmp_path / "missing.onnx", "--output", out)
+    assert_one_line_error(result, 2, "missing.onnx: no such file")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left beside it
+    data = json.loads(out.read_text())
+    assert (data["verdict"], data["exit_code"], data["layers"]) == ("fail", 2, [])
+    assert [(c["id"], c["status"], c["message"]) for c in data["checks"]] == [
+        ("SA900", "fail", "no such file")
+    ]
 
 
 # ---- other commands ---------------------------------------------------------------------------
@@ -322,7 +333,10 @@ def test_timeout_stops_cleanly(tmp_path):
     out = tmp_path / "r.json"
     result = run("check", SAMPLES / "cnn.onnx", "--budget", "60", "--timeout", "1", "-o", out)
     assert_one_line_error(result, 2, "timed out after 1", "--timeout")
-    assert not out.exists()
+    # exit 2 still writes the requested report: the refusal, with no bound in it
+    data = json.loads(out.read_text())
+    assert data["exit_code"] == 2 and data["lipschitz"]["upper"] is None
+    assert data["checks"][0]["id"] == "SA900" and "timed out after 1" in data["checks"][0]["message"]
 
 
 def test_memory_budget_refuses_before_loading():

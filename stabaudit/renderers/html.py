@@ -19,6 +19,7 @@ from stabaudit.renderers.base import (
 from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.renderers.table import failing_ids, mark, num
 from stabaudit.report.model import BatchReport, Finding, Layer, ModelError, ProfileStep, Report
+from stabaudit.report.refusal import is_refusal
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px;
@@ -310,6 +311,16 @@ def _channel_sections(report: Report, h: str) -> list[str]:
 def _report_body(report: Report, level: int) -> str:
     """One model's content; `level` is the heading level of its subsections."""
     h = f"h{level}"
+    if is_refusal(report):  # no bound was computed: the reason and the finding, nothing else
+        reason = "; ".join(f.message for f in report.checks)
+        return "\n".join(
+            [
+                f'<p class="error">The audit was refused (exit code {_e(report.exit_code)}); no bound was '
+                f"computed: {_e(reason)}</p>",
+                f"<{h}>Checks</{h}>",
+                _checks_table(report.checks, report.fail_on),
+            ]
+        )
     return "\n".join(
         [
             _summary(report),

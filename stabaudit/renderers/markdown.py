@@ -17,6 +17,7 @@ from stabaudit.renderers.base import (
 from stabaudit.renderers.sections import samples_line, sections
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
 from stabaudit.report.model import BatchReport, ModelError, Report, Status, TrajectoryReport
+from stabaudit.report.refusal import is_refusal
 
 
 def cell(text: str) -> str:
@@ -43,6 +44,22 @@ def code(text: str) -> str:
 @RENDERERS.register(OutputFormat.MD)
 def render_markdown(report: Report) -> str:
     lip = report.lipschitz
+    if is_refusal(report):
+        lines = [
+            f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
+            "",
+            f"The audit was refused (exit code {report.exit_code}); no bound was computed.",
+            "",
+            f"Gate (fail-on {report.fail_on}, exit code {report.exit_code}): {gate_line(report.checks, report.fail_on)}",
+            "",
+            "| check | status | severity | detail |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f.id} {f.name} | {status_label(f, report.fail_on)} | {f.severity.value} | {prose(detail(f))} |"
+            for f in report.checks
+        ]
+        return "\n".join([*lines, ""])
     lines = [
         f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
         "",

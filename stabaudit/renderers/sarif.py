@@ -119,11 +119,13 @@ def _rules(rules: list[RuleInfo], docs_url: str | None) -> list[dict[str, Any]]:
 
 
 def _artifact(report: Report) -> dict[str, Any]:
-    return {
+    artifact: dict[str, Any] = {
         "location": {"uri": _uri(report.model.path), "uriBaseId": URI_BASE},
-        "hashes": {"sha-256": report.model.sha256},
         "properties": {"format": report.model.format},
     }
+    if report.model.sha256:  # a refused model that could not be read has none
+        artifact["hashes"] = {"sha-256": report.model.sha256}
+    return artifact
 
 
 def _driver(tool: ToolInfo, rules: list[RuleInfo], docs_url: str | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from stabaudit.report.model import (
     TrajectoryPoint,
     TrajectoryReport,
 )
+from stabaudit.report.refusal import is_refusal
 
 
 def num(x: float | None) -> str:
@@ -52,6 +53,8 @@ def _layer_mark(lip: LayerLipschitz) -> str:
 @RENDERERS.register(OutputFormat.TABLE)
 def render_table(report: Report) -> str:
     m, lip, eq = report.model, report.lipschitz, report.equivalence
+    if is_refusal(report):
+        return _render_refusal(report)
     out = [
         f"stabaudit {report.tool.version}  {m.path}  {report.created}",
         f"format {m.format}  input {list(m.input_shape)}  parameters {m.parameters}  sha256 {m.sha256[:16]}",
@@ -99,6 +102,20 @@ def render_table(report: Report) -> str:
     out.append("")
     out.append(f"gate: {gate_line(report.checks, report.fail_on)}")
     out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})")
+    return "\n".join(out) + "\n"
+
+
+def _render_refusal(report: Report) -> str:
+    crow = [[f.id, f.name, f.severity.value, status_label(f, report.fail_on).upper(), detail(f)] for f in report.checks]
+    out = [
+        f"stabaudit {report.tool.version}  {report.model.path}  {report.created}",
+        f"The audit was refused (exit code {report.exit_code}); no bound was computed.",
+        "",
+        tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True),
+        "",
+        f"gate: {gate_line(report.checks, report.fail_on)}",
+        f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})",
+    ]
     return "\n".join(out) + "\n"
 
 

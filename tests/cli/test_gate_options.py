@@ -58,7 +58,9 @@ def test_stabaudit_yaml_in_the_working_directory_is_read(tmp_path, monkeypatch):
     (tmp_path / "stabaudit.yaml").write_text("thresholds: {lipschitz: [1]}\n")
     r = run("check", MLP)
     assert r.exit_code == 2
-    assert r.stderr.strip() == "error: stabaudit.yaml:1: thresholds.lipschitz: expected a number"
+    error, summary = r.stderr.strip().splitlines()  # the error, then the summary of the refusal
+    assert error == "error: stabaudit.yaml:1: thresholds.lipschitz: expected a number"
+    assert summary.startswith(f"stabaudit: FAIL (exit code 2) {MLP}: refused (SA900)")
 
 
 def test_check_applies_the_config_entry_and_waivers_of_its_model(tmp_path, monkeypatch):
