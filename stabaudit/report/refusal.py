@@ -58,8 +58,15 @@ def refusal_report(
             rule_id, name = "SA902", "equivalence"
         case _:
             rule_id, name = AUDIT_REFUSED.id, AUDIT_REFUSED.name
-    known = {r.id: r for r in rules}
-    rule = known.get(rule_id, AUDIT_REFUSED if rule_id == AUDIT_REFUSED.id else None)
+    known = {r.id: r for r in rules} | {AUDIT_REFUSED.id: AUDIT_REFUSED}
+    rule = known.get(rule_id) or RuleInfo(  # no catalogue given: a short entry, so SARIF keeps the finding
+        id=rule_id,
+        name=name,
+        summary=name,
+        doc=f"`stabaudit explain {rule_id}` describes this check.",
+        severity=Severity.ERROR,
+        default_threshold=None,
+    )
     finding = Finding(
         id=rule_id,
         name=name,
@@ -86,7 +93,7 @@ def refusal_report(
         fail_on=fail_on,
         created=created,
         notes=(REFUSED_NOTE,),
-        rules=(rule,) if rule is not None else (),
+        rules=(rule,),
     )
 
 
