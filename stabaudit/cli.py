@@ -726,7 +726,8 @@ def explain(
 
     def body() -> int:
         from stabaudit.checks import CHECKS
-        from stabaudit.checks.docs import explain_text, theory_markdown
+        from stabaudit.checks.docs import explain_text, refused_text, theory_markdown
+        from stabaudit.report.refusal import AUDIT_REFUSED
 
         if all_checks:
             sys.stdout.write(theory_markdown())
@@ -734,6 +735,9 @@ def explain(
         if check_id is None:
             raise UsageError("explain: name a check (e.g. SA101) or give --all")
         wanted = check_id.upper()
+        if wanted in (AUDIT_REFUSED.id, AUDIT_REFUSED.name.upper()):
+            typer.echo(refused_text(), nl=False)
+            return 0
         for key in CHECKS:
             spec = CHECKS.get(key)
             if wanted in (spec.id, spec.name.upper()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stabaudit.checks.base import CHECKS, CheckSpec
+from stabaudit.report.refusal import AUDIT_REFUSED
 
 
 def settings_line(spec: CheckSpec) -> str:
@@ -17,6 +18,14 @@ def settings_line(spec: CheckSpec) -> str:
 def explain_text(spec: CheckSpec) -> str:
     """What `stabaudit explain ID` prints."""
     return f"{spec.id} {spec.name}\n{settings_line(spec)}\n\n{spec.doc}\n"
+
+
+def refused_text() -> str:
+    """What `stabaudit explain SA900` prints: the finding of a refused audit (not a check that runs)."""
+    return (
+        f"{AUDIT_REFUSED.id} {AUDIT_REFUSED.name}\nnot a check that runs: the finding of an audit that "
+        f"stopped (exit code 2)\n\n{AUDIT_REFUSED.doc}\n"
+    )
 
 
 def theory_markdown() -> str:
@@ -39,6 +48,16 @@ def theory_markdown() -> str:
         default = "" if spec.default_threshold is None else f"{spec.default_threshold:g}"
         key = f" (`{spec.threshold_key}`)" if spec.threshold_key else ""
         lines.append(f"| [{spec.id}](#{spec.id.lower()}) | {spec.name} | {spec.severity.value} | {default}{key} |")
+    lines.append(f"| [{AUDIT_REFUSED.id}](#{AUDIT_REFUSED.id.lower()}) | {AUDIT_REFUSED.name} | error | (refused audits) |")
     for spec in specs:
         lines += ["", f"## {spec.id}", "", f"**{spec.name}**: {settings_line(spec)}.", "", spec.doc]
+    lines += [
+        "",
+        f"## {AUDIT_REFUSED.id}",
+        "",
+        f"**{AUDIT_REFUSED.name}**: not a check that runs; the one finding of the report of an audit "
+        "that stopped with exit code 2.",
+        "",
+        AUDIT_REFUSED.doc,
+    ]
     return "\n".join(lines) + "\n"

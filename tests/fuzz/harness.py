@@ -71,7 +71,8 @@ def load_cleanly(path: Path, *, input_shape: tuple[int, ...] | None = None) -> S
 
 
 def check_cli(path: Path, *extra: str) -> tuple[int, str]:
-    """``stabaudit check path --budget 0.2``: exit 0, 1 or 2, and on 2 only ``error:`` lines."""
+    """``stabaudit check path --budget 0.2``: exit 0, 1 or 2, and on 2 only ``error:`` lines, then
+    the summary line of the refusal (returned without it)."""
     from typer.testing import CliRunner
 
     from stabaudit.cli import app
@@ -84,6 +85,9 @@ def check_cli(path: Path, *extra: str) -> tuple[int, str]:
     assert "Traceback" not in err and "internal error" not in err, err[-2000:]
     if result.exit_code == 2:
         lines = err.strip().splitlines()
+        assert lines and lines[-1].startswith("stabaudit: FAIL (exit code 2) "), err[-2000:]
+        lines = lines[:-1]
         assert lines and all(line.startswith("error: ") for line in lines), err[-2000:]
+        err = "\n".join(lines) + "\n"
     assert elapsed < 2 * CASE_LIMIT_S, f"check took {elapsed:.1f} s"
     return result.exit_code, err

@@ -42,3 +42,13 @@ def test_refusal_report_renders_in_every_format(exc, rule, value):
     if SCHEMA.is_file():
         jsonschema = pytest.importorskip("jsonschema")
         jsonschema.validate(sarif, json.loads(SCHEMA.read_text()), cls=jsonschema.Draft7Validator)
+
+
+def test_explain_knows_the_refusal_finding():
+    from typer.testing import CliRunner
+
+    from stabaudit.cli import app
+
+    result = CliRunner().invoke(app, ["explain", "SA900"])
+    assert result.exit_code == 0 and result.stdout.startswith("SA900 audit.refused\n")
+    assert AUDIT_REFUSED.doc in result.stdout
