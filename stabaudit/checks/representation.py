@@ -22,6 +22,12 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     multi-start search, confirmed in float64; its witness pair is in the report.
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
     > K_max, inconclusive when the bracket straddles K_max.
+    Branch switches: a model whose executed code switches branch with a jump (torch's softplus
+    returns x itself where beta x > threshold) is not Lipschitz at all; then K and its bracket
+    are about the smooth part (every switch replaced by its smooth formula) and the model as
+    executed satisfies ||F(x) - F(y)||_2 <= K ||x - y||_2 + delta, with delta the certified
+    additive term (lipschitz.additive in the report) stated in the message and the value; no
+    pass without a finite certified delta.
     Assumptions: weights as stored, inputs unrestricted (a global statement), L2 norms of the
     flattened input and output.
     Default threshold 1 (warning); `--threshold lipschitz=VALUE` or `thresholds: {lipschitz: VALUE}`
@@ -29,14 +35,25 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     """
     assert ctx.threshold is not None
     lip = ev.lipschitz
-    status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified)
+    add = lip.additive
+    jump_ok = add is None or (add.certified and add.value is not None and math.isfinite(add.value))
+    status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified and jump_ok)
     bracket = f"[{fmt(lip.lower)}, {fmt(lip.upper)}]"
     text = {
         Status.PASS: f"certified K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)}",
         Status.FAIL: f"K >= {fmt(lip.lower)} > {fmt(ctx.threshold)} (witness pair in the report)",
         Status.INCONCLUSIVE: f"bracket {bracket} straddles K_max = {fmt(ctx.threshold)}",
     }[status]
-    return ctx.finding(status, {"lower": lip.lower, "upper": lip.upper}, text)
+    value: dict[str, float | None] = {"lower": lip.lower, "upper": lip.upper}
+    if add is not None:
+        value["additive"] = add.value
+        sound = "certified" if jump_ok else "not certified"
+        text += (
+            f"; K is for the smooth part: as executed, ||F(x) - F(y)|| <= K ||x - y|| + "
+            f"{fmt(add.value)} ({sound} additive term of the branch switches in "
+            f"{', '.join(add.sources) or 'no layer'})"
+        )
+    return ctx.finding(status, value, text)
 
 
 @check("SA102", "lipschitz.layer", severity=Severity.WARNING, threshold_key="layer_lipschitz", default_threshold=1.0)
