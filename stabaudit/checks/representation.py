@@ -44,6 +44,10 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
         Status.FAIL: f"K >= {fmt(lip.lower)} > {fmt(ctx.threshold)} (witness pair in the report)",
         Status.INCONCLUSIVE: f"bracket {bracket} straddles K_max = {fmt(ctx.threshold)}",
     }[status]
+    if status is Status.INCONCLUSIVE and not jump_ok and bracket_status(
+        lip.lower, lip.upper, ctx.threshold, certified=lip.certified
+    ) is Status.PASS:
+        text = f"K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)} holds for the smooth part only"
     value: dict[str, float | None] = {"lower": lip.lower, "upper": lip.upper}
     if add is not None:
         value["additive"] = add.value
