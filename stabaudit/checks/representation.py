@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import math
 
-from stabaudit.checks.base import CheckContext, Evidence, bracket_status, check, fmt
+from stabaudit.checks.base import (
+    CheckContext,
+    Evidence,
+    bracket_status,
+    branch_switch_note,
+    check,
+    fmt,
+)
 from stabaudit.report.model import Finding, Severity, Status
 
 
@@ -35,8 +42,7 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     """
     assert ctx.threshold is not None
     lip = ev.lipschitz
-    add = lip.additive
-    jump_ok = add is None or (add.certified and add.value is not None and math.isfinite(add.value))
+    jump_ok, jump_text = branch_switch_note(lip, "K")
     status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified and jump_ok)
     bracket = f"[{fmt(lip.lower)}, {fmt(lip.upper)}]"
     text = {
@@ -49,15 +55,9 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     ) is Status.PASS:
         text = f"K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)} holds for the smooth part only"
     value: dict[str, float | None] = {"lower": lip.lower, "upper": lip.upper}
-    if add is not None:
-        value["additive"] = add.value
-        sound = "certified" if jump_ok else "not certified"
-        text += (
-            f"; K is for the smooth part: as executed, ||F(x) - F(y)|| <= K ||x - y|| + "
-            f"{fmt(add.value)} ({sound} additive term of the branch switches in "
-            f"{', '.join(add.sources) or 'no layer'})"
-        )
-    return ctx.finding(status, value, text)
+    if lip.additive is not None:
+        value["additive"] = lip.additive.value
+    return ctx.finding(status, value, text + jump_text)
 
 
 @check("SA102", "lipschitz.layer", severity=Severity.WARNING, threshold_key="layer_lipschitz", default_threshold=1.0)
