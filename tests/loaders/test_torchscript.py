@@ -288,6 +288,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "hardtanh": lambda: nn.Hardtanh(-0.5, 0.7),
     "relu6": nn.ReLU6,
+    "threshold_continuous": lambda: nn.Threshold(0.3, 0.3),  # max(x, 0.3): no jump
     "softmax": lambda: nn.Softmax(dim=1),
 }
 
@@ -527,7 +528,7 @@ class _Branching(nn.Module):
 
 
 @pytest.mark.parametrize(("kind", "refused"), [
-    ("threshold", "aten::threshold"),
+    ("threshold", "aten::threshold (value 2.0 != threshold 0.5: a jump of 1.5 at x = 0.5)"),
     ("where", "aten::gt"),
     ("softplus_inf", "aten::softplus (threshold inf (the executed formula overflows))"),
 ])

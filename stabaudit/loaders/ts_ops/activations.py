@@ -98,6 +98,17 @@ def hardtanh(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Clip(min=lo, max=hi), [node.var(0)])]
 
 
+@translates("aten::threshold")
+def threshold(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x where x > threshold, else value: max(x, threshold) when value == threshold (continuous);
+    any other value jumps by |value - threshold| at x = threshold, refused (no bound carries it)."""
+    t = as_float(node.arg("threshold"), what="threshold")
+    v = as_float(node.arg("value"), what="value")
+    if v != t or not math.isfinite(t):
+        raise Unsupported(f"value {v} != threshold {t}: a jump of {abs(v - t):.3g} at x = {t}")
+    return [ctx.emit(O.Clip(min=t), [node.var(0)])]
+
+
 @translates("aten::clamp", "aten::clip")
 def clamp(ctx: Context, node: SourceNode) -> Sequence[Any]:
     lo, hi = _bound(node.arg(1), "min"), _bound(node.arg(2), "max")
