@@ -185,5 +185,7 @@ def test_the_additive_term_in_table_markdown_json_and_only_when_present():
     md = RENDERERS.get(OutputFormat.MD)(report)
     assert "Branch switches: as executed" in md and "1.649e-08" in md and "act" in md
     assert json.loads(RENDERERS.get(OutputFormat.JSON)(report))["lipschitz"]["additive"]["value"] == 1.649e-8
-    for fmt in (OutputFormat.TABLE, OutputFormat.MD):
+    html_text = RENDERERS.get(OutputFormat.HTML)(report)
+    assert "<th>branch switches</th>" in html_text and "1.649e-08" in html_text
+    for fmt in (OutputFormat.TABLE, OutputFormat.MD, OutputFormat.HTML):
         assert "as executed" not in RENDERERS.get(fmt)(base)
