@@ -19,6 +19,7 @@ from stabaudit.errors import EquivalenceError, InternalError, UsageError
 from stabaudit.ir.graph import Graph
 from stabaudit.report.gate import FailOn, gate
 from stabaudit.report.model import (
+    Additive,
     Equivalence,
     GlobalLipschitz,
     Layer,
@@ -505,6 +506,16 @@ def _audit(
         )
     timings["layer_bounds"] = time.perf_counter() - t
 
+    # branch switches (torch's thresholded softplus): the rules certify each jumping operator's
+    # smooth part and bound its jump; the additive term carries the jumps to the output, and every
+    # analysis below evaluates the smooth part, the function all the Lipschitz figures are about
+    from stabaudit.analyses.composition import additive_term
+    from stabaudit.ir.passes import smooth_part
+
+    jumps = additive_term(graph, op_bounds)
+    graph = smooth_part(graph)
+    loaded = replace(loaded, graph=smooth_part(loaded.graph))
+
     say("global bound")
     t = time.perf_counter()
     from stabaudit.analyses.linear_regions import region_bounds, region_note
@@ -626,6 +637,16 @@ def _audit(
         certified=best is not None,
         witness=witness,
         methods=tuple(methods),
+        additive=(
+            Additive(
+                value=_finite(jumps.value),
+                certified=jumps.certified,
+                sources=jumps.sources,
+                method=jumps.method,
+            )
+            if jumps.sources
+            else None
+        ),
     )
     equivalence = Equivalence(
         reference=eq.reference,

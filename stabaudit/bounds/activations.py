@@ -9,6 +9,7 @@ are derived in the comments and checked numerically in tests/bounds/test_activat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -144,13 +145,37 @@ def bound_tanh(node: Node, ctx: RuleContext) -> OpBound:
     raise TypeError(f"bound_tanh got a {type(node.op).__name__}")
 
 
+def softplus_switch_gap(beta: float, threshold: float) -> float:
+    """An upper bound of sup |e| for torch's softplus as executed, x where beta x > threshold,
+    minus the smooth s(x) = log(1 + exp(beta x)) / beta: e(x) = x - s(x) = -log(1 + exp(-beta x))
+    / beta there (and 0 elsewhere), whose magnitude decreases in x, so sup |e| = log(1 +
+    exp(-threshold)) / beta, the size of the jump at beta x = threshold. Computed as
+    (max(-t, 0) + log1p(exp(-|t|))) / beta (no overflow) and widened by 16 ulps: each of the
+    four correctly rounded operations (exp, log1p, +, /) errs by at most half an ulp, and libm's
+    exp and log1p by at most one ulp more."""
+    t = float(threshold)
+    value = (max(-t, 0.0) + math.log1p(math.exp(-abs(t)))) / float(beta)
+    return value * (1.0 + 16.0 * float(np.finfo(np.float64).eps)) if math.isfinite(value) else math.inf
+
+
 @RULES.register(OpType.SOFTPLUS)
 def bound_softplus(node: Node, ctx: RuleContext) -> OpBound:
     """Softplus log(1 + exp(beta x)) / beta: derivative sigmoid(beta x) in (0, 1) for every beta != 0,
-    approaching 1; Lip = 1. (The executor's linear regime above its threshold has slope 1 too.)"""
+    approaching 1; Lip = 1. With torch's threshold the executed op returns x where beta x >
+    threshold: op = s + e with s the smooth softplus and 0 <= -e_j <= gap (softplus_switch_gap)
+    per unit, so ||e(u)||_2 <= sqrt(n) gap over the n units: the jump."""
     match node.op:
-        case Softplus():
+        case Softplus(threshold=None):
             return _constant(1.0, 1.0, "activation-constant", ctx)
+        case Softplus(beta=beta, threshold=float() as threshold):
+            bound = _constant(1.0, 1.0, "activation-constant", ctx)
+            n = int(np.prod(ctx.input_shapes[0]))
+            if n == 0:
+                return bound
+            # sqrt(n) rounded up (correctly rounded sqrt: one ulp above bounds it), times the gap
+            root = math.nextafter(math.sqrt(n), math.inf)
+            jump = math.nextafter(root * softplus_switch_gap(beta, threshold), math.inf)
+            return dataclasses.replace(bound, jump=jump)
     raise TypeError(f"bound_softplus got a {type(node.op).__name__}")
 
 

@@ -43,12 +43,16 @@ class OpBound:
 
     ``upper``: UPPER when sound, else ESTIMATE. ``lower``: LOWER when sound, else ESTIMATE, or None.
     Multi-input operators give ``input_gains`` (one per input) and their ``combine`` rule.
+    ``jump``: 0 for a continuous operator. An operator that switches branch as executed (torch's
+    thresholded Softplus) is op = s + e with s its smooth part, the map that ``upper`` and
+    ``lower`` are about, and ||e(u)||_2 <= jump for every input u (a certified upper bound).
     """
 
     upper: Bound
     lower: Bound | None = None
     combine: Combine = Combine.CHAIN
     input_gains: tuple[float, ...] = ()
+    jump: float = 0.0
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
 

@@ -224,3 +224,19 @@ def bracket_status(lower: float | None, upper: float | None, threshold: float, *
 
 def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.6g}"
+
+
+def branch_switch_note(lip: GlobalLipschitz, symbol: str) -> tuple[bool, str]:
+    """Whether the model's additive term of branch switches is absent or finite and certified
+    (no pass otherwise), and the message suffix that states it for the figure ``symbol``: the
+    figure is about the smooth part, the executed model adds the term (lipschitz.additive)."""
+    add = lip.additive
+    if add is None:
+        return True, ""
+    ok = add.certified and add.value is not None and math.isfinite(add.value)
+    sound = "certified" if ok else "not certified"
+    where = ", ".join(add.sources) or "no layer"
+    return ok, (
+        f"; {symbol} is for the smooth part: as executed, ||F(x) - F(y)|| <= {symbol} ||x - y|| + "
+        f"{fmt(add.value)} ({sound} additive term of the branch switches in {where})"
+    )

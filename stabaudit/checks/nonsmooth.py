@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stabaudit.checks.base import CheckContext, Evidence, check, fmt
+from stabaudit.checks.base import CheckContext, Evidence, branch_switch_note, check, fmt
 from stabaudit.report.model import Finding, Severity, Status
 
 
@@ -30,6 +30,9 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold is K_max, shared with SA101
     (`--threshold lipschitz=VALUE`). Passes when L_local <= K_max on every sample; this
     version reports no sound local lower bound, so otherwise the check is inconclusive.
+    Branch switches (as in SA101): L_local is about the smooth part, the model as executed adds
+    the certified additive term delta inside each ball too, stated in the message; no pass
+    without a finite certified delta.
     """
     local = ev.local
     if local is None:
@@ -57,12 +60,17 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
             for layer, a, i, u in local.units
         }
     where = f"over linf balls of radius {fmt(local.eps)} around {local.samples} samples{how}"
+    jump_ok, jump_text = branch_switch_note(g, "L")
+    if g.additive is not None:
+        value["additive"] = g.additive.value
+    if upper <= t and jump_ok:
+        return ctx.finding(Status.PASS, value, f"certified local L <= {fmt(upper)} <= {fmt(t)} {where}{jump_text}")
     if upper <= t:
-        return ctx.finding(Status.PASS, value, f"certified local L <= {fmt(upper)} <= {fmt(t)} {where}")
+        return ctx.finding(Status.INCONCLUSIVE, value, f"local L <= {fmt(upper)} <= {fmt(t)} {where}{jump_text}")
     return ctx.finding(
         Status.INCONCLUSIVE,
         value,
-        f"certified local L <= {fmt(upper)} {where}, not <= {fmt(t)}",
+        f"certified local L <= {fmt(upper)} {where}, not <= {fmt(t)}{jump_text}",
     )
 
 

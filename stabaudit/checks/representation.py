@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import math
 
-from stabaudit.checks.base import CheckContext, Evidence, bracket_status, check, fmt
+from stabaudit.checks.base import (
+    CheckContext,
+    Evidence,
+    bracket_status,
+    branch_switch_note,
+    check,
+    fmt,
+)
 from stabaudit.report.model import Finding, Severity, Status
 
 
@@ -22,6 +29,12 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     multi-start search, confirmed in float64; its witness pair is in the report.
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
     > K_max, inconclusive when the bracket straddles K_max.
+    Branch switches: a model whose executed code switches branch with a jump (torch's softplus
+    returns x itself where beta x > threshold) is not Lipschitz at all; then K and its bracket
+    are about the smooth part (every switch replaced by its smooth formula) and the model as
+    executed satisfies ||F(x) - F(y)||_2 <= K ||x - y||_2 + delta, with delta the certified
+    additive term (lipschitz.additive in the report) stated in the message and the value; no
+    pass without a finite certified delta.
     Assumptions: weights as stored, inputs unrestricted (a global statement), L2 norms of the
     flattened input and output.
     Default threshold 1 (warning); `--threshold lipschitz=VALUE` or `thresholds: {lipschitz: VALUE}`
@@ -29,14 +42,22 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     """
     assert ctx.threshold is not None
     lip = ev.lipschitz
-    status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified)
+    jump_ok, jump_text = branch_switch_note(lip, "K")
+    status = bracket_status(lip.lower, lip.upper, ctx.threshold, certified=lip.certified and jump_ok)
     bracket = f"[{fmt(lip.lower)}, {fmt(lip.upper)}]"
     text = {
         Status.PASS: f"certified K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)}",
         Status.FAIL: f"K >= {fmt(lip.lower)} > {fmt(ctx.threshold)} (witness pair in the report)",
         Status.INCONCLUSIVE: f"bracket {bracket} straddles K_max = {fmt(ctx.threshold)}",
     }[status]
-    return ctx.finding(status, {"lower": lip.lower, "upper": lip.upper}, text)
+    if status is Status.INCONCLUSIVE and not jump_ok and bracket_status(
+        lip.lower, lip.upper, ctx.threshold, certified=lip.certified
+    ) is Status.PASS:
+        text = f"K <= {fmt(lip.upper)} <= {fmt(ctx.threshold)} holds for the smooth part only"
+    value: dict[str, float | None] = {"lower": lip.lower, "upper": lip.upper}
+    if lip.additive is not None:
+        value["additive"] = lip.additive.value
+    return ctx.finding(status, value, text + jump_text)
 
 
 @check("SA102", "lipschitz.layer", severity=Severity.WARNING, threshold_key="layer_lipschitz", default_threshold=1.0)

@@ -82,8 +82,14 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: torch.sigmoid(a[0])
         case O.Tanh():
             return lambda a: torch.tanh(a[0])
-        case O.Softplus(beta=beta):
-            return lambda a: F.softplus(a[0], beta=beta)
+        case O.Softplus(beta=beta, threshold=None):
+            # the smooth formula everywhere, as onnxruntime computes it (no switch to x at any
+            # threshold); logaddexp(z, 0) = log(1 + e^z) without overflow, with its exact gradient
+            return lambda a: torch.logaddexp(a[0] * beta, torch.zeros_like(a[0])) / beta
+        case O.Softplus(beta=beta, threshold=float() as threshold):
+            # torch's own kernel: x itself where beta * x > threshold (the branch the loaded
+            # TorchScript module executes, so that equivalence holds exactly)
+            return lambda a: F.softplus(a[0], beta=beta, threshold=threshold)
         case O.Elu(alpha=alpha):
             return lambda a: F.elu(a[0], alpha)
         case O.Gelu(approximate=approx):

@@ -173,10 +173,13 @@ class Tanh(Op):
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Softplus(Op):
-    """y = log(1 + exp(beta * x)) / beta."""
+    """y = log(1 + exp(beta * x)) / beta; with a ``threshold`` (torch's softplus), y = x itself
+    where beta * x > threshold: a branch switch, a jump of log(1 + exp(-threshold)) / beta at
+    beta * x = threshold. None: the smooth formula everywhere (ONNX Softplus, onnxruntime)."""
 
     type = OpType.SOFTPLUS
     beta: float = 1.0
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -397,3 +397,28 @@ def _try_merge(prev: Node, node: Node, shapes: dict[str, tuple[int, ...]]) -> li
                 make(ops[1], node.output, (shifted,)),
             ]
     return None
+
+
+def smooth_part(graph: Graph) -> Graph:
+    """The graph with every branch-switching operator replaced by its smooth part (torch's
+    thresholded Softplus -> the smooth log(1 + exp(beta x)) / beta), shapes and names kept.
+
+    The bound rules certify the smooth part's Lipschitz constants and return each switch's jump
+    (OpBound.jump); the analyses that evaluate the model at points (lower bounds, local bounds)
+    run on this graph so that every figure they give is about the function the upper bounds
+    certify. The graph is returned as is when it has no branch switch.
+    """
+    nodes = tuple(
+        dataclasses.replace(node, op=dataclasses.replace(node.op, threshold=None))
+        if isinstance(node.op, O.Softplus) and node.op.threshold is not None
+        else node
+        for node in graph.nodes
+    )
+    if all(a is b for a, b in zip(nodes, graph.nodes, strict=True)):
+        return graph
+    return Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes, shapes=graph.shapes)
+
+
+def branch_switches(graph: Graph) -> list[Node]:
+    """The nodes whose operator, as executed, switches branch with a jump (see smooth_part)."""
+    return [n for n in graph.nodes if isinstance(n.op, O.Softplus) and n.op.threshold is not None]

@@ -16,7 +16,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
-from stabaudit.renderers.sections import samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections
 from stabaudit.renderers.table import failing_ids, mark, num
 from stabaudit.report.model import BatchReport, Finding, Layer, ModelError, ProfileStep, Report
 from stabaudit.report.refusal import is_refusal
@@ -277,6 +277,7 @@ def _summary(report: Report) -> str:
         ("certified", "yes" if lip.certified else "no"),
         ("lower bound", _e(lip.lower_method or "-")),
         ("methods tried", _e(methods or "-")),
+        *([("branch switches", _e(jumps))] if (jumps := additive_line(report)) else []),
         (
             "equivalence",
             _e(

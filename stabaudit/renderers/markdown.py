@@ -14,7 +14,7 @@ from stabaudit.renderers.base import (
     is_failing,
     status_label,
 )
-from stabaudit.renderers.sections import samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
 from stabaudit.report.model import BatchReport, ModelError, Report, Status, TrajectoryReport
 from stabaudit.report.refusal import is_refusal
@@ -60,11 +60,13 @@ def render_markdown(report: Report) -> str:
             for f in report.checks
         ]
         return "\n".join([*lines, ""])
+    jumps = additive_line(report)
     lines = [
         f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
         "",
         f"Global Lipschitz (L2): **[{num(lip.lower)}, {num(lip.upper)}]** "
         f"(upper {mark(lip.certified)}: {lip.upper_method})",
+        *(["", f"Branch switches: {prose(jumps)}"] if jumps else []),
         "",
         f"Gate (fail-on {report.fail_on}, exit code {report.exit_code}): {gate_line(report.checks, report.fail_on)}",
         "",

@@ -41,6 +41,18 @@ def samples_line(report: Report) -> str | None:
     return f"{s.count} samples of shape {list(s.shape)} {where}" + (f": {params}" if params else "")
 
 
+def additive_line(report: Report) -> str | None:
+    """The additive term of the branch switches, in one line (None: the model has none)."""
+    add = report.lipschitz.additive
+    if add is None:
+        return None
+    state = "certified" if add.certified else "not certified"
+    return (
+        f"as executed ||F(x) - F(y)|| <= K ||x - y|| + {num(add.value)} ({state}; branch switches "
+        f"in {', '.join(add.sources)}; K and the bracket are about the smooth part)"
+    )
+
+
 def sections(report: Report) -> tuple[Section, ...]:
     """Residual blocks and the update channel, when the report has them."""
     out: list[Section] = []

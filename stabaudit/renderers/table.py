@@ -15,7 +15,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
-from stabaudit.renderers.sections import samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections
 from stabaudit.report.gate import is_warning
 from stabaudit.report.model import (
     BatchReport,
@@ -83,6 +83,9 @@ def render_table(report: Report) -> str:
     )
     if lip.lower and lip.upper:
         out.append(f"  upper / lower = {lip.upper / lip.lower:.4g}")
+    jumps = additive_line(report)
+    if jumps:
+        out.append(f"  {jumps}")
     for mb in lip.methods:
         state = mark(mb.certified) if mb.upper is not None else "no bound"
         note = f"  ({'; '.join(mb.notes)})" if mb.notes and mb.upper is None else ""

@@ -91,6 +91,23 @@ class MethodBound:
     notes: tuple[str, ...] = ()
 
 
+# Field metadata: the JSON leaves the key out while the value is None (a field added within
+# schema version 1 that most reports do not have, so that their JSON stays as it was).
+OMIT_WHEN_NONE = {"omit_when_none": True}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Additive:
+    """The model as executed switches branch (a jump): ||F(x) - F(y)|| <= upper ||x - y|| + value,
+    where upper/lower and every other Lipschitz figure are about the smooth part (each jumping
+    operator replaced by its smooth formula). ``sources``: the jumping layers."""
+
+    value: float | None
+    certified: bool
+    sources: tuple[str, ...]
+    method: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class GlobalLipschitz:
     upper: float | None
@@ -101,6 +118,7 @@ class GlobalLipschitz:
     witness: Witness | None
     norm: str = "l2"
     methods: tuple[MethodBound, ...] = ()
+    additive: Additive | None = field(default=None, metadata=OMIT_WHEN_NONE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,12 +22,21 @@ def plain(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not (_omitted_when_none(f) and getattr(value, f.name) is None)
+        }
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+def _omitted_when_none(f: dataclasses.Field[Any]) -> bool:
+    """A field whose key the JSON leaves out while its value is None (model.OMIT_WHEN_NONE)."""
+    return bool(f.metadata.get("omit_when_none"))
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -94,6 +103,9 @@ def _decode_dataclass(cls: type[_T], data: Any, path: str) -> _T:
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields:
+        if f.name not in data and _omitted_when_none(f):
+            kwargs[f.name] = None
+            continue
         if f.name not in data:
             raise ValueError(f"{path}.{f.name}: missing")
         kwargs[f.name] = _decode(hints[f.name], data[f.name], f"{path}.{f.name}")

@@ -353,3 +353,42 @@ def test_output_sensitivities_reverse_sweep() -> None:
     s = output_sensitivities(g, bounds)
     assert s["a"] == math.inf and s["x"] == math.inf
     _close(s["f"], 4.0)
+
+
+# ---- the additive term of branch switches --------------------------------------------------------
+def test_additive_term_is_twice_jump_times_downstream_sensitivity() -> None:
+    from stabaudit.analyses.composition import additive_term
+
+    # x -> fc1 -> sp1 (jump 0.3) -> fc2 -> sp2 (jump 0.05) -> y, plus a skip y2 = x + sp1's value
+    g = _graph(
+        [
+            _lin("fc1", "x", "a"),
+            Node(name="sp1", op=O.Softplus(beta=1.0, threshold=5.0), inputs=("a",), output="b"),
+            _lin("fc2", "b", "c"),
+            Node(name="sp2", op=O.Softplus(beta=1.0, threshold=5.0), inputs=("c",), output="d"),
+            Node(name="res", op=O.Add(), inputs=("d", "b"), output="y"),
+        ],
+        ("y",),
+    )
+    bounds = {
+        "a": _ub(2.0),
+        "b": _ub(1.0, jump=0.3),
+        "c": _ub(0.5),
+        "d": _ub(1.0, jump=0.05),
+        "y": _ub(1.0, combine=Combine.SUM, input_gains=(1.0, 1.0)),
+    }
+    add = additive_term(g, bounds)
+    # S(d) = 1, S(b) = 1 (skip) + 0.5 * 1 (through fc2, sp2): delta = 2 (1.5 * 0.3 + 1 * 0.05)
+    _close(add.value, 2 * (1.5 * 0.3 + 0.05))
+    assert add.certified and add.sources == ("sp1", "sp2")
+
+
+def test_additive_term_is_zero_without_a_jump_and_unbounded_after_an_estimate() -> None:
+    from stabaudit.analyses.composition import additive_term
+
+    g = _graph([_lin("fc1", "x", "a"), _relu("r", "a", "b"), _lin("fc2", "b", "y")], ("y",))
+    plain = additive_term(g, {"a": _ub(2.0), "b": _ub(1.0), "y": _ub(3.0)})
+    assert plain.value == 0.0 and plain.certified and plain.sources == ()
+    # a jump whose downstream rests on an estimate: no certified additive term
+    est = additive_term(g, {"a": _ub(2.0), "b": _ub(1.0, jump=0.1), "y": _ub(3.0, Guarantee.ESTIMATE)})
+    assert est.value == math.inf and not est.certified and est.sources == ("r",)

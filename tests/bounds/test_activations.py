@@ -177,3 +177,58 @@ def test_activation_rules_in_isolation() -> None:
         A.bound_relu(Node(name="r", op=O.Tanh(), inputs=("a",), output="b"), ctx)
     empty = RuleContext(input_shapes=((0, 3),), output_shape=(0, 3))
     assert A.bound_tanh(Node(name="t", op=O.Tanh(), inputs=("a",), output="b"), empty).upper.value == 0.0
+
+
+# ---- torch's thresholded softplus: the smooth part's constant and the jump -------------------
+@pytest.mark.parametrize(("beta", "threshold"), [(1.0, 20.0), (2.0, 5.0), (0.5, -3.0)])
+def test_softplus_switch_gap_is_the_exact_jump_rounded_up(beta: float, threshold: float) -> None:
+    from fractions import Fraction
+
+    import mpmath
+
+    mpmath.mp.dps = 50
+    exact = mpmath.log1p(mpmath.exp(-mpmath.mpf(threshold))) / beta
+    gap = A.softplus_switch_gap(beta, threshold)
+    assert Fraction(gap) >= Fraction(str(mpmath.nstr(exact, 40)))
+    assert gap <= float(exact) * (1 + 1e-13)
+
+
+@pytest.mark.parametrize(("beta", "threshold"), [(1.0, 20.0), (2.0, 5.0), (0.5, -3.0)])
+def test_softplus_with_threshold_bounds_the_executed_jump(beta: float, threshold: float) -> None:
+    shape = (2, 3, 5)
+    op = O.Softplus(beta=beta, threshold=threshold)
+    graph, node, ctx = single(op, shape)
+    ob = bound_node(node, ctx)
+    assert ob.upper.value == 1.0 and ob.lower is not None and ob.lower.value == 1.0
+    n = 30
+    gap = A.softplus_switch_gap(beta, threshold)
+    assert ob.jump >= math.sqrt(n) * gap
+    assert ob.jump <= math.sqrt(n) * gap * (1 + 1e-13)
+    # the executed op minus its smooth part, on a grid through the switch: |e_j| <= gap, and the
+    # gap is attained (up to the grid) just above beta x = threshold
+    x = torch.linspace(threshold / beta - 4.0, threshold / beta + 4.0, 80001, dtype=torch.float64)
+    executed = Executor(single(op, (1, x.numel()))[0], dtype=torch.float64).flat()(x)
+    smooth = torch.logaddexp(beta * x, torch.zeros_like(x)) / beta
+    e = (executed - smooth).abs()
+    assert float(e.max()) <= gap
+    assert float(e.max()) >= gap * (1 - 1e-3)
+    # the smooth branch below the switch (two formulas of it: a few ulps apart)
+    assert float(e[beta * x <= threshold].max()) <= 1e-13
+
+
+def test_softplus_without_threshold_has_no_jump_and_no_switch() -> None:
+    op = O.Softplus(beta=1.0)
+    graph, node, ctx = single(op, (1, 4))
+    assert bound_node(node, ctx).jump == 0.0
+    # the smooth formula far beyond torch's default threshold 20 (no switch to x)
+    x = torch.tensor([19.0, 20.0, 21.0, 25.0, 30.0], dtype=torch.float64)
+    y = Executor(single(op, (1, 5))[0], dtype=torch.float64).flat()(x)
+    exact = x + torch.log1p(torch.exp(-x))
+    np.testing.assert_allclose(y.numpy(), exact.numpy(), rtol=1e-15, atol=0)
+    assert float(y[-1] - x[-1]) > 0.0  # 30 + 9.4e-14, not 30
+
+
+def test_every_other_activation_rule_reports_no_jump() -> None:
+    for op, _ in ELEMENTWISE:
+        _, node, ctx = single(op, (1, 4))
+        assert bound_node(node, ctx).jump == 0.0

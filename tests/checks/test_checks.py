@@ -244,3 +244,50 @@ def test_sa302_local_bound_statuses():
         "SA302",
     )
     assert f.status is Status.SKIPPED
+
+
+def test_sa101_states_the_additive_term_of_branch_switches():
+    from dataclasses import replace
+
+    from stabaudit.report.model import Additive
+
+    def with_additive(value, certified):
+        ev = evidence(0.4, 0.5)
+        add = Additive(value=value, certified=certified, sources=("act",), method="branch-switch-jumps")
+        return replace(ev, lipschitz=replace(ev.lipschitz, additive=add))
+
+    f = by_id(run_checks(with_additive(1.65e-8, True), CheckPolicy()), "SA101")
+    assert f.status is Status.PASS
+    assert f.value == {"lower": 0.4, "upper": 0.5, "additive": 1.65e-8}
+    assert "||F(x) - F(y)|| <= K ||x - y|| + 1.65e-08" in f.message and "act" in f.message
+    # without a finite certified additive term the executed model is not proved: no pass
+    g = by_id(run_checks(with_additive(None, False), CheckPolicy()), "SA101")
+    assert g.status is Status.INCONCLUSIVE
+    assert "smooth part only" in g.message and "not certified" in g.message
+    # a fail is still a fail (the lower bound is about the smooth part, below K)
+    h = by_id(run_checks(with_additive(1e-3, True), CheckPolicy(thresholds={"lipschitz": 0.3})), "SA101")
+    assert h.status is Status.FAIL
+    # no branch switch: the value and the message are those of before
+    plain = by_id(run_checks(evidence(0.4, 0.5), CheckPolicy()), "SA101")
+    assert plain.value == {"lower": 0.4, "upper": 0.5} and "additive" not in plain.message
+
+
+def test_sa302_states_the_additive_term_of_branch_switches():
+    from dataclasses import replace
+
+    from stabaudit.checks.base import LocalEvidence
+    from stabaudit.report.model import Additive
+
+    ev = evidence(1, 2)
+    local = LocalEvidence(upper=0.5, eps=0.01, norm="linf", samples=3)
+
+    def run(value, certified):
+        add = Additive(value=value, certified=certified, sources=("act",), method="branch-switch-jumps")
+        lip = replace(ev.lipschitz, additive=add)
+        return by_id(run_checks(replace(ev, local=local, lipschitz=lip), CheckPolicy()), "SA302")
+
+    f = run(2e-9, True)
+    assert f.status is Status.PASS and f.value["additive"] == 2e-9
+    assert "||F(x) - F(y)|| <= L ||x - y|| + 2e-09" in f.message and "act" in f.message
+    g = run(None, False)
+    assert g.status is Status.INCONCLUSIVE and "not certified" in g.message

@@ -244,3 +244,26 @@ def test_unrelated_nodes_are_kept_and_order_is_valid() -> None:
     assert [n.name for n in folded.nodes] == ["side", "fc+aff", "sum"]
     assert set(folded.shapes) == {"x", "t", "a", "y"}
     _assert_same(g, folded, (1, 4))
+
+
+# ---- smooth_part: branch switches replaced by their smooth formula -------------------------------
+def test_smooth_part_replaces_thresholded_softplus_and_keeps_everything_else() -> None:
+    from stabaudit.ir.passes import branch_switches, smooth_part
+
+    w = np.array([[30.0, -1.0], [2.0, 0.5], [-3.0, 40.0]])
+    nodes = [
+        Node(name="fc", op=O.Linear(weight=w), inputs=("x",), output="a"),
+        Node(name="sp", op=O.Softplus(beta=2.0, threshold=5.0), inputs=("a",), output="y"),
+    ]
+    g = _graph((1, 2), nodes)
+    assert [n.name for n in branch_switches(g)] == ["sp"]
+    s = smooth_part(g)
+    assert branch_switches(s) == [] and s.nodes[0] is g.nodes[0]
+    assert isinstance(s.nodes[1].op, O.Softplus) and s.nodes[1].op.beta == 2.0
+    assert s.nodes[1].op.threshold is None and dict(s.shapes) == dict(g.shapes)
+    x = np.array([[0.2, 0.1]])  # pre-activations 5.9, 0.45, 3.4: unit 0 and 2 above 5/2
+    a = x @ w.T
+    executed, smooth = _run(g, x)[0], _run(s, x)[0]
+    np.testing.assert_allclose(executed, np.where(2 * a > 5, a, np.logaddexp(2 * a, 0) / 2), rtol=1e-15)
+    np.testing.assert_allclose(smooth, np.logaddexp(2 * a, 0) / 2, rtol=1e-15)
+    assert smooth_part(s) is s  # nothing left to replace: the same graph

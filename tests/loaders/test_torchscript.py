@@ -278,6 +278,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "softplus": lambda: nn.Softplus(beta=2.0),
+    # beta x > threshold switches to x: a jump of log1p(exp(-1)) / 2 = 0.157 the executor must take
+    "softplus_threshold": lambda: nn.Softplus(beta=2.0, threshold=1.0),
     "elu": lambda: nn.ELU(0.5),
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
@@ -286,6 +288,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "hardtanh": lambda: nn.Hardtanh(-0.5, 0.7),
     "relu6": nn.ReLU6,
+    "threshold_continuous": lambda: nn.Threshold(0.3, 0.3),  # max(x, 0.3): no jump
     "softmax": lambda: nn.Softmax(dim=1),
 }
 
@@ -501,3 +504,37 @@ def test_archive_is_a_zip_of_code_not_pickled_objects(tmp_path: Path) -> None:
     path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt")
     with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
         assert any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+@pytest.mark.parametrize(("beta", "threshold"), [(1.0, 20.0), (2.0, 5.0), (0.5, -2.0)])
+def test_softplus_keeps_its_threshold(beta: float, threshold: float, tmp_path: Path) -> None:
+    path = _save(nn.Sequential(nn.Linear(3, 4), nn.Softplus(beta=beta, threshold=threshold)), (2, 3), "script", tmp_path / "s.pt")
+    graph = load_torchscript(path, input_shape=(2, 3)).graph
+    (sp,) = [n.op for n in graph.nodes if isinstance(n.op, O.Softplus)]
+    assert sp.beta == beta and sp.threshold == threshold
+
+
+class _Branching(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "threshold":
+            return F.threshold(x, 0.5, 2.0)  # x if x > 0.5 else 2.0: a jump of 1.5
+        if self.kind == "where":
+            return torch.where(x > 0.5, x, torch.zeros_like(x))
+        return F.softplus(x, 1.0, float("inf"))
+
+
+@pytest.mark.parametrize(("kind", "refused"), [
+    ("threshold", "aten::threshold (value 2.0 != threshold 0.5: a jump of 1.5 at x = 0.5)"),
+    ("where", "aten::gt"),
+    ("softplus_inf", "aten::softplus (threshold inf (the executed formula overflows))"),
+])
+def test_branching_ops_without_a_certified_jump_are_refused(kind: str, refused: str, tmp_path: Path) -> None:
+    # no translation can carry their switch (or overflow): the audit refuses them (exit 2, SA901)
+    path = _save(_Branching(kind), (2, 3), "script", tmp_path / "b.pt")
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_torchscript(path, input_shape=(2, 3))
+    assert refused in info.value.counts

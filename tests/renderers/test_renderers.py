@@ -171,3 +171,21 @@ def test_markdown_escapes_user_text():
     layer = replace(report.layers[0], name="a|b<script>")
     md = RENDERERS.get(OutputFormat.MD)(replace(report, layers=(layer, *report.layers[1:])))
     assert "| a\\|b&lt;script> | Linear |" in md and "<script>" not in md
+
+
+def test_the_additive_term_in_table_markdown_json_and_only_when_present():
+    from stabaudit.report.model import Additive
+
+    base = make_report()
+    add = Additive(value=1.649e-8, certified=True, sources=("act",), method="branch-switch-jumps")
+    report = replace(base, lipschitz=replace(base.lipschitz, additive=add))
+    table = RENDERERS.get(OutputFormat.TABLE)(report)
+    line = "as executed ||F(x) - F(y)|| <= K ||x - y|| + 1.649e-08 (certified; branch switches in act;"
+    assert line in table
+    md = RENDERERS.get(OutputFormat.MD)(report)
+    assert "Branch switches: as executed" in md and "1.649e-08" in md and "act" in md
+    assert json.loads(RENDERERS.get(OutputFormat.JSON)(report))["lipschitz"]["additive"]["value"] == 1.649e-8
+    html_text = RENDERERS.get(OutputFormat.HTML)(report)
+    assert "<th>branch switches</th>" in html_text and "1.649e-08" in html_text
+    for fmt in (OutputFormat.TABLE, OutputFormat.MD, OutputFormat.HTML):
+        assert "as executed" not in RENDERERS.get(fmt)(base)

@@ -201,3 +201,21 @@ def test_malformed_data_raises_value_error_with_the_key_path(mutation, message):
 def test_a_non_object_is_rejected(data):
     with pytest.raises(ValueError, match=r"^report: expected an object"):
         report_from_dict(data)  # type: ignore[arg-type]
+
+
+def test_the_additive_term_round_trips_and_is_absent_without_branch_switches():
+    from stabaudit.report.model import Additive
+
+    plain = report_to_dict(make_report())
+    assert "additive" not in plain["lipschitz"]  # reports without a switch keep their JSON
+    assert report_from_dict(json_round_trip(plain)).lipschitz.additive is None
+    add = Additive(value=1.5e-8, certified=True, sources=("act", "act_1"), method="branch-switch-jumps")
+    report = dataclasses.replace(make_report(), lipschitz=dataclasses.replace(make_report().lipschitz, additive=add))
+    data = json_round_trip(report_to_dict(report))
+    assert data["lipschitz"]["additive"] == {
+        "value": 1.5e-8, "certified": True, "sources": ["act", "act_1"], "method": "branch-switch-jumps"
+    }
+    back = report_from_dict(data)
+    assert back.lipschitz.additive == add and report_to_dict(back) == data
+    data["lipschitz"]["additive"]["value"] = None  # an unbounded term is written as null
+    assert report_from_dict(data).lipschitz.additive.value is None  # type: ignore[union-attr]

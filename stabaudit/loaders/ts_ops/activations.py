@@ -59,13 +59,14 @@ def prelu(ctx: Context, node: SourceNode) -> Sequence[Any]:
 def softplus(ctx: Context, node: SourceNode) -> Sequence[Any]:
     beta = as_float(node.arg("beta", 1.0), what="beta")
     threshold = as_float(node.arg("threshold", 20.0), what="threshold")
-    if beta <= 0:
+    if not (beta > 0 and math.isfinite(beta)):
         raise Unsupported(f"beta {beta}")
-    # torch returns x itself where beta*x > threshold; the IR's softplus differs there by at most
-    # log(1 + exp(-threshold)) / beta <= exp(-threshold) / beta (log(1+u) <= u).
-    if math.exp(-threshold) / beta > 1e-6:
-        raise Unsupported(f"threshold {threshold} (linear switch visible in the output)")
-    return [ctx.emit(O.Softplus(beta=beta), [node.var(0)])]
+    if not math.isfinite(threshold):
+        # never switching, torch's log1p(exp(beta x)) overflows to inf for large inputs
+        raise Unsupported(f"threshold {threshold} (the executed formula overflows)")
+    # torch returns x itself where beta*x > threshold: a branch switch with a jump, kept in the
+    # IR so that the executor runs the same branch and the bound rule states the jump
+    return [ctx.emit(O.Softplus(beta=beta, threshold=threshold), [node.var(0)])]
 
 
 @translates("aten::elu")
@@ -95,6 +96,17 @@ def hardtanh(ctx: Context, node: SourceNode) -> Sequence[Any]:
     lo = _bound(node.arg("min_val", -1.0), "min_val")
     hi = _bound(node.arg("max_val", 1.0), "max_val")
     return [ctx.emit(O.Clip(min=lo, max=hi), [node.var(0)])]
+
+
+@translates("aten::threshold")
+def threshold(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x where x > threshold, else value: max(x, threshold) when value == threshold (continuous);
+    any other value jumps by |value - threshold| at x = threshold, refused (no bound carries it)."""
+    t = as_float(node.arg("threshold"), what="threshold")
+    v = as_float(node.arg("value"), what="value")
+    if v != t or not math.isfinite(t):
+        raise Unsupported(f"value {v} != threshold {t}: a jump of {abs(v - t):.3g} at x = {t}")
+    return [ctx.emit(O.Clip(min=t), [node.var(0)])]
 
 
 @translates("aten::clamp", "aten::clip")
