@@ -64,6 +64,7 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
     work = _lift_opset(model, notes)
     inputs = _input_shapes(work.graph, input_shape, notes)
     graph, params = _translate(work, inputs, notes)
+    _prove_batch_independent(work, inputs, graph, notes)
     reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
     return LoadedModel(
         graph=graph,
@@ -233,6 +234,8 @@ class _Input:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    batch: str | None = None  # the label of an unknown batch dim (dim 0) set to 1, else None
+    first: bool = False  # the input --input-shape sets
 
 
 def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str]) -> list[_Input]:
@@ -263,17 +266,19 @@ def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
             labels = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
                       for d in tensor.shape.dim]
+        batch = None
         if index == 0 and input_shape is not None:
             shape = _given_shape(vi.name, dims, tuple(input_shape))
             if dims is None or None in dims:
                 notes.append(f"input {vi.name!r} [{','.join(labels)}] fixed to {list(shape)} by --input-shape")
         else:
             shape = _default_shape(vi.name, dims, labels, notes)
+            batch = labels[0] if dims and dims[0] is None else None
         dtype = np.dtype(np.float32) if tensor.elem_type == TensorProto.BFLOAT16 else \
             np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         if math.prod(shape) > MAX_ELEMENTS:
             raise ResourceError(f"input {vi.name!r} of shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements")
-        result.append(_Input(name=vi.name, shape=shape, dtype=dtype))
+        result.append(_Input(name=vi.name, shape=shape, dtype=dtype, batch=batch, first=index == 0))
     return result
 
 
@@ -299,6 +304,49 @@ def _default_shape(name: str, dims: list[int | None] | None, labels: list[str], 
         raise ModelLoadError(f"input {name!r} has shape [{','.join(labels)}] with unknown dims beyond the batch dim; "
                              "give its full shape with --input-shape")
     return tuple(int(d) for d in dims if d is not None)
+
+
+PROBE_BATCH = 2  # the second batch size the graph is translated at to follow its batch axis
+
+
+def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str]) -> None:
+    """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch proves that
+    no operator mixes samples, so that the bounds at batch 1 hold at every batch size.
+
+    Inputs whose batch dims carry the same name have the same size (ONNX symbolic dims); each
+    group of them is probed on its own, the other inputs staying at batch 1, so that an input
+    with an independent batch dim broadcast against another counts as shared by every sample.
+    """
+    from dataclasses import replace
+
+    from stabaudit.ir.batch import batch_mixing
+
+    groups: dict[str, list[_Input]] = {}
+    for i in inputs:
+        if i.batch is not None:  # an unnamed dim ("?") is a group of its own
+            groups.setdefault(i.batch if i.batch != "?" else f"?{i.name}", []).append(i)
+    for members in groups.values():
+        names = {i.name for i in members}
+        probe = [replace(i, shape=(PROBE_BATCH, *i.shape[1:])) if i.name in names else i for i in inputs]
+        culprit: str | None = None
+        try:
+            large, _ = _translate(model, probe, [])
+        except StabauditError as exc:  # e.g. a Reshape to a fixed batch size: it does not translate
+            culprit = f"the graph does not translate at batch {PROBE_BATCH} ({_first_line(exc, 120)})"
+        else:
+            found = batch_mixing(graph, large, {name: 0 for name in names}, PROBE_BATCH)
+            culprit = found.describe() if found is not None else None
+        first = members[0]
+        label = "dim" if first.batch == "?" else f"dim {first.batch!r}"
+        if culprit is not None:
+            example = ",".join(["N", *(str(d) for d in first.shape[1:])])
+            hint = (f"give the batch size with --input-shape (e.g. --input-shape {example})" if first.first else
+                    f"--input-shape sets only the first input: give input {first.name!r} a fixed batch dim in the model")
+            raise ModelLoadError(f"input {first.name!r} has an unknown batch {label} and {culprit}, so the bounds "
+                                 f"depend on the batch size; {hint}")
+        listed = ", ".join(repr(i.name) for i in members)
+        notes.append(f"batch {label} of input(s) {listed}: no operator mixes samples (proved on the graph against "
+                     f"its translation at batch {PROBE_BATCH}), so the bounds at batch 1 hold at every batch size")
 
 
 # ---- translation -------------------------------------------------------------------------------
