@@ -75,7 +75,25 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
         parameters=_parameter_count(model.graph),
         source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         notes=tuple(notes),
+        precision=_precision(model.graph),
     )
+
+
+_PRECISIONS = {16: "bfloat16", 10: "float16", 1: "float32", 11: "float64"}  # least precise first
+
+
+def _precision(graph: Any) -> str:
+    """The least precise float type among the inputs, the initializers, Constant tensors and
+    the targets of Cast nodes ("float32" when none is a float type)."""
+    types = {vi.type.tensor_type.elem_type for vi in graph.input if vi.type.HasField("tensor_type")}
+    types.update(t.data_type for t in graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value":
+                types.add(a.t.data_type)
+            elif node.op_type == "Cast" and a.name == "to":
+                types.add(a.i)
+    return next((name for code, name in _PRECISIONS.items() if code in types), "float32")
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -556,7 +574,16 @@ def _parameter_count(graph: Any) -> int:
 
 
 # ---- reference runtime -------------------------------------------------------------------------
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+_ORT_TYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+def _ort_type(name: str) -> Any:
+    """The numpy type onnxruntime takes for an input type (bfloat16 from ml_dtypes, onnx's own)."""
+    if name == "tensor(bfloat16)":
+        from onnx import TensorProto, helper
+
+        return helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
+    return _ORT_TYPES.get(name, np.float32)
 
 
 class OnnxRuntimeReference:
@@ -591,16 +618,26 @@ class OnnxRuntimeReference:
             try:
                 self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
             except Exception as exc:
-                raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}", path=str(self._path)) from exc
+                hint = ""
+                if "NOT_IMPLEMENTED" in str(exc) and self._model is not None and _precision(self._model.graph) == "bfloat16":
+                    hint = " (onnxruntime's CPU provider has no bfloat16 kernel for this operator; the reference cannot run)"
+                raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}{hint}",
+                                     path=str(self._path)) from exc
             self._model = None  # the session holds what it needs
         return self._session
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         session = self.session()
-        feeds = {i.name: np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
+        feeds = {i.name: np.asarray(inputs[i.name]).astype(_ort_type(i.type))
                  for i in session.get_inputs()}
         try:
             results = session.run(None, feeds)
         except Exception as exc:
             raise ModelLoadError(f"onnxruntime failed to run the model: {_first_line(exc)}", path=str(self._path)) from exc
-        return [np.asarray(out) for out in results]
+        # float16 / bfloat16 outputs as float32 (exact)
+        return [_widened(np.asarray(out)) for out in results]
+
+
+def _widened(array: np.ndarray) -> np.ndarray:
+    """A float16 or bfloat16 array as float32 (exact); any other array as it is."""
+    return array.astype(np.float32) if array.dtype == np.float16 or array.dtype.name == "bfloat16" else array
