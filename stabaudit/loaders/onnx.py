@@ -574,16 +574,7 @@ def _parameter_count(graph: Any) -> int:
 
 
 # ---- reference runtime -------------------------------------------------------------------------
-_ORT_TYPES: dict[str, Any] = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
-
-
-def _ort_type(name: str) -> Any:
-    """The numpy type onnxruntime takes for an input type (bfloat16 from ml_dtypes, onnx's own)."""
-    if name == "tensor(bfloat16)":
-        from onnx import TensorProto, helper
-
-        return helper.tensor_dtype_to_np_dtype(TensorProto.BFLOAT16)
-    return _ORT_TYPES.get(name, np.float32)
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
 class OnnxRuntimeReference:
@@ -628,7 +619,13 @@ class OnnxRuntimeReference:
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         session = self.session()
-        feeds = {i.name: np.asarray(inputs[i.name]).astype(_ort_type(i.type))
+        for kind, args in (("input", session.get_inputs()), ("output", session.get_outputs())):
+            for arg in args:
+                if arg.type == "tensor(bfloat16)":  # onnxruntime 1.x: "Numpy_type 256 can't be converted"
+                    raise ModelLoadError(f"{kind} {arg.name!r} is bfloat16, which onnxruntime's Python API cannot pass "
+                                         "to or from numpy: the reference cannot run (a float32 or float16 export "
+                                         "can be audited)", path=str(self._path))
+        feeds = {i.name: np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
                  for i in session.get_inputs()}
         try:
             results = session.run(None, feeds)
