@@ -500,3 +500,40 @@ def test_external_network_matches_onnxruntime(external_dir: Path, name: str) -> 
     for o, r in zip(ours, ref, strict=True):
         assert o.shape == r.shape
         assert np.abs(o - r).max() <= 1e-4 * max(float(np.abs(r).max()), 1.0)
+
+
+# ---- float16 / bfloat16 ------------------------------------------------------------------------
+def test_float16_weights_are_upcast_exactly_and_the_precision_is_known(tmp_path: Path) -> None:
+    w = rand(4, 3, seed=4).astype(np.float16)
+    path = save(tmp_path, [node("MatMul", ["x", "w"])], {"x": [1, 4]}, params={"w": w}, elem=TensorProto.FLOAT16)
+    lm = load_onnx(path)
+    assert lm.precision == "float16"
+    (linear,) = [n.op for n in lm.graph]
+    assert isinstance(linear, O.Linear) and linear.weight.dtype == np.float32
+    np.testing.assert_array_equal(linear.weight, w.T.astype(np.float32))  # every float16 is a float32
+    out = lm.reference({"x": np.ones((1, 4), np.float32)})[0]
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, (np.ones((1, 4), np.float16) @ w).astype(np.float32))
+
+
+def test_precision_is_the_least_precise_float_type(tmp_path: Path) -> None:
+    plain = save(tmp_path, [node("Relu", ["x"])], {"x": [1, 4]}, name="plain.onnx")
+    assert load_onnx(plain).precision == "float32"
+    nodes = [node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), node("Cast", ["h"], ["y"], to=F)]
+    cast = save(tmp_path, nodes, {"x": [1, 4]}, name="cast.onnx")
+    assert load_onnx(cast).precision == "float16"  # onnxruntime rounds to float16 in the middle
+
+
+def test_bfloat16_models_are_refused_by_the_reference_in_one_line(tmp_path: Path) -> None:
+    """onnxruntime's CPU provider lacks most bfloat16 kernels, and its Python API passes no
+    bfloat16 arrays even where the kernels exist (Cast): both end in a ModelLoadError (exit 2)."""
+    relu = save(tmp_path, [node("Relu", ["x"])], {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="relu.onnx")
+    lm = load_onnx(relu)
+    assert lm.precision == "bfloat16"
+    with pytest.raises(ModelLoadError, match="no bfloat16 kernel for this operator"):
+        lm.reference({"x": np.ones((1, 4), np.float32)})
+    nodes = [node("Cast", ["x"], ["h"], to=F), node("Relu", ["h"], ["r"]),
+             node("Cast", ["r"], ["y"], to=TensorProto.BFLOAT16)]
+    cast = save(tmp_path, nodes, {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="cast.onnx")
+    with pytest.raises(ModelLoadError, match="input 'x' is bfloat16, which onnxruntime's Python API cannot pass"):
+        load_onnx(cast).reference({"x": np.ones((1, 4), np.float32)})
