@@ -11,16 +11,15 @@ import numpy as np
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node
 
-# Operators that act entry by entry: the batch axis stays where it is.
-_ELEMENTWISE: frozenset[O.OpType] = frozenset(
-    {
-        O.OpType.RELU, O.OpType.LEAKY_RELU, O.OpType.SIGMOID, O.OpType.TANH, O.OpType.SOFTPLUS,
-        O.OpType.ELU, O.OpType.GELU, O.OpType.HARD_SIGMOID, O.OpType.HARD_SWISH, O.OpType.SILU,
-        O.OpType.CLIP,
-    }
-)
 # Operators whose parameter arrays broadcast against the input entry by entry (numpy rules).
 _BROADCAST_PARAMS: frozenset[O.OpType] = frozenset({O.OpType.AFFINE, O.OpType.PRELU})
+_AXIS_FIELDS = frozenset({"axis", "axes", "dim", "perm"})
+
+
+def _elementwise(op: O.Op) -> bool:
+    """An activation that acts entry by entry: one of ACTIVATIONS without an axis attribute
+    (Softmax has one; an activation added later with an axis is refused until it has a rule)."""
+    return op.type in O.ACTIVATIONS and not _AXIS_FIELDS & set(vars(op))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +133,7 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     in_rank = len(shapes1[a.inputs[0]])
     op = a.op
     kind = op.type
-    if kind in _ELEMENTWISE or kind in _BROADCAST_PARAMS:
+    if kind in _BROADCAST_PARAMS or _elementwise(op):
         expected = first + len(out1) - in_rank  # a parameter of higher rank adds leading axes
     elif kind in (O.OpType.ADD, O.OpType.SUB):
         aligned = {axis + len(out1) - len(shapes1[name]) for axis, name in zip(in_axes, a.inputs, strict=True)

@@ -63,8 +63,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
     _check(model, notes)
     work = _lift_opset(model, notes)
     inputs = _input_shapes(work.graph, input_shape, notes)
-    graph, params = _translate(work, inputs, notes)
-    _prove_batch_independent(work, inputs, graph, notes)
+    constants = _initializers(work.graph)
+    graph, params = _translate(work, inputs, notes, constants)
+    _prove_batch_independent(work, inputs, graph, notes, constants)
     reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
     return LoadedModel(
         graph=graph,
@@ -327,7 +328,8 @@ def _default_shape(name: str, dims: list[int | None] | None, labels: list[str], 
 PROBE_BATCH = 2  # the second batch size the graph is translated at to follow its batch axis
 
 
-def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str]) -> None:
+def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str],
+                             constants: Mapping[str, np.ndarray]) -> None:
     """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch proves that
     no operator mixes samples, so that the bounds at batch 1 hold at every batch size.
 
@@ -348,7 +350,7 @@ def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph,
         probe = [replace(i, shape=(PROBE_BATCH, *i.shape[1:])) if i.name in names else i for i in inputs]
         culprit: str | None = None
         try:
-            large, _ = _translate(model, probe, [])
+            large, _ = _translate(model, probe, [], constants)  # the same initializer arrays: no second copy
         except StabauditError as exc:  # e.g. a Reshape to a fixed batch size: it does not translate
             culprit = f"the graph does not translate at batch {PROBE_BATCH} ({_first_line(exc, 120)})"
         else:
@@ -377,19 +379,24 @@ class _Walk:
     folded: Counter[str]
 
 
-def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> tuple[Graph, GraphParameters]:
-    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+def _initializers(graph: Any) -> dict[str, np.ndarray]:
+    """The initializers as numpy arrays."""
     from onnx import numpy_helper
 
-    from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
-
-    graph = model.graph
     if graph.sparse_initializer:
         raise ModelLoadError("sparse initializers are not supported")
     try:
-        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     except Exception as exc:
         raise ModelLoadError(f"an initializer cannot be read: {_first_line(exc)}") from exc
+
+
+def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
+               constants: Mapping[str, np.ndarray]) -> tuple[Graph, GraphParameters]:
+    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+    from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
+
+    graph = model.graph
     opset = _opset(model)
     wrapped = []
     for i, n in enumerate(graph.node):
