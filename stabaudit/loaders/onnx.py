@@ -330,7 +330,7 @@ PROBE_BATCH = 2  # the second batch size the graph is translated at to follow it
 
 def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str],
                              constants: Mapping[str, np.ndarray]) -> None:
-    """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch proves that
+    """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch_axis proves that
     no operator mixes samples, so that the bounds at batch 1 hold at every batch size.
 
     Inputs whose batch dims carry the same name have the same size (ONNX symbolic dims); each
@@ -339,7 +339,7 @@ def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph,
     """
     from dataclasses import replace
 
-    from stabaudit.ir.batch import batch_mixing
+    from stabaudit.ir.batch_axis import batch_mixing
 
     groups: dict[str, list[_Input]] = {}
     for i in inputs:

@@ -1,4 +1,4 @@
-"""ir.batch: the proof that a graph keeps samples apart, on hand-built graph pairs (batch 1 and 2)."""
+"""ir.batch_axis: the proof that a graph keeps samples apart, on hand-built graph pairs (batch 1 and 2)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stabaudit.ir import ops as O
-from stabaudit.ir.batch import batch_mixing
+from stabaudit.ir.batch_axis import batch_mixing
 from stabaudit.ir.executor import Executor, with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
 
