@@ -30,7 +30,11 @@ def _check(*args: object) -> tuple[int, str, dict | None]:
 
 
 def _one_line_error(stderr: str, *fragments: str) -> None:
+    """One `error: ` line, then the summary line of a refused audit (`stabaudit: FAIL (exit code 2) ...`)."""
     lines = stderr.strip().splitlines()
+    if lines and lines[-1].startswith("stabaudit: "):
+        assert lines[-1].startswith("stabaudit: FAIL (exit code 2) "), lines[-1]
+        lines = lines[:-1]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr
     for fragment in fragments:
