@@ -10,6 +10,11 @@ from stabaudit.loaders.base import LoadedModel
 
 RTOL = 1e-4  # relative to the output scale max|reference|
 ATOL = 1e-6
+# A model that runs in half precision rounds every intermediate value with unit roundoff
+# u = 2^-11 (float16) or 2^-8 (bfloat16) instead of 2^-24: its outputs differ from the engine's
+# float32 pass by a few u relative to the output scale (measured: under 1 u on small MLPs and
+# CNNs). 32 u leaves room for depth and still catches a wrong operator (an O(1) difference).
+HALF_RTOL = {"float16": 32 * 2.0**-11, "bfloat16": 32 * 2.0**-8}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +24,7 @@ class EquivalenceResult:
     tolerance: float
     passed: bool
     samples: int
+    precision: str = "float32"  # the float type the reference runs in (LoadedModel.precision)
     nonfinite: int = 0  # output entries where both runtimes gave NaN/Inf (counted as agreement)
     entries: int = 0  # output entries compared
     notes: tuple[str, ...] = ()
@@ -48,19 +54,37 @@ def _both_nonfinite(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.sum(~np.isfinite(a64) & ~np.isfinite(b64)))
 
 
+def tolerance_rule(precision: str) -> tuple[float, float]:
+    """(rtol, atol) of SA902 for a reference that runs in ``precision``."""
+    return HALF_RTOL.get(precision, RTOL), ATOL
+
+
+def _rounded(x: np.ndarray, precision: str) -> np.ndarray:
+    """``x`` rounded to the reference's input precision, as float32 (exact): both runtimes then
+    read the same input, and only the rounding inside the model is compared."""
+    import torch
+
+    if precision not in HALF_RTOL:
+        return x
+    return torch.from_numpy(x).to(getattr(torch, precision)).to(torch.float32).numpy()
+
+
 def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> EquivalenceResult:
-    """Run both on ``samples`` seeded standard-normal float32 inputs; compare every output."""
+    """Run both on ``samples`` seeded standard-normal float32 inputs (rounded to the model's
+    precision when it runs in float16 or bfloat16); compare every output."""
     import torch
 
     from stabaudit.ir.executor import Executor
 
     graph = model.graph
+    precision = model.precision
+    rtol, atol = tolerance_rule(precision)
     rng = np.random.default_rng(seed)
     ex = Executor(graph, dtype=torch.float32)
     worst, scale = 0.0, 0.0
     nonfinite = entries = 0
     for _ in range(samples):
-        feeds = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in graph.inputs}
+        feeds = {s.name: _rounded(rng.standard_normal(s.shape).astype(np.float32), precision) for s in graph.inputs}
         expected = model.reference(feeds)
         with torch.no_grad():
             got = ex(*(torch.from_numpy(feeds[s.name]) for s in graph.inputs))
@@ -76,10 +100,16 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> Equ
             scale = max(scale, float(finite.max(initial=0.0)))
     # the tolerance is absolute plus relative to the largest finite output: no division, so an
     # all-zero (or all non-finite) output gives the absolute tolerance ATOL
-    tolerance = RTOL * scale + ATOL
+    tolerance = rtol * scale + atol
     notes: tuple[str, ...] = ()
+    if precision in HALF_RTOL:
+        notes += (
+            f"equivalence: the reference runs in {precision}; the engine's float32 pass (weights upcast "
+            f"exactly) is compared on inputs rounded to {precision}, with tolerance {rtol:.3g} * max|reference| "
+            f"+ {atol:.3g} (32 units of {precision} roundoff)",
+        )
     if nonfinite:
-        notes = (
+        notes += (
             f"equivalence: {nonfinite} of {entries} output entries are NaN/Inf in both runtimes "
             "(float32 overflow or non-finite weights); compared on the finite entries only",
         )
@@ -89,6 +119,7 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> Equ
         tolerance=tolerance,
         passed=worst <= tolerance,
         samples=samples,
+        precision=precision,
         nonfinite=nonfinite,
         entries=entries,
         notes=notes,

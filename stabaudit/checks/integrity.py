@@ -42,8 +42,13 @@ def equivalence(ev: Evidence, ctx: CheckContext) -> Finding:
 
     The graph the bounds are computed on runs in torch on seeded inputs and is compared with
     onnxruntime (ONNX) or the loaded module (TorchScript): max |engine - reference| <=
-    1e-4 * max|reference| + 1e-6. A mismatch means no bound can be trusted: the audit stops with
-    exit code 2. In a report the check passes and gives max_abs_diff.
+    1e-4 * max|reference| + 1e-6. A model that runs in float16 or bfloat16 is compared at that
+    precision: the engine computes in float32 with the weights upcast exactly (every float16 and
+    bfloat16 number is a float32 number), the seeded inputs are rounded to the model's precision
+    so that both read the same input, and the relative tolerance is 32 units of its roundoff
+    (32 * 2^-11 for float16, 32 * 2^-8 for bfloat16), stated in the report's notes. A mismatch
+    means no bound can be trusted: the audit stops with exit code 2. In a report the check passes
+    and gives max_abs_diff.
     """
     eq = ev.equivalence
     status = Status.PASS if eq.passed else Status.FAIL

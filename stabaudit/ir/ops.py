@@ -1,8 +1,8 @@
 """Canonical operators of the IR: one frozen dataclass per operator, with resolved attributes.
 
 Loaders translate every source operator into these (attribute defaults and opset quirks are
-resolved in the loader, once). Parameters are numpy arrays as stored in the model; analyses
-convert them to float64 themselves.
+resolved in the loader, once). Parameters are numpy arrays as stored in the model (float16 and
+bfloat16 ones upcast exactly to float32); analyses convert them to float64 themselves.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def _arr(a: np.ndarray | None) -> np.ndarray | None:
     if a is None:
         return None
     out = np.asarray(a)
+    if out.dtype == np.float16 or out.dtype.name == "bfloat16":
+        # float16 and bfloat16 (ml_dtypes, not a numpy float kind) held as float32: exact, since
+        # every such number is a float32 number, and every analysis then sees a numpy float type
+        out = out.astype(np.float32)
     out.setflags(write=False)
     return out
 

@@ -32,6 +32,9 @@ class LoadedModel:
     notes: tuple[str, ...] = ()  # what the loader changed (opset lifted, constants folded, ...)
     # the parameters training updates, as the source names them (the update channel, SA501-SA503)
     parameterisation: Parameterisation | None = None
+    # the float type the reference runs in ("float16", "bfloat16", "float32", "float64"): the
+    # least precise one of the inputs and stored parameters; SA902's tolerance follows it
+    precision: str = "float32"
 
 
 # A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:

@@ -63,7 +63,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
     _check(model, notes)
     work = _lift_opset(model, notes)
     inputs = _input_shapes(work.graph, input_shape, notes)
-    graph, params = _translate(work, inputs, notes)
+    constants = _initializers(work.graph)
+    graph, params = _translate(work, inputs, notes, constants)
+    _prove_batch_independent(work, inputs, graph, notes, constants)
     reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
     return LoadedModel(
         graph=graph,
@@ -74,7 +76,25 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
         parameters=_parameter_count(model.graph),
         source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         notes=tuple(notes),
+        precision=_precision(model.graph),
     )
+
+
+_PRECISIONS = {16: "bfloat16", 10: "float16", 1: "float32", 11: "float64"}  # least precise first
+
+
+def _precision(graph: Any) -> str:
+    """The least precise float type among the inputs, the initializers, Constant tensors and
+    the targets of Cast nodes ("float32" when none is a float type)."""
+    types = {vi.type.tensor_type.elem_type for vi in graph.input if vi.type.HasField("tensor_type")}
+    types.update(t.data_type for t in graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value":
+                types.add(a.t.data_type)
+            elif node.op_type == "Cast" and a.name == "to":
+                types.add(a.i)
+    return next((name for code, name in _PRECISIONS.items() if code in types), "float32")
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -233,6 +253,8 @@ class _Input:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    batch: str | None = None  # the label of an unknown batch dim (dim 0) set to 1, else None
+    first: bool = False  # the input --input-shape sets
 
 
 def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str]) -> list[_Input]:
@@ -263,17 +285,19 @@ def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
             labels = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
                       for d in tensor.shape.dim]
+        batch = None
         if index == 0 and input_shape is not None:
             shape = _given_shape(vi.name, dims, tuple(input_shape))
             if dims is None or None in dims:
                 notes.append(f"input {vi.name!r} [{','.join(labels)}] fixed to {list(shape)} by --input-shape")
         else:
             shape = _default_shape(vi.name, dims, labels, notes)
+            batch = labels[0] if dims and dims[0] is None else None
         dtype = np.dtype(np.float32) if tensor.elem_type == TensorProto.BFLOAT16 else \
             np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         if math.prod(shape) > MAX_ELEMENTS:
             raise ResourceError(f"input {vi.name!r} of shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements")
-        result.append(_Input(name=vi.name, shape=shape, dtype=dtype))
+        result.append(_Input(name=vi.name, shape=shape, dtype=dtype, batch=batch, first=index == 0))
     return result
 
 
@@ -301,6 +325,50 @@ def _default_shape(name: str, dims: list[int | None] | None, labels: list[str], 
     return tuple(int(d) for d in dims if d is not None)
 
 
+PROBE_BATCH = 2  # the second batch size the graph is translated at to follow its batch axis
+
+
+def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str],
+                             constants: Mapping[str, np.ndarray]) -> None:
+    """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch_axis proves that
+    no operator mixes samples, so that the bounds at batch 1 hold at every batch size.
+
+    Inputs whose batch dims carry the same name have the same size (ONNX symbolic dims); each
+    group of them is probed on its own, the other inputs staying at batch 1, so that an input
+    with an independent batch dim broadcast against another counts as shared by every sample.
+    """
+    from dataclasses import replace
+
+    from stabaudit.ir.batch_axis import batch_mixing
+
+    groups: dict[str, list[_Input]] = {}
+    for i in inputs:
+        if i.batch is not None:  # an unnamed dim ("?") is a group of its own
+            groups.setdefault(i.batch if i.batch != "?" else f"?{i.name}", []).append(i)
+    for members in groups.values():
+        names = {i.name for i in members}
+        probe = [replace(i, shape=(PROBE_BATCH, *i.shape[1:])) if i.name in names else i for i in inputs]
+        culprit: str | None = None
+        try:
+            large, _ = _translate(model, probe, [], constants)  # the same initializer arrays: no second copy
+        except StabauditError as exc:  # e.g. a Reshape to a fixed batch size: it does not translate
+            culprit = f"the graph does not translate at batch {PROBE_BATCH} ({_first_line(exc, 120)})"
+        else:
+            found = batch_mixing(graph, large, {name: 0 for name in names}, PROBE_BATCH)
+            culprit = found.describe() if found is not None else None
+        first = members[0]
+        label = "dim" if first.batch == "?" else f"dim {first.batch!r}"
+        if culprit is not None:
+            example = ",".join(["N", *(str(d) for d in first.shape[1:])])
+            hint = (f"give the batch size with --input-shape (e.g. --input-shape {example})" if first.first else
+                    f"--input-shape sets only the first input: give input {first.name!r} a fixed batch dim in the model")
+            raise ModelLoadError(f"input {first.name!r} has an unknown batch {label} and {culprit}, so the bounds "
+                                 f"depend on the batch size; {hint}")
+        listed = ", ".join(repr(i.name) for i in members)
+        notes.append(f"batch {label} of input(s) {listed}: no operator mixes samples (proved on the graph against "
+                     f"its translation at batch {PROBE_BATCH}), so the bounds at batch 1 hold at every batch size")
+
+
 # ---- translation -------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class _Walk:
@@ -311,19 +379,24 @@ class _Walk:
     folded: Counter[str]
 
 
-def _translate(model: Any, inputs: Sequence[_Input], notes: list[str]) -> tuple[Graph, GraphParameters]:
-    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+def _initializers(graph: Any) -> dict[str, np.ndarray]:
+    """The initializers as numpy arrays."""
     from onnx import numpy_helper
 
-    from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
-
-    graph = model.graph
     if graph.sparse_initializer:
         raise ModelLoadError("sparse initializers are not supported")
     try:
-        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     except Exception as exc:
         raise ModelLoadError(f"an initializer cannot be read: {_first_line(exc)}") from exc
+
+
+def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
+               constants: Mapping[str, np.ndarray]) -> tuple[Graph, GraphParameters]:
+    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+    from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
+
+    graph = model.graph
     opset = _opset(model)
     wrapped = []
     for i, n in enumerate(graph.node):
@@ -543,16 +616,32 @@ class OnnxRuntimeReference:
             try:
                 self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
             except Exception as exc:
-                raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}", path=str(self._path)) from exc
+                hint = ""
+                if "NOT_IMPLEMENTED" in str(exc) and self._model is not None and _precision(self._model.graph) == "bfloat16":
+                    hint = " (onnxruntime's CPU provider has no bfloat16 kernel for this operator; the reference cannot run)"
+                raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}{hint}",
+                                     path=str(self._path)) from exc
             self._model = None  # the session holds what it needs
         return self._session
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         session = self.session()
+        for kind, args in (("input", session.get_inputs()), ("output", session.get_outputs())):
+            for arg in args:
+                if arg.type == "tensor(bfloat16)":  # onnxruntime 1.x: "Numpy_type 256 can't be converted"
+                    raise ModelLoadError(f"{kind} {arg.name!r} is bfloat16, which onnxruntime's Python API cannot pass "
+                                         "to or from numpy: the reference cannot run (a float32 or float16 export "
+                                         "can be audited)", path=str(self._path))
         feeds = {i.name: np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
                  for i in session.get_inputs()}
         try:
             results = session.run(None, feeds)
         except Exception as exc:
             raise ModelLoadError(f"onnxruntime failed to run the model: {_first_line(exc)}", path=str(self._path)) from exc
-        return [np.asarray(out) for out in results]
+        # float16 / bfloat16 outputs as float32 (exact)
+        return [_widened(np.asarray(out)) for out in results]
+
+
+def _widened(array: np.ndarray) -> np.ndarray:
+    """A float16 or bfloat16 array as float32 (exact); any other array as it is."""
+    return array.astype(np.float32) if array.dtype == np.float16 or array.dtype.name == "bfloat16" else array

@@ -109,6 +109,7 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
         parameters=_parameter_count(module),
         source_ops=dict(sorted(walker.source_ops.items())),
         notes=tuple(notes),
+        precision=_precision(module),
     )
 
 
@@ -122,6 +123,16 @@ def _module_parameters(module: Any) -> ModuleParameters:
         if p.is_floating_point()
     )
     return ModuleParameters(module=module, parameters=params)
+
+
+def _precision(module: Any) -> str:
+    """The least precise float type of the stored parameters and buffers ("float32" if none)."""
+    import torch
+
+    order = [torch.bfloat16, torch.float16, torch.float32, torch.float64]  # unit roundoff 2^-8 ... 2^-53
+    kinds = {t.dtype for t in itertools.chain(module.parameters(), module.buffers()) if t.dtype in order}
+    least = min(kinds, key=order.index) if kinds else torch.float32
+    return str(least).removeprefix("torch.")
 
 
 # ---- archive metadata --------------------------------------------------------------------------

@@ -292,12 +292,17 @@ def test_shape_chain_folds_into_reshape(tmp_path: Path) -> None:
     params = {"axes": np.array([0], np.int64), "minus1": np.array([-1], np.int64),
               "starts": np.array([2], np.int64), "ends": np.array([100], np.int64),
               "w": rand(4, 48), "b": rand(4), "r0": np.int64(0), "r1": np.int64(5), "r2": np.int64(2)}
-    lm = check(save(tmp_path, nodes, {"x": ["N", 3, 4, 4]}, params=params))
+    path = save(tmp_path, nodes, {"x": ["N", 3, 4, 4]}, params=params)
+    # the ones of shape [N] broadcast along the last axis of g [N, 4]: the model runs at batch 1
+    # (and 4) only, so an unknown batch dim is not audited at 1
+    with pytest.raises(ModelLoadError, match="does not translate at batch 2.*--input-shape N,3,4,4"):
+        load_onnx(path)
+    lm = check(path, input_shape=(1, 3, 4, 4))
     assert ir_ops(lm) == ["Reshape", "Linear", "Affine"]
     assert lm.graph.inputs[0].shape == (1, 3, 4, 4)
     folded = next(n for n in lm.notes if "constant-folded" in n)
     assert "Shape x1" in folded and "Gather x1" in folded and "ReduceProd x1" in folded
-    assert any("batch dim 'N' set to 1" in n for n in lm.notes)
+    assert any("[N,3,4,4] fixed to [1, 3, 4, 4]" in n for n in lm.notes)
 
 
 def test_input_shape_fixes_dynamic_dims(tmp_path: Path) -> None:
@@ -495,3 +500,40 @@ def test_external_network_matches_onnxruntime(external_dir: Path, name: str) -> 
     for o, r in zip(ours, ref, strict=True):
         assert o.shape == r.shape
         assert np.abs(o - r).max() <= 1e-4 * max(float(np.abs(r).max()), 1.0)
+
+
+# ---- float16 / bfloat16 ------------------------------------------------------------------------
+def test_float16_weights_are_upcast_exactly_and_the_precision_is_known(tmp_path: Path) -> None:
+    w = rand(4, 3, seed=4).astype(np.float16)
+    path = save(tmp_path, [node("MatMul", ["x", "w"])], {"x": [1, 4]}, params={"w": w}, elem=TensorProto.FLOAT16)
+    lm = load_onnx(path)
+    assert lm.precision == "float16"
+    (linear,) = [n.op for n in lm.graph]
+    assert isinstance(linear, O.Linear) and linear.weight.dtype == np.float32
+    np.testing.assert_array_equal(linear.weight, w.T.astype(np.float32))  # every float16 is a float32
+    out = lm.reference({"x": np.ones((1, 4), np.float32)})[0]
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, (np.ones((1, 4), np.float16) @ w).astype(np.float32))
+
+
+def test_precision_is_the_least_precise_float_type(tmp_path: Path) -> None:
+    plain = save(tmp_path, [node("Relu", ["x"])], {"x": [1, 4]}, name="plain.onnx")
+    assert load_onnx(plain).precision == "float32"
+    nodes = [node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16), node("Cast", ["h"], ["y"], to=F)]
+    cast = save(tmp_path, nodes, {"x": [1, 4]}, name="cast.onnx")
+    assert load_onnx(cast).precision == "float16"  # onnxruntime rounds to float16 in the middle
+
+
+def test_bfloat16_models_are_refused_by_the_reference_in_one_line(tmp_path: Path) -> None:
+    """onnxruntime's CPU provider lacks most bfloat16 kernels, and its Python API passes no
+    bfloat16 arrays even where the kernels exist (Cast): both end in a ModelLoadError (exit 2)."""
+    relu = save(tmp_path, [node("Relu", ["x"])], {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="relu.onnx")
+    lm = load_onnx(relu)
+    assert lm.precision == "bfloat16"
+    with pytest.raises(ModelLoadError, match="no bfloat16 kernel for this operator"):
+        lm.reference({"x": np.ones((1, 4), np.float32)})
+    nodes = [node("Cast", ["x"], ["h"], to=F), node("Relu", ["h"], ["r"]),
+             node("Cast", ["r"], ["y"], to=TensorProto.BFLOAT16)]
+    cast = save(tmp_path, nodes, {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="cast.onnx")
+    with pytest.raises(ModelLoadError, match="input 'x' is bfloat16, which onnxruntime's Python API cannot pass"):
+        load_onnx(cast).reference({"x": np.ones((1, 4), np.float32)})

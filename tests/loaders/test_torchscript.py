@@ -538,3 +538,36 @@ def test_branching_ops_without_a_certified_jump_are_refused(kind: str, refused: 
     with pytest.raises(UnsupportedOperatorError) as info:
         load_torchscript(path, input_shape=(2, 3))
     assert refused in info.value.counts
+
+
+# ---- float16 / bfloat16 ------------------------------------------------------------------------
+class _HalfCasts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x)).to(torch.float32).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_half_precision_weights_upcast_exactly(tmp_path: Path, dtype: torch.dtype, mode: str) -> None:
+    module = _HalfCasts().to(dtype)
+    module.eval()
+    compiled = torch.jit.script(module) if mode == "script" else torch.jit.trace(module, torch.ones(1, 4, dtype=dtype))
+    path = tmp_path / "m.pt"
+    torch.jit.save(compiled, str(path))
+    lm = load_torchscript(path, input_shape=(1, 4))
+    assert lm.precision == str(dtype).removeprefix("torch.")
+    linear = next(n.op for n in lm.graph if isinstance(n.op, O.Linear))
+    assert linear.weight.dtype == np.float32 and linear.bias is not None
+    np.testing.assert_array_equal(linear.weight, module.fc.weight.detach().float().numpy())
+    np.testing.assert_array_equal(linear.bias, module.fc.bias.detach().float().numpy())
+    assert [n.op.type.value for n in lm.graph] == ["Linear", "Relu"]  # the casts only round
+    x = np.full((1, 4), 0.5, np.float32)
+    out = lm.reference({lm.graph.input_names[0]: x})[0]
+    with torch.no_grad():
+        want = module(torch.from_numpy(x).to(dtype)).float().numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, want)

@@ -131,7 +131,9 @@ def is_tensor(value: Any) -> bool:
 
 
 def const_array(value: Any, *, what: str = "operand") -> np.ndarray:
-    """A constant (tensor or number) as a numpy array; its dtype kept for float tensors."""
+    """A constant (tensor or number) as a numpy array; its dtype kept for float32/float64
+    tensors, float16 and bfloat16 ones upcast to float32 (exact: every half or bfloat16 number
+    is a float32 number; numpy has no bfloat16)."""
     import torch
 
     if isinstance(value, Var) or value is POISON:
@@ -140,6 +142,8 @@ def const_array(value: Any, *, what: str = "operand") -> np.ndarray:
         array = value.detach().cpu()
         if not array.is_floating_point():
             array = array.double()
+        elif array.dtype in (torch.float16, torch.bfloat16):
+            array = array.float()
         return np.array(array.numpy(), copy=True)
     if isinstance(value, bool | int | float):
         return np.asarray(float(value), dtype=np.float64)
@@ -147,10 +151,11 @@ def const_array(value: Any, *, what: str = "operand") -> np.ndarray:
 
 
 def is_float_dtype(value: Any) -> bool:
-    """None, float32 or float64 (as torch.dtype or TorchScript's ScalarType codes 6 and 7)."""
+    """None or a float type: float16, bfloat16, float32, float64 (as torch.dtype or TorchScript's
+    ScalarType codes 5, 15, 6, 7). A cast between them only changes rounding."""
     import torch
 
-    return value is None or value in (6, 7) or value in (torch.float32, torch.float64)
+    return value is None or value in (5, 6, 7, 15) or value in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_float(value: Any, *, what: str = "operand") -> float:

@@ -42,7 +42,8 @@ def identity(ctx: Context, node: SourceNode) -> Sequence[Any]:
 
 @translates("aten::to")
 def to(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    """Casts between float32 and float64 (and device moves) are no-ops for the IR."""
+    """Casts between float types (float16, bfloat16, float32, float64) and device moves are no-ops
+    for the IR: they only change rounding (SA902 compares at the precision the model runs in)."""
     dtype = node.arg("dtype")
     if not is_float_dtype(dtype):
         raise Unsupported(f"cast to dtype {dtype}")
