@@ -408,8 +408,10 @@ def summary_line(report: Report, written: list[str]) -> str:
     failing = [f.id for f in report.checks if gates(f, report.fail_on)]
     warnings = [f.id for f in report.checks if is_warning(f, report.fail_on)]
     sound = "certified" if lip.certified else "estimate"
+    # a branch switch: the bracket is about the smooth part, the jumps add a constant term
+    plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
     parts = [
-        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}] ({sound} upper)",
+        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound} upper)",
         f"failing: {', '.join(failing) or 'none'}",
     ]
     if warnings:

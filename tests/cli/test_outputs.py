@@ -172,3 +172,19 @@ def test_batch_with_a_broken_model_writes_its_files_and_says_so(tmp_path, monkey
     assert [m.get("error") is not None for m in models] == [False, True]
     notes = json.loads((tmp_path / "r.sarif").read_text())["runs"][0]["invocations"][0]["toolExecutionNotifications"]
     assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in notes] == ["models/broken.onnx"]
+
+
+def test_summary_line_states_the_additive_term_of_branch_switches():
+    from dataclasses import replace
+
+    from stabaudit.cli import summary_line
+    from stabaudit.report.model import Additive
+    from tests.report_factory import make_report
+
+    report = make_report()
+    plain = summary_line(report, [])
+    assert "additive" not in plain
+    lip = replace(report.lipschitz, additive=Additive(value=7.14e-9, certified=True, sources=("sp",),
+                                                      method="branch-switch-jumps"))
+    line = summary_line(replace(report, lipschitz=lip), [])
+    assert "] + additive 7.14e-09 (" in line
