@@ -372,7 +372,7 @@ def global_bounds(
     if isinstance(chain, str):
         return [GlobalBoundResult(method=m, upper=None, certified=False, seconds=0.0, notes=(f"not a feedforward chain: {chain}",)) for m in wanted]
     lmi = chain.lmi()
-    scaled, factor = pow2_scaled(lmi)
+    scaled, exponent = pow2_scaled(lmi)
     product = None
     if op_bounds is not None:
         from stabaudit.analyses.composition import compose
@@ -390,7 +390,7 @@ def global_bounds(
             rho, ts = cert.rho * lam, tuple(t * lam for t in cert.ts)
             if verify(scaled, rho, ts) is not None:
                 notes = [] if inflate == INFLATIONS[0] else [f"verified after inflating the certificate by {inflate:g}"]
-                return bound_value(rho, factor), Certificate(rho=rho, ts=ts), notes
+                return bound_value(rho, exponent), Certificate(rho=rho, ts=ts), notes
         return None, None, ["float64 verification failed: no certified bound from this method"]
 
     results: list[GlobalBoundResult] = []
@@ -432,6 +432,10 @@ def global_bounds(
                 notes.append(f"solver error: {exc}")
             upper, verified, more = certify(cert)
             notes.extend(more)
+            if upper is not None and math.isinf(upper):
+                # a verified certificate whose value 2^E sqrt(rho) exceeds float64: no finite bound
+                upper, verified = None, None
+                notes.append("the certified bound overflows float64 (above 1.8e308): no finite certified bound")
             if cert is not None:
                 notes.extend(cert.notes)
             if upper is not None and verified is not None and upper < best_upper:
@@ -448,22 +452,33 @@ def global_bounds(
                 )
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
-            results = _with_floor(results, chain, best_upper)
+            results = _with_floor(results, chain, scaled, exponent, best_upper)
     return results
 
 
-def _with_floor(results: list[GlobalBoundResult], chain: Chain, best_upper: float) -> list[GlobalBoundResult]:
+def _with_floor(
+    results: list[GlobalBoundResult], chain: Chain, scaled: ChainLMI, exponent: int, best_upper: float
+) -> list[GlobalBoundResult]:
     """The tightest result, with a note on the slope-relaxation floor (``analyses.floor``): the
-    value below which no method of this kind (slope intervals per activation) can certify."""
-    from stabaudit.analyses.floor import slope_relaxation_floor
+    value below which no method of this kind (slope intervals per activation) can certify.
 
-    floor = slope_relaxation_floor(chain)
-    if floor.value <= 0.0:
+    The floor is searched on the power-of-two scaled weights (``sdp.pow2_scaled``: entries near
+    unit scale, so no product under- or overflows) and scaled back by 2^E rounded down: the floor
+    is positively homogeneous in each W_k. A scaled weight that was rounded (its error bound is
+    set) gives no floor."""
+    from stabaudit.analyses.floor import slope_relaxation_floor
+    from stabaudit.bounds.rounding import ldexp_down
+
+    if any(err is not None for err, orig in zip(scaled.errors, chain.errors, strict=True) if orig is None):
+        return results
+    floor = slope_relaxation_floor(dataclasses.replace(chain, weights=scaled.weights))
+    value = ldexp_down(floor.value, exponent)
+    if value <= 0.0:
         return results
     k = min((i for i, r in enumerate(results) if r.upper is not None), key=lambda i: results[i].upper or math.inf)
     note = (
-        f"slope-relaxation floor {floor.value:.6g} (certified): an activation pattern, "
+        f"slope-relaxation floor {value:.6g} (certified): an activation pattern, "
         f"reached by an input or not, has a Jacobian of that norm, so no bound from per-activation slope "
-        f"intervals can be lower; this one is {best_upper / floor.value - 1.0:.1%} above it"
+        f"intervals can be lower; this one is {best_upper / value - 1.0:.1%} above it"
     )
     return [dataclasses.replace(r, notes=(*r.notes, note)) if i == k else r for i, r in enumerate(results)]

@@ -204,8 +204,11 @@ def _greedy(w_next: np.ndarray, s: np.ndarray) -> float:
     return math.inf if q is None or not q.size else float(np.linalg.eigvalsh(q)[-1])
 
 
-def bound_value(rho: float, scale: float) -> float:
-    """sqrt(rho) * scale rounded up (scale a power of two: the product is exact)."""
+def bound_value(rho: float, exponent: int) -> float:
+    """An upper bound of sqrt(rho) * 2^exponent (``sdp.pow2_scaled``'s exponent): the root rounded
+    up, then the power of two applied with outward rounding (inf above float64's range, at least
+    2^-1074 below it: a positive bound never becomes 0)."""
     from stabaudit.analyses.certify import certified_sqrt
+    from stabaudit.bounds.rounding import ldexp_up
 
-    return certified_sqrt(rho) * scale if math.isfinite(rho) else math.inf
+    return ldexp_up(certified_sqrt(rho), exponent) if math.isfinite(rho) else math.inf

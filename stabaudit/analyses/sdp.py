@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stabaudit.analyses.certify import ChainLMI
+from stabaudit.bounds.rounding import norm_exponent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,27 +274,38 @@ def single_blas_thread() -> Iterator[None]:
 
 
 # ---- LipSDP-Neuron on a chain -----------------------------------------------------------------
-def pow2_scaled(lmi: ChainLMI) -> tuple[ChainLMI, float]:
-    """W_k / 2^e_k with 2^e_k near ||W_k||_2 (exact in float64: only exponents change), and
-    2^{sum e_k}. A certificate (rho~, T~) of the scaled chain gives one of the original chain,
-    (rho~ prod s_k^2, T_k = d_k^2 T~_k) with s_k = 2^e_k, d_l = s_l and d_{k-1} = s_{k-1} d_k: the
-    original P is D P~ D with D = blkdiag(d_k I), a congruence (block by block: the diagonal
-    blocks scale by d_k^2, the off-diagonal ones by d_{k-1} d_k, for any slopes a, b). So
-    sqrt(rho~) 2^{sum e_k} bounds the original constant."""
+def pow2_scaled(lmi: ChainLMI) -> tuple[ChainLMI, int]:
+    """W_k / 2^e_k with 2^e_k near ||W_k||_2, and the exponent E = sum e_k. A certificate
+    (rho~, T~) of the scaled chain gives one of the original chain, (rho~ prod s_k^2,
+    T_k = d_k^2 T~_k) with s_k = 2^e_k, d_l = s_l and d_{k-1} = s_{k-1} d_k: the original P is
+    D P~ D with D = blkdiag(d_k I), a congruence (block by block: the diagonal blocks scale by
+    d_k^2, the off-diagonal ones by d_{k-1} d_k, for any slopes a, b). So sqrt(rho~) 2^E bounds
+    the original constant (``layerwise.bound_value`` rounds it outward: 2^E itself may lie far
+    outside float64's range, e.g. 2^-1200 for twelve layers of 1e-30 weights).
+
+    Dividing by 2^e_k is exact in binary floating point, except for an entry that falls into the
+    subnormal range (e_k > 0, entries below 2^-1022 of the largest): it is rounded, by at most
+    2^-1075, so such an entry's error bound grows by 2^-1074 (rounded error bounds likewise), and
+    ``certify.verify`` proves the LMI for every weight within those bounds."""
     ws: list[np.ndarray] = []
     errs: list[np.ndarray | None] = []
     total = 0
+    tiny = 2.0**-1074
     for w, err in zip(lmi.weights, lmi.errors, strict=True):
-        norm = float(np.linalg.norm(w, 2)) if w.size else 0.0
-        e = 0 if norm == 0.0 or not math.isfinite(norm) else int(round(math.log2(norm)))
-        ws.append(np.ldexp(w, -e))
-        errs.append(None if err is None else np.ldexp(err, -e))
+        e = norm_exponent(w)
+        sw = np.ldexp(w, -e)
+        serr = None if err is None else np.ldexp(err, -e)
+        if e > 0:
+            lost = np.ldexp(sw, e) != w
+            if err is not None:
+                assert serr is not None
+                lost = lost | (np.ldexp(serr, e) != err)
+            if np.any(lost):
+                serr = (np.zeros_like(sw) if serr is None else serr) + np.where(lost, tiny, 0.0)
+        ws.append(sw)
+        errs.append(serr)
         total += e
-    try:
-        factor = math.ldexp(1.0, total)
-    except OverflowError:  # the constant is beyond float64: no finite bound to report
-        factor = math.inf
-    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs)), factor
+    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs)), total
 
 
 def _reduce_input(w0: np.ndarray) -> np.ndarray:

@@ -18,7 +18,8 @@ def _weights(seed: int, widths: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def _bound(lmi: ChainLMI, which: str) -> float:
-    scaled, factor = pow2_scaled(lmi)
+    scaled, exponent = pow2_scaled(lmi)
+    factor = 2.0**exponent
     cert = eclipse_fast(scaled) if which == "fast" else eclipse(scaled, budget_s=5.0)
     assert cert is not None
     for inflate in (1.0, 1.0 + 1e-6, 1.0 + 1e-4):

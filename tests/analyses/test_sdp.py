@@ -27,7 +27,8 @@ def _net(seed: int, widths: tuple[int, ...]) -> tuple[list[np.ndarray], list[np.
 
 def _solve(lmi: ChainLMI, budget: float = 10.0) -> tuple[float, list[np.ndarray], float]:
     """LipSDP from ECLipsE-Fast on the power-of-two scaled chain; (rho, T) of the scaled chain."""
-    scaled, factor = sdp.pow2_scaled(lmi)
+    scaled, exponent = sdp.pow2_scaled(lmi)
+    factor = 2.0**exponent
     start = eclipse_fast(scaled)
     assert start is not None
     rho, ts, steps = sdp.lipsdp(scaled, start.rho, list(start.ts), budget_s=budget)
@@ -171,12 +172,14 @@ def test_failed_verification_yields_no_certified_bound(monkeypatch: pytest.Monke
 def test_pow2_scaling_is_exact() -> None:
     ws, _ = _net(5, (4, 7, 3))
     lmi = ChainLMI(weights=tuple(ws), slopes=((0.0, 1.0),))
-    scaled, factor = sdp.pow2_scaled(lmi)
-    assert math.log2(factor) == int(math.log2(factor))
+    scaled, exponent = sdp.pow2_scaled(lmi)
+    assert isinstance(exponent, int)
+    assert all(e is None for e in scaled.errors)  # no entry rounded: the errors stay unset
     for w, s in zip(ws, scaled.weights, strict=True):
         ratio = w / s
         assert np.all(ratio == ratio.flat[0]) and math.log2(ratio.flat[0]) == int(math.log2(ratio.flat[0]))
         assert 0.7 <= np.linalg.norm(s, 2) <= 1.42
+    assert sum(round(math.log2(float((w / s).flat[0]))) for w, s in zip(ws, scaled.weights, strict=True)) == exponent
 
 
 def test_eclipse_sdp_ordering_and_determinism() -> None:
