@@ -35,6 +35,7 @@ raise the upper end.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stabaudit.bounds.numerics import spectral_norm_dense
+from stabaudit.bounds.rounding import ldexp_down, ldexp_up, mul_up
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph
 
@@ -104,6 +106,7 @@ class _Net:
     pos: tuple[float, ...]
     norms: tuple[float, ...]  # certified upper bounds of ||W_k||_2
     input_shifted: bool = False  # a translation before the first Linear was dropped
+    exponent: int = 0  # the stored network's Jacobians are these weights' times 2^exponent
 
 
 # ---- extraction -------------------------------------------------------------------------------
@@ -163,8 +166,47 @@ def _net(graph: Graph) -> _Net | str:
     for w, b in zip(weights, biases, strict=True):
         if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))) or b.shape != (w.shape[0],):
             return "non-finite or mis-shaped weights"
+    scaled = _scaled(weights, biases)
+    if scaled is None:
+        return (
+            "the weights' scales span beyond float64's exponent range (rescaling every layer to unit "
+            "norm would round a weight or a bias): exact mode not applied"
+        )
+    weights, biases, exponent = scaled
     norms = tuple(spectral_norm_dense(w)[0] for w in weights)
-    return _Net(weights=tuple(weights), biases=tuple(biases), neg=tuple(neg), pos=tuple(pos), norms=norms, input_shifted=shifted)
+    return _Net(
+        weights=tuple(weights), biases=tuple(biases), neg=tuple(neg), pos=tuple(pos), norms=norms,
+        input_shifted=shifted, exponent=exponent,
+    )
+
+
+def _scaled(weights: list[np.ndarray], biases: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], int] | None:
+    """W_k / 2^e_k (2^e_k near ||W_k||_2) and b_k / 2^{E_k} (E_k = e_0 + .. + e_k), with E_l, or None
+    when one of those divisions is inexact (an entry rounded into the subnormal range or overflowing).
+
+    Every activation here is positively homogeneous (phi(c u) = c phi(u) for c > 0), so the scaled
+    network's pre-activations are those of the stored one times 2^-E_k: the same signs, the same
+    activation regions (the branch and bound and its LPs see the same geometry), and every region's
+    Jacobian is the stored one's times 2^-E_l. Without the scaling, twelve layers of 1e-30 weights
+    would underflow every product to 0 (a constant of 0 for a map that is not constant) and every
+    constraint row of the deep layers with it."""
+    from stabaudit.bounds.rounding import norm_exponent
+
+    out_w: list[np.ndarray] = []
+    out_b: list[np.ndarray] = []
+    total = 0
+    for w, b in zip(weights, biases, strict=True):
+        e = norm_exponent(w)
+        total += e
+        sw, sb = np.ldexp(w, -e), np.ldexp(b, -total)
+        with np.errstate(over="ignore"):
+            exact = bool(np.all(np.isfinite(sw)) and np.all(np.isfinite(sb)))
+            exact = exact and np.array_equal(np.ldexp(sw, e), w) and np.array_equal(np.ldexp(sb, total), b)
+        if not exact:
+            return None
+        out_w.append(sw)
+        out_b.append(sb)
+    return out_w, out_b, total
 
 
 # ---- certified interval-matrix products --------------------------------------------------------
@@ -267,7 +309,7 @@ def _node_bound(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float
     full_low = 0.0
     for i in range(depth + 1):
         x = _start(net.weights[i])
-        before = 1.0 if i == 0 else best[i - 1] * dmax[i - 1] * (1.0 + 2 * U)
+        before = 1.0 if i == 0 else mul_up(best[i - 1], dmax[i - 1])
         for j in range(i, depth + 1):
             if j > i:
                 x = _matmul(net.weights[j], net.norms[j], _diag(*slopes[j - 1], x))
@@ -276,7 +318,7 @@ def _node_bound(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float
             up, low = x.bounds()
             if i == 0 and j == depth:
                 full_low = low
-            best[j] = min(best[j], up * before * (1.0 + 2 * U))
+            best[j] = min(best[j], mul_up(up, before))
             if before == 0.0:
                 break
     complete = all(bool(np.all((s != 0) | (net.neg[k] == net.pos[k]))) for k, s in enumerate(states))
@@ -350,8 +392,10 @@ def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray 
     cost = np.zeros(n + 1)
     cost[-1] = -1.0
     res = linprog(cost, A_ub=a_ub, b_ub=s * c, bounds=[(None, None)] * n + [(-1.0, 1.0)], method="highs")
-    if res.status != 0 or res.x is None:
+    if res.status == 2:  # proved infeasible
         return -math.inf, None
+    if res.status != 0 or res.x is None:
+        return 0.0, None  # no answer (iteration limit, numerical trouble): not proved empty, kept
     return float(res.x[-1]), np.asarray(res.x[:n], dtype=np.float64)
 
 
@@ -493,9 +537,9 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
                 x = _cheap_point(a_c, c_c, s_c, node.point, row_a, row_c, sign)
                 if x is None:
                     t, x = _lp(a_c, c_c, s_c)
-                    if t < EMPTY_T or x is None:
+                    if t < EMPTY_T:
                         continue  # empty region (the only pruning that relies on the LP solver)
-                    if t <= INTERIOR_T:
+                    if x is None or t <= INTERIOR_T:
                         ambiguous += 1
                         x = None
                 if x is not None:
@@ -510,7 +554,17 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
     open_max = max((-item[0] for item in heap), default=0.0)
     upper = max(closed, open_max, witness.norm_upper if witness is not None else 0.0)
     lower = best_low if witness is not None else None
-    exact = (not stopped) and lower is not None and upper - lower <= EXACT_RTOL * upper
+    # back to the stored network (``_scaled``): its Jacobians are these times 2^exponent, rounded
+    # outward (a positive upper end never becomes 0; beyond float64 it is inf)
+    upper = ldexp_up(upper, net.exponent)
+    lower = None if lower is None else ldexp_down(lower, net.exponent)
+    if witness is not None and net.exponent:
+        witness = dataclasses.replace(
+            witness,
+            norm_lower=ldexp_down(witness.norm_lower, net.exponent),
+            norm_upper=ldexp_up(witness.norm_upper, net.exponent),
+        )
+    exact = (not stopped) and lower is not None and math.isfinite(upper) and upper - lower <= EXACT_RTOL * upper
     if not heap and not stopped and lower is None:
         exact = upper == 0.0
         lower = 0.0 if exact else None
@@ -521,7 +575,13 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
     if net.input_shifted:
         notes.append("an input translation precedes the first Linear: the witness point is in translated coordinates")
     if ambiguous:
-        notes.append(f"{ambiguous} regions of near-zero width (LP slack within solver tolerance) kept without a point")
+        notes.append(
+            f"{ambiguous} regions of near-zero width (LP slack within solver tolerance, or no LP answer) kept without a point"
+        )
+    if math.isinf(upper):
+        notes.append("the bound overflows float64 (above 1.8e308): no finite certified bound")
+    elif net.exponent and (upper < 2.0**-1022 or (lower is not None and 0.0 < lower < 2.0**-1022)):
+        notes.append("the constant lies below float64's normal range: the bracket is rounded outward there")
     return ExactResult(
         upper=upper,
         lower=lower,
