@@ -32,6 +32,12 @@ def _down(v: float) -> float:
     return math.nextafter(v, -math.inf) if math.isfinite(v) else v
 
 
+def _up_nonzero(v: float) -> float:
+    """An upper bound of the exact difference whose rounded value is ``v`` (>= 0): with gradual
+    underflow x - y rounds to 0 only when x = y, so 0 stays 0; anything else moves one ulp up."""
+    return max(v, 0.0) if v <= 0.0 else math.nextafter(v, math.inf)
+
+
 @dataclass(frozen=True, kw_only=True)
 class BlockResult:
     """One block's numbers; see report.model.ResidualBlock for their meaning."""
@@ -445,10 +451,10 @@ def whole_block_bound(
     whole (one activation, slopes in [a, b], s a scalar scale or 1), or None where it does not apply.
 
     Every Clarke Jacobian of the block is I + s W2 D W1 with D diagonal, D_ii in [a, b]. Writing
-    D = c I + E with c = (a + b)/2 and |E_ii| <= r = (b - a)/2 (triangle inequality):
+    D = c I + E with c = fl((a + b)/2) and |E_ii| <= r = max(b - c, c - a) rounded up (triangle inequality):
     ||I + s W2 D W1|| <= ||I + s c W2 W1|| + |s| r ||W2|| ||W1||. The first norm is that of an
     explicit matrix (exact matrices of W1, W2; the product's rounding bounded entrywise by
-    gamma_{k+2} (I + |s c| |W2| |W1|) and added in Frobenius norm, itself at most
+    gamma_{k+3} (I + |s c| |W2| |W1|) and added in Frobenius norm, itself at most
     sqrt(n) + |s c| ||W2||_F ||W1||_F); ||W1||, ||W2|| are the nodes' certified bounds. Never worse than 1 + |s| b ||W2|| ||W1|| when a >= 0 (and usually much better:
     the identity and the branch partly cancel, and ||W2 W1|| <= ||W2|| ||W1||).
     """
@@ -479,15 +485,19 @@ def whole_block_bound(
     if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2))):
         return None
     a, b = slope
-    c, r = (a + b) / 2.0, (b - a) / 2.0
+    # the centre c is whatever (a + b) / 2 rounds to; the radius must reach both ends from it:
+    # r >= max(b - c, c - a), each difference rounded up (a float difference is 0 only when exact)
+    c = (a + b) / 2.0
+    r = max(_up_nonzero(b - c), _up_nonzero(c - a))
     mat = np.eye(n) + (s * c) * (m2 @ m1)
-    k = m1.shape[0] + 2
+    # roundings per entry: the dot product of m1.shape[0] terms, fl(s c), its product, the sum with I
+    k = m1.shape[0] + 3
     gamma = 1.01 * k * U / (1.0 - k * U)
     # ||I + |s c| |W2| |W1|||_F <= sqrt(n) + |s c| ||W2||_F ||W1||_F (no second product needed)
     fro = math.sqrt(n) + abs(s * c) * float(np.linalg.norm(m2)) * float(np.linalg.norm(m1))
     err = gamma * fro * (1.0 + 1e-6)
     mid = _norm_upper(mat)
-    radius = _mul(_mul(abs(s) * r, float(u2.value)), float(u1.value))
+    radius = _mul(_mul(_mul(abs(s), r), float(u2.value)), float(u1.value))
     value = _add(_add(mid, err), radius)
     if not math.isfinite(value):
         return None
