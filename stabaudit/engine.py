@@ -540,7 +540,8 @@ def _audit(
         MethodBound(
             method=comp.upper.method,
             upper=_finite(comp.upper.value),
-            certified=comp.upper.certified,
+            # an overflowed (inf) product is no certified number: certified only with a finite one
+            certified=comp.upper.certified and _finite(comp.upper.value) is not None,
             seconds=0.0 if reproducible else round(comp.seconds, 4),
             notes=tuple(comp.notes) + region_note(regions),
         )
