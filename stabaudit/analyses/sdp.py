@@ -212,7 +212,17 @@ def hard_deadline(budget_s: float) -> float:
 
 def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, deadline: float, rel_gap: float = 2e-3, max_newton: int = 5000, mu: float = 6.0, center_tol: float = 1e-5, gap0: float = 1.0) -> tuple[float, np.ndarray, int]:
     """Minimise obj * z0 from the strictly feasible (z0, t); returns the last strictly feasible
-    iterate and the number of Newton steps. Stops at the deadline or when nu / tau <= rel_gap |z0|."""
+    iterate and the number of Newton steps. Stops at the deadline or when nu / tau <= rel_gap |z0|.
+
+    Multipliers may grow without bound (a layer of zero weights decouples its neighbours), so the
+    derivatives may overflow: a non-finite Newton decrement ends the centring, a non-finite trial
+    point fails its Cholesky test, and every result is verified afterwards; numpy's warnings about
+    it are silenced here."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _barrier_solve(pr, z0, t, deadline, rel_gap, max_newton, mu, center_tol, gap0)
+
+
+def _barrier_solve(pr: _Problem, z0: float, t: np.ndarray, deadline: float, rel_gap: float, max_newton: int, mu: float, center_tol: float, gap0: float) -> tuple[float, np.ndarray, int]:
     nu = pr.size + t.size
     scale = max(abs(z0), 1e-300)
     tau = nu / (gap0 * scale)
