@@ -1,0 +1,358 @@
+"""Certified upper bounds at extreme weight scales: never 0 (or below the true constant) from underflow, never a wrong finite number from overflow.
+
+The references are exact: every float is a dyadic rational, so Python fractions evaluate the
+stored network without rounding. A Jacobian at a point where no pre-activation is 0 is the
+Jacobian of an open activation region, so its norm (at least its largest column norm) is a lower
+bound of the Lipschitz constant; and a chain with weights W_l * 2^k has constant exactly 2^(k L)
+times that of the chain of the W_l (ReLU is positively homogeneous).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from stabaudit.analyses.composition import compose, rule_bounds
+from stabaudit.analyses.exact import exact_lipschitz
+from stabaudit.analyses.feedforward import explain_chain, global_bounds
+from stabaudit.analyses.residual import block_bounds
+from stabaudit.analyses.sdp import pow2_scaled
+from stabaudit.bounds import bound_node
+from stabaudit.bounds.base import RuleContext
+from stabaudit.bounds.numerics import DENSE_BUDGET, conv_norm_certified
+from stabaudit.bounds.rounding import ldexp_down, ldexp_up, mul_up
+from stabaudit.engine import AuditRequest, audit
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+SMALLEST = 5e-324  # 2^-1074, the smallest positive float64
+METHODS = ("eclipse-fast", "eclipse", "lipsdp-neuron")
+BUDGET = 0.2
+EXACT_BUDGET = 0.05  # exact mode's fewest nodes (MIN_NODES): a bracket, which is all these tests need
+
+
+# ---- models --------------------------------------------------------------------------------------
+def _unit_weights(depth: int, width: int = 3, seed: int = 0) -> list[np.ndarray]:
+    """``depth`` float32-valued matrices (width -> width, the last width -> 2): the identity plus
+    Gaussian noise of either sign, so that many inputs keep some unit active through all layers."""
+    rng = np.random.default_rng(seed)
+    shapes = [(width, width)] * (depth - 1) + [(2, width)]
+    return [(np.eye(*s) + 0.5 * rng.standard_normal(s)).astype(np.float32).astype(np.float64) for s in shapes]
+
+
+def _chain(weights: list[np.ndarray], *, final_relu: bool = True) -> Graph:
+    """Linear (no bias) + Relu per weight: the audit's "Linear+Relu x12" chain."""
+    nodes: list[Node] = []
+    cur = "x"
+    for i, w in enumerate(weights):
+        nodes.append(Node(name=f"fc{i}", op=O.Linear(weight=w), inputs=(cur,), output=f"h{i}"))
+        cur = f"h{i}"
+        if final_relu or i < len(weights) - 1:
+            nodes.append(Node(name=f"relu{i}", op=O.Relu(), inputs=(cur,), output=f"a{i}"))
+            cur = f"a{i}"
+    spec = TensorSpec(name="x", shape=(1, weights[0].shape[1]))
+    return with_shapes(Graph(inputs=(spec,), outputs=(cur,), nodes=tuple(nodes)))
+
+
+def _exact_lower_squared(weights: list[np.ndarray], *, points: int = 8, seed: int = 1) -> Fraction:
+    """A lower bound of K^2 in exact arithmetic: the largest squared column norm of the Jacobian
+    of the (bias-free, ReLU after every layer but the last one of a chain without final ReLU:
+    the Jacobian is then the same up to the last mask) chain at seeded points where no
+    pre-activation is exactly 0 (interior points of their activation regions)."""
+    rng = np.random.default_rng(seed)
+    ws = [[[Fraction(float(v)) for v in row] for row in w] for w in weights]
+    best = Fraction(0)
+    for _ in range(points):
+        h = [Fraction(float(v)) for v in np.abs(rng.standard_normal(weights[0].shape[1]))]
+        jac = [[Fraction(int(i == j)) for j in range(len(h))] for i in range(len(h))]
+        for w in ws:
+            z = [sum((a * b for a, b in zip(row, h, strict=True)), Fraction(0)) for row in w]
+            if any(v == 0 for v in z):
+                break  # on a region boundary (or every unit off): no lower bound from this point
+            mask = [v > 0 for v in z]
+            h = [v if m else Fraction(0) for v, m in zip(z, mask, strict=True)]
+            jac = [
+                [sum((row[k] * jac[k][j] for k in range(len(row))), Fraction(0)) if m else Fraction(0) for j in range(len(jac[0]))]
+                for row, m in zip(w, mask, strict=True)
+            ]
+        else:
+            for j in range(len(jac[0])):
+                best = max(best, sum((jac[i][j] ** 2 for i in range(len(jac))), Fraction(0)))
+    assert best > 0, "no point gave a positive reference: pick other points"
+    return best
+
+
+def _uppers(graph: Graph) -> dict[str, float | None]:
+    """Every global method's certified upper bound (None: no finite certified bound)."""
+    out: dict[str, float | None] = {}
+    comp = compose(graph, rule_bounds(graph))
+    out["product"] = comp.upper.value
+    for r in global_bounds(graph, budget_s=BUDGET, methods=METHODS):
+        assert (r.upper is not None) == r.certified
+        out[r.method] = r.upper
+    ex = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
+    if ex.upper is not None and ex.lower is not None:
+        assert ex.lower <= ex.upper
+    out["lipbab"] = ex.upper
+    return out
+
+
+# ---- the audit's chain: twelve layers of 1e-30 weights (constant ~1e-355, below float64) ----------
+@pytest.mark.parametrize("scale", [2.0**-100, 1e-30])
+def test_tiny_chain_no_method_certifies_zero(scale: float) -> None:
+    weights = [(w * scale).astype(np.float32).astype(np.float64) for w in _unit_weights(12)]
+    reference = _exact_lower_squared(weights)
+    assert 0 < reference < Fraction(SMALLEST) ** 2  # the true constant is below every positive float
+    uppers = _uppers(_chain(weights))
+    assert set(uppers) == {"product", "lipbab", *METHODS}
+    for method, upper in uppers.items():
+        assert upper is not None and upper > 0.0, method
+        assert Fraction(upper) ** 2 >= reference, method
+        assert upper <= 4 * SMALLEST, method  # rounded outward: a few ulps above the constant
+
+
+def test_tiny_chain_exact_mode_brackets_without_claiming_exactness() -> None:
+    weights = [w * 2.0**-100 for w in _unit_weights(12)]
+    scaled = exact_lipschitz(_chain(weights), budget_s=EXACT_BUDGET)
+    unit = exact_lipschitz(_chain(_unit_weights(12)), budget_s=EXACT_BUDGET)
+    assert unit.upper is not None and unit.lower is not None and unit.lower > 0.0
+    assert scaled.upper == SMALLEST and scaled.lower == 0.0 and not scaled.exact
+    assert any("below float64's normal range" in n for n in scaled.notes)
+    # the same search on the same (rescaled) network: the witness region's norm is 2^-1200 times
+    assert scaled.witness is not None and unit.witness is not None
+    assert scaled.witness.pattern == unit.witness.pattern and scaled.witness.norm_upper == SMALLEST
+
+
+# ---- powers of two: the scaled chain's constant is exactly 2^(kL) times the unit chain's ----------
+@pytest.mark.parametrize(("depth", "k"), [(9, -100), (3, 100), (2, -1000)])
+def test_scaled_chain_bounds_are_the_unit_bounds_times_the_scale(depth: int, k: int) -> None:
+    """In float64's range: every method's bound of the scaled chain is its bound of the unit chain
+    times 2^(k depth) (the rescaling inside the methods makes them the same computation), so it is
+    sound and exactly as tight; and it is at least the exact-arithmetic reference."""
+    unit_weights = _unit_weights(depth, seed=depth)
+    weights = [np.ldexp(w, k) for w in unit_weights]
+    reference = _exact_lower_squared(weights)
+    unit, scaled = _uppers(_chain(unit_weights)), _uppers(_chain(weights))
+    for method, upper in scaled.items():
+        expected = unit[method]
+        assert upper is not None and expected is not None, method
+        assert Fraction(upper) ** 2 >= reference, method
+        assert upper == pytest.approx(math.ldexp(expected, k * depth), rel=1e-12), method
+
+
+def test_huge_chain_overflow_gives_no_finite_certified_bound() -> None:
+    """Twelve layers of 2^100 weights: the constant (~1e361) is beyond float64."""
+    weights = [np.ldexp(w, 100) for w in _unit_weights(12)]
+    graph = _chain(weights)
+    comp = compose(graph, rule_bounds(graph))
+    assert comp.upper.value == math.inf and any("overflows float64" in n for n in comp.notes)
+    for r in global_bounds(graph, budget_s=BUDGET, methods=METHODS):
+        assert r.upper is None and not r.certified, r.method
+        assert any("overflows float64" in n for n in r.notes), r.method
+    ex = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
+    assert ex.upper == math.inf and not ex.exact
+    assert ex.lower is None or ex.lower <= ex.upper
+
+
+def test_1e30_chain_in_range_is_sound() -> None:
+    weights = [(w * 1e30).astype(np.float32).astype(np.float64) for w in _unit_weights(3, seed=5)]
+    reference = _exact_lower_squared(weights)
+    product = math.prod(float(np.linalg.svd(w, compute_uv=False)[0]) for w in weights)
+    for method, upper in _uppers(_chain(weights)).items():
+        assert upper is not None and math.isfinite(upper), method
+        assert Fraction(upper) ** 2 >= reference, method
+        assert upper <= product * (1 + 1e-6), method  # and never above the product of the norms
+
+
+# ---- subnormal weights (float64 models: float32 has no 1e-310) -----------------------------------
+def test_subnormal_single_layer_is_tight() -> None:
+    """One Linear of 1e-310 entries: K = ||W||_2 ~ 4e-310 is itself subnormal."""
+    w = np.random.default_rng(3).standard_normal((3, 3)) * 1e-310
+    graph = _chain([w], final_relu=False)
+    # ||W||^2 >= every squared column norm, exactly; the SVD of W * 2^1074 (exact) for tightness
+    reference = max(sum((Fraction(float(v)) ** 2 for v in w[:, j]), Fraction(0)) for j in range(3))
+    norm = math.ldexp(float(np.linalg.svd(np.ldexp(w, 1074), compute_uv=False)[0]), -1074)
+    for method, upper in _uppers(graph).items():
+        assert upper is not None and upper > 0.0, method
+        assert Fraction(upper) ** 2 >= reference, method
+        assert upper <= norm * (1 + 1e-8) + 4 * SMALLEST, method  # the certificates' 1e-9 inflations
+
+
+def test_subnormal_chain_never_certifies_zero() -> None:
+    weights = [w * 1e-310 for w in _unit_weights(3, seed=7)]
+    reference = _exact_lower_squared(weights)
+    for method, upper in _uppers(_chain(weights)).items():
+        assert upper is not None and 0.0 < upper <= 4 * SMALLEST, method
+        assert Fraction(upper) ** 2 >= reference, method
+
+
+def test_scaling_that_rounds_a_subnormal_entry_widens_the_verified_error() -> None:
+    """Entries 3 and 3 * 2^-1074 in one matrix: dividing by 2^e (e > 0) rounds the second one,
+    which ``pow2_scaled`` must carry as an error bound into the verified LMI."""
+    w0 = np.array([[3.0, 3 * SMALLEST], [1.0, -2.0]])
+    w1 = np.array([[1.5, -0.5]])
+    chain = explain_chain(_chain([w0, w1], final_relu=False))
+    assert not isinstance(chain, str)
+    scaled, exponent = pow2_scaled(chain.lmi())
+    assert exponent > 0 and scaled.errors[0] is not None and scaled.errors[0][0, 1] == SMALLEST
+    assert scaled.errors[1] is None
+    graph = _chain([w0, w1], final_relu=False)
+    reference = _exact_lower_squared([w0, w1])
+    for r in global_bounds(graph, budget_s=BUDGET, methods=METHODS):
+        assert r.upper is not None and r.certified, r.method
+        assert Fraction(r.upper) ** 2 >= reference, r.method
+
+
+# ---- a provably constant map may be certified 0 ----------------------------------------------------
+def test_an_all_zero_weight_is_a_constant_map() -> None:
+    weights = _unit_weights(4)
+    weights[1] = np.zeros_like(weights[1])
+    graph = _chain(weights)
+    assert compose(graph, rule_bounds(graph)).upper.value == 0.0  # every path meets exact zeros
+    for method, upper in _uppers(graph).items():
+        assert upper is not None and 0.0 <= upper < math.inf, method
+
+
+# ---- per-layer rules: dense and conv ---------------------------------------------------------------
+def _dense_reference(w: np.ndarray) -> Fraction:
+    return max(sum((Fraction(float(v)) ** 2 for v in w[:, j]), Fraction(0)) for j in range(w.shape[1]))
+
+
+@pytest.mark.parametrize("scale", [2.0**-100, 1e-30, 1e-310, 1e30, 2.0**1000])
+def test_dense_rule_at_extreme_scales(scale: float) -> None:
+    unit = np.random.default_rng(11).standard_normal((4, 3))
+    w = unit * scale
+    node = Node(name="fc", op=O.Linear(weight=w), inputs=("x",), output="y")
+    ob = bound_node(node, RuleContext(input_shapes=((1, 3),), output_shape=(1, 4)))
+    upper = ob.upper.value
+    assert 0.0 < upper < math.inf and Fraction(upper) ** 2 >= _dense_reference(w)
+    assert ob.lower is not None and ob.lower.value <= upper
+    if math.frexp(scale)[0] == 0.5:  # a power of two: the bound is the unit bound times it
+        unit_ob = bound_node(Node(name="fc", op=O.Linear(weight=unit), inputs=("x",), output="y"), RuleContext(input_shapes=((1, 3),), output_shape=(1, 4)))
+        assert upper == pytest.approx(unit_ob.upper.value * scale, rel=1e-12)
+
+
+def _conv_reference(k: np.ndarray) -> Fraction:
+    """||A||^2 >= the squared norm of A's column of an interior input pixel of channel c: every
+    tap of every output channel meets it once (stride 1, the input larger than the kernel)."""
+    return max(sum((Fraction(float(v)) ** 2 for v in k[:, c].reshape(-1)), Fraction(0)) for c in range(k.shape[1]))
+
+
+@pytest.mark.parametrize("scale", [2.0**-100, 1e-30, 1e-310, 1e30])
+@pytest.mark.parametrize("path", ["rule", "circulant"])
+def test_conv_bound_at_extreme_scales(scale: float, path: str) -> None:
+    unit = np.random.default_rng(13).standard_normal((2, 2, 3, 3))
+    k = unit * scale
+    strides, pads, dilations = (1, 1), (1, 1, 1, 1), (1, 1)
+    if path == "rule":
+        op = O.Conv(weight=k, strides=strides, pads=pads, dilations=dilations)
+        ob = bound_node(Node(name="c", op=op, inputs=("x",), output="y"), RuleContext(input_shapes=((1, 2, 6, 6),), output_shape=(1, 2, 6, 6)))
+        upper, lower = ob.upper.value, (ob.lower.value if ob.lower is not None else None)
+    else:  # the certified circulant path (the dense explicit matrix refused)
+        cert = conv_norm_certified(k, strides, pads, dilations, 1, (6, 6), dense_budget=0.0)
+        assert cert.method.startswith("circulant")
+        upper, lower = cert.upper, cert.lower
+    assert 0.0 < upper < math.inf and Fraction(upper) ** 2 >= _conv_reference(k)
+    assert lower is None or lower <= upper
+    if math.frexp(scale)[0] == 0.5:
+        dense_budget = 0.0 if path == "circulant" else DENSE_BUDGET  # the rule's default: the dense SVD here
+        unit_upper = conv_norm_certified(unit, strides, pads, dilations, 1, (6, 6), dense_budget=dense_budget).upper
+        assert upper == pytest.approx(unit_upper * scale, rel=1e-12)
+
+
+# ---- residual whole-block bounds -------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1e-30, 1e-310, 1e30])
+def test_residual_whole_block_at_extreme_scales(scale: float) -> None:
+    """x + W2 relu(W1 x): Lip >= ||I + W2 D W1 v|| / ||v|| for every pattern D realised; with tiny
+    weights that is ~1 (never below 1 - ||W2|| ||W1||), with huge ones a finite bound or none."""
+    rng = np.random.default_rng(17)
+    w1, w2 = rng.standard_normal((3, 3)) * scale, rng.standard_normal((3, 3)) * scale
+    nodes = (
+        Node(name="fc1", op=O.Linear(weight=w1), inputs=("x",), output="h"),
+        Node(name="relu", op=O.Relu(), inputs=("h",), output="a"),
+        Node(name="fc2", op=O.Linear(weight=w2), inputs=("a",), output="f"),
+        Node(name="add", op=O.Add(), inputs=("x", "f"), output="y"),
+    )
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes))
+    ops = rule_bounds(graph)
+    whole = block_bounds(graph, ops).get("y")
+    comp = compose(graph, ops, {k: (v.x, v.value) for k, v in block_bounds(graph, ops).items()})
+    if scale > 1.0:
+        assert whole is None or whole.value >= 0.5 * scale**2  # never a wrong finite number
+        assert comp.upper.value >= 0.5 * scale**2
+        return
+    assert whole is not None and whole.value >= 1.0
+    assert comp.upper.value >= 1.0
+
+
+# ---- the rounding helpers ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "exponent"), [(1.0, -1074), (1.0, -1075), (1.5, -1074), (3.0, -1076), (1.0, -2000), (1.0, 1024), (1.7, 1023), (0.75, 10)])
+def test_ldexp_rounding_is_outward(value: float, exponent: int) -> None:
+    exact = Fraction(value) * Fraction(2) ** exponent
+    up, down = ldexp_up(value, exponent), ldexp_down(value, exponent)
+    assert up > 0.0 and (up == math.inf or Fraction(up) >= exact)
+    assert down >= 0.0 and Fraction(down) <= exact
+
+
+def test_mul_up_never_underflows_to_zero() -> None:
+    assert mul_up(1e-200, 1e-200) == SMALLEST and mul_up(0.0, math.inf) == 0.0
+    assert Fraction(mul_up(3e-162, 7e-162)) >= Fraction(3e-162) * Fraction(7e-162)
+
+
+# ---- end to end: the audit of an onnx.helper model ------------------------------------------------
+def _onnx_chain(path: Path, scale: float, depth: int = 12, width: int = 2, *, positive: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    nodes, inits, cur = [], [], "x"
+    for i in range(depth):
+        g = rng.standard_normal((width, width))
+        w = ((np.abs(g) if positive else g) * scale).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("MatMul", [cur, f"W{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+        cur = f"r{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_audit_of_the_tiny_chain_does_not_call_it_constant(tmp_path: Path) -> None:
+    report = audit(AuditRequest(path=_onnx_chain(tmp_path / "tiny.onnx", 1e-30), lower_budget_s=0.3, budget_s=BUDGET))
+    assert report.exit_code != 3
+    upper, lower = report.lipschitz.upper, report.lipschitz.lower
+    assert upper is not None and upper > 0.0 and report.lipschitz.certified
+    assert lower is None or lower <= upper
+    methods = {m.method: m for m in report.lipschitz.methods}
+    assert {"product", "lipbab", *METHODS} <= set(methods)  # 22 hidden units: auto runs exact mode too
+    for m in methods.values():
+        assert m.upper is not None and m.upper > 0.0, m.method
+        assert not any("exact constant" in n for n in m.notes), m.method
+    sa101 = next(c for c in report.checks if c.id == "SA101")
+    assert sa101.value["upper"] > 0.0
+    assert "<= 0 " not in sa101.message and "constant" not in sa101.message
+
+
+def test_audit_of_the_huge_chain_reports_no_finite_bound(tmp_path: Path) -> None:
+    # positive weights: the float32 forward passes overflow to inf in both runtimes alike (with
+    # mixed signs inf - inf = NaN, which onnxruntime's Relu maps to 0 and torch's keeps)
+    path = _onnx_chain(tmp_path / "huge.onnx", 1e30, positive=True)
+    report = audit(AuditRequest(path=path, lower_budget_s=0.3, budget_s=BUDGET))
+    assert report.exit_code in (0, 1)
+    assert report.lipschitz.upper is None and not report.lipschitz.certified
+    for m in report.lipschitz.methods:
+        assert m.upper is None and not m.certified, m
+    assert next(c for c in report.checks if c.id == "SA101").status.value != "pass"
