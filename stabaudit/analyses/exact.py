@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stabaudit.bounds.numerics import spectral_norm_dense
-from stabaudit.bounds.rounding import ldexp_down, ldexp_up, mul_up
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph
+from stabaudit.rounding import ldexp_down, ldexp_up, mul_up
 
 U = 2.0**-53  # unit roundoff of float64
 TINY = 1e-290  # absolute slack against underflow
@@ -190,7 +190,7 @@ def _scaled(weights: list[np.ndarray], biases: list[np.ndarray]) -> tuple[list[n
     Jacobian is the stored one's times 2^-E_l. Without the scaling, twelve layers of 1e-30 weights
     would underflow every product to 0 (a constant of 0 for a map that is not constant) and every
     constraint row of the deep layers with it."""
-    from stabaudit.bounds.rounding import norm_exponent
+    from stabaudit.rounding import norm_exponent
 
     out_w: list[np.ndarray] = []
     out_b: list[np.ndarray] = []

@@ -467,7 +467,7 @@ def _with_floor(
     is positively homogeneous in each W_k. A scaled weight that was rounded (its error bound is
     set) gives no floor."""
     from stabaudit.analyses.floor import slope_relaxation_floor
-    from stabaudit.bounds.rounding import ldexp_down
+    from stabaudit.rounding import ldexp_down
 
     if any(err is not None for err, orig in zip(scaled.errors, chain.errors, strict=True) if orig is None):
         return results

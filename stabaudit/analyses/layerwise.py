@@ -209,6 +209,6 @@ def bound_value(rho: float, exponent: int) -> float:
     up, then the power of two applied with outward rounding (inf above float64's range, at least
     2^-1074 below it: a positive bound never becomes 0)."""
     from stabaudit.analyses.certify import certified_sqrt
-    from stabaudit.bounds.rounding import ldexp_up
+    from stabaudit.rounding import ldexp_up
 
     return ldexp_up(certified_sqrt(rho), exponent) if math.isfinite(rho) else math.inf

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stabaudit.analyses.certify import ChainLMI
-from stabaudit.bounds.rounding import norm_exponent
+from stabaudit.rounding import norm_exponent
 
 
 @dataclass(frozen=True, kw_only=True)

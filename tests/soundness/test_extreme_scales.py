@@ -26,7 +26,7 @@ from stabaudit.analyses.sdp import pow2_scaled
 from stabaudit.bounds import bound_node
 from stabaudit.bounds.base import RuleContext
 from stabaudit.bounds.numerics import DENSE_BUDGET, conv_norm_certified
-from stabaudit.bounds.rounding import ldexp_down, ldexp_up, mul_up
+from stabaudit.rounding import ldexp_down, ldexp_up, mul_up
 from stabaudit.engine import AuditRequest, audit
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes

@@ -79,3 +79,56 @@ def norm_exponent(w: np.ndarray) -> int:
     p = math.frexp(peak)[1]
     norm = float(np.linalg.norm(np.ldexp(w, -p).reshape(w.shape[0], -1), 2))
     return p + round(math.log2(norm)) if norm > 0.0 and math.isfinite(norm) else p
+
+
+SUBNORMAL_ULP = 2.0**-1074  # the spacing of floats below 2^-1022: an underflowing product is off by at most half of it
+U = 2.0**-53  # unit roundoff of float64 (round to nearest)
+
+
+def frobenius_up(a: np.ndarray) -> float:
+    """An upper bound of ||A||_F at any scale (inf for non-finite entries).
+
+    The entries are divided by 2^p ~ max |a_ij| first (exact, except for entries that fall into the
+    subnormal range: each is then below 2^-1022, so its square, lost or not, adds at most 2^-2044 to
+    a sum of at least 1/4); the sum of n squares and the root carry relative errors gamma_{n+2}
+    (Higham, Lemma 3.1), and the lost squares at most sqrt(n) 2^-1022 after the root (sqrt(x + d)
+    <= sqrt(x) + sqrt(d)); the result is scaled back with outward rounding."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size == 0:
+        return 0.0
+    peak = float(np.max(np.abs(a)))
+    if not math.isfinite(peak):
+        return math.inf
+    if peak == 0.0:
+        return 0.0
+    p = math.frexp(peak)[1]
+    s = np.ldexp(a, -p)
+    n = a.size
+    root = math.sqrt(float(np.sum(s * s)))
+    bound = up(root * (1.0 + 2.0 * (n + 4) * U) + n * SMALLEST_NORMAL)
+    return ldexp_up(bound, p)
+
+
+def product_underflow(result: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """A bound of ||E||_F for the rounding of result = fl(a * b) (entry-wise, broadcast) that the
+    relative model |fl(x y) - x y| <= u |x y| misses: a product of non-zero numbers that falls
+    below 2^-1022 is off by at most 2^-1075 instead (IEEE 754 gradual underflow), so
+    ||E||_F <= sqrt(k) 2^-1075 <= k 2^-1074 for the k such entries; 0 when there is none."""
+    with np.errstate(invalid="ignore"):
+        nonzero = (np.asarray(a) != 0) & (np.asarray(b) != 0)
+        count = int(np.count_nonzero((np.abs(np.asarray(result)) < SMALLEST_NORMAL) & nonzero))
+    return 0.0 if count == 0 else up(count * SUBNORMAL_ULP)
+
+
+def dot_underflow(a: np.ndarray, b: np.ndarray, entries: int, terms: int) -> float:
+    """As ``product_underflow`` for ``entries`` sums of ``terms`` products a_ik b_kj each (sums of
+    underflowed products are exact): 0 when no product of non-zero entries can fall below 2^-1022
+    (the smallest non-zero |a| times the smallest non-zero |b|, halved for its own rounding, is
+    above it), else entries * terms * 2^-1074 (>= sqrt(entries) * terms * 2^-1075)."""
+    aa, bb = np.abs(np.asarray(a, dtype=np.float64)), np.abs(np.asarray(b, dtype=np.float64))
+    if not (np.any(aa) and np.any(bb)):
+        return 0.0
+    smallest = float(np.min(aa[aa > 0])) * float(np.min(bb[bb > 0]))
+    if smallest * 0.5 >= SMALLEST_NORMAL:
+        return 0.0
+    return up(float(entries) * float(terms) * SUBNORMAL_ULP)
