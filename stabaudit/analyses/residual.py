@@ -455,8 +455,10 @@ def whole_block_bound(
     ||I + s W2 D W1|| <= ||I + s c W2 W1|| + |s| r ||W2|| ||W1||. The first norm is that of an
     explicit matrix (exact matrices of W1, W2; the product's rounding bounded entrywise by
     gamma_{k+3} (I + |s c| |W2| |W1|) and added in Frobenius norm, itself at most
-    sqrt(n) + |s c| ||W2||_F ||W1||_F); ||W1||, ||W2|| are the nodes' certified bounds. Never worse than 1 + |s| b ||W2|| ||W1|| when a >= 0 (and usually much better:
-    the identity and the branch partly cancel, and ||W2 W1|| <= ||W2|| ||W1||).
+    sqrt(n) + |s c| ||W2||_F ||W1||_F); ||W1||, ||W2|| are the nodes' certified bounds. A node that
+    stands for a map A with ||A - W|| <= e (a merge or fold, ``error``) adds
+    |s c| (e2 ||A1|| + (||A2|| + e2) e1). Never worse than 1 + |s| b ||W2|| ||W1|| when a >= 0 (and
+    usually much better: the identity and the branch partly cancel, and ||W2 W1|| <= ||W2|| ||W1||).
     """
     from stabaudit.analyses.feedforward import slope_interval
 
@@ -499,6 +501,12 @@ def whole_block_bound(
     mid = _norm_upper(mat)
     radius = _mul(_mul(_mul(abs(s), r), float(u2.value)), float(u1.value))
     value = _add(_add(mid, err), radius)
+    e1, e2 = float(lin1.op.error), float(lin2.op.error)
+    if e1 or e2:
+        # the nodes stand for A_i with ||A_i - W_i|| <= e_i (merged or folded maps) and
+        # ||A_i|| <= u_i: ||A2 A1 - W2 W1|| <= e2 u1 + (u2 + e2) e1 (triangle inequality)
+        moved = _add(_mul(e2, float(u1.value)), _mul(_add(float(u2.value), e2), e1))
+        value = _add(value, _mul(_mul(abs(s), abs(c)), moved))
     if not math.isfinite(value):
         return None
     note = (

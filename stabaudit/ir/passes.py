@@ -9,6 +9,7 @@ import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node
+from stabaudit.rounding import dot_underflow, frobenius_up, mul_up, product_underflow, up
 
 
 def _channel_axis(op: O.Op, rank: int) -> int:
@@ -35,35 +36,51 @@ def _per_channel(param: np.ndarray, shape: tuple[int, ...], axis: int) -> np.nda
     return np.broadcast_to(p.reshape(-1) if p.size > 1 else p.reshape(1), (channels,)).copy()
 
 
-def _fold(linear: Node, affine: Node, scale: np.ndarray | None, shift: np.ndarray | None) -> Node:
+def _fold(linear: Node, affine: Node, scale: np.ndarray | None, shift: np.ndarray | None) -> Node | None:
     """The linear node whose output is ``affine(linear(x))``, computed in float64.
 
     Each folded weight is one float64 product of stored values, so it carries a relative
     rounding error of at most u = 2^-53 (IEEE 754 round to nearest); entrywise |E| <= u |W'|
-    gives ||E||_2 <= u ||W'||_F, far below the margins of the bound rules.
+    gives ||E||_2 <= u ||W'||_F, far below the margins of the bound rules. Not so for a product
+    that falls below 2^-1022 (absolute error up to 2^-1075, possibly all of it: a weight rounded
+    to 0): those are bounded in ``error``, as is the linear op's own error, scaled by max |scale|
+    (||diag(s) E|| <= max |s| ||E||). A ConvTranspose carries no error: one whose product would
+    need one is not folded (None).
     """
     op = linear.op
     assert isinstance(op, O.Linear | O.Conv | O.ConvTranspose)
     w = np.asarray(op.weight, dtype=np.float64)
     bias = None if op.bias is None else np.asarray(op.bias, dtype=np.float64)
+    error = 0.0 if isinstance(op, O.ConvTranspose) else op.error
     if scale is not None:
         match op:
             case O.Linear():  # weight [out, in]: scale the rows
-                w = w * scale[:, None]
+                factor = scale[:, None]
             case O.Conv():  # weight [C_out, C_in/groups, k...]
-                w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+                factor = scale.reshape((-1,) + (1,) * (w.ndim - 1))
             case O.ConvTranspose(groups=groups):
                 # weight [C_in, C_out/groups, k...]: input channel i belongs to group
                 # i // (C_in/groups), and its column j feeds output channel group*(C_out/groups) + j
                 c_in, c_out_g = w.shape[0], w.shape[1]
                 group = np.arange(c_in) // (c_in // groups)
                 index = group[:, None] * c_out_g + np.arange(c_out_g)[None, :]
-                w = w * scale[index].reshape(index.shape + (1,) * (w.ndim - 2))
+                factor = scale[index].reshape(index.shape + (1,) * (w.ndim - 2))
+        folded = w * factor
+        extra = product_underflow(folded, w, factor)
+        if extra and isinstance(op, O.ConvTranspose):
+            return None
+        if error or extra:
+            error = up(mul_up(error, float(np.max(np.abs(scale)))) + extra)
+        w = folded
         if bias is not None:
             bias = bias * scale
     if shift is not None:
         bias = shift.copy() if bias is None else bias + shift
-    new_op = dataclasses.replace(op, weight=w, bias=bias)
+    new_op = (
+        dataclasses.replace(op, weight=w, bias=bias)
+        if isinstance(op, O.ConvTranspose)
+        else dataclasses.replace(op, weight=w, bias=bias, error=error)
+    )
     parts = [n.source_op or n.op.type.value for n in (linear, affine)]
     return Node(
         name=f"{linear.name}+{affine.name}",
@@ -155,10 +172,13 @@ def _merge_linears(first: O.Linear, second: O.Linear) -> O.Linear:
     w2 = np.asarray(second.weight, dtype=np.float64)
     w = w2 @ w1
     k = w1.shape[0]
-    err = _gamma(k) * float(np.linalg.norm(np.abs(w2) @ np.abs(w1)))
+    # relative part (Frobenius norm safe from under/overflow), plus the products that may have
+    # fallen below 2^-1022 (absolute errors: 12 layers of 1e-30 weights give a product of 0)
+    err = up(_gamma(k) * frobenius_up(np.abs(w2) @ np.abs(w1)) + dot_underflow(w2, w1, w.size, k))
     if first.error or second.error:
-        n1, n2 = float(np.linalg.norm(w1, 2)), float(np.linalg.norm(w2, 2))
-        err += (n2 * first.error + first.error * second.error) * (1 + 1e-12) + second.error * n1 * (1 + 1e-12)
+        n1, n2 = float(np.linalg.norm(w1, 2)) * (1 + 1e-12), float(np.linalg.norm(w2, 2)) * (1 + 1e-12)
+        carried = up(up(mul_up(n2, first.error) + mul_up(first.error, second.error)) + mul_up(second.error, n1))
+        err = up(err + carried)
     bias = None
     if first.bias is not None or second.bias is not None:
         b1 = np.zeros(w1.shape[0]) if first.bias is None else np.asarray(first.bias, dtype=np.float64)
@@ -199,7 +219,9 @@ def _merge_convs(first: O.Conv, second: O.Conv) -> O.Conv:
         absk[window] += np.einsum("om,mi...->oi...", a2[(slice(None), slice(None), *p)], a1)
     terms = w1.shape[0] * int(np.prod(k2))
     flat = absk.reshape(absk.shape[0], absk.shape[1], -1)
-    err = _gamma(terms) * float(sum(np.linalg.norm(flat[:, :, r]) for r in range(flat.shape[2])))
+    err = _gamma(terms) * float(sum(frobenius_up(flat[:, :, r]) for r in range(flat.shape[2])))
+    # products below 2^-1022 (absolute errors), one shift per kernel position as above
+    err = up(up(err * (1.0 + 1e-12)) + flat.shape[2] * dot_underflow(w2, w1, flat.shape[0] * flat.shape[1], terms))
     bias = None
     if first.bias is not None or second.bias is not None:
         b1 = np.zeros(w1.shape[0]) if first.bias is None else np.asarray(first.bias, dtype=np.float64)
@@ -224,8 +246,12 @@ def _scale_inputs(op: O.Op, scale: np.ndarray, shift: np.ndarray | None) -> list
             b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, dtype=np.float64)
             if shift is not None:
                 b = b + w @ shift
-            # one rounded product per entry: ||A - W'||_2 <= ||E||_F <= u ||W'||_F
-            err = 1.01 * U * float(np.linalg.norm(folded)) + op.error * float(np.max(np.abs(scale)))
+            # one rounded product per entry: ||A - W'||_2 <= ||E||_F <= u ||W'||_F (plus the
+            # products below 2^-1022, off by 2^-1075 at most), and ||E diag(s)|| <= ||E|| max |s|
+            err = up(
+                up(1.01 * U * frobenius_up(folded) + product_underflow(folded, w, scale[None, :]))
+                + mul_up(op.error, float(np.max(np.abs(scale))))
+            )
             has_bias = bias is not None or shift is not None
             return [O.Linear(weight=folded, bias=b if has_bias else None, error=err)]
         case O.Conv(weight=weight, bias=bias, groups=groups, pads=pads):
@@ -235,7 +261,10 @@ def _scale_inputs(op: O.Op, scale: np.ndarray, shift: np.ndarray | None) -> list
             cols = group[:, None] * c_in_g + np.arange(c_in_g)[None, :]  # its input channels
             factor = scale[cols].reshape(c_out, c_in_g, *(1,) * (w.ndim - 2))
             folded = w * factor
-            err = 1.01 * U * float(np.linalg.norm(folded)) + op.error * float(np.max(np.abs(scale)))
+            err = up(
+                up(1.01 * U * frobenius_up(folded) + product_underflow(folded, w, factor))
+                + mul_up(op.error, float(np.max(np.abs(scale))))
+            )
             ops: list[O.Op] = []
             cb: np.ndarray | None = None if bias is None else np.asarray(bias, dtype=np.float64)
             if shift is not None and np.any(shift):

@@ -26,11 +26,11 @@ from stabaudit.analyses.sdp import pow2_scaled
 from stabaudit.bounds import bound_node
 from stabaudit.bounds.base import RuleContext
 from stabaudit.bounds.numerics import DENSE_BUDGET, conv_norm_certified
-from stabaudit.rounding import ldexp_down, ldexp_up, mul_up
 from stabaudit.engine import AuditRequest, audit
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.rounding import ldexp_down, ldexp_up, mul_up
 
 SMALLEST = 5e-324  # 2^-1074, the smallest positive float64
 METHODS = ("eclipse-fast", "eclipse", "lipsdp-neuron")
@@ -307,7 +307,9 @@ def test_mul_up_never_underflows_to_zero() -> None:
 
 
 # ---- end to end: the audit of an onnx.helper model ------------------------------------------------
-def _onnx_chain(path: Path, scale: float, depth: int = 12, width: int = 2, *, positive: bool = False) -> Path:
+def _onnx_chain(
+    path: Path, scale: float, depth: int = 12, width: int = 2, *, positive: bool = False, relu: bool = True
+) -> Path:
     rng = np.random.default_rng(0)
     nodes, inits, cur = [], [], "x"
     for i in range(depth):
@@ -315,8 +317,10 @@ def _onnx_chain(path: Path, scale: float, depth: int = 12, width: int = 2, *, po
         w = ((np.abs(g) if positive else g) * scale).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"W{i}"))
         nodes.append(helper.make_node("MatMul", [cur, f"W{i}"], [f"h{i}"]))
-        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
-        cur = f"r{i}"
+        cur = f"h{i}"
+        if relu:
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
     nodes.append(helper.make_node("Identity", [cur], ["y"]))
     graph = helper.make_graph(
         nodes, "g",
@@ -346,6 +350,18 @@ def test_audit_of_the_tiny_chain_does_not_call_it_constant(tmp_path: Path) -> No
     assert "<= 0 " not in sa101.message and "constant" not in sa101.message
 
 
+def test_audit_of_the_tiny_linear_chain_does_not_report_zero(tmp_path: Path) -> None:
+    """Without activations the twelve maps are merged into one whose float64 weight is 0."""
+    path = _onnx_chain(tmp_path / "linear.onnx", 1e-30, relu=False)
+    report = audit(AuditRequest(path=path, lower_budget_s=0.3, budget_s=BUDGET))
+    assert report.lipschitz.upper is not None and report.lipschitz.upper > 0.0
+    assert all(m.upper is not None and m.upper > 0.0 for m in report.lipschitz.methods)
+    (layer,) = [x for x in report.layers if x.op == "Linear"]
+    assert layer.lipschitz.upper is not None and layer.lipschitz.upper > 0.0
+    sa101 = next(c for c in report.checks if c.id == "SA101")
+    assert sa101.value["upper"] > 0.0 and "<= 0 " not in sa101.message
+
+
 def test_audit_of_the_huge_chain_reports_no_finite_bound(tmp_path: Path) -> None:
     # positive weights: the float32 forward passes overflow to inf in both runtimes alike (with
     # mixed signs inf - inf = NaN, which onnxruntime's Relu maps to 0 and torch's keeps)
@@ -356,3 +372,73 @@ def test_audit_of_the_huge_chain_reports_no_finite_bound(tmp_path: Path) -> None
     for m in report.lipschitz.methods:
         assert m.upper is None and not m.certified, m
     assert next(c for c in report.checks if c.id == "SA101").status.value != "pass"
+
+
+# ---- graph rewrites: merged and folded maps whose products underflow ---------------------------------
+def _exact_matmul(a: list[list[Fraction]], b: list[list[Fraction]]) -> list[list[Fraction]]:
+    return [[sum((a[i][k] * b[k][j] for k in range(len(b))), Fraction(0)) for j in range(len(b[0]))] for i in range(len(a))]
+
+
+def _fractions(w: np.ndarray) -> list[list[Fraction]]:
+    return [[Fraction(float(v)) for v in row] for row in np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)]
+
+
+def _column_reference(m: list[list[Fraction]]) -> Fraction:
+    return max(sum((m[i][j] ** 2 for i in range(len(m))), Fraction(0)) for j in range(len(m[0])))
+
+
+def _product_bound(graph: Graph) -> float:
+    from stabaudit.ir.passes import fold_affine, merge_linear_maps
+
+    merged = merge_linear_maps(fold_affine(graph))
+    return compose(merged, rule_bounds(merged)).upper.value
+
+
+def test_merged_linear_maps_whose_product_underflows_keep_a_positive_bound() -> None:
+    """Twelve Linear maps of 1e-30 weights without activations: merged into one whose computed
+    weight is 0 (the product is ~1e-360); the merge error keeps the bound positive and sound."""
+    weights = [(w * 1e-30).astype(np.float32).astype(np.float64) for w in _unit_weights(12)]
+    nodes = tuple(
+        Node(name=f"fc{i}", op=O.Linear(weight=w), inputs=("x" if i == 0 else f"h{i - 1}",), output=f"h{i}")
+        for i, w in enumerate(weights)
+    )
+    linear_only = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("h11",), nodes=nodes))
+    exact = _fractions(weights[0])
+    for w in weights[1:]:
+        exact = _exact_matmul(_fractions(w), exact)
+    reference = _column_reference(exact)
+    assert 0 < reference < Fraction(SMALLEST) ** 2
+    upper = _product_bound(linear_only)
+    assert upper > 0.0 and Fraction(upper) ** 2 >= reference
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_folded_scale_whose_product_underflows_keeps_a_positive_bound(where: str) -> None:
+    """A float64 Linear of 1e-300 weights and a per-feature scale of 1e-30 folded into it (after
+    it: fold_affine; before it: merge_linear_maps): the folded weights are subnormal or 0."""
+    rng = np.random.default_rng(19)
+    w = rng.standard_normal((3, 3)) * 1e-300
+    s = np.abs(rng.standard_normal(3)) * 1e-30
+    lin, aff = O.Linear(weight=w), O.Affine(scale=s)
+    first, second = (lin, aff) if where == "after" else (aff, lin)
+    nodes = (Node(name="a", op=first, inputs=("x",), output="h"), Node(name="b", op=second, inputs=("h",), output="y"))
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes))
+    exact = [[Fraction(float(w[i, j])) * Fraction(float(s[i if where == "after" else j])) for j in range(3)] for i in range(3)]
+    reference = _column_reference(exact)
+    upper = _product_bound(graph)
+    assert upper > 0.0 and Fraction(upper) ** 2 >= reference
+    assert upper <= 1e-320  # and still of the size of the map (~1e-330), not a margin of 1e-290
+
+
+def test_merged_pointwise_convolutions_whose_product_underflows_keep_a_positive_bound() -> None:
+    rng = np.random.default_rng(23)
+    k1, k2 = rng.standard_normal((2, 2, 1, 1)) * 1e-200, rng.standard_normal((2, 2, 1, 1)) * 1e-200
+    nodes = tuple(
+        Node(name=f"c{i}", op=O.Conv(weight=k, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)), inputs=(src,), output=dst)
+        for i, (k, src, dst) in enumerate(((k1, "x", "h"), (k2, "h", "y")))
+    )
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2, 3, 3)),), outputs=("y",), nodes=nodes))
+    # a 1x1 convolution is its channel matrix at every pixel: the norm of K2 K1
+    reference = _column_reference(_exact_matmul(_fractions(k2[:, :, 0, 0]), _fractions(k1[:, :, 0, 0])))
+    upper = _product_bound(graph)
+    assert upper > 0.0 and Fraction(upper) ** 2 >= reference
