@@ -198,8 +198,8 @@ def _scaled(weights: list[np.ndarray], biases: list[np.ndarray]) -> tuple[list[n
     for w, b in zip(weights, biases, strict=True):
         e = norm_exponent(w)
         total += e
-        sw, sb = np.ldexp(w, -e), np.ldexp(b, -total)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"):  # an overflow is detected below (inf): no warning
+            sw, sb = np.ldexp(w, -e), np.ldexp(b, -total)
             exact = bool(np.all(np.isfinite(sw)) and np.all(np.isfinite(sb)))
             exact = exact and np.array_equal(np.ldexp(sw, e), w) and np.array_equal(np.ldexp(sb, total), b)
         if not exact:

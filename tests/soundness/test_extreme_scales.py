@@ -442,3 +442,19 @@ def test_merged_pointwise_convolutions_whose_product_underflows_keep_a_positive_
     reference = _column_reference(_exact_matmul(_fractions(k2[:, :, 0, 0]), _fractions(k1[:, :, 0, 0])))
     upper = _product_bound(graph)
     assert upper > 0.0 and Fraction(upper) ** 2 >= reference
+
+
+def test_exact_mode_refuses_biases_beyond_the_rescaled_range() -> None:
+    """Biases of 1 after twelve layers of 2^-100 weights would be 2^1100 in the rescaled network
+    (beyond float64): exact mode says so instead of guessing the activation regions."""
+    weights = [w * 2.0**-100 for w in _unit_weights(12)]
+    nodes: list[Node] = []
+    cur = "x"
+    for i, w in enumerate(weights):
+        nodes.append(Node(name=f"fc{i}", op=O.Linear(weight=w, bias=np.ones(w.shape[0])), inputs=(cur,), output=f"h{i}"))
+        nodes.append(Node(name=f"relu{i}", op=O.Relu(), inputs=(f"h{i}",), output=f"a{i}"))
+        cur = f"a{i}"
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=(cur,), nodes=tuple(nodes)))
+    result = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
+    assert result.upper is None and result.lower is None and not result.exact
+    assert any("exponent range" in n for n in result.notes)
