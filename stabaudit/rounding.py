@@ -132,3 +132,23 @@ def dot_underflow(a: np.ndarray, b: np.ndarray, entries: int, terms: int) -> flo
     if smallest * 0.5 >= SMALLEST_NORMAL:
         return 0.0
     return up(float(entries) * float(terms) * SUBNORMAL_ULP)
+
+
+def _float32_valued(a: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.all(np.isfinite(a)) and np.all(a.astype(np.float32).astype(np.float64) == a))
+
+
+def scaled_matrix(weight: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """alpha * W in float64, and a bound on ||fl(alpha W) - alpha W||_2 (a Linear's ``error``).
+
+    0 when both are float32 values: the product of two has at most 48 significant bits and cannot
+    leave float64's normal range. Otherwise each entry is rounded once, relative error <= u
+    (||E||_2 <= ||E||_F <= u ||fl(alpha W)||_F, widened by 1% for the result's own rounding), or
+    absolutely by <= 2^-1075 where it falls below 2^-1022 (``product_underflow``)."""
+    w = np.asarray(weight, dtype=np.float64)
+    a = np.float64(alpha)
+    result = w * a
+    if _float32_valued(w) and _float32_valued(np.asarray(a)):
+        return result, 0.0
+    return result, up(1.01 * U * frobenius_up(result) + product_underflow(result, w, np.asarray(a)))

@@ -139,6 +139,10 @@ def _net(graph: Graph) -> _Net | str:
                 # more than 29; otherwise the bias moves by half an ulp of float64 (region geometry
                 # only: the Jacobians do not depend on biases)
                 biases[-1] = biases[-1] + np.broadcast_to(vec[0], biases[-1].shape)
+            case O.Linear(error=error) if error > 0.0:
+                # the node stands for a map within ``error`` of its computed weight (a rescaled or
+                # merged weight): the regions and Jacobians here are those of exact weights
+                return f"Linear {node.name!r} carries a rounding error bound ({error:.3g}): exact mode needs exact weights"
             case O.Linear(weight=w, bias=b):
                 w64 = np.asarray(w, dtype=np.float64)
                 if last == "lin":

@@ -26,6 +26,7 @@ import numpy as np
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph
+from stabaudit.rounding import mul_up, up
 
 if TYPE_CHECKING:
     from stabaudit.analyses.certify import ChainLMI
@@ -118,6 +119,7 @@ def _f32_exact(a: np.ndarray) -> bool:
 class _Lin:
     w: np.ndarray
     rounds: int = 0  # inexact multiplications per entry so far
+    err: float = 0.0  # ||A - W||_2 <= err for the map A the node stands for (Linear.error), scaled
 
 
 @dataclass
@@ -131,6 +133,10 @@ class _Act:
     slope: tuple[float, float]
 
 
+
+
+def _max_abs(s: np.ndarray) -> float:
+    return float(np.max(np.abs(s), initial=0.0))
 
 
 def _mul_rounds(a: np.ndarray, b: np.ndarray, ra: int, rb: int) -> int:
@@ -194,7 +200,7 @@ def _walk(graph: Graph) -> tuple[list[_Lin | _Diag | _Act], int, list[str]] | st
                     if not np.all(vec == vec[0:1]):
                         return f"Affine {node.name!r} scales rows differently"
                     items.append(_Diag(s=vec[0].copy()))
-            case O.Linear(weight=weight):
+            case O.Linear(weight=weight, error=node_error):
                 w = np.asarray(weight, dtype=np.float64)
                 if w.ndim != 2:
                     return f"Linear {node.name!r} has a weight of rank {w.ndim}"
@@ -209,7 +215,7 @@ def _walk(graph: Graph) -> tuple[list[_Lin | _Diag | _Act], int, list[str]] | st
                     if not np.all(per_row[0] == 1.0):
                         items.append(_Diag(s=per_row[0].copy(), rounds=scale_rounds))
                     perm = scale = None
-                items.append(_Lin(w=w))
+                items.append(_Lin(w=w, err=float(node_error)))
             case O.Conv() | O.ConvTranspose():
                 return f"convolution {node.name!r}: not a dense chain"
             case op if op.type in O.ACTIVATIONS:
@@ -245,21 +251,21 @@ def _normalise(items: list[_Lin | _Diag | _Act]) -> tuple[list[_Lin], list[tuple
                 if last == "lin" and pending is None:
                     prev = lins[-1]
                     rounds = _mul_rounds(prev.w, s, prev.rounds, r)
-                    lins[-1] = _Lin(w=s[:, None] * prev.w, rounds=rounds)
+                    lins[-1] = _Lin(w=s[:, None] * prev.w, rounds=rounds, err=mul_up(prev.err, _max_abs(s)))
                 elif pending is None:
                     pending = _Diag(s=s, rounds=r)
                 else:
                     rounds = _mul_rounds(pending.s, s, pending.rounds, r)
                     pending = _Diag(s=pending.s * s, rounds=rounds)
-            case _Lin(w=w):
+            case _Lin(w=w, err=err):
                 if last == "lin":
                     slopes.append((1.0, 1.0))
                 if pending is not None:
                     rounds = _mul_rounds(w, pending.s, 0, pending.rounds)
-                    lins.append(_Lin(w=w * pending.s[None, :], rounds=rounds))
+                    lins.append(_Lin(w=w * pending.s[None, :], rounds=rounds, err=mul_up(err, _max_abs(pending.s))))
                     pending = None
                 else:
-                    lins.append(_Lin(w=w))
+                    lins.append(_Lin(w=w, err=err))
                 last = "lin"
             case _Act(slope=slope):
                 if pending is not None:  # a scale after an activation with no Linear yet: its own layer
@@ -294,11 +300,15 @@ def explain_chain(graph: Graph) -> Chain | str:
         if not np.all(np.isfinite(lin.w)):
             return f"layer {k}: non-finite weights"
         weights.append(lin.w)
-        if lin.rounds:
-            # each rounded product: relative error u (standard model), k of them: gamma_k
+        if lin.rounds or lin.err:
+            # each rounded product: relative error u (standard model), k of them: gamma_k; the
+            # node's own error bound in the spectral norm bounds every entry (|E_ij| <= ||E||_2)
             g = lin.rounds * U / (1.0 - lin.rounds * U)
-            errors.append(np.abs(lin.w) * (g * 1.01))
-            notes.append(f"layer {k}: scale merged with rounding (bounded entry-wise)")
+            errors.append(np.abs(lin.w) * (g * 1.01) + (up(lin.err) if lin.err else 0.0))
+            if lin.rounds:
+                notes.append(f"layer {k}: scale merged with rounding (bounded entry-wise)")
+            if lin.err:
+                notes.append(f"layer {k}: the weight's own rounding bound ({lin.err:.3g}) carried entry-wise")
         else:
             errors.append(None)
     for a, b in zip(weights[:-1], weights[1:], strict=True):

@@ -458,3 +458,49 @@ def test_exact_mode_refuses_biases_beyond_the_rescaled_range() -> None:
     result = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
     assert result.upper is None and result.lower is None and not result.exact
     assert any("exponent range" in n for n in result.notes)
+
+
+def _double_gemm_chain(path: Path, weights: list[np.ndarray], alpha: float) -> Path:
+    """A float64 ONNX chain: Gemm(alpha, transB) + Relu per weight (no Relu after the last)."""
+    nodes, inits, cur = [], [], "x"
+    for i, w in enumerate(weights):
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        nodes.append(helper.make_node("Gemm", [cur, f"W{i}"], [f"h{i}"], alpha=alpha, transB=1))
+        cur = f"h{i}"
+        if i < len(weights) - 1:
+            nodes.append(helper.make_node("Relu", [cur], [f"r{i}"]))
+            cur = f"r{i}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, weights[0].shape[1]])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, weights[-1].shape[0]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(("unit", "alpha"), [(1e-300, 1e-30), (1.0, 0.1)])
+def test_gemm_alpha_rounding_is_carried_by_every_method(tmp_path: Path, unit: float, alpha: float) -> None:
+    """alpha * B of a float64 model is rounded (at 1e-330 all of it is lost to underflow): the
+    Linear carries the rounding bound, the product adds it, the chain methods verify their
+    certificates for every weight within it, and exact mode (exact weights only) declines."""
+    from stabaudit.loaders import load_model
+
+    rng = np.random.default_rng(29)
+    weights = [rng.standard_normal((3, 3)) * unit, rng.standard_normal((2, 3))]
+    graph = load_model(_double_gemm_chain(tmp_path / "double.onnx", weights, alpha)).graph
+    a = Fraction(float(np.float32(alpha)))  # an ONNX float attribute
+    exact = [[Fraction(float(v)) * a for v in row] for row in weights[0]]
+    # one hidden layer, all units active at some input (W0 is invertible): ||a W1 D W0|| with D = I
+    reference = _column_reference(_exact_matmul([[Fraction(float(v)) * a for v in row] for row in weights[1]], exact))
+    comp = compose(graph, rule_bounds(graph))
+    assert comp.upper.value > 0.0 and Fraction(comp.upper.value) ** 2 >= reference
+    for r in global_bounds(graph, budget_s=BUDGET, methods=METHODS):
+        assert r.upper is None or (r.upper > 0.0 and Fraction(r.upper) ** 2 >= reference), r.method
+        assert any("carried entry-wise" in n for n in r.notes), r.method
+    result = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
+    assert result.upper is None and any("rounding error bound" in n for n in result.notes)

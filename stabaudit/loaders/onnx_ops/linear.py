@@ -8,6 +8,7 @@ from stabaudit.errors import ResourceError
 from stabaudit.ir import ops as O
 from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
+from stabaudit.rounding import scaled_matrix
 
 
 @register("Gemm")
@@ -15,8 +16,9 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
     """Y = alpha * A' @ B' + beta * C with A' = A or A.T (a Transpose node) and B, C constant.
 
     The weight is alpha * B' transposed to [out, in]; alpha * b and beta * c are exact in float64
-    (the product of two float32 numbers has at most 48 significant bits). A bias C whose rows are
-    all equal becomes the Linear bias, any other C an Affine shift after it.
+    (the product of two float32 numbers has at most 48 significant bits); for a float64 B the
+    product's rounding (underflow included) is bounded in the Linear's ``error``. A bias C whose
+    rows are all equal becomes the Linear bias, any other C an Affine shift after it.
     """
     a = node.inputs[0]
     if ctx.const(node.inputs[1]) is None:
@@ -28,8 +30,9 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
         raise Unsupported("Gemm(operands not 2-D)")
     alpha, beta = float(node.attr("alpha")), float(node.attr("beta"))
     weight = b if node.attr("transB") else b.T  # [out, in]
+    error = 0.0
     if alpha != 1.0:
-        weight = alpha * weight.astype(np.float64)
+        weight, error = scaled_matrix(weight, alpha)
     if node.attr("transA"):
         a = ctx.emit(node, O.Transpose(perm=(1, 0)), [a], tag="transA")
     rows, out = ctx.shape(a)[0], weight.shape[0]
@@ -42,7 +45,7 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
             bias = np.ascontiguousarray(c[0])
         else:
             shift = np.ascontiguousarray(c)
-    linear = O.Linear(weight=np.ascontiguousarray(weight), bias=bias)
+    linear = O.Linear(weight=np.ascontiguousarray(weight), bias=bias, error=error)
     w_term = ctx.term(node, 1, "weight (B)", coefficient=alpha, transpose=not node.attr("transB"))
     c_term = ctx.term(node, 2, "bias (C)", coefficient=beta) if c is not None else None
     if shift is None:

@@ -18,6 +18,7 @@ from stabaudit.loaders.ts_ops.base import (
     int_list,
     translates,
 )
+from stabaudit.rounding import scaled_matrix
 
 
 def _bias(value: Any) -> np.ndarray | None:
@@ -56,14 +57,15 @@ def addmm(ctx: Context, node: SourceNode) -> Sequence[Any]:
     beta = as_float(node.arg("beta", 1), what="beta")
     alpha = as_float(node.arg("alpha", 1), what="alpha")
     bias = const_array(node.arg("self"), what="bias")
-    if alpha != 1.0:
-        weight = weight.astype(np.float64) * alpha
+    error = 0.0
+    if alpha != 1.0:  # the product's rounding (underflow included) goes into the Linear's error
+        weight, error = scaled_matrix(weight, alpha)
     if beta != 1.0:
         bias = bias.astype(np.float64) * beta
     out_features = weight.shape[0]
     if bias.size == out_features and bias.ndim <= 2 and bias.shape[-1:] in ((out_features,), ()):
-        return [ctx.emit(O.Linear(weight=weight, bias=bias.reshape(out_features)), [x])]
-    y = ctx.emit(O.Linear(weight=weight), [x])
+        return [ctx.emit(O.Linear(weight=weight, bias=bias.reshape(out_features), error=error), [x])]
+    y = ctx.emit(O.Linear(weight=weight, error=error), [x])
     return [ctx.emit(O.Affine(shift=bias), [y], role="bias")]
 
 
