@@ -110,6 +110,50 @@ def _node_gamma(node: Node, graph: Graph) -> float:
     return 0.0  # Reshape, Transpose, zero Pad, Concat move entries exactly
 
 
+_NO_UNDERFLOW = 2.0**-1021  # twice the smallest normal float: a margin for the float products below
+
+
+def _smallest_coefficient(op: O.Op) -> float | None:
+    """The smallest non-zero |coefficient| the op multiplies by (None: it multiplies by none)."""
+    match op:
+        case O.Linear(weight=c) | O.Conv(weight=c) | O.ConvTranspose(weight=c) | O.Affine(scale=c) if c is not None:
+            a = np.abs(np.asarray(c, dtype=np.float64))
+            return float(np.min(a[a > 0])) if np.any(a) else None
+    return None
+
+
+def _may_underflow(graph: Graph, region: LinearRegion) -> bool:
+    """Whether a product in the region's float64 passes (the basis through the region, signed or
+    absolute) may fall below 2^-1022, where the relative rounding model of ``_rounding`` fails (a
+    product is then off by up to 2^-1075, all of it for a product rounded to 0).
+
+    A lower bound L_v on every non-zero computed entry of each value, in topological order: 1 for
+    the basis; a node's products are at least (smallest non-zero |coefficient|) L_in, and must stay
+    above 2^-1021; a sum of floats that are all multiples of ulp(m) (every float >= m is) is 0 or
+    at least ulp(m) >= m 2^-53, so after a sum (dot products, Add, Sub, pooling windows) L shrinks
+    by 2^-53; a pooling division by K by 1/K. Sufficient, not necessary: where it says "may",
+    the region is left to the composition."""
+    low: dict[str, float] = {region.x: 1.0}
+    for node in region.nodes:
+        value = min((low.get(name, 1.0) for name in node.inputs), default=1.0)
+        coefficient = _smallest_coefficient(node.op)
+        if coefficient is not None:
+            value *= coefficient
+            if value < _NO_UNDERFLOW:
+                return True
+        match node.op:
+            case O.AvgPool(kernel=kernel):
+                value /= float(np.prod(kernel)) ** 2  # the window's divisor (and a multiply back)
+            case O.GlobalAvgPool():
+                value /= float(_size(tuple(graph.shapes[node.inputs[0]])[2:]))
+        if isinstance(node.op, O.Linear | O.Conv | O.ConvTranspose | O.Add | O.Sub | O.AvgPool | O.GlobalAvgPool):
+            value *= 2.0**-53
+        if value < _NO_UNDERFLOW:
+            return True
+        low[node.output] = value
+    return False
+
+
 def _subgraph(graph: Graph, region: LinearRegion, absolute: bool) -> Graph:
     nodes = tuple(dataclasses.replace(n, op=_linear_part(n.op, absolute)) for n in region.nodes)
     return Graph(
@@ -300,6 +344,8 @@ def region_bound(
     m = _size(tuple(graph.shapes[region.output]))
     if _norm_path(m, n) is None or 2.0 * n * _work(graph, region) > WORK_BUDGET:
         return None
+    if _may_underflow(graph, region):
+        return None  # the rounding bound below is relative only
     if any(
         isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v))
         for node in region.nodes

@@ -504,3 +504,40 @@ def test_gemm_alpha_rounding_is_carried_by_every_method(tmp_path: Path, unit: fl
         assert any("carried entry-wise" in n for n in r.notes), r.method
     result = exact_lipschitz(graph, budget_s=EXACT_BUDGET)
     assert result.upper is None and any("rounding error bound" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("k", [0, -520, -535])
+def test_linear_region_bound_never_below_the_exact_norm_when_products_underflow(k: int) -> None:
+    """h = W1 x; y = W2 h + W3 h (fan-out: a linear region, not a merge) with weights 2^k times
+    positive unit ones: M = 2^(2k) (W2 + W3) W1 exactly. At k = -535 the region's float64 pass
+    loses its products to the subnormal range; the bound used must still be >= ||M||."""
+    from stabaudit.analyses.linear_regions import region_bounds
+
+    rng = np.random.default_rng(0)
+    n = 48
+    unit = [np.abs(rng.standard_normal((n, n))) for _ in range(3)]
+    w1, w2, w3 = (np.ldexp(w, k) for w in unit)
+    nodes = (
+        Node(name="l1", op=O.Linear(weight=w1), inputs=("x",), output="h"),
+        Node(name="l2", op=O.Linear(weight=w2), inputs=("h",), output="a"),
+        Node(name="l3", op=O.Linear(weight=w3), inputs=("h",), output="b"),
+        Node(name="add", op=O.Add(), inputs=("a", "b"), output="y"),
+    )
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, n)),), outputs=("y",), nodes=nodes))
+    ops = rule_bounds(graph)
+    regions = region_bounds(graph, ops)
+    upper = compose(graph, ops, None, {key: (r.x, r.value) for key, r in regions.items()}).upper.value
+    # ||M|| >= 2^(2k) times the certified lower bound of the unit region's norm (its explicit
+    # matrix, no underflow at unit scale), and >= ||M v|| / ||v|| for the all-ones v, exactly
+    unit_graph = with_shapes(Graph(inputs=graph.inputs, outputs=("y",), nodes=tuple(
+        Node(name=x.name, op=O.Linear(weight=w) if w is not None else x.op, inputs=x.inputs, output=x.output)
+        for x, w in zip(nodes, [*unit, None], strict=True)
+    )))
+    unit_lower = region_bounds(unit_graph, rule_bounds(unit_graph))["y"].lower
+    assert unit_lower is not None
+    s = [[Fraction(float(a)) + Fraction(float(b)) for a, b in zip(r2, r3, strict=True)] for r2, r3 in zip(unit[1], unit[2], strict=True)]
+    v = [sum((Fraction(float(c)) for c in row), Fraction(0)) for row in unit[0]]
+    mv = [sum((a * b for a, b in zip(row, v, strict=True)), Fraction(0)) for row in s]
+    reference = max(sum((x * x for x in mv), Fraction(0)) / n, Fraction(unit_lower) ** 2) * Fraction(2) ** (4 * k)
+    assert upper > 0.0 and Fraction(upper) ** 2 >= reference
+    assert bool(regions) == (k == 0)  # the whole-region bound is used only where no product underflows
