@@ -541,3 +541,36 @@ def test_linear_region_bound_never_below_the_exact_norm_when_products_underflow(
     reference = max(sum((x * x for x in mv), Fraction(0)) / n, Fraction(unit_lower) ** 2) * Fraction(2) ** (4 * k)
     assert upper > 0.0 and Fraction(upper) ** 2 >= reference
     assert bool(regions) == (k == 0)  # the whole-region bound is used only where no product underflows
+
+
+@pytest.mark.parametrize(("gamma", "refused"), [(1e-300, True), (1e-200, False)])
+def test_batchnorm_scale_below_the_normal_range_is_refused(tmp_path: Path, gamma: float, refused: bool) -> None:
+    """A float64 BatchNormalization whose scale gamma / sqrt(var + eps) is ~1e-350 would become
+    an Affine of scale 0 (a certified constant map): the loader refuses it (exit 2) instead."""
+    from stabaudit.errors import UnsupportedOperatorError
+    from stabaudit.loaders import load_model
+
+    c = 3
+    inits = [
+        numpy_helper.from_array(np.full(c, gamma), "g"), numpy_helper.from_array(np.zeros(c), "b"),
+        numpy_helper.from_array(np.zeros(c), "mu"), numpy_helper.from_array(np.full(c, 1e100), "var"),
+    ]
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "mu", "var"], ["y"], epsilon=1e-5)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, c, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, c, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    path = tmp_path / "bn.onnx"
+    onnx.save(model, path)
+    if refused:
+        with pytest.raises(UnsupportedOperatorError, match="normal range") as info:
+            load_model(path)
+        assert info.value.exit_code == 2
+    else:
+        loaded = load_model(path).graph
+        comp = compose(loaded, rule_bounds(loaded))
+        assert comp.upper.value == pytest.approx(gamma / 1e50, rel=1e-12)  # 1e-250: normal, loaded as usual

@@ -6,6 +6,7 @@ import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
+from stabaudit.rounding import SMALLEST_NORMAL
 
 
 @register("BatchNormalization")
@@ -25,6 +26,10 @@ def batch_normalization(node: OnnxNode, ctx: Context) -> None:
     )
     eps = float(node.attr("epsilon"))
     scale = gamma / np.sqrt(var + eps)
+    if np.any((np.abs(scale) < SMALLEST_NORMAL) & (gamma != 0)):
+        # below 2^-1022 the quotient is rounded absolutely (to 0, for a float64 model with gamma
+        # 1e-300 and var 1e100): the Affine would claim a constant map
+        raise Unsupported("BatchNormalization(scale gamma / sqrt(var + eps) below float64's normal range)")
     shift = beta - mean * scale
     rank = len(ctx.shape(node.inputs[0]))
     channel_shape = (-1,) + (1,) * max(rank - 2, 0)

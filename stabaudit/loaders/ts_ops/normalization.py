@@ -17,6 +17,7 @@ from stabaudit.loaders.ts_ops.base import (
     const_array,
     translates,
 )
+from stabaudit.rounding import SMALLEST_NORMAL
 
 
 @translates("aten::batch_norm")
@@ -35,6 +36,9 @@ def batch_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
     # y = (x - mean) / sqrt(var + eps) * w + b = x * scale + shift, evaluated in float64 so the
     # folded constants are the stored statistics' exact map up to one float64 rounding each.
     scale = weight / np.sqrt(var + eps)
+    if np.any((np.abs(scale) < SMALLEST_NORMAL) & (weight != 0)):
+        # rounded absolutely below 2^-1022 (possibly to 0: the Affine would claim a constant map)
+        raise Unsupported("scale weight / sqrt(var + eps) below float64's normal range")
     shift = bias - mean * scale
     ctx.note("eval-mode batch_norm became an Affine (scale, shift computed in float64)")
     return [
