@@ -220,6 +220,13 @@ CacheDirOption = Annotated[
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-torchscript",
+        help="Load TorchScript archives without the static gate of their code (which refuses calls outside the tensor operators, before anything runs): only for archives you vouch for.",
+    ),
+]
 QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress and no summary line on stderr (errors are still printed)."),
@@ -254,6 +261,7 @@ def _check_options(
     method: str | None,
     seed: int | None,
     budget: float | None,
+    trust_torchscript: bool = False,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -292,6 +300,7 @@ def _check_options(
         eps=eps,
         inputs=inputs.absolute() if inputs is not None else None,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
+        trust_torchscript=True if trust_torchscript else None,  # not given: the config decides
     )
 
 
@@ -537,6 +546,7 @@ def check(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     sarif_all: SarifAllOption = False,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -552,7 +562,7 @@ def check(
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
-            method=method, seed=seed, budget=budget,
+            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
@@ -632,6 +642,7 @@ def batch(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     sarif_all: SarifAllOption = False,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -657,7 +668,7 @@ def batch(
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=None, inputs=None,
             max_memory=max_memory, timeout=timeout, input_shape=None, fail_on=fail_on,
-            method=method, seed=seed, budget=budget,
+            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript,
         )
         cfg = load_config(config)
         planned = plan(
@@ -795,6 +806,7 @@ def trajectory(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Checkpoints audited in parallel (worker processes when > 1).")
     ] = 1,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -822,6 +834,7 @@ def trajectory(
         overrides = _check_options(
             threshold=threshold, max_regression=None, eps=None, inputs=None, max_memory=None,
             timeout=None, input_shape=None, fail_on=fail_on, method=None, seed=seed, budget=budget,
+            trust_torchscript=trust_torchscript,
         )
         path = config if config is not None else find_default_config(Path("."))
         cfg = load_config(path) if path is not None else None

@@ -95,6 +95,8 @@ class Settings(BaseModel):
     # the input domain sampled when no inputs are given (replaced as a whole), and the count
     domain: InstanceOf[UniformDomain] | InstanceOf[NormalDomain] | None = None
     samples: int | None = None
+    # skip the static gate of TorchScript code (loaders.ts_gate): the user vouches for the archive
+    trust_torchscript: bool | None = None
 
     def merged(self, over: Settings) -> Settings:
         """These settings overridden by ``over``: its set values win, thresholds and severity merge
@@ -314,6 +316,7 @@ class SettingsInput(_Input):
     training: TrainingInput | None = None
     domain: DomainInput | None = None
     samples: Annotated[int, Field(gt=0, le=MAX_SAMPLE_COUNT)] | None = None
+    trust_torchscript: bool | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -336,6 +339,7 @@ class SettingsInput(_Input):
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
             training=self.training.to_settings(base) if self.training is not None else None,
             domain=self.domain.to_domain() if self.domain is not None else None, samples=self.samples,
+            trust_torchscript=self.trust_torchscript,
         )
 
 
@@ -423,6 +427,7 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "noise": ("expected a finite number >= 0 (the gradient-noise variance)", None),
     "domain": ("expected a mapping {low, high} (uniform) or {mean, std} (normal)", None),
     "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
+    "trust_torchscript": ("expected true or false", None),
     "low": ("expected a number or a list of numbers", None),
     "high": ("expected a number or a list of numbers", None),
     "mean": ("expected a number or a list of numbers", None),

@@ -50,10 +50,15 @@ def supported_operators() -> list[str]:
     return sorted(TRANSLATORS)
 
 
-def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+def load_torchscript(
+    path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False
+) -> LoadedModel:
     """Load a torch.jit.save archive and translate ``forward`` at a static input shape.
 
     The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file.
+    Before torch.jit.load compiles or unpickles anything, the static gate (ts_gate) reads the
+    archive's code and pickles and refuses calls outside its allowlist; ``trust_code`` skips it
+    for an archive the user vouches for (--trust-torchscript).
     """
     import torch
 
@@ -67,6 +72,10 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
             f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
         )
     _check_archive(file, where)
+    if not trust_code:
+        from stabaudit.loaders.ts_gate import check_archive_code
+
+        check_archive_code(file, where)
     extra = {EXTRA_FILE: ""}
     try:
         module = torch.jit.load(where, map_location="cpu", _extra_files=extra)
