@@ -103,6 +103,7 @@ class Finding:
     entry: str
     line: int
     what: str
+    at_load: bool = False  # code that torch.jit.load itself runs (__setstate__): reported first
 
     def text(self) -> str:
         where = f"{self.entry}:{self.line}" if self.line else self.entry
@@ -121,7 +122,7 @@ def check_archive_code(file: Path, where: str) -> None:
     torch.jit.load compiles or unpickles anything (UntrustedModelError, exit 2). Nothing of the
     archive is executed or unpickled: code is parsed with ``ast``, pickles read with
     ``pickletools.genops``."""
-    findings = sorted(_findings(file, where), key=lambda f: (f.entry, f.line))
+    findings = sorted(_findings(file, where), key=lambda f: (not f.at_load, f.entry, f.line))
     if findings:
         more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
         raise UntrustedModelError(
@@ -216,8 +217,10 @@ class _CodeVisitor:
         self.methods = methods
         self.findings: list[Finding] = []
 
-    def refuse(self, node: ast.AST, what: str) -> None:
-        self.findings.append(Finding(entry=self.code.entry, line=getattr(node, "lineno", 0), what=what))
+    def refuse(self, node: ast.AST, what: str, *, at_load: bool = False) -> None:
+        self.findings.append(
+            Finding(entry=self.code.entry, line=getattr(node, "lineno", 0), what=what, at_load=at_load)
+        )
 
     def run(self) -> list[Finding]:
         tree = self.code.tree
@@ -355,7 +358,7 @@ class _CodeVisitor:
             problem = _plain_statement(stmt, fn.name)
             if problem:
                 self.refuse(stmt, f"defines {qualified}, which does more than assign attributes from its state "
-                                  f"({problem})")
+                                  f"({problem})", at_load=fn.name == "__setstate__")
                 return
 
 
