@@ -57,11 +57,17 @@ def _root(
 
 
 def _report_error(exc: StabauditError) -> None:
+    """One line per problem, whatever the names hold: the path shown escaped (repr) when it holds
+    a control character, and every other control character of the text escaped."""
+    from stabaudit.paths import has_control, one_line, shown
+
+    path = exc.path
     for problem in exc.problems:
-        if exc.path and not problem.startswith(exc.path):
-            typer.echo(f"error: {exc.path}: {problem}", err=True)
-        else:
-            typer.echo(f"error: {problem}", err=True)
+        if path and not problem.startswith(path):
+            problem = f"{path}: {problem}"
+        if path and has_control(path):
+            problem = problem.replace(path, shown(path))
+        typer.echo(f"error: {one_line(problem)}", err=True)
 
 
 def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
@@ -87,9 +93,11 @@ def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
     except Exception as exc:  # an internal error: a bug in stabaudit
         if debug:
             traceback.print_exc()
+        from stabaudit.paths import one_line
+
         typer.echo(
-            f"error: internal error: {type(exc).__name__}: {exc} (a bug in stabaudit; rerun with --debug "
-            "for the traceback and report it)",
+            one_line(f"error: internal error: {type(exc).__name__}: {exc} (a bug in stabaudit; rerun with --debug "
+                     "for the traceback and report it)"),
             err=True,
         )
         raise typer.Exit(3) from None
@@ -302,6 +310,19 @@ def _check_options(
         max_memory=parse_size(max_memory) if max_memory is not None else None,
         trust_torchscript=True if trust_torchscript else None,  # not given: the config decides
     )
+
+
+def _check_paths(models: list[Path], **options: Path | list[Path] | None) -> None:
+    """Refuse any path on the command line that holds a NUL or another control character (exit 2),
+    before anything is read or written; ``options`` by option name (output_dir: --output-dir)."""
+    from stabaudit.errors import ModelLoadError
+    from stabaudit.paths import check_path_text
+
+    for model in models:
+        check_path_text(model, error=ModelLoadError)
+    for name, value in options.items():
+        for path in value if isinstance(value, list) else [value] if value is not None else []:
+            check_path_text(path, "--" + name.replace("_", "-"))
 
 
 def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
@@ -557,6 +578,7 @@ def check(
         from stabaudit.config import find_default_config
         from stabaudit.renderers import OutputFormat
 
+        _check_paths([model], output=output, config=config, baseline=baseline, inputs=inputs, cache_dir=cache_dir)
         targets = _targets(format, output, OutputFormat)
         validate_outputs([path for _, path in targets])
         overrides = _check_options(
@@ -655,6 +677,7 @@ def batch(
 
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        _check_paths([], config=config, output=output, output_dir=output_dir, baseline=baseline, cache_dir=cache_dir)
         try:
             kind = ExecutorKind(executor)
         except ValueError:
@@ -826,6 +849,7 @@ def trajectory(
 
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        _check_paths(list(checkpoints or []), output=output, config=config)
         targets = _targets(format, output, OutputFormat)
         validate_outputs([path for _, path in targets])
         for fmt, _ in targets:

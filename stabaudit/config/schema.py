@@ -214,8 +214,22 @@ class ChecksInput(_Input):
     disable: list[CheckId] = Field(default_factory=list)
 
 
+def _path_text(value: str) -> str:
+    """A path or glob without NUL or other control characters (stabaudit.paths)."""
+    from stabaudit.paths import control_problem
+
+    problem = control_problem(value)
+    if problem:
+        raise _error(problem)
+    return value
+
+
+PathText = Annotated[str, Field(min_length=1), AfterValidator(_path_text)]
+
+
 def _npz_file(value: str, info: ValidationInfo) -> str:
     base = Path((info.context or {}).get("base", "."))
+    _path_text(value)
     if Path(value).suffix.lower() != ".npz":
         raise _error(f"expected a .npz file, not {value!r}")
     if not (base / value).is_file():
@@ -322,6 +336,7 @@ class SettingsInput(_Input):
     @classmethod
     def _inputs_exist(cls, value: str, info: ValidationInfo) -> str:
         base = Path((info.context or {}).get("base", "."))
+        _path_text(value)
         if Path(value).suffix.lower() not in INPUT_SUFFIXES:
             raise _error(f"expected a .npz or .npy file, not {value!r}")
         if not (base / value).is_file():
@@ -347,18 +362,18 @@ SETTINGS_KEYS: tuple[str, ...] = tuple(SettingsInput.model_fields)
 
 
 class ModelInput(SettingsInput):
-    path: Annotated[str, Field(min_length=1)]
+    path: PathText
 
 
 class WaiverInput(_Input):
     check: CheckId
-    model: Annotated[str, Field(min_length=1)] = "*"
+    model: PathText = "*"
     reason: Annotated[str, AfterValidator(_non_blank)]
     expires: Annotated[datetime.date, BeforeValidator(_date)] | None = None
 
 
 class TrajectoryInput(_Input):
-    path: Annotated[str, Field(min_length=1)]
+    path: PathText
     step: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")

@@ -537,3 +537,14 @@ def test_bfloat16_models_are_refused_by_the_reference_in_one_line(tmp_path: Path
     cast = save(tmp_path, nodes, {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="cast.onnx")
     with pytest.raises(ModelLoadError, match="input 'x' is bfloat16, which onnxruntime's Python API cannot pass"):
         load_onnx(cast).reference({"x": np.ones((1, 4), np.float32)})
+
+
+def test_external_data_location_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
+    """A NUL reaches the file system as ValueError ("embedded null byte"): refused first, exit 2."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    _write_weights(model_dir / "w.bin")
+    for location in ("w.bin\x00.txt", "w\n.bin"):
+        with pytest.raises(ModelLoadError, match="control character") as info:
+            load_onnx(_external_model(model_dir, location))
+        assert info.value.exit_code == 2 and repr(location) in str(info.value)
