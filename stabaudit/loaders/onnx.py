@@ -606,6 +606,7 @@ class OnnxRuntimeReference:
         if self._session is None:
             import onnxruntime as ort
 
+            ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY=1 (stabaudit/__init__)
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
