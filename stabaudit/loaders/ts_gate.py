@@ -49,11 +49,21 @@ _PURE_TENSOR_OPS = _words("""
     scalar_tensor scaled_dot_product_attention select selu sign sin sinh slice softshrink softsign
     split_with_sizes sqrt square std sum swapaxes swapdims tan tanhshrink tensor threshold tile
     topk trunc unbind upsample_bilinear2d upsample_nearest2d var where zero_ zeros zeros_like
+    _native_multi_head_attention _transformer_encoder_layer_fwd _upsample_bicubic2d_aa
+    _upsample_bilinear2d_aa _upsample_lanczos2d_aa _upsample_nearest_exact1d _upsample_nearest_exact2d
+    _upsample_nearest_exact3d upsample_bicubic2d upsample_linear1d upsample_nearest1d upsample_nearest3d
+    upsample_trilinear3d bilinear col2im im2col cosine_similarity pairwise_distance cdist pdist
+    embedding_bag gru gru_cell lstm lstm_cell rnn_tanh rnn_tanh_cell rnn_relu rnn_relu_cell rms_norm
+    is_grad_enabled is_autocast_enabled is_autocast_cpu_enabled grid_sampler affine_grid_generator
+    unfold reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d replication_pad2d
+    replication_pad3d _pad_circular _pad_enum max_unpool2d max_unpool3d fractional_max_pool2d
+    fractional_max_pool3d one_hot normalize softmin native_layer_norm native_batch_norm
+    _batch_norm_impl_index instance_norm native_group_norm
 """)
 # ops.prim.<name>: TorchScript's own primitives that compute values (prim::Print is not here).
 _PRIM = _words("""
-    NumToTensor RaiseException TupleIndex Uninitialized abs data device dtype is_cuda layout max
-    min requires_grad shape tolist unchecked_cast unchecked_unwrap_optional
+    NumToTensor RaiseException TupleIndex Uninitialized abs data device dtype is_cuda is_nested layout
+    max min requires_grad shape tolist type unchecked_cast unchecked_unwrap_optional
 """)
 # Functions TorchScript code calls by a bare name: annotations, casts and iteration helpers.
 _NAMES = _words("""
