@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
@@ -323,3 +325,58 @@ def test_no_allowed_operator_takes_a_file_name() -> None:
             for argument in schema.arguments:
                 assert not (argument.name in ("filename", "path", "f", "file") and "str" in str(argument.type)), schema
                 assert "Storage" not in str(argument.type), schema
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Upsample(scale_factor=2.0),  # F.interpolate: every mode's branch is in the code tables
+    lambda: nn.MultiheadAttention(4, 2),
+    lambda: nn.LSTM(4, 4),
+    lambda: nn.GRU(4, 4),
+    lambda: nn.Bilinear(3, 3, 3),
+    lambda: nn.EmbeddingBag(10, 4),
+    lambda: nn.Unfold(2),
+    lambda: nn.CosineSimilarity(),
+    lambda: nn.RMSNorm(4),
+    lambda: nn.ReflectionPad2d(1),
+], ids=["upsample", "attention", "lstm", "gru", "bilinear", "embedding_bag", "unfold", "cosine", "rms_norm", "pad"])
+def test_torch_nn_library_code_passes_the_gate(make, tmp_path: Path) -> None:
+    """The code torch.nn's modules compile to, untranslated operators included: those reach the
+    loader and are listed as unsupported (SA901), not refused as untrusted."""
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(make().eval()), str(path))
+    ts_gate.check_archive_code(path, str(path))
+
+
+FORBIDDEN = [
+    'torch.from_file("f", True, 64)', 'print("x")', 'torch.save(CONSTANTS.c0, "f")', 'torch.load("f")',
+    'ops.evil.op(1)', 'torch.ops.evil.op(1)', 'ops.prim.Print(1)', 'torch.classes.a.B()',
+    '__torch__.torch.classes.a.B()', 'open("f")', '(self).save("f")', 'os.system("true")', 'getattr(self, "x")()',
+]
+
+
+@given(seed=st.sampled_from(["mlp.pt", "cnn.pt", "resnet.pt"]), line=st.integers(0, 10**6),
+       call=st.sampled_from(FORBIDDEN))
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_forbidden_call_on_any_line_of_any_function_is_refused(tmp_path: Path, seed: str, line: int,
+                                                                 call: str) -> None:
+    """A statement calling outside the allowlist, inserted before any statement of any function of
+    a sample archive's code tables: always refused, and the message names that call."""
+    with zipfile.ZipFile(SAMPLES / seed) as archive:
+        items = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    sites = [(i, k) for i, (name, data) in enumerate(items) if name.endswith(".py")
+             for k, text in enumerate(data.decode().splitlines())
+             if text.startswith("    ") and not text.lstrip().startswith(("def ", ")", "else:")) and
+             not text.rstrip().endswith(",")]
+    i, k = sites[line % len(sites)]
+    lines = items[i][1].decode().splitlines()
+    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
+    lines.insert(k, f"{indent}_gate_probe = {call}")
+    items[i] = (items[i][0], "\n".join(lines).encode())
+    path = tmp_path / f"probe-{line}.pt"
+    with zipfile.ZipFile(path, "w") as out:
+        for name, data in items:
+            out.writestr(name, data)
+    with pytest.raises(UntrustedModelError, match="refused before loading") as info:
+        ts_gate.check_archive_code(path, str(path))
+    assert f"{items[i][0]}:{k + 1} " in str(info.value), str(info.value)
