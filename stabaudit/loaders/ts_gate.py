@@ -317,7 +317,7 @@ class _CodeVisitor:
         elif len(parts) == 2:
             if parts[1] not in allowed_operators():
                 self.refuse(node, f"calls {name}, outside the tensor operators stabaudit allows")
-        elif name not in _DOTTED and ".".join(parts[:3]) not in _DOTTED:
+        elif name not in _DOTTED:
             self.refuse(node, f"calls {name}, outside the tensor operators stabaudit allows")
 
     def _ops(self, node: ast.AST, name: str) -> None:
