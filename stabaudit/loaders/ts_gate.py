@@ -71,6 +71,9 @@ _NAMES = _words("""
     bool str len list tuple dict min max abs
 """)
 _DOTTED = frozenset({"torch.jit._unwrap_optional", "torch.jit.annotate"})
+_MATH_CONSTANTS = frozenset({"pi", "e", "inf", "nan", "tau"})
+# Global names TorchScript resolves to its builtins (torch and math: ATen; ops: every namespace).
+_GLOBAL_ROOTS = frozenset({"torch", "math", "ops", "__torch__", "CONSTANTS"})
 # The globals a pickle of a TorchScript archive may name besides the archive's own __torch__
 # classes: torch's tensor-rebuild functions, its storage types, and TorchScript's list builders.
 _PICKLE_GLOBALS = frozenset({
@@ -245,19 +248,18 @@ class _CodeVisitor:
         return self.findings
 
     def _scope(self, body: list[ast.stmt], root: ast.AST) -> None:
-        """Check the calls and names of one module or function; a function's locals bound to
-        the archive's own functions (``_0 = __torch__.f``) may be called."""
-        functions = [n for n in ast.walk(root) if isinstance(n, ast.FunctionDef)]
-        for fn in functions:
+        """Check every function, then the module level and class bodies outside them."""
+        for fn in (n for n in ast.walk(root) if isinstance(n, ast.FunctionDef)):
             self._function(fn)
-        # module level and class bodies: everything outside the functions
         outside = _outside_functions(body)
+        _, names = self._bindings(outside)
         for node in outside:
-            self._check(node, callable_locals=frozenset())
+            self._check(node, callable_locals=frozenset(), local_names=names)
 
-    def _function(self, fn: ast.FunctionDef) -> None:
-        bound: dict[str, bool] = {}  # local name -> only ever bound to the archive's own functions
-        body = _outside_functions(fn.body)
+    def _bindings(self, body: list[ast.AST]) -> tuple[frozenset[str], frozenset[str]]:
+        """The names of ``body`` bound only ever to the archive's own functions (``_0 =
+        __torch__.f``: they may be called), and every name it binds."""
+        bound: dict[str, bool] = {}
         for node in (sub for stmt in body for sub in ast.walk(stmt)):
             if isinstance(node, ast.Assign):
                 own = self._own(node.value)
@@ -267,10 +269,20 @@ class _CodeVisitor:
             elif isinstance(node, ast.AnnAssign | ast.AugAssign | ast.For | ast.comprehension | ast.NamedExpr):
                 for name in _names(node.target):
                     bound[name] = False
-        callable_locals = frozenset(name for name, own in bound.items() if own)
-        extra: list[ast.AST] = [d for d in [*fn.args.defaults, *fn.args.kw_defaults] if d is not None]
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                for name in _names(node.optional_vars):
+                    bound[name] = False
+        return frozenset(name for name, own in bound.items() if own), frozenset(bound)
+
+    def _function(self, fn: ast.FunctionDef) -> None:
+        body = _outside_functions(fn.body)
+        callable_locals, assigned = self._bindings(body)
+        arguments = fn.args
+        params = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
+        params |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
+        extra: list[ast.AST] = [d for d in [*arguments.defaults, *arguments.kw_defaults] if d is not None]
         for node in [*extra, *fn.decorator_list, *body]:
-            self._check(node, callable_locals=callable_locals)
+            self._check(node, callable_locals=callable_locals, local_names=assigned | params)
 
     def _own(self, value: ast.expr) -> bool:
         name = _dotted(value)
@@ -282,7 +294,7 @@ class _CodeVisitor:
         parts = name.split(".")
         return any(".".join(parts[:i]) in self.defined for i in range(2, len(parts) + 1))
 
-    def _check(self, node: ast.AST, *, callable_locals: frozenset[str]) -> None:
+    def _check(self, node: ast.AST, *, callable_locals: frozenset[str], local_names: frozenset[str]) -> None:
         """Calls and references of ``node`` and below; an attribute chain (torch.jit.annotate) is
         checked once, as a whole."""
         stack = [node]
@@ -291,59 +303,64 @@ class _CodeVisitor:
             if isinstance(sub, ast.Call):
                 self._call(sub, callable_locals)
             if isinstance(sub, ast.Attribute) and _dotted(sub) is not None:
-                self._reference(sub)
+                self._reference(sub, local_names)
                 continue  # its inner links (torch.jit of torch.jit.annotate) are no references
             stack.extend(ast.iter_child_nodes(sub))
 
-    def _reference(self, node: ast.Attribute) -> None:
-        """A name such as torch.from_file, ops.foo.bar or torch.classes.x.Y, called or not."""
-        name = _dotted(node)
-        if name is None:
-            return
-        root = name.split(".", 1)[0]
-        if root == "torch" and name.count(".") >= 1:
-            self._torch(node, name)
-        elif root == "ops" and name.count(".") >= 2:
-            self._ops(node, name)
-        elif _custom_class(name):
-            self.refuse(node, f"uses the custom class {name} (code outside the archive)")
-
-    def _torch(self, node: ast.AST, name: str) -> None:
-        parts = name.split(".")
+    def _reference(self, node: ast.Attribute, local_names: frozenset[str]) -> None:
+        """An attribute chain, called or not: torch.<op> and math.<op> (TorchScript resolves both to
+        aten::<op>), ops.<namespace>.<op>, the archive's __torch__ names, or an attribute of a
+        local value (self.fc1). A chain rooted at any other global name is refused."""
+        name = _dotted(node) or ""
+        root, _, rest = name.partition(".")
         if _custom_class(name):
             self.refuse(node, f"uses the custom class {name} (code outside the archive)")
-        elif parts[1] == "ops" and len(parts) >= 4:
-            self._ops(node, ".".join(parts[1:]))
-        elif len(parts) == 2:
-            if parts[1] not in allowed_operators():
+        elif root in local_names or root in ("__torch__", "CONSTANTS") or (root == "math" and rest in _MATH_CONSTANTS):
+            return
+        elif root in ("torch", "math"):
+            self._torch(node, name, rest.split("."))
+        elif root == "ops":
+            self._ops(node, rest.split("."))
+        else:
+            self.refuse(node, f"uses the global name {root!r} ({name}), which TorchScript code never needs")
+
+    def _torch(self, node: ast.AST, name: str, parts: list[str]) -> None:
+        if parts[0] == "ops":
+            self._ops(node, parts[1:])
+        elif len(parts) == 1:
+            if parts[0] not in allowed_operators():
                 self.refuse(node, f"calls {name}, outside the tensor operators stabaudit allows")
         elif name not in _DOTTED:
             self.refuse(node, f"calls {name}, outside the tensor operators stabaudit allows")
 
-    def _ops(self, node: ast.AST, name: str) -> None:
-        parts = name.split(".")
-        namespace, op = parts[1], parts[2]
-        if namespace == "aten" and op in allowed_operators() and len(parts) <= 4:
-            return
-        if namespace == "prim" and op in _PRIM and len(parts) == 3:
-            return
-        if namespace in ("aten", "prim"):
-            self.refuse(node, f"calls torch.ops.{'.'.join(parts[1:])}, outside the tensor operators stabaudit allows")
-        else:
-            self.refuse(node, f"calls torch.ops.{'.'.join(parts[1:])} (operator namespace {namespace!r} is not allowed)")
+    def _ops(self, node: ast.AST, parts: list[str]) -> None:
+        """ops.<namespace>[.<op>[.<overload>]]: ATen's allowed operators and TorchScript's own
+        value primitives; no other namespace (custom operators are code outside the archive)."""
+        namespace, op = parts[0], parts[1] if len(parts) > 1 else ""
+        shown = "torch.ops." + ".".join(parts)
+        if namespace not in ("aten", "prim"):
+            self.refuse(node, f"calls {shown} (operator namespace {namespace!r} is not allowed)")
+        elif op and not ((namespace == "aten" and op in allowed_operators() and len(parts) <= 3)
+                         or (namespace == "prim" and op in _PRIM and len(parts) == 2)):
+            self.refuse(node, f"calls {shown}, outside the tensor operators stabaudit allows")
 
     def _call(self, node: ast.Call, callable_locals: frozenset[str]) -> None:
         func = node.func
         if isinstance(func, ast.Name):
             if func.id not in _NAMES and func.id not in callable_locals:
                 self.refuse(node, f"calls {func.id}(), outside the functions stabaudit allows")
+            elif func.id in ("getattr", "hasattr") and node.args:
+                # getattr(torch, "from_file") is aten::from_file: only values' attributes
+                target = (_dotted(node.args[0]) or "").split(".", 1)[0]
+                if target in _GLOBAL_ROOTS:
+                    self.refuse(node, f"calls {func.id}() on {target}, outside the functions stabaudit allows")
             return
         if not isinstance(func, ast.Attribute):
             self.refuse(node, "calls the result of an expression, which the gate cannot resolve")
             return
         name = _dotted(func)
         root = name.split(".", 1)[0] if name is not None else ""
-        if root in ("torch", "ops"):
+        if root in ("torch", "math", "ops"):
             return  # checked as a reference (_reference)
         if root == "__torch__":
             if not self._defined(name or ""):
@@ -353,8 +370,7 @@ class _CodeVisitor:
         # (value).method(...): a method of one of the archive's classes, or an operator on a
         # value (a tensor's method resolves to the operator of that name: (x).save(f) is aten::save)
         method = func.attr
-        allowed = allowed_operators()
-        if method in allowed:
+        if method in allowed_operators():
             return
         if method in self.methods and method not in _registered_operators():
             return
