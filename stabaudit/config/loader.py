@@ -231,7 +231,10 @@ def load_config(path: str | Path) -> ConfigFile:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {_one_line(getattr(exc, 'problem', None) or exc)}", path=str(p)) from None
+        problem = _one_line(getattr(exc, "problem", None) or exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit (1000): the same words as ours
+            problem = "nested too deeply"
+        raise ConfigError(f"{where}: invalid YAML: {problem}", path=str(p)) from None
     except RecursionError:
         raise ConfigError(f"{p}: invalid YAML: nested too deeply", path=str(p)) from None
     if root is None:
