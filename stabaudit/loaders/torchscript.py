@@ -96,6 +96,9 @@ def load_torchscript(
     torch._C._jit_pass_dce(graph)  # results the forward computes and discards are never walked
     inputs = list(graph.inputs())[1:]  # the first input is the module itself
     notes = ["calls inlined (torch._C._jit_pass_inline); translated at a static input shape"]
+    if trust_code:  # the report says that the archive's code ran unchecked, on the user's word
+        notes.append("the static gate of TorchScript code was skipped (--trust-torchscript): the archive's "
+                     "code was loaded and run as the user vouched for it")
     shapes, shape_note = _input_shapes(inputs, input_shape, extra[EXTRA_FILE], where)
     if shape_note:
         notes.append(shape_note)

@@ -58,7 +58,7 @@ _PURE_TENSOR_OPS = _words("""
     unfold reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d replication_pad2d
     replication_pad3d _pad_circular _pad_enum max_unpool2d max_unpool3d fractional_max_pool2d
     fractional_max_pool3d one_hot normalize softmin native_layer_norm native_batch_norm
-    _batch_norm_impl_index instance_norm native_group_norm
+    _batch_norm_impl_index native_group_norm
 """)
 # ops.prim.<name>: TorchScript's own primitives that compute values (prim::Print is not here).
 _PRIM = _words("""

@@ -226,6 +226,9 @@ def test_trust_torchscript_loads_a_benign_archive_as_before(tmp_path: Path) -> N
 
     a, b = json.loads(gated.stdout), json.loads(trusted.stdout)
     assert a["lipschitz"]["upper"] == b["lipschitz"]["upper"] and a["lipschitz"]["certified"]
+    skipped = [n for n in b["notes"] if "static gate" in n]
+    assert len(skipped) == 1 and "--trust-torchscript" in skipped[0]
+    assert not any("static gate" in n for n in a["notes"])
 
 
 def test_trust_from_the_config_and_the_api(tmp_path: Path) -> None:
