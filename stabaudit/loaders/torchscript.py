@@ -66,23 +66,8 @@ def load_torchscript(
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError("file not found", path=where)
-    size = file.stat().st_size
-    if size > MAX_ARCHIVE_BYTES:
-        raise ResourceError(
-            f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
-        )
-    _check_archive(file, where)
-    if not trust_code:
-        from stabaudit.loaders.ts_gate import check_archive_code
-
-        check_archive_code(file, where)
     extra = {EXTRA_FILE: ""}
-    try:
-        module = torch.jit.load(where, map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # any failure of torch's reader means: not a loadable archive
-        raise ModelLoadError(
-            f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
-        ) from exc
+    module = _load_checked(file, where, trust_code, extra)
     module.eval()
     _check_storages(module, where)
     try:
@@ -145,6 +130,39 @@ def _precision(module: Any) -> str:
     kinds = {t.dtype for t in itertools.chain(module.parameters(), module.buffers()) if t.dtype in order}
     least = min(kinds, key=order.index) if kinds else torch.float32
     return str(least).removeprefix("torch.")
+
+
+def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str]) -> Any:
+    """torch.jit.load of the very bytes the checks read. The file is opened once, and the size
+    check, the zip-bomb guard, the static gate and torch all read that open file (through
+    /proc/self/fd where there is one), so the archive cannot be swapped between the gate and
+    the load."""
+    import torch
+
+    try:
+        handle = file.open("rb")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the file ({exc.strerror or exc})", path=where) from exc
+    with handle:
+        pinned = Path(f"/proc/self/fd/{handle.fileno()}")
+        if not pinned.exists():
+            pinned = file  # no procfs: the path itself, read again by each check
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_ARCHIVE_BYTES:
+            raise ResourceError(
+                f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
+            )
+        _check_archive(pinned, where)
+        if not trust_code:
+            from stabaudit.loaders.ts_gate import check_archive_code
+
+            check_archive_code(pinned, where)
+        try:
+            return torch.jit.load(str(pinned), map_location="cpu", _extra_files=extra)
+        except Exception as exc:  # any failure of torch's reader means: not a loadable archive
+            raise ModelLoadError(
+                f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
+            ) from exc
 
 
 # ---- archive metadata --------------------------------------------------------------------------

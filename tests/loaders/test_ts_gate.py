@@ -387,3 +387,24 @@ def test_a_forbidden_call_on_any_line_of_any_function_is_refused(tmp_path: Path,
     with pytest.raises(UntrustedModelError, match="refused before loading") as info:
         ts_gate.check_archive_code(path, str(path))
     assert f"{items[i][0]}:{k + 1} " in str(info.value), str(info.value)
+
+
+def test_the_archive_cannot_be_swapped_between_the_gate_and_torch_jit_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate and torch.jit.load read the same open file: a hostile archive renamed over the
+    path right after the gate passed is never loaded."""
+    sentinel = tmp_path / "sentinel"
+    hostile = _script(SetStateWrites(str(sentinel)), tmp_path / "hostile.pt")
+    model = tmp_path / "model.pt"
+    model.write_bytes((SAMPLES / "mlp.pt").read_bytes())
+    gate = ts_gate.check_archive_code
+
+    def gate_then_swap(file: Path, where: str) -> None:
+        gate(file, where)
+        os.replace(hostile, model)  # the race an attacker with write access to the folder would run
+
+    monkeypatch.setattr(ts_gate, "check_archive_code", gate_then_swap)
+    loaded = load_torchscript(model)
+    assert not sentinel.exists()
+    assert loaded.graph.input_names and loaded.parameters == 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10  # mlp.pt
