@@ -471,8 +471,10 @@ def batch_summary_line(batch: BatchReport, written: list[str]) -> str:
 
 
 def _say(line: str, quiet: bool) -> None:
+    from stabaudit.paths import one_line
+
     if not quiet:
-        typer.echo(line, err=True)
+        typer.echo(one_line(line), err=True)  # one line whatever a model's path holds
 
 
 def _refusal(exc: StabauditError, model: Path, fail_on: str | None) -> Report:
@@ -578,7 +580,8 @@ def check(
         from stabaudit.config import find_default_config
         from stabaudit.renderers import OutputFormat
 
-        _check_paths([model], output=output, config=config, baseline=baseline, inputs=inputs, cache_dir=cache_dir)
+        # the model's own path is the engine's to refuse (a refusal report is still written)
+        _check_paths([], output=output, config=config, baseline=baseline, inputs=inputs, cache_dir=cache_dir)
         targets = _targets(format, output, OutputFormat)
         validate_outputs([path for _, path in targets])
         overrides = _check_options(
@@ -726,11 +729,12 @@ def batch(
 
 
 def _report_model_errors(batch: BatchReport) -> None:
+    from stabaudit.paths import one_line, shown
     from stabaudit.report.model import ModelError
 
     for m in batch.models:
         if isinstance(m, ModelError):
-            typer.echo(f"error: {m.path}: {m.error}", err=True)
+            typer.echo(one_line(f"error: {shown(m.path)}: {m.error}"), err=True)
 
 
 def _pick_format(

@@ -385,8 +385,12 @@ def audit(
     allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout). With a cache,
     a report for the same model bytes, effective request and stabaudit version is reused.
     """
+    from stabaudit.errors import ModelLoadError
     from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
+    from stabaudit.paths import check_path_text
 
+    # before the cache and the memory check open it (a NUL would be a ValueError there)
+    check_path_text(request.path, error=ModelLoadError)
     problem = policy_problem(request)
     if problem:
         raise UsageError(f"{request.path}: {problem}")

@@ -18,12 +18,15 @@ runner = CliRunner()
 
 
 def _one_error_line(result, *fragments: str) -> str:
+    """Exactly one `error:` line; any other line is the summary line (`stabaudit: ...`), whole."""
     assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(line.startswith(("error: ", "stabaudit: ")) for line in lines), result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 def test_shown_and_one_line() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -108,13 +109,23 @@ def _check(model: Path, *extra: str):
     return runner.invoke(app, ["check", str(model), "--format", "json", "--no-cache", "-q", "--budget", "0.3", *extra])
 
 
+def _refusal_report(stdout: str) -> str:
+    """stdout is exactly the refusal report (JSON, SA900, no bound): nothing else was printed."""
+    report = json.loads(stdout)
+    assert report["verdict"] == "fail" and report["exit_code"] == 2 and report["lipschitz"]["upper"] is None
+    [finding] = report["checks"]
+    assert finding["id"] == "SA900" and finding["message"].startswith("refused before loading")
+    return str(finding["message"])
+
+
 def _refused(result, *fragments: str) -> None:
+    """Exit 2, one `error:` line naming the call and the code file, the refusal report on stdout."""
     assert result.exit_code == 2, (result.stdout, result.stderr)
-    assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "refused before loading" in lines[0], result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+    assert _refusal_report(result.stdout) in lines[0]
 
 
 # ---- hostile archives, through the CLI -------------------------------------------------------------
@@ -160,7 +171,8 @@ def test_setstate_that_prints_is_refused_with_nothing_on_stdout(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-m", "stabaudit", "check", str(model), "--format", "json", "-q"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stdout == ""
+    assert "pwned" not in proc.stdout + proc.stderr
+    _refusal_report(proc.stdout)  # valid JSON: nothing of the archive's print in it
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "__setstate__" in lines[0] and "calls print" in lines[0] and "prints.pt" in lines[0], proc.stderr
 
@@ -222,8 +234,6 @@ def test_plain_setstate_passes_and_loads(tmp_path: Path) -> None:
 def test_trust_torchscript_loads_a_benign_archive_as_before(tmp_path: Path) -> None:
     gated, trusted = _check(SAMPLES / "mlp.pt"), _check(SAMPLES / "mlp.pt", "--trust-torchscript")
     assert gated.exit_code == trusted.exit_code == 0, (gated.stderr, trusted.stderr)
-    import json
-
     a, b = json.loads(gated.stdout), json.loads(trusted.stdout)
     assert a["lipschitz"]["upper"] == b["lipschitz"]["upper"] and a["lipschitz"]["certified"]
     skipped = [n for n in b["notes"] if "static gate" in n]
