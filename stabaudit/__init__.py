@@ -13,6 +13,11 @@ __version__ = "0.1.0"
 # sum, which the seeded searches then amplify. Set before torch loads MKL; a value set by the user
 # wins.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+# onnxruntime's telemetry (1DS on Linux too) opens a store under ~/.cache/Microsoft/DeveloperTools/
+# .onnxruntime when onnxruntime is imported and records what the process runs. Audited models stay
+# private: off for every session stabaudit opens, set before anything imports onnxruntime (the
+# loader also turns its events off, for a process that imported onnxruntime before stabaudit).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 if TYPE_CHECKING:
     from stabaudit.report.model import BatchReport, Report

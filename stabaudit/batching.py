@@ -76,6 +76,7 @@ def request_for(
         timeout_s=settings.timeout,
         disabled=frozenset(settings.disable),
         waivers=waivers,
+        trust_torchscript=bool(settings.trust_torchscript),
         **options,
     )
     problem = policy_problem(request)  # refused before anything runs, with its config key

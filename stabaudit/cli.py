@@ -57,11 +57,17 @@ def _root(
 
 
 def _report_error(exc: StabauditError) -> None:
+    """One line per problem, whatever the names hold: the path shown escaped (repr) when it holds
+    a control character, and every other control character of the text escaped."""
+    from stabaudit.paths import has_control, one_line, shown
+
+    path = exc.path
     for problem in exc.problems:
-        if exc.path and not problem.startswith(exc.path):
-            typer.echo(f"error: {exc.path}: {problem}", err=True)
-        else:
-            typer.echo(f"error: {problem}", err=True)
+        if path and not problem.startswith(path):
+            problem = f"{path}: {problem}"
+        if path and has_control(path):
+            problem = problem.replace(path, shown(path))
+        typer.echo(f"error: {one_line(problem)}", err=True)
 
 
 def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
@@ -87,9 +93,11 @@ def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
     except Exception as exc:  # an internal error: a bug in stabaudit
         if debug:
             traceback.print_exc()
+        from stabaudit.paths import one_line
+
         typer.echo(
-            f"error: internal error: {type(exc).__name__}: {exc} (a bug in stabaudit; rerun with --debug "
-            "for the traceback and report it)",
+            one_line(f"error: internal error: {type(exc).__name__}: {exc} (a bug in stabaudit; rerun with --debug "
+                     "for the traceback and report it)"),
             err=True,
         )
         raise typer.Exit(3) from None
@@ -220,6 +228,13 @@ CacheDirOption = Annotated[
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-torchscript",
+        help="Load TorchScript archives without the static gate of their code (which refuses calls outside the tensor operators, before anything runs): only for archives you vouch for.",
+    ),
+]
 QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="No progress and no summary line on stderr (errors are still printed)."),
@@ -254,6 +269,7 @@ def _check_options(
     method: str | None,
     seed: int | None,
     budget: float | None,
+    trust_torchscript: bool = False,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -292,7 +308,21 @@ def _check_options(
         eps=eps,
         inputs=inputs.absolute() if inputs is not None else None,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
+        trust_torchscript=True if trust_torchscript else None,  # not given: the config decides
     )
+
+
+def _check_paths(models: list[Path], **options: Path | list[Path] | None) -> None:
+    """Refuse any path on the command line that holds a NUL or another control character (exit 2),
+    before anything is read or written; ``options`` by option name (output_dir: --output-dir)."""
+    from stabaudit.errors import ModelLoadError
+    from stabaudit.paths import check_path_text
+
+    for model in models:
+        check_path_text(model, error=ModelLoadError)
+    for name, value in options.items():
+        for path in value if isinstance(value, list) else [value] if value is not None else []:
+            check_path_text(path, "--" + name.replace("_", "-"))
 
 
 def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
@@ -441,8 +471,10 @@ def batch_summary_line(batch: BatchReport, written: list[str]) -> str:
 
 
 def _say(line: str, quiet: bool) -> None:
+    from stabaudit.paths import one_line
+
     if not quiet:
-        typer.echo(line, err=True)
+        typer.echo(one_line(line), err=True)  # one line whatever a model's path holds
 
 
 def _refusal(exc: StabauditError, model: Path, fail_on: str | None) -> Report:
@@ -537,6 +569,7 @@ def check(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     sarif_all: SarifAllOption = False,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -547,12 +580,14 @@ def check(
         from stabaudit.config import find_default_config
         from stabaudit.renderers import OutputFormat
 
+        # the model's own path is the engine's to refuse (a refusal report is still written)
+        _check_paths([], output=output, config=config, baseline=baseline, inputs=inputs, cache_dir=cache_dir)
         targets = _targets(format, output, OutputFormat)
         validate_outputs([path for _, path in targets])
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
-            method=method, seed=seed, budget=budget,
+            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
@@ -632,6 +667,7 @@ def batch(
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
     sarif_all: SarifAllOption = False,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -644,6 +680,7 @@ def batch(
 
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        _check_paths([], config=config, output=output, output_dir=output_dir, baseline=baseline, cache_dir=cache_dir)
         try:
             kind = ExecutorKind(executor)
         except ValueError:
@@ -657,7 +694,7 @@ def batch(
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=None, inputs=None,
             max_memory=max_memory, timeout=timeout, input_shape=None, fail_on=fail_on,
-            method=method, seed=seed, budget=budget,
+            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript,
         )
         cfg = load_config(config)
         planned = plan(
@@ -692,11 +729,12 @@ def batch(
 
 
 def _report_model_errors(batch: BatchReport) -> None:
+    from stabaudit.paths import one_line, shown
     from stabaudit.report.model import ModelError
 
     for m in batch.models:
         if isinstance(m, ModelError):
-            typer.echo(f"error: {m.path}: {m.error}", err=True)
+            typer.echo(one_line(f"error: {shown(m.path)}: {m.error}"), err=True)
 
 
 def _pick_format(
@@ -795,6 +833,7 @@ def trajectory(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Checkpoints audited in parallel (worker processes when > 1).")
     ] = 1,
+    trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -814,6 +853,7 @@ def trajectory(
 
         if jobs < 1:
             raise UsageError(f"--jobs {jobs}: expected a positive number of processes")
+        _check_paths(list(checkpoints or []), output=output, config=config)
         targets = _targets(format, output, OutputFormat)
         validate_outputs([path for _, path in targets])
         for fmt, _ in targets:
@@ -822,6 +862,7 @@ def trajectory(
         overrides = _check_options(
             threshold=threshold, max_regression=None, eps=None, inputs=None, max_memory=None,
             timeout=None, input_shape=None, fail_on=fail_on, method=None, seed=seed, budget=budget,
+            trust_torchscript=trust_torchscript,
         )
         path = config if config is not None else find_default_config(Path("."))
         cfg = load_config(path) if path is not None else None

@@ -73,6 +73,9 @@ class AuditRequest:
     domain: Domain | None = None  # sampled when inputs is None (analyses.samples)
     sample_count: int = 64  # how many samples to draw from the domain
     inputs_sha256: str | None = None  # the sha256 of the file `inputs` came from (the report's samples)
+    # load a TorchScript archive without the static gate of its code (loaders.ts_gate); in the
+    # cache key, so that a report made under trust is never served to an audit without it
+    trust_torchscript: bool = False
 
 
 _REPRODUCIBLE_NOTE = (
@@ -382,8 +385,12 @@ def audit(
     allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout). With a cache,
     a report for the same model bytes, effective request and stabaudit version is reused.
     """
+    from stabaudit.errors import ModelLoadError
     from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
+    from stabaudit.paths import check_path_text
 
+    # before the cache and the memory check open it (a NUL would be a ValueError there)
+    check_path_text(request.path, error=ModelLoadError)
     problem = policy_problem(request)
     if problem:
         raise UsageError(f"{request.path}: {problem}")
@@ -446,7 +453,9 @@ def _audit(
 
     say("loading")
     check_model_memory(request.path, memory_budget)
-    loaded = load_model(request.path, input_shape=request.input_shape)
+    loaded = load_model(
+        request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript
+    )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))
     check_analysis_memory(graph, memory_budget, path=str(request.path))

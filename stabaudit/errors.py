@@ -40,6 +40,11 @@ class UnsupportedOperatorError(ModelLoadError):
         super().__init__(f"unsupported operators: {listing} [SA901]", path=path)
 
 
+class UntrustedModelError(ModelLoadError):
+    """A TorchScript archive whose code or pickles reach outside the operators the static gate
+    allows (stabaudit.loaders.ts_gate): refused before any of it runs."""
+
+
 class EquivalenceError(StabauditError):
     """The engine's forward pass does not reproduce the reference runtime (check SA902)."""
 

@@ -23,6 +23,7 @@ from stabaudit.config.schema import (
     explain,
 )
 from stabaudit.errors import ConfigError
+from stabaudit.paths import check_path_text
 from stabaudit.report.model import Waiver
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "stabaudit.yaml"
 MAX_DEPTH = 64  # far deeper than the schema; stops hostile nesting before it reaches the validator
+# A config of many models is a few KiB; far above that it is a mistake or an attack on the parser
+# (PyYAML's pure-Python parser spent 50 s on 6 MB): refused before parsing.
+MAX_CONFIG_BYTES = 1024**2
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 
@@ -168,13 +172,16 @@ def _translate(path: Path, root: yaml.Node, exc: ValidationError) -> ConfigError
 
 # ---- loading --------------------------------------------------------------------------------------------
 def _loader() -> type:
-    """SafeLoader that also reads exponent floats without a dot (1e5, 2E-3) as numbers, as YAML 1.2
-    does; YAML 1.1's resolver leaves them strings, a surprise in a file full of thresholds."""
+    """SafeLoader (libyaml's C parser, CSafeLoader, where PyYAML has it) that also reads exponent
+    floats without a dot (1e5, 2E-3) as numbers, as YAML 1.2 does; YAML 1.1's resolver leaves them
+    strings, a surprise in a file full of thresholds."""
     import re
 
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[valid-type, misc]
         pass
 
     Loader.yaml_implicit_resolvers = {
@@ -188,23 +195,46 @@ def _loader() -> type:
     return Loader
 
 
+def _read(p: Path) -> str:
+    """The config's text; a file above MAX_CONFIG_BYTES is refused before it is parsed (the size
+    is checked on what is read, so a device or a growing file cannot get past it either)."""
+    try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise _too_large(p, size)
+        with p.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise _too_large(p, None)
+        return data.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the config: {exc}", path=str(p)) from None
+
+
+def _too_large(p: Path, size: int | None) -> ConfigError:
+    what = f"{size} bytes" if size is not None else "more bytes"
+    return ConfigError(f"{p}: the config holds {what}, above the limit of {MAX_CONFIG_BYTES} bytes; refused",
+                       path=str(p))
+
+
 def load_config(path: str | Path) -> ConfigFile:
     """Parse and validate a config (single-audit or batch form); every error is a ConfigError (exit 2)."""
     import yaml
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file", path=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read the config: {exc}", path=str(p)) from None
+    check_path_text(p, error=ConfigError)  # before the file system sees it (NUL: ValueError)
+    text = _read(p)
     try:
         root = yaml.compose(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {_one_line(getattr(exc, 'problem', None) or exc)}", path=str(p)) from None
+        problem = _one_line(getattr(exc, "problem", None) or exc)
+        if "maximum nesting depth" in problem:  # libyaml's own limit (1000): the same words as ours
+            problem = "nested too deeply"
+        raise ConfigError(f"{where}: invalid YAML: {problem}", path=str(p)) from None
     except RecursionError:
         raise ConfigError(f"{p}: invalid YAML: nested too deeply", path=str(p)) from None
     if root is None:

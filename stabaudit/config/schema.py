@@ -95,6 +95,8 @@ class Settings(BaseModel):
     # the input domain sampled when no inputs are given (replaced as a whole), and the count
     domain: InstanceOf[UniformDomain] | InstanceOf[NormalDomain] | None = None
     samples: int | None = None
+    # skip the static gate of TorchScript code (loaders.ts_gate): the user vouches for the archive
+    trust_torchscript: bool | None = None
 
     def merged(self, over: Settings) -> Settings:
         """These settings overridden by ``over``: its set values win, thresholds and severity merge
@@ -212,8 +214,22 @@ class ChecksInput(_Input):
     disable: list[CheckId] = Field(default_factory=list)
 
 
+def _path_text(value: str) -> str:
+    """A path or glob without NUL or other control characters (stabaudit.paths)."""
+    from stabaudit.paths import control_problem
+
+    problem = control_problem(value)
+    if problem:
+        raise _error(problem)
+    return value
+
+
+PathText = Annotated[str, Field(min_length=1), AfterValidator(_path_text)]
+
+
 def _npz_file(value: str, info: ValidationInfo) -> str:
     base = Path((info.context or {}).get("base", "."))
+    _path_text(value)
     if Path(value).suffix.lower() != ".npz":
         raise _error(f"expected a .npz file, not {value!r}")
     if not (base / value).is_file():
@@ -314,11 +330,13 @@ class SettingsInput(_Input):
     training: TrainingInput | None = None
     domain: DomainInput | None = None
     samples: Annotated[int, Field(gt=0, le=MAX_SAMPLE_COUNT)] | None = None
+    trust_torchscript: bool | None = None
 
     @field_validator("inputs")
     @classmethod
     def _inputs_exist(cls, value: str, info: ValidationInfo) -> str:
         base = Path((info.context or {}).get("base", "."))
+        _path_text(value)
         if Path(value).suffix.lower() not in INPUT_SUFFIXES:
             raise _error(f"expected a .npz or .npy file, not {value!r}")
         if not (base / value).is_file():
@@ -336,6 +354,7 @@ class SettingsInput(_Input):
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
             training=self.training.to_settings(base) if self.training is not None else None,
             domain=self.domain.to_domain() if self.domain is not None else None, samples=self.samples,
+            trust_torchscript=self.trust_torchscript,
         )
 
 
@@ -343,18 +362,18 @@ SETTINGS_KEYS: tuple[str, ...] = tuple(SettingsInput.model_fields)
 
 
 class ModelInput(SettingsInput):
-    path: Annotated[str, Field(min_length=1)]
+    path: PathText
 
 
 class WaiverInput(_Input):
     check: CheckId
-    model: Annotated[str, Field(min_length=1)] = "*"
+    model: PathText = "*"
     reason: Annotated[str, AfterValidator(_non_blank)]
     expires: Annotated[datetime.date, BeforeValidator(_date)] | None = None
 
 
 class TrajectoryInput(_Input):
-    path: Annotated[str, Field(min_length=1)]
+    path: PathText
     step: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
@@ -423,6 +442,7 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "noise": ("expected a finite number >= 0 (the gradient-noise variance)", None),
     "domain": ("expected a mapping {low, high} (uniform) or {mean, std} (normal)", None),
     "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
+    "trust_torchscript": ("expected true or false", None),
     "low": ("expected a number or a list of numbers", None),
     "high": ("expected a number or a list of numbers", None),
     "mean": ("expected a number or a list of numbers", None),

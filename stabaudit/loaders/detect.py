@@ -14,6 +14,9 @@ NOT_TORCHSCRIPT = "export with torch.jit.script/trace and torch.jit.save"
 
 def check_file(path: str | Path) -> Path:
     """The path of a readable, non-empty regular file, or a ModelLoadError saying what it is."""
+    from stabaudit.paths import check_path_text
+
+    check_path_text(path, error=ModelLoadError)  # before the file system sees it (NUL: ValueError)
     p = Path(path)
     try:
         if not p.exists():

@@ -18,6 +18,7 @@ from stabaudit.ir.parameters import GraphParameters
 from stabaudit.limits import check_model_memory
 from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
 from stabaudit.loaders.detect import check_file
+from stabaudit.paths import control_problem
 
 LIFT_BELOW = 11  # opsets older than this are lifted to it with onnx.version_converter
 MAX_OPSET = 1000  # a default-domain opset outside [1, MAX_OPSET] is not a real one
@@ -145,6 +146,9 @@ def _load_external_data(model: Any, path: Path) -> int:
         what = f"external data {location!r} of tensor {tensor.name!r}"
         if not location:
             raise ModelLoadError(f"tensor {tensor.name!r} has external data without a location")
+        problem = control_problem(location)
+        if problem:  # a NUL would reach the file system as a ValueError (an internal error)
+            raise ModelLoadError(f"{what}: {problem}")
         if os.path.isabs(location) or location.startswith(("/", "\\")) or PureWindowsPath(location).drive:
             raise ModelLoadError(f"{what} is an absolute path; only files in the model's directory are read")
         target = os.path.realpath(os.path.join(base, location))
@@ -602,6 +606,7 @@ class OnnxRuntimeReference:
         if self._session is None:
             import onnxruntime as ort
 
+            ort.disable_telemetry_events()  # and ORT_DISABLE_TELEMETRY=1 (stabaudit/__init__)
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1

@@ -50,10 +50,15 @@ def supported_operators() -> list[str]:
     return sorted(TRANSLATORS)
 
 
-def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+def load_torchscript(
+    path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False
+) -> LoadedModel:
     """Load a torch.jit.save archive and translate ``forward`` at a static input shape.
 
     The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file.
+    Before torch.jit.load compiles or unpickles anything, the static gate (ts_gate) reads the
+    archive's code and pickles and refuses calls outside its allowlist; ``trust_code`` skips it
+    for an archive the user vouches for (--trust-torchscript).
     """
     import torch
 
@@ -61,19 +66,8 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError("file not found", path=where)
-    size = file.stat().st_size
-    if size > MAX_ARCHIVE_BYTES:
-        raise ResourceError(
-            f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
-        )
-    _check_archive(file, where)
     extra = {EXTRA_FILE: ""}
-    try:
-        module = torch.jit.load(where, map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # any failure of torch's reader means: not a loadable archive
-        raise ModelLoadError(
-            f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
-        ) from exc
+    module = _load_checked(file, where, trust_code, extra)
     module.eval()
     _check_storages(module, where)
     try:
@@ -87,6 +81,9 @@ def load_torchscript(path: str | os.PathLike[str], *, input_shape: tuple[int, ..
     torch._C._jit_pass_dce(graph)  # results the forward computes and discards are never walked
     inputs = list(graph.inputs())[1:]  # the first input is the module itself
     notes = ["calls inlined (torch._C._jit_pass_inline); translated at a static input shape"]
+    if trust_code:  # the report says that the archive's code ran unchecked, on the user's word
+        notes.append("the static gate of TorchScript code was skipped (--trust-torchscript): the archive's "
+                     "code was loaded and run as the user vouched for it")
     shapes, shape_note = _input_shapes(inputs, input_shape, extra[EXTRA_FILE], where)
     if shape_note:
         notes.append(shape_note)
@@ -133,6 +130,39 @@ def _precision(module: Any) -> str:
     kinds = {t.dtype for t in itertools.chain(module.parameters(), module.buffers()) if t.dtype in order}
     least = min(kinds, key=order.index) if kinds else torch.float32
     return str(least).removeprefix("torch.")
+
+
+def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str]) -> Any:
+    """torch.jit.load of the very bytes the checks read. The file is opened once, and the size
+    check, the zip-bomb guard, the static gate and torch all read that open file (through
+    /proc/self/fd where there is one), so the archive cannot be swapped between the gate and
+    the load."""
+    import torch
+
+    try:
+        handle = file.open("rb")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the file ({exc.strerror or exc})", path=where) from exc
+    with handle:
+        pinned = Path(f"/proc/self/fd/{handle.fileno()}")
+        if not pinned.exists():
+            pinned = file  # no procfs: the path itself, read again by each check
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_ARCHIVE_BYTES:
+            raise ResourceError(
+                f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where
+            )
+        _check_archive(pinned, where)
+        if not trust_code:
+            from stabaudit.loaders.ts_gate import check_archive_code
+
+            check_archive_code(pinned, where)
+        try:
+            return torch.jit.load(str(pinned), map_location="cpu", _extra_files=extra)
+        except Exception as exc:  # any failure of torch's reader means: not a loadable archive
+            raise ModelLoadError(
+                f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
+            ) from exc
 
 
 # ---- archive metadata --------------------------------------------------------------------------

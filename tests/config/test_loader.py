@@ -51,3 +51,58 @@ def test_config_errors(tmp_path, text, pattern):
 def test_missing_config(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_config_above_the_size_limit_is_refused_at_once(tmp_path):
+    import time
+
+    from stabaudit.config.loader import MAX_CONFIG_BYTES
+
+    big = tmp_path / "big.yaml"
+    line = "- {path: m.onnx, thresholds: {lipschitz: 1.0e3}}\n"
+    big.write_text("models:\n" + line * (6 * 1024**2 // len(line)))  # 6 MB of valid YAML
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"big.yaml: the config holds \d+ bytes, above the limit of {MAX_CONFIG_BYTES}"):
+        load_config(big)
+    assert time.perf_counter() - start < 2.0
+    at_limit = tmp_path / "limit.yaml"
+    at_limit.write_text("seed: 1\n" + "#" * (MAX_CONFIG_BYTES - 9) + "\n")
+    assert at_limit.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(at_limit).defaults.seed == 1
+    at_limit.write_text("seed: 1\n" + "#" * (MAX_CONFIG_BYTES - 8) + "\n")
+    with pytest.raises(ConfigError, match="above the limit"):
+        load_config(at_limit)
+
+
+def test_the_c_yaml_parser_is_used_and_keeps_line_numbers(tmp_path):
+    import yaml
+
+    from stabaudit.config.loader import _loader
+
+    if yaml.__with_libyaml__:
+        assert issubclass(_loader(), yaml.CSafeLoader)
+    cfg = load_config(write(tmp_path, "thresholds:\n  lipschitz: 1e3\n"))
+    assert cfg.defaults.thresholds == {"lipschitz": 1000.0}  # YAML 1.2 exponent floats still numbers
+    # the line of each syntax error, as the pure-Python parser gives it
+    for text, line in (("seed: 1\nthresholds:\n  lipschitz: [1\n  x: y: z\n", 4), ("a: 1\nb: [\n", 3),
+                       ("a: 1\n  b: 2\n", 2), ("seed: 1\nc: d: e\n", 2)):
+        with pytest.raises(ConfigError, match=rf"audit.yaml:{line}: invalid YAML"):
+            load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ('models:\n  - path: "a\\0b.onnx"\n', r"audit.yaml:2: models\[0\].path: the path holds a control character \(NUL"),
+    ('inputs: "x\\ny.npz"\n', r"audit.yaml:1: inputs: the path holds a control character"),
+    ('trajectory:\n  - path: "c\\e.pt"\n', r"audit.yaml:2: trajectory\[0\].path: the path holds a control character"),
+    ('waivers:\n  - {check: SA101, reason: r, model: "*\\x07"}\n', r"audit.yaml:2: waivers\[0\].model: the path holds"),
+])
+def test_control_characters_in_config_paths_are_refused(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(write(tmp_path, text))
+    assert "\n" not in str(info.value) and "\x00" not in str(info.value)
+
+
+def test_config_path_with_a_control_character_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="control character") as info:
+        load_config(tmp_path / "a\x00b.yaml")
+    assert info.value.exit_code == 2

@@ -49,13 +49,16 @@ def test_torchscript_archives_are_detected(tmp_path: Path) -> None:
 
 
 def test_load_model_dispatches_torchscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[object, object]] = []
+    calls: list[tuple[object, object, object]] = []
     fake = types.ModuleType("stabaudit.loaders.torchscript")
-    fake.load_torchscript = lambda path, *, input_shape=None: calls.append((path, input_shape))  # type: ignore[attr-defined]
+    fake.load_torchscript = (  # type: ignore[attr-defined]
+        lambda path, *, input_shape=None, trust_code=False: calls.append((path, input_shape, trust_code))
+    )
     monkeypatch.setitem(__import__("sys").modules, "stabaudit.loaders.torchscript", fake)
     path = _zip(tmp_path / "m.pt", ["m/code/__torch__.py", "m/constants.pkl"])
     load_model(path, input_shape=(1, 3))
-    assert calls == [(path, (1, 3))]
+    load_model(path, input_shape=(1, 3), trust_torchscript=True)
+    assert calls == [(path, (1, 3), False), (path, (1, 3), True)]
 
 
 @pytest.mark.parametrize("protocol_zip", [True, False])

@@ -537,3 +537,49 @@ def test_bfloat16_models_are_refused_by_the_reference_in_one_line(tmp_path: Path
     cast = save(tmp_path, nodes, {"x": [1, 4]}, elem=TensorProto.BFLOAT16, name="cast.onnx")
     with pytest.raises(ModelLoadError, match="input 'x' is bfloat16, which onnxruntime's Python API cannot pass"):
         load_onnx(cast).reference({"x": np.ones((1, 4), np.float32)})
+
+
+def test_external_data_location_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
+    """A NUL reaches the file system as ValueError ("embedded null byte"): refused first, exit 2."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    _write_weights(model_dir / "w.bin")
+    for location in ("w.bin\x00.txt", "w\n.bin"):
+        with pytest.raises(ModelLoadError, match="control character") as info:
+            load_onnx(_external_model(model_dir, location))
+        assert info.value.exit_code == 2 and repr(location) in str(info.value)
+
+
+# ---- onnxruntime telemetry ----------------------------------------------------------------------
+def _files(home: Path) -> list[str]:
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+
+def test_no_onnxruntime_telemetry_store_after_a_check(tmp_path: Path) -> None:
+    """onnxruntime (1DS telemetry, Linux included) writes deviceid and onnxruntime.db under
+    $HOME/.cache/Microsoft/DeveloperTools/.onnxruntime when imported, unless ORT_DISABLE_TELEMETRY
+    is set: stabaudit sets it. A fresh HOME, the user's own setting removed."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "ORT_DISABLE_TELEMETRY"))}
+    bare, audited = tmp_path / "bare", tmp_path / "audited"
+    bare.mkdir()
+    audited.mkdir()
+    # the store is real: onnxruntime imported on its own writes it
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], env={**env, "HOME": str(bare)}, check=True,
+                   timeout=120)
+    store = [f for f in _files(bare) if ".onnxruntime" in f]
+    proc = subprocess.run(
+        [sys.executable, "-m", "stabaudit", "check", str(root / "sample_models" / "cnn.onnx"), "-q", "--no-cache",
+         "--budget", "0.3", "--format", "json"],
+        env={**env, "HOME": str(audited)}, capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["equivalence"]["reference"] == "onnxruntime"  # a session ran
+    assert _files(audited) == []  # no telemetry store, nothing else either
+    # onnxruntime 1.32 on Linux writes it; a build without telemetry writes nothing, and then the
+    # empty HOME above is the whole claim
+    assert not store or any(f.endswith("onnxruntime.db") for f in store), store
