@@ -53,7 +53,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """stabaudit: certified Lipschitz brackets and stability checks (THEORY.md) with CI exit codes."""
+    """stabaudit: certified Lipschitz brackets and stability checks with CI exit codes (`stabaudit explain --all`)."""
 
 
 def _report_error(exc: StabauditError) -> None:

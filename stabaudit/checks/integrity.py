@@ -29,7 +29,7 @@ def coverage(ev: Evidence, ctx: CheckContext) -> Finding:
     """Every operator of the model is understood by the engine.
 
     The loaders name every unknown operator at once, with its count, and the audit stops with
-    exit code 2 (CONTRACT.md): no bound is computed for a graph the engine cannot represent. In a
+    exit code 2: no bound is computed for a graph the engine cannot represent. In a
     report this check therefore always passes and counts the operators translated.
     """
     n = sum(ev.source_ops.values()) or ev.operators

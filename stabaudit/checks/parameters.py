@@ -19,7 +19,7 @@ def parameters_sensitivity(ev: Evidence, ctx: CheckContext) -> Finding:
     dF/dW_l [D] = J_G(z_l) A_l(D, x_{l-1}), so ||dF/dW_l|| <= Lip(G_l) * c_l * ||x_{l-1}||_2 with
     the norm from ||D||_F to the L2 norm of the stacked outputs. Lip(G_l) is bounded by the
     certified per-operator gains downstream of the layer (prod_{j > l} s_j on a chain; the
-    upstream gains of THEORY.md's prod_{j != l} s_j are carried by ||x_{l-1}||, measured);
+    upstream gains of prod_{j != l} s_j are carried by ||x_{l-1}||, measured);
     c_l = 1 for Linear, sqrt(max number of conv patches that hold one input entry) for Conv,
     sqrt(kernel size) for ConvTranspose. ||x_{l-1}||_2 is the largest norm of the layer's input
     over the samples (float64, widened by a relative 1e-9), so the bound is certified *at the

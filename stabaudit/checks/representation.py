@@ -19,7 +19,7 @@ from stabaudit.report.model import Finding, Severity, Status
 def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     """The whole model's L2 Lipschitz constant K is at most K_max.
 
-    Inequality: ||F(x) - F(y)||_2 <= K ||x - y||_2 for all inputs x, y (THEORY.md SA101; the
+    Inequality: ||F(x) - F(y)||_2 <= K ||x - y||_2 for all inputs x, y (SA101; the
     feedforward spectral stability condition: K <= 1 is non-expansive, K < 1 contractive).
     Upper bound: the tightest certified method enabled (composition of certified per-layer
     bounds over the graph: product along chains, 1 + Lip f for x + f(x), sums at Add; a linear
@@ -108,8 +108,8 @@ def stability_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     Inequality: Lambda = (1/L) log prod_l s_l, L the number of linear/conv layers. Its certified
     upper value is (1/L) log of the composed layer-gain bound (the end of the depth profile
     l -> prod_{j<=l} s_j, reported beside it); its sound lower value is (1/L) log of the global
-    lower bound K_lower, since K <= prod_l s_l. The exponent alone does not prove boundedness
-    (THEORY.md): read it with SA101 and the depth profile.
+    lower bound K_lower, since K <= prod_l s_l. The exponent alone does not prove boundedness:
+    read it with SA101 and the depth profile.
     Default threshold 0 (warning); `--threshold exponent=VALUE` sets it (error).
     """
     assert ctx.threshold is not None

@@ -99,7 +99,7 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
     inconclusive otherwise. With `--inputs`, the finding also reports mu = max over blocks and
     samples of lambda_max((J_f + J_f^T)/2) (dissipativity) and, where every mu < 0, the
     admissible step h* = min 2|mu| / ||J_f||^2 (the step is contractive if h < h*). Only
-    identity shortcuts are judged (THEORY.md states the condition for x + h*f(x)); projection
+    identity shortcuts are judged (the condition is stated for x + h*f(x)); projection
     blocks P x + h*f(x) are reported in `residual_blocks`. Skipped when the model has no
     residual block. Default threshold 2, severity warning; change with
     `--threshold residual_cfl=VALUE` (then an error).

@@ -138,7 +138,7 @@ def trajectory_bounded(ev: Evidence, ctx: CheckContext) -> Finding:
     """Every stability channel stays within its limit at every checkpoint of a training run.
 
     Inequality: sup_t c(theta_t) <= c_max for each channel c of the Learning Stability Profile
-    that the checkpoints' reports carry (THEORY.md SA601): the global Lipschitz constant K
+    that the checkpoints' reports carry (SA601): the global Lipschitz constant K
     (limit K_max, SA101's threshold `lipschitz`, default 1), the largest layer gain max_l s_l
     (SA102's `layer_lipschitz`, default 1), the stability exponent Lambda (SA103's `exponent`,
     default 0), the residual depth growth when the model has residual blocks (SA202's limit,
@@ -171,7 +171,7 @@ def trajectory_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     exactly when the bound grows geometrically.
     Status: pass when the slope of the certified upper bounds is <= g_max, fail when the slope of
     the sound lower bounds is > g_max, inconclusive otherwise, and inconclusive with fewer than 3
-    checkpoints. A slope <= 0 does not by itself mean bounded (THEORY.md): read it with SA601,
+    checkpoints. A slope <= 0 does not by itself mean bounded: read it with SA601,
     which reports the supremum, and which is always reported with it.
     Inputs: several checkpoints of one run with their steps; skipped in a single-model audit.
     Default threshold 0 (warning); `--threshold growth_exponent=VALUE` sets it (error).
