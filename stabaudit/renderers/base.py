@@ -91,6 +91,13 @@ def shown_in_ci(finding: Finding) -> bool:
     return finding.status.value not in ("pass", "skipped")
 
 
+def annotation_text(finding: Finding) -> str:
+    """One CI annotation's text: name, status and message, then the layers and any waiver."""
+    where = f" (layers: {', '.join(finding.locations)})" if finding.locations else ""
+    waived = f" [waived: {finding.waiver.reason}]" if finding.waiver is not None else ""
+    return f"{finding.name}: {finding.status.value}: {finding.message}{where}{waived}"
+
+
 def repo_path(path: str) -> str:
     """A model path as CI tools want it: relative to the working directory stabaudit runs in (the
     repository root in CI), with forward slashes; never absolute. A path outside it keeps its

@@ -6,6 +6,7 @@ from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
     OutputFormat,
+    annotation_text,
     gate_line,
     repo_path,
     shown_in_ci,
@@ -42,10 +43,7 @@ def _lines(report: Report) -> list[str]:
     for f in report.checks:
         if not shown_in_ci(f):
             continue
-        where = f" (layers: {', '.join(f.locations)})" if f.locations else ""
-        waived = f" [waived: {f.waiver.reason}]" if f.waiver is not None else ""
-        message = f"{f.name}: {f.status.value}: {f.message}{where}{waived}"
-        out.append(_command(_level(f, report.fail_on), report.model.path, f.id, message))
+        out.append(_command(_level(f, report.fail_on), report.model.path, f.id, annotation_text(f)))
     return out
 
 

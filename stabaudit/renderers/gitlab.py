@@ -9,6 +9,7 @@ from stabaudit.renderers.base import (
     BATCH_RENDERERS,
     RENDERERS,
     OutputFormat,
+    annotation_text,
     fingerprint,
     repo_path,
     shown_in_ci,
@@ -42,11 +43,9 @@ def _issues(report: Report) -> list[dict[str, Any]]:
     for f in report.checks:
         if not shown_in_ci(f):
             continue
-        where = f" (layers: {', '.join(f.locations)})" if f.locations else ""
-        waived = f" [waived: {f.waiver.reason}]" if f.waiver is not None else ""
         out.append(
             _issue(
-                f"{f.id} {f.name}: {f.status.value}: {f.message}{where}{waived}",
+                f"{f.id} {annotation_text(f)}",
                 f.id,
                 fingerprint(f.id, report.model.path, f.locations),
                 _severity(f, report.fail_on),
