@@ -1,0 +1,552 @@
+"""The soundness cases: one small seeded model per operator (family), with its float64 reference."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stabaudit.ir.ops import OpType
+
+ONNX, TS = "onnx", "torchscript"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxSpec:
+    """A graph written with onnx.helper: ``nodes(params)`` and its float64 torch reference.
+
+    ``params`` are float32 arrays (the stored initializers); the reference reads the same arrays, cast
+    exactly to float64.
+    """
+
+    nodes: Callable[[dict[str, np.ndarray]], list[Any]]
+    params: Callable[[], dict[str, np.ndarray]]
+    reference: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+    opset: int = 17
+    constants: tuple[str, ...] = ()  # params that are not weights (shapes, axes): never scaled
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    """One model: ``module`` (exported to ONNX and TorchScript) or ``onnx`` (ONNX only).
+
+    ``ops``: the IR operators the loaded graph holds (checked against the loader's graph);
+    ``onnx_ops`` / ``ts_ops``: source operators the case exercises (checked likewise).
+    """
+
+    id: str
+    input_shape: tuple[int, ...]
+    ops: frozenset[OpType]
+    module: Callable[[], nn.Module] | None = None
+    onnx: OnnxSpec | None = None
+    opset: int = 17
+    script: bool = False  # torch.jit.script instead of trace
+    residual: bool = False  # the whole model is one residual block x + f(x)
+    formats: tuple[str, ...] = (ONNX, TS)
+    onnx_ops: frozenset[str] = field(default_factory=frozenset)
+    ts_ops: frozenset[str] = field(default_factory=frozenset)
+
+
+def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return make().eval()
+
+    return build
+
+
+class Between(nn.Module):
+    """Linear(n, h) -> act -> Linear(h, m): an activation between two linear maps."""
+
+    def __init__(self, act: nn.Module, n: int = 4, h: int = 6, m: int = 3):
+        super().__init__()
+        self.fc1 = nn.Linear(n, h)
+        self.act = act
+        self.fc2 = nn.Linear(h, m)
+        with torch.no_grad():  # pre-activations of size ~3: every regime of the activation is hit
+            self.fc1.weight.mul_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Fn(nn.Module):
+    """A module around a function of (self, x) with optional Linear layers before and after."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], n: int, m: int | None = None, k: int | None = None):
+        super().__init__()
+        self.fn = fn
+        self.pre = nn.Linear(n, n)
+        self.post = nn.Linear(m, k) if m is not None and k is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.fn(self, self.pre(x)))
+
+
+class Residual(nn.Module):
+    """x + tanh(W x + b): one residual block (identity shortcut)."""
+
+    def __init__(self, n: int = 5):
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+    @torch.jit.unused
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(x))
+
+
+class Branches(nn.Module):
+    """Two branches combined by ``how`` (sub, cat)."""
+
+    def __init__(self, how: str, n: int = 4, h: int = 3):
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(n, h)
+        self.b = nn.Linear(n, h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.a(x)), torch.tanh(self.b(x))
+        if self.how == "sub":
+            return a - b
+        return torch.cat([a, b], dim=1)
+
+
+class Cnn(nn.Module):
+    """Conv (stride 2, padding) + BatchNorm (eval) + ReLU + overlapping MaxPool + AvgPool + Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+        self.avg = nn.AvgPool2d(2)
+        self.fc = nn.Linear(3 * 2 * 2, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.2, 3.0)
+            self.bn.weight.uniform_(-2, 2)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.avg(self.pool(torch.relu(self.bn(self.conv(x)))))
+        return self.fc(y.flatten(1))
+
+
+class Seq(nn.Sequential):
+    pass
+
+
+def _bn1d(n: int) -> nn.BatchNorm1d:
+    bn = nn.BatchNorm1d(n)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.05, 2.0)
+        bn.weight.uniform_(-3, 3)
+        bn.bias.uniform_(-1, 1)
+    return bn
+
+
+def _prelu(n: int) -> nn.PReLU:
+    p = nn.PReLU(n)
+    with torch.no_grad():
+        p.weight.copy_(torch.linspace(-1.7, 2.3, n))  # slopes above 1 and negative: Lip = 2.3
+    return p
+
+
+def _act(name: str, act: Callable[[], nn.Module], ops: set[OpType], opset: int = 17,
+         onnx_ops: frozenset[str] = frozenset(), ts_ops: frozenset[str] = frozenset(), seed: int = 0) -> Case:
+    return Case(
+        id=f"act_{name}",
+        input_shape=(1, 4),
+        ops=frozenset({OpType.LINEAR, *ops}),
+        module=_seeded(lambda: Between(act()), seed),
+        opset=opset,
+        onnx_ops=onnx_ops,
+        ts_ops=ts_ops,
+    )
+
+
+def _f(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    return fn
+
+
+# ---- TorchScript-only modules (scripted, so that each aten spelling is kept) -------------------------
+class TsAlgebra(nn.Module):
+    """matmul, mm, addmm, t, numpy_T, permute, view/reshape/unflatten/squeeze/unsqueeze variants, expand,
+    stack, concat, rsub, subtract, multiply, divide, true_divide, negative, clamp family, clip, relu6,
+    to, type_as, clone, contiguous, detach, dropouts, mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 6))
+        self.w2 = nn.Parameter(torch.randn(6, 6))
+        self.b2 = nn.Parameter(torch.randn(6))
+        self.w3 = nn.Parameter(torch.randn(3, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.matmul(x, self.w1)  # [2, 6]
+        a = torch.addmm(self.b2, a, self.w2) + torch.mm(a, self.w2.t())
+        a = a.clone().contiguous()
+        b = torch.clamp(a, -1.0, 2.0) + torch.clamp_min(a, 0.5) - torch.clamp_max(a, 0.3)
+        b = b + torch.clip(a, -0.2, 0.4) + F.relu6(a)
+        c = torch.rsub(b, 1.0)
+        c = torch.subtract(torch.multiply(c, 0.5), torch.divide(b, 4.0))
+        c = torch.negative(torch.true_divide(c, 2.0)).to(x.dtype).type_as(x)
+        c = F.dropout(c, 0.5, False)
+        c = F.alpha_dropout(c, 0.5, False)
+        d = c.T.t().permute(1, 0).permute(1, 0)  # [2, 6]
+        e = torch.stack([d, torch.tanh(d)], dim=1)  # [2, 2, 6]
+        e = e.unsqueeze(0).squeeze(0).unflatten(2, (2, 3)).view(2, 12)
+        e = e.reshape_as(torch.cat([d, d], dim=1)).view_as(torch.concat([d, d], dim=1))
+        e = torch.concatenate([e, d.expand(2, 6), d.expand_as(d)], dim=1)  # [2, 24]
+        f = torch.mean(e.reshape(2, 6, 2, 2), dim=[2, 3]) + torch.mean(e.reshape(2, 6, 4), dim=2)
+        return torch.matmul(f, self.w3.t())
+
+
+class TsConv(nn.Module):
+    """conv1d/2d/3d, conv_transpose1d/2d/3d, convolution with 'same' padding, constant_pad_nd,
+    feature dropouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k1 = nn.Parameter(torch.randn(2, 1, 3))
+        self.k2 = nn.Parameter(torch.randn(2, 2, 3, 3) * 0.5)
+        self.k3 = nn.Parameter(torch.randn(1, 2, 2, 2, 2) * 0.5)
+        self.t1 = nn.Parameter(torch.randn(2, 1, 2))
+        self.t2 = nn.Parameter(torch.randn(2, 2, 2, 2))
+        self.t3 = nn.Parameter(torch.randn(1, 1, 2, 2, 2))
+        self.k4 = nn.Parameter(torch.randn(2, 1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [1, 1, 8]
+        a = F.conv1d(x, self.k1, padding=1)  # [1, 2, 8]
+        a = F.conv_transpose1d(a, self.t1, stride=2, groups=2)  # [1, 2, 16]
+        b = torch.constant_pad_nd(a, [1, 1], 0.5).reshape(1, 2, 6, 3)
+        b = F.conv2d(b, self.k2, padding="same")  # [1, 2, 6, 3]
+        b = F.dropout2d(b, 0.5, False)
+        b = F.feature_alpha_dropout(b, 0.5, False)
+        b = F.conv_transpose2d(b, self.t2, stride=2)  # [1, 2, 12, 6]
+        c = b.reshape(1, 2, 2, 6, 6)
+        c = F.conv3d(c, self.k3, padding=1)  # [1, 1, 3, 7, 7]
+        c = F.conv_transpose3d(c, self.t3)  # [1, 1, 4, 8, 8]
+        c = torch.convolution(c, self.k4, None, [2, 2, 2], [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1)
+        return c.reshape(1, -1)
+
+
+class TsPools(nn.Module):
+    """avg_pool1d, adaptive pools in 1-3 dims, max pools with indices, _softmax."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [1, 2, 2, 2, 4]
+        a = F.adaptive_avg_pool3d(x, (1, 2, 2)).reshape(1, 2, 4)
+        b = F.adaptive_max_pool3d(x, 1).reshape(1, 2, 1)
+        c = F.avg_pool1d(a, 2) + F.adaptive_max_pool1d(a, 2)  # [1, 2, 2]
+        d, _ = F.max_pool1d_with_indices(a, 2)  # [1, 2, 2]
+        e, _ = F.max_pool2d_with_indices(x.reshape(1, 2, 4, 4), 2, 1)  # [1, 2, 3, 3]
+        f, _ = F.max_pool3d_with_indices(x, 2)  # [1, 2, 1, 1, 2]
+        g = torch.cat([c, d, e.reshape(1, 2, 9), f.reshape(1, 2, 2), b], dim=2)
+        return torch._softmax(g, 2, False)
+
+
+# ---- ONNX-only graphs (onnx.helper) ---------------------------------------------------------------
+def _rand(seed: int, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, name=f"{op.lower()}_{outputs[0]}", **attrs)
+
+
+def _t(p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return p[name]
+
+
+def _onnx_arith() -> OnnxSpec:
+    """Sum, Neg, Mul/Div by constants, Identity, Dropout, Cast, CastLike, Constant, Swish."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import TensorProto, numpy_helper
+
+        return [
+            _node("MatMul", ["x", "w1"], ["a"]),
+            _node("Constant", [], ["c"], value=numpy_helper.from_array(np.array([1.5], p["d"].dtype))),
+            _node("Mul", ["a", "c"], ["b"]),
+            _node("Div", ["b", "d"], ["e"]),
+            _node("Identity", ["e"], ["f"]),
+            _node("Dropout", ["f"], ["g"]),
+            _node("Cast", ["g"], ["g2"], to=TensorProto.FLOAT),
+            _node("CastLike", ["g2", "x"], ["g3"]),
+            _node("Swish", ["g3"], ["s"]),
+            _node("Neg", ["s"], ["n"]),
+            _node("Gemm", ["n", "w2", "b2"], ["h"], transB=1, alpha=0.75, beta=2.0),
+            _node("Gemm", ["n", "w3"], ["k"], transA=0, transB=0),
+            _node("Sum", ["h", "k", "b3"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(1, 4, 5, scale=2.0), "d": np.array([0.8], np.float32),
+                "w2": _rand(2, 3, 5), "b2": _rand(3, 3), "w3": _rand(4, 5, 3), "b3": _rand(5, 3)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        g = x @ p["w1"] * 1.5 / p["d"]
+        n = -(g * torch.sigmoid(g))
+        return 0.75 * n @ p["w2"].T + 2.0 * p["b2"] + n @ p["w3"] + p["b3"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=24)
+
+
+def _onnx_shapes() -> OnnxSpec:
+    """Squeeze, Unsqueeze, Flatten, Reshape, Transpose, Pad (non-zero value), Concat, Softmax(axis)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Unsqueeze", ["x", "ax0"], ["u"]),  # [1, 1, 2, 3]
+            _node("Transpose", ["u"], ["t"], perm=[0, 1, 3, 2]),  # [1, 1, 3, 2]
+            _node("Pad", ["t", "pads", "pv"], ["pd"]),  # [1, 1, 4, 4]
+            _node("Conv", ["pd", "k"], ["c"], kernel_shape=[2, 2], dilations=[2, 1]),  # [1, 2, 2, 3]
+            _node("Squeeze", ["c", "ax0"], ["sq"]),  # [2, 2, 3]
+            _node("Softmax", ["sq"], ["sm"], axis=1),
+            _node("Reshape", ["sm", "shape"], ["r"]),  # [1, 12]
+            _node("Flatten", ["c"], ["fl"], axis=1),  # [1, 12]
+            _node("Concat", ["r", "fl"], ["cat"], axis=1),  # [1, 24]
+            _node("MatMul", ["cat", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"ax0": np.array([0], np.int64), "pads": np.array([0, 0, 0, 1, 0, 0, 1, 1], np.int64),
+                "pv": np.array(0.7, np.float32), "k": _rand(7, 2, 1, 2, 2, scale=2.0),
+                "shape": np.array([1, 12], np.int64), "w": _rand(8, 24, 3)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        t = x.unsqueeze(0).permute(0, 1, 3, 2)
+        pd = F.pad(t, (1, 1, 0, 1), value=0.7)
+        c = F.conv2d(pd, p["k"], dilation=(2, 1))
+        sm = torch.softmax(c.squeeze(0), dim=1).reshape(1, 12)
+        return torch.cat([sm, c.flatten(1)], dim=1) @ p["w"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=17,
+                    constants=("ax0", "pads", "pv", "shape"))
+
+
+def _onnx_acts() -> OnnxSpec:
+    """Elu, HardSigmoid(alpha, beta), LeakyRelu, Softplus, Clip (min/max inputs), HardSwish, Gelu,
+    Relu, Sigmoid, Tanh, PRelu, each on its own slice of a linear map's output."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["a"]),
+            _node("Elu", ["a"], ["e"], alpha=1.7),
+            _node("HardSigmoid", ["e"], ["hs"], alpha=0.9, beta=0.3),
+            _node("LeakyRelu", ["a"], ["l"], alpha=-1.3),
+            _node("Softplus", ["l"], ["sp"]),
+            _node("Clip", ["a", "lo", "hi"], ["cl"]),
+            _node("HardSwish", ["cl"], ["hw"]),
+            _node("Gelu", ["a"], ["ge"], approximate="tanh"),
+            _node("Relu", ["ge"], ["re"]),
+            _node("Sigmoid", ["a"], ["sg"]),
+            _node("Tanh", ["sg"], ["th"]),
+            _node("PRelu", ["a", "slope"], ["pr"]),
+            _node("Concat", ["hs", "sp", "hw", "re", "th", "pr"], ["cat"], axis=1),
+            _node("MatMul", ["cat", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(11, 3, 6, scale=3.0), "lo": np.array(-0.5, np.float32),
+                "hi": np.array(2.5, np.float32), "slope": np.linspace(-2.0, 0.5, 6).astype(np.float32),
+                "w2": _rand(12, 36, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        a = x @ p["w1"]
+        hs = torch.clamp(0.9 * F.elu(a, 1.7) + 0.3, 0.0, 1.0)
+        sp = F.softplus(F.leaky_relu(a, -1.3))
+        hw = F.hardswish(torch.clamp(a, -0.5, 2.5))
+        re = torch.relu(F.gelu(a, approximate="tanh"))
+        th = torch.tanh(torch.sigmoid(a))
+        pr = torch.where(a >= 0, a, a * p["slope"])
+        return torch.cat([hs, sp, hw, re, th, pr], dim=1) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=20, constants=("lo", "hi"))
+
+
+def _onnx_pools() -> OnnxSpec:
+    """MaxPool (ceil mode, dilation, pads), AveragePool (count_include_pad, pads, ceil mode),
+    ConvTranspose (pads, output_padding, groups), GlobalAveragePool, GlobalMaxPool, BatchNormalization
+    alone (an Affine that does not fold), Sub of two variables, Add of two variables."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("BatchNormalization", ["x", "g", "b", "m", "v"], ["bn"], epsilon=1e-3),
+            _node("MaxPool", ["bn"], ["mp"], kernel_shape=[3, 2], strides=[1, 2], pads=[1, 0, 1, 1],
+                  dilations=[1, 2], ceil_mode=1),
+            _node("AveragePool", ["bn"], ["ap"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                  count_include_pad=1, ceil_mode=1),
+            _node("ConvTranspose", ["ap", "kt", "bt"], ["ct"], kernel_shape=[3, 3], strides=[2, 2],
+                  pads=[1, 1, 1, 1], output_padding=[1, 0], group=2),
+            _node("GlobalAveragePool", ["ct"], ["ga"]),
+            _node("GlobalMaxPool", ["mp"], ["gm"]),
+            _node("Sub", ["ga", "gm"], ["s"]),
+            _node("Add", ["s", "gm"], ["a"]),
+            _node("Flatten", ["a"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(21)
+        return {"g": rng.uniform(-3, 3, 2).astype(np.float32), "b": _rand(22, 2),
+                "m": _rand(23, 2), "v": rng.uniform(0.1, 2.0, 2).astype(np.float32),
+                "kt": _rand(24, 2, 1, 3, 3), "bt": _rand(25, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        bn = F.batch_norm(x, p["m"], p["v"], p["g"], p["b"], False, 0.0, 1e-3)
+        mp = F.max_pool2d(F.pad(bn, (0, 1, 1, 1), value=-math.inf), (3, 2), (1, 2), 0, (1, 2),
+                          ceil_mode=True)
+        # count_include_pad: the divisor counts the window's entries inside the padded input (a
+        # ceil-mode window is clipped at the padded border)
+        ones = F.pad(torch.ones_like(bn[:1, :1]), (1, 1, 1, 1), value=1.0)
+        ap = F.avg_pool2d(F.pad(bn, (1, 1, 1, 1)), 3, 2, 0, ceil_mode=True, divisor_override=1) / \
+            F.avg_pool2d(ones, 3, 2, 0, ceil_mode=True, divisor_override=1)
+        ct = F.conv_transpose2d(ap, p["kt"], p["bt"], 2, 1, (1, 0), 2)
+        ga = ct.mean(dim=(2, 3), keepdim=True)
+        gm = mp.amax(dim=(2, 3), keepdim=True)
+        return (ga - gm + gm).flatten(1)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=17)
+
+
+# ---- the registry --------------------------------------------------------------------------------
+def _cases() -> list[Case]:
+    L = OpType
+    cases = [
+        Case(id="mlp_relu", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.RELU}),
+             module=_seeded(lambda: Seq(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(),
+                                        nn.Linear(5, 3)), 1),
+             onnx_ops=frozenset({"Gemm", "Relu"}), ts_ops=frozenset({"aten::linear", "aten::relu"})),
+        _act("leaky_relu", lambda: nn.LeakyReLU(0.1), {L.LEAKY_RELU}, onnx_ops=frozenset({"LeakyRelu"}),
+             ts_ops=frozenset({"aten::leaky_relu"})),
+        _act("leaky_relu_steep", lambda: nn.LeakyReLU(2.5), {L.LEAKY_RELU}),
+        _act("prelu", lambda: _prelu(6), {L.PRELU}, onnx_ops=frozenset({"PRelu"}),
+             ts_ops=frozenset({"aten::prelu"})),
+        _act("sigmoid", nn.Sigmoid, {L.SIGMOID}, onnx_ops=frozenset({"Sigmoid"}),
+             ts_ops=frozenset({"aten::sigmoid"})),
+        _act("tanh", nn.Tanh, {L.TANH}, onnx_ops=frozenset({"Tanh"}), ts_ops=frozenset({"aten::tanh"})),
+        _act("softplus", lambda: nn.Softplus(beta=2.0), {L.SOFTPLUS}, onnx_ops=frozenset({"Softplus"}),
+             ts_ops=frozenset({"aten::softplus"})),
+        _act("elu", lambda: nn.ELU(alpha=1.5), {L.ELU}, onnx_ops=frozenset({"Elu"}),
+             ts_ops=frozenset({"aten::elu"})),
+        _act("gelu", nn.GELU, {L.GELU}, opset=20, onnx_ops=frozenset({"Gelu"}),
+             ts_ops=frozenset({"aten::gelu"})),
+        _act("gelu_tanh", lambda: nn.GELU(approximate="tanh"), {L.GELU}, opset=20),
+        _act("gelu_erf_pattern", nn.GELU, {L.GELU}, opset=17),  # exported as Erf arithmetic, fused
+        _act("hardsigmoid", nn.Hardsigmoid, {L.HARD_SIGMOID}, onnx_ops=frozenset({"HardSigmoid"}),
+             ts_ops=frozenset({"aten::hardsigmoid"})),
+        _act("hardswish", nn.Hardswish, {L.HARD_SWISH}, opset=17, onnx_ops=frozenset({"HardSwish"}),
+             ts_ops=frozenset({"aten::hardswish"})),
+        _act("silu", nn.SiLU, {L.SILU}, ts_ops=frozenset({"aten::silu"})),
+        _act("relu6", nn.ReLU6, {L.CLIP}, onnx_ops=frozenset({"Clip"})),
+        _act("hardtanh", lambda: nn.Hardtanh(-0.5, 2.0), {L.CLIP}, ts_ops=frozenset({"aten::hardtanh"})),
+        _act("softmax", lambda: nn.Softmax(dim=-1), {L.SOFTMAX}, onnx_ops=frozenset({"Softmax"}),
+             ts_ops=frozenset({"aten::softmax"})),
+        Case(id="batchnorm_alone", input_shape=(1, 5), ops=frozenset({L.LINEAR, L.AFFINE, L.TANH}),
+             module=_seeded(lambda: Seq(nn.Linear(5, 5), nn.Tanh(), _bn1d(5), nn.Linear(5, 2)), 2),
+             onnx_ops=frozenset({"BatchNormalization"}), ts_ops=frozenset({"aten::batch_norm"})),
+        Case(id="cnn", input_shape=(1, 2, 7, 7),
+             ops=frozenset({L.CONV, L.RELU, L.MAX_POOL, L.AVG_POOL, L.RESHAPE, L.LINEAR}),
+             module=_seeded(Cnn, 3),
+             onnx_ops=frozenset({"Conv", "MaxPool", "AveragePool", "Flatten"}),
+             ts_ops=frozenset({"aten::_convolution", "aten::max_pool2d", "aten::avg_pool2d",
+                               "aten::flatten"})),
+        Case(id="conv1d_groups_dilation", input_shape=(1, 4, 9),
+             ops=frozenset({L.CONV, L.ELU, L.GLOBAL_AVG_POOL}),
+             module=_seeded(lambda: Seq(nn.Conv1d(4, 6, 3, padding=2, dilation=2, groups=2), nn.ELU(),
+                                        nn.Conv1d(6, 2, 2, stride=3), nn.AdaptiveAvgPool1d(1)), 4),
+             ts_ops=frozenset({"aten::adaptive_avg_pool1d"})),
+        Case(id="conv3d", input_shape=(1, 1, 2, 3, 3), ops=frozenset({L.CONV, L.MAX_POOL, L.AVG_POOL}),
+             module=_seeded(lambda: Seq(nn.Conv3d(1, 2, 2, padding=1), nn.MaxPool3d(2, stride=1),
+                                        nn.AvgPool3d(2, stride=1, padding=1, count_include_pad=False)), 5),
+             ts_ops=frozenset({"aten::max_pool3d", "aten::avg_pool3d"})),
+        Case(id="conv_transpose", input_shape=(1, 2, 3, 3),
+             ops=frozenset({L.CONV_TRANSPOSE, L.SIGMOID}),
+             module=_seeded(lambda: Seq(nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+                                        nn.Sigmoid(), nn.AdaptiveMaxPool2d(1)), 6),
+             onnx_ops=frozenset({"ConvTranspose"}),
+             ts_ops=frozenset({"aten::adaptive_max_pool2d"})),
+        Case(id="conv_transpose1d", input_shape=(1, 2, 5), ops=frozenset({L.CONV_TRANSPOSE, L.MAX_POOL}),
+             module=_seeded(lambda: Seq(nn.ConvTranspose1d(2, 2, 4, stride=3, padding=2, dilation=2),
+                                        nn.MaxPool1d(3, stride=2, ceil_mode=True)), 7),
+             ts_ops=frozenset({"aten::max_pool1d"})),
+        Case(id="global_avg", input_shape=(1, 2, 4, 4), ops=frozenset({L.CONV, L.GLOBAL_AVG_POOL, L.RESHAPE}),
+             module=_seeded(lambda: Seq(nn.Conv2d(2, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), 8),
+             onnx_ops=frozenset({"GlobalAveragePool"}), ts_ops=frozenset({"aten::adaptive_avg_pool2d"})),
+        Case(id="residual", input_shape=(1, 5), ops=frozenset({L.LINEAR, L.TANH, L.ADD}),
+             module=_seeded(Residual, 9), residual=True, onnx_ops=frozenset({"Add"}),
+             ts_ops=frozenset({"aten::add"})),
+        Case(id="sub_branches", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.RELU, L.TANH, L.SUB}),
+             module=_seeded(lambda: Branches("sub"), 10), onnx_ops=frozenset({"Sub"}),
+             ts_ops=frozenset({"aten::sub"})),
+        Case(id="concat_branches", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.RELU, L.TANH, L.CONCAT}),
+             module=_seeded(lambda: Branches("cat"), 11), onnx_ops=frozenset({"Concat"}),
+             ts_ops=frozenset({"aten::cat"})),
+        Case(id="transpose_pad", input_shape=(1, 2, 3),
+             ops=frozenset({L.LINEAR, L.TRANSPOSE, L.PAD, L.RESHAPE, L.SILU}),
+             module=_seeded(lambda: Fn(_f(lambda s, x: F.silu(F.pad(x.transpose(1, 2), (1, 2), value=0.5))
+                                          .reshape(1, 15)), 3, 15, 2), 12),
+             onnx_ops=frozenset({"Transpose", "Pad", "Reshape"}),
+             ts_ops=frozenset({"aten::transpose", "aten::pad", "aten::reshape"})),
+        Case(id="scale_shift", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.AFFINE, L.TANH}),
+             module=_seeded(lambda: Fn(_f(lambda s, x: torch.tanh(-(x * 3.0) / 0.5 + 1.0) * 2.0), 4, 4, 2), 13),
+             onnx_ops=frozenset({"Mul", "Div", "Neg"}),
+             ts_ops=frozenset({"aten::mul", "aten::div", "aten::neg"})),
+        Case(id="ts_algebra", input_shape=(2, 4), formats=(TS,), script=True, module=_seeded(TsAlgebra, 14),
+             ops=frozenset({L.LINEAR, L.CLIP, L.AFFINE, L.TRANSPOSE, L.CONCAT, L.RESHAPE, L.ADD, L.SUB, L.TANH}),
+             ts_ops=frozenset({"aten::matmul", "aten::mm", "aten::addmm", "aten::t", "aten::numpy_T",
+                               "aten::permute", "aten::clamp", "aten::clamp_min", "aten::clamp_max",
+                               "aten::relu6", "aten::rsub", "aten::to",
+                               "aten::type_as", "aten::clone", "aten::contiguous", "aten::dropout",
+                               "aten::alpha_dropout", "aten::stack", "aten::unsqueeze", "aten::squeeze",
+                               "aten::unflatten", "aten::view", "aten::reshape_as", "aten::view_as",
+                               "aten::expand", "aten::expand_as",
+                               "aten::mean"})),
+        Case(id="ts_conv", input_shape=(1, 1, 8), formats=(TS,), script=True, module=_seeded(TsConv, 15),
+             ops=frozenset({L.CONV, L.CONV_TRANSPOSE, L.RESHAPE}),
+             ts_ops=frozenset({"aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::conv_transpose1d",
+                               "aten::conv_transpose2d", "aten::conv_transpose3d", "aten::constant_pad_nd",
+                               "aten::convolution",
+                               "aten::feature_dropout", "aten::feature_alpha_dropout"})),
+        Case(id="ts_pools", input_shape=(1, 2, 2, 2, 4), formats=(TS,), script=True, module=_seeded(TsPools, 16),
+             ops=frozenset({L.AVG_POOL, L.MAX_POOL, L.GLOBAL_MAX_POOL, L.SOFTMAX}),
+             ts_ops=frozenset({"aten::adaptive_avg_pool3d", "aten::adaptive_max_pool3d", "aten::avg_pool1d",
+                               "aten::adaptive_max_pool1d", "aten::max_pool1d_with_indices",
+                               "aten::max_pool2d_with_indices", "aten::max_pool3d_with_indices",
+                               "aten::_softmax"})),
+        Case(id="onnx_arith", input_shape=(2, 4), formats=(ONNX,), onnx=_onnx_arith(),
+             ops=frozenset({L.LINEAR, L.AFFINE, L.SILU, L.ADD}),
+             onnx_ops=frozenset({"MatMul", "Constant", "Mul", "Div", "Identity", "Dropout", "Cast",
+                                 "CastLike", "Swish", "Neg", "Gemm", "Sum"})),
+        Case(id="onnx_shapes", input_shape=(1, 2, 3), formats=(ONNX,), onnx=_onnx_shapes(),
+             ops=frozenset({L.RESHAPE, L.TRANSPOSE, L.PAD, L.CONV, L.SOFTMAX, L.CONCAT, L.LINEAR}),
+             onnx_ops=frozenset({"Unsqueeze", "Transpose", "Pad", "Conv", "Squeeze", "Softmax", "Reshape",
+                                 "Flatten", "Concat", "MatMul"})),
+        Case(id="onnx_acts", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_acts(),
+             ops=frozenset({L.LINEAR, L.ELU, L.HARD_SIGMOID, L.LEAKY_RELU, L.SOFTPLUS, L.CLIP, L.HARD_SWISH,
+                            L.GELU, L.RELU, L.SIGMOID, L.TANH, L.PRELU, L.CONCAT}),
+             onnx_ops=frozenset({"Elu", "HardSigmoid", "LeakyRelu", "Softplus", "Clip", "HardSwish", "Gelu",
+                                 "Relu", "Sigmoid", "Tanh", "PRelu"})),
+        Case(id="onnx_pools", input_shape=(1, 2, 5, 6), formats=(ONNX,), onnx=_onnx_pools(),
+             ops=frozenset({L.AFFINE, L.MAX_POOL, L.AVG_POOL, L.CONV_TRANSPOSE, L.GLOBAL_AVG_POOL,
+                            L.GLOBAL_MAX_POOL, L.SUB, L.ADD, L.RESHAPE}),
+             onnx_ops=frozenset({"BatchNormalization", "MaxPool", "AveragePool", "ConvTranspose",
+                                 "GlobalAveragePool", "GlobalMaxPool", "Sub", "Add", "Flatten"})),
+    ]
+    return cases
+
+
+CASES: list[Case] = _cases()
+CASE_BY_ID: dict[str, Case] = {c.id: c for c in CASES}
