@@ -516,11 +516,16 @@ class _Search:
                 # (inf/NaN entries) only proposes candidates: zero them so that eigh cannot fail;
                 # every reported value is confirmed by confirm_quotient, which rejects non-finite outputs
                 J = torch.nan_to_num(J, nan=0.0, posinf=0.0, neginf=0.0)
+                # the Gram matrix squares the entries: from J / max|J_ij| (the same singular
+                # vectors), so that entries above 1e154 cannot overflow it to inf (eigh fails on inf)
+                # and subnormal ones do not vanish
+                peak = J.abs().amax(dim=(1, 2), keepdim=True)
+                Js = J / torch.where(peak > 0, peak, torch.ones_like(peak))
                 if J.shape[1] <= J.shape[2]:
-                    _, vecs = torch.linalg.eigh(J @ J.transpose(1, 2))
-                    v = (J.transpose(1, 2) @ vecs[:, :, -1:])[:, :, 0]
+                    _, vecs = torch.linalg.eigh(Js @ Js.transpose(1, 2))
+                    v = (Js.transpose(1, 2) @ vecs[:, :, -1:])[:, :, 0]
                 else:
-                    _, vecs = torch.linalg.eigh(J.transpose(1, 2) @ J)
+                    _, vecs = torch.linalg.eigh(Js.transpose(1, 2) @ Js)
                     v = vecs[:, :, -1]
                 v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 return (J @ v[:, :, None])[:, :, 0].norm(dim=1), v
