@@ -421,6 +421,27 @@ def _onnx_pools() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=17)
 
 
+def _onnx_same_input() -> OnnxSpec:
+    """Sum(x, x, x) - x then Concat(h, h): one variable read several times (the true map is 2x)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Sum", ["x", "x", "x"], ["s"]),
+            _node("Sub", ["s", "x"], ["d"]),
+            _node("MatMul", ["d", "w"], ["h"]),
+            _node("Concat", ["h", "h"], ["y"], axis=1),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w": _rand(31, 3, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = (2.0 * x) @ p["w"]
+        return torch.cat([h, h], dim=1)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -530,6 +551,8 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.AFFINE, L.SILU, L.ADD}),
              onnx_ops=frozenset({"MatMul", "Constant", "Mul", "Div", "Identity", "Dropout", "Cast",
                                  "CastLike", "Swish", "Neg", "Gemm", "Sum"})),
+        Case(id="onnx_same_input", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_same_input(),
+             ops=frozenset({L.ADD, L.SUB, L.LINEAR, L.CONCAT}), onnx_ops=frozenset({"Sum", "Sub", "Concat"})),
         Case(id="onnx_shapes", input_shape=(1, 2, 3), formats=(ONNX,), onnx=_onnx_shapes(),
              ops=frozenset({L.RESHAPE, L.TRANSPOSE, L.PAD, L.CONV, L.SOFTMAX, L.CONCAT, L.LINEAR}),
              onnx_ops=frozenset({"Unsqueeze", "Transpose", "Pad", "Conv", "Squeeze", "Softmax", "Reshape",
