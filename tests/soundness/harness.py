@@ -20,9 +20,9 @@ from tests.soundness.cases import ONNX, Case
 # Relative slack for float64 reference arithmetic (a Jacobian or an SVD in float64 is off by a few
 # ulps times the dimension, far below this); a certified figure beyond it is wrong, not rounded.
 REL = 1e-10
-# The grid sup of |sigma'| on [-12, 12] with step 1.2e-5 is below the true sup by at most
-# step * sup|sigma''| (<= 1e-5 for every activation here): the slack of the lower-bound check.
-GRID_REL = 2e-5
+# The grid sup of |sigma'| on [-12, 12] with step 1.2e-4 is below the true sup by at most
+# step * sup|sigma''| (<= 1/3 for every activation here, HardSwish's): the slack of the lower-bound check.
+GRID_REL = 1e-4
 
 LINEAR_OPS = frozenset(
     {O.OpType.LINEAR, O.OpType.CONV, O.OpType.CONV_TRANSPOSE, O.OpType.AFFINE, O.OpType.AVG_POOL,
@@ -146,14 +146,30 @@ def check_reference(built: Built, seed: int = 0) -> None:
 # ---- float64 truth ---------------------------------------------------------------------------------
 def jacobian_norm(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     """||J_f(x)||_2 in float64 (autograd Jacobian, then its largest singular value)."""
+    return jacobian_norms(f, [x])[0]
+
+
+def jacobian_norms(f: Callable[[torch.Tensor], torch.Tensor], points: list[torch.Tensor]) -> list[float]:
+    """||J_f(x)||_2 in float64 at each point (NaN where the Jacobian is not finite)."""
+    if not points:
+        return []
+    xs = torch.stack([p.double() for p in points])
+    with torch.no_grad():
+        m = f(xs[0]).numel()
+    # forward mode when the inputs are fewer than the outputs (n JVPs instead of m VJPs)
+    jacobian = torch.func.jacfwd(f) if xs.shape[1] <= m else torch.func.jacrev(f)
     try:
-        jac = torch.func.jacrev(f)(x.double())
-    except RuntimeError:  # an operator without a batching rule: row by row
-        jac = torch.autograd.functional.jacobian(f, x.double())
-    mat = jac.detach().reshape(-1, x.numel()).numpy()
-    if not np.all(np.isfinite(mat)):
-        return math.nan
-    return float(np.linalg.norm(mat, 2)) if mat.size else 0.0
+        jac = torch.func.vmap(jacobian)(xs)
+    except RuntimeError:  # an operator without a batching rule: one point at a time
+        jac = torch.stack([torch.autograd.functional.jacobian(f, x) for x in xs])
+    mats = jac.detach().reshape(len(points), -1, xs.shape[1]).numpy()
+    out = []
+    for mat in mats:
+        if not np.all(np.isfinite(mat)):
+            out.append(math.nan)
+        else:
+            out.append(float(np.linalg.norm(mat, 2)) if mat.size else 0.0)
+    return out
 
 
 def sample_points(n: int, count: int, seed: int) -> list[torch.Tensor]:
@@ -182,18 +198,19 @@ def global_truth(built: Built, extra: list[torch.Tensor], seed: int = 0, count: 
     g = torch.Generator().manual_seed(seed + 2)
     far = [torch.randn(n, generator=g, dtype=torch.float64) * (1e4, 1e16, 1e64, 1e100)[i % 4] for i in range(32)]
     points = sample_points(n, count, seed) + far + extra
-    norms = [jacobian_norm(f, p) for p in points]
+    norms = jacobian_norms(f, points)
     jmax = max((v for v in norms if math.isfinite(v)), default=0.0)
     g = torch.Generator().manual_seed(seed + 1)
-    qmax = 0.0
+    xs = torch.randn(pairs, n, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0]).repeat(pairs)[:pairs, None]
+    ds = torch.randn(pairs, n, generator=g, dtype=torch.float64) * torch.tensor([1e-3, 0.1, 1.0, 5.0]).repeat(pairs)[:pairs, None]
     with torch.no_grad():
-        for i in range(pairs):
-            x = torch.randn(n, generator=g, dtype=torch.float64) * (0.3, 1.0, 3.0)[i % 3]
-            d = torch.randn(n, generator=g, dtype=torch.float64) * (1e-3, 0.1, 1.0, 5.0)[i % 4]
-            num = torch.linalg.vector_norm(f(x + d) - f(x)).item()
-            den = torch.linalg.vector_norm(d).item()
-            if math.isfinite(num) and den > 0:
-                qmax = max(qmax, num / den)
+        try:
+            fx, fy = torch.func.vmap(f)(xs), torch.func.vmap(f)(xs + ds)
+        except RuntimeError:  # an operator without a batching rule
+            fx, fy = torch.stack([f(x) for x in xs]), torch.stack([f(x) for x in xs + ds])
+    quotients = torch.linalg.vector_norm(fy - fx, dim=1) / torch.linalg.vector_norm(ds, dim=1)
+    finite = quotients[torch.isfinite(quotients)]
+    qmax = float(finite.max()) if finite.numel() else 0.0
     return jmax, qmax
 
 
@@ -207,9 +224,9 @@ def node_function(node: Node, shape: tuple[int, ...]) -> Callable[[torch.Tensor]
 
 
 def activation_sup(node: Node) -> float:
-    """sup |sigma'| of an element-wise activation on a dense grid of [-12, 12] (float64 autograd)."""
-    f = node_function(node, (2_000_001,))
-    x = torch.linspace(-12.0, 12.0, 2_000_001, dtype=torch.float64, requires_grad=True)
+    """sup |sigma'| of an element-wise activation on a grid of [-12, 12] (float64 autograd)."""
+    f = node_function(node, (200_001,))
+    x = torch.linspace(-12.0, 12.0, 200_001, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(f(x).sum(), x)
     return float(grad.abs().max())
 
@@ -221,7 +238,8 @@ def layer_truth(node: Node, shape: tuple[int, ...], seed: int) -> tuple[float, b
     n = int(np.prod(shape))
     f = node_function(node, shape)
     if node.op.type in LINEAR_OPS:
-        return jacobian_norm(f, torch.randn(n, dtype=torch.float64)), True
+        return jacobian_norm(f, torch.randn(n, generator=torch.Generator().manual_seed(seed),
+                                            dtype=torch.float64)), True
     points = sample_points(n, 8, seed)
     if node.op.type in (O.OpType.MAX_POOL, O.OpType.GLOBAL_MAX_POOL) and n <= 200:
         g = torch.Generator().manual_seed(seed)
@@ -229,7 +247,7 @@ def layer_truth(node: Node, shape: tuple[int, ...], seed: int) -> tuple[float, b
             v = torch.rand(n, generator=g, dtype=torch.float64) * 0.01
             v[j] = 1.0
             points.append(v)
-    best = max(jacobian_norm(f, p) for p in points)
+    best = max((v for v in jacobian_norms(f, points) if math.isfinite(v)), default=0.0)
     if node.op.type in ELEMENTWISE:
         return max(best, activation_sup(node)), True
     if node.op.type is O.OpType.SOFTMAX:
@@ -248,7 +266,7 @@ def audit(built: Built, **options: object):  # -> Report
     from stabaudit.api import audit as run
 
     options.setdefault("method", "product")
-    options.setdefault("budget", 0.2)
+    options.setdefault("budget", 0.05)
     options.setdefault("seed", 0)
     return run(built.path, input_shape=built.input_shape, **options)
 
@@ -346,10 +364,10 @@ def residual_problems(report, built: Built, seed: int = 0) -> list[str]:
     f = built.flat()
     n = int(np.prod(built.input_shape))
     points = sample_points(n, 12, seed)
-    block = max(jacobian_norm(f, p) for p in points)
+    block = max(jacobian_norms(f, points))
     assert built.branch is not None
     shape, g = built.input_shape, built.branch
-    branch = max(jacobian_norm(lambda v: g(v.reshape(shape)).reshape(-1), p) for p in points)
+    branch = max(jacobian_norms(lambda v: g(v.reshape(shape)).reshape(-1), points))
     for b in report.residual_blocks:
         if not b.certified:
             continue
