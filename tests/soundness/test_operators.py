@@ -282,3 +282,37 @@ def test_bfloat16_torchscript_model_gets_sound_figures_or_a_refusal(tmp_path: Pa
     report = _audit_or_refusal(built)
     if report is not None:
         assert H.global_problems(report, built) == []
+
+
+LOCAL_CASES = (("mlp_relu", TS), ("cnn", ONNX), ("act_tanh", TS), ("act_elu", ONNX), ("residual", TS),
+               ("act_leaky_relu_steep", ONNX), ("act_prelu", TS), ("onnx_pools", ONNX), ("act_sigmoid", ONNX))
+
+
+@pytest.mark.parametrize(("case_id", "fmt"), LOCAL_CASES, ids=[f"{c}-{f}" for c, f in LOCAL_CASES])
+def test_local_bounds_hold_inside_the_balls(case_id: str, fmt: str, tmp_path: Path) -> None:
+    """SA302: the certified local bound over the linf ball of radius eps around each sample is >= the
+    float64 Jacobian norm at seeded points of every ball (its corners included)."""
+    import numpy as np
+
+    case = CASE_BY_ID[case_id]
+    built = H.build(case, fmt, tmp_path)
+    g = torch.Generator().manual_seed(5)
+    samples = torch.randn((4, *built.input_shape[1:]) if built.input_shape[0] == 1 else
+                          (4, *built.input_shape), generator=g, dtype=torch.float64)
+    eps = 0.3
+    np.savez(tmp_path / "samples.npz", x=samples.numpy().astype(np.float32))
+    report = H.audit(built, inputs=tmp_path / "samples.npz", eps=eps)
+    (finding,) = [c for c in report.checks if c.id == "SA302"]
+    assert finding.value is not None, finding.message
+    bound = finding.value["upper"]
+    f = built.flat()
+    n = int(np.prod(built.input_shape))
+    stored = torch.from_numpy(samples.numpy().astype(np.float32)).double().reshape(len(samples), n)
+    points = []
+    for x in stored:
+        for _ in range(8):
+            points.append(x + eps * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1))
+            points.append(x + eps * torch.sign(torch.randn(n, generator=g, dtype=torch.float64)))
+    seen = max(v for v in H.jacobian_norms(f, points) if math.isfinite(v))
+    assert bound >= seen * (1 - built.rel), (bound, seen)
+    assert finding.value["local_analysis"] >= seen * (1 - built.rel)
