@@ -442,6 +442,39 @@ def _onnx_same_input() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_broadcast() -> OnnxSpec:
+    """Broadcasting: an Add of two variables copies the smaller one, per-row Mul/Add constants, a
+    PRelu slope per channel; Concat along the batch axis."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 3]
+            _node("MatMul", ["x", "c"], ["m"]),
+            _node("Concat", ["m", "x"], ["g"], axis=0),  # [2, 3]
+            _node("Mul", ["g", "e"], ["g1"]),  # a per-row scale
+            _node("Add", ["g1", "d"], ["g2"]),
+            _node("Add", ["h", "g2"], ["a"]),  # h copied to both rows
+            _node("Unsqueeze", ["a", "ax"], ["u"]),  # [1, 2, 3]
+            _node("PRelu", ["u", "slope"], ["pr"]),  # slope [2, 1]: per channel
+            _node("Reshape", ["pr", "shape"], ["r"]),
+            _node("MatMul", ["r", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(41, 3, 3), "c": _rand(42, 3, 3, scale=2.0), "e": np.array([[1.5], [-3.0]], np.float32),
+                "d": _rand(43, 2, 1),
+                "ax": np.array([0], np.int64), "slope": np.array([[-2.5], [0.5]], np.float32),
+                "shape": np.array([1, 6], np.int64), "w2": _rand(44, 6, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        a = x @ p["w1"] + (torch.cat([x @ p["c"], x], dim=0) * p["e"] + p["d"])
+        u = a.unsqueeze(0)
+        pr = torch.where(u >= 0, u, u * p["slope"])
+        return pr.reshape(1, 6) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("ax", "shape"))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -553,6 +586,9 @@ def _cases() -> list[Case]:
                                  "CastLike", "Swish", "Neg", "Gemm", "Sum"})),
         Case(id="onnx_same_input", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_same_input(),
              ops=frozenset({L.ADD, L.SUB, L.LINEAR, L.CONCAT}), onnx_ops=frozenset({"Sum", "Sub", "Concat"})),
+        Case(id="onnx_broadcast", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_broadcast(),
+             ops=frozenset({L.LINEAR, L.AFFINE, L.ADD, L.PRELU, L.RESHAPE, L.CONCAT}),
+             onnx_ops=frozenset({"Mul", "Add", "PRelu", "Unsqueeze"})),
         Case(id="onnx_shapes", input_shape=(1, 2, 3), formats=(ONNX,), onnx=_onnx_shapes(),
              ops=frozenset({L.RESHAPE, L.TRANSPOSE, L.PAD, L.CONV, L.SOFTMAX, L.CONCAT, L.LINEAR}),
              onnx_ops=frozenset({"Unsqueeze", "Transpose", "Pad", "Conv", "Squeeze", "Softmax", "Reshape",
