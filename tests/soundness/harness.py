@@ -335,6 +335,31 @@ def layer_problems(report, built: Built, seed: int = 0) -> list[str]:
     return problems
 
 
+def profile_problems(report, built: Built, seed: int = 0) -> list[str]:
+    """The depth profile: each step's certified L bounds the map from the input to that node's
+    output (THEORY.md SA103), checked against float64 Jacobian norms of the prefix graph."""
+    from stabaudit.ir.executor import Executor
+
+    _, graph = loaded_and_folded(built)
+    by_name = {n.name: n for n in graph.nodes}
+    n = int(np.prod(built.input_shape))
+    points = sample_points(n, 8, seed)
+    problems = []
+    for step in report.profile:
+        node = by_name.get(step.layer)
+        if node is None or step.upper is None or len(graph.inputs) != 1:
+            continue
+        prefix = Graph(inputs=graph.inputs, outputs=(node.output,), nodes=graph.nodes).needed_nodes()
+        sub = Graph(inputs=graph.inputs, outputs=(node.output,), nodes=tuple(prefix))
+        ex = Executor(sub, dtype=torch.float64)
+        shape = graph.inputs[0].shape
+        norms = jacobian_norms(lambda v, ex=ex, shape=shape: ex(v.reshape(shape))[0].reshape(-1), points)
+        seen = max((v for v in norms if math.isfinite(v)), default=0.0)
+        if step.upper < seen * (1 - REL):
+            problems.append(f"profile at {step.layer}: {step.upper!r} < {seen!r}")
+    return problems
+
+
 def witness_value(report, built: Built) -> float | None:
     """The report's witness recomputed in float64 with the reference: a pair's quotient, or the
     Jacobian norm at a point."""
@@ -377,6 +402,7 @@ def global_problems(report, built: Built, seed: int = 0) -> list[str]:
         problems.append(f"global upper {lip.upper!r} < {truth!r}")
     if lip.upper is not None and lip.lower is not None and lip.lower > lip.upper:
         problems.append(f"global lower {lip.lower!r} > upper {lip.upper!r}")
+    problems += profile_problems(report, built, seed)
     if lip.lower is not None:
         seen = witness_value(report, built)
         if seen is None:
