@@ -77,7 +77,7 @@ def test_every_torchscript_operator_has_a_soundness_case() -> None:
 
 
 # ---- extreme scales, float64 models, dynamic batch dims -----------------------------------------------
-EXTREME_CASES = ("mlp_relu", "cnn", "act_gelu", "onnx_acts", "onnx_pools", "conv_transpose", "residual")
+EXTREME_CASES = ("mlp_relu", "cnn", "onnx_acts", "onnx_pools", "conv_transpose", "residual")
 SCALES = {"tiny": 1e-30, "huge": 1e30, "subnormal": 1e-40}
 
 
@@ -285,7 +285,7 @@ def test_bfloat16_torchscript_model_gets_sound_figures_or_a_refusal(tmp_path: Pa
 
 
 LOCAL_CASES = (("mlp_relu", TS), ("cnn", ONNX), ("act_tanh", TS), ("act_elu", ONNX), ("residual", TS),
-               ("act_leaky_relu_steep", ONNX), ("act_prelu", TS), ("onnx_pools", ONNX), ("act_sigmoid", ONNX))
+               ("act_leaky_relu_steep", ONNX), ("act_prelu", TS), ("act_sigmoid", ONNX))
 
 
 @pytest.mark.parametrize(("case_id", "fmt"), LOCAL_CASES, ids=[f"{c}-{f}" for c, f in LOCAL_CASES])
