@@ -504,6 +504,8 @@ def _cases() -> list[Case]:
         _act("hardswish", nn.Hardswish, {L.HARD_SWISH}, opset=17, onnx_ops=frozenset({"HardSwish"}),
              ts_ops=frozenset({"aten::hardswish"})),
         _act("silu", nn.SiLU, {L.SILU}, ts_ops=frozenset({"aten::silu"})),
+        Case(id="threshold", input_shape=(1, 4), formats=(TS,), ops=frozenset({L.LINEAR, L.CLIP}),
+             module=_seeded(lambda: Between(nn.Threshold(0.5, 0.5)), 0), ts_ops=frozenset({"aten::threshold"})),
         _act("relu6", nn.ReLU6, {L.CLIP}, onnx_ops=frozenset({"Clip"})),
         _act("hardtanh", lambda: nn.Hardtanh(-0.5, 2.0), {L.CLIP}, ts_ops=frozenset({"aten::hardtanh"})),
         _act("softmax", lambda: nn.Softmax(dim=-1), {L.SOFTMAX}, onnx_ops=frozenset({"Softmax"}),
