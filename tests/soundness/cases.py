@@ -611,3 +611,60 @@ def _cases() -> list[Case]:
 
 CASES: list[Case] = _cases()
 CASE_BY_ID: dict[str, Case] = {c.id: c for c in CASES}
+
+
+# ---- ONNX attribute variants: single operators with the attributes a loader must resolve -------------
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One ONNX node ``x -> y`` (plus initializers) with unusual attributes; its reference is the
+    engine's own float64 executor, checked against onnxruntime first (so the translation is right)."""
+
+    id: str
+    node: Callable[[], Any]
+    input_shape: tuple[int, ...]
+    params: Callable[[], dict[str, np.ndarray]] = dict
+
+
+def _variants() -> list[Variant]:
+    def n(op: str, inputs: list[str], **attrs: Any) -> Callable[[], Any]:
+        return lambda: _node(op, inputs, ["y"], **attrs)
+
+    return [
+        Variant(id="conv_same_upper", node=n("Conv", ["x", "k"], auto_pad="SAME_UPPER", strides=[2, 2],
+                                             kernel_shape=[4, 3]),
+                input_shape=(1, 2, 7, 6), params=lambda: {"k": _rand(51, 3, 2, 4, 3)}),
+        Variant(id="conv_asymmetric_pads_groups", node=n("Conv", ["x", "k"], pads=[0, 2, 3, 1], group=2),
+                input_shape=(1, 4, 5, 5), params=lambda: {"k": _rand(52, 4, 2, 3, 3)}),
+        Variant(id="conv_transpose_output_shape", node=n("ConvTranspose", ["x", "k"], strides=[3, 2],
+                                                         output_shape=[10, 9], group=2, dilations=[2, 1]),
+                input_shape=(1, 4, 3, 4), params=lambda: {"k": _rand(53, 4, 1, 3, 3)}),
+        Variant(id="conv_transpose_same_upper", node=n("ConvTranspose", ["x", "k"], strides=[2, 2],
+                                                       auto_pad="SAME_UPPER"),
+                input_shape=(1, 2, 3, 3), params=lambda: {"k": _rand(54, 2, 3, 3, 3)}),
+        Variant(id="maxpool_same_upper", node=n("MaxPool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
+                                                auto_pad="SAME_UPPER"), input_shape=(1, 1, 6, 5)),
+        Variant(id="maxpool_dilated_ceil", node=n("MaxPool", ["x"], kernel_shape=[2, 3], strides=[3, 1],
+                                                  dilations=[2, 2], ceil_mode=1, pads=[1, 1, 0, 2]),
+                input_shape=(1, 1, 7, 6)),
+        Variant(id="avgpool_exclude_pad_ceil", node=n("AveragePool", ["x"], kernel_shape=[3, 2], strides=[2, 2],
+                                                      ceil_mode=1, pads=[1, 0, 1, 1], count_include_pad=0),
+                input_shape=(1, 1, 6, 5)),
+        Variant(id="avgpool_same_lower", node=n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2],
+                                                auto_pad="SAME_LOWER"), input_shape=(1, 1, 6, 5)),
+        Variant(id="matmul_rank3", node=n("MatMul", ["x", "w"]), input_shape=(2, 3, 4),
+                params=lambda: {"w": _rand(55, 4, 5)}),
+        Variant(id="softmax_axis0", node=n("Softmax", ["x"], axis=0), input_shape=(3, 2)),
+        Variant(id="hardsigmoid_negative_alpha", node=n("HardSigmoid", ["x"], alpha=-2.5, beta=0.1),
+                input_shape=(1, 5)),
+        Variant(id="elu_negative_alpha", node=n("Elu", ["x"], alpha=-2.0), input_shape=(1, 5)),
+        Variant(id="leaky_relu_negative_alpha", node=n("LeakyRelu", ["x"], alpha=-3.0), input_shape=(1, 5)),
+        Variant(id="batchnorm_tiny_variance", node=n("BatchNormalization", ["x", "g", "b", "m", "v"], epsilon=1e-5),
+                input_shape=(2, 3, 2),
+                params=lambda: {"g": _rand(56, 3, scale=5.0), "b": _rand(57, 3), "m": _rand(58, 3),
+                                "v": np.abs(_rand(59, 3)) * 1e-6}),
+        Variant(id="global_avg_pool_1d", node=n("GlobalAveragePool", ["x"]), input_shape=(1, 2, 7)),
+        Variant(id="global_max_pool_3d", node=n("GlobalMaxPool", ["x"]), input_shape=(1, 2, 2, 2, 3)),
+    ]
+
+
+VARIANTS: list[Variant] = _variants()

@@ -11,7 +11,7 @@ import torch
 
 from stabaudit.errors import StabauditError
 from tests.soundness import harness as H
-from tests.soundness.cases import CASE_BY_ID, CASES, ONNX, TS, Case
+from tests.soundness.cases import CASE_BY_ID, CASES, ONNX, TS, VARIANTS, Case, Variant
 
 PAIRS = [pytest.param(c, fmt, id=f"{c.id}-{fmt}") for c in CASES for fmt in c.formats]
 
@@ -313,3 +313,32 @@ def test_local_bounds_hold_inside_the_balls(case_id: str, fmt: str, tmp_path: Pa
     seen = max(v for v in H.jacobian_norms(f, points) if math.isfinite(v))
     assert bound >= seen * (1 - built.rel), (bound, seen)
     assert finding.value["local_analysis"] >= seen * (1 - built.rel)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.id for v in VARIANTS])
+def test_onnx_attribute_variants(variant: Variant, tmp_path: Path) -> None:
+    """Auto padding, asymmetric pads, output_shape, ceil mode, dilations, negative slopes, a rank-3
+    MatMul, a tiny BatchNorm variance: the engine's float64 forward pass (checked against
+    onnxruntime) is the reference of every certified figure."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stabaudit.ir.executor import Executor
+    from stabaudit.loaders import load_model
+
+    graph = helper.make_graph(
+        [variant.node()], variant.id, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(variant.input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in variant.params().items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / f"{variant.id}.onnx"
+    onnx.save(model, str(path))
+    executor = Executor(load_model(path, input_shape=variant.input_shape).graph, dtype=torch.float64)
+    built = H.Built(path=path, fmt=ONNX, input_shape=variant.input_shape, reference=lambda v: executor(v)[0])
+    H.check_reference(built)
+    report = H.audit(built)
+    assert report.lipschitz.certified
+    problems = H.layer_problems(report, built) + H.global_problems(report, built)
+    assert problems == []
