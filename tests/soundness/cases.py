@@ -163,8 +163,10 @@ def _prelu(n: int) -> nn.PReLU:
 
 
 def _act(name: str, act: Callable[[], nn.Module], ops: set[OpType], opset: int = 17,
-         onnx_ops: frozenset[str] = frozenset(), ts_ops: frozenset[str] = frozenset(), seed: int = 0) -> Case:
+         onnx_ops: frozenset[str] = frozenset(), ts_ops: frozenset[str] = frozenset(), seed: int = 0,
+         formats: tuple[str, ...] = (ONNX, TS)) -> Case:
     return Case(
+        formats=formats,
         id=f"act_{name}",
         input_shape=(1, 4),
         ops=frozenset({OpType.LINEAR, *ops}),
@@ -485,7 +487,7 @@ def _cases() -> list[Case]:
              onnx_ops=frozenset({"Gemm", "Relu"}), ts_ops=frozenset({"aten::linear", "aten::relu"})),
         _act("leaky_relu", lambda: nn.LeakyReLU(0.1), {L.LEAKY_RELU}, onnx_ops=frozenset({"LeakyRelu"}),
              ts_ops=frozenset({"aten::leaky_relu"})),
-        _act("leaky_relu_steep", lambda: nn.LeakyReLU(2.5), {L.LEAKY_RELU}),
+        _act("leaky_relu_steep", lambda: nn.LeakyReLU(2.5), {L.LEAKY_RELU}, formats=(ONNX,)),
         _act("prelu", lambda: _prelu(6), {L.PRELU}, onnx_ops=frozenset({"PRelu"}),
              ts_ops=frozenset({"aten::prelu"})),
         _act("sigmoid", nn.Sigmoid, {L.SIGMOID}, onnx_ops=frozenset({"Sigmoid"}),
@@ -498,7 +500,8 @@ def _cases() -> list[Case]:
         _act("gelu", nn.GELU, {L.GELU}, opset=20, onnx_ops=frozenset({"Gelu"}),
              ts_ops=frozenset({"aten::gelu"})),
         _act("gelu_tanh", lambda: nn.GELU(approximate="tanh"), {L.GELU}, opset=20),
-        _act("gelu_erf_pattern", nn.GELU, {L.GELU}, opset=17),  # exported as Erf arithmetic, fused
+        # exported as Erf arithmetic, which the loader fuses
+        _act("gelu_erf_pattern", nn.GELU, {L.GELU}, opset=17, formats=(ONNX,)),
         _act("hardsigmoid", nn.Hardsigmoid, {L.HARD_SIGMOID}, onnx_ops=frozenset({"HardSigmoid"}),
              ts_ops=frozenset({"aten::hardsigmoid"})),
         _act("hardswish", nn.Hardswish, {L.HARD_SWISH}, opset=17, onnx_ops=frozenset({"HardSwish"}),

@@ -139,7 +139,7 @@ def test_float64_models(case_id: str, fmt: str, scale: float, tmp_path: Path) ->
     assert _problems(report, built, case) == []
 
 
-DYNAMIC_CASES = ("mlp_relu", "cnn", "act_softmax", "onnx_acts", "concat_branches")
+DYNAMIC_CASES = ("mlp_relu", "cnn", "onnx_acts", "concat_branches")
 
 
 @pytest.mark.parametrize("case_id", DYNAMIC_CASES)
