@@ -391,7 +391,16 @@ def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray 
     a, c, s, norms = a[keep] / norms[keep, None], c[keep] / norms[keep], s[keep], norms[keep]
     if a.shape[0] == 0:
         return 1.0, np.zeros(n)
-    # -s (a x) + t <= s c
+    # Solve at unit scale. With y = x / lam (lam > 0), s_i (a_i x + c_i) > 0 iff s_i (a_i y + c_i / lam)
+    # > 0: the region is non-empty iff the one with constants c / lam is, and a slack t > 0 of y is a
+    # slack lam * t >= t of x = lam y. Unscaled, biases that dominate small weights (c / ||a|| ~ 1e30
+    # for weights ~ 1e-30, a ratio the per-layer rescaling keeps) are beyond HiGHS' infinity (1e20)
+    # and beyond EMPTY_T's unit-scale premise: realised regions were pruned as empty.
+    lam = max(1.0, float(np.max(np.abs(c))))
+    if not math.isfinite(lam):
+        return 0.0, None  # undecidable here: kept without a point, never pruned
+    c = c / lam
+    # -s (a y) + t <= s c
     a_ub = np.hstack([-s[:, None] * a, np.ones((a.shape[0], 1))])
     cost = np.zeros(n + 1)
     cost[-1] = -1.0
@@ -400,7 +409,7 @@ def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray 
         return -math.inf, None
     if res.status != 0 or res.x is None:
         return 0.0, None  # no answer (iteration limit, numerical trouble): not proved empty, kept
-    return float(res.x[-1]), np.asarray(res.x[:n], dtype=np.float64)
+    return float(res.x[-1]), lam * np.asarray(res.x[:n], dtype=np.float64)
 
 
 def _cheap_point(
