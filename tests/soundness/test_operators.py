@@ -109,16 +109,8 @@ def test_extreme_weights_give_sound_or_no_figures(case_id: str, scale: str, tmp_
 # (onnxruntime has no float64 Softplus or AveragePool: those run as TorchScript)
 FLOAT64_CASES = (("mlp_relu", ONNX), ("cnn", TS), ("act_softplus", TS), ("onnx_arith", ONNX),
                  ("conv_transpose", TS), ("batchnorm_alone", ONNX), ("residual", ONNX))
-# Folding a BatchNorm into the linear map beside it multiplies two subnormal numbers: the folded
-# weight underflows to exactly 0 and the layer is certified as the zero operator (its true norm is
-# about 1e-620 > 0). In ir/passes.py (fold_affine, merge_linear_maps), being reworked separately.
-_FOLD_UNDERFLOW = pytest.mark.xfail(
-    strict=True, reason="a BatchNorm folded into its linear map underflows to a zero operator at "
-    "float64 subnormal weights (ir/passes.py, fixed separately)",
-)
 FLOAT64_PARAMS = [
-    pytest.param(case_id, fmt, scale, id=f"{case_id}-{fmt}-{name}",
-                 marks=[_FOLD_UNDERFLOW] if name == "subnormal" and case_id in ("cnn", "batchnorm_alone") else [])
+    pytest.param(case_id, fmt, scale, id=f"{case_id}-{fmt}-{name}")
     for case_id, fmt in FLOAT64_CASES
     for name, scale in (("unit", 1.0), ("subnormal", 1e-310))
 ]
@@ -171,14 +163,7 @@ EXTREME_METHODS = [
     pytest.param(torch.float32, 1e-40, id="float32-subnormal"),
     pytest.param(torch.float32, 1e30, id="float32-huge"),
     pytest.param(torch.float64, 1e100, id="float64-huge"),
-    pytest.param(
-        torch.float64, 1e-310, id="float64-subnormal",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the SDP-class global methods (eclipse, lipsdp-neuron) certify 0 for weights in "
-            "the float64 subnormals (fixed separately)",
-        ),
-    ),
+    pytest.param(torch.float64, 1e-310, id="float64-subnormal"),
 ]
 
 
