@@ -493,7 +493,7 @@ def _audit(
             continue  # isometries and translations do not change distances: not layers
         if ob.combine is not Combine.CHAIN:
             lip = LayerLipschitz(
-                upper=None, lower=None, method="composed at graph level", certified=True
+                upper=None, lower=None, method="composed at graph level", certified=False
             )
         else:
             lip = LayerLipschitz(
