@@ -126,7 +126,9 @@ def _norm(a: np.ndarray) -> float:
     exactly rounded, so the result is within a relative 2u (+ u per square) of the exact norm,
     except for squares that underflow (at most 1e-300 each, handled by the callers)."""
     flat = np.asarray(a, dtype=np.float64).reshape(-1)
-    return math.sqrt(math.fsum((flat * flat).tolist()))
+    with np.errstate(over="ignore", under="ignore"):  # an overflowed square gives inf: callers refuse it
+        squares = flat * flat
+    return math.sqrt(math.fsum(squares.tolist()))
 
 
 def _mul_up(a: float, b: float) -> float:

@@ -62,7 +62,7 @@ def binary(node: OnnxNode, ctx: Context) -> None:
         case "Mul", _:
             _affine(node, ctx, var, c, None, ("scale", [ctx.term(node, index, "scale", default=False)]))
         case "Div", False:
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", over="ignore"):  # 1/0 and 1/subnormal: inf, no bound
                 _affine(node, ctx, var, 1.0 / c, None)
         case _:
             raise Unsupported("Div(constant / variable)")
