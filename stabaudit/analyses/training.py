@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class TrainingResult:
     parameter_source: str = ""  # "TorchScript module parameters" | "ONNX initializers" | "IR arrays"
     parameter_roles: tuple[str, ...] = ()  # per name: how the model uses it (and where it came from)
     parameterisation_notes: tuple[str, ...] = ()  # e.g. the exporter folded BatchNorm
+    unavailable: str = ""  # why no Hessian could be computed (lambda_max and lambda_min None)
 
 
 def parameter_name(node: str, field: str) -> str:
@@ -446,7 +448,16 @@ def _training_dynamics(graph: Graph, spec: TrainingSpec, *, seed: int, device: s
         x, y = x[pick], y[pick]
         notes.append(f"loss over a seeded subset of {max_samples} of the {total} samples (full batch is capped)")
     params = training_parameters(graph, parameterisation, spec.parameters, device)
-    hess = _Hessian(graph, x, y, spec.loss, device, params)
+    try:
+        hess = _Hessian(graph, x, y, spec.loss, device, params)
+    except RuntimeError as exc:
+        if not isinstance(parameterisation, ModuleParameters):
+            raise
+        # the module as executed cannot run on float64 parameters (e.g. it casts its input to
+        # float32 before a layer): no Hessian over its parameters, said instead of guessed
+        first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+        return _unavailable(spec, params, x, f"the module cannot be differentiated in float64 over its own "
+                            f"parameters ({first}); no Hessian is computed", notes)
     if any(node.op.type.value in NON_SMOOTH for node in graph.nodes):
         notes.append(
             "non-smooth operators: double backward gives the Hessian of the piece autodiff selects "
@@ -504,6 +515,32 @@ def _training_dynamics(graph: Graph, spec: TrainingSpec, *, seed: int, device: s
         parameter_source=params.source,
         parameter_roles=params.roles,
         parameterisation_notes=params.notes,
+    )
+
+
+def _unavailable(spec: TrainingSpec, params: _Parameters, x: np.ndarray, reason: str,
+                 notes: list[str]) -> TrainingResult:
+    return TrainingResult(
+        learning_rate=spec.learning_rate,
+        optimizer=spec.optimizer,
+        momentum=spec.momentum,
+        betas=spec.betas,
+        noise=spec.noise,
+        lambda_max=None,
+        lambda_min=None,
+        preconditioned=None,
+        method="none",
+        certified=False,
+        iterations=0,
+        parameters=int(sum(t.numel() for t in params.leaves)),
+        parameter_names=params.names,
+        samples=int(x.shape[0]),
+        loss_value=math.nan,
+        notes=(*notes, reason),
+        parameter_source=params.source,
+        parameter_roles=params.roles,
+        parameterisation_notes=params.notes,
+        unavailable=reason,
     )
 
 

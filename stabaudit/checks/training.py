@@ -29,6 +29,11 @@ def adam_limit(result: TrainingResult) -> float:
     return (2.0 + 2.0 * b1) / ((1.0 - b1) * result.learning_rate)
 
 
+def _missing(result: TrainingResult) -> str:
+    """Why there is no sharpness: the Hessian could not be computed, or it is not finite."""
+    return result.unavailable or "the loss Hessian is not finite at the stored parameters"
+
+
 def _over(result: TrainingResult) -> str:
     """The parameterisation a sharpness is about, for the finding's message."""
     text = f"; H over {result.parameters} parameters"
@@ -102,7 +107,7 @@ def training_gd(ev: Evidence, ctx: CheckContext) -> Finding:
     if r.optimizer is Optimizer.ADAM:
         return ctx.finding(Status.SKIPPED, None, "optimizer adam: its stability condition is SA502's")
     if r.lambda_max is None:
-        return ctx.finding(Status.INCONCLUSIVE, None, "the loss Hessian is not finite at the stored parameters")
+        return ctx.finding(Status.INCONCLUSIVE, None, _missing(r))
     what = "sharpness lambda_max(H)"
     if r.optimizer is Optimizer.MOMENTUM:
         what += f" (limit 2(1+beta)/eta, beta = {fmt(r.momentum)})"
@@ -132,7 +137,7 @@ def training_adam(ev: Evidence, ctx: CheckContext) -> Finding:
         return ctx.finding(Status.SKIPPED, None, f"optimizer {r.optimizer.value}: SA502 is about Adam")
     if r.preconditioned is None:
         if r.lambda_max is None:
-            return ctx.finding(Status.INCONCLUSIVE, None, "the loss Hessian is not finite at the stored parameters")
+            return ctx.finding(Status.INCONCLUSIVE, None, _missing(r))
         return ctx.finding(
             Status.SKIPPED, None, "no training.second_moment: the preconditioner needs Adam's v"
         )
@@ -163,7 +168,7 @@ def training_sgd_mean_square(ev: Evidence, ctx: CheckContext) -> Finding:
     if r.optimizer is not Optimizer.SGD:
         return ctx.finding(Status.SKIPPED, None, f"optimizer {r.optimizer.value}: SA503 is about plain SGD")
     if r.lambda_max is None or r.lambda_min is None:
-        return ctx.finding(Status.INCONCLUSIVE, None, "the loss Hessian is not finite at the stored parameters")
+        return ctx.finding(Status.INCONCLUSIVE, None, _missing(r))
     mu, top, eta = r.lambda_min, r.lambda_max, r.learning_rate
     if mu.upper is not None and mu.upper <= 0:
         return ctx.finding(Status.SKIPPED, {"lambda_min": mu.estimate}, "not applicable: lambda_min <= 0")

@@ -235,3 +235,31 @@ def test_onnx_matmul_add_exports_train_their_weights_and_biases(tmp_path: Path) 
     assert result.lambda_max is not None and result.lambda_min is not None
     assert result.lambda_max.estimate == pytest.approx(exact[-1], rel=1e-9)
     assert result.lambda_min.estimate == pytest.approx(exact[0], rel=1e-6, abs=1e-12)
+
+
+class _Casting(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.to(torch.float32))  # runs in float32 whatever its parameters hold
+
+
+def test_a_module_that_cannot_run_in_float64_gets_no_hessian_and_says_why(tmp_path: Path) -> None:
+    from stabaudit.checks.training import training_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Casting()).save(str(tmp_path / "c.pt"))
+    loaded = load_torchscript(tmp_path / "c.pt", input_shape=(1, 6))
+    rng = np.random.default_rng(0)
+    spec = TrainingSpec(learning_rate=0.1, x=rng.normal(size=(4, 1, 6)), y=rng.normal(size=(4, 1, 4)))
+    result = training_dynamics(loaded.graph, spec, parameterisation=loaded.parameterisation)
+    assert result.lambda_max is None and result.lambda_min is None and not result.certified
+    assert "cannot be differentiated in float64" in result.unavailable
+    assert result.parameter_names == ("fc.weight", "fc.bias")
+    report = training_report(result)
+    assert report is not None and report.sharpness is None
+    # the module is left as it was
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in loaded.parameterisation.module.parameters())  # type: ignore[union-attr]
