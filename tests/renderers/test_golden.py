@@ -12,6 +12,7 @@ import pytest
 from stabaudit.renderers import BATCH_RENDERERS, RENDERERS, OutputFormat
 from stabaudit.renderers.base import fingerprint
 from tests.report_factory import make_batch_report, make_report
+from tests.sarif_schema import validate_sarif
 
 GOLDEN = Path(__file__).parent / "golden"
 SUFFIX = {
@@ -24,7 +25,6 @@ SUFFIX = {
     OutputFormat.GITHUB: "github.txt",
     OutputFormat.GITLAB: "gitlab.json",
 }
-SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "sarif-schema-2.1.0.json"
 
 
 def _check_golden(path: Path, text: str, update: bool) -> None:
@@ -32,13 +32,6 @@ def _check_golden(path: Path, text: str, update: bool) -> None:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(text)
     assert text == path.read_text(), f"{path.name} changed: rerun with --update-golden if intended"
-
-
-def _sarif_schema() -> tuple[object, dict]:
-    jsonschema = pytest.importorskip("jsonschema")
-    if not SCHEMA.is_file():
-        pytest.skip("../shared/schemas/sarif-schema-2.1.0.json is absent")
-    return jsonschema, json.loads(SCHEMA.read_text())
 
 
 def test_every_format_has_a_golden_suffix():
@@ -56,9 +49,8 @@ def test_batch_golden(fmt, update_golden):
 
 
 def test_sarif_validates_against_the_schema():
-    jsonschema, schema = _sarif_schema()
     doc = json.loads(RENDERERS.get(OutputFormat.SARIF)(make_report()))
-    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
+    validate_sarif(doc)
     run = doc["runs"][0]
     assert [r["id"] for r in run["tool"]["driver"]["rules"]] == ["SA101", "SA402"]
     assert all(r["help"]["markdown"].startswith(f"**{r['id']} ") for r in run["tool"]["driver"]["rules"])
@@ -112,9 +104,8 @@ def test_sarif_uri_of_an_absolute_path_is_relative(tmp_path, monkeypatch):
 
 
 def test_batch_sarif_is_one_run_over_every_model_file():
-    jsonschema, schema = _sarif_schema()
     doc = json.loads(BATCH_RENDERERS.get(OutputFormat.SARIF)(make_batch_report()))
-    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
+    validate_sarif(doc)
     assert len(doc["runs"]) == 1
     run = doc["runs"][0]
     assert run["automationDetails"] == {"id": "stabaudit/batch/audit.yaml/"}
@@ -156,11 +147,10 @@ def test_batch_sarif_is_one_run_over_every_model_file():
 
 
 def test_batch_sarif_without_errors_ran_successfully():
-    jsonschema, schema = _sarif_schema()
     batch = make_batch_report()
     ok = replace(batch, models=batch.models[:2], verdict="fail", exit_code=1)
     doc = json.loads(BATCH_RENDERERS.get(OutputFormat.SARIF)(ok))
-    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)  # type: ignore[attr-defined]
+    validate_sarif(doc)
     invocation = doc["runs"][0]["invocations"][0]
     assert invocation["executionSuccessful"] is True and invocation["toolExecutionNotifications"] == []
 
