@@ -2,23 +2,44 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps in one venv: the runtime install (what `make demo` needs: stabaudit and its runtime
+# dependencies) and the dev toolchain on top of it (tests, linters, the distributed extra).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
+# An extra package index for torch, e.g. https://download.pytorch.org/whl/cpu (the CPU build).
+TORCH_INDEX ?=
+PIP_INSTALL = $(BIN)/pip install --quiet --constraint constraints.txt \
+	$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: install test lint demo bench docs sample-models fuzz browser clean
+.PHONY: install install-dev dist test lint demo bench docs sample-models fuzz browser clean
 FUZZ_SECONDS ?= 300
 
-install: $(STAMP)
+install: $(RUNTIME_STAMP)
 
-$(STAMP): pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-test: install
+$(RUNTIME_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e .
+	touch $@
+
+# The dev install holds the runtime one: both stamps are fresh after it.
+$(DEV_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $(RUNTIME_STAMP) $@
+
+# The wheel and the sdist, in dist/ (python -m build: an isolated build with setuptools>=77).
+dist: install-dev
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+
+test: install-dev
 	$(BIN)/pytest -q -n 2
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check stabaudit tests bench scripts fuzz
 	$(BIN)/mypy
 
@@ -32,20 +53,20 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/run.py --output docs/benchmarks.md
 
 docs: install
 	$(BIN)/stabaudit explain --all > docs/theory.md
 
-sample-models: install
+sample-models: install-dev
 	$(BIN)/python scripts/train_sample_models.py --out sample_models
 
-fuzz: install
-	$(BIN)/pip install --quiet -e '.[fuzz]'
+fuzz: install-dev
+	$(PIP_INSTALL) -e '.[fuzz]'
 	$(BIN)/python fuzz/fuzz_onnx.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
 	$(BIN)/python fuzz/fuzz_torchscript.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
 	$(BIN)/python fuzz/fuzz_config.py -max_total_time=$(FUZZ_SECONDS) -timeout=20
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.json
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-report.json build dist stabaudit.egg-info
