@@ -81,9 +81,9 @@ def audit_with(
         request = replace(request, device=device)
     cache = None
     if cache_dir is not None:
-        from stabaudit.cache import ReportCache
+        from stabaudit.cache import AnalysisCache
 
-        cache = ReportCache(cache_dir)
+        cache = AnalysisCache(cache_dir)
     report = run(request, observer=observer, cache=cache)
     if previous is not None and not baseline_any_model:
         from stabaudit.report.baseline import other_model

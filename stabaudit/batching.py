@@ -112,9 +112,9 @@ def run_job(job: BatchJob) -> Outcome:
     path = str(job.request.path)
     cache = None
     if job.cache_dir is not None:
-        from stabaudit.cache import ReportCache
+        from stabaudit.cache import AnalysisCache
 
-        cache = ReportCache(Path(job.cache_dir))
+        cache = AnalysisCache(Path(job.cache_dir))
     try:
         report = audit(job.request, cache=cache)
         if job.request.baseline is not None and not job.baseline_any_model:

@@ -18,6 +18,7 @@ from stabaudit.errors import StabauditError, UsageError
 from stabaudit.progress import Progress
 
 if TYPE_CHECKING:
+    from stabaudit.cache import AnalysisCache
     from stabaudit.config import Settings
     from stabaudit.renderers.base import OutputFormat
     from stabaudit.report.model import BatchReport, Report
@@ -224,7 +225,7 @@ CacheDirOption = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir",
-        help="Reuse reports of unchanged models (same bytes, settings, version) from here (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
+        help="Reuse the analysis of unchanged models (same bytes, analysis settings, version) from here; checks and the gate always re-run (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
     ),
 ]
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
@@ -785,6 +786,56 @@ def explain(
                 return 0
         known = ", ".join(sorted(CHECKS))
         raise UsageError(f"unknown check {check_id!r}; known: {known}")
+
+    _run_guarded(False, body)
+
+
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The analysis cache: its directory, entries and size (info), or empty it (clear).",
+)
+app.add_typer(cache_app, name="cache")
+CacheDirArg = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="The cache directory (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit)."),
+]
+
+
+def _open_cache(cache_dir: Path | None) -> AnalysisCache:
+    from stabaudit.cache import AnalysisCache, default_cache_dir
+
+    if cache_dir is not None:
+        _check_paths([], cache_dir=cache_dir)
+    return AnalysisCache(cache_dir if cache_dir is not None else default_cache_dir())
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirArg = None) -> None:
+    """The cache's directory, number of entries, total size and size cap, and its key file."""
+
+    def body() -> int:
+        from stabaudit.limits import format_size
+
+        info = _open_cache(cache_dir).info()
+        typer.echo(f"directory: {info.directory}")
+        typer.echo(f"entries: {info.entries}")
+        typer.echo(f"size: {info.bytes} bytes ({format_size(info.bytes)})")
+        typer.echo(f"max size: {info.max_bytes} bytes ({format_size(info.max_bytes)}; STABAUDIT_CACHE_MAX_BYTES)")
+        typer.echo(f"key file: {info.key_file}")
+        return 0
+
+    _run_guarded(False, body)
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDirArg = None) -> None:
+    """Remove every entry of the cache (the key file stays)."""
+
+    def body() -> int:
+        cache = _open_cache(cache_dir)
+        removed = cache.clear()
+        typer.echo(f"removed {removed} entries from {cache.directory}")
+        return 0
 
     _run_guarded(False, body)
 

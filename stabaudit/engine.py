@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from stabaudit.analyses.samples import Domain, SampleEvidence
     from stabaudit.analyses.training import TrainingResult, TrainingSpec
     from stabaudit.bounds.base import OpBound
-    from stabaudit.cache import ReportCache
+    from stabaudit.cache import AnalysisCache
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.checks.residual import ResidualEvidence
     from stabaudit.ir.parameters import Parameterisation
@@ -74,13 +74,43 @@ class AuditRequest:
     sample_count: int = 64  # how many samples to draw from the domain
     inputs_sha256: str | None = None  # the sha256 of the file `inputs` came from (the report's samples)
     # load a TorchScript archive without the static gate of its code (loaders.ts_gate); in the
-    # cache key, so that a report made under trust is never served to an audit without it
+    # cache key, so that an analysis made under trust is never served to an audit without it
     trust_torchscript: bool = False
 
 
 _REPRODUCIBLE_NOTE = (
     "SOURCE_DATE_EPOCH is set: timings omitted so that the report is reproducible",
 )
+_CACHED_NOTE = (
+    "analysis evidence read from the cache (same model bytes, analysis settings and stabaudit); "
+    "checks, thresholds, waivers and the gate evaluated in this run",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    """The analysis stage's evidence: everything computed from the model and the analysis
+    settings, nothing of the policy (thresholds, severities, disabled checks, waivers, baseline,
+    --fail-on). This is what the cache stores; ``assess`` turns it into a report on every run."""
+
+    model: ModelInfo
+    equivalence: Equivalence
+    layers: tuple[Layer, ...]
+    lipschitz: GlobalLipschitz
+    profile: tuple[ProfileStep, ...]
+    product_upper: float | None
+    depth: int
+    nonfinite: Mapping[str, int]
+    operators: int
+    source_ops: Mapping[str, int]
+    local: LocalEvidence | None
+    training: TrainingResult | None
+    training_report: TrainingReport | None
+    sampled: SampleEvidence | None
+    samples: SampleInfo | None
+    residual: ResidualEvidence
+    timings: Mapping[str, float]  # seconds per analysis stage ({} when reproducible)
+    notes: tuple[str, ...]
 
 
 def report_timestamp() -> tuple[str, bool]:
@@ -338,24 +368,25 @@ def _canonical(value: Any) -> Any:
     return repr(value)
 
 
-# The request fields that only decide whether an audit finishes, not what it reports.
+# The request fields the analysis never reads: the path (the model's bytes are in the key), the
+# memory budget and the timeout (they only decide whether it finishes), and the policy, which
+# `assess` applies to the evidence on every run.
 _NOT_IN_KEY = ("path", "max_memory", "timeout_s")
+POLICY_FIELDS = ("thresholds", "severities", "fail_on", "baseline", "disabled", "waivers")
 
 
-def request_fingerprint(request: AuditRequest, today: str) -> dict[str, Any]:
-    """Everything of the request that can change the report, as canonical JSON data (the cache key
-    together with the model's sha256 and the version): every field of AuditRequest, so a new field
-    can never be forgotten, except the memory budget and the timeout (they only decide whether an
-    audit finishes) and the path (the model's bytes are in the key). The date only matters for
-    waivers; whether the report is pinned by SOURCE_DATE_EPOCH changes its timings."""
+def request_fingerprint(request: AuditRequest) -> dict[str, Any]:
+    """Everything of the request that can change the analysis, as canonical JSON data (the cache
+    key together with the model's sha256 and the version): every field of AuditRequest, so a new
+    field can never be forgotten, except ``_NOT_IN_KEY`` and the policy (``POLICY_FIELDS``).
+    Whether the report is pinned by SOURCE_DATE_EPOCH changes the analysis' timings."""
     import dataclasses
 
     data = {
         f.name: _canonical(getattr(request, f.name))
         for f in dataclasses.fields(request)
-        if f.name not in _NOT_IN_KEY
+        if f.name not in _NOT_IN_KEY and f.name not in POLICY_FIELDS
     }
-    data["today"] = today if request.waivers else None
     data["reproducible"] = bool(os.environ.get("SOURCE_DATE_EPOCH", "").strip())
     return data
 
@@ -377,13 +408,15 @@ def policy_problem(request: AuditRequest) -> str | None:
 
 
 def audit(
-    request: AuditRequest, observer: Observer | None = None, cache: ReportCache | None = None
+    request: AuditRequest, observer: Observer | None = None, cache: AnalysisCache | None = None
 ) -> Report:
-    """Run one audit; raises StabauditError subclasses for anything that stops it (exit 2).
+    """Run one audit: the analysis (or its cached evidence), then the policy (``assess``); raises
+    StabauditError subclasses for anything that stops it (exit 2).
 
     The memory budget is checked before the model's tensors and the analyses' large buffers are
-    allocated; the timeout stops the whole audit cleanly (limits.run_with_timeout). With a cache,
-    a report for the same model bytes, effective request and stabaudit version is reused.
+    allocated; the timeout stops the analysis cleanly (limits.run_with_timeout). With a cache, the
+    analysis of the same model bytes, analysis settings and stabaudit is reused: a changed
+    threshold, --fail-on, baseline, waiver or day only re-runs the checks.
     """
     from stabaudit.errors import ModelLoadError
     from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
@@ -399,49 +432,46 @@ def audit(
     if cache is not None:
         from stabaudit.cache import cache_key
 
+        t = time.perf_counter()
         try:
             sha = _sha256(request.path)
         except OSError:
-            sha = None  # the audit itself reports the unreadable file
+            sha = None  # the analysis itself reports the unreadable file
         if sha is not None:
-            key = cache_key(sha, request_fingerprint(request, report_timestamp()[0][:10]))
+            key = cache_key(sha, request_fingerprint(request))
             hit = cache.get(key)
-            if hit is not None:
+            if isinstance(hit, Analysis):
                 if observer is not None:
                     observer("cached")
-                from stabaudit.checks import rule_catalogue
-
-                # the catalogue is not part of the stored JSON; the path is the one asked for
-                path = str(request.path)
-                return replace(hit, model=replace(hit.model, path=path), rules=rule_catalogue())
+                return assess(hit, request, cached=True, seconds=time.perf_counter() - t)
     budget = request.max_memory if request.max_memory is not None else default_memory_budget()
     # one thread: the report must not depend on the machine's cores or on --jobs (limits.one_thread)
     with use_limits(max_memory=budget), one_thread():  # the ONNX loader reads the memory budget
-        report = run_with_timeout(
-            lambda: _audit(request, observer, budget, sha), request.timeout_s, path=str(request.path)
+        analysis = run_with_timeout(
+            lambda: analyse(request, observer, budget, sha), request.timeout_s, path=str(request.path)
         )
     if cache is not None and key is not None:
-        cache.put(key, report)
-    return report
+        cache.put(key, analysis)
+    return assess(analysis, request)
 
 
-def _audit(
+def analyse(
     request: AuditRequest, observer: Observer | None, memory_budget: int, sha256: str | None
-) -> Report:
-    """The audit itself; ``sha256`` of the model file when the caller already read it (cache)."""
+) -> Analysis:
+    """The analysis stage: load, verify, bound; ``sha256`` of the model file when the caller
+    already read it (cache key)."""
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.equivalence import check_equivalence
     from stabaudit.analyses.lower import lower_bound
     from stabaudit.bounds import bound_node
     from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
-    from stabaudit.checks import CheckPolicy, Evidence, rule_catalogue, run_checks
     from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
     from stabaudit.ir.passes import fold_affine, merge_linear_maps
     from stabaudit.limits import check_analysis_memory, check_deadline, check_model_memory
     from stabaudit.loaders import load_model
 
     say = observer or (lambda _msg: None)
-    created, reproducible = report_timestamp()
+    reproducible = report_timestamp()[1]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -665,35 +695,8 @@ def _audit(
         passed=eq.passed,
         samples=eq.samples,
     )
-    evidence = Evidence(
-        layers=tuple(layers),
-        lipschitz=lipschitz,
-        product_upper=_finite(layered.upper.value) if layered.upper.certified else None,
-        depth=sum(1 for node in graph.nodes if node.op.type in LINEAR_MAPS),
-        nonfinite=_nonfinite(graph),
-        equivalence=equivalence,
-        operators=len(graph.nodes),
-        source_ops=dict(loaded.source_ops),
-        baseline=request.baseline,
-        local=local,
-        waivers=request.waivers,
-        today=created[:10],
-        training=training,
-        sampled=sampled,
-        residual=residual,
-    )
-    findings = run_checks(
-        evidence,
-        CheckPolicy(
-            thresholds=dict(request.thresholds),
-            severities=dict(request.severities),
-            disabled=request.disabled,
-        ),
-    )
-    verdict, exit_code = gate(findings, request.fail_on)
     timings["total"] = time.perf_counter() - t0
-    return Report(
-        tool=ToolInfo(name="stabaudit", version=__version__),
+    return Analysis(
         model=ModelInfo(
             path=str(request.path),
             format=loaded.format.value,
@@ -707,18 +710,85 @@ def _audit(
         profile=tuple(
             ProfileStep(layer=name, upper=_finite(value)) for name, value in layered.profile
         ),
+        product_upper=_finite(layered.upper.value) if layered.upper.certified else None,
+        depth=sum(1 for node in graph.nodes if node.op.type in LINEAR_MAPS),
+        nonfinite=_nonfinite(graph),
+        operators=len(graph.nodes),
+        source_ops=dict(loaded.source_ops),
+        local=local,
+        training=training,
+        training_report=_training_report(training),
+        sampled=sampled,
+        samples=sample_info,
+        residual=residual,
+        timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
+        notes=tuple(loaded.notes) + tuple(eq.notes) + tuple(comp.notes),
+    )
+
+
+def assess(
+    analysis: Analysis, request: AuditRequest, *, cached: bool = False, seconds: float = 0.0
+) -> Report:
+    """The policy stage: the analysis evidence + the request's thresholds, severities, disabled
+    checks, waivers (dated today), baseline and --fail-on -> findings, gate and report. Cheap
+    (milliseconds), so it runs on every audit, a cached analysis included; ``seconds`` is what
+    producing ``analysis`` took in this run (reading the cache, on a hit)."""
+    from stabaudit.checks import CheckPolicy, Evidence, rule_catalogue, run_checks
+
+    t = time.perf_counter()
+    created, reproducible = report_timestamp()
+    evidence = Evidence(
+        layers=analysis.layers,
+        lipschitz=analysis.lipschitz,
+        product_upper=analysis.product_upper,
+        depth=analysis.depth,
+        nonfinite=analysis.nonfinite,
+        equivalence=analysis.equivalence,
+        operators=analysis.operators,
+        source_ops=analysis.source_ops,
+        baseline=request.baseline,
+        local=analysis.local,
+        waivers=request.waivers,
+        today=created[:10],
+        training=analysis.training,
+        sampled=analysis.sampled,
+        residual=analysis.residual,
+    )
+    findings = run_checks(
+        evidence,
+        CheckPolicy(
+            thresholds=dict(request.thresholds),
+            severities=dict(request.severities),
+            disabled=request.disabled,
+        ),
+    )
+    verdict, exit_code = gate(findings, request.fail_on)
+    checks_s = time.perf_counter() - t
+    if cached:
+        # the analysis of this run was reading the cache: its timings are this run's, not the
+        # stored ones (those are the run that computed it)
+        timings = {"cache": seconds, "checks": checks_s, "total": seconds + checks_s}
+    else:
+        timings = {**analysis.timings, "checks": checks_s}
+        timings["total"] = timings.get("total", 0.0) + checks_s
+    return Report(
+        tool=ToolInfo(name="stabaudit", version=__version__),
+        model=replace(analysis.model, path=str(request.path)),
+        equivalence=analysis.equivalence,
+        layers=analysis.layers,
+        lipschitz=analysis.lipschitz,
+        profile=analysis.profile,
         checks=findings,
         verdict=verdict,
         exit_code=exit_code,
         fail_on=request.fail_on.value,
         created=created,
         rules=rule_catalogue(),
-        training=_training_report(training),
-        samples=sample_info,
-        residual_blocks=residual.blocks,
+        training=analysis.training_report,
+        samples=analysis.samples,
+        residual_blocks=analysis.residual.blocks,
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
-        notes=tuple(loaded.notes)
-        + tuple(eq.notes)
-        + tuple(comp.notes)
+        notes=analysis.notes
+        + (_CACHED_NOTE if cached else ())
         + (_REPRODUCIBLE_NOTE if reproducible else ()),
     )

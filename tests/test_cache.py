@@ -1,10 +1,12 @@
-"""The report cache: stable keys, atomic entries, and bad entries or failing disks read as misses."""
+"""The analysis cache: stable keys, authenticated atomic entries, LRU eviction; bad entries read as misses."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -12,12 +14,18 @@ import pytest
 
 import stabaudit
 import stabaudit.cache as cache_module
-from stabaudit.cache import ReportCache, cache_key, default_cache_dir
+import stabaudit.errors
+from stabaudit.cache import AnalysisCache, cache_key, decode_entry, default_cache_dir, encode_entry
 from stabaudit.report.serialize import report_to_dict
 from tests.report_factory import make_report
 
 SHA = "ab" * 32
 CONFIG = {"method": "auto", "seed": 0, "thresholds": {"lipschitz.global": 1.0}, "input_shape": [1, 4]}
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> AnalysisCache:
+    return AnalysisCache(tmp_path / "cache", secret_path=tmp_path / "config" / "cache.key")
 
 
 @pytest.fixture
@@ -86,79 +94,160 @@ def test_default_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "stabaudit"
 
 
-def test_put_then_get_round_trips_the_report(tmp_path: Path):
+def test_put_then_get_round_trips_the_value(cache: AnalysisCache):
     report = make_report()
-    cache = ReportCache(tmp_path / "cache")
     key = cache_key(report.model.sha256, CONFIG)
     assert cache.get(key) is None  # a miss, and the directory need not exist
     cache.put(key, report)
-    entry_path = tmp_path / "cache" / key[:2] / f"{key}.json"
+    entry_path = cache.directory / key[:2] / f"{key}.entry"
     assert entry_path.is_file()
-    entry = json.loads(entry_path.read_text(encoding="utf-8"))
-    assert entry == {"cache_format": 1, "key": key, "report": report_to_dict(report)}
     back = cache.get(key)
-    assert back is not None
+    assert back is not None and back is not report
     assert report_to_dict(back) == report_to_dict(report)
-    assert back.rules == ()  # the catalogue is not cached
-    assert sorted(p.name for p in entry_path.parent.iterdir()) == [f"{key}.json"]  # no temp files
+    assert sorted(p.name for p in entry_path.parent.iterdir()) == [f"{key}.entry"]  # no temp files
 
 
-def _write_entry(cache: ReportCache, key: str, text: str) -> Path:
+def test_the_mac_key_is_created_0600_outside_the_cache(cache: AnalysisCache):
+    key = cache_key(SHA, CONFIG)
+    cache.put(key, make_report())
+    secret_file = cache.secret_path
+    assert secret_file.is_file() and len(secret_file.read_bytes()) == 32
+    assert not secret_file.resolve().is_relative_to(cache.directory.resolve())
+    if os.name == "posix":
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+    # the same key next time: entries written before stay valid
+    again = AnalysisCache(cache.directory, secret_path=secret_file)
+    assert again.get(key) is not None
+
+
+def test_concurrent_first_uses_agree_on_one_complete_key(tmp_path: Path):
+    from stabaudit.cache import load_secret
+
+    path = tmp_path / "config" / "cache.key"
+    barrier = threading.Barrier(8)
+    got: list[bytes | BaseException] = []
+
+    def first_use() -> None:
+        barrier.wait()
+        try:
+            got.append(load_secret(path))
+        except BaseException as exc:  # surfaced by the assertion below
+            got.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and len(set(got)) == 1 and got[0] == path.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == ["cache.key"]  # no temporary file left
+
+
+def test_a_key_file_inside_the_cache_directory_is_refused(tmp_path: Path):
+    with pytest.raises(stabaudit.errors.UsageError, match="outside the cache directory"):
+        AnalysisCache(tmp_path / "c", secret_path=tmp_path / "c" / "k")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_key_file_others_can_read_is_refused(cache: AnalysisCache):
+    cache.secret_path.parent.mkdir(parents=True)
+    cache.secret_path.write_bytes(b"k" * 32)
+    cache.secret_path.chmod(0o644)
+    with pytest.raises(stabaudit.errors.UsageError, match="by others"):
+        cache.get("0" * 64)
+
+
+def test_an_unwritable_key_location_turns_the_cache_off(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    cache = AnalysisCache(tmp_path / "c", secret_path=blocker / "cache.key")  # mkdir fails
+    key = cache_key(SHA, CONFIG)
+    cache.put(key, make_report())  # no exception, nothing written
+    assert cache.get(key) is None and not (tmp_path / "c").exists()
+
+
+def _genuine(cache: AnalysisCache) -> tuple[str, bytes]:
+    key = cache_key(SHA, CONFIG)
+    cache.put(key, make_report())
+    return key, cache.path(key).read_bytes()
+
+
+def test_a_tampered_payload_fails_its_mac_and_is_removed(cache: AnalysisCache):
+    key, data = _genuine(cache)
+    head = len(cache_module.MAGIC) + 32
+    value = pickle.loads(data[head:])
+    forged = dataclasses.replace(value, lipschitz=dataclasses.replace(value.lipschitz, upper=0.5))
+    payload = pickle.dumps(forged, protocol=pickle.HIGHEST_PROTOCOL)
+    assert payload != data[head:]
+    cache.path(key).write_bytes(data[:head] + payload)  # the old MAC kept
+    assert cache.get(key) is None
+    assert not cache.path(key).exists()
+
+
+def test_an_entry_of_another_key_or_secret_is_a_miss(cache: AnalysisCache, tmp_path: Path):
+    key, data = _genuine(cache)
+    other = "1" * 64
+    cache.path(other).parent.mkdir(parents=True, exist_ok=True)
+    cache.path(other).write_bytes(data)  # a valid entry copied under another key's name
+    assert cache.get(other) is None
+    foreign = encode_entry(b"f" * 32, key, make_report())  # written with someone else's secret
+    cache.path(key).write_bytes(foreign)
+    assert cache.get(key) is None and not cache.path(key).exists()
+
+
+def test_an_entry_owned_by_another_user_is_never_trusted(cache: AnalysisCache, monkeypatch: pytest.MonkeyPatch):
+    key, _ = _genuine(cache)
+    real = os.geteuid()
+    assert cache.get(key) is not None
+    monkeypatch.setattr(os, "geteuid", lambda: real + 1)  # the file's owner is now "another user"
+    monkeypatch.setattr(cache, "_secret", cache.secret())  # the key file was read as ours
+    assert cache.get(key) is None
+
+
+def test_an_authenticated_entry_still_cannot_name_arbitrary_callables(cache: AnalysisCache):
+    # a second wall behind the MAC: the unpickler resolves stabaudit classes, numpy and plain data only
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("true",))
+
+    secret = cache.secret()
+    assert secret is not None
+    with pytest.raises(ValueError, match="unreadable payload"):
+        decode_entry(secret, "0" * 64, encode_entry(secret, "0" * 64, Evil()))
+    import numpy as np
+
+    arr = np.arange(6.0).reshape(2, 3)
+    back = decode_entry(secret, "0" * 64, encode_entry(secret, "0" * 64, {"a": arr, "s": frozenset({1})}))
+    assert isinstance(back, dict) and np.array_equal(back["a"], arr) and back["s"] == frozenset({1})
+
+
+def _write_entry(cache: AnalysisCache, key: str, data: bytes) -> Path:
     path = cache.path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_bytes(data)
     return path
 
 
-def _valid_entry(key: str) -> dict:
-    return {"cache_format": 1, "key": key, "report": report_to_dict(make_report())}
-
-
 @pytest.mark.parametrize(
-    "text",
+    "data",
     [
-        "",
-        "{ not json",
-        "[]",
-        json.dumps({**_valid_entry("0" * 64), "cache_format": 2}),
-        json.dumps({**_valid_entry("0" * 64), "key": "1" * 64}),
-        json.dumps({"cache_format": 1, "key": "0" * 64}),
-        json.dumps({**_valid_entry("0" * 64), "report": {"schema_version": "1"}}),
-        "[" * 100_000 + "]" * 100_000,
+        b"",
+        b"{ not json",
+        json.dumps({"cache_format": 1, "key": "0" * 64, "report": report_to_dict(make_report())}).encode(),
+        cache_module.MAGIC + b"short",
+        b"\xff\xfe{",
     ],
-    ids=["empty", "not-json", "list", "other-format", "other-key", "no-report", "bad-report", "deep"],
+    ids=["empty", "not-json", "old-json-format", "truncated", "not-utf8"],
 )
-def test_a_corrupt_entry_is_a_miss_and_is_removed(tmp_path: Path, text: str):
-    cache = ReportCache(tmp_path)
+def test_a_corrupt_entry_is_a_miss_and_is_removed(cache: AnalysisCache, data: bytes):
     key = "0" * 64
-    path = _write_entry(cache, key, text)
-    assert cache.get(key) is None
-    assert not path.exists()
-
-
-def test_an_entry_of_another_version_is_a_miss_and_is_removed(tmp_path: Path):
-    cache = ReportCache(tmp_path)
-    key = "0" * 64
-    entry = _valid_entry(key)
-    entry["report"]["tool"]["version"] = "0.0.1"
-    path = _write_entry(cache, key, json.dumps(entry))
-    assert cache.get(key) is None
-    assert not path.exists()
-
-
-def test_a_non_utf8_entry_is_a_miss_and_is_removed(tmp_path: Path):
-    cache = ReportCache(tmp_path)
-    key = "0" * 64
-    path = cache.path(key)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\xff\xfe{")
+    path = _write_entry(cache, key, data)
     assert cache.get(key) is None
     assert not path.exists()
 
 
 @pytest.mark.parametrize("key", ["", "../" + "0" * 61, "A" * 64, "0" * 63])
-def test_keys_that_are_not_sha256_hex_are_refused(tmp_path: Path, key: str):
-    cache = ReportCache(tmp_path)
+def test_keys_that_are_not_sha256_hex_are_refused(cache: AnalysisCache, key: str):
     with pytest.raises(ValueError, match="64 lowercase hex"):
         cache.get(key)
     with pytest.raises(ValueError, match="64 lowercase hex"):
@@ -169,7 +258,7 @@ def test_put_under_a_regular_file_does_nothing(tmp_path: Path):
     # mkdir below a regular file fails even for root, unlike a chmod'ed directory.
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
-    cache = ReportCache(blocker / "cache")
+    cache = AnalysisCache(blocker / "cache", secret_path=tmp_path / "key")
     key = cache_key(SHA, CONFIG)
     cache.put(key, make_report())  # no exception
     assert cache.get(key) is None
@@ -177,10 +266,9 @@ def test_put_under_a_regular_file_does_nothing(tmp_path: Path):
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only directories")
-def test_put_into_a_read_only_directory_does_nothing(tmp_path: Path):
-    cache = ReportCache(tmp_path / "cache")
+def test_put_into_a_read_only_directory_does_nothing(cache: AnalysisCache):
     key = cache_key(SHA, CONFIG)
-    shard = tmp_path / "cache" / key[:2]
+    shard = cache.directory / key[:2]
     shard.mkdir(parents=True)
     shard.chmod(0o555)
     try:
@@ -190,19 +278,17 @@ def test_put_into_a_read_only_directory_does_nothing(tmp_path: Path):
         shard.chmod(0o755)
 
 
-def test_a_failing_replace_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_failing_replace_leaves_no_temp_file(cache: AnalysisCache, monkeypatch: pytest.MonkeyPatch):
     def full_disk(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    cache = ReportCache(tmp_path)
     key = cache_key(SHA, CONFIG)
     monkeypatch.setattr(os, "replace", full_disk)
     cache.put(key, make_report())
     assert list(cache.path(key).parent.iterdir()) == []
 
 
-def test_concurrent_puts_of_one_key_leave_a_valid_entry(tmp_path: Path):
-    cache = ReportCache(tmp_path)
+def test_concurrent_puts_of_one_key_leave_a_valid_entry(cache: AnalysisCache):
     report = make_report()
     key = cache_key(report.model.sha256, CONFIG)
     barrier = threading.Barrier(2)
@@ -224,4 +310,49 @@ def test_concurrent_puts_of_one_key_leave_a_valid_entry(tmp_path: Path):
     assert errors == []
     back = cache.get(key)
     assert back is not None and report_to_dict(back) == report_to_dict(report)
-    assert [p.name for p in cache.path(key).parent.iterdir()] == [f"{key}.json"]
+    assert [p.name for p in cache.path(key).parent.iterdir()] == [f"{key}.entry"]
+
+
+# ---- size cap: least recently used entries go first ---------------------------------------------------
+def _keys(n: int) -> list[str]:
+    return [cache_key(SHA, {**CONFIG, "seed": i}) for i in range(n)]
+
+
+def test_lru_eviction_under_a_tiny_cap(tmp_path: Path):
+    report = make_report()
+    probe = AnalysisCache(tmp_path / "probe", secret_path=tmp_path / "key")
+    probe.put(_keys(1)[0], report)
+    size = probe.info().bytes  # one entry's size (all entries below are the same size)
+    cache = AnalysisCache(tmp_path / "c", secret_path=tmp_path / "key", max_bytes=3 * size)
+    a, b, c, d = _keys(4)
+    for i, key in enumerate((a, b, c)):
+        cache.put(key, report)
+        os.utime(cache.path(key), ns=(10**18 + i, 10**18 + i))  # distinct, ordered last uses
+    assert cache.info().entries == 3 and cache.info().bytes == 3 * size
+    assert cache.get(a) is not None  # a hit: a is now the most recently used
+    cache.put(d, report)  # over the cap by one entry: the least recently used (b) goes
+    assert [cache.get(k) is not None for k in (a, b, c, d)] == [True, False, True, True]
+    assert cache.info().bytes == 3 * size
+    tiny = AnalysisCache(tmp_path / "t", secret_path=tmp_path / "key", max_bytes=size - 1)
+    tiny.put(a, report)  # a single entry above the cap is not kept
+    assert tiny.info().entries == 0
+
+
+def test_the_cap_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("STABAUDIT_CACHE_MAX_BYTES", "1M")
+    assert AnalysisCache(tmp_path / "c", secret_path=tmp_path / "k").max_bytes == 1024**2
+    monkeypatch.delenv("STABAUDIT_CACHE_MAX_BYTES")
+    assert AnalysisCache(tmp_path / "c", secret_path=tmp_path / "k").max_bytes == 256 * 1024**2
+    monkeypatch.setenv("STABAUDIT_CACHE_MAX_BYTES", "lots")
+    with pytest.raises(stabaudit.errors.UsageError, match="STABAUDIT_CACHE_MAX_BYTES"):
+        AnalysisCache(tmp_path / "c", secret_path=tmp_path / "k")
+
+
+def test_clear_removes_every_entry_and_keeps_the_key(cache: AnalysisCache):
+    for key in _keys(3):
+        cache.put(key, make_report())
+    (cache.directory / "00").mkdir()
+    (cache.directory / "00" / ".x.tmp").write_bytes(b"")
+    assert cache.clear() == 3
+    assert cache.info().entries == 0 and list(cache.directory.iterdir()) == []
+    assert cache.secret_path.is_file()

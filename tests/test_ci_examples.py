@@ -70,7 +70,7 @@ def test_pre_commit_hook_definition_runs(tmp_path):
     again = execute(hook["entry"], repo)
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
     assert again.returncode == 0 and stamp.sub("", again.stdout) == stamp.sub("", first.stdout)
-    assert len(list((repo / ".cache").rglob("*.json"))) == 2
+    assert len(list((repo / ".cache").rglob("*.entry"))) == 2
 
 
 def run_step(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -272,7 +272,7 @@ def audit(built: Built, **options: object):  # -> Report
 
 
 def loaded_and_folded(built: Built) -> tuple[Graph, Graph]:
-    """The graph as loaded, and the one whose nodes are the report's layers (as engine._audit
+    """The graph as loaded, and the one whose nodes are the report's layers (as engine.analyse
     builds it: affine maps folded, adjacent linear maps merged)."""
     from stabaudit.ir.passes import fold_affine, merge_linear_maps
     from stabaudit.loaders import load_model
