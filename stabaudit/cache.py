@@ -128,12 +128,23 @@ def load_secret(path: Path) -> bytes:
             problem = "owned by another user"
         elif os.name == "posix" and st.st_mode & 0o077:
             problem = f"readable or writable by others (mode {st.st_mode & 0o777:o}; chmod 600 it)"
-        secret = fh.read(_SECRET_BYTES + 1)
-    if not problem and len(secret) != _SECRET_BYTES:
-        problem = f"expected {_SECRET_BYTES} bytes (delete it to make a new key)"
-    if problem:
+        secret = _secret_bytes(fh.read(4 * _SECRET_BYTES))
+    if not problem and secret is None:
+        problem = f"expected {_SECRET_BYTES} bytes or {2 * _SECRET_BYTES} hex digits (delete it to make a new key)"
+    if problem or secret is None:
         raise UsageError(f"cache key file {path}: {problem}")
     return secret
+
+
+def _secret_bytes(data: bytes) -> bytes | None:
+    """The key from a key file's bytes: 32 raw bytes (as created here), or 64 hex digits and
+    optional whitespace (as a CI secret is easily written, e.g. `openssl rand -hex 32`)."""
+    if len(data) == _SECRET_BYTES:
+        return data
+    text = data.strip()
+    if len(text) == 2 * _SECRET_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):
+        return bytes.fromhex(text.decode("ascii"))
+    return None
 
 
 def _create_secret(path: Path) -> None:

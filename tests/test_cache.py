@@ -143,6 +143,18 @@ def test_concurrent_first_uses_agree_on_one_complete_key(tmp_path: Path):
     assert [p.name for p in path.parent.iterdir()] == ["cache.key"]  # no temporary file left
 
 
+def test_a_key_file_may_hold_hex_digits(tmp_path: Path):
+    from stabaudit.cache import load_secret
+
+    path = tmp_path / "k"
+    path.write_text("00ff" * 16 + "\n", encoding="ascii")
+    path.chmod(0o600)
+    assert load_secret(path) == bytes.fromhex("00ff" * 16)
+    path.write_text("00ff" * 15, encoding="ascii")
+    with pytest.raises(stabaudit.errors.UsageError, match="64 hex digits"):
+        load_secret(path)
+
+
 def test_a_key_file_inside_the_cache_directory_is_refused(tmp_path: Path):
     with pytest.raises(stabaudit.errors.UsageError, match="outside the cache directory"):
         AnalysisCache(tmp_path / "c", secret_path=tmp_path / "c" / "k")
