@@ -392,7 +392,7 @@ def run_batch(
     start = time.perf_counter()
     outcomes = collect(executor, jobs, progress)
     models = tuple(outcomes[job.index] for job in jobs)
-    if reproducible:  # a cached report keeps its own time; a pinned batch pins its models too
+    if reproducible:  # a pinned batch pins its models too
         models = tuple(
             replace(m, created=created, timings={}) if isinstance(m, Report) else m for m in models
         )

@@ -106,7 +106,7 @@ def plan_trajectory(
     cache_dir: Path | None = None,
 ) -> list[BatchJob]:
     """One job per checkpoint, in step order, all with the same settings; ``waivers`` per
-    checkpoint (the config's that match it); reports of unchanged checkpoints from ``cache_dir``."""
+    checkpoint (the config's that match it); the analyses of unchanged checkpoints from ``cache_dir``."""
     jobs = []
     for i, ckpt in enumerate(checkpoints):
         request = request_for(
