@@ -21,7 +21,7 @@ def run(*args: object):
 
 def test_a_threshold_change_is_served_from_the_cache(tmp_path: Path):
     cache = tmp_path / "cache"
-    common = ["check", MLP, "--budget", "0.3", "--cache-dir", cache, "--format", "json"]
+    common = ["check", MLP, "--method", "product", "--budget", "0.2", "--cache-dir", cache, "--format", "json"]
     first = run(*common)
     assert first.exit_code == 0, first.stderr  # K <= 1 by default: the MLP fails SA101, a warning
     one = json.loads(first.stdout)
