@@ -1,5 +1,5 @@
 """`python -m stabaudit` runs the command line."""
 
-from stabaudit.cli import main
+from stabaudit.entry import main
 
 main()

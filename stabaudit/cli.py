@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from stabaudit import __version__
+from stabaudit import __version__, interrupts
 from stabaudit.errors import StabauditError, UsageError
 from stabaudit.progress import Progress
 
@@ -31,12 +31,7 @@ app = typer.Typer(
 )
 
 
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that clean-up runs (exit code 143 = 128 + 15)."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
+Terminated = interrupts.Terminated  # SIGTERM inside a command's body (exit code 143)
 
 
 def _version(value: bool) -> None:
@@ -74,18 +69,19 @@ def _report_error(exc: StabauditError) -> None:
 def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
     """Map errors to CONTRACT.md exit codes: 2 for bad input, 3 for a bug; tracebacks only with --debug."""
     try:
-        code = body()
+        with interrupts.raising():  # signals raise inside the body, so that clean-up runs
+            code = body()
     except StabauditError as exc:
         if debug:
             traceback.print_exc()
         _report_error(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted (SIGINT); no report written", err=True)
-        raise typer.Exit(130) from None
+        interrupts.announce(signal.SIGINT, echo=_echo_err)
+        raise typer.Exit(interrupts.exit_code(signal.SIGINT)) from None
     except Terminated:
-        typer.echo("error: terminated (SIGTERM); no report written", err=True)
-        raise typer.Exit(143) from None
+        interrupts.announce(signal.SIGTERM, echo=_echo_err)
+        raise typer.Exit(interrupts.exit_code(signal.SIGTERM)) from None
     except typer.Exit:
         raise
     except BrokenPipeError:  # the reader of stdout went away (`stabaudit explain --all | head -1`)
@@ -103,6 +99,10 @@ def _run_guarded(debug: bool, body: Callable[[], int]) -> NoReturn:
         )
         raise typer.Exit(3) from None
     raise typer.Exit(code)
+
+
+def _echo_err(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -137,16 +137,9 @@ def write_atomic(path: Path, text: str) -> None:
     the target's directory, renamed over it. Through a symlink, the file it points to is replaced
     and the link kept. The new file's mode is 0666 less the umask, as for any file the user
     creates (reports are shared artefacts, not secrets)."""
-    target = Path(os.path.realpath(path))
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from stabaudit.atomic import write_files
+
+    write_files([(text, path)])
 
 
 def _silence_stdout() -> None:
@@ -375,22 +368,26 @@ def _file(path: Path) -> Path | None:
 
 
 def _write_all(texts: list[tuple[str, Path | None]]) -> list[str]:
-    """Everything is rendered before anything is written; each file is written atomically. A
+    """Everything is rendered before anything is written; the files are written together, all or
+    none (atomic.write_files: temporaries first, then the renames), then standard output. A
     closed stdout (`| head -1`) ends the stdout writes quietly; the files are still written.
     Returns what was written, for the summary line."""
-    written: list[str] = []
+    from stabaudit.atomic import write_files
+
+    files = [(text, path) for text, path in texts if path is not None]
+    if files:
+        write_files(files)
+    written = [str(path) for _, path in files]
     for text, path in texts:
-        if path is None:
-            try:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-            except BrokenPipeError:
-                _silence_stdout()
-                continue
-            written.append("stdout")
-        else:
-            write_atomic(path, text)
-            written.append(str(path))
+        if path is not None:
+            continue
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            continue
+        written.append("stdout")
     return written
 
 
@@ -940,10 +937,10 @@ def trajectory(
 
 
 def main() -> None:
-    import signal
-
+    """The command line (stabaudit.entry.main installs the signal handlers before importing this
+    module; installing them again here serves a console script generated before that entry)."""
     # MKL_CBWR (reproducible MKL kernels) is pinned when the package is imported: stabaudit/__init__
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupts.install()
     app()
 
 
