@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +27,9 @@ Outcome = Report | ModelError
 # A worker that does not answer within the model's timeout plus this grace is killed (a hang in
 # native code that the audit's own cooperative timeout cannot reach).
 HARD_TIMEOUT_GRACE_S = 30.0
+# How often a worker checks that its parent lives, where the kernel cannot tell it (not Linux).
+PARENT_POLL_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def request_for(
@@ -157,9 +162,42 @@ class InProcessExecutor:
             yield job.index, run_job(job)
 
 
-def _worker_main(conn: Any) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when its parent does, however the parent ends (SIGKILL included): on
+    Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG); everywhere a
+    daemon thread polls the parent's pid (an orphan is re-parented, its getppid changes) and ends
+    the process. A worker busy inside an audit never reads its pipe, so the pipe alone would not
+    tell it. SIGINT is ignored: Ctrl-C reaches the whole process group, and the parent answers it
+    (one line, exit 130) and stops its workers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no libc to call: the polling thread still watches
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="stabaudit-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_main(conn: Any, parent_pid: int | None = None) -> None:
     """A worker process: jobs in, outcomes out, until it gets None (each audit runs on one thread,
-    see limits.one_thread, so that the report does not depend on --jobs)."""
+    see limits.one_thread, so that the report does not depend on --jobs). It dies with its parent
+    (``parent_pid``): an orphan would go on burning a core for nobody."""
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     while True:
         job = conn.recv()
         if job is None:
@@ -189,7 +227,7 @@ class ProcessExecutor:
 
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        process = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
         process.start()
         child.close()
         return _Worker(process=process, conn=parent)
