@@ -286,3 +286,23 @@ def test_zip_with_an_unsupported_version(tmp_path: Path) -> None:
 def test_zip_with_an_unsupported_version_through_the_cli(tmp_path: Path) -> None:
     code, err = check_cli(_zip_version_255(tmp_path))
     assert code == 2 and "zip" in err
+
+
+# ---- TorchScript code tables (fuzz/fuzz_ts_code.py) ---------------------------------------------------
+def test_code_that_parses_with_a_syntax_warning_prints_nothing(tmp_path: Path) -> None:
+    """Was: the static gate's ast.parse printed `archive/code/__torch__.py:14: SyntaxWarning: invalid
+    decimal literal` on stderr, a line beside the `error:` one, its text chosen by the archive."""
+    import warnings
+
+    items = ts_seeds.entries((ts_seeds.SAMPLES / "mlp.pt").read_bytes())
+    i = next(k for k, (name, _) in enumerate(items) if name.endswith("code/__torch__.py"))
+    text = items[i][1].decode().replace("(fc1).forward(input, )", "(fc1).forward(input, 1if 1 else 2)")
+    assert "1if" in text
+    items[i] = (items[i][0], text.encode())
+    path = tmp_path / "model.pt"
+    path.write_bytes(ts_seeds.pack(items))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exc = load_cleanly(path)
+    assert exc is not None and "not a loadable TorchScript archive" in str(exc)
+    assert [str(w.message) for w in caught if issubclass(w.category, SyntaxWarning)] == []
