@@ -66,6 +66,7 @@ fuzz: install-dev
 	$(PIP_INSTALL) -e '.[fuzz]'
 	$(BIN)/python fuzz/fuzz_onnx.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
 	$(BIN)/python fuzz/fuzz_torchscript.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
+	$(BIN)/python fuzz/fuzz_ts_code.py -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=6144
 	$(BIN)/python fuzz/fuzz_config.py -max_total_time=$(FUZZ_SECONDS) -timeout=20
 
 clean:

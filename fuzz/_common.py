@@ -46,11 +46,12 @@ def run(target: str, seeds: Iterable[tuple[str, bytes]], test_one_input: Callabl
     atheris.Fuzz()
 
 
-def exercise(payload: bytes, path: Path) -> None:
+def exercise(payload: bytes, path: Path) -> bool:
     """Write one input where the loaders read it, load it and run its reference once: only a
-    StabauditError may escape the loader, and its message must be one clear line."""
+    StabauditError may escape the loader, and its message must be one clear line. Returns
+    whether it loaded."""
     if not payload:
-        return
+        return False
     import numpy as np
 
     from stabaudit.errors import StabauditError
@@ -63,3 +64,5 @@ def exercise(payload: bytes, path: Path) -> None:
         loaded.reference({s.name: np.zeros(s.shape, np.float32) for s in loaded.graph.inputs})
     except StabauditError as exc:
         check_error(exc)
+        return False
+    return True
