@@ -209,3 +209,28 @@ def test_without_the_parent_death_signal_a_worker_still_sees_its_parent_go(tmp_p
         raise AssertionError("the worker outlived its parent") from None
     except psutil.NoSuchProcess:
         pass
+
+
+def test_ctrl_c_on_a_batch_gives_one_line_and_stops_the_workers(tmp_path):
+    """Ctrl-C reaches the whole process group: the workers ignore it (no traceback of theirs), the
+    parent answers with its one line and stops them."""
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.onnx").write_bytes((ROOT / "sample_models" / "cnn.onnx").read_bytes())
+    (tmp_path / "batch.yaml").write_text("defaults:\n  budget: 60\nmodels:\n  - path: '*.onnx'\n")
+    proc = subprocess.Popen([sys.executable, "-m", "stabaudit", "batch", "batch.yaml", "--jobs", "2", "-o", "out.json"],
+                            cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    parent = psutil.Process(proc.pid)
+    give_up = time.monotonic() + 60
+    workers: list[psutil.Process] = []
+    while len(workers) < 2 or min(w.cpu_times().user for w in workers) < 1.0:
+        assert proc.poll() is None and time.monotonic() < give_up, proc.communicate()
+        time.sleep(0.2)
+        workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [LINES[signal.SIGINT]], err
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert [w for w in alive if w.is_running() and w.status() != psutil.STATUS_ZOMBIE] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "batch.yaml", "c.onnx"]
