@@ -84,7 +84,7 @@ def test_wheel_metadata_and_contents(built):
     # a range, so that installing stabaudit never replaces the torch of a training environment
     assert requires["torch"] == "torch>=2.2"
     assert not any("==" in r.split(";")[0] for r in requires.values()), requires
-    assert "stabaudit = stabaudit.cli:main" in entry_points
+    assert "stabaudit = stabaudit.entry:main" in entry_points  # signal handlers before the imports
     # every module of the package is in the wheel (a subpackage without __init__.py would not be)
     modules = {
         p.relative_to(ROOT).as_posix()
