@@ -234,3 +234,17 @@ def test_ctrl_c_on_a_batch_gives_one_line_and_stops_the_workers(tmp_path):
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert [w for w in alive if w.is_running() and w.status() != psutil.STATUS_ZOMBIE] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "batch.yaml", "c.onnx"]
+
+
+def test_a_signal_after_the_files_are_in_place_says_so(tmp_path):
+    done = _python("""
+        import os, signal
+        from pathlib import Path
+        from stabaudit import atomic, interrupts
+        interrupts.install()
+        atomic.write_files([("{}", Path("r.json")), ("# r", Path("r.md"))])
+        os.kill(os.getpid(), signal.SIGTERM)
+    """, tmp_path)
+    assert done.returncode == 143
+    assert done.stderr.splitlines() == ["error: terminated (SIGTERM) after the report files were written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
