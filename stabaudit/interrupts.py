@@ -26,6 +26,8 @@ class _State:
     raising = False  # inside a command's body: signals raise (KeyboardInterrupt, Terminated)
     announced = False  # the one line of the interrupt is on stderr
     committed = False  # the command's report files are in place (renamed over their targets)
+    deferring = False  # inside ``deferred()``: a signal is recorded, handled when the block ends
+    pending: int | None = None  # the signal recorded while deferring
 
 
 _STATE = _State()
@@ -104,6 +106,12 @@ def _importing(frame: FrameType | None) -> bool:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if _STATE.deferring:
+        # another thread took the process-directed signal (the main thread's mask only holds it
+        # for the main thread): Python still runs this handler in the main thread, mid-block
+        if _STATE.pending is None:
+            _STATE.pending = signum
+        return
     if not _STATE.raising or _importing(frame):
         exit_now(signum)
     _STATE.raising = False  # a second signal, while the first unwinds, ends the process at once
@@ -151,7 +159,12 @@ def deferred() -> Iterator[None]:
         return
     held = set(EXIT_CODES)
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    _STATE.deferring, _STATE.pending = True, None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _STATE.deferring = False
+        pending, _STATE.pending = _STATE.pending, None
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held by the mask runs here
+        if pending is not None:
+            _handler(pending, None)  # one that another thread took, handled as it would have been
