@@ -135,9 +135,15 @@ def test_geometric_growth_fails_sa602_with_the_known_exponent(geometric):
     sa601 = finding(geometric, "SA601")
     assert sa601.value["lipschitz"]["sup_upper"] == uppers[-1]
     assert sa601.status is Status.FAIL
-    # warnings by default: the gate fails only at --fail-on warning
+    # informational by default: no threshold was set, so no level of --fail-on gates on them
     assert (geometric.verdict, geometric.exit_code) == ("pass", 0)
-    assert trajectory_outcome(geometric.points, geometric.checks, FailOn.WARNING) == ("fail", 1)
+    assert {f.id: f.severity for f in geometric.checks} == {"SA601": Severity.INFO, "SA602": Severity.INFO}
+    assert trajectory_outcome(geometric.points, geometric.checks, FailOn.WARNING) == ("pass", 0)
+    # setting the exponent's own threshold makes SA602 (only) an error, and it fails the gate
+    tev = TrajectoryEvidence(points=geometric.points)
+    own = run_trajectory_checks(tev, CheckPolicy(thresholds={"growth_exponent": 0.0}))
+    assert {f.id: f.severity for f in own} == {"SA601": Severity.INFO, "SA602": Severity.ERROR}
+    assert trajectory_outcome(geometric.points, own, FailOn.ERROR) == ("fail", 1)
 
 
 def test_weights_that_stay_put_pass_with_exponent_zero(flat):
