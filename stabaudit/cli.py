@@ -193,7 +193,7 @@ ThresholdOption = Annotated[
     list[str] | None,
     typer.Option(
         "--threshold",
-        help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, growth_exponent, ... or a check id); makes the check an error.",
+        help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, residual_growth, local_lipschitz, growth_exponent, ... or a check id); makes that check, and only it, an error (unset: informational).",
     ),
 ]
 FailOnOption = Annotated[
