@@ -26,7 +26,7 @@ def target_of(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def write_temporary(path: Path, text: str) -> Path:
+def write_temporary(path: Path, text: str | bytes) -> Path:
     """``text`` in a new temporary file beside ``path``'s target (tracked: a signal that ends the
     process removes it). Its mode is 0666 less the umask, as for any file the user creates."""
     target = target_of(path)
@@ -34,8 +34,12 @@ def write_temporary(path: Path, text: str) -> Path:
     interrupts.track(tmp)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        if isinstance(text, bytes):  # a sidecar .npz beside a JSON report
+            with os.fdopen(fd, "wb") as out:
+                out.write(text)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
     except BaseException:
         discard(tmp)
         raise
@@ -58,7 +62,7 @@ def commit(pairs: Sequence[tuple[Path, Path]]) -> None:
         interrupts.mark_committed()
 
 
-def write_files(files: Sequence[tuple[str, Path]]) -> None:
+def write_files(files: Sequence[tuple[str | bytes, Path]]) -> None:
     """Every file written to its temporary first, then all renamed together; on any error or
     signal before the renames, no temporary is left and no target changed. Leftovers of earlier
     runs that were killed (SIGKILL cannot be handled) are removed from each target's directory."""

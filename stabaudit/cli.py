@@ -132,7 +132,7 @@ def parse_threshold(text: str) -> tuple[str, float]:
     return canonical_threshold(name.strip()), number
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Write ``text`` to ``path`` so that no reader ever sees a partial file: a temporary file in
     the target's directory, renamed over it. Through a symlink, the file it points to is replaced
     and the link kept. The new file's mode is 0666 less the umask, as for any file the user
@@ -193,7 +193,7 @@ ThresholdOption = Annotated[
     list[str] | None,
     typer.Option(
         "--threshold",
-        help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, growth_exponent, ... or a check id); makes the check an error.",
+        help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, residual_growth, local_lipschitz, growth_exponent, ... or a check id); makes that check, and only it, an error (unset: informational).",
     ),
 ]
 FailOnOption = Annotated[
@@ -367,7 +367,7 @@ def _file(path: Path) -> Path | None:
     return None if str(path) == "-" else path
 
 
-def _write_all(texts: list[tuple[str, Path | None]]) -> list[str]:
+def _write_all(texts: list[tuple[str | bytes, Path | None]]) -> list[str]:
     """Everything is rendered before anything is written; the files are written together, all or
     none (atomic.write_files: temporaries first, then the renames), then standard output. A
     closed stdout (`| head -1`) ends the stdout writes quietly; the files are still written.
@@ -381,6 +381,7 @@ def _write_all(texts: list[tuple[str, Path | None]]) -> list[str]:
     for text, path in texts:
         if path is not None:
             continue
+        assert isinstance(text, str)  # a sidecar (bytes) is only ever written beside a file
         try:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -398,6 +399,41 @@ def _render(fmt: OutputFormat, report: Report, sarif_all: bool) -> str:
     if fmt is OutputFormat.SARIF:
         return render_sarif(report, all_results=sarif_all, docs_url=_docs_url())
     return RENDERERS.get(fmt)(report)
+
+
+def _outputs(
+    fmt: OutputFormat, report: Report, path: Path | None, sarif_all: bool
+) -> list[tuple[str | bytes, Path | None]]:
+    """One output's text and, for a JSON file whose witness is large, its sidecar .npz beside it
+    (on stdout the witness is summarised by its digest and norms): reports stay small."""
+    from stabaudit.renderers import OutputFormat
+    from stabaudit.report.witness import externalize, npz_bytes, sidecar_path
+
+    if fmt is not OutputFormat.JSON:
+        return [(_render(fmt, report, sarif_all), path)]
+    side = sidecar_path(path) if path is not None else None
+    small, arrays = externalize(report, side.name if side is not None else None)
+    out: list[tuple[str | bytes, Path | None]] = [(_render(fmt, small, sarif_all), path)]
+    if arrays and side is not None:
+        out.append((npz_bytes(arrays), side))
+    return out
+
+
+def _batch_outputs(
+    fmt: OutputFormat, batch: BatchReport, path: Path | None, sarif_all: bool
+) -> list[tuple[str | bytes, Path | None]]:
+    """_outputs for a batch report: one sidecar for all models (arrays m<i>_x, m<i>_y)."""
+    from stabaudit.renderers import OutputFormat
+    from stabaudit.report.witness import externalize_batch, npz_bytes, sidecar_path
+
+    if fmt is not OutputFormat.JSON:
+        return [(_render_batch(fmt, batch, sarif_all), path)]
+    side = sidecar_path(path) if path is not None else None
+    small, arrays = externalize_batch(batch, side.name if side is not None else None)
+    out: list[tuple[str | bytes, Path | None]] = [(_render_batch(fmt, small, sarif_all), path)]
+    if arrays and side is not None:
+        out.append((npz_bytes(arrays), side))
+    return out
 
 
 def _render_batch(fmt: OutputFormat, batch: BatchReport, sarif_all: bool) -> str:
@@ -610,7 +646,7 @@ def check(
                 traceback.print_exc()
             _report_error(exc)
             report = _refusal(exc, model, overrides.fail_on)
-        written = _write_all([(_render(fmt, report, sarif_all), path) for fmt, path in targets])
+        written = _write_all([out for fmt, path in targets for out in _outputs(fmt, report, path, sarif_all)])
         _say(summary_line(report, written), quiet)
         return report.exit_code
 
@@ -705,17 +741,17 @@ def batch(
         runner = make_executor(kind, jobs, scheduler)
         with Progress(enabled=not quiet, label=str(config), total=len(planned)) as progress:
             report = run_batch(cfg, runner, planned, progress=progress.step)
-        texts = [(_render_batch(fmt, report, sarif_all), path) for fmt, path in targets]
+        texts = [out for fmt, path in targets for out in _batch_outputs(fmt, report, path, sarif_all)]
         if output_dir is not None:
             from stabaudit.report.model import Report
 
             for fmt in dir_formats:
                 ext = _EXT[fmt.value]
-                texts.append((_render_batch(fmt, report, sarif_all), output_dir / f"batch{ext}"))
+                texts += _batch_outputs(fmt, report, output_dir / f"batch{ext}", sarif_all)
                 for i, m in enumerate(report.models):
                     if isinstance(m, Report):
                         name = f"{i:03d}-{Path(m.model.path).stem}{ext}"
-                        texts.append((_render(fmt, m, sarif_all), output_dir / name))
+                        texts += _outputs(fmt, m, output_dir / name, sarif_all)
             output_dir.mkdir(parents=True, exist_ok=True)
         # the models that could not be audited, one line each, whatever the outputs and --quiet
         _report_model_errors(report)

@@ -18,6 +18,7 @@ from stabaudit.checks import CHECKS, CheckPolicy, rule_catalogue
 from stabaudit.checks.trajectory import (
     NEEDS_TRAJECTORY,
     TrajectoryEvidence,
+    channel_summaries,
     fit_growth,
     run_trajectory_checks,
 )
@@ -135,9 +136,33 @@ def test_geometric_growth_fails_sa602_with_the_known_exponent(geometric):
     sa601 = finding(geometric, "SA601")
     assert sa601.value["lipschitz"]["sup_upper"] == uppers[-1]
     assert sa601.status is Status.FAIL
-    # warnings by default: the gate fails only at --fail-on warning
+    # informational by default: no threshold was set, so no level of --fail-on gates on them
     assert (geometric.verdict, geometric.exit_code) == ("pass", 0)
-    assert trajectory_outcome(geometric.points, geometric.checks, FailOn.WARNING) == ("fail", 1)
+    assert {f.id: f.severity for f in geometric.checks} == {"SA601": Severity.INFO, "SA602": Severity.INFO}
+    assert trajectory_outcome(geometric.points, geometric.checks, FailOn.WARNING) == ("pass", 0)
+    # setting the exponent's own threshold makes SA602 (only) an error, and it fails the gate
+    tev = TrajectoryEvidence(points=geometric.points)
+    own = run_trajectory_checks(tev, CheckPolicy(thresholds={"growth_exponent": 0.0}))
+    assert {f.id: f.severity for f in own} == {"SA601": Severity.INFO, "SA602": Severity.ERROR}
+    assert trajectory_outcome(geometric.points, own, FailOn.ERROR) == ("fail", 1)
+
+
+def test_sa601_gates_only_on_the_channels_whose_threshold_was_set(geometric):
+    tev = TrajectoryEvidence(points=geometric.points)
+    summaries = {s.channel: s for s in channel_summaries(geometric.points)}
+    assert summaries[TrajectoryChannel.LIPSCHITZ].status is Status.FAIL  # K_lower > 1 already at t=0
+    # defaults: informational, every channel judged
+    (default,) = [f for f in run_trajectory_checks(tev, CheckPolicy()) if f.id == "SA601"]
+    assert default.severity is Severity.INFO and default.status is Status.FAIL
+    assert "informational" not in default.message
+    # one channel's threshold set: SA601 is an error judged on that channel alone, the others aside
+    (own,) = [
+        f for f in run_trajectory_checks(tev, CheckPolicy(thresholds={"layer_lipschitz": 1.0}))
+        if f.id == "SA601"
+    ]
+    assert own.severity is Severity.ERROR
+    assert own.status is summaries[TrajectoryChannel.LAYER].status
+    assert "informational (threshold not set): lipschitz fail" in own.message
 
 
 def test_weights_that_stay_put_pass_with_exponent_zero(flat):

@@ -7,6 +7,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 from stabaudit.errors import UsageError
@@ -82,6 +83,9 @@ class CheckSpec:
     threshold_key: str | None
     default_threshold: float | None
     run: Callable[[Evidence, CheckContext], Finding]
+    # a threshold key whose user value this check also uses when its own is unset (SA202 and
+    # SA302 judge against K_max, SA101's `lipschitz`); it never makes this check an error
+    inherits: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +95,18 @@ class CheckContext:
     spec: CheckSpec
     threshold: float | None
     severity: Severity
+    user_threshold: bool = False  # the user set this check's own threshold (config or CLI)
+
+    def would_pass(self, upper: float | None, what: str = "the certified upper bound") -> str:
+        """The first-run advice for a check judged on a default threshold: the threshold that
+        the certified upper bound ``upper`` proves today (rounded up, so that it does pass), or ""
+        when the user set the threshold, the check has no key, or there is no certified bound."""
+        if self.user_threshold or self.spec.threshold_key is None or upper is None or not math.isfinite(upper):
+            return ""
+        return (
+            f"; default threshold {fmt(self.threshold)}, not set by the user: informational; "
+            f"would pass with --threshold {self.spec.threshold_key}={fmt_up(upper)} ({what})"
+        )
 
     def finding(
         self, status: Status, value: object, message: str, locations: tuple[str, ...] = ()
@@ -117,6 +133,7 @@ def check(
     severity: Severity,
     threshold_key: str | None = None,
     default_threshold: float | None = None,
+    inherits: str | None = None,
 ) -> Callable[[Callable[[Evidence, CheckContext], Finding]], Callable[[Evidence, CheckContext], Finding]]:
     """Register a check; its docstring is its documentation, the first line its summary."""
 
@@ -133,6 +150,7 @@ def check(
                 threshold_key=threshold_key,
                 default_threshold=default_threshold,
                 run=fn,
+                inherits=inherits,
             ),
         )
         return fn
@@ -187,21 +205,33 @@ def unknown_check_ids(ids: Iterable[str]) -> str | None:
     return None
 
 
+def check_context(spec: CheckSpec, policy: CheckPolicy) -> CheckContext:
+    """The effective threshold and severity of one check. A check judged on a default threshold
+    keeps its declared severity (info for the stability checks: a first run gates on nothing the
+    user did not ask for, yet every status is computed and reported), and is an error once the
+    user sets its own key; a key it only inherits (SA202 and SA302 use
+    K_max) gives the value, never the severity. An explicit `severity:` entry wins over both."""
+    threshold = spec.default_threshold
+    severity = spec.severity
+    user = False
+    if spec.threshold_key:
+        if spec.threshold_key in policy.thresholds:
+            threshold, severity, user = policy.thresholds[spec.threshold_key], Severity.ERROR, True
+        elif spec.inherits and spec.inherits in policy.thresholds:
+            threshold = policy.thresholds[spec.inherits]
+    severity = policy.severities.get(spec.id, severity)
+    return CheckContext(spec=spec, threshold=threshold, severity=severity, user_threshold=user)
+
+
 def run_checks(evidence: Evidence, policy: CheckPolicy) -> tuple[Finding, ...]:
-    """Every registered check in id order. A threshold the user sets makes its check an error.
+    """Every registered check in id order, each with check_context's threshold and severity.
     A disabled check is reported as skipped; failed findings a valid waiver covers carry it."""
     from stabaudit.checks.waivers import apply_waivers
 
     findings = []
     for check_id in sorted(CHECKS):
         spec = CHECKS.get(check_id)
-        threshold = spec.default_threshold
-        severity = spec.severity
-        if spec.threshold_key and spec.threshold_key in policy.thresholds:
-            threshold = policy.thresholds[spec.threshold_key]
-            severity = Severity.ERROR
-        severity = policy.severities.get(spec.id, severity)
-        ctx = CheckContext(spec=spec, threshold=threshold, severity=severity)
+        ctx = check_context(spec, policy)
         if check_id in policy.disabled:
             findings.append(ctx.finding(Status.SKIPPED, None, "disabled by the config"))
             continue
@@ -224,6 +254,17 @@ def bracket_status(lower: float | None, upper: float | None, threshold: float, *
 
 def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.6g}"
+
+
+def fmt_up(x: float) -> str:
+    """x rounded up to 6 significant digits: a threshold printed from it is >= x, so a bound
+    <= x also passes it (the exact decimal value of x is ceiled, then the nearest float of that
+    decimal is still >= x because rounding to nearest is monotone)."""
+    if x == 0.0:
+        return "0"
+    d = Decimal(x)
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - 5), rounding=ROUND_CEILING)
+    return f"{float(q):.6g}"
 
 
 def branch_switch_note(lip: GlobalLipschitz, symbol: str) -> tuple[bool, str]:

@@ -9,9 +9,10 @@ from stabaudit.report.model import Finding, Severity, Status
 @check(
     "SA302",
     "clarke.local",
-    severity=Severity.WARNING,
-    threshold_key="lipschitz",
+    severity=Severity.INFO,
+    threshold_key="local_lipschitz",
     default_threshold=1.0,
+    inherits="lipschitz",
 )
 def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     """Over an eps-ball around every sample input, the local Lipschitz constant is at most K_max.
@@ -27,8 +28,10 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     activation layer and summed over the balls, the stably active, stably inactive and unstable
     units (an unstable unit's pre-activation interval straddles a kink).
     Inputs: `--inputs samples.npz` (array `x`, or the first array; .npy also read) and `--eps`
-    (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold is K_max, shared with SA101
-    (`--threshold lipschitz=VALUE`). Passes when L_local <= K_max on every sample; this
+    (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold
+    is `--threshold local_lipschitz=VALUE` (then an error); unset, it is K_max (`lipschitz`, shared
+    with SA101, default 1) and the check is informational, its message stating the threshold the
+    certified local bound would pass. Passes when L_local <= K_max on every sample; this
     version reports no sound local lower bound, so otherwise the check is inconclusive.
     Branch switches (as in SA101): L_local is about the smooth part, the model as executed adds
     the certified additive term delta inside each ball too, stated in the message; no pass
@@ -70,14 +73,15 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     return ctx.finding(
         Status.INCONCLUSIVE,
         value,
-        f"certified local L <= {fmt(upper)} {where}, not <= {fmt(t)}{jump_text}",
+        f"certified local L <= {fmt(upper)} {where}, not <= {fmt(t)}{jump_text}"
+        + (ctx.would_pass(upper) if jump_ok else ""),
     )
 
 
 @check(
     "SA301",
     "clarke.kinks",
-    severity=Severity.WARNING,
+    severity=Severity.INFO,
     threshold_key="kinks",
     default_threshold=0.05,
 )
@@ -98,8 +102,9 @@ def clarke_kinks(ev: Evidence, ctx: CheckContext) -> Finding:
     the threshold (pass when <= it, fail when above). Value: the max share and the per-layer shares.
     Inputs: `--inputs samples.npz` or a config `domain:` ({low, high} or {mean, std}) with
     `samples: N`; eps is `--eps` / config `eps:` (default 0.01), in the pre-activation's units.
-    Skipped without samples or without ReLU-type units. Threshold: `--threshold kinks=0.1`
-    (a share in [0, 1]); severity warning (config `severity: {SA301: error}`).
+    Skipped without samples or without ReLU-type units. Default threshold 0.05, informational
+    (a failing message states the share that would pass); `--threshold kinks=0.1` (a share in
+    [0, 1]) sets it and makes the check an error (or config `severity: {SA301: error}`).
     """
     acts = ev.sampled.activations if ev.sampled is not None else None
     if ev.sampled is None:
@@ -123,7 +128,8 @@ def clarke_kinks(ev: Evidence, ctx: CheckContext) -> Finding:
     return ctx.finding(
         Status.FAIL,
         value,
-        f"max share {fmt(top)} > {fmt(t)} of units {where} (layers: {', '.join(over)})",
+        f"max share {fmt(top)} > {fmt(t)} of units {where} (layers: {', '.join(over)})"
+        + ctx.would_pass(top, "the measured share"),
         locations=over,
     )
 

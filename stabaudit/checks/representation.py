@@ -15,7 +15,7 @@ from stabaudit.checks.base import (
 from stabaudit.report.model import Finding, Severity, Status
 
 
-@check("SA101", "lipschitz.global", severity=Severity.WARNING, threshold_key="lipschitz", default_threshold=1.0)
+@check("SA101", "lipschitz.global", severity=Severity.INFO, threshold_key="lipschitz", default_threshold=1.0)
 def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     """The whole model's L2 Lipschitz constant K is at most K_max.
 
@@ -37,8 +37,10 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     pass without a finite certified delta.
     Assumptions: weights as stored, inputs unrestricted (a global statement), L2 norms of the
     flattened input and output.
-    Default threshold 1 (warning); `--threshold lipschitz=VALUE` or `thresholds: {lipschitz: VALUE}`
-    in the config sets K_max and makes the check an error.
+    Default threshold 1, informational: the status is computed and reported, and while the
+    check is not passing the message states the threshold that the certified upper bound would
+    pass today; `--threshold lipschitz=VALUE` or `thresholds: {lipschitz: VALUE}` in the config
+    sets K_max and makes this check (only this one) an error.
     """
     assert ctx.threshold is not None
     lip = ev.lipschitz
@@ -57,10 +59,11 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     value: dict[str, float | None] = {"lower": lip.lower, "upper": lip.upper}
     if lip.additive is not None:
         value["additive"] = lip.additive.value
-    return ctx.finding(status, value, text + jump_text)
+    advice = ctx.would_pass(lip.upper if lip.certified and jump_ok else None) if status is not Status.PASS else ""
+    return ctx.finding(status, value, text + jump_text + advice)
 
 
-@check("SA102", "lipschitz.layer", severity=Severity.WARNING, threshold_key="layer_lipschitz", default_threshold=1.0)
+@check("SA102", "lipschitz.layer", severity=Severity.INFO, threshold_key="layer_lipschitz", default_threshold=1.0)
 def lipschitz_layer(ev: Evidence, ctx: CheckContext) -> Finding:
     """Every layer's gain s_l is at most s_max (per-layer non-expansiveness).
 
@@ -71,7 +74,9 @@ def lipschitz_layer(ev: Evidence, ctx: CheckContext) -> Finding:
     graph level and not judged here.
     Status: pass when every certified upper bound is <= s_max, fail when a sound lower bound of
     some layer is > s_max, inconclusive otherwise. Every layer above s_max is listed.
-    Default threshold 1 (warning); `--threshold layer_lipschitz=VALUE` sets it (error).
+    Default threshold 1, informational (the message states the threshold the largest certified
+    layer bound would pass); `--threshold layer_lipschitz=VALUE` sets it and makes the check an
+    error.
     """
     assert ctx.threshold is not None
     t = ctx.threshold
@@ -98,10 +103,12 @@ def lipschitz_layer(ev: Evidence, ctx: CheckContext) -> Finding:
     else:
         status, where = Status.INCONCLUSIVE, unproved
         text = f"{len(where)} layer(s) not proved <= {fmt(t)}: {', '.join(where)}"
+    if status is not Status.PASS and all(layer.lipschitz.certified for layer in judged):
+        text += ctx.would_pass(value)
     return ctx.finding(status, value, text, tuple(where))
 
 
-@check("SA103", "stability.exponent", severity=Severity.WARNING, threshold_key="exponent", default_threshold=0.0)
+@check("SA103", "stability.exponent", severity=Severity.INFO, threshold_key="exponent", default_threshold=0.0)
 def stability_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     """The stability exponent Lambda = (1/L) * sum_l log s_l is at most Lambda_max.
 
@@ -110,7 +117,8 @@ def stability_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     l -> prod_{j<=l} s_j, reported beside it); its sound lower value is (1/L) log of the global
     lower bound K_lower, since K <= prod_l s_l. The exponent alone does not prove boundedness:
     read it with SA101 and the depth profile.
-    Default threshold 0 (warning); `--threshold exponent=VALUE` sets it (error).
+    Default threshold 0, informational (the message states the threshold the certified upper
+    value would pass); `--threshold exponent=VALUE` sets it and makes the check an error.
     """
     assert ctx.threshold is not None
     if ev.depth == 0 or ev.product_upper is None:
@@ -120,4 +128,6 @@ def stability_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     lo = math.log(lo_k) / ev.depth if lo_k is not None and lo_k > 0 else None
     status = bracket_status(lo, up, ctx.threshold, certified=ev.lipschitz.certified)
     text = f"Lambda in [{fmt(lo)}, {fmt(up)}] over L = {ev.depth} layers (threshold {fmt(ctx.threshold)})"
+    if status is not Status.PASS and ev.lipschitz.certified:
+        text += ctx.would_pass(up)
     return ctx.finding(status, {"lower": lo, "upper": up if math.isfinite(up) else None}, text)

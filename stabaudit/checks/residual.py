@@ -80,7 +80,7 @@ def _sampled(blocks: tuple[ResidualBlock, ...]) -> tuple[float | None, float | N
 @check(
     "SA201",
     "residual.cfl",
-    severity=Severity.WARNING,
+    severity=Severity.INFO,
     threshold_key="residual_cfl",
     default_threshold=2.0,
 )
@@ -101,8 +101,9 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
     admissible step h* = min 2|mu| / ||J_f||^2 (the step is contractive if h < h*). Only
     identity shortcuts are judged (the condition is stated for x + h*f(x)); projection
     blocks P x + h*f(x) are reported in `residual_blocks`. Skipped when the model has no
-    residual block. Default threshold 2, severity warning; change with
-    `--threshold residual_cfl=VALUE` (then an error).
+    residual block. Default threshold 2, informational (the message states the threshold the
+    certified bound would pass); `--threshold residual_cfl=VALUE` sets it and makes the check an
+    error.
     """
     res = ev.residual
     if res is None or not res.blocks:
@@ -147,7 +148,8 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
             Status.FAIL,
             value,
             f"h*Lip(f) >= {fmt(max(lowers[n] for n in failing))} > {fmt(t)} (sound lower bound) in "
-            f"{len(failing)} of {len(blocks)} identity residual block(s){extra}",
+            f"{len(failing)} of {len(blocks)} identity residual block(s){extra}"
+            + (ctx.would_pass(worst) if all(b.certified and b.cfl is not None for b in blocks) else ""),
             locations=failing,
         )
     above = tuple(b.name for b in blocks if b.cfl is None or not b.certified or b.cfl > t)
@@ -155,7 +157,8 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
         Status.INCONCLUSIVE,
         value,
         f"certified h*Lip(f) <= {fmt(worst)}, not <= {fmt(t)}, and no sound lower bound above "
-        f"{fmt(t)}, in {len(above)} of {len(blocks)} identity residual block(s){extra}",
+        f"{fmt(t)}, in {len(above)} of {len(blocks)} identity residual block(s){extra}"
+        + (ctx.would_pass(worst) if all(b.certified and b.cfl is not None for b in blocks) else ""),
         locations=above,
     )
 
@@ -163,9 +166,10 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
 @check(
     "SA202",
     "residual.growth",
-    severity=Severity.WARNING,
-    threshold_key="lipschitz",
+    severity=Severity.INFO,
+    threshold_key="residual_growth",
     default_threshold=1.0,
+    inherits="lipschitz",
 )
 def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     """The depth growth of the residual blocks, prod_k Lip(block_k), is within the budget K_max.
@@ -178,8 +182,9 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     K_max (then no product of per-block constants meets the budget): each factor is the largest
     of a confirmed difference quotient of the block at a sample, 1 - h*Lip f and h*lower(Lip f)
     - 1 (reverse triangle inequality, identity blocks). Inconclusive otherwise. Skipped when the
-    model has no residual block. The budget is K_max, shared with SA101 and SA302 (default 1,
-    `--threshold lipschitz=VALUE`, then an error); severity warning.
+    model has no residual block. The budget is `--threshold residual_growth=VALUE` (then an
+    error); unset, it is K_max (`lipschitz`, shared with SA101 and SA302, default 1) and the
+    check is informational, its message stating the budget the certified growth would pass.
     """
     res = ev.residual
     if res is None or not res.blocks:
@@ -214,13 +219,14 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
             Status.FAIL,
             value,
             f"prod of the blocks' Lipschitz constants >= {fmt(lower)} > {fmt(t)} (sound lower "
-            f"bounds) over {n} residual block(s); certified growth <= {fmt(upper)}",
+            f"bounds) over {n} residual block(s); certified growth <= {fmt(upper)}"
+            + (ctx.would_pass(upper) if certified else ""),
             locations=names,
         )
     return ctx.finding(
         Status.INCONCLUSIVE,
         value,
         f"growth over {n} residual block(s) in [{fmt(lower if lower > 0.0 else None)}, "
-        f"{fmt(upper)}], not proved <= {fmt(t)}",
+        f"{fmt(upper)}], not proved <= {fmt(t)}" + (ctx.would_pass(upper) if certified else ""),
         locations=names,
     )

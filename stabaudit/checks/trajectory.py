@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stabaudit.checks.base import (
     CHECKS,
@@ -13,6 +13,7 @@ from stabaudit.checks.base import (
     Evidence,
     bracket_status,
     check,
+    check_context,
     fmt,
 )
 from stabaudit.report.model import (
@@ -29,8 +30,15 @@ from stabaudit.report.model import (
 
 NEEDS_TRAJECTORY = "needs several checkpoints (stabaudit trajectory)"
 MIN_FIT_POINTS = 3  # two points always lie on a line: a fit needs a third to mean anything
-# The threshold keys of the channels SA601 judges: a user value for any of them makes SA601 an error.
-CHANNEL_KEYS: tuple[str, ...] = ("lipschitz", "layer_lipschitz", "exponent")
+# The threshold keys of the channels SA601 judges: a user value for any of them makes SA601 an error,
+# and then only the channels whose key the user set (and the sharpness, whose limit 2/eta comes from
+# the user's own training spec) decide its status; the others are reported beside them.
+CHANNEL_KEYS: dict[str, TrajectoryChannel] = {
+    "lipschitz": TrajectoryChannel.LIPSCHITZ,
+    "layer_lipschitz": TrajectoryChannel.LAYER,
+    "exponent": TrajectoryChannel.EXPONENT,
+    "residual_growth": TrajectoryChannel.RESIDUAL,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +141,7 @@ def representation_fits(points: Sequence[TrajectoryPoint]) -> tuple[GrowthFit, G
 
 
 # ---- the checks ---------------------------------------------------------------------------------------
-@check("SA601", "trajectory.bounded", severity=Severity.WARNING)
+@check("SA601", "trajectory.bounded", severity=Severity.INFO)
 def trajectory_bounded(ev: Evidence, ctx: CheckContext) -> Finding:
     """Every stability channel stays within its limit at every checkpoint of a training run.
 
@@ -151,14 +159,17 @@ def trajectory_bounded(ev: Evidence, ctx: CheckContext) -> Finding:
     checkpoints given, not about the steps between them.
     Inputs: several checkpoints of one run (`stabaudit trajectory CKPT... --steps ...` or a
     config `trajectory:` list); skipped in a single-model audit.
-    Default severity warning; a threshold set for any of the channels (`--threshold
-    lipschitz=VALUE`, ...) makes it an error. Reported together with SA602, never instead.
+    Informational while every limit is a default (the status still judges every channel). A
+    threshold set for some channel (`--threshold lipschitz=VALUE`, `layer_lipschitz`, `exponent`,
+    `residual_growth`) makes it an error judged on the channels whose threshold was set (and the
+    sharpness, whose limit comes from the training spec); the other channels are reported in the
+    value and the message, informational. Reported together with SA602, never instead.
     """
     return ctx.finding(Status.SKIPPED, None, NEEDS_TRAJECTORY)
 
 
 @check(
-    "SA602", "trajectory.exponent", severity=Severity.WARNING,
+    "SA602", "trajectory.exponent", severity=Severity.INFO,
     threshold_key="growth_exponent", default_threshold=0.0,
 )
 def trajectory_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
@@ -174,15 +185,27 @@ def trajectory_exponent(ev: Evidence, ctx: CheckContext) -> Finding:
     checkpoints. A slope <= 0 does not by itself mean bounded: read it with SA601,
     which reports the supremum, and which is always reported with it.
     Inputs: several checkpoints of one run with their steps; skipped in a single-model audit.
-    Default threshold 0 (warning); `--threshold growth_exponent=VALUE` sets it (error).
+    Default threshold 0, informational (the message states the threshold the certified slope
+    would pass); `--threshold growth_exponent=VALUE` sets it and makes the check an error.
     """
     return ctx.finding(Status.SKIPPED, None, NEEDS_TRAJECTORY)
 
 
-def bounded(tev: TrajectoryEvidence, ctx: CheckContext) -> Finding:
-    """SA601 over a trajectory."""
+def bounded(
+    tev: TrajectoryEvidence, ctx: CheckContext, gating: frozenset[TrajectoryChannel] | None = None
+) -> Finding:
+    """SA601 over a trajectory; ``gating`` the channels that decide the status (None: all)."""
     summaries = channel_summaries(tev.points)
-    judged = [s for s in summaries if s.status is not Status.SKIPPED]
+    judged = [
+        s for s in summaries
+        if s.status is not Status.SKIPPED and (gating is None or s.channel in gating)
+    ]
+    aside = [s for s in summaries if s.status is not Status.SKIPPED and s not in judged]
+    note = (
+        "; informational (threshold not set): "
+        + ", ".join(f"{s.channel.value} {s.status.value} (sup upper {fmt(s.sup_upper)}, limit {fmt(s.limit)})" for s in aside)
+        if aside else ""
+    )
     value = {
         s.channel.value: {"sup_upper": s.sup_upper, "sup_lower": s.sup_lower, "limit": s.limit, "status": s.status.value}
         for s in summaries
@@ -191,18 +214,18 @@ def bounded(tev: TrajectoryEvidence, ctx: CheckContext) -> Finding:
     failed = [s.channel.value for s in judged if s.status is Status.FAIL]
     open_ = [s.channel.value for s in judged if s.status is not Status.PASS]
     if not judged:
-        return ctx.finding(Status.SKIPPED, value, "no channel with a limit in the checkpoints' reports")
+        return ctx.finding(Status.SKIPPED, value, "no channel with a limit in the checkpoints' reports" + note)
     n = len(tev.points)
     if failed:
         parts = [f"{s.channel.value} >= {fmt(s.sup_lower)} > {fmt(s.limit)}" for s in judged if s.status is Status.FAIL]
-        return ctx.finding(Status.FAIL, value, f"over {n} checkpoints, proved beyond the limit: {'; '.join(parts)}")
+        return ctx.finding(Status.FAIL, value, f"over {n} checkpoints, proved beyond the limit: {'; '.join(parts)}{note}")
     if not open_ and not errors:
         parts = [f"{s.channel.value} <= {fmt(s.sup_upper)} <= {fmt(s.limit)}" for s in judged]
-        return ctx.finding(Status.PASS, value, f"certified over {n} checkpoints: {'; '.join(parts)}")
+        return ctx.finding(Status.PASS, value, f"certified over {n} checkpoints: {'; '.join(parts)}{note}")
     why = f"not proved within the limit: {', '.join(open_)}" if open_ else ""
     if errors:
         why += ("; " if why else "") + f"{len(errors)} checkpoint(s) could not be audited"
-    return ctx.finding(Status.INCONCLUSIVE, value, f"over {n} checkpoints, {why}")
+    return ctx.finding(Status.INCONCLUSIVE, value, f"over {n} checkpoints, {why}{note}")
 
 
 def exponent(tev: TrajectoryEvidence, ctx: CheckContext) -> Finding:
@@ -234,6 +257,8 @@ def exponent(tev: TrajectoryEvidence, ctx: CheckContext) -> Finding:
     status = bracket_status(lower.slope, upper.slope, ctx.threshold, certified=certified)
     if upper.slope is None and upper.message:
         text += f" ({upper.message})"
+    if status is not Status.PASS and certified:
+        text += ctx.would_pass(upper.slope, "the certified slope")
     return ctx.finding(status, value, text)
 
 
@@ -251,17 +276,20 @@ def run_trajectory_checks(
     from stabaudit.checks.waivers import apply_waivers
 
     findings = []
+    set_channels = frozenset(ch for key, ch in CHANNEL_KEYS.items() if key in policy.thresholds)
     for check_id, rule in sorted(TRAJECTORY_RULES.items()):
         spec = CHECKS.get(check_id)
-        threshold, severity = spec.default_threshold, spec.severity
-        if spec.threshold_key and spec.threshold_key in policy.thresholds:
-            threshold, severity = policy.thresholds[spec.threshold_key], Severity.ERROR
-        if check_id == "SA601" and any(key in policy.thresholds for key in CHANNEL_KEYS):
-            severity = Severity.ERROR
-        severity = policy.severities.get(check_id, severity)
-        ctx = CheckContext(spec=spec, threshold=threshold, severity=severity)
+        ctx = check_context(spec, policy)
+        if check_id == "SA601":
+            # informational on defaults; an error once the user sets some channel's threshold
+            severity = Severity.ERROR if set_channels else Severity.INFO
+            ctx = replace(ctx, severity=policy.severities.get(check_id, severity))
         if check_id in policy.disabled:
             findings.append(ctx.finding(Status.SKIPPED, None, "disabled by the config"))
             continue
-        findings.append(rule(tev, ctx))
+        if check_id == "SA601":
+            gating = set_channels | {TrajectoryChannel.SHARPNESS} if set_channels else None
+            findings.append(bounded(tev, ctx, gating))
+        else:
+            findings.append(rule(tev, ctx))
     return apply_waivers(findings, waivers, today)

@@ -69,6 +69,11 @@ class Layer:
     seconds: float = 0.0
 
 
+# Field metadata: the JSON leaves the key out while the value is None (a field added within
+# schema version 1 that most reports do not have, so that their JSON stays as it was).
+OMIT_WHEN_NONE = {"omit_when_none": True}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Witness:
     """kind "pair": |F(x) - F(y)| / |x - y| = quotient; kind "jacobian": ||J_F(x)||_2 = quotient at a
@@ -78,6 +83,24 @@ class Witness:
     y: tuple[float, ...]
     quotient: float
     kind: str = "pair"
+    # a witness above WITNESS_INLINE_MAX entries is not inline: x and y are then empty and this
+    # says where the arrays are (a sidecar .npz beside the report) or only their digest and norms
+    stored: WitnessStore | None = field(default=None, metadata=OMIT_WHEN_NONE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WitnessStore:
+    """Where a large witness lives: ``file`` is the sidecar .npz's name, relative to the report's
+    directory (None when the report went to stdout: then only the digest and the norms are kept),
+    ``arrays`` the names of x and y inside it; ``sha256`` hashes x then y as little-endian float64
+    bytes, so that the arrays can be checked against the report."""
+
+    file: str | None
+    arrays: tuple[str, ...]
+    entries: int  # the number of entries of x (and of y)
+    sha256: str
+    x_norm: float
+    y_norm: float | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,10 +113,6 @@ class MethodBound:
     seconds: float
     notes: tuple[str, ...] = ()
 
-
-# Field metadata: the JSON leaves the key out while the value is None (a field added within
-# schema version 1 that most reports do not have, so that their JSON stays as it was).
-OMIT_WHEN_NONE = {"omit_when_none": True}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -101,10 +101,12 @@ def test_sa101_estimate_upper_never_passes():
     assert f.status is Status.INCONCLUSIVE
 
 
-def test_user_threshold_makes_check_an_error_and_default_is_warning():
+def test_user_threshold_makes_check_an_error_and_default_is_info():
     default = by_id(run_checks(evidence(2, 3), CheckPolicy()), "SA101")
-    assert default.severity is Severity.WARNING and default.status is Status.FAIL
+    assert default.severity is Severity.INFO and default.status is Status.FAIL
     assert default.threshold == 1.0
+    # the first-run advice: the threshold the certified upper bound 3 passes today
+    assert "would pass with --threshold lipschitz=3 (the certified upper bound)" in default.message
     set_ = by_id(run_checks(evidence(2, 3), CheckPolicy(thresholds={"lipschitz": 1.5})), "SA101")
     assert set_.severity is Severity.ERROR
     over = by_id(
@@ -234,7 +236,12 @@ def test_sa302_local_bound_statuses():
         run_checks(replace(evidence(1, 10), local=loose), CheckPolicy(thresholds={"lipschitz": 2})),
         "SA302",
     )
-    assert f.status is Status.INCONCLUSIVE and f.severity is Severity.ERROR and f.threshold == 2
+    # K_max is inherited as the value, but only SA302's own key makes it an error
+    assert f.status is Status.INCONCLUSIVE and f.severity is Severity.INFO and f.threshold == 2
+    assert "would pass with --threshold local_lipschitz=5 " in f.message
+    own = CheckPolicy(thresholds={"lipschitz": 2, "local_lipschitz": 6})
+    f = by_id(run_checks(replace(evidence(1, 10), local=loose), own), "SA302")
+    assert f.status is Status.PASS and f.severity is Severity.ERROR and f.threshold == 6
     # the global certified bound K = 2 holds on every ball: it replaces a looser local analysis
     f = by_id(run_checks(replace(ev, local=loose), CheckPolicy(thresholds={"lipschitz": 2})), "SA302")
     assert f.status is Status.PASS and f.value["upper"] == 2 and f.value["local_analysis"] == 5.0
@@ -291,3 +298,40 @@ def test_sa302_states_the_additive_term_of_branch_switches():
     assert "||F(x) - F(y)|| <= L ||x - y|| + 2e-09" in f.message and "act" in f.message
     g = run(None, False)
     assert g.status is Status.INCONCLUSIVE and "not certified" in g.message
+
+
+def test_one_threshold_makes_only_its_own_check_an_error():
+    from dataclasses import replace
+
+    from stabaudit.checks.base import LocalEvidence
+
+    layers = [layer("a", 1.2, 2.0), layer("b", 1.0, 3.0)]
+    local = LocalEvidence(upper=5.0, eps=0.01, norm="linf", samples=2)
+    ev = replace(evidence(2, 6, layers=layers), local=local)
+    defaults = {f.id: f for f in run_checks(ev, CheckPolicy())}
+    for cid in ("SA101", "SA102", "SA103", "SA302"):
+        assert defaults[cid].severity is Severity.INFO, cid
+        assert defaults[cid].status is not Status.PASS, cid
+    assert defaults["SA101"].status is Status.FAIL  # K >= 2 > 1: the status stays honest
+    assert "would pass with --threshold lipschitz=6 " in defaults["SA101"].message
+    assert "would pass with --threshold layer_lipschitz=3 " in defaults["SA102"].message
+    # Lambda upper = log(6) / 2 = 0.895879734..., rounded up to 6 digits so that it does pass
+    assert "would pass with --threshold exponent=0.89588 " in defaults["SA103"].message
+    assert "would pass with --threshold local_lipschitz=5 " in defaults["SA302"].message
+    set_ = {f.id: f for f in run_checks(ev, CheckPolicy(thresholds={"lipschitz": 50}))}
+    promoted = sorted(cid for cid in set_ if set_[cid].severity is not defaults[cid].severity)
+    assert promoted == ["SA101"]
+    assert set_["SA101"].severity is Severity.ERROR and set_["SA101"].status is Status.PASS
+    assert set_["SA302"].threshold == 50 and set_["SA302"].status is Status.PASS  # inherits K_max
+    assert "would pass" not in set_["SA101"].message
+
+
+def test_fmt_up_never_rounds_below():
+    import math
+
+    from stabaudit.checks.base import fmt_up
+
+    assert fmt_up(3.0) == "3" and fmt_up(0.0) == "0"
+    assert fmt_up(339.65449) == "339.655" and fmt_up(-0.0123456789) == "-0.0123456"
+    for x in (math.pi, 1e-9 / 3, 2.0 / 3, 12345678.9, -math.e, math.log(6) / 2):
+        assert float(fmt_up(x)) >= x and float(fmt_up(x)) <= x + abs(x) * 1e-5

@@ -23,7 +23,7 @@ def test_a_threshold_change_is_served_from_the_cache(tmp_path: Path):
     cache = tmp_path / "cache"
     common = ["check", MLP, "--method", "product", "--budget", "0.2", "--cache-dir", cache, "--format", "json"]
     first = run(*common)
-    assert first.exit_code == 0, first.stderr  # K <= 1 by default: the MLP fails SA101, a warning
+    assert first.exit_code == 0, first.stderr  # K <= 1 by default: the MLP fails SA101, informational
     one = json.loads(first.stdout)
     assert not any(CACHED in n for n in one["notes"]) and "lower_bound" in one["timings"]
     assert len(list(cache.rglob("*.entry"))) == 1
@@ -38,9 +38,12 @@ def test_a_threshold_change_is_served_from_the_cache(tmp_path: Path):
     sa101 = [next(c for c in r["checks"] if c["id"] == "SA101") for r in (one, two)]
     assert [c["status"] for c in sa101] == ["fail", "pass"]
     assert sa101[1]["threshold"] == upper * 1.01
-    # --fail-on changes the gate only: still a hit, and now the warning gates
+    # --fail-on changes the gate only: still a hit; the defaults are informational, so no level gates
     third = run(*common, "--fail-on", "warning")
-    assert third.exit_code == 1 and any(CACHED in n for n in json.loads(third.stdout)["notes"])
+    assert third.exit_code == 0 and any(CACHED in n for n in json.loads(third.stdout)["notes"])
+    # a threshold set below the sound lower bound: SA101 is an error and fails, still a hit
+    fourth = run(*common, "--threshold", f"lipschitz={one['lipschitz']['lower'] / 2}")
+    assert fourth.exit_code == 1 and any(CACHED in n for n in json.loads(fourth.stdout)["notes"])
     # an analysis setting (the seed) and --no-cache: computed afresh
     other = run(*common, "--seed", "1")
     assert not any(CACHED in n for n in json.loads(other.stdout)["notes"])
