@@ -518,35 +518,10 @@ def _training_dynamics(graph: Graph, spec: TrainingSpec, *, seed: int, device: s
     )
 
 
-def _unavailable(spec: TrainingSpec, params: _Parameters, x: np.ndarray, reason: str,
-                 notes: list[str]) -> TrainingResult:
-    return TrainingResult(
-        learning_rate=spec.learning_rate,
-        optimizer=spec.optimizer,
-        momentum=spec.momentum,
-        betas=spec.betas,
-        noise=spec.noise,
-        lambda_max=None,
-        lambda_min=None,
-        preconditioned=None,
-        method="none",
-        certified=False,
-        iterations=0,
-        parameters=int(sum(t.numel() for t in params.leaves)),
-        parameter_names=params.names,
-        samples=int(x.shape[0]),
-        loss_value=math.nan,
-        notes=(*notes, reason),
-        parameter_source=params.source,
-        parameter_roles=params.roles,
-        parameterisation_notes=params.notes,
-        unavailable=reason,
-    )
-
-
-def _not_finite(
-    spec: TrainingSpec, hess: _Hessian, x: np.ndarray, method: str, notes: list[str], params: _Parameters
-) -> TrainingResult:
+def _no_spectrum(spec: TrainingSpec, params: _Parameters, x: np.ndarray, *, method: str, loss: float,
+                 reason: str, notes: list[str], unavailable: bool) -> TrainingResult:
+    """A result without eigenvalues: the Hessian could not be computed (``unavailable``), or it
+    is not finite; ``reason`` says which."""
     return TrainingResult(
         learning_rate=spec.learning_rate,
         optimizer=spec.optimizer,
@@ -559,12 +534,27 @@ def _not_finite(
         method=method,
         certified=False,
         iterations=0,
-        parameters=hess.n,
-        parameter_names=hess.names,
+        parameters=int(sum(t.numel() for t in params.leaves)),
+        parameter_names=params.names,
         samples=int(x.shape[0]),
-        loss_value=hess.loss,
-        notes=(*notes, "the loss Hessian is not finite at the stored parameters"),
+        loss_value=loss,
+        notes=(*notes, reason),
         parameter_source=params.source,
         parameter_roles=params.roles,
         parameterisation_notes=params.notes,
+        unavailable=reason if unavailable else "",
     )
+
+
+def _unavailable(spec: TrainingSpec, params: _Parameters, x: np.ndarray, reason: str,
+                 notes: list[str]) -> TrainingResult:
+    return _no_spectrum(spec, params, x, method="none", loss=math.nan, reason=reason, notes=notes,
+                        unavailable=True)
+
+
+def _not_finite(
+    spec: TrainingSpec, hess: _Hessian, x: np.ndarray, method: str, notes: list[str], params: _Parameters
+) -> TrainingResult:
+    return _no_spectrum(spec, params, x, method=method, loss=hess.loss,
+                        reason="the loss Hessian is not finite at the stored parameters", notes=notes,
+                        unavailable=False)
