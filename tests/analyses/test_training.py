@@ -221,3 +221,16 @@ def test_executor_parameter_substitution_is_differentiable():
     shifted[("fc1", "bias")] = leaves[("fc1", "bias")].detach() + 1.0
     moved = Executor(graph, dtype=torch.float64, parameters=shifted)(x)[0]
     torch.testing.assert_close(moved, plain + 1.0)
+
+
+def test_a_hessian_that_is_not_finite_gives_no_eigenvalues_and_says_so():
+    from stabaudit.checks.training import training_report
+
+    graph = linear_graph(np.full((2, 3), 1e200))
+    spec = TrainingSpec(learning_rate=0.1, x=np.full((4, 1, 3), 1e200), y=np.zeros((4, 1, 2)))
+    result = training_dynamics(graph, spec)
+    assert result.lambda_max is None and result.lambda_min is None and not result.certified
+    assert result.unavailable == "" and result.notes[-1] == "the loss Hessian is not finite at the stored parameters"
+    assert result.parameters == 6 and result.method == "dense eigvalsh"
+    report = training_report(result)
+    assert report is not None and report.sharpness is None
