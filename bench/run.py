@@ -72,7 +72,7 @@ def main() -> int:
         code, wall, rss, text = measure([str(EXE), "check", str(model), "--format", "json", "--no-cache"])
         data = json.loads(text) if code in (0, 1) else {}
         lip, phases = data.get("lipschitz", {}), data.get("timings", {})
-        name = model.relative_to(ROOT) if model.is_relative_to(ROOT) else Path("../shared/models/external") / model.relative_to(EXTERNAL)
+        name = model.relative_to(ROOT) if model.is_relative_to(ROOT) else Path("corpus") / model.relative_to(EXTERNAL)
         rows.append((str(name), code, wall, rss, lip.get("lower"), lip.get("upper"), phases))
         print(rows[-1], flush=True)
     help_s, torch_free = startup(args.repeats)
@@ -146,7 +146,7 @@ def main() -> int:
         from corpus import corpus_rows
 
         lines += [
-            "## The real-network corpus (../shared/models/external)",
+            "## The real-network corpus (corpus/: the external networks, read in place)",
             "",
             "Every network audited in-process (`--budget 2`): equivalence with onnxruntime, the certified",
             "bracket, and the largest difference quotient over 768 random pairs, which must stay below",
