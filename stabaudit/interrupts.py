@@ -94,7 +94,7 @@ def exit_now(signum: int) -> None:
     os._exit(exit_code(signum))
 
 
-def _importing(frame: FrameType | None) -> bool:
+def importing(frame: FrameType | None) -> bool:
     """Whether the interrupted code runs inside the import machinery: an exception there leaves a
     half-initialised module whose own error handling may print before the command's line."""
     depth = 0
@@ -112,7 +112,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         if _STATE.pending is None:
             _STATE.pending = signum
         return
-    if not _STATE.raising or _importing(frame):
+    if not _STATE.raising or importing(frame):
         exit_now(signum)
     _STATE.raising = False  # a second signal, while the first unwinds, ends the process at once
     watchdog = threading.Timer(GRACE_S, exit_now, args=(signum,))

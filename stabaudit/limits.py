@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stabaudit.errors import ResourceError, UsageError
+from stabaudit.interrupts import importing
 
 if TYPE_CHECKING:
     from stabaudit.ir.graph import Graph
@@ -366,23 +367,13 @@ def run_with_timeout(fn: Callable[[], T], seconds: float | None, *, path: str | 
         _DEADLINE.reset(token)
 
 
-def _importing(frame: Any) -> bool:
-    """Whether the interrupted code runs inside the import machinery (importlib's frames)."""
-    depth = 0
-    while frame is not None and depth < 1000:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame, depth = frame.f_back, depth + 1
-    return False
-
-
 def _with_alarm(fn: Callable[[], T], deadline: Deadline) -> T:
     state = {"armed": True, "fired": False}
 
     def on_alarm(signum: int, frame: Any) -> None:
         # An exception inside an import leaves a half-initialised module in sys.modules (torch's
         # lazy imports would then fail for the rest of the process): defer to the next alarm.
-        if state["armed"] and not _importing(frame):
+        if state["armed"] and not importing(frame):
             state["fired"] = True
             raise AuditTimeoutError(deadline.seconds, path=deadline.path)
 
