@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -401,36 +401,40 @@ def _render(fmt: OutputFormat, report: Report, sarif_all: bool) -> str:
     return RENDERERS.get(fmt)(report)
 
 
+R = TypeVar("R")  # a report or a batch report
+
+
 def _outputs(
     fmt: OutputFormat, report: Report, path: Path | None, sarif_all: bool
 ) -> list[tuple[str | bytes, Path | None]]:
     """One output's text and, for a JSON file whose witness is large, its sidecar .npz beside it
     (on stdout the witness is summarised by its digest and norms): reports stay small."""
-    from stabaudit.renderers import OutputFormat
-    from stabaudit.report.witness import externalize, npz_bytes, sidecar_path
+    from stabaudit.report.witness import externalize
 
-    if fmt is not OutputFormat.JSON:
-        return [(_render(fmt, report, sarif_all), path)]
-    side = sidecar_path(path) if path is not None else None
-    small, arrays = externalize(report, side.name if side is not None else None)
-    out: list[tuple[str | bytes, Path | None]] = [(_render(fmt, small, sarif_all), path)]
-    if arrays and side is not None:
-        out.append((npz_bytes(arrays), side))
-    return out
+    return _with_sidecar(fmt, report, path, lambda r: _render(fmt, r, sarif_all), externalize)
 
 
 def _batch_outputs(
     fmt: OutputFormat, batch: BatchReport, path: Path | None, sarif_all: bool
 ) -> list[tuple[str | bytes, Path | None]]:
     """_outputs for a batch report: one sidecar for all models (arrays m<i>_x, m<i>_y)."""
+    from stabaudit.report.witness import externalize_batch
+
+    return _with_sidecar(fmt, batch, path, lambda b: _render_batch(fmt, b, sarif_all), externalize_batch)
+
+
+def _with_sidecar(
+    fmt: OutputFormat, report: R, path: Path | None, render: Callable[[R], str],
+    externalize: Callable[[R, str | None], tuple[R, dict[str, tuple[float, ...]]]],
+) -> list[tuple[str | bytes, Path | None]]:
     from stabaudit.renderers import OutputFormat
-    from stabaudit.report.witness import externalize_batch, npz_bytes, sidecar_path
+    from stabaudit.report.witness import npz_bytes, sidecar_path
 
     if fmt is not OutputFormat.JSON:
-        return [(_render_batch(fmt, batch, sarif_all), path)]
+        return [(render(report), path)]
     side = sidecar_path(path) if path is not None else None
-    small, arrays = externalize_batch(batch, side.name if side is not None else None)
-    out: list[tuple[str | bytes, Path | None]] = [(_render_batch(fmt, small, sarif_all), path)]
+    small, arrays = externalize(report, side.name if side is not None else None)
+    out: list[tuple[str | bytes, Path | None]] = [(render(small), path)]
     if arrays and side is not None:
         out.append((npz_bytes(arrays), side))
     return out
