@@ -166,8 +166,6 @@ def _graph_parameters(graph: Graph, gp: GraphParameters, patterns: tuple[str, ..
             v = v * torch.as_tensor(np.asarray(t.coefficient, dtype=np.float64), device=device)
             total = v if total is None else total + v
         assert total is not None
-        if b.offset is not None:
-            total = total + torch.as_tensor(np.asarray(b.offset, dtype=np.float64), device=device)
         rebuilt = (total.reshape(target.shape) if total.numel() == target.size
                    else torch.broadcast_to(total, target.shape))
         # the binding must reproduce the array the loader computed (float32 rounding apart)
@@ -251,7 +249,7 @@ def _float64_module(parameterisation: Parameterisation | None) -> Iterator[None]
                 t.requires_grad_(grad)
 
 
-def _ir_parameters(graph: Graph, device: str) -> GraphParameters:
+def _ir_parameters(graph: Graph) -> GraphParameters:
     """Without a loader's parameterisation (a graph built in code): every float array of the IR."""
     from stabaudit.ir.executor import parameter_arrays
     from stabaudit.ir.parameters import Binding, Origin, Term
@@ -277,7 +275,7 @@ def training_parameters(graph: Graph, parameterisation: Parameterisation | None,
         case GraphParameters():
             return _graph_parameters(graph, parameterisation, patterns, device)
         case None:
-            return _graph_parameters(graph, _ir_parameters(graph, device), patterns, device)
+            return _graph_parameters(graph, _ir_parameters(graph), patterns, device)
 
 
 class _Hessian:

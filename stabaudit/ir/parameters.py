@@ -34,10 +34,6 @@ class SourceParameter:
     role: str = ""
     default: bool = True
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
-
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Term:
@@ -50,14 +46,13 @@ class Term:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Binding:
-    """The IR array ``field`` of node ``node`` = the sum of ``terms`` + ``offset``, reshaped (or,
+    """The IR array ``field`` of node ``node`` = the sum of ``terms``, reshaped (or,
     for a single-element sum, broadcast) to the array's shape. Every binding is linear in the
     source parameters, so the Hessian over them is exact through the executor."""
 
     node: str
     field: str
     terms: tuple[Term, ...]
-    offset: np.ndarray | None = None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -119,8 +114,8 @@ class BindingRecorder:
             name=name, shape=tuple(int(d) for d in value.shape), origin=origin, role=role, default=default)
         self.values[name] = value
 
-    def bind(self, node: str, field_name: str, terms: Sequence[Term], offset: np.ndarray | None = None) -> None:
-        self.bindings.append(Binding(node=node, field=field_name, terms=tuple(terms), offset=offset))
+    def bind(self, node: str, field_name: str, terms: Sequence[Term]) -> None:
+        self.bindings.append(Binding(node=node, field=field_name, terms=tuple(terms)))
 
     def finish(self, nodes: set[str], notes: Sequence[str] = ()) -> GraphParameters:
         """The recorded parameterisation restricted to the IR nodes that were kept."""

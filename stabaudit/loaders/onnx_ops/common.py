@@ -302,13 +302,13 @@ class Context:
                                 default and value.size > 1)
         return Term(parameter=resolved, coefficient=coefficient, transpose=transpose)
 
-    def bind(self, output: str, field: str, terms: Sequence[Term | None], offset: np.ndarray | None = None) -> None:
+    def bind(self, output: str, field: str, terms: Sequence[Term | None]) -> None:
         """Record that the IR array ``field`` of the node writing ``output`` is the sum of
-        ``terms`` (+ ``offset``); nothing is recorded when a term is not a float constant."""
+        ``terms``; nothing is recorded when a term is not a float constant."""
         if not terms or any(t is None for t in terms):
             return
         node = next(n for n in reversed(self.nodes) if n.output == output)
-        self.recorder.bind(node.name, field, [t for t in terms if t is not None], offset)
+        self.recorder.bind(node.name, field, [t for t in terms if t is not None])
 
     def producer_op(self, name: str) -> O.OpType | None:
         """The IR op type that writes the variable ``name`` (None for a graph input)."""
