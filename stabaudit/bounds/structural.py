@@ -1,4 +1,5 @@
-"""Bound rules of operators that move, embed, add or stack entries (Reshape, Transpose, Pad, Add, Sub, Concat)."""
+"""Bound rules of operators that move, select, embed, add or stack entries (Reshape, Transpose, Pad,
+Slice, Add, Sub, Concat)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.numerics import sqrt_int_bounds
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Add, Concat, OpType, Pad, Reshape, Sub, Transpose
+from stabaudit.ir.ops import Add, Concat, OpType, Pad, Reshape, Slice, Sub, Transpose
 
 
 def _exact(
@@ -122,3 +123,13 @@ def bound_concat(node: Node, ctx: RuleContext) -> OpBound:
     return _exact(value, "isometry", combine=Combine.STACK, input_gains=gains)
 
 
+
+
+@RULES.register(OpType.SLICE)
+def bound_slice(node: Node, ctx: RuleContext) -> OpBound:
+    """A selection of distinct input entries: a coordinate projection, Lip = 1 when it keeps any
+    entry (a kept coordinate direction is mapped to a unit vector), 0 when it keeps none."""
+    match node.op:
+        case Slice():
+            return _exact(1.0 if _size(ctx.output_shape) and _size(ctx.input_shapes[0]) else 0.0, "projection")
+    raise TypeError(f"bound_slice got a {type(node.op).__name__}")

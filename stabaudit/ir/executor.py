@@ -71,6 +71,8 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: a[0] + a[1]
         case O.Sub():
             return lambda a: a[0] - a[1]
+        case O.Mul():
+            return lambda a: a[0] * a[1]
         case O.Relu():
             return lambda a: F.relu(a[0])
         case O.LeakyRelu(alpha=alpha):
@@ -125,7 +127,28 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: F.pad(a[0], tp, value=v)
         case O.Concat(axis=axis):
             return lambda a: torch.cat(list(a), dim=axis)
+        case O.Slice():
+            return _slice_kernel(op)
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
+
+
+def _slice_kernel(op: O.Slice) -> Kernel:
+    """Basic slicing on axes with positive steps, an index_select on axes walking backwards."""
+    import torch
+
+    def slice_(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        y = a[0]
+        for axis, (b, e, s) in enumerate(zip(op.starts, op.ends, op.steps, strict=True)):
+            if s > 0:
+                index: list[slice] = [slice(None)] * y.dim()
+                index[axis] = slice(b, e, s)
+                y = y[tuple(index)]
+            else:
+                keep = torch.arange(b, e, s, device=y.device)
+                y = y.index_select(axis, keep)
+        return y
+
+    return slice_
 
 
 def _avg_pool_kernel(op: O.AvgPool) -> Kernel:

@@ -42,6 +42,8 @@ class OpType(str, Enum):
     TRANSPOSE = "Transpose"
     PAD = "Pad"
     CONCAT = "Concat"
+    SLICE = "Slice"
+    MUL = "Mul"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -142,6 +144,15 @@ class Sub(Op):
     """Difference of two variable tensors (numpy broadcasting)."""
 
     type = OpType.SUB
+    arity = 2
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Mul(Op):
+    """Entry-wise product of two variable tensors (numpy broadcasting): gates, attention scores,
+    x * sigmoid(g(x)). Not Lipschitz on the whole space: bounded only over a bounded domain."""
+
+    type = OpType.MUL
     arity = 2
 
 
@@ -299,6 +310,18 @@ class Pad(Op):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class Slice(Op):
+    """Strided selection on every axis: axis i keeps the indices range(starts[i], ends[i], steps[i])
+    of the input, resolved against the static input shape by the loader as ONNX Slice clamps them
+    (0 <= start <= dim; an end of -1 only on an axis walked backwards, by a negative step)."""
+
+    type = OpType.SLICE
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Concat(Op):
     type = OpType.CONCAT
     arity = -1
@@ -318,7 +341,7 @@ POOLING: frozenset[OpType] = frozenset(
 )
 # Operators that only move or embed entries: isometries, not reported as layers.
 STRUCTURAL: frozenset[OpType] = frozenset(
-    {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT}
+    {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT, OpType.SLICE}
 )
 
 __all__ = [name for name in dir() if not name.startswith("_")] + ["field"]

@@ -47,6 +47,8 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.TRANSPOSE: (O.Transpose(perm=(0, 2, 1)), [(1, 3, 4)]),
     O.OpType.PAD: (O.Pad(pads=(0, 0, 1, 0, 0, 2)), [(1, 2, 3)]),
     O.OpType.CONCAT: (O.Concat(axis=1), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.SLICE: (O.Slice(starts=(0, 2, 1), ends=(1, -1, 3), steps=(1, -1, 2)), [(1, 3, 4)]),
+    O.OpType.MUL: (O.Mul(), [(1, 2, 3), (1, 1, 3)]),
 }
 
 

@@ -272,9 +272,8 @@ def test_erf_outside_the_pattern_is_unsupported(tmp_path: Path) -> None:
 
 def test_sigmoid_used_twice_is_not_fused(tmp_path: Path) -> None:
     nodes = [node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["a"]), node("Add", ["a", "s"])]
-    with pytest.raises(UnsupportedOperatorError) as info:
-        load_onnx(save(tmp_path, nodes, X4))
-    assert info.value.counts == {"Mul(variable x variable)": 1}
+    lm = load_onnx(save(tmp_path, nodes, X4))
+    assert [n.op.type.value for n in lm.graph.nodes] == ["Sigmoid", "Mul", "Add"]
 
 
 # ---- folding and dynamic shapes ----------------------------------------------------------------------
@@ -359,14 +358,14 @@ def test_metadata_names_parameters_and_source_ops(tmp_path: Path) -> None:
 
 # ---- errors ------------------------------------------------------------------------------------------
 def test_unsupported_operators_are_listed_at_once(tmp_path: Path) -> None:
-    nodes = [node("Exp", ["x"], ["e1"]), node("Exp", ["e1"], ["e2"]), node("Mul", ["x", "x"], ["m"]),
+    nodes = [node("Exp", ["x"], ["e1"]), node("Exp", ["e1"], ["e2"]), node("Div", ["x", "x"], ["m"]),
              node("MatMul", ["x", "x"], ["mm"]), node("Cast", ["x"], ["i"], to=TensorProto.INT64),
              node("Pad", ["x", "p"], ["pd"], mode="reflect"), node("Relu", ["e2"], ["r"]),
              node("Sum", ["r", "m", "mm", "pd"], ["y"])]
     path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.zeros(8, np.int64)})
     with pytest.raises(UnsupportedOperatorError) as info:
         load_onnx(path)
-    assert info.value.counts == {"Exp": 2, "Mul(variable x variable)": 1, "MatMul(variable x variable)": 1,
+    assert info.value.counts == {"Exp": 2, "Div(variable / variable)": 1, "MatMul(variable x variable)": 1,
                                  "Cast(variable to a non-float type)": 1, "Pad(mode=reflect)": 1}
     assert info.value.path == str(path) and "SA901" in str(info.value)
 

@@ -477,6 +477,34 @@ def _onnx_broadcast() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("ax", "shape"))
 
 
+def _onnx_slice_mul() -> OnnxSpec:
+    """Slice (forward, backward and clamped ranges) and a gated product of two variables."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 8]
+            _node("Slice", ["h", "s0", "e0", "a0", "st0"], ["a"]),  # h[:, 1:7:2]: [1, 3]
+            _node("Slice", ["h", "s1", "e1", "a0", "st1"], ["b"]),  # h[:, 7:-9:-3] (clamped): [1, 3]
+            _node("Sigmoid", ["b"], ["g"]),
+            _node("Mul", ["a", "g"], ["m"]),
+            _node("MatMul", ["m", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(51, 3, 8, scale=2.0), "s0": np.array([1], np.int64), "e0": np.array([7], np.int64),
+                "a0": np.array([-1], np.int64), "st0": np.array([2], np.int64),
+                "s1": np.array([7], np.int64), "e1": np.array([-9], np.int64), "st1": np.array([-3], np.int64),
+                "w2": _rand(52, 3, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        b = h[:, [7, 4, 1]]
+        return (h[:, 1:7:2] * torch.sigmoid(b)) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference,
+                    constants=("s0", "e0", "a0", "st0", "s1", "e1", "st1"))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -608,6 +636,8 @@ def _cases() -> list[Case]:
                             L.GLOBAL_MAX_POOL, L.SUB, L.ADD, L.RESHAPE}),
              onnx_ops=frozenset({"BatchNormalization", "MaxPool", "AveragePool", "ConvTranspose",
                                  "GlobalAveragePool", "GlobalMaxPool", "Sub", "Add", "Flatten"})),
+        Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
+             ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
     ]
     return cases
 

@@ -31,7 +31,7 @@ def _is_bias(ctx: Context, var: str) -> bool:
 
 @register("Add", "Sub", "Mul", "Div")
 def binary(node: OnnxNode, ctx: Context) -> None:
-    """Two variables: Add/Sub IR nodes; one constant c: an Affine map, computed in float64.
+    """Two variables: Add/Sub/Mul IR nodes; one constant c: an Affine map, computed in float64.
 
     x + c, c + x: shift c; x - c: shift -c; c - x: scale -1, shift c; x * c, c * x: scale c;
     x / c: scale 1/c (rounded once, in float64).
@@ -40,9 +40,9 @@ def binary(node: OnnxNode, ctx: Context) -> None:
     ca, cb = ctx.const(a), ctx.const(b)
     op = node.op_type
     if ca is None and cb is None:
-        if op in ("Mul", "Div"):
-            raise Unsupported(f"{op}(variable x variable)")
-        ctx.emit(node, O.Add() if op == "Add" else O.Sub(), [a, b])
+        if op == "Div":
+            raise Unsupported("Div(variable / variable)")
+        ctx.emit(node, {"Add": O.Add(), "Sub": O.Sub(), "Mul": O.Mul()}[op], [a, b])
         return
     constant_first = ca is not None
     var = b if constant_first else a

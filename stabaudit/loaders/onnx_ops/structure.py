@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
 from stabaudit.loaders.onnx_ops.common import (
     FLOAT_TYPES,
@@ -50,6 +51,43 @@ def transpose(node: OnnxNode, ctx: Context) -> None:
     rank = len(ctx.shape(node.inputs[0]))
     perm = int_list(node.attr("perm")) or list(reversed(range(rank)))
     ctx.emit(node, O.Transpose(perm=tuple(normalize_axis(p, rank) for p in perm)), [node.inputs[0]])
+
+
+def slice_bounds(dim: int, start: int, end: int, step: int) -> tuple[int, int]:
+    """ONNX Slice's clamping of one axis: negative start/end count from the end, then both are
+    clamped to [0, dim] for a positive step and to [-1, dim - 1] for a negative one."""
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), dim), min(max(end, 0), dim)
+    return min(max(start, -1), dim - 1), min(max(end, -1), dim - 1)
+
+
+@register("Slice")
+def slice_(node: OnnxNode, ctx: Context) -> None:
+    """Slice with starts/ends/axes/steps as attributes (opset < 10) or constant inputs."""
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    if node.opset < 10:
+        starts, ends = int_list(node.attr("starts")) or [], int_list(node.attr("ends")) or []
+        axes, steps = int_list(node.attr("axes")), None
+    else:
+        starts = int_list(ctx.param(node, 1, "starts")) or []
+        ends = int_list(ctx.param(node, 2, "ends")) or []
+        axes = int_list(ctx.param(node, 3, "axes", optional=True))
+        steps = int_list(ctx.param(node, 4, "steps", optional=True))
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ModelLoadError(f"Slice has {len(starts)} starts, {len(ends)} ends, {len(axes)} axes and {len(steps)} steps")
+    begin, stop, stride = [0] * rank, list(shape), [1] * rank
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        a = normalize_axis(axis, rank)
+        if step == 0:
+            raise ModelLoadError("Slice step 0")
+        begin[a], stop[a] = slice_bounds(shape[a], start, end, step)
+        stride[a] = step
+    ctx.emit(node, O.Slice(starts=tuple(begin), ends=tuple(stop), steps=tuple(stride)), [node.inputs[0]])
 
 
 @register("Identity")
