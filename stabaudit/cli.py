@@ -465,7 +465,7 @@ def _wrote(written: list[str]) -> str:
 
 def summary_line(report: Report, written: list[str]) -> str:
     """The last line on stderr: verdict, bracket, the checks that fail the gate, what was written."""
-    from stabaudit.report.gate import gates, is_warning
+    from stabaudit.report.gate import gates, is_warning, why_not_gating
     from stabaudit.report.refusal import is_refusal
 
     head = f"stabaudit: {report.verdict.upper()} (exit code {report.exit_code}) {report.model.path}"
@@ -483,7 +483,7 @@ def summary_line(report: Report, written: list[str]) -> str:
         f"failing: {', '.join(failing) or 'none'}",
     ]
     if warnings:
-        parts.append(f"warnings (do not gate at --fail-on {report.fail_on}): {', '.join(warnings)}")
+        parts.append(f"warnings ({why_not_gating(report.checks, report.fail_on)}): {', '.join(warnings)}")
     return "; ".join(parts) + _wrote(written)
 
 

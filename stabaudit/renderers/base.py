@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import PurePath, PurePosixPath
 
 from stabaudit.registry import Registry
-from stabaudit.report.gate import gates, is_warning
+from stabaudit.report.gate import gates, is_warning, why_not_gating
 from stabaudit.report.model import BatchReport, Finding, Report, TrajectoryReport, Waiver
 
 
@@ -76,12 +76,12 @@ def plural(n: int, word: str) -> str:
 
 
 def gate_line(checks: tuple[Finding, ...], fail_on: str) -> str:
-    """'N failing checks, M warnings (warnings do not gate at --fail-on LEVEL)': the same words in
-    the table, Markdown and HTML, and the same counts as JUnit's failures."""
+    """'N failing checks, M warnings (why they do not gate)': the same words in the table, Markdown
+    and HTML, and the same counts as JUnit's failures."""
     failing, warnings = gate_counts(checks, fail_on)
     line = f"{plural(failing, 'failing check')}, {plural(warnings, 'warning')}"
     if warnings:
-        line += f" (warnings do not gate at --fail-on {fail_on or 'error'})"
+        line += f" ({why_not_gating(checks, fail_on)})"
     return line
 
 

@@ -14,6 +14,7 @@ from stabaudit.renderers.base import (
     is_failing,
     waiver_note,
 )
+from stabaudit.report.gate import why_not_gating
 from stabaudit.report.model import BatchReport, ModelError, Report, Status
 
 _HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -58,7 +59,7 @@ def _suite(parent: ET.Element, report: Report) -> None:
             ET.SubElement(ET.SubElement(case, "properties"), "property", name="status", value="warn")
             ET.SubElement(case, "system-out").text = (
                 f"[{f.severity.value}] warning, failed below --fail-on {report.fail_on} "
-                f"(warnings do not gate at --fail-on {report.fail_on}): {f.message}"
+                f"({why_not_gating([f], report.fail_on)}): {f.message}"
             )
         elif f.status is Status.INCONCLUSIVE:
             ET.SubElement(case, "skipped", message=f"inconclusive: {f.message}")

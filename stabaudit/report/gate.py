@@ -42,8 +42,25 @@ def gates(f: Finding, fail_on: FailOn | str) -> bool:
 
 def is_warning(f: Finding, fail_on: FailOn | str) -> bool:
     """A failed check, not waived, below the --fail-on level: shown in every format, never a gate
-    failure (the same words everywhere: "warnings do not gate at --fail-on LEVEL")."""
+    failure (the same words everywhere: see ``why_not_gating``)."""
     return f.waiver is None and f.status is Status.FAIL and not gates(f, fail_on)
+
+
+INFO_DOES_NOT_GATE = "informational checks gate at no --fail-on level until you set their threshold"
+
+
+def why_not_gating(findings: Iterable[Finding], fail_on: FailOn | str) -> str:
+    """Why the warnings among ``findings`` (``is_warning``) do not fail the gate, in the words every
+    format uses: a check of severity warning is below --fail-on error; a check of severity info (a
+    default threshold nobody chose) gates at no level. Empty when there is no warning."""
+    level = fail_on if isinstance(fail_on, FailOn) else FailOn.parse(fail_on)
+    severities = {f.severity for f in findings if is_warning(f, level)}
+    reasons = []
+    if severities - {Severity.INFO}:
+        reasons.append(f"warnings do not gate at --fail-on {level.value}")
+    if Severity.INFO in severities:
+        reasons.append(INFO_DOES_NOT_GATE)
+    return "; ".join(reasons)
 
 
 def gate(findings: Iterable[Finding], fail_on: FailOn) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from stabaudit.renderers import RENDERERS, OutputFormat
-from stabaudit.report.gate import FailOn, gate, gates, is_warning
+from stabaudit.report.gate import INFO_DOES_NOT_GATE, FailOn, gate, gates, is_warning
 from stabaudit.report.model import Report
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
@@ -49,7 +49,9 @@ def test_junit_markdown_and_table_count_the_gating_findings(sample_reports, fail
         table = RENDERERS.get(OutputFormat.TABLE)(report)
         html = RENDERERS.get(OutputFormat.HTML)(report)
         assert line in md and f"gate: {line}" in table and line in html
-        assert (f"warnings do not gate at --fail-on {fail_on}" in md) == bool(warnings)
+        severities = {f.severity.value for f in report.checks if is_warning(f, fail_on)}
+        assert (f"warnings do not gate at --fail-on {fail_on}" in md) == bool(severities - {"info"})
+        assert (INFO_DOES_NOT_GATE in md) == ("info" in severities)
         # the status column: a warning reads "warn", never "fail"
         md_status = dict(re.findall(r"^\| (SA\d+) [\w.]+ \| (\w+) \|", md, flags=re.M))
         failed = [f.id for f in report.checks if gates(f, fail_on) and f.status.value == "fail"]
