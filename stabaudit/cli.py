@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from stabaudit.report.model import BatchReport, Report
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Certified stability audits of trained neural networks (ONNX, TorchScript).",
@@ -187,17 +187,24 @@ FORMAT_HELP = (
 )
 
 
+# Choices shown in --help and offered by shell completion (tests keep them equal to the values the
+# options accept: renderers.base.OutputFormat, report.gate.FailOn, config.METHODS).
+FORMATS = ("table", "json", "md", "html", "sarif", "junit", "github", "gitlab")
+FAIL_ON = ("error", "warning", "inconclusive")
+METHOD_CHOICES = ("auto", "product", "layerwise", "sdp", "eclipse-fast", "eclipse", "lipsdp-neuron", "exact")
+
 # Options shared by check, batch and trajectory (one definition each).
-FormatOption = Annotated[list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+FormatOption = Annotated[list[str] | None, typer.Option("--format", "-f", metavar="FORMAT", help=FORMAT_HELP, autocompletion=lambda: list(FORMATS))]
 ThresholdOption = Annotated[
     list[str] | None,
     typer.Option(
         "--threshold",
+        metavar="NAME=VALUE",
         help="NAME=VALUE (lipschitz, layer_lipschitz, exponent, residual_growth, local_lipschitz, growth_exponent, ... or a check id); makes that check, and only it, an error (unset: informational).",
     ),
 ]
 FailOnOption = Annotated[
-    str | None, typer.Option("--fail-on", help="error | warning | inconclusive (default error).")
+    str | None, typer.Option("--fail-on", metavar="|".join(FAIL_ON), autocompletion=lambda: list(FAIL_ON), help="error | warning | inconclusive (default error).")
 ]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
 BudgetOption = Annotated[
@@ -211,6 +218,7 @@ MaxMemoryOption = Annotated[
     str | None,
     typer.Option(
         "--max-memory",
+        metavar="SIZE",
         help="Memory budget per audit, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
     ),
 ]
@@ -221,22 +229,24 @@ CacheDirOption = Annotated[
         help="Reuse the analysis of unchanged models (same bytes, analysis settings, version) from here; checks and the gate always re-run (default: STABAUDIT_CACHE_DIR or ~/.cache/stabaudit).",
     ),
 ]
-NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")]
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", metavar="", help="Neither read nor write the cache.")]
 TrustOption = Annotated[
     bool,
     typer.Option(
         "--trust-torchscript",
+        metavar="",
         help="Load TorchScript archives without the static gate of their code (which refuses calls outside the tensor operators, before anything runs): only for archives you vouch for.",
     ),
 ]
 QuietOption = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="No progress and no summary line on stderr (errors are still printed)."),
+    typer.Option("--quiet", "-q", metavar="", help="No progress and no summary line on stderr (errors are still printed)."),
 ]
 BaselineAnyModelOption = Annotated[
     bool,
     typer.Option(
         "--baseline-any-model",
+        metavar="",
         help="Compare with the --baseline even when it is a report of another model (its sha256 and input shape both differ; refused by default, exit 2).",
     ),
 ]
@@ -244,10 +254,11 @@ SarifAllOption = Annotated[
     bool,
     typer.Option(
         "--sarif-all",
+        metavar="",
         help="SARIF: a result for every check, passes and skips included (default: only the findings that are not a pass or skipped).",
     ),
 ]
-DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DebugOption = Annotated[bool, typer.Option("--debug", metavar="", help="Show tracebacks.")]
 
 
 def _check_options(
@@ -548,6 +559,7 @@ def check(
         typer.Option(
             "--output",
             "-o",
+            metavar="PATH",
             help="Write the report to this file instead of stdout; repeat for several formats (by suffix).",
         ),
     ] = None,
@@ -559,16 +571,18 @@ def check(
         ),
     ] = None,
     input_shape: Annotated[
-        str | None, typer.Option("--input-shape", help="Fix dynamic dims, e.g. 1,3,32,32.")
+        str | None, typer.Option("--input-shape", metavar="SHAPE", help="Fix dynamic dims, e.g. 1,3,32,32.")
     ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,
     seed: SeedOption = None,
-    device: Annotated[str, typer.Option("--device", help="cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="cpu|cuda", autocompletion=lambda: ["cpu", "cuda"], help="Where tensors live.")] = "cpu",
     method: Annotated[
         str | None,
         typer.Option(
             "--method",
+            metavar="METHOD",
+            autocompletion=lambda: list(METHOD_CHOICES),
             help="Global upper bound: auto (default: every certified method that applies, the tightest wins) | product | layerwise | sdp | eclipse-fast | eclipse | lipsdp-neuron | exact (branch and bound, small ReLU nets).",
         ),
     ] = None,
@@ -675,7 +689,7 @@ def batch(
     format: FormatOption = None,
     output: Annotated[
         list[Path] | None,
-        typer.Option("--output", "-o", help="Write the batch report here; repeat for several formats."),
+        typer.Option("--output", "-o", metavar="PATH", help="Write the batch report here; repeat for several formats."),
     ] = None,
     output_dir: Annotated[
         Path | None,
@@ -687,7 +701,7 @@ def batch(
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,
     seed: SeedOption = None,
-    method: Annotated[str | None, typer.Option("--method", help="Global method for every model.")] = None,
+    method: Annotated[str | None, typer.Option("--method", metavar="METHOD", autocompletion=lambda: list(METHOD_CHOICES), help="Global method for every model.")] = None,
     budget: BudgetOption = None,
     baseline: Annotated[
         Path | None,
@@ -797,7 +811,7 @@ def explain(
         str | None, typer.Argument(help="A check id such as SA101, or its name.")
     ] = None,
     all_checks: Annotated[
-        bool, typer.Option("--all", help="Every check, as the markdown of docs/theory.md.")
+        bool, typer.Option("--all", metavar="", help="Every check, as the markdown of docs/theory.md.")
     ] = False,
 ) -> None:
     """What a check proves, its inequality, its assumptions and its settings."""
@@ -912,7 +926,7 @@ def trajectory(
     format: FormatOption = None,
     output: Annotated[
         list[Path] | None,
-        typer.Option("--output", "-o", help="Write the trajectory report here; repeat for several formats (by suffix)."),
+        typer.Option("--output", "-o", metavar="PATH", help="Write the trajectory report here; repeat for several formats (by suffix)."),
     ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,

@@ -1,0 +1,79 @@
+"""Real models as packages ship them (fetched by ../shared/models/wild/fetch.sh into
+$STABAUDIT_WILD_DIR or ~/.cache/stabaudit-wild): each audited through the CLI as a user would.
+
+Prints a markdown table for docs/benchmarks.md: model, source operators, exit code, the bracket
+(or the refusal), what the global bound is over, and wall seconds. Models that are absent are
+listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+WILD = Path(os.environ.get("STABAUDIT_WILD_DIR", Path.home() / ".cache" / "stabaudit-wild"))
+
+# the shapes a user gives for the dims the file leaves dynamic (beyond the batch dim)
+SHAPES: dict[str, list[str]] = {
+    "mtcnn_pnet.onnx": ["--input-shape", "1,12,12,3"],
+    "nudenet_320n.onnx": ["--input-shape", "1,3,320,320"],
+    "oww_melspectrogram.onnx": ["--input-shape", "1,16000"],
+}
+
+
+def source_ops(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = Counter(n.op_type for n in model.graph.node if n.op_type not in ("Constant",))
+    return ", ".join(sorted(counts))
+
+
+def row(path: Path, budget: float, timeout: float) -> str:
+    name = path.name
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+        cmd = [sys.executable, "-m", "stabaudit", "check", str(path), "--budget", str(budget),
+               "--timeout", str(timeout), "--no-cache", "--quiet", "-o", str(out), *SHAPES.get(name, [])]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        report = json.loads(out.read_text()) if out.exists() else None
+    bracket = "-"
+    if report is not None and report.get("lipschitz"):
+        lip = report["lipschitz"]
+        lo, up = lip.get("lower"), lip.get("upper")
+        fmt = lambda v: "none" if v is None else f"{v:.4g}"  # noqa: E731
+        bracket = f"[{fmt(lo)}, {fmt(up)}]"
+    if proc.returncode >= 2:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[0].replace("|", "/")
+        reason = reason.replace(str(path), name)
+        bracket = reason[:160]
+    return f"| {name} | {source_ops(path)} | {proc.returncode} | {bracket} | {seconds:.1f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    rows = ["| model | source operators | exit | bracket [lower, upper] or reason | seconds |",
+            "|---|---|---:|---|---:|"]
+    models = sorted(WILD.glob("*.onnx")) if WILD.is_dir() else []
+    if not models:
+        print(f"no models under {WILD}: run ../shared/models/wild/fetch.sh first", file=sys.stderr)
+    for path in models:
+        rows.append(row(path, args.budget, args.timeout))
+        print(rows[-1], file=sys.stderr, flush=True)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
