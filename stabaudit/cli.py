@@ -238,6 +238,10 @@ TrustOption = Annotated[
         help="Load TorchScript archives without the static gate of their code (which refuses calls outside the tensor operators, before anything runs): only for archives you vouch for.",
     ),
 ]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", metavar="", help="One line per phase of the audit on stderr, with the seconds since the start."),
+]
 QuietOption = Annotated[
     bool,
     typer.Option("--quiet", "-q", metavar="", help="No progress and no summary line on stderr (errors are still printed)."),
@@ -441,6 +445,8 @@ def _with_sidecar(
     from stabaudit.renderers import OutputFormat
     from stabaudit.report.witness import npz_bytes, sidecar_path
 
+    if fmt is OutputFormat.TABLE and path is None:
+        return [(_for_terminal(lambda: render(report)), path)]
     if fmt is not OutputFormat.JSON:
         return [(render(report), path)]
     side = sidecar_path(path) if path is not None else None
@@ -449,6 +455,22 @@ def _with_sidecar(
     if arrays and side is not None:
         out.append((npz_bytes(arrays), side))
     return out
+
+
+def _for_terminal(render: Callable[[], str]) -> str:
+    """The table as standard output shows it: on a terminal, fitted to its width and in colour
+    (NO_COLOR and FORCE_COLOR honoured); in a pipe, as a file holds it."""
+    import shutil
+
+    from stabaudit.renderers.table import WIDTH, colour_enabled, colourise
+
+    tty = bool(getattr(sys.stdout, "isatty", lambda: False)())
+    token = WIDTH.set(shutil.get_terminal_size().columns if tty else None)
+    try:
+        text = render()
+    finally:
+        WIDTH.reset(token)
+    return colourise(text) if colour_enabled(sys.stdout) else text
 
 
 def _render_batch(fmt: OutputFormat, batch: BatchReport, sarif_all: bool) -> str:
@@ -623,6 +645,7 @@ def check(
     sarif_all: SarifAllOption = False,
     trust_torchscript: TrustOption = False,
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Audit one model: certified per-layer and global Lipschitz bounds and the stability checks."""
@@ -644,7 +667,7 @@ def check(
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")
         try:
-            with Progress(enabled=not quiet, label=str(model)) as progress:
+            with Progress(enabled=not quiet, label=str(model), verbose=verbose) as progress:
                 report = audit_with(
                     model,
                     overrides,

@@ -3,6 +3,11 @@ for a batch, one row per model and the batch verdict."""
 
 from __future__ import annotations
 
+import contextvars
+import os
+import re
+from typing import TextIO
+
 from tabulate import tabulate
 
 from stabaudit.renderers.base import (
@@ -29,6 +34,57 @@ from stabaudit.report.model import (
     TrajectoryReport,
 )
 from stabaudit.report.refusal import is_refusal
+
+# The width of the terminal the table is written to; None (files, pipes): no wrapping, so that a
+# report file is the same whatever the terminal it was made from.
+WIDTH: contextvars.ContextVar[int | None] = contextvars.ContextVar("table_width", default=None)
+
+
+def _fit(rows: list[list[str]], headers: list[str], wrap: int) -> str:
+    """tabulate, with column ``wrap`` folded so that each line fits WIDTH (when one is set; the
+    column keeps at least 16 characters)."""
+    width = WIDTH.get()
+    text = tabulate(rows, headers=headers, disable_numparse=True)
+    if width is None or not rows:
+        return text
+    column = max(len(str(r[wrap])) for r in [headers, *rows])
+    for _ in range(4):  # shrink the folded column by the excess until the lines fit
+        excess = max(len(line) for line in text.splitlines()) - width
+        if excess <= 0 or column <= 16:
+            break
+        column = max(16, column - excess)
+        widths: list[int | None] = [None] * len(headers)
+        widths[wrap] = column
+        text = tabulate(rows, headers=headers, disable_numparse=True, maxcolwidths=widths)
+    return text
+
+
+_STATUS_COLOURS = {"PASS": "32", "FAIL": "1;31", "WARN": "33", "INCONCLUSIVE": "36", "WAIVED": "35"}
+
+
+def colour_enabled(stream: TextIO) -> bool:
+    """Colour on a terminal; NO_COLOR (any value) turns it off, FORCE_COLOR on (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def colourise(text: str) -> str:
+    """The table with its status words and verdict in colour (ANSI SGR)."""
+
+    def paint(match: re.Match[str]) -> str:
+        word = match.group(0)
+        return f"\x1b[{_STATUS_COLOURS[word]}m{word}\x1b[0m"
+
+    pattern = re.compile(r"\b(PASS|FAIL|WARN|INCONCLUSIVE|WAIVED)\b")
+    lines = []
+    for line in text.split("\n"):
+        if re.match(r"(SA\d{3}|verdict:)", line):
+            line = pattern.sub(paint, line, count=1)
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def num(x: float | None) -> str:
@@ -75,7 +131,7 @@ def render_table(report: Report) -> str:
         for i, layer in enumerate(report.layers)
     ]
     out.append("Per-layer Lipschitz constants (L2)")
-    out.append(tabulate(rows, headers=["#", "layer", "op", "lower", "upper", "sound", "method"], disable_numparse=True))
+    out.append(_fit(rows, ["#", "layer", "op", "lower", "upper", "sound", "method"], wrap=6))
     out.append("")
     out.append(
         f"Global Lipschitz bracket (L2): [{num(lip.lower)}, {num(lip.upper)}]"
@@ -101,7 +157,7 @@ def render_table(report: Report) -> str:
         out += [f"  {n}" for n in sec.notes]
     out.append("")
     crow = [[f.id, f.name, f.severity.value, status_label(f, report.fail_on).upper(), detail(f)] for f in report.checks]
-    out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
+    out.append(_fit(crow, ["check", "name", "severity", "status", "detail"], wrap=4))
     out.append("")
     out.append(f"gate: {gate_line(report.checks, report.fail_on)}")
     out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})")
@@ -114,7 +170,7 @@ def _render_refusal(report: Report) -> str:
         f"stabaudit {report.tool.version}  {report.model.path}  {report.created}",
         f"The audit was refused (exit code {report.exit_code}); no bound was computed.",
         "",
-        tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True),
+        _fit(crow, ["check", "name", "severity", "status", "detail"], wrap=4),
         "",
         f"gate: {gate_line(report.checks, report.fail_on)}",
         f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})",
@@ -224,7 +280,7 @@ def render_trajectory_table(trajectory: TrajectoryReport) -> str:
         [f.id, f.name, f.severity.value, status_label(f, trajectory.fail_on).upper(), detail(f)]
         for f in trajectory.checks
     ]
-    out.append(tabulate(crow, headers=["check", "name", "severity", "status", "detail"], disable_numparse=True))
+    out.append(_fit(crow, ["check", "name", "severity", "status", "detail"], wrap=4))
     errors = [f"error: {p.path}: {p.error}" for p in trajectory.points if p.error]
     if errors:
         out += ["", *errors]
