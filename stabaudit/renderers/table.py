@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+from collections.abc import Sequence
 from typing import TextIO
 
 from tabulate import tabulate
@@ -40,7 +41,7 @@ from stabaudit.report.refusal import is_refusal
 WIDTH: contextvars.ContextVar[int | None] = contextvars.ContextVar("table_width", default=None)
 
 
-def _fit(rows: list[list[str]], headers: list[str], wrap: int) -> str:
+def _fit(rows: Sequence[Sequence[object]], headers: list[str], wrap: int) -> str:
     """tabulate, with column ``wrap`` folded so that each line fits WIDTH (when one is set; the
     column keeps at least 16 characters)."""
     width = WIDTH.get()
