@@ -53,8 +53,8 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_add", "test_averagepool", "test_basic_conv", "test_batchnorm", "test_cast_", "test_castlike_", "test_celu",
     "test_clip", "test_concat", "test_constant_pad", "test_conv_with", "test_convtranspose", "test_depthtospace",
     "test_div", "test_dropout", "test_elu", "test_flatten", "test_gelu", "test_gemm", "test_globalaveragepool",
-    "test_globalmaxpool", "test_hardsigmoid", "test_hardswish", "test_identity", "test_leakyrelu", "test_matmul",
-    "test_maxpool", "test_mul", "test_neg", "test_prelu", "test_relu", "test_reshape", "test_sigmoid", "test_softmax",
+    "test_globalmaxpool", "test_gru", "test_hardsigmoid", "test_hardswish", "test_identity", "test_leakyrelu", "test_lstm", "test_matmul",
+    "test_maxpool", "test_mul", "test_neg", "test_prelu", "test_relu", "test_reshape", "test_rnn_seq_length", "test_sigmoid", "test_simple_rnn", "test_softmax",
     "test_softplus", "test_spacetodepth", "test_squeeze", "test_sub", "test_sum", "test_swiglu", "test_swish",
     "test_tanh", "test_transpose", "test_unsqueeze",
 )

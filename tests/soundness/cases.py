@@ -257,6 +257,26 @@ class TsPools(nn.Module):
         return torch._softmax(g, 2, False)
 
 
+class Recurrent(nn.Module):
+    """A recurrent stack over a [batch, seq, features] input: RNN (tanh: globally Lipschitz) or a
+    bidirectional LSTM feeding a GRU (gated: products of two variables), then a Linear."""
+
+    def __init__(self, gated: bool):
+        super().__init__()
+        self.gated = gated
+        if gated:
+            self.lstm = nn.LSTM(2, 3, batch_first=True, bidirectional=True)
+            self.gru = nn.GRU(6, 3, batch_first=True)
+        else:
+            self.rnn = nn.RNN(2, 4, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(3 if gated else 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.fc(self.gru(self.lstm(x)[0])[0])
+        return self.fc(self.rnn(x)[0])
+
+
 # ---- ONNX-only graphs (onnx.helper) ---------------------------------------------------------------
 def _rand(seed: int, *shape: int, scale: float = 1.0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
@@ -638,6 +658,12 @@ def _cases() -> list[Case]:
                                  "GlobalAveragePool", "GlobalMaxPool", "Sub", "Add", "Flatten"})),
         Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
              ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
+        # recurrent cells, unrolled over the 3 steps: no TorchScript (aten::lstm, aten::gru, aten::rnn_tanh)
+        Case(id="rnn_tanh", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(False), 61),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.TANH, L.CONCAT}), onnx_ops=frozenset({"RNN"})),
+        Case(id="lstm_gru", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(True), 62),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.SUB, L.SIGMOID, L.TANH, L.MUL, L.CONCAT}),
+             onnx_ops=frozenset({"LSTM", "GRU"})),
     ]
     return cases
 

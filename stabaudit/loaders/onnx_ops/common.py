@@ -321,13 +321,15 @@ class Context:
         self.aliases[node.outputs[0]] = self.resolve(target)
         self.removed[node.op_type] += 1
 
-    def emit(self, node: OnnxNode, op: O.Op, inputs: Sequence[str], *, tag: str | None = None) -> str:
+    def emit(self, node: OnnxNode, op: O.Op, inputs: Sequence[str], *, tag: str | None = None,
+             output_index: int = 0) -> str:
         """Append an IR node for ``node``; ``tag`` names an intermediate value of a multi-node
-        translation (its output is ``<output>/<tag>``), otherwise it writes the node's output.
+        translation (its output is ``<output>/<tag>``), otherwise it writes the node's output
+        number ``output_index`` (the first by default).
         """
         from stabaudit.ir.executor import infer_shapes
 
-        output = node.outputs[0] if tag is None else f"{node.outputs[0]}/{tag}"
+        output = node.outputs[output_index] if tag is None else f"{node.outputs[0]}/{tag}"
         name = node.name if tag is None else f"{node.name}/{tag}"
         while name in self._names:  # ONNX node names need not be unique; IR layer names are
             name += "_"
