@@ -13,6 +13,8 @@ Affine shifts and scales instead of multiplying constants at run time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from stabaudit.ir import ops as O
@@ -21,7 +23,7 @@ from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, re
 State = str | np.ndarray | None  # an IR value, a constant [batch, hidden], or zero
 
 _ACTIVATIONS = {"sigmoid": O.Sigmoid, "tanh": O.Tanh, "relu": O.Relu}
-_NUMPY = {
+_NUMPY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
     "tanh": np.tanh,
     "relu": lambda v: np.maximum(v, 0.0),
@@ -52,11 +54,11 @@ class _Unroll:
         part = self.emit(O.Slice(starts=tuple(starts), ends=tuple(ends), steps=(1, 1, 1)), [projection], "x")
         return self.emit(O.Reshape(shape=(self.batch, shape[2])), [part], "xt")
 
-    def gate(self, value: str | np.ndarray, k: int) -> str | np.ndarray:
+    def gate(self, value: State, k: int) -> State:
         """Gate k (hidden entries) of a [batch, gates * hidden] value."""
         lo, hi = k * self.hidden, (k + 1) * self.hidden
-        if isinstance(value, np.ndarray):
-            return value[:, lo:hi]
+        if value is None or isinstance(value, np.ndarray):
+            return value if value is None else value[:, lo:hi]
         op = O.Slice(starts=(0, lo), ends=(self.batch, hi), steps=(1, 1))
         return self.emit(op, [value], "gate")
 
