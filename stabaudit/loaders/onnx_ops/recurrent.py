@@ -38,10 +38,11 @@ class _Unroll:
     def __init__(self, node: OnnxNode, ctx: Context, batch: int, hidden: int, clip: float | None):
         self.node, self.ctx, self.batch, self.hidden, self.clip = node, ctx, batch, hidden, clip
         self.count = 0
+        self.where = ""  # the direction and step being unrolled, in every tag: "d0t2/"
 
     def tag(self, what: str) -> str:
         self.count += 1
-        return f"{what}{self.count}"
+        return f"{self.where}{what}{self.count}"
 
     def emit(self, op: O.Op, inputs: list[str], what: str) -> str:
         return self.ctx.emit(self.node, op, inputs, tag=self.tag(what))
@@ -201,13 +202,14 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
         in_bias = wb + rb
         if linear_before_reset:  # Rbh stays inside the reset gate's product
             in_bias = wb + np.concatenate([rb[:2 * hidden], np.zeros(hidden)])
-        projection = unroll.emit(O.Linear(weight=np.ascontiguousarray(w[d]), bias=in_bias), [x_name], "proj")
+        projection = unroll.emit(O.Linear(weight=np.ascontiguousarray(w[d]), bias=in_bias), [x_name], f"d{d}/proj")
         h: State = None if h0 is None else h0[d]
         c: State = None if c0 is None else c0[d]
         p = None if peep is None or not np.asarray(peep).any() else np.asarray(peep[d], np.float64)
         steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
         hs: dict[int, State] = {}
         for t in steps:
+            unroll.where = f"d{d}t{t}/"
             x_t = unroll.step_input(projection, t, seq_axis)
             if op == "RNN":
                 h = unroll.act(acts[d][0], unroll.add(x_t, unroll.linear(h, r[d])))
@@ -237,6 +239,7 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
                 h = unroll.add(n, unroll.mul(zg, unroll.sub(h, n)))
             hs[t] = h
         ys.append([hs[t] for t in range(seq)])
+        unroll.where = ""
         last_h.append(h)
         last_c.append(c)
     _outputs(node, ctx, unroll, ys, last_h, last_c, layout)
