@@ -98,3 +98,55 @@ def test_unsupported_recurrent_variants(tmp_path: Path, op: str, kwargs: dict[st
     with pytest.raises(UnsupportedOperatorError) as info:
         load_onnx(_model(tmp_path, op, **kwargs))
     assert info.value.counts == {label: 1}
+
+
+class _Cell(torch.nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        torch.manual_seed(7)
+        self.cell = getattr(torch.nn, kind)(3, 4, batch_first=True)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.cell(x)[0][:, -1:].flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_recurrent_weights_are_training_parameters(tmp_path: Path, kind: str) -> None:
+    """W and R of a one-direction cell with a zero initial state are bound (B is a constant): the
+    loss Hessian over them and the Linear's parameters is the module's own over weight_ih, weight_hh
+    and the Linear's (the export permutes LSTM gates, which leaves the eigenvalues as they are)."""
+    import warnings
+
+    from torch.func import functional_call
+
+    from stabaudit.analyses.training import Loss, TrainingSpec, training_dynamics
+
+    module = _Cell(kind).eval().double()
+    path = tmp_path / "cell.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.float(), (torch.zeros(1, 3, 3),), str(path), dynamo=False)
+    module = module.double()
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(6, 1, 1, 3, 3)), rng.integers(0, 2, size=6)
+    loaded = load_onnx(path)
+    result = training_dynamics(loaded.graph, TrainingSpec(learning_rate=0.1, x=x, y=y, loss=Loss.CROSS_ENTROPY),
+                               parameterisation=loaded.parameterisation)
+    gates = 4 if kind == "LSTM" else 1
+    assert result.parameters == gates * 4 * (3 + 4) + 4 * 2 + 2  # W, R, fc.weight, fc.bias
+    names = ["cell.weight_ih_l0", "cell.weight_hh_l0", "fc.weight", "fc.bias"]
+    params = dict(module.named_parameters())
+    values = tuple(params[n].detach().clone() for n in names)
+    xt, yt = torch.tensor(x.reshape(6, 3, 3)), torch.tensor(y)
+
+    def loss(*theta: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, dict(zip(names, theta, strict=True)), (xt,))
+        return torch.nn.functional.cross_entropy(out, yt)
+
+    blocks = torch.autograd.functional.hessian(loss, values)
+    sizes = [v.numel() for v in values]
+    exact = np.linalg.eigvalsh(np.block([[blocks[i][j].reshape(sizes[i], sizes[j]).numpy()
+                                          for j in range(len(sizes))] for i in range(len(sizes))]))
+    assert result.lambda_max is not None
+    assert result.lambda_max.estimate == pytest.approx(exact[-1], rel=1e-5)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from stabaudit.ir import ops as O
+from stabaudit.ir.parameters import Term
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
 
 State = str | np.ndarray | None  # an IR value, a constant [batch, hidden], or zero
@@ -63,14 +64,18 @@ class _Unroll:
         op = O.Slice(starts=(0, lo), ends=(self.batch, hi), steps=(1, 1))
         return self.emit(op, [value], "gate")
 
-    def linear(self, h: State, weight: np.ndarray, bias: np.ndarray | None = None) -> State:
-        """h @ weight.T + bias."""
+    def linear(self, h: State, weight: np.ndarray, bias: np.ndarray | None = None,
+               term: Term | None = None) -> State:
+        """h @ weight.T + bias; ``term``: the training parameter the weight is."""
         if h is None:
             return None if bias is None else np.broadcast_to(bias, (self.batch, weight.shape[0])).copy()
         if isinstance(h, np.ndarray):
             out = h @ weight.T.astype(np.float64)
             return out if bias is None else out + bias
-        return self.emit(O.Linear(weight=np.ascontiguousarray(weight), bias=bias), [h], "linear")
+        y = self.emit(O.Linear(weight=np.ascontiguousarray(weight), bias=bias), [h], "linear")
+        if term is not None:
+            self.ctx.bind(y, "weight", [term])
+        return y
 
     def add(self, a: State, b: State) -> State:
         if a is None or b is None:
@@ -196,6 +201,9 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
     peep = ctx.param(node, 7, "P", optional=True) if op == "LSTM" else None
     b64 = np.zeros((directions, 2 * gates * hidden)) if b is None else np.asarray(b, np.float64)
     unroll = _Unroll(node, ctx, batch, hidden, clip)
+    # R as a training parameter: one direction whose R h_{t-1} never meets a constant state (R h_0
+    # would be folded into a constant) and is not split by gates (GRU)
+    r_term = ctx.term(node, 2, "recurrence weight (R)") if directions == 1 and h0 is None and op != "GRU" else None
     ys, last_h, last_c = [], [], []
     for d in range(directions):
         wb, rb = b64[d, :gates * hidden], b64[d, gates * hidden:]
@@ -203,6 +211,8 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
         if linear_before_reset:  # Rbh stays inside the reset gate's product
             in_bias = wb + np.concatenate([rb[:2 * hidden], np.zeros(hidden)])
         projection = unroll.emit(O.Linear(weight=np.ascontiguousarray(w[d]), bias=in_bias), [x_name], f"d{d}/proj")
+        if directions == 1:  # W [1, gates * hidden, input] is the projection's weight, reshaped
+            ctx.bind(projection, "weight", [ctx.term(node, 1, "weight (W)")])
         h: State = None if h0 is None else h0[d]
         c: State = None if c0 is None else c0[d]
         p = None if peep is None or not np.asarray(peep).any() else np.asarray(peep[d], np.float64)
@@ -212,9 +222,9 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
             unroll.where = f"d{d}t{t}/"
             x_t = unroll.step_input(projection, t, seq_axis)
             if op == "RNN":
-                h = unroll.act(acts[d][0], unroll.add(x_t, unroll.linear(h, r[d])))
+                h = unroll.act(acts[d][0], unroll.add(x_t, unroll.linear(h, r[d], term=r_term)))
             elif op == "LSTM":
-                z = unroll.add(x_t, unroll.linear(h, r[d]))
+                z = unroll.add(x_t, unroll.linear(h, r[d], term=r_term))
                 f_act, g_act, h_act = acts[d]
 
                 def peephole(k: int, state: State, p: np.ndarray | None = p) -> State:
