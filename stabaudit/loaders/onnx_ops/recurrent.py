@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
 from stabaudit.ir.parameters import Term
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
@@ -140,7 +141,7 @@ def _activations(node: OnnxNode, directions: int) -> list[tuple[str, ...]]:
     return [tuple(n.lower() for n in names[d * k:(d + 1) * k]) for d in range(directions)]
 
 
-def _state(ctx: Context, node: OnnxNode, index: int, layout: int) -> np.ndarray | None:
+def _state(ctx: Context, node: OnnxNode, index: int, layout: int, shape: tuple[int, int, int]) -> np.ndarray | None:
     """initial_h / initial_c as [num_directions, batch, hidden] float64, None when absent or zero."""
     name = node.input(index)
     if name is None:
@@ -151,6 +152,8 @@ def _state(ctx: Context, node: OnnxNode, index: int, layout: int) -> np.ndarray 
     value = np.asarray(value, np.float64)
     if layout == 1:
         value = np.swapaxes(value, 0, 1)
+    if value.shape != shape:
+        raise ModelLoadError(f"{node.op_type} initial state of shape {list(value.shape)} (layout 0), expected {list(shape)}")
     return value if value.any() else None
 
 
@@ -185,8 +188,12 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
     expected = 2 if direction == "bidirectional" else 1
     if direction not in ("forward", "reverse", "bidirectional") or directions != expected:
         raise Unsupported(f"{op}(direction {direction} with {directions} weight sets)")
-    if w.shape[1] != gates * hidden or r.shape[1] != gates * hidden:
-        raise Unsupported(f"{op}(weights of shapes {list(w.shape)}, {list(r.shape)})")
+    features = shape[2]
+    size = int(node.attr("hidden_size", hidden) or hidden)
+    if (w.shape != (directions, gates * hidden, features) or r.shape != (directions, gates * hidden, hidden)
+            or size != hidden or (b is not None and b.shape != (directions, 2 * gates * hidden))):
+        raise ModelLoadError(f"{op} weights of shapes {[list(a.shape) for a in (w, r, b) if a is not None]} do not "
+                             f"match {features} input features and hidden_size {size}")
     lens = ctx.const(node.input(4))
     if ctx.is_var(node.input(4)) or (lens is not None and (np.asarray(lens) != seq).any()):
         raise Unsupported(f"{op}(sequence_lens shorter than the sequence)")
@@ -196,9 +203,11 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
     clip = float(clip) if clip is not None else None
     linear_before_reset = op == "GRU" and bool(int(node.attr("linear_before_reset", 0) or 0))
     acts = _activations(node, directions)
-    h0 = _state(ctx, node, 5, layout)
-    c0 = _state(ctx, node, 6, layout) if op == "LSTM" else None
+    h0 = _state(ctx, node, 5, layout, (directions, batch, hidden))
+    c0 = _state(ctx, node, 6, layout, (directions, batch, hidden)) if op == "LSTM" else None
     peep = ctx.param(node, 7, "P", optional=True) if op == "LSTM" else None
+    if peep is not None and peep.shape != (directions, 3 * hidden):
+        raise ModelLoadError(f"LSTM peepholes of shape {list(peep.shape)}, expected {[directions, 3 * hidden]}")
     b64 = np.zeros((directions, 2 * gates * hidden)) if b is None else np.asarray(b, np.float64)
     unroll = _Unroll(node, ctx, batch, hidden, clip)
     # R as a training parameter: one direction whose R h_{t-1} never meets a constant state (R h_0
