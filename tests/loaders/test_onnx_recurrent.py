@@ -84,6 +84,7 @@ def test_recurrent_cells_match_onnxruntime(tmp_path: Path, op: str, kwargs: dict
     path = _model(tmp_path, op, **kwargs)
     lm = check(path) if not kwargs.get("layout") else _check_with_onnx_reference(path)
     assert op in lm.source_ops
+    assert not [n for n in lm.notes if "dropped" in n], lm.notes  # no gate computed for nothing
     types = {n.op.type for n in lm.graph.nodes}
     assert (OpType.MUL in types) == (op != "RNN")
 

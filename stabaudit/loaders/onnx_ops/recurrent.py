@@ -240,7 +240,8 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
                     return None if p is None else unroll.mul(state, p[k * hidden:(k + 1) * hidden])
 
                 i = unroll.act(f_act, unroll.add(unroll.gate(z, 0), peephole(0, c)))
-                f = unroll.act(f_act, unroll.add(unroll.gate(z, 2), peephole(2, c)))
+                # the forget gate only scales c_{t-1}: nothing to compute while c is zero
+                f = None if c is None else unroll.act(f_act, unroll.add(unroll.gate(z, 2), peephole(2, c)))
                 g = unroll.act(g_act, unroll.gate(z, 3))
                 c = unroll.add(unroll.mul(f, c), unroll.mul(i, g))
                 o = unroll.act(f_act, unroll.add(unroll.gate(z, 1), peephole(1, c)))
@@ -249,11 +250,15 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
                 f_act, g_act = acts[d]
                 zr = unroll.add(_first(unroll, x_t, 2 * hidden), unroll.linear(h, r[d][:2 * hidden]))
                 zg = unroll.act(f_act, unroll.gate(zr, 0))
-                rg = unroll.act(f_act, unroll.gate(zr, 1))
+
+                def reset(zr: State = zr, f_act: str = f_act) -> State:  # only where it multiplies something
+                    return unroll.act(f_act, unroll.gate(zr, 1))
+
                 if linear_before_reset:
-                    inner = unroll.mul(rg, unroll.linear(h, r[d][2 * hidden:], rb[2 * hidden:]))
+                    lin = unroll.linear(h, r[d][2 * hidden:], rb[2 * hidden:])
+                    inner = None if _zero(lin) else unroll.mul(reset(), lin)
                 else:
-                    inner = unroll.linear(unroll.mul(rg, h), r[d][2 * hidden:])
+                    inner = None if _zero(h) else unroll.linear(unroll.mul(reset(), h), r[d][2 * hidden:])
                 n = unroll.act(g_act, unroll.add(unroll.gate(x_t, 2), inner))
                 h = unroll.add(n, unroll.mul(zg, unroll.sub(h, n)))
             hs[t] = h
@@ -262,6 +267,10 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
         last_h.append(h)
         last_c.append(c)
     _outputs(node, ctx, unroll, ys, last_h, last_c, layout)
+
+
+def _zero(value: State) -> bool:
+    return value is None or (isinstance(value, np.ndarray) and not value.any())
 
 
 def _first(unroll: _Unroll, value: str, width: int) -> str:
