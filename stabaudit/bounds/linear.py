@@ -1,4 +1,4 @@
-"""Bound rule of dense layers (Linear): the exact spectral norm of the weight by a float64 SVD."""
+"""Bound rules of dense layers (Linear) and of Resize: exact spectral norms by a float64 SVD."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
-from stabaudit.bounds.numerics import spectral_norm_dense
+from stabaudit.bounds.numerics import spectral_norm_dense, sqrt_int_bounds
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Linear, OpType
+from stabaudit.ir.ops import Linear, OpType, Resize
+from stabaudit.ir.resize import axis_matrix
 
 # Entries at or below this magnitude lose bits when scaled down by a power of two (subnormal range).
 _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
@@ -87,4 +88,41 @@ def bound_linear(node: Node, ctx: RuleContext) -> OpBound:
     return OpBound(
         upper=Bound(value=upper, guarantee=Guarantee.UPPER, method=method),
         lower=Bound(value=lower, guarantee=Guarantee.LOWER, method=method),
+    )
+
+
+def resize_axis_norm(matrix: np.ndarray) -> tuple[float, float]:
+    """(upper, lower) on ||A||_2 of one axis of a Resize. A 0/1 matrix with at most one 1 per row
+    (nearest) has columns of disjoint supports, so A^T A = diag(column counts) and ||A||_2 =
+    sqrt(max column count), exactly; any other matrix by the certified SVD."""
+    a = np.asarray(matrix, dtype=np.float64)
+    if np.all((a == 0.0) | (a == 1.0)) and np.all(a.sum(axis=1) <= 1.0):
+        return sqrt_int_bounds(int(a.sum(axis=0).max(initial=0.0)))
+    upper, lower = scaled_spectral_norm(a)
+    return upper, (0.0 if lower is None else lower)
+
+
+@RULES.register(OpType.RESIZE)
+def bound_resize(node: Node, ctx: RuleContext) -> OpBound:
+    """Resize is the Kronecker product of one matrix A_k per resized axis and identities on the
+    others (ir.resize), plus a constant on extrapolated positions; the singular values of a
+    Kronecker product are the products of the factors' singular values, so Lip = prod_k ||A_k||_2
+    exactly. Each factor is certified (resize_axis_norm) and each product rounded outward."""
+    match node.op:
+        case Resize() as op:
+            pass
+        case _:
+            raise TypeError(f"bound_resize got a {type(node.op).__name__}")
+    if ctx.input_shapes and ctx.input_shapes[0]:
+        shape = ctx.input_shapes[0]
+        if tuple(shape[a] for a in op.axes) != op.in_sizes:
+            raise ValueError(f"input shape {shape} does not have the Resize's lengths {op.in_sizes} on axes {op.axes}")
+    upper, lower = 1.0, 1.0
+    for k in range(len(op.axes)):
+        u, lo = resize_axis_norm(axis_matrix(op, k)[0])
+        upper, lower = math.nextafter(upper * u, math.inf), math.nextafter(lower * lo, 0.0)
+    method = "exact (per-axis norms)"
+    return OpBound(
+        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method=method),
+        lower=Bound(value=max(lower, 0.0), guarantee=Guarantee.LOWER, method=method),
     )

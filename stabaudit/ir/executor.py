@@ -129,6 +129,8 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: torch.cat(list(a), dim=axis)
         case O.Slice():
             return _slice_kernel(op)
+        case O.Resize():
+            return _resize_kernel(op, param)
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
 
 
@@ -149,6 +151,38 @@ def _slice_kernel(op: O.Slice) -> Kernel:
         return y
 
     return slice_
+
+
+def _resize_kernel(op: O.Resize, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
+    """One matrix product per resized axis (ir.resize), then the extrapolation value on the
+    positions outside the input (tf_crop_and_resize): the composition is the separable map."""
+    import torch
+
+    from stabaudit.ir.resize import axis_matrix, validate
+
+    try:
+        validate(op)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    steps = []
+    for k, axis in enumerate(op.axes):
+        matrix, outside = axis_matrix(op, k)
+        fill = None if outside is None else param(outside.astype(np.float64) * op.extrapolation_value)
+        steps.append((axis, param(matrix), fill))
+
+    def resize(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        y = a[0]
+        for axis, m, fill in steps:
+            if y.shape[axis] != m.shape[1]:
+                raise ValueError(f"Resize expects {m.shape[1]} entries on axis {axis}, got {y.shape[axis]}")
+            y = torch.movedim(torch.tensordot(m.to(y.dtype), y, dims=([1], [axis])), 0, axis)
+            if fill is not None:
+                shape = [1] * y.dim()
+                shape[axis] = -1
+                y = y + fill.to(y.dtype).reshape(shape)
+        return y
+
+    return resize
 
 
 def _avg_pool_kernel(op: O.AvgPool) -> Kernel:

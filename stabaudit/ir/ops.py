@@ -44,6 +44,7 @@ class OpType(str, Enum):
     CONCAT = "Concat"
     SLICE = "Slice"
     MUL = "Mul"
+    RESIZE = "Resize"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -319,6 +320,32 @@ class Slice(Op):
     starts: tuple[int, ...]
     ends: tuple[int, ...]
     steps: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Resize(Op):
+    """Separable interpolation (ONNX Resize/Upsample): on each axis ``axes[k]`` the input length
+    ``in_sizes[k]`` becomes ``sizes[k]`` by the float64 matrix ``ir.resize.axis_matrix(op, k)``
+    (out x in), built from these attributes as the ONNX specification defines the operator; the
+    other axes are unchanged. ``scales[k]`` is the scale of the coordinate transformation
+    (``sizes[k] / in_sizes[k]`` when the model gives sizes); ``rois[k]`` the (start, end) of
+    tf_crop_and_resize, whose output positions outside the input take ``extrapolation_value``.
+    nearest_mode "simple" is the rule of Upsample and Resize-10 (floor when upsampling, ceil when
+    downsampling)."""
+
+    type = OpType.RESIZE
+    axes: tuple[int, ...]
+    in_sizes: tuple[int, ...]
+    sizes: tuple[int, ...]
+    scales: tuple[float, ...]
+    mode: str = "nearest"  # nearest | linear | cubic
+    coordinate_mode: str = "half_pixel"
+    nearest_mode: str = "round_prefer_floor"
+    cubic_a: float = -0.75
+    exclude_outside: bool = False
+    antialias: bool = False
+    rois: tuple[tuple[float, float], ...] = ()
+    extrapolation_value: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

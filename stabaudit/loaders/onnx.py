@@ -248,7 +248,24 @@ def _lift_opset(model: Any, notes: list[str]) -> Any:
         notes.append(f"opset {version} kept: onnx.version_converter failed ({_first_line(exc)})")
         return model
     notes.append(f"opset lifted from {version} to {LIFT_BELOW} (onnx.version_converter)")
+    _keep_legacy_resize(lifted)
     return lifted
+
+
+def _keep_legacy_resize(model: Any) -> None:
+    """The converter turns Upsample and Resize-10 into Resize-11 with its default half_pixel
+    coordinates, another operator: every Resize of the lifted model came from one of those, so it
+    gets back their asymmetric coordinates and onnxruntime's nearest rule of those versions,
+    "simple" (a value only the Resize translator reads; the reference runs the original model)."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
+            kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.extend([helper.make_attribute("coordinate_transformation_mode", "asymmetric"),
+                                   helper.make_attribute("nearest_mode", "simple")])
 
 
 # ---- inputs ------------------------------------------------------------------------------------
