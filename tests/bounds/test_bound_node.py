@@ -49,6 +49,8 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.CONCAT: (O.Concat(axis=1), [(1, 2, 3), (1, 1, 3)]),
     O.OpType.SLICE: (O.Slice(starts=(0, 2, 1), ends=(1, -1, 3), steps=(1, -1, 2)), [(1, 3, 4)]),
     O.OpType.MUL: (O.Mul(), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.RESIZE: (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="cubic"),
+                      [(1, 2, 3, 4)]),
 }
 
 

@@ -525,6 +525,57 @@ def _onnx_slice_mul() -> OnnxSpec:
                     constants=("s0", "e0", "a0", "st0", "s1", "e1", "st1"))
 
 
+def _onnx_resize() -> OnnxSpec:
+    """Resize nearest x2 (asymmetric, floor), linear to given sizes (half_pixel), cubic (a = -0.75,
+    pytorch_half_pixel) and a 1x1 Conv: the references are repeat_interleave and F.interpolate."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Resize", ["x", "", "s1"], ["r1"], mode="nearest", coordinate_transformation_mode="asymmetric",
+                  nearest_mode="floor"),  # [1, 2, 6, 8]
+            _node("Resize", ["r1", "", "", "z2"], ["r2"], mode="linear"),  # [1, 2, 5, 7]
+            _node("Resize", ["r2", "", "", "z3"], ["r3"], mode="cubic",
+                  coordinate_transformation_mode="pytorch_half_pixel", cubic_coeff_a=-0.75),  # [1, 2, 7, 9]
+            _node("Conv", ["r3", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"s1": np.array([1, 1, 2, 2], np.float32), "z2": np.array([1, 2, 5, 7], np.int64),
+                "z3": np.array([1, 2, 7, 9], np.int64), "w": _rand(61, 3, 2, 1, 1)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        r1 = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        r2 = F.interpolate(r1, size=(5, 7), mode="bilinear", align_corners=False)
+        r3 = F.interpolate(r2, size=(7, 9), mode="bicubic", align_corners=False)
+        return F.conv2d(r3, p["w"])
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=19, constants=("s1", "z2", "z3"))
+
+
+def _onnx_upsample() -> OnnxSpec:
+    """Upsample-9 (nearest x(2, 3) and linear), lifted to Resize-11 with its asymmetric coordinates."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Upsample", ["x", "s1"], ["u1"], mode="nearest"),  # [1, 2, 6, 9]
+            _node("Upsample", ["u1", "s2"], ["u2"], mode="linear"),  # [1, 2, 12, 9]
+            _node("Conv", ["u2", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"s1": np.array([1, 1, 2, 3], np.float32), "s2": np.array([1, 1, 2, 1], np.float32),
+                "w": _rand(62, 3, 2, 1, 1)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        u1 = x.repeat_interleave(2, dim=2).repeat_interleave(3, dim=3)
+        # asymmetric linear x2: y = 2i copies row i, y = 2i + 1 averages rows i and i + 1 (the last repeats)
+        nxt = torch.cat([u1[:, :, 1:], u1[:, :, -1:]], dim=2)
+        u2 = torch.stack([u1, (u1 + nxt) / 2], dim=3).reshape(1, 2, 12, 9)
+        return F.conv2d(u2, p["w"])
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=9, constants=("s1", "s2"))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -656,6 +707,10 @@ def _cases() -> list[Case]:
                             L.GLOBAL_MAX_POOL, L.SUB, L.ADD, L.RESHAPE}),
              onnx_ops=frozenset({"BatchNormalization", "MaxPool", "AveragePool", "ConvTranspose",
                                  "GlobalAveragePool", "GlobalMaxPool", "Sub", "Add", "Flatten"})),
+        Case(id="onnx_resize", input_shape=(1, 2, 3, 4), formats=(ONNX,), onnx=_onnx_resize(),
+             ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Resize", "Conv"})),
+        Case(id="onnx_upsample", input_shape=(1, 2, 3, 3), formats=(ONNX,), onnx=_onnx_upsample(),
+             ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Upsample", "Conv"})),
         Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
              ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
         # recurrent cells, unrolled over the 3 steps: no TorchScript (aten::lstm, aten::gru, aten::rnn_tanh)
