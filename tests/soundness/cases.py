@@ -525,6 +525,28 @@ def _onnx_slice_mul() -> OnnxSpec:
                     constants=("s0", "e0", "a0", "st0", "s1", "e1", "st1"))
 
 
+class Interpolate(nn.Module):
+    """F.interpolate in every mode torch traces to its own operator, on 1-D, 2-D and 3-D axes
+    (odd input lengths before nearest-exact: no source coordinate is a rounding tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [1, 2, 3, 4]
+        x = F.interpolate(self.conv(x), scale_factor=2.0, mode="nearest")  # [1, 2, 6, 8]
+        x = F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(7, 9), mode="bicubic", align_corners=True)
+        x = F.interpolate(x, size=(4, 5), mode="nearest-exact")
+        y = F.interpolate(x.reshape(1, 8, 5), size=7, mode="linear", align_corners=False)
+        y = F.interpolate(y, size=10, mode="nearest-exact")  # [1, 8, 10]
+        y = F.interpolate(y, size=8, mode="nearest")  # [1, 8, 8]
+        z = F.interpolate(y.reshape(1, 1, 2, 4, 8), scale_factor=(1.5, 0.75, 0.625), mode="trilinear",
+                          align_corners=False)  # [1, 1, 3, 3, 5]
+        z = F.interpolate(z, size=(3, 3, 3), mode="nearest-exact")
+        return F.interpolate(z, size=(5, 4, 7), mode="nearest")
+
+
 def _onnx_resize() -> OnnxSpec:
     """Resize nearest x2 (asymmetric, floor), linear to given sizes (half_pixel), cubic (a = -0.75,
     pytorch_half_pixel) and a 1x1 Conv: the references are repeat_interleave and F.interpolate."""
@@ -707,6 +729,12 @@ def _cases() -> list[Case]:
                             L.GLOBAL_MAX_POOL, L.SUB, L.ADD, L.RESHAPE}),
              onnx_ops=frozenset({"BatchNormalization", "MaxPool", "AveragePool", "ConvTranspose",
                                  "GlobalAveragePool", "GlobalMaxPool", "Sub", "Add", "Flatten"})),
+        Case(id="interpolate", input_shape=(1, 2, 3, 4), formats=(TS,), module=_seeded(Interpolate, 63),
+             ops=frozenset({L.CONV, L.RESIZE, L.RESHAPE}),
+             ts_ops=frozenset({"aten::upsample_nearest1d", "aten::upsample_nearest2d", "aten::upsample_nearest3d",
+                               "aten::_upsample_nearest_exact1d", "aten::_upsample_nearest_exact2d",
+                               "aten::_upsample_nearest_exact3d", "aten::upsample_linear1d",
+                               "aten::upsample_bilinear2d", "aten::upsample_trilinear3d", "aten::upsample_bicubic2d"})),
         Case(id="onnx_resize", input_shape=(1, 2, 3, 4), formats=(ONNX,), onnx=_onnx_resize(),
              ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Resize", "Conv"})),
         Case(id="onnx_upsample", input_shape=(1, 2, 3, 3), formats=(ONNX,), onnx=_onnx_upsample(),
