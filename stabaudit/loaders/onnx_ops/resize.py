@@ -25,6 +25,9 @@ from stabaudit.loaders.onnx_ops.common import (
     register,
 )
 
+# The dense float64 matrix of one axis (ir.resize) is at most this many entries (128 MiB).
+MAX_AXIS_ENTRIES = 1 << 24
+
 
 def _floats(value: np.ndarray | None) -> list[float] | None:
     """A constant as floats (float32 values widened exactly); an empty tensor is no value."""
@@ -126,6 +129,8 @@ def resize(node: OnnxNode, ctx: Context) -> None:
         if out[a] == shape[a] and math.isclose(scale_of[a], 1.0) and trivial_roi:
             continue  # the spec leaves such an axis as it is
         keep.append(a)
+    if any(out[a] * shape[a] > MAX_AXIS_ENTRIES for a in keep):
+        raise Unsupported("Resize(an axis whose matrix has more than 2^24 entries)")
     op = O.Resize(
         axes=tuple(keep),
         in_sizes=tuple(shape[a] for a in keep),

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.resize import MAX_AXIS_ENTRIES
 from stabaudit.loaders.ts_ops.base import Context, SourceNode, Unsupported, translates
 
 _MODES = {
@@ -63,6 +64,8 @@ def interpolate(ctx: Context, node: SourceNode) -> Sequence[Any]:
         scales.append(s)
     if not axes:
         return [x]
+    if any(m * n > MAX_AXIS_ENTRIES for m, n in zip(sizes, ins, strict=True)):
+        raise Unsupported("an axis whose interpolation matrix has more than 2^24 entries")
     match kind:
         case "nearest":
             mode, ctm, nearest = "nearest", "asymmetric", "floor"
