@@ -81,6 +81,8 @@ def slope_interval(op: O.Op) -> tuple[float, float] | None:
             return (0.0, 0.25)
         case O.Tanh():
             return (0.0, 1.0)
+        case O.Erf():
+            return (0.0, A.ERF_UPPER)
         case O.Softplus(beta=b):
             return (0.0, 1.0) if b != 0.0 and math.isfinite(b) else None
         case O.Elu(alpha=a):

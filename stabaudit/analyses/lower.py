@@ -355,9 +355,66 @@ class ForwardErrorModel:
             case O.Pad():
                 zero_pad = self._single(node, dataclasses.replace(op, value=0.0), in_shapes)
                 return lambda xs, es, y: zero_pad(es[0])
-            case O.Reshape() | O.Transpose() | O.Concat():
+            case O.Reshape() | O.Transpose() | O.Concat() | O.Slice():
                 same = self._single(node, op, in_shapes)
                 return lambda xs, es, y: same(*es)
+            case O.Erf():
+                return smooth(1.1284)
+            case O.Mul():
+                # x y - x_hat y_hat = x_hat dy + y_hat dx + dx dy; the product rounds by u |y_hat|
+                return lambda xs, es, y: (
+                    xs[0].abs() * es[1] + xs[1].abs() * es[0] + es[0] * es[1] + 2 * U * y.abs()
+                ).expand(y.shape)
+            case O.Div() | O.Reciprocal():
+
+                def quotient(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    # x/d - x_hat/d_hat = (dx d_hat - x_hat dd) / (d d_hat), |d| >= |d_hat| - e_d > 0
+                    num, e_num = (xs[0], es[0]) if len(xs) == 2 else (torch.ones_like(xs[0]), torch.zeros_like(xs[0]))
+                    d, e_d = xs[-1], es[-1]
+                    gap = d.abs() - e_d
+                    bound = (e_num * d.abs() + num.abs() * e_d) / (gap * d.abs()) + 2 * U * y.abs()
+                    return torch.where(gap > 0, bound, math.inf).expand(y.shape)
+
+                return quotient
+            case O.Exp():
+                # exp(x_hat + t) - exp(x_hat) = exp(x_hat) (e^t - 1), exp(x_hat) <= |y_hat| (1 + 64 u)
+                return lambda xs, es, y: (
+                    y.abs() * (1 + 128 * U) * torch.expm1(es[0]) + 64 * U * y.abs() + _TINY
+                )
+            case O.Log():
+
+                def log(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                    # |log x - log x_hat| <= |x - x_hat| / min(x, x_hat), min >= x_hat - e > 0
+                    low = xs[0] - es[0]
+                    bound = es[0] / low + 64 * U * y.abs() + _TINY
+                    return torch.where(low > 0, bound, math.inf)
+
+                return log
+            case O.Sqrt():
+
+                def sqrt(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                    # |sqrt a - sqrt b| = |a - b| / (sqrt a + sqrt b) <= sqrt |a - b| (a, b >= 0)
+                    x, e = xs[0], es[0]
+                    low = torch.clamp(x - e, min=0.0)
+                    near = torch.where(x > 0, e / (low.sqrt() + x.clamp(min=0.0).sqrt()), math.inf)
+                    return torch.minimum(near, e.sqrt()) + 2 * U * y.abs() + _TINY
+
+                return sqrt
+            case O.Pow(exponent=p):
+
+                def power(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                    # mean value theorem: |x^p - x_hat^p| <= p max(|x|, |x_hat|)^(p-1) |x - x_hat|, p >= 1
+                    x, e = xs[0], es[0]
+                    bound = abs(p) * (x.abs() + e) ** (p - 1) * e + 64 * U * y.abs() + _TINY
+                    if p < 1:
+                        return torch.full_like(y, math.inf)
+                    if float(p).is_integer():
+                        return bound
+                    return torch.where(x - e >= 0, bound, math.inf)
+
+                return power
 
         def unknown(
             xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
@@ -859,6 +916,20 @@ def _confirmation_pairs(
     return tries
 
 
+def _fresh_pairs(search: _Search, domain_scale: float, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """x and x +- h v at ``count`` seeded normal points of the domain scale, v the top right
+    singular vector of the Jacobian at x (the search's own estimate)."""
+    with_jac = search.normal(count, search.n) * domain_scale
+    _, vectors = search.pairs(with_jac)
+    tries: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for x, v in zip(with_jac, vectors, strict=True):
+        v = v / v.norm().clamp_min(1e-300)
+        base = float(x.norm()) + domain_scale
+        for h in _STEPS_H:
+            tries.append((x, x + (h * base) * v))
+    return tries
+
+
 def error_sensitivities(
     graph: Graph, op_bounds: Mapping[str, OpBound] | None
 ) -> dict[str, float] | None:
@@ -983,6 +1054,21 @@ def lower_bound(
         if q > best_value:
             best_value = q
             witness = Witness(x=x.tolist(), y=y.tolist(), quotient=q)
+    if best_value == 0.0 and search.time_left() > 0.0:
+        # No pair confirmed: the ascent may have run into regions where no finite float64 error
+        # bound exists (1/x, log, exp near their poles: a model that is Lipschitz only on a
+        # domain). Pairs along the top singular vectors at fresh points of the domain scale.
+        fresh = _fresh_pairs(search, domain_scale)
+        for x, y in fresh:
+            check_deadline()
+            q = confirm_quotient(model, x, y)
+            search.evaluations += 2
+            if q > best_value:
+                best_value = q
+                witness = Witness(x=x.tolist(), y=y.tolist(), quotient=q)
+        if best_value > 0.0:
+            notes.append("confirmed at fresh points of the domain scale (no finite error bound at the "
+                         "ascent's points)")
 
     jac = (
         "full jacobian"

@@ -20,6 +20,7 @@ from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import (
     Clip,
     Elu,
+    Erf,
     Gelu,
     HardSigmoid,
     HardSwish,
@@ -54,6 +55,10 @@ SILU_LOWER = 1.099839
 # HardSwish x * clip(x/6 + 1/2, 0, 1): derivative (2x + 3)/6 on (-3, 3), 1 above, 0 below:
 # sup |.| = 1.5, approached as x -> 3-.
 HARD_SWISH_SUP = 1.5
+# erf' (x) = 2/sqrt(pi) exp(-x^2) peaks at x = 0: sup = 2/sqrt(pi) = 1.12837916709551257389...
+ERF_SUP = 1.1283791670955125739
+ERF_UPPER = 1.128380
+ERF_LOWER = 1.128379
 # Softmax along an axis of length n >= 2: exactly 1/2 (proof in bound_softmax).
 SOFTMAX_SUP = 0.5
 
@@ -134,6 +139,15 @@ def bound_sigmoid(node: Node, ctx: RuleContext) -> OpBound:
         case Sigmoid():
             return _constant(0.25, 0.25, "activation-constant", ctx)
     raise TypeError(f"bound_sigmoid got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.ERF)
+def bound_erf(node: Node, ctx: RuleContext) -> OpBound:
+    """Erf: erf' = 2/sqrt(pi) exp(-x^2) <= 2/sqrt(pi), attained at 0 (globally Lipschitz)."""
+    match node.op:
+        case Erf():
+            return _constant(ERF_UPPER, ERF_LOWER, "activation-constant", ctx)
+    raise TypeError(f"bound_erf got a {type(node.op).__name__}")
 
 
 @RULES.register(OpType.TANH)

@@ -7,7 +7,7 @@ import math
 
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Mul, OpType
+from stabaudit.ir.ops import Div, Exp, Log, Mul, OpType, Pow, Reciprocal, Sqrt
 
 NEEDS_DOMAIN = "needs-domain"  # the method of a bound that only a bounded input domain makes finite
 
@@ -32,3 +32,50 @@ def bound_mul(node: Node, ctx: RuleContext) -> OpBound:
             return needs_domain(node, ctx, "the product of two variable tensors is Lipschitz only on a "
                                            "bounded domain")
     raise TypeError(f"bound_mul got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.DIV)
+def bound_div(node: Node, ctx: RuleContext) -> OpBound:
+    """x / y of two variables: d(x/y) = dx / y - x dy / y^2, unbounded as y -> 0."""
+    match node.op:
+        case Div():
+            return needs_domain(node, ctx, "the quotient of two variable tensors is Lipschitz only on a "
+                                           "bounded domain that keeps the divisor away from 0")
+    raise TypeError(f"bound_div got a {type(node.op).__name__}")
+
+
+# element-wise maps f whose |f'| is unbounded on the domain of f: their reason
+_UNBOUNDED_SLOPE = {
+    Sqrt: "sqrt has slope 1/(2 sqrt x), unbounded as x -> 0+: Lipschitz only on a bounded domain "
+          "away from 0",
+    Reciprocal: "1/x has slope -1/x^2, unbounded as x -> 0: Lipschitz only on a bounded domain away from 0",
+    Exp: "exp has slope exp(x), unbounded as x -> +inf: Lipschitz only on a bounded domain",
+    Log: "log has slope 1/x, unbounded as x -> 0+: Lipschitz only on a bounded domain away from 0",
+}
+
+
+def bound_unbounded_slope(node: Node, ctx: RuleContext) -> OpBound:
+    """sqrt, 1/x, exp, log: sup |f'| = inf over the map's domain, so no global constant exists."""
+    why = _UNBOUNDED_SLOPE.get(type(node.op))
+    if why is None:
+        raise TypeError(f"bound_unbounded_slope got a {type(node.op).__name__}")
+    return needs_domain(node, ctx, why)
+
+
+for _op in (OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG):
+    RULES.add(_op, bound_unbounded_slope)
+
+
+@RULES.register(OpType.POW)
+def bound_pow(node: Node, ctx: RuleContext) -> OpBound:
+    """x ** p for a constant p >= 1: slope p x^(p-1), unbounded for p > 1 (bounded domain needed);
+    p = 1 is the identity (the loader aliases it, but an IR Pow(1) gets the exact constant 1)."""
+    match node.op:
+        case Pow(exponent=p) if p == 1.0:
+            exact = 0.0 if any(int(math.prod(s)) == 0 for s in ctx.input_shapes) else 1.0
+            return OpBound(upper=Bound(value=exact, guarantee=Guarantee.UPPER, method="isometry"),
+                           lower=Bound(value=exact, guarantee=Guarantee.LOWER, method="isometry"))
+        case Pow(exponent=p):
+            return needs_domain(node, ctx, f"x ** {p:g} has slope {p:g} x^{p - 1:g}, unbounded as |x| -> inf: "
+                                           "Lipschitz only on a bounded domain")
+    raise TypeError(f"bound_pow got a {type(node.op).__name__}")

@@ -73,6 +73,20 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: a[0] - a[1]
         case O.Mul():
             return lambda a: a[0] * a[1]
+        case O.Div():
+            return lambda a: a[0] / a[1]
+        case O.Pow(exponent=p):
+            return lambda a: torch.pow(a[0], p)
+        case O.Sqrt():
+            return lambda a: torch.sqrt(a[0])
+        case O.Reciprocal():
+            return lambda a: torch.reciprocal(a[0])
+        case O.Exp():
+            return lambda a: torch.exp(a[0])
+        case O.Log():
+            return lambda a: torch.log(a[0])
+        case O.Erf():
+            return lambda a: torch.erf(a[0])
         case O.Relu():
             return lambda a: F.relu(a[0])
         case O.LeakyRelu(alpha=alpha):

@@ -45,6 +45,13 @@ class OpType(str, Enum):
     SLICE = "Slice"
     MUL = "Mul"
     RESIZE = "Resize"
+    DIV = "Div"
+    POW = "Pow"
+    SQRT = "Sqrt"
+    RECIPROCAL = "Reciprocal"
+    EXP = "Exp"
+    LOG = "Log"
+    ERF = "Erf"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -157,6 +164,54 @@ class Mul(Op):
     arity = 2
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Div(Op):
+    """Entry-wise quotient x / y of two variable tensors (numpy broadcasting). Not Lipschitz on
+    the whole space (y -> 0): bounded only over a bounded domain that keeps |y| away from 0."""
+
+    type = OpType.DIV
+    arity = 2
+
+
+# ---- element-wise maps that are Lipschitz only on a bounded domain -------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Pow(Op):
+    """y = x ** exponent for a constant exponent >= 1 (exponent 1 loads as an alias, 0.5 as Sqrt,
+    -1 as Reciprocal). Lipschitz only on a bounded domain when exponent > 1."""
+
+    type = OpType.POW
+    exponent: float
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Sqrt(Op):
+    """y = sqrt(x); its slope 1 / (2 sqrt x) is unbounded as x -> 0+."""
+
+    type = OpType.SQRT
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Reciprocal(Op):
+    """y = 1 / x; slope -1 / x^2, unbounded as x -> 0."""
+
+    type = OpType.RECIPROCAL
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Exp(Op):
+    """y = exp(x); slope exp(x), unbounded as x -> +inf."""
+
+    type = OpType.EXP
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Log(Op):
+    """y = log(x); slope 1 / x, unbounded as x -> 0+."""
+
+    type = OpType.LOG
+
+
+
 # ---- activations -------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Relu(Op):
@@ -226,6 +281,13 @@ class HardSwish(Op):
     """y = x * max(0, min(1, x / 6 + 1 / 2))."""
 
     type = OpType.HARD_SWISH
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Erf(Op):
+    """y = erf(x): globally Lipschitz, sup |erf'| = erf'(0) = 2 / sqrt(pi)."""
+
+    type = OpType.ERF
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -359,12 +421,16 @@ ACTIVATIONS: frozenset[OpType] = frozenset(
     {
         OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
         OpType.SOFTPLUS, OpType.ELU, OpType.GELU, OpType.HARD_SIGMOID, OpType.HARD_SWISH,
-        OpType.SILU, OpType.CLIP, OpType.SOFTMAX,
+        OpType.SILU, OpType.CLIP, OpType.SOFTMAX, OpType.ERF,
     }
 )
 LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE})
 POOLING: frozenset[OpType] = frozenset(
     {OpType.MAX_POOL, OpType.AVG_POOL, OpType.GLOBAL_AVG_POOL, OpType.GLOBAL_MAX_POOL}
+)
+# Element-wise maps and products without a global Lipschitz constant (bounds.domain: needs a domain).
+DOMAIN_MAPS: frozenset[OpType] = frozenset(
+    {OpType.MUL, OpType.DIV, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG}
 )
 # Operators that only move or embed entries: isometries, not reported as layers.
 STRUCTURAL: frozenset[OpType] = frozenset(

@@ -263,11 +263,26 @@ def test_silu_and_hardswish_patterns(tmp_path: Path) -> None:
     assert ir_ops(lm) == ["Silu", "HardSwish"]
 
 
-def test_erf_outside_the_pattern_is_unsupported(tmp_path: Path) -> None:
+def test_erf_outside_the_pattern_loads_as_erf(tmp_path: Path) -> None:
     nodes = [node("Erf", ["x"], ["e"]), node("Add", ["e", "x"])]
+    lm = load_onnx(save(tmp_path, nodes, X4))
+    assert [n.op.type.value for n in lm.graph.nodes] == ["Erf", "Add"]
+
+
+def test_pow_exponents(tmp_path: Path) -> None:
+    """Pow by 1 is an alias, by 0.5 a Sqrt, by -1 a Reciprocal, by p >= 1 a Pow; others are refused."""
+    nodes = [node("Pow", ["x", "one"], ["a"]), node("Pow", ["a", "half"], ["b"]), node("Pow", ["b", "m1"], ["c"]),
+             node("Pow", ["c", "three"], ["y"])]
+    params = {"one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32),
+              "m1": np.array(-1.0, np.float32), "three": np.array(3.0, np.float32)}
+    lm = load_onnx(save(tmp_path, nodes, X4, params=params))
+    assert [n.op.type.value for n in lm.graph.nodes] == ["Sqrt", "Reciprocal", "Pow"]
+    x = torch.rand(1, 4, 4, 4, dtype=torch.float64) + 0.5
+    (got,) = Executor(lm.graph, dtype=torch.float64)(x)
+    torch.testing.assert_close(got, (1 / x.sqrt()) ** 3)
     with pytest.raises(UnsupportedOperatorError) as info:
-        load_onnx(save(tmp_path, nodes, X4))
-    assert info.value.counts == {"Erf": 1}
+        load_onnx(save(tmp_path, [node("Pow", ["x", "p"], ["y"])], X4, params={"p": np.array(0.3, np.float32)}))
+    assert info.value.counts == {"Pow(exponent 0.3)": 1}
 
 
 def test_sigmoid_used_twice_is_not_fused(tmp_path: Path) -> None:
@@ -358,14 +373,14 @@ def test_metadata_names_parameters_and_source_ops(tmp_path: Path) -> None:
 
 # ---- errors ------------------------------------------------------------------------------------------
 def test_unsupported_operators_are_listed_at_once(tmp_path: Path) -> None:
-    nodes = [node("Exp", ["x"], ["e1"]), node("Exp", ["e1"], ["e2"]), node("Div", ["x", "x"], ["m"]),
+    nodes = [node("Cos", ["x"], ["e1"]), node("Cos", ["e1"], ["e2"]), node("Div", ["c", "x"], ["m"]),
              node("MatMul", ["x", "x"], ["mm"]), node("Cast", ["x"], ["i"], to=TensorProto.INT64),
              node("Pad", ["x", "p"], ["pd"], mode="reflect"), node("Relu", ["e2"], ["r"]),
              node("Sum", ["r", "m", "mm", "pd"], ["y"])]
-    path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.zeros(8, np.int64)})
+    path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.zeros(8, np.int64), "c": np.ones(1, np.float32)})
     with pytest.raises(UnsupportedOperatorError) as info:
         load_onnx(path)
-    assert info.value.counts == {"Exp": 2, "Div(variable / variable)": 1, "MatMul(variable x variable)": 1,
+    assert info.value.counts == {"Cos": 2, "Div(constant / variable)": 1, "MatMul(variable x variable)": 1,
                                  "Cast(variable to a non-float type)": 1, "Pad(mode=reflect)": 1}
     assert info.value.path == str(path) and "SA901" in str(info.value)
 

@@ -596,6 +596,54 @@ def _onnx_upsample() -> OnnxSpec:
         return F.conv2d(u2, p["w"])
 
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=9, constants=("s1", "s2"))
+def _onnx_erf() -> OnnxSpec:
+    """erf alone between two linear maps: globally Lipschitz, a certified finite bound."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [_node("MatMul", ["x", "w1"], ["h"]), _node("Erf", ["h"], ["e"]), _node("MatMul", ["e", "w2"], ["y"])]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(63, 3, 5), "w2": _rand(64, 5, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x @ p["w1"]) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
+def _onnx_domain_maps() -> OnnxSpec:
+    """Quotients, powers, sqrt, 1/x, exp, log (Lipschitz only on a domain) and erf, on positive
+    sigmoid outputs where a map needs them."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("Sigmoid", ["h"], ["s"]),
+            _node("Log", ["s"], ["n1"]),
+            _node("Sqrt", ["s"], ["n2"]),
+            _node("Reciprocal", ["s"], ["n3"]),
+            _node("Div", ["h", "s"], ["n4"]),
+            _node("Pow", ["h", "two"], ["n5"]),
+            _node("Exp", ["s"], ["n6"]),
+            _node("Erf", ["h"], ["n7"]),
+            _node("Pow", ["s", "half"], ["n8"]),  # loads as Sqrt
+            _node("Pow", ["n7", "one"], ["n9"]),  # the identity: an alias
+            _node("Sum", ["n1", "n2", "n3", "n4", "n5", "n6", "n8", "n9"], ["t"]),
+            _node("MatMul", ["t", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(61, 3, 6), "w2": _rand(62, 6, 2), "two": np.array(2.0, np.float32),
+                "half": np.array(0.5, np.float32), "one": np.array(1.0, np.float32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        s = torch.sigmoid(h)
+        t = (torch.log(s) + torch.sqrt(s) + 1 / s + h / s + h**2 + torch.exp(s) + torch.sqrt(s)
+             + torch.erf(h))
+        return t @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("two", "half", "one"))
 
 
 # ---- the registry --------------------------------------------------------------------------------
@@ -747,6 +795,11 @@ def _cases() -> list[Case]:
         Case(id="lstm_gru", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(True), 62),
              ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.SUB, L.SIGMOID, L.TANH, L.MUL, L.CONCAT}),
              onnx_ops=frozenset({"LSTM", "GRU"})),
+        Case(id="onnx_domain_maps", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_domain_maps(),
+             ops=frozenset({L.LINEAR, L.SIGMOID, L.LOG, L.SQRT, L.RECIPROCAL, L.DIV, L.POW, L.EXP, L.ERF}),
+             onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
+        Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
+             ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
     ]
     return cases
 

@@ -1,4 +1,5 @@
-"""Translators of Add, Sub, Mul, Div, Neg and Sum: residual sums and affine maps by constants."""
+"""Translators of Add, Sub, Mul, Div, Neg and Sum (residual sums, affine maps by constants, products
+and quotients of variables) and of the element-wise Pow, Sqrt, Reciprocal, Exp, Log and Erf."""
 
 from __future__ import annotations
 
@@ -40,9 +41,7 @@ def binary(node: OnnxNode, ctx: Context) -> None:
     ca, cb = ctx.const(a), ctx.const(b)
     op = node.op_type
     if ca is None and cb is None:
-        if op == "Div":
-            raise Unsupported("Div(variable / variable)")
-        ctx.emit(node, {"Add": O.Add(), "Sub": O.Sub(), "Mul": O.Mul()}[op], [a, b])
+        ctx.emit(node, {"Add": O.Add(), "Sub": O.Sub(), "Mul": O.Mul(), "Div": O.Div()}[op], [a, b])
         return
     constant_first = ca is not None
     var = b if constant_first else a
@@ -88,3 +87,37 @@ def sum_(node: OnnxNode, ctx: Context) -> None:
         total = ctx.emit(node, O.Add(), [total, other], tag=None if last else f"sum{i}")
     if shift is not None:
         _affine(node, ctx, total, None, shift)
+
+
+_UNARY: dict[str, type[O.Op]] = {"Sqrt": O.Sqrt, "Reciprocal": O.Reciprocal, "Exp": O.Exp, "Log": O.Log, "Erf": O.Erf}
+
+
+@register(*_UNARY)
+def unary(node: OnnxNode, ctx: Context) -> None:
+    """sqrt, 1/x, exp, log (bounded only over a domain) and erf (Lipschitz, 2/sqrt(pi))."""
+    ctx.emit(node, _UNARY[node.op_type](), [node.inputs[0]])
+
+
+@register("Pow")
+def pow_(node: OnnxNode, ctx: Context) -> None:
+    """x ** p with one constant exponent p: 1 is the identity, 0.5 is Sqrt, -1 is Reciprocal, and
+    p >= 1 (x^2 of variances, x^3 of tanh GELU) a Pow node; other exponents are refused."""
+    if ctx.const(node.inputs[0]) is not None:
+        raise Unsupported("Pow(constant ** variable)")
+    exponent = ctx.const(node.inputs[1])
+    if exponent is None:
+        raise Unsupported("Pow(variable ** variable)")
+    e = np.asarray(exponent, dtype=np.float64)
+    if e.size != 1 or not np.isfinite(e).all():
+        raise Unsupported("Pow(exponent not one finite number)")
+    p = float(e.reshape(-1)[0])
+    if p == 1.0:
+        ctx.alias(node, node.inputs[0])
+    elif p == 0.5:
+        ctx.emit(node, O.Sqrt(), [node.inputs[0]])
+    elif p == -1.0:
+        ctx.emit(node, O.Reciprocal(), [node.inputs[0]])
+    elif p > 1.0:
+        ctx.emit(node, O.Pow(exponent=p), [node.inputs[0]])
+    else:
+        raise Unsupported(f"Pow(exponent {p:g})")
