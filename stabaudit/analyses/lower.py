@@ -365,6 +365,19 @@ class ForwardErrorModel:
                 return lambda xs, es, y: (
                     xs[0].abs() * es[1] + xs[1].abs() * es[0] + es[0] * es[1] + 2 * U * y.abs()
                 ).expand(y.shape)
+            case O.MatMul():
+                inner = in_shapes[0][-1]
+                gamma = (inner + 2) * U / (1 - (inner + 2) * U)
+
+                def matmul(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    # AB - A^B^ = A^ dB + dA B^ + dA dB; the products' rounding gamma_{K+2} |A^| |B^|
+                    a, b = xs[0].abs(), xs[1].abs()
+                    return (torch.matmul(a, es[1]) + torch.matmul(es[0], b) + torch.matmul(es[0], es[1])
+                            + gamma * torch.matmul(a, b) + _TINY)
+
+                return matmul
             case O.Div() | O.Reciprocal():
 
                 def quotient(

@@ -7,7 +7,7 @@ import math
 
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Div, Exp, Log, Mul, OpType, Pow, Reciprocal, Sqrt
+from stabaudit.ir.ops import Div, Exp, Log, MatMul, Mul, OpType, Pow, Reciprocal, Sqrt
 
 NEEDS_DOMAIN = "needs-domain"  # the method of a bound that only a bounded input domain makes finite
 
@@ -42,6 +42,17 @@ def bound_div(node: Node, ctx: RuleContext) -> OpBound:
             return needs_domain(node, ctx, "the quotient of two variable tensors is Lipschitz only on a "
                                            "bounded domain that keeps the divisor away from 0")
     raise TypeError(f"bound_div got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.MATMUL)
+def bound_matmul(node: Node, ctx: RuleContext) -> OpBound:
+    """A @ B of two variables: d(AB) = dA B + A dB grows with ||A|| and ||B|| (bilinear), so no
+    constant bounds it on the whole space."""
+    match node.op:
+        case MatMul():
+            return needs_domain(node, ctx, "the matrix product of two variable tensors is Lipschitz only on "
+                                           "a bounded domain")
+    raise TypeError(f"bound_matmul got a {type(node.op).__name__}")
 
 
 # element-wise maps f whose |f'| is unbounded on the domain of f: their reason

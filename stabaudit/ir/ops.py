@@ -46,6 +46,7 @@ class OpType(str, Enum):
     MUL = "Mul"
     RESIZE = "Resize"
     DIV = "Div"
+    MATMUL = "MatMul"
     POW = "Pow"
     SQRT = "Sqrt"
     RECIPROCAL = "Reciprocal"
@@ -170,6 +171,16 @@ class Div(Op):
     the whole space (y -> 0): bounded only over a bounded domain that keeps |y| away from 0."""
 
     type = OpType.DIV
+    arity = 2
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MatMul(Op):
+    """Matrix product of two variable tensors, numpy matmul semantics (batched, broadcasting batch
+    dims, 1-D operands promoted and the added axis dropped): attention scores Q K^T and weights V.
+    Bilinear, so Lipschitz only on a bounded domain."""
+
+    type = OpType.MATMUL
     arity = 2
 
 
@@ -430,7 +441,7 @@ POOLING: frozenset[OpType] = frozenset(
 )
 # Element-wise maps and products without a global Lipschitz constant (bounds.domain: needs a domain).
 DOMAIN_MAPS: frozenset[OpType] = frozenset(
-    {OpType.MUL, OpType.DIV, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG}
+    {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG}
 )
 # Operators that only move or embed entries: isometries, not reported as layers.
 STRUCTURAL: frozenset[OpType] = frozenset(

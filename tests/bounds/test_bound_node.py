@@ -52,6 +52,7 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.RESIZE: (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="cubic"),
                       [(1, 2, 3, 4)]),
     O.OpType.DIV: (O.Div(), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.MATMUL: (O.MatMul(), [(2, 2, 3), (1, 3, 4)]),
     O.OpType.POW: (O.Pow(exponent=2.0), [(1, 4)]),
     O.OpType.SQRT: (O.Sqrt(), [(1, 4)]),
     O.OpType.RECIPROCAL: (O.Reciprocal(), [(1, 4)]),

@@ -72,7 +72,6 @@ KNOWN_REFUSED: dict[str, str] = {
         "function expansions with Where, Less, ReduceMax, Exp, ...",
     r"test_dropout_default_mask": "Dropout's mask output is used",
     r"test_gelu_tanh_.*expanded": "tanh GELU written with Pow and Tanh",
-    r"test_matmul_(1d_3d|3d|4d|bcast)$": "batched MatMul",
     r"test_maxpool_with_argmax": "MaxPool's indices output is used",
     r"test_pow(_bcast_array|_example|_types_.*)?$": "Pow with a variable or per-entry exponent",
     r"test_reshape_allowzero": "zero-size dims",

@@ -596,6 +596,34 @@ def _onnx_upsample() -> OnnxSpec:
         return F.conv2d(u2, p["w"])
 
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=9, constants=("s1", "s2"))
+def _onnx_attention() -> OnnxSpec:
+    """One attention head over 4 tokens: MatMul of two variables (Q K^T, P V), a Gemm of two
+    variables (transB, alpha, a constant C)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "wq"], ["q"]),  # [4, 2]
+            _node("MatMul", ["x", "wk"], ["k"]),  # [4, 2]
+            _node("Gemm", ["q", "k", "c"], ["s"], transB=1, alpha=0.7, beta=0.5),  # q k^T * 0.7 + 0.5 c: [4, 4]
+            _node("Softmax", ["s"], ["pr"], axis=-1),
+            _node("MatMul", ["x", "wv"], ["v"]),  # [4, 3]
+            _node("Unsqueeze", ["pr", "ax0"], ["pr3"]),  # [1, 4, 4]: a batched product
+            _node("MatMul", ["pr3", "v"], ["o"]),  # [1, 4, 3]
+            _node("MatMul", ["o", "wo"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"wq": _rand(71, 3, 2), "wk": _rand(72, 3, 2), "wv": _rand(73, 3, 3), "wo": _rand(74, 3, 2),
+                "c": _rand(75, 4, 4), "ax0": np.array([0], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        q, k, v = x @ p["wq"], x @ p["wk"], x @ p["wv"]
+        s = 0.7 * (q @ k.T) + 0.5 * p["c"]
+        return (torch.softmax(s, dim=-1).unsqueeze(0) @ v) @ p["wo"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("ax0",))
+
+
 def _onnx_erf() -> OnnxSpec:
     """erf alone between two linear maps: globally Lipschitz, a certified finite bound."""
 
@@ -798,6 +826,8 @@ def _cases() -> list[Case]:
         Case(id="onnx_domain_maps", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_domain_maps(),
              ops=frozenset({L.LINEAR, L.SIGMOID, L.LOG, L.SQRT, L.RECIPROCAL, L.DIV, L.POW, L.EXP, L.ERF}),
              onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
+        Case(id="onnx_attention", input_shape=(4, 3), formats=(ONNX,), onnx=_onnx_attention(),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"MatMul", "Gemm", "Softmax"})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
     ]

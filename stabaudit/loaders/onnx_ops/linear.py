@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stabaudit.errors import ResourceError
+from stabaudit.errors import ModelLoadError, ResourceError
 from stabaudit.ir import ops as O
 from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
@@ -22,7 +22,8 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
     """
     a = node.inputs[0]
     if ctx.const(node.inputs[1]) is None:
-        raise Unsupported("Gemm(variable x variable)")
+        _gemm_of_variables(node, ctx)
+        return
     b = ctx.param(node, 1, "B")
     c = ctx.param(node, 2, "C", optional=True)
     assert b is not None
@@ -60,6 +61,37 @@ def gemm(node: OnnxNode, ctx: Context) -> None:
         ctx.bind(z, "shift", [c_term])
 
 
+def _gemm_of_variables(node: OnnxNode, ctx: Context) -> None:
+    """alpha * A' @ B' + beta * C with B variable: Transposes, a MatMul of the two variables, a scale
+    alpha and a constant shift beta * C (Affine nodes); a variable C is refused."""
+    a, b = node.inputs[0], node.inputs[1]
+    if ctx.is_const(a):
+        raise Unsupported("Gemm(constant x variable)")
+    if len(ctx.shape(a)) != 2 or len(ctx.shape(b)) != 2:
+        raise Unsupported("Gemm(operands not 2-D)")
+    c_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if c_name is not None and not ctx.is_const(c_name):
+        raise Unsupported("Gemm(variable C)")
+    alpha, beta = float(node.attr("alpha")), float(node.attr("beta"))
+    if node.attr("transA"):
+        a = ctx.emit(node, O.Transpose(perm=(1, 0)), [a], tag="transA")
+    if node.attr("transB"):
+        b = ctx.emit(node, O.Transpose(perm=(1, 0)), [b], tag="transB")
+    if ctx.shape(a)[1] != ctx.shape(b)[0]:
+        raise ModelLoadError(f"Gemm of shapes {list(ctx.shape(a))} and {list(ctx.shape(b))} (after transA/transB)")
+    c = ctx.const(c_name)
+    last = alpha == 1.0 and c is None
+    y = ctx.emit(node, O.MatMul(), [a, b], **({} if last else {"tag": "matmul"}))
+    if last:
+        return
+    out_shape = (ctx.shape(a)[0], ctx.shape(b)[1])
+    shift = None
+    if c is not None:
+        shift = np.ascontiguousarray(np.broadcast_to(np.asarray(c, dtype=np.float64) * beta, out_shape))
+    scale = np.array(alpha, dtype=np.float64) if alpha != 1.0 else None
+    ctx.emit(node, O.Affine(scale=scale, shift=shift), [y])
+
+
 @register("MatMul")
 def matmul(node: OnnxNode, ctx: Context) -> None:
     """x @ B with a constant 2-D B [in, out] is Linear(weight=B.T); a 1-D b drops the last axis."""
@@ -68,7 +100,8 @@ def matmul(node: OnnxNode, ctx: Context) -> None:
         raise Unsupported("MatMul(constant x variable)")
     weight = ctx.const(b)
     if weight is None:
-        raise Unsupported("MatMul(variable x variable)")
+        ctx.emit(node, O.MatMul(), [a, b])  # attention's Q K^T and P V: bounded only over a domain
+        return
     if weight.ndim == 2:
         y = ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weight.T)), [a])
         ctx.bind(y, "weight", [ctx.term(node, 1, "weight (B)", transpose=True)])
