@@ -919,11 +919,16 @@ def ops() -> None:
     """The operators understood, per loader."""
 
     def body() -> int:
-        from stabaudit.loaders import supported_operators
+        from stabaudit.loaders import domain_operators, supported_operators
 
+        domain = domain_operators()
         for loader, names in supported_operators().items():
+            marked = domain.get(loader, {})
             typer.echo(f"{loader} ({len(names)}):")
-            typer.echo("  " + ", ".join(sorted(names)))
+            typer.echo("  " + ", ".join(f"{n}*" if n in marked else n for n in sorted(names)))
+            if marked:
+                typer.echo("  * needs a bounded input domain (no global Lipschitz bound): " + ", ".join(
+                    f"{n} ({why})" if why else n for n, why in sorted(marked.items())))
         return 0
 
     _run_guarded(False, body)

@@ -504,6 +504,8 @@ def analyse(
         )
 
     say("per-layer bounds")
+    from stabaudit.bounds.domain import NEEDS_DOMAIN
+
     t = time.perf_counter()
     settings = BoundSettings(
         seed=request.seed, power_iterations=request.power_iterations, device=request.device
@@ -521,7 +523,9 @@ def analyse(
         op_bounds[node.output] = ob
         if node.op.type in STRUCTURAL or _is_translation(node.op):
             continue  # isometries and translations do not change distances: not layers
-        if ob.combine is not Combine.CHAIN:
+        if ob.upper.method == NEEDS_DOMAIN:  # no number without a bounded input domain
+            lip = LayerLipschitz(upper=None, lower=None, method=NEEDS_DOMAIN, certified=False)
+        elif ob.combine is not Combine.CHAIN:
             lip = LayerLipschitz(
                 upper=None, lower=None, method="composed at graph level", certified=False
             )

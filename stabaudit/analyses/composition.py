@@ -204,13 +204,22 @@ def _notes(
     or Inf weights, their rule's own notes), or a float64 overflow of finite factors."""
     if math.isfinite(total):
         return ()
+    from stabaudit.bounds.domain import NEEDS_DOMAIN
+
     notes: list[str] = []
+    domain: list[str] = []
     for node in needed:
         bound = op_bounds[node.output]
         values = [float(bound.upper.value), *(float(g) for g in bound.input_gains)]
         if any(not math.isfinite(v) for v in values):
             why = "; ".join(bound.notes) if bound.notes else f"method {bound.upper.method}"
-            notes.append(f"node {node.name!r} ({node.op.type.value}) has no finite Lipschitz bound ({why})")
+            if bound.upper.method == NEEDS_DOMAIN:
+                domain.append(f"{node.op.type.value} {node.name!r} ({why})")
+            else:
+                notes.append(f"node {node.name!r} ({node.op.type.value}) has no finite Lipschitz bound ({why})")
+    if domain:
+        count = f"{len(domain)} operator{'s' if len(domain) != 1 else ''} need{'' if len(domain) != 1 else 's'}"
+        notes.insert(0, f"no finite global bound: {count} a bounded input domain: " + ", ".join(domain))
     if not notes:
         notes.append(
             "the composed Lipschitz bound overflows float64 (above 1.8e308): reported as unbounded "

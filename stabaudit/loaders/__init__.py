@@ -31,4 +31,24 @@ def supported_operators() -> dict[str, list[str]]:
     return {ModelFormat.ONNX.value: onnx_operators(), ModelFormat.TORCHSCRIPT.value: torchscript_operators()}
 
 
-__all__ = ["LoadedModel", "ModelFormat", "detect_format", "load_model", "supported_operators"]
+# Source operators whose IR operator has no global Lipschitz constant (bounds.domain: the global
+# bound is none until a bounded input domain is given), with the variant that needs it.
+DOMAIN_OPERATORS: dict[str, dict[str, str]] = {
+    ModelFormat.ONNX.value: {
+        "Mul": "of two variables", "Div": "of two variables", "MatMul": "of two variables",
+        "Gemm": "with a variable B", "Pow": "exponent > 1", "Sqrt": "", "Reciprocal": "", "Exp": "", "Log": "",
+    },
+    ModelFormat.TORCHSCRIPT.value: {},
+}
+
+
+def domain_operators() -> dict[str, dict[str, str]]:
+    """The supported source operators (per format) that need a bounded input domain, with the
+    variant that does ("" for every use)."""
+    supported = supported_operators()
+    return {fmt: {op: why for op, why in ops.items() if op in supported.get(fmt, [])}
+            for fmt, ops in DOMAIN_OPERATORS.items()}
+
+
+__all__ = ["DOMAIN_OPERATORS", "LoadedModel", "ModelFormat", "detect_format", "domain_operators", "load_model",
+           "supported_operators"]
