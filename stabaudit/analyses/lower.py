@@ -365,6 +365,41 @@ class ForwardErrorModel:
                 return lambda xs, es, y: (
                     xs[0].abs() * es[1] + xs[1].abs() * es[0] + es[0] * es[1] + 2 * U * y.abs()
                 ).expand(y.shape)
+            case O.LayerNorm(axis=axis, epsilon=eps, scale=sc):
+                dims = tuple(range(axis, len(in_shapes[0])))
+                n = int(np.prod(in_shapes[0][axis:]))
+                gam = np.ones(1) if sc is None else np.abs(np.asarray(sc, dtype=np.float64))
+                gmax = float(gam.max(initial=0.0))
+                gam_t = torch.as_tensor(gam)
+                lip = gmax / math.sqrt(eps) * 1.01 if eps > 0 else math.inf
+                root = math.sqrt(eps) if eps > 0 else 0.0
+
+                def layer_norm(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    # input errors: ||dy_group|| <= Lip ||dx_group|| (bound_layer_norm); own rounding,
+                    # per group with A = max|x^|: mean off by <= g_{n+1} A, d = x - m by
+                    # dd <= (n + 4) u A; var (mean of d^2) by dv <= g_{n+2} D^2 + dd (2D + dd);
+                    # s = sqrt(var + eps) by ds <= (dv + u (v + eps)) / sqrt(eps) + u s; and
+                    # |d/s - d^/s^| <= dd / sqrt(eps) + |d^| ds / (sqrt(eps) s^), plus 3 u |d^/s^|
+                    # (division, scale) per entry and 2 u |y^| (bias); all times 1.01
+                    if not root > 0.0:
+                        return torch.full_like(y, math.inf)
+                    x = xs[0]
+                    prop = lip * es[0].pow(2).sum(dim=dims, keepdim=True).sqrt()
+                    a = x.abs().amax(dim=dims, keepdim=True)
+                    g = (n + 4) * U
+                    dd = g * a * 2.0
+                    d = x - x.mean(dim=dims, keepdim=True)
+                    big_d = d.abs().amax(dim=dims, keepdim=True)
+                    v = (d * d).mean(dim=dims, keepdim=True)
+                    dv = g * big_d * big_d + dd * (2 * big_d + dd)
+                    s_hat = torch.sqrt(v + eps)
+                    ds = (dv + U * (v + eps)) / root + U * s_hat
+                    own = gam_t * (dd / root + big_d * ds / (root * s_hat) + 3 * U * d.abs() / s_hat)
+                    return (prop + 1.01 * own + 2 * U * y.abs() + _TINY).expand(y.shape)
+
+                return layer_norm
             case O.MatMul():
                 inner = in_shapes[0][-1]
                 gamma = (inner + 2) * U / (1 - (inner + 2) * U)

@@ -9,7 +9,7 @@ import numpy as np
 from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.numerics import EPS
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Affine, OpType
+from stabaudit.ir.ops import Affine, LayerNorm, OpType
 
 _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
@@ -86,3 +86,40 @@ def bound_affine(node: Node, ctx: RuleContext) -> OpBound:
         upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="exact-diagonal"),
         lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="exact-diagonal"),
     )
+
+
+@RULES.register(OpType.LAYER_NORM)
+def bound_layer_norm(node: Node, ctx: RuleContext) -> OpBound:
+    """LayerNorm over groups of n entries: Lip = max|scale| / sqrt(eps) (upper), attained at a
+    constant group up to the two largest |scale| entries.
+
+    Per group, c = P x with P the centring projection (||P|| = 1), v = ||c||^2 / n, s = sqrt(v + eps)
+    and g(x) = c / s. On the subspace P projects to, its Jacobian is (1/s) (I - c c^T / (n s^2)): the
+    eigenvalue 1/s on the directions orthogonal to c and (1/s)(1 - v / (v + eps)) = eps / s^3 <= 1/s
+    along c, so ||J_g|| <= 1/s <= 1/sqrt(eps), with equality at c = 0 (J_g = P / sqrt(eps)); the
+    groups are independent (block-diagonal Jacobian) and the scale is diag(scale) after g (the bias
+    a shift): Lip <= max|scale| / sqrt(eps) by the mean value inequality on the convex input space.
+    Lower: at c = 0 the direction (e_i - e_j) / sqrt 2 is mapped to a vector of norm
+    sqrt((scale_i^2 + scale_j^2) / 2) / sqrt(eps); i, j the two largest |scale| entries of a group
+    (n >= 2). A group of one entry maps to bias: Lip = 0.
+    """
+    match node.op:
+        case LayerNorm(axis=axis, epsilon=eps, scale=scale):
+            pass
+        case _:
+            raise TypeError(f"bound_layer_norm got a {type(node.op).__name__}")
+    shape = ctx.input_shapes[0]
+    n = int(np.prod(shape[axis:]))
+    if int(np.prod(shape)) == 0 or n == 1:
+        return OpBound(upper=Bound(value=0.0, guarantee=Guarantee.UPPER, method="layer-norm"),
+                       lower=Bound(value=0.0, guarantee=Guarantee.LOWER, method="layer-norm"))
+    g = np.ones(shape[axis:]) if scale is None else np.abs(np.broadcast_to(np.asarray(scale, np.float64), shape[axis:]))
+    if not (math.isfinite(eps) and eps > 0.0) or not np.all(np.isfinite(g)):
+        return OpBound(upper=Bound(value=math.inf, guarantee=Guarantee.UPPER, method="non-finite-parameter"),
+                       notes=("LayerNorm's epsilon is not positive and finite, or its scale is NaN/Inf",))
+    top = np.sort(g.reshape(-1))[-2:]
+    root = math.sqrt(eps)  # correctly rounded: within 1 ulp
+    upper = float(top[-1]) / root * (1.0 + 4 * EPS)
+    lower = math.sqrt((float(top[0]) ** 2 + float(top[1]) ** 2) / 2.0) / root * (1.0 - 8 * EPS)
+    return OpBound(upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="layer-norm"),
+                   lower=Bound(value=min(lower, upper), guarantee=Guarantee.LOWER, method="layer-norm"))

@@ -147,6 +147,21 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return _slice_kernel(op)
         case O.Resize():
             return _resize_kernel(op, param)
+        case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, bias=b):
+            st = param(sc) if sc is not None else None
+            bt = param(b) if b is not None else None
+
+            def layer_norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
+                dims = tuple(range(axis, a[0].dim()))
+                d = a[0] - a[0].mean(dim=dims, keepdim=True)
+                y = d / torch.sqrt((d * d).mean(dim=dims, keepdim=True) + eps)
+                if st is not None:
+                    y = y * st
+                if bt is not None:
+                    y = y + bt
+                return y
+
+            return layer_norm
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
 
 

@@ -47,6 +47,7 @@ class OpType(str, Enum):
     RESIZE = "Resize"
     DIV = "Div"
     MATMUL = "MatMul"
+    LAYER_NORM = "LayerNormalization"
     POW = "Pow"
     SQRT = "Sqrt"
     RECIPROCAL = "Reciprocal"
@@ -319,6 +320,20 @@ class Clip(Op):
 class Softmax(Op):
     type = OpType.SOFTMAX
     axis: int = -1
+
+
+# ---- normalisation with computed statistics ---------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LayerNorm(Op):
+    """y = (x - mean) / sqrt(var + epsilon) * scale + bias, mean and (biased) var over the axes
+    axis..rank-1 of the input (axis >= 0, resolved by the loader); scale and bias broadcast to
+    those trailing axes (numpy rules), None for 1 and 0."""
+
+    type = OpType.LAYER_NORM
+    axis: int
+    epsilon: float
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
 
 
 # ---- pooling -----------------------------------------------------------------------------------

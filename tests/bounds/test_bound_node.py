@@ -53,6 +53,8 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
                       [(1, 2, 3, 4)]),
     O.OpType.DIV: (O.Div(), [(1, 2, 3), (1, 1, 3)]),
     O.OpType.MATMUL: (O.MatMul(), [(2, 2, 3), (1, 3, 4)]),
+    O.OpType.LAYER_NORM: (O.LayerNorm(axis=1, epsilon=0.5, scale=np.array([1.5, -0.5, 2.0]),
+                                      bias=np.array([0.1, 0.2, 0.3])), [(2, 3)]),
     O.OpType.POW: (O.Pow(exponent=2.0), [(1, 4)]),
     O.OpType.SQRT: (O.Sqrt(), [(1, 4)]),
     O.OpType.RECIPROCAL: (O.Reciprocal(), [(1, 4)]),

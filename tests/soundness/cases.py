@@ -624,6 +624,33 @@ def _onnx_attention() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("ax0",))
 
 
+def _onnx_layer_norm() -> OnnxSpec:
+    """LayerNormalization over the last axis (scale, bias) and over axes 1.. (scale only), with a
+    small epsilon so the certified 1/sqrt(eps) constant is tight near constant groups."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [2, 3, 4]
+            _node("LayerNormalization", ["h", "g1", "b1"], ["n1"], axis=-1, epsilon=0.01),
+            _node("LayerNormalization", ["n1", "g2"], ["n2"], axis=1, epsilon=0.25),
+            _node("MatMul", ["n2", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(81, 2, 4), "g1": _rand(82, 4), "b1": _rand(83, 4), "g2": _rand(84, 3, 4),
+                "w2": _rand(85, 4, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def ln(v: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+            d = v - v.mean(dim=dims, keepdim=True)
+            return d / torch.sqrt((d * d).mean(dim=dims, keepdim=True) + eps)
+
+        n1 = ln(x @ p["w1"], (-1,), float(np.float32(0.01))) * p["g1"] + p["b1"]
+        return (ln(n1, (1, 2), 0.25) * p["g2"]) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 def _onnx_erf() -> OnnxSpec:
     """erf alone between two linear maps: globally Lipschitz, a certified finite bound."""
 
@@ -828,6 +855,8 @@ def _cases() -> list[Case]:
              onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
         Case(id="onnx_attention", input_shape=(4, 3), formats=(ONNX,), onnx=_onnx_attention(),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"MatMul", "Gemm", "Softmax"})),
+        Case(id="onnx_layer_norm", input_shape=(2, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm(),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"LayerNormalization"})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
     ]

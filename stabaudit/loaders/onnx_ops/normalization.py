@@ -1,11 +1,11 @@
-"""Translator of inference-mode BatchNormalization into an Affine node."""
+"""Translators of inference-mode BatchNormalization (an Affine node) and LayerNormalization."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from stabaudit.ir import ops as O
-from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
+from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, fits, normalize_axis, register
 from stabaudit.rounding import SMALLEST_NORMAL
 
 
@@ -39,3 +39,20 @@ def batch_normalization(node: OnnxNode, ctx: Context) -> None:
     r = 1.0 / np.sqrt(var + eps)
     ctx.bind(y, "scale", [ctx.term(node, 1, "scale (gamma)", coefficient=r)])
     ctx.bind(y, "shift", [ctx.term(node, 2, "bias (beta)"), ctx.term(node, 1, "scale (gamma)", coefficient=-mean * r)])
+
+
+@register("LayerNormalization")
+def layer_normalization(node: OnnxNode, ctx: Context) -> None:
+    """ONNX LayerNormalization (opset 17): statistics over the axes axis..rank-1, constant Scale and
+    optional B; the Mean and InvStdDev outputs must be unused."""
+    if any(ctx.is_used(name) for name in node.outputs[1:]):
+        raise Unsupported("LayerNormalization(Mean or InvStdDev used)")
+    shape = ctx.shape(node.inputs[0])
+    axis = normalize_axis(int(node.attr("axis", -1)), len(shape))
+    scale = ctx.param(node, 1, "scale")
+    bias = ctx.param(node, 2, "bias", optional=True)
+    for value in (scale, bias):
+        if value is not None and not fits(value, shape[axis:]):
+            raise Unsupported("LayerNormalization(scale or bias beyond the normalised axes)")
+    op = O.LayerNorm(axis=axis, epsilon=float(node.attr("epsilon", 1e-5)), scale=scale, bias=bias)
+    ctx.emit(node, op, [node.inputs[0]])
