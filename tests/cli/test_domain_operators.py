@@ -16,7 +16,7 @@ from stabaudit.cli import app
 
 def _gated(path: Path) -> Path:
     """y = (x * sigmoid(x W)) W2: a product of two variables (not x * sigmoid(x): no SiLU fusion),
-    then exp and log of a positive value, and an erf."""
+    a log of a positive value, an erf and a LayerNorm (certified without a domain)."""
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
@@ -25,13 +25,16 @@ def _gated(path: Path) -> Path:
         helper.make_node("Log", ["g"], ["lg"], name="logg"),
         helper.make_node("Erf", ["m"], ["e"], name="erf"),
         helper.make_node("Add", ["e", "lg"], ["s"], name="sum"),
-        helper.make_node("MatMul", ["s", "w2"], ["y"], name="out"),
+        helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["ln"], name="norm", epsilon=1e-3),
+        helper.make_node("MatMul", ["ln", "w2"], ["y"], name="out"),
     ]
     graph = helper.make_graph(
         nodes, "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w"),
-         numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "w2")],
+         numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "w2"),
+         numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "gamma"),
+         numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "beta")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -53,7 +56,7 @@ def test_domain_operators_complete_with_a_certified_lower_bound(tmp_path: Path) 
     assert "Mul 'gated'" in notes and "Log 'logg'" in notes and "'erf'" not in notes
     layers = {layer["name"]: layer["lipschitz"]["method"] for layer in report["layers"]}
     assert layers["gated"] == layers["logg"] == "needs-domain"
-    assert layers["erf"] == "activation-constant"
+    assert layers["erf"] == "activation-constant" and layers["norm"] == "layer-norm"
 
 
 def test_ops_marks_the_operators_that_need_a_domain() -> None:

@@ -651,6 +651,50 @@ def _onnx_layer_norm() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_layer_norm_pattern() -> OnnxSpec:
+    """The decomposed LayerNorm of opset < 17 exports (ReduceMean, Sub, Pow 2, ReduceMean, Add eps,
+    Sqrt, Div, Mul scale, Add bias), fused into one LayerNorm; a second one squares with Mul(d, d)
+    and has neither scale nor bias."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 3, 5]
+            _node("ReduceMean", ["h"], ["m"], axes=[-1]),
+            _node("Sub", ["h", "m"], ["d"]),
+            _node("Pow", ["d", "two"], ["p"]),
+            _node("ReduceMean", ["p"], ["v"], axes=[-1]),
+            _node("Add", ["v", "eps"], ["ve"]),
+            _node("Sqrt", ["ve"], ["sd"]),
+            _node("Div", ["d", "sd"], ["nn"]),
+            _node("Mul", ["nn", "g"], ["ns"]),
+            _node("Add", ["ns", "b"], ["n1"]),
+            _node("ReduceMean", ["n1"], ["m2"], axes=[1, 2]),
+            _node("Sub", ["n1", "m2"], ["d2"]),
+            _node("Mul", ["d2", "d2"], ["p2"]),
+            _node("ReduceMean", ["p2"], ["v2"], axes=[1, 2]),
+            _node("Add", ["eps2", "v2"], ["ve2"]),
+            _node("Sqrt", ["ve2"], ["sd2"]),
+            _node("Div", ["d2", "sd2"], ["n2"]),
+            _node("MatMul", ["n2", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(91, 2, 5), "g": _rand(92, 5), "b": _rand(93, 5), "w2": _rand(94, 5, 2),
+                "two": np.array(2.0, np.float32), "eps": np.array(0.01, np.float32),
+                "eps2": np.array(0.5, np.float32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def ln(v: torch.Tensor, dims: tuple[int, ...], eps: torch.Tensor) -> torch.Tensor:
+            d = v - v.mean(dim=dims, keepdim=True)
+            return d / torch.sqrt((d * d).mean(dim=dims, keepdim=True) + eps)
+
+        n1 = ln(x @ p["w1"], (-1,), p["eps"]) * p["g"] + p["b"]
+        return ln(n1, (1, 2), p["eps2"]) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13,
+                    constants=("two", "eps", "eps2"))
+
+
 def _onnx_erf() -> OnnxSpec:
     """erf alone between two linear maps: globally Lipschitz, a certified finite bound."""
 
@@ -857,6 +901,8 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"MatMul", "Gemm", "Softmax"})),
         Case(id="onnx_layer_norm", input_shape=(2, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"LayerNormalization"})),
+        Case(id="onnx_layer_norm_pattern", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm_pattern(),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
     ]

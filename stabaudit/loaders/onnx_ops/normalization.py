@@ -49,7 +49,12 @@ def layer_normalization(node: OnnxNode, ctx: Context) -> None:
         raise Unsupported("LayerNormalization(Mean or InvStdDev used)")
     shape = ctx.shape(node.inputs[0])
     axis = normalize_axis(int(node.attr("axis", -1)), len(shape))
-    scale = ctx.param(node, 1, "scale")
+    if "_axes" in node.attrs:  # the fused decomposed pattern: its ReduceMean axes must be trailing
+        axes = sorted(normalize_axis(int(a), len(shape)) for a in node.attrs["_axes"])
+        if axes != list(range(axes[0], len(shape))):
+            raise Unsupported("LayerNorm pattern over axes that are not the trailing ones")
+        axis = axes[0]
+    scale = ctx.param(node, 1, "scale", optional="_axes" in node.attrs)
     bias = ctx.param(node, 2, "bias", optional=True)
     for value in (scale, bias):
         if value is not None and not fits(value, shape[axis:]):

@@ -1,4 +1,5 @@
-"""Fusion of exported activation patterns (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x))."""
+"""Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)) and the
+decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from stabaudit.loaders.onnx_ops.common import OnnxNode
 
-ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid"})  # fusion is tried only when one occurs
+ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "ReduceMean"})  # fusion is tried only when one occurs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +124,77 @@ def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
     return None
 
 
+def _reduce_axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
+    """The axes of a ReduceMean that keeps dims (attribute before opset 18, constant input after)."""
+    if node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
+        return None
+    if len(node.inputs) > 1 and node.inputs[1]:
+        value = g.constants.get(node.inputs[1])
+        if value is None:
+            return None
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    else:
+        axes = list(node.attr("axes", None) or [])
+    return tuple(axes) if axes else None
+
+
+def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
+    """(x - m) / sqrt(mean((x - m)^2) + eps) [* scale] [+ bias] with m = mean(x) over trailing axes.
+
+    The square is Pow(d, 2) or Mul(d, d); eps is a scalar constant added to the variance; the scale
+    and bias are constants (Mul and Add after the Div, in that order, each optional).
+    """
+    axes = _reduce_axes(mean, g)
+    x = mean.inputs[0]
+    if axes is None or x in g.constants:
+        return None
+    sub = g.sole_consumer(mean.outputs[0])
+    if sub is None or sub.op_type != "Sub" or tuple(sub.inputs) != (x, mean.outputs[0]):
+        return None
+    d = sub.outputs[0]
+    users = list({id(u): u for u in g.consumers.get(d, [])}.values())  # Mul(d, d) reads d twice
+    if d in g.outputs:
+        return None
+    square = next((u for u in users if u.op_type == "Pow" and u.inputs[0] == d and g.is_scalar(u.inputs[1], 2.0)
+                   or u.op_type == "Mul" and tuple(u.inputs) == (d, d)), None)
+    div = next((u for u in users if u.op_type == "Div" and u.inputs[0] == d), None)
+    if square is None or div is None or len(users) != 2:
+        return None
+    var = g.sole_consumer(square.outputs[0])
+    if var is None or _reduce_axes(var, g) != axes or var.inputs[0] != square.outputs[0]:
+        return None
+    add = g.sole_consumer(var.outputs[0])
+    eps_name = None if add is None or add.op_type != "Add" else g.other(add, var.outputs[0])
+    eps = None if eps_name is None else g.constants.get(eps_name)
+    if eps is None or eps.size != 1 or eps.dtype.kind != "f" or not float(eps.reshape(-1)[0]) > 0.0:
+        return None
+    assert add is not None
+    root = g.sole_consumer(add.outputs[0])
+    if root is None or root.op_type != "Sqrt" or g.sole_consumer(root.outputs[0]) is not div \
+            or div.inputs[1] != root.outputs[0]:
+        return None
+    chain = [mean, sub, square, var, add, root, div]
+    scale = bias = ""
+    step = g.sole_consumer(div.outputs[0])
+    if step is not None and step.op_type == "Mul":
+        other = g.other(step, div.outputs[0])
+        if other is not None and other in g.constants:
+            scale = other
+            chain.append(step)
+            step = g.sole_consumer(step.outputs[0])
+    if step is not None and step.op_type == "Add":
+        other = g.other(step, chain[-1].outputs[0])
+        if other is not None and other in g.constants:
+            bias = other
+            chain.append(step)
+    last = chain[-1]
+    fused = OnnxNode(op_type="LayerNormalization", name=last.name, inputs=(x, scale, bias),
+                     outputs=(last.outputs[0],),
+                     attrs={"axis": min(axes), "epsilon": float(eps.reshape(-1)[0]), "_axes": axes},
+                     opset=last.opset, source_op="+".join(n.op_type for n in chain))
+    return _Match(nodes=tuple(chain), fused=fused)
+
+
 def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray],
                   outputs: set[str]) -> tuple[list[OnnxNode], list[str]]:
     """The node list with each matched pattern replaced by one node at its last node's place.
@@ -140,6 +212,8 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
             match = _match_gelu(node, g)
         elif node.op_type == "Mul":
             match = _match_gated(node, g)
+        elif node.op_type == "ReduceMean":
+            match = _match_layer_norm(node, g)
         if match is None or any(id(n) in taken for n in match.nodes):
             continue
         taken.update(id(n) for n in match.nodes)
