@@ -51,6 +51,14 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.MUL: (O.Mul(), [(1, 2, 3), (1, 1, 3)]),
     O.OpType.RESIZE: (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="cubic"),
                       [(1, 2, 3, 4)]),
+    O.OpType.REDUCE_SUM: (O.ReduceSum(axes=(1, 3), keepdims=False), [(1, 2, 3, 2)]),
+    O.OpType.REDUCE_MEAN: (O.ReduceMean(axes=(0, 2)), [(1, 2, 3)]),
+    O.OpType.REDUCE_L2: (O.ReduceL2(axes=(1,)), [(1, 4, 2)]),
+    O.OpType.REDUCE_MAX: (O.ReduceMax(axes=(2,), keepdims=False), [(1, 2, 3)]),
+    O.OpType.REDUCE_MIN: (O.ReduceMin(axes=(0, 1, 2)), [(1, 2, 3)]),
+    O.OpType.REDUCE_LOG_SUM_EXP: (O.ReduceLogSumExp(axes=(1,)), [(1, 3, 2)]),
+    O.OpType.MAX: (O.Max(constant=np.array([0.0, -1.0, 0.5])), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.MIN: (O.Min(), [(2, 3), (1, 3), (1, 1)]),
 }
 
 

@@ -9,6 +9,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     pooling,
     recurrent,
     resize,
+    reduction,
     structure,
 )
 from stabaudit.loaders.onnx_ops.common import TRANSLATORS, Context, OnnxNode, Unsupported, wrap_node

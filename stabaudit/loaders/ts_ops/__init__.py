@@ -7,6 +7,7 @@ from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their regist
     normalization,
     pooling,
     resize,
+    reduction,
     structural,
 )
 from stabaudit.loaders.ts_ops.base import POISON, TRANSLATORS, SourceNode, Unsupported, Var
