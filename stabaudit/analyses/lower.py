@@ -83,6 +83,7 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.REDUCE_MEAN,
         O.OpType.REDUCE_MAX,
         O.OpType.REDUCE_MIN,
+        O.OpType.REDUCE_L1,
         O.OpType.MAX,
         O.OpType.MIN,
     }

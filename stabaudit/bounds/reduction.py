@@ -1,5 +1,5 @@
-"""Bound rules of reductions (ReduceSum, ReduceMean, ReduceL2, ReduceMax, ReduceMin,
-ReduceLogSumExp) and of the element-wise extrema Max and Min."""
+"""Bound rules of reductions (ReduceSum, ReduceMean, ReduceL1, ReduceL2, ReduceMax, ReduceMin,
+ReduceLogSumExp; ReduceSumSquare only over a domain) and of the element-wise extrema Max and Min."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
+from stabaudit.bounds.domain import needs_domain
 from stabaudit.bounds.numerics import sqrt_int_bounds
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import (
@@ -15,12 +16,14 @@ from stabaudit.ir.ops import (
     Min,
     OpType,
     Reduce,
+    ReduceL1,
     ReduceL2,
     ReduceLogSumExp,
     ReduceMax,
     ReduceMean,
     ReduceMin,
     ReduceSum,
+    ReduceSumSquare,
 )
 
 
@@ -62,6 +65,33 @@ def bound_reduce_linear(node: Node, ctx: RuleContext) -> OpBound:
     if isinstance(op, ReduceMean):
         upper, lower = math.nextafter(1.0 / lower, math.inf), math.nextafter(1.0 / upper, 0.0)
     return _bounds(upper, lower, "exact")
+
+
+@RULES.register(OpType.REDUCE_L1)
+def bound_reduce_l1(node: Node, ctx: RuleContext) -> OpBound:
+    """sum_G |x_j| per group: |sum |a_j| - sum |b_j|| <= sum |a_j - b_j| <= sqrt(n) ||a_G - b_G||
+    (Cauchy-Schwarz); the groups are disjoint, so Lip <= sqrt(n). Exact: at a point with every entry
+    positive the map is locally the ReduceSum, whose norm is sqrt(n)."""
+    match node.op:
+        case ReduceL1():
+            op = node.op
+        case _:
+            raise TypeError(f"bound_reduce_l1 got a {type(node.op).__name__}")
+    shape = ctx.input_shapes[0]
+    n = group_size(op, shape)
+    if n == 0 or _size(shape) == 0 or _size(ctx.output_shape) == 0:
+        return _bounds(0.0, 0.0, "exact")
+    upper, lower = sqrt_int_bounds(n)
+    return _bounds(upper, lower, "exact")
+
+
+@RULES.register(OpType.REDUCE_SUM_SQUARE)
+def bound_reduce_sum_square(node: Node, ctx: RuleContext) -> OpBound:
+    """sum_G x_j^2: its gradient 2 x_G grows with |x|, so no constant bounds it on the whole space."""
+    match node.op:
+        case ReduceSumSquare():
+            return needs_domain(node, ctx, "a sum of squares is Lipschitz only on a bounded domain")
+    raise TypeError(f"bound_reduce_sum_square got a {type(node.op).__name__}")
 
 
 @RULES.register(OpType.REDUCE_L2)

@@ -153,8 +153,10 @@ def _reduce_kernel(op: O.Reduce) -> Kernel:
 
     axes, keep = op.axes, op.keepdims
     if not axes:
-        if isinstance(op, O.ReduceL2):
+        if isinstance(op, O.ReduceL2 | O.ReduceL1):
             return lambda a: a[0].abs()
+        if isinstance(op, O.ReduceSumSquare):
+            return lambda a: a[0] * a[0]
         return lambda a: a[0]
     match op:
         case O.ReduceSum():
@@ -168,6 +170,10 @@ def _reduce_kernel(op: O.Reduce) -> Kernel:
             return lambda a: a[0].amax(dim=axes, keepdim=keep)
         case O.ReduceMin():
             return lambda a: a[0].amin(dim=axes, keepdim=keep)
+        case O.ReduceL1():
+            return lambda a: a[0].abs().sum(dim=axes, keepdim=keep)
+        case O.ReduceSumSquare():
+            return lambda a: (a[0] * a[0]).sum(dim=axes, keepdim=keep)
         case O.ReduceLogSumExp():
             return lambda a: torch.logsumexp(a[0], dim=axes, keepdim=keep)
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")

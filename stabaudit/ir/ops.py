@@ -51,6 +51,8 @@ class OpType(str, Enum):
     REDUCE_MAX = "ReduceMax"
     REDUCE_MIN = "ReduceMin"
     REDUCE_LOG_SUM_EXP = "ReduceLogSumExp"
+    REDUCE_L1 = "ReduceL1"
+    REDUCE_SUM_SQUARE = "ReduceSumSquare"
     MAX = "Max"
     MIN = "Min"
 
@@ -409,6 +411,20 @@ class ReduceLogSumExp(Reduce):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceL1(Reduce):
+    """sum of |x| over each group."""
+
+    type = OpType.REDUCE_L1
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceSumSquare(Reduce):
+    """sum of x^2 over each group: Lipschitz only on a bounded domain."""
+
+    type = OpType.REDUCE_SUM_SQUARE
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Max(Op):
     """Entry-wise maximum of one or more variable tensors and an optional constant (numpy
     broadcasting over all of them): ReLU written as Max(x, 0) with a tensor constant, maxout."""
@@ -430,7 +446,7 @@ class Min(Op):
 REDUCTIONS: frozenset[OpType] = frozenset(
     {
         OpType.REDUCE_SUM, OpType.REDUCE_MEAN, OpType.REDUCE_L2, OpType.REDUCE_MAX, OpType.REDUCE_MIN,
-        OpType.REDUCE_LOG_SUM_EXP,
+        OpType.REDUCE_LOG_SUM_EXP, OpType.REDUCE_L1, OpType.REDUCE_SUM_SQUARE,
     }
 )
 ACTIVATIONS: frozenset[OpType] = frozenset(

@@ -57,6 +57,8 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.REDUCE_MAX: (O.ReduceMax(axes=(2,), keepdims=False), [(1, 2, 3)]),
     O.OpType.REDUCE_MIN: (O.ReduceMin(axes=(0, 1, 2)), [(1, 2, 3)]),
     O.OpType.REDUCE_LOG_SUM_EXP: (O.ReduceLogSumExp(axes=(1,)), [(1, 3, 2)]),
+    O.OpType.REDUCE_L1: (O.ReduceL1(axes=(1, 2), keepdims=False), [(1, 3, 2)]),
+    O.OpType.REDUCE_SUM_SQUARE: (O.ReduceSumSquare(axes=(1,)), [(1, 3, 2)]),
     O.OpType.MAX: (O.Max(constant=np.array([0.0, -1.0, 0.5])), [(1, 2, 3), (1, 1, 3)]),
     O.OpType.MIN: (O.Min(), [(2, 3), (1, 3), (1, 1)]),
 }

@@ -134,7 +134,7 @@ class Reductions(nn.Module):
         b = h.sum(dim=2)  # [1, 3, 5]
         c = torch.amax(h, dim=(2, 3))  # [1, 3]
         d = torch.amin(b, dim=-1, keepdim=True)  # [1, 3, 1]
-        e = torch.linalg.vector_norm(h, dim=(2, 3))  # [1, 3]
+        e = torch.linalg.vector_norm(h, dim=(2, 3)) + torch.linalg.vector_norm(h, 1, dim=(2, 3))  # [1, 3]
         f = torch.logsumexp(b, dim=2)  # [1, 3]
         g = h.mean(dim=(2, 3))  # [1, 3] (a global pool)
         parts = [a, c, d.flatten(1), e, f, g, b.flatten(1)]
@@ -641,6 +641,26 @@ def _onnx_upsample() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=9, constants=("s1", "s2"))
 
 
+def _onnx_sum_square() -> OnnxSpec:
+    """ReduceSumSquare: loads and runs; its bound needs a domain."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("ReduceSumSquare", ["h", "ax"], ["s"]),  # [1, 1]
+            _node("Add", ["h", "s"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(61, 3, 6), "ax": np.array([-1], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        return h + (h * h).sum(dim=-1, keepdim=True)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=18, constants=("ax",))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -784,12 +804,14 @@ def _cases() -> list[Case]:
              ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Upsample", "Conv"})),
         Case(id="reductions", input_shape=(1, 2, 4, 5),
              ops=frozenset({L.CONV, L.REDUCE_MEAN, L.REDUCE_SUM, L.REDUCE_MAX, L.REDUCE_MIN, L.REDUCE_L2,
-                            L.REDUCE_LOG_SUM_EXP, L.LINEAR}),
+                            L.REDUCE_L1, L.REDUCE_LOG_SUM_EXP, L.LINEAR}),
              module=_seeded(Reductions, 11), opset=17,
-             onnx_ops=frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2",
+             onnx_ops=frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
                                  "ReduceLogSumExp"}),
              ts_ops=frozenset({"aten::mean", "aten::sum", "aten::amax", "aten::amin", "aten::linalg_vector_norm",
                                "aten::logsumexp"})),
+        Case(id="onnx_sum_square", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_sum_square(),
+             ops=frozenset({L.LINEAR, L.REDUCE_SUM_SQUARE, L.ADD}), onnx_ops=frozenset({"ReduceSumSquare"})),
         Case(id="extrema", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.MAX, L.MIN}),
              module=_seeded(Extrema, 12), onnx_ops=frozenset({"Max", "Min"}),
              ts_ops=frozenset({"aten::maximum", "aten::minimum", "aten::max", "aten::min"})),

@@ -1,5 +1,5 @@
-"""Translators of the reductions (ReduceSum, ReduceMean, ReduceL2, ReduceMax, ReduceMin,
-ReduceLogSumExp) and of the element-wise Max and Min."""
+"""Translators of the reductions (ReduceSum, ReduceMean, ReduceL1, ReduceL2, ReduceSumSquare,
+ReduceMax, ReduceMin, ReduceLogSumExp) and of the element-wise Max and Min."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ _REDUCE: dict[str, type[O.Reduce]] = {
     "ReduceMax": O.ReduceMax,
     "ReduceMin": O.ReduceMin,
     "ReduceLogSumExp": O.ReduceLogSumExp,
+    "ReduceL1": O.ReduceL1,
+    "ReduceSumSquare": O.ReduceSumSquare,
 }
 # the opset from which axes is an input (before: an attribute)
 _AXES_INPUT_FROM = {"ReduceSum": 13}

@@ -62,11 +62,12 @@ def logsumexp(ctx: Context, node: SourceNode) -> Sequence[Any]:
 
 @translates("aten::linalg_vector_norm")
 def norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    """The 2-norm over dims (torch.norm and torch.linalg.vector_norm with ord 2 trace to this)."""
-    p = node.arg("ord", 2)
-    if as_float(p, what="ord") != 2.0:
-        raise Unsupported(f"ord={as_float(p, what='ord'):g} (only the 2-norm)")
-    return [_reduce(ctx, node, O.ReduceL2, node.arg("dim"), node.arg("keepdim", False))]
+    """The 2-norm (or 1-norm) over dims: torch.norm and torch.linalg.vector_norm trace to this."""
+    p = as_float(node.arg("ord", 2), what="ord")
+    if p not in (1.0, 2.0):
+        raise Unsupported(f"ord={p:g} (only the 1- and 2-norms)")
+    kind = O.ReduceL2 if p == 2.0 else O.ReduceL1
+    return [_reduce(ctx, node, kind, node.arg("dim"), node.arg("keepdim", False))]
 
 
 def _extremum(ctx: Context, node: SourceNode, *, is_max: bool) -> Var:
