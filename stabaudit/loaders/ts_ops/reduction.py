@@ -102,4 +102,6 @@ def max_(ctx: Context, node: SourceNode) -> Sequence[Any]:
             raise Unsupported("a dim that is not an int")
         values = _reduce(ctx, node, kind, dim, node.arg("keepdim", False))
         return [values, Opaque(kind=node.kind, detail="its indices are used")]
+    if len(node.args) != 1:
+        raise Unsupported("an overload without a known schema")
     return [_reduce(ctx, node, kind, None, False)]
