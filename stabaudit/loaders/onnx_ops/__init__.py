@@ -8,8 +8,8 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     normalization,
     pooling,
     recurrent,
-    resize,
     reduction,
+    resize,
     structure,
 )
 from stabaudit.loaders.onnx_ops.common import TRANSLATORS, Context, OnnxNode, Unsupported, wrap_node

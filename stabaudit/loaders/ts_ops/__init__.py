@@ -6,8 +6,8 @@ from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their regist
     linear,
     normalization,
     pooling,
-    resize,
     reduction,
+    resize,
     structural,
 )
 from stabaudit.loaders.ts_ops.base import POISON, TRANSLATORS, SourceNode, Unsupported, Var
