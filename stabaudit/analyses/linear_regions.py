@@ -107,6 +107,10 @@ def _node_gamma(node: Node, graph: Graph) -> float:
         case O.GlobalAvgPool():
             shape = graph.shapes[node.inputs[0]]
             return _gamma(_size(tuple(shape[2:])) + 3)
+        case O.ReduceSum(axes=axes) | O.ReduceMean(axes=axes):
+            # a sum of n terms (and the mean's division): gamma_{n + 3} covers it
+            shape = graph.shapes[node.inputs[0]]
+            return _gamma(math.prod(shape[a] for a in axes) + 3)
     return 0.0  # Reshape, Transpose, zero Pad, Concat move entries exactly
 
 
@@ -146,7 +150,10 @@ def _may_underflow(graph: Graph, region: LinearRegion) -> bool:
                 value /= float(np.prod(kernel)) ** 2  # the window's divisor (and a multiply back)
             case O.GlobalAvgPool():
                 value /= float(_size(tuple(graph.shapes[node.inputs[0]])[2:]))
-        if isinstance(node.op, O.Linear | O.Conv | O.ConvTranspose | O.Add | O.Sub | O.AvgPool | O.GlobalAvgPool):
+            case O.ReduceMean(axes=axes):
+                value /= float(math.prod(graph.shapes[node.inputs[0]][a] for a in axes))
+        if isinstance(node.op, O.Linear | O.Conv | O.ConvTranspose | O.Add | O.Sub | O.AvgPool | O.GlobalAvgPool
+                      | O.ReduceSum | O.ReduceMean):
             value *= 2.0**-53
         if value < _NO_UNDERFLOW:
             return True

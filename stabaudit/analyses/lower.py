@@ -79,6 +79,13 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.TRANSPOSE,
         O.OpType.PAD,
         O.OpType.CONCAT,
+        O.OpType.REDUCE_SUM,
+        O.OpType.REDUCE_MEAN,
+        O.OpType.REDUCE_MAX,
+        O.OpType.REDUCE_MIN,
+        O.OpType.REDUCE_L1,
+        O.OpType.MAX,
+        O.OpType.MIN,
     }
 )
 
@@ -352,6 +359,29 @@ class ForwardErrorModel:
                     es[0].mean(dim=dims, keepdim=True)
                     + c * xs[0].abs().mean(dim=dims, keepdim=True)
                 )
+            case O.ReduceSum() | O.ReduceMean():
+                # |fl(sum) - sum| <= gamma_{n-1} sum |x| (any order); the mean's division one u more:
+                # the same reduction of e plus 2 (n + 2) u times the reduction of |x|
+                same = self._single(node, op, in_shapes)
+                c = 2 * (math.prod(in_shapes[0][a] for a in op.axes) + 2) * U
+                return lambda xs, es, y: same(es[0]) + c * same(xs[0].abs())
+            case O.ReduceMax() | O.ReduceMin():
+                # |max a - max b| <= max |a - b| per group, and max is exact
+                as_max = self._single(node, O.ReduceMax(axes=op.axes, keepdims=op.keepdims), in_shapes)
+                return lambda xs, es, y: as_max(es[0])
+            case O.Max() | O.Min():
+                # |max(a) - max(b)| <= max_i |a_i - b_i| entry by entry; max is exact, and so is the
+                # constant (the exact model holds the same number)
+
+                def extremum(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    out = torch.zeros_like(y)
+                    for e in es:
+                        out = torch.maximum(out, e)
+                    return out
+
+                return extremum
             case O.Pad():
                 zero_pad = self._single(node, dataclasses.replace(op, value=0.0), in_shapes)
                 return lambda xs, es, y: zero_pad(es[0])

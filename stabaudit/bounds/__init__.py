@@ -5,7 +5,16 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from stabaudit.bounds import activations, conv, domain, linear, normalization, pooling, structural
+from stabaudit.bounds import (
+    activations,
+    conv,
+    domain,
+    linear,
+    normalization,
+    pooling,
+    reduction,
+    structural,
+)
 from stabaudit.bounds.base import (
     RULES,
     Bound,
@@ -20,7 +29,7 @@ from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir.graph import Node
 
 # The rule modules register themselves on import; naming them here keeps registration explicit.
-RULE_MODULES = (linear, conv, normalization, activations, pooling, structural, domain)
+RULE_MODULES = (linear, conv, normalization, activations, pooling, structural, domain, reduction)
 
 
 def rule_for(node: Node) -> Rule:

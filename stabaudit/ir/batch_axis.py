@@ -135,7 +135,7 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     kind = op.type
     if kind in _BROADCAST_PARAMS or _elementwise(op):
         expected = first + len(out1) - in_rank  # a parameter of higher rank adds leading axes
-    elif kind in (O.OpType.ADD, O.OpType.SUB):
+    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MAX, O.OpType.MIN):
         aligned = {axis + len(out1) - len(shapes1[name]) for axis, name in zip(in_axes, a.inputs, strict=True)
                    if axis is not None}
         if len(aligned) != 1:
@@ -157,6 +157,10 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
         if first >= 2:
             raise _Mixes(f"pools over the batch axis {first} (a spatial axis)")
         expected = first
+    elif isinstance(op, O.Reduce):
+        if first in op.axes:
+            raise _Mixes(f"reduces over the batch axis {first}")
+        expected = first if op.keepdims else first - sum(1 for axis in op.axes if axis < first)
     elif isinstance(op, O.Transpose):
         expected = op.perm.index(first)
     elif isinstance(op, O.Pad):

@@ -162,6 +162,51 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
                 return y
 
             return layer_norm
+        case O.Reduce():
+            return _reduce_kernel(op)
+        case O.Max(constant=c) | O.Min(constant=c):
+            ct = param(c) if c is not None else None
+            pick = torch.maximum if isinstance(op, O.Max) else torch.minimum
+
+            def extremum(a: Sequence[torch.Tensor]) -> torch.Tensor:
+                y = a[0]
+                for other in a[1:]:
+                    y = pick(y, other)
+                return pick(y, ct) if ct is not None else y
+
+            return extremum
+    raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
+
+
+def _reduce_kernel(op: O.Reduce) -> Kernel:
+    """A reduction over ``op.axes``; no axis: each entry is its own group (torch would reduce all)."""
+    import torch
+
+    axes, keep = op.axes, op.keepdims
+    if not axes:
+        if isinstance(op, O.ReduceL2 | O.ReduceL1):
+            return lambda a: a[0].abs()
+        if isinstance(op, O.ReduceSumSquare):
+            return lambda a: a[0] * a[0]
+        return lambda a: a[0]
+    match op:
+        case O.ReduceSum():
+            return lambda a: a[0].sum(dim=axes, keepdim=keep)
+        case O.ReduceMean():
+            return lambda a: a[0].mean(dim=axes, keepdim=keep)
+        case O.ReduceL2():
+            # torch's norm has a zero subgradient at 0 (sqrt of a sum of squares would give NaN)
+            return lambda a: torch.linalg.vector_norm(a[0], 2, dim=axes, keepdim=keep)
+        case O.ReduceMax():
+            return lambda a: a[0].amax(dim=axes, keepdim=keep)
+        case O.ReduceMin():
+            return lambda a: a[0].amin(dim=axes, keepdim=keep)
+        case O.ReduceL1():
+            return lambda a: a[0].abs().sum(dim=axes, keepdim=keep)
+        case O.ReduceSumSquare():
+            return lambda a: (a[0] * a[0]).sum(dim=axes, keepdim=keep)
+        case O.ReduceLogSumExp():
+            return lambda a: torch.logsumexp(a[0], dim=axes, keepdim=keep)
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
 
 

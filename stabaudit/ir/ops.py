@@ -54,6 +54,16 @@ class OpType(str, Enum):
     EXP = "Exp"
     LOG = "Log"
     ERF = "Erf"
+    REDUCE_SUM = "ReduceSum"
+    REDUCE_MEAN = "ReduceMean"
+    REDUCE_L2 = "ReduceL2"
+    REDUCE_MAX = "ReduceMax"
+    REDUCE_MIN = "ReduceMin"
+    REDUCE_LOG_SUM_EXP = "ReduceLogSumExp"
+    REDUCE_L1 = "ReduceL1"
+    REDUCE_SUM_SQUARE = "ReduceSumSquare"
+    MAX = "Max"
+    MIN = "Min"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -443,6 +453,90 @@ class Concat(Op):
     axis: int = 1
 
 
+# ---- reductions and element-wise extrema -------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Reduce(Op):
+    """Base of the reductions: each output entry reduces the group of input entries that share its
+    indices on the axes not in ``axes`` (normalised, sorted, distinct; empty: groups of one entry,
+    the reduction of a single entry). ``keepdims``: the reduced axes stay as size 1."""
+
+    axes: tuple[int, ...]
+    keepdims: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceSum(Reduce):
+    type = OpType.REDUCE_SUM
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceMean(Reduce):
+    type = OpType.REDUCE_MEAN
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceL2(Reduce):
+    """sqrt(sum of squares) of each group."""
+
+    type = OpType.REDUCE_L2
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceMax(Reduce):
+    type = OpType.REDUCE_MAX
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceMin(Reduce):
+    type = OpType.REDUCE_MIN
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceLogSumExp(Reduce):
+    """log(sum(exp)) of each group."""
+
+    type = OpType.REDUCE_LOG_SUM_EXP
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceL1(Reduce):
+    """sum of |x| over each group."""
+
+    type = OpType.REDUCE_L1
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReduceSumSquare(Reduce):
+    """sum of x^2 over each group: Lipschitz only on a bounded domain."""
+
+    type = OpType.REDUCE_SUM_SQUARE
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Max(Op):
+    """Entry-wise maximum of one or more variable tensors and an optional constant (numpy
+    broadcasting over all of them): ReLU written as Max(x, 0) with a tensor constant, maxout."""
+
+    type = OpType.MAX
+    arity = -1
+    constant: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Min(Op):
+    """Entry-wise minimum, as Max."""
+
+    type = OpType.MIN
+    arity = -1
+    constant: np.ndarray | None = None
+
+
+REDUCTIONS: frozenset[OpType] = frozenset(
+    {
+        OpType.REDUCE_SUM, OpType.REDUCE_MEAN, OpType.REDUCE_L2, OpType.REDUCE_MAX, OpType.REDUCE_MIN,
+        OpType.REDUCE_LOG_SUM_EXP, OpType.REDUCE_L1, OpType.REDUCE_SUM_SQUARE,
+    }
+)
 ACTIVATIONS: frozenset[OpType] = frozenset(
     {
         OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
@@ -456,7 +550,8 @@ POOLING: frozenset[OpType] = frozenset(
 )
 # Element-wise maps and products without a global Lipschitz constant (bounds.domain: needs a domain).
 DOMAIN_MAPS: frozenset[OpType] = frozenset(
-    {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG}
+    {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG,
+     OpType.REDUCE_SUM_SQUARE}
 )
 # Operators that only move or embed entries: isometries, not reported as layers.
 STRUCTURAL: frozenset[OpType] = frozenset(

@@ -13,7 +13,8 @@ AFFINE_IN_INPUTS: frozenset[O.OpType] = frozenset(
     {
         O.OpType.LINEAR, O.OpType.CONV, O.OpType.CONV_TRANSPOSE, O.OpType.AFFINE,
         O.OpType.ADD, O.OpType.SUB, O.OpType.RESHAPE, O.OpType.TRANSPOSE, O.OpType.PAD,
-        O.OpType.CONCAT, O.OpType.AVG_POOL, O.OpType.GLOBAL_AVG_POOL,
+        O.OpType.CONCAT, O.OpType.AVG_POOL, O.OpType.GLOBAL_AVG_POOL, O.OpType.REDUCE_SUM,
+        O.OpType.REDUCE_MEAN,
     }
 )
 

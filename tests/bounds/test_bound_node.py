@@ -61,6 +61,16 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.EXP: (O.Exp(), [(1, 4)]),
     O.OpType.LOG: (O.Log(), [(1, 4)]),
     O.OpType.ERF: (O.Erf(), [(1, 4)]),
+    O.OpType.REDUCE_SUM: (O.ReduceSum(axes=(1, 3), keepdims=False), [(1, 2, 3, 2)]),
+    O.OpType.REDUCE_MEAN: (O.ReduceMean(axes=(0, 2)), [(1, 2, 3)]),
+    O.OpType.REDUCE_L2: (O.ReduceL2(axes=(1,)), [(1, 4, 2)]),
+    O.OpType.REDUCE_MAX: (O.ReduceMax(axes=(2,), keepdims=False), [(1, 2, 3)]),
+    O.OpType.REDUCE_MIN: (O.ReduceMin(axes=(0, 1, 2)), [(1, 2, 3)]),
+    O.OpType.REDUCE_LOG_SUM_EXP: (O.ReduceLogSumExp(axes=(1,)), [(1, 3, 2)]),
+    O.OpType.REDUCE_L1: (O.ReduceL1(axes=(1, 2), keepdims=False), [(1, 3, 2)]),
+    O.OpType.REDUCE_SUM_SQUARE: (O.ReduceSumSquare(axes=(1,)), [(1, 3, 2)]),
+    O.OpType.MAX: (O.Max(constant=np.array([0.0, -1.0, 0.5])), [(1, 2, 3), (1, 1, 3)]),
+    O.OpType.MIN: (O.Min(), [(2, 3), (1, 3), (1, 1)]),
 }
 
 

@@ -120,6 +120,49 @@ class Branches(nn.Module):
         return torch.cat([a, b], dim=1)
 
 
+class Reductions(nn.Module):
+    """Conv, then sums, means, maxima, minima, 2-norms and log-sum-exps over several dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(34, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)  # [1, 3, 4, 5]
+        a = h.mean(dim=(1, 3))  # [1, 4]
+        b = h.sum(dim=2)  # [1, 3, 5]
+        c = torch.amax(h, dim=(2, 3))  # [1, 3]
+        d = torch.amin(b, dim=-1, keepdim=True)  # [1, 3, 1]
+        e = torch.linalg.vector_norm(h, dim=(2, 3)) + torch.linalg.vector_norm(h, 1, dim=(2, 3))  # [1, 3]
+        f = torch.logsumexp(b, dim=2)  # [1, 3]
+        g = h.mean(dim=(2, 3))  # [1, 3] (a global pool)
+        parts = [a, c, d.flatten(1), e, f, g, b.flatten(1)]
+        return self.fc(torch.cat(parts, 1))
+
+
+class Extrema(nn.Module):
+    """Element-wise maxima and minima of variables (broadcast) and constants (ReLU as a max)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.fc2 = nn.Linear(4, 6)
+        self.fc3 = nn.Linear(4, 1)
+        self.fc4 = nn.Linear(6, 3)
+        self.register_buffer("floor", torch.linspace(-1.0, 0.5, 6))
+        self.register_buffer("zero", torch.zeros(1))
+        with torch.no_grad():
+            self.fc1.weight.mul_(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.fc1(x), self.fc2(x), self.fc3(x)
+        m = torch.maximum(a, c)  # c broadcast over 6 entries
+        n = torch.minimum(torch.maximum(b, self.floor), m)
+        r = torch.max(n, self.zero)
+        return self.fc4(torch.min(r + a, b))
+
+
 class Cnn(nn.Module):
     """Conv (stride 2, padding) + BatchNorm (eval) + ReLU + overlapping MaxPool + AvgPool + Linear."""
 
@@ -745,6 +788,26 @@ def _onnx_domain_maps() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("two", "half", "one"))
 
 
+def _onnx_sum_square() -> OnnxSpec:
+    """ReduceSumSquare: loads and runs; its bound needs a domain."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("ReduceSumSquare", ["h", "ax"], ["s"]),  # [1, 1]
+            _node("Add", ["h", "s"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(61, 3, 6), "ax": np.array([-1], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        return h + (h * h).sum(dim=-1, keepdim=True)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=18, constants=("ax",))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -886,6 +949,19 @@ def _cases() -> list[Case]:
              ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Resize", "Conv"})),
         Case(id="onnx_upsample", input_shape=(1, 2, 3, 3), formats=(ONNX,), onnx=_onnx_upsample(),
              ops=frozenset({L.RESIZE, L.CONV}), onnx_ops=frozenset({"Upsample", "Conv"})),
+        Case(id="reductions", input_shape=(1, 2, 4, 5),
+             ops=frozenset({L.CONV, L.REDUCE_MEAN, L.REDUCE_SUM, L.REDUCE_MAX, L.REDUCE_MIN, L.REDUCE_L2,
+                            L.REDUCE_L1, L.REDUCE_LOG_SUM_EXP, L.LINEAR}),
+             module=_seeded(Reductions, 11), opset=17,
+             onnx_ops=frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
+                                 "ReduceLogSumExp"}),
+             ts_ops=frozenset({"aten::mean", "aten::sum", "aten::amax", "aten::amin", "aten::linalg_vector_norm",
+                               "aten::logsumexp"})),
+        Case(id="onnx_sum_square", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_sum_square(),
+             ops=frozenset({L.LINEAR, L.REDUCE_SUM_SQUARE, L.ADD}), onnx_ops=frozenset({"ReduceSumSquare"})),
+        Case(id="extrema", input_shape=(1, 4), ops=frozenset({L.LINEAR, L.MAX, L.MIN}),
+             module=_seeded(Extrema, 12), onnx_ops=frozenset({"Max", "Min"}),
+             ts_ops=frozenset({"aten::maximum", "aten::minimum", "aten::max", "aten::min"})),
         Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
              ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
         # recurrent cells, unrolled over the 3 steps: no TorchScript (aten::lstm, aten::gru, aten::rnn_tanh)

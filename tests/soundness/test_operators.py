@@ -16,7 +16,7 @@ from tests.soundness.cases import CASE_BY_ID, CASES, ONNX, TS, VARIANTS, Case, V
 
 # operators whose rule needs a bounded input domain (bounds.domain): the global upper bound is none
 DOMAIN_OPS = frozenset({OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP,
-                        OpType.LOG})
+                        OpType.LOG, OpType.REDUCE_SUM_SQUARE})
 PAIRS = [pytest.param(c, fmt, id=f"{c.id}-{fmt}") for c in CASES for fmt in c.formats]
 
 

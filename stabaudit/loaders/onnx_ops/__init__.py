@@ -8,6 +8,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     normalization,
     pooling,
     recurrent,
+    reduction,
     resize,
     structure,
 )

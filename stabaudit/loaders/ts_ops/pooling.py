@@ -13,6 +13,7 @@ from stabaudit.loaders.ts_ops.base import (
     Unsupported,
     Var,
     int_list,
+    is_float_dtype,
     norm_axis,
     translates,
 )
@@ -102,15 +103,22 @@ def adaptive_max_pool(ctx: Context, node: SourceNode) -> Sequence[Any]:
 
 @translates("aten::mean")
 def mean(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    """x.mean(dim=spatial axes) -> GlobalAvgPool (+ Reshape when keepdim is false)."""
+    """x.mean(dim=spatial axes) -> GlobalAvgPool (+ Reshape when keepdim is false); a mean over
+    any other dims (none given: all of them) -> ReduceMean."""
     x = node.var(0)
+    if not is_float_dtype(node.arg("dtype")):
+        raise Unsupported("a non-float dtype")
     dims = node.arg("dim")
-    if dims is None or isinstance(dims, int) or node.arg("dtype") is not None or x.rank < 3:
-        raise Unsupported("only a mean over all spatial axes")
-    axes = sorted({norm_axis(int(d), x.rank) for d in dims})
-    if axes != list(range(2, x.rank)):
-        raise Unsupported(f"mean over axes {axes} of a rank-{x.rank} tensor")
+    items = [dims] if isinstance(dims, int) else list(dims or [])
+    axes = sorted({norm_axis(int(d), x.rank) for d in items}) if items else list(range(x.rank))
+    if items and len(axes) != len(items):
+        raise Unsupported("repeated dims")
+    keepdim = bool(node.arg("keepdim", False))
+    if x.rank < 3 or axes != list(range(2, x.rank)):
+        if any(x.shape[a] == 0 for a in axes):
+            raise Unsupported("a mean over an empty dim")
+        return [ctx.emit(O.ReduceMean(axes=tuple(axes), keepdims=keepdim), [x])]
     y = ctx.emit(O.GlobalAvgPool(), [x])
-    if node.arg("keepdim"):
+    if keepdim:
         return [y]
     return [ctx.emit(O.Reshape(shape=x.shape[:2]), [y], role="squeeze")]
