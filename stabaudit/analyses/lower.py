@@ -398,9 +398,9 @@ class ForwardErrorModel:
             case O.LayerNorm(axis=axis, epsilon=eps, scale=sc):
                 dims = tuple(range(axis, len(in_shapes[0])))
                 n = int(np.prod(in_shapes[0][axis:]))
-                gam = np.ones(1) if sc is None else np.abs(np.asarray(sc, dtype=np.float64))
-                gmax = float(gam.max(initial=0.0))
-                gam_t = torch.as_tensor(gam)
+                scale_abs = np.ones(1) if sc is None else np.abs(np.asarray(sc, dtype=np.float64))
+                gmax = float(scale_abs.max(initial=0.0))
+                gam_t = torch.as_tensor(scale_abs)
                 lip = gmax / math.sqrt(eps) * 1.01 if eps > 0 else math.inf
                 root = math.sqrt(eps) if eps > 0 else 0.0
 

@@ -77,8 +77,8 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: a[0] / a[1]
         case O.MatMul():
             return lambda a: torch.matmul(a[0], a[1])
-        case O.Pow(exponent=p):
-            return lambda a: torch.pow(a[0], p)
+        case O.Pow(exponent=exponent):
+            return lambda a: torch.pow(a[0], exponent)
         case O.Sqrt():
             return lambda a: torch.sqrt(a[0])
         case O.Reciprocal():

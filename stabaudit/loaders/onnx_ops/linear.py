@@ -81,7 +81,7 @@ def _gemm_of_variables(node: OnnxNode, ctx: Context) -> None:
         raise ModelLoadError(f"Gemm of shapes {list(ctx.shape(a))} and {list(ctx.shape(b))} (after transA/transB)")
     c = ctx.const(c_name)
     last = alpha == 1.0 and c is None
-    y = ctx.emit(node, O.MatMul(), [a, b], **({} if last else {"tag": "matmul"}))
+    y = ctx.emit(node, O.MatMul(), [a, b], tag=None if last else "matmul")
     if last:
         return
     out_shape = (ctx.shape(a)[0], ctx.shape(b)[1])

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from stabaudit.ir import ops as O
-from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, fits, normalize_axis, register
+from stabaudit.loaders.onnx_ops.common import (
+    Context,
+    OnnxNode,
+    Unsupported,
+    fits,
+    normalize_axis,
+    register,
+)
 from stabaudit.rounding import SMALLEST_NORMAL
 
 
