@@ -35,6 +35,14 @@ class LoadedModel:
     # the float type the reference runs in ("float16", "bfloat16", "float32", "float64"): the
     # least precise one of the inputs and stored parameters; SA902's tolerance follows it
     precision: str = "float32"
+    # where the audit starts when it does not start at the graph inputs: start tensor -> why
+    # (an embedding Gather's output, a Cast to float, a tensor named by --from)
+    start: Mapping[str, str] = field(default_factory=dict)
+    # integer / bool inputs (and, with --from, float inputs upstream of it) held at values: name -> which values
+    held: Mapping[str, str] = field(default_factory=dict)
+    # with start tensors: (rng) -> (feeds of the graph's inputs, the reference's outputs), the start
+    # tensors' feeds being the reference's values at the held inputs
+    reference_at: Callable[[np.random.Generator], tuple[dict[str, np.ndarray], list[np.ndarray]]] | None = None
 
 
 # A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:

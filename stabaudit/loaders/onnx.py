@@ -6,7 +6,8 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -33,14 +34,20 @@ def supported_operators() -> list[str]:
     return sorted(set(TRANSLATORS) | {"Constant"})
 
 
-def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
-    """Load an ONNX model; dynamic dims come from ``input_shape`` (first input) or batch 1.
+def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
+              input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None) -> LoadedModel:
+    """Load an ONNX model; dynamic dims come from ``input_shape`` (first input), ``input_shapes``
+    (by input name; a symbolic dim named in one fixes it in every input) or batch 1.
+
+    Integer and bool inputs are held at values (stabaudit.loaders.onnx held values) and folded;
+    the audit starts where the input becomes real (an embedding Gather, a Cast to float), or at
+    ``start`` (a tensor name: the graph upstream of it is cut).
 
     Raises ModelLoadError (with ``path``) for unreadable, malformed or unsafe files, and
     UnsupportedOperatorError listing every operator outside the IR at once.
     """
     try:
-        return _load(Path(path), input_shape)
+        return _load(Path(path), input_shape, dict(input_shapes or {}), start)
     except StabauditError as exc:
         if exc.path is None:
             exc.path = str(path)
@@ -51,7 +58,8 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None) -
         raise ModelLoadError("the model's graph is nested too deeply", path=str(path)) from None
 
 
-def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tuple[int, ...]],
+          start: str | None) -> LoadedModel:
     check_file(path)
     data = path.read_bytes()
     model = _parse(data)
@@ -63,11 +71,26 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
         notes.append(f"external data read from {external_files} file(s) in the model's directory")
     _check(model, notes)
     work = _lift_opset(model, notes)
-    inputs = _input_shapes(work.graph, input_shape, notes)
+    all_inputs = _input_shapes(work.graph, input_shape, notes, named)
     constants = _initializers(work.graph)
-    graph, params = _translate(work, inputs, notes, constants)
-    _prove_batch_independent(work, inputs, graph, notes, constants)
-    reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path)
+    cut = replace(_held_values(work.graph, all_inputs, constants), start=start)
+    if start is not None:
+        cut = _cut_at(work, all_inputs, constants, cut, model, data if not external_files else None, path)
+    inputs = [i for i in all_inputs if i.name not in cut.held]
+    reasons: dict[str, str] = {}
+    graph, params = _translate(work, inputs, notes, constants, cut, reasons)
+    used = {s.name for s in graph.inputs}
+    _prove_batch_independent(work, [i for i in all_inputs if i.name in used or i.name in cut.held], graph, notes,
+                             constants, cut)
+    starts = tuple(s.name for s in graph.inputs if s.name in reasons)
+    for name in starts:
+        notes.append(f"the audit starts from tensor {name!r} {list(graph.shapes[name])}: {reasons[name]}")
+    held = {name: cut.why[name] for name in cut.held}
+    for name, why in held.items():
+        shape = list(np.shape(cut.held[name]))
+        notes.append(f"input {name!r} {shape} held at {why}: it is a constant of the audit")
+    reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path,
+                                     held=cut.held, starts=starts)
     return LoadedModel(
         graph=graph,
         parameterisation=params,
@@ -78,6 +101,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
         source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
         notes=tuple(notes),
         precision=_precision(model.graph),
+        start={name: reasons[name] for name in starts},
+        held=held,
+        reference_at=partial(reference.at_held, shapes={s.name: s.shape for s in graph.inputs}) if starts else None,
     )
 
 
@@ -276,50 +302,200 @@ class _Input:
     dtype: np.dtype[Any]
     batch: str | None = None  # the label of an unknown batch dim (dim 0) set to 1, else None
     first: bool = False  # the input --input-shape sets
+    real: bool = True  # a floating-point input (integer and bool inputs are held at values)
 
 
-def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str]) -> list[_Input]:
-    """Static shapes of the real inputs (graph inputs that are not initializers).
+def _input_shapes(graph: Any, input_shape: Sequence[int] | None, notes: list[str],
+                  named: Mapping[str, tuple[int, ...]] | None = None) -> list[_Input]:
+    """Static shapes of the graph inputs that are not initializers.
 
-    The first input takes ``input_shape`` when given (same rank; static dims must agree);
-    otherwise an unknown dim 0 (batch) becomes 1 and any other unknown dim is an error.
+    The first input takes ``input_shape`` when given, an input named in ``named`` its shape
+    there (same rank; static dims must agree); a symbolic dim fixed by a given shape is fixed in
+    every input that carries its name; otherwise an unknown dim 0 (batch) becomes 1 and any
+    other unknown dim is an error.
     """
     from onnx import TensorProto, helper
 
     from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
 
+    named = dict(named or {})
     initialized = {t.name for t in graph.initializer}
     real = [vi for vi in graph.input if vi.name not in initialized]
     if not real:
         raise ModelLoadError("the model has no inputs (every graph input is an initializer)")
-    result = []
+    unknown = sorted(set(named) - {vi.name for vi in real})
+    if unknown:
+        raise ModelLoadError(f"--input-shape names {', '.join(map(repr, unknown))}, which the model does not have as "
+                             f"input(s); its inputs: {', '.join(repr(vi.name) for vi in real)}")
+    parsed = []
+    symbols: dict[str, int] = {}
     for index, vi in enumerate(real):
         if not vi.type.HasField("tensor_type"):
             raise ModelLoadError(f"input {vi.name!r} is not a tensor")
         tensor = vi.type.tensor_type
-        if tensor.elem_type not in FLOAT_TYPES:
+        if tensor.elem_type not in FLOAT_TYPES and tensor.elem_type not in _HELD_TYPES:
             type_name = _type_name(tensor.elem_type)
-            raise ModelLoadError(f"input {vi.name!r} has element type {type_name}; only floating-point inputs are supported")
+            raise ModelLoadError(f"input {vi.name!r} has element type {type_name}; only floating-point, integer and "
+                                 "bool inputs are supported")
         dims: list[int | None] | None = None
         labels: list[str] = []
         if tensor.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim]
             labels = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
                       for d in tensor.shape.dim]
+        given = named.get(vi.name, tuple(input_shape) if index == 0 and input_shape is not None else None)
+        if given is not None:
+            shape = _given_shape(vi.name, dims, tuple(given))
+            for label, d, g in zip(labels, dims or [], shape, strict=False):
+                if d is None and label != "?":
+                    symbols.setdefault(label, g)
+        parsed.append((index, vi, tensor, dims, labels, given))
+    result = []
+    for index, vi, tensor, dims, labels, given in parsed:
         batch = None
-        if index == 0 and input_shape is not None:
-            shape = _given_shape(vi.name, dims, tuple(input_shape))
+        if given is not None:
+            shape = _given_shape(vi.name, dims, tuple(given))
             if dims is None or None in dims:
                 notes.append(f"input {vi.name!r} [{','.join(labels)}] fixed to {list(shape)} by --input-shape")
         else:
+            if dims is not None and any(d is None and lab in symbols for d, lab in zip(dims, labels, strict=False)):
+                dims = [symbols.get(lab, d) if d is None else d for d, lab in zip(dims, labels, strict=False)]
+                notes.append(f"input {vi.name!r} [{','.join(labels)}] fixed to {dims} by the dims another input's "
+                             "--input-shape gives")
             shape = _default_shape(vi.name, dims, labels, notes)
             batch = labels[0] if dims and dims[0] is None else None
+        floating = tensor.elem_type in FLOAT_TYPES
         dtype = np.dtype(np.float32) if tensor.elem_type == TensorProto.BFLOAT16 else \
             np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         if math.prod(shape) > MAX_ELEMENTS:
             raise ResourceError(f"input {vi.name!r} of shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements")
-        result.append(_Input(name=vi.name, shape=shape, dtype=dtype, batch=batch, first=index == 0))
+        result.append(_Input(name=vi.name, shape=shape, dtype=dtype, batch=batch, first=index == 0, real=floating))
     return result
+
+
+_HELD_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13})  # uint8 int8 uint16 int16 int32 int64 bool uint32 uint64
+_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Flatten", "Expand"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Cut:
+    """Where the audit starts: the held inputs (values that become constants) and a named start."""
+    start: str | None = None  # --from
+    start_shape: tuple[int, ...] | None = None
+    held: dict[str, np.ndarray]
+    why: dict[str, str]  # held input -> how its values were chosen
+    sources: frozenset[str] = frozenset()  # held inputs whose values make a start (not masks)
+    needed: frozenset[int] | None = None  # with --from: the indices of the nodes downstream of it
+
+
+def _held_values(graph: Any, inputs: Sequence[_Input], constants: Mapping[str, np.ndarray],
+                 seed: int = 0) -> _Cut:
+    """Seeded valid values of the integer and bool inputs: token ids in [0, rows) where an input
+    indexes a Gather table, masks all ones (true), lengths the sequence length, zeros otherwise."""
+    rng = np.random.default_rng(seed)
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, k))
+    tables = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def table_rows(name: str) -> tuple[int, str] | None:
+        seen, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            for node, k in consumers.get(current, []):
+                if node.op_type == "Gather" and k == 1:
+                    data = node.input[0]
+                    if data in constants or data in tables:
+                        value = constants.get(data)
+                        shape = value.shape if value is not None else tuple(tables[data].attribute[0].t.dims)
+                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                        if shape:
+                            return int(shape[axis]), data
+                elif node.op_type in _PASS_THROUGH and k == 0:
+                    for out in node.output:
+                        if out not in seen:
+                            seen.add(out)
+                            todo.append(out)
+        return None
+
+    held: dict[str, np.ndarray] = {}
+    why: dict[str, str] = {}
+    sources = set()
+    lengths = [i.shape[-1] for i in inputs if not i.real and len(i.shape) >= 2]
+    for i in inputs:
+        if i.real:
+            continue
+        lower = i.name.lower()
+        if i.dtype == np.bool_ or "mask" in lower:
+            held[i.name] = np.ones(i.shape, dtype=i.dtype)
+            why[i.name] = "all true (a mask)" if i.dtype == np.bool_ else "all ones (a mask)"
+            continue
+        found = table_rows(i.name)
+        if found is not None:
+            rows, table = found
+            held[i.name] = rng.integers(0, rows, size=i.shape).astype(i.dtype)
+            why[i.name] = f"seeded ids in [0, {rows}) (it indexes the rows of {table!r})"
+        elif "len" in lower and lengths:
+            held[i.name] = np.full(i.shape, max(lengths), dtype=i.dtype)
+            why[i.name] = f"the sequence length {max(lengths)}"
+        else:
+            held[i.name] = np.zeros(i.shape, dtype=i.dtype)
+            why[i.name] = "zeros"
+        sources.add(i.name)
+    return _Cut(held=held, why=why, sources=frozenset(sources))
+
+
+def _cut_at(model: Any, inputs: Sequence[_Input], constants: Mapping[str, np.ndarray], cut: _Cut,
+            original: Any, data: bytes | None, path: Path) -> _Cut:
+    """The cut at the tensor named by --from: the nodes downstream of it, its shape (from
+    onnxruntime at the held values), and the float inputs upstream of it held at seeded
+    standard-normal values."""
+    from dataclasses import replace
+
+    start = cut.start
+    assert start is not None
+    graph = model.graph
+    produced = {o for n in graph.node for o in n.output}
+    if start not in produced:
+        raise ModelLoadError(f"--from {start!r}: no node of the model computes a tensor of that name")
+    outputs = {o.name for o in graph.output}
+    if start in outputs:
+        raise ModelLoadError(f"--from {start!r} is a graph output: name a tensor the outputs depend on")
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    needed: set[int] = set()
+    todo = list(outputs)
+    seen = set(todo)
+    reads: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name == start or name not in producer:
+            reads.add(name)
+            continue
+        index = producer[name]
+        if index in needed:
+            continue
+        needed.add(index)
+        for inp in graph.node[index].input:
+            if inp and inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    if start not in reads:
+        raise ModelLoadError(f"--from {start!r}: no graph output depends on it")
+    rng = np.random.default_rng(0)
+    held, why = dict(cut.held), dict(cut.why)
+    for i in inputs:
+        if i.real and i.name not in reads:
+            held[i.name] = rng.standard_normal(i.shape).astype(i.dtype)
+            why[i.name] = f"seeded standard-normal values (upstream of --from {start!r} only)"
+    probe = OnnxRuntimeReference(model=original, data=data, path=path, held=held, starts=(start,))
+    shapes = {i.name: i.shape for i in inputs}
+    feeds = {name: (held[name] if name in held else rng.standard_normal(shapes[name]).astype(np.float32))
+             for name in shapes}
+    value = probe.run_with_starts(feeds)[1][0]
+    if np.asarray(value).dtype.kind != "f":
+        raise ModelLoadError(f"--from {start!r} is a tensor of type {np.asarray(value).dtype}, not a real-valued one")
+    return replace(cut, held=held, why=why, start_shape=tuple(np.asarray(value).shape), needed=frozenset(needed))
 
 
 def _given_shape(name: str, dims: list[int | None] | None, given: tuple[int, ...]) -> tuple[int, ...]:
@@ -342,7 +518,7 @@ def _default_shape(name: str, dims: list[int | None] | None, labels: list[str], 
         dims = [1, *dims[1:]]
     if None in dims:
         raise ModelLoadError(f"input {name!r} has shape [{','.join(labels)}] with unknown dims beyond the batch dim; "
-                             "give its full shape with --input-shape")
+                             f"give its full shape with --input-shape {name}=...")
     return tuple(int(d) for d in dims if d is not None)
 
 
@@ -350,7 +526,7 @@ PROBE_BATCH = 2  # the second batch size the graph is translated at to follow it
 
 
 def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph, notes: list[str],
-                             constants: Mapping[str, np.ndarray]) -> None:
+                             constants: Mapping[str, np.ndarray], cut: _Cut | None = None) -> None:
     """Refuse a graph whose unknown batch dim was set to 1 unless stabaudit.ir.batch_axis proves that
     no operator mixes samples, so that the bounds at batch 1 hold at every batch size.
 
@@ -366,16 +542,27 @@ def _prove_batch_independent(model: Any, inputs: Sequence[_Input], graph: Graph,
     for i in inputs:
         if i.batch is not None:  # an unnamed dim ("?") is a group of its own
             groups.setdefault(i.batch if i.batch != "?" else f"?{i.name}", []).append(i)
+    cut = cut if cut is not None else _Cut(held={}, why={})
+    graph_inputs = {s.name for s in graph.inputs}
     for members in groups.values():
         names = {i.name for i in members}
-        probe = [replace(i, shape=(PROBE_BATCH, *i.shape[1:])) if i.name in names else i for i in inputs]
+        probe = [replace(i, shape=(PROBE_BATCH, *i.shape[1:])) if i.name in names else i
+                 for i in inputs if i.name not in cut.held]
+        # held members are repeated along the batch axis; the start tensors then carry it
+        held = {k: np.repeat(v, PROBE_BATCH, axis=0) if k in names and v.ndim else v for k, v in cut.held.items()}
+        probe_cut = replace(cut, held=held)
+        axes = {name: 0 for name in names if name in graph_inputs}
+        if any(name in cut.held for name in names):
+            axes.update((s.name, 0) for s in graph.inputs if s.name not in {i.name for i in inputs})
+            if cut.start_shape:
+                probe_cut = replace(probe_cut, start_shape=(PROBE_BATCH, *cut.start_shape[1:]))
         culprit: str | None = None
         try:
-            large, _ = _translate(model, probe, [], constants)  # the same initializer arrays: no second copy
+            large, _ = _translate(model, probe, [], constants, probe_cut)  # the same initializer arrays: no second copy
         except StabauditError as exc:  # e.g. a Reshape to a fixed batch size: it does not translate
             culprit = f"the graph does not translate at batch {PROBE_BATCH} ({_first_line(exc, 120)})"
         else:
-            found = batch_mixing(graph, large, {name: 0 for name in names}, PROBE_BATCH)
+            found = batch_mixing(graph, large, axes, PROBE_BATCH)
             culprit = found.describe() if found is not None else None
         first = members[0]
         label = "dim" if first.batch == "?" else f"dim {first.batch!r}"
@@ -398,6 +585,7 @@ class _Walk:
     poisoned: frozenset[str]
     constant_nodes: int
     folded: Counter[str]
+    starts: dict[str, str]  # start tensor -> why the audit starts there
 
 
 def _initializers(graph: Any) -> dict[str, np.ndarray]:
@@ -413,26 +601,31 @@ def _initializers(graph: Any) -> dict[str, np.ndarray]:
 
 
 def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
-               constants: Mapping[str, np.ndarray]) -> tuple[Graph, GraphParameters]:
+               constants: Mapping[str, np.ndarray], cut: _Cut | None = None,
+               starts_out: dict[str, str] | None = None) -> tuple[Graph, GraphParameters]:
     """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
     from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
 
     graph = model.graph
     opset = _opset(model)
+    cut = cut if cut is not None else _Cut(held={}, why={})
     wrapped = []
     for i, n in enumerate(graph.node):
+        if cut.needed is not None and i not in cut.needed:
+            continue
         try:
             wrapped.append(wrap_node(n, i, opset))
         except Exception as exc:  # an attribute that does not decode (a malformed tensor, a bad type)
             raise ModelLoadError(f"node {n.name or n.op_type!r} ({n.op_type}): an attribute cannot be read: "
                                  f"{_first_line(exc)}") from exc
-    nodes = _topological(wrapped, {i.name for i in inputs} | set(constants))
+    defined = {i.name for i in inputs} | set(constants) | set(cut.held) | ({cut.start} if cut.start else set())
+    nodes = _topological(wrapped, defined)
     outputs = [o.name for o in graph.output]
-    walk = _walk(nodes, constants, inputs, outputs)
+    walk = _walk(nodes, constants, inputs, outputs, cut)
     if any(n.op_type in ANCHORS for n in nodes):
         fused, labels = fuse_patterns(nodes, walk.ctx.constants, set(outputs))
         if labels:
-            walk = _walk(fused, constants, inputs, outputs)
+            walk = _walk(fused, constants, inputs, outputs, cut)
             notes.append("fused: " + ", ".join(f"{k} x{n}" for k, n in sorted(Counter(labels).items())))
     if walk.unsupported:
         raise UnsupportedOperatorError(dict(walk.unsupported))
@@ -440,13 +633,26 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
     ir_outputs = []
     for name in outputs:
         if ctx.is_const(name):
+            if cut.held:
+                raise ModelLoadError(
+                    f"graph output {name!r} is a constant once the integer input(s) "
+                    f"{', '.join(repr(n) for n in cut.held)} are held at values: no real-valued tensor to start the "
+                    "audit from was found (an embedding Gather of a float table by ids, a Cast of ids to float); "
+                    "name the tensor to start from with --from TENSOR")
             raise ModelLoadError(f"graph output {name!r} is a constant (it does not depend on any input)")
         ir_outputs.append(ctx.var(name))
     nodes_needed = _live(ctx.nodes, ir_outputs)
     _notes(walk, len(ctx.nodes) - len(nodes_needed), notes)
     from stabaudit.ir.executor import with_shapes
 
+    read = {name for n in nodes_needed for name in n.inputs} | set(ir_outputs)
     specs = tuple(TensorSpec(name=i.name, shape=i.shape) for i in inputs)
+    specs += tuple(TensorSpec(name=name, shape=ctx.shapes[name]) for name in walk.starts if name in read)
+    if starts_out is not None:
+        starts_out.update((name, why) for name, why in walk.starts.items() if name in read)
+    if not specs:
+        raise ModelLoadError("no real-valued input reaches the outputs: name the tensor to start the audit from "
+                             "with --from TENSOR")
     result = with_shapes(Graph(inputs=specs, outputs=tuple(ir_outputs), nodes=tuple(nodes_needed)).validate())
     check_value_sizes(result)
     params = ctx.recorder.finish({n.name for n in nodes_needed}, notes=_exporter_folding(model, nodes, ctx))
@@ -504,8 +710,33 @@ def _constant_value(node: Any) -> np.ndarray:
     raise ModelLoadError(f"Constant node {node.name!r} has no numeric value ({', '.join(node.attrs) or 'no attributes'})")
 
 
+def _start_reason(node: Any, ctx: Any, tainted: set[str]) -> str | None:
+    """Why the node's output is where the input becomes real, or None: a Gather of a float
+    table by held ids (an embedding), a Cast of held values to float, a MatMul/Gemm of held
+    values (a one-hot) by a float matrix."""
+    from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
+    from onnx import helper
+
+    ins = node.present_inputs
+    if not ins or not any(n in tainted for n in ins):
+        return None
+    if node.op_type == "Gather" and len(ins) == 2 and ins[0] not in tainted and ins[1] in tainted:
+        table = ctx.const(ins[0])
+        if table is not None and np.asarray(table).dtype.kind == "f":
+            return f"embedding lookup: Gather {node.name!r} of the float table {ins[0]!r} {list(np.shape(table))} by held ids"
+    if node.op_type == "Cast" and int(node.attrs.get("to", 0)) in FLOAT_TYPES:
+        return (f"Cast {node.name!r} of held values to "
+                f"{helper.tensor_dtype_to_np_dtype(int(node.attrs['to']))}")
+    if node.op_type in ("MatMul", "Gemm") and len(ins) >= 2:
+        other = ins[1] if ins[0] in tainted else ins[0]
+        value = ctx.const(other)
+        if other not in tainted and value is not None and np.asarray(value).dtype.kind == "f":
+            return f"{node.op_type} {node.name!r} of held values (a one-hot) by the float matrix {other!r}"
+    return None
+
+
 def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Sequence[_Input],
-          outputs: Sequence[str]) -> _Walk:
+          outputs: Sequence[str], cut: _Cut | None = None) -> _Walk:
     """Fold constants and translate every other node; unsupported nodes are counted, and the
     nodes that depend on them are skipped (counted only when their op is unknown too)."""
     from stabaudit.loaders.onnx_ops import (
@@ -517,9 +748,19 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
         foldable,
     )
 
+    cut = cut if cut is not None else _Cut(held={}, why={})
     uses = Counter(name for node in nodes for name in node.present_inputs) + Counter(outputs)
-    ctx = Context(inputs={i.name: i.shape for i in inputs}, constants=constants, uses=uses,
-                  float_dtype=inputs[0].dtype)
+    shapes = {i.name: i.shape for i in inputs}
+    if cut.start is not None and cut.start_shape is not None:
+        shapes[cut.start] = cut.start_shape
+    ctx = Context(inputs=shapes, constants={**constants, **cut.held}, uses=uses,
+                  float_dtype=inputs[0].dtype if inputs else np.dtype(np.float32))
+    for name in cut.held:
+        ctx.stored.discard(name)  # held inputs are not parameters
+    tainted = set(cut.sources) if cut.start is None else set()
+    starts: dict[str, str] = {}
+    if cut.start is not None:
+        starts[cut.start] = "named by --from (the graph upstream of it is cut)"
     unsupported: Counter[str] = Counter()
     folded: Counter[str] = Counter()
     poisoned: set[str] = set()
@@ -537,9 +778,17 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
             continue
         try:
             if foldable(node, ctx):
-                for name, value in zip(node.outputs, fold(node, ctx), strict=False):
+                reason = _start_reason(node, ctx, tainted)
+                values = fold(node, ctx)
+                if reason is not None and len(node.outputs) == 1:
+                    ctx.shapes[node.outputs[0]] = tuple(np.shape(values[0]))
+                    starts[node.outputs[0]] = reason
+                    continue
+                for name, value in zip(node.outputs, values, strict=False):
                     if name:
                         ctx.constants[name] = value
+                if node.op_type not in ("Shape", "Size") and any(n in tainted for n in node.present_inputs):
+                    tainted.update(n for n in node.outputs if n)
                 folded[node.op_type] += 1
             elif node.key in TRANSLATORS:
                 TRANSLATORS.get(node.key)(node, ctx)
@@ -556,7 +805,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                 AssertionError) as exc:  # a malformed node: wrong arity, attribute types or shapes
             raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
     return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
-                 constant_nodes=constant_nodes, folded=folded)
+                 constant_nodes=constant_nodes, folded=folded, starts=starts)
 
 
 def _live(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:
@@ -613,11 +862,63 @@ class OnnxRuntimeReference:
     the session opens the checked path itself.
     """
 
-    def __init__(self, *, model: Any, data: bytes | None, path: Path):
+    def __init__(self, *, model: Any, data: bytes | None, path: Path, held: Mapping[str, np.ndarray] | None = None,
+                 starts: Sequence[str] = ()):
         self._model = model
         self._data = data
         self._path = path
         self._session: Any = None
+        self._held = dict(held or {})  # the values of the held inputs, fed on every run
+        self._starts = tuple(starts)  # tensors the audit starts from, read as extra outputs
+        self._start_session: Any = None
+        self._outputs = 0
+
+    def run_with_starts(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The model's outputs and the start tensors' values (added as extra graph outputs to a
+        copy of the model) on ``feeds`` and the held values."""
+        if self._start_session is None:
+            import onnx
+
+            model = self._model
+            if model is None:
+                raise ModelLoadError("the model is no longer in memory", path=str(self._path))
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            known = {o.name for o in copy.graph.output}
+            self._outputs = len(copy.graph.output)
+            for name in self._starts:
+                if name not in known:
+                    copy.graph.output.append(onnx.ValueInfoProto(name=name))
+            keep_model, keep_data, keep_session = self._model, self._data, self._session
+            self._model, self._data, self._session = copy, None, None
+            try:
+                self._start_session = self.session()
+            finally:
+                self._model, self._data, self._session = keep_model, keep_data, keep_session
+        session = self._start_session
+        names = [o.name for o in session.get_outputs()]
+        run_feeds = {}
+        for i in session.get_inputs():
+            value = self._held[i.name] if i.name in self._held else feeds[i.name]
+            run_feeds[i.name] = np.asarray(value) if i.name in self._held else \
+                np.asarray(value, dtype=_ORT_TYPES.get(i.type, np.float32))
+        try:
+            results = session.run(None, run_feeds)
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime failed to run the model: {_first_line(exc)}", path=str(self._path)) from exc
+        by_name = dict(zip(names, results, strict=True))
+        outputs = [_widened(np.asarray(r)) for r in results[:self._outputs]]
+        return outputs, [_widened(np.asarray(by_name[n])) for n in self._starts]
+
+    def at_held(self, rng: np.random.Generator, shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Feeds for the IR graph's inputs (``shapes``): seeded standard-normal values for the
+        graph inputs, the reference's values of the start tensors at the held inputs; and the
+        reference's outputs there."""
+        feeds = {name: rng.standard_normal(shape).astype(np.float32)
+                 for name, shape in shapes.items() if name not in self._starts}
+        outputs, starts = self.run_with_starts(feeds)
+        feeds.update((name, np.asarray(v, dtype=np.float32)) for name, v in zip(self._starts, starts, strict=True))
+        return feeds, outputs
 
     def session(self) -> Any:
         if self._session is None:
@@ -643,7 +944,8 @@ class OnnxRuntimeReference:
                     hint = " (onnxruntime's CPU provider has no bfloat16 kernel for this operator; the reference cannot run)"
                 raise ModelLoadError(f"onnxruntime cannot run the model: {_first_line(exc)}{hint}",
                                      path=str(self._path)) from exc
-            self._model = None  # the session holds what it needs
+            if not self._starts:
+                self._model = None  # the session holds what it needs
         return self._session
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -654,7 +956,8 @@ class OnnxRuntimeReference:
                     raise ModelLoadError(f"{kind} {arg.name!r} is bfloat16, which onnxruntime's Python API cannot pass "
                                          "to or from numpy: the reference cannot run (a float32 or float16 export "
                                          "can be audited)", path=str(self._path))
-        feeds = {i.name: np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
+        feeds = {i.name: np.asarray(self._held[i.name]) if i.name in self._held else
+                 np.asarray(inputs[i.name], dtype=_ORT_TYPES.get(i.type, np.float32))
                  for i in session.get_inputs()}
         try:
             results = session.run(None, feeds)

@@ -205,6 +205,8 @@ def test_backend_case(tmp_path: Path, name: str) -> None:
     variants = [("as given", case.model)]
     if len(inputs) > 1:
         variants.append(("frozen", _frozen(case.model, inputs)))
+        if any(np.asarray(x).dtype.kind not in "fc" for x in inputs[1:]):
+            variants.reverse()  # integer inputs would be held at seeded values, not the data set's
     refusals = []
     for variant, model in variants:
         path = tmp_path / "model.onnx"
