@@ -105,6 +105,25 @@ def _echo_err(line: str) -> None:
     typer.echo(line, err=True)
 
 
+def parse_shapes(items: list[str] | None) -> tuple[tuple[int, ...] | None, dict[str, tuple[int, ...]]]:
+    """--input-shape values: a plain 1,3,32,32 is the first input's, NAME=1,128 the named input's."""
+    first: tuple[int, ...] | None = None
+    named: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        if sep:
+            if not name.strip():
+                raise UsageError(f"--input-shape {item!r}: expected NAME=1,128 or 1,3,32,32")
+            if name.strip() in named:
+                raise UsageError(f"--input-shape: input {name.strip()!r} is given twice")
+            named[name.strip()] = parse_shape(dims)
+        elif first is not None:
+            raise UsageError("--input-shape: the plain form (the first input) is given twice; name the others NAME=...")
+        else:
+            first = parse_shape(item)
+    return first, named
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
@@ -273,12 +292,13 @@ def _check_options(
     inputs: Path | None,
     max_memory: str | None,
     timeout: float | None,
-    input_shape: str | None,
+    input_shape: list[str] | str | None,
     fail_on: str | None,
     method: str | None,
     seed: int | None,
     budget: float | None,
     trust_torchscript: bool = False,
+    start: str | None = None,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -306,9 +326,14 @@ def _check_options(
         raise UsageError(f"--seed {seed}: expected an integer in [0, 2**32)")
     if budget is not None and not (budget > 0 and budget < float("inf")):
         raise UsageError(f"--budget {budget}: expected a positive number of seconds")
+    shapes = parse_shapes([input_shape] if isinstance(input_shape, str) else input_shape)
+    if start is not None and not start.strip():
+        raise UsageError("--from: expected the name of a tensor of the model")
     return Settings(
         thresholds=thresholds,
-        input_shape=parse_shape(input_shape) if input_shape else None,
+        input_shape=shapes[0],
+        input_shapes=shapes[1] or None,
+        start=start,
         seed=seed,
         fail_on=fail_on,  # type: ignore[arg-type]  # validated above
         method=method,  # type: ignore[arg-type]
@@ -593,7 +618,15 @@ def check(
         ),
     ] = None,
     input_shape: Annotated[
-        str | None, typer.Option("--input-shape", metavar="SHAPE", help="Fix dynamic dims, e.g. 1,3,32,32.")
+        list[str] | None,
+        typer.Option("--input-shape", metavar="SHAPE",
+                     help="Fix dynamic dims: 1,3,32,32 (the first input) or NAME=1,128 (repeatable)."),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", metavar="TENSOR",
+                     help="Start the audit at this tensor of an ONNX model: the graph upstream of it is cut, "
+                          "other inputs held at values."),
     ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,
@@ -662,7 +695,7 @@ def check(
         overrides = _check_options(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
-            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript,
+            method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript, start=start,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")

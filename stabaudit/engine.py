@@ -53,6 +53,8 @@ Observer = Callable[[str], None]
 class AuditRequest:
     path: Path
     input_shape: tuple[int, ...] | None = None
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ONNX: by input name
+    start: str | None = None  # ONNX: the tensor the audit starts from (--from)
     thresholds: Mapping[str, float] = field(default_factory=dict)  # canonical keys
     severities: Mapping[str, Severity] = field(default_factory=dict)
     fail_on: FailOn = FailOn.ERROR
@@ -484,7 +486,8 @@ def analyse(
     say("loading")
     check_model_memory(request.path, memory_budget)
     loaded = load_model(
-        request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript
+        request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
+        input_shapes=request.input_shapes, start=request.start,
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))
@@ -707,6 +710,8 @@ def analyse(
             sha256=sha256 if sha256 is not None else _sha256(request.path),
             parameters=loaded.parameters,
             input_shape=tuple(graph.inputs[0].shape),
+            start=dict(loaded.start) or None,
+            held=dict(loaded.held) or None,
         ),
         equivalence=equivalence,
         layers=tuple(layers),

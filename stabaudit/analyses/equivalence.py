@@ -84,8 +84,12 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> Equ
     worst, scale = 0.0, 0.0
     nonfinite = entries = 0
     for _ in range(samples):
-        feeds = {s.name: _rounded(rng.standard_normal(s.shape).astype(np.float32), precision) for s in graph.inputs}
-        expected = model.reference(feeds)
+        if model.reference_at is not None:  # the graph starts inside the model: its start tensors' values
+            feeds, expected = model.reference_at(rng)  # are the reference's at the held inputs
+        else:
+            feeds = {s.name: _rounded(rng.standard_normal(s.shape).astype(np.float32), precision)
+                     for s in graph.inputs}
+            expected = model.reference(feeds)
         with torch.no_grad():
             got = ex(*(torch.from_numpy(feeds[s.name]) for s in graph.inputs))
         if len(expected) != len(got):
@@ -102,6 +106,12 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> Equ
     # all-zero (or all non-finite) output gives the absolute tolerance ATOL
     tolerance = rtol * scale + atol
     notes: tuple[str, ...] = ()
+    if model.reference_at is not None:
+        notes += (
+            f"equivalence: the reference runs the whole model with the held inputs "
+            f"({', '.join(repr(n) for n in model.held)}); the engine runs from the start tensor(s) "
+            f"{', '.join(repr(n) for n in model.start)} at the reference's values of them",
+        )
     if precision in HALF_RTOL:
         notes += (
             f"equivalence: the reference runs in {precision}; the engine's float32 pass (weights upcast "

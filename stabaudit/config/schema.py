@@ -82,6 +82,8 @@ class Settings(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     severity: dict[str, SeverityName] = Field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # by input name (replaced as a whole)
+    start: str | None = None  # ONNX: the tensor the audit starts from (config key `from`, --from)
     seed: int | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -315,9 +317,12 @@ class DomainInput(_Input):
 
 
 class SettingsInput(_Input):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
     thresholds: dict[str, Annotated[float, AfterValidator(_not_nan)]] = Field(default_factory=dict)
     severity: dict[str, SeverityName] = Field(default_factory=dict)
-    input_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] | None = None
+    input_shape: (Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+                  | dict[str, Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]] | None) = None
+    start: str | None = Field(default=None, alias="from", min_length=1)
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -348,7 +353,10 @@ class SettingsInput(_Input):
         inputs = Path(os.path.normpath(base.absolute() / self.inputs)) if self.inputs is not None else None
         return Settings(
             thresholds=dict(self.thresholds), severity=dict(self.severity),
-            input_shape=tuple(self.input_shape) if self.input_shape is not None else None,
+            input_shape=tuple(self.input_shape) if isinstance(self.input_shape, list) else None,
+            input_shapes={k: tuple(v) for k, v in self.input_shape.items()} if isinstance(self.input_shape, dict)
+            else None,
+            start=self.start,
             seed=self.seed, fail_on=self.fail_on, method=self.method, budget=self.budget, timeout=self.timeout,
             eps=self.eps, inputs=inputs, max_memory=self.max_memory,
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
@@ -410,7 +418,8 @@ class ConfigInput(SettingsInput):
 _EXPECTED: dict[str, tuple[str, str | None]] = {
     "thresholds": ("expected a mapping NAME: number", "expected a number"),
     "severity": ("expected a mapping CHECK_ID: error|warning|info", "expected one of error, warning, info"),
-    "input_shape": ("expected a list of positive integers", None),
+    "input_shape": ("expected a list of positive integers (the first input) or a mapping NAME: list", None),
+    "start": ("expected the name of a tensor of the model", None),
     "seed": (f"expected a non-negative integer (at most {MAX_SEED})", None),
     "fail_on": ("expected one of " + ", ".join(FAIL_ON), None),
     "method": ("expected one of " + ", ".join(METHODS), None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from stabaudit.loaders.base import LoadedModel, ModelFormat
@@ -9,7 +10,8 @@ from stabaudit.loaders.detect import detect_format
 
 
 def load_model(
-    path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False
+    path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
 ) -> LoadedModel:
     """Load ``path`` into the IR with its reference runtime; ``input_shape`` fixes the first
     input's dynamic dims; ``trust_torchscript`` skips the static gate of TorchScript code
@@ -17,10 +19,14 @@ def load_model(
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.torchscript import load_torchscript
 
+        if input_shapes or start is not None:
+            from stabaudit.errors import ModelLoadError
+
+            raise ModelLoadError("--input-shape NAME=... and --from apply to ONNX models only", path=str(path))
         return load_torchscript(path, input_shape=input_shape, trust_code=trust_torchscript)
     from stabaudit.loaders.onnx import load_onnx
 
-    return load_onnx(path, input_shape=input_shape)
+    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start)
 
 
 def supported_operators() -> dict[str, list[str]]:

@@ -39,6 +39,11 @@ class ModelInfo:
     sha256: str
     parameters: int
     input_shape: tuple[int, ...]
+    # where the audit starts when not at the graph inputs: start tensor -> why (an embedding
+    # Gather's output, a Cast to float, --from); absent when it starts at the graph inputs
+    start: dict[str, str] | None = field(default=None, metadata={"omit_when_none": True})
+    # inputs held at values (integer / bool inputs, float inputs upstream of --from) -> which values
+    held: dict[str, str] | None = field(default=None, metadata={"omit_when_none": True})
 
 
 @dataclass(frozen=True, kw_only=True)
