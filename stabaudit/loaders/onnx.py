@@ -399,6 +399,28 @@ def _held_values(graph: Any, inputs: Sequence[_Input], constants: Mapping[str, n
             consumers.setdefault(name, []).append((node, k))
     tables = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
 
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def table_shape(name: str, depth: int = 0) -> tuple[int, ...] | None:
+        """The shape of a stored table, through a DequantizeLinear / Cast / Identity of it."""
+        if name in constants:
+            return tuple(constants[name].shape)
+        if name in tables:
+            attr = next((a for a in tables[name].attribute if a.name == "value"), None)
+            return tuple(attr.t.dims) if attr is not None else None
+        node = producers.get(name)
+        if node is None or depth >= 4 or not node.input:
+            return None
+        if node.op_type in ("DequantizeLinear", "Cast", "Identity"):
+            return table_shape(node.input[0], depth + 1)
+        if node.op_type in ("Mul", "Add", "Sub") and len(node.input) == 2:  # a dequantization by hand
+            a, b = table_shape(node.input[0], depth + 1), table_shape(node.input[1], depth + 1)
+            try:
+                return tuple(np.broadcast_shapes(a, b)) if a is not None and b is not None else None
+            except ValueError:
+                return None
+        return None
+
     def table_rows(name: str) -> tuple[int, str] | None:
         seen, todo = set(), [name]
         while todo:
@@ -406,12 +428,10 @@ def _held_values(graph: Any, inputs: Sequence[_Input], constants: Mapping[str, n
             for node, k in consumers.get(current, []):
                 if node.op_type == "Gather" and k == 1:
                     data = node.input[0]
-                    if data in constants or data in tables:
-                        value = constants.get(data)
-                        shape = value.shape if value is not None else tuple(tables[data].attribute[0].t.dims)
-                        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                        if shape:
-                            return int(shape[axis]), data
+                    shape = table_shape(data)
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if shape and -len(shape) <= axis < len(shape):
+                        return int(shape[axis]), data
                 elif node.op_type in _PASS_THROUGH and k == 0:
                     for out in node.output:
                         if out not in seen:

@@ -1,0 +1,144 @@
+"""Integer and bool inputs held at values: the audit starts where the input becomes real (an
+embedding Gather, a Cast to float) or at a tensor named by --from; --input-shape NAME=dims."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from stabaudit.cli import app
+from stabaudit.errors import ModelLoadError
+from stabaudit.loaders.onnx import load_onnx
+
+runner = CliRunner()
+RNG = np.random.default_rng(1)
+
+
+def _save(path: Path, nodes: list, inputs: list, inits: list) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _array(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+    return numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32), name)
+
+
+def embedding_model(path: Path, seq: str | int = "seq") -> Path:
+    """ids (int64) -> Gather of a [50, 8] table, times the bool mask (Cast, Unsqueeze) -> MLP."""
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"]),
+        helper.make_node("Cast", ["mask"], ["mf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mf", "axes"], ["mu"]),
+        helper.make_node("Mul", ["e", "mu"], ["em"]),
+        helper.make_node("MatMul", ["em", "W"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", seq]),
+              helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", seq])]
+    inits = [_array("emb", (50, 8)), _array("W", (8, 4)), _array("b", (4,)),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    return _save(path, nodes, inputs, inits)
+
+
+def from_model(path: Path) -> Path:
+    """x -> MatMul -> Sin (the part to cut) -> MatMul -> Tanh."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Sin", ["h"], ["s"]),
+             helper.make_node("MatMul", ["s", "W2"], ["z"]), helper.make_node("Tanh", ["z"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])]
+    return _save(path, nodes, inputs, [_array("W1", (6, 5)), _array("W2", (5, 3))])
+
+
+def test_embedding_start_and_held_values(tmp_path: Path) -> None:
+    loaded = load_onnx(embedding_model(tmp_path / "m.onnx"), input_shapes={"ids": (1, 5)})
+    assert [(s.name, s.shape) for s in loaded.graph.inputs] == [("e", (1, 5, 8))]
+    assert "embedding lookup" in loaded.start["e"] and "'emb'" in loaded.start["e"]
+    assert "[0, 50)" in loaded.held["ids"] and "true" in loaded.held["mask"]
+    assert any("fixed to [1, 5] by the dims another input's --input-shape gives" in n for n in loaded.notes)
+    assert loaded.reference_at is not None
+    feeds, outputs = loaded.reference_at(np.random.default_rng(0))
+    assert set(feeds) == {"e"} and feeds["e"].shape == (1, 5, 8) and outputs[0].shape == (1, 5, 4)
+
+
+def test_embedding_batch_dim_is_proved(tmp_path: Path) -> None:
+    loaded = load_onnx(embedding_model(tmp_path / "m.onnx", seq=5))
+    assert loaded.graph.inputs[0].shape == (1, 5, 8)
+    assert any("no operator mixes samples" in n for n in loaded.notes)
+
+
+def test_unknown_sequence_dim_names_the_input(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="--input-shape ids="):
+        load_onnx(embedding_model(tmp_path / "m.onnx"))
+
+
+def test_input_shape_of_an_unknown_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="'nope'.*inputs: 'ids', 'mask'"):
+        load_onnx(embedding_model(tmp_path / "m.onnx"), input_shapes={"nope": (1, 5)})
+
+
+def test_from_cuts_upstream(tmp_path: Path) -> None:
+    loaded = load_onnx(from_model(tmp_path / "m.onnx"), start="s")
+    assert [(s.name, s.shape) for s in loaded.graph.inputs] == [("s", (1, 5))]
+    assert "--from" in loaded.start["s"] and "standard-normal" in loaded.held["x"]
+    assert not any(n.op.type.value == "Sin" for n in loaded.graph.nodes if hasattr(n.op.type, "value"))
+
+
+@pytest.mark.parametrize(("start", "message"), [("nope", "no node of the model computes"),
+                                                ("y", "is a graph output")])
+def test_from_refusals(tmp_path: Path, start: str, message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load_onnx(from_model(tmp_path / "m.onnx"), start=start)
+
+
+def _check(argv: list[str], out: Path) -> dict:
+    result = runner.invoke(app, ["check", *argv, "--budget", "1", "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_cli_embedding_audit_end_to_end(tmp_path: Path) -> None:
+    report = _check([str(embedding_model(tmp_path / "m.onnx")), "--input-shape", "ids=1,5"], tmp_path / "r.json")
+    assert report["equivalence"]["passed"]
+    assert list(report["model"]["start"]) == ["e"] and set(report["model"]["held"]) == {"ids", "mask"}
+    assert report["model"]["input_shape"] == [1, 5, 8]
+    assert any("the audit starts from tensor 'e'" in n for n in report["notes"])
+
+
+def test_cli_from_audit_end_to_end(tmp_path: Path) -> None:
+    report = _check([str(from_model(tmp_path / "m.onnx")), "--from", "s"], tmp_path / "r.json")
+    assert report["equivalence"]["passed"] and list(report["model"]["start"]) == ["s"]
+
+
+def test_config_from_and_named_input_shape(tmp_path: Path) -> None:
+    from_model(tmp_path / "f.onnx")
+    embedding_model(tmp_path / "e.onnx")
+    config = tmp_path / "stabaudit.yaml"
+    config.write_text("models:\n  - path: f.onnx\n    from: s\n  - path: e.onnx\n    input_shape: {ids: [1, 5]}\n")
+    report = _check([str(tmp_path / "f.onnx"), "--config", str(config)], tmp_path / "f.json")
+    assert list(report["model"]["start"]) == ["s"]
+    report = _check([str(tmp_path / "e.onnx"), "--config", str(config)], tmp_path / "e.json")
+    assert list(report["model"]["start"]) == ["e"]
+
+
+def test_integer_input_without_a_start_exits_2(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.INT32),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+              helper.make_tensor_value_info("n", TensorProto.INT64, [1])]
+    path = _save(tmp_path / "m.onnx", nodes, inputs, [_array("c", (1, 3))])
+    loaded = load_onnx(path)  # an integer input that nothing real depends on is held and folds away
+    assert [s.name for s in loaded.graph.inputs] == ["x"] and loaded.held == {"n": "zeros"}
+    assert loaded.reference({"x": np.zeros((1, 3), np.float32)})[0].shape == (1, 3)
+    relu = [helper.make_node("Relu", ["n"], ["y"])]
+    path = _save(tmp_path / "i.onnx", relu, [helper.make_tensor_value_info("n", TensorProto.INT64, [1, 3])], [])
+    result = runner.invoke(app, ["check", str(path), "--budget", "1", "-o", str(tmp_path / "r.json"), "--quiet"])
+    assert result.exit_code == 2 and "--from" in result.output
