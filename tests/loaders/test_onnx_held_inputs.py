@@ -142,3 +142,21 @@ def test_integer_input_without_a_start_exits_2(tmp_path: Path) -> None:
     path = _save(tmp_path / "i.onnx", relu, [helper.make_tensor_value_info("n", TensorProto.INT64, [1, 3])], [])
     result = runner.invoke(app, ["check", str(path), "--budget", "1", "-o", str(tmp_path / "r.json"), "--quiet"])
     assert result.exit_code == 2 and "--from" in result.output
+
+
+def test_one_hot_cast_is_the_start(tmp_path: Path) -> None:
+    """int32 bytes -> Unsqueeze -> Equal(arange) -> Cast to float (a one-hot) -> MatMul -> Relu."""
+    nodes = [helper.make_node("Unsqueeze", ["bytes", "axes"], ["u"]),
+             helper.make_node("Equal", ["u", "classes"], ["eq"]),
+             helper.make_node("Cast", ["eq"], ["onehot"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["onehot", "W"], ["h"]),
+             helper.make_node("Relu", ["h"], ["y"])]
+    inputs = [helper.make_tensor_value_info("bytes", TensorProto.INT32, ["batch", 6])]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.arange(4, dtype=np.int32), "classes"), _array("W", (4, 3))]
+    path = _save(tmp_path / "m.onnx", nodes, inputs, inits)
+    loaded = load_onnx(path)
+    assert [(s.name, s.shape) for s in loaded.graph.inputs] == [("onehot", (1, 6, 4))]
+    assert "Cast" in loaded.start["onehot"] and loaded.held == {"bytes": "zeros"}
+    report = _check([str(path)], tmp_path / "r.json")
+    assert report["equivalence"]["passed"] and list(report["model"]["start"]) == ["onehot"]
