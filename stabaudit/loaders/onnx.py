@@ -734,8 +734,9 @@ def _start_reason(node: Any, ctx: Any, tainted: set[str]) -> str | None:
     """Why the node's output is where the input becomes real, or None: a Gather of a float
     table by held ids (an embedding), a Cast of held values to float, a MatMul/Gemm of held
     values (a one-hot) by a float matrix."""
-    from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
     from onnx import helper
+
+    from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
 
     ins = node.present_inputs
     if not ins or not any(n in tainted for n in ins):
