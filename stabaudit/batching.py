@@ -74,6 +74,7 @@ def request_for(
         input_shape=tuple(settings.input_shape) if settings.input_shape else None,
         input_shapes=dict(settings.input_shapes or {}),
         start=settings.start,
+        perturb=tuple(settings.perturb or ()),
         thresholds={canonical_threshold(k): float(v) for k, v in settings.thresholds.items()},
         severities={k: Severity(v) for k, v in settings.severity.items()},
         fail_on=FailOn(settings.fail_on or "error"),

@@ -299,6 +299,7 @@ def _check_options(
     budget: float | None,
     trust_torchscript: bool = False,
     start: str | None = None,
+    perturb: str | None = None,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -334,6 +335,7 @@ def _check_options(
         input_shape=shapes[0],
         input_shapes=shapes[1] or None,
         start=start,
+        perturb=tuple(n.strip() for n in (perturb or "").split(",") if n.strip()) or None,
         seed=seed,
         fail_on=fail_on,  # type: ignore[arg-type]  # validated above
         method=method,  # type: ignore[arg-type]
@@ -628,6 +630,11 @@ def check(
                      help="Start the audit at this tensor of an ONNX model: the graph upstream of it is cut, "
                           "other inputs held at values."),
     ] = None,
+    perturb: Annotated[
+        str | None,
+        typer.Option("--perturb", metavar="NAME,...",
+                     help="ONNX: perturb only these inputs; the other real inputs are held at seeded values."),
+    ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,
     seed: SeedOption = None,
@@ -696,6 +703,7 @@ def check(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
             method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript, start=start,
+            perturb=perturb,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")

@@ -55,6 +55,7 @@ class AuditRequest:
     input_shape: tuple[int, ...] | None = None
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ONNX: by input name
     start: str | None = None  # ONNX: the tensor the audit starts from (--from)
+    perturb: tuple[str, ...] = ()  # ONNX: the real inputs perturbed; the others held (--perturb)
     thresholds: Mapping[str, float] = field(default_factory=dict)  # canonical keys
     severities: Mapping[str, Severity] = field(default_factory=dict)
     fail_on: FailOn = FailOn.ERROR
@@ -487,7 +488,7 @@ def analyse(
     check_model_memory(request.path, memory_budget)
     loaded = load_model(
         request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
-        input_shapes=request.input_shapes, start=request.start,
+        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb,
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))

@@ -84,6 +84,7 @@ class Settings(BaseModel):
     input_shape: tuple[int, ...] | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None  # by input name (replaced as a whole)
     start: str | None = None  # ONNX: the tensor the audit starts from (config key `from`, --from)
+    perturb: tuple[str, ...] | None = None  # ONNX: the real inputs perturbed, the others held (--perturb)
     seed: int | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -323,6 +324,7 @@ class SettingsInput(_Input):
     input_shape: (Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
                   | dict[str, Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]] | None) = None
     start: str | None = Field(default=None, alias="from", min_length=1)
+    perturb: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -357,6 +359,7 @@ class SettingsInput(_Input):
             input_shapes={k: tuple(v) for k, v in self.input_shape.items()} if isinstance(self.input_shape, dict)
             else None,
             start=self.start,
+            perturb=tuple(self.perturb) if self.perturb is not None else None,
             seed=self.seed, fail_on=self.fail_on, method=self.method, budget=self.budget, timeout=self.timeout,
             eps=self.eps, inputs=inputs, max_memory=self.max_memory,
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
@@ -420,6 +423,7 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "severity": ("expected a mapping CHECK_ID: error|warning|info", "expected one of error, warning, info"),
     "input_shape": ("expected a list of positive integers (the first input) or a mapping NAME: list", None),
     "start": ("expected the name of a tensor of the model", None),
+    "perturb": ("expected a list of input names", None),
     "seed": (f"expected a non-negative integer (at most {MAX_SEED})", None),
     "fail_on": ("expected one of " + ", ".join(FAIL_ON), None),
     "method": ("expected one of " + ", ".join(METHODS), None),

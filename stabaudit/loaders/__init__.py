@@ -12,6 +12,7 @@ from stabaudit.loaders.detect import detect_format
 def load_model(
     path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
+    perturb: tuple[str, ...] = (),
 ) -> LoadedModel:
     """Load ``path`` into the IR with its reference runtime; ``input_shape`` fixes the first
     input's dynamic dims; ``trust_torchscript`` skips the static gate of TorchScript code
@@ -19,14 +20,14 @@ def load_model(
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.torchscript import load_torchscript
 
-        if input_shapes or start is not None:
+        if input_shapes or start is not None or perturb:
             from stabaudit.errors import ModelLoadError
 
-            raise ModelLoadError("--input-shape NAME=... and --from apply to ONNX models only", path=str(path))
+            raise ModelLoadError("--input-shape NAME=..., --from and --perturb apply to ONNX models only", path=str(path))
         return load_torchscript(path, input_shape=input_shape, trust_code=trust_torchscript)
     from stabaudit.loaders.onnx import load_onnx
 
-    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start)
+    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb)
 
 
 def supported_operators() -> dict[str, list[str]]:

@@ -35,19 +35,21 @@ def supported_operators() -> list[str]:
 
 
 def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
-              input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None) -> LoadedModel:
+              input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
+              perturb: Sequence[str] | None = None) -> LoadedModel:
     """Load an ONNX model; dynamic dims come from ``input_shape`` (first input), ``input_shapes``
     (by input name; a symbolic dim named in one fixes it in every input) or batch 1.
 
     Integer and bool inputs are held at values (stabaudit.loaders.onnx held values) and folded;
     the audit starts where the input becomes real (an embedding Gather, a Cast to float), or at
-    ``start`` (a tensor name: the graph upstream of it is cut).
+    ``start`` (a tensor name: the graph upstream of it is cut). With ``perturb``, the real inputs
+    not named there are held at seeded standard-normal values too.
 
     Raises ModelLoadError (with ``path``) for unreadable, malformed or unsafe files, and
     UnsupportedOperatorError listing every operator outside the IR at once.
     """
     try:
-        return _load(Path(path), input_shape, dict(input_shapes or {}), start)
+        return _load(Path(path), input_shape, dict(input_shapes or {}), start, tuple(perturb or ()))
     except StabauditError as exc:
         if exc.path is None:
             exc.path = str(path)
@@ -59,7 +61,7 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
 
 
 def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tuple[int, ...]],
-          start: str | None) -> LoadedModel:
+          start: str | None, perturb: tuple[str, ...] = ()) -> LoadedModel:
     check_file(path)
     data = path.read_bytes()
     model = _parse(data)
@@ -74,6 +76,8 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     all_inputs = _input_shapes(work.graph, input_shape, notes, named)
     constants = _initializers(work.graph)
     cut = replace(_held_values(work.graph, all_inputs, constants), start=start)
+    if perturb:
+        cut = _perturb_only(all_inputs, cut, perturb)
     if start is not None:
         cut = _cut_at(work, all_inputs, constants, cut, model, data if not external_files else None, path)
     inputs = [i for i in all_inputs if i.name not in cut.held]
@@ -464,6 +468,22 @@ def _held_values(graph: Any, inputs: Sequence[_Input], constants: Mapping[str, n
             why[i.name] = "zeros"
         sources.add(i.name)
     return _Cut(held=held, why=why, sources=frozenset(sources))
+
+
+def _perturb_only(inputs: Sequence[_Input], cut: _Cut, perturb: Sequence[str]) -> _Cut:
+    """The real inputs not in ``perturb`` held at seeded standard-normal values."""
+    real = [i.name for i in inputs if i.real]
+    unknown = [name for name in perturb if name not in real]
+    if unknown:
+        raise ModelLoadError(f"--perturb names {', '.join(map(repr, unknown))}, which is not a floating-point input "
+                             f"of the model; its floating-point inputs: {', '.join(map(repr, real)) or 'none'}")
+    rng = np.random.default_rng(1)
+    held, why = dict(cut.held), dict(cut.why)
+    for i in inputs:
+        if i.real and i.name not in perturb:
+            held[i.name] = rng.standard_normal(i.shape).astype(i.dtype)
+            why[i.name] = "seeded standard-normal values (not in --perturb)"
+    return replace(cut, held=held, why=why)
 
 
 def _cut_at(model: Any, inputs: Sequence[_Input], constants: Mapping[str, np.ndarray], cut: _Cut,

@@ -160,3 +160,27 @@ def test_one_hot_cast_is_the_start(tmp_path: Path) -> None:
     assert "Cast" in loaded.start["onehot"] and loaded.held == {"bytes": "zeros"}
     report = _check([str(path)], tmp_path / "r.json")
     assert report["equivalence"]["passed"] and list(report["model"]["start"]) == ["onehot"]
+
+
+def two_input_model(path: Path) -> Path:
+    """tanh(x W + z): x [2, 4] and z [2, 3] are both real inputs."""
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "z"], ["a"]),
+             helper.make_node("Tanh", ["a"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4]),
+              helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 3])]
+    return _save(path, nodes, inputs, [_array("W", (4, 3))])
+
+
+def test_several_inputs_are_perturbed_jointly_or_only_those_named(tmp_path: Path) -> None:
+    path = two_input_model(tmp_path / "m.onnx")
+    shapes = ["--input-shape", "x=2,4", "--input-shape", "z=2,3"]
+    both = _check([str(path), *shapes], tmp_path / "both.json")
+    only = _check([str(path), *shapes, "--perturb", "x"], tmp_path / "only.json")
+    assert "held" not in both["model"] and only["model"]["held"] == {"z": "seeded standard-normal values (not in --perturb)"}
+    assert only["equivalence"]["passed"] and both["equivalence"]["passed"]
+    assert only["lipschitz"]["upper"] < both["lipschitz"]["upper"]  # z's own gain 1 is no longer added
+    with pytest.raises(ModelLoadError, match="--perturb names 'w'"):
+        load_onnx(path, input_shapes={"x": (2, 4), "z": (2, 3)}, perturb=["w"])
+    config = tmp_path / "stabaudit.yaml"
+    config.write_text("input_shape: {x: [2, 4], z: [2, 3]}\nperturb: [x]\n")
+    assert _check([str(path), "--config", str(config)], tmp_path / "c.json")["model"]["held"] == only["model"]["held"]
