@@ -61,6 +61,26 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]
     return build
 
 
+class Selection(nn.Module):
+    """Slices, a scalar select, an index_select by a buffer (a repeated index), abs, pixel
+    (un)shuffle, repeat and a broadcasting expand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 8)
+        self.register_buffer("idx", torch.tensor([4, 0, 4, 2]))
+        self.fc2 = nn.Linear(32, 2)
+        with torch.no_grad():
+            self.fc1.weight.mul_(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # [1, 8]
+        c = torch.cat([h[:, 1:6:2].abs(), h.index_select(1, self.idx), h[:, 7].unsqueeze(1)], dim=1)  # [1, 8]
+        p = torch.nn.functional.pixel_unshuffle(torch.nn.functional.pixel_shuffle(c.reshape(1, 4, 1, 2), 2), 2)
+        t = p.repeat(1, 1, 2, 1).reshape(1, 1, 16).expand(1, 2, 16)
+        return self.fc2(t.reshape(1, 32))
+
+
 class Between(nn.Module):
     """Linear(n, h) -> act -> Linear(h, m): an activation between two linear maps."""
 
@@ -1055,6 +1075,10 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.LAYER_NORM})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
+        Case(id="selection", input_shape=(1, 3), module=_seeded(Selection, 81),
+             ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
+             ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",
+                               "aten::pixel_unshuffle", "aten::repeat", "aten::expand"})),
         Case(id="onnx_selection", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_selection(),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.RESHAPE, L.ABS, L.PAD, L.CONCAT, L.AFFINE, L.TILE}),
              onnx_ops=frozenset({"Split", "Gather", "Abs", "Concat", "Expand", "Tile"})),
