@@ -583,7 +583,8 @@ DOMAIN_MAPS: frozenset[OpType] = frozenset(
     {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG,
      OpType.REDUCE_SUM_SQUARE}
 )
-# Operators that only move or embed entries: isometries, not reported as layers.
+# Operators that only move, select, copy or embed entries (0/1 linear maps), not reported as layers;
+# their bounds still enter every composition (Gather with a repeated index and Tile copy entries: sqrt(copies)).
 STRUCTURAL: frozenset[OpType] = frozenset(
     {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT, OpType.SLICE, OpType.GATHER, OpType.TILE}
 )
