@@ -335,7 +335,6 @@ class Context:
             name += "_"
         self._names.add(name)
         ir_inputs = tuple(self.var(i) for i in inputs)
-        output = output_name
         ir_node = Node(name=name, op=op, inputs=ir_inputs, output=output, source_op=node.source_op)
         try:
             shapes = infer_shapes([(i, self.shapes[i]) for i in dict.fromkeys(ir_inputs)], [ir_node])
