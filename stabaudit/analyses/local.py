@@ -60,6 +60,7 @@ _SUPPORTED = (
     O.Linear, O.Conv, O.ConvTranspose, O.Affine, O.Add, O.Sub, O.Relu, O.LeakyRelu, O.PRelu,
     O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.HardSigmoid, O.Clip, O.MaxPool, O.AvgPool,
     O.GlobalAvgPool, O.GlobalMaxPool, O.Reshape, O.Transpose, O.Pad, O.Concat, O.ReduceSum, O.ReduceMean,
+    O.Slice, O.Gather, O.Tile,
 )
 
 
@@ -169,7 +170,7 @@ def _linear_parts(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Ca
             )
         case O.Pad():
             lin_op = abs_op = dataclasses.replace(op, value=0.0)
-        case _:  # pools and sums/means (nonnegative weights) and structural maps
+        case _:  # pools and sums/means (nonnegative weights) and structural maps (0/1 weights: Slice, Gather, Tile)
             lin_op = abs_op = op
     return _single(node, lin_op, shapes), _single(node, abs_op, shapes)
 
@@ -507,7 +508,8 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
     for node in graph.nodes:
         fwd[node.output] = _single(node, node.op, shapes)
         if isinstance(node.op, (O.Linear, O.Conv, O.ConvTranspose, O.Affine, O.AvgPool, O.GlobalAvgPool,
-                                O.Reshape, O.Transpose, O.Pad, O.Concat, O.ReduceSum, O.ReduceMean)):
+                                O.Reshape, O.Transpose, O.Pad, O.Concat, O.ReduceSum, O.ReduceMean, O.Slice, O.Gather,
+                                O.Tile)):
             parts[node.output] = _linear_parts(node, shapes)
     l2_rows = _l2_row_norms(graph, shapes) if norm_e is Norm.L2 else {}
     results: list[SampleBound] = []

@@ -86,6 +86,10 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.REDUCE_L1,
         O.OpType.MAX,
         O.OpType.MIN,
+        O.OpType.SLICE,
+        O.OpType.GATHER,
+        O.OpType.TILE,
+        O.OpType.ABS,
     }
 )
 
@@ -385,9 +389,13 @@ class ForwardErrorModel:
             case O.Pad():
                 zero_pad = self._single(node, dataclasses.replace(op, value=0.0), in_shapes)
                 return lambda xs, es, y: zero_pad(es[0])
-            case O.Reshape() | O.Transpose() | O.Concat() | O.Slice():
+            case O.Reshape() | O.Transpose() | O.Concat() | O.Slice() | O.Gather() | O.Tile():
+                # exact data movement: each output entry is one input entry, its error moves with it
                 same = self._single(node, op, in_shapes)
                 return lambda xs, es, y: same(*es)
+            case O.Abs():
+                # exact in floating point, and ||a| - |b|| <= |a - b|
+                return lambda xs, es, y: es[0]
             case O.Erf():
                 return smooth(1.1284)
             case O.Mul():

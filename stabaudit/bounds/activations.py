@@ -18,6 +18,7 @@ from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.normalization import broadcast_copy_gain
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import (
+    Abs,
     Clip,
     Elu,
     Erf,
@@ -90,6 +91,16 @@ def bound_relu(node: Node, ctx: RuleContext) -> OpBound:
         case Relu():
             return _constant(1.0, 1.0, "activation-constant", ctx)
     raise TypeError(f"bound_relu got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.ABS)
+def bound_abs(node: Node, ctx: RuleContext) -> OpBound:
+    """|x| entry-wise: ||a| - |b|| <= |a - b| (reverse triangle inequality), so Lip <= 1, with
+    equality between any two inputs of the same sign (there |x| is the identity or -identity)."""
+    match node.op:
+        case Abs():
+            return _constant(1.0, 1.0, "activation-constant", ctx)
+    raise TypeError(f"bound_abs got a {type(node.op).__name__}")
 
 
 @RULES.register(OpType.LEAKY_RELU)

@@ -1,5 +1,5 @@
-"""Bound rules of operators that move, select, embed, add or stack entries (Reshape, Transpose, Pad,
-Slice, Add, Sub, Concat)."""
+"""Bound rules of operators that move, select, copy, embed, add or stack entries (Reshape, Transpose,
+Pad, Slice, Gather, Tile, Add, Sub, Concat)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.numerics import sqrt_int_bounds
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Add, Concat, OpType, Pad, Reshape, Slice, Sub, Transpose
+from stabaudit.ir.ops import Add, Concat, Gather, OpType, Pad, Reshape, Slice, Sub, Tile, Transpose
 
 
 def _exact(
@@ -133,3 +133,42 @@ def bound_slice(node: Node, ctx: RuleContext) -> OpBound:
         case Slice():
             return _exact(1.0 if _size(ctx.output_shape) and _size(ctx.input_shapes[0]) else 0.0, "projection")
     raise TypeError(f"bound_slice got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.GATHER)
+def bound_gather(node: Node, ctx: RuleContext) -> OpBound:
+    """A selection by constant indices along one axis: y = S x with S a 0/1 matrix with one 1 per
+    row; column j of S holds m_j ones, the number of times its entry is picked, and the columns
+    have disjoint supports, so S^T S = diag(m_j) and Lip = ||S|| = sqrt(max_j m_j) exactly (the
+    most repeated index; 1 for distinct indices, 0 when nothing is picked)."""
+    match node.op:
+        case Gather(indices=indices):
+            pass
+        case _:
+            raise TypeError(f"bound_gather got a {type(node.op).__name__}")
+    flat = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if not flat.size or not _size(ctx.input_shapes[0]) or not _size(ctx.output_shape):
+        return _exact(0.0, "selection")
+    most = int(np.bincount(flat - flat.min()).max())
+    upper, lower = sqrt_int_bounds(most)
+    return OpBound(
+        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="selection"),
+        lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="selection"),
+    )
+
+
+@RULES.register(OpType.TILE)
+def bound_tile(node: Node, ctx: RuleContext) -> OpBound:
+    """Tiling copies every input entry r = prod(repeats) times onto disjoint output entries:
+    ||T d||^2 = r ||d||^2, so Lip = sqrt(r) exactly (0 when the output or input is empty)."""
+    match node.op:
+        case Tile(repeats=repeats):
+            pass
+        case _:
+            raise TypeError(f"bound_tile got a {type(node.op).__name__}")
+    r = int(np.prod(repeats)) if _size(ctx.input_shapes[0]) else 0
+    upper, lower = sqrt_int_bounds(r)
+    return OpBound(
+        upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="copies"),
+        lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="copies"),
+    )

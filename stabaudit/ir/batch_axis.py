@@ -95,6 +95,8 @@ def _same_params(a: O.Op, b: O.Op, batch_position: int | None, out_rank: int) ->
         y = vars(b)[name]
         if isinstance(a, O.Reshape) and name == "shape":
             continue  # checked through the shapes of the values
+        if isinstance(a, O.Slice) and name == "ends" and batch_position is not None:
+            continue  # the batch axis's end is its size; checked with the other axes in _node_axis
         if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
             if x.shape == y.shape and np.array_equal(x, y, equal_nan=True):
                 continue
@@ -135,7 +137,7 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     kind = op.type
     if kind in _BROADCAST_PARAMS or _elementwise(op):
         expected = first + len(out1) - in_rank  # a parameter of higher rank adds leading axes
-    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MAX, O.OpType.MIN):
+    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MUL, O.OpType.MAX, O.OpType.MIN):
         aligned = {axis + len(out1) - len(shapes1[name]) for axis, name in zip(in_axes, a.inputs, strict=True)
                    if axis is not None}
         if len(aligned) != 1:
@@ -173,6 +175,22 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
             raise _Mixes("concatenates values whose batch axes differ")
         if op.axis % in_rank == first:
             raise _Mixes(f"concatenates along the batch axis {first}")
+        expected = first
+    elif isinstance(op, O.Slice):
+        other = b.op
+        assert isinstance(other, O.Slice)
+        full = op.starts[first] == 0 and op.steps[first] == 1 and op.ends[first] == shapes1[a.inputs[0]][first] \
+            and other.ends[first] == shapesk[a.inputs[0]][first]
+        if not full or any(op.ends[i] != other.ends[i] for i in range(in_rank) if i != first):
+            raise _Mixes(f"slices the batch axis {first}")
+        expected = first
+    elif isinstance(op, O.Gather):
+        if op.axis == first:
+            raise _Mixes(f"gathers along the batch axis {first}")
+        expected = first + np.ndim(op.indices) - 1 if op.axis < first else first
+    elif isinstance(op, O.Tile):
+        if op.repeats[first] != 1:
+            raise _Mixes(f"tiles the batch axis {first}")
         expected = first
     elif isinstance(op, O.Reshape):
         # Row-major order: flat index = (p * n + j) * S + q for sample j, prefix index p < P and

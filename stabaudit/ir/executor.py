@@ -147,6 +147,12 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return _slice_kernel(op)
         case O.Resize():
             return _resize_kernel(op, param)
+        case O.Gather(axis=axis, indices=indices):
+            return _gather_kernel(axis, indices)
+        case O.Tile(repeats=repeats):
+            return lambda a: a[0].repeat(*repeats)
+        case O.Abs():
+            return lambda a: torch.abs(a[0])
         case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, bias=b):
             st = param(sc) if sc is not None else None
             bt = param(b) if b is not None else None
@@ -259,6 +265,20 @@ def _resize_kernel(op: O.Resize, param: Callable[[np.ndarray], torch.Tensor]) ->
         return y
 
     return resize
+def _gather_kernel(axis: int, indices: np.ndarray) -> Kernel:
+    """numpy ``take`` along ``axis`` by resolved (non-negative) constant indices."""
+    import torch
+
+    flat = np.array(indices, dtype=np.int64).reshape(-1)  # a writable copy for torch
+    index_shape = tuple(int(d) for d in np.shape(indices))
+
+    def gather(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        y = a[0]
+        idx = torch.as_tensor(flat, device=y.device)
+        picked = y.index_select(axis, idx)
+        return picked.reshape(*y.shape[:axis], *index_shape, *y.shape[axis + 1:])
+
+    return gather
 
 
 def _avg_pool_kernel(op: O.AvgPool) -> Kernel:

@@ -64,6 +64,9 @@ class OpType(str, Enum):
     REDUCE_SUM_SQUARE = "ReduceSumSquare"
     MAX = "Max"
     MIN = "Min"
+    GATHER = "Gather"
+    TILE = "Tile"
+    ABS = "Abs"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -327,6 +330,13 @@ class Clip(Op):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class Abs(Op):
+    """y = |x| entry-wise."""
+
+    type = OpType.ABS
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Softmax(Op):
     type = OpType.SOFTMAX
     axis: int = -1
@@ -447,6 +457,26 @@ class Resize(Op):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class Gather(Op):
+    """Selection along ``axis`` by constant indices (numpy ``take``): the output replaces that axis
+    by ``indices``' shape (a scalar index drops it). Indices are resolved by the loader to
+    0 <= i < dim; an index may repeat (the entry is then copied)."""
+
+    type = OpType.GATHER
+    axis: int
+    indices: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Tile(Op):
+    """Repetition of the whole tensor ``repeats[i]`` times along axis i (ONNX Tile, numpy tile);
+    Expand of size-1 axes lands here after a Reshape."""
+
+    type = OpType.TILE
+    repeats: tuple[int, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Concat(Op):
     type = OpType.CONCAT
     arity = -1
@@ -541,7 +571,7 @@ ACTIVATIONS: frozenset[OpType] = frozenset(
     {
         OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
         OpType.SOFTPLUS, OpType.ELU, OpType.GELU, OpType.HARD_SIGMOID, OpType.HARD_SWISH,
-        OpType.SILU, OpType.CLIP, OpType.SOFTMAX, OpType.ERF,
+        OpType.SILU, OpType.CLIP, OpType.SOFTMAX, OpType.ERF, OpType.ABS,
     }
 )
 LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE})
@@ -553,9 +583,10 @@ DOMAIN_MAPS: frozenset[OpType] = frozenset(
     {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG,
      OpType.REDUCE_SUM_SQUARE}
 )
-# Operators that only move or embed entries: isometries, not reported as layers.
+# Operators that only move, select, copy or embed entries (0/1 linear maps), not reported as layers;
+# their bounds still enter every composition (Gather with a repeated index and Tile copy entries: sqrt(copies)).
 STRUCTURAL: frozenset[OpType] = frozenset(
-    {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT, OpType.SLICE}
+    {OpType.RESHAPE, OpType.TRANSPOSE, OpType.PAD, OpType.CONCAT, OpType.SLICE, OpType.GATHER, OpType.TILE}
 )
 
 __all__ = [name for name in dir() if not name.startswith("_")] + ["field"]

@@ -71,6 +71,9 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.REDUCE_SUM_SQUARE: (O.ReduceSumSquare(axes=(1,)), [(1, 3, 2)]),
     O.OpType.MAX: (O.Max(constant=np.array([0.0, -1.0, 0.5])), [(1, 2, 3), (1, 1, 3)]),
     O.OpType.MIN: (O.Min(), [(2, 3), (1, 3), (1, 1)]),
+    O.OpType.GATHER: (O.Gather(axis=2, indices=np.array([[3, 0], [3, 1], [3, 3]])), [(1, 2, 4)]),
+    O.OpType.TILE: (O.Tile(repeats=(1, 3, 2)), [(1, 2, 3)]),
+    O.OpType.ABS: (O.Abs(), [(1, 2, 3)]),
 }
 
 

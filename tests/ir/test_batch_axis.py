@@ -51,6 +51,10 @@ KEEP: dict[str, tuple[Build, int]] = {
     "branches-add-concat": (lambda n: _graph(
         (n, 4), (O.Tanh(), ("x",)), (O.Linear(weight=W), ("x",)), (O.Linear(weight=W), ("v0",)),
         (O.Add(), ("v1", "v2")), (O.Concat(axis=1), ("v3", "v1")), (O.Pad(pads=(0, 1, 0, 2)), ("v4",))), 0),
+    "split-gather-tile-batch-inward": (lambda n: _graph(
+        (n, 4), (O.Transpose(perm=(1, 0)), ("x",)), (O.Slice(starts=(1, 0), ends=(4, n), steps=(1, 1)), ("v0",)),
+        (O.Gather(axis=0, indices=np.array([[2, 0], [2, 1]])), ("v1",)), (O.Abs(), ("v2",)),
+        (O.Tile(repeats=(2, 1, 1)), ("v3",)), (O.Mul(), ("v4", "v4")), (O.Transpose(perm=(2, 0, 1)), ("v5",))), 0),
 }
 
 
@@ -79,6 +83,11 @@ MIX: dict[str, tuple[Build, str, str]] = {
     "concat-along-batch": (lambda n: _graph((n, 4), (O.Relu(), ("x",)), (O.Concat(axis=0), ("x", "v0"))),
                            "n1", "merges the batch axis"),
     "pad-batch": (lambda n: _graph((n, 4), (O.Pad(pads=(1, 0, 0, 0)), ("x",))), "n0", "merges the batch axis"),
+    "gather-batch": (lambda n: _graph((n, 4), (O.Gather(axis=0, indices=np.array([0])), ("x",))),
+                     "n0", "merges the batch axis"),
+    "slice-batch": (lambda n: _graph((n, 4), (O.Slice(starts=(0, 0), ends=(1, 4), steps=(1, 1)), ("x",))),
+                    "n0", "merges the batch axis"),
+    "tile-batch": (lambda n: _graph((n, 4), (O.Tile(repeats=(2, 1)), ("x",))), "n0", "merges the batch axis"),
     "reshape-interleaves": (lambda n: _graph((n, 3), (O.Reshape(shape=(3, n)), ("x",))),
                             "n0", "moves entries across the batch axis"),
     "reshape-merges": (lambda n: _graph((n, 3), (O.Reshape(shape=(3 * n,)), ("x",))),

@@ -61,6 +61,26 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]
     return build
 
 
+class Selection(nn.Module):
+    """Slices, a scalar select, an index_select by a buffer (a repeated index), abs, pixel
+    (un)shuffle, repeat and a broadcasting expand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 8)
+        self.register_buffer("idx", torch.tensor([4, 0, 4, 2]))
+        self.fc2 = nn.Linear(32, 2)
+        with torch.no_grad():
+            self.fc1.weight.mul_(3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # [1, 8]
+        c = torch.cat([h[:, 1:6:2].abs(), h.index_select(1, self.idx), h[:, 7].unsqueeze(1)], dim=1)  # [1, 8]
+        p = torch.nn.functional.pixel_unshuffle(torch.nn.functional.pixel_shuffle(c.reshape(1, 4, 1, 2), 2), 2)
+        t = p.repeat(1, 1, 2, 1).reshape(1, 1, 16).expand(1, 2, 16)
+        return self.fc2(t.reshape(1, 32))
+
+
 class Between(nn.Module):
     """Linear(n, h) -> act -> Linear(h, m): an activation between two linear maps."""
 
@@ -808,6 +828,80 @@ def _onnx_sum_square() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=18, constants=("ax",))
 
 
+def _onnx_selection() -> OnnxSpec:
+    """Split (sizes as an input), Gather (negative, repeated and scalar indices), Abs, Concat with
+    constants (class tokens before and between variables), Expand and Tile."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 8]
+            _node("Split", ["h", "sp"], ["a", "b"], axis=1),  # [1, 3], [1, 5]
+            _node("Gather", ["b", "idx"], ["g"], axis=1),  # b[:, [4, 0, 4, 2]]: [1, 4]
+            _node("Gather", ["b", "one"], ["s"], axis=-1),  # b[:, 3]: [1]
+            _node("Unsqueeze", ["s", "ax"], ["su"]),  # [1, 1]
+            _node("Abs", ["a"], ["ab"]),
+            _node("Concat", ["tok", "ab", "tok2", "g", "su"], ["c"], axis=1),  # [1, 11]
+            _node("Reshape", ["c", "shape3"], ["c3"]),  # [1, 1, 11]
+            _node("Expand", ["c3", "to"], ["e"]),  # [1, 3, 11]
+            _node("Tile", ["e", "reps"], ["t"]),  # [1, 3, 22]
+            _node("Reshape", ["t", "flat"], ["f"]),  # [1, 66]
+            _node("MatMul", ["f", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(61, 3, 8, scale=2.0), "sp": np.array([3, 5], np.int64),
+                "idx": np.array([-1, 0, 4, 2], np.int64), "one": np.array(3, np.int64),
+                "ax": np.array([1], np.int64), "tok": _rand(62, 1, 2), "tok2": _rand(63, 1, 1),
+                "shape3": np.array([1, 1, 11], np.int64), "to": np.array([3, 1], np.int64),
+                "reps": np.array([1, 1, 2], np.int64), "flat": np.array([1, 66], np.int64),
+                "w2": _rand(64, 66, 2, scale=0.3)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        a, b = h[:, :3], h[:, 3:]
+        c = torch.cat([p["tok"], a.abs(), p["tok2"], b[:, [4, 0, 4, 2]], b[:, 3:4]], dim=1)
+        t = c.reshape(1, 1, 11).expand(1, 3, 11).repeat(1, 1, 2)
+        return t.reshape(1, 66) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13,
+                    constants=("sp", "idx", "one", "ax", "shape3", "to", "reps", "flat"))
+
+
+def _onnx_depth_to_space() -> OnnxSpec:
+    """DepthToSpace (DCR and CRD), SpaceToDepth, and Split into num_outputs parts (opset 18)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Mul", ["x", "k"], ["x1"]),
+            _node("DepthToSpace", ["x1"], ["d"], blocksize=2),  # [1, 2, 4, 4], DCR
+            _node("SpaceToDepth", ["d"], ["s"], blocksize=2),  # [1, 8, 2, 2]
+            _node("DepthToSpace", ["s"], ["d2"], blocksize=2, mode="CRD"),  # [1, 2, 4, 4]
+            _node("Reshape", ["d2", "flat"], ["f"]),  # [1, 32]
+            _node("Split", ["f"], ["p0", "p1", "p2"], axis=1, num_outputs=3),  # 11, 11, 10
+            _node("Concat", ["p2", "p0"], ["c"], axis=1),  # [1, 21]
+            _node("MatMul", ["c", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"k": _rand(71, 1, 8, 2, 2, scale=2.0), "flat": np.array([1, 32], np.int64),
+                "w": _rand(72, 21, 3)}
+
+    def d2s(x: torch.Tensor, crd: bool) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if crd:
+            return x.reshape(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // 4, 2 * h, 2 * w)
+        return x.reshape(n, 2, 2, c // 4, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c // 4, 2 * h, 2 * w)
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        d = d2s(x * p["k"], crd=False)
+        n, c, h, w = d.shape
+        s = d.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
+        f = d2s(s, crd=True).reshape(1, 32)
+        return torch.cat([f[:, 22:], f[:, :11]], dim=1) @ p["w"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=18, constants=("flat",))
+
+
 # ---- the registry --------------------------------------------------------------------------------
 def _cases() -> list[Case]:
     L = OpType
@@ -981,6 +1075,16 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.LAYER_NORM})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
+        Case(id="selection", input_shape=(1, 3), module=_seeded(Selection, 81),
+             ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
+             ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",
+                               "aten::pixel_unshuffle", "aten::repeat", "aten::expand"})),
+        Case(id="onnx_selection", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_selection(),
+             ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.RESHAPE, L.ABS, L.PAD, L.CONCAT, L.AFFINE, L.TILE}),
+             onnx_ops=frozenset({"Split", "Gather", "Abs", "Concat", "Expand", "Tile"})),
+        Case(id="onnx_depth_to_space", input_shape=(1, 8, 2, 2), formats=(ONNX,), onnx=_onnx_depth_to_space(),
+             ops=frozenset({L.AFFINE, L.RESHAPE, L.TRANSPOSE, L.SLICE, L.CONCAT, L.LINEAR}),
+             onnx_ops=frozenset({"DepthToSpace", "SpaceToDepth", "Split"})),
     ]
     return cases
 

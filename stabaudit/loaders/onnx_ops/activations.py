@@ -22,6 +22,7 @@ _PLAIN: dict[str, type[O.Op]] = {
     "Tanh": O.Tanh,
     "Softplus": O.Softplus,
     "HardSwish": O.HardSwish,
+    "Abs": O.Abs,
 }
 
 

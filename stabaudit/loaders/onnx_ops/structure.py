@@ -1,6 +1,9 @@
-"""Translators of reshapes, Transpose, Pad, Concat and the no-ops removed by aliasing."""
+"""Translators of reshapes, Transpose, Pad, Concat, the selections (Slice, Split, Gather), the copies
+(Expand, Tile), DepthToSpace/SpaceToDepth and the no-ops removed by aliasing."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
@@ -156,8 +159,159 @@ def pad(node: OnnxNode, ctx: Context) -> None:
 
 @register("Concat")
 def concat(node: OnnxNode, ctx: Context) -> None:
+    """Concat of variables; constants among them (class tokens) make it an isometric embedding plus
+    a translation: each variable is zero-padded on the axis over the constants that follow it (and,
+    for the first, those before it), the padded variables are concatenated, and an Affine shift
+    adds the constants at their places (Lip = 1, as Pad)."""
     names = node.present_inputs
-    if any(ctx.is_const(name) for name in names):
-        raise Unsupported("Concat(variable with constant)")
-    axis = normalize_axis(int(node.attr("axis")), len(ctx.shape(names[0])))
-    ctx.emit(node, O.Concat(axis=axis), list(names))
+    if not any(ctx.is_const(name) for name in names):
+        axis = normalize_axis(int(node.attr("axis")), len(ctx.shape(names[0])))
+        ctx.emit(node, O.Concat(axis=axis), list(names))
+        return
+    first_var = next(name for name in names if ctx.is_var(name))
+    shape = ctx.shape(first_var)
+    rank = len(shape)
+    axis = normalize_axis(int(node.attr("axis")), rank)
+    lengths: list[int] = []
+    for name in names:
+        value = ctx.const(name)
+        piece = tuple(value.shape) if value is not None else ctx.shape(name)
+        if len(piece) != rank or any(piece[i] != shape[i] for i in range(rank) if i != axis):
+            raise ModelLoadError(f"Concat input of shape {list(piece)} does not match {list(shape)} off axis {axis}")
+        lengths.append(piece[axis])
+    variables = [i for i, name in enumerate(names) if ctx.is_var(name)]
+    padded: list[str] = []
+    for k, i in enumerate(variables):
+        begin = sum(lengths[:i]) if k == 0 else 0
+        stop = variables[k + 1] if k + 1 < len(variables) else len(names)
+        end = sum(lengths[i + 1:stop])
+        if begin or end:
+            pads = [0] * (2 * rank)
+            pads[axis], pads[rank + axis] = begin, end
+            padded.append(ctx.emit(node, O.Pad(pads=tuple(pads), value=0.0), [names[i]], tag=f"embed{k}"))
+        else:
+            padded.append(ctx.var(names[i]))
+    stacked = padded[0] if len(padded) == 1 else ctx.emit(node, O.Concat(axis=axis), padded, tag="stack")
+    dtype = np.result_type(*(ctx.const(n).dtype for n in names if ctx.is_const(n)), np.float32)
+    parts = []
+    for name, length in zip(names, lengths, strict=True):
+        value = ctx.const(name)
+        piece = list(shape)
+        piece[axis] = length
+        parts.append(np.zeros(piece, dtype) if value is None else np.asarray(value, dtype))
+    ctx.emit(node, O.Affine(shift=np.concatenate(parts, axis=axis)), [stacked])
+
+
+@register("Split")
+def split(node: OnnxNode, ctx: Context) -> None:
+    """Split along an axis into consecutive parts: one IR Slice per output. The sizes come from the
+    ``split`` attribute (opset < 13) or constant input, else equal parts; opset 18's
+    ``num_outputs`` gives parts of ceil(dim / num_outputs) with a smaller last one."""
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    axis = normalize_axis(int(node.attr("axis", 0)), rank)
+    dim = shape[axis]
+    count = len(node.outputs)
+    sizes = int_list(node.attr("split", None)) if node.opset < 13 else int_list(
+        ctx.param(node, 1, "split", optional=True))
+    if sizes is None:
+        num = node.attr("num_outputs", None)
+        if num is not None:
+            chunk = -(-dim // int(num))
+            sizes = [max(min(chunk, dim - k * chunk), 0) for k in range(int(num))]
+        elif dim % count:
+            raise ModelLoadError(f"Split of a dim of {dim} into {count} equal parts")
+        else:
+            sizes = [dim // count] * count
+    if len(sizes) != count or sum(sizes) != dim or any(s < 0 for s in sizes):
+        raise ModelLoadError(f"Split sizes {sizes} do not cut a dim of {dim} into {count} outputs")
+    start = 0
+    for k, size in enumerate(sizes):
+        if node.outputs[k]:
+            begin, stop = [0] * rank, list(shape)
+            begin[axis], stop[axis] = start, start + size
+            ctx.emit(node, O.Slice(starts=tuple(begin), ends=tuple(stop), steps=(1,) * rank), [node.inputs[0]],
+                     output_index=k)
+        start += size
+
+
+@register("Gather")
+def gather(node: OnnxNode, ctx: Context) -> None:
+    """Gather of a variable by constant indices (negative ones count from the end). A constant
+    table read at variable indices (an embedding lookup) is no function of a float input."""
+    if not ctx.is_var(node.inputs[0]):
+        raise Unsupported("Gather(variable indices)")
+    indices = ctx.param(node, 1, "indices")
+    shape = ctx.shape(node.inputs[0])
+    axis = normalize_axis(int(node.attr("axis", 0)), len(shape))
+    dim = shape[axis]
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        raise ModelLoadError(f"Gather index out of range for a dim of {dim}")
+    ctx.emit(node, O.Gather(axis=axis, indices=np.where(idx < 0, idx + dim, idx)), [node.inputs[0]])
+
+
+@register("Tile")
+def tile(node: OnnxNode, ctx: Context) -> None:
+    """Tile by constant repeats (opset >= 6)."""
+    if node.opset < 6:
+        raise Unsupported("Tile(opset < 6)")
+    repeats = int_list(ctx.param(node, 1, "repeats")) or []
+    if len(repeats) != len(ctx.shape(node.inputs[0])) or any(r < 0 for r in repeats):
+        raise ModelLoadError(f"Tile repeats {repeats} do not match the rank")
+    ctx.emit(node, O.Tile(repeats=tuple(repeats)), [node.inputs[0]])
+
+
+@register("Expand")
+def expand(node: OnnxNode, ctx: Context) -> None:
+    """Expand to a constant shape (numpy broadcasting): a Reshape adding leading 1s, then a Tile of
+    the size-1 axes that grow (each entry copied prod(repeats) times)."""
+    shape = ctx.shape(node.inputs[0])
+    target = int_list(ctx.param(node, 1, "shape")) or []
+    try:
+        out = tuple(int(d) for d in np.broadcast_shapes(tuple(shape), tuple(target)))
+    except ValueError as exc:
+        raise ModelLoadError(f"Expand of {list(shape)} to {target}: {exc}") from exc
+    full = (1,) * (len(out) - len(shape)) + tuple(shape)
+    repeats = tuple(o // s if s == 1 else 1 for o, s in zip(out, full, strict=True))
+    if all(r == 1 for r in repeats):
+        if full == tuple(shape):
+            ctx.alias(node, node.inputs[0])
+        else:
+            ctx.emit(node, O.Reshape(shape=full), [node.inputs[0]])
+        return
+    source = node.inputs[0]
+    if full != tuple(shape):
+        source = ctx.emit(node, O.Reshape(shape=full), [source], tag="rank")
+    ctx.emit(node, O.Tile(repeats=repeats), [source])
+
+
+@register("DepthToSpace", "SpaceToDepth")
+def depth_to_space(node: OnnxNode, ctx: Context) -> None:
+    """DepthToSpace (DCR or CRD) and SpaceToDepth as Reshape, Transpose, Reshape: a permutation of
+    the entries (ONNX's reference definition)."""
+    shape = ctx.shape(node.inputs[0])
+    if len(shape) != 4:
+        raise Unsupported(f"{node.op_type}(rank {len(shape)})")
+    n, c, h, w = shape
+    b = int(node.attr("blocksize"))
+    mode = node.attr("mode", "DCR") or "DCR"
+    if mode not in ("DCR", "CRD"):
+        raise ModelLoadError(f"{node.op_type} mode {mode!r}")
+    if node.op_type == "DepthToSpace":
+        if b <= 0 or c % (b * b):
+            raise ModelLoadError(f"DepthToSpace of {c} channels by blocksize {b}")
+        if mode == "DCR":
+            split_shape, perm = (n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2)
+        else:
+            split_shape, perm = (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3)
+        final = (n, c // (b * b), h * b, w * b)
+    else:
+        if b <= 0 or h % b or w % b:
+            raise ModelLoadError(f"SpaceToDepth of {h}x{w} by blocksize {b}")
+        split_shape = (n, c, h // b, b, w // b, b)
+        perm = (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4)
+        final = (n, c * b * b, h // b, w // b)
+    blocks = ctx.emit(node, O.Reshape(shape=split_shape), [node.inputs[0]], tag="blocks")
+    moved = ctx.emit(node, O.Transpose(perm=perm), [blocks], tag="move")
+    ctx.emit(node, O.Reshape(shape=final), [moved])

@@ -31,6 +31,7 @@ def _simple(make: Callable[[], O.Op]) -> Translator:
 translates("aten::relu")(_simple(O.Relu))
 translates("aten::sigmoid")(_simple(O.Sigmoid))
 translates("aten::tanh")(_simple(O.Tanh))
+translates("aten::abs")(_simple(O.Abs))
 translates("aten::hardswish")(_simple(O.HardSwish))
 translates("aten::silu")(_simple(O.Silu))
 # hardsigmoid(x) = relu6(x + 3) / 6 = clamp(x / 6 + 1/2, 0, 1)

@@ -1,9 +1,12 @@
-"""Translators of TorchScript's structural ops: reshapes, transposes, concat, pad, no-op casts."""
+"""Translators of TorchScript's structural ops: reshapes, transposes, concat, pad, selections (slice,
+select, index_select), copies (expand, repeat), pixel (un)shuffle, no-op casts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
@@ -12,6 +15,7 @@ from stabaudit.loaders.ts_ops.base import (
     Unsupported,
     Var,
     as_float,
+    const_array,
     is_float_dtype,
     norm_axis,
     translates,
@@ -27,9 +31,7 @@ def reshape(ctx: Context, node: SourceNode) -> Sequence[Any]:
     x = node.var(0)
     shape = node.out_shape(0)
     if node.base in ("expand", "expand_as"):
-        if shape != x.shape:  # only the no-op expand: repeating entries is not a reshape
-            raise Unsupported(f"broadcasting {list(x.shape)} to {list(shape)}")
-        return [x]
+        return [_broadcast(ctx, x, shape)]
     if shape == x.shape:
         return [x]
     return [ctx.emit(O.Reshape(shape=shape), [x])]
@@ -133,3 +135,94 @@ def pad(ctx: Context, node: SourceNode) -> Sequence[Any]:
         raise Unsupported(f"mode {mode!r}")
     value = node.arg("value")
     return [_pad(ctx, node.var(0), node.arg(1), 0.0 if value is None else as_float(value))]
+
+
+def _broadcast(ctx: Context, x: Var, shape: tuple[int, ...]) -> Var:
+    """x broadcast to ``shape``: a Reshape adding leading 1s, then a Tile of the size-1 axes that grow."""
+    shape = tuple(int(d) for d in shape)
+    if shape == x.shape:
+        return x
+    full = (1,) * (len(shape) - x.rank) + tuple(x.shape)
+    if len(full) != len(shape) or any(f != s and f != 1 for f, s in zip(full, shape, strict=True)):
+        raise Unsupported(f"broadcasting {list(x.shape)} to {list(shape)}")
+    lifted = x if full == x.shape else ctx.emit(O.Reshape(shape=full), [x], role="rank")
+    repeats = tuple(s // f if f == 1 else 1 for f, s in zip(full, shape, strict=True))
+    return lifted if all(r == 1 for r in repeats) else ctx.emit(O.Tile(repeats=repeats), [lifted])
+
+
+@translates("aten::repeat")
+def repeat(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """Tensor.repeat: leading new axes (a Reshape), then a Tile."""
+    x = node.var(0)
+    repeats = tuple(int(r) for r in node.arg(1))
+    if len(repeats) < x.rank or any(r < 0 for r in repeats):
+        raise Unsupported(f"repeats {list(repeats)} for rank {x.rank}")
+    full = (1,) * (len(repeats) - x.rank) + tuple(x.shape)
+    lifted = x if full == x.shape else ctx.emit(O.Reshape(shape=full), [x], role="rank")
+    if all(r == 1 for r in repeats):
+        return [lifted]
+    return [ctx.emit(O.Tile(repeats=repeats), [lifted])]
+
+
+@translates("aten::slice")
+def slice_(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x[..., start:end:step, ...] on one axis, Python's clamping (torch's steps are positive)."""
+    x = node.var(0)
+    axis = norm_axis(int(node.arg(1, 0)), x.rank)
+    start, end, step = node.arg(2), node.arg(3), node.arg(4, 1)
+    step = 1 if step is None else int(step)
+    if step <= 0:
+        raise Unsupported(f"step {step}")
+    kept = range(x.shape[axis])[slice(None if start is None else int(start), None if end is None else int(end), step)]
+    if kept.start == 0 and kept.stop >= x.shape[axis] and step == 1:
+        return [x]
+    starts, ends, steps = [0] * x.rank, list(x.shape), [1] * x.rank
+    starts[axis], ends[axis], steps[axis] = kept.start, max(kept.stop, kept.start), step
+    return [ctx.emit(O.Slice(starts=tuple(starts), ends=tuple(ends), steps=tuple(steps)), [x])]
+
+
+def _gather(ctx: Context, x: Var, axis: int, index: np.ndarray) -> Var:
+    dim = x.shape[axis]
+    idx = np.asarray(index).astype(np.int64)
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        raise Unsupported(f"index out of range for a dim of {dim}")
+    return ctx.emit(O.Gather(axis=axis, indices=np.where(idx < 0, idx + dim, idx)), [x])
+
+
+@translates("aten::select")
+def select(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x.select(dim, i) (x[:, i]): a Gather by a scalar index, which drops the axis."""
+    x = node.var(0)
+    return [_gather(ctx, x, norm_axis(int(node.arg(1)), x.rank), np.asarray(int(node.arg(2))))]
+
+
+@translates("aten::index_select")
+def index_select(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x.index_select(dim, index) with a constant index (a buffer): a Gather."""
+    x = node.var(0)
+    index = const_array(node.arg(2), what="index")
+    if index.ndim != 1:
+        raise Unsupported("an index that is not 1-D")
+    return [_gather(ctx, x, norm_axis(int(node.arg(1)), x.rank), index)]
+
+
+@translates("aten::pixel_shuffle", "aten::pixel_unshuffle")
+def pixel_shuffle(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """pixel_shuffle (ONNX DepthToSpace CRD) and pixel_unshuffle as Reshape, Transpose, Reshape:
+    a permutation of the entries."""
+    x = node.var(0)
+    if x.rank != 4:
+        raise Unsupported(f"rank {x.rank}")
+    n, c, h, w = x.shape
+    r = int(node.arg(1))
+    if node.base == "pixel_shuffle":
+        if r <= 0 or c % (r * r):
+            raise Unsupported(f"{c} channels by factor {r}")
+        split, perm = (n, c // (r * r), r, r, h, w), (0, 1, 4, 2, 5, 3)
+    else:
+        if r <= 0 or h % r or w % r:
+            raise Unsupported(f"{h}x{w} by factor {r}")
+        split, perm = (n, c, h // r, r, w // r, r), (0, 1, 3, 5, 2, 4)
+    blocks = ctx.emit(O.Reshape(shape=split), [x], role="blocks")
+    moved = ctx.emit(O.Transpose(perm=perm), [blocks], role="move")
+    return [ctx.emit(O.Reshape(shape=node.out_shape(0)), [moved])]
