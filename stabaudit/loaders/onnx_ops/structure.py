@@ -192,13 +192,13 @@ def concat(node: OnnxNode, ctx: Context) -> None:
         else:
             padded.append(ctx.var(names[i]))
     stacked = padded[0] if len(padded) == 1 else ctx.emit(node, O.Concat(axis=axis), padded, tag="stack")
-    dtype = np.result_type(*(ctx.const(n).dtype for n in names if ctx.is_const(n)), np.float32)
+    constants = [c for c in (ctx.const(n) for n in names) if c is not None]
+    dtype = np.result_type(*(c.dtype for c in constants), np.float32)
     parts = []
     for name, length in zip(names, lengths, strict=True):
         value = ctx.const(name)
-        piece = list(shape)
-        piece[axis] = length
-        parts.append(np.zeros(piece, dtype) if value is None else np.asarray(value, dtype))
+        piece_shape = [*shape[:axis], length, *shape[axis + 1:]]
+        parts.append(np.zeros(piece_shape, dtype) if value is None else np.asarray(value, dtype))
     ctx.emit(node, O.Affine(shift=np.concatenate(parts, axis=axis)), [stacked])
 
 
