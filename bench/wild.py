@@ -22,6 +22,8 @@ WILD = Path(os.environ.get("STABAUDIT_WILD_DIR", Path.home() / ".cache" / "staba
 
 # the shapes a user gives for the dims the file leaves dynamic (beyond the batch dim)
 SHAPES: dict[str, list[str]] = {
+    "arabic_romanizer_encoder.onnx": ["--input-shape", "src=1,12"],
+    "minilm_l6_int8.onnx": ["--input-shape", "input_ids=1,16"],
     "mtcnn_pnet.onnx": ["--input-shape", "1,12,12,3"],
     "nudenet_320n.onnx": ["--input-shape", "1,3,320,320"],
     "oww_melspectrogram.onnx": ["--input-shape", "1,16000"],
@@ -63,10 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("models", nargs="*", help="file names under the folder (default: all)")
     args = parser.parse_args()
     rows = ["| model | source operators | exit | bracket [lower, upper] or reason | seconds |",
             "|---|---|---:|---|---:|"]
     models = sorted(WILD.glob("*.onnx")) if WILD.is_dir() else []
+    if args.models:
+        models = [m for m in models if m.name in args.models]
     if not models:
         print(f"no models under {WILD}: run ../shared/models/wild/fetch.sh first", file=sys.stderr)
     for path in models:
