@@ -137,7 +137,20 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     kind = op.type
     if kind in _BROADCAST_PARAMS or _elementwise(op):
         expected = first + len(out1) - in_rank  # a parameter of higher rank adds leading axes
-    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MUL, O.OpType.MAX, O.OpType.MIN):
+    elif kind in (O.OpType.POW, O.OpType.SQRT, O.OpType.RECIPROCAL, O.OpType.EXP, O.OpType.LOG, O.OpType.ERF,
+                  O.OpType.ABS):
+        expected = first  # entry by entry
+    elif isinstance(op, O.LayerNorm):
+        if first >= op.axis % in_rank:
+            raise _Mixes(f"normalises over the batch axis {first} (statistics across samples)")
+        expected = first
+    elif isinstance(op, O.MatMul):
+        ranks = [len(shapes1[name]) for name in a.inputs]
+        aligned = {axis + len(out1) - r for axis, r in zip(in_axes, ranks, strict=True) if axis is not None}
+        if len(aligned) != 1 or any(axis is None or axis >= r - 2 for axis, r in zip(in_axes, ranks, strict=True)):
+            raise _Mixes(f"multiplies across the batch axis {first} (a matrix product of samples)")
+        expected = aligned.pop()
+    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MUL, O.OpType.DIV, O.OpType.MAX, O.OpType.MIN):
         aligned = {axis + len(out1) - len(shapes1[name]) for axis, name in zip(in_axes, a.inputs, strict=True)
                    if axis is not None}
         if len(aligned) != 1:

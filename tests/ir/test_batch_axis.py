@@ -55,6 +55,10 @@ KEEP: dict[str, tuple[Build, int]] = {
         (n, 4), (O.Transpose(perm=(1, 0)), ("x",)), (O.Slice(starts=(1, 0), ends=(4, n), steps=(1, 1)), ("v0",)),
         (O.Gather(axis=0, indices=np.array([[2, 0], [2, 1]])), ("v1",)), (O.Abs(), ("v2",)),
         (O.Tile(repeats=(2, 1, 1)), ("v3",)), (O.Mul(), ("v4", "v4")), (O.Transpose(perm=(2, 0, 1)), ("v5",))), 0),
+    # a transformer block's pieces: LayerNorm over the features, attention scores per sample
+    "layernorm-attention": (lambda n: _graph(
+        (n, 3, 4), (O.LayerNorm(axis=2, epsilon=1e-5), ("x",)), (O.Transpose(perm=(0, 2, 1)), ("v0",)),
+        (O.MatMul(), ("v0", "v1")), (O.Exp(), ("v2",)), (O.Div(), ("v3", "v2")), (O.Sqrt(), ("v3",))), 0),
 }
 
 
@@ -88,6 +92,10 @@ MIX: dict[str, tuple[Build, str, str]] = {
     "slice-batch": (lambda n: _graph((n, 4), (O.Slice(starts=(0, 0), ends=(1, 4), steps=(1, 1)), ("x",))),
                     "n0", "merges the batch axis"),
     "tile-batch": (lambda n: _graph((n, 4), (O.Tile(repeats=(2, 1)), ("x",))), "n0", "merges the batch axis"),
+    "layernorm-over-batch": (lambda n: _graph((n, 4), (O.LayerNorm(axis=0, epsilon=1e-5), ("x",))),
+                             "n0", "normalises over the batch axis 0"),
+    "matmul-of-samples": (lambda n: _graph((n, 4), (O.Transpose(perm=(1, 0)), ("x",)), (O.MatMul(), ("v0", "x"))),
+                          "n1", "merges the batch axis"),
     "reshape-interleaves": (lambda n: _graph((n, 3), (O.Reshape(shape=(3, n)), ("x",))),
                             "n0", "moves entries across the batch axis"),
     "reshape-merges": (lambda n: _graph((n, 3), (O.Reshape(shape=(3 * n,)), ("x",))),

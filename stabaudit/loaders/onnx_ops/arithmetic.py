@@ -19,10 +19,27 @@ def _affine(node: OnnxNode, ctx: Context, var: str, scale: np.ndarray | None, sh
     shape = ctx.shape(var)
     for constant in (scale, shift):
         if constant is not None and not fits(constant, shape):
-            raise Unsupported(f"{node.op_type}(constant of shape {list(constant.shape)} broadcasts beyond the input)")
+            var = _broadcast(node, ctx, var, constant)
+            shape = ctx.shape(var)
     y = ctx.emit(node, O.Affine(scale=scale, shift=shift), [var])
     if bind is not None:
         ctx.bind(y, *bind)
+
+
+def _broadcast(node: OnnxNode, ctx: Context, var: str, constant: np.ndarray) -> str:
+    """The variable copied to the broadcast shape of itself and ``constant`` (numpy rules), as a
+    Reshape adding leading axes and a Tile: each entry copied r times, norm sqrt(r), exact."""
+    shape = ctx.shape(var)
+    try:
+        target = tuple(np.broadcast_shapes(tuple(shape), constant.shape))
+    except ValueError:
+        raise Unsupported(f"{node.op_type}(constant of shape {list(constant.shape)} does not broadcast "
+                          f"to the input's {list(shape)})") from None
+    lifted = (1,) * (len(target) - len(shape)) + tuple(shape)
+    if lifted != tuple(shape):
+        var = ctx.emit(node, O.Reshape(shape=lifted), [var], tag="lift")
+    repeats = tuple(t // s for t, s in zip(target, lifted, strict=True))
+    return ctx.emit(node, O.Tile(repeats=repeats), [var], tag="broadcast")
 
 
 def _is_bias(ctx: Context, var: str) -> bool:
