@@ -82,6 +82,8 @@ class Progress:
         width = 24
         filled = width * done // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
+        elapsed = time.monotonic() - self.start
+        eta = f", about {elapsed / done * (total - done):.0f}s left" if 0 < done < total else ""
         self._draw(
-            f"[{bar}] {done}/{total} models, {self.failed} failed, {self.errors} errors"
+            f"[{bar}] {done}/{total} models, {self.failed} failed, {self.errors} errors{eta}"
         )

@@ -39,3 +39,13 @@ def test_the_line_keeps_ticking_through_a_long_phase_and_is_cleared() -> None:
     text = out.getvalue()
     assert text.count("\rstabaudit m: lower bound search") >= 3  # redrawn by the ticker
     assert text.endswith("\r")  # cleared at the end
+
+
+def test_a_batch_shows_work_done_and_an_estimate_of_what_is_left() -> None:
+    from stabaudit.report.model import ModelError
+
+    out = _Tty()
+    with Progress(enabled=True, label="batch", stream=out, total=4) as progress:
+        progress.step(1, 4, ModelError(path="a.onnx", error="boom", exit_code=2))
+    text = out.getvalue()
+    assert "1/4 models, 0 failed, 1 errors, about" in text and "s left" in text
