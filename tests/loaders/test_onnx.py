@@ -417,6 +417,21 @@ def test_a_constant_that_enlarges_the_input_copies_it_first(tmp_path: Path) -> N
     np.testing.assert_allclose(y.numpy(), x * c.astype(np.float64), rtol=1e-12)
 
 
+def test_clip_by_a_computed_floor_is_a_max_of_variables(tmp_path: Path) -> None:
+    """The top_db clamp of mel front ends: Clip(x, max(x) - 3) = Max(x, ReduceMax(x) - 3)."""
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    nodes = [node("ReduceMax", ["x"], ["m"], keepdims=0), node("Sub", ["m", "d"], ["floor"]),
+             node("Clip", ["x", "floor", "hi"])]
+    lm = load_onnx(save(tmp_path, nodes, {"x": [1, 4]}, params={"d": np.float32(3.0), "hi": np.float32(2.5)}))
+    assert [n.op.type.value for n in lm.graph.nodes][-2:] == ["Max", "Min"]
+    x = np.array([[-5.0, 0.5, 2.0, 4.0]])
+    (y,) = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x))
+    np.testing.assert_allclose(y.numpy(), np.minimum(np.maximum(x, x.max() - 3.0), 2.5))
+
+
 def test_ceil_mode_window_starting_in_the_padding_is_refused(tmp_path: Path) -> None:
     """onnxruntime drops such a window; a pool over the explicitly padded input would keep it."""
     pool = node("AveragePool", ["x"], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)

@@ -88,6 +88,9 @@ def _bound(value: object) -> float | None:
 def clip(node: OnnxNode, ctx: Context) -> None:
     if node.opset < 11:  # bounds were attributes before opset 11
         lo, hi = node.attr("min"), node.attr("max")
+    elif ctx.is_var(node.input(1)) or ctx.is_var(node.input(2)):
+        _clip_by_variables(node, ctx)
+        return
     else:
         lo, hi = ctx.param(node, 1, "min", optional=True), ctx.param(node, 2, "max", optional=True)
     lo, hi = _bound(lo), _bound(hi)
@@ -95,6 +98,22 @@ def clip(node: OnnxNode, ctx: Context) -> None:
         ctx.alias(node, node.inputs[0])
     else:
         ctx.emit(node, O.Clip(min=lo, max=hi), [node.inputs[0]])
+
+
+def _clip_by_variables(node: OnnxNode, ctx: Context) -> None:
+    """Clip whose min or max is computed (a dynamic floor such as max(x) - top_db): min(max(x, lo),
+    hi) as elementwise Max and Min of variables; a constant bound becomes the op's constant."""
+    value = node.inputs[0]
+    last = node.input(2) is None
+    for index, op_type in ((1, O.Max), (2, O.Min)):
+        bound = node.input(index)
+        if bound is None:
+            continue
+        tag = None if index == 2 or last else "min"
+        if ctx.is_var(bound):
+            value = ctx.emit(node, op_type(), [value, bound], tag=tag)
+        else:
+            value = ctx.emit(node, op_type(constant=np.asarray(ctx.const(bound), dtype=np.float64)), [value], tag=tag)
 
 
 @register("Softmax")
