@@ -140,6 +140,10 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     elif kind in (O.OpType.POW, O.OpType.SQRT, O.OpType.RECIPROCAL, O.OpType.EXP, O.OpType.LOG, O.OpType.ERF,
                   O.OpType.ABS):
         expected = first  # entry by entry
+    elif isinstance(op, O.Resize):
+        if first in op.axes:
+            raise _Mixes(f"resizes the batch axis {first}")
+        expected = first
     elif isinstance(op, O.LayerNorm):
         if first >= op.axis % in_rank:
             raise _Mixes(f"normalises over the batch axis {first} (statistics across samples)")

@@ -59,6 +59,9 @@ KEEP: dict[str, tuple[Build, int]] = {
     "layernorm-attention": (lambda n: _graph(
         (n, 3, 4), (O.LayerNorm(axis=2, epsilon=1e-5), ("x",)), (O.Transpose(perm=(0, 2, 1)), ("v0",)),
         (O.MatMul(), ("v0", "v1")), (O.Exp(), ("v2",)), (O.Div(), ("v3", "v2")), (O.Sqrt(), ("v3",))), 0),
+    "resize-spatial": (lambda n: _graph(
+        (n, 1, 3, 4), (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="linear"),
+                       ("x",))), 0),
 }
 
 
@@ -92,6 +95,8 @@ MIX: dict[str, tuple[Build, str, str]] = {
     "slice-batch": (lambda n: _graph((n, 4), (O.Slice(starts=(0, 0), ends=(1, 4), steps=(1, 1)), ("x",))),
                     "n0", "merges the batch axis"),
     "tile-batch": (lambda n: _graph((n, 4), (O.Tile(repeats=(2, 1)), ("x",))), "n0", "merges the batch axis"),
+    "resize-batch": (lambda n: _graph((n, 4), (O.Resize(axes=(0,), in_sizes=(n,), sizes=(2 * n,), scales=(2.0,)),
+                                               ("x",))), "n0", "merges the batch axis"),
     "layernorm-over-batch": (lambda n: _graph((n, 4), (O.LayerNorm(axis=0, epsilon=1e-5), ("x",))),
                              "n0", "normalises over the batch axis 0"),
     "matmul-of-samples": (lambda n: _graph((n, 4), (O.Transpose(perm=(1, 0)), ("x",)), (O.MatMul(), ("v0", "x"))),
