@@ -102,18 +102,22 @@ def clip(node: OnnxNode, ctx: Context) -> None:
 
 def _clip_by_variables(node: OnnxNode, ctx: Context) -> None:
     """Clip whose min or max is computed (a dynamic floor such as max(x) - top_db): min(max(x, lo),
-    hi) as elementwise Max and Min of variables; a constant bound becomes the op's constant."""
+    hi) as elementwise Max and Min of variables; a constant bound stays a Clip bound (an infinite
+    one is no bound)."""
+    lo_name, hi_name = node.input(1), node.input(2)
+    lo = None if lo_name is None or ctx.is_var(lo_name) else _bound(ctx.const(lo_name))
+    hi = None if hi_name is None or ctx.is_var(hi_name) else _bound(ctx.const(hi_name))
+    steps: list[tuple[O.Op, list[str]]] = []
+    if lo_name is not None and ctx.is_var(lo_name):
+        steps.append((O.Max(), [lo_name]))
+    if hi_name is not None and ctx.is_var(hi_name):
+        steps.append((O.Min(), [hi_name]))
+    if lo is not None or hi is not None:
+        steps.append((O.Clip(min=lo, max=hi), []))
     value = node.inputs[0]
-    last = node.input(2) is None
-    for index, op_type in ((1, O.Max), (2, O.Min)):
-        bound = node.input(index)
-        if bound is None:
-            continue
-        tag = None if index == 2 or last else "min"
-        if ctx.is_var(bound):
-            value = ctx.emit(node, op_type(), [value, bound], tag=tag)
-        else:
-            value = ctx.emit(node, op_type(constant=np.asarray(ctx.const(bound), dtype=np.float64)), [value], tag=tag)
+    for i, (op, others) in enumerate(steps):
+        last = i == len(steps) - 1
+        value = ctx.emit(node, op, [value, *others], tag=None if last else f"{op.type.value.lower()}{i}")
 
 
 @register("Softmax")
