@@ -535,11 +535,11 @@ def summary_line(report: Report, written: list[str]) -> str:
     lip = report.lipschitz
     failing = [f.id for f in report.checks if gates(f, report.fail_on)]
     warnings = [f.id for f in report.checks if is_warning(f, report.fail_on)]
-    sound = "certified" if lip.certified else "estimate"
+    sound = "no upper bound" if lip.upper is None else ("certified upper" if lip.certified else "estimate upper")
     # a branch switch: the bracket is about the smooth part, the jumps add a constant term
     plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
     parts = [
-        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound} upper)",
+        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})",
         f"failing: {', '.join(failing) or 'none'}",
     ]
     if warnings:

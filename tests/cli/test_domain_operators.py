@@ -47,6 +47,7 @@ def test_domain_operators_complete_with_a_certified_lower_bound(tmp_path: Path) 
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["check", str(model), "--budget", "0.5", "--output", str(out)])
     assert result.exit_code == 0, result.output
+    assert "(no upper bound)" in result.output  # the summary line does not call a missing bound an estimate
     report = json.loads(out.read_text())
     lip = report["lipschitz"]
     assert lip["upper"] is None
