@@ -10,6 +10,7 @@ import numpy as np
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.domain import needs_domain
 from stabaudit.bounds.numerics import sqrt_int_bounds
+from stabaudit.bounds.structural import broadcast_repetitions
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import (
     Max,
@@ -136,16 +137,7 @@ def bound_extremum(node: Node, ctx: RuleContext) -> OpBound:
             pass
         case _:
             raise TypeError(f"bound_extremum got a {type(node.op).__name__}")
-    out = _size(ctx.output_shape)
-    reps: list[int] = []
-    for shape in ctx.input_shapes:
-        size = _size(shape)
-        if size == 0 or out == 0:
-            reps.append(0)
-            continue
-        if np.broadcast_shapes(tuple(shape), tuple(ctx.output_shape)) != tuple(ctx.output_shape) or out % size:
-            raise ValueError(f"input {shape} does not broadcast to the output {ctx.output_shape}")
-        reps.append(out // size)
+    reps = broadcast_repetitions(ctx)
     gains = tuple(sqrt_int_bounds(r)[0] for r in reps)
     upper, lower = sqrt_int_bounds(max(reps, default=0))
     finite = c is None or bool(np.all(np.isfinite(np.asarray(c, dtype=np.float64))))

@@ -61,16 +61,9 @@ def bound_pad(node: Node, ctx: RuleContext) -> OpBound:
     return _exact(1.0 if kept and _size(shape) else 0.0, "isometry")
 
 
-def _broadcast_sum(node: Node, ctx: RuleContext) -> OpBound:
-    """x_1 +- x_2 with numpy broadcasting.
-
-    Broadcasting input i to the output repeats each of its entries r_i = |out| / |in_i| times,
-    so ||B_i d|| = sqrt(r_i) ||d|| exactly: the input gains are sqrt(r_i) and the output obeys
-    ||dy|| <= sum_i sqrt(r_i) ||dx_i|| (triangle inequality; Combine.SUM). As a map of the joint
-    input (x_1, x_2) its norm is ||[B_1, +-B_2]|| = sqrt(||B_1 B_1^T + B_2 B_2^T||) = sqrt(r_1 + r_2)
-    exactly: <= by the triangle inequality on B_i B_i^T (norms r_i), = at the all-ones output
-    direction, an eigenvector of both with eigenvalues r_1 and r_2.
-    """
+def broadcast_repetitions(ctx: RuleContext) -> list[int]:
+    """How many times numpy broadcasting copies each entry of each input to the output (0 for an
+    empty input or output)."""
     out = _size(ctx.output_shape)
     reps: list[int] = []
     for shape in ctx.input_shapes:
@@ -81,6 +74,20 @@ def _broadcast_sum(node: Node, ctx: RuleContext) -> OpBound:
         if np.broadcast_shapes(tuple(shape), tuple(ctx.output_shape)) != tuple(ctx.output_shape) or out % size:
             raise ValueError(f"input {shape} does not broadcast to the output {ctx.output_shape}")
         reps.append(out // size)
+    return reps
+
+
+def _broadcast_sum(node: Node, ctx: RuleContext) -> OpBound:
+    """x_1 +- x_2 with numpy broadcasting.
+
+    Broadcasting input i to the output repeats each of its entries r_i = |out| / |in_i| times,
+    so ||B_i d|| = sqrt(r_i) ||d|| exactly: the input gains are sqrt(r_i) and the output obeys
+    ||dy|| <= sum_i sqrt(r_i) ||dx_i|| (triangle inequality; Combine.SUM). As a map of the joint
+    input (x_1, x_2) its norm is ||[B_1, +-B_2]|| = sqrt(||B_1 B_1^T + B_2 B_2^T||) = sqrt(r_1 + r_2)
+    exactly: <= by the triangle inequality on B_i B_i^T (norms r_i), = at the all-ones output
+    direction, an eigenvector of both with eigenvalues r_1 and r_2.
+    """
+    reps = broadcast_repetitions(ctx)
     gains = tuple(sqrt_int_bounds(r)[0] for r in reps)
     upper, lower = sqrt_int_bounds(sum(reps))
     return OpBound(
