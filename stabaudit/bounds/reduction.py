@@ -49,12 +49,17 @@ def group_size(op: Reduce, shape: tuple[int, ...]) -> int:
 
 @RULES.register(OpType.REDUCE_SUM)
 @RULES.register(OpType.REDUCE_MEAN)
+@RULES.register(OpType.REDUCE_L1)
 def bound_reduce_linear(node: Node, ctx: RuleContext) -> OpBound:
     """Sum (mean) of each group of n entries: the groups are disjoint, so the matrix has orthogonal
     rows of n entries 1 (1/n), and its norm is exactly sqrt(n) (1/sqrt(n)); 0 when nothing is read
-    or written. Rounding: sqrt_int_bounds encloses sqrt(n) and 1/sqrt(n) is rounded outward."""
+    or written. Rounding: sqrt_int_bounds encloses sqrt(n) and 1/sqrt(n) is rounded outward.
+
+    The L1 norm sum_G |x_j| of each group has the sum's constant: |sum |a_j| - sum |b_j|| <=
+    sum |a_j - b_j| <= sqrt(n) ||a_G - b_G|| (Cauchy-Schwarz), over disjoint groups, so Lip <=
+    sqrt(n); exact, since at a point with every entry positive the map is locally the ReduceSum."""
     match node.op:
-        case ReduceSum() | ReduceMean():
+        case ReduceSum() | ReduceMean() | ReduceL1():
             op = node.op
         case _:
             raise TypeError(f"bound_reduce_linear got a {type(node.op).__name__}")
@@ -65,24 +70,6 @@ def bound_reduce_linear(node: Node, ctx: RuleContext) -> OpBound:
     upper, lower = sqrt_int_bounds(n)
     if isinstance(op, ReduceMean):
         upper, lower = math.nextafter(1.0 / lower, math.inf), math.nextafter(1.0 / upper, 0.0)
-    return _bounds(upper, lower, "exact")
-
-
-@RULES.register(OpType.REDUCE_L1)
-def bound_reduce_l1(node: Node, ctx: RuleContext) -> OpBound:
-    """sum_G |x_j| per group: |sum |a_j| - sum |b_j|| <= sum |a_j - b_j| <= sqrt(n) ||a_G - b_G||
-    (Cauchy-Schwarz); the groups are disjoint, so Lip <= sqrt(n). Exact: at a point with every entry
-    positive the map is locally the ReduceSum, whose norm is sqrt(n)."""
-    match node.op:
-        case ReduceL1():
-            op = node.op
-        case _:
-            raise TypeError(f"bound_reduce_l1 got a {type(node.op).__name__}")
-    shape = ctx.input_shapes[0]
-    n = group_size(op, shape)
-    if n == 0 or _size(shape) == 0 or _size(ctx.output_shape) == 0:
-        return _bounds(0.0, 0.0, "exact")
-    upper, lower = sqrt_int_bounds(n)
     return _bounds(upper, lower, "exact")
 
 

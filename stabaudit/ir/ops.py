@@ -578,11 +578,6 @@ LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.C
 POOLING: frozenset[OpType] = frozenset(
     {OpType.MAX_POOL, OpType.AVG_POOL, OpType.GLOBAL_AVG_POOL, OpType.GLOBAL_MAX_POOL}
 )
-# Element-wise maps and products without a global Lipschitz constant (bounds.domain: needs a domain).
-DOMAIN_MAPS: frozenset[OpType] = frozenset(
-    {OpType.MUL, OpType.DIV, OpType.MATMUL, OpType.POW, OpType.SQRT, OpType.RECIPROCAL, OpType.EXP, OpType.LOG,
-     OpType.REDUCE_SUM_SQUARE}
-)
 # Operators that only move, select, copy or embed entries (0/1 linear maps), not reported as layers;
 # their bounds still enter every composition (Gather with a repeated index and Tile copy entries: sqrt(copies)).
 STRUCTURAL: frozenset[OpType] = frozenset(
