@@ -7,7 +7,14 @@ import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.ir.parameters import Term
-from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, fits, register
+from stabaudit.loaders.onnx_ops.common import (
+    Context,
+    OnnxNode,
+    Unsupported,
+    broadcast_var,
+    fits,
+    register,
+)
 
 _MINUS_ONE = np.array(-1.0)
 
@@ -27,19 +34,14 @@ def _affine(node: OnnxNode, ctx: Context, var: str, scale: np.ndarray | None, sh
 
 
 def _broadcast(node: OnnxNode, ctx: Context, var: str, constant: np.ndarray) -> str:
-    """The variable copied to the broadcast shape of itself and ``constant`` (numpy rules), as a
-    Reshape adding leading axes and a Tile: each entry copied r times, norm sqrt(r), exact."""
+    """The variable copied to the broadcast shape of itself and ``constant`` (numpy rules)."""
     shape = ctx.shape(var)
     try:
         target = tuple(np.broadcast_shapes(tuple(shape), constant.shape))
     except ValueError:
         raise Unsupported(f"{node.op_type}(constant of shape {list(constant.shape)} does not broadcast "
                           f"to the input's {list(shape)})") from None
-    lifted = (1,) * (len(target) - len(shape)) + tuple(shape)
-    if lifted != tuple(shape):
-        var = ctx.emit(node, O.Reshape(shape=lifted), [var], tag="lift")
-    repeats = tuple(t // s for t, s in zip(target, lifted, strict=True))
-    return ctx.emit(node, O.Tile(repeats=repeats), [var], tag="broadcast")
+    return broadcast_var(node, ctx, var, target, tag="broadcast")
 
 
 def _is_bias(ctx: Context, var: str) -> bool:

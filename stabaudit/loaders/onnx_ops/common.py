@@ -350,6 +350,24 @@ class Context:
         return output
 
 
+def broadcast_var(node: OnnxNode, ctx: Context, var: str, out: Sequence[int], *, tag: str | None) -> str:
+    """``var`` copied to the shape ``out`` it broadcasts to (numpy rules): a Reshape adding leading
+    1s, then a Tile of the size-1 axes that grow (each entry copied prod(repeats) times, norm
+    sqrt(copies), exact). The last node emitted is tagged ``tag`` (None: it writes the node's own
+    output); ``var`` itself when nothing is to be done."""
+    shape = tuple(ctx.shape(var))
+    full = (1,) * (len(out) - len(shape)) + shape
+    repeats = tuple(o // s if s == 1 else 1 for o, s in zip(out, full, strict=True))
+    steps: list[O.Op] = []
+    if full != shape:
+        steps.append(O.Reshape(shape=full))
+    if any(r != 1 for r in repeats):
+        steps.append(O.Tile(repeats=repeats))
+    for i, op in enumerate(steps):
+        var = ctx.emit(node, op, [var], tag=tag if i == len(steps) - 1 else "rank")
+    return var
+
+
 Translator = Callable[[OnnxNode, Context], None]
 # ONNX op type (domain-prefixed outside the default domain) -> translator into IR nodes.
 TRANSLATORS: Registry[str, Translator] = Registry("ONNX operators")
@@ -378,6 +396,6 @@ def fits(constant: np.ndarray, shape: Sequence[int]) -> bool:
 
 __all__ = [
     "Context", "OnnxNode", "TRANSLATORS", "Translator", "Unsupported", "Window",
-    "fits", "flatten_target", "int_list", "normalize_axis", "register", "reshape_target",
+    "broadcast_var", "fits", "flatten_target", "int_list", "normalize_axis", "register", "reshape_target",
     "resolve_window", "squeeze_target", "unsqueeze_target", "wrap_node",
 ]

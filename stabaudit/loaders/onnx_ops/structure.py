@@ -12,6 +12,7 @@ from stabaudit.loaders.onnx_ops.common import (
     Context,
     OnnxNode,
     Unsupported,
+    broadcast_var,
     flatten_target,
     int_list,
     normalize_axis,
@@ -272,18 +273,10 @@ def expand(node: OnnxNode, ctx: Context) -> None:
         out = tuple(int(d) for d in np.broadcast_shapes(tuple(shape), tuple(target)))
     except ValueError as exc:
         raise ModelLoadError(f"Expand of {list(shape)} to {target}: {exc}") from exc
-    full = (1,) * (len(out) - len(shape)) + tuple(shape)
-    repeats = tuple(o // s if s == 1 else 1 for o, s in zip(out, full, strict=True))
-    if all(r == 1 for r in repeats):
-        if full == tuple(shape):
-            ctx.alias(node, node.inputs[0])
-        else:
-            ctx.emit(node, O.Reshape(shape=full), [node.inputs[0]])
+    if out == tuple(shape):
+        ctx.alias(node, node.inputs[0])
         return
-    source = node.inputs[0]
-    if full != tuple(shape):
-        source = ctx.emit(node, O.Reshape(shape=full), [source], tag="rank")
-    ctx.emit(node, O.Tile(repeats=repeats), [source])
+    broadcast_var(node, ctx, node.inputs[0], out, tag=None)
 
 
 @register("DepthToSpace", "SpaceToDepth")
