@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
+import numpy as np
+
 from stabaudit.ir.graph import Node
 from stabaudit.registry import Registry
 
@@ -71,6 +73,23 @@ class RuleContext:
     input_shapes: tuple[tuple[int, ...], ...]
     output_shape: tuple[int, ...]
     settings: BoundSettings = field(default_factory=BoundSettings)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Interval:
+    """A sound enclosure lo <= v <= hi (element-wise, float64, the tensor's full static shape) of
+    every value a tensor takes while the model's inputs range over the audit domain."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.lo.shape)
+
+    def magnitude(self) -> np.ndarray:
+        """max(|lo|, |hi|): an upper bound of |v| entry by entry."""
+        return np.maximum(np.abs(self.lo), np.abs(self.hi))
 
 
 Rule = Callable[[Node, RuleContext], OpBound]
