@@ -300,6 +300,7 @@ def _check_options(
     trust_torchscript: bool = False,
     start: str | None = None,
     perturb: str | None = None,
+    domain: str | None = None,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -330,6 +331,14 @@ def _check_options(
     shapes = parse_shapes([input_shape] if isinstance(input_shape, str) else input_shape)
     if start is not None and not start.strip():
         raise UsageError("--from: expected the name of a tensor of the model")
+    audit_domain = None
+    if domain is not None:
+        from stabaudit.analyses.samples import parse_domain
+
+        try:
+            audit_domain = parse_domain(domain)
+        except ValueError as exc:
+            raise UsageError(f"--domain: {exc}") from None
     return Settings(
         thresholds=thresholds,
         input_shape=shapes[0],
@@ -345,6 +354,7 @@ def _check_options(
         inputs=inputs.absolute() if inputs is not None else None,
         max_memory=parse_size(max_memory) if max_memory is not None else None,
         trust_torchscript=True if trust_torchscript else None,  # not given: the config decides
+        domain=audit_domain,
     )
 
 
@@ -675,6 +685,14 @@ def check(
         float | None,
         typer.Option("--eps", help="Radius of the linf balls around the samples (SA302, default 0.01)."),
     ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain",
+            metavar="LOW,HIGH|ball:EPS|margin:M",
+            help="The input domain the bounds are certified over: the box LOW <= x <= HIGH (every entry), linf balls of radius EPS around the --inputs samples, or the samples' box widened by M. Replaces the config's domain:.",
+        ),
+    ] = None,
     max_memory: MaxMemoryOption = None,
     timeout: Annotated[
         float | None,
@@ -703,7 +721,7 @@ def check(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
             method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript, start=start,
-            perturb=perturb,
+            perturb=perturb, domain=domain,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")

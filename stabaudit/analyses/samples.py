@@ -52,7 +52,23 @@ class NormalDomain:
     std: Values
 
 
-Domain = UniformDomain | NormalDomain
+@dataclass(frozen=True, kw_only=True)
+class BallDomain:
+    """The union of the linf balls {x : ||x - x_i||_inf <= eps} around the sample inputs x_i (an
+    audit domain only: it is built from the samples, never sampled)."""
+
+    eps: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarginDomain:
+    """The box [min_i x_i - margin, max_i x_i + margin] (entry by entry) of the sample inputs x_i
+    widened by ``margin`` (an audit domain only: built from the samples, never sampled)."""
+
+    margin: float
+
+
+Domain = UniformDomain | NormalDomain | BallDomain | MarginDomain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +126,12 @@ def check_domain(domain: Domain) -> None:
                 raise ValueError(f"mean {m.shape} and std {s.shape} have incompatible shapes") from None
             if not np.all(s >= 0):
                 raise ValueError("expected std >= 0 for every entry")
+        case BallDomain(eps=eps):
+            if not (0 <= eps < float("inf")):
+                raise ValueError(f"expected a finite ball radius >= 0, got {eps}")
+        case MarginDomain(margin=margin):
+            if not (0 <= margin < float("inf")):
+                raise ValueError(f"expected a finite margin >= 0, got {margin}")
 
 
 def domain_parameters(domain: Domain) -> dict[str, Values]:
@@ -119,6 +141,10 @@ def domain_parameters(domain: Domain) -> dict[str, Values]:
             return {"low": low, "high": high}
         case NormalDomain(mean=mean, std=std):
             return {"mean": mean, "std": std}
+        case BallDomain(eps=eps):
+            return {"ball": Values(values=(eps,))}
+        case MarginDomain(margin=margin):
+            return {"margin": Values(values=(margin,))}
 
 
 def domain_source(domain: Domain) -> str:
@@ -127,6 +153,8 @@ def domain_source(domain: Domain) -> str:
             return "domain-uniform"
         case NormalDomain():
             return "domain-normal"
+        case BallDomain() | MarginDomain():
+            raise ValueError("a domain built from the samples is never sampled")
 
 
 def broadcast(name: str, values: Values, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -149,6 +177,34 @@ def broadcast(name: str, values: Values, input_shape: tuple[int, ...]) -> np.nda
         ) from None
 
 
+def is_sampled(domain: Domain) -> bool:
+    """Whether samples are drawn from the domain when no inputs are given (box or normal)."""
+    return isinstance(domain, UniformDomain | NormalDomain)
+
+
+def parse_domain(text: str) -> Domain:
+    """``--domain``: ``LOW,HIGH`` (a box, every entry), ``ball:EPS`` (linf balls around the sample
+    inputs) or ``margin:M`` (the samples' box widened by M); ValueError with the reason."""
+    t = text.strip()
+    kind, sep, rest = t.partition(":")
+    try:
+        if sep and kind.strip().lower() == "ball":
+            domain: Domain = BallDomain(eps=float(rest))
+        elif sep and kind.strip().lower() == "margin":
+            domain = MarginDomain(margin=float(rest))
+        else:
+            low, comma, high = t.partition(",")
+            if not comma:
+                raise ValueError
+            domain = UniformDomain(low=Values(values=(float(low),)), high=Values(values=(float(high),)))
+    except ValueError:
+        raise ValueError(f"expected LOW,HIGH, ball:EPS or margin:M, got {text!r}") from None
+    if isinstance(domain, UniformDomain) and not all(np.isfinite(domain.low.values + domain.high.values)):
+        raise ValueError(f"expected finite LOW and HIGH, got {text!r}")
+    check_domain(domain)
+    return domain
+
+
 def draw_samples(domain: Domain, input_shape: tuple[int, ...], count: int, seed: int) -> np.ndarray:
     """``count`` seeded samples [count, *input_shape] in float64 (numpy's PCG64 from ``seed``):
     the same domain, shape, count and seed give the same array on every platform."""
@@ -164,6 +220,9 @@ def draw_samples(domain: Domain, input_shape: tuple[int, ...], count: int, seed:
         case NormalDomain(mean=mean, std=std):
             m, s = broadcast("mean", mean, input_shape), broadcast("std", std, input_shape)
             return m + s * rng.standard_normal(shape)
+        case BallDomain() | MarginDomain():
+            raise UsageError("domain: a ball or margin domain is built around the sample inputs: give "
+                             "--inputs (or use a box domain LOW,HIGH)")
 
 
 def input_size(graph: Graph) -> int:

@@ -26,6 +26,9 @@ from pydantic_core import PydanticCustomError
 
 from stabaudit.analyses.samples import (
     MAX_SAMPLE_COUNT,
+    BallDomain,
+    Domain,
+    MarginDomain,
     NormalDomain,
     UniformDomain,
     Values,
@@ -96,7 +99,8 @@ class Settings(BaseModel):
     disable: frozenset[str] = frozenset()
     training: TrainingSettings | None = None  # replaced as a whole by a more specific level
     # the input domain sampled when no inputs are given (replaced as a whole), and the count
-    domain: InstanceOf[UniformDomain] | InstanceOf[NormalDomain] | None = None
+    domain: (InstanceOf[UniformDomain] | InstanceOf[NormalDomain] | InstanceOf[BallDomain]
+             | InstanceOf[MarginDomain] | None) = None
     samples: int | None = None
     # skip the static gate of TorchScript code (loaders.ts_gate): the user vouches for the archive
     trust_torchscript: bool | None = None
@@ -278,13 +282,17 @@ class TrainingInput(_Input):
 
 
 class DomainInput(_Input):
-    """``domain:``: {low, high} (uniform in the box) or {mean, std} (normal), each a number, a list
-    with one number per channel, or nested lists that broadcast to the model's input shape."""
+    """``domain:``: {low, high} (the box, sampled uniformly), {mean, std} (normal: sampled only,
+    no bounded audit domain), each a number, a list with one number per channel, or nested lists
+    that broadcast to the model's input shape; or {ball: EPS} (linf balls around the sample
+    inputs) or {margin: M} (the samples' box widened by M), audit domains built from --inputs."""
 
     low: Any = None
     high: Any = None
     mean: Any = None
     std: Any = None
+    ball: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
     @field_validator("low", "high", "mean", "std")
     @classmethod
@@ -299,10 +307,10 @@ class DomainInput(_Input):
 
     @model_validator(mode="after")
     def _one_form(self) -> DomainInput:
-        given = {name for name in ("low", "high", "mean", "std") if getattr(self, name) is not None}
-        if given not in ({"low", "high"}, {"mean", "std"}):
+        given = {name for name in ("low", "high", "mean", "std", "ball", "margin") if getattr(self, name) is not None}
+        if given not in ({"low", "high"}, {"mean", "std"}, {"ball"}, {"margin"}):
             raise _error(
-                "expected either {low, high} (uniform) or {mean, std} (normal)"
+                "expected one of {low, high} (a box), {mean, std} (normal), {ball} or {margin}"
                 + (f", got {{{', '.join(sorted(given))}}}" if given else "")
             )
         try:
@@ -311,7 +319,11 @@ class DomainInput(_Input):
             raise _error(str(exc)) from None
         return self
 
-    def to_domain(self) -> UniformDomain | NormalDomain:
+    def to_domain(self) -> Domain:
+        if self.ball is not None:
+            return BallDomain(eps=self.ball)
+        if self.margin is not None:
+            return MarginDomain(margin=self.margin)
         if self.low is not None:
             return UniformDomain(low=self.low, high=self.high)
         return NormalDomain(mean=self.mean, std=self.std)
@@ -453,7 +465,9 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "data": ("expected the path of a .npz file with arrays x and y", None),
     "second_moment": ("expected the path of a .npz file (Adam's v by parameter name)", None),
     "noise": ("expected a finite number >= 0 (the gradient-noise variance)", None),
-    "domain": ("expected a mapping {low, high} (uniform) or {mean, std} (normal)", None),
+    "domain": ("expected a mapping {low, high} (a box), {mean, std} (normal), {ball: EPS} or {margin: M}", None),
+    "ball": ("expected a finite number >= 0 (the linf radius around each sample)", None),
+    "margin": ("expected a finite number >= 0 (added around the samples' box)", None),
     "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
     "trust_torchscript": ("expected true or false", None),
     "low": ("expected a number or a list of numbers", None),

@@ -63,6 +63,9 @@ class LayerLipschitz:
     certified: bool  # the upper bound is sound
     lower_method: str = ""
     lower_certified: bool = False
+    # the certified bound of this layer over the audit domain (its inputs' value ranges); only
+    # with a bounded domain, and only where it is finite
+    domain_upper: float | None = field(default=None, metadata={"omit_when_none": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +136,24 @@ class Additive:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DomainInfo:
+    """What a bound is over: ``kind`` "global" (every input) or the audit domain: "box" (low <= x
+    <= high), "ball" (linf balls of radius ``radius`` around ``boxes`` samples), "margin" (the
+    samples' box widened by ``radius``). ``low``/``high``: the smallest and largest entry bound of
+    the domain; ``description``: the domain in words."""
+
+    kind: str = "global"
+    description: str = "every input"
+    boxes: int | None = field(default=None, metadata={"omit_when_none": True})
+    radius: float | None = field(default=None, metadata={"omit_when_none": True})
+    low: float | None = field(default=None, metadata={"omit_when_none": True})
+    high: float | None = field(default=None, metadata={"omit_when_none": True})
+
+
+GLOBAL = DomainInfo()
+
+
+@dataclass(frozen=True, kw_only=True)
 class GlobalLipschitz:
     upper: float | None
     lower: float | None
@@ -143,6 +164,8 @@ class GlobalLipschitz:
     norm: str = "l2"
     methods: tuple[MethodBound, ...] = ()
     additive: Additive | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    domain: DomainInfo = GLOBAL  # what the bracket is over
+    notes: tuple[str, ...] = field(default=(), metadata={"omit_when_empty": True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,6 +231,8 @@ class Report:
     residual_blocks: tuple[ResidualBlock, ...] = ()  # THEORY.md residual channel (SA201, SA202)
     training: TrainingReport | None = None  # THEORY.md update channel (SA501-SA503)
     samples: SampleInfo | None = None  # the sample inputs of the data-dependent checks; None: none
+    # the Lipschitz bracket over the audit domain (--domain, config domain:); absent without one
+    domain_lipschitz: GlobalLipschitz | None = field(default=None, metadata=OMIT_WHEN_NONE)
     schema_version: str = SCHEMA_VERSION
 
 

@@ -26,6 +26,7 @@ def plain(value: Any) -> Any:
             f.name: plain(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if not (_omitted_when_none(f) and getattr(value, f.name) is None)
+            and not (_omitted_when_empty(f) and getattr(value, f.name) == ())
         }
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
@@ -37,6 +38,11 @@ def plain(value: Any) -> Any:
 def _omitted_when_none(f: dataclasses.Field[Any]) -> bool:
     """A field whose key the JSON leaves out while its value is None (model.OMIT_WHEN_NONE)."""
     return bool(f.metadata.get("omit_when_none"))
+
+
+def _omitted_when_empty(f: dataclasses.Field[Any]) -> bool:
+    """A tuple field whose key the JSON leaves out while it is empty."""
+    return bool(f.metadata.get("omit_when_empty"))
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -105,6 +111,9 @@ def _decode_dataclass(cls: type[_T], data: Any, path: str) -> _T:
     for f in fields:
         if f.name not in data and _omitted_when_none(f):
             kwargs[f.name] = None
+            continue
+        if f.name not in data and _omitted_when_empty(f):
+            kwargs[f.name] = ()
             continue
         if f.name not in data:
             raise ValueError(f"{path}.{f.name}: missing")

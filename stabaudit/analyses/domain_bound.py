@@ -1,0 +1,220 @@
+"""Lipschitz bounds over the audit domain: boxes from the domain, value ranges, local rules, composition.
+
+The audit domain D (``--domain``, config ``domain:``) is a box, the samples' box widened by a
+margin, or the union of linf balls around the samples. Each is given as boxes (one, or one per
+ball; the bound over a union is the largest bound over its parts). Over each box B:
+1. ``analyses.ranges.value_ranges`` encloses every tensor's values while the input ranges over B
+   (interval arithmetic, rounded outward);
+2. every node whose rule on those ranges (``bounds.ranged.ranged_bound``) is tighter than its
+   global rule gets that bound: an operator whose slopes (or, for products, whose operands) are
+   bounded on the enclosure of its inputs is Lipschitz there with the stated constant, and every
+   point of B maps into those enclosures;
+3. the per-node bounds are composed over the graph as the global ones are
+   (``analyses.composition.compose``): the composition only uses that each node maps its inputs'
+   ranges with the stated constant, so its result bounds ||F(x) - F(y)|| / ||x - y|| for x, y in B.
+The domain bound is the smaller of that and the global bound (valid everywhere, so on D too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from stabaudit.analyses.samples import (
+    BallDomain,
+    Domain,
+    MarginDomain,
+    NormalDomain,
+    UniformDomain,
+    broadcast,
+)
+from stabaudit.bounds.base import Bound, Combine, Guarantee, Interval, OpBound, RuleContext
+from stabaudit.errors import UsageError
+from stabaudit.ir.graph import Graph
+from stabaudit.limits import check_deadline
+
+METHOD = "domain-composition"
+# balls of a ball domain bounded one by one; beyond, one box that holds them all (their hull)
+MAX_BALLS = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Boxes:
+    """The audit domain as boxes (one Interval per graph input each); their union contains D."""
+
+    kind: str  # box | ball | margin
+    description: str
+    boxes: tuple[Mapping[str, Interval], ...]
+    radius: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def low(self) -> float:
+        return float(min(float(np.min(b.lo)) for box in self.boxes for b in box.values()))
+
+    @property
+    def high(self) -> float:
+        return float(max(float(np.max(b.hi)) for box in self.boxes for b in box.values()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainResult:
+    """The certified bound over the domain (max over its boxes) and each node's local bound."""
+
+    boxes: Boxes
+    upper: Bound
+    node_uppers: Mapping[str, float]  # node name -> its largest local bound over the boxes (finite only)
+    resolved: tuple[str, ...]  # nodes with no global bound that the ranges bound
+    unresolved: tuple[str, ...]  # nodes the ranges still leave unbounded
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+def _down(a: np.ndarray) -> np.ndarray:
+    return np.nextafter(a, -np.inf)
+
+
+def _up(a: np.ndarray) -> np.ndarray:
+    return np.nextafter(a, np.inf)
+
+
+def _split(graph: Graph, flat: np.ndarray) -> dict[str, np.ndarray]:
+    """One sample (flat, the inputs' entries concatenated) as arrays by graph input."""
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in graph.inputs:
+        size = int(np.prod(spec.shape))
+        out[spec.name] = flat[offset: offset + size].reshape(spec.shape)
+        offset += size
+    return out
+
+
+def domain_boxes(graph: Graph, domain: Domain, samples: np.ndarray | None) -> Boxes:
+    """The domain as boxes over the graph's inputs; UsageError when it cannot be (an unbounded
+    domain, a ball or margin domain without samples)."""
+    match domain:
+        case NormalDomain():
+            raise UsageError("domain: a normal domain {mean, std} is unbounded, so no bound over it exists; "
+                             "give a box (--domain LOW,HIGH or domain: {low, high})")
+        case UniformDomain(low=low, high=high):
+            box = {
+                spec.name: Interval(lo=broadcast("low", low, tuple(spec.shape)).copy(),
+                                    hi=broadcast("high", high, tuple(spec.shape)).copy())
+                for spec in graph.inputs
+            }
+            lo_text = f"{min(low.values):g}" if len(set(low.values)) == 1 else "per entry"
+            hi_text = f"{max(high.values):g}" if len(set(high.values)) == 1 else "per entry"
+            return Boxes(kind="box", description=f"the box low <= x <= high (low {lo_text}, high {hi_text})",
+                         boxes=(box,))
+        case BallDomain(eps=eps) | MarginDomain(margin=eps):
+            if samples is None:
+                raise UsageError("domain: a ball or margin domain is built around the sample inputs: give "
+                                 "--inputs (or a box domain LOW,HIGH)")
+            flat = np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1)
+            if isinstance(domain, MarginDomain) or flat.shape[0] > MAX_BALLS:
+                lo = _split(graph, _down(flat.min(axis=0) - eps))
+                hi = _split(graph, _up(flat.max(axis=0) + eps))
+                box = {name: Interval(lo=lo[name], hi=hi[name]) for name in lo}
+                if isinstance(domain, MarginDomain):
+                    return Boxes(kind="margin", radius=eps, boxes=(box,),
+                                 description=f"the box of the {flat.shape[0]} sample(s) widened by {eps:g}")
+                return Boxes(kind="ball", radius=eps, boxes=(box,),
+                             description=f"linf balls of radius {eps:g} around {flat.shape[0]} samples",
+                             notes=(f"{flat.shape[0]} balls (more than {MAX_BALLS}): bounded over the box that "
+                                    "holds them all",))
+            balls = []
+            for row in flat:
+                lo = _split(graph, _down(row - eps))
+                hi = _split(graph, _up(row + eps))
+                balls.append({name: Interval(lo=lo[name], hi=hi[name]) for name in lo})
+            return Boxes(kind="ball", radius=eps, boxes=tuple(balls),
+                         description=f"linf balls of radius {eps:g} around {flat.shape[0]} samples")
+    raise TypeError(f"domain_boxes got a {type(domain).__name__}")
+
+
+def _better(global_bound: OpBound, local: OpBound | None) -> OpBound:
+    """The tighter of two sound bounds of one node (both hold on the box)."""
+    if local is None:
+        return global_bound
+    if global_bound.combine is not local.combine or (
+        local.combine is not Combine.CHAIN and len(local.input_gains) != len(global_bound.input_gains)
+    ):
+        return local if not math.isfinite(_size(global_bound)) else global_bound
+    if local.combine is Combine.CHAIN:
+        return local if local.upper.value < global_bound.upper.value else global_bound
+    gains = tuple(min(a, b) for a, b in zip(global_bound.input_gains, local.input_gains, strict=True))
+    upper = local.upper if local.upper.value <= global_bound.upper.value else global_bound.upper
+    return dataclasses.replace(local, input_gains=gains, upper=upper)
+
+
+def _size(ob: OpBound) -> float:
+    if ob.combine is Combine.CHAIN:
+        return ob.upper.value
+    return max(ob.input_gains, default=ob.upper.value)
+
+
+def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[str, Interval],
+                   regions: Mapping[str, tuple[str, float]] | None = None,
+                   ) -> tuple[float, bool, dict[str, OpBound]]:
+    """(the composed bound over ``box``, certified, the per-node bounds used)."""
+    from stabaudit.analyses.composition import compose
+    from stabaudit.analyses.ranges import value_ranges
+    from stabaudit.bounds.ranged import ranged_bound
+
+    ranges = value_ranges(graph, box)
+    local: dict[str, OpBound] = {}
+    for node in graph.nodes:
+        check_deadline()
+        ctx = RuleContext(
+            input_shapes=tuple(graph.shapes[name] for name in node.inputs),
+            output_shape=graph.shapes[node.output],
+        )
+        found = ranged_bound(node, ctx, tuple(ranges[name] for name in node.inputs), ranges[node.output])
+        local[node.output] = _better(op_bounds[node.output], found)
+    comp = compose(graph, local, None, regions)
+    return comp.upper.value, comp.upper.certified, local
+
+
+def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *,
+                 global_upper: float | None = None,
+                 regions: Mapping[str, tuple[str, float]] | None = None) -> DomainResult:
+    """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module)."""
+    from stabaudit.bounds.domain import NEEDS_DOMAIN
+
+    start = time.perf_counter()
+    worst = 0.0
+    certified = True
+    node_uppers: dict[str, float] = {}
+    by_output = {node.output: node for node in graph.nodes}
+    needing = {node.name for node in graph.nodes if op_bounds[node.output].upper.method == NEEDS_DOMAIN}
+    still: set[str] = set()
+    for box in boxes.boxes:
+        value, ok, local = bound_over_box(graph, op_bounds, box, regions)
+        worst = max(worst, value)
+        certified = certified and ok
+        for out, ob in local.items():
+            name = by_output[out].name
+            size = _size(ob)
+            if not math.isfinite(size):
+                still.add(name)
+            if ob is not op_bounds[out] and ob.combine is Combine.CHAIN and math.isfinite(size):
+                node_uppers[name] = max(node_uppers.get(name, 0.0), size)
+    for name in still:
+        node_uppers.pop(name, None)
+    method = METHOD
+    if global_upper is not None and global_upper < worst:
+        worst, method = global_upper, "global bound (tighter than the domain composition)"
+    return DomainResult(
+        boxes=boxes,
+        upper=Bound(value=worst, guarantee=Guarantee.UPPER if certified else Guarantee.ESTIMATE, method=method),
+        node_uppers=node_uppers,
+        resolved=tuple(sorted(needing - still)),
+        unresolved=tuple(sorted(needing & still)),
+        seconds=time.perf_counter() - start,
+        notes=boxes.notes,
+    )
