@@ -1,0 +1,117 @@
+"""The audit domain as boxes, and the projected pair ascent's lower bound inside it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.analyses.domain_bound import domain_boxes
+from stabaudit.analyses.domain_lower import domain_lower, plan
+from stabaudit.analyses.samples import (
+    BallDomain,
+    MarginDomain,
+    NormalDomain,
+    UniformDomain,
+    Values,
+    parse_domain,
+)
+from stabaudit.errors import UsageError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor, with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+
+def _relu_net(seed: int = 0) -> Graph:
+    rng = np.random.default_rng(seed)
+    w1, w2 = rng.normal(size=(8, 3)), rng.normal(size=(2, 8))
+    nodes = (
+        Node(name="fc0", op=O.Linear(weight=w1, bias=rng.normal(size=8)), inputs=("x",), output="h"),
+        Node(name="relu", op=O.Relu(), inputs=("h",), output="a"),
+        Node(name="fc1", op=O.Linear(weight=w2, bias=None), inputs=("a",), output="y"),
+    )
+    return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes).validate())
+
+
+def _linear(seed: int = 1) -> tuple[Graph, np.ndarray]:
+    w = np.random.default_rng(seed).normal(size=(4, 5))
+    nodes = (Node(name="fc", op=O.Linear(weight=w, bias=np.ones(4)), inputs=("x",), output="y"),)
+    return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 5)),), outputs=("y",), nodes=nodes).validate()), w
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0,1", UniformDomain(low=Values(values=(0.0,)), high=Values(values=(1.0,)))),
+        (" -1 , 1 ", UniformDomain(low=Values(values=(-1.0,)), high=Values(values=(1.0,)))),
+        ("ball:0.05", BallDomain(eps=0.05)),
+        ("margin:0.1", MarginDomain(margin=0.1)),
+    ],
+)
+def test_parse_domain(text: str, expected: object) -> None:
+    assert parse_domain(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1", "1,0", "ball:-1", "ball:x", "margin:inf", "nan,1", "0,inf"])
+def test_parse_domain_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="expected"):
+        parse_domain(text)
+
+
+def test_boxes_of_each_kind() -> None:
+    g = _relu_net()
+    box = domain_boxes(g, UniformDomain(low=Values(values=(-1.0, 0.0, 0.5), shape=(3,)),
+                                        high=Values(values=(1.0,))), None)
+    assert box.kind == "box" and len(box.boxes) == 1
+    np.testing.assert_array_equal(box.boxes[0]["x"].lo, [[-1.0, 0.0, 0.5]])
+    np.testing.assert_array_equal(box.boxes[0]["x"].hi, [[1.0, 1.0, 1.0]])
+    samples = np.array([[[0.0, 1.0, 2.0]], [[1.0, -1.0, 0.5]]])
+    balls = domain_boxes(g, BallDomain(eps=0.25), samples)
+    assert balls.kind == "ball" and len(balls.boxes) == 2
+    lo, hi = balls.boxes[1]["x"].lo, balls.boxes[1]["x"].hi
+    # outward: the stored ends enclose x +- eps exactly
+    assert np.all(lo <= samples[1] - 0.25) and np.all(hi >= samples[1] + 0.25)
+    assert np.all(lo > samples[1] - 0.25 - 1e-12) and np.all(hi < samples[1] + 0.25 + 1e-12)
+    margin = domain_boxes(g, MarginDomain(margin=0.5), samples)
+    assert len(margin.boxes) == 1
+    assert np.all(margin.boxes[0]["x"].lo <= np.array([[-0.5, -1.5, 0.0]]))
+    assert margin.low <= -1.5 and margin.high >= 2.5
+    with pytest.raises(UsageError, match="give --inputs"):
+        domain_boxes(g, BallDomain(eps=0.1), None)
+    with pytest.raises(UsageError, match="unbounded"):
+        domain_boxes(g, NormalDomain(mean=Values(values=(0.0,)), std=Values(values=(1.0,))), None)
+
+
+def test_lower_bound_of_a_linear_map_reaches_its_norm_inside_the_box() -> None:
+    g, w = _linear()
+    boxes = domain_boxes(g, UniformDomain(low=Values(values=(0.0,)), high=Values(values=(0.5,))), None)
+    low = domain_lower(g, boxes, seed=0, budget_s=0.5)
+    norm = float(np.linalg.norm(w, 2))
+    assert low.value <= norm * (1 + 1e-12)
+    assert low.value >= 0.98 * norm  # the ascent finds the top singular direction
+    x, y = np.array(low.x), np.array(low.y)
+    assert np.all((x >= 0.0) & (x <= 0.5)) and np.all((y >= 0.0) & (y <= 0.5))
+
+
+def test_lower_bound_is_a_confirmed_quotient_of_a_pair_in_the_domain() -> None:
+    g = _relu_net()
+    samples = np.array([[[0.3, -0.2, 0.1]]])
+    boxes = domain_boxes(g, BallDomain(eps=0.1), samples)
+    low = domain_lower(g, boxes, seed=3, budget_s=0.5)
+    assert low.value > 0
+    x, y = np.array(low.x), np.array(low.y)
+    assert np.max(np.abs(x - samples.ravel())) <= 0.1 and np.max(np.abs(y - samples.ravel())) <= 0.1
+    f = Executor(g, dtype=torch.float64).flat()
+    q = float((f(torch.from_numpy(y)) - f(torch.from_numpy(x))).norm()) / float(np.linalg.norm(y - x))
+    assert low.value <= q * (1 + 1e-9)
+    # the same seed gives the same number (counted work, no clock)
+    assert domain_lower(g, boxes, seed=3, budget_s=0.5).value == low.value
+
+
+def test_plan_is_counted_and_grows_with_the_budget() -> None:
+    small, big = plan(1e6, 0.1, 1), plan(1e6, 10.0, 1)
+    assert small[0] * small[1] < big[0] * big[1]
+    assert plan(1e6, 1.0, 1) == plan(1e6, 1.0, 1)
+    assert math.prod(plan(1e12, 1.0, 1)) >= 4 * 10  # never below the minimal plan
