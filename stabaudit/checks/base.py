@@ -62,6 +62,9 @@ class Evidence:
     training: TrainingResult | None = None  # the update channel (SA501-SA503); None without a spec
     sampled: SampleEvidence | None = None  # SA301, SA303, SA401; None without samples
     residual: ResidualEvidence | None = None  # SA201, SA202: the residual blocks (residual channel)
+    # the bracket over the audit domain (--domain): SA101-SA103 judge over it when present
+    domain_lipschitz: GlobalLipschitz | None = None
+    domain_product_upper: float | None = None  # the composed layer gains over the domain (SA103)
 
 
 @dataclass(frozen=True, kw_only=True)
