@@ -6,10 +6,10 @@ import math
 from dataclasses import replace
 
 import pytest
-from test_checks import by_id, evidence, layer
 
 from stabaudit.checks import CheckPolicy, run_checks
 from stabaudit.report.model import DomainInfo, GlobalLipschitz, LayerLipschitz, Status
+from tests.checks.test_checks import by_id, evidence, layer
 
 BOX = DomainInfo(kind="box", description="the box 0 <= x <= 1", low=0.0, high=1.0)
 
