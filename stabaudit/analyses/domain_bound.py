@@ -68,6 +68,7 @@ class DomainResult:
 
     boxes: Boxes
     upper: Bound
+    product: float  # the composed per-node gains over the domain (SA103's product), max over boxes
     node_uppers: Mapping[str, float]  # node name -> its largest local bound over the boxes (finite only)
     resolved: tuple[str, ...]  # nodes with no global bound that the ranges bound
     unresolved: tuple[str, ...]  # nodes the ranges still leave unbounded
@@ -160,8 +161,9 @@ def _size(ob: OpBound) -> float:
 
 def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[str, Interval],
                    regions: Mapping[str, tuple[str, float]] | None = None,
-                   ) -> tuple[float, bool, dict[str, OpBound]]:
-    """(the composed bound over ``box``, certified, the per-node bounds used)."""
+                   ) -> tuple[float, bool, float, dict[str, OpBound]]:
+    """(the composed bound over ``box``, certified, the composed layer gains (no linear regions:
+    the depth profile's figure), the per-node bounds used)."""
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.bounds.ranged import ranged_bound
@@ -176,8 +178,9 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
         )
         found = ranged_bound(node, ctx, tuple(ranges[name] for name in node.inputs), ranges[node.output])
         local[node.output] = _better(op_bounds[node.output], found)
-    comp = compose(graph, local, None, regions)
-    return comp.upper.value, comp.upper.certified, local
+    layered = compose(graph, local)
+    comp = compose(graph, local, None, regions) if regions else layered
+    return comp.upper.value, comp.upper.certified and layered.upper.certified, layered.upper.value, local
 
 
 def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *,
@@ -187,15 +190,15 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     from stabaudit.bounds.domain import NEEDS_DOMAIN
 
     start = time.perf_counter()
-    worst = 0.0
+    worst = product = 0.0
     certified = True
     node_uppers: dict[str, float] = {}
     by_output = {node.output: node for node in graph.nodes}
     needing = {node.name for node in graph.nodes if op_bounds[node.output].upper.method == NEEDS_DOMAIN}
     still: set[str] = set()
     for box in boxes.boxes:
-        value, ok, local = bound_over_box(graph, op_bounds, box, regions)
-        worst = max(worst, value)
+        value, ok, layered, local = bound_over_box(graph, op_bounds, box, regions)
+        worst, product = max(worst, value), max(product, layered)
         certified = certified and ok
         for out, ob in local.items():
             name = by_output[out].name
@@ -212,9 +215,37 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     return DomainResult(
         boxes=boxes,
         upper=Bound(value=worst, guarantee=Guarantee.UPPER if certified else Guarantee.ESTIMATE, method=method),
+        product=product,
         node_uppers=node_uppers,
         resolved=tuple(sorted(needing - still)),
         unresolved=tuple(sorted(needing & still)),
         seconds=time.perf_counter() - start,
         notes=boxes.notes,
     )
+
+
+def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
+    """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
+    ball around its center (radius rounded up so that the ball holds the box); the largest over
+    the boxes, with its method. None for a graph with operators the interval Jacobian lacks."""
+    from stabaudit.analyses.local import local_bounds
+    from stabaudit.errors import UnsupportedOperatorError
+
+    worst, methods = 0.0, set()
+    for box in boxes.boxes:
+        check_deadline()
+        lo = np.concatenate([box[s.name].lo.ravel() for s in graph.inputs])
+        hi = np.concatenate([box[s.name].hi.ravel() for s in graph.inputs])
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            return None
+        c = (lo + hi) / 2
+        r = float(np.nextafter(np.max(np.maximum(hi - c, c - lo)), np.inf))
+        try:
+            found = local_bounds(graph, c[None, :], eps=r, norm="linf")
+        except UnsupportedOperatorError:
+            return None
+        if not found.upper.certified:
+            return None
+        worst = max(worst, found.upper.value)
+        methods.add(found.method)
+    return worst, "+".join(sorted(methods))

@@ -54,11 +54,19 @@ def externalize(
     """The report with a witness above WITNESS_INLINE_MAX entries taken out (x and y empty, a
     WitnessStore in their place naming ``file``, or only the digest and norms when ``file`` is
     None) and the arrays to store in the sidecar (empty when nothing was taken out)."""
+    arrays: dict[str, tuple[float, ...]] = {}
     w = report.lipschitz.witness
-    if w is None or w.stored is not None or max(len(w.x), len(w.y)) <= WITNESS_INLINE_MAX:
-        return report, {}
-    small, arrays = _outside(w, file, prefix)
-    return replace(report, lipschitz=replace(report.lipschitz, witness=small)), arrays
+    if w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+        small, arrays = _outside(w, file, prefix)
+        report = replace(report, lipschitz=replace(report.lipschitz, witness=small))
+    # the domain bracket's witness (a pair inside the domain): arrays domain_x, domain_y
+    d = report.domain_lipschitz
+    w = d.witness if d is not None else None
+    if d is not None and w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+        small, more = _outside(w, file, prefix + "domain_")
+        report = replace(report, domain_lipschitz=replace(d, witness=small))
+        arrays |= more
+    return report, arrays
 
 
 def externalize_batch(batch: BatchReport, file: str | None) -> tuple[BatchReport, dict[str, tuple[float, ...]]]:
