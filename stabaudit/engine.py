@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -15,36 +14,30 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stabaudit import __version__
-from stabaudit.errors import EquivalenceError, InternalError, UsageError
+from stabaudit.errors import UsageError
 from stabaudit.ir.graph import Graph
 from stabaudit.report.gate import FailOn, gate
 from stabaudit.report.model import (
-    Additive,
     Equivalence,
     GlobalLipschitz,
     Layer,
-    LayerLipschitz,
-    MethodBound,
     ModelInfo,
     ProfileStep,
     Report,
     Severity,
     ToolInfo,
     Waiver,
-    Witness,
 )
+from stabaudit.stages import _finite, _training_report
 
 if TYPE_CHECKING:
-    from stabaudit.analyses.exact import ExactResult
-    from stabaudit.analyses.residual import WholeBlock
     from stabaudit.analyses.samples import Domain, SampleEvidence
     from stabaudit.analyses.training import TrainingResult, TrainingSpec
-    from stabaudit.bounds.base import OpBound
     from stabaudit.cache import AnalysisCache
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.checks.residual import ResidualEvidence
-    from stabaudit.ir.parameters import Parameterisation
     from stabaudit.report.model import SampleInfo, TrainingReport
+    from stabaudit.stages import AnalysisState
 
 Observer = Callable[[str], None]
 
@@ -149,194 +142,6 @@ def _nonfinite(graph: Graph) -> dict[str, int]:
         counts[node.name] = n
     return counts
 
-
-# --method: the global methods each choice runs beyond the product (analyses.feedforward.METHODS;
-# "exact" is the branch and bound of analyses.exact)
-METHOD_CHOICES: dict[str, tuple[str, ...]] = {
-    "auto": ("layerwise", "sdp", "exact"),
-    "product": (),
-    "layerwise": ("layerwise",),
-    "sdp": ("sdp",),
-    "eclipse-fast": ("eclipse-fast",),
-    "eclipse": ("eclipse",),
-    "lipsdp-neuron": ("lipsdp-neuron",),
-    "exact": ("exact",),
-}
-AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most this many hidden units
-
-
-def _global_methods(
-    graph: Graph, request: AuditRequest, reproducible: bool
-) -> tuple[list[MethodBound], ExactResult | None]:
-    """The certified global methods beyond the product; auto runs them only on the feedforward
-    chains they apply to, an explicit --method reports why it did not apply. Also returns the
-    exact mode's result (its lower bound is a witnessed region norm)."""
-    from stabaudit.analyses.exact import exact_lipschitz
-    from stabaudit.analyses.feedforward import extract_chain, global_bounds
-
-    auto = request.method == "auto"
-    chain = extract_chain(graph)
-    if auto and chain is None:
-        return [], None
-
-    def method_bound(
-        method: str, upper: float | None, certified: bool, seconds: float, notes: tuple[str, ...]
-    ) -> MethodBound:
-        return MethodBound(
-            method=method,
-            upper=_finite(upper),
-            certified=certified and _finite(upper) is not None,
-            seconds=0.0 if reproducible else round(seconds, 4),
-            notes=notes,
-        )
-
-    wanted = METHOD_CHOICES[request.method]
-    convex = tuple(m for m in wanted if m != "exact")
-    out = [
-        method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes))
-        for r in (global_bounds(graph, budget_s=request.budget_s, methods=convex) if convex else [])
-    ]
-    exact = None
-    units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else 0
-    if "exact" in wanted and (not auto or units <= AUTO_EXACT_MAX_UNITS):
-        exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
-        done = ("exact constant (branch and bound finished)",) if exact.exact else ()
-        out.append(
-            method_bound(
-                exact.method,
-                exact.upper,
-                exact.upper is not None,
-                exact.seconds,
-                exact.notes + done,
-            )
-        )
-    return out, exact
-
-
-def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) -> LocalEvidence:
-    """SA302's evidence: the certified local bound over linf balls around the samples."""
-    from stabaudit.analyses.local import local_bounds
-    from stabaudit.checks.base import LocalEvidence
-    from stabaudit.errors import UnsupportedOperatorError
-
-    n = int(samples.shape[0])
-    try:
-        result = local_bounds(graph, samples, eps=request.eps, norm="linf")
-    except UnsupportedOperatorError as exc:
-        return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
-    upper = _finite(result.upper.value)
-    totals: dict[str, list[int]] = {}
-    for sample in result.samples:
-        for c in sample.counts:
-            t = totals.setdefault(c.layer, [0, 0, 0])
-            t[0], t[1], t[2] = t[0] + c.active, t[1] + c.inactive, t[2] + c.unstable
-    return LocalEvidence(
-        upper=upper,
-        eps=request.eps,
-        norm="linf",
-        samples=len(result.samples),
-        message="" if upper is not None else "the local bound is not finite",
-        units=tuple((layer, a, i, u) for layer, (a, i, u) in totals.items()),
-    )
-
-
-def _residual_evidence(
-    graph: Graph,
-    op_bounds: Mapping[str, OpBound],
-    samples: np.ndarray | None,
-    request: AuditRequest,
-    whole: Mapping[str, WholeBlock],
-) -> ResidualEvidence:
-    """SA201/SA202's evidence: the residual blocks, their certified bounds, and J_f at the samples."""
-    from stabaudit.checks.residual import residual_evidence
-
-    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole)
-
-
-def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
-    """The samples of the data-dependent channels [N, *input shape] and what the report says of
-    them: the given inputs (checked against the model's input shape), else ``sample_count`` draws
-    from the domain seeded with request.seed, else none."""
-    from stabaudit.analyses import samples as S
-    from stabaudit.report.model import DomainParameter, SampleInfo, SampleSource
-
-    if request.inputs is not None:
-        try:
-            samples = S.conform_samples(request.inputs, graph)
-        except UsageError as exc:
-            raise UsageError(str(exc), path=str(request.path)) from None
-        file = request.inputs_sha256 is not None
-        return samples, SampleInfo(
-            source=SampleSource.FILE if file else SampleSource.ARRAY,
-            count=int(samples.shape[0]),
-            shape=tuple(int(d) for d in samples.shape[1:]),
-            sha256=request.inputs_sha256 if file else S.array_sha256(samples),
-        )
-    if request.domain is None:
-        return None, None
-    if len(graph.inputs) != 1:
-        raise UsageError(
-            f"domain: the model has {len(graph.inputs)} inputs; a domain is sampled for models "
-            "with one input (give --inputs instead)",
-            path=str(request.path),
-        )
-    shape = tuple(int(d) for d in graph.inputs[0].shape)
-    try:
-        samples = S.draw_samples(request.domain, shape, request.sample_count, request.seed)
-    except UsageError as exc:
-        raise UsageError(str(exc), path=str(request.path)) from None
-    return samples, SampleInfo(
-        source=SampleSource(S.domain_source(request.domain)),
-        count=int(samples.shape[0]),
-        shape=shape,
-        seed=request.seed,
-        domain=tuple(
-            DomainParameter(name=name, values=v.values, shape=v.shape)
-            for name, v in S.domain_parameters(request.domain).items()
-        ),
-    )
-
-
-def _samples_evidence(
-    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest
-) -> SampleEvidence:
-    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples."""
-    from stabaudit.analyses.activations import activation_units
-    from stabaudit.analyses.parameters import parameter_sensitivity
-    from stabaudit.analyses.samples import SampleEvidence
-
-    return SampleEvidence(
-        count=int(samples.shape[0]),
-        source=source,
-        activations=activation_units(graph, samples, eps=request.eps),
-        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed),
-    )
-
-
-def _training_evidence(graph: Graph, request: AuditRequest, parameterisation: Parameterisation | None) -> TrainingResult:
-    """SA501-SA503's evidence: the loss Hessian's extreme eigenvalues at the stored parameters."""
-    from stabaudit.analyses.training import training_dynamics
-
-    assert request.training is not None
-    return training_dynamics(graph, request.training, seed=request.seed, device=request.device,
-                             parameterisation=parameterisation)
-
-
-def _training_report(result: TrainingResult | None) -> TrainingReport | None:
-    """The report's `training` section, None without a spec."""
-    from stabaudit.checks.training import training_report
-
-    return training_report(result)
-
-
-def _is_translation(op: object) -> bool:
-    from stabaudit.ir.ops import Affine
-
-    return isinstance(op, Affine) and op.scale is None
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and np.isfinite(x) else None
 
 
 def _digest(data: bytes) -> str:
@@ -461,249 +266,33 @@ def audit(
 def analyse(
     request: AuditRequest, observer: Observer | None, memory_budget: int, sha256: str | None
 ) -> Analysis:
-    """The analysis stage: load, verify, bound; ``sha256`` of the model file when the caller
-    already read it (cache key)."""
-    from stabaudit.analyses.composition import compose
-    from stabaudit.analyses.equivalence import check_equivalence
-    from stabaudit.analyses.lower import lower_bound
-    from stabaudit.bounds import bound_node
-    from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
-    from stabaudit.ir.ops import LINEAR_MAPS, STRUCTURAL
-    from stabaudit.ir.passes import fold_affine, merge_linear_maps
-    from stabaudit.limits import check_analysis_memory, check_deadline, check_model_memory
-    from stabaudit.loaders import load_model
+    """The analysis stage: the stages of ``stabaudit.stages.STAGES`` in order (load, verify,
+    bound, the data-dependent channels, the lower bound), each saying its line to the observer
+    and timed under its key, then their evidence as an Analysis; ``sha256`` of the model file
+    when the caller already read it (cache key)."""
+    from stabaudit.stages import STAGES, AnalysisState
 
     say = observer or (lambda _msg: None)
-    reproducible = report_timestamp()[1]
-    timings: dict[str, float] = {}
+    ev = AnalysisState(memory_budget=memory_budget, reproducible=report_timestamp()[1])
     t0 = time.perf_counter()
-
-    if request.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
-
-    say("loading")
-    check_model_memory(request.path, memory_budget)
-    loaded = load_model(
-        request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
-        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb,
-    )
-    # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
-    graph = merge_linear_maps(fold_affine(loaded.graph))
-    check_analysis_memory(graph, memory_budget, path=str(request.path))
-    folded = replace(loaded, graph=graph)
-    timings["load"] = time.perf_counter() - t0
-
-    say("equivalence")
-    t = time.perf_counter()
-    eq = check_equivalence(folded, seed=request.seed)
-    timings["equivalence"] = time.perf_counter() - t
-    if not eq.passed:
-        raise EquivalenceError(
-            f"the engine's forward pass differs from {eq.reference} by {eq.max_abs_diff:.3g} "
-            f"(tolerance {eq.tolerance:.3g}) [SA902]; no bound can be trusted",
-            path=str(request.path),
-        )
-
-    say("per-layer bounds")
-    from stabaudit.bounds.domain import NEEDS_DOMAIN
-
-    t = time.perf_counter()
-    settings = BoundSettings(
-        seed=request.seed, power_iterations=request.power_iterations, device=request.device
-    )
-    op_bounds = {}
-    layers: list[Layer] = []
-    for node in graph.nodes:
-        check_deadline()
-        ctx = RuleContext(
-            input_shapes=tuple(graph.shapes[name] for name in node.inputs),
-            output_shape=graph.shapes[node.output],
-            settings=settings,
-        )
-        ob = bound_node(node, ctx)
-        op_bounds[node.output] = ob
-        if node.op.type in STRUCTURAL or _is_translation(node.op):
-            continue  # isometries and translations do not change distances: not layers
-        if ob.upper.method == NEEDS_DOMAIN:  # no number without a bounded input domain
-            lip = LayerLipschitz(upper=None, lower=None, method=NEEDS_DOMAIN, certified=False)
-        elif ob.combine is not Combine.CHAIN:
-            lip = LayerLipschitz(
-                upper=None, lower=None, method="composed at graph level", certified=False
-            )
-        else:
-            lip = LayerLipschitz(
-                upper=_finite(ob.upper.value),
-                lower=_finite(ob.lower.value) if ob.lower else None,
-                method=ob.upper.method,
-                certified=bool(ob.upper.certified and np.isfinite(ob.upper.value)),
-                lower_method=ob.lower.method if ob.lower else "",
-                lower_certified=bool(ob.lower and ob.lower.certified),
-            )
-        layers.append(
-            Layer(
-                name=node.name,
-                op=node.op.type.value,
-                source_op=node.source_op,
-                lipschitz=lip,
-                seconds=0.0 if reproducible else round(ob.seconds, 4),
-            )
-        )
-    timings["layer_bounds"] = time.perf_counter() - t
-
-    # branch switches (torch's thresholded softplus): the rules certify each jumping operator's
-    # smooth part and bound its jump; the additive term carries the jumps to the output, and every
-    # analysis below evaluates the smooth part, the function all the Lipschitz figures are about
-    from stabaudit.analyses.composition import additive_term
-    from stabaudit.ir.passes import smooth_part
-
-    jumps = additive_term(graph, op_bounds)
-    graph = smooth_part(graph)
-    loaded = replace(loaded, graph=smooth_part(loaded.graph))
-
-    say("global bound")
-    t = time.perf_counter()
-    from stabaudit.analyses.linear_regions import region_bounds, region_note
-    from stabaudit.analyses.residual import block_bounds
-
-    # residual blocks bounded as a whole where that is tighter than 1 + h Lip f
-    whole = block_bounds(graph, op_bounds)
-    blocks = {k: (b.x, b.value) for k, b in whole.items()}
-    # the per-layer composition: the depth profile l -> prod_{j<=l} s_j and SA103's exponent
-    # are about the layers' own gains (THEORY.md), so linear regions do not enter them
-    layered = compose(graph, op_bounds, blocks)
-    # the global bound: linear regions (affine in one value, fan-out and re-joining included)
-    # bounded as a whole by the certified norm of their explicit matrix where that is tighter
-    regions = region_bounds(graph, op_bounds)
-    comp = (
-        compose(graph, op_bounds, blocks, {k: (r.x, r.value) for k, r in regions.items()})
-        if regions
-        else layered
-    )
-    timings["composition"] = time.perf_counter() - t
-    methods = [
-        MethodBound(
-            method=comp.upper.method,
-            upper=_finite(comp.upper.value),
-            # an overflowed (inf) product is no certified number: certified only with a finite one
-            certified=comp.upper.certified and _finite(comp.upper.value) is not None,
-            seconds=0.0 if reproducible else round(comp.seconds, 4),
-            notes=tuple(comp.notes) + region_note(regions),
-        )
-    ]
-    exact = None
-    if request.method != "product":
-        say("global methods")
+    for stage in STAGES:
+        if stage.when is not None and not stage.when(request, ev):
+            continue
+        if stage.say is not None:
+            say(stage.say)
         t = time.perf_counter()
-        more, exact = _global_methods(loaded.graph, request, reproducible)
-        methods += more
-        timings["global_methods"] = time.perf_counter() - t
-    best = min(
-        (m for m in methods if m.certified and m.upper is not None),
-        key=lambda m: m.upper if m.upper is not None else math.inf,
-        default=None,
-    )
+        stage.run(request, ev)
+        if stage.timing is not None:
+            ev.timings[stage.timing] = time.perf_counter() - t
+    ev.timings["total"] = time.perf_counter() - t0
+    return _analysis(request, ev, sha256)
 
-    # ---- data-dependent channels (THEORY.md): they read `samples`, never request.inputs ----
-    # samples (SA301, SA303, SA401, and every channel below): the inputs, or draws from the domain
-    samples, sample_info = _samples_resolve(loaded.graph, request)  # [N, *input shape], or None
-    sampled = None
-    if samples is not None and sample_info is not None:
-        say("activations and parameter sensitivity at the samples")
-        t = time.perf_counter()
-        # on the folded graph: its layers are the report's, W_l the effective weights
-        sampled = _samples_evidence(graph, op_bounds, samples, sample_info.source.value, request)
-        timings["samples"] = time.perf_counter() - t
-    # end of the samples block
 
-    local = None
-    if samples is not None:
-        say("local bounds")
-        t = time.perf_counter()
-        local = _local_evidence(loaded.graph, samples, request)
-        timings["local_bounds"] = time.perf_counter() - t
+def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None) -> Analysis:
+    """The evidence of the stages as the cached Analysis."""
+    from stabaudit.ir.ops import LINEAR_MAPS
 
-    # update channel (SA501-SA503): on the graph as loaded, the parameters as stored
-    training = None
-    if request.training is not None:
-        say("training dynamics")
-        t = time.perf_counter()
-        training = _training_evidence(loaded.graph, request, loaded.parameterisation)
-        timings["training"] = time.perf_counter() - t
-
-    # residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds holds
-    say("residual blocks")
-    t = time.perf_counter()
-    residual = _residual_evidence(graph, op_bounds, samples, request, whole)
-    timings["residual"] = time.perf_counter() - t
-    # end of the residual channel
-    # ---- end of the data-dependent channels ----
-
-    say("lower bound search")
-    t = time.perf_counter()
-    # on the graph as loaded: the bound is about the stored weights, not the folded products
-    low = lower_bound(
-        loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds
-    )
-    timings["lower_bound"] = time.perf_counter() - t
-
-    upper = best.upper if best is not None else None
-    lower = _finite(low.value) if low.value > 0 else None
-    if upper is not None and lower is not None and lower > upper:
-        raise InternalError(
-            f"the lower bound {lower:.6g} exceeds the certified upper bound {upper:.6g}: a bug in stabaudit, "
-            "please report it with the model",
-            path=str(request.path),
-        )
-    witness = (
-        Witness(x=tuple(low.witness.x), y=tuple(low.witness.y), quotient=low.witness.quotient)
-        if low.witness is not None and lower is not None
-        else None
-    )
-    lower_method = low.method
-    if (
-        exact is not None
-        and exact.lower is not None
-        and exact.witness is not None
-        and (lower is None or exact.lower > lower)
-        and not exact.witness_translated  # the witness point must be in model coordinates
-    ):
-        # THEORY.md SA101: a Jacobian norm at a point where the function is differentiable (the
-        # interior of an activation region) is a sound lower bound of the Lipschitz constant
-        lower = exact.lower
-        lower_method = (
-            "lipbab: Jacobian norm of an activation region (interior point in the witness)"
-        )
-        witness = Witness(x=exact.witness.point, y=(), quotient=exact.lower, kind="jacobian")
-    lipschitz = GlobalLipschitz(
-        upper=upper,
-        lower=lower,
-        upper_method=best.method if best is not None else comp.upper.method,
-        lower_method=lower_method,
-        certified=best is not None,
-        witness=witness,
-        methods=tuple(methods),
-        additive=(
-            Additive(
-                value=_finite(jumps.value),
-                certified=jumps.certified,
-                sources=jumps.sources,
-                method=jumps.method,
-            )
-            if jumps.sources
-            else None
-        ),
-    )
-    equivalence = Equivalence(
-        reference=eq.reference,
-        max_abs_diff=eq.max_abs_diff,
-        tolerance=eq.tolerance,
-        passed=eq.passed,
-        samples=eq.samples,
-    )
-    timings["total"] = time.perf_counter() - t0
+    loaded, graph, eq, layered = ev.loaded, ev.graph, ev.eq, ev.layered
     return Analysis(
         model=ModelInfo(
             path=str(request.path),
@@ -714,9 +303,15 @@ def analyse(
             start=dict(loaded.start) or None,
             held=dict(loaded.held) or None,
         ),
-        equivalence=equivalence,
-        layers=tuple(layers),
-        lipschitz=lipschitz,
+        equivalence=Equivalence(
+            reference=eq.reference,
+            max_abs_diff=eq.max_abs_diff,
+            tolerance=eq.tolerance,
+            passed=eq.passed,
+            samples=eq.samples,
+        ),
+        layers=tuple(ev.layers),
+        lipschitz=ev.lipschitz,
         profile=tuple(
             ProfileStep(layer=name, upper=_finite(value)) for name, value in layered.profile
         ),
@@ -725,14 +320,14 @@ def analyse(
         nonfinite=_nonfinite(graph),
         operators=len(graph.nodes),
         source_ops=dict(loaded.source_ops),
-        local=local,
-        training=training,
-        training_report=_training_report(training),
-        sampled=sampled,
-        samples=sample_info,
-        residual=residual,
-        timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
-        notes=tuple(loaded.notes) + tuple(eq.notes) + tuple(comp.notes),
+        local=ev.local,
+        training=ev.training,
+        training_report=_training_report(ev.training),
+        sampled=ev.sampled,
+        samples=ev.sample_info,
+        residual=ev.residual,
+        timings={} if ev.reproducible else {k: round(v, 4) for k, v in ev.timings.items()},
+        notes=tuple(loaded.notes) + tuple(eq.notes) + tuple(ev.comp.notes),
     )
 
 

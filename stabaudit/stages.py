@@ -1,0 +1,611 @@
+"""The analysis pipeline: the named stages that ``engine.analyse`` runs in order (``STAGES``).
+
+Each stage is a function ``(request, evidence) -> None``: it reads the request and the fields of
+the ``AnalysisState`` written by the stages before it, and writes its own fields. ``Stage`` adds
+the observer's line as it starts, the key of its seconds in the analysis' timings, and whether it
+runs (``when``). engine.analyse runs the list, then turns the final state into the cached
+``Analysis``. A new stage is a function here calling its analysis module, the fields it writes on
+AnalysisState, and one line in STAGES.
+
+    stage               observer line / timing key             writes (reads)
+    check_device        -                                      nothing: refuses --device cuda without CUDA
+    load                loading / load                         loaded, graph (the report's layers:
+                                                               affine maps folded, linear maps merged)
+    equivalence         equivalence / equivalence              eq; SA902 (a failed check) stops the audit
+    layer_bounds        per-layer bounds / layer_bounds        op_bounds, layers (graph)
+    jumps               -                                      jumps (the additive term of branch
+                                                               switches); graph, loaded -> smooth parts
+    global_bound        global bound / composition             whole, layered, comp, methods (the product)
+    global_methods      global methods / global_methods        methods += layerwise, sdp, ..., exact;
+                        (unless --method product)              exact
+    samples             -                                      samples, sample_info (the inputs, or
+                                                               draws from the domain, or None)
+    sample_evidence     activations and parameter              sampled (SA301, SA303, SA401)
+                        sensitivity at the samples / samples
+                        (with samples)
+    local_bounds        local bounds / local_bounds            local (SA302)
+                        (with samples)
+    training            training dynamics / training           training (SA501-SA503)
+                        (with a training spec)
+    residual            residual blocks / residual             residual (SA201, SA202)
+    lower_bound_search  lower bound search / lower_bound       low
+    global_lipschitz    -                                      lipschitz: the best certified upper
+                                                               bound, the lower bound and its witness
+
+The data-dependent channels (sample_evidence .. residual, THEORY.md) read ``samples``, never
+request.inputs. The stages on the graph as loaded (global methods, local bounds, training, the lower
+bound) are about the stored weights; those on ``graph`` about the report's layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stabaudit.errors import EquivalenceError, InternalError, UsageError
+from stabaudit.ir.graph import Graph
+from stabaudit.report.model import (
+    Additive,
+    GlobalLipschitz,
+    Layer,
+    LayerLipschitz,
+    MethodBound,
+    Witness,
+)
+
+if TYPE_CHECKING:
+    from stabaudit.analyses.composition import AdditiveTerm, Composition
+    from stabaudit.analyses.equivalence import EquivalenceResult
+    from stabaudit.analyses.exact import ExactResult
+    from stabaudit.analyses.lower import LowerResult
+    from stabaudit.analyses.residual import WholeBlock
+    from stabaudit.analyses.samples import SampleEvidence
+    from stabaudit.analyses.training import TrainingResult
+    from stabaudit.bounds.base import OpBound
+    from stabaudit.checks.base import LocalEvidence
+    from stabaudit.checks.residual import ResidualEvidence
+    from stabaudit.engine import AuditRequest
+    from stabaudit.ir.parameters import Parameterisation
+    from stabaudit.loaders import LoadedModel
+    from stabaudit.report.model import SampleInfo, TrainingReport
+
+
+class AnalysisState:
+    """The evidence so far. Each field is written by one stage (the module docstring's table) and
+    read by the later ones; until its stage ran it is unset (AttributeError), except the fields of
+    the stages that may not run, which are None until then."""
+
+    # the run (engine.analyse)
+    memory_budget: int  # bytes
+    reproducible: bool  # SOURCE_DATE_EPOCH is set: seconds are reported as 0
+    timings: dict[str, float]  # seconds per stage, by timing key
+    # load (jumps: their smooth parts)
+    loaded: LoadedModel  # the model as loaded
+    graph: Graph  # the report's layers: affine maps folded, adjacent linear maps merged
+    # equivalence
+    eq: EquivalenceResult
+    # layer_bounds
+    op_bounds: dict[str, OpBound]  # node output -> its certified per-operator bound
+    layers: list[Layer]
+    # jumps
+    jumps: AdditiveTerm
+    # global_bound
+    whole: Mapping[str, WholeBlock]  # residual blocks bounded as a whole
+    layered: Composition  # the per-layer composition (depth profile, product)
+    comp: Composition  # the global composition, linear regions bounded as a whole
+    methods: list[MethodBound]  # the product, then the global methods
+    # global_methods
+    exact: ExactResult | None = None
+    # samples
+    samples: np.ndarray | None = None  # [N, *input shape]
+    sample_info: SampleInfo | None = None
+    # sample_evidence, local_bounds, training, residual
+    sampled: SampleEvidence | None = None
+    local: LocalEvidence | None = None
+    training: TrainingResult | None = None
+    residual: ResidualEvidence
+    # lower_bound_search
+    low: LowerResult
+    # global_lipschitz
+    lipschitz: GlobalLipschitz
+
+    def __init__(self, *, memory_budget: int, reproducible: bool) -> None:
+        self.memory_budget = memory_budget
+        self.reproducible = reproducible
+        self.timings = {}
+
+
+StageFn = Callable[["AuditRequest", AnalysisState], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the analysis: ``run`` writes its evidence into the state; ``say`` is the
+    observer's line as it starts and ``timing`` the key of its seconds in the timings (None:
+    neither); it runs when ``when`` holds (None: always)."""
+
+    run: StageFn
+    say: str | None = None
+    timing: str | None = None
+    when: Callable[[AuditRequest, AnalysisState], bool] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__
+
+
+# --method: the global methods each choice runs beyond the product (analyses.feedforward.METHODS;
+# "exact" is the branch and bound of analyses.exact)
+METHOD_CHOICES: dict[str, tuple[str, ...]] = {
+    "auto": ("layerwise", "sdp", "exact"),
+    "product": (),
+    "layerwise": ("layerwise",),
+    "sdp": ("sdp",),
+    "eclipse-fast": ("eclipse-fast",),
+    "eclipse": ("eclipse",),
+    "lipsdp-neuron": ("lipsdp-neuron",),
+    "exact": ("exact",),
+}
+AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most this many hidden units
+
+
+def _global_methods(
+    graph: Graph, request: AuditRequest, reproducible: bool
+) -> tuple[list[MethodBound], ExactResult | None]:
+    """The certified global methods beyond the product; auto runs them only on the feedforward
+    chains they apply to, an explicit --method reports why it did not apply. Also returns the
+    exact mode's result (its lower bound is a witnessed region norm)."""
+    from stabaudit.analyses.exact import exact_lipschitz
+    from stabaudit.analyses.feedforward import extract_chain, global_bounds
+
+    auto = request.method == "auto"
+    chain = extract_chain(graph)
+    if auto and chain is None:
+        return [], None
+
+    def method_bound(
+        method: str, upper: float | None, certified: bool, seconds: float, notes: tuple[str, ...]
+    ) -> MethodBound:
+        return MethodBound(
+            method=method,
+            upper=_finite(upper),
+            certified=certified and _finite(upper) is not None,
+            seconds=0.0 if reproducible else round(seconds, 4),
+            notes=notes,
+        )
+
+    wanted = METHOD_CHOICES[request.method]
+    convex = tuple(m for m in wanted if m != "exact")
+    out = [
+        method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes))
+        for r in (global_bounds(graph, budget_s=request.budget_s, methods=convex) if convex else [])
+    ]
+    exact = None
+    units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else 0
+    if "exact" in wanted and (not auto or units <= AUTO_EXACT_MAX_UNITS):
+        exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
+        done = ("exact constant (branch and bound finished)",) if exact.exact else ()
+        out.append(
+            method_bound(
+                exact.method,
+                exact.upper,
+                exact.upper is not None,
+                exact.seconds,
+                exact.notes + done,
+            )
+        )
+    return out, exact
+
+
+def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) -> LocalEvidence:
+    """SA302's evidence: the certified local bound over linf balls around the samples."""
+    from stabaudit.analyses.local import local_bounds
+    from stabaudit.checks.base import LocalEvidence
+    from stabaudit.errors import UnsupportedOperatorError
+
+    n = int(samples.shape[0])
+    try:
+        result = local_bounds(graph, samples, eps=request.eps, norm="linf")
+    except UnsupportedOperatorError as exc:
+        return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
+    upper = _finite(result.upper.value)
+    totals: dict[str, list[int]] = {}
+    for sample in result.samples:
+        for c in sample.counts:
+            t = totals.setdefault(c.layer, [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + c.active, t[1] + c.inactive, t[2] + c.unstable
+    return LocalEvidence(
+        upper=upper,
+        eps=request.eps,
+        norm="linf",
+        samples=len(result.samples),
+        message="" if upper is not None else "the local bound is not finite",
+        units=tuple((layer, a, i, u) for layer, (a, i, u) in totals.items()),
+    )
+
+
+def _residual_evidence(
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    samples: np.ndarray | None,
+    request: AuditRequest,
+    whole: Mapping[str, WholeBlock],
+) -> ResidualEvidence:
+    """SA201/SA202's evidence: the residual blocks, their certified bounds, and J_f at the samples."""
+    from stabaudit.checks.residual import residual_evidence
+
+    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole)
+
+
+def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
+    """The samples of the data-dependent channels [N, *input shape] and what the report says of
+    them: the given inputs (checked against the model's input shape), else ``sample_count`` draws
+    from the domain seeded with request.seed, else none."""
+    from stabaudit.analyses import samples as S
+    from stabaudit.report.model import DomainParameter, SampleInfo, SampleSource
+
+    if request.inputs is not None:
+        try:
+            samples = S.conform_samples(request.inputs, graph)
+        except UsageError as exc:
+            raise UsageError(str(exc), path=str(request.path)) from None
+        file = request.inputs_sha256 is not None
+        return samples, SampleInfo(
+            source=SampleSource.FILE if file else SampleSource.ARRAY,
+            count=int(samples.shape[0]),
+            shape=tuple(int(d) for d in samples.shape[1:]),
+            sha256=request.inputs_sha256 if file else S.array_sha256(samples),
+        )
+    if request.domain is None:
+        return None, None
+    if len(graph.inputs) != 1:
+        raise UsageError(
+            f"domain: the model has {len(graph.inputs)} inputs; a domain is sampled for models "
+            "with one input (give --inputs instead)",
+            path=str(request.path),
+        )
+    shape = tuple(int(d) for d in graph.inputs[0].shape)
+    try:
+        samples = S.draw_samples(request.domain, shape, request.sample_count, request.seed)
+    except UsageError as exc:
+        raise UsageError(str(exc), path=str(request.path)) from None
+    return samples, SampleInfo(
+        source=SampleSource(S.domain_source(request.domain)),
+        count=int(samples.shape[0]),
+        shape=shape,
+        seed=request.seed,
+        domain=tuple(
+            DomainParameter(name=name, values=v.values, shape=v.shape)
+            for name, v in S.domain_parameters(request.domain).items()
+        ),
+    )
+
+
+def _samples_evidence(
+    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest
+) -> SampleEvidence:
+    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples."""
+    from stabaudit.analyses.activations import activation_units
+    from stabaudit.analyses.parameters import parameter_sensitivity
+    from stabaudit.analyses.samples import SampleEvidence
+
+    return SampleEvidence(
+        count=int(samples.shape[0]),
+        source=source,
+        activations=activation_units(graph, samples, eps=request.eps),
+        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed),
+    )
+
+
+def _training_evidence(graph: Graph, request: AuditRequest, parameterisation: Parameterisation | None) -> TrainingResult:
+    """SA501-SA503's evidence: the loss Hessian's extreme eigenvalues at the stored parameters."""
+    from stabaudit.analyses.training import training_dynamics
+
+    assert request.training is not None
+    return training_dynamics(graph, request.training, seed=request.seed, device=request.device,
+                             parameterisation=parameterisation)
+
+
+def _training_report(result: TrainingResult | None) -> TrainingReport | None:
+    """The report's `training` section, None without a spec."""
+    from stabaudit.checks.training import training_report
+
+    return training_report(result)
+
+
+def _is_translation(op: object) -> bool:
+    from stabaudit.ir.ops import Affine
+
+    return isinstance(op, Affine) and op.scale is None
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and np.isfinite(x) else None
+
+
+# ---- the stages, in the order of STAGES ----
+
+
+def check_device(request: AuditRequest, ev: AnalysisState) -> None:
+    """--device cuda needs a CUDA device here."""
+    if request.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
+
+
+def load(request: AuditRequest, ev: AnalysisState) -> None:
+    """The model within the memory budget: ``loaded`` as loaded, ``graph`` with the report's
+    layers (affine maps folded, adjacent linear maps merged: one operator each)."""
+    from stabaudit.ir.passes import fold_affine, merge_linear_maps
+    from stabaudit.limits import check_analysis_memory, check_model_memory
+    from stabaudit.loaders import load_model
+
+    memory_budget = ev.memory_budget
+    check_model_memory(request.path, memory_budget)
+    loaded = load_model(
+        request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
+        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb,
+    )
+    # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
+    graph = merge_linear_maps(fold_affine(loaded.graph))
+    check_analysis_memory(graph, memory_budget, path=str(request.path))
+    ev.loaded, ev.graph = loaded, graph
+
+
+def equivalence(request: AuditRequest, ev: AnalysisState) -> None:
+    """SA902: the engine's forward pass of ``graph`` against the reference runtime; a difference
+    stops the audit (no bound can be trusted)."""
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    folded = replace(ev.loaded, graph=ev.graph)
+    eq = check_equivalence(folded, seed=request.seed)
+    if not eq.passed:
+        raise EquivalenceError(
+            f"the engine's forward pass differs from {eq.reference} by {eq.max_abs_diff:.3g} "
+            f"(tolerance {eq.tolerance:.3g}) [SA902]; no bound can be trusted",
+            path=str(request.path),
+        )
+    ev.eq = eq
+
+
+def layer_bounds(request: AuditRequest, ev: AnalysisState) -> None:
+    """Every node's certified bound (``op_bounds``) and the report's layers: the nodes that change
+    distances (not isometries, not translations)."""
+    from stabaudit.bounds import bound_node
+    from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
+    from stabaudit.bounds.domain import NEEDS_DOMAIN
+    from stabaudit.ir.ops import STRUCTURAL
+    from stabaudit.limits import check_deadline
+
+    graph, reproducible = ev.graph, ev.reproducible
+    settings = BoundSettings(
+        seed=request.seed, power_iterations=request.power_iterations, device=request.device
+    )
+    op_bounds = {}
+    layers: list[Layer] = []
+    for node in graph.nodes:
+        check_deadline()
+        ctx = RuleContext(
+            input_shapes=tuple(graph.shapes[name] for name in node.inputs),
+            output_shape=graph.shapes[node.output],
+            settings=settings,
+        )
+        ob = bound_node(node, ctx)
+        op_bounds[node.output] = ob
+        if node.op.type in STRUCTURAL or _is_translation(node.op):
+            continue  # isometries and translations do not change distances: not layers
+        if ob.upper.method == NEEDS_DOMAIN:  # no number without a bounded input domain
+            lip = LayerLipschitz(upper=None, lower=None, method=NEEDS_DOMAIN, certified=False)
+        elif ob.combine is not Combine.CHAIN:
+            lip = LayerLipschitz(
+                upper=None, lower=None, method="composed at graph level", certified=False
+            )
+        else:
+            lip = LayerLipschitz(
+                upper=_finite(ob.upper.value),
+                lower=_finite(ob.lower.value) if ob.lower else None,
+                method=ob.upper.method,
+                certified=bool(ob.upper.certified and np.isfinite(ob.upper.value)),
+                lower_method=ob.lower.method if ob.lower else "",
+                lower_certified=bool(ob.lower and ob.lower.certified),
+            )
+        layers.append(
+            Layer(
+                name=node.name,
+                op=node.op.type.value,
+                source_op=node.source_op,
+                lipschitz=lip,
+                seconds=0.0 if reproducible else round(ob.seconds, 4),
+            )
+        )
+    ev.op_bounds, ev.layers = op_bounds, layers
+
+
+def jumps(request: AuditRequest, ev: AnalysisState) -> None:
+    """Branch switches (torch's thresholded softplus): the rules certify each jumping operator's
+    smooth part and bound its jump; the additive term (``jumps``) carries the jumps to the output,
+    and every stage after this one evaluates the smooth part (``graph`` and ``loaded`` replaced by
+    theirs), the function all the Lipschitz figures are about."""
+    from stabaudit.analyses.composition import additive_term
+    from stabaudit.ir.passes import smooth_part
+
+    ev.jumps = additive_term(ev.graph, ev.op_bounds)
+    ev.graph = smooth_part(ev.graph)
+    ev.loaded = replace(ev.loaded, graph=smooth_part(ev.loaded.graph))
+
+
+def global_bound(request: AuditRequest, ev: AnalysisState) -> None:
+    """The certified composition of the per-node bounds: ``layered`` (the layers' own gains, for
+    the depth profile and SA103), ``comp`` (linear regions and residual blocks bounded as a whole
+    where tighter) and ``methods``, the product first."""
+    from stabaudit.analyses.composition import compose
+    from stabaudit.analyses.linear_regions import region_bounds, region_note
+    from stabaudit.analyses.residual import block_bounds
+
+    graph, op_bounds, reproducible = ev.graph, ev.op_bounds, ev.reproducible
+    # residual blocks bounded as a whole where that is tighter than 1 + h Lip f
+    whole = block_bounds(graph, op_bounds)
+    blocks = {k: (b.x, b.value) for k, b in whole.items()}
+    # the per-layer composition: the depth profile l -> prod_{j<=l} s_j and SA103's exponent
+    # are about the layers' own gains (THEORY.md), so linear regions do not enter them
+    layered = compose(graph, op_bounds, blocks)
+    # the global bound: linear regions (affine in one value, fan-out and re-joining included)
+    # bounded as a whole by the certified norm of their explicit matrix where that is tighter
+    regions = region_bounds(graph, op_bounds)
+    comp = (
+        compose(graph, op_bounds, blocks, {k: (r.x, r.value) for k, r in regions.items()})
+        if regions
+        else layered
+    )
+    ev.whole, ev.layered, ev.comp = whole, layered, comp
+    ev.methods = [
+        MethodBound(
+            method=comp.upper.method,
+            upper=_finite(comp.upper.value),
+            # an overflowed (inf) product is no certified number: certified only with a finite one
+            certified=comp.upper.certified and _finite(comp.upper.value) is not None,
+            seconds=0.0 if reproducible else round(comp.seconds, 4),
+            notes=tuple(comp.notes) + region_note(regions),
+        )
+    ]
+
+
+def global_methods(request: AuditRequest, ev: AnalysisState) -> None:
+    """The certified global methods beyond the product (--method), on the graph as loaded."""
+    loaded, reproducible = ev.loaded, ev.reproducible
+    more, exact = _global_methods(loaded.graph, request, reproducible)
+    ev.methods += more
+    ev.exact = exact
+
+
+def samples(request: AuditRequest, ev: AnalysisState) -> None:
+    """The samples of every data-dependent channel (SA301, SA302, SA303, SA401, SA202): the
+    inputs, or draws from the domain, or None."""
+    ev.samples, ev.sample_info = _samples_resolve(ev.loaded.graph, request)
+
+
+def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
+    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples, on the
+    folded graph: its layers are the report's, W_l the effective weights."""
+    assert ev.samples is not None and ev.sample_info is not None
+    ev.sampled = _samples_evidence(
+        ev.graph, ev.op_bounds, ev.samples, ev.sample_info.source.value, request
+    )
+
+
+def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
+    """SA302: the certified local bound over linf balls around the samples."""
+    assert ev.samples is not None
+    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request)
+
+
+def training(request: AuditRequest, ev: AnalysisState) -> None:
+    """The update channel (SA501-SA503): on the graph as loaded, the parameters as stored."""
+    loaded = ev.loaded
+    ev.training = _training_evidence(loaded.graph, request, loaded.parameterisation)
+
+
+def residual(request: AuditRequest, ev: AnalysisState) -> None:
+    """The residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds
+    holds."""
+    ev.residual = _residual_evidence(ev.graph, ev.op_bounds, ev.samples, request, ev.whole)
+
+
+def lower_bound_search(request: AuditRequest, ev: AnalysisState) -> None:
+    """The witnessed lower bound of the global constant (``low``)."""
+    from stabaudit.analyses.lower import lower_bound
+
+    loaded, op_bounds = ev.loaded, ev.op_bounds
+    # on the graph as loaded: the bound is about the stored weights, not the folded products
+    ev.low = lower_bound(
+        loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds
+    )
+
+
+def global_lipschitz(request: AuditRequest, ev: AnalysisState) -> None:
+    """The report's global figure: the least certified upper bound of ``methods``, the better of
+    the search's and the exact mode's lower bounds with its witness, the additive term."""
+    methods, comp, low, exact, jumps = ev.methods, ev.comp, ev.low, ev.exact, ev.jumps
+    best = min(
+        (m for m in methods if m.certified and m.upper is not None),
+        key=lambda m: m.upper if m.upper is not None else math.inf,
+        default=None,
+    )
+    upper = best.upper if best is not None else None
+    lower = _finite(low.value) if low.value > 0 else None
+    if upper is not None and lower is not None and lower > upper:
+        raise InternalError(
+            f"the lower bound {lower:.6g} exceeds the certified upper bound {upper:.6g}: a bug in stabaudit, "
+            "please report it with the model",
+            path=str(request.path),
+        )
+    witness = (
+        Witness(x=tuple(low.witness.x), y=tuple(low.witness.y), quotient=low.witness.quotient)
+        if low.witness is not None and lower is not None
+        else None
+    )
+    lower_method = low.method
+    if (
+        exact is not None
+        and exact.lower is not None
+        and exact.witness is not None
+        and (lower is None or exact.lower > lower)
+        and not exact.witness_translated  # the witness point must be in model coordinates
+    ):
+        # THEORY.md SA101: a Jacobian norm at a point where the function is differentiable (the
+        # interior of an activation region) is a sound lower bound of the Lipschitz constant
+        lower = exact.lower
+        lower_method = (
+            "lipbab: Jacobian norm of an activation region (interior point in the witness)"
+        )
+        witness = Witness(x=exact.witness.point, y=(), quotient=exact.lower, kind="jacobian")
+    ev.lipschitz = GlobalLipschitz(
+        upper=upper,
+        lower=lower,
+        upper_method=best.method if best is not None else comp.upper.method,
+        lower_method=lower_method,
+        certified=best is not None,
+        witness=witness,
+        methods=tuple(methods),
+        additive=(
+            Additive(
+                value=_finite(jumps.value),
+                certified=jumps.certified,
+                sources=jumps.sources,
+                method=jumps.method,
+            )
+            if jumps.sources
+            else None
+        ),
+    )
+
+
+def _has_samples(request: AuditRequest, ev: AnalysisState) -> bool:
+    return ev.samples is not None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(check_device),
+    Stage(load, "loading", "load"),
+    Stage(equivalence, "equivalence", "equivalence"),
+    Stage(layer_bounds, "per-layer bounds", "layer_bounds"),
+    Stage(jumps),
+    Stage(global_bound, "global bound", "composition"),
+    Stage(global_methods, "global methods", "global_methods",
+          when=lambda request, ev: request.method != "product"),
+    Stage(samples),
+    Stage(sample_evidence, "activations and parameter sensitivity at the samples", "samples",
+          when=_has_samples),
+    Stage(local_bounds, "local bounds", "local_bounds", when=_has_samples),
+    Stage(training, "training dynamics", "training",
+          when=lambda request, ev: request.training is not None),
+    Stage(residual, "residual blocks", "residual"),
+    Stage(lower_bound_search, "lower bound search", "lower_bound"),
+    Stage(global_lipschitz),
+)
