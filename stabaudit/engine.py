@@ -107,6 +107,9 @@ class Analysis:
     residual: ResidualEvidence
     timings: Mapping[str, float]  # seconds per analysis stage ({} when reproducible)
     notes: tuple[str, ...]
+    # the bracket over the audit domain and the composed layer gains over it (None: no domain)
+    domain_lipschitz: GlobalLipschitz | None = None
+    domain_product: float | None = None
 
 
 def report_timestamp() -> tuple[str, bool]:
@@ -328,6 +331,8 @@ def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None) -> A
         residual=ev.residual,
         timings={} if ev.reproducible else {k: round(v, 4) for k, v in ev.timings.items()},
         notes=tuple(loaded.notes) + tuple(eq.notes) + tuple(ev.comp.notes),
+        domain_lipschitz=ev.domain_lipschitz,
+        domain_product=ev.domain_product,
     )
 
 
@@ -358,6 +363,8 @@ def assess(
         training=analysis.training,
         sampled=analysis.sampled,
         residual=analysis.residual,
+        domain_lipschitz=analysis.domain_lipschitz,
+        domain_product_upper=analysis.domain_product,
     )
     findings = run_checks(
         evidence,
@@ -392,6 +399,7 @@ def assess(
         training=analysis.training_report,
         samples=analysis.samples,
         residual_blocks=analysis.residual.blocks,
+        domain_lipschitz=analysis.domain_lipschitz,
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
         notes=analysis.notes
         + (_CACHED_NOTE if cached else ())

@@ -31,6 +31,9 @@ AnalysisState, and one line in STAGES.
     lower_bound_search  lower bound search / lower_bound       low
     global_lipschitz    -                                      lipschitz: the best certified upper
                                                                bound, the lower bound and its witness
+    domain_bounds       bounds over the domain / domain        domain_lipschitz, domain_product; layers'
+                        (with a bounded --domain)              domain_upper (graph, op_bounds, regions,
+                                                               lipschitz, samples)
 
 The data-dependent channels (sample_evidence .. residual, THEORY.md) read ``samples``, never
 request.inputs. The stages on the graph as loaded (global methods, local bounds, training, the lower
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
     from stabaudit.analyses.composition import AdditiveTerm, Composition
     from stabaudit.analyses.equivalence import EquivalenceResult
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.analyses.linear_regions import RegionBound
     from stabaudit.analyses.lower import LowerResult
     from stabaudit.analyses.residual import WholeBlock
     from stabaudit.analyses.samples import SampleEvidence
@@ -98,6 +102,7 @@ class AnalysisState:
     layered: Composition  # the per-layer composition (depth profile, product)
     comp: Composition  # the global composition, linear regions bounded as a whole
     methods: list[MethodBound]  # the product, then the global methods
+    regions: Mapping[str, RegionBound]  # linear regions bounded as a whole, by region output
     # global_methods
     exact: ExactResult | None = None
     # samples
@@ -112,6 +117,9 @@ class AnalysisState:
     low: LowerResult
     # global_lipschitz
     lipschitz: GlobalLipschitz
+    # domain_bounds (with an audit domain)
+    domain_lipschitz: GlobalLipschitz | None = None
+    domain_product: float | None = None  # the composed layer gains over the domain (SA103)
 
     def __init__(self, *, memory_budget: int, reproducible: bool) -> None:
         self.memory_budget = memory_budget
@@ -260,8 +268,8 @@ def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | 
             shape=tuple(int(d) for d in samples.shape[1:]),
             sha256=request.inputs_sha256 if file else S.array_sha256(samples),
         )
-    if request.domain is None:
-        return None, None
+    if request.domain is None or not S.is_sampled(request.domain):
+        return None, None  # a ball or margin domain is built around samples, never sampled
     if len(graph.inputs) != 1:
         raise UsageError(
             f"domain: the model has {len(graph.inputs)} inputs; a domain is sampled for models "
@@ -463,7 +471,7 @@ def global_bound(request: AuditRequest, ev: AnalysisState) -> None:
         if regions
         else layered
     )
-    ev.whole, ev.layered, ev.comp = whole, layered, comp
+    ev.whole, ev.layered, ev.comp, ev.regions = whole, layered, comp, regions
     ev.methods = [
         MethodBound(
             method=comp.upper.method,
@@ -586,8 +594,101 @@ def global_lipschitz(request: AuditRequest, ev: AnalysisState) -> None:
     )
 
 
+def _domain_points(loaded: LoadedModel, samples: np.ndarray | None, request: AuditRequest) -> np.ndarray | None:
+    """The points a ball or margin domain is built around: the samples, else (an audit that starts
+    inside the model) the start tensors' values at the held inputs, else None."""
+    if samples is not None:
+        return samples
+    if loaded.reference_at is None:
+        return None
+    feeds, _ = loaded.reference_at(np.random.default_rng(request.seed))
+    flat = [np.asarray(feeds[spec.name], dtype=np.float64).ravel() for spec in loaded.graph.inputs]
+    return np.concatenate(flat)[None, :]
+
+
+def _names(names: tuple[str, ...], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
+    """The bracket over the audit domain (``domain_lipschitz``): value ranges, the operators
+    bounded on them and composed (analyses.domain_bound), the interval Jacobian where it applies,
+    never above the global bound; the lower bound from a pair inside the domain
+    (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
+    from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
+    from stabaudit.analyses.domain_lower import domain_lower
+    from stabaudit.report.model import DomainInfo
+
+    assert request.domain is not None
+    loaded, graph, op_bounds = ev.loaded, ev.graph, ev.op_bounds
+    try:
+        boxes = domain_boxes(graph, request.domain, _domain_points(loaded, ev.samples, request))
+    except UsageError as exc:
+        raise UsageError(str(exc), path=str(request.path)) from None
+    whole = ev.lipschitz
+    global_upper = whole.upper if whole.certified else None
+    result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
+                          regions={k: (r.x, r.value) for k, r in ev.regions.items()})
+    upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
+    notes = list(result.notes)
+    interval = jacobian_bound(loaded.graph, boxes)
+    if interval is not None and interval[0] < upper:
+        upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
+    if result.resolved:
+        notes.append(f"{len(result.resolved)} operator(s) with no global bound bounded on the domain's ranges: "
+                     + _names(result.resolved))
+    if result.unresolved:
+        notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
+                     "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
+    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s,
+                       op_bounds=op_bounds)
+    lower = _finite(low.value) if low.value > 0 else None
+    up = _finite(upper)
+    if up is not None and lower is not None and certified and lower > up:
+        raise InternalError(
+            f"the lower bound {lower:.6g} over the domain exceeds its certified upper bound {up:.6g}: a bug "
+            "in stabaudit, please report it with the model",
+            path=str(request.path),
+        )
+    reproducible = ev.reproducible
+    methods = [MethodBound(method=result.upper.method, upper=_finite(result.upper.value),
+                           certified=result.upper.certified and _finite(result.upper.value) is not None,
+                           seconds=0.0 if reproducible else round(result.seconds, 4))]
+    if interval is not None:
+        methods.append(MethodBound(method="interval Clarke Jacobian", upper=_finite(interval[0]),
+                                   certified=_finite(interval[0]) is not None, seconds=0.0))
+    ev.domain_lipschitz = GlobalLipschitz(
+        upper=up,
+        lower=lower,
+        upper_method=method,
+        lower_method=low.method,
+        certified=bool(certified and up is not None),
+        witness=Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None,
+        methods=tuple(methods),
+        additive=whole.additive,
+        domain=DomainInfo(
+            kind=boxes.kind, description=boxes.description, boxes=len(boxes.boxes), radius=boxes.radius,
+            low=_finite(boxes.low), high=_finite(boxes.high),
+        ),
+        notes=tuple(notes),
+    )
+    ev.domain_product = _finite(result.product) if result.upper.certified else None
+    ev.layers = [
+        replace(layer, lipschitz=replace(layer.lipschitz, domain_upper=result.node_uppers.get(layer.name)))
+        for layer in ev.layers
+    ]
+
+
 def _has_samples(request: AuditRequest, ev: AnalysisState) -> bool:
     return ev.samples is not None
+
+
+def _has_domain(request: AuditRequest, ev: AnalysisState) -> bool:
+    """A bounded audit domain was given (a normal domain is only sampled)."""
+    from stabaudit.analyses.samples import NormalDomain
+
+    return request.domain is not None and not isinstance(request.domain, NormalDomain)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -608,4 +709,5 @@ STAGES: tuple[Stage, ...] = (
     Stage(residual, "residual blocks", "residual"),
     Stage(lower_bound_search, "lower bound search", "lower_bound"),
     Stage(global_lipschitz),
+    Stage(domain_bounds, "bounds over the domain", "domain", when=_has_domain),
 )

@@ -1,0 +1,94 @@
+"""Soundness over a domain: for every soundness case (one per operator family), every difference
+quotient of pairs inside the box, and every float64 Jacobian norm at points of the box (random and
+found by gradient ascent), is at most the report's certified bound over the domain; its witness
+pair lies in the box and recomputes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.analyses.samples import UniformDomain, Values
+from tests.soundness import harness as H
+from tests.soundness.cases import CASES, Case
+
+# one format per case (ONNX first): the domain path is the same for both loaders
+PAIRS = [pytest.param(c, c.formats[0], id=f"{c.id}-{c.formats[0]}") for c in CASES]
+LOW, HIGH = -0.7, 1.3  # off-center, so that stable and unstable units both occur
+
+
+def _box_points(n: int, count: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(count, n, generator=g, dtype=torch.float64)
+    u[: count // 4] = torch.round(u[: count // 4])  # corners
+    return LOW + (HIGH - LOW) * u
+
+
+def _ascent(f, x0: torch.Tensor, steps: int = 25) -> list[torch.Tensor]:
+    """Points of the box reached by ascending ||J(x) v|| (v the top right singular vector)."""
+    out = []
+    for start in x0:
+        z = torch.logit(((start - LOW) / (HIGH - LOW)).clamp(1e-6, 1 - 1e-6)).clone().requires_grad_(True)
+        v = torch.randn_like(start)
+        opt = torch.optim.Adam([z], lr=0.1)
+        for _ in range(steps):
+            x = LOW + (HIGH - LOW) * torch.sigmoid(z)
+            _, jv = torch.func.jvp(f, (x,), (v / v.norm(),))
+            loss = -jv.norm()
+            if not torch.isfinite(loss):
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # one power step on v at the current point
+                _, vjp = torch.func.vjp(f, x.detach())
+                v = vjp(jv.detach())[0]
+                if not torch.isfinite(v).all() or v.norm() == 0:
+                    break
+        out.append((LOW + (HIGH - LOW) * torch.sigmoid(z)).detach())
+    return out
+
+
+@pytest.mark.parametrize(("case", "fmt"), PAIRS)
+def test_the_domain_bound_holds_inside_the_box(case: Case, fmt: str, tmp_path: Path) -> None:
+    built = H.build(case, fmt, tmp_path)
+    box = UniformDomain(low=Values(values=(LOW,)), high=Values(values=(HIGH,)))
+    report = H.audit(built, domain=box)
+    dom = report.domain_lipschitz
+    assert dom is not None and dom.domain.kind == "box"
+    # never looser than the global bound, and finite wherever the global one is
+    if report.lipschitz.certified and report.lipschitz.upper is not None:
+        assert dom.certified and dom.upper is not None and dom.upper <= report.lipschitz.upper
+    if not dom.certified or dom.upper is None:
+        return
+    f = built.flat()
+    n = int(np.prod(built.input_shape))
+    xs = _box_points(n, 48, seed=1)
+    ys = xs + (torch.rand(xs.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5) * 0.2
+    ys = ys.clamp(LOW, HIGH)
+    with torch.no_grad():
+        fx = torch.stack([f(x) for x in xs])
+        fy = torch.stack([f(y) for y in ys])
+    q = torch.linalg.vector_norm(fy - fx, dim=1) / torch.linalg.vector_norm(ys - xs, dim=1).clamp_min(1e-300)
+    q = q[torch.isfinite(q)]
+    slack = 1 + built.rel
+    assert float(q.max()) <= dom.upper * slack, (float(q.max()), dom.upper)
+    try:
+        climbed = _ascent(f, xs[:4])
+    except RuntimeError:  # an operator without a second derivative in torch (hardsigmoid)
+        climbed = []
+    points = list(xs[:12]) + climbed
+    norms = [v for v in H.jacobian_norms(f, points) if math.isfinite(v)]
+    assert max(norms, default=0.0) <= dom.upper * slack, (max(norms), dom.upper)
+    if dom.lower is not None:
+        assert dom.witness is not None
+        wx = torch.tensor(dom.witness.x, dtype=torch.float64)
+        wy = torch.tensor(dom.witness.y, dtype=torch.float64)
+        assert bool(((wx >= LOW) & (wx <= HIGH) & (wy >= LOW) & (wy <= HIGH)).all())
+        with torch.no_grad():
+            quotient = float((f(wy) - f(wx)).norm() / (wy - wx).norm())
+        assert dom.lower <= quotient * (slack + 1e-9) and dom.lower <= dom.upper * slack
