@@ -7,7 +7,7 @@ runs (``when``). engine.analyse runs the list, then turns the final state into t
 ``Analysis``. A new stage is a function here calling its analysis module, the fields it writes on
 AnalysisState, and one line in STAGES.
 
-    stage               observer line / timing key             writes (reads)
+    stage               observer line / timing key             writes
     check_device        -                                      nothing: refuses --device cuda without CUDA
     load                loading / load                         loaded, graph (the report's layers:
                                                                affine maps folded, linear maps merged)
