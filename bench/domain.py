@@ -40,6 +40,7 @@ class Case:
     # seeded points around which balls are drawn: (count, shape, low, high), or None
     points: tuple[int, tuple[int, ...], float, float] | None = None
     config: str | None = None  # a YAML config (the per-entry ACAS Xu box)
+    sparse: bool = False  # points: ink strokes (15% of the entries at high, the rest at low)
 
 
 def cases() -> list[Case]:
@@ -52,8 +53,9 @@ def cases() -> list[Case]:
     return [
         Case("acasxu N(1,1), normalised input box", acas, config=acas_box),
         Case("acasxu N(1,1), 10 linf balls r=0.05", acas, ["--domain", "ball:0.05"], points=(10, (1, 1, 1, 5), -0.3, 0.5)),
-        Case("mnist-net 256x2, 10 linf balls r=0.02", EXTERNAL / "mnistfc" / "mnist-net_256x2.onnx",
-             ["--domain", "ball:0.02"], points=(10, (1, 784), 0.0, 1.0)),
+        Case("mnist-net 256x2, 10 linf balls r=0.02 (sparse digit-like images)",
+             EXTERNAL / "mnistfc" / "mnist-net_256x2.onnx", ["--domain", "ball:0.02"],
+             points=(10, (1, 784, 1), 0.0, 1.0), sparse=True),
         Case("MTCNN O-Net, 4 linf balls r=1/255", WILD / "mtcnn_onet.onnx",
              ["--domain", f"ball:{1 / 255}"], points=(4, (1, 48, 48, 3), -1.0, 1.0)),
         Case("occular OriNet, 2 linf balls r=1/255", WILD / "occular_orinet_fp32.onnx",
@@ -79,7 +81,10 @@ def run(case: Case, budget: float, timeout: float) -> str:
         extra = list(case.args)
         if case.points is not None:
             count, shape, low, high = case.points
-            x = np.random.default_rng(0).uniform(low, high, size=(count, *shape))
+            rng = np.random.default_rng(0)
+            x = rng.uniform(low, high, size=(count, *shape))
+            if case.sparse:
+                x = np.where(rng.random((count, *shape)) < 0.15, high, low)
             np.save(Path(tmp) / "x.npy", x)
             extra += ["--inputs", str(Path(tmp) / "x.npy")]
         if case.config is not None:
