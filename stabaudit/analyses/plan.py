@@ -1,0 +1,50 @@
+"""The cost model: ``--budget`` seconds as counted units of work (steps, points, nodes), never elapsed time.
+
+Every search and solver whose result enters a report sizes its work here, from the budget and
+the problem's sizes only, so the same model, settings and seed give the same numbers on any
+machine and under any load. The clock only aborts (``--timeout``: limits.check_deadline raises
+AuditTimeoutError and no partial number is reported). ``--budget`` is therefore a planned
+amount of work expressed in the seconds it takes on the reference machine below; a slower or
+busier machine takes longer for the same result, a faster one less.
+
+Calibration (once, on the reference machine: x86_64 Linux, 2 cores shared, one torch and one
+BLAS thread, CPU time of the process, see docs/benchmarks.md "Cost model"):
+
+- lower-bound search (analyses.lower): ``LOWER_MACS_PER_S`` multiply-accumulates of the graph's
+  forward pass (``lower._macs``, from the shapes) per second, plus ``LOWER_CALL_MACS`` per batched
+  call (dispatch overhead: vmap, autograd). Measured: --budget 1 costs 0.6 s of CPU on the sample
+  CNN, 0.9 s on ACAS Xu N(1,1), 0.8 s on the sample MLP.
+- LipSDP / ECLipsE Newton steps (analyses.sdp, analyses.layerwise): a step costs
+  ``NEWTON_STEP_OVERHEAD_S + (dim(P)^3 + (#t + 1)^3) / NEWTON_FLOPS_PER_S``. Measured: 0.45 ms at
+  dim(P) 55 (ACAS Xu), 6.5 ms at 305, 61 ms at 768 (mnist-net chains).
+- exact branch and bound (analyses.exact): a node (one LP and one SVD per child) costs about
+  1 / ``BB_NODES_PER_S`` seconds at the sizes it runs on (2 to 4 ms).
+"""
+
+from __future__ import annotations
+
+LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
+LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
+NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
+NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
+BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
+BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
+
+
+def lower_units(budget_s: float) -> float:
+    """The multiply-accumulates that ``budget_s`` buys for the lower-bound search (>= 0)."""
+    return max(float(budget_s), 0.0) * LOWER_MACS_PER_S
+
+
+def newton_steps(size: int, t_size: int, budget_s: float) -> int:
+    """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
+    multipliers (at least one when the budget is positive, none otherwise)."""
+    if not budget_s > 0.0:
+        return 0
+    cost = NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / NEWTON_FLOPS_PER_S
+    return max(1, int(budget_s / cost))
+
+
+def bb_nodes(budget_s: float) -> int:
+    """The branch-and-bound nodes ``budget_s`` buys (at least ``BB_MIN_NODES``)."""
+    return max(BB_MIN_NODES, int(max(float(budget_s), 0.0) * BB_NODES_PER_S))
