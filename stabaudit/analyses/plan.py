@@ -7,18 +7,20 @@ AuditTimeoutError and no partial number is reported). ``--budget`` is therefore 
 amount of work expressed in the seconds it takes on the reference machine below; a slower or
 busier machine takes longer for the same result, a faster one less.
 
-Calibration (once, on the reference machine: x86_64 Linux, 2 cores shared, one torch and one
-BLAS thread, CPU time of the process, see docs/benchmarks.md "Cost model"):
+Calibration (on the reference machine: x86_64 Linux, 2 cores shared, one torch and one BLAS
+thread, CPU time of the process after warm-up; docs/benchmarks.md "Cost model" has the table).
+The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s of CPU there.
 
 - lower-bound search (analyses.lower): ``LOWER_MACS_PER_S`` multiply-accumulates of the graph's
-  forward pass (``lower._macs``, from the shapes) per second, plus ``LOWER_CALL_MACS`` per batched
-  call (dispatch overhead: vmap, autograd). Measured: --budget 1 costs 0.6 s of CPU on the sample
-  CNN, 0.9 s on ACAS Xu N(1,1), 0.8 s on the sample MLP.
-- LipSDP / ECLipsE Newton steps (analyses.sdp, analyses.layerwise): a step costs
-  ``NEWTON_STEP_OVERHEAD_S + (dim(P)^3 + (#t + 1)^3) / NEWTON_FLOPS_PER_S``. Measured: 0.45 ms at
-  dim(P) 55 (ACAS Xu), 6.5 ms at 305, 61 ms at 768 (mnist-net chains).
-- exact branch and bound (analyses.exact): a node (one LP and one SVD per child) costs about
-  1 / ``BB_NODES_PER_S`` seconds at the sizes it runs on (2 to 4 ms).
+  forward pass (``lower._macs``, from the shapes) per budget second, plus ``LOWER_CALL_MACS`` per
+  batched call (dispatch: vmap, autograd). Measured at --budget 1 / 2: sample MLP 0.61 / 0.94 s,
+  sample CNN 0.73 / 1.35 s, sample ResNet 0.37 / 0.51 s, ACAS Xu N(1,1) 0.36 / 0.60 s.
+- LipSDP / ECLipsE Newton steps (analyses.sdp, analyses.layerwise): a step is planned at
+  ``NEWTON_STEP_OVERHEAD_S + (dim(P)^3 + (#t + 1)^3) / NEWTON_FLOPS_PER_S`` seconds (0.55, 7.4 and
+  74 ms at dim(P) 96, 305 and 768); measured 0.42 ms (sample MLP), 4.2 ms (ACAS Xu N(1,1)) and
+  45 ms (mnist-net 256x2).
+- exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
+  measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
 """
 
 from __future__ import annotations
