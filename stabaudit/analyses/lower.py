@@ -764,6 +764,46 @@ class _Search:
         return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+_CONFIRM_PASSES = 4.0  # one float64 evaluation with its forward error bound, in forward passes
+
+
+def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
+    """Multiply-accumulates of the smallest plan with ``starts`` starts and ``rounds`` rounds:
+    ``starts`` screened points, one Adam step per round, one Jacobian round of the pair ascent, no
+    proposals, then the confirmation (power sweeps and the difference quotients)."""
+    jac_point = search.fwd * search.jac_passes
+    call = plan.LOWER_CALL_MACS
+    screen = starts * jac_point + call
+    ascent = rounds * (starts * 6.0 * search.fwd + call)
+    if rounds:
+        ascent += 2.0 * starts * jac_point + call
+    sweeps = 0.0 if search.full else POWER_SWEEPS * min(starts, 8) * jac_point
+    pairs = 8 * min(starts, 8) + min(starts, 4)
+    return screen + ascent + sweeps + 2.0 * pairs * _CONFIRM_PASSES * search.fwd
+
+
+def _shape(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int]:
+    """(starts, rounds): the requested ones, reduced until the smallest plan fits
+    ``plan.smallest_plan_units`` (large networks only). Rounds halve down to 4, then starts down to
+    4, then rounds down to 1, starts down to 1, and the ascent is dropped last; the order depends
+    on the sizes only (deterministic)."""
+    units = plan.smallest_plan_units(budget_s)
+    while _smallest_cost(search, starts, steps) > units:
+        if steps > 4:
+            steps = max(4, steps // 2)
+        elif starts > 4:
+            starts = max(4, starts // 2)
+        elif steps > 1:
+            steps //= 2
+        elif starts > 1:
+            starts //= 2
+        elif steps > 0:
+            steps = 0
+        else:
+            break
+    return starts, steps
+
+
 def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int, int, int]:
     """(pool size, Adam steps per round, rounds between Jacobians of the pair ascent, proposals
     per start and round of the local search), from the static cost model only (deterministic).
@@ -1076,10 +1116,15 @@ def lower_bound(
     # a slow or busy machine takes longer for the same result. The clock only aborts (--timeout).
     search = _Search(graph, shapes, seed)
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
-    starts = max(1, int(starts))
-    steps = max(0, int(steps))
+    asked = max(1, int(starts)), max(0, int(steps))
+    starts, steps = _shape(search, *asked, budget_s)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     notes: list[str] = []
+    if (starts, steps) != asked:
+        notes.append(
+            f"reduced plan: the budget of {budget_s:g} s does not buy the smallest plan of {asked[0]} "
+            f"starts and {asked[1]} rounds for this network's size"
+        )
     if pool <= starts and proposals == 0:
         notes.append(f"minimal search plan: the budget of {budget_s:g} s is below the cost model's smallest plan")
 
@@ -1120,7 +1165,7 @@ def lower_bound(
         # No pair confirmed: the ascent may have run into regions where no finite float64 error
         # bound exists (1/x, log, exp near their poles: a model that is Lipschitz only on a
         # domain). Pairs along the top singular vectors at fresh points of the domain scale.
-        fresh = _fresh_pairs(search, domain_scale)
+        fresh = _fresh_pairs(search, domain_scale, count=min(16, starts))
         for x, y in fresh:
             check_deadline()
             q = confirm_quotient(model, x, y)

@@ -31,11 +31,24 @@ NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed pa
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
 BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
+# The lower-bound search keeps its smallest useful plan (32 starts, 30 rounds) beyond the budget
+# up to max(SMALLEST_PLAN_FACTOR * budget, budget + SMALLEST_PLAN_SLACK_S) planned seconds (the
+# time limit the search once had on the clock, now counted work); larger networks get fewer
+# rounds and starts.
+SMALLEST_PLAN_FACTOR = 3.0
+SMALLEST_PLAN_SLACK_S = 20.0
 
 
 def lower_units(budget_s: float) -> float:
     """The multiply-accumulates that ``budget_s`` buys for the lower-bound search (>= 0)."""
     return max(float(budget_s), 0.0) * LOWER_MACS_PER_S
+
+
+def smallest_plan_units(budget_s: float) -> float:
+    """The multiply-accumulates the lower-bound search's smallest plan may take (see
+    ``SMALLEST_PLAN_FACTOR``): above the budget's own units, so that small budgets still search."""
+    b = max(float(budget_s), 0.0)
+    return max(SMALLEST_PLAN_FACTOR * b, b + SMALLEST_PLAN_SLACK_S) * LOWER_MACS_PER_S
 
 
 def newton_steps(size: int, t_size: int, budget_s: float) -> int:

@@ -34,3 +34,25 @@ def test_the_plan_reads_no_clock():
 
     source = inspect.getsource(plan)
     assert "import time" not in source and "perf_counter" not in source and "monotonic" not in source
+
+
+def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
+    from types import SimpleNamespace
+    from typing import Any
+
+    from stabaudit.analyses.lower import _shape, _smallest_cost
+
+    def search(fwd: float) -> Any:  # duck-typed _Search; full Jacobians of 10 outputs: 21 passes per point
+        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True)
+
+    # up to ~1e7 multiply-accumulates per forward pass (every network of the corpus) the plan of
+    # 32 starts and 30 rounds fits max(3 budget, budget + 20) planned seconds from --budget 1 on
+    assert _shape(search(1e7), 32, 30, 1.0) == (32, 30)
+    assert _smallest_cost(search(1e7), 32, 30) <= plan.smallest_plan_units(1.0)
+    # larger ones: rounds, then starts shrink, in a fixed order, until the plan fits
+    assert _shape(search(3e7), 32, 30, 1.0) == (16, 4)
+    assert _shape(search(1e8), 32, 30, 1.0) == (4, 4)
+    assert _shape(search(1e9), 32, 30, 1.0) == (1, 0)  # the irreducible plan: one point
+    assert _shape(search(1e8), 32, 30, 100.0) == (32, 30)  # a larger budget buys it back
+    assert plan.smallest_plan_units(1.0) == 21.0 * plan.LOWER_MACS_PER_S
+    assert plan.smallest_plan_units(20.0) == 60.0 * plan.LOWER_MACS_PER_S
