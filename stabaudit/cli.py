@@ -230,7 +230,7 @@ BudgetOption = Annotated[
     float | None,
     typer.Option(
         "--budget",
-        help="Seconds planned for each search-based analysis: the global methods beyond the product, and the lower-bound search (default 10).",
+        help="Work planned for each search-based analysis, in seconds of the reference machine: the global methods beyond the product, and the lower-bound search (default 10). Counted work, never the clock: the same report on any machine and under any load (--timeout is the only clock).",
     ),
 ]
 MaxMemoryOption = Annotated[

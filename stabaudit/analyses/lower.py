@@ -25,8 +25,8 @@ on ``confirm_quotient``:
    is absolute (it scales with the magnitudes inside the network, not with ||y - x||).
 
 The work of every phase is planned from a static cost model of the graph (multiply-accumulates
-per evaluation), not from measured times, so a seed gives the same result on any machine unless
-the time budget cuts the search short (the method string then says so).
+per evaluation, ``plan.lower_units``), never from measured times, so a seed gives the same result
+on any machine and under any load; the clock only aborts the search (--timeout raises).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stabaudit.analyses import plan
 from stabaudit.bounds.base import Guarantee, OpBound
 from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir import ops as O
@@ -54,8 +55,6 @@ _TINY = 1e-290  # absolute floor for results that may underflow (smallest normal
 _FULL_JACOBIAN_MAX = 64  # full Jacobian + SVD when min(n, m) <= this, else power iteration
 _SCALES = (1.0, 3.0, 10.0)
 _STEPS_H = (1e-2, 1e-4, 1e-6, 1e-8)
-_UNITS_PER_SECOND = 4e9  # static cost model: multiply-accumulates per second (float64, one core)
-_CALL_UNITS = 2e6  # fixed cost of one batched call (dispatch overhead), in the same units
 
 # Operators under which f is piecewise linear: the gradient of ||J(x) v|| is zero almost everywhere.
 _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
@@ -595,9 +594,7 @@ def _macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
 class _Search:
     """The batched function, its Jacobian pairs and the bookkeeping of one search."""
 
-    def __init__(
-        self, graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int, deadline: float
-    ):
+    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], seed: int):
         import torch
 
         from stabaudit.ir.executor import Executor
@@ -606,7 +603,6 @@ class _Search:
         self.n = sum(int(np.prod(s.shape)) for s in graph.inputs)
         self.m = sum(int(np.prod(shapes[name])) for name in graph.outputs)
         self.gen = torch.Generator().manual_seed(int(seed))
-        self.deadline = deadline
         self.evaluations = 0
         self.smooth = any(node.op.type not in _PIECEWISE_LINEAR for node in graph.nodes)
         k = min(self.n, self.m)
@@ -622,9 +618,6 @@ class _Search:
         self.chunk = int(max(1, min(4096, 256e6 // max(per_point, 1.0))))
         self.batched_f = self._batched_f()
         self._pairs_impl = self._make_pairs()
-
-    def time_left(self) -> float:
-        return self.deadline - time.perf_counter()
 
     def normal(self, *shape: int) -> torch.Tensor:
         import torch
@@ -771,8 +764,44 @@ class _Search:
         return torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-HARD_LIMIT_FACTOR = 3.0
-HARD_LIMIT_SLACK_S = 20.0
+_CONFIRM_PASSES = 4.0  # one float64 evaluation with its forward error bound, in forward passes
+
+
+def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
+    """Multiply-accumulates of the smallest plan with ``starts`` starts and ``rounds`` rounds:
+    ``starts`` screened points, one Adam step per round, one Jacobian round of the pair ascent, no
+    proposals, then the confirmation (power sweeps and the difference quotients)."""
+    jac_point = search.fwd * search.jac_passes
+    call = plan.LOWER_CALL_MACS
+    screen = starts * jac_point + call
+    ascent = rounds * (starts * 6.0 * search.fwd + call)
+    if rounds:
+        ascent += 2.0 * starts * jac_point + call
+    sweeps = 0.0 if search.full else POWER_SWEEPS * min(starts, 8) * jac_point
+    pairs = 8 * min(starts, 8) + min(starts, 4)
+    return screen + ascent + sweeps + 2.0 * pairs * _CONFIRM_PASSES * search.fwd
+
+
+def _shape(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int]:
+    """(starts, rounds): the requested ones, reduced until the smallest plan fits
+    ``plan.smallest_plan_units`` (large networks only). Rounds halve down to 4, then starts down to
+    4, then rounds down to 1, starts down to 1, and the ascent is dropped last; the order depends
+    on the sizes only (deterministic)."""
+    units = plan.smallest_plan_units(budget_s)
+    while _smallest_cost(search, starts, steps) > units:
+        if steps > 4:
+            steps = max(4, steps // 2)
+        elif starts > 4:
+            starts = max(4, starts // 2)
+        elif steps > 1:
+            steps //= 2
+        elif starts > 1:
+            starts //= 2
+        elif steps > 0:
+            steps = 0
+        else:
+            break
+    return starts, steps
 
 
 def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int, int, int]:
@@ -782,9 +811,9 @@ def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[in
     Shares of the budget's work: screening 25%, pair ascent 20%, Jacobians along the pairs 15%,
     local search 15%; the rest is left for confirmation and the cost model's error.
     """
-    units = max(budget_s, 0.0) * _UNITS_PER_SECOND
+    units = plan.lower_units(budget_s)
     jac_point = search.fwd * search.jac_passes
-    call = _CALL_UNITS
+    call = plan.LOWER_CALL_MACS
     rounds = max(steps, 1)
     pool = int(0.25 * units / (jac_point + call / 256.0))
     pool = max(starts, min(pool, 1024 * starts))
@@ -823,7 +852,7 @@ class _Population:
 
 
 def _screen(
-    search: _Search, pool: int, starts: int, domain_scale: float, budget_s: float, notes: list[str]
+    search: _Search, pool: int, starts: int, domain_scale: float
 ) -> tuple[_Population, int]:
     """Seeded normal samples (2/3 at ``domain_scale``, 1/6 at 3x and 10x); the best ``starts``."""
     import torch
@@ -842,10 +871,6 @@ def _screen(
     sig_parts, v_parts = [], []
     for i in range(0, pool, chunk):
         check_deadline()
-        if i > 0 and search.time_left() < 0.6 * budget_s:
-            notes.append(f"screening cut by budget after {i} of {pool} points")
-            X = X[:i]
-            break
         s, v = search.pairs(X[i : i + chunk])
         sig_parts.append(s)
         v_parts.append(v)
@@ -1061,8 +1086,8 @@ def lower_bound(
 
     x is the concatenation of all flattened graph inputs and f(x) that of all outputs (as in
     ``Executor.flat``). Run it on the graph as loaded: folding affine maps (ir.passes) rounds
-    the folded weights, and the bound is about the stored ones. Deterministic for a seed unless
-    ``budget_s`` stops the search early (the method string then says so).
+    the folded weights, and the bound is about the stored ones. Deterministic for a seed: ``budget_s``
+    sizes the work by the cost model (``_plan``), never by the clock.
 
     ``op_bounds`` (keyed by node output, e.g. those given to ``composition.compose``) tighten the
     float64 error bound of deep networks (see ``ForwardErrorModel``); bounds missing for nodes of this
@@ -1087,22 +1112,24 @@ def lower_bound(
             seconds=time.perf_counter() - start_time,
             evaluations=0,
         )
-    # The work plan is sized for budget_s by a static cost model (deterministic); the clock stops
-    # the search only at max(HARD_LIMIT_FACTOR * budget_s, budget_s + HARD_LIMIT_SLACK_S), so a
-    # slow or busy machine still gives the same result unless it is far slower than the cost
-    # model assumes (the method string then says the clock cut the search).
-    limit = max(HARD_LIMIT_FACTOR * budget_s, budget_s + HARD_LIMIT_SLACK_S)
-    search = _Search(graph, shapes, seed, start_time + limit)
+    # The work plan is sized for budget_s by a static cost model (``plan``), never by the clock:
+    # a slow or busy machine takes longer for the same result. The clock only aborts (--timeout).
+    search = _Search(graph, shapes, seed)
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
-    starts = max(1, int(starts))
-    steps = max(0, int(steps))
+    asked = max(1, int(starts)), max(0, int(steps))
+    starts, steps = _shape(search, *asked, budget_s)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     notes: list[str] = []
+    if (starts, steps) != asked:
+        notes.append(
+            f"reduced plan: the budget of {budget_s:g} s does not buy the smallest plan of {asked[0]} "
+            f"starts and {asked[1]} rounds for this network's size"
+        )
     if pool <= starts and proposals == 0:
         notes.append(f"minimal search plan: the budget of {budget_s:g} s is below the cost model's smallest plan")
 
     # 1. screening
-    pop, screened = _screen(search, pool, starts, domain_scale, limit, notes)
+    pop, screened = _screen(search, pool, starts, domain_scale)
     k = pop.P.shape[0]
 
     # 2. ascent: pair ascent and local search, side by side
@@ -1112,9 +1139,6 @@ def lower_bound(
     rounds = 0
     for rnd in range(steps):
         check_deadline()
-        if search.time_left() < 0.25 * limit:
-            notes.append(f"ascent stopped by budget after {rnd} of {steps} rounds")
-            break
         for _ in range(adam_steps):
             pairs.step()
         if (rnd + 1) % jac_every == 0 or rnd == steps - 1:
@@ -1129,9 +1153,6 @@ def lower_bound(
     best_value, witness = 0.0, None
     for x, y in tries:
         check_deadline()
-        if search.time_left() <= 0.0 and best_value > 0.0:
-            notes.append("confirmation cut by budget")
-            break
         x, y = x.detach().clone(), y.detach().clone()
         if torch.equal(x, y):
             continue
@@ -1140,11 +1161,11 @@ def lower_bound(
         if q > best_value:
             best_value = q
             witness = Witness(x=x.tolist(), y=y.tolist(), quotient=q)
-    if best_value == 0.0 and search.time_left() > 0.0:
+    if best_value == 0.0:
         # No pair confirmed: the ascent may have run into regions where no finite float64 error
         # bound exists (1/x, log, exp near their poles: a model that is Lipschitz only on a
         # domain). Pairs along the top singular vectors at fresh points of the domain scale.
-        fresh = _fresh_pairs(search, domain_scale)
+        fresh = _fresh_pairs(search, domain_scale, count=min(16, starts))
         for x, y in fresh:
             check_deadline()
             q = confirm_quotient(model, x, y)

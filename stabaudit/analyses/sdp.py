@@ -2,21 +2,21 @@
 
 The problem: minimise rho over rho and diagonal T_k >= 0 subject to P(rho, T) >= 0, the block
 tridiagonal LMI of ``certify`` (its docstring states the LMI and why it bounds the Lipschitz
-constant). It is a small SDP with one low-rank constraint matrix per neuron: t_i enters P as
-U_i C_i U_i^T with U_i = [e_i, w_i] (e_i the neuron's coordinate in block k, w_i the row i of
-W_{k-1} placed in block k-1) and C_i = [[2, -(a+b)], [-(a+b), 2ab]]. We minimise the
-self-concordant barrier tau * rho - log det P - sum log t_i by damped Newton steps and raise tau
-(the primal barrier method, Boyd & Vandenberghe, Convex Optimization, section 11.3): every iterate
-is strictly feasible, so the method can stop at any time (``budget_s``) with a valid certificate,
-and at the central point for tau the gap to the optimum is at most nu / tau, nu = dim P + #t
-(ibid., eq. (11.12)). The chain structure is used three times: the gradient and Hessian come from
-G = U^T P^{-1} U formed block by block with the weights (never a dense U), the first block is
-reduced to the row space of W_0 (x_0 = V a + x_perp, ||x_0||^2 = ||a||^2 + ||x_perp||^2, and x_perp
-meets only rho I: an exact change of coordinates), and feasibility along the line search is a
-Cholesky factorisation (on the block tridiagonal P: the Schur complement recursion, no fill-in
-outside the band). Every certificate is verified a posteriori in
-float64 on the stored weights (``certify.verify``), so the solver's accuracy never matters for
-soundness.
+constant). It is a small SDP with one low-rank constraint matrix per neuron: t_i enters P as U_i
+C_i U_i^T with U_i = [e_i, w_i] (e_i the neuron's coordinate in block k, w_i the row i of W_{k-1}
+placed in block k-1) and C_i = [[2, -(a+b)], [-(a+b), 2ab]]. We minimise the self-concordant
+barrier tau * rho - log det P - sum log t_i by damped Newton steps and raise tau (the primal
+barrier method, Boyd & Vandenberghe, Convex Optimization, section 11.3): every iterate is strictly
+feasible, so the method can stop after any step (it runs the Newton steps that ``budget_s`` buys,
+``plan.newton_steps``) with a valid certificate, and at the central point for tau the gap to the
+optimum is at most nu / tau, nu = dim P + #t (ibid., eq. (11.12)). The chain structure is used
+three times: the gradient and Hessian come from G = U^T P^{-1} U formed block by block with the
+weights (never a dense U), the first block is reduced to the row space of W_0 (x_0 = V a + x_perp,
+||x_0||^2 = ||a||^2 + ||x_perp||^2, and x_perp meets only rho I: an exact change of coordinates),
+and feasibility along the line search is a Cholesky factorisation (on the block tridiagonal P: the
+Schur complement recursion, no fill-in outside the band). Every certificate is verified a
+posteriori in float64 on the stored weights (``certify.verify``), so the solver's accuracy never
+matters for soundness.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from stabaudit.analyses import plan
 from stabaudit.analyses.certify import ChainLMI
+from stabaudit.limits import check_deadline
 from stabaudit.rounding import norm_exponent
 
 
@@ -189,49 +190,37 @@ def _newton_direction(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return np.asarray(-gs / d)
 
 
-# The budget plans Newton steps, not time (results must not depend on the machine or its load):
-# a step costs about STEP_OVERHEAD_S plus (dim(P)^3 + #t^3) / FLOPS_PER_S seconds here, one BLAS
-# thread (measured on ACAS Xu and mnist-net chains: 0.45 ms at dim 55, 6.5 ms at 305, 61 ms at
-# 768). The clock only stops a solve at max(3 budget, budget + 20 s), far beyond its plan.
-STEP_OVERHEAD_S = 4e-4
-FLOPS_PER_S = 8e9
-
-
 def planned_newton_steps(size: int, t_size: int, budget_s: float) -> int:
     """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
-    multipliers (at least one step when the budget is positive)."""
-    if budget_s <= 0.0:
-        return 0
-    cost = STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / FLOPS_PER_S
-    return max(1, int(budget_s / cost))
+    multipliers (``plan.newton_steps``: counted work, never time, so that the result does not
+    depend on the machine or its load)."""
+    return plan.newton_steps(size, t_size, budget_s)
 
 
-def hard_deadline(budget_s: float) -> float:
-    return time.perf_counter() + max(3.0 * budget_s, budget_s + 20.0)
-
-
-def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, deadline: float, rel_gap: float = 2e-3, max_newton: int = 5000, mu: float = 6.0, center_tol: float = 1e-5, gap0: float = 1.0) -> tuple[float, np.ndarray, int]:
+def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, max_newton: int, rel_gap: float = 2e-3, mu: float = 6.0, center_tol: float = 1e-5, gap0: float = 1.0) -> tuple[float, np.ndarray, int]:
     """Minimise obj * z0 from the strictly feasible (z0, t); returns the last strictly feasible
-    iterate and the number of Newton steps. Stops at the deadline or when nu / tau <= rel_gap |z0|.
+    iterate and the number of Newton steps. Stops after ``max_newton`` steps (the plan) or when
+    nu / tau <= rel_gap |z0|; never by the clock (``check_deadline`` only aborts, on --timeout).
 
     Multipliers may grow without bound (a layer of zero weights decouples its neighbours), so the
     derivatives may overflow: a non-finite Newton decrement ends the centring, a non-finite trial
     point fails its Cholesky test, and every result is verified afterwards; numpy's warnings about
     it are silenced here."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _barrier_solve(pr, z0, t, deadline, rel_gap, max_newton, mu, center_tol, gap0)
+        return _barrier_solve(pr, z0, t, rel_gap, max_newton, mu, center_tol, gap0)
 
 
-def _barrier_solve(pr: _Problem, z0: float, t: np.ndarray, deadline: float, rel_gap: float, max_newton: int, mu: float, center_tol: float, gap0: float) -> tuple[float, np.ndarray, int]:
+def _barrier_solve(pr: _Problem, z0: float, t: np.ndarray, rel_gap: float, max_newton: int, mu: float, center_tol: float, gap0: float) -> tuple[float, np.ndarray, int]:
     nu = pr.size + t.size
     scale = max(abs(z0), 1e-300)
     tau = nu / (gap0 * scale)
     steps = 0
-    while steps < max_newton and time.perf_counter() < deadline:
+    while steps < max_newton:
         # centre for this tau
         for _ in range(60):
-            if steps >= max_newton or time.perf_counter() >= deadline:
+            if steps >= max_newton:
                 break
+            check_deadline()  # aborts on --timeout (raises); never ends the solve with a number
             r = _chol(_assemble(pr, z0, t))
             if r is None:  # cannot happen for accepted iterates; stay safe
                 return z0, t, steps
@@ -360,18 +349,15 @@ def lipsdp(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray], *, budget_s: flo
     """
     pr = chain_problem(lmi)
     t = np.concatenate(list(ts)) if ts else np.zeros(0)
-    deadline = hard_deadline(budget_s)
-    plan = planned_newton_steps(pr.size, t.size, budget_s)
+    steps_plan = planned_newton_steps(pr.size, t.size, budget_s)
     small = float(pr.size) ** 3 + float(t.size + 1) ** 3 <= 3e8
     lam, gap0 = (1.5, 1.0) if small else (1.05, 0.05)
     steps = 0
     with single_blas_thread():
         for factor in (lam, 4.0, 16.0):
-            if plan == 0:
+            if steps_plan == 0:
                 break
-            z, tt, steps = barrier_solve(
-                pr, rho * factor, t * factor, deadline=deadline, gap0=gap0, max_newton=plan
-            )
+            z, tt, steps = barrier_solve(pr, rho * factor, t * factor, gap0=gap0, max_newton=steps_plan)
             if steps > 0:
                 rho, t = z, tt
                 break

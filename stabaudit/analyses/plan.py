@@ -1,0 +1,65 @@
+"""The cost model: ``--budget`` seconds as counted units of work (steps, points, nodes), never elapsed time.
+
+Every search and solver whose result enters a report sizes its work here, from the budget and
+the problem's sizes only, so the same model, settings and seed give the same numbers on any
+machine and under any load. The clock only aborts (``--timeout``: limits.check_deadline raises
+AuditTimeoutError and no partial number is reported). ``--budget`` is therefore a planned
+amount of work expressed in the seconds it takes on the reference machine below; a slower or
+busier machine takes longer for the same result, a faster one less.
+
+Calibration (on the reference machine: x86_64 Linux, 2 cores shared, one torch and one BLAS
+thread, CPU time of the process after warm-up; docs/benchmarks.md "Cost model" has the table).
+The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s of CPU there.
+
+- lower-bound search (analyses.lower): ``LOWER_MACS_PER_S`` multiply-accumulates of the graph's
+  forward pass (``lower._macs``, from the shapes) per budget second, plus ``LOWER_CALL_MACS`` per
+  batched call (dispatch: vmap, autograd). Measured at --budget 1 / 2: sample MLP 0.61 / 0.94 s,
+  sample CNN 0.73 / 1.35 s, sample ResNet 0.37 / 0.51 s, ACAS Xu N(1,1) 0.36 / 0.60 s.
+- LipSDP / ECLipsE Newton steps (analyses.sdp, analyses.layerwise): a step is planned at
+  ``NEWTON_STEP_OVERHEAD_S + (dim(P)^3 + (#t + 1)^3) / NEWTON_FLOPS_PER_S`` seconds (0.55, 7.4 and
+  74 ms at dim(P) 96, 305 and 768); measured 0.42 ms (sample MLP), 4.2 ms (ACAS Xu N(1,1)) and
+  45 ms (mnist-net 256x2).
+- exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
+  measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
+"""
+
+from __future__ import annotations
+
+LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
+LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
+NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
+NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
+BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
+BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
+# The lower-bound search keeps its smallest useful plan (32 starts, 30 rounds) beyond the budget
+# up to max(SMALLEST_PLAN_FACTOR * budget, budget + SMALLEST_PLAN_SLACK_S) planned seconds (the
+# time limit the search once had on the clock, now counted work); larger networks get fewer
+# rounds and starts.
+SMALLEST_PLAN_FACTOR = 3.0
+SMALLEST_PLAN_SLACK_S = 20.0
+
+
+def lower_units(budget_s: float) -> float:
+    """The multiply-accumulates that ``budget_s`` buys for the lower-bound search (>= 0)."""
+    return max(float(budget_s), 0.0) * LOWER_MACS_PER_S
+
+
+def smallest_plan_units(budget_s: float) -> float:
+    """The multiply-accumulates the lower-bound search's smallest plan may take (see
+    ``SMALLEST_PLAN_FACTOR``): above the budget's own units, so that small budgets still search."""
+    b = max(float(budget_s), 0.0)
+    return max(SMALLEST_PLAN_FACTOR * b, b + SMALLEST_PLAN_SLACK_S) * LOWER_MACS_PER_S
+
+
+def newton_steps(size: int, t_size: int, budget_s: float) -> int:
+    """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
+    multipliers (at least one when the budget is positive, none otherwise)."""
+    if not budget_s > 0.0:
+        return 0
+    cost = NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / NEWTON_FLOPS_PER_S
+    return max(1, int(budget_s / cost))
+
+
+def bb_nodes(budget_s: float) -> int:
+    """The branch-and-bound nodes ``budget_s`` buys (at least ``BB_MIN_NODES``)."""
+    return max(BB_MIN_NODES, int(max(float(budget_s), 0.0) * BB_NODES_PER_S))

@@ -1,0 +1,58 @@
+"""The cost model: --budget as counted work, from the budget and the problem's sizes only."""
+
+from __future__ import annotations
+
+from stabaudit.analyses import plan
+
+
+def test_newton_steps_follow_the_size_cubed():
+    # ACAS Xu N(1,1): dim(P) 305, 300 multipliers; a step is planned at
+    # 4e-4 + (305^3 + 301^3) / 8e9 = 7.36 ms, so one budget second buys 135 steps
+    assert plan.newton_steps(305, 300, 1.0) == 135
+    assert plan.newton_steps(305, 300, 0.5) == 67
+    assert plan.newton_steps(10**4, 10**4, 1e-6) == 1  # a positive budget always buys one step
+    assert plan.newton_steps(305, 300, 0.0) == 0
+
+
+def test_branch_and_bound_nodes():
+    assert plan.bb_nodes(1.0) == 250
+    assert plan.bb_nodes(0.2) == 50
+    assert plan.bb_nodes(0.0) == plan.BB_MIN_NODES == 16
+
+
+def test_lower_units_and_monotone_plans():
+    assert plan.lower_units(1.0) == 4e9
+    assert plan.lower_units(-1.0) == 0.0
+    budgets = [0.0, 0.1, 0.5, 1.0, 2.0, 10.0]
+    assert [plan.lower_units(b) for b in budgets] == sorted(plan.lower_units(b) for b in budgets)
+    steps = [plan.newton_steps(96, 64, b) for b in budgets]
+    assert steps == sorted(steps)
+
+
+def test_the_plan_reads_no_clock():
+    import inspect
+
+    source = inspect.getsource(plan)
+    assert "import time" not in source and "perf_counter" not in source and "monotonic" not in source
+
+
+def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
+    from types import SimpleNamespace
+    from typing import Any
+
+    from stabaudit.analyses.lower import _shape, _smallest_cost
+
+    def search(fwd: float) -> Any:  # duck-typed _Search; full Jacobians of 10 outputs: 21 passes per point
+        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True)
+
+    # up to ~1e7 multiply-accumulates per forward pass (every network of the corpus) the plan of
+    # 32 starts and 30 rounds fits max(3 budget, budget + 20) planned seconds from --budget 1 on
+    assert _shape(search(1e7), 32, 30, 1.0) == (32, 30)
+    assert _smallest_cost(search(1e7), 32, 30) <= plan.smallest_plan_units(1.0)
+    # larger ones: rounds, then starts shrink, in a fixed order, until the plan fits
+    assert _shape(search(3e7), 32, 30, 1.0) == (16, 4)
+    assert _shape(search(1e8), 32, 30, 1.0) == (4, 4)
+    assert _shape(search(1e9), 32, 30, 1.0) == (1, 0)  # the irreducible plan: one point
+    assert _shape(search(1e8), 32, 30, 100.0) == (32, 30)  # a larger budget buys it back
+    assert plan.smallest_plan_units(1.0) == 21.0 * plan.LOWER_MACS_PER_S
+    assert plan.smallest_plan_units(20.0) == 60.0 * plan.LOWER_MACS_PER_S
