@@ -71,6 +71,8 @@ _HARDSWISH_MIN = (-1.5, -0.375)
 _MIN_SLACK = 1e-14
 # half-width of the band around a turning point inside which its minimum is used
 _TURN_BAND = 1e-9
+# MatMul: the entry-wise interval product is formed when it has at most this many terms
+MAX_MATMUL_TERMS = 1 << 22
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,7 +353,11 @@ def _matmul(los: list[torch.Tensor], his: list[torch.Tensor]) -> tuple[torch.Ten
     A B - Ac Bc = Ac dB + dA Bc + dA dB, so |A B - Ac Bc| <= P = |Ac| Br + Ar (|Bc| + Br); the
     executor's rounding is <= gamma_k |A| |B| <= gamma_k Q, Q = (|Ac| + Ar)(|Bc| + Br), and the
     computed Ac Bc is within gamma_k |Ac| |Bc| <= gamma_k Q: radius (P + rel Q), rel >= 2 gamma_k,
-    each computed (nonnegative) product widened by (1 + 2 rel)."""
+    each computed (nonnegative) product widened by (1 + 2 rel).
+    Midpoint-radius overestimates by up to 1.5x; where the [..., n, k, m] products fit in
+    MAX_MATMUL_TERMS entries, the result is intersected with the sum over k of the exact ranges of
+    the products a_ik b_kj (their four corners, correctly rounded: monotone), whose computed sum is
+    within gamma_k sum_k |corner| <= gamma_k Q of the exact one."""
     import torch
 
     ca, ra = _center_radius(los[0], his[0])
@@ -362,7 +368,15 @@ def _matmul(los: list[torch.Tensor], his: list[torch.Tensor]) -> tuple[torch.Ten
     p = torch.matmul(ca.abs(), rb) + torch.matmul(ra, cb.abs() + rb)
     q = torch.matmul(ca.abs() + ra, cb.abs() + rb)
     yr = (p + rel * q) * (1 + 2 * rel) * (1 + 4 * EPS) + TINY
-    return _down(yc - yr), _up_t(yc + yr)
+    out_lo, out_hi = _down(yc - yr), _up_t(yc + yr)
+    if los[0].dim() >= 2 and los[1].dim() >= 2 and yc.numel() * k <= MAX_MATMUL_TERMS:
+        a_lo, a_hi = los[0].unsqueeze(-1), his[0].unsqueeze(-1)  # [..., n, k, 1]
+        b_lo, b_hi = los[1].unsqueeze(-3), his[1].unsqueeze(-3)  # [..., 1, k, m]
+        t_lo, t_hi = _hull(a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi)
+        err = rel * q * (1 + 2 * rel) * (1 + 4 * EPS) + TINY
+        out_lo = torch.maximum(out_lo, _down(t_lo.sum(dim=-2) - err))
+        out_hi = torch.minimum(out_hi, _up_t(t_hi.sum(dim=-2) + err))
+    return out_lo, out_hi
 
 
 # ---- Softmax -----------------------------------------------------------------------------------
