@@ -147,51 +147,61 @@ def _unknown(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_range(f: Fn, absf: Fn, los: Sequence[torch.Tensor], his: Sequence[torch.Tensor],
-                  rel: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  rel: float, bias: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Enclosure of fl(W x + b) for x in [lo, hi]: f = the map (with b), absf = |W| (no b).
 
     x = c + d, |d| <= r: W x + b in W c + b +- |W| r. The executor's value is within
     gamma (|W| |x| + |b|) <= gamma (|W| (|c| + r) + |b|) of W x + b and the computed center within
     gamma (|W| |c| + |b|) of W c + b; rel >= 2 gamma covers both, (1 + 2 rel) the rounding of the
     computed |W| (.) (a sum of nonnegative terms, computed at least (1 - gamma) of its value).
+    ``bias``: |b| (broadcastable), or None to compute it as |f(0)|.
     """
     import torch
 
     cr = [_center_radius(a, b) for a, b in zip(los, his, strict=True)]
     yc = f(*[c for c, _ in cr])
-    bias = f(*[torch.zeros_like(c) for c, _ in cr]).abs()
+    if bias is None:
+        bias = f(*[torch.zeros_like(c) for c, _ in cr]).abs()
     yr = absf(*[r + rel * c.abs() for c, r in cr]) * (1 + 2 * rel) + rel * bias + TINY
     return _down(yc - yr), _up_t(yc + yr)
 
 
-def _linear_maps(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str) -> tuple[Fn, Fn, float] | None:
-    """(f, |W| map, rel) of a linear node; None for the other operators."""
+def _linear_maps(node: Node, shapes: Mapping[str, tuple[int, ...]],
+                 device: str) -> tuple[Fn, Fn, float, torch.Tensor | float | None] | None:
+    """(f, |W| map, rel, |b|) of a linear node (|b| None: computed as |f(0)|); None for the other
+    operators."""
     import torch
 
     op = node.op
     k = sum(int(np.prod(shapes[name])) for name in node.inputs)
     match op:
-        case O.Linear(weight=w) | O.Conv(weight=w) | O.ConvTranspose(weight=w):
+        case O.Linear(weight=w, bias=b) | O.Conv(weight=w, bias=b) | O.ConvTranspose(weight=w, bias=b):
             abs_op = dataclasses.replace(op, weight=np.abs(np.asarray(w, dtype=np.float64)), bias=None)  # type: ignore[type-var]
-            return _forward(node, op, shapes, device), _forward(node, abs_op, shapes, device), _rel(k)
+            bias: torch.Tensor | float = 0.0
+            if b is not None:
+                bias = _const(np.abs(np.asarray(b, dtype=np.float64)), device)
+                if not isinstance(op, O.Linear):  # per channel, axis 1
+                    bias = bias.reshape(-1, *([1] * (len(shapes[node.output]) - 2)))
+            return _forward(node, op, shapes, device), _forward(node, abs_op, shapes, device), _rel(k), bias
         case O.AvgPool() | O.GlobalAvgPool() | O.ReduceSum() | O.ReduceMean():
-            f = _forward(node, op, shapes, device)  # nonnegative weights
-            return f, f, _rel(k)
+            f = _forward(node, op, shapes, device)  # nonnegative weights, no constant term
+            return f, f, _rel(k), 0.0
         case O.Resize():
             from stabaudit.ir.resize import axis_matrix
 
             mats = []
             for i, axis in enumerate(op.axes):
                 m, _ = axis_matrix(op, i)
-                mats.append((axis, torch.from_numpy(np.abs(np.asarray(m, dtype=np.float64))).to(device)))
+                mats.append((axis, _const(np.abs(np.asarray(m, dtype=np.float64)), device)))
 
             def absf(x: torch.Tensor) -> torch.Tensor:
                 for axis, m in mats:
                     x = torch.movedim(torch.tensordot(m, x, dims=([1], [axis])), 0, axis)
                 return x
 
-            # one product per resized axis: the errors compound, (1 + g)^T - 1 <= T g (1 + T g)
-            return _forward(node, op, shapes, device), absf, _rel(k) * (len(op.axes) + 1)
+            # one product per resized axis: the errors compound, (1 + g)^T - 1 <= T g (1 + T g);
+            # the extrapolation value of tf_crop_and_resize is the constant term |f(0)|
+            return _forward(node, op, shapes, device), absf, _rel(k) * (len(op.axes) + 1), None
     return None
 
 
@@ -591,8 +601,8 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
         return _layer_norm(op, device, los[0], his[0])
     lin = _linear_maps(node, shapes, device)
     if lin is not None:
-        f, absf, rel = lin
-        return _linear_range(f, absf, los, his, rel)
+        f, absf, rel, bias = lin
+        return _linear_range(f, absf, los, his, rel, bias)
     f = _forward(node, op, shapes, device)
     if isinstance(op, O.Reduce):
         return _reduce(op, f, los[0], his[0])

@@ -24,7 +24,9 @@ from tests.soundness.cases import CASES, TS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL = ROOT.parent / "shared" / "models" / "external"
-EXTERNAL_MODELS = sorted(EXTERNAL.rglob("*.onnx")) if EXTERNAL.is_dir() else []
+# one network per source folder (the first by name): every architecture family, in a few seconds
+EXTERNAL_MODELS = sorted({p.parent: p for p in sorted(EXTERNAL.rglob("*.onnx"), reverse=True)}.values()) \
+    if EXTERNAL.is_dir() else []
 
 
 # ---- the check ---------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_external_networks_are_enclosed(path: Path) -> None:
         x0 = rng.uniform(0.0, 1.0, spec.shape)
         box[spec.name] = Interval(lo=x0 - 0.01, hi=x0 + 0.01)
     result = range_analysis(graph, box)
-    assert _violations(graph, box, dict(result.ranges), count=20, seed=5) == []
+    assert _violations(graph, box, dict(result.ranges), count=16, seed=5) == []
     out = result.ranges[graph.outputs[0]]
     assert np.isfinite(out.lo).all() and np.isfinite(out.hi).all(), result.notes
 
