@@ -528,7 +528,8 @@ def _reduce(op: O.Reduce, f: Fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[to
     """ReduceMax/Min: monotone, exact. ReduceL1, ReduceSumSquare, ReduceL2: increasing in each |x_j|,
     so between the reductions of the least and the largest |x_j| (mig, mag), widened by rel >= 2
     gamma_{n+1} (ours and the executor's rounding, relative, of a sum of nonnegative terms; the
-    square root halves it). ReduceLogSumExp: increasing in each x_j; computed as
+    square root halves it), and by n 2^-1072 absolute (squares that underflow; its square root for
+    ReduceL2). ReduceLogSumExp: increasing in each x_j; computed as
     m + log(sum exp(x - m)), within (min(D, 746) + n + 8) u + u |value| absolute of the exact value
     (the sum >= 1, as for Softmax), doubled for ours and the executor's."""
     import torch
@@ -550,8 +551,10 @@ def _reduce(op: O.Reduce, f: Fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[to
         case O.ReduceL1() | O.ReduceL2() | O.ReduceSumSquare():
             mig, mag = _mig_mag(lo, hi)
             a, b = f(mig), f(mag)
-            return (torch.clamp(_down(a * (1 - 2 * rel) - n * _UNDER - TINY), min=0.0),
-                    _up_t(b * (1 + 2 * rel) + n * _UNDER + TINY))
+            # underflowing squares: n 2^-1074 absolute in the sum, its square root after ReduceL2
+            under = n * _UNDER if not isinstance(op, O.ReduceL2) else 2 * math.sqrt(n * _UNDER)
+            return (torch.clamp(_down(a * (1 - 2 * rel) - under - TINY), min=0.0),
+                    _up_t(b * (1 + 2 * rel) + under + TINY))
         case O.ReduceLogSumExp():
             spread = torch.clamp(hi.amax(dim=dims, keepdim=keep) - lo.amin(dim=dims, keepdim=keep), max=746.0)
             a, b = f(lo), f(hi)

@@ -194,6 +194,8 @@ def test_division_by_an_interval_holding_zero_is_unbounded_and_named() -> None:
     assert any("negative" in n for n in notes)
     y, _ = _one(O.Reciprocal(), [np.array([[-1.0]])], [np.array([[0.0]])])
     assert y.lo.tolist() == [[-math.inf]] and y.hi.tolist() == [[math.inf]]
+    y, notes = _one(O.Exp(), [np.array([[700.0, 1.0]])], [np.array([[720.0, 2.0]])])  # overflow
+    assert y.lo[0, 0] == -math.inf and y.hi[0, 0] == math.inf and np.isfinite(y.lo[0, 1]) and notes
 
 
 def test_unbounded_values_propagate_downstream() -> None:
