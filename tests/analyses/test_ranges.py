@@ -313,3 +313,31 @@ def test_an_operator_without_a_rule_is_unbounded_and_named() -> None:
     y = result.ranges["y"]
     assert np.isneginf(y.lo).all() and np.isposinf(y.hi).all()
     assert result.notes and "odd" in result.notes[0]
+
+
+@pytest.mark.parametrize("op_type", list(O.OpType), ids=lambda t: t.value)
+def test_a_point_box_gives_the_value_within_a_few_ulps(op_type: O.OpType) -> None:
+    """With lo = hi the enclosure is the computed value itself plus the rounding allowance."""
+    op, shapes = SAMPLES[op_type]
+    graph, _, _ = single(op, shapes)
+    rng = np.random.default_rng(5)
+    box = {}
+    for spec in graph.inputs:
+        x0 = rng.standard_normal(spec.shape) + (3.0 if op_type in (O.OpType.SQRT, O.OpType.LOG) else 0.0)
+        box[spec.name] = Interval(lo=x0, hi=x0)
+    y = value_ranges(graph, box)["y"]
+    assert _violations(graph, box, {**{n: box[n] for n in box}, "y": y}, count=1) == []
+    width = (y.hi - y.lo) / np.maximum(np.abs(y.hi), 1.0)
+    assert width.max() <= 1e-11, width.max()
+
+
+def test_a_malformed_box_is_a_usage_error() -> None:
+    from stabaudit.errors import UsageError
+
+    graph, _, _ = single(O.Relu(), [(1, 2)])
+    with pytest.raises(UsageError, match="lo > hi"):
+        value_ranges(graph, {"x0": Interval(lo=np.ones((1, 2)), hi=np.zeros((1, 2)))})
+    with pytest.raises(UsageError, match="shape"):
+        value_ranges(graph, {"x0": Interval(lo=np.zeros((2,)), hi=np.ones((2,)))})
+    with pytest.raises(UsageError, match="no interval"):
+        value_ranges(graph, {})
