@@ -71,6 +71,8 @@ _HARDSWISH_MIN = (-1.5, -0.375)
 _MIN_SLACK = 1e-14
 # half-width of the band around a turning point inside which its minimum is used
 _TURN_BAND = 1e-9
+# MatMul: the entry-wise interval product is formed when it has at most this many terms
+MAX_MATMUL_TERMS = 1 << 22
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,51 +147,61 @@ def _unknown(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_range(f: Fn, absf: Fn, los: Sequence[torch.Tensor], his: Sequence[torch.Tensor],
-                  rel: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  rel: float, bias: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Enclosure of fl(W x + b) for x in [lo, hi]: f = the map (with b), absf = |W| (no b).
 
     x = c + d, |d| <= r: W x + b in W c + b +- |W| r. The executor's value is within
     gamma (|W| |x| + |b|) <= gamma (|W| (|c| + r) + |b|) of W x + b and the computed center within
     gamma (|W| |c| + |b|) of W c + b; rel >= 2 gamma covers both, (1 + 2 rel) the rounding of the
     computed |W| (.) (a sum of nonnegative terms, computed at least (1 - gamma) of its value).
+    ``bias``: |b| (broadcastable), or None to compute it as |f(0)|.
     """
     import torch
 
     cr = [_center_radius(a, b) for a, b in zip(los, his, strict=True)]
     yc = f(*[c for c, _ in cr])
-    bias = f(*[torch.zeros_like(c) for c, _ in cr]).abs()
+    if bias is None:
+        bias = f(*[torch.zeros_like(c) for c, _ in cr]).abs()
     yr = absf(*[r + rel * c.abs() for c, r in cr]) * (1 + 2 * rel) + rel * bias + TINY
     return _down(yc - yr), _up_t(yc + yr)
 
 
-def _linear_maps(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str) -> tuple[Fn, Fn, float] | None:
-    """(f, |W| map, rel) of a linear node; None for the other operators."""
+def _linear_maps(node: Node, shapes: Mapping[str, tuple[int, ...]],
+                 device: str) -> tuple[Fn, Fn, float, torch.Tensor | float | None] | None:
+    """(f, |W| map, rel, |b|) of a linear node (|b| None: computed as |f(0)|); None for the other
+    operators."""
     import torch
 
     op = node.op
     k = sum(int(np.prod(shapes[name])) for name in node.inputs)
     match op:
-        case O.Linear(weight=w) | O.Conv(weight=w) | O.ConvTranspose(weight=w):
+        case O.Linear(weight=w, bias=b) | O.Conv(weight=w, bias=b) | O.ConvTranspose(weight=w, bias=b):
             abs_op = dataclasses.replace(op, weight=np.abs(np.asarray(w, dtype=np.float64)), bias=None)  # type: ignore[type-var]
-            return _forward(node, op, shapes, device), _forward(node, abs_op, shapes, device), _rel(k)
+            bias: torch.Tensor | float = 0.0
+            if b is not None:
+                bias = _const(np.abs(np.asarray(b, dtype=np.float64)), device)
+                if not isinstance(op, O.Linear):  # per channel, axis 1
+                    bias = bias.reshape(-1, *([1] * (len(shapes[node.output]) - 2)))
+            return _forward(node, op, shapes, device), _forward(node, abs_op, shapes, device), _rel(k), bias
         case O.AvgPool() | O.GlobalAvgPool() | O.ReduceSum() | O.ReduceMean():
-            f = _forward(node, op, shapes, device)  # nonnegative weights
-            return f, f, _rel(k)
+            f = _forward(node, op, shapes, device)  # nonnegative weights, no constant term
+            return f, f, _rel(k), 0.0
         case O.Resize():
             from stabaudit.ir.resize import axis_matrix
 
             mats = []
             for i, axis in enumerate(op.axes):
                 m, _ = axis_matrix(op, i)
-                mats.append((axis, torch.from_numpy(np.abs(np.asarray(m, dtype=np.float64))).to(device)))
+                mats.append((axis, _const(np.abs(np.asarray(m, dtype=np.float64)), device)))
 
             def absf(x: torch.Tensor) -> torch.Tensor:
                 for axis, m in mats:
                     x = torch.movedim(torch.tensordot(m, x, dims=([1], [axis])), 0, axis)
                 return x
 
-            # one product per resized axis: the errors compound, (1 + g)^T - 1 <= T g (1 + T g)
-            return _forward(node, op, shapes, device), absf, _rel(k) * (len(op.axes) + 1)
+            # one product per resized axis: the errors compound, (1 + g)^T - 1 <= T g (1 + T g);
+            # the extrapolation value of tf_crop_and_resize is the constant term |f(0)|
+            return _forward(node, op, shapes, device), absf, _rel(k) * (len(op.axes) + 1), None
     return None
 
 
@@ -351,7 +363,11 @@ def _matmul(los: list[torch.Tensor], his: list[torch.Tensor]) -> tuple[torch.Ten
     A B - Ac Bc = Ac dB + dA Bc + dA dB, so |A B - Ac Bc| <= P = |Ac| Br + Ar (|Bc| + Br); the
     executor's rounding is <= gamma_k |A| |B| <= gamma_k Q, Q = (|Ac| + Ar)(|Bc| + Br), and the
     computed Ac Bc is within gamma_k |Ac| |Bc| <= gamma_k Q: radius (P + rel Q), rel >= 2 gamma_k,
-    each computed (nonnegative) product widened by (1 + 2 rel)."""
+    each computed (nonnegative) product widened by (1 + 2 rel).
+    Midpoint-radius overestimates by up to 1.5x; where the [..., n, k, m] products fit in
+    MAX_MATMUL_TERMS entries, the result is intersected with the sum over k of the exact ranges of
+    the products a_ik b_kj (their four corners, correctly rounded: monotone), whose computed sum is
+    within gamma_k sum_k |corner| <= gamma_k Q of the exact one."""
     import torch
 
     ca, ra = _center_radius(los[0], his[0])
@@ -362,7 +378,15 @@ def _matmul(los: list[torch.Tensor], his: list[torch.Tensor]) -> tuple[torch.Ten
     p = torch.matmul(ca.abs(), rb) + torch.matmul(ra, cb.abs() + rb)
     q = torch.matmul(ca.abs() + ra, cb.abs() + rb)
     yr = (p + rel * q) * (1 + 2 * rel) * (1 + 4 * EPS) + TINY
-    return _down(yc - yr), _up_t(yc + yr)
+    out_lo, out_hi = _down(yc - yr), _up_t(yc + yr)
+    if los[0].dim() >= 2 and los[1].dim() >= 2 and yc.numel() * k <= MAX_MATMUL_TERMS:
+        a_lo, a_hi = los[0].unsqueeze(-1), his[0].unsqueeze(-1)  # [..., n, k, 1]
+        b_lo, b_hi = los[1].unsqueeze(-3), his[1].unsqueeze(-3)  # [..., 1, k, m]
+        t_lo, t_hi = _hull(a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi)
+        err = rel * q * (1 + 2 * rel) * (1 + 4 * EPS) + TINY
+        out_lo = torch.maximum(out_lo, _down(t_lo.sum(dim=-2) - err))
+        out_hi = torch.minimum(out_hi, _up_t(t_hi.sum(dim=-2) + err))
+    return out_lo, out_hi
 
 
 # ---- Softmax -----------------------------------------------------------------------------------
@@ -504,7 +528,8 @@ def _reduce(op: O.Reduce, f: Fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[to
     """ReduceMax/Min: monotone, exact. ReduceL1, ReduceSumSquare, ReduceL2: increasing in each |x_j|,
     so between the reductions of the least and the largest |x_j| (mig, mag), widened by rel >= 2
     gamma_{n+1} (ours and the executor's rounding, relative, of a sum of nonnegative terms; the
-    square root halves it). ReduceLogSumExp: increasing in each x_j; computed as
+    square root halves it), and by n 2^-1072 absolute (squares that underflow; its square root for
+    ReduceL2). ReduceLogSumExp: increasing in each x_j; computed as
     m + log(sum exp(x - m)), within (min(D, 746) + n + 8) u + u |value| absolute of the exact value
     (the sum >= 1, as for Softmax), doubled for ours and the executor's."""
     import torch
@@ -526,8 +551,10 @@ def _reduce(op: O.Reduce, f: Fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[to
         case O.ReduceL1() | O.ReduceL2() | O.ReduceSumSquare():
             mig, mag = _mig_mag(lo, hi)
             a, b = f(mig), f(mag)
-            return (torch.clamp(_down(a * (1 - 2 * rel) - n * _UNDER - TINY), min=0.0),
-                    _up_t(b * (1 + 2 * rel) + n * _UNDER + TINY))
+            # underflowing squares: n 2^-1074 absolute in the sum, its square root after ReduceL2
+            under = n * _UNDER if not isinstance(op, O.ReduceL2) else 2 * math.sqrt(n * _UNDER)
+            return (torch.clamp(_down(a * (1 - 2 * rel) - under - TINY), min=0.0),
+                    _up_t(b * (1 + 2 * rel) + under + TINY))
         case O.ReduceLogSumExp():
             spread = torch.clamp(hi.amax(dim=dims, keepdim=keep) - lo.amin(dim=dims, keepdim=keep), max=746.0)
             a, b = f(lo), f(hi)
@@ -577,8 +604,8 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
         return _layer_norm(op, device, los[0], his[0])
     lin = _linear_maps(node, shapes, device)
     if lin is not None:
-        f, absf, rel = lin
-        return _linear_range(f, absf, los, his, rel)
+        f, absf, rel, bias = lin
+        return _linear_range(f, absf, los, his, rel, bias)
     f = _forward(node, op, shapes, device)
     if isinstance(op, O.Reduce):
         return _reduce(op, f, los[0], his[0])
