@@ -298,8 +298,10 @@ def _activation(node: Node, ctx: RuleContext, lo: np.ndarray, hi: np.ndarray) ->
     jump = 0.0
     if isinstance(op, O.Softplus) and op.threshold is not None:
         # the executed op switches to x where beta x > threshold: only entries that can get there
-        z = np.maximum(op.beta * lo, op.beta * hi)
-        z = z + np.abs(z) * 2 * EPS + TINY
+        # (beta x widened by 2^-20 relatively: the kernel may form it in float32)
+        with np.errstate(invalid="ignore"):
+            z = np.maximum(op.beta * lo, op.beta * hi)
+            z = z + np.abs(z) * 2.0**-20 + TINY
         k = int(np.count_nonzero(~(z <= op.threshold)))
         if k:
             root = math.nextafter(math.sqrt(k), math.inf)

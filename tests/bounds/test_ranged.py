@@ -146,6 +146,15 @@ def test_activation_tightness():
     assert 0.5 <= sp <= 0.5 * (1 + 64 * EPS)
 
 
+def test_kinked_slopes_per_entry():
+    lo, hi = np.array([0.5, -3.0, -1.0, 2.0]), np.array([3.0, -0.5, 1.0, 2.0])
+    assert R.activation_slopes(O.Relu(), lo, hi, (4,)).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert R.activation_slopes(O.LeakyRelu(alpha=0.1), lo, hi, (4,)).tolist() == [1.0, 0.1, 1.0, 0.0]
+    assert R.activation_slopes(O.Clip(min=0.0, max=1.0), lo, hi, (4,)).tolist() == [1.0, 0.0, 1.0, 0.0]
+    m = R.activation_slopes(O.PRelu(slope=np.array([[0.5], [-2.0]])), lo, hi, (2, 4))
+    assert m.tolist() == [[1.0, 0.5, 1.0, 0.0], [1.0, 2.0, 2.0, 0.0]]
+
+
 def test_softplus_jump_only_where_the_switch_is_reachable():
     op = O.Softplus(beta=1.0, threshold=20.0)
     b = one_entry(op, -3.0, 0.0)
