@@ -77,7 +77,8 @@ def check_sound(op, boxes, bound, f, rng, pairs=40, jac_points=4):
             mat = j.reshape(-1, max(1, x.numel())).numpy()
             if not np.all(np.isfinite(mat)):
                 continue
-            assert spectral_norm_dense(mat)[1] <= gi * (1 + 1e-9), (op, gi)
+            # (+1e-100: torch's GELU backward errs by ~0.2% in the far tail, where |f'| ~ 1e-124)
+            assert spectral_norm_dense(mat)[1] <= gi * (1 + 1e-9) + 1e-100, (op, gi)
 
 
 ACTIVATIONS = [
