@@ -393,3 +393,23 @@ def test_endpoint_slopes_against_mpmath():
             ref = abs(float(exact(mpmath.mpf(float(x)))))
             assert ref <= g <= ref * (1 + 1e-8) + 1e-12, (x, g, ref)
     assert R._gelu_erf_slope(np.array([-np.inf, np.inf])).tolist() == [0.0, 1.0]
+
+
+def test_box_spectral_upper():
+    rng = np.random.default_rng(12)
+    c = rng.standard_normal((3, 6, 4))
+    r = rng.uniform(0, 0.05, c.shape)
+    got = R.box_spectral_upper(c - r, c + r)
+    for k in range(3):
+        for _ in range(50):
+            m = c[k] + r[k] * rng.uniform(-1, 1, r[k].shape)
+            m = np.where(rng.random(m.shape) < 0.5, c[k] + r[k] * np.sign(m - c[k]), m)
+            assert np.linalg.svd(m, compute_uv=False)[0] <= got[k]
+        # centre + radius: within ||R||_2 of the centre's norm, far below || |C| ||_2
+        sc = np.linalg.svd(c[k], compute_uv=False)[0]
+        assert got[k] <= sc + np.linalg.svd(r[k], compute_uv=False)[0] * (1 + 1e-6) + 1e-12
+    # a fixed mixed-sign operand: the gain of the other is its exact norm
+    a = rng.standard_normal((5, 4))
+    bound, _ = bound_of(O.MatMul(), [iv(a, a), iv(-np.ones((4, 3)), np.ones((4, 3)))])
+    exact = float(np.linalg.svd(a, compute_uv=False)[0])
+    assert exact <= bound.input_gains[1] <= exact * (1 + 1e-12)
