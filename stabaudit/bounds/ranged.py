@@ -606,22 +606,34 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return out.reshape(lead)
     L, H, a, b = L[act], H[act], a0[act], b0[act]
 
-    def half_slope(m: np.ndarray) -> np.ndarray:
-        return np.sum(np.maximum(m[:, None] - H, 0.0), 1) - np.sum(np.maximum(L - m[:, None], 0.0), 1)
+    def half_slope(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(phi'(m) / 2, the sum of its terms' magnitudes)."""
+        right = np.sum(np.maximum(m[:, None] - H, 0.0), 1)
+        left = np.sum(np.maximum(L - m[:, None], 0.0), 1)
+        return right - left, right + left
+
+    def piece_minimiser(m: np.ndarray) -> np.ndarray:
+        """The minimiser of the quadratic that phi is on m's piece (a Newton step on phi')."""
+        above, below = m[:, None] > H, m[:, None] < L
+        count = above.sum(1) + below.sum(1)
+        return (np.sum(np.where(above, H, 0.0), 1) + np.sum(np.where(below, L, 0.0), 1)) / np.maximum(count, 1)
 
     with np.errstate(all="ignore"):
+        # safeguarded Newton: the piece's minimiser when it falls inside the bracket, else the
+        # midpoint; a point where phi' vanishes up to rounding closes the bracket
         for _ in range(200):
             mid = 0.5 * a + 0.5 * b
             live = (mid > a) & (mid < b)
             if not np.any(live):
                 break
-            neg = half_slope(mid) < 0
-            a = np.where(live & neg, mid, a)
-            b = np.where(live & ~neg, mid, b)
+            cand = piece_minimiser(mid)
+            cand = np.where((cand > a) & (cand < b), cand, mid)
+            g, size = half_slope(cand)
+            root = np.abs(g) <= 4 * (n + 4) * EPS * size
+            a = np.where(live & (root | (g < 0)), cand, a)
+            b = np.where(live & (root | (g > 0)), cand, b)
         c0 = 0.5 * a + 0.5 * b
-        above, below = c0[:, None] > H, c0[:, None] < L
-        count = above.sum(1) + below.sum(1)
-        c1 = (np.sum(np.where(above, H, 0.0), 1) + np.sum(np.where(below, L, 0.0), 1)) / np.maximum(count, 1)
+        c1 = piece_minimiser(c0)
         best = np.zeros(L.shape[0])
         for c in (c0, c1):
             right, left = np.maximum(c[:, None] - H, 0.0), np.maximum(L - c[:, None], 0.0)
