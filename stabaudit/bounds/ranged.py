@@ -588,10 +588,10 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     [lo_i, hi_i])^2 (the mean minimises sum (x_i - m)^2 over m; swap the two minima). phi is convex,
     phi' is continuous, nondecreasing, and its slope is >= 2 wherever phi' != 0 (some term is then
     active), so the minimiser m* lies within |phi'(c)| / 2 of any c, and convexity gives
-    min phi >= phi(c) + phi'(c) (m* - c) >= phi(c) - phi'(c)^2 / 2 for every c. c is found by
-    bisection on phi' (bracket [min_i hi_i, max_i lo_i]; a group with min hi >= max lo holds a
-    constant vector: variance 0) and one Newton step on the piece (exact minimiser there);
-    phi(c) is rounded down and |phi'(c)| up, so the result is a lower bound whatever c is.
+    min phi >= phi(c) + phi'(c) (m* - c) >= phi(c) - phi'(c)^2 / 2 for every c. c is found by a
+    safeguarded Newton iteration on phi' (bracket [min_i hi_i, max_i lo_i]; a group with min hi >=
+    max lo holds a constant vector: variance 0); phi(c) is rounded down and |phi'(c)| up, so the
+    result is a lower bound whatever c is.
     """
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
