@@ -47,7 +47,7 @@ from stabaudit.bounds.activations import (
 )
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, Interval, OpBound, RuleContext
 from stabaudit.bounds.normalization import broadcast_copy_gain
-from stabaudit.bounds.numerics import EPS, TINY
+from stabaudit.bounds.numerics import EPS, TINY, spectral_norm_dense
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Node
 
@@ -298,8 +298,10 @@ def _activation(node: Node, ctx: RuleContext, lo: np.ndarray, hi: np.ndarray) ->
     jump = 0.0
     if isinstance(op, O.Softplus) and op.threshold is not None:
         # the executed op switches to x where beta x > threshold: only entries that can get there
-        z = np.maximum(op.beta * lo, op.beta * hi)
-        z = z + np.abs(z) * 2 * EPS + TINY
+        # (beta x widened by 2^-20 relatively: the kernel may form it in float32)
+        with np.errstate(invalid="ignore"):
+            z = np.maximum(op.beta * lo, op.beta * hi)
+            z = z + np.abs(z) * 2.0**-20 + TINY
         k = int(np.count_nonzero(~(z <= op.threshold)))
         if k:
             root = math.nextafter(math.sqrt(k), math.inf)
@@ -440,28 +442,62 @@ def nonneg_spectral_upper(mag: np.ndarray, iterations: int = 50) -> np.ndarray:
     return result.reshape(batch)
 
 
+# work (flops, sum over the batch of p q min(p, q)) up to which box_spectral_upper also tries the
+# centre + radius bound with an SVD of each centre matrix (~1 s on two cores)
+CENTER_SVD_BUDGET = 2e9
+
+
+def box_spectral_upper(lo: np.ndarray, hi: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Certified upper bounds of sup { ||M||_2 : lo_b <= M <= hi_b } per batch entry b of [..., p, q].
+
+    The smaller of two bounds: ||M||_2 <= || |M| ||_2 <= ||mag||_2 with mag = max(|lo|, |hi|)
+    (Perron-Frobenius: the spectral norm is monotone on nonnegative matrices); and, with C a float
+    centre and R >= |M - C| entry-wise (rounded up), ||M||_2 <= ||C||_2 + ||R||_2 (triangle
+    inequality, then Perron-Frobenius on R): much tighter for a narrow box around a matrix of mixed
+    signs. ||C||_2 is a certified SVD bound (numerics.spectral_norm_dense), tried while the batch's
+    SVD work stays within CENTER_SVD_BUDGET.
+    """
+    mag = np.maximum(np.abs(lo), np.abs(hi))
+    best = nonneg_spectral_upper(mag, iterations)
+    batch, (p, q) = lo.shape[:-2], lo.shape[-2:]
+    count = _size(tuple(batch))
+    if count * p * q * min(p, q) > CENTER_SVD_BUDGET or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        return best
+    with np.errstate(over="ignore"):
+        centre = 0.5 * lo + 0.5 * hi
+        radius = np.nextafter(np.maximum(hi - centre, centre - lo), np.inf)
+    if not np.all(np.isfinite(centre)) or not np.all(np.isfinite(radius)):
+        return best
+    radius_norm = nonneg_spectral_upper(radius, iterations).reshape(-1)
+    flat = centre.reshape(-1, p, q)
+    out = best.reshape(-1).copy()
+    for k in range(flat.shape[0]):
+        c_norm = spectral_norm_dense(flat[k])[0]
+        out[k] = min(out[k], _up(c_norm + float(radius_norm[k]), 2))
+    return out.reshape(batch)
+
+
 def _matmul(node: Node, ctx: RuleContext, ranges: list[tuple[np.ndarray, np.ndarray]]) -> OpBound | None:
     """A @ B (numpy matmul): dC_b = dA_a B_b + A'_a dB_b per output batch entry b (a, beta the
-    operands' batch entries feeding it); ||dA B||_F <= ||B||_2 ||dA||_F and ||B||_2 <= ||mag(B)||_2
-    for every B in the box (|B| <= mag(B) entry-wise; Perron-Frobenius). Summing squares over the
-    output batch: gain_A^2 = max_a sum_{b fed by a} ||mag(B_beta(b))||_2^2, and B alike."""
+    operands' batch entries feeding it); ||dA B||_F <= ||B||_2 ||dA||_F with ||B||_2 <= the box
+    bound of B's matrix (box_spectral_upper). Summing squares over the output batch: gain_A^2 =
+    max_a sum_{b fed by a} sup ||B_beta(b)||_2^2, and B alike."""
     (al, ah), (bl, bh) = ranges
-    amag, bmag = np.maximum(np.abs(al), np.abs(ah)), np.maximum(np.abs(bl), np.abs(bh))
-    if amag.ndim == 0 or bmag.ndim == 0:
+    if al.ndim == 0 or bl.ndim == 0:
         return None
-    if amag.ndim == 1:
-        amag = amag[None, :]
-    if bmag.ndim == 1:
-        bmag = bmag[:, None]
-    batch_a, batch_b = amag.shape[:-2], bmag.shape[:-2]
+    if al.ndim == 1:
+        al, ah = al[None, :], ah[None, :]
+    if bl.ndim == 1:
+        bl, bh = bl[:, None], bh[:, None]
+    batch_a, batch_b = al.shape[:-2], bl.shape[:-2]
     batch_out = np.broadcast_shapes(batch_a, batch_b)
     iterations = max(ctx.settings.power_iterations, 20)
-    na = nonneg_spectral_upper(amag, iterations)
-    nb = nonneg_spectral_upper(bmag, iterations)
+    na = box_spectral_upper(al, ah, iterations)
+    nb = box_spectral_upper(bl, bh, iterations)
     ga = copy_gain(np.broadcast_to(nb, batch_out), batch_a, batch_out)
     gb = copy_gain(np.broadcast_to(na, batch_out), batch_b, batch_out)
     return _if_tighter(node, ctx, _pair(ga, gb, "matmul", "gains: certified spectral norms of the "
-                                        "other operand's entry-wise magnitude"))
+                                        "other operand over its box"))
 
 
 # ---- softmax, log-sum-exp, sums of squares, layer norm -----------------------------------------
@@ -552,10 +588,10 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     [lo_i, hi_i])^2 (the mean minimises sum (x_i - m)^2 over m; swap the two minima). phi is convex,
     phi' is continuous, nondecreasing, and its slope is >= 2 wherever phi' != 0 (some term is then
     active), so the minimiser m* lies within |phi'(c)| / 2 of any c, and convexity gives
-    min phi >= phi(c) + phi'(c) (m* - c) >= phi(c) - phi'(c)^2 / 2 for every c. c is found by
-    bisection on phi' (bracket [min_i hi_i, max_i lo_i]; a group with min hi >= max lo holds a
-    constant vector: variance 0) and one Newton step on the piece (exact minimiser there);
-    phi(c) is rounded down and |phi'(c)| up, so the result is a lower bound whatever c is.
+    min phi >= phi(c) + phi'(c) (m* - c) >= phi(c) - phi'(c)^2 / 2 for every c. c is found by a
+    safeguarded Newton iteration on phi' (bracket [min_i hi_i, max_i lo_i]; a group with min hi >=
+    max lo holds a constant vector: variance 0); phi(c) is rounded down and |phi'(c)| up, so the
+    result is a lower bound whatever c is.
     """
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
@@ -570,22 +606,34 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return out.reshape(lead)
     L, H, a, b = L[act], H[act], a0[act], b0[act]
 
-    def half_slope(m: np.ndarray) -> np.ndarray:
-        return np.sum(np.maximum(m[:, None] - H, 0.0), 1) - np.sum(np.maximum(L - m[:, None], 0.0), 1)
+    def half_slope(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(phi'(m) / 2, the sum of its terms' magnitudes)."""
+        right = np.sum(np.maximum(m[:, None] - H, 0.0), 1)
+        left = np.sum(np.maximum(L - m[:, None], 0.0), 1)
+        return right - left, right + left
+
+    def piece_minimiser(m: np.ndarray) -> np.ndarray:
+        """The minimiser of the quadratic that phi is on m's piece (a Newton step on phi')."""
+        above, below = m[:, None] > H, m[:, None] < L
+        count = above.sum(1) + below.sum(1)
+        return (np.sum(np.where(above, H, 0.0), 1) + np.sum(np.where(below, L, 0.0), 1)) / np.maximum(count, 1)
 
     with np.errstate(all="ignore"):
+        # safeguarded Newton: the piece's minimiser when it falls inside the bracket, else the
+        # midpoint; a point where phi' vanishes up to rounding closes the bracket
         for _ in range(200):
             mid = 0.5 * a + 0.5 * b
             live = (mid > a) & (mid < b)
             if not np.any(live):
                 break
-            neg = half_slope(mid) < 0
-            a = np.where(live & neg, mid, a)
-            b = np.where(live & ~neg, mid, b)
+            cand = piece_minimiser(mid)
+            cand = np.where((cand > a) & (cand < b), cand, mid)
+            g, size = half_slope(cand)
+            root = np.abs(g) <= 4 * (n + 4) * EPS * size
+            a = np.where(live & (root | (g < 0)), cand, a)
+            b = np.where(live & (root | (g > 0)), cand, b)
         c0 = 0.5 * a + 0.5 * b
-        above, below = c0[:, None] > H, c0[:, None] < L
-        count = above.sum(1) + below.sum(1)
-        c1 = (np.sum(np.where(above, H, 0.0), 1) + np.sum(np.where(below, L, 0.0), 1)) / np.maximum(count, 1)
+        c1 = piece_minimiser(c0)
         best = np.zeros(L.shape[0])
         for c in (c0, c1):
             right, left = np.maximum(c[:, None] - H, 0.0), np.maximum(L - c[:, None], 0.0)
@@ -670,6 +718,7 @@ def ranged_bound(node: Node, ctx: RuleContext, inputs: tuple[Interval, ...], out
 
 __all__ = [
     "activation_slopes",
+    "box_spectral_upper",
     "copy_gain",
     "domain_slopes",
     "nonneg_spectral_upper",
