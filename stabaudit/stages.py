@@ -62,6 +62,7 @@ from stabaudit.report.model import (
 
 if TYPE_CHECKING:
     from stabaudit.analyses.composition import AdditiveTerm, Composition
+    from stabaudit.analyses.domain_bound import Boxes
     from stabaudit.analyses.equivalence import EquivalenceResult
     from stabaudit.analyses.exact import ExactResult
     from stabaudit.analyses.linear_regions import RegionBound
@@ -606,6 +607,17 @@ def _domain_points(loaded: LoadedModel, samples: np.ndarray | None, request: Aud
     return np.concatenate(flat)[None, :]
 
 
+def _in_boxes(graph: Graph, boxes: Boxes, x: tuple[float, ...], y: tuple[float, ...]) -> bool:
+    """Whether the points x and y (flat, the inputs' entries concatenated) lie in one box."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    for box in boxes.boxes:
+        lo = np.concatenate([box[spec.name].lo.ravel() for spec in graph.inputs])
+        hi = np.concatenate([box[spec.name].hi.ravel() for spec in graph.inputs])
+        if a.shape == lo.shape and b.shape == lo.shape and np.all((lo <= a) & (a <= hi) & (lo <= b) & (b <= hi)):
+            return True
+    return False
+
+
 def _names(names: tuple[str, ...], most: int = 8) -> str:
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
@@ -644,6 +656,12 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s,
                        op_bounds=op_bounds)
     lower = _finite(low.value) if low.value > 0 else None
+    lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
+    found = whole.witness
+    if (found is not None and found.kind == "pair" and whole.lower is not None and (lower is None or whole.lower > lower)
+            and _in_boxes(graph, boxes, found.x, found.y)):
+        # the global search's confirmed pair lies in the domain: it bounds K_D from below too
+        lower, lower_method, witness = whole.lower, whole.lower_method + " (its pair lies in the domain)", found
     up = _finite(upper)
     if up is not None and lower is not None and certified and lower > up:
         raise InternalError(
@@ -662,9 +680,9 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         upper=up,
         lower=lower,
         upper_method=method,
-        lower_method=low.method,
+        lower_method=lower_method,
         certified=bool(certified and up is not None),
-        witness=Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None,
+        witness=witness,
         methods=tuple(methods),
         additive=whole.additive,
         domain=DomainInfo(

@@ -26,14 +26,10 @@ from stabaudit.bounds.base import Interval, OpBound
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
 
-# the cost model: batched float64 multiply-accumulates per second of one core, and the fixed cost
-# of one example's pass in the same unit (calibrated on a 2-core x86 machine, torch 2.13)
-PASSES_PER_SECOND = 3e8
-PASS_OVERHEAD = 2e4
-MIN_POINTS, MAX_POINTS = 16, 4096
-MIN_ROUNDS, MAX_ROUNDS = 4, 60
-LOCAL_STARTS = 8  # points the local search continues from
-PROPOSALS = 8  # perturbations per point and round
+MAX_POINTS = 4096
+MAX_ROUNDS = 60
+LOCAL_STARTS = 8  # points the local search continues from (at most)
+PROPOSALS = 8  # perturbations per point and round (at most)
 FULL_JACOBIAN_MAX_INPUTS = 64  # beyond, power iteration (4 sweeps) estimates ||J(x)||
 
 
@@ -46,14 +42,32 @@ class DomainLower:
     box: int = 0  # the box of the domain the witness lies in
 
 
-def plan(macs: float, budget_s: float, boxes: int) -> tuple[int, int]:
-    """(points, rounds) per box: the points screened for large Jacobian norms, then the rounds of
-    the local search at the best of them; sized by the cost model (multiply-accumulates of one
-    forward pass, batched) from the budget, never by the clock."""
-    passes = PASSES_PER_SECOND * budget_s / (max(macs, 1.0) + PASS_OVERHEAD) / max(boxes, 1)
-    points = int(min(MAX_POINTS, max(MIN_POINTS, passes / 16)))
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, passes / (16 * LOCAL_STARTS * PROPOSALS))))
-    return points, rounds
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The counted work per box: points screened, then ``rounds`` of the local search from
+    ``starts`` points with ``proposals`` perturbations each."""
+
+    points: int
+    starts: int
+    proposals: int
+    rounds: int
+
+
+def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
+    """The search's work from the budget by the cost model of ``analyses.plan`` (forward
+    multiply-accumulates per budget second, plus a fixed cost per batched call): one Jacobian
+    norm costs inputs + 1 passes (forward mode, few inputs) or 12 (four power sweeps); half
+    the passes screen points, half go to the local search. Never below two points, no rounds."""
+    from stabaudit.analyses.plan import LOWER_CALL_MACS, lower_units
+
+    per_sigma = float(inputs + 1 if inputs <= FULL_JACOBIAN_MAX_INPUTS else 12)
+    passes = max(lower_units(budget_s) - 8 * LOWER_CALL_MACS, 0.0) / max(macs, 1.0) / max(boxes, 1)
+    sigmas = passes / per_sigma
+    points = int(min(MAX_POINTS, max(2, sigmas / 2)))
+    starts = min(LOCAL_STARTS, points)
+    proposals = int(min(PROPOSALS, max(2, sigmas / 2 / starts / 8)))
+    rounds = int(min(MAX_ROUNDS, max(0, sigmas / 2 / (starts * proposals))))
+    return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds)
 
 
 def _flat(graph: Graph, box: Mapping[str, Interval]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +127,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     shapes = dict(graph.shapes)
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
     f1 = Executor(graph, dtype=torch.float64).flat()
-    points, rounds = plan(_macs(graph, shapes), budget_s, len(boxes.boxes))
+    n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
+    work = plan(_macs(graph, shapes), budget_s, len(boxes.boxes), n_in)
+    points, rounds, proposals = work.points, work.rounds, work.proposals
     gen = torch.Generator().manual_seed(int(seed))
     best, best_x, best_y, best_box = 0.0, None, None, 0
     notes: list[str] = []
@@ -130,7 +146,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         full = n <= FULL_JACOBIAN_MAX_INPUTS
         u = torch.rand(points, n, generator=gen, dtype=torch.float64)
         u[0] = 0.5  # the center
-        u[1: points // 4 + 1] = torch.round(u[1: points // 4 + 1])  # corners
+        u[1: points // 4 + 1] = torch.round(u[1: points // 4 + 1])  # corners (from 4 points on)
         x = lo + width * u
         v = torch.randn(points, n, generator=gen, dtype=torch.float64)
         v = v / v.norm(dim=1, keepdim=True)
@@ -140,21 +156,21 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         except RuntimeError:  # an operator without a forward derivative in torch
             notes.append("no Jacobian in torch: pairs only")
             sig = torch.zeros(points, dtype=torch.float64)
-        top = torch.argsort(sig, descending=True, stable=True)[:LOCAL_STARTS]
+        top = torch.argsort(sig, descending=True, stable=True)[: work.starts]
         px, pv, ps = x[top].clone(), v[top].clone(), sig[top].clone()
         k = px.shape[0]
         radius = torch.full((k,), 0.1, dtype=torch.float64)
         for _ in range(rounds if bool(ps.max() > 0) else 0):
             check_deadline()
-            noise = torch.randn(k, PROPOSALS, n, generator=gen, dtype=torch.float64)
+            noise = torch.randn(k, proposals, n, generator=gen, dtype=torch.float64)
             cand = px[:, None, :] + (radius[:, None, None] * width) * noise
             cand = torch.minimum(torch.maximum(cand, lo), hi).reshape(-1, n)
             with torch.no_grad():
-                s, w = _sigmas(f1, cand, pv.repeat_interleave(PROPOSALS, dim=0), full)
-            s, w = s.reshape(k, PROPOSALS), w.reshape(k, PROPOSALS, n)
+                s, w = _sigmas(f1, cand, pv.repeat_interleave(proposals, dim=0), full)
+            s, w = s.reshape(k, proposals), w.reshape(k, proposals, n)
             j = s.argmax(dim=1)
             better = s[torch.arange(k), j] > ps
-            px[better] = cand.reshape(k, PROPOSALS, n)[torch.arange(k), j][better]
+            px[better] = cand.reshape(k, proposals, n)[torch.arange(k), j][better]
             pv[better] = w[torch.arange(k), j][better]
             ps = torch.where(better, s[torch.arange(k), j], ps)
             radius = torch.where(better, radius * 2, radius / 3).clamp(1e-6, 0.5)
@@ -175,7 +191,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             if value > best:
                 best, best_x, best_y, best_box = value, a, b, index
     method = (f"Jacobian screening and local search inside the domain ({points} points, {rounds} rounds of "
-              f"{LOCAL_STARTS}x{PROPOSALS} proposals per box, {len(boxes.boxes)} box(es)), pairs confirmed with the "
+              f"{work.starts}x{proposals} proposals per box, {len(boxes.boxes)} box(es)), pairs confirmed with the "
               "float64 error bound")
     if notes:
         method += "; " + "; ".join(sorted(set(notes)))

@@ -111,7 +111,9 @@ def test_lower_bound_is_a_confirmed_quotient_of_a_pair_in_the_domain() -> None:
 
 
 def test_plan_is_counted_and_grows_with_the_budget() -> None:
-    small, big = plan(1e6, 0.1, 1), plan(1e6, 10.0, 1)
-    assert small[0] * small[1] < big[0] * big[1]
-    assert plan(1e6, 1.0, 1) == plan(1e6, 1.0, 1)
-    assert plan(1e12, 1.0, 1) == (16, 4)  # never below the minimal plan
+    small, big = plan(1e6, 0.1, 1, 100), plan(1e6, 10.0, 1, 100)
+    assert small.points * (1 + small.rounds) < big.points * (1 + big.rounds)
+    assert plan(1e6, 1.0, 1, 100) == plan(1e6, 1.0, 1, 100)
+    assert plan(1e12, 1.0, 1, 100).points == 2 and plan(1e12, 1.0, 1, 100).rounds == 0  # the smallest plan
+    # more boxes share the budget
+    assert plan(1e5, 1.0, 10, 5).points < plan(1e5, 1.0, 1, 5).points
