@@ -52,6 +52,14 @@ class Boxes:
     boxes: tuple[Mapping[str, Interval], ...]
     radius: float | None = None
     notes: tuple[str, ...] = ()
+    # boxes inside D (ends rounded inward), where the lower bound's witness pairs are searched: a
+    # pair in one of them is a pair of D in exact arithmetic; empty: ``boxes`` themselves are in D
+    inner: tuple[Mapping[str, Interval], ...] = ()
+
+    @property
+    def search(self) -> tuple[Mapping[str, Interval], ...]:
+        """The boxes where a witness pair may be sought (each inside D)."""
+        return self.inner or self.boxes
 
     @property
     def low(self) -> float:
@@ -117,24 +125,30 @@ def domain_boxes(graph: Graph, domain: Domain, samples: np.ndarray | None) -> Bo
                 raise UsageError("domain: a ball or margin domain is built around the sample inputs: give "
                                  "--inputs (or a box domain LOW,HIGH)")
             flat = np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1)
-            if isinstance(domain, MarginDomain) or flat.shape[0] > MAX_BALLS:
-                lo = _split(graph, _down(flat.min(axis=0) - eps))
-                hi = _split(graph, _up(flat.max(axis=0) + eps))
-                box = {name: Interval(lo=lo[name], hi=hi[name]) for name in lo}
-                if isinstance(domain, MarginDomain):
-                    return Boxes(kind="margin", radius=eps, boxes=(box,),
-                                 description=f"the box of the {flat.shape[0]} sample(s) widened by {eps:g}")
-                return Boxes(kind="ball", radius=eps, boxes=(box,),
-                             description=f"linf balls of radius {eps:g} around {flat.shape[0]} samples",
+            def around(low: np.ndarray, high: np.ndarray) -> tuple[dict[str, Interval], dict[str, Interval]]:
+                """The box [low - eps, high + eps] rounded outward (it holds the exact box) and
+                rounded inward (the exact box holds it: fl(a - eps) is within half an ulp of
+                a - eps, so its next float up is >= a - eps)."""
+                out_lo, out_hi = _split(graph, _down(low - eps)), _split(graph, _up(high + eps))
+                in_lo = _split(graph, np.minimum(_up(low - eps), low))
+                in_hi = _split(graph, np.maximum(_down(high + eps), high))
+                return ({k: Interval(lo=out_lo[k], hi=out_hi[k]) for k in out_lo},
+                        {k: Interval(lo=in_lo[k], hi=in_hi[k]) for k in in_lo})
+
+            balls = [around(row, row) for row in flat[:MAX_BALLS]]
+            if isinstance(domain, MarginDomain):
+                outer, inner = around(flat.min(axis=0), flat.max(axis=0))
+                return Boxes(kind="margin", radius=eps, boxes=(outer,), inner=(inner,),
+                             description=f"the box of the {flat.shape[0]} sample(s) widened by {eps:g}")
+            description = f"linf balls of radius {eps:g} around {flat.shape[0]} samples"
+            if flat.shape[0] > MAX_BALLS:
+                outer, _ = around(flat.min(axis=0), flat.max(axis=0))
+                return Boxes(kind="ball", radius=eps, boxes=(outer,), inner=tuple(b for _, b in balls),
+                             description=description,
                              notes=(f"{flat.shape[0]} balls (more than {MAX_BALLS}): bounded over the box that "
-                                    "holds them all",))
-            balls = []
-            for row in flat:
-                lo = _split(graph, _down(row - eps))
-                hi = _split(graph, _up(row + eps))
-                balls.append({name: Interval(lo=lo[name], hi=hi[name]) for name in lo})
-            return Boxes(kind="ball", radius=eps, boxes=tuple(balls),
-                         description=f"linf balls of radius {eps:g} around {flat.shape[0]} samples")
+                                    f"holds them all; the lower bound searched in the first {MAX_BALLS}",))
+            return Boxes(kind="ball", radius=eps, boxes=tuple(b for b, _ in balls),
+                         inner=tuple(b for _, b in balls), description=description)
     raise TypeError(f"domain_boxes got a {type(domain).__name__}")
 
 

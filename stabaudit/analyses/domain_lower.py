@@ -128,12 +128,12 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
-    work = plan(_macs(graph, shapes), budget_s, len(boxes.boxes), n_in)
+    work = plan(_macs(graph, shapes), budget_s, len(boxes.search), n_in)
     points, rounds, proposals = work.points, work.rounds, work.proposals
     gen = torch.Generator().manual_seed(int(seed))
     best, best_x, best_y, best_box = 0.0, None, None, 0
     notes: list[str] = []
-    for index, box in enumerate(boxes.boxes):
+    for index, box in enumerate(boxes.search):
         check_deadline()
         lo_np, hi_np = _flat(graph, box)
         if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
@@ -191,7 +191,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             if value > best:
                 best, best_x, best_y, best_box = value, a, b, index
     method = (f"Jacobian screening and local search inside the domain ({points} points, {rounds} rounds of "
-              f"{work.starts}x{proposals} proposals per box, {len(boxes.boxes)} box(es)), pairs confirmed with the "
+              f"{work.starts}x{proposals} proposals per box, {len(boxes.search)} box(es)), pairs confirmed with the "
               "float64 error bound")
     if notes:
         method += "; " + "; ".join(sorted(set(notes)))

@@ -72,6 +72,12 @@ def test_boxes_of_each_kind() -> None:
     # outward: the stored ends enclose x +- eps exactly
     assert np.all(lo <= samples[1] - 0.25) and np.all(hi >= samples[1] + 0.25)
     assert np.all(lo > samples[1] - 0.25 - 1e-12) and np.all(hi < samples[1] + 0.25 + 1e-12)
+    # the search boxes lie inside the exact balls (checked in exact rational arithmetic)
+    from fractions import Fraction
+
+    for inner, centre in zip(balls.search, samples, strict=True):
+        for a, b, c in zip(inner["x"].lo.ravel(), inner["x"].hi.ravel(), centre.ravel(), strict=True):
+            assert Fraction(c) - Fraction(0.25) <= Fraction(a) <= Fraction(b) <= Fraction(c) + Fraction(0.25)
     margin = domain_boxes(g, MarginDomain(margin=0.5), samples)
     assert len(margin.boxes) == 1
     assert np.all(margin.boxes[0]["x"].lo <= np.array([[-0.5, -1.5, 0.0]]))

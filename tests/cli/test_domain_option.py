@@ -1,0 +1,72 @@
+"""--domain on the command line: the report's bracket over the domain, the checks' wording, and
+clear one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_models" / "mlp.onnx"
+
+
+def _check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stabaudit", "check", str(SAMPLE), "--budget", "0.2", "--method", "product",
+         "--no-cache", "--quiet", *args],
+        capture_output=True, text=True, check=False, cwd=cwd,
+    )
+
+
+def test_a_box_domain_gives_the_bracket_over_it(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = _check("--domain", "0,1", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["lipschitz"]["domain"] == {"kind": "global", "description": "every input"}
+    dom = report["domain_lipschitz"]
+    assert dom["domain"]["kind"] == "box" and dom["domain"]["low"] == 0.0 and dom["domain"]["high"] == 1.0
+    assert dom["certified"] and dom["upper"] <= report["lipschitz"]["upper"]
+    assert 0 < dom["lower"] <= dom["upper"]
+    x = np.array(dom["witness"]["x"])
+    assert np.all((x >= 0) & (x <= 1))
+    sa101 = next(c for c in report["checks"] if c["id"] == "SA101")
+    assert sa101["message"].startswith("over the domain (") and sa101["value"]["over"] == "box"
+
+
+def test_a_ball_domain_around_the_samples(tmp_path: Path) -> None:
+    shape = json.loads(_shape_probe(tmp_path))
+    x = np.random.default_rng(0).uniform(0, 1, size=(3, *shape))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "r.json"
+    proc = _check("--domain", "ball:0.05", "--inputs", str(tmp_path / "x.npy"), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dom = json.loads(out.read_text())["domain_lipschitz"]
+    assert dom["domain"]["kind"] == "ball" and dom["domain"]["boxes"] == 3 and dom["domain"]["radius"] == 0.05
+    w = np.array(dom["witness"]["x"])
+    assert min(np.max(np.abs(w - s.ravel())) for s in x) <= 0.05
+
+
+def _shape_probe(tmp_path: Path) -> str:
+    from stabaudit.loaders import load_model
+
+    return json.dumps(list(load_model(SAMPLE).graph.inputs[0].shape[1:]))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--domain", "1,0"], "--domain: expected low <= high for every entry"),
+        (["--domain", "wide"], "--domain: expected LOW,HIGH, ball:EPS or margin:M, got 'wide'"),
+        (["--domain", "ball:0.1"], "a ball or margin domain is built around the sample inputs: give --inputs"),
+    ],
+)
+def test_bad_domains_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = _check(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
