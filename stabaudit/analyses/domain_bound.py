@@ -242,9 +242,12 @@ def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
     """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
     ball around its center (radius rounded up so that the ball holds the box); the largest over
     the boxes, with its method. None for a graph with operators the interval Jacobian lacks."""
-    from stabaudit.analyses.local import local_bounds
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, local_bounds
     from stabaudit.errors import UnsupportedOperatorError
 
+    n_in = sum(int(np.prod(spec.shape)) for spec in graph.inputs)
+    if n_in * max((int(np.prod(graph.shapes[n.output])) for n in graph.nodes), default=1) > MAX_JACOBIAN_ENTRIES:
+        return None  # the interval Jacobian would not fit: the composition over the ranges stands alone
     worst, methods = 0.0, set()
     for box in boxes.boxes:
         check_deadline()
