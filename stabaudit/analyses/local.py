@@ -558,13 +558,15 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
     jr_env: dict[str, torch.Tensor] = {}
     centers: dict[str, torch.Tensor] = {}
     offset = 0
-    eye = torch.eye(n_in, dtype=torch.float64)
+    # the input's Jacobian (the identity), only when the interval Jacobian runs: n_in^2 entries
+    eye = torch.eye(n_in, dtype=torch.float64) if use_jac else None
     for spec, size in zip(graph.inputs, sizes, strict=True):
         c = torch.from_numpy(x0[offset: offset + size].copy()).reshape(spec.shape)
         # x0 -/+ radius rounded outward
         lo_env[spec.name], hi_env[spec.name] = _down(c - radius), _up_t(c + radius)
         centers[spec.name] = c
         if use_jac:
+            assert eye is not None
             jc_env[spec.name] = eye[:, offset: offset + size].reshape(n_in, *spec.shape).clone()
             jr_env[spec.name] = torch.zeros(n_in, *spec.shape, dtype=torch.float64)
         offset += size

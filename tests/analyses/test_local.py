@@ -361,3 +361,17 @@ def test_slope_vertices_sound_and_tighter() -> None:
     off = local_bounds(g, x0, eps=0.05, max_vertex_work=0)
     assert all(METHOD_VERTICES not in s.candidates for s in off.samples)
     assert all(a.upper <= b.upper for a, b in zip(res.samples, off.samples, strict=True))
+
+
+def test_a_large_input_skips_the_interval_jacobian_without_allocating_it() -> None:
+    """SA302 on a 3x256x256 input: the identity Jacobian (196608^2 entries, 300 GB) is never built;
+    the local product answers."""
+    n = 3 * 256 * 256
+    nodes = (
+        Node(name="flat", op=O.Reshape(shape=(1, n)), inputs=("x",), output="f"),
+        Node(name="relu", op=O.Relu(), inputs=("f",), output="y"),
+    )
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3, 256, 256)),), outputs=("y",), nodes=nodes).validate())
+    x = np.random.default_rng(0).uniform(0.5, 1.0, size=(1, 3, 256, 256))
+    result = local_bounds(g, x, eps=0.01)
+    assert 1.0 <= result.upper.value <= 1.0 + 1e-12 and "skipped" in result.notes[0]
