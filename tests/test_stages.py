@@ -29,6 +29,7 @@ def test_stage_order():
         "residual",
         "lower_bound_search",
         "global_lipschitz",
+        "domain_bounds",
     ]
     timed = [s.timing for s in STAGES if s.timing is not None]
     assert len(set(timed)) == len(timed) and "total" not in timed
