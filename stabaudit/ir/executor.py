@@ -438,6 +438,18 @@ class Executor:
             return env
         return {name: env[name] for name in self.graph.outputs}
 
+    def rerun(self, env: Mapping[str, torch.Tensor], name: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs with the value ``name`` replaced by ``value``, every other value as in ``env``
+        (a ``run(keep=True)``): only the nodes downstream of ``name`` are evaluated again."""
+        new: dict[str, torch.Tensor] = dict(env)
+        new[name] = value
+        dirty = {name}
+        for node, kernel in self._kernels:
+            if node.output != name and any(i in dirty for i in node.inputs):
+                new[node.output] = kernel([new[i] for i in node.inputs])
+                dirty.add(node.output)
+        return {out: new[out] for out in self.graph.outputs}
+
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.run(dict(zip(self.graph.input_names, args, strict=True)))
         return tuple(out[name] for name in self.graph.outputs)

@@ -308,7 +308,11 @@ def unfolded_truth(layer_name: str, loaded: Graph) -> float | None:
 def layer_problems(report, built: Built, seed: int = 0) -> list[str]:
     """Every per-layer figure checked: certified upper >= the layer's true norm, certified lower <= it
     (when it is known exactly), lower <= upper, and certified means finite."""
+    from stabaudit.ir.passes import smooth_part
+
     loaded, graph = loaded_and_folded(built)
+    # a layer's figures are about its smooth part (OpBound.jump: quantization, thresholded Softplus)
+    graph = smooth_part(graph)
     nodes = {n.name: n for n in graph.nodes}
     problems = []
     for layer in report.layers:
@@ -339,8 +343,10 @@ def profile_problems(report, built: Built, seed: int = 0) -> list[str]:
     """The depth profile: each step's certified L bounds the map from the input to that node's
     output (THEORY.md SA103), checked against float64 Jacobian norms of the prefix graph."""
     from stabaudit.ir.executor import Executor
+    from stabaudit.ir.passes import smooth_part
 
     _, graph = loaded_and_folded(built)
+    graph = smooth_part(graph)  # the profile is about the smooth part, as every Lipschitz figure
     by_name = {n.name: n for n in graph.nodes}
     n = int(np.prod(built.input_shape))
     points = sample_points(n, 8, seed)
@@ -367,6 +373,15 @@ def witness_value(report, built: Built) -> float | None:
     if w is None:
         return None
     f = built.flat()
+    if report.lipschitz.additive is not None:
+        # the model as executed jumps: the figures and the witness are about its smooth part, which
+        # the engine's float64 executor computes (a quantization's clip, the identity of a dynamic one)
+        from stabaudit.ir.executor import Executor
+        from stabaudit.ir.passes import smooth_part
+        from stabaudit.loaders import load_model
+
+        graph = smooth_part(load_model(built.path, input_shape=built.input_shape).graph)
+        f = Executor(graph, dtype=torch.float64).flat()
     x = torch.tensor(w.x, dtype=torch.float64)
     if w.kind == "jacobian":
         return jacobian_norm(f, x)
