@@ -102,7 +102,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         reference_name="onnxruntime",
         reference=reference,
         parameters=_parameter_count(model.graph),
-        source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        # domain-prefixed outside the default domain, as `stabaudit ops` and SA901 name them
+        source_ops=dict(sorted(Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                                       for n in model.graph.node).items())),
         notes=tuple(notes),
         precision=_precision(model.graph),
         start={name: reasons[name] for name in starts},

@@ -218,3 +218,73 @@ def test_qlinear_conv_with_per_channel_weights_and_bias(tmp_path: Path) -> None:
     # onnxruntime requantizes with the float multiplier xs ws / ys: a tie may round the other way
     loaded, worst = _against_onnxruntime(path, (1, 2, 5, 5), step=0.05)
     assert _ops(loaded) == ["Quantize", "Conv", "Quantize"]
+
+
+# ---- onnxruntime's own quantization of a float model: dynamic, static QOperator, static QDQ --------------
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = torch.nn.Linear(8 * 6 * 6, 32)
+        self.fc2 = torch.nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+# format -> the IR the quantized model loads as
+QUANTIZED_IR = {
+    # the data's step cancels in every DynamicQuantizeLinear -> MatMulInteger/ConvInteger -> Cast -> Mul
+    "dynamic": {"DynamicQuantize": 3, "Conv": 1, "Linear": 2, "Relu": 2, "Affine": 6, "Reshape": 1},
+    # QLinearConv, com.microsoft.QGemm (the Relus are in the quantizations' clips)
+    "qoperator": {"Quantize": 4, "Conv": 1, "Linear": 2, "Affine": 1, "Reshape": 1},
+    # every Q/DQ pair one Quantize, the weights' DequantizeLinear folded
+    "qdq": {"Quantize": 5, "Conv": 1, "Linear": 2, "Reshape": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def float_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ort") / "float.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Net().eval(), (torch.randn(1, 3, 6, 6),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    return path
+
+
+@pytest.mark.parametrize("fmt", sorted(QUANTIZED_IR))
+def test_onnxruntime_quantized_models_load_exactly(float_model: Path, fmt: str) -> None:
+    from collections import Counter
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.data, None)
+
+    path = float_model.parent / f"{fmt}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "dynamic":
+            quantize_dynamic(str(float_model), str(path), weight_type=QuantType.QInt8)
+        else:
+            quantize_static(str(float_model), str(path), Reader(), per_channel=True,
+                            quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ)
+    loaded = load_onnx(path)
+    assert dict(Counter(_ops(loaded))) == QUANTIZED_IR[fmt]
+    eq = check_equivalence(loaded, seed=0)
+    assert eq.passed and eq.max_abs_diff <= 1e-6 and any("quantization" in n for n in eq.notes)

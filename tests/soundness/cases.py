@@ -930,6 +930,8 @@ _QMM_W = _QW.integers(-128, 128, (12, 4)).astype(np.int8)
 _INT_W = _QW.integers(0, 256, (6, 4)).astype(np.uint8)
 _INT_CW = _QW.integers(-128, 128, (2, 1, 3)).astype(np.int8)
 _DYN_W = _QW.integers(-128, 128, (6, 3)).astype(np.int8)
+_QGEMM_W = _QW.integers(-128, 128, (3, 4)).astype(np.int8)
+_QGEMM_C = _QW.integers(-500, 500, 3).astype(np.int32)
 
 
 def _onnx_qlinear() -> OnnxSpec:
@@ -1002,6 +1004,33 @@ def _onnx_integer() -> OnnxSpec:
 
     return OnnxSpec(nodes=nodes, params=params, reference=reference,
                     constants=("xs", "accs", "shape", "ts", "cs", "out"))
+
+
+def _onnx_qgemm() -> OnnxSpec:
+    """onnxruntime's QGemm (its static quantization of Gemm, domain com.microsoft): B transposed, per
+    output column steps, an int32 bias, a quantized output."""
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        return [
+            _node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("QGemm", ["xq", "xs", "xz", "w", "ws", "wz", "c", "ys", "yz"], ["yq"], name="qgemm",
+                             domain="com.microsoft", transB=1, alpha=1.0),
+            _node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8), "w": _QGEMM_W,
+                "ws": np.array([0.01, 0.004, 0.02], np.float32), "wz": np.zeros(3, np.int8), "c": _QGEMM_C,
+                "ys": np.array(0.1, np.float32), "yz": np.array(120, np.uint8)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        xq = _fake_quant(x, p["xs"], 128.0, 0, 255)
+        w = torch.from_numpy(_QGEMM_W.astype(np.float64)) * p["ws"].reshape(3, 1)
+        b = torch.from_numpy(_QGEMM_C.astype(np.float64)) * p["xs"] * p["ws"]
+        return _fake_quant(xq @ w.T + b, p["ys"], 120.0, 0, 255)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("xs", "ws", "ys"))
 
 
 def _onnx_dynamic_quant() -> OnnxSpec:
@@ -1217,6 +1246,8 @@ def _cases() -> list[Case]:
         Case(id="onnx_integer", input_shape=(1, 6), formats=(ONNX,), onnx=_onnx_integer(),
              ops=frozenset({L.QUANTIZE, L.LINEAR, L.CONV, L.TANH}),
              onnx_ops=frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "ConvInteger"})),
+        Case(id="onnx_qgemm", input_shape=(2, 4), formats=(ONNX,), onnx=_onnx_qgemm(),
+             ops=frozenset({L.QUANTIZE, L.LINEAR}), onnx_ops=frozenset({"QuantizeLinear", "com.microsoft.QGemm"})),
         Case(id="onnx_dynamic_quant", input_shape=(1, 5), formats=(ONNX,), onnx=_onnx_dynamic_quant(),
              ops=frozenset({L.LINEAR, L.DYNAMIC_QUANTIZE}),
              onnx_ops=frozenset({"DynamicQuantizeLinear", "MatMulInteger"})),

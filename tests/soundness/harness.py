@@ -115,7 +115,9 @@ def _build_onnx(case: Case, path: Path, scale: float, dtype: torch.dtype, batch:
         [helper.make_tensor_value_info("y", elem, None)],
         [numpy_helper.from_array(v, k) for k, v in params.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)])
+    domains = sorted({n.domain for n in graph.node} - {"", "ai.onnx"})  # onnxruntime's contrib operators
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)]
+                              + [helper.make_opsetid(d, 1) for d in domains])
     model.ir_version = 10
     onnx.save(model, str(path))
     tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in params.items()

@@ -119,7 +119,8 @@ def wrap_node(proto: Any, index: int, opset: int) -> OnnxNode:
         attrs={a.name: decode_attribute(a) for a in proto.attribute},
         opset=opset,
         domain=proto.domain,
-        source_op=proto.op_type,
+        # domain-prefixed outside the default domain, as `stabaudit ops` lists it (com.microsoft.QGemm)
+        source_op=proto.op_type if proto.domain in DEFAULT_DOMAINS else f"{proto.domain}.{proto.op_type}",
         proto=proto,
     )
 

@@ -280,3 +280,36 @@ def qlinear_conv(node: OnnxNode, ctx: Context) -> None:
                   groups=int(node.attr("group")))
     y = ctx.emit(node, conv, [x], tag="conv")
     _quantize(node, ctx, y, _steps(node, ctx, 6, 7, rank, None))
+
+
+@register("com.microsoft.QGemm")
+def qgemm(node: OnnxNode, ctx: Context) -> None:
+    """onnxruntime's QGemm (its static quantization of Gemm): alpha A' B' + C on the dequantized A
+    (per tensor) and constant B (per tensor or per output column), C an int32 bias of step
+    a_scale b_scale; quantized by y's step when y_scale is given, else a float output."""
+    a = ctx.var(node.inputs[0])
+    if len(ctx.shape(a)) != 2:
+        raise Unsupported("QGemm(A not 2-D)")
+    if int(node.attr("transA", 0) or 0):
+        a = ctx.emit(node, O.Transpose(perm=(1, 0)), [a], tag="transA")
+    b = ctx.param(node, 3, "B")
+    assert b is not None
+    trans_b = bool(int(node.attr("transB", 0) or 0))
+    if b.ndim != 2:
+        raise Unsupported("QGemm(B not 2-D)")
+    a_steps = _steps(node, ctx, 1, 2, 2, None)
+    b_steps = _steps(node, ctx, 4, 5, 2, 0 if trans_b else 1)
+    x = _dequantized(node, ctx, a, a_steps, tag="dequantized")
+    weight = _dequantize_constant(b, b_steps)
+    weight = weight if trans_b else weight.T  # [out, in]
+    alpha = float(node.attr("alpha", 1.0) or 1.0)
+    bias = ctx.param(node, 6, "C", optional=True)
+    if bias is not None:
+        bias = np.broadcast_to(np.asarray(bias, dtype=np.float64).reshape(-1) * (a_steps.scale * b_steps.scale.reshape(-1)),
+                               (weight.shape[0],)).copy()
+    linear = O.Linear(weight=np.ascontiguousarray(weight * alpha if alpha != 1.0 else weight), bias=bias)
+    if node.input(7) is None:
+        ctx.emit(node, linear, [x])
+        return
+    y = ctx.emit(node, linear, [x], tag="gemm")
+    _quantize(node, ctx, y, _steps(node, ctx, 7, 8, 2, None))
