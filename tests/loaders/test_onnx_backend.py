@@ -79,6 +79,7 @@ KNOWN_REFUSED: dict[str, str] = {
     r"test_reduce_(l2|log_sum_exp)_.*expanded": "expansions with Sqrt, Exp and Log",
     r"test_reduce_.*empty_set": "zero-size dims",
     r"test_reduce_l1_.*expanded": "expansions with Abs",
+    r"test_dynamicquantizelinear.*_expanded": "the expansion's Round of a computed step (the operator itself loads)",
     r"test_quantizelinear_(blocked|e4m3fn|e5m2|float4e2m1)": "blocked quantization, float8 and float4 outputs",
     r"test_reshape_allowzero": "zero-size dims",
     r"test_resize_downsample_scales_(cubic|linear)_align_corners":
