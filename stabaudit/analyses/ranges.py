@@ -258,6 +258,10 @@ def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
             return f(lo), f(hi)
         case O.Abs():
             return _mig_mag(lo, hi)
+        case O.Quantize(scale=scale) if all(v > 0 for v in scale):
+            # round, clamp, division and product by a step s > 0 are monotone, in float as in reals:
+            # the computed map is non-decreasing, its values at the ends enclose all (the clip too)
+            return f(lo), f(hi)
         case O.LeakyRelu() | O.PRelu():  # one product on each side of 0 (monotone rounding)
             out_lo, out_hi = _kinked(f, lo, hi)
             return _down(out_lo), _up_t(out_hi)

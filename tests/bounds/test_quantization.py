@@ -132,3 +132,26 @@ def test_dynamic_quantization_error_is_within_half_the_data_step() -> None:
     assert isinstance(smooth_part(graph).nodes[0].op, O.Reshape)
     for part in (O.QuantPart.INTEGER, O.QuantPart.SCALE, O.QuantPart.ZERO_POINT):
         assert _bound(O.DynamicQuantize(part=part)).upper.value == math.inf
+
+
+@pytest.mark.parametrize("op", [PER_TENSOR, PER_AXIS, INTEGER], ids=["per-tensor", "per-axis", "integer"])
+def test_value_ranges_of_a_quantization_are_its_values_at_the_ends(op: O.Quantize) -> None:
+    """The quantization is non-decreasing: over a box its values lie between those at the box's ends,
+    and those are attained (the enclosure is exact)."""
+    import dataclasses
+
+    from stabaudit.analyses.ranges import value_ranges
+    from stabaudit.bounds.base import Interval
+
+    rng = np.random.default_rng(2)
+    lo = rng.uniform(-40, 10, SHAPE)
+    hi = lo + rng.uniform(0, 30, SHAPE)
+    for variant in (op, dataclasses.replace(op, smooth=True)):
+        graph = _graph(variant)
+        out = value_ranges(graph, {"x": Interval(lo=lo, hi=hi)})["y"]
+        ex = Executor(graph, dtype=torch.float64)
+        (at_lo,), (at_hi,) = ex(torch.from_numpy(lo)), ex(torch.from_numpy(hi))
+        assert np.array_equal(out.lo, at_lo.numpy()) and np.array_equal(out.hi, at_hi.numpy())
+        for t in rng.uniform(0, 1, (32, *SHAPE)):
+            (y,) = ex(torch.from_numpy(lo + t * (hi - lo)))
+            assert np.all(out.lo <= y.numpy()) and np.all(y.numpy() <= out.hi)

@@ -368,22 +368,25 @@ def profile_problems(report, built: Built, seed: int = 0) -> list[str]:
     return problems
 
 
+def smooth_flat(built: Built) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The smooth part of the model (every jumping operator replaced by it: a quantization's clip, the
+    identity of a dynamic one) in float64, on flattened inputs: what the figures and witnesses of a
+    model with an additive term are about (the model as executed adds the term)."""
+    from stabaudit.ir.executor import Executor
+    from stabaudit.ir.passes import smooth_part
+    from stabaudit.loaders import load_model
+
+    graph = smooth_part(load_model(built.path, input_shape=built.input_shape).graph)
+    return Executor(graph, dtype=torch.float64).flat()
+
+
 def witness_value(report, built: Built) -> float | None:
     """The report's witness recomputed in float64 with the reference: a pair's quotient, or the
     Jacobian norm at a point."""
     w = report.lipschitz.witness
     if w is None:
         return None
-    f = built.flat()
-    if report.lipschitz.additive is not None:
-        # the model as executed jumps: the figures and the witness are about its smooth part, which
-        # the engine's float64 executor computes (a quantization's clip, the identity of a dynamic one)
-        from stabaudit.ir.executor import Executor
-        from stabaudit.ir.passes import smooth_part
-        from stabaudit.loaders import load_model
-
-        graph = smooth_part(load_model(built.path, input_shape=built.input_shape).graph)
-        f = Executor(graph, dtype=torch.float64).flat()
+    f = smooth_flat(built) if report.lipschitz.additive is not None else built.flat()
     x = torch.tensor(w.x, dtype=torch.float64)
     if w.kind == "jacobian":
         return jacobian_norm(f, x)
