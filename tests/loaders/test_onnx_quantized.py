@@ -102,7 +102,7 @@ def _save(tmp_path: Path, nodes: list[Any], shape: list[int], params: dict[str, 
         [numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
+    model.ir_version = 8 if opset < 21 else 10
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
     return path
@@ -134,14 +134,23 @@ def _ops(loaded: Any) -> list[str]:
     return [n.op.type.value for n in loaded.graph.nodes]
 
 
-def test_quantize_dequantize_is_one_fake_quantization(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [10, 13, 19, 21])
+def test_quantize_dequantize_is_one_fake_quantization(tmp_path: Path, opset: int) -> None:
     nodes = [_n("QuantizeLinear", ["x", "s", "z"], ["q"]), _n("DequantizeLinear", ["q", "s", "z"], ["y"])]
-    path = _save(tmp_path, nodes, [2, 5], {"s": np.float32(0.07), "z": np.uint8(131)})
+    path = _save(tmp_path, nodes, [2, 5], {"s": np.float32(0.07), "z": np.uint8(131)}, opset=opset)
     loaded, worst = _against_onnxruntime(path, (2, 5), scale=6.0)  # saturates beyond [-9.17, 8.68]
     assert _ops(loaded) == ["Quantize"] and worst == 0.0
     op = loaded.graph.nodes[0].op
     assert isinstance(op, O.Quantize) and not op.integer and op.scale == (float(np.float32(0.07)),)
     assert (op.zero_point, op.qmin, op.qmax, op.axis) == ((131.0,), 0, 255, None)
+
+
+def test_without_zero_point_is_uint8_at_zero(tmp_path: Path) -> None:
+    nodes = [_n("QuantizeLinear", ["x", "s"], ["q"]), _n("DequantizeLinear", ["q", "s"], ["y"])]
+    path = _save(tmp_path, nodes, [3, 4], {"s": np.float32(0.02)})
+    loaded, worst = _against_onnxruntime(path, (3, 4))  # the negative half saturates to 0
+    op = loaded.graph.nodes[0].op
+    assert worst == 0.0 and (op.qmin, op.qmax, op.zero_point) == (0, 255, (0.0,))
 
 
 def test_per_axis_quantization_and_int8(tmp_path: Path) -> None:
