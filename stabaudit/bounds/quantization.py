@@ -31,6 +31,16 @@ def entry_error(scale: float, zero_point: float, qmin: int, qmax: int) -> float:
     return _up(scale * _up(0.5 + ROUNDING * reach))
 
 
+def dynamic_step_error(span: float) -> float:
+    """An upper bound of |q(x) - x| per entry of a dynamic quantization (DynamicQuantizeLinear, then
+    DequantizeLinear) of a tensor whose values lie in an interval of length ``span`` (containing 0):
+    half its step s = span / 255, plus the float32 rounding of x, of s, of x / s and of (q - zp) s,
+    each below 2^-24 of at most 256 steps: s (1/2 + 2^-12) covers them."""
+    if not math.isfinite(span):
+        return math.inf
+    return _up(_up(span / 255.0) * (0.5 + 2.0**-12))
+
+
 def _infinite(why: str) -> OpBound:
     return OpBound(upper=Bound(value=math.inf, guarantee=Guarantee.UPPER, method="non-finite-parameter"), notes=(why,))
 

@@ -80,3 +80,45 @@ def test_executed_quotients_need_the_additive_term_and_stay_under_it(audited) ->
         checked += 1
     assert checked >= 210
     assert needed >= 15  # the rounding jumps are real: K alone is exceeded by the model as executed
+
+
+def test_dynamic_quantization_is_bounded_over_a_domain(tmp_path) -> None:
+    """A dynamic quantization's error grows with its input's range: no certified additive term on the
+    whole space; over the box [-1, 1]^5 its input h = x W1 lies in [-a, a] (a = max_j sum_i |W1_ij|),
+    so its step is at most 2a / 255 and delta = 2 S sqrt(6) (2a / 255) (1/2 + 2^-12), S the
+    downstream layer's bound; every executed quotient in the box stays under K_D d + delta."""
+    from stabaudit.analyses.samples import UniformDomain, Values
+    from stabaudit.bounds.quantization import dynamic_step_error
+
+    built = H.build(CASE_BY_ID["onnx_dynamic_quant"], ONNX, tmp_path)
+    report = H.audit(built, domain=UniformDomain(low=Values(values=(-1.0,)), high=Values(values=(1.0,))))
+    whole, dom = report.lipschitz.additive, report.domain_lipschitz
+    assert whole is not None and not whole.certified and whole.value is None
+    assert dom is not None and dom.additive is not None and dom.additive.certified
+    w1 = np.abs(np.asarray(onnx_initializer(built.path, "w1"), dtype=np.float64))
+    a = float(w1.sum(axis=0).max())
+    downstream = next(layer.lipschitz.upper for layer in report.layers if layer.op == "Linear" and "matmulinteger" in layer.name)
+    exact = 2 * downstream * math.sqrt(6) * dynamic_step_error(2 * a)
+    assert exact <= dom.additive.value <= exact * (1 + 1e-6)
+    sa101 = next(f for f in report.checks if f.id == "SA101")
+    assert f"+ {dom.additive.value:.6g} (certified" in sa101.message
+    session = ort.InferenceSession(str(built.path), providers=["CPUExecutionProvider"])
+
+    def f(v: np.ndarray) -> np.ndarray:
+        return session.run(None, {"x": v.astype(np.float32).reshape(built.input_shape)})[0].astype(np.float64).reshape(-1)
+
+    K = dom.upper
+    rng = np.random.default_rng(6)
+    for distance in (1e-4, 1e-2, 1.0):
+        for _ in range(100):
+            x = rng.uniform(-1, 1, 5).astype(np.float32).astype(np.float64)
+            y = np.clip(x + rng.standard_normal(5) * distance, -1, 1).astype(np.float32).astype(np.float64)
+            d_in, d_out = float(np.linalg.norm(x - y)), float(np.linalg.norm(f(x) - f(y)))
+            assert d_out <= K * d_in + dom.additive.value, (d_out, K * d_in, dom.additive.value)
+
+
+def onnx_initializer(path, name: str) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.name == name)
