@@ -31,7 +31,8 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
     > K_max, inconclusive when the bracket straddles K_max.
     Branch switches: a model whose executed code switches branch with a jump (torch's softplus
-    returns x itself where beta x > threshold) is not Lipschitz at all; then K and its bracket
+    returns x itself where beta x > threshold; a quantization rounds to a step, an error of at
+    most half a step per entry) is not Lipschitz at all; then K and its bracket
     are about the smooth part (every switch replaced by its smooth formula) and the model as
     executed satisfies ||F(x) - F(y)||_2 <= K ||x - y||_2 + delta, with delta the certified
     additive term (lipschitz.additive in the report) stated in the message and the value; no
