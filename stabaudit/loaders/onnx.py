@@ -790,6 +790,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
         fold,
         foldable,
     )
+    from stabaudit.loaders.onnx_ops.quantization import carry_quantization
 
     cut = cut if cut is not None else _Cut(held={}, why={})
     uses = Counter(name for node in nodes for name in node.present_inputs) + Counter(outputs)
@@ -834,7 +835,9 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                     tainted.update(n for n in node.outputs if n)
                 folded[node.op_type] += 1
             elif node.key in TRANSLATORS:
+                start = len(ctx.nodes)
                 TRANSLATORS.get(node.key)(node, ctx)
+                carry_quantization(node, ctx, start)
             else:
                 raise Unsupported(node.key)
         except Unsupported as exc:

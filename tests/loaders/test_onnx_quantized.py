@@ -245,8 +245,9 @@ class _Net(torch.nn.Module):
 QUANTIZED_IR = {
     # the data's step cancels in every DynamicQuantizeLinear -> MatMulInteger/ConvInteger -> Cast -> Mul
     "dynamic": {"DynamicQuantize": 3, "Conv": 1, "Linear": 2, "Relu": 2, "Affine": 6, "Reshape": 1},
-    # QLinearConv, com.microsoft.QGemm (the Relus are in the quantizations' clips)
-    "qoperator": {"Quantize": 4, "Conv": 1, "Linear": 2, "Affine": 1, "Reshape": 1},
+    # QLinearConv, com.microsoft.QGemm (the Relus are in the quantizations' clips; the Flatten of the
+    # conv's integers moves its dequantized value, which QGemm reads)
+    "qoperator": {"Quantize": 4, "Conv": 1, "Linear": 2, "Reshape": 1},
     # every Q/DQ pair one Quantize, the weights' DequantizeLinear folded
     "qdq": {"Quantize": 5, "Conv": 1, "Linear": 2, "Reshape": 1},
 }

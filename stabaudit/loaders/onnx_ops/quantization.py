@@ -113,6 +113,29 @@ def _dequantized(node: OnnxNode, ctx: Context, name: str, st: _Steps, tag: str |
     return ctx.emit(node, O.Affine(scale=scale, shift=-st.shaped(st.zero_point, rank) * scale), [var], tag=tag)
 
 
+_MOVES = frozenset({O.OpType.RESHAPE, O.OpType.TRANSPOSE})  # ops that only move entries
+
+
+def carry_quantization(node: OnnxNode, ctx: Context, start: int) -> None:
+    """When the IR nodes translated from ``node`` (``ctx.nodes[start:]``) only move the entries of a
+    quantized integer value (Flatten, Reshape, Squeeze, Transpose: a chain of Reshape and Transpose),
+    the same moves of its dequantized value stand for the result: a quantization with one step
+    commutes with moving entries, so a consumer that dequantizes the result gets the quantized
+    value itself (and the integers need not be computed)."""
+    emitted = ctx.nodes[start:]
+    if not emitted or any(n.op.type not in _MOVES or len(n.inputs) != 1 for n in emitted):
+        return
+    if any(b.inputs[0] != a.output for a, b in zip(emitted, emitted[1:], strict=False)):
+        return
+    rec = ctx.quantized.get(emitted[0].inputs[0])
+    if rec is None or rec.axis is not None:
+        return
+    var = rec.var
+    for i, moved in enumerate(emitted):
+        var = ctx.emit(node, moved.op, [var], tag=f"quantized{i}" if i else "quantized")
+    ctx.quantized[emitted[-1].output] = Quantized(var=var, scale=rec.scale, zero_point=rec.zero_point)
+
+
 def _quantize(node: OnnxNode, ctx: Context, var: str, st: _Steps) -> None:
     """Quantize ``var``: the dequantized value (tag "quantized"), and the integers as the node's output."""
     fake = ctx.emit(node, st.quantize_op(integer=False), [var], tag="quantized")
