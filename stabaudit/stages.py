@@ -43,7 +43,7 @@ bound) are about the stored weights; those on ``graph`` about the report's layer
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from stabaudit.analyses.residual import WholeBlock
     from stabaudit.analyses.samples import SampleEvidence
     from stabaudit.analyses.training import TrainingResult
-    from stabaudit.bounds.base import OpBound
+    from stabaudit.bounds.base import Interval, OpBound
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.checks.residual import ResidualEvidence
     from stabaudit.engine import AuditRequest
@@ -106,6 +106,8 @@ class AnalysisState:
     regions: Mapping[str, RegionBound]  # linear regions bounded as a whole, by region output
     # global_methods
     exact: ExactResult | None = None
+    # jumps: the report's graph as executed (every jumping operator as it is, not its smooth part)
+    executed: Graph | None = None
     # samples
     samples: np.ndarray | None = None  # [N, *input shape]
     sample_info: SampleInfo | None = None
@@ -445,6 +447,7 @@ def jumps(request: AuditRequest, ev: AnalysisState) -> None:
     from stabaudit.ir.passes import smooth_part
 
     ev.jumps = additive_term(ev.graph, ev.op_bounds)
+    ev.executed = ev.graph
     ev.graph = smooth_part(ev.graph)
     ev.loaded = replace(ev.loaded, graph=smooth_part(ev.loaded.graph))
 
@@ -684,7 +687,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         certified=bool(certified and up is not None),
         witness=witness,
         methods=tuple(methods),
-        additive=whole.additive,
+        additive=_domain_additive(ev, boxes.boxes),
         domain=DomainInfo(
             kind=boxes.kind, description=boxes.description, boxes=len(boxes.boxes), radius=boxes.radius,
             low=_finite(boxes.low), high=_finite(boxes.high),
@@ -696,6 +699,19 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         replace(layer, lipschitz=replace(layer.lipschitz, domain_upper=result.node_uppers.get(layer.name)))
         for layer in ev.layers
     ]
+
+
+def _domain_additive(ev: AnalysisState, boxes: Sequence[Mapping[str, Interval]]) -> Additive | None:
+    """The additive term over the domain: the global one, except that a dynamic quantization's jump
+    (infinite on the whole space: its step grows with its input's range) is bounded on the domain's
+    value ranges (analyses.composition.domain_additive_term)."""
+    from stabaudit.analyses.composition import domain_additive_term
+
+    whole = ev.lipschitz.additive
+    if whole is None or whole.certified or ev.executed is None:
+        return whole
+    term = domain_additive_term(ev.executed, ev.op_bounds, boxes)
+    return Additive(value=_finite(term.value), certified=term.certified, sources=term.sources, method=term.method)
 
 
 def _has_samples(request: AuditRequest, ev: AnalysisState) -> bool:

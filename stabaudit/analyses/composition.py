@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from stabaudit.bounds.base import Bound, BoundSettings, Combine, Guarantee, OpBound, RuleContext
+import numpy as np
+
+from stabaudit.bounds.base import (
+    Bound,
+    BoundSettings,
+    Combine,
+    Guarantee,
+    Interval,
+    OpBound,
+    RuleContext,
+)
 from stabaudit.errors import InternalError
+from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node
 
 METHOD = "product"
@@ -335,3 +346,41 @@ def additive_term(graph: Graph, op_bounds: Mapping[str, OpBound]) -> AdditiveTer
             total = _add(total, part)
     value = _mul(2.0, total)
     return AdditiveTerm(value=value, certified=math.isfinite(value), sources=tuple(sources))
+
+
+def domain_additive_term(executed: Graph, op_bounds: Mapping[str, OpBound],
+                         boxes: Sequence[Mapping[str, Interval]]) -> AdditiveTerm:
+    """The additive term over a domain (the union of ``boxes``): additive_term with the jump of every
+    dynamic quantization bounded on its input's range over each box instead of the whole space, the
+    largest over the boxes.
+
+    A dynamic quantization of n entries whose values lie in [lo, hi] (value_ranges of the executed
+    graph, which encloses every value the model computes while its inputs stay in the box) has its
+    step s <= (max(0, max hi) - min(0, min lo)) / 255 and moves no entry by more than s / 2
+    (docs/operators.md; bounds.quantization.dynamic_step_error adds the float rounding): its jump
+    is sqrt(n) dynamic_step_error(span). The sensitivities stay the global ones (sound everywhere).
+    """
+    import dataclasses
+
+    from stabaudit.analyses.ranges import value_ranges
+    from stabaudit.bounds.quantization import dynamic_step_error
+
+    dynamic = [n for n in executed.nodes
+               if isinstance(n.op, O.DynamicQuantize) and n.op.part is O.QuantPart.DEQUANTIZED
+               and not n.op.smooth and n.output in op_bounds]
+    if not dynamic:
+        return additive_term(executed, op_bounds)
+    worst: AdditiveTerm | None = None
+    for box in boxes:
+        ranges = value_ranges(executed, box)
+        local = dict(op_bounds)
+        for node in dynamic:
+            r = ranges[node.inputs[0]]
+            span = max(0.0, float(np.max(r.hi))) - min(0.0, float(np.min(r.lo)))
+            jump = _up(math.sqrt(r.lo.size) * dynamic_step_error(span)) if math.isfinite(span) else _INF
+            local[node.output] = dataclasses.replace(op_bounds[node.output], jump=jump)
+        term = additive_term(executed, local)
+        if worst is None or not term.value <= worst.value:
+            worst = term
+    assert worst is not None
+    return worst

@@ -60,7 +60,7 @@ _SUPPORTED = (
     O.Linear, O.Conv, O.ConvTranspose, O.Affine, O.Add, O.Sub, O.Relu, O.LeakyRelu, O.PRelu,
     O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.HardSigmoid, O.Clip, O.MaxPool, O.AvgPool,
     O.GlobalAvgPool, O.GlobalMaxPool, O.Reshape, O.Transpose, O.Pad, O.Concat, O.ReduceSum, O.ReduceMean,
-    O.Slice, O.Gather, O.Tile,
+    O.Slice, O.Gather, O.Tile, O.Quantize,
 )
 
 
@@ -232,6 +232,19 @@ def _slopes(op: O.Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor,
             s_lo = torch.where(a, one, zero)
             s_hi = torch.where(i, zero, one)
             return s_lo, s_hi, *counts(a, i)
+        case O.Quantize(smooth=True, qmin=qmin, qmax=qmax, integer=integer) as q:
+            # a quantization's smooth part: the clip to [s (qmin - zp), s (qmax - zp)] (then / s + zp
+            # for the integers): slope 1 (1 / s) strictly inside, 0 strictly outside, the hull at the ends
+            q_steps, q_zeros, q_shape = q.steps(lo.dim())
+            st = torch.tensor(q_steps, dtype=torch.float64).reshape(q_shape)
+            zt = torch.tensor(q_zeros, dtype=torch.float64).reshape(q_shape)
+            q_lo, q_hi = st * (qmin - zt), st * (qmax - zt)
+            inside = (lo > q_lo) & (hi < q_hi)
+            outside = (hi < q_lo) | (lo > q_hi)
+            q_slope = torch.broadcast_to(_up_t(1.0 / st) if integer else torch.ones_like(st), lo.shape)
+            q_none = torch.zeros_like(lo)
+            return (torch.where(inside, q_slope, q_none), torch.where(outside, q_none, q_slope),
+                    *counts(inside, outside))
         case O.HardSigmoid(alpha=alpha, beta=beta):
             # z = alpha x + beta; slope alpha where 0 < z < 1, 0 outside; breakpoints at z = 0, 1
             z1, z2 = lo * alpha + beta, hi * alpha + beta
@@ -444,7 +457,7 @@ def _check_supported(graph: Graph) -> None:
         op = node.op
         if not isinstance(op, _SUPPORTED) or (isinstance(op, O.Elu) and op.alpha < 0) or (
             isinstance(op, O.Softplus) and not op.beta > 0
-        ):
+        ) or (isinstance(op, O.Quantize) and not (op.smooth and all(v > 0 for v in op.scale))):
             bad[op.type.value] = bad.get(op.type.value, 0) + 1
     if bad:
         raise UnsupportedOperatorError(bad)

@@ -89,6 +89,7 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.GATHER,
         O.OpType.TILE,
         O.OpType.ABS,
+        O.OpType.QUANTIZE,  # its smooth part, the clip, is what the search evaluates
     }
 )
 
@@ -307,6 +308,27 @@ class ForwardErrorModel:
                     return torch.where(saturated, 0.0, e)
 
                 return clip
+            case O.Quantize(smooth=True, qmin=qmin, qmax=qmax, integer=integer) as q:
+                # the clip to [s (qmin - zp), s (qmax - zp)] (its ends rounded once in float64, off by
+                # <= u |end|): 1-Lipschitz, exact where both sides saturate; the integers' / s + zp
+                # divide the error by s and round twice
+                steps, zeros, qshape = q.steps(len(in_shapes[0]))
+                st = torch.tensor(steps, dtype=torch.float64).reshape(qshape)
+                zt = torch.tensor(zeros, dtype=torch.float64).reshape(qshape)
+                q_lo, q_hi = st * (qmin - zt), st * (qmax - zt)
+                ends = torch.maximum(q_lo.abs(), q_hi.abs()) * U
+
+                def quantize_clip(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    x, e = xs[0], es[0]
+                    saturated = (x + e <= q_lo) | (x - e >= q_hi)
+                    err = torch.where(saturated, ends, e + ends)
+                    if integer:
+                        return err / st + 4 * U * y.abs() + _TINY
+                    return (err + _TINY).expand(y.shape)
+
+                return quantize_clip
             case O.LeakyRelu(alpha=alpha):
                 c = max(1.0, abs(alpha))
                 return lambda xs, es, y: (

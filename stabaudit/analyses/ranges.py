@@ -258,6 +258,12 @@ def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
             return f(lo), f(hi)
         case O.Abs():
             return _mig_mag(lo, hi)
+        case O.DynamicQuantize(part=part, smooth=identity):
+            return _dynamic_quantize_range(part, identity, lo, hi)
+        case O.Quantize(scale=scale) if all(v > 0 for v in scale):
+            # round, clamp, division and product by a step s > 0 are monotone, in float as in reals:
+            # the computed map is non-decreasing, its values at the ends enclose all (the clip too)
+            return f(lo), f(hi)
         case O.LeakyRelu() | O.PRelu():  # one product on each side of 0 (monotone rounding)
             out_lo, out_hi = _kinked(f, lo, hi)
             return _down(out_lo), _up_t(out_hi)
@@ -316,6 +322,28 @@ def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
         case O.Pow(exponent=e):
             return _pow(float(e), f, lo, hi, notes)
     return None
+
+
+def _dynamic_quantize_range(part: O.QuantPart, smooth: bool, lo: torch.Tensor,
+                            hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DynamicQuantizeLinear over [lo, hi]: its step is at most s = (max(0, max hi) - min(0, min lo)) / 255
+    (the whole tensor's range), the dequantized value within dynamic_step_error(s) of x (docs/operators.md),
+    the integers and zero point in [0, 255]."""
+    import torch
+
+    from stabaudit.bounds.quantization import dynamic_step_error
+
+    if smooth and part is O.QuantPart.DEQUANTIZED:
+        return lo, hi
+    span = float(torch.clamp(hi.max(), min=0.0) - torch.clamp(lo.min(), max=0.0))
+    step = dynamic_step_error(span) * 2  # an upper bound of the step itself (rounding included)
+    match part:
+        case O.QuantPart.DEQUANTIZED:
+            w = dynamic_step_error(span)
+            return _down(lo - w), _up_t(hi + w)
+        case O.QuantPart.SCALE:
+            return torch.zeros(()), torch.full((), step, dtype=torch.float64)
+    return torch.zeros(()), torch.full((), 255.0, dtype=torch.float64)
 
 
 def _pow(e: float, f: Fn, lo: torch.Tensor, hi: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,7 +105,7 @@ def parameter_name(node: str, field: str) -> str:
 # ---- the loss and its Hessian-vector products ---------------------------------------------------------
 NON_SMOOTH = frozenset(
     {"Relu", "LeakyRelu", "PRelu", "Clip", "MaxPool", "GlobalMaxPool", "HardSigmoid", "HardSwish", "ReduceMax",
-     "ReduceMin", "ReduceL1", "ReduceL2", "Max", "Min"}
+     "ReduceMin", "ReduceL1", "ReduceL2", "Max", "Min", "Quantize"}
 )
 
 

@@ -12,6 +12,7 @@ from stabaudit.bounds import (
     linear,
     normalization,
     pooling,
+    quantization,
     reduction,
     structural,
 )
@@ -29,7 +30,7 @@ from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir.graph import Node
 
 # The rule modules register themselves on import; naming them here keeps registration explicit.
-RULE_MODULES = (linear, conv, normalization, activations, pooling, structural, domain, reduction)
+RULE_MODULES = (linear, conv, normalization, activations, pooling, structural, domain, reduction, quantization)
 
 
 def rule_for(node: Node) -> Rule:

@@ -31,7 +31,8 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
     > K_max, inconclusive when the bracket straddles K_max.
     Branch switches: a model whose executed code switches branch with a jump (torch's softplus
-    returns x itself where beta x > threshold) is not Lipschitz at all; then K and its bracket
+    returns x itself where beta x > threshold; a quantization rounds to a step, an error of at
+    most half a step per entry) is not Lipschitz at all; then K and its bracket
     are about the smooth part (every switch replaced by its smooth formula) and the model as
     executed satisfies ||F(x) - F(y)||_2 <= K ||x - y||_2 + delta, with delta the certified
     additive term (lipschitz.additive in the report) stated in the message and the value; no
@@ -78,11 +79,16 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
 def _over_domain(whole: GlobalLipschitz, domain: GlobalLipschitz) -> GlobalLipschitz:
     """The bracket over the domain: its own certified upper bound, or the global one where that is
     tighter (a global bound holds on every domain); its lower bound only from a witness in D. The
-    additive term of branch switches is the model's, whatever the domain."""
+    additive term of branch switches is the model's, except where only the domain bounds it (a
+    dynamic quantization's error grows with its input's range: stages._domain_additive)."""
     upper, certified = domain.upper, domain.certified
     if whole.certified and whole.upper is not None and (not certified or upper is None or whole.upper < upper):
         upper, certified = whole.upper, True
-    return dataclasses.replace(domain, upper=upper, certified=certified, additive=whole.additive)
+    additive = whole.additive
+    if (domain.additive is not None and domain.additive.certified
+            and (additive is None or not additive.certified)):
+        additive = domain.additive
+    return dataclasses.replace(domain, upper=upper, certified=certified, additive=additive)
 
 
 @check("SA102", "lipschitz.layer", severity=Severity.INFO, threshold_key="layer_lipschitz", default_threshold=1.0)

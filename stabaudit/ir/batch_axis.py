@@ -140,6 +140,12 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     elif kind in (O.OpType.POW, O.OpType.SQRT, O.OpType.RECIPROCAL, O.OpType.EXP, O.OpType.LOG, O.OpType.ERF,
                   O.OpType.ABS):
         expected = first  # entry by entry
+    elif isinstance(op, O.Quantize):
+        if op.axis is not None and op.axis == first:
+            raise _Mixes(f"quantizes with one step per index of the batch axis {first}")
+        expected = first  # entry by entry, the step constant (per tensor or along another axis)
+    elif isinstance(op, O.DynamicQuantize):
+        raise _Mixes("quantizes with a step computed from the whole tensor (every sample's range)")
     elif isinstance(op, O.Resize):
         if first in op.axes:
             raise _Mixes(f"resizes the batch axis {first}")

@@ -181,7 +181,62 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
                 return pick(y, ct) if ct is not None else y
 
             return extremum
+        case O.Quantize():
+            return _quantize_kernel(op)
+        case O.DynamicQuantize():
+            return _dynamic_quantize_kernel(op)
     raise ModelLoadError(f"the executor has no kernel for {type(op).__name__}")
+
+
+def _quantize_kernel(op: O.Quantize) -> Kernel:
+    """ONNX QuantizeLinear: clamp(round(x / s) + zp, qmin, qmax) with torch.round (half to even, as
+    ONNX rounds), then DequantizeLinear (q - zp) * s unless ``integer``; ``smooth``: the clip alone.
+    The rounding decisions are made in float32, the arithmetic of the runtimes that execute
+    quantized models (x / s in float64 would round some float32 ties the other way)."""
+    import torch
+
+    lo, hi = float(op.qmin), float(op.qmax)
+
+    def quantize(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = a[0]
+        scale, zero, shape = op.steps(x.dim())
+        if op.smooth:
+            s = torch.tensor(scale, dtype=x.dtype, device=x.device).reshape(shape)
+            z = torch.tensor(zero, dtype=x.dtype, device=x.device).reshape(shape)
+            c = torch.clamp(x, s * (lo - z), s * (hi - z))
+            return c / s + z if op.integer else c
+        s = torch.tensor(scale, dtype=torch.float32, device=x.device).reshape(shape)
+        z = torch.tensor(zero, dtype=torch.float32, device=x.device).reshape(shape)
+        q = torch.clamp(torch.round(x.to(torch.float32) / s) + z, lo, hi)
+        return (q if op.integer else (q - z) * s).to(x.dtype)
+
+    return quantize
+
+
+def _dynamic_quantize_kernel(op: O.DynamicQuantize) -> Kernel:
+    """ONNX DynamicQuantizeLinear (uint8): the step and zero point from the whole tensor's range."""
+    import torch
+
+    def dynamic_quantize(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        if op.smooth and op.part is O.QuantPart.DEQUANTIZED:
+            return a[0]
+        return part(a[0].to(torch.float32)).to(a[0].dtype)
+
+    def part(x: torch.Tensor) -> torch.Tensor:
+        # in float32, as the runtimes compute the step, the zero point and the rounding
+        lo = torch.clamp(x.min(), max=0.0)
+        hi = torch.clamp(x.max(), min=0.0)
+        s = (hi - lo) / 255.0
+        zp = torch.clamp(torch.round(-lo / s), 0.0, 255.0)
+        match op.part:
+            case O.QuantPart.SCALE:
+                return s
+            case O.QuantPart.ZERO_POINT:
+                return zp
+        q = torch.clamp(torch.round(x / s) + zp, 0.0, 255.0)
+        return q if op.part is O.QuantPart.INTEGER else (q - zp) * s
+
+    return dynamic_quantize
 
 
 def _reduce_kernel(op: O.Reduce) -> Kernel:
@@ -382,6 +437,18 @@ class Executor:
         if keep:
             return env
         return {name: env[name] for name in self.graph.outputs}
+
+    def rerun(self, env: Mapping[str, torch.Tensor], name: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs with the value ``name`` replaced by ``value``, every other value as in ``env``
+        (a ``run(keep=True)``): only the nodes downstream of ``name`` are evaluated again."""
+        new: dict[str, torch.Tensor] = dict(env)
+        new[name] = value
+        dirty = {name}
+        for node, kernel in self._kernels:
+            if node.output != name and any(i in dirty for i in node.inputs):
+                new[node.output] = kernel([new[i] for i in node.inputs])
+                dirty.add(node.output)
+        return {out: new[out] for out in self.graph.outputs}
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.run(dict(zip(self.graph.input_names, args, strict=True)))

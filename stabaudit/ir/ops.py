@@ -67,6 +67,8 @@ class OpType(str, Enum):
     GATHER = "Gather"
     TILE = "Tile"
     ABS = "Abs"
+    QUANTIZE = "Quantize"
+    DYNAMIC_QUANTIZE = "DynamicQuantize"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -559,6 +561,62 @@ class Min(Op):
     type = OpType.MIN
     arity = -1
     constant: np.ndarray | None = None
+
+
+# ---- quantization -------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Quantize(Op):
+    """Quantization by a constant step: q = clamp(round(x / scale) + zero_point, qmin, qmax), round half
+    to even (ONNX QuantizeLinear), then y = scale * (q - zero_point) (DequantizeLinear: the
+    dequantized value, fake quantization) or, with ``integer``, y = q itself (the integer, as a float).
+
+    ``scale`` and ``zero_point`` hold one number (per tensor) or one per index of ``axis`` (per axis);
+    they are tuples, not arrays, because they are not trainable parameters. The operator is its
+    smooth part clip(x, scale (qmin - zero_point), scale (qmax - zero_point)) (divided by ``scale``
+    and shifted by ``zero_point`` when ``integer``) plus a rounding error of at most half a step per
+    entry; ``smooth`` computes the smooth part alone (ir.passes.smooth_part).
+    """
+
+    type = OpType.QUANTIZE
+    scale: tuple[float, ...]
+    zero_point: tuple[float, ...]
+    qmin: int
+    qmax: int
+    axis: int | None = None  # per axis: the input axis that scale and zero_point index (non-negative)
+    integer: bool = False
+    smooth: bool = False
+
+    def steps(self, rank: int) -> tuple[list[float], list[float], tuple[int, ...]]:
+        """(scale, zero_point) as lists and the shape that broadcasts them over an input of ``rank``."""
+        if self.axis is None:
+            return list(self.scale), list(self.zero_point), ()
+        shape = tuple(len(self.scale) if i == self.axis else 1 for i in range(rank))
+        return list(self.scale), list(self.zero_point), shape
+
+
+class QuantPart(str, Enum):
+    """Which output of ONNX DynamicQuantizeLinear a DynamicQuantize node computes."""
+
+    DEQUANTIZED = "dequantized"  # s (q - zp): the value the integer stands for
+    INTEGER = "integer"  # q
+    SCALE = "scale"  # s
+    ZERO_POINT = "zero_point"  # zp
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class DynamicQuantize(Op):
+    """ONNX DynamicQuantizeLinear (uint8), a step computed from the data: over the whole tensor,
+    s = (max(0, max x) - min(0, min x)) / 255, zp = clamp(round(-min(0, min x) / s), 0, 255),
+    q = clamp(round(x / s) + zp, 0, 255), round half to even; ``part`` picks the output.
+
+    The dequantized part is x plus an error of at most s / 2 per entry (clamping included, see
+    docs/operators.md): the identity plus a term bounded only where the range of x is; ``smooth``
+    computes the identity (ir.passes.smooth_part).
+    """
+
+    type = OpType.DYNAMIC_QUANTIZE
+    part: QuantPart = QuantPart.DEQUANTIZED
+    smooth: bool = False
 
 
 REDUCTIONS: frozenset[OpType] = frozenset(

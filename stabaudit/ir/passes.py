@@ -429,25 +429,37 @@ def _try_merge(prev: Node, node: Node, shapes: dict[str, tuple[int, ...]]) -> li
 
 
 def smooth_part(graph: Graph) -> Graph:
-    """The graph with every branch-switching operator replaced by its smooth part (torch's
-    thresholded Softplus -> the smooth log(1 + exp(beta x)) / beta), shapes and names kept.
+    """The graph with every branch-switching operator replaced by its smooth part, shapes and names
+    kept: torch's thresholded Softplus -> the smooth log(1 + exp(beta x)) / beta; a quantization
+    (rounding to a step) -> its clip (a Clip node per tensor, the Quantize's own smooth mode per
+    axis or for the integer); a dynamic quantization's dequantized value -> the identity.
 
     The bound rules certify the smooth part's Lipschitz constants and return each switch's jump
     (OpBound.jump); the analyses that evaluate the model at points (lower bounds, local bounds)
     run on this graph so that every figure they give is about the function the upper bounds
     certify. The graph is returned as is when it has no branch switch.
     """
-    nodes = tuple(
-        dataclasses.replace(node, op=dataclasses.replace(node.op, threshold=None))
-        if isinstance(node.op, O.Softplus) and node.op.threshold is not None
-        else node
-        for node in graph.nodes
-    )
+    nodes = tuple(_smooth(node, graph) for node in graph.nodes)
     if all(a is b for a, b in zip(nodes, graph.nodes, strict=True)):
         return graph
     return Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes, shapes=graph.shapes)
 
 
+def _smooth(node: Node, graph: Graph) -> Node:
+    match node.op:
+        case O.Softplus(threshold=float()):
+            return dataclasses.replace(node, op=dataclasses.replace(node.op, threshold=None))
+        case O.Quantize(axis=None, integer=False, smooth=False, scale=(s,), zero_point=(z,), qmin=lo, qmax=hi):
+            # s (clamp(x / s + z, lo, hi) - z) = clip(x, s (lo - z), s (hi - z)); the ends in float64
+            return dataclasses.replace(node, op=O.Clip(min=s * (lo - z), max=s * (hi - z)))
+        case O.DynamicQuantize(part=O.QuantPart.DEQUANTIZED, smooth=False) if node.output in graph.shapes:
+            # the identity, as the Reshape to its own shape that every analysis knows
+            return dataclasses.replace(node, op=O.Reshape(shape=tuple(graph.shapes[node.output])))
+        case O.Quantize(smooth=False) | O.DynamicQuantize(part=O.QuantPart.DEQUANTIZED, smooth=False):
+            return dataclasses.replace(node, op=dataclasses.replace(node.op, smooth=True))
+    return node
+
+
 def branch_switches(graph: Graph) -> list[Node]:
     """The nodes whose operator, as executed, switches branch with a jump (see smooth_part)."""
-    return [n for n in graph.nodes if isinstance(n.op, O.Softplus) and n.op.threshold is not None]
+    return [n for n in graph.nodes if _smooth(n, graph) is not n]

@@ -102,7 +102,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         reference_name="onnxruntime",
         reference=reference,
         parameters=_parameter_count(model.graph),
-        source_ops=dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+        # domain-prefixed outside the default domain, as `stabaudit ops` and SA901 name them
+        source_ops=dict(sorted(Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                                       for n in model.graph.node).items())),
         notes=tuple(notes),
         precision=_precision(model.graph),
         start={name: reasons[name] for name in starts},
@@ -788,6 +790,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
         fold,
         foldable,
     )
+    from stabaudit.loaders.onnx_ops.quantization import carry_quantization
 
     cut = cut if cut is not None else _Cut(held={}, why={})
     uses = Counter(name for node in nodes for name in node.present_inputs) + Counter(outputs)
@@ -832,7 +835,9 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                     tainted.update(n for n in node.outputs if n)
                 folded[node.op_type] += 1
             elif node.key in TRANSLATORS:
+                start = len(ctx.nodes)
                 TRANSLATORS.get(node.key)(node, ctx)
+                carry_quantization(node, ctx, start)
             else:
                 raise Unsupported(node.key)
         except Unsupported as exc:

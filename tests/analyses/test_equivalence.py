@@ -71,3 +71,37 @@ def _scale(precision: str, dtype: torch.dtype) -> float:
     model = _model(precision, dtype)
     return max(float(np.abs(model.reference({"x": _rounded(rng.standard_normal((2, 8)).astype(np.float32),
                                                                     precision)})[0]).max()) for _ in range(4))
+
+
+# ---- quantized models: one rounding step per quantization ------------------------------------------------
+QUANT = O.Quantize(scale=(0.05,), zero_point=(128.0,), qmin=0, qmax=255)
+
+
+def _quantized(reference_shift: float) -> LoadedModel:
+    """x -> q(W x) -> W2 q; the reference quantizes in float64 and adds ``reference_shift``."""
+    w2 = np.random.default_rng(1).standard_normal((3, 6))
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(2, 8)),), outputs=("z",), nodes=(
+        Node(name="fc", op=O.Linear(weight=W.copy()), inputs=("x",), output="y"),
+        Node(name="q", op=QUANT, inputs=("y",), output="q"),
+        Node(name="out", op=O.Linear(weight=w2), inputs=("q",), output="z"))).validate())
+
+    def reference(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        y = np.asarray(inputs["x"], np.float64) @ W.T
+        q = (np.clip(np.round(y / 0.05) + 128, 0, 255) - 128) * 0.05
+        return [(q @ w2.T + reference_shift).astype(np.float32)]
+
+    return LoadedModel(graph=graph, format=ModelFormat.ONNX, reference_name="onnxruntime",
+                       reference=reference, parameters=W.size + w2.size, precision="float32")
+
+
+def test_quantized_tolerance_is_one_step_carried_to_the_output() -> None:
+    """The allowance is the output change of one step of each quantization: one step (0.05, times a
+    column of W2 here) passes, an O(1) disagreement does not; the note says so."""
+    result = check_equivalence(_quantized(0.0), seed=0)
+    assert result.passed and result.max_abs_diff < 1e-5
+    w2 = np.abs(np.random.default_rng(1).standard_normal((3, 6)))
+    # one entry of q moved by 0.05 moves z by 0.05 |W2[:, j]| (max abs): between the smallest and
+    # the largest column maximum, plus the float tolerance (outputs of size < 100 here)
+    assert 0.05 * w2.max(axis=0).min() <= result.tolerance <= 0.05 * w2.max() + RTOL * 100 + ATOL
+    assert any("quantization" in n and "one rounding step" in n for n in result.notes)
+    assert not check_equivalence(_quantized(1.0), seed=0).passed

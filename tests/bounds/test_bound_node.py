@@ -74,6 +74,10 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.GATHER: (O.Gather(axis=2, indices=np.array([[3, 0], [3, 1], [3, 3]])), [(1, 2, 4)]),
     O.OpType.TILE: (O.Tile(repeats=(1, 3, 2)), [(1, 2, 3)]),
     O.OpType.ABS: (O.Abs(), [(1, 2, 3)]),
+    # the smooth parts (the rounding errors are the jumps, tests/bounds/test_quantization.py)
+    O.OpType.QUANTIZE: (O.Quantize(scale=(0.5, 0.25), zero_point=(3.0, -2.0), qmin=-8, qmax=7, axis=1, integer=True,
+                                   smooth=True), [(1, 2, 3)]),
+    O.OpType.DYNAMIC_QUANTIZE: (O.DynamicQuantize(smooth=True), [(1, 2, 3)]),
 }
 
 

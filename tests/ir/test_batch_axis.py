@@ -59,6 +59,9 @@ KEEP: dict[str, tuple[Build, int]] = {
     "layernorm-attention": (lambda n: _graph(
         (n, 3, 4), (O.LayerNorm(axis=2, epsilon=1e-5), ("x",)), (O.Transpose(perm=(0, 2, 1)), ("v0",)),
         (O.MatMul(), ("v0", "v1")), (O.Exp(), ("v2",)), (O.Div(), ("v3", "v2")), (O.Sqrt(), ("v3",))), 0),
+    "quantize-per-channel": (lambda n: _graph(
+        (n, 3, 2), (O.Quantize(scale=(0.1, 0.3, 0.05), zero_point=(0.0, 3.0, -2.0), qmin=-128, qmax=127, axis=1),
+                    ("x",)), (O.Quantize(scale=(0.2,), zero_point=(128.0,), qmin=0, qmax=255, integer=True), ("v0",))), 0),
     "resize-spatial": (lambda n: _graph(
         (n, 1, 3, 4), (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="linear"),
                        ("x",))), 0),
@@ -97,6 +100,11 @@ MIX: dict[str, tuple[Build, str, str]] = {
     "tile-batch": (lambda n: _graph((n, 4), (O.Tile(repeats=(2, 1)), ("x",))), "n0", "merges the batch axis"),
     "resize-batch": (lambda n: _graph((n, 4), (O.Resize(axes=(0,), in_sizes=(n,), sizes=(2 * n,), scales=(2.0,)),
                                                ("x",))), "n0", "merges the batch axis"),
+    "quantize-per-sample": (lambda n: _graph((n, 3), (O.Quantize(scale=(0.1,) * n, zero_point=(0.0,) * n, qmin=0,
+                                                                 qmax=255, axis=0), ("x",))),
+                            "n0", "depends on the batch size"),  # one step per sample
+    "dynamic-quantize": (lambda n: _graph((n, 3), (O.DynamicQuantize(), ("x",))),
+                         "n0", "step computed from the whole tensor"),
     "layernorm-over-batch": (lambda n: _graph((n, 4), (O.LayerNorm(axis=0, epsilon=1e-5), ("x",))),
                              "n0", "normalises over the batch axis 0"),
     "matmul-of-samples": (lambda n: _graph((n, 4), (O.Transpose(perm=(1, 0)), ("x",)), (O.MatMul(), ("v0", "x"))),

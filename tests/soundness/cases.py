@@ -903,6 +903,161 @@ def _onnx_depth_to_space() -> OnnxSpec:
 
 
 # ---- the registry --------------------------------------------------------------------------------
+def _fake_quant(x: torch.Tensor, scale: torch.Tensor | float, zero: torch.Tensor | float, lo: int,
+                hi: int) -> torch.Tensor:
+    """s (clamp(round(x / s) + zp, lo, hi) - zp) in value, with the gradient of its smooth part, the
+    clip: the float64 reference whose Jacobians the certified figures (about the smooth part) bound."""
+    clip = torch.minimum(torch.maximum(x, scale * (lo - zero)), scale * (hi - zero))
+    q = (torch.clamp(torch.round(x / scale) + zero, lo, hi) - zero) * scale
+    return clip + (q - clip).detach()
+
+
+def _dynamic_quant(x: torch.Tensor) -> torch.Tensor:
+    """DynamicQuantizeLinear then its dequantization, in value (the step in float32, as onnxruntime),
+    with the gradient of the identity, its smooth part."""
+    x32 = x.detach().float()
+    lo, hi = torch.clamp(x32.min(), max=0.0), torch.clamp(x32.max(), min=0.0)
+    step = (hi - lo) / 255
+    zero = torch.clamp(torch.round(-lo / step), 0, 255)
+    q = ((torch.clamp(torch.round(x32 / step) + zero, 0, 255) - zero) * step).double()
+    return x + (q - x).detach()
+
+
+_QW = np.random.default_rng(90)
+_QCONV_W = _QW.integers(-128, 128, (3, 2, 3, 3)).astype(np.int8)
+_QCONV_B = _QW.integers(-3000, 3000, 3).astype(np.int32)
+_QMM_W = _QW.integers(-128, 128, (12, 4)).astype(np.int8)
+_INT_W = _QW.integers(0, 256, (6, 4)).astype(np.uint8)
+_INT_CW = _QW.integers(-128, 128, (2, 1, 3)).astype(np.int8)
+_DYN_W = _QW.integers(-128, 128, (6, 3)).astype(np.int8)
+_QGEMM_W = _QW.integers(-128, 128, (3, 4)).astype(np.int8)
+_QGEMM_C = _QW.integers(-500, 500, 3).astype(np.int32)
+
+
+def _onnx_qlinear() -> OnnxSpec:
+    """A statically quantized CNN: QuantizeLinear, QLinearConv (per-channel int8 weights, int32 bias),
+    DequantizeLinear, Relu, GlobalAveragePool... as a float tail, QLinearMatMul with int8 activations."""
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            _node("QLinearConv", ["xq", "xs", "xz", "cw", "cws", "cwz", "cys", "cyz", "cb"], ["cq"], pads=[1, 1, 1, 1],
+                  strides=[2, 2]),  # [1, 3, 3, 3]
+            _node("DequantizeLinear", ["cq", "cys", "cyz"], ["c"]),
+            _node("Relu", ["c"], ["r"]),
+            _node("Reshape", ["r", "flat"], ["f"]),  # [1, 27] -> first 12 through Slice
+            _node("Slice", ["f", "s0", "e0", "a0"], ["g"]),  # [1, 12]
+            _node("QuantizeLinear", ["g", "gs", "gz"], ["gq"]),
+            _node("QLinearMatMul", ["gq", "gs", "gz", "mw", "mws", "mwz", "ys", "yz"], ["yq"]),
+            _node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8), "cw": _QCONV_W,
+                "cws": np.array([0.003, 0.006, 0.002], np.float32), "cwz": np.zeros(3, np.int8),
+                "cys": np.array(0.04, np.float32), "cyz": np.array(100, np.uint8), "cb": _QCONV_B,
+                "flat": np.array([1, 27], np.int64), "s0": np.array([0], np.int64), "e0": np.array([12], np.int64),
+                "a0": np.array([1], np.int64), "gs": np.array(0.03, np.float32), "gz": np.array(-20, np.int8),
+                "mw": _QMM_W, "mws": np.array(0.004, np.float32), "mwz": np.array(0, np.int8),
+                "ys": np.array(0.05, np.float32), "yz": np.array(3, np.int8)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        xq = _fake_quant(x, p["xs"], 128.0, 0, 255)
+        w = torch.from_numpy(_QCONV_W.astype(np.float64)) * p["cws"].reshape(3, 1, 1, 1)
+        b = torch.from_numpy(_QCONV_B.astype(np.float64)) * p["xs"] * p["cws"]
+        c = _fake_quant(F.conv2d(xq, w, b, stride=2, padding=1), p["cys"], 100.0, 0, 255)
+        g = _fake_quant(torch.relu(c).reshape(1, 27)[:, :12], p["gs"], -20.0, -128, 127)
+        return _fake_quant(g @ (torch.from_numpy(_QMM_W.astype(np.float64)) * p["mws"]), p["ys"], 3.0, -128, 127)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference,
+                    constants=("xs", "cws", "cys", "flat", "s0", "e0", "a0", "gs", "mws", "ys"))
+
+
+def _onnx_integer() -> OnnxSpec:
+    """Integer arithmetic on quantized values: MatMulInteger (its int32 result dequantized by a
+    DequantizeLinear), ConvInteger (dequantized by Cast and a Mul by the product of the steps)."""
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            _node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),  # [1, 4] int32
+            _node("DequantizeLinear", ["acc", "accs"], ["h"]),
+            _node("Tanh", ["h"], ["t"]),
+            _node("Reshape", ["t", "shape"], ["t3"]),  # [1, 1, 4]
+            _node("QuantizeLinear", ["t3", "ts", "tz"], ["tq"]),
+            _node("ConvInteger", ["tq", "cw", "tz"], ["cacc"], pads=[1, 1]),  # [1, 2, 4] int32
+            _node("Cast", ["cacc"], ["caccf"], to=1),
+            _node("Mul", ["caccf", "cs"], ["y3"]),
+            _node("Reshape", ["y3", "out"], ["y"]),  # [1, 8]
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        xs, ws, ts, cws = np.float32(0.015), np.float32(0.002), np.float32(1 / 127), np.float32(0.01)
+        return {"xs": np.array(xs), "xz": np.array(128, np.uint8), "w": _INT_W, "wz": np.array(120, np.uint8),
+                "accs": np.array(np.float32(xs * ws)), "shape": np.array([1, 1, 4], np.int64),
+                "ts": np.array(ts), "tz": np.array(0, np.int8), "cw": _INT_CW,
+                "cs": np.array(np.float32(ts * cws)), "out": np.array([1, 8], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        xq = _fake_quant(x, p["xs"], 128.0, 0, 255) / p["xs"]  # x's integers minus its zero point
+        h = (xq @ torch.from_numpy(_INT_W.astype(np.float64) - 120.0)) * p["accs"]
+        t = _fake_quant(torch.tanh(h).reshape(1, 1, 4), p["ts"], 0.0, -128, 127) / p["ts"]
+        return (F.conv1d(t, torch.from_numpy(_INT_CW.astype(np.float64)), padding=1) * p["cs"]).reshape(1, 8)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference,
+                    constants=("xs", "accs", "shape", "ts", "cs", "out"))
+
+
+def _onnx_qgemm() -> OnnxSpec:
+    """onnxruntime's QGemm (its static quantization of Gemm, domain com.microsoft): B transposed, per
+    output column steps, an int32 bias, a quantized output."""
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        return [
+            _node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("QGemm", ["xq", "xs", "xz", "w", "ws", "wz", "c", "ys", "yz"], ["yq"], name="qgemm",
+                             domain="com.microsoft", transB=1, alpha=1.0),
+            _node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8), "w": _QGEMM_W,
+                "ws": np.array([0.01, 0.004, 0.02], np.float32), "wz": np.zeros(3, np.int8), "c": _QGEMM_C,
+                "ys": np.array(0.1, np.float32), "yz": np.array(120, np.uint8)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        xq = _fake_quant(x, p["xs"], 128.0, 0, 255)
+        w = torch.from_numpy(_QGEMM_W.astype(np.float64)) * p["ws"].reshape(3, 1)
+        b = torch.from_numpy(_QGEMM_C.astype(np.float64)) * p["xs"] * p["ws"]
+        return _fake_quant(xq @ w.T + b, p["ys"], 120.0, 0, 255)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("xs", "ws", "ys"))
+
+
+def _onnx_dynamic_quant() -> OnnxSpec:
+    """onnxruntime's dynamic quantization of a MatMul: DynamicQuantizeLinear, MatMulInteger by int8
+    weights, Cast, Mul by the product of the data's step and the weights' per-column steps, Add."""
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("DynamicQuantizeLinear", ["h"], ["hq", "hs", "hz"]),
+            _node("MatMulInteger", ["hq", "w2", "hz", "w2z"], ["acc"]),
+            _node("Cast", ["acc"], ["accf"], to=1),
+            _node("Mul", ["hs", "w2s"], ["scale"]),
+            _node("Mul", ["accf", "scale"], ["m"]),
+            _node("Add", ["m", "b"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(91, 5, 6), "w2": _DYN_W, "w2s": np.array([0.01, 0.02, 0.005], np.float32),
+                "w2z": np.zeros(3, np.int8), "b": _rand(92, 3)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = _dynamic_quant(x @ p["w1"])
+        return h @ (torch.from_numpy(_DYN_W.astype(np.float64)) * p["w2s"]) + p["b"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("w2s",))
+
+
 def _cases() -> list[Case]:
     L = OpType
     cases = [
@@ -1085,6 +1240,17 @@ def _cases() -> list[Case]:
         Case(id="onnx_depth_to_space", input_shape=(1, 8, 2, 2), formats=(ONNX,), onnx=_onnx_depth_to_space(),
              ops=frozenset({L.AFFINE, L.RESHAPE, L.TRANSPOSE, L.SLICE, L.CONCAT, L.LINEAR}),
              onnx_ops=frozenset({"DepthToSpace", "SpaceToDepth", "Split"})),
+        Case(id="onnx_qlinear", input_shape=(1, 2, 5, 5), formats=(ONNX,), onnx=_onnx_qlinear(),
+             ops=frozenset({L.QUANTIZE, L.CONV, L.RELU, L.LINEAR}),
+             onnx_ops=frozenset({"QuantizeLinear", "QLinearConv", "QLinearMatMul"})),
+        Case(id="onnx_integer", input_shape=(1, 6), formats=(ONNX,), onnx=_onnx_integer(),
+             ops=frozenset({L.QUANTIZE, L.LINEAR, L.CONV, L.TANH}),
+             onnx_ops=frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "ConvInteger"})),
+        Case(id="onnx_qgemm", input_shape=(2, 4), formats=(ONNX,), onnx=_onnx_qgemm(),
+             ops=frozenset({L.QUANTIZE, L.LINEAR}), onnx_ops=frozenset({"QuantizeLinear", "com.microsoft.QGemm"})),
+        Case(id="onnx_dynamic_quant", input_shape=(1, 5), formats=(ONNX,), onnx=_onnx_dynamic_quant(),
+             ops=frozenset({L.LINEAR, L.DYNAMIC_QUANTIZE}),
+             onnx_ops=frozenset({"DynamicQuantizeLinear", "MatMulInteger"})),
     ]
     return cases
 

@@ -115,7 +115,9 @@ def _build_onnx(case: Case, path: Path, scale: float, dtype: torch.dtype, batch:
         [helper.make_tensor_value_info("y", elem, None)],
         [numpy_helper.from_array(v, k) for k, v in params.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)])
+    domains = sorted({n.domain for n in graph.node} - {"", "ai.onnx"})  # onnxruntime's contrib operators
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", spec.opset)]
+                              + [helper.make_opsetid(d, 1) for d in domains])
     model.ir_version = 10
     onnx.save(model, str(path))
     tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in params.items()
@@ -308,7 +310,11 @@ def unfolded_truth(layer_name: str, loaded: Graph) -> float | None:
 def layer_problems(report, built: Built, seed: int = 0) -> list[str]:
     """Every per-layer figure checked: certified upper >= the layer's true norm, certified lower <= it
     (when it is known exactly), lower <= upper, and certified means finite."""
+    from stabaudit.ir.passes import smooth_part
+
     loaded, graph = loaded_and_folded(built)
+    # a layer's figures are about its smooth part (OpBound.jump: quantization, thresholded Softplus)
+    graph = smooth_part(graph)
     nodes = {n.name: n for n in graph.nodes}
     problems = []
     for layer in report.layers:
@@ -339,8 +345,10 @@ def profile_problems(report, built: Built, seed: int = 0) -> list[str]:
     """The depth profile: each step's certified L bounds the map from the input to that node's
     output (THEORY.md SA103), checked against float64 Jacobian norms of the prefix graph."""
     from stabaudit.ir.executor import Executor
+    from stabaudit.ir.passes import smooth_part
 
     _, graph = loaded_and_folded(built)
+    graph = smooth_part(graph)  # the profile is about the smooth part, as every Lipschitz figure
     by_name = {n.name: n for n in graph.nodes}
     n = int(np.prod(built.input_shape))
     points = sample_points(n, 8, seed)
@@ -360,13 +368,25 @@ def profile_problems(report, built: Built, seed: int = 0) -> list[str]:
     return problems
 
 
+def smooth_flat(built: Built) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The smooth part of the model (every jumping operator replaced by it: a quantization's clip, the
+    identity of a dynamic one) in float64, on flattened inputs: what the figures and witnesses of a
+    model with an additive term are about (the model as executed adds the term)."""
+    from stabaudit.ir.executor import Executor
+    from stabaudit.ir.passes import smooth_part
+    from stabaudit.loaders import load_model
+
+    graph = smooth_part(load_model(built.path, input_shape=built.input_shape).graph)
+    return Executor(graph, dtype=torch.float64).flat()
+
+
 def witness_value(report, built: Built) -> float | None:
     """The report's witness recomputed in float64 with the reference: a pair's quotient, or the
     Jacobian norm at a point."""
     w = report.lipschitz.witness
     if w is None:
         return None
-    f = built.flat()
+    f = smooth_flat(built) if report.lipschitz.additive is not None else built.flat()
     x = torch.tensor(w.x, dtype=torch.float64)
     if w.kind == "jacobian":
         return jacobian_norm(f, x)

@@ -276,7 +276,8 @@ def test_bfloat16_torchscript_model_gets_sound_figures_or_a_refusal(tmp_path: Pa
 
 LOCAL_CASES = (("mlp_relu", TS), ("cnn", ONNX), ("act_tanh", TS), ("act_elu", ONNX), ("residual", TS),
                ("act_leaky_relu_steep", ONNX), ("act_prelu", TS), ("act_sigmoid", ONNX),
-               ("onnx_depth_to_space", ONNX))
+               ("onnx_depth_to_space", ONNX), ("onnx_qlinear", ONNX), ("onnx_integer", ONNX), ("onnx_qgemm", ONNX),
+               ("onnx_dynamic_quant", ONNX))
 
 
 @pytest.mark.parametrize(("case_id", "fmt"), LOCAL_CASES, ids=[f"{c}-{f}" for c, f in LOCAL_CASES])

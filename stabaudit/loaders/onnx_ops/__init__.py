@@ -7,6 +7,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     linear,
     normalization,
     pooling,
+    quantization,
     recurrent,
     reduction,
     resize,

@@ -59,6 +59,8 @@ def binary(node: OnnxNode, ctx: Context) -> None:
     a, b = node.inputs[0], node.inputs[1]
     ca, cb = ctx.const(a), ctx.const(b)
     op = node.op_type
+    if op == "Mul" and _dequantization(node, ctx):
+        return
     if ca is None and cb is None:
         ctx.emit(node, {"Add": O.Add(), "Sub": O.Sub(), "Mul": O.Mul(), "Div": O.Div()}[op], [a, b])
         return
@@ -84,6 +86,22 @@ def binary(node: OnnxNode, ctx: Context) -> None:
                 _affine(node, ctx, var, 1.0 / c, None)
         case _:
             raise Unsupported("Div(constant / variable)")
+    if op == "Mul" and ctx.resolve(var) in ctx.step_products:
+        step, factor = ctx.step_products[ctx.resolve(var)]
+        ctx.step_products[ctx.var(node.outputs[0])] = (step, factor * c)
+
+
+def _dequantization(node: OnnxNode, ctx: Context) -> bool:
+    """An integer product of dynamically quantized values (ctx.rescaled: v / s, s the data's step)
+    times s c (ctx.step_products: the step times a constant, the weight's scale): v c, an Affine
+    map of v; the step cancels. Whether the node was translated so."""
+    a, b = (ctx.resolve(n) for n in node.inputs[:2])
+    for first, second in ((a, b), (b, a)):
+        rescaled, product = ctx.rescaled.get(first), ctx.step_products.get(second)
+        if rescaled is not None and product is not None and rescaled.step == product[0]:
+            _affine(node, ctx, rescaled.var, np.asarray(product[1], dtype=np.float64), None)
+            return True
+    return False
 
 
 @register("Neg")

@@ -119,7 +119,8 @@ def wrap_node(proto: Any, index: int, opset: int) -> OnnxNode:
         attrs={a.name: decode_attribute(a) for a in proto.attribute},
         opset=opset,
         domain=proto.domain,
-        source_op=proto.op_type,
+        # domain-prefixed outside the default domain, as `stabaudit ops` lists it (com.microsoft.QGemm)
+        source_op=proto.op_type if proto.domain in DEFAULT_DOMAINS else f"{proto.domain}.{proto.op_type}",
         proto=proto,
     )
 
@@ -227,6 +228,29 @@ def resolve_window(node: OnnxNode, spatial: Sequence[int], kernel: Sequence[int]
 
 
 # ---- translation state -------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Quantized:
+    """What an integer IR value q stands for: q = clamp(round(x / scale) + zero_point) of a real x, and
+    ``var`` is the IR value of its dequantized scale (q - zero_point). Static quantization: scale
+    and zero_point are constants (per tensor, or per index of ``axis``); dynamic: they are the IR
+    values of the step and zero point computed from the data (DynamicQuantizeLinear)."""
+
+    var: str
+    scale: np.ndarray | str
+    zero_point: np.ndarray | str
+    axis: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rescaled:
+    """An integer IR value that equals ``var`` / ``step``, ``step`` the IR value of a data-dependent
+    quantization step (MatMulInteger or ConvInteger of dynamically quantized values): a product by
+    the step times a constant, the usual dequantization, is ``var`` times that constant."""
+
+    var: str
+    step: str
+
+
 class Context:
     """What the translators read and write while the graph is walked in topological order.
 
@@ -247,6 +271,11 @@ class Context:
         self._names: set[str] = set()
         self.stored: set[str] = set(constants)  # initializers and Constant outputs, as the file stores them
         self.recorder = BindingRecorder()  # the training parameters and the IR arrays bound to them
+        # quantization (onnx_ops.quantization), keyed by IR value: the integer values and what they
+        # stand for, values divided by a data-dependent step, and (step, constant) products
+        self.quantized: dict[str, Quantized] = {}
+        self.rescaled: dict[str, Rescaled] = {}
+        self.step_products: dict[str, tuple[str, np.ndarray]] = {}
 
     # reading
     def resolve(self, name: str) -> str:
@@ -395,7 +424,7 @@ def fits(constant: np.ndarray, shape: Sequence[int]) -> bool:
 
 
 __all__ = [
-    "Context", "OnnxNode", "TRANSLATORS", "Translator", "Unsupported", "Window",
+    "Context", "OnnxNode", "Quantized", "Rescaled", "TRANSLATORS", "Translator", "Unsupported", "Window",
     "broadcast_var", "fits", "flatten_target", "int_list", "normalize_axis", "register", "reshape_target",
     "resolve_window", "squeeze_target", "unsqueeze_target", "wrap_node",
 ]

@@ -276,3 +276,29 @@ def _constant_of_shape(node: OnnxNode, values: Values) -> list[np.ndarray]:
 def _range(node: OnnxNode, values: Values) -> list[np.ndarray]:
     start, limit, delta = (np.asarray(v).reshape(()) for v in values[:3])
     return [np.arange(start.item(), limit.item(), delta.item()).astype(start.dtype)]
+
+
+def _quantization_axis(node: OnnxNode, data: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
+    """The shape that broadcasts a per-tensor (one number) or per-axis (1-D) scale over ``data``."""
+    if int(node.attr("block_size", 0) or 0):
+        raise Unsupported(f"{node.op_type}(blocked quantization)")
+    if scale.size == 1:
+        return ()
+    axis = normalize_axis(int(node.attr("axis", 1)), data.ndim)
+    return tuple(scale.size if i == axis else 1 for i in range(data.ndim))
+
+
+@_register("DequantizeLinear")
+def _dequantize_linear(node: OnnxNode, values: Values) -> list[np.ndarray]:
+    """(x - zero_point) scale in the scale's type, per tensor or per axis: computed in float64 (exact:
+    an integer of at most 32 bits times a float32 step) and rounded once to the scale's type, which
+    is the correctly rounded product a float32 runtime computes (opsets before 19 have no reference
+    implementation in onnx.reference)."""
+    data, scale = _first(values), values[1]
+    assert scale is not None
+    if data.dtype.kind not in "iu":  # 4-bit, 2-bit and float8 types: the reference evaluator (opset 21+)
+        return _reference(node, values)
+    shape = _quantization_axis(node, data, scale)
+    zero = values[2] if len(values) > 2 and values[2] is not None else np.zeros((), data.dtype)
+    q = data.astype(np.float64) - np.asarray(zero, dtype=np.float64).reshape(shape or ())
+    return [(q * np.asarray(scale, dtype=np.float64).reshape(shape or ())).astype(scale.dtype)]
