@@ -63,7 +63,9 @@ def cases() -> list[Case]:
         Case("oww_melspectrogram, audio in [-1, 1]", WILD / "oww_melspectrogram.onnx",
              ["--domain", "-1,1", "--input-shape", "1,16000"]),
         Case("oww_hey_mycroft (LSTM), features in [-10, 10]", WILD / "oww_hey_mycroft.onnx", ["--domain", "-10,10"]),
-        Case("imgfocus ViT-S, pixels in [0, 1]", WILD / "imgfocus_vit_s.onnx", ["--domain", "0,1"]),
+        # one seeded image as the sample (a box domain alone draws 64 samples for SA301-SA401)
+        Case("imgfocus ViT-S, pixels in [0, 1]", WILD / "imgfocus_vit_s.onnx", ["--domain", "0,1"],
+             points=(1, (1, 3, 224, 224), 0.0, 1.0)),
         Case("MiniLM int8, embeddings +-0.05", WILD / "minilm_l6_int8.onnx",
              ["--domain", "margin:0.05", "--input-shape", "input_ids=1,16"]),
     ]
