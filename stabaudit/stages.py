@@ -42,10 +42,11 @@ bound) are about the stored weights; those on ``graph`` about the report's layer
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
     from stabaudit.analyses.lower import LowerResult
     from stabaudit.analyses.residual import WholeBlock
     from stabaudit.analyses.samples import SampleEvidence
-    from stabaudit.analyses.training import TrainingResult
+    from stabaudit.analyses.training import TrainingResult, TrainingSpec
     from stabaudit.bounds.base import Interval, OpBound
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.checks.residual import ResidualEvidence
@@ -321,6 +322,25 @@ def _training_evidence(graph: Graph, request: AuditRequest, parameterisation: Pa
                              parameterisation=parameterisation)
 
 
+def _module_jobs(request: AuditRequest) -> dict[str, Callable[[LoadedModel], Any]]:
+    """Work that needs the source module itself, run where the loader holds it (a TorchScript
+    module stays in its isolated loading process, loaders.ts_child): the training channel's
+    Hessian over the module's own parameters."""
+    if request.training is None:
+        return {}
+    return {"training": functools.partial(_module_training, request.training, request.seed, request.device)}
+
+
+def _module_training(spec: TrainingSpec, seed: int, device: str, loaded: LoadedModel) -> TrainingResult:
+    """``_training_evidence`` on the loaded model, its graph's branch switches smoothed as the
+    ``jumps`` stage does before the training stage."""
+    from stabaudit.analyses.training import training_dynamics
+    from stabaudit.ir.passes import smooth_part
+
+    return training_dynamics(smooth_part(loaded.graph), spec, seed=seed, device=device,
+                             parameterisation=loaded.parameterisation)
+
+
 def _training_report(result: TrainingResult | None) -> TrainingReport | None:
     """The report's `training` section, None without a spec."""
     from stabaudit.checks.training import training_report
@@ -361,7 +381,8 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
     check_model_memory(request.path, memory_budget)
     loaded = load_model(
         request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
-        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb,
+        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb, seed=request.seed,
+        module_jobs=_module_jobs(request), cuda=request.device == "cuda",
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))
@@ -520,7 +541,9 @@ def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
 def training(request: AuditRequest, ev: AnalysisState) -> None:
     """The update channel (SA501-SA503): on the graph as loaded, the parameters as stored."""
     loaded = ev.loaded
-    ev.training = _training_evidence(loaded.graph, request, loaded.parameterisation)
+    ev.training = loaded.module_results.get("training")  # computed where the module was loaded
+    if ev.training is None:
+        ev.training = _training_evidence(loaded.graph, request, loaded.parameterisation)
 
 
 def residual(request: AuditRequest, ev: AnalysisState) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from stabaudit.loaders.base import LoadedModel
+from stabaudit.loaders.base import EQUIVALENCE_SAMPLES, LoadedModel, seeded_feeds
 
 RTOL = 1e-4  # relative to the output scale max|reference|
 ATOL = 1e-6
@@ -68,16 +68,6 @@ def tolerance_rule(precision: str) -> tuple[float, float]:
     return HALF_RTOL.get(precision, RTOL), ATOL
 
 
-def _rounded(x: np.ndarray, precision: str) -> np.ndarray:
-    """``x`` rounded to the reference's input precision, as float32 (exact): both runtimes then
-    read the same input, and only the rounding inside the model is compared."""
-    import torch
-
-    if precision not in HALF_RTOL:
-        return x
-    return torch.from_numpy(x).to(getattr(torch, precision)).to(torch.float32).numpy()
-
-
 def _step(node: Any, env: Mapping[str, Any]) -> Any:
     """One rounding step of a quantization node's output, entry by entry (a broadcastable tensor), or
     None for any other node; ``env`` holds the node's input value (a dynamic step is the data's)."""
@@ -129,7 +119,7 @@ def _nan_to_inf(t: Any) -> Any:
     return torch.nan_to_num(t, nan=math.inf)
 
 
-def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> EquivalenceResult:
+def check_equivalence(model: LoadedModel, *, seed: int, samples: int = EQUIVALENCE_SAMPLES) -> EquivalenceResult:
     """Run both on ``samples`` seeded standard-normal float32 inputs (rounded to the model's
     precision when it runs in float16 or bfloat16); compare every output."""
     import torch
@@ -149,8 +139,7 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = 4) -> Equ
         if model.reference_at is not None:  # the graph starts inside the model: its start tensors' values
             feeds, expected = model.reference_at(rng)  # are the reference's at the held inputs
         else:
-            feeds = {s.name: _rounded(rng.standard_normal(s.shape).astype(np.float32), precision)
-                     for s in graph.inputs}
+            feeds = seeded_feeds(graph.inputs, precision, rng)
             expected = model.reference(feeds)
         with torch.no_grad():
             if quantized:

@@ -193,6 +193,11 @@ def _module_parameters(graph: Graph, mp: ModuleParameters, patterns: tuple[str, 
     forward is the module as executed, one sample at a time (a module may mix or fix the batch)."""
     import torch
 
+    if mp.module is None:  # an isolated TorchScript load: the Hessian runs in its process (engine._module_jobs)
+        from stabaudit.errors import InternalError
+
+        raise InternalError("the TorchScript module lives in its isolated loading process: pass the training "
+                            "channel to load_model as a module job")
     chosen = _selected(mp.parameters, patterns)
     wanted = {p.name for p in chosen}
     named = dict(mp.module.named_parameters())

@@ -43,6 +43,16 @@ class Graph:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shapes", MappingProxyType(dict(self.shapes)))
 
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable (a TorchScript graph crosses from its isolated loading process): the
+        read-only view of ``shapes`` travels as a dict."""
+        return {**self.__dict__, "shapes": dict(self.shapes)}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 

@@ -72,7 +72,7 @@ class ModuleParameters:
     """A module's own parameters (TorchScript): differentiated through the module as executed, so
     BatchNorm's gamma and beta are parameters and nothing is folded; buffers and constants are not."""
 
-    module: Any  # torch.jit.ScriptModule
+    module: Any  # torch.jit.ScriptModule; None outside the isolated process that loaded it (loaders.ts_child)
     parameters: tuple[SourceParameter, ...]
     notes: tuple[str, ...] = ()
     source: str = "TorchScript module parameters"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from stabaudit.loaders.base import LoadedModel, ModelFormat
 from stabaudit.loaders.detect import detect_format
@@ -12,19 +13,26 @@ from stabaudit.loaders.detect import detect_format
 def load_model(
     path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
-    perturb: tuple[str, ...] = (),
+    perturb: tuple[str, ...] = (), seed: int = 0,
+    module_jobs: Mapping[str, Callable[[LoadedModel], Any]] | None = None,
 ) -> LoadedModel:
     """Load ``path`` into the IR with its reference runtime; ``input_shape`` fixes the first
     input's dynamic dims; ``trust_torchscript`` skips the static gate of TorchScript code
-    (loaders.ts_gate). Every failure is a ModelLoadError carrying ``path``."""
+    (loaders.ts_gate). Every failure is a ModelLoadError carrying ``path``.
+
+    A TorchScript archive is loaded in a child process (loaders.ts_child: memory cap, deadline,
+    no shared stdout, a working directory of its own): its reference then answers the ``seed``ed
+    inputs of the equivalence check (analyses.equivalence) only, and ``module_jobs`` (picklable
+    functions of the loaded model that need the module itself) run there, their results in
+    ``LoadedModel.module_results``. For ONNX, ``module_jobs`` are not run."""
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
-        from stabaudit.loaders.torchscript import load_torchscript
+        from stabaudit.loaders.ts_child import load_isolated
 
         if input_shapes or start is not None or perturb:
             from stabaudit.errors import ModelLoadError
 
             raise ModelLoadError("--input-shape NAME=..., --from and --perturb apply to ONNX models only", path=str(path))
-        return load_torchscript(path, input_shape=input_shape, trust_code=trust_torchscript)
+        return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs)
     from stabaudit.loaders.onnx import load_onnx
 
     return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
-from stabaudit.ir.graph import Graph
+from stabaudit.ir.graph import Graph, TensorSpec
 from stabaudit.ir.parameters import Parameterisation
 
 
@@ -43,6 +44,31 @@ class LoadedModel:
     # with start tensors: (rng) -> (feeds of the graph's inputs, the reference's outputs), the start
     # tensors' feeds being the reference's values at the held inputs
     reference_at: Callable[[np.random.Generator], tuple[dict[str, np.ndarray], list[np.ndarray]]] | None = None
+    # what the callers' ``module_jobs`` computed on the source module where it was loaded (a
+    # TorchScript module lives in its isolated loading process only; see loaders.ts_child): job -> result
+    module_results: Mapping[str, Any] = field(default_factory=dict)
+
+
+# SA902 compares the engine against the reference on this many seeded inputs (analyses.equivalence)
+EQUIVALENCE_SAMPLES = 4
+HALF_PRECISIONS = ("float16", "bfloat16")
+
+
+def rounded_to(x: np.ndarray, precision: str) -> np.ndarray:
+    """``x`` rounded to the reference's input precision, as float32 (exact): both runtimes then
+    read the same input, and only the rounding inside the model is compared."""
+    if precision not in HALF_PRECISIONS:
+        return x
+    import torch
+
+    return torch.from_numpy(x).to(getattr(torch, precision)).to(torch.float32).numpy()
+
+
+def seeded_feeds(inputs: Sequence[TensorSpec], precision: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One equivalence sample: standard-normal float32 inputs drawn from ``rng`` (rounded to
+    ``precision`` when the reference runs in half precision). The isolated TorchScript loader
+    draws the same samples to record its reference's outputs, so both sides must use this."""
+    return {s.name: rounded_to(rng.standard_normal(s.shape).astype(np.float32), precision) for s in inputs}
 
 
 # A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:

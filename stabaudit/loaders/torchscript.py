@@ -51,18 +51,21 @@ def supported_operators() -> list[str]:
 
 
 def load_torchscript(
-    path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False
+    path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False,
+    where: str | None = None,
 ) -> LoadedModel:
     """Load a torch.jit.save archive and translate ``forward`` at a static input shape.
 
     The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file.
     Before torch.jit.load compiles or unpickles anything, the static gate (ts_gate) reads the
     archive's code and pickles and refuses calls outside its allowlist; ``trust_code`` skips it
-    for an archive the user vouches for (--trust-torchscript).
+    for an archive the user vouches for (--trust-torchscript). ``where`` names the file in errors
+    (default: ``path``). This runs the archive's code in the calling process: loaders.load_model
+    runs it in an isolated child process (loaders.ts_child).
     """
     import torch
 
-    where = str(path)
+    where = str(path) if where is None else where
     file = Path(path)
     if not file.is_file():
         raise ModelLoadError("file not found", path=where)

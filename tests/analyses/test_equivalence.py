@@ -12,7 +12,6 @@ from stabaudit.analyses.equivalence import (
     ATOL,
     HALF_RTOL,
     RTOL,
-    _rounded,
     check_equivalence,
     tolerance_rule,
 )
@@ -20,6 +19,7 @@ from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
 from stabaudit.loaders.base import LoadedModel, ModelFormat
+from stabaudit.loaders.base import rounded_to as _rounded
 
 W = np.random.default_rng(0).standard_normal((6, 8))
 
