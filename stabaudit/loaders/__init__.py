@@ -14,7 +14,7 @@ def load_model(
     path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
     perturb: tuple[str, ...] = (), seed: int = 0,
-    module_jobs: Mapping[str, Callable[[LoadedModel], Any]] | None = None,
+    module_jobs: Mapping[str, Callable[[LoadedModel], Any]] | None = None, cuda: bool = False,
 ) -> LoadedModel:
     """Load ``path`` into the IR with its reference runtime; ``input_shape`` fixes the first
     input's dynamic dims; ``trust_torchscript`` skips the static gate of TorchScript code
@@ -24,7 +24,7 @@ def load_model(
     no shared stdout, a working directory of its own): its reference then answers the ``seed``ed
     inputs of the equivalence check (analyses.equivalence) only, and ``module_jobs`` (picklable
     functions of the loaded model that need the module itself) run there, their results in
-    ``LoadedModel.module_results``. For ONNX, ``module_jobs`` are not run."""
+    ``LoadedModel.module_results`` (``cuda``: they run on CUDA). For ONNX, ``module_jobs`` are not run."""
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.ts_child import load_isolated
 
@@ -32,7 +32,8 @@ def load_model(
             from stabaudit.errors import ModelLoadError
 
             raise ModelLoadError("--input-shape NAME=..., --from and --perturb apply to ONNX models only", path=str(path))
-        return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs)
+        return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs,
+                             cuda=cuda)
     from stabaudit.loaders.onnx import load_onnx
 
     return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb)

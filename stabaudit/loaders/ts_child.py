@@ -67,6 +67,7 @@ class LoadRequest:
     seed: int
     samples: int
     memory_limit: int | None  # bytes above the child's address space once its imports are done
+    cuda: bool = False  # the jobs use CUDA: its context is created before the cap (it maps far more than it uses)
     jobs: Mapping[str, ModuleJob] = field(default_factory=dict)
 
 
@@ -97,16 +98,18 @@ class RecordedReference:
 def load_isolated(
     path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False,
     seed: int = 0, samples: int = EQUIVALENCE_SAMPLES, jobs: Mapping[str, ModuleJob] | None = None,
+    cuda: bool = False,
 ) -> LoadedModel:
     """loaders.torchscript.load_torchscript in a child process (see the module docstring), under
-    the active memory budget and deadline (limits.use_limits, limits.run_with_timeout)."""
+    the active memory budget and deadline (limits.use_limits, limits.run_with_timeout); ``cuda``:
+    the ``jobs`` run on CUDA."""
     from stabaudit.limits import AuditTimeoutError, active_memory_budget, current_deadline
 
     where = str(path)
     deadline = current_deadline()
     budget = active_memory_budget()
     request = LoadRequest(path=where, file=os.path.abspath(where), input_shape=input_shape, trust_code=trust_code, seed=seed,
-                          samples=samples, memory_limit=budget, jobs=dict(jobs or {}))
+                          samples=samples, memory_limit=budget, jobs=dict(jobs or {}), cuda=cuda)
     root = str(Path(__file__).resolve().parents[2])  # the directory holding this stabaudit package
     with tempfile.TemporaryDirectory(prefix="stabaudit-ts-", ignore_cleanup_errors=True) as tmp:
         work, request_file, result_file = Path(tmp, "cwd"), Path(tmp, "request.pkl"), Path(tmp, "result.pkl")
@@ -156,8 +159,8 @@ def _outcome(code: int, result_file: Path, where: str, budget: int) -> LoadedMod
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = (f" (the memory limit of {format_size(budget)} may have been hit: --max-memory)"
-                if -code in (signal.SIGKILL, signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS) else "")
+        fatal = {getattr(signal, n, None) for n in ("SIGKILL", "SIGABRT", "SIGSEGV", "SIGBUS")}
+        hint = f" (the memory limit of {format_size(budget)} may have been hit: --max-memory)" if -code in fatal else ""
         raise ModelLoadError(f"the process loading the TorchScript archive was killed by {name}{hint}", path=where)
     try:
         data = result_file.read_bytes()
@@ -276,13 +279,15 @@ def _die_with_parent(parent: int) -> None:
 def _run(request: LoadRequest) -> tuple[Any, ...]:
     """Load, record the reference, run the jobs: ("ok", LoadedModel) or ("error", class, message, fields)."""
     try:
-        import torch  # noqa: F401  (imported before the memory cap: its libraries are mapped once)
+        import torch  # imported before the memory cap: its libraries are mapped once
 
         from stabaudit.ir.parameters import ModuleParameters
         from stabaudit.limits import one_thread
         from stabaudit.loaders.torchscript import load_torchscript
 
         with one_thread():  # the same bits as an in-process load under engine.audit
+            if request.cuda and torch.cuda.is_available():
+                torch.cuda.init()
             _cap_memory(request.memory_limit)
             loaded = load_torchscript(request.file, input_shape=request.input_shape, trust_code=request.trust_code,
                                       where=request.path)
@@ -310,6 +315,8 @@ def _cap_memory(limit: int | None) -> None:
         for line in status:
             if line.startswith("VmSize:"):
                 mapped = int(line.split()[1]) * 1024
+    if mapped <= 0:  # no procfs: what is mapped is unknown, and a cap of the budget alone could
+        return  # refuse the model's first tensor (the parent's budget checks remain)
     cap = mapped + limit
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:

@@ -57,12 +57,20 @@ def check_error(exc: StabauditError) -> None:
 
 def load_cleanly(path: Path, *, input_shape: tuple[int, ...] | None = None) -> StabauditError | None:
     """Load ``path`` (and run its reference once when it loads); None when it loaded, else the
-    refusal. Any other exception propagates: that is a crasher."""
-    from stabaudit.loaders import load_model
+    refusal. Any other exception propagates: that is a crasher.
+
+    A TorchScript archive is loaded in this process (load_torchscript, what load_model runs in its
+    isolated child, loaders.ts_child): a child per case would cost an interpreter start and a
+    torch import each; the cases through the CLI cover the isolated path."""
+    from stabaudit.loaders import ModelFormat, detect_format, load_model
+    from stabaudit.loaders.torchscript import load_torchscript
 
     with time_limit():
         try:
-            loaded = load_model(path, input_shape=input_shape)
+            if detect_format(path) is ModelFormat.TORCHSCRIPT:
+                loaded = load_torchscript(path, input_shape=input_shape)
+            else:
+                loaded = load_model(path, input_shape=input_shape)
             loaded.reference({s.name: np.zeros(s.shape, np.float32) for s in loaded.graph.inputs})
         except StabauditError as exc:
             check_error(exc)

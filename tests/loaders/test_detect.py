@@ -49,16 +49,17 @@ def test_torchscript_archives_are_detected(tmp_path: Path) -> None:
 
 
 def test_load_model_dispatches_torchscript(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[object, object, object]] = []
-    fake = types.ModuleType("stabaudit.loaders.torchscript")
-    fake.load_torchscript = (  # type: ignore[attr-defined]
-        lambda path, *, input_shape=None, trust_code=False: calls.append((path, input_shape, trust_code))
+    calls: list[tuple[object, object, object, object]] = []
+    fake = types.ModuleType("stabaudit.loaders.ts_child")  # the isolated load (loaders.ts_child)
+    fake.load_isolated = (  # type: ignore[attr-defined]
+        lambda path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False:
+        calls.append((path, input_shape, trust_code, seed))
     )
-    monkeypatch.setitem(__import__("sys").modules, "stabaudit.loaders.torchscript", fake)
+    monkeypatch.setitem(__import__("sys").modules, "stabaudit.loaders.ts_child", fake)
     path = _zip(tmp_path / "m.pt", ["m/code/__torch__.py", "m/constants.pkl"])
     load_model(path, input_shape=(1, 3))
-    load_model(path, input_shape=(1, 3), trust_torchscript=True)
-    assert calls == [(path, (1, 3), False), (path, (1, 3), True)]
+    load_model(path, input_shape=(1, 3), trust_torchscript=True, seed=5)
+    assert calls == [(path, (1, 3), False, 0), (path, (1, 3), True, 5)]
 
 
 @pytest.mark.parametrize("protocol_zip", [True, False])
