@@ -372,7 +372,9 @@ def check_device(request: AuditRequest, ev: AnalysisState) -> None:
 
 def load(request: AuditRequest, ev: AnalysisState) -> None:
     """The model within the memory budget: ``loaded`` as loaded, ``graph`` with the report's
-    layers (affine maps folded, adjacent linear maps merged: one operator each)."""
+    layers (affine maps folded, adjacent linear maps merged: one operator each). A TorchScript
+    archive loads in a child process of its own (loaders.ts_child); the training channel's Hessian
+    over its module's parameters is computed there (``_module_jobs``) and read by ``training``."""
     from stabaudit.ir.passes import fold_affine, merge_linear_maps
     from stabaudit.limits import check_analysis_memory, check_model_memory
     from stabaudit.loaders import load_model
