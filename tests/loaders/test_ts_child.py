@@ -283,3 +283,23 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+@pytest.mark.parametrize("name", ["cnn.pt", "resnet.pt"])
+def test_the_report_is_the_in_process_loads_byte_for_byte(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole JSON report of an isolated load equals the one of an in-process load (the
+    recorded reference answers SA902 with the very outputs the module gives in process)."""
+    from stabaudit.engine import AuditRequest, audit
+    from stabaudit.renderers import RENDERERS, OutputFormat
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    request = AuditRequest(path=SAMPLES / name, seed=3, lower_budget_s=0.3, budget_s=0.3)
+    isolated = RENDERERS.get(OutputFormat.JSON)(audit(request))
+
+    def in_process(path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False):  # type: ignore[no-untyped-def]
+        return load_torchscript(path, input_shape=input_shape, trust_code=trust_code)
+
+    monkeypatch.setattr(ts_child, "load_isolated", in_process)
+    direct = RENDERERS.get(OutputFormat.JSON)(audit(request))
+    assert isolated == direct
+    assert '"reference": "torchscript"' in isolated
