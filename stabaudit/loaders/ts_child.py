@@ -30,7 +30,6 @@ cross as their stabaudit.errors class, message and fields, so they keep their ex
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import signal
@@ -53,7 +52,10 @@ _PR_SET_PDEATHSIG = 1
 _KILL_WAIT_S = 5.0
 # What a failed allocation says on its way up (torch's CPU allocator, the C++ runtime, Python)
 _NO_MEMORY = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory")
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from stabaudit.loaders.ts_child import main; main(sys.argv[2:])"
+# The child's sys.path: this stabaudit first, and not its working directory (files the archive's
+# code writes there must not become modules that a later import runs)
+_BOOT = ("import sys; sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p not in ('', '.')]; "
+         "from stabaudit.loaders.ts_child import main; main(sys.argv[2:])")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,13 +165,14 @@ def _outcome(code: int, result_file: Path, where: str, budget: int) -> LoadedMod
         hint = f" (the memory limit of {format_size(budget)} may have been hit: --max-memory)" if -code in fatal else ""
         raise ModelLoadError(f"the process loading the TorchScript archive was killed by {name}{hint}", path=where)
     try:
-        data = result_file.read_bytes()
+        handle = result_file.open("rb")
     except OSError:
         raise ModelLoadError(
             f"the process loading the TorchScript archive exited with status {code} without a result", path=where
         ) from None
     try:
-        outcome = _DataUnpickler(io.BytesIO(data)).load()
+        with handle:
+            outcome = _DataUnpickler(handle).load()
     except Exception as exc:
         raise ModelLoadError(
             f"the process loading the TorchScript archive sent back an unreadable result ({exc})", path=where
@@ -242,13 +245,14 @@ def main(argv: list[str]) -> None:
     with open(request_file, "rb") as handle:
         request: LoadRequest = pickle.load(handle)
     outcome = _run(request)
-    try:
-        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # something of the result does not pickle: a bug, said as one
-        data = pickle.dumps(("error", "InternalError", f"the loaded model cannot be sent back ({exc})", {}))
     tmp = result_file + ".part"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
+    try:
+        with open(tmp, "wb") as handle:  # streamed: no second copy of the weights in memory
+            pickle.dump(outcome, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # out of memory on the way out, or something that does not pickle (a bug)
+        with open(tmp, "wb") as handle:
+            pickle.dump(_error(exc, request) if _out_of_memory(exc) else
+                        ("error", InternalError.__name__, f"the loaded model cannot be sent back ({exc})", {}), handle)
     os.replace(tmp, result_file)
     sys.stdout.flush()
     os._exit(0)  # no interpreter teardown: the archive's objects are not finalised on the way out
