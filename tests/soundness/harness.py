@@ -15,7 +15,7 @@ import torch
 
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
-from tests.soundness.cases import ONNX, Case
+from tests.soundness.cases import ONNX, TS, Case
 
 # Relative slack for float64 reference arithmetic (a Jacobian or an SVD in float64 is off by a few
 # ulps times the dimension, far below this); a certified figure beyond it is wrong, not rounded.
@@ -275,11 +275,17 @@ def audit(built: Built, **options: object):  # -> Report
 
 def loaded_and_folded(built: Built) -> tuple[Graph, Graph]:
     """The graph as loaded, and the one whose nodes are the report's layers (as engine.analyse
-    builds it: affine maps folded, adjacent linear maps merged)."""
+    builds it: affine maps folded, adjacent linear maps merged). A TorchScript file loads in this
+    process: the same graph as load_model's isolated load (tests/loaders/test_ts_child.py), without
+    a second child process per case."""
     from stabaudit.ir.passes import fold_affine, merge_linear_maps
     from stabaudit.loaders import load_model
+    from stabaudit.loaders.torchscript import load_torchscript
 
-    loaded = load_model(built.path, input_shape=built.input_shape).graph
+    if built.fmt == TS:
+        loaded = load_torchscript(built.path, input_shape=built.input_shape).graph
+    else:
+        loaded = load_model(built.path, input_shape=built.input_shape).graph
     return loaded, merge_linear_maps(fold_affine(loaded))
 
 
