@@ -90,6 +90,7 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.TILE,
         O.OpType.ABS,
         O.OpType.QUANTIZE,  # its smooth part, the clip, is what the search evaluates
+        O.OpType.WHERE,
     }
 )
 
@@ -417,6 +418,23 @@ class ForwardErrorModel:
             case O.Abs():
                 # exact in floating point, and ||a| - |b|| <= |a - b|
                 return lambda xs, es, y: es[0]
+            case O.Where() if not op.switch:
+                # a selection, exact: each output entry is an entry of a branch (a constant branch has
+                # no error), chosen by the computed condition; a tested input's error could flip a
+                # NaN/Inf test only from a non-finite value, where the error is already infinite
+                zero = np.zeros(())
+                select = self._single(node, dataclasses.replace(
+                    op, when_true=None if op.when_true is None else zero,
+                    when_false=None if op.when_false is None else zero), in_shapes)
+                k = op.tested
+
+                def where(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                    if any(not bool(torch.isfinite(e).all()) for e in es[:k]):
+                        return torch.full_like(y, math.inf)
+                    moved = select(*xs[:k], *es[k:]).abs()
+                    return moved.expand(y.shape)
+
+                return where
             case O.Erf():
                 return smooth(1.1284)
             case O.Mul():

@@ -674,6 +674,8 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
     ctx = walk.ctx
     ir_outputs = []
     for name in outputs:
+        if name in ctx.conditions:
+            raise UnsupportedOperatorError({"bool output computed from variables": 1})
         if ctx.is_const(name):
             if cut.held:
                 raise ModelLoadError(
@@ -834,6 +836,8 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                 if node.op_type not in ("Shape", "Size") and any(n in tainted for n in node.present_inputs):
                     tainted.update(n for n in node.outputs if n)
                 folded[node.op_type] += 1
+            elif node.op_type not in _READS_CONDITIONS and any(n in ctx.conditions for n in node.present_inputs):
+                raise Unsupported(f"{node.op_type}(of a bool condition computed from variables)")
             elif node.key in TRANSLATORS:
                 start = len(ctx.nodes)
                 TRANSLATORS.get(node.key)(node, ctx)
@@ -852,6 +856,9 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
             raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
     return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
                  constant_nodes=constant_nodes, folded=folded, starts=starts)
+
+
+_READS_CONDITIONS = frozenset({"Where", "Not"})  # the translators that take a Context.conditions entry
 
 
 def _live(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:

@@ -49,6 +49,7 @@ class Case:
     script: bool = False  # torch.jit.script instead of trace
     residual: bool = False  # the whole model is one residual block x + f(x)
     formats: tuple[str, ...] = (ONNX, TS)
+    switch: bool = False  # a data-dependent branch switch: no finite global bound, the report says why
     onnx_ops: frozenset[str] = field(default_factory=frozenset)
     ts_ops: frozenset[str] = field(default_factory=frozenset)
 
@@ -867,6 +868,94 @@ def _onnx_selection() -> OnnxSpec:
                     constants=("sp", "idx", "one", "ax", "shape3", "to", "reps", "flat"))
 
 
+def _onnx_where() -> OnnxSpec:
+    """Where with conditions fixed on finite inputs: softmax NaNs replaced by 0 (IsNaN), Not(IsInf),
+    a constant mask over two variables, one of them broadcast (copies), and a mask from a comparison
+    and an And of constants (folded)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("Reshape", ["h", "shape"], ["h2"]),  # [1, 2, 3]
+            _node("Softmax", ["h2"], ["s"], axis=-1),
+            _node("IsNaN", ["s"], ["n"]),
+            _node("Where", ["n", "zero", "s"], ["s1"]),
+            _node("IsInf", ["h2"], ["inf"]),
+            _node("Not", ["inf"], ["fin"]),
+            _node("Where", ["fin", "h2", "big"], ["h3"]),
+            _node("Where", ["mask", "s1", "h3"], ["m"]),
+            _node("Slice", ["h3", "start", "end", "axis"], ["col"]),  # [1, 2, 1]
+            _node("Greater", ["ta", "tb"], ["gt"]),  # constants: folded
+            _node("And", ["gt", "mask"], ["both"]),
+            _node("Where", ["both", "m", "col"], ["w"]),  # col copied over 3 columns
+            _node("Reshape", ["w", "flat"], ["f"]),
+            _node("MatMul", ["f", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(71, 3, 6, scale=2.0), "shape": np.array([1, 2, 3], np.int64),
+                "zero": np.array(0.0, np.float32), "big": np.array(1e4, np.float32),
+                "mask": np.array([[True, False, True], [False, False, True]]),
+                "start": np.array([1], np.int64), "end": np.array([2], np.int64), "axis": np.array([2], np.int64),
+                "ta": np.array([[1.0], [0.0]], np.float32), "tb": np.array([0.5], np.float32),
+                "flat": np.array([1, 6], np.int64), "w2": _rand(72, 6, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h2 = (x @ p["w1"]).reshape(1, 2, 3)
+        s = torch.softmax(h2, dim=-1)
+        s1 = torch.where(torch.isnan(s), torch.zeros(()).double(), s)
+        h3 = torch.where(~torch.isinf(h2), h2, torch.full((), 1e4).double())
+        mask = torch.tensor([[True, False, True], [False, False, True]])
+        m = torch.where(mask, s1, h3)
+        both = torch.tensor([[True], [False]]) & mask
+        w = torch.where(both, m, h3[:, :, 1:2])
+        return w.reshape(1, 6) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13,
+                    constants=("shape", "zero", "big", "mask", "start", "end", "axis", "ta", "tb", "flat"))
+
+
+def _onnx_where_switch() -> OnnxSpec:
+    """Where on comparisons of activations (Greater, GreaterOrEqual, Less, LessOrEqual, Equal, Not):
+    data-dependent branch switches, which load and run but have no finite bound."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 4]
+            _node("MatMul", ["x", "w2"], ["g"]),  # [1, 4]
+            _node("Greater", ["h", "zero"], ["c1"]),
+            _node("Mul", ["h", "slope"], ["hs"]),
+            _node("Where", ["c1", "h", "hs"], ["a"]),  # a leaky ReLU written as a switch
+            _node("GreaterOrEqual", ["h", "g"], ["c2"]),
+            _node("Where", ["c2", "a", "g"], ["b"]),
+            _node("Less", ["one", "b"], ["c3"]),  # 1 < b: b > 1
+            _node("Not", ["c3"], ["c4"]),
+            _node("Where", ["c4", "b", "one"], ["c"]),  # min(b, 1)
+            _node("LessOrEqual", ["c", "g"], ["c5"]),
+            _node("Where", ["c5", "c", "zero"], ["d"]),
+            _node("Equal", ["d", "zero"], ["c6"]),
+            _node("Where", ["c6", "g", "d"], ["e"]),
+            _node("MatMul", ["e", "w3"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(73, 3, 4, scale=2.0), "w2": _rand(74, 3, 4), "w3": _rand(75, 4, 2),
+                "zero": np.array(0.0, np.float32), "slope": np.array(0.1, np.float32),
+                "one": np.array(1.0, np.float32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h, g = x @ p["w1"], x @ p["w2"]
+        zero, one = torch.zeros(()).double(), torch.ones(()).double()
+        a = torch.where(h > 0, h, h * p["slope"])
+        b = torch.where(a >= g, a, g)
+        c = torch.where(~(one < b), b, one)
+        d = torch.where(c <= g, c, zero)
+        e = torch.where(d == 0, g, d)
+        return e @ p["w3"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13, constants=("zero", "one"))
+
+
 def _onnx_depth_to_space() -> OnnxSpec:
     """DepthToSpace (DCR and CRD), SpaceToDepth, and Split into num_outputs parts (opset 18)."""
 
@@ -1237,6 +1326,12 @@ def _cases() -> list[Case]:
         Case(id="onnx_selection", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_selection(),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.RESHAPE, L.ABS, L.PAD, L.CONCAT, L.AFFINE, L.TILE}),
              onnx_ops=frozenset({"Split", "Gather", "Abs", "Concat", "Expand", "Tile"})),
+        Case(id="onnx_where", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_where(),
+             ops=frozenset({L.LINEAR, L.RESHAPE, L.SOFTMAX, L.WHERE, L.SLICE}),
+             onnx_ops=frozenset({"Where", "IsNaN", "IsInf", "Not", "Greater", "And"})),
+        Case(id="onnx_where_switch", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_where_switch(), switch=True,
+             ops=frozenset({L.LINEAR, L.WHERE, L.AFFINE}),
+             onnx_ops=frozenset({"Where", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Not"})),
         Case(id="onnx_depth_to_space", input_shape=(1, 8, 2, 2), formats=(ONNX,), onnx=_onnx_depth_to_space(),
              ops=frozenset({L.AFFINE, L.RESHAPE, L.TRANSPOSE, L.SLICE, L.CONCAT, L.LINEAR}),
              onnx_ops=frozenset({"DepthToSpace", "SpaceToDepth", "Split"})),
