@@ -43,6 +43,11 @@ class LoadedModel:
     # with start tensors: (rng) -> (feeds of the graph's inputs, the reference's outputs), the start
     # tensors' feeds being the reference's values at the held inputs
     reference_at: Callable[[np.random.Generator], tuple[dict[str, np.ndarray], list[np.ndarray]]] | None = None
+    # the names of the reference's outputs in the order it returns them, and the source names of the
+    # graph's outputs in the graph's order: SA902 pairs them by name (both empty: by position). An
+    # output missing from ``output_names`` is one that does not depend on the audited inputs
+    reference_outputs: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 # A tensor above this many elements (1 GiB in float32) is refused before anything allocates it:
