@@ -191,6 +191,23 @@ class Structural(nn.Module):
         return F.softmax(y, dim=-1)
 
 
+class Parts(nn.Module):
+    """split by a size and by sizes, chunk (uneven: 7 into 3 parts of 3, 3, 1), unbind; the parts read
+    by unpacking and by indexing the list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # [2, 7]
+        a, b = torch.split(h, [3, 4], dim=1)
+        parts = torch.split(h, 3, dim=-1)  # 3, 3, 1
+        c, d, e = h.chunk(3, dim=1)
+        rows = torch.unbind(h, dim=0)
+        return torch.cat([a * 2.0, b, parts[2], parts[0], e, d, c, torch.stack([rows[1], rows[0]], dim=0)], dim=1)
+
+
 class TwoOutputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -267,6 +284,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "structural": (Structural, (1, 2, 5, 6)),
     "clamp": (Clamp, (2, 9)),
     "two_outputs": (TwoOutputs, (2, 4)),
+    "parts": (Parts, (2, 3)),
     "control_flow": (ControlFlow, (3, 6)),
 }
 

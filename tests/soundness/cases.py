@@ -82,6 +82,30 @@ class Selection(nn.Module):
         return self.fc2(t.reshape(1, 32))
 
 
+class Parts(nn.Module):
+    """split by sizes and by a size, chunk (uneven), unbind, and their unsafe_ spellings: lists of parts
+    read by unpacking and by index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 7)
+        self.fc2 = nn.Linear(41, 2)
+        with torch.no_grad():
+            self.fc1.weight.mul_(2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # [1, 7]
+        a, b = torch.split(h, [3, 4], dim=1)
+        parts = torch.split(h, 3, dim=-1)  # 3, 3, 1
+        c, d, e = h.chunk(3, dim=1)
+        f, g = torch.unsafe_split(h, 4, dim=1)
+        k, m = torch.unsafe_chunk(h, 2, dim=1)
+        n, o = torch.unsafe_split_with_sizes(h, [2, 5], dim=1)
+        rows = torch.unbind(h.reshape(1, 7, 1), dim=1)
+        t = torch.cat([a, b, parts[2], parts[0], e, d, c, g, f, m, k, o, n, rows[6], rows[0]], dim=1)  # [1, 41]
+        return self.fc2(t)
+
+
 class Between(nn.Module):
     """Linear(n, h) -> act -> Linear(h, m): an activation between two linear maps."""
 
@@ -1323,6 +1347,10 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",
                                "aten::pixel_unshuffle", "aten::repeat", "aten::expand"})),
+        Case(id="parts", input_shape=(1, 3), formats=(TS,), module=_seeded(Parts, 82),
+             ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.CONCAT, L.RESHAPE}),
+             ts_ops=frozenset({"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unbind",
+                               "aten::unsafe_split", "aten::unsafe_chunk", "aten::unsafe_split_with_sizes"})),
         Case(id="onnx_selection", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_selection(),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.RESHAPE, L.ABS, L.PAD, L.CONCAT, L.AFFINE, L.TILE}),
              onnx_ops=frozenset({"Split", "Gather", "Abs", "Concat", "Expand", "Tile"})),
