@@ -349,15 +349,17 @@ class Recurrent(nn.Module):
     """A recurrent stack over a [batch, seq, features] input: RNN (tanh: globally Lipschitz) or a
     bidirectional LSTM feeding a GRU (gated: products of two variables), then a Linear."""
 
-    def __init__(self, gated: bool):
+    def __init__(self, gated: bool, relu: bool = False):
         super().__init__()
         self.gated = gated
         if gated:
             self.lstm = nn.LSTM(2, 3, batch_first=True, bidirectional=True)
             self.gru = nn.GRU(6, 3, batch_first=True)
+        elif relu:  # two stacked layers, sequence first
+            self.rnn = nn.RNN(2, 4, num_layers=2, nonlinearity="relu")
         else:
             self.rnn = nn.RNN(2, 4, batch_first=True, bidirectional=True)
-        self.fc = nn.Linear(3 if gated else 8, 2)
+        self.fc = nn.Linear(3 if gated else (4 if relu else 8), 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -1326,12 +1328,16 @@ def _cases() -> list[Case]:
              ts_ops=frozenset({"aten::maximum", "aten::minimum", "aten::max", "aten::min"})),
         Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
              ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
-        # recurrent cells, unrolled over the 3 steps: no TorchScript (aten::lstm, aten::gru, aten::rnn_tanh)
-        Case(id="rnn_tanh", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(False), 61),
-             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.TANH, L.CONCAT}), onnx_ops=frozenset({"RNN"})),
-        Case(id="lstm_gru", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(True), 62),
+        # recurrent cells, unrolled over the 3 steps (TorchScript's aten::lstm, aten::gru, aten::rnn_* as ONNX's cells)
+        Case(id="rnn_tanh", input_shape=(1, 3, 2), module=_seeded(lambda: Recurrent(False), 61),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.TANH, L.CONCAT}), onnx_ops=frozenset({"RNN"}),
+             ts_ops=frozenset({"aten::rnn_tanh"})),
+        Case(id="rnn_relu_stacked", input_shape=(3, 1, 2), formats=(TS,),
+             module=_seeded(lambda: Recurrent(False, relu=True), 63),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.RELU, L.CONCAT}), ts_ops=frozenset({"aten::rnn_relu"})),
+        Case(id="lstm_gru", input_shape=(1, 3, 2), module=_seeded(lambda: Recurrent(True), 62),
              ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.SUB, L.SIGMOID, L.TANH, L.MUL, L.CONCAT}),
-             onnx_ops=frozenset({"LSTM", "GRU"})),
+             onnx_ops=frozenset({"LSTM", "GRU"}), ts_ops=frozenset({"aten::lstm", "aten::gru"})),
         Case(id="onnx_domain_maps", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_domain_maps(),
              ops=frozenset({L.LINEAR, L.SIGMOID, L.LOG, L.SQRT, L.RECIPROCAL, L.DIV, L.POW, L.EXP, L.ERF}),
              onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
