@@ -449,10 +449,18 @@ def test_ceil_mode_window_starting_in_the_padding_is_refused(tmp_path: Path) -> 
     assert info.value.counts == {"AveragePool(ceil_mode window starting in the padding)": 1}
 
 
-def test_constant_output_is_an_error(tmp_path: Path) -> None:
-    nodes = [node("Relu", ["x"], ["r"]), node("Shape", ["x"], ["y"])]
+def test_a_constant_output_leaves_the_audited_graph(tmp_path: Path) -> None:
+    """y = float(Shape(x)) does not depend on x's values (Lipschitz 0): the graph computes r only,
+    named; a model whose every output is constant is refused."""
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    nodes = [node("Shape", ["x"], ["s"]), node("Cast", ["s"], ["y"], to=TensorProto.FLOAT), node("Relu", ["x"], ["r"])]
+    lm = load_onnx(save(tmp_path, nodes, X4, outputs=("y", "r")))
+    assert lm.graph.outputs == ("r",) and lm.output_names == ("r",) and lm.reference_outputs == ("y", "r")
+    assert any("graph output(s) 'y' are constant (they do not depend" in n for n in lm.notes)
+    assert check_equivalence(lm, seed=0).passed
     with pytest.raises(ModelLoadError, match="'y' is a constant"):
-        load_onnx(save(tmp_path, nodes, X4, outputs=("r", "y")))
+        load_onnx(save(tmp_path, [node("Shape", ["x"], ["y"])], X4, outputs=("y",), name="only.onnx"))
 
 
 def test_integer_input_without_a_real_start_is_an_error(tmp_path: Path) -> None:
