@@ -420,8 +420,8 @@ class ForwardErrorModel:
                 return lambda xs, es, y: es[0]
             case O.Where() if not op.switch:
                 # a selection, exact: each output entry is an entry of a branch (a constant branch has
-                # no error), chosen by the computed condition; a tested input's error could flip a
-                # NaN/Inf test only from a non-finite value, where the error is already infinite
+                # no error), chosen by the computed condition, which is the exact one while the tested
+                # values are finite with finite errors (else the error is unbounded: inf)
                 zero = np.zeros(())
                 select = self._single(node, dataclasses.replace(
                     op, when_true=None if op.when_true is None else zero,
@@ -429,7 +429,7 @@ class ForwardErrorModel:
                 k = op.tested
 
                 def where(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-                    if any(not bool(torch.isfinite(e).all()) for e in es[:k]):
+                    if any(not bool(torch.isfinite(t).all()) for t in (*xs[:k], *es[:k])):
                         return torch.full_like(y, math.inf)
                     moved = select(*xs[:k], *es[k:]).abs()
                     return moved.expand(y.shape)

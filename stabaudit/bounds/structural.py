@@ -3,6 +3,8 @@ Pad, Slice, Gather, Tile, Add, Sub, Concat, Where)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
@@ -203,6 +205,16 @@ def selection_counts(selected: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     return counts.reshape(shape)
 
 
+# The gain of the input an IsNaN / IsInf test reads. Its entries only decide the condition, which is
+# false wherever that input t is finite: then the true gain is 0. The composition multiplies this
+# gain by the certified bound L_t of t, so it is the smallest positive float rather than 0 (with which
+# 0 * inf would count as 0): a finite L_t proves t finite at every finite input (a Lipschitz map that
+# is finite at one point is finite everywhere), and the term is a negligible L_t * 5e-324 rounded up;
+# an infinite L_t (t may be inf at finite inputs, 1/x at 0, and the test may fire) leaves the bound
+# infinite.
+TESTED_GAIN = math.ulp(0.0)
+
+
 @RULES.register(OpType.WHERE)
 def bound_where(node: Node, ctx: RuleContext) -> OpBound:
     """y = where(c, a, b) with a condition fixed on the finite inputs (a constant mask; IsNaN or
@@ -210,8 +222,8 @@ def bound_where(node: Node, ctx: RuleContext) -> OpBound:
     of a or of b (broadcast), so y = S_a a + S_b b + const with 0/1 matrices whose rows have
     disjoint supports; column j of S_a holds m_j ones, the selected copies of a_j, so
     ||S_a|| = sqrt(max_j m_j) exactly (Gather's rule), and ||dy||^2 = ||S_a da||^2 + ||S_b db||^2:
-    Combine.STACK with gains sqrt(max m) per branch, 0 for a tested input (its entries only decide a
-    condition that stays false); jointly ||[S_a, S_b]||^2 = ||S_a S_a^T + S_b S_b^T|| =
+    Combine.STACK with gains sqrt(max m) per branch and TESTED_GAIN for a tested input (see there);
+    jointly ||[S_a, S_b]||^2 = ||S_a S_a^T + S_b S_b^T|| =
     max(||S_a||^2, ||S_b||^2) (the two act on complementary output coordinates), so Lip is the
     larger gain, exactly. A condition computed by comparing data (t > s) is a branch switch:
     infinite, with the reason."""
@@ -229,7 +241,7 @@ def bound_where(node: Node, ctx: RuleContext) -> OpBound:
                                         "constant holds across it")
     out = tuple(ctx.output_shape)
     condition = np.broadcast_to(fixed, out)
-    gains: list[float] = [0.0] * op.tested
+    gains: list[float] = [TESTED_GAIN] * op.tested
     lowers: list[float] = [0.0] * op.tested
     branches = [(op.when_true, condition), (op.when_false, ~condition)]
     shapes = iter(ctx.input_shapes[op.tested:])
