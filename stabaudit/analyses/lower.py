@@ -90,6 +90,7 @@ _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
         O.OpType.TILE,
         O.OpType.ABS,
         O.OpType.QUANTIZE,  # its smooth part, the clip, is what the search evaluates
+        O.OpType.WHERE,
     }
 )
 
@@ -417,6 +418,23 @@ class ForwardErrorModel:
             case O.Abs():
                 # exact in floating point, and ||a| - |b|| <= |a - b|
                 return lambda xs, es, y: es[0]
+            case O.Where() if not op.switch:
+                # a selection, exact: each output entry is an entry of a branch (a constant branch has
+                # no error), chosen by the computed condition, which is the exact one while the tested
+                # values are finite with finite errors (else the error is unbounded: inf)
+                zero = np.zeros(())
+                select = self._single(node, dataclasses.replace(
+                    op, when_true=None if op.when_true is None else zero,
+                    when_false=None if op.when_false is None else zero), in_shapes)
+                k = op.tested
+
+                def where(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                    if any(not bool(torch.isfinite(t).all()) for t in (*xs[:k], *es[:k])):
+                        return torch.full_like(y, math.inf)
+                    moved = select(*xs[:k], *es[k:]).abs()
+                    return moved.expand(y.shape)
+
+                return where
             case O.Erf():
                 return smooth(1.1284)
             case O.Mul():
@@ -436,16 +454,22 @@ class ForwardErrorModel:
                 def layer_norm(
                     xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
                 ) -> torch.Tensor:
-                    # input errors: ||dy_group|| <= Lip ||dx_group|| (bound_layer_norm); own rounding,
                     # per group with A = max|x^|: mean off by <= g_{n+1} A, d = x - m by
-                    # dd <= (n + 4) u A; var (mean of d^2) by dv <= g_{n+2} D^2 + dd (2D + dd);
-                    # s = sqrt(var + eps) by ds <= (dv + u (v + eps)) / sqrt(eps) + u s; and
-                    # |d/s - d^/s^| <= dd / sqrt(eps) + |d^| ds / (sqrt(eps) s^), plus 3 u |d^/s^|
+                    # dd <= (n + 4) u A; var (mean of d^2) by dv <= g_{n+2} D^2 + dd (2D + dd), so the
+                    # exact variance of x^ is >= v_lo = max(v - dv, 0) and s = sqrt(var + eps) >=
+                    # s_lo = sqrt(v_lo + eps) >= sqrt(eps).
+                    # Input errors: ||J(z)|| <= max|scale| / sqrt(var(z) + eps) (bound_layer_norm), and
+                    # std(z) = ||P z|| / sqrt(n) moves by at most ||z - x^|| / sqrt(n) (P the centering,
+                    # a projection), so on the segment from x^ to the exact x (||x - x^|| <= E per group)
+                    # var(z) >= (sqrt(v_lo) - E / sqrt(n))_+^2: ||dy_group|| <= max|scale| E /
+                    # sqrt(that + eps) (mean value inequality), never above Lip E.
+                    # Own rounding: s by ds <= (dv + u (v + eps)) / s_lo + u s; and
+                    # |d/s - d^/s^| <= dd / s_lo + |d^| ds / (s_lo s^), plus 3 u |d^/s^|
                     # (division, scale) per entry and 2 u |y^| (bias); all times 1.01
                     if not root > 0.0:
                         return torch.full_like(y, math.inf)
                     x = xs[0]
-                    prop = lip * es[0].pow(2).sum(dim=dims, keepdim=True).sqrt()
+                    size = es[0].pow(2).sum(dim=dims, keepdim=True).sqrt()
                     a = x.abs().amax(dim=dims, keepdim=True)
                     g = (n + 4) * U
                     dd = g * a * 2.0
@@ -453,9 +477,14 @@ class ForwardErrorModel:
                     big_d = d.abs().amax(dim=dims, keepdim=True)
                     v = (d * d).mean(dim=dims, keepdim=True)
                     dv = g * big_d * big_d + dd * (2 * big_d + dd)
+                    v_lo = torch.clamp(v - dv, min=0.0) * (1 - 1e-12)
+                    s_lo = torch.clamp(torch.sqrt(v_lo + eps) * (1 - 1e-12), min=root)
+                    std_lo = torch.clamp(torch.sqrt(v_lo) * (1 - 1e-12) - size / math.sqrt(n) * (1 + 1e-12), min=0.0)
+                    gain = torch.clamp(gmax / torch.sqrt(std_lo * std_lo + eps) * 1.01, max=lip)
+                    prop = gain * size
                     s_hat = torch.sqrt(v + eps)
-                    ds = (dv + U * (v + eps)) / root + U * s_hat
-                    own = gam_t * (dd / root + big_d * ds / (root * s_hat) + 3 * U * d.abs() / s_hat)
+                    ds = (dv + U * (v + eps)) / s_lo + U * s_hat
+                    own = gam_t * (dd / s_lo + big_d * ds / (s_lo * s_hat) + 3 * U * d.abs() / s_hat)
                     return (prop + 1.01 * own + 2 * U * y.abs() + _TINY).expand(y.shape)
 
                 return layer_norm

@@ -596,6 +596,27 @@ _STRUCTURAL = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat, O.Pa
                O.MaxPool, O.GlobalMaxPool)
 
 
+def _where(node: Node, op: O.Where, shapes: Mapping[str, tuple[int, ...]], device: str,
+           los: list[torch.Tensor], his: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A condition fixed on finite inputs (a mask; IsNaN/IsInf of a finite enclosure): the selection,
+    monotone in each branch, applied to the ends. Otherwise (a switch, or a tested enclosure that
+    may hold NaN or Inf) each entry is a value of one branch or the other: the hull of both."""
+    import torch
+
+    k = op.tested
+    tested_finite = all(bool(torch.isfinite(t).all()) for t in (*los[:k], *his[:k]))
+    if op.fixed_condition() is not None and tested_finite:
+        f = _forward(node, op, shapes, device)
+        return f(*los), f(*his)
+    branches = dataclasses.replace(node, inputs=node.inputs[k:])
+    plain = dataclasses.replace(op, test="", other=None, negate=False)
+    f_true = _forward(branches, dataclasses.replace(plain, mask=np.array(True)), shapes, device)
+    f_false = _forward(branches, dataclasses.replace(plain, mask=np.array(False)), shapes, device)
+    lo = torch.minimum(f_true(*los[k:]), f_false(*los[k:]))
+    hi = torch.maximum(f_true(*his[k:]), f_false(*his[k:]))
+    return lo, hi
+
+
 def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
                 los: list[torch.Tensor], his: list[torch.Tensor],
                 notes: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -630,6 +651,8 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
         return _softmax(op.axis, los[0], his[0])
     if isinstance(op, O.LayerNorm):
         return _layer_norm(op, device, los[0], his[0])
+    if isinstance(op, O.Where):
+        return _where(node, op, shapes, device, los, his)
     lin = _linear_maps(node, shapes, device)
     if lin is not None:
         f, absf, rel, bias = lin

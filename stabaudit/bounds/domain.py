@@ -10,6 +10,7 @@ from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import Div, Exp, Log, MatMul, Mul, OpType, Pow, Reciprocal, Sqrt
 
 NEEDS_DOMAIN = "needs-domain"  # the method of a bound that only a bounded input domain makes finite
+BRANCH_SWITCH = "branch-switch"  # the method of the infinite bound of a data-dependent switch
 
 
 def needs_domain(node: Node, ctx: RuleContext, why: str) -> OpBound:
@@ -17,6 +18,18 @@ def needs_domain(node: Node, ctx: RuleContext, why: str) -> OpBound:
     gains = tuple(math.inf for _ in ctx.input_shapes)
     return OpBound(
         upper=Bound(value=math.inf, guarantee=Guarantee.UPPER, method=NEEDS_DOMAIN),
+        combine=Combine.SUM if len(gains) > 1 else Combine.CHAIN,
+        input_gains=gains if len(gains) > 1 else (),
+        notes=(why,),
+    )
+
+
+def branch_switch(node: Node, ctx: RuleContext, why: str) -> OpBound:
+    """An infinite (trivially sound) upper bound of a map that jumps where the data cross a
+    threshold: no Lipschitz constant holds across the jump, on any domain that contains it."""
+    gains = tuple(math.inf for _ in ctx.input_shapes)
+    return OpBound(
+        upper=Bound(value=math.inf, guarantee=Guarantee.UPPER, method=BRANCH_SWITCH),
         combine=Combine.SUM if len(gains) > 1 else Combine.CHAIN,
         input_gains=gains if len(gains) > 1 else (),
         notes=(why,),

@@ -1,14 +1,28 @@
 """Bound rules of operators that move, select, copy, embed, add or stack entries (Reshape, Transpose,
-Pad, Slice, Gather, Tile, Add, Sub, Concat)."""
+Pad, Slice, Gather, Tile, Add, Sub, Concat, Where)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, OpBound, RuleContext
 from stabaudit.bounds.numerics import sqrt_int_bounds
 from stabaudit.ir.graph import Node
-from stabaudit.ir.ops import Add, Concat, Gather, OpType, Pad, Reshape, Slice, Sub, Tile, Transpose
+from stabaudit.ir.ops import (
+    Add,
+    Concat,
+    Gather,
+    OpType,
+    Pad,
+    Reshape,
+    Slice,
+    Sub,
+    Tile,
+    Transpose,
+    Where,
+)
 
 
 def _exact(
@@ -178,4 +192,72 @@ def bound_tile(node: Node, ctx: RuleContext) -> OpBound:
     return OpBound(
         upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="copies"),
         lower=Bound(value=lower, guarantee=Guarantee.LOWER, method="copies"),
+    )
+
+
+def selection_counts(selected: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """For an input of ``shape`` broadcast (numpy rules) to the shape of the bool array
+    ``selected``: how many selected output entries are copies of each input entry."""
+    out = selected.shape
+    full = (1,) * (len(out) - len(shape)) + tuple(shape)
+    axes = tuple(i for i, (o, d) in enumerate(zip(out, full, strict=True)) if d == 1 and o != 1)
+    counts = selected.astype(np.int64).sum(axis=axes, keepdims=True) if axes else selected.astype(np.int64)
+    return counts.reshape(shape)
+
+
+# The gain of the input an IsNaN / IsInf test reads. Its entries only decide the condition, which is
+# false wherever that input t is finite: then the true gain is 0. The composition multiplies this
+# gain by the certified bound L_t of t, so it is the smallest positive float rather than 0 (with which
+# 0 * inf would count as 0): a finite L_t proves t finite at every finite input (a Lipschitz map that
+# is finite at one point is finite everywhere), and the term is a negligible L_t * 5e-324 rounded up;
+# an infinite L_t (t may be inf at finite inputs, 1/x at 0, and the test may fire) leaves the bound
+# infinite.
+TESTED_GAIN = math.ulp(0.0)
+
+
+@RULES.register(OpType.WHERE)
+def bound_where(node: Node, ctx: RuleContext) -> OpBound:
+    """y = where(c, a, b) with a condition fixed on the finite inputs (a constant mask; IsNaN or
+    IsInf of a tensor, false at every finite entry): a selection. Each output entry is one entry
+    of a or of b (broadcast), so y = S_a a + S_b b + const with 0/1 matrices whose rows have
+    disjoint supports; column j of S_a holds m_j ones, the selected copies of a_j, so
+    ||S_a|| = sqrt(max_j m_j) exactly (Gather's rule), and ||dy||^2 = ||S_a da||^2 + ||S_b db||^2:
+    Combine.STACK with gains sqrt(max m) per branch and TESTED_GAIN for a tested input (see there);
+    jointly ||[S_a, S_b]||^2 = ||S_a S_a^T + S_b S_b^T|| =
+    max(||S_a||^2, ||S_b||^2) (the two act on complementary output coordinates), so Lip is the
+    larger gain, exactly. A condition computed by comparing data (t > s) is a branch switch:
+    infinite, with the reason."""
+    from stabaudit.bounds.domain import branch_switch
+
+    match node.op:
+        case Where() as op:
+            pass
+        case _:
+            raise TypeError(f"bound_where got a {type(node.op).__name__}")
+    fixed = op.fixed_condition()
+    if fixed is None:
+        return branch_switch(node, ctx, f"where() on a comparison ({op.test}) of data is a data-dependent branch "
+                                        "switch: the output jumps where the data cross it, so no Lipschitz "
+                                        "constant holds across it")
+    out = tuple(ctx.output_shape)
+    condition = np.broadcast_to(fixed, out)
+    gains: list[float] = [TESTED_GAIN] * op.tested
+    lowers: list[float] = [0.0] * op.tested
+    branches = [(op.when_true, condition), (op.when_false, ~condition)]
+    shapes = iter(ctx.input_shapes[op.tested:])
+    for constant, selected in branches:
+        if constant is not None:
+            continue
+        shape = tuple(next(shapes))
+        most = int(selection_counts(np.asarray(selected), shape).max(initial=0)) if _size(out) and _size(shape) else 0
+        upper, lower = sqrt_int_bounds(most)
+        gains.append(upper)
+        lowers.append(lower)
+    if len(gains) != len(ctx.input_shapes):
+        raise ValueError(f"Where reads {len(gains)} inputs but has {len(ctx.input_shapes)}")
+    return OpBound(
+        upper=Bound(value=max(gains, default=0.0), guarantee=Guarantee.UPPER, method="selection"),
+        lower=Bound(value=max(lowers, default=0.0), guarantee=Guarantee.LOWER, method="selection"),
+        combine=Combine.STACK,
+        input_gains=tuple(gains),
     )

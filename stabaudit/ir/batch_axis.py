@@ -160,7 +160,7 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
         if len(aligned) != 1 or any(axis is None or axis >= r - 2 for axis, r in zip(in_axes, ranks, strict=True)):
             raise _Mixes(f"multiplies across the batch axis {first} (a matrix product of samples)")
         expected = aligned.pop()
-    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MUL, O.OpType.DIV, O.OpType.MAX, O.OpType.MIN):
+    elif kind in (O.OpType.ADD, O.OpType.SUB, O.OpType.MUL, O.OpType.DIV, O.OpType.MAX, O.OpType.MIN, O.OpType.WHERE):
         aligned = {axis + len(out1) - len(shapes1[name]) for axis, name in zip(in_axes, a.inputs, strict=True)
                    if axis is not None}
         if len(aligned) != 1:

@@ -153,6 +153,8 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: a[0].repeat(*repeats)
         case O.Abs():
             return lambda a: torch.abs(a[0])
+        case O.Where():
+            return _where_kernel(op, param)
         case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, bias=b):
             st = param(sc) if sc is not None else None
             bt = param(b) if b is not None else None
@@ -237,6 +239,41 @@ def _dynamic_quantize_kernel(op: O.DynamicQuantize) -> Kernel:
         return q if op.part is O.QuantPart.INTEGER else (q - zp) * s
 
     return dynamic_quantize
+
+
+def _where_kernel(op: O.Where, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
+    """torch.where on the condition as the model computes it: the constant mask, or the test or
+    comparison of the tested input(s) (NaN compares false, as in ONNX), negated with ``negate``."""
+    import torch
+
+    tests: dict[str, Callable[..., torch.Tensor]] = {
+        "isnan": torch.isnan, "isinf": torch.isinf, "isposinf": torch.isposinf, "isneginf": torch.isneginf,
+        "greater": torch.gt, "greater_equal": torch.ge, "less": torch.lt, "less_equal": torch.le, "equal": torch.eq,
+    }
+    if op.test and op.test not in tests:
+        raise ModelLoadError(f"Where has an unknown test {op.test!r}")
+    k = op.tested
+    mask = None if op.mask is None else np.array(op.mask, dtype=bool)  # a writable copy for torch
+    other = param(op.other) if op.other is not None else None
+    when_true = param(op.when_true) if op.when_true is not None else None
+    when_false = param(op.when_false) if op.when_false is not None else None
+
+    def where(a: Sequence[torch.Tensor]) -> torch.Tensor:
+        rest = list(a[k:])
+        x = when_true if when_true is not None else rest.pop(0)
+        y = when_false if when_false is not None else rest.pop(0)
+        if not op.test:
+            assert mask is not None
+            c = torch.as_tensor(mask, device=x.device)
+        elif op.test in O.NONFINITE_TESTS:
+            c = tests[op.test](a[0])
+        else:
+            c = tests[op.test](a[0], other if other is not None else a[1])
+        if op.negate:
+            c = torch.logical_not(c)
+        return torch.where(c, x, y)
+
+    return where
 
 
 def _reduce_kernel(op: O.Reduce) -> Kernel:

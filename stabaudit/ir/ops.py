@@ -69,6 +69,7 @@ class OpType(str, Enum):
     ABS = "Abs"
     QUANTIZE = "Quantize"
     DYNAMIC_QUANTIZE = "DynamicQuantize"
+    WHERE = "Where"
 
 
 def _arr(a: np.ndarray | None) -> np.ndarray | None:
@@ -483,6 +484,58 @@ class Concat(Op):
     type = OpType.CONCAT
     arity = -1
     axis: int = 1
+
+
+# ---- selection by a condition -------------------------------------------------------------------
+# tests of one tensor that are false at every finite entry (ONNX IsNaN, IsInf and its one-sided forms)
+NONFINITE_TESTS: frozenset[str] = frozenset({"isnan", "isinf", "isposinf", "isneginf"})
+# comparisons t R s of a tensor t with a constant or a second tensor s (ONNX Greater, Less, Equal, ...)
+COMPARISONS: frozenset[str] = frozenset({"greater", "greater_equal", "less", "less_equal", "equal"})
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Where(Op):
+    """y = where(c, a, b) entry by entry, numpy broadcasting over c, a and b (ONNX Where).
+
+    The branches a and b are the constants ``when_true`` / ``when_false``, or, where those are
+    None, variable inputs, in that order, after the tested input(s). The condition c is:
+    - ``test`` "": the constant bool ``mask`` (no tested input);
+    - a test of NONFINITE_TESTS of the first variable input t (IsNaN(t), IsInf(t)): false at every
+      finite t, so on the finite inputs the audit is about y is the fixed selection of b (of a
+      when ``negate``); the kernel keeps the test, so the executor computes what the model does;
+    - a comparison of COMPARISONS, t R s with s the constant ``other`` or else the second variable
+      input: a data-dependent branch switch, discontinuous where t crosses s.
+    ``negate`` negates the computed condition (ONNX Not).
+    """
+
+    type = OpType.WHERE
+    arity = -1
+    mask: np.ndarray | None = None
+    test: str = ""
+    other: np.ndarray | None = None
+    negate: bool = False
+    when_true: np.ndarray | None = None
+    when_false: np.ndarray | None = None
+
+    @property
+    def tested(self) -> int:
+        """How many leading variable inputs the condition reads (0, 1 or 2)."""
+        if not self.test:
+            return 0
+        return 2 if self.test in COMPARISONS and self.other is None else 1
+
+    @property
+    def switch(self) -> bool:
+        """Whether the condition is computed from the data and may change on finite inputs."""
+        return self.test in COMPARISONS
+
+    def fixed_condition(self) -> np.ndarray | None:
+        """The condition at every finite input (numpy bool, broadcastable), None for a switch."""
+        if not self.test:
+            return None if self.mask is None else np.asarray(self.mask, dtype=bool) ^ self.negate
+        if self.test in NONFINITE_TESTS:
+            return np.array(self.negate)
+        return None
 
 
 # ---- reductions and element-wise extrema -------------------------------------------------------

@@ -47,6 +47,11 @@ class LoadedModel:
     # what the callers' ``module_jobs`` computed on the source module where it was loaded (a
     # TorchScript module lives in its isolated loading process only; see loaders.ts_child): job -> result
     module_results: Mapping[str, Any] = field(default_factory=dict)
+    # the names of the reference's outputs in the order it returns them, and the source names of the
+    # graph's outputs in the graph's order: SA902 pairs them by name (both empty: by position). An
+    # output missing from ``output_names`` is one that does not depend on the audited inputs
+    reference_outputs: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
 
 # SA902 compares the engine against the reference on this many seeded inputs (analyses.equivalence)

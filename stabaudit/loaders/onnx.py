@@ -82,7 +82,8 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         cut = _cut_at(work, all_inputs, constants, cut, model, data if not external_files else None, path)
     inputs = [i for i in all_inputs if i.name not in cut.held]
     reasons: dict[str, str] = {}
-    graph, params = _translate(work, inputs, notes, constants, cut, reasons)
+    kept: list[str] = []
+    graph, params = _translate(work, inputs, notes, constants, cut, reasons, kept)
     used = {s.name for s in graph.inputs}
     _prove_batch_independent(work, [i for i in all_inputs if i.name in used or i.name in cut.held], graph, notes,
                              constants, cut)
@@ -110,6 +111,8 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         start={name: reasons[name] for name in starts},
         held=held,
         reference_at=partial(reference.at_held, shapes={s.name: s.shape for s in graph.inputs}) if starts else None,
+        reference_outputs=tuple(o.name for o in model.graph.output) if kept else (),
+        output_names=tuple(kept),
     )
 
 
@@ -644,8 +647,10 @@ def _initializers(graph: Any) -> dict[str, np.ndarray]:
 
 def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
                constants: Mapping[str, np.ndarray], cut: _Cut | None = None,
-               starts_out: dict[str, str] | None = None) -> tuple[Graph, GraphParameters]:
-    """Walk the graph (twice when activation patterns may be fused), then assemble the IR."""
+               starts_out: dict[str, str] | None = None,
+               outputs_out: list[str] | None = None) -> tuple[Graph, GraphParameters]:
+    """Walk the graph (twice when activation patterns may be fused), then assemble the IR;
+    ``outputs_out`` receives the names of the graph outputs kept when some are left out as constants."""
     from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
 
     graph = model.graph
@@ -673,7 +678,19 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
         raise UnsupportedOperatorError(dict(walk.unsupported))
     ctx = walk.ctx
     ir_outputs = []
+    constant = [name for name in outputs if name not in ctx.conditions and ctx.is_const(name)]
+    if constant and len(constant) < len(outputs):
+        # outputs that do not depend on the audited inputs: Lipschitz constant 0, left out
+        held = (f" once the input(s) {', '.join(repr(n) for n in cut.held)} are held at values" if cut.held else "")
+        notes.append(f"graph output(s) {', '.join(repr(n) for n in constant)} are constant{held} (they do not "
+                     "depend on the audited inputs, Lipschitz constant 0): left out of the audited graph and of "
+                     "the equivalence check")
+        if outputs_out is not None:
+            outputs_out.extend(name for name in outputs if name not in constant)
+        outputs = [name for name in outputs if name not in constant]
     for name in outputs:
+        if name in ctx.conditions:
+            raise UnsupportedOperatorError({"bool output computed from variables": 1})
         if ctx.is_const(name):
             if cut.held:
                 raise ModelLoadError(
@@ -834,6 +851,8 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                 if node.op_type not in ("Shape", "Size") and any(n in tainted for n in node.present_inputs):
                     tainted.update(n for n in node.outputs if n)
                 folded[node.op_type] += 1
+            elif node.op_type not in _READS_CONDITIONS and any(n in ctx.conditions for n in node.present_inputs):
+                raise Unsupported(f"{node.op_type}(of a bool condition computed from variables)")
             elif node.key in TRANSLATORS:
                 start = len(ctx.nodes)
                 TRANSLATORS.get(node.key)(node, ctx)
@@ -852,6 +871,9 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
             raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
     return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
                  constant_nodes=constant_nodes, folded=folded, starts=starts)
+
+
+_READS_CONDITIONS = frozenset({"Where", "Not"})  # the translators that take a Context.conditions entry
 
 
 def _live(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:

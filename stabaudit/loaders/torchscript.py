@@ -541,7 +541,7 @@ class _Walker:
             return self._fold(node, kind, schema, values, inplace)
 
         meta = self._meta(node, schema, values)
-        tensor_outputs = [isinstance(v.type(), torch._C.TensorType) for v in node.outputs()]
+        tensor_outputs = [_holds_tensors(v.type()) for v in node.outputs()]
         if not any(tensor_outputs):  # shape queries (size, dim, numel, ...): constants
             if meta is None:
                 self._refuse(kind, "depends on the input's values")
@@ -673,6 +673,15 @@ def _get_attr(w: _Walker, node: Any, values: list[Any]) -> list[Any]:
         return [getattr(values[0], name)]
     except AttributeError as exc:
         raise ModelLoadError(f"the module has no attribute {name!r}", path=w.where) from exc
+
+
+def _holds_tensors(kind: Any) -> bool:
+    """A Tensor type, or a list of tensors (Tensor[]: aten::split, chunk, unbind)."""
+    import torch
+
+    if isinstance(kind, torch._C.TensorType):
+        return True
+    return isinstance(kind, torch._C.ListType) and isinstance(kind.getElementType(), torch._C.TensorType)
 
 
 def _unpack(w: _Walker, node: Any, values: list[Any]) -> list[Any]:

@@ -366,3 +366,30 @@ def test_error_model_bounds_conv_tanh_pool_softmax() -> None:
         )
         assert err <= bound
         assert bound <= 1e-9
+
+
+def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance() -> None:
+    """BERT's LayerNorm (eps 1e-12): the error bound divides by the group's standard deviation
+    (bounded below on the segment to the exact input), not by sqrt(eps) = 1e-6; it still bounds the
+    float64 evaluation error, measured against an extended-precision evaluation."""
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.normal(size=(8, 4)) * 3.0, rng.normal(size=8)
+    scale, bias = rng.normal(size=8), rng.normal(size=8)
+    g = _graph(
+        {"x": (2, 4)},
+        [
+            Node(name="fc", op=O.Linear(weight=w1, bias=b1), inputs=("x",), output="h"),
+            Node(name="ln", op=O.LayerNorm(axis=1, epsilon=1e-12, scale=scale, bias=bias), inputs=("h",), output="y"),
+        ],
+    )
+    model = ForwardErrorModel(g, dict(g.shapes))
+    ld = np.longdouble
+    for trial in range(10):
+        x = rng.normal(size=8) * (10.0 ** (trial % 3))
+        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
+        h = x.reshape(2, 4).astype(ld) @ w1.T.astype(ld) + b1.astype(ld)
+        d = h - h.mean(axis=1, keepdims=True)
+        exact = d / np.sqrt((d * d).mean(axis=1, keepdims=True) + ld(1e-12)) * scale.astype(ld) + bias.astype(ld)
+        err = float(np.sqrt(((y_hat.astype(ld) - exact.reshape(-1)) ** 2).sum()))
+        assert err <= bound
+        assert bound <= 1e-11 * (10.0 ** (trial % 3)), bound  # 1/sqrt(eps) = 1e6 would give ~1e-9

@@ -78,6 +78,7 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.QUANTIZE: (O.Quantize(scale=(0.5, 0.25), zero_point=(3.0, -2.0), qmin=-8, qmax=7, axis=1, integer=True,
                                    smooth=True), [(1, 2, 3)]),
     O.OpType.DYNAMIC_QUANTIZE: (O.DynamicQuantize(smooth=True), [(1, 2, 3)]),
+    O.OpType.WHERE: (O.Where(mask=np.array([[True, False, False], [True, True, False]])), [(1, 2, 3), (2, 1)]),
 }
 
 
@@ -150,3 +151,40 @@ def test_importing_the_rules_does_not_import_torch() -> None:
     code = "import sys, stabaudit.bounds; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_where_counts_the_selected_copies_of_each_branch() -> None:
+    """b (2, 1) broadcast over the mask's 3 columns: b_0 is picked twice, b_1 once -> sqrt 2; a is
+    picked at most once per entry -> 1; the tested input of IsNaN gets the tiny TESTED_GAIN (0 * its
+    bound, unless that bound is infinite), a comparison is a switch."""
+    mask = np.array([[True, False, False], [True, True, False]])
+    _, node, ctx = single(O.Where(mask=mask), [(1, 2, 3), (2, 1)])
+    result = bound_node(node, ctx)
+    assert result.input_gains == (1.0, float(np.nextafter(np.sqrt(2.0), np.inf)))
+    assert result.upper.value == result.input_gains[1] and result.lower is not None
+    assert result.lower.value == float(np.nextafter(np.sqrt(2.0), 0.0))
+    _, node, ctx = single(O.Where(mask=mask, when_false=np.zeros(())), [(2, 3)])
+    assert bound_node(node, ctx).upper.value == 1.0
+    _, node, ctx = single(O.Where(test="isnan", when_true=np.zeros(())), [(2, 3), (2, 3)])
+    nan_test = bound_node(node, ctx)
+    assert nan_test.input_gains == (5e-324, 1.0) and nan_test.upper.value == 1.0  # ~0 (TESTED_GAIN)
+    _, node, ctx = single(O.Where(test="isnan", negate=True, when_true=np.zeros(())), [(2, 3), (2, 3)])
+    assert bound_node(node, ctx).upper.value <= 1e-300  # not-NaN: the constant branch on finite inputs
+    _, node, ctx = single(O.Where(test="greater", other=np.zeros(())), [(2, 3), (2, 3), (2, 3)])
+    switch = bound_node(node, ctx)
+    assert switch.upper.value == float("inf") and switch.upper.method == "branch-switch"
+    assert "branch switch" in switch.notes[0]
+
+
+@pytest.mark.parametrize(("tested", "expected"), [(O.Sigmoid(), 1.0), (O.Reciprocal(), float("inf"))])
+def test_a_nan_test_is_free_only_when_its_input_is_proved_finite(tested: O.Op, expected: float) -> None:
+    """where(isinf(t), 5, x): t = sigmoid(x) is finite everywhere (finite bound), so the output is x,
+    Lipschitz 1 (plus a 5e-324-sized term); t = 1/x is inf at x = 0, where the output jumps to 5: no
+    finite bound (0 * inf would have counted as 0)."""
+    from stabaudit.analyses.composition import compose, rule_bounds
+
+    nodes = (Node(name="t", op=tested, inputs=("x",), output="t"),
+             Node(name="w", op=O.Where(test="isinf", when_true=np.array(5.0)), inputs=("t", "x"), output="y"))
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes).validate())
+    upper = compose(graph, rule_bounds(graph)).upper.value
+    assert upper == expected or (expected == 1.0 and 1.0 <= upper <= 1.0 + 1e-15)

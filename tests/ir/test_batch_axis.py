@@ -62,6 +62,11 @@ KEEP: dict[str, tuple[Build, int]] = {
     "quantize-per-channel": (lambda n: _graph(
         (n, 3, 2), (O.Quantize(scale=(0.1, 0.3, 0.05), zero_point=(0.0, 3.0, -2.0), qmin=-128, qmax=127, axis=1),
                     ("x",)), (O.Quantize(scale=(0.2,), zero_point=(128.0,), qmin=0, qmax=255, integer=True), ("v0",))), 0),
+    # Where: a mask repeated along the batch, IsNaN of a sample's own entries, a switch per sample
+    "where-per-sample": (lambda n: _graph(
+        (n, 3), (O.Where(mask=np.tile(np.array([[True, False, True]]), (n, 1)), when_false=np.zeros(())), ("x",)),
+        (O.Where(test="isnan", when_true=np.zeros(())), ("v0", "v0")),
+        (O.Where(test="greater", other=np.zeros(())), ("v1", "x", "v1"))), 0),
     "resize-spatial": (lambda n: _graph(
         (n, 1, 3, 4), (O.Resize(axes=(2, 3), in_sizes=(3, 4), sizes=(5, 7), scales=(5 / 3, 7 / 4), mode="linear"),
                        ("x",))), 0),
@@ -115,6 +120,9 @@ MIX: dict[str, tuple[Build, str, str]] = {
                        "n0", "merges the batch axis"),
     "parameter-depends-on-n": (lambda n: _graph((n, 3), (O.Affine(scale=np.array(float(n))), ("x",))),
                                "n0", "parameter 'scale' that depends on the batch size"),
+    "mask-varies-by-sample": (lambda n: _graph((n, 3), (O.Where(mask=np.arange(3 * n).reshape(n, 3) % 2 == 0,
+                                                                when_false=np.zeros(())), ("x",))),
+                              "n0", "parameter 'mask' that depends on the batch size"),
     "shift-varies-by-sample": (lambda n: _graph((n, 3), (O.Affine(shift=np.arange(3.0 * n).reshape(n, 3)), ("x",))),
                                "n0", "parameter 'shift' that depends on the batch size"),
 }

@@ -395,6 +395,12 @@ def test_unsupported_operators_are_listed_at_once(tmp_path: Path) -> None:
      "BatchNormalization(training mode)"),
     ([node("Dropout", ["x", "r", "t"])], {"r": np.float32(0.5), "t": np.bool_(True)}, "Dropout(training mode)"),
     ([node("Gemm", ["x", "x", "x"], transB=1)], {}, "Gemm(variable C)"),
+    ([node("IsNaN", ["x"], ["n"]), node("Cast", ["n"], ["m"], to=1), node("Mul", ["x", "m"])], {},
+     "Cast(of a bool condition computed from variables)"),
+    ([node("Greater", ["x", "c"], ["g"]), node("Where", ["g", "g", "x"])], {"c": rand(1)},
+     "Where(of a bool condition computed from variables)"),
+    ([node("Greater", ["x", "c"], ["g"]), node("And", ["g", "g"], ["a"]), node("Where", ["a", "x", "c"])],
+     {"c": rand(1)}, "And(of a bool condition computed from variables)"),
 ])
 def test_unsupported_variants(tmp_path: Path, nodes: list[Any], params: dict[str, Any], label: str) -> None:
     with pytest.raises(UnsupportedOperatorError) as info:
@@ -443,10 +449,18 @@ def test_ceil_mode_window_starting_in_the_padding_is_refused(tmp_path: Path) -> 
     assert info.value.counts == {"AveragePool(ceil_mode window starting in the padding)": 1}
 
 
-def test_constant_output_is_an_error(tmp_path: Path) -> None:
-    nodes = [node("Relu", ["x"], ["r"]), node("Shape", ["x"], ["y"])]
+def test_a_constant_output_leaves_the_audited_graph(tmp_path: Path) -> None:
+    """y = float(Shape(x)) does not depend on x's values (Lipschitz 0): the graph computes r only,
+    named; a model whose every output is constant is refused."""
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    nodes = [node("Shape", ["x"], ["s"]), node("Cast", ["s"], ["y"], to=TensorProto.FLOAT), node("Relu", ["x"], ["r"])]
+    lm = load_onnx(save(tmp_path, nodes, X4, outputs=("y", "r")))
+    assert lm.graph.outputs == ("r",) and lm.output_names == ("r",) and lm.reference_outputs == ("y", "r")
+    assert any("graph output(s) 'y' are constant (they do not depend" in n for n in lm.notes)
+    assert check_equivalence(lm, seed=0).passed
     with pytest.raises(ModelLoadError, match="'y' is a constant"):
-        load_onnx(save(tmp_path, nodes, X4, outputs=("r", "y")))
+        load_onnx(save(tmp_path, [node("Shape", ["x"], ["y"])], X4, outputs=("y",), name="only.onnx"))
 
 
 def test_integer_input_without_a_real_start_is_an_error(tmp_path: Path) -> None:
@@ -630,3 +644,21 @@ def test_no_onnxruntime_telemetry_store_after_a_check(tmp_path: Path) -> None:
     # onnxruntime 1.32 on Linux writes it; a build without telemetry writes nothing, and then the
     # empty HOME above is the whole claim
     assert not store or any(f.endswith("onnxruntime.db") for f in store), store
+
+
+def test_where_loads_as_a_selection_a_nan_test_or_a_switch(tmp_path: Path) -> None:
+    """A constant mask (from a comparison of constants, folded) and IsNaN / Not(IsInf) of a variable
+    are fixed selections; a comparison of variables is a switch; each matches onnxruntime."""
+    nodes = [node("Softmax", ["x"], ["s"], axis=-1), node("IsNaN", ["s"], ["n"]), node("Where", ["n", "z", "s"], ["a"]),
+             node("Less", ["lo", "hi"], ["mask"]), node("Where", ["mask", "a", "x"], ["b"]),
+             node("IsInf", ["b"], ["i"], detect_negative=0), node("Not", ["i"], ["f"]),
+             node("Where", ["f", "b", "z"], ["c"]), node("Greater", ["z", "c"], ["g"]),
+             node("Where", ["g", "x", "c"])]
+    params = {"z": np.float32(0.0), "lo": np.array([0.0, 2.0, 0.0, 2.0], np.float32), "hi": np.float32(1.0)}
+    lm = check(save(tmp_path, nodes, {"x": [2, 4]}, params=params))
+    wheres = [n.op for n in lm.graph.nodes if isinstance(n.op, O.Where)]
+    assert [(w.test, w.negate, w.switch) for w in wheres] == [
+        ("isnan", False, False), ("", False, False), ("isposinf", True, False), ("less", False, True)]
+    assert wheres[1].mask is not None and wheres[1].mask.tolist() == [True, False, True, False]
+    assert wheres[3].other is not None and float(wheres[3].other) == 0.0  # 0 > c read as c < 0
+    assert lm.source_ops["Less"] == 1 and "Less x1" in " ".join(lm.notes)  # folded on constants

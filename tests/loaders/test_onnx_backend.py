@@ -59,7 +59,7 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_reduce_log_sum_exp", "test_reduce_max", "test_reduce_mean", "test_reduce_min", "test_reduce_sum_",
     "test_quantizelinear", "test_relu", "test_reshape", "test_resize", "test_rnn_seq_length", "test_sigmoid", "test_simple_rnn", "test_softmax",
     "test_softplus", "test_spacetodepth", "test_split", "test_squeeze", "test_sub", "test_sum", "test_swiglu", "test_swish",
-    "test_tanh", "test_tile", "test_transpose", "test_unsqueeze", "test_upsample",
+    "test_tanh", "test_thresholdedrelu_expanded", "test_tile", "test_transpose", "test_unsqueeze", "test_upsample",
     "test_erf", "test_exp_example", "test_log_example", "test_pow", "test_reciprocal", "test_sqrt",
 )
 KNOWN_REFUSED: dict[str, str] = {
@@ -70,8 +70,6 @@ KNOWN_REFUSED: dict[str, str] = {
     r"test_batchnorm_.*training_mode": "BatchNormalization in training mode",
     r"test_cast(like)?_.*_to_(FLOAT[48]|INT|UINT)": "casts to integers and 8-/4-bit floats",
     r"test_celu(_bfloat16|_float16)?$": "Celu (its expansion loads)",
-    r"test_(clip|elu|hardsigmoid|leakyrelu|prelu|relu|softmax|softplus)_.*expanded":
-        "function expansions with Where, Less, ReduceMax, Exp, ...",
     r"test_dropout_default_mask": "Dropout's mask output is used",
     r"test_gelu_tanh_.*expanded": "tanh GELU written with Pow and Tanh",
     r"test_maxpool_with_argmax": "MaxPool's indices output is used",

@@ -184,3 +184,39 @@ def test_several_inputs_are_perturbed_jointly_or_only_those_named(tmp_path: Path
     config = tmp_path / "stabaudit.yaml"
     config.write_text("input_shape: {x: [2, 4], z: [2, 3]}\nperturb: [x]\n")
     assert _check([str(path), "--config", str(config)], tmp_path / "c.json")["model"]["held"] == only["model"]["held"]
+
+
+def test_an_output_constant_once_inputs_are_held_drops_out(tmp_path: Path) -> None:
+    """Outputs (mask_out, y): mask_out is Not(mask), a constant of the audit; it leaves the audited
+    graph, y is compared with onnxruntime by name (positionally it would meet mask_out)."""
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    nodes = [helper.make_node("Not", ["mask"], ["mask_out"]),
+             helper.make_node("Gather", ["emb", "ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["y"])]
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5]),
+              helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 5])]
+    outputs = [helper.make_tensor_value_info("mask_out", TensorProto.BOOL, None),
+               helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [_array("emb", (50, 8)), _array("W", (8, 4))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = load_onnx(tmp_path / "m.onnx")
+    assert loaded.graph.outputs == ("y",) and loaded.output_names == ("y",)
+    assert loaded.reference_outputs == ("mask_out", "y")
+    assert any("'mask_out' are constant once the input(s) 'ids', 'mask' are held" in n for n in loaded.notes)
+    result = check_equivalence(loaded, seed=0)
+    assert result.passed and result.max_abs_diff < 1e-5
+    assert any("'mask_out' not compared" in n for n in result.notes)
+
+
+def test_every_output_constant_is_still_refused(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Not", ["mask"], ["y"])]
+    inputs = [helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 5])]
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.BOOL, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(ModelLoadError, match="graph output 'y' is a constant once"):
+        load_onnx(tmp_path / "m.onnx")

@@ -191,6 +191,43 @@ class Structural(nn.Module):
         return F.softmax(y, dim=-1)
 
 
+class Parts(nn.Module):
+    """split by a size and by sizes, chunk (uneven: 7 into 3 parts of 3, 3, 1), unbind; the parts read
+    by unpacking and by indexing the list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # [2, 7]
+        a, b = torch.split(h, [3, 4], dim=1)
+        parts = torch.split(h, 3, dim=-1)  # 3, 3, 1
+        c, d, e = h.chunk(3, dim=1)
+        rows = torch.unbind(h, dim=0)
+        return torch.cat([a * 2.0, b, parts[2], parts[0], e, d, c, torch.stack([rows[1], rows[0]], dim=0)], dim=1)
+
+
+class Recurrent(nn.Module):
+    """A 2-layer bidirectional batch-first LSTM from a given (buffer) state, a GRU without biases and
+    an RNN: every output (y, h_n, c_n) returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(8, 3, bias=False)
+        self.rnn = nn.RNN(3, 2)
+        gen = torch.Generator().manual_seed(4)
+        self.register_buffer("h0", torch.randn(4, 2, 4, generator=gen))
+        self.register_buffer("c0", torch.randn(4, 2, 4, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        y, (h, c) = self.lstm(x, (self.h0, self.c0))  # [2, 5, 8]
+        g, gh = self.gru(y.transpose(0, 1))  # [5, 2, 3]
+        r, _ = self.rnn(g)
+        return y, h, c, gh, r
+
+
 class TwoOutputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -267,6 +304,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "structural": (Structural, (1, 2, 5, 6)),
     "clamp": (Clamp, (2, 9)),
     "two_outputs": (TwoOutputs, (2, 4)),
+    "parts": (Parts, (2, 3)),
+    "recurrent": (Recurrent, (2, 5, 3)),
     "control_flow": (ControlFlow, (3, 6)),
 }
 
@@ -571,3 +610,30 @@ def test_half_precision_weights_upcast_exactly(tmp_path: Path, dtype: torch.dtyp
         want = module(torch.from_numpy(x).to(dtype)).float().numpy()
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, want)
+
+
+def test_recurrent_variants_outside_the_onnx_cells_are_refused(tmp_path: Path) -> None:
+    """proj_size adds a projection ONNX's LSTM does not have; an initial state computed from the
+    input is not a constant."""
+
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, proj_size=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lstm(x)[0]
+
+    class StateFromInput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.gru(x, x[:1].tanh())[0]
+
+    for module, detail in ((Projected(), "proj_size"), (StateFromInput(), "initial hidden state computed from the input")):
+        path = _save(module, (4, 1, 3), "trace", tmp_path / "r.pt")
+        with pytest.raises(UnsupportedOperatorError) as info:
+            load_torchscript(path, input_shape=(4, 1, 3))
+        assert any(detail in key for key in info.value.counts), info.value.counts

@@ -49,6 +49,7 @@ class Case:
     script: bool = False  # torch.jit.script instead of trace
     residual: bool = False  # the whole model is one residual block x + f(x)
     formats: tuple[str, ...] = (ONNX, TS)
+    switch: bool = False  # a data-dependent branch switch: no finite global bound, the report says why
     onnx_ops: frozenset[str] = field(default_factory=frozenset)
     ts_ops: frozenset[str] = field(default_factory=frozenset)
 
@@ -79,6 +80,30 @@ class Selection(nn.Module):
         p = torch.nn.functional.pixel_unshuffle(torch.nn.functional.pixel_shuffle(c.reshape(1, 4, 1, 2), 2), 2)
         t = p.repeat(1, 1, 2, 1).reshape(1, 1, 16).expand(1, 2, 16)
         return self.fc2(t.reshape(1, 32))
+
+
+class Parts(nn.Module):
+    """split by sizes and by a size, chunk (uneven), unbind, and their unsafe_ spellings: lists of parts
+    read by unpacking and by index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 7)
+        self.fc2 = nn.Linear(41, 2)
+        with torch.no_grad():
+            self.fc1.weight.mul_(2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # [1, 7]
+        a, b = torch.split(h, [3, 4], dim=1)
+        parts = torch.split(h, 3, dim=-1)  # 3, 3, 1
+        c, d, e = h.chunk(3, dim=1)
+        f, g = torch.unsafe_split(h, 4, dim=1)
+        k, m = torch.unsafe_chunk(h, 2, dim=1)
+        n, o = torch.unsafe_split_with_sizes(h, [2, 5], dim=1)
+        rows = torch.unbind(h.reshape(1, 7, 1), dim=1)
+        t = torch.cat([a, b, parts[2], parts[0], e, d, c, g, f, m, k, o, n, rows[6], rows[0]], dim=1)  # [1, 41]
+        return self.fc2(t)
 
 
 class Between(nn.Module):
@@ -324,15 +349,17 @@ class Recurrent(nn.Module):
     """A recurrent stack over a [batch, seq, features] input: RNN (tanh: globally Lipschitz) or a
     bidirectional LSTM feeding a GRU (gated: products of two variables), then a Linear."""
 
-    def __init__(self, gated: bool):
+    def __init__(self, gated: bool, relu: bool = False):
         super().__init__()
         self.gated = gated
         if gated:
             self.lstm = nn.LSTM(2, 3, batch_first=True, bidirectional=True)
             self.gru = nn.GRU(6, 3, batch_first=True)
+        elif relu:  # two stacked layers, sequence first
+            self.rnn = nn.RNN(2, 4, num_layers=2, nonlinearity="relu")
         else:
             self.rnn = nn.RNN(2, 4, batch_first=True, bidirectional=True)
-        self.fc = nn.Linear(3 if gated else 8, 2)
+        self.fc = nn.Linear(3 if gated else (4 if relu else 8), 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -867,6 +894,94 @@ def _onnx_selection() -> OnnxSpec:
                     constants=("sp", "idx", "one", "ax", "shape3", "to", "reps", "flat"))
 
 
+def _onnx_where() -> OnnxSpec:
+    """Where with conditions fixed on finite inputs: softmax NaNs replaced by 0 (IsNaN), Not(IsInf),
+    a constant mask over two variables, one of them broadcast (copies), and a mask from a comparison
+    and an And of constants (folded)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 6]
+            _node("Reshape", ["h", "shape"], ["h2"]),  # [1, 2, 3]
+            _node("Softmax", ["h2"], ["s"], axis=-1),
+            _node("IsNaN", ["s"], ["n"]),
+            _node("Where", ["n", "zero", "s"], ["s1"]),
+            _node("IsInf", ["h2"], ["inf"]),
+            _node("Not", ["inf"], ["fin"]),
+            _node("Where", ["fin", "h2", "big"], ["h3"]),
+            _node("Where", ["mask", "s1", "h3"], ["m"]),
+            _node("Slice", ["h3", "start", "end", "axis"], ["col"]),  # [1, 2, 1]
+            _node("Greater", ["ta", "tb"], ["gt"]),  # constants: folded
+            _node("And", ["gt", "mask"], ["both"]),
+            _node("Where", ["both", "m", "col"], ["w"]),  # col copied over 3 columns
+            _node("Reshape", ["w", "flat"], ["f"]),
+            _node("MatMul", ["f", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(71, 3, 6, scale=2.0), "shape": np.array([1, 2, 3], np.int64),
+                "zero": np.array(0.0, np.float32), "big": np.array(1e4, np.float32),
+                "mask": np.array([[True, False, True], [False, False, True]]),
+                "start": np.array([1], np.int64), "end": np.array([2], np.int64), "axis": np.array([2], np.int64),
+                "ta": np.array([[1.0], [0.0]], np.float32), "tb": np.array([0.5], np.float32),
+                "flat": np.array([1, 6], np.int64), "w2": _rand(72, 6, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h2 = (x @ p["w1"]).reshape(1, 2, 3)
+        s = torch.softmax(h2, dim=-1)
+        s1 = torch.where(torch.isnan(s), torch.zeros(()).double(), s)
+        h3 = torch.where(~torch.isinf(h2), h2, torch.full((), 1e4).double())
+        mask = torch.tensor([[True, False, True], [False, False, True]])
+        m = torch.where(mask, s1, h3)
+        both = torch.tensor([[True], [False]]) & mask
+        w = torch.where(both, m, h3[:, :, 1:2])
+        return w.reshape(1, 6) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13,
+                    constants=("shape", "zero", "big", "mask", "start", "end", "axis", "ta", "tb", "flat"))
+
+
+def _onnx_where_switch() -> OnnxSpec:
+    """Where on comparisons of activations (Greater, GreaterOrEqual, Less, LessOrEqual, Equal, Not):
+    data-dependent branch switches, which load and run but have no finite bound."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 4]
+            _node("MatMul", ["x", "w2"], ["g"]),  # [1, 4]
+            _node("Greater", ["h", "zero"], ["c1"]),
+            _node("Mul", ["h", "slope"], ["hs"]),
+            _node("Where", ["c1", "h", "hs"], ["a"]),  # a leaky ReLU written as a switch
+            _node("GreaterOrEqual", ["h", "g"], ["c2"]),
+            _node("Where", ["c2", "a", "g"], ["b"]),
+            _node("Less", ["one", "b"], ["c3"]),  # 1 < b: b > 1
+            _node("Not", ["c3"], ["c4"]),
+            _node("Where", ["c4", "b", "one"], ["c"]),  # min(b, 1)
+            _node("LessOrEqual", ["c", "g"], ["c5"]),
+            _node("Where", ["c5", "c", "zero"], ["d"]),
+            _node("Equal", ["d", "zero"], ["c6"]),
+            _node("Where", ["c6", "g", "d"], ["e"]),
+            _node("MatMul", ["e", "w3"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(73, 3, 4, scale=2.0), "w2": _rand(74, 3, 4), "w3": _rand(75, 4, 2),
+                "zero": np.array(0.0, np.float32), "slope": np.array(0.1, np.float32),
+                "one": np.array(1.0, np.float32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h, g = x @ p["w1"], x @ p["w2"]
+        zero, one = torch.zeros(()).double(), torch.ones(()).double()
+        a = torch.where(h > 0, h, h * p["slope"])
+        b = torch.where(a >= g, a, g)
+        c = torch.where(~(one < b), b, one)
+        d = torch.where(c <= g, c, zero)
+        e = torch.where(d == 0, g, d)
+        return e @ p["w3"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=13, constants=("zero", "one"))
+
+
 def _onnx_depth_to_space() -> OnnxSpec:
     """DepthToSpace (DCR and CRD), SpaceToDepth, and Split into num_outputs parts (opset 18)."""
 
@@ -1213,12 +1328,16 @@ def _cases() -> list[Case]:
              ts_ops=frozenset({"aten::maximum", "aten::minimum", "aten::max", "aten::min"})),
         Case(id="onnx_slice_mul", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_slice_mul(),
              ops=frozenset({L.LINEAR, L.SLICE, L.SIGMOID, L.MUL}), onnx_ops=frozenset({"Slice", "Mul"})),
-        # recurrent cells, unrolled over the 3 steps: no TorchScript (aten::lstm, aten::gru, aten::rnn_tanh)
-        Case(id="rnn_tanh", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(False), 61),
-             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.TANH, L.CONCAT}), onnx_ops=frozenset({"RNN"})),
-        Case(id="lstm_gru", input_shape=(1, 3, 2), formats=(ONNX,), module=_seeded(lambda: Recurrent(True), 62),
+        # recurrent cells, unrolled over the 3 steps (TorchScript's aten::lstm, aten::gru, aten::rnn_* as ONNX's cells)
+        Case(id="rnn_tanh", input_shape=(1, 3, 2), module=_seeded(lambda: Recurrent(False), 61),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.TANH, L.CONCAT}), onnx_ops=frozenset({"RNN"}),
+             ts_ops=frozenset({"aten::rnn_tanh"})),
+        Case(id="rnn_relu_stacked", input_shape=(3, 1, 2), formats=(TS,),
+             module=_seeded(lambda: Recurrent(False, relu=True), 63),
+             ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.RELU, L.CONCAT}), ts_ops=frozenset({"aten::rnn_relu"})),
+        Case(id="lstm_gru", input_shape=(1, 3, 2), module=_seeded(lambda: Recurrent(True), 62),
              ops=frozenset({L.LINEAR, L.SLICE, L.RESHAPE, L.ADD, L.SUB, L.SIGMOID, L.TANH, L.MUL, L.CONCAT}),
-             onnx_ops=frozenset({"LSTM", "GRU"})),
+             onnx_ops=frozenset({"LSTM", "GRU"}), ts_ops=frozenset({"aten::lstm", "aten::gru"})),
         Case(id="onnx_domain_maps", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_domain_maps(),
              ops=frozenset({L.LINEAR, L.SIGMOID, L.LOG, L.SQRT, L.RECIPROCAL, L.DIV, L.POW, L.EXP, L.ERF}),
              onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
@@ -1234,9 +1353,19 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",
                                "aten::pixel_unshuffle", "aten::repeat", "aten::expand"})),
+        Case(id="parts", input_shape=(1, 3), formats=(TS,), module=_seeded(Parts, 82),
+             ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.CONCAT, L.RESHAPE}),
+             ts_ops=frozenset({"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unbind",
+                               "aten::unsafe_split", "aten::unsafe_chunk", "aten::unsafe_split_with_sizes"})),
         Case(id="onnx_selection", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_selection(),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.RESHAPE, L.ABS, L.PAD, L.CONCAT, L.AFFINE, L.TILE}),
              onnx_ops=frozenset({"Split", "Gather", "Abs", "Concat", "Expand", "Tile"})),
+        Case(id="onnx_where", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_where(),
+             ops=frozenset({L.LINEAR, L.RESHAPE, L.SOFTMAX, L.WHERE, L.SLICE}),
+             onnx_ops=frozenset({"Where", "IsNaN", "IsInf", "Not", "Greater", "And"})),
+        Case(id="onnx_where_switch", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_where_switch(), switch=True,
+             ops=frozenset({L.LINEAR, L.WHERE, L.AFFINE}),
+             onnx_ops=frozenset({"Where", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Not"})),
         Case(id="onnx_depth_to_space", input_shape=(1, 8, 2, 2), formats=(ONNX,), onnx=_onnx_depth_to_space(),
              ops=frozenset({L.AFFINE, L.RESHAPE, L.TRANSPOSE, L.SLICE, L.CONCAT, L.LINEAR}),
              onnx_ops=frozenset({"DepthToSpace", "SpaceToDepth", "Split"})),

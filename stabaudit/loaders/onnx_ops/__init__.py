@@ -11,6 +11,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     recurrent,
     reduction,
     resize,
+    selection,
     structure,
 )
 from stabaudit.loaders.onnx_ops.common import TRANSLATORS, Context, OnnxNode, Unsupported, wrap_node

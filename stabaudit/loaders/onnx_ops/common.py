@@ -227,6 +227,17 @@ def resolve_window(node: OnnxNode, spatial: Sequence[int], kernel: Sequence[int]
     return Window(kernel=k, strides=strides, dilations=dilations, pads=pads)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Condition:
+    """A bool tensor computed from variables (IsNaN, IsInf, a comparison, Not of one): it has no IR
+    value of its own; the Where that reads it as its condition carries the test (ops.Where)."""
+
+    test: str
+    tested: tuple[str, ...]  # the variable(s) the test reads
+    other: np.ndarray | None = None  # the constant a comparison compares with
+    negate: bool = False
+
+
 # ---- translation state -------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class Quantized:
@@ -276,6 +287,7 @@ class Context:
         self.quantized: dict[str, Quantized] = {}
         self.rescaled: dict[str, Rescaled] = {}
         self.step_products: dict[str, tuple[str, np.ndarray]] = {}
+        self.conditions: dict[str, Condition] = {}  # bool values computed from variables, read by Where
 
     # reading
     def resolve(self, name: str) -> str:
@@ -424,7 +436,8 @@ def fits(constant: np.ndarray, shape: Sequence[int]) -> bool:
 
 
 __all__ = [
-    "Context", "OnnxNode", "Quantized", "Rescaled", "TRANSLATORS", "Translator", "Unsupported", "Window",
+    "Condition", "Context", "OnnxNode", "Quantized", "Rescaled", "TRANSLATORS", "Translator", "Unsupported",
+    "Window",
     "broadcast_var", "fits", "flatten_target", "int_list", "normalize_axis", "register", "reshape_target",
     "resolve_window", "squeeze_target", "unsqueeze_target", "wrap_node",
 ]

@@ -6,6 +6,7 @@ from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their regist
     linear,
     normalization,
     pooling,
+    recurrent,
     reduction,
     resize,
     structural,

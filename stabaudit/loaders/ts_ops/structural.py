@@ -1,5 +1,6 @@
 """Translators of TorchScript's structural ops: reshapes, transposes, concat, pad, selections (slice,
-select, index_select), copies (expand, repeat), pixel (un)shuffle, no-op casts."""
+select, index_select, and the lists of parts of split, chunk and unbind), copies (expand, repeat),
+pixel (un)shuffle, no-op casts."""
 
 from __future__ import annotations
 
@@ -194,6 +195,62 @@ def select(ctx: Context, node: SourceNode) -> Sequence[Any]:
     """x.select(dim, i) (x[:, i]): a Gather by a scalar index, which drops the axis."""
     x = node.var(0)
     return [_gather(ctx, x, norm_axis(int(node.arg(1)), x.rank), np.asarray(int(node.arg(2))))]
+
+
+def _parts(ctx: Context, x: Var, axis: int, sizes: Sequence[int]) -> list[Var]:
+    """One Slice per part of consecutive sizes along ``axis`` (as ONNX Split): a list of Vars."""
+    dim = x.shape[axis]
+    if any(size < 0 for size in sizes) or sum(sizes) != dim:
+        raise Unsupported(f"parts of sizes {list(sizes)} for a dim of {dim}")
+    out, start = [], 0
+    for i, size in enumerate(sizes):
+        if size == dim:
+            out.append(x)
+        else:
+            starts, ends, steps = [0] * x.rank, list(x.shape), [1] * x.rank
+            starts[axis], ends[axis] = start, start + size
+            out.append(ctx.emit(O.Slice(starts=tuple(starts), ends=tuple(ends), steps=tuple(steps)), [x],
+                                role=f"part{i}"))
+        start += size
+    return out
+
+
+@translates("aten::split", "aten::split_with_sizes", "aten::unsafe_split", "aten::unsafe_split_with_sizes")
+def split(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.split by one size (parts of that size, the last one smaller) or by a list of sizes:
+    one output, the list of the parts (prim::ListUnpack or __getitem__ reads them)."""
+    x = node.var(0)
+    axis = norm_axis(int(node.arg("dim", 0)), x.rank)
+    dim = x.shape[axis]
+    size = node.arg(1)
+    if isinstance(size, int):
+        if size <= 0 or dim == 0:
+            raise Unsupported(f"split size {size} of a dim of {dim}")
+        sizes = [min(size, dim - start) for start in range(0, dim, size)]
+    else:
+        sizes = [int(v) for v in size]
+    return [_parts(ctx, x, axis, sizes)]
+
+
+@translates("aten::chunk", "aten::unsafe_chunk")
+def chunk(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.chunk(x, n, dim): parts of ceil(dim / n) entries, the last one smaller (possibly
+    fewer than n parts, as torch gives)."""
+    x = node.var(0)
+    axis = norm_axis(int(node.arg("dim", 0)), x.rank)
+    dim, chunks = x.shape[axis], int(node.arg(1))
+    if chunks <= 0 or dim == 0:
+        raise Unsupported(f"{chunks} chunks of a dim of {dim}")
+    size = -(-dim // chunks)
+    return [_parts(ctx, x, axis, [min(size, dim - start) for start in range(0, dim, size)])]
+
+
+@translates("aten::unbind")
+def unbind(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.unbind(x, dim): the list of x.select(dim, i), each a Gather by a scalar index."""
+    x = node.var(0)
+    axis = norm_axis(int(node.arg("dim", 0)), x.rank)
+    return [[_gather(ctx, x, axis, np.asarray(i)) for i in range(x.shape[axis])]]
 
 
 @translates("aten::index_select")
