@@ -548,10 +548,12 @@ def summary_line(report: Report, written: list[str]) -> str:
     sound = "no upper bound" if lip.upper is None else ("certified upper" if lip.certified else "estimate upper")
     # a branch switch: the bracket is about the smooth part, the jumps add a constant term
     plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
-    parts = [
-        f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})",
-        f"failing: {', '.join(failing) or 'none'}",
-    ]
+    parts = [f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})"]
+    dom = report.domain_lipschitz
+    if dom is not None:
+        over = "no upper bound" if dom.upper is None else ("certified upper" if dom.certified else "estimate upper")
+        parts[0] += f", over the domain [{_num(dom.lower)}, {_num(dom.upper)}] ({over})"
+    parts.append(f"failing: {', '.join(failing) or 'none'}")
     if warnings:
         parts.append(f"warnings ({why_not_gating(report.checks, report.fail_on)}): {', '.join(warnings)}")
     return "; ".join(parts) + _wrote(written)

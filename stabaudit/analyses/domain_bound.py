@@ -116,10 +116,12 @@ def domain_boxes(graph: Graph, domain: Domain, samples: np.ndarray | None) -> Bo
                                     hi=broadcast("high", high, tuple(spec.shape)).copy())
                 for spec in graph.inputs
             }
-            lo_text = f"{min(low.values):g}" if len(set(low.values)) == 1 else "per entry"
-            hi_text = f"{max(high.values):g}" if len(set(high.values)) == 1 else "per entry"
-            return Boxes(kind="box", description=f"the box low <= x <= high (low {lo_text}, high {hi_text})",
-                         boxes=(box,))
+            if len(set(low.values)) == 1 and len(set(high.values)) == 1:
+                description = f"the box [{low.values[0]:g}, {high.values[0]:g}] on every entry"
+            else:
+                description = (f"the box low <= x <= high given per channel or entry (from {min(low.values):g} "
+                               f"to {max(high.values):g})")
+            return Boxes(kind="box", description=description, boxes=(box,))
         case BallDomain(eps=eps) | MarginDomain(margin=eps):
             if samples is None:
                 raise UsageError("domain: a ball or margin domain is built around the sample inputs: give "

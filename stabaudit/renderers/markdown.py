@@ -61,11 +61,14 @@ def render_markdown(report: Report) -> str:
         ]
         return "\n".join([*lines, ""])
     jumps = additive_line(report)
+    dom = report.domain_lipschitz
     lines = [
         f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
         "",
         f"Global Lipschitz (L2): **[{num(lip.lower)}, {num(lip.upper)}]** "
         f"(upper {mark(lip.certified)}: {lip.upper_method})",
+        *(["", f"Over the domain ({prose(dom.domain.description)}): **[{num(dom.lower)}, {num(dom.upper)}]** "
+                f"(upper {mark(dom.certified)}: {dom.upper_method})"] if dom is not None else []),
         *(["", f"Branch switches: {prose(jumps)}"] if jumps else []),
         "",
         f"Gate (fail-on {report.fail_on}, exit code {report.exit_code}): {gate_line(report.checks, report.fail_on)}",

@@ -143,6 +143,13 @@ def render_table(report: Report) -> str:
     jumps = additive_line(report)
     if jumps:
         out.append(f"  {jumps}")
+    dom = report.domain_lipschitz
+    if dom is not None:
+        out.append(
+            f"Over the domain ({dom.domain.description}): [{num(dom.lower)}, {num(dom.upper)}]"
+            f"  upper: {dom.upper_method} ({mark(dom.certified)})"
+        )
+        out += [f"  {note}" for note in dom.notes]
     for mb in lip.methods:
         state = mark(mb.certified) if mb.upper is not None else "no bound"
         note = f"  ({'; '.join(mb.notes)})" if mb.notes and mb.upper is None else ""

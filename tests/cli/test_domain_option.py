@@ -70,3 +70,22 @@ def test_bad_domains_are_one_line_errors(tmp_path: Path, args: list[str], messag
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_the_terminal_summary_states_the_bracket_over_the_domain(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "stabaudit", "check", str(SAMPLE), "--budget", "0.2", "--method", "product",
+         "--no-cache", "--domain", "0,1"],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env={"NO_COLOR": "1", "COLUMNS": "200",
+                                                                         **_env()},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Over the domain (the box [0, 1] on every entry): [" in proc.stdout
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert ", over the domain [" in summary and "(certified upper)" in summary
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "FORCE_COLOR")}
