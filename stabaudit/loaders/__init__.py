@@ -32,6 +32,9 @@ def load_model(
             from stabaudit.errors import ModelLoadError
 
             raise ModelLoadError("--input-shape NAME=..., --from and --perturb apply to ONNX models only", path=str(path))
+        from stabaudit.loaders.torchscript import precheck_archive
+
+        precheck_archive(Path(path), str(path))
         return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs,
                              cuda=cuda)
     from stabaudit.loaders.onnx import load_onnx

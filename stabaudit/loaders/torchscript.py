@@ -168,6 +168,18 @@ def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str
             ) from exc
 
 
+def precheck_archive(file: Path, where: str) -> None:
+    """The archive's size and zip-bomb checks, in the calling process before a child loads it (the
+    child repeats them on the bytes it loads): a bomb is refused without starting a process."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the file ({exc.strerror or exc})", path=where) from exc
+    if size > MAX_ARCHIVE_BYTES:
+        raise ResourceError(f"archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES} bytes", path=where)
+    _check_archive(file, where)
+
+
 # ---- archive metadata --------------------------------------------------------------------------
 def _check_archive(file: Path, where: str) -> None:
     """Refuse a zip bomb from the archive's central directory, before torch.jit.load inflates it:
