@@ -637,10 +637,11 @@ def _domain_points(loaded: LoadedModel, samples: np.ndarray | None, request: Aud
 
 def _in_boxes(graph: Graph, boxes: Boxes, x: tuple[float, ...], y: tuple[float, ...]) -> bool:
     """Whether the points x and y (flat, the inputs' entries concatenated) lie in one box."""
+    from stabaudit.analyses.domain_bound import flat_box
+
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     for box in boxes.search:
-        lo = np.concatenate([box[spec.name].lo.ravel() for spec in graph.inputs])
-        hi = np.concatenate([box[spec.name].hi.ravel() for spec in graph.inputs])
+        lo, hi = flat_box(graph, box)
         if a.shape == lo.shape and b.shape == lo.shape and np.all((lo <= a) & (a <= hi) & (lo <= b) & (b <= hi)):
             return True
     return False

@@ -103,6 +103,14 @@ def _split(graph: Graph, flat: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def flat_box(graph: Graph, box: Mapping[str, Interval]) -> tuple[np.ndarray, np.ndarray]:
+    """The box's ends flat (the inputs' entries concatenated, as in ``Executor.flat``): the inverse
+    of ``_split``."""
+    lo = np.concatenate([np.asarray(box[s.name].lo, dtype=np.float64).ravel() for s in graph.inputs])
+    hi = np.concatenate([np.asarray(box[s.name].hi, dtype=np.float64).ravel() for s in graph.inputs])
+    return lo, hi
+
+
 def domain_boxes(graph: Graph, domain: Domain, samples: np.ndarray | None) -> Boxes:
     """The domain as boxes over the graph's inputs; UsageError when it cannot be (an unbounded
     domain, a ball or margin domain without samples)."""
@@ -253,8 +261,7 @@ def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
     worst, methods = 0.0, set()
     for box in boxes.boxes:
         check_deadline()
-        lo = np.concatenate([box[s.name].lo.ravel() for s in graph.inputs])
-        hi = np.concatenate([box[s.name].hi.ravel() for s in graph.inputs])
+        lo, hi = flat_box(graph, box)
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
             return None
         c = (lo + hi) / 2

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stabaudit.analyses.domain_bound import Boxes
+from stabaudit.analyses.domain_bound import Boxes, flat_box
 
 if TYPE_CHECKING:
     import torch
-from stabaudit.bounds.base import Interval, OpBound
+from stabaudit.bounds.base import OpBound
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
 
@@ -68,12 +68,6 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     proposals = int(min(PROPOSALS, max(2, sigmas / 2 / starts / 8)))
     rounds = int(min(MAX_ROUNDS, max(0, sigmas / 2 / (starts * proposals))))
     return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds)
-
-
-def _flat(graph: Graph, box: Mapping[str, Interval]) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.concatenate([np.asarray(box[s.name].lo, dtype=np.float64).ravel() for s in graph.inputs])
-    hi = np.concatenate([np.asarray(box[s.name].hi, dtype=np.float64).ravel() for s in graph.inputs])
-    return lo, hi
 
 
 def _sigmas(f1, x: torch.Tensor, v: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +129,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     notes: list[str] = []
     for index, box in enumerate(boxes.search):
         check_deadline()
-        lo_np, hi_np = _flat(graph, box)
+        lo_np, hi_np = flat_box(graph, box)
         if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
             continue
         lo, hi = torch.from_numpy(lo_np), torch.from_numpy(hi_np)
