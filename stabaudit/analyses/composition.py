@@ -208,6 +208,9 @@ def compose(
     )
 
 
+_NAMES_SHOWN = 3  # node names listed per group of operators that need a domain
+
+
 def _notes(
     needed: list[Node], op_bounds: Mapping[str, OpBound], per_value: Mapping[str, float], total: float
 ) -> tuple[str, ...]:
@@ -218,19 +221,29 @@ def _notes(
     from stabaudit.bounds.domain import NEEDS_DOMAIN
 
     notes: list[str] = []
-    domain: list[str] = []
+    domain: dict[tuple[str, str], list[str]] = {}  # (operator, why) -> node names, in graph order
     for node in needed:
         bound = op_bounds[node.output]
         values = [float(bound.upper.value), *(float(g) for g in bound.input_gains)]
         if any(not math.isfinite(v) for v in values):
             why = "; ".join(bound.notes) if bound.notes else f"method {bound.upper.method}"
             if bound.upper.method == NEEDS_DOMAIN:
-                domain.append(f"{node.op.type.value} {node.name!r} ({why})")
+                domain.setdefault((node.op.type.value, why), []).append(repr(node.name))
             else:
                 notes.append(f"node {node.name!r} ({node.op.type.value}) has no finite Lipschitz bound ({why})")
     if domain:
-        count = f"{len(domain)} operator{'s' if len(domain) != 1 else ''} need{'' if len(domain) != 1 else 's'}"
-        notes.insert(0, f"no finite global bound: {count} a bounded input domain: " + ", ".join(domain))
+        total_nodes = sum(len(names) for names in domain.values())
+        count = f"{total_nodes} operator{'s' if total_nodes != 1 else ''} need{'' if total_nodes != 1 else 's'}"
+        groups = []
+        for (op, why), names in domain.items():
+            if len(names) == 1:
+                groups.append(f"{op} {names[0]} ({why})")
+            else:
+                shown = ", ".join(names[:_NAMES_SHOWN])
+                more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+                groups.append(f"{op} x{len(names)} ({why}): {shown}{more}")
+        notes.insert(0, f"no finite global bound: {count} a bounded input domain (--domain gives a bound "
+                        "over one): " + "; ".join(groups))
     if not notes:
         notes.append(
             "the composed Lipschitz bound overflows float64 (above 1.8e308): reported as unbounded "

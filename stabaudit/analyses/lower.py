@@ -600,7 +600,8 @@ class ForwardErrorModel:
         return _up(_norm(a) * (1.0 + 1e-6) + _TINY * a.size)
 
 
-def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor) -> float:
+def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor,
+                     at_x: tuple[np.ndarray, float] | None = None) -> float:
     """A sound lower bound of ||f(y) - f(x)|| / ||y - x|| (0 when nothing can be certified).
 
     ||f(y) - f(x)|| >= ||f_hat(y) - f_hat(x)|| - E(x) - E(y) (triangle inequality, E the forward
@@ -610,7 +611,7 @@ def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor)
     squares) is above the exact one. Every following operation is rounded outward.
     """
     fy, ey = model.evaluate(y)
-    fx, ex = model.evaluate(x)
+    fx, ex = model.evaluate(x) if at_x is None else at_x  # at_x: model.evaluate(x) computed before
     if not (math.isfinite(ey) and math.isfinite(ex)):
         return 0.0
     num_hat = _norm(fy - fx)
@@ -658,10 +659,8 @@ class _Search:
         self.smooth = any(node.op.type not in _PIECEWISE_LINEAR for node in graph.nodes)
         k = min(self.n, self.m)
         self.full = k <= _FULL_JACOBIAN_MAX
-        self.power_iterations = 12
-        # cost of one Jacobian pair, in forward passes: k products (+ the primal), or 2 per
-        # power iteration; a backward or forward-mode pass counts as 2 forward passes
-        self.jac_passes = (2 * k + 1) if self.full else (4 * self.power_iterations + 1)
+        self.power_iterations = POWER_ITERATIONS
+        self.sweeps = POWER_SWEEPS  # warm-started sweeps at the best points before confirmation
         self.fwd = _macs(graph, shapes)
         values = sum(float(np.prod(s)) for s in shapes.values())
         # keep one batched call's memory modest: the per-point work tensors times the batch
@@ -669,6 +668,13 @@ class _Search:
         self.chunk = int(max(1, min(4096, 256e6 // max(per_point, 1.0))))
         self.batched_f = self._batched_f()
         self._pairs_impl = self._make_pairs()
+
+    @property
+    def jac_passes(self) -> int:
+        """The cost of one Jacobian pair, in forward passes: k products (+ the primal), or 2 per
+        power iteration; a backward or forward-mode pass counts as 2 forward passes."""
+        k = min(self.n, self.m)
+        return (2 * k + 1) if self.full else (4 * self.power_iterations + 1)
 
     def normal(self, *shape: int) -> torch.Tensor:
         import torch
@@ -729,8 +735,6 @@ class _Search:
 
             candidates = [full_vmapped, full_loop]
         else:
-            iterations = self.power_iterations
-
             def step(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 jv = jvp(f, (x,), (v,))[1]
                 pull = vjp(f, x)[1]
@@ -742,7 +746,7 @@ class _Search:
             ) -> tuple[torch.Tensor, torch.Tensor]:
                 v = V0 / V0.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 sigma = torch.zeros(X.shape[0], dtype=X.dtype)
-                for _ in range(iterations):
+                for _ in range(self.power_iterations):
                     sigma, w = stepper(X, v)
                     v = w / w.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 sigma, _ = stepper(X, v)  # ||J v|| of the final (unit) v
@@ -765,14 +769,18 @@ class _Search:
             candidates = [power_vmapped, power_loop]
         probe = torch.zeros(2, self.n, dtype=torch.float64)
         probe_v = torch.ones(2, self.n, dtype=torch.float64)
-        for impl in candidates:
-            try:
-                impl(probe, probe_v)
-                return impl
-            except StabauditError:  # a timeout or resource limit: never a fallback
-                raise
-            except Exception:  # fall back to the next (slower) implementation
-                continue
+        iterations, self.power_iterations = self.power_iterations, 1  # a probe: one step is enough
+        try:
+            for impl in candidates:
+                try:
+                    impl(probe, probe_v)
+                    return impl
+                except StabauditError:  # a timeout or resource limit: never a fallback
+                    raise
+                except Exception:  # fall back to the next (slower) implementation
+                    continue
+        finally:
+            self.power_iterations = iterations
         raise InternalError("lower bound: torch.func cannot differentiate this graph")
 
     def pairs(
@@ -816,6 +824,9 @@ class _Search:
 
 
 _CONFIRM_PASSES = 4.0  # one float64 evaluation with its forward error bound, in forward passes
+POWER_ITERATIONS = 12  # power-iteration steps per Jacobian pair (large networks: down to 3)
+MIN_POWER_ITERATIONS = 3
+POWER_SWEEPS = 4  # warm-started power-iteration sweeps at the best points before confirmation
 
 
 def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
@@ -828,9 +839,10 @@ def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
     ascent = rounds * (starts * 6.0 * search.fwd + call)
     if rounds:
         ascent += 2.0 * starts * jac_point + call
-    sweeps = 0.0 if search.full else POWER_SWEEPS * min(starts, 8) * jac_point
-    pairs = 8 * min(starts, 8) + min(starts, 4)
-    return screen + ascent + sweeps + 2.0 * pairs * _CONFIRM_PASSES * search.fwd
+    sweeps = 0.0 if search.full else search.sweeps * min(starts, 8) * jac_point
+    # evaluations: each chosen point once and its 2 len(_STEPS_H) partners, the pair ascent's pairs
+    evaluations = (1 + 2 * len(_STEPS_H)) * min(starts, 8) + 2 * min(starts, 4)
+    return screen + ascent + sweeps + evaluations * _CONFIRM_PASSES * search.fwd
 
 
 def _shape(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int]:
@@ -850,6 +862,10 @@ def _shape(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[i
             starts //= 2
         elif steps > 0:
             steps = 0
+        elif search.sweeps > 0:  # power iteration only: fewer sweeps, then fewer steps per pair
+            search.sweeps -= 1
+        elif search.power_iterations > MIN_POWER_ITERATIONS:
+            search.power_iterations = max(MIN_POWER_ITERATIONS, search.power_iterations // 2)
         else:
             break
     return starts, steps
@@ -1021,7 +1037,6 @@ def _local_search(
     return radius
 
 
-POWER_SWEEPS = 4  # warm-started power-iteration sweeps at the best points before confirmation
 POWER_RTOL = 1e-3  # a last sweep that still raises sigma by more than this is "not converged"
 
 
@@ -1045,7 +1060,7 @@ def _confirmation_pairs(
         # power iteration converges from below: more warm-started sweeps at the best points
         top = torch.argsort(pop.PS, descending=True, stable=True)[: min(k, 8)]
         change = 0.0
-        for _ in range(POWER_SWEEPS):
+        for _ in range(search.sweeps):
             check_deadline()
             s, v = search.pairs(pop.P[top], pop.PV[top])
             old = pop.PS[top]
@@ -1055,7 +1070,7 @@ def _confirmation_pairs(
             pop.PS[top[better]], pop.PV[top[better]] = s[better], v[better]
         if notes is not None and change > POWER_RTOL:
             notes.append(
-                f"power iteration not converged at the best points after {POWER_SWEEPS} extra sweeps "
+                f"power iteration not converged at the best points after {search.sweeps} extra sweeps "
                 f"(last relative change {change:.1e} > {POWER_RTOL:g})"
             )
     tries: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -1123,6 +1138,40 @@ def _nonfinite_parameters(graph: Graph) -> int:
     return count
 
 
+UNCONFIRMABLE_RATIO = 10.0  # forward error bound over output norm beyond which no quotient is sought
+
+
+def _unconfirmable(model: ForwardErrorModel, graph: Graph, seed: int, domain_scale: float) -> str | None:
+    """Why no difference quotient can be confirmed, or None.
+
+    A quotient is confirmed only when ||f_hat(y) - f_hat(x)|| exceeds E(x) + E(y), the float64
+    error bounds of ``ForwardErrorModel``. When at two seeded points of the domain scale (x0 and
+    x0 / 10, from their own generator) every output is finite and E is infinite (the bound
+    overflows through the layers) or above UNCONFIRMABLE_RATIO (||f_hat|| + 1), the search could
+    only produce pairs that fail that test: it is not run (a decision on the sizes and seed only).
+    """
+    import torch
+
+    n = sum(int(np.prod(s.shape)) for s in graph.inputs)
+    gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
+    x0 = torch.randn(n, generator=gen, dtype=torch.float64) * domain_scale
+    ratios = []
+    for x in (x0, x0 / 10.0):
+        y, e = model.evaluate(x)
+        if not np.all(np.isfinite(y)):
+            return None  # a pole or an overflow of the values: the search may find better points
+        size = float(np.linalg.norm(y)) + 1.0
+        if math.isfinite(e) and e <= UNCONFIRMABLE_RATIO * size:
+            return None
+        ratios.append(e / size)
+    worst = min(ratios)
+    what = ("overflows" if not math.isfinite(worst) else
+            f"is {worst:.3g} times the output's norm")
+    return (f"the float64 rounding-error bound of this network {what} at seeded points, so no "
+            "difference quotient can be confirmed (a sound lower bound needs the output difference "
+            "to exceed the error bounds of both points)")
+
+
 def lower_bound(
     graph: Graph,
     *,
@@ -1165,8 +1214,12 @@ def lower_bound(
         )
     # The work plan is sized for budget_s by a static cost model (``plan``), never by the clock:
     # a slow or busy machine takes longer for the same result. The clock only aborts (--timeout).
-    search = _Search(graph, shapes, seed)
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
+    hopeless = _unconfirmable(model, graph, seed, domain_scale)
+    if hopeless is not None:
+        return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
+                           seconds=time.perf_counter() - start_time, evaluations=2)
+    search = _Search(graph, shapes, seed)
     asked = max(1, int(starts)), max(0, int(steps))
     starts, steps = _shape(search, *asked, budget_s)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
@@ -1202,13 +1255,17 @@ def lower_bound(
     tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes)
     estimate = float(pop.PS.max()) if k else 0.0
     best_value, witness = 0.0, None
+    at: dict[int, tuple[torch.Tensor, tuple[np.ndarray, float]]] = {}  # f_hat and E at each x, once
     for x, y in tries:
         check_deadline()
-        x, y = x.detach().clone(), y.detach().clone()
         if torch.equal(x, y):
             continue
-        q = confirm_quotient(model, x, y)
-        search.evaluations += 2
+        if id(x) not in at:
+            at[id(x)] = (x, model.evaluate(x.detach().clone()))
+            search.evaluations += 1
+        q = confirm_quotient(model, x.detach().clone(), y.detach().clone(), at_x=at[id(x)][1])
+        search.evaluations += 1
+        x, y = x.detach().clone(), y.detach().clone()
         if q > best_value:
             best_value = q
             witness = Witness(x=x.tolist(), y=y.tolist(), quotient=q)

@@ -393,3 +393,28 @@ def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance() -> N
         err = float(np.sqrt(((y_hat.astype(ld) - exact.reshape(-1)) ** 2).sum()))
         assert err <= bound
         assert bound <= 1e-11 * (10.0 ** (trial % 3)), bound  # 1/sqrt(eps) = 1e6 would give ~1e-9
+
+
+def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error bound that overflows (or dwarfs the outputs) at the seeded points: no search is run,
+    the result says why and is the trivial bound 0; a sane error bound keeps the search."""
+    rng = np.random.default_rng(0)
+    g = _mlp([rng.standard_normal((8, 4)), rng.standard_normal((3, 8))], [np.zeros(8), np.zeros(3)], O.Relu())
+    sane = lower_bound(g, seed=0, **FAST)
+    assert sane.value > 0 and sane.witness is not None
+    real = ForwardErrorModel.evaluate
+
+    def overflowing(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        return real(self, x)[0], math.inf
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
+    skipped = lower_bound(g, seed=0, **FAST)
+    assert skipped.value == 0.0 and skipped.witness is None and skipped.evaluations == 2
+    assert skipped.method.startswith("not searched: the float64 rounding-error bound of this network overflows")
+
+    def huge(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        y = real(self, x)[0]
+        return y, 50.0 * (float(np.linalg.norm(y)) + 1.0)
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", huge)
+    assert "is 50 times the output's norm" in lower_bound(g, seed=0, **FAST).method

@@ -43,7 +43,7 @@ def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
     from stabaudit.analyses.lower import _shape, _smallest_cost
 
     def search(fwd: float) -> Any:  # duck-typed _Search; full Jacobians of 10 outputs: 21 passes per point
-        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True)
+        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True, sweeps=4, power_iterations=12)
 
     # up to ~1e7 multiply-accumulates per forward pass (every network of the corpus) the plan of
     # 32 starts and 30 rounds fits max(3 budget, budget + 20) planned seconds from --budget 1 on
@@ -56,3 +56,36 @@ def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
     assert _shape(search(1e8), 32, 30, 100.0) == (32, 30)  # a larger budget buys it back
     assert plan.smallest_plan_units(1.0) == 21.0 * plan.LOWER_MACS_PER_S
     assert plan.smallest_plan_units(20.0) == 60.0 * plan.LOWER_MACS_PER_S
+
+
+def test_power_iteration_searches_shed_sweeps_then_steps_when_one_point_does_not_fit():
+    import numpy as np
+
+    from stabaudit.analyses.lower import (
+        MIN_POWER_ITERATIONS,
+        POWER_ITERATIONS,
+        POWER_SWEEPS,
+        _Search,
+        _shape,
+        _smallest_cost,
+    )
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    w = np.random.default_rng(0).standard_normal((100, 100)).astype(np.float32)
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 100)),), outputs=("y",),
+                          nodes=(Node(name="fc", op=O.Linear(weight=w, bias=None), inputs=("x",), output="y"),)))
+    small = _Search(g, dict(g.shapes), 0)
+    assert not small.full and small.jac_passes == 4 * POWER_ITERATIONS + 1
+    assert _shape(small, 32, 30, 1.0) == (32, 30) and small.sweeps == POWER_SWEEPS  # a small net keeps it all
+    big = _Search(g, dict(g.shapes), 0)
+    big.fwd = 4e8  # a CRNN's forward pass: one point fits with fewer sweeps
+    assert _shape(big, 32, 30, 1.0) == (1, 0)
+    assert big.sweeps == 2 and big.power_iterations == POWER_ITERATIONS
+    assert _smallest_cost(big, 1, 0) <= plan.smallest_plan_units(1.0)
+    assert big.jac_passes == 4 * big.power_iterations + 1
+    huge = _Search(g, dict(g.shapes), 0)
+    huge.fwd = 1e12  # nothing fits: the floor of the plan
+    assert _shape(huge, 32, 30, 1.0) == (1, 0)
+    assert (huge.sweeps, huge.power_iterations) == (0, MIN_POWER_ITERATIONS)

@@ -65,3 +65,29 @@ def test_ops_marks_the_operators_that_need_a_domain() -> None:
     assert result.exit_code == 0
     assert "Mul*" in result.stdout and "Log*" in result.stdout and "Erf*" not in result.stdout
     assert "needs a bounded input domain" in result.stdout
+
+
+def test_operators_that_need_a_domain_are_grouped_by_kind_in_the_notes(tmp_path: Path) -> None:
+    """Five gated products in a chain: one group 'Mul x5 (why): three names and 2 more', not five notes."""
+    rng = np.random.default_rng(1)
+    nodes, inits, prev = [], [], "x"
+    for i in range(5):
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"proj{i}"),
+                  helper.make_node("Sigmoid", [f"h{i}"], [f"g{i}"], name=f"gate{i}"),
+                  helper.make_node("Mul", [prev, f"g{i}"], [f"m{i}"], name=f"gated{i}")]
+        prev = f"m{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "chain.onnx"))
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "chain.onnx"), "--budget", "0.2", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    notes = [n for m in json.loads(out.read_text())["lipschitz"]["methods"] for n in m["notes"]
+             if n.startswith("no finite global bound")]
+    assert len(notes) == 1, notes
+    assert "5 operators need a bounded input domain" in notes[0]
+    assert "Mul x5 (" in notes[0] and "'gated0', 'gated1', 'gated2' and 2 more" in notes[0], notes[0]
+    assert "'gated3'" not in notes[0]
