@@ -120,6 +120,58 @@ def test_binary_classifier_writes_both_columns(tmp_path: Path) -> None:
     np.testing.assert_allclose(linear.bias, [1.0 - float(B[0]), float(B[0])])
 
 
+@pytest.mark.parametrize("dims", [(2, 4), (3, 2), (3, 0)], ids=["cut_pad", "whole_cut", "whole_none"])
+def test_feature_vectorizer_matches_onnxruntime(tmp_path: Path, dims: tuple[int, int]) -> None:
+    """Two inputs [N, 3] and [N, 2] side by side, cut or padded with zeros to ``inputdimensions``."""
+    graph = helper.make_graph(
+        [ml("FeatureVectorizer", ["a", "b"], ["v"], inputdimensions=list(dims)),
+         ml("LinearRegressor", ["v"], ["y"], coefficients=rand(sum(dims), seed=41).tolist())], "fv",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, 1)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "fv.onnx")
+    lm = load_onnx(tmp_path / "fv.onnx", input_shapes={"a": (4, 3), "b": (4, 2)})
+    ours, theirs = run_both(lm)
+    assert theirs[1].shape == (4, sum(dims))
+    for got, want in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert {type(n.op) for n in lm.graph.nodes} >= {O.Concat, O.Linear}
+
+
+def test_imputer_of_nan_is_the_identity_on_finite_inputs(tmp_path: Path) -> None:
+    """Imputer with NaN as the replaced value: a Where(IsNaN) that the engine runs as the model does
+    (NaN entries imputed), of norm 1 on finite inputs: with the outputs (x, w . x), exactly ||[I; w]||,
+    sqrt(1 + ||w||^2)."""
+    imputed = rand(C, seed=51)
+    weight = rand(1, C, seed=52)
+    nodes = [ml("Imputer", ["x"], ["i"], imputed_value_floats=imputed.tolist(), replaced_value_float=float("nan")),
+             ml("LinearRegressor", ["i"], ["y"], coefficients=weight.reshape(-1).tolist())]
+    path = save(tmp_path, nodes, ["i", "y"])
+    lm = assert_matches_onnxruntime(path)
+    x = rand(2, C, seed=53)
+    x[0, 1] = x[1, 4] = np.nan
+    import torch
+
+    from stabaudit.ir.executor import Executor
+
+    ours = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
+    theirs = lm.reference({"x": x})
+    np.testing.assert_allclose(ours[0].numpy(), theirs[0], rtol=1e-6)
+    assert theirs[0][0, 1] == imputed[1] and theirs[0][1, 4] == imputed[4]
+    truth = float(np.linalg.norm(np.concatenate([np.eye(C), weight.astype(np.float64)]), 2))
+    assert truth == pytest.approx(np.sqrt(1 + np.sum(weight.astype(np.float64) ** 2)), rel=1e-12)
+    assert_exact(certified_upper(path), truth)
+
+
+def test_imputer_of_a_finite_value_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOperatorError) as info:
+        load_onnx(save(tmp_path, [ml("Imputer", ["x"], ["y"], imputed_value_floats=[1.0])], ["y"]))
+    assert info.value.counts == {f"{ML}.Imputer(replaced_value_float 0: a jump at that value; NaN only)": 1}
+
+
 # ---- exact bounds for the linear maps ---------------------------------------------------------------------
 def test_classifier_bound_is_the_spectral_norm(tmp_path: Path) -> None:
     truth = float(np.linalg.norm(W.astype(np.float64), 2))
@@ -267,7 +319,7 @@ def test_tree_ensemble_is_listed_by_sa901(tmp_path: Path) -> None:
 def test_ops_lists_the_ml_operators() -> None:
     result = CliRunner().invoke(app, ["ops"])
     assert result.exit_code == 0
-    for op in ("LinearClassifier", "LinearRegressor", "Scaler", "ZipMap"):
+    for op in ("LinearClassifier", "LinearRegressor", "Scaler", "ZipMap", "FeatureVectorizer", "Imputer"):
         assert f"{ML}.{op}," in result.stdout or f"{ML}.{op}\n" in result.stdout
     assert f"{ML}.Normalizer*" in result.stdout and f"{ML}.Binarizer" not in result.stdout
 
@@ -279,7 +331,7 @@ def test_docs_name_every_ml_operator() -> None:
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "operators.md").read_text()
     named = {op for op in supported_operators()["onnx"] if op.startswith(f"{ML}.")} | set(REFUSED)
-    assert len(named) == 6
+    assert len(named) == 8
     assert [op for op in sorted(named) if f"**{op}**" not in text] == []
 
 

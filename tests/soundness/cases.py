@@ -1238,6 +1238,29 @@ def _onnx_ml_normalizer() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_ml_features() -> OnnxSpec:
+    """ai.onnx.ml Imputer of NaN (the identity on finite inputs) and FeatureVectorizer (x cut to 2
+    features, the imputed h padded to 6) before a LinearRegressor."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 4]
+            _ml("Imputer", ["h"], ["i"], imputed_value_floats=_floats(p["imp"]), replaced_value_float=float("nan")),
+            _ml("FeatureVectorizer", ["x", "i"], ["v"], inputdimensions=[2, 6]),
+            _ml("LinearRegressor", ["v"], ["y"], coefficients=_floats(p["w2"]), targets=2),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(79, 3, 4), "imp": _rand(80, 4), "w2": _rand(81, 2, 8)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        v = torch.cat([x[:, :2], h, torch.zeros_like(h[:, :2])], dim=1)
+        return v @ p["w2"].T
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 def _cases() -> list[Case]:
     L = OpType
     cases = [
@@ -1452,6 +1475,9 @@ def _cases() -> list[Case]:
         Case(id="onnx_ml_normalizer", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_ml_normalizer(),
              ops=frozenset({L.LINEAR, L.REDUCE_L2, L.REDUCE_MAX, L.REDUCE_L1, L.DIV, L.SIGMOID, L.CONCAT}),
              onnx_ops=frozenset({"ai.onnx.ml.Normalizer", "ai.onnx.ml.LinearRegressor"})),
+        Case(id="onnx_ml_features", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_ml_features(),
+             ops=frozenset({L.LINEAR, L.WHERE, L.SLICE, L.PAD, L.CONCAT}),
+             onnx_ops=frozenset({"ai.onnx.ml.Imputer", "ai.onnx.ml.FeatureVectorizer", "ai.onnx.ml.LinearRegressor"})),
     ]
     return cases
 

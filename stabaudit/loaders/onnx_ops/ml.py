@@ -1,4 +1,4 @@
-"""Translators of the ai.onnx.ml linear models and ZipMap, and the passage of their non-real outputs."""
+"""Translators of the real-valued maps of ai.onnx.ml and ZipMap, and the passage of their non-real outputs."""
 
 from __future__ import annotations
 
@@ -188,6 +188,51 @@ def scaler(node: OnnxNode, ctx: Context) -> None:
             raise ModelLoadError(f"Scaler: {value.size} {what} values for {features} features")
     shift = -offset.astype(np.float64) * scale.astype(np.float64)
     ctx.emit(node, O.Affine(scale=scale.astype(np.float64), shift=shift), [node.inputs[0]])
+
+
+@register(f"{ML}.FeatureVectorizer")
+def feature_vectorizer(node: OnnxNode, ctx: Context) -> None:
+    """The inputs [N, C_i] side by side, input i cut to its first ``inputdimensions[i]`` features or
+    padded with zeros to that many (as onnxruntime does): Slices, Pads and a Concat, each a 0/1 map of
+    norm 1 (or 0 for nothing kept)."""
+    dims = [int(d) for d in node.attrs.get("inputdimensions", [])]
+    names = node.present_inputs
+    if len(dims) != len(names):
+        raise ModelLoadError(f"FeatureVectorizer: {len(dims)} inputdimensions for {len(names)} inputs")
+    parts: list[str] = []
+    for i, (name, dim) in enumerate(zip(names, dims, strict=True)):
+        if not ctx.is_var(name):
+            raise Unsupported(f"{node.key}(of a constant)")
+        shape = ctx.shape(name)
+        if len(shape) != 2 or dim < 0:
+            raise Unsupported(f"{node.key}(input of shape {list(shape)}, not [N, C])")
+        part = ctx.var(name)
+        if shape[1] > dim:
+            part = ctx.emit(node, O.Slice(starts=(0, 0), ends=(shape[0], dim), steps=(1, 1)), [part], tag=f"cut{i}")
+        elif shape[1] < dim:
+            part = ctx.emit(node, O.Pad(pads=(0, 0, 0, dim - shape[1])), [part], tag=f"pad{i}")
+        parts.append(part)
+    if len(parts) == 1 and parts[0] == ctx.var(names[0]):
+        ctx.alias(node, names[0])
+    else:
+        ctx.emit(node, O.Concat(axis=1), parts)
+
+
+@register(f"{ML}.Imputer")
+def imputer(node: OnnxNode, ctx: Context) -> None:
+    """Entries equal to ``replaced_value_float`` replaced by the imputed value of their feature. With NaN
+    as the replaced value it is Where(IsNaN(x), imputed, x), the identity on finite inputs (ops.Where);
+    a finite replaced value (the default 0) makes a jump there: refused."""
+    replaced = float(node.attrs.get("replaced_value_float", 0.0))
+    if not np.isnan(replaced):
+        raise Unsupported(f"{node.key}(replaced_value_float {replaced:g}: a jump at that value; NaN only)")
+    imputed = _floats(node, "imputed_value_floats", required=False)
+    if imputed is None:
+        raise Unsupported(f"{node.key}(without imputed_value_floats)")
+    shape = ctx.shape(node.inputs[0])
+    if not shape or imputed.size not in (1, shape[-1]):
+        raise ModelLoadError(f"Imputer: {imputed.size} imputed values for input shape {list(shape)}")
+    ctx.emit(node, O.Where(test="isnan", when_true=imputed), [node.inputs[0], node.inputs[0]])
 
 
 @register(f"{ML}.ZipMap")
