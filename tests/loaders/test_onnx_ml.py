@@ -350,3 +350,15 @@ def test_double_input_runs_at_float32_precision(tmp_path: Path) -> None:
     assert lm.precision == "float32"
     result = check_equivalence(lm, seed=0)
     assert result.passed, result
+
+
+@pytest.mark.parametrize(("nodes", "message"), [
+    ([classifier("NONE", W[:, :4])], "12 coefficients and 3 intercepts do not make 3 row"),
+    ([classifier("SIGMOID")], "unknown post_transform 'SIGMOID'"),
+    ([ml("Normalizer", ["x"], ["y"], norm="L3")], "unknown norm 'L3'"),
+    ([ml("Scaler", ["x"], ["y"], scale=[1.0, 2.0])], "2 scale values for 5 features"),
+], ids=["coefficients", "post_transform", "norm", "scale"])
+def test_malformed_ml_nodes_are_load_errors(tmp_path: Path, nodes: list[Any], message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_onnx(save(tmp_path, nodes, ["y"]))
+    assert not isinstance(info.value, UnsupportedOperatorError)
