@@ -191,7 +191,8 @@ def check_equivalence(model: LoadedModel, *, seed: int, samples: int = EQUIVALEN
     if left_out:
         notes += (
             f"equivalence: outputs compared by name ({', '.join(repr(n) for n in model.output_names)}); "
-            f"{', '.join(repr(n) for n in left_out)} not compared: constant(s) of the audit, outside the audited graph",
+            f"{', '.join(repr(n) for n in left_out)} not compared: outside the audited graph (constants of the "
+            "audit, or values that are not real-valued tensors: see the loader's notes)",
         )
     if precision in HALF_RTOL:
         notes += (

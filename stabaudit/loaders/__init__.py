@@ -56,7 +56,7 @@ DOMAIN_OPERATORS: dict[str, dict[str, str]] = {
     ModelFormat.ONNX.value: {
         "Mul": "of two variables", "Div": "of two variables", "MatMul": "of two variables",
         "Gemm": "with a variable B", "Pow": "exponent > 1", "Sqrt": "", "Reciprocal": "", "Exp": "", "Log": "",
-        "ReduceSumSquare": "",
+        "ReduceSumSquare": "", "ai.onnx.ml.Normalizer": "a division by the row's norm",
     },
     ModelFormat.TORCHSCRIPT.value: {},
 }

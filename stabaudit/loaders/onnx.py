@@ -83,7 +83,8 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     inputs = [i for i in all_inputs if i.name not in cut.held]
     reasons: dict[str, str] = {}
     kept: list[str] = []
-    graph, params = _translate(work, inputs, notes, constants, cut, reasons, kept)
+    extras: list[str] = []
+    graph, params = _translate(work, inputs, notes, constants, cut, reasons, kept, extras)
     used = {s.name for s in graph.inputs}
     _prove_batch_independent(work, [i for i in all_inputs if i.name in used or i.name in cut.held], graph, notes,
                              constants, cut)
@@ -94,7 +95,9 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     for name, why in held.items():
         shape = list(np.shape(cut.held[name]))
         notes.append(f"input {name!r} {shape} held at {why}: it is a constant of the audit")
-    reference = OnnxRuntimeReference(model=model, data=None if external_files else data, path=path,
+    if extras:  # tensors that stand for outputs that are not real-valued (ZipMap's input): read as outputs
+        model = _with_outputs(model, extras)
+    reference = OnnxRuntimeReference(model=model, data=None if external_files or extras else data, path=path,
                                      held=cut.held, starts=starts)
     return LoadedModel(
         graph=graph,
@@ -116,15 +119,28 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     )
 
 
+def _with_outputs(model: Any, names: Sequence[str]) -> Any:
+    """A copy of ``model`` with the tensors ``names`` added as graph outputs (after its own)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    return copy
+
+
 _PRECISIONS = {16: "bfloat16", 10: "float16", 1: "float32", 11: "float64"}  # least precise first
 
 
 def _precision(graph: Any) -> str:
     """The least precise float type among the inputs, the initializers, Constant tensors and
-    the targets of Cast nodes ("float32" when none is a float type)."""
+    the targets of Cast nodes ("float32" when none is a float type); float32 where an ai.onnx.ml
+    node is (their weights are float32 attributes, and onnxruntime computes them in float32)."""
     types = {vi.type.tensor_type.elem_type for vi in graph.input if vi.type.HasField("tensor_type")}
     types.update(t.data_type for t in graph.initializer)
     for node in graph.node:
+        if node.domain == "ai.onnx.ml":
+            types.add(1)
         for a in node.attribute:
             if node.op_type == "Constant" and a.name == "value":
                 types.add(a.t.data_type)
@@ -648,9 +664,12 @@ def _initializers(graph: Any) -> dict[str, np.ndarray]:
 def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
                constants: Mapping[str, np.ndarray], cut: _Cut | None = None,
                starts_out: dict[str, str] | None = None,
-               outputs_out: list[str] | None = None) -> tuple[Graph, GraphParameters]:
+               outputs_out: list[str] | None = None,
+               extras_out: list[str] | None = None) -> tuple[Graph, GraphParameters]:
     """Walk the graph (twice when activation patterns may be fused), then assemble the IR;
-    ``outputs_out`` receives the names of the graph outputs kept when some are left out as constants."""
+    ``outputs_out`` receives the source names of the audited outputs when some graph outputs are left
+    out (constants, values that are not real-valued tensors) or stood in for, ``extras_out`` the
+    tensors standing in for a graph output that the reference must add as outputs (ZipMap's input)."""
     from stabaudit.loaders.onnx_ops import ANCHORS, fuse_patterns, wrap_node
 
     graph = model.graph
@@ -678,6 +697,12 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
         raise UnsupportedOperatorError(dict(walk.unsupported))
     ctx = walk.ctx
     ir_outputs = []
+    changed = False
+    if any(name in ctx.dropped for name in outputs):
+        outputs, extras = _real_outputs(outputs, ctx, notes)
+        changed = True
+        if extras_out is not None:
+            extras_out.extend(extras)
     constant = [name for name in outputs if name not in ctx.conditions and ctx.is_const(name)]
     if constant and len(constant) < len(outputs):
         # outputs that do not depend on the audited inputs: Lipschitz constant 0, left out
@@ -685,9 +710,10 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
         notes.append(f"graph output(s) {', '.join(repr(n) for n in constant)} are constant{held} (they do not "
                      "depend on the audited inputs, Lipschitz constant 0): left out of the audited graph and of "
                      "the equivalence check")
-        if outputs_out is not None:
-            outputs_out.extend(name for name in outputs if name not in constant)
         outputs = [name for name in outputs if name not in constant]
+        changed = True
+    if changed and outputs_out is not None:
+        outputs_out.extend(outputs)
     for name in outputs:
         if name in ctx.conditions:
             raise UnsupportedOperatorError({"bool output computed from variables": 1})
@@ -716,6 +742,38 @@ def _translate(model: Any, inputs: Sequence[_Input], notes: list[str],
     check_value_sizes(result)
     params = ctx.recorder.finish({n.name for n in nodes_needed}, notes=_exporter_folding(model, nodes, ctx))
     return result, params
+
+
+def _real_outputs(outputs: Sequence[str], ctx: Any, notes: list[str]) -> tuple[list[str], list[str]]:
+    """The graph outputs with those that are not real-valued tensors (ctx.dropped: class labels,
+    ZipMap's maps) left out, each ZipMap output replaced by the probabilities it reads; and the
+    replacements that are not graph outputs themselves (the reference adds them as outputs)."""
+    kept: list[str] = []
+    extras: list[str] = []
+    left: list[str] = []
+    for name in outputs:
+        dropped = ctx.dropped.get(name)
+        if dropped is None:
+            if name not in kept:
+                kept.append(name)
+            continue
+        left.append(f"{name!r} ({dropped.what})")
+        real = dropped.real
+        if real is None:
+            continue
+        if real not in kept:
+            kept.append(real)
+        if real not in outputs and real not in extras:
+            extras.append(real)
+    note = (f"graph output(s) {', '.join(left)} are not real-valued tensors: left out of the audited graph and of "
+            "the equivalence check")
+    if extras:
+        note += (f"; the audit covers {', '.join(repr(n) for n in extras)} in their place (the probabilities ZipMap "
+                 "reads), compared with the reference's values of them")
+    notes.append(note)
+    if not kept:
+        raise ModelLoadError("no graph output is a real-valued tensor (" + ", ".join(left) + "): nothing to audit")
+    return kept, extras
 
 
 def _exporter_folding(model: Any, nodes: Sequence[Any], ctx: Any) -> list[str]:
@@ -807,6 +865,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
         fold,
         foldable,
     )
+    from stabaudit.loaders.onnx_ops.ml import carry_dropped, refusal
     from stabaudit.loaders.onnx_ops.quantization import carry_quantization
 
     cut = cut if cut is not None else _Cut(held={}, why={})
@@ -834,11 +893,13 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
             continue
         if any(name in poisoned for name in node.present_inputs):
             if node.key not in TRANSLATORS and node.key not in FOLDERS:
-                unsupported[node.key] += 1
+                unsupported[refusal(node.key)] += 1
             poisoned.update(node.outputs)
             continue
         try:
-            if foldable(node, ctx):
+            if any(name in ctx.dropped for name in node.present_inputs):
+                carry_dropped(node, ctx)  # a class label or ZipMap's maps passed on, or refused
+            elif foldable(node, ctx):
                 reason = _start_reason(node, ctx, tainted)
                 values = fold(node, ctx)
                 if reason is not None and len(node.outputs) == 1:
@@ -858,7 +919,7 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                 TRANSLATORS.get(node.key)(node, ctx)
                 carry_quantization(node, ctx, start)
             else:
-                raise Unsupported(node.key)
+                raise Unsupported(refusal(node.key))
         except Unsupported as exc:
             unsupported[exc.label] += 1
             poisoned.update(node.outputs)
@@ -900,12 +961,18 @@ def _notes(walk: _Walk, dead: int, notes: list[str]) -> None:
         notes.append(f"{dead} IR node(s) that no output depends on dropped")
 
 
+_ML_WEIGHTS = frozenset({"coefficients", "intercepts", "scale", "offset"})  # float attributes of ai.onnx.ml models
+
+
 def _parameter_count(graph: Any) -> int:
-    """Elements of float initializers and float Constant-node tensors (shape constants excluded)."""
+    """Elements of float initializers and float Constant-node tensors (shape constants excluded), and
+    the float attributes that hold the weights of ai.onnx.ml models (coefficients, intercepts, ...)."""
     from stabaudit.loaders.onnx_ops.common import FLOAT_TYPES
 
     count = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in FLOAT_TYPES)
     for node in graph.node:
+        if node.domain == "ai.onnx.ml":
+            count += sum(len(a.floats) for a in node.attribute if a.name in _ML_WEIGHTS)
         if node.op_type != "Constant":
             continue
         for a in node.attribute:

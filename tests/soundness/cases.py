@@ -1173,6 +1173,94 @@ def _onnx_dynamic_quant() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("w2s",))
 
 
+def _ml(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, domain="ai.onnx.ml", name=f"{op.lower()}_{outputs[-1]}", **attrs)
+
+
+def _floats(a: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float32).reshape(-1)]
+
+
+def _onnx_ml_linear() -> OnnxSpec:
+    """ai.onnx.ml linear models: Scaler, LinearRegressor (4 targets), LinearClassifier (SOFTMAX), whose
+    probabilities also feed a ZipMap that no output reads (the weights are attributes; the initializers
+    of the same values are unused)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _ml("Scaler", ["x"], ["s"], offset=_floats(p["off"]), scale=_floats(p["sc"])),
+            _ml("LinearRegressor", ["s"], ["r"], coefficients=_floats(p["wr"]), intercepts=_floats(p["br"]), targets=4),
+            _ml("LinearClassifier", ["r"], ["label", "y"], coefficients=_floats(p["wc"]), intercepts=_floats(p["bc"]),
+                classlabels_ints=[0, 1, 2], post_transform="SOFTMAX"),
+            _ml("ZipMap", ["y"], ["maps"], classlabels_int64s=[0, 1, 2]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"off": _rand(71, 3), "sc": _rand(72, 3, scale=2.0), "wr": _rand(73, 4, 3), "br": _rand(74, 4),
+                "wc": _rand(75, 3, 4), "bc": _rand(76, 3)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        s = (x - p["off"]) * p["sc"]
+        r = s @ p["wr"].T + p["br"]
+        return torch.softmax(r @ p["wc"].T + p["bc"], dim=1)
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
+def _onnx_ml_normalizer() -> OnnxSpec:
+    """ai.onnx.ml Normalizer (L2, L1, and MAX of positive sigmoid outputs) between linear maps: divisions
+    by a row's norm, Lipschitz only on a domain."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 4]
+            _ml("Normalizer", ["h"], ["a"], norm="L2"),
+            _node("Sigmoid", ["h"], ["g"]),
+            _ml("Normalizer", ["g"], ["b"], norm="MAX"),
+            _ml("Normalizer", ["h"], ["c"], norm="L1"),
+            _node("Concat", ["a", "b", "c"], ["cat"], axis=1),
+            _ml("LinearRegressor", ["cat"], ["y"], coefficients=_floats(p["w2"]), targets=2),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(77, 3, 4, scale=2.0), "w2": _rand(78, 2, 12)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        g = torch.sigmoid(h)
+        a = h / torch.linalg.vector_norm(h, dim=1, keepdim=True)
+        b = g / g.amax(dim=1, keepdim=True)
+        c = h / h.abs().sum(dim=1, keepdim=True)
+        return torch.cat([a, b, c], dim=1) @ p["w2"].T
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
+def _onnx_ml_features() -> OnnxSpec:
+    """ai.onnx.ml Imputer of NaN (the identity on finite inputs) and FeatureVectorizer (x cut to 2
+    features, the imputed h padded to 6) before a LinearRegressor."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 4]
+            _ml("Imputer", ["h"], ["i"], imputed_value_floats=_floats(p["imp"]), replaced_value_float=float("nan")),
+            _ml("FeatureVectorizer", ["x", "i"], ["v"], inputdimensions=[2, 6]),
+            _ml("LinearRegressor", ["v"], ["y"], coefficients=_floats(p["w2"]), targets=2),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(79, 3, 4), "imp": _rand(80, 4), "w2": _rand(81, 2, 8)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        v = torch.cat([x[:, :2], h, torch.zeros_like(h[:, :2])], dim=1)
+        return v @ p["w2"].T
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 def _cases() -> list[Case]:
     L = OpType
     cases = [
@@ -1380,6 +1468,16 @@ def _cases() -> list[Case]:
         Case(id="onnx_dynamic_quant", input_shape=(1, 5), formats=(ONNX,), onnx=_onnx_dynamic_quant(),
              ops=frozenset({L.LINEAR, L.DYNAMIC_QUANTIZE}),
              onnx_ops=frozenset({"DynamicQuantizeLinear", "MatMulInteger"})),
+        Case(id="onnx_ml_linear", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_ml_linear(),
+             ops=frozenset({L.AFFINE, L.LINEAR, L.SOFTMAX}),
+             onnx_ops=frozenset({"ai.onnx.ml.Scaler", "ai.onnx.ml.LinearRegressor", "ai.onnx.ml.LinearClassifier",
+                                 "ai.onnx.ml.ZipMap"})),
+        Case(id="onnx_ml_normalizer", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_ml_normalizer(),
+             ops=frozenset({L.LINEAR, L.REDUCE_L2, L.REDUCE_MAX, L.REDUCE_L1, L.DIV, L.SIGMOID, L.CONCAT}),
+             onnx_ops=frozenset({"ai.onnx.ml.Normalizer", "ai.onnx.ml.LinearRegressor"})),
+        Case(id="onnx_ml_features", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_ml_features(),
+             ops=frozenset({L.LINEAR, L.WHERE, L.SLICE, L.PAD, L.CONCAT}),
+             onnx_ops=frozenset({"ai.onnx.ml.Imputer", "ai.onnx.ml.FeatureVectorizer", "ai.onnx.ml.LinearRegressor"})),
     ]
     return cases
 

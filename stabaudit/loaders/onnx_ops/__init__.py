@@ -5,6 +5,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     arithmetic,
     conv,
     linear,
+    ml,
     normalization,
     pooling,
     quantization,

@@ -240,6 +240,19 @@ class Condition:
 
 # ---- translation state -------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
+class Dropped:
+    """A value computed from variables that is not a real-valued tensor (a class label, ZipMap's
+    sequence of maps): it has no IR value. A graph output of it is left out of the audit and of the
+    equivalence check; ``real`` is the ONNX name of the real-valued tensor that stands for it there
+    (the probabilities ZipMap reads), None when none does. ``kind`` says what it is in the labels
+    SA901 lists ("a class label"), ``what`` names it in the notes."""
+
+    kind: str
+    what: str
+    real: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Quantized:
     """What an integer IR value q stands for: q = clamp(round(x / scale) + zero_point) of a real x, and
     ``var`` is the IR value of its dequantized scale (q - zero_point). Static quantization: scale
@@ -288,6 +301,7 @@ class Context:
         self.rescaled: dict[str, Rescaled] = {}
         self.step_products: dict[str, tuple[str, np.ndarray]] = {}
         self.conditions: dict[str, Condition] = {}  # bool values computed from variables, read by Where
+        self.dropped: dict[str, Dropped] = {}  # non-real values computed from variables, by ONNX name
 
     # reading
     def resolve(self, name: str) -> str:
@@ -436,7 +450,7 @@ def fits(constant: np.ndarray, shape: Sequence[int]) -> bool:
 
 
 __all__ = [
-    "Condition", "Context", "OnnxNode", "Quantized", "Rescaled", "TRANSLATORS", "Translator", "Unsupported",
+    "Condition", "Context", "Dropped", "OnnxNode", "Quantized", "Rescaled", "TRANSLATORS", "Translator", "Unsupported",
     "Window",
     "broadcast_var", "fits", "flatten_target", "int_list", "normalize_axis", "register", "reshape_target",
     "resolve_window", "squeeze_target", "unsqueeze_target", "wrap_node",
