@@ -336,6 +336,23 @@ _PY_OPS: dict[str, Callable[..., Any]] = {
 _ALWAYS_PY = frozenset({"__is__", "__isnot__"})
 
 
+def _set_item(container: Any, key: Any, value: Any) -> Any:
+    container[key] = value
+    return container
+
+
+# TorchScript's list and dict methods, run in Python whatever the items (tensors computed from
+# the input included): they move values around and compute nothing. TorchScript lists and dicts
+# are reference types, so the in-place ones mutate the container every other reader sees.
+_CONTAINER_OPS: dict[str, Callable[..., Any]] = {
+    "append": _append, "_set_item": _set_item, "extend": lambda seq, more: seq.extend(more),
+    "insert": lambda seq, i, item: seq.insert(i, item), "pop": lambda c, *key: c.pop(*key),
+    "__getitem__": lambda c, i: c[i], "len": len, "copy": lambda c: c.copy(), "clear": lambda c: c.clear(),
+    "keys": lambda d: list(d.keys()), "values": lambda d: list(d.values()), "items": lambda d: list(d.items()),
+    "get": lambda d, *key: d.get(*key), "reverse": lambda seq: seq.reverse(), "add": operator.add,
+}
+
+
 # ---- the walk ----------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True, eq=False)
 class _Pending:
@@ -541,9 +558,10 @@ class _Walker:
             return [POISON] * n_out
         short = kind.split("::", 1)[-1]
         top_level_tensor = any(isinstance(v, Var | torch.Tensor) for v in values)
-        if short in _PY_OPS and (short in _ALWAYS_PY or not top_level_tensor):
+        container = short in _CONTAINER_OPS and bool(values) and isinstance(values[0], list | dict)
+        if container or (short in _PY_OPS and (short in _ALWAYS_PY or not top_level_tensor)):
             try:
-                result = _PY_OPS[short](*values)
+                result = (_CONTAINER_OPS if container else _PY_OPS)[short](*values)
                 return [result] if n_out else []
             except Exception as exc:
                 raise ModelLoadError(f"{kind} failed on constants: {_first_line(exc)}", path=self.where) from exc
