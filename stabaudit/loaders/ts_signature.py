@@ -84,6 +84,8 @@ def forward_signature(
         elif argument is not None and argument.has_default_value():
             bound_value = argument.default_value
             notes.append(f"{name}={bound_value!r} ({kind}, its default)")
+        elif not _givable(kind):
+            raise ModelLoadError(f"forward argument {name!r} is a {kind} without a default: {_GIVABLE}", path=where)
         else:
             raise ModelLoadError(f"forward argument {name!r} ({kind}) has no value: give it with --arg {name}=VALUE "
                                  f"or the config's arguments: {{{name}: VALUE}}", path=where)
@@ -155,8 +157,19 @@ def _convert(value: ArgumentValue, kind: Any, name: str, where: str) -> Any:
             except ModelLoadError as exc:
                 raise bad(f"is not a {kind} ({str(exc).split('): ', 1)[-1]})") from None
         return converted
-    raise ModelLoadError(f"forward argument {name!r} is a {kind}: stabaudit gives values to int, float, bool, str, "
-                         "their lists and Optionals only", path=where)
+    raise ModelLoadError(f"forward argument {name!r} is a {kind}: {_GIVABLE}", path=where)
+
+
+_GIVABLE = "stabaudit gives values to int, float, bool, str, their lists and Optionals only"
+
+
+def _givable(kind: Any) -> bool:
+    """Whether _convert reads a value of the TorchScript type ``kind``."""
+    import torch
+
+    if isinstance(kind, torch._C.OptionalType | torch._C.ListType):
+        return _givable(kind.getElementType())
+    return isinstance(kind, torch._C.BoolType | torch._C.IntType | torch._C.FloatType | torch._C.StringType)
 
 
 # ---- input shapes --------------------------------------------------------------------------------

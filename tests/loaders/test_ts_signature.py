@@ -199,3 +199,20 @@ def test_bad_argument_values_are_refused(arguments: dict[str, object], message: 
     with pytest.raises(ModelLoadError) as info:
         load_torchscript(path, input_shape=(2, 4), arguments=arguments)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+class Table(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, cfg: dict[str, int]) -> torch.Tensor:
+        return self.fc(x) * float(cfg["a"])
+
+
+def test_an_argument_of_a_type_without_values_is_named(tmp_path: Path) -> None:
+    path = _script(Table(), tmp_path / "t.pt")
+    with pytest.raises(ModelLoadError) as info:
+        load_torchscript(path)
+    assert str(info.value) == ("forward argument 'cfg' is a Dict[str, int] without a default: stabaudit gives values "
+                               "to int, float, bool, str, their lists and Optionals only")
