@@ -59,7 +59,10 @@ def forward_signature(
     import torch
 
     inputs = list(graph.inputs())[1:]  # the first input is the module itself
-    schema = list(module.forward.schema.arguments)[1:]
+    try:
+        schema = list(module.forward.schema.arguments)[1:]
+    except (AttributeError, RuntimeError):  # no schema to read: the graph's names, no defaults
+        schema = []
     names = [a.name for a in schema] if len(schema) == len(inputs) else [_plain(v.debugName()) for v in inputs]
     tensors = [v for v in inputs if isinstance(v.type(), torch._C.TensorType)]
     unknown = sorted(set(arguments) - set(names))

@@ -115,3 +115,36 @@ def test_branch_on_the_input_values_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperatorError) as info:
         load_torchscript(path, input_shape=(1, 4))
     assert "aten::Bool (depends on the input's values)" in info.value.counts
+
+
+class Pieces(nn.Module):
+    """Shape unpacking, a list comprehension over chunks, an accumulator from zeros_like, isinstance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ys = [self.conv(torch.cat([p, p * 2.0], 1)) for p in x.chunk(2, dim=1)]
+        y = F.interpolate(torch.cat(ys, 1), scale_factor=2.0, mode="nearest")
+        acc = torch.zeros_like(y)
+        for i in range(2):
+            acc = acc + y * float(i + 1)
+        if isinstance(x, torch.Tensor):
+            acc = acc - torch.ones_like(acc) * 0.5
+        return acc.view(b, 2, -1).flatten(1)
+
+
+def test_comprehensions_and_constants_of_the_input_shape(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = Pieces().eval()
+    path = tmp_path / "p.pt"
+    torch.jit.save(torch.jit.script(module), str(path))
+    loaded = load_torchscript(path, input_shape=(1, 4, 3, 3))
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(Executor(loaded.graph)(x)[0].numpy(), want, rtol=0, atol=1e-5)
+    assert loaded.source_ops["aten::zeros_like"] == 1 and loaded.source_ops["aten::ones_like"] == 1
+    assert sum(n.op.type.value == "Conv" for n in loaded.graph.nodes) == 2
