@@ -51,8 +51,9 @@ def forward_signature(
     arguments: Mapping[str, ArgumentValue], where: str,
 ) -> Signature:
     """The signature of ``module.forward`` whose inlined graph is ``graph``. Shapes: ``input_shape``
-    (one tensor input), else the archive's extra file ``extra``, else the sizes torch.jit.trace
-    recorded (``traced``: the archive's traced_inputs.pkl), else what the first layer on the single
+    (one tensor input), else the archive's extra file ``extra``, else complete sizes in the graph
+    inputs' types, else the sizes torch.jit.trace recorded (``traced``: the archive's
+    traced_inputs.pkl), else what the first layer on the single
     tensor input fixes (a Linear's in_features; a convolution's channels when the spatial size is
     known from nowhere else is refused, naming the known part). Non-tensor arguments take their
     value from ``arguments`` (by name), else their default; anything else is a ModelLoadError."""
@@ -199,6 +200,11 @@ def _shapes(
     text = extra.decode("utf-8", "replace") if isinstance(extra, bytes) else extra
     if text.strip():
         return _extra_shapes(text, len(tensors), where), f"input shape from the archive's {EXTRA_FILE}"
+    typed = [_typed_sizes(v) for v in tensors]
+    if all(t is not None for t in typed):  # a graph that kept its trace's complete tensor types
+        sizes = [t for t in typed if t is not None]
+        shown = ", ".join(str(list(s)) for s in sizes)
+        return sizes, f"input shape {shown} from the complete tensor types of forward's graph"
     recorded = traced_shapes(traced)
     if recorded is not None and len(recorded) == len(tensors):
         shown = ", ".join(str(list(s)) for s in recorded)
@@ -216,6 +222,18 @@ def _shapes(
             raise ModelLoadError(f"the input shape is unknown: the first layer on the input, {layer}, makes it "
                                  f"({', '.join(dims)}): give --input-shape {','.join(dims)}", path=where)
     raise ModelLoadError(f"the input shape is unknown: {INPUT_SHAPE_HINT}", path=where)
+
+
+def _typed_sizes(value: Any) -> tuple[int, ...] | None:
+    """The sizes in a graph input's tensor type when all are known and positive (a traced graph in
+    memory has them; torch.jit.load compiles forward from its code, whose types carry none)."""
+    try:
+        sizes = value.type().sizes()
+    except RuntimeError:  # sizes of an incomplete type
+        return None
+    if not isinstance(sizes, list) or not sizes or not all(isinstance(d, int) and d > 0 for d in sizes):
+        return None
+    return tuple(sizes)
 
 
 def _extra_shapes(text: str, count: int, where: str) -> list[tuple[int, ...]]:

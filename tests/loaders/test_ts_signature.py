@@ -216,3 +216,15 @@ def test_an_argument_of_a_type_without_values_is_named(tmp_path: Path) -> None:
         load_torchscript(path)
     assert str(info.value) == ("forward argument 'cfg' is a Dict[str, int] without a default: stabaudit gives values "
                                "to int, float, bool, str, their lists and Optionals only")
+
+
+def test_complete_tensor_types_of_the_graph_give_the_shape() -> None:
+    # a traced module in memory keeps its example's sizes in its graph's input types (an archive
+    # read back by torch.jit.load does not: its forward is compiled from code)
+    from stabaudit.loaders.ts_signature import forward_signature
+
+    traced = torch.jit.trace(Conv().eval(), torch.randn(3, 6, 4, 5))
+    signature = forward_signature(traced, traced.graph, input_shape=None, extra="", traced=None, arguments={},
+                                  where="m.pt")
+    assert signature.shapes == ((3, 6, 4, 5),)
+    assert signature.notes == ("input shape [3, 6, 4, 5] from the complete tensor types of forward's graph",)
