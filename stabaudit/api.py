@@ -23,7 +23,7 @@ def audit(
 ) -> Report:
     """Audit one model. ``options`` are the config's settings (thresholds, severity, input_shape,
     seed, fail_on, method, budget, timeout, eps, inputs, domain, samples, training, max_memory,
-    disable, trust_torchscript) and override
+    disable, trust_torchscript, arguments) and override
     ``config``'s; the model's entry and waivers in ``config`` apply as with ``stabaudit check``.
     Raises StabauditError subclasses (exit_code 2 or 3) when the audit cannot run."""
     from stabaudit.config import Settings

@@ -85,6 +85,7 @@ def request_for(
         disabled=frozenset(settings.disable),
         waivers=waivers,
         trust_torchscript=bool(settings.trust_torchscript),
+        arguments=dict(settings.arguments or {}),
         **options,
     )
     problem = policy_problem(request)  # refused before anything runs, with its config key

@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -136,6 +136,23 @@ def parse_shape(text: str) -> tuple[int, ...]:
             f"--input-shape {text!r}: expected comma-separated positive integers, e.g. 1,3,32,32"
         )
     return dims
+
+
+def parse_arguments(items: list[str] | None) -> dict[str, Any] | None:
+    """--arg NAME=VALUE values: forward's non-tensor arguments of a TorchScript model, as strings
+    (the loader reads each as the argument's declared type)."""
+    import re
+
+    values: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise UsageError(f"--arg {item!r}: expected NAME=VALUE, e.g. sr=16000")
+        if name in values:
+            raise UsageError(f"--arg: argument {name!r} is given twice")
+        values[name] = value
+    return values or None
 
 
 def parse_threshold(text: str) -> tuple[str, float]:
@@ -301,6 +318,7 @@ def _check_options(
     start: str | None = None,
     perturb: str | None = None,
     domain: str | None = None,
+    arguments: list[str] | None = None,
 ) -> Settings:
     """The command line's settings, validated; they override the config's (only those given)."""
     from stabaudit.config import METHODS, Settings
@@ -355,6 +373,7 @@ def _check_options(
         max_memory=parse_size(max_memory) if max_memory is not None else None,
         trust_torchscript=True if trust_torchscript else None,  # not given: the config decides
         domain=audit_domain,
+        arguments=parse_arguments(arguments),
     )
 
 
@@ -647,6 +666,12 @@ def check(
         typer.Option("--perturb", metavar="NAME,...",
                      help="ONNX: perturb only these inputs; the other real inputs are held at seeded values."),
     ] = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option("--arg", metavar="NAME=VALUE",
+                     help="TorchScript: the value of forward's non-tensor argument NAME, e.g. sr=16000 (repeatable; "
+                          "lists as 1,2,3; overrides the config's arguments:)."),
+    ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,
     seed: SeedOption = None,
@@ -723,7 +748,7 @@ def check(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
             method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript, start=start,
-            perturb=perturb, domain=domain,
+            perturb=perturb, domain=domain, arguments=arg,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")

@@ -72,6 +72,8 @@ class AuditRequest:
     # load a TorchScript archive without the static gate of its code (loaders.ts_gate); in the
     # cache key, so that an analysis made under trust is never served to an audit without it
     trust_torchscript: bool = False
+    # TorchScript: the values of forward's non-tensor arguments by name (--arg, config arguments:)
+    arguments: Mapping[str, Any] = field(default_factory=dict)
 
 
 _REPRODUCIBLE_NOTE = (

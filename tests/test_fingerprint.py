@@ -33,6 +33,7 @@ def test_analysis_settings_change_the_key():
         dataclasses.replace(base, eps=0.02),
         dataclasses.replace(base, input_shape=(1, 3)),
         dataclasses.replace(base, trust_torchscript=True),
+        dataclasses.replace(base, arguments={"sr": 8000}),
     ]
     keys = [request_fingerprint(r) for r in changed]
     assert all(k != fp for k in keys)

@@ -77,6 +77,13 @@ class TrainingSettings(BaseModel):
     parameters: tuple[str, ...] | None = None  # globs of the parameter names training updates
 
 
+ARGUMENT_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A forward argument's value in a config: a number, bool, string or null, or a list of those
+# (strict: YAML's own types, read as the argument's declared type by the loader)
+ArgumentScalar = bool | int | float | str | None
+ArgumentInput = ArgumentScalar | list[ArgumentScalar]
+
+
 class Settings(BaseModel):
     """Audit settings of one level (defaults or a model entry); empty or None means "not set"."""
 
@@ -104,6 +111,9 @@ class Settings(BaseModel):
     samples: int | None = None
     # skip the static gate of TorchScript code (loaders.ts_gate): the user vouches for the archive
     trust_torchscript: bool | None = None
+    # TorchScript: values of forward's non-tensor arguments by name (merged key by key; the command
+    # line's --arg gives strings, a config YAML values; the loader reads them as the declared types)
+    arguments: dict[str, ArgumentInput] | None = None
 
     def merged(self, over: Settings) -> Settings:
         """These settings overridden by ``over``: its set values win, thresholds and severity merge
@@ -113,6 +123,8 @@ class Settings(BaseModel):
             mine, theirs = getattr(self, name), getattr(over, name)
             if name in ("thresholds", "severity"):
                 values[name] = {**mine, **theirs}
+            elif name == "arguments":
+                values[name] = {**(mine or {}), **(theirs or {})} or None
             elif name == "disable":
                 values[name] = mine | theirs
             else:
@@ -350,6 +362,7 @@ class SettingsInput(_Input):
     domain: DomainInput | None = None
     samples: Annotated[int, Field(gt=0, le=MAX_SAMPLE_COUNT)] | None = None
     trust_torchscript: bool | None = None
+    arguments: dict[Annotated[str, Field(pattern=ARGUMENT_NAME)], ArgumentInput] | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -378,6 +391,7 @@ class SettingsInput(_Input):
             training=self.training.to_settings(base) if self.training is not None else None,
             domain=self.domain.to_domain() if self.domain is not None else None, samples=self.samples,
             trust_torchscript=self.trust_torchscript,
+            arguments=dict(self.arguments) if self.arguments is not None else None,
         )
 
 
@@ -470,6 +484,8 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "margin": ("expected a finite number >= 0 (added around the samples' box)", None),
     "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
     "trust_torchscript": ("expected true or false", None),
+    "arguments": ("expected a mapping NAME: value (forward's non-tensor arguments of a TorchScript model)",
+                  "expected a number, true/false, a string, null or a list of those"),
     "low": ("expected a number or a list of numbers", None),
     "high": ("expected a number or a list of numbers", None),
     "mean": ("expected a number or a list of numbers", None),
@@ -520,6 +536,10 @@ def explain(loc: tuple[int | str, ...], kind: str, message: str) -> tuple[tuple[
     if field is None:
         return loc, "expected a mapping of settings"
     whole, item = _EXPECTED[field]
+    if field == "arguments" and end < len(loc):  # past the name: pydantic's union branch tags
+        if "[key]" in loc[end:]:
+            return loc[: end + 1], "expected an argument name (letters, digits and _, not starting with a digit)"
+        return loc[: end + 1], item or whole
     if end == len(loc):
         return loc, whole
     if item is None:

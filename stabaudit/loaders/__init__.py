@@ -15,6 +15,7 @@ def load_model(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
     perturb: tuple[str, ...] = (), seed: int = 0,
     module_jobs: Mapping[str, Callable[[LoadedModel], Any]] | None = None, cuda: bool = False,
+    arguments: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load ``path`` into the IR with its reference runtime; ``input_shape`` fixes the first
     input's dynamic dims; ``trust_torchscript`` skips the static gate of TorchScript code
@@ -24,7 +25,9 @@ def load_model(
     no shared stdout, a working directory of its own): its reference then answers the ``seed``ed
     inputs of the equivalence check (analyses.equivalence) only, and ``module_jobs`` (picklable
     functions of the loaded model that need the module itself) run there, their results in
-    ``LoadedModel.module_results`` (``cuda``: they run on CUDA). For ONNX, ``module_jobs`` are not run."""
+    ``LoadedModel.module_results`` (``cuda``: they run on CUDA), and ``arguments`` gives the values
+    of forward's non-tensor arguments by name (loaders.ts_signature). For ONNX, ``module_jobs`` are
+    not run, and ``arguments`` are refused."""
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.ts_child import load_isolated
 
@@ -36,7 +39,12 @@ def load_model(
 
         precheck_archive(Path(path), str(path))
         return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs,
-                             cuda=cuda)
+                             cuda=cuda, arguments=arguments)
+    if arguments:
+        from stabaudit.errors import ModelLoadError
+
+        raise ModelLoadError("forward arguments (--arg, config arguments:) apply to TorchScript models only",
+                             path=str(path))
     from stabaudit.loaders.onnx import load_onnx
 
     return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb)

@@ -9,7 +9,11 @@ from stabaudit.errors import ModelLoadError
 from stabaudit.loaders.base import ModelFormat
 
 ZIP_MAGIC = b"PK\x03\x04"
-NOT_TORCHSCRIPT = "export with torch.jit.script/trace and torch.jit.save"
+NOT_TORCHSCRIPT = (
+    "export with torch.jit.script/trace and torch.jit.save, e.g. "
+    "torch.jit.save(torch.jit.script(model.eval()), 'model.pt') (a state dict holds only weights: load it into "
+    "its model with model.load_state_dict first)"
+)
 
 
 def check_file(path: str | Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import operator
 import os
@@ -23,6 +22,14 @@ from stabaudit.ir.executor import infer_shapes, with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
 from stabaudit.ir.parameters import ModuleParameters, Origin, SourceParameter
 from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
+from stabaudit.loaders.ts_signature import (
+    EXTRA_FILE,
+    TRACED_INPUTS,
+    ArgumentValue,
+    Signature,
+    forward_signature,
+    module_path,
+)
 
 if TYPE_CHECKING:
     from stabaudit.loaders.ts_ops.base import Var
@@ -32,15 +39,9 @@ MAX_ARCHIVE_BYTES = 2 * 1024**3  # archives above this are refused before torch.
 MAX_UNCOMPRESSED_BYTES = 4 * 1024**3  # the declared sizes of all entries together
 MAX_COMPRESSION_RATIO = 200  # declared / stored size of one entry (torch.jit.save stores, ratio 1)
 MAX_ENTRIES = 100_000
-EXTRA_FILE = "stabaudit.json"  # optional extra file of the archive: {"input_shape": [...]}
 MAX_LOOP_ITERATIONS = 100_000  # prim::Loop unrolling guard
 
-_INPUT_SHAPE_HINT = (
-    "pass --input-shape (e.g. --input-shape 1,3,32,32) or save the archive with "
-    f'_extra_files={{"{EXTRA_FILE}": \'{{"input_shape": [...]}}\'}}'
-)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SCOPE_PART = re.compile(r"(\w+)\([^()]*\)")
 
 
 def supported_operators() -> list[str]:
@@ -52,11 +53,14 @@ def supported_operators() -> list[str]:
 
 def load_torchscript(
     path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False,
-    where: str | None = None,
+    where: str | None = None, arguments: Mapping[str, ArgumentValue] | None = None,
 ) -> LoadedModel:
     """Load a torch.jit.save archive and translate ``forward`` at a static input shape.
 
-    The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file.
+    The shape comes from ``input_shape``, else from the archive's ``stabaudit.json`` extra file,
+    else from the example input torch.jit.trace recorded, else from the first layer on the input
+    (loaders.ts_signature). ``arguments`` gives forward's non-tensor arguments by name (those
+    not given take their defaults).
     Before torch.jit.load compiles or unpickles anything, the static gate (ts_gate) reads the
     archive's code and pickles and refuses calls outside its allowlist; ``trust_code`` skips it
     for an archive the user vouches for (--trust-torchscript). ``where`` names the file in errors
@@ -70,7 +74,7 @@ def load_torchscript(
     if not file.is_file():
         raise ModelLoadError("file not found", path=where)
     extra = {EXTRA_FILE: ""}
-    module = _load_checked(file, where, trust_code, extra)
+    module, traced = _load_checked(file, where, trust_code, extra)
     module.eval()
     _check_storages(module, where)
     try:
@@ -82,21 +86,20 @@ def load_torchscript(
     # neither hold the stored weights nor keep each layer's module path (used for layer names).
     torch._C._jit_pass_inline(graph)
     torch._C._jit_pass_dce(graph)  # results the forward computes and discards are never walked
-    inputs = list(graph.inputs())[1:]  # the first input is the module itself
     notes = ["calls inlined (torch._C._jit_pass_inline); translated at a static input shape"]
     if trust_code:  # the report says that the archive's code ran unchecked, on the user's word
         notes.append("the static gate of TorchScript code was skipped (--trust-torchscript): the archive's "
                      "code was loaded and run as the user vouched for it")
-    shapes, shape_note = _input_shapes(inputs, input_shape, extra[EXTRA_FILE], where)
-    if shape_note:
-        notes.append(shape_note)
-    for shape in shapes:  # before the walk: translators may broadcast constants to these shapes
+    signature = forward_signature(module, graph, input_shape=input_shape, extra=extra[EXTRA_FILE], traced=traced,
+                                  arguments=arguments or {}, where=where)
+    notes.extend(signature.notes)
+    for shape in signature.shapes:  # before the walk: translators may broadcast constants to these shapes
         if math.prod(shape) > MAX_ELEMENTS:
             raise ResourceError(f"input shape {list(shape)} is above the limit of {MAX_ELEMENTS} elements", path=where)
 
     walker = _Walker(module, where)
     with torch.no_grad():
-        ir_graph = walker.translate(graph, inputs, shapes)
+        ir_graph = walker.translate(graph, signature)
     check_value_sizes(ir_graph)
     notes.extend(walker.notes)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
@@ -105,7 +108,7 @@ def load_torchscript(
         parameterisation=_module_parameters(module),
         format=ModelFormat.TORCHSCRIPT,
         reference_name="torchscript",
-        reference=_reference(module, ir_graph.input_names, dtype, where),
+        reference=_reference(module, ir_graph.input_names, signature, dtype, where),
         parameters=_parameter_count(module),
         source_ops=dict(sorted(walker.source_ops.items())),
         notes=tuple(notes),
@@ -135,8 +138,9 @@ def _precision(module: Any) -> str:
     return str(least).removeprefix("torch.")
 
 
-def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str]) -> Any:
-    """torch.jit.load of the very bytes the checks read. The file is opened once, and the size
+def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str]) -> tuple[Any, bytes | None]:
+    """torch.jit.load of the very bytes the checks read, and the archive's record of the example
+    inputs torch.jit.trace kept (None if there is none). The file is opened once, and the size
     check, the zip-bomb guard, the static gate and torch all read that open file (through
     /proc/self/fd where there is one), so the archive cannot be swapped between the gate and
     the load."""
@@ -160,12 +164,29 @@ def _load_checked(file: Path, where: str, trust_code: bool, extra: dict[str, str
             from stabaudit.loaders.ts_gate import check_archive_code
 
             check_archive_code(pinned, where)
+        traced = _traced_record(pinned)
         try:
-            return torch.jit.load(str(pinned), map_location="cpu", _extra_files=extra)
+            return torch.jit.load(str(pinned), map_location="cpu", _extra_files=extra), traced
         except Exception as exc:  # any failure of torch's reader means: not a loadable archive
             raise ModelLoadError(
                 f"not a loadable TorchScript archive (torch.jit.load: {_first_line(exc)})", path=where
             ) from exc
+
+
+def _traced_record(file: Path) -> bytes | None:
+    """The bytes of ``<root>/traced_inputs.pkl`` (read, never unpickled here), if the archive has
+    one of a modest size (ts_signature.MAX_TRACED_INPUTS_BYTES; the zip-bomb guard has run)."""
+    from stabaudit.loaders.ts_signature import MAX_TRACED_INPUTS_BYTES
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for entry in archive.infolist():
+                parts = entry.filename.split("/")
+                if len(parts) == 2 and parts[1] == TRACED_INPUTS and entry.file_size <= MAX_TRACED_INPUTS_BYTES:
+                    return archive.read(entry)
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError, RuntimeError):
+        return None  # torch.jit.load says what is wrong with the archive
+    return None
 
 
 def precheck_archive(file: Path, where: str) -> None:
@@ -208,54 +229,6 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _shape(value: Any, where: str, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise ModelLoadError(f"{what} must be a non-empty list of positive integers", path=where)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
-        raise ModelLoadError(f"{what} must be a list of positive integers, got {value}", path=where)
-    return tuple(value)
-
-
-def _input_shapes(
-    inputs: Sequence[Any], input_shape: tuple[int, ...] | None, extra: str | bytes, where: str
-) -> tuple[list[tuple[int, ...]], str]:
-    """The static shape of every forward input, and a note on where it came from."""
-    import torch
-
-    for value in inputs:
-        if not isinstance(value.type(), torch._C.TensorType):
-            raise ModelLoadError(
-                f"forward argument {value.debugName()!r} is a {value.type()}, not a tensor", path=where
-            )
-    if not inputs:
-        raise ModelLoadError("forward takes no tensor input", path=where)
-    if input_shape is not None:
-        if len(inputs) != 1:
-            raise ModelLoadError(
-                f"forward takes {len(inputs)} inputs; give their shapes as \"input_shapes\" in {EXTRA_FILE}",
-                path=where,
-            )
-        return [_shape(list(input_shape), where, "input shape")], ""
-    text = extra.decode("utf-8", "replace") if isinstance(extra, bytes) else extra
-    if not text.strip():
-        raise ModelLoadError(f"the input shape is unknown: {_INPUT_SHAPE_HINT}", path=where)
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{EXTRA_FILE} in the archive is not valid JSON ({exc.msg})", path=where) from exc
-    if isinstance(meta, dict) and "input_shapes" in meta and isinstance(meta["input_shapes"], list):
-        shapes = [_shape(s, where, f"{EXTRA_FILE} input_shapes[{i}]") for i, s in enumerate(meta["input_shapes"])]
-    elif isinstance(meta, dict) and "input_shape" in meta:
-        shapes = [_shape(meta["input_shape"], where, f"{EXTRA_FILE} input_shape")]
-    else:
-        raise ModelLoadError(f"{EXTRA_FILE} names no input_shape: {_INPUT_SHAPE_HINT}", path=where)
-    if len(shapes) != len(inputs):
-        raise ModelLoadError(
-            f"{EXTRA_FILE} gives {len(shapes)} input shapes for {len(inputs)} forward inputs", path=where
-        )
-    return shapes, f"input shape from the archive's {EXTRA_FILE}"
-
-
 def _check_storages(module: Any, where: str) -> None:
     """Every stored tensor's data is there: torch.jit.load accepts a truncated data record and
     leaves the tensor without memory, which fails only when the tensor is first read."""
@@ -292,11 +265,19 @@ def _flatten_outputs(value: Any) -> Iterator[Any]:
         yield value
 
 
-def _reference(module: Any, names: tuple[str, ...], dtype: Any, where: str) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+def _reference(
+    module: Any, names: tuple[str, ...], signature: Signature, dtype: Any, where: str
+) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    """The module's forward on named float32 inputs, its other arguments at their bound values."""
+
     def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import copy
+
         import torch
 
-        args = [torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype) for name in names]
+        tensors = [torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype) for name in names]
+        # a fresh copy of each bound value: forward may mutate a list argument
+        args = [tensors[x] if how == "tensor" else copy.deepcopy(x) for how, x in signature.call]
         try:
             with torch.no_grad():
                 out = module(*args)
@@ -334,6 +315,23 @@ _PY_OPS: dict[str, Callable[..., Any]] = {
     "__derive_index": lambda index, start, step: start + index * step,
 }
 _ALWAYS_PY = frozenset({"__is__", "__isnot__"})
+
+
+def _set_item(container: Any, key: Any, value: Any) -> Any:
+    container[key] = value
+    return container
+
+
+# TorchScript's list and dict methods, run in Python whatever the items (tensors computed from
+# the input included): they move values around and compute nothing. TorchScript lists and dicts
+# are reference types, so the in-place ones mutate the container every other reader sees.
+_CONTAINER_OPS: dict[str, Callable[..., Any]] = {
+    "append": _append, "_set_item": _set_item, "extend": lambda seq, more: seq.extend(more),
+    "insert": lambda seq, i, item: seq.insert(i, item), "pop": lambda c, *key: c.pop(*key),
+    "__getitem__": lambda c, i: c[i], "len": len, "copy": lambda c: c.copy(), "clear": lambda c: c.clear(),
+    "keys": lambda d: list(d.keys()), "values": lambda d: list(d.values()), "items": lambda d: list(d.items()),
+    "get": lambda d, *key: d.get(*key), "reverse": lambda seq: seq.reverse(), "add": operator.add,
+}
 
 
 # ---- the walk ----------------------------------------------------------------------------------
@@ -389,13 +387,17 @@ class _Walker:
             self.notes.append(text)
 
     # -- driver --
-    def translate(self, graph: Any, inputs: Sequence[Any], shapes: Sequence[tuple[int, ...]]) -> Graph:
+    def translate(self, graph: Any, signature: Signature) -> Graph:
+        import copy
+
         from stabaudit.loaders.ts_ops.base import POISON, Opaque, Var
 
         self.env[next(iter(graph.inputs())).unique()] = self.module
+        for unique, value in signature.bound.items():  # a copy: the walk may mutate a list argument
+            self.env[unique] = copy.deepcopy(value)
         specs: list[TensorSpec] = []
         used: set[str] = set()
-        for i, (value, shape) in enumerate(zip(inputs, shapes, strict=True)):
+        for i, (value, shape) in enumerate(zip(signature.tensors, signature.shapes, strict=True)):
             name = re.sub(r"\.\d+$", "", value.debugName())
             if not _NAME.fullmatch(name) or name in used:
                 name = f"input{i}"
@@ -541,9 +543,10 @@ class _Walker:
             return [POISON] * n_out
         short = kind.split("::", 1)[-1]
         top_level_tensor = any(isinstance(v, Var | torch.Tensor) for v in values)
-        if short in _PY_OPS and (short in _ALWAYS_PY or not top_level_tensor):
+        container = short in _CONTAINER_OPS and bool(values) and isinstance(values[0], list | dict)
+        if container or (short in _PY_OPS and (short in _ALWAYS_PY or not top_level_tensor)):
             try:
-                result = _PY_OPS[short](*values)
+                result = (_CONTAINER_OPS if container else _PY_OPS)[short](*values)
                 return [result] if n_out else []
             except Exception as exc:
                 raise ModelLoadError(f"{kind} failed on constants: {_first_line(exc)}", path=self.where) from exc
@@ -576,7 +579,7 @@ class _Walker:
         source = SourceNode(
             kind=kind, args=tuple(values), arg_names=arg_names, out_shapes=out_shapes,
         )
-        scope = ".".join(p for p in _SCOPE_PART.findall(node.getModuleHierarchy()) if p not in ("SELF", "UNKNOWN_INSTANCE"))
+        scope = module_path(node)
         self._current = (scope, source.base, next(self._calls), kind)
         try:
             outs = list(translator(self, source))

@@ -45,6 +45,7 @@ import numpy as np
 
 from stabaudit.errors import InternalError, ModelLoadError, ResourceError, StabauditError
 from stabaudit.loaders.base import EQUIVALENCE_SAMPLES, LoadedModel, seeded_feeds
+from stabaudit.loaders.ts_signature import ArgumentValue
 
 ModuleJob = Callable[[LoadedModel], Any]  # picklable (a module-level function or a partial of one)
 
@@ -71,6 +72,7 @@ class LoadRequest:
     memory_limit: int | None  # bytes above the child's address space once its imports are done
     cuda: bool = False  # the jobs use CUDA: its context is created before the cap (it maps far more than it uses)
     jobs: Mapping[str, ModuleJob] = field(default_factory=dict)
+    arguments: Mapping[str, ArgumentValue] = field(default_factory=dict)  # forward's non-tensor arguments
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -100,18 +102,19 @@ class RecordedReference:
 def load_isolated(
     path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None, trust_code: bool = False,
     seed: int = 0, samples: int = EQUIVALENCE_SAMPLES, jobs: Mapping[str, ModuleJob] | None = None,
-    cuda: bool = False,
+    cuda: bool = False, arguments: Mapping[str, ArgumentValue] | None = None,
 ) -> LoadedModel:
     """loaders.torchscript.load_torchscript in a child process (see the module docstring), under
     the active memory budget and deadline (limits.use_limits, limits.run_with_timeout); ``cuda``:
-    the ``jobs`` run on CUDA."""
+    the ``jobs`` run on CUDA; ``arguments``: forward's non-tensor arguments by name."""
     from stabaudit.limits import AuditTimeoutError, active_memory_budget, current_deadline
 
     where = str(path)
     deadline = current_deadline()
     budget = active_memory_budget()
     request = LoadRequest(path=where, file=os.path.abspath(where), input_shape=input_shape, trust_code=trust_code, seed=seed,
-                          samples=samples, memory_limit=budget, jobs=dict(jobs or {}), cuda=cuda)
+                          samples=samples, memory_limit=budget, jobs=dict(jobs or {}), cuda=cuda,
+                          arguments=dict(arguments or {}))
     root = str(Path(__file__).resolve().parents[2])  # the directory holding this stabaudit package
     with tempfile.TemporaryDirectory(prefix="stabaudit-ts-", ignore_cleanup_errors=True) as tmp:
         work, request_file, result_file = Path(tmp, "cwd"), Path(tmp, "request.pkl"), Path(tmp, "result.pkl")
@@ -294,7 +297,7 @@ def _run(request: LoadRequest) -> tuple[Any, ...]:
                 torch.cuda.init()
             _cap_memory(request.memory_limit)
             loaded = load_torchscript(request.file, input_shape=request.input_shape, trust_code=request.trust_code,
-                                      where=request.path)
+                                      where=request.path, arguments=request.arguments)
             reference = _record(loaded, request)
             results = {name: job(loaded) for name, job in request.jobs.items()}
         parameterisation = loaded.parameterisation

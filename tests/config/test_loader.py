@@ -106,3 +106,32 @@ def test_config_path_with_a_control_character_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="control character") as info:
         load_config(tmp_path / "a\x00b.yaml")
     assert info.value.exit_code == 2
+
+
+def test_forward_arguments_merge_key_by_key(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"")
+    cfg = load_config(write(tmp_path, "defaults:\n  arguments: {sr: 16000, mode: fast, dims: [1, 2]}\nmodels:\n"
+                                      "  - path: m.pt\n    arguments: {sr: 8000, mask: null}\n"))
+    assert cfg.defaults.arguments == {"sr": 16000, "mode": "fast", "dims": [1, 2]}
+    merged = cfg.defaults.merged(cfg.models[0].settings)
+    assert merged.arguments == {"sr": 8000, "mode": "fast", "dims": [1, 2], "mask": None}
+    assert Settings().merged(Settings()).arguments is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("arguments: [1, 2]\n", "audit.yaml:1: arguments: expected a mapping NAME: value (forward's non-tensor "
+                                "arguments of a TorchScript model)"),
+        ("arguments: {sr: {a: 1}}\n", "audit.yaml:1: arguments.sr: expected a number, true/false, a string, null or "
+                                      "a list of those"),
+        ("arguments: {sr: [[1]]}\n", "audit.yaml:1: arguments.sr: expected a number, true/false, a string, null or "
+                                     "a list of those"),
+        ("arguments: {'bad name': 1}\n", "audit.yaml:1: arguments.bad name: expected an argument name (letters, "
+                                         "digits and _, not starting with a digit)"),
+    ],
+)
+def test_forward_argument_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(info.value).endswith(message)

@@ -52,7 +52,7 @@ def test_load_model_dispatches_torchscript(tmp_path: Path, monkeypatch: pytest.M
     calls: list[tuple[object, object, object, object]] = []
     fake = types.ModuleType("stabaudit.loaders.ts_child")  # the isolated load (loaders.ts_child)
     fake.load_isolated = (  # type: ignore[attr-defined]
-        lambda path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False:
+        lambda path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False, arguments=None:
         calls.append((path, input_shape, trust_code, seed))
     )
     monkeypatch.setitem(__import__("sys").modules, "stabaudit.loaders.ts_child", fake)
@@ -69,6 +69,8 @@ def test_torch_save_pickles_are_refused(tmp_path: Path, protocol_zip: bool) -> N
     with pytest.raises(ModelLoadError, match="not a TorchScript archive: export with torch.jit") as info:
         load_model(path)
     assert info.value.path == str(path)
+    assert "torch.jit.save(torch.jit.script(model.eval()), 'model.pt')" in str(info.value)
+    assert "model.load_state_dict" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_plain_pickle_is_refused_without_unpickling(tmp_path: Path) -> None:

@@ -482,8 +482,9 @@ def test_operator_list_covers_brief() -> None:
 
 # ---- errors ------------------------------------------------------------------------------------
 def test_missing_input_shape(tmp_path: Path) -> None:
-    path = _save(MLP(), (1, 12), "script", tmp_path / "m.pt")
-    with pytest.raises(ModelLoadError, match="--input-shape"):
+    # a scripted CNN: its first convolution fixes the channels, nothing fixes the spatial size
+    path = _save(CNN(), (1, 2, 8, 8), "script", tmp_path / "m.pt")
+    with pytest.raises(ModelLoadError, match="--input-shape 1,2,H,W"):
         load_torchscript(path)
 
 

@@ -296,8 +296,8 @@ def test_the_report_is_the_in_process_loads_byte_for_byte(name: str, monkeypatch
     request = AuditRequest(path=SAMPLES / name, seed=3, lower_budget_s=0.3, budget_s=0.3)
     isolated = RENDERERS.get(OutputFormat.JSON)(audit(request))
 
-    def in_process(path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False):  # type: ignore[no-untyped-def]
-        return load_torchscript(path, input_shape=input_shape, trust_code=trust_code)
+    def in_process(path, *, input_shape=None, trust_code=False, seed=0, jobs=None, cuda=False, arguments=None):  # type: ignore[no-untyped-def]
+        return load_torchscript(path, input_shape=input_shape, trust_code=trust_code, arguments=arguments)
 
     monkeypatch.setattr(ts_child, "load_isolated", in_process)
     direct = RENDERERS.get(OutputFormat.JSON)(audit(request))

@@ -82,6 +82,21 @@ class Selection(nn.Module):
         return self.fc2(t.reshape(1, 32))
 
 
+class Fills(nn.Module):
+    """Constants of the input's shape (zeros_like, ones_like, full_like, new_zeros, new_ones, new_full)
+    added to a linear map: shifts only, the gain is the Linear's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        fills = (torch.zeros_like(y) - 0.5 * torch.ones_like(y) + torch.full_like(y, 0.25) + y.new_zeros(y.shape)
+                 + y.new_ones(y.shape) * 0.1 + y.new_full(y.shape, 2.0))
+        return y + fills
+
+
 class Parts(nn.Module):
     """split by sizes and by a size, chunk (uneven), unbind, and their unsafe_ spellings: lists of parts
     read by unpacking and by index."""
@@ -1441,6 +1456,10 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",
                                "aten::pixel_unshuffle", "aten::repeat", "aten::expand"})),
+        Case(id="fills", input_shape=(1, 3), formats=(TS,), script=True, module=_seeded(Fills, 83),
+             ops=frozenset({L.LINEAR, L.AFFINE}),
+             ts_ops=frozenset({"aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::new_zeros",
+                               "aten::new_ones", "aten::new_full"})),
         Case(id="parts", input_shape=(1, 3), formats=(TS,), module=_seeded(Parts, 82),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.CONCAT, L.RESHAPE}),
              ts_ops=frozenset({"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unbind",

@@ -1,6 +1,6 @@
 """Translators of TorchScript's structural ops: reshapes, transposes, concat, pad, selections (slice,
 select, index_select, and the lists of parts of split, chunk and unbind), copies (expand, repeat),
-pixel (un)shuffle, no-op casts."""
+pixel (un)shuffle, no-op casts, constants of the input's shape (zeros_like, ...)."""
 
 from __future__ import annotations
 
@@ -283,3 +283,22 @@ def pixel_shuffle(ctx: Context, node: SourceNode) -> Sequence[Any]:
     blocks = ctx.emit(O.Reshape(shape=split), [x], role="blocks")
     moved = ctx.emit(O.Transpose(perm=perm), [blocks], role="move")
     return [ctx.emit(O.Reshape(shape=node.out_shape(0)), [moved])]
+
+
+_FILLS = {"zeros_like": 0.0, "new_zeros": 0.0, "ones_like": 1.0, "new_ones": 1.0}
+
+
+@translates("aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::new_zeros", "aten::new_ones",
+            "aten::new_full")
+def filled(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """A tensor of the input's shape (or of given sizes) filled with one number: it depends on the
+    input's shape only, which is static, so it is a constant (Lipschitz constant 0 in the input)."""
+    import torch
+
+    shape = node.out_shape(0)
+    value = _FILLS.get(node.base, node.arg("fill_value"))
+    dtype = node.arg("dtype")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not is_float_dtype(dtype):
+        raise Unsupported(f"a fill of {value!r} as {dtype}")
+    # float32 whatever float type is asked: the value is exact in each, and the IR computes in float
+    return [torch.full(shape, float(value), dtype=torch.float32)]
