@@ -130,6 +130,16 @@ def main() -> int:
             "",
             sub_bench("bench_conv.py", "--threads", "1"),
             "",
+            "## The training channel: Lanczos against power iteration, HVPs against torch.autograd "
+            "(`python bench/bench_training.py`)",
+            "",
+            "stabaudit's Lanczos path (both extremes of the loss Hessian) against a PyHessian-style power",
+            "iteration (lambda_max alone, relative change below 1e-3) on torch.autograd HVPs of an",
+            "equivalent torch module; one HVP through the engine's executor and through a TorchScript",
+            "module against torch.autograd on the module. Errors relative to ARPACK (tol 1e-12).",
+            "",
+            sub_bench("bench_training.py"),
+            "",
         ]
     lines += [
         "## Batches: `--jobs 2` against `--jobs 1` (`python bench/bench_batch.py`)",

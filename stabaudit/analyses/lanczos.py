@@ -54,10 +54,11 @@ def lanczos_extremes(
     *,
     iterations: int,
     seed: int,
+    tolerance: float = 0.0,
     tick: Callable[[], None] | None = None,
 ) -> Extremes:
-    """Ritz values of the symmetric operator ``matvec`` (size n) after k = min(n, iterations) Lanczos
-    steps with full reorthogonalization from a seeded random start.
+    """Ritz values of the symmetric operator ``matvec`` (size n) after at most k = min(n, iterations)
+    Lanczos steps with full reorthogonalization from a seeded random start.
 
     Soundness (inner bounds): for any vector z, lambda_min <= z^T A z / z^T z <= lambda_max
     (Rayleigh). The Ritz values are the extreme Rayleigh quotients over span(Q): we solve the
@@ -66,47 +67,75 @@ def lanczos_extremes(
     theta_min >= lambda_min up to the rounding of the dot products in G and M:
     |fl(q^T w) - q^T w| <= n u |q| |w| (gamma_n), hence ||G - fl(G)||_2 <= k n u max_j |A q_j|;
     the slack is twice that. They are inner bounds only: Lanczos never proves that no eigenvalue
-    lies beyond its Ritz values.
+    lies beyond its Ritz values, and this holds after any number of steps.
+
+    Early stop (``tolerance`` > 0): after step j the tridiagonal T_j = Q_j^T A Q_j of the
+    recurrence gives each Ritz pair (theta, y = Q_j s) its residual |A y - theta y| = beta_j |s_j|
+    (Paige; Parlett, The Symmetric Eigenvalue Problem, Sec. 13.2), and some eigenvalue of A lies
+    within that residual of theta (Parlett, Thm 4.5.1). The steps stop once the residuals of the
+    largest and the smallest Ritz pair are both at most ``tolerance`` times max(|theta_max|,
+    |theta_min|): more steps would move those Ritz values by about residual^2 / gap. The stop is a
+    function of the computed numbers only (deterministic), and it changes nothing of the bounds'
+    meaning: the Ritz values returned are still computed from G and M as above.
     """
+    import scipy.linalg
+
+    from stabaudit.analyses.sdp import single_blas_thread
+
     k = max(1, min(n, iterations))
     rng = np.random.default_rng(seed)
     q = rng.standard_normal(n)
     q /= np.linalg.norm(q)
     basis = np.zeros((k, n))
     images = np.zeros((k, n))
+    alphas: list[float] = []
+    betas: list[float] = []
     steps = 0
     scale = 0.0
-    for j in range(k):
-        if tick is not None:
-            tick()
-        basis[j] = q
-        w = np.asarray(matvec(q), dtype=np.float64)
-        images[j] = w
-        steps = j + 1
-        scale = max(scale, float(np.linalg.norm(w)))
-        if j + 1 == k:
-            break
-        # the three-term recurrence, then full reorthogonalization against every basis vector
-        # (classical Gram-Schmidt twice: orthogonal to working precision)
-        r = w - basis[j] * float(basis[j] @ w)
-        if j > 0:
-            r -= basis[j - 1] * float(basis[j - 1] @ w)
-        for _ in range(2):
-            r -= basis[: j + 1].T @ (basis[: j + 1] @ r)
-        beta = float(np.linalg.norm(r))
-        if beta <= 1e3 * UNIT_ROUNDOFF * max(scale, 1e-300):
-            break  # an invariant subspace: its Ritz values are eigenvalues
-        q = r / beta
-    basis, images = basis[:steps], images[:steps]
-    g = basis @ images.T
-    g = (g + g.T) / 2.0
-    gram = basis @ basis.T
-    import scipy.linalg
-
-    theta = scipy.linalg.eigh(g, gram, eigvals_only=True)
+    converged = False
+    # one BLAS thread: the vectors are long but the operations are level 1 and 2, which threads
+    # only slow down (a busy wait per call on a shared machine), and the bits do not then depend
+    # on the machine's thread count
+    with single_blas_thread():
+        for j in range(k):
+            if tick is not None:
+                tick()
+            basis[j] = q
+            w = np.asarray(matvec(q), dtype=np.float64)
+            images[j] = w
+            steps = j + 1
+            scale = max(scale, float(np.sqrt(w @ w)))
+            if j + 1 == k:
+                break
+            # the three-term recurrence, then full reorthogonalization against every basis vector
+            # (classical Gram-Schmidt twice: orthogonal to working precision)
+            alpha = float(q @ w)
+            r = w - q * alpha
+            if j > 0:
+                r -= basis[j - 1] * float(basis[j - 1] @ w)
+            block = basis[: j + 1]
+            for _ in range(2):
+                r -= (block @ r) @ block
+            beta = float(np.sqrt(r @ r))
+            if beta <= 1e3 * UNIT_ROUNDOFF * max(scale, 1e-300):
+                break  # an invariant subspace: its Ritz values are eigenvalues
+            alphas.append(alpha)
+            if tolerance > 0.0 and _converged(alphas, betas, beta, tolerance):
+                converged = True
+                break
+            betas.append(beta)
+            q = r / beta
+        basis, images = basis[:steps], images[:steps]
+        g = basis @ images.T
+        g = (g + g.T) / 2.0
+        gram = basis @ basis.T
+        theta = scipy.linalg.eigh(g, gram, eigvals_only=True)
     slack = 2.0 * steps * n * UNIT_ROUNDOFF * scale
     notes: tuple[str, ...] = ()
-    if steps < k:
+    if converged:
+        notes = (f"Lanczos stopped after {steps} of at most {k} steps: the residuals of the extreme Ritz "
+                 f"pairs are below {tolerance:g} of the spectrum's scale",)
+    elif steps < k:
         notes = (f"Lanczos found an invariant subspace after {steps} steps",)
     return Extremes(
         smallest=float(theta[0]),
@@ -116,3 +145,18 @@ def lanczos_extremes(
         iterations=steps,
         notes=notes,
     )
+
+
+def _converged(alphas: list[float], betas: list[float], beta: float, tolerance: float) -> bool:
+    """Whether the extreme Ritz pairs of the tridiagonal (``alphas`` on the diagonal, ``betas``
+    beside it) have residuals beta |s_last| <= tolerance * max |theta| (see ``lanczos_extremes``)."""
+    t = np.diag(alphas)
+    if betas:
+        off = np.arange(len(betas))
+        t[off, off + 1] = betas
+        t[off + 1, off] = betas
+    theta, s = np.linalg.eigh(t)
+    size = max(abs(float(theta[0])), abs(float(theta[-1])))
+    if not size > 0.0:
+        return False
+    return bool(beta * abs(s[-1, -1]) <= tolerance * size and beta * abs(s[-1, 0]) <= tolerance * size)

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 DENSE_MAX = 2000  # parameters up to which the full Hessian is formed (certified eigenvalues)
 MAX_SAMPLES = 256  # full batch up to this many samples, else a seeded subset
-LANCZOS_ITERATIONS = 100
+LANCZOS_ITERATIONS = 100  # at most this many Lanczos steps (Hessian-vector products)
+# ... fewer once the extreme Ritz pairs' residuals are below this fraction of the spectrum's scale
+# (lanczos.lanczos_extremes): their Ritz values then move by about residual^2 / gap at most
+LANCZOS_TOLERANCE = 1e-6
 LANCZOS_MEMORY = 512 * 2**20  # bytes for the Lanczos basis and its images (2 k n float64)
 ADAM_EPS = 1e-8
 METHOD_DENSE = "dense eigvalsh"
@@ -164,7 +167,9 @@ def _graph_parameters(graph: Graph, gp: GraphParameters, patterns: tuple[str, ..
         for t in b.terms:
             v = value(t.parameter)
             v = v.T if t.transpose else v
-            v = v * torch.as_tensor(np.asarray(t.coefficient, dtype=np.float64), device=device)
+            c = np.asarray(t.coefficient, dtype=np.float64)
+            if not (c.ndim == 0 and float(c) == 1.0):  # a unit coefficient: no product in every HVP
+                v = v * torch.as_tensor(c, device=device)
             total = v if total is None else total + v
         assert total is not None
         rebuilt = (total.reshape(target.shape) if total.numel() == target.size
@@ -207,12 +212,22 @@ def _module_parameters(graph: Graph, mp: ModuleParameters, patterns: tuple[str, 
     specs = graph.inputs
     sizes = [int(np.prod(s.shape)) for s in specs]
 
+    def one(row: torch.Tensor) -> torch.Tensor:
+        args = [part.reshape(spec.shape) for part, spec in zip(torch.split(row, sizes), specs, strict=True)]
+        return torch.cat([t.reshape(-1) for t in _tensors(mp.module(*args))])
+
     def forward(xt: torch.Tensor) -> torch.Tensor:
-        rows = []
-        for row in xt:
-            args = [part.reshape(spec.shape) for part, spec in zip(torch.split(row, sizes), specs, strict=True)]
-            rows.append(torch.cat([t.reshape(-1) for t in _tensors(mp.module(*args))]))
-        return torch.stack(rows)
+        # vmap: one sample at a time by construction, but one batched operation per op, so that every
+        # Hessian-vector product is one backward pass through N-row operations rather than through
+        # N copies of the module (about 40x faster on a 20k-parameter MLP over 256 samples). The
+        # TorchScript interpreter's optimized plans read tensors' .data, which vmap forbids: the
+        # plain interpreter runs it. A module vmap cannot run (data-dependent control flow, an op
+        # without a batching rule) is called once per sample instead.
+        try:
+            with torch.jit.optimized_execution(False):
+                return torch.func.vmap(one)(xt)
+        except (RuntimeError, ValueError):
+            return torch.stack([one(row) for row in xt])
 
     return _Parameters(names=tuple(p.name for p in chosen), roles=tuple(_role(p) for p in chosen),
                        leaves=leaves, forward=forward, source=mp.source, notes=mp.notes)
@@ -485,13 +500,15 @@ def _training_dynamics(graph: Graph, spec: TrainingSpec, *, seed: int, device: s
         k = min(n, iterations, max(8, LANCZOS_MEMORY // (16 * n)))
         if k < min(n, iterations):
             notes.append(f"Lanczos steps capped at {k} by memory")
-        plain = lanczos_extremes(hess.matvec, n, iterations=k, seed=seed, tick=check_deadline)
+        plain = lanczos_extremes(hess.matvec, n, iterations=k, seed=seed, tolerance=LANCZOS_TOLERANCE,
+                                 tick=check_deadline)
         if not (np.isfinite(plain.largest) and np.isfinite(plain.smallest)):
             return _not_finite(spec, hess, x, method, notes, params)
         if root_p is not None:
             d = root_p
             pre = lanczos_extremes(
-                lambda v: d * hess.matvec(d * v), n, iterations=k, seed=seed, tick=check_deadline
+                lambda v: d * hess.matvec(d * v), n, iterations=k, seed=seed, tolerance=LANCZOS_TOLERANCE,
+                tick=check_deadline,
             )
         iterations_done = plain.iterations
         notes.append(

@@ -93,7 +93,9 @@ def training_gd(ev: Evidence, ctx: CheckContext) -> Finding:
     and says when an exporter folded BatchNorm into a convolution: the sharpness is then about
     the folded parameterisation, not the one trained. Up to 2000 parameters H is formed and its eigenvalues come with a
     two-sided rounding bound (certified: can pass or fail); beyond that Lanczos Ritz values give a
-    sound lower bound of lambda_max (can fail, never pass: inconclusive otherwise).
+    sound lower bound of lambda_max (can fail, never pass: inconclusive otherwise). Lanczos takes
+    at most 100 steps, fewer once the residuals of the largest and the smallest Ritz pair are both
+    below 1e-6 of the spectrum's scale (a Ritz value is an inner bound after any number of steps).
     Inputs: the config's `training:` (learning_rate, optimizer sgd|momentum, momentum, loss,
     data). Skipped without it, and for optimizer adam (see SA502). The limit is 2/eta
     (2(1+beta)/eta): it is reported as the threshold; the value holds the sharpness, the limit and

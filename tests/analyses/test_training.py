@@ -10,6 +10,7 @@ import torch
 
 from stabaudit.analyses.lanczos import dense_extremes, lanczos_extremes
 from stabaudit.analyses.training import (
+    LANCZOS_TOLERANCE,
     METHOD_DENSE,
     METHOD_LANCZOS,
     Loss,
@@ -44,8 +45,9 @@ def mlp_graph(widths: tuple[int, ...] = (4, 6, 3), seed: int = 0) -> Graph:
     return with_shapes(g.validate())
 
 
-def reference_hessian(graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss) -> np.ndarray:
-    """The full Hessian by torch.autograd.functional.hessian of an independent torch MLP."""
+def reference_loss(graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss):
+    """The loss of an independent torch MLP as a function of the flat parameters theta (in the
+    order of parameter_arrays), and theta at the graph's arrays."""
     arrays = parameter_arrays(graph)
     keys = list(arrays)
     shapes = [arrays[k].shape for k in keys]
@@ -65,7 +67,13 @@ def reference_hessian(graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss) ->
             return ((h - torch.tensor(y, dtype=torch.float64)) ** 2).mean()
         return torch.nn.functional.cross_entropy(h, torch.tensor(y, dtype=torch.int64))
 
-    return torch.autograd.functional.hessian(loss_of, theta0).numpy()
+    return loss_of, theta0
+
+
+def reference_hessian(graph: Graph, x: np.ndarray, y: np.ndarray, loss: Loss) -> np.ndarray:
+    """The full Hessian by torch.autograd.functional.hessian of an independent torch MLP."""
+    loss_of, theta0 = reference_loss(graph, x, y, loss)
+    return torch.autograd.functional.hessian(loss_of, theta0, vectorize=True).numpy()
 
 
 def test_quadratic_loss_sharpness_is_lambda_max_of_its_hessian():
@@ -234,3 +242,70 @@ def test_a_hessian_that_is_not_finite_gives_no_eigenvalues_and_says_so():
     assert result.parameters == 6 and result.method == "dense eigvalsh"
     report = training_report(result)
     assert report is not None and report.sharpness is None
+
+
+@pytest.mark.parametrize("loss", [Loss.MSE, Loss.CROSS_ENTROPY])
+def test_hvp_through_the_executor_equals_the_autograd_hvp_of_an_independent_mlp(loss):
+    from stabaudit.analyses.training import _Hessian, training_parameters
+
+    rng = np.random.default_rng(11)
+    graph = mlp_graph((5, 7, 4), seed=3)
+    x = rng.normal(size=(16, 5))
+    y = rng.normal(size=(16, 4)) if loss is Loss.MSE else rng.integers(0, 4, size=16)
+    hess = _Hessian(graph, x, y, loss, "cpu", training_parameters(graph, None, None, "cpu"))
+    loss_of, theta0 = reference_loss(graph, x, y, loss)
+    assert hess.n == theta0.numel() == 5 * 7 + 7 + 7 * 4 + 4
+    for k in range(3):
+        v = rng.normal(size=hess.n) * (10.0**k)
+        _, ref = torch.autograd.functional.hvp(loss_of, theta0, torch.tensor(v))
+        got = hess.matvec(v)
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-10 * float(np.max(np.abs(ref.numpy()))))
+        assert np.max(np.abs(got)) > 0
+
+
+@pytest.mark.parametrize("loss", [Loss.MSE, Loss.CROSS_ENTROPY])
+def test_lanczos_extremes_of_a_small_hessian_equal_eigvalsh_to_1e_8(loss):
+    # the Lanczos path with its early stop against eigvalsh of the explicit Hessian
+    rng = np.random.default_rng(12)
+    graph = mlp_graph((6, 9, 5), seed=4)
+    x = rng.normal(size=(24, 6))
+    y = rng.normal(size=(24, 5)) if loss is Loss.MSE else rng.integers(0, 5, size=24)
+    exact = np.linalg.eigvalsh(reference_hessian(graph, x, y, loss))
+    spec = TrainingSpec(learning_rate=0.1, x=x, y=y, loss=loss)
+    result = training_dynamics(graph, spec, dense_max=0)
+    assert result.method == METHOD_LANCZOS and not result.certified
+    assert result.parameters == 6 * 9 + 9 + 9 * 5 + 5
+    assert result.lambda_max is not None and result.lambda_min is not None
+    scale = max(abs(exact[0]), abs(exact[-1]))
+    assert abs(result.lambda_max.estimate - exact[-1]) <= 1e-8 * scale
+    assert abs(result.lambda_min.estimate - exact[0]) <= 1e-8 * scale
+    # inner bounds, whatever the number of steps
+    assert result.lambda_max.lower is not None and result.lambda_max.lower <= exact[-1]
+    assert result.lambda_min.upper is not None and result.lambda_min.upper >= exact[0]
+    # the early stop saved steps, and says so
+    assert result.iterations < result.parameters
+    assert any(n.startswith(f"Lanczos stopped after {result.iterations} of at most") for n in result.notes)
+
+
+def test_lanczos_early_stop_meets_its_residual_tolerance_and_is_deterministic():
+    rng = np.random.default_rng(13)
+    n = 600
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    spectrum = np.concatenate([[-4.0], rng.uniform(-2.0, 2.0, size=n - 3), [5.0, 8.0]])
+    a = (q * spectrum) @ q.T
+    exact = np.linalg.eigvalsh(a)
+    full = lanczos_extremes(lambda v: a @ v, n, iterations=150, seed=2)
+    assert full.iterations == 150 and full.notes == ()
+    early = lanczos_extremes(lambda v: a @ v, n, iterations=150, seed=2, tolerance=LANCZOS_TOLERANCE)
+    assert 10 < early.iterations < 150
+    assert early.notes == (f"Lanczos stopped after {early.iterations} of at most 150 steps: the residuals of "
+                           "the extreme Ritz pairs are below 1e-06 of the spectrum's scale",)
+    # residual r = 1e-6 * 8 bounds the distance to an eigenvalue; the extremes are far closer
+    assert abs(early.largest - exact[-1]) <= 1e-9 and abs(early.smallest - exact[0]) <= 1e-9
+    assert early.largest - early.slack <= exact[-1] and early.smallest + early.slack >= exact[0]
+    again = lanczos_extremes(lambda v: a @ v, n, iterations=150, seed=2, tolerance=LANCZOS_TOLERANCE)
+    assert (again.largest, again.smallest, again.iterations) == (early.largest, early.smallest, early.iterations)
+    # a tolerance no run can meet: every planned step
+    never = lanczos_extremes(lambda v: a @ v, n, iterations=40, seed=2, tolerance=1e-300)
+    assert never.iterations == 40 and never.notes == ()

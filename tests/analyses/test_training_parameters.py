@@ -263,3 +263,58 @@ def test_a_module_that_cannot_run_in_float64_gets_no_hessian_and_says_why(tmp_pa
     assert report is not None and report.sharpness is None
     # the module is left as it was
     assert all(p.dtype == torch.float32 and p.requires_grad for p in loaded.parameterisation.module.parameters())  # type: ignore[union-attr]
+
+
+def test_torchscript_hvp_through_the_vmapped_module_equals_the_exact_hessian_product(tmp_path: Path) -> None:
+    from stabaudit.analyses.training import _float64_module, _Hessian, training_parameters
+
+    module = ConvBnNet(torch.nn.Tanh(), 5)
+    path = _script(module, tmp_path / "m.pt", traced=False)
+    x, y = _data(5, n=16)
+    h = exact_hessian(module, x, y)
+    loaded = load_torchscript(path, input_shape=(1, 1, 6, 6))
+    with _float64_module(loaded.parameterisation):
+        params = training_parameters(loaded.graph, loaded.parameterisation, None, "cpu")
+        hess = _Hessian(loaded.graph, x, y, Loss.CROSS_ENTROPY, "cpu", params)
+        rng = np.random.default_rng(3)
+        for _ in range(3):
+            v = rng.normal(size=hess.n)
+            ref = h @ v
+            got = hess.matvec(v)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10 * float(np.max(np.abs(ref))))
+
+
+class Branching(torch.nn.Module):
+    """Data-dependent control flow: vmap cannot run it, one call per sample can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        if bool(x.sum() > 0):
+            return torch.tanh(y)
+        return y * y
+
+
+def test_a_module_vmap_cannot_run_is_called_once_per_sample() -> None:
+    from stabaudit.analyses.training import _float64_module, training_parameters
+    from stabaudit.ir.graph import Graph, TensorSpec
+    from stabaudit.ir.parameters import ModuleParameters, Origin, SourceParameter
+
+    module = torch.jit.script(Branching())
+    params = tuple(SourceParameter(name=n, shape=tuple(p.shape), origin=Origin.MODULE, role="module parameter")
+                   for n, p in module.named_parameters())
+    mp = ModuleParameters(module=module, parameters=params)
+    graph = Graph(inputs=(TensorSpec(name="x", shape=(1, 4)),), outputs=("x",), nodes=())
+    xt = torch.tensor(np.random.default_rng(4).normal(size=(10, 4)))
+    with _float64_module(mp):
+        with pytest.raises(RuntimeError):  # the premise: vmap refuses the branch on a batched value
+            torch.func.vmap(lambda r: module(r.reshape(1, 4)))(xt)
+        out = training_parameters(graph, mp, None, "cpu").forward(xt)
+        for i in range(10):
+            row = module(xt[i].reshape(1, 4)).reshape(-1)
+            torch.testing.assert_close(out[i], row, rtol=0, atol=0)
+        assert bool((xt.sum(dim=1) > 0).any()) and bool((xt.sum(dim=1) <= 0).any())  # both branches taken
