@@ -549,6 +549,9 @@ def summary_line(report: Report, written: list[str]) -> str:
     # a branch switch: the bracket is about the smooth part, the jumps add a constant term
     plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
     parts = [f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})"]
+    if report.stopped is not None:
+        parts[0] = (f"{head}: INCOMPLETE, stopped by the {report.stopped.reason} in the "
+                    f"{report.stopped.stage} stage; Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})")
     dom = report.domain_lipschitz
     if dom is not None:
         over = "no upper bound" if dom.upper is None else ("certified upper" if dom.certified else "estimate upper")
@@ -568,7 +571,8 @@ def batch_summary_line(batch: BatchReport, written: list[str]) -> str:
         for m in batch.models
         if not isinstance(m, ModelError) and m.exit_code == 1
     ]
-    errors = [m.path for m in batch.models if isinstance(m, ModelError)]
+    errors = [m.path if isinstance(m, ModelError) else f"{m.model.path} (incomplete)"
+              for m in batch.models if isinstance(m, ModelError) or m.stopped is not None]
     parts = [
         f"stabaudit batch: {batch.verdict.upper()} (exit code {batch.exit_code}) {batch.config}: "
         f"{len(batch.models)} models, {len(failing)} failed, {len(errors)} not audited"
@@ -748,6 +752,9 @@ def check(
                 traceback.print_exc()
             _report_error(exc)
             report = _refusal(exc, model, overrides.fail_on)
+        else:
+            if report.stopped is not None:  # stopped early: the reason on stderr as for a refusal
+                _report_error(StabauditError(report.stopped.message, path=str(model)))
         written = _write_all([out for fmt, path in targets for out in _outputs(fmt, report, path, sarif_all)])
         _say(summary_line(report, written), quiet)
         return report.exit_code

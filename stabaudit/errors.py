@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StabauditError(Exception):
     """Base of every error stabaudit raises on purpose.
@@ -17,6 +19,8 @@ class StabauditError(Exception):
         super().__init__(message)
         self.path = path
         self.problems: list[str] = problems if problems else [message]
+        # a resource limit that stopped the audit (report.model.Stopped), set by the engine
+        self.stopped: Any = None
 
 
 class UsageError(StabauditError):
