@@ -20,6 +20,7 @@ signals are unavailable, so the deadline is cooperative: the iterative loops cal
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -286,19 +287,26 @@ class MemoryLimitError(ResourceError):
 
 
 _ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "bad_alloc",
-                        "out of memory", "unable to allocate")
+                        "out of memory", "unable to allocate", "can't start new thread",
+                        "failed to map segment")
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
     """``exc`` or an exception it was raised from or during is a failed allocation: MemoryError
-    (numpy, Python), or torch's RuntimeError "DefaultCPUAllocator: can't allocate memory"."""
+    (numpy, Python), torch's RuntimeError "DefaultCPUAllocator: can't allocate memory", ENOMEM, a
+    thread that cannot start or a shared library that cannot be mapped under the cap."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen and len(seen) < 16:
         seen.add(id(cur))
         if isinstance(cur, MemoryError | MemoryLimitError):
             return True
-        if isinstance(cur, RuntimeError) and any(t in str(cur).lower() for t in _ALLOCATION_FAILURES):
+        if isinstance(cur, OSError) and cur.errno == errno.ENOMEM:
+            return True
+        # torch's allocator, a thread or a shared library (a lazy import) that cannot be mapped
+        if isinstance(cur, RuntimeError | ImportError | OSError) and any(
+            t in str(cur).lower() for t in _ALLOCATION_FAILURES
+        ):
             return True
         cur = cur.__cause__ or cur.__context__
     return False
