@@ -14,13 +14,14 @@ class StabauditError(Exception):
     """
 
     exit_code: int = 2
+    # a resource limit that stopped the audit (report.model.Stopped), set by the engine; a class
+    # default, so that an error rebuilt without __init__ (unpickled from a child process) has it
+    stopped: Any = None
 
     def __init__(self, message: str, *, path: str | None = None, problems: list[str] | None = None):
         super().__init__(message)
         self.path = path
         self.problems: list[str] = problems if problems else [message]
-        # a resource limit that stopped the audit (report.model.Stopped), set by the engine
-        self.stopped: Any = None
 
 
 class UsageError(StabauditError):
