@@ -238,7 +238,7 @@ MaxMemoryOption = Annotated[
     typer.Option(
         "--max-memory",
         metavar="SIZE",
-        help="Memory budget per audit, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
+        help="Memory cap of the audit process, e.g. 8G, 512M, 25%: its whole resident memory, the ~0.5 GB of Python, torch and onnxruntime included; enforced when given (an allocation beyond it stops the audit: exit 2, an incomplete report). Default: half the RAM, or STABAUDIT_MAX_MEMORY, as a budget the estimates are checked against.",
     ),
 ]
 CacheDirOption = Annotated[
@@ -702,7 +702,7 @@ def check(
     max_memory: MaxMemoryOption = None,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2."),
+        typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2 and an incomplete report (the stages that finished)."),
     ] = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -804,7 +804,7 @@ def batch(
     baseline_any_model: BaselineAnyModelOption = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", help="Seconds per model; a model past it is recorded as an error."),
+        typer.Option("--timeout", help="Seconds per model; a model past it is an error entry (its incomplete report when the equivalence check finished)."),
     ] = None,
     max_memory: MaxMemoryOption = None,
     cache_dir: CacheDirOption = None,
