@@ -355,16 +355,17 @@ def memory_cap(budget: int | None, *, path: str | None = None) -> Iterator[bool]
     so that every new mapping (numpy, torch, malloc) counts in full, and an allocation beyond it
     fails (MemoryError, torch's "can't allocate memory") instead of the kernel's OOM killer ending
     the process. Raises MemoryLimitError when the process already holds the budget. Not enforced
-    (yields False) with ``budget`` None, where the platform has no RLIMIT_AS or /proc, or while
-    another cap is active (an audit in another thread). The soft limit is restored on exit.
+    (yields False) with ``budget`` None, where the platform has no RLIMIT_AS or /proc, off the
+    main thread (a thread of a process that serves other work), or while another cap is active. The soft limit is restored on exit.
     """
     try:
         import resource
     except ImportError:  # not on a POSIX system
         resource = None  # type: ignore[assignment]
     now = process_memory()
-    if budget is None or resource is None or now is None or not hasattr(resource, "RLIMIT_AS"):
-        yield False
+    if (budget is None or resource is None or now is None or not hasattr(resource, "RLIMIT_AS")
+            or threading.current_thread() is not threading.main_thread()):
+        yield False  # off the main thread the process may serve other work (a Dask worker)
         return
     global _CAP_ACTIVE
     with _CAP_LOCK:
