@@ -177,3 +177,24 @@ def test_every_check_names_the_stages_it_reads():
     assert set(stages.CHECK_STAGES) == set(CHECKS)
     for wanted in stages.CHECK_STAGES.values():
         assert set(wanted) <= names
+
+
+def test_the_command_line_writes_the_incomplete_report_and_says_why(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from stabaudit.cli import app
+    from tests.sarif_schema import validate_sarif
+
+    _replace_stage(monkeypatch, "lower_bound_search", _sleeps)
+    out, sarif = tmp_path / "r.json", tmp_path / "r.sarif"
+    result = CliRunner().invoke(app, ["check", str(MLP), "--method", "product", "--timeout", "4", "--no-cache",
+                                      "-o", str(out), "-o", str(sarif)])
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2] == f"error: {MLP}: timed out after 4 s (--timeout)"
+    assert lines[-1].startswith(f"stabaudit: FAIL (exit code 2) {MLP}: INCOMPLETE, stopped by the timeout in the "
+                                "lower_bound_search stage; Lipschitz [-, ")
+    assert "(certified upper)" in lines[-1]
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and len(data["layers"]) == 5 and data["lipschitz"]["lower"] is None
+    validate_sarif(json.loads(sarif.read_text()))
