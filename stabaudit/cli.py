@@ -550,7 +550,8 @@ def summary_line(report: Report, written: list[str]) -> str:
     plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
     parts = [f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})"]
     if report.stopped is not None:
-        parts[0] = (f"{head}: INCOMPLETE, stopped by the {report.stopped.reason} in the "
+        why = "timeout" if report.stopped.reason == "timeout" else "memory budget"
+        parts[0] = (f"{head}: INCOMPLETE, stopped by the {why} in the "
                     f"{report.stopped.stage} stage; Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})")
     dom = report.domain_lipschitz
     if dom is not None:

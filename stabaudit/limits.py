@@ -312,6 +312,13 @@ def is_allocation_failure(exc: BaseException) -> bool:
     return False
 
 
+def raise_allocation_failure(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is a failed allocation (``is_allocation_failure``): for the broad
+    handlers that fall back to a slower path on an error, never on the memory cap."""
+    if is_allocation_failure(exc):
+        raise exc
+
+
 def process_memory() -> tuple[int, int] | None:
     """(resident, virtual) bytes of this process now (Linux /proc/self/statm), None elsewhere."""
     try:
