@@ -85,3 +85,28 @@ def test_a_cap_below_what_the_process_holds_is_refused_at_once():
     assert resource.getrlimit(resource.RLIMIT_AS) == soft  # restored
     with memory_cap(None) as none:
         assert not none
+
+
+def test_failed_allocations_are_recognised_through_their_chain():
+    import errno
+
+    from stabaudit.errors import InternalError
+    from stabaudit.limits import is_allocation_failure, raise_allocation_failure
+
+    torch_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                             "you tried to allocate 1342177280 bytes. Error code 12 (Cannot allocate memory)")
+    assert is_allocation_failure(MemoryError()) and is_allocation_failure(torch_oom)
+    assert is_allocation_failure(OSError(errno.ENOMEM, "Cannot allocate memory"))
+    assert is_allocation_failure(ImportError("libfoo.so: failed to map segment from shared object"))
+    try:
+        try:
+            raise torch_oom
+        except RuntimeError as exc:
+            raise InternalError("lower bound: node 'fc' (Linear): failed") from exc
+    except InternalError as wrapped:
+        assert is_allocation_failure(wrapped)
+    for other in (RuntimeError("vmap: no batching rule for aten::foo"), ValueError("bad"), OSError(errno.ENOENT, "x")):
+        assert not is_allocation_failure(other)
+        raise_allocation_failure(other)  # a fallback stays a fallback
+    with pytest.raises(MemoryError):
+        raise_allocation_failure(MemoryError())
