@@ -198,3 +198,15 @@ def test_the_command_line_writes_the_incomplete_report_and_says_why(monkeypatch,
     data = json.loads(out.read_text())
     assert data["complete"] is False and len(data["layers"]) == 5 and data["lipschitz"]["lower"] is None
     validate_sarif(json.loads(sarif.read_text()))
+
+
+def test_a_trajectory_checkpoint_that_stopped_is_an_error_point(monkeypatch):
+    from stabaudit.report.gate import FailOn
+    from stabaudit.trajectory import Checkpoint, trajectory_outcome, trajectory_point
+
+    _replace_stage(monkeypatch, "lower_bound_search", _sleeps)
+    report = audit(_request(timeout_s=4.0))
+    point = trajectory_point(Checkpoint(step=3, path=MLP), report, {})
+    assert (point.verdict, point.exit_code, point.channels) == ("error", 2, ())
+    assert point.error == "incomplete: timed out after 4 s (--timeout)"
+    assert trajectory_outcome([point], [], FailOn.ERROR) == ("error", 2)
