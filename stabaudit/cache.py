@@ -313,6 +313,8 @@ class AnalysisCache:
     def put(self, key: str, value: object) -> None:
         """Store ``value`` under ``key``, atomically, then evict down to ``max_bytes``; failures
         (read-only or full disk, a value pickle cannot write) leave the cache as it was."""
+        if getattr(value, "stopped", None) is not None:
+            return  # an incomplete analysis (a timeout, the memory budget) is never stored
         path = self.path(key)
         secret = self.secret()
         if secret is None:

@@ -255,7 +255,7 @@ MaxMemoryOption = Annotated[
     typer.Option(
         "--max-memory",
         metavar="SIZE",
-        help="Memory budget per audit, e.g. 8G, 512M, 25% (default: half the RAM, or STABAUDIT_MAX_MEMORY).",
+        help="Memory cap of the audit process, e.g. 8G, 512M, 25%: its whole resident memory, the ~0.5 GB of Python, torch and onnxruntime included; enforced when given (an allocation beyond it stops the audit: exit 2, an incomplete report). Default: half the RAM, or STABAUDIT_MAX_MEMORY, as a budget the estimates are checked against.",
     ),
 ]
 CacheDirOption = Annotated[
@@ -568,6 +568,10 @@ def summary_line(report: Report, written: list[str]) -> str:
     # a branch switch: the bracket is about the smooth part, the jumps add a constant term
     plus = f" + additive {_num(lip.additive.value)}" if lip.additive is not None else ""
     parts = [f"{head}: Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})"]
+    if report.stopped is not None:
+        why = "timeout" if report.stopped.reason == "timeout" else "memory budget"
+        parts[0] = (f"{head}: INCOMPLETE, stopped by the {why} in the "
+                    f"{report.stopped.stage} stage; Lipschitz [{_num(lip.lower)}, {_num(lip.upper)}]{plus} ({sound})")
     dom = report.domain_lipschitz
     if dom is not None:
         over = "no upper bound" if dom.upper is None else ("certified upper" if dom.certified else "estimate upper")
@@ -587,7 +591,8 @@ def batch_summary_line(batch: BatchReport, written: list[str]) -> str:
         for m in batch.models
         if not isinstance(m, ModelError) and m.exit_code == 1
     ]
-    errors = [m.path for m in batch.models if isinstance(m, ModelError)]
+    errors = [m.path if isinstance(m, ModelError) else f"{m.model.path} (incomplete)"
+              for m in batch.models if isinstance(m, ModelError) or m.stopped is not None]
     parts = [
         f"stabaudit batch: {batch.verdict.upper()} (exit code {batch.exit_code}) {batch.config}: "
         f"{len(batch.models)} models, {len(failing)} failed, {len(errors)} not audited"
@@ -723,7 +728,7 @@ def check(
     max_memory: MaxMemoryOption = None,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2."),
+        typer.Option("--timeout", help="Seconds for the whole audit; stops cleanly with exit 2 and an incomplete report (the stages that finished)."),
     ] = None,
     cache_dir: CacheDirOption = None,
     no_cache: NoCacheOption = False,
@@ -773,6 +778,9 @@ def check(
                 traceback.print_exc()
             _report_error(exc)
             report = _refusal(exc, model, overrides.fail_on)
+        else:
+            if report.stopped is not None:  # stopped early: the reason on stderr as for a refusal
+                _report_error(StabauditError(report.stopped.message, path=str(model)))
         written = _write_all([out for fmt, path in targets for out in _outputs(fmt, report, path, sarif_all)])
         _say(summary_line(report, written), quiet)
         return report.exit_code
@@ -822,7 +830,7 @@ def batch(
     baseline_any_model: BaselineAnyModelOption = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", help="Seconds per model; a model past it is recorded as an error."),
+        typer.Option("--timeout", help="Seconds per model; a model past it is an error entry (its incomplete report when the equivalence check finished)."),
     ] = None,
     max_memory: MaxMemoryOption = None,
     cache_dir: CacheDirOption = None,

@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stabaudit import __version__
-from stabaudit.errors import UsageError
+from stabaudit.errors import StabauditError, UsageError
 from stabaudit.ir.graph import Graph
 from stabaudit.report.gate import FailOn, gate
 from stabaudit.report.model import (
     Equivalence,
+    Finding,
     GlobalLipschitz,
     Layer,
     ModelInfo,
     ProfileStep,
     Report,
     Severity,
+    Stopped,
     ToolInfo,
     Waiver,
 )
@@ -112,6 +114,8 @@ class Analysis:
     # the bracket over the audit domain and the composed layer gains over it (None: no domain)
     domain_lipschitz: GlobalLipschitz | None = None
     domain_product: float | None = None
+    # set when the audit stopped early: the stages that finished and why the others did not run
+    stopped: Stopped | None = None
 
 
 def report_timestamp() -> tuple[str, bool]:
@@ -232,8 +236,17 @@ def audit(
     threshold, --fail-on, baseline, waiver or day only re-runs the checks.
     """
     from stabaudit.errors import ModelLoadError
-    from stabaudit.limits import default_memory_budget, one_thread, run_with_timeout, use_limits
+    from stabaudit.limits import (
+        MEMORY_ENV,
+        MemoryLimitError,
+        default_memory_budget,
+        memory_cap,
+        one_thread,
+        run_with_timeout,
+        use_limits,
+    )
     from stabaudit.paths import check_path_text
+    from stabaudit.stages import AnalysisState
 
     # before the cache and the memory check open it (a NUL would be a ValueError there)
     check_path_text(request.path, error=ModelLoadError)
@@ -258,46 +271,142 @@ def audit(
                     observer("cached")
                 return assess(hit, request, cached=True, seconds=time.perf_counter() - t)
     budget = request.max_memory if request.max_memory is not None else default_memory_budget()
+    # the cap is enforced (limits.memory_cap) when it was asked for: --max-memory, the config's
+    # max_memory or STABAUDIT_MAX_MEMORY; not on CUDA, whose driver maps far more address space
+    # than it uses
+    explicit = request.max_memory is not None or bool(os.environ.get(MEMORY_ENV, "").strip())
+    enforced = budget if explicit and request.device == "cpu" else None
+    run = StageRun(AnalysisState(memory_budget=budget, reproducible=report_timestamp()[1]))
+    stopped: Stopped | None = None
     # one thread: the report must not depend on the machine's cores or on --jobs (limits.one_thread)
     with use_limits(max_memory=budget), one_thread():  # the ONNX loader reads the memory budget
-        analysis = run_with_timeout(
-            lambda: analyse(request, observer, budget, sha), request.timeout_s, path=str(request.path)
-        )
-    if cache is not None and key is not None:
+        try:
+            with memory_cap(enforced, path=str(request.path)):
+                run_with_timeout(lambda: run_stages(request, run, observer), request.timeout_s,
+                                 path=str(request.path))
+        except Exception as exc:
+            # the timer is disarmed and the cap lifted here: what follows allocates freely
+            stopped = stop_of(exc, request, run)
+            if stopped is None:
+                raise
+            if "equivalence" not in run.completed:  # no evidence to report: the audit is refused
+                error = exc if isinstance(exc, StabauditError) else MemoryLimitError(stopped.message, path=str(request.path))
+                error.stopped = stopped  # the refusal report says where it stopped
+                if error is exc:
+                    raise
+                raise error from exc
+    analysis = _analysis(request, run.state, sha, stopped)
+    # an incomplete analysis is never cached: the next run with more time or memory computes it
+    if cache is not None and key is not None and stopped is None:
         cache.put(key, analysis)
     return assess(analysis, request)
+
+
+class StageRun:
+    """The progress of the stages: the state after the last stage that finished, with the names of
+    the stages that finished and of those ``when`` skipped, and the stage running now. The state
+    and the names change together, in one assignment, so that an alarm can never separate them."""
+
+    def __init__(self, state: AnalysisState) -> None:
+        self.progress: tuple[AnalysisState, tuple[str, ...]] = (state, ())
+        self.skipped: tuple[str, ...] = ()
+        self.current = ""
+
+    @property
+    def state(self) -> AnalysisState:
+        return self.progress[0]
+
+    @property
+    def completed(self) -> tuple[str, ...]:
+        return self.progress[1]
+
+
+def run_stages(request: AuditRequest, run: StageRun, observer: Observer | None = None) -> None:
+    """The stages of ``stabaudit.stages.STAGES`` in order (load, verify, bound, the data-dependent
+    channels, the lower bound), each saying its line to the observer, timed under its key, and
+    checked first against what remains of the memory budget (its planned bytes,
+    limits.analysis_memory_plan). Each stage writes a copy of the state, kept only once the stage
+    returned: a stage stopped half-way (a timeout, a failed allocation) leaves nothing behind."""
+    from stabaudit.limits import check_stage_memory
+    from stabaudit.stages import STAGES
+
+    say = observer or (lambda _msg: None)
+    t0 = time.perf_counter()
+    for stage in STAGES:
+        ev = run.state
+        if stage.when is not None and not stage.when(request, ev):
+            run.skipped += (stage.name,)
+            continue
+        run.current = stage.name
+        planned = ev.memory_plan.get(stage.name)
+        if planned is not None:
+            check_stage_memory(stage.name, planned, ev.memory_budget, path=str(request.path))
+        if stage.say is not None:
+            say(stage.say)
+        work = ev.copy()
+        t = time.perf_counter()
+        stage.run(request, work)
+        if stage.timing is not None:
+            work.timings[stage.timing] = time.perf_counter() - t
+        work.timings.pop("total", None)  # kept last: the seconds of the stages that finished
+        work.timings["total"] = time.perf_counter() - t0
+        run.progress = (work, run.completed + (stage.name,))
+    run.current = ""
+
+
+def stop_of(exc: BaseException, request: AuditRequest, run: StageRun) -> Stopped | None:
+    """What stopped the stages, when it is a resource limit of this audit: its own --timeout (an
+    enclosing deadline is the caller's), the memory budget, or a failed allocation; else None."""
+    from stabaudit.limits import AuditTimeoutError, is_allocation_failure
+
+    if isinstance(exc, AuditTimeoutError):
+        if request.timeout_s is None:
+            return None
+        reason, seconds = "timeout", exc.seconds
+    elif is_allocation_failure(exc):
+        reason, seconds = "memory", None
+    else:
+        return None
+    stage = run.current or "load"
+    if isinstance(exc, StabauditError):
+        message = "; ".join(exc.problems)
+    else:
+        message = f"an allocation failed in the {stage} stage: out of memory (--max-memory)"
+    return Stopped(reason=reason, stage=stage, message=message, seconds=seconds, completed=run.completed)
 
 
 def analyse(
     request: AuditRequest, observer: Observer | None, memory_budget: int, sha256: str | None
 ) -> Analysis:
-    """The analysis stage: the stages of ``stabaudit.stages.STAGES`` in order (load, verify,
-    bound, the data-dependent channels, the lower bound), each saying its line to the observer
-    and timed under its key, then their evidence as an Analysis; ``sha256`` of the model file
-    when the caller already read it (cache key)."""
-    from stabaudit.stages import STAGES, AnalysisState
+    """The analysis stage: every stage (``run_stages``), then their evidence as an Analysis;
+    ``sha256`` of the model file when the caller already read it (cache key)."""
+    from stabaudit.stages import AnalysisState
 
-    say = observer or (lambda _msg: None)
-    ev = AnalysisState(memory_budget=memory_budget, reproducible=report_timestamp()[1])
-    t0 = time.perf_counter()
-    for stage in STAGES:
-        if stage.when is not None and not stage.when(request, ev):
-            continue
-        if stage.say is not None:
-            say(stage.say)
-        t = time.perf_counter()
-        stage.run(request, ev)
-        if stage.timing is not None:
-            ev.timings[stage.timing] = time.perf_counter() - t
-    ev.timings["total"] = time.perf_counter() - t0
-    return _analysis(request, ev, sha256)
+    run = StageRun(AnalysisState(memory_budget=memory_budget, reproducible=report_timestamp()[1]))
+    run_stages(request, run, observer)
+    return _analysis(request, run.state, sha256, None)
 
 
-def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None) -> Analysis:
-    """The evidence of the stages as the cached Analysis."""
+_NOT_REACHED = "not computed: the audit stopped before this stage"
+
+
+def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None, stopped: Stopped | None) -> Analysis:
+    """The evidence of the stages as the cached Analysis. With ``stopped``, only the evidence of
+    the stages that finished (at least load and equivalence): the others' fields stay empty, and
+    the global figure is the best certified method that finished, with no lower bound."""
     from stabaudit.ir.ops import LINEAR_MAPS
 
-    loaded, graph, eq, layered = ev.loaded, ev.graph, ev.eq, ev.layered
+    done = set(stopped.completed) if stopped is not None else None
+
+    def has(stage: str) -> bool:
+        return done is None or stage in done
+
+    loaded, graph, eq = ev.loaded, ev.graph, ev.eq
+    layered = ev.layered if has("global_bound") else None
+    if has("global_lipschitz"):
+        lipschitz = ev.lipschitz
+    else:
+        lipschitz = _partial_lipschitz(ev, has("global_bound"))
     return Analysis(
         model=ModelInfo(
             path=str(request.path),
@@ -315,12 +424,12 @@ def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None) -> A
             passed=eq.passed,
             samples=eq.samples,
         ),
-        layers=tuple(ev.layers),
-        lipschitz=ev.lipschitz,
+        layers=tuple(ev.layers) if has("layer_bounds") else (),
+        lipschitz=lipschitz,
         profile=tuple(
             ProfileStep(layer=name, upper=_finite(value)) for name, value in layered.profile
-        ),
-        product_upper=_finite(layered.upper.value) if layered.upper.certified else None,
+        ) if layered is not None else (),
+        product_upper=_finite(layered.upper.value) if layered is not None and layered.upper.certified else None,
         depth=sum(1 for node in graph.nodes if node.op.type in LINEAR_MAPS),
         nonfinite=_nonfinite(graph),
         operators=len(graph.nodes),
@@ -330,12 +439,49 @@ def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None) -> A
         training_report=_training_report(ev.training),
         sampled=ev.sampled,
         samples=ev.sample_info,
-        residual=ev.residual,
+        residual=ev.residual if has("residual") else _no_residual(),
         timings={} if ev.reproducible else {k: round(v, 4) for k, v in ev.timings.items()},
-        notes=tuple(loaded.notes) + tuple(eq.notes) + tuple(ev.comp.notes),
+        notes=tuple(loaded.notes) + tuple(eq.notes) + (tuple(ev.comp.notes) if has("global_bound") else ()),
         domain_lipschitz=ev.domain_lipschitz,
         domain_product=ev.domain_product,
+        stopped=stopped,
     )
+
+
+def _partial_lipschitz(ev: AnalysisState, composed: bool) -> GlobalLipschitz:
+    """The global figure of an audit that stopped before ``global_lipschitz``: the least certified
+    upper bound among the methods that finished (the product first), its additive term, no lower
+    bound (the lower search did not finish, or its figure was not confirmed); nothing before the
+    composition finished."""
+    import math
+
+    from stabaudit.report.model import Additive
+
+    if not composed:
+        return GlobalLipschitz(upper=None, lower=None, upper_method=_NOT_REACHED, lower_method=_NOT_REACHED,
+                               certified=False, witness=None)
+    methods = tuple(ev.methods)
+    best = min((m for m in methods if m.certified and m.upper is not None),
+               key=lambda m: m.upper if m.upper is not None else math.inf, default=None)
+    jumps = ev.jumps
+    return GlobalLipschitz(
+        upper=best.upper if best is not None else None,
+        lower=None,
+        upper_method=best.method if best is not None else ev.comp.upper.method,
+        lower_method=_NOT_REACHED,
+        certified=best is not None,
+        witness=None,
+        methods=methods,
+        additive=Additive(value=_finite(jumps.value), certified=jumps.certified, sources=jumps.sources,
+                          method=jumps.method) if jumps.sources else None,
+    )
+
+
+def _no_residual() -> ResidualEvidence:
+    """The residual channel's evidence of an audit that stopped before it: no block known."""
+    from stabaudit.checks.residual import ResidualEvidence
+
+    return ResidualEvidence(blocks=())
 
 
 def assess(
@@ -377,6 +523,10 @@ def assess(
         ),
     )
     verdict, exit_code = gate(findings, request.fail_on)
+    stopped = analysis.stopped
+    if stopped is not None:
+        findings = _without_missing_evidence(findings, stopped, request)
+        verdict, exit_code = "fail", 2  # an incomplete audit never passes: the resource exit code
     checks_s = time.perf_counter() - t
     if cached:
         # the analysis of this run was reading the cache: its timings are this run's, not the
@@ -405,5 +555,46 @@ def assess(
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
         notes=analysis.notes
         + (_CACHED_NOTE if cached else ())
-        + (_REPRODUCIBLE_NOTE if reproducible else ()),
+        + (_REPRODUCIBLE_NOTE if reproducible else ())
+        + ((incomplete_note(stopped),) if stopped is not None else ()),
+        complete=stopped is None,
+        stopped=stopped,
     )
+
+
+def incomplete_note(stopped: Stopped) -> str:
+    """The note an incomplete report carries (every renderer shows it)."""
+    what = "timed out" if stopped.reason == "timeout" else "stopped by the memory budget"
+    return (f"incomplete: the audit {what} in the {stopped.stage} stage ({stopped.message}); only the "
+            "evidence of the stages that finished is reported, checks that need the rest are inconclusive")
+
+
+def missing_evidence(stopped: Stopped, request: AuditRequest) -> frozenset[str]:
+    """The stages whose evidence an incomplete report lacks: the stage that was stopped and every
+    later one that would have run. (The stages before it either finished or were not due.)"""
+    from stabaudit.stages import STAGES
+
+    names = [stage.name for stage in STAGES]
+    at = names.index(stopped.stage) if stopped.stage in names else 0
+    later = {stage.name for stage in STAGES[at + 1:] if stage.will_run(request)}
+    return frozenset({names[at]} | later) - set(stopped.completed)
+
+
+def _without_missing_evidence(findings: tuple[Finding, ...], stopped: Stopped,
+                              request: AuditRequest) -> tuple[Finding, ...]:
+    """The findings of an incomplete audit: a check that reads a stage that did not finish is
+    inconclusive (never a pass, a fail or a skip on evidence that is not there); a check disabled
+    by the config stays skipped."""
+    from stabaudit.report.model import Status
+    from stabaudit.stages import missing_stages
+
+    missing = missing_evidence(stopped, request)
+    out = []
+    for f in findings:
+        lacking = missing_stages(f.id, missing)
+        if lacking and f.id not in request.disabled:
+            why = "timed out" if stopped.reason == "timeout" else "was stopped by the memory budget"
+            f = replace(f, status=Status.INCONCLUSIVE, waiver=None,
+                        message=f"not judged: the audit {why} before {', '.join(lacking)} finished")
+        out.append(f)
+    return tuple(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StabauditError(Exception):
     """Base of every error stabaudit raises on purpose.
@@ -12,6 +14,9 @@ class StabauditError(Exception):
     """
 
     exit_code: int = 2
+    # a resource limit that stopped the audit (report.model.Stopped), set by the engine; a class
+    # default, so that an error rebuilt without __init__ (unpickled from a child process) has it
+    stopped: Any = None
 
     def __init__(self, message: str, *, path: str | None = None, problems: list[str] | None = None):
         super().__init__(message)

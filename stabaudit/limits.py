@@ -20,6 +20,7 @@ signals are unavailable, so the deadline is cooperative: the iterative loops cal
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -225,16 +226,15 @@ def _size(shape: tuple[int, ...]) -> int:
     return total
 
 
-def estimate_analysis_memory(graph: Graph) -> int:
-    """Bytes of the analyses' largest allocations on a graph with static shapes (an upper estimate).
-
-    Phases run one after the other, so the result is the weights' float64 copies plus the largest
-    phase: the lower search's batched call (the full Jacobian inputs x outputs per point when
-    min(inputs, outputs) <= 64, else power-iteration buffers; at least one point per call, batched
-    up to 256 MB as ``analyses.lower`` plans it) and its candidate pool, the float64 error model,
-    and the convolution bounds (explicit dense matrices and circulant chunks, capped by
-    ``bounds.numerics``, plus power-iteration buffers at the conv's input size).
-    """
+def analysis_memory_plan(graph: Graph) -> dict[str, int]:
+    """Bytes each analysis stage with large allocations plans on a graph with static shapes (upper
+    estimates), by stage name (``stabaudit.stages``): every stage holds the weights' float64
+    copies; ``layer_bounds`` adds the convolution bounds (explicit dense matrices and circulant
+    chunks, capped by ``bounds.numerics``, plus power-iteration buffers at the conv's input size);
+    ``lower_bound_search`` adds the larger of the lower search's batched call (the full Jacobian
+    inputs x outputs per point when min(inputs, outputs) <= 64, else power-iteration buffers; at
+    least one point per call, batched up to 256 MB as ``analyses.lower`` plans it) with its
+    candidate pool, and the float64 error model."""
     import numpy as np
 
     from stabaudit.bounds.numerics import CONV_PEAK_BYTES, DENSE_CHOLESKY_MAX_ENTRIES
@@ -262,7 +262,14 @@ def estimate_analysis_memory(graph: Graph) -> int:
     search = 2 * chunk * per_point  # autograd keeps about as much again
     pool = 2 * 8 * min(2**25, 32 * 1024 * max(n, 1))  # candidate points and their vectors
     error_model = 3 * 8 * values
-    return int(weights * 8 * F64_COPIES + max(search + pool, error_model, conv))
+    held = weights * 8 * F64_COPIES
+    return {"layer_bounds": int(held + conv), "lower_bound_search": int(held + max(search + pool, error_model))}
+
+
+def estimate_analysis_memory(graph: Graph) -> int:
+    """Bytes of the analyses' largest allocations on a graph with static shapes (an upper estimate):
+    phases run one after the other, so the largest stage of ``analysis_memory_plan``."""
+    return max(analysis_memory_plan(graph).values())
 
 
 def check_analysis_memory(graph: Graph, budget: int | None = None, *, path: str | None = None) -> None:
@@ -271,6 +278,134 @@ def check_analysis_memory(graph: Graph, budget: int | None = None, *, path: str 
     needed = estimate_analysis_memory(graph)
     if needed > budget:
         raise _refuse("the analyses need ~{size} (Jacobians, explicit operators, search buffers)", needed, budget, path)
+
+
+# ---- the cap, enforced -----------------------------------------------------------------------------
+class MemoryLimitError(ResourceError):
+    """The memory budget (``--max-memory``) stopped the audit: an allocation beyond the enforced
+    cap failed, or a stage planned more than what remains of the budget; exit 2."""
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "bad_alloc",
+                        "out of memory", "unable to allocate", "can't start new thread",
+                        "failed to map segment")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """``exc`` or an exception it was raised from or during is a failed allocation: MemoryError
+    (numpy, Python), torch's RuntimeError "DefaultCPUAllocator: can't allocate memory", ENOMEM, a
+    thread that cannot start or a shared library that cannot be mapped under the cap."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 16:
+        seen.add(id(cur))
+        if isinstance(cur, MemoryError | MemoryLimitError):
+            return True
+        if isinstance(cur, OSError) and cur.errno == errno.ENOMEM:
+            return True
+        # torch's allocator, a thread or a shared library (a lazy import) that cannot be mapped
+        if isinstance(cur, RuntimeError | ImportError | OSError) and any(
+            t in str(cur).lower() for t in _ALLOCATION_FAILURES
+        ):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def raise_allocation_failure(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is a failed allocation (``is_allocation_failure``): for the broad
+    handlers that fall back to a slower path on an error, never on the memory cap."""
+    if is_allocation_failure(exc):
+        raise exc
+
+
+def process_memory() -> tuple[int, int] | None:
+    """(resident, virtual) bytes of this process now (Linux /proc/self/statm), None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            fields = fh.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(fields[1]) * page, int(fields[0]) * page
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def remaining_memory(budget: int) -> int:
+    """What is left of ``budget`` for new allocations: the budget less this process's resident
+    memory now (the budget counts the whole process, imported libraries included)."""
+    now = process_memory()
+    return budget - now[0] if now is not None else budget
+
+
+def check_stage_memory(stage: str, needed: int, budget: int, *, path: str | None = None) -> None:
+    """MemoryLimitError when a stage's planned bytes exceed what remains of ``budget``: the stage is
+    not started (its evidence, and that of the stages after it, is absent from the report)."""
+    left = remaining_memory(budget)
+    if needed > left:
+        raise MemoryLimitError(
+            f"the {stage} stage plans ~{format_size(needed)}, above the {format_size(max(left, 0))} that "
+            f"remain of the memory budget of {format_size(budget)} (--max-memory)",
+            path=path,
+        )
+
+
+_CAP_LOCK = threading.Lock()
+_CAP_ACTIVE = False
+
+
+@contextlib.contextmanager
+def memory_cap(budget: int | None, *, path: str | None = None) -> Iterator[bool]:
+    """Enforce ``budget`` bytes for the whole process inside the block (yields whether it is).
+
+    The cap is on resident memory, imported libraries included; the kernel enforces it through
+    the address-space limit: RLIMIT_AS = the address space mapped now + (budget - resident now),
+    so that every new mapping (numpy, torch, malloc) counts in full, and an allocation beyond it
+    fails (MemoryError, torch's "can't allocate memory") instead of the kernel's OOM killer ending
+    the process. Raises MemoryLimitError when the process already holds the budget. Not enforced
+    (yields False) with ``budget`` None, where the platform has no RLIMIT_AS or /proc, off the
+    main thread (a thread of a process that serves other work), or while another cap is active. The soft limit is restored on exit.
+    """
+    try:
+        import resource
+    except ImportError:  # not on a POSIX system
+        resource = None  # type: ignore[assignment]
+    now = process_memory()
+    if (budget is None or resource is None or now is None or not hasattr(resource, "RLIMIT_AS")
+            or threading.current_thread() is not threading.main_thread()):
+        yield False  # off the main thread the process may serve other work (a Dask worker)
+        return
+    global _CAP_ACTIVE
+    with _CAP_LOCK:
+        if _CAP_ACTIVE:
+            owner = False
+        else:
+            _CAP_ACTIVE = owner = True
+    if not owner:
+        yield False
+        return
+    try:
+        rss, vsz = now
+        if rss >= budget:
+            raise MemoryLimitError(
+                f"the process holds ~{format_size(rss)} before the analysis (Python, torch and stabaudit "
+                f"loaded), above the memory budget of {format_size(budget)} (--max-memory counts the "
+                "whole process)",
+                path=path,
+            )
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = vsz + (budget - rss)
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft != resource.RLIM_INFINITY:
+            cap = min(cap, soft)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+        try:
+            yield True
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    finally:
+        with _CAP_LOCK:
+            _CAP_ACTIVE = False
 
 
 # ---- time ------------------------------------------------------------------------------------------

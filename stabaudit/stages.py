@@ -125,10 +125,22 @@ class AnalysisState:
     domain_lipschitz: GlobalLipschitz | None = None
     domain_product: float | None = None  # the composed layer gains over the domain (SA103)
 
+    # load: the bytes the stages with large allocations plan (limits.analysis_memory_plan)
+    memory_plan: Mapping[str, int] = {}
+
     def __init__(self, *, memory_budget: int, reproducible: bool) -> None:
         self.memory_budget = memory_budget
         self.reproducible = reproducible
         self.timings = {}
+
+    def copy(self) -> AnalysisState:
+        """The state for the next stage to write: its lists and dicts copied (a stage stopped
+        half-way must leave the state of the stages before it as they finished), the values in
+        them shared (immutable evidence)."""
+        new = object.__new__(AnalysisState)
+        for key, value in vars(self).items():
+            setattr(new, key, list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value)
+        return new
 
 
 StageFn = Callable[["AuditRequest", AnalysisState], None]
@@ -144,6 +156,17 @@ class Stage:
     say: str | None = None
     timing: str | None = None
     when: Callable[[AuditRequest, AnalysisState], bool] | None = None
+    # whether it will run, judged from the request alone (an audit that stopped before the stages
+    # ``when`` reads); None: ``when`` reads only the request, or there is none
+    planned: Callable[[AuditRequest], bool] | None = None
+
+    def will_run(self, request: AuditRequest) -> bool:
+        """Whether this stage would run for ``request`` (for a stage the audit never reached)."""
+        if self.planned is not None:
+            return self.planned(request)
+        if self.when is None:
+            return True
+        return self.when(request, AnalysisState(memory_budget=0, reproducible=False))
 
     @property
     def name(self) -> str:
@@ -376,7 +399,7 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
     archive loads in a child process of its own (loaders.ts_child); the training channel's Hessian
     over its module's parameters is computed there (``_module_jobs``) and read by ``training``."""
     from stabaudit.ir.passes import fold_affine, merge_linear_maps
-    from stabaudit.limits import check_analysis_memory, check_model_memory
+    from stabaudit.limits import analysis_memory_plan, check_model_memory
     from stabaudit.loaders import load_model
 
     memory_budget = ev.memory_budget
@@ -388,8 +411,9 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))
-    check_analysis_memory(graph, memory_budget, path=str(request.path))
-    ev.loaded, ev.graph = loaded, graph
+    # what the analyses plan: each stage is checked against what remains of the budget as it
+    # starts (engine.analyse), so that a stage too large stops the audit with the evidence so far
+    ev.loaded, ev.graph, ev.memory_plan = loaded, graph, analysis_memory_plan(graph)
 
 
 def equivalence(request: AuditRequest, ev: AnalysisState) -> None:
@@ -744,6 +768,11 @@ def _has_samples(request: AuditRequest, ev: AnalysisState) -> bool:
     return ev.samples is not None
 
 
+def _may_have_samples(request: AuditRequest) -> bool:
+    """The samples stage will find samples: inputs given, or a domain to draw them from."""
+    return request.inputs is not None or request.domain is not None
+
+
 def _has_domain(request: AuditRequest, ev: AnalysisState) -> bool:
     """A bounded audit domain was given (a normal domain is only sampled)."""
     from stabaudit.analyses.samples import NormalDomain
@@ -762,8 +791,8 @@ STAGES: tuple[Stage, ...] = (
           when=lambda request, ev: request.method != "product"),
     Stage(samples),
     Stage(sample_evidence, "activations and parameter sensitivity at the samples", "samples",
-          when=_has_samples),
-    Stage(local_bounds, "local bounds", "local_bounds", when=_has_samples),
+          when=_has_samples, planned=_may_have_samples),
+    Stage(local_bounds, "local bounds", "local_bounds", when=_has_samples, planned=_may_have_samples),
     Stage(training, "training dynamics", "training",
           when=lambda request, ev: request.training is not None),
     Stage(residual, "residual blocks", "residual"),
@@ -771,3 +800,37 @@ STAGES: tuple[Stage, ...] = (
     Stage(global_lipschitz),
     Stage(domain_bounds, "bounds over the domain", "domain", when=_has_domain),
 )
+
+
+# The stages whose evidence each check reads (besides load and equivalence, which every report
+# has). When an audit stops early (a timeout, the memory cap), a check with one of them missing
+# is inconclusive whatever it would have said: never a pass on missing evidence. A check not
+# listed here reads every stage (the safe default for a new check).
+_GLOBAL = ("layer_bounds", "jumps", "global_bound", "global_methods", "lower_bound_search", "global_lipschitz")
+CHECK_STAGES: dict[str, tuple[str, ...]] = {
+    "SA001": (*_GLOBAL, "residual", "training", "domain_bounds"),  # compares every bound with the baseline
+    "SA002": (),  # the waivers' dates
+    "SA101": (*_GLOBAL, "domain_bounds"),
+    "SA102": ("layer_bounds", "domain_bounds"),
+    "SA103": ("layer_bounds", "jumps", "global_bound", "domain_bounds"),
+    "SA201": ("layer_bounds", "global_bound", "samples", "residual"),
+    "SA202": ("layer_bounds", "global_bound", "samples", "residual"),
+    "SA301": ("layer_bounds", "samples", "sample_evidence"),
+    "SA302": ("samples", "local_bounds"),
+    "SA303": ("layer_bounds", "samples", "sample_evidence"),
+    "SA401": ("layer_bounds", "samples", "sample_evidence"),
+    "SA402": (),  # the loaded weights
+    "SA501": ("training",),
+    "SA502": ("training",),
+    "SA503": ("training",),
+    "SA601": (),  # trajectories only
+    "SA602": (),
+    "SA901": (),  # the loader
+    "SA902": (),  # equivalence
+}
+
+
+def missing_stages(check_id: str, missing: frozenset[str]) -> tuple[str, ...]:
+    """The stages ``check_id`` reads (CHECK_STAGES; every stage when not listed) among ``missing``."""
+    wanted = CHECK_STAGES.get(check_id, tuple(stage.name for stage in STAGES))
+    return tuple(name for name in wanted if name in missing)

@@ -224,6 +224,11 @@ def trajectory_point(
     match outcome:
         case ModelError(path=path, error=error, exit_code=code):
             return TrajectoryPoint(step=ckpt.step, path=path, verdict="error", exit_code=code, error=error)
+        case Report(stopped=stopped) if stopped is not None:
+            # stopped early (timeout, memory): an error point, its partial evidence not followed
+            return TrajectoryPoint(step=ckpt.step, path=outcome.model.path, verdict="error",
+                                   exit_code=outcome.exit_code, sha256=outcome.model.sha256,
+                                   error=f"incomplete: {stopped.message}")
         case Report():
             return TrajectoryPoint(
                 step=ckpt.step,

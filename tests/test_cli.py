@@ -332,10 +332,17 @@ def test_timeout_stops_cleanly(tmp_path):
     out = tmp_path / "r.json"
     result = run("check", SAMPLES / "cnn.onnx", "--budget", "60", "--timeout", "1", "-o", out)
     assert_one_line_error(result, 2, "timed out after 1", "--timeout")
-    # exit 2 still writes the requested report: the refusal, with no bound in it
+    # exit 2 still writes the requested report, marked incomplete: the refusal when the timeout came
+    # before the equivalence check, else the evidence of the stages that finished
     data = json.loads(out.read_text())
-    assert data["exit_code"] == 2 and data["lipschitz"]["upper"] is None
-    assert data["checks"][0]["id"] == "SA900" and "timed out after 1" in data["checks"][0]["message"]
+    assert data["exit_code"] == 2 and data["complete"] is False and data["verdict"] == "fail"
+    stopped = data["stopped"]
+    assert stopped["reason"] == "timeout" and stopped["seconds"] == 1 and stopped["stage"] not in stopped["completed"]
+    if "equivalence" not in stopped["completed"]:
+        assert data["lipschitz"]["upper"] is None
+        assert data["checks"][0]["id"] == "SA900" and "timed out after 1" in data["checks"][0]["message"]
+    else:
+        assert all(c["status"] != "pass" for c in data["checks"] if c["id"] in ("SA101", "SA302", "SA201"))
 
 
 def test_memory_budget_refuses_before_loading():

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir.graph import Graph
-from stabaudit.limits import check_deadline
+from stabaudit.limits import check_deadline, raise_allocation_failure
 
 MAX_POINTS = 4096
 MAX_ROUNDS = 60
@@ -147,7 +147,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         try:
             with torch.no_grad():
                 sig, v = _sigmas(f1, x, v, full)
-        except RuntimeError:  # an operator without a forward derivative in torch
+        except RuntimeError as exc:  # an operator without a forward derivative in torch
+            raise_allocation_failure(exc)
             notes.append("no Jacobian in torch: pairs only")
             sig = torch.zeros(points, dtype=torch.float64)
         top = torch.argsort(sig, descending=True, stable=True)[: work.starts]

@@ -45,7 +45,7 @@ from stabaudit.bounds.base import Guarantee, OpBound
 from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
-from stabaudit.limits import check_deadline
+from stabaudit.limits import check_deadline, raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
@@ -691,7 +691,8 @@ class _Search:
             return vf
         except StabauditError:  # a timeout or resource limit: never a fallback
             raise
-        except Exception:  # some op without a batching rule: loop instead
+        except Exception as exc:  # some op without a batching rule: loop instead
+            raise_allocation_failure(exc)
             return lambda xs: torch.stack([f(x) for x in xs])
 
     def _make_pairs(
@@ -777,7 +778,8 @@ class _Search:
                     return impl
                 except StabauditError:  # a timeout or resource limit: never a fallback
                     raise
-                except Exception:  # fall back to the next (slower) implementation
+                except Exception as exc:  # fall back to the next (slower) implementation
+                    raise_allocation_failure(exc)
                     continue
         finally:
             self.power_iterations = iterations
@@ -816,7 +818,8 @@ class _Search:
             g = vmap(grad(objective))(X, V)
         except StabauditError:  # a timeout or resource limit: never a fallback
             raise
-        except Exception:  # no batching or forward-mode rule for some op: stop proposing it
+        except Exception as exc:  # no batching or forward-mode rule for some op: stop proposing it
+            raise_allocation_failure(exc)
             self.smooth = False
             return torch.zeros_like(X)
         self.evaluations += X.shape[0]
@@ -1122,7 +1125,8 @@ def error_sensitivities(
             computed = rule_bounds(graph, only=frozenset(node.output for node in missing))
         except StabauditError:  # a timeout or resource limit: never a fallback
             raise
-        except Exception:  # no rule or a failing one: those nodes keep S_v = inf (bound unused)
+        except Exception as exc:  # no rule or a failing one: those nodes keep S_v = inf (bound unused)
+            raise_allocation_failure(exc)
             computed = {}
         bounds.update(computed)
     return output_sensitivities(graph, bounds)

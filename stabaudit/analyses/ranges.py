@@ -53,6 +53,7 @@ from stabaudit.bounds.numerics import EPS, TINY
 from stabaudit.errors import UsageError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.limits import raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
@@ -709,6 +710,7 @@ def range_analysis(graph: Graph, box: Mapping[str, Interval], *, device: str = "
                     out = (out[0].to(torch.float64).expand(shape).contiguous(),
                            out[1].to(torch.float64).expand(shape).contiguous())
             except Exception as exc:  # a rule that fails leaves the value unbounded, never a crash
+                raise_allocation_failure(exc)
                 out = None
                 node_notes.append(f"no enclosure ({type(exc).__name__}: {exc})")
             label = f"node {node.name!r} ({node.op.type.value})"

@@ -22,6 +22,7 @@ from stabaudit.ir.parameters import (
     select,
     unmatched,
 )
+from stabaudit.limits import raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
@@ -392,7 +393,8 @@ class _Hessian:
                     allow_unused=True, is_grads_batched=True,
                 )
                 h[start:stop] = self._flat(parts, stop - start).cpu().numpy()
-            except RuntimeError:  # an op without a batching rule: one column at a time
+            except RuntimeError as exc:  # an op without a batching rule: one column at a time
+                raise_allocation_failure(exc)
                 for i in range(start, stop):
                     h[i] = self.matvec(eye[i - start].cpu().numpy())
         return h

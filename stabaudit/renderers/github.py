@@ -12,7 +12,15 @@ from stabaudit.renderers.base import (
     shown_in_ci,
 )
 from stabaudit.report.gate import gates
-from stabaudit.report.model import BatchReport, Finding, ModelError, Report, Severity, Status
+from stabaudit.report.model import (
+    BatchReport,
+    Finding,
+    ModelError,
+    Report,
+    Severity,
+    Status,
+    stopped_line,
+)
 
 
 def _data(text: str) -> str:
@@ -53,6 +61,7 @@ def _summary(report: Report) -> str:
     return (
         f"::notice title=stabaudit::{_data(repo_path(report.model.path))}: {report.verdict.upper()} "
         f"(exit code {report.exit_code}), Lipschitz {bracket}; {_data(gate_line(report.checks, report.fail_on))}"
+        + (f"; {_data(stopped_line(report.stopped))}" if report.stopped is not None else "")
     )
 
 

@@ -18,7 +18,15 @@ from stabaudit.renderers.base import (
 )
 from stabaudit.renderers.sections import additive_line, samples_line, sections
 from stabaudit.renderers.table import failing_ids, mark, num
-from stabaudit.report.model import BatchReport, Finding, Layer, ModelError, ProfileStep, Report
+from stabaudit.report.model import (
+    BatchReport,
+    Finding,
+    Layer,
+    ModelError,
+    ProfileStep,
+    Report,
+    stopped_line,
+)
 from stabaudit.report.refusal import is_refusal
 
 _STYLE = """
@@ -271,6 +279,8 @@ def _summary(report: Report) -> str:
         ("input shape", _e(list(m.input_shape))),
         ("verdict", f'<span class="verdict-{_e(report.verdict)}">{_e(report.verdict.upper())}</span>'),
         ("exit code", f"{_e(report.exit_code)} (fail-on {_e(report.fail_on)})"),
+        *([("complete", f'<span class="verdict-fail">{_e(stopped_line(report.stopped))}</span>')]
+          if report.stopped is not None else []),
         ("gate", _e(gate_line(report.checks, report.fail_on))),
         ("global Lipschitz (L2)", _e(f"[{num(lip.lower)}, {num(lip.upper)}]")),
         ("upper bound", _e(f"{lip.upper_method} ({mark(lip.certified)})")),

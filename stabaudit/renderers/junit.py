@@ -15,7 +15,7 @@ from stabaudit.renderers.base import (
     waiver_note,
 )
 from stabaudit.report.gate import why_not_gating
-from stabaudit.report.model import BatchReport, ModelError, Report, Status
+from stabaudit.report.model import BatchReport, ModelError, Report, Status, stopped_line
 
 _HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
@@ -41,11 +41,16 @@ def _suite(parent: ET.Element, report: Report) -> None:
         tests=str(len(report.checks)),
         failures=str(failures),
         skipped=str(skipped),
-        errors="0",
+        errors="0" if report.stopped is None else "1",
         timestamp=report.created.removesuffix("Z"),
     )
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="verdict", value=report.verdict)
+    if report.stopped is not None:  # the audit stopped early: one error case says so
+        ET.SubElement(props, "property", name="complete", value="false")
+        line = stopped_line(report.stopped)
+        case = ET.SubElement(suite, "testcase", classname=report.model.path, name="audit")
+        ET.SubElement(case, "error", message=line, type=f"exit code {report.exit_code}").text = line
     ET.SubElement(props, "property", name="fail_on", value=report.fail_on)
     ET.SubElement(props, "property", name="warnings", value=str(gate_counts(report.checks, report.fail_on)[1]))
     for f in report.checks:
@@ -93,6 +98,8 @@ def _document(suites: ET.Element) -> str:
 def render_junit(report: Report) -> str:
     failures, _ = _counts(report)
     suites = ET.Element("testsuites", name="stabaudit", tests=str(len(report.checks)), failures=str(failures))
+    if report.stopped is not None:
+        suites.set("errors", "1")
     _suite(suites, report)
     return _document(suites)
 
@@ -106,6 +113,7 @@ def render_batch_junit(batch: BatchReport) -> str:
                 tests, errors = tests + 1, errors + 1
             case Report():
                 tests, failures = tests + len(entry.checks), failures + _counts(entry)[0]
+                errors += entry.stopped is not None
     suites = ET.Element(
         "testsuites", name="stabaudit", tests=str(tests), failures=str(failures), errors=str(errors)
     )

@@ -16,7 +16,14 @@ from stabaudit.renderers.base import (
 )
 from stabaudit.renderers.sections import additive_line, samples_line, sections
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
-from stabaudit.report.model import BatchReport, ModelError, Report, Status, TrajectoryReport
+from stabaudit.report.model import (
+    BatchReport,
+    ModelError,
+    Report,
+    Status,
+    TrajectoryReport,
+    stopped_line,
+)
 from stabaudit.report.refusal import is_refusal
 
 
@@ -65,6 +72,7 @@ def render_markdown(report: Report) -> str:
     lines = [
         f"### stabaudit: {report.verdict.upper()} — {code(report.model.path)}",
         "",
+        *([f"**{prose(stopped_line(report.stopped))}**", ""] if report.stopped is not None else []),
         f"Global Lipschitz (L2): **[{num(lip.lower)}, {num(lip.upper)}]** "
         f"(upper {mark(lip.certified)}: {lip.upper_method})",
         *(["", f"Over the domain ({prose(dom.domain.description)}): **[{num(dom.lower)}, {num(dom.upper)}]** "

@@ -25,6 +25,7 @@ from stabaudit.report.model import (
     Severity,
     Status,
     ToolInfo,
+    stopped_line,
 )
 from stabaudit.report.serialize import plain, report_to_dict
 
@@ -180,6 +181,14 @@ def render_sarif(report: Report, *, all_results: bool = False, docs_url: str | N
             "created": report.created,
         },
     }
+    if report.stopped is not None:  # the audit stopped early: the run says it did not finish
+        line = stopped_line(report.stopped)
+        run["invocations"] = [{
+            "executionSuccessful": False,
+            "exitCode": report.exit_code,
+            "toolExecutionNotifications": [{"level": "error", "message": {"text": line}}],
+        }]
+        run["properties"] |= {"complete": False, "stopped": plain(report.stopped)}
     return _document(run)
 
 
@@ -220,6 +229,13 @@ def render_batch_sarif(batch: BatchReport, *, all_results: bool = False, docs_ur
                 )
                 models.append({"path": path, "verdict": "error", "exitCode": entry.exit_code})
             case Report(model=model):
+                if entry.stopped is not None:  # an incomplete audit: its results stay, and it says so
+                    notifications.append({
+                        "level": "error",
+                        "message": {"text": stopped_line(entry.stopped)},
+                        "locations": [_physical(model.path, where[model.path])],
+                        "properties": {"exitCode": entry.exit_code},
+                    })
                 results += [
                     _result(f, index, model.path, where[model.path], entry.fail_on)
                     for f in entry.checks

@@ -33,6 +33,7 @@ from stabaudit.report.model import (
     TrajectoryChannel,
     TrajectoryPoint,
     TrajectoryReport,
+    stopped_line,
 )
 from stabaudit.report.refusal import is_refusal
 
@@ -117,6 +118,7 @@ def render_table(report: Report) -> str:
         f"format {m.format}  input {list(m.input_shape)}  parameters {m.parameters}  sha256 {m.sha256[:16]}",
         f"equivalence vs {eq.reference}: max |diff| {eq.max_abs_diff:.3g} "
         f"(tolerance {eq.tolerance:.3g}) {'ok' if eq.passed else 'MISMATCH'}",
+        *([stopped_line(report.stopped)] if report.stopped is not None else []),
         "",
     ]
     rows = [
@@ -168,7 +170,8 @@ def render_table(report: Report) -> str:
     out.append(_fit(crow, ["check", "name", "severity", "status", "detail"], wrap=4))
     out.append("")
     out.append(f"gate: {gate_line(report.checks, report.fail_on)}")
-    out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})")
+    out.append(f"verdict: {report.verdict.upper()} (fail-on {report.fail_on}, exit code {report.exit_code})"
+               + (", INCOMPLETE" if not report.complete else ""))
     return "\n".join(out) + "\n"
 
 

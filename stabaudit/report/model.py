@@ -80,6 +80,9 @@ class Layer:
 # Field metadata: the JSON leaves the key out while the value is None (a field added within
 # schema version 1 that most reports do not have, so that their JSON stays as it was).
 OMIT_WHEN_NONE = {"omit_when_none": True}
+# The JSON leaves the key out while the value is the field's default (a field added within schema
+# version 1 whose default is what every earlier report meant).
+OMIT_WHEN_DEFAULT = {"omit_when_default": True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +216,30 @@ class RuleInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Stopped:
+    """Why an audit stopped before its last stage (the report is then incomplete, exit code 2):
+    ``reason`` "timeout" (--timeout) or "memory" (--max-memory: a refused estimate or an
+    allocation beyond the cap), ``stage`` the analysis stage that was running or refused (its
+    evidence, and that of every later stage, is absent), ``seconds`` the timeout (None for a
+    memory stop), ``message`` the reason as stderr says it, ``completed`` the stages whose
+    evidence the report holds."""
+
+    reason: str
+    stage: str
+    message: str
+    seconds: float | None = None
+    completed: tuple[str, ...] = ()
+
+
+def stopped_line(stopped: Stopped) -> str:
+    """One line for renderers: ``INCOMPLETE: stopped by the timeout in the lower_bound_search stage
+    (...)``; only the evidence of the stages that finished is reported."""
+    why = "the timeout" if stopped.reason == "timeout" else "the memory budget"
+    return (f"INCOMPLETE: stopped by {why} in the {stopped.stage} stage ({stopped.message}); only the "
+            "stages that finished are reported, checks that need the others are inconclusive")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Report:
     tool: ToolInfo
     model: ModelInfo
@@ -233,6 +260,11 @@ class Report:
     samples: SampleInfo | None = None  # the sample inputs of the data-dependent checks; None: none
     # the Lipschitz bracket over the audit domain (--domain, config domain:); absent without one
     domain_lipschitz: GlobalLipschitz | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # false when the audit stopped early (timeout, memory): the report holds only the evidence of
+    # the stages that finished (``stopped``), its checks without evidence are inconclusive, and
+    # exit_code is 2. The JSON has the key only when false.
+    complete: bool = field(default=True, metadata=OMIT_WHEN_DEFAULT)
+    stopped: Stopped | None = field(default=None, metadata=OMIT_WHEN_NONE)
     schema_version: str = SCHEMA_VERSION
 
 
@@ -263,8 +295,10 @@ class BatchReport:
 
 def batch_outcome(models: tuple[Report | ModelError, ...]) -> tuple[str, int]:
     """The batch verdict and exit code from its entries (CONTRACT.md exit codes)."""
-    if any(isinstance(m, ModelError) for m in models):
-        return "error", max(m.exit_code for m in models if isinstance(m, ModelError))
+    # an incomplete report (a timeout or the memory cap stopped it) is an error entry too
+    errors = [m.exit_code for m in models if isinstance(m, ModelError) or m.exit_code >= 2]
+    if errors:
+        return "error", max(errors)
     if any(isinstance(m, Report) and m.exit_code == 1 for m in models):
         return "fail", 1
     return "pass", 0

@@ -94,6 +94,9 @@ def refusal_report(
         created=created,
         notes=(REFUSED_NOTE,),
         rules=(rule,),
+        # a timeout or the memory budget: the JSON says where it stopped, like an incomplete report's
+        complete=exc.stopped is None,
+        stopped=exc.stopped,
     )
 
 

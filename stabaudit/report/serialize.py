@@ -27,6 +27,7 @@ def plain(value: Any) -> Any:
             for f in dataclasses.fields(value)
             if not (_omitted_when_none(f) and getattr(value, f.name) is None)
             and not (_omitted_when_empty(f) and getattr(value, f.name) == ())
+            and not (_omitted_when_default(f) and getattr(value, f.name) == f.default)
         }
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
@@ -43,6 +44,11 @@ def _omitted_when_none(f: dataclasses.Field[Any]) -> bool:
 def _omitted_when_empty(f: dataclasses.Field[Any]) -> bool:
     """A tuple field whose key the JSON leaves out while it is empty."""
     return bool(f.metadata.get("omit_when_empty"))
+
+
+def _omitted_when_default(f: dataclasses.Field[Any]) -> bool:
+    """A field whose key the JSON leaves out while it holds its default (model.OMIT_WHEN_DEFAULT)."""
+    return bool(f.metadata.get("omit_when_default"))
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
@@ -114,6 +120,9 @@ def _decode_dataclass(cls: type[_T], data: Any, path: str) -> _T:
             continue
         if f.name not in data and _omitted_when_empty(f):
             kwargs[f.name] = ()
+            continue
+        if f.name not in data and _omitted_when_default(f):
+            kwargs[f.name] = f.default
             continue
         if f.name not in data:
             raise ValueError(f"{path}.{f.name}: missing")
