@@ -37,6 +37,9 @@ BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the bud
 # rounds and starts.
 SMALLEST_PLAN_FACTOR = 3.0
 SMALLEST_PLAN_SLACK_S = 20.0
+# The residual blocks' own lower-bound searches (analyses.residual.branch_lower) share this part of
+# the lower-bound budget, split evenly over the blocks (and again over the audit domain, if any).
+RESIDUAL_SHARE = 0.1
 
 
 def lower_units(budget_s: float) -> float:
@@ -63,3 +66,11 @@ def newton_steps(size: int, t_size: int, budget_s: float) -> int:
 def bb_nodes(budget_s: float) -> int:
     """The branch-and-bound nodes ``budget_s`` buys (at least ``BB_MIN_NODES``)."""
     return max(BB_MIN_NODES, int(max(float(budget_s), 0.0) * BB_NODES_PER_S))
+
+
+def residual_branch_budget(budget_s: float, blocks: int) -> float:
+    """The planned seconds of one residual block's branch search: ``RESIDUAL_SHARE`` of the
+    lower-bound budget split over the ``blocks`` (0 without blocks)."""
+    if blocks <= 0:
+        return 0.0
+    return max(float(budget_s), 0.0) * RESIDUAL_SHARE / blocks

@@ -56,3 +56,10 @@ def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
     assert _shape(search(1e8), 32, 30, 100.0) == (32, 30)  # a larger budget buys it back
     assert plan.smallest_plan_units(1.0) == 21.0 * plan.LOWER_MACS_PER_S
     assert plan.smallest_plan_units(20.0) == 60.0 * plan.LOWER_MACS_PER_S
+
+
+def test_residual_branch_budget_is_a_share_split_over_the_blocks():
+    assert plan.residual_branch_budget(10.0, 0) == 0.0
+    assert plan.residual_branch_budget(10.0, 1) == 10.0 * plan.RESIDUAL_SHARE
+    assert plan.residual_branch_budget(10.0, 4) == 10.0 * plan.RESIDUAL_SHARE / 4
+    assert plan.residual_branch_budget(-1.0, 2) == 0.0
