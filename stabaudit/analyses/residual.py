@@ -56,6 +56,7 @@ class BlockResult:
     h_star: float | None
     notes: tuple[str, ...]
     witness: BranchLower | None = None  # the pair behind lip_f_lower (branch inputs, flat)
+    growth_witness: BranchLower | None = None  # the pair behind growth_lower (None: 1 - h Lip f)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,16 +223,25 @@ def _analyse(
     if found is not None and not found.value > 0.0:
         found = None
     lip_f_lower = _down(found.value / h) if found is not None and h > 0.0 else None
-    growth_lower = sampled.block_lower if sampled is not None else None
+    # the block's own witnessed quotient at the samples (less the slack of merged weights)
+    block_found = sampled.block_witness if sampled is not None else None
+    if block_found is not None:
+        block_found = _with_fold(_block_graph(graph, m), op_bounds, block_found)
+        if not block_found.value > 0.0:
+            block_found = None
+    growth_lower = block_found.value if block_found is not None else None
+    growth_witness = block_found
     if m.shortcut is Shortcut.IDENTITY:
-        # ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| and >= (h ||f(x)-f(y)|| / ||x-y||) - 1
-        candidates = [growth_lower or 0.0]
-        if certified:
-            candidates.append(_down(1.0 - cfl))
-        if lip_f_lower is not None:
-            candidates.append(_down(_down(h * lip_f_lower) - 1.0))
-        best = max(candidates)
-        growth_lower = best if best > 0.0 else growth_lower
+        # ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| (for every pair: no witness needed)
+        # and >= (||b(x) - b(y)|| / ||x - y|| - 1) ||x - y|| at the branch's witness pair
+        if found is not None:
+            via = _down(found.value - 1.0)
+            if via > (growth_lower or 0.0):
+                growth_lower = via
+                growth_witness = BranchLower(value=via, x=found.x, y=found.y,
+                                             method="the branch's witness pair, reverse triangle inequality")
+        if certified and _down(1.0 - cfl) > (growth_lower or 0.0):
+            growth_lower, growth_witness = _down(1.0 - cfl), None
     if sampled is not None and sampled.notes:
         notes.extend(sampled.notes)
     identity = m.shortcut is Shortcut.IDENTITY
@@ -250,6 +260,7 @@ def _analyse(
         h_star=sampled.h_star if sampled is not None and identity else None,
         notes=tuple(notes),
         witness=found if lip_f_lower is not None else None,
+        growth_witness=growth_witness if growth_lower is not None else None,
     )
 
 
@@ -262,6 +273,7 @@ class _Sampled:
     block_lower: float | None
     notes: tuple[str, ...]
     witness: BranchLower | None = None
+    block_witness: BranchLower | None = None  # the pair behind block_lower (block inputs)
 
 
 def _flat(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -306,6 +318,7 @@ def _at_points(
     stars: list[float | None] = []
     best_q, best_block = 0.0, 0.0
     best_pair: tuple[np.ndarray, np.ndarray] | None = None
+    block_pair: tuple[np.ndarray, np.ndarray] | None = None
     for p in points:
         check_deadline()
         x0 = torch.from_numpy(p.copy())
@@ -338,7 +351,8 @@ def _at_points(
                     if q > best_q:
                         best_q, best_pair = q, (x0.numpy().copy(), (x0 + d).numpy().copy())
                 else:
-                    best_block = max(best_block, q)
+                    if q > best_block:
+                        best_block, block_pair = q, (x0.numpy().copy(), (x0 + d).numpy().copy())
     lip_f_lower = _down(best_q / h) if best_q > 0.0 and h > 0.0 else None
     mu_max = max(mus) if mus else None
     h_star = None
@@ -366,6 +380,12 @@ def _at_points(
             BranchLower(value=best_q, x=tuple(best_pair[0].tolist()), y=tuple(best_pair[1].tolist()),
                         method="difference quotient along the top singular vector of J_f at a sample")
             if best_pair is not None and lip_f_lower is not None
+            else None
+        ),
+        block_witness=(
+            BranchLower(value=best_block, x=tuple(block_pair[0].tolist()), y=tuple(block_pair[1].tolist()),
+                        method="difference quotient of the block along its top singular vector at a sample")
+            if block_pair is not None and best_block > 0.0
             else None
         ),
     )

@@ -66,6 +66,7 @@ def residual_evidence(
             h_star=_finite(b.h_star),
             notes=b.notes,
             lip_f_witness=_witness(b.witness) if _finite(b.lip_f_lower) is not None else None,
+            growth_witness=_witness(b.growth_witness) if _finite(b.growth_lower) is not None else None,
         )
         for b in result.blocks
     )
@@ -261,7 +262,8 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     K_max (then no product of per-block constants meets the budget): each factor is the largest
     of a confirmed difference quotient of the block at a sample, 1 - h*Lip f and h*lower(Lip f)
     - 1 (reverse triangle inequality, identity blocks), the lower bounds of Lip f those of
-    SA201 (witnessed pairs). Inconclusive otherwise. Skipped when the model has no residual block.
+    SA201 (witnessed pairs); a factor from a pair has it in residual_blocks[].growth_witness
+    (1 - h*Lip f holds for every pair). Inconclusive otherwise. Skipped when the model has no residual block.
     Over a domain (`--domain`): each block's constant on the box of its input's value ranges over
     the domain (1 + h Lip f with Lip f bounded there, as in SA201; lower bounds from pairs inside
     that box); the product of those bounds the growth over the domain. The message and the

@@ -299,6 +299,9 @@ class ResidualBlock:
     # the pair of branch inputs behind lip_f_lower: quotient = ||b(y) - b(x)|| / ||y - x|| of the
     # branch b = h*f (so h * lip_f_lower <= quotient), confirmed in float64; absent without one
     lip_f_witness: Witness | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # the pair of block inputs behind growth_lower: the block's quotient there is >= quotient
+    # (absent when growth_lower is 1 - h*lip_f_upper, which holds for every pair, or unknown)
+    growth_witness: Witness | None = field(default=None, metadata=OMIT_WHEN_NONE)
     # the block over the audit domain (only with a bounded --domain)
     domain: ResidualDomain | None = field(default=None, metadata=OMIT_WHEN_NONE)
 
@@ -310,7 +313,8 @@ class ResidualDomain:
     D's boxes). lip_f_upper is certified when ``certified`` (never above the global Lip f bound);
     lip_f_lower is a sound lower bound of Lip f on R from ``witness`` (a pair inside R,
     quotient of the branch h*f as in ResidualBlock.lip_f_witness); cfl = h * lip_f_upper;
-    growth_upper / growth_lower bound the block's Lipschitz constant on R. None: not known."""
+    growth_upper / growth_lower bound the block's Lipschitz constant on R (growth_lower is
+    1 - cfl, or witness.quotient - 1 at the witness pair). None: not known."""
 
     lip_f_upper: float | None
     lip_f_lower: float | None

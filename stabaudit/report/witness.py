@@ -74,6 +74,11 @@ def externalize(
             small, more = _outside(w, file, prefix + f"residual{i}_")
             b = replace(b, lip_f_witness=small)
             arrays |= more
+        w = b.growth_witness
+        if w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+            small, more = _outside(w, file, prefix + f"residual{i}_growth_")
+            b = replace(b, growth_witness=small)
+            arrays |= more
         w = b.domain.witness if b.domain is not None else None
         if b.domain is not None and w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
             small, more = _outside(w, file, prefix + f"residual{i}_domain_")

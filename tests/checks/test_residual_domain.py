@@ -83,6 +83,12 @@ def test_branch_above_two_fails_with_a_witness(tmp_path: Path) -> None:
     growth = _check(report, "SA202")
     assert growth.status is Status.FAIL and growth.value["lower"] == pytest.approx(block.growth_lower)
     assert growth.value["lower"] > 1.0
+    gw = block.growth_witness
+    assert gw is not None and gw.quotient == block.growth_lower
+    b = _branch(path, 0.0)
+    gx, gy = np.asarray(gw.x), np.asarray(gw.y)
+    block_quotient = float(np.linalg.norm(gy + b(gy) - gx - b(gx)) / np.linalg.norm(gy - gx))
+    assert gw.quotient <= block_quotient * (1 + 1e-12)
     # over a box the branch input fills around 0, the violation is proved there too, by a pair in it
     box = UniformDomain(low=Values(values=(-0.1,)), high=Values(values=(0.1,)))
     report = audit(AuditRequest(path=path, method="product", lower_budget_s=1.0, domain=box))
@@ -184,11 +190,11 @@ def test_large_residual_witnesses_leave_the_json() -> None:
     small = Witness(x=(1.0,), y=(2.0,), quotient=3.0)
     block = ResidualBlock(
         name="b", shortcut="identity", branch=("f",), h=1.0, lip_f_upper=4.0, lip_f_lower=3.0, cfl=4.0,
-        growth_upper=5.0, certified=True, lip_f_witness=big,
+        growth_upper=5.0, certified=True, lip_f_witness=big, growth_witness=big,
         domain=ResidualDomain(lip_f_upper=4.0, lip_f_lower=3.0, cfl=4.0, growth_upper=5.0, growth_lower=2.0,
                               certified=True, witness=big),
     )
-    report = replace(make_report(), residual_blocks=(replace(block, lip_f_witness=small), block))
+    report = replace(make_report(), residual_blocks=(replace(block, lip_f_witness=small, growth_witness=None), block))
     out, arrays = externalize(report, "r.witness.npz")
     first, second = out.residual_blocks
     assert first.lip_f_witness == small  # small ones stay inline
@@ -196,6 +202,7 @@ def test_large_residual_witnesses_leave_the_json() -> None:
     assert second.lip_f_witness.stored is not None and second.lip_f_witness.stored.arrays == ("residual1_x", "residual1_y")
     assert second.domain is not None and second.domain.witness is not None and second.domain.witness.x == ()
     assert first.domain is not None and first.domain.witness is not None and first.domain.witness.x == ()
+    assert second.growth_witness is not None and second.growth_witness.x == ()
     assert set(arrays) == {"residual0_domain_x", "residual0_domain_y", "residual1_x", "residual1_y",
-                           "residual1_domain_x", "residual1_domain_y"}
+                           "residual1_growth_x", "residual1_growth_y", "residual1_domain_x", "residual1_domain_y"}
     assert arrays["residual1_x"] == big.x and arrays["residual1_domain_y"] == big.y

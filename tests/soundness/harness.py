@@ -473,6 +473,16 @@ def residual_problems(report, built: Built, seed: int = 0) -> list[str]:
             seen = float(np.linalg.norm(gy - gx) / np.linalg.norm(yw - xw))
             if w.quotient > seen * (1 + max(built.rel, 1e-9)):
                 problems.append(f"block {b.name}: witness quotient {w.quotient!r} > recomputed {seen!r}")
+        w = b.growth_witness
+        if w is not None and w.x and len(w.x) == n:
+            # the block's witness pair (the whole model is the block)
+            xw, yw = np.asarray(w.x), np.asarray(w.y)
+            with torch.no_grad():
+                fy = f(torch.from_numpy(yw)).reshape(-1).double().numpy()
+                fx = f(torch.from_numpy(xw)).reshape(-1).double().numpy()
+            seen = float(np.linalg.norm(fy - fx) / np.linalg.norm(yw - xw))
+            if w.quotient > seen * (1 + max(built.rel, 1e-9)):
+                problems.append(f"block {b.name}: growth witness {w.quotient!r} > recomputed {seen!r}")
     if not report.residual_blocks:
         problems.append("no residual block found")
     return problems
