@@ -33,7 +33,8 @@ AnalysisState, and one line in STAGES.
                                                                bound, the lower bound and its witness
     domain_bounds       bounds over the domain / domain        domain_lipschitz, domain_product; layers'
                         (with a bounded --domain)              domain_upper (graph, op_bounds, regions,
-                                                               lipschitz, samples)
+                                                               lipschitz, samples); residual blocks'
+                                                               domain figures; local.domain_upper
 
 The data-dependent channels (sample_evidence .. residual, THEORY.md) read ``samples``, never
 request.inputs. The stages on the graph as loaded (global methods, local bounds, training, the lower
@@ -270,10 +271,14 @@ def _residual_evidence(
     request: AuditRequest,
     whole: Mapping[str, WholeBlock],
 ) -> ResidualEvidence:
-    """SA201/SA202's evidence: the residual blocks, their certified bounds, and J_f at the samples."""
+    """SA201/SA202's evidence: the residual blocks, their certified bounds, J_f at the samples, and
+    each branch's own witnessed lower bound (its search's work from the lower-bound budget)."""
+    from stabaudit.analyses.plan import residual_branch_budget
     from stabaudit.checks.residual import residual_evidence
+    from stabaudit.ir.patterns import find_residual_blocks
 
-    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole)
+    budget = residual_branch_budget(request.lower_budget_s, len(find_residual_blocks(graph)))
+    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole, lower_budget_s=budget)
 
 
 def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
@@ -671,6 +676,20 @@ def _in_boxes(graph: Graph, boxes: Boxes, x: tuple[float, ...], y: tuple[float, 
     return False
 
 
+def _balls_in_boxes(graph: Graph, boxes: Boxes, samples: np.ndarray, eps: float) -> bool:
+    """Whether every linf ball {x : ||x - s||_inf <= eps} around a sample lies in one box of the
+    domain (those the domain bound holds over); the ball's ends rounded outward."""
+    from stabaudit.analyses.domain_bound import flat_box
+
+    flat = np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1)
+    ends = [flat_box(graph, box) for box in boxes.boxes]
+    for s in flat:
+        lo_s, hi_s = np.nextafter(s - eps, -np.inf), np.nextafter(s + eps, np.inf)
+        if not any(lo.shape == s.shape and np.all(lo <= lo_s) and np.all(hi_s <= hi) for lo, hi in ends):
+            return False
+    return True
+
+
 def _names(names: tuple[str, ...], most: int = 8) -> str:
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
@@ -694,7 +713,9 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     whole = ev.lipschitz
     global_upper = whole.upper if whole.certified else None
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
-                          regions={k: (r.x, r.value) for k, r in ev.regions.items()})
+                          regions={k: (r.x, r.value) for k, r in ev.regions.items()},
+                          keep=_residual_values(graph))
+    _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
     interval = jacobian_bound(loaded.graph, boxes)
@@ -745,10 +766,46 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         notes=tuple(notes),
     )
     ev.domain_product = _finite(result.product) if result.upper.certified else None
+    if (ev.local is not None and ev.samples is not None and certified and up is not None
+            and _balls_in_boxes(graph, boxes, ev.samples, ev.local.eps)):
+        ev.local = replace(ev.local, domain_upper=up)  # SA302: a certified bound on every ball
     ev.layers = [
         replace(layer, lipschitz=replace(layer.lipschitz, domain_upper=result.node_uppers.get(layer.name)))
         for layer in ev.layers
     ]
+
+
+def _residual_values(graph: Graph) -> frozenset[str]:
+    """The values whose ranges and bounds over the domain the residual channel reads: each
+    block's input and its branch's node outputs."""
+    from stabaudit.ir.patterns import find_residual_blocks
+
+    keep: set[str] = set()
+    for m in find_residual_blocks(graph):
+        keep.add(m.x)
+        keep.update(n.output for n in m.branch)
+    return frozenset(keep)
+
+
+def _residual_domain(
+    request: AuditRequest, ev: AnalysisState,
+    kept: Sequence[tuple[Mapping[str, Interval], Mapping[str, OpBound]]],
+) -> None:
+    """SA201/SA202 over the domain: each residual block's branch bounded on its input's value
+    ranges over the domain, with a witnessed lower bound from pairs inside those ranges."""
+    from stabaudit.analyses.plan import residual_branch_budget
+    from stabaudit.analyses.residual import GlobalBlock, domain_blocks
+    from stabaudit.checks.residual import with_domain
+
+    res = ev.residual
+    if not res.blocks or not kept:
+        return
+    budget = residual_branch_budget(request.lower_budget_s, len(res.blocks))
+    known = {b.name: GlobalBlock(lip_f_upper=b.lip_f_upper, growth_upper=b.growth_upper, certified=b.certified)
+             for b in res.blocks}
+    found = domain_blocks(ev.graph, ev.op_bounds, kept, seed=request.seed, lower_budget_s=budget,
+                          global_blocks=known)
+    ev.residual = with_domain(res, found)
 
 
 def _domain_additive(ev: AnalysisState, boxes: Sequence[Mapping[str, Interval]]) -> Additive | None:

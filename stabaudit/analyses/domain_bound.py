@@ -82,6 +82,9 @@ class DomainResult:
     unresolved: tuple[str, ...]  # nodes the ranges still leave unbounded
     seconds: float
     notes: tuple[str, ...] = ()
+    # per box, the value ranges and per-node bounds of the values ``domain_bound`` was asked to
+    # keep (the residual blocks' inputs and branches: analyses.residual.domain_blocks)
+    kept: tuple[tuple[Mapping[str, Interval], Mapping[str, OpBound]], ...] = ()
 
 
 def _down(a: np.ndarray) -> np.ndarray:
@@ -185,14 +188,18 @@ def _size(ob: OpBound) -> float:
 
 def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[str, Interval],
                    regions: Mapping[str, tuple[str, float]] | None = None,
+                   ranges_out: dict[str, Interval] | None = None,
                    ) -> tuple[float, bool, float, dict[str, OpBound]]:
     """(the composed bound over ``box``, certified, the composed layer gains (no linear regions:
-    the depth profile's figure), the per-node bounds used)."""
+    the depth profile's figure), the per-node bounds used); ``ranges_out`` receives the value
+    ranges over the box."""
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.bounds.ranged import ranged_bound
 
     ranges = value_ranges(graph, box)
+    if ranges_out is not None:
+        ranges_out.update(ranges)
     local: dict[str, OpBound] = {}
     for node in graph.nodes:
         check_deadline()
@@ -209,8 +216,10 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
 
 def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *,
                  global_upper: float | None = None,
-                 regions: Mapping[str, tuple[str, float]] | None = None) -> DomainResult:
-    """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module)."""
+                 regions: Mapping[str, tuple[str, float]] | None = None,
+                 keep: frozenset[str] = frozenset()) -> DomainResult:
+    """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module);
+    ``keep``: value names whose ranges and (node outputs) per-node bounds over each box are kept."""
     from stabaudit.bounds.domain import NEEDS_DOMAIN
 
     start = time.perf_counter()
@@ -220,8 +229,13 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     by_output = {node.output: node for node in graph.nodes}
     needing = {node.name for node in graph.nodes if op_bounds[node.output].upper.method == NEEDS_DOMAIN}
     still: set[str] = set()
+    kept: list[tuple[Mapping[str, Interval], Mapping[str, OpBound]]] = []
     for box in boxes.boxes:
-        value, ok, layered, local = bound_over_box(graph, op_bounds, box, regions)
+        ranges: dict[str, Interval] = {}
+        value, ok, layered, local = bound_over_box(graph, op_bounds, box, regions, ranges if keep else None)
+        if keep:
+            kept.append(({k: v for k, v in ranges.items() if k in keep},
+                         {k: v for k, v in local.items() if k in keep}))
         worst, product = max(worst, value), max(product, layered)
         certified = certified and ok
         for out, ob in local.items():
@@ -245,6 +259,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         unresolved=tuple(sorted(needing & still)),
         seconds=time.perf_counter() - start,
         notes=boxes.notes,
+        kept=tuple(kept),
     )
 
 

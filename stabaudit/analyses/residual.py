@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stabaudit.analyses.composition import _add, _mul, compose
-from stabaudit.bounds.base import Guarantee, OpBound
+from stabaudit.bounds.base import Guarantee, Interval, OpBound
 from stabaudit.errors import UsageError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
@@ -55,6 +55,8 @@ class BlockResult:
     jacobian_norm: float | None
     h_star: float | None
     notes: tuple[str, ...]
+    witness: BranchLower | None = None  # the pair behind lip_f_lower (branch inputs, flat)
+    growth_witness: BranchLower | None = None  # the pair behind growth_lower (None: 1 - h Lip f)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,7 @@ def analyse_residual(
     *,
     seed: int = 0,
     whole: Mapping[str, WholeBlock] | None = None,
+    lower_budget_s: float = 0.0,
 ) -> ResidualAnalysis:
     """Every residual block of ``graph`` (which carries its shapes) with its bounds.
 
@@ -93,6 +96,9 @@ def analyse_residual(
     ``composition.compose``). ``samples``: [N, ...] model inputs (each of the stacked input size);
     the Jacobians are taken at the block input of each (at most MAX_POINTS of them). ``whole``:
     the blocks' whole-block bounds (``block_bounds``) when already computed, else computed here.
+    ``lower_budget_s``: the planned work (analyses.plan) of each block's own lower-bound search
+    (``branch_lower``: around the branch input at the samples, else over all branch inputs); 0:
+    no search, lower bounds only from the samples (or x = 0 for an affine branch).
     """
     matches = find_residual_blocks(graph)
     if not matches:
@@ -100,7 +106,9 @@ def analyse_residual(
     points = _block_inputs(graph, matches, samples) if samples is not None else None
     if whole is None:
         whole = block_bounds(graph, op_bounds)
-    blocks = tuple(_analyse(graph, m, op_bounds, points, seed, whole.get(m.add.output)) for m in matches)
+    blocks = tuple(
+        _analyse(graph, m, op_bounds, points, seed, whole.get(m.add.output), lower_budget_s) for m in matches
+    )
     n = 0 if points is None else len(next(iter(points.values()), []))
     return ResidualAnalysis(blocks=blocks, samples=n)
 
@@ -142,6 +150,7 @@ def _analyse(
     points: Mapping[str, list[np.ndarray]] | None,
     seed: int,
     whole: WholeBlock | None = None,
+    lower_budget_s: float = 0.0,
 ) -> BlockResult:
     notes: list[str] = []
     g = _subgraph(graph, m.x, m.inner_output, m.inner)
@@ -198,17 +207,41 @@ def _analyse(
         notes.append("affine branch: J_f is the same everywhere, taken at x = 0")
     sampled = _at_points(graph, m, op_bounds, at, h, seed) if at else None
 
-    lip_f_lower = sampled.lip_f_lower if sampled is not None else None
-    growth_lower = sampled.block_lower if sampled is not None else None
+    # the best witnessed quotient of the branch h*f: at the samples, then the branch's own search
+    found = sampled.witness if sampled is not None else None
+    if found is not None:
+        found = _with_fold(branch_graph(graph, m), op_bounds, found)
+    if lower_budget_s > 0.0 and h > 0.0:
+        boxes = activation_boxes(at) if points is not None else None
+        searched = branch_lower(graph, m, op_bounds, seed=seed, budget_s=lower_budget_s, boxes=boxes)
+        if searched.value > (found.value if found is not None else 0.0):
+            found = searched
+            notes.append(
+                "lower bound of Lip f: " + searched.method
+                + (" (pairs inside boxes around the branch input at the samples)" if boxes is not None else "")
+            )
+    if found is not None and not found.value > 0.0:
+        found = None
+    lip_f_lower = _down(found.value / h) if found is not None and h > 0.0 else None
+    # the block's own witnessed quotient at the samples (less the slack of merged weights)
+    block_found = sampled.block_witness if sampled is not None else None
+    if block_found is not None:
+        block_found = _with_fold(_block_graph(graph, m), op_bounds, block_found)
+        if not block_found.value > 0.0:
+            block_found = None
+    growth_lower = block_found.value if block_found is not None else None
+    growth_witness = block_found
     if m.shortcut is Shortcut.IDENTITY:
-        # ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| and >= (h ||f(x)-f(y)|| / ||x-y||) - 1
-        candidates = [growth_lower or 0.0]
-        if certified:
-            candidates.append(_down(1.0 - cfl))
-        if lip_f_lower is not None:
-            candidates.append(_down(_down(h * lip_f_lower) - 1.0))
-        best = max(candidates)
-        growth_lower = best if best > 0.0 else growth_lower
+        # ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| (for every pair: no witness needed)
+        # and >= (||b(x) - b(y)|| / ||x - y|| - 1) ||x - y|| at the branch's witness pair
+        if found is not None:
+            via = _down(found.value - 1.0)
+            if via > (growth_lower or 0.0):
+                growth_lower = via
+                growth_witness = BranchLower(value=via, x=found.x, y=found.y,
+                                             method="the branch's witness pair, reverse triangle inequality")
+        if certified and _down(1.0 - cfl) > (growth_lower or 0.0):
+            growth_lower, growth_witness = _down(1.0 - cfl), None
     if sampled is not None and sampled.notes:
         notes.extend(sampled.notes)
     identity = m.shortcut is Shortcut.IDENTITY
@@ -226,6 +259,8 @@ def _analyse(
         jacobian_norm=sampled.jacobian_norm if sampled is not None else None,
         h_star=sampled.h_star if sampled is not None and identity else None,
         notes=tuple(notes),
+        witness=found if lip_f_lower is not None else None,
+        growth_witness=growth_witness if growth_lower is not None else None,
     )
 
 
@@ -237,6 +272,8 @@ class _Sampled:
     lip_f_lower: float | None
     block_lower: float | None
     notes: tuple[str, ...]
+    witness: BranchLower | None = None
+    block_witness: BranchLower | None = None  # the pair behind block_lower (block inputs)
 
 
 def _flat(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -280,6 +317,8 @@ def _at_points(
     norms: list[float] = []
     stars: list[float | None] = []
     best_q, best_block = 0.0, 0.0
+    best_pair: tuple[np.ndarray, np.ndarray] | None = None
+    block_pair: tuple[np.ndarray, np.ndarray] | None = None
     for p in points:
         check_deadline()
         x0 = torch.from_numpy(p.copy())
@@ -309,9 +348,11 @@ def _at_points(
                 d = torch.from_numpy(np.asarray(direction, dtype=np.float64) * (t * scale))
                 q = confirm_quotient(model, x0, x0 + d)
                 if which == "f":
-                    best_q = max(best_q, q)
+                    if q > best_q:
+                        best_q, best_pair = q, (x0.numpy().copy(), (x0 + d).numpy().copy())
                 else:
-                    best_block = max(best_block, q)
+                    if q > best_block:
+                        best_block, block_pair = q, (x0.numpy().copy(), (x0 + d).numpy().copy())
     lip_f_lower = _down(best_q / h) if best_q > 0.0 and h > 0.0 else None
     mu_max = max(mus) if mus else None
     h_star = None
@@ -335,7 +376,152 @@ def _at_points(
         lip_f_lower=lip_f_lower,
         block_lower=best_block if best_block > 0.0 else None,
         notes=tuple(notes),
+        witness=(
+            BranchLower(value=best_q, x=tuple(best_pair[0].tolist()), y=tuple(best_pair[1].tolist()),
+                        method="difference quotient along the top singular vector of J_f at a sample")
+            if best_pair is not None and lip_f_lower is not None
+            else None
+        ),
+        block_witness=(
+            BranchLower(value=best_block, x=tuple(block_pair[0].tolist()), y=tuple(block_pair[1].tolist()),
+                        method="difference quotient of the block along its top singular vector at a sample")
+            if block_pair is not None and best_block > 0.0
+            else None
+        ),
     )
+
+
+# ---- a lower bound of the branch's own Lipschitz constant: a search on the branch alone --------------
+ACTIVATION_RADIUS = 0.25  # linf radius of the boxes around the activations, times (rms(x) + 1)
+# the global search on a branch alone (analyses.lower): fewer starts and rounds than the model's own
+BRANCH_STARTS = 8
+BRANCH_ROUNDS = 10
+DOMAIN_SEARCH_BOXES = 4  # over a domain of many boxes, the branch is searched in this many (largest bounds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchLower:
+    """A sound lower bound of the branch's Lipschitz constant (the branch is h*f, so this is
+    h * a lower bound of Lip f): ||b(y) - b(x)|| / ||y - x|| >= value for the witness pair (x, y)
+    of branch inputs (flat), confirmed in float64; value 0: nothing confirmed."""
+
+    value: float
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    method: str = ""
+
+
+def branch_graph(graph: Graph, m: ResidualMatch) -> Graph:
+    """The branch x -> h*f(x) alone (the scale included), with the graph's shapes."""
+    return _subgraph(graph, m.x, m.branch_output, m.branch)
+
+
+def _fold_slack(branch: Graph, op_bounds: Mapping[str, OpBound], x: np.ndarray, y: np.ndarray) -> float:
+    """An upper bound of ||b_A(x) - b_W(x)|| + ||b_A(y) - b_W(y)||, b_W the branch with the weights
+    as the folded graph stores them and b_A the maps they stand for (a node with ``error`` e:
+    ||A - W||_2 <= e, a BatchNorm folded into its linear map or two merged linear maps); 0 when
+    no node of the branch carries an error.
+
+    Telescoping over those nodes (replace W by A one node at a time): each replacement moves
+    the output by at most S_v * e_v * ||u_v||, S_v the certified sensitivity of the output to
+    the node's output (composition.output_sensitivities) and u_v the node's input. ||u_v|| is
+    taken as twice its computed float64 norm: it covers the float64 error of the computed value
+    and the second-order terms of the earlier replacements (each a relative 2^-53-sized term)."""
+    import torch
+
+    from stabaudit.analyses.lower import error_sensitivities
+    from stabaudit.ir.executor import Executor
+
+    errors = [(n, float(getattr(n.op, "error", 0.0))) for n in branch.nodes]
+    errors = [(n, e) for n, e in errors if e > 0.0]
+    if not errors:
+        return 0.0
+    sens = error_sensitivities(branch, op_bounds) or {}
+    ex = Executor(branch, dtype=torch.float64)
+    (spec,) = branch.inputs
+    total = 0.0
+    for point in (x, y):
+        with torch.no_grad():
+            env = ex.run({spec.name: torch.from_numpy(np.asarray(point, dtype=np.float64).reshape(spec.shape).copy())},
+                         keep=True)
+        for node, e in errors:
+            u = float(np.linalg.norm(env[node.inputs[0]].numpy().astype(np.float64)))
+            s_v = sens.get(node.output, math.inf)
+            total = _add(total, _mul(_mul(s_v, e), _mul(2.0, u)))
+    return total
+
+
+def _with_fold(branch: Graph, op_bounds: Mapping[str, OpBound], found: BranchLower) -> BranchLower:
+    """``found`` with the folded weights' slack taken off its quotient (0 when nothing is left):
+    ||b_A(y) - b_A(x)|| >= ||b_W(y) - b_W(x)|| - slack (triangle inequality)."""
+    if found.value <= 0.0:
+        return found
+    x, y = np.asarray(found.x, dtype=np.float64), np.asarray(found.y, dtype=np.float64)
+    slack = _fold_slack(branch, op_bounds, x, y)
+    if slack == 0.0:
+        return found
+    den = _down(float(np.linalg.norm(y - x)) * (1.0 - 16 * 2.0**-53))
+    value = _down(found.value - math.nextafter(slack / den, math.inf)) if den > 0.0 else 0.0
+    if not value > 0.0:
+        return BranchLower(value=0.0, method=found.method + "; the folded weights' slack exceeds the quotient")
+    return BranchLower(value=value, x=found.x, y=found.y,
+                       method=found.method + "; less the slack of the folded weights")
+
+
+def branch_lower(
+    graph: Graph,
+    m: ResidualMatch,
+    op_bounds: Mapping[str, OpBound],
+    *,
+    seed: int,
+    budget_s: float,
+    boxes: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> BranchLower:
+    """A witnessed lower bound of Lip(h*f), the branch's Lipschitz constant: a difference-quotient
+    search on the branch alone, its work counted from ``budget_s`` (analyses.plan), pairs confirmed
+    in float64 (analyses.lower.confirm_quotient) with the folded weights' slack taken off.
+
+    ``boxes``: flat (lo, hi) boxes of branch inputs where the pairs must lie (the branch input's
+    value ranges over the audit domain, or boxes around its activations at the sample inputs);
+    the search is then analyses.domain_lower's, inside them. None: the global search of
+    analyses.lower (seeded normal points at scales 1, 3, 10, then ascent) over all branch inputs.
+    """
+    from stabaudit.analyses.domain_bound import Boxes
+    from stabaudit.analyses.domain_lower import domain_lower
+    from stabaudit.analyses.lower import lower_bound
+
+    branch = branch_graph(graph, m)
+    if boxes is None:
+        low = lower_bound(branch, seed=seed, budget_s=budget_s, op_bounds=op_bounds, starts=BRANCH_STARTS,
+                          steps=BRANCH_ROUNDS)
+        if low.witness is None or not low.value > 0.0:
+            return BranchLower(value=0.0, method=low.method)
+        found = BranchLower(value=low.value, x=tuple(low.witness.x), y=tuple(low.witness.y),
+                            method="the branch alone: " + low.method)
+    else:
+        (spec,) = branch.inputs
+        shaped = tuple(
+            {spec.name: Interval(lo=lo.reshape(spec.shape).copy(), hi=hi.reshape(spec.shape).copy())}
+            for lo, hi in boxes
+        )
+        low_d = domain_lower(branch, Boxes(kind="box", description="branch input boxes", boxes=shaped),
+                             seed=seed, budget_s=budget_s, op_bounds=op_bounds)
+        if not low_d.value > 0.0:
+            return BranchLower(value=0.0, method=low_d.method)
+        found = BranchLower(value=low_d.value, x=low_d.x, y=low_d.y, method="the branch alone: " + low_d.method)
+    return _with_fold(branch, op_bounds, found)
+
+
+def activation_boxes(points: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Where the branch's input lives on the samples: the box that holds x_i +- r_i on every
+    entry for every sample's branch input x_i, r_i = ACTIVATION_RADIUS * (rms(x_i) + 1). One box:
+    the search's work per box is planned separately (each box costs its rounds of calls)."""
+    lo = hi = None
+    for p in points:
+        r = ACTIVATION_RADIUS * (float(np.sqrt(np.mean(p * p))) + 1.0)
+        lo = p - r if lo is None else np.minimum(lo, p - r)
+        hi = p + r if hi is None else np.maximum(hi, p + r)
+    return [] if lo is None or hi is None else [(lo, hi)]
 
 
 _DENSE_EIG_MAX = 64  # below this size a full decomposition is cheaper than ARPACK
@@ -554,4 +740,113 @@ def block_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, Wh
         found = whole_block_bound(graph, m, op_bounds)
         if found is not None:
             out[m.add.output] = WholeBlock(x=m.x, value=found[0], note=found[1])
+    return out
+
+
+# ---- the blocks over the audit domain ----------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DomainBlock:
+    """One block over the audit domain D; see report.model.ResidualDomain for the meaning."""
+
+    lip_f_upper: float
+    certified: bool
+    cfl: float
+    growth_upper: float
+    lip_f_lower: float | None
+    growth_lower: float | None
+    witness: BranchLower | None
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalBlock:
+    """The block's global numbers that bound it on D too (a global bound holds on every domain)."""
+
+    lip_f_upper: float | None
+    growth_upper: float | None
+    certified: bool
+
+
+def domain_blocks(
+    graph: Graph,
+    op_bounds: Mapping[str, OpBound],
+    per_box: Sequence[tuple[Mapping[str, Interval], Mapping[str, OpBound]]],
+    *,
+    seed: int,
+    lower_budget_s: float = 0.0,
+    global_blocks: Mapping[str, GlobalBlock] | None = None,
+) -> dict[str, DomainBlock]:
+    """Every residual block of ``graph`` over the audit domain, by Add name.
+
+    ``per_box``: for each box B of the domain, the value ranges over B (at least those of the
+    blocks' inputs) and the per-node bounds on those ranges (domain_bound.bound_over_box's).
+    Upper: the branch's per-node bounds on the ranges composed over the branch (as
+    ``analyse_residual`` composes the global ones): for x, y in R_B, the box of the block input's
+    ranges over B, ||f(x) - f(y)|| <= Lip_B f ||x - y||, since each node maps the ranges of its
+    inputs with its stated constant and every point of R_B maps into those ranges. Lip_D f is the
+    largest over the boxes (the constant on R, their union), and never above the global bound.
+    Growth: 1 + h Lip_D f (||P|| + h Lip_D f for a projection), never above the global growth.
+    Lower: ``branch_lower`` inside the boxes R_B (pairs of R), with ``lower_budget_s`` per block;
+    the block's lower bounds by the reverse triangle inequality as in ``_analyse``.
+    """
+    out: dict[str, DomainBlock] = {}
+    for m in find_residual_blocks(graph):
+        check_deadline()
+        g = _subgraph(graph, m.x, m.inner_output, m.inner)
+        lip_f, certified = 0.0, True
+        boxes: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+        wide = False
+        for index, (ranges, local) in enumerate(per_box):
+            comp = compose(g, local)
+            value = float(comp.upper.value)
+            certified = certified and comp.upper.guarantee is Guarantee.UPPER and math.isfinite(value)
+            lip_f = max(lip_f, value) if math.isfinite(value) else math.inf
+            r = ranges[m.x]
+            lo, hi = np.asarray(r.lo, dtype=np.float64).ravel(), np.asarray(r.hi, dtype=np.float64).ravel()
+            if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
+                boxes.append((value, index, lo, hi))
+                wide = wide or bool(np.any(hi > lo))
+        # the search runs in the boxes whose upper bound is largest (where a violation can be)
+        boxes.sort(key=lambda b: (-b[0] if math.isfinite(b[0]) else -math.inf, b[1]))
+        search = [(lo, hi) for _, _, lo, hi in boxes[:DOMAIN_SEARCH_BOXES]]
+        notes: list[str] = []
+        known = global_blocks.get(m.name) if global_blocks is not None else None
+        if (known is not None and known.certified and known.lip_f_upper is not None
+                and (not certified or known.lip_f_upper < lip_f)):
+            lip_f, certified = known.lip_f_upper, True
+            notes.append("over the domain: the global bound of Lip f is the tighter one")
+        h = m.h
+        cfl = _mul(h, lip_f)
+        if m.shortcut is Shortcut.IDENTITY:
+            growth = _add(1.0, cfl)  # ||I + h J_f|| <= 1 + h Lip f on R
+        else:
+            assert m.projection is not None
+            pb = op_bounds[m.projection.output].upper
+            certified = certified and pb.guarantee is Guarantee.UPPER
+            growth = _add(float(pb.value), cfl)  # ||P + h J_f|| <= ||P|| + h Lip f on R
+        if known is not None and known.certified and known.growth_upper is not None and known.growth_upper < growth:
+            growth = known.growth_upper
+        found: BranchLower | None = None
+        if lower_budget_s > 0.0 and h > 0.0 and search and wide:
+            found = branch_lower(graph, m, op_bounds, seed=seed, budget_s=lower_budget_s, boxes=search)
+            if found.value > 0.0:
+                notes.append("lower bound of Lip f over the domain: " + found.method
+                             + " (pairs inside the box of the block input's value ranges over the domain)")
+            else:
+                found = None
+        lip_f_lower = _down(found.value / h) if found is not None else None
+        growth_lower: float | None = None
+        if m.shortcut is Shortcut.IDENTITY and wide:
+            # on R: ||x - y + h (f(x) - f(y))|| >= (1 - h Lip f) ||x - y|| and >= (h q - 1) ||x - y||
+            # for the witness pair (reverse triangle inequality)
+            candidates = [0.0]
+            if certified:
+                candidates.append(_down(1.0 - cfl))
+            if found is not None:
+                candidates.append(_down(found.value - 1.0))
+            growth_lower = max(candidates) if max(candidates) > 0.0 else None
+        out[m.name] = DomainBlock(
+            lip_f_upper=lip_f, certified=certified and math.isfinite(lip_f), cfl=cfl, growth_upper=growth,
+            lip_f_lower=lip_f_lower, growth_lower=growth_lower, witness=found, notes=tuple(notes),
+        )
     return out

@@ -41,6 +41,9 @@ class LocalEvidence:
     # per activation layer, summed over the samples' balls: (layer, stably active, stably
     # inactive, unstable: the pre-activation interval straddles a kink, Clarke slope interval)
     units: tuple[tuple[str, int, int, int], ...] = ()
+    # the certified bound over the audit domain when every ball above lies in one of its boxes
+    # (a ball or margin domain around these samples, or a box that holds them): a local bound too
+    domain_upper: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from stabaudit.checks.base import CheckContext, Evidence, branch_switch_note, check, fmt
 from stabaudit.report.model import Finding, Severity, Status
 
@@ -33,6 +35,11 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     with SA101, default 1) and the check is informational, its message stating the threshold the
     certified local bound would pass. Passes when L_local <= K_max on every sample; this
     version reports no sound local lower bound, so otherwise the check is inconclusive.
+    Over a domain (`--domain`): when every ball lies in one box of the audit domain (a ball
+    domain of radius >= eps around these samples, a margin domain, a box that holds them), the
+    certified bound over the domain (domain_lipschitz.upper) bounds every ball too and is a
+    candidate for L_local (value "domain"); it also stands where the local analysis has none
+    (an operator the interval Jacobian lacks), instead of the global bound alone.
     Branch switches (as in SA101): L_local is about the smooth part, the model as executed adds
     the certified additive term delta inside each ball too, stated in the message; no pass
     without a finite certified delta.
@@ -42,10 +49,19 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
         return ctx.finding(
             Status.SKIPPED, None, "no samples (--inputs or a config domain): local bounds need them"
         )
-    if local.upper is None:
+    if local.upper is None and local.domain_upper is None:
         return ctx.finding(Status.SKIPPED, None, f"no local bound: {local.message}")
     t = ctx.threshold if ctx.threshold is not None else 1.0
-    upper, how = local.upper, ""
+    upper, how = math.inf, ""
+    if local.upper is not None:
+        upper = local.upper
+    if local.domain_upper is not None and local.domain_upper <= upper:
+        # the bound over the audit domain holds on every ball inside it: a certified local bound
+        upper = local.domain_upper
+        assert ev.domain_lipschitz is not None
+        how = (f" (the certified bound over the domain, {ev.domain_lipschitz.domain.description}, which "
+               "holds every ball" + (", no looser than the local analysis here)" if local.upper is not None else
+                                     f"; the local analysis gave none: {local.message})"))
     g = ev.lipschitz
     if g.certified and g.upper is not None and g.upper < upper:
         # a global Lipschitz bound holds on every ball too: the smaller one is the local bound
@@ -57,6 +73,8 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
         "norm": local.norm,
         "samples": local.samples,
     }
+    if local.domain_upper is not None:
+        value["domain"] = local.domain_upper
     if local.units:
         value["units"] = {
             layer: {"stable_active": a, "stable_inactive": i, "unstable": u}

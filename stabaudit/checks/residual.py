@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stabaudit.checks.base import CheckContext, Evidence, check, fmt
-from stabaudit.report.model import Finding, ResidualBlock, Severity, Status
+from stabaudit.report.model import Finding, ResidualBlock, ResidualDomain, Severity, Status, Witness
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from stabaudit.analyses.residual import WholeBlock
+    from stabaudit.analyses.residual import BranchLower, DomainBlock, WholeBlock
     from stabaudit.bounds.base import OpBound
     from stabaudit.ir.graph import Graph
 
@@ -39,12 +40,14 @@ def residual_evidence(
     *,
     seed: int,
     whole: Mapping[str, WholeBlock] | None = None,
+    lower_budget_s: float = 0.0,
 ) -> ResidualEvidence:
     """Detect and analyse the residual blocks of ``graph`` (with shapes; the engine's folded
-    graph) from the engine's per-node bounds and optional sample inputs [N, ...]."""
+    graph) from the engine's per-node bounds and optional sample inputs [N, ...];
+    ``lower_budget_s``: each block's own lower-bound search (analyses.residual.branch_lower)."""
     from stabaudit.analyses.residual import analyse_residual
 
-    result = analyse_residual(graph, op_bounds, samples, seed=seed, whole=whole)
+    result = analyse_residual(graph, op_bounds, samples, seed=seed, whole=whole, lower_budget_s=lower_budget_s)
     blocks = tuple(
         ResidualBlock(
             name=b.match.name,
@@ -62,10 +65,40 @@ def residual_evidence(
             jacobian_norm=_finite(b.jacobian_norm),
             h_star=_finite(b.h_star),
             notes=b.notes,
+            lip_f_witness=_witness(b.witness) if _finite(b.lip_f_lower) is not None else None,
+            growth_witness=_witness(b.growth_witness) if _finite(b.growth_lower) is not None else None,
         )
         for b in result.blocks
     )
     return ResidualEvidence(blocks=blocks, samples=result.samples)
+
+
+def _witness(found: BranchLower | None) -> Witness | None:
+    if found is None or not found.value > 0.0:
+        return None
+    return Witness(x=found.x, y=found.y, quotient=found.value)
+
+
+def with_domain(res: ResidualEvidence, domain: Mapping[str, DomainBlock]) -> ResidualEvidence:
+    """The blocks with their numbers over the audit domain (analyses.residual.domain_blocks)."""
+    blocks = []
+    for b in res.blocks:
+        d = domain.get(b.name)
+        if d is None:
+            blocks.append(b)
+            continue
+        lower = _finite(d.lip_f_lower)
+        blocks.append(dataclasses.replace(b, domain=ResidualDomain(
+            lip_f_upper=_finite(d.lip_f_upper),
+            lip_f_lower=lower,
+            cfl=_finite(d.cfl),
+            growth_upper=_finite(d.growth_upper),
+            growth_lower=_finite(d.growth_lower),
+            certified=d.certified and _finite(d.lip_f_upper) is not None,
+            witness=_witness(d.witness) if lower is not None else None,
+        ), notes=b.notes + tuple(f"over the domain: {n}" if not n.startswith("over the domain") else n
+                                 for n in d.notes)))
+    return dataclasses.replace(res, blocks=tuple(blocks))
 
 
 def _sampled(blocks: tuple[ResidualBlock, ...]) -> tuple[float | None, float | None]:
@@ -94,9 +127,12 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
     constant Mul, |scalar|, or max |scale| of a per-channel layer scale, f then being
     (scale/h) * the rest of the branch), else 1. A scale that folds into the linear map before it
     is part of f (h * Lip f is the same). Passes when every block's certified h * Lip(f) <= 2;
-    fails when a sound lower bound of h * Lip(f) exceeds 2 (a confirmed difference quotient of f
-    at a sample along the top singular vector of J_f, or at x = 0 for an affine branch);
-    inconclusive otherwise. With `--inputs`, the finding also reports mu = max over blocks and
+    fails when a sound lower bound of h * Lip(f) exceeds 2: a difference quotient of the branch
+    confirmed in float64, whose pair of branch inputs is in the report
+    (residual_blocks[].lip_f_witness): along the top singular vector of J_f at a sample (or at
+    x = 0 for an affine branch), or from a seeded search on the branch alone (inside boxes around
+    the branch input at the samples, else over all branch inputs; its work is a share of
+    `--budget`, counted, never timed); inconclusive otherwise. With `--inputs`, the finding also reports mu = max over blocks and
     samples of lambda_max((J_f + J_f^T)/2) (dissipativity) and, where every mu < 0, the
     admissible step h* = min 2|mu| / ||J_f||^2 (the step is contractive if h < h*). Only
     identity shortcuts are judged (the condition is stated for x + h*f(x)); projection
@@ -104,6 +140,12 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
     residual block. Default threshold 2, informational (the message states the threshold the
     certified bound would pass); `--threshold residual_cfl=VALUE` sets it and makes the check an
     error.
+    Over a domain (`--domain`): the check judges Lip(f) on R, the box of the values the block's
+    input takes while the model's input ranges over the domain (interval value ranges): its upper
+    bound is the branch's per-operator bounds on those ranges composed over the branch (never
+    above the global one), its lower bound a confirmed pair of branch inputs inside R (the
+    search above, inside R); global lower bounds do not count there. The message and the value
+    ("over") say so; the numbers are in residual_blocks[].domain.
     """
     res = ev.residual
     if res is None or not res.blocks:
@@ -117,50 +159,88 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
             f"({len(res.blocks)} projection block(s) in residual_blocks)",
         )
     t = ctx.threshold if ctx.threshold is not None else 2.0
-    uppers = [b.cfl for b in blocks]
+    over, views = _views(ev, blocks)
+    uppers = [v.cfl for v in views.values()]
     worst = max((u for u in uppers if u is not None), default=None)
-    lowers = {
-        b.name: b.h * b.lip_f_lower for b in blocks if b.lip_f_lower is not None
-    }  # h * (sound lower bound of Lip f), rounded below in the comparison
+    # h * (sound lower bound of Lip f, each from a witness pair), rounded below in the comparison
+    lowers = {name: v.h * v.lip_f_lower for name, v in views.items() if v.lip_f_lower is not None}
     mu, h_star = _sampled(blocks)
-    value = {
+    value: dict[str, object] = {
         "max_cfl": worst if all(u is not None for u in uppers) else None,
-        "blocks": {b.name: b.cfl for b in blocks},
+        "blocks": {name: v.cfl for name, v in views.items()},
         "mu": mu,
         "h_star": h_star,
         "samples": res.samples,
     }
+    if over:
+        value["over"] = over[1]
+    prefix = f"over the domain ({over[0]}): " if over else ""
     extra = ""
     if mu is not None:
         extra = f"; at the samples mu = {fmt(mu)}" + (
             f", admissible step h* = {fmt(h_star)}" if h_star is not None else " (h* needs mu < 0)"
         )
-    proved = all(b.certified and b.cfl is not None and b.cfl <= t for b in blocks)
+    all_certified = all(v.certified and v.cfl is not None for v in views.values())
+    proved = all(v.certified and v.cfl is not None and v.cfl <= t for v in views.values())
     if proved:
         return ctx.finding(
             Status.PASS,
             value,
-            f"certified h*Lip(f) <= {fmt(worst)} <= {fmt(t)} in all {len(blocks)} identity residual block(s){extra}",
+            f"{prefix}certified h*Lip(f) <= {fmt(worst)} <= {fmt(t)} in all {len(blocks)} identity residual "
+            f"block(s){extra}",
         )
     failing = tuple(name for name, low in lowers.items() if math.nextafter(low, -math.inf) > t)
     if failing:
         return ctx.finding(
             Status.FAIL,
             value,
-            f"h*Lip(f) >= {fmt(max(lowers[n] for n in failing))} > {fmt(t)} (sound lower bound) in "
-            f"{len(failing)} of {len(blocks)} identity residual block(s){extra}"
-            + (ctx.would_pass(worst) if all(b.certified and b.cfl is not None for b in blocks) else ""),
+            f"{prefix}h*Lip(f) >= {fmt(max(lowers[n] for n in failing))} > {fmt(t)} (sound lower bound, witness "
+            f"pair of branch inputs in residual_blocks) in {len(failing)} of {len(blocks)} identity residual "
+            f"block(s){extra}" + (ctx.would_pass(worst) if all_certified else ""),
             locations=failing,
         )
-    above = tuple(b.name for b in blocks if b.cfl is None or not b.certified or b.cfl > t)
+    above = tuple(name for name, v in views.items() if v.cfl is None or not v.certified or v.cfl > t)
     return ctx.finding(
         Status.INCONCLUSIVE,
         value,
-        f"certified h*Lip(f) <= {fmt(worst)}, not <= {fmt(t)}, and no sound lower bound above "
+        f"{prefix}certified h*Lip(f) <= {fmt(worst)}, not <= {fmt(t)}, and no sound lower bound above "
         f"{fmt(t)}, in {len(above)} of {len(blocks)} identity residual block(s){extra}"
-        + (ctx.would_pass(worst) if all(b.certified and b.cfl is not None for b in blocks) else ""),
+        + (ctx.would_pass(worst) if all_certified else ""),
         locations=above,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _View:
+    """The numbers a check judges one block by: global, or over the audit domain."""
+
+    h: float
+    cfl: float | None
+    certified: bool
+    lip_f_lower: float | None
+    growth_upper: float | None
+    growth_lower: float | None
+
+
+def _views(ev: Evidence, blocks: tuple[ResidualBlock, ...]) -> tuple[tuple[str, str] | None, dict[str, _View]]:
+    """((the domain's description, kind) or None, each block's view): over the audit domain when
+    the audit has one and every block has its numbers over it, else global. Over the domain only
+    the domain's lower bounds count (a global witness pair need not lie where the block's input
+    ranges over D)."""
+    dom = ev.domain_lipschitz
+    if dom is not None and all(b.domain is not None for b in blocks):
+        views = {}
+        for b in blocks:
+            d = b.domain
+            assert d is not None
+            views[b.name] = _View(h=b.h, cfl=d.cfl, certified=d.certified, lip_f_lower=d.lip_f_lower,
+                                  growth_upper=d.growth_upper, growth_lower=d.growth_lower)
+        return (dom.domain.description, dom.domain.kind), views
+    return None, {
+        b.name: _View(h=b.h, cfl=b.cfl, certified=b.certified, lip_f_lower=b.lip_f_lower,
+                      growth_upper=b.growth_upper, growth_lower=b.growth_lower)
+        for b in blocks
+    }
 
 
 @check(
@@ -181,8 +261,13 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     Fails when the product of sound lower bounds of the blocks' own Lipschitz constants exceeds
     K_max (then no product of per-block constants meets the budget): each factor is the largest
     of a confirmed difference quotient of the block at a sample, 1 - h*Lip f and h*lower(Lip f)
-    - 1 (reverse triangle inequality, identity blocks). Inconclusive otherwise. Skipped when the
-    model has no residual block. The budget is `--threshold residual_growth=VALUE` (then an
+    - 1 (reverse triangle inequality, identity blocks), the lower bounds of Lip f those of
+    SA201 (witnessed pairs); a factor from a pair has it in residual_blocks[].growth_witness
+    (1 - h*Lip f holds for every pair). Inconclusive otherwise. Skipped when the model has no residual block.
+    Over a domain (`--domain`): each block's constant on the box of its input's value ranges over
+    the domain (1 + h Lip f with Lip f bounded there, as in SA201; lower bounds from pairs inside
+    that box); the product of those bounds the growth over the domain. The message and the
+    value ("over") say so. The budget is `--threshold residual_growth=VALUE` (then an
     error); unset, it is K_max (`lipschitz`, shared with SA101 and SA302, default 1) and the
     check is informational, its message stating the budget the certified growth would pass.
     """
@@ -190,35 +275,39 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     if res is None or not res.blocks:
         return ctx.finding(Status.SKIPPED, None, _NO_BLOCK)
     t = ctx.threshold if ctx.threshold is not None else 1.0
+    over, views = _views(ev, res.blocks)
     upper: float | None = 1.0
     lower = 1.0
-    for b in res.blocks:
+    for v in views.values():
         upper = (
             None
-            if upper is None or b.growth_upper is None
-            else math.nextafter(upper * b.growth_upper, math.inf)
+            if upper is None or v.growth_upper is None
+            else math.nextafter(upper * v.growth_upper, math.inf)
         )
-        low = b.growth_lower if b.growth_lower is not None else 0.0
+        low = v.growth_lower if v.growth_lower is not None else 0.0
         lower = math.nextafter(lower * low, -math.inf) if lower * low > 0.0 else 0.0
     if upper is not None and not math.isfinite(upper):
         upper = None
-    certified = all(b.certified for b in res.blocks)
-    value = {
+    certified = all(v.certified for v in views.values())
+    value: dict[str, object] = {
         "upper": upper,
         "lower": lower if lower > 0.0 else None,
-        "blocks": {b.name: b.growth_upper for b in res.blocks},
+        "blocks": {name: v.growth_upper for name, v in views.items()},
     }
+    if over:
+        value["over"] = over[1]
+    prefix = f"over the domain ({over[0]}): " if over else ""
     n = len(res.blocks)
     if certified and upper is not None and upper <= t:
         return ctx.finding(
-            Status.PASS, value, f"certified growth over {n} residual block(s) <= {fmt(upper)} <= {fmt(t)}"
+            Status.PASS, value, f"{prefix}certified growth over {n} residual block(s) <= {fmt(upper)} <= {fmt(t)}"
         )
     names = tuple(b.name for b in res.blocks)
     if lower > t:
         return ctx.finding(
             Status.FAIL,
             value,
-            f"prod of the blocks' Lipschitz constants >= {fmt(lower)} > {fmt(t)} (sound lower "
+            f"{prefix}prod of the blocks' Lipschitz constants >= {fmt(lower)} > {fmt(t)} (sound lower "
             f"bounds) over {n} residual block(s); certified growth <= {fmt(upper)}"
             + (ctx.would_pass(upper) if certified else ""),
             locations=names,
@@ -226,7 +315,7 @@ def residual_growth(ev: Evidence, ctx: CheckContext) -> Finding:
     return ctx.finding(
         Status.INCONCLUSIVE,
         value,
-        f"growth over {n} residual block(s) in [{fmt(lower if lower > 0.0 else None)}, "
+        f"{prefix}growth over {n} residual block(s) in [{fmt(lower if lower > 0.0 else None)}, "
         f"{fmt(upper)}], not proved <= {fmt(t)}" + (ctx.would_pass(upper) if certified else ""),
         locations=names,
     )

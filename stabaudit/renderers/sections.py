@@ -71,7 +71,13 @@ def sections(report: Report) -> tuple[Section, ...]:
             )
             for b in report.residual_blocks
         )
-        notes = tuple(f"{b.name}: {n}" for b in report.residual_blocks for n in b.notes)
+        notes = tuple(f"{b.name}: {n}" for b in report.residual_blocks for n in b.notes) + tuple(
+            f"{b.name}: over the domain: Lip f in {bracket(b.domain.lip_f_lower, b.domain.lip_f_upper)}, "
+            f"h Lip f <= {num(b.domain.cfl)}, block growth in "
+            f"{bracket(b.domain.growth_lower, b.domain.growth_upper)}"
+            for b in report.residual_blocks
+            if b.domain is not None
+        )
         out.append(
             Section(
                 title="Residual blocks x -> S(x) + h f(x) (SA201, SA202)",

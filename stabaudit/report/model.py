@@ -330,6 +330,33 @@ class ResidualBlock:
     jacobian_norm: float | None = None
     h_star: float | None = None
     notes: tuple[str, ...] = ()
+    # the pair of branch inputs behind lip_f_lower: quotient = ||b(y) - b(x)|| / ||y - x|| of the
+    # branch b = h*f (so h * lip_f_lower <= quotient), confirmed in float64; absent without one
+    lip_f_witness: Witness | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # the pair of block inputs behind growth_lower: the block's quotient there is >= quotient
+    # (absent when growth_lower is 1 - h*lip_f_upper, which holds for every pair, or unknown)
+    growth_witness: Witness | None = field(default=None, metadata=OMIT_WHEN_NONE)
+    # the block over the audit domain (only with a bounded --domain)
+    domain: ResidualDomain | None = field(default=None, metadata=OMIT_WHEN_NONE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResidualDomain:
+    """A residual block over the audit domain D: Lip f restricted to R, the box of the values its
+    input x takes while the model's input ranges over D (interval value ranges, the largest over
+    D's boxes). lip_f_upper is certified when ``certified`` (never above the global Lip f bound);
+    lip_f_lower is a sound lower bound of Lip f on R from ``witness`` (a pair inside R,
+    quotient of the branch h*f as in ResidualBlock.lip_f_witness); cfl = h * lip_f_upper;
+    growth_upper / growth_lower bound the block's Lipschitz constant on R (growth_lower is
+    1 - cfl, or witness.quotient - 1 at the witness pair). None: not known."""
+
+    lip_f_upper: float | None
+    lip_f_lower: float | None
+    cfl: float | None
+    growth_upper: float | None
+    growth_lower: float | None
+    certified: bool
+    witness: Witness | None = field(default=None, metadata=OMIT_WHEN_NONE)
 
 
 @dataclass(frozen=True, kw_only=True)

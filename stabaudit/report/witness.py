@@ -66,6 +66,27 @@ def externalize(
         small, more = _outside(w, file, prefix + "domain_")
         report = replace(report, domain_lipschitz=replace(d, witness=small))
         arrays |= more
+    # the residual blocks' witnesses (pairs of branch inputs): residual<i>_x, residual<i>_domain_x, ...
+    blocks = []
+    for i, b in enumerate(report.residual_blocks):
+        w = b.lip_f_witness
+        if w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+            small, more = _outside(w, file, prefix + f"residual{i}_")
+            b = replace(b, lip_f_witness=small)
+            arrays |= more
+        w = b.growth_witness
+        if w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+            small, more = _outside(w, file, prefix + f"residual{i}_growth_")
+            b = replace(b, growth_witness=small)
+            arrays |= more
+        w = b.domain.witness if b.domain is not None else None
+        if b.domain is not None and w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
+            small, more = _outside(w, file, prefix + f"residual{i}_domain_")
+            b = replace(b, domain=replace(b.domain, witness=small))
+            arrays |= more
+        blocks.append(b)
+    if any(new is not old for new, old in zip(blocks, report.residual_blocks, strict=True)):
+        report = replace(report, residual_blocks=tuple(blocks))
     return report, arrays
 
 

@@ -89,3 +89,10 @@ def test_power_iteration_searches_shed_sweeps_then_steps_when_one_point_does_not
     huge.fwd = 1e12  # nothing fits: the floor of the plan
     assert _shape(huge, 32, 30, 1.0) == (1, 0)
     assert (huge.sweeps, huge.power_iterations) == (0, MIN_POWER_ITERATIONS)
+
+
+def test_residual_branch_budget_is_a_share_split_over_the_blocks():
+    assert plan.residual_branch_budget(10.0, 0) == 0.0
+    assert plan.residual_branch_budget(10.0, 1) == 10.0 * plan.RESIDUAL_SHARE
+    assert plan.residual_branch_budget(10.0, 4) == 10.0 * plan.RESIDUAL_SHARE / 4
+    assert plan.residual_branch_budget(-1.0, 2) == 0.0

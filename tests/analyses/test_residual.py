@@ -136,3 +136,47 @@ def test_sample_resnet_bounds_are_sound(name: str) -> None:
             with torch.no_grad():
                 q = ((f(x) - f(y)).norm(dim=1) / (x - y).norm(dim=1)).max().item()
             assert q <= b.growth_upper
+
+
+def test_branch_search_is_witnessed_and_below_the_upper_bound() -> None:
+    from stabaudit.analyses.residual import branch_graph, branch_lower
+
+    graph = fold_affine(load_model(SAMPLES / "resnet.onnx").graph)
+    bounds = rule_bounds(graph)
+    _, without = _analyse(SAMPLES / "resnet.onnx")
+    result = analyse_residual(graph, bounds, None, seed=0, lower_budget_s=0.05)
+    for plain_block, b in zip(without.blocks, result.blocks, strict=True):
+        assert plain_block.lip_f_lower is None  # no samples, no search: no lower bound
+        assert b.witness is not None and b.lip_f_lower is not None and 0.0 < b.lip_f_lower <= b.lip_f_upper
+        branch = branch_graph(graph, b.match)
+        x, y = np.asarray(b.witness.x), np.asarray(b.witness.y)
+        f = Executor(branch, dtype=torch.float64).flat()
+        with torch.no_grad():
+            q = float((f(torch.from_numpy(y)) - f(torch.from_numpy(x))).norm() / np.linalg.norm(y - x))
+        assert b.h * b.lip_f_lower <= b.witness.value <= q
+        # the same search inside a box of branch inputs keeps its pair in the box
+        lo, hi = x - 0.5, x + 0.5
+        boxed = branch_lower(graph, b.match, bounds, seed=0, budget_s=0.05, boxes=[(lo, hi)])
+        bx, by = np.asarray(boxed.x), np.asarray(boxed.y)
+        assert boxed.value > 0.0 and np.all((lo <= bx) & (bx <= hi) & (lo <= by) & (by <= hi))
+
+
+def test_fold_slack_of_a_merged_map() -> None:
+    # a branch node standing for A with ||A - W|| <= e: the quotient of W loses S * e * 2||u|| per point
+    from stabaudit.analyses.residual import BranchLower, _fold_slack, _with_fold
+
+    w = np.array([[3.0, 0.0], [0.0, 1.0]])
+    e = 1e-3
+    nodes = (
+        Node(name="fc", op=O.Linear(weight=w, error=e), inputs=("x",), output="f"),
+        Node(name="add", op=O.Add(), inputs=("x", "f"), output="y"),
+    )
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=("y",), nodes=nodes).validate())
+    bounds = rule_bounds(graph)
+    branch = Graph(inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=("f",), nodes=nodes[:1],
+                   shapes=dict(graph.shapes))
+    x, y = np.array([1.0, 0.0]), np.array([1.5, 0.0])
+    slack = _fold_slack(branch, bounds, x, y)
+    assert slack == pytest.approx(2 * e * (1.0 + 1.5), rel=1e-9) and slack >= 2 * e * 2.5
+    found = _with_fold(branch, bounds, BranchLower(value=3.0, x=tuple(x), y=tuple(y), method="m"))
+    assert 3.0 - slack / 0.5 * (1 + 1e-9) <= found.value < 3.0 - slack / 0.5 * (1 - 1e-9)

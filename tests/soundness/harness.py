@@ -463,6 +463,26 @@ def residual_problems(report, built: Built, seed: int = 0) -> list[str]:
             problems.append(f"block {b.name}: lip_f_upper {b.lip_f_upper!r} < {branch!r}")
         if b.lip_f_lower is not None and b.lip_f_upper is not None and b.lip_f_lower > b.lip_f_upper:
             problems.append(f"block {b.name}: lip_f_lower > lip_f_upper")
+        w = b.lip_f_witness
+        if w is not None and w.x and len(w.x) == n:
+            # the branch's witness pair recomputed in float64 (its quotient is of h*f, the branch)
+            xw, yw = np.asarray(w.x), np.asarray(w.y)
+            with torch.no_grad():
+                gy = g(torch.from_numpy(yw.reshape(shape))).reshape(-1).double().numpy()
+                gx = g(torch.from_numpy(xw.reshape(shape))).reshape(-1).double().numpy()
+            seen = float(np.linalg.norm(gy - gx) / np.linalg.norm(yw - xw))
+            if w.quotient > seen * (1 + max(built.rel, 1e-9)):
+                problems.append(f"block {b.name}: witness quotient {w.quotient!r} > recomputed {seen!r}")
+        w = b.growth_witness
+        if w is not None and w.x and len(w.x) == n:
+            # the block's witness pair (the whole model is the block)
+            xw, yw = np.asarray(w.x), np.asarray(w.y)
+            with torch.no_grad():
+                fy = f(torch.from_numpy(yw)).reshape(-1).double().numpy()
+                fx = f(torch.from_numpy(xw)).reshape(-1).double().numpy()
+            seen = float(np.linalg.norm(fy - fx) / np.linalg.norm(yw - xw))
+            if w.quotient > seen * (1 + max(built.rel, 1e-9)):
+                problems.append(f"block {b.name}: growth witness {w.quotient!r} > recomputed {seen!r}")
     if not report.residual_blocks:
         problems.append("no residual block found")
     return problems
