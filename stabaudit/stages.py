@@ -670,7 +670,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     whole = ev.lipschitz
     global_upper = whole.upper if whole.certified else None
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
-                          regions={k: (r.x, r.value) for k, r in ev.regions.items()})
+                          regions={k: (r.x, r.value) for k, r in ev.regions.items()}, budget_s=request.budget_s)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
     interval = jacobian_bound(loaded.graph, boxes)
