@@ -714,7 +714,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     global_upper = whole.upper if whole.certified else None
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
                           regions={k: (r.x, r.value) for k, r in ev.regions.items()},
-                          keep=_residual_values(graph))
+                          keep=_residual_values(graph), budget_s=request.budget_s)
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)

@@ -62,6 +62,10 @@ class ChainLMI:
     weights: tuple[np.ndarray, ...]
     slopes: tuple[tuple[float, float], ...]
     errors: tuple[np.ndarray | None, ...] = ()
+    # per-unit slope intervals [a_i, b_i] of each activation (a domain's stable units: [0, 0] or
+    # [1, 1]); empty: every unit of activation k has ``slopes[k]``. The sector constraint of the
+    # LMI is per neuron, so each t_i may take its own (a_i, b_i) (Fazlyab et al., Theorem 2).
+    unit_slopes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.slopes) + 1:
@@ -71,6 +75,20 @@ class ChainLMI:
                 raise ValueError(f"weight shapes {a.shape} and {b.shape} do not chain")
         if not self.errors:
             object.__setattr__(self, "errors", (None,) * len(self.weights))
+        if self.unit_slopes:
+            if len(self.unit_slopes) != len(self.slopes):
+                raise ValueError("one pair of per-unit slope vectors per activation")
+            for (a, b), w in zip(self.unit_slopes, self.weights[:-1], strict=True):
+                if a.shape != (w.shape[0],) or b.shape != (w.shape[0],) or np.any(a > b):
+                    raise ValueError("per-unit slopes: vectors of the activation's width with a <= b")
+
+    def slope_pair(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The slope bounds (a, b) of every unit of activation k (0-based) as vectors."""
+        if self.unit_slopes:
+            return self.unit_slopes[k]
+        n = self.weights[k].shape[0]
+        a, b = self.slopes[k]
+        return np.full(n, float(a)), np.full(n, float(b))
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -103,10 +121,10 @@ def _blocks(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray]) -> tuple[list[n
         else:
             d += np.diag(2.0 * ts[k - 1])  # exact (times 2)
         if k < depth:
-            a, b = lmi.slopes[k]
+            a, b = lmi.slope_pair(k)
             w, dw = ws[k], errs[k]
             p = 2.0 * a * b  # two roundings at most: relative gamma_2
-            if p != 0.0:
+            if np.any(p != 0.0):
                 q = p * ts[k]  # one more rounding
                 quad = w.T @ (q[:, None] * w)  # q w: one rounding, then a dot product of n terms
                 d += quad  # one more rounding of the sum
@@ -129,7 +147,7 @@ def _blocks(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray]) -> tuple[list[n
     off: list[np.ndarray] = []
     off_err: list[np.ndarray] = []
     for k in range(1, depth + 1):
-        a, b = lmi.slopes[k - 1]
+        a, b = lmi.slope_pair(k - 1)
         w, dw = ws[k - 1], errs[k - 1]
         st = (a + b) * ts[k - 1]  # two roundings: relative gamma_2
         o = -(w.T * st[None, :])  # a third: relative gamma_3

@@ -194,10 +194,14 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
     the depth profile's figure), the per-node bounds used); ``ranges_out`` receives the value
     ranges over the box."""
     from stabaudit.analyses.composition import compose
+    from stabaudit.analyses.crown import crown_ranges
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.bounds.ranged import ranged_bound
 
     ranges = value_ranges(graph, box)
+    tight = crown_ranges(graph, box, ranges)  # a ReLU chain: back-substituted, inside the intervals
+    if tight is not None:
+        ranges = {**ranges, **tight}
     if ranges_out is not None:
         ranges_out.update(ranges)
     local: dict[str, OpBound] = {}
@@ -217,10 +221,18 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
 def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *,
                  global_upper: float | None = None,
                  regions: Mapping[str, tuple[str, float]] | None = None,
-                 keep: frozenset[str] = frozenset()) -> DomainResult:
+                 keep: frozenset[str] = frozenset(), budget_s: float = 0.0) -> DomainResult:
     """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module);
-    ``keep``: value names whose ranges and (node outputs) per-node bounds over each box are kept."""
+    ``keep``: value names whose ranges and (node outputs) per-node bounds over each box are kept. A
+    ReLU chain also gets the per-unit slope certificates of ``analyses.domain_chain`` on each box
+    (``budget_s`` shared equally between the boxes), the smaller of the two per box."""
+    from stabaudit.analyses import domain_chain as DC
+    from stabaudit.analyses.plan import DOMAIN_MAX_PATTERNS, domain_pieces
     from stabaudit.bounds.domain import NEEDS_DOMAIN
+
+    dc = DC.domain_chain(graph)
+    chain_used = False
+    chain_notes: list[str] = []
 
     start = time.perf_counter()
     worst = product = 0.0
@@ -236,6 +248,14 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         if keep:
             kept.append(({k: v for k, v in ranges.items() if k in keep},
                          {k: v for k, v in local.items() if k in keep}))
+        if dc is not None:
+            lo, hi = flat_box(graph, box)
+            if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
+                pieces, each = domain_pieces(budget_s / len(boxes.boxes), lo.size)
+                found = DC.bound_over_box(dc, lo, hi, pieces=pieces, budget_s=each, max_patterns=DOMAIN_MAX_PATTERNS)
+                if found.value < value or not ok:
+                    value, ok, chain_used = found.value, True, True
+                    chain_notes.append(f"{found.pieces} piece(s), {found.unstable} of {found.units} units unstable in the worst")
         worst, product = max(worst, value), max(product, layered)
         certified = certified and ok
         for out, ob in local.items():
@@ -247,7 +267,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
                 node_uppers[name] = max(node_uppers.get(name, 0.0), size)
     for name in still:
         node_uppers.pop(name, None)
-    method = METHOD
+    method = METHOD if not chain_used else f"min of {METHOD} and {DC.METHOD}"
     if global_upper is not None and global_upper < worst:
         worst, method = global_upper, "global bound (tighter than the domain composition)"
     return DomainResult(
@@ -258,7 +278,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         resolved=tuple(sorted(needing - still)),
         unresolved=tuple(sorted(needing & still)),
         seconds=time.perf_counter() - start,
-        notes=boxes.notes,
+        notes=boxes.notes + ((f"per-unit slopes over the domain: {chain_notes[-1]}",) if chain_notes else ()),
         kept=tuple(kept),
     )
 
@@ -267,6 +287,7 @@ def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
     """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
     ball around its center (radius rounded up so that the ball holds the box); the largest over
     the boxes, with its method. None for a graph with operators the interval Jacobian lacks."""
+    from stabaudit.analyses.crown import crown_ranges
     from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, local_bounds
     from stabaudit.errors import UnsupportedOperatorError
 
@@ -281,8 +302,11 @@ def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
             return None
         c = (lo + hi) / 2
         r = float(np.nextafter(np.max(np.maximum(hi - c, c - lo)), np.inf))
+        # a ReLU chain: back-substituted ranges over the same ball (x0 -/+ r rounded outward)
+        ball = _split(graph, np.nextafter(c - r, -np.inf)), _split(graph, np.nextafter(c + r, np.inf))
+        known = crown_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]})
         try:
-            found = local_bounds(graph, c[None, :], eps=r, norm="linf")
+            found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known])
         except UnsupportedOperatorError:
             return None
         if not found.upper.certified:

@@ -53,27 +53,33 @@ def _inv_quad(w: np.ndarray, s: np.ndarray) -> np.ndarray | None:
     return (a + a.T) / 2.0
 
 
-def _next_schur(w: np.ndarray, s_prev: np.ndarray, t: np.ndarray, slope: tuple[float, float]) -> np.ndarray | None:
-    """S_k of the module docstring, or None when R_{k-1} or S_k is not positive definite."""
+Slope = tuple[np.ndarray, np.ndarray]  # per-unit slope bounds (a_i, b_i) of one activation
+
+
+def _next_schur(w: np.ndarray, s_prev: np.ndarray, t: np.ndarray, slope: Slope) -> np.ndarray | None:
+    """S_k of the module docstring (per-unit slopes: 2 T A B and (A + B) T in place of the scalar
+    products), or None when R_{k-1} or S_k is not positive definite."""
     a, b = slope
-    r = s_prev + 2.0 * a * b * (w.T @ (t[:, None] * w)) if a * b != 0.0 else s_prev
+    ab = a * b
+    r = s_prev + 2.0 * (w.T @ ((ab * t)[:, None] * w)) if np.any(ab != 0.0) else s_prev
     q = _inv_quad(w, r)
     if q is None:
         return None
-    s = np.diag(2.0 * t) - (a + b) ** 2 * (t[:, None] * q * t[None, :])
+    ct = (a + b) * t
+    s = np.diag(2.0 * t) - ct[:, None] * q * ct[None, :]
     s = (s + s.T) / 2.0
     if np.linalg.eigvalsh(s)[0] <= 0.0:
         return None
     return s
 
 
-def _fast_t(w: np.ndarray, s_prev: np.ndarray, slope: tuple[float, float]) -> np.ndarray | None:
+def _fast_t(w: np.ndarray, s_prev: np.ndarray, slope: Slope) -> np.ndarray | None:
     a, b = slope
     q = _inv_quad(w, s_prev)
     if q is None:
         return None
     amax = float(np.linalg.eigvalsh(q)[-1])
-    ss = (a + b) ** 2
+    ss = float(np.max((a + b) ** 2, initial=0.0))
     t = 1.0 / (ss * amax) if ss > 0.0 and amax > 0.0 else 1.0
     return np.full(w.shape[0], t)
 
@@ -101,8 +107,8 @@ def eclipse_fast(lmi: ChainLMI, *, inflate: float = 1e-9) -> Certificate | None:
 def _eclipse_fast(lmi: ChainLMI, inflate: float) -> Certificate | None:
     s = np.eye(lmi.dims[0])
     ts: list[np.ndarray] = []
-    for k, slope in enumerate(lmi.slopes):
-        w = lmi.weights[k]
+    for k in range(len(lmi.slopes)):
+        w, slope = lmi.weights[k], lmi.slope_pair(k)
         t = _fast_t(w, s, slope)
         if t is None:
             return None
@@ -114,7 +120,7 @@ def _eclipse_fast(lmi: ChainLMI, inflate: float) -> Certificate | None:
     return _finish(lmi, s, ts, inflate)
 
 
-def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tuple[float, float], t0: np.ndarray, budget_s: float) -> np.ndarray:
+def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: Slope, t0: np.ndarray, budget_s: float) -> np.ndarray:
     """max c s.t. S_k(T) >= c W_next^T W_next over diagonal T >= 0, from the feasible scalar t0.
 
     With S_{k-1} = L L^T the congruence diag(L^{-1}, I) turns the per-layer LMI
@@ -127,7 +133,8 @@ def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: tup
 
     lo = scipy.linalg.cholesky(s_prev, lower=True, check_finite=False)
     w_hat = scipy.linalg.solve_triangular(lo, w.T, lower=True, check_finite=False).T  # W L^{-T}
-    sub = ChainLMI(weights=(w_hat, w_next), slopes=(slope,))
+    sub = ChainLMI(weights=(w_hat, w_next), slopes=((float(np.min(slope[0], initial=0.0)), float(np.max(slope[1], initial=0.0))),),
+                   unit_slopes=(slope,))
     pr = chain_problem(sub)
     # a strictly feasible start: the scalar t0 with S_k(t0) > 0 and rho above c(t0)^{-1}
     s1 = _next_schur(w, s_prev, t0, slope)
@@ -159,8 +166,8 @@ def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | No
     ts: list[np.ndarray] = []
     notes: list[str] = []
     depth = len(lmi.slopes)
-    for k, slope in enumerate(lmi.slopes):
-        w = lmi.weights[k]
+    for k in range(depth):
+        w, slope = lmi.weights[k], lmi.slope_pair(k)
         t0 = _fast_t(w, s, slope)
         if t0 is None:
             return None

@@ -30,14 +30,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stabaudit.bounds.base import Bound, BoundSettings, Guarantee, OpBound, RuleContext
+from stabaudit.bounds.base import Bound, BoundSettings, Guarantee, Interval, OpBound, RuleContext
 from stabaudit.bounds.numerics import EPS, TINY, spectral_norm_dense
 from stabaudit.errors import UnsupportedOperatorError, UsageError
 from stabaudit.ir import ops as O
@@ -484,12 +484,14 @@ def _static_bounds(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[
 def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "linf",
                  max_jacobian_entries: int = MAX_JACOBIAN_ENTRIES,
                  op_bounds: Mapping[str, OpBound] | None = None,
-                 max_vertex_work: int = MAX_VERTEX_WORK) -> LocalResult:
+                 max_vertex_work: int = MAX_VERTEX_WORK,
+                 known: Sequence[Mapping[str, Interval] | None] | None = None) -> LocalResult:
     """Certified local Lipschitz bounds (L2 -> L2) of ``graph`` over the ``norm``-ball of radius
     ``eps`` around each sample (``samples``: [N, ...] with prod(...) = the stacked input size).
 
     ``op_bounds``: the global per-operator bounds already computed (keyed by node output, as for
-    ``compose``); the non-activation ones are reused by the local-product fallback.
+    ``compose``); the non-activation ones are reused by the local-product fallback. ``known``: per
+    sample, enclosures of values over its linf box (x0 -/+ eps rounded outward) to intersect in.
     """
 
     from stabaudit.analyses.composition import compose
@@ -531,7 +533,7 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
     for index, x0 in enumerate(x):
         t0 = time.perf_counter()
         results.append(_one_sample(graph, shapes, fwd, parts, static, x0, sizes, radius, use_jac, index, compose, l2_rows,
-                                   norm_e is Norm.L2, max_vertex_work))
+                                   norm_e is Norm.L2, max_vertex_work, known[index] if known is not None else None))
         results[-1] = dataclasses.replace(results[-1], seconds=time.perf_counter() - t0)
     top = max(r.upper for r in results)
     methods = sorted({r.method for r in results})
@@ -552,7 +554,8 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                l2_rows: Mapping[str, torch.Tensor],
                point: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None, l2: bool,
                ranges: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
-               vertex: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> _Envs:
+               vertex: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               known: Mapping[str, Interval] | None = None) -> _Envs:
     """IBP (and the interval Jacobian when ``use_jac``) over the box x0 +- radius.
 
     With ``point`` (enclosures of every value at x0) each range is intersected with its mean-value
@@ -561,6 +564,8 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
     <= radius * ||row||_2 (l2; Cauchy-Schwarz).
     With ``ranges`` (the enclosures of an earlier run) those replace the computed ones, and with
     ``vertex`` (activation output -> (mask, slope)) the masked units' slopes are fixed at ``slope``.
+    ``known``: enclosures of values over the same box from elsewhere (``analyses.crown``), each
+    intersected into its computed range (an intersection of enclosures is one).
     """
     import torch
 
@@ -668,6 +673,11 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                 p_lo, p_hi = point[out]
                 lo_env[out] = torch.maximum(lo_env[out], _down(p_lo - rad))
                 hi_env[out] = torch.minimum(hi_env[out], _up_t(p_hi + rad))
+            if ranges is None and known is not None and out in known:
+                k_lo = torch.from_numpy(np.asarray(known[out].lo, dtype=np.float64)).reshape(lo_env[out].shape)
+                k_hi = torch.from_numpy(np.asarray(known[out].hi, dtype=np.float64)).reshape(hi_env[out].shape)
+                lo_env[out] = torch.maximum(lo_env[out], k_lo)
+                hi_env[out] = torch.minimum(hi_env[out], k_hi)
     return _Envs(lo=lo_env, hi=hi_env, jc=jc_env, jr=jr_env, counts=counts, act_bounds=act_bounds, slopes=slope_env)
 
 
@@ -756,7 +766,8 @@ def _one_sample(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mappin
                 parts: Mapping[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]],
                 static: Mapping[str, OpBound], x0: np.ndarray, sizes: list[int], radius: float,
                 use_jac: bool, index: int, compose: Callable[..., object],
-                l2_rows: Mapping[str, torch.Tensor], l2: bool, max_vertex_work: int) -> SampleBound:
+                l2_rows: Mapping[str, torch.Tensor], l2: bool, max_vertex_work: int,
+                known: Mapping[str, Interval] | None = None) -> SampleBound:
     import torch
 
     n_in = int(sum(sizes))
@@ -765,7 +776,7 @@ def _one_sample(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mappin
         # certified enclosures of every value AT x0 (IBP of the point), for the mean-value form
         p = _propagate(graph, shapes, fwd, parts, x0, sizes, 0.0, False, {}, None, False)
         point = {name: (p.lo[name], p.hi[name]) for name in p.lo}
-    e = _propagate(graph, shapes, fwd, parts, x0, sizes, radius, use_jac, l2_rows, point, l2)
+    e = _propagate(graph, shapes, fwd, parts, x0, sizes, radius, use_jac, l2_rows, point, l2, known=known)
     jc_env, jr_env, counts, act_bounds, slope_env = e.jc, e.jr, e.counts, e.act_bounds, e.slopes
     with torch.no_grad():
         candidates: dict[str, float] = {}

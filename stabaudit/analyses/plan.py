@@ -35,6 +35,14 @@ NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed pa
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
 BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
+# ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
+# DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
+# up to DOMAIN_MAX_PATTERNS activation patterns, the interval Jacobian); an unsplit box spends its
+# share on LipSDP-Neuron steps (newton_steps). The box is bisected only when the input has at most
+# DOMAIN_SPLIT_MAX_INPUTS entries.
+DOMAIN_PIECE_S = 0.05
+DOMAIN_SPLIT_MAX_INPUTS = 16
+DOMAIN_MAX_PATTERNS = 4096
 # The lower-bound search keeps its smallest useful plan (32 starts, 30 rounds) beyond the budget
 # up to max(SMALLEST_PLAN_FACTOR * budget, budget + SMALLEST_PLAN_SLACK_S) planned seconds (the
 # time limit the search once had on the clock, now counted work); larger networks get fewer
@@ -65,6 +73,14 @@ def newton_steps(size: int, t_size: int, budget_s: float) -> int:
         return 0
     cost = NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / NEWTON_FLOPS_PER_S
     return max(1, int(budget_s / cost))
+
+
+def domain_pieces(share_s: float, inputs: int) -> tuple[int, float]:
+    """(the pieces a box's ``share_s`` of the budget buys, the LipSDP budget of each piece)."""
+    share = max(float(share_s), 0.0)
+    if inputs > DOMAIN_SPLIT_MAX_INPUTS:
+        return 1, share
+    return max(1, int(share / DOMAIN_PIECE_S)), min(share, DOMAIN_PIECE_S)
 
 
 def bb_nodes(budget_s: float) -> int:

@@ -43,8 +43,8 @@ class _Group:
     e_at: int
     w_lo: int
     w: np.ndarray
-    s: float  # a + b
-    p: float  # 2 a b
+    s: np.ndarray  # a + b per unit
+    p: np.ndarray  # 2 a b per unit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,9 +71,9 @@ def _assemble(pr: _Problem, z0: float, t: np.ndarray) -> np.ndarray:
         e = slice(g.e_at, g.e_at + n)
         wl = slice(g.w_lo, g.w_lo + nw)
         p[e, e] += np.diag(2.0 * tg)
-        if g.p != 0.0:
-            p[wl, wl] += g.p * (g.w.T @ (tg[:, None] * g.w))
-        o = -g.s * (g.w.T * tg[None, :])
+        if np.any(g.p != 0.0):
+            p[wl, wl] += g.w.T @ ((g.p * tg)[:, None] * g.w)
+        o = -(g.w.T * (g.s * tg)[None, :])
         p[wl, e] += o
         p[e, wl] += o.T
     return p
@@ -123,8 +123,8 @@ def _derivatives(pr: _Problem, r: np.ndarray, t: np.ndarray, tau: float) -> tupl
     gwe = wrows(ye)
     gww = wrows(yw)
     blocks = {("e", "e"): gee, ("w", "e"): gwe, ("e", "w"): gwe.T, ("w", "w"): gww}
-    s = np.concatenate([np.full(g.w.shape[0], g.s) for g in pr.groups])
-    pp = np.concatenate([np.full(g.w.shape[0], g.p) for g in pr.groups])
+    s = np.concatenate([g.s for g in pr.groups])
+    pp = np.concatenate([g.p for g in pr.groups])
     c = {("e", "e"): np.full(m, 2.0), ("e", "w"): -s, ("w", "e"): -s, ("w", "w"): pp}
     keys = ("e", "w")
     # tr(P^{-1} A_i) = sum_ab C_i[a, b] G_{b a}[i, i]
@@ -304,7 +304,7 @@ def pow2_scaled(lmi: ChainLMI) -> tuple[ChainLMI, int]:
         ws.append(sw)
         errs.append(serr)
         total += e
-    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs)), total
+    return ChainLMI(weights=tuple(ws), slopes=lmi.slopes, errors=tuple(errs), unit_slopes=lmi.unit_slopes), total
 
 
 def _reduce_input(w0: np.ndarray) -> np.ndarray:
@@ -331,7 +331,7 @@ def chain_problem(lmi: ChainLMI, *, reduce: bool = True) -> _Problem:
     f0[offs[depth] :, offs[depth] :] = -(wl.T @ wl)
     groups = []
     for k in range(1, depth + 1):
-        a, b = lmi.slopes[k - 1]
+        a, b = lmi.slope_pair(k - 1)
         groups.append(_Group(e_at=int(offs[k]), w_lo=int(offs[k - 1]), w=ws[k - 1], s=a + b, p=2.0 * a * b))
     return _Problem(size=size, f0=f0, a0_lo=0, a0=np.eye(dims[0]), groups=tuple(groups), obj=1.0)
 
