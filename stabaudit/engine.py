@@ -375,18 +375,6 @@ def stop_of(exc: BaseException, request: AuditRequest, run: StageRun) -> Stopped
     return Stopped(reason=reason, stage=stage, message=message, seconds=seconds, completed=run.completed)
 
 
-def analyse(
-    request: AuditRequest, observer: Observer | None, memory_budget: int, sha256: str | None
-) -> Analysis:
-    """The analysis stage: every stage (``run_stages``), then their evidence as an Analysis;
-    ``sha256`` of the model file when the caller already read it (cache key)."""
-    from stabaudit.stages import AnalysisState
-
-    run = StageRun(AnalysisState(memory_budget=memory_budget, reproducible=report_timestamp()[1]))
-    run_stages(request, run, observer)
-    return _analysis(request, run.state, sha256, None)
-
-
 _NOT_REACHED = "not computed: the audit stopped before this stage"
 
 

@@ -1,9 +1,9 @@
-"""The analysis pipeline: the named stages that ``engine.analyse`` runs in order (``STAGES``).
+"""The analysis pipeline: the named stages that ``engine.run_stages`` runs in order (``STAGES``).
 
 Each stage is a function ``(request, evidence) -> None``: it reads the request and the fields of
 the ``AnalysisState`` written by the stages before it, and writes its own fields. ``Stage`` adds
 the observer's line as it starts, the key of its seconds in the analysis' timings, and whether it
-runs (``when``). engine.analyse runs the list, then turns the final state into the cached
+runs (``when``). engine.audit runs the list (run_stages), then turns the final state into the cached
 ``Analysis``. A new stage is a function here calling its analysis module, the fields it writes on
 AnalysisState, and one line in STAGES.
 
@@ -86,7 +86,7 @@ class AnalysisState:
     read by the later ones; until its stage ran it is unset (AttributeError), except the fields of
     the stages that may not run, which are None until then."""
 
-    # the run (engine.analyse)
+    # the run (engine.run_stages)
     memory_budget: int  # bytes
     reproducible: bool  # SOURCE_DATE_EPOCH is set: seconds are reported as 0
     timings: dict[str, float]  # seconds per stage, by timing key
@@ -417,7 +417,7 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
     graph = merge_linear_maps(fold_affine(loaded.graph))
     # what the analyses plan: each stage is checked against what remains of the budget as it
-    # starts (engine.analyse), so that a stage too large stops the audit with the evidence so far
+    # starts (engine.run_stages), so that a stage too large stops the audit with the evidence so far
     ev.loaded, ev.graph, ev.memory_plan = loaded, graph, analysis_memory_plan(graph)
 
 

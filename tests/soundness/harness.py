@@ -274,7 +274,7 @@ def audit(built: Built, **options: object):  # -> Report
 
 
 def loaded_and_folded(built: Built) -> tuple[Graph, Graph]:
-    """The graph as loaded, and the one whose nodes are the report's layers (as engine.analyse
+    """The graph as loaded, and the one whose nodes are the report's layers (as engine.run_stages
     builds it: affine maps folded, adjacent linear maps merged). A TorchScript file loads in this
     process: the same graph as load_model's isolated load (tests/loaders/test_ts_child.py), without
     a second child process per case."""

@@ -44,13 +44,13 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     model = _gemm(tmp_path / "diag.onnx")
     cache = AnalysisCache(tmp_path / "cache", secret_path=tmp_path / "config" / "cache.key")
     calls: list[AuditRequest] = []
-    real = engine.analyse
+    real = engine.run_stages
 
     def counted(request, *args, **kwargs):
         calls.append(request)
         return real(request, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "analyse", counted)
+    monkeypatch.setattr(engine, "run_stages", counted)
     request = AuditRequest(path=model, method="product", lower_budget_s=0.2)
     return request, cache, calls
 
