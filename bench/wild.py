@@ -29,6 +29,19 @@ SHAPES: dict[str, list[str]] = {
     "oww_melspectrogram.onnx": ["--input-shape", "1,16000"],
 }
 
+# the domain a user declares for the models whose operators need one (products of activations,
+# Log, Pow, attention, recurrent gates): pixels and audio in their range, embeddings +- 0.05
+DOMAINS: dict[str, list[str]] = {
+    "arabic_romanizer_encoder.onnx": ["--domain", "margin:0.05"],
+    "captcha_crnn.onnx": ["--domain", "0,1"],
+    "imgfocus_vit_s.onnx": ["--domain", "0,1"],
+    "magika_standard_v3_3.onnx": ["--domain", "margin:0.05"],
+    "minilm_l6_int8.onnx": ["--domain", "margin:0.05"],
+    "nudenet_320n.onnx": ["--domain", "0,1"],
+    "oww_hey_mycroft.onnx": ["--domain", "-10,10"],
+    "oww_melspectrogram.onnx": ["--domain", "-1,1"],
+}
+
 
 def source_ops(path: Path) -> str:
     import onnx
@@ -43,7 +56,8 @@ def row(path: Path, budget: float, timeout: float) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, "-m", "stabaudit", "check", str(path), "--budget", str(budget),
-               "--timeout", str(timeout), "--no-cache", "--quiet", "-o", str(out), *SHAPES.get(name, [])]
+               "--timeout", str(timeout), "--no-cache", "--quiet", "-o", str(out), *SHAPES.get(name, []),
+               *DOMAINS.get(name, [])]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
@@ -54,10 +68,15 @@ def row(path: Path, budget: float, timeout: float) -> str:
         lo, up = lip.get("lower"), lip.get("upper")
         fmt = lambda v: "none" if v is None else f"{v:.4g}"  # noqa: E731
         bracket = f"[{fmt(lo)}, {fmt(up)}]"
+        dom = report.get("domain_lipschitz")
+        if dom:
+            where = (dom.get("domain") or {}).get("description", "the domain")
+            bracket += f"; over {where}: [{fmt(dom.get('lower'))}, {fmt(dom.get('upper'))}]"
     if proc.returncode >= 2:
         reason = (proc.stderr.strip().splitlines() or ["?"])[0].replace("|", "/")
         reason = reason.replace(str(path), name)
-        bracket = reason[:160]
+        incomplete = report is not None and report.get("complete") is False
+        bracket = f"{bracket} (incomplete: {reason[:120]})" if incomplete else reason[:160]
     return f"| {name} | {source_ops(path)} | {proc.returncode} | {bracket} | {seconds:.1f} |"
 
 
