@@ -237,6 +237,25 @@ class ForwardErrorModel:
 
             return rule
 
+        def bell(half: bool) -> Callable[..., torch.Tensor]:
+            # tanh' = sech^2 and sigmoid'(t) = sech^2(t / 2) / 4 decrease in |t|: on the segment
+            # between the computed input x_hat and the exact one (|x - x_hat| <= e) the slope is at
+            # most that at m = max(|x_hat| - e, 0). sech^2 = 1 / cosh^2 is computed with a relative
+            # error of a few u (cosh overflowing to inf gives 0, below the true 1e-300-size slope,
+            # hence the absolute floor) and widened by 1e-12 relative; never above the global slope.
+            top = 0.25 if half else 1.0
+
+            def rule(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+                x, e = xs[0], es[0]
+                m = torch.clamp(x.abs() - e, min=0.0)
+                with np.errstate(over="ignore"):
+                    c = torch.cosh(m / 2.0 if half else m)
+                slope = torch.clamp(top / (c * c) * (1.0 + 1e-12) + _TINY, max=top)
+                slope = torch.where(torch.isfinite(e), slope, top)
+                return slope * e + 64 * U * (x.abs() + y.abs() + 1.0)
+
+            return rule
+
         match op:
             case O.Linear() | O.Conv() | O.ConvTranspose():
                 w = np.abs(np.asarray(op.weight, dtype=np.float64))
@@ -339,8 +358,10 @@ class ForwardErrorModel:
                 c = float(np.max(np.abs(np.asarray(slope, dtype=np.float64)), initial=1.0))
                 return lambda xs, es, y: c * es[0] + 2 * U * y.abs()
             case O.Sigmoid():
-                return smooth(0.25)
-            case O.Tanh() | O.Softplus():
+                return bell(half=True)
+            case O.Tanh():
+                return bell(half=False)
+            case O.Softplus():
                 return smooth(1.0)
             case O.Elu(alpha=alpha):
                 return smooth(max(1.0, abs(alpha)), max(1.0, abs(alpha)))
