@@ -337,7 +337,8 @@ def _samples_evidence(
         count=int(samples.shape[0]),
         source=source,
         activations=activation_units(graph, samples, eps=request.eps),
-        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed),
+        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed,
+                                         budget_s=request.lower_budget_s),
     )
 
 

@@ -110,9 +110,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
 
     from stabaudit.analyses.lower import (
         ForwardErrorModel,
-        _macs,
         confirm_quotient,
         error_sensitivities,
+        forward_macs,
     )
     from stabaudit.ir.executor import Executor, with_shapes
 
@@ -122,7 +122,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
-    work = plan(_macs(graph, shapes), budget_s, len(boxes.search), n_in)
+    work = plan(forward_macs(graph, shapes), budget_s, len(boxes.search), n_in)
     points, rounds, proposals = work.points, work.rounds, work.proposals
     gen = torch.Generator().manual_seed(int(seed))
     best, best_x, best_y, best_box = 0.0, None, None, 0

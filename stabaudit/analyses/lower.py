@@ -648,7 +648,7 @@ def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor,
 
 
 # ---- the search ---------------------------------------------------------------------------------
-def _macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
+def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
     """Multiply-accumulates of one forward pass (plus one per value element): the cost model."""
     total = 0.0
     for node in graph.nodes:
@@ -682,7 +682,7 @@ class _Search:
         self.full = k <= _FULL_JACOBIAN_MAX
         self.power_iterations = POWER_ITERATIONS
         self.sweeps = POWER_SWEEPS  # warm-started sweeps at the best points before confirmation
-        self.fwd = _macs(graph, shapes)
+        self.fwd = forward_macs(graph, shapes)
         values = sum(float(np.prod(s)) for s in shapes.values())
         # keep one batched call's memory modest: the per-point work tensors times the batch
         per_point = values * 8.0 * (k + 2 if self.full else 4)

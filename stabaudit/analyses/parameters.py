@@ -17,9 +17,11 @@ and L2 on the stacked outputs,
   relative 1e-9 for the rounding of the forward pass. The bound is therefore "at the samples":
   it holds at every sample (and for every Clarke element there), not over a whole domain.
 The measured value is the exact norm ||d vec(F) / d vec(W_l)||_2 by autograd at each sample
-(full Jacobian for at most MAX_EXACT_ROWS outputs; above, power iteration on J J^T, a value from
-below), the max over the first MAX_MEASURED_SAMPLES samples: a sound lower value of the
-sensitivity at the samples.
+(full Jacobian for at most MAX_EXACT_ROWS outputs; above, ||J_l^T u|| for one seeded unit u shared
+by every layer, then power iteration on J_l J_l^T, values from below), the max over the first
+samples: a sound lower value of the sensitivity at the samples. The reverse passes this takes are
+planned from the budget (analyses.plan.reverse_passes): at most MAX_MEASURED_SAMPLES samples, fewer
+when the budget does not buy them, then fewer power iterations (none: the shared probe only).
 W_l is the layer's effective weight (eval BatchNorm folded), as in the report's layers.
 """
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 MARGIN = 1e-9  # relative widening of the measured input norms (float64 forward rounding)
 MAX_EXACT_ROWS = 64  # outputs up to which the Jacobian is formed in full
 POWER_ITERATIONS = 30
+MIN_POWER_ITERATIONS = 8  # fewer samples are measured before the iterations drop below this
 MAX_MEASURED_SAMPLES = 16  # autograd runs on the first samples only (the bound uses all)
 
 
@@ -65,6 +68,8 @@ class ParameterResult:
     samples: int  # samples the bound is taken over
     measured_samples: int  # samples autograd ran on (the first ones)
     layers: tuple[LayerSensitivity, ...]
+    # power iterations per layer and sample (None: the full Jacobian; 0: the shared probe only)
+    power_iterations: int | None = None
 
 
 def _up(x: float) -> float:
@@ -105,7 +110,7 @@ def _spectral(rows: list[np.ndarray]) -> float:
     return float(math.sqrt(max(float(np.linalg.eigvalsh(jac @ jac.T)[-1]), 0.0)))
 
 
-def _power_norm(y: torch.Tensor, w: torch.Tensor, seed: int) -> float:
+def _power_norm(y: torch.Tensor, w: torch.Tensor, seed: int, iterations: int = POWER_ITERATIONS) -> float:
     """||d y / d w||_2 from below: power iteration on J J^T, each iterate ||J^T u|| with |u| = 1
     (J v by the double-backward trick: J^T u is linear in u, its gradient in u against v is J v)."""
     import torch
@@ -115,7 +120,7 @@ def _power_norm(y: torch.Tensor, w: torch.Tensor, seed: int) -> float:
     (jt_probe,) = torch.autograd.grad(y, w, grad_outputs=probe, create_graph=True)
     u = torch.from_numpy(np.random.default_rng(seed).standard_normal(m))
     best = 0.0
-    for _ in range(POWER_ITERATIONS):
+    for _ in range(iterations):
         u = u / torch.linalg.vector_norm(u)
         (g,) = torch.autograd.grad(y, w, grad_outputs=u, retain_graph=True)
         best = max(best, float(torch.linalg.vector_norm(g)))
@@ -125,8 +130,26 @@ def _power_norm(y: torch.Tensor, w: torch.Tensor, seed: int) -> float:
     return best
 
 
-def _measured(graph: Graph, layers: list[Node], samples: np.ndarray, seed: int) -> dict[str, float]:
-    """max over the samples of ||d vec(F) / d vec(W_l)||_2 for every layer, by autograd."""
+def measurement_plan(passes: int, outputs: int, layers: int, available: int) -> tuple[int, int | None]:
+    """(samples, power iterations) that ``passes`` reverse passes buy: the full Jacobian costs
+    ``outputs`` passes a sample (iterations None); power iteration costs one shared probe and
+    1 + 2 k passes per layer a sample. At least one sample whatever the passes."""
+    available = max(int(available), 0)
+    if available == 0:
+        return 0, None
+    if outputs <= MAX_EXACT_ROWS:
+        return min(available, max(1, passes // max(outputs, 1))), None
+    layers = max(int(layers), 1)
+    samples = min(available, max(1, passes // (1 + layers * (1 + 2 * MIN_POWER_ITERATIONS))))
+    per_layer = (passes // samples - 1) // layers
+    return samples, min(POWER_ITERATIONS, max(0, (per_layer - 1) // 2))
+
+
+def _measured(
+    graph: Graph, layers: list[Node], samples: np.ndarray, seed: int, iterations: int | None
+) -> dict[str, float]:
+    """max over the samples of ||d vec(F) / d vec(W_l)||_2 for every layer, by autograd (from
+    below: ``iterations`` power iterations after a shared probe, or the full Jacobian if None)."""
     import torch
 
     leaves: dict[int, torch.Tensor] = {}
@@ -161,8 +184,20 @@ def _measured(graph: Graph, layers: list[Node], samples: np.ndarray, seed: int) 
             for node in layers:
                 best[node.name] = max(best[node.name], _spectral(rows[node.name]))
         else:
-            for node in layers:
-                best[node.name] = max(best[node.name], _power_norm(y, leaf_of[node.name], seed))
+            # one reverse pass with a seeded unit u: ||J_l^T u|| <= ||J_l|| for every layer at once
+            u = torch.from_numpy(np.random.default_rng(seed + 1).standard_normal(int(y.numel())))
+            u = u / torch.linalg.vector_norm(u)
+            grads = torch.autograd.grad(
+                y, [leaf_of[n.name] for n in layers], grad_outputs=u, retain_graph=True, allow_unused=True
+            )
+            for node, g in zip(layers, grads, strict=True):
+                if g is not None:
+                    best[node.name] = max(best[node.name], float(torch.linalg.vector_norm(g)))
+            if iterations:
+                for node in layers:
+                    check_deadline()
+                    norm = _power_norm(y, leaf_of[node.name], seed, iterations)
+                    best[node.name] = max(best[node.name], norm)
     return best
 
 
@@ -173,10 +208,14 @@ def parameter_sensitivity(
     *,
     seed: int = 0,
     max_measured: int = MAX_MEASURED_SAMPLES,
+    budget_s: float = 10.0,
 ) -> ParameterResult:
     """SA401's per-layer certified bound (at the samples) and autograd value, for every linear
-    and conv layer of ``graph`` (with shapes; ``op_bounds`` keyed by node output, as for compose)."""
+    and conv layer of ``graph`` (with shapes; ``op_bounds`` keyed by node output, as for compose);
+    the autograd measurement planned with ``budget_s`` (analyses.plan.PARAMETER_SHARE of it)."""
+    from stabaudit.analyses import plan
     from stabaudit.analyses.composition import output_sensitivities
+    from stabaudit.analyses.lower import forward_macs
 
     layers = [node for node in graph.nodes if node.op.type in O.LINEAR_MAPS]
     norms = {node.name: 0.0 for node in layers}
@@ -188,8 +227,12 @@ def parameter_sensitivity(
                 x = env[node.inputs[0]].reshape(-1).numpy()
                 norms[node.name] = max(norms[node.name], float(np.linalg.norm(x)))
     sens = output_sensitivities(graph, op_bounds)
-    head = np.asarray(samples)[:max_measured]
-    measured = _measured(graph, layers, head, seed) if layers else {}
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    outputs = sum(int(np.prod(shapes[name])) for name in graph.outputs)
+    passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, forward_macs(graph, shapes))
+    count, iterations = measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
+    head = np.asarray(samples)[:count]
+    measured = _measured(graph, layers, head, seed, iterations) if layers else {}
     out = []
     for node in layers:
         input_norm = _up(norms[node.name] * (1.0 + MARGIN))
@@ -208,4 +251,5 @@ def parameter_sensitivity(
                 factor=factor,
             )
         )
-    return ParameterResult(samples=n, measured_samples=int(head.shape[0]) if layers else 0, layers=tuple(out))
+    return ParameterResult(samples=n, measured_samples=int(head.shape[0]) if layers else 0, layers=tuple(out),
+                           power_iterations=iterations if layers else None)

@@ -12,7 +12,7 @@ thread, CPU time of the process after warm-up; docs/benchmarks.md "Cost model" h
 The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s of CPU there.
 
 - lower-bound search (analyses.lower): ``LOWER_MACS_PER_S`` multiply-accumulates of the graph's
-  forward pass (``lower._macs``, from the shapes) per budget second, plus ``LOWER_CALL_MACS`` per
+  forward pass (``lower.forward_macs``, from the shapes) per budget second, plus ``LOWER_CALL_MACS`` per
   batched call (dispatch: vmap, autograd). Measured at --budget 1 / 2: sample MLP 0.61 / 0.94 s,
   sample CNN 0.73 / 1.35 s, sample ResNet 0.37 / 0.51 s, ACAS Xu N(1,1) 0.36 / 0.60 s.
 - LipSDP / ECLipsE Newton steps (analyses.sdp, analyses.layerwise): a step is planned at
@@ -23,6 +23,9 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
   split over the blocks, planned by the same cost models (analyses.lower, analyses.domain_lower);
   measured on the sample ResNet at the default --budget: +1.6 s of CPU without a domain (5.6 s ->
   7.2 s), +7 s over the box [0, 1] (41 s -> 48 s).
+- SA401's measured parameter sensitivities (analyses.parameters): ``PARAMETER_SHARE`` of the
+  lower-bound budget in reverse passes of ``PASS_FORWARDS`` forward passes each; first fewer samples,
+  then fewer power iterations per layer.
 - exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
   measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
 """
@@ -52,6 +55,12 @@ SMALLEST_PLAN_SLACK_S = 20.0
 # The residual blocks' own lower-bound searches (analyses.residual.branch_lower) share this part of
 # the lower-bound budget, split evenly over the blocks (and again over the audit domain, if any).
 RESIDUAL_SHARE = 0.1
+# SA401's measured values (analyses.parameters): reverse passes through the graph, each planned at
+# PASS_FORWARDS forward passes of LOWER_MACS_PER_S units (backward and the double-backward step of
+# the power iteration), bought with PARAMETER_SHARE of the lower-bound budget; the smallest plan
+# (one sample, one shared pass: ||J_l^T u|| of every layer for one unit u) is always run.
+PARAMETER_SHARE = 0.25
+PASS_FORWARDS = 3.0
 
 
 def lower_units(budget_s: float) -> float:
@@ -94,3 +103,10 @@ def residual_branch_budget(budget_s: float, blocks: int) -> float:
     if blocks <= 0:
         return 0.0
     return max(float(budget_s), 0.0) * RESIDUAL_SHARE / blocks
+
+
+def reverse_passes(budget_s: float, forward_macs: float) -> int:
+    """The reverse-mode passes (autograd backward calls) that ``budget_s`` planned seconds buy on
+    a graph whose forward pass costs ``forward_macs`` (at least one)."""
+    cost = PASS_FORWARDS * max(float(forward_macs), 1.0) + LOWER_CALL_MACS
+    return max(1, int(max(float(budget_s), 0.0) * LOWER_MACS_PER_S / cost))

@@ -42,6 +42,7 @@ def parameters_sensitivity(ev: Evidence, ctx: CheckContext) -> Finding:
     value = {
         "samples": params.samples,
         "measured_samples": params.measured_samples,
+        "power_iterations": params.power_iterations,
         "layers": {
             layer.layer: {"bound": layer.bound, "measured": layer.measured} for layer in params.layers
         },

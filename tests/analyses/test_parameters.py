@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from stabaudit.analyses.composition import rule_bounds
-from stabaudit.analyses.parameters import parameter_sensitivity, weight_factor
+from stabaudit.analyses.parameters import (
+    MAX_MEASURED_SAMPLES,
+    POWER_ITERATIONS,
+    measurement_plan,
+    parameter_sensitivity,
+    weight_factor,
+)
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
@@ -115,3 +121,36 @@ def test_conv_bound_holds_and_factor_counts_patches():
     for layer in result.layers:
         assert layer.bound is not None and layer.bound >= layer.measured > 0
     assert math.isfinite(result.layers[0].downstream)
+
+
+def test_measurement_plan_counts_reverse_passes():
+    """Full Jacobians cost one pass per output and sample; power iteration one shared probe and
+    1 + 2 k passes per layer and sample; fewer samples first, then fewer iterations, one sample
+    always."""
+    assert measurement_plan(10_000, 10, 3, 16) == (16, None)
+    assert measurement_plan(35, 10, 3, 16) == (3, None)
+    assert measurement_plan(0, 10, 3, 16) == (1, None)
+    # 4 layers: a sample at 8 iterations costs 1 + 4 * 17 = 69 passes
+    assert measurement_plan(100_000, 100, 4, 16) == (16, POWER_ITERATIONS)
+    assert measurement_plan(69 * 5, 100, 4, 16) == (5, 8)
+    assert measurement_plan(68, 100, 4, 16) == (1, 7)  # (68 - 1) // 4 = 16 per layer: 7 iterations
+    assert measurement_plan(4, 100, 4, 16) == (1, 0)  # the shared probe only
+    assert measurement_plan(5, 100, 4, 0) == (0, None)
+
+
+def test_a_starved_budget_measures_less_and_stays_below_the_bound():
+    """At a budget that buys one reverse pass, one sample is measured with the shared probe only:
+    a smaller value, still a lower value of the exact norm and below the certified bound."""
+    g = mlp([6, 90, 70], seed=3, act=O.Tanh)  # 70 outputs: power iteration
+    samples = np.random.default_rng(1).standard_normal((5, 6))
+    full = parameter_sensitivity(g, rule_bounds(g), samples)
+    starved = parameter_sensitivity(g, rule_bounds(g), samples, budget_s=0.0)
+    assert (full.measured_samples, full.power_iterations) == (5, POWER_ITERATIONS)
+    assert (starved.measured_samples, starved.power_iterations) == (1, 0)
+    assert MAX_MEASURED_SAMPLES >= 5
+    for a, b in zip(full.layers, starved.layers, strict=True):
+        exact = brute_jacobian_norm(g, a.layer, samples[0]) if a.layer == "fc1" else None
+        assert 0.0 < b.measured <= a.measured * (1 + 1e-9) <= a.bound
+        if exact is not None:
+            assert b.measured <= exact * (1 + 1e-6)
+            assert a.measured >= exact * (1 - 1e-6)
