@@ -278,7 +278,10 @@ def _residual_evidence(
     from stabaudit.ir.patterns import find_residual_blocks
 
     budget = residual_branch_budget(request.lower_budget_s, len(find_residual_blocks(graph)))
-    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole, lower_budget_s=budget)
+    if samples is not None:
+        samples = samples[:_planned_samples(graph, int(samples.shape[0]), request)]
+    return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole, lower_budget_s=budget,
+                             points_budget_s=budget)
 
 
 def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | None, SampleInfo | None]:
@@ -325,16 +328,28 @@ def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | 
     )
 
 
+def _planned_samples(graph: Graph, available: int, request: AuditRequest) -> int:
+    """How many of the samples the float64 sample channels evaluate (analyses.plan.sample_count)."""
+    from stabaudit.analyses.lower import forward_macs
+    from stabaudit.analyses.plan import sample_count
+
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    return sample_count(request.lower_budget_s, forward_macs(graph, shapes), available)
+
+
 def _samples_evidence(
     graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest
 ) -> SampleEvidence:
-    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples."""
+    """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples (the first
+    ones the budget plans: analyses.plan.sample_count; the results state how many)."""
     from stabaudit.analyses.activations import activation_units
     from stabaudit.analyses.parameters import parameter_sensitivity
     from stabaudit.analyses.samples import SampleEvidence
 
+    count = int(samples.shape[0])
+    samples = samples[:_planned_samples(graph, count, request)]
     return SampleEvidence(
-        count=int(samples.shape[0]),
+        count=count,
         source=source,
         activations=activation_units(graph, samples, eps=request.eps),
         parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed,

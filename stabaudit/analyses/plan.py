@@ -26,6 +26,10 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
 - SA401's measured parameter sensitivities (analyses.parameters): ``PARAMETER_SHARE`` of the
   lower-bound budget in reverse passes of ``PASS_FORWARDS`` forward passes each; first fewer samples,
   then fewer power iterations per layer.
+- SA202's Jacobians at the samples (analyses.residual): the block's branch-search share again, in
+  points of ``QUOTIENT_FORWARDS`` forward passes plus the Krylov steps' reverse passes.
+- the sample channels: ``SAMPLE_SHARE`` of the lower-bound budget in float64 forward passes, one
+  per sample, at least ``MIN_SAMPLES`` samples.
 - exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
   measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
 """
@@ -61,6 +65,18 @@ RESIDUAL_SHARE = 0.1
 # (one sample, one shared pass: ||J_l^T u|| of every layer for one unit u) is always run.
 PARAMETER_SHARE = 0.25
 PASS_FORWARDS = 3.0
+# SA202's Jacobians at the samples (analyses.residual): each block's share of the budget (the same
+# as its branch search's) buys points and Krylov steps; a step is a jvp and a vjp (2 reverse
+# passes), a point's difference quotients QUOTIENT_FORWARDS forward passes of the block (twelve
+# float64 error-bound evaluations). Fewer points first, then fewer steps, down to MIN_KRYLOV_STEPS;
+# below that, no point is analysed.
+QUOTIENT_FORWARDS = 60.0
+MIN_KRYLOV_STEPS = 8
+# The sample channels (SA301, SA303, SA401's norms, SA202's block inputs) evaluate the model in
+# float64 at each sample: SAMPLE_SHARE of the lower-bound budget in forward passes, at least
+# MIN_SAMPLES of the samples (all when there are fewer), the first ones.
+SAMPLE_SHARE = 0.25
+MIN_SAMPLES = 4
 
 
 def lower_units(budget_s: float) -> float:
@@ -110,3 +126,37 @@ def reverse_passes(budget_s: float, forward_macs: float) -> int:
     a graph whose forward pass costs ``forward_macs`` (at least one)."""
     cost = PASS_FORWARDS * max(float(forward_macs), 1.0) + LOWER_CALL_MACS
     return max(1, int(max(float(budget_s), 0.0) * LOWER_MACS_PER_S / cost))
+
+
+def residual_points(
+    budget_s: float, block_macs: float, available: int, *, dense_passes: int | None, square: bool,
+    steps: int,
+) -> tuple[int, int]:
+    """(points, Krylov steps) for one residual block's Jacobians at the samples (analyses.residual):
+    a point costs ``dense_passes`` reverse passes (the full Jacobian) or 2 (power iteration on the
+    branch and on the block) + 1 (Lanczos, ``square`` blocks) times 2 ``steps`` passes, plus its
+    quotients; (0, 0) when even one point at MIN_KRYLOV_STEPS steps does not fit."""
+    units = max(float(budget_s), 0.0) * LOWER_MACS_PER_S
+    macs = max(float(block_macs), 1.0)
+
+    def cost(k: int) -> float:
+        passes = dense_passes if dense_passes is not None else (3 if square else 2) * 2 * k
+        return (passes * PASS_FORWARDS + QUOTIENT_FORWARDS) * macs + LOWER_CALL_MACS
+
+    if available <= 0:
+        return 0, 0
+    if dense_passes is not None:
+        return min(available, int(units // cost(0))), steps
+    points = min(available, int(units // cost(steps)))
+    if points >= 1:
+        return points, steps
+    k = min(steps, int(((units - LOWER_CALL_MACS) / macs - QUOTIENT_FORWARDS) / PASS_FORWARDS
+                       / ((3 if square else 2) * 2)))
+    return (1, k) if k >= MIN_KRYLOV_STEPS else (0, 0)
+
+
+def sample_count(budget_s: float, forward_macs: float, available: int) -> int:
+    """How many of the ``available`` samples the sample channels evaluate (the first ones)."""
+    units = max(float(budget_s), 0.0) * SAMPLE_SHARE * LOWER_MACS_PER_S
+    bought = int(units // (max(float(forward_macs), 1.0) + LOWER_CALL_MACS))
+    return min(max(int(available), 0), max(MIN_SAMPLES, bought))

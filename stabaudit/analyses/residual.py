@@ -89,6 +89,7 @@ def analyse_residual(
     seed: int = 0,
     whole: Mapping[str, WholeBlock] | None = None,
     lower_budget_s: float = 0.0,
+    points_budget_s: float | None = None,
 ) -> ResidualAnalysis:
     """Every residual block of ``graph`` (which carries its shapes) with its bounds.
 
@@ -99,6 +100,9 @@ def analyse_residual(
     ``lower_budget_s``: the planned work (analyses.plan) of each block's own lower-bound search
     (``branch_lower``: around the branch input at the samples, else over all branch inputs); 0:
     no search, lower bounds only from the samples (or x = 0 for an affine branch).
+    ``points_budget_s``: the planned work of each block's Jacobians at the samples
+    (analyses.plan.residual_points: fewer points, then fewer Krylov steps, then none); None: every
+    point (up to MAX_POINTS) with KRYLOV_STEPS steps.
     """
     matches = find_residual_blocks(graph)
     if not matches:
@@ -107,7 +111,8 @@ def analyse_residual(
     if whole is None:
         whole = block_bounds(graph, op_bounds)
     blocks = tuple(
-        _analyse(graph, m, op_bounds, points, seed, whole.get(m.add.output), lower_budget_s) for m in matches
+        _analyse(graph, m, op_bounds, points, seed, whole.get(m.add.output), lower_budget_s, points_budget_s)
+        for m in matches
     )
     n = 0 if points is None else len(next(iter(points.values()), []))
     return ResidualAnalysis(blocks=blocks, samples=n)
@@ -151,6 +156,7 @@ def _analyse(
     seed: int,
     whole: WholeBlock | None = None,
     lower_budget_s: float = 0.0,
+    points_budget_s: float | None = None,
 ) -> BlockResult:
     notes: list[str] = []
     g = _subgraph(graph, m.x, m.inner_output, m.inner)
@@ -205,7 +211,24 @@ def _analyse(
     elif affine:
         at = [np.zeros(int(np.prod(graph.shapes[m.x])), dtype=np.float64)]
         notes.append("affine branch: J_f is the same everywhere, taken at x = 0")
-    sampled = _at_points(graph, m, op_bounds, at, h, seed) if at else None
+    steps = KRYLOV_STEPS
+    if at and points_budget_s is not None:
+        from stabaudit.analyses import plan
+        from stabaudit.analyses.lower import forward_macs
+
+        block = _block_graph(graph, m)
+        n = int(np.prod(graph.shapes[m.x]))
+        out_n = int(np.prod(graph.shapes[m.branch_output]))
+        square = m.shortcut is Shortcut.IDENTITY and out_n == n
+        dense = (out_n if square else 2 * out_n) if max(n, out_n) <= DENSE_MAX else None
+        shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+        count, steps = plan.residual_points(points_budget_s, forward_macs(block, shapes), len(at),
+                                            dense_passes=dense, square=square, steps=KRYLOV_STEPS)
+        if count < len(at):
+            notes.append(f"Jacobians at {count} of {len(at)} sample point(s): what the budget plans"
+                         + ("" if count else " (--budget buys none at this size)"))
+        at = at[:count]
+    sampled = _at_points(graph, m, op_bounds, at, h, seed, steps) if at else None
 
     # the best witnessed quotient of the branch h*f: at the samples, then the branch's own search
     found = sampled.witness if sampled is not None else None
@@ -291,6 +314,7 @@ def _at_points(
     points: list[np.ndarray],
     h: float,
     seed: int,
+    steps: int = KRYLOV_STEPS,
 ) -> _Sampled:
     """J_f at each point: mu = lambda_max((J_f + J_f^T)/2), ||J_f||_2, h* = 2|mu| / ||J_f||^2, and
     sound lower bounds of Lip f and of the block's Lipschitz constant from confirmed difference
@@ -334,10 +358,10 @@ def _at_points(
                 JB = JB.reshape(JB.shape[0], n)
             vB = _top_singular(JB, rng)[1]
         else:
-            sigma, vt_ = _power(fb, x0, gen)
+            sigma, vt_ = _power(fb, x0, gen, steps)
             sigma, v = sigma / div, vt_
-            mu = _lanczos_mu(fb, x0, gen) / div if square else None
-            vB = _power(fB, x0, gen)[1]
+            mu = _lanczos_mu(fb, x0, gen, steps) / div if square else None
+            vB = _power(fB, x0, gen, steps)[1]
         norms.append(sigma)
         if mu is not None:
             mus.append(mu)
@@ -361,7 +385,7 @@ def _at_points(
     notes = [
         ("mu, ||J_f|| and h*" if square else "||J_f||")
         + f" at {len(points)} point(s): "
-        + ("full Jacobian (jacrev)" if dense else f"{KRYLOV_STEPS} power/Lanczos steps (lower estimates)")
+        + ("full Jacobian (jacrev)" if dense else f"{steps} power/Lanczos steps (lower estimates)")
         + "; at a ReLU kink autograd picks one element of the Clarke Jacobian"
     ]
     if best_q > 0.0 or best_block > 0.0:
@@ -550,7 +574,8 @@ def _top_eigenvalue(S: np.ndarray, rng: np.random.Generator) -> float:
 
 
 def _power(
-    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator
+    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator,
+    steps: int = KRYLOV_STEPS,
 ) -> tuple[float, np.ndarray]:
     """||J(x0)||_2 from below and its right singular vector: power iteration on J^T J (jvp/vjp)."""
     import torch
@@ -559,7 +584,7 @@ def _power(
     v = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     v = v / v.norm()
     sigma = 0.0
-    for _ in range(KRYLOV_STEPS):
+    for _ in range(steps):
         check_deadline()
         u = torch.func.jvp(f, (x0,), (v,))[1]
         sigma = float(u.norm())
@@ -573,7 +598,8 @@ def _power(
 
 
 def _lanczos_mu(
-    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator
+    f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, gen: torch.Generator,
+    steps: int = KRYLOV_STEPS,
 ) -> float:
     """lambda_max((J + J^T)/2) at x0 by Lanczos with full reorthogonalisation (a Ritz value:
     from below)."""
@@ -589,7 +615,7 @@ def _lanczos_mu(
     basis = [q]
     alphas: list[float] = []
     betas: list[float] = []
-    for _ in range(min(KRYLOV_STEPS, x0.numel())):
+    for _ in range(min(steps, x0.numel())):
         check_deadline()
         w = sym(basis[-1])
         alphas.append(float(w @ basis[-1]))

@@ -41,13 +41,16 @@ def residual_evidence(
     seed: int,
     whole: Mapping[str, WholeBlock] | None = None,
     lower_budget_s: float = 0.0,
+    points_budget_s: float | None = None,
 ) -> ResidualEvidence:
     """Detect and analyse the residual blocks of ``graph`` (with shapes; the engine's folded
     graph) from the engine's per-node bounds and optional sample inputs [N, ...];
-    ``lower_budget_s``: each block's own lower-bound search (analyses.residual.branch_lower)."""
+    ``lower_budget_s``: each block's own lower-bound search (analyses.residual.branch_lower);
+    ``points_budget_s``: each block's Jacobians at the samples (None: unplanned)."""
     from stabaudit.analyses.residual import analyse_residual
 
-    result = analyse_residual(graph, op_bounds, samples, seed=seed, whole=whole, lower_budget_s=lower_budget_s)
+    result = analyse_residual(graph, op_bounds, samples, seed=seed, whole=whole, lower_budget_s=lower_budget_s,
+                              points_budget_s=points_budget_s)
     blocks = tuple(
         ResidualBlock(
             name=b.match.name,

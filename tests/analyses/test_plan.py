@@ -96,3 +96,33 @@ def test_residual_branch_budget_is_a_share_split_over_the_blocks():
     assert plan.residual_branch_budget(10.0, 1) == 10.0 * plan.RESIDUAL_SHARE
     assert plan.residual_branch_budget(10.0, 4) == 10.0 * plan.RESIDUAL_SHARE / 4
     assert plan.residual_branch_budget(-1.0, 2) == 0.0
+
+
+def test_reverse_passes_buy_a_share_of_forward_passes():
+    macs = 1e8  # a pass costs 3e8 + 2e6 units
+    assert plan.reverse_passes(1.0, macs) == int(4e9 / (3e8 + 2e6))
+    assert plan.reverse_passes(0.0, macs) == 1  # one pass whatever the budget
+    assert plan.reverse_passes(10.0, macs) == 10 * 13 + 2  # 4e10 / 3.02e8 = 132.45
+
+
+def test_residual_points_shed_points_then_steps_then_everything():
+    macs = 1e6  # a Krylov point at 40 steps on a square block: (240 * 3 + 60) * 1e6 + 2e6 units
+    point = (240 * 3 + 60) * macs + 2e6
+    budget = 5 * point / 4e9
+    assert plan.residual_points(budget, macs, 16, dense_passes=None, square=True, steps=40) == (5, 40)
+    assert plan.residual_points(100.0, macs, 16, dense_passes=None, square=True, steps=40) == (16, 40)
+    # half a point: one point with fewer steps (the largest k with (6 k * 3 + 60) * 1e6 + 2e6 <= units)
+    half = point / 2 / 4e9
+    assert plan.residual_points(half, macs, 16, dense_passes=None, square=True, steps=40) == (1, 18)
+    assert plan.residual_points(1e-4, macs, 16, dense_passes=None, square=True, steps=40) == (0, 0)
+    # full Jacobians: a point costs its dense passes, steps unused
+    dense = (10 * 3 + 60) * macs + 2e6
+    assert plan.residual_points(3 * dense / 4e9, macs, 16, dense_passes=10, square=True, steps=40) == (3, 40)
+    assert plan.residual_points(1.0, macs, 0, dense_passes=None, square=False, steps=40) == (0, 0)
+
+
+def test_sample_count_is_a_share_with_a_floor():
+    assert plan.sample_count(10.0, 1e6, 64) == 64
+    assert plan.sample_count(1.0, 1e8, 64) == int(1e9 // (1e8 + 2e6))  # 9
+    assert plan.sample_count(1.0, 1e10, 64) == plan.MIN_SAMPLES
+    assert plan.sample_count(1.0, 1e10, 2) == 2
