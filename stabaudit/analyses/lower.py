@@ -1180,8 +1180,15 @@ def _unconfirmable(model: ForwardErrorModel, graph: Graph, seed: int, domain_sca
     n = sum(int(np.prod(s.shape)) for s in graph.inputs)
     gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
     x0 = torch.randn(n, generator=gen, dtype=torch.float64) * domain_scale
+    return unconfirmable_at(model, (x0, x0 / 10.0))
+
+
+def unconfirmable_at(model: ForwardErrorModel, points: Sequence[torch.Tensor]) -> str | None:
+    """Why no difference quotient can be confirmed near these points (flat float64 inputs), or
+    None: ``_unconfirmable``'s test (every output finite, every error bound infinite or above
+    UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points."""
     ratios = []
-    for x in (x0, x0 / 10.0):
+    for x in points:
         y, e = model.evaluate(x)
         if not np.all(np.isfinite(y)):
             return None  # a pole or an overflow of the values: the search may find better points

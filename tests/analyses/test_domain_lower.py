@@ -121,3 +121,26 @@ def test_plan_is_counted_and_grows_with_the_budget() -> None:
     assert plan(1e12, 1.0, 1, 100).points == 2 and plan(1e12, 1.0, 1, 100).rounds == 0  # the smallest plan
     # more boxes share the budget
     assert plan(1e5, 1.0, 10, 5).points < plan(1e5, 1.0, 1, 5).points
+
+
+def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error bound that overflows at the box's center and a drawn point: no screening, no pairs,
+    and the method says why; a sane error bound keeps the search."""
+    from stabaudit.analyses.lower import ForwardErrorModel
+
+    g = _relu_net()
+    samples = np.array([[[0.3, -0.2, 0.1]]])
+    boxes = domain_boxes(g, BallDomain(eps=0.1), samples)
+    assert domain_lower(g, boxes, seed=3, budget_s=0.5).value > 0
+    real = ForwardErrorModel.evaluate
+    calls = []
+
+    def overflowing(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        calls.append(1)
+        return real(self, x)[0], float("inf")
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
+    low = domain_lower(g, boxes, seed=3, budget_s=0.5)
+    assert low.value == 0.0 and low.x == () and len(calls) == 2
+    assert "nothing confirmed" in low.method
+    assert "rounding-error bound of this network overflows inside the domain" in low.method
