@@ -285,6 +285,40 @@ def test_pow_exponents(tmp_path: Path) -> None:
     assert info.value.counts == {"Pow(exponent 0.3)": 1}
 
 
+SOFTMAX_FORMS = {
+    # jax2tf: x - max(max x, -inf) broadcast back, exp, sum without keepdims, reshaped and broadcast
+    "jax": ([node("ReduceMax", ["x"], ["m"], axes=[1], keepdims=0), node("Max", ["ninf", "m"], ["mm"]),
+             node("Reshape", ["mm", "keep"], ["mr"]), node("Expand", ["mr", "full"], ["mb"]),
+             node("Sub", ["x", "mb"], ["d"]), node("Exp", ["d"], ["e"]),
+             node("ReduceSum", ["e", "axis1"], ["s"], keepdims=0), node("Reshape", ["s", "keep"], ["sr"]),
+             node("Expand", ["sr", "full"], ["sb"]), node("Div", ["e", "sb"])],
+            {"ninf": np.array(-np.inf, np.float32), "keep": np.array([2, 1]), "full": np.array([2, 7]),
+             "axis1": np.array([1])}),
+    # no shift: exp(x) / sum(exp(x)) with keepdims
+    "plain": ([node("Exp", ["x"], ["e"]), node("ReduceSum", ["e", "axis1"], ["s"], keepdims=1),
+               node("Div", ["e", "s"])], {"axis1": np.array([1])}),
+}
+
+
+@pytest.mark.parametrize("form", sorted(SOFTMAX_FORMS))
+def test_decomposed_softmax_is_one_softmax(tmp_path: Path, form: str) -> None:
+    """Exp(x - B) / ReduceSum(...) over one axis loads as a Softmax over that axis (exact for any B
+    constant along it), equal to onnxruntime; its global bound is then finite."""
+    nodes, params = SOFTMAX_FORMS[form]
+    lm = check(save(tmp_path, [node("Relu", ["in"], ["x"]), *nodes], {"in": [2, 7]}, params=params))
+    assert ir_ops(lm) == ["Relu", "Softmax"]
+    assert lm.graph.nodes[1].op.axis in (1, -1)
+    assert "Exp" in lm.graph.nodes[1].source_op
+    assert any(note.startswith("fused: Softmax") for note in lm.notes)
+
+
+def test_exp_read_elsewhere_is_not_fused_as_softmax(tmp_path: Path) -> None:
+    nodes = [node("Exp", ["x"], ["e"]), node("ReduceSum", ["e", "axis1"], ["s"], keepdims=1),
+             node("Div", ["e", "s"], ["q"]), node("Add", ["q", "e"])]
+    lm = check(save(tmp_path, nodes, {"x": [2, 7]}, params={"axis1": np.array([1])}))
+    assert "Softmax" not in ir_ops(lm)
+
+
 def test_sigmoid_used_twice_is_not_fused(tmp_path: Path) -> None:
     nodes = [node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["a"]), node("Add", ["a", "s"])]
     lm = load_onnx(save(tmp_path, nodes, X4))

@@ -1,5 +1,6 @@
-"""Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)) and the
-decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)."""
+"""Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)), the
+decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)
+and the decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from stabaudit.loaders.onnx_ops.common import OnnxNode
 
-ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "ReduceMean"})  # fusion is tried only when one occurs
+ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "ReduceMean", "Exp"})  # fusion is tried only when one occurs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +196,89 @@ def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
     return _Match(nodes=tuple(chain), fused=fused)
 
 
+_BROADCASTS = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity")  # moves of a reduced value
+
+
+def _single_axis(node: OnnxNode, g: _Graph) -> int | None:
+    """The one axis a ReduceSum/ReduceMax reduces over (attribute or constant input), else None."""
+    if len(node.inputs) > 1 and node.inputs[1]:
+        value = g.constants.get(node.inputs[1])
+        if value is None:
+            return None
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    else:
+        axes = list(node.attr("axes", None) or [])
+    return axes[0] if len(axes) == 1 else None
+
+
+def _match_softmax(exp: OnnxNode, g: _Graph) -> _Match | None:
+    """Exp(x - B) / ReduceSum(Exp(x - B), axis a) -> Softmax(x, axis a), B = ReduceMax(x, axis a)
+    (through Reshape/Expand/Unsqueeze and a Max with a constant, as exported) or no shift at all.
+
+    Exact for any B constant along the axis: exp(x_i - B) / sum_j exp(x_j - B) = softmax(x)_i;
+    the engine's forward pass is still checked against onnxruntime. Every consumed value must be
+    read by the pattern alone."""
+    e = exp.outputs[0]
+    if e in g.outputs:
+        return None
+    users = list({id(u): u for u in g.consumers.get(e, [])}.values())
+    total = next((u for u in users if u.op_type == "ReduceSum" and u.inputs[0] == e), None)
+    div = next((u for u in users if u.op_type == "Div" and u.inputs[0] == e), None)
+    if total is None or div is None or len(users) != 2:
+        return None
+    axis = _single_axis(total, g)
+    if axis is None:
+        return None
+    chain = [total]
+    cur = total.outputs[0]
+    while True:
+        step = g.sole_consumer(cur)
+        if step is None:
+            return None
+        if step is div:
+            if div.inputs[1] != cur:
+                return None
+            break
+        if step.op_type not in _BROADCASTS or step.inputs[0] != cur:
+            return None
+        chain.append(step)
+        cur = step.outputs[0]
+    x = exp.inputs[0]
+    head: list[OnnxNode] = []
+    sub = g.producer.get(x)
+    if sub is not None and sub.op_type == "Sub" and g.sole_consumer(x) is exp:
+        shift: list[OnnxNode] = []
+        cur = sub.inputs[1]
+        while True:
+            node = g.producer.get(cur)
+            if node is None or g.sole_consumer(cur) is None:
+                return None
+            if node.op_type in _BROADCASTS:
+                shift.append(node)
+                cur = node.inputs[0]
+            elif node.op_type in ("Max", "Min") and len(node.inputs) == 2:
+                other = g.other(node, next((i for i in node.inputs if i not in g.constants), ""))
+                if other is None or other not in g.constants:
+                    return None
+                shift.append(node)
+                cur = next(i for i in node.inputs if i not in g.constants)
+            elif node.op_type == "ReduceMax" and node.inputs[0] == sub.inputs[0] \
+                    and _single_axis(node, g) == axis:
+                shift.append(node)
+                break
+            else:
+                return None
+        head = [*reversed(shift), sub]
+        x = sub.inputs[0]
+    if x in g.constants:
+        return None
+    nodes = (*head, exp, *chain, div)
+    fused = OnnxNode(op_type="Softmax", name=div.name, inputs=(x,), outputs=(div.outputs[0],),
+                     attrs={"axis": axis}, opset=max(div.opset, 13),
+                     source_op="+".join(n.op_type for n in nodes))
+    return _Match(nodes=nodes, fused=fused)
+
+
 def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray],
                   outputs: set[str]) -> tuple[list[OnnxNode], list[str]]:
     """The node list with each matched pattern replaced by one node at its last node's place.
@@ -214,6 +298,8 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
             match = _match_gated(node, g)
         elif node.op_type == "ReduceMean":
             match = _match_layer_norm(node, g)
+        elif node.op_type == "Exp":
+            match = _match_softmax(node, g)
         if match is None or any(id(n) in taken for n in match.nodes):
             continue
         taken.update(id(n) for n in match.nodes)
