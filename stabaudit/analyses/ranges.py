@@ -644,6 +644,13 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
             sh = _const(op.shift, device)
             y_lo, y_hi = y_lo + sh, y_hi + sh
         return y_lo, y_hi
+    if isinstance(op, O.Mul) and len(node.inputs) == 2 and node.inputs[0] == node.inputs[1]:
+        # x * x (a square, as exporters write variances): fl(x * x) is monotone in |x|, so the
+        # square of the end nearest 0 (0 when the interval holds it) and of the farthest enclose it
+        a, b = los[0], his[0]
+        near = (a.clamp(min=0.0) - b.clamp(max=0.0)).abs()  # a > 0: a; b < 0: -b; else 0
+        far = a.abs().maximum(b.abs())
+        return near * near, far * far
     if isinstance(op, O.Mul | O.Div):
         return _mul_div(op, los, his, notes)
     if isinstance(op, O.MatMul):

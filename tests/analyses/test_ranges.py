@@ -187,6 +187,20 @@ def test_relu_mul_div_are_exact() -> None:
     assert y.lo.tolist() == [[1.0]] and y.hi.tolist() == [[2.0]]
 
 
+def test_a_value_times_itself_is_a_square() -> None:
+    """Mul(x, x) (variances as exporters write them) is enclosed as a square: nonnegative, the
+    nearest end's square below; two independent operands keep the corner product."""
+    x = TensorSpec(name="x", shape=(1, 3))
+    g = with_shapes(Graph(inputs=(x,), outputs=("y",),
+                          nodes=(Node(name="sq", op=O.Mul(), inputs=("x", "x"), output="y"),)).validate())
+    box = {"x": Interval(lo=np.array([[-2.0, 1.0, -5.0]]), hi=np.array([[3.0, 2.0, -4.0]]))}
+    y = value_ranges(g, box)["y"]
+    assert y.lo.tolist() == [[0.0, 1.0, 16.0]] and y.hi.tolist() == [[9.0, 4.0, 25.0]]
+    for point in _points(g, box, 50, seed=0):
+        v = Executor(g, dtype=torch.float64)(point["x"])[0].numpy()
+        assert np.all(v >= y.lo) and np.all(v <= y.hi)
+
+
 def test_division_by_an_interval_holding_zero_is_unbounded_and_named() -> None:
     y, notes = _one(O.Div(), [np.array([[1.0, 1.0]]), np.array([[-1.0, 1.0]])],
                     [np.array([[2.0, 2.0]]), np.array([[1.0, 2.0]])])
