@@ -889,12 +889,13 @@ def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
     return screen + ascent + sweeps + evaluations * _CONFIRM_PASSES * search.fwd
 
 
-def _shape(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[int, int]:
+def _shape(search: _Search, starts: int, steps: int, budget_s: float,
+           slack_s: float = plan.SMALLEST_PLAN_SLACK_S) -> tuple[int, int]:
     """(starts, rounds): the requested ones, reduced until the smallest plan fits
     ``plan.smallest_plan_units`` (large networks only). Rounds halve down to 4, then starts down to
     4, then rounds down to 1, starts down to 1, and the ascent is dropped last; the order depends
     on the sizes only (deterministic)."""
-    units = plan.smallest_plan_units(budget_s)
+    units = plan.smallest_plan_units(budget_s, slack_s)
     while _smallest_cost(search, starts, steps) > units:
         if steps > 4:
             steps = max(4, steps // 2)
@@ -1233,6 +1234,7 @@ def lower_bound(
     budget_s: float = 10.0,
     domain_scale: float = 1.0,
     op_bounds: Mapping[str, OpBound] | None = None,
+    smallest_slack_s: float = plan.SMALLEST_PLAN_SLACK_S,
 ) -> LowerResult:
     """The largest sound lower bound of the global L2 Lipschitz constant that the search confirms.
 
@@ -1243,7 +1245,9 @@ def lower_bound(
 
     ``op_bounds`` (keyed by node output, e.g. those given to ``composition.compose``) tighten the
     float64 error bound of deep networks (see ``ForwardErrorModel``); bounds missing for nodes of this
-    graph are computed with the registered rules.
+    graph are computed with the registered rules. ``smallest_slack_s``: how far beyond the budget
+    the smallest plan may go (``plan.smallest_plan_units``; 0 for searches that are a share of
+    another, such as the residual branches').
     """
     import torch
 
@@ -1273,7 +1277,7 @@ def lower_bound(
                            seconds=time.perf_counter() - start_time, evaluations=2)
     search = _Search(graph, shapes, seed)
     asked = max(1, int(starts)), max(0, int(steps))
-    starts, steps = _shape(search, *asked, budget_s)
+    starts, steps = _shape(search, *asked, budget_s, smallest_slack_s)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     notes: list[str] = []
     if (starts, steps) != asked:

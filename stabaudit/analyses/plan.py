@@ -84,11 +84,13 @@ def lower_units(budget_s: float) -> float:
     return max(float(budget_s), 0.0) * LOWER_MACS_PER_S
 
 
-def smallest_plan_units(budget_s: float) -> float:
+def smallest_plan_units(budget_s: float, slack_s: float = SMALLEST_PLAN_SLACK_S) -> float:
     """The multiply-accumulates the lower-bound search's smallest plan may take (see
-    ``SMALLEST_PLAN_FACTOR``): above the budget's own units, so that small budgets still search."""
+    ``SMALLEST_PLAN_FACTOR``): above the budget's own units, so that small budgets still search;
+    ``slack_s`` 0 (the residual branches' searches, shares of the budget): at most
+    SMALLEST_PLAN_FACTOR times their share."""
     b = max(float(budget_s), 0.0)
-    return max(SMALLEST_PLAN_FACTOR * b, b + SMALLEST_PLAN_SLACK_S) * LOWER_MACS_PER_S
+    return max(SMALLEST_PLAN_FACTOR * b, b + max(float(slack_s), 0.0)) * LOWER_MACS_PER_S
 
 
 def newton_steps(size: int, t_size: int, budget_s: float) -> int:

@@ -126,3 +126,11 @@ def test_sample_count_is_a_share_with_a_floor():
     assert plan.sample_count(1.0, 1e8, 64) == int(1e9 // (1e8 + 2e6))  # 9
     assert plan.sample_count(1.0, 1e10, 64) == plan.MIN_SAMPLES
     assert plan.sample_count(1.0, 1e10, 2) == 2
+
+
+def test_shares_of_the_budget_keep_their_smallest_plan_near_the_share():
+    """The main search may go SMALLEST_PLAN_SLACK_S beyond a small budget; a share of it (the
+    residual branches' searches, slack 0) at most SMALLEST_PLAN_FACTOR times the share."""
+    assert plan.smallest_plan_units(0.1) == (0.1 + plan.SMALLEST_PLAN_SLACK_S) * plan.LOWER_MACS_PER_S
+    assert plan.smallest_plan_units(0.1, 0.0) == plan.SMALLEST_PLAN_FACTOR * 0.1 * plan.LOWER_MACS_PER_S
+    assert plan.smallest_plan_units(100.0, 0.0) == plan.smallest_plan_units(100.0)
