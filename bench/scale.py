@@ -442,7 +442,7 @@ def run_child(cmd: list[str], limit: float) -> tuple[int, float, float, float, s
     return proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, text, killed
 
 
-def measure(case: Case, tmp: Path, budget: float, timeout: float, seed: int) -> Row:
+def measure(case: Case, tmp: Path, budget: float, timeout: float, seed: int, reports: Path | None = None) -> Row:
     model, shape = case.build()
     params = param_count(model)
     path = tmp / f"{case.name}.onnx"
@@ -453,6 +453,9 @@ def measure(case: Case, tmp: Path, budget: float, timeout: float, seed: int) -> 
            "--timeout", f"{timeout:g}", "--no-cache", "--quiet", "-o", str(out), *case.args]
     code, wall, cpu, rss, err, killed = run_child(cmd, timeout + GRACE_S)
     report = json.loads(out.read_text()) if out.exists() else None
+    if reports is not None and out.exists():
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / out.name).write_text(out.read_text())
     path.unlink()
     return Row(case, params, code, wall, cpu, rss, report, err.replace(str(path), path.name), killed)
 
@@ -563,6 +566,7 @@ def main() -> int:
                         "mobilenetv2, vit, mlp, mlp_width, mlp_depth, mlp_w256_d4, ...)")
     parser.add_argument("--quick", action="store_true", help="MLPs of width 64-256 / depth 2-8 and ResNet-18")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input used for the export")
+    parser.add_argument("--reports", type=Path, help="keep each model's JSON report in this folder")
     args = parser.parse_args()
     chosen = select(cases(args.quick), args.only)
     load_start = os.getloadavg()
@@ -570,7 +574,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="stabaudit-scale-") as tmp:
         for case in chosen:
             print(f"{case.name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(case, Path(tmp), args.budget, args.timeout, args.seed))
+            rows.append(measure(case, Path(tmp), args.budget, args.timeout, args.seed, args.reports))
             print(table(rows[-1:])[-1], file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     print(f"`stabaudit check MODEL --budget {args.budget:g} --timeout {args.timeout:g} --no-cache`; "
