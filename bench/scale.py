@@ -500,8 +500,11 @@ def where(row: Row, top: int = 3) -> str:
     parts = []
     for name, sec in largest:
         text = f"{name} {sec:.3g} s ({100 * sec / total:.0f}%"
-        if name == "global_methods" and methods and methods[0][0] > 0:  # the slowest method
-            text += f"; {methods[0][1]} {methods[0][0]:.3g} s"
+        if name == "global_methods":  # the two slowest methods
+            text += "".join(f"; {method} {sec:.3g} s" for sec, method in methods[:2] if sec >= 0.05 * total)
+            own = sum(sec for sec, _ in methods)
+            if sec - own > 0.2 * sec:  # time the methods' own seconds do not account for
+                text += f"; the methods' own seconds add up to {own:.3g} s"
         parts.append(text + ")")
     return ", ".join(parts)
 
