@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -506,6 +507,9 @@ def where(row: Row, top: int = 3) -> str:
             if sec - own > 0.2 * sec:  # time the methods' own seconds do not account for
                 text += f"; the methods' own seconds add up to {own:.3g} s"
         parts.append(text + ")")
+    stopped = (row.report or {}).get("stopped")
+    if stopped and stopped.get("seconds"):  # the stage that ran into the timeout: the rest of it
+        parts.insert(0, f"{stopped.get('stage')} until the timeout (about {stopped['seconds'] - total:.0f} s)")
     return ", ".join(parts)
 
 
@@ -538,12 +542,16 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def growth(rows: list[Row]) -> list[str]:
+    """Per series: the fitted exponents over the finished audits, the exponent of each step between
+    successive sizes (wall time), and for the first audit past the timeout the least exponent of
+    its step (its wall time is at least the timeout)."""
     series: dict[str, list[Row]] = {}
     for r in rows:
         for name in r.case.series:
             series.setdefault(name, []).append(r)
     lines = []
     for name, members in series.items():
+        members = sorted(members, key=lambda r: r.case.series[name])
         done = [r for r in members if r.code in (0, 1) and r.report is not None]
         sizes = [r.case.series[name] for r in done]
         if len(done) < 2:
@@ -554,10 +562,20 @@ def growth(rows: list[Row]) -> list[str]:
         inner = [analysis_seconds(r) for r in done]
         if all(s is not None for s in inner):
             fits.append(("audit past load", exponent(list(zip(sizes, [float(s or 0) for s in inner], strict=True)))))
-        left = [r.case.name for r in members if r not in done]
         text = ", ".join(f"{what} time ~ size^{e:.2f}" for what, e in fits if e is not None)
-        lines.append(f"- {name}, sizes {', '.join(map(str, sizes))}: {text}"
-                     + (f" (not finished, left out: {', '.join(left)})" if left else ""))
+        steps = [f"{a.case.series[name]} -> {b.case.series[name]}: "
+                 f"{math.log(b.wall / a.wall) / math.log(b.case.series[name] / a.case.series[name]):.2f}"
+                 for a, b in itertools.pairwise(done)]
+        line = f"- {name}, sizes {', '.join(map(str, sizes))}: {text}; step exponents (wall) {'; '.join(steps)}"
+        left = [r for r in members if r not in done]
+        if left:
+            first, last = left[0], done[-1]
+            line += f". Not finished: {', '.join(r.case.name for r in left)}"
+            if first.case.series[name] > last.case.series[name]:
+                least = math.log(first.wall / last.wall) / math.log(first.case.series[name] / last.case.series[name])
+                line += (f"; the step {last.case.series[name]} -> {first.case.series[name]} has an exponent of "
+                         f"at least {least:.2f} (its wall time, at the timeout, is a lower bound)")
+        lines.append(line + ".")
     return lines
 
 
