@@ -491,25 +491,29 @@ def bracket(row: Row) -> str:
 
 
 def where(row: Row, top: int = 3) -> str:
-    timings = dict((row.report or {}).get("timings") or {})
+    """The ``top`` largest stages of the report's timings, with their share of the audit; the stage
+    a timeout stopped counts with the rest of the time (the timeout less the stages that finished)."""
+    report = row.report or {}
+    timings = dict(report.get("timings") or {})
     total = timings.pop("total", None) or sum(timings.values())
+    stopped = report.get("stopped") or {}
+    if stopped.get("seconds") and stopped.get("stage"):
+        timings[f"{stopped['stage']} (until the timeout)"] = max(stopped["seconds"] - total, 0.0)
+        total = max(stopped["seconds"], total)
     largest = sorted(timings.items(), key=lambda kv: -kv[1])[:top]
     if not largest or not total:
         return "-"
     methods = sorted(((m.get("seconds") or 0.0, m.get("method", "?"))
-                      for m in ((row.report or {}).get("lipschitz") or {}).get("methods") or []), reverse=True)
+                      for m in (report.get("lipschitz") or {}).get("methods") or []), reverse=True)
     parts = []
     for name, sec in largest:
         text = f"{name} {sec:.3g} s ({100 * sec / total:.0f}%"
         if name == "global_methods":  # the two slowest methods
-            text += "".join(f"; {method} {sec:.3g} s" for sec, method in methods[:2] if sec >= 0.05 * total)
-            own = sum(sec for sec, _ in methods)
+            text += "".join(f"; {method} {s:.3g} s" for s, method in methods[:2] if s >= 0.05 * total)
+            own = sum(s for s, _ in methods)
             if sec - own > 0.2 * sec:  # time the methods' own seconds do not account for
                 text += f"; the methods' own seconds add up to {own:.3g} s"
         parts.append(text + ")")
-    stopped = (row.report or {}).get("stopped")
-    if stopped and stopped.get("seconds"):  # the stage that ran into the timeout: the rest of it
-        parts.insert(0, f"{stopped.get('stage')} until the timeout (about {stopped['seconds'] - total:.0f} s)")
     return ", ".join(parts)
 
 
