@@ -73,3 +73,21 @@ def test_growth_exponent_and_selection() -> None:
     assert series == {"MLP width (depth 4)", "MLP depth (width 64)"}
     with pytest.raises(SystemExit):
         scale.select(quick, "nonesuch")
+
+
+def test_child_past_its_limit_is_killed_and_measured() -> None:
+    code, wall, cpu, rss, _, killed = scale.run_child([sys.executable, "-c", "import time; time.sleep(30)"], 0.3)
+    assert killed and code < 0 and wall < 10 and cpu >= 0 and rss > 0
+
+
+def test_row_of_a_timed_out_audit() -> None:
+    case = scale.cases(quick=True)[0]
+    report = {
+        "lipschitz": {"lower": None, "upper": 67.9, "methods": []},
+        "timings": {"load": 2.0, "layer_bounds": 10.0, "total": 12.0},
+        "stopped": {"reason": "timeout", "stage": "global_methods", "seconds": 600.0},
+    }
+    row = scale.Row(case, 10, 2, 603.0, 590.0, 100.0, report, "")
+    assert scale.bracket(row) == "timed out in global_methods ([none, 67.9])"
+    assert scale.where(row).startswith("global_methods (until the timeout) 588 s (98%), layer_bounds 10 s (2%)")
+    assert scale.growth([row]) == [f"- {name}: fewer than two finished audits, no exponent." for name in case.series]
