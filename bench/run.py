@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-corpus", action="store_true", help="skip the real-network corpus table")
     parser.add_argument("--skip-methods", action="store_true", help="skip the global-method and conv tables")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the scale table (bench/scale.py, the longest)")
     args = parser.parse_args()
 
     rows = []
@@ -152,6 +153,26 @@ def main() -> int:
         sub_bench("bench_batch.py"),
         "",
     ]
+    if not args.skip_scale:
+        lines += [
+            "## Scale (`python bench/scale.py`)",
+            "",
+            "How an audit's cost grows with the model: seeded synthetic networks in plain torch,",
+            "exported to ONNX and audited through the CLI as a user runs it (`stabaudit check MODEL",
+            "--budget 10 --timeout 600 --no-cache`): ResNet-18, ResNet-50 and MobileNetV2 at 1x3x224x224",
+            "in the ImageNet layout (BatchNorm in eval mode with seeded running statistics), a",
+            "ViT-S/16-like model with 4 blocks instead of 12 (over the domain `--domain 0,1`, as attention",
+            "has no global constant), and MLPs of width 256 to 4096 at depth 4 and of depth 2 to 16 at",
+            "width 256 (input dimension = width, 10 outputs). Per model: wall time, CPU time of the",
+            "audit process (user + sys, all its threads), its peak RSS, the exit code and bracket of",
+            "the JSON report, and the three largest stages of its `timings` (for `global_methods`, the",
+            "slowest method). Below the table, the growth exponent of the time along each MLP series",
+            "(least squares of log seconds against log width or depth). A model past `--timeout` is a",
+            "row that says in which stage it stopped.",
+            "",
+            sub_bench("scale.py"),
+            "",
+        ]
     if EXTERNAL.is_dir() and not args.skip_corpus:
         from corpus import corpus_rows
 
