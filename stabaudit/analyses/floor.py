@@ -45,10 +45,30 @@ class FloorResult:
 
 
 def _product(weights: tuple[np.ndarray, ...], diags: list[np.ndarray]) -> np.ndarray:
+    """W_l D_l ... W_0, multiplied from the narrower end (output side for wide hidden layers and
+    few outputs: L n_out n^2 instead of L n^2 n_in flops)."""
+    n_in, n_out = weights[0].shape[1], weights[-1].shape[0]
+    if n_out < n_in:
+        m = weights[-1]
+        for d, w in zip(reversed(diags), reversed(weights[:-1]), strict=True):
+            m = (m * d[None, :]) @ w
+        return m
     m = weights[0]
     for d, w in zip(diags, weights[1:], strict=True):
         m = w @ (d[:, None] * m)
     return m
+
+
+FLOOR_FLOPS = 2e10  # the search's planned work (counted flops): fewer starts for wide chains
+
+
+def _sweep_flops(weights: tuple[np.ndarray, ...]) -> float:
+    """Flops of one sweep: the product (from the narrower end) and the per-layer vectors."""
+    n_in, n_out = weights[0].shape[1], weights[-1].shape[0]
+    edge = min(n_in, n_out)
+    product = sum(float(w.shape[0]) * float(w.shape[1]) for w in weights) * edge
+    vectors = len(weights) * sum(float(w.shape[0]) * float(w.shape[1]) for w in weights)
+    return 2.0 * (product + vectors)
 
 
 def _certified_norm_lower(weights: tuple[np.ndarray, ...], diags: list[np.ndarray], v: np.ndarray) -> float:
@@ -84,6 +104,8 @@ def slope_relaxation_floor(chain: Chain, *, seed: int = 0, starts: int = 24, swe
     """The floor F of every slope-relaxation bound of ``chain`` (module docstring), certified."""
     begin = time.perf_counter()
     weights = tuple(np.asarray(w, dtype=np.float64) for w in chain.weights)
+    # counted work: at most FLOOR_FLOPS for every start's sweeps (at least one start)
+    starts = max(1, min(starts, int(FLOOR_FLOPS // (sweeps * _sweep_flops(weights)))))
     slopes = chain.slopes
     layers = len(slopes)
     rng = np.random.default_rng(seed)

@@ -134,3 +134,23 @@ def test_shares_of_the_budget_keep_their_smallest_plan_near_the_share():
     assert plan.smallest_plan_units(0.1) == (0.1 + plan.SMALLEST_PLAN_SLACK_S) * plan.LOWER_MACS_PER_S
     assert plan.smallest_plan_units(0.1, 0.0) == plan.SMALLEST_PLAN_FACTOR * 0.1 * plan.LOWER_MACS_PER_S
     assert plan.smallest_plan_units(100.0, 0.0) == plan.smallest_plan_units(100.0)
+
+
+def test_the_slope_relaxation_floor_multiplies_from_the_narrow_end_and_plans_its_starts():
+    """The product W_l D_l ... W_0 is the same from either end; wide chains get fewer starts."""
+    import numpy as np
+
+    from stabaudit.analyses.certify import ChainLMI
+    from stabaudit.analyses.floor import FLOOR_FLOPS, _product, _sweep_flops, slope_relaxation_floor
+
+    rng = np.random.default_rng(0)
+    ws = (rng.standard_normal((6, 9)), rng.standard_normal((6, 6)), rng.standard_normal((2, 6)))
+    ds = [rng.random(6), rng.random(6)]
+    expected = ws[2] @ np.diag(ds[1]) @ ws[1] @ np.diag(ds[0]) @ ws[0]
+    np.testing.assert_allclose(_product(ws, ds), expected, rtol=1e-12, atol=1e-12)
+    assert _sweep_flops(ws) == 2.0 * ((54 + 36 + 12) * 2 + 3 * (54 + 36 + 12))
+    small = slope_relaxation_floor(ChainLMI(weights=ws, slopes=((0.0, 1.0),) * 2), starts=24)
+    assert small.starts == 24
+    n = 1024
+    big = tuple([np.eye(n)] * 3 + [np.ones((1, n))])
+    assert int(FLOOR_FLOPS // (60 * _sweep_flops(big))) < 24
