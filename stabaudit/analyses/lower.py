@@ -1213,7 +1213,8 @@ def unconfirmable_at(model: ForwardErrorModel, points: Sequence[torch.Tensor]) -
         y, e = model.evaluate(x)
         if not np.all(np.isfinite(y)):
             return None  # a pole or an overflow of the values: the search may find better points
-        size = float(np.linalg.norm(y)) + 1.0
+        with np.errstate(over="ignore"):  # outputs near the float64 range: an infinite size keeps the search
+            size = float(np.linalg.norm(y)) + 1.0
         if math.isfinite(e) and e <= UNCONFIRMABLE_RATIO * size:
             return None
         ratios.append(e / size)
