@@ -47,6 +47,22 @@ def sub_bench(script: str, *extra: str) -> str:
     return proc.stdout.strip()
 
 
+def _kept_sections(output: Path, lines: list[str]) -> list[str]:
+    """The sections of the existing file that this script does not write (measured by their own
+    scripts: bench/wild.py, bench/domain.py, with hand-written analysis), kept verbatim in order."""
+    if not output.exists():
+        return []
+    written = {line for line in lines if line.startswith("## ")}
+    kept: list[str] = []
+    keep = False
+    for line in output.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line not in written
+        if keep:
+            kept.append(line)
+    return kept
+
+
 def startup(repeats: int) -> tuple[float, bool]:
     best = min(measure([str(EXE), "--help"])[1] for _ in range(repeats))
     probe = subprocess.run(
@@ -186,6 +202,7 @@ def main() -> int:
             *corpus_rows(),
             "",
         ]
+    lines += _kept_sections(args.output, lines)
     args.output.write_text("\n".join(lines))
     print(f"wrote {args.output}")
     return 0

@@ -91,3 +91,16 @@ def test_row_of_a_timed_out_audit() -> None:
     assert scale.bracket(row) == "timed out in global_methods ([none, 67.9])"
     assert scale.where(row).startswith("global_methods (until the timeout) 588 s (98%), layer_bounds 10 s (2%)")
     assert scale.growth([row]) == [f"- {name}: fewer than two finished audits, no exponent." for name in case.series]
+
+
+def test_the_benchmark_page_keeps_the_sections_other_scripts_measured(tmp_path: Path) -> None:
+    """bench/run.py rewrites its own sections and keeps the others (wild models, domains) verbatim."""
+    spec = importlib.util.spec_from_file_location("bench_run", SCRIPT.parent / "run.py")
+    assert spec is not None and spec.loader is not None
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    page = tmp_path / "benchmarks.md"
+    assert run._kept_sections(page, []) == []
+    page.write_text("# Benchmarks\n\n## Start-up\n\nold\n\n## Real models\n\n| a |\n\nnote\n\n## Scale\n\nold\n")
+    kept = run._kept_sections(page, ["# Benchmarks", "## Start-up", "new", "## Scale", "new"])
+    assert kept == ["## Real models", "", "| a |", "", "note", ""]
