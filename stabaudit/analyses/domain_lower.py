@@ -31,6 +31,9 @@ MAX_ROUNDS = 60
 LOCAL_STARTS = 8  # points the local search continues from (at most)
 PROPOSALS = 8  # perturbations per point and round (at most)
 FULL_JACOBIAN_MAX_INPUTS = 64  # beyond, power iteration (4 sweeps) estimates ||J(x)||
+MAX_TRIES = 40  # pairs confirmed per box: 4 points x 4 steps x 2 signs, then 8 pairs of drawn points
+MIN_TRIES = 4
+CONFIRM_PASSES = 12.0  # one confirmed pair: two error-bound evaluations of about 6 passes each
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,13 +54,16 @@ class Plan:
     starts: int
     proposals: int
     rounds: int
+    tries: int = MAX_TRIES  # pairs confirmed (each two float64 error-bound evaluations)
 
 
 def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     """The search's work from the budget by the cost model of ``analyses.plan`` (forward
     multiply-accumulates per budget second, plus a fixed cost per batched call): one Jacobian
     norm costs inputs + 1 passes (forward mode, few inputs) or 12 (four power sweeps); half
-    the passes screen points, half go to the local search. Never below two points, no rounds."""
+    the passes screen points, half go to the local search. Never below two points, no rounds.
+    The pairs confirmed per box (``tries``): as many as the passes buy at CONFIRM_PASSES each,
+    between MIN_TRIES and MAX_TRIES."""
     from stabaudit.analyses.plan import LOWER_CALL_MACS, lower_units
 
     per_sigma = float(inputs + 1 if inputs <= FULL_JACOBIAN_MAX_INPUTS else 12)
@@ -67,7 +73,8 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     starts = min(LOCAL_STARTS, points)
     proposals = int(min(PROPOSALS, max(2, sigmas / 2 / starts / 8)))
     rounds = int(min(MAX_ROUNDS, max(0, sigmas / 2 / (starts * proposals))))
-    return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds)
+    tries = int(min(MAX_TRIES, max(MIN_TRIES, passes / CONFIRM_PASSES)))
+    return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds, tries=tries)
 
 
 def _sigmas(f1, x: torch.Tensor, v: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +191,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                     tries.append((px[i], px[i] + sign * h * float(width.max()) * vi))
         # pairs of random points (models without a torch Jacobian)
         tries += [(x[i], x[(i + 1) % points]) for i in range(min(points, 8))]
-        for a, b in tries:
+        for a, b in tries[: work.tries]:  # the best point's steps first
             a = torch.minimum(torch.maximum(a.clone(), lo), hi)
             b = torch.minimum(torch.maximum(b.clone(), lo), hi)
             if torch.equal(a, b):

@@ -121,6 +121,9 @@ def test_plan_is_counted_and_grows_with_the_budget() -> None:
     assert plan(1e12, 1.0, 1, 100).points == 2 and plan(1e12, 1.0, 1, 100).rounds == 0  # the smallest plan
     # more boxes share the budget
     assert plan(1e5, 1.0, 10, 5).points < plan(1e5, 1.0, 1, 5).points
+    # confirmed pairs: 12 passes each, between 4 and 40
+    assert plan(1e6, 10.0, 1, 100).tries == 40 and plan(1e12, 1.0, 1, 100).tries == 4
+    assert plan(1e7, 1.0, 1, 100).tries == int((4e9 - 8 * 2e6) / 1e7 / 12)  # 33
 
 
 def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
