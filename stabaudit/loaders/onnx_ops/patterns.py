@@ -125,10 +125,9 @@ def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
     return None
 
 
-def _reduce_axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
-    """The axes of a ReduceMean that keeps dims (attribute before opset 18, constant input after)."""
-    if node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
-        return None
+def _axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
+    """The axes a Reduce* node names (attribute before opset 18, constant input after); None when
+    they are computed or absent."""
     if len(node.inputs) > 1 and node.inputs[1]:
         value = g.constants.get(node.inputs[1])
         if value is None:
@@ -137,6 +136,13 @@ def _reduce_axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
     else:
         axes = list(node.attr("axes", None) or [])
     return tuple(axes) if axes else None
+
+
+def _reduce_axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
+    """The axes of a ReduceMean that keeps dims."""
+    if node.op_type != "ReduceMean" or not node.attr("keepdims", 1):
+        return None
+    return _axes(node, g)
 
 
 def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
@@ -201,14 +207,8 @@ _BROADCASTS = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity")  # moves
 
 def _single_axis(node: OnnxNode, g: _Graph) -> int | None:
     """The one axis a ReduceSum/ReduceMax reduces over (attribute or constant input), else None."""
-    if len(node.inputs) > 1 and node.inputs[1]:
-        value = g.constants.get(node.inputs[1])
-        if value is None:
-            return None
-        axes = [int(a) for a in np.asarray(value).reshape(-1)]
-    else:
-        axes = list(node.attr("axes", None) or [])
-    return axes[0] if len(axes) == 1 else None
+    axes = _axes(node, g)
+    return axes[0] if axes is not None and len(axes) == 1 else None
 
 
 def _match_softmax(exp: OnnxNode, g: _Graph) -> _Match | None:
