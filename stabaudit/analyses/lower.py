@@ -268,8 +268,7 @@ class ForwardErrorModel:
             def rule(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
                 x, e = xs[0], es[0]
                 m = torch.clamp(x.abs() - e, min=0.0)
-                with np.errstate(over="ignore"):
-                    c = torch.cosh(m / 2.0 if half else m)
+                c = torch.cosh(m / 2.0 if half else m)
                 slope = torch.clamp(top / (c * c) * (1.0 + 1e-12) + _TINY, max=top)
                 slope = torch.where(torch.isfinite(e), slope, top)
                 return slope * e + 64 * U * (x.abs() + y.abs() + 1.0)

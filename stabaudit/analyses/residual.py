@@ -216,14 +216,11 @@ def _analyse(
         from stabaudit.analyses import plan
         from stabaudit.analyses.lower import forward_macs
 
-        block = _block_graph(graph, m)
-        n = int(np.prod(graph.shapes[m.x]))
-        out_n = int(np.prod(graph.shapes[m.branch_output]))
-        square = m.shortcut is Shortcut.IDENTITY and out_n == n
-        dense = (out_n if square else 2 * out_n) if max(n, out_n) <= DENSE_MAX else None
+        _, out_n, square, dense = _jacobian_form(graph, m)
         shapes = {k: tuple(v) for k, v in graph.shapes.items()}
-        count, steps = plan.residual_points(points_budget_s, forward_macs(block, shapes), len(at),
-                                            dense_passes=dense, square=square, steps=KRYLOV_STEPS)
+        count, steps = plan.residual_points(
+            points_budget_s, forward_macs(_block_graph(graph, m), shapes), len(at),
+            dense_passes=(out_n if square else 2 * out_n) if dense else None, square=square, steps=KRYLOV_STEPS)
         if count < len(at):
             notes.append(f"Jacobians at {count} of {len(at)} sample point(s): what the budget plans"
                          + ("" if count else " (--budget buys none at this size)"))
@@ -307,6 +304,14 @@ def _flat(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
     return Executor(graph, dtype=torch.float64).flat()
 
 
+def _jacobian_form(graph: Graph, m: ResidualMatch) -> tuple[int, int, bool, bool]:
+    """(block input entries n, branch output entries, square: an identity shortcut with the same
+    size (mu and h* apply), dense: full Jacobians by jacrev (both sides at most DENSE_MAX))."""
+    n = int(np.prod(graph.shapes[m.x]))
+    out_n = int(np.prod(graph.shapes[m.branch_output]))
+    return n, out_n, m.shortcut is Shortcut.IDENTITY and out_n == n, max(n, out_n) <= DENSE_MAX
+
+
 def _at_points(
     graph: Graph,
     m: ResidualMatch,
@@ -329,10 +334,7 @@ def _at_points(
     fb, fB = _flat(branch), _flat(block)
     model_b = ForwardErrorModel(branch, shapes, error_sensitivities(branch, op_bounds))
     model_B = ForwardErrorModel(block, shapes, error_sensitivities(block, op_bounds))
-    n = int(np.prod(graph.shapes[m.x]))
-    out_n = int(np.prod(graph.shapes[m.branch_output]))
-    square = m.shortcut is Shortcut.IDENTITY and out_n == n
-    dense = max(n, out_n) <= DENSE_MAX
+    n, out_n, square, dense = _jacobian_form(graph, m)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     # the branch is h*f: divide its Jacobian by h (h = 0: f is the branch itself)
