@@ -35,6 +35,7 @@ raise the upper end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import math
@@ -53,6 +54,9 @@ from stabaudit.rounding import ldexp_down, ldexp_up, mul_up
 U = 2.0**-53  # unit roundoff of float64
 TINY = 1e-290  # absolute slack against underflow
 EXACT_RTOL = 1e-9  # upper - lower <= EXACT_RTOL * upper: the value is the exact constant
+# the split products of the dynamic programme above this many entries get the Frobenius bound
+# instead of an SVD (the full product always gets its SVD)
+SPLIT_SVD_ENTRIES = 1 << 14
 EMPTY_T = -1e-7  # LP slack below this (unit-norm rows): the region is empty
 INTERIOR_T = 1e-9  # LP slack above this: the LP point is taken as interior
 # The budget plans work, not time: ``budget_s`` buys ``plan.bb_nodes(budget_s)`` nodes (a node
@@ -106,6 +110,10 @@ class _Net:
     pos: tuple[float, ...]
     norms: tuple[float, ...]  # certified upper bounds of ||W_k||_2
     input_shifted: bool = False  # a translation before the first Linear was dropped
+    # the dropped translations (flat, in the input's order), for the constant over a box
+    shifts: tuple[np.ndarray, ...] = ()
+    # |fl(b_0) - b_0| entry-wise, when a translation was folded into the first bias (over a box)
+    bias_error: np.ndarray | None = None
     exponent: int = 0  # the stored network's Jacobians are these weights' times 2^exponent
 
 
@@ -123,6 +131,8 @@ def _net(graph: Graph) -> _Net | str:
     pos: list[float] = []
     last = "none"
     shifted = False
+    shifts: list[np.ndarray] = []
+    in_shape = tuple(graph.shapes.get(graph.inputs[0].name, graph.inputs[0].shape)) if len(graph.inputs) == 1 else ()
     for node in graph.needed_nodes():
         match node.op:
             case O.Reshape() | O.Transpose():
@@ -130,6 +140,13 @@ def _net(graph: Graph) -> _Net | str:
             case O.Affine(scale=None, shift=shift):
                 if not weights:
                     shifted = True  # a translation of the input: the constant does not change
+                    if shift is not None:
+                        flat = None
+                        if in_shape and node.inputs == (graph.inputs[0].name,):
+                            with contextlib.suppress(ValueError):
+                                flat = np.broadcast_to(np.asarray(shift, dtype=np.float64), in_shape).ravel().copy()
+                        # None: a translation this mode cannot place (the constant over a box is refused)
+                        shifts.append(flat if flat is not None else np.full(0, np.nan))
                     continue
                 sh = np.zeros(biases[-1].shape) if shift is None else np.asarray(shift, dtype=np.float64)
                 vec = sh.reshape(-1, sh.shape[-1]) if sh.ndim else sh.reshape(1, 1)
@@ -180,7 +197,7 @@ def _net(graph: Graph) -> _Net | str:
     norms = tuple(spectral_norm_dense(w)[0] for w in weights)
     return _Net(
         weights=tuple(weights), biases=tuple(biases), neg=tuple(neg), pos=tuple(pos), norms=norms,
-        input_shifted=shifted, exponent=exponent,
+        input_shifted=shifted, exponent=exponent, shifts=tuple(shifts),
     )
 
 
@@ -237,6 +254,12 @@ class _Set:
         lo = low or 0.0
         rad = min(_frob_up(self.rx) + self.rho, _frob_up(self.ry)) * (1.0 + 4 * U)
         return (up + rad) * (1.0 + 4 * U), max(0.0, (lo - rad) * (1.0 - 4 * U))
+
+
+    def frobenius(self) -> float:
+        """An upper bound of ||X||_2 without an SVD: ||C||_F plus the radius (as ``bounds``)."""
+        rad = min(_frob_up(self.rx) + self.rho, _frob_up(self.ry)) * (1.0 + 4 * U)
+        return (_frob_up(self.c) + rad) * (1.0 + 4 * U)
 
 
 def _start(w: np.ndarray) -> _Set:
@@ -319,7 +342,12 @@ def _node_bound(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float
                 x = _matmul(net.weights[j], net.norms[j], _diag(*slopes[j - 1], x))
             if i == 0:
                 forward.append(x.c)
-            up, low = x.bounds()
+            if j == i and not (i == 0 and j == depth):
+                up, low = net.norms[i], 0.0  # W_i alone: its certified norm, computed once
+            elif j < depth and x.c.size > SPLIT_SVD_ENTRIES:
+                up, low = x.frobenius(), 0.0  # a large split product: the cheap bound (splits only)
+            else:
+                up, low = x.bounds()
             if i == 0 and j == depth:
                 full_low = low
             best[j] = min(best[j], mul_up(up, before))
@@ -342,6 +370,8 @@ def _pattern_at(net: _Net, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
         z = w @ h + b
         aw = np.abs(w)
         ez = _inflate(_gamma(w.shape[1] + 1) * (aw @ np.abs(h) + np.abs(b)) + aw @ e, w.shape[1])
+        if k == 0 and net.bias_error is not None:
+            ez = _inflate(ez + net.bias_error, 2)  # a folded translation: b_0 itself is within this
         a, p = net.neg[k], net.pos[k]
         if a != p and not np.all(np.abs(z) > ez):
             return None
@@ -353,9 +383,11 @@ def _pattern_at(net: _Net, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
     return tuple(states)
 
 
-def _constraints(net: _Net, states: tuple[np.ndarray, ...], layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _constraints(net: _Net, states: tuple[np.ndarray, ...], layer: int,
+                 implied: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows (a, c, s) of the fixed units of layers <= ``layer`` (all earlier layers complete):
-    pre-activation a x + c, required sign s."""
+    pre-activation a x + c, required sign s. ``implied``: per layer, the units whose state the
+    box already decides (no row: the box constraint holds them)."""
     rows_a: list[np.ndarray] = []
     rows_c: list[np.ndarray] = []
     rows_s: list[np.ndarray] = []
@@ -363,6 +395,8 @@ def _constraints(net: _Net, states: tuple[np.ndarray, ...], layer: int) -> tuple
     for k in range(layer + 1):
         s = states[k]
         mask = s != 0
+        if implied is not None:
+            mask = mask & ~implied[k]
         if net.neg[k] != net.pos[k] and np.any(mask):
             rows_a.append(amat[mask])
             rows_c.append(cvec[mask])
@@ -378,8 +412,10 @@ def _constraints(net: _Net, states: tuple[np.ndarray, ...], layer: int) -> tuple
     return np.vstack(rows_a), np.concatenate(rows_c), np.concatenate(rows_s)
 
 
-def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """max t s.t. s_i (a_i x + c_i) >= t ||a_i||, -1 <= t <= 1, x free: (t*, x*) or (-inf, None)."""
+def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray,
+        box: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, np.ndarray | None]:
+    """max t s.t. s_i (a_i x + c_i) >= t ||a_i||, -1 <= t <= 1, x free (or in ``box``): (t*, x*)
+    or (-inf, None)."""
     from scipy.optimize import linprog
 
     n = a.shape[1]
@@ -390,13 +426,15 @@ def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray 
     keep = ~zero
     a, c, s, norms = a[keep] / norms[keep, None], c[keep] / norms[keep], s[keep], norms[keep]
     if a.shape[0] == 0:
-        return 1.0, np.zeros(n)
+        return 1.0, (np.zeros(n) if box is None else (box[0] + box[1]) / 2.0)
     # Solve at unit scale. With y = x / lam (lam > 0), s_i (a_i x + c_i) > 0 iff s_i (a_i y + c_i / lam)
     # > 0: the region is non-empty iff the one with constants c / lam is, and a slack t > 0 of y is a
     # slack lam * t >= t of x = lam y. Unscaled, biases that dominate small weights (c / ||a|| ~ 1e30
     # for weights ~ 1e-30, a ratio the per-layer rescaling keeps) are beyond HiGHS' infinity (1e20)
     # and beyond EMPTY_T's unit-scale premise: realised regions were pruned as empty.
     lam = max(1.0, float(np.max(np.abs(c))))
+    if box is not None:
+        lam = max(lam, float(np.max(np.abs(box[0]))), float(np.max(np.abs(box[1]))))
     if not math.isfinite(lam):
         return 0.0, None  # undecidable here: kept without a point, never pruned
     c = c / lam
@@ -404,19 +442,27 @@ def _lp(a: np.ndarray, c: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray 
     a_ub = np.hstack([-s[:, None] * a, np.ones((a.shape[0], 1))])
     cost = np.zeros(n + 1)
     cost[-1] = -1.0
-    res = linprog(cost, A_ub=a_ub, b_ub=s * c, bounds=[(None, None)] * n + [(-1.0, 1.0)], method="highs")
+    # the box scaled (y = x / lam), its ends rounded outward: only emptiness relies on them
+    x_bounds = ([(None, None)] * n if box is None else
+                list(zip(np.nextafter(box[0] / lam, -np.inf).tolist(), np.nextafter(box[1] / lam, np.inf).tolist(), strict=True)))
+    res = linprog(cost, A_ub=a_ub, b_ub=s * c, bounds=x_bounds + [(-1.0, 1.0)], method="highs")
     if res.status == 2:  # proved infeasible
         return -math.inf, None
     if res.status != 0 or res.x is None:
         return 0.0, None  # no answer (iteration limit, numerical trouble): not proved empty, kept
-    return float(res.x[-1]), lam * np.asarray(res.x[:n], dtype=np.float64)
+    x = lam * np.asarray(res.x[:n], dtype=np.float64)
+    if box is not None:
+        x = np.clip(x, box[0], box[1])  # the solver's point moved onto the box (its tolerance)
+    return float(res.x[-1]), x
 
 
 def _cheap_point(
-    a: np.ndarray, c: np.ndarray, s: np.ndarray, start: np.ndarray | None, row_a: np.ndarray, row_c: float, sign: int
+    a: np.ndarray, c: np.ndarray, s: np.ndarray, start: np.ndarray | None, row_a: np.ndarray, row_c: float, sign: int,
+    box: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """An interior point found without an LP: the parent's point moved across the new hyperplane
-    by a few step lengths, accepted when every row holds with normalised slack > INTERIOR_T."""
+    by a few step lengths, accepted when every row holds with normalised slack > INTERIOR_T (and
+    the point lies in ``box``)."""
     if start is None:
         return None
     norms = np.linalg.norm(a, axis=1)
@@ -427,6 +473,8 @@ def _cheap_point(
     scale = 1.0 + float(np.max(np.abs(start)))
     for step in (1e-6, 1e-4, 1e-2, 1e-1, 1.0):
         x = start + ((sign * step * scale * math.sqrt(nn)) - z) / nn * row_a
+        if box is not None and not (np.all(box[0] <= x) and np.all(x <= box[1])):
+            continue
         if np.all(s * (a @ x + c) > INTERIOR_T * norms * scale):
             return x
     return None
@@ -441,13 +489,75 @@ class _Node:
     forward: tuple[np.ndarray, ...]  # centres of the pre-activation operators F_k
 
 
-def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactResult:
+def _folded(net: _Net) -> _Net | str:
+    """The net with its input translation (if any) folded into the first bias: b_0 + W_0 s,
+    computed in float64 with its error bound kept (``bias_error``: the activation regions are
+    those of the exact fold up to that error; ``_pattern_at`` verifies signs beyond it, and the
+    LP's emptiness margin EMPTY_T is far above it, checked here), or why not."""
+    if not net.shifts:
+        return net
+    if len(net.shifts) != 1 or net.shifts[0].size != net.weights[0].shape[1] or not np.all(np.isfinite(net.shifts[0])):
+        return "over a box, exact mode needs at most one translation of the input, read before the first Linear"
+    w, b, t = net.weights[0], net.biases[0], net.shifts[0]
+    folded = w @ t + b
+    err = _inflate(_gamma(w.shape[1] + 1) * (np.abs(w) @ np.abs(t) + np.abs(b)), w.shape[1])
+    norms = np.linalg.norm(w, axis=1)
+    scale = np.maximum(norms, 1e-300) * max(1.0, float(np.max(np.abs(folded)) / max(float(np.max(norms)), 1e-300)))
+    if not (np.all(np.isfinite(folded)) and float(np.max(err / scale)) < 1e-3 * -EMPTY_T):
+        return "over a box, the folded input translation is not accurate enough for exact mode"
+    return dataclasses.replace(net, biases=(folded, *net.biases[1:]), bias_error=err, input_shifted=False, shifts=())
+
+
+def _box_states(graph: Graph, net: _Net, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...] | str:
+    """Per hidden layer, the state the box decides for each unit (1 active, -1 inactive, 0 not
+    decided; identity layers all 1) from the back-substituted ranges of its pre-activation
+    (``analyses.crown``: enclosures of the stored weights' exact run over the box), or why not."""
+    from stabaudit.analyses.crown import chain_steps, crown_flat, pre_activations
+
+    chain = chain_steps(graph)
+    if isinstance(chain, str):
+        return f"over a box, exact mode needs a ReLU chain: {chain}"
+    for step in chain.steps:
+        if step.kind == "linear":
+            break
+        if step.kind == "scale" and step.w is not None and np.all(step.w == 1.0):
+            continue  # a translation: folded into the first bias (``_folded``)
+        if step.kind != "perm" or step.perm is None or not np.array_equal(step.perm, np.arange(step.size)):
+            return "over a box, exact mode needs the first Linear to read the input's entries in order"
+    lo, hi = crown_flat(chain, box[0], box[1])
+    pre = iter(pre_activations(chain, lo, hi))
+    states: list[np.ndarray] = []
+    for k, w in enumerate(net.weights[:-1]):
+        if net.neg[k] == net.pos[k]:
+            states.append(np.ones(w.shape[0], dtype=np.int8))
+            continue
+        found = next(pre, None)
+        if found is None or found[0].shape != (w.shape[0],):
+            return "internal: the ranges do not match the chain's layers"
+        z_lo, z_hi = found
+        states.append(np.where(z_lo >= 0, 1, np.where(z_hi <= 0, -1, 0)).astype(np.int8))
+    return tuple(states)
+
+
+def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0,
+                    box: tuple[np.ndarray, np.ndarray] | None = None,
+                    inner: tuple[np.ndarray, np.ndarray] | None = None,
+                    nodes: int | None = None) -> ExactResult:
     """The exact global L2 Lipschitz constant of a small ReLU / LeakyReLU chain (see the module
     docstring), or the best certified bracket when ``budget_s`` runs out (``exact`` False).
     Deterministic for a given seed: the search order does not depend on time, and the budget is a
-    node count (``plan.bb_nodes``); the clock only aborts (--timeout)."""
+    node count (``plan.bb_nodes``); the clock only aborts (--timeout).
+
+    ``box`` (the flat input's ends): the constant over that box instead (ReLU chains only). The
+    units whose pre-activation keeps one sign over the box (back-substituted ranges) start fixed,
+    without LP rows (the box holds them); the LPs keep their points in the box, so a region is
+    pruned when it does not meet the box. On the convex box the constant is the essential supremum
+    of ||J|| there, the maximum over the regions that meet the box in a set with interior.
+    ``inner``: a box inside the domain (inside ``box``): the lower bound's points are moved into it
+    before their pattern is verified, so the witness lies in the domain. ``nodes``: the planned
+    node count (default ``plan.bb_nodes(budget_s)``)."""
     start = time.perf_counter()
-    max_nodes = plan.bb_nodes(budget_s)
+    max_nodes = plan.bb_nodes(budget_s) if nodes is None else max(1, int(nodes))
     net = _net(graph)
     if isinstance(net, str):
         return ExactResult(upper=None, lower=None, exact=False, nodes_explored=0, seconds=time.perf_counter() - start, notes=(net,))
@@ -456,12 +566,38 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
     branchable = [net.neg[k] != net.pos[k] for k in range(depth)]
     rng = np.random.default_rng(seed)
     n_in = net.weights[0].shape[1]
+    decided: tuple[np.ndarray, ...] | None = None
+    implied: tuple[np.ndarray, ...] | None = None
+    if box is not None:
+        box = (np.asarray(box[0], dtype=np.float64).ravel(), np.asarray(box[1], dtype=np.float64).ravel())
+        folded = _folded(net)
+        found = (folded if isinstance(folded, str) else _box_states(graph, folded, box)) if box[0].size == n_in \
+            else "the box does not match the input"
+        if isinstance(found, str):
+            return ExactResult(upper=None, lower=None, exact=False, nodes_explored=0,
+                               seconds=time.perf_counter() - start, notes=(found,))
+        assert not isinstance(folded, str)
+        net, decided = folded, found
+        implied = tuple((s != 0) & b for s, b in zip(decided, branchable, strict=True))
+
+    if inner is not None:
+        inner = (np.asarray(inner[0], dtype=np.float64).ravel(), np.asarray(inner[1], dtype=np.float64).ravel())
+    # a region's ||J|| bounds the constant over the box from below only where the box has interior
+    # around the region's points (pairs then move in every direction): no lower bound otherwise
+    flat_box = box is not None and not bool(np.all((inner or box)[1] > (inner or box)[0]))
+
+    def draw() -> np.ndarray:
+        if box is None:
+            return np.asarray(rng.standard_normal(n_in), dtype=np.float64)
+        return np.asarray(rng.uniform(box[0], box[1]), dtype=np.float64)
 
     best_low = 0.0
     witness: ExactWitness | None = None
 
     def offer(x: np.ndarray) -> None:
         nonlocal best_low, witness
+        if inner is not None:
+            x = np.clip(x, inner[0], inner[1])  # a point of the domain (the region is open around it)
         pattern = _pattern_at(net, x)
         if pattern is None:
             return
@@ -476,7 +612,7 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
             )
 
     for _ in range(8):
-        offer(np.asarray(rng.standard_normal(n_in), dtype=np.float64))
+        offer(draw())
 
     def first_open(states: tuple[np.ndarray, ...]) -> int | None:
         for k in range(depth):
@@ -488,8 +624,11 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
         up, _, forward = _node_bound(net, states)
         return _Node(states=states, upper=up, point=point, forward=tuple(forward))
 
-    root_states = tuple(np.where(np.full(w, b), 0, 1).astype(np.int8) for w, b in zip(widths, branchable, strict=True))
-    root = make(root_states, np.asarray(rng.standard_normal(n_in), dtype=np.float64))
+    if decided is None:
+        root_states = tuple(np.where(np.full(w, b), 0, 1).astype(np.int8) for w, b in zip(widths, branchable, strict=True))
+        root = make(root_states, draw())
+    else:
+        root = make(decided, None)  # the centre need not be interior to every fixed unit's side
     heap: list[tuple[float, int, _Node]] = [(-root.upper, 0, root)]
     counter = 1
     closed = 0.0  # max certified upper of every closed node (leaf or pruned)
@@ -511,7 +650,7 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
             closed = max(closed, node.upper)
             continue
         # the constraints of the region so far, and the pre-activations of the layer being split
-        a_fix, c_fix, s_fix = _constraints(net, node.states, layer)
+        a_fix, c_fix, s_fix = _constraints(net, node.states, layer, implied)
         probe = tuple(np.where(s == 0, 1, s).astype(np.int8) if k == layer else s for k, s in enumerate(node.states))
         a_all, c_all, _ = _constraints(net, probe, layer)
         pre_a = a_all[a_all.shape[0] - widths[layer] :]
@@ -542,9 +681,9 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
                 a_c = np.vstack([a_fix, row_a[None, :]])
                 c_c = np.concatenate([c_fix, [row_c]])
                 s_c = np.concatenate([s_fix, [float(sign)]])
-                x = _cheap_point(a_c, c_c, s_c, node.point, row_a, row_c, sign)
+                x = _cheap_point(a_c, c_c, s_c, node.point, row_a, row_c, sign, box)
                 if x is None:
-                    t, x = _lp(a_c, c_c, s_c)
+                    t, x = _lp(a_c, c_c, s_c, box)
                     if t < EMPTY_T:
                         continue  # empty region (the only pruning that relies on the LP solver)
                     if x is None or t <= INTERIOR_T:
@@ -561,6 +700,8 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0) -> ExactRes
             counter += 1
     open_max = max((-item[0] for item in heap), default=0.0)
     upper = max(closed, open_max, witness.norm_upper if witness is not None else 0.0)
+    if flat_box:
+        witness = None
     lower = best_low if witness is not None else None
     # back to the stored network (``_scaled``): its Jacobians are these times 2^exponent, rounded
     # outward (a positive upper end never becomes 0; beyond float64 it is inf)

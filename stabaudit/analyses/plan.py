@@ -36,12 +36,22 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
 NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
 BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
+# the branch and bound over a box (bounds over a domain): a node's planned cost is BB_NODE_BASE_S
+# plus its interval products at BB_FLOPS_PER_S (measured 40 ms a node on mnist-net 256x2, 784
+# inputs: 1.6e8 multiply-adds); each box gets at least BB_BOX_MIN_NODES nodes. DOMAIN_BB_SHARE of
+# the lower-bound budget goes to it where it applies (the rest to the pair search).
+BB_NODE_BASE_S = 2e-3
+BB_FLOPS_PER_S = 4e9
+BB_BOX_MIN_NODES = 8
+DOMAIN_BB_SHARE = 0.5
 # ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
 # DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
 # up to DOMAIN_MAX_PATTERNS activation patterns, the interval Jacobian); an unsplit box spends its
@@ -108,6 +118,17 @@ def domain_pieces(share_s: float, inputs: int) -> tuple[int, float]:
     if inputs > DOMAIN_SPLIT_MAX_INPUTS:
         return 1, share
     return max(1, int(share / DOMAIN_PIECE_S)), min(share, DOMAIN_PIECE_S)
+
+
+def bb_box_nodes(budget_s: float, widths: Sequence[int], inputs: int, boxes: int) -> int:
+    """The branch-and-bound nodes per box that ``budget_s`` buys for a ReLU chain over ``boxes``
+    boxes (``analyses.exact`` with a box): a node costs BB_NODE_BASE_S plus its interval products,
+    about 3 sum_k w_k w_(k-1) n multiply-adds (widths w_k, n inputs: the forward products carry a
+    centre and two radii) at BB_FLOPS_PER_S; at least BB_BOX_MIN_NODES per box."""
+    flops = 3.0 * inputs * sum(a * b for a, b in zip(widths[1:], widths[:-1], strict=False))
+    cost = BB_NODE_BASE_S + flops / BB_FLOPS_PER_S
+    total = max(float(budget_s), 0.0) / cost
+    return max(BB_BOX_MIN_NODES, int(total / max(boxes, 1)))
 
 
 def bb_nodes(budget_s: float) -> int:

@@ -226,3 +226,94 @@ def test_bench_real_networks() -> None:
         assert r.upper is not None and r.lower is not None and r.lower <= r.upper
         lines.append(f"{rel}: exact={r.exact} [{r.lower:.9g}, {r.upper:.9g}] nodes={r.nodes_explored} s={r.seconds:.2f}")
     print("\n" + "\n".join(lines))
+
+
+# ---- the constant over a box ---------------------------------------------------------------------
+def _grid_max(params: list[tuple[np.ndarray, np.ndarray]], lo: np.ndarray, hi: np.ndarray, n: int = 301) -> float:
+    """max ||J|| over the patterns met on an n x n grid of the box (each region's Jacobian once)."""
+    seen: set[tuple[int, ...]] = set()
+    best = 0.0
+    for x0 in np.linspace(lo[0], hi[0], n):
+        for x1 in np.linspace(lo[1], hi[1], n):
+            pat = _pattern(params, np.array([x0, x1]))
+            key = tuple(int(v) for d in pat for v in d)
+            if key not in seen:
+                seen.add(key)
+                best = max(best, _jac_norm(params, pat))
+    return best
+
+
+@pytest.mark.parametrize(("center", "radius"), [((0.3, -0.2), 0.4), ((1.5, 1.0), 0.15), ((-2.0, 0.5), 1.0)])
+def test_box_constant_equals_the_regions_met_in_the_box(center: tuple[float, float], radius: float) -> None:
+    params = _params((2, 8, 8, 2), 5)
+    c = np.array(center)
+    lo, hi = c - radius, c + radius
+    res = exact_lipschitz(_graph(params), budget_s=30.0, box=(lo, hi))
+    assert res.exact and res.upper is not None and res.lower is not None
+    truth = _grid_max(params, lo, hi)
+    # the grid meets every region of the box with an area this grid resolves (same value), and
+    # the box's constant is at most the global one
+    assert abs(res.upper - truth) <= 1e-6 * truth
+    glob = exact_lipschitz(_graph(params), budget_s=30.0)
+    assert glob.upper is not None and res.upper <= glob.upper * (1 + 1e-12)
+    # the witness lies in the box, and its region's norm is the lower end
+    assert res.witness is not None
+    x = np.array(res.witness.point)
+    assert np.all(lo <= x) and np.all(x <= hi)
+    assert abs(_jac_norm(params, _pattern(params, x)) - res.lower) <= 1e-9 * res.lower
+
+
+def test_box_smaller_than_global_and_inner_points() -> None:
+    params = _params((2, 8, 8, 2), 5)
+    lo, hi = np.array([1.5, 1.0]) - 0.15, np.array([1.5, 1.0]) + 0.15
+    inner = (lo + 0.05, hi - 0.05)
+    res = exact_lipschitz(_graph(params), budget_s=30.0, box=(lo, hi), inner=inner)
+    glob = exact_lipschitz(_graph(params), budget_s=30.0)
+    assert res.upper is not None and glob.upper is not None and res.upper < 0.9 * glob.upper
+    assert res.witness is not None
+    x = np.array(res.witness.point)
+    assert np.all(inner[0] <= x) and np.all(x <= inner[1])
+
+
+def test_flat_box_gives_no_lower_bound() -> None:
+    # a box of zero width in one entry: pairs move along the other only, so a region's full
+    # Jacobian norm is no lower bound there; the upper end still holds
+    params = _params((2, 8, 8, 2), 5)
+    lo, hi = np.array([0.0, -1.0]), np.array([0.0, 1.0])
+    res = exact_lipschitz(_graph(params), budget_s=10.0, box=(lo, hi))
+    assert res.lower is None and res.witness is None
+    assert res.upper is not None
+    # the constant along the segment: the largest ||J e_1|| of the regions it crosses
+    along = 0.0
+    for x1 in np.linspace(-1.0, 1.0, 2001):
+        j = params[0][0].astype(np.float64)
+        for (w, _), d in zip(params[1:], _pattern(params, np.array([0.0, x1])), strict=True):
+            j = w.astype(np.float64) @ (d[:, None] * j)
+        along = max(along, float(np.linalg.norm(j[:, 1])))
+    assert along > 0 and res.upper >= along
+    glob = exact_lipschitz(_graph(params), budget_s=30.0)
+    assert glob.upper is not None and res.upper <= glob.upper * (1 + 1e-12)
+
+
+def test_box_with_an_input_translation_equals_the_folded_network() -> None:
+    # x -> W (x + t) + b with t dyadic, so that W t + b is exact in float64: the same constant as
+    # the network with bias W t + b, and the witness in the untranslated input's coordinates
+    params = _params((2, 6, 6, 2), 3)
+    t = np.array([0.5, -0.25], dtype=np.float32)
+    w0, b0 = params[0]
+    shifted = with_shapes(Graph(
+        inputs=_graph(params).inputs,
+        outputs=_graph(params).outputs,
+        nodes=(Node(name="shift", op=O.Affine(scale=None, shift=t.reshape(1, 2)), inputs=("x",), output="xs"),
+               *(Node(name=n.name, op=n.op, inputs=("xs",) if n.inputs == ("x",) else n.inputs, output=n.output)
+                 for n in _graph(params).nodes)),
+    ))
+    folded = [((w0.astype(np.float64)), (w0.astype(np.float64) @ t.astype(np.float64) + b0)), *params[1:]]
+    lo, hi = np.array([-0.6, 0.2]), np.array([0.4, 1.0])
+    a = exact_lipschitz(shifted, budget_s=30.0, box=(lo, hi))
+    ref = _grid_max(folded, lo, hi)  # type: ignore[arg-type]
+    assert a.exact and a.upper is not None and abs(a.upper - ref) <= 1e-6 * ref
+    assert a.witness is not None
+    x = np.array(a.witness.point)
+    assert np.all(lo <= x) and np.all(x <= hi)
+    assert abs(_jac_norm(params, _pattern(folded, x)) - a.lower) <= 1e-9 * a.lower  # type: ignore[arg-type, operator]
