@@ -717,7 +717,9 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     never above the global bound; the lower bound from a pair inside the domain
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
     from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
+    from stabaudit.analyses.domain_chain import domain_chain
     from stabaudit.analyses.domain_lower import domain_lower
+    from stabaudit.analyses.plan import DOMAIN_BB_SHARE
     from stabaudit.report.model import DomainInfo
 
     assert request.domain is not None
@@ -728,9 +730,13 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         raise UsageError(str(exc), path=str(request.path)) from None
     whole = ev.lipschitz
     global_upper = whole.upper if whole.certified else None
+    # a ReLU chain: the branch and bound over the boxes takes DOMAIN_BB_SHARE of the lower-bound
+    # budget (its regions' norms are lower bounds over D), the pair search the rest
+    chain = domain_chain(graph) is not None
+    bb_budget = DOMAIN_BB_SHARE * request.lower_budget_s if chain else 0.0
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
                           regions={k: (r.x, r.value) for k, r in ev.regions.items()},
-                          keep=_residual_values(graph), budget_s=request.budget_s)
+                          keep=_residual_values(graph), budget_s=request.budget_s, bb_budget_s=bb_budget)
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
@@ -743,10 +749,14 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     if result.unresolved:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
-    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s,
+    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s - bb_budget,
                        op_bounds=op_bounds)
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
+    if result.lower_point is not None and result.lower > 0 and (lower is None or result.lower > lower):
+        # the norm of a region's Jacobian at a point of D where the network is differentiable
+        lower, lower_method = result.lower, result.lower_method
+        witness = Witness(x=result.lower_point, y=(), quotient=result.lower, kind="jacobian")
     found = whole.witness
     if (found is not None and found.kind == "pair" and whole.lower is not None and (lower is None or whole.lower > lower)
             and _in_boxes(graph, boxes, found.x, found.y)):

@@ -39,6 +39,7 @@ from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
 
 METHOD = "domain-composition"
+BB_METHOD = "branch and bound over activation regions (LipBaB over the box)"
 # balls of a ball domain bounded one by one; beyond, one box that holds them all (their hull)
 MAX_BALLS = 64
 
@@ -85,6 +86,11 @@ class DomainResult:
     # per box, the value ranges and per-node bounds of the values ``domain_bound`` was asked to
     # keep (the residual blocks' inputs and branches: analyses.residual.domain_blocks)
     kept: tuple[tuple[Mapping[str, Interval], Mapping[str, OpBound]], ...] = ()
+    # a ReLU chain's branch and bound over the boxes (``analyses.exact``): the largest certified
+    # ||J|| of an activation region met inside the domain (a sound lower bound over D), its point
+    lower: float = 0.0
+    lower_point: tuple[float, ...] | None = None
+    lower_method: str = ""
 
 
 def _down(a: np.ndarray) -> np.ndarray:
@@ -221,17 +227,22 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
 def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *,
                  global_upper: float | None = None,
                  regions: Mapping[str, tuple[str, float]] | None = None,
-                 keep: frozenset[str] = frozenset(), budget_s: float = 0.0) -> DomainResult:
+                 keep: frozenset[str] = frozenset(), budget_s: float = 0.0,
+                 bb_budget_s: float = 0.0) -> DomainResult:
     """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module);
     ``keep``: value names whose ranges and (node outputs) per-node bounds over each box are kept. A
     ReLU chain also gets the per-unit slope certificates of ``analyses.domain_chain`` on each box
-    (``budget_s`` shared equally between the boxes), the smaller of the two per box."""
+    (``budget_s`` shared equally between the boxes), the smaller of the two per box, and with
+    ``bb_budget_s`` > 0 the branch and bound over activation regions of ``analyses.exact`` on each
+    box: its certified upper end joins the minimum, and the largest region norm it meets inside
+    the domain is a lower bound over D."""
     from stabaudit.analyses import domain_chain as DC
     from stabaudit.analyses.plan import DOMAIN_MAX_PATTERNS, domain_pieces
     from stabaudit.bounds.domain import NEEDS_DOMAIN
 
     dc = DC.domain_chain(graph)
-    chain_used = False
+    bb = _box_search(graph, boxes, bb_budget_s) if dc is not None and bb_budget_s > 0 else None
+    chain_used = bb_used = False
     chain_notes: list[str] = []
 
     start = time.perf_counter()
@@ -242,7 +253,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     needing = {node.name for node in graph.nodes if op_bounds[node.output].upper.method == NEEDS_DOMAIN}
     still: set[str] = set()
     kept: list[tuple[Mapping[str, Interval], Mapping[str, OpBound]]] = []
-    for box in boxes.boxes:
+    for index, box in enumerate(boxes.boxes):
         ranges: dict[str, Interval] = {}
         value, ok, layered, local = bound_over_box(graph, op_bounds, box, regions, ranges if keep else None)
         if keep:
@@ -256,6 +267,10 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
                 if found.value < value or not ok:
                     value, ok, chain_used = found.value, True, True
                     chain_notes.append(f"{found.pieces} piece(s), {found.unstable} of {found.units} units unstable in the worst")
+        if bb is not None:
+            upper_bb = bb.uppers[index]
+            if upper_bb is not None and (upper_bb < value or not ok):
+                value, ok, bb_used = upper_bb, True, True
         worst, product = max(worst, value), max(product, layered)
         certified = certified and ok
         for out, ob in local.items():
@@ -268,6 +283,8 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     for name in still:
         node_uppers.pop(name, None)
     method = METHOD if not chain_used else f"min of {METHOD} and {DC.METHOD}"
+    if bb_used:
+        method = f"{method} and {BB_METHOD}" if chain_used else f"min of {METHOD} and {BB_METHOD}"
     if global_upper is not None and global_upper < worst:
         worst, method = global_upper, "global bound (tighter than the domain composition)"
     return DomainResult(
@@ -280,7 +297,47 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         seconds=time.perf_counter() - start,
         notes=boxes.notes + ((f"per-unit slopes over the domain: {chain_notes[-1]}",) if chain_notes else ()),
         kept=tuple(kept),
+        lower=bb.lower if bb is not None else 0.0,
+        lower_point=bb.point if bb is not None else None,
+        lower_method=f"{BB_METHOD}: the Jacobian of an activation region inside the domain" if bb is not None else "",
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _BoxSearch:
+    uppers: tuple[float | None, ...]  # per box, the certified upper end (None: not applied)
+    lower: float
+    point: tuple[float, ...] | None
+
+
+def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | None:
+    """The branch and bound of ``analyses.exact`` over each box, its nodes planned from
+    ``budget_s`` (``plan.bb_box_nodes``); the witness points are moved into the box's inner
+    (inside D) version. None where exact mode does not apply to the graph."""
+    from stabaudit.analyses import exact
+    from stabaudit.analyses.plan import bb_box_nodes
+
+    net = exact._net(graph)
+    if isinstance(net, str):
+        return None
+    widths = [int(w.shape[1]) for w in net.weights] + [int(net.weights[-1].shape[0])]
+    n_in = widths[0]
+    nodes = bb_box_nodes(budget_s, widths[1:], n_in, len(boxes.boxes))
+    uppers: list[float | None] = []
+    lower, point = 0.0, None
+    inner = boxes.inner or boxes.boxes
+    for box, small in zip(boxes.boxes, inner, strict=True):
+        check_deadline()
+        ends = flat_box(graph, box)
+        if not (np.all(np.isfinite(ends[0])) and np.all(np.isfinite(ends[1]))) or ends[0].size != n_in:
+            return None
+        found = exact.exact_lipschitz(graph, budget_s=0.0, box=ends, inner=flat_box(graph, small), nodes=nodes)
+        if found.upper is None and found.lower is None and found.nodes_explored == 0:
+            return None  # refused (not a plain ReLU chain over a box)
+        uppers.append(found.upper if found.upper is not None and math.isfinite(found.upper) else None)
+        if found.lower is not None and found.witness is not None and found.lower > lower:
+            lower, point = found.lower, found.witness.point
+    return _BoxSearch(uppers=tuple(uppers), lower=lower, point=point)
 
 
 def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:

@@ -44,7 +44,8 @@ def test_the_bound_over_a_ball_holds_inside_it(path: Path) -> None:
     n_in = int(sum(np.prod(s.shape) for s in loaded.inputs))
     x0 = np.random.default_rng(0).normal(size=(1, n_in)) * 0.5
     boxes = domain_boxes(graph, BallDomain(eps=RADIUS), x0)
-    found = domain_bound(graph, op_bounds, boxes)
+    # ReLU chains also get the branch and bound over the ball (its upper end joins the minimum)
+    found = domain_bound(graph, op_bounds, boxes, bb_budget_s=0.2)
     upper = found.upper.value
     interval = jacobian_bound(loaded, boxes)
     if interval is not None:
@@ -65,3 +66,10 @@ def test_the_bound_over_a_ball_holds_inside_it(path: Path) -> None:
     for x in xs[:4]:
         jac = torch.autograd.functional.jacobian(f, x)
         assert float(torch.linalg.matrix_norm(jac.reshape(-1, n_in), ord=2)) <= upper * (1 + 1e-9)
+    if found.lower_point is not None:
+        # the region's Jacobian at its point of the ball is the lower end, and at most the upper
+        p = torch.tensor(found.lower_point, dtype=torch.float64)
+        assert float((p - c).abs().max()) <= RADIUS
+        jac = torch.autograd.functional.jacobian(f, p)
+        norm = float(torch.linalg.matrix_norm(jac.reshape(-1, n_in), ord=2))
+        assert abs(norm - found.lower) <= 1e-7 * norm and found.lower <= upper * (1 + 1e-12)
