@@ -59,7 +59,7 @@ def externalize(
     if w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
         small, arrays = _outside(w, file, prefix)
         report = replace(report, lipschitz=replace(report.lipschitz, witness=small))
-    # the domain bracket's witness (a pair inside the domain): arrays domain_x, domain_y
+    # the domain bracket's witness (a pair inside the domain: arrays domain_x, domain_y; a jacobian witness: domain_x)
     d = report.domain_lipschitz
     w = d.witness if d is not None else None
     if d is not None and w is not None and w.stored is None and max(len(w.x), len(w.y)) > WITNESS_INLINE_MAX:
