@@ -20,7 +20,7 @@ The measured value is the exact norm ||d vec(F) / d vec(W_l)||_2 by autograd at 
 (full Jacobian for at most MAX_EXACT_ROWS outputs; above, ||J_l^T u|| for one seeded unit u shared
 by every layer, then power iteration on J_l J_l^T, values from below), the max over the first
 samples: a sound lower value of the sensitivity at the samples. The reverse passes this takes are
-planned from the budget (analyses.plan.reverse_passes): at most MAX_MEASURED_SAMPLES samples, fewer
+planned from the budget (analyses.plan.reverse_passes, plan.measurement_plan): at most MAX_MEASURED_SAMPLES samples, fewer
 when the budget does not buy them, then fewer power iterations (none: the shared probe only).
 W_l is the layer's effective weight (eval BatchNorm folded), as in the report's layers.
 """
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.activations import forward_values
+from stabaudit.analyses.plan import MAX_EXACT_ROWS, POWER_ITERATIONS
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor
@@ -46,9 +47,6 @@ if TYPE_CHECKING:
     import torch
 
 MARGIN = 1e-9  # relative widening of the measured input norms (float64 forward rounding)
-MAX_EXACT_ROWS = 64  # outputs up to which the Jacobian is formed in full
-POWER_ITERATIONS = 30
-MIN_POWER_ITERATIONS = 8  # fewer samples are measured before the iterations drop below this
 MAX_MEASURED_SAMPLES = 16  # autograd runs on the first samples only (the bound uses all)
 
 
@@ -128,21 +126,6 @@ def _power_norm(y: torch.Tensor, w: torch.Tensor, seed: int, iterations: int = P
         if not torch.any(u != 0):
             break
     return best
-
-
-def measurement_plan(passes: int, outputs: int, layers: int, available: int) -> tuple[int, int | None]:
-    """(samples, power iterations) that ``passes`` reverse passes buy: the full Jacobian costs
-    ``outputs`` passes a sample (iterations None); power iteration costs one shared probe and
-    1 + 2 k passes per layer a sample. At least one sample whatever the passes."""
-    available = max(int(available), 0)
-    if available == 0:
-        return 0, None
-    if outputs <= MAX_EXACT_ROWS:
-        return min(available, max(1, passes // max(outputs, 1))), None
-    layers = max(int(layers), 1)
-    samples = min(available, max(1, passes // (1 + layers * (1 + 2 * MIN_POWER_ITERATIONS))))
-    per_layer = (passes // samples - 1) // layers
-    return samples, min(POWER_ITERATIONS, max(0, (per_layer - 1) // 2))
 
 
 def _measured(
@@ -230,7 +213,7 @@ def parameter_sensitivity(
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     outputs = sum(int(np.prod(shapes[name])) for name in graph.outputs)
     passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, forward_macs(graph, shapes))
-    count, iterations = measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
+    count, iterations = plan.measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
     head = np.asarray(samples)[:count]
     measured = _measured(graph, layers, head, seed, iterations) if layers else {}
     out = []

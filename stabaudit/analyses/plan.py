@@ -183,3 +183,26 @@ def sample_count(budget_s: float, forward_macs: float, available: int) -> int:
     units = max(float(budget_s), 0.0) * SAMPLE_SHARE * LOWER_MACS_PER_S
     bought = int(units // (max(float(forward_macs), 1.0) + LOWER_CALL_MACS))
     return min(max(int(available), 0), max(MIN_SAMPLES, bought))
+
+
+# SA401's autograd measurement (analyses.parameters): the full Jacobian of a sample for at most
+# MAX_EXACT_ROWS outputs; above, POWER_ITERATIONS power iterations per layer (fewer samples are
+# measured before the iterations drop below MIN_POWER_ITERATIONS)
+MAX_EXACT_ROWS = 64  # outputs up to which the Jacobian is formed in full
+POWER_ITERATIONS = 30
+MIN_POWER_ITERATIONS = 8  # fewer samples are measured before the iterations drop below this
+
+
+def measurement_plan(passes: int, outputs: int, layers: int, available: int) -> tuple[int, int | None]:
+    """(samples, power iterations) that ``passes`` reverse passes buy: the full Jacobian costs
+    ``outputs`` passes a sample (iterations None); power iteration costs one shared probe and
+    1 + 2 k passes per layer a sample. At least one sample whatever the passes."""
+    available = max(int(available), 0)
+    if available == 0:
+        return 0, None
+    if outputs <= MAX_EXACT_ROWS:
+        return min(available, max(1, passes // max(outputs, 1))), None
+    layers = max(int(layers), 1)
+    samples = min(available, max(1, passes // (1 + layers * (1 + 2 * MIN_POWER_ITERATIONS))))
+    per_layer = (passes // samples - 1) // layers
+    return samples, min(POWER_ITERATIONS, max(0, (per_layer - 1) // 2))

@@ -10,11 +10,10 @@ import pytest
 from stabaudit.analyses.composition import rule_bounds
 from stabaudit.analyses.parameters import (
     MAX_MEASURED_SAMPLES,
-    POWER_ITERATIONS,
-    measurement_plan,
     parameter_sensitivity,
     weight_factor,
 )
+from stabaudit.analyses.plan import POWER_ITERATIONS, measurement_plan
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
