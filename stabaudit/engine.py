@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -116,6 +117,8 @@ class Analysis:
     domain_product: float | None = None
     # set when the audit stopped early: the stages that finished and why the others did not run
     stopped: Stopped | None = None
+    # planned seconds of counted work per stage (and "total"): the cost model's, deterministic
+    planned: Mapping[str, float] = field(default_factory=dict)
 
 
 def report_timestamp() -> tuple[str, bool]:
@@ -327,6 +330,7 @@ def run_stages(request: AuditRequest, run: StageRun, observer: Observer | None =
     checked first against what remains of the memory budget (its planned bytes,
     limits.analysis_memory_plan). Each stage writes a copy of the state, kept only once the stage
     returned: a stage stopped half-way (a timeout, a failed allocation) leaves nothing behind."""
+    from stabaudit.analyses import plan
     from stabaudit.limits import check_stage_memory
     from stabaudit.stages import STAGES
 
@@ -345,13 +349,26 @@ def run_stages(request: AuditRequest, run: StageRun, observer: Observer | None =
             say(stage.say)
         work = ev.copy()
         t = time.perf_counter()
-        stage.run(request, work)
+        with plan.ledger() as spent:
+            stage.run(request, work)
         if stage.timing is not None:
             work.timings[stage.timing] = time.perf_counter() - t
+        if spent[0] > 0.0:
+            key = stage.timing or stage.name
+            work.planned[key] = work.planned.get(key, 0.0) + spent[0]
         work.timings.pop("total", None)  # kept last: the seconds of the stages that finished
         work.timings["total"] = time.perf_counter() - t0
         run.progress = (work, run.completed + (stage.name,))
     run.current = ""
+
+
+def _planned(spent: Mapping[str, float]) -> dict[str, float]:
+    """The planned seconds per stage and their total, to 4 significant digits (deterministic: the
+    cost model's counts, never the clock)."""
+    out = {k: float(f"{v:.4g}") for k, v in spent.items() if v > 0.0}
+    if out:
+        out["total"] = float(f"{math.fsum(spent.values()):.4g}")
+    return out
 
 
 def stop_of(exc: BaseException, request: AuditRequest, run: StageRun) -> Stopped | None:
@@ -429,6 +446,7 @@ def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None, stop
         samples=ev.sample_info,
         residual=ev.residual if has("residual") else _no_residual(),
         timings={} if ev.reproducible else {k: round(v, 4) for k, v in ev.timings.items()},
+        planned=_planned(ev.planned),
         notes=tuple(loaded.notes) + tuple(eq.notes) + (tuple(ev.comp.notes) if has("global_bound") else ()),
         domain_lipschitz=ev.domain_lipschitz,
         domain_product=ev.domain_product,
@@ -541,6 +559,7 @@ def assess(
         residual_blocks=analysis.residual.blocks,
         domain_lipschitz=analysis.domain_lipschitz,
         timings={} if reproducible else {k: round(v, 4) for k, v in timings.items()},
+        planned=dict(analysis.planned),
         notes=analysis.notes
         + (_CACHED_NOTE if cached else ())
         + (_REPRODUCIBLE_NOTE if reproducible else ())

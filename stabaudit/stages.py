@@ -90,6 +90,7 @@ class AnalysisState:
     memory_budget: int  # bytes
     reproducible: bool  # SOURCE_DATE_EPOCH is set: seconds are reported as 0
     timings: dict[str, float]  # seconds per stage, by timing key
+    planned: dict[str, float]  # planned seconds of counted work per stage (analyses.plan.ledger)
     # load (jumps: their smooth parts)
     loaded: LoadedModel  # the model as loaded
     graph: Graph  # the report's layers: affine maps folded, adjacent linear maps merged
@@ -133,6 +134,7 @@ class AnalysisState:
         self.memory_budget = memory_budget
         self.reproducible = reproducible
         self.timings = {}
+        self.planned = {}
 
     def copy(self) -> AnalysisState:
         """The state for the next stage to write: its lists and dicts copied (a stage stopped

@@ -79,3 +79,26 @@ def test_external_folder_has_all_networks():
     if not EXTERNAL.is_dir():
         pytest.skip("../shared/models/external is absent")
     assert len(EXTERNAL_MODELS) == 29
+
+
+def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabaudit.analyses import plan
+    from stabaudit.renderers.table import render_table
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    path = Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx"
+    report = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
+    # the lower-bound search plans the budget's units (at least its smallest plan); the global
+    # methods their Newton steps and nodes; the total is their sum, and no clock enters
+    assert report.planned["lower_bound"] >= 0.5
+    assert 0.0 < report.planned["global_methods"] <= 3 * 0.5
+    parts = [v for k, v in report.planned.items() if k != "total"]
+    assert report.planned["total"] == pytest.approx(sum(parts), rel=1e-3)
+    assert report.timings == {}
+    again = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
+    assert again.planned == report.planned
+    line = next(row for row in render_table(report).splitlines() if row.startswith("Work: "))
+    assert f"{report.planned['total']:.3g} s planned from --budget" in line and "took" not in line
+    with plan.ledger() as spent:
+        audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
+    assert spent == [0.0]  # each stage counts in its own ledger

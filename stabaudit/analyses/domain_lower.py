@@ -64,7 +64,7 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     the passes screen points, half go to the local search. Never below two points, no rounds.
     The pairs confirmed per box (``tries``): as many as the passes buy at CONFIRM_PASSES each,
     between MIN_TRIES and MAX_TRIES."""
-    from stabaudit.analyses.plan import LOWER_CALL_MACS, lower_units
+    from stabaudit.analyses.plan import LOWER_CALL_MACS, LOWER_MACS_PER_S, lower_units, spend
 
     per_sigma = float(inputs + 1 if inputs <= FULL_JACOBIAN_MAX_INPUTS else 12)
     passes = max(lower_units(budget_s) - 8 * LOWER_CALL_MACS, 0.0) / max(macs, 1.0) / max(boxes, 1)
@@ -74,6 +74,8 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     proposals = int(min(PROPOSALS, max(2, sigmas / 2 / starts / 8)))
     rounds = int(min(MAX_ROUNDS, max(0, sigmas / 2 / (starts * proposals))))
     tries = int(min(MAX_TRIES, max(MIN_TRIES, passes / CONFIRM_PASSES)))
+    spend((boxes * (points * per_sigma + starts * proposals * rounds * per_sigma + tries * CONFIRM_PASSES) * max(macs, 1.0)
+           + 8 * LOWER_CALL_MACS) / LOWER_MACS_PER_S)
     return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds, tries=tries)
 
 

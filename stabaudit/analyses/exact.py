@@ -558,6 +558,8 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0,
     node count (default ``plan.bb_nodes(budget_s)``)."""
     start = time.perf_counter()
     max_nodes = plan.bb_nodes(budget_s) if nodes is None else max(1, int(nodes))
+    if nodes is None:
+        plan.spend(max_nodes / plan.BB_NODES_PER_S)
     net = _net(graph)
     if isinstance(net, str):
         return ExactResult(upper=None, lower=None, exact=False, nodes_explored=0, seconds=time.perf_counter() - start, notes=(net,))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stabaudit.analyses import plan
 from stabaudit.analyses.feedforward import Chain
 
 EPS = float(np.finfo(np.float64).eps)
@@ -60,6 +61,7 @@ def _product(weights: tuple[np.ndarray, ...], diags: list[np.ndarray]) -> np.nda
 
 
 FLOOR_FLOPS = 2e10  # the search's planned work (counted flops): fewer starts for wide chains
+FLOOR_FLOPS_PER_S = 4e9  # their planned seconds (the report's planned work): 2e10 flops took 5 s
 
 
 def _sweep_flops(weights: tuple[np.ndarray, ...]) -> float:
@@ -106,6 +108,7 @@ def slope_relaxation_floor(chain: Chain, *, seed: int = 0, starts: int = 24, swe
     weights = tuple(np.asarray(w, dtype=np.float64) for w in chain.weights)
     # counted work: at most FLOOR_FLOPS for every start's sweeps (at least one start)
     starts = max(1, min(starts, int(FLOOR_FLOPS // (sweeps * _sweep_flops(weights)))))
+    plan.spend(starts * sweeps * _sweep_flops(weights) / FLOOR_FLOPS_PER_S)
     slopes = chain.slopes
     layers = len(slopes)
     rng = np.random.default_rng(seed)

@@ -1279,6 +1279,8 @@ def lower_bound(
     asked = max(1, int(starts)), max(0, int(steps))
     starts, steps = _shape(search, *asked, budget_s, smallest_slack_s)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
+    # the plan fills the budget's units, and at least the smallest plan
+    plan.spend(max(plan.lower_units(budget_s), _smallest_cost(search, starts, steps)) / plan.LOWER_MACS_PER_S)
     notes: list[str] = []
     if (starts, steps) != asked:
         notes.append(

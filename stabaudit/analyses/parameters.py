@@ -212,7 +212,9 @@ def parameter_sensitivity(
     sens = output_sensitivities(graph, op_bounds)
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     outputs = sum(int(np.prod(shapes[name])) for name in graph.outputs)
-    passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, forward_macs(graph, shapes))
+    macs = forward_macs(graph, shapes)
+    passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, macs)
+    plan.spend(passes * (plan.PASS_FORWARDS * max(macs, 1.0) + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S)
     count, iterations = plan.measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
     head = np.asarray(samples)[:count]
     measured = _measured(graph, layers, head, seed, iterations) if layers else {}

@@ -36,7 +36,33 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+# the planned seconds of the running stage (``ledger``): every search and solver adds the cost
+# model's seconds of the work it commits to (``spend``), so the report states the planned work
+# beside the time it took
+_LEDGER: ContextVar[list[float] | None] = ContextVar("stabaudit_plan_ledger", default=None)
+
+
+@contextmanager
+def ledger() -> Iterator[list[float]]:
+    """Collect the planned seconds ``spend`` records while the block runs (``[seconds]``)."""
+    spent = [0.0]
+    token = _LEDGER.set(spent)
+    try:
+        yield spent
+    finally:
+        _LEDGER.reset(token)
+
+
+def spend(seconds: float) -> None:
+    """Count ``seconds`` of planned work (the cost model's, not the clock's) against the ledger."""
+    spent = _LEDGER.get()
+    if spent is not None and math.isfinite(seconds) and seconds > 0.0:
+        spent[0] += float(seconds)
 
 LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
@@ -116,8 +142,11 @@ def domain_pieces(share_s: float, inputs: int) -> tuple[int, float]:
     """(the pieces a box's ``share_s`` of the budget buys, the LipSDP budget of each piece)."""
     share = max(float(share_s), 0.0)
     if inputs > DOMAIN_SPLIT_MAX_INPUTS:
-        return 1, share
-    return max(1, int(share / DOMAIN_PIECE_S)), min(share, DOMAIN_PIECE_S)
+        return 1, share  # one piece: its LipSDP steps are spent where they are planned
+    pieces = max(1, int(share / DOMAIN_PIECE_S))
+    if pieces > 1:
+        spend(pieces * DOMAIN_PIECE_S)
+    return pieces, min(share, DOMAIN_PIECE_S)
 
 
 def bb_box_nodes(budget_s: float, widths: Sequence[int], inputs: int, boxes: int) -> int:
@@ -128,7 +157,9 @@ def bb_box_nodes(budget_s: float, widths: Sequence[int], inputs: int, boxes: int
     flops = 3.0 * inputs * sum(a * b for a, b in zip(widths[1:], widths[:-1], strict=False))
     cost = BB_NODE_BASE_S + flops / BB_FLOPS_PER_S
     total = max(float(budget_s), 0.0) / cost
-    return max(BB_BOX_MIN_NODES, int(total / max(boxes, 1)))
+    nodes = max(BB_BOX_MIN_NODES, int(total / max(boxes, 1)))
+    spend(nodes * max(boxes, 1) * cost)
+    return nodes
 
 
 def bb_nodes(budget_s: float) -> int:
@@ -169,20 +200,29 @@ def residual_points(
     if available <= 0:
         return 0, 0
     if dense_passes is not None:
-        return min(available, int(units // cost(0))), steps
+        points = min(available, int(units // cost(0)))
+        spend(points * cost(0) / LOWER_MACS_PER_S)
+        return points, steps
     points = min(available, int(units // cost(steps)))
     if points >= 1:
+        spend(points * cost(steps) / LOWER_MACS_PER_S)
         return points, steps
     k = min(steps, int(((units - LOWER_CALL_MACS) / macs - QUOTIENT_FORWARDS) / PASS_FORWARDS
                        / ((3 if square else 2) * 2)))
-    return (1, k) if k >= MIN_KRYLOV_STEPS else (0, 0)
+    if k < MIN_KRYLOV_STEPS:
+        return 0, 0
+    spend(cost(k) / LOWER_MACS_PER_S)
+    return 1, k
 
 
 def sample_count(budget_s: float, forward_macs: float, available: int) -> int:
     """How many of the ``available`` samples the sample channels evaluate (the first ones)."""
     units = max(float(budget_s), 0.0) * SAMPLE_SHARE * LOWER_MACS_PER_S
-    bought = int(units // (max(float(forward_macs), 1.0) + LOWER_CALL_MACS))
-    return min(max(int(available), 0), max(MIN_SAMPLES, bought))
+    each = max(float(forward_macs), 1.0) + LOWER_CALL_MACS
+    bought = int(units // each)
+    count = min(max(int(available), 0), max(MIN_SAMPLES, bought))
+    spend(count * each / LOWER_MACS_PER_S)
+    return count
 
 
 # SA401's autograd measurement (analyses.parameters): the full Jacobian of a sample for at most

@@ -194,7 +194,9 @@ def planned_newton_steps(size: int, t_size: int, budget_s: float) -> int:
     """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
     multipliers (``plan.newton_steps``: counted work, never time, so that the result does not
     depend on the machine or its load)."""
-    return plan.newton_steps(size, t_size, budget_s)
+    steps = plan.newton_steps(size, t_size, budget_s)
+    plan.spend(steps * (plan.NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / plan.NEWTON_FLOPS_PER_S))
+    return steps
 
 
 def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, max_newton: int, rel_gap: float = 2e-3, mu: float = 6.0, center_tol: float = 1e-5, gap0: float = 1.0) -> tuple[float, np.ndarray, int]:

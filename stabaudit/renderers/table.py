@@ -108,6 +108,18 @@ def _layer_mark(lip: LayerLipschitz) -> str:
     return "certified"
 
 
+def work_line(report: Report) -> str:
+    """The planned seconds of counted work (the largest stages first) and, when timed, the time
+    the audit took; empty when nothing was planned."""
+    planned = {k: v for k, v in report.planned.items() if k != "total"}
+    if not planned:
+        return ""
+    parts = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(planned.items(), key=lambda kv: (-kv[1], kv[0])))
+    took = report.timings.get("total")
+    return (f"{report.planned.get('total', 0.0):.3g} s planned from --budget ({parts})"
+            + (f"; the audit took {took:.3g} s" if took is not None else ""))
+
+
 @RENDERERS.register(OutputFormat.TABLE)
 def render_table(report: Report) -> str:
     m, lip, eq = report.model, report.lipschitz, report.equivalence
@@ -162,6 +174,9 @@ def render_table(report: Report) -> str:
     line = samples_line(report)
     if line:
         out.append(f"Samples: {line}")
+    line = work_line(report)
+    if line:
+        out.append(f"Work: {line}")
     for sec in sections(report):
         out += ["", sec.title, tabulate(list(sec.rows), headers=list(sec.headers), disable_numparse=True)]
         out += [f"  {n}" for n in sec.notes]

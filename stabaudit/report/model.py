@@ -253,6 +253,8 @@ class Report:
     fail_on: str
     created: str = ""  # UTC, ISO 8601; pinned by SOURCE_DATE_EPOCH
     timings: dict[str, float] = field(default_factory=dict)
+    # the planned seconds of counted work per stage (the cost model's, from --budget) and "total"
+    planned: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     rules: tuple[RuleInfo, ...] = ()  # not part of the JSON report (see report.serialize)
     residual_blocks: tuple[ResidualBlock, ...] = ()  # THEORY.md residual channel (SA201, SA202)

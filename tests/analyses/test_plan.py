@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stabaudit.analyses import plan
 
 
@@ -154,3 +156,17 @@ def test_the_slope_relaxation_floor_multiplies_from_the_narrow_end_and_plans_its
     n = 1024
     big = tuple([np.eye(n)] * 3 + [np.ones((1, n))])
     assert int(FLOOR_FLOPS // (60 * _sweep_flops(big))) < 24
+
+
+def test_the_ledger_counts_the_planned_seconds_of_committed_work() -> None:
+    plan.spend(5.0)  # outside a ledger: not counted anywhere, no error
+    with plan.ledger() as spent:
+        plan.spend(0.25)
+        plan.spend(float("nan"))  # never counted
+        plan.spend(-1.0)
+        assert plan.sample_count(1.0, 1e6, 1000) == int(plan.SAMPLE_SHARE * plan.LOWER_MACS_PER_S // (1e6 + plan.LOWER_CALL_MACS))
+        with plan.ledger() as inner:
+            steps = plan.newton_steps(100, 10, 0.5)
+        assert steps > 0 and inner == [0.0]  # newton_steps plans; its callers spend (sdp)
+    expected = 0.25 + plan.sample_count(1.0, 1e6, 1000) * (1e6 + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S
+    assert spent[0] == pytest.approx(expected, rel=1e-12)
