@@ -536,12 +536,18 @@ def exponent(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else None
 
 
+def planned(row: Row) -> str:
+    """The report's planned seconds of counted work (what --budget bought), or '-'."""
+    total = ((row.report or {}).get("planned") or {}).get("total")
+    return "-" if total is None else f"{total:.3g}"
+
+
 def table(rows: list[Row]) -> list[str]:
-    lines = ["| model | params | exit | bracket [lower, upper] | wall s | CPU s | peak RSS MiB | where the time went |",
-             "|---|---:|---:|---|---:|---:|---:|---|"]
+    lines = ["| model | params | exit | bracket [lower, upper] | wall s | CPU s | planned s | peak RSS MiB | where the time went |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r.case.name} | {r.params:,} | {r.code} | {bracket(r)} | {r.wall:.1f} | {r.cpu:.1f} "
-                     f"| {r.rss_mib:.0f} | {where(r)} |")
+                     f"| {planned(r)} | {r.rss_mib:.0f} | {where(r)} |")
     return lines
 
 

@@ -86,8 +86,11 @@ def test_row_of_a_timed_out_audit() -> None:
         "lipschitz": {"lower": None, "upper": 67.9, "methods": []},
         "timings": {"load": 2.0, "layer_bounds": 10.0, "total": 12.0},
         "stopped": {"reason": "timeout", "stage": "global_methods", "seconds": 600.0},
+        "planned": {"lower_bound": 3.5, "total": 3.5},
     }
     row = scale.Row(case, 10, 2, 603.0, 590.0, 100.0, report, "")
+    assert scale.planned(row) == "3.5" and scale.planned(scale.Row(case, 10, 2, 1.0, 1.0, 1.0, None, "")) == "-"
+    assert "| 3.5 |" in scale.table([row])[2]
     assert scale.bracket(row) == "timed out in global_methods ([none, 67.9])"
     assert scale.where(row).startswith("global_methods (until the timeout) 588 s (98%), layer_bounds 10 s (2%)")
     assert scale.growth([row]) == [f"- {name}: fewer than two finished audits, no exponent." for name in case.series]
