@@ -377,7 +377,8 @@ def global_bounds(
     """
     from stabaudit.analyses.certify import verify
     from stabaudit.analyses.layerwise import Certificate, bound_value, eclipse, eclipse_fast
-    from stabaudit.analyses.sdp import lipsdp, pow2_scaled, single_blas_thread
+    from stabaudit.analyses.plan import newton_step_s
+    from stabaudit.analyses.sdp import lipsdp, lmi_size, pow2_scaled, single_blas_thread
 
     wanted = _expand(methods)
     chain = explain_chain(graph)
@@ -397,6 +398,8 @@ def global_bounds(
     def certify(cert: Certificate | None) -> tuple[float | None, Certificate | None, list[str]]:
         if cert is None:
             return None, None, ["no feasible certificate (a Schur complement is not positive definite)"]
+        if cert is best and best is not None:
+            return best_upper, best, []  # verified already (an earlier method's certificate)
         for inflate in INFLATIONS:
             lam = 1.0 + inflate
             rho, ts = cert.rho * lam, tuple(t * lam for t in cert.ts)
@@ -433,11 +436,20 @@ def global_bounds(
                             cert = base  # one Linear: rho = ||W||^2 is already optimal
                         elif base is not None:
                             rho, ts, steps = lipsdp(scaled, base.rho, list(base.ts), budget_s=max(left, 0.0))
-                            notes.append(f"{steps} Newton steps")
-                            if steps == 0 or rho >= base.rho:
+                            if steps == 0:
+                                size, t_size = lmi_size(scaled), sum(int(t.size) for t in base.ts)
+                                cost = newton_step_s(size, t_size)
+                                notes.append(
+                                    f"not run: one Newton step of its LMI (dim {size}) is planned at {cost:.3g} s, above "
+                                    f"twice the budget left to it ({max(left, 0.0):.3g} s); the start is reported "
+                                    "(a larger --budget runs it)")
+                                cert = base
+                            elif rho >= base.rho:
+                                notes.append(f"{steps} Newton steps")
                                 cert = base
                                 notes.append("the solver did not improve on its start within the budget: the start is reported")
                             else:
+                                notes.append(f"{steps} Newton steps")
                                 cert = Certificate(rho=rho, ts=tuple(ts))
             except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
                 cert = None

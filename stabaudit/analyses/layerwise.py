@@ -126,7 +126,12 @@ def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: Slo
     With S_{k-1} = L L^T the congruence diag(L^{-1}, I) turns the per-layer LMI
     [[R, -(a+b) W^T T], [-(a+b) T W, 2T - c N]] >= 0 into the one-hidden-layer LipSDP-Neuron LMI of
     (W L^{-T}, W_next) with rho = 1, whose optimum is c = 1 / rho* at T = T* / rho* (homogeneity).
+    When the budget buys no Newton step of that LMI (dimension n_in + n_out), t0 at once.
     """
+    from stabaudit.analyses import plan
+
+    if plan.newton_steps(w.shape[1] + w.shape[0], w.shape[0], budget_s) == 0:
+        return t0
     import scipy.linalg
 
     from stabaudit.analyses.sdp import barrier_solve, chain_problem, planned_newton_steps
@@ -162,6 +167,8 @@ def eclipse(lmi: ChainLMI, *, budget_s: float, inflate: float = 1e-9) -> Certifi
 
 
 def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | None:
+    from stabaudit.analyses import plan
+
     s = np.eye(lmi.dims[0])
     ts: list[np.ndarray] = []
     notes: list[str] = []
@@ -173,7 +180,11 @@ def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | No
             return None
         t = t0
         # an equal share of the budget per layer, as planned Newton steps (deterministic)
-        if budget_s > 0.0:
+        if budget_s > 0.0 and plan.newton_steps(w.shape[1] + w.shape[0], w.shape[0], budget_s / depth) == 0:
+            cost = plan.newton_step_s(w.shape[1] + w.shape[0], w.shape[0])
+            notes.append(f"layer {k + 1}: one Newton step of its LMI is planned at {cost:.3g} s, above twice its "
+                         f"share of the budget ({budget_s / depth:.3g} s): closed-form multiplier")
+        elif budget_s > 0.0:
             try:
                 t = _layer_sdp(w, s, lmi.weights[k + 1], slope, t0, budget_s / depth)
             except (np.linalg.LinAlgError, ValueError):

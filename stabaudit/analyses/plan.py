@@ -129,13 +129,21 @@ def smallest_plan_units(budget_s: float, slack_s: float = SMALLEST_PLAN_SLACK_S)
     return max(SMALLEST_PLAN_FACTOR * b, b + max(float(slack_s), 0.0)) * LOWER_MACS_PER_S
 
 
+def newton_step_s(size: int, t_size: int) -> float:
+    """The planned seconds of one Newton step for an LMI of dimension ``size`` with ``t_size``
+    multipliers."""
+    return NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / NEWTON_FLOPS_PER_S
+
+
 def newton_steps(size: int, t_size: int, budget_s: float) -> int:
     """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
-    multipliers (at least one when the budget is positive, none otherwise)."""
+    multipliers: one when a step costs at most twice the budget (the budget's promise is
+    seconds within 2x), none when it costs more or the budget is 0."""
     if not budget_s > 0.0:
         return 0
-    cost = NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / NEWTON_FLOPS_PER_S
-    return max(1, int(budget_s / cost))
+    cost = newton_step_s(size, t_size)
+    steps = int(budget_s / cost)
+    return steps if steps > 0 else (1 if cost <= 2.0 * budget_s else 0)
 
 
 def domain_pieces(share_s: float, inputs: int) -> tuple[int, float]:

@@ -195,7 +195,7 @@ def planned_newton_steps(size: int, t_size: int, budget_s: float) -> int:
     multipliers (``plan.newton_steps``: counted work, never time, so that the result does not
     depend on the machine or its load)."""
     steps = plan.newton_steps(size, t_size, budget_s)
-    plan.spend(steps * (plan.NEWTON_STEP_OVERHEAD_S + (float(size) ** 3 + float(t_size + 1) ** 3) / plan.NEWTON_FLOPS_PER_S))
+    plan.spend(steps * plan.newton_step_s(size, t_size))
     return steps
 
 
@@ -338,6 +338,12 @@ def chain_problem(lmi: ChainLMI, *, reduce: bool = True) -> _Problem:
     return _Problem(size=size, f0=f0, a0_lo=0, a0=np.eye(dims[0]), groups=tuple(groups), obj=1.0)
 
 
+def lmi_size(lmi: ChainLMI) -> int:
+    """dim(P) of the chain's LipSDP-Neuron LMI (``chain_problem``): the input and every hidden layer."""
+    ws = lmi.weights
+    return int(ws[0].shape[1] + sum(w.shape[0] for w in ws[:-1]))
+
+
 def lipsdp(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray], *, budget_s: float) -> tuple[float, list[np.ndarray], int]:
     """Improve the feasible (rho, T) of the LipSDP-Neuron LMI; returns (rho, T, Newton steps).
 
@@ -349,9 +355,11 @@ def lipsdp(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray], *, budget_s: flo
     (lam = 1.05, initial gap rho / 20) so that every step improves on it. Both choices depend on
     the sizes only (deterministic).
     """
-    pr = chain_problem(lmi)
     t = np.concatenate(list(ts)) if ts else np.zeros(0)
-    steps_plan = planned_newton_steps(pr.size, t.size, budget_s)
+    steps_plan = planned_newton_steps(lmi_size(lmi), t.size, budget_s)
+    if steps_plan == 0:  # not one step fits: the start as it is (the problem is never built)
+        return rho, [np.asarray(x).copy() for x in ts], 0
+    pr = chain_problem(lmi)
     small = float(pr.size) ** 3 + float(t.size + 1) ** 3 <= 3e8
     lam, gap0 = (1.5, 1.0) if small else (1.05, 0.05)
     steps = 0

@@ -12,7 +12,10 @@ def test_newton_steps_follow_the_size_cubed():
     # 4e-4 + (305^3 + 301^3) / 8e9 = 7.36 ms, so one budget second buys 135 steps
     assert plan.newton_steps(305, 300, 1.0) == 135
     assert plan.newton_steps(305, 300, 0.5) == 67
-    assert plan.newton_steps(10**4, 10**4, 1e-6) == 1  # a positive budget always buys one step
+    # one step when it costs at most twice the budget (7.36 ms against 4 ms), none beyond
+    assert plan.newton_steps(305, 300, 0.004) == 1
+    assert plan.newton_steps(305, 300, 0.0036) == 0
+    assert plan.newton_steps(10**4, 10**4, 1e-6) == 0
     assert plan.newton_steps(305, 300, 0.0) == 0
 
 

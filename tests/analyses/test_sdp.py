@@ -247,3 +247,33 @@ def test_single_blas_thread_limits_and_serialises_concurrent_users():
     assert sorted(events) == ["a in [1]", "a out", "b in [1]", "b out"]
     assert events[1].endswith("out") and events[3].endswith("out")
     assert blas_threads() == before
+
+
+def test_a_solver_whose_one_step_exceeds_twice_its_budget_is_not_run() -> None:
+    # hidden widths 200: dim(P) 416, one Newton step planned at 4e-4 + (416^3 + 401^3) / 8e9 =
+    # 17.5 ms; a budget of 5 ms leaves LipSDP-Neuron 3.75 ms (ECLipsE a quarter): neither steps
+    from stabaudit.analyses import plan
+    from stabaudit.analyses.sdp import lmi_size
+
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal((200, 16)) / 4, rng.standard_normal((200, 200)) / 14, rng.standard_normal((3, 200)) / 14]
+    nodes = [
+        Node(name="fc0", op=O.Linear(weight=ws[0]), inputs=("x",), output="a0"),
+        Node(name="r0", op=O.Relu(), inputs=("a0",), output="h0"),
+        Node(name="fc1", op=O.Linear(weight=ws[1]), inputs=("h0",), output="a1"),
+        Node(name="r1", op=O.Relu(), inputs=("a1",), output="h1"),
+        Node(name="fc2", op=O.Linear(weight=ws[2]), inputs=("h1",), output="y"),
+    ]
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 16)),), outputs=("y",), nodes=tuple(nodes)).validate())
+    assert plan.newton_step_s(416, 400) > 2 * 0.005
+    small = feedforward.global_bounds(g, methods=("eclipse", "lipsdp-neuron"), budget_s=0.005)
+    by = {r.method: r for r in small}
+    assert any("not run: one Newton step of its LMI (dim 416)" in n for n in by["lipsdp-neuron"].notes)
+    assert any("closed-form multiplier" in n for n in by["eclipse"].notes)
+    # the start is reported, certified: ECLipsE's (here the closed form's) value
+    assert by["lipsdp-neuron"].certified and by["lipsdp-neuron"].upper == by["eclipse"].upper
+    large = feedforward.global_bounds(g, methods=("eclipse", "lipsdp-neuron"), budget_s=2.0)
+    lip = {r.method: r for r in large}["lipsdp-neuron"]
+    assert any("Newton steps" in n for n in lip.notes) and lip.upper is not None
+    assert lip.upper <= by["lipsdp-neuron"].upper * (1 + 1e-12)
+    assert lmi_size(feedforward.explain_chain(g).lmi()) == 416  # type: ignore[union-attr]
