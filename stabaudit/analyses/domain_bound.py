@@ -311,22 +311,27 @@ class _BoxSearch:
 
 
 def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | None:
-    """The branch and bound of ``analyses.exact`` over each box, its nodes planned from
-    ``budget_s`` (``plan.bb_box_nodes``); the witness points are moved into the box's inner
+    """The branch and bound of ``analyses.exact`` over the first boxes, their number and nodes
+    planned from ``budget_s`` (``plan.bb_box_plan``); the witness points are moved into the box's inner
     (inside D) version. None where exact mode does not apply to the graph."""
     from stabaudit.analyses import exact
-    from stabaudit.analyses.plan import bb_box_nodes
+    from stabaudit.analyses.plan import bb_box_plan
 
     net = exact._net(graph)
     if isinstance(net, str):
         return None
     widths = [int(w.shape[1]) for w in net.weights] + [int(net.weights[-1].shape[0])]
     n_in = widths[0]
-    nodes = bb_box_nodes(budget_s, widths[1:], n_in, len(boxes.boxes))
+    run, nodes = bb_box_plan(budget_s, widths[1:], n_in, len(boxes.boxes))
+    if run == 0:
+        return None
     uppers: list[float | None] = []
     lower, point = 0.0, None
     inner = boxes.inner or boxes.boxes
-    for box, small in zip(boxes.boxes, inner, strict=True):
+    for index, (box, small) in enumerate(zip(boxes.boxes, inner, strict=True)):
+        if index >= run:  # the budget's boxes are the first ones
+            uppers.append(None)
+            continue
         check_deadline()
         ends = flat_box(graph, box)
         if not (np.all(np.isfinite(ends[0])) and np.all(np.isfinite(ends[1]))) or ends[0].size != n_in:

@@ -57,6 +57,7 @@ EXACT_RTOL = 1e-9  # upper - lower <= EXACT_RTOL * upper: the value is the exact
 # the split products of the dynamic programme above this many entries get the Frobenius bound
 # instead of an SVD (the full product always gets its SVD)
 SPLIT_SVD_ENTRIES = 1 << 14
+BOX_DRAWS = 8  # seeded points offered over a box, besides its centre
 EMPTY_T = -1e-7  # LP slack below this (unit-norm rows): the region is empty
 INTERIOR_T = 1e-9  # LP slack above this: the LP point is taken as interior
 # The budget plans work, not time: ``budget_s`` buys ``plan.bb_nodes(budget_s)`` nodes (a node
@@ -357,6 +358,29 @@ def _node_bound(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float
     return best[depth], (full_low if complete else 0.0), forward
 
 
+def _region_norm(net: _Net, states: tuple[np.ndarray, ...]) -> tuple[float, float]:
+    """(upper, lower) of ||J|| for one complete pattern, J = W_L D_{L-1} ... D_0 W_0 formed from the
+    output side (few outputs: cheap), with its rounding bounded entry-wise: each step scales
+    columns by the slopes (one rounding, u) and multiplies with inner dimension n (gamma_n, Higham
+    Lemma 3.5), so |fl(J) - J| <= (prod_k (1 + u)(1 + gamma_{n_k}) - 1) |W_L| |D| ... |W_0|, whose
+    Frobenius norm bounds the spectral norm of the error."""
+    depth = len(net.neg)
+    c = net.weights[depth].copy()
+    a = np.abs(c)
+    growth = 0.0
+    for k in range(depth - 1, -1, -1):
+        s = states[k]
+        slope = np.where(s > 0, net.pos[k], net.neg[k]).astype(np.float64)
+        w = net.weights[k]
+        c = (c * slope[None, :]) @ w
+        a = (a * np.abs(slope)[None, :]) @ np.abs(w)
+        growth += math.log1p(_gamma(w.shape[0]) + 2 * U)
+    rel = math.expm1(growth) * (1.0 + 1e-6) + 4 * U
+    err = _frob_up(a) * rel * (1.0 + 4 * U)
+    up, low = spectral_norm_dense(c)
+    return (up + err) * (1.0 + 4 * U), max(0.0, ((low or 0.0) - err) * (1.0 - 4 * U))
+
+
 # ---- points -----------------------------------------------------------------------------------
 def _pattern_at(net: _Net, x: np.ndarray) -> tuple[np.ndarray, ...] | None:
     """The activation pattern at x when every unit's pre-activation is verified non-zero in float64
@@ -603,7 +627,7 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0,
         pattern = _pattern_at(net, x)
         if pattern is None:
             return
-        up, low, _ = _node_bound(net, pattern)
+        up, low = _region_norm(net, pattern)
         if low > best_low:
             best_low = low
             witness = ExactWitness(
@@ -613,7 +637,11 @@ def exact_lipschitz(graph: Graph, *, budget_s: float, seed: int = 0,
                 norm_upper=up,
             )
 
-    for _ in range(8):
+    # seeded points (cheap: one pattern and one product from the output side each); over a box,
+    # its centre too and more of them (the steep regions of a small box are small)
+    if box is not None:
+        offer((box[0] + box[1]) / 2.0)
+    for _ in range(8 if box is None else BOX_DRAWS):
         offer(draw())
 
     def first_open(states: tuple[np.ndarray, ...]) -> int | None:

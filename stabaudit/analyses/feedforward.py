@@ -377,7 +377,7 @@ def global_bounds(
     """
     from stabaudit.analyses.certify import verify
     from stabaudit.analyses.layerwise import Certificate, bound_value, eclipse, eclipse_fast
-    from stabaudit.analyses.plan import newton_step_s
+    from stabaudit.analyses.plan import newton_step_s, newton_steps
     from stabaudit.analyses.sdp import lipsdp, lmi_size, pow2_scaled, single_blas_thread
 
     wanted = _expand(methods)
@@ -398,8 +398,8 @@ def global_bounds(
     def certify(cert: Certificate | None) -> tuple[float | None, Certificate | None, list[str]]:
         if cert is None:
             return None, None, ["no feasible certificate (a Schur complement is not positive definite)"]
-        if cert is best and best is not None:
-            return best_upper, best, []  # verified already (an earlier method's certificate)
+        if id(cert) in known:
+            return known[id(cert)][0], known[id(cert)][1], []  # verified already (an earlier method's)
         for inflate in INFLATIONS:
             lam = 1.0 + inflate
             rho, ts = cert.rho * lam, tuple(t * lam for t in cert.ts)
@@ -409,6 +409,8 @@ def global_bounds(
         return None, None, ["float64 verification failed: no certified bound from this method"]
 
     results: list[GlobalBoundResult] = []
+    known: dict[int, tuple[float, Certificate]] = {}  # id of a certificate -> (bound, verified one)
+    fast: Certificate | None = None  # ECLipsE-Fast's verified certificate, once it ran
     best: Certificate | None = None
     best_upper = math.inf
     # static shares of the budget (each method plans its work from its share, never from the time
@@ -428,7 +430,14 @@ def global_bounds(
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
                         spent += share
-                        cert = eclipse(scaled, budget_s=max(share, 0.0))
+                        per_layer = max(share, 0.0) / max(len(scaled.weights) - 1, 1)
+                        if fast is not None and not any(
+                                newton_steps(w.shape[1] + w.shape[0], w.shape[0], per_layer) for w in scaled.weights[:-1]):
+                            # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already
+                            cert = fast
+                            notes.append("no layer's LMI step fits its share of the budget: ECLipsE-Fast's certificate")
+                        else:
+                            cert = eclipse(scaled, budget_s=max(share, 0.0))
                     case _:
                         base = best if best is not None else eclipse_fast(scaled)
                         cert = None
@@ -456,6 +465,10 @@ def global_bounds(
                 notes.append(f"solver error: {exc}")
             upper, verified, more = certify(cert)
             notes.extend(more)
+            if upper is not None and verified is not None:
+                known[id(verified)] = (upper, verified)
+                if method == "eclipse-fast":
+                    fast = verified
             if upper is not None and math.isinf(upper):
                 # a verified certificate whose value 2^E sqrt(rho) exceeds float64: no finite bound
                 upper, verified = None, None

@@ -72,11 +72,12 @@ BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
 BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the budget
 # the branch and bound over a box (bounds over a domain): a node's planned cost is BB_NODE_BASE_S
 # plus its interval products at BB_FLOPS_PER_S (measured 40 ms a node on mnist-net 256x2, 784
-# inputs: 1.6e8 multiply-adds); each box gets at least BB_BOX_MIN_NODES nodes. DOMAIN_BB_SHARE of
+# inputs: 1.6e8 multiply-adds; a box's setup about 3 nodes), at least BB_BOX_MIN_NODES a box. DOMAIN_BB_SHARE of
 # the lower-bound budget goes to it where it applies (the rest to the pair search).
 BB_NODE_BASE_S = 2e-3
 BB_FLOPS_PER_S = 4e9
-BB_BOX_MIN_NODES = 8
+BB_BOX_MIN_NODES = 4
+BB_BOX_SETUP_NODES = 3
 DOMAIN_BB_SHARE = 0.5
 # ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
 # DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
@@ -157,17 +158,26 @@ def domain_pieces(share_s: float, inputs: int) -> tuple[int, float]:
     return pieces, min(share, DOMAIN_PIECE_S)
 
 
-def bb_box_nodes(budget_s: float, widths: Sequence[int], inputs: int, boxes: int) -> int:
-    """The branch-and-bound nodes per box that ``budget_s`` buys for a ReLU chain over ``boxes``
-    boxes (``analyses.exact`` with a box): a node costs BB_NODE_BASE_S plus its interval products,
-    about 3 sum_k w_k w_(k-1) n multiply-adds (widths w_k, n inputs: the forward products carry a
-    centre and two radii) at BB_FLOPS_PER_S; at least BB_BOX_MIN_NODES per box."""
+def bb_box_plan(budget_s: float, widths: Sequence[int], inputs: int, boxes: int) -> tuple[int, int]:
+    """(how many of the ``boxes`` get the branch and bound, the nodes of each) that ``budget_s``
+    buys for a ReLU chain (``analyses.exact`` with a box): a node costs BB_NODE_BASE_S plus its
+    interval products, about 3 sum_k w_k w_(k-1) n multiply-adds (widths w_k, n inputs: the
+    forward products carry a centre and two radii) at BB_FLOPS_PER_S, and a box BB_BOX_SETUP_NODES
+    more (its ranges, its root, its seeded points). A box gets at least BB_BOX_MIN_NODES nodes;
+    the first boxes get them while the budget lasts (one box when its smallest plan costs at most
+    twice the budget), none when even that does not fit."""
     flops = 3.0 * inputs * sum(a * b for a, b in zip(widths[1:], widths[:-1], strict=False))
     cost = BB_NODE_BASE_S + flops / BB_FLOPS_PER_S
-    total = max(float(budget_s), 0.0) / cost
-    nodes = max(BB_BOX_MIN_NODES, int(total / max(boxes, 1)))
-    spend(nodes * max(boxes, 1) * cost)
-    return nodes
+    budget = max(float(budget_s), 0.0)
+    smallest = (BB_BOX_MIN_NODES + BB_BOX_SETUP_NODES) * cost
+    run = min(max(int(boxes), 0), int(budget / smallest))
+    if run == 0 and boxes > 0 and 0.0 < smallest <= 2.0 * budget:
+        run = 1
+    if run == 0:
+        return 0, 0
+    nodes = max(BB_BOX_MIN_NODES, int(budget / run / cost) - BB_BOX_SETUP_NODES)
+    spend(run * (nodes + BB_BOX_SETUP_NODES) * cost)
+    return run, nodes
 
 
 def bb_nodes(budget_s: float) -> int:

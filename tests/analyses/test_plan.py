@@ -173,3 +173,17 @@ def test_the_ledger_counts_the_planned_seconds_of_committed_work() -> None:
         assert steps > 0 and inner == [0.0]  # newton_steps plans; its callers spend (sdp)
     expected = 0.25 + plan.sample_count(1.0, 1e6, 1000) * (1e6 + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S
     assert spent[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_box_branch_and_bound_plan() -> None:
+    # mnist-net 256x2 (784 inputs, widths 256, 256, 10): a node at 2 ms + 3 * 784 * (256 * 256 +
+    # 256 * 10) / 4e9 = 42.0 ms, a box's smallest plan (4 + 3 nodes) 0.294 s
+    widths, n = (256, 256, 10), 784
+    cost = plan.BB_NODE_BASE_S + 3.0 * n * (256 * 256 + 256 * 10) / plan.BB_FLOPS_PER_S
+    with plan.ledger() as spent:
+        assert plan.bb_box_plan(5.0, widths, n, 10) == (10, int(5.0 / 10 / cost) - 3)
+    assert spent[0] == pytest.approx(10 * int(5.0 / 10 / cost) * cost, rel=1e-12)
+    assert plan.bb_box_plan(0.5, widths, n, 10) == (1, int(0.5 / cost) - 3)  # the first box only
+    assert plan.bb_box_plan(0.15, widths, n, 10) == (1, 4)  # within twice the budget: one box
+    assert plan.bb_box_plan(0.1, widths, n, 10) == (0, 0)  # beyond: none
+    assert plan.bb_box_plan(0.0, widths, n, 10) == (0, 0)
