@@ -53,6 +53,10 @@ class Chain:
         return ChainLMI(weights=self.weights, slopes=self.slopes, errors=self.errors)
 
 
+# the slope-relaxation floor's share of the global methods' budget (its starts' counted flops)
+FLOOR_SHARE = 0.5
+
+
 # ---- slope intervals --------------------------------------------------------------------------
 def slope_interval(op: O.Op) -> tuple[float, float] | None:
     """[alpha, beta] with alpha <= (phi(u) - phi(v)) / (u - v) <= beta for every u != v, or None
@@ -489,12 +493,13 @@ def global_bounds(
                 )
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
-            results = _with_floor(results, chain, scaled, exponent, best_upper)
+            results = _with_floor(results, chain, scaled, exponent, best_upper, budget_s)
     return results
 
 
 def _with_floor(
-    results: list[GlobalBoundResult], chain: Chain, scaled: ChainLMI, exponent: int, best_upper: float
+    results: list[GlobalBoundResult], chain: Chain, scaled: ChainLMI, exponent: int, best_upper: float,
+    budget_s: float,
 ) -> list[GlobalBoundResult]:
     """The tightest result, with a note on the slope-relaxation floor (``analyses.floor``): the
     value below which no method of this kind (slope intervals per activation) can certify.
@@ -502,13 +507,15 @@ def _with_floor(
     The floor is searched on the power-of-two scaled weights (``sdp.pow2_scaled``: entries near
     unit scale, so no product under- or overflows) and scaled back by 2^E rounded down: the floor
     is positively homogeneous in each W_k. A scaled weight that was rounded (its error bound is
-    set) gives no floor."""
-    from stabaudit.analyses.floor import slope_relaxation_floor
+    set) gives no floor. Its starts take FLOOR_SHARE of the methods' budget in counted flops (at
+    most ``floor.FLOOR_FLOPS``, at least one start)."""
+    from stabaudit.analyses.floor import FLOOR_FLOPS_PER_S, slope_relaxation_floor
     from stabaudit.rounding import ldexp_down
 
     if any(err is not None for err, orig in zip(scaled.errors, chain.errors, strict=True) if orig is None):
         return results
-    floor = slope_relaxation_floor(dataclasses.replace(chain, weights=scaled.weights))
+    floor = slope_relaxation_floor(dataclasses.replace(chain, weights=scaled.weights),
+                                   flops=FLOOR_SHARE * max(budget_s, 0.0) * FLOOR_FLOPS_PER_S)
     value = ldexp_down(floor.value, exponent)
     if value <= 0.0:
         return results

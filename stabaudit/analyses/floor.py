@@ -102,12 +102,14 @@ def _certified_norm_lower(weights: tuple[np.ndarray, ...], diags: list[np.ndarra
     return max(0.0, (ny - err) / nv * (1.0 - 4 * EPS))
 
 
-def slope_relaxation_floor(chain: Chain, *, seed: int = 0, starts: int = 24, sweeps: int = 60) -> FloorResult:
-    """The floor F of every slope-relaxation bound of ``chain`` (module docstring), certified."""
+def slope_relaxation_floor(chain: Chain, *, seed: int = 0, starts: int = 24, sweeps: int = 60,
+                           flops: float = FLOOR_FLOPS) -> FloorResult:
+    """The floor F of every slope-relaxation bound of ``chain`` (module docstring), certified;
+    ``flops``: the counted work of the starts' sweeps (at most FLOOR_FLOPS, at least one start)."""
     begin = time.perf_counter()
     weights = tuple(np.asarray(w, dtype=np.float64) for w in chain.weights)
     # counted work: at most FLOOR_FLOPS for every start's sweeps (at least one start)
-    starts = max(1, min(starts, int(FLOOR_FLOPS // (sweeps * _sweep_flops(weights)))))
+    starts = max(1, min(starts, int(min(flops, FLOOR_FLOPS) // (sweeps * _sweep_flops(weights)))))
     plan.spend(starts * sweeps * _sweep_flops(weights) / FLOOR_FLOPS_PER_S)
     slopes = chain.slopes
     layers = len(slopes)

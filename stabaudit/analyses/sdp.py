@@ -339,9 +339,10 @@ def chain_problem(lmi: ChainLMI, *, reduce: bool = True) -> _Problem:
 
 
 def lmi_size(lmi: ChainLMI) -> int:
-    """dim(P) of the chain's LipSDP-Neuron LMI (``chain_problem``): the input and every hidden layer."""
+    """dim(P) of the chain's LipSDP-Neuron LMI (``chain_problem``), at most: the input (reduced to
+    the rank of W_0, at most min(n_0, n_1)) and every hidden layer; without forming it."""
     ws = lmi.weights
-    return int(ws[0].shape[1] + sum(w.shape[0] for w in ws[:-1]))
+    return int(min(ws[0].shape[1], ws[0].shape[0]) + sum(w.shape[0] for w in ws[:-1]))
 
 
 def lipsdp(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray], *, budget_s: float) -> tuple[float, list[np.ndarray], int]:
@@ -356,10 +357,12 @@ def lipsdp(lmi: ChainLMI, rho: float, ts: Sequence[np.ndarray], *, budget_s: flo
     the sizes only (deterministic).
     """
     t = np.concatenate(list(ts)) if ts else np.zeros(0)
-    steps_plan = planned_newton_steps(lmi_size(lmi), t.size, budget_s)
-    if steps_plan == 0:  # not one step fits: the start as it is (the problem is never built)
+    if plan.newton_steps(lmi_size(lmi), t.size, budget_s) == 0:
+        # not one step fits (at the largest size the reduction can leave): the start as it is,
+        # the problem never built
         return rho, [np.asarray(x).copy() for x in ts], 0
     pr = chain_problem(lmi)
+    steps_plan = planned_newton_steps(pr.size, t.size, budget_s)
     small = float(pr.size) ** 3 + float(t.size + 1) ** 3 <= 3e8
     lam, gap0 = (1.5, 1.0) if small else (1.05, 0.05)
     steps = 0
