@@ -142,8 +142,8 @@ def test_verification_rejects_perturbed_certificates() -> None:
     assert verify(uncertain, rho, ts) is None
 
 
-def test_failed_verification_yields_no_certified_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    ws, _ = _net(4, (3, 8, 8, 2))
+def _two_relu_graph(ws: list[np.ndarray]) -> Graph:
+    """x -> fc0 -> relu -> fc1 -> relu -> fc2, the weights ``ws``."""
     nodes = [
         Node(name="fc0", op=O.Linear(weight=ws[0]), inputs=("x",), output="a0"),
         Node(name="r0", op=O.Relu(), inputs=("a0",), output="h0"),
@@ -151,7 +151,13 @@ def test_failed_verification_yields_no_certified_bound(monkeypatch: pytest.Monke
         Node(name="r1", op=O.Relu(), inputs=("a1",), output="h1"),
         Node(name="fc2", op=O.Linear(weight=ws[2]), inputs=("h1",), output="y"),
     ]
-    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=tuple(nodes)).validate())
+    shape = (1, int(ws[0].shape[1]))
+    return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=shape),), outputs=("y",), nodes=tuple(nodes)).validate())
+
+
+def test_failed_verification_yields_no_certified_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    ws, _ = _net(4, (3, 8, 8, 2))
+    g = _two_relu_graph(ws)
     good = feedforward.global_bounds(g, methods=("sdp",), budget_s=5.0)
     assert good[0].certified and good[0].upper is not None
 
@@ -257,14 +263,7 @@ def test_a_solver_whose_one_step_exceeds_twice_its_budget_is_not_run() -> None:
 
     rng = np.random.default_rng(3)
     ws = [rng.standard_normal((200, 16)) / 4, rng.standard_normal((200, 200)) / 14, rng.standard_normal((3, 200)) / 14]
-    nodes = [
-        Node(name="fc0", op=O.Linear(weight=ws[0]), inputs=("x",), output="a0"),
-        Node(name="r0", op=O.Relu(), inputs=("a0",), output="h0"),
-        Node(name="fc1", op=O.Linear(weight=ws[1]), inputs=("h0",), output="a1"),
-        Node(name="r1", op=O.Relu(), inputs=("a1",), output="h1"),
-        Node(name="fc2", op=O.Linear(weight=ws[2]), inputs=("h1",), output="y"),
-    ]
-    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 16)),), outputs=("y",), nodes=tuple(nodes)).validate())
+    g = _two_relu_graph(ws)
     assert plan.newton_step_s(416, 400) > 2 * 0.005
     small = feedforward.global_bounds(g, methods=("eclipse", "lipsdp-neuron"), budget_s=0.005)
     by = {r.method: r for r in small}
