@@ -102,3 +102,12 @@ def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.Monkey
     with plan.ledger() as spent:
         audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
     assert spent == [0.0]  # each stage counts in its own ledger
+
+
+def test_the_markdown_report_states_the_planned_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabaudit.renderers.markdown import render_markdown
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    path = Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx"
+    report = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
+    assert f"Work: {report.planned['total']:.3g} s planned from --budget" in render_markdown(report)

@@ -14,7 +14,7 @@ from stabaudit.renderers.base import (
     is_failing,
     status_label,
 )
-from stabaudit.renderers.sections import additive_line, samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections, work_line
 from stabaudit.renderers.table import detail, failing_ids, growth_line, mark, num, trajectory_rows
 from stabaudit.report.model import (
     BatchReport,
@@ -89,6 +89,9 @@ def render_markdown(report: Report) -> str:
     line = samples_line(report)
     if line:
         lines += ["", f"Samples: {prose(line)}"]
+    line = work_line(report)
+    if line:
+        lines += ["", f"Work: {prose(line)}"]
     for sec in sections(report):
         lines += ["", f"<details><summary>{html.escape(sec.title)}</summary>", ""]
         lines += ["| " + " | ".join(sec.headers) + " |", "|" + "---|" * len(sec.headers)]

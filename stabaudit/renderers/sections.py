@@ -24,6 +24,18 @@ class Section:
     notes: tuple[str, ...] = ()
 
 
+def work_line(report: Report) -> str:
+    """The planned seconds of counted work (the largest stages first) and, when timed, the time
+    the audit took; empty when nothing was planned."""
+    planned = {k: v for k, v in report.planned.items() if k != "total"}
+    if not planned:
+        return ""
+    parts = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(planned.items(), key=lambda kv: (-kv[1], kv[0])))
+    took = report.timings.get("total")
+    return (f"{report.planned.get('total', 0.0):.3g} s planned from --budget ({parts})"
+            + (f"; the audit took {took:.3g} s" if took is not None else ""))
+
+
 def samples_line(report: Report) -> str | None:
     """Which samples the data-dependent checks used, in one line (None: no samples)."""
     s = report.samples

@@ -21,7 +21,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
-from stabaudit.renderers.sections import additive_line, samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections, work_line
 from stabaudit.report.gate import is_warning
 from stabaudit.report.model import (
     BatchReport,
@@ -106,18 +106,6 @@ def _layer_mark(lip: LayerLipschitz) -> str:
     if lip.lower is not None and not lip.lower_certified:
         return "upper only"
     return "certified"
-
-
-def work_line(report: Report) -> str:
-    """The planned seconds of counted work (the largest stages first) and, when timed, the time
-    the audit took; empty when nothing was planned."""
-    planned = {k: v for k, v in report.planned.items() if k != "total"}
-    if not planned:
-        return ""
-    parts = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(planned.items(), key=lambda kv: (-kv[1], kv[0])))
-    took = report.timings.get("total")
-    return (f"{report.planned.get('total', 0.0):.3g} s planned from --budget ({parts})"
-            + (f"; the audit took {took:.3g} s" if took is not None else ""))
 
 
 @RENDERERS.register(OutputFormat.TABLE)
