@@ -380,8 +380,14 @@ def global_bounds(
     so the result is the same on any machine; it stops earlier at its duality-gap target.
     """
     from stabaudit.analyses.certify import verify
-    from stabaudit.analyses.layerwise import Certificate, bound_value, eclipse, eclipse_fast
-    from stabaudit.analyses.plan import newton_step_s, newton_steps
+    from stabaudit.analyses.layerwise import (
+        Certificate,
+        bound_value,
+        eclipse,
+        eclipse_fast,
+        layer_steps,
+    )
+    from stabaudit.analyses.plan import newton_step_s
     from stabaudit.analyses.sdp import lipsdp, lmi_size, pow2_scaled, single_blas_thread
 
     wanted = _expand(methods)
@@ -434,9 +440,8 @@ def global_bounds(
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
                         spent += share
-                        per_layer = max(share, 0.0) / max(len(scaled.weights) - 1, 1)
-                        if fast is not None and not any(
-                                newton_steps(w.shape[1] + w.shape[0], w.shape[0], per_layer) for w in scaled.weights[:-1]):
+                        per_layer = max(share, 0.0) / max(len(scaled.slopes), 1)  # as ``eclipse`` shares it
+                        if fast is not None and not any(layer_steps(w, per_layer) for w in scaled.weights[:-1]):
                             # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already
                             cert = fast
                             notes.append("no layer's LMI step fits its share of the budget: ECLipsE-Fast's certificate")

@@ -120,18 +120,27 @@ def _eclipse_fast(lmi: ChainLMI, inflate: float) -> Certificate | None:
     return _finish(lmi, s, ts, inflate)
 
 
+def layer_lmi(w: np.ndarray) -> tuple[int, int]:
+    """(dimension, multipliers) of ECLipsE's per-layer LMI for the layer W (n_out x n_in): the
+    one-hidden-layer LipSDP-Neuron LMI of ``_layer_sdp``, n_in + n_out and n_out."""
+    return int(w.shape[1] + w.shape[0]), int(w.shape[0])
+
+
+def layer_steps(w: np.ndarray, budget_s: float) -> int:
+    """The Newton steps ``budget_s`` buys for the layer W's LMI (``plan.newton_steps``)."""
+    from stabaudit.analyses import plan
+
+    return plan.newton_steps(*layer_lmi(w), budget_s)
+
+
 def _layer_sdp(w: np.ndarray, s_prev: np.ndarray, w_next: np.ndarray, slope: Slope, t0: np.ndarray, budget_s: float) -> np.ndarray:
     """max c s.t. S_k(T) >= c W_next^T W_next over diagonal T >= 0, from the feasible scalar t0.
 
     With S_{k-1} = L L^T the congruence diag(L^{-1}, I) turns the per-layer LMI
     [[R, -(a+b) W^T T], [-(a+b) T W, 2T - c N]] >= 0 into the one-hidden-layer LipSDP-Neuron LMI of
     (W L^{-T}, W_next) with rho = 1, whose optimum is c = 1 / rho* at T = T* / rho* (homogeneity).
-    When the budget buys no Newton step of that LMI (dimension n_in + n_out), t0 at once.
+    Called only where the budget buys a Newton step of that LMI (``layer_steps``).
     """
-    from stabaudit.analyses import plan
-
-    if plan.newton_steps(w.shape[1] + w.shape[0], w.shape[0], budget_s) == 0:
-        return t0
     import scipy.linalg
 
     from stabaudit.analyses.sdp import barrier_solve, chain_problem, planned_newton_steps
@@ -180,8 +189,8 @@ def _eclipse(lmi: ChainLMI, budget_s: float, inflate: float) -> Certificate | No
             return None
         t = t0
         # an equal share of the budget per layer, as planned Newton steps (deterministic)
-        if budget_s > 0.0 and plan.newton_steps(w.shape[1] + w.shape[0], w.shape[0], budget_s / depth) == 0:
-            cost = plan.newton_step_s(w.shape[1] + w.shape[0], w.shape[0])
+        if budget_s > 0.0 and layer_steps(w, budget_s / depth) == 0:
+            cost = plan.newton_step_s(*layer_lmi(w))
             notes.append(f"layer {k + 1}: one Newton step of its LMI is planned at {cost:.3g} s, above twice its "
                          f"share of the budget ({budget_s / depth:.3g} s): closed-form multiplier")
         elif budget_s > 0.0:
