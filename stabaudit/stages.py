@@ -719,7 +719,6 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     never above the global bound; the lower bound from a pair inside the domain
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
     from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
-    from stabaudit.analyses.domain_chain import domain_chain
     from stabaudit.analyses.domain_lower import domain_lower
     from stabaudit.analyses.plan import DOMAIN_BB_SHARE
     from stabaudit.report.model import DomainInfo
@@ -733,12 +732,11 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     whole = ev.lipschitz
     global_upper = whole.upper if whole.certified else None
     # a ReLU chain: the branch and bound over the boxes takes DOMAIN_BB_SHARE of the lower-bound
-    # budget (its regions' norms are lower bounds over D), the pair search the rest
-    chain = domain_chain(graph) is not None
-    bb_budget = DOMAIN_BB_SHARE * request.lower_budget_s if chain else 0.0
+    # budget where it runs (its regions' norms are lower bounds over D), the pair search the rest
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
                           regions={k: (r.x, r.value) for k, r in ev.regions.items()},
-                          keep=_residual_values(graph), budget_s=request.budget_s, bb_budget_s=bb_budget)
+                          keep=_residual_values(graph), budget_s=request.budget_s,
+                          bb_budget_s=DOMAIN_BB_SHARE * request.lower_budget_s)
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
@@ -751,7 +749,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     if result.unresolved:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
-    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s - bb_budget,
+    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s - result.bb_budget_s,
                        op_bounds=op_bounds)
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None

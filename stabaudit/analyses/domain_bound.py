@@ -91,6 +91,7 @@ class DomainResult:
     lower: float = 0.0
     lower_point: tuple[float, ...] | None = None
     lower_method: str = ""
+    bb_budget_s: float = 0.0  # the part of ``bb_budget_s`` the branch and bound took (0: it did not run)
 
 
 def _down(a: np.ndarray) -> np.ndarray:
@@ -235,7 +236,8 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     (``budget_s`` shared equally between the boxes), the smaller of the two per box, and with
     ``bb_budget_s`` > 0 the branch and bound over activation regions of ``analyses.exact`` on each
     box: its certified upper end joins the minimum, and the largest region norm it meets inside
-    the domain is a lower bound over D."""
+    the domain is a lower bound over D (where exact mode does not apply or the budget buys no
+    box, it does not run and takes none of ``bb_budget_s``)."""
     from stabaudit.analyses import domain_chain as DC
     from stabaudit.analyses.plan import DOMAIN_MAX_PATTERNS, domain_pieces
     from stabaudit.bounds.domain import NEEDS_DOMAIN
@@ -300,6 +302,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         lower=bb.lower if bb is not None else 0.0,
         lower_point=bb.point if bb is not None else None,
         lower_method=f"{BB_METHOD}: the Jacobian of an activation region inside the domain" if bb is not None else "",
+        bb_budget_s=bb_budget_s if bb is not None else 0.0,
     )
 
 
