@@ -104,10 +104,12 @@ def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.Monkey
     assert spent == [0.0]  # each stage counts in its own ledger
 
 
-def test_the_markdown_report_states_the_planned_work(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_markdown_and_html_reports_state_the_planned_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stabaudit.renderers.html import render_html
     from stabaudit.renderers.markdown import render_markdown
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     path = Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx"
     report = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
-    assert f"Work: {report.planned['total']:.3g} s planned from --budget" in render_markdown(report)
+    line = f"Work: {report.planned['total']:.3g} s planned from --budget"
+    assert line in render_markdown(report) and f"<p>{line}" in render_html(report)

@@ -16,7 +16,7 @@ from stabaudit.renderers.base import (
     status_label,
     waiver_note,
 )
-from stabaudit.renderers.sections import additive_line, samples_line, sections
+from stabaudit.renderers.sections import additive_line, samples_line, sections, work_line
 from stabaudit.renderers.table import failing_ids, mark, num
 from stabaudit.report.model import (
     BatchReport,
@@ -309,6 +309,9 @@ def _channel_sections(report: Report, h: str) -> list[str]:
     line = samples_line(report)
     if line:
         parts.append(f"<p>Samples: {_e(line)}</p>")
+    line = work_line(report)
+    if line:
+        parts.append(f"<p>Work: {_e(line)}</p>")
     for sec in sections(report):
         head = "".join(f"<th>{_e(c)}</th>" for c in sec.headers)
         body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in sec.rows)
