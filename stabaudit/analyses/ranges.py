@@ -26,7 +26,7 @@ docs/domain.md states every rule; in short:
   by 16 ulps of the value (``local._smooth_margin``), 4 ulps of |x| where the kernel cancels
   (GELU, HardSwish, HardSigmoid) and TINY for underflow;
 - Softmax, LayerNorm, MatMul of two variables and the nonlinear reductions have their own rules
-  (``_softmax``, ``_layer_norm``, ``_matmul``, ``_reduce``), each stating its inequality.
+  (``softmax_range``, ``_layer_norm``, ``_matmul``, ``_reduce``), each stating its inequality.
 
 Unbounded values. An enclosure that would not be finite (a divisor interval holding 0, Sqrt or Log
 of an interval reaching below 0, an overflow) is reported as (-inf, inf): the executor may compute
@@ -429,7 +429,7 @@ def _excluded_sum(e: torch.Tensor) -> torch.Tensor:
     return prefix + suffix
 
 
-def _softmax(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """y_i = e^{x_i} / sum_j e^{x_j} increases in x_i and decreases in every other x_j, so over
     the box e^{lo_i} / (e^{lo_i} + sum_{j!=i} e^{hi_j}) <= y_i <= e^{hi_i} / (e^{hi_i} + sum_{j!=i} e^{lo_j}).
 
@@ -656,7 +656,7 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
     if isinstance(op, O.MatMul):
         return _matmul(los, his)
     if isinstance(op, O.Softmax):
-        return _softmax(op.axis, los[0], his[0])
+        return softmax_range(op.axis, los[0], his[0])
     if isinstance(op, O.LayerNorm):
         return _layer_norm(op, device, los[0], his[0])
     if isinstance(op, O.Where):
