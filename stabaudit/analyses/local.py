@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stabaudit.analyses import patch_jacobian as PJ
 from stabaudit.bounds.base import Bound, BoundSettings, Guarantee, Interval, OpBound, RuleContext
 from stabaudit.bounds.numerics import EPS, TINY, spectral_norm_dense
 from stabaudit.errors import UnsupportedOperatorError, UsageError
@@ -60,7 +61,7 @@ _SUPPORTED = (
     O.Linear, O.Conv, O.ConvTranspose, O.Affine, O.Add, O.Sub, O.Relu, O.LeakyRelu, O.PRelu,
     O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.HardSigmoid, O.Clip, O.MaxPool, O.AvgPool,
     O.GlobalAvgPool, O.GlobalMaxPool, O.Reshape, O.Transpose, O.Pad, O.Concat, O.ReduceSum, O.ReduceMean,
-    O.Slice, O.Gather, O.Tile, O.Quantize,
+    O.Slice, O.Gather, O.Tile, O.Quantize, O.Softmax,
 )
 
 
@@ -217,7 +218,7 @@ def _slopes(op: O.Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor,
             s_lo, s_hi, act, ina = _kinked(lo, hi, 0.0, float(alpha), 1.0)
             return s_lo, s_hi, *counts(act, ina)
         case O.PRelu(slope=slope):
-            sl = torch.from_numpy(np.asarray(slope, dtype=np.float64))
+            sl = torch.from_numpy(np.array(slope, dtype=np.float64))
             s_lo, s_hi, act, ina = _kinked(lo, hi, 0.0, torch.broadcast_to(sl, lo.shape), 1.0)
             return s_lo, s_hi, *counts(act, ina)
         case O.Clip(min=cmin, max=cmax):
@@ -463,35 +464,44 @@ def _check_supported(graph: Graph) -> None:
         raise UnsupportedOperatorError(bad)
 
 
-def _static_bounds(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, OpBound]:
-    """The global per-operator bounds (bounds.RULES) of every non-activation node."""
+def _static_bounds_of(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> OpBound:
+    """The global bound (bounds.RULES) of one node."""
     from stabaudit.bounds import bound_node
 
-    settings = BoundSettings()
-    out: dict[str, OpBound] = {}
-    for node in graph.nodes:
-        if node.op.type in O.ACTIVATIONS:
-            continue
-        ctx = RuleContext(
-            input_shapes=tuple(shapes[name] for name in node.inputs),
-            output_shape=shapes[node.output],
-            settings=settings,
-        )
-        out[node.output] = bound_node(node, ctx)
-    return out
+    ctx = RuleContext(
+        input_shapes=tuple(shapes[name] for name in node.inputs),
+        output_shape=shapes[node.output],
+        settings=BoundSettings(),
+    )
+    return bound_node(node, ctx)
+
+
+def _static_bounds(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, OpBound]:
+    """The global per-operator bounds (bounds.RULES) of every non-activation node."""
+    return {node.output: _static_bounds_of(node, shapes) for node in graph.nodes if node.op.type not in O.ACTIVATIONS}
+
+
+def _softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from stabaudit.analyses.ranges import softmax_range
+
+    return softmax_range(axis, lo, hi)
 
 
 def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "linf",
                  max_jacobian_entries: int = MAX_JACOBIAN_ENTRIES,
                  op_bounds: Mapping[str, OpBound] | None = None,
                  max_vertex_work: int = MAX_VERTEX_WORK,
-                 known: Sequence[Mapping[str, Interval] | None] | None = None) -> LocalResult:
+                 known: Sequence[Mapping[str, Interval] | None] | None = None,
+                 max_patch_entries: int = PJ.MAX_PATCH_ENTRIES) -> LocalResult:
     """Certified local Lipschitz bounds (L2 -> L2) of ``graph`` over the ``norm``-ball of radius
     ``eps`` around each sample (``samples``: [N, ...] with prod(...) = the stacked input size).
 
     ``op_bounds``: the global per-operator bounds already computed (keyed by node output, as for
     ``compose``); the non-activation ones are reused by the local-product fallback. ``known``: per
     sample, enclosures of values over its linf box (x0 -/+ eps rounded outward) to intersect in.
+    Where the dense interval Jacobian would pass ``max_jacobian_entries``, a graph with one input
+    gets it on receptive fields (``analyses.patch_jacobian``), each patch tensor at most
+    ``max_patch_entries`` (``patch_entries`` plans it from a memory budget).
     """
 
     from stabaudit.analyses.composition import compose
@@ -517,7 +527,10 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
         static = {n.output: op_bounds[n.output] for n in graph.nodes if n.op.type not in O.ACTIVATIONS}
     else:
         static = _static_bounds(graph, shapes)
-    use_jac = max(int(np.prod(shapes[n.output])) for n in graph.nodes) * n_in <= max_jacobian_entries
+    dense_fits = max(int(np.prod(shapes[n.output])) for n in graph.nodes) * n_in <= max_jacobian_entries
+    # too large for dense Jacobians: one image-like input gets them on receptive fields
+    structured = not dense_fits and PJ.reaches_outputs(graph, shapes, max_jacobian_entries, max_patch_entries)
+    use_jac = dense_fits or structured
     fwd: dict[str, Callable[..., torch.Tensor]] = {}
     parts: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {}
     for node in graph.nodes:
@@ -533,7 +546,9 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
     for index, x0 in enumerate(x):
         t0 = time.perf_counter()
         results.append(_one_sample(graph, shapes, fwd, parts, static, x0, sizes, radius, use_jac, index, compose, l2_rows,
-                                   norm_e is Norm.L2, max_vertex_work, known[index] if known is not None else None))
+                                   norm_e is Norm.L2, max_vertex_work, known[index] if known is not None else None,
+                                   structured=structured, max_dense=max_jacobian_entries,
+                                   max_patch=max_patch_entries))
         results[-1] = dataclasses.replace(results[-1], seconds=time.perf_counter() - t0)
     top = max(r.upper for r in results)
     methods = sorted({r.method for r in results})
@@ -544,8 +559,120 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
         upper=Bound(value=top, guarantee=Guarantee.UPPER, method="+".join(methods)),
         method="+".join(methods),
         seconds=time.perf_counter() - start,
-        notes=() if use_jac else (f"interval Jacobian skipped: above {max_jacobian_entries} entries",),
+        notes=_jacobian_notes(results, structured, max_jacobian_entries),
     )
+
+
+class _JacStore:
+    """The interval Jacobians of the values so far: dense ([n_in, *shape] center and radius) or, in
+    receptive-field mode, structured (``analyses.patch_jacobian``), converted to dense on demand
+    when that fits (``max_dense`` entries); a value without either has none (given up)."""
+
+    def __init__(self, graph: Graph, shapes: Mapping[str, tuple[int, ...]], n_in: int, max_dense: int) -> None:
+        self.shapes, self.n_in, self.max_dense = shapes, n_in, max_dense
+        self.jc: dict[str, torch.Tensor] = {}
+        self.jr: dict[str, torch.Tensor] = {}
+        self.st: dict[str, PJ.Structured] = {}
+        self.outputs = set(graph.outputs)
+        self.uses: dict[str, int] = {}
+        for node in graph.nodes:
+            for name in node.inputs:
+                self.uses[name] = self.uses.get(name, 0) + 1
+
+    def has(self, name: str) -> bool:
+        return name in self.jc or name in self.st
+
+    def dense(self, name: str) -> bool:
+        """Make ``name``'s Jacobian dense; False where it has none or it would not fit."""
+        if name in self.jc:
+            return True
+        if name not in self.st or self.n_in * int(np.prod(self.shapes[name])) > self.max_dense:
+            return False
+        self.jc[name], self.jr[name] = PJ.to_dense(self.st.pop(name), self.n_in, self.shapes[name])
+        return True
+
+    def all_dense(self, names: Sequence[str], out: str) -> bool:
+        """Make the inputs dense, where they and the output ``out`` fit in dense form."""
+        if self.n_in * int(np.prod(self.shapes[out])) > self.max_dense:
+            return False
+        return all([self.dense(name) for name in names])
+
+    def release(self, node: Node) -> None:
+        """Forget the inputs' Jacobians once their last reader is done (structured mode: memory)."""
+        for name in node.inputs:
+            self.uses[name] -= 1
+            if self.uses[name] == 0 and name not in self.outputs and name in self.st:
+                del self.st[name]
+
+    def rows(self, name: str, l2: bool) -> torch.Tensor | None:
+        """Per unit, the l1 (l2) norm of its row of |Jc| + Jr, rounded up; None without one."""
+        import torch
+
+        if name in self.st:
+            return PJ.rows(self.st[name], l2)
+        if name not in self.jc:
+            return None
+        m = (self.jc[name].abs() + self.jr[name]).reshape(self.n_in, -1)
+        k_mv = self.n_in + 4
+        if l2:
+            return torch.sqrt((m * m).sum(dim=0) * (1 + 2 * _rel(k_mv)) + TINY)
+        return m.sum(dim=0) * (1 + _rel(k_mv))
+
+
+def _structured_linear(node: Node, op: O.Op, j: PJ.Structured, lin: Callable[..., torch.Tensor],
+                       shapes: Mapping[str, tuple[int, ...]], rel: float, max_patch: int) -> PJ.Structured | None:
+    """A linear node on a structured Jacobian, where a rule applies (None: use the dense form)."""
+    import torch
+
+    out_shape, in_shape = shapes[node.output], shapes[node.inputs[0]]
+    if isinstance(op, O.Conv):
+        p = PJ.to_patches(j) if isinstance(j, PJ.Diag) else j
+        return PJ.conv(p, op, out_shape, rel, max_patch) if p is not None else None
+    if isinstance(op, O.Affine) and tuple(out_shape) == tuple(in_shape):
+        s = lin(torch.ones(in_shape, dtype=torch.float64))  # x * scale: the scale, exactly
+        return PJ.scale(j, s, torch.zeros_like(s))
+    if isinstance(op, (O.Transpose, O.Reshape)) and isinstance(j, PJ.Diag):
+        return PJ.permute(j, lin)
+    return None
+
+
+def _softmax_jacobian(axis: int, p_lo: torch.Tensor, p_hi: torch.Tensor, jc: torch.Tensor,
+                      jr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval Jacobian through a softmax with outputs in [p_lo, p_hi]: its Jacobian is
+    S = diag(p) - p p^T, S_ii = p_i - p_i^2 (concave: extremes at the ends, 1/4 at p_i = 1/2) and
+    S_ij = -p_i p_j in [-hi_i hi_j, -lo_i lo_j]; every secant matrix of the softmax is an average of
+    such S (convex), so it lies in [Sc - Sr, Sc + Sr]. Then S J - Sc Jc = Sc E + D Jc + D E with
+    |D| <= Sr, |E| <= Jr, and the computed Sc Jc is within gamma_K |Sc||Jc| (K: the axis length)."""
+    import torch
+
+    pl, ph = p_lo.movedim(axis, -1), p_hi.movedim(axis, -1)
+    k = int(pl.shape[-1])
+    pl, ph = pl.reshape(-1, k), ph.reshape(-1, k)
+    f_lo = torch.minimum(pl - pl * pl, ph - ph * ph)
+    f_hi = torch.where((pl <= 0.5) & (ph >= 0.5), torch.full_like(pl, 0.25), torch.maximum(pl - pl * pl, ph - ph * ph))
+    s_lo = -(ph[:, :, None] * ph[:, None, :])
+    s_hi = -(pl[:, :, None] * pl[:, None, :])
+    eye = torch.eye(k, dtype=torch.bool)
+    s_lo = torch.where(eye, torch.diag_embed(f_lo), s_lo)
+    s_hi = torch.where(eye, torch.diag_embed(f_hi), s_hi)
+    s_lo, s_hi = s_lo - 4 * EPS * s_lo.abs() - TINY, s_hi + 4 * EPS * s_hi.abs() + TINY
+    sc, sr = _center_radius(s_lo, s_hi)  # [M, K, K], rows: outputs
+    n_in = jc.shape[0]
+    moved = jc.movedim(axis + 1, -1)
+    shape = moved.shape
+    c3, r3 = moved.reshape(n_in, -1, k), jr.movedim(axis + 1, -1).reshape(n_in, -1, k)
+    rel = _rel(k)
+    new_c = torch.einsum("nmj,mij->nmi", c3, sc)
+    new_r = (torch.einsum("nmj,mij->nmi", r3 + rel * c3.abs(), sc.abs())
+             + torch.einsum("nmj,mij->nmi", c3.abs() + r3, sr)) * (1 + 2 * rel) + TINY
+    return new_c.reshape(shape).movedim(-1, axis + 1), new_r.reshape(shape).movedim(-1, axis + 1)
+
+
+def _jacobian_notes(results: Sequence[SampleBound], structured: bool, max_dense: int) -> tuple[str, ...]:
+    """The interval Jacobian's form, or why there was none."""
+    if any(METHOD_INTERVAL in r.candidates for r in results):
+        return ("interval Jacobian on receptive fields (patches)",) if structured else ()
+    return (f"interval Jacobian skipped: above {max_dense} entries, on receptive fields too",)
 
 
 def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping[str, Callable[..., torch.Tensor]],
@@ -555,7 +682,8 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                point: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None, l2: bool,
                ranges: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]] | None = None,
                vertex: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               known: Mapping[str, Interval] | None = None) -> _Envs:
+               known: Mapping[str, Interval] | None = None, structured: bool = False,
+               max_dense: int = MAX_JACOBIAN_ENTRIES, max_patch: int = PJ.MAX_PATCH_ENTRIES) -> _Envs:
     """IBP (and the interval Jacobian when ``use_jac``) over the box x0 +- radius.
 
     With ``point`` (enclosures of every value at x0) each range is intersected with its mean-value
@@ -566,24 +694,30 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
     ``vertex`` (activation output -> (mask, slope)) the masked units' slopes are fixed at ``slope``.
     ``known``: enclosures of values over the same box from elsewhere (``analyses.crown``), each
     intersected into its computed range (an intersection of enclosures is one).
+    ``structured`` (one input): the Jacobians start in the receptive-field form of
+    ``analyses.patch_jacobian`` and become dense only where a rule needs it and ``max_dense``
+    allows (each patch tensor at most ``max_patch`` entries); the graph outputs are made dense at
+    the end where they fit.
     """
     import torch
 
     n_in = int(sum(sizes))
     lo_env: dict[str, torch.Tensor] = {}
     hi_env: dict[str, torch.Tensor] = {}
-    jc_env: dict[str, torch.Tensor] = {}
-    jr_env: dict[str, torch.Tensor] = {}
+    js = _JacStore(graph, shapes, n_in, max_dense)
+    jc_env, jr_env = js.jc, js.jr
     centers: dict[str, torch.Tensor] = {}
     offset = 0
     # the input's Jacobian (the identity), only when the interval Jacobian runs: n_in^2 entries
-    eye = torch.eye(n_in, dtype=torch.float64) if use_jac else None
+    eye = torch.eye(n_in, dtype=torch.float64) if use_jac and not structured else None
     for spec, size in zip(graph.inputs, sizes, strict=True):
         c = torch.from_numpy(x0[offset: offset + size].copy()).reshape(spec.shape)
         # x0 -/+ radius rounded outward
         lo_env[spec.name], hi_env[spec.name] = _down(c - radius), _up_t(c + radius)
         centers[spec.name] = c
-        if use_jac:
+        if use_jac and structured:
+            js.st[spec.name] = PJ.identity(tuple(spec.shape))
+        elif use_jac:
             assert eye is not None
             jc_env[spec.name] = eye[:, offset: offset + size].reshape(n_in, *spec.shape).clone()
             jr_env[spec.name] = torch.zeros(n_in, *spec.shape, dtype=torch.float64)
@@ -598,33 +732,36 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
             his = [hi_env[name] for name in node.inputs]
             k = sum(int(t.numel()) for t in los)
             rel = _rel(k)
-            if out in parts and ranges is not None:  # a vertex run: only the Jacobian is needed
+            jac = use_jac and all(js.has(name) for name in node.inputs)
+            if out in parts:
                 lin, absmap = parts[out]
-                jcs = [jc_env[name] for name in node.inputs]
-                jrs = [jr_env[name] for name in node.inputs]
-                jc_env[out], jr_env[out] = _jac_linear(op, lin, absmap, jcs, jrs, rel)
-            elif out in parts:
-                lin, absmap = parts[out]
-                cr = [_center_radius(a, b) for a, b in zip(los, his, strict=True)]
-                yc = fwd[out](*[c for c, _ in cr])
-                bias = fwd[out](*[torch.zeros_like(c) for c, _ in cr]).abs()
-                # |fl(W c + b) - (W c + b)| <= gamma (|W||c| + |b|) (Higham 3.5); |W(x - c)| <= |W| r
-                yr = absmap(*[r + rel * c.abs() for c, r in cr]) * (1 + 2 * rel) + rel * bias + TINY
-                if out in l2_rows:
-                    # l2 ball: sup_{||d||_2 <= eps} |w_i . d| = eps ||w_i||_2 (Cauchy-Schwarz, attained)
-                    # around c: the ball around x0 lies in the ball of radius eps + ||c - x0||_2
-                    # around c (triangle inequality); the computed distance is rounded up by gamma_n
-                    (c_in, _), x_in = cr[0], centers[node.inputs[0]]
-                    dist = float(torch.linalg.vector_norm(c_in - x_in)) * (1 + _rel(c_in.numel())) + TINY
-                    r_ball = (radius + dist) * (1 + 4 * EPS)
-                    r_l2 = absmap(*[rel * c.abs() for c, _ in cr]) * (1 + 2 * rel) + rel * bias + TINY
-                    r_l2 = r_l2 + l2_rows[out] * r_ball * (1 + 4 * EPS)
-                    yr = torch.minimum(yr, r_l2)
-                lo_env[out], hi_env[out] = _down(yc - yr), _up_t(yc + yr)
-                if use_jac:
-                    jcs = [jc_env[name] for name in node.inputs]
-                    jrs = [jr_env[name] for name in node.inputs]
-                    jc_env[out], jr_env[out] = _jac_linear(op, lin, absmap, jcs, jrs, rel)
+                if ranges is None:
+                    cr = [_center_radius(a, b) for a, b in zip(los, his, strict=True)]
+                    yc = fwd[out](*[c for c, _ in cr])
+                    bias = fwd[out](*[torch.zeros_like(c) for c, _ in cr]).abs()
+                    # |fl(W c + b) - (W c + b)| <= gamma (|W||c| + |b|) (Higham 3.5); |W(x - c)| <= |W| r
+                    yr = absmap(*[r + rel * c.abs() for c, r in cr]) * (1 + 2 * rel) + rel * bias + TINY
+                    if out in l2_rows:
+                        # l2 ball: sup_{||d||_2 <= eps} |w_i . d| = eps ||w_i||_2 (Cauchy-Schwarz, attained)
+                        # around c: the ball around x0 lies in the ball of radius eps + ||c - x0||_2
+                        # around c (triangle inequality); the computed distance is rounded up by gamma_n
+                        (c_in, _), x_in = cr[0], centers[node.inputs[0]]
+                        dist = float(torch.linalg.vector_norm(c_in - x_in)) * (1 + _rel(c_in.numel())) + TINY
+                        r_ball = (radius + dist) * (1 + 4 * EPS)
+                        r_l2 = absmap(*[rel * c.abs() for c, _ in cr]) * (1 + 2 * rel) + rel * bias + TINY
+                        r_l2 = r_l2 + l2_rows[out] * r_ball * (1 + 4 * EPS)
+                        yr = torch.minimum(yr, r_l2)
+                    lo_env[out], hi_env[out] = _down(yc - yr), _up_t(yc + yr)
+                if jac:
+                    src = node.inputs[0]
+                    found = (_structured_linear(node, op, js.st[src], lin, shapes, rel, max_patch)
+                             if len(node.inputs) == 1 and src in js.st else None)
+                    if found is not None:
+                        js.st[out] = found
+                    elif js.all_dense(node.inputs, out):
+                        jcs = [jc_env[name] for name in node.inputs]
+                        jrs = [jr_env[name] for name in node.inputs]
+                        jc_env[out], jr_env[out] = _jac_linear(op, lin, absmap, jcs, jrs, rel)
             elif isinstance(op, (O.Add, O.Sub)):
                 sign = 1.0 if isinstance(op, O.Add) else -1.0
                 # exact sums of the enclosures, rounded outward (broadcasting as numpy)
@@ -632,16 +769,42 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                     lo_env[out], hi_env[out] = _down(los[0] + los[1]), _up_t(his[0] + his[1])
                 else:
                     lo_env[out], hi_env[out] = _down(los[0] - his[1]), _up_t(his[0] - los[1])
-                if use_jac:
+                if jac:
                     a, b = node.inputs
-                    jc = jc_env[a] + sign * jc_env[b]
-                    jc_env[out] = jc
-                    jr_env[out] = _up_t(jr_env[a] + jr_env[b] + 2 * EPS * jc.abs())
+                    both = [js.st.get(a), js.st.get(b)]
+                    pa, pb = (PJ.to_patches(t) if isinstance(t, PJ.Diag) else t for t in both)
+                    summed = PJ.add(pa, pb, sign) if isinstance(pa, PJ.Patches) and isinstance(pb, PJ.Patches) else None
+                    if summed is not None:
+                        js.st[out] = summed
+                    elif js.all_dense(node.inputs, out):
+                        jc = jc_env[a] + sign * jc_env[b]
+                        jc_env[out] = jc
+                        jr_env[out] = _up_t(jr_env[a] + jr_env[b] + 2 * EPS * jc.abs())
             elif isinstance(op, (O.MaxPool, O.GlobalMaxPool)):
                 lo_env[out], hi_env[out] = fwd[out](los[0]), fwd[out](his[0])  # monotone, exact
-                if use_jac:
-                    jc_env[out], jr_env[out] = _max_jacobian(
-                        op, los[0], his[0], jc_env[node.inputs[0]], jr_env[node.inputs[0]], shapes[out]
+                if jac:
+                    src = node.inputs[0]
+                    pooled = None
+                    if src in js.st and isinstance(op, O.MaxPool):
+                        held = js.st[src]
+                        p = PJ.to_patches(held) if isinstance(held, PJ.Diag) else held
+                        if p is not None:
+                            pl = _max_patches(op, los[0], shapes[out], -math.inf)
+                            pu = _max_patches(op, his[0], shapes[out], -math.inf)
+                            pooled = PJ.max_pool(p, op, pu >= pl.amax(dim=2, keepdim=True), shapes[out], max_patch)
+                    if pooled is not None:
+                        js.st[out] = pooled
+                    elif js.dense(src):
+                        jc_env[out], jr_env[out] = _max_jacobian(
+                            op, los[0], his[0], jc_env[src], jr_env[src], shapes[out]
+                        )
+            elif isinstance(op, O.Softmax):
+                axis = op.axis % len(shapes[out])
+                lo_env[out], hi_env[out] = _softmax_range(axis, los[0], his[0])
+                act_bounds[out] = _static_bounds_of(node, shapes)
+                if jac and js.dense(node.inputs[0]):
+                    jc_env[out], jr_env[out] = _softmax_jacobian(
+                        axis, lo_env[out], hi_env[out], jc_env[node.inputs[0]], jr_env[node.inputs[0]]
                     )
             else:  # element-wise activation
                 lo_env[out], hi_env[out] = _activation_range(op, fwd[out], los[0], his[0])
@@ -653,22 +816,24 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                 slope_env[out] = (s_lo, s_hi)
                 gain = float(torch.maximum(s_lo.abs(), s_hi.abs()).max()) if s_lo.numel() else 0.0
                 act_bounds[out] = OpBound(upper=Bound(value=gain, guarantee=Guarantee.UPPER, method="local-slope"))
-                if use_jac:
+                if jac:
                     m, r = _center_radius(s_lo, s_hi)
-                    jc, jr = jc_env[node.inputs[0]], jr_env[node.inputs[0]]
-                    new_c = m * jc
-                    # (m + d)(Jc + E) - m Jc = m E + d Jc + d E, |d| <= r, |E| <= Jr
-                    jr_env[out] = (m.abs() * jr + r * (jc.abs() + jr) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
-                    jc_env[out] = new_c
+                    src = node.inputs[0]
+                    if src in js.st:
+                        js.st[out] = PJ.scale(js.st[src], m, r)
+                    else:
+                        jc, jr = jc_env[src], jr_env[src]
+                        new_c = m * jc
+                        # (m + d)(Jc + E) - m Jc = m E + d Jc + d E, |d| <= r, |E| <= Jr
+                        jr_env[out] = (m.abs() * jr + r * (jc.abs() + jr) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
+                        jc_env[out] = new_c
+            if structured:
+                js.release(node)
             if ranges is not None:
                 lo_env[out], hi_env[out] = ranges[0][out], ranges[1][out]
-            elif point is not None and out in jc_env:
-                m = (jc_env[out].abs() + jr_env[out]).reshape(n_in, -1)
-                k_mv = n_in + 4
-                if l2:
-                    row = torch.sqrt((m * m).sum(dim=0) * (1 + 2 * _rel(k_mv)) + TINY)
-                else:
-                    row = m.sum(dim=0) * (1 + _rel(k_mv))
+            elif point is not None and js.has(out):
+                row = js.rows(out, l2)
+                assert row is not None
                 rad = _up_t(row * (radius * (1 + 4 * EPS))).reshape(lo_env[out].shape)
                 p_lo, p_hi = point[out]
                 lo_env[out] = torch.maximum(lo_env[out], _down(p_lo - rad))
@@ -678,6 +843,9 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                 k_hi = torch.from_numpy(np.asarray(known[out].hi, dtype=np.float64)).reshape(hi_env[out].shape)
                 lo_env[out] = torch.maximum(lo_env[out], k_lo)
                 hi_env[out] = torch.minimum(hi_env[out], k_hi)
+        if structured:
+            for name in graph.outputs:
+                js.dense(name)
     return _Envs(lo=lo_env, hi=hi_env, jc=jc_env, jr=jr_env, counts=counts, act_bounds=act_bounds, slopes=slope_env)
 
 
@@ -767,7 +935,8 @@ def _one_sample(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mappin
                 static: Mapping[str, OpBound], x0: np.ndarray, sizes: list[int], radius: float,
                 use_jac: bool, index: int, compose: Callable[..., object],
                 l2_rows: Mapping[str, torch.Tensor], l2: bool, max_vertex_work: int,
-                known: Mapping[str, Interval] | None = None) -> SampleBound:
+                known: Mapping[str, Interval] | None = None, *, structured: bool = False,
+                max_dense: int = MAX_JACOBIAN_ENTRIES, max_patch: int = PJ.MAX_PATCH_ENTRIES) -> SampleBound:
     import torch
 
     n_in = int(sum(sizes))
@@ -776,11 +945,12 @@ def _one_sample(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mappin
         # certified enclosures of every value AT x0 (IBP of the point), for the mean-value form
         p = _propagate(graph, shapes, fwd, parts, x0, sizes, 0.0, False, {}, None, False)
         point = {name: (p.lo[name], p.hi[name]) for name in p.lo}
-    e = _propagate(graph, shapes, fwd, parts, x0, sizes, radius, use_jac, l2_rows, point, l2, known=known)
+    e = _propagate(graph, shapes, fwd, parts, x0, sizes, radius, use_jac, l2_rows, point, l2, known=known,
+                   structured=structured, max_dense=max_dense, max_patch=max_patch)
     jc_env, jr_env, counts, act_bounds, slope_env = e.jc, e.jr, e.counts, e.act_bounds, e.slopes
     with torch.no_grad():
         candidates: dict[str, float] = {}
-        if use_jac:
+        if use_jac and not structured:
             vertices = _vertex_bound(graph, shapes, fwd, parts, x0, sizes, radius, e, max_vertex_work)
             if vertices is not None:
                 candidates[METHOD_VERTICES] = vertices
@@ -790,7 +960,7 @@ def _one_sample(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mappin
         comp = compose(graph, {**static, **act_bounds, **folded})
         candidates[METHOD_LOCAL_PRODUCT] = float(comp.upper.value)  # type: ignore[attr-defined]
         jac_abs: np.ndarray | None = None
-        if use_jac:
+        if use_jac and all(name in jc_env for name in graph.outputs):
             a_up, m_up, jac_abs = _norm_bound(jc_env, jr_env, graph.outputs, n_in)
             candidates[METHOD_INTERVAL] = a_up
             candidates[METHOD_INTERVAL + "-abs"] = m_up

@@ -66,6 +66,9 @@ def spend(seconds: float) -> None:
 
 LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
+# interval Jacobians on receptive fields (analyses.patch_jacobian): multiply-accumulates and
+# element operations on patch tensors per budget second
+JACOBIAN_OPS_PER_S = 2e9
 NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 BB_NODES_PER_S = 250  # exact branch and bound: nodes per budget second
