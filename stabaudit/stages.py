@@ -239,7 +239,15 @@ def _global_methods(
     return out, exact
 
 
-def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) -> LocalEvidence:
+def _patch_entries(memory_budget: int) -> int:
+    """The receptive-field Jacobians' largest tensor that what remains of the budget affords."""
+    from stabaudit.analyses.patch_jacobian import patch_entries
+    from stabaudit.limits import remaining_memory
+
+    return patch_entries(remaining_memory(memory_budget))
+
+
+def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, memory_budget: int) -> LocalEvidence:
     """SA302's evidence: the certified local bound over linf balls around the samples."""
     from stabaudit.analyses.local import local_bounds
     from stabaudit.checks.base import LocalEvidence
@@ -247,7 +255,8 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest) ->
 
     n = int(samples.shape[0])
     try:
-        result = local_bounds(graph, samples, eps=request.eps, norm="linf")
+        result = local_bounds(graph, samples, eps=request.eps, norm="linf",
+                              max_patch_entries=_patch_entries(memory_budget))
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
@@ -584,7 +593,7 @@ def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
 def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     """SA302: the certified local bound over linf balls around the samples."""
     assert ev.samples is not None
-    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request)
+    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget)
 
 
 def training(request: AuditRequest, ev: AnalysisState) -> None:
@@ -740,7 +749,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
-    interval = jacobian_bound(loaded.graph, boxes)
+    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=_patch_entries(ev.memory_budget))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
     if result.resolved:

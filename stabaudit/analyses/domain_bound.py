@@ -348,16 +348,21 @@ def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | Non
     return _BoxSearch(uppers=tuple(uppers), lower=lower, point=point)
 
 
-def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
+def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None) -> tuple[float, str] | None:
     """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
     ball around its center (radius rounded up so that the ball holds the box); the largest over
-    the boxes, with its method. None for a graph with operators the interval Jacobian lacks."""
+    the boxes, with its method. None for a graph with operators the interval Jacobian lacks, or
+    whose interval Jacobian fits neither densely nor on receptive fields (one input, patch
+    tensors up to ``max_patch_entries``)."""
     from stabaudit.analyses.crown import crown_ranges
-    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, local_bounds
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, METHOD_INTERVAL, local_bounds
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES, reaches_outputs
     from stabaudit.errors import UnsupportedOperatorError
 
     n_in = sum(int(np.prod(spec.shape)) for spec in graph.inputs)
-    if n_in * max((int(np.prod(graph.shapes[n.output])) for n in graph.nodes), default=1) > MAX_JACOBIAN_ENTRIES:
+    dense = n_in * max((int(np.prod(graph.shapes[n.output])) for n in graph.nodes), default=1) <= MAX_JACOBIAN_ENTRIES
+    patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
+    if not dense and not reaches_outputs(graph, graph.shapes, MAX_JACOBIAN_ENTRIES, patches):
         return None  # the interval Jacobian would not fit: the composition over the ranges stands alone
     worst, methods = 0.0, set()
     for box in boxes.boxes:
@@ -371,11 +376,11 @@ def jacobian_bound(graph: Graph, boxes: Boxes) -> tuple[float, str] | None:
         ball = _split(graph, np.nextafter(c - r, -np.inf)), _split(graph, np.nextafter(c + r, np.inf))
         known = crown_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]})
         try:
-            found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known])
+            found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known], max_patch_entries=patches)
         except UnsupportedOperatorError:
             return None
-        if not found.upper.certified:
-            return None
+        if not found.upper.certified or METHOD_INTERVAL not in found.samples[0].candidates:
+            return None  # no interval Jacobian (its patches did not fit): the composition stands
         worst = max(worst, found.upper.value)
         methods.add(found.method)
     return worst, "+".join(sorted(methods))
