@@ -25,7 +25,8 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     interval propagation in float64 with outward rounding; a ReLU-type unit whose interval
     straddles 0 gets the slope interval [0, 1] (its Clarke derivative), smooth activations the
     range of their derivative; L_local is the smallest of the certified candidates (interval
-    Jacobian, local products of layer gains with dead units removed, slope vertices), and never
+    Jacobian, dense or on receptive fields for image inputs (docs/domain.md), local products of
+    layer gains with dead units removed, slope vertices), and never
     more than the global certified bound K (which holds on every ball). The value lists, per
     activation layer and summed over the balls, the stably active, stably inactive and unstable
     units (an unstable unit's pre-activation interval straddles a kink).
