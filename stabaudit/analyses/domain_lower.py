@@ -188,8 +188,10 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         tries = []
         for i in torch.argsort(ps, descending=True, stable=True)[:4].tolist():
             vi = pv[i] / pv[i].norm().clamp_min(1e-300)
-            for h in (1e-7, 1e-5, 1e-3, 1e-1):
-                for sign in (1.0, -1.0):
+            # every step size in one direction first: a small try budget still tests a step that is large
+            # enough to clear the float64 error bound and one that is small enough to stay on one piece
+            for sign in (1.0, -1.0):
+                for h in (1e-3, 1e-5, 1e-1, 1e-7):
                     tries.append((px[i], px[i] + sign * h * float(width.max()) * vi))
         # pairs of random points (models without a torch Jacobian)
         tries += [(x[i], x[(i + 1) % points]) for i in range(min(points, 8))]

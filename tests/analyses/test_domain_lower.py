@@ -147,3 +147,29 @@ def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch:
     assert low.value == 0.0 and low.x == () and len(calls) == 2
     assert "nothing confirmed" in low.method
     assert "rounding-error bound of this network overflows inside the domain" in low.method
+
+
+def test_the_smallest_try_budget_confirms_every_step_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MIN_TRIES pairs per box, the pairs at the best point step by each of 1e-3, 1e-5, 1e-1 and
+    1e-7 of the box's width (in that order): a large network whose float64 error bound swamps the
+    smallest steps still gets a step that clears it."""
+    import stabaudit.analyses.domain_lower as DL
+    from stabaudit.analyses import lower
+
+    g = _relu_net()
+    samples = np.array([[[0.3, -0.2, 0.1]]])
+    boxes = domain_boxes(g, BallDomain(eps=0.1), samples)
+    real_plan, real_confirm = DL.plan, lower.confirm_quotient
+    monkeypatch.setattr(DL, "plan", lambda *a: DL.Plan(**{**real_plan(*a).__dict__, "tries": DL.MIN_TRIES}))
+    steps: list[float] = []
+
+    def recording(model: object, a: torch.Tensor, b: torch.Tensor) -> float:
+        steps.append(float((b - a).abs().max()))
+        return real_confirm(model, a, b)
+
+    monkeypatch.setattr(lower, "confirm_quotient", recording)
+    low = domain_lower(g, boxes, seed=3, budget_s=0.5)
+    assert len(steps) == 4 and low.value > 0
+    width = 0.2
+    ratios = [s / width for s in steps]
+    assert [round(float(np.log10(r))) for r in ratios] == [-3, -5, -1, -7]
