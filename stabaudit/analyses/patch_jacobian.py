@@ -176,6 +176,30 @@ def _value4(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[0] == 1
 
 
+Pair = tuple[int, int]
+
+
+def _window(j: Patches, kernel: Pair, strides: tuple[int, ...], dilations: tuple[int, ...], pads: tuple[int, ...],
+            out_shape: tuple[int, ...], channels: int, max_entries: int) -> tuple[Pair, ...] | None:
+    """The geometry of a 2-D window op (conv, pooling) applied to patches: strides, dilations, the
+    near pads, the output's size, the patches' size and stride now and after the op, and the
+    padded input's size; None when the grown patches of ``channels`` outputs exceed ``max_entries``."""
+    kh_n, kw_n = kernel
+    sh, sw = (int(v) for v in strides)
+    dh, dw = (int(v) for v in dilations)
+    top, left, bottom, right = (int(v) for v in pads)
+    h, wd = (int(v) for v in j.c.shape[1:3])
+    ho, wo = int(out_shape[2]), int(out_shape[3])
+    ph, pw = j.size
+    s_h, s_w = j.stride
+    nph, npw = ph + (kh_n - 1) * dh * s_h, pw + (kw_n - 1) * dw * s_w
+    if channels * ho * wo * int(j.c.shape[3]) * nph * npw > max_entries:
+        return None
+    need_h = max(top + h + bottom, (kh_n - 1) * dh + sh * (ho - 1) + 1)
+    need_w = max(left + wd + right, (kw_n - 1) * dw + sw * (wo - 1) + 1)
+    return (sh, sw), (dh, dw), (top, left), (ho, wo), (ph, pw), (s_h, s_w), (nph, npw), (need_h, need_w)
+
+
 def conv(j: Patches, op: O.Conv, out_shape: tuple[int, ...], rel: float,
          max_entries: int = MAX_PATCH_ENTRIES) -> Patches | None:
     """Jc' = W * Jc, Jr' = |W| * (Jr + rel |Jc|) (1 + 2 rel) + TINY, tap by tap (see the module)."""
@@ -190,18 +214,11 @@ def conv(j: Patches, op: O.Conv, out_shape: tuple[int, ...], rel: float,
     g = op.groups
     if c_g * g != c_in_v:
         return None
-    sh, sw = op.strides
-    dh, dw = op.dilations
-    top, left, bottom, right = op.pads
-    ho, wo = int(out_shape[2]), int(out_shape[3])
-    ph, pw = j.size
-    s_h, s_w = j.stride
-    nph, npw = ph + (kh_n - 1) * dh * s_h, pw + (kw_n - 1) * dw * s_w
-    rest = j.c.shape[3:]
-    if c_out * ho * wo * int(rest[0]) * nph * npw > max_entries:
+    win = _window(j, (kh_n, kw_n), op.strides, op.dilations, op.pads, out_shape, c_out, max_entries)
+    if win is None:
         return None
-    need_h = max(top + h + bottom, (kh_n - 1) * dh + sh * (ho - 1) + 1)
-    need_w = max(left + wd + right, (kw_n - 1) * dw + sw * (wo - 1) + 1)
+    (sh, sw), (dh, dw), (top, left), (ho, wo), (ph, pw), (s_h, s_w), (nph, npw), (need_h, need_w) = win
+    rest = j.c.shape[3:]
     src_r = j.r + rel * j.c.abs()
     outs = []
     for t, wt in ((j.c, w), (src_r, w.abs())):
@@ -232,19 +249,13 @@ def max_pool(j: Patches, op: O.MaxPool, cand: torch.Tensor, out_shape: tuple[int
     if len(op.kernel) != 2 or not _value4(out_shape):
         return None
     kh_n, kw_n = op.kernel
-    sh, sw = op.strides
-    dh, dw = op.dilations
-    top, left, _, _ = op.pads
     c, h, wd = (int(s) for s in j.c.shape[:3])
-    ho, wo = int(out_shape[2]), int(out_shape[3])
-    ph, pw = j.size
-    s_h, s_w = j.stride
-    nph, npw = ph + (kh_n - 1) * dh * s_h, pw + (kw_n - 1) * dw * s_w
-    rest = j.c.shape[3:]
-    if c * ho * wo * int(rest[0]) * nph * npw > max_entries:
+    pads = (*op.pads[:2], 0, 0)  # the far pads of a pooling window never win its max
+    win = _window(j, (kh_n, kw_n), op.strides, op.dilations, pads, out_shape, c, max_entries)
+    if win is None:
         return None
-    need_h = max(top + h, (kh_n - 1) * dh + sh * (ho - 1) + 1)
-    need_w = max(left + wd, (kw_n - 1) * dw + sw * (wo - 1) + 1)
+    (sh, sw), (dh, dw), (top, left), (ho, wo), (ph, pw), (s_h, s_w), (nph, npw), (need_h, need_w) = win
+    rest = j.c.shape[3:]
     ends = []
     for t in (_down(j.c - j.r), _up(j.c + j.r)):
         padded = torch.zeros(c, need_h, need_w, *rest, dtype=torch.float64)
