@@ -193,10 +193,9 @@ def _newton_direction(hess: np.ndarray, grad: np.ndarray) -> np.ndarray:
 def planned_newton_steps(size: int, t_size: int, budget_s: float) -> int:
     """The Newton steps ``budget_s`` buys for an LMI of dimension ``size`` with ``t_size``
     multipliers (``plan.newton_steps``: counted work, never time, so that the result does not
-    depend on the machine or its load)."""
-    steps = plan.newton_steps(size, t_size, budget_s)
-    plan.spend(steps * plan.newton_step_s(size, t_size))
-    return steps
+    depend on the machine or its load). The ledger is charged by ``barrier_solve`` for the steps
+    it takes (a solve that converges early leaves the rest of the plan unspent)."""
+    return plan.newton_steps(size, t_size, budget_s)
 
 
 def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, max_newton: int, rel_gap: float = 2e-3, mu: float = 6.0, center_tol: float = 1e-5, gap0: float = 1.0) -> tuple[float, np.ndarray, int]:
@@ -209,7 +208,10 @@ def barrier_solve(pr: _Problem, z0: float, t: np.ndarray, *, max_newton: int, re
     point fails its Cholesky test, and every result is verified afterwards; numpy's warnings about
     it are silenced here."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _barrier_solve(pr, z0, t, rel_gap, max_newton, mu, center_tol, gap0)
+        z, t_out, steps = _barrier_solve(pr, z0, t, rel_gap, max_newton, mu, center_tol, gap0)
+    # the steps taken (a count, not the clock), at least the factorisations of one
+    plan.spend(max(steps, 1) * plan.newton_step_s(pr.size, t.size))
+    return z, t_out, steps
 
 
 def _barrier_solve(pr: _Problem, z0: float, t: np.ndarray, rel_gap: float, max_newton: int, mu: float, center_tol: float, gap0: float) -> tuple[float, np.ndarray, int]:

@@ -276,3 +276,23 @@ def test_a_solver_whose_one_step_exceeds_twice_its_budget_is_not_run() -> None:
     assert any("Newton steps" in n for n in lip.notes) and lip.upper is not None
     assert lip.upper <= by["lipsdp-neuron"].upper * (1 + 1e-12)
     assert lmi_size(feedforward.explain_chain(g).lmi()) == 416  # type: ignore[union-attr]
+
+
+def test_the_ledger_is_charged_for_the_newton_steps_taken() -> None:
+    """A solve that converges before its plan runs out is charged for its steps, not for the plan:
+    the report's planned work then matches the time the global methods take."""
+    from stabaudit.analyses import plan
+
+    ws, _ = _net(0, (2, 12, 3))
+    scaled, _ = sdp.pow2_scaled(ChainLMI(weights=tuple(ws), slopes=((0.0, 1.0),)))
+    start = eclipse_fast(scaled)
+    assert start is not None
+    pr = sdp.chain_problem(scaled)
+    t = np.concatenate(list(start.ts))
+    budget = 10.0
+    allowed = sdp.planned_newton_steps(pr.size, t.size, budget)
+    with plan.ledger() as spent:
+        _, _, steps = sdp.lipsdp(scaled, start.rho, list(start.ts), budget_s=budget)
+    assert 0 < steps < allowed  # converged early
+    assert spent[0] == pytest.approx(steps * plan.newton_step_s(pr.size, t.size), rel=1e-12)
+    assert spent[0] < budget / 10
