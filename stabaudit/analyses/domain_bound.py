@@ -355,14 +355,12 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
     whose interval Jacobian fits neither densely nor on receptive fields (one input, patch
     tensors up to ``max_patch_entries``)."""
     from stabaudit.analyses.crown import crown_ranges
-    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, METHOD_INTERVAL, local_bounds
-    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES, reaches_outputs
+    from stabaudit.analyses.local import METHOD_INTERVAL, jacobian_form, local_bounds
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
     from stabaudit.errors import UnsupportedOperatorError
 
-    n_in = sum(int(np.prod(spec.shape)) for spec in graph.inputs)
-    dense = n_in * max((int(np.prod(graph.shapes[n.output])) for n in graph.nodes), default=1) <= MAX_JACOBIAN_ENTRIES
     patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
-    if not dense and not reaches_outputs(graph, graph.shapes, MAX_JACOBIAN_ENTRIES, patches):
+    if jacobian_form(graph, graph.shapes, max_patch=patches) is None:
         return None  # the interval Jacobian would not fit: the composition over the ranges stands alone
     worst, methods = 0.0, set()
     for box in boxes.boxes:

@@ -341,6 +341,14 @@ def _max_patches(op: O.Op, t: torch.Tensor, out_shape: tuple[int, ...], fill: fl
     return patches[..., : out_shape[-2], : out_shape[-1]]
 
 
+def _max_candidates(op: O.Op, lo: torch.Tensor, hi: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
+    """The entries of each window that can be its max over the box: those whose upper end reaches
+    the window's largest lower end ([B, C, K, *out], K in unfold order)."""
+    pl = _max_patches(op, lo, out_shape, -math.inf)
+    pu = _max_patches(op, hi, out_shape, -math.inf)
+    return pu >= pl.amax(dim=2, keepdim=True)
+
+
 def _max_jacobian(op: O.Op, lo: torch.Tensor, hi: torch.Tensor, jc: torch.Tensor, jr: torch.Tensor,
                   out_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Interval Jacobian of a max over windows: every Clarke element's row is a convex combination
@@ -349,10 +357,7 @@ def _max_jacobian(op: O.Op, lo: torch.Tensor, hi: torch.Tensor, jc: torch.Tensor
     import torch
 
     n_in = jc.shape[0]
-    pl = _max_patches(op, lo, out_shape, -math.inf)
-    pu = _max_patches(op, hi, out_shape, -math.inf)
-    thr = pl.amax(dim=2, keepdim=True)
-    cand = pu >= thr  # [B, C, K, *out]
+    cand = _max_candidates(op, lo, hi, out_shape)
     shp = jc.shape[1:]
     jc2 = jc.reshape(n_in * shp[0], *shp[1:])
     jr2 = jr.reshape(n_in * shp[0], *shp[1:])
@@ -481,10 +486,15 @@ def _static_bounds(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[
     return {node.output: _static_bounds_of(node, shapes) for node in graph.nodes if node.op.type not in O.ACTIVATIONS}
 
 
-def _softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from stabaudit.analyses.ranges import softmax_range
-
-    return softmax_range(axis, lo, hi)
+def jacobian_form(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int = MAX_JACOBIAN_ENTRIES,
+                  max_patch: int = PJ.MAX_PATCH_ENTRIES) -> str | None:
+    """How the interval Jacobian fits: "dense" (every value's [n_in, *shape] within ``max_dense``
+    entries), "patches" (too large for that: one image-like input carries it on receptive fields,
+    each patch tensor within ``max_patch``), or None (neither: no interval Jacobian)."""
+    n_in = sum(int(np.prod(spec.shape)) for spec in graph.inputs)
+    if n_in * max((int(np.prod(shapes[n.output])) for n in graph.nodes), default=1) <= max_dense:
+        return "dense"
+    return "patches" if PJ.reaches_outputs(graph, shapes, max_dense, max_patch) else None
 
 
 def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "linf",
@@ -527,10 +537,9 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
         static = {n.output: op_bounds[n.output] for n in graph.nodes if n.op.type not in O.ACTIVATIONS}
     else:
         static = _static_bounds(graph, shapes)
-    dense_fits = max(int(np.prod(shapes[n.output])) for n in graph.nodes) * n_in <= max_jacobian_entries
-    # too large for dense Jacobians: one image-like input gets them on receptive fields
-    structured = not dense_fits and PJ.reaches_outputs(graph, shapes, max_jacobian_entries, max_patch_entries)
-    use_jac = dense_fits or structured
+    form = jacobian_form(graph, shapes, max_jacobian_entries, max_patch_entries)
+    structured = form == "patches"
+    use_jac = form is not None
     fwd: dict[str, Callable[..., torch.Tensor]] = {}
     parts: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]] = {}
     for node in graph.nodes:
@@ -626,7 +635,7 @@ def _structured_linear(node: Node, op: O.Op, j: PJ.Structured, lin: Callable[...
 
     out_shape, in_shape = shapes[node.output], shapes[node.inputs[0]]
     if isinstance(op, O.Conv):
-        p = PJ.to_patches(j) if isinstance(j, PJ.Diag) else j
+        p = PJ.to_patches(j)
         return PJ.conv(p, op, out_shape, rel, max_patch) if p is not None else None
     if isinstance(op, O.Affine) and tuple(out_shape) == tuple(in_shape):
         s = lin(torch.ones(in_shape, dtype=torch.float64))  # x * scale: the scale, exactly
@@ -771,9 +780,8 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                     lo_env[out], hi_env[out] = _down(los[0] - his[1]), _up_t(his[0] - los[1])
                 if jac:
                     a, b = node.inputs
-                    both = [js.st.get(a), js.st.get(b)]
-                    pa, pb = (PJ.to_patches(t) if isinstance(t, PJ.Diag) else t for t in both)
-                    summed = PJ.add(pa, pb, sign) if isinstance(pa, PJ.Patches) and isinstance(pb, PJ.Patches) else None
+                    pa, pb = PJ.to_patches(js.st.get(a)), PJ.to_patches(js.st.get(b))
+                    summed = PJ.add(pa, pb, sign) if pa is not None and pb is not None else None
                     if summed is not None:
                         js.st[out] = summed
                     elif js.all_dense(node.inputs, out):
@@ -784,14 +792,9 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                 lo_env[out], hi_env[out] = fwd[out](los[0]), fwd[out](his[0])  # monotone, exact
                 if jac:
                     src = node.inputs[0]
-                    pooled = None
-                    if src in js.st and isinstance(op, O.MaxPool):
-                        held = js.st[src]
-                        p = PJ.to_patches(held) if isinstance(held, PJ.Diag) else held
-                        if p is not None:
-                            pl = _max_patches(op, los[0], shapes[out], -math.inf)
-                            pu = _max_patches(op, his[0], shapes[out], -math.inf)
-                            pooled = PJ.max_pool(p, op, pu >= pl.amax(dim=2, keepdim=True), shapes[out], max_patch)
+                    p = PJ.to_patches(js.st.get(src))
+                    pooled = (PJ.max_pool(p, op, _max_candidates(op, los[0], his[0], shapes[out]), shapes[out], max_patch)
+                              if isinstance(op, O.MaxPool) and p is not None else None)
                     if pooled is not None:
                         js.st[out] = pooled
                     elif js.dense(src):
@@ -799,8 +802,10 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                             op, los[0], his[0], jc_env[src], jr_env[src], shapes[out]
                         )
             elif isinstance(op, O.Softmax):
+                from stabaudit.analyses.ranges import softmax_range  # ranges imports this module
+
                 axis = op.axis % len(shapes[out])
-                lo_env[out], hi_env[out] = _softmax_range(axis, los[0], his[0])
+                lo_env[out], hi_env[out] = softmax_range(axis, los[0], his[0])
                 act_bounds[out] = _static_bounds_of(node, shapes)
                 if jac and js.dense(node.inputs[0]):
                     jc_env[out], jr_env[out] = _softmax_jacobian(
@@ -822,11 +827,7 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                     if src in js.st:
                         js.st[out] = PJ.scale(js.st[src], m, r)
                     else:
-                        jc, jr = jc_env[src], jr_env[src]
-                        new_c = m * jc
-                        # (m + d)(Jc + E) - m Jc = m E + d Jc + d E, |d| <= r, |E| <= Jr
-                        jr_env[out] = (m.abs() * jr + r * (jc.abs() + jr) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
-                        jc_env[out] = new_c
+                        jc_env[out], jr_env[out] = PJ.scaled(jc_env[src], jr_env[src], m, r)
             if structured:
                 js.release(node)
             if ranges is not None:

@@ -28,6 +28,7 @@ reach); element-wise maps scale rows. What the rules do not cover is converted t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -111,10 +112,13 @@ def identity(shape: tuple[int, ...]) -> Diag:
                 colmap=torch.arange(n, dtype=torch.int64).reshape(shape))
 
 
-def to_patches(d: Diag) -> Patches | None:
-    """A [1, C, H, W] Diag as patches of size 1 (u: the value itself)."""
+def to_patches(d: Structured | None) -> Patches | None:
+    """A [1, C, H, W] Diag as patches of size 1 (u: the value itself); patches as they are; None
+    for None or a Diag of another shape."""
     import torch
 
+    if d is None or isinstance(d, Patches):
+        return d
     if d.c.dim() != 4 or d.c.shape[0] != 1:
         return None
 
@@ -282,18 +286,23 @@ def max_pool(j: Patches, op: O.MaxPool, cand: torch.Tensor, out_shape: tuple[int
                    colmap=j.colmap)
 
 
+def scaled(c: torch.Tensor, r: torch.Tensor, m: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jacobian rows (centre ``c``, radius ``r``) scaled by an interval [m - d, m + d] that
+    broadcasts against them: (m + e)(Jc + E) - m Jc = m E + e Jc + e E with |e| <= d, |E| <= r,
+    and the product m Jc rounded (2 EPS |m Jc|)."""
+    new_c = m * c
+    return new_c, (m.abs() * r + d * (c.abs() + r) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
+
+
 def scale(j: Structured, m: torch.Tensor, r: torch.Tensor) -> Structured:
     """Rows scaled by an interval [m - r, m + r] per unit (of the value's shape): an element-wise
     map's slopes (``r`` > 0) or an exact scale (``r`` = 0: the rounding of the product is in the
-    2 EPS term). (m + d)(Jc + E) - m Jc = m E + d Jc + d E, |d| <= r, |E| <= Jr."""
+    2 EPS term of ``scaled``)."""
     if isinstance(j, Diag):
-        new_c = m * j.c
-        new_r = (m.abs() * j.r + r * (j.c.abs() + j.r) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
+        new_c, new_r = scaled(j.c, j.r, m, r)
         return Diag(c=new_c, r=new_r, colmap=j.colmap)
-    mm = m.reshape(*j.c.shape[:3], 1, 1, 1)
-    rr = r.reshape(*j.c.shape[:3], 1, 1, 1)
-    new_c = mm * j.c
-    new_r = (mm.abs() * j.r + rr * (j.c.abs() + j.r) + 2 * EPS * new_c.abs()) * (1 + 4 * EPS) + TINY
+    unit = (*j.c.shape[:3], 1, 1, 1)  # per output unit, over its patch
+    new_c, new_r = scaled(j.c, j.r, m.reshape(unit), r.reshape(unit))
     return Patches(c=new_c, r=new_r, stride=j.stride, offset=j.offset, colmap=j.colmap)
 
 
@@ -336,15 +345,10 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
     alone (patch sizes, strides), before any tensor is built."""
     if len(graph.inputs) != 1:
         return False
-    n_in = 1
-    for d in graph.inputs[0].shape:
-        n_in *= int(d)
+    n_in = math.prod(int(d) for d in graph.inputs[0].shape)
 
     def count(shape: tuple[int, ...]) -> int:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
+        return math.prod(int(d) for d in shape)
 
     def dense_ok(name: str) -> bool:
         return n_in * count(shapes[name]) <= max_dense
@@ -393,5 +397,5 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
     return all(name in kind and (kind[name] == "dense" or dense_ok(name)) for name in graph.outputs)
 
 
-__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "conv", "identity", "max_pool", "permute", "rows", "scale",
+__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "conv", "identity", "max_pool", "permute", "rows", "scale", "scaled",
            "patch_entries", "reaches_outputs", "to_dense", "to_patches"]
