@@ -60,22 +60,29 @@ class Plan:
 def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     """The search's work from the budget by the cost model of ``analyses.plan`` (forward
     multiply-accumulates per budget second, plus a fixed cost per batched call): one Jacobian
-    norm costs inputs + 1 passes (forward mode, few inputs) or 12 (four power sweeps); half
-    the passes screen points, half go to the local search. Never below two points, no rounds.
-    The pairs confirmed per box (``tries``): as many as the passes buy at CONFIRM_PASSES each,
-    between MIN_TRIES and MAX_TRIES."""
+    norm costs 2 inputs + 1 passes (forward mode, few inputs) or 17 (four power sweeps of a jvp
+    and a vjp); a forward-mode or reverse pass counts as two forward passes (as in
+    ``analyses.lower``), and each batched call of a sweep or pass of a confirmation LOWER_CALL_MACS. The pairs
+    confirmed per box (``tries``, CONFIRM_PASSES each): as many as a quarter of the box's work
+    buys, between MIN_TRIES and MAX_TRIES; of the rest, half screens points, half goes to the
+    local search's rounds. Never below two points, no rounds."""
     from stabaudit.analyses.plan import LOWER_CALL_MACS, LOWER_MACS_PER_S, lower_units, spend
 
-    per_sigma = float(inputs + 1 if inputs <= FULL_JACOBIAN_MAX_INPUTS else 12)
-    passes = max(lower_units(budget_s) - 8 * LOWER_CALL_MACS, 0.0) / max(macs, 1.0) / max(boxes, 1)
-    sigmas = passes / per_sigma
-    points = int(min(MAX_POINTS, max(2, sigmas / 2)))
+    full = inputs <= FULL_JACOBIAN_MAX_INPUTS
+    per_sigma = float(2 * inputs + 1 if full else 17)
+    calls = (1.0 if full else 8.0) * LOWER_CALL_MACS  # the batched calls of one evaluation of Jacobian norms
+    macs = max(macs, 1.0)
+    units = lower_units(budget_s) / max(boxes, 1)
+    try_cost = CONFIRM_PASSES * (macs + LOWER_CALL_MACS)
+    tries = int(min(MAX_TRIES, max(MIN_TRIES, 0.25 * units / try_cost)))
+    left = max(units - tries * try_cost, 0.0)
+    sigma = per_sigma * macs
+    points = int(min(MAX_POINTS, max(2, (left / 2 - calls) / sigma)))
     starts = min(LOCAL_STARTS, points)
-    proposals = int(min(PROPOSALS, max(2, sigmas / 2 / starts / 8)))
-    rounds = int(min(MAX_ROUNDS, max(0, sigmas / 2 / (starts * proposals))))
-    tries = int(min(MAX_TRIES, max(MIN_TRIES, passes / CONFIRM_PASSES)))
-    spend((boxes * (points * per_sigma + starts * proposals * rounds * per_sigma + tries * CONFIRM_PASSES) * max(macs, 1.0)
-           + 8 * LOWER_CALL_MACS) / LOWER_MACS_PER_S)
+    proposals = int(min(PROPOSALS, max(2, points / starts / 8)))
+    round_cost = starts * proposals * sigma + calls
+    rounds = int(min(MAX_ROUNDS, max(0, (left / 2) / round_cost)))
+    spend(max(boxes, 1) * (points * sigma + calls + rounds * round_cost + tries * try_cost) / LOWER_MACS_PER_S)
     return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds, tries=tries)
 
 

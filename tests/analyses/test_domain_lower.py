@@ -123,7 +123,20 @@ def test_plan_is_counted_and_grows_with_the_budget() -> None:
     assert plan(1e5, 1.0, 10, 5).points < plan(1e5, 1.0, 1, 5).points
     # confirmed pairs: 12 passes each, between 4 and 40
     assert plan(1e6, 10.0, 1, 100).tries == 40 and plan(1e12, 1.0, 1, 100).tries == 4
-    assert plan(1e7, 1.0, 1, 100).tries == int((4e9 - 8 * 2e6) / 1e7 / 12)  # 33
+    # a quarter of the box's work buys them
+    assert plan(1e7, 1.0, 1, 100).tries == int(0.25 * 4e9 / (12 * (1e7 + 2e6)))  # 6
+
+
+def test_the_plan_spends_at_most_its_budget_above_the_smallest_plan() -> None:
+    """Its batched calls and confirmations are counted inside the budget (the sample CNN over a box
+    at a part of 0.85 s once planned 1.05 s)."""
+    from stabaudit.analyses import plan as cost
+
+    for macs, budget, boxes, inputs in [(26250.0, 0.85, 1, 64), (1e6, 10.0, 1, 100), (1e5, 1.0, 10, 5),
+                                        (2e5, 0.3, 2, 784)]:
+        with cost.ledger() as spent:
+            work = plan(macs, budget, boxes, inputs)
+        assert work.points > 2 and 0.5 * budget <= spent[0] <= budget * (1 + 1e-12)
 
 
 def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
