@@ -247,7 +247,7 @@ BudgetOption = Annotated[
     float | None,
     typer.Option(
         "--budget",
-        help="Work planned for each search-based analysis, in seconds of the reference machine: the global methods beyond the product, and the lower-bound search (default 10). Counted work, never the clock: the same report on any machine and under any load (--timeout is the only clock).",
+        help="Work planned for the whole audit's searches and solvers, in seconds of one core of the reference machine (default 10): one split over the global methods beyond the product, the sample channels, the residual blocks, the lower-bound search and the domain, what one leaves flowing on to the next. Counted work, never the clock: the same report on any machine and under any load (--timeout is the only clock).",
     ),
 ]
 MaxMemoryOption = Annotated[

@@ -57,13 +57,17 @@ class AuditRequest:
     fail_on: FailOn = FailOn.ERROR
     seed: int = 0
     device: str = "cpu"
+    # the most of budget_s that the stages after the global methods (samples, residual blocks, lower
+    # bound, domain) plan together; --budget sets it to budget_s (no further limit)
     lower_budget_s: float = 10.0
     power_iterations: int = 50
     baseline: Mapping[str, Any] | None = None  # a previous JSON report of this model (SA001)
     max_memory: int | None = None  # bytes; None: limits.default_memory_budget()
     timeout_s: float | None = None  # seconds for the whole audit; None: no limit
     method: str = "auto"  # global upper bound: auto | product | layerwise | sdp | ... (METHODS)
-    budget_s: float = 10.0  # seconds planned for the global methods beyond the product
+    # --budget: the planned seconds of the whole audit's searches and solvers, split over its stages
+    # (stages.allotment); the certified core (loading, equivalence, per-layer bounds) is not planned
+    budget_s: float = 10.0
     inputs: np.ndarray | None = None  # sample inputs [N, ...] for the data-dependent checks (SA302)
     eps: float = 0.01  # radius of the linf balls around the samples (SA302)
     disabled: frozenset[str] = frozenset()  # check ids turned off (config checks.disable)
@@ -332,11 +336,11 @@ def run_stages(request: AuditRequest, run: StageRun, observer: Observer | None =
     returned: a stage stopped half-way (a timeout, a failed allocation) leaves nothing behind."""
     from stabaudit.analyses import plan
     from stabaudit.limits import check_stage_memory
-    from stabaudit.stages import STAGES
+    from stabaudit.stages import STAGES, allotment
 
     say = observer or (lambda _msg: None)
     t0 = time.perf_counter()
-    for stage in STAGES:
+    for at, stage in enumerate(STAGES):
         ev = run.state
         if stage.when is not None and not stage.when(request, ev):
             run.skipped += (stage.name,)
@@ -348,6 +352,8 @@ def run_stages(request: AuditRequest, run: StageRun, observer: Observer | None =
         if stage.say is not None:
             say(stage.say)
         work = ev.copy()
+        # one split of --budget: this stage's part of what the earlier stages left
+        work.budget_s, work.budget_rest_s = allotment(request, at, ev.planned)
         t = time.perf_counter()
         with plan.ledger() as spent:
             stage.run(request, work)

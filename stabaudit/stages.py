@@ -91,6 +91,10 @@ class AnalysisState:
     reproducible: bool  # SOURCE_DATE_EPOCH is set: seconds are reported as 0
     timings: dict[str, float]  # seconds per stage, by timing key
     planned: dict[str, float]  # planned seconds of counted work per stage (analyses.plan.ledger)
+    # the planned seconds of --budget allotted to the running stage (engine.run_stages, one split
+    # of the budget over the stages: analyses.plan.STAGE_WEIGHTS), and those left beyond it
+    budget_s: float = 0.0
+    budget_rest_s: float = 0.0
     # load (jumps: their smooth parts)
     loaded: LoadedModel  # the model as loaded
     graph: Graph  # the report's layers: affine maps folded, adjacent linear maps merged
@@ -192,7 +196,7 @@ AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most th
 
 
 def _global_methods(
-    graph: Graph, request: AuditRequest, reproducible: bool
+    graph: Graph, request: AuditRequest, reproducible: bool, budget_s: float
 ) -> tuple[list[MethodBound], ExactResult | None]:
     """The certified global methods beyond the product; auto runs them only on the feedforward
     chains they apply to, an explicit --method reports why it did not apply. Also returns the
@@ -220,12 +224,12 @@ def _global_methods(
     convex = tuple(m for m in wanted if m != "exact")
     out = [
         method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes))
-        for r in (global_bounds(graph, budget_s=request.budget_s, methods=convex) if convex else [])
+        for r in (global_bounds(graph, budget_s=budget_s, methods=convex) if convex else [])
     ]
     exact = None
     units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else 0
     if "exact" in wanted and (not auto or units <= AUTO_EXACT_MAX_UNITS):
-        exact = exact_lipschitz(graph, budget_s=request.budget_s, seed=request.seed)
+        exact = exact_lipschitz(graph, budget_s=budget_s, seed=request.seed)
         done = ("exact constant (branch and bound finished)",) if exact.exact else ()
         out.append(
             method_bound(
@@ -281,14 +285,15 @@ def _residual_evidence(
     samples: np.ndarray | None,
     request: AuditRequest,
     whole: Mapping[str, WholeBlock],
+    budget_s: float,
 ) -> ResidualEvidence:
     """SA201/SA202's evidence: the residual blocks, their certified bounds, J_f at the samples, and
-    each branch's own witnessed lower bound (its search's work from the lower-bound budget)."""
+    each branch's own witnessed lower bound (its search's work from the stage's ``budget_s``)."""
     from stabaudit.analyses.plan import residual_branch_budget
     from stabaudit.checks.residual import residual_evidence
     from stabaudit.ir.patterns import find_residual_blocks
 
-    budget = residual_branch_budget(request.lower_budget_s, len(find_residual_blocks(graph)))
+    budget = residual_branch_budget(budget_s, len(find_residual_blocks(graph)))
     if samples is not None:
         samples = samples[:_planned_samples(graph, int(samples.shape[0]), request)]
     return residual_evidence(graph, op_bounds, samples, seed=request.seed, whole=whole, lower_budget_s=budget,
@@ -345,11 +350,12 @@ def _planned_samples(graph: Graph, available: int, request: AuditRequest) -> int
     from stabaudit.analyses.plan import sample_count
 
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
-    return sample_count(request.lower_budget_s, forward_macs(graph, shapes), available)
+    return sample_count(stage_share(request, "sample_evidence"), forward_macs(graph, shapes), available)
 
 
 def _samples_evidence(
-    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest
+    graph: Graph, op_bounds: Mapping[str, OpBound], samples: np.ndarray, source: str, request: AuditRequest,
+    budget_s: float,
 ) -> SampleEvidence:
     """SA301/SA303's unit counts and SA401's parameter sensitivities at the samples (the first
     ones the budget plans: analyses.plan.sample_count; the results state how many)."""
@@ -363,8 +369,7 @@ def _samples_evidence(
         count=count,
         source=source,
         activations=activation_units(graph, samples, eps=request.eps),
-        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed,
-                                         budget_s=request.lower_budget_s),
+        parameters=parameter_sensitivity(graph, op_bounds, samples, seed=request.seed, budget_s=budget_s),
     )
 
 
@@ -570,7 +575,7 @@ def global_bound(request: AuditRequest, ev: AnalysisState) -> None:
 def global_methods(request: AuditRequest, ev: AnalysisState) -> None:
     """The certified global methods beyond the product (--method), on the graph as loaded."""
     loaded, reproducible = ev.loaded, ev.reproducible
-    more, exact = _global_methods(loaded.graph, request, reproducible)
+    more, exact = _global_methods(loaded.graph, request, reproducible, ev.budget_s)
     ev.methods += more
     ev.exact = exact
 
@@ -586,7 +591,7 @@ def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
     folded graph: its layers are the report's, W_l the effective weights."""
     assert ev.samples is not None and ev.sample_info is not None
     ev.sampled = _samples_evidence(
-        ev.graph, ev.op_bounds, ev.samples, ev.sample_info.source.value, request
+        ev.graph, ev.op_bounds, ev.samples, ev.sample_info.source.value, request, ev.budget_s
     )
 
 
@@ -607,7 +612,7 @@ def training(request: AuditRequest, ev: AnalysisState) -> None:
 def residual(request: AuditRequest, ev: AnalysisState) -> None:
     """The residual channel (SA201, SA202): on the folded graph, whose per-node bounds op_bounds
     holds."""
-    ev.residual = _residual_evidence(ev.graph, ev.op_bounds, ev.samples, request, ev.whole)
+    ev.residual = _residual_evidence(ev.graph, ev.op_bounds, ev.samples, request, ev.whole, ev.budget_s)
 
 
 def lower_bound_search(request: AuditRequest, ev: AnalysisState) -> None:
@@ -617,7 +622,8 @@ def lower_bound_search(request: AuditRequest, ev: AnalysisState) -> None:
     loaded, op_bounds = ev.loaded, ev.op_bounds
     # on the graph as loaded: the bound is about the stored weights, not the folded products
     ev.low = lower_bound(
-        loaded.graph, seed=request.seed, budget_s=request.lower_budget_s, op_bounds=op_bounds
+        loaded.graph, seed=request.seed, budget_s=ev.budget_s, op_bounds=op_bounds,
+        smallest_slack_s=ev.budget_rest_s,
     )
 
 
@@ -729,7 +735,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
     from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
     from stabaudit.analyses.domain_lower import domain_lower
-    from stabaudit.analyses.plan import DOMAIN_BB_SHARE
+    from stabaudit.analyses.plan import DOMAIN_BB_SHARE, DOMAIN_CHAIN_SHARE, spent
     from stabaudit.report.model import DomainInfo
 
     assert request.domain is not None
@@ -740,12 +746,14 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         raise UsageError(str(exc), path=str(request.path)) from None
     whole = ev.lipschitz
     global_upper = whole.upper if whole.certified else None
-    # a ReLU chain: the branch and bound over the boxes takes DOMAIN_BB_SHARE of the lower-bound
-    # budget where it runs (its regions' norms are lower bounds over D), the pair search the rest
+    # the stage's part of --budget: DOMAIN_CHAIN_SHARE for the certificates of a ReLU chain over the
+    # boxes, DOMAIN_BB_SHARE for its branch and bound (its regions' norms are lower bounds over D),
+    # DOMAIN_RESIDUAL_SHARE of what they leave for the residual branches' searches, the pair search
+    # the rest
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
                           regions={k: (r.x, r.value) for k, r in ev.regions.items()},
-                          keep=_residual_values(graph), budget_s=request.budget_s,
-                          bb_budget_s=DOMAIN_BB_SHARE * request.lower_budget_s)
+                          keep=_residual_values(graph), budget_s=DOMAIN_CHAIN_SHARE * ev.budget_s,
+                          bb_budget_s=DOMAIN_BB_SHARE * ev.budget_s)
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
@@ -758,7 +766,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     if result.unresolved:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
-    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=request.lower_budget_s - result.bb_budget_s,
+    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=max(ev.budget_s - spent(), 0.0),
                        op_bounds=op_bounds)
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
@@ -828,14 +836,14 @@ def _residual_domain(
 ) -> None:
     """SA201/SA202 over the domain: each residual block's branch bounded on its input's value
     ranges over the domain, with a witnessed lower bound from pairs inside those ranges."""
-    from stabaudit.analyses.plan import residual_branch_budget
+    from stabaudit.analyses.plan import DOMAIN_RESIDUAL_SHARE, spent
     from stabaudit.analyses.residual import GlobalBlock, domain_blocks
     from stabaudit.checks.residual import with_domain
 
     res = ev.residual
     if not res.blocks or not kept:
         return
-    budget = residual_branch_budget(request.lower_budget_s, len(res.blocks))
+    budget = DOMAIN_RESIDUAL_SHARE * max(ev.budget_s - spent(), 0.0) / len(res.blocks)
     known = {b.name: GlobalBlock(lip_f_upper=b.lip_f_upper, growth_upper=b.growth_upper, certified=b.certified)
              for b in res.blocks}
     found = domain_blocks(ev.graph, ev.op_bounds, kept, seed=request.seed, lower_budget_s=budget,
@@ -892,6 +900,50 @@ STAGES: tuple[Stage, ...] = (
     Stage(global_lipschitz),
     Stage(domain_bounds, "bounds over the domain", "domain", when=_has_domain),
 )
+
+
+def _weight(stage: Stage) -> float:
+    from stabaudit.analyses.plan import STAGE_WEIGHTS
+
+    return STAGE_WEIGHTS.get(stage.name, 0.0)
+
+
+def _pool(request: AuditRequest, name: str) -> float:
+    """The most of --budget the stage ``name`` may draw on: ``budget_s`` for the global methods,
+    for the later stages also at most ``lower_budget_s`` together."""
+    if name == "global_methods":
+        return request.budget_s
+    return min(request.budget_s, request.lower_budget_s)
+
+
+def stage_share(request: AuditRequest, name: str) -> float:
+    """The planned seconds of the stage ``name`` in the split of --budget before anything flows on:
+    its weight over the weights of the stages that will run (analyses.plan.STAGE_WEIGHTS). What
+    must not depend on the earlier stages' work reads this (the samples' count, which two stages
+    share)."""
+    from stabaudit.analyses.plan import STAGE_WEIGHTS, allot
+
+    running = math.fsum(_weight(s) for s in STAGES if s.will_run(request))
+    return allot(_pool(request, name), STAGE_WEIGHTS.get(name, 0.0), running)
+
+
+def allotment(request: AuditRequest, at: int, planned: Mapping[str, float]) -> tuple[float, float]:
+    """(the planned seconds of --budget allotted to ``STAGES[at]``, what remains of the budget
+    beyond them) once the stages before it planned ``planned`` (seconds per stage): its weight
+    over its own and the later running stages' weights, times what remains (analyses.plan.allot).
+    Deterministic: the planned seconds are the cost model's counts, never the clock's."""
+    from stabaudit.analyses.plan import allot
+
+    stage = STAGES[at]
+    weight = _weight(stage)
+    rest = weight + math.fsum(_weight(s) for s in STAGES[at + 1:] if s.will_run(request))
+    spent_all = math.fsum(planned.values())
+    remaining = request.budget_s - spent_all
+    if stage.name != "global_methods":
+        searched = spent_all - planned.get("global_methods", 0.0)
+        remaining = min(remaining, request.lower_budget_s - searched)
+    share = allot(remaining, weight, rest)
+    return share, max(remaining - share, 0.0)
 
 
 # The stages whose evidence each check reads (besides load and equivalence, which every report

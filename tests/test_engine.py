@@ -88,12 +88,14 @@ def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     path = Path(__file__).resolve().parents[1] / "sample_models" / "mlp.onnx"
     report = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
-    # the lower-bound search plans the budget's units (at least its smallest plan); the global
-    # methods their Newton steps and nodes; the total is their sum, and no clock enters
-    assert report.planned["lower_bound"] >= 0.5
-    assert 0.0 < report.planned["global_methods"] <= 3 * 0.5
+    # one split of the budget: the global methods plan their Newton steps and nodes from their
+    # part, the lower-bound search takes what they left (the last stage that plans), so the
+    # total is the budget; no clock enters
+    assert 0.0 < report.planned["global_methods"] <= plan.STAGE_WEIGHTS["global_methods"] * 0.5
+    assert report.planned["lower_bound"] == pytest.approx(0.5 - report.planned["global_methods"], rel=2e-3)
     parts = [v for k, v in report.planned.items() if k != "total"]
     assert report.planned["total"] == pytest.approx(sum(parts), rel=1e-3)
+    assert report.planned["total"] == pytest.approx(0.5, rel=1e-3)
     assert report.timings == {}
     again = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
     assert again.planned == report.planned
@@ -102,6 +104,53 @@ def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.Monkey
     with plan.ledger() as spent:
         audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
     assert spent == [0.0]  # each stage counts in its own ledger
+
+
+def test_one_split_of_the_budget_flows_on_to_the_later_stages() -> None:
+    from stabaudit.analyses.plan import STAGE_WEIGHTS
+    from stabaudit.stages import STAGES, allotment
+
+    at = {stage.name: i for i, stage in enumerate(STAGES)}
+    request = AuditRequest(path=SAMPLES / "mlp.onnx", budget_s=10.0, lower_budget_s=10.0)
+    # no samples, no domain: the global methods, the residual blocks and the lower bound share it
+    weights = STAGE_WEIGHTS["global_methods"] + STAGE_WEIGHTS["residual"] + STAGE_WEIGHTS["lower_bound_search"]
+    first, rest = allotment(request, at["global_methods"], {})
+    assert first == pytest.approx(10.0 * STAGE_WEIGHTS["global_methods"] / weights) and rest == pytest.approx(10.0 - first)
+    # the global methods took 1 s: the residual stage gets its part of the 9 s left; it took none,
+    # so the lower-bound search (the last stage that plans) gets all of them
+    part, _ = allotment(request, at["residual"], {"global_methods": 1.0})
+    assert part == pytest.approx(9.0 * STAGE_WEIGHTS["residual"] / (weights - STAGE_WEIGHTS["global_methods"]))
+    assert allotment(request, at["lower_bound_search"], {"global_methods": 1.0}) == (pytest.approx(9.0), 0.0)
+    # a stage that went beyond its part leaves nothing: the later ones run their smallest plans
+    assert allotment(request, at["lower_bound_search"], {"global_methods": 12.0})[0] == 0.0
+    # lower_budget_s bounds the stages after the global methods together
+    capped = AuditRequest(path=SAMPLES / "mlp.onnx", budget_s=10.0, lower_budget_s=2.0)
+    assert allotment(capped, at["lower_bound_search"], {"global_methods": 1.0, "samples": 0.5})[0] == pytest.approx(1.5)
+    # with a domain, the domain stage comes after the lower bound and shares what remains
+    boxed = AuditRequest(path=SAMPLES / "mlp.onnx", budget_s=10.0, domain=_box_domain())
+    part, rest = allotment(boxed, at["lower_bound_search"], {"global_methods": 1.0, "samples": 1.0})
+    share = STAGE_WEIGHTS["lower_bound_search"] / (STAGE_WEIGHTS["lower_bound_search"] + STAGE_WEIGHTS["domain_bounds"])
+    assert part == pytest.approx(8.0 * share) and rest == pytest.approx(8.0 - part)
+
+
+def _box_domain():  # type: ignore[no-untyped-def]
+    from stabaudit.analyses.samples import UniformDomain, Values
+
+    return UniformDomain(low=Values(values=(0.0,)), high=Values(values=(1.0,)))
+
+
+@pytest.mark.parametrize("name", ["cnn.onnx", "resnet.onnx"])
+def test_the_whole_audit_plans_within_its_budget(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples, residual blocks, the lower bound and the domain together plan the budget, not
+    each their own copy of it (their smallest plans are far below it on these networks)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    report = audit(AuditRequest(path=SAMPLES / name, budget_s=1.5, lower_budget_s=1.5, domain=_box_domain()))
+    assert {"samples", "lower_bound", "domain"} <= set(report.planned)
+    assert 1.0 <= report.planned["total"] <= 1.5 * (1 + 1e-3)
+    alone = audit(AuditRequest(path=SAMPLES / name, budget_s=1.5, lower_budget_s=1.5))
+    # no domain, no samples: what they would have planned flows to the lower-bound search
+    assert alone.planned["lower_bound"] > report.planned["lower_bound"]
+    assert alone.planned["total"] <= 1.5 * (1 + 1e-3)
 
 
 def test_the_markdown_and_html_reports_state_the_planned_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -379,6 +379,7 @@ def global_bounds(
     method gets a fixed share of ``budget_s`` and plans Newton steps from it (sdp.planned_newton_steps),
     so the result is the same on any machine; it stops earlier at its duality-gap target.
     """
+    from stabaudit.analyses import plan
     from stabaudit.analyses.certify import verify
     from stabaudit.analyses.layerwise import (
         Certificate,
@@ -423,14 +424,15 @@ def global_bounds(
     fast: Certificate | None = None  # ECLipsE-Fast's verified certificate, once it ran
     best: Certificate | None = None
     best_upper = math.inf
-    # static shares of the budget (each method plans its work from its share, never from the time
-    # the others took, so that the result does not depend on the machine's speed or load):
-    # eclipse gets a quarter when lipsdp-neuron follows, lipsdp-neuron the rest
-    spent = 0.0
+    # shares of the budget in planned work (each method plans from its share and the planned
+    # seconds the methods before it took, never from the time they took, so that the result does
+    # not depend on the machine's speed or load): eclipse gets a quarter when lipsdp-neuron
+    # follows, lipsdp-neuron what remains (what eclipse left unspent included)
+    start = plan.spent()
     with single_blas_thread():
         for i, method in enumerate(wanted):
             t0 = time.perf_counter()
-            left = max(budget_s - spent, 0.0)
+            left = max(budget_s - (plan.spent() - start), 0.0)
             notes: list[str] = list(chain.notes)
             cert: Certificate | None
             try:
@@ -439,7 +441,6 @@ def global_bounds(
                         cert = eclipse_fast(scaled)
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
-                        spent += share
                         per_layer = max(share, 0.0) / max(len(scaled.slopes), 1)  # as ``eclipse`` shares it
                         if fast is not None and not any(layer_steps(w, per_layer) for w in scaled.weights[:-1]):
                             # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already

@@ -19,16 +19,16 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
   ``NEWTON_STEP_OVERHEAD_S + (dim(P)^3 + (#t + 1)^3) / NEWTON_FLOPS_PER_S`` seconds (0.55, 7.4 and
   74 ms at dim(P) 96, 305 and 768); measured 0.42 ms (sample MLP), 4.2 ms (ACAS Xu N(1,1)) and
   45 ms (mnist-net 256x2).
-- residual branches (analyses.residual.branch_lower): ``RESIDUAL_SHARE`` of the lower-bound budget,
-  split over the blocks, planned by the same cost models (analyses.lower, analyses.domain_lower);
+- residual branches (analyses.residual.branch_lower): ``RESIDUAL_SHARE`` of the residual stage's
+  allotment, split over the blocks, planned by the same cost models (analyses.lower, analyses.domain_lower);
   measured on the sample ResNet at the default --budget: +1.6 s of CPU without a domain (5.6 s ->
   7.2 s), +7 s over the box [0, 1] (41 s -> 48 s).
 - SA401's measured parameter sensitivities (analyses.parameters): ``PARAMETER_SHARE`` of the
-  lower-bound budget in reverse passes of ``PASS_FORWARDS`` forward passes each; first fewer samples,
+  sample_evidence stage's allotment in reverse passes of ``PASS_FORWARDS`` forward passes each; first fewer samples,
   then fewer power iterations per layer.
 - SA202's Jacobians at the samples (analyses.residual): the block's branch-search share again, in
   points of ``QUOTIENT_FORWARDS`` forward passes plus the Krylov steps' reverse passes.
-- the sample channels: ``SAMPLE_SHARE`` of the lower-bound budget in float64 forward passes, one
+- the sample channels: ``SAMPLE_SHARE`` of the sample_evidence stage's share in float64 forward passes, one
   per sample, at least ``MIN_SAMPLES`` samples.
 - exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
   measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
@@ -58,11 +58,40 @@ def ledger() -> Iterator[list[float]]:
         _LEDGER.reset(token)
 
 
+def spent() -> float:
+    """The planned seconds the running ledger holds so far (0 outside one)."""
+    ledger_ = _LEDGER.get()
+    return ledger_[0] if ledger_ is not None else 0.0
+
+
 def spend(seconds: float) -> None:
     """Count ``seconds`` of planned work (the cost model's, not the clock's) against the ledger."""
     spent = _LEDGER.get()
     if spent is not None and math.isfinite(seconds) and seconds > 0.0:
         spent[0] += float(seconds)
+
+# One split of --budget for the whole audit (engine.run_stages): the stages that plan work have
+# these weights, and a stage that runs is allotted its weight over the weights of itself and the
+# later stages that will run, times the budget that remains once the planned seconds of every
+# stage before it are taken off. What a stage leaves unspent (a solver that converged early, a
+# model without residual blocks, a stage that did not run) flows on to the later ones; a stage
+# that goes beyond its allotment (a smallest plan) leaves less to them.
+STAGE_WEIGHTS: dict[str, float] = {
+    "global_methods": 0.7,  # LipSDP / ECLipsE Newton steps, the exact branch and bound
+    "sample_evidence": 0.1,  # the sample channels' float64 passes and SA401's reverse passes
+    "residual": 0.05,  # the residual branches' own lower-bound searches and SA202's Jacobians
+    "lower_bound_search": 0.3,  # the global lower-bound search
+    "domain_bounds": 0.5,  # certificates, branch and bound and pair search over the domain
+}
+
+
+def allot(remaining_s: float, weight: float, rest_weight: float) -> float:
+    """A stage's planned seconds: ``weight`` / ``rest_weight`` (its own and the later running
+    stages' weights) of the ``remaining_s`` of the budget (0 when nothing remains)."""
+    if not (weight > 0.0 and rest_weight > 0.0):
+        return 0.0
+    return max(float(remaining_s), 0.0) * min(weight / rest_weight, 1.0)
+
 
 LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per budget second
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
@@ -76,12 +105,18 @@ BB_MIN_NODES = 16  # the smallest plan of the branch and bound, whatever the bud
 # the branch and bound over a box (bounds over a domain): a node's planned cost is BB_NODE_BASE_S
 # plus its interval products at BB_FLOPS_PER_S (measured 40 ms a node on mnist-net 256x2, 784
 # inputs: 1.6e8 multiply-adds; a box's setup about 3 nodes), at least BB_BOX_MIN_NODES a box. DOMAIN_BB_SHARE of
-# the lower-bound budget goes to it where it applies (the rest to the pair search).
+# the domain stage's allotment goes to it where it applies.
 BB_NODE_BASE_S = 2e-3
 BB_FLOPS_PER_S = 4e9
 BB_BOX_MIN_NODES = 4
 BB_BOX_SETUP_NODES = 3
-DOMAIN_BB_SHARE = 0.5
+DOMAIN_BB_SHARE = 0.2
+# The domain stage's allotment (bounds over the domain): DOMAIN_CHAIN_SHARE for the certificates of
+# ReLU chains (pieces, LipSDP steps), DOMAIN_BB_SHARE for the branch and bound, then
+# DOMAIN_RESIDUAL_SHARE of what they leave for the residual branches' searches inside the domain's
+# ranges, the rest for the pair search.
+DOMAIN_CHAIN_SHARE = 0.5
+DOMAIN_RESIDUAL_SHARE = 0.3
 # ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
 # DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
 # up to DOMAIN_MAX_PATTERNS activation patterns, the interval Jacobian); an unsplit box spends its
@@ -91,19 +126,21 @@ DOMAIN_PIECE_S = 0.05
 DOMAIN_SPLIT_MAX_INPUTS = 16
 DOMAIN_MAX_PATTERNS = 4096
 # The lower-bound search keeps its smallest useful plan (32 starts, 30 rounds) beyond the budget
-# up to max(SMALLEST_PLAN_FACTOR * budget, budget + SMALLEST_PLAN_SLACK_S) planned seconds (the
-# time limit the search once had on the clock, now counted work); larger networks get fewer
-# rounds and starts.
-SMALLEST_PLAN_FACTOR = 3.0
+# up to max(SMALLEST_PLAN_FACTOR * budget, budget + slack) planned seconds, larger networks get
+# fewer rounds and starts. Called by itself the slack is SMALLEST_PLAN_SLACK_S; in an audit the
+# global search's slack is what remains of --budget beyond its allotment (its smallest plan may
+# take the whole budget, the later stages then get less), a share's (residual branches) 0.
+SMALLEST_PLAN_FACTOR = 2.0
 SMALLEST_PLAN_SLACK_S = 20.0
 # The residual blocks' own lower-bound searches (analyses.residual.branch_lower) share this part of
-# the lower-bound budget, split evenly over the blocks (and again over the audit domain, if any).
-RESIDUAL_SHARE = 0.1
+# the residual stage's allotment, split evenly over the blocks (SA202's Jacobians at the samples the
+# rest); over the audit domain, DOMAIN_RESIDUAL_SHARE of the domain stage's.
+RESIDUAL_SHARE = 0.5
 # SA401's measured values (analyses.parameters): reverse passes through the graph, each planned at
 # PASS_FORWARDS forward passes of LOWER_MACS_PER_S units (backward and the double-backward step of
-# the power iteration), bought with PARAMETER_SHARE of the lower-bound budget; the smallest plan
+# the power iteration), bought with PARAMETER_SHARE of the sample_evidence stage's allotment; the smallest plan
 # (one sample, one shared pass: ||J_l^T u|| of every layer for one unit u) is always run.
-PARAMETER_SHARE = 0.25
+PARAMETER_SHARE = 0.5
 PASS_FORWARDS = 3.0
 # SA202's Jacobians at the samples (analyses.residual): each block's share of the budget (the same
 # as its branch search's) buys points and Krylov steps; a step is a jvp and a vjp (2 reverse
@@ -113,9 +150,9 @@ PASS_FORWARDS = 3.0
 QUOTIENT_FORWARDS = 60.0
 MIN_KRYLOV_STEPS = 8
 # The sample channels (SA301, SA303, SA401's norms, SA202's block inputs) evaluate the model in
-# float64 at each sample: SAMPLE_SHARE of the lower-bound budget in forward passes, at least
+# float64 at each sample: SAMPLE_SHARE of the sample_evidence stage's share of --budget in forward passes, at least
 # MIN_SAMPLES of the samples (all when there are fewer), the first ones.
-SAMPLE_SHARE = 0.25
+SAMPLE_SHARE = 0.5
 MIN_SAMPLES = 4
 
 
@@ -190,7 +227,7 @@ def bb_nodes(budget_s: float) -> int:
 
 def residual_branch_budget(budget_s: float, blocks: int) -> float:
     """The planned seconds of one residual block's branch search: ``RESIDUAL_SHARE`` of the
-    lower-bound budget split over the ``blocks`` (0 without blocks)."""
+    residual stage's allotment split over the ``blocks`` (0 without blocks)."""
     if blocks <= 0:
         return 0.0
     return max(float(budget_s), 0.0) * RESIDUAL_SHARE / blocks
