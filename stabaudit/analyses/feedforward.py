@@ -414,10 +414,30 @@ def global_bounds(
         for inflate in INFLATIONS:
             lam = 1.0 + inflate
             rho, ts = cert.rho * lam, tuple(t * lam for t in cert.ts)
+            plan.spend(check_s)
             if verify(scaled, rho, ts) is not None:
                 notes = [] if inflate == INFLATIONS[0] else [f"verified after inflating the certificate by {inflate:g}"]
                 return bound_value(rho, exponent), Certificate(rho=rho, ts=ts), notes
         return None, None, ["float64 verification failed: no certified bound from this method"]
+
+    # the closed form (and the per-layer Schur complements of ECLipsE) and each float64
+    # verification are planned work too: at width 4096 the closed form alone takes minutes
+    shapes = [tuple(int(d) for d in w.shape) for w in scaled.weights]
+    fast_s, check_s = plan.closed_form_s(shapes), plan.verify_s(shapes)
+    closed: list[Certificate | None] = []  # ECLipsE-Fast's certificate, once computed
+
+    def closed_form(left: float, notes: list[str]) -> Certificate | None:
+        """ECLipsE-Fast's certificate when it and one verification fit twice the budget left."""
+        if closed:
+            return closed[0]
+        if fast_s + check_s > 2.0 * left:
+            notes.append(f"not run: ECLipsE-Fast's closed form and its float64 verification are planned at "
+                         f"{fast_s + check_s:.3g} s, above twice the budget left to the global methods "
+                         f"({left:.3g} s) (a larger --budget runs it)")
+            return None
+        plan.spend(fast_s)
+        closed.append(eclipse_fast(scaled))
+        return closed[0]
 
     results: list[GlobalBoundResult] = []
     known: dict[int, tuple[float, Certificate]] = {}  # id of a certificate -> (bound, verified one)
@@ -438,7 +458,10 @@ def global_bounds(
             try:
                 match method:
                     case "eclipse-fast":
-                        cert = eclipse_fast(scaled)
+                        cert = closed_form(left, notes)
+                        if cert is None and fast_s + check_s > 2.0 * left:
+                            results.append(_not_run(method, notes, t0))
+                            continue
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
                         per_layer = max(share, 0.0) / max(len(scaled.slopes), 1)  # as ``eclipse`` shares it
@@ -446,10 +469,18 @@ def global_bounds(
                             # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already
                             cert = fast
                             notes.append("no layer's LMI step fits its share of the budget: ECLipsE-Fast's certificate")
+                        elif fast_s + check_s > 2.0 * left:
+                            closed_form(left, notes)  # its note: what the layers' Schur complements cost
+                            results.append(_not_run(method, notes, t0))
+                            continue
                         else:
+                            plan.spend(fast_s)  # the layers' Schur complements; their Newton steps count themselves
                             cert = eclipse(scaled, budget_s=max(share, 0.0))
                     case _:
-                        base = best if best is not None else eclipse_fast(scaled)
+                        base = best if best is not None else closed_form(left, notes)
+                        if base is None and fast_s + check_s > 2.0 * left:
+                            results.append(_not_run(method, notes, t0))
+                            continue
                         cert = None
                         if base is not None and not scaled.slopes:
                             cert = base  # one Linear: rho = ||W||^2 is already optimal
@@ -499,8 +530,15 @@ def global_bounds(
                 )
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
-            results = _with_floor(results, chain, scaled, exponent, best_upper, budget_s)
+            # what the methods left of the budget (the floor plans its starts from it, one at least)
+            results = _with_floor(results, chain, scaled, exponent, best_upper, max(budget_s - (plan.spent() - start), 0.0))
     return results
+
+
+def _not_run(method: str, notes: list[str], t0: float) -> GlobalBoundResult:
+    """A method the budget does not buy: no bound, its notes say why."""
+    return GlobalBoundResult(method=method, upper=None, certified=False, seconds=time.perf_counter() - t0,
+                             notes=tuple(notes))
 
 
 def _with_floor(

@@ -405,3 +405,26 @@ def test_skew_along_one_axis_for_a_kernel_smooth_along_it_and_high_pass_across()
     exact = norm2(explicit_conv_matrix(w, (1, 1), pads, (1, 1), 1, spatial))
     assert exact <= mixed <= cert.upper <= mixed * (1 + LEVEL_RTOL)
     assert mixed < 0.95 * both  # skew on both axes would catch neither peak: worse
+
+
+@pytest.mark.parametrize("shape", [(520, 1300), (1100, 1100), (1500, 600)])
+def test_large_dense_matrices_are_certified_without_an_svd(shape: tuple[int, int]) -> None:
+    """Above DENSE_SVD_MAX_SIDE: the Gram-Cholesky certificate encloses the exact norm, within
+    LEVEL_RTOL above it; the lower end at its approximate singular vector within 1e-2 below it."""
+    from stabaudit.bounds.numerics import DENSE_SVD_MAX_SIDE
+
+    assert min(shape) > DENSE_SVD_MAX_SIDE
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal(shape) * 0.05
+    w[:, :3] *= 4.0  # a few dominant directions
+    exact = float(np.linalg.norm(w, 2))
+    upper, lower = spectral_norm_dense(w)
+    assert lower is not None
+    assert lower <= exact <= upper
+    assert upper <= exact * (1 + 1e-4) and lower >= exact * (1 - 1e-2)
+    # a rank-one matrix: both ends meet its norm
+    u, v = rng.standard_normal(shape[0]), rng.standard_normal(shape[1])
+    r1 = np.outer(u, v)
+    up1, lo1 = spectral_norm_dense(r1)
+    norm1 = float(np.linalg.norm(u) * np.linalg.norm(v))
+    assert lo1 is not None and lo1 <= norm1 <= up1 and up1 <= norm1 * (1 + 1e-4) and lo1 >= norm1 * (1 - 1e-9)
