@@ -230,3 +230,23 @@ def test_consecutive_linears_get_an_identity_activation() -> None:
         assert exact <= r.upper
         if r.method == "lipsdp-neuron":  # diagonal multipliers enforce the identity: tight up to the gap
             assert r.upper <= exact * 1.05
+
+
+def test_the_closed_form_and_its_verification_are_planned_work() -> None:
+    """ECLipsE-Fast (and the methods started from it) run only when its closed form and one float64
+    verification fit twice the budget left; what they cost is charged to the ledger."""
+    from stabaudit.analyses import plan
+
+    graph = load_onnx(str(Path(__file__).resolve().parents[2] / "sample_models" / "mlp.onnx")).graph
+    chain = explain_chain(graph)
+    assert not isinstance(chain, str)
+    shapes = [tuple(w.shape) for w in chain.weights]
+    cost = plan.closed_form_s(shapes) + plan.verify_s(shapes)
+    with plan.ledger() as spent:
+        starved = global_bounds(graph, budget_s=0.4 * cost, methods=("eclipse-fast", "lipsdp-neuron"))
+    assert [r.upper for r in starved] == [None, None] and spent == [0.0]
+    assert all("not run: ECLipsE-Fast's closed form" in r.notes[-1] for r in starved)
+    with plan.ledger() as spent:
+        (fast,) = global_bounds(graph, budget_s=0.6 * cost, methods=("eclipse-fast",))
+    assert fast.certified and fast.upper is not None
+    assert spent[0] >= cost  # the closed form and at least one verification
