@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
-from stabaudit.bounds.numerics import spectral_norm_dense, sqrt_int_bounds
+from stabaudit.bounds.numerics import dense_norm_method, spectral_norm_dense, sqrt_int_bounds
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import Linear, OpType, Resize
 from stabaudit.ir.resize import axis_matrix
@@ -81,10 +81,10 @@ def bound_linear(node: Node, ctx: RuleContext) -> OpBound:
             upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="non-finite-weights"),
             notes=("weights contain NaN or Inf",),
         )
-    method = "svd"
+    method = dense_norm_method(w.shape)
     if error > 0.0:  # a merged map: Weyl, | ||A|| - ||W|| | <= ||A - W|| <= error
         upper, lower = math.nextafter(upper + error, math.inf), max(0.0, lower - error)
-        method = "svd of the merged maps"
+        method = f"{method} of the merged maps"
     return OpBound(
         upper=Bound(value=upper, guarantee=Guarantee.UPPER, method=method),
         lower=Bound(value=lower, guarantee=Guarantee.LOWER, method=method),

@@ -149,6 +149,11 @@ def spectral_norm_dense(weight: np.ndarray) -> tuple[float, float | None]:
     return upper, lower
 
 
+def dense_norm_method(shape: Sequence[int]) -> str:
+    """The name of the certificate ``spectral_norm_dense`` uses for a matrix of this shape."""
+    return "gram-cholesky" if len(shape) == 2 and min(shape) > DENSE_SVD_MAX_SIDE else "svd"
+
+
 def _gram_cholesky_dense(w: np.ndarray) -> tuple[float, float | None]:
     """(upper, lower) on ||W||_2 of a large dense matrix without an SVD: the upper end from one
     Gram step and a shifted-Cholesky certificate (``bounds.gram.gram_cholesky_max_norm``, within

@@ -82,3 +82,13 @@ def test_linear_shape_mismatch_names_the_node() -> None:
     node = Node(name="fc7", op=Linear(weight=np.ones((2, 3))), inputs=("a",), output="b")
     with pytest.raises(InternalError, match="fc7.*Linear"):
         bound_node(node, RuleContext(input_shapes=((1, 4),), output_shape=(1, 2)))
+
+
+def test_a_large_linear_layer_names_its_certificate() -> None:
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((600, 530)) * 0.1
+    _, node, ctx = single(Linear(weight=w, bias=None), (1, 530))
+    result = bound_node(node, ctx)
+    exact = float(np.linalg.norm(w, 2))
+    assert result.upper.method == "gram-cholesky" and result.lower is not None
+    assert result.lower.value <= exact <= result.upper.value <= exact * (1 + 1e-4)
