@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.domain_bound import Boxes, flat_box
+from stabaudit.analyses.plan import spend
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +56,7 @@ class Plan:
     proposals: int
     rounds: int
     tries: int = MAX_TRIES  # pairs confirmed (each two float64 error-bound evaluations)
+    box_s: float = 0.0  # the planned seconds of one box (charged for each box that is searched)
 
 
 def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
@@ -66,7 +68,7 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     confirmed per box (``tries``, CONFIRM_PASSES each): as many as a quarter of the box's work
     buys, between MIN_TRIES and MAX_TRIES; of the rest, half screens points, half goes to the
     local search's rounds. Never below two points, no rounds."""
-    from stabaudit.analyses.plan import LOWER_CALL_MACS, LOWER_MACS_PER_S, lower_units, spend
+    from stabaudit.analyses.plan import LOWER_CALL_MACS, LOWER_MACS_PER_S, lower_units
 
     full = inputs <= FULL_JACOBIAN_MAX_INPUTS
     per_sigma = float(2 * inputs + 1 if full else 17)
@@ -82,8 +84,8 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
     proposals = int(min(PROPOSALS, max(2, points / starts / 8)))
     round_cost = starts * proposals * sigma + calls
     rounds = int(min(MAX_ROUNDS, max(0, (left / 2) / round_cost)))
-    spend(max(boxes, 1) * (points * sigma + calls + rounds * round_cost + tries * try_cost) / LOWER_MACS_PER_S)
-    return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds, tries=tries)
+    box_s = (points * sigma + calls + rounds * round_cost + tries * try_cost) / LOWER_MACS_PER_S
+    return Plan(points=points, starts=starts, proposals=proposals, rounds=rounds, tries=tries, box_s=box_s)
 
 
 def _sigmas(f1, x: torch.Tensor, v: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +169,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             # is searched (a decision on two evaluations, not on the clock)
             notes.append(hopeless.replace("at seeded points", "inside the domain"))
             continue
+        spend(work.box_s)  # the work of a box that is searched
         try:
             with torch.no_grad():
                 sig, v = _sigmas(f1, x, v, full)
