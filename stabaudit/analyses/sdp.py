@@ -219,9 +219,12 @@ def _barrier_solve(pr: _Problem, z0: float, t: np.ndarray, rel_gap: float, max_n
     scale = max(abs(z0), 1e-300)
     tau = nu / (gap0 * scale)
     steps = 0
+    # centring steps per tau: up to 60, fewer when the plan is short (a plan of 68 steps spent on
+    # one centring would end where it started; a few steps per tau still follow the central path)
+    inner = min(60, max(8, max_newton // 4))
     while steps < max_newton:
         # centre for this tau
-        for _ in range(60):
+        for _ in range(inner):
             if steps >= max_newton:
                 break
             check_deadline()  # aborts on --timeout (raises); never ends the solve with a number

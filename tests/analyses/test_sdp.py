@@ -296,3 +296,22 @@ def test_the_ledger_is_charged_for_the_newton_steps_taken() -> None:
     assert 0 < steps < allowed  # converged early
     assert spent[0] == pytest.approx(steps * plan.newton_step_s(pr.size, t.size), rel=1e-12)
     assert spent[0] < budget / 10
+
+
+def test_a_short_plan_still_follows_the_central_path() -> None:
+    """With under a third of the steps a full solve takes, LipSDP-Neuron is within 10% of the
+    converged value: each tau gets a few centring steps, not up to 60 (which left a short plan
+    above its own start)."""
+    from stabaudit.analyses import plan
+
+    ws, _ = _net(4, (6, 30, 30, 30, 30, 3))
+    scaled, _ = sdp.pow2_scaled(ChainLMI(weights=tuple(ws), slopes=((0.0, 1.0),) * 4))
+    start = eclipse_fast(scaled)
+    assert start is not None
+    pr = sdp.chain_problem(scaled)
+    step = plan.newton_step_s(pr.size, sum(t.size for t in start.ts))
+    full, _, taken = sdp.lipsdp(scaled, start.rho, list(start.ts), budget_s=10.0)
+    assert taken > 90
+    short, _, steps = sdp.lipsdp(scaled, start.rho, list(start.ts), budget_s=30 * step * 1.0001)
+    assert steps == 30
+    assert full <= short <= 1.1 * full < start.rho
