@@ -81,7 +81,7 @@ STAGE_WEIGHTS: dict[str, float] = {
     "sample_evidence": 0.1,  # the sample channels' float64 passes and SA401's reverse passes
     "residual": 0.05,  # the residual branches' own lower-bound searches and SA202's Jacobians
     "lower_bound_search": 0.3,  # the global lower-bound search
-    "domain_bounds": 0.5,  # certificates, branch and bound and pair search over the domain
+    "domain_bounds": 0.7,  # certificates, branch and bound and pair search over the domain
 }
 
 
@@ -115,12 +115,12 @@ BB_NODE_BASE_S = 2e-3
 BB_FLOPS_PER_S = 4e9
 BB_BOX_MIN_NODES = 4
 BB_BOX_SETUP_NODES = 3
-DOMAIN_BB_SHARE = 0.2
+DOMAIN_BB_SHARE = 0.3
 # The domain stage's allotment (bounds over the domain): DOMAIN_CHAIN_SHARE for the certificates of
 # ReLU chains (pieces, LipSDP steps), DOMAIN_BB_SHARE for the branch and bound, then
 # DOMAIN_RESIDUAL_SHARE of what they leave for the residual branches' searches inside the domain's
 # ranges, the rest for the pair search.
-DOMAIN_CHAIN_SHARE = 0.5
+DOMAIN_CHAIN_SHARE = 0.4
 DOMAIN_RESIDUAL_SHARE = 0.3
 # ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
 # DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
