@@ -87,7 +87,14 @@ def test_the_domain_bound_holds_inside_the_box(case: Case, fmt: str, tmp_path: P
     points = list(xs[:12]) + climbed
     norms = [v for v in H.jacobian_norms(f, points) if math.isfinite(v)]
     assert max(norms, default=0.0) <= dom.upper * slack, (max(norms), dom.upper)
-    if dom.lower is not None:
+    if dom.lower is not None and dom.witness is not None and dom.witness.kind == "jacobian":
+        # a point of D where the network is affine nearby (a region of the branch and bound):
+        # the Jacobian's norm there is the lower end
+        wx = torch.tensor(dom.witness.x, dtype=torch.float64)
+        assert bool(((wx >= LOW) & (wx <= HIGH)).all())
+        (at,) = H.jacobian_norms(f, [wx])
+        assert dom.lower <= at * (slack + 1e-9) and at <= dom.upper * slack
+    elif dom.lower is not None:
         assert dom.witness is not None
         wx = torch.tensor(dom.witness.x, dtype=torch.float64)
         wy = torch.tensor(dom.witness.y, dtype=torch.float64)
