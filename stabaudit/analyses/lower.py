@@ -668,7 +668,13 @@ def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor,
 
 # ---- the search ---------------------------------------------------------------------------------
 def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
-    """Multiply-accumulates of one forward pass (plus one per value element): the cost model."""
+    """Multiply-accumulates of one forward pass (plus one per value element): the cost model. A
+    large convolution (``plan.LARGE_CONV_MACS``) counts its MACs divided by ``plan.LARGE_CONV_SPEEDUP``
+    (it runs that much faster per MAC than the rate the model counts)."""
+
+    def conv(macs: float) -> float:
+        return macs / plan.LARGE_CONV_SPEEDUP if macs >= plan.LARGE_CONV_MACS else macs
+
     total = 0.0
     for node in graph.nodes:
         out = float(np.prod(shapes[node.output]))
@@ -676,9 +682,9 @@ def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
             case O.Linear(weight=w):
                 total += out * w.shape[1]
             case O.Conv(weight=w):
-                total += out * float(np.prod(w.shape[1:]))
+                total += conv(out * float(np.prod(w.shape[1:])))
             case O.ConvTranspose(weight=w):
-                total += float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:]))
+                total += conv(float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:])))
         total += out
     return max(total, 1.0)
 
@@ -1278,6 +1284,15 @@ def lower_bound(
     search = _Search(graph, shapes, seed)
     asked = max(1, int(starts)), max(0, int(steps))
     starts, steps = _shape(search, *asked, budget_s, smallest_slack_s)
+    least, allowed = _smallest_cost(search, starts, steps), plan.smallest_plan_units(budget_s, smallest_slack_s)
+    if smallest_slack_s <= 0.0 and least > allowed:
+        # a share of a budget (a residual branch's search) that does not buy even one point
+        return LowerResult(
+            value=0.0,
+            method=(f"not searched: one point of this search is planned at {least / plan.LOWER_MACS_PER_S:.3g} s, "
+                    f"above twice its share of the budget ({budget_s:.3g} s; a larger --budget searches it)"),
+            witness=None, seconds=time.perf_counter() - start_time, evaluations=2,
+        )
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
     plan.spend(max(plan.lower_units(budget_s), _smallest_cost(search, starts, steps)) / plan.LOWER_MACS_PER_S)

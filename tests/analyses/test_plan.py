@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from stabaudit.analyses import plan
@@ -194,3 +195,44 @@ def test_allot_gives_the_weights_part_of_what_remains():
     assert plan.allot(10.0, 0.3, 0.3) == 10.0  # the last stage takes what remains
     assert plan.allot(-2.0, 0.3, 0.6) == 0.0  # an earlier stage overspent: nothing remains
     assert plan.allot(10.0, 0.0, 1.0) == 0.0 and plan.allot(10.0, 0.5, 0.0) == 0.0
+
+
+def test_a_share_whose_one_point_does_not_fit_is_not_searched() -> None:
+    """A share of the budget (slack 0, a residual branch's search) that does not buy even one
+    point: no search, nothing charged, and the method says what one point would cost; a larger
+    share searches. The global search (slack above 0) keeps its smallest plan."""
+    from pathlib import Path
+
+    from stabaudit.analyses.lower import lower_bound
+    from stabaudit.loaders.onnx import load_onnx
+
+    graph = load_onnx(str(Path(__file__).resolve().parents[2] / "sample_models" / "cnn.onnx")).graph
+    with plan.ledger() as spent:
+        starved = lower_bound(graph, seed=0, budget_s=1e-6, smallest_slack_s=0.0)
+    assert starved.value == 0.0 and starved.witness is None and spent == [0.0]
+    assert starved.method.startswith("not searched: one point of this search is planned at")
+    with plan.ledger() as spent:
+        found = lower_bound(graph, seed=0, budget_s=0.2, smallest_slack_s=0.0)
+    assert found.value > 0.0 and spent[0] > 0.0
+    assert lower_bound(graph, seed=0, budget_s=1e-6).value > 0.0  # the global search's slack
+
+
+def test_large_convolutions_count_at_their_measured_rate() -> None:
+    from stabaudit.analyses.lower import forward_macs
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    def conv_graph(channels: int, size: int) -> Graph:
+        w = np.zeros((channels, channels, 3, 3))
+        node = Node(name="c", op=O.Conv(weight=w, bias=None, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)),
+                    inputs=("x",), output="y")
+        return Graph(inputs=(TensorSpec(name="x", shape=(1, channels, size, size)),), outputs=("y",), nodes=(node,))
+
+    small, large = conv_graph(8, 16), conv_graph(64, 56)
+    small_macs = 8 * 16 * 16 * 8 * 9
+    large_macs = 64 * 56 * 56 * 64 * 9
+    assert large_macs >= plan.LARGE_CONV_MACS > small_macs
+    shapes = {"x": (1, 8, 16, 16), "y": (1, 8, 16, 16)}
+    assert forward_macs(small, shapes) == small_macs + 8 * 16 * 16
+    shapes = {"x": (1, 64, 56, 56), "y": (1, 64, 56, 56)}
+    assert forward_macs(large, shapes) == large_macs / plan.LARGE_CONV_SPEEDUP + 64 * 56 * 56
