@@ -1241,6 +1241,7 @@ def lower_bound(
     domain_scale: float = 1.0,
     op_bounds: Mapping[str, OpBound] | None = None,
     smallest_slack_s: float = plan.SMALLEST_PLAN_SLACK_S,
+    share: bool = False,
 ) -> LowerResult:
     """The largest sound lower bound of the global L2 Lipschitz constant that the search confirms.
 
@@ -1253,7 +1254,8 @@ def lower_bound(
     float64 error bound of deep networks (see ``ForwardErrorModel``); bounds missing for nodes of this
     graph are computed with the registered rules. ``smallest_slack_s``: how far beyond the budget
     the smallest plan may go (``plan.smallest_plan_units``; 0 for searches that are a share of
-    another, such as the residual branches').
+    another, such as the residual branches'). ``share``: the search is a share of another's budget
+    (a residual branch's) and is not run when even its one-point plan exceeds what it may take.
     """
     import torch
 
@@ -1285,7 +1287,7 @@ def lower_bound(
     asked = max(1, int(starts)), max(0, int(steps))
     starts, steps = _shape(search, *asked, budget_s, smallest_slack_s)
     least, allowed = _smallest_cost(search, starts, steps), plan.smallest_plan_units(budget_s, smallest_slack_s)
-    if smallest_slack_s <= 0.0 and least > allowed:
+    if share and least > allowed:
         # a share of a budget (a residual branch's search) that does not buy even one point
         return LowerResult(
             value=0.0,

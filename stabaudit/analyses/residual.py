@@ -519,7 +519,7 @@ def branch_lower(
     branch = branch_graph(graph, m)
     if boxes is None:
         low = lower_bound(branch, seed=seed, budget_s=budget_s, op_bounds=op_bounds, starts=BRANCH_STARTS,
-                          steps=BRANCH_ROUNDS, smallest_slack_s=0.0)
+                          steps=BRANCH_ROUNDS, smallest_slack_s=0.0, share=True)
         if low.witness is None or not low.value > 0.0:
             return BranchLower(value=0.0, method=low.method)
         found = BranchLower(value=low.value, x=tuple(low.witness.x), y=tuple(low.witness.y),

@@ -198,7 +198,7 @@ def test_allot_gives_the_weights_part_of_what_remains():
 
 
 def test_a_share_whose_one_point_does_not_fit_is_not_searched() -> None:
-    """A share of the budget (slack 0, a residual branch's search) that does not buy even one
+    """A share of the budget (a residual branch's search) that does not buy even one
     point: no search, nothing charged, and the method says what one point would cost; a larger
     share searches. The global search (slack above 0) keeps its smallest plan."""
     from pathlib import Path
@@ -208,13 +208,14 @@ def test_a_share_whose_one_point_does_not_fit_is_not_searched() -> None:
 
     graph = load_onnx(str(Path(__file__).resolve().parents[2] / "sample_models" / "cnn.onnx")).graph
     with plan.ledger() as spent:
-        starved = lower_bound(graph, seed=0, budget_s=1e-6, smallest_slack_s=0.0)
+        starved = lower_bound(graph, seed=0, budget_s=1e-6, smallest_slack_s=0.0, share=True)
     assert starved.value == 0.0 and starved.witness is None and spent == [0.0]
     assert starved.method.startswith("not searched: one point of this search is planned at")
     with plan.ledger() as spent:
-        found = lower_bound(graph, seed=0, budget_s=0.2, smallest_slack_s=0.0)
+        found = lower_bound(graph, seed=0, budget_s=0.2, smallest_slack_s=0.0, share=True)
     assert found.value > 0.0 and spent[0] > 0.0
-    assert lower_bound(graph, seed=0, budget_s=1e-6).value > 0.0  # the global search's slack
+    # the global search keeps its smallest plan, with or without slack
+    assert lower_bound(graph, seed=0, budget_s=1e-6, smallest_slack_s=0.0).value > 0.0
 
 
 def test_large_convolutions_count_at_their_measured_rate() -> None:
