@@ -252,11 +252,13 @@ def _patch_entries(memory_budget: int) -> int:
 
 
 def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, memory_budget: int) -> LocalEvidence:
-    """SA302's evidence: the certified local bound over linf balls around the samples."""
+    """SA302's evidence: the certified local bound over linf balls around the samples (the first
+    ones the budget plans, as for the other sample channels: analyses.plan.sample_count)."""
     from stabaudit.analyses.local import local_bounds
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
 
+    samples = samples[:_planned_samples(graph, int(samples.shape[0]), request)]
     n = int(samples.shape[0])
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",

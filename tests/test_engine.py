@@ -162,3 +162,17 @@ def test_the_markdown_and_html_reports_state_the_planned_work(monkeypatch: pytes
     report = audit(AuditRequest(path=path, budget_s=0.5, lower_budget_s=0.5))
     line = f"Work: {report.planned['total']:.3g} s planned from --budget"
     assert line in render_markdown(report) and f"<p>{line}" in render_html(report)
+
+
+def test_sa302_reads_the_samples_the_budget_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local bounds (SA302) take the first samples the sample channels' share plans, as SA301,
+    SA303 and SA401 do (plan.sample_count: at least MIN_SAMPLES), and say how many."""
+    from stabaudit.analyses import plan
+
+    monkeypatch.setattr(plan, "LOWER_MACS_PER_S", 1e3)  # a budget that buys no more than the floor
+    with np.load(SAMPLES / "digits_samples.npz") as data:
+        inputs = data["x_image"][:10, None]
+    report = audit(AuditRequest(path=SAMPLES / "cnn.onnx", inputs=inputs, budget_s=1.0, lower_budget_s=1.0))
+    (finding,) = [f for f in report.checks if f.id == "SA302"]
+    assert finding.value["samples"] == plan.MIN_SAMPLES < 10
+    assert f"around {plan.MIN_SAMPLES} samples" in finding.message
