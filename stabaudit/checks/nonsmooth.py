@@ -31,7 +31,9 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     activation layer and summed over the balls, the stably active, stably inactive and unstable
     units (an unstable unit's pre-activation interval straddles a kink).
     Inputs: `--inputs samples.npz` (array `x`, or the first array; .npy also read) and `--eps`
-    (default 0.01), or samples drawn from a config `domain:`. Skipped without inputs. The threshold
+    (default 0.01), or samples drawn from a config `domain:`; the balls are those of the first
+    samples that `--budget` plans for the sample channels (all of them on small networks, at least
+    4; the value's `samples` and the message say how many). Skipped without inputs. The threshold
     is `--threshold local_lipschitz=VALUE` (then an error); unset, it is K_max (`lipschitz`, shared
     with SA101, default 1) and the check is informational, its message stating the threshold the
     certified local bound would pass. Passes when L_local <= K_max on every sample; this
