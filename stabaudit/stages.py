@@ -737,7 +737,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
     from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
     from stabaudit.analyses.domain_lower import domain_lower
-    from stabaudit.analyses.plan import DOMAIN_BB_SHARE, DOMAIN_CHAIN_SHARE, spent
+    from stabaudit.analyses.plan import DOMAIN_BB_SHARE, DOMAIN_CHAIN_SHARE, remaining
     from stabaudit.report.model import DomainInfo
 
     assert request.domain is not None
@@ -768,7 +768,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     if result.unresolved:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
-    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=max(ev.budget_s - spent(), 0.0),
+    low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=remaining(ev.budget_s),
                        op_bounds=op_bounds)
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
@@ -838,14 +838,14 @@ def _residual_domain(
 ) -> None:
     """SA201/SA202 over the domain: each residual block's branch bounded on its input's value
     ranges over the domain, with a witnessed lower bound from pairs inside those ranges."""
-    from stabaudit.analyses.plan import DOMAIN_RESIDUAL_SHARE, spent
+    from stabaudit.analyses.plan import DOMAIN_RESIDUAL_SHARE, remaining
     from stabaudit.analyses.residual import GlobalBlock, domain_blocks
     from stabaudit.checks.residual import with_domain
 
     res = ev.residual
     if not res.blocks or not kept:
         return
-    budget = DOMAIN_RESIDUAL_SHARE * max(ev.budget_s - spent(), 0.0) / len(res.blocks)
+    budget = DOMAIN_RESIDUAL_SHARE * remaining(ev.budget_s) / len(res.blocks)
     known = {b.name: GlobalBlock(lip_f_upper=b.lip_f_upper, growth_upper=b.growth_upper, certified=b.certified)
              for b in res.blocks}
     found = domain_blocks(ev.graph, ev.op_bounds, kept, seed=request.seed, lower_budget_s=budget,

@@ -426,17 +426,20 @@ def global_bounds(
     fast_s, check_s = plan.closed_form_s(shapes), plan.verify_s(shapes)
     closed: list[Certificate | None] = []  # ECLipsE-Fast's certificate, once computed
 
-    def closed_form(left: float, notes: list[str]) -> Certificate | None:
-        """ECLipsE-Fast's certificate when it and one verification fit twice the budget left."""
-        if closed:
-            return closed[0]
-        if fast_s + check_s > 2.0 * left:
-            notes.append(f"not run: ECLipsE-Fast's closed form and its float64 verification are planned at "
-                         f"{fast_s + check_s:.3g} s, above twice the budget left to the global methods "
-                         f"({left:.3g} s) (a larger --budget runs it)")
+    def unaffordable(left: float) -> str | None:
+        """Why a closed form (ECLipsE-Fast's, or ECLipsE's per-layer Schur complements) is not run
+        with ``left`` of the budget: it and one verification cost more than twice that (None: it fits)."""
+        if fast_s + check_s <= 2.0 * left:
             return None
-        plan.spend(fast_s)
-        closed.append(eclipse_fast(scaled))
+        return (f"not run: ECLipsE-Fast's closed form and its float64 verification are planned at "
+                f"{fast_s + check_s:.3g} s, above twice the budget left to the global methods "
+                f"({left:.3g} s) (a larger --budget runs it)")
+
+    def closed_form() -> Certificate | None:
+        """ECLipsE-Fast's certificate, computed (and charged) once."""
+        if not closed:
+            plan.spend(fast_s)
+            closed.append(eclipse_fast(scaled))
         return closed[0]
 
     results: list[GlobalBoundResult] = []
@@ -452,16 +455,16 @@ def global_bounds(
     with single_blas_thread():
         for i, method in enumerate(wanted):
             t0 = time.perf_counter()
-            left = max(budget_s - (plan.spent() - start), 0.0)
+            left = plan.remaining(budget_s, since=start)
             notes: list[str] = list(chain.notes)
             cert: Certificate | None
             try:
                 match method:
                     case "eclipse-fast":
-                        cert = closed_form(left, notes)
-                        if cert is None and fast_s + check_s > 2.0 * left:
-                            results.append(_not_run(method, notes, t0))
+                        if not closed and (why := unaffordable(left)):
+                            results.append(_not_run(method, [*notes, why], t0))
                             continue
+                        cert = closed_form()
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
                         per_layer = max(share, 0.0) / max(len(scaled.slopes), 1)  # as ``eclipse`` shares it
@@ -469,18 +472,17 @@ def global_bounds(
                             # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already
                             cert = fast
                             notes.append("no layer's LMI step fits its share of the budget: ECLipsE-Fast's certificate")
-                        elif fast_s + check_s > 2.0 * left:
-                            closed_form(left, notes)  # its note: what the layers' Schur complements cost
-                            results.append(_not_run(method, notes, t0))
+                        elif why := unaffordable(left):
+                            results.append(_not_run(method, [*notes, why], t0))
                             continue
                         else:
                             plan.spend(fast_s)  # the layers' Schur complements; their Newton steps count themselves
                             cert = eclipse(scaled, budget_s=max(share, 0.0))
                     case _:
-                        base = best if best is not None else closed_form(left, notes)
-                        if base is None and fast_s + check_s > 2.0 * left:
-                            results.append(_not_run(method, notes, t0))
+                        if best is None and not closed and (why := unaffordable(left)):
+                            results.append(_not_run(method, [*notes, why], t0))
                             continue
+                        base = best if best is not None else closed_form()
                         cert = None
                         if base is not None and not scaled.slopes:
                             cert = base  # one Linear: rho = ||W||^2 is already optimal
@@ -531,7 +533,7 @@ def global_bounds(
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
             # what the methods left of the budget (the floor plans its starts from it, one at least)
-            results = _with_floor(results, chain, scaled, exponent, best_upper, max(budget_s - (plan.spent() - start), 0.0))
+            results = _with_floor(results, chain, scaled, exponent, best_upper, plan.remaining(budget_s, since=start))
     return results
 
 

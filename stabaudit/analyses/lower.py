@@ -1297,7 +1297,7 @@ def lower_bound(
         )
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
-    plan.spend(max(plan.lower_units(budget_s), _smallest_cost(search, starts, steps)) / plan.LOWER_MACS_PER_S)
+    plan.spend(max(plan.lower_units(budget_s), least) / plan.LOWER_MACS_PER_S)
     notes: list[str] = []
     if (starts, steps) != asked:
         notes.append(

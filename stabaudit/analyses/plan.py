@@ -64,6 +64,12 @@ def spent() -> float:
     return ledger_[0] if ledger_ is not None else 0.0
 
 
+def remaining(budget_s: float, *, since: float = 0.0) -> float:
+    """What is left of ``budget_s`` once the running ledger's seconds beyond ``since`` (its value
+    when the budget was given out) are taken off (0 at least)."""
+    return max(float(budget_s) - (spent() - since), 0.0)
+
+
 def spend(seconds: float) -> None:
     """Count ``seconds`` of planned work (the cost model's, not the clock's) against the ledger."""
     spent = _LEDGER.get()
