@@ -31,6 +31,10 @@ MAX_POINTS = 4096
 MAX_ROUNDS = 60
 LOCAL_STARTS = 8  # points the local search continues from (at most)
 PROPOSALS = 8  # perturbations per point and round (at most)
+# a start whose step has shrunk below this fraction of the box's width has stalled on a plateau of
+# ||J|| (piecewise constant on a piecewise-linear network): it restarts from the next screened point
+STALL_RADIUS = 1e-3
+START_RADIUS = 0.1
 FULL_JACOBIAN_MAX_INPUTS = 64  # beyond, power iteration (4 sweeps) estimates ||J(x)||
 MAX_TRIES = 40  # pairs confirmed per box: 4 points x 4 steps x 2 signs, then 8 pairs of drawn points
 MIN_TRIES = 4
@@ -120,7 +124,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
 
     Per box: seeded points (the center, corners, uniform) screened by their Jacobian norm; a
     (1 + lambda) local search inside the box from the best ones (Jacobians of piecewise-linear
-    networks are constant on regions, so it moves by perturbation, not by gradient); then pairs
+    networks are constant on regions, so it moves by perturbation, not by gradient; a start whose
+    step has shrunk to STALL_RADIUS of the box begins again from the next screened point); then pairs
     (x, x + h v) along the top singular vector v at the best points, for a few steps h, kept
     inside the box and confirmed in float64 (the forward error model of ``analyses.lower``).
     """
@@ -159,7 +164,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         full = n <= FULL_JACOBIAN_MAX_INPUTS
         u = torch.rand(points, n, generator=gen, dtype=torch.float64)
         u[0] = 0.5  # the center
-        u[1: points // 4 + 1] = torch.round(u[1: points // 4 + 1])  # corners (from 4 points on)
+        # corners (from 4 points on): a quarter of the points, but no more than the box has
+        corners = min(points // 4, 1 << n) if n < 30 else points // 4
+        u[1: corners + 1] = torch.round(u[1: corners + 1])
         x = lo + width * u
         v = torch.randn(points, n, generator=gen, dtype=torch.float64)
         v = v / v.norm(dim=1, keepdim=True)
@@ -177,10 +184,13 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             raise_allocation_failure(exc)
             notes.append("no Jacobian in torch: pairs only")
             sig = torch.zeros(points, dtype=torch.float64)
-        top = torch.argsort(sig, descending=True, stable=True)[: work.starts]
+        order = torch.argsort(sig, descending=True, stable=True)
+        top, following = order[: work.starts], work.starts
         px, pv, ps = x[top].clone(), v[top].clone(), sig[top].clone()
         k = px.shape[0]
-        radius = torch.full((k,), 0.1, dtype=torch.float64)
+        radius = torch.full((k,), START_RADIUS, dtype=torch.float64)
+        # the best point met (a restart replaces its start's point, not this)
+        bx, bv, bs = px.clone(), pv.clone(), ps.clone()
         for _ in range(rounds if bool(ps.max() > 0) else 0):
             check_deadline()
             noise = torch.randn(k, proposals, n, generator=gen, dtype=torch.float64)
@@ -195,14 +205,24 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             pv[better] = w[torch.arange(k), j][better]
             ps = torch.where(better, s[torch.arange(k), j], ps)
             radius = torch.where(better, radius * 2, radius / 3).clamp(1e-6, 0.5)
+            kept = ps > bs
+            bx[kept], bv[kept], bs = px[kept], pv[kept], torch.maximum(bs, ps)
+            # stalled starts begin again from the next screened points, in their order (counted
+            # work: the proposals per round do not change)
+            for i in torch.nonzero(radius < STALL_RADIUS).flatten().tolist():
+                if following < points:
+                    q = order[following]
+                    following += 1
+                    px[i], pv[i], ps[i] = x[q], v[q], sig[q]
+                radius[i] = START_RADIUS
         tries = []
-        for i in torch.argsort(ps, descending=True, stable=True)[:4].tolist():
-            vi = pv[i] / pv[i].norm().clamp_min(1e-300)
+        for i in torch.argsort(bs, descending=True, stable=True)[:4].tolist():
+            vi = bv[i] / bv[i].norm().clamp_min(1e-300)
             # every step size in one direction first: a small try budget still tests a step that is large
             # enough to clear the float64 error bound and one that is small enough to stay on one piece
             for sign in (1.0, -1.0):
                 for h in (1e-3, 1e-5, 1e-1, 1e-7):
-                    tries.append((px[i], px[i] + sign * h * float(width.max()) * vi))
+                    tries.append((bx[i], bx[i] + sign * h * float(width.max()) * vi))
         # pairs of random points (models without a torch Jacobian)
         tries += [(x[i], x[(i + 1) % points]) for i in range(min(points, 8))]
         for a, b in tries[: work.tries]:  # the best point's steps first
