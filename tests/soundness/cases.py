@@ -455,7 +455,7 @@ def _onnx_shapes() -> OnnxSpec:
 
     def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         t = x.unsqueeze(0).permute(0, 1, 3, 2)
-        pd = F.pad(t, (1, 1, 0, 1), value=0.7)
+        pd = F.pad(t, (1, 1, 0, 1), value=float(np.float32(0.7)))  # the stored float32 value
         c = F.conv2d(pd, p["k"], dilation=(2, 1))
         sm = torch.softmax(c.squeeze(0), dim=1).reshape(1, 12)
         return torch.cat([sm, c.flatten(1)], dim=1) @ p["w"]
