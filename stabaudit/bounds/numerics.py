@@ -377,6 +377,43 @@ def _unscale(result: CertifiedNorm, exponent: int) -> CertifiedNorm:
     return dataclasses.replace(result, upper=upper, lower=lower, notes=notes)
 
 
+def _conv_method(
+    g: _ConvGeometry, *, budget: float = CIRCULANT_BUDGET, dense_budget: float = DENSE_BUDGET,
+    certificate: str = "cholesky",
+) -> tuple[str, float]:
+    """(the method ``conv_norm_certified`` takes for this geometry, its counted flops): the first
+    that fits its budget (see there). The counts depend on the shapes only: they choose the method
+    and they are the cost model of the certified per-layer bounds (``conv_certificate_cost``)."""
+    w = g.weight
+    m = w.shape[0] // g.groups
+    rows, cols = m * int(np.prod(g.keep)), w.shape[1] * int(np.prod(g.spatial))
+    side = min(rows, cols)
+    dense_cost = float(g.groups) * (rows * cols * side + 6.0 * side**3)
+    if rows * cols <= DENSE_MAX_ENTRIES and dense_cost <= dense_budget:
+        return "dense-svd", dense_cost
+    cholesky_cost = float(g.groups) * (side * side * max(rows, cols) + side**3 / 3.0)
+    if rows * cols <= DENSE_CHOLESKY_MAX_ENTRIES and cholesky_cost <= dense_budget and certificate == "cholesky":
+        return "dense-cholesky", cholesky_cost
+    plan = _circulant_plan(g, _periods(g))
+    # one Gram step over all frequencies (complex: 8 real flops per multiply-add) and the DFT
+    cost = float(g.groups) * plan.nfreq * (8.0 * plan.p_side**2 * plan.q_side + 8.0 * m * g.weight.shape[1] * plan.ktaps)
+    if cost > budget:
+        return "fallback", cost
+    return "circulant", cost
+
+
+def conv_certificate_cost(
+    weight_shape: Sequence[int], strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+    groups: int, input_spatial: Sequence[int],
+) -> tuple[str, float]:
+    """(method, flops) of ``conv_norm_certified``'s upper bound for a weight of this shape (the
+    values do not matter): ``_conv_method`` on the geometry."""
+    g = _geometry(np.zeros(tuple(int(k) for k in weight_shape)), strides, pads, dilations, groups, input_spatial)
+    if any(o <= 0 for o in g.keep) or any(n <= 0 for n in g.spatial) or g.weight.size == 0:
+        return "zero-operator", 0.0
+    return _conv_method(g)
+
+
 def _conv_norm_scaled(
     g: _ConvGeometry, *, budget: float, dense_budget: float, device: str, gram_rtol: float, certificate: str
 ) -> CertifiedNorm:
@@ -384,24 +421,18 @@ def _conv_norm_scaled(
     w = g.weight
     if w.size == 0 or any(o <= 0 for o in g.keep) or any(n <= 0 for n in g.spatial) or not np.any(w):
         return CertifiedNorm(upper=0.0, method="zero-operator", lower=0.0)
-    m = w.shape[0] // g.groups
-    rows, cols = m * int(np.prod(g.keep)), w.shape[1] * int(np.prod(g.spatial))
-    side = min(rows, cols)
-    dense_cost = float(g.groups) * (rows * cols * side + 6.0 * side**3)
-    if rows * cols <= DENSE_MAX_ENTRIES and dense_cost <= dense_budget:
+    method, cost = _conv_method(g, budget=budget, dense_budget=dense_budget, certificate=certificate)
+    if method == "dense-svd":
         pairs = [gram_norm_bounds(_dense_group_matrix(g, j)) for j in range(g.groups)]
         return CertifiedNorm(
             upper=max(u for u, _ in pairs), lower=max(low for _, low in pairs), method="dense-svd"
         )
-    cholesky_cost = float(g.groups) * (side * side * max(rows, cols) + side**3 / 3.0)
-    if rows * cols <= DENSE_CHOLESKY_MAX_ENTRIES and cholesky_cost <= dense_budget and certificate == "cholesky":
+    if method == "dense-cholesky":
         return _dense_cholesky(g, device=device)
+    if method == "fallback":
+        return _conv_fallback(g, note=f"circulant bound skipped: ~{cost:.1e} flops over budget {budget:.1e}")
     periods = _periods(g)
     plan = _circulant_plan(g, periods)
-    # one Gram step over all frequencies (complex: 8 real flops per multiply-add) and the DFT
-    cost = float(g.groups) * plan.nfreq * (8.0 * plan.p_side**2 * plan.q_side + 8.0 * m * g.weight.shape[1] * plan.ktaps)
-    if cost > budget:
-        return _conv_fallback(g, note=f"circulant bound skipped: ~{cost:.1e} flops over budget {budget:.1e}")
     direct = _circulant_direct(g, plan, device=device) if certificate == "cholesky" else None
     notes: tuple[str, ...] = ()
     if direct is None:
@@ -455,17 +486,22 @@ def _dense_group_matrix(g: _ConvGeometry, group: int) -> np.ndarray:
 def _dense_cholesky(g: _ConvGeometry, *, device: str) -> CertifiedNorm:
     """Certified ||P_keep A|| from each group's explicit matrix (``_dense_group_matrix``, exact
     entries): ``gram_cholesky_max_norm`` (one Gram step and a shifted-Cholesky certificate, its
-    rounding included); the top singular vectors of the worst group start the power iteration."""
+    rounding included); the top singular vectors of the worst group start the power iteration.
+    The groups go in batches of at most DENSE_CHOLESKY_MAX_ENTRIES entries (a depthwise conv's
+    hundreds of small groups in a few batched calls); each block keeps its own certificate."""
     import torch
 
     m, c = g.weight.shape[0] // g.groups, g.weight.shape[1]
     best: tuple[float, int, GramResult] | None = None
     upper = 0.0
-    for j in range(g.groups):
-        res, pending = gram_cholesky_max_norm(torch.from_numpy(_dense_group_matrix(g, j)).to(device)[None])
+    size = m * int(np.prod(g.keep)) * c * int(np.prod(g.spatial))
+    batch = max(1, DENSE_CHOLESKY_MAX_ENTRIES // max(size, 1))
+    for first in range(0, g.groups, batch):
+        mats = np.stack([_dense_group_matrix(g, j) for j in range(first, min(first + batch, g.groups))])
+        res, _ = gram_cholesky_max_norm(torch.from_numpy(mats).to(device))
         upper = max(upper, res.upper)
         if best is None or res.estimate > best[0]:
-            best = (res.estimate, j, res)
+            best = (res.estimate, first + res.worst, res)
     assert best is not None
     _, group, res = best
     start_in = np.zeros((g.weight.shape[1] * g.groups, *g.spatial))

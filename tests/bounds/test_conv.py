@@ -297,3 +297,48 @@ def test_conv_rules_take_the_dense_cholesky_certificate_on_mid_size_layers(trans
     assert exact <= result.upper.value <= exact * (1 + LEVEL_RTOL)
     assert result.lower.method == "power-iteration-warm"
     assert exact * (1 - 1e-3) <= result.lower.value <= exact
+
+
+def test_a_depthwise_conv_is_certified_group_by_group_in_batches() -> None:
+    # 240 single-channel groups at 14x14: the dense-cholesky path, in two batched calls (218 groups
+    # of 196 x 196 entries fit DENSE_CHOLESKY_MAX_ENTRIES); the bound is the largest group's norm
+    # within LEVEL_RTOL, whichever batch holds it, and its singular vectors start the power iteration
+    from stabaudit.bounds.gram import LEVEL_RTOL
+    from stabaudit.bounds.numerics import (
+        DENSE_CHOLESKY_MAX_ENTRIES,
+        _dense_group_matrix,
+        _geometry,
+        conv_norm_certified,
+    )
+
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((240, 1, 3, 3)) * 0.5
+    weight[230] *= 4.0  # the worst group lies in the second batch
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 240, (14, 14))
+    assert DENSE_CHOLESKY_MAX_ENTRIES // 196**2 < 240
+    g = _geometry(weight, *args)
+    exact = max(float(np.linalg.norm(_dense_group_matrix(g, j), 2)) for j in range(240))
+    result = conv_norm_certified(weight, *args)
+    assert result.method == "dense-cholesky"
+    assert exact <= result.upper <= exact * (1 + LEVEL_RTOL)
+    assert result.start_in is not None and np.linalg.norm(result.start_in[230]) > 0.99 * np.linalg.norm(result.start_in)
+
+
+@pytest.mark.parametrize(("weight_shape", "groups", "spatial", "method"), [
+    ((8, 4, 3, 3), 1, (8, 8), "dense-svd"),
+    ((240, 1, 3, 3), 240, (14, 14), "dense-cholesky"),
+    ((64, 64, 3, 3), 1, (32, 32), "circulant"),
+])
+def test_the_certificate_cost_names_the_method_the_certificate_takes(
+    weight_shape: tuple[int, ...], groups: int, spatial: tuple[int, int], method: str,
+) -> None:
+    # one source for the choice: the cost model of the per-layer bounds (analyses.plan) and the
+    # certificate read the same counts
+    from stabaudit.bounds.numerics import conv_certificate_cost, conv_norm_certified
+
+    weight = np.random.default_rng(1).standard_normal(weight_shape)
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), groups, spatial)
+    found, flops = conv_certificate_cost(weight_shape, *args)
+    assert found == method and flops > 0
+    taken = conv_norm_certified(weight, *args).method
+    assert taken == method if method != "circulant" else taken in ("circulant-cholesky", "skew-circulant-cholesky")
