@@ -54,7 +54,10 @@ U = 2.0**-53  # unit roundoff of float64 (round to nearest)
 _TINY = 1e-290  # absolute floor for results that may underflow (smallest normal is 2.2e-308)
 _FULL_JACOBIAN_MAX = 64  # full Jacobian + SVD when min(n, m) <= this, else power iteration
 _SCALES = (1.0, 3.0, 10.0)
-_STEPS_H = (1e-2, 1e-4, 1e-6, 1e-8)
+_STEPS_H: tuple[float, ...] = (1e-2, 1e-4, 1e-6, 1e-8)
+# the step sizes a starved plan keeps (``_shape``): the middle ones, then the one that most often
+# clears the float64 error bound while staying on one linear piece
+_STEPS_H_FEW: tuple[tuple[float, ...], ...] = ((1e-4, 1e-6), (1e-4,))
 
 # Operators under which f is piecewise linear: the gradient of ||J(x) v|| is zero almost everywhere.
 _PIECEWISE_LINEAR: frozenset[O.OpType] = frozenset(
@@ -707,13 +710,16 @@ class _Search:
         self.full = k <= _FULL_JACOBIAN_MAX
         self.power_iterations = POWER_ITERATIONS
         self.sweeps = POWER_SWEEPS  # warm-started sweeps at the best points before confirmation
+        self.steps_h: tuple[float, ...] = _STEPS_H  # the step sizes of the pairs confirmed at each chosen point
         self.fwd = forward_macs(graph, shapes)
         values = sum(float(np.prod(s)) for s in shapes.values())
         # keep one batched call's memory modest: the per-point work tensors times the batch
         per_point = values * 8.0 * (k + 2 if self.full else 4)
         self.chunk = int(max(1, min(4096, 256e6 // max(per_point, 1.0))))
-        self.batched_f = self._batched_f()
-        self._pairs_impl = self._make_pairs()
+        # the batched forms are built (and probed) on first use: a search that is not run, as a
+        # residual branch's share that buys no point, pays nothing for them
+        self._batched: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._pairs_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def jac_passes(self) -> int:
@@ -726,6 +732,30 @@ class _Search:
         import torch
 
         return torch.randn(*shape, generator=self.gen, dtype=torch.float64)
+
+    @property
+    def batched_f(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """f on a batch of points [B, n] (vmap, or a loop where an op has no batching rule)."""
+        if self._batched is None:
+            self._batched = self._batched_f()
+        return self._batched
+
+    def _pairs_call(self, X: torch.Tensor, V0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first implementation of ``_make_pairs`` that runs on the first call's points (the
+        vmapped one unless an operator lacks a batching rule) on these points; later calls use it."""
+        if self._pairs_fn is not None:
+            return self._pairs_fn(X, V0)
+        for impl in self._make_pairs():
+            try:
+                out = impl(X, V0)
+            except StabauditError:  # a timeout or resource limit: never a fallback
+                raise
+            except Exception as exc:  # fall back to the next (slower) implementation
+                raise_allocation_failure(exc)
+                continue
+            self._pairs_fn = impl
+            return out
+        raise InternalError("lower bound: torch.func cannot differentiate this graph")
 
     def _batched_f(self) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
@@ -743,8 +773,9 @@ class _Search:
 
     def _make_pairs(
         self,
-    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """(X, V0) -> (sigma [B], v [B, n]): top singular value and right vector of J at each x."""
+    ) -> list[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+        """(X, V0) -> (sigma [B], v [B, n]): top singular value and right vector of J at each x;
+        the implementations in the order they are tried (batched first)."""
         import torch
         from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
@@ -780,7 +811,8 @@ class _Search:
             def full_loop(X: torch.Tensor, V0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return full_one(torch.stack([jac(x) for x in X]))
 
-            candidates = [full_vmapped, full_loop]
+            candidates: list[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = [
+                full_vmapped, full_loop]
         else:
             def step(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 jv = jvp(f, (x,), (v,))[1]
@@ -814,22 +846,7 @@ class _Search:
                 return power(X, V0, stepper)
 
             candidates = [power_vmapped, power_loop]
-        probe = torch.zeros(2, self.n, dtype=torch.float64)
-        probe_v = torch.ones(2, self.n, dtype=torch.float64)
-        iterations, self.power_iterations = self.power_iterations, 1  # a probe: one step is enough
-        try:
-            for impl in candidates:
-                try:
-                    impl(probe, probe_v)
-                    return impl
-                except StabauditError:  # a timeout or resource limit: never a fallback
-                    raise
-                except Exception as exc:  # fall back to the next (slower) implementation
-                    raise_allocation_failure(exc)
-                    continue
-        finally:
-            self.power_iterations = iterations
-        raise InternalError("lower bound: torch.func cannot differentiate this graph")
+        return candidates
 
     def pairs(
         self, X: torch.Tensor, V0: torch.Tensor | None = None
@@ -842,7 +859,7 @@ class _Search:
         vec: list[torch.Tensor] = []
         with torch.no_grad():
             for i in range(0, X.shape[0], self.chunk):
-                s, v = self._pairs_impl(X[i : i + self.chunk], V0[i : i + self.chunk])
+                s, v = self._pairs_call(X[i : i + self.chunk], V0[i : i + self.chunk])
                 sig.append(s)
                 vec.append(v)
         self.evaluations += X.shape[0]
@@ -889,8 +906,8 @@ def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
     if rounds:
         ascent += 2.0 * starts * jac_point + call
     sweeps = 0.0 if search.full else search.sweeps * min(starts, 8) * jac_point
-    # evaluations: each chosen point once and its 2 len(_STEPS_H) partners, the pair ascent's pairs
-    evaluations = (1 + 2 * len(_STEPS_H)) * min(starts, 8) + 2 * min(starts, 4)
+    # evaluations: each chosen point once and its 2 len(steps_h) partners, the pair ascent's pairs
+    evaluations = (1 + 2 * len(search.steps_h)) * min(starts, 8) + (2 * min(starts, 4) if rounds else 0)
     return screen + ascent + sweeps + evaluations * _CONFIRM_PASSES * search.fwd
 
 
@@ -898,7 +915,8 @@ def _shape(search: _Search, starts: int, steps: int, budget_s: float,
            slack_s: float = plan.SMALLEST_PLAN_SLACK_S) -> tuple[int, int]:
     """(starts, rounds): the requested ones, reduced until the smallest plan fits
     ``plan.smallest_plan_units`` (large networks only). Rounds halve down to 4, then starts down to
-    4, then rounds down to 1, starts down to 1, and the ascent is dropped last; the order depends
+    4, then rounds down to 1, starts down to 1, and the ascent is dropped; then fewer power sweeps,
+    fewer step sizes confirmed (``_STEPS_H_FEW``), fewer power iterations per pair. The order depends
     on the sizes only (deterministic)."""
     units = plan.smallest_plan_units(budget_s, slack_s)
     while _smallest_cost(search, starts, steps) > units:
@@ -914,6 +932,8 @@ def _shape(search: _Search, starts: int, steps: int, budget_s: float,
             steps = 0
         elif search.sweeps > 0:  # power iteration only: fewer sweeps, then fewer steps per pair
             search.sweeps -= 1
+        elif len(search.steps_h) > len(_STEPS_H_FEW[-1]):
+            search.steps_h = next(h for h in _STEPS_H_FEW if len(h) < len(search.steps_h))
         elif search.power_iterations > MIN_POWER_ITERATIONS:
             search.power_iterations = max(MIN_POWER_ITERATIONS, search.power_iterations // 2)
         else:
@@ -1134,7 +1154,7 @@ def _confirmation_pairs(
         chosen.append(x)
         v = pop.PV[i] / pop.PV[i].norm().clamp_min(1e-300)
         base = float(x.norm()) + domain_scale
-        for h in _STEPS_H:
+        for h in search.steps_h:
             for sign in (1.0, -1.0):
                 tries.append((x, x + (sign * h * base) * v))
     for i in torch.argsort(pairs.best_q, descending=True, stable=True)[: min(k, 4)].tolist():
@@ -1278,23 +1298,24 @@ def lower_bound(
         )
     # The work plan is sized for budget_s by a static cost model (``plan``), never by the clock:
     # a slow or busy machine takes longer for the same result. The clock only aborts (--timeout).
-    model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
-    hopeless = _unconfirmable(model, graph, seed, domain_scale)
-    if hopeless is not None:
-        return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
-                           seconds=time.perf_counter() - start_time, evaluations=2)
     search = _Search(graph, shapes, seed)
     asked = max(1, int(starts)), max(0, int(steps))
     starts, steps = _shape(search, *asked, budget_s, smallest_slack_s)
     least, allowed = _smallest_cost(search, starts, steps), plan.smallest_plan_units(budget_s, smallest_slack_s)
     if share and least > allowed:
-        # a share of a budget (a residual branch's search) that does not buy even one point
+        # a share of a budget (a residual branch's search) that does not buy even one point: decided
+        # on the sizes alone, before any evaluation
         return LowerResult(
             value=0.0,
             method=(f"not searched: one point of this search is planned at {least / plan.LOWER_MACS_PER_S:.3g} s, "
                     f"above twice its share of the budget ({budget_s:.3g} s; a larger --budget searches it)"),
-            witness=None, seconds=time.perf_counter() - start_time, evaluations=2,
+            witness=None, seconds=time.perf_counter() - start_time, evaluations=0,
         )
+    model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
+    hopeless = _unconfirmable(model, graph, seed, domain_scale)
+    if hopeless is not None:
+        return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
+                           seconds=time.perf_counter() - start_time, evaluations=2)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
     plan.spend(max(plan.lower_units(budget_s), least) / plan.LOWER_MACS_PER_S)
