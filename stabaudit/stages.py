@@ -458,8 +458,12 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
 def equivalence(request: AuditRequest, ev: AnalysisState) -> None:
     """SA902: the engine's forward pass of ``graph`` against the reference runtime; a difference
     stops the audit (no bound can be trusted)."""
+    from stabaudit.analyses import plan
     from stabaudit.analyses.equivalence import check_equivalence
+    from stabaudit.analyses.lower import forward_macs
 
+    # the certified core is planned first (analyses.plan): the later stages share what it leaves
+    plan.spend(plan.equivalence_s(forward_macs(ev.graph, dict(ev.graph.shapes))))
     folded = replace(ev.loaded, graph=ev.graph)
     eq = check_equivalence(folded, seed=request.seed)
     if not eq.passed:
@@ -474,6 +478,7 @@ def equivalence(request: AuditRequest, ev: AnalysisState) -> None:
 def layer_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     """Every node's certified bound (``op_bounds``) and the report's layers: the nodes that change
     distances (not isometries, not translations)."""
+    from stabaudit.analyses import plan
     from stabaudit.bounds import bound_node
     from stabaudit.bounds.base import BoundSettings, Combine, RuleContext
     from stabaudit.bounds.domain import NEEDS_DOMAIN
@@ -481,6 +486,7 @@ def layer_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     from stabaudit.limits import check_deadline
 
     graph, reproducible = ev.graph, ev.reproducible
+    plan.spend(plan.layer_bounds_s(graph))  # the certified core, planned first
     settings = BoundSettings(
         seed=request.seed, power_iterations=request.power_iterations, device=request.device
     )

@@ -92,7 +92,9 @@ def test_the_report_states_the_planned_work_per_stage(monkeypatch: pytest.Monkey
     # part, the lower-bound search takes what they left (the last stage that plans), so the
     # total is the budget; no clock enters
     assert 0.0 < report.planned["global_methods"] <= plan.STAGE_WEIGHTS["global_methods"] * 0.5
-    assert report.planned["lower_bound"] == pytest.approx(0.5 - report.planned["global_methods"], rel=2e-3)
+    core = report.planned["equivalence"] + report.planned["layer_bounds"]
+    assert 0.0 < core < 1e-3  # the certified core of a small MLP: microseconds, planned first
+    assert report.planned["lower_bound"] == pytest.approx(0.5 - core - report.planned["global_methods"], rel=2e-3)
     parts = [v for k, v in report.planned.items() if k != "total"]
     assert report.planned["total"] == pytest.approx(sum(parts), rel=1e-3)
     assert report.planned["total"] == pytest.approx(0.5, rel=1e-3)
@@ -176,3 +178,31 @@ def test_sa302_reads_the_samples_the_budget_plans(monkeypatch: pytest.MonkeyPatc
     (finding,) = [f for f in report.checks if f.id == "SA302"]
     assert finding.value["samples"] == plan.MIN_SAMPLES < 10
     assert f"around {plan.MIN_SAMPLES} samples" in finding.message
+
+
+def test_the_certified_core_is_planned_first_and_the_later_stages_share_what_it_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The equivalence check and the per-layer bounds run whatever the budget; their planned
+    seconds (the cost model's, from the shapes) come off --budget before the searches share it."""
+    from stabaudit.analyses import plan
+    from stabaudit.analyses.lower import forward_macs
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.loaders import load_model
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    path = SAMPLES / "cnn.onnx"
+    report = audit(AuditRequest(path=path, budget_s=1.0, lower_budget_s=1.0))
+    graph = with_shapes(load_model(path).graph)
+    assert report.planned["layer_bounds"] == pytest.approx(plan.layer_bounds_s(graph), rel=1e-3)
+    # the equivalence check runs the folded graph (BatchNorm into the convolutions): a few percent fewer MACs
+    assert report.planned["equivalence"] == pytest.approx(
+        plan.equivalence_s(forward_macs(graph, dict(graph.shapes))), rel=0.1)
+    assert report.planned["total"] == pytest.approx(1.0, rel=1e-3)
+    # a core that costs more than the budget leaves nothing: the searches run their smallest plans
+    monkeypatch.setattr(plan, "CORE_DENSE_FLOPS_PER_S", 1e3)
+    starved = audit(AuditRequest(path=path, budget_s=1.0, lower_budget_s=1.0))
+    assert starved.planned["layer_bounds"] > 1.0
+    assert starved.planned["lower_bound"] < 0.5 * report.planned["lower_bound"]
+    assert "global_methods" not in starved.planned or starved.planned["global_methods"] < report.planned.get(
+        "global_methods", 1.0)

@@ -32,6 +32,8 @@ The constants are deliberately conservative: a budget second costs 0.3 to 0.7 s 
   per sample, at least ``MIN_SAMPLES`` samples.
 - exact branch and bound (analyses.exact): a node is planned at 1 / ``BB_NODES_PER_S`` = 4 ms;
   measured 2.5 to 4.7 ms (one LP and one SVD per child) on the sample MLP.
+- the certified core (the equivalence check, the per-layer bounds): ``equivalence_s`` and
+  ``layer_bounds_s``, charged before any stage that plans, which share what it leaves.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from stabaudit.ir.graph import Graph
 
 # the planned seconds of the running stage (``ledger``): every search and solver adds the cost
 # model's seconds of the work it commits to (``spend``), so the report states the planned work
@@ -170,6 +178,21 @@ MIN_KRYLOV_STEPS = 8
 # MIN_SAMPLES of the samples (all when there are fewer), the first ones.
 SAMPLE_SHARE = 0.5
 MIN_SAMPLES = 4
+# The certified core runs whatever the budget: the equivalence check (EQUIVALENCE_PASSES forward
+# passes of LOWER_MACS_PER_S units) and the per-layer bounds (``layer_bounds_s``). Their cost
+# model is charged first, so the stages after them share what the core leaves of --budget.
+# Calibrated on the seeded ResNet-18/50 and MobileNetV2 at 224x224 and MLPs of width 512 to 2048
+# (docs/benchmarks.md "Cost model"): a circulant conv certificate's counted flops
+# (bounds.numerics.conv_certificate_cost) at CORE_CIRCULANT_FLOPS_PER_S, its warm power iteration
+# (2 x WARM_ITERATIONS convolutions) at CORE_POWER_MACS_PER_S and CORE_GROUP_S per group; a dense
+# conv certificate at CORE_DENSE_FLOPS_PER_S plus CORE_LAYER_S; a dense Linear's norm (an SVD or a
+# Gram-Cholesky certificate, m n min(m, n) flops) at CORE_DENSE_FLOPS_PER_S.
+EQUIVALENCE_PASSES = 4.0
+CORE_CIRCULANT_FLOPS_PER_S = 1.4e11
+CORE_POWER_MACS_PER_S = 8.4e9
+CORE_GROUP_S = 4e-3
+CORE_DENSE_FLOPS_PER_S = 1e10
+CORE_LAYER_S = 0.03
 
 
 def lower_units(budget_s: float) -> float:
@@ -342,3 +365,40 @@ def measurement_plan(passes: int, outputs: int, layers: int, available: int) -> 
     samples = min(available, max(1, passes // (1 + layers * (1 + 2 * MIN_POWER_ITERATIONS))))
     per_layer = (passes // samples - 1) // layers
     return samples, min(POWER_ITERATIONS, max(0, (per_layer - 1) // 2))
+
+
+def equivalence_s(forward_macs: float) -> float:
+    """The planned seconds of the equivalence check: EQUIVALENCE_PASSES forward passes."""
+    return EQUIVALENCE_PASSES * max(float(forward_macs), 0.0) / LOWER_MACS_PER_S
+
+
+def layer_bounds_s(graph: Graph) -> float:
+    """The planned seconds of the certified per-layer bounds of ``graph`` (shapes known): every
+    Conv's certificate by the method it will take, and its warm-started power iteration for the
+    lower end; every Linear's dense norm. Other operators' bounds are closed forms (not counted)."""
+    from stabaudit.bounds.conv import WARM_ITERATIONS
+    from stabaudit.bounds.numerics import conv_certificate_cost
+    from stabaudit.ir import ops as O
+
+    total = 0.0
+    for node in graph.nodes:
+        match node.op:
+            case O.Conv(weight=w, strides=strides, pads=pads, dilations=dilations, groups=groups):
+                shape = tuple(int(k) for k in np.shape(w))
+                spatial = tuple(graph.shapes[node.inputs[0]][2:])
+                try:
+                    method, flops = conv_certificate_cost(shape, strides, pads, dilations, groups, spatial)
+                except ValueError:
+                    continue  # the rule refuses it as well
+                macs = float(np.prod(graph.shapes[node.output][1:])) * float(np.prod(shape[1:]))
+                power = 2.0 * WARM_ITERATIONS * macs / CORE_POWER_MACS_PER_S
+                if method == "circulant":
+                    total += flops / CORE_CIRCULANT_FLOPS_PER_S + power + groups * CORE_GROUP_S
+                elif method.startswith("dense"):
+                    total += flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
+                else:  # the cheap fallback bounds: the power iteration only
+                    total += power
+            case O.Linear(weight=w):
+                rows, cols = (int(k) for k in np.shape(w)[-2:])
+                total += float(rows) * cols * min(rows, cols) / CORE_DENSE_FLOPS_PER_S
+    return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,22 @@ def test_the_smallest_try_budget_confirms_every_step_size(monkeypatch: pytest.Mo
     width = 0.2
     ratios = [s / width for s in steps]
     assert [round(float(np.log10(r))) for r in ratios] == [-3, -5, -1, -7]
+
+
+ACAS = Path(__file__).resolve().parents[3] / "shared" / "models" / "external" / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
+
+
+@pytest.mark.skipif(not ACAS.exists(), reason="../shared/models/external is absent")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stalled_starts_begin_again_and_find_the_steep_regions_of_a_real_network(seed: int) -> None:
+    """ACAS Xu N(1,1) around a point near its decision boundary (rho = -0.28): the Jacobian norm
+    peaks on small activation regions. 50,000 uniform points of the ball reach 157 to 212; a local
+    search whose starts stall on a plateau kept 100 to 148 at this budget."""
+    from stabaudit.loaders import load_model
+
+    g = with_shapes(load_model(ACAS).graph)
+    centre = np.array([-0.27734426308362964, -0.2005733788003488, 0.2364995317549043, 0.21775160925940013,
+                       0.19230808918500314]).reshape(1, 1, 1, 1, 5)
+    boxes = domain_boxes(g, BallDomain(eps=0.05), centre)
+    low = domain_lower(g, boxes, seed=seed, budget_s=0.3)
+    assert low.value >= 150.0

@@ -46,10 +46,10 @@ def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
     from types import SimpleNamespace
     from typing import Any
 
-    from stabaudit.analyses.lower import _shape, _smallest_cost
+    from stabaudit.analyses.lower import _STEPS_H, _shape, _smallest_cost
 
     def search(fwd: float) -> Any:  # duck-typed _Search; full Jacobians of 10 outputs: 21 passes per point
-        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True, sweeps=4, power_iterations=12)
+        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True, sweeps=4, power_iterations=12, steps_h=_STEPS_H)
 
     # up to ~1e7 multiply-accumulates per forward pass (every network of the corpus) the plan of
     # 32 starts and 30 rounds fits max(2 budget, budget + 20) planned seconds from --budget 1 on
@@ -68,6 +68,8 @@ def test_power_iteration_searches_shed_sweeps_then_steps_when_one_point_does_not
     import numpy as np
 
     from stabaudit.analyses.lower import (
+        _STEPS_H,
+        _STEPS_H_FEW,
         MIN_POWER_ITERATIONS,
         POWER_ITERATIONS,
         POWER_SWEEPS,
@@ -91,10 +93,16 @@ def test_power_iteration_searches_shed_sweeps_then_steps_when_one_point_does_not
     assert big.sweeps == 2 and big.power_iterations == POWER_ITERATIONS
     assert _smallest_cost(big, 1, 0) <= plan.smallest_plan_units(1.0)
     assert big.jac_passes == 4 * big.power_iterations + 1
+    assert big.steps_h == _STEPS_H
+    starved = _Search(g, dict(g.shapes), 0)
+    starved.fwd = 1e9  # one point fits once two of the four step sizes are dropped
+    assert _shape(starved, 32, 30, 1.0) == (1, 0)
+    assert starved.sweeps == 0 and starved.steps_h == _STEPS_H_FEW[0] and starved.power_iterations == POWER_ITERATIONS
+    assert _smallest_cost(starved, 1, 0) <= plan.smallest_plan_units(1.0)
     huge = _Search(g, dict(g.shapes), 0)
-    huge.fwd = 1e12  # nothing fits: the floor of the plan
+    huge.fwd = 1e12  # nothing fits: the floor of the plan, one step size confirmed
     assert _shape(huge, 32, 30, 1.0) == (1, 0)
-    assert (huge.sweeps, huge.power_iterations) == (0, MIN_POWER_ITERATIONS)
+    assert (huge.sweeps, huge.power_iterations, huge.steps_h) == (0, MIN_POWER_ITERATIONS, _STEPS_H_FEW[-1])
 
 
 def test_residual_branch_budget_is_a_share_split_over_the_blocks():
@@ -237,3 +245,50 @@ def test_large_convolutions_count_at_their_measured_rate() -> None:
     assert forward_macs(small, shapes) == small_macs + 8 * 16 * 16
     shapes = {"x": (1, 64, 56, 56), "y": (1, 64, 56, 56)}
     assert forward_macs(large, shapes) == large_macs / plan.LARGE_CONV_SPEEDUP + 64 * 56 * 56
+
+
+def test_the_per_layer_bounds_are_planned_from_the_shapes():
+    import numpy as np
+
+    from stabaudit.bounds.conv import WARM_ITERATIONS
+    from stabaudit.bounds.numerics import conv_certificate_cost
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    rng = np.random.default_rng(0)
+    conv = O.Conv(weight=rng.standard_normal((64, 64, 3, 3)).astype(np.float32), strides=(1, 1), pads=(1, 1, 1, 1),
+                  dilations=(1, 1))
+    lin = O.Linear(weight=rng.standard_normal((10, 64 * 32 * 32)).astype(np.float32), bias=None)
+    g = with_shapes(Graph(
+        inputs=(TensorSpec(name="x", shape=(1, 64, 32, 32)),), outputs=("y",),
+        nodes=(Node(name="c", op=conv, inputs=("x",), output="h"),
+               Node(name="f", op=O.Reshape(shape=(1, 65536)), inputs=("h",), output="z"),
+               Node(name="l", op=lin, inputs=("z",), output="y"))))
+    method, flops = conv_certificate_cost((64, 64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (32, 32))
+    assert method == "circulant"
+    macs = 64 * 32 * 32 * 64 * 9
+    expected = (flops / plan.CORE_CIRCULANT_FLOPS_PER_S + 2 * WARM_ITERATIONS * macs / plan.CORE_POWER_MACS_PER_S
+                + plan.CORE_GROUP_S + 10 * 65536 * 10 / plan.CORE_DENSE_FLOPS_PER_S)
+    assert plan.layer_bounds_s(g) == pytest.approx(expected, rel=1e-12)
+    assert plan.equivalence_s(1e9) == plan.EQUIVALENCE_PASSES * 1e9 / plan.LOWER_MACS_PER_S
+
+
+def test_a_share_that_buys_no_point_builds_no_jacobian(monkeypatch):
+    import numpy as np
+
+    from stabaudit.analyses import lower
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    def refuse(self):  # the batched Jacobian machinery (and its probe) must not be built
+        raise AssertionError("built")
+
+    monkeypatch.setattr(lower._Search, "_make_pairs", refuse)
+    monkeypatch.setattr(lower.ForwardErrorModel, "evaluate", refuse)
+    w = np.random.default_rng(0).standard_normal((100, 100)).astype(np.float32)
+    g = Graph(inputs=(TensorSpec(name="x", shape=(1, 100)),), outputs=("y",),
+              nodes=(Node(name="fc", op=O.Linear(weight=w, bias=None), inputs=("x",), output="y"),))
+    monkeypatch.setattr(lower, "forward_macs", lambda graph, shapes: 1e13)
+    found = lower.lower_bound(g, seed=0, budget_s=0.01, smallest_slack_s=0.0, share=True)
+    assert found.value == 0.0 and found.evaluations == 0 and "not searched" in found.method
