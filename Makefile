@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 PIP_INSTALL = $(BIN)/pip install --quiet --constraint constraints.txt \
 	$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: install install-dev dist test lint demo bench docs sample-models fuzz browser clean
+.PHONY: install install-dev dist test test-wild lint demo bench docs sample-models fuzz browser clean
 FUZZ_SECONDS ?= 300
 
 install: $(RUNTIME_STAMP)
@@ -38,6 +38,11 @@ dist: install-dev
 
 test: install-dev
 	$(BIN)/pytest -q -n 2
+
+# soundness over a domain on the packaged real models (../shared/models/wild/fetch.sh; skipped
+# when absent): minutes, so not part of `make test`
+test-wild: install-dev
+	$(BIN)/pytest -q -n 2 -m wild tests/soundness/test_domain_wild.py
 
 lint: install-dev
 	$(BIN)/ruff check stabaudit tests bench scripts fuzz
