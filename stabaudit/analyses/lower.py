@@ -672,18 +672,20 @@ def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor,
 # ---- the search ---------------------------------------------------------------------------------
 def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
     """Multiply-accumulates of one forward pass (plus one per value element): the cost model. A
-    large convolution (``plan.LARGE_CONV_MACS``) counts its MACs divided by ``plan.LARGE_CONV_SPEEDUP``
-    (it runs that much faster per MAC than the rate the model counts)."""
+    large convolution or matrix product over several rows (``plan.LARGE_OP_MACS``) counts its MACs
+    divided by ``plan.LARGE_OP_SPEEDUP`` (it runs that much faster per MAC than the rate the model
+    counts)."""
 
     def conv(macs: float) -> float:
-        return macs / plan.LARGE_CONV_SPEEDUP if macs >= plan.LARGE_CONV_MACS else macs
+        return macs / plan.LARGE_OP_SPEEDUP if macs >= plan.LARGE_OP_MACS else macs
 
     total = 0.0
     for node in graph.nodes:
         out = float(np.prod(shapes[node.output]))
         match node.op:
             case O.Linear(weight=w):
-                total += out * w.shape[1]
+                rows = out / max(int(w.shape[0]), 1)
+                total += conv(out * w.shape[1]) if rows > 1 else out * w.shape[1]
             case O.Conv(weight=w):
                 total += conv(out * float(np.prod(w.shape[1:])))
             case O.ConvTranspose(weight=w):

@@ -240,11 +240,23 @@ def test_large_convolutions_count_at_their_measured_rate() -> None:
     small, large = conv_graph(8, 16), conv_graph(64, 56)
     small_macs = 8 * 16 * 16 * 8 * 9
     large_macs = 64 * 56 * 56 * 64 * 9
-    assert large_macs >= plan.LARGE_CONV_MACS > small_macs
+    assert large_macs >= plan.LARGE_OP_MACS > small_macs
     shapes = {"x": (1, 8, 16, 16), "y": (1, 8, 16, 16)}
     assert forward_macs(small, shapes) == small_macs + 8 * 16 * 16
     shapes = {"x": (1, 64, 56, 56), "y": (1, 64, 56, 56)}
-    assert forward_macs(large, shapes) == large_macs / plan.LARGE_CONV_SPEEDUP + 64 * 56 * 56
+    assert forward_macs(large, shapes) == large_macs / plan.LARGE_OP_SPEEDUP + 64 * 56 * 56
+    # a Linear over 197 tokens counts like a large convolution; a matrix-vector product (one row,
+    # memory-bound) at the counted rate, however large
+    w = np.zeros((1536, 384))
+    tokens = Graph(inputs=(TensorSpec(name="x", shape=(1, 197, 384)),), outputs=("y",),
+                   nodes=(Node(name="l", op=O.Linear(weight=w, bias=None), inputs=("x",), output="y"),))
+    macs = 197 * 1536 * 384
+    assert macs >= plan.LARGE_OP_MACS
+    assert forward_macs(tokens, {"x": (1, 197, 384), "y": (1, 197, 1536)}) == macs / plan.LARGE_OP_SPEEDUP + 197 * 1536
+    w = np.zeros((8192, 4096))
+    vector = Graph(inputs=(TensorSpec(name="x", shape=(1, 4096)),), outputs=("y",),
+                   nodes=(Node(name="l", op=O.Linear(weight=w, bias=None), inputs=("x",), output="y"),))
+    assert forward_macs(vector, {"x": (1, 4096), "y": (1, 8192)}) == 8192 * 4096 + 8192
 
 
 def test_the_per_layer_bounds_are_planned_from_the_shapes():
