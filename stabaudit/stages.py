@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from stabaudit.analyses.domain_bound import Boxes
     from stabaudit.analyses.equivalence import EquivalenceResult
     from stabaudit.analyses.exact import ExactResult
+    from stabaudit.analyses.feedforward import ChainCertificate
     from stabaudit.analyses.linear_regions import RegionBound
     from stabaudit.analyses.lower import LowerResult
     from stabaudit.analyses.residual import WholeBlock
@@ -113,6 +114,8 @@ class AnalysisState:
     regions: Mapping[str, RegionBound]  # linear regions bounded as a whole, by region output
     # global_methods
     exact: ExactResult | None = None
+    # the tightest verified chain certificate of the global methods (the domain's boxes start from it)
+    chain_certificate: ChainCertificate | None = None
     # jumps: the report's graph as executed (every jumping operator as it is, not its smooth part)
     executed: Graph | None = None
     # samples
@@ -197,17 +200,18 @@ AUTO_EXACT_MAX_UNITS = 32  # auto tries the exact mode on chains with at most th
 
 def _global_methods(
     graph: Graph, request: AuditRequest, reproducible: bool, budget_s: float
-) -> tuple[list[MethodBound], ExactResult | None]:
+) -> tuple[list[MethodBound], ExactResult | None, ChainCertificate | None]:
     """The certified global methods beyond the product; auto runs them only on the feedforward
     chains they apply to, an explicit --method reports why it did not apply. Also returns the
-    exact mode's result (its lower bound is a witnessed region norm)."""
+    exact mode's result (its lower bound is a witnessed region norm) and the tightest verified
+    chain certificate."""
     from stabaudit.analyses.exact import exact_lipschitz
     from stabaudit.analyses.feedforward import extract_chain, global_bounds
 
     auto = request.method == "auto"
     chain = extract_chain(graph)
     if auto and chain is None:
-        return [], None
+        return [], None, None
 
     def method_bound(
         method: str, upper: float | None, certified: bool, seconds: float, notes: tuple[str, ...]
@@ -222,10 +226,10 @@ def _global_methods(
 
     wanted = METHOD_CHOICES[request.method]
     convex = tuple(m for m in wanted if m != "exact")
-    out = [
-        method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes))
-        for r in (global_bounds(graph, budget_s=budget_s, methods=convex) if convex else [])
-    ]
+    results = global_bounds(graph, budget_s=budget_s, methods=convex) if convex else []
+    out = [method_bound(r.method, r.upper, r.certified, r.seconds, tuple(r.notes)) for r in results]
+    certified = [r for r in results if r.certificate is not None and r.upper is not None]
+    certificate = min(certified, key=lambda r: r.upper or math.inf).certificate if certified else None
     exact = None
     units = sum(w.shape[0] for w in chain.weights[:-1]) if chain is not None else 0
     if "exact" in wanted and (not auto or units <= AUTO_EXACT_MAX_UNITS):
@@ -240,7 +244,7 @@ def _global_methods(
                 exact.notes + done,
             )
         )
-    return out, exact
+    return out, exact, certificate
 
 
 def _patch_entries(memory_budget: int) -> int:
@@ -583,9 +587,10 @@ def global_bound(request: AuditRequest, ev: AnalysisState) -> None:
 def global_methods(request: AuditRequest, ev: AnalysisState) -> None:
     """The certified global methods beyond the product (--method), on the graph as loaded."""
     loaded, reproducible = ev.loaded, ev.reproducible
-    more, exact = _global_methods(loaded.graph, request, reproducible, ev.budget_s)
+    more, exact, certificate = _global_methods(loaded.graph, request, reproducible, ev.budget_s)
     ev.methods += more
     ev.exact = exact
+    ev.chain_certificate = certificate
 
 
 def samples(request: AuditRequest, ev: AnalysisState) -> None:
@@ -761,7 +766,8 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     result = domain_bound(graph, op_bounds, boxes, global_upper=global_upper,
                           regions={k: (r.x, r.value) for k, r in ev.regions.items()},
                           keep=_residual_values(graph), budget_s=DOMAIN_CHAIN_SHARE * ev.budget_s,
-                          bb_budget_s=DOMAIN_BB_SHARE * ev.budget_s)
+                          bb_budget_s=DOMAIN_BB_SHARE * ev.budget_s, chain_graph=loaded.graph,
+                          certificate=ev.chain_certificate)
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from stabaudit.bounds.base import Bound, Combine, Guarantee, Interval, OpBound, 
 from stabaudit.errors import UsageError
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
+
+if TYPE_CHECKING:
+    from stabaudit.analyses.feedforward import ChainCertificate
 
 METHOD = "domain-composition"
 BB_METHOD = "branch and bound over activation regions (LipBaB over the box)"
@@ -229,7 +233,8 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
                  global_upper: float | None = None,
                  regions: Mapping[str, tuple[str, float]] | None = None,
                  keep: frozenset[str] = frozenset(), budget_s: float = 0.0,
-                 bb_budget_s: float = 0.0) -> DomainResult:
+                 bb_budget_s: float = 0.0, chain_graph: Graph | None = None,
+                 certificate: ChainCertificate | None = None) -> DomainResult:
     """The certified Lipschitz bound of ``graph`` over the union of ``boxes`` (see the module);
     ``keep``: value names whose ranges and (node outputs) per-node bounds over each box are kept. A
     ReLU chain also gets the per-unit slope certificates of ``analyses.domain_chain`` on each box
@@ -237,19 +242,38 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
     ``bb_budget_s`` > 0 the branch and bound over activation regions of ``analyses.exact`` on each
     box: its certified upper end joins the minimum, and the largest region norm it meets inside
     the domain is a lower bound over D (where exact mode does not apply or the budget buys no
-    box, it does not run and takes none of ``bb_budget_s``)."""
+    box, it does not run and takes none of ``bb_budget_s``).
+
+    ``chain_graph`` (default ``graph``): the graph whose ReLU chain ``certificate`` certifies (the
+    graph as loaded, which the global methods read). ``certificate``: the global methods' verified
+    certificate of that chain; when it is that chain's, the slope certificates read that chain and
+    the boxes take the LMI certificate from it (``domain_chain.warm_bound``) instead of bisection,
+    the worst box first, each with what ``budget_s`` has left, until the next box's bound is no
+    longer above the largest of those done (it cannot lower the maximum)."""
     from stabaudit.analyses import domain_chain as DC
-    from stabaudit.analyses.plan import DOMAIN_MAX_PATTERNS, domain_pieces
+    from stabaudit.analyses.plan import DOMAIN_MAX_PATTERNS, domain_pieces, spent
     from stabaudit.bounds.domain import NEEDS_DOMAIN
 
     dc = DC.domain_chain(graph)
+    warm: ChainCertificate | None = None
+    if certificate is not None:
+        # the certificate's chain: the graph as loaded, where it fits (else the folded graph as before)
+        theirs = DC.domain_chain(graph if chain_graph is None else chain_graph)
+        if theirs is not None and DC.fits(certificate, theirs):
+            dc, warm = theirs, certificate
+            graph_of_chain = graph if chain_graph is None else chain_graph
+    if warm is None:
+        graph_of_chain = graph
+    pres: list[list[tuple[np.ndarray, np.ndarray]] | None] = []
+    values: list[float] = []
+    oks: list[bool] = []
+    units_of: list[tuple[int, int]] = []
     bb = _box_search(graph, boxes, bb_budget_s) if dc is not None and bb_budget_s > 0 else None
     chain_used = bb_used = False
     chain_notes: list[str] = []
 
     start = time.perf_counter()
-    worst = product = 0.0
-    certified = True
+    product = 0.0
     node_uppers: dict[str, float] = {}
     by_output = {node.output: node for node in graph.nodes}
     needing = {node.name for node in graph.nodes if op_bounds[node.output].upper.method == NEEDS_DOMAIN}
@@ -261,20 +285,33 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
         if keep:
             kept.append(({k: v for k, v in ranges.items() if k in keep},
                          {k: v for k, v in local.items() if k in keep}))
+        pre = None
+        counts = (0, 0)
         if dc is not None:
-            lo, hi = flat_box(graph, box)
+            lo, hi = flat_box(graph_of_chain, box)
             if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
-                pieces, each = domain_pieces(budget_s / len(boxes.boxes), lo.size)
-                found = DC.bound_over_box(dc, lo, hi, pieces=pieces, budget_s=each, max_patterns=DOMAIN_MAX_PATTERNS)
-                if found.value < value or not ok:
-                    value, ok, chain_used = found.value, True, True
-                    chain_notes.append(f"{found.pieces} piece(s), {found.unstable} of {found.units} units unstable in the worst")
+                if warm is not None:
+                    # the cheap bounds now (vertices, interval Jacobian); the LMI below, worst box first
+                    pre = DC.box_ranges(dc, lo, hi)
+                    cheap, unstable, units = DC.piece_bound(dc, lo, hi, 0.0, DOMAIN_MAX_PATTERNS, lmi=False)
+                    counts = (unstable, units)
+                    if cheap < value or not ok:
+                        value, ok, chain_used = cheap, True, True
+                else:
+                    pieces, each = domain_pieces(budget_s / len(boxes.boxes), lo.size)
+                    found = DC.bound_over_box(dc, lo, hi, pieces=pieces, budget_s=each, max_patterns=DOMAIN_MAX_PATTERNS)
+                    if found.value < value or not ok:
+                        value, ok, chain_used = found.value, True, True
+                        chain_notes.append(f"{found.pieces} piece(s), {found.unstable} of {found.units} units unstable in the worst")
         if bb is not None:
             upper_bb = bb.uppers[index]
             if upper_bb is not None and (upper_bb < value or not ok):
                 value, ok, bb_used = upper_bb, True, True
-        worst, product = max(worst, value), max(product, layered)
-        certified = certified and ok
+        pres.append(pre)
+        values.append(value)
+        oks.append(ok)
+        units_of.append(counts)
+        product = max(product, layered)
         for out, ob in local.items():
             name = by_output[out].name
             size = _size(ob)
@@ -282,6 +319,33 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
                 still.add(name)
             if ob is not op_bounds[out] and ob.combine is Combine.CHAIN and math.isfinite(size):
                 node_uppers[name] = max(node_uppers.get(name, 0.0), size)
+    if warm is not None and dc is not None:
+        # the LMI certificates from the global one, the worst box first, while a box can still lower
+        # the maximum; each may take what the earlier ones left of ``budget_s`` (a solve stops at
+        # its duality-gap target and is charged for the steps it took)
+        left, done, floor = max(float(budget_s), 0.0), 0, 0.0
+        order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+        for i in order:
+            found_pre = pres[i]
+            if values[i] <= floor:
+                break  # this box and the rest are below a bound already proved: the maximum stays
+            if found_pre is None:
+                floor = max(floor, values[i])
+                continue
+            check_deadline()
+            before = spent()
+            value = DC.warm_bound(dc, warm, found_pre, budget_s=left)
+            left = max(left - (spent() - before), 0.0)
+            done += 1
+            if value < values[i] or not oks[i]:
+                values[i], oks[i], chain_used = value, True, True
+            floor = max(floor, values[i])
+        worst_box = max(range(len(values)), key=lambda i: (values[i], -i)) if values else 0
+        unstable, units = units_of[worst_box] if units_of else (0, 0)
+        chain_notes.append(f"LipSDP-Neuron from the better of the global certificate and ECLipsE-Fast on {done} of "
+                           f"{len(values)} box(es), the worst first; {unstable} of {units} units unstable in the worst")
+    worst = max(values, default=0.0)
+    certified = all(oks)
     for name in still:
         node_uppers.pop(name, None)
     method = METHOD if not chain_used else f"min of {METHOD} and {DC.METHOD}"

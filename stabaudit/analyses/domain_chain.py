@@ -29,7 +29,7 @@ import numpy as np
 
 from stabaudit.analyses.certify import ChainLMI
 from stabaudit.analyses.crown import ReluChain, chain_steps, crown_flat
-from stabaudit.analyses.feedforward import Chain, explain_chain
+from stabaudit.analyses.feedforward import Chain, ChainCertificate, explain_chain
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
 
@@ -90,7 +90,7 @@ def domain_chain(graph: Graph) -> DomainChain | None:
     return DomainChain(steps=steps, chain=chain, influence=influence)
 
 
-def reduced_lmi(chain: Chain, pre: list[tuple[np.ndarray, np.ndarray]]) -> ChainLMI | None:
+def reduced_lmi(chain: Chain | ChainLMI, pre: list[tuple[np.ndarray, np.ndarray]]) -> ChainLMI | None:
     """The chain's LMI data restricted to a box where Relu k's input lies in pre[k]: inactive units
     dropped, active ones with slope [1, 1]; None when a layer has no unit left (F is constant)."""
     ws = list(chain.weights)
@@ -152,6 +152,57 @@ def lmi_bound(lmi: ChainLMI, *, budget_s: float = 0.0) -> tuple[float, str]:
             if value < best:
                 best, method = value, "LipSDP-Neuron"
     return best, method
+
+
+def fits(start: ChainCertificate, dc: DomainChain) -> bool:
+    """Whether ``start`` certifies ``dc``'s own chain (the same weights, scaled by the same powers
+    of two): only then do its multipliers belong to the units the box's ranges describe."""
+    from stabaudit.analyses.sdp import pow2_scaled
+
+    if len(start.lmi.weights) != len(dc.chain.weights):
+        return False
+    scaled, exponent = pow2_scaled(dc.chain.lmi())
+    same = exponent == start.exponent and all(
+        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(scaled.weights, start.lmi.weights, strict=True))
+    return same and all((a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+                        for a, b in zip(scaled.errors, start.lmi.errors, strict=True))
+
+
+def warm_bound(dc: DomainChain, start: ChainCertificate, pre: list[tuple[np.ndarray, np.ndarray]], *,
+               budget_s: float = 0.0) -> float:
+    """The per-unit LMI bound over a box, from the better of two verified starts: the whole
+    chain's certificate ``start`` restricted to the box, and the reduced chain's own ECLipsE-Fast
+    certificate; LipSDP-Neuron then takes the Newton steps ``budget_s`` buys from it.
+
+    Why the restriction is a start. On the box, an inactive unit i has phi_i = 0. The whole
+    chain's quadratic form M(rho, T) is negative semidefinite on every vector; on the vectors with
+    phi_i = 0 for the inactive units, unit i's sector term t_i (phi_i - a z_i)(b z_i - phi_i)
+    vanishes (a = 0) and so does column i of the next weight: what remains is the reduced chain's
+    form (``reduced_lmi``) at (rho, T restricted to the other units). A restriction of a negative
+    semidefinite form is one, so (rho, T restricted) is feasible for the reduced LMI, with the
+    whole chain's bound: a box never reads above the global certificate. ECLipsE-Fast on the
+    reduced chain is the better start where the box leaves few units unstable (it knows them;
+    the global multipliers do not). Every value returned is proved by ``_verified`` in float64."""
+    from stabaudit.analyses.sdp import lipsdp
+
+    reduced = reduced_lmi(start.lmi, pre)
+    own = reduced_lmi(dc.chain, pre)
+    if reduced is None or own is None:
+        return 0.0  # a layer with no unit left: F is constant on the box
+    ts = [np.asarray(t)[hi > 0.0] for t, (_, hi) in zip(start.ts, pre, strict=True)]
+    restricted = _verified(reduced, start.exponent, start.rho, tuple(ts))
+    fast, _ = lmi_bound(own)  # ECLipsE-Fast on the reduced chain, no Newton step
+    if fast <= restricted:
+        return min(fast, lmi_bound(own, budget_s=budget_s)[0]) if budget_s > 0.0 else fast
+    best = restricted
+    if budget_s > 0.0 and math.isfinite(best):
+        try:
+            rho, t2, steps = lipsdp(reduced, start.rho, ts, budget_s=budget_s)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            steps = 0
+        if steps > 0 and rho < start.rho:
+            best = min(best, _verified(reduced, start.exponent, rho, tuple(t2)))
+    return best
 
 
 def vertex_bound(chain: Chain, pre: list[tuple[np.ndarray, np.ndarray]], max_patterns: int) -> float | None:
@@ -279,6 +330,16 @@ def piece_bound(dc: DomainChain, lo0: np.ndarray, hi0: np.ndarray, budget_s: flo
     return best, unstable, units
 
 
+def box_ranges(dc: DomainChain, lo0: np.ndarray, hi0: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The back-substituted ranges of every Relu's input over the box [lo0, hi0] (flat), or None
+    when one is not finite."""
+    lo, hi = crown_flat(dc.steps, lo0, hi0)
+    pre = [(lo[i], hi[i]) for i in dc.steps.relus]
+    if not all(np.all(np.isfinite(a)) and np.all(np.isfinite(b)) for a, b in pre):
+        return None
+    return pre
+
+
 def piece_cost(dc: DomainChain) -> float:
     """The planned flops of one piece: the back-substitution (rows x width x remaining depth per
     layer) and the layer-wise certificate (a few width^3 factorisations per layer)."""
@@ -324,5 +385,5 @@ def bound_over_box(dc: DomainChain, lo0: np.ndarray, hi0: np.ndarray, *, pieces:
     return PiecesBound(value=-worst[0], pieces=len(heap), unstable=worst[4], units=units)
 
 
-__all__ = ["METHOD", "DomainChain", "PiecesBound", "bound_over_box", "domain_chain", "piece_bound", "piece_cost",
-           "reduced_lmi"]
+__all__ = ["METHOD", "DomainChain", "PiecesBound", "bound_over_box", "box_ranges", "domain_chain", "fits", "piece_bound",
+           "piece_cost", "reduced_lmi", "warm_bound"]

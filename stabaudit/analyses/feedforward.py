@@ -342,6 +342,21 @@ class GlobalBoundResult:
     certified: bool
     seconds: float
     notes: tuple[str, ...] = ()
+    # the verified certificate behind ``upper`` (None: no certificate, or not a chain method)
+    certificate: ChainCertificate | None = dataclasses.field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ChainCertificate:
+    """A verified certificate (rho, T) of the LipSDP-Neuron LMI of ``lmi``, the power-of-two
+    scaled chain (``sdp.pow2_scaled``): the bound is sqrt(rho) 2^``exponent``. Over a box that
+    leaves some units inactive, (rho, T restricted to the other units) satisfies the reduced LMI
+    too (``analyses.domain_chain.reduced_start``): the domain's certificates start from it."""
+
+    lmi: ChainLMI
+    exponent: int
+    rho: float
+    ts: tuple[np.ndarray, ...]
 
 
 METHODS: Mapping[str, tuple[str, ...]] = {
@@ -529,6 +544,8 @@ def global_bounds(
                     certified=upper is not None,
                     seconds=time.perf_counter() - t0,
                     notes=tuple(notes),
+                    certificate=(ChainCertificate(lmi=scaled, exponent=exponent, rho=verified.rho, ts=verified.ts)
+                                 if upper is not None and verified is not None else None),
                 )
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):

@@ -122,3 +122,64 @@ def test_inactive_layer_gives_zero() -> None:
     assert lmi is None
     lmi = DC.reduced_lmi(dc.chain, [(np.array([-1.0, 0.5, -3.0, 1.0]), np.array([1.0, 2.0, -1.0, 2.0]))])
     assert lmi is not None and lmi.weights[0].shape == (3, 2) and lmi.weights[1].shape == (2, 3)
+
+
+def _global_certificate(graph):  # type: ignore[no-untyped-def]
+    from stabaudit.analyses.feedforward import global_bounds
+
+    results = [r for r in global_bounds(graph, budget_s=1.0) if r.certificate is not None and r.upper is not None]
+    best = min(results, key=lambda r: r.upper)  # type: ignore[arg-type, return-value]
+    assert best.certificate is not None and best.upper is not None
+    return best.certificate, best.upper
+
+
+@pytest.mark.parametrize(("seed", "radius"), [(0, 0.05), (3, 0.3), (6, 1.5)])
+def test_the_global_certificate_restricted_to_a_box_is_a_sound_start(seed: int, radius: float) -> None:
+    from stabaudit.analyses.crown import crown_flat
+
+    graph, ws, bs, pre = _parts(seed, (2, 6, 6, 6, 2))
+    dc = DC.domain_chain(graph)  # type: ignore[arg-type]
+    assert dc is not None
+    cert, glob = _global_certificate(graph)
+    assert DC.fits(cert, dc)
+    x0 = np.random.default_rng(seed).standard_normal(2)
+    lo, hi = x0 - radius, x0 + radius
+    r_lo, r_hi = crown_flat(dc.steps, lo, hi)
+    ranges = [(r_lo[i], r_hi[i]) for i in dc.steps.relus]
+    exact = _jacobians_on_grid(ws, bs, pre, lo, hi, 81)
+    start = DC.warm_bound(dc, cert, ranges)
+    improved = DC.warm_bound(dc, cert, ranges, budget_s=1.0)
+    # never above the global certificate (its restriction is feasible), never below the patterns met
+    assert exact * (1 - 1e-12) <= improved <= start * (1 + 1e-12) <= glob * (1 + 1e-6)
+
+
+def test_a_certificate_of_another_chain_does_not_fit() -> None:
+    graph, *_ = _parts(1, (2, 6, 6, 2))
+    other, *_ = _parts(2, (2, 6, 6, 2))
+    dc = DC.domain_chain(graph)  # type: ignore[arg-type]
+    assert dc is not None
+    assert DC.fits(_global_certificate(graph)[0], dc)
+    assert not DC.fits(_global_certificate(other)[0], dc)
+
+
+def test_the_boxes_take_the_certificate_worst_first_and_stop_when_the_maximum_is_proved() -> None:
+    from stabaudit.analyses.domain_bound import domain_bound, domain_boxes
+    from stabaudit.analyses.samples import BallDomain
+    from stabaudit.bounds import bound_node
+    from stabaudit.bounds.base import RuleContext
+
+    graph, ws, bs, pre = _parts(8, (2, 8, 8, 8, 2))
+    cert, glob = _global_certificate(graph)
+    op_bounds = {n.output: bound_node(n, RuleContext(input_shapes=tuple(graph.shapes[i] for i in n.inputs),
+                                                     output_shape=graph.shapes[n.output])) for n in graph.nodes}
+    centres = np.random.default_rng(8).standard_normal((6, 1, 1, 2))
+    boxes = domain_boxes(graph, BallDomain(eps=0.05), centres)
+    plain = domain_bound(graph, op_bounds, boxes, budget_s=0.5)
+    warm = domain_bound(graph, op_bounds, boxes, budget_s=0.5, certificate=cert)
+    worst = max(_jacobians_on_grid(ws, bs, pre, c.ravel() - 0.05, c.ravel() + 0.05, 41) for c in centres)
+    assert warm.upper.certified
+    assert worst * (1 - 1e-12) <= warm.upper.value <= glob * (1 + 1e-6)
+    note = next(n for n in warm.notes if "global certificate" in n)
+    done = int(note.split(" on ")[1].split(" of ")[0])
+    assert 1 <= done < 6  # small balls: the worst box's certificate proves the maximum early
+    assert plain.upper.value >= worst * (1 - 1e-12)
