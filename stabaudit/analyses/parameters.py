@@ -17,8 +17,9 @@ and L2 on the stacked outputs,
   relative 1e-9 for the rounding of the forward pass. The bound is therefore "at the samples":
   it holds at every sample (and for every Clarke element there), not over a whole domain.
 The measured value is the exact norm ||d vec(F) / d vec(W_l)||_2 by autograd at each sample
-(full Jacobian for at most MAX_EXACT_ROWS outputs; above, ||J_l^T u|| for one seeded unit u shared
-by every layer, then power iteration on J_l J_l^T, values from below), the max over the first
+(full Jacobian for at most MAX_EXACT_ROWS outputs, when the budget buys one sample's; else
+||J_l^T u|| for one seeded unit u shared by every layer, then power iteration on J_l J_l^T, values
+from below), the max over the first
 samples: a sound lower value of the sensitivity at the samples. The reverse passes this takes are
 planned from the budget (analyses.plan.reverse_passes, plan.measurement_plan): at most MAX_MEASURED_SAMPLES samples, fewer
 when the budget does not buy them, then fewer power iterations (none: the shared probe only).
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.activations import forward_values
-from stabaudit.analyses.plan import MAX_EXACT_ROWS, POWER_ITERATIONS
+from stabaudit.analyses.plan import POWER_ITERATIONS
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor
@@ -154,7 +155,7 @@ def _measured(
         outs = ex(*(torch.from_numpy(np.ascontiguousarray(p).reshape(spec.shape))
                     for spec, p in zip(graph.inputs, parts, strict=True)))
         y = torch.cat([o.reshape(-1) for o in outs])
-        if y.numel() <= MAX_EXACT_ROWS:
+        if iterations is None:
             # one backward per output gives that row of every layer's Jacobian at once
             rows: dict[str, list[np.ndarray]] = {node.name: [] for node in layers}
             for k in range(int(y.numel())):
@@ -214,8 +215,10 @@ def parameter_sensitivity(
     outputs = sum(int(np.prod(shapes[name])) for name in graph.outputs)
     macs = forward_macs(graph, shapes)
     passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, macs)
-    plan.spend(passes * (plan.PASS_FORWARDS * max(macs, 1.0) + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S)
     count, iterations = plan.measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
+    # charged for what the plan runs (its smallest plan, one sample's shared probe, may exceed the share)
+    run = max(passes, plan.measurement_passes(count, iterations, outputs, len(layers)))
+    plan.spend(run * (plan.PASS_FORWARDS * max(macs, 1.0) + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S)
     head = np.asarray(samples)[:count]
     measured = _measured(graph, layers, head, seed, iterations) if layers else {}
     out = []

@@ -358,16 +358,27 @@ MIN_POWER_ITERATIONS = 8  # fewer samples are measured before the iterations dro
 def measurement_plan(passes: int, outputs: int, layers: int, available: int) -> tuple[int, int | None]:
     """(samples, power iterations) that ``passes`` reverse passes buy: the full Jacobian costs
     ``outputs`` passes a sample (iterations None); power iteration costs one shared probe and
-    1 + 2 k passes per layer a sample. At least one sample whatever the passes."""
+    1 + 2 k passes per layer a sample (k = 0: the shared probe alone, one pass). At least one
+    sample whatever the passes; where the passes do not buy one sample's full Jacobian, the
+    shared probe (``measurement_passes`` gives what a plan runs)."""
     available = max(int(available), 0)
     if available == 0:
         return 0, None
     if outputs <= MAX_EXACT_ROWS:
-        return min(available, max(1, passes // max(outputs, 1))), None
+        if passes >= outputs:
+            return min(available, passes // max(outputs, 1)), None
+        return min(available, max(1, passes)), 0
     layers = max(int(layers), 1)
     samples = min(available, max(1, passes // (1 + layers * (1 + 2 * MIN_POWER_ITERATIONS))))
     per_layer = (passes // samples - 1) // layers
     return samples, min(POWER_ITERATIONS, max(0, (per_layer - 1) // 2))
+
+
+def measurement_passes(samples: int, iterations: int | None, outputs: int, layers: int) -> int:
+    """The reverse passes a measurement plan (``measurement_plan``) runs."""
+    if iterations is None:
+        return samples * outputs
+    return samples * (1 + (layers * (1 + 2 * iterations) if iterations else 0))
 
 
 def equivalence_s(forward_macs: float) -> float:

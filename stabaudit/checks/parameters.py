@@ -25,7 +25,8 @@ def parameters_sensitivity(ev: Evidence, ctx: CheckContext) -> Finding:
     over the samples (float64, widened by a relative 1e-9), so the bound is certified *at the
     samples*, not over a whole input domain. Beside it, the measured value: the spectral norm of
     the Jacobian d vec(F) / d vec(W_l) by autograd at each sample, max over the samples (a sound
-    lower value; power iteration from below when the output has more than 64 entries).
+    lower value; power iteration from below when the output has more than 64 entries, or one
+    shared reverse pass when the budget does not buy one sample's full Jacobian).
     W_l is the layer's effective weight (eval BatchNorm folded), as in the report's layers.
     Inputs: `--inputs samples.npz` or a config `domain:` with `samples: N`; skipped without.
     Information by default (no threshold). With `--threshold param_sensitivity=VALUE` (which

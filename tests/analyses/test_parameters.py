@@ -13,7 +13,7 @@ from stabaudit.analyses.parameters import (
     parameter_sensitivity,
     weight_factor,
 )
-from stabaudit.analyses.plan import POWER_ITERATIONS, measurement_plan
+from stabaudit.analyses.plan import POWER_ITERATIONS, measurement_passes, measurement_plan
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
@@ -128,7 +128,11 @@ def test_measurement_plan_counts_reverse_passes():
     always."""
     assert measurement_plan(10_000, 10, 3, 16) == (16, None)
     assert measurement_plan(35, 10, 3, 16) == (3, None)
-    assert measurement_plan(0, 10, 3, 16) == (1, None)
+    # fewer passes than one sample's full Jacobian (10 outputs): the shared probe, a pass a sample
+    assert measurement_plan(0, 10, 3, 16) == (1, 0)
+    assert measurement_plan(9, 10, 3, 16) == (9, 0)
+    assert measurement_passes(1, 0, 10, 3) == 1 and measurement_passes(3, None, 10, 3) == 30
+    assert measurement_passes(5, 8, 100, 4) == 5 * 69
     # 4 layers: a sample at 8 iterations costs 1 + 4 * 17 = 69 passes
     assert measurement_plan(100_000, 100, 4, 16) == (16, POWER_ITERATIONS)
     assert measurement_plan(69 * 5, 100, 4, 16) == (5, 8)
