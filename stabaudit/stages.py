@@ -255,9 +255,25 @@ def _patch_entries(memory_budget: int) -> int:
     return patch_entries(remaining_memory(memory_budget))
 
 
-def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, memory_budget: int) -> LocalEvidence:
+def _shared_bounds(loaded: Graph, folded: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, OpBound]:
+    """The per-layer bounds of ``folded`` that hold for ``loaded``'s nodes too: the same node (the
+    same operator object, inputs and output) at the same shapes. The folding passes keep every node
+    they do not change, so only the folded ones are bounded again."""
+    theirs = {node.output: node for node in folded.nodes}
+    out: dict[str, OpBound] = {}
+    for node in loaded.nodes:
+        other = theirs.get(node.output)
+        if (other is not None and other.op is node.op and other.inputs == node.inputs and node.output in op_bounds
+                and all(loaded.shapes.get(k) == folded.shapes.get(k) for k in (*node.inputs, node.output))):
+            out[node.output] = op_bounds[node.output]
+    return out
+
+
+def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, memory_budget: int,
+                    op_bounds: Mapping[str, OpBound] | None = None) -> LocalEvidence:
     """SA302's evidence: the certified local bound over linf balls around the samples (the first
-    ones the budget plans, as for the other sample channels: analyses.plan.sample_count)."""
+    ones the budget plans, as for the other sample channels: analyses.plan.sample_count);
+    ``op_bounds``: the per-layer bounds already computed for nodes of ``graph`` (reused)."""
     from stabaudit.analyses.local import local_bounds
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
@@ -266,7 +282,7 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
     n = int(samples.shape[0])
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",
-                              max_patch_entries=_patch_entries(memory_budget))
+                              max_patch_entries=_patch_entries(memory_budget), op_bounds=op_bounds)
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
@@ -611,7 +627,8 @@ def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
 def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     """SA302: the certified local bound over linf balls around the samples."""
     assert ev.samples is not None
-    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget)
+    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget,
+                               _shared_bounds(ev.loaded.graph, ev.graph, ev.op_bounds))
 
 
 def training(request: AuditRequest, ev: AnalysisState) -> None:
@@ -771,7 +788,8 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
-    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=_patch_entries(ev.memory_budget))
+    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=_patch_entries(ev.memory_budget),
+                              op_bounds=_shared_bounds(loaded.graph, ev.graph, op_bounds))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
     if result.resolved:

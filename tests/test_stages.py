@@ -79,3 +79,29 @@ def test_a_new_stage_is_one_entry(monkeypatch):
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
     keys = list(audit(request).timings)
     assert keys.index("ranges") == keys.index("layer_bounds") + 1
+
+
+def test_the_local_analyses_reuse_the_bounds_of_the_nodes_folding_kept() -> None:
+    """SA302 and the domain's interval Jacobian run on the graph as loaded; its nodes that the
+    folding passes kept as they are reuse their per-layer bounds, the folded ones are bounded again."""
+    from stabaudit.bounds import bound_node
+    from stabaudit.bounds.base import RuleContext
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.passes import fold_affine, merge_linear_maps
+    from stabaudit.loaders import load_model
+
+    loaded = load_model(SAMPLES / "resnet.onnx").graph
+    folded = merge_linear_maps(fold_affine(loaded))
+    op_bounds = {n.output: bound_node(n, RuleContext(input_shapes=tuple(folded.shapes[i] for i in n.inputs),
+                                                     output_shape=folded.shapes[n.output])) for n in folded.nodes}
+    shared = stages._shared_bounds(loaded, folded, op_bounds)
+    convs = [n for n in loaded.nodes if isinstance(n.op, O.Conv)]
+    # the stem conv has no BatchNorm after it: kept, its bound shared; the others merged with theirs
+    assert convs[0].output in shared and shared[convs[0].output] is op_bounds[convs[0].output]
+    assert all(n.output not in shared for n in convs[1:])
+    assert all(shared[k] is op_bounds[k] for k in shared)
+    for out, ob in shared.items():
+        node = next(n for n in loaded.nodes if n.output == out)
+        fresh = bound_node(node, RuleContext(input_shapes=tuple(loaded.shapes[i] for i in node.inputs),
+                                             output_shape=loaded.shapes[out]))
+        assert ob.upper.value == fresh.upper.value  # the same operator at the same shapes

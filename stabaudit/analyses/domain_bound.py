@@ -412,12 +412,14 @@ def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | Non
     return _BoxSearch(uppers=tuple(uppers), lower=lower, point=point)
 
 
-def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None) -> tuple[float, str] | None:
+def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None,
+                   op_bounds: Mapping[str, OpBound] | None = None) -> tuple[float, str] | None:
     """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
     ball around its center (radius rounded up so that the ball holds the box); the largest over
     the boxes, with its method. None for a graph with operators the interval Jacobian lacks, or
     whose interval Jacobian fits neither densely nor on receptive fields (one input, patch
-    tensors up to ``max_patch_entries``)."""
+    tensors up to ``max_patch_entries``). ``op_bounds``: global per-operator bounds of ``graph``'s
+    nodes already computed (any subset), reused by ``local_bounds``."""
     from stabaudit.analyses.crown import crown_ranges
     from stabaudit.analyses.local import METHOD_INTERVAL, jacobian_form, local_bounds
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
@@ -438,7 +440,8 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
         ball = _split(graph, np.nextafter(c - r, -np.inf)), _split(graph, np.nextafter(c + r, np.inf))
         known = crown_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]})
         try:
-            found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known], max_patch_entries=patches)
+            found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known], max_patch_entries=patches,
+                                 op_bounds=op_bounds)
         except UnsupportedOperatorError:
             return None
         if not found.upper.certified or METHOD_INTERVAL not in found.samples[0].candidates:

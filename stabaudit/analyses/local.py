@@ -481,11 +481,6 @@ def _static_bounds_of(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> OpBo
     return bound_node(node, ctx)
 
 
-def _static_bounds(graph: Graph, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, OpBound]:
-    """The global per-operator bounds (bounds.RULES) of every non-activation node."""
-    return {node.output: _static_bounds_of(node, shapes) for node in graph.nodes if node.op.type not in O.ACTIVATIONS}
-
-
 def jacobian_form(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int = MAX_JACOBIAN_ENTRIES,
                   max_patch: int = PJ.MAX_PATCH_ENTRIES) -> str | None:
     """How the interval Jacobian fits: "dense" (every value's [n_in, *shape] within ``max_dense``
@@ -507,7 +502,8 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
     ``eps`` around each sample (``samples``: [N, ...] with prod(...) = the stacked input size).
 
     ``op_bounds``: the global per-operator bounds already computed (keyed by node output, as for
-    ``compose``); the non-activation ones are reused by the local-product fallback. ``known``: per
+    ``compose``; some nodes may be missing); the non-activation ones are reused by the
+    local-product fallback, the missing ones computed. ``known``: per
     sample, enclosures of values over its linf box (x0 -/+ eps rounded outward) to intersect in.
     Where the dense interval Jacobian would pass ``max_jacobian_entries``, a graph with one input
     gets it on receptive fields (``analyses.patch_jacobian``), each patch tensor at most
@@ -533,10 +529,11 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
     x = x.reshape(-1, n_in)
     if not np.all(np.isfinite(x)):
         raise UsageError("samples contain NaN or Inf")
-    if op_bounds is not None and all(n.output in op_bounds for n in graph.nodes if n.op.type not in O.ACTIVATIONS):
-        static = {n.output: op_bounds[n.output] for n in graph.nodes if n.op.type not in O.ACTIVATIONS}
-    else:
-        static = _static_bounds(graph, shapes)
+    # the global bounds given are reused; only the missing ones are computed (a conv certificate
+    # of a 224x224 network costs about a second)
+    given = op_bounds or {}
+    static = {n.output: given[n.output] if n.output in given else _static_bounds_of(n, shapes)
+              for n in graph.nodes if n.op.type not in O.ACTIVATIONS}
     form = jacobian_form(graph, shapes, max_jacobian_entries, max_patch_entries)
     structured = form == "patches"
     use_jac = form is not None
