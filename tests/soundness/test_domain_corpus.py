@@ -44,8 +44,18 @@ def test_the_bound_over_a_ball_holds_inside_it(path: Path) -> None:
     n_in = int(sum(np.prod(s.shape) for s in loaded.inputs))
     x0 = np.random.default_rng(0).normal(size=(1, n_in)) * 0.5
     boxes = domain_boxes(graph, BallDomain(eps=RADIUS), x0)
-    # ReLU chains also get the branch and bound over the ball (its upper end joins the minimum)
-    found = domain_bound(graph, op_bounds, boxes, bb_budget_s=0.2)
+    # ReLU chains also get the branch and bound over the ball (its upper end joins the minimum),
+    # and their LMI certificates start from the global methods' certificate of the loaded chain
+    from stabaudit.analyses.feedforward import global_bounds
+
+    certified = [r for r in global_bounds(loaded, budget_s=0.5) if r.certificate is not None and r.upper is not None]
+    certificate = min(certified, key=lambda r: r.upper or math.inf).certificate if certified else None
+    found = domain_bound(graph, op_bounds, boxes, bb_budget_s=0.2, budget_s=0.5, chain_graph=loaded,
+                         certificate=certificate)
+    from stabaudit.analyses.domain_chain import domain_chain
+
+    if certificate is not None and domain_chain(loaded) is not None:
+        assert any("global certificate" in note for note in found.notes)  # the warm start ran
     upper = found.upper.value
     interval = jacobian_bound(loaded, boxes)
     if interval is not None:
