@@ -344,12 +344,17 @@ def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | 
     if request.domain is None or not S.is_sampled(request.domain):
         return None, None  # a ball or margin domain is built around samples, never sampled
     if len(graph.inputs) != 1:
-        raise UsageError(
-            f"domain: the model has {len(graph.inputs)} inputs; a domain is sampled for models "
-            "with one input (give --inputs instead)",
-            path=str(request.path),
-        )
-    shape = tuple(int(d) for d in graph.inputs[0].shape)
+        # several inputs: the samples are flat, their entries concatenated (as --inputs gives them);
+        # one value per parameter applies to every entry of every input
+        if any(len(v.values) != 1 for v in S.domain_parameters(request.domain).values()):
+            raise UsageError(
+                f"domain: the model has {len(graph.inputs)} inputs; a domain given per channel or entry "
+                "needs one input (give one LOW,HIGH for all of them, or --inputs)",
+                path=str(request.path),
+            )
+        shape: tuple[int, ...] = (S.input_size(graph),)
+    else:
+        shape = tuple(int(d) for d in graph.inputs[0].shape)
     try:
         samples = S.draw_samples(request.domain, shape, request.sample_count, request.seed)
     except UsageError as exc:
