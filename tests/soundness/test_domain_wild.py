@@ -9,7 +9,7 @@ seeded pairs of the box, and the Jacobian norm at seeded points and at points re
 it, must be at most the certified upper bound over the domain; the lower end must be at most the
 upper one. A model whose upper end is absent or infinite is only checked for the lower end.
 
-Minutes of work (about 4 on two cores): marked ``wild``, deselected from the default run;
+Minutes of work (about 5 on two cores): marked ``wild``, deselected from the default run;
 ``make test-wild`` runs them.
 """
 
