@@ -65,8 +65,8 @@ class AuditRequest:
     max_memory: int | None = None  # bytes; None: limits.default_memory_budget()
     timeout_s: float | None = None  # seconds for the whole audit; None: no limit
     method: str = "auto"  # global upper bound: auto | product | layerwise | sdp | ... (METHODS)
-    # --budget: the planned seconds of the whole audit's searches and solvers, split over its stages
-    # (stages.allotment); the certified core (loading, equivalence, per-layer bounds) is not planned
+    # --budget: the planned seconds of the whole audit, split over its stages (stages.allotment);
+    # the certified core (equivalence, per-layer bounds) always runs and is charged first
     budget_s: float = 10.0
     inputs: np.ndarray | None = None  # sample inputs [N, ...] for the data-dependent checks (SA302)
     eps: float = 0.01  # radius of the linf balls around the samples (SA302)

@@ -293,7 +293,7 @@ def domain_bound(graph: Graph, op_bounds: Mapping[str, OpBound], boxes: Boxes, *
                 if warm is not None:
                     # the cheap bounds now (vertices, interval Jacobian); the LMI below, worst box first
                     pre = DC.box_ranges(dc, lo, hi)
-                    cheap, unstable, units = DC.piece_bound(dc, lo, hi, 0.0, DOMAIN_MAX_PATTERNS, lmi=False)
+                    cheap, unstable, units = DC.ranges_bound(dc, pre, 0.0, DOMAIN_MAX_PATTERNS, lmi=False)
                     counts = (unstable, units)
                     if cheap < value or not ok:
                         value, ok, chain_used = cheap, True, True

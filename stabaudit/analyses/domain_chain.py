@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +34,9 @@ from stabaudit.analyses.crown import ReluChain, chain_steps, crown_flat
 from stabaudit.analyses.feedforward import Chain, ChainCertificate, explain_chain
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline
+
+if TYPE_CHECKING:
+    from stabaudit.analyses.layerwise import Certificate
 
 METHOD = "per-unit slopes over the domain (back-substituted ranges, ECLipsE-Fast / LipSDP-Neuron)"
 
@@ -127,12 +132,11 @@ def _verified(scaled: ChainLMI, exponent: int, rho: float, ts: tuple[np.ndarray,
     return math.inf
 
 
-def lmi_bound(lmi: ChainLMI, *, budget_s: float = 0.0) -> tuple[float, str]:
-    """The smallest verified bound of the (reduced, per-unit) chain: ECLipsE-Fast, then LipSDP-Neuron
-    from it with the Newton steps ``budget_s`` buys (``plan.newton_steps``); (inf, "") when none
-    verifies."""
+def _fast(lmi: ChainLMI) -> tuple[ChainLMI, int, Certificate | None, float]:
+    """The chain scaled by powers of two (``sdp.pow2_scaled``), its exponent, ECLipsE-Fast's
+    certificate and that certificate's verified bound (inf when none verifies)."""
     from stabaudit.analyses.layerwise import eclipse_fast
-    from stabaudit.analyses.sdp import lipsdp, pow2_scaled
+    from stabaudit.analyses.sdp import pow2_scaled
 
     scaled, exponent = pow2_scaled(lmi)
     try:
@@ -140,18 +144,36 @@ def lmi_bound(lmi: ChainLMI, *, budget_s: float = 0.0) -> tuple[float, str]:
     except (np.linalg.LinAlgError, ValueError, FloatingPointError):
         cert = None
     if cert is None:
+        return scaled, exponent, None, math.inf
+    return scaled, exponent, cert, _verified(scaled, exponent, cert.rho, cert.ts)
+
+
+def _improved(scaled: ChainLMI, exponent: int, rho: float, ts: Sequence[np.ndarray], best: float,
+              budget_s: float) -> float:
+    """``best`` (the verified bound of the start (rho, T)), or less: LipSDP-Neuron from that start
+    with the Newton steps ``budget_s`` buys (``plan.newton_steps``), verified by ``_verified``."""
+    from stabaudit.analyses.sdp import lipsdp
+
+    if not (budget_s > 0.0 and scaled.slopes and math.isfinite(best)):
+        return best
+    try:
+        rho2, ts2, steps = lipsdp(scaled, rho, list(ts), budget_s=budget_s)
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        return best
+    if steps > 0 and rho2 < rho:
+        return min(best, _verified(scaled, exponent, rho2, tuple(ts2)))
+    return best
+
+
+def lmi_bound(lmi: ChainLMI, *, budget_s: float = 0.0) -> tuple[float, str]:
+    """The smallest verified bound of the (reduced, per-unit) chain: ECLipsE-Fast, then LipSDP-Neuron
+    from it with the Newton steps ``budget_s`` buys (``plan.newton_steps``); (inf, "") when none
+    verifies."""
+    scaled, exponent, cert, fast = _fast(lmi)
+    if cert is None:
         return math.inf, ""
-    best, method = _verified(scaled, exponent, cert.rho, cert.ts), "ECLipsE-Fast"
-    if budget_s > 0.0 and scaled.slopes and math.isfinite(best):
-        try:
-            rho, ts, steps = lipsdp(scaled, cert.rho, list(cert.ts), budget_s=budget_s)
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
-            steps = 0
-        if steps > 0 and rho < cert.rho:
-            value = _verified(scaled, exponent, rho, tuple(ts))
-            if value < best:
-                best, method = value, "LipSDP-Neuron"
-    return best, method
+    best = _improved(scaled, exponent, cert.rho, cert.ts, fast, budget_s)
+    return best, "LipSDP-Neuron" if best < fast else "ECLipsE-Fast"
 
 
 def fits(start: ChainCertificate, dc: DomainChain) -> bool:
@@ -183,26 +205,16 @@ def warm_bound(dc: DomainChain, start: ChainCertificate, pre: list[tuple[np.ndar
     whole chain's bound: a box never reads above the global certificate. ECLipsE-Fast on the
     reduced chain is the better start where the box leaves few units unstable (it knows them;
     the global multipliers do not). Every value returned is proved by ``_verified`` in float64."""
-    from stabaudit.analyses.sdp import lipsdp
-
     reduced = reduced_lmi(start.lmi, pre)
     own = reduced_lmi(dc.chain, pre)
     if reduced is None or own is None:
         return 0.0  # a layer with no unit left: F is constant on the box
     ts = [np.asarray(t)[hi > 0.0] for t, (_, hi) in zip(start.ts, pre, strict=True)]
     restricted = _verified(reduced, start.exponent, start.rho, tuple(ts))
-    fast, _ = lmi_bound(own)  # ECLipsE-Fast on the reduced chain, no Newton step
-    if fast <= restricted:
-        return min(fast, lmi_bound(own, budget_s=budget_s)[0]) if budget_s > 0.0 else fast
-    best = restricted
-    if budget_s > 0.0 and math.isfinite(best):
-        try:
-            rho, t2, steps = lipsdp(reduced, start.rho, ts, budget_s=budget_s)
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
-            steps = 0
-        if steps > 0 and rho < start.rho:
-            best = min(best, _verified(reduced, start.exponent, rho, tuple(t2)))
-    return best
+    scaled, exponent, cert, fast = _fast(own)  # ECLipsE-Fast on the reduced chain
+    if cert is not None and fast <= restricted:
+        return _improved(scaled, exponent, cert.rho, cert.ts, fast, budget_s)
+    return _improved(reduced, start.exponent, start.rho, ts, restricted, budget_s)
 
 
 def vertex_bound(chain: Chain, pre: list[tuple[np.ndarray, np.ndarray]], max_patterns: int) -> float | None:
@@ -308,14 +320,21 @@ def interval_bound(chain: Chain, pre: list[tuple[np.ndarray, np.ndarray]]) -> fl
 
 def piece_bound(dc: DomainChain, lo0: np.ndarray, hi0: np.ndarray, budget_s: float = 0.0,
                 max_patterns: int = 0, lmi: bool = True) -> tuple[float, int, int]:
-    """(the certified bound over the box [lo0, hi0] (flat), its unstable units, all units): the
-    vertex bound when its patterns fit ``max_patterns``, else the smaller of the interval Jacobian
-    bound and (``lmi``) the per-unit LMI certificate."""
-    lo, hi = crown_flat(dc.steps, lo0, hi0)
-    pre = [(lo[i], hi[i]) for i in dc.steps.relus]
-    units = sum(p[0].size for p in pre)
-    if not all(np.all(np.isfinite(a)) and np.all(np.isfinite(b)) for a, b in pre):
+    """(the certified bound over the box [lo0, hi0] (flat), its unstable units, all units):
+    ``ranges_bound`` on the box's back-substituted ranges."""
+    return ranges_bound(dc, box_ranges(dc, lo0, hi0), budget_s, max_patterns, lmi)
+
+
+def ranges_bound(dc: DomainChain, pre: list[tuple[np.ndarray, np.ndarray]] | None, budget_s: float = 0.0,
+                 max_patterns: int = 0, lmi: bool = True) -> tuple[float, int, int]:
+    """(the certified bound over a box whose Relu inputs lie in ``pre`` (``box_ranges``; None: not
+    finite, the bound is inf), its unstable units, all units): the vertex bound when its patterns
+    fit ``max_patterns``, else the smaller of the interval Jacobian bound and (``lmi``) the
+    per-unit LMI certificate."""
+    if pre is None:
+        units = sum(dc.steps.steps[i].size for i in dc.steps.relus)
         return math.inf, units, units
+    units = sum(p[0].size for p in pre)
     unstable = sum(int(np.sum((a < 0.0) & (b > 0.0))) for a, b in pre)
     if max_patterns > 0:
         found = vertex_bound(dc.chain, pre, max_patterns)
@@ -386,4 +405,4 @@ def bound_over_box(dc: DomainChain, lo0: np.ndarray, hi0: np.ndarray, *, pieces:
 
 
 __all__ = ["METHOD", "DomainChain", "PiecesBound", "bound_over_box", "box_ranges", "domain_chain", "fits", "piece_bound",
-           "piece_cost", "reduced_lmi", "warm_bound"]
+           "piece_cost", "ranges_bound", "reduced_lmi", "warm_bound"]

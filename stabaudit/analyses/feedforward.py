@@ -351,7 +351,7 @@ class ChainCertificate:
     """A verified certificate (rho, T) of the LipSDP-Neuron LMI of ``lmi``, the power-of-two
     scaled chain (``sdp.pow2_scaled``): the bound is sqrt(rho) 2^``exponent``. Over a box that
     leaves some units inactive, (rho, T restricted to the other units) satisfies the reduced LMI
-    too (``analyses.domain_chain.reduced_start``): the domain's certificates start from it."""
+    too (``analyses.domain_chain.warm_bound``): the domain's certificates start from it."""
 
     lmi: ChainLMI
     exponent: int

@@ -676,7 +676,7 @@ def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
     divided by ``plan.LARGE_OP_SPEEDUP`` (it runs that much faster per MAC than the rate the model
     counts)."""
 
-    def conv(macs: float) -> float:
+    def large(macs: float) -> float:
         return macs / plan.LARGE_OP_SPEEDUP if macs >= plan.LARGE_OP_MACS else macs
 
     total = 0.0
@@ -685,11 +685,11 @@ def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
         match node.op:
             case O.Linear(weight=w):
                 rows = out / max(int(w.shape[0]), 1)
-                total += conv(out * w.shape[1]) if rows > 1 else out * w.shape[1]
+                total += large(out * w.shape[1]) if rows > 1 else out * w.shape[1]
             case O.Conv(weight=w):
-                total += conv(out * float(np.prod(w.shape[1:])))
+                total += large(out * float(np.prod(w.shape[1:])))
             case O.ConvTranspose(weight=w):
-                total += conv(float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:])))
+                total += large(float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:])))
         total += out
     return max(total, 1.0)
 
@@ -743,8 +743,8 @@ class _Search:
         return self._batched
 
     def _pairs_call(self, X: torch.Tensor, V0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first implementation of ``_make_pairs`` that runs on the first call's points (the
-        vmapped one unless an operator lacks a batching rule) on these points; later calls use it."""
+        """``_make_pairs``' implementations tried in order on the first call's points (the vmapped
+        one, unless an operator lacks a batching rule); the first that runs answers every call."""
         if self._pairs_fn is not None:
             return self._pairs_fn(X, V0)
         for impl in self._make_pairs():
