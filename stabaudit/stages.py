@@ -977,7 +977,11 @@ def allotment(request: AuditRequest, at: int, planned: Mapping[str, float]) -> t
     spent_all = math.fsum(planned.values())
     remaining = request.budget_s - spent_all
     if stage.name != "global_methods":
-        searched = spent_all - planned.get("global_methods", 0.0)
+        # lower_budget_s caps the stages after the global methods: the core and the global methods
+        # before them do not count against it
+        first = next(i for i, s in enumerate(STAGES) if s.name == "global_methods")
+        before = {s.timing or s.name for s in STAGES[:first + 1]}
+        searched = math.fsum(v for k, v in planned.items() if k not in before)
         remaining = min(remaining, request.lower_budget_s - searched)
     share = allot(remaining, weight, rest)
     return share, max(remaining - share, 0.0)

@@ -128,6 +128,10 @@ def test_one_split_of_the_budget_flows_on_to_the_later_stages() -> None:
     # lower_budget_s bounds the stages after the global methods together
     capped = AuditRequest(path=SAMPLES / "mlp.onnx", budget_s=10.0, lower_budget_s=2.0)
     assert allotment(capped, at["lower_bound_search"], {"global_methods": 1.0, "samples": 0.5})[0] == pytest.approx(1.5)
+    # the certified core is charged against --budget, not against that cap
+    core = {"equivalence": 0.5, "layer_bounds": 3.0, "global_methods": 1.0, "samples": 0.5}
+    assert allotment(capped, at["lower_bound_search"], core)[0] == pytest.approx(1.5)
+    assert allotment(request, at["lower_bound_search"], core)[0] == pytest.approx(5.0)
     # with a domain, the domain stage comes after the lower bound and shares what remains
     boxed = AuditRequest(path=SAMPLES / "mlp.onnx", budget_s=10.0, domain=_box_domain())
     part, rest = allotment(boxed, at["lower_bound_search"], {"global_methods": 1.0, "samples": 1.0})
