@@ -211,6 +211,14 @@ _LANCZOS_PER_SIDE, _LANCZOS_MAX = 32, 96
 _SPLIT_GRAM_SIDE = 1024
 # up to this side the estimates come from eigvalsh outright (cheaper than the iteration's overhead)
 _EIGVALSH_SIDE = 160
+# with a gauge, the estimates cover this fraction of the frequencies (the largest gauges), at least
+# _ESTIMATE_MIN of them: the level they set certifies the rest at one factorization each
+_ESTIMATE_FRACTION, _ESTIMATE_MIN = 1.0 / 8.0, 8
+
+
+def estimate_count(nfreq: int) -> int:
+    """How many of ``nfreq`` matrices ``estimate_top`` estimates when given a gauge."""
+    return min(nfreq, max(_ESTIMATE_MIN, math.ceil(nfreq * _ESTIMATE_FRACTION)))
 
 
 def gram_cholesky_max_norm(blocks: torch.Tensor) -> tuple[GramResult, int]:
@@ -308,15 +316,30 @@ def _single(h: torch.Tensor) -> torch.Tensor:
     return h.to(torch.complex64 if h.is_complex() else torch.float32)
 
 
-def estimate_top(h: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+def estimate_top(h: torch.Tensor, gauge: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """(lambda_max estimates [F], unit top eigenvector estimates [F, p] or zeros); no guarantee attached.
 
     Small sides: eigvalsh outright, in single precision (twice as fast; an estimate only needs ~1e-6
     relative accuracy, float32's rounding is ~1e-7 of ||h||); larger sides: Lanczos.
+
+    ``gauge`` [F] (a cheap size of each matrix, its Frobenius norm in true units): only the matrices
+    of the largest gauges are estimated (``estimate_count``), the others get 0 and a zero vector.
+    The estimates only set the level that ``certify_hermitian_max`` tries first: a frequency above
+    it fails its factorization and is estimated there, so the bound is the same maximum; only the
+    work moves (on wide convolutions most frequencies lie far below the peak).
     """
     import torch
 
-    p = int(h.shape[1])
+    nfreq, p = int(h.shape[0]), int(h.shape[1])
+    if gauge is not None and estimate_count(nfreq) < nfreq:
+        # the largest gauges, ties by index (a fixed choice: the estimates never depend on threads)
+        pick = np.sort(np.argsort(-np.asarray(gauge, dtype=np.float64), kind="stable")[: estimate_count(nfreq)])
+        sub_lam, sub_vec = estimate_top(h.index_select(0, torch.from_numpy(pick).to(h.device)))
+        lam = np.zeros(nfreq)
+        lam[pick] = sub_lam
+        vec = torch.zeros((nfreq, p), dtype=h.dtype, device=h.device)
+        vec[torch.from_numpy(pick).to(h.device)] = sub_vec.to(h.dtype)
+        return lam, vec
     if p <= _EIGVALSH_SIDE:
         vals = torch.linalg.eigvalsh(_single(h))[:, -1]
         return vals.cpu().numpy().astype(np.float64), torch.zeros((int(h.shape[0]), p), dtype=h.dtype, device=h.device)

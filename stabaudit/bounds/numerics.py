@@ -911,8 +911,8 @@ def _direct_group(
     del done
     e_h = (2.0 * (inner + 2) + 32.0 * ndim + 2.0 * (dmax + 4)) * EPS * s_total * (1.0 + 1e-10) + 1e-300
 
-    def form(fgrid: _FreqGrid, start: int, chunk: int) -> tuple[torch.Tensor, np.ndarray]:
-        """The chunk's H_f scaled by powers of two, and their exponents."""
+    def form(fgrid: _FreqGrid, start: int, chunk: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The chunk's H_f scaled by powers of two, their exponents and their Frobenius norms."""
         fr = fgrid.index()[start : start + chunk]  # [Fc, ndim]
         h = torch.zeros(0 if out_side else (len(fr), side, side), dtype=torch.complex128, device=device)
         hv = h if out_side else h.view(len(fr), c, nused, c, nused)
@@ -928,7 +928,7 @@ def _direct_group(
         s = np.frexp(fro.astype(np.float64))[1].astype(np.int64)
         scale = torch.from_numpy(np.ldexp(1.0, -s)).to(device=device, dtype=torch.float64)
         h.mul_(scale.view(-1, 1, 1).to(h.dtype))  # exact: powers of two
-        return h, s
+        return h, s, fro
 
     def prepare(fgrid: _FreqGrid) -> _Prepared:
         nfreq = fgrid.nfreq
@@ -936,8 +936,9 @@ def _direct_group(
         hold = nfreq * side * side <= _HOLD_ENTRIES  # else the chunks are formed again for the certificates
 
         def one(start: int) -> tuple[tuple[int, Any, np.ndarray], tuple[np.ndarray, torch.Tensor]]:
-            h, s = form(fgrid, start, chunk)
-            return (start, h if hold else None, s), estimate_top(h)
+            h, s, fro = form(fgrid, start, chunk)
+            # estimates of the largest H_f only: the level they set certifies the others
+            return (start, h if hold else None, s), estimate_top(h, gauge=fro)
 
         pieces = thread_map(one, list(range(0, nfreq, chunk)))
         chunks, estimates = [p for p, _ in pieces], [e for _, e in pieces]

@@ -229,6 +229,30 @@ def test_gram_certificates_bracket_the_svd(shape: tuple[int, int, int]) -> None:
         assert abs(np.vdot(res.left, a @ res.right)) >= 0.99 * top
 
 
+@pytest.mark.parametrize("misled", [False, True])
+def test_estimates_of_the_largest_frequencies_only_leave_the_bound_unchanged(misled: bool) -> None:
+    # estimate_top with a gauge estimates only the matrices of the largest gauges; the others are
+    # certified at the level those set, and a frequency above it (a misleading gauge: the peak is
+    # among the unestimated ones) fails its factorization and is estimated then: the same maximum
+    from stabaudit.bounds.gram import certify_hermitian_max, estimate_count, estimate_top
+
+    rng = np.random.default_rng(11)
+    f, p = 200, 12
+    a = rng.standard_normal((f, p, p)) + 1j * rng.standard_normal((f, p, p))
+    a[37] *= 3.0  # the peak
+    h = torch.from_numpy(a @ np.conj(np.transpose(a, (0, 2, 1))))
+    exact = np.linalg.eigvalsh(h.numpy())[:, -1]
+    gauge = np.linalg.norm(a.reshape(f, -1), axis=1) ** 2
+    if misled:
+        gauge[37] = 0.0
+    lam, _ = estimate_top(h, gauge=gauge)
+    assert np.count_nonzero(lam) == estimate_count(f) < f
+    assert (lam[37] > 0) is not misled
+    cert = certify_hermitian_max(h.clone(), np.full(f, 1e-12), np.zeros(f, dtype=np.int64), estimate=(lam, _))
+    assert cert.pending.size == 0 and cert.worst == 37
+    assert exact.max() <= cert.bound <= exact.max() * (1 + 2 * LEVEL_RTOL)
+
+
 def test_gram_iteration_is_a_bound_at_every_step() -> None:
     # stopped after one or two steps, the Frobenius bound is loose but still certified
     rng = np.random.default_rng(4)
