@@ -9,6 +9,9 @@ def main() -> None:
     from stabaudit import interrupts
 
     interrupts.install()
+    from stabaudit.limits import tune_allocator
+
+    tune_allocator()  # before the large allocations: the kernel zeroes each fresh mapping again
     from stabaudit.cli import main as cli_main
 
     cli_main()
