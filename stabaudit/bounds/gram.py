@@ -316,14 +316,16 @@ def _single(h: torch.Tensor) -> torch.Tensor:
     return h.to(torch.complex64 if h.is_complex() else torch.float32)
 
 
-def estimate_top(h: torch.Tensor, gauge: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
+def estimate_top(h: torch.Tensor, gauge: np.ndarray | None = None, count: int | None = None,
+                 ) -> tuple[np.ndarray, torch.Tensor]:
     """(lambda_max estimates [F], unit top eigenvector estimates [F, p] or zeros); no guarantee attached.
 
     Small sides: eigvalsh outright, in single precision (twice as fast; an estimate only needs ~1e-6
     relative accuracy, float32's rounding is ~1e-7 of ||h||); larger sides: Lanczos.
 
     ``gauge`` [F] (a cheap size of each matrix, its Frobenius norm in true units): only the matrices
-    of the largest gauges are estimated (``estimate_count``), the others get 0 and a zero vector.
+    of the largest gauges are estimated, ``count`` of them (default ``estimate_count(F)``; a chunk
+    of a larger batch passes its share of the batch's count), the others get 0 and a zero vector.
     The estimates only set the level that ``certify_hermitian_max`` tries first: a frequency above
     it fails its factorization and is estimated there, so the bound is the same maximum; only the
     work moves (on wide convolutions most frequencies lie far below the peak).
@@ -331,9 +333,10 @@ def estimate_top(h: torch.Tensor, gauge: np.ndarray | None = None) -> tuple[np.n
     import torch
 
     nfreq, p = int(h.shape[0]), int(h.shape[1])
-    if gauge is not None and estimate_count(nfreq) < nfreq:
+    count = min(nfreq, max(1, estimate_count(nfreq) if count is None else count))
+    if gauge is not None and count < nfreq:
         # the largest gauges, ties by index (a fixed choice: the estimates never depend on threads)
-        pick = np.sort(np.argsort(-np.asarray(gauge, dtype=np.float64), kind="stable")[: estimate_count(nfreq)])
+        pick = np.sort(np.argsort(-np.asarray(gauge, dtype=np.float64), kind="stable")[:count])
         sub_lam, sub_vec = estimate_top(h.index_select(0, torch.from_numpy(pick).to(h.device)))
         lam = np.zeros(nfreq)
         lam[pick] = sub_lam

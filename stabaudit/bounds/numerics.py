@@ -31,6 +31,7 @@ from stabaudit.bounds.gram import (
     GramResult,
     HermitianCertificate,
     certify_hermitian_max,
+    estimate_count,
     estimate_top,
     gram_cholesky_max_norm,
     gram_max_norm,
@@ -937,8 +938,10 @@ def _direct_group(
 
         def one(start: int) -> tuple[tuple[int, Any, np.ndarray], tuple[np.ndarray, torch.Tensor]]:
             h, s, fro = form(fgrid, start, chunk)
-            # estimates of the largest H_f only: the level they set certifies the others
-            return (start, h if hold else None, s), estimate_top(h, gauge=fro)
+            # estimates of the largest H_f only, this chunk's share of the grid's count: the level
+            # they set certifies the others
+            share = math.ceil(estimate_count(nfreq) * int(h.shape[0]) / nfreq)
+            return (start, h if hold else None, s), estimate_top(h, gauge=fro, count=share)
 
         pieces = thread_map(one, list(range(0, nfreq, chunk)))
         chunks, estimates = [p for p, _ in pieces], [e for _, e in pieces]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -509,11 +510,81 @@ class Executor:
         return f
 
 
+# elementwise ops of one input: the output has the input's shape
+_SAME_SHAPE = (O.Relu, O.LeakyRelu, O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.Gelu, O.HardSigmoid, O.HardSwish,
+               O.Silu, O.Clip, O.Erf, O.Exp, O.Log, O.Sqrt, O.Reciprocal, O.Abs)
+
+
+def _window_out(n: int, kernel: int, stride: int, pad: int, dilation: int) -> int | None:
+    """Positions of a window on an axis of n entries padded by pad in all (floor mode); None when
+    there is none (the executor then gives its own error)."""
+    out = (n + pad - dilation * (kernel - 1) - 1) // stride + 1
+    return out if n + pad - dilation * (kernel - 1) >= 1 and out >= 1 else None
+
+
+def _formula_shape(op: O.Op, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The output shape of ``op`` on inputs of ``shapes`` where the op's rule is plain arithmetic
+    and the inputs are valid for it; None otherwise (the meta device decides, or gives the error).
+    These are the ops of most networks: a model made of them never pays torch's one-time set-up of
+    meta kernels (about a second of CPU)."""
+    x = tuple(shapes[0]) if shapes else ()
+    try:
+        match op:
+            case _ if isinstance(op, _SAME_SHAPE) and len(shapes) == 1:
+                return x
+            case O.Add() | O.Sub() | O.Mul() | O.Div() if len(shapes) == 2:
+                return tuple(int(d) for d in np.broadcast_shapes(x, tuple(shapes[1])))
+            case O.Affine(scale=sc, shift=sh) if len(shapes) == 1:
+                out = x
+                for p in (sc, sh):
+                    if p is not None:
+                        out = tuple(int(d) for d in np.broadcast_shapes(out, np.shape(p)))
+                return out
+            case O.Linear(weight=w, bias=b) if len(shapes) == 1 and len(x) >= 1 and x[-1] == w.shape[1] and (
+                    b is None or b.shape == (w.shape[0],)):
+                return (*x[:-1], int(w.shape[0]))
+            case O.Conv(weight=w, bias=b, strides=st, pads=pd, dilations=dl, groups=g) if len(shapes) == 1:
+                n = len(st)
+                if (len(x) != n + 2 or w.ndim != n + 2 or g < 1 or x[1] != w.shape[1] * g or w.shape[0] % g
+                        or (b is not None and b.shape != (w.shape[0],)) or min(x[2:], default=1) < 1):
+                    return None
+                outs = [_window_out(x[2 + i], int(w.shape[2 + i]), st[i], pd[i] + pd[i + n], dl[i]) for i in range(n)]
+                return None if None in outs else (x[0], int(w.shape[0]), *(int(o) for o in outs if o is not None))
+            case O.MaxPool(kernel=k, strides=st, pads=pd, dilations=dl, ceil_mode=False) if len(shapes) == 1:
+                n = len(k)
+                if len(x) != n + 2 or min(x, default=1) < 1:
+                    return None
+                outs = [_window_out(x[2 + i], k[i], st[i], pd[i] + pd[i + n], dl[i]) for i in range(n)]
+                return None if None in outs else (*x[:2], *(int(o) for o in outs if o is not None))
+            case O.GlobalAvgPool() | O.GlobalMaxPool() if len(shapes) == 1 and len(x) >= 3 and min(x[2:]) >= 1:
+                return (*x[:2], *(1,) * (len(x) - 2))
+            case O.Softmax(axis=axis) if len(shapes) == 1 and -len(x) <= axis < len(x):
+                return x
+            case O.Reshape(shape=shape) if len(shapes) == 1 and all(d >= 0 for d in shape) and (
+                    math.prod(shape) == math.prod(x)):
+                return tuple(int(d) for d in shape)
+            case O.Transpose(perm=perm) if len(shapes) == 1 and sorted(perm) == list(range(len(x))):
+                return tuple(x[i] for i in perm)
+    except ValueError:  # shapes that do not broadcast: the executor's own error
+        return None
+    return None
+
+
 def infer_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], nodes: Sequence[Node]) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value, computed on torch's meta device (no data is allocated)."""
+    """Static shapes of every value: by ``_formula_shape`` where every node has one, else computed
+    on torch's meta device (no data is allocated)."""
     import torch
 
     from stabaudit.ir.graph import Graph, TensorSpec
+
+    known = {n: tuple(int(d) for d in s) for n, s in inputs}
+    for node in nodes:
+        found = _formula_shape(node.op, [known[i] for i in node.inputs]) if all(i in known for i in node.inputs) else None
+        if found is None:
+            break
+        known[node.output] = found
+    else:
+        return known
 
     specs = tuple(TensorSpec(name=n, shape=tuple(s)) for n, s in inputs)
     outputs = tuple(node.output for node in nodes[-1:]) or tuple(n for n, _ in inputs)
