@@ -338,11 +338,11 @@ def estimate_top(h: torch.Tensor, gauge: np.ndarray | None = None, count: int | 
         # the largest gauges, ties by index (a fixed choice: the estimates never depend on threads)
         pick = np.sort(np.argsort(-np.asarray(gauge, dtype=np.float64), kind="stable")[:count])
         sub_lam, sub_vec = estimate_top(h.index_select(0, torch.from_numpy(pick).to(h.device)))
-        lam = np.zeros(nfreq)
-        lam[pick] = sub_lam
-        vec = torch.zeros((nfreq, p), dtype=h.dtype, device=h.device)
-        vec[torch.from_numpy(pick).to(h.device)] = sub_vec.to(h.dtype)
-        return lam, vec
+        full = np.zeros(nfreq)
+        full[pick] = sub_lam
+        vectors = torch.zeros((nfreq, p), dtype=h.dtype, device=h.device)
+        vectors[torch.from_numpy(pick).to(h.device)] = sub_vec.to(h.dtype)
+        return full, vectors
     if p <= _EIGVALSH_SIDE:
         vals = torch.linalg.eigvalsh(_single(h))[:, -1]
         return vals.cpu().numpy().astype(np.float64), torch.zeros((int(h.shape[0]), p), dtype=h.dtype, device=h.device)
