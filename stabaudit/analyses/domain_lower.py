@@ -170,7 +170,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         x = lo + width * u
         v = torch.randn(points, n, generator=gen, dtype=torch.float64)
         v = v / v.norm(dim=1, keepdim=True)
-        hopeless = unconfirmable_at(model, (x[0], x[-1]))
+        hopeless, _ = unconfirmable_at(model, (x[0], x[-1]))
         if hopeless is not None:
             # the error bound swamps the outputs at the center and a drawn point: no pair of this box
             # is searched (a decision on two evaluations, not on the clock)

@@ -15,6 +15,8 @@ import torch
 
 from stabaudit.analyses.composition import rule_bounds
 from stabaudit.analyses.lower import (
+    DECISIVE_RATIO,
+    UNCONFIRMABLE_RATIO,
     ForwardErrorModel,
     LowerResult,
     error_sensitivities,
@@ -409,7 +411,8 @@ def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: 
 
     monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
     skipped = lower_bound(g, seed=0, **FAST)
-    assert skipped.value == 0.0 and skipped.witness is None and skipped.evaluations == 2
+    # an infinite bound at the first seeded point decides alone: one float64 evaluation
+    assert skipped.value == 0.0 and skipped.witness is None and skipped.evaluations == 1
     assert skipped.method.startswith("not searched: the float64 rounding-error bound of this network overflows")
 
     def huge(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
@@ -417,7 +420,18 @@ def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: 
         return y, 50.0 * (float(np.linalg.norm(y)) + 1.0)
 
     monkeypatch.setattr(ForwardErrorModel, "evaluate", huge)
-    assert "is 50 times the output's norm" in lower_bound(g, seed=0, **FAST).method
+    fifty = lower_bound(g, seed=0, **FAST)
+    assert "is 50 times the output's norm" in fifty.method and fifty.evaluations == 2
+
+    def far(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        y = real(self, x)[0]
+        return y, 2e4 * UNCONFIRMABLE_RATIO * (float(np.linalg.norm(y)) + 1.0)
+
+    # far beyond DECISIVE_RATIO at the first point: the second is not evaluated
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", far)
+    decided = lower_bound(g, seed=0, **FAST)
+    assert "is 2e+05 times the output's norm" in decided.method and decided.evaluations == 1
+    assert 2e4 * UNCONFIRMABLE_RATIO > DECISIVE_RATIO
 
 
 def test_error_model_uses_the_slope_of_saturated_tanh_and_sigmoid_units() -> None:
