@@ -556,6 +556,22 @@ def _formula_shape(op: O.Op, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ..
                     return None
                 outs = [_window_out(x[2 + i], k[i], st[i], pd[i] + pd[i + n], dl[i]) for i in range(n)]
                 return None if None in outs else (*x[:2], *(int(o) for o in outs if o is not None))
+            case O.AvgPool(kernel=k, strides=st, pads=pd, dilations=dl, ceil_mode=False) if len(shapes) == 1:
+                n = len(k)
+                if len(x) != n + 2 or min(x, default=1) < 1 or any(d != 1 for d in dl):
+                    return None
+                outs = [_window_out(x[2 + i], k[i], st[i], pd[i] + pd[i + n], 1) for i in range(n)]
+                return None if None in outs else (*x[:2], *(int(o) for o in outs if o is not None))
+            case O.Pad(pads=pd) if len(shapes) == 1 and len(pd) % 2 == 0 and len(pd) // 2 <= len(x):
+                n = len(pd) // 2
+                lead = len(x) - n
+                out = (*x[:lead], *(x[lead + i] + pd[i] + pd[i + n] for i in range(n)))
+                return out if min(out, default=0) >= 0 else None
+            case O.Concat(axis=axis) if shapes and len({len(t) for t in shapes}) == 1 and -len(x) <= axis < len(x):
+                a = axis % len(x)
+                if any(tuple(t[:a]) + tuple(t[a + 1:]) != x[:a] + x[a + 1:] for t in shapes):
+                    return None
+                return (*x[:a], sum(int(t[a]) for t in shapes), *x[a + 1:])
             case O.GlobalAvgPool() | O.GlobalMaxPool() if len(shapes) == 1 and len(x) >= 3 and min(x[2:]) >= 1:
                 return (*x[:2], *(1,) * (len(x) - 2))
             case O.Softmax(axis=axis) if len(shapes) == 1 and -len(x) <= axis < len(x):

@@ -49,6 +49,17 @@ CASES = [
     (O.MaxPool(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1)), [(1, 4, 112, 111)]),
     (O.MaxPool(kernel=(2,), strides=(2,), pads=(0, 0), dilations=(1,)), [(3, 2, 9)]),
     (O.MaxPool(kernel=(3, 3), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=True), [(1, 4, 8, 8)]),
+    (O.AvgPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 1, 1), dilations=(1, 1)), [(1, 4, 7, 8)]),
+    (O.AvgPool(kernel=(3,), strides=(1,), pads=(1, 1), dilations=(1,), count_include_pad=True), [(2, 3, 5)]),
+    (O.AvgPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(2, 2)), [(1, 4, 8, 8)]),  # dilated
+    (O.AvgPool(kernel=(5, 5), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)), [(1, 4, 3, 3)]),  # too small
+    (O.Pad(pads=(0, 0, 1, 2, 0, 0, 3, 0)), [(1, 2, 4, 5)]),
+    (O.Pad(pads=(1, -1)), [(3, 4)]),  # a crop
+    (O.Pad(pads=(0, -4)), [(3, 4)]),  # nothing left (a size-0 axis)
+    (O.Pad(pads=(0, -5)), [(3, 4)]),  # beyond the size
+    (O.Concat(axis=1), [(1, 2, 5), (1, 3, 5), (1, 1, 5)]),
+    (O.Concat(axis=-1), [(2, 3), (2, 4)]),
+    (O.Concat(axis=0), [(2, 3), (2, 4)]),  # other axes differ
     (O.GlobalAvgPool(), [(2, 5, 7, 3)]),
     (O.GlobalMaxPool(), [(2, 5, 7)]),
     (O.Softmax(axis=-1), [(2, 5)]),
