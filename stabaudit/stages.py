@@ -255,6 +255,31 @@ def _patch_entries(memory_budget: int) -> int:
     return patch_entries(remaining_memory(memory_budget))
 
 
+def _patch_cost(graph: Graph, patches: int) -> float:
+    """The counted seconds of one interval Jacobian of ``graph`` on receptive fields (one ball;
+    analyses.patch_jacobian.patch_cost), 0 where it runs densely or not at all."""
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, jacobian_form
+    from stabaudit.analyses.patch_jacobian import patch_cost
+
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    if jacobian_form(graph, shapes, max_patch=patches) != "patches":
+        return 0.0
+    return patch_cost(graph, shapes, MAX_JACOBIAN_ENTRIES, patches)
+
+
+def _patches_unbought(graph: Graph, patches: int, balls: int, budget_s: float) -> str:
+    """Why the interval Jacobian on receptive fields over ``balls`` balls is not run ("": it is):
+    its counted cost from the shapes is above twice ``budget_s`` (plan.SMALLEST_PLAN_FACTOR), the
+    part of --budget the stage has (a decision on the sizes alone, before any tensor is built)."""
+    from stabaudit.analyses.plan import SMALLEST_PLAN_FACTOR
+
+    total = _patch_cost(graph, patches) * balls
+    if total <= SMALLEST_PLAN_FACTOR * budget_s:
+        return ""
+    return (f"the interval Jacobian on receptive fields is planned at {total:.3g} s for {balls} ball(s), above "
+            f"twice the {budget_s:.3g} s of --budget this stage has: not run (a larger --budget runs it)")
+
+
 def _shared_bounds(loaded: Graph, folded: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, OpBound]:
     """The per-layer bounds of ``folded`` that hold for ``loaded``'s nodes too: the same node (the
     same operator object, inputs and output) at the same shapes. The folding passes keep every node
@@ -280,9 +305,12 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
 
     samples = samples[:_planned_samples(graph, int(samples.shape[0]), request)]
     n = int(samples.shape[0])
+    patches = _patch_entries(memory_budget)
+    # the receptive-field Jacobian within the sample channels' part of --budget, else not at all
+    unbought = _patches_unbought(graph, patches, n, stage_share(request, "sample_evidence"))
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",
-                              max_patch_entries=_patch_entries(memory_budget), op_bounds=op_bounds)
+                              max_patch_entries=0 if unbought else patches, op_bounds=op_bounds)
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
@@ -298,6 +326,7 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
         samples=len(result.samples),
         message="" if upper is not None else "the local bound is not finite",
         units=tuple((layer, a, i, u) for layer, (a, i, u) in totals.items()),
+        note=unbought,
     )
 
 
@@ -793,8 +822,15 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     _residual_domain(request, ev, result.kept)
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
-    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=_patch_entries(ev.memory_budget),
-                              op_bounds=_shared_bounds(loaded.graph, ev.graph, op_bounds))
+    patches = _patch_entries(ev.memory_budget)
+    # the receptive-field Jacobian within what the stage has left (it goes before the pair search)
+    unbought = _patches_unbought(loaded.graph, patches, len(boxes.boxes), remaining(ev.budget_s))
+    interval = None
+    if unbought:
+        notes.append(unbought)
+    else:
+        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches,
+                                  op_bounds=_shared_bounds(loaded.graph, ev.graph, op_bounds))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
     if result.resolved:

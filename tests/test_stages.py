@@ -105,3 +105,30 @@ def test_the_local_analyses_reuse_the_bounds_of_the_nodes_folding_kept() -> None
         fresh = bound_node(node, RuleContext(input_shapes=tuple(loaded.shapes[i] for i in node.inputs),
                                              output_shape=loaded.shapes[out]))
         assert ob.upper.value == fresh.upper.value  # the same operator at the same shapes
+
+
+def test_the_receptive_field_jacobian_runs_only_when_the_stage_budget_buys_it() -> None:
+    # a conv net too large for the dense interval Jacobian: its receptive-field form is counted
+    # from the shapes (per ball) and run only within twice the stage's part of --budget
+    import numpy as np
+
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    rng = np.random.default_rng(0)
+    conv = O.Conv(weight=rng.normal(size=(8, 3, 3, 3)), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
+    pool = O.MaxPool(kernel=(4, 4), strides=(4, 4), pads=(0, 0, 0, 0), dilations=(1, 1))
+    nodes = (Node(name="c", op=conv, inputs=("x",), output="c"), Node(name="r", op=O.Relu(), inputs=("c",), output="r"),
+             Node(name="p", op=pool, inputs=("r",), output="p"),
+             Node(name="f", op=O.Reshape(shape=(1, 8 * 12 * 12)), inputs=("p",), output="f"),
+             Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 8 * 12 * 12))), inputs=("f",), output="y"))
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3, 48, 48)),), outputs=("y",), nodes=nodes))
+    one = stages._patch_cost(g, MAX_PATCH_ENTRIES)
+    assert one > 0
+    assert stages._patches_unbought(g, MAX_PATCH_ENTRIES, 4, 2 * one) == ""  # 4 balls within twice 2 balls' cost
+    why = stages._patches_unbought(g, MAX_PATCH_ENTRIES, 4, 1.9 * one)
+    assert why.startswith(f"the interval Jacobian on receptive fields is planned at {4 * one:.3g} s for 4 ball(s)")
+    assert "a larger --budget runs it" in why
+    assert stages._patch_cost(g, 10) == 0.0  # no patch fits: it would not run at all

@@ -343,8 +343,21 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
     """Whether the interval Jacobian in structured form reaches every output of ``graph`` (one input)
     in dense form within the caps: the rules of ``analyses.local._propagate`` walked on shapes
     alone (patch sizes, strides), before any tensor is built."""
+    return _walk(graph, shapes, max_dense, max_patch)[0]
+
+
+def patch_cost(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, max_patch: int) -> float:
+    """The counted seconds of one interval Jacobian on receptive fields (one ball): what the
+    convolutions and max pools in patch form charge as they run (``conv``, ``max_pool``), from the
+    shapes alone. Lets a stage decide, before any tensor is built, whether its budget buys it."""
+    return _walk(graph, shapes, max_dense, max_patch)[1]
+
+
+def _walk(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, max_patch: int) -> tuple[bool, float]:
+    """(``reaches_outputs``, ``patch_cost``)."""
     if len(graph.inputs) != 1:
-        return False
+        return False, 0.0
+    cost = 0.0
     n_in = math.prod(int(d) for d in graph.inputs[0].shape)
 
     def count(shape: tuple[int, ...]) -> int:
@@ -376,8 +389,13 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
                 kernel = tuple(op.weight.shape[2:]) if isinstance(op, O.Conv) else op.kernel
                 size = _grown(p[0], p[1], kernel, op.dilations)
                 c_out = int(shape[1])
-                if c_out * int(shape[2]) * int(shape[3]) * p[2] * size[0] * size[1] <= max_patch:
+                entries = c_out * int(shape[2]) * int(shape[3]) * p[2] * size[0] * size[1]
+                if entries <= max_patch:
                     found = (size, (p[1][0] * op.strides[0], p[1][1] * op.strides[1]), p[2])
+                    taps = math.prod(int(k) for k in kernel)
+                    # as charged: centre and radius through c_in/groups taps each; the pool's 8 passes
+                    cost += (2.0 * entries * int(op.weight.shape[1]) * taps if isinstance(op, O.Conv)
+                             else 8.0 * entries * taps) / JACOBIAN_OPS_PER_S
         elif (op.type in O.ACTIVATIONS and not isinstance(op, O.Softmax)) or (
                 isinstance(op, O.Affine) and tuple(shapes[src]) == tuple(shape)):
             found = kind[src] if kind[src] != "dense" else None
@@ -394,8 +412,8 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
             found = "dense"
         if found is not None:
             kind[out] = found
-    return all(name in kind and (kind[name] == "dense" or dense_ok(name)) for name in graph.outputs)
+    return all(name in kind and (kind[name] == "dense" or dense_ok(name)) for name in graph.outputs), cost
 
 
-__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "conv", "identity", "max_pool", "permute", "rows", "scale", "scaled",
-           "patch_entries", "reaches_outputs", "to_dense", "to_patches"]
+__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "conv", "identity", "max_pool", "patch_cost",
+           "permute", "rows", "scale", "scaled", "patch_entries", "reaches_outputs", "to_dense", "to_patches"]

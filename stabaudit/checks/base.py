@@ -44,6 +44,7 @@ class LocalEvidence:
     # the certified bound over the audit domain when every ball above lies in one of its boxes
     # (a ball or margin domain around these samples, or a box that holds them): a local bound too
     domain_upper: float | None = None
+    note: str = ""  # what the local analysis left out (the budget did not buy it), for the message
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -84,6 +84,8 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
             for layer, a, i, u in local.units
         }
     where = f"over linf balls of radius {fmt(local.eps)} around {local.samples} samples{how}"
+    if local.note:
+        where += f"; {local.note}"
     jump_ok, jump_text = branch_switch_note(g, "L")
     if g.additive is not None:
         value["additive"] = g.additive.value

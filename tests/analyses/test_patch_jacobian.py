@@ -135,3 +135,20 @@ def test_the_shape_walk_decides_before_any_tensor_is_built() -> None:
     assert full.upper.value <= starved.upper.value
     assert not PJ.reaches_outputs(g, g.shapes, 10, PJ.MAX_PATCH_ENTRIES)  # the head does not fit densely
     assert PJ.patch_entries(64 * 1000) == 1000 and PJ.patch_entries(1 << 40) == PJ.MAX_PATCH_ENTRIES
+
+
+def test_the_shape_walk_counts_what_the_receptive_fields_charge() -> None:
+    # patch_cost is what conv and max_pool charge as they run, known before any tensor is built:
+    # a stage decides from it whether its budget buys the interval Jacobian (stages._patches_unbought)
+    from stabaudit.analyses import plan
+
+    g = _cnn()
+    cap = 162 * int(np.prod(g.shapes["f"]))
+    cost = PJ.patch_cost(g, g.shapes, cap, PJ.MAX_PATCH_ENTRIES)
+    assert cost > 0
+    x0 = np.random.default_rng(1).normal(size=(2, 162))
+    with plan.ledger() as spent:
+        found = local_bounds(g, x0, eps=0.02, max_jacobian_entries=cap, max_vertex_work=0)
+    assert found.notes == ("interval Jacobian on receptive fields (patches)",)
+    assert spent[0] == pytest.approx(2 * cost, rel=1e-12)
+    assert PJ.patch_cost(g, g.shapes, cap, 10) == 0.0  # no patch fits: nothing would be charged
