@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stabaudit.errors import EquivalenceError, InternalError, UsageError
+from stabaudit.errors import EquivalenceError, InternalError, StabauditError, UsageError
 from stabaudit.ir.graph import Graph
 from stabaudit.report.model import (
     Additive,
@@ -128,6 +128,9 @@ class AnalysisState:
     residual: ResidualEvidence
     # lower_bound_search
     low: LowerResult
+    # the per-node bounds of the graph as loaded (``_loaded_bounds``, for the float64 error model of
+    # the lower searches): built once by the first search that needs them
+    loaded_bounds: dict[str, OpBound] | None = None
     # global_lipschitz
     lipschitz: GlobalLipschitz
     # domain_bounds (with an audit domain)
@@ -253,6 +256,31 @@ def _patch_entries(memory_budget: int) -> int:
     from stabaudit.limits import remaining_memory
 
     return patch_entries(remaining_memory(memory_budget))
+
+
+def _loaded_bounds(ev: AnalysisState) -> dict[str, OpBound]:
+    """Per-node bounds of the graph as loaded, for the float64 error model of the lower searches
+    (``analyses.lower.error_sensitivities``): the folded graph's where the folding kept a node
+    (``_shared_bounds``), the rules' for the others (a Conv and the BatchNorm folded into it),
+    computed once for the global search and the domain's. Nodes whose rule fails keep no bound
+    (their error sensitivities are then infinite, as before)."""
+    if ev.loaded_bounds is None:
+        from stabaudit.analyses.composition import rule_bounds
+        from stabaudit.limits import raise_allocation_failure
+
+        graph = ev.loaded.graph
+        shared = _shared_bounds(graph, ev.graph, ev.op_bounds)
+        missing = frozenset(node.output for node in graph.nodes if node.output not in shared)
+        computed: dict[str, OpBound] = {}
+        if missing:
+            try:
+                computed = rule_bounds(graph, only=missing)
+            except StabauditError:  # a timeout or resource limit: never a fallback
+                raise
+            except Exception as exc:  # no rule or a failing one: as error_sensitivities does
+                raise_allocation_failure(exc)
+        ev.loaded_bounds = {**shared, **computed}
+    return ev.loaded_bounds
 
 
 def _patch_cost(graph: Graph, patches: int) -> float:
@@ -683,10 +711,10 @@ def lower_bound_search(request: AuditRequest, ev: AnalysisState) -> None:
     """The witnessed lower bound of the global constant (``low``)."""
     from stabaudit.analyses.lower import lower_bound
 
-    loaded, op_bounds = ev.loaded, ev.op_bounds
+    loaded = ev.loaded
     # on the graph as loaded: the bound is about the stored weights, not the folded products
     ev.low = lower_bound(
-        loaded.graph, seed=request.seed, budget_s=ev.budget_s, op_bounds=op_bounds,
+        loaded.graph, seed=request.seed, budget_s=ev.budget_s, op_bounds=_loaded_bounds(ev),
         smallest_slack_s=ev.budget_rest_s,
     )
 
@@ -840,7 +868,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
     low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=remaining(ev.budget_s),
-                       op_bounds=op_bounds)
+                       op_bounds=_loaded_bounds(ev))
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
     if result.lower_point is not None and result.lower > 0 and (lower is None or result.lower > lower):

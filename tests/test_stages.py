@@ -132,3 +132,38 @@ def test_the_receptive_field_jacobian_runs_only_when_the_stage_budget_buys_it() 
     assert why.startswith(f"the interval Jacobian on receptive fields is planned at {4 * one:.3g} s for 4 ball(s)")
     assert "a larger --budget runs it" in why
     assert stages._patch_cost(g, 10) == 0.0  # no patch fits: it would not run at all
+
+
+def test_the_lower_searches_read_bounds_of_the_graph_as_loaded() -> None:
+    # the float64 error model runs the graph as loaded: a node the folding kept takes its bound
+    # from the report's layers, a folded one (a Conv and its BatchNorm) gets its own rule's bound,
+    # never the folded product's (which need not bound the BatchNorm alone); computed once
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stabaudit.analyses.composition import rule_bounds
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+    from stabaudit.ir.passes import fold_affine
+
+    rng = np.random.default_rng(0)
+    conv = O.Conv(weight=rng.normal(size=(4, 2, 3, 3)) * 0.01, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
+    bn = O.Affine(scale=np.full((1, 4, 1, 1), 50.0), shift=np.zeros((1, 4, 1, 1)))
+    nodes = (Node(name="c", op=conv, inputs=("x",), output="c"), Node(name="bn", op=bn, inputs=("c",), output="b"),
+             Node(name="r", op=O.Relu(), inputs=("b",), output="r"),
+             Node(name="f", op=O.Reshape(shape=(1, 4 * 6 * 6)), inputs=("r",), output="f"),
+             Node(name="l", op=O.Linear(weight=rng.normal(size=(3, 144))), inputs=("f",), output="y"))
+    loaded = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2, 6, 6)),), outputs=("y",), nodes=nodes))
+    folded = fold_affine(loaded)
+    assert len(folded.nodes) == len(loaded.nodes) - 1
+    op_bounds = rule_bounds(folded)
+    ev = SimpleNamespace(loaded=SimpleNamespace(graph=loaded), graph=folded, op_bounds=op_bounds, loaded_bounds=None)
+    got = stages._loaded_bounds(ev)  # type: ignore[arg-type]
+    assert got["r"] is op_bounds["r"] and got["y"] is op_bounds["y"]
+    own = rule_bounds(loaded, only=frozenset({"c", "b"}))
+    assert got["b"].upper.value == own["b"].upper.value == 50.0
+    assert op_bounds["b"].upper.value < 50.0  # the folded product's: no bound of the BatchNorm alone
+    assert got["c"].upper.value == own["c"].upper.value
+    assert stages._loaded_bounds(ev) is got  # once

@@ -388,8 +388,8 @@ def equivalence_s(forward_macs: float) -> float:
 
 def layer_bounds_s(graph: Graph) -> float:
     """The planned seconds of the certified per-layer bounds of ``graph`` (shapes known): every
-    Conv's certificate by the method it will take, and its warm-started power iteration for the
-    lower end; every Linear's dense norm. Other operators' bounds are closed forms (not counted)."""
+    Conv's and ConvTranspose's certificate by the method it will take, and its warm-started power
+    iteration for the lower end; every Linear's dense norm. Other operators' bounds are closed forms (not counted)."""
     from stabaudit.bounds.conv import WARM_ITERATIONS
     from stabaudit.bounds.numerics import conv_certificate_cost
     from stabaudit.ir import ops as O
@@ -411,6 +411,23 @@ def layer_bounds_s(graph: Graph) -> float:
                 elif method.startswith("dense"):
                     total += flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
                 else:  # the cheap fallback bounds: the power iteration only
+                    total += power
+            case O.ConvTranspose(weight=w, strides=strides, pads=pads, dilations=dilations, groups=groups):
+                # certified as the adjoint convolution over the output's grid (bounds.conv), its
+                # power iteration through the transposed one
+                shape = tuple(int(k) for k in np.shape(w))
+                spatial = tuple(graph.shapes[node.output][2:])
+                try:
+                    method, flops = conv_certificate_cost(shape, strides, pads, dilations, groups, spatial)
+                except ValueError:
+                    continue
+                macs = float(np.prod(graph.shapes[node.inputs[0]][1:])) * float(np.prod(shape[1:]))
+                power = 2.0 * WARM_ITERATIONS * macs / CORE_POWER_MACS_PER_S
+                if method == "circulant":
+                    total += flops / CORE_CIRCULANT_FLOPS_PER_S + power + groups * CORE_GROUP_S
+                elif method.startswith("dense"):
+                    total += flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
+                else:
                     total += power
             case O.Linear(weight=w):
                 rows, cols = (int(k) for k in np.shape(w)[-2:])

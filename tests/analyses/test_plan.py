@@ -284,6 +284,17 @@ def test_the_per_layer_bounds_are_planned_from_the_shapes():
                 + plan.CORE_GROUP_S + 10 * 65536 * 10 / plan.CORE_DENSE_FLOPS_PER_S)
     assert plan.layer_bounds_s(g) == pytest.approx(expected, rel=1e-12)
     assert plan.equivalence_s(1e9) == plan.EQUIVALENCE_PASSES * 1e9 / plan.LOWER_MACS_PER_S
+    # a transposed convolution (a decoder's upsampling): certified as the adjoint convolution over
+    # its output's grid, its power iteration through the input's entries
+    up = O.ConvTranspose(weight=rng.standard_normal((64, 32, 4, 4)).astype(np.float32), strides=(2, 2),
+                         pads=(1, 1, 1, 1), dilations=(1, 1), output_padding=(0, 0))
+    gt = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 64, 32, 32)),), outputs=("u",),
+                           nodes=(Node(name="t", op=up, inputs=("x",), output="u"),)))
+    assert gt.shapes["u"] == (1, 32, 64, 64)
+    method, flops = conv_certificate_cost((64, 32, 4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1, (64, 64))
+    macs = 64 * 32 * 32 * 32 * 16
+    expected = flops / plan.CORE_CIRCULANT_FLOPS_PER_S + 2 * WARM_ITERATIONS * macs / plan.CORE_POWER_MACS_PER_S
+    assert method == "circulant" and plan.layer_bounds_s(gt) == pytest.approx(expected + plan.CORE_GROUP_S, rel=1e-12)
 
 
 def test_a_share_that_buys_no_point_builds_no_jacobian(monkeypatch):
