@@ -394,41 +394,35 @@ def layer_bounds_s(graph: Graph) -> float:
     from stabaudit.bounds.numerics import conv_certificate_cost
     from stabaudit.ir import ops as O
 
+    def conv_s(w: np.ndarray, strides: tuple[int, ...], pads: tuple[int, ...], dilations: tuple[int, ...],
+               groups: int, spatial: tuple[int, ...], points: tuple[int, ...]) -> float:
+        """A convolution's certificate over ``spatial`` (the grid its bound reads) by its method,
+        and its power iteration: ``points`` (the shape whose entries each take one kernel's
+        multiply-accumulates) times the weight's fan."""
+        shape = tuple(int(k) for k in np.shape(w))
+        try:
+            method, flops = conv_certificate_cost(shape, strides, pads, dilations, groups, spatial)
+        except ValueError:
+            return 0.0  # the rule refuses it as well
+        macs = float(np.prod(points)) * float(np.prod(shape[1:]))
+        power = 2.0 * WARM_ITERATIONS * macs / CORE_POWER_MACS_PER_S
+        if method == "circulant":
+            return flops / CORE_CIRCULANT_FLOPS_PER_S + power + groups * CORE_GROUP_S
+        if method.startswith("dense"):
+            return flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
+        return power  # the cheap fallback bounds: the power iteration only
+
     total = 0.0
     for node in graph.nodes:
         match node.op:
             case O.Conv(weight=w, strides=strides, pads=pads, dilations=dilations, groups=groups):
-                shape = tuple(int(k) for k in np.shape(w))
-                spatial = tuple(graph.shapes[node.inputs[0]][2:])
-                try:
-                    method, flops = conv_certificate_cost(shape, strides, pads, dilations, groups, spatial)
-                except ValueError:
-                    continue  # the rule refuses it as well
-                macs = float(np.prod(graph.shapes[node.output][1:])) * float(np.prod(shape[1:]))
-                power = 2.0 * WARM_ITERATIONS * macs / CORE_POWER_MACS_PER_S
-                if method == "circulant":
-                    total += flops / CORE_CIRCULANT_FLOPS_PER_S + power + groups * CORE_GROUP_S
-                elif method.startswith("dense"):
-                    total += flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
-                else:  # the cheap fallback bounds: the power iteration only
-                    total += power
+                total += conv_s(w, strides, pads, dilations, groups, tuple(graph.shapes[node.inputs[0]][2:]),
+                                tuple(graph.shapes[node.output][1:]))
             case O.ConvTranspose(weight=w, strides=strides, pads=pads, dilations=dilations, groups=groups):
                 # certified as the adjoint convolution over the output's grid (bounds.conv), its
                 # power iteration through the transposed one
-                shape = tuple(int(k) for k in np.shape(w))
-                spatial = tuple(graph.shapes[node.output][2:])
-                try:
-                    method, flops = conv_certificate_cost(shape, strides, pads, dilations, groups, spatial)
-                except ValueError:
-                    continue
-                macs = float(np.prod(graph.shapes[node.inputs[0]][1:])) * float(np.prod(shape[1:]))
-                power = 2.0 * WARM_ITERATIONS * macs / CORE_POWER_MACS_PER_S
-                if method == "circulant":
-                    total += flops / CORE_CIRCULANT_FLOPS_PER_S + power + groups * CORE_GROUP_S
-                elif method.startswith("dense"):
-                    total += flops / CORE_DENSE_FLOPS_PER_S + CORE_LAYER_S
-                else:
-                    total += power
+                total += conv_s(w, strides, pads, dilations, groups, tuple(graph.shapes[node.output][2:]),
+                                tuple(graph.shapes[node.inputs[0]][1:]))
             case O.Linear(weight=w):
                 rows, cols = (int(k) for k in np.shape(w)[-2:])
                 total += float(rows) * cols * min(rows, cols) / CORE_DENSE_FLOPS_PER_S
