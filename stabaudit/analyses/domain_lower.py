@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.domain_bound import Boxes, flat_box
-from stabaudit.analyses.plan import spend
+from stabaudit.analyses.plan import SMALLEST_PLAN_FACTOR, spend
 
 if TYPE_CHECKING:
     import torch
@@ -128,6 +128,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     step has shrunk to STALL_RADIUS of the box begins again from the next screened point); then pairs
     (x, x + h v) along the top singular vector v at the best points, for a few steps h, kept
     inside the box and confirmed in float64 (the forward error model of ``analyses.lower``).
+    When the smallest plan of every box costs more than twice ``budget_s``, only the first boxes
+    are searched (as many as twice the budget buys, one at least), and the method says so.
     """
     import torch
 
@@ -146,12 +148,20 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
-    work = plan(forward_macs(graph, shapes), budget_s, len(boxes.search), n_in)
+    macs = forward_macs(graph, shapes)
+    searched = boxes.search
+    work = plan(macs, budget_s, len(searched), n_in)
+    if work.box_s * len(searched) > SMALLEST_PLAN_FACTOR * budget_s and len(searched) > 1:
+        # the smallest plan of every box is beyond twice the budget: the first boxes, one at least
+        # (a decision on the sizes and the budget, before any evaluation)
+        count = max(1, min(len(searched), int(SMALLEST_PLAN_FACTOR * budget_s // max(work.box_s, 1e-300))))
+        searched = searched[:count]
+        work = plan(macs, budget_s, count, n_in)
     points, rounds, proposals = work.points, work.rounds, work.proposals
     gen = torch.Generator().manual_seed(int(seed))
     best, best_x, best_y, best_box = 0.0, None, None, 0
     notes: list[str] = []
-    for index, box in enumerate(boxes.search):
+    for index, box in enumerate(searched):
         check_deadline()
         lo_np, hi_np = flat_box(graph, box)
         if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
@@ -234,8 +244,12 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
             if value > best:
                 best, best_x, best_y, best_box = value, a, b, index
     method = (f"Jacobian screening and local search inside the domain ({points} points, {rounds} rounds of "
-              f"{work.starts}x{proposals} proposals per box, {len(boxes.search)} box(es)), pairs confirmed with the "
+              f"{work.starts}x{proposals} proposals per box, {len(searched)} box(es)), pairs confirmed with the "
               "float64 error bound")
+    if len(searched) < len(boxes.search):
+        method += (f"; the first {len(searched)} of {len(boxes.search)} boxes searched: the smallest plan of each "
+                   f"costs {work.box_s:.3g} s, above twice the {budget_s:.3g} s of --budget left (a larger --budget "
+                   "searches them all)")
     if notes:
         method += "; " + "; ".join(sorted(set(notes)))
     if best_x is None or best_y is None:

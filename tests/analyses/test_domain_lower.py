@@ -116,6 +116,25 @@ def test_lower_bound_is_a_confirmed_quotient_of_a_pair_in_the_domain() -> None:
     assert domain_lower(g, boxes, seed=3, budget_s=0.5).value == low.value
 
 
+def test_a_budget_below_every_box_smallest_plan_searches_the_first_boxes() -> None:
+    # three balls whose smallest plans cost more than twice the budget: the first one is searched
+    # (a decision on the sizes and the budget), and the method says how many of them
+    from stabaudit.analyses import plan as cost
+    from stabaudit.analyses.lower import forward_macs
+
+    g = _relu_net()
+    samples = np.array([[[0.3, -0.2, 0.1]], [[-0.4, 0.5, 0.0]], [[0.1, 0.1, -0.3]]])
+    boxes = domain_boxes(g, BallDomain(eps=0.1), samples)
+    macs = forward_macs(g, dict(g.shapes))
+    one = plan(macs, 0.0, 3, 3).box_s
+    with cost.ledger() as spent:
+        low = domain_lower(g, boxes, seed=3, budget_s=0.4 * one)
+    assert "the first 1 of 3 boxes searched" in low.method and low.box == 0
+    assert spent[0] == pytest.approx(plan(macs, 0.4 * one, 1, 3).box_s, rel=1e-9)  # one box charged
+    full = domain_lower(g, boxes, seed=3, budget_s=10.0)
+    assert "boxes searched" not in full.method and "3 box(es)" in full.method
+
+
 def test_plan_is_counted_and_grows_with_the_budget() -> None:
     small, big = plan(1e6, 0.1, 1, 100), plan(1e6, 10.0, 1, 100)
     assert small.points * (1 + small.rounds) < big.points * (1 + big.rounds)
