@@ -522,6 +522,17 @@ def _window_out(n: int, kernel: int, stride: int, pad: int, dilation: int) -> in
     return out if n + pad - dilation * (kernel - 1) >= 1 and out >= 1 else None
 
 
+def _windowed(x: tuple[int, ...], kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+              dilations: Sequence[int], channels: int) -> tuple[int, ...] | None:
+    """The shape [N, channels, outputs...] of windows of ``kernel`` sliding over x [N, C, spatial...]
+    (pads as for Conv, floor mode), None where x is not of that rank or an axis has no window."""
+    n = len(kernel)
+    if len(x) != n + 2 or min(x, default=1) < 1:
+        return None
+    outs = [_window_out(x[2 + i], int(kernel[i]), strides[i], pads[i] + pads[i + n], dilations[i]) for i in range(n)]
+    return None if None in outs else (x[0], int(channels), *(int(o) for o in outs if o is not None))
+
+
 def _formula_shape(op: O.Op, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...] | None:
     """The output shape of ``op`` on inputs of ``shapes`` where the op's rule is plain arithmetic
     and the inputs are valid for it; None otherwise (the meta device decides, or gives the error).
@@ -544,24 +555,15 @@ def _formula_shape(op: O.Op, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ..
                     b is None or b.shape == (w.shape[0],)):
                 return (*x[:-1], int(w.shape[0]))
             case O.Conv(weight=w, bias=b, strides=st, pads=pd, dilations=dl, groups=g) if len(shapes) == 1:
-                n = len(st)
-                if (len(x) != n + 2 or w.ndim != n + 2 or g < 1 or x[1] != w.shape[1] * g or w.shape[0] % g
-                        or (b is not None and b.shape != (w.shape[0],)) or min(x[2:], default=1) < 1):
+                if (w.ndim != len(st) + 2 or g < 1 or len(x) < 2 or x[1] != w.shape[1] * g or w.shape[0] % g
+                        or (b is not None and b.shape != (w.shape[0],))):
                     return None
-                outs = [_window_out(x[2 + i], int(w.shape[2 + i]), st[i], pd[i] + pd[i + n], dl[i]) for i in range(n)]
-                return None if None in outs else (x[0], int(w.shape[0]), *(int(o) for o in outs if o is not None))
+                return _windowed(x, w.shape[2:], st, pd, dl, w.shape[0])
             case O.MaxPool(kernel=k, strides=st, pads=pd, dilations=dl, ceil_mode=False) if len(shapes) == 1:
-                n = len(k)
-                if len(x) != n + 2 or min(x, default=1) < 1:
-                    return None
-                outs = [_window_out(x[2 + i], k[i], st[i], pd[i] + pd[i + n], dl[i]) for i in range(n)]
-                return None if None in outs else (*x[:2], *(int(o) for o in outs if o is not None))
-            case O.AvgPool(kernel=k, strides=st, pads=pd, dilations=dl, ceil_mode=False) if len(shapes) == 1:
-                n = len(k)
-                if len(x) != n + 2 or min(x, default=1) < 1 or any(d != 1 for d in dl):
-                    return None
-                outs = [_window_out(x[2 + i], k[i], st[i], pd[i] + pd[i + n], 1) for i in range(n)]
-                return None if None in outs else (*x[:2], *(int(o) for o in outs if o is not None))
+                return _windowed(x, k, st, pd, dl, x[1]) if len(x) >= 2 else None
+            case O.AvgPool(kernel=k, strides=st, pads=pd, dilations=dl, ceil_mode=False) if len(shapes) == 1 and all(
+                    d == 1 for d in dl):  # the executor refuses dilated average pooling
+                return _windowed(x, k, st, pd, dl, x[1]) if len(x) >= 2 else None
             case O.Pad(pads=pd) if len(shapes) == 1 and len(pd) % 2 == 0 and len(pd) // 2 <= len(x):
                 n = len(pd) // 2
                 lead = len(x) - n
