@@ -128,8 +128,8 @@ class AnalysisState:
     residual: ResidualEvidence
     # lower_bound_search
     low: LowerResult
-    # the per-node bounds of the graph as loaded (``_loaded_bounds``, for the float64 error model of
-    # the lower searches): built once by the first search that needs them
+    # the per-node bounds of the graph as loaded (``_loaded_bounds``: SA302, the interval Jacobian
+    # over the domain, the float64 error model of the lower searches): built once, by the first
     loaded_bounds: dict[str, OpBound] | None = None
     # global_lipschitz
     lipschitz: GlobalLipschitz
@@ -259,11 +259,12 @@ def _patch_entries(memory_budget: int) -> int:
 
 
 def _loaded_bounds(ev: AnalysisState) -> dict[str, OpBound]:
-    """Per-node bounds of the graph as loaded, for the float64 error model of the lower searches
-    (``analyses.lower.error_sensitivities``): the folded graph's where the folding kept a node
-    (``_shared_bounds``), the rules' for the others (a Conv and the BatchNorm folded into it),
-    computed once for the global search and the domain's. Nodes whose rule fails keep no bound
-    (their error sensitivities are then infinite, as before)."""
+    """Per-node bounds of the graph as loaded, for the analyses that run it as loaded (SA302's local
+    bounds, the domain's interval Jacobian, the float64 error model of the lower searches): the
+    folded graph's where the folding kept a node (``_shared_bounds``), the rules' for the others
+    (a Conv and the BatchNorm folded into it), computed once for all of them. Where a rule fails,
+    none of the others is kept: each analysis then computes what it needs itself, as before (the
+    error model's sensitivities are infinite there)."""
     if ev.loaded_bounds is None:
         from stabaudit.analyses.composition import rule_bounds
         from stabaudit.limits import raise_allocation_failure
@@ -689,8 +690,7 @@ def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
 def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     """SA302: the certified local bound over linf balls around the samples."""
     assert ev.samples is not None
-    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget,
-                               _shared_bounds(ev.loaded.graph, ev.graph, ev.op_bounds))
+    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget, _loaded_bounds(ev))
 
 
 def training(request: AuditRequest, ev: AnalysisState) -> None:
@@ -857,8 +857,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     if unbought:
         notes.append(unbought)
     else:
-        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches,
-                                  op_bounds=_shared_bounds(loaded.graph, ev.graph, op_bounds))
+        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches, op_bounds=_loaded_bounds(ev))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
     if result.resolved:
