@@ -182,8 +182,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         v = v / v.norm(dim=1, keepdim=True)
         hopeless, _ = unconfirmable_at(model, (x[0], x[-1]))
         if hopeless is not None:
-            # the error bound swamps the outputs at the center and a drawn point: no pair of this box
-            # is searched (a decision on two evaluations, not on the clock)
+            # the error bound swamps the outputs at the center and a drawn point (or at the center
+            # alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a decision on
+            # those evaluations, not on the clock)
             notes.append(hopeless.replace("at seeded points", "inside the domain"))
             continue
         spend(work.box_s)  # the work of a box that is searched
