@@ -222,6 +222,9 @@ class ForwardErrorModel:
         self.graph = graph
         self.executor = Executor(graph, dtype=torch.float64)
         self.sensitivities = dict(sensitivities or {})
+        # rules that give the propagated error and the node's own rounding in one call (sharing
+        # their costly part), by node output; the others are called twice for the two
+        self._both: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor | None]]] = {}
         self._rules: list[tuple[Node, Callable[..., torch.Tensor]]] = []
         for node in graph.nodes:
             self._rules.append((node, self._rule(node, shapes)))
@@ -303,11 +306,22 @@ class ForwardErrorModel:
                 def linear(
                     xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
                 ) -> torch.Tensor:
+                    return linear_both(xs, es, y, False)[0]
+
+                def linear_both(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor, own: bool
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    # the node's own rounding (exact inputs) is gam * mag: |W| 0 = 0 exactly, so
+                    # it is the same tensor the rule with zero input errors gives, without the
+                    # two passes of |W| that rule would take again
                     mag = absop(xs[0].abs())
                     if b is not None:
                         mag = mag + b
-                    return absop(es[0]) + gam * mag
+                    local = gam * mag
+                    err = absop(es[0]) + local if bool(torch.any(es[0] != 0.0)) else local
+                    return err, (local if own else None)
 
+                self._both[node.output] = linear_both
                 return linear
             case O.Affine(scale=sc, shift=sh):
                 s = (
@@ -618,10 +632,15 @@ class ForwardErrorModel:
                 xs = [env[name] for name in node.inputs]
                 es = [err[name] for name in node.inputs]
                 out = env[node.output]
-                err[node.output] = rule(xs, es, out)
-                if math.isfinite(telescoped):
+                own = math.isfinite(telescoped)
+                both = self._both.get(node.output)
+                if both is not None:
+                    err[node.output], local = both(xs, es, out, own)
+                else:
+                    err[node.output] = rule(xs, es, out)
                     # the node's own rounding: the rule with exact inputs
-                    local = rule(xs, [torch.zeros_like(t) for t in xs], out)
+                    local = rule(xs, [torch.zeros_like(t) for t in xs], out) if own else None
+                if local is not None:
                     telescoped = _up(
                         telescoped
                         + _mul_up(self.sensitivities.get(node.output, 0.0), self._size(local))
