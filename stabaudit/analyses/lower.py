@@ -448,6 +448,8 @@ class ForwardErrorModel:
                 same = self._single(node, op, in_shapes)
                 c = 2 * (math.prod(in_shapes[0][a] for a in op.axes) + 2) * U
                 return lambda xs, es, y: same(es[0]) + c * same(xs[0].abs())
+            case O.ReduceL1() | O.ReduceSumSquare() | O.ReduceL2() | O.ReduceLogSumExp():
+                return self._reduction_rule(node, op, in_shapes)
             case O.ReduceMax() | O.ReduceMin():
                 # |max a - max b| <= max |a - b| per group, and max is exact
                 as_max = self._single(node, O.ReduceMax(axes=op.axes, keepdims=op.keepdims), in_shapes)
@@ -468,6 +470,8 @@ class ForwardErrorModel:
             case O.Pad():
                 zero_pad = self._single(node, dataclasses.replace(op, value=0.0), in_shapes)
                 return lambda xs, es, y: zero_pad(es[0])
+            case O.Resize():
+                return self._resize_rule(node, op, in_shapes)
             case O.Reshape() | O.Transpose() | O.Concat() | O.Slice() | O.Gather() | O.Tile():
                 # exact data movement: each output entry is one input entry, its error moves with it
                 same = self._single(node, op, in_shapes)
@@ -615,6 +619,92 @@ class ForwardErrorModel:
             return torch.full_like(y, math.inf)
 
         return unknown
+
+    def _resize_rule(self, node: Node, op: O.Resize, in_shapes: list[tuple[int, ...]]) -> Callable[..., torch.Tensor]:
+        """Resize: one matrix product per resized axis (``ir.executor``), y_t = M_t y_{t-1} + F_t (F_t
+        the extrapolation values of tf_crop_and_resize, else 0). With d_t the error of y_t,
+        d_t = M_t d_{t-1} + r_t, |r_t| <= gamma_n |M_t| |y_hat_{t-1}| + 2 u |y_hat_t| (the product,
+        the addition of F_t and F_t's own rounding; n the longest resized axis), so over the T
+        axes |d_T| <= A |e| + T (gamma_{n+2} + 2u) (1 + gamma_{n+2})^T (A |x_hat| + |f(0)|), A the
+        product of the |M_t| (computed by the same products on |x_hat|, its rounding absorbed by
+        the factor T + 1 and 1.01). |f(0)| is the propagated |F| (0 unless tf_crop_and_resize)."""
+        import torch
+
+        from stabaudit.ir.resize import axis_matrix
+
+        mats = []
+        crop = False
+        for i, axis in enumerate(op.axes):
+            m, outside = axis_matrix(op, i)
+            crop = crop or outside is not None
+            mats.append((axis, torch.from_numpy(np.abs(np.asarray(m, dtype=np.float64)))))
+
+        def absf(t: torch.Tensor) -> torch.Tensor:
+            for axis, m in mats:
+                t = torch.movedim(torch.tensordot(m, t, dims=([1], [axis])), 0, axis)
+            return t
+
+        same = self._single(node, op, in_shapes)
+        steps = len(op.axes)
+        n = max((int(k) for k in op.in_sizes), default=1)
+        c = (steps + 1) * (_gamma(n + 2) + 2 * U) * 1.01
+        fill: list[torch.Tensor] = []  # |f(0)|, computed on first use (tf_crop_and_resize only)
+
+        def resize(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            mag = absf(xs[0].abs())
+            if crop:
+                if not fill:
+                    fill.append(same(torch.zeros_like(xs[0])).abs())
+                mag = mag + fill[0]
+            return absf(es[0]) + c * mag + _TINY
+
+        return resize
+
+    def _reduction_rule(self, node: Node, op: O.Reduce, in_shapes: list[tuple[int, ...]]) -> Callable[..., torch.Tensor]:
+        """The error rules of the nonlinear sum reductions, per group of n entries (e the input
+        error, x_hat the computed input, y_hat the computed output):
+
+        - ReduceL1, sum |x|: ||x| - |x_hat|| <= e, so sum e, plus gamma_n sum |x_hat| <= 2 gamma_{n+2} |y_hat|;
+        - ReduceSumSquare: |x^2 - x_hat^2| <= 2 |x_hat| e + e^2, summed, plus 2 gamma_{n+2} |y_hat|;
+        - ReduceL2: | ||x|| - ||x_hat|| | <= ||e|| (the triangle inequality), plus the norm's own
+          relative rounding (the sum of squares gamma_n, the square root u): 2 gamma_{n+4} |y_hat|;
+        - ReduceLogSumExp (computed as m + log sum exp(x - m), m the group's maximum): 1-Lipschitz in
+          the max norm, so max e; own rounding: exp(x - m) within rho = 64u + 1.01 u w (w the
+          group's max - min: the rounded argument), the sum within gamma_n + rho relatively, the
+          log then off by 1.01 (gamma_n + rho) + 65 u log(n + 1), the final sum by u |y_hat|.
+        The reductions of e and of |x_hat| e are computed sums of nonnegative terms, as the other
+        rules' (their rounding is absorbed by ``_size``'s margin)."""
+        import torch
+
+        n = math.prod(in_shapes[0][a] for a in op.axes) if op.axes else 1
+        dims = tuple(op.axes)
+        keep = op.keepdims
+        c = 2 * _gamma(n + 4)
+
+        def total(t: torch.Tensor) -> torch.Tensor:
+            return t.sum(dim=dims, keepdim=keep) if dims else t
+
+        match op:
+            case O.ReduceL1():
+                return lambda xs, es, y: total(es[0]) + c * y.abs() + _TINY
+            case O.ReduceSumSquare():
+                return lambda xs, es, y: total(2.0 * xs[0].abs() * es[0] + es[0] * es[0]) + c * y.abs() + _TINY
+            case O.ReduceL2():
+                return lambda xs, es, y: (
+                    (torch.linalg.vector_norm(es[0], 2, dim=dims, keepdim=keep) if dims else es[0])
+                    * (1 + c) + c * y.abs() + _TINY
+                )
+
+        def log_sum_exp(xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+            x, e = xs[0], es[0]
+            if not dims:
+                return e + 2 * U * y.abs() + _TINY
+            width = x.amax(dim=dims, keepdim=keep) - x.amin(dim=dims, keepdim=keep)
+            rho = 64 * U + 1.01 * U * width
+            own = 1.01 * (_gamma(n + 2) + rho) + 65 * U * math.log(n + 1) + 2 * U * y.abs()
+            return e.amax(dim=dims, keepdim=keep) + own + _TINY
+
+        return log_sum_exp
 
     def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
         """f_hat(x) (flat, float64) and an upper bound of ||f_hat(x) - f(x)||_2 (inf if unknown)."""
