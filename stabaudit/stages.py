@@ -35,6 +35,8 @@ AnalysisState, and one line in STAGES.
                         (with a bounded --domain)              domain_upper (graph, op_bounds, regions,
                                                                lipschitz, samples); residual blocks'
                                                                domain figures; local.domain_upper
+    domain_witness      -                                      lipschitz: the lower bound raised to the
+                        (with a bounded --domain)              domain's where that is larger
 
 The data-dependent channels (sample_evidence .. residual, THEORY.md) read ``samples``, never
 request.inputs. The stages on the graph as loaded (global methods, local bounds, training, the lower
@@ -918,6 +920,28 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     ]
 
 
+def domain_witness(request: AuditRequest, ev: AnalysisState) -> None:
+    """The global lower bound raised to the domain's, with its witness, where that is larger: a
+    pair of points of the domain (or a point where the network is differentiable) is one of the
+    whole input space, so its quotient (or Jacobian norm) bounds the global constant from below
+    too. The global search draws its points at the inputs' scale, the domain's searches inside
+    the domain: where the steep part of the model is in the domain (a LayerNorm over nearly
+    constant tokens), only the latter find it."""
+    whole, dom = ev.lipschitz, ev.domain_lipschitz
+    if whole is None or dom is None or dom.lower is None or dom.witness is None:
+        return
+    if whole.lower is not None and whole.lower >= dom.lower:
+        return
+    if whole.upper is not None and dom.lower > whole.upper:
+        raise InternalError(
+            f"the lower bound {dom.lower:.6g} over the domain exceeds the certified global upper bound "
+            f"{whole.upper:.6g}: a bug in stabaudit, please report it with the model",
+            path=str(request.path),
+        )
+    ev.lipschitz = replace(whole, lower=dom.lower, witness=dom.witness,
+                           lower_method=f"{dom.lower_method} (the domain's witness: it lies in the input space)")
+
+
 def _residual_values(graph: Graph) -> frozenset[str]:
     """The values whose ranges and bounds over the domain the residual channel reads: each
     block's input and its branch's node outputs."""
@@ -999,6 +1023,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(lower_bound_search, "lower bound search", "lower_bound"),
     Stage(global_lipschitz),
     Stage(domain_bounds, "bounds over the domain", "domain", when=_has_domain),
+    Stage(domain_witness, when=_has_domain),
 )
 
 

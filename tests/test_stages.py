@@ -30,6 +30,7 @@ def test_stage_order():
         "lower_bound_search",
         "global_lipschitz",
         "domain_bounds",
+        "domain_witness",
     ]
     timed = [s.timing for s in STAGES if s.timing is not None]
     assert len(set(timed)) == len(timed) and "total" not in timed
@@ -167,3 +168,35 @@ def test_the_lower_searches_read_bounds_of_the_graph_as_loaded() -> None:
     assert op_bounds["b"].upper.value < 50.0  # the folded product's: no bound of the BatchNorm alone
     assert got["c"].upper.value == own["c"].upper.value
     assert stages._loaded_bounds(ev) is got  # once
+
+
+def test_the_domains_witness_raises_the_global_lower_bound() -> None:
+    # a pair of the domain is a pair of the input space: where the domain's search found the larger
+    # quotient, the global bracket takes it (and its witness); never the other way round, and a
+    # domain lower bound above the global certified upper bound is a bug, not a report
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import pytest
+
+    from stabaudit.errors import InternalError
+    from stabaudit.report.model import GlobalLipschitz, Witness
+
+    pair = Witness(x=(0.0, 1.0), y=(0.0, 1.5), quotient=12.5)
+    whole = GlobalLipschitz(upper=None, lower=0.5, upper_method="product", lower_method="search", certified=False,
+                            witness=Witness(x=(3.0, 3.0), y=(3.0, 3.1), quotient=0.5))
+    dom = GlobalLipschitz(upper=40.0, lower=12.5, upper_method="ranges", lower_method="domain search",
+                          certified=True, witness=pair)
+    request = SimpleNamespace(path="m.onnx")
+    ev = SimpleNamespace(lipschitz=whole, domain_lipschitz=dom)
+    stages.domain_witness(request, ev)  # type: ignore[arg-type]
+    assert ev.lipschitz.lower == 12.5 and ev.lipschitz.witness is pair
+    assert ev.lipschitz.lower_method.startswith("domain search (the domain's witness")
+    assert ev.lipschitz.upper is None and ev.lipschitz.upper_method == "product"  # the rest unchanged
+    higher = replace(whole, lower=20.0)
+    ev = SimpleNamespace(lipschitz=higher, domain_lipschitz=dom)
+    stages.domain_witness(request, ev)  # type: ignore[arg-type]
+    assert ev.lipschitz is higher
+    ev = SimpleNamespace(lipschitz=replace(whole, upper=10.0, certified=True), domain_lipschitz=dom)
+    with pytest.raises(InternalError, match="exceeds the certified global upper bound"):
+        stages.domain_witness(request, ev)  # type: ignore[arg-type]
