@@ -43,7 +43,8 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "pytorch-converted/test_AvgPool", "pytorch-converted/test_BatchNorm", "pytorch-converted/test_ConstantPad2d",
     "pytorch-converted/test_Conv", "pytorch-converted/test_ELU", "pytorch-converted/test_LeakyReLU",
     "pytorch-converted/test_Linear", "pytorch-converted/test_MaxPool", "pytorch-converted/test_PReLU",
-    "pytorch-converted/test_PixelShuffle", "pytorch-converted/test_ReLU", "pytorch-converted/test_Sigmoid",
+    "pytorch-converted/test_PixelShuffle", "pytorch-converted/test_ReLU", "pytorch-converted/test_LogSoftmax",
+    "pytorch-converted/test_log_softmax", "pytorch-converted/test_SELU", "pytorch-operator/test_operator_selu", "pytorch-converted/test_Sigmoid",
     "pytorch-converted/test_Softm", "pytorch-converted/test_Softplus", "pytorch-converted/test_Tanh",
     "pytorch-converted/test_ZeroPad2d", "pytorch-converted/test_softmax",
     "pytorch-operator/test_operator_add", "pytorch-operator/test_operator_clip", "pytorch-operator/test_operator_concat",
@@ -61,6 +62,7 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_softplus", "test_spacetodepth", "test_split", "test_squeeze", "test_sub", "test_sum", "test_swiglu", "test_swish",
     "test_tanh", "test_thresholdedrelu_expanded", "test_tile", "test_transpose", "test_unsqueeze", "test_upsample",
     "test_erf", "test_exp_example", "test_log_example", "test_pow", "test_reciprocal", "test_sqrt",
+    "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization",
 )
 KNOWN_REFUSED: dict[str, str] = {
     r"pytorch-converted/test_PReLU_\dd_multiparam": "opset-6 PRelu with a per-channel 1-D slope",
@@ -69,7 +71,6 @@ KNOWN_REFUSED: dict[str, str] = {
     r"test_averagepool_2d_ceil_last_window_starts_on_pad": "ceil-mode window starting in the padding",
     r"test_batchnorm_.*training_mode": "BatchNormalization in training mode",
     r"test_cast(like)?_.*_to_(FLOAT[48]|INT|UINT)": "casts to integers and 8-/4-bit floats",
-    r"test_celu(_bfloat16|_float16)?$": "Celu (its expansion loads)",
     r"test_dropout_default_mask": "Dropout's mask output is used",
     r"test_gelu_tanh_.*expanded": "tanh GELU written with Pow and Tanh",
     r"test_maxpool_with_argmax": "MaxPool's indices output is used",

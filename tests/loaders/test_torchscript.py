@@ -282,13 +282,41 @@ class DeadCode(nn.Module):
 class Unsupported(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(4)
-        self.norm2 = nn.LayerNorm(4)
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm2(self.fc(self.norm1(x)))
+        y = torch.cumprod(self.fc(torch.cumprod(x, 1)), 1)
         return y * y + F.relu(y)
+
+
+class Normalizations(nn.Module):
+    """GroupNorm, InstanceNorm (with and without affine), LayerNorm over two trailing dims and over
+    one without affine, and InstanceNorm with tracked statistics (then a per-channel map in eval)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gn = nn.GroupNorm(2, 4, eps=1e-3)
+        self.inn = nn.InstanceNorm2d(4, affine=True)
+        self.inn_plain = nn.InstanceNorm2d(4)
+        self.tracked = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+        self.ln = nn.LayerNorm([5, 6])
+        self.ln_plain = nn.LayerNorm(6, elementwise_affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_plain(self.ln(self.gn(x) + self.inn(x) - self.inn_plain(x))) + self.tracked(x)
+
+
+def _randomize_norms(module: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in module.modules():
+            if getattr(m, "weight", None) is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -307,6 +335,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "parts": (Parts, (2, 3)),
     "recurrent": (Recurrent, (2, 5, 3)),
     "control_flow": (ControlFlow, (3, 6)),
+    "normalizations": (lambda: _randomize_norms(Normalizations()), (2, 4, 5, 6)),
 }
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -329,6 +358,10 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu6": nn.ReLU6,
     "threshold_continuous": lambda: nn.Threshold(0.3, 0.3),  # max(x, 0.3): no jump
     "softmax": lambda: nn.Softmax(dim=1),
+    "log_softmax": lambda: nn.LogSoftmax(dim=1),
+    "selu": nn.SELU,
+    "celu": lambda: nn.CELU(0.7),
+    "celu_1": nn.CELU,
 }
 
 
@@ -476,7 +509,8 @@ def test_dead_code_is_not_translated(mode: str, tmp_path: Path) -> None:
 def test_operator_list_covers_brief() -> None:
     listed = set(ts.supported_operators())
     for op in ("aten::linear", "aten::conv2d", "aten::_convolution", "aten::batch_norm", "aten::cat",
-               "aten::adaptive_avg_pool2d", "aten::dropout", "aten::softmax", "aten::addmm"):
+               "aten::adaptive_avg_pool2d", "aten::dropout", "aten::softmax", "aten::addmm", "aten::layer_norm",
+               "aten::group_norm", "aten::instance_norm", "aten::log_softmax", "aten::selu", "aten::celu"):
         assert op in listed
 
 
@@ -535,7 +569,7 @@ def test_unsupported_operators_listed_with_counts(mode: str, tmp_path: Path) -> 
     path = _save(Unsupported(), (2, 4), mode, tmp_path / "u.pt")
     with pytest.raises(UnsupportedOperatorError) as info:
         load_torchscript(path, input_shape=(2, 4))
-    assert info.value.counts == {"aten::layer_norm": 2, "aten::mul (variable * variable)": 1}
+    assert info.value.counts == {"aten::cumprod": 2, "aten::mul (variable * variable)": 1}
     assert "SA901" in str(info.value)
 
 

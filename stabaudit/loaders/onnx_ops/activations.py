@@ -41,6 +41,33 @@ def elu(node: OnnxNode, ctx: Context) -> None:
     ctx.emit(node, O.Elu(alpha=float(node.attr("alpha"))), [node.inputs[0]])
 
 
+@register("Selu")
+def selu(node: OnnxNode, ctx: Context) -> None:
+    """Selu(alpha, gamma) = gamma x for x > 0, gamma alpha (e^x - 1) otherwise = gamma Elu_alpha(x):
+    an Elu and a scalar Affine (Lipschitz gamma max(1, alpha), 1.7581 with the defaults)."""
+    alpha = float(node.attr("alpha", 1.67326319217681884765625))
+    gamma = float(node.attr("gamma", 1.05070102214813232421875))
+    inner = ctx.emit(node, O.Elu(alpha=alpha), [node.inputs[0]], tag="elu")
+    ctx.emit(node, O.Affine(scale=np.array(gamma)), [inner])
+
+
+@register("Celu")
+def celu(node: OnnxNode, ctx: Context) -> None:
+    """Celu(alpha) = max(0, x) + min(0, alpha (e^(x / alpha) - 1)) = alpha Elu_1(x / alpha): x / alpha,
+    an Elu of alpha 1, times alpha (each step exact in real arithmetic; alpha > 0)."""
+    alpha = float(node.attr("alpha", 1.0))
+    if not (math.isfinite(alpha) and alpha > 0.0):
+        raise Unsupported(f"Celu(alpha={alpha}): alpha must be positive")
+    x = node.inputs[0]
+    if alpha != 1.0:
+        x = ctx.emit(node, O.Affine(scale=np.array(1.0 / alpha)), [x], tag="in")
+    if alpha == 1.0:
+        ctx.emit(node, O.Elu(alpha=1.0), [x])
+        return
+    inner = ctx.emit(node, O.Elu(alpha=1.0), [x], tag="elu")
+    ctx.emit(node, O.Affine(scale=np.array(alpha)), [inner])
+
+
 @register("HardSigmoid")
 def hard_sigmoid(node: OnnxNode, ctx: Context) -> None:
     op = O.HardSigmoid(alpha=float(node.attr("alpha")), beta=float(node.attr("beta")))
@@ -118,6 +145,26 @@ def _clip_by_variables(node: OnnxNode, ctx: Context) -> None:
     for i, (op, others) in enumerate(steps):
         last = i == len(steps) - 1
         value = ctx.emit(node, op, [value, *others], tag=None if last else f"{op.type.value.lower()}{i}")
+
+
+@register("LogSoftmax")
+def log_softmax(node: OnnxNode, ctx: Context) -> None:
+    """LogSoftmax over one axis = x - log-sum-exp(x) over that axis (how it is computed, too): a
+    ReduceLogSumExp that keeps the axis and a broadcast Sub. Before opset 13, over the input coerced
+    to 2-D at ``axis`` (as Softmax)."""
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape)
+    axis = normalize_axis(int(node.attr("axis", -1 if node.opset >= 13 else 1)), rank)
+    x = node.inputs[0]
+    if node.opset < 13 and axis != rank - 1:
+        flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+        x = ctx.emit(node, O.Reshape(shape=flat), [x], tag="coerce")
+        lse = ctx.emit(node, O.ReduceLogSumExp(axes=(1,), keepdims=True), [x], tag="lse")
+        diff = ctx.emit(node, O.Sub(), [x, lse], tag="sub")
+        ctx.emit(node, O.Reshape(shape=shape), [diff])
+        return
+    lse = ctx.emit(node, O.ReduceLogSumExp(axes=(axis,), keepdims=True), [x], tag="lse")
+    ctx.emit(node, O.Sub(), [x, lse])
 
 
 @register("Softmax")

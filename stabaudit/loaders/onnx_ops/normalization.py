@@ -1,4 +1,5 @@
-"""Translators of inference-mode BatchNormalization (an Affine node) and LayerNormalization."""
+"""Translators of inference-mode BatchNormalization (an Affine node), LayerNormalization, and
+InstanceNormalization and GroupNormalization (a LayerNorm over the axes 2.. and an Affine)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,52 @@ def layer_normalization(node: OnnxNode, ctx: Context) -> None:
             raise Unsupported("LayerNormalization(scale or bias beyond the normalised axes)")
     op = O.LayerNorm(axis=axis, epsilon=float(node.attr("epsilon", 1e-5)), scale=scale, bias=bias)
     ctx.emit(node, op, [node.inputs[0]])
+
+
+@register("InstanceNormalization")
+def instance_normalization(node: OnnxNode, ctx: Context) -> None:
+    """y = scale_c (x - mean) / sqrt(var + eps) + B_c with the statistics of each (n, c) over the
+    spatial axes: a LayerNorm over the axes 2.. (no scale or bias: each group is one instance and
+    channel) and a per-channel Affine (scale and B along axis 1)."""
+    shape = ctx.shape(node.inputs[0])
+    if len(shape) < 3:
+        raise Unsupported("InstanceNormalization of an input without spatial axes")
+    scale = ctx.param(node, 1, "scale")
+    bias = ctx.param(node, 2, "B")
+    assert scale is not None and bias is not None
+    channels = shape[1]
+    if np.size(scale) != channels or np.size(bias) != channels:
+        raise Unsupported("InstanceNormalization(scale or B not one per channel)")
+    normed = ctx.emit(node, O.LayerNorm(axis=2, epsilon=float(node.attr("epsilon", 1e-5))), [node.inputs[0]], tag="norm")
+    channel_shape = (-1,) + (1,) * (len(shape) - 2)
+    ctx.emit(node, O.Affine(scale=np.asarray(scale, dtype=np.float64).reshape(channel_shape),
+                            shift=np.asarray(bias, dtype=np.float64).reshape(channel_shape)), [normed])
+
+
+@register("GroupNormalization")
+def group_normalization(node: OnnxNode, ctx: Context) -> None:
+    """GroupNormalization (opsets 18 and 21): the C channels in num_groups groups, the statistics of
+    each (n, group) over its channels and the spatial axes: a Reshape to [N, G, rest], a LayerNorm
+    over the axes 2.., a Reshape back and a per-channel Affine. Opset 21's scale and bias are per
+    channel; opset 18's per group (each repeated over its group's channels)."""
+    shape = ctx.shape(node.inputs[0])
+    if len(shape) < 2:
+        raise Unsupported("GroupNormalization of an input without channels")
+    groups = int(node.attr("num_groups"))
+    channels = shape[1]
+    if groups <= 0 or channels % groups:
+        raise Unsupported(f"GroupNormalization(num_groups={groups} does not divide {channels} channels)")
+    if int(node.attr("stash_type", 1)) != 1:
+        raise Unsupported("GroupNormalization(stash_type other than float32)")
+    scale = np.asarray(ctx.param(node, 1, "scale"), dtype=np.float64).reshape(-1)
+    bias = np.asarray(ctx.param(node, 2, "bias"), dtype=np.float64).reshape(-1)
+    if scale.size == groups and bias.size == groups and groups != channels:  # opset 18: per group
+        scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
+    if scale.size != channels or bias.size != channels:
+        raise Unsupported("GroupNormalization(scale or bias neither per channel nor per group)")
+    rest = int(np.prod(shape[2:], dtype=np.int64)) * (channels // groups)
+    grouped = ctx.emit(node, O.Reshape(shape=(shape[0], groups, rest)), [node.inputs[0]], tag="groups")
+    normed = ctx.emit(node, O.LayerNorm(axis=2, epsilon=float(node.attr("epsilon", 1e-5))), [grouped], tag="norm")
+    back = ctx.emit(node, O.Reshape(shape=tuple(shape)), [normed], tag="ungroup")
+    channel_shape = (-1,) + (1,) * (len(shape) - 2)
+    ctx.emit(node, O.Affine(scale=scale.reshape(channel_shape), shift=bias.reshape(channel_shape)), [back])

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
     Context,
@@ -80,6 +82,27 @@ def elu(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Elu(alpha=alpha), [node.var(0)])]
 
 
+@translates("aten::selu")
+def selu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """selu(x) = scale Elu_alpha(x) with torch's constants (as ONNX Selu's defaults)."""
+    inner = ctx.emit(O.Elu(alpha=1.6732632423543772848170429916717), [node.var(0)])
+    return [ctx.emit(O.Affine(scale=np.array(1.0507009873554804934193349852946)), [inner])]
+
+
+@translates("aten::celu")
+def celu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """celu(x, alpha) = alpha Elu_1(x / alpha) (alpha > 0)."""
+    alpha = as_float(node.arg("alpha", 1.0), what="alpha")
+    if not (math.isfinite(alpha) and alpha > 0.0):
+        raise Unsupported(f"alpha {alpha}")
+    x = node.var(0)
+    if alpha == 1.0:
+        return [ctx.emit(O.Elu(alpha=1.0), [x])]
+    scaled = ctx.emit(O.Affine(scale=np.array(1.0 / alpha)), [x])
+    inner = ctx.emit(O.Elu(alpha=1.0), [scaled])
+    return [ctx.emit(O.Affine(scale=np.array(alpha)), [inner])]
+
+
 @translates("aten::gelu")
 def gelu(ctx: Context, node: SourceNode) -> Sequence[Any]:
     approximate = node.arg("approximate", "none")
@@ -126,6 +149,17 @@ def clamp_min(ctx: Context, node: SourceNode) -> Sequence[Any]:
 @translates("aten::clamp_max")
 def clamp_max(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Clip(max=as_float(node.arg(1), what="max")), [node.var(0)])]
+
+
+@translates("aten::log_softmax", "aten::_log_softmax")
+def log_softmax(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """log_softmax over dim = x - logsumexp(x, dim, keepdim): a ReduceLogSumExp and a broadcast Sub."""
+    x = node.var(0)
+    if node.kind == "aten::log_softmax" and not is_float_dtype(node.arg("dtype")):
+        raise Unsupported(f"dtype {node.arg('dtype')}")
+    axis = norm_axis(int(node.arg("dim")), x.rank)
+    lse = ctx.emit(O.ReduceLogSumExp(axes=(axis,), keepdims=True), [x])
+    return [ctx.emit(O.Sub(), [x, lse])]
 
 
 @translates("aten::softmax", "aten::_softmax")
