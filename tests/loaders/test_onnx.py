@@ -696,3 +696,46 @@ def test_where_loads_as_a_selection_a_nan_test_or_a_switch(tmp_path: Path) -> No
     assert wheres[1].mask is not None and wheres[1].mask.tolist() == [True, False, True, False]
     assert wheres[3].other is not None and float(wheres[3].other) == 0.0  # 0 > c read as c < 0
     assert lm.source_ops["Less"] == 1 and "Less x1" in " ".join(lm.notes)  # folded on constants
+
+
+# ---- Einsum -------------------------------------------------------------------------------------
+EINSUMS = [
+    # equation, variable shapes, constant shapes (after the variables in the equation's order: the
+    # flag says whether the constant comes first)
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)], [], False),  # attention scores, two variables
+    ("bhqk,bhkd->bqhd", [(1, 2, 3, 5), (1, 2, 5, 4)], [], False),  # attention output, transposed
+    ("...ij,...jk", [(2, 3, 4), (2, 4, 5)], [], False),  # ellipsis, implicit output
+    ("i,j->ij", [(3,), (4,)], [], False),  # outer product
+    ("bij,bjk->b", [(2, 3, 4), (2, 4, 5)], [], False),  # summed after the product
+    ("bsd,dh->bsh", [(1, 6, 8)], [(8, 5)], False),  # a projection: Linear
+    ("bsd,hdk->bshk", [(1, 6, 8)], [(3, 8, 2)], False),  # per-head projection: Linear
+    ("dh,bsd->bhs", [(1, 6, 8)], [(8, 5)], True),  # the constant first
+    ("bsd,dhz->bsh", [(1, 6, 8)], [(8, 5, 3)], False),  # a letter only the constant has: summed
+    ("bsdz->bzs", [(1, 6, 8, 3)], [], False),  # one operand: a sum and a transpose
+]
+
+
+@pytest.mark.parametrize("equation,var_shapes,const_shapes,const_first", EINSUMS, ids=[e[0] for e in EINSUMS])
+def test_einsum_matches_numpy_and_onnxruntime(equation: str, var_shapes: list[tuple[int, ...]],
+                                              const_shapes: list[tuple[int, ...]], const_first: bool,
+                                              tmp_path: Path) -> None:
+    names = [f"x{i}" for i in range(len(var_shapes))]
+    consts = {f"w{i}": rand(*s, seed=10 + i) for i, s in enumerate(const_shapes)}
+    operands = [*consts, *names] if const_first else [*names, *consts]
+    path = save(tmp_path, [helper.make_node("Einsum", operands, ["y"], equation=equation)],
+                dict(zip(names, var_shapes, strict=True)), params=consts, opset=12)
+    lm = load_onnx(path)
+    assert not any(isinstance(n.op, O.MatMul) for n in lm.graph.nodes) or not consts  # constants: Linear
+    xs = [rand(*s, seed=i + 1) for i, s in enumerate(var_shapes)]
+    feeds = dict(zip(names, xs, strict=True))
+    got = Executor(lm.graph, dtype=torch.float64)(*[torch.from_numpy(x.astype(np.float64)) for x in xs])[0].numpy()
+    arrays = {**{k: v.astype(np.float64) for k, v in consts.items()}, **{k: v.astype(np.float64) for k, v in feeds.items()}}
+    expected = np.einsum(equation, *[arrays[k] for k in operands])
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lm.reference(feeds)[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_einsum_with_a_diagonal_is_refused(tmp_path: Path) -> None:
+    path = save(tmp_path, [helper.make_node("Einsum", ["x"], ["y"], equation="bii->bi")], {"x": (2, 3, 3)}, opset=12)
+    with pytest.raises(UnsupportedOperatorError, match="a diagonal"):
+        load_onnx(path)

@@ -62,7 +62,7 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_softplus", "test_spacetodepth", "test_split", "test_squeeze", "test_sub", "test_sum", "test_swiglu", "test_swish",
     "test_tanh", "test_thresholdedrelu_expanded", "test_tile", "test_transpose", "test_unsqueeze", "test_upsample",
     "test_erf", "test_exp_example", "test_log_example", "test_pow", "test_reciprocal", "test_sqrt",
-    "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization",
+    "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization", "test_einsum",
 )
 KNOWN_REFUSED: dict[str, str] = {
     r"pytorch-converted/test_PReLU_\dd_multiparam": "opset-6 PRelu with a per-channel 1-D slope",
@@ -72,6 +72,7 @@ KNOWN_REFUSED: dict[str, str] = {
     r"test_batchnorm_.*training_mode": "BatchNormalization in training mode",
     r"test_cast(like)?_.*_to_(FLOAT[48]|INT|UINT)": "casts to integers and 8-/4-bit floats",
     r"test_dropout_default_mask": "Dropout's mask output is used",
+    r"test_einsum_batch_diagonal": "Einsum with a repeated letter in one operand (a diagonal)",
     r"test_gelu_tanh_.*expanded": "tanh GELU written with Pow and Tanh",
     r"test_maxpool_with_argmax": "MaxPool's indices output is used",
     r"test_pow(_bcast_array|_example|_types_.*)?$": "Pow with a variable or per-entry exponent",

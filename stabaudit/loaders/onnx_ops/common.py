@@ -371,10 +371,12 @@ class Context:
         return next((n.op.type for n in reversed(self.nodes) if n.output == target), None)
 
     # writing
-    def alias(self, node: OnnxNode, target: str) -> None:
-        """Remove ``node``: its first output is the value ``target``."""
+    def alias(self, node: OnnxNode, target: str, *, removed: bool = True) -> None:
+        """Remove ``node``: its first output is the value ``target``; ``removed``: the node did
+        nothing (counted in the notes), else ``target`` is the last value of its translation."""
         self.aliases[node.outputs[0]] = self.resolve(target)
-        self.removed[node.op_type] += 1
+        if removed:
+            self.removed[node.op_type] += 1
 
     def emit(self, node: OnnxNode, op: O.Op, inputs: Sequence[str], *, tag: str | None = None,
              output_index: int = 0) -> str:
