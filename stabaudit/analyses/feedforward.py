@@ -100,6 +100,8 @@ def slope_interval(op: O.Op) -> tuple[float, float] | None:
             return (1.0 - A.GELU_TANH_UPPER, A.GELU_TANH_UPPER)
         case O.Silu():
             return (1.0 - A.SILU_UPPER, A.SILU_UPPER)
+        case O.Mish():
+            return (-A.MISH_NEG_UPPER, A.MISH_UPPER)
         case O.HardSigmoid(alpha=a):
             return (min(0.0, a), max(0.0, a)) if math.isfinite(a) else None
         case O.HardSwish():

@@ -802,7 +802,8 @@ def _propagate(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapping
                 from stabaudit.analyses.ranges import softmax_range  # ranges imports this module
 
                 axis = op.axis % len(shapes[out])
-                lo_env[out], hi_env[out] = softmax_range(axis, los[0], his[0])
+                # a mask's dropped entries have p = 0: J = diag(p) - p p^T is 0 on their rows and columns
+                lo_env[out], hi_env[out] = softmax_range(axis, los[0], his[0], op.mask)
                 act_bounds[out] = _static_bounds_of(node, shapes)
                 if jac and js.dense(node.inputs[0]):
                     jc_env[out], jr_env[out] = _softmax_jacobian(

@@ -405,12 +405,32 @@ class ForwardErrorModel:
                 return smooth(1.13)
             case O.Silu():
                 return smooth(1.1)
+            case O.Mish():
+                return smooth(1.09)
             case O.HardSwish():
                 return lambda xs, es, y: 1.5 * es[0] + 16 * U * (xs[0].abs() + y.abs() + 3.0)
             case O.HardSigmoid(alpha=alpha, beta=beta):
                 return lambda xs, es, y: (
                     abs(alpha) * es[0] + 4 * U * (abs(alpha) * xs[0].abs() + abs(beta))
                 )
+            case O.Softmax(axis=axis, mask=mask) if mask is not None:
+                # the dropped entries are exactly 0 in both (the exact input there is -inf whatever
+                # the error of z); the kept ones are a softmax of the kept entries: the rule below
+                # over them (their errors, their spread, their count)
+                kept = torch.from_numpy(np.broadcast_to(np.asarray(mask, dtype=bool), tuple(in_shapes[0])).copy())
+                size = int(kept.sum(dim=axis).max())
+
+                def masked_softmax(
+                    xs: list[torch.Tensor], es: list[torch.Tensor], y: torch.Tensor
+                ) -> torch.Tensor:
+                    spread = 0.5 * es[0].masked_fill(~kept, 0.0).amax(dim=axis, keepdim=True)
+                    z = xs[0]
+                    width = (z.masked_fill(~kept, -math.inf).amax(dim=axis, keepdim=True)
+                             - z.masked_fill(~kept, math.inf).amin(dim=axis, keepdim=True))
+                    rel = (size + 2) * U + 2 * (64 * U + 2 * U * width)
+                    return torch.where(kept, spread + rel * y.abs() + _TINY, 0.0)
+
+                return masked_softmax
             case O.Softmax(axis=axis):
                 size = in_shapes[0][axis]
 

@@ -22,7 +22,7 @@ docs/domain.md states every rule; in short:
   with |W| (so a cubic Resize's negative weights widen the radius, never shrink it);
 - smooth element-wise maps evaluated by libm-grade kernels (a few ulps): the exact map is monotone
   on the interval, or on each side of a known turning point (kinks at 0; the minimum of SiLU, GELU,
-  HardSwish), so its range is the hull of its values at the endpoints and at that point, widened
+  HardSwish, Mish), so its range is the hull of its values at the endpoints and at that point, widened
   by 16 ulps of the value (``local._smooth_margin``), 4 ulps of |x| where the kernel cancels
   (GELU, HardSwish, HardSigmoid) and TINY for underflow;
 - Softmax, LayerNorm, MatMul of two variables and the nonlinear reductions have their own rules
@@ -65,6 +65,7 @@ _UNDER = 2.0e-323
 # turning points (argmin) and minimum values of the non-monotone activations, from 40-digit
 # arithmetic; the map decreases left of the point and increases right of it
 _SILU_MIN = (-1.2784645427610738, -0.27846454276107380)
+_MISH_MIN = (-1.1924312145154952, -0.30884341301725040663)
 _GELU_MIN = (-0.75179152469356446, -0.16997120747990366)
 _GELU_TANH_MIN = (-0.75246142207101626, -0.17004075057125405)
 _HARDSWISH_MIN = (-1.5, -0.375)
@@ -301,6 +302,8 @@ def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
             return (out_lo - w).clamp(min=0.0), (out_hi + w).clamp(max=1.0)
         case O.Silu():
             return _turning(f, lo, hi, _SILU_MIN, 4.0)
+        case O.Mish():  # x tanh(softplus(x)): three library functions and a product, 16 ulps of |x|
+            return _turning(f, lo, hi, _MISH_MIN, 16.0)
         case O.Gelu(approximate=approx):
             return _turning(f, lo, hi, _GELU_TANH_MIN if approx == "tanh" else _GELU_MIN, 4.0)
         case O.HardSwish():
@@ -429,7 +432,22 @@ def _excluded_sum(e: torch.Tensor) -> torch.Tensor:
     return prefix + suffix
 
 
-def softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_rows(lo: torch.Tensor, hi: torch.Tensor, mask: np.ndarray | None, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(lo, hi) with the entries a softmax mask drops set to a finite value 2000 below their row's
+    least lower end (their exponential underflows to exactly 0 after the shift by the row's
+    maximum, as e^-inf is 0), and the dropped entries as a bool tensor (None without a mask)."""
+    import torch
+
+    if mask is None:
+        return lo, hi, None
+    dropped = torch.from_numpy(~np.broadcast_to(np.asarray(mask, dtype=bool), tuple(lo.shape))).to(lo.device)
+    floor = torch.where(dropped, torch.full_like(lo, math.inf), lo).amin(dim=axis, keepdim=True) - 2000.0
+    low = torch.where(dropped, floor.expand_as(lo), lo)
+    return low, torch.where(dropped, floor.expand_as(hi), hi), dropped
+
+
+def softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor, mask: np.ndarray | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """y_i = e^{x_i} / sum_j e^{x_j} increases in x_i and decreases in every other x_j, so over
     the box e^{lo_i} / (e^{lo_i} + sum_{j!=i} e^{hi_j}) <= y_i <= e^{hi_i} / (e^{hi_i} + sum_{j!=i} e^{lo_j}).
 
@@ -439,9 +457,18 @@ def softmax_range(axis: int, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.
     sum is within rho / 2 relative plus n 2^-1072 absolute, rho = 1.01 (min(D, 746) + n + 16) EPS,
     and the bounds move by the monotone ratio a / (a + b) from such enclosures. The executor's
     value (exp(x - max) over the sum) has the same error (the sum >= 1): a further factor (1 +- rho)
-    and TINY. Clamped to [0, 1], where every computed value lies."""
+    and TINY. Clamped to [0, 1], where every computed value lies.
+
+    ``mask`` (``Softmax.mask``): the dropped entries are exactly 0; the kept ones are bounded as
+    above with the dropped entries' terms at most the underflow margin (``masked_rows``), which
+    only widens the enclosure."""
     import torch
 
+    lo, hi, dropped = masked_rows(lo, hi, mask, axis)
+    if dropped is not None:
+        low, high = softmax_range(axis, lo, hi)
+        zero = torch.zeros_like(low)
+        return torch.where(dropped, zero, low), torch.where(dropped, zero, high)
     n = lo.shape[axis]
     if n == 1:
         bad = _unknown(lo, hi)
@@ -656,7 +683,7 @@ def _node_range(node: Node, shapes: Mapping[str, tuple[int, ...]], device: str,
     if isinstance(op, O.MatMul):
         return _matmul(los, his)
     if isinstance(op, O.Softmax):
-        return softmax_range(op.axis, los[0], his[0])
+        return softmax_range(op.axis, los[0], his[0], op.mask)
     if isinstance(op, O.LayerNorm):
         return _layer_norm(op, device, los[0], his[0])
     if isinstance(op, O.Where):

@@ -26,6 +26,7 @@ from stabaudit.ir.ops import (
     HardSigmoid,
     HardSwish,
     LeakyRelu,
+    Mish,
     OpType,
     PRelu,
     Relu,
@@ -53,6 +54,14 @@ GELU_TANH_LOWER = 1.128993
 SILU_SUP = 1.0998393201288669170
 SILU_UPPER = 1.099840
 SILU_LOWER = 1.099839
+# Mish x tanh(softplus(x)): derivative tanh(sp) + x sech^2(sp) sigmoid(x) (sp = softplus(x)) peaks at
+# x = 1.49057117948542845929..., value 1.08849816125172786122...; its infimum is -0.11252612238946255640...
+# at x = -2.25637639636079312000... (40 digits with mpmath); f'' vanishes only at those two points.
+MISH_SUP = 1.0884981612517278612
+MISH_UPPER = 1.088499
+MISH_LOWER = 1.088498
+MISH_INF = -0.1125261223894625564
+MISH_NEG_UPPER = 0.112527  # |MISH_INF| rounded up
 # HardSwish x * clip(x/6 + 1/2, 0, 1): derivative (2x + 3)/6 on (-3, 3), 1 above, 0 below:
 # sup |.| = 1.5, approached as x -> 3-.
 HARD_SWISH_SUP = 1.5
@@ -248,6 +257,15 @@ def bound_hard_swish(node: Node, ctx: RuleContext) -> OpBound:
     raise TypeError(f"bound_hard_swish got a {type(node.op).__name__}")
 
 
+@RULES.register(OpType.MISH)
+def bound_mish(node: Node, ctx: RuleContext) -> OpBound:
+    """Mish: sup |f'| = 1.0884981..., the maximum of f' (its infimum is -0.1125...), rounded up/down."""
+    match node.op:
+        case Mish():
+            return _constant(MISH_UPPER, MISH_LOWER, "activation-constant", ctx)
+    raise TypeError(f"bound_mish got a {type(node.op).__name__}")
+
+
 @RULES.register(OpType.SILU)
 def bound_silu(node: Node, ctx: RuleContext) -> OpBound:
     """SiLU: sup of s(x) (1 + x (1 - s(x))) = 1.0998393..., rounded up/down."""
@@ -283,15 +301,18 @@ def bound_softmax(node: Node, ctx: RuleContext) -> OpBound:
     Lower bound: at x = (0, 0, -L, ..., -L), v = (1, -1, 0, ...)/sqrt(2) gives v^T J v = p_1 =
     1 / (2 + (n - 2) e^{-L}) -> 1/2, so sup ||J|| = 1/2 and Lip = 1/2 exactly. THEORY.md's simpler
     constant 1 is also sound; this one is tighter and proved (and checked in the tests).
+
+    A mask (``Softmax.mask``) fixes the entries it drops at 0 and leaves the softmax of the kept
+    entries of each row: the same bound with n the most entries a row keeps.
     """
     match node.op:
-        case Softmax(axis=axis):
+        case Softmax(axis=axis, mask=mask):
             pass
         case _:
             raise TypeError(f"bound_softmax got a {type(node.op).__name__}")
     shape = ctx.input_shapes[0]
     if not shape:
         raise ValueError("Softmax of a scalar")
-    n = shape[axis]
+    n = shape[axis] if mask is None else int(np.broadcast_to(np.asarray(mask, dtype=bool), shape).sum(axis=axis).max())
     value = SOFTMAX_SUP if n >= 2 else 0.0
     return _constant(value, value, "softmax-variance-bound", ctx)

@@ -41,6 +41,8 @@ from stabaudit.bounds.activations import (
     GELU_TANH_SUP,
     GELU_TANH_UPPER,
     HARD_SWISH_SUP,
+    MISH_NEG_UPPER,
+    MISH_UPPER,
     SILU_SUP,
     SILU_UPPER,
     softplus_switch_gap,
@@ -60,6 +62,8 @@ SPECIAL_ULPS = 2048  # scipy's erfc/ndtr (Cephes: peak relative error 5.7e-14 ~ 
 SQRT2_ENCLOSURE = (1.4142135623730949, 1.4142135623730954)  # GELU (erf): f'' = phi(x) (2 - x^2)
 GELU_TANH_CRITICAL = (1.4185040087, 1.4185040088)  # GELU (tanh): argmax of f' (activations.py)
 SILU_CRITICAL = (2.3993572805, 2.3993572806)  # SiLU: x tanh(x / 2) = 2
+MISH_CRITICAL = (1.4905711794, 1.4905711795)  # Mish: the maximum of f' (activations.py)
+MISH_NEG_CRITICAL = (-2.2563763964, -2.2563763963)  # Mish: the minimum of f' (negative)
 # f'(x) + f'(-x) = 1 for GELU and SiLU (f(x) - f(-x) = x): the minimum of f' is 1 - its maximum,
 # so sup |f'| near the negative critical point is (sup - 1), rounded up here.
 GELU_ERF_NEG_UPPER = 0.128905  # GELU_ERF_SUP - 1 = 0.12890414518...
@@ -207,6 +211,18 @@ def _silu_slope(x: np.ndarray) -> np.ndarray:
         return _endpoint_slope(s + t2, np.abs(s) + np.abs(t2), x, 0.0, 1.0, np.full_like(x, 64 * EPS))
 
 
+def _mish_slope(x: np.ndarray) -> np.ndarray:
+    """|tanh(sp) + x sech^2(sp) sigmoid(x)|, sp = softplus(x) = log1p(exp(x)) (x itself above 30,
+    where log1p(exp(x)) - x < 1e-13), rounded up: each factor within a few ulps (LIBM_ULPS), the
+    products and the sum rounded, so 64 ulps of the sum of the terms' magnitudes."""
+    with np.errstate(all="ignore"):
+        sp = np.where(x > 30.0, x, np.log1p(np.exp(np.minimum(x, 30.0))))
+        t = np.tanh(sp)
+        sech2 = 1.0 / np.cosh(sp) ** 2  # not 1 - t^2: no cancellation where t is near 1
+        t2 = np.where(np.isfinite(x), x * sech2 * _sigmoid(x), 0.0)
+        return _endpoint_slope(t + t2, np.abs(t) + np.abs(t2), x, 0.0, 1.0, np.full_like(x, 64 * EPS))
+
+
 def _smooth_activation_slope(slope: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray,
                              crit: tuple[float, float], peak: float, neg_peak: float, cap: float) -> np.ndarray:
     m = np.maximum(slope(lo), slope(hi))
@@ -263,6 +279,12 @@ def activation_slopes(op: O.Op, lo: np.ndarray, hi: np.ndarray, out_shape: tuple
             case O.Silu():
                 m = _smooth_activation_slope(_silu_slope, lo, hi, SILU_CRITICAL, SILU_UPPER,
                                              SILU_NEG_UPPER, SILU_UPPER)
+            case O.Mish():
+                # f' decreases to its minimum at -2.2564, increases to its maximum at 1.4906, then
+                # decreases to 1: sup |f'| on [lo, hi] at lo, hi or an enclosed critical point
+                m = np.maximum(_mish_slope(lo), _mish_slope(hi))
+                m = _with_critical(m, lo, hi, MISH_CRITICAL, MISH_UPPER)
+                m = np.minimum(_with_critical(m, lo, hi, MISH_NEG_CRITICAL, MISH_NEG_UPPER), MISH_UPPER)
             case O.HardSigmoid(alpha=alpha, beta=beta):
                 # slope alpha where 0 < z < 1 (z = alpha x + beta), else 0; z widened by 4 ulps
                 z1, z2 = lo * alpha + beta, hi * alpha + beta
@@ -532,16 +554,26 @@ def softmax_upper(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _softmax(node: Node, ctx: RuleContext, lo: np.ndarray, hi: np.ndarray) -> OpBound | None:
-    """J = diag(s) - s s^T, v^T J v = Var_s(v) <= sum_i s_i v_i^2 <= max_i s_i: Lip <= max s_i."""
+    """J = diag(s) - s s^T, v^T J v = Var_s(v) <= sum_i s_i v_i^2 <= max_i s_i: Lip <= max s_i. With
+    a mask, J has zero rows and columns at the dropped entries (their s_i is 0): the maximum over
+    the kept entries, the dropped ones set 2000 below their row's least lower end (their terms
+    underflow to 0, as e^-inf is 0)."""
     match node.op:
-        case O.Softmax(axis=axis):
+        case O.Softmax(axis=axis, mask=mask):
             pass
         case _:
             return None
     rl, rh = _rows(lo, hi, (axis,))
     if rl.shape[-1] < 2 or rl.size == 0:
         return None
-    value = float(np.max(softmax_upper(rl, rh)))
+    if mask is None:
+        value = float(np.max(softmax_upper(rl, rh)))
+    else:
+        kept = _rows(*(np.broadcast_to(np.asarray(mask, dtype=bool), lo.shape),) * 2, (axis,))[0]
+        with np.errstate(invalid="ignore"):
+            floor = np.min(np.where(kept, rl, np.inf), axis=-1, keepdims=True) - 2000.0
+        s = softmax_upper(np.where(kept, rl, floor), np.where(kept, rh, floor))
+        value = float(np.max(np.where(kept, s, 0.0)))
     return _if_tighter(node, ctx, _result(value, "softmax", notes=("max softmax entry over the range",)))
 
 

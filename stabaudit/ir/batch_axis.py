@@ -169,6 +169,10 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     elif isinstance(op, O.Softmax):
         if op.axis % in_rank == first:
             raise _Mixes(f"normalises over the batch axis {first} (softmax across samples)")
+        if op.mask is not None:
+            lead = first - (in_rank - op.mask.ndim)  # the mask's axis that lines up with the batch axis
+            if 0 <= lead < op.mask.ndim and op.mask.shape[lead] != 1:
+                raise _Mixes(f"masks each index of the batch axis {first} differently")
         expected = first
     elif isinstance(op, O.Linear):
         if first == in_rank - 1:

@@ -119,10 +119,16 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: F.hardswish(a[0])
         case O.Silu():
             return lambda a: F.silu(a[0])
+        case O.Mish():
+            # as its definition: torch's fused mish has no batching rule for its backward pass
+            return lambda a: a[0] * torch.tanh(F.softplus(a[0]))
         case O.Clip(min=lo, max=hi):
             return lambda a: torch.clamp(a[0], lo, hi)
-        case O.Softmax(axis=axis):
+        case O.Softmax(axis=axis, mask=None):
             return lambda a: torch.softmax(a[0], dim=axis)
+        case O.Softmax(axis=axis, mask=mask):
+            dropped = torch.from_numpy(~np.asarray(mask, dtype=bool))
+            return lambda a: torch.softmax(a[0].masked_fill(dropped.to(a[0].device), -math.inf), dim=axis)
         case O.MaxPool(kernel=k, strides=s, pads=p, dilations=d, ceil_mode=cm):
             pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(k)]
             tp = _torch_pads(p)
@@ -512,7 +518,7 @@ class Executor:
 
 # elementwise ops of one input: the output has the input's shape
 _SAME_SHAPE = (O.Relu, O.LeakyRelu, O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.Gelu, O.HardSigmoid, O.HardSwish,
-               O.Silu, O.Clip, O.Erf, O.Exp, O.Log, O.Sqrt, O.Reciprocal, O.Abs)
+               O.Silu, O.Mish, O.Clip, O.Erf, O.Exp, O.Log, O.Sqrt, O.Reciprocal, O.Abs)
 
 
 def _window_out(n: int, kernel: int, stride: int, pad: int, dilation: int) -> int | None:

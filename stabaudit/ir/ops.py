@@ -32,6 +32,7 @@ class OpType(str, Enum):
     HARD_SIGMOID = "HardSigmoid"
     HARD_SWISH = "HardSwish"
     SILU = "Silu"
+    MISH = "Mish"
     CLIP = "Clip"
     SOFTMAX = "Softmax"
     MAX_POOL = "MaxPool"
@@ -324,6 +325,13 @@ class Silu(Op):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class Mish(Op):
+    """x tanh(softplus(x)) (Misra, 2019): smooth, with slope in [-0.1125, 1.0885]."""
+
+    type = OpType.MISH
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class Clip(Op):
     """y = min(max(x, min), max); None means unbounded on that side (ReLU6, HardTanh)."""
 
@@ -341,8 +349,14 @@ class Abs(Op):
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Softmax(Op):
+    """Softmax over ``axis``; ``mask`` (bool, broadcast to the input: numpy rules): the entries it
+    leaves out are -inf before the softmax (an attention mask's masked_fill(-inf)), so they output
+    exactly 0 and the others are the softmax of the kept entries of their row. Every row keeps at
+    least one entry (checked by the loader)."""
+
     type = OpType.SOFTMAX
     axis: int = -1
+    mask: np.ndarray | None = None
 
 
 # ---- normalisation with computed statistics ---------------------------------------------------
@@ -682,7 +696,7 @@ ACTIVATIONS: frozenset[OpType] = frozenset(
     {
         OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
         OpType.SOFTPLUS, OpType.ELU, OpType.GELU, OpType.HARD_SIGMOID, OpType.HARD_SWISH,
-        OpType.SILU, OpType.CLIP, OpType.SOFTMAX, OpType.ERF, OpType.ABS,
+        OpType.SILU, OpType.MISH, OpType.CLIP, OpType.SOFTMAX, OpType.ERF, OpType.ABS,
     }
 )
 LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE})

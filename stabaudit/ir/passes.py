@@ -463,3 +463,57 @@ def _smooth(node: Node, graph: Graph) -> Node:
 def branch_switches(graph: Graph) -> list[Node]:
     """The nodes whose operator, as executed, switches branch with a jump (see smooth_part)."""
     return [n for n in graph.nodes if _smooth(n, graph) is not n]
+
+
+def fuse_masked_softmax(graph: Graph) -> Graph:
+    """A Where with a constant condition, a constant -inf branch and a variable one, read only by a
+    Softmax (an attention mask's masked_fill(-inf)), and that Softmax become one Softmax with a mask
+    on the variable (``ops.Softmax.mask``: the entries the -inf takes are dropped). Exact: e^-inf is
+    0. Applied only where every row of the softmax keeps an entry (else its outputs are NaN and the
+    nodes stay, for the checks to report the -inf)."""
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
+    consumers = graph.consumers()
+    producer = {n.output: n for n in graph.nodes}
+    outputs = set(graph.outputs)
+    replaced: dict[str, Node] = {}  # softmax output -> the fused node
+    dropped: set[str] = set()  # outputs of the Where nodes fused away
+    for node in graph.nodes:
+        op = node.op
+        if not isinstance(op, O.Softmax) or op.mask is not None:
+            continue
+        where = producer.get(node.inputs[0])
+        if where is None or not isinstance(where.op, O.Where) or where.output in outputs:
+            continue
+        if len(consumers.get(where.output, [])) != 1:
+            continue
+        w = where.op
+        cond = w.fixed_condition()
+        if w.test or cond is None or len(where.inputs) != 1:
+            continue
+        minus_inf = [v is not None and np.size(v) > 0 and bool(np.all(np.asarray(v) == -np.inf))
+                     for v in (w.when_true, w.when_false)]
+        if minus_inf == [True, False] and w.when_false is None:
+            kept = ~np.asarray(cond, dtype=bool)
+        elif minus_inf == [False, True] and w.when_true is None:
+            kept = np.asarray(cond, dtype=bool)
+        else:
+            continue
+        shape = shapes[node.inputs[0]]
+        try:
+            full = np.broadcast_to(kept, shape)
+        except ValueError:
+            continue
+        axis = op.axis % len(shape)
+        if not full.any(axis=axis).all() or kept.ndim > len(shape):
+            continue
+        replaced[node.output] = dataclasses.replace(
+            node, op=O.Softmax(axis=op.axis, mask=None if full.all() else kept), inputs=where.inputs,
+            source_op=f"{where.source_op or 'Where'}+{node.source_op or 'Softmax'}")
+        dropped.add(where.output)
+    if not replaced:
+        return graph
+    nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
+    return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())

@@ -427,7 +427,9 @@ class _Walker:
             for p in self.pending
         )
         ir = Graph(inputs=tuple(specs), outputs=tuple(names.get(v.id, v.id) for v in outputs), nodes=nodes)
-        return with_shapes(ir.validate())
+        from stabaudit.ir.passes import fuse_masked_softmax
+
+        return fuse_masked_softmax(with_shapes(ir.validate()))
 
     def _prune(self, live: set[str]) -> None:
         """Drop IR nodes that no output depends on (results the forward computes and discards)."""

@@ -375,3 +375,33 @@ def test_a_large_input_skips_the_interval_jacobian_without_allocating_it() -> No
     x = np.random.default_rng(0).uniform(0.5, 1.0, size=(1, 3, 256, 256))
     result = local_bounds(g, x, eps=0.01)
     assert 1.0 <= result.upper.value <= 1.0 + 1e-12 and "skipped" in result.notes[0]
+
+
+def test_sound_through_a_masked_softmax() -> None:
+    """A Linear map, a causal-masked softmax and a Linear map over linf balls: every sampled
+    quotient and Jacobian norm in the ball is below the local bound, and that bound is below the
+    global one (the mask's dropped entries are constant 0: their rows and columns of the softmax's
+    Jacobian vanish)."""
+    rng = np.random.default_rng(2)
+    mask = np.tril(np.ones((4, 4), dtype=bool))
+    nodes = [
+        Node(name="fc0", op=O.Linear(weight=rng.normal(size=(16, 6)), bias=rng.normal(size=16) * 0.3), inputs=("x",), output="h"),
+        Node(name="r", op=O.Reshape(shape=(1, 4, 4)), inputs=("h",), output="hr"),
+        Node(name="sm", op=O.Softmax(axis=2, mask=mask), inputs=("hr",), output="s"),
+        Node(name="f", op=O.Reshape(shape=(1, 16)), inputs=("s",), output="sf"),
+        Node(name="fc1", op=O.Linear(weight=rng.normal(size=(3, 16)), bias=None), inputs=("sf",), output="y"),
+    ]
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 6)),), outputs=("y",), nodes=tuple(nodes)).validate())
+    x0 = rng.normal(size=(2, 6)) * 0.5
+    eps = 0.1
+    res = local_bounds(g, x0, eps=eps, norm="linf")
+    f = _flat(g)
+    for xi, s in zip(x0, res.samples, strict=True):
+        pts = _ball(rng, xi, eps, "linf", 200)
+        with torch.no_grad():
+            ys = torch.func.vmap(f)(torch.from_numpy(pts)).numpy()
+        q = np.linalg.norm(ys[:100] - ys[100:], axis=1) / np.linalg.norm(pts[:100] - pts[100:], axis=1)
+        jacs = torch.func.vmap(torch.func.jacrev(f))(torch.from_numpy(pts[:50])).numpy()
+        assert np.isfinite(jacs).all()
+        assert q.max() <= s.upper and np.linalg.norm(jacs, ord=2, axis=(1, 2)).max() <= s.upper
+        assert s.upper < _global(g)

@@ -624,3 +624,33 @@ def test_a_network_with_an_upsampling_gets_a_lower_bound() -> None:
     x, y = torch.tensor(found.witness.x, dtype=torch.float64), torch.tensor(found.witness.y, dtype=torch.float64)
     q = float(torch.linalg.vector_norm(f(y) - f(x)) / torch.linalg.vector_norm(y - x))
     assert found.value <= q * (1 + 1e-9)
+
+
+def test_error_model_of_a_masked_softmax() -> None:
+    """A causal-masked softmax after a Linear map: the dropped entries are exactly 0 in both the
+    float64 and the exact evaluation; the error bound holds against extended precision and is of
+    the rounding's size (the -inf entries used to make it infinite)."""
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(16, 5)) * 4.0, rng.normal(size=16)
+    mask = np.tril(np.ones((4, 4), dtype=bool))
+    g = _graph(
+        {"x": (1, 5)},
+        [
+            Node(name="fc", op=O.Linear(weight=w, bias=b), inputs=("x",), output="h"),
+            Node(name="r", op=O.Reshape(shape=(4, 4)), inputs=("h",), output="hr"),
+            Node(name="sm", op=O.Softmax(axis=1, mask=mask), inputs=("hr",), output="y"),
+        ],
+    )
+    model = ForwardErrorModel(g, dict(g.shapes))
+    ld = np.longdouble
+    for trial in range(8):
+        x = rng.normal(size=5) * 2.0 ** (trial % 4)
+        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
+        h = (x.astype(ld) @ w.T.astype(ld) + b.astype(ld)).reshape(4, 4)
+        h = np.where(mask, h, -np.inf)
+        e = np.exp(h - h.max(axis=1, keepdims=True))
+        exact = (e / e.sum(axis=1, keepdims=True)).reshape(-1)
+        assert (y_hat.reshape(4, 4)[~mask] == 0).all()
+        err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
+        assert math.isfinite(bound) and err <= bound
+        assert bound <= 1e-10, bound

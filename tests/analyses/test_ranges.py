@@ -259,6 +259,12 @@ def test_activation_ranges_against_their_exact_ones() -> None:
     # [-3, 1] holds the turning point; [-1, -0.9] and [0.5, 2] lie right of it, [-4, -2] left
     np.testing.assert_allclose(y.lo[0], [-0.2784645427610738, f[0], f[2], f[4]], rtol=1e-12)
     np.testing.assert_allclose(y.hi[0], [f[6], f[1], f[3], f[5]], rtol=1e-12)
+    mish = torch.nn.functional.mish
+    y, _ = _one(O.Mish(), [x_lo], [x_hi])
+    f = [float(mish(torch.tensor(v, dtype=torch.float64))) for v in (-1.0, -0.9, 0.5, 2.0, -2.0, -4.0, 1.0)]
+    # the turning point -1.1924: inside [-3, 1], left of [-1, -0.9] and [0.5, 2], right of [-4, -2]
+    np.testing.assert_allclose(y.lo[0], [-0.30884341301725040663, f[0], f[2], f[4]], rtol=1e-12)
+    np.testing.assert_allclose(y.hi[0], [f[6], f[1], f[3], f[5]], rtol=1e-12)
     y, _ = _one(O.HardSwish(), [np.array([[-2.0]])], [np.array([[0.0]])])
     np.testing.assert_allclose([y.lo[0, 0], y.hi[0, 0]], [-0.375, 0.0], atol=1e-12)
     y, _ = _one(O.Gelu(), [np.array([[-2.0]])], [np.array([[0.0]])])
@@ -358,3 +364,20 @@ def test_a_malformed_box_is_a_usage_error() -> None:
         value_ranges(graph, {"x0": Interval(lo=np.zeros((2,)), hi=np.ones((2,)))})
     with pytest.raises(UsageError, match="no interval"):
         value_ranges(graph, {})
+
+
+def test_masked_softmax_is_the_corner_formula_over_the_kept_entries() -> None:
+    # a causal mask: row i keeps the entries j <= i; dropped entries are exactly 0 and the kept
+    # ones the corner formula of the softmax of their row's kept entries
+    mask = np.tril(np.ones((3, 3), dtype=bool))
+    lo = np.array([[0.0, 1.0, -2.0], [0.5, -1.0, 2.0], [1.0, 0.0, -0.5]])
+    hi = lo + np.array([[0.5, 0.5, 1.0], [0.2, 0.3, 0.1], [0.4, 0.6, 0.8]])
+    y, _ = _one(O.Softmax(axis=-1, mask=mask), [lo], [hi])
+    for i in range(3):
+        k = mask[i]
+        e_lo, e_hi = np.exp(lo[i][k]), np.exp(hi[i][k])
+        exact_lo = [e_lo[j] / (e_lo[j] + e_hi.sum() - e_hi[j]) for j in range(k.sum())]
+        exact_hi = [e_hi[j] / (e_hi[j] + e_lo.sum() - e_lo[j]) for j in range(k.sum())]
+        np.testing.assert_allclose(y.lo[i][k], exact_lo, rtol=1e-12)
+        np.testing.assert_allclose(y.hi[i][k], exact_hi, rtol=1e-12)
+        assert (y.lo[i][~k] == 0).all() and (y.hi[i][~k] == 0).all()

@@ -51,6 +51,7 @@ ELEMENTWISE = [
     (O.HardSigmoid(alpha=-0.5, beta=0.1), 0.5),
     (O.HardSwish(), 1.5),
     (O.Silu(), A.SILU_SUP),
+    (O.Mish(), A.MISH_SUP),
     (O.Clip(min=0.0, max=6.0), 1.0),
     (O.Clip(min=-1.0, max=None), 1.0),
     (O.Clip(min=2.0, max=2.0), 0.0),
@@ -102,6 +103,22 @@ def test_smooth_activation_constants_are_the_exact_suprema() -> None:
         xs = np.arange(-12.0, 12.0, H)
         grid = max(abs(fn(float(x))) for x in xs[np.abs(xs - best.x) < 0.1])
         assert grid + H * H / 8 * 5.0 <= upper and lower <= sup <= upper
+
+
+def test_mish_constants_are_its_derivative_extrema() -> None:
+    # f' = tanh(sp) + x sech^2(sp) sigmoid(x), sp = softplus(x): its maximum (the constant) and its
+    # minimum (negative, smaller in magnitude), each found by a bounded search and on a fine grid
+    def mish_d(x: float) -> float:
+        sp = math.log1p(math.exp(x)) if x < 30 else x
+        return math.tanh(sp) + x / math.cosh(sp) ** 2 * special.expit(x)
+
+    best = optimize.minimize_scalar(lambda x: -mish_d(x), bounds=(0.5, 3.0), method="bounded", options={"xatol": 1e-10})
+    assert -best.fun == pytest.approx(A.MISH_SUP, abs=1e-12)
+    worst = optimize.minimize_scalar(mish_d, bounds=(-5.0, -0.5), method="bounded", options={"xatol": 1e-10})
+    assert worst.fun == pytest.approx(A.MISH_INF, abs=1e-12) and -worst.fun < A.MISH_NEG_UPPER < A.MISH_SUP
+    xs = np.arange(-12.0, 12.0, H)
+    grid = max(abs(mish_d(float(x))) for x in xs[np.abs(xs - best.x) < 0.1])
+    assert grid + H * H / 8 * 5.0 <= A.MISH_UPPER and A.MISH_LOWER <= A.MISH_SUP <= A.MISH_UPPER
 
 
 def test_activation_difference_quotients_never_exceed_the_bound() -> None:

@@ -37,6 +37,7 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.HARD_SIGMOID: (O.HardSigmoid(), [(1, 6)]),
     O.OpType.HARD_SWISH: (O.HardSwish(), [(1, 6)]),
     O.OpType.SILU: (O.Silu(), [(1, 6)]),
+    O.OpType.MISH: (O.Mish(), [(1, 6)]),
     O.OpType.CLIP: (O.Clip(min=0.0, max=6.0), [(1, 6)]),
     O.OpType.SOFTMAX: (O.Softmax(axis=-1), [(1, 2, 6)]),
     O.OpType.MAX_POOL: (O.MaxPool(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1)), [(1, 2, 6, 6)]),

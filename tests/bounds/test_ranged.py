@@ -84,7 +84,7 @@ def check_sound(op, boxes, bound, f, rng, pairs=40, jac_points=4):
 ACTIVATIONS = [
     O.Relu(), O.LeakyRelu(alpha=0.1), O.LeakyRelu(alpha=-2.0), O.Sigmoid(), O.Tanh(), O.Softplus(beta=1.0),
     O.Softplus(beta=2.0, threshold=20.0), O.Elu(alpha=1.0), O.Elu(alpha=2.5), O.Gelu(approximate="none"),
-    O.Gelu(approximate="tanh"), O.Silu(), O.HardSigmoid(alpha=0.2, beta=0.5), O.HardSwish(),
+    O.Gelu(approximate="tanh"), O.Silu(), O.Mish(), O.HardSigmoid(alpha=0.2, beta=0.5), O.HardSwish(),
     O.Clip(min=0.0, max=6.0), O.Clip(min=-1.0, max=None), O.Erf(), O.Abs(),
 ]
 
@@ -165,7 +165,8 @@ def test_softplus_jump_only_where_the_switch_is_reachable():
 
 
 def test_gelu_tanh_and_silu_critical_points():
-    """f'' changes sign only at the enclosed critical points (monotone f' in between)."""
+    """f'' changes sign only at the enclosed critical points (monotone f' in between); Mish's two
+    critical points are not symmetric."""
     x = torch.linspace(-30, 30, 600001, dtype=torch.float64, requires_grad=True)
     for fn, crit in ((lambda t: torch.nn.functional.gelu(t, approximate="tanh"), R.GELU_TANH_CRITICAL),
                      (torch.nn.functional.silu, R.SILU_CRITICAL),
@@ -178,6 +179,14 @@ def test_gelu_tanh_and_silu_critical_points():
         changes = xs[1:][big[1:] & big[:-1] & (np.sign(d2[1:]) != np.sign(d2[:-1]))]
         assert len(changes) == 2
         assert abs(changes[1] - crit[0]) < 1e-3 and abs(changes[0] + crit[0]) < 1e-3
+    (d1,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x)
+    d2 = d2.detach().numpy()
+    xs = x.detach().numpy()
+    big = np.abs(d2) > 1e-12
+    changes = xs[1:][big[1:] & big[:-1] & (np.sign(d2[1:]) != np.sign(d2[:-1]))]
+    assert len(changes) == 2
+    assert abs(changes[0] - R.MISH_NEG_CRITICAL[0]) < 1e-3 and abs(changes[1] - R.MISH_CRITICAL[0]) < 1e-3
 
 
 DOMAIN = [
@@ -385,7 +394,9 @@ def test_endpoint_slopes_against_mpmath():
 
     refs = ((lambda x: mpmath.ncdf(x) + x * mpmath.npdf(x), R._gelu_erf_slope),
             (gelu_tanh_d, R._gelu_tanh_slope),
-            (lambda x: 1 / (1 + mpmath.exp(-x)) * (1 + x / (1 + mpmath.exp(x))), R._silu_slope))
+            (lambda x: 1 / (1 + mpmath.exp(-x)) * (1 + x / (1 + mpmath.exp(x))), R._silu_slope),
+            (lambda x: mpmath.tanh(mpmath.log1p(mpmath.exp(x)))
+             + x * mpmath.sech(mpmath.log1p(mpmath.exp(x))) ** 2 / (1 + mpmath.exp(-x)), R._mish_slope))
     xs = np.concatenate([np.linspace(-30, 30, 241), [-1.4142135623730951, 1.4185040087, -2.3993572805]])
     for exact, ours in refs:
         got = ours(xs)

@@ -739,3 +739,76 @@ def test_einsum_with_a_diagonal_is_refused(tmp_path: Path) -> None:
     path = save(tmp_path, [helper.make_node("Einsum", ["x"], ["y"], equation="bii->bi")], {"x": (2, 3, 3)}, opset=12)
     with pytest.raises(UnsupportedOperatorError, match="a diagonal"):
         load_onnx(path)
+
+
+# ---- attention masks of -inf before a Softmax ------------------------------------------------------
+CAUSAL = np.tril(np.ones((4, 4), dtype=bool))
+
+
+@pytest.mark.parametrize("form", ["where_x_first", "where_inf_first", "add"])
+def test_an_attention_mask_of_minus_inf_fuses_into_the_softmax(form: str, tmp_path: Path) -> None:
+    """masked_fill(-inf) (exported as Where) and an additive mask with -inf entries before a
+    Softmax load as one Softmax with a mask (the additive mask's finite part as a shift): the same
+    outputs as onnxruntime, exactly 0 where masked, and the softmax's bound 1/2 (a -inf constant
+    no longer reaches any rule)."""
+    from stabaudit.bounds import bound_node
+    from stabaudit.bounds.base import RuleContext
+
+    minus_inf = np.array(-np.inf, dtype=np.float32)
+    if form == "where_x_first":
+        nodes = [helper.make_node("Where", ["c", "x", "m"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)]
+        params: dict[str, Any] = {"c": CAUSAL, "m": minus_inf}
+    elif form == "where_inf_first":
+        nodes = [helper.make_node("Where", ["c", "m", "x"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)]
+        params = {"c": ~CAUSAL, "m": minus_inf}
+    else:
+        bias = np.where(CAUSAL, rand(4, 4, seed=3, scale=0.5), -np.inf).astype(np.float32)
+        nodes = [helper.make_node("Add", ["x", "b"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)]
+        params = {"b": bias}
+    lm = check(save(tmp_path, nodes, {"x": (1, 2, 4, 4)}, params=params))
+    softmaxes = [n for n in lm.graph.nodes if isinstance(n.op, O.Softmax)]
+    assert len(softmaxes) == 1 and softmaxes[0].op.mask is not None
+    assert not any(isinstance(n.op, O.Where) for n in lm.graph.nodes)
+    assert [type(n.op) for n in lm.graph.nodes] == ([O.Affine, O.Softmax] if form == "add" else [O.Softmax])
+    ours, _ = run_both(lm)
+    assert (ours[0][..., ~CAUSAL] == 0).all()
+    node = softmaxes[0]
+    ob = bound_node(node, RuleContext(input_shapes=(lm.graph.shapes[node.inputs[0]],), output_shape=lm.graph.shapes[node.output]))
+    assert ob.upper.value == 0.5
+
+
+def test_a_mask_that_drops_a_whole_row_is_refused(tmp_path: Path) -> None:
+    cond = CAUSAL.copy()
+    cond[2] = False  # row 2 keeps nothing: its softmax is NaN
+    nodes = [helper.make_node("Where", ["c", "x", "m"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)]
+    path = save(tmp_path, nodes, {"x": (1, 4, 4)}, params={"c": cond, "m": np.array(-np.inf, dtype=np.float32)})
+    with pytest.raises(UnsupportedOperatorError, match="drops every entry of a row"):
+        load_onnx(path)
+
+
+def test_an_argmax_output_is_left_out_of_the_audit(tmp_path: Path) -> None:
+    """A classifier exported with its probabilities and their ArgMax: the index output (piecewise
+    constant) is left out of the audited graph and of the equivalence check, with a note; a real
+    value computed from the index is refused."""
+    nodes = [helper.make_node("Softmax", ["x"], ["p"], axis=-1),
+             helper.make_node("ArgMax", ["p"], ["k"], axis=-1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "cls", [helper.make_tensor_value_info("x", F, (1, 5))],
+        [helper.make_tensor_value_info("p", F, None), helper.make_tensor_value_info("k", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cls.onnx")
+    lm = load_onnx(tmp_path / "cls.onnx")
+    assert lm.graph.outputs == ("p",)
+    ours, ref = run_both(lm)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6, atol=1e-7)
+    assert any("the index of ArgMax" in note and "left out of the audited graph" in note for note in lm.notes)
+    nodes.append(helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes, "cls", [helper.make_tensor_value_info("x", F, (1, 5))],
+        [helper.make_tensor_value_info("p", F, None), helper.make_tensor_value_info("kf", F, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cast.onnx")
+    with pytest.raises(UnsupportedOperatorError, match="Cast"):
+        load_onnx(tmp_path / "cast.onnx")

@@ -62,7 +62,7 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_softplus", "test_spacetodepth", "test_split", "test_squeeze", "test_sub", "test_sum", "test_swiglu", "test_swish",
     "test_tanh", "test_thresholdedrelu_expanded", "test_tile", "test_transpose", "test_unsqueeze", "test_upsample",
     "test_erf", "test_exp_example", "test_log_example", "test_pow", "test_reciprocal", "test_sqrt",
-    "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization", "test_einsum",
+    "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization", "test_einsum", "test_mish",
 )
 KNOWN_REFUSED: dict[str, str] = {
     r"pytorch-converted/test_PReLU_\dd_multiparam": "opset-6 PRelu with a per-channel 1-D slope",

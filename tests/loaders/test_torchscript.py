@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -306,6 +307,30 @@ class Normalizations(nn.Module):
         return self.ln_plain(self.ln(self.gn(x) + self.inn(x) - self.inn_plain(x))) + self.tracked(x)
 
 
+class CausalAttention(nn.Module):
+    """A GPT-style block: LayerNorm, one Linear to q, k, v, scores q k^T of two variables, a causal
+    mask by masked_fill(-inf) from a buffer, softmax, the values' product, a residual projection."""
+
+    def __init__(self, t: int = 6, c: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(c)
+        self.qkv = nn.Linear(c, 3 * c)
+        self.proj = nn.Linear(c, c)
+        self.heads = heads
+        self.register_buffer("bias", torch.tril(torch.ones(t, t)).view(1, 1, t, t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln(x)).split(c, dim=2)
+        q = q.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        k = k.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        v = v.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // self.heads))
+        att = att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf"))
+        y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).contiguous().view(b, t, c)
+        return x + self.proj(y)
+
+
 def _randomize_norms(module: nn.Module) -> nn.Module:
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -336,6 +361,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "recurrent": (Recurrent, (2, 5, 3)),
     "control_flow": (ControlFlow, (3, 6)),
     "normalizations": (lambda: _randomize_norms(Normalizations()), (2, 4, 5, 6)),
+    "causal_attention": (CausalAttention, (1, 6, 8)),
 }
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -510,7 +536,8 @@ def test_operator_list_covers_brief() -> None:
     listed = set(ts.supported_operators())
     for op in ("aten::linear", "aten::conv2d", "aten::_convolution", "aten::batch_norm", "aten::cat",
                "aten::adaptive_avg_pool2d", "aten::dropout", "aten::softmax", "aten::addmm", "aten::layer_norm",
-               "aten::group_norm", "aten::instance_norm", "aten::log_softmax", "aten::selu", "aten::celu"):
+               "aten::group_norm", "aten::instance_norm", "aten::log_softmax", "aten::selu", "aten::celu",
+               "aten::masked_fill", "aten::bmm"):
         assert op in listed
 
 
@@ -672,3 +699,17 @@ def test_recurrent_variants_outside_the_onnx_cells_are_refused(tmp_path: Path) -
         with pytest.raises(UnsupportedOperatorError) as info:
             load_torchscript(path, input_shape=(4, 1, 3))
         assert any(detail in key for key in info.value.counts), info.value.counts
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_causal_mask_becomes_the_softmax_mask(mode: str, tmp_path: Path) -> None:
+    """masked_fill(-inf) before the softmax fuses into a Softmax with the causal mask: no -inf
+    constant is left in the graph (SA402 would read it as a non-finite parameter)."""
+    torch.manual_seed(0)
+    path = _save(CausalAttention(), (1, 6, 8), mode, tmp_path / "attn.pt")
+    graph = load_torchscript(path, input_shape=(1, 6, 8)).graph
+    soft = [n for n in graph.nodes if isinstance(n.op, O.Softmax)]
+    assert len(soft) == 1 and soft[0].op.mask is not None
+    np.testing.assert_array_equal(np.asarray(soft[0].op.mask).reshape(6, 6), np.tril(np.ones((6, 6), dtype=bool)))
+    assert not any(isinstance(n.op, O.Where) for n in graph.nodes)
+    assert sum(isinstance(n.op, O.MatMul) for n in graph.nodes) == 2

@@ -347,7 +347,7 @@ class TsConv(nn.Module):
 
 
 class TsPools(nn.Module):
-    """avg_pool1d, adaptive pools in 1-3 dims, max pools with indices, _softmax."""
+    """avg_pool1d, adaptive pools in 1-3 dims, max pools with indices, _softmax, _log_softmax."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [1, 2, 2, 2, 4]
         a = F.adaptive_avg_pool3d(x, (1, 2, 2)).reshape(1, 2, 4)
@@ -357,7 +357,7 @@ class TsPools(nn.Module):
         e, _ = F.max_pool2d_with_indices(x.reshape(1, 2, 4, 4), 2, 1)  # [1, 2, 3, 3]
         f, _ = F.max_pool3d_with_indices(x, 2)  # [1, 2, 1, 1, 2]
         g = torch.cat([c, d, e.reshape(1, 2, 9), f.reshape(1, 2, 2), b], dim=2)
-        return torch._softmax(g, 2, False)
+        return torch._softmax(g, 2, False) + 0.25 * torch._log_softmax(g, 2, False)
 
 
 class Recurrent(nn.Module):
@@ -1276,6 +1276,97 @@ def _onnx_ml_features() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+class Norms(nn.Module):
+    """GroupNorm, InstanceNorm (affine) and a LayerNorm over the last dim after a conv; small eps so
+    that 1/sqrt(eps) is met near constant groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4, eps=0.05)
+        self.inn = nn.InstanceNorm2d(4, affine=True, eps=0.1)
+        self.ln = nn.LayerNorm(5, eps=0.2)
+        self.fc = nn.Linear(100, 3)
+        with torch.no_grad():
+            for m in (self.gn, self.inn, self.ln):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(self.inn(self.gn(self.conv(x))))
+        return self.fc(h.flatten(1))
+
+
+class CausalAttention(nn.Module):
+    """A GPT-style head over 4 tokens: scores by bmm of two variables, a causal masked_fill(-inf)
+    from a buffer (the softmax's mask), softmax, the values' product by matmul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(3, 6)
+        self.out = nn.Linear(2, 2)
+        self.register_buffer("causal", torch.tril(torch.ones(4, 4)).view(1, 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).split(2, dim=2)  # [1, 4, 2] each
+        att = torch.bmm(q, k.transpose(1, 2)).masked_fill(self.causal == 0, float("-inf"))
+        return self.out(torch.softmax(att, dim=-1) @ v)
+
+
+def _onnx_einsum_group_norm() -> OnnxSpec:
+    """Einsum with a constant (a Linear) and a transposing one, GroupNormalization (opset 21, per
+    channel), Mish, and an ArgMax and an ArgMin that no output reads (indices are left out of the
+    audit)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("Einsum", ["x", "w1"], ["h"], equation="bsd,dc->bcs"),  # [1, 4, 3]
+            _node("GroupNormalization", ["h", "g", "b"], ["n0"], num_groups=2, epsilon=0.3),
+            _node("Mish", ["n0"], ["n"]),
+            _node("Einsum", ["n"], ["t"], equation="bcs->bsc"),  # [1, 3, 4]
+            _node("ArgMax", ["t"], ["k"], axis=-1, keepdims=0),
+            _node("ArgMin", ["t"], ["k2"], axis=1, keepdims=1),
+            _node("MatMul", ["t", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(91, 2, 4), "g": _rand(92, 4), "b": _rand(93, 4), "w2": _rand(94, 4, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = torch.einsum("bsd,dc->bcs", x, p["w1"]).reshape(1, 2, 6)
+        d = h - h.mean(dim=2, keepdim=True)
+        n = (d / torch.sqrt((d * d).mean(dim=2, keepdim=True) + float(np.float32(0.3)))).reshape(1, 4, 3)
+        n = F.mish(n * p["g"].reshape(1, 4, 1) + p["b"].reshape(1, 4, 1))
+        return n.transpose(1, 2) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=21)
+
+
+def _onnx_einsum_attention() -> OnnxSpec:
+    """Attention written with Einsum of two variables, an additive causal mask of -inf (fused into
+    the softmax's mask, its finite part a shift)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "wq"], ["q"]),  # [1, 4, 2]
+            _node("MatMul", ["x", "wk"], ["k"]),
+            _node("Einsum", ["q", "k"], ["s"], equation="bqd,bkd->bqk"),
+            _node("Add", ["s", "m"], ["sm"]),
+            _node("Softmax", ["sm"], ["pr"], axis=-1),
+            _node("Einsum", ["pr", "x"], ["y"], equation="bqk,bkd->bqd"),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        mask = np.where(np.tril(np.ones((4, 4), dtype=bool)), _rand(97, 4, 4, scale=0.3), -np.inf).astype(np.float32)
+        return {"wq": _rand(95, 3, 2), "wk": _rand(96, 3, 2), "m": mask}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        s = (x @ p["wq"]) @ (x @ p["wk"]).transpose(1, 2) + p["m"]
+        return torch.softmax(s, dim=-1) @ x
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("m",))
+
+
 def _cases() -> list[Case]:
     L = OpType
     cases = [
@@ -1378,11 +1469,11 @@ def _cases() -> list[Case]:
                                "aten::convolution",
                                "aten::feature_dropout", "aten::feature_alpha_dropout"})),
         Case(id="ts_pools", input_shape=(1, 2, 2, 2, 4), formats=(TS,), script=True, module=_seeded(TsPools, 16),
-             ops=frozenset({L.AVG_POOL, L.MAX_POOL, L.GLOBAL_MAX_POOL, L.SOFTMAX}),
+             ops=frozenset({L.AVG_POOL, L.MAX_POOL, L.GLOBAL_MAX_POOL, L.SOFTMAX, L.REDUCE_LOG_SUM_EXP}),
              ts_ops=frozenset({"aten::adaptive_avg_pool3d", "aten::adaptive_max_pool3d", "aten::avg_pool1d",
                                "aten::adaptive_max_pool1d", "aten::max_pool1d_with_indices",
                                "aten::max_pool2d_with_indices", "aten::max_pool3d_with_indices",
-                               "aten::_softmax"})),
+                               "aten::_softmax", "aten::_log_softmax"})),
         Case(id="onnx_arith", input_shape=(2, 4), formats=(ONNX,), onnx=_onnx_arith(),
              ops=frozenset({L.LINEAR, L.AFFINE, L.SILU, L.ADD}),
              onnx_ops=frozenset({"MatMul", "Constant", "Mul", "Div", "Identity", "Dropout", "Cast",
@@ -1446,6 +1537,25 @@ def _cases() -> list[Case]:
              onnx_ops=frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow", "Exp", "Erf", "Sum"})),
         Case(id="onnx_attention", input_shape=(4, 3), formats=(ONNX,), onnx=_onnx_attention(),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"MatMul", "Gemm", "Softmax"})),
+        _act("mish", nn.Mish, {L.MISH}, formats=(TS,), ts_ops=frozenset({"aten::mish"})),
+        _act("mish_pattern", nn.Mish, {L.MISH}, formats=(ONNX,)),  # opset 17: x * Tanh(Softplus(x)), fused
+        _act("selu", nn.SELU, {L.ELU, L.AFFINE}, onnx_ops=frozenset({"Selu"}), ts_ops=frozenset({"aten::selu"})),
+        _act("celu", lambda: nn.CELU(0.7), {L.ELU, L.AFFINE}, onnx_ops=frozenset({"Celu"}),
+             ts_ops=frozenset({"aten::celu"})),
+        _act("log_softmax", lambda: nn.LogSoftmax(dim=1), {L.REDUCE_LOG_SUM_EXP, L.SUB},
+             onnx_ops=frozenset({"LogSoftmax"}), ts_ops=frozenset({"aten::log_softmax"})),
+        Case(id="norms", input_shape=(1, 2, 5, 5), module=_seeded(Norms, 88),
+             ops=frozenset({L.CONV, L.LAYER_NORM, L.AFFINE, L.RESHAPE, L.LINEAR}),
+             onnx_ops=frozenset({"InstanceNormalization", "LayerNormalization"}),
+             ts_ops=frozenset({"aten::group_norm", "aten::instance_norm", "aten::layer_norm"})),
+        Case(id="causal_attention", input_shape=(1, 4, 3), module=_seeded(CausalAttention, 89),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"Where", "Softmax"}),
+             ts_ops=frozenset({"aten::bmm", "aten::masked_fill", "aten::matmul"})),
+        Case(id="onnx_einsum_group_norm", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_einsum_group_norm(),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM, L.AFFINE, L.TRANSPOSE, L.MISH}),
+             onnx_ops=frozenset({"Einsum", "GroupNormalization", "Mish", "ArgMax", "ArgMin"})),
+        Case(id="onnx_einsum_attention", input_shape=(1, 4, 3), formats=(ONNX,), onnx=_onnx_einsum_attention(),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE}), onnx_ops=frozenset({"Einsum", "Add", "Softmax"})),
         Case(id="onnx_layer_norm", input_shape=(2, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"LayerNormalization"})),
         Case(id="onnx_layer_norm_pattern", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm_pattern(),

@@ -22,6 +22,7 @@ _PLAIN: dict[str, type[O.Op]] = {
     "Tanh": O.Tanh,
     "Softplus": O.Softplus,
     "HardSwish": O.HardSwish,
+    "Mish": O.Mish,
     "Abs": O.Abs,
 }
 
@@ -167,6 +168,24 @@ def log_softmax(node: OnnxNode, ctx: Context) -> None:
     ctx.emit(node, O.Sub(), [x, lse])
 
 
+def _masked_softmax(node: OnnxNode, ctx: Context, shape: tuple[int, ...], axis: int) -> None:
+    """The fused attention mask (``patterns._match_masked_softmax``): the finite part of an added
+    mask as an Affine shift, then a Softmax with the mask."""
+    mask = np.asarray(node.attrs["_mask"], dtype=bool)
+    shift = node.attrs.get("_shift")
+    if node.opset < 13 and axis != len(shape) - 1:
+        raise Unsupported("Softmax with an attention mask over an axis other than the last (opset < 13)")
+    for what, value in (("mask", mask), ("shift", shift)):
+        if value is not None and not fits(np.asarray(value), shape):
+            raise Unsupported(f"Softmax with an attention {what} that broadcasts the input to a larger shape")
+    if not np.all(np.broadcast_to(mask, shape).any(axis=axis)):
+        raise Unsupported("Softmax with an attention mask that drops every entry of a row (its outputs are NaN)")
+    x = node.inputs[0]
+    if shift is not None:
+        x = ctx.emit(node, O.Affine(shift=np.asarray(shift, dtype=np.float64)), [x], tag="mask_shift")
+    ctx.emit(node, O.Softmax(axis=axis, mask=None if mask.all() else mask), [x])
+
+
 @register("Softmax")
 def softmax(node: OnnxNode, ctx: Context) -> None:
     """Softmax over one axis; before opset 13 over the input coerced to 2-D at ``axis``.
@@ -177,6 +196,9 @@ def softmax(node: OnnxNode, ctx: Context) -> None:
     shape = ctx.shape(node.inputs[0])
     rank = len(shape)
     axis = normalize_axis(int(node.attr("axis")), rank)
+    if "_mask" in node.attrs:
+        _masked_softmax(node, ctx, shape, axis)
+        return
     if node.opset >= 13 or axis == rank - 1:
         ctx.emit(node, O.Softmax(axis=axis), [node.inputs[0]])
         return

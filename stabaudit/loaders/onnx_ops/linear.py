@@ -158,7 +158,7 @@ def einsum(node: OnnxNode, ctx: Context) -> None:
     operand is transposed to [batch, free, contracted] (the second to [batch, contracted, free]),
     flattened to 3-D, multiplied, and the product is reshaped to [batch, free1, free2] and
     transposed to the output's order: the same sums of products, in another order."""
-    shapes = [tuple(np.shape(ctx.const(name))) if ctx.is_const(name) else ctx.shape(name) for name in node.inputs]
+    shapes = [ctx.shape(name) if (held := ctx.const(name)) is None else tuple(np.shape(held)) for name in node.inputs]
     terms, out = _einsum_terms(str(node.attr("equation")), [len(s) for s in shapes])
     if len(terms) > 2:
         raise Unsupported("Einsum of more than two operands")

@@ -1,6 +1,7 @@
 """Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)), the
 decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)
-and the decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it)."""
+the decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it), and
+an attention mask of -inf before a Softmax (Where(mask, x, -inf), Add(x, M) with -inf entries in M)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from stabaudit.loaders.onnx_ops.common import OnnxNode
 
-ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "ReduceMean", "Exp"})  # fusion is tried only when one occurs
+ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "Tanh", "ReduceMean", "Exp", "Softmax"})  # fusion is tried only when one occurs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,11 +110,17 @@ def _match_gelu(erf: OnnxNode, g: _Graph) -> _Match | None:
 
 
 def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
-    """x * Sigmoid(x) -> Swish(alpha=1) (SiLU); x * HardSigmoid(x; 1/6, 1/2) -> HardSwish."""
+    """x * Sigmoid(x) -> Swish(alpha=1) (SiLU); x * HardSigmoid(x; 1/6, 1/2) -> HardSwish;
+    x * Tanh(Softplus(x)) -> Mish (the legacy exporter's Mish)."""
     if len(mul.inputs) != 2:
         return None
     for gate_name, x in (mul.inputs, tuple(reversed(mul.inputs))):
         gate = g.producer.get(gate_name)
+        if gate is not None and gate.op_type == "Tanh" and g.sole_consumer(gate_name) is mul:
+            soft = g.producer.get(gate.inputs[0])
+            if soft is not None and soft.op_type == "Softplus" and soft.inputs[0] == x \
+                    and g.sole_consumer(soft.outputs[0]) is gate:
+                return _Match(nodes=(soft, gate, mul), fused=_fused("Mish", (soft, gate, mul), x, {}))
         if gate is None or gate.op_type not in ("Sigmoid", "HardSigmoid") or gate.inputs[0] != x \
                 or g.sole_consumer(gate_name) is not mul:
             continue
@@ -279,6 +286,52 @@ def _match_softmax(exp: OnnxNode, g: _Graph) -> _Match | None:
     return _Match(nodes=nodes, fused=fused)
 
 
+def _minus_inf(value: np.ndarray | None) -> bool:
+    return value is not None and value.dtype.kind == "f" and value.size > 0 and bool(np.all(value == -np.inf))
+
+
+def _match_masked_softmax(softmax: OnnxNode, g: _Graph) -> _Match | None:
+    """Where(c, x, -inf) -> Softmax (or Where(c, -inf, x)), c constant, and Add(x, M) -> Softmax with
+    M constant holding -inf entries and finite others: one Softmax with a mask (the entries the
+    -inf drops) and, for the Add, the finite part of M as a shift. Exact: e^-inf is 0, so the
+    dropped entries output 0 and the others are the softmax of their row's kept entries (the
+    masked_fill(-inf) of causal and padding attention masks)."""
+    x = softmax.inputs[0]
+    prod = g.producer.get(x)
+    if prod is None or g.sole_consumer(x) is not softmax:
+        return None
+    attrs: dict[str, object] = dict(softmax.attrs)
+    if prod.op_type == "Where" and len(prod.inputs) == 3:
+        cond, a, b = (g.constants.get(name) for name in prod.inputs)
+        if cond is None or cond.dtype != np.bool_:
+            return None
+        if _minus_inf(b) and a is None:
+            source, kept = prod.inputs[1], cond
+        elif _minus_inf(a) and b is None:
+            source, kept = prod.inputs[2], ~cond
+        else:
+            return None
+        attrs["_mask"] = np.asarray(kept, dtype=bool)
+    elif prod.op_type == "Add" and len(prod.inputs) == 2:
+        consts = [g.constants.get(name) for name in prod.inputs]
+        k = next((i for i, c in enumerate(consts) if c is not None), None)
+        if k is None or consts[1 - k] is not None:
+            return None
+        m = np.asarray(consts[k])
+        if m.dtype.kind != "f" or not np.any(m == -np.inf) or np.any(np.isnan(m) | (m == np.inf)):
+            return None
+        source = prod.inputs[1 - k]
+        attrs["_mask"] = m > -np.inf
+        shift = np.where(m > -np.inf, m, 0.0)
+        if np.any(shift != 0.0):
+            attrs["_shift"] = shift
+    else:
+        return None
+    fused = OnnxNode(op_type="Softmax", name=softmax.name, inputs=(source,), outputs=softmax.outputs, attrs=attrs,
+                     opset=softmax.opset, source_op=f"{prod.op_type}+Softmax")
+    return _Match(nodes=(prod, softmax), fused=fused)
+
+
 def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray],
                   outputs: set[str]) -> tuple[list[OnnxNode], list[str]]:
     """The node list with each matched pattern replaced by one node at its last node's place.
@@ -300,6 +353,8 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
             match = _match_layer_norm(node, g)
         elif node.op_type == "Exp":
             match = _match_softmax(node, g)
+        elif node.op_type == "Softmax":
+            match = _match_masked_softmax(node, g)
         if match is None or any(id(n) in taken for n in match.nodes):
             continue
         taken.update(id(n) for n in match.nodes)

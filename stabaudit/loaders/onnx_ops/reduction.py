@@ -8,6 +8,7 @@ import numpy as np
 from stabaudit.ir import ops as O
 from stabaudit.loaders.onnx_ops.common import (
     Context,
+    Dropped,
     OnnxNode,
     Unsupported,
     int_list,
@@ -86,3 +87,13 @@ def extremum(node: OnnxNode, ctx: Context) -> None:
             return
     op = O.Max(constant=constant) if is_max else O.Min(constant=constant)
     ctx.emit(node, op, variables)
+
+
+@register("ArgMax", "ArgMin")
+def arg_extremum(node: OnnxNode, ctx: Context) -> None:
+    """ArgMax / ArgMin: an integer index, piecewise constant with jumps where the extremum moves, so
+    it has no Lipschitz constant. Its value is left out of the audit as a class label is
+    (``Dropped``): a graph output of it is not audited nor compared (the notes say so), and a real
+    value computed from it (a Gather by the index, a Cast to float) is refused."""
+    ctx.dropped[node.outputs[0]] = Dropped(
+        kind="a class index", what=f"the index of {node.op_type} {node.name!r}: piecewise constant")

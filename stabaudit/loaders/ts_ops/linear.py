@@ -1,4 +1,5 @@
-"""Translators of TorchScript's linear maps: linear, matmul/mm/addmm by constants, convolutions."""
+"""Translators of TorchScript's linear maps: linear, matmul/mm/addmm by constants (and matmul of
+two variables), convolutions."""
 
 from __future__ import annotations
 
@@ -44,9 +45,19 @@ def _right_matrix(node: SourceNode, x: Any, w: Any) -> tuple[Var, np.ndarray]:
     return x, np.ascontiguousarray(matrix.T)
 
 
-@translates("aten::matmul", "aten::mm")
+@translates("aten::matmul", "aten::mm", "aten::bmm")
 def matmul(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    x, weight = _right_matrix(node, node.arg(0), node.arg(1))
+    """x @ W with a constant matrix W: a Linear. x @ y of two variables (attention's Q K^T and P V)
+    of rank 2 or more: a MatMul (numpy's matmul, as torch's: the last two dims multiplied, the
+    others broadcast), bounded only over a domain."""
+    a, b = node.arg(0), node.arg(1)
+    if isinstance(a, Var) and isinstance(b, Var):
+        if a.rank < 2 or b.rank < 2:
+            raise Unsupported("a product of two variables of rank below 2")
+        return [ctx.emit(O.MatMul(), [a, b])]
+    if node.kind == "aten::bmm":
+        raise Unsupported("bmm with a constant operand")
+    x, weight = _right_matrix(node, a, b)
     return [ctx.emit(O.Linear(weight=weight), [x])]
 
 

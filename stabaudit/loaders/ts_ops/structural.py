@@ -302,3 +302,24 @@ def filled(ctx: Context, node: SourceNode) -> Sequence[Any]:
         raise Unsupported(f"a fill of {value!r} as {dtype}")
     # float32 whatever float type is asked: the value is exact in each, and the IR computes in float
     return [torch.full(shape, float(value), dtype=torch.float32)]
+
+
+@translates("aten::masked_fill")
+def masked_fill(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """masked_fill(x, mask, value) with a constant mask and value: a Where with a constant condition
+    (exact selection; a value of -inf before a softmax, an attention mask, becomes the softmax's
+    mask: ``ir.passes.fuse_masked_softmax``)."""
+    x = node.var(0)
+    mask = node.arg(1)
+    if isinstance(mask, Var):
+        raise Unsupported("a mask computed from the input")
+    value = node.arg(2)
+    if isinstance(value, Var):
+        raise Unsupported("a fill value computed from the input")
+    cond = const_array(mask, what="mask").astype(bool)
+    if cond.ndim > x.rank or tuple(np.broadcast_shapes(cond.shape, x.shape)) != tuple(x.shape):
+        raise Unsupported(f"a mask of shape {list(cond.shape)} that does not broadcast to {list(x.shape)}")
+    fill = np.asarray(const_array(value, what="value") if not isinstance(value, int | float) else value, dtype=np.float64)
+    if fill.size != 1:
+        raise Unsupported("a fill value that is not one number")
+    return [ctx.emit(O.Where(mask=cond, when_true=fill.reshape(())), [x])]
