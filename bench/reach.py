@@ -21,6 +21,8 @@ Prints a markdown table for docs/benchmarks.md; exits 0 whatever the audits' exi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -264,7 +266,7 @@ def export(name: str, directory: Path, dynamo: bool) -> Path | str:
     module = _seeded(make)
     x = torch.randint(0, int(spec[1]), (1, int(spec[2]))) if spec[0] == "ids" else torch.rand(spec)  # type: ignore[arg-type]
     path = directory / f"{name}_{'dynamo' if dynamo else 'torchscript'}.onnx"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
         warnings.simplefilter("ignore")
         try:
             if dynamo:
