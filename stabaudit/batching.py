@@ -75,6 +75,7 @@ def request_for(
         input_shapes=dict(settings.input_shapes or {}),
         start=settings.start,
         perturb=tuple(settings.perturb or ()),
+        end=tuple(settings.end or ()),
         thresholds={canonical_threshold(k): float(v) for k, v in settings.thresholds.items()},
         severities={k: Severity(v) for k, v in settings.severity.items()},
         fail_on=FailOn(settings.fail_on or "error"),

@@ -317,6 +317,7 @@ def _check_options(
     trust_torchscript: bool = False,
     start: str | None = None,
     perturb: str | None = None,
+    end: str | None = None,
     domain: str | None = None,
     arguments: list[str] | None = None,
 ) -> Settings:
@@ -349,6 +350,9 @@ def _check_options(
     shapes = parse_shapes([input_shape] if isinstance(input_shape, str) else input_shape)
     if start is not None and not start.strip():
         raise UsageError("--from: expected the name of a tensor of the model")
+    ends = tuple(n.strip() for n in (end or "").split(",") if n.strip())
+    if end is not None and not ends:
+        raise UsageError("--to: expected the names of tensors of the model, comma-separated")
     audit_domain = None
     if domain is not None:
         from stabaudit.analyses.samples import parse_domain
@@ -363,6 +367,7 @@ def _check_options(
         input_shapes=shapes[1] or None,
         start=start,
         perturb=tuple(n.strip() for n in (perturb or "").split(",") if n.strip()) or None,
+        end=ends or None,
         seed=seed,
         fail_on=fail_on,  # type: ignore[arg-type]  # validated above
         method=method,  # type: ignore[arg-type]
@@ -671,6 +676,12 @@ def check(
         typer.Option("--perturb", metavar="NAME,...",
                      help="ONNX: perturb only these inputs; the other real inputs are held at seeded values."),
     ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", metavar="TENSOR,...",
+                     help="End the audit at these tensors of an ONNX model (its outputs): the nodes after them, "
+                          "e.g. a detector's TopK and NonMaxSuppression, are cut."),
+    ] = None,
     arg: Annotated[
         list[str] | None,
         typer.Option("--arg", metavar="NAME=VALUE",
@@ -753,7 +764,7 @@ def check(
             threshold=threshold, max_regression=max_regression, eps=eps, inputs=inputs,
             max_memory=max_memory, timeout=timeout, input_shape=input_shape, fail_on=fail_on,
             method=method, seed=seed, budget=budget, trust_torchscript=trust_torchscript, start=start,
-            perturb=perturb, domain=domain, arguments=arg,
+            perturb=perturb, end=end, domain=domain, arguments=arg,
         )
         if device not in ("cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected cpu or cuda")

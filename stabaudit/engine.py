@@ -52,6 +52,7 @@ class AuditRequest:
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # ONNX: by input name
     start: str | None = None  # ONNX: the tensor the audit starts from (--from)
     perturb: tuple[str, ...] = ()  # ONNX: the real inputs perturbed; the others held (--perturb)
+    end: tuple[str, ...] = ()  # ONNX: the tensors the audit ends at, its outputs (--to)
     thresholds: Mapping[str, float] = field(default_factory=dict)  # canonical keys
     severities: Mapping[str, Severity] = field(default_factory=dict)
     fail_on: FailOn = FailOn.ERROR
@@ -427,6 +428,7 @@ def _analysis(request: AuditRequest, ev: AnalysisState, sha256: str | None, stop
             input_shape=tuple(graph.inputs[0].shape),
             start=dict(loaded.start) or None,
             held=dict(loaded.held) or None,
+            end=tuple(request.end) or None,
         ),
         equivalence=Equivalence(
             reference=eq.reference,

@@ -530,7 +530,8 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
     check_model_memory(request.path, memory_budget)
     loaded = load_model(
         request.path, input_shape=request.input_shape, trust_torchscript=request.trust_torchscript,
-        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb, seed=request.seed,
+        input_shapes=request.input_shapes, start=request.start, perturb=request.perturb, end=request.end,
+        seed=request.seed,
         module_jobs=_module_jobs(request), cuda=request.device == "cuda", arguments=request.arguments,
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)

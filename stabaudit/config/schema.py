@@ -95,6 +95,7 @@ class Settings(BaseModel):
     input_shapes: dict[str, tuple[int, ...]] | None = None  # by input name (replaced as a whole)
     start: str | None = None  # ONNX: the tensor the audit starts from (config key `from`, --from)
     perturb: tuple[str, ...] | None = None  # ONNX: the real inputs perturbed, the others held (--perturb)
+    end: tuple[str, ...] | None = None  # ONNX: the tensors the audit ends at (config key `to`, --to)
     seed: int | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -349,6 +350,7 @@ class SettingsInput(_Input):
                   | dict[str, Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]] | None) = None
     start: str | None = Field(default=None, alias="from", min_length=1)
     perturb: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    end: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = Field(default=None, alias="to")
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     fail_on: FailOn | None = None
     method: Method | None = None
@@ -385,6 +387,7 @@ class SettingsInput(_Input):
             else None,
             start=self.start,
             perturb=tuple(self.perturb) if self.perturb is not None else None,
+            end=tuple(self.end) if self.end is not None else None,
             seed=self.seed, fail_on=self.fail_on, method=self.method, budget=self.budget, timeout=self.timeout,
             eps=self.eps, inputs=inputs, max_memory=self.max_memory,
             disable=frozenset(self.checks.disable) if self.checks is not None else frozenset(),
@@ -450,6 +453,7 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "input_shape": ("expected a list of positive integers (the first input) or a mapping NAME: list", None),
     "start": ("expected the name of a tensor of the model", None),
     "perturb": ("expected a list of input names", None),
+    "end": ("expected a list of tensor names", None),
     "seed": (f"expected a non-negative integer (at most {MAX_SEED})", None),
     "fail_on": ("expected one of " + ", ".join(FAIL_ON), None),
     "method": ("expected one of " + ", ".join(METHODS), None),

@@ -13,7 +13,7 @@ from stabaudit.loaders.detect import detect_format
 def load_model(
     path: str | Path, *, input_shape: tuple[int, ...] | None = None, trust_torchscript: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
-    perturb: tuple[str, ...] = (), seed: int = 0,
+    perturb: tuple[str, ...] = (), end: tuple[str, ...] = (), seed: int = 0,
     module_jobs: Mapping[str, Callable[[LoadedModel], Any]] | None = None, cuda: bool = False,
     arguments: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
@@ -31,10 +31,11 @@ def load_model(
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.ts_child import load_isolated
 
-        if input_shapes or start is not None or perturb:
+        if input_shapes or start is not None or perturb or end:
             from stabaudit.errors import ModelLoadError
 
-            raise ModelLoadError("--input-shape NAME=..., --from and --perturb apply to ONNX models only", path=str(path))
+            raise ModelLoadError("--input-shape NAME=..., --from, --to and --perturb apply to ONNX models only",
+                                 path=str(path))
         from stabaudit.loaders.torchscript import precheck_archive
 
         precheck_archive(Path(path), str(path))
@@ -47,7 +48,7 @@ def load_model(
                              path=str(path))
     from stabaudit.loaders.onnx import load_onnx
 
-    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb)
+    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb, end=end)
 
 
 def supported_operators() -> dict[str, list[str]]:

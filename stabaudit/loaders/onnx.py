@@ -36,20 +36,22 @@ def supported_operators() -> list[str]:
 
 def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
               input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
-              perturb: Sequence[str] | None = None) -> LoadedModel:
+              perturb: Sequence[str] | None = None, end: Sequence[str] = ()) -> LoadedModel:
     """Load an ONNX model; dynamic dims come from ``input_shape`` (first input), ``input_shapes``
     (by input name; a symbolic dim named in one fixes it in every input) or batch 1.
 
     Integer and bool inputs are held at values (stabaudit.loaders.onnx held values) and folded;
     the audit starts where the input becomes real (an embedding Gather, a Cast to float), or at
     ``start`` (a tensor name: the graph upstream of it is cut). With ``perturb``, the real inputs
-    not named there are held at seeded standard-normal values too.
+    not named there are held at seeded standard-normal values too. ``end`` (tensor names): the
+    audit ends there, they are the outputs and the nodes no one of them depends on are cut (a
+    detector's post-processing: TopK, NonMaxSuppression), for the reference as well.
 
     Raises ModelLoadError (with ``path``) for unreadable, malformed or unsafe files, and
     UnsupportedOperatorError listing every operator outside the IR at once.
     """
     try:
-        return _load(Path(path), input_shape, dict(input_shapes or {}), start, tuple(perturb or ()))
+        return _load(Path(path), input_shape, dict(input_shapes or {}), start, tuple(perturb or ()), tuple(end))
     except StabauditError as exc:
         if exc.path is None:
             exc.path = str(path)
@@ -61,14 +63,18 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
 
 
 def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tuple[int, ...]],
-          start: str | None, perturb: tuple[str, ...] = ()) -> LoadedModel:
+          start: str | None, perturb: tuple[str, ...] = (), end: tuple[str, ...] = ()) -> LoadedModel:
     check_file(path)
-    data = path.read_bytes()
+    data: bytes | None = path.read_bytes()
+    assert data is not None
     model = _parse(data)
     check_model_memory(model, path=str(path))  # declared tensor sizes, before external data is read
     external_files = _load_external_data(model, path)
     _check_tensor_sizes(model)
     notes: list[str] = []
+    if end:
+        model = _cut_after(model, end, notes)
+        data = None  # the reference runs the cut model, not the file's bytes
     if external_files:
         notes.append(f"external data read from {external_files} file(s) in the model's directory")
     _check(model, notes)
@@ -79,7 +85,7 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     if perturb:
         cut = _perturb_only(all_inputs, cut, perturb)
     if start is not None:
-        cut = _cut_at(work, all_inputs, constants, cut, model, data if not external_files else None, path)
+        cut = _cut_at(work, all_inputs, constants, cut, model, None if external_files else data, path)
     inputs = [i for i in all_inputs if i.name not in cut.held]
     reasons: dict[str, str] = {}
     kept: list[str] = []
@@ -117,6 +123,69 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         reference_outputs=tuple(o.name for o in model.graph.output) if kept else (),
         output_names=tuple(kept),
     )
+
+
+def _subgraph_reads(node: Any) -> set[str]:
+    """Every tensor name read inside the subgraphs of ``node`` (If, Loop, Scan read outer values
+    without listing them as inputs), recursively."""
+    import onnx
+
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            for inner in g.node:
+                names.update(i for i in inner.input if i)
+                names |= _subgraph_reads(inner)
+    return names
+
+
+def _cut_after(model: Any, end: Sequence[str], notes: list[str]) -> Any:
+    """A copy of ``model`` whose outputs are the tensors ``end`` (--to), without the nodes none of
+    them depends on (a detector's post-processing after its heads): those are neither translated
+    nor run by the reference."""
+    import onnx
+
+    produced = {name: node for node in model.graph.node for name in node.output if name}
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input} - initializers
+    for name in end:
+        if name in initializers:
+            raise ModelLoadError(f"--to {name!r} is a weight (an initializer), not a computed tensor")
+        if name not in produced:
+            raise ModelLoadError(f"--to {name!r}: no node of the model computes a tensor of that name"
+                                 + (" (it is a graph input)" if name in graph_inputs else ""))
+    needed: set[int] = set()
+    stack = list(end)
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = produced.get(name)
+        if node is None or id(node) in needed:
+            continue
+        needed.add(id(node))
+        stack.extend(i for i in node.input if i)
+        stack.extend(_subgraph_reads(node))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = [n for n in model.graph.node if id(n) in needed]
+    cut = len(model.graph.node) - len(kept)
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    typed = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+    del copy.graph.output[:]
+    copy.graph.output.extend(typed[name] if name in typed else onnx.ValueInfoProto(name=name) for name in end)
+    used = seen | {i for n in kept for i in n.input}
+    kept_inputs = [i for i in model.graph.input if i.name in used or i.name in initializers]
+    del copy.graph.input[:]
+    copy.graph.input.extend(kept_inputs)
+    ops = Counter(n.op_type for n in model.graph.node if id(n) not in needed)
+    notes.append(f"the audit ends at tensor(s) {', '.join(repr(n) for n in end)} (--to): {cut} node(s) after "
+                 f"them cut" + (f" ({', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))})" if ops else ""))
+    return copy
 
 
 def _with_outputs(model: Any, names: Sequence[str]) -> Any:

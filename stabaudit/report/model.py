@@ -44,6 +44,8 @@ class ModelInfo:
     start: dict[str, str] | None = field(default=None, metadata={"omit_when_none": True})
     # inputs held at values (integer / bool inputs, float inputs upstream of --from) -> which values
     held: dict[str, str] | None = field(default=None, metadata={"omit_when_none": True})
+    # the tensors the audit ends at (--to, config `to:`), its outputs; absent when it ends at the graph outputs
+    end: tuple[str, ...] | None = field(default=None, metadata={"omit_when_none": True})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -812,3 +812,55 @@ def test_an_argmax_output_is_left_out_of_the_audit(tmp_path: Path) -> None:
     onnx.save(model, tmp_path / "cast.onnx")
     with pytest.raises(UnsupportedOperatorError, match="Cast"):
         load_onnx(tmp_path / "cast.onnx")
+
+
+# ---- --to: the audit ends at named tensors -----------------------------------------------------------
+def _detector(tmp_path: Path) -> Path:
+    """A conv head giving boxes and scores, then a detector's post-processing (TopK on the scores,
+    NonMaxSuppression on the boxes) as the graph outputs."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["feat"], pads=[1, 1, 1, 1]),  # [1, 6, 4, 4]
+        helper.make_node("Relu", ["feat"], ["act"]),
+        helper.make_node("Reshape", ["act", "shape"], ["flat"]),  # [1, 6, 16]
+        helper.make_node("Transpose", ["flat"], ["rows"], perm=[0, 2, 1]),  # [1, 16, 6]
+        helper.make_node("Split", ["rows", "split"], ["boxes", "logits"], axis=2),  # [1, 16, 4], [1, 16, 2]
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),
+        helper.make_node("Transpose", ["scores"], ["by_class"], perm=[0, 2, 1]),  # [1, 2, 16]
+        helper.make_node("NonMaxSuppression", ["boxes", "by_class", "max_out", "iou", "thr"], ["kept"]),
+        helper.make_node("ReduceMax", ["scores"], ["best"], axes=[2], keepdims=0),
+        helper.make_node("TopK", ["best", "k"], ["top", "top_index"], axis=1),
+    ]
+    params = {"w": rand(6, 3, 3, 3, seed=2, scale=0.3), "b": rand(6, seed=3), "shape": np.array([1, 6, 16], np.int64),
+              "split": np.array([4, 2], np.int64), "max_out": np.array([5], np.int64), "iou": np.array([0.5], np.float32),
+              "thr": np.array([0.1], np.float32), "k": np.array([3], np.int64)}
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("x", F, (1, 3, 4, 4))],
+        [helper.make_tensor_value_info("kept", TensorProto.INT64, None), helper.make_tensor_value_info("top", F, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in params.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "det.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_to_ends_the_audit_before_a_detectors_post_processing(tmp_path: Path) -> None:
+    path = _detector(tmp_path)
+    with pytest.raises(UnsupportedOperatorError, match="NonMaxSuppression"):
+        load_onnx(path)
+    lm = load_onnx(path, end=("boxes", "scores"))
+    assert lm.graph.outputs == ("boxes", "scores")
+    assert not {"NonMaxSuppression", "TopK", "ReduceMax"} & set(lm.source_ops)
+    assert any("ends at tensor(s) 'boxes', 'scores' (--to): 4 node(s) after them cut" in n and "NonMaxSuppression x1" in n
+               for n in lm.notes), lm.notes
+    ours, ref = run_both(lm)  # onnxruntime runs the cut model: its outputs are the named tensors
+    assert len(ours) == len(ref) == 2
+    for o, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "message"), [("nothing", "no node of the model computes"), ("x", "it is a graph input"),
+                                               ("w", "is a weight")])
+def test_to_names_a_computed_tensor(name: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load_onnx(_detector(tmp_path), end=(name,))

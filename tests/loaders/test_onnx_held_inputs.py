@@ -220,3 +220,20 @@ def test_every_output_constant_is_still_refused(tmp_path: Path) -> None:
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(ModelLoadError, match="graph output 'y' is a constant once"):
         load_onnx(tmp_path / "m.onnx")
+
+
+def test_cli_and_config_to_end_the_audit_before_post_processing(tmp_path: Path) -> None:
+    from tests.loaders.test_onnx import _detector
+
+    path = _detector(tmp_path)
+    report = _check([str(path), "--to", "boxes,scores"], tmp_path / "r.json")
+    assert report["model"]["end"] == ["boxes", "scores"] and report["equivalence"]["passed"]
+    assert report["lipschitz"]["upper"] is not None and report["lipschitz"]["lower"] is not None
+    config = tmp_path / "stabaudit.yaml"
+    config.write_text("models:\n  - path: det.onnx\n    to: [scores]\n")
+    report = _check([str(path), "--config", str(config)], tmp_path / "c.json")
+    assert report["model"]["end"] == ["scores"]
+    bare = runner.invoke(app, ["check", str(path), "--budget", "1", "-o", str(tmp_path / "b.json"), "--quiet"])
+    assert bare.exit_code == 2 and "NonMaxSuppression" in bare.output
+    empty = runner.invoke(app, ["check", str(path), "--to", " , ", "-o", str(tmp_path / "e.json"), "--quiet"])
+    assert empty.exit_code == 2 and "--to" in empty.output and not (tmp_path / "e.json").exists()
