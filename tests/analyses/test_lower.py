@@ -542,6 +542,18 @@ def test_error_model_bounds_a_resize_after_a_linear_map(mode: str) -> None:
         assert worst > 1e-3  # the bound is of the size of the rounding it bounds
 
 
+def _reduced(reduce: type[O.Reduce], h: np.ndarray) -> np.ndarray:
+    """The reduction over axis 1 of the rows of h, in h's (extended) precision."""
+    if reduce is O.ReduceL1:
+        return np.abs(h).sum(axis=1)
+    if reduce is O.ReduceSumSquare:
+        return (h * h).sum(axis=1)
+    if reduce is O.ReduceL2:
+        return np.sqrt((h * h).sum(axis=1))
+    top = h.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(h - top).sum(axis=1, keepdims=True))).reshape(-1)
+
+
 @pytest.mark.parametrize("reduce", [O.ReduceL1, O.ReduceSumSquare, O.ReduceL2, O.ReduceLogSumExp])
 def test_error_model_bounds_the_nonlinear_sum_reductions(reduce: type[O.Reduce]) -> None:
     """sum |x|, sum x^2, the L2 norm (F.normalize's denominator) and log-sum-exp over the rows of a
@@ -563,15 +575,7 @@ def test_error_model_bounds_the_nonlinear_sum_reductions(reduce: type[O.Reduce])
         x = rng.normal(size=5) * 10.0 ** (trial % 4 - 1)
         y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
         h = (x.astype(ld) @ w.T.astype(ld) + b.astype(ld)).reshape(4, 6)
-        if reduce is O.ReduceL1:
-            exact = np.abs(h).sum(axis=1)
-        elif reduce is O.ReduceSumSquare:
-            exact = (h * h).sum(axis=1)
-        elif reduce is O.ReduceL2:
-            exact = np.sqrt((h * h).sum(axis=1))
-        else:
-            top = h.max(axis=1, keepdims=True)
-            exact = (top + np.log(np.exp(h - top).sum(axis=1, keepdims=True))).reshape(-1)
+        exact = _reduced(reduce, h)
         err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
         assert math.isfinite(bound) and err <= bound
         assert bound <= 1e-12 * (float(np.abs(exact).max()) + 1.0), bound
@@ -583,15 +587,7 @@ def test_error_model_bounds_the_nonlinear_sum_reductions(reduce: type[O.Reduce])
         x = rng.normal(size=(4, 6)) * np.exp(rng.normal(size=(4, 6)) * 2.0)
         y_hat, bound = own.evaluate(torch.tensor(x.reshape(-1), dtype=torch.float64))
         h = x.astype(ld)
-        if reduce is O.ReduceL1:
-            exact = np.abs(h).sum(axis=1)
-        elif reduce is O.ReduceSumSquare:
-            exact = (h * h).sum(axis=1)
-        elif reduce is O.ReduceL2:
-            exact = np.sqrt((h * h).sum(axis=1))
-        else:
-            top = h.max(axis=1, keepdims=True)
-            exact = (top + np.log(np.exp(h - top).sum(axis=1, keepdims=True))).reshape(-1)
+        exact = _reduced(reduce, h)
         err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
         assert err <= bound
         worst = max(worst, err / bound)

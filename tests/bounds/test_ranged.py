@@ -168,23 +168,22 @@ def test_gelu_tanh_and_silu_critical_points():
     """f'' changes sign only at the enclosed critical points (monotone f' in between); Mish's two
     critical points are not symmetric."""
     x = torch.linspace(-30, 30, 600001, dtype=torch.float64, requires_grad=True)
+
+    def sign_changes(fn) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """Where f'' changes sign on the grid (away from its underflowing tails)."""
+        (d1,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+        (d2,) = torch.autograd.grad(d1.sum(), x)
+        d2, xs = d2.detach().numpy(), x.detach().numpy()
+        big = np.abs(d2) > 1e-12
+        return xs[1:][big[1:] & big[:-1] & (np.sign(d2[1:]) != np.sign(d2[:-1]))]
+
     for fn, crit in ((lambda t: torch.nn.functional.gelu(t, approximate="tanh"), R.GELU_TANH_CRITICAL),
                      (torch.nn.functional.silu, R.SILU_CRITICAL),
                      (lambda t: torch.nn.functional.gelu(t), R.SQRT2_ENCLOSURE)):
-        (d1,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
-        (d2,) = torch.autograd.grad(d1.sum(), x)
-        d2 = d2.detach().numpy()
-        xs = x.detach().numpy()
-        big = np.abs(d2) > 1e-12
-        changes = xs[1:][big[1:] & big[:-1] & (np.sign(d2[1:]) != np.sign(d2[:-1]))]
+        changes = sign_changes(fn)
         assert len(changes) == 2
         assert abs(changes[1] - crit[0]) < 1e-3 and abs(changes[0] + crit[0]) < 1e-3
-    (d1,) = torch.autograd.grad(torch.nn.functional.mish(x).sum(), x, create_graph=True)
-    (d2,) = torch.autograd.grad(d1.sum(), x)
-    d2 = d2.detach().numpy()
-    xs = x.detach().numpy()
-    big = np.abs(d2) > 1e-12
-    changes = xs[1:][big[1:] & big[:-1] & (np.sign(d2[1:]) != np.sign(d2[:-1]))]
+    changes = sign_changes(torch.nn.functional.mish)
     assert len(changes) == 2
     assert abs(changes[0] - R.MISH_NEG_CRITICAL[0]) < 1e-3 and abs(changes[1] - R.MISH_CRITICAL[0]) < 1e-3
 
