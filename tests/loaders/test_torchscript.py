@@ -331,6 +331,23 @@ class CausalAttention(nn.Module):
         return x + self.proj(y)
 
 
+class LibraryAttention(nn.Module):
+    """scaled_dot_product_attention, causal with a given scale, and with a boolean padding mask
+    that keeps the first 4 of 6 keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.register_buffer("keep", torch.arange(6).view(1, 1, 1, 6) < 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x).view(1, 6, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+        return (a + b).transpose(1, 2).reshape(1, 6, 8)
+
+
 def _randomize_norms(module: nn.Module) -> nn.Module:
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -362,6 +379,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "control_flow": (ControlFlow, (3, 6)),
     "normalizations": (lambda: _randomize_norms(Normalizations()), (2, 4, 5, 6)),
     "causal_attention": (CausalAttention, (1, 6, 8)),
+    "library_attention": (LibraryAttention, (1, 6, 8)),
 }
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -537,7 +555,7 @@ def test_operator_list_covers_brief() -> None:
     for op in ("aten::linear", "aten::conv2d", "aten::_convolution", "aten::batch_norm", "aten::cat",
                "aten::adaptive_avg_pool2d", "aten::dropout", "aten::softmax", "aten::addmm", "aten::layer_norm",
                "aten::group_norm", "aten::instance_norm", "aten::log_softmax", "aten::selu", "aten::celu",
-               "aten::masked_fill", "aten::bmm"):
+               "aten::masked_fill", "aten::bmm", "aten::scaled_dot_product_attention"):
         assert op in listed
 
 

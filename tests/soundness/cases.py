@@ -1313,6 +1313,25 @@ class CausalAttention(nn.Module):
         return self.out(torch.softmax(att, dim=-1) @ v)
 
 
+class SdpaAttention(nn.Module):
+    """scaled_dot_product_attention twice: causal, and with a constant additive float mask (-inf
+    entries and finite ones), as nn.MultiheadAttention and hand-written attention call it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(3, 12)
+        self.out = nn.Linear(8, 2)
+        bias = torch.where(torch.rand(4, 4) > 0.3, torch.randn(4, 4) * 0.3, torch.tensor(float("-inf")))
+        bias.fill_diagonal_(0.0)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(1, 4, 3, 2, 2).permute(2, 0, 3, 1, 4)  # [1, 2 heads, 4, 2] each
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+        return self.out(torch.cat([a, b], dim=3).transpose(1, 2).reshape(1, 4, 8))
+
+
 def _onnx_einsum_group_norm() -> OnnxSpec:
     """Einsum with a constant (a Linear) and a transposing one, GroupNormalization (opset 21, per
     channel), Mish, and an ArgMax and an ArgMin that no output reads (indices are left out of the
@@ -1551,6 +1570,9 @@ def _cases() -> list[Case]:
         Case(id="causal_attention", input_shape=(1, 4, 3), module=_seeded(CausalAttention, 89),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX}), onnx_ops=frozenset({"Where", "Softmax"}),
              ts_ops=frozenset({"aten::bmm", "aten::masked_fill", "aten::matmul"})),
+        Case(id="sdpa_attention", input_shape=(1, 4, 3), module=_seeded(SdpaAttention, 90),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.TRANSPOSE}),
+             ts_ops=frozenset({"aten::scaled_dot_product_attention"})),
         Case(id="onnx_einsum_group_norm", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_einsum_group_norm(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM, L.AFFINE, L.TRANSPOSE, L.MISH}),
              onnx_ops=frozenset({"Einsum", "GroupNormalization", "Mish", "ArgMax", "ArgMin"})),
