@@ -731,3 +731,31 @@ def test_a_causal_mask_becomes_the_softmax_mask(mode: str, tmp_path: Path) -> No
     np.testing.assert_array_equal(np.asarray(soft[0].op.mask).reshape(6, 6), np.tril(np.ones((6, 6), dtype=bool)))
     assert not any(isinstance(n.op, O.Where) for n in graph.nodes)
     assert sum(isinstance(n.op, O.MatMul) for n in graph.nodes) == 2
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_the_fused_attention_fast_paths_match_the_module(norm_first: bool, tmp_path: Path) -> None:
+    """Scripted in eval, nn.MultiheadAttention and nn.TransformerEncoderLayer run their fused fast
+    paths: they load as products, a softmax, linear maps and LayerNorms that match the module."""
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first,
+                                                    activation="gelu")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(self.mha(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(3)
+    module = Stack().eval()
+    path = _save(module, (1, 5, 8), "script", tmp_path / "stack.pt")
+    loaded = load_torchscript(path, input_shape=(1, 5, 8))
+    sources = {n.source_op for n in loaded.graph.nodes}
+    assert {"aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd"} <= sources
+    x = torch.randn((1, 5, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = module.double()(x.double())
+        got = Executor(loaded.graph, dtype=torch.float64)(x.double())[0]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)

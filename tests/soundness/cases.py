@@ -1332,6 +1332,19 @@ class SdpaAttention(nn.Module):
         return self.out(torch.cat([a, b], dim=3).transpose(1, 2).reshape(1, 4, 8))
 
 
+class FusedAttention(nn.Module):
+    """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
+    their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.layer = nn.TransformerEncoderLayer(4, 2, 6, dropout=0.0, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.mha(x, x, x, need_weights=False)[0])
+
+
 def _onnx_einsum_group_norm() -> OnnxSpec:
     """Einsum with a constant (a Linear) and a transposing one, GroupNormalization (opset 21, per
     channel), Mish, and an ArgMax and an ArgMin that no output reads (indices are left out of the
@@ -1573,6 +1586,9 @@ def _cases() -> list[Case]:
         Case(id="sdpa_attention", input_shape=(1, 4, 3), module=_seeded(SdpaAttention, 90),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.TRANSPOSE}),
              ts_ops=frozenset({"aten::scaled_dot_product_attention"})),
+        Case(id="fused_attention", input_shape=(1, 3, 4), formats=(TS,), script=True, module=_seeded(FusedAttention, 91),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.LAYER_NORM, L.RELU, L.ADD}),
+             ts_ops=frozenset({"aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd"})),
         Case(id="onnx_einsum_group_norm", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_einsum_group_norm(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM, L.AFFINE, L.TRANSPOSE, L.MISH}),
              onnx_ops=frozenset({"Einsum", "GroupNormalization", "Mish", "ArgMax", "ArgMin"})),

@@ -3,6 +3,7 @@
 from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their registrations)
     activations,
     arithmetic,
+    attention,
     linear,
     normalization,
     pooling,

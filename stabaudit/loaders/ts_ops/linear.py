@@ -3,7 +3,6 @@ two variables), convolutions."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,64 +59,6 @@ def matmul(ctx: Context, node: SourceNode) -> Sequence[Any]:
         raise Unsupported("bmm with a constant operand")
     x, weight = _right_matrix(node, a, b)
     return [ctx.emit(O.Linear(weight=weight), [x])]
-
-
-@translates("aten::scaled_dot_product_attention")
-def scaled_dot_product_attention(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    """softmax(q k^T * scale + mask) v in eval (dropout_p 0): the MatMul of q and k transposed, a
-    scalar Affine (scale, by default 1 / sqrt(d)), the Softmax over the keys with the causal mask
-    (is_causal: key j <= query i) or a constant boolean attn_mask as its mask (a float attn_mask:
-    its finite part a shift, its -inf entries the mask), and the MatMul with v."""
-    q, k, v = node.var(0), node.var(1), node.var(2)
-    if min(q.rank, k.rank, v.rank) < 2:
-        raise Unsupported("query, key or value of rank below 2")
-    if as_float(node.arg("dropout_p", 0.0), what="dropout_p") != 0.0:
-        raise Unsupported("dropout_p other than 0 (training)")
-    if node.arg("enable_gqa", False) not in (False, None):
-        raise Unsupported("enable_gqa (grouped-query attention)")
-    scale_arg = node.arg("scale")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale_arg is None else as_float(scale_arg, what="scale")
-    lq, lk = q.shape[-2], k.shape[-2]
-    mask: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    if node.arg("is_causal", False) is True:
-        mask = np.tril(np.ones((lq, lk), dtype=bool))
-    given = node.arg("attn_mask")
-    if given is not None:
-        if isinstance(given, Var):
-            raise Unsupported("an attn_mask computed from the input")
-        import torch
-
-        boolean = isinstance(given, torch.Tensor) and given.dtype == torch.bool
-        arr = const_array(given, what="attn_mask")
-        if boolean or arr.dtype == np.bool_:  # True: the key takes part
-            keep = np.asarray(arr).astype(bool)
-        else:
-            arr = arr.astype(np.float64)
-            if np.any(np.isnan(arr) | (arr == np.inf)):
-                raise Unsupported("an attn_mask with NaN or +inf entries")
-            keep = arr > -np.inf
-            shift = np.where(keep, arr, 0.0)
-        mask = keep if mask is None else mask & keep
-    perm = (*range(k.rank - 2), k.rank - 1, k.rank - 2)
-    kt = ctx.emit(O.Transpose(perm=perm), [k])
-    scores = ctx.emit(O.MatMul(), [q, kt])
-    scores = ctx.emit(O.Affine(scale=np.array(scale)), [scores])
-    if shift is not None and np.any(shift != 0.0):
-        scores = ctx.emit(O.Affine(shift=shift), [scores])
-    if mask is not None:
-        try:
-            grows = tuple(np.broadcast_shapes(mask.shape, tuple(scores.shape))) != tuple(scores.shape)
-        except ValueError:
-            grows = True
-        if grows:
-            raise Unsupported(f"an attention mask of shape {list(mask.shape)} for scores of shape {list(scores.shape)}")
-        if not np.broadcast_to(mask, tuple(scores.shape)).any(axis=-1).all():
-            raise Unsupported("an attention mask that drops every key of a query (NaN outputs)")
-        if mask.all():
-            mask = None
-    weights = ctx.emit(O.Softmax(axis=-1, mask=mask), [scores])
-    return [ctx.emit(O.MatMul(), [weights, v])]
 
 
 @translates("aten::addmm")
