@@ -1332,6 +1332,20 @@ class SdpaAttention(nn.Module):
         return self.out(torch.cat([a, b], dim=3).transpose(1, 2).reshape(1, 4, 8))
 
 
+class Gated(nn.Module):
+    """A squeeze-and-excitation-style gate x * sigmoid(W x) and a quotient x / (1 + h^2) of two
+    variables: products that need a domain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.gate, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        g = h * torch.sigmoid(self.gate(h))
+        return self.fc2(g / (1.0 + torch.tanh(h) * torch.tanh(h)))
+
+
 class FusedAttention(nn.Module):
     """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
     their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
@@ -1586,6 +1600,9 @@ def _cases() -> list[Case]:
         Case(id="sdpa_attention", input_shape=(1, 4, 3), module=_seeded(SdpaAttention, 90),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.TRANSPOSE}),
              ts_ops=frozenset({"aten::scaled_dot_product_attention"})),
+        Case(id="gated_products", input_shape=(1, 3), formats=(TS,), module=_seeded(Gated, 92),
+             ops=frozenset({L.LINEAR, L.MUL, L.DIV, L.SIGMOID, L.TANH, L.AFFINE}),
+             ts_ops=frozenset({"aten::mul", "aten::div"})),
         Case(id="fused_attention", input_shape=(1, 3, 4), formats=(TS,), script=True, module=_seeded(FusedAttention, 91),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.LAYER_NORM, L.RELU, L.ADD}),
              ts_ops=frozenset({"aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd"})),

@@ -73,9 +73,11 @@ def rsub(ctx: Context, node: SourceNode) -> Sequence[Any]:
 
 @translates("aten::mul", "aten::multiply")
 def mul(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """A product by a constant: an Affine. Of two variables (squeeze-and-excitation and GLU gates,
+    x * sigmoid(g(x))): a Mul, bounded only over a domain, as ONNX's Mul of two variables."""
     a, b = node.arg(0), node.arg(1)
     if isinstance(a, Var) and isinstance(b, Var):
-        raise Unsupported("variable * variable")
+        return [ctx.emit(O.Mul(), [a, b])]
     x, c = (a, b) if isinstance(a, Var) else (b, a)
     return [ctx.emit(O.Affine(scale=const_array(c, what="factor")), [x])]
 
@@ -85,8 +87,10 @@ def div(ctx: Context, node: SourceNode) -> Sequence[Any]:
     a, b = node.arg(0), node.arg(1)
     if node.arg("rounding_mode") is not None:
         raise Unsupported(f"rounding_mode={node.arg('rounding_mode')!r}")
+    if isinstance(a, Var) and isinstance(b, Var):  # a quotient of two variables: bounded only over a domain
+        return [ctx.emit(O.Div(), [a, b])]
     if not isinstance(a, Var) or isinstance(b, Var):
-        raise Unsupported("only variable / constant")
+        raise Unsupported("only variable / constant or variable / variable")
     divisor = const_array(b, what="divisor").astype(np.float64)
     if np.any(divisor == 0):
         raise Unsupported("division by zero")
