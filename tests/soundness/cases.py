@@ -1346,6 +1346,21 @@ class Gated(nn.Module):
         return self.fc2(g / (1.0 + torch.tanh(h) * torch.tanh(h)))
 
 
+class TsElementwise(nn.Module):
+    """exp, log, sqrt, rsqrt, reciprocal, pow, square and erf of a positive activation, and glu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        p = F.softplus(h) + 0.5
+        y = torch.exp(-p) + torch.log(p) + torch.sqrt(p) + torch.rsqrt(p) + torch.reciprocal(p) + p ** 3
+        y = y + torch.square(h) + torch.erf(h) + F.glu(torch.cat([h, h], dim=1), dim=1)
+        return self.fc2(y)
+
+
 class FusedAttention(nn.Module):
     """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
     their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
@@ -1603,6 +1618,10 @@ def _cases() -> list[Case]:
         Case(id="gated_products", input_shape=(1, 3), formats=(TS,), module=_seeded(Gated, 92),
              ops=frozenset({L.LINEAR, L.MUL, L.DIV, L.SIGMOID, L.TANH, L.AFFINE}),
              ts_ops=frozenset({"aten::mul", "aten::div"})),
+        Case(id="ts_elementwise", input_shape=(1, 3), formats=(TS,), script=True, module=_seeded(TsElementwise, 93),
+             ops=frozenset({L.LINEAR, L.EXP, L.LOG, L.SQRT, L.RECIPROCAL, L.POW, L.ERF, L.MUL, L.SIGMOID, L.SLICE}),
+             ts_ops=frozenset({"aten::exp", "aten::log", "aten::sqrt", "aten::rsqrt", "aten::reciprocal", "aten::pow",
+                               "aten::square", "aten::erf", "aten::glu"})),
         Case(id="fused_attention", input_shape=(1, 3, 4), formats=(TS,), script=True, module=_seeded(FusedAttention, 91),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.LAYER_NORM, L.RELU, L.ADD}),
              ts_ops=frozenset({"aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd"})),

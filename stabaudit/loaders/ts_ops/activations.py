@@ -104,6 +104,23 @@ def celu(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Affine(scale=np.array(alpha)), [inner])]
 
 
+@translates("aten::glu")
+def glu(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """glu(x, dim) = a * sigmoid(b), a and b the two halves of x along dim: two Slices, a Sigmoid
+    and a Mul of two variables (a gate: bounded over a domain)."""
+    x = node.var(0)
+    axis = norm_axis(int(node.arg("dim", -1)), x.rank)
+    n = x.shape[axis]
+    if n % 2:
+        raise Unsupported(f"a dim of odd size {n}")
+    halves = []
+    for start in (0, n // 2):
+        starts, ends = [0] * x.rank, list(x.shape)
+        starts[axis], ends[axis] = start, start + n // 2
+        halves.append(ctx.emit(O.Slice(starts=tuple(starts), ends=tuple(ends), steps=(1,) * x.rank), [x]))
+    return [ctx.emit(O.Mul(), [halves[0], ctx.emit(O.Sigmoid(), [halves[1]])])]
+
+
 @translates("aten::gelu")
 def gelu(ctx: Context, node: SourceNode) -> Sequence[Any]:
     approximate = node.arg("approximate", "none")

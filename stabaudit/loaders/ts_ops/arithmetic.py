@@ -1,7 +1,9 @@
-"""Translators of TorchScript's arithmetic: residual add/sub, and affine maps by constants."""
+"""Translators of TorchScript's arithmetic: residual add/sub, affine maps by constants, products and
+quotients of two variables, and the element-wise exp, log, sqrt, rsqrt, reciprocal, pow and erf."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +13,7 @@ from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
+    Translator,
     Unsupported,
     Var,
     as_float,
@@ -100,3 +103,50 @@ def div(ctx: Context, node: SourceNode) -> Sequence[Any]:
 @translates("aten::neg", "aten::negative")
 def neg(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Affine(scale=np.asarray(-1.0)), [node.var(0)])]
+
+
+def _elementwise(make: type[O.Op]) -> Translator:
+    def translate(ctx: Context, node: SourceNode) -> Sequence[Any]:
+        return [ctx.emit(make(), [node.var(0)])]
+
+    return translate
+
+
+# the element-wise maps without a global constant (ONNX's Exp, Log, Sqrt, Reciprocal) and erf
+for _kind, _op in (("aten::exp", O.Exp), ("aten::log", O.Log), ("aten::sqrt", O.Sqrt), ("aten::reciprocal", O.Reciprocal),
+                   ("aten::erf", O.Erf)):
+    translates(_kind)(_elementwise(_op))
+
+
+@translates("aten::rsqrt")
+def rsqrt(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """1 / sqrt(x): a Sqrt then a Reciprocal (both need a domain that keeps x away from 0)."""
+    return [ctx.emit(O.Reciprocal(), [ctx.emit(O.Sqrt(), [node.var(0)])])]
+
+
+@translates("aten::pow", "aten::square")
+def power(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """x ** p for a constant number p (square: 2), as ONNX's Pow: 1 an alias, 0.5 a Sqrt, -1 a
+    Reciprocal, p > 1 a Pow (bounded over a domain); other exponents are refused."""
+    x = node.arg(0)
+    if not isinstance(x, Var):
+        raise Unsupported("a constant raised to a variable power")
+    if node.kind == "aten::square":
+        p = 2.0
+    else:
+        exponent = node.arg(1)
+        if isinstance(exponent, Var):
+            raise Unsupported("a variable exponent")
+        values = const_array(exponent, what="exponent").reshape(-1)
+        if values.size != 1:
+            raise Unsupported("an exponent per entry")
+        p = float(values[0])
+    if p == 1.0:
+        return [x]
+    if p == 0.5:
+        return [ctx.emit(O.Sqrt(), [x])]
+    if p == -1.0:
+        return [ctx.emit(O.Reciprocal(), [x])]
+    if p > 1.0 and math.isfinite(p):
+        return [ctx.emit(O.Pow(exponent=p), [x])]
+    raise Unsupported(f"the exponent {p:g} (1, 0.5, -1 or above 1)")
