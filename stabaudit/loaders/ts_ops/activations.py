@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,6 @@ from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
-    Translator,
     Unsupported,
     as_float,
     channel_shape,
@@ -20,26 +19,19 @@ from stabaudit.loaders.ts_ops.base import (
     is_float_dtype,
     norm_axis,
     translates,
+    unary,
 )
 
-
-def _simple(make: Callable[[], O.Op]) -> Translator:
-    def translate(ctx: Context, node: SourceNode) -> Sequence[Any]:
-        return [ctx.emit(make(), [node.var(0)])]
-
-    return translate
-
-
-translates("aten::relu")(_simple(O.Relu))
-translates("aten::sigmoid")(_simple(O.Sigmoid))
-translates("aten::tanh")(_simple(O.Tanh))
-translates("aten::abs")(_simple(O.Abs))
-translates("aten::hardswish")(_simple(O.HardSwish))
-translates("aten::silu")(_simple(O.Silu))
-translates("aten::mish")(_simple(O.Mish))
+translates("aten::relu")(unary(O.Relu))
+translates("aten::sigmoid")(unary(O.Sigmoid))
+translates("aten::tanh")(unary(O.Tanh))
+translates("aten::abs")(unary(O.Abs))
+translates("aten::hardswish")(unary(O.HardSwish))
+translates("aten::silu")(unary(O.Silu))
+translates("aten::mish")(unary(O.Mish))
 # hardsigmoid(x) = relu6(x + 3) / 6 = clamp(x / 6 + 1/2, 0, 1)
-translates("aten::hardsigmoid")(_simple(lambda: O.HardSigmoid(alpha=1.0 / 6.0, beta=0.5)))
-translates("aten::relu6")(_simple(lambda: O.Clip(min=0.0, max=6.0)))
+translates("aten::hardsigmoid")(unary(lambda: O.HardSigmoid(alpha=1.0 / 6.0, beta=0.5)))
+translates("aten::relu6")(unary(lambda: O.Clip(min=0.0, max=6.0)))
 
 
 @translates("aten::leaky_relu")

@@ -13,12 +13,12 @@ from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
-    Translator,
     Unsupported,
     Var,
     as_float,
     const_array,
     translates,
+    unary,
 )
 
 
@@ -105,17 +105,10 @@ def neg(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Affine(scale=np.asarray(-1.0)), [node.var(0)])]
 
 
-def _elementwise(make: type[O.Op]) -> Translator:
-    def translate(ctx: Context, node: SourceNode) -> Sequence[Any]:
-        return [ctx.emit(make(), [node.var(0)])]
-
-    return translate
-
-
 # the element-wise maps without a global constant (ONNX's Exp, Log, Sqrt, Reciprocal) and erf
 for _kind, _op in (("aten::exp", O.Exp), ("aten::log", O.Log), ("aten::sqrt", O.Sqrt), ("aten::reciprocal", O.Reciprocal),
                    ("aten::erf", O.Erf)):
-    translates(_kind)(_elementwise(_op))
+    translates(_kind)(unary(_op))
 
 
 @translates("aten::rsqrt")

@@ -183,6 +183,15 @@ def norm_axis(axis: int, rank: int) -> int:
     return axis % rank if rank else 0
 
 
+def unary(make: Callable[[], O.Op]) -> Translator:
+    """The translator of an element-wise op of the node's first input: ``make()`` on it."""
+
+    def translate(ctx: Context, node: SourceNode) -> Sequence[Any]:
+        return [ctx.emit(make(), [node.var(0)])]
+
+    return translate
+
+
 def channel_shape(vector: np.ndarray, rank: int) -> np.ndarray:
     """A per-channel vector [C] shaped [C, 1, ...] to broadcast over axis 1 of a rank-``rank`` tensor."""
     if rank <= 2:
