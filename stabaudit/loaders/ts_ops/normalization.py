@@ -13,6 +13,7 @@ from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
     Unsupported,
+    Var,
     as_float,
     channel_shape,
     const_array,
@@ -21,11 +22,10 @@ from stabaudit.loaders.ts_ops.base import (
 from stabaudit.rounding import SMALLEST_NORMAL
 
 
-@translates("aten::batch_norm")
-def batch_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
-    x = node.var("input")
-    if node.arg("training") is not False:
-        raise Unsupported("training mode")
+def _running_affine(node: SourceNode, x: Var) -> O.Affine:
+    """(x - mean) / sqrt(var + eps) * w + b of the node's running statistics as x * scale + shift,
+    per channel, evaluated in float64 so the folded constants are the stored statistics' exact map
+    up to one float64 rounding each (weight 1 and bias 0 where absent)."""
     if node.arg("running_mean") is None or node.arg("running_var") is None:
         raise Unsupported("no running statistics")
     mean = const_array(node.arg("running_mean"), what="running_mean").astype(np.float64)
@@ -34,19 +34,21 @@ def batch_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
     weight_value, bias_value = node.arg("weight"), node.arg("bias")
     weight = np.ones_like(mean) if weight_value is None else const_array(weight_value).astype(np.float64)
     bias = np.zeros_like(mean) if bias_value is None else const_array(bias_value).astype(np.float64)
-    # y = (x - mean) / sqrt(var + eps) * w + b = x * scale + shift, evaluated in float64 so the
-    # folded constants are the stored statistics' exact map up to one float64 rounding each.
     scale = weight / np.sqrt(var + eps)
     if np.any((np.abs(scale) < SMALLEST_NORMAL) & (weight != 0)):
         # rounded absolutely below 2^-1022 (possibly to 0: the Affine would claim a constant map)
         raise Unsupported("scale weight / sqrt(var + eps) below float64's normal range")
-    shift = bias - mean * scale
+    return O.Affine(scale=channel_shape(scale, x.rank), shift=channel_shape(bias - mean * scale, x.rank))
+
+
+@translates("aten::batch_norm")
+def batch_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    x = node.var("input")
+    if node.arg("training") is not False:
+        raise Unsupported("training mode")
+    affine = _running_affine(node, x)
     ctx.note("eval-mode batch_norm became an Affine (scale, shift computed in float64)")
-    return [
-        ctx.emit(
-            O.Affine(scale=channel_shape(scale, x.rank), shift=channel_shape(shift, x.rank)), [x]
-        )
-    ]
+    return [ctx.emit(affine, [x])]
 
 
 def _optional(value: Any, what: str) -> np.ndarray | None:
@@ -105,19 +107,10 @@ def instance_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
     x = node.var("input")
     if x.rank < 3:
         raise Unsupported("an input without spatial dims")
-    weight, bias = _optional(node.arg("weight"), "weight"), _optional(node.arg("bias"), "bias")
-    eps = as_float(node.arg("eps"), what="eps")
     if node.arg("use_input_stats") is False:
-        mean = const_array(node.arg("running_mean"), what="running_mean").astype(np.float64)
-        var = const_array(node.arg("running_var"), what="running_var").astype(np.float64)
-        w = np.ones_like(mean) if weight is None else weight
-        b = np.zeros_like(mean) if bias is None else bias
-        scale = w / np.sqrt(var + eps)
-        if np.any((np.abs(scale) < SMALLEST_NORMAL) & (w != 0)):
-            raise Unsupported("scale weight / sqrt(var + eps) below float64's normal range")
-        return [ctx.emit(O.Affine(scale=channel_shape(scale, x.rank), shift=channel_shape(b - mean * scale, x.rank)), [x])]
+        return [ctx.emit(_running_affine(node, x), [x])]
     if node.arg("use_input_stats") is not True:
         raise Unsupported("use_input_stats not a constant")
-    normed = ctx.emit(O.LayerNorm(axis=2, epsilon=eps), [x])
-    affine = _per_channel(x, weight, bias)
+    normed = ctx.emit(O.LayerNorm(axis=2, epsilon=as_float(node.arg("eps"), what="eps")), [x])
+    affine = _per_channel(x, _optional(node.arg("weight"), "weight"), _optional(node.arg("bias"), "bias"))
     return [normed if affine is None else ctx.emit(affine, [normed])]
