@@ -359,6 +359,21 @@ class Softmax(Op):
     mask: np.ndarray | None = None
 
 
+def softmax_mask_problem(mask: np.ndarray, shape: tuple[int, ...], axis: int) -> str | None:
+    """Why the bool ``mask`` cannot be the mask of a Softmax over ``axis`` of an input of ``shape``
+    (it would broadcast the input to a larger shape, or it drops every entry of a row, whose outputs
+    are then NaN), or None when it can."""
+    try:
+        grows = mask.ndim > len(shape) or tuple(np.broadcast_shapes(mask.shape, tuple(shape))) != tuple(shape)
+    except ValueError:
+        grows = True
+    if grows:
+        return f"an attention mask of shape {list(mask.shape)} for an input of shape {list(shape)}"
+    if not np.broadcast_to(mask, tuple(shape)).any(axis=axis).all():
+        return "an attention mask that drops every entry of a row (its outputs are NaN)"
+    return None
+
+
 # ---- normalisation with computed statistics ---------------------------------------------------
 @dataclass(frozen=True, kw_only=True, eq=False)
 class LayerNorm(Op):

@@ -501,16 +501,10 @@ def fuse_masked_softmax(graph: Graph) -> Graph:
             kept = np.asarray(cond, dtype=bool)
         else:
             continue
-        shape = shapes[node.inputs[0]]
-        try:
-            full = np.broadcast_to(kept, shape)
-        except ValueError:
-            continue
-        axis = op.axis % len(shape)
-        if not full.any(axis=axis).all() or kept.ndim > len(shape):
+        if O.softmax_mask_problem(kept, shapes[node.inputs[0]], op.axis) is not None:
             continue
         replaced[node.output] = dataclasses.replace(
-            node, op=O.Softmax(axis=op.axis, mask=None if full.all() else kept), inputs=where.inputs,
+            node, op=O.Softmax(axis=op.axis, mask=None if kept.all() else kept), inputs=where.inputs,
             source_op=f"{where.source_op or 'Where'}+{node.source_op or 'Softmax'}")
         dropped.add(where.output)
     if not replaced:

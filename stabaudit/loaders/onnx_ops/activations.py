@@ -175,11 +175,11 @@ def _masked_softmax(node: OnnxNode, ctx: Context, shape: tuple[int, ...], axis: 
     shift = node.attrs.get("_shift")
     if node.opset < 13 and axis != len(shape) - 1:
         raise Unsupported("Softmax with an attention mask over an axis other than the last (opset < 13)")
-    for what, value in (("mask", mask), ("shift", shift)):
-        if value is not None and not fits(np.asarray(value), shape):
-            raise Unsupported(f"Softmax with an attention {what} that broadcasts the input to a larger shape")
-    if not np.all(np.broadcast_to(mask, shape).any(axis=axis)):
-        raise Unsupported("Softmax with an attention mask that drops every entry of a row (its outputs are NaN)")
+    problem = O.softmax_mask_problem(mask, shape, axis)
+    if problem is not None:
+        raise Unsupported(f"Softmax with {problem}")
+    if shift is not None and not fits(np.asarray(shift), shape):
+        raise Unsupported("Softmax with an attention shift that broadcasts the input to a larger shape")
     x = node.inputs[0]
     if shift is not None:
         x = ctx.emit(node, O.Affine(shift=np.asarray(shift, dtype=np.float64)), [x], tag="mask_shift")

@@ -27,24 +27,17 @@ from stabaudit.loaders.ts_ops.base import (
 def _attend(ctx: Context, q: Var, k: Var, v: Var, scale: float, mask: np.ndarray | None,
             shift: np.ndarray | None = None) -> Var:
     """softmax(q k^T * scale + shift, masked) v over the last two dims (the keys' axis -2 of k)."""
-    lq, lk = q.shape[-2], k.shape[-2]
     perm = (*range(k.rank - 2), k.rank - 1, k.rank - 2)
     scores = ctx.emit(O.MatMul(), [q, ctx.emit(O.Transpose(perm=perm), [k])])
     scores = ctx.emit(O.Affine(scale=np.array(scale)), [scores])
     if shift is not None and np.any(shift != 0.0):
         scores = ctx.emit(O.Affine(shift=shift), [scores])
     if mask is not None:
-        try:
-            grows = tuple(np.broadcast_shapes(mask.shape, tuple(scores.shape))) != tuple(scores.shape)
-        except ValueError:
-            grows = True
-        if grows:
-            raise Unsupported(f"an attention mask of shape {list(mask.shape)} for scores of shape {list(scores.shape)}")
-        if not np.broadcast_to(mask, tuple(scores.shape)).any(axis=-1).all():
-            raise Unsupported("an attention mask that drops every key of a query (NaN outputs)")
+        problem = O.softmax_mask_problem(mask, tuple(scores.shape), -1)
+        if problem is not None:
+            raise Unsupported(problem)
         if mask.all():
             mask = None
-    del lq, lk
     weights = ctx.emit(O.Softmax(axis=-1, mask=mask), [scores])
     return ctx.emit(O.MatMul(), [weights, v])
 
