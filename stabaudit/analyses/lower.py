@@ -523,7 +523,7 @@ class ForwardErrorModel:
                 return lambda xs, es, y: (
                     xs[0].abs() * es[1] + xs[1].abs() * es[0] + es[0] * es[1] + 2 * U * y.abs()
                 ).expand(y.shape)
-            case O.LayerNorm(axis=axis, epsilon=eps, scale=sc):
+            case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, centered=centered):
                 dims = tuple(range(axis, len(in_shapes[0])))
                 n = int(np.prod(in_shapes[0][axis:]))
                 scale_abs = np.ones(1) if sc is None else np.abs(np.asarray(sc, dtype=np.float64))
@@ -554,7 +554,7 @@ class ForwardErrorModel:
                     a = x.abs().amax(dim=dims, keepdim=True)
                     g = (n + 4) * U
                     dd = g * a * 2.0
-                    d = x - x.mean(dim=dims, keepdim=True)
+                    d = x - x.mean(dim=dims, keepdim=True) if centered else x  # RMSNorm: d = x, exact
                     big_d = d.abs().amax(dim=dims, keepdim=True)
                     v = (d * d).mean(dim=dims, keepdim=True)
                     dv = g * big_d * big_d + dd * (2 * big_d + dd)

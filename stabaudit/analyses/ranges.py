@@ -517,9 +517,10 @@ def _square_mean_range(dlo: torch.Tensor, dhi: torch.Tensor, dims: tuple[int, ..
     return low, high
 
 
-def variance_lower(lo: np.ndarray, hi: np.ndarray, axes: Sequence[int]) -> np.ndarray:
+def variance_lower(lo: np.ndarray, hi: np.ndarray, axes: Sequence[int], *, centered: bool = True) -> np.ndarray:
     """A sound lower bound of min over the box [lo, hi] of the (biased) variance over ``axes``
-    (kept as size 1), float rounding included.
+    (kept as size 1), float rounding included; with centered=False, of the mean of squares
+    (RMSNorm's statistic: the same with the mean taken as 0).
 
     For x in the box, x_i - mean(x) lies in [lo_i - mean_hi, hi_i - mean_lo] (mean_lo, mean_hi an
     enclosure of the mean), so (x_i - mean(x))^2 >= dist_i^2 with dist_i the distance of that
@@ -533,8 +534,11 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray, axes: Sequence[int]) -> np.nd
     if not dims:
         return np.zeros_like(np.asarray(lo, dtype=np.float64))
     with torch.no_grad():
-        m_lo, m_hi = _mean_range(tl, th, dims)
-        low, _ = _square_mean_range(_down(tl - m_hi), _up_t(th - m_lo), dims)
+        if centered:
+            m_lo, m_hi = _mean_range(tl, th, dims)
+            low, _ = _square_mean_range(_down(tl - m_hi), _up_t(th - m_lo), dims)
+        else:
+            low, _ = _square_mean_range(tl, th, dims)
     out = low.numpy()
     return np.where(np.isnan(out), 0.0, out)
 
@@ -552,14 +556,19 @@ def _layer_norm(op: O.LayerNorm, device: str, lo: torch.Tensor, hi: torch.Tensor
     Besides, |d~_i| <= sqrt(n mean(d~^2)), so |z~_i| <= sqrt(n) (1 + rel) once eps > 1e-300 covers
     the underflow of the squares (sqrt(n - 1) holds for exact deviations, which sum to 0; computed
     ones need not). The scale and bias apply as Affine (monotone, exact). eps = 0 with a variance
-    that may vanish: 0 / 0 possible, unbounded."""
+    that may vanish: 0 / 0 possible, unbounded. RMSNorm (centered=False) takes no mean: d~ = x
+    exactly, and |x_i| <= sqrt(n mean(x^2)) bounds z~ the same way."""
     import torch
 
     dims = tuple(range(op.axis, lo.dim()))
     n = int(np.prod([lo.shape[d] for d in dims]))
-    m_lo, m_hi = _mean_range(lo, hi, dims)
-    bad = m_lo.isnan() | m_hi.isnan()
-    dlo, dhi = lo - m_hi, hi - m_lo
+    if op.centered:
+        m_lo, m_hi = _mean_range(lo, hi, dims)
+        bad = m_lo.isnan() | m_hi.isnan()
+        dlo, dhi = lo - m_hi, hi - m_lo
+    else:
+        bad = (lo.isnan() | hi.isnan()).amax(dim=dims, keepdim=True)
+        dlo, dhi = lo, hi
     v_lo, v_hi = _square_mean_range(dlo, dhi, dims)
     eps = float(op.epsilon)
     s_lo, s_hi = torch.sqrt(v_lo + eps), torch.sqrt(v_hi + eps)

@@ -102,15 +102,19 @@ def bound_layer_norm(node: Node, ctx: RuleContext) -> OpBound:
     Lower: at c = 0 the direction (e_i - e_j) / sqrt 2 is mapped to a vector of norm
     sqrt((scale_i^2 + scale_j^2) / 2) / sqrt(eps); i, j the two largest |scale| entries of a group
     (n >= 2). A group of one entry maps to bias: Lip = 0.
+
+    RMSNorm (centered=False): g(x) = x / s with s = sqrt(||x||^2 / n + eps), the same Jacobian
+    without the projection, (1/s) (I - x x^T / (n s^2)): ||J_g|| <= 1/sqrt(eps), equal to it at x = 0
+    where J_g = I / sqrt(eps): Lip = max|scale| / sqrt(eps) exactly (a group of one entry too).
     """
     match node.op:
-        case LayerNorm(axis=axis, epsilon=eps, scale=scale):
+        case LayerNorm(axis=axis, epsilon=eps, scale=scale, centered=centered):
             pass
         case _:
             raise TypeError(f"bound_layer_norm got a {type(node.op).__name__}")
     shape = ctx.input_shapes[0]
     n = int(np.prod(shape[axis:]))
-    if int(np.prod(shape)) == 0 or n == 1:
+    if int(np.prod(shape)) == 0 or (n == 1 and centered):
         return OpBound(upper=Bound(value=0.0, guarantee=Guarantee.UPPER, method="layer-norm"),
                        lower=Bound(value=0.0, guarantee=Guarantee.LOWER, method="layer-norm"))
     g = np.ones(shape[axis:]) if scale is None else np.abs(np.broadcast_to(np.asarray(scale, np.float64), shape[axis:]))
@@ -120,6 +124,9 @@ def bound_layer_norm(node: Node, ctx: RuleContext) -> OpBound:
     top = np.sort(g.reshape(-1))[-2:]
     root = math.sqrt(eps)  # correctly rounded: within 1 ulp
     upper = float(top[-1]) / root * (1.0 + 4 * EPS)
-    lower = math.sqrt((float(top[0]) ** 2 + float(top[1]) ** 2) / 2.0) / root * (1.0 - 8 * EPS)
+    if centered:
+        lower = math.sqrt((float(top[0]) ** 2 + float(top[1]) ** 2) / 2.0) / root * (1.0 - 8 * EPS)
+    else:
+        lower = float(top[-1]) / root * (1.0 - 4 * EPS)
     return OpBound(upper=Bound(value=upper, guarantee=Guarantee.UPPER, method="layer-norm"),
                    lower=Bound(value=min(lower, upper), guarantee=Guarantee.LOWER, method="layer-norm"))

@@ -613,6 +613,21 @@ def _sum_square(node: Node, ctx: RuleContext, lo: np.ndarray, hi: np.ndarray) ->
     return _if_tighter(node, ctx, _result(value, "sum-of-squares", notes=("2 max group norm over the range",)))
 
 
+def square_mean_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A sound lower bound of min over the box of mean(x^2) along the last axis (RMSNorm's
+    statistic): the mean of the squared distances of [lo_i, hi_i] to 0, rounded down (n + 2
+    roundings of relative size u each; a NaN range gives 0)."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    n = lo.shape[-1]
+    if n == 0:
+        return np.zeros(lo.shape[:-1])
+    mig = np.maximum(np.maximum(lo, -hi), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.mean(mig * mig, axis=-1) * (1 - (n + 4) * EPS) - n * 2.0**-1074  # and underflow
+    return np.where(np.isnan(out), 0.0, np.maximum(out, 0.0))
+
+
 def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """A sound lower bound of min over the box of the biased variance along the last axis.
 
@@ -683,20 +698,23 @@ def variance_lower(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def _layer_norm(node: Node, ctx: RuleContext, lo: np.ndarray, hi: np.ndarray) -> OpBound | None:
     """Per group ||J|| <= max|scale| / sqrt(v + eps) (bounds/normalization.py) with v >= the
-    group's variance_lower over the box: Lip <= max|scale| / sqrt(min_groups v_low + eps)."""
+    group's variance_lower over the box (RMSNorm: its mean of squares): Lip <= max|scale| / sqrt(min_groups v_low + eps)."""
     match node.op:
-        case O.LayerNorm(axis=axis, epsilon=eps, scale=scale):
+        case O.LayerNorm(axis=axis, epsilon=eps, scale=scale, centered=centered):
             pass
         case _:
             return None
     shape = tuple(ctx.input_shapes[0])
     n = _size(shape[axis:])
-    if n < 2 or _size(shape) == 0 or not (math.isfinite(eps) and eps > 0):
+    if n < (2 if centered else 1) or _size(shape) == 0 or not (math.isfinite(eps) and eps > 0):
         return None
     g = 1.0 if scale is None else float(np.max(np.abs(np.asarray(scale, dtype=np.float64)), initial=0.0))
     if not math.isfinite(g):
         return None
-    v = float(np.min(variance_lower(lo.reshape(-1, n), hi.reshape(-1, n))))
+    if centered:
+        v = float(np.min(variance_lower(lo.reshape(-1, n), hi.reshape(-1, n))))
+    else:
+        v = float(np.min(square_mean_lower(lo.reshape(-1, n), hi.reshape(-1, n))))
     if v <= 0.0:
         return None
     # (v + eps) rounded down, its sqrt down, the quotient and product up: 8 roundings
@@ -756,5 +774,6 @@ __all__ = [
     "nonneg_spectral_upper",
     "ranged_bound",
     "softmax_upper",
+    "square_mean_lower",
     "variance_lower",
 ]

@@ -162,13 +162,13 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: torch.abs(a[0])
         case O.Where():
             return _where_kernel(op, param)
-        case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, bias=b):
+        case O.LayerNorm(axis=axis, epsilon=eps, scale=sc, bias=b, centered=centered):
             st = param(sc) if sc is not None else None
             bt = param(b) if b is not None else None
 
             def layer_norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
                 dims = tuple(range(axis, a[0].dim()))
-                d = a[0] - a[0].mean(dim=dims, keepdim=True)
+                d = a[0] - a[0].mean(dim=dims, keepdim=True) if centered else a[0]
                 y = d / torch.sqrt((d * d).mean(dim=dims, keepdim=True) + eps)
                 if st is not None:
                     y = y * st

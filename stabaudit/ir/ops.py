@@ -379,13 +379,17 @@ def softmax_mask_problem(mask: np.ndarray, shape: tuple[int, ...], axis: int) ->
 class LayerNorm(Op):
     """y = (x - mean) / sqrt(var + epsilon) * scale + bias, mean and (biased) var over the axes
     axis..rank-1 of the input (axis >= 0, resolved by the loader); scale and bias broadcast to
-    those trailing axes (numpy rules), None for 1 and 0."""
+    those trailing axes (numpy rules), None for 1 and 0.
+
+    centered=False is RMSNorm: y = x / sqrt(mean(x^2) + epsilon) * scale + bias (no mean taken
+    out; the mean of squares in place of the variance)."""
 
     type = OpType.LAYER_NORM
     axis: int
     epsilon: float
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
+    centered: bool = True
 
 
 # ---- pooling -----------------------------------------------------------------------------------

@@ -650,3 +650,28 @@ def test_error_model_of_a_masked_softmax() -> None:
         err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
         assert math.isfinite(bound) and err <= bound
         assert bound <= 1e-10, bound
+
+
+def test_error_model_of_an_rms_norm_against_extended_precision() -> None:
+    """RMSNorm (LayerNorm centered=False, eps 1e-6): the float64 evaluation error of a Linear then
+    an RMSNorm stays within the error model's bound, measured in extended precision."""
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.normal(size=(8, 4)) * 3.0, rng.normal(size=8)
+    scale = rng.normal(size=8)
+    g = _graph(
+        {"x": (2, 4)},
+        [
+            Node(name="fc", op=O.Linear(weight=w1, bias=b1), inputs=("x",), output="h"),
+            Node(name="rms", op=O.LayerNorm(axis=1, epsilon=1e-6, scale=scale, centered=False), inputs=("h",), output="y"),
+        ],
+    )
+    model = ForwardErrorModel(g, dict(g.shapes))
+    ld = np.longdouble
+    for trial in range(10):
+        x = rng.normal(size=8) * (10.0 ** (trial % 3))
+        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
+        h = x.reshape(2, 4).astype(ld) @ w1.T.astype(ld) + b1.astype(ld)
+        exact = h / np.sqrt((h * h).mean(axis=1, keepdims=True) + ld(1e-6)) * scale.astype(ld)
+        err = float(np.sqrt(((y_hat.astype(ld) - exact.reshape(-1)) ** 2).sum()))
+        assert err <= bound
+        assert bound <= 1e-11 * (10.0 ** (trial % 3)), bound

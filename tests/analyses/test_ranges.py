@@ -381,3 +381,18 @@ def test_masked_softmax_is_the_corner_formula_over_the_kept_entries() -> None:
         np.testing.assert_allclose(y.lo[i][k], exact_lo, rtol=1e-12)
         np.testing.assert_allclose(y.hi[i][k], exact_hi, rtol=1e-12)
         assert (y.lo[i][~k] == 0).all() and (y.hi[i][~k] == 0).all()
+
+
+def test_rms_norm_ranges_enclose_and_are_tight() -> None:
+    """RMSNorm's output ranges: |y_i| <= sqrt(n) whatever the box; tight on a small box (and the
+    sampled values inside, which _one checks)."""
+    op = O.LayerNorm(axis=1, epsilon=1e-5, centered=False)
+    wide, _ = _one(op, [np.full((1, 4), -10.0)], [np.full((1, 4), 10.0)])
+    np.testing.assert_allclose(wide.hi, 2.0, rtol=1e-12)
+    np.testing.assert_allclose(wide.lo, -2.0, rtol=1e-12)
+    x0 = np.array([[1.0, -2.0, 3.0]])
+    tight, _ = _one(op, [x0 - 1e-3], [x0 + 1e-3])
+    z = x0 / np.sqrt((x0**2).mean() + 1e-5)
+    assert (tight.lo <= z).all() and (z <= tight.hi).all()
+    assert (tight.hi - tight.lo).max() < 0.01
+    assert variance_lower(x0 - 1, x0 + 1, (1,), centered=False)[0, 0] == pytest.approx(5.0 / 3.0, rel=1e-12)

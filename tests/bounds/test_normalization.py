@@ -74,3 +74,28 @@ def test_affine_rule_in_isolation() -> None:
     nan = Node(name="n", op=Affine(scale=np.array([np.nan, 1.0])), inputs=("a",), output="b")
     bad = bound_affine(nan, RuleContext(input_shapes=((1, 2),), output_shape=(1, 2)))
     assert bad.upper.value == math.inf and bad.lower is None
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_rms_norm_constant_is_attained_at_zero(n: int) -> None:
+    """RMSNorm (LayerNorm centered=False): Lip = max|scale| / sqrt(eps), the Jacobian at 0 being
+    diag(scale) / sqrt(eps); a group of one entry is not constant (x / sqrt(x^2 + eps))."""
+    from stabaudit.ir.ops import LayerNorm
+
+    rng = np.random.default_rng(4)
+    scale = rng.uniform(-2.0, 2.0, n)
+    eps = 1e-4
+    op = LayerNorm(axis=1, epsilon=eps, scale=scale, centered=False)
+    graph, node, ctx = single(op, (3, n))
+    bound = bound_node(node, ctx)
+    exact = float(np.max(np.abs(scale))) / math.sqrt(eps)
+    assert bound.lower.guarantee is Guarantee.LOWER
+    assert exact * (1 - 1e-14) <= bound.upper.value <= exact * (1 + 1e-14)
+    assert exact * (1 - 1e-14) <= bound.lower.value <= exact
+    ex = Executor(graph, dtype=torch.float64)
+    for k in range(20):
+        x = torch.from_numpy(rng.normal(size=(3, n)) * 10.0 ** (k % 4 - 3))
+        jac = torch.autograd.functional.jacobian(lambda t: ex(t)[0], x).reshape(3 * n, 3 * n)
+        assert float(torch.linalg.matrix_norm(jac, 2)) <= bound.upper.value
+    jac0 = torch.autograd.functional.jacobian(lambda t: ex(t)[0], torch.zeros(3, n, dtype=torch.float64))
+    assert float(torch.linalg.matrix_norm(jac0.reshape(3 * n, 3 * n), 2)) == pytest.approx(exact, rel=1e-12)

@@ -423,3 +423,21 @@ def test_box_spectral_upper():
     bound, _ = bound_of(O.MatMul(), [iv(a, a), iv(-np.ones((4, 3)), np.ones((4, 3)))])
     exact = float(np.linalg.svd(a, compute_uv=False)[0])
     assert exact <= bound.input_gains[1] <= exact * (1 + 1e-12)
+
+
+def test_rms_norm_ranged():
+    """RMSNorm over a box away from 0: Lip <= max|scale| / sqrt(min mean(x^2) + eps), far below the
+    global max|scale| / sqrt(eps), and sound on samples; a box holding 0 gives no help."""
+    rng = np.random.default_rng(12)
+    scale = rng.uniform(0.5, 1.5, 6)
+    op = O.LayerNorm(axis=1, epsilon=1e-6, scale=scale, centered=False)
+    base = rng.uniform(1.0, 3.0, (4, 6)) * rng.choice([-1.0, 1.0], (4, 6))
+    box = iv(base - 0.5, base + 0.5)
+    bound, f = bound_of(op, [box])
+    mig = np.maximum(np.abs(base) - 0.5, 0.0)
+    exact = float(np.max(scale)) / math.sqrt(float(np.min(np.mean(mig**2, 1))) + 1e-6)
+    assert bound is not None and exact <= bound.upper.value <= exact * (1 + 1e-13)
+    check_sound(op, [box], bound, f, rng)
+    assert bound_of(op, [iv(np.full((4, 6), -1.0), np.full((4, 6), 1.0))])[0] is None
+    got = R.square_mean_lower(np.array([[1.0, -3.0, -1.0]]), np.array([[2.0, -2.0, 1.0]]))
+    assert 5.0 / 3.0 * (1 - 1e-14) <= got[0] <= 5.0 / 3.0  # 1, 4 and 0: the least squares
