@@ -511,3 +511,82 @@ def fuse_masked_softmax(graph: Graph) -> Graph:
         return graph
     nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
     return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())
+
+
+def fuse_rms_norm(graph: Graph) -> Graph:
+    """x / sqrt(mean(x^2) + eps) [* scale] over trailing axes, as traced modules compute RMSNorm
+    (x.pow(2).mean(-1, keepdim=True), + eps, rsqrt, times x, times the weight), becomes one
+    LayerNorm(centered=False): the same map, with the rules of a normalisation (a global constant
+    max|scale| / sqrt(eps)) instead of a quotient that has none. The square is Pow(2) or Mul(x, x);
+    the reciprocal root Sqrt then Reciprocal, then Mul with x (or Sqrt then Div of x by it); eps a
+    positive scalar shift; the scale an optional constant Affine without shift. Every intermediate
+    value must be read only by the next step."""
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
+    consumers = graph.consumers()
+    producer = {n.output: n for n in graph.nodes}
+    outputs = set(graph.outputs)
+
+    def sole(name: str) -> Node | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in outputs else None
+
+    replaced: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for mean in graph.nodes:
+        if isinstance(mean.op, O.ReduceMean) and mean.op.keepdims and mean.op.axes:
+            first = mean.op.axes[0]
+        elif isinstance(mean.op, O.GlobalAvgPool):  # a mean over the dims 2.. (as a trace of mean(-1) on rank 3)
+            first = 2
+        else:
+            continue
+        square = producer.get(mean.inputs[0])
+        if square is None or sole(square.output) is not mean:
+            continue
+        squares = (isinstance(square.op, O.Pow) and square.op.exponent == 2.0
+                   or isinstance(square.op, O.Mul) and square.inputs[0] == square.inputs[1])
+        if not squares:
+            continue
+        x = square.inputs[0]
+        rank = len(shapes[x])
+        if isinstance(mean.op, O.ReduceMean) and list(mean.op.axes) != list(range(first, rank)) or first >= rank:
+            continue
+        add = sole(mean.output)
+        if add is None or not isinstance(add.op, O.Affine) or add.op.scale is not None or add.op.shift is None \
+                or np.size(add.op.shift) != 1 or not float(np.asarray(add.op.shift).reshape(-1)[0]) > 0.0:
+            continue
+        root = sole(add.output)
+        if root is None or not isinstance(root.op, O.Sqrt):
+            continue
+        chain = [square, mean, add, root]
+        step = sole(root.output)
+        if step is not None and isinstance(step.op, O.Div) and step.inputs == (x, root.output):
+            chain.append(step)
+        elif step is not None and isinstance(step.op, O.Reciprocal):
+            mul = sole(step.output)
+            if mul is None or not isinstance(mul.op, O.Mul) or sorted(mul.inputs) != sorted((x, step.output)):
+                continue
+            chain += [step, mul]
+        else:
+            continue
+        scale = None
+        after = sole(chain[-1].output)
+        if after is not None and isinstance(after.op, O.Affine) and after.op.shift is None and after.op.scale is not None:
+            s = np.asarray(after.op.scale)
+            trailing = shapes[x][first:]
+            if s.ndim <= len(trailing) and all(a in (1, b) for a, b in zip(s.shape[::-1], trailing[::-1], strict=False)):
+                scale = s
+                chain.append(after)
+        last = chain[-1]
+        eps = float(np.asarray(add.op.shift).reshape(-1)[0])
+        replaced[last.output] = Node(name=last.name, op=O.LayerNorm(axis=first, epsilon=eps, scale=scale,
+                                                                    centered=False),
+                                     inputs=(x,), output=last.output,
+                                     source_op="+".join(n.source_op or type(n.op).__name__ for n in chain))
+        dropped.update(n.output for n in chain[:-1])
+    if not replaced:
+        return graph
+    nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
+    return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())

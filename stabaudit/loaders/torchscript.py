@@ -427,9 +427,9 @@ class _Walker:
             for p in self.pending
         )
         ir = Graph(inputs=tuple(specs), outputs=tuple(names.get(v.id, v.id) for v in outputs), nodes=nodes)
-        from stabaudit.ir.passes import fuse_masked_softmax
+        from stabaudit.ir.passes import fuse_masked_softmax, fuse_rms_norm
 
-        return fuse_masked_softmax(with_shapes(ir.validate()))
+        return fuse_rms_norm(fuse_masked_softmax(with_shapes(ir.validate())))
 
     def _prune(self, live: set[str]) -> None:
         """Drop IR nodes that no output depends on (results the forward computes and discards)."""

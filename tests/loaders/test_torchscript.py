@@ -759,3 +759,48 @@ def test_the_fused_attention_fast_paths_match_the_module(norm_first: bool, tmp_p
         want = module.double()(x.double())
         got = Executor(loaded.graph, dtype=torch.float64)(x.double())[0]
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+
+
+class _T5Norm(nn.Module):
+    """RMSNorm as T5 and LLaMA-style code writes it: x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(v + self.eps))
+
+
+class _RmsBlock(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.fc, self.norm, self.out = nn.Linear(6, 6), norm, nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.norm(self.fc(x))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["nn", "nn_default_eps", "t5"])
+def test_rms_norm_loads_as_one_uncentred_layer_norm(kind: str, mode: str, tmp_path: Path) -> None:
+    """nn.RMSNorm (aten::rms_norm, eps given or torch's default, the dtype's epsilon) and the
+    decomposed form (pow, mean, add, rsqrt, mul: fused by ir.passes.fuse_rms_norm) both load as one
+    LayerNorm(centered=False), match the module, and get the global constant max|w| / sqrt(eps)."""
+    torch.manual_seed(0)
+    if kind == "t5":
+        norm: nn.Module = _T5Norm(6)
+    else:
+        norm = nn.RMSNorm(6, eps=1e-6 if kind == "nn" else None)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+    module = _RmsBlock(norm)
+    _check_equivalent(module, (2, 4, 6), mode, tmp_path)
+    loaded = load_torchscript(tmp_path / f"model_{mode}.pt", input_shape=(2, 4, 6))
+    assert [type(n.op).__name__ for n in loaded.graph.nodes] == ["Linear", "LayerNorm", "Relu", "Linear"]
+    op = loaded.graph.nodes[1].op
+    eps = 1e-6 if kind != "nn_default_eps" else float(torch.finfo(torch.float32).eps)
+    assert not op.centered and op.epsilon == pytest.approx(eps) and op.scale is not None
+    np.testing.assert_allclose(op.scale.reshape(-1), norm.weight.detach().numpy())

@@ -756,6 +756,87 @@ def _onnx_layer_norm() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_transformer_contrib() -> OnnxSpec:
+    """onnxruntime's fused transformer operators: SkipLayerNormalization (bias, its sum output read
+    by a residual Add), FastGelu with a bias, SimplifiedLayerNormalization and
+    SkipSimplifiedLayerNormalization (RMSNorm), QuickGelu, BiasGelu, Gelu, and a decomposed RMSNorm (Pow, ReduceMean,
+    Add eps, Sqrt, Reciprocal, Mul, Mul scale) fused by the loader."""
+    ms = "com.microsoft"
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 3, 4]
+            helper.make_node("SkipLayerNormalization", ["h", "x", "g1", "b1", "c1"], ["n1", "", "", "s1"],
+                             name="sln", domain=ms, epsilon=0.05),
+            helper.make_node("FastGelu", ["n1", "c2"], ["a1"], name="fastgelu", domain=ms),
+            _node("Add", ["a1", "s1"], ["r1"]),
+            _node("SimplifiedLayerNormalization", ["r1", "g2"], ["n2"], axis=-1, epsilon=0.05),
+            helper.make_node("QuickGelu", ["n2"], ["a2"], name="quickgelu", domain=ms, alpha=1.702),
+            helper.make_node("BiasGelu", ["a2", "c3"], ["a3"], name="biasgelu", domain=ms),
+            _node("MatMul", ["a3", "w2"], ["h2"]),
+            helper.make_node("SkipSimplifiedLayerNormalization", ["h2", "r1", "g3"], ["n3"], name="ssln", domain=ms,
+                             epsilon=0.1),
+            _node("Pow", ["n3", "two"], ["sq"]),
+            _node("ReduceMean", ["sq"], ["ms"], axes=[-1]),
+            _node("Add", ["ms", "eps"], ["ve"]),
+            _node("Sqrt", ["ve"], ["rt"]),
+            _node("Reciprocal", ["rt"], ["inv"]),
+            _node("Mul", ["n3", "inv"], ["z"]),
+            _node("Mul", ["z", "g4"], ["n4"]),
+            helper.make_node("Gelu", ["n4"], ["a4"], name="gelu", domain=ms),
+            _node("MatMul", ["a4", "w3"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(101, 4, 4), "g1": _rand(102, 4), "b1": _rand(103, 4), "c1": _rand(104, 4),
+                "c2": _rand(105, 4), "g2": _rand(106, 4), "w2": _rand(107, 4, 4), "g3": _rand(108, 4),
+                "g4": _rand(109, 4), "w3": _rand(110, 4, 2), "c3": _rand(111, 4), "two": np.array(2.0, np.float32),
+                "eps": np.array(0.02, np.float32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def norm(v: torch.Tensor, eps: float, centered: bool) -> torch.Tensor:
+            d = v - v.mean(dim=-1, keepdim=True) if centered else v
+            return d / torch.sqrt((d * d).mean(dim=-1, keepdim=True) + float(np.float32(eps)))
+
+        s1 = x @ p["w1"] + x + p["c1"]
+        n1 = norm(s1, 0.05, True) * p["g1"] + p["b1"]
+        r1 = torch.nn.functional.gelu(n1 + p["c2"], approximate="tanh") + s1
+        n2 = norm(r1, 0.05, False) * p["g2"]
+        a2 = n2 * torch.sigmoid(float(np.float32(1.702)) * n2)
+        a3 = torch.nn.functional.gelu(a2 + p["c3"])
+        n3 = norm(a3 @ p["w2"] + r1, 0.1, False) * p["g3"]
+        return torch.nn.functional.gelu(norm(n3, 0.02, False) * p["g4"]) @ p["w3"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("two", "eps"))
+
+
+def _onnx_rms_normalization() -> OnnxSpec:
+    """ONNX RMSNormalization (opset 23) over the last axis and over axes 1.., eps large enough that
+    max|scale| / sqrt(eps) is met near 0."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [2, 3, 4]
+            _node("RMSNormalization", ["h", "g1"], ["n1"], axis=-1, epsilon=0.05),
+            _node("RMSNormalization", ["n1", "g2"], ["n2"], axis=1, epsilon=0.2),
+            _node("MatMul", ["n2", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(121, 4, 4), "g1": _rand(122, 4), "g2": _rand(123, 3, 4), "w2": _rand(124, 4, 2)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def rms(v: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+            return v / torch.sqrt((v * v).mean(dim=dims, keepdim=True) + float(np.float32(eps)))
+
+        n1 = rms(x @ p["w1"], (-1,), 0.05) * p["g1"]
+        return (rms(n1, (1, 2), 0.2) * p["g2"]) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=23)
+
+
 def _onnx_layer_norm_pattern() -> OnnxSpec:
     """The decomposed LayerNorm of opset < 17 exports (ReduceMean, Sub, Pow 2, ReduceMean, Add eps,
     Sqrt, Div, Mul scale, Add bias), fused into one LayerNorm; a second one squares with Mul(d, d)
@@ -1361,6 +1442,24 @@ class TsElementwise(nn.Module):
         return self.fc2(y)
 
 
+class RmsNorms(nn.Module):
+    """nn.RMSNorm (aten::rms_norm) and the decomposed x * rsqrt(mean(x^2) + eps) * w of T5-style
+    code (fused into one RMSNorm), eps large enough that max|w| / sqrt(eps) is met near 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.rms = nn.RMSNorm(5, eps=0.05)
+        self.weight = nn.Parameter(torch.rand(5) + 0.5)
+        with torch.no_grad():
+            self.rms.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc2(torch.tanh(self.rms(self.fc1(x))))
+        h = self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 0.1))
+        return self.fc3(h)
+
+
 class FusedAttention(nn.Module):
     """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
     their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
@@ -1632,6 +1731,16 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE}), onnx_ops=frozenset({"Einsum", "Add", "Softmax"})),
         Case(id="onnx_layer_norm", input_shape=(2, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"LayerNormalization"})),
+        Case(id="onnx_transformer_contrib", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_transformer_contrib(),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM, L.ADD, L.AFFINE, L.GELU, L.SILU}),
+             onnx_ops=frozenset({"com.microsoft.SkipLayerNormalization", "com.microsoft.FastGelu",
+                                 "SimplifiedLayerNormalization", "com.microsoft.QuickGelu",
+                                 "com.microsoft.SkipSimplifiedLayerNormalization", "com.microsoft.BiasGelu",
+                                 "com.microsoft.Gelu"})),
+        Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
+        Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),
+             ops=frozenset({L.LINEAR, L.LAYER_NORM, L.TANH}), ts_ops=frozenset({"aten::rms_norm", "aten::rsqrt"})),
         Case(id="onnx_layer_norm_pattern", input_shape=(1, 3, 2), formats=(ONNX,), onnx=_onnx_layer_norm_pattern(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),

@@ -371,10 +371,11 @@ class Context:
         return next((n.op.type for n in reversed(self.nodes) if n.output == target), None)
 
     # writing
-    def alias(self, node: OnnxNode, target: str, *, removed: bool = True) -> None:
-        """Remove ``node``: its first output is the value ``target``; ``removed``: the node did
-        nothing (counted in the notes), else ``target`` is the last value of its translation."""
-        self.aliases[node.outputs[0]] = self.resolve(target)
+    def alias(self, node: OnnxNode, target: str, *, removed: bool = True, output_index: int = 0) -> None:
+        """Remove ``node``: its output number ``output_index`` (the first by default) is the value
+        ``target``; ``removed``: the node did nothing (counted in the notes), else ``target`` is a
+        value of its translation."""
+        self.aliases[node.outputs[output_index]] = self.resolve(target)
         if removed:
             self.removed[node.op_type] += 1
 

@@ -1,5 +1,6 @@
-"""Translators of inference-mode BatchNormalization (an Affine node), LayerNormalization, and
-InstanceNormalization and GroupNormalization (a LayerNorm over the axes 2.. and an Affine)."""
+"""Translators of inference-mode BatchNormalization (an Affine node), LayerNormalization,
+RMSNormalization (a LayerNorm without centring), and InstanceNormalization and
+GroupNormalization (a LayerNorm over the axes 2.. and an Affine)."""
 
 from __future__ import annotations
 
@@ -56,12 +57,7 @@ def layer_normalization(node: OnnxNode, ctx: Context) -> None:
     if any(ctx.is_used(name) for name in node.outputs[1:]):
         raise Unsupported("LayerNormalization(Mean or InvStdDev used)")
     shape = ctx.shape(node.inputs[0])
-    axis = normalize_axis(int(node.attr("axis", -1)), len(shape))
-    if "_axes" in node.attrs:  # the fused decomposed pattern: its ReduceMean axes must be trailing
-        axes = sorted(normalize_axis(int(a), len(shape)) for a in node.attrs["_axes"])
-        if axes != list(range(axes[0], len(shape))):
-            raise Unsupported("LayerNorm pattern over axes that are not the trailing ones")
-        axis = axes[0]
+    axis = _normalised_axis(node, shape)
     scale = ctx.param(node, 1, "scale", optional="_axes" in node.attrs)
     bias = ctx.param(node, 2, "bias", optional=True)
     for value in (scale, bias):
@@ -69,6 +65,17 @@ def layer_normalization(node: OnnxNode, ctx: Context) -> None:
             raise Unsupported("LayerNormalization(scale or bias beyond the normalised axes)")
     op = O.LayerNorm(axis=axis, epsilon=float(node.attr("epsilon", 1e-5)), scale=scale, bias=bias)
     ctx.emit(node, op, [node.inputs[0]])
+
+
+def _normalised_axis(node: OnnxNode, shape: tuple[int, ...]) -> int:
+    """The first normalised axis: the attribute, or for a fused decomposed pattern the first of its
+    ReduceMean axes, which must be the trailing ones."""
+    if "_axes" not in node.attrs:
+        return normalize_axis(int(node.attr("axis", -1)), len(shape))
+    axes = sorted(normalize_axis(int(a), len(shape)) for a in node.attrs["_axes"])
+    if axes != list(range(axes[0], len(shape))):
+        raise Unsupported(f"{node.op_type} pattern over axes that are not the trailing ones")
+    return axes[0]
 
 
 @register("InstanceNormalization")
@@ -118,3 +125,18 @@ def group_normalization(node: OnnxNode, ctx: Context) -> None:
     back = ctx.emit(node, O.Reshape(shape=tuple(shape)), [normed], tag="ungroup")
     channel_shape = (-1,) + (1,) * (len(shape) - 2)
     ctx.emit(node, O.Affine(scale=scale.reshape(channel_shape), shift=bias.reshape(channel_shape)), [back])
+
+
+@register("RMSNormalization")
+def rms_normalization(node: OnnxNode, ctx: Context) -> None:
+    """RMSNormalization (opset 23): y = x / sqrt(mean(x^2) + epsilon) * scale, the mean over the
+    axes axis..rank-1: a LayerNorm without centring (O.LayerNorm(centered=False))."""
+    shape = ctx.shape(node.inputs[0])
+    axis = _normalised_axis(node, shape)
+    if int(node.attr("stash_type", 1)) != 1:
+        raise Unsupported("RMSNormalization(stash_type other than float32)")
+    scale = ctx.param(node, 1, "scale", optional="_axes" in node.attrs)
+    if scale is not None and not fits(scale, shape[axis:]):
+        raise Unsupported("RMSNormalization(scale beyond the normalised axes)")
+    op = O.LayerNorm(axis=axis, epsilon=float(node.attr("epsilon", 1e-5)), scale=scale, centered=False)
+    ctx.emit(node, op, [node.inputs[0]])

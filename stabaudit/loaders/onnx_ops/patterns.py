@@ -1,6 +1,7 @@
 """Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)), the
 decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)
-the decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it), and
+and RMSNorm (Pow 2, ReduceMean, Add eps, Sqrt, Div or Reciprocal and Mul, Mul scale), the
+decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it), and
 an attention mask of -inf before a Softmax (Where(mask, x, -inf), Add(x, M) with -inf entries in M)."""
 
 from __future__ import annotations
@@ -209,6 +210,66 @@ def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
     return _Match(nodes=tuple(chain), fused=fused)
 
 
+def _trailing_only(value: np.ndarray, count: int) -> bool:
+    """Whether a constant varies along the last ``count`` axes only (leading 1s dropped)."""
+    shape = list(np.shape(value))
+    while shape and shape[0] == 1:
+        shape.pop(0)
+    return len(shape) <= count
+
+
+def _match_rms_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
+    """x / sqrt(mean(x^2) + eps) [* scale] over trailing axes (RMSNorm as T5 and LLaMA-style
+    models export it): the square is Pow(x, 2) or Mul(x, x); then ReduceMean, Add eps, Sqrt, and
+    either Div(x, root) or Reciprocal(root) (or Div(1, root)) times x; the scale a constant Mul."""
+    axes = _reduce_axes(mean, g)
+    square = g.producer.get(mean.inputs[0])
+    if axes is None or square is None or g.sole_consumer(square.outputs[0]) is not mean:
+        return None
+    squares = (square.op_type == "Pow" and g.is_scalar(square.inputs[1], 2.0)
+               or square.op_type == "Mul" and square.inputs[0] == square.inputs[1])
+    x = square.inputs[0]
+    if not squares or x in g.constants:
+        return None
+    add = g.sole_consumer(mean.outputs[0])
+    eps_name = None if add is None or add.op_type != "Add" else g.other(add, mean.outputs[0])
+    eps = None if eps_name is None else g.constants.get(eps_name)
+    if eps is None or eps.size != 1 or eps.dtype.kind != "f" or not float(eps.reshape(-1)[0]) > 0.0:
+        return None
+    assert add is not None
+    root = g.sole_consumer(add.outputs[0])
+    if root is None or root.op_type != "Sqrt":
+        return None
+    chain = [square, mean, add, root]
+    step = g.sole_consumer(root.outputs[0])
+    if step is None:
+        return None
+    if step.op_type == "Div" and tuple(step.inputs) == (x, root.outputs[0]):
+        chain.append(step)
+    else:
+        if step.op_type == "Reciprocal" or step.op_type == "Div" and step.inputs[1] == root.outputs[0] \
+                and g.is_scalar(step.inputs[0], 1.0):
+            chain.append(step)
+        else:
+            return None
+        mul = g.sole_consumer(step.outputs[0])
+        if mul is None or mul.op_type != "Mul" or g.other(mul, step.outputs[0]) != x:
+            return None
+        chain.append(mul)
+    scale = ""
+    after = g.sole_consumer(chain[-1].outputs[0])
+    if after is not None and after.op_type == "Mul":
+        other = g.other(after, chain[-1].outputs[0])
+        if other is not None and other in g.constants and _trailing_only(g.constants[other], len(axes)):
+            scale = other
+            chain.append(after)
+    last = chain[-1]
+    fused = OnnxNode(op_type="RMSNormalization", name=last.name, inputs=(x, scale), outputs=(last.outputs[0],),
+                     attrs={"axis": min(axes), "epsilon": float(eps.reshape(-1)[0]), "_axes": axes},
+                     opset=last.opset, source_op="+".join(n.op_type for n in chain))
+    return _Match(nodes=tuple(chain), fused=fused)
+
+
 _BROADCASTS = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity")  # moves of a reduced value
 
 
@@ -350,7 +411,7 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
         elif node.op_type == "Mul":
             match = _match_gated(node, g)
         elif node.op_type == "ReduceMean":
-            match = _match_layer_norm(node, g)
+            match = _match_layer_norm(node, g) or _match_rms_norm(node, g)
         elif node.op_type == "Exp":
             match = _match_softmax(node, g)
         elif node.op_type == "Softmax":

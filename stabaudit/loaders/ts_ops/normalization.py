@@ -67,6 +67,21 @@ def layer_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(op, [x])]
 
 
+@translates("aten::rms_norm")
+def rms_norm(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """rms_norm (nn.RMSNorm) over the trailing dims ``normalized_shape``, constant weight; eps None
+    is the input dtype's machine epsilon (torch's default)."""
+    x = node.var("input")
+    dims = [int(d) for d in node.arg("normalized_shape")]
+    if not dims or tuple(dims) != tuple(x.shape[x.rank - len(dims):]):
+        raise Unsupported(f"normalized_shape {dims} is not the input's trailing shape {list(x.shape)}")
+    eps = node.arg("eps")
+    epsilon = float(np.finfo(np.float32).eps) if eps is None else as_float(eps, what="eps")
+    op = O.LayerNorm(axis=x.rank - len(dims), epsilon=epsilon, scale=_optional(node.arg("weight"), "weight"),
+                     centered=False)
+    return [ctx.emit(op, [x])]
+
+
 def _per_channel(x: Any, weight: np.ndarray | None, bias: np.ndarray | None) -> O.Affine | None:
     """The per-channel Affine of a normalisation's weight and bias (None when both are absent)."""
     if weight is None and bias is None:

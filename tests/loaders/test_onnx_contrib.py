@@ -1,0 +1,173 @@
+"""onnxruntime's fused transformer operators (com.microsoft), ONNX RMSNormalization and the
+decomposed RMSNorm of exporters: each loads onto the IR ops it fuses, matches onnxruntime on the
+fused file, and gets a global bound where the unfused graph has one."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from stabaudit.analyses.composition import rule_bounds
+from stabaudit.errors import UnsupportedOperatorError
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import Executor
+from stabaudit.loaders.base import LoadedModel
+from stabaudit.loaders.onnx import load_onnx
+
+MS = "com.microsoft"
+H = 8
+RNG = np.random.default_rng(0)
+GAMMA = (RNG.uniform(0.5, 1.5, H) * RNG.choice([-1.0, 1.0], H)).astype(np.float32)
+BETA = RNG.normal(size=H).astype(np.float32)
+BIAS = RNG.normal(size=H).astype(np.float32)
+PARAMS = {"g": GAMMA, "b": BETA, "bias": BIAS, "two": np.array(2.0, np.float32), "eps": np.array(1e-6, np.float32),
+          "one": np.array(1.0, np.float32), "w": (RNG.normal(size=(H, H)) / 3).astype(np.float32),
+          "row": RNG.uniform(0.5, 1.5, (3, 1)).astype(np.float32)}
+
+
+def save(tmp_path: Path, nodes: Sequence[Any], outputs: Sequence[str] = ("y",), opset: int = 17) -> Path:
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(
+        list(nodes), "contrib", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, H])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(v, k) for k, v in PARAMS.items() if k in used])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)])
+    model.ir_version = 10
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def check(path: Path, tol: float = 2e-5) -> LoadedModel:
+    """Loaded, and the engine's float64 forward pass within ``tol`` of onnxruntime's."""
+    lm = load_onnx(path)
+    x = np.random.default_rng(1).standard_normal((2, 3, H)).astype(np.float32)
+    ours = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
+    ref = lm.reference({"x": x})
+    for o, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(o.detach().numpy(), r, rtol=tol, atol=tol)
+    return lm
+
+
+def ops(lm: LoadedModel) -> list[str]:
+    return [type(n.op).__name__ for n in lm.graph.nodes]
+
+
+def norms(lm: LoadedModel) -> list[O.LayerNorm]:
+    return [n.op for n in lm.graph.nodes if isinstance(n.op, O.LayerNorm)]
+
+
+def node(op: str, inputs: Sequence[str], outputs: Sequence[str] = ("y",), domain: str = "", **attrs: Any) -> Any:
+    return helper.make_node(op, list(inputs), list(outputs), domain=domain, **attrs)
+
+
+def upper(lm: LoadedModel) -> float:
+    """The product of the per-node certified upper bounds (the loaded graph's global rule)."""
+    per = rule_bounds(lm.graph)
+    return math.prod(b.upper.value for b in per.values() if b.upper is not None)
+
+
+@pytest.mark.parametrize(("nodes", "expected"), [
+    ([node("Gelu", ["x"], domain=MS)], ["Gelu"]),
+    ([node("FastGelu", ["x", "bias"], domain=MS)], ["Affine", "Gelu"]),
+    ([node("FastGelu", ["x"], domain=MS)], ["Gelu"]),
+    ([node("BiasGelu", ["x", "bias"], domain=MS)], ["Affine", "Gelu"]),
+    ([node("QuickGelu", ["x"], domain=MS, alpha=1.702)], ["Affine", "Silu", "Affine"]),
+    ([node("QuickGelu", ["x"], domain=MS, alpha=1.0)], ["Silu"]),
+])
+def test_fused_activations(tmp_path: Path, nodes: list[Any], expected: list[str]) -> None:
+    lm = check(save(tmp_path, nodes))
+    assert ops(lm) == expected
+    gelu = [n.op for n in lm.graph.nodes if isinstance(n.op, O.Gelu)]
+    if gelu:
+        assert gelu[0].approximate == ("tanh" if nodes[0].op_type == "FastGelu" else "none")
+
+
+def test_quick_gelu_bound_is_its_slope_maximum(tmp_path: Path) -> None:
+    """QuickGelu(1.702) = SiLU(1.702 x) / 1.702: its constant is SiLU's, 1.0998 (the maximum of
+    sigma(t) + t sigma'(t)), not 1.702 times it."""
+    lm = check(save(tmp_path, [node("QuickGelu", ["x"], domain=MS, alpha=1.702)]))
+    assert 1.0998 <= upper(lm) <= 1.0999
+
+
+@pytest.mark.parametrize("sum_used", [False, True])
+def test_skip_layer_normalization(tmp_path: Path, sum_used: bool) -> None:
+    """LayerNorm(x + skip + bias) * gamma + beta; output 3 (the sum) read by the next block."""
+    nodes = [node("Relu", ["x"], ["r"]),
+             node("SkipLayerNormalization", ["x", "r", "g", "b", "bias"], ["n", "", "", "s" if sum_used else ""],
+                  domain=MS, epsilon=1e-5)]
+    nodes.append(node("Add", ["n", "s"]) if sum_used else node("Identity", ["n"]))
+    lm = check(save(tmp_path, nodes))
+    (norm,) = norms(lm)
+    assert norm.centered and norm.epsilon == pytest.approx(1e-5) and norm.bias is not None
+    assert ops(lm)[:3] == ["Relu", "Add", "Affine"]
+
+
+def test_skip_simplified_and_simplified_layer_normalization(tmp_path: Path) -> None:
+    """RMSNorm both ways: SimplifiedLayerNormalization (default domain, as onnxruntime registers
+    it) and SkipSimplifiedLayerNormalization with its sum read; the global bound is
+    max|gamma| / sqrt(eps) per norm (the product here)."""
+    nodes = [node("SimplifiedLayerNormalization", ["x", "g"], ["n1"], axis=-1, epsilon=1e-4),
+             node("SkipSimplifiedLayerNormalization", ["n1", "x", "g", "bias"], ["n2", "", "", "s"], domain=MS,
+                  epsilon=1e-4),
+             node("Add", ["n2", "s"])]
+    lm = check(save(tmp_path, nodes))
+    first, second = norms(lm)
+    assert not first.centered and not second.centered
+    assert first.bias is None and second.bias is None
+    rule = rule_bounds(lm.graph)
+    gain = float(np.max(np.abs(GAMMA.astype(np.float64)))) / math.sqrt(float(np.float32(1e-4)))
+    values = [rule[n.output].upper.value for n in lm.graph.nodes if isinstance(n.op, O.LayerNorm)]
+    assert values == pytest.approx([gain, gain], rel=1e-12)
+
+
+def test_onnx_rms_normalization(tmp_path: Path) -> None:
+    lm = check(save(tmp_path, [node("RMSNormalization", ["x", "g"], axis=-1, epsilon=1e-6)], opset=23))
+    (norm,) = norms(lm)
+    assert not norm.centered and norm.axis == 2 and norm.epsilon == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize("form", ["reciprocal", "div", "one_over", "mul_square"])
+def test_decomposed_rms_norm_is_fused(tmp_path: Path, form: str) -> None:
+    """x / sqrt(mean(x^2) + eps) * g as exporters write it becomes one RMSNorm, which has a global
+    bound (the unfused Sqrt and quotient have none)."""
+    square = node("Mul", ["h", "h"], ["sq"]) if form == "mul_square" else node("Pow", ["h", "two"], ["sq"])
+    nodes = [node("MatMul", ["x", "w"], ["h"]), square, node("ReduceMean", ["sq"], ["m"], axes=[-1], keepdims=1),
+             node("Add", ["m", "eps"], ["v"]), node("Sqrt", ["v"], ["r"])]
+    if form == "div":
+        nodes.append(node("Div", ["h", "r"], ["z"]))
+    else:
+        nodes.append(node("Reciprocal", ["r"], ["i"]) if form != "one_over" else node("Div", ["one", "r"], ["i"]))
+        nodes.append(node("Mul", ["h", "i"], ["z"]))
+    nodes.append(node("Mul", ["g", "z"]))
+    lm = check(save(tmp_path, nodes))
+    assert ops(lm) == ["Linear", "LayerNorm"]
+    (norm,) = norms(lm)
+    assert not norm.centered and norm.scale is not None and norm.epsilon == pytest.approx(1e-6)
+    assert math.isfinite(upper(lm))
+
+
+def test_rms_pattern_leaves_a_scale_that_varies_along_other_axes(tmp_path: Path) -> None:
+    """A constant of shape [3, 1] multiplies along the sequence axis, not the normalised one: it
+    stays an Affine after the fused RMSNorm."""
+    nodes = [node("Pow", ["x", "two"], ["sq"]), node("ReduceMean", ["sq"], ["m"], axes=[-1], keepdims=1),
+             node("Add", ["m", "eps"], ["v"]), node("Sqrt", ["v"], ["r"]), node("Div", ["x", "r"], ["z"]),
+             node("Mul", ["z", "row"])]
+    lm = check(save(tmp_path, nodes))
+    assert ops(lm) == ["LayerNorm", "Affine"]
+    assert norms(lm)[0].scale is None
+
+
+def test_skip_layer_norm_with_a_variable_gamma_is_refused(tmp_path: Path) -> None:
+    nodes = [node("SkipLayerNormalization", ["x", "x", "x"], ["y"], domain=MS)]
+    with pytest.raises(UnsupportedOperatorError, match="SkipLayerNormalization"):
+        load_onnx(save(tmp_path, nodes))
+
