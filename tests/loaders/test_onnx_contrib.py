@@ -171,3 +171,81 @@ def test_skip_layer_norm_with_a_variable_gamma_is_refused(tmp_path: Path) -> Non
     with pytest.raises(UnsupportedOperatorError, match="SkipLayerNormalization"):
         load_onnx(save(tmp_path, nodes))
 
+
+
+# ---- attention -------------------------------------------------------------------------------------
+QKV = (RNG.normal(size=(H, 3 * H)) / 3).astype(np.float32)
+QKV_BIAS = RNG.normal(size=3 * H).astype(np.float32)
+MASKS = {"lengths": np.array([3, 2], np.int32), "raw": np.array([[1, 1, 0], [1, 0, 1]], np.int32),
+         "raw3": np.array([[[1, 0, 0], [1, 1, 0], [1, 1, 1]]] * 2, np.int32)}
+
+
+def save_with(tmp_path: Path, nodes: Sequence[Any], extra: dict[str, np.ndarray]) -> Path:
+    PARAMS.update(extra)
+    try:
+        return save(tmp_path, nodes)
+    finally:
+        for key in extra:
+            PARAMS.pop(key)
+
+
+@pytest.mark.parametrize(("mask", "attrs"), [
+    (None, {}), ("lengths", {}), ("raw", {}), ("raw3", {}), (None, {"unidirectional": 1}),
+    ("raw", {"scale": 0.3, "mask_filter_value": -1000.0}),
+])
+def test_attention(tmp_path: Path, mask: str | None, attrs: dict[str, Any]) -> None:
+    """onnxruntime's fused self-attention: three Linear maps, two products and a Softmax over the
+    keys with the masks as onnxruntime adds them (mask_filter_value on masked scores)."""
+    inputs = ["x", "qkv", "qkv_bias"] + (["m"] if mask else [])
+    extra = {"qkv": QKV, "qkv_bias": QKV_BIAS} | ({"m": MASKS[mask]} if mask else {})
+    lm = check(save_with(tmp_path, [node("Attention", inputs, domain=MS, num_heads=2, **attrs)], extra))
+    names = ops(lm)
+    assert names[:3] == ["Linear"] * 3 and names.count("MatMul") == 2 and "Softmax" in names
+    shift = [n.op.shift for n in lm.graph.nodes if isinstance(n.op, O.Affine) and n.op.shift is not None]
+    fill = attrs.get("mask_filter_value", -10000.0)
+    assert (len(shift) == 1) == (mask is not None or "unidirectional" in attrs)
+    if shift:
+        assert set(np.unique(shift[0])) <= {0.0, fill, 2 * fill}
+
+
+def test_attention_has_a_certified_bound_over_a_domain_only(tmp_path: Path) -> None:
+    """q k^T is a product of two variables: no global constant, and the notes name the operator;
+    over a domain, a certified bound at least the lower end."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from stabaudit.cli import app
+
+    path = save_with(tmp_path, [node("Attention", ["x", "qkv", "qkv_bias", "m"], domain=MS, num_heads=2)],
+                     {"qkv": QKV, "qkv_bias": QKV_BIAS, "m": MASKS["raw"]})
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["check", str(path), "--budget", "0.3", "--domain", "-1,1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["lipschitz"]["upper"] is None
+    notes = " ".join(n for m in report["lipschitz"]["methods"] for n in m["notes"])
+    assert "MatMul" in notes, notes
+    domain = report["domain_lipschitz"]
+    assert 0.0 < domain["lower"] <= domain["upper"] < math.inf
+
+
+@pytest.mark.parametrize("attrs", [{}, {"unidirectional": 1}])
+def test_multi_head_attention(tmp_path: Path, attrs: dict[str, Any]) -> None:
+    nodes = [node("Relu", ["x"], ["k"]), node("Tanh", ["x"], ["v"]),
+             node("MultiHeadAttention", ["x", "k", "v", "qkv_bias", "m"], domain=MS, num_heads=2, **attrs)]
+    lm = check(save_with(tmp_path, nodes, {"qkv_bias": QKV_BIAS, "m": MASKS["raw"]}))
+    assert ops(lm).count("MatMul") == 2
+
+
+@pytest.mark.parametrize(("nodes", "match"), [
+    ([node("Attention", ["x", "qkv", "", "", "past"], ["y", "present"], domain=MS, num_heads=2)], "past"),
+    ([node("Relu", ["x"], ["m"]), node("Attention", ["x", "qkv", "", "m"], domain=MS, num_heads=2)], "mask"),
+    ([node("Attention", ["x", "qkv"], domain=MS, num_heads=3)], "num_heads"),
+])
+def test_attention_refusals(tmp_path: Path, nodes: list[Any], match: str) -> None:
+    """A key/value cache, a mask computed from the float input, and heads that do not divide the
+    width are refused by name."""
+    path = save_with(tmp_path, nodes, {"qkv": QKV, "past": np.zeros((2, 2, 2, 0, 4), np.float32)})
+    with pytest.raises(UnsupportedOperatorError, match=match):
+        load_onnx(path)

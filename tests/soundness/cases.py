@@ -812,6 +812,43 @@ def _onnx_transformer_contrib() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("two", "eps"))
 
 
+def _onnx_ort_attention() -> OnnxSpec:
+    """onnxruntime's Attention (packed q, k, v weights and bias, a raw key mask adding -10000 to
+    the masked scores) and MultiHeadAttention (causal, a bias of q, k and v), two heads each."""
+    ms = "com.microsoft"
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        return [
+            helper.make_node("Attention", ["x", "wqkv", "bqkv", "m"], ["a"], name="attn", domain=ms, num_heads=2),
+            helper.make_node("MultiHeadAttention", ["a", "x", "a", "b2"], ["o"], name="mha", domain=ms, num_heads=2,
+                             unidirectional=1),
+            _node("MatMul", ["o", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"wqkv": _rand(131, 4, 12), "bqkv": _rand(132, 12), "b2": _rand(133, 12), "w": _rand(134, 4, 2),
+                "m": np.array([[1, 0, 1]], np.int32)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(1, 3, 2, 2).transpose(1, 2)
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+            s = heads(q) @ heads(k).transpose(-1, -2) / math.sqrt(2.0) + shift
+            return (torch.softmax(s, -1) @ heads(v)).transpose(1, 2).reshape(1, 3, 4)
+
+        qkv = x @ p["wqkv"] + p["bqkv"]
+        key_mask = torch.tensor([0.0, -10000.0, 0.0], dtype=torch.float64)
+        a = attend(qkv[..., :4], qkv[..., 4:8], qkv[..., 8:], key_mask)
+        causal = torch.triu(torch.full((3, 3), -10000.0, dtype=torch.float64), diagonal=1)
+        b = p["b2"]
+        return attend(a + b[:4], x + b[4:8], a + b[8:], causal) @ p["w"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 def _onnx_rms_normalization() -> OnnxSpec:
     """ONNX RMSNormalization (opset 23) over the last axis and over axes 1.., eps large enough that
     max|scale| / sqrt(eps) is met near 0."""
@@ -1737,6 +1774,9 @@ def _cases() -> list[Case]:
                                  "SimplifiedLayerNormalization", "com.microsoft.QuickGelu",
                                  "com.microsoft.SkipSimplifiedLayerNormalization", "com.microsoft.BiasGelu",
                                  "com.microsoft.Gelu"})),
+        Case(id="onnx_ort_attention", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_ort_attention(),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE, L.TRANSPOSE, L.RESHAPE}),
+             onnx_ops=frozenset({"com.microsoft.Attention", "com.microsoft.MultiHeadAttention"})),
         Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
         Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),

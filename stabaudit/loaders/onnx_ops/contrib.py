@@ -1,10 +1,13 @@
 """Translators of onnxruntime's fused transformer operators (domain com.microsoft), as its
-transformer optimizer and quantizer write them into exported text and vision encoders: Gelu,
-FastGelu, BiasGelu, QuickGelu, SkipLayerNormalization, SimplifiedLayerNormalization and
-SkipSimplifiedLayerNormalization (RMSNorm). Each becomes the IR nodes it fuses, so the bounds are
-those of the unfused graph; onnxruntime still runs the fused file as the reference."""
+transformer optimizer writes them into exported text and vision encoders: Gelu, FastGelu,
+BiasGelu, QuickGelu, SkipLayerNormalization, SimplifiedLayerNormalization and
+SkipSimplifiedLayerNormalization (RMSNorm), Attention and MultiHeadAttention. Each becomes the IR
+nodes it fuses, so the bounds are those of the unfused graph; onnxruntime still runs the fused
+file as the reference."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -104,3 +107,131 @@ def simplified_layer_normalization(node: OnnxNode, ctx: Context) -> None:
     """SimplifiedLayerNormalization(X, scale) = X / sqrt(mean(X^2) + epsilon) * scale over the
     axes axis.. (RMSNorm, as T5 and LLaMA-style encoders use it)."""
     _norm(node, ctx, node.inputs[0], centered=False, scale_index=1, bias_index=None)
+
+
+# ---- attention -----------------------------------------------------------------------------------
+def _heads(node: OnnxNode, ctx: Context, x: str, heads: int, tag: str, *, keys: bool = False) -> str:
+    """[B, S, heads * d] -> [B, heads, S, d] (or [B, heads, d, S] for keys, ready for q k^T)."""
+    b, s, width = ctx.shape(x)
+    if width % heads:
+        raise Unsupported(f"{node.op_type}(hidden size {width} not a multiple of num_heads={heads})")
+    split = ctx.emit(node, O.Reshape(shape=(b, s, heads, width // heads)), [x], tag=f"{tag}_heads")
+    return ctx.emit(node, O.Transpose(perm=(0, 2, 3, 1) if keys else (0, 2, 1, 3)), [split], tag=f"{tag}_t")
+
+
+def _key_mask(node: OnnxNode, ctx: Context, index: int, batch: int, queries: int, keys: int) -> np.ndarray | None:
+    """Which keys each query may read, [B, 1, S, T] (True: read), from a constant mask input: key
+    lengths [B] (right padding), a raw 0/1 mask [B, T] or [B, S, T]; None without one."""
+    name = node.input(index)
+    if name is None:
+        return None
+    value = ctx.const(name)
+    if value is None:
+        raise Unsupported(f"{node.op_type}(a mask computed from the model's float inputs)")
+    value = np.asarray(value)
+    if value.shape == (batch,):
+        keep = np.arange(keys)[None, :] < value.reshape(batch, 1)
+        return np.broadcast_to(keep[:, None, None, :], (batch, 1, queries, keys))
+    if value.shape == (batch, keys):
+        return np.broadcast_to((value != 0)[:, None, None, :], (batch, 1, queries, keys))
+    if value.shape == (batch, queries, keys):
+        return (value != 0)[:, None, :, :]
+    raise Unsupported(f"{node.op_type}(a mask of shape {list(value.shape)})")
+
+
+def _attend(node: OnnxNode, ctx: Context, q: str, k: str, v: str, heads: int, *, causal: bool,
+            keep: np.ndarray | None, bias_index: int | None) -> None:
+    """softmax(scale q k^T + mask + attention_bias) v per head, written as the node's output
+    [B, S, heads * d_v]. Masked entries get ``mask_filter_value`` (-10000 by default) added to
+    their scores, as onnxruntime computes them (a causal mask adds it again): a constant shift, so
+    the map is the one the file computes, masks included."""
+    batch, queries, width = ctx.shape(q)
+    keys = ctx.shape(k)[1]
+    scale = float(node.attr("scale", 0.0)) or 1.0 / np.sqrt(width // heads)
+    qh, kh, vh = _heads(node, ctx, q, heads, "q"), _heads(node, ctx, k, heads, "k", keys=True), _heads(node, ctx, v, heads, "v")
+    scores = ctx.emit(node, O.MatMul(), [qh, kh], tag="scores")
+    scores = ctx.emit(node, O.Affine(scale=np.array(scale, dtype=np.float64)), [scores], tag="scaled")
+    fill = float(node.attr("mask_filter_value", -10000.0))
+    shift = np.zeros((batch, 1, queries, keys))
+    if keep is not None:
+        shift = np.where(keep, 0.0, fill)
+    if causal:
+        shift = shift + np.where(np.arange(keys)[None, :] > np.arange(queries)[:, None], fill, 0.0)
+    if np.any(shift != 0.0):
+        if not np.all(np.isfinite(shift)):
+            raise Unsupported(f"{node.op_type}(mask_filter_value={fill})")
+        scores = ctx.emit(node, O.Affine(shift=shift), [scores], tag="masked")
+    name = node.input(bias_index) if bias_index is not None else None
+    if name is not None:
+        bias = ctx.const(name)
+        if bias is None:
+            scores = ctx.emit(node, O.Add(), [scores, name], tag="biased")
+        elif not fits(bias, ctx.shape(scores)):
+            raise Unsupported(f"{node.op_type}(attention_bias of shape {list(np.shape(bias))})")
+        else:
+            scores = ctx.emit(node, O.Affine(shift=np.asarray(bias, dtype=np.float64)), [scores], tag="biased")
+    weights = ctx.emit(node, O.Softmax(axis=3), [scores], tag="weights")
+    mixed = ctx.emit(node, O.MatMul(), [weights, vh], tag="mixed")
+    merged = ctx.emit(node, O.Transpose(perm=(0, 2, 1, 3)), [mixed], tag="merged")
+    ctx.emit(node, O.Reshape(shape=(batch, queries, ctx.shape(v)[2])), [merged])
+
+
+def _no_cache(node: OnnxNode, ctx: Context, past: Sequence[int], present: Sequence[int]) -> None:
+    """Refuse a key/value cache: past inputs given or present outputs read (decoding, not a map)."""
+    if any(node.input(i) is not None for i in past):
+        raise Unsupported(f"{node.op_type}(past key and value: a decoding cache)")
+    if any(len(node.outputs) > i and ctx.is_used(node.outputs[i]) for i in present):
+        raise Unsupported(f"{node.op_type}(present key and value read)")
+
+
+@register(_MS + "Attention")
+def attention(node: OnnxNode, ctx: Context) -> None:
+    """onnxruntime's Attention (its fusion of BERT-style self-attention): q, k and v are three
+    Linear maps of the input (columns of the packed weights, qkv_hidden_sizes or thirds, and of the
+    bias), then multi-head scaled dot-product attention with the constant mask_index (key lengths,
+    a raw [B, T] or [B, S, T] mask), the causal mask when unidirectional, and a constant or
+    variable attention_bias."""
+    _no_cache(node, ctx, (4, 6), (1,))
+    if int(node.attr("do_rotary", 0)):
+        raise Unsupported("Attention(do_rotary)")
+    x = node.inputs[0]
+    if len(ctx.shape(x)) != 3:
+        raise Unsupported("Attention(input not [batch, sequence, hidden])")
+    weights = np.asarray(ctx.param(node, 1, "weights"), dtype=np.float64)
+    bias = ctx.param(node, 2, "bias", optional=True)
+    sizes = [int(s) for s in (node.attr("qkv_hidden_sizes", None) or [])] or [weights.shape[1] // 3] * 3
+    if weights.ndim != 2 or len(sizes) != 3 or sum(sizes) != weights.shape[1] or weights.shape[0] != ctx.shape(x)[2]:
+        raise Unsupported(f"Attention(weights of shape {list(weights.shape)} for qkv sizes {sizes})")
+    heads = int(node.attr("num_heads"))
+    edges = np.cumsum([0, *sizes])
+    qkv = []
+    for part, (start, end) in zip("qkv", zip(edges[:-1], edges[1:], strict=True), strict=True):
+        b = None if bias is None else np.asarray(bias, dtype=np.float64).reshape(-1)[start:end]
+        qkv.append(ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weights[:, start:end].T), bias=b), [x], tag=part))
+    batch, queries, _ = ctx.shape(x)
+    keep = _key_mask(node, ctx, 3, batch, queries, queries)
+    _attend(node, ctx, qkv[0], qkv[1], qkv[2], heads, causal=bool(int(node.attr("unidirectional", 0))), keep=keep, bias_index=5)
+
+
+@register(_MS + "MultiHeadAttention")
+def multi_head_attention(node: OnnxNode, ctx: Context) -> None:
+    """onnxruntime's MultiHeadAttention with separate query, key and value [B, S, hidden] (projected
+    already), an optional constant bias of q, k and v (concatenated), a constant key_padding_mask
+    ([B] lengths or [B, T] 0/1), an attention_bias, and unidirectional (causal) masking."""
+    _no_cache(node, ctx, (6, 7), (1, 2))
+    q, k, v = node.input(0), node.input(1), node.input(2)
+    if q is None or k is None or v is None or any(len(ctx.shape(t)) != 3 for t in (q, k, v)):
+        raise Unsupported("MultiHeadAttention(packed or pre-split query, key and value)")
+    bias = ctx.param(node, 3, "bias", optional=True)
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+        widths = [ctx.shape(t)[2] for t in (q, k, v)]
+        if bias.size != sum(widths):
+            raise Unsupported(f"MultiHeadAttention(bias of {bias.size} entries)")
+        edges = np.cumsum([0, *widths])
+        q, k, v = (ctx.emit(node, O.Affine(shift=bias[a:b]), [t], tag=f"{tag}_bias")
+                   for t, tag, a, b in zip((q, k, v), "qkv", edges[:-1], edges[1:], strict=True))
+    batch, queries, _ = ctx.shape(q)
+    keep = _key_mask(node, ctx, 4, batch, queries, ctx.shape(k)[1])
+    _attend(node, ctx, q, k, v, int(node.attr("num_heads")), causal=bool(int(node.attr("unidirectional", 0))),
+            keep=keep, bias_index=5)
