@@ -27,11 +27,12 @@ _PROTOBUF_LIMIT = 2**31 - 1
 
 
 def supported_operators() -> list[str]:
-    """The ONNX operators translated on variables; any operator on constants is folded, and
-    Erf inside x*0.5*(1+Erf(x/sqrt 2)) is fused into Gelu."""
+    """The ONNX operators translated on variables (or written out as standard ones in the model:
+    EmbedLayerNormalization); any operator on constants is folded, and Erf inside
+    x*0.5*(1+Erf(x/sqrt 2)) is fused into Gelu."""
     from stabaudit.loaders.onnx_ops import TRANSLATORS
 
-    return sorted(set(TRANSLATORS) | {"Constant"})
+    return sorted(set(TRANSLATORS) | {"Constant", "com.microsoft.EmbedLayerNormalization"})
 
 
 def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
@@ -78,10 +79,20 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     if external_files:
         notes.append(f"external data read from {external_files} file(s) in the model's directory")
     _check(model, notes)
+    from stabaudit.loaders.onnx_ops.contrib import expand_embed_layer_norm
+
+    original = model
+    model, expanded = expand_embed_layer_norm(model)
+    if expanded:
+        data = None  # the reference runs the expanded model, checked against the file below
     work = _lift_opset(model, notes)
     all_inputs = _input_shapes(work.graph, input_shape, notes, named)
     constants = _initializers(work.graph)
     cut = replace(_held_values(work.graph, all_inputs, constants), start=start)
+    if expanded:
+        _check_expansion(original, model, all_inputs, cut.held, path)
+        notes.append(f"com.microsoft.EmbedLayerNormalization x{expanded} written as the Gather, Add and "
+                     "LayerNormalization it fuses (the expanded model matches the file on onnxruntime)")
     if perturb:
         cut = _perturb_only(all_inputs, cut, perturb)
     if start is not None:
@@ -123,6 +134,26 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
         reference_outputs=tuple(o.name for o in model.graph.output) if kept else (),
         output_names=tuple(kept),
     )
+
+
+def _check_expansion(original: Any, expanded: Any, inputs: Sequence[_Input], held: Mapping[str, np.ndarray],
+                     path: Path) -> None:
+    """The expanded model's outputs against the file's on onnxruntime, at the held values and
+    seeded standard-normal real inputs: a fused operator written out must compute the same map."""
+    rng = np.random.default_rng(0)
+    feeds = {i.name: held[i.name] if i.name in held else rng.standard_normal(i.shape).astype(i.dtype) for i in inputs}
+    ours = OnnxRuntimeReference(model=expanded, data=None, path=path).session()
+    theirs = OnnxRuntimeReference(model=original, data=None, path=path).session()
+    run = {i.name: feeds[i.name] for i in theirs.get_inputs()}
+    try:
+        pairs = list(zip(ours.run(None, run), theirs.run(None, run), strict=True))
+    except Exception as exc:
+        raise ModelLoadError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
+    for a, b in pairs:
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-4 * (1.0 + float(np.max(np.abs(b), initial=0.0)))):
+            raise ModelLoadError("the expansion of com.microsoft.EmbedLayerNormalization does not match onnxruntime's "
+                                 "kernel on this model")
 
 
 def _subgraph_reads(node: Any) -> set[str]:

@@ -249,3 +249,73 @@ def test_attention_refusals(tmp_path: Path, nodes: list[Any], match: str) -> Non
     path = save_with(tmp_path, nodes, {"qkv": QKV, "past": np.zeros((2, 2, 2, 0, 4), np.float32)})
     with pytest.raises(UnsupportedOperatorError, match=match):
         load_onnx(path)
+
+
+# ---- EmbedLayerNormalization -------------------------------------------------------------------------
+def _embedded(tmp_path: Path, *, segments: bool, mask: bool, epsilon: float = 1e-12, opset: int = 17) -> Path:
+    """EmbedLayerNormalization (int32 ids, optional segment ids and mask) read by an Attention
+    through its mask_index, as onnxruntime's optimizer writes a BERT encoder's first block."""
+    rng = np.random.default_rng(3)
+    tables = {"word": rng.normal(size=(20, H)), "pos": rng.normal(size=(16, H)), "seg": rng.normal(size=(2, H)),
+              "g": GAMMA, "b": BETA, "qkv": QKV, "qkv_bias": QKV_BIAS}
+    ins = ["ids", "segs" if segments else "", "word", "pos", "seg" if segments else "", "g", "b", "mask" if mask else ""]
+    nodes = [helper.make_node("EmbedLayerNormalization", ins, ["e", "mi", "esum"], domain=MS, epsilon=epsilon,
+                              name="embed"),
+             helper.make_node("Attention", ["e", "qkv", "qkv_bias", "mi"], ["a"], domain=MS, num_heads=2),
+             helper.make_node("Add", ["a", "esum"], ["y"])]
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", "seq"])
+            for n in ("ids", "segs", "mask") if n in ins]
+    graph = helper.make_graph(nodes, "embed", ints, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in tables.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)])
+    model.ir_version = 10 if opset >= 13 else 7
+    path = tmp_path / "embed.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(("segments", "mask", "opset"), [(True, True, 17), (False, False, 17), (True, False, 17),
+                                                         (True, True, 12), (False, False, 12)])
+def test_embed_layer_normalization_starts_at_the_word_embeddings(tmp_path: Path, segments: bool, mask: bool,
+                                                                opset: int) -> None:
+    """The fused embedding is written out in the model (Gather, Add, LayerNormalization, the mask
+    count; opsets before 13 and 15 write the reduction axes and the batch size otherwise), checked
+    against the file on onnxruntime; the audit starts at the word-embedding rows
+    and matches onnxruntime there (SA902), with the Attention's key lengths from the held mask."""
+    shapes = {name: (1, 6) for name, used in (("ids", True), ("segs", segments), ("mask", mask)) if used}
+    lm = load_onnx(_embedded(tmp_path, segments=segments, mask=mask, opset=opset), input_shapes=shapes)
+    assert [s.name for s in lm.graph.inputs][0] == "embed/word_embedding"
+    assert any("EmbedLayerNormalization x1 written as" in note for note in lm.notes)
+    (norm,) = [n.op for n in lm.graph.nodes if isinstance(n.op, O.LayerNorm)]
+    assert norm.epsilon == pytest.approx(1e-12) and norm.centered
+    assert lm.reference_at is not None
+    feeds, ref = lm.reference_at(np.random.default_rng(0))
+    ours = Executor(lm.graph, dtype=torch.float64)(*[torch.from_numpy(feeds[s.name].astype(np.float64))
+                                                      for s in lm.graph.inputs])
+    # without a mask, mask_index is 0 and onnxruntime adds -10000 to every score, which float32
+    # holds to about 1e-3 (the engine drops a shift that is constant along a row: exact)
+    tol = 2e-5 if mask else 2e-3
+    for o, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(o.detach().numpy(), r, rtol=tol, atol=tol)
+
+
+def test_an_expansion_that_differs_from_the_kernel_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The expanded model is checked against the file: an expansion computing another map (here a
+    wrong epsilon) stops the load with a one-line error."""
+    from stabaudit.errors import ModelLoadError
+    from stabaudit.loaders.onnx_ops import contrib
+
+    real = contrib.expand_embed_layer_norm
+
+    def wrong(model: Any) -> tuple[Any, int]:
+        copy, count = real(model)
+        for n in copy.graph.node:
+            if n.op_type == "LayerNormalization":
+                for a in n.attribute:
+                    if a.name == "epsilon":
+                        a.f = 10.0
+        return copy, count
+
+    monkeypatch.setattr(contrib, "expand_embed_layer_norm", wrong)
+    with pytest.raises(ModelLoadError, match="does not match onnxruntime"):
+        load_onnx(_embedded(tmp_path, segments=True, mask=True), input_shapes={n: (1, 6) for n in ("ids", "segs", "mask")})

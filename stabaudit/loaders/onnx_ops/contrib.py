@@ -8,6 +8,7 @@ file as the reference."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -157,6 +158,9 @@ def _attend(node: OnnxNode, ctx: Context, q: str, k: str, v: str, heads: int, *,
         shift = np.where(keep, 0.0, fill)
     if causal:
         shift = shift + np.where(np.arange(keys)[None, :] > np.arange(queries)[:, None], fill, 0.0)
+    # a shift constant along a row leaves its softmax unchanged (exactly): only the differences stay,
+    # so a row whose keys are all masked (key length 0) is not moved by 10000 for nothing
+    shift = shift - shift.max(axis=-1, keepdims=True)
     if np.any(shift != 0.0):
         if not np.all(np.isfinite(shift)):
             raise Unsupported(f"{node.op_type}(mask_filter_value={fill})")
@@ -235,3 +239,93 @@ def multi_head_attention(node: OnnxNode, ctx: Context) -> None:
     keep = _key_mask(node, ctx, 4, batch, queries, ctx.shape(k)[1])
     _attend(node, ctx, q, k, v, int(node.attr("num_heads")), causal=bool(int(node.attr("unidirectional", 0))),
             keep=keep, bias_index=5)
+
+
+# ---- EmbedLayerNormalization: expanded in the model itself ----------------------------------------
+def expand_embed_layer_norm(model: Any) -> tuple[Any, int]:
+    """A copy of ``model`` with each com.microsoft EmbedLayerNormalization written as the standard
+    operators it fuses, and how many there were (0: ``model`` itself).
+
+    EmbedLayerNormalization(input_ids, segment_ids?, word, position, segment?, gamma, beta, mask?,
+    position_ids?) is LayerNorm(word[input_ids] + position[position_ids or 0..S-1] +
+    segment[segment_ids]) * gamma + beta over the hidden axis; output 1 (mask_index) counts the
+    entries equal to 1 in each row of mask (0 without one), output 2 is the sum. The expansion is
+    done on the model so that the word-embedding rows are a tensor of the graph: the audit starts
+    there (as for an unfused export), and onnxruntime can read it. The loader checks the expanded
+    model against the original on onnxruntime before trusting it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    fused = [n for n in model.graph.node if n.op_type == "EmbedLayerNormalization" and n.domain == "com.microsoft"]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not fused or opset < 11:
+        return model, 0
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    nodes: list[Any] = []
+    for node in copy.graph.node:
+        if not (node.op_type == "EmbedLayerNormalization" and node.domain == "com.microsoft"):
+            nodes.append(node)
+            continue
+        ins = list(node.input) + [""] * (9 - len(node.input))
+        outs = list(node.output) + [""] * (3 - len(node.output))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        base = node.name or outs[0]
+
+        def name(tag: str, base: str = base) -> str:
+            return f"{base}/{tag}"
+
+        ids, segment_ids, word, position, segment, gamma, beta, mask, position_ids = ins[:9]
+        nodes.append(helper.make_node("Gather", [word, ids], [name("word_embedding")], name=name("word")))
+        if not position_ids:
+            nodes += [helper.make_node("Shape", [ids], [name("ids_shape")], name=name("shape")),
+                      helper.make_node("Gather", [name("ids_shape"), name("one")], [name("length")], name=name("length"),
+                                       axis=0),
+                      helper.make_node("Range", [name("zero"), name("length"), name("one")], [name("positions")],
+                                       name=name("range"))]
+            copy.graph.initializer.extend([helper.make_tensor(name("zero"), TensorProto.INT64, [], [0]),
+                                           helper.make_tensor(name("one"), TensorProto.INT64, [], [1])])
+            position_ids = name("positions")
+        nodes.append(helper.make_node("Gather", [position, position_ids], [name("position_embedding")],
+                                      name=name("position")))
+        total = name("sum_wp")
+        nodes.append(helper.make_node("Add", [name("word_embedding"), name("position_embedding")], [total],
+                                      name=name("add_position")))
+        if segment_ids and segment:
+            nodes += [helper.make_node("Gather", [segment, segment_ids], [name("segment_embedding")], name=name("segment")),
+                      helper.make_node("Add", [total, name("segment_embedding")], [outs[2] or name("sum")],
+                                       name=name("add_segment"))]
+            total = outs[2] or name("sum")
+        elif outs[2]:
+            nodes.append(helper.make_node("Identity", [total], [outs[2]], name=name("sum")))
+        norm = [total, gamma] + ([beta] if beta else [])
+        nodes.append(helper.make_node("LayerNormalization", norm, [outs[0]], name=name("norm"), axis=-1,
+                                      epsilon=float(attrs.get("epsilon", 1e-12))))
+        if outs[1]:
+            if mask:
+                axes = [name("axes")] if opset >= 13 else []
+                if axes:
+                    copy.graph.initializer.append(helper.make_tensor(name("axes"), TensorProto.INT64, [1], [1]))
+                copy.graph.initializer.append(helper.make_tensor(name("ones"), TensorProto.INT32, [], [1]))
+                nodes += [helper.make_node("Equal", [mask, name("ones")], [name("kept")], name=name("kept")),
+                          helper.make_node("Cast", [name("kept")], [name("kept_int")], name=name("count"),
+                                           to=TensorProto.INT32),
+                          helper.make_node("ReduceSum", [name("kept_int"), *axes], [outs[1]], name=name("mask_index"),
+                                           keepdims=0)]
+                if not axes:
+                    nodes[-1].attribute.append(helper.make_attribute("axes", [1]))
+            else:
+                nodes += [helper.make_node("Shape", [ids], [name("mask_shape")], name=name("mask_shape"), start=0, end=1)
+                          if opset >= 15 else
+                          helper.make_node("Slice", [name("ids_shape_m"), name("s0"), name("s1")], [name("mask_shape")],
+                                           name=name("mask_shape")),
+                          helper.make_node("ConstantOfShape", [name("mask_shape")], [outs[1]], name=name("mask_index"),
+                                           value=helper.make_tensor("value", TensorProto.INT32, [1], [0]))]
+                if opset < 15:
+                    nodes.insert(len(nodes) - 2, helper.make_node("Shape", [ids], [name("ids_shape_m")],
+                                                                  name=name("shape_m")))
+                    copy.graph.initializer.extend([helper.make_tensor(name("s0"), TensorProto.INT64, [1], [0]),
+                                                   helper.make_tensor(name("s1"), TensorProto.INT64, [1], [1])])
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy, len(fused)
