@@ -298,3 +298,76 @@ def test_onnxruntime_quantized_models_load_exactly(float_model: Path, fmt: str) 
     assert dict(Counter(_ops(loaded))) == QUANTIZED_IR[fmt]
     eq = check_equivalence(loaded, seed=0)
     assert eq.passed and eq.max_abs_diff <= 1e-6 and any("quantization" in n for n in eq.notes)
+
+
+class _Blocks(torch.nn.Module):
+    """A residual block, a squeeze-and-excitation gate, leaky ReLU, two poolings concatenated and a
+    softmax: what quantize_static(QOperator) writes as com.microsoft QLinearAdd, QLinearMul,
+    QLinearSigmoid, QLinearLeakyRelu, QLinearGlobalAveragePool, QLinearAveragePool, QLinearConcat
+    and QLinearSoftmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.c1, self.c2 = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.se = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.c2(torch.relu(self.c1(h))))
+        h = h * torch.sigmoid(self.se(torch.nn.functional.adaptive_avg_pool2d(h, 1)))
+        h = torch.nn.functional.leaky_relu(h, 0.1)
+        pooled = torch.cat([torch.nn.functional.adaptive_avg_pool2d(h, 1).flatten(1),
+                            torch.nn.functional.avg_pool2d(h, 4).flatten(1)], 1)
+        return torch.softmax(self.fc(pooled), -1)
+
+
+def test_qoperator_blocks_load_and_match_onnxruntime(tmp_path: Path) -> None:
+    """A QOperator-format CNN with residual sums, a gate, poolings, a concat and a softmax loads (every
+    com.microsoft QLinear operator as quantize(f(dequantize))) and matches onnxruntime within its
+    quantization steps; over a domain its bound is certified."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from stabaudit.analyses.equivalence import check_equivalence
+
+    torch.manual_seed(0)
+    float_path, path = tmp_path / "float.onnx", tmp_path / "qop.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Blocks().eval(), (torch.rand(1, 3, 8, 8),), str(float_path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.random((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.data, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(float_path), str(path), Reader(), quant_format=QuantFormat.QOperator)
+    written = {n.op_type for n in onnx.load(str(path)).graph.node if n.domain == "com.microsoft"}
+    assert {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearGlobalAveragePool",
+            "QLinearAveragePool", "QLinearConcat", "QLinearSoftmax"} <= written
+    loaded = load_onnx(path)
+    eq = check_equivalence(loaded, seed=0)
+    assert eq.passed, eq
+
+
+def test_qlinear_channels_last_is_refused(tmp_path: Path) -> None:
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearGlobalAveragePool", ["q", "s", "z", "s", "z"], ["p"], domain="com.microsoft",
+                              channels_last=1),
+             helper.make_node("DequantizeLinear", ["p", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                               numpy_helper.from_array(np.array(128, np.uint8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedOperatorError, match="channels_last"):
+        load_onnx(tmp_path / "m.onnx")

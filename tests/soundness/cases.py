@@ -1281,6 +1281,58 @@ def _onnx_qgemm() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=("xs", "ws", "ys"))
 
 
+def _onnx_qlinear_ops() -> OnnxSpec:
+    """onnxruntime's QOperator format beyond convolutions: QLinearLeakyRelu, QLinearSigmoid, QLinearMul
+    (a gate), QLinearAdd (a residual sum, and a broadcast one), QLinearConcat, QLinearAveragePool,
+    QLinearGlobalAveragePool and QLinearSoftmax, each quantize(f(dequantize(inputs)))."""
+    ms = "com.microsoft"
+    steps = {"x": (0.02, 128), "a": (0.0137, 100), "b": (0.004, 0), "c": (0.01, 120), "d": (0.02, 110),
+             "e": (0.02, 110), "f": (0.015, 115), "g": (0.01, 118), "h": (0.02, 100), "o": (1 / 256, 0)}
+
+    def q(name: str) -> list[str]:
+        return [name + "q", name + "s", name + "z"]
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        def make(op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+            return helper.make_node(op, inputs, [out + "q"], name=f"{op.lower()}_{out}", domain=ms, **attrs)
+
+        return [
+            _node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            make("QLinearLeakyRelu", q("x") + ["as", "az"], "a", alpha=0.2),
+            make("QLinearSigmoid", q("x") + ["bs", "bz"], "b"),
+            make("QLinearMul", q("a") + q("b") + ["cs", "cz"], "c"),
+            make("QLinearAdd", q("c") + q("x") + ["ds", "dz"], "d"),
+            make("QLinearConcat", ["es", "ez"] + q("d") + q("a"), "e", axis=1),
+            make("QLinearAveragePool", q("e") + ["fs", "fz"], "f", kernel_shape=[2, 2], strides=[2, 2]),
+            make("QLinearGlobalAveragePool", q("e") + ["gs", "gz"], "g"),
+            make("QLinearAdd", q("f") + q("g") + ["hs", "hz"], "h"),
+            make("QLinearSoftmax", q("h") + ["os", "oz"], "o", axis=1, opset=13),
+            _node("DequantizeLinear", ["oq", "os", "oz"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, (scale, zero) in steps.items():
+            out[name + "s"] = np.array(scale, np.float32)
+            out[name + "z"] = np.array(zero, np.uint8)
+        return out
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        def fq(v: torch.Tensor, name: str) -> torch.Tensor:
+            return _fake_quant(v, p[name + "s"], float(steps[name][1]), 0, 255)
+
+        xq = fq(x, "x")
+        a = fq(torch.nn.functional.leaky_relu(xq, 0.2), "a")
+        c = fq(a * fq(torch.sigmoid(xq), "b"), "c")
+        e = fq(torch.cat([fq(c + xq, "d"), a], 1), "e")
+        h = fq(fq(torch.nn.functional.avg_pool2d(e, 2), "f") + fq(e.mean(dim=(2, 3), keepdim=True), "g"), "h")
+        return fq(torch.softmax(h, 1), "o")
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, constants=tuple(n + "s" for n in steps))
+
+
 def _onnx_dynamic_quant() -> OnnxSpec:
     """onnxruntime's dynamic quantization of a MatMul: DynamicQuantizeLinear, MatMulInteger by int8
     weights, Cast, Mul by the product of the data's step and the weights' per-column steps, Add."""
@@ -1815,6 +1867,13 @@ def _cases() -> list[Case]:
         Case(id="onnx_integer", input_shape=(1, 6), formats=(ONNX,), onnx=_onnx_integer(),
              ops=frozenset({L.QUANTIZE, L.LINEAR, L.CONV, L.TANH}),
              onnx_ops=frozenset({"QuantizeLinear", "MatMulInteger", "DequantizeLinear", "ConvInteger"})),
+        Case(id="onnx_qlinear_ops", input_shape=(1, 2, 4, 4), formats=(ONNX,), onnx=_onnx_qlinear_ops(),
+             ops=frozenset({L.QUANTIZE, L.LEAKY_RELU, L.SIGMOID, L.MUL, L.ADD, L.CONCAT, L.AVG_POOL,
+                            L.GLOBAL_AVG_POOL, L.SOFTMAX}),
+             onnx_ops=frozenset({"com.microsoft.QLinearLeakyRelu", "com.microsoft.QLinearSigmoid",
+                                 "com.microsoft.QLinearMul", "com.microsoft.QLinearAdd", "com.microsoft.QLinearConcat",
+                                 "com.microsoft.QLinearAveragePool", "com.microsoft.QLinearGlobalAveragePool",
+                                 "com.microsoft.QLinearSoftmax"})),
         Case(id="onnx_qgemm", input_shape=(2, 4), formats=(ONNX,), onnx=_onnx_qgemm(),
              ops=frozenset({L.QUANTIZE, L.LINEAR}), onnx_ops=frozenset({"QuantizeLinear", "com.microsoft.QGemm"})),
         Case(id="onnx_dynamic_quant", input_shape=(1, 5), formats=(ONNX,), onnx=_onnx_dynamic_quant(),

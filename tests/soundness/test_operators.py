@@ -64,6 +64,10 @@ def test_every_onnx_operator_has_a_soundness_case() -> None:
     from stabaudit.loaders import supported_operators
 
     covered = set().union(*(c.onnx_ops for c in CASES))
+    # written out in the model as the standard operators it fuses (Gather, Add, LayerNormalization),
+    # whose cases are here; its integer ids cannot be this harness's float input x (its loading and
+    # the check of the expansion: tests/loaders/test_onnx_contrib.py)
+    covered.add("com.microsoft.EmbedLayerNormalization")
     missing = sorted(set(supported_operators()["onnx"]) - covered)
     assert missing == [], f"ONNX operators without a soundness case: {missing}"
 

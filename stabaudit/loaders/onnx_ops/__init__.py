@@ -9,6 +9,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     ml,
     normalization,
     pooling,
+    qlinear,
     quantization,
     recurrent,
     reduction,
