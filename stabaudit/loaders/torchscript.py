@@ -22,6 +22,7 @@ from stabaudit.ir.executor import infer_shapes, with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
 from stabaudit.ir.parameters import ModuleParameters, Origin, SourceParameter
 from stabaudit.loaders.base import MAX_ELEMENTS, LoadedModel, ModelFormat, check_value_sizes
+from stabaudit.loaders.ts_held import Held, held_inputs
 from stabaudit.loaders.ts_signature import (
     EXTRA_FILE,
     TRACED_INPUTS,
@@ -103,16 +104,25 @@ def load_torchscript(
     check_value_sizes(ir_graph)
     notes.extend(walker.notes)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    held = {name: h.value for name, h in walker.held.items()}
+    reference = _reference(module, tuple(walker.tensor_names), signature, dtype, where, held)
+    for name, h in walker.held.items():
+        notes.append(f"input {name!r} {list(h.value.shape)} held at {h.why}: it is a constant of the audit")
+    for name, (_, why) in walker.starts.items():
+        notes.append(f"the audit starts from tensor {name!r} {list(ir_graph.shapes[name])}: {why}")
     return LoadedModel(
         graph=ir_graph,
         parameterisation=_module_parameters(module),
         format=ModelFormat.TORCHSCRIPT,
         reference_name="torchscript",
-        reference=_reference(module, ir_graph.input_names, signature, dtype, where),
+        reference=reference,
         parameters=_parameter_count(module),
         source_ops=dict(sorted(walker.source_ops.items())),
         notes=tuple(notes),
         precision=_precision(module),
+        start={name: why for name, (_, why) in walker.starts.items()},
+        held={name: h.why for name, h in walker.held.items()},
+        reference_at=_reference_at(reference, ir_graph, walker.starts) if walker.starts else None,
     )
 
 
@@ -266,16 +276,20 @@ def _flatten_outputs(value: Any) -> Iterator[Any]:
 
 
 def _reference(
-    module: Any, names: tuple[str, ...], signature: Signature, dtype: Any, where: str
+    module: Any, names: tuple[str, ...], signature: Signature, dtype: Any, where: str,
+    held: Mapping[str, Any] | None = None,
 ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
-    """The module's forward on named float32 inputs, its other arguments at their bound values."""
+    """The module's forward on named float32 inputs (``names``: every tensor argument in order),
+    the held ones at their values, its other arguments at their bound values."""
+    held = dict(held or {})
 
     def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         import copy
 
         import torch
 
-        tensors = [torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype) for name in names]
+        tensors = [held[name].clone() if name in held else torch.from_numpy(np.array(inputs[name], dtype=np.float32)).to(dtype)
+                   for name in names]
         # a fresh copy of each bound value: forward may mutate a list argument
         args = [tensors[x] if how == "tensor" else copy.deepcopy(x) for how, x in signature.call]
         try:
@@ -288,6 +302,20 @@ def _reference(
         ]
 
     return run
+
+
+def _reference_at(reference: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]], graph: Graph,
+                  starts: Mapping[str, tuple[np.ndarray, str]]) -> Callable[[np.random.Generator], tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+    """(rng) -> (feeds of the IR graph: seeded standard-normal values of its real inputs and the
+    start tensors' values at the held inputs; the module's outputs there)."""
+
+    def at(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        feeds = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in graph.inputs if s.name not in starts}
+        outputs = reference(feeds)
+        feeds.update((name, np.asarray(value, dtype=np.float32)) for name, (value, _) in starts.items())
+        return feeds, outputs
+
+    return at
 
 
 # ---- Python semantics of TorchScript's scalar and list operators --------------------------------
@@ -364,6 +392,11 @@ class _Walker:
         self._calls = itertools.count()
         self._current: tuple[str, str, int, str] = ("", "", 0, "")  # scope, base, call, kind
         self._schemas: dict[str, Any] = {}
+        self.tensor_names: list[str] = []  # the forward's tensor inputs, named, in order
+        self.held: dict[str, Held] = {}  # integer inputs held at values (loaders.ts_held)
+        self.starts: dict[str, tuple[np.ndarray, str]] = {}  # start tensor -> (its value at the held inputs, why)
+        self._start_shapes: dict[str, tuple[int, ...]] = {}
+        self._tainted: dict[int, Any] = {}  # id -> tensor computed from the held inputs (kept alive)
 
     # -- the Context protocol used by translators --
     def emit(self, op: O.Op, inputs: Sequence[Var], *, role: str = "") -> Var:
@@ -397,11 +430,19 @@ class _Walker:
             self.env[unique] = copy.deepcopy(value)
         specs: list[TensorSpec] = []
         used: set[str] = set()
-        for i, (value, shape) in enumerate(zip(signature.tensors, signature.shapes, strict=True)):
+        for i, value in enumerate(signature.tensors):
             name = re.sub(r"\.\d+$", "", value.debugName())
             if not _NAME.fullmatch(name) or name in used:
                 name = f"input{i}"
             used.add(name)
+            self.tensor_names.append(name)
+        held = held_inputs(self.module, signature.tensors, self.tensor_names, signature.shapes, signature.dtypes)
+        for i, (value, shape, name) in enumerate(zip(signature.tensors, signature.shapes, self.tensor_names, strict=True)):
+            if i in held:  # an integer input: a constant of the audit
+                self.held[name] = held[i]
+                self.env[value.unique()] = held[i].value
+                self._tainted[id(held[i].value)] = held[i].value
+                continue
             specs.append(TensorSpec(name=name, shape=shape))
             self.env[value.unique()] = Var(id=name, shape=shape)
         self._block(graph.nodes())
@@ -412,12 +453,21 @@ class _Walker:
         if self.unsupported:
             raise UnsupportedOperatorError(dict(self.unsupported), path=self.where)
         for i, value in enumerate(outputs):
+            if self.held and not isinstance(value, Var) and value is not POISON:
+                raise ModelLoadError(
+                    f"forward output {i} is a constant once the integer input(s) {', '.join(map(repr, self.held))} "
+                    "are held at values: no embedding of them (aten::embedding of a float table) to start the audit "
+                    "from was found", path=self.where)
             if value is POISON or not isinstance(value, Var):
                 raise ModelLoadError(
                     f"forward output {i} is a {type(value).__name__}, not a tensor computed from the input",
                     path=self.where,
                 )
         self._prune({v.id for v in outputs})
+        read = {i for p in self.pending for i in p.inputs} | {v.id for v in outputs}
+        self.starts = {name: start for name, start in self.starts.items() if name in read}
+        specs += [TensorSpec(name=name, shape=self._start_shapes[name]) for name in self.starts]
+        used |= set(self.starts)
         names = self._layer_names(used)
         nodes = tuple(
             Node(
@@ -656,9 +706,35 @@ class _Walker:
         except Exception:
             self._refuse(kind)
             return [POISON] * n_out
+        if self._tainted and _contains(values, self._is_tainted):
+            if (kind == "aten::embedding" and self._is_tainted(values[1]) and isinstance(values[0], torch.Tensor)
+                    and values[0].is_floating_point() and not self._is_tainted(values[0])):
+                return [self._start(node, outs[0])]
+            for out in _flatten_outputs(outs):
+                if isinstance(out, torch.Tensor):
+                    self._tainted[id(out)] = out
         if inplace and outs and isinstance(values[0], torch.Tensor):
             self.env[node.inputsAt(0).unique()] = outs[0]
         return outs
+
+    def _is_tainted(self, value: Any) -> bool:
+        """Whether ``value`` is a tensor computed from the held inputs."""
+        return id(value) in self._tainted and self._tainted[id(value)] is value
+
+    def _start(self, node: Any, value: Any) -> Var:
+        """An embedding of the held ids: a start tensor of the audit (an input of the IR graph)."""
+        from stabaudit.loaders.ts_ops.base import Var
+
+        base = re.sub(r"\.\d+$", "", node.outputsAt(0).debugName())
+        name = base if _NAME.fullmatch(base) else "embedding"
+        while name in self.starts or name in self.tensor_names:
+            name += "_"
+        scope = module_path(node)
+        where = f" of {scope!r}" if scope else ""
+        self.starts[name] = (value.detach().to(dtype=value.dtype).cpu().numpy(),
+                             f"the rows an embedding{where} (aten::embedding) reads at the held ids")
+        self._start_shapes[name] = tuple(int(d) for d in value.shape)
+        return Var(id=name, shape=self._start_shapes[name])
 
 
 def _find(value: Any, test: Callable[[Any], bool]) -> Any:

@@ -85,6 +85,20 @@ class RecordedReference:
     outputs: tuple[tuple[np.ndarray, ...], ...]
     error: StabauditError | None = None  # the forward failed on the first input that errs
     path: str = ""
+    starts: bool = False  # the feeds are reference_at's: the start tensors' values at the held inputs
+    _next: list[int] = field(default_factory=lambda: [0])
+
+    def at_held(self, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """The recorded (feeds, outputs) of reference_at, one sample per call in the order recorded
+        (SA902 draws them in that order); ``rng`` is not read: the child drew with the same seed."""
+        del rng
+        if not self.outputs:
+            if self.error is not None:
+                raise self.error
+            raise InternalError("no reference values were recorded", path=self.path)
+        i = self._next[0] % len(self.outputs)
+        self._next[0] += 1
+        return {k: v.copy() for k, v in self.feeds[i].items()}, [o.copy() for o in self.outputs[i]]
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         for feeds, outputs in zip(self.feeds, self.outputs, strict=False):
@@ -182,6 +196,10 @@ def _outcome(code: int, result_file: Path, where: str, budget: int) -> LoadedMod
         ) from None
     match outcome:
         case ("ok", LoadedModel() as loaded):
+            if isinstance(loaded.reference, RecordedReference) and loaded.reference.starts:
+                # the audit starts inside the module: the recorded start values (a bound method
+                # does not cross the process boundary, which sends data only)
+                return replace(loaded, reference_at=loaded.reference.at_held)
             return loaded
         case ("error", str(kind), str(message), dict(state)):
             raise _rebuild_error(kind, message, state, where)
@@ -304,7 +322,7 @@ def _run(request: LoadRequest) -> tuple[Any, ...]:
         if isinstance(parameterisation, ModuleParameters):
             parameterisation = replace(parameterisation, module=None)  # the module stays here
         return ("ok", replace(loaded, reference=reference, parameterisation=parameterisation,
-                              module_results=results))
+                              module_results=results, reference_at=None))
     except BaseException as exc:  # noqa: BLE001  (everything is reported to the parent)
         return _error(exc, request)
 
@@ -332,10 +350,24 @@ def _cap_memory(limit: int | None) -> None:
 
 
 def _record(loaded: LoadedModel, request: LoadRequest) -> RecordedReference:
-    """The module's outputs at the seeded inputs of SA902 (analyses.equivalence draws the same)."""
+    """The module's outputs at the seeded inputs of SA902 (analyses.equivalence draws the same);
+    with start tensors, the feeds and outputs of ``reference_at`` at each sample."""
     rng = np.random.default_rng(request.seed)
     feeds, outputs = [], []
     error: StabauditError | None = None
+    if loaded.reference_at is not None:
+        for _ in range(request.samples):
+            try:
+                sample, out = loaded.reference_at(rng)
+            except StabauditError as exc:
+                error = exc
+                break
+            feeds.append(sample)
+            outputs.append(tuple(out))
+        if error is not None:
+            error = _rebuild_error(type(error).__name__, str(error), _fields(error), str(request.path))
+        return RecordedReference(feeds=tuple(feeds), outputs=tuple(outputs), error=error, path=request.path,
+                                 starts=True)
     for _ in range(request.samples):
         feeds.append(seeded_feeds(loaded.graph.inputs, loaded.precision, rng))
     for sample in feeds:

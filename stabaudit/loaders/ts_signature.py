@@ -39,6 +39,9 @@ class Signature:
     bound: Mapping[int, Any]  # the other graph inputs (Value.unique()) -> their values
     call: tuple[tuple[str, Any], ...]  # ("tensor", index into tensors) or ("value", value), per argument
     notes: tuple[str, ...]
+    # each tensor input's element type ("Long", "Float") where the graph's types or the traced record
+    # give it, else None
+    dtypes: tuple[str | None, ...] = ()
 
 
 def module_path(node: Any) -> str:
@@ -100,8 +103,21 @@ def forward_signature(
     shapes, note = _shapes(module, graph, tensors, input_shape, extra, traced, where)
     if notes:
         notes = ["forward's non-tensor arguments, translated at these values: " + ", ".join(notes)]
+    recorded = traced_dtypes(traced)
+    if recorded is None or len(recorded) != len(tensors):
+        recorded = [None] * len(tensors)
+    dtypes = tuple(_scalar_type(v) or d for v, d in zip(tensors, recorded, strict=True))
     return Signature(tensors=tuple(tensors), shapes=tuple(shapes), bound=bound, call=tuple(call),
-                     notes=((note,) if note else ()) + tuple(notes))
+                     notes=((note,) if note else ()) + tuple(notes), dtypes=dtypes)
+
+
+def _scalar_type(value: Any) -> str | None:
+    """The element type the graph's type of ``value`` records ("Long"), None when it has none."""
+    try:
+        kind = value.type().scalarType()
+    except (AttributeError, RuntimeError):
+        return None
+    return str(kind) if kind is not None else None
 
 
 def _plain(debug_name: str) -> str:
@@ -255,19 +271,23 @@ def _extra_shapes(text: str, count: int, where: str) -> list[tuple[int, ...]]:
 # ---- the sizes torch.jit.trace recorded ------------------------------------------------------------
 @dataclass(frozen=True)
 class _Sizes:
-    """A recorded tensor: its sizes only (no data is read)."""
+    """A recorded tensor: its sizes and its storage's element type ("Long", "Float"; no data is read)."""
 
     shape: tuple[int, ...]
+    dtype: str | None = None
 
 
+@dataclass(frozen=True)
 class _Storage:
-    """Stands for a torch storage class named in the record (never built)."""
+    """Stands for a torch storage class named in the record (never built): its element type."""
+
+    dtype: str
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, *rest: Any) -> _Sizes:
     if not isinstance(size, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) for d in size):
         raise pickle.UnpicklingError("tensor sizes are not integers")
-    return _Sizes(size)
+    return _Sizes(size, storage.dtype if isinstance(storage, _Storage) else None)
 
 
 class _SizesUnpickler(pickle.Unpickler):
@@ -282,17 +302,29 @@ class _SizesUnpickler(pickle.Unpickler):
         if (module, name) == ("collections", "OrderedDict"):
             return dict
         if module == "torch" and name.endswith("Storage"):
-            return _Storage
+            return _Storage(name.removesuffix("Storage"))
         raise pickle.UnpicklingError(f"{module}.{name} is not read from a traced-inputs record")
 
     def persistent_load(self, pid: Any) -> Any:
-        return None
+        """('storage', storage type, key, location, size): the type only."""
+        return pid[1] if isinstance(pid, tuple) and len(pid) > 1 and isinstance(pid[1], _Storage) else None
 
 
 def traced_shapes(record: bytes | None) -> list[tuple[int, ...]] | None:
     """The sizes of forward's example inputs that torch.jit.trace kept in the archive
     (traced_inputs.pkl: {"forward": [tensor, ...]}), or None when there are none or the record
     holds anything but tensors of positive sizes."""
+    example = _traced_example(record)
+    return None if example is None else [t.shape for t in example]
+
+
+def traced_dtypes(record: bytes | None) -> list[str | None] | None:
+    """The element types ("Long", "Float", ...) of forward's example inputs in the same record."""
+    example = _traced_example(record)
+    return None if example is None else [t.dtype for t in example]
+
+
+def _traced_example(record: bytes | None) -> list[_Sizes] | None:
     if not record or len(record) > MAX_TRACED_INPUTS_BYTES:
         return None
     try:
@@ -304,7 +336,7 @@ def traced_shapes(record: bytes | None) -> list[tuple[int, ...]] | None:
         return None
     if not all(isinstance(t, _Sizes) and t.shape and all(d > 0 for d in t.shape) for t in example):
         return None
-    return [t.shape for t in example]
+    return list(example)
 
 
 # ---- the first layer on the input ------------------------------------------------------------------

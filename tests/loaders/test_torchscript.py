@@ -804,3 +804,67 @@ def test_rms_norm_loads_as_one_uncentred_layer_norm(kind: str, mode: str, tmp_pa
     eps = 1e-6 if kind != "nn_default_eps" else float(torch.finfo(torch.float32).eps)
     assert not op.centered and op.epsilon == pytest.approx(eps) and op.scale is not None
     np.testing.assert_allclose(op.scale.reshape(-1), norm.weight.detach().numpy())
+
+
+class _TextEncoder(nn.Module):
+    """Token ids (and an optional 0/1 attention mask) -> embeddings + positions -> a transformer
+    layer -> a masked mean -> a classifier: a text model as torch.jit.trace records it."""
+
+    def __init__(self, masked: bool = False):
+        super().__init__()
+        self.emb = nn.Embedding(30, 8)
+        self.pos = nn.Parameter(torch.randn(6, 8) * 0.1)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(8, 3)
+        self.masked = masked
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.layer(self.emb(ids) + self.pos)
+        if attention_mask is not None:
+            w = attention_mask.unsqueeze(-1).to(h.dtype)
+            return self.out((h * w).sum(1) / w.sum(1))
+        return self.out(h.mean(1))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_traced_token_ids_are_held_and_the_audit_starts_at_the_embedding(masked: bool, tmp_path: Path) -> None:
+    """Integer inputs of a traced archive (their dtype from the recorded example) are held: ids at
+    seeded values in [0, rows) of the table they index, a mask at ones; the aten::embedding of the
+    ids is the start tensor, and the engine from its values matches the module on the held ids, in
+    this process and through the isolated loader."""
+    from stabaudit.analyses.equivalence import check_equivalence
+    from stabaudit.loaders import load_model
+
+    torch.manual_seed(0)
+    module = _TextEncoder(masked).eval()
+    ids = torch.randint(0, 30, (1, 6))
+    example = (ids, torch.ones(1, 6, dtype=torch.int64)) if masked else (ids,)
+    with torch.no_grad():
+        torch.jit.trace(module, example).save(str(tmp_path / "text.pt"))
+    for loaded in (load_torchscript(tmp_path / "text.pt"), load_model(tmp_path / "text.pt")):
+        assert [s.name for s in loaded.graph.inputs] == list(loaded.start)
+        (start,) = loaded.start
+        assert loaded.graph.shapes[start] == (1, 6, 8)
+        assert "seeded ids in [0, 30)" in loaded.held["ids"] and "'emb.weight'" in loaded.held["ids"]
+        if masked:
+            assert loaded.held["attention_mask"] == "all ones (a mask)"
+        assert loaded.reference_at is not None
+        feeds, _ = loaded.reference_at(np.random.default_rng(0))
+        rows = module.emb.weight.detach().numpy()
+        assert any(np.array_equal(feeds[start][0, i], rows[k]) for i in range(6) for k in range(30))
+        result = check_equivalence(loaded, seed=0)
+        assert result.passed and result.max_abs_diff < 1e-5, result
+
+
+def test_held_ids_that_reach_no_embedding_are_refused_by_name(tmp_path: Path) -> None:
+    """An integer input whose only use is a float cast (no table to start from): a one-line refusal
+    that names the held input."""
+
+    class Counts(nn.Module):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return ids.to(torch.float32) * 2.0
+
+    with torch.no_grad():
+        torch.jit.trace(Counts(), (torch.randint(0, 5, (1, 4)),)).save(str(tmp_path / "counts.pt"))
+    with pytest.raises(ModelLoadError, match="integer input.*'ids'.*no embedding"):
+        load_torchscript(tmp_path / "counts.pt")
