@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from stabaudit.ir import ops as O
+from stabaudit.loaders.onnx_ops.attention import mix, row_shift, split_heads
 from stabaudit.loaders.onnx_ops.common import (
     Context,
     OnnxNode,
@@ -111,15 +112,6 @@ def simplified_layer_normalization(node: OnnxNode, ctx: Context) -> None:
 
 
 # ---- attention -----------------------------------------------------------------------------------
-def _heads(node: OnnxNode, ctx: Context, x: str, heads: int, tag: str, *, keys: bool = False) -> str:
-    """[B, S, heads * d] -> [B, heads, S, d] (or [B, heads, d, S] for keys, ready for q k^T)."""
-    b, s, width = ctx.shape(x)
-    if width % heads:
-        raise Unsupported(f"{node.op_type}(hidden size {width} not a multiple of num_heads={heads})")
-    split = ctx.emit(node, O.Reshape(shape=(b, s, heads, width // heads)), [x], tag=f"{tag}_heads")
-    return ctx.emit(node, O.Transpose(perm=(0, 2, 3, 1) if keys else (0, 2, 1, 3)), [split], tag=f"{tag}_t")
-
-
 def _key_mask(node: OnnxNode, ctx: Context, index: int, batch: int, queries: int, keys: int) -> np.ndarray | None:
     """Which keys each query may read, [B, 1, S, T] (True: read), from a constant mask input: key
     lengths [B] (right padding), a raw 0/1 mask [B, T] or [B, S, T]; None without one."""
@@ -149,7 +141,7 @@ def _attend(node: OnnxNode, ctx: Context, q: str, k: str, v: str, heads: int, *,
     batch, queries, width = ctx.shape(q)
     keys = ctx.shape(k)[1]
     scale = float(node.attr("scale", 0.0)) or 1.0 / np.sqrt(width // heads)
-    qh, kh, vh = _heads(node, ctx, q, heads, "q"), _heads(node, ctx, k, heads, "k", keys=True), _heads(node, ctx, v, heads, "v")
+    qh, kh, vh = split_heads(node, ctx, q, heads, "q"), split_heads(node, ctx, k, heads, "k", keys=True), split_heads(node, ctx, v, heads, "v")
     scores = ctx.emit(node, O.MatMul(), [qh, kh], tag="scores")
     scores = ctx.emit(node, O.Affine(scale=np.array(scale, dtype=np.float64)), [scores], tag="scaled")
     fill = float(node.attr("mask_filter_value", -10000.0))
@@ -158,9 +150,7 @@ def _attend(node: OnnxNode, ctx: Context, q: str, k: str, v: str, heads: int, *,
         shift = np.where(keep, 0.0, fill)
     if causal:
         shift = shift + np.where(np.arange(keys)[None, :] > np.arange(queries)[:, None], fill, 0.0)
-    # a shift constant along a row leaves its softmax unchanged (exactly): only the differences stay,
-    # so a row whose keys are all masked (key length 0) is not moved by 10000 for nothing
-    shift = shift - shift.max(axis=-1, keepdims=True)
+    shift = row_shift(shift)
     if np.any(shift != 0.0):
         if not np.all(np.isfinite(shift)):
             raise Unsupported(f"{node.op_type}(mask_filter_value={fill})")
@@ -174,10 +164,7 @@ def _attend(node: OnnxNode, ctx: Context, q: str, k: str, v: str, heads: int, *,
             raise Unsupported(f"{node.op_type}(attention_bias of shape {list(np.shape(bias))})")
         else:
             scores = ctx.emit(node, O.Affine(shift=np.asarray(bias, dtype=np.float64)), [scores], tag="biased")
-    weights = ctx.emit(node, O.Softmax(axis=3), [scores], tag="weights")
-    mixed = ctx.emit(node, O.MatMul(), [weights, vh], tag="mixed")
-    merged = ctx.emit(node, O.Transpose(perm=(0, 2, 1, 3)), [mixed], tag="merged")
-    ctx.emit(node, O.Reshape(shape=(batch, queries, ctx.shape(v)[2])), [merged])
+    mix(node, ctx, scores, vh)
 
 
 def _no_cache(node: OnnxNode, ctx: Context, past: Sequence[int], present: Sequence[int]) -> None:
