@@ -51,7 +51,7 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "pytorch-operator/test_operator_conv", "pytorch-operator/test_operator_flatten",
     "pytorch-operator/test_operator_maxpool", "pytorch-operator/test_operator_mm", "pytorch-operator/test_operator_permute",
     "pytorch-operator/test_operator_symbolic_override_nested", "pytorch-operator/test_operator_view",
-    "test_rms_normalization", "test_abs", "test_add", "test_averagepool", "test_basic_conv", "test_batchnorm", "test_cast_", "test_castlike_", "test_celu",
+    "test_rms_normalization", "test_attention", "test_abs", "test_add", "test_averagepool", "test_basic_conv", "test_batchnorm", "test_cast_", "test_castlike_", "test_celu",
     "test_clip", "test_concat", "test_constant_pad", "test_conv_with", "test_convtranspose", "test_depthtospace",
     "test_div", "test_dropout", "test_dynamicquantizelinear", "test_elu", "test_expand", "test_flatten", "test_gather_0", "test_gather_1",
     "test_gather_negative_indices", "test_gelu", "test_gemm", "test_globalaveragepool",
@@ -65,6 +65,8 @@ EXPECTED_TO_PASS: tuple[str, ...] = (
     "test_selu", "test_logsoftmax", "test_instancenorm", "test_group_normalization", "test_einsum", "test_mish",
 )
 KNOWN_REFUSED: dict[str, str] = {
+    r"test_attention_.*with_past": "Attention with a key/value cache (decoding)",
+    r"test_attention_.*(qk_matmul|local_window_gqa_rank4_mask)": "Attention's qk_matmul_output read",
     r"pytorch-converted/test_PReLU_\dd_multiparam": "opset-6 PRelu with a per-channel 1-D slope",
     r"pytorch-operator/test_operator_addmm": "Gemm with a variable bias",
     r"test_averagepool_.*dilations": "the executor's AveragePool has no dilations",
@@ -166,15 +168,22 @@ def cases() -> dict[str, Case]:
             if _float_input(c.model) and (c.name.startswith(EXPECTED_TO_PASS) or _within_reach(c.model))}
 
 
-def _frozen(model: Any, inputs: Sequence[np.ndarray]) -> Any:
-    """The model with every graph input after the first turned into an initializer."""
+def _is_float(value: np.ndarray) -> bool:
+    return np.asarray(value).dtype.kind in "fc" or np.asarray(value).dtype.name == "bfloat16"
+
+
+def _frozen(model: Any, inputs: Sequence[np.ndarray], *, only_non_float: bool = False) -> Any:
+    """The model with every graph input after the first (``only_non_float``: every bool or integer
+    input, masks and lengths) turned into an initializer."""
     frozen = onnx.ModelProto()
     frozen.CopyFrom(model)
     graph = frozen.graph
     real = [vi.name for vi in graph.input if vi.name not in {t.name for t in graph.initializer}]
-    for name, value in zip(real[1:], inputs[1:], strict=False):
-        graph.initializer.append(numpy_helper.from_array(value, name))
-    keep = [vi for vi in graph.input if vi.name not in real[1:]]
+    fixed = {i for i in range(1, min(len(real), len(inputs)))
+             if not only_non_float or not _is_float(inputs[i])}
+    for i in sorted(fixed):
+        graph.initializer.append(numpy_helper.from_array(inputs[i], real[i]))
+    keep = [vi for vi in graph.input if vi.name not in {real[i] for i in fixed}]
     del graph.input[:]
     graph.input.extend(keep)
     return frozen
@@ -208,8 +217,10 @@ def test_backend_case(tmp_path: Path, name: str) -> None:
     variants = [("as given", case.model)]
     if len(inputs) > 1:
         variants.append(("frozen", _frozen(case.model, inputs)))
-        if any(np.asarray(x).dtype.kind not in "fc" for x in inputs[1:]):
-            variants.reverse()  # integer inputs would be held at seeded values, not the data set's
+        if not all(_is_float(x) for x in inputs[1:]):
+            # integer and bool inputs would be held at seeded values, not the data set's: freeze
+            # them first (the float ones stay inputs), then all
+            variants = [("non-float frozen", _frozen(case.model, inputs, only_non_float=True)), *variants[::-1]]
     refusals = []
     for variant, model in variants:
         path = tmp_path / "model.onnx"
@@ -224,8 +235,10 @@ def test_backend_case(tmp_path: Path, name: str) -> None:
             pytest.fail(f"expected to load: {'; '.join(refusals)}")
         pytest.skip("; ".join(refusals))
     executor = Executor(loaded.graph, dtype=torch.float64)
+    names = [vi.name for vi in case.model.graph.input if vi.name not in {t.name for t in case.model.graph.initializer}]
     for set_inputs, set_outputs in case.data_sets:
-        feeds = set_inputs if variant == "as given" else set_inputs[:1]
+        # the inputs the loaded graph still reads: frozen and held ones dropped
+        feeds = [x for name, x in zip(names, set_inputs, strict=False) if name in loaded.graph.input_names]
         ours = executor(*[torch.from_numpy(np.array(x, dtype=np.float64)) for x in feeds])
         rtol, atol = _tolerance(set_outputs)
         assert len(ours) == len(set_outputs)

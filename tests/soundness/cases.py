@@ -849,6 +849,38 @@ def _onnx_ort_attention() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_attention_operator() -> OnnxSpec:
+    """ONNX Attention (opset 23): 3-D q [1, 3, 4 heads of 1], k and v [1, 3, 2 heads of 1] (each
+    key/value head read by two query heads), softcap 2, is_causal and a bool mask whose first
+    query reads no key (its output 0)."""
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        from onnx import helper
+
+        return [
+            _node("MatMul", ["x", "wq"], ["q"]), _node("MatMul", ["x", "wk"], ["k"]), _node("MatMul", ["x", "wv"], ["v"]),
+            helper.make_node("Attention", ["q", "k", "v", "m"], ["a"], name="attn", q_num_heads=4, kv_num_heads=2,
+                             is_causal=1, softcap=2.0),
+            _node("MatMul", ["a", "w"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"wq": _rand(141, 4, 4), "wk": _rand(142, 4, 2), "wv": _rand(143, 4, 2), "w": _rand(144, 4, 2),
+                "m": np.array([[False, True, True], [True, True, True], [False, True, True]])}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        q = (x @ p["wq"]).reshape(1, 3, 4, 1).transpose(1, 2)
+        k = (x @ p["wk"]).reshape(1, 3, 2, 1).transpose(1, 2).repeat_interleave(2, dim=1)
+        v = (x @ p["wv"]).reshape(1, 3, 2, 1).transpose(1, 2).repeat_interleave(2, dim=1)
+        s = 2.0 * torch.tanh(q @ k.transpose(-1, -2) / 2.0)
+        keep = torch.tensor([[False, False, False], [True, True, False], [False, True, True]])
+        w = torch.softmax(s.masked_fill(~keep, -math.inf).nan_to_num(nan=0.0), -1) * keep.any(-1, keepdim=True)
+        w = torch.where(keep.any(-1, keepdim=True), w, torch.zeros_like(w))
+        return (w @ v).transpose(1, 2).reshape(1, 3, 4) @ p["w"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=23)
+
+
 def _onnx_rms_normalization() -> OnnxSpec:
     """ONNX RMSNormalization (opset 23) over the last axis and over axes 1.., eps large enough that
     max|scale| / sqrt(eps) is met near 0."""
@@ -1829,6 +1861,9 @@ def _cases() -> list[Case]:
         Case(id="onnx_ort_attention", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_ort_attention(),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE, L.TRANSPOSE, L.RESHAPE}),
              onnx_ops=frozenset({"com.microsoft.Attention", "com.microsoft.MultiHeadAttention"})),
+        Case(id="onnx_attention_operator", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_attention_operator(),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE, L.TRANSPOSE, L.RESHAPE, L.GATHER, L.TANH}),
+             onnx_ops=frozenset({"Attention"})),
         Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
         Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),

@@ -3,6 +3,7 @@
 from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register their translators)
     activations,
     arithmetic,
+    attention,
     contrib,
     conv,
     linear,
