@@ -66,7 +66,7 @@ DOMAIN_OPERATORS: dict[str, dict[str, str]] = {
         "Mul": "of two variables", "Div": "of two variables", "MatMul": "of two variables",
         "Gemm": "with a variable B", "Pow": "exponent > 1", "Sqrt": "", "Reciprocal": "", "Exp": "", "Log": "",
         "ReduceSumSquare": "", "ai.onnx.ml.Normalizer": "a division by the row's norm",
-        "com.microsoft.Attention": "q k^T and the weighted values", "com.microsoft.MultiHeadAttention": "q k^T and the weighted values",
+        "Attention": "q k^T and the weighted values", "com.microsoft.Attention": "q k^T and the weighted values", "com.microsoft.MultiHeadAttention": "q k^T and the weighted values",
     },
     ModelFormat.TORCHSCRIPT.value: {},
 }
