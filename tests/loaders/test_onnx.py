@@ -411,11 +411,12 @@ def test_unsupported_operators_are_listed_at_once(tmp_path: Path) -> None:
              node("Sin", ["x"], ["mm"]), node("Cast", ["x"], ["i"], to=TensorProto.INT64),
              node("Pad", ["x", "p"], ["pd"], mode="reflect"), node("Relu", ["e2"], ["r"]),
              node("Sum", ["r", "m", "mm", "pd"], ["y"])]
-    path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.zeros(8, np.int64), "c": np.ones(1, np.float32)})
+    path = save(tmp_path, nodes, {"x": [1, 4, 4, 4]}, params={"p": np.array([0, 0, 0, 4, 0, 0, 0, 0], np.int64), "c": np.ones(1, np.float32)})
     with pytest.raises(UnsupportedOperatorError) as info:
         load_onnx(path)
     assert info.value.counts == {"Cos": 2, "Div(constant / variable)": 1, "Sin": 1,
-                                 "Cast(variable to a non-float type)": 1, "Pad(mode=reflect)": 1}
+                                 "Cast(variable to a non-float type)": 1,
+                                 "Pad(mode=reflect with pads 4, 0 for a dim of 4)": 1}
     assert info.value.path == str(path) and "SA901" in str(info.value)
 
 

@@ -881,6 +881,38 @@ def _onnx_attention_operator() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=23)
 
 
+def _onnx_copies() -> OnnxSpec:
+    """Entries copied or summed by constant indices: CumSum (exclusive) along the sequence,
+    GatherElements along the features, GatherND of two rows (one of them twice in the end), a
+    reflect Pad."""
+    cols = np.array([[[3, 0, 0, 1], [2, 2, 1, 0], [0, 3, 3, 3]]], np.int64)
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 3, 4]
+            _node("CumSum", ["h", "axis"], ["c"], exclusive=1),
+            _node("GatherElements", ["c", "cols"], ["g"], axis=2),
+            _node("Add", ["g", "h"], ["s"]),
+            _node("GatherND", ["s", "rows"], ["nd"]),  # [2, 4]: rows (0, 2) and (0, 0)
+            _node("Pad", ["nd", "pads"], ["pd"], mode="reflect"),  # [2, 7]
+            _node("MatMul", ["pd", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(151, 4, 4), "w2": _rand(152, 7, 2), "axis": np.array(1, np.int64), "cols": cols,
+                "rows": np.array([[0, 2], [0, 0]], np.int64), "pads": np.array([0, 1, 0, 2], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        c = torch.cumsum(h, dim=1) - h
+        s = torch.gather(c, 2, torch.from_numpy(cols)) + h
+        nd = torch.stack([s[0, 2], s[0, 0]])
+        pd = torch.nn.functional.pad(nd[None], (1, 2), mode="reflect")[0]
+        return pd @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference)
+
+
 def _onnx_rms_normalization() -> OnnxSpec:
     """ONNX RMSNormalization (opset 23) over the last axis and over axes 1.., eps large enough that
     max|scale| / sqrt(eps) is met near 0."""
@@ -1864,6 +1896,9 @@ def _cases() -> list[Case]:
         Case(id="onnx_attention_operator", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_attention_operator(),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.AFFINE, L.TRANSPOSE, L.RESHAPE, L.GATHER, L.TANH}),
              onnx_ops=frozenset({"Attention"})),
+        Case(id="onnx_copies", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_copies(),
+             ops=frozenset({L.LINEAR, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.ADD}),
+             onnx_ops=frozenset({"CumSum", "GatherElements", "GatherND", "Pad"})),
         Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
         Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),

@@ -253,3 +253,33 @@ def _einsum_out(node: OnnxNode, ctx: Context, value: str, term: str, out: str, s
         ctx.alias(node, value, removed=value == node.inputs[0])
         return
     ctx.emit(node, O.Transpose(perm=perm), [value])
+
+
+@register("CumSum")
+def cumsum(node: OnnxNode, ctx: Context) -> None:
+    """CumSum of a variable along a constant axis: y_i = the sum of x_j over j <= i (j < i when
+    ``exclusive``; j >= i or j > i when ``reverse``), a Linear over that axis with a 0/1 triangular
+    weight (moved last by a Transpose and back when it is not the last axis)."""
+    x = node.inputs[0]
+    shape = ctx.shape(x)
+    axis_value = ctx.param(node, 1, "axis")
+    assert axis_value is not None
+    rank = len(shape)
+    if not rank:
+        raise Unsupported("CumSum(a scalar)")
+    axis = int(np.asarray(axis_value).reshape(-1)[0])
+    if not -rank <= axis < rank:
+        raise ModelLoadError(f"CumSum axis {axis} out of range for rank {rank}")
+    axis %= rank
+    n = shape[axis]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    reverse, exclusive = bool(int(node.attr("reverse", 0))), bool(int(node.attr("exclusive", 0)))
+    included = (j >= i if reverse else j <= i) & ~((j == i) if exclusive else np.zeros((n, n), bool))
+    weight = included.astype(np.float64)  # [out, in]
+    if axis == rank - 1:
+        ctx.emit(node, O.Linear(weight=weight), [x])
+        return
+    perm = tuple(a for a in range(rank) if a != axis) + (axis,)
+    moved = ctx.emit(node, O.Transpose(perm=perm), [x], tag="last")
+    summed = ctx.emit(node, O.Linear(weight=weight), [moved], tag="sums")
+    ctx.emit(node, O.Transpose(perm=tuple(int(p) for p in np.argsort(perm))), [summed])

@@ -132,12 +132,34 @@ def cast_like(node: OnnxNode, ctx: Context) -> None:
     ctx.alias(node, node.inputs[0])
 
 
+def padding_indices(mode: str, dim: int, before: int, after: int) -> np.ndarray | None:
+    """Which entry of an axis of ``dim`` entries each entry of the padded axis copies, for the
+    modes that copy (ONNX Pad's reflect: the mirror image without the edge, edge: the edge entry,
+    wrap: the axis repeated), or None when ``dim`` is too short for the pads (reflect needs
+    pads < dim, wrap pads <= dim)."""
+    i = np.arange(-before, dim + after)
+    if mode == "reflect":
+        if dim < 2 or max(before, after) >= dim:
+            return None
+        i = np.abs(i)
+        return np.where(i >= dim, 2 * (dim - 1) - i, i)
+    if mode == "edge":
+        return np.clip(i, 0, dim - 1) if dim else None
+    if mode == "wrap":
+        return np.mod(i, dim) if dim and max(before, after) <= dim else None
+    raise ValueError(mode)
+
+
 @register("Pad")
 def pad(node: OnnxNode, ctx: Context) -> None:
-    """Constant-mode Pad; pads from the attribute (before opset 11) or a constant input, and
-    optional axes (opset 18) expanded to pads over every axis."""
+    """Pad; pads from the attribute (before opset 11) or a constant input, and optional axes
+    (opset 18) expanded to pads over every axis. Constant mode is a Pad; reflect, edge and wrap
+    copy entries of the input (torch's reflection and replication padding, circular padding), a
+    Gather per padded axis (an entry copied c times: norm sqrt(c), exact)."""
     mode = node.attr("mode") or "constant"
-    if mode != "constant":
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise Unsupported(f"Pad(mode={mode})")
     rank = len(ctx.shape(node.inputs[0]))
     if node.opset < 11:
@@ -155,7 +177,21 @@ def pad(node: OnnxNode, ctx: Context) -> None:
         full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
     if any(p < 0 for p in full):
         raise Unsupported("Pad(negative pads)")
-    ctx.emit(node, O.Pad(pads=tuple(full), value=value), [node.inputs[0]])
+    if mode == "constant":
+        ctx.emit(node, O.Pad(pads=tuple(full), value=value), [node.inputs[0]])
+        return
+    shape = ctx.shape(node.inputs[0])
+    padded = [a for a in range(rank) if full[a] or full[rank + a]]
+    if not padded:
+        ctx.alias(node, node.inputs[0])
+        return
+    x = node.inputs[0]
+    for k, axis in enumerate(padded):
+        indices = padding_indices(mode, shape[axis], full[axis], full[rank + axis])
+        if indices is None:
+            raise Unsupported(f"Pad(mode={mode} with pads {full[axis]}, {full[rank + axis]} for a dim of {shape[axis]})")
+        last = k == len(padded) - 1
+        x = ctx.emit(node, O.Gather(axis=axis, indices=indices), [x], tag=None if last else f"axis{axis}")
 
 
 @register("Concat")
@@ -250,6 +286,58 @@ def gather(node: OnnxNode, ctx: Context) -> None:
     if idx.size and (idx.min() < -dim or idx.max() >= dim):
         raise ModelLoadError(f"Gather index out of range for a dim of {dim}")
     ctx.emit(node, O.Gather(axis=axis, indices=np.where(idx < 0, idx + dim, idx)), [node.inputs[0]])
+
+
+@register("GatherND")
+def gather_nd(node: OnnxNode, ctx: Context) -> None:
+    """GatherND of a variable by constant indices [..., k] (negative ones count from the end),
+    batch_dims b: the data's b batch axes and next k axes flattened into one (Reshape), then a
+    Gather of the flat positions of each index (with its batch position): the same entries in the
+    same order, as torch exports adaptive pooling with uneven windows."""
+    data = node.inputs[0]
+    if not ctx.is_var(data):
+        raise Unsupported("GatherND(variable indices)")
+    shape = ctx.shape(data)
+    idx = np.asarray(ctx.param(node, 1, "indices"), dtype=np.int64)
+    b = int(node.attr("batch_dims", 0))
+    k = idx.shape[-1] if idx.ndim else 0
+    if idx.ndim < 1 or b < 0 or b + k > len(shape) or tuple(idx.shape[:b]) != tuple(shape[:b]):
+        raise ModelLoadError(f"GatherND indices of shape {list(idx.shape)} for data of shape {list(shape)}")
+    dims = np.array(shape[b:b + k], dtype=np.int64)
+    if idx.size and (np.any(idx < -dims) or np.any(idx >= dims)):
+        raise ModelLoadError("GatherND index out of range")
+    idx = np.where(idx < 0, idx + dims, idx)
+    batch = np.indices(idx.shape[:b]).reshape(b, *idx.shape[:b], *([1] * (idx.ndim - 1 - b))) if b else None
+    parts = [np.broadcast_to(batch[i], idx.shape[:-1]) for i in range(b)] if batch is not None else []
+    flat = np.ravel_multi_index((*parts, *np.moveaxis(idx, -1, 0)), tuple(shape[:b + k])) if b + k else np.zeros(idx.shape[:-1], np.int64)
+    merged = ctx.emit(node, O.Reshape(shape=(int(np.prod(shape[:b + k], dtype=np.int64)), *shape[b + k:])), [data], tag="flat")
+    ctx.emit(node, O.Gather(axis=0, indices=np.asarray(flat, dtype=np.int64)), [merged])
+
+
+@register("GatherElements")
+def gather_elements(node: OnnxNode, ctx: Context) -> None:
+    """GatherElements of a variable by constant indices along ``axis``: out[i] = x[i with its axis
+    coordinate replaced by indices[i]], one Gather of the flat positions of the flattened input,
+    reshaped to the indices' shape."""
+    data = node.inputs[0]
+    if not ctx.is_var(data):
+        raise Unsupported("GatherElements(variable indices)")
+    shape = ctx.shape(data)
+    axis = normalize_axis(int(node.attr("axis", 0)), len(shape))
+    idx = np.asarray(ctx.param(node, 1, "indices"), dtype=np.int64)
+    if idx.ndim != len(shape) or any(i > d for a, (i, d) in enumerate(zip(idx.shape, shape, strict=True)) if a != axis):
+        raise ModelLoadError(f"GatherElements indices of shape {list(idx.shape)} for data of shape {list(shape)}")
+    if idx.size and (idx.min() < -shape[axis] or idx.max() >= shape[axis]):
+        raise ModelLoadError(f"GatherElements index out of range for a dim of {shape[axis]}")
+    coords = [np.asarray(c) for c in np.indices(idx.shape)]
+    coords[axis] = np.where(idx < 0, idx + shape[axis], idx)
+    flat = np.asarray(np.ravel_multi_index(tuple(coords), tuple(shape)), dtype=np.int64)
+    merged = ctx.emit(node, O.Reshape(shape=(int(np.prod(shape, dtype=np.int64)),)), [data], tag="flat")
+    if idx.ndim == 1:
+        ctx.emit(node, O.Gather(axis=0, indices=flat), [merged])
+        return
+    picked = ctx.emit(node, O.Gather(axis=0, indices=flat.reshape(-1)), [merged], tag="picked")
+    ctx.emit(node, O.Reshape(shape=tuple(idx.shape)), [picked])
 
 
 @register("Tile")
