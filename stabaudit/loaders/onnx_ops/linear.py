@@ -6,6 +6,7 @@ import numpy as np
 
 from stabaudit.errors import ModelLoadError, ResourceError
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import cumulative_sum_weight
 from stabaudit.loaders.base import MAX_ELEMENTS
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
 from stabaudit.rounding import scaled_matrix
@@ -271,11 +272,8 @@ def cumsum(node: OnnxNode, ctx: Context) -> None:
     if not -rank <= axis < rank:
         raise ModelLoadError(f"CumSum axis {axis} out of range for rank {rank}")
     axis %= rank
-    n = shape[axis]
-    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
-    reverse, exclusive = bool(int(node.attr("reverse", 0))), bool(int(node.attr("exclusive", 0)))
-    included = (j >= i if reverse else j <= i) & ~((j == i) if exclusive else np.zeros((n, n), bool))
-    weight = included.astype(np.float64)  # [out, in]
+    weight = cumulative_sum_weight(shape[axis], exclusive=bool(int(node.attr("exclusive", 0))),
+                                   reverse=bool(int(node.attr("reverse", 0))))
     if axis == rank - 1:
         ctx.emit(node, O.Linear(weight=weight), [x])
         return

@@ -7,6 +7,7 @@ import numpy as np
 
 from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import padding_indices
 from stabaudit.loaders.onnx_ops.common import (
     FLOAT_TYPES,
     Context,
@@ -130,24 +131,6 @@ def cast_like(node: OnnxNode, ctx: Context) -> None:
     if target is not None and helper.np_dtype_to_tensor_dtype(target.dtype) not in FLOAT_TYPES:
         raise Unsupported("CastLike(variable to a non-float type)")
     ctx.alias(node, node.inputs[0])
-
-
-def padding_indices(mode: str, dim: int, before: int, after: int) -> np.ndarray | None:
-    """Which entry of an axis of ``dim`` entries each entry of the padded axis copies, for the
-    modes that copy (ONNX Pad's reflect: the mirror image without the edge, edge: the edge entry,
-    wrap: the axis repeated), or None when ``dim`` is too short for the pads (reflect needs
-    pads < dim, wrap pads <= dim)."""
-    i = np.arange(-before, dim + after)
-    if mode == "reflect":
-        if dim < 2 or max(before, after) >= dim:
-            return None
-        i = np.abs(i)
-        return np.where(i >= dim, 2 * (dim - 1) - i, i)
-    if mode == "edge":
-        return np.clip(i, 0, dim - 1) if dim else None
-    if mode == "wrap":
-        return np.mod(i, dim) if dim and max(before, after) <= dim else None
-    raise ValueError(mode)
 
 
 @register("Pad")

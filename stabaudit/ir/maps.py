@@ -1,0 +1,54 @@
+"""Constant index and weight maps that both loaders build their IR nodes from: which input entry
+each output entry copies (padding modes, rolls) and the 0/1 or averaging matrices of linear maps
+along one axis (cumulative sums, adaptive average pooling). Each is stated once here, in the
+framework's own terms (ONNX Pad modes, torch's window rule), and read by the ONNX and TorchScript
+translators."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def padding_indices(mode: str, dim: int, before: int, after: int) -> np.ndarray | None:
+    """Which entry of an axis of ``dim`` entries each entry of the padded axis copies, for the
+    padding modes that copy (ONNX Pad's names: reflect, the mirror image without the edge entry;
+    edge, the edge entry; wrap, the axis repeated; torch's reflect, replicate and circular), or
+    None when ``dim`` is too short for the pads (reflect needs pads < dim, wrap pads <= dim)."""
+    i = np.arange(-before, dim + after)
+    if mode == "reflect":
+        if dim < 2 or max(before, after) >= dim:
+            return None
+        i = np.abs(i)
+        return np.where(i >= dim, 2 * (dim - 1) - i, i)
+    if mode == "edge":
+        return np.clip(i, 0, dim - 1) if dim else None
+    if mode == "wrap":
+        return np.mod(i, dim) if dim and max(before, after) <= dim else None
+    raise ValueError(f"padding mode {mode!r}")
+
+
+def roll_indices(dim: int, shift: int) -> np.ndarray:
+    """torch.roll along an axis of ``dim`` entries: output i copies input (i - shift) mod dim."""
+    return np.mod(np.arange(dim) - shift, dim) if dim else np.zeros(0, np.int64)
+
+
+def cumulative_sum_weight(n: int, *, exclusive: bool = False, reverse: bool = False) -> np.ndarray:
+    """The [out, in] 0/1 matrix of a cumulative sum over n entries: y_i sums x_j over j <= i
+    (j < i when ``exclusive``; j >= i, or j > i, when ``reverse``)."""
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    included = (j >= i) if reverse else (j <= i)
+    if exclusive:
+        included &= j != i
+    return included.astype(np.float64)
+
+
+def adaptive_average_weight(n: int, m: int) -> np.ndarray:
+    """The [m, n] matrix of torch's adaptive average pooling of n entries to m: output i averages
+    the entries floor(i n / m) <= j < ceil((i + 1) n / m) (windows may overlap and differ in size
+    when m does not divide n). Pooling over several axes is the product of one such matrix per
+    axis (each window is a box, its count the product of its sides)."""
+    weight = np.zeros((m, n))
+    for i in range(m):
+        start, end = (i * n) // m, -((-(i + 1) * n) // m)
+        weight[i, start:end] = 1.0 / (end - start)
+    return weight
