@@ -82,6 +82,29 @@ class Selection(nn.Module):
         return self.fc2(t.reshape(1, 32))
 
 
+class Copies(nn.Module):
+    """Reflection, replication and circular padding (aten::pad, and the per-mode ops of older
+    traces), a roll, a cumulative sum and an adaptive average pooling with uneven windows (5 -> 3:
+    overlapping windows of 2 entries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 10)
+        self.fc2 = nn.Linear(63 + 69, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x).reshape(1, 2, 5)  # [1, 2, 5]
+        r = torch.nn.functional.pad(h, (2, 1), mode="reflect")  # [1, 2, 8]
+        e = torch.nn.functional.pad(r, (1, 0), mode="replicate")  # [1, 2, 9]
+        c = torch.nn.functional.pad(e, (0, 2), mode="circular")  # [1, 2, 11]
+        s = torch.cumsum(torch.roll(c, shifts=3, dims=2), dim=1)
+        g = torch.nn.functional.adaptive_avg_pool2d(h.reshape(1, 1, 2, 5), (2, 3)).reshape(1, 6)
+        old = [torch.ops.aten.reflection_pad1d(h, [1, 2]), torch.ops.aten.replication_pad1d(h, [2, 0]),  # [1, 2, 8], [1, 2, 7]
+               torch.ops.aten.reflection_pad2d(h[None], [1, 1, 1, 0]), torch.ops.aten.replication_pad2d(h[None], [0, 1, 0, 1])]
+        parts = [s.reshape(1, 22), e.reshape(1, 18), r.reshape(1, 16), g, torch.roll(h, 1).reshape(1, 10)[:, :1]]
+        return self.fc2(torch.cat(parts + [p.reshape(1, -1) for p in old], 1))
+
+
 class Fills(nn.Module):
     """Constants of the input's shape (zeros_like, ones_like, full_like, new_zeros, new_ones, new_full)
     added to a linear map: shifts only, the gain is the Linear's."""
@@ -1899,6 +1922,10 @@ def _cases() -> list[Case]:
         Case(id="onnx_copies", input_shape=(1, 3, 4), formats=(ONNX,), onnx=_onnx_copies(),
              ops=frozenset({L.LINEAR, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.ADD}),
              onnx_ops=frozenset({"CumSum", "GatherElements", "GatherND", "Pad"})),
+        Case(id="copies", input_shape=(1, 4), formats=(TS,), module=_seeded(Copies, 97),
+             ops=frozenset({L.LINEAR, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.CONCAT, L.SLICE}),
+             ts_ops=frozenset({"aten::pad", "aten::roll", "aten::cumsum", "aten::adaptive_avg_pool2d", "aten::reflection_pad1d",
+                               "aten::reflection_pad2d", "aten::replication_pad1d", "aten::replication_pad2d"})),
         Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
         Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),

@@ -1,5 +1,5 @@
 """Translators of TorchScript's linear maps: linear, matmul/mm/addmm by constants (and matmul of
-two variables), convolutions."""
+two variables), convolutions, cumsum."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import cumulative_sum_weight
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
@@ -17,6 +18,8 @@ from stabaudit.loaders.ts_ops.base import (
     as_float,
     const_array,
     int_list,
+    is_float_dtype,
+    norm_axis,
     translates,
 )
 from stabaudit.rounding import scaled_matrix
@@ -165,3 +168,26 @@ def conv_transpose(ctx: Context, node: SourceNode) -> Sequence[Any]:
             output_padding=node.arg("output_padding", 0),
         )
     ]
+
+
+def linear_along(ctx: Context, x: Var, axis: int, weight: np.ndarray, *, role: str = "") -> Var:
+    """The Linear map ``weight`` [out, in] applied along ``axis`` of x (moved last by a Transpose
+    and back when it is not the last axis)."""
+    if axis == x.rank - 1:
+        return ctx.emit(O.Linear(weight=weight), [x], role=role)
+    perm = tuple(a for a in range(x.rank) if a != axis) + (axis,)
+    moved = ctx.emit(O.Transpose(perm=perm), [x], role=f"{role}last" if role else "last")
+    mapped = ctx.emit(O.Linear(weight=weight), [moved], role=role)
+    return ctx.emit(O.Transpose(perm=tuple(int(p) for p in np.argsort(perm))), [mapped], role=f"{role}back" if role else "back")
+
+
+@translates("aten::cumsum")
+def cumsum(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.cumsum along dim: a Linear with the lower-triangular 0/1 weight along that axis."""
+    x = node.var(0)
+    if not is_float_dtype(node.arg("dtype")):
+        raise Unsupported("a non-float dtype")
+    if not x.rank:
+        return [x]
+    axis = norm_axis(int(node.arg(1)), x.rank)
+    return [linear_along(ctx, x, axis, cumulative_sum_weight(x.shape[axis]))]

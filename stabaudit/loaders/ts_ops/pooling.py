@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import adaptive_average_weight
 from stabaudit.loaders.ts_ops.base import (
     Context,
     Opaque,
@@ -17,6 +18,7 @@ from stabaudit.loaders.ts_ops.base import (
     norm_axis,
     translates,
 )
+from stabaudit.loaders.ts_ops.linear import linear_along
 
 
 def _spatial(node: SourceNode, x: Var) -> int:
@@ -79,8 +81,17 @@ def _adaptive(ctx: Context, node: SourceNode, *, is_max: bool) -> Sequence[Any]:
     if all(o == 1 for o in out):
         op: O.Op = O.GlobalMaxPool() if is_max else O.GlobalAvgPool()
         return [ctx.emit(op, [x]), *rest]
-    if any(o <= 0 or s % o for s, o in zip(spatial, out, strict=True)):
-        raise Unsupported(f"output size {list(out)} does not divide input size {list(spatial)}")
+    if any(o <= 0 for o in out):
+        raise Unsupported(f"output size {list(out)}")
+    if any(s % o for s, o in zip(spatial, out, strict=True)):
+        if is_max:
+            raise Unsupported(f"output size {list(out)} does not divide input size {list(spatial)}")
+        # windows of unequal sizes (and overlapping): one averaging matrix per spatial axis
+        y = x
+        for k, (s, o) in enumerate(zip(spatial, out, strict=True)):
+            if s != o:
+                y = linear_along(ctx, y, 2 + k, adaptive_average_weight(s, o), role=f"axis{2 + k}")
+        return [y]
     # equal, non-overlapping windows: kernel = stride = in / out
     kernel = tuple(s // o for s, o in zip(spatial, out, strict=True))
     zeros, ones = (0,) * (2 * n), (1,) * n

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import padding_indices, roll_indices
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
@@ -129,13 +130,67 @@ def constant_pad(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [_pad(ctx, node.var(0), node.arg(1), as_float(node.arg("value", 0), what="value"))]
 
 
+_COPY_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # torch's name -> ir.maps'
+
+
+def _copy_pad(ctx: Context, x: Var, spec: Sequence[int], mode: str) -> Var:
+    """Reflection, replication or circular padding (torch's pad list, last axis first): each
+    padded entry copies an entry of x, a Gather per padded axis."""
+    if len(spec) % 2 or len(spec) // 2 > x.rank:
+        raise Unsupported(f"pad list {list(spec)}")
+    if any(p < 0 for p in spec):
+        raise Unsupported("negative padding (cropping)")
+    y = x
+    for k in range(len(spec) // 2):
+        axis, before, after = x.rank - 1 - k, int(spec[2 * k]), int(spec[2 * k + 1])
+        if before or after:
+            indices = padding_indices(_COPY_MODES[mode], x.shape[axis], before, after)
+            if indices is None:
+                raise Unsupported(f"mode {mode!r} with padding {before}, {after} for a dim of {x.shape[axis]}")
+            y = ctx.emit(O.Gather(axis=axis, indices=indices), [y], role=f"axis{axis}")
+    return y
+
+
 @translates("aten::pad")
 def pad(ctx: Context, node: SourceNode) -> Sequence[Any]:
     mode = node.arg("mode", "constant")
+    if mode in _COPY_MODES:
+        return [_copy_pad(ctx, node.var(0), node.arg(1), mode)]
     if mode != "constant":
         raise Unsupported(f"mode {mode!r}")
     value = node.arg("value")
     return [_pad(ctx, node.var(0), node.arg(1), 0.0 if value is None else as_float(value))]
+
+
+@translates("aten::reflection_pad1d", "aten::reflection_pad2d", "aten::replication_pad1d", "aten::replication_pad2d")
+def copy_pad(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """The padding ops of archives traced before aten::pad took the mode."""
+    return [_copy_pad(ctx, node.var(0), node.arg(1), "reflect" if "reflection" in node.kind else "replicate")]
+
+
+@translates("aten::roll")
+def roll(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.roll: a Gather per rolled axis (a permutation of the entries: norm 1); without dims,
+    of the flattened tensor, reshaped back."""
+    x = node.var(0)
+    shifts = node.arg(1)
+    dims = node.arg(2, [])
+    shifts = [int(shifts)] if isinstance(shifts, int) else [int(s) for s in shifts]
+    dims = [int(dims)] if isinstance(dims, int) else [int(d) for d in dims or []]
+    if not dims:
+        if len(shifts) != 1:
+            raise Unsupported(f"shifts {shifts} without dims")
+        flat = ctx.emit(O.Reshape(shape=(int(np.prod(x.shape, dtype=np.int64)),)), [x], role="flat")
+        rolled = ctx.emit(O.Gather(axis=0, indices=roll_indices(flat.shape[0], shifts[0])), [flat], role="rolled")
+        return [ctx.emit(O.Reshape(shape=x.shape), [rolled])]
+    if len(dims) != len(shifts):
+        raise Unsupported(f"shifts {shifts} for dims {dims}")
+    y = x
+    for shift, dim in zip(shifts, dims, strict=True):
+        axis = norm_axis(dim, x.rank)
+        if shift % max(x.shape[axis], 1):
+            y = ctx.emit(O.Gather(axis=axis, indices=roll_indices(x.shape[axis], shift)), [y], role=f"axis{axis}")
+    return [y]
 
 
 def _broadcast(ctx: Context, x: Var, shape: tuple[int, ...]) -> Var:
