@@ -936,6 +936,39 @@ def _onnx_copies() -> OnnxSpec:
     return OnnxSpec(nodes=nodes, params=params, reference=reference)
 
 
+def _onnx_spectral() -> OnnxSpec:
+    """A learned signal's STFT magnitude (a window of 8 points every 2 samples; ReduceL2 over the
+    real and imaginary parts) beside its onesided DFT, read by a MatMul."""
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(8) / 8)).astype(np.float32)
+
+    def nodes(p: dict[str, np.ndarray]) -> list[Any]:
+        return [
+            _node("MatMul", ["x", "w1"], ["h"]),  # [1, 16]
+            _node("Reshape", ["h", "signal_shape"], ["sig"]),  # [1, 16, 1]
+            _node("STFT", ["sig", "step", "window"], ["st"]),  # [1, 5, 5, 2]
+            _node("ReduceL2", ["st", "axes"], ["mag"], keepdims=0),  # [1, 5, 5]
+            _node("DFT", ["sig"], ["sp"], axis=1, onesided=1),  # [1, 9, 2]
+            _node("Reshape", ["mag", "flat_mag"], ["m"]), _node("Reshape", ["sp", "flat_sp"], ["f"]),
+            _node("Concat", ["m", "f"], ["c"], axis=1),  # [1, 43]
+            _node("MatMul", ["c", "w2"], ["y"]),
+        ]
+
+    def params() -> dict[str, np.ndarray]:
+        return {"w1": _rand(161, 4, 16), "w2": _rand(162, 43, 2), "signal_shape": np.array([1, 16, 1], np.int64),
+                "step": np.array(2, np.int64), "window": window, "axes": np.array([-1], np.int64),
+                "flat_mag": np.array([1, 25], np.int64), "flat_sp": np.array([1, 18], np.int64)}
+
+    def reference(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        h = x @ p["w1"]
+        frames = torch.stack([h[:, 2 * f:2 * f + 8] for f in range(5)], 1) * torch.from_numpy(window.astype(np.float64))
+        mag = torch.fft.rfft(frames, dim=-1).abs().reshape(1, 25)
+        rf = torch.fft.rfft(h, dim=1)
+        sp = torch.stack([rf.real, rf.imag], -1).reshape(1, 18)
+        return torch.cat([mag, sp], 1) @ p["w2"]
+
+    return OnnxSpec(nodes=nodes, params=params, reference=reference, opset=18)
+
+
 def _onnx_rms_normalization() -> OnnxSpec:
     """ONNX RMSNormalization (opset 23) over the last axis and over axes 1.., eps large enough that
     max|scale| / sqrt(eps) is met near 0."""
@@ -1926,6 +1959,9 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.CONCAT, L.SLICE}),
              ts_ops=frozenset({"aten::pad", "aten::roll", "aten::cumsum", "aten::adaptive_avg_pool2d", "aten::reflection_pad1d",
                                "aten::reflection_pad2d", "aten::replication_pad1d", "aten::replication_pad2d"})),
+        Case(id="onnx_spectral", input_shape=(1, 4), formats=(ONNX,), onnx=_onnx_spectral(),
+             ops=frozenset({L.LINEAR, L.CONV, L.REDUCE_L2, L.RESHAPE, L.TRANSPOSE, L.CONCAT}),
+             onnx_ops=frozenset({"STFT", "DFT", "ReduceL2"})),
         Case(id="onnx_rms_normalization", input_shape=(2, 3, 4), formats=(ONNX,), onnx=_onnx_rms_normalization(),
              ops=frozenset({L.LINEAR, L.LAYER_NORM}), onnx_ops=frozenset({"RMSNormalization"})),
         Case(id="rms_norms", input_shape=(1, 3, 4), formats=(TS,), module=_seeded(RmsNorms, 94),

@@ -16,6 +16,7 @@ from stabaudit.loaders.onnx_ops import (  # noqa: F401  (imported to register th
     reduction,
     resize,
     selection,
+    spectral,
     structure,
 )
 from stabaudit.loaders.onnx_ops.common import TRANSLATORS, Context, OnnxNode, Unsupported, wrap_node
