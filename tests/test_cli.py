@@ -171,9 +171,9 @@ def test_unsupported_operators_all_listed(tmp_path):
     graph = helper.make_graph(
         [
             helper.make_node("Relu", ["x"], ["a"]),
-            helper.make_node("Sin", ["a"], ["b"]),
-            helper.make_node("Cos", ["b"], ["c"]),
-            helper.make_node("Sin", ["c"], ["y"]),
+            helper.make_node("Sinh", ["a"], ["b"]),
+            helper.make_node("Cosh", ["b"], ["c"]),
+            helper.make_node("Sinh", ["c"], ["y"]),
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
@@ -182,7 +182,7 @@ def test_unsupported_operators_all_listed(tmp_path):
     p = tmp_path / "trig.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), p)
     result = run("check", p)
-    assert_one_line_error(result, 2, "Sin (x2)", "Cos (x1)", "SA901")
+    assert_one_line_error(result, 2, "Sinh (x2)", "Cosh (x1)", "SA901")
 
 
 def test_equivalence_mismatch(monkeypatch):

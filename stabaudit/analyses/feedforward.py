@@ -87,6 +87,8 @@ def slope_interval(op: O.Op) -> tuple[float, float] | None:
             return (0.0, 1.0)
         case O.Erf():
             return (0.0, A.ERF_UPPER)
+        case O.Sin() | O.Cos():
+            return (-1.0, 1.0)
         case O.Softplus(beta=b):
             return (0.0, 1.0) if b != 0.0 and math.isfinite(b) else None
         case O.Elu(alpha=a):

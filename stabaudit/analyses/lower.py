@@ -518,6 +518,8 @@ class ForwardErrorModel:
                 return where
             case O.Erf():
                 return smooth(1.1284)
+            case O.Sin() | O.Cos():  # |sin'|, |cos'| <= 1; libm within an ulp, 64 u |x| for the reduction
+                return smooth(1.0)
             case O.Mul():
                 # x y - x_hat y_hat = x_hat dy + y_hat dx + dx dy; the product rounds by u |y_hat|
                 return lambda xs, es, y: (

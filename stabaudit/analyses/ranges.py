@@ -249,6 +249,28 @@ def _turning(f: Fn, lo: torch.Tensor, hi: torch.Tensor, turn: tuple[float, float
     return out_lo, out_hi
 
 
+def _periodic(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sin and cos: monotone between their turning points (sin: its maxima at pi / 2 + 2 k pi, its
+    minima at -pi / 2 + 2 k pi; cos: 2 k pi and pi + 2 k pi), so the range over [lo, hi] is the
+    hull of the end values (a few ulps, and 64 u |x| for the argument reduction, wider) and of
+    1 or -1 where the interval may hold a maximum or a minimum (``periodic_hit``, which errs on
+    holding it)."""
+    import torch
+
+    from stabaudit.bounds.numerics import periodic_hit
+
+    out_lo, out_hi = _hull(f(lo), f(hi))
+    mag = _mig_mag(lo, hi)[1]
+    w = 16 * EPS * (out_lo.abs().maximum(out_hi.abs())) + 64 * EPS * mag + 4 * EPS
+    peak = math.pi / 2 if isinstance(op, O.Sin) else 0.0
+    a, b = lo.cpu().numpy(), hi.cpu().numpy()
+    top = torch.from_numpy(periodic_hit(a, b, peak, 2 * math.pi)).to(lo.device)
+    bottom = torch.from_numpy(periodic_hit(a, b, peak - math.pi, 2 * math.pi)).to(lo.device)
+    out_hi = torch.where(top, torch.ones_like(out_hi), (out_hi + w).clamp(max=1.0))
+    out_lo = torch.where(bottom, -torch.ones_like(out_lo), (out_lo - w).clamp(min=-1.0))
+    return out_lo, out_hi
+
+
 def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
                  notes: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The range of the computed element-wise map ``f`` on [lo, hi]; None when ``op`` is not one."""
@@ -277,6 +299,8 @@ def _elementwise(op: O.Op, f: Fn, lo: torch.Tensor, hi: torch.Tensor,
         case O.Tanh() | O.Erf():
             out_lo, out_hi = _margin(f(lo), f(hi))
             return out_lo.clamp(min=-1.0), out_hi.clamp(max=1.0)
+        case O.Sin() | O.Cos():
+            return _periodic(op, f, lo, hi)
         case O.Exp():
             out_lo, out_hi = _margin(f(lo), f(hi))
             return out_lo.clamp(min=0.0), out_hi

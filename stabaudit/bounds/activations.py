@@ -20,6 +20,7 @@ from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import (
     Abs,
     Clip,
+    Cos,
     Elu,
     Erf,
     Gelu,
@@ -32,6 +33,7 @@ from stabaudit.ir.ops import (
     Relu,
     Sigmoid,
     Silu,
+    Sin,
     Softmax,
     Softplus,
     Tanh,
@@ -168,6 +170,16 @@ def bound_erf(node: Node, ctx: RuleContext) -> OpBound:
         case Erf():
             return _constant(ERF_UPPER, ERF_LOWER, "activation-constant", ctx)
     raise TypeError(f"bound_erf got a {type(node.op).__name__}")
+
+
+@RULES.register(OpType.COS)
+@RULES.register(OpType.SIN)
+def bound_sinusoid(node: Node, ctx: RuleContext) -> OpBound:
+    """Sin and Cos: |sin'| = |cos| <= 1 and |cos'| = |sin| <= 1, attained at 0 and pi / 2."""
+    match node.op:
+        case Sin() | Cos():
+            return _constant(1.0, 1.0, "activation-constant", ctx)
+    raise TypeError(f"bound_sinusoid got a {type(node.op).__name__}")
 
 
 @RULES.register(OpType.TANH)

@@ -94,6 +94,18 @@ _HOLD_ENTRIES = 1 << 22
 CONV_PEAK_BYTES = 16 * 5 * _GRAM_CHUNK_ENTRIES
 
 
+def periodic_hit(lo: np.ndarray, hi: np.ndarray, offset: float, period: float) -> np.ndarray:
+    """Whether [lo, hi] may hold a point offset + k period (k an integer), entry by entry; a
+    sound over-approximation: ``True`` wherever the float64 test is within 1e-9 of a period of
+    deciding otherwise (so a point near an end counts as held), and for non-finite ends."""
+    with np.errstate(all="ignore"):
+        a = (np.asarray(lo, dtype=np.float64) - offset) / period
+        b = (np.asarray(hi, dtype=np.float64) - offset) / period
+        slack = 1e-9 * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+        held = np.floor(b + slack) >= np.ceil(a - slack)
+    return held | ~np.isfinite(a) | ~np.isfinite(b)
+
+
 def svd_relative_margin(m: int, n: int) -> float:
     """delta with sigma_true in [sigma_hat * (1 - delta), sigma_hat / (1 - delta)] (Weyl + backward stability)."""
     return SVD_BACKWARD_CONSTANT * max(m, n, 1) * EPS

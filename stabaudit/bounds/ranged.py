@@ -49,7 +49,7 @@ from stabaudit.bounds.activations import (
 )
 from stabaudit.bounds.base import RULES, Bound, Combine, Guarantee, Interval, OpBound, RuleContext
 from stabaudit.bounds.normalization import broadcast_copy_gain
-from stabaudit.bounds.numerics import EPS, TINY, spectral_norm_dense
+from stabaudit.bounds.numerics import EPS, TINY, periodic_hit, spectral_norm_dense
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Node
 
@@ -260,6 +260,14 @@ def activation_slopes(op: O.Op, lo: np.ndarray, hi: np.ndarray, out_shape: tuple
                 # 1 - tanh^2 = sech^2 = 4 e^{-2d} / (1 + e^{-2d})^2, even, decreasing in |x|
                 e = np.exp(-2.0 * _dist0(lo, hi))
                 m = np.minimum(1.0, 4.0 * e / ((1.0 + e) * (1.0 + e)) * (1 + LIBM_ULPS * EPS) + TINY)
+            case O.Sin() | O.Cos():
+                # |sin'| = |cos| is 1 at k pi and monotone between the points k pi / 2; |cos'| = |sin|
+                # is 1 at pi / 2 + k pi: 1 where the interval may hold such a point, else the larger
+                # end value (libm-grade, a few ulps)
+                slope_lo, slope_hi = (np.cos(lo), np.cos(hi)) if isinstance(op, O.Sin) else (np.sin(lo), np.sin(hi))
+                ends = np.maximum(np.abs(slope_lo), np.abs(slope_hi)) * (1 + LIBM_ULPS * EPS) + 4 * EPS
+                peak = periodic_hit(lo, hi, 0.0 if isinstance(op, O.Sin) else math.pi / 2, math.pi)
+                m = np.where(peak, 1.0, np.minimum(ends, 1.0))
             case O.Erf():
                 # erf' = 2/sqrt(pi) exp(-x^2), even, decreasing in |x|; d^2 rounded down
                 d = _dist0(lo, hi)

@@ -138,7 +138,7 @@ def _node_axis(a: Node, b: Node, axes: Mapping[str, int | None], shapes1: Mappin
     if kind in _BROADCAST_PARAMS or _elementwise(op):
         expected = first + len(out1) - in_rank  # a parameter of higher rank adds leading axes
     elif kind in (O.OpType.POW, O.OpType.SQRT, O.OpType.RECIPROCAL, O.OpType.EXP, O.OpType.LOG, O.OpType.ERF,
-                  O.OpType.ABS):
+                  O.OpType.SIN, O.OpType.COS, O.OpType.ABS):
         expected = first  # entry by entry
     elif isinstance(op, O.Quantize):
         if op.axis is not None and op.axis == first:

@@ -90,6 +90,10 @@ def _kernel(op: O.Op, param: Callable[[np.ndarray], torch.Tensor]) -> Kernel:
             return lambda a: torch.log(a[0])
         case O.Erf():
             return lambda a: torch.erf(a[0])
+        case O.Sin():
+            return lambda a: torch.sin(a[0])
+        case O.Cos():
+            return lambda a: torch.cos(a[0])
         case O.Relu():
             return lambda a: F.relu(a[0])
         case O.LeakyRelu(alpha=alpha):
@@ -518,7 +522,7 @@ class Executor:
 
 # elementwise ops of one input: the output has the input's shape
 _SAME_SHAPE = (O.Relu, O.LeakyRelu, O.Sigmoid, O.Tanh, O.Softplus, O.Elu, O.Gelu, O.HardSigmoid, O.HardSwish,
-               O.Silu, O.Mish, O.Clip, O.Erf, O.Exp, O.Log, O.Sqrt, O.Reciprocal, O.Abs)
+               O.Silu, O.Mish, O.Clip, O.Erf, O.Sin, O.Cos, O.Exp, O.Log, O.Sqrt, O.Reciprocal, O.Abs)
 
 
 def _window_out(n: int, kernel: int, stride: int, pad: int, dilation: int) -> int | None:

@@ -55,6 +55,8 @@ class OpType(str, Enum):
     EXP = "Exp"
     LOG = "Log"
     ERF = "Erf"
+    SIN = "Sin"
+    COS = "Cos"
     REDUCE_SUM = "ReduceSum"
     REDUCE_MEAN = "ReduceMean"
     REDUCE_L2 = "ReduceL2"
@@ -317,6 +319,20 @@ class Erf(Op):
     """y = erf(x): globally Lipschitz, sup |erf'| = erf'(0) = 2 / sqrt(pi)."""
 
     type = OpType.ERF
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Sin(Op):
+    """y = sin(x): globally Lipschitz, sup |cos| = 1 (attained at 0)."""
+
+    type = OpType.SIN
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Cos(Op):
+    """y = cos(x): globally Lipschitz, sup |sin| = 1 (attained at pi / 2)."""
+
+    type = OpType.COS
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -715,7 +731,7 @@ ACTIVATIONS: frozenset[OpType] = frozenset(
     {
         OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH,
         OpType.SOFTPLUS, OpType.ELU, OpType.GELU, OpType.HARD_SIGMOID, OpType.HARD_SWISH,
-        OpType.SILU, OpType.MISH, OpType.CLIP, OpType.SOFTMAX, OpType.ERF, OpType.ABS,
+        OpType.SILU, OpType.MISH, OpType.CLIP, OpType.SOFTMAX, OpType.ERF, OpType.SIN, OpType.COS, OpType.ABS,
     }
 )
 LINEAR_MAPS: frozenset[OpType] = frozenset({OpType.LINEAR, OpType.CONV, OpType.CONV_TRANSPOSE})

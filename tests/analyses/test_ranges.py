@@ -396,3 +396,17 @@ def test_rms_norm_ranges_enclose_and_are_tight() -> None:
     assert (tight.lo <= z).all() and (z <= tight.hi).all()
     assert (tight.hi - tight.lo).max() < 0.01
     assert variance_lower(x0 - 1, x0 + 1, (1,), centered=False)[0, 0] == pytest.approx(5.0 / 3.0, rel=1e-12)
+
+
+def test_sine_and_cosine_ranges_hold_their_turning_points() -> None:
+    """sin over [1, 2] holds its maximum at pi / 2 (1) and its least value at the end 1; over
+    [-0.5, 0.5] it is monotone (the end values, a few ulps wider); cos over [3, 3.5] holds its
+    minimum -1 at pi; over [-7, 0] both its maximum at 0 and its minimum at -pi."""
+    lo, hi = np.array([[1.0, -0.5, 3.0, -7.0]]), np.array([[2.0, 0.5, 3.5, 0.0]])
+    s, _ = _one(O.Sin(), [lo], [hi])
+    np.testing.assert_allclose(s.hi[0, :2], [1.0, math.sin(0.5)], rtol=1e-13)
+    np.testing.assert_allclose(s.lo[0, :2], [math.sin(1.0), -math.sin(0.5)], rtol=1e-13)
+    c, _ = _one(O.Cos(), [lo], [hi])
+    np.testing.assert_allclose(c.lo[0, 2:], [-1.0, -1.0], rtol=0)
+    np.testing.assert_allclose(c.hi[0, 2:], [max(math.cos(3.0), math.cos(3.5)), 1.0], rtol=1e-13)
+    assert s.lo[0, 1] <= -math.sin(0.5) and s.hi[0, 1] >= math.sin(0.5)

@@ -62,6 +62,8 @@ SAMPLES: dict[O.OpType, tuple[O.Op, list[tuple[int, ...]]]] = {
     O.OpType.EXP: (O.Exp(), [(1, 4)]),
     O.OpType.LOG: (O.Log(), [(1, 4)]),
     O.OpType.ERF: (O.Erf(), [(1, 4)]),
+    O.OpType.SIN: (O.Sin(), [(1, 4)]),
+    O.OpType.COS: (O.Cos(), [(1, 4)]),
     O.OpType.REDUCE_SUM: (O.ReduceSum(axes=(1, 3), keepdims=False), [(1, 2, 3, 2)]),
     O.OpType.REDUCE_MEAN: (O.ReduceMean(axes=(0, 2)), [(1, 2, 3)]),
     O.OpType.REDUCE_L2: (O.ReduceL2(axes=(1,)), [(1, 4, 2)]),

@@ -85,7 +85,7 @@ ACTIVATIONS = [
     O.Relu(), O.LeakyRelu(alpha=0.1), O.LeakyRelu(alpha=-2.0), O.Sigmoid(), O.Tanh(), O.Softplus(beta=1.0),
     O.Softplus(beta=2.0, threshold=20.0), O.Elu(alpha=1.0), O.Elu(alpha=2.5), O.Gelu(approximate="none"),
     O.Gelu(approximate="tanh"), O.Silu(), O.Mish(), O.HardSigmoid(alpha=0.2, beta=0.5), O.HardSwish(),
-    O.Clip(min=0.0, max=6.0), O.Clip(min=-1.0, max=None), O.Erf(), O.Abs(),
+    O.Clip(min=0.0, max=6.0), O.Clip(min=-1.0, max=None), O.Erf(), O.Abs(), O.Sin(), O.Cos(),
 ]
 
 
@@ -129,6 +129,17 @@ def test_activation_tightness():
     assert 1 - math.tanh(1.0) ** 2 <= t <= (1 - math.tanh(1.0) ** 2) * (1 + 64 * EPS)
     e = one_entry(O.Erf(), -2.0, -1.0).upper.value
     assert 2 / math.sqrt(math.pi) * math.exp(-1.0) <= e <= 2 / math.sqrt(math.pi) * math.exp(-1.0) * (1 + 64 * EPS)
+    # sin on [1, 1.5]: |cos| decreasing, its max cos(1); cos there: |sin| increasing, max sin(1.5);
+    # an interval holding pi: |cos(pi)| = 1; one of 1e-12 about pi / 2 for cos: |sin(pi / 2)| = 1
+    s = one_entry(O.Sin(), 1.0, 1.5).upper.value
+    assert math.cos(1.0) <= s <= math.cos(1.0) * (1 + 64 * EPS) + 8 * EPS
+    c = one_entry(O.Cos(), 1.0, 1.5).upper.value
+    assert math.sin(1.5) <= c <= math.sin(1.5) * (1 + 64 * EPS) + 8 * EPS
+    assert one_entry(O.Sin(), 3.0, 3.2) is None  # holds pi: the global constant 1
+    assert one_entry(O.Cos(), math.pi / 2 - 1e-12, math.pi / 2 + 1e-12) is None
+    t0 = round(1e6 / math.pi) * math.pi + 0.3  # far out, between k pi + 0.3 and k pi + 0.8
+    big = one_entry(O.Sin(), t0, t0 + 0.5).upper.value
+    assert abs(math.cos(t0)) <= big <= math.cos(0.3) + 1e-9
     # GELU: on [0, 1] the slope rises to f'(1) = Phi(1) + phi(1); the peak is at sqrt(2)
     g = one_entry(O.Gelu(), 0.0, 1.0).upper.value
     ref = special.ndtr(1.0) + math.exp(-0.5) / math.sqrt(2 * math.pi)

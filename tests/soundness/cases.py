@@ -105,6 +105,22 @@ class Copies(nn.Module):
         return self.fc2(torch.cat(parts + [p.reshape(1, -1) for p in old], 1))
 
 
+class Sinusoids(nn.Module):
+    """Fourier features: sin and cos of a scaled linear map (its entries spread over several
+    periods), read by a second linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 6)
+        self.fc2 = nn.Linear(12, 2)
+        with torch.no_grad():
+            self.fc1.weight.mul_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(torch.cat([torch.sin(h), torch.cos(h)], 1))
+
+
 class Fills(nn.Module):
     """Constants of the input's shape (zeros_like, ones_like, full_like, new_zeros, new_ones, new_full)
     added to a linear map: shifts only, the gain is the Linear's."""
@@ -1970,6 +1986,9 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.LAYER_NORM})),
         Case(id="onnx_erf", input_shape=(1, 3), formats=(ONNX,), onnx=_onnx_erf(),
              ops=frozenset({L.LINEAR, L.ERF}), onnx_ops=frozenset({"Erf"})),
+        Case(id="sinusoids", input_shape=(1, 3), module=_seeded(Sinusoids, 98),
+             ops=frozenset({L.LINEAR, L.SIN, L.COS, L.CONCAT}), ts_ops=frozenset({"aten::sin", "aten::cos"}),
+             onnx_ops=frozenset({"Sin", "Cos"})),
         Case(id="selection", input_shape=(1, 3), module=_seeded(Selection, 81),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",

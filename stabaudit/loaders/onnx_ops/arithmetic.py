@@ -126,12 +126,14 @@ def sum_(node: OnnxNode, ctx: Context) -> None:
         _affine(node, ctx, total, None, shift)
 
 
-_UNARY: dict[str, type[O.Op]] = {"Sqrt": O.Sqrt, "Reciprocal": O.Reciprocal, "Exp": O.Exp, "Log": O.Log, "Erf": O.Erf}
+_UNARY: dict[str, type[O.Op]] = {"Sqrt": O.Sqrt, "Reciprocal": O.Reciprocal, "Exp": O.Exp, "Log": O.Log, "Erf": O.Erf,
+                               "Sin": O.Sin, "Cos": O.Cos}
 
 
 @register(*_UNARY)
 def unary(node: OnnxNode, ctx: Context) -> None:
-    """sqrt, 1/x, exp, log (bounded only over a domain) and erf (Lipschitz, 2/sqrt(pi))."""
+    """sqrt, 1/x, exp, log (bounded only over a domain), erf (Lipschitz, 2/sqrt(pi)), sin and cos
+    (Lipschitz, 1)."""
     ctx.emit(node, _UNARY[node.op_type](), [node.inputs[0]])
 
 

@@ -105,9 +105,9 @@ def neg(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Affine(scale=np.asarray(-1.0)), [node.var(0)])]
 
 
-# the element-wise maps without a global constant (ONNX's Exp, Log, Sqrt, Reciprocal) and erf
+# the element-wise maps without a global constant (ONNX's Exp, Log, Sqrt, Reciprocal), erf, sin and cos
 for _kind, _op in (("aten::exp", O.Exp), ("aten::log", O.Log), ("aten::sqrt", O.Sqrt), ("aten::reciprocal", O.Reciprocal),
-                   ("aten::erf", O.Erf)):
+                   ("aten::erf", O.Erf), ("aten::sin", O.Sin), ("aten::cos", O.Cos)):
     translates(_kind)(unary(_op))
 
 
