@@ -1,6 +1,6 @@
 """Constant index and weight maps that both loaders build their IR nodes from: which input entry
 each output entry copies (padding modes, rolls) and the 0/1 or averaging matrices of linear maps
-along one axis (cumulative sums, adaptive average pooling). Each is stated once here, in the
+along one axis (cumulative sums, adaptive average pooling, the discrete Fourier transform). Each is stated once here, in the
 framework's own terms (ONNX Pad modes, torch's window rule), and read by the ONNX and TorchScript
 translators."""
 
@@ -52,3 +52,19 @@ def adaptive_average_weight(n: int, m: int) -> np.ndarray:
         start, end = (i * n) // m, -((-(i + 1) * n) // m)
         weight[i, start:end] = 1.0 / (end - start)
     return weight
+
+
+def dft_weight(n: int, length: int, bins: int, parts: int, *, inverse: bool = False) -> np.ndarray:
+    """The [bins, 2, n, parts] float64 matrix of the DFT of ``length`` points of a signal of n
+    entries (zero-padded to ``length`` or cut to it): output bin k, part (real, imaginary), from
+    input entry j, part. The forward transform multiplies by exp(-2 pi i k j / length), the inverse
+    by exp(+2 pi i k j / length) / length."""
+    k = np.arange(bins)[:, None]
+    j = np.arange(min(n, length))[None, :]
+    angle = 2.0 * np.pi * ((k * j) % length) / length
+    cos, sin = np.cos(angle), np.sin(angle) * (1.0 if inverse else -1.0)  # e^{i angle}: cos + i sin
+    weight = np.zeros((bins, 2, n, parts))
+    weight[:, 0, : j.shape[1], 0], weight[:, 1, : j.shape[1], 0] = cos, sin  # a real entry x: x cos, x sin
+    if parts == 2:  # i y (cos + i sin) = -y sin + i y cos
+        weight[:, 0, : j.shape[1], 1], weight[:, 1, : j.shape[1], 1] = -sin, cos
+    return weight / length if inverse else weight

@@ -423,7 +423,7 @@ class _Walker:
     def translate(self, graph: Any, signature: Signature) -> Graph:
         import copy
 
-        from stabaudit.loaders.ts_ops.base import POISON, Opaque, Var
+        from stabaudit.loaders.ts_ops.base import POISON, Complex, Opaque, Var
 
         self.env[next(iter(graph.inputs())).unique()] = self.module
         for unique, value in signature.bound.items():  # a copy: the walk may mutate a list argument
@@ -450,6 +450,8 @@ class _Walker:
         for value in outputs:
             if isinstance(value, Opaque):
                 self._refuse(value.kind, value.detail)
+            elif isinstance(value, Complex):
+                self._refuse("forward", "a complex output (return its abs or view_as_real)")
         if self.unsupported:
             raise UnsupportedOperatorError(dict(self.unsupported), path=self.where)
         for i, value in enumerate(outputs):
@@ -584,7 +586,7 @@ class _Walker:
         import torch
 
         from stabaudit.loaders.ts_ops import TRANSLATORS, SourceNode, Unsupported, Var
-        from stabaudit.loaders.ts_ops.base import POISON, Opaque
+        from stabaudit.loaders.ts_ops.base import COMPLEX_READERS, POISON, Complex, Opaque
 
         n_out = node.outputsSize()
         if _contains(values, lambda v: v is POISON):
@@ -592,6 +594,9 @@ class _Walker:
         opaque = _find(values, lambda v: isinstance(v, Opaque))
         if opaque is not None:
             self._refuse(opaque.kind, opaque.detail)
+            return [POISON] * n_out
+        if kind not in COMPLEX_READERS and _contains(values, lambda v: isinstance(v, Complex)):
+            self._refuse(kind, "a complex input")
             return [POISON] * n_out
         short = kind.split("::", 1)[-1]
         top_level_tensor = any(isinstance(v, Var | torch.Tensor) for v in values)

@@ -121,6 +121,23 @@ class Sinusoids(nn.Module):
         return self.fc2(torch.cat([torch.sin(h), torch.cos(h)], 1))
 
 
+class Spectrogram(nn.Module):
+    """A learned signal's STFT (window of 8 points every 2 samples, reflect-centred): its magnitude,
+    real and imaginary parts and view_as_real, read by a linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, 16)
+        self.register_buffer("window", torch.hann_window(8))
+        self.fc2 = nn.Linear(45 * 5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.stft(self.fc1(x), n_fft=8, hop_length=2, window=self.window, center=True, pad_mode="reflect",
+                       return_complex=True)  # [1, 5 bins, 9 frames]
+        parts = [z.abs(), z.real, z.imag, torch.view_as_real(z)[..., 1], torch.view_as_real(z)[..., 0]]
+        return self.fc2(torch.cat([p.reshape(1, 45) for p in parts], 1))
+
+
 class Fills(nn.Module):
     """Constants of the input's shape (zeros_like, ones_like, full_like, new_zeros, new_ones, new_full)
     added to a linear map: shifts only, the gain is the Linear's."""
@@ -1989,6 +2006,9 @@ def _cases() -> list[Case]:
         Case(id="sinusoids", input_shape=(1, 3), module=_seeded(Sinusoids, 98),
              ops=frozenset({L.LINEAR, L.SIN, L.COS, L.CONCAT}), ts_ops=frozenset({"aten::sin", "aten::cos"}),
              onnx_ops=frozenset({"Sin", "Cos"})),
+        Case(id="spectrogram", input_shape=(1, 3), formats=(TS,), module=_seeded(Spectrogram, 99),
+             ops=frozenset({L.LINEAR, L.CONV, L.REDUCE_L2, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.CONCAT}),
+             ts_ops=frozenset({"aten::stft", "aten::abs", "aten::real", "aten::imag", "aten::view_as_real"})),
         Case(id="selection", input_shape=(1, 3), module=_seeded(Selection, 81),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",

@@ -10,6 +10,7 @@ import numpy as np
 
 from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
+from stabaudit.ir.maps import dft_weight
 from stabaudit.loaders.onnx_ops.common import (
     Context,
     OnnxNode,
@@ -35,22 +36,6 @@ def _parts(node: OnnxNode, ctx: Context, x: str) -> int:
     if parts not in (1, 2):
         raise ModelLoadError(f"{node.op_type} input's last dim is {parts}, not 1 (real) or 2 (complex)")
     return parts
-
-
-def dft_weight(n: int, length: int, bins: int, parts: int, *, inverse: bool = False) -> np.ndarray:
-    """The [bins, 2, n, parts] float64 matrix of the DFT of ``length`` points of a signal of n
-    entries (zero-padded to ``length`` or cut to it): output bin k, part (real, imaginary), from
-    input entry j, part. The forward transform multiplies by exp(-2 pi i k j / length), the inverse
-    by exp(+2 pi i k j / length) / length."""
-    k = np.arange(bins)[:, None]
-    j = np.arange(min(n, length))[None, :]
-    angle = 2.0 * np.pi * ((k * j) % length) / length
-    cos, sin = np.cos(angle), np.sin(angle) * (1.0 if inverse else -1.0)  # e^{i angle}: cos + i sin
-    weight = np.zeros((bins, 2, n, parts))
-    weight[:, 0, : j.shape[1], 0], weight[:, 1, : j.shape[1], 0] = cos, sin  # a real entry x: x cos, x sin
-    if parts == 2:  # i y (cos + i sin) = -y sin + i y cos
-        weight[:, 0, : j.shape[1], 1], weight[:, 1, : j.shape[1], 1] = -sin, cos
-    return weight / length if inverse else weight
 
 
 def irfft_weight(bins_in: int, length: int) -> np.ndarray:

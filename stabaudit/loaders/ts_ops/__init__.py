@@ -10,6 +10,7 @@ from stabaudit.loaders.ts_ops import (  # noqa: F401  (imported for their regist
     recurrent,
     reduction,
     resize,
+    spectral,
     structural,
 )
 from stabaudit.loaders.ts_ops.base import POISON, TRANSLATORS, SourceNode, Unsupported, Var

@@ -10,9 +10,11 @@ import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
+    Complex,
     Context,
     SourceNode,
     Unsupported,
+    Var,
     as_float,
     channel_shape,
     const_array,
@@ -25,7 +27,18 @@ from stabaudit.loaders.ts_ops.base import (
 translates("aten::relu")(unary(O.Relu))
 translates("aten::sigmoid")(unary(O.Sigmoid))
 translates("aten::tanh")(unary(O.Tanh))
-translates("aten::abs")(unary(O.Abs))
+
+
+@translates("aten::abs")
+def abs_(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """|x| entry by entry; of a complex tensor, the modulus sqrt(re^2 + im^2): ReduceL2 over its
+    real and imaginary parts (Lipschitz 1, as a norm)."""
+    x = node.arg(0)
+    if isinstance(x, Complex):
+        return [ctx.emit(O.ReduceL2(axes=(x.rank,), keepdims=False), [Var(id=x.id, shape=(*x.shape, 2))])]
+    return unary(O.Abs)(ctx, node)
+
+
 translates("aten::hardswish")(unary(O.HardSwish))
 translates("aten::silu")(unary(O.Silu))
 translates("aten::mish")(unary(O.Mish))

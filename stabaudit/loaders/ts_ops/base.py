@@ -32,6 +32,21 @@ class Var:
         return torch.empty(self.shape, device="meta")
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Complex(Var):
+    """A complex tensor computed from the model input (torch.stft's output): ``shape`` is its own
+    shape, ``id`` the IR value of its real and imaginary parts, of shape [*shape, 2]. Only the
+    translators in COMPLEX_READERS take one; any other operator on it is refused."""
+
+    def meta(self) -> torch.Tensor:
+        import torch
+
+        return torch.empty(self.shape, dtype=torch.complex64, device="meta")
+
+
+COMPLEX_READERS = frozenset({"aten::abs", "aten::view_as_real", "aten::real", "aten::imag"})
+
+
 class _Poison:
     """A value downstream of an operator that could not be translated (not reported twice)."""
 
