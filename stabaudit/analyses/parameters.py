@@ -104,8 +104,12 @@ class _WeightLeaves(Executor):
 
 
 def _spectral(rows: list[np.ndarray]) -> float:
-    """||J||_2 of the matrix with these rows: sqrt(lambda_max(J J^T)) (a small Gram matrix)."""
+    """||J||_2 of the matrix with these rows: sqrt(lambda_max(J J^T)) (a small Gram matrix); 0 when
+    an entry is not finite (autograd's NaN where the map is not differentiable, e.g. a norm at 0):
+    that sample measures nothing."""
     jac = np.stack(rows)
+    if not np.isfinite(jac).all():
+        return 0.0
     return float(math.sqrt(max(float(np.linalg.eigvalsh(jac @ jac.T)[-1]), 0.0)))
 
 

@@ -157,3 +157,18 @@ def test_a_starved_budget_measures_less_and_stays_below_the_bound():
         if exact is not None:
             assert b.measured <= exact * (1 + 1e-6)
             assert a.measured >= exact * (1 - 1e-6)
+
+
+def test_a_sample_where_the_map_is_not_defined_measures_nothing():
+    """sqrt(w . x) at a sample where w . x < 0: autograd's gradient is NaN there; that sample is
+    skipped and the others are measured (before, the NaN Jacobian made the eigenvalue solver fail)."""
+    c = np.array([1.0, 2.0, 3.0])
+    nodes = (Node(name="fc", op=O.Linear(weight=c[:, None] * np.ones((3, 5))), inputs=("x",), output="h"),
+             Node(name="root", op=O.Sqrt(), inputs=("h",), output="y"))
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 5)),), outputs=("y",), nodes=nodes))
+    samples = np.array([[-1.0] * 5, [1.0, 2.0, 0.5, 1.0, 3.0], [0.2] * 5])
+    result = parameter_sensitivity(graph, rule_bounds(graph), samples)
+    (layer,) = result.layers
+    # d sqrt(w_i . x) / dw_i = x / (2 sqrt(w_i . x)), one block per row: the largest at c = 1
+    expected = max(float(np.linalg.norm(s)) / (2 * math.sqrt(float(s.sum()))) for s in samples[1:])
+    assert layer.measured == pytest.approx(expected, rel=1e-12)
