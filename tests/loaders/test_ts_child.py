@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -148,15 +147,30 @@ def test_the_timeout_applies_in_process_too(tmp_path: Path) -> None:
 
 
 # ---- (3) the memory cap -----------------------------------------------------------------------------
+_PEAK_PROBE = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(p.stderr)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(p.returncode)\n"
+)
+
+
 def test_an_allocating_setstate_hits_the_memory_limit(tmp_path: Path) -> None:
     model = _script(Allocates(), tmp_path / "alloc.pt")
-    proc = _cli(model, "--max-memory", "1G")
+    # the CLI runs under a probe process whose only children are the CLI and, reaped by it, its
+    # loading process: their peak resident size, whatever else this test process ran before
+    env = {**os.environ, "STABAUDIT_NO_CACHE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, sys.executable, "-m", "stabaudit", "check", str(model), "--format", "json",
+         "-q", "--budget", "0.3", "--trust-torchscript", "--max-memory", "1G"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=180,
+    )
     line = _one_error(proc)
     assert "loading needed more than the memory limit of 1 GiB (--max-memory)" in line and "alloc.pt" in line
-    # the 3 GiB were never resident: the largest finished child of this test process (the CLI and,
-    # reaped by it, its loading process) stayed far below them
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    assert peak < 2 * 2**30, peak
+    # the 3 GiB were never resident
+    peak = int(proc.stdout.strip().splitlines()[-1])
+    assert 0 < peak < 2 * 2**30, peak
 
 
 def test_the_memory_limit_through_load_model(tmp_path: Path) -> None:
