@@ -519,10 +519,11 @@ def check_device(request: AuditRequest, ev: AnalysisState) -> None:
 
 def load(request: AuditRequest, ev: AnalysisState) -> None:
     """The model within the memory budget: ``loaded`` as loaded, ``graph`` with the report's
-    layers (affine maps folded, adjacent linear maps merged: one operator each). A TorchScript
+    layers (affine maps folded, adjacent linear maps merged: one operator each; slices of one
+    value concatenated back: one Gather). A TorchScript
     archive loads in a child process of its own (loaders.ts_child); the training channel's Hessian
     over its module's parameters is computed there (``_module_jobs``) and read by ``training``."""
-    from stabaudit.ir.passes import fold_affine, merge_linear_maps
+    from stabaudit.ir.passes import fold_affine, gather_slices, merge_linear_maps
     from stabaudit.limits import analysis_memory_plan, check_model_memory
     from stabaudit.loaders import load_model
 
@@ -534,8 +535,9 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
         seed=request.seed,
         module_jobs=_module_jobs(request), cuda=request.device == "cuda", arguments=request.arguments,
     )
-    # the report's layers: affine maps folded, adjacent linear maps merged (one operator each)
-    graph = merge_linear_maps(fold_affine(loaded.graph))
+    # the report's layers: affine maps folded, adjacent linear maps merged (one operator each),
+    # concatenated slices of one value (a roll) one Gather
+    graph = merge_linear_maps(fold_affine(gather_slices(loaded.graph)))
     # what the analyses plan: each stage is checked against what remains of the budget as it
     # starts (engine.run_stages), so that a stage too large stops the audit with the evidence so far
     ev.loaded, ev.graph, ev.memory_plan = loaded, graph, analysis_memory_plan(graph)

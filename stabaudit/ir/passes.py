@@ -590,3 +590,49 @@ def fuse_rms_norm(graph: Graph) -> Graph:
         return graph
     nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
     return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())
+
+
+def gather_slices(graph: Graph) -> Graph:
+    """A Concat whose inputs are all Slices of one value along the Concat's axis (each keeping the
+    other axes whole) becomes one Gather of that value by the concatenated indices: torch.roll and
+    chunk-and-reorder as exporters write them (Slice, Slice, Concat). The values are the same
+    copies; the bound is Gather's exact sqrt(largest number of copies) (1 for a roll) instead of
+    the Concat's sum over its parts. A Slice read by nothing else is dropped."""
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = dict(graph.shapes if known else with_shapes(graph.validate()).shapes)
+    producer = {n.output: n for n in graph.nodes}
+    users = graph.consumers()
+    replaced: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for node in graph.nodes:
+        if not isinstance(node.op, O.Concat) or len(node.inputs) < 2:
+            continue
+        parts = [producer.get(name) for name in node.inputs]
+        if any(p is None or not isinstance(p.op, O.Slice) for p in parts):
+            continue
+        sources = {p.inputs[0] for p in parts if p is not None}
+        if len(sources) != 1:
+            continue
+        (source,) = sources
+        shape = shapes[source]
+        axis = node.op.axis % len(shape)
+        indices: list[int] = []
+        for part in parts:
+            assert part is not None and isinstance(part.op, O.Slice)
+            op = part.op
+            others_whole = all(
+                (op.starts[a], op.ends[a], op.steps[a]) == (0, shape[a], 1) for a in range(len(shape)) if a != axis)
+            if not others_whole:
+                break
+            indices.extend(range(op.starts[axis], op.ends[axis], op.steps[axis]))
+        else:
+            replaced[node.output] = Node(name=node.name, op=O.Gather(axis=axis, indices=np.asarray(indices, np.int64)),
+                                         inputs=(source,), output=node.output, source_op=node.source_op)
+            dropped.update(p.output for p in parts if p is not None and len(users.get(p.output, ())) == 1
+                           and p.output not in graph.outputs)
+    if not replaced:
+        return graph
+    nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
+    return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())

@@ -267,3 +267,56 @@ def test_smooth_part_replaces_thresholded_softplus_and_keeps_everything_else() -
     np.testing.assert_allclose(executed, np.where(2 * a > 5, a, np.logaddexp(2 * a, 0) / 2), rtol=1e-15)
     np.testing.assert_allclose(smooth, np.logaddexp(2 * a, 0) / 2, rtol=1e-15)
     assert smooth_part(s) is s  # nothing left to replace: the same graph
+
+
+# ---- gather_slices ---------------------------------------------------------------------------------
+def _sliced(parts: list[tuple[int, int, int]], axis: int = 1, shape: tuple[int, ...] = (2, 6, 3),
+            extra_use: bool = False) -> Graph:
+    """x -> one Slice per part (start, end, step) along ``axis`` -> Concat (-> y); with
+    ``extra_use``, the first Slice is a graph output too."""
+    nodes = []
+    for k, (start, end, step) in enumerate(parts):
+        starts, ends, steps = [0] * len(shape), list(shape), [1] * len(shape)
+        starts[axis], ends[axis], steps[axis] = start, end, step
+        nodes.append(Node(name=f"s{k}", op=O.Slice(starts=tuple(starts), ends=tuple(ends), steps=tuple(steps)),
+                          inputs=("x",), output=f"p{k}"))
+    nodes.append(Node(name="cat", op=O.Concat(axis=axis), inputs=tuple(f"p{k}" for k in range(len(parts))), output="y"))
+    outputs = ("y", "p0") if extra_use else ("y",)
+    return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=shape),), outputs=outputs, nodes=tuple(nodes)))
+
+
+@pytest.mark.parametrize(("parts", "indices"), [
+    ([(4, 6, 1), (0, 4, 1)], [4, 5, 0, 1, 2, 3]),  # torch.roll(x, 2, 1) as exporters write it
+    ([(3, 6, 1), (0, 3, 1), (1, 2, 1)], [3, 4, 5, 0, 1, 2, 1]),  # an entry copied twice
+    ([(5, -1, -1)], None),  # one part: a Concat of one input is left alone
+    ([(0, 6, 2), (1, 6, 2)], [0, 2, 4, 1, 3, 5]),
+])
+def test_concatenated_slices_of_one_value_become_one_gather(parts: list[tuple[int, int, int]],
+                                                            indices: list[int] | None) -> None:
+    from stabaudit.analyses.composition import rule_bounds
+    from stabaudit.ir.passes import gather_slices
+
+    graph = _sliced(parts)
+    merged = gather_slices(graph)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    np.testing.assert_array_equal(Executor(merged, dtype=torch.float64)(x)[0], Executor(graph, dtype=torch.float64)(x)[0])
+    if indices is None:
+        assert merged is graph
+        return
+    (node,) = merged.nodes
+    assert isinstance(node.op, O.Gather) and node.op.indices.tolist() == indices and node.op.axis == 1
+    bound = rule_bounds(merged)["y"].upper
+    assert bound is not None and bound.value == pytest.approx(np.sqrt(max(indices.count(i) for i in indices)))
+
+
+def test_slices_of_other_axes_or_values_stay() -> None:
+    from stabaudit.ir.passes import gather_slices
+
+    shape = (2, 6, 3)
+    cut = Node(name="s0", op=O.Slice(starts=(0, 0, 1), ends=(2, 3, 3), steps=(1, 1, 1)), inputs=("x",), output="p0")
+    whole = Node(name="s1", op=O.Slice(starts=(0, 3, 1), ends=(2, 6, 3), steps=(1, 1, 1)), inputs=("x",), output="p1")
+    cat = Node(name="cat", op=O.Concat(axis=1), inputs=("p0", "p1"), output="y")
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=shape),), outputs=("y",), nodes=(cut, whole, cat)))
+    assert gather_slices(graph) is graph  # the slices also cut axis 2
+    kept = gather_slices(_sliced([(4, 6, 1), (0, 4, 1)], extra_use=True))
+    assert [type(n.op).__name__ for n in kept.nodes] == ["Slice", "Gather"]  # p0 is an output too
