@@ -8,9 +8,11 @@ bilinear upsampling, Concat), a feature pyramid (nearest upsampling), a ConvNeXt
 transformer encoder layer, a GPT-style causal block (masked_fill(-inf), einsum scores), a 1-D audio
 net with a log front end, a super-resolution net (PixelShuffle), a TCN (dilated grouped convs, GLU,
 SELU/ELU, log-softmax), a GroupNorm/InstanceNorm/Mish block, a classifier with an argmax output,
-bicubic upsampling. Each is exported with the TorchScript-based ONNX exporter (`dynamo=False`,
+bicubic upsampling, an encoder block calling scaled_dot_product_attention, a torch.stft mel front
+end, a Fourier-feature coordinate MLP (sin, cos), a reflection-padded generator with an uneven
+adaptive pool, Swin-style cyclic shifts (roll) with a cumulative sum. Each is exported with the TorchScript-based ONNX exporter (`dynamo=False`,
 opset 17), when onnxscript is importable with the default dynamo exporter (opset 18, weights
-inline), and as a TorchScript archive traced under no_grad (`torch.jit.trace`, as deployment scripts
+inline; again at opset 23 for the attention families, where it writes ONNX Attention), and as a TorchScript archive traced under no_grad (`torch.jit.trace`, as deployment scripts
 do), then audited with `stabaudit check --budget B` without and with the domain a user would declare
 (pixels in [0, 1], audio and features in [-1, 1], embeddings within 0.05 of a sample's).
 
@@ -230,6 +232,85 @@ class Bicubic(nn.Module):
         return self.c(F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False))
 
 
+class SDPAEncoder(nn.Module):
+    """A pre-norm encoder block calling scaled_dot_product_attention, as Hugging Face encoders and
+    ViTs do (the dynamo exporter writes ONNX Attention for it from opset 23)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n1, self.qkv, self.o = nn.LayerNorm(32), nn.Linear(32, 96), nn.Linear(32, 32)
+        self.n2, self.f1, self.f2 = nn.LayerNorm(32), nn.Linear(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (p.reshape(b, t, 4, 8).transpose(1, 2) for p in self.qkv(self.n1(x)).chunk(3, -1))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, 32))
+        return x + self.f2(F.gelu(self.f1(self.n2(x))))
+
+
+class Spectrogram(nn.Module):
+    """An audio front end as torchaudio's MelSpectrogram computes it: torch.stft (reflect-centred,
+    Hann window), the power spectrum, a mel filterbank, log, then a small classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(128))
+        self.mel = nn.Linear(65, 16, bias=False)
+        self.c, self.fc = nn.Conv1d(16, 8, 3), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.mel.weight.abs_()  # a filterbank's weights are nonnegative
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.stft(x, n_fft=128, hop_length=32, window=self.window, center=True, pad_mode="reflect",
+                       return_complex=True)
+        mel = torch.log(self.mel(z.abs().pow(2.0).transpose(1, 2)) + 1e-6).transpose(1, 2)
+        return self.fc(F.relu(self.c(mel)).mean(-1))
+
+
+class FourierFeatures(nn.Module):
+    """A coordinate network (NeRF/SIREN style): sin and cos features of a linear map, an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b, self.f1, self.f2 = nn.Linear(2, 32, bias=False), nn.Linear(64, 64), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = 6.0 * self.b(x)
+        return self.f2(torch.sin(self.f1(torch.cat([torch.sin(h), torch.cos(h)], -1))))
+
+
+class ReflectPadCNN(nn.Module):
+    """A style-transfer / CycleGAN-style generator's padding: reflection and replication pads
+    before unpadded convolutions, instance norms, and an uneven adaptive average pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p1, self.c1 = nn.ReflectionPad2d(3), nn.Conv2d(3, 8, 7)
+        self.n1 = nn.InstanceNorm2d(8, affine=True)
+        self.p2, self.c2 = nn.ReplicationPad2d(1), nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8 * 9, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.n1(self.c1(self.p1(x))))
+        h = F.relu(self.c2(self.p2(h)))
+        return self.fc(F.adaptive_avg_pool2d(h, 3).flatten(1))
+
+
+class ShiftedWindows(nn.Module):
+    """Swin's cyclic shift: torch.roll of the feature map, a windowed mixing, the roll undone, a
+    cumulative sum over the sequence (relative position features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.mix, self.fc = nn.Conv2d(3, 8, 2, 2), nn.Conv2d(8, 8, 4, 4), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.roll(self.c(x), shifts=(-2, -2), dims=(2, 3))
+        h = F.gelu(F.interpolate(self.mix(h), scale_factor=4.0, mode="nearest")) + h
+        h = torch.roll(h, shifts=(2, 2), dims=(2, 3)).flatten(2).transpose(1, 2)  # [1, 64, 8]
+        return self.fc(torch.cumsum(h, 1)[:, -1] / 64.0)
+
+
 # name: (module, input (a shape, or ("ids", vocabulary, length)), the domain a user would declare)
 FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...] | tuple[str, int, int], list[str]]] = {
     "mobilenetv3_block": (MobileNetV3Block, (1, 3, 64, 64), ["--domain", "0,1"]),
@@ -246,7 +327,14 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...] | tuple[str, 
     "groupnorm_mish": (NormBlock, (1, 3, 32, 32), ["--domain", "0,1"]),
     "argmax_classifier": (ArgmaxClassifier, (1, 3, 32, 32), []),
     "bicubic_upsampling": (Bicubic, (1, 3, 16, 16), ["--domain", "0,1"]),
+    "sdpa_encoder": (SDPAEncoder, (1, 8, 32), ["--domain", "-1,1"]),
+    "spectrogram": (Spectrogram, (1, 2048), ["--domain", "-1,1"]),
+    "fourier_features": (FourierFeatures, (1, 2), ["--domain", "0,1"]),
+    "reflect_pad_cnn": (ReflectPadCNN, (1, 3, 32, 32), ["--domain", "0,1"]),
+    "shifted_windows": (ShiftedWindows, (1, 3, 32, 32), ["--domain", "0,1"]),
 }
+# families whose current export differs at the newest opset: the dynamo exporter runs again at 23
+LATEST_OPSET = frozenset({"sdpa_encoder", "transformer_encoder"})
 
 
 def _seeded(make: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -271,8 +359,9 @@ def export(name: str, directory: Path, exporter: str) -> Path | str:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
         warnings.simplefilter("ignore")
         try:
-            if exporter == "onnx-dynamo":
-                torch.onnx.export(module, (x,), str(path), dynamo=True, external_data=False, opset_version=18)
+            if exporter.startswith("onnx-dynamo"):
+                opset = 23 if exporter == "onnx-dynamo-23" else 18
+                torch.onnx.export(module, (x,), str(path), dynamo=True, external_data=False, opset_version=opset)
             elif exporter == "onnx-torchscript":
                 torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17)
             else:
@@ -341,7 +430,8 @@ def main() -> int:
     print("|---|---|---:|---|---|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            for exporter in exporters:
+            latest = ["onnx-dynamo-23"] if "onnx-dynamo" in exporters and name in LATEST_OPSET else []
+            for exporter in exporters + latest:
                 path = export(name, Path(tmp), exporter)
                 print(row(name, exporter, path, args.budget, args.timeout), flush=True)
     return 0
