@@ -370,18 +370,22 @@ def test_error_model_bounds_conv_tanh_pool_softmax() -> None:
         assert bound <= 1e-9
 
 
-def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance() -> None:
-    """BERT's LayerNorm (eps 1e-12): the error bound divides by the group's standard deviation
-    (bounded below on the segment to the exact input), not by sqrt(eps) = 1e-6; it still bounds the
-    float64 evaluation error, measured against an extended-precision evaluation."""
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize(("centered", "eps", "seed"), [(True, 1e-12, 3), (False, 1e-6, 5)])
+def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance(centered: bool, eps: float,
+                                                                          seed: int) -> None:
+    """BERT's LayerNorm (eps 1e-12) and an RMSNorm (centered=False, eps 1e-6): the error bound
+    divides by the group's standard deviation (or root mean square; bounded below on the segment to
+    the exact input), not by sqrt(eps); it still bounds the float64 evaluation error, measured
+    against an extended-precision evaluation."""
+    rng = np.random.default_rng(seed)
     w1, b1 = rng.normal(size=(8, 4)) * 3.0, rng.normal(size=8)
-    scale, bias = rng.normal(size=8), rng.normal(size=8)
+    scale, bias = rng.normal(size=8), (rng.normal(size=8) if centered else None)
+    norm = O.LayerNorm(axis=1, epsilon=eps, scale=scale, bias=bias, centered=centered)
     g = _graph(
         {"x": (2, 4)},
         [
             Node(name="fc", op=O.Linear(weight=w1, bias=b1), inputs=("x",), output="h"),
-            Node(name="ln", op=O.LayerNorm(axis=1, epsilon=1e-12, scale=scale, bias=bias), inputs=("h",), output="y"),
+            Node(name="ln", op=norm, inputs=("h",), output="y"),
         ],
     )
     model = ForwardErrorModel(g, dict(g.shapes))
@@ -390,8 +394,10 @@ def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance() -> N
         x = rng.normal(size=8) * (10.0 ** (trial % 3))
         y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
         h = x.reshape(2, 4).astype(ld) @ w1.T.astype(ld) + b1.astype(ld)
-        d = h - h.mean(axis=1, keepdims=True)
-        exact = d / np.sqrt((d * d).mean(axis=1, keepdims=True) + ld(1e-12)) * scale.astype(ld) + bias.astype(ld)
+        d = h - h.mean(axis=1, keepdims=True) if centered else h
+        exact = d / np.sqrt((d * d).mean(axis=1, keepdims=True) + ld(eps)) * scale.astype(ld)
+        if bias is not None:
+            exact = exact + bias.astype(ld)
         err = float(np.sqrt(((y_hat.astype(ld) - exact.reshape(-1)) ** 2).sum()))
         assert err <= bound
         assert bound <= 1e-11 * (10.0 ** (trial % 3)), bound  # 1/sqrt(eps) = 1e6 would give ~1e-9
@@ -650,28 +656,3 @@ def test_error_model_of_a_masked_softmax() -> None:
         err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
         assert math.isfinite(bound) and err <= bound
         assert bound <= 1e-10, bound
-
-
-def test_error_model_of_an_rms_norm_against_extended_precision() -> None:
-    """RMSNorm (LayerNorm centered=False, eps 1e-6): the float64 evaluation error of a Linear then
-    an RMSNorm stays within the error model's bound, measured in extended precision."""
-    rng = np.random.default_rng(5)
-    w1, b1 = rng.normal(size=(8, 4)) * 3.0, rng.normal(size=8)
-    scale = rng.normal(size=8)
-    g = _graph(
-        {"x": (2, 4)},
-        [
-            Node(name="fc", op=O.Linear(weight=w1, bias=b1), inputs=("x",), output="h"),
-            Node(name="rms", op=O.LayerNorm(axis=1, epsilon=1e-6, scale=scale, centered=False), inputs=("h",), output="y"),
-        ],
-    )
-    model = ForwardErrorModel(g, dict(g.shapes))
-    ld = np.longdouble
-    for trial in range(10):
-        x = rng.normal(size=8) * (10.0 ** (trial % 3))
-        y_hat, bound = model.evaluate(torch.tensor(x, dtype=torch.float64))
-        h = x.reshape(2, 4).astype(ld) @ w1.T.astype(ld) + b1.astype(ld)
-        exact = h / np.sqrt((h * h).mean(axis=1, keepdims=True) + ld(1e-6)) * scale.astype(ld)
-        err = float(np.sqrt(((y_hat.astype(ld) - exact.reshape(-1)) ** 2).sum()))
-        assert err <= bound
-        assert bound <= 1e-11 * (10.0 ** (trial % 3)), bound

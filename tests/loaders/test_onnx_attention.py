@@ -4,8 +4,6 @@ file, with grouped-query heads, masks, causal and padded keys, softcap; caches a
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,14 +11,13 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from stabaudit.errors import UnsupportedOperatorError
 from stabaudit.ir import ops as O
-from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
+from tests.loaders.support import check_onnx, needs_a_domain
 
 B, S, WIDTH = 2, 4, 16  # 4 query heads of 4, 2 key/value heads of 4 (grouped) from 16 input features
 RNG = np.random.default_rng(0)
@@ -51,15 +48,7 @@ def save(tmp_path: Path, attention: Any, extra: dict[str, np.ndarray] | None = N
 
 
 def check(path: Path, tol: float = 2e-5) -> LoadedModel:
-    """Loaded, and the engine's float64 forward pass within ``tol`` of onnxruntime's."""
-    lm = load_onnx(path)
-    x = np.random.default_rng(1).standard_normal((B, S, WIDTH)).astype(np.float32)
-    ours = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
-    ref = lm.reference({"x": x})
-    assert len(ours) == len(ref)
-    for o, r in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(o.detach().numpy(), r, rtol=tol, atol=tol)
-    return lm
+    return check_onnx(path, (B, S, WIDTH), tol=tol)
 
 
 def attention(inputs: Sequence[str] = ("q", "k", "v"), outputs: Sequence[str] = ("y",), **attrs: Any) -> Any:
@@ -135,17 +124,5 @@ def test_refusals(tmp_path: Path, inputs: list[str], outputs: list[str], extra: 
 def test_certified_bound_over_a_domain(tmp_path: Path) -> None:
     """q k^T has no global constant: the notes name it; over a box, a certified bound at least
     the lower end."""
-    from typer.testing import CliRunner
-
-    from stabaudit.cli import app
-
     path = save(tmp_path, attention(["q", "k", "v", "mask"], is_causal=1), {"mask": LEFT_PADDED})
-    out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["check", str(path), "--budget", "0.3", "--domain", "-1,1", "--output", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
-    assert report["lipschitz"]["upper"] is None
-    notes = " ".join(n for m in report["lipschitz"]["methods"] for n in m["notes"])
-    assert "MatMul" in notes, notes
-    domain = report["domain_lipschitz"]
-    assert 0.0 < domain["lower"] <= domain["upper"] < math.inf
+    needs_a_domain(path, tmp_path, "MatMul")

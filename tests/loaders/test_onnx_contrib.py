@@ -21,6 +21,7 @@ from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
+from tests.loaders.support import check_onnx, needs_a_domain
 
 MS = "com.microsoft"
 H = 8
@@ -47,14 +48,7 @@ def save(tmp_path: Path, nodes: Sequence[Any], outputs: Sequence[str] = ("y",), 
 
 
 def check(path: Path, tol: float = 2e-5) -> LoadedModel:
-    """Loaded, and the engine's float64 forward pass within ``tol`` of onnxruntime's."""
-    lm = load_onnx(path)
-    x = np.random.default_rng(1).standard_normal((2, 3, H)).astype(np.float32)
-    ours = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
-    ref = lm.reference({"x": x})
-    for o, r in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(o.detach().numpy(), r, rtol=tol, atol=tol)
-    return lm
+    return check_onnx(path, (2, 3, H), tol=tol)
 
 
 def ops(lm: LoadedModel) -> list[str]:
@@ -211,23 +205,9 @@ def test_attention(tmp_path: Path, mask: str | None, attrs: dict[str, Any]) -> N
 def test_attention_has_a_certified_bound_over_a_domain_only(tmp_path: Path) -> None:
     """q k^T is a product of two variables: no global constant, and the notes name the operator;
     over a domain, a certified bound at least the lower end."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from stabaudit.cli import app
-
     path = save_with(tmp_path, [node("Attention", ["x", "qkv", "qkv_bias", "m"], domain=MS, num_heads=2)],
                      {"qkv": QKV, "qkv_bias": QKV_BIAS, "m": MASKS["raw"]})
-    out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["check", str(path), "--budget", "0.3", "--domain", "-1,1", "--output", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
-    assert report["lipschitz"]["upper"] is None
-    notes = " ".join(n for m in report["lipschitz"]["methods"] for n in m["notes"])
-    assert "MatMul" in notes, notes
-    domain = report["domain_lipschitz"]
-    assert 0.0 < domain["lower"] <= domain["upper"] < math.inf
+    needs_a_domain(path, tmp_path, "MatMul")
 
 
 @pytest.mark.parametrize("attrs", [{}, {"unidirectional": 1}])

@@ -9,55 +9,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-from stabaudit.analyses.composition import rule_bounds
 from stabaudit.errors import UnsupportedOperatorError
-from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
+from tests.loaders.support import check_onnx, exact_norm, save_onnx
 
 SHAPE = (2, 3, 4, 5)
 
 
 def save(tmp_path: Path, node: Any, consts: dict[str, np.ndarray], shape: tuple[int, ...] = SHAPE,
          opset: int = 18) -> Path:
-    graph = helper.make_graph(
-        [node], "copies", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    return path
+    return save_onnx(tmp_path, [node], consts, shape, opset=opset)
 
 
 def check(path: Path, shape: tuple[int, ...] = SHAPE) -> LoadedModel:
-    """Loaded, and the engine's float64 forward pass equal to onnxruntime's (copies and sums of
-    float32 values: within float32 rounding)."""
-    lm = load_onnx(path)
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    (ours,) = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
-    (ref,) = lm.reference({"x": x})
-    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-6, atol=1e-6)
-    return lm
+    """Copies and sums of float32 values: within float32 rounding of onnxruntime."""
+    return check_onnx(path, shape, tol=1e-6)
 
 
 def norm(lm: LoadedModel, shape: tuple[int, ...] = SHAPE) -> float:
-    """The product of the certified per-node bounds, and the exact norm of the map (the SVD of
-    its matrix, built column by column with the executor) must agree."""
-    bound = math.prod(b.upper.value for b in rule_bounds(lm.graph).values() if b.upper is not None)
-    n = math.prod(shape)
-    run = Executor(lm.graph, dtype=torch.float64)
-    columns = [run(torch.eye(n, dtype=torch.float64)[i].reshape(shape))[0].reshape(-1).numpy() for i in range(n)]
-    exact = float(np.linalg.norm(np.stack(columns, axis=1), 2))
-    assert exact <= bound * (1 + 1e-9)
-    assert bound == pytest.approx(exact, rel=1e-6)
-    return bound
+    return exact_norm(lm, shape)
 
 
 @pytest.mark.parametrize(("mode", "pads", "expected"), [

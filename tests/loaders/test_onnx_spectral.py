@@ -8,51 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from stabaudit.analyses.composition import rule_bounds
 from stabaudit.errors import ModelLoadError
 from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
+from tests.loaders.support import check_onnx, exact_norm, save_onnx
 
 HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(16) / 16)).astype(np.float32)
 
 
 def save(tmp_path: Path, nodes: list[Any], consts: dict[str, np.ndarray], shape: tuple[int, ...], opset: int = 17) -> Path:
-    graph = helper.make_graph(
-        nodes, "spectral", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    return path
+    return save_onnx(tmp_path, nodes, consts, shape, opset=opset)
 
 
 def check(path: Path, shape: tuple[int, ...]) -> LoadedModel:
-    lm = load_onnx(path)
-    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    (ours,) = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
-    (ref,) = lm.reference({"x": x})
-    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-5, atol=1e-5)
-    return lm
-
-
-def exact_norm(lm: LoadedModel, shape: tuple[int, ...]) -> float:
-    """The certified bound equals the exact norm of the (linear) map, built column by column."""
-    bound = math.prod(b.upper.value for b in rule_bounds(lm.graph).values() if b.upper is not None)
-    n = math.prod(shape)
-    run = Executor(lm.graph, dtype=torch.float64)
-    columns = [run(torch.eye(n, dtype=torch.float64)[i].reshape(shape))[0].reshape(-1).numpy() for i in range(n)]
-    exact = float(np.linalg.norm(np.stack(columns, axis=1), 2))
-    assert exact <= bound * (1 + 1e-9)
-    assert bound == pytest.approx(exact, rel=1e-5)
-    return bound
+    return check_onnx(path, shape, tol=1e-5)
 
 
 @pytest.mark.parametrize(("window", "onesided", "parts"), [(True, 1, 1), (False, 1, 1), (True, 0, 2)])
@@ -64,7 +39,7 @@ def test_stft(tmp_path: Path, window: bool, onesided: int, parts: int) -> None:
     path = save(tmp_path, [helper.make_node("STFT", inputs, ["y"], onesided=onesided)], consts, shape)
     lm = check(path, shape)
     assert lm.graph.shapes[lm.graph.outputs[0]] == (2, 13, 9 if onesided else 16, 2)
-    exact_norm(lm, shape)
+    exact_norm(lm, shape, rel=1e-5)
 
 
 def test_stft_magnitude_as_torch_exports_it(tmp_path: Path) -> None:
@@ -93,7 +68,7 @@ def test_dft(tmp_path: Path, axis: int, attrs: dict[str, int], parts: int, lengt
     inputs = ["x", "len" if length else ""]
     consts = {"len": np.array(length or 0, np.int64)}
     lm = check(save(tmp_path, [helper.make_node("DFT", inputs, ["y"], axis=axis, **attrs)], consts, shape), shape)
-    exact_norm(lm, shape)
+    exact_norm(lm, shape, rel=1e-5)
 
 
 def test_dft_over_the_parts_axis_is_an_error(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabaudit.analyses.composition import rule_bounds
 from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.torchscript import load_torchscript
+from tests.loaders.support import exact_norm
 
 SHAPE = (1, 2, 5, 6)
 
@@ -43,17 +43,6 @@ def load(fn: Callable[[torch.Tensor], torch.Tensor], tmp_path: Path, shape: tupl
     return loaded
 
 
-def exact_norm(lm: LoadedModel, shape: tuple[int, ...] = SHAPE) -> float:
-    """The certified bound (product of the per-node bounds) equals the exact norm of the map."""
-    bound = math.prod(b.upper.value for b in rule_bounds(lm.graph).values() if b.upper is not None)
-    n = math.prod(shape)
-    run = Executor(lm.graph, dtype=torch.float64)
-    columns = [run(torch.eye(n, dtype=torch.float64)[i].reshape(shape))[0].reshape(-1).numpy() for i in range(n)]
-    exact = float(np.linalg.norm(np.stack(columns, axis=1), 2))
-    assert bound == pytest.approx(exact, rel=1e-6)
-    return bound
-
-
 @pytest.mark.parametrize(("fn", "expected"), [
     (lambda x: F.pad(x, (2, 1, 1, 0), mode="reflect"), 2.0),  # W: entries 1 and 4 twice; H: entry 1 twice
     (lambda x: F.pad(x, (0, 3, 2, 0), mode="replicate"), 2.0 * math.sqrt(3.0)),  # 4 copies of the last column, 3 of the first row
@@ -62,18 +51,18 @@ def exact_norm(lm: LoadedModel, shape: tuple[int, ...] = SHAPE) -> float:
     (lambda x: torch.roll(x, 4), 1.0),
 ])
 def test_copies(fn: Callable[[torch.Tensor], torch.Tensor], expected: float, tmp_path: Path) -> None:
-    assert exact_norm(load(fn, tmp_path)) == pytest.approx(expected, rel=1e-9)
+    assert exact_norm(load(fn, tmp_path), SHAPE) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("dim", [1, 2, -1])
 def test_cumsum(dim: int, tmp_path: Path) -> None:
     """The bound is the norm of the n x n lower-triangular matrix of ones, 1 / (2 sin(pi / (4n + 2)))."""
     n = SHAPE[dim]
-    bound = exact_norm(load(lambda x: torch.cumsum(x, dim=dim), tmp_path))
+    bound = exact_norm(load(lambda x: torch.cumsum(x, dim=dim), tmp_path), SHAPE)
     assert bound == pytest.approx(1.0 / (2.0 * math.sin(math.pi / (4 * n + 2))), rel=1e-9)
 
 
 @pytest.mark.parametrize("size", [(3, 4), (2, 6), (4, 5)])
 def test_adaptive_average_pooling_with_uneven_windows(size: tuple[int, int], tmp_path: Path) -> None:
     """5 x 6 to sizes that do not divide it: one averaging matrix per axis (overlapping windows)."""
-    exact_norm(load(lambda x: F.adaptive_avg_pool2d(x, size), tmp_path))
+    exact_norm(load(lambda x: F.adaptive_avg_pool2d(x, size), tmp_path), SHAPE)

@@ -4,7 +4,6 @@ imag, and the result matches the module with the linear part's exact norm as its
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from stabaudit.analyses.composition import rule_bounds
 from stabaudit.errors import UnsupportedOperatorError
 from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.torchscript import load_torchscript
+from tests.loaders.support import exact_norm
 
 SHAPE = (2, 96)
 
@@ -44,19 +43,6 @@ def load(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tmp_path: Pat
     return loaded
 
 
-def exact_norm(lm: LoadedModel, *, tight: bool = True) -> float:
-    """The certified bound is at least the map's exact norm, and equal to it when ``tight``."""
-    bound = math.prod(b.upper.value for b in rule_bounds(lm.graph).values() if b.upper is not None)
-    n = math.prod(SHAPE)
-    run = Executor(lm.graph, dtype=torch.float64)
-    columns = [run(torch.eye(n, dtype=torch.float64)[i].reshape(SHAPE))[0].reshape(-1).numpy() for i in range(n)]
-    exact = float(np.linalg.norm(np.stack(columns, axis=1), 2))
-    assert exact <= bound * (1 + 1e-9)
-    if tight:
-        assert bound == pytest.approx(exact, rel=1e-5)
-    return bound
-
-
 @pytest.mark.parametrize("options", [
     {"center": False},
     {"center": True, "pad_mode": "reflect"},
@@ -72,7 +58,7 @@ def test_stft_parts_are_its_linear_map(options: dict[str, object], tmp_path: Pat
         return torch.view_as_real(torch.stft(x, n_fft=16, hop_length=4, window=w, return_complex=True,
                                              **options))  # type: ignore[arg-type]
 
-    exact_norm(load(fn, tmp_path, win), tight=not options["center"])
+    exact_norm(load(fn, tmp_path, win), SHAPE, tight=not options["center"], rel=1e-5)
 
 
 def test_magnitude_real_and_imaginary_parts(tmp_path: Path) -> None:
