@@ -868,3 +868,27 @@ def test_held_ids_that_reach_no_embedding_are_refused_by_name(tmp_path: Path) ->
         torch.jit.trace(Counts(), (torch.randint(0, 5, (1, 4)),)).save(str(tmp_path / "counts.pt"))
     with pytest.raises(ModelLoadError, match="integer input.*'ids'.*no embedding"):
         load_torchscript(tmp_path / "counts.pt")
+
+
+class _Einsums(nn.Module):
+    """torch.einsum of two variables (attention's scores and mixing), of a variable and a
+    constant weight, a transpose and a sum over a letter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.einsum("bsd,de->bse", x, self.w)  # [1, 3, 6]
+        p = torch.softmax(torch.einsum("bqd,bkd->bqk", h, h), -1)
+        y = torch.einsum("bqk,bkd->bqd", p, h)
+        return torch.einsum("bsd->bds", y) + torch.einsum("bsd->bd", h)[:, :, None]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_einsum_lowers_as_onnx_einsum(mode: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _check_equivalent(_Einsums(), (1, 3, 4), mode, tmp_path)
+    loaded = load_torchscript(_save(_Einsums(), (1, 3, 4), mode, tmp_path / "e.pt"), input_shape=(1, 3, 4))
+    names = [type(n.op).__name__ for n in loaded.graph.nodes]
+    assert names.count("MatMul") == 2 and names.count("Linear") == 1 and "ReduceSum" in names

@@ -138,6 +138,23 @@ class Spectrogram(nn.Module):
         return self.fc2(torch.cat([p.reshape(1, 45) for p in parts], 1))
 
 
+class Einsums(nn.Module):
+    """Attention written with torch.einsum (scores and mixing of two variables, a projection by a
+    constant weight), as GPT-style blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.w = nn.Parameter(torch.randn(4, 4) * 0.5)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).reshape(1, 2, 2)
+        q = torch.einsum("bsd,de->bse", h, self.w[:2, :2])
+        p = torch.softmax(torch.einsum("bqd,bkd->bqk", q, h), -1)
+        return self.out(torch.einsum("bqk,bkd->bqd", p, h).reshape(1, 4))
+
+
 class Fills(nn.Module):
     """Constants of the input's shape (zeros_like, ones_like, full_like, new_zeros, new_ones, new_full)
     added to a linear map: shifts only, the gain is the Linear's."""
@@ -2009,6 +2026,8 @@ def _cases() -> list[Case]:
         Case(id="spectrogram", input_shape=(1, 3), formats=(TS,), module=_seeded(Spectrogram, 99),
              ops=frozenset({L.LINEAR, L.CONV, L.REDUCE_L2, L.GATHER, L.RESHAPE, L.TRANSPOSE, L.CONCAT}),
              ts_ops=frozenset({"aten::stft", "aten::abs", "aten::real", "aten::imag", "aten::view_as_real"})),
+        Case(id="einsums", input_shape=(1, 3), formats=(TS,), module=_seeded(Einsums, 100),
+             ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.RESHAPE, L.TRANSPOSE}), ts_ops=frozenset({"aten::einsum"})),
         Case(id="selection", input_shape=(1, 3), module=_seeded(Selection, 81),
              ops=frozenset({L.LINEAR, L.SLICE, L.GATHER, L.ABS, L.CONCAT, L.RESHAPE, L.TRANSPOSE, L.TILE}),
              ts_ops=frozenset({"aten::slice", "aten::select", "aten::index_select", "aten::abs", "aten::pixel_shuffle",

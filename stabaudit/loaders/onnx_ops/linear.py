@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from stabaudit.errors import ModelLoadError, ResourceError
 from stabaudit.ir import ops as O
 from stabaudit.ir.maps import cumulative_sum_weight
 from stabaudit.loaders.base import MAX_ELEMENTS
+from stabaudit.loaders.einsum import EinsumUnsupported, lower_einsum
 from stabaudit.loaders.onnx_ops.common import Context, OnnxNode, Unsupported, register
 from stabaudit.rounding import scaled_matrix
 
@@ -114,146 +117,34 @@ def matmul(node: OnnxNode, ctx: Context) -> None:
         raise Unsupported("MatMul(batched constant)")
 
 
-def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[str], str]:
-    """The letters of each operand and of the output, '...' spelled out with letters that the
-    equation does not use (numpy's rules: the implicit output is the ellipsis, then the letters that
-    appear once, in alphabetical order)."""
-    eq = equation.replace(" ", "")
-    lhs, arrow, rhs = eq.partition("->")
-    parts = lhs.split(",")
-    if len(parts) != len(ranks):
-        raise Unsupported(f"Einsum('{equation}') names {len(parts)} operands for {len(ranks)} inputs")
-    used = set(eq) - set(".,->")
-    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in used]
-    ellipsis = 0
-    for part, rank in zip(parts, ranks, strict=True):
-        if "..." in part:
-            ellipsis = max(ellipsis, rank - len(part.replace("...", "")))
-    fill = "".join(spare[:ellipsis])
-    terms = []
-    for part, rank in zip(parts, ranks, strict=True):
-        if "..." in part:
-            n = rank - len(part.replace("...", ""))
-            part = part.replace("...", fill[ellipsis - n:])  # right-aligned, as numpy broadcasts
-        if len(part) != rank or (part and not part.isalpha()):
-            raise Unsupported(f"Einsum('{equation}'): operand subscripts do not match its rank {rank}")
-        terms.append(part)
-    if arrow:
-        out = rhs.replace("...", fill)
-    else:
-        counts = {c: sum(t.count(c) for t in terms) for c in "".join(terms)}
-        out = fill + "".join(sorted(c for c, k in counts.items() if k == 1 and c not in fill))
-    if not out.isalpha() and out != "":
-        raise Unsupported(f"Einsum('{equation}'): output subscripts")
-    return terms, out
+class _OnnxBuilder:
+    """The einsum lowering's builder over an ONNX node: tagged intermediate values, the node's
+    output for tag None."""
+
+    def __init__(self, node: OnnxNode, ctx: Context) -> None:
+        self.node, self.ctx = node, ctx
+
+    def emit(self, op: O.Op, inputs: Sequence[str], tag: str | None) -> str:
+        return self.ctx.emit(self.node, op, list(inputs), tag=tag)
+
+    def shape(self, value: str) -> tuple[int, ...]:
+        return tuple(self.ctx.shape(value))
 
 
 @register("Einsum")
 def einsum(node: OnnxNode, ctx: Context) -> None:
-    """Einsum of one or two operands without repeated letters in an operand (no diagonals): lowered
-    onto Transpose, ReduceSum, Reshape and a MatMul of the variables, or a Linear when the second
-    operand is a constant without batch letters (a letter of both operands and the output).
-
-    The letters fall in classes: batch (both operands and the output), contracted (both operands
-    only), free (one operand and the output) and summed (one operand only, summed first). Each
-    operand is transposed to [batch, free, contracted] (the second to [batch, contracted, free]),
-    flattened to 3-D, multiplied, and the product is reshaped to [batch, free1, free2] and
-    transposed to the output's order: the same sums of products, in another order."""
-    shapes = [ctx.shape(name) if (held := ctx.const(name)) is None else tuple(np.shape(held)) for name in node.inputs]
-    terms, out = _einsum_terms(str(node.attr("equation")), [len(s) for s in shapes])
-    if len(terms) > 2:
-        raise Unsupported("Einsum of more than two operands")
-    if any(len(set(t)) != len(t) for t in terms) or len(set(out)) != len(out):
-        raise Unsupported("Einsum with a repeated letter in one operand (a diagonal)")
-    if any(c not in "".join(terms) for c in out):
-        raise Unsupported("Einsum with an output letter no operand has")
-    sizes: dict[str, int] = {}
-    for term, shape in zip(terms, shapes, strict=True):
-        for c, d in zip(term, shape, strict=True):
-            if sizes.setdefault(c, d) != d:
-                raise Unsupported(f"Einsum with letter {c!r} of sizes {sizes[c]} and {d} (broadcast)")
-    names = list(node.inputs)
-    if len(terms) == 2 and ctx.is_const(names[0]) and not ctx.is_const(names[1]):
-        terms, names, shapes = terms[::-1], names[::-1], shapes[::-1]  # the variable first
-    if ctx.is_const(names[0]):
-        raise Unsupported("Einsum of constants only")
-    # letters of one operand that are neither in the other nor in the output: summed first
-    value, term = _einsum_sum(node, ctx, names[0], terms[0], [*terms[1:], out], "a")
-    if len(terms) == 1:
-        _einsum_out(node, ctx, value, term, out, {c: sizes[c] for c in term})
-        return
-    other = terms[1]
-    batch = [c for c in term if c in other and c in out]
-    contract = [c for c in term if c in other and c not in out]
-    free_a = [c for c in term if c not in other]
-    const_b = ctx.const(names[1])
-    if const_b is not None:
-        free_b = [c for c in other if c not in term and c in out]
-        keep = [other.index(c) for c in other if c in term or c in out]
-        summed = tuple(i for i in range(len(other)) if i not in keep)
-        b_arr = np.asarray(const_b, dtype=np.float64).sum(axis=summed) if summed else np.asarray(const_b, dtype=np.float64)
-        other = "".join(other[i] for i in keep)
-        if batch:
-            raise Unsupported("Einsum of a variable and a constant with batch letters (a batched constant)")
-        a_t = _einsum_transpose(node, ctx, value, term, free_a + contract, "a_order")
-        fa = int(np.prod([sizes[c] for c in free_a], dtype=np.int64))
-        k = int(np.prod([sizes[c] for c in contract], dtype=np.int64))
-        fb = int(np.prod([sizes[c] for c in free_b], dtype=np.int64))
-        flat = _einsum_reshape(node, ctx, a_t, (fa, k), "a_flat")
-        w = np.transpose(b_arr, [other.index(c) for c in contract + free_b]).reshape(k, fb)
-        prod = ctx.emit(node, O.Linear(weight=np.ascontiguousarray(w.T)), [flat], tag="linear")
-        res_term = "".join(free_a + free_b)
-        res = _einsum_reshape(node, ctx, prod, tuple(sizes[c] for c in res_term), "product")
-        _einsum_out(node, ctx, res, res_term, out, sizes)
-        return
-    value_b, other = _einsum_sum(node, ctx, names[1], other, [term, out], "b")
-    free_b = [c for c in other if c not in term]
-    a_t = _einsum_transpose(node, ctx, value, term, batch + free_a + contract, "a_order")
-    b_t = _einsum_transpose(node, ctx, value_b, other, batch + contract + free_b, "b_order")
-    nb, fa, k, fb = (int(np.prod([sizes[c] for c in group], dtype=np.int64)) for group in (batch, free_a, contract, free_b))
-    a3 = _einsum_reshape(node, ctx, a_t, (nb, fa, k), "a_flat")
-    b3 = _einsum_reshape(node, ctx, b_t, (nb, k, fb), "b_flat")
-    prod = ctx.emit(node, O.MatMul(), [a3, b3], tag="matmul")
-    res_term = "".join(batch + free_a + free_b)
-    res = _einsum_reshape(node, ctx, prod, tuple(sizes[c] for c in res_term), "product")
-    _einsum_out(node, ctx, res, res_term, out, sizes)
-
-
-def _einsum_sum(node: OnnxNode, ctx: Context, value: str, term: str, others: list[str], tag: str) -> tuple[str, str]:
-    """The operand with its letters found nowhere else summed out (ReduceSum), and its remaining letters."""
-    axes = tuple(i for i, c in enumerate(term) if not any(c in o for o in others))
-    if not axes:
-        return value, term
-    summed = ctx.emit(node, O.ReduceSum(axes=axes, keepdims=False), [value], tag=f"{tag}_sum")
-    return summed, "".join(c for i, c in enumerate(term) if i not in axes)
-
-
-def _einsum_transpose(node: OnnxNode, ctx: Context, value: str, term: str, order: list[str], tag: str) -> str:
-    perm = tuple(term.index(c) for c in order)
-    if perm == tuple(range(len(term))):
-        return value
-    return ctx.emit(node, O.Transpose(perm=perm), [value], tag=tag)
-
-
-def _einsum_reshape(node: OnnxNode, ctx: Context, value: str, shape: tuple[int, ...], tag: str) -> str:
-    if tuple(ctx.shape(value)) == tuple(shape):
-        return value
-    return ctx.emit(node, O.Reshape(shape=tuple(int(d) for d in shape)), [value], tag=tag)
-
-
-def _einsum_out(node: OnnxNode, ctx: Context, value: str, term: str, out: str, sizes: dict[str, int]) -> None:
-    """The result [term] summed over the letters the output drops, transposed to ``out`` and
-    written as the node's output."""
-    drop = tuple(i for i, c in enumerate(term) if c not in out)
-    if drop:
-        value = ctx.emit(node, O.ReduceSum(axes=drop, keepdims=False), [value], tag="out_sum")
-        term = "".join(c for c in term if c in out)
-    perm = tuple(term.index(c) for c in out)
-    if perm == tuple(range(len(term))):
-        # the last value of the translation is the output (or, for an identity, the input itself)
-        ctx.alias(node, value, removed=value == node.inputs[0])
-        return
-    ctx.emit(node, O.Transpose(perm=perm), [value])
+    """Einsum of one or two operands without repeated letters in an operand (no diagonals), lowered
+    by loaders.einsum onto Transpose, ReduceSum, Reshape and a MatMul of the variables, or a Linear
+    when the second operand is a constant without batch letters."""
+    consts = [ctx.const(name) for name in node.inputs]
+    shapes = [ctx.shape(name) if held is None else tuple(np.shape(held)) for name, held in zip(node.inputs, consts, strict=True)]
+    operands = [None if held is not None else name for name, held in zip(node.inputs, consts, strict=True)]
+    try:
+        result = lower_einsum(_OnnxBuilder(node, ctx), str(node.attr("equation")), operands, consts, shapes)
+    except EinsumUnsupported as exc:
+        raise Unsupported(f"Einsum {exc}") from None
+    if result != node.outputs[0]:  # the last value of the lowering is the output (an identity: the input)
+        ctx.alias(node, result, removed=result == node.inputs[0])
 
 
 @register("CumSum")

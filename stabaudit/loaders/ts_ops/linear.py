@@ -1,5 +1,5 @@
 """Translators of TorchScript's linear maps: linear, matmul/mm/addmm by constants (and matmul of
-two variables), convolutions, cumsum."""
+two variables), convolutions, cumsum, einsum."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.ir.maps import cumulative_sum_weight
+from stabaudit.loaders.einsum import EinsumUnsupported, lower_einsum
 from stabaudit.loaders.ts_ops.base import (
     Context,
     SourceNode,
@@ -191,3 +192,31 @@ def cumsum(ctx: Context, node: SourceNode) -> Sequence[Any]:
         return [x]
     axis = norm_axis(int(node.arg(1)), x.rank)
     return [linear_along(ctx, x, axis, cumulative_sum_weight(x.shape[axis]))]
+
+
+class _TorchBuilder:
+    """The einsum lowering's builder over a TorchScript node (roles for its intermediate values)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def emit(self, op: O.Op, inputs: Sequence[Var], tag: str | None) -> Var:
+        return self.ctx.emit(op, list(inputs), role=tag or "")
+
+    def shape(self, value: Var) -> tuple[int, ...]:
+        return tuple(value.shape)
+
+
+@translates("aten::einsum")
+def einsum(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """torch.einsum of one or two operands, lowered by loaders.einsum as ONNX Einsum is."""
+    equation, tensors = node.arg(0), node.arg(1)
+    if not isinstance(equation, str) or not isinstance(tensors, list | tuple):
+        raise Unsupported("an equation or operand list computed at run time")
+    operands = [t if isinstance(t, Var) else None for t in tensors]
+    consts = [None if isinstance(t, Var) else const_array(t, what="operand") for t in tensors]
+    shapes = [t.shape if isinstance(t, Var) else c.shape for t, c in zip(tensors, consts, strict=True)]  # type: ignore[union-attr]
+    try:
+        return [lower_einsum(_TorchBuilder(ctx), equation, operands, consts, shapes)]
+    except EinsumUnsupported as exc:
+        raise Unsupported(str(exc)) from None
