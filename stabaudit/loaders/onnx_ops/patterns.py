@@ -153,6 +153,20 @@ def _reduce_axes(node: OnnxNode, g: _Graph) -> tuple[int, ...] | None:
     return _axes(node, g)
 
 
+def _eps_root(g: _Graph, value: str) -> tuple[OnnxNode, np.ndarray, OnnxNode] | None:
+    """sqrt(value + eps) as normalisations write it: the sole consumer of ``value`` an Add of a
+    positive scalar constant eps, its sole consumer a Sqrt; (the Add, eps, the Sqrt) or None."""
+    add = g.sole_consumer(value)
+    eps_name = None if add is None or add.op_type != "Add" else g.other(add, value)
+    eps = None if eps_name is None else g.constants.get(eps_name)
+    if add is None or eps is None or eps.size != 1 or eps.dtype.kind != "f" or not float(eps.reshape(-1)[0]) > 0.0:
+        return None
+    root = g.sole_consumer(add.outputs[0])
+    if root is None or root.op_type != "Sqrt":
+        return None
+    return add, eps, root
+
+
 def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
     """(x - m) / sqrt(mean((x - m)^2) + eps) [* scale] [+ bias] with m = mean(x) over trailing axes.
 
@@ -178,15 +192,11 @@ def _match_layer_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
     var = g.sole_consumer(square.outputs[0])
     if var is None or _reduce_axes(var, g) != axes or var.inputs[0] != square.outputs[0]:
         return None
-    add = g.sole_consumer(var.outputs[0])
-    eps_name = None if add is None or add.op_type != "Add" else g.other(add, var.outputs[0])
-    eps = None if eps_name is None else g.constants.get(eps_name)
-    if eps is None or eps.size != 1 or eps.dtype.kind != "f" or not float(eps.reshape(-1)[0]) > 0.0:
+    found = _eps_root(g, var.outputs[0])
+    if found is None:
         return None
-    assert add is not None
-    root = g.sole_consumer(add.outputs[0])
-    if root is None or root.op_type != "Sqrt" or g.sole_consumer(root.outputs[0]) is not div \
-            or div.inputs[1] != root.outputs[0]:
+    add, eps, root = found
+    if g.sole_consumer(root.outputs[0]) is not div or div.inputs[1] != root.outputs[0]:
         return None
     chain = [mean, sub, square, var, add, root, div]
     scale = bias = ""
@@ -231,15 +241,10 @@ def _match_rms_norm(mean: OnnxNode, g: _Graph) -> _Match | None:
     x = square.inputs[0]
     if not squares or x in g.constants:
         return None
-    add = g.sole_consumer(mean.outputs[0])
-    eps_name = None if add is None or add.op_type != "Add" else g.other(add, mean.outputs[0])
-    eps = None if eps_name is None else g.constants.get(eps_name)
-    if eps is None or eps.size != 1 or eps.dtype.kind != "f" or not float(eps.reshape(-1)[0]) > 0.0:
+    found = _eps_root(g, mean.outputs[0])
+    if found is None:
         return None
-    assert add is not None
-    root = g.sole_consumer(add.outputs[0])
-    if root is None or root.op_type != "Sqrt":
-        return None
+    add, eps, root = found
     chain = [square, mean, add, root]
     step = g.sole_consumer(root.outputs[0])
     if step is None:
