@@ -1,8 +1,8 @@
-"""Constant index and weight maps that both loaders build their IR nodes from: which input entry
-each output entry copies (padding modes, rolls) and the 0/1 or averaging matrices of linear maps
-along one axis (cumulative sums, adaptive average pooling, the discrete Fourier transform). Each is stated once here, in the
-framework's own terms (ONNX Pad modes, torch's window rule), and read by the ONNX and TorchScript
-translators."""
+"""Constant index and weight maps the loaders build their IR nodes from: which input entry each
+output entry copies (padding modes, rolls) and the matrices of linear maps along one axis
+(cumulative sums, adaptive average pooling, the discrete Fourier transform and the inverse of a
+onesided spectrum). Each is stated once here, in the framework's own terms (ONNX Pad modes,
+torch's window rule, numpy's FFT conventions), and read by the ONNX and TorchScript translators."""
 
 from __future__ import annotations
 
@@ -68,3 +68,19 @@ def dft_weight(n: int, length: int, bins: int, parts: int, *, inverse: bool = Fa
     if parts == 2:  # i y (cos + i sin) = -y sin + i y cos
         weight[:, 0, : j.shape[1], 1], weight[:, 1, : j.shape[1], 1] = -sin, cos
     return weight / length if inverse else weight
+
+
+def irfft_weight(bins_in: int, length: int) -> np.ndarray:
+    """The [length, 1, bins_in, 2] matrix of the inverse of a onesided spectrum (numpy's irfft of
+    ``length`` points): x_t = (X_0 + 2 sum_{0<k<length/2} Re(X_k e^{2 pi i k t / length})
+    + Re(X_{length/2}) (-1)^t (length even)) / length from the bins k < length // 2 + 1 (missing
+    ones 0, extra ones unread); the imaginary parts of X_0 and X_{length/2} are not read."""
+    used = min(bins_in, length // 2 + 1)
+    k = np.arange(used)[None, :]
+    t = np.arange(length)[:, None]
+    angle = 2.0 * np.pi * ((k * t) % length) / length
+    scale = np.where((k == 0) | (2 * k == length), 1.0, 2.0) / length
+    weight = np.zeros((length, 1, bins_in, 2))
+    weight[:, 0, :used, 0] = scale * np.cos(angle)
+    weight[:, 0, :used, 1] = np.where((k == 0) | (2 * k == length), 0.0, -scale * np.sin(angle))
+    return weight

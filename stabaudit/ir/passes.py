@@ -630,8 +630,8 @@ def gather_slices(graph: Graph) -> Graph:
         else:
             replaced[node.output] = Node(name=node.name, op=O.Gather(axis=axis, indices=np.asarray(indices, np.int64)),
                                          inputs=(source,), output=node.output, source_op=node.source_op)
-            dropped.update(p.output for p in parts if p is not None and len(users.get(p.output, ())) == 1
-                           and p.output not in graph.outputs)
+            dropped.update(p.output for p in parts if p is not None and p.output not in graph.outputs
+                           and all(u is node for u in users[p.output]))  # read by this Concat only
     if not replaced:
         return graph
     nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)

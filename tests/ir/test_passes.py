@@ -320,3 +320,13 @@ def test_slices_of_other_axes_or_values_stay() -> None:
     assert gather_slices(graph) is graph  # the slices also cut axis 2
     kept = gather_slices(_sliced([(4, 6, 1), (0, 4, 1)], extra_use=True))
     assert [type(n.op).__name__ for n in kept.nodes] == ["Slice", "Gather"]  # p0 is an output too
+
+
+def test_a_slice_read_twice_by_the_concat_is_dropped_too() -> None:
+    from stabaudit.ir.passes import gather_slices
+
+    half = Node(name="s0", op=O.Slice(starts=(0, 3, 0), ends=(2, 6, 3), steps=(1, 1, 1)), inputs=("x",), output="p0")
+    cat = Node(name="cat", op=O.Concat(axis=1), inputs=("p0", "p0"), output="y")
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(2, 6, 3)),), outputs=("y",), nodes=(half, cat)))
+    (node,) = gather_slices(graph).nodes
+    assert isinstance(node.op, O.Gather) and node.op.indices.tolist() == [3, 4, 5, 3, 4, 5]

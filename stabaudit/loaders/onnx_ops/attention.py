@@ -41,9 +41,7 @@ def mix(node: OnnxNode, ctx: Context, scores: str, values: str, *, keep: np.ndar
             raise Unsupported(f"{node.op_type}(a mask with {problem})")
         keep = None if keep.all() else np.ascontiguousarray(keep)
     weights = ctx.emit(node, O.Softmax(axis=3, mask=keep), [scores], tag="weights")
-    if empty is not None:
-        if not fits(empty, shape):
-            raise Unsupported(f"{node.op_type}(a mask of shape {list(empty.shape)} for scores {list(shape)})")
+    if empty is not None:  # keep fits the scores (checked above), so does its any() over the keys
         weights = ctx.emit(node, O.Affine(scale=np.asarray(empty, dtype=np.float64)), [weights], tag="empty_rows")
     if not merge:
         ctx.emit(node, O.MatMul(), [weights, values])
@@ -174,20 +172,20 @@ def onnx_attention(node: OnnxNode, ctx: Context) -> None:
     allowed = _allowed(node, queries, keys, offset)
     if allowed is not None:
         keep = allowed if keep is None else keep & allowed
-    for what, array in (("attn_mask", keep), ("attn_mask", shift)):
-        if array is not None and not fits(np.asarray(array), shape):
-            raise Unsupported(f"Attention({what} of shape {list(np.shape(array))} for scores {list(shape)})")
+    for array in (keep, shift):  # before the shift is formed from both
+        if array is not None and not fits(array, shape):
+            raise Unsupported(f"Attention(attn_mask of shape {list(array.shape)} for scores {list(shape)})")
     if shift is not None:
         shift = row_shift(shift, keep)
         if np.any(shift != 0.0):
             scores = ctx.emit(node, O.Affine(shift=shift), [scores], tag="masked")
     if variable is not None:
-        rank, width = len(ctx.shape(variable)), ctx.shape(variable)[-1]
-        if width < keys:  # a short mask reads -inf (no key) beyond its end: 0 there, and those keys dropped
+        rank, given = len(ctx.shape(variable)), ctx.shape(variable)[-1]
+        if given < keys:  # a short mask reads -inf (no key) beyond its end: 0 there, and those keys dropped
             pads = [0] * (2 * rank)
-            pads[2 * rank - 1] = keys - width
+            pads[2 * rank - 1] = keys - given
             variable = ctx.emit(node, O.Pad(pads=tuple(pads)), [variable], tag="mask_padded")
-            beyond = np.arange(keys) < width
+            beyond = np.arange(keys) < given
             keep = beyond if keep is None else keep & beyond
         if not fits(np.zeros(ctx.shape(variable), dtype=bool), shape):
             raise Unsupported(f"Attention(a computed attn_mask of shape {list(ctx.shape(variable))} for scores {list(shape)})")

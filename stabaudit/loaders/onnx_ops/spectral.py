@@ -10,7 +10,7 @@ import numpy as np
 
 from stabaudit.errors import ModelLoadError
 from stabaudit.ir import ops as O
-from stabaudit.ir.maps import dft_weight
+from stabaudit.ir.maps import dft_weight, irfft_weight
 from stabaudit.loaders.onnx_ops.common import (
     Context,
     OnnxNode,
@@ -36,22 +36,6 @@ def _parts(node: OnnxNode, ctx: Context, x: str) -> int:
     if parts not in (1, 2):
         raise ModelLoadError(f"{node.op_type} input's last dim is {parts}, not 1 (real) or 2 (complex)")
     return parts
-
-
-def irfft_weight(bins_in: int, length: int) -> np.ndarray:
-    """The [length, 1, bins_in, 2] matrix of the inverse of a onesided spectrum (numpy's irfft of
-    ``length`` points): x_t = (X_0 + 2 sum_{0<k<length/2} Re(X_k e^{2 pi i k t / length})
-    + Re(X_{length/2}) (-1)^t (length even)) / length from the bins k < length // 2 + 1 (missing
-    ones 0, extra ones unread); the imaginary parts of X_0 and X_{length/2} are not read."""
-    used = min(bins_in, length // 2 + 1)
-    k = np.arange(used)[None, :]
-    t = np.arange(length)[:, None]
-    angle = 2.0 * np.pi * ((k * t) % length) / length
-    scale = np.where((k == 0) | (2 * k == length), 1.0, 2.0) / length
-    weight = np.zeros((length, 1, bins_in, 2))
-    weight[:, 0, :used, 0] = scale * np.cos(angle)
-    weight[:, 0, :used, 1] = np.where((k == 0) | (2 * k == length), 0.0, -scale * np.sin(angle))
-    return weight
 
 
 @register("STFT")
@@ -122,12 +106,11 @@ def dft(node: OnnxNode, ctx: Context) -> None:
     weight = weight4.reshape(bins * out_parts, n * parts)
     others = [a for a in range(rank - 1) if a != axis]
     perm = (*others, axis, rank - 1)
-    moved = ctx.emit(node, O.Transpose(perm=perm), [x], tag="signal_last") if perm != tuple(range(rank)) else x
+    in_place = perm == tuple(range(rank))  # the signal axis already next to the parts
+    moved = x if in_place else ctx.emit(node, O.Transpose(perm=perm), [x], tag="signal_last")
     lead = tuple(shape[a] for a in others)
     flat = ctx.emit(node, O.Reshape(shape=(*lead, n * parts)), [moved], tag="flat")
     mixed = ctx.emit(node, O.Linear(weight=np.ascontiguousarray(weight)), [flat], tag="bins")
-    if perm == tuple(range(rank)):
-        ctx.emit(node, O.Reshape(shape=(*lead, bins, out_parts)), [mixed])
-        return
-    split = ctx.emit(node, O.Reshape(shape=(*lead, bins, out_parts)), [mixed], tag="split")
-    ctx.emit(node, O.Transpose(perm=tuple(int(p) for p in np.argsort(perm))), [split])
+    split = ctx.emit(node, O.Reshape(shape=(*lead, bins, out_parts)), [mixed], tag=None if in_place else "split")
+    if not in_place:
+        ctx.emit(node, O.Transpose(perm=tuple(int(p) for p in np.argsort(perm))), [split])

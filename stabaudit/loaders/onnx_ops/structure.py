@@ -290,9 +290,8 @@ def gather_nd(node: OnnxNode, ctx: Context) -> None:
     if idx.size and (np.any(idx < -dims) or np.any(idx >= dims)):
         raise ModelLoadError("GatherND index out of range")
     idx = np.where(idx < 0, idx + dims, idx)
-    batch = np.indices(idx.shape[:b]).reshape(b, *idx.shape[:b], *([1] * (idx.ndim - 1 - b))) if b else None
-    parts = [np.broadcast_to(batch[i], idx.shape[:-1]) for i in range(b)] if batch is not None else []
-    flat = np.ravel_multi_index((*parts, *np.moveaxis(idx, -1, 0)), tuple(shape[:b + k])) if b + k else np.zeros(idx.shape[:-1], np.int64)
+    batch = list(np.indices(idx.shape[:-1])[:b])  # each index's position on the batch axes
+    flat = np.ravel_multi_index((*batch, *np.moveaxis(idx, -1, 0)), tuple(shape[:b + k])) if b + k else np.zeros(idx.shape[:-1], np.int64)
     merged = ctx.emit(node, O.Reshape(shape=(int(np.prod(shape[:b + k], dtype=np.int64)), *shape[b + k:])), [data], tag="flat")
     ctx.emit(node, O.Gather(axis=0, indices=np.asarray(flat, dtype=np.int64)), [merged])
 
@@ -300,8 +299,8 @@ def gather_nd(node: OnnxNode, ctx: Context) -> None:
 @register("GatherElements")
 def gather_elements(node: OnnxNode, ctx: Context) -> None:
     """GatherElements of a variable by constant indices along ``axis``: out[i] = x[i with its axis
-    coordinate replaced by indices[i]], one Gather of the flat positions of the flattened input,
-    reshaped to the indices' shape."""
+    coordinate replaced by indices[i]], one Gather of the flattened input by the flat positions,
+    in the indices' shape."""
     data = node.inputs[0]
     if not ctx.is_var(data):
         raise Unsupported("GatherElements(variable indices)")
@@ -316,11 +315,7 @@ def gather_elements(node: OnnxNode, ctx: Context) -> None:
     coords[axis] = np.where(idx < 0, idx + shape[axis], idx)
     flat = np.asarray(np.ravel_multi_index(tuple(coords), tuple(shape)), dtype=np.int64)
     merged = ctx.emit(node, O.Reshape(shape=(int(np.prod(shape, dtype=np.int64)),)), [data], tag="flat")
-    if idx.ndim == 1:
-        ctx.emit(node, O.Gather(axis=0, indices=flat), [merged])
-        return
-    picked = ctx.emit(node, O.Gather(axis=0, indices=flat.reshape(-1)), [merged], tag="picked")
-    ctx.emit(node, O.Reshape(shape=tuple(idx.shape)), [picked])
+    ctx.emit(node, O.Gather(axis=0, indices=flat), [merged])
 
 
 @register("Tile")

@@ -31,7 +31,7 @@ def stft(ctx: Context, node: SourceNode) -> Sequence[Any]:
     n_fft; ones without one), their DFT, onesided by default, scaled by 1 / sqrt(n_fft) when
     normalized, as a complex [B, bins, frames]."""
     x = node.var(0)
-    if x.rank not in (1, 2) or isinstance(x, Complex):
+    if x.rank not in (1, 2):  # a complex signal never arrives: the walker refuses it here
         raise Unsupported(f"a signal of shape {list(x.shape)}")
     n_fft = int(node.arg(1))
     hop = node.arg("hop_length")

@@ -110,8 +110,8 @@ def stack(ctx: Context, node: SourceNode) -> Sequence[Any]:
     return [ctx.emit(O.Concat(axis=axis), lifted)]
 
 
-def _pad(ctx: Context, x: Var, spec: Sequence[int], value: float) -> Var:
-    """torch's pad list (last axis first: begin, end, ...) -> IR pads over every axis."""
+def _pad_amounts(x: Var, spec: Sequence[int]) -> tuple[list[int], list[int]]:
+    """torch's pad list (last axis first: begin, end, ...) -> the pads before and after every axis."""
     if len(spec) % 2 or len(spec) // 2 > x.rank:
         raise Unsupported(f"pad list {list(spec)}")
     if any(p < 0 for p in spec):
@@ -120,6 +120,12 @@ def _pad(ctx: Context, x: Var, spec: Sequence[int], value: float) -> Var:
     for k in range(len(spec) // 2):
         axis = x.rank - 1 - k
         begins[axis], ends[axis] = int(spec[2 * k]), int(spec[2 * k + 1])
+    return begins, ends
+
+
+def _pad(ctx: Context, x: Var, spec: Sequence[int], value: float) -> Var:
+    """Constant padding: IR pads over every axis."""
+    begins, ends = _pad_amounts(x, spec)
     if not any(begins) and not any(ends):
         return x
     return ctx.emit(O.Pad(pads=tuple(begins + ends), value=value), [x])
@@ -136,13 +142,9 @@ _COPY_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}  #
 def _copy_pad(ctx: Context, x: Var, spec: Sequence[int], mode: str) -> Var:
     """Reflection, replication or circular padding (torch's pad list, last axis first): each
     padded entry copies an entry of x, a Gather per padded axis."""
-    if len(spec) % 2 or len(spec) // 2 > x.rank:
-        raise Unsupported(f"pad list {list(spec)}")
-    if any(p < 0 for p in spec):
-        raise Unsupported("negative padding (cropping)")
+    begins, ends = _pad_amounts(x, spec)
     y = x
-    for k in range(len(spec) // 2):
-        axis, before, after = x.rank - 1 - k, int(spec[2 * k]), int(spec[2 * k + 1])
+    for axis, (before, after) in reversed(list(enumerate(zip(begins, ends, strict=True)))):
         if before or after:
             indices = padding_indices(_COPY_MODES[mode], x.shape[axis], before, after)
             if indices is None:
