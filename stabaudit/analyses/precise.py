@@ -1,0 +1,470 @@
+"""The exact outputs of piecewise-linear networks to about 100 bits, with a certified error bound.
+
+Why. A lower bound of the Lipschitz constant is a difference quotient ||f(y) - f(x)|| / ||y - x||
+of the exact function of the stored weights; the float64 evaluation is within a certified error
+bound of it (``lower.ForwardErrorModel``), and a quotient counts only when the computed difference
+exceeds the two points' bounds. In deep networks (a ResNet-18 at 224x224) that bound, which
+follows |W| through every layer, reaches many times the output itself: no quotient can be
+confirmed in float64. This module evaluates the same graph with values carried as unevaluated sums
+h + l of two float64 tensors (double-double, about 106 bits) and a componentwise bound E of the
+distance to the exact value, so that the error bound shrinks by some 2^-50 and quotients confirm.
+
+How a linear map is applied (error-free transformation by splitting; Ozaki, Ogita, Oishi and Rump,
+"Error-free transformations of matrix multiplication by using fast routines of matrix
+multiplication and its applications", Numer. Algorithms 59, 2012). A node y = A(W, x) + b whose
+output entries are sums of K products w x (Linear, Conv, ConvTranspose; Affine with K = 1; means
+and sums with the coefficient 1/n or 1) splits W and x into slices W = W_1 + .. + W_P + W_r and
+x = x_1 + .. + x_Q + x_r. Slice p of a tensor t is extracted with sigma = 2^k as
+q = fl(fl(sigma + t) - sigma) (Rump, Ogita and Oishi, "Accurate floating-point summation part I",
+SIAM J. Sci. Comput. 31, 2008, ExtractVector): with max |t| <= 2^e and k = e + 54 - beta, q is
+exact, a multiple of 2^(k-53) with fewer than 2^beta units, and |t - q| <= 2^(k-53) (t - q is exact
+too). Choosing 2 beta + ceil(log2 K) <= 53, every product of slices w_p x_q is a multiple of
+2^(k_p + k_q - 106) with fewer than 2^(2 beta) units, and every sum of K of them, in any order, has
+fewer than 2^53 units: the float64 kernel A(W_p, x_q) is exact, however it orders its sums, as long
+as it computes sums of products (no transform-based convolution; torch's float64 CPU kernels are
+im2col and dot products). The exact terms are added by TwoSum (Knuth), which keeps the sum
+s and its rounding errors exactly; the errors are summed in float64, each addition within u of
+its result. What the slices leave out is bounded by |A|(|W|, |x_r|) + |A|(|W_r| + D, |h| + |l|)
+(D: a bound of the coefficient's own representation error, for 1/n), computed in float64 with
+the relative margin (1 + 2 gamma_(K+2)) of a sum of nonnegative terms (Higham, Accuracy and
+Stability, Lemma 3.1). The error in from the input, |A(W, e)| <= |A|(|W|, E), is propagated alike.
+
+The other operators: sums and differences of two values by TwoSum (exact) plus the float64 sum of
+the low parts (within 2u of it); Relu, Clip, LeakyRelu, PRelu by the sign of h + l (exact: h is
+the rounded value of h + l after each TwoSum, so |l| <= u |h|): a unit whose value is at distance
+more than E from the kink keeps its exact branch, one within E takes the branch of h + l with the
+bound max(1, |slope|) E (the operator is Lipschitz with that constant); max pooling as the
+lexicographic maximum of (h, l) over each window (exact on normalised pairs) with the window's
+largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad) move h,
+l and E alike. A graph with any other operator is not supported (``PreciseModel.why`` says which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stabaudit.ir import ops as O
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+U = 2.0**-53  # unit roundoff of float64
+TINY = 1e-290  # absolute slack against underflow
+SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
+# slices whose unit would fall below 2^MIN_UNIT_EXPONENT stay in the remainder (their products
+# could underflow)
+MIN_UNIT_EXPONENT = -480
+# evaluations of this model per float64 forward pass of the graph, for the cost model: the P x Q
+# slice products of the linear nodes, two magnitude passes and the TwoSum additions
+PASSES = 22.0
+
+_MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
+
+
+def _gamma(k: int) -> float:
+    """A bound above gamma_k = k u / (1 - k u), with room for its own rounding."""
+    return 1.01 * (k + 2) * U
+
+
+def _beta(k: int) -> int:
+    """Bits per slice for sums of ``k`` products: 2 beta + ceil(log2 k) <= 53."""
+    return max(3, (53 - math.ceil(math.log2(max(k, 1)))) // 2)
+
+
+def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s = fl(a + b) and e with a + b = s + e exactly (Knuth's TwoSum; no overflow assumed)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _up(t: torch.Tensor, k: int) -> torch.Tensor:
+    """A float64 result of sums of k nonnegative terms, moved above the exact sum."""
+    return t * (1.0 + 2.0 * _gamma(k + 2)) + TINY
+
+
+def extract(parts: Sequence[torch.Tensor], beta: int, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Slices q_1 .. q_n (n <= count) and remainders of the exact sum of ``parts``: sum(parts) =
+    q_1 + .. + q_n + sum(remainders) exactly, each q a multiple of its unit 2^(k-53) with fewer
+    than 2^beta units (module docstring)."""
+    import torch
+
+    rest = [p.clone() for p in parts]
+    slices: list[torch.Tensor] = []
+    for _ in range(count):
+        top = sum(float(r.abs().max()) if r.numel() else 0.0 for r in rest)
+        if top == 0.0 or not math.isfinite(top):
+            break
+        e = math.frexp(top)[1]  # top < 2^e
+        k = e + 54 - beta
+        if k - 53 < MIN_UNIT_EXPONENT:
+            break
+        sigma = math.ldexp(1.0, k)
+        q = torch.zeros_like(rest[0])
+        for i, r in enumerate(rest):
+            qi = (sigma + r) - sigma
+            rest[i] = r - qi
+            q = q + qi  # multiples of one unit, fewer than 2^53 of them: exact
+        slices.append(q)
+    return slices, rest
+
+
+@dataclass
+class Value:
+    """An enclosure of an exact tensor v: |v - (h + l)| <= e entry-wise."""
+
+    h: torch.Tensor
+    l: torch.Tensor  # noqa: E741
+    e: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """y = A(W, x) + bias: ``apply(c, x)`` is A with coefficient c (bilinear, sums of k products)."""
+
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    slices: tuple[torch.Tensor, ...]
+    magnitude: torch.Tensor  # |W|
+    rest: torch.Tensor  # |W_r| + D: what the slices leave of the exact coefficient
+    k: int
+    bias: torch.Tensor | None
+
+
+def _accumulate(terms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, l, bound) with |sum(terms) - (h + l)| <= bound: TwoSum of the exact terms, their errors
+    summed in float64 (each addition within u of its result), then one TwoSum to normalise."""
+    import torch
+
+    s = terms[0].clone()
+    c = torch.zeros_like(s)
+    mag = torch.zeros_like(s)
+    for t in terms[1:]:
+        s, err = two_sum(s, t)
+        c = c + err
+        mag = mag + c.abs()
+    h, l = two_sum(s, c)  # noqa: E741
+    return h, l, _up(mag * U, len(terms))
+
+
+class PreciseModel:
+    """``evaluate(x)``: the graph's outputs at x and an upper bound of their distance (L2) to the
+    exact outputs of the stored weights, as ``lower.ForwardErrorModel.evaluate`` gives them."""
+
+    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]]):
+        self.graph = graph
+        self.shapes = shapes
+        self.why: str | None = None
+        self._steps: list[tuple[Node, Callable[[list[Value]], Value]]] = []
+        for node in graph.nodes:
+            step = self._step(node)
+            if isinstance(step, str):
+                self.why = step
+                self._steps = []
+                return
+            self._steps.append((node, step))
+
+    @property
+    def supported(self) -> bool:
+        return self.why is None
+
+    # ---- building ---------------------------------------------------------------------------------
+    def _kernel(self, node: Node, op: O.Op) -> Callable[..., torch.Tensor]:
+        """The executor's kernel of ``op`` on ``node``'s input shapes (a one-node graph)."""
+        import torch
+
+        from stabaudit.ir.executor import Executor
+
+        names = tuple(f"in{i}" for i in range(len(node.inputs)))
+        g = Graph(
+            inputs=tuple(TensorSpec(name=n, shape=tuple(self.shapes[s])) for n, s in zip(names, node.inputs, strict=True)),
+            outputs=("out",),
+            nodes=(Node(name=node.name, op=op, inputs=names, output="out"),),
+        )
+        ex = Executor(g, dtype=torch.float64)
+        return lambda *args: ex(*args)[0]
+
+    def _linear(self, coeff_hi: np.ndarray, coeff_lo: np.ndarray | None, rest: float,
+                apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k: int,
+                bias: torch.Tensor | None) -> _Linear:
+        import torch
+
+        beta = _beta(k)
+        hi = torch.from_numpy(np.asarray(coeff_hi, dtype=np.float64).copy())
+        parts = [hi] if coeff_lo is None else [hi, torch.from_numpy(np.asarray(coeff_lo, dtype=np.float64).copy())]
+        slices, left = extract(parts, beta, SLICES)
+        remainder = sum((r.abs() for r in left), torch.zeros_like(hi)) + rest
+        return _Linear(apply=apply, slices=tuple(slices), magnitude=hi.abs() + (0 if coeff_lo is None else parts[1].abs()),
+                       rest=remainder * (1.0 + 4 * U), k=k, bias=bias)
+
+    def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
+        import torch
+
+        op = node.op
+        out_shape = tuple(self.shapes[node.output])
+        rank = len(out_shape)
+        match op:
+            case O.Linear() | O.Conv() | O.ConvTranspose():
+                if getattr(op, "error", 0.0) != 0.0:
+                    return f"{node.name}: a merged linear map (its stored weight is not the operator)"
+                w = np.asarray(op.weight, dtype=np.float64)
+                match op:
+                    case O.Linear():
+                        k = w.shape[1]
+                    case O.Conv():
+                        k = int(np.prod(w.shape[1:]))
+                    case O.ConvTranspose(groups=g):
+                        k = (w.shape[0] // g) * int(np.prod(w.shape[2:]))
+                bare = dataclasses.replace(op, bias=None)
+                cache: dict[int, Callable[..., torch.Tensor]] = {}
+
+                def apply(c: torch.Tensor, x: torch.Tensor, bare: O.Linear | O.Conv | O.ConvTranspose = bare,
+                          cache: dict[int, Callable[..., torch.Tensor]] = cache) -> torch.Tensor:
+                    key = id(c)
+                    if key not in cache:
+                        cache[key] = self._kernel(node, dataclasses.replace(bare, weight=c.numpy()))
+                    return cache[key](x)
+
+                bias = None
+                if op.bias is not None:
+                    b = torch.from_numpy(np.asarray(op.bias, dtype=np.float64).copy())
+                    bias = b if isinstance(op, O.Linear) else b.reshape((-1,) + (1,) * (rank - 2))
+                return self._linear_step(self._linear(w, None, 0.0, apply, k, bias))
+            case O.Affine(scale=sc, shift=sh):
+                one = np.ones(()) if sc is None else np.asarray(sc, dtype=np.float64)
+                shift = None if sh is None else torch.from_numpy(np.asarray(sh, dtype=np.float64).copy())
+                return self._linear_step(self._linear(one, None, 0.0, lambda c, x: x * c, 1, shift), out_shape)
+            case O.GlobalAvgPool() | O.ReduceMean() | O.ReduceSum():
+                shape = tuple(self.shapes[node.inputs[0]])
+                axes = tuple(range(2, len(shape))) if isinstance(op, O.GlobalAvgPool) else op.axes
+                keep = True if isinstance(op, O.GlobalAvgPool) else op.keepdims
+                n = int(np.prod([shape[a] for a in axes])) if axes else 1
+                if isinstance(op, O.ReduceSum):
+                    hi, lo, rest = np.ones(()), None, 0.0
+                else:
+                    exact = Fraction(1, n)
+                    h = float(exact)
+                    lo_f = float(exact - Fraction(h))
+                    hi, lo = np.asarray(h), np.asarray(lo_f)
+                    rest = float(abs(exact - Fraction(h) - Fraction(lo_f))) * (1.0 + 4 * U) + TINY
+
+                def total(c: torch.Tensor, x: torch.Tensor, axes: tuple[int, ...] = axes, keep: bool = keep) -> torch.Tensor:
+                    s = x.sum(dim=axes, keepdim=keep) if axes else x
+                    return s * c
+
+                return self._linear_step(self._linear(hi, lo, rest, total, max(n, 1), None))
+            case O.Add() | O.Sub():
+                sign = 1.0 if isinstance(op, O.Add) else -1.0
+
+                def add(xs: list[Value], sign: float = sign) -> Value:
+                    a, b = xs
+                    s, err = two_sum(a.h, sign * b.h)
+                    low = (a.l + sign * b.l) + err
+                    h, l = two_sum(s, low)  # noqa: E741
+                    rounding = 2 * U * (a.l.abs() + b.l.abs() + err.abs()) * (1 + 4 * U) + TINY
+                    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U))
+
+                return add
+            case O.Relu():
+                return lambda xs: _kink(xs[0], 0.0)
+            case O.LeakyRelu(alpha=alpha):
+                return self._leaky(np.asarray(alpha, dtype=np.float64))
+            case O.PRelu(slope=slope):
+                return self._leaky(np.asarray(slope, dtype=np.float64))
+            case O.Clip(min=lo_c, max=hi_c):
+                def clip(xs: list[Value], lo_c: float | None = lo_c, hi_c: float | None = hi_c) -> Value:
+                    v = xs[0]
+                    if lo_c is not None:
+                        v = _kink(v, float(lo_c))
+                    if hi_c is not None:  # min(v, c) = -max(-v, -c)
+                        v = _neg(_kink(_neg(v), -float(hi_c)))
+                    return v
+
+                return clip
+            case O.MaxPool() | O.GlobalMaxPool():
+                return self._max_pool(node)
+            case O.Pad():
+                kern = self._kernel(node, dataclasses.replace(op, value=0.0))
+                kval = self._kernel(node, op)
+
+                def pad(xs: list[Value], kern: Callable[..., torch.Tensor] = kern,
+                        kval: Callable[..., torch.Tensor] = kval) -> Value:
+                    v = xs[0]
+                    return Value(h=kval(v.h), l=kern(v.l), e=kern(v.e))
+
+                return pad
+            case _ if isinstance(op, _MOVES):
+                kern = self._kernel(node, op)
+
+                def move(xs: list[Value], kern: Callable[..., torch.Tensor] = kern) -> Value:
+                    return Value(h=kern(*[v.h for v in xs]), l=kern(*[v.l for v in xs]), e=kern(*[v.e for v in xs]))
+
+                return move
+        return f"{node.name}: {op.type.value} is not evaluated exactly"
+
+    def _linear_step(self, lin: _Linear, out_shape: tuple[int, ...] | None = None) -> Callable[[list[Value]], Value]:
+        import torch
+
+        def step(xs: list[Value]) -> Value:
+            v = xs[0]
+            beta = _beta(lin.k)
+            xq, xr = extract([v.h, v.l], beta, SLICES)
+            terms = [lin.apply(w, x) for w in lin.slices for x in xq]
+            if lin.bias is not None:
+                terms.append(lin.bias)
+            if not terms:  # a zero coefficient or a zero input
+                terms = [lin.apply(lin.magnitude * 0.0, v.h)]
+            if out_shape is not None or lin.bias is not None:
+                shape = torch.broadcast_shapes(*[t.shape for t in terms])
+                terms = [t.expand(shape) for t in terms]
+            # larger terms first: slice pairs in order of p + q, the bias last
+            h, l, acc = _accumulate(terms)  # noqa: E741
+            left = sum((r.abs() for r in xr), torch.zeros_like(v.h))
+            mag = lin.apply(lin.magnitude, v.e + left) + lin.apply(lin.rest, v.h.abs() + v.l.abs())
+            e = _up(mag, lin.k) + acc
+            return Value(h=h, l=l, e=e.expand(h.shape) if e.shape != h.shape else e)
+
+        return step
+
+    def _leaky(self, slope: np.ndarray) -> Callable[[list[Value]], Value]:
+        import torch
+
+        scale = self._linear(slope, None, 0.0, lambda c, x: x * c, 1, None)
+        scaled = self._linear_step(scale)
+        top = float(max(1.0, float(np.max(np.abs(slope))) if slope.size else 1.0))
+
+        def leaky(xs: list[Value]) -> Value:
+            v = xs[0]
+            low = scaled([v])
+            pos = v.h > 0.0
+            sure = _sure(v, 0.0)
+            h = torch.where(pos, v.h, low.h)
+            l = torch.where(pos, v.l, low.l)  # noqa: E741
+            e = torch.where(sure, torch.where(pos, v.e, low.e), (v.e * top + low.e) * (1 + 2 * U))
+            return Value(h=h, l=l, e=e)
+
+        return leaky
+
+    def _max_pool(self, node: Node) -> Callable[[list[Value]], Value] | str:
+        import torch
+
+        op = node.op
+        in_shape = tuple(self.shapes[node.inputs[0]])
+        out_shape = tuple(self.shapes[node.output])
+        spatial = len(in_shape) - 2
+        if isinstance(op, O.GlobalMaxPool):
+            kernel, strides, pads, dil = in_shape[2:], (1,) * spatial, (0,) * (2 * spatial), (1,) * spatial
+        else:
+            assert isinstance(op, O.MaxPool)
+            kernel, strides, pads, dil = op.kernel, op.strides, op.pads, op.dilations
+        if any(d != 1 for d in dil):
+            return f"{node.name}: a dilated max pool is not evaluated exactly"
+        # padding (and ceil mode's extra end) never wins: -inf for h, anything for l and e
+        ends = []
+        for i in range(spatial):
+            need = (out_shape[2 + i] - 1) * strides[i] + kernel[i]
+            ends.append(max(need - in_shape[2 + i] - pads[i], pads[spatial + i]))
+        flat_pad: list[int] = []
+        for i in reversed(range(spatial)):
+            flat_pad += [pads[i], ends[i]]
+
+        def windows(t: torch.Tensor, fill: float) -> torch.Tensor:
+            t = torch.nn.functional.pad(t, flat_pad, value=fill)
+            for i in range(spatial):
+                t = t.unfold(2 + i, kernel[i], strides[i])
+            t = t[tuple([slice(None), slice(None)] + [slice(0, out_shape[2 + i]) for i in range(spatial)])]
+            return t.reshape(*t.shape[: 2 + spatial], -1)
+
+        def pool(xs: list[Value]) -> Value:
+            v = xs[0]
+            wh = windows(v.h, -math.inf)
+            top = wh.amax(dim=-1)
+            ties = wh == top.unsqueeze(-1)
+            low = torch.where(ties, windows(v.l, 0.0), torch.tensor(-math.inf, dtype=v.l.dtype)).amax(dim=-1)
+            e = windows(v.e, 0.0).amax(dim=-1)
+            if tuple(top.shape) != out_shape:
+                raise ValueError("max pool windows do not match the output shape")
+            return Value(h=top, l=low, e=e)
+
+        return pool
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor) -> list[Value]:
+        """The enclosures of the graph's outputs at the flat input x (a supported graph)."""
+        import torch
+
+        if not self.supported:
+            raise ValueError(f"not evaluated exactly: {self.why}")
+        specs = self.graph.inputs
+        sizes = [int(np.prod(s.shape)) for s in specs]
+        parts = torch.split(x.detach().to(torch.float64), sizes)
+        env: dict[str, Value] = {}
+        for p, s in zip(parts, specs, strict=True):
+            t = p.reshape(s.shape).clone()
+            env[s.name] = Value(h=t, l=torch.zeros_like(t), e=torch.zeros_like(t))
+        with torch.no_grad():
+            for node, step in self._steps:
+                env[node.output] = step([env[name] for name in node.inputs])
+        return [env[name] for name in self.graph.outputs]
+
+    def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        """The outputs (flat, float64: h + l rounded) at the flat input x and an upper bound of the
+        L2 distance to the exact outputs (inf when not supported or not finite)."""
+        import torch
+
+        if not self.supported:
+            n = sum(int(np.prod(self.shapes[o])) for o in self.graph.outputs)
+            return np.full(n, np.nan), math.inf
+        outs = self.run(x)
+        h = torch.cat([v.h.reshape(-1) for v in outs])
+        l = torch.cat([v.l.reshape(-1) for v in outs])  # noqa: E741
+        e = torch.cat([v.e.reshape(-1) for v in outs])
+        y = (h + l).numpy().astype(np.float64)
+        # rounding h + l to one float64 moves each entry by at most u |y|
+        bound = e.numpy() + U * np.abs(y) * (1 + 4 * U)
+        if not (np.all(np.isfinite(y)) and np.all(np.isfinite(bound))):
+            return y, math.inf
+        size = math.sqrt(float(np.sum(bound * bound))) * (1 + (bound.size + 4) * U) * (1 + 1e-9) + TINY * bound.size
+        return y, size
+
+
+def _neg(v: Value) -> Value:
+    return Value(h=-v.h, l=-v.l, e=v.e)
+
+
+def _sure(v: Value, c: float) -> torch.Tensor:
+    """Where h + l stands further than e from c (its side of c is that of the exact value); the
+    comparison widened by the rounding of h - c and the size of l."""
+    return (v.h - c).abs() * (1 - 4 * U) > v.e * (1 + 4 * U) + 2 * U * (v.h.abs() + abs(c)) + TINY
+
+
+def _kink(v: Value, c: float) -> Value:
+    """max(v, c) entry-wise: c + max(v - c, 0), the side of c from h + l (exact: after a TwoSum,
+    h + l - c has the sign of fl(h - c) unless |h - c| is within the ulps this comparison allows,
+    which leaves the unit among the unsure ones)."""
+    import torch
+
+    diff_h, diff_l = two_sum(v.h, torch.full_like(v.h, -c))
+    low = diff_l + v.l
+    above = two_sum(diff_h, low)[0] > 0.0
+    sure_above = above & _sure(v, c)
+    sure_below = (~above) & _sure(v, c)
+    cc = torch.full_like(v.h, c)
+    h = torch.where(above, v.h, cc)
+    l = torch.where(above, v.l, torch.zeros_like(v.l))  # noqa: E741
+    # an unsure unit: max(v, c) is within e of max(h + l, c), which this representation holds
+    # exactly up to the rounding of d (the side taken)
+    slack = 4 * U * (v.h.abs() + abs(c) + v.l.abs()) + TINY
+    e = torch.where(sure_above, v.e, torch.where(sure_below, torch.zeros_like(v.e), (v.e + slack) * (1 + 2 * U)))
+    return Value(h=h, l=l, e=e)
+
+
+__all__ = ["PASSES", "PreciseModel", "Value", "extract", "two_sum"]

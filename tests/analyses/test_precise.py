@@ -1,0 +1,244 @@
+"""Tests of stabaudit.analyses.precise: double-double evaluation of piecewise-linear graphs with a
+certified error bound, against the exact outputs in rational arithmetic."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.analyses.lower import ForwardErrorModel
+from stabaudit.analyses.precise import PreciseModel, extract
+from stabaudit.ir import ops as O
+from stabaudit.ir.executor import with_shapes
+from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+F = np.vectorize(Fraction, otypes=[object])
+
+
+def _exact(a: np.ndarray) -> np.ndarray:
+    return F(np.asarray(a, dtype=np.float64))
+
+
+def _wide(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """float32 values over ten decades (both signs): what a slicing with one scale per tensor
+    must still get exactly."""
+    return (rng.standard_normal(shape) * 10.0 ** rng.uniform(-6, 4, shape)).astype(np.float32).astype(np.float64)
+
+
+def _one(op: O.Op, shapes: list[tuple[int, ...]]) -> Graph:
+    names = [f"x{i}" for i in range(len(shapes))]
+    g = Graph(inputs=tuple(TensorSpec(name=n, shape=s) for n, s in zip(names, shapes, strict=True)),
+              outputs=("y",), nodes=(Node(name="n", op=op, inputs=tuple(names), output="y"),))
+    return with_shapes(g)
+
+
+def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26) -> float:
+    """Every entry of the precise model's enclosure h + l is within its e of the exact output, e is
+    below ``rel`` times the outputs' size and far below float64's bound; ``evaluate``'s rounded
+    outputs are within its L2 bound. Returns the largest e."""
+    model = PreciseModel(graph, dict(graph.shapes))
+    assert model.supported, model.why
+    flat = torch.from_numpy(np.concatenate([x.ravel() for x in xs]))
+    (out,) = model.run(flat)
+    truth = exact.ravel()
+    for h, lo, e, t in zip(out.h.numpy().ravel(), out.l.numpy().ravel(), out.e.numpy().ravel(), truth, strict=True):
+        assert abs(Fraction(float(h)) + Fraction(float(lo)) - t) <= Fraction(float(e))
+    size = math.sqrt(float(sum(b * b for b in truth)))
+    worst = float(out.e.max())
+    assert worst <= rel * size + 1e-300
+    y, bound = model.evaluate(flat)
+    dist = math.sqrt(float(sum((Fraction(float(a)) - b) ** 2 for a, b in zip(y, truth, strict=True))))
+    assert dist <= bound <= 2.3e-16 * size + 1e-290 * len(truth)
+    _, float64_bound = ForwardErrorModel(graph, dict(graph.shapes)).evaluate(flat)
+    assert worst < 1e-6 * float64_bound or float64_bound == 0.0
+    return worst
+
+
+def _conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """Exact 2-D cross-correlation of one image (object arrays)."""
+    c, hgt, wid = x.shape
+    xp = np.full((c, hgt + 2 * pad, wid + 2 * pad), Fraction(0), dtype=object)
+    xp[:, pad:pad + hgt, pad:pad + wid] = x
+    k = w.shape[-1]
+    oh, ow = (hgt + 2 * pad - k) // stride + 1, (wid + 2 * pad - k) // stride + 1
+    out = np.empty((w.shape[0], oh, ow), dtype=object)
+    for o in range(w.shape[0]):
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k]
+                out[o, i, j] = (patch * w[o]).sum()
+    return out
+
+
+def test_extract_splits_exactly_into_narrow_slices() -> None:
+    rng = np.random.default_rng(0)
+    h = torch.from_numpy(_wide(rng, 200))
+    low = h * 2.0**-60
+    beta = 20
+    slices, rest = extract([h, low], beta, 4)
+    total = sum((_exact(s.numpy()) for s in slices), _exact(np.zeros(200)))
+    total = total + _exact(rest[0].numpy()) + _exact(rest[1].numpy())
+    assert all(a == b for a, b in zip(total, _exact(h.numpy()) + _exact(low.numpy()), strict=True))
+    for s in slices:
+        # every entry a multiple of one power of two 2^m, with fewer than 2^beta of them
+        exps = []
+        for v in s.numpy():
+            if v != 0.0:
+                f = Fraction(float(v))
+                exps.append(((abs(f.numerator) & -abs(f.numerator)).bit_length() - 1) - (f.denominator.bit_length() - 1))
+        m = min(exps)
+        assert float(s.abs().max()) / 2.0**m < 2**beta
+    # each slice takes beta - 2 bits of the two parts' scale (2^e > their largest sum)
+    e0 = math.frexp(float(h.abs().max() + low.abs().max()))[1]
+    assert 0.0 < float(sum(r.abs().max() for r in rest)) <= 2.0 ** (e0 - 4 * (beta - 2))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_is_exact_to_its_bound(bias: bool) -> None:
+    rng = np.random.default_rng(1)
+    w, x = _wide(rng, 7, 300), _wide(rng, 2, 300)
+    b = _wide(rng, 7) if bias else None
+    g = _one(O.Linear(weight=w, bias=b), [(2, 300)])
+    exact = _exact(x) @ _exact(w).T + (_exact(b) if b is not None else 0)
+    _check(g, [x], exact)
+
+
+def test_conv_is_exact_to_its_bound() -> None:
+    rng = np.random.default_rng(2)
+    w, b, x = _wide(rng, 3, 2, 3, 3), _wide(rng, 3), _wide(rng, 1, 2, 7, 6)
+    op = O.Conv(weight=w, bias=b, strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1))
+    exact = _conv2d(_exact(x[0]), _exact(w), 2, 1) + _exact(b)[:, None, None]
+    _check(_one(op, [(1, 2, 7, 6)]), [x], exact[None])
+
+
+def test_affine_mean_sum_and_two_inputs() -> None:
+    rng = np.random.default_rng(3)
+    x, z = _wide(rng, 2, 3, 5, 7), _wide(rng, 2, 3, 5, 7)
+    s, t = _wide(rng, 1, 3, 1, 1), _wide(rng, 1, 3, 1, 1)
+    ex, ez = _exact(x), _exact(z)
+    _check(_one(O.Affine(scale=s, shift=t), [x.shape]), [x], ex * _exact(s) + _exact(t))
+    # the mean's 1/35 is not a float: the exact quotient
+    _check(_one(O.GlobalAvgPool(), [x.shape]), [x], ex.sum(axis=(2, 3), keepdims=True) / 35)
+    _check(_one(O.ReduceMean(axes=(1,), keepdims=False), [x.shape]), [x], ex.sum(axis=1) / 3)
+    _check(_one(O.ReduceSum(axes=(3,), keepdims=True), [x.shape]), [x], ex.sum(axis=3, keepdims=True))
+    _check(_one(O.Add(), [x.shape, z.shape]), [x, z], ex + ez)
+    _check(_one(O.Sub(), [x.shape, z.shape]), [x, z], ex - ez)
+
+
+def _pieces() -> list[tuple[O.Op, Callable[[Fraction], Fraction]]]:
+    return [
+        (O.Relu(), lambda v: max(v, Fraction(0))),
+        (O.Clip(min=0.0, max=6.0), lambda v: min(max(v, Fraction(0)), Fraction(6))),
+        (O.Clip(min=-0.25, max=None), lambda v: max(v, Fraction(-0.25))),
+        (O.LeakyRelu(alpha=0.1), lambda v: v if v >= 0 else Fraction(0.1) * v),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_kinks_after_a_linear_map(case: int) -> None:
+    """Units near the kink (values close to 0 after a linear map with cancellation) and far from
+    it: the exact branch where the side is sure, a bound within the error otherwise."""
+    op, ref = _pieces()[case]
+    rng = np.random.default_rng(4 + case)
+    w = _wide(rng, 40, 30)
+    x = _wide(rng, 1, 30)
+    lin = O.Linear(weight=w, bias=None)
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 30)),), outputs=("y",), nodes=(
+        Node(name="a", op=lin, inputs=("x",), output="z"),
+        Node(name="b", op=op, inputs=("z",), output="y"))))
+    z = _exact(x) @ _exact(w).T
+    _check(g, [x], np.vectorize(ref, otypes=[object])(z))
+    # exactly at the kink: the input 0 gives the kink's value with a zero bound
+    zero = np.zeros((1, 30))
+    model = PreciseModel(g, dict(g.shapes))
+    y, bound = model.evaluate(torch.from_numpy(zero.ravel()))
+    assert bound <= 1e-280 and np.array_equal(y, np.full(40, float(ref(Fraction(0)))))
+
+
+def test_prelu_and_max_pools() -> None:
+    rng = np.random.default_rng(9)
+    x = _wide(rng, 1, 2, 5, 5)
+    slope = _wide(rng, 1, 2, 1, 1)
+    ex = _exact(x)
+    pr = np.where(ex >= 0, ex, ex * _exact(slope))
+    _check(_one(O.PRelu(slope=slope), [x.shape]), [x], pr)
+    pool = O.MaxPool(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1))
+    ref = np.empty((1, 2, 3, 3), dtype=object)
+    for c in range(2):
+        for i in range(3):
+            for j in range(3):
+                rows = range(max(0, 2 * i - 1), min(5, 2 * i + 2))
+                cols = range(max(0, 2 * j - 1), min(5, 2 * j + 2))
+                ref[0, c, i, j] = max(ex[0, c, r, q] for r in rows for q in cols)
+    _check(_one(pool, [x.shape]), [x], ref)
+    ceil = O.MaxPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=True)
+    ref2 = np.empty((1, 2, 3, 3), dtype=object)
+    for c in range(2):
+        for i in range(3):
+            for j in range(3):
+                ref2[0, c, i, j] = max(ex[0, c, r, q] for r in range(2 * i, min(5, 2 * i + 2))
+                                       for q in range(2 * j, min(5, 2 * j + 2)))
+    _check(_one(ceil, [x.shape]), [x], ref2)
+    _check(_one(O.GlobalMaxPool(), [x.shape]), [x], ex.max(axis=(2, 3), keepdims=True))
+
+
+def test_max_pool_ties_in_the_high_part_are_decided_by_the_low_part() -> None:
+    """Two entries whose float64 parts tie and whose exact values differ below float64's precision
+    (a linear map of exact slices with a tiny extra term): the pool takes the larger."""
+    big, tiny = 1.0, 2.0**-70
+    w = np.array([[big, 0.0], [big, tiny]])  # z = (x0, x0 + tiny x1)
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2)),), outputs=("y",), nodes=(
+        Node(name="a", op=O.Linear(weight=w), inputs=("x",), output="z"),
+        Node(name="r", op=O.Reshape(shape=(1, 1, 1, 2)), inputs=("z",), output="r"),
+        Node(name="p", op=O.GlobalMaxPool(), inputs=("r",), output="y"))))
+    model = PreciseModel(g, dict(g.shapes))
+    (pool,) = model.run(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert float(pool.e.max()) < 2.0**-100
+    # the exact maximum 1 + 2^-70 (a max of the high parts alone would give 1)
+    assert Fraction(float(pool.h.ravel()[0])) + Fraction(float(pool.l.ravel()[0])) == 1 + Fraction(2) ** -70
+
+
+def test_a_residual_cnn_end_to_end() -> None:
+    """Conv, Affine (batch norm), Relu, MaxPool, Conv, Clip, Add (skip), GlobalAvgPool, Reshape,
+    Linear against the exact outputs; float64's own bound is far larger."""
+    rng = np.random.default_rng(11)
+    w1 = _wide(rng, 3, 2, 3, 3)
+    w2 = _wide(rng, 3, 3, 3, 3)
+    s, t = _wide(rng, 1, 3, 1, 1), _wide(rng, 1, 3, 1, 1)
+    wl, bl = _wide(rng, 4, 3), _wide(rng, 4)
+    x = _wide(rng, 1, 2, 6, 6)
+    nodes = (
+        Node(name="c1", op=O.Conv(weight=w1, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)), inputs=("x",), output="a"),
+        Node(name="bn", op=O.Affine(scale=s, shift=t), inputs=("a",), output="b"),
+        Node(name="r", op=O.Relu(), inputs=("b",), output="c"),
+        Node(name="p", op=O.MaxPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1)),
+             inputs=("c",), output="d"),
+        Node(name="c2", op=O.Conv(weight=w2, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)), inputs=("d",), output="e"),
+        Node(name="six", op=O.Clip(min=0.0, max=6.0), inputs=("e",), output="f"),
+        Node(name="add", op=O.Add(), inputs=("f", "d"), output="g"),
+        Node(name="gap", op=O.GlobalAvgPool(), inputs=("g",), output="h"),
+        Node(name="flat", op=O.Reshape(shape=(1, 3)), inputs=("h",), output="i"),
+        Node(name="fc", op=O.Linear(weight=wl, bias=bl), inputs=("i",), output="y"),
+    )
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2, 6, 6)),), outputs=("y",), nodes=nodes))
+    a = _conv2d(_exact(x[0]), _exact(w1), 1, 1)
+    c = np.vectorize(lambda v: max(v, Fraction(0)), otypes=[object])(a * _exact(s)[0] + _exact(t)[0])
+    d = c.reshape(3, 3, 2, 3, 2).max(axis=(2, 4))
+    e = _conv2d(d, _exact(w2), 1, 1)
+    f = np.vectorize(lambda v: min(max(v, Fraction(0)), Fraction(6)), otypes=[object])(e)
+    h = (f + d).sum(axis=(1, 2)) / 9
+    y = _exact(wl) @ h + _exact(bl)
+    _check(g, [x], y[None])
+
+
+def test_unsupported_operators_are_named() -> None:
+    g = _one(O.Tanh(), [(1, 3)])
+    model = PreciseModel(g, dict(g.shapes))
+    assert not model.supported and model.why is not None and "tanh" in model.why.lower()
+    y, bound = model.evaluate(torch.zeros(3, dtype=torch.float64))
+    assert bound == math.inf
