@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from stabaudit.limits import check_deadline, raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
+
+    from stabaudit.analyses.precise import PreciseModel
 
 U = 2.0**-53  # unit roundoff of float64 (round to nearest)
 _TINY = 1e-290  # absolute floor for results that may underflow (smallest normal is 2.2e-308)
@@ -181,6 +183,13 @@ def _gamma(k: int) -> float:
 
 
 # ---- float64 forward error bound ------------------------------------------------------------------
+class Evaluation(Protocol):
+    """An evaluation of the graph with a certified error bound: ``evaluate(x)`` gives the outputs
+    (flat float64) and an upper bound of their L2 distance to the exact outputs (inf: none)."""
+
+    def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]: ...
+
+
 class ForwardErrorModel:
     """Componentwise bound |f_hat(x) - f(x)| of the float64 evaluation of the graph.
 
@@ -774,7 +783,7 @@ class ForwardErrorModel:
         return _up(_norm_up(a) * (1.0 + 1e-6) + _TINY * a.size)
 
 
-def confirm_quotient(model: ForwardErrorModel, x: torch.Tensor, y: torch.Tensor,
+def confirm_quotient(model: Evaluation, x: torch.Tensor, y: torch.Tensor,
                      at_x: tuple[np.ndarray, float] | None = None) -> float:
     """A sound lower bound of ||f(y) - f(x)|| / ||y - x|| (0 when nothing can be certified).
 
@@ -1249,8 +1258,11 @@ def _confirmation_pairs(
     pairs: _PairAscent,
     domain_scale: float,
     notes: list[str] | None = None,
+    precise: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent.
+    ``precise`` > 0: that many evaluations of the double-double model in all; the pairs alternate
+    between the best points (x, x + h v with h = PRECISE_STEP) and the pair ascent's best pairs.
 
     The power iteration runs a fixed number of sweeps (never until convergence); when its last
     sweep still moved sigma by more than POWER_RTOL, ``notes`` says so (the pairs are then only
@@ -1278,6 +1290,8 @@ def _confirmation_pairs(
             )
     tries: list[tuple[torch.Tensor, torch.Tensor]] = []
     chosen: list[torch.Tensor] = []
+    if precise:
+        return _precise_pairs(search, pop, pairs, domain_scale, precise)
     for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
         x = pop.P[i]
         if len(chosen) >= 8:
@@ -1294,6 +1308,30 @@ def _confirmation_pairs(
         if float(pairs.best_q[i]) > 0.0:
             tries.append((pairs.best_x[i], pairs.best_y[i]))
     return tries
+
+
+def _precise_pairs(search: _Search, pop: _Population, pairs: _PairAscent, domain_scale: float,
+                   evaluations: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs whose two points together take at most ``evaluations`` evaluations: the best distinct
+    points with x + h v (h = PRECISE_STEP times ||x|| + domain_scale: a step within one linear
+    piece of most ReLU networks, far above the double-double error), alternating with the pair
+    ascent's best pairs."""
+    import torch
+
+    points: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
+        x = pop.P[i]
+        if any(torch.equal(x, p[0]) for p in points):
+            continue
+        v = pop.PV[i] / pop.PV[i].norm().clamp_min(1e-300)
+        points.append((x, x + (PRECISE_STEP * (float(x.norm()) + domain_scale)) * v))
+    ascent = [(pairs.best_x[i], pairs.best_y[i])
+              for i in torch.argsort(pairs.best_q, descending=True, stable=True).tolist()
+              if float(pairs.best_q[i]) > 0.0]
+    tries: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for k in range(max(len(points), len(ascent))):
+        tries += points[k:k + 1] + ascent[k:k + 1]
+    return tries[: max(1, evaluations // 2)]
 
 
 def _fresh_pairs(search: _Search, domain_scale: float, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -1342,13 +1380,17 @@ def _nonfinite_parameters(graph: Graph) -> int:
     return count
 
 
+# deep networks confirmed in double-double (``analyses.precise``): the share of the search's units
+# its evaluations take, and the step of its pairs relative to ||x|| + the domain scale
+PRECISE_SHARE = 0.3
+PRECISE_STEP = 1e-4
 UNCONFIRMABLE_RATIO = 10.0  # forward error bound over output norm beyond which no quotient is sought
 # ... and beyond which one point decides (the next seeded point is not evaluated: each costs a
 # float64 pass with its error bounds, 1.5 s on a ResNet-50 at 224x224)
 DECISIVE_RATIO = 1e3 * UNCONFIRMABLE_RATIO
 
 
-def _unconfirmable(model: ForwardErrorModel, graph: Graph, seed: int, domain_scale: float) -> tuple[str | None, int]:
+def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: float) -> tuple[str | None, int]:
     """(why no difference quotient can be confirmed, or None; the points evaluated).
 
     A quotient is confirmed only when ||f_hat(y) - f_hat(x)|| exceeds E(x) + E(y), the float64
@@ -1366,7 +1408,15 @@ def _unconfirmable(model: ForwardErrorModel, graph: Graph, seed: int, domain_sca
     return unconfirmable_at(model, (x0, x0 / 10.0))
 
 
-def unconfirmable_at(model: ForwardErrorModel, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
+def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> PreciseModel | None:
+    """The double-double model of ``graph`` (``analyses.precise``) when it evaluates every node."""
+    from stabaudit.analyses.precise import PreciseModel
+
+    precise = PreciseModel(graph, shapes)
+    return precise if precise.supported else None
+
+
+def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
     """(why no difference quotient can be confirmed near these points (flat float64 inputs), or
     None: ``_unconfirmable``'s test (every output finite, every error bound infinite or above
     UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points; how many of them were evaluated)."""
@@ -1450,13 +1500,23 @@ def lower_bound(
                     f"above twice its share of the budget ({budget_s:.3g} s; a larger --budget searches it)"),
             witness=None, seconds=time.perf_counter() - start_time, evaluations=0,
         )
-    model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
+    model: Evaluation = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
     hopeless, checked = _unconfirmable(model, graph, seed, domain_scale)
     # the test's float64 evaluations are work of this search (charged whatever they decide)
     plan.spend(checked * _CONFIRM_PASSES * search.fwd / plan.LOWER_MACS_PER_S)
+    precise_evaluations = 0
     if hopeless is not None:
-        return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
-                           seconds=time.perf_counter() - start_time, evaluations=checked)
+        # deep networks: the double-double evaluation's error bound is some 2^-50 of float64's;
+        # the search runs and its best pairs are confirmed with it, as many as its share buys
+        from stabaudit.analyses.precise import PASSES
+
+        precise = _precise_model(graph, shapes)
+        if precise is None:
+            return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
+                               seconds=time.perf_counter() - start_time, evaluations=checked)
+        model = precise
+        precise_evaluations = max(2, int(PRECISE_SHARE * plan.lower_units(budget_s) / (PASSES * search.fwd)))
+        plan.spend(precise_evaluations * PASSES * search.fwd / plan.LOWER_MACS_PER_S)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
     plan.spend(max(plan.lower_units(budget_s), least) / plan.LOWER_MACS_PER_S)
@@ -1489,7 +1549,7 @@ def lower_bound(
         rounds = rnd + 1
 
     # 3. confirmation
-    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes)
+    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes, precise=precise_evaluations)
     estimate = float(pop.PS.max()) if k else 0.0
     best_value, witness = 0.0, None
     at: dict[int, tuple[torch.Tensor, tuple[np.ndarray, float]]] = {}  # f_hat and E at each x, once
@@ -1506,7 +1566,7 @@ def lower_bound(
         if q > best_value:
             best_value = q
             witness = Witness(x=x.tolist(), y=y.tolist(), quotient=q)
-    if best_value == 0.0:
+    if best_value == 0.0 and not precise_evaluations:
         # No pair confirmed: the ascent may have run into regions where no finite float64 error
         # bound exists (1/x, log, exp near their poles: a model that is Lipschitz only on a
         # domain). Pairs along the top singular vectors at fresh points of the domain scale.
@@ -1529,7 +1589,9 @@ def lower_bound(
     )
     method = (
         f"multi-start jacobian ascent + difference quotient ({k} starts from {screened} screened, "
-        f"{rounds} rounds of {adam_steps} pair steps and {proposals} proposals, {jac}, float64 error bound)"
+        f"{rounds} rounds of {adam_steps} pair steps and {proposals} proposals, {jac}, "
+        + (f"double-double evaluation of {precise_evaluations} points with its error bound; {hopeless.split(', so')[0]})"
+           if precise_evaluations and hopeless else "float64 error bound)")
     )
     if notes:
         method += "; " + "; ".join(notes)

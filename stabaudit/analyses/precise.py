@@ -63,8 +63,9 @@ SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
 # could underflow)
 MIN_UNIT_EXPONENT = -480
 # evaluations of this model per float64 forward pass of the graph, for the cost model: the P x Q
-# slice products of the linear nodes, two magnitude passes and the TwoSum additions
-PASSES = 22.0
+# slice products of the linear nodes, two magnitude passes and the TwoSum additions (measured:
+# ResNet-18 at 224x224, 1.53 s against 0.045 s for a float64 pass)
+PASSES = 34.0
 
 _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
 

@@ -405,9 +405,10 @@ def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance(center
 
 def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
     """An error bound that overflows (or dwarfs the outputs) at the seeded points: no search is run,
-    the result says why and is the trivial bound 0; a sane error bound keeps the search."""
+    the result says why and is the trivial bound 0; a sane error bound keeps the search. (Tanh: a
+    network the double-double evaluation does not take over.)"""
     rng = np.random.default_rng(0)
-    g = _mlp([rng.standard_normal((8, 4)), rng.standard_normal((3, 8))], [np.zeros(8), np.zeros(3)], O.Relu())
+    g = _mlp([rng.standard_normal((8, 4)), rng.standard_normal((3, 8))], [np.zeros(8), np.zeros(3)], O.Tanh())
     sane = lower_bound(g, seed=0, **FAST)
     assert sane.value > 0 and sane.witness is not None
     real = ForwardErrorModel.evaluate
@@ -438,6 +439,28 @@ def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: 
     decided = lower_bound(g, seed=0, **FAST)
     assert "is 2e+05 times the output's norm" in decided.method and decided.evaluations == 1
     assert 2e4 * UNCONFIRMABLE_RATIO > DECISIVE_RATIO
+
+
+def test_deep_piecewise_linear_networks_confirm_in_double_double(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where float64's error bound dwarfs the outputs, a ReLU network's pairs are confirmed by the
+    double-double evaluation: a positive bound below the exact constant, its witness a pair whose
+    quotient it is, and the method says so; the plan's evaluations are counted."""
+    w1 = np.array([[2.0, -1.0], [1.0, 3.0], [-1.0, 1.0]])
+    b1 = np.array([0.5, -0.25, 0.1])
+    w2 = np.array([[1.0, 2.0, -1.0]])
+    g = _mlp([w1, w2], [b1, np.zeros(1)], O.Relu())
+    real = ForwardErrorModel.evaluate
+
+    def huge(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        y = real(self, x)[0]
+        return y, 1e6 * (float(np.linalg.norm(y)) + 1.0)
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", huge)
+    result = lower_bound(g, seed=0, **FAST)
+    exact = _relu_exact_constant(w1, b1, w2)
+    assert 0.9 * exact <= result.value <= exact * (1 + 1e-12)
+    assert "double-double evaluation of" in result.method and "1e+06 times the output's norm" in result.method
+    _check_witness(g, result)
 
 
 def test_error_model_uses_the_slope_of_saturated_tanh_and_sigmoid_units() -> None:
