@@ -737,6 +737,11 @@ class ForwardErrorModel:
 
         return log_sum_exp
 
+    def rule(self, node: Node) -> Callable[..., torch.Tensor]:
+        """The error rule of ``node`` (by its output): rule(xs, es, y) bounds |y - f(x)| entry-wise
+        for computed inputs xs within es of the exact ones and y the kernel's output on xs."""
+        return next(r for n, r in self._rules if n.output == node.output)
+
     def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
         """f_hat(x) (flat, float64) and an upper bound of ||f_hat(x) - f(x)||_2 (inf if unknown)."""
         import torch
@@ -1258,11 +1263,10 @@ def _confirmation_pairs(
     pairs: _PairAscent,
     domain_scale: float,
     notes: list[str] | None = None,
-    precise: int = 0,
+    precise: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent.
-    ``precise`` > 0: that many evaluations of the double-double model in all; the pairs alternate
-    between the best points (x, x + h v with h = PRECISE_STEP) and the pair ascent's best pairs.
+    ``precise``: only the power sweeps (the pairs are ``_confirm_precise``'s).
 
     The power iteration runs a fixed number of sweeps (never until convergence); when its last
     sweep still moved sigma by more than POWER_RTOL, ``notes`` says so (the pairs are then only
@@ -1291,7 +1295,7 @@ def _confirmation_pairs(
     tries: list[tuple[torch.Tensor, torch.Tensor]] = []
     chosen: list[torch.Tensor] = []
     if precise:
-        return _precise_pairs(search, pop, pairs, domain_scale, precise)
+        return tries
     for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
         x = pop.P[i]
         if len(chosen) >= 8:
@@ -1310,28 +1314,62 @@ def _confirmation_pairs(
     return tries
 
 
-def _precise_pairs(search: _Search, pop: _Population, pairs: _PairAscent, domain_scale: float,
-                   evaluations: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pairs whose two points together take at most ``evaluations`` evaluations: the best distinct
-    points with x + h v (h = PRECISE_STEP times ||x|| + domain_scale: a step within one linear
-    piece of most ReLU networks, far above the double-double error), alternating with the pair
-    ascent's best pairs."""
+def _confirm_precise(model: Evaluation, pop: _Population, pairs: _PairAscent, domain_scale: float,
+                     evaluations: int) -> tuple[float, Witness | None, int, str | None]:
+    """(the best confirmed quotient, its witness, the evaluations made, why it stopped early or None)
+    with at most ``evaluations``
+    evaluations of the double-double ``model``: the best distinct points x, each with
+    y = x + h (||x|| + domain_scale) v along its top singular vector, alternating with the pair
+    ascent's best pairs. h is chosen once E(x) is known: PRECISE_MARGIN times the two points'
+    error bounds over the local constant sigma, at least PRECISE_STEP (within one linear piece of
+    most ReLU networks) and at most PRECISE_MAX_STEP. When the first point's bound is above
+    UNCONFIRMABLE_RATIO (||f|| + 1), as ``unconfirmable_at`` decides for float64, it stops there."""
     import torch
 
-    points: list[tuple[torch.Tensor, torch.Tensor]] = []
+    points: list[tuple[torch.Tensor, torch.Tensor, float]] = []
     for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
         x = pop.P[i]
-        if any(torch.equal(x, p[0]) for p in points):
-            continue
-        v = pop.PV[i] / pop.PV[i].norm().clamp_min(1e-300)
-        points.append((x, x + (PRECISE_STEP * (float(x.norm()) + domain_scale)) * v))
+        if not any(torch.equal(x, p[0]) for p in points):
+            points.append((x, pop.PV[i] / pop.PV[i].norm().clamp_min(1e-300), float(pop.PS[i])))
     ascent = [(pairs.best_x[i], pairs.best_y[i])
               for i in torch.argsort(pairs.best_q, descending=True, stable=True).tolist()
               if float(pairs.best_q[i]) > 0.0]
-    tries: list[tuple[torch.Tensor, torch.Tensor]] = []
+    best, witness, used = 0.0, None, 0
     for k in range(max(len(points), len(ascent))):
-        tries += points[k:k + 1] + ascent[k:k + 1]
-    return tries[: max(1, evaluations // 2)]
+        for item in (points[k:k + 1] + ascent[k:k + 1]):  # type: ignore[operator]
+            if used + 2 > evaluations:
+                return best, witness, used, None
+            check_deadline()
+            if len(item) == 3:
+                x, v, sigma = item
+                x = x.detach().clone()
+                at_x = model.evaluate(x)
+                if used == 0:
+                    why, _ = unconfirmable_at(_Known(at_x), (x,))
+                    if why is not None:
+                        return 0.0, None, 1, why.replace("float64 rounding-error bound", "double-double error bound")
+                base = float(x.norm()) + domain_scale
+                want = 2.0 * PRECISE_MARGIN * at_x[1] / max(sigma * base, 1e-300)
+                h = min(max(want, PRECISE_STEP), PRECISE_MAX_STEP)
+                y = x + (h * base) * v
+                q = confirm_quotient(model, x, y.detach().clone(), at_x=at_x)
+            else:
+                x, y = (t.detach().clone() for t in item)
+                q = confirm_quotient(model, x, y)
+            used += 2
+            if q > best:
+                best, witness = q, Witness(x=x.tolist(), y=y.tolist(), quotient=q)
+    return best, witness, used, None
+
+
+@dataclass(frozen=True)
+class _Known:
+    """An evaluation already made, for ``unconfirmable_at``'s test of it."""
+
+    value: tuple[np.ndarray, float]
+
+    def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        return self.value
 
 
 def _fresh_pairs(search: _Search, domain_scale: float, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -1382,8 +1420,14 @@ def _nonfinite_parameters(graph: Graph) -> int:
 
 # deep networks confirmed in double-double (``analyses.precise``): the share of the search's units
 # its evaluations take, and the step of its pairs relative to ||x|| + the domain scale
-PRECISE_SHARE = 0.3
+PRECISE_SHARE = 0.5
 PRECISE_STEP = 1e-4
+PRECISE_MAX_STEP = 0.1
+PRECISE_MARGIN = 20.0  # the output difference aimed at, in error bounds of the two points
+PRECISE_LEAST = 2  # the evaluations of the smallest double-double plan: one pair
+# the smallest double-double plan runs when it is planned at most at this many seconds, whatever the
+# budget: the certified lower end of a deep network is worth a few seconds of any --budget
+PRECISE_FLOOR_S = 4.0
 UNCONFIRMABLE_RATIO = 10.0  # forward error bound over output norm beyond which no quotient is sought
 # ... and beyond which one point decides (the next seeded point is not evaluated: each costs a
 # float64 pass with its error bounds, 1.5 s on a ResNet-50 at 224x224)
@@ -1408,12 +1452,12 @@ def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: flo
     return unconfirmable_at(model, (x0, x0 / 10.0))
 
 
-def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> PreciseModel | None:
-    """The double-double model of ``graph`` (``analyses.precise``) when it evaluates every node."""
+def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel) -> PreciseModel:
+    """The double-double model of ``graph`` (``analyses.precise``; the nodes it does not evaluate
+    exactly in float64 with ``fallback``'s rules and sensitivities)."""
     from stabaudit.analyses.precise import PreciseModel
 
-    precise = PreciseModel(graph, shapes)
-    return precise if precise.supported else None
+    return PreciseModel(graph, shapes, fallback=fallback)
 
 
 def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
@@ -1507,16 +1551,24 @@ def lower_bound(
     precise_evaluations = 0
     if hopeless is not None:
         # deep networks: the double-double evaluation's error bound is some 2^-50 of float64's;
-        # the search runs and its best pairs are confirmed with it, as many as its share buys
+        # the search runs and its best pairs are confirmed with it, as many as its share buys (at
+        # least the smallest plan where the smallest search plan's slack allows it)
         from stabaudit.analyses.precise import PASSES
 
-        precise = _precise_model(graph, shapes)
-        if precise is None:
-            return LowerResult(value=0.0, method=f"not searched: {hopeless}", witness=None,
+        cost = PASSES * search.fwd
+        precise_evaluations = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
+        if precise_evaluations < PRECISE_LEAST:
+            fits = PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S
+            precise_evaluations = PRECISE_LEAST if fits else 0
+        if not precise_evaluations:
+            why = (f"{hopeless}; the double-double evaluation that confirms deep piecewise-linear networks "
+                   f"is planned at {PRECISE_LEAST * cost / plan.LOWER_MACS_PER_S:.3g} s, beyond this search's "
+                   f"share of --budget ({budget_s:.3g} s; a larger --budget confirms it)")
+            return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked)
-        model = precise
-        precise_evaluations = max(2, int(PRECISE_SHARE * plan.lower_units(budget_s) / (PASSES * search.fwd)))
-        plan.spend(precise_evaluations * PASSES * search.fwd / plan.LOWER_MACS_PER_S)
+        assert isinstance(model, ForwardErrorModel)
+        model = _precise_model(graph, shapes, model)
+        plan.spend(precise_evaluations * cost / plan.LOWER_MACS_PER_S)
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
     plan.spend(max(plan.lower_units(budget_s), least) / plan.LOWER_MACS_PER_S)
@@ -1549,9 +1601,14 @@ def lower_bound(
         rounds = rnd + 1
 
     # 3. confirmation
-    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes, precise=precise_evaluations)
+    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes, precise=bool(precise_evaluations))
     estimate = float(pop.PS.max()) if k else 0.0
     best_value, witness = 0.0, None
+    if precise_evaluations:
+        best_value, witness, used, stopped = _confirm_precise(model, pop, pairs, domain_scale, precise_evaluations)
+        search.evaluations += used
+        if stopped is not None:
+            notes.append(f"not confirmed: {stopped}")
     at: dict[int, tuple[torch.Tensor, tuple[np.ndarray, float]]] = {}  # f_hat and E at each x, once
     for x, y in tries:
         check_deadline()
@@ -1590,7 +1647,7 @@ def lower_bound(
     method = (
         f"multi-start jacobian ascent + difference quotient ({k} starts from {screened} screened, "
         f"{rounds} rounds of {adam_steps} pair steps and {proposals} proposals, {jac}, "
-        + (f"double-double evaluation of {precise_evaluations} points with its error bound; {hopeless.split(', so')[0]})"
+        + (f"double-double evaluation of up to {precise_evaluations} points with its error bound; {hopeless.split(', so')[0]})"
            if precise_evaluations and hopeless else "float64 error bound)")
     )
     if notes:

@@ -36,7 +36,10 @@ more than E from the kink keeps its exact branch, one within E takes the branch 
 bound max(1, |slope|) E (the operator is Lipschitz with that constant); max pooling as the
 lexicographic maximum of (h, l) over each window (exact on normalised pairs) with the window's
 largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad) move h,
-l and E alike. A graph with any other operator is not supported (``PreciseModel.why`` says which).
+l and E alike. Any other operator is evaluated in float64 on fl(h + l) with the float64 error
+rules of ``lower.ForwardErrorModel`` when one is given (from there on the bound is float64's, which
+costs little near the outputs: a softmax or sigmoid head); without one the graph is not supported
+(``PreciseModel.why`` says which operator).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ from stabaudit.ir.graph import Graph, Node, TensorSpec
 if TYPE_CHECKING:
     import torch
 
+    from stabaudit.analyses.lower import ForwardErrorModel
+
 U = 2.0**-53  # unit roundoff of float64
 TINY = 1e-290  # absolute slack against underflow
 SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
@@ -64,8 +69,8 @@ SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
 MIN_UNIT_EXPONENT = -480
 # evaluations of this model per float64 forward pass of the graph, for the cost model: the P x Q
 # slice products of the linear nodes, two magnitude passes and the TwoSum additions (measured:
-# ResNet-18 at 224x224, 1.53 s against 0.045 s for a float64 pass)
-PASSES = 34.0
+# ResNet-18 at 224x224 0.9 to 1.6 s, a float64 pass planned at 0.12 s; ResNet-50 5.8 s for 0.26 s)
+PASSES = 16.0
 
 _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
 
@@ -126,6 +131,9 @@ class Value:
     h: torch.Tensor
     l: torch.Tensor  # noqa: E741
     e: torch.Tensor
+    # the node's own part of e: |node(h_in + l_in) - (h + l)| for its inputs' enclosures taken as
+    # exact (None: 0), for the telescoped bound
+    own: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -160,13 +168,21 @@ class PreciseModel:
     """``evaluate(x)``: the graph's outputs at x and an upper bound of their distance (L2) to the
     exact outputs of the stored weights, as ``lower.ForwardErrorModel.evaluate`` gives them."""
 
-    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel | None = None):
         self.graph = graph
         self.shapes = shapes
         self.why: str | None = None
+        # S_v of ``fallback`` (``lower.error_sensitivities``): with them, a second bound sum_v S_v
+        # ||own_v|| (as ``lower.ForwardErrorModel`` telescopes its own)
+        self.sensitivities = dict(fallback.sensitivities) if fallback is not None else {}
+        # nodes evaluated in float64 with ``fallback``'s error rules (no exact evaluation here)
+        self.in_float64: list[str] = []
         self._steps: list[tuple[Node, Callable[[list[Value]], Value]]] = []
         for node in graph.nodes:
             step = self._step(node)
+            if isinstance(step, str) and fallback is not None:
+                step = self._float64(node, fallback)
+                self.in_float64.append(node.name)
             if isinstance(step, str):
                 self.why = step
                 self._steps = []
@@ -203,7 +219,9 @@ class PreciseModel:
         parts = [hi] if coeff_lo is None else [hi, torch.from_numpy(np.asarray(coeff_lo, dtype=np.float64).copy())]
         slices, left = extract(parts, beta, SLICES)
         remainder = sum((r.abs() for r in left), torch.zeros_like(hi)) + rest
-        return _Linear(apply=apply, slices=tuple(slices), magnitude=hi.abs() + (0 if coeff_lo is None else parts[1].abs()),
+        # |W_exact| <= |hi| + |lo| + D entry-wise (D = rest: the coefficient's representation error)
+        magnitude = (hi.abs() + (0 if coeff_lo is None else parts[1].abs()) + rest) * (1.0 + 4 * U)
+        return _Linear(apply=apply, slices=tuple(slices), magnitude=magnitude,
                        rest=remainder * (1.0 + 4 * U), k=k, bias=bias)
 
     def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
@@ -271,7 +289,7 @@ class PreciseModel:
                     low = (a.l + sign * b.l) + err
                     h, l = two_sum(s, low)  # noqa: E741
                     rounding = 2 * U * (a.l.abs() + b.l.abs() + err.abs()) * (1 + 4 * U) + TINY
-                    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U))
+                    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U), own=rounding)
 
                 return add
             case O.Relu():
@@ -283,11 +301,14 @@ class PreciseModel:
             case O.Clip(min=lo_c, max=hi_c):
                 def clip(xs: list[Value], lo_c: float | None = lo_c, hi_c: float | None = hi_c) -> Value:
                     v = xs[0]
+                    own = torch.zeros_like(v.h)
                     if lo_c is not None:
                         v = _kink(v, float(lo_c))
-                    if hi_c is not None:  # min(v, c) = -max(-v, -c)
+                        own = own + v.own if v.own is not None else own
+                    if hi_c is not None:  # min(v, c) = -max(-v, -c); 1-Lipschitz: own errors add
                         v = _neg(_kink(_neg(v), -float(hi_c)))
-                    return v
+                        own = own + v.own if v.own is not None else own
+                    return Value(h=v.h, l=v.l, e=v.e, own=own * (1 + 2 * U))
 
                 return clip
             case O.MaxPool() | O.GlobalMaxPool():
@@ -311,6 +332,26 @@ class PreciseModel:
                 return move
         return f"{node.name}: {op.type.value} is not evaluated exactly"
 
+    def _float64(self, node: Node, fallback: ForwardErrorModel) -> Callable[[list[Value]], Value]:
+        """The node in float64 on the rounded inputs fl(h + l), whose distance to the exact ones is
+        at most e + u |fl(h + l)|, with ``fallback``'s rule for the node (``lower.ForwardErrorModel``:
+        the computed output's distance to the exact one, given the inputs' distances)."""
+        import torch
+
+        kern = self._kernel(node, node.op)
+        rule = fallback.rule(node)
+
+        def step(xs: list[Value]) -> Value:
+            rounded = [v.h + v.l for v in xs]
+            errs = [(v.e + U * r.abs()) * (1 + 4 * U) + TINY for v, r in zip(xs, rounded, strict=True)]
+            y = kern(*rounded)
+            own = None
+            if self.sensitivities:  # the inputs' rounding to float64 is this node's too
+                own = rule(rounded, [U * r.abs() * (1 + 4 * U) + TINY for r in rounded], y).expand(y.shape)
+            return Value(h=y, l=torch.zeros_like(y), e=rule(rounded, errs, y).expand(y.shape), own=own)
+
+        return step
+
     def _linear_step(self, lin: _Linear, out_shape: tuple[int, ...] | None = None) -> Callable[[list[Value]], Value]:
         import torch
 
@@ -329,9 +370,11 @@ class PreciseModel:
             # larger terms first: slice pairs in order of p + q, the bias last
             h, l, acc = _accumulate(terms)  # noqa: E741
             left = sum((r.abs() for r in xr), torch.zeros_like(v.h))
-            mag = lin.apply(lin.magnitude, v.e + left) + lin.apply(lin.rest, v.h.abs() + v.l.abs())
-            e = _up(mag, lin.k) + acc
-            return Value(h=h, l=l, e=e.expand(h.shape) if e.shape != h.shape else e)
+            # A(W, x) = sum A(W_p, x_q) + A(W, x_r) + A(W_r, x - x_r), |x - x_r| <= |h| + |l| + |x_r|
+            rest = lin.apply(lin.rest, v.h.abs() + v.l.abs() + left)
+            e = _up(lin.apply(lin.magnitude, v.e + left) + rest, lin.k) + acc
+            own = _up(lin.apply(lin.magnitude, left) + rest, lin.k) + acc if self.sensitivities else None
+            return Value(h=h, l=l, e=e.expand(h.shape), own=None if own is None else own.expand(h.shape))
 
         return step
 
@@ -350,7 +393,8 @@ class PreciseModel:
             h = torch.where(pos, v.h, low.h)
             l = torch.where(pos, v.l, low.l)  # noqa: E741
             e = torch.where(sure, torch.where(pos, v.e, low.e), (v.e * top + low.e) * (1 + 2 * U))
-            return Value(h=h, l=l, e=e)
+            own = None if low.own is None else torch.where(pos, torch.zeros_like(low.own), low.own)
+            return Value(h=h, l=l, e=e, own=own)
 
         return leaky
 
@@ -411,9 +455,21 @@ class PreciseModel:
         for p, s in zip(parts, specs, strict=True):
             t = p.reshape(s.shape).clone()
             env[s.name] = Value(h=t, l=torch.zeros_like(t), e=torch.zeros_like(t))
+        self.telescoped = 0.0 if self.sensitivities else math.inf
+        # each value is dropped after its last reader (the outputs are kept)
+        last = {name: i for i, (node, _) in enumerate(self._steps) for name in node.inputs}
+        keep = set(self.graph.outputs)
         with torch.no_grad():
-            for node, step in self._steps:
-                env[node.output] = step([env[name] for name in node.inputs])
+            for i, (node, step) in enumerate(self._steps):
+                out = step([env[name] for name in node.inputs])
+                for name in set(node.inputs):
+                    if last[name] == i and name not in keep:
+                        del env[name]
+                env[node.output] = out
+                if out.own is not None and math.isfinite(self.telescoped):
+                    size = _size(out.own)
+                    if size > 0.0:
+                        self.telescoped = _mul_up(self.sensitivities.get(node.output, math.inf), size, self.telescoped)
         return [env[name] for name in self.graph.outputs]
 
     def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
@@ -434,11 +490,29 @@ class PreciseModel:
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(bound))):
             return y, math.inf
         size = math.sqrt(float(np.sum(bound * bound))) * (1 + (bound.size + 4) * U) * (1 + 1e-9) + TINY * bound.size
-        return y, size
+        # the telescoped bound (module docstring of ``lower``: switching the nodes from exact to
+        # computed one at a time), plus the final rounding to float64
+        rounding = float(np.sqrt(np.sum((U * np.abs(y)) ** 2))) * (1 + 1e-9) + TINY * y.size
+        return y, min(size, self.telescoped + rounding * (1 + 4 * U))
+
+
+def _size(t: torch.Tensor) -> float:
+    """An upper bound of the L2 norm of a nonnegative float64 tensor (inf when not finite)."""
+    a = t.detach().numpy().astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        return math.inf
+    return math.sqrt(float(np.sum(a * a))) * (1 + (a.size + 4) * U) * (1 + 1e-9) + TINY * a.size
+
+
+def _mul_up(s: float, size: float, total: float) -> float:
+    """total + s * size, rounded up (inf stays inf)."""
+    if not (math.isfinite(s) and math.isfinite(size)):
+        return math.inf
+    return (total + s * size * (1 + 4 * U)) * (1 + 4 * U) + TINY
 
 
 def _neg(v: Value) -> Value:
-    return Value(h=-v.h, l=-v.l, e=v.e)
+    return Value(h=-v.h, l=-v.l, e=v.e, own=v.own)
 
 
 def _sure(v: Value, c: float) -> torch.Tensor:
@@ -465,7 +539,8 @@ def _kink(v: Value, c: float) -> Value:
     # exactly up to the rounding of d (the side taken)
     slack = 4 * U * (v.h.abs() + abs(c) + v.l.abs()) + TINY
     e = torch.where(sure_above, v.e, torch.where(sure_below, torch.zeros_like(v.e), (v.e + slack) * (1 + 2 * U)))
-    return Value(h=h, l=l, e=e)
+    own = torch.where(sure_above | sure_below, torch.zeros_like(slack), slack)
+    return Value(h=h, l=l, e=e, own=own)
 
 
 __all__ = ["PASSES", "PreciseModel", "Value", "extract", "two_sum"]

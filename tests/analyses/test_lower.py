@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from stabaudit.analyses.lower import (
     error_sensitivities,
     lower_bound,
 )
+from stabaudit.analyses.precise import PreciseModel
 from stabaudit.bounds.base import Guarantee
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor, with_shapes
@@ -404,41 +405,63 @@ def test_error_model_of_a_layer_norm_with_a_tiny_eps_follows_the_variance(center
 
 
 def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An error bound that overflows (or dwarfs the outputs) at the seeded points: no search is run,
-    the result says why and is the trivial bound 0; a sane error bound keeps the search. (Tanh: a
-    network the double-double evaluation does not take over.)"""
+    """An error bound that overflows (or dwarfs the outputs) at the seeded points: where the
+    double-double evaluation does not fit the budget no search is run, the result says why and is
+    the trivial bound 0; where it fits, the search runs and stops at its first double-double
+    evaluation when that bound is hopeless too; a sane bound confirms."""
+    from stabaudit.analyses import lower as L
+
     rng = np.random.default_rng(0)
     g = _mlp([rng.standard_normal((8, 4)), rng.standard_normal((3, 8))], [np.zeros(8), np.zeros(3)], O.Tanh())
     sane = lower_bound(g, seed=0, **FAST)
     assert sane.value > 0 and sane.witness is not None
     real = ForwardErrorModel.evaluate
+    real_precise = PreciseModel.evaluate
 
-    def overflowing(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        return real(self, x)[0], math.inf
+    def both(bound: Callable[[np.ndarray], float]) -> None:
+        def fake(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+            y = real(self, x)[0]
+            return y, bound(y)
 
-    monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
-    skipped = lower_bound(g, seed=0, **FAST)
+        def fake_precise(self: PreciseModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+            y = real_precise(self, x)[0]
+            return y, bound(y)
+
+        monkeypatch.setattr(ForwardErrorModel, "evaluate", fake)
+        monkeypatch.setattr(PreciseModel, "evaluate", fake_precise)
+
+    starved = {"starts": 1, "steps": 0, "budget_s": 0.0, "smallest_slack_s": 0.0}
+    monkeypatch.setattr(L, "PRECISE_FLOOR_S", 0.0)
+    both(lambda y: math.inf)
+    skipped = lower_bound(g, seed=0, **starved)
     # an infinite bound at the first seeded point decides alone: one float64 evaluation
     assert skipped.value == 0.0 and skipped.witness is None and skipped.evaluations == 1
     assert skipped.method.startswith("not searched: the float64 rounding-error bound of this network overflows")
+    assert "a larger --budget confirms it" in skipped.method
 
-    def huge(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        y = real(self, x)[0]
-        return y, 50.0 * (float(np.linalg.norm(y)) + 1.0)
-
-    monkeypatch.setattr(ForwardErrorModel, "evaluate", huge)
-    fifty = lower_bound(g, seed=0, **FAST)
+    both(lambda y: 50.0 * (float(np.linalg.norm(y)) + 1.0))
+    fifty = lower_bound(g, seed=0, **starved)
     assert "is 50 times the output's norm" in fifty.method and fifty.evaluations == 2
 
-    def far(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        y = real(self, x)[0]
-        return y, 2e4 * UNCONFIRMABLE_RATIO * (float(np.linalg.norm(y)) + 1.0)
-
     # far beyond DECISIVE_RATIO at the first point: the second is not evaluated
-    monkeypatch.setattr(ForwardErrorModel, "evaluate", far)
-    decided = lower_bound(g, seed=0, **FAST)
+    both(lambda y: 2e4 * UNCONFIRMABLE_RATIO * (float(np.linalg.norm(y)) + 1.0))
+    decided = lower_bound(g, seed=0, **starved)
     assert "is 2e+05 times the output's norm" in decided.method and decided.evaluations == 1
     assert 2e4 * UNCONFIRMABLE_RATIO > DECISIVE_RATIO
+
+    # the double-double evaluation fits: the search runs and stops at its first evaluation
+    both(lambda y: math.inf)
+    stopped = lower_bound(g, seed=0, **FAST)
+    assert stopped.value == 0.0 and stopped.witness is None
+    assert "not confirmed: the double-double error bound of this network overflows" in stopped.method
+
+    # float64 hopeless, the double-double bound sane (its Tanh nodes in float64 at the size of one
+    # layer's rounding): the search runs and confirms
+    monkeypatch.setattr(PreciseModel, "evaluate", real_precise)
+    rescued = lower_bound(g, seed=0, **FAST)
+    assert rescued.value > 0.0
+    assert "double-double evaluation of up to" in rescued.method
+    _check_witness(g, rescued)
 
 
 def test_deep_piecewise_linear_networks_confirm_in_double_double(monkeypatch: pytest.MonkeyPatch) -> None:

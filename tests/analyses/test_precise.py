@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from stabaudit.analyses.lower import ForwardErrorModel
+from stabaudit.analyses.composition import rule_bounds
+from stabaudit.analyses.lower import ForwardErrorModel, error_sensitivities
 from stabaudit.analyses.precise import PreciseModel, extract
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
@@ -56,6 +57,14 @@ def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1
     assert dist <= bound <= 2.3e-16 * size + 1e-290 * len(truth)
     _, float64_bound = ForwardErrorModel(graph, dict(graph.shapes)).evaluate(flat)
     assert worst < 1e-6 * float64_bound or float64_bound == 0.0
+    # the telescoped bound (certified operator bounds downstream of each node) encloses h + l too
+    fallback = ForwardErrorModel(graph, dict(graph.shapes), error_sensitivities(graph, rule_bounds(graph)))
+    tele = PreciseModel(graph, dict(graph.shapes), fallback=fallback)
+    (again,) = tele.run(flat)
+    assert torch.equal(again.h, out.h) and torch.equal(again.l, out.l)
+    gap = math.sqrt(float(sum((Fraction(float(h)) + Fraction(float(lo)) - t) ** 2 for h, lo, t in
+                              zip(out.h.numpy().ravel(), out.l.numpy().ravel(), truth, strict=True))))
+    assert gap <= tele.telescoped <= 1e-20 * size + 1e-280  # looser on small networks: global S_v
     return worst
 
 
