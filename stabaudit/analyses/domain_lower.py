@@ -23,6 +23,8 @@ from stabaudit.analyses.plan import SMALLEST_PLAN_FACTOR, spend
 
 if TYPE_CHECKING:
     import torch
+
+    from stabaudit.analyses.lower import Evaluation
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir.graph import Graph
 from stabaudit.limits import check_deadline, raise_allocation_failure
@@ -138,6 +140,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         confirm_quotient,
         error_sensitivities,
         forward_macs,
+        precise_plan,
         unconfirmable_at,
     )
     from stabaudit.ir.executor import Executor, with_shapes
@@ -145,7 +148,11 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     if not all(node.output in graph.shapes for node in graph.nodes):
         graph = with_shapes(graph)
     shapes = dict(graph.shapes)
-    model = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
+    model: Evaluation = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds or {}))
+    # deep piecewise-linear networks: boxes whose float64 bound swamps the outputs are confirmed in
+    # double-double (``analyses.precise``) while its planned evaluations last
+    precise: Evaluation | None = None
+    precise_left = 0
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
     macs = forward_macs(graph, shapes)
@@ -181,12 +188,19 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         v = torch.randn(points, n, generator=gen, dtype=torch.float64)
         v = v / v.norm(dim=1, keepdim=True)
         hopeless, _ = unconfirmable_at(model, (x[0], x[-1]))
+        confirm_with, most = model, work.tries
         if hopeless is not None:
-            # the error bound swamps the outputs at the center and a drawn point (or at the center
-            # alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a decision on
-            # those evaluations, not on the clock)
-            notes.append(hopeless.replace("at seeded points", "inside the domain"))
-            continue
+            if precise is None and isinstance(model, ForwardErrorModel):
+                precise, precise_left = precise_plan(graph, shapes, model, macs, budget_s)
+            if precise is None or precise_left < 2:
+                # the error bound swamps the outputs at the center and a drawn point (or at the
+                # center alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a
+                # decision on those evaluations, not on the clock)
+                notes.append(hopeless.replace("at seeded points", "inside the domain"))
+                continue
+            confirm_with, most = precise, precise_left // 2
+            precise_left -= 2 * most
+            notes.append("pairs confirmed in double-double where float64's error bound swamps the outputs")
         spend(work.box_s)  # the work of a box that is searched
         try:
             with torch.no_grad():
@@ -236,12 +250,12 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                     tries.append((bx[i], bx[i] + sign * h * float(width.max()) * vi))
         # pairs of random points (models without a torch Jacobian)
         tries += [(x[i], x[(i + 1) % points]) for i in range(min(points, 8))]
-        for a, b in tries[: work.tries]:  # the best point's steps first
+        for a, b in tries[: most]:  # the best point's steps first
             a = torch.minimum(torch.maximum(a.clone(), lo), hi)
             b = torch.minimum(torch.maximum(b.clone(), lo), hi)
             if torch.equal(a, b):
                 continue
-            value = confirm_quotient(model, a, b)
+            value = confirm_quotient(confirm_with, a, b)
             if value > best:
                 best, best_x, best_y, best_box = value, a, b, index
     method = (f"Jacobian screening and local search inside the domain ({points} points, {rounds} rounds of "

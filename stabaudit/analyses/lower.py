@@ -1452,6 +1452,23 @@ def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: flo
     return unconfirmable_at(model, (x0, x0 / 10.0))
 
 
+def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel, macs: float,
+                 budget_s: float) -> tuple[PreciseModel | None, int]:
+    """(the double-double model, the evaluations of it that ``budget_s`` plans (charged here)) for
+    a search whose float64 bound swamps the outputs: PRECISE_SHARE of the units, at least
+    PRECISE_LEAST when they are planned within PRECISE_FLOOR_S; (None, 0) when none are."""
+    from stabaudit.analyses.precise import PASSES
+
+    cost = PASSES * macs
+    count = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
+    if count < PRECISE_LEAST:
+        count = PRECISE_LEAST if PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S else 0
+    if not count:
+        return None, 0
+    plan.spend(count * cost / plan.LOWER_MACS_PER_S)
+    return _precise_model(graph, shapes, fallback), count
+
+
 def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel) -> PreciseModel:
     """The double-double model of ``graph`` (``analyses.precise``; the nodes it does not evaluate
     exactly in float64 with ``fallback``'s rules and sensitivities)."""
@@ -1555,20 +1572,16 @@ def lower_bound(
         # least the smallest plan where the smallest search plan's slack allows it)
         from stabaudit.analyses.precise import PASSES
 
-        cost = PASSES * search.fwd
-        precise_evaluations = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
-        if precise_evaluations < PRECISE_LEAST:
-            fits = PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S
-            precise_evaluations = PRECISE_LEAST if fits else 0
-        if not precise_evaluations:
+        assert isinstance(model, ForwardErrorModel)
+        precise, precise_evaluations = precise_plan(graph, shapes, model, search.fwd, budget_s)
+        if precise is None:
+            cost = PASSES * search.fwd
             why = (f"{hopeless}; the double-double evaluation that confirms deep piecewise-linear networks "
                    f"is planned at {PRECISE_LEAST * cost / plan.LOWER_MACS_PER_S:.3g} s, beyond this search's "
                    f"share of --budget ({budget_s:.3g} s; a larger --budget confirms it)")
             return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked)
-        assert isinstance(model, ForwardErrorModel)
-        model = _precise_model(graph, shapes, model)
-        plan.spend(precise_evaluations * cost / plan.LOWER_MACS_PER_S)
+        model = precise
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
     plan.spend(max(plan.lower_units(budget_s), least) / plan.LOWER_MACS_PER_S)

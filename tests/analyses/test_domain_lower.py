@@ -159,7 +159,9 @@ def test_the_plan_spends_at_most_its_budget_above_the_smallest_plan() -> None:
 
 def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
     """An error bound that overflows at the box's center and a drawn point: no screening, no pairs,
-    and the method says why; a sane error bound keeps the search."""
+    and the method says why, where the double-double evaluation is not planned; where it is, the
+    box's pairs are confirmed with it; a sane error bound keeps the search."""
+    from stabaudit.analyses import lower as L
     from stabaudit.analyses.lower import ForwardErrorModel
 
     g = _relu_net()
@@ -176,12 +178,24 @@ def test_a_box_whose_error_bound_swamps_the_outputs_is_not_searched(monkeypatch:
     monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
     from stabaudit.analyses import plan as cost
 
+    monkeypatch.setattr(L, "PRECISE_FLOOR_S", 0.0)
+    monkeypatch.setattr(L, "PRECISE_SHARE", 0.0)
     with cost.ledger() as spent:
         low = domain_lower(g, boxes, seed=3, budget_s=0.5)
     assert low.value == 0.0 and low.x == () and len(calls) == 1  # an infinite bound at the center decides alone
     assert spent == [0.0]  # a box that is not searched is not charged
     assert "nothing confirmed" in low.method
     assert "rounding-error bound of this network overflows inside the domain" in low.method
+
+    monkeypatch.undo()
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
+    rescued = domain_lower(g, boxes, seed=3, budget_s=0.5)
+    assert rescued.value > 0 and "pairs confirmed in double-double" in rescued.method
+    x, y = np.array(rescued.x), np.array(rescued.y)
+    assert np.max(np.abs(x - samples.ravel())) <= 0.1 and np.max(np.abs(y - samples.ravel())) <= 0.1
+    f = Executor(g, dtype=torch.float64).flat()
+    q = float((f(torch.from_numpy(y)) - f(torch.from_numpy(x))).norm()) / float(np.linalg.norm(y - x))
+    assert q * (1 - 1e-9) <= rescued.value <= q * (1 + 1e-9)
 
 
 def test_the_smallest_try_budget_confirms_every_step_size(monkeypatch: pytest.MonkeyPatch) -> None:
