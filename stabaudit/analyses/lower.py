@@ -1453,17 +1453,18 @@ def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: flo
 
 
 def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel, macs: float,
-                 budget_s: float) -> tuple[PreciseModel | None, int]:
+                 budget_s: float, share: bool = False) -> tuple[PreciseModel | None, int]:
     """(the double-double model, the evaluations of it that ``budget_s`` plans (charged here)) for
     a search whose float64 bound swamps the outputs: PRECISE_SHARE of the units, at least
-    PRECISE_LEAST when they are planned within PRECISE_FLOOR_S; (None, 0) when none are."""
+    PRECISE_LEAST when they are planned within PRECISE_FLOOR_S (not for a search that is a
+    ``share`` of another's budget); (None, 0) when none are."""
     from stabaudit.analyses.precise import PASSES
 
     cost = PASSES * macs
     count = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
-    if count < PRECISE_LEAST:
+    if count < PRECISE_LEAST and not share:
         count = PRECISE_LEAST if PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S else 0
-    if not count:
+    if count < PRECISE_LEAST:
         return None, 0
     plan.spend(count * cost / plan.LOWER_MACS_PER_S)
     return _precise_model(graph, shapes, fallback), count
@@ -1573,7 +1574,7 @@ def lower_bound(
         from stabaudit.analyses.precise import PASSES
 
         assert isinstance(model, ForwardErrorModel)
-        precise, precise_evaluations = precise_plan(graph, shapes, model, search.fwd, budget_s)
+        precise, precise_evaluations = precise_plan(graph, shapes, model, search.fwd, budget_s, share)
         if precise is None:
             cost = PASSES * search.fwd
             why = (f"{hopeless}; the double-double evaluation that confirms deep piecewise-linear networks "

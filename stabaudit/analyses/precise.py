@@ -29,8 +29,11 @@ its result. What the slices leave out is bounded by |A|(|W|, |x_r|) + |A|(|W_r| 
 the relative margin (1 + 2 gamma_(K+2)) of a sum of nonnegative terms (Higham, Accuracy and
 Stability, Lemma 3.1). The error in from the input, |A(W, e)| <= |A|(|W|, E), is propagated alike.
 
+Average pooling is such a map too: window sums of the zero-padded input (K the window size) times
+1/count, the executor's count per window, held as hi + lo with its exact remainder.
 The other operators: sums and differences of two values by TwoSum (exact) plus the float64 sum of
-the low parts (within 2u of it); Relu, Clip, LeakyRelu, PRelu by the sign of h + l (exact: h is
+the low parts (within 2u of it); Max and Min of values and a constant as b + max(a - b, 0);
+Relu, Clip, LeakyRelu, PRelu by the sign of h + l (exact: h is
 the rounded value of h + l after each TwoSum, so |l| <= u |h|): a unit whose value is at distance
 more than E from the kink keeps its exact branch, one within E takes the branch of h + l with the
 bound max(1, |slope|) E (the operator is Lipschitz with that constant); max pooling as the
@@ -211,7 +214,9 @@ class PreciseModel:
 
     def _linear(self, coeff_hi: np.ndarray, coeff_lo: np.ndarray | None, rest: float,
                 apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k: int,
-                bias: torch.Tensor | None) -> _Linear:
+                bias: torch.Tensor | None, extra: torch.Tensor | None = None) -> _Linear:
+        """The linear map's slices; ``rest`` (a number) or ``extra`` (a tensor like the coefficient)
+        bounds |W_exact - (hi + lo)| entry-wise."""
         import torch
 
         beta = _beta(k)
@@ -219,8 +224,13 @@ class PreciseModel:
         parts = [hi] if coeff_lo is None else [hi, torch.from_numpy(np.asarray(coeff_lo, dtype=np.float64).copy())]
         slices, left = extract(parts, beta, SLICES)
         remainder = sum((r.abs() for r in left), torch.zeros_like(hi)) + rest
+        if extra is not None:
+            remainder = remainder + extra
+            rest_t: torch.Tensor | float = extra + rest
+        else:
+            rest_t = rest
         # |W_exact| <= |hi| + |lo| + D entry-wise (D = rest: the coefficient's representation error)
-        magnitude = (hi.abs() + (0 if coeff_lo is None else parts[1].abs()) + rest) * (1.0 + 4 * U)
+        magnitude = (hi.abs() + (0 if coeff_lo is None else parts[1].abs()) + rest_t) * (1.0 + 4 * U)
         return _Linear(apply=apply, slices=tuple(slices), magnitude=magnitude,
                        rest=remainder * (1.0 + 4 * U), k=k, bias=bias)
 
@@ -280,18 +290,34 @@ class PreciseModel:
                     return s * c
 
                 return self._linear_step(self._linear(hi, lo, rest, total, max(n, 1), None))
+            case O.AvgPool():
+                return self._avg_pool(op)
             case O.Add() | O.Sub():
                 sign = 1.0 if isinstance(op, O.Add) else -1.0
-
                 def add(xs: list[Value], sign: float = sign) -> Value:
-                    a, b = xs
-                    s, err = two_sum(a.h, sign * b.h)
-                    low = (a.l + sign * b.l) + err
-                    h, l = two_sum(s, low)  # noqa: E741
-                    rounding = 2 * U * (a.l.abs() + b.l.abs() + err.abs()) * (1 + 4 * U) + TINY
-                    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U), own=rounding)
+                    return _add(xs[0], xs[1], sign)
 
                 return add
+            case O.Max() | O.Min():
+                top = isinstance(op, O.Max)
+                const = None if op.constant is None else torch.from_numpy(np.asarray(op.constant, dtype=np.float64).copy())
+
+                def extremum(xs: list[Value], top: bool = top, const: torch.Tensor | None = const) -> Value:
+                    # the inputs' own errors are their nodes'; this node's are those of its steps
+                    vals = [Value(h=v.h, l=v.l, e=v.e) for v in xs]
+                    vals = vals if top else [_neg(v) for v in vals]
+                    if const is not None:
+                        c = const if top else -const
+                        vals.append(Value(h=c, l=torch.zeros_like(c), e=torch.zeros_like(c)))
+                    out, own = vals[0], None
+                    for v in vals[1:]:
+                        out = _max2(out, v)
+                        assert out.own is not None
+                        own = out.own if own is None else (own + out.own) * (1 + 2 * U)
+                    out = Value(h=out.h, l=out.l, e=out.e, own=own)
+                    return out if top else _neg(out)
+
+                return extremum
             case O.Relu():
                 return lambda xs: _kink(xs[0], 0.0)
             case O.LeakyRelu(alpha=alpha):
@@ -397,6 +423,51 @@ class PreciseModel:
             return Value(h=h, l=l, e=e, own=own)
 
         return leaky
+
+    def _avg_pool(self, op: O.AvgPool) -> Callable[[list[Value]], Value] | str:
+        """Average pooling as the executor defines it, (window sum of the zero-padded input) times
+        1/count, count the window sum of the padding mask (exact small integers): a linear map
+        with K = the window size and the coefficient 1/count held as hi + lo (+ its exact
+        remainder, from rational arithmetic per distinct count)."""
+        import torch
+        import torch.nn.functional as F
+
+        from stabaudit.ir.executor import _torch_pads
+
+        n = len(op.kernel)
+        if any(d != 1 for d in op.dilations) or n > 3:
+            return f"{op.type.value}: a dilated pool is not evaluated exactly"
+        pads = _torch_pads(op.pads)
+
+        def window_sum(x: torch.Tensor) -> torch.Tensor:
+            return _pool_sum(F.pad(x, pads) if any(pads) else x, op, n)
+
+        state: dict[tuple[int, ...], _Linear] = {}
+
+        def linear_for(shape: tuple[int, ...]) -> _Linear:
+            spatial = shape[-n:]
+            if spatial not in state:
+                ones = torch.ones((1, 1, *spatial), dtype=torch.float64)
+                mask = F.pad(ones, pads, value=1.0 if op.count_include_pad else 0.0) if any(pads) else ones
+                counts = _pool_sum(mask, op, n)
+                c = counts.numpy()
+                hi, lo, rest = np.zeros_like(c), np.zeros_like(c), np.zeros_like(c)
+                for value in np.unique(c):
+                    exact = Fraction(1, int(value))
+                    h = float(exact)
+                    lo_v = float(exact - Fraction(h))
+                    sel = c == value
+                    hi[sel], lo[sel] = h, lo_v
+                    rest[sel] = float(abs(exact - Fraction(h) - Fraction(lo_v))) * (1.0 + 4 * U) + TINY
+                k = int(np.prod(op.kernel))
+                state[spatial] = self._linear(hi, lo, 0.0, lambda cf, x: window_sum(x) * cf, k, None,
+                                              extra=torch.from_numpy(rest))
+            return state[spatial]
+
+        def avg(xs: list[Value]) -> Value:
+            return self._linear_step(linear_for(tuple(xs[0].h.shape)))(xs)
+
+        return avg
 
     def _max_pool(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
@@ -509,6 +580,37 @@ def _mul_up(s: float, size: float, total: float) -> float:
     if not (math.isfinite(s) and math.isfinite(size)):
         return math.inf
     return (total + s * size * (1 + 4 * U)) * (1 + 4 * U) + TINY
+
+
+def _pool_sum(mask: torch.Tensor, op: O.AvgPool, n: int) -> torch.Tensor:
+    """The window sums of an already padded tensor (of the mask: the executor's divisor; of a
+    slice: exact)."""
+    import torch.nn.functional as F
+
+    if n == 1:  # avg_pool1d has no divisor_override: one more axis of size 1
+        return F.avg_pool2d(mask.unsqueeze(-2), (1, op.kernel[0]), (1, op.strides[0]), 0, op.ceil_mode, True,
+                            1).squeeze(-2)
+    pool = F.avg_pool2d if n == 2 else F.avg_pool3d
+    return pool(mask, op.kernel, op.strides, 0, op.ceil_mode, True, 1)  # type: ignore[call-arg,no-any-return]
+
+
+def _add(a: Value, b: Value, sign: float = 1.0) -> Value:
+    """a + sign b: TwoSum of the high parts (exact), the low parts and its error summed in float64
+    (two roundings, each within u of its result), one TwoSum to normalise (broadcasting)."""
+    s, err = two_sum(a.h, sign * b.h)
+    low = (a.l + sign * b.l) + err
+    h, l = two_sum(s, low)  # noqa: E741
+    rounding = 2 * U * (a.l.abs() + b.l.abs() + err.abs()) * (1 + 4 * U) + TINY
+    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U), own=rounding)
+
+
+def _max2(a: Value, b: Value) -> Value:
+    """max(a, b) = b + max(a - b, 0); each step 1-Lipschitz, so the own errors add."""
+    d = _add(a, b, -1.0)
+    r = _kink(d, 0.0)
+    out = _add(b, r)
+    assert d.own is not None and r.own is not None and out.own is not None
+    return Value(h=out.h, l=out.l, e=out.e, own=(d.own + r.own + out.own) * (1 + 4 * U))
 
 
 def _neg(v: Value) -> Value:

@@ -38,9 +38,10 @@ def _one(op: O.Op, shapes: list[tuple[int, ...]]) -> Graph:
     return with_shapes(g)
 
 
-def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26) -> float:
+def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26, than_float64: bool = True) -> float:
     """Every entry of the precise model's enclosure h + l is within its e of the exact output, e is
-    below ``rel`` times the outputs' size and far below float64's bound; ``evaluate``'s rounded
+    below ``rel`` times the outputs' size and far below float64's bound (``than_float64``: an
+    operator that float64 evaluates exactly, such as max, has none); ``evaluate``'s rounded
     outputs are within its L2 bound. Returns the largest e."""
     model = PreciseModel(graph, dict(graph.shapes))
     assert model.supported, model.why
@@ -56,7 +57,7 @@ def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1
     dist = math.sqrt(float(sum((Fraction(float(a)) - b) ** 2 for a, b in zip(y, truth, strict=True))))
     assert dist <= bound <= 2.3e-16 * size + 1e-290 * len(truth)
     _, float64_bound = ForwardErrorModel(graph, dict(graph.shapes)).evaluate(flat)
-    assert worst < 1e-6 * float64_bound or float64_bound == 0.0
+    assert worst < 1e-6 * float64_bound or float64_bound == 0.0 or not than_float64
     # the telescoped bound (certified operator bounds downstream of each node) encloses h + l too
     fallback = ForwardErrorModel(graph, dict(graph.shapes), error_sensitivities(graph, rule_bounds(graph)))
     tele = PreciseModel(graph, dict(graph.shapes), fallback=fallback)
@@ -251,3 +252,48 @@ def test_unsupported_operators_are_named() -> None:
     assert not model.supported and model.why is not None and "tanh" in model.why.lower()
     y, bound = model.evaluate(torch.zeros(3, dtype=torch.float64))
     assert bound == math.inf
+
+
+@pytest.mark.parametrize(("pads", "ceil", "include"), [((0, 0, 0, 0), False, False), ((1, 0, 1, 1), False, False),
+                                                         ((1, 1, 0, 1), True, True), ((0, 1, 1, 0), True, False)])
+def test_average_pool_divides_each_window_by_its_count(pads: tuple[int, ...], ceil: bool, include: bool) -> None:
+    """Window sums over the zero-padded input divided by the executor's count (the padding counted
+    or not, ceil mode's partial windows), exactly: 1/3, 1/6 ... are not floats."""
+    rng = np.random.default_rng(21)
+    x = _wide(rng, 1, 2, 5, 7)
+    op = O.AvgPool(kernel=(3, 2), strides=(2, 2), pads=pads, dilations=(1, 1), ceil_mode=ceil,
+                   count_include_pad=include)
+    g = _one(op, [x.shape])
+    out_shape = g.shapes["y"]
+    ex = _exact(x)
+    ref = np.empty(out_shape, dtype=object)
+    top, left = pads[0], pads[1]
+    padded_h, padded_w = 5 + pads[0] + pads[2], 7 + pads[1] + pads[3]
+    for c in range(2):
+        for i in range(out_shape[2]):
+            for j in range(out_shape[3]):
+                total, count = Fraction(0), 0
+                for r in range(2 * i, 2 * i + 3):
+                    for q in range(2 * j, 2 * j + 2):
+                        if r >= padded_h or q >= padded_w:
+                            continue  # beyond the padded input (ceil mode): neither summed nor counted
+                        inside = top <= r < top + 5 and left <= q < left + 7
+                        if inside:
+                            total += ex[0, c, r - top, q - left]
+                        count += 1 if (inside or include) else 0
+                ref[0, c, i, j] = total / count
+    _check(g, [x], ref)
+
+
+def test_max_and_min_of_values_and_a_constant() -> None:
+    rng = np.random.default_rng(23)
+    x, z = _wide(rng, 2, 3, 4), _wide(rng, 2, 3, 4)
+    z[0, 0, :2] = x[0, 0, :2]  # ties
+    c = _wide(rng, 1, 3, 1)
+    ex, ez, ec = _exact(x), _exact(z), _exact(c)
+    big = np.vectorize(max, otypes=[object])
+    small = np.vectorize(min, otypes=[object])
+    _check(_one(O.Max(), [x.shape, z.shape]), [x, z], big(ex, ez), than_float64=False)
+    _check(_one(O.Min(constant=c), [x.shape, z.shape]), [x, z], small(small(ex, ez), np.broadcast_to(ec, x.shape)),
+           than_float64=False)
+    _check(_one(O.Max(constant=c), [x.shape]), [x], big(ex, np.broadcast_to(ec, x.shape)), than_float64=False)
