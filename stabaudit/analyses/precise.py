@@ -560,19 +560,26 @@ class PreciseModel:
         bound = e.numpy() + U * np.abs(y) * (1 + 4 * U)
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(bound))):
             return y, math.inf
-        size = math.sqrt(float(np.sum(bound * bound))) * (1 + (bound.size + 4) * U) * (1 + 1e-9) + TINY * bound.size
+        size = _norm_up(bound) * (1 + 1e-9)
         # the telescoped bound (module docstring of ``lower``: switching the nodes from exact to
         # computed one at a time), plus the final rounding to float64
-        rounding = float(np.sqrt(np.sum((U * np.abs(y)) ** 2))) * (1 + 1e-9) + TINY * y.size
-        return y, min(size, self.telescoped + rounding * (1 + 4 * U))
+        rounding = _norm_up(U * np.abs(y)) * (1 + 1e-9)
+        return y, min(size, (self.telescoped + rounding) * (1 + 4 * U))
+
+
+def _norm_up(a: np.ndarray) -> float:
+    """An upper bound of ||a||_2 (inf when an entry is not finite; squares that overflow or
+    underflow accounted for, as ``lower`` bounds its error tensors)."""
+    from stabaudit.analyses.lower import _norm_up as norm_up
+
+    if not np.all(np.isfinite(a)):
+        return math.inf
+    return norm_up(a)
 
 
 def _size(t: torch.Tensor) -> float:
     """An upper bound of the L2 norm of a nonnegative float64 tensor (inf when not finite)."""
-    a = t.detach().numpy().astype(np.float64)
-    if not np.all(np.isfinite(a)):
-        return math.inf
-    return math.sqrt(float(np.sum(a * a))) * (1 + (a.size + 4) * U) * (1 + 1e-9) + TINY * a.size
+    return _norm_up(t.detach().numpy().astype(np.float64))
 
 
 def _mul_up(s: float, size: float, total: float) -> float:
