@@ -1577,7 +1577,7 @@ def lower_bound(
         precise, precise_evaluations = precise_plan(graph, shapes, model, search.fwd, budget_s, share)
         if precise is None:
             cost = PASSES * search.fwd
-            why = (f"{hopeless}; the double-double evaluation that confirms deep piecewise-linear networks "
+            why = (f"{hopeless}; the double-double evaluation that confirms deep networks "
                    f"is planned at {PRECISE_LEAST * cost / plan.LOWER_MACS_PER_S:.3g} s, beyond this search's "
                    f"share of --budget ({budget_s:.3g} s; a larger --budget confirms it)")
             return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,

@@ -56,8 +56,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stabaudit.errors import StabauditError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.limits import raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
@@ -149,6 +151,7 @@ class _Linear:
     rest: torch.Tensor  # |W_r| + D: what the slices leave of the exact coefficient
     k: int
     bias: torch.Tensor | None
+    zero: torch.Tensor  # a zero coefficient (kept: kernels are cached by the coefficient's identity)
 
 
 def _accumulate(terms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,6 +178,7 @@ class PreciseModel:
         self.graph = graph
         self.shapes = shapes
         self.why: str | None = None
+        self.failure: str | None = None  # why the last evaluation failed (its bound was inf)
         # S_v of ``fallback`` (``lower.error_sensitivities``): with them, a second bound sum_v S_v
         # ||own_v|| (as ``lower.ForwardErrorModel`` telescopes its own)
         self.sensitivities = dict(fallback.sensitivities) if fallback is not None else {}
@@ -182,7 +186,13 @@ class PreciseModel:
         self.in_float64: list[str] = []
         self._steps: list[tuple[Node, Callable[[list[Value]], Value]]] = []
         for node in graph.nodes:
-            step = self._step(node)
+            try:
+                step = self._step(node)
+            except StabauditError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (a node this module cannot build runs in float64)
+                raise_allocation_failure(exc)
+                step = f"{node.name}: {type(exc).__name__}: {exc}"
             if isinstance(step, str) and fallback is not None:
                 step = self._float64(node, fallback)
                 self.in_float64.append(node.name)
@@ -232,7 +242,7 @@ class PreciseModel:
         # |W_exact| <= |hi| + |lo| + D entry-wise (D = rest: the coefficient's representation error)
         magnitude = (hi.abs() + (0 if coeff_lo is None else parts[1].abs()) + rest_t) * (1.0 + 4 * U)
         return _Linear(apply=apply, slices=tuple(slices), magnitude=magnitude,
-                       rest=remainder * (1.0 + 4 * U), k=k, bias=bias)
+                       rest=remainder * (1.0 + 4 * U), k=k, bias=bias, zero=torch.zeros_like(hi))
 
     def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
@@ -373,8 +383,8 @@ class PreciseModel:
             y = kern(*rounded)
             own = None
             if self.sensitivities:  # the inputs' rounding to float64 is this node's too
-                own = rule(rounded, [U * r.abs() * (1 + 4 * U) + TINY for r in rounded], y).expand(y.shape)
-            return Value(h=y, l=torch.zeros_like(y), e=rule(rounded, errs, y).expand(y.shape), own=own)
+                own = _fit(rule(rounded, [U * r.abs() * (1 + 4 * U) + TINY for r in rounded], y), y)
+            return Value(h=y, l=torch.zeros_like(y), e=_fit(rule(rounded, errs, y), y), own=own)
 
         return step
 
@@ -386,10 +396,10 @@ class PreciseModel:
             beta = _beta(lin.k)
             xq, xr = extract([v.h, v.l], beta, SLICES)
             terms = [lin.apply(w, x) for w in lin.slices for x in xq]
+            if not terms:  # a zero coefficient or a zero input: a zero of the output's shape
+                terms = [lin.apply(lin.zero, v.h)]
             if lin.bias is not None:
                 terms.append(lin.bias)
-            if not terms:  # a zero coefficient or a zero input
-                terms = [lin.apply(lin.magnitude * 0.0, v.h)]
             if out_shape is not None or lin.bias is not None:
                 shape = torch.broadcast_shapes(*[t.shape for t in terms])
                 terms = [t.expand(shape) for t in terms]
@@ -400,7 +410,7 @@ class PreciseModel:
             rest = lin.apply(lin.rest, v.h.abs() + v.l.abs() + left)
             e = _up(lin.apply(lin.magnitude, v.e + left) + rest, lin.k) + acc
             own = _up(lin.apply(lin.magnitude, left) + rest, lin.k) + acc if self.sensitivities else None
-            return Value(h=h, l=l, e=e.expand(h.shape), own=None if own is None else own.expand(h.shape))
+            return Value(h=h, l=l, e=_fit(e, h), own=None if own is None else _fit(own, h))
 
         return step
 
@@ -548,10 +558,17 @@ class PreciseModel:
         L2 distance to the exact outputs (inf when not supported or not finite)."""
         import torch
 
+        n = sum(int(np.prod(self.shapes[o])) for o in self.graph.outputs)
         if not self.supported:
-            n = sum(int(np.prod(self.shapes[o])) for o in self.graph.outputs)
             return np.full(n, np.nan), math.inf
-        outs = self.run(x)
+        try:
+            outs = self.run(x)
+        except StabauditError:  # a timeout or resource limit: never a fallback
+            raise
+        except Exception as exc:  # noqa: BLE001  (an evaluation that fails bounds nothing: inf)
+            raise_allocation_failure(exc)
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return np.full(n, np.nan), math.inf
         h = torch.cat([v.h.reshape(-1) for v in outs])
         l = torch.cat([v.l.reshape(-1) for v in outs])  # noqa: E741
         e = torch.cat([v.e.reshape(-1) for v in outs])
@@ -565,6 +582,22 @@ class PreciseModel:
         # computed one at a time), plus the final rounding to float64
         rounding = _norm_up(U * np.abs(y)) * (1 + 1e-9)
         return y, min(size, (self.telescoped + rounding) * (1 + 4 * U))
+
+
+def _fit(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A bound tensor in the shape of ``like``: broadcast, or its largest entry everywhere when the
+    shapes do not match entry for entry (a rule that broadcasts differently)."""
+    import torch
+
+    if e.shape == like.shape:
+        return e
+    try:
+        shape = torch.broadcast_shapes(e.shape, like.shape)
+    except RuntimeError:
+        shape = None
+    if shape is not None and math.prod(shape) == like.numel():
+        return e.expand(shape).reshape(like.shape)
+    return e.max().expand(like.shape)
 
 
 def _norm_up(a: np.ndarray) -> float:

@@ -310,3 +310,23 @@ def test_tiny_outputs_keep_a_sound_bound() -> None:
     w = _wide(rng, 6, 20) * 1e-60
     x = _wide(rng, 1, 20) * 1e-100
     _check(_one(O.Linear(weight=w), [(1, 20)]), [x], _exact(x) @ _exact(w).T, than_float64=False)
+
+
+def test_a_zero_input_keeps_the_output_shape_of_a_biased_linear_map() -> None:
+    """No slice of an all-zero input: the bias alone, in the output's shape (a crash before)."""
+    rng = np.random.default_rng(27)
+    w, b = _wide(rng, 4, 5), _wide(rng, 4)
+    g = _one(O.Linear(weight=w, bias=b), [(1, 5)])
+    _check(g, [np.zeros((1, 5))], _exact(b)[None, :], than_float64=False)
+
+
+def test_an_evaluation_that_fails_bounds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = _one(O.Relu(), [(1, 3)])
+    model = PreciseModel(g, dict(g.shapes))
+
+    def broken(self: PreciseModel, x: torch.Tensor) -> list[object]:
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(PreciseModel, "run", broken)
+    y, bound = model.evaluate(torch.zeros(3, dtype=torch.float64))
+    assert bound == math.inf and model.failure is not None and "shape mismatch" in model.failure
