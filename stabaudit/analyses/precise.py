@@ -38,9 +38,10 @@ the rounded value of h + l after each TwoSum, so |l| <= u |h|): a unit whose val
 more than E from the kink keeps its exact branch, one within E takes the branch of h + l with the
 bound max(1, |slope|) E (the operator is Lipschitz with that constant); max pooling as the
 lexicographic maximum of (h, l) over each window (exact on normalised pairs) with the window's
-largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad) move h,
-l and E alike. Any other operator is evaluated in float64 on fl(h + l) with the float64 error
-rules of ``lower.ForwardErrorModel`` when one is given (from there on the bound is float64's, which
+largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad, nearest
+resizing) move h, l and E alike. Any other operator is evaluated in float64 on fl(h + l) with the
+float64 error rules of ``lower.ForwardErrorModel`` when one is given (from there on the bound is
+float64's, which
 costs little near the outputs: a softmax or sigmoid head); without one the graph is not supported
 (``PreciseModel.why`` says which operator).
 """
@@ -359,7 +360,9 @@ class PreciseModel:
                     return Value(h=kval(v.h), l=kern(v.l), e=kern(v.e))
 
                 return pad
-            case _ if isinstance(op, _MOVES):
+            case _ if isinstance(op, _MOVES) or (
+                    isinstance(op, O.Resize) and op.mode == "nearest" and op.coordinate_mode != "tf_crop_and_resize"):
+                # (nearest resizing copies entries: its matrices hold one 1 per row)
                 kern = self._kernel(node, op)
 
                 def move(xs: list[Value], kern: Callable[..., torch.Tensor] = kern) -> Value:

@@ -330,3 +330,12 @@ def test_an_evaluation_that_fails_bounds_nothing(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(PreciseModel, "run", broken)
     y, bound = model.evaluate(torch.zeros(3, dtype=torch.float64))
     assert bound == math.inf and model.failure is not None and "shape mismatch" in model.failure
+
+
+def test_nearest_resizing_copies_the_enclosures() -> None:
+    rng = np.random.default_rng(29)
+    x = _wide(rng, 1, 2, 3, 3)
+    op = O.Resize(axes=(2, 3), in_sizes=(3, 3), sizes=(6, 6), scales=(2.0, 2.0), mode="nearest",
+                  coordinate_mode="asymmetric", nearest_mode="floor")
+    ref = _exact(x).repeat(2, axis=2).repeat(2, axis=3)
+    _check(_one(op, [x.shape]), [x], ref, than_float64=False)
