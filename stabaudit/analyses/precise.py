@@ -41,9 +41,8 @@ lexicographic maximum of (h, l) over each window (exact on normalised pairs) wit
 largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad, nearest
 resizing) move h, l and E alike. Any other operator is evaluated in float64 on fl(h + l) with the
 float64 error rules of ``lower.ForwardErrorModel`` when one is given (from there on the bound is
-float64's, which
-costs little near the outputs: a softmax or sigmoid head); without one the graph is not supported
-(``PreciseModel.why`` says which operator).
+float64's, which costs little near the outputs: a softmax or sigmoid head); without one the graph
+is not supported (``PreciseModel.why`` says which operator).
 """
 
 from __future__ import annotations
