@@ -58,7 +58,7 @@ import numpy as np
 
 from stabaudit.errors import StabauditError
 from stabaudit.ir import ops as O
-from stabaudit.ir.graph import Graph, Node, TensorSpec
+from stabaudit.ir.graph import Graph, Node
 from stabaudit.limits import raise_allocation_failure
 
 if TYPE_CHECKING:
@@ -142,6 +142,19 @@ class Value:
 
 
 @dataclass(frozen=True)
+class _Sliced:
+    """A coefficient hi (+ lo) as slices: hi + lo = sum(slices) + the remainder, |remainder| <= left;
+    magnitude >= |hi| + |lo| (both rounded up)."""
+
+    hi: np.ndarray
+    lo: np.ndarray | None
+    slices: tuple[torch.Tensor, ...]
+    left: torch.Tensor
+    magnitude: torch.Tensor  # |hi| + |lo|
+    zero: torch.Tensor
+
+
+@dataclass(frozen=True)
 class _Linear:
     """y = A(W, x) + bias: ``apply(c, x)`` is A with coefficient c (bilinear, sums of k products)."""
 
@@ -179,6 +192,7 @@ class PreciseModel:
         self.shapes = shapes
         self.why: str | None = None
         self.failure: str | None = None  # why the last evaluation failed (its bound was inf)
+        self._sliced: dict[tuple[tuple[int, ...], bytes, bytes | None, int], list[_Sliced]] = {}
         # S_v of ``fallback`` (``lower.error_sensitivities``): with them, a second bound sum_v S_v
         # ||own_v|| (as ``lower.ForwardErrorModel`` telescopes its own)
         self.sensitivities = dict(fallback.sensitivities) if fallback is not None else {}
@@ -207,20 +221,20 @@ class PreciseModel:
         return self.why is None
 
     # ---- building ---------------------------------------------------------------------------------
-    def _kernel(self, node: Node, op: O.Op) -> Callable[..., torch.Tensor]:
-        """The executor's kernel of ``op`` on ``node``'s input shapes (a one-node graph)."""
+    def _kernel(self, node: Node, op: O.Op, weight: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
+        """The executor's float64 kernel of ``op`` (``ir.executor``'s, as its Executor runs it);
+        ``weight``: this tensor as the op's weight (no conversion, no copy)."""
         import torch
 
-        from stabaudit.ir.executor import Executor
+        from stabaudit.ir.executor import _kernel
 
-        names = tuple(f"in{i}" for i in range(len(node.inputs)))
-        g = Graph(
-            inputs=tuple(TensorSpec(name=n, shape=tuple(self.shapes[s])) for n, s in zip(names, node.inputs, strict=True)),
-            outputs=("out",),
-            nodes=(Node(name=node.name, op=op, inputs=names, output="out"),),
-        )
-        ex = Executor(g, dtype=torch.float64)
-        return lambda *args: ex(*args)[0]
+        def param(array: np.ndarray) -> torch.Tensor:
+            if weight is not None and array is getattr(op, "weight", None):
+                return weight
+            return torch.from_numpy(np.array(array, dtype=np.float64))
+
+        kern = _kernel(op, param)
+        return lambda *args: kern(list(args))
 
     def _linear(self, coeff_hi: np.ndarray, coeff_lo: np.ndarray | None, rest: float,
                 apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k: int,
@@ -230,19 +244,30 @@ class PreciseModel:
         import torch
 
         beta = _beta(k)
-        hi = torch.from_numpy(np.asarray(coeff_hi, dtype=np.float64).copy())
-        parts = [hi] if coeff_lo is None else [hi, torch.from_numpy(np.asarray(coeff_lo, dtype=np.float64).copy())]
-        slices, left = extract(parts, beta, SLICES)
-        remainder = sum((r.abs() for r in left), torch.zeros_like(hi)) + rest
-        if extra is not None:
-            remainder = remainder + extra
-            rest_t: torch.Tensor | float = extra + rest
-        else:
-            rest_t = rest
-        # |W_exact| <= |hi| + |lo| + D entry-wise (D = rest: the coefficient's representation error)
-        magnitude = (hi.abs() + (0 if coeff_lo is None else parts[1].abs()) + rest_t) * (1.0 + 4 * U)
-        return _Linear(apply=apply, slices=tuple(slices), magnitude=magnitude,
-                       rest=remainder * (1.0 + 4 * U), k=k, bias=bias, zero=torch.zeros_like(hi))
+        hi_a = np.ascontiguousarray(coeff_hi, dtype=np.float64)
+        lo_a = None if coeff_lo is None else np.ascontiguousarray(coeff_lo, dtype=np.float64)
+        # one weight read by many nodes (the steps of an unrolled recurrence) is sliced once: found
+        # by its shape and a few of its entries, and confirmed equal entry by entry
+        stride = max(1, hi_a.size // 64)
+        key = (hi_a.shape, hi_a.ravel()[::stride].tobytes(), None if lo_a is None else lo_a.ravel()[::stride].tobytes(), beta)
+        found = next((c for c in self._sliced.get(key, []) if np.array_equal(c.hi, hi_a) and (
+            (lo_a is None and c.lo is None) or (lo_a is not None and c.lo is not None and np.array_equal(c.lo, lo_a)))),
+            None)
+        if found is None:
+            parts = [torch.from_numpy(hi_a.copy())] + ([] if lo_a is None else [torch.from_numpy(lo_a.copy())])
+            slices, left = extract(parts, beta, SLICES)
+            found = _Sliced(hi=hi_a, lo=lo_a, slices=tuple(slices),
+                            left=sum((r.abs() for r in left), torch.zeros_like(parts[0])) * (1.0 + 4 * U),
+                            magnitude=sum((p.abs() for p in parts[1:]), parts[0].abs()) * (1.0 + 4 * U),
+                            zero=torch.zeros_like(parts[0]))
+            self._sliced.setdefault(key, []).append(found)
+        remainder, magnitude = found.left, found.magnitude
+        if rest != 0.0 or extra is not None:
+            # |W_exact| <= |hi| + |lo| + D entry-wise (D: the coefficient's representation error)
+            d = (rest if extra is None else extra + rest) * (1.0 + 4 * U)
+            remainder, magnitude = (remainder + d) * (1.0 + 2 * U), (magnitude + d) * (1.0 + 2 * U)
+        return _Linear(apply=apply, slices=found.slices, magnitude=magnitude, rest=remainder, k=k, bias=bias,
+                       zero=found.zero)
 
     def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
@@ -267,9 +292,9 @@ class PreciseModel:
 
                 def apply(c: torch.Tensor, x: torch.Tensor, bare: O.Linear | O.Conv | O.ConvTranspose = bare,
                           cache: dict[int, Callable[..., torch.Tensor]] = cache) -> torch.Tensor:
-                    key = id(c)
+                    key = id(c)  # the coefficients are the model's own tensors: their ids are stable
                     if key not in cache:
-                        cache[key] = self._kernel(node, dataclasses.replace(bare, weight=c.numpy()))
+                        cache[key] = self._kernel(node, dataclasses.replace(bare, weight=c.numpy()), weight=c)
                     return cache[key](x)
 
                 bias = None

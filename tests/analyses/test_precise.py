@@ -339,3 +339,21 @@ def test_nearest_resizing_copies_the_enclosures() -> None:
                   coordinate_mode="asymmetric", nearest_mode="floor")
     ref = _exact(x).repeat(2, axis=2).repeat(2, axis=3)
     _check(_one(op, [x.shape]), [x], ref, than_float64=False)
+
+
+def test_equal_weights_share_their_slices_and_different_ones_do_not() -> None:
+    """Three square maps in a chain: two with equal weights (distinct arrays: sliced once) and one
+    that differs from them in a single entry that the cache's key does not sample."""
+    rng = np.random.default_rng(31)
+    w = _wide(rng, 130, 130)
+    other = w.copy()
+    other[0, 1] = other[0, 1] * 0.5 + 1.0  # the key samples every 264th entry (130 * 130 // 64)
+    nodes = (Node(name="a", op=O.Linear(weight=w), inputs=("x",), output="a"),
+             Node(name="b", op=O.Linear(weight=w.copy()), inputs=("a",), output="b"),
+             Node(name="c", op=O.Linear(weight=other), inputs=("b",), output="y"))
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 130)),), outputs=("y",), nodes=nodes))
+    model = PreciseModel(g, dict(g.shapes))
+    assert sum(len(v) for v in model._sliced.values()) == 2
+    x = _wide(rng, 1, 130) * 1e-8
+    ew, eo = _exact(w), _exact(other)
+    _check(g, [x], ((_exact(x) @ ew.T) @ ew.T) @ eo.T, rel=1e-24)
