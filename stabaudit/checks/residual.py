@@ -131,7 +131,7 @@ def residual_cfl(ev: Evidence, ctx: CheckContext) -> Finding:
     (scale/h) * the rest of the branch), else 1. A scale that folds into the linear map before it
     is part of f (h * Lip f is the same). Passes when every block's certified h * Lip(f) <= 2;
     fails when a sound lower bound of h * Lip(f) exceeds 2: a difference quotient of the branch
-    confirmed in float64, whose pair of branch inputs is in the report
+    confirmed with a certified bound of its rounding error, whose pair of branch inputs is in the report
     (residual_blocks[].lip_f_witness): along the top singular vector of J_f at a sample (or at
     x = 0 for an affine branch), or from a seeded search on the branch alone (inside boxes around
     the branch input at the samples, else over all branch inputs; its work is a share of
