@@ -48,8 +48,9 @@ is not supported (``PreciseModel.why`` says which operator).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -165,22 +166,31 @@ class _Linear:
     k: int
     bias: torch.Tensor | None
     zero: torch.Tensor  # a zero coefficient (kept: kernels are cached by the coefficient's identity)
+    rest_nonzero: bool = True  # False: the slices hold the exact coefficient (rest is 0)
 
 
-def _accumulate(terms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h, l, bound) with |sum(terms) - (h + l)| <= bound: TwoSum of the exact terms, their errors
-    summed in float64 (each addition within u of its result), then one TwoSum to normalise."""
+def _accumulate(terms: Iterable[torch.Tensor], extra: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, l, bound) with |sum(terms) + extra - (h + l)| <= bound: TwoSum of the exact terms (taken
+    one at a time, so that they need not all be held), their errors summed in float64 (each
+    addition within u of its result), then one TwoSum to normalise; broadcast to a common shape."""
     import torch
 
-    s = terms[0].clone()
+    it = iter(terms)
+    s = next(it)
+    if extra is not None:
+        s = s.expand(torch.broadcast_shapes(s.shape, extra.shape))
+    s = s.clone()
     c = torch.zeros_like(s)
     mag = torch.zeros_like(s)
-    for t in terms[1:]:
+    count = 1
+    for t in itertools.chain(it, [] if extra is None else [extra]):
         s, err = two_sum(s, t)
         c = c + err
         mag = mag + c.abs()
+        count += 1
     h, l = two_sum(s, c)  # noqa: E741
-    return h, l, _up(mag * U, len(terms))
+    return h, l, _up(mag * U, count)
 
 
 class PreciseModel:
@@ -256,10 +266,13 @@ class PreciseModel:
         if found is None:
             parts = [torch.from_numpy(hi_a.copy())] + ([] if lo_a is None else [torch.from_numpy(lo_a.copy())])
             slices, left = extract(parts, beta, SLICES)
+            # zeros as views of one number (no memory): the remainder of a float32 weight usually is
+            zero = torch.zeros((), dtype=torch.float64).expand(parts[0].shape)
             found = _Sliced(hi=hi_a, lo=lo_a, slices=tuple(slices),
-                            left=sum((r.abs() for r in left), torch.zeros_like(parts[0])) * (1.0 + 4 * U),
+                            left=sum((r.abs() for r in left), zero) * (1.0 + 4 * U) if any(
+                                bool((r != 0).any()) for r in left) else zero,
                             magnitude=sum((p.abs() for p in parts[1:]), parts[0].abs()) * (1.0 + 4 * U),
-                            zero=torch.zeros_like(parts[0]))
+                            zero=zero)
             self._sliced.setdefault(key, []).append(found)
         remainder, magnitude = found.left, found.magnitude
         if rest != 0.0 or extra is not None:
@@ -267,7 +280,7 @@ class PreciseModel:
             d = (rest if extra is None else extra + rest) * (1.0 + 4 * U)
             remainder, magnitude = (remainder + d) * (1.0 + 2 * U), (magnitude + d) * (1.0 + 2 * U)
         return _Linear(apply=apply, slices=found.slices, magnitude=magnitude, rest=remainder, k=k, bias=bias,
-                       zero=found.zero)
+                       zero=found.zero, rest_nonzero=remainder is not found.zero)
 
     def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
@@ -305,7 +318,7 @@ class PreciseModel:
             case O.Affine(scale=sc, shift=sh):
                 one = np.ones(()) if sc is None else np.asarray(sc, dtype=np.float64)
                 shift = None if sh is None else torch.from_numpy(np.asarray(sh, dtype=np.float64).copy())
-                return self._linear_step(self._linear(one, None, 0.0, lambda c, x: x * c, 1, shift), out_shape)
+                return self._linear_step(self._linear(one, None, 0.0, lambda c, x: x * c, 1, shift))
             case O.GlobalAvgPool() | O.ReduceMean() | O.ReduceSum():
                 shape = tuple(self.shapes[node.inputs[0]])
                 axes = tuple(range(2, len(shape))) if isinstance(op, O.GlobalAvgPool) else op.axes
@@ -415,26 +428,21 @@ class PreciseModel:
 
         return step
 
-    def _linear_step(self, lin: _Linear, out_shape: tuple[int, ...] | None = None) -> Callable[[list[Value]], Value]:
+    def _linear_step(self, lin: _Linear) -> Callable[[list[Value]], Value]:
         import torch
 
         def step(xs: list[Value]) -> Value:
             v = xs[0]
             beta = _beta(lin.k)
             xq, xr = extract([v.h, v.l], beta, SLICES)
-            terms = [lin.apply(w, x) for w in lin.slices for x in xq]
-            if not terms:  # a zero coefficient or a zero input: a zero of the output's shape
-                terms = [lin.apply(lin.zero, v.h)]
-            if lin.bias is not None:
-                terms.append(lin.bias)
-            if out_shape is not None or lin.bias is not None:
-                shape = torch.broadcast_shapes(*[t.shape for t in terms])
-                terms = [t.expand(shape) for t in terms]
-            # larger terms first: slice pairs in order of p + q, the bias last
-            h, l, acc = _accumulate(terms)  # noqa: E741
+            # the slice products one at a time (a zero of the output's shape when there is none:
+            # a zero coefficient or a zero input), the bias last
+            terms: Iterable[torch.Tensor] = (
+                (lin.apply(w, x) for w in lin.slices for x in xq) if lin.slices and xq else [lin.apply(lin.zero, v.h)])
+            h, l, acc = _accumulate(terms, lin.bias)  # noqa: E741
             left = sum((r.abs() for r in xr), torch.zeros_like(v.h))
             # A(W, x) = sum A(W_p, x_q) + A(W, x_r) + A(W_r, x - x_r), |x - x_r| <= |h| + |l| + |x_r|
-            rest = lin.apply(lin.rest, v.h.abs() + v.l.abs() + left)
+            rest = lin.apply(lin.rest, v.h.abs() + v.l.abs() + left) if lin.rest_nonzero else 0.0
             e = _up(lin.apply(lin.magnitude, v.e + left) + rest, lin.k) + acc
             own = _up(lin.apply(lin.magnitude, left) + rest, lin.k) + acc if self.sensitivities else None
             return Value(h=h, l=l, e=_fit(e, h), own=None if own is None else _fit(own, h))
