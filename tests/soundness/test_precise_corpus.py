@@ -1,0 +1,46 @@
+"""The double-double evaluation (analyses.precise) over the operator corpus: at seeded inputs its
+outputs and float64's are both within their certified bounds of the exact outputs, so they differ
+by at most the sum of the two bounds; where every node is evaluated exactly, its bound is far
+below float64's (beyond the rounding of its outputs to float64)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stabaudit.analyses.lower import ForwardErrorModel
+from stabaudit.analyses.precise import PreciseModel
+from stabaudit.ir.executor import with_shapes
+from tests.soundness import harness as H
+from tests.soundness.cases import CASES, ONNX, TS, Case
+
+PAIRS = [pytest.param(c, ONNX if ONNX in c.formats else TS, id=c.id) for c in CASES]
+
+
+@pytest.mark.parametrize(("case", "fmt"), PAIRS)
+def test_double_double_and_float64_enclose_the_same_outputs(case: Case, fmt: str, tmp_path: Path) -> None:
+    from stabaudit.loaders import load_model
+
+    built = H.build(case, fmt, tmp_path)
+    loaded = load_model(built.path, input_shape=built.input_shape)
+    graph = with_shapes(loaded.graph)
+    shapes = dict(graph.shapes)
+    fallback = ForwardErrorModel(graph, shapes)
+    precise = PreciseModel(graph, shapes, fallback=fallback)
+    assert precise.supported, precise.why
+    n = sum(int(np.prod(s.shape)) for s in graph.inputs)
+    gen = torch.Generator().manual_seed(7)
+    for scale in (1.0, 0.1):
+        x = torch.randn(n, generator=gen, dtype=torch.float64) * scale
+        y64, e64 = fallback.evaluate(x)
+        ydd, edd = precise.evaluate(x)
+        if not (np.isfinite(e64) and np.isfinite(edd)):
+            continue
+        gap = float(np.linalg.norm(ydd - y64))
+        assert gap <= (e64 + edd) * (1 + 1e-9) + 1e-300, (gap, e64, edd, precise.failure)
+        if not precise.in_float64 and e64 > 0.0:
+            # beyond its final rounding to float64 (u ||y||), far below float64's bound
+            assert edd <= 1e-6 * e64 + 1.2e-16 * float(np.linalg.norm(ydd)) + 1e-150, (edd, e64)
