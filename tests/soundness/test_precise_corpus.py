@@ -44,3 +44,34 @@ def test_double_double_and_float64_enclose_the_same_outputs(case: Case, fmt: str
         if not precise.in_float64 and e64 > 0.0:
             # beyond its final rounding to float64 (u ||y||), far below float64's bound
             assert edd <= 1e-6 * e64 + 1.2e-16 * float(np.linalg.norm(ydd)) + 1e-150, (edd, e64)
+
+
+def test_the_real_network_corpus(external_dir: Path) -> None:
+    """The same on every network of ../shared/models/external (real exports: MatMul and Add, NHWC
+    inputs with Transpose, Sub/Div normalisation, Dropout): the two evaluations agree within their
+    bounds, and the exact ones (piecewise-linear networks) are far tighter than float64."""
+    from stabaudit.loaders import load_model
+
+    paths = sorted(external_dir.rglob("*.onnx"))
+    assert paths
+    exact = 0
+    for path in paths:
+        try:
+            loaded = load_model(path)
+        except Exception:  # noqa: BLE001  (a network the loader refuses is not this test's)
+            continue
+        graph = with_shapes(loaded.graph)
+        shapes = dict(graph.shapes)
+        fallback = ForwardErrorModel(graph, shapes)
+        precise = PreciseModel(graph, shapes, fallback=fallback)
+        n = sum(int(np.prod(s.shape)) for s in graph.inputs)
+        x = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        y64, e64 = fallback.evaluate(x)
+        ydd, edd = precise.evaluate(x)
+        assert np.isfinite(edd), (path.name, precise.failure)
+        if np.isfinite(e64):
+            assert float(np.linalg.norm(ydd - y64)) <= (e64 + edd) * (1 + 1e-9) + 1e-300, path.name
+        if not precise.in_float64:
+            exact += 1
+            assert edd <= 1e-6 * e64 + 1.2e-16 * float(np.linalg.norm(ydd)) + 1e-150, path.name
+    assert exact >= 10  # ACAS Xu, the ReLU MLPs, the CIFAR ResNets and CNNs
