@@ -60,7 +60,7 @@ import numpy as np
 from stabaudit.errors import StabauditError
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node
-from stabaudit.limits import raise_allocation_failure
+from stabaudit.limits import check_deadline, raise_allocation_failure
 
 if TYPE_CHECKING:
     import torch
@@ -577,6 +577,7 @@ class PreciseModel:
         keep = set(self.graph.outputs)
         with torch.no_grad():
             for i, (node, step) in enumerate(self._steps):
+                check_deadline()  # --timeout aborts between nodes
                 out = step([env[name] for name in node.inputs])
                 for name in set(node.inputs):
                     if last[name] == i and name not in keep:
