@@ -191,7 +191,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         confirm_with, most = model, work.tries
         if hopeless is not None:
             if precise is None and isinstance(model, ForwardErrorModel):
-                precise, precise_left = precise_plan(graph, shapes, model, macs, budget_s)
+                precise, precise_left, why_not = precise_plan(graph, shapes, model, macs, budget_s)
+                if precise is None:
+                    notes.append(why_not)
             if precise is None or precise_left < 2:
                 # the error bound swamps the outputs at the center and a drawn point (or at the
                 # center alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a

@@ -1453,21 +1453,30 @@ def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: flo
 
 
 def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel, macs: float,
-                 budget_s: float, share: bool = False) -> tuple[PreciseModel | None, int]:
-    """(the double-double model, the evaluations of it that ``budget_s`` plans (charged here)) for
-    a search whose float64 bound swamps the outputs: PRECISE_SHARE of the units, at least
-    PRECISE_LEAST when they are planned within PRECISE_FLOOR_S (not for a search that is a
-    ``share`` of another's budget); (None, 0) when none are."""
-    from stabaudit.analyses.precise import PASSES
+                 budget_s: float, share: bool = False) -> tuple[PreciseModel | None, int, str]:
+    """(the double-double model, the evaluations of it that ``budget_s`` plans (charged here), why
+    there is none) for a search whose float64 bound swamps the outputs: PRECISE_SHARE of the units,
+    at least PRECISE_LEAST when they are planned within PRECISE_FLOOR_S (not for a search that is
+    a ``share`` of another's budget); none when they are not planned, or when the model's memory
+    (``precise.memory_estimate``) is above what the memory budget leaves."""
+    from stabaudit.analyses.precise import PASSES, memory_estimate
+    from stabaudit.limits import active_memory_budget, format_size, remaining_memory
 
     cost = PASSES * macs
     count = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
     if count < PRECISE_LEAST and not share:
         count = PRECISE_LEAST if PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S else 0
     if count < PRECISE_LEAST:
-        return None, 0
+        return None, 0, (f"the double-double evaluation that confirms deep networks is planned at "
+                         f"{PRECISE_LEAST * cost / plan.LOWER_MACS_PER_S:.3g} s, beyond this search's share of "
+                         f"--budget ({budget_s:.3g} s; a larger --budget confirms it)")
+    needed, left = memory_estimate(graph, shapes), remaining_memory(active_memory_budget())
+    if needed > left:
+        return None, 0, (f"the double-double evaluation that confirms deep networks needs about "
+                         f"{format_size(needed)}, above the {format_size(max(left, 0))} the memory budget "
+                         "leaves (--max-memory)")
     plan.spend(count * cost / plan.LOWER_MACS_PER_S)
-    return _precise_model(graph, shapes, fallback), count
+    return _precise_model(graph, shapes, fallback), count, ""
 
 
 def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel) -> PreciseModel:
@@ -1570,16 +1579,11 @@ def lower_bound(
     if hopeless is not None:
         # deep networks: the double-double evaluation's error bound is some 2^-50 of float64's;
         # the search runs and its best pairs are confirmed with it, as many as its share buys (at
-        # least the smallest plan where the smallest search plan's slack allows it)
-        from stabaudit.analyses.precise import PASSES
-
+        # least PRECISE_LEAST when they are planned within PRECISE_FLOOR_S), memory permitting
         assert isinstance(model, ForwardErrorModel)
-        precise, precise_evaluations = precise_plan(graph, shapes, model, search.fwd, budget_s, share)
+        precise, precise_evaluations, why_not = precise_plan(graph, shapes, model, search.fwd, budget_s, share)
         if precise is None:
-            cost = PASSES * search.fwd
-            why = (f"{hopeless}; the double-double evaluation that confirms deep networks "
-                   f"is planned at {PRECISE_LEAST * cost / plan.LOWER_MACS_PER_S:.3g} s, beyond this search's "
-                   f"share of --budget ({budget_s:.3g} s; a larger --budget confirms it)")
+            why = f"{hopeless}; {why_not}"
             return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked)
         model = precise

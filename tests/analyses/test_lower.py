@@ -702,3 +702,24 @@ def test_error_model_of_a_masked_softmax() -> None:
         err = float(np.sqrt(((y_hat.astype(ld) - exact) ** 2).sum()))
         assert math.isfinite(bound) and err <= bound
         assert bound <= 1e-10, bound
+
+
+def test_the_double_double_evaluation_keeps_within_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A double-double model larger than what the memory budget leaves is not built: the search
+    is not run and the method says why (a memory refusal would lose the whole audit)."""
+    from stabaudit.analyses import precise as P
+    from stabaudit.limits import use_limits
+
+    g = _mlp([np.eye(3), np.eye(3)], [np.zeros(3), np.zeros(3)], O.Relu())
+    real = ForwardErrorModel.evaluate
+
+    def huge(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        y = real(self, x)[0]
+        return y, 1e6 * (float(np.linalg.norm(y)) + 1.0)
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", huge)
+    monkeypatch.setattr(P, "memory_estimate", lambda graph, shapes: 1 << 50)
+    with use_limits(max_memory=8 << 30):
+        result = lower_bound(g, seed=0, **FAST)
+    assert result.value == 0.0 and result.method.startswith("not searched")
+    assert "needs about" in result.method and "--max-memory" in result.method
