@@ -1459,7 +1459,7 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
     at least PRECISE_LEAST when they are planned within PRECISE_FLOOR_S (not for a search that is
     a ``share`` of another's budget); none when they are not planned, or when the model's memory
     (``precise.memory_estimate``) is above what the memory budget leaves."""
-    from stabaudit.analyses.precise import PASSES, memory_estimate
+    from stabaudit.analyses.precise import PASSES, PreciseModel, memory_estimate
     from stabaudit.limits import active_memory_budget, format_size, remaining_memory
 
     cost = PASSES * macs
@@ -1476,15 +1476,8 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
                          f"{format_size(needed)}, above the {format_size(max(left, 0))} the memory budget "
                          "leaves (--max-memory)")
     plan.spend(count * cost / plan.LOWER_MACS_PER_S)
-    return _precise_model(graph, shapes, fallback), count, ""
-
-
-def _precise_model(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel) -> PreciseModel:
-    """The double-double model of ``graph`` (``analyses.precise``; the nodes it does not evaluate
-    exactly in float64 with ``fallback``'s rules and sensitivities)."""
-    from stabaudit.analyses.precise import PreciseModel
-
-    return PreciseModel(graph, shapes, fallback=fallback)
+    # the nodes without an exact kernel run in float64 with ``fallback``'s rules and sensitivities
+    return PreciseModel(graph, shapes, fallback=fallback), count, ""
 
 
 def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
