@@ -152,7 +152,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     # deep piecewise-linear networks: boxes whose float64 bound swamps the outputs are confirmed in
     # double-double (``analyses.precise``) while its planned evaluations last
     precise: Evaluation | None = None
-    precise_left = 0
+    precise_left, precise_planned = 0, False
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
     macs = forward_macs(graph, shapes)
@@ -190,7 +190,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         hopeless, _ = unconfirmable_at(model, (x[0], x[-1]))
         confirm_with, most = model, work.tries
         if hopeless is not None:
-            if precise is None and isinstance(model, ForwardErrorModel):
+            if not precise_planned and isinstance(model, ForwardErrorModel):
+                # planned once, at the first box that needs it (the later boxes share its evaluations)
+                precise_planned = True
                 precise, precise_left, why_not = precise_plan(graph, shapes, model, macs, budget_s)
                 if precise is None:
                     notes.append(why_not)
