@@ -6,6 +6,7 @@ bound."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +53,21 @@ def exact_norm(lm: LoadedModel, shape: tuple[int, ...], *, tight: bool = True, r
     return bound
 
 
-def save_onnx(tmp_path: Path, nodes: list[Any], consts: dict[str, np.ndarray], shape: tuple[int, ...], *,
-              opset: int = 18) -> Path:
-    """One float input "x" of ``shape``, ``nodes`` writing "y", ``consts`` as initializers."""
+def save_onnx(tmp_path: Path, nodes: Sequence[Any], consts: dict[str, np.ndarray], shape: tuple[int, ...], *,
+              opset: int = 18, outputs: Sequence[str] = ("y",), ir_version: int = 9,
+              domains: Sequence[tuple[str, int]] = ()) -> Path:
+    """One float input "x" of ``shape``, ``nodes`` writing ``outputs``, ``consts`` as initializers;
+    ``domains``: operator sets beside the default one (e.g. com.microsoft)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        nodes, "test", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        list(nodes), "test", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
         [numpy_helper.from_array(v, k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in domains]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = ir_version
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
     return path

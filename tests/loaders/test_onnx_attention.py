@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from stabaudit.errors import UnsupportedOperatorError
 from stabaudit.ir import ops as O
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
-from tests.loaders.support import check_onnx, needs_a_domain
+from tests.loaders.support import check_onnx, needs_a_domain, save_onnx
 
 B, S, WIDTH = 2, 4, 16  # 4 query heads of 4, 2 key/value heads of 4 (grouped) from 16 input features
 RNG = np.random.default_rng(0)
@@ -36,15 +35,7 @@ def save(tmp_path: Path, attention: Any, extra: dict[str, np.ndarray] | None = N
             nodes += [helper.make_node("Reshape", [name, f"{name}_shape"], [f"{name}_split"]),
                       helper.make_node("Transpose", [f"{name}_split"], [f"{name}4"], perm=[0, 2, 1, 3])]
     nodes.append(attention)
-    graph = helper.make_graph(
-        nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, S, WIDTH])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    return path
+    return save_onnx(tmp_path, nodes, inits, (B, S, WIDTH), opset=opset, outputs=outputs, ir_version=10)
 
 
 def check(path: Path, tol: float = 2e-5) -> LoadedModel:

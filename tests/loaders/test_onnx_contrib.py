@@ -21,7 +21,7 @@ from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor
 from stabaudit.loaders.base import LoadedModel
 from stabaudit.loaders.onnx import load_onnx
-from tests.loaders.support import check_onnx, needs_a_domain
+from tests.loaders.support import check_onnx, needs_a_domain, save_onnx
 
 MS = "com.microsoft"
 H = 8
@@ -36,15 +36,8 @@ PARAMS = {"g": GAMMA, "b": BETA, "bias": BIAS, "two": np.array(2.0, np.float32),
 
 def save(tmp_path: Path, nodes: Sequence[Any], outputs: Sequence[str] = ("y",), opset: int = 17) -> Path:
     used = {i for n in nodes for i in n.input}
-    graph = helper.make_graph(
-        list(nodes), "contrib", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, H])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-        [numpy_helper.from_array(v, k) for k, v in PARAMS.items() if k in used])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS, 1)])
-    model.ir_version = 10
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    return path
+    return save_onnx(tmp_path, nodes, {k: v for k, v in PARAMS.items() if k in used}, (2, 3, H), opset=opset,
+                     outputs=outputs, ir_version=10, domains=[(MS, 1)])
 
 
 def check(path: Path, tol: float = 2e-5) -> LoadedModel:
