@@ -1257,16 +1257,8 @@ def _local_search(
 POWER_RTOL = 1e-3  # a last sweep that still raises sigma by more than this is "not converged"
 
 
-def _confirmation_pairs(
-    search: _Search,
-    pop: _Population,
-    pairs: _PairAscent,
-    domain_scale: float,
-    notes: list[str] | None = None,
-    precise: bool = False,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent.
-    ``precise``: only the power sweeps (the pairs are ``_confirm_precise``'s).
+def _refine_best(search: _Search, pop: _Population, notes: list[str] | None = None) -> None:
+    """More warm-started power sweeps at the best points (power iteration converges from below).
 
     The power iteration runs a fixed number of sweeps (never until convergence); when its last
     sweep still moved sigma by more than POWER_RTOL, ``notes`` says so (the pairs are then only
@@ -1275,27 +1267,37 @@ def _confirmation_pairs(
     import torch
 
     k = pop.P.shape[0]
-    if not search.full and k:
-        # power iteration converges from below: more warm-started sweeps at the best points
-        top = torch.argsort(pop.PS, descending=True, stable=True)[: min(k, 8)]
-        change = 0.0
-        for _ in range(search.sweeps):
-            check_deadline()
-            s, v = search.pairs(pop.P[top], pop.PV[top])
-            old = pop.PS[top]
-            better = s > old
-            rel = (s - old).abs() / old.abs().clamp_min(1e-300)
-            change = float(rel.max()) if rel.numel() else 0.0
-            pop.PS[top[better]], pop.PV[top[better]] = s[better], v[better]
-        if notes is not None and change > POWER_RTOL:
-            notes.append(
-                f"power iteration not converged at the best points after {search.sweeps} extra sweeps "
-                f"(last relative change {change:.1e} > {POWER_RTOL:g})"
-            )
+    if search.full or not k:
+        return
+    top = torch.argsort(pop.PS, descending=True, stable=True)[: min(k, 8)]
+    change = 0.0
+    for _ in range(search.sweeps):
+        check_deadline()
+        s, v = search.pairs(pop.P[top], pop.PV[top])
+        old = pop.PS[top]
+        better = s > old
+        rel = (s - old).abs() / old.abs().clamp_min(1e-300)
+        change = float(rel.max()) if rel.numel() else 0.0
+        pop.PS[top[better]], pop.PV[top[better]] = s[better], v[better]
+    if notes is not None and change > POWER_RTOL:
+        notes.append(
+            f"power iteration not converged at the best points after {search.sweeps} extra sweeps "
+            f"(last relative change {change:.1e} > {POWER_RTOL:g})"
+        )
+
+
+def _confirmation_pairs(
+    search: _Search,
+    pop: _Population,
+    pairs: _PairAscent,
+    domain_scale: float,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs to confirm: x +- h v at the best distinct points, then the best pairs of the pair ascent."""
+    import torch
+
+    k = pop.P.shape[0]
     tries: list[tuple[torch.Tensor, torch.Tensor]] = []
     chosen: list[torch.Tensor] = []
-    if precise:
-        return tries
     for i in torch.argsort(pop.PS, descending=True, stable=True).tolist():
         x = pop.P[i]
         if len(chosen) >= 8:
@@ -1317,13 +1319,12 @@ def _confirmation_pairs(
 def _confirm_precise(model: Evaluation, pop: _Population, pairs: _PairAscent, domain_scale: float,
                      evaluations: int) -> tuple[float, Witness | None, int, str | None]:
     """(the best confirmed quotient, its witness, the evaluations made, why it stopped early or None)
-    with at most ``evaluations``
-    evaluations of the double-double ``model``: the best distinct points x, each with
+    with at most ``evaluations`` evaluations of the double-double ``model``: the best distinct points x, each with
     y = x + h (||x|| + domain_scale) v along its top singular vector, alternating with the pair
     ascent's best pairs. h is chosen once E(x) is known: PRECISE_MARGIN times the two points'
     error bounds over the local constant sigma, at least PRECISE_STEP (within one linear piece of
     most ReLU networks) and at most PRECISE_MAX_STEP. When the first point's bound is above
-    UNCONFIRMABLE_RATIO (||f|| + 1), as ``unconfirmable_at`` decides for float64, it stops there."""
+    UNCONFIRMABLE_RATIO (||f|| + 1) (``_swamped``, as for float64), it stops there."""
     import torch
 
     points: list[tuple[torch.Tensor, torch.Tensor, float]] = []
@@ -1344,10 +1345,9 @@ def _confirm_precise(model: Evaluation, pop: _Population, pairs: _PairAscent, do
                 x, v, sigma = item
                 x = x.detach().clone()
                 at_x = model.evaluate(x)
-                if used == 0:
-                    why, _ = unconfirmable_at(_Known(at_x), (x,))
-                    if why is not None:
-                        return 0.0, None, 1, why.replace("float64 rounding-error bound", "double-double error bound")
+                ratio = _swamped(*at_x) if used == 0 else None
+                if ratio is not None:
+                    return 0.0, None, 1, _swamped_why(ratio, "double-double error bound") + _NO_QUOTIENT
                 base = float(x.norm()) + domain_scale
                 want = 2.0 * PRECISE_MARGIN * at_x[1] / max(sigma * base, 1e-300)
                 h = min(max(want, PRECISE_STEP), PRECISE_MAX_STEP)
@@ -1360,16 +1360,6 @@ def _confirm_precise(model: Evaluation, pop: _Population, pairs: _PairAscent, do
             if q > best:
                 best, witness = q, Witness(x=x.tolist(), y=y.tolist(), quotient=q)
     return best, witness, used, None
-
-
-@dataclass(frozen=True)
-class _Known:
-    """An evaluation already made, for ``unconfirmable_at``'s test of it."""
-
-    value: tuple[np.ndarray, float]
-
-    def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        return self.value
 
 
 def _fresh_pairs(search: _Search, domain_scale: float, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -1480,28 +1470,43 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
     return PreciseModel(graph, shapes, fallback=fallback), count, ""
 
 
+# the end of every such message: what an error bound that swamps the outputs means
+_NO_QUOTIENT = (", so no difference quotient can be confirmed (a sound lower bound needs the output difference "
+                "to exceed the error bounds of both points)")
+
+
+def _swamped(y: np.ndarray, e: float) -> float | None:
+    """e / (||y|| + 1) when every output is finite and E is infinite or above UNCONFIRMABLE_RATIO
+    (||y|| + 1); None otherwise (quotients near this point may be confirmed, or the values have a
+    pole or an overflow there and the search may find better points)."""
+    if not np.all(np.isfinite(y)):
+        return None
+    with np.errstate(over="ignore"):  # outputs near the float64 range: an infinite size keeps the search
+        size = float(np.linalg.norm(y)) + 1.0
+    if math.isfinite(e) and e <= UNCONFIRMABLE_RATIO * size:
+        return None
+    return e / size
+
+
+def _swamped_why(ratio: float, bound: str = "float64 rounding-error bound") -> str:
+    """What ``_swamped``'s ratio says, up to ``_NO_QUOTIENT``."""
+    what = "overflows" if not math.isfinite(ratio) else f"is {ratio:.3g} times the output's norm"
+    return f"the {bound} of this network {what} at seeded points"
+
+
 def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
     """(why no difference quotient can be confirmed near these points (flat float64 inputs), or
     None: ``_unconfirmable``'s test (every output finite, every error bound infinite or above
     UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points; how many of them were evaluated)."""
     ratios: list[float] = []
     for x in points:
-        y, e = model.evaluate(x)
-        if not np.all(np.isfinite(y)):
-            return None, len(ratios) + 1  # a pole or an overflow of the values: the search may find better points
-        with np.errstate(over="ignore"):  # outputs near the float64 range: an infinite size keeps the search
-            size = float(np.linalg.norm(y)) + 1.0
-        if math.isfinite(e) and e <= UNCONFIRMABLE_RATIO * size:
+        ratio = _swamped(*model.evaluate(x))
+        if ratio is None:
             return None, len(ratios) + 1
-        ratios.append(e / size)
-        if not math.isfinite(e) or e > DECISIVE_RATIO * size:
-            break  # far beyond the threshold: the other points are not evaluated
-    worst = min(ratios)
-    what = ("overflows" if not math.isfinite(worst) else
-            f"is {worst:.3g} times the output's norm")
-    return (f"the float64 rounding-error bound of this network {what} at seeded points, so no "
-            "difference quotient can be confirmed (a sound lower bound needs the output difference "
-            "to exceed the error bounds of both points)", len(ratios))
+        ratios.append(ratio)
+        if not ratio <= DECISIVE_RATIO:
+            break  # far beyond the threshold (or infinite): the other points are not evaluated
+    return _swamped_why(min(ratios)) + _NO_QUOTIENT, len(ratios)
 
 
 def lower_bound(
@@ -1612,14 +1617,17 @@ def lower_bound(
         rounds = rnd + 1
 
     # 3. confirmation
-    tries = _confirmation_pairs(search, pop, pairs, domain_scale, notes, precise=bool(precise_evaluations))
+    _refine_best(search, pop, notes)
     estimate = float(pop.PS.max()) if k else 0.0
     best_value, witness = 0.0, None
+    tries: list[tuple[torch.Tensor, torch.Tensor]] = []
     if precise_evaluations:
         best_value, witness, used, stopped = _confirm_precise(model, pop, pairs, domain_scale, precise_evaluations)
         search.evaluations += used
         if stopped is not None:
             notes.append(f"not confirmed: {stopped}")
+    else:
+        tries = _confirmation_pairs(search, pop, pairs, domain_scale)
     at: dict[int, tuple[torch.Tensor, tuple[np.ndarray, float]]] = {}  # f_hat and E at each x, once
     for x, y in tries:
         check_deadline()
@@ -1658,7 +1666,8 @@ def lower_bound(
     method = (
         f"multi-start jacobian ascent + difference quotient ({k} starts from {screened} screened, "
         f"{rounds} rounds of {adam_steps} pair steps and {proposals} proposals, {jac}, "
-        + (f"double-double evaluation of up to {precise_evaluations} points with its error bound; {hopeless.split(', so')[0]})"
+        + (f"double-double evaluation of up to {precise_evaluations} points with its error bound; "
+           f"{hopeless.removesuffix(_NO_QUOTIENT)})"
            if precise_evaluations and hopeless else "float64 error bound)")
     )
     if notes:
