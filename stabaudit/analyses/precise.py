@@ -74,8 +74,9 @@ SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
 # could underflow)
 MIN_UNIT_EXPONENT = -480
 # evaluations of this model per float64 forward pass of the graph, for the cost model: the P x Q
-# slice products of the linear nodes, two magnitude passes and the TwoSum additions (measured:
-# ResNet-18 at 224x224 0.9 to 1.6 s, a float64 pass planned at 0.12 s; ResNet-50 5.8 s for 0.26 s)
+# slice products of the linear nodes, two magnitude passes and the TwoSum additions (measured on
+# one core, with the sensitivities: the malviz ResNet-18 at 224x224 1.79 s for a float64 pass
+# planned at 0.118 s, a seeded ResNet-50 4.67 s for 0.265 s, the captcha CRNN 1.10 s for 0.070 s)
 PASSES = 16.0
 
 _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
