@@ -415,7 +415,14 @@ def global_bounds(
     if isinstance(chain, str):
         return [GlobalBoundResult(method=m, upper=None, certified=False, seconds=0.0, notes=(f"not a feedforward chain: {chain}",)) for m in wanted]
     lmi = chain.lmi()
-    scaled, exponent = pow2_scaled(lmi)
+    scaled_once: list[tuple[ChainLMI, int]] = []
+
+    def scaled_chain() -> tuple[ChainLMI, int]:
+        """The power-of-two scaled chain and its exponent (``sdp.pow2_scaled``), computed once, when a
+        method runs: its norm estimates take seconds at width 4096, for nothing when none runs."""
+        if not scaled_once:
+            scaled_once.append(pow2_scaled(lmi))
+        return scaled_once[0]
     product = None
     if op_bounds is not None:
         from stabaudit.analyses.composition import compose
@@ -434,6 +441,7 @@ def global_bounds(
             lam = 1.0 + inflate
             rho, ts = cert.rho * lam, tuple(t * lam for t in cert.ts)
             plan.spend(check_s)
+            scaled, exponent = scaled_chain()
             if verify(scaled, rho, ts) is not None:
                 notes = [] if inflate == INFLATIONS[0] else [f"verified after inflating the certificate by {inflate:g}"]
                 return bound_value(rho, exponent), Certificate(rho=rho, ts=ts), notes
@@ -441,7 +449,7 @@ def global_bounds(
 
     # the closed form (and the per-layer Schur complements of ECLipsE) and each float64
     # verification are planned work too: at width 4096 the closed form alone takes minutes
-    shapes = [tuple(int(d) for d in w.shape) for w in scaled.weights]
+    shapes = [tuple(int(d) for d in w.shape) for w in lmi.weights]
     fast_s, check_s = plan.closed_form_s(shapes), plan.verify_s(shapes)
     closed: list[Certificate | None] = []  # ECLipsE-Fast's certificate, once computed
 
@@ -458,7 +466,7 @@ def global_bounds(
         """ECLipsE-Fast's certificate, computed (and charged) once."""
         if not closed:
             plan.spend(fast_s)
-            closed.append(eclipse_fast(scaled))
+            closed.append(eclipse_fast(scaled_chain()[0]))
         return closed[0]
 
     results: list[GlobalBoundResult] = []
@@ -486,8 +494,8 @@ def global_bounds(
                         cert = closed_form()
                     case "eclipse":
                         share = left * (0.25 if "lipsdp-neuron" in wanted[i:] else 1.0)
-                        per_layer = max(share, 0.0) / max(len(scaled.slopes), 1)  # as ``eclipse`` shares it
-                        if fast is not None and not any(layer_steps(w, per_layer) for w in scaled.weights[:-1]):
+                        per_layer = max(share, 0.0) / max(len(lmi.slopes), 1)  # as ``eclipse`` shares it
+                        if fast is not None and not any(layer_steps(w, per_layer) for w in lmi.weights[:-1]):
                             # no layer's SDP buys a step: ECLipsE is ECLipsE-Fast, computed already
                             cert = fast
                             notes.append("no layer's LMI step fits its share of the budget: ECLipsE-Fast's certificate")
@@ -496,19 +504,19 @@ def global_bounds(
                             continue
                         else:
                             plan.spend(fast_s)  # the layers' Schur complements; their Newton steps count themselves
-                            cert = eclipse(scaled, budget_s=max(share, 0.0))
+                            cert = eclipse(scaled_chain()[0], budget_s=max(share, 0.0))
                     case _:
                         if best is None and not closed and (why := unaffordable(left)):
                             results.append(_not_run(method, [*notes, why], t0))
                             continue
                         base = best if best is not None else closed_form()
                         cert = None
-                        if base is not None and not scaled.slopes:
+                        if base is not None and not lmi.slopes:
                             cert = base  # one Linear: rho = ||W||^2 is already optimal
                         elif base is not None:
-                            rho, ts, steps = lipsdp(scaled, base.rho, list(base.ts), budget_s=max(left, 0.0))
+                            rho, ts, steps = lipsdp(scaled_chain()[0], base.rho, list(base.ts), budget_s=max(left, 0.0))
                             if steps == 0:
-                                size, t_size = lmi_size(scaled), sum(int(t.size) for t in base.ts)
+                                size, t_size = lmi_size(scaled_chain()[0]), sum(int(t.size) for t in base.ts)
                                 cost = newton_step_s(size, t_size)
                                 notes.append(
                                     f"not run: one Newton step of its LMI (dim {size}) is planned at {cost:.3g} s, above "
@@ -548,13 +556,14 @@ def global_bounds(
                     certified=upper is not None,
                     seconds=time.perf_counter() - t0,
                     notes=tuple(notes),
-                    certificate=(ChainCertificate(lmi=scaled, exponent=exponent, rho=verified.rho, ts=verified.ts)
+                    certificate=(ChainCertificate(lmi=scaled_chain()[0], exponent=scaled_chain()[1], rho=verified.rho,
+                                                  ts=verified.ts)
                                  if upper is not None and verified is not None else None),
                 )
             )
         if "lipsdp-neuron" in wanted and chain.slopes and math.isfinite(best_upper):
             # what the methods left of the budget (the floor plans its starts from it, one at least)
-            results = _with_floor(results, chain, scaled, exponent, best_upper, plan.remaining(budget_s, since=start))
+            results = _with_floor(results, chain, *scaled_chain(), best_upper, plan.remaining(budget_s, since=start))
     return results
 
 

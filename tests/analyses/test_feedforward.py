@@ -250,3 +250,23 @@ def test_the_closed_form_and_its_verification_are_planned_work() -> None:
         (fast,) = global_bounds(graph, budget_s=0.6 * cost, methods=("eclipse-fast",))
     assert fast.certified and fast.upper is not None
     assert spent[0] >= cost  # the closed form and at least one verification
+
+
+def test_no_method_run_scales_no_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The power-of-two scaling of the chain (a norm estimate per weight: seconds at width 4096) is
+    computed only when a method runs; a budget that buys none costs no pass over the weights."""
+    from stabaudit.analyses import plan, sdp
+
+    graph = load_onnx(str(Path(__file__).resolve().parents[2] / "sample_models" / "mlp.onnx")).graph
+    calls: list[int] = []
+    real = sdp.pow2_scaled
+    monkeypatch.setattr(sdp, "pow2_scaled", lambda lmi: calls.append(1) or real(lmi))
+    chain = explain_chain(graph)
+    assert not isinstance(chain, str)
+    shapes = [tuple(w.shape) for w in chain.weights]
+    cost = plan.closed_form_s(shapes) + plan.verify_s(shapes)
+    starved = global_bounds(graph, budget_s=0.4 * cost, methods=("eclipse-fast", "eclipse", "lipsdp-neuron"))
+    assert [r.upper for r in starved] == [None, None, None] and calls == []
+    (fast, sdp_result) = global_bounds(graph, budget_s=10 * cost, methods=("eclipse-fast", "lipsdp-neuron"))
+    assert fast.certified and sdp_result.certified and calls == [1]  # once for both methods
+    assert sdp_result.certificate is not None and sdp_result.certificate.exponent == real(chain.lmi())[1]
