@@ -452,3 +452,24 @@ def test_large_dense_matrices_are_certified_without_an_svd(shape: tuple[int, int
     up1, lo1 = spectral_norm_dense(r1)
     norm1 = float(np.linalg.norm(u) * np.linalg.norm(v))
     assert lo1 is not None and lo1 <= norm1 <= up1 and up1 <= norm1 * (1 + 1e-4) and lo1 >= norm1 * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_lower_gram_is_the_gram_matrix_exactly_hermitian(dtype: type) -> None:
+    """The Gram matrix from its lower block triangle (large sides): every entry one inner product
+    of two rows, as in the full product (within its rounding bound), the blocks above the diagonal
+    blocks the mirrors of those below, bit for bit; a side that four panels do not divide evenly."""
+    from stabaudit.bounds.gram import lower_gram
+
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((2, 1030, 300)).astype(dtype)
+    if dtype == np.complex128:
+        y = y + 1j * rng.standard_normal(y.shape)
+    h = lower_gram(torch.from_numpy(y)).numpy()
+    full = y @ np.conj(np.swapaxes(y, 1, 2))
+    mag = np.abs(y) @ np.abs(np.swapaxes(y, 1, 2))
+    assert np.all(np.abs(h - full) <= 4 * 302 * 2.0**-53 * mag)
+    cuts = [round(1030 * k / 4) for k in range(5)]
+    for i in range(1, 4):
+        below = h[:, cuts[i]:cuts[i + 1], :cuts[i]]
+        assert np.array_equal(h[:, :cuts[i], cuts[i]:cuts[i + 1]], np.conj(np.swapaxes(below, 1, 2)))
