@@ -25,6 +25,7 @@ import numpy as np
 
 from stabaudit.bounds.base import OpBound
 from stabaudit.ir import ops as O
+from stabaudit.ir.executor import float64_view
 from stabaudit.ir.graph import Graph
 from stabaudit.rounding import mul_up, up
 
@@ -211,7 +212,7 @@ def _walk(graph: Graph) -> tuple[list[_Lin | _Diag | _Act], int, list[str]] | st
                         return f"Affine {node.name!r} scales rows differently"
                     items.append(_Diag(s=vec[0].copy()))
             case O.Linear(weight=weight, error=node_error):
-                w = np.asarray(weight, dtype=np.float64)
+                w = float64_view(weight)  # the executors' float64 copy, shared
                 if w.ndim != 2:
                     return f"Linear {node.name!r} has a weight of rank {w.ndim}"
                 if pre:

@@ -44,6 +44,7 @@ from stabaudit.analyses import plan
 from stabaudit.bounds.base import Guarantee, OpBound
 from stabaudit.errors import InternalError, StabauditError
 from stabaudit.ir import ops as O
+from stabaudit.ir.executor import float64_copy
 from stabaudit.ir.graph import Graph, Node, TensorSpec
 from stabaudit.limits import check_deadline, raise_allocation_failure
 
@@ -240,9 +241,11 @@ class ForwardErrorModel:
 
     @staticmethod
     def _single(
-        node: Node, op: O.Op, shapes: Sequence[tuple[int, ...]]
+        node: Node, op: O.Op, shapes: Sequence[tuple[int, ...]],
+        parameters: Mapping[tuple[str, str], torch.Tensor] | None = None,
     ) -> Callable[..., torch.Tensor]:
-        """The executor's kernel of ``op`` as a function of tensors (one-node graph)."""
+        """The executor's kernel of ``op`` as a function of tensors (one-node graph); ``parameters``:
+        tensors in place of the op's arrays, by (node name, field)."""
         import torch
 
         from stabaudit.ir.executor import Executor
@@ -255,7 +258,7 @@ class ForwardErrorModel:
             outputs=("out",),
             nodes=(Node(name=node.name, op=op, inputs=names, output="out"),),
         )
-        ex = Executor(g, dtype=torch.float64)
+        ex = Executor(g, dtype=torch.float64, parameters=parameters)
         return lambda *args: ex(*args)[0]
 
     def _rule(self, node: Node, shapes: dict[str, tuple[int, ...]]) -> Callable[..., torch.Tensor]:
@@ -292,8 +295,12 @@ class ForwardErrorModel:
 
         match op:
             case O.Linear() | O.Conv() | O.ConvTranspose():
-                w = np.abs(np.asarray(op.weight, dtype=np.float64))
-                absop = self._single(node, dataclasses.replace(op, weight=w, bias=None), in_shapes)
+                w = op.weight
+                # |W| as the kernel's weight: one new tensor (a numpy |W| handed to the kernel
+                # would be copied again by the executor)
+                magnitude = torch.from_numpy(float64_copy(w)).abs()
+                absop = self._single(node, dataclasses.replace(op, bias=None), in_shapes,
+                                     parameters={(node.name, "weight"): magnitude})
                 match op:
                     case O.Linear():
                         k = w.shape[1]
