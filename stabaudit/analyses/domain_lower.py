@@ -140,7 +140,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         confirm_quotient,
         error_sensitivities,
         forward_macs,
+        precise_doubtful,
         precise_plan,
+        swamped_both,
         unconfirmable_at,
     )
     from stabaudit.ir.executor import Executor, with_shapes
@@ -153,6 +155,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     # double-double (``analyses.precise``) while its planned evaluations last
     precise: Evaluation | None = None
     precise_left, precise_planned = 0, False
+    precise_still: str | None = None  # why double-double cannot confirm either (its bound swamps too)
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
     macs = forward_macs(graph, shapes)
@@ -187,7 +190,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         x = lo + width * u
         v = torch.randn(points, n, generator=gen, dtype=torch.float64)
         v = v / v.norm(dim=1, keepdim=True)
-        hopeless, _ = unconfirmable_at(model, (x[0], x[-1]))
+        hopeless, _, ratio = unconfirmable_at(model, (x[0], x[-1]))
         confirm_with, most = model, work.tries
         if hopeless is not None:
             if not precise_planned and isinstance(model, ForwardErrorModel):
@@ -196,10 +199,16 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                 precise, precise_left, why_not = precise_plan(graph, shapes, model, macs, budget_s)
                 if precise is None:
                     notes.append(why_not)
+                else:
+                    precise_still = precise_doubtful(precise, ratio, x[0], macs)
+                    if precise_still is not None:
+                        precise = None
             if precise is None or precise_left < 2:
                 # the error bound swamps the outputs at the center and a drawn point (or at the
                 # center alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a
                 # decision on those evaluations, not on the clock)
+                if precise_still is not None:
+                    hopeless = swamped_both(hopeless, precise_still)
                 notes.append(hopeless.replace("at seeded points", "inside the domain"))
                 continue
             confirm_with, most = precise, precise_left // 2

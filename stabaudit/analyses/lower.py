@@ -1429,10 +1429,16 @@ UNCONFIRMABLE_RATIO = 10.0  # forward error bound over output norm beyond which 
 # ... and beyond which one point decides (the next seeded point is not evaluated: each costs a
 # float64 pass with its error bounds, 1.5 s on a ResNet-50 at 224x224)
 DECISIVE_RATIO = 1e3 * UNCONFIRMABLE_RATIO
+# float64 error bound over output norm beyond which the double-double evaluation is tried at the
+# seeded point before the search runs: measured, double-double's bound is 1e10 to 1e13 times
+# smaller (a ResNet-18 at 224x224 1e10, a ResNet-50 4e10, a MobileNetV2 1e13, whose bound stays
+# 13 times its output), less where operators without an exact kernel run in float64 within it
+PRECISE_DOUBT = 1e9
 
 
-def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: float) -> tuple[str | None, int]:
-    """(why no difference quotient can be confirmed, or None; the points evaluated).
+def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: float) -> tuple[str | None, int, float]:
+    """(why no difference quotient can be confirmed, or None; the points evaluated; the ratio of
+    ``unconfirmable_at``).
 
     A quotient is confirmed only when ||f_hat(y) - f_hat(x)|| exceeds E(x) + E(y), the float64
     error bounds of ``ForwardErrorModel``. When at two seeded points of the domain scale (x0 and
@@ -1441,12 +1447,32 @@ def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: flo
     only produce pairs that fail that test: it is not run (a decision on the sizes and seed only).
     Where the first point's E is infinite or above DECISIVE_RATIO (||f_hat|| + 1), it decides alone.
     """
+    return unconfirmable_at(model, _seeded_points(graph, seed, domain_scale))
+
+
+def _seeded_points(graph: Graph, seed: int, domain_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and x0 / 10: ``_unconfirmable``'s points (standard normal times the domain scale, from
+    their own generator)."""
     import torch
 
     n = sum(int(np.prod(s.shape)) for s in graph.inputs)
     gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
     x0 = torch.randn(n, generator=gen, dtype=torch.float64) * domain_scale
-    return unconfirmable_at(model, (x0, x0 / 10.0))
+    return x0, x0 / 10.0
+
+
+def precise_doubtful(precise: PreciseModel, ratio: float, x: torch.Tensor, macs: float) -> str | None:
+    """Where the float64 bound is infinite or above PRECISE_DOUBT times the outputs (``ratio``), the
+    double-double evaluation at ``x`` (one evaluation of a network of ``macs`` multiply-adds,
+    charged here): why it cannot confirm a quotient either (its own bound swamps the outputs
+    there), or None (worth searching with)."""
+    from stabaudit.analyses.precise import PASSES
+
+    if ratio <= PRECISE_DOUBT:
+        return None
+    plan.spend(PASSES * macs / plan.LOWER_MACS_PER_S)
+    still, _, _ = unconfirmable_at(precise, (x,), "double-double error bound")
+    return still
 
 
 def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel, macs: float,
@@ -1482,6 +1508,11 @@ _NO_QUOTIENT = (", so no difference quotient can be confirmed (a sound lower bou
                 "to exceed the error bounds of both points)")
 
 
+def swamped_both(hopeless: str, still: str) -> str:
+    """One message from ``unconfirmable_at``'s in float64 (``hopeless``) and in double-double (``still``)."""
+    return f"{hopeless.removesuffix(_NO_QUOTIENT)}; {still}"
+
+
 def _swamped(y: np.ndarray, e: float) -> float | None:
     """e / (||y|| + 1) when every output is finite and E is infinite or above UNCONFIRMABLE_RATIO
     (||y|| + 1); None otherwise (quotients near this point may be confirmed, or the values have a
@@ -1501,19 +1532,21 @@ def _swamped_why(ratio: float, bound: str = "float64 rounding-error bound") -> s
     return f"the {bound} of this network {what} at seeded points"
 
 
-def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor]) -> tuple[str | None, int]:
+def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor],
+                     bound: str = "float64 rounding-error bound") -> tuple[str | None, int, float]:
     """(why no difference quotient can be confirmed near these points (flat float64 inputs), or
     None: ``_unconfirmable``'s test (every output finite, every error bound infinite or above
-    UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points; how many of them were evaluated)."""
+    UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points; how many of them were evaluated; the
+    smallest error bound over ||f_hat|| + 1 among them (0 when the test failed))."""
     ratios: list[float] = []
     for x in points:
         ratio = _swamped(*model.evaluate(x))
         if ratio is None:
-            return None, len(ratios) + 1
+            return None, len(ratios) + 1, 0.0
         ratios.append(ratio)
         if not ratio <= DECISIVE_RATIO:
             break  # far beyond the threshold (or infinite): the other points are not evaluated
-    return _swamped_why(min(ratios)) + _NO_QUOTIENT, len(ratios)
+    return _swamped_why(min(ratios), bound) + _NO_QUOTIENT, len(ratios), min(ratios)
 
 
 def lower_bound(
@@ -1577,7 +1610,7 @@ def lower_bound(
             witness=None, seconds=time.perf_counter() - start_time, evaluations=0,
         )
     model: Evaluation = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
-    hopeless, checked = _unconfirmable(model, graph, seed, domain_scale)
+    hopeless, checked, ratio = _unconfirmable(model, graph, seed, domain_scale)
     # the test's float64 evaluations are work of this search (charged whatever they decide)
     plan.spend(checked * _CONFIRM_PASSES * search.fwd / plan.LOWER_MACS_PER_S)
     precise_evaluations = 0
@@ -1591,6 +1624,10 @@ def lower_bound(
             why = f"{hopeless}; {why_not}"
             return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked)
+        still = precise_doubtful(precise, ratio, _seeded_points(graph, seed, domain_scale)[0], search.fwd)
+        if still is not None:  # swamped in double-double too: the search could confirm nothing
+            return LowerResult(value=0.0, method=f"not searched: {swamped_both(hopeless, still)}", witness=None,
+                               seconds=time.perf_counter() - start_time, evaluations=checked + 1)
         model = precise
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan

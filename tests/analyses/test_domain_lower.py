@@ -241,3 +241,30 @@ def test_stalled_starts_begin_again_and_find_the_steep_regions_of_a_real_network
     boxes = domain_boxes(g, BallDomain(eps=0.05), centre)
     low = domain_lower(g, boxes, seed=seed, budget_s=0.3)
     assert low.value >= 150.0
+
+
+def test_a_box_hopeless_in_double_double_too_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float64 bound beyond lower.PRECISE_DOUBT: the double-double evaluation at the box's center
+    decides first; where its bound swamps the outputs too, the box is not searched, one message
+    says both, and the double-double model is not evaluated again."""
+    from stabaudit.analyses.lower import ForwardErrorModel
+    from stabaudit.analyses.precise import PreciseModel
+
+    g = _relu_net()
+    boxes = domain_boxes(g, BallDomain(eps=0.1), np.array([[[0.3, -0.2, 0.1]]]))
+    real, real_precise = ForwardErrorModel.evaluate, PreciseModel.evaluate
+    precise_calls = []
+
+    def overflowing(self: ForwardErrorModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        return real(self, x)[0], float("inf")
+
+    def hopeless(self: PreciseModel, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        precise_calls.append(1)
+        return real_precise(self, x)[0], float("inf")
+
+    monkeypatch.setattr(ForwardErrorModel, "evaluate", overflowing)
+    monkeypatch.setattr(PreciseModel, "evaluate", hopeless)
+    low = domain_lower(g, boxes, seed=3, budget_s=0.5)
+    assert low.value == 0.0 and low.x == () and precise_calls == [1]
+    assert ("the float64 rounding-error bound of this network overflows inside the domain; the double-double "
+            "error bound of this network overflows inside the domain, so no difference quotient") in low.method

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from stabaudit.analyses import plan
 from stabaudit.analyses.composition import rule_bounds
 from stabaudit.analyses.lower import (
     DECISIVE_RATIO,
@@ -22,7 +23,7 @@ from stabaudit.analyses.lower import (
     error_sensitivities,
     lower_bound,
 )
-from stabaudit.analyses.precise import PreciseModel
+from stabaudit.analyses.precise import PASSES, PreciseModel
 from stabaudit.bounds.base import Guarantee
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import Executor, with_shapes
@@ -449,11 +450,27 @@ def test_the_search_is_skipped_when_no_quotient_could_be_confirmed(monkeypatch: 
     assert "is 2e+05 times the output's norm" in decided.method and decided.evaluations == 1
     assert 2e4 * UNCONFIRMABLE_RATIO > DECISIVE_RATIO
 
-    # the double-double evaluation fits: the search runs and stops at its first evaluation
-    both(lambda y: math.inf)
+    # the double-double evaluation fits, the float64 bound within PRECISE_DOUBT of the outputs: the
+    # search runs and stops at its first double-double evaluation
+    both(lambda y: 50.0 * (float(np.linalg.norm(y)) + 1.0))
+    monkeypatch.setattr(PreciseModel, "evaluate", lambda self, x: (real_precise(self, x)[0], math.inf))
     stopped = lower_bound(g, seed=0, **FAST)
     assert stopped.value == 0.0 and stopped.witness is None
     assert "not confirmed: the double-double error bound of this network overflows" in stopped.method
+
+    # a float64 bound beyond PRECISE_DOUBT: one double-double evaluation at the seeded point decides
+    # first, and where its bound is hopeless too, no search runs (one float64, one double-double
+    # evaluation) and one message says both
+    both(lambda y: math.inf)
+    with plan.ledger() as spent:
+        doubted = lower_bound(g, seed=0, **FAST)
+    one_precise = PASSES * L.forward_macs(g, dict(g.shapes)) / plan.LOWER_MACS_PER_S
+    assert doubted.value == 0.0 and doubted.evaluations == 2 and spent[0] >= one_precise
+    assert doubted.method == (
+        "not searched: the float64 rounding-error bound of this network overflows at seeded points; the "
+        "double-double error bound of this network overflows at seeded points, so no difference quotient "
+        "can be confirmed (a sound lower bound needs the output difference to exceed the error bounds of "
+        "both points)")
 
     # float64 hopeless, the double-double bound sane (its Tanh nodes in float64 at the size of one
     # layer's rounding): the search runs and confirms
