@@ -87,6 +87,14 @@ _GRAM_CHUNK_ENTRIES = 1 << 22
 # The direct Gram path holds every chunk of a group between its estimates and its certificates
 # up to this many complex entries (64 MiB); beyond, it forms each chunk a second time instead.
 _HOLD_ENTRIES = 1 << 22
+# The direct Gram path's products Q_delta go to the kernel threads in this many runs of tasks
+_Q_CHUNKS = 8
+# ... and its frequency blocks are formed together when there are more than _MANY_BLOCKS of at
+# most _SMALL_BLOCK_ENTRIES entries each (one Python step per block costs more than its entries)
+_MANY_BLOCKS, _SMALL_BLOCK_ENTRIES = 256, 64
+# ... in pieces of at most this many terms (the phase factors' temporaries are some ten times that
+# in bytes: about 20 MiB a thread, inside the chunks' memory plan)
+_MANY_PIECE_ENTRIES = 1 << 18
 # Peak bytes of one convolution bound, as limits.py plans memory: per kernel thread (two) a chunk
 # of Gram matrices, its Cholesky factor and a single-precision copy (5 chunks' worth at most; held
 # chunks are the chunks themselves, and they hold no more than one chunk's entries); the dense
@@ -866,6 +874,26 @@ def _lead(chunks: list[tuple[int, Any, np.ndarray]], estimates: list[tuple[np.nd
     return max(float(np.max(np.ldexp(np.maximum(e[0], 0.0), c[2]))) for c, e in zip(chunks, estimates, strict=True))
 
 
+def _small_grams(wk: torch.Tensor, work: list[list[tuple[int, int]]], out_side: bool) -> list[torch.Tensor]:
+    """``_direct_group``'s Q = sum over (k, k2) of W_k W_k2^T (out_side) or W_k^T W_k2, for many
+    small blocks at once: the products of a run of pairs (at most _MANY_PIECE_ENTRIES gathered entries)
+    as one batched product, summed per task by index_add. Each entry is the same sum of len(pairs)
+    times (c or m) products as the GEMMs give, in another order (the same rounding bound)."""
+    import torch
+
+    counts = torch.tensor([len(pairs) for pairs in work], dtype=torch.int64)
+    flat = torch.tensor([pair for pairs in work for pair in pairs], dtype=torch.int64, device=wk.device).reshape(-1, 2)
+    task = torch.repeat_interleave(torch.arange(len(work), device=wk.device), counts.to(wk.device))
+    a = wk if out_side else wk.transpose(1, 2)  # [K, bs, inner]
+    bs, inner = int(a.shape[1]), int(a.shape[2])
+    out = torch.zeros((len(work), bs, bs), dtype=wk.dtype, device=wk.device)
+    step = max(1, _MANY_PIECE_ENTRIES // max(bs * inner, 1))
+    for p0 in range(0, int(flat.shape[0]), step):
+        k1, k2 = flat[p0: p0 + step, 0], flat[p0: p0 + step, 1]
+        out.index_add_(0, task[p0: p0 + step], torch.bmm(a[k1], a[k2].transpose(1, 2)))
+    return list(out.unbind(0))
+
+
 def _direct_group(
     g: _ConvGeometry, plan: _CirculantPlan, layout: _Layout, out_side: bool, group: int, *, floor: float, device: str
 ) -> tuple[float, float, int, torch.Tensor, _FreqGrid] | None:
@@ -915,7 +943,17 @@ def _direct_group(
             q.addmm_(wk[k], wk[k2].T) if out_side else q.addmm_(wk[k].T, wk[k2])
         return q
 
-    done = dict(zip(tasks, thread_map(gram_q, list(tasks.values())), strict=True))
+    # in _Q_CHUNKS runs of consecutive tasks (a fixed cut): a strided layer with a long kernel has
+    # tens of thousands of tiny ones (an STFT front end, stride 160 over 512 taps: 69,200 products
+    # of one entry each), whose hand-offs to the threads cost more than the products
+    work = list(tasks.values())
+    if len(work) > _MANY_BLOCKS and bs * bs <= _SMALL_BLOCK_ENTRIES:
+        by_task = _small_grams(wk, work, out_side)
+    else:
+        runs = [work[i::_Q_CHUNKS] for i in range(min(_Q_CHUNKS, len(work)))]
+        results = thread_map(lambda run: [gram_q(pairs) for pairs in run], runs)
+        by_task = [results[i % len(runs)][i // len(runs)] for i in range(len(work))]
+    done = dict(zip(tasks, by_task, strict=True))
     blocks: list[tuple[tuple[int, int], np.ndarray, torch.Tensor]] = []
     for (i, j), deltas in layout.items():
         qs = [done[(i, j, key)] if (i, j, key) in done else done[mirrors[(i, j, key)]].T for key in deltas]
@@ -923,13 +961,45 @@ def _direct_group(
         blocks.append(((i, j), delta, torch.stack(qs).reshape(len(qs), -1)))
     del done
     e_h = (2.0 * (inner + 2) + 32.0 * ndim + 2.0 * (dmax + 4)) * EPS * s_total * (1.0 + 1e-10) + 1e-300
+    # many small blocks (a strided layer with a long kernel: an STFT front end of stride 160 over
+    # 512 taps has 25,600 blocks of one entry): their phase sums formed together, each entry still
+    # one sum of its block's dmax-or-fewer terms (in another order: the same bound)
+    many: tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor] | None = None
+    if not out_side and len(blocks) > _MANY_BLOCKS and bs * bs <= _SMALL_BLOCK_ENTRIES:
+        counts = np.array([len(delta) for _, delta, _ in blocks], dtype=np.int64)
+        many = (torch.tensor([i for (i, _), _, _ in blocks], device=device),
+                torch.tensor([j for (_, j), _, _ in blocks], device=device),
+                np.concatenate([[0], np.cumsum(counts)]),
+                np.concatenate([delta for _, delta, _ in blocks]),
+                torch.cat([q for _, _, q in blocks]).to(torch.complex128),
+                torch.repeat_interleave(torch.arange(len(blocks), device=device), torch.from_numpy(counts).to(device)))
+
+    def form_many(fgrid: _FreqGrid, fr: np.ndarray, hv: torch.Tensor) -> None:
+        """``form``'s blocks when they are many and small: the phase factors of a run of blocks at
+        once (at most _MANY_PIECE_ENTRIES terms), summed per block by one index_add."""
+        assert many is not None
+        rows, cols, ends, deltas, q_all, seg = many
+        nblocks = int(rows.shape[0])
+        sums = torch.zeros((len(fr), nblocks, bs * bs), dtype=torch.complex128, device=device)
+        most = max(1, _MANY_PIECE_ENTRIES // max(len(fr) * bs * bs, 1))
+        b0 = 0
+        while b0 < nblocks:
+            b1 = max(b0 + 1, int(np.searchsorted(ends, ends[b0] + most, side="right")) - 1)
+            b1 = min(b1, nblocks)
+            d0, d1 = int(ends[b0]), int(ends[b1])
+            coef = torch.from_numpy(_phase_factors(plan.grid, fgrid.twist, fr, deltas[d0:d1])).to(device)
+            sums.index_add_(1, seg[d0:d1], coef[:, :, None] * q_all[d0:d1][None])
+            b0 = b1
+        hv.permute(0, 2, 4, 1, 3)[:, rows, cols] = sums.reshape(len(fr), nblocks, bs, bs)
 
     def form(fgrid: _FreqGrid, start: int, chunk: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """The chunk's H_f scaled by powers of two, their exponents and their Frobenius norms."""
         fr = fgrid.index()[start : start + chunk]  # [Fc, ndim]
         h = torch.zeros(0 if out_side else (len(fr), side, side), dtype=torch.complex128, device=device)
         hv = h if out_side else h.view(len(fr), c, nused, c, nused)
-        for (i, j), delta, q in blocks:
+        if many is not None:
+            form_many(fgrid, fr, hv)
+        for (i, j), delta, q in blocks if many is None else ():
             coef = _phase_factors(plan.grid, fgrid.twist, fr, delta)  # c_delta(f) = exp(-i omega_f . delta)
             parts = torch.from_numpy(np.concatenate([coef.real, coef.imag])).to(device) @ q  # [2 Fc, bs^2]
             blk = torch.complex(parts[: len(fr)], parts[len(fr) :]).reshape(len(fr), bs, bs)
