@@ -43,7 +43,8 @@ def float64_copy(array: np.ndarray) -> np.ndarray:
     equivalence check's, the error model's, the searches') hold one float64 copy of each weight
     between them instead of one each (on an MLP of width 4096, 537 MB in all instead of 537 MB
     per executor: fresh memory each time, which the process pays for in page faults). No kernel modifies
-    a parameter in place. A writable array (one that may change) gets a copy of its own."""
+    a parameter in place. A read-only array is taken as constant (no one writes to an operator's
+    parameters); a writable array (one that may change) gets a copy of its own."""
     a = np.asarray(array)
     if a.flags.writeable:
         return np.array(a, dtype=np.float64)
