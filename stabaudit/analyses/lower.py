@@ -826,7 +826,8 @@ def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
     """Multiply-accumulates of one forward pass (plus one per value element): the cost model. A
     large convolution or matrix product over several rows (``plan.LARGE_OP_MACS``) counts its MACs
     divided by ``plan.LARGE_OP_SPEEDUP`` (it runs that much faster per MAC than the rate the model
-    counts)."""
+    counts); a convolution adds ``plan.CONV_POSITION_MACS`` per output position (few channels run
+    far slower per MAC)."""
 
     def large(macs: float) -> float:
         return macs / plan.LARGE_OP_SPEEDUP if macs >= plan.LARGE_OP_MACS else macs
@@ -839,9 +840,11 @@ def forward_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> float:
                 rows = out / max(int(w.shape[0]), 1)
                 total += large(out * w.shape[1]) if rows > 1 else out * w.shape[1]
             case O.Conv(weight=w):
-                total += large(out * float(np.prod(w.shape[1:])))
-            case O.ConvTranspose(weight=w):
-                total += large(float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:])))
+                positions = out / max(int(w.shape[0]), 1)
+                total += large(out * float(np.prod(w.shape[1:]))) + positions * plan.CONV_POSITION_MACS
+            case O.ConvTranspose(weight=w, groups=g):
+                total += (large(float(np.prod(shapes[node.inputs[0]])) * float(np.prod(w.shape[1:])))
+                          + out / max(int(w.shape[1]) * g, 1) * plan.CONV_POSITION_MACS)
         total += out
     return max(total, 1.0)
 

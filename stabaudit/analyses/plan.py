@@ -117,6 +117,15 @@ LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per b
 LARGE_OP_MACS = 2e7
 LARGE_OP_SPEEDUP = 4.0
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
+# ... and a convolution costs CONV_POSITION_MACS more per output position (batch and spatial
+# entry, all output channels together): convolutions of few channels run far below the counted
+# rate (measured on one core in float64, 3x3 kernels over batches of 25,600: 2 to 4 channels on
+# 5x5, 164 ns a position, 0.44 GMAC/s; 4 channels to 1 on 10x10, 282 ns, 0.13 GMAC/s; 16 to 16 on
+# 16x16, 1.3 us, 1.8 GMAC/s), where wide ones reach 11 to 16 GMAC/s. 256 (64 ns at the counted
+# rate, about the search's cost on its two kernel threads): a decoder of 2 to 4 to 1 channels with
+# an upsampling took 7.4 s of CPU for a planned 1 s search and takes 2.0 s; the sample CNN's
+# search at --budget 2 took 3.5 s for 1.9 s planned and takes 2.4 s
+CONV_POSITION_MACS = 256.0
 # interval Jacobians on receptive fields (analyses.patch_jacobian): multiply-accumulates and
 # element operations on patch tensors per budget second
 JACOBIAN_OPS_PER_S = 2e9
