@@ -509,7 +509,8 @@ class Executor:
         import torch
 
         if self.dtype == torch.float32:  # its own copy, made directly (no float64 one on the way)
-            return torch.from_numpy(np.array(array, dtype=np.float32)).to(self.device)
+            with np.errstate(over="ignore"):  # float64 values beyond float32's range become inf, as in torch
+                return torch.from_numpy(np.array(array, dtype=np.float32)).to(self.device)
         return torch.from_numpy(float64_copy(array)).to(self.dtype).to(self.device)
 
     def _substituting(
