@@ -15,6 +15,7 @@ f is one of the graph. Reshapes/Transposes after the first Linear must keep the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -416,14 +417,12 @@ def global_bounds(
     if isinstance(chain, str):
         return [GlobalBoundResult(method=m, upper=None, certified=False, seconds=0.0, notes=(f"not a feedforward chain: {chain}",)) for m in wanted]
     lmi = chain.lmi()
-    scaled_once: list[tuple[ChainLMI, int]] = []
 
+    @functools.cache
     def scaled_chain() -> tuple[ChainLMI, int]:
         """The power-of-two scaled chain and its exponent (``sdp.pow2_scaled``), computed once, when a
         method runs: its norm estimates take seconds at width 4096, for nothing when none runs."""
-        if not scaled_once:
-            scaled_once.append(pow2_scaled(lmi))
-        return scaled_once[0]
+        return pow2_scaled(lmi)
     product = None
     if op_bounds is not None:
         from stabaudit.analyses.composition import compose
@@ -557,8 +556,8 @@ def global_bounds(
                     certified=upper is not None,
                     seconds=time.perf_counter() - t0,
                     notes=tuple(notes),
-                    certificate=(ChainCertificate(lmi=scaled_chain()[0], exponent=scaled_chain()[1], rho=verified.rho,
-                                                  ts=verified.ts)
+                    certificate=(ChainCertificate(lmi=scaled_chain()[0], exponent=scaled_chain()[1],
+                                                  rho=verified.rho, ts=verified.ts)
                                  if upper is not None and verified is not None else None),
                 )
             )

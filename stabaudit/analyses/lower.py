@@ -1439,23 +1439,17 @@ DECISIVE_RATIO = 1e3 * UNCONFIRMABLE_RATIO
 PRECISE_DOUBT = 1e9
 
 
-def _unconfirmable(model: Evaluation, graph: Graph, seed: int, domain_scale: float) -> tuple[str | None, int, float]:
-    """(why no difference quotient can be confirmed, or None; the points evaluated; the ratio of
-    ``unconfirmable_at``).
+def _seeded_points(graph: Graph, seed: int, domain_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and x0 / 10 (standard normal times the domain scale, from their own generator): where
+    ``unconfirmable_at`` decides whether the search runs.
 
     A quotient is confirmed only when ||f_hat(y) - f_hat(x)|| exceeds E(x) + E(y), the float64
-    error bounds of ``ForwardErrorModel``. When at two seeded points of the domain scale (x0 and
-    x0 / 10, from their own generator) every output is finite and E is infinite (the bound
-    overflows through the layers) or above UNCONFIRMABLE_RATIO (||f_hat|| + 1), the search could
-    only produce pairs that fail that test: it is not run (a decision on the sizes and seed only).
+    error bounds of ``ForwardErrorModel``. When at both points every output is finite and E is
+    infinite (the bound overflows through the layers) or above UNCONFIRMABLE_RATIO (||f_hat|| + 1),
+    the search could only produce pairs that fail that test: it is not run (a decision on the sizes
+    and seed only).
     Where the first point's E is infinite or above DECISIVE_RATIO (||f_hat|| + 1), it decides alone.
     """
-    return unconfirmable_at(model, _seeded_points(graph, seed, domain_scale))
-
-
-def _seeded_points(graph: Graph, seed: int, domain_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0 and x0 / 10: ``_unconfirmable``'s points (standard normal times the domain scale, from
-    their own generator)."""
     import torch
 
     n = sum(int(np.prod(s.shape)) for s in graph.inputs)
@@ -1538,7 +1532,7 @@ def _swamped_why(ratio: float, bound: str = "float64 rounding-error bound") -> s
 def unconfirmable_at(model: Evaluation, points: Sequence[torch.Tensor],
                      bound: str = "float64 rounding-error bound") -> tuple[str | None, int, float]:
     """(why no difference quotient can be confirmed near these points (flat float64 inputs), or
-    None: ``_unconfirmable``'s test (every output finite, every error bound infinite or above
+    None: the test of ``_seeded_points`` (every output finite, every error bound infinite or above
     UNCONFIRMABLE_RATIO (||f_hat|| + 1)) at the given points; how many of them were evaluated; the
     smallest error bound over ||f_hat|| + 1 among them (0 when the test failed))."""
     ratios: list[float] = []
@@ -1613,7 +1607,8 @@ def lower_bound(
             witness=None, seconds=time.perf_counter() - start_time, evaluations=0,
         )
     model: Evaluation = ForwardErrorModel(graph, shapes, error_sensitivities(graph, op_bounds))
-    hopeless, checked, ratio = _unconfirmable(model, graph, seed, domain_scale)
+    seeded = _seeded_points(graph, seed, domain_scale)
+    hopeless, checked, ratio = unconfirmable_at(model, seeded)
     # the test's float64 evaluations are work of this search (charged whatever they decide)
     plan.spend(checked * _CONFIRM_PASSES * search.fwd / plan.LOWER_MACS_PER_S)
     precise_evaluations = 0
@@ -1627,7 +1622,7 @@ def lower_bound(
             why = f"{hopeless}; {why_not}"
             return LowerResult(value=0.0, method=f"not searched: {why}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked)
-        still = precise_doubtful(precise, ratio, _seeded_points(graph, seed, domain_scale)[0], search.fwd)
+        still = precise_doubtful(precise, ratio, seeded[0], search.fwd)
         if still is not None:  # swamped in double-double too: the search could confirm nothing
             return LowerResult(value=0.0, method=f"not searched: {swamped_both(hopeless, still)}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked + 1)

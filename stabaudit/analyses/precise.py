@@ -237,12 +237,12 @@ class PreciseModel:
         ``weight``: this tensor as the op's weight (no conversion, no copy)."""
         import torch
 
-        from stabaudit.ir.executor import _kernel
+        from stabaudit.ir.executor import _kernel, float64_copy
 
         def param(array: np.ndarray) -> torch.Tensor:
             if weight is not None and array is getattr(op, "weight", None):
                 return weight
-            return torch.from_numpy(np.array(array, dtype=np.float64))
+            return torch.from_numpy(float64_copy(array))  # as the float64 Executor converts them
 
         kern = _kernel(op, param)
         return lambda *args: kern(list(args))

@@ -87,7 +87,8 @@ _GRAM_CHUNK_ENTRIES = 1 << 22
 # The direct Gram path holds every chunk of a group between its estimates and its certificates
 # up to this many complex entries (64 MiB); beyond, it forms each chunk a second time instead.
 _HOLD_ENTRIES = 1 << 22
-# The direct Gram path's products Q_delta go to the kernel threads in this many runs of tasks
+# The direct Gram path's products Q_delta go to the kernel threads in this many interleaved runs
+# of tasks
 _Q_CHUNKS = 8
 # ... and its frequency blocks are formed together when there are more than _MANY_BLOCKS of at
 # most _SMALL_BLOCK_ENTRIES entries each (one Python step per block costs more than its entries)
@@ -943,9 +944,9 @@ def _direct_group(
             q.addmm_(wk[k], wk[k2].T) if out_side else q.addmm_(wk[k].T, wk[k2])
         return q
 
-    # in _Q_CHUNKS runs of consecutive tasks (a fixed cut): a strided layer with a long kernel has
-    # tens of thousands of tiny ones (an STFT front end, stride 160 over 512 taps: 69,200 products
-    # of one entry each), whose hand-offs to the threads cost more than the products
+    # many tiny products (a strided layer with a long kernel: an STFT front end, stride 160 over
+    # 512 taps, has 69,200 of one entry each) as batched products; the others in _Q_CHUNKS runs
+    # (task i in run i mod _Q_CHUNKS: a fixed cut), one hand-off to the threads per run
     work = list(tasks.values())
     if len(work) > _MANY_BLOCKS and bs * bs <= _SMALL_BLOCK_ENTRIES:
         by_task = _small_grams(wk, work, out_side)
@@ -999,14 +1000,15 @@ def _direct_group(
         hv = h if out_side else h.view(len(fr), c, nused, c, nused)
         if many is not None:
             form_many(fgrid, fr, hv)
-        for (i, j), delta, q in blocks if many is None else ():
-            coef = _phase_factors(plan.grid, fgrid.twist, fr, delta)  # c_delta(f) = exp(-i omega_f . delta)
-            parts = torch.from_numpy(np.concatenate([coef.real, coef.imag])).to(device) @ q  # [2 Fc, bs^2]
-            blk = torch.complex(parts[: len(fr)], parts[len(fr) :]).reshape(len(fr), bs, bs)
-            if out_side:  # one block: H_f itself
-                h = blk
-            else:
-                hv[:, :, i, :, j] = blk
+        else:
+            for (i, j), delta, q in blocks:
+                coef = _phase_factors(plan.grid, fgrid.twist, fr, delta)  # c_delta(f) = exp(-i omega_f . delta)
+                parts = torch.from_numpy(np.concatenate([coef.real, coef.imag])).to(device) @ q  # [2 Fc, bs^2]
+                blk = torch.complex(parts[: len(fr)], parts[len(fr) :]).reshape(len(fr), bs, bs)
+                if out_side:  # one block: H_f itself
+                    h = blk
+                else:
+                    hv[:, :, i, :, j] = blk
         fro = torch.linalg.vector_norm(torch.view_as_real(h).reshape(h.shape[0], -1), dim=1).cpu().numpy()
         s = np.frexp(fro.astype(np.float64))[1].astype(np.int64)
         scale = torch.from_numpy(np.ldexp(1.0, -s)).to(device=device, dtype=torch.float64)

@@ -511,7 +511,9 @@ class Executor:
         if self.dtype == torch.float32:  # its own copy, made directly (no float64 one on the way)
             with np.errstate(over="ignore"):  # float64 values beyond float32's range become inf, as in torch
                 return torch.from_numpy(np.array(array, dtype=np.float32)).to(self.device)
-        return torch.from_numpy(float64_copy(array)).to(self.dtype).to(self.device)
+        if self.device != "cpu":  # a device copy: the host copy is transient, not shared
+            return torch.from_numpy(np.array(array, dtype=np.float64)).to(self.dtype).to(self.device)
+        return torch.from_numpy(float64_copy(array)).to(self.dtype)
 
     def _substituting(
         self, node: Node, parameters: Mapping[ParameterKey, torch.Tensor]
