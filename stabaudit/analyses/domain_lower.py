@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.domain_bound import Boxes, flat_box
-from stabaudit.analyses.plan import SMALLEST_PLAN_FACTOR, spend
+from stabaudit.analyses.plan import DOMAIN_SEARCH_FLOOR_S, SMALLEST_PLAN_FACTOR, spend
 
 if TYPE_CHECKING:
     import torch
@@ -131,7 +131,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     (x, x + h v) along the top singular vector v at the best points, for a few steps h, kept
     inside the box and confirmed in float64 (the forward error model of ``analyses.lower``).
     When the smallest plan of every box costs more than twice ``budget_s``, only the first boxes
-    are searched (as many as twice the budget buys, one at least), and the method says so.
+    are searched (as many as twice the budget buys; when not even one, one whose plan costs at most
+    ``plan.DOMAIN_SEARCH_FLOOR_S``, else none), and the method says so.
     """
     import torch
 
@@ -161,10 +162,17 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     macs = forward_macs(graph, shapes)
     searched = boxes.search
     work = plan(macs, budget_s, len(searched), n_in)
-    if work.box_s * len(searched) > SMALLEST_PLAN_FACTOR * budget_s and len(searched) > 1:
-        # the smallest plan of every box is beyond twice the budget: the first boxes, one at least
-        # (a decision on the sizes and the budget, before any evaluation)
-        count = max(1, min(len(searched), int(SMALLEST_PLAN_FACTOR * budget_s // max(work.box_s, 1e-300))))
+    if work.box_s * len(searched) > SMALLEST_PLAN_FACTOR * budget_s:
+        # the smallest plan of every box is beyond twice the budget: the first boxes, as many as
+        # twice the budget buys, else one whose plan is within DOMAIN_SEARCH_FLOOR_S, else none (a
+        # decision on the sizes and the budget, before any evaluation)
+        count = min(len(searched), int(SMALLEST_PLAN_FACTOR * budget_s // max(work.box_s, 1e-300)))
+        if count == 0 and work.box_s <= DOMAIN_SEARCH_FLOOR_S:
+            count = 1
+        if count == 0:
+            return DomainLower(value=0.0, method=(
+                f"not searched: the smallest plan of one box costs {work.box_s:.3g} s, above twice the "
+                f"{budget_s:.3g} s of --budget left to the search inside the domain (a larger --budget searches it)"))
         searched = searched[:count]
         work = plan(macs, budget_s, count, n_in)
     points, rounds, proposals = work.points, work.rounds, work.proposals

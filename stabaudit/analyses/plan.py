@@ -168,6 +168,10 @@ DOMAIN_MAX_PATTERNS = 4096
 # take the whole budget, the later stages then get less), a share's (residual branches) 0.
 SMALLEST_PLAN_FACTOR = 2.0
 SMALLEST_PLAN_SLACK_S = 20.0
+# The pair search inside the domain (analyses.domain_lower) searches as many boxes as twice its
+# budget buys; one box whose smallest plan costs at most this is searched whatever the budget (a
+# small network's lower end over its domain is worth a fraction of a second of any --budget).
+DOMAIN_SEARCH_FLOOR_S = 0.5
 # The residual blocks' own lower-bound searches (analyses.residual.branch_lower) share this part of
 # the residual stage's allotment, split evenly over the blocks (SA202's Jacobians at the samples the
 # rest); over the audit domain, DOMAIN_RESIDUAL_SHARE of the domain stage's.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from stabaudit.analyses import domain_lower as DL
 from stabaudit.analyses.domain_bound import domain_boxes
 from stabaudit.analyses.domain_lower import domain_lower, plan
 from stabaudit.analyses.samples import (
@@ -116,9 +117,10 @@ def test_lower_bound_is_a_confirmed_quotient_of_a_pair_in_the_domain() -> None:
     assert domain_lower(g, boxes, seed=3, budget_s=0.5).value == low.value
 
 
-def test_a_budget_below_every_box_smallest_plan_searches_the_first_boxes() -> None:
-    # three balls whose smallest plans cost more than twice the budget: the first one is searched
-    # (a decision on the sizes and the budget), and the method says how many of them
+def test_a_budget_below_every_box_smallest_plan_searches_the_first_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # three balls whose smallest plans cost more than twice the budget: as many as twice the budget
+    # buys are searched, here the first (a decision on the sizes and the budget), and the method
+    # says how many of them
     from stabaudit.analyses import plan as cost
     from stabaudit.analyses.lower import forward_macs
 
@@ -128,9 +130,19 @@ def test_a_budget_below_every_box_smallest_plan_searches_the_first_boxes() -> No
     macs = forward_macs(g, dict(g.shapes))
     one = plan(macs, 0.0, 3, 3).box_s
     with cost.ledger() as spent:
-        low = domain_lower(g, boxes, seed=3, budget_s=0.4 * one)
+        low = domain_lower(g, boxes, seed=3, budget_s=0.6 * one)
     assert "the first 1 of 3 boxes searched" in low.method and low.box == 0
-    assert spent[0] == pytest.approx(plan(macs, 0.4 * one, 1, 3).box_s, rel=1e-9)  # one box charged
+    assert spent[0] == pytest.approx(plan(macs, 0.6 * one, 1, 3).box_s, rel=1e-9)  # one box charged
+    # twice the budget does not buy one box: the first is searched when its plan is within the floor
+    # (this small network's is), else none is searched, nothing is evaluated or charged
+    assert one <= cost.DOMAIN_SEARCH_FLOOR_S
+    floor = domain_lower(g, boxes, seed=3, budget_s=0.4 * one)
+    assert "the first 1 of 3 boxes searched" in floor.method and floor.value > 0
+    monkeypatch.setattr(DL, "DOMAIN_SEARCH_FLOOR_S", 0.9 * one)
+    with cost.ledger() as spent:
+        none = domain_lower(g, boxes, seed=3, budget_s=0.4 * one)
+    assert none.value == 0.0 and spent[0] == 0.0
+    assert none.method.startswith(f"not searched: the smallest plan of one box costs {one:.3g} s, above twice the ")
     full = domain_lower(g, boxes, seed=3, budget_s=10.0)
     assert "boxes searched" not in full.method and "3 box(es)" in full.method
 
