@@ -48,13 +48,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stabaudit.errors import EquivalenceError, InternalError, StabauditError, UsageError
-from stabaudit.ir.graph import Graph
+from stabaudit.ir.graph import Graph, Node
 from stabaudit.report.model import (
     Additive,
     GlobalLipschitz,
@@ -133,6 +133,9 @@ class AnalysisState:
     # the per-node bounds of the graph as loaded (``_loaded_bounds``: SA302, the interval Jacobian
     # over the domain, the float64 error model of the lower searches): built once, by the first
     loaded_bounds: dict[str, OpBound] | None = None
+    # the same, quick where the folding changed a node (``_error_model_bounds``), when the lower
+    # searches run before any stage asked for the above
+    quick_loaded_bounds: dict[str, OpBound] | None = None
     # global_lipschitz
     lipschitz: GlobalLipschitz
     # domain_bounds (with an audit domain)
@@ -262,7 +265,8 @@ def _patch_entries(memory_budget: int) -> int:
 
 def _loaded_bounds(ev: AnalysisState) -> dict[str, OpBound]:
     """Per-node bounds of the graph as loaded, for the analyses that run it as loaded (SA302's local
-    bounds, the domain's interval Jacobian, the float64 error model of the lower searches): the
+    bounds, the domain's interval Jacobian; the float64 error model of the lower searches reads them
+    once they exist, ``_error_model_bounds``): the
     folded graph's where the folding kept a node (``_shared_bounds``), the rules' for the others
     (a Conv and the BatchNorm folded into it), computed once for all of them. Where a rule fails,
     none of the others is kept: each analysis then computes what it needs itself, as before (the
@@ -284,6 +288,48 @@ def _loaded_bounds(ev: AnalysisState) -> dict[str, OpBound]:
                 raise_allocation_failure(exc)
         ev.loaded_bounds = {**shared, **computed}
     return ev.loaded_bounds
+
+
+def _error_model_bounds(ev: AnalysisState) -> dict[str, OpBound]:
+    """Per-node bounds of the graph as loaded for the float64 error model of the lower searches,
+    which reads only their upper ends and needs them sound, not tight: ``_loaded_bounds`` when a
+    stage has computed them; else the folded graph's where the folding kept or only shifted a node,
+    and for the nodes it scaled or merged their rules' quickest certified bounds
+    (``BoundSettings.quick``: a convolution's without its circulant certificate), computed once."""
+    if ev.loaded_bounds is not None:
+        return ev.loaded_bounds
+    if ev.quick_loaded_bounds is None:
+        from stabaudit.analyses.composition import rule_bounds
+        from stabaudit.bounds.base import BoundSettings
+        from stabaudit.limits import raise_allocation_failure
+
+        graph = ev.loaded.graph
+        shared = _shared_bounds(graph, ev.graph, ev.op_bounds)
+        missing = frozenset(node.output for node in graph.nodes if node.output not in shared)
+        computed: dict[str, OpBound] = {}
+        if missing:
+            try:
+                computed = rule_bounds(graph, BoundSettings(quick=True), only=missing)
+            except StabauditError:  # a timeout or resource limit: never a fallback
+                raise
+            except Exception as exc:  # no rule or a failing one: error_sensitivities computes them
+                raise_allocation_failure(exc)
+        ev.quick_loaded_bounds = {**shared, **computed}
+    return ev.quick_loaded_bounds
+
+
+def _interval_jacobian_applies(graph: Graph, patches: int) -> bool:
+    """Whether the interval Jacobian (analyses.local) has a rule for every operator of ``graph``
+    and fits densely or on receptive fields of at most ``patches`` entries: tests on the node
+    types and shapes, before the per-node bounds it reads are computed."""
+    from stabaudit.analyses.local import check_supported, jacobian_form
+    from stabaudit.errors import UnsupportedOperatorError
+
+    try:
+        check_supported(graph)
+    except UnsupportedOperatorError:
+        return False
+    return jacobian_form(graph, graph.shapes, max_patch=patches) is not None
 
 
 def _patch_cost(graph: Graph, patches: int) -> float:
@@ -313,35 +359,74 @@ def _patches_unbought(graph: Graph, patches: int, balls: int, budget_s: float) -
 
 def _shared_bounds(loaded: Graph, folded: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, OpBound]:
     """The per-layer bounds of ``folded`` that hold for ``loaded``'s nodes too: the same node (the
-    same operator object, inputs and output) at the same shapes. The folding passes keep every node
-    they do not change, so only the folded ones are bounded again."""
+    same operator object, inputs and output) at the same shapes; and a linear node into which the
+    folding merged only a shift (a bias add after a MatMul): the folded node reads the same inputs
+    and differs only in its bias and output name, and a bias moves no Lipschitz bound. The folding
+    passes keep every node they do not change, so only the scaled or merged ones are bounded again."""
     theirs = {node.output: node for node in folded.nodes}
+    by_inputs: dict[tuple[str, ...], list[Node]] = {}
+    for node in folded.nodes:
+        by_inputs.setdefault(node.inputs, []).append(node)
     out: dict[str, OpBound] = {}
     for node in loaded.nodes:
         other = theirs.get(node.output)
         if (other is not None and other.op is node.op and other.inputs == node.inputs and node.output in op_bounds
                 and all(loaded.shapes.get(k) == folded.shapes.get(k) for k in (*node.inputs, node.output))):
             out[node.output] = op_bounds[node.output]
+            continue
+        for cand in by_inputs.get(node.inputs, ()):
+            if (cand.output in op_bounds and _same_but_bias(node.op, cand.op)
+                    and loaded.shapes.get(node.output) == folded.shapes.get(cand.output)
+                    and all(loaded.shapes.get(k) == folded.shapes.get(k) for k in node.inputs)):
+                out[node.output] = op_bounds[cand.output]
+                break
     return out
 
 
+def _same_but_bias(a: Any, b: Any) -> bool:
+    """Whether two linear operators (Linear, Conv, ConvTranspose) are equal in every field but their
+    bias: the same type, weights equal entry for entry, the same error bound and geometry."""
+    from stabaudit.ir import ops as O
+
+    if type(a) is not type(b) or not isinstance(a, O.Linear | O.Conv | O.ConvTranspose):
+        return False
+    for f in fields(a):
+        if f.name == "bias":
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.shape == y.shape
+                    and (x is y or bool(np.array_equal(x, y)))):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
 def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, memory_budget: int,
-                    op_bounds: Mapping[str, OpBound] | None = None) -> LocalEvidence:
+                    op_bounds: Callable[[], Mapping[str, OpBound]] | None = None) -> LocalEvidence:
     """SA302's evidence: the certified local bound over linf balls around the samples (the first
     ones the budget plans, as for the other sample channels: analyses.plan.sample_count);
-    ``op_bounds``: the per-layer bounds already computed for nodes of ``graph`` (reused)."""
-    from stabaudit.analyses.local import local_bounds
+    ``op_bounds``: gives the per-layer bounds already computed for nodes of ``graph`` (reused), called
+    only once the graph's operators are known to have local rules (a model the local bounds refuse
+    costs no per-layer certificate)."""
+    from stabaudit.analyses.local import check_supported, local_bounds
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
 
     samples = samples[:_planned_samples(graph, int(samples.shape[0]), request)]
     n = int(samples.shape[0])
+    try:
+        check_supported(graph)
+    except UnsupportedOperatorError as exc:
+        return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     patches = _patch_entries(memory_budget)
     # the receptive-field Jacobian within the sample channels' part of --budget, else not at all
     unbought = _patches_unbought(graph, patches, n, stage_share(request, "sample_evidence"))
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",
-                              max_patch_entries=0 if unbought else patches, op_bounds=op_bounds)
+                              max_patch_entries=0 if unbought else patches,
+                              op_bounds=None if op_bounds is None else op_bounds())
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     upper = _finite(result.upper.value)
@@ -695,7 +780,8 @@ def sample_evidence(request: AuditRequest, ev: AnalysisState) -> None:
 def local_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     """SA302: the certified local bound over linf balls around the samples."""
     assert ev.samples is not None
-    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget, _loaded_bounds(ev))
+    ev.local = _local_evidence(ev.loaded.graph, ev.samples, request, ev.memory_budget,
+                               functools.partial(_loaded_bounds, ev))
 
 
 def training(request: AuditRequest, ev: AnalysisState) -> None:
@@ -719,7 +805,7 @@ def lower_bound_search(request: AuditRequest, ev: AnalysisState) -> None:
     loaded = ev.loaded
     # on the graph as loaded: the bound is about the stored weights, not the folded products
     ev.low = lower_bound(
-        loaded.graph, seed=request.seed, budget_s=ev.budget_s, op_bounds=_loaded_bounds(ev),
+        loaded.graph, seed=request.seed, budget_s=ev.budget_s, op_bounds=_error_model_bounds(ev),
         smallest_slack_s=ev.budget_rest_s,
     )
 
@@ -861,7 +947,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     interval = None
     if unbought:
         notes.append(unbought)
-    else:
+    elif _interval_jacobian_applies(loaded.graph, patches):
         interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches, op_bounds=_loaded_bounds(ev))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
@@ -872,7 +958,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         notes.append(f"{len(result.unresolved)} operator(s) still unbounded on the domain's ranges (their "
                      "inputs' ranges are unbounded or reach a pole): " + _names(result.unresolved))
     low = domain_lower(loaded.graph, boxes, seed=request.seed, budget_s=remaining(ev.budget_s),
-                       op_bounds=_loaded_bounds(ev))
+                       op_bounds=_error_model_bounds(ev))
     lower = _finite(low.value) if low.value > 0 else None
     lower_method, witness = low.method, Witness(x=low.x, y=low.y, quotient=low.value) if lower is not None else None
     if result.lower_point is not None and result.lower > 0 and (lower is None or result.lower > lower):

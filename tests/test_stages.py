@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import stabaudit.stages as stages
 from stabaudit.engine import AuditRequest, audit
 from stabaudit.renderers import RENDERERS, OutputFormat
@@ -108,6 +110,40 @@ def test_the_local_analyses_reuse_the_bounds_of_the_nodes_folding_kept() -> None
         assert ob.upper.value == fresh.upper.value  # the same operator at the same shapes
 
 
+def test_sa302_on_a_graph_it_refuses_asks_for_no_per_layer_bounds() -> None:
+    # a model the local bounds have no rule for (here Gelu) is refused before the bounds of
+    # the graph as loaded are computed: a provider that fails if called is never called
+    import numpy as np
+
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    rng = np.random.default_rng(0)
+    nodes = (Node(name="l", op=O.Linear(weight=rng.normal(size=(4, 3))), inputs=("x",), output="h"),
+             Node(name="s", op=O.Gelu(), inputs=("h",), output="y"))
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes))
+    request = AuditRequest(path=SAMPLES / "mlp.onnx", lower_budget_s=0.2)
+
+    def never() -> dict:
+        raise AssertionError("the per-layer bounds were asked for")
+
+    found = stages._local_evidence(g, rng.normal(size=(2, 1, 3)), request, 1 << 30, never)
+    assert found.upper is None and found.samples == 2
+    assert found.message == "unsupported operators: Gelu (x1) [SA901]"
+    # a graph with rules calls the provider once and reads its bounds
+    calls: list[int] = []
+
+    def given() -> dict:
+        calls.append(1)
+        return {}
+
+    plain = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("h",), nodes=nodes[:1]))
+    ok = stages._local_evidence(plain, rng.normal(size=(2, 1, 3)), request, 1 << 30, given)
+    assert calls == [1] and ok.upper is not None
+    assert ok.upper == pytest.approx(float(np.linalg.norm(nodes[0].op.weight, 2)), rel=1e-6)
+
+
 def test_the_receptive_field_jacobian_runs_only_when_the_stage_budget_buys_it() -> None:
     # a conv net too large for the dense interval Jacobian: its receptive-field form is counted
     # from the shapes (per ball) and run only within twice the stage's part of --budget
@@ -200,3 +236,65 @@ def test_the_domains_witness_raises_the_global_lower_bound() -> None:
     ev = SimpleNamespace(lipschitz=replace(whole, upper=10.0, certified=True), domain_lipschitz=dom)
     with pytest.raises(InternalError, match="exceeds the certified global upper bound"):
         stages.domain_witness(request, ev)  # type: ignore[arg-type]
+
+
+def test_the_error_model_reads_shifted_nodes_bounds_and_quick_ones_for_scaled_nodes() -> None:
+    # a MatMul whose bias add was folded into it has the same weight as the folded node: its bound
+    # is the folded node's; a conv scaled by the BatchNorm folded into it gets its rule's quick
+    # bound (no circulant certificate) for the lower searches' error model, computed once, and the
+    # precise bounds of the graph as loaded replace them once a stage has asked for those
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from stabaudit.analyses.composition import rule_bounds
+    from stabaudit.bounds.base import BoundSettings
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+    from stabaudit.ir.passes import fold_affine
+
+    rng = np.random.default_rng(0)
+    conv = O.Conv(weight=rng.normal(size=(8, 3, 3, 3)), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
+    bn = O.Affine(scale=rng.uniform(0.5, 2.0, size=(1, 8, 1, 1)), shift=rng.normal(size=(1, 8, 1, 1)))
+    lin = O.Linear(weight=rng.normal(size=(5, 8 * 16 * 16)))
+    bias = O.Affine(shift=rng.normal(size=(5,)))
+    nodes = (Node(name="c", op=conv, inputs=("x",), output="c"), Node(name="bn", op=bn, inputs=("c",), output="b"),
+             Node(name="r", op=O.Relu(), inputs=("b",), output="r"),
+             Node(name="f", op=O.Reshape(shape=(1, 8 * 16 * 16)), inputs=("r",), output="f"),
+             Node(name="l", op=lin, inputs=("f",), output="h"), Node(name="a", op=bias, inputs=("h",), output="y"))
+    loaded = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3, 16, 16)),), outputs=("y",), nodes=nodes))
+    folded = fold_affine(loaded)
+    assert len(folded.nodes) == len(loaded.nodes) - 2
+    op_bounds = rule_bounds(folded)
+    shared = stages._shared_bounds(loaded, folded, op_bounds)
+    assert shared["h"] is op_bounds["y"]  # the MatMul: the folded node with its bias
+    assert "c" not in shared  # the conv was scaled
+    ev = SimpleNamespace(loaded=SimpleNamespace(graph=loaded), graph=folded, op_bounds=op_bounds, loaded_bounds=None,
+                         quick_loaded_bounds=None)
+    quick = stages._error_model_bounds(ev)  # type: ignore[arg-type]
+    own_quick = rule_bounds(loaded, BoundSettings(quick=True), only=frozenset({"c"}))["c"]
+    own = rule_bounds(loaded, only=frozenset({"c"}))["c"]
+    assert quick["c"].upper.method in ("unfolded-coverage", "tap-sum") and quick["c"].lower is None
+    assert quick["c"].upper.value == own_quick.upper.value >= own.upper.value
+    assert quick["h"] is op_bounds["y"] and quick["r"] is op_bounds["r"]
+    assert stages._error_model_bounds(ev) is quick  # once
+    precise = stages._loaded_bounds(ev)  # type: ignore[arg-type]
+    assert precise["c"].upper.value == own.upper.value
+    assert stages._error_model_bounds(ev) is precise  # type: ignore[arg-type]
+
+
+def test_the_domain_asks_for_no_bounds_where_the_interval_jacobian_has_no_rule() -> None:
+    import numpy as np
+
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    lin = Node(name="l", op=O.Linear(weight=np.ones((4, 3))), inputs=("x",), output="h")
+    plain = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("h",), nodes=(lin,)))
+    gelu = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",),
+                             nodes=(lin, Node(name="g", op=O.Gelu(), inputs=("h",), output="y"))))
+    assert stages._interval_jacobian_applies(plain, MAX_PATCH_ENTRIES)
+    assert not stages._interval_jacobian_applies(gelu, MAX_PATCH_ENTRIES)

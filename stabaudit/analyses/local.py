@@ -457,7 +457,10 @@ def _shapes(graph: Graph) -> Mapping[str, tuple[int, ...]]:
     return with_shapes(graph).shapes
 
 
-def _check_supported(graph: Graph) -> None:
+def check_supported(graph: Graph) -> None:
+    """Raise UnsupportedOperatorError naming every operator (with its count) that the local bounds
+    have no rule for; a cheap test on the node types, so callers can learn it before they prepare
+    anything for ``local_bounds``."""
     bad: dict[str, int] = {}
     for node in graph.nodes:
         op = node.op
@@ -519,7 +522,7 @@ def local_bounds(graph: Graph, samples: np.ndarray, *, eps: float, norm: str = "
         raise UsageError(f"norm must be one of {[n.value for n in Norm]}, got {norm!r}") from exc
     if not (math.isfinite(eps) and eps >= 0):
         raise UsageError(f"eps must be finite and >= 0, got {eps}")
-    _check_supported(graph)
+    check_supported(graph)
     shapes = _shapes(graph)
     sizes = [int(np.prod(s.shape)) for s in graph.inputs]
     n_in = sum(sizes)

@@ -64,6 +64,11 @@ class BoundSettings:
     seed: int = 0
     power_iterations: int = 50
     device: str = "cpu"
+    # upper bounds only, by the cheapest certified method: convolutions skip the circulant
+    # certificate (its cheaper bounds instead, numerics._conv_fallback) and the power iteration
+    # of their lower bound (None). For consumers that need some sound bound and read no lower one
+    # (the float64 error model of the lower-bound searches)
+    quick: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,13 @@ import math
 import numpy as np
 
 from stabaudit.bounds.base import RULES, Bound, Guarantee, OpBound, RuleContext
-from stabaudit.bounds.numerics import conv_norm_certified, conv_output_size, conv_power
+from stabaudit.bounds.numerics import (
+    CIRCULANT_BUDGET,
+    DENSE_BUDGET,
+    conv_norm_certified,
+    conv_output_size,
+    conv_power,
+)
 from stabaudit.ir.graph import Node
 from stabaudit.ir.ops import Conv, ConvTranspose, OpType
 
@@ -41,6 +47,17 @@ def _result(
 WARM_ITERATIONS = 12
 
 
+# the dense methods' flops under ``BoundSettings.quick`` (a few tens of milliseconds)
+QUICK_DENSE_BUDGET = 1e8
+
+
+def _budgets(ctx: RuleContext) -> tuple[float, float]:
+    """``conv_norm_certified``'s (circulant, dense) flop budgets; under ``BoundSettings.quick``: no
+    circulant certificate, the exact dense norm of small layers only, else the cheaper bounds
+    (unfolded coverage, tap sum)."""
+    return (0.0, QUICK_DENSE_BUDGET) if ctx.settings.quick else (CIRCULANT_BUDGET, DENSE_BUDGET)
+
+
 def _iterations(ctx: RuleContext, start: np.ndarray | None) -> int:
     return ctx.settings.power_iterations if start is None else min(ctx.settings.power_iterations, WARM_ITERATIONS)
 
@@ -67,9 +84,11 @@ def bound_conv(node: Node, ctx: RuleContext) -> OpBound:
     spatial = _spatial(ctx.input_shapes[0], len(strides), "Conv input")
     if ctx.input_shapes[0][1] != np.asarray(weight).shape[1] * groups:
         raise ValueError(f"Conv input {ctx.input_shapes[0]} has not {np.asarray(weight).shape[1] * groups} channels")
-    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial, device=ctx.settings.device)
+    budget, dense_budget = _budgets(ctx)
+    cert = conv_norm_certified(weight, strides, pads, dilations, groups, spatial, device=ctx.settings.device,
+                               budget=budget, dense_budget=dense_budget)
     lower, lower_method = cert.lower, cert.method
-    if lower is None and math.isfinite(cert.upper):
+    if lower is None and math.isfinite(cert.upper) and not ctx.settings.quick:
         lower_method = "power-iteration" if cert.start_in is None else "power-iteration-warm"
         lower = conv_power(
             weight, strides, pads, dilations, groups, spatial,
@@ -116,11 +135,13 @@ def bound_conv_transpose(node: Node, ctx: RuleContext) -> OpBound:
         if n_adj < spatial_in[i]:  # cannot happen for output_padding >= 0; guards the adjoint identity
             raise ValueError("ConvTranspose adjoint has fewer outputs than the ConvTranspose has inputs")
     # keep_outputs=spatial_in: the operator is exactly P A = T^T (dense-svd is then exact for T)
+    budget, dense_budget = _budgets(ctx)
     cert = conv_norm_certified(
-        weight, strides, pads, dilations, groups, spatial_out, keep_outputs=spatial_in, device=ctx.settings.device
+        weight, strides, pads, dilations, groups, spatial_out, keep_outputs=spatial_in, device=ctx.settings.device,
+        budget=budget, dense_budget=dense_budget,
     )
     lower, lower_method = cert.lower, cert.method
-    if lower is None and math.isfinite(cert.upper):
+    if lower is None and math.isfinite(cert.upper) and not ctx.settings.quick:
         # T's input space is A's output space: A's left singular vector starts T's iteration
         lower_method = "power-iteration" if cert.start_out is None else "power-iteration-warm"
         lower = conv_power(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -342,3 +343,31 @@ def test_the_certificate_cost_names_the_method_the_certificate_takes(
     assert found == method and flops > 0
     taken = conv_norm_certified(weight, *args).method
     assert taken == method if method != "circulant" else taken in ("circulant-cholesky", "skew-circulant-cholesky")
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_quick_settings_give_a_cheaper_sound_upper_bound_and_no_lower(transpose: bool) -> None:
+    # BoundSettings(quick=True): a layer beyond the quick dense budget takes the cheaper certified
+    # bounds (unfolded coverage or tap sum), never a circulant certificate nor a power iteration;
+    # the upper end stays above the exact norm (explicit matrix) and above the precise bound
+    rng = np.random.default_rng(21)
+    w = rng.standard_normal((6, 6, 3, 3))
+    op = (ConvTranspose(weight=w, strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1), output_padding=(1, 1))
+          if transpose else Conv(weight=w, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)))
+    graph, node, ctx = single(op, (1, 6, 12, 12))
+    exact = norm2(explicit_matrix(graph))
+    precise = bound_node(node, ctx)
+    quick = bound_node(node, RuleContext(input_shapes=ctx.input_shapes, output_shape=ctx.output_shape,
+                                         settings=BoundSettings(quick=True)))
+    assert quick.lower is None and quick.upper.guarantee is Guarantee.UPPER
+    assert quick.upper.method in ("unfolded-coverage", "tap-sum")
+    assert exact <= precise.upper.value <= quick.upper.value
+    # tap sum: at most the sum of the taps' spectral norms
+    taps = sum(float(np.linalg.norm(w[:, :, i, j], 2)) for i in range(3) for j in range(3))
+    assert quick.upper.value <= taps * (1 + 1e-9)
+    # a layer within the quick dense budget keeps its exact dense norm
+    small_graph, small, small_ctx = single(dataclasses.replace(op, weight=w[:2, :2]), (1, 2, 4, 4))
+    got = bound_node(small, RuleContext(input_shapes=small_ctx.input_shapes, output_shape=small_ctx.output_shape,
+                                        settings=BoundSettings(quick=True)))
+    assert got.upper.method == "dense-svd"
+    assert norm2(explicit_matrix(small_graph)) <= got.upper.value <= norm2(explicit_matrix(small_graph)) * (1 + 1e-9)
