@@ -266,56 +266,46 @@ def _patch_entries(memory_budget: int) -> int:
 def _loaded_bounds(ev: AnalysisState) -> dict[str, OpBound]:
     """Per-node bounds of the graph as loaded, for the analyses that run it as loaded (SA302's local
     bounds, the domain's interval Jacobian; the float64 error model of the lower searches reads them
-    once they exist, ``_error_model_bounds``): the
-    folded graph's where the folding kept a node (``_shared_bounds``), the rules' for the others
-    (a Conv and the BatchNorm folded into it), computed once for all of them. Where a rule fails,
-    none of the others is kept: each analysis then computes what it needs itself, as before (the
-    error model's sensitivities are infinite there)."""
+    once they exist, ``_error_model_bounds``), computed once: ``_bounds_as_loaded``."""
     if ev.loaded_bounds is None:
-        from stabaudit.analyses.composition import rule_bounds
-        from stabaudit.limits import raise_allocation_failure
-
-        graph = ev.loaded.graph
-        shared = _shared_bounds(graph, ev.graph, ev.op_bounds)
-        missing = frozenset(node.output for node in graph.nodes if node.output not in shared)
-        computed: dict[str, OpBound] = {}
-        if missing:
-            try:
-                computed = rule_bounds(graph, only=missing)
-            except StabauditError:  # a timeout or resource limit: never a fallback
-                raise
-            except Exception as exc:  # no rule or a failing one: as error_sensitivities does
-                raise_allocation_failure(exc)
-        ev.loaded_bounds = {**shared, **computed}
+        ev.loaded_bounds = _bounds_as_loaded(ev, quick=False)
     return ev.loaded_bounds
 
 
 def _error_model_bounds(ev: AnalysisState) -> dict[str, OpBound]:
     """Per-node bounds of the graph as loaded for the float64 error model of the lower searches,
     which reads only their upper ends and needs them sound, not tight: ``_loaded_bounds`` when a
-    stage has computed them; else the folded graph's where the folding kept or only shifted a node,
-    and for the nodes it scaled or merged their rules' quickest certified bounds
+    stage has computed them; else ``_bounds_as_loaded`` with the rules' quickest certified bounds
     (``BoundSettings.quick``: a convolution's without its circulant certificate), computed once."""
     if ev.loaded_bounds is not None:
         return ev.loaded_bounds
     if ev.quick_loaded_bounds is None:
-        from stabaudit.analyses.composition import rule_bounds
-        from stabaudit.bounds.base import BoundSettings
-        from stabaudit.limits import raise_allocation_failure
-
-        graph = ev.loaded.graph
-        shared = _shared_bounds(graph, ev.graph, ev.op_bounds)
-        missing = frozenset(node.output for node in graph.nodes if node.output not in shared)
-        computed: dict[str, OpBound] = {}
-        if missing:
-            try:
-                computed = rule_bounds(graph, BoundSettings(quick=True), only=missing)
-            except StabauditError:  # a timeout or resource limit: never a fallback
-                raise
-            except Exception as exc:  # no rule or a failing one: error_sensitivities computes them
-                raise_allocation_failure(exc)
-        ev.quick_loaded_bounds = {**shared, **computed}
+        ev.quick_loaded_bounds = _bounds_as_loaded(ev, quick=True)
     return ev.quick_loaded_bounds
+
+
+def _bounds_as_loaded(ev: AnalysisState, *, quick: bool) -> dict[str, OpBound]:
+    """The folded graph's bounds where the folding kept a node or only shifted it
+    (``_shared_bounds``), the rules' (``quick``: ``BoundSettings.quick``) for the nodes it scaled or
+    merged (a Conv and the BatchNorm folded into it). Where a rule fails, none of the others is
+    kept: each analysis then computes what it needs itself (the error model's sensitivities are
+    infinite there)."""
+    from stabaudit.analyses.composition import rule_bounds
+    from stabaudit.bounds.base import BoundSettings
+    from stabaudit.limits import raise_allocation_failure
+
+    graph = ev.loaded.graph
+    shared = _shared_bounds(graph, ev.graph, ev.op_bounds)
+    missing = frozenset(node.output for node in graph.nodes if node.output not in shared)
+    computed: dict[str, OpBound] = {}
+    if missing:
+        try:
+            computed = rule_bounds(graph, BoundSettings(quick=quick), only=missing)
+        except StabauditError:  # a timeout or resource limit: never a fallback
+            raise
+        except Exception as exc:  # no rule or a failing one: as error_sensitivities does
+            raise_allocation_failure(exc)
+    return {**shared, **computed}
 
 
 def _interval_jacobian_applies(graph: Graph, patches: int) -> bool:
