@@ -308,20 +308,6 @@ def _bounds_as_loaded(ev: AnalysisState, *, quick: bool) -> dict[str, OpBound]:
     return {**shared, **computed}
 
 
-def _interval_jacobian_applies(graph: Graph, patches: int) -> bool:
-    """Whether the interval Jacobian (analyses.local) has a rule for every operator of ``graph``
-    and fits densely or on receptive fields of at most ``patches`` entries: tests on the node
-    types and shapes, before the per-node bounds it reads are computed."""
-    from stabaudit.analyses.local import check_supported, jacobian_form
-    from stabaudit.errors import UnsupportedOperatorError
-
-    try:
-        check_supported(graph)
-    except UnsupportedOperatorError:
-        return False
-    return jacobian_form(graph, graph.shapes, max_patch=patches) is not None
-
-
 def _patch_cost(graph: Graph, patches: int) -> float:
     """The counted seconds of one interval Jacobian of ``graph`` on receptive fields (one ball;
     analyses.patch_jacobian.patch_cost), 0 where it runs densely or not at all."""
@@ -937,8 +923,9 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     interval = None
     if unbought:
         notes.append(unbought)
-    elif _interval_jacobian_applies(loaded.graph, patches):
-        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches, op_bounds=_loaded_bounds(ev))
+    else:
+        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches,
+                                  op_bounds=functools.partial(_loaded_bounds, ev))
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
     if result.resolved:

@@ -285,16 +285,33 @@ def test_the_error_model_reads_shifted_nodes_bounds_and_quick_ones_for_scaled_no
 
 
 def test_the_domain_asks_for_no_bounds_where_the_interval_jacobian_has_no_rule() -> None:
+    # the interval Jacobian over the domain tests its operators before it asks for the per-layer
+    # bounds of the graph as loaded: never with a Gelu, once (whatever the boxes) without one
     import numpy as np
 
-    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
+    from stabaudit.analyses.domain_bound import domain_boxes, jacobian_bound
+    from stabaudit.analyses.samples import BallDomain
     from stabaudit.ir import ops as O
     from stabaudit.ir.executor import with_shapes
     from stabaudit.ir.graph import Graph, Node, TensorSpec
 
-    lin = Node(name="l", op=O.Linear(weight=np.ones((4, 3))), inputs=("x",), output="h")
+    w = np.arange(12.0).reshape(4, 3) / 10
+    lin = Node(name="l", op=O.Linear(weight=w), inputs=("x",), output="h")
     plain = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("h",), nodes=(lin,)))
     gelu = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",),
                              nodes=(lin, Node(name="g", op=O.Gelu(), inputs=("h",), output="y"))))
-    assert stages._interval_jacobian_applies(plain, MAX_PATCH_ENTRIES)
-    assert not stages._interval_jacobian_applies(gelu, MAX_PATCH_ENTRIES)
+    points = np.array([[[0.1, 0.2, 0.3]], [[-0.2, 0.0, 0.4]]])
+
+    def never() -> dict:
+        raise AssertionError("the per-layer bounds were asked for")
+
+    assert jacobian_bound(gelu, domain_boxes(gelu, BallDomain(eps=0.1), points), op_bounds=never) is None
+    calls: list[int] = []
+
+    def given() -> dict:
+        calls.append(1)
+        return {}
+
+    found = jacobian_bound(plain, domain_boxes(plain, BallDomain(eps=0.1), points), op_bounds=given)
+    assert calls == [1] and found is not None
+    assert float(np.linalg.norm(w, 2)) <= found[0] <= float(np.linalg.norm(w, 2)) * (1 + 1e-6)

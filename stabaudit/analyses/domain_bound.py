@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -413,21 +413,32 @@ def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | Non
 
 
 def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None,
-                   op_bounds: Mapping[str, OpBound] | None = None) -> tuple[float, str] | None:
+                   op_bounds: Callable[[], Mapping[str, OpBound]] | None = None) -> tuple[float, str] | None:
     """The interval Clarke Jacobian bound (``analyses.local``) over each box, enclosed in the linf
     ball around its center (radius rounded up so that the ball holds the box); the largest over
     the boxes, with its method. None for a graph with operators the interval Jacobian lacks, or
     whose interval Jacobian fits neither densely nor on receptive fields (one input, patch
-    tensors up to ``max_patch_entries``). ``op_bounds``: global per-operator bounds of ``graph``'s
-    nodes already computed (any subset), reused by ``local_bounds``."""
+    tensors up to ``max_patch_entries``). ``op_bounds``: gives global per-operator bounds of
+    ``graph``'s nodes already computed (any subset), reused by ``local_bounds``; called once, and
+    only after the operators and sizes are known to fit (a graph refused costs no bound)."""
     from stabaudit.analyses.crown import crown_ranges
-    from stabaudit.analyses.local import METHOD_INTERVAL, jacobian_form, local_bounds
+    from stabaudit.analyses.local import (
+        METHOD_INTERVAL,
+        check_supported,
+        jacobian_form,
+        local_bounds,
+    )
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
     from stabaudit.errors import UnsupportedOperatorError
 
     patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
+    try:
+        check_supported(graph)
+    except UnsupportedOperatorError:
+        return None
     if jacobian_form(graph, graph.shapes, max_patch=patches) is None:
         return None  # the interval Jacobian would not fit: the composition over the ranges stands alone
+    given = None if op_bounds is None else op_bounds()
     worst, methods = 0.0, set()
     for box in boxes.boxes:
         check_deadline()
@@ -441,7 +452,7 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
         known = crown_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]})
         try:
             found = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known], max_patch_entries=patches,
-                                 op_bounds=op_bounds)
+                                 op_bounds=given)
         except UnsupportedOperatorError:
             return None
         if not found.upper.certified or METHOD_INTERVAL not in found.samples[0].candidates:
