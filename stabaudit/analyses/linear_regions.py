@@ -65,7 +65,7 @@ class RegionBound:
 
 
 def _linear_part(op: O.Op, absolute: bool) -> O.Op:
-    """The op without its translation (bias, shift, pad value); with ``absolute`` every coefficient
+    """The op without its translation (bias, shift, pad value, a constant branch); with ``absolute`` every coefficient
     replaced by its absolute value and Sub by Add, so that the op's matrix is |A| entrywise."""
     mag = np.abs if absolute else (lambda a: a)
     match op:
@@ -79,6 +79,11 @@ def _linear_part(op: O.Op, absolute: bool) -> O.Op:
             )
         case O.Pad():
             return dataclasses.replace(op, value=0.0)
+        case O.Where(when_true=a, when_false=b):  # a constant mask: the constant branch becomes 0
+            return dataclasses.replace(
+                op, when_true=None if a is None else np.zeros(np.shape(a)),
+                when_false=None if b is None else np.zeros(np.shape(b)),
+            )
         case O.Sub() if absolute:
             return O.Add()
     return op
@@ -111,7 +116,7 @@ def _node_gamma(node: Node, graph: Graph) -> float:
             # a sum of n terms (and the mean's division): gamma_{n + 3} covers it
             shape = graph.shapes[node.inputs[0]]
             return _gamma(math.prod(shape[a] for a in axes) + 3)
-    return 0.0  # Reshape, Transpose, zero Pad, Concat move entries exactly
+    return 0.0  # Reshape, Transpose, zero Pad, Concat, Slice, Gather, Tile, Where move entries exactly
 
 
 _NO_UNDERFLOW = 2.0**-1021  # twice the smallest normal float: a margin for the float products below
@@ -126,38 +131,47 @@ def _smallest_coefficient(op: O.Op) -> float | None:
     return None
 
 
+def _quantum_below(value: float) -> float:
+    """A power of two q <= ulp(m) for every float |m| >= ``value`` > 0: every such float is an
+    integer multiple of q (a float of exponent E is a multiple of 2^(E - 52))."""
+    return math.ldexp(1.0, math.frexp(value)[1] - 1 - 52)
+
+
 def _may_underflow(graph: Graph, region: LinearRegion) -> bool:
     """Whether a product in the region's float64 passes (the basis through the region, signed or
     absolute) may fall below 2^-1022, where the relative rounding model of ``_rounding`` fails (a
     product is then off by up to 2^-1075, all of it for a product rounded to 0).
 
-    A lower bound L_v on every non-zero computed entry of each value, in topological order: 1 for
-    the basis; a node's products are at least (smallest non-zero |coefficient|) L_in, and must stay
-    above 2^-1021; a sum of floats that are all multiples of ulp(m) (every float >= m is) is 0 or
-    at least ulp(m) >= m 2^-53, so after a sum (dot products, Add, Sub, pooling windows) L shrinks
-    by 2^-53; a pooling division by K by 1/K. Sufficient, not necessary: where it says "may",
-    the region is left to the composition."""
-    low: dict[str, float] = {region.x: 1.0}
+    A quantum q_v per value, a power of two of which every computed entry is an integer multiple
+    (so every non-zero entry is at least q_v), in topological order: 1 for the basis (entries 0
+    and 1). A multiple of q plus or minus one is a multiple of q, and so is its float64 rounding
+    (exact below 2^53 q; above, a multiple of its ulp, itself a multiple of q): sums (Add, Sub,
+    the window sums of pools, ReduceSum, the terms of a dot product) and moves (Reshape,
+    Transpose, Pad with zeros, Concat, Slice, Gather, Tile) keep the smallest quantum of their
+    inputs. A coefficient c is an integer multiple of 2^(E_c - 52) (E_c its exponent), so a
+    product c x is a multiple of q 2^(E_c - 52), and so is its rounding; the smallest non-zero
+    |c| of a node gives the smallest such quantum. A division by a window's size K (pooling,
+    ReduceMean) gives entries of at least q / K (1 - u) where non-zero, multiples of the quantum
+    below that (``_quantum_below``). Every product is then a non-zero multiple of its quantum or
+    zero: the passes stay normal wherever every quantum is at least 2^-1021. Sufficient, not
+    necessary: where it says "may", the region is left to the composition."""
+    quantum: dict[str, float] = {region.x: 1.0}
     for node in region.nodes:
-        value = min((low.get(name, 1.0) for name in node.inputs), default=1.0)
+        q = min((quantum.get(name, 1.0) for name in node.inputs), default=1.0)
         coefficient = _smallest_coefficient(node.op)
         if coefficient is not None:
-            value *= coefficient
-            if value < _NO_UNDERFLOW:
-                return True
+            q *= _quantum_below(coefficient)
         match node.op:
             case O.AvgPool(kernel=kernel):
-                value /= float(np.prod(kernel)) ** 2  # the window's divisor (and a multiply back)
+                # a window sum, a division by the window's size (and the 1-d kernel's multiply back)
+                q = _quantum_below(q / float(np.prod(kernel)) ** 2 / 2.0)
             case O.GlobalAvgPool():
-                value /= float(_size(tuple(graph.shapes[node.inputs[0]])[2:]))
+                q = _quantum_below(q / float(_size(tuple(graph.shapes[node.inputs[0]])[2:])) / 2.0)
             case O.ReduceMean(axes=axes):
-                value /= float(math.prod(graph.shapes[node.inputs[0]][a] for a in axes))
-        if isinstance(node.op, O.Linear | O.Conv | O.ConvTranspose | O.Add | O.Sub | O.AvgPool | O.GlobalAvgPool
-                      | O.ReduceSum | O.ReduceMean):
-            value *= 2.0**-53
-        if value < _NO_UNDERFLOW:
+                q = _quantum_below(q / float(math.prod(graph.shapes[node.inputs[0]][a] for a in axes)) / 2.0)
+        if not q >= _NO_UNDERFLOW:
             return True
-        low[node.output] = value
+        quantum[node.output] = q
     return False
 
 
@@ -184,9 +198,29 @@ def _work(graph: Graph, region: LinearRegion) -> float:
                 total += out * int(np.prod(np.shape(w)[1:]))
             case O.AvgPool(kernel=kernel):
                 total += out * int(np.prod(kernel)) * 2
+            case O.Slice() | O.Gather() | O.Tile() | O.Where():
+                total += out  # a copy of the entries selected
             case _:
                 total += out + sum(_size(tuple(graph.shapes[i])) for i in node.inputs)
     return total
+
+
+def _live_peak(graph: Graph, region: LinearRegion) -> int:
+    """Entries of one basis vector's values held at once by the executor, which releases each
+    value after its last reader (the basis vector and the output included)."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(region.nodes):
+        for name in node.inputs:
+            last[name] = i
+    live = {region.x: _size(tuple(graph.shapes[region.x]))}
+    peak = sum(live.values())
+    for i, node in enumerate(region.nodes):
+        live[node.output] = _size(tuple(graph.shapes[node.output]))
+        peak = max(peak, sum(live.values()))
+        for name in node.inputs:
+            if last[name] == i and name != region.output:
+                live.pop(name, None)
+    return peak
 
 
 def _matrices(graph: Graph, region: LinearRegion) -> tuple[np.ndarray, float] | None:
@@ -198,8 +232,7 @@ def _matrices(graph: Graph, region: LinearRegion) -> tuple[np.ndarray, float] | 
     from stabaudit.ir.executor import Executor
 
     n = _size(tuple(graph.shapes[region.x]))
-    held = n + sum(_size(tuple(graph.shapes[node.output])) for node in region.nodes)
-    chunk = max(1, CHUNK_ENTRIES // max(held, 1))
+    chunk = max(1, CHUNK_ENTRIES // max(_live_peak(graph, region), 1))
     f = Executor(_subgraph(graph, region, False), dtype=torch.float64).flat()
     g = Executor(_subgraph(graph, region, True), dtype=torch.float64).flat()
     m = _size(tuple(graph.shapes[region.output]))
@@ -385,15 +418,30 @@ def region_bound(
 def region_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, RegionBound]:
     """Region output -> its whole bound, for every linear region of ``graph`` (which carries its
     shapes) whose whole bound is below the composition of its nodes' bounds by more than MIN_GAIN
-    (relative)."""
+    (relative). Where a region through selections (Slice, Gather, Tile, Where) cannot be formed,
+    the regions between its selections are tried instead."""
     out: dict[str, RegionBound] = {}
+    refused: list[set[str]] = []
     for region in find_linear_regions(graph):
         check_deadline()
         found = region_bound(graph, region, op_bounds)
+        if found is None:
+            refused.append({node.name for node in region.nodes})
         # a gain at the rounding level (a chain the composition already bounds exactly) is no
         # gain: the report keeps the composition's figure there
-        if found is not None and found.value < found.composed * (1.0 - MIN_GAIN):
+        elif found.value < found.composed * (1.0 - MIN_GAIN):
             out[region.output] = found
+    if refused:
+        # a region that grew through selections too large to form: the regions on either side
+        # of its selections may still be formed
+        for region in find_linear_regions(graph, selections=False):
+            names = {node.name for node in region.nodes}
+            if region.output in out or not any(names <= big for big in refused):
+                continue
+            check_deadline()
+            found = region_bound(graph, region, op_bounds)
+            if found is not None and found.value < found.composed * (1.0 - MIN_GAIN):
+                out[region.output] = found
     return out
 
 

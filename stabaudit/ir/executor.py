@@ -424,6 +424,18 @@ def _gather_kernel(axis: int, indices: np.ndarray) -> Kernel:
 
     flat = np.array(indices, dtype=np.int64).reshape(-1)  # a writable copy for torch
     index_shape = tuple(int(d) for d in np.shape(indices))
+    steps = np.diff(flat)
+    if axis >= 0 and flat.size and (flat.size == 1 or (steps[0] > 0 and np.all(steps == steps[0]))):
+        # an evenly spaced run of indices (a scalar index: one) is a strided view, no copy
+        start, step = int(flat[0]), int(steps[0]) if flat.size > 1 else 1
+        stop = start + step * (flat.size - 1) + 1
+
+        def strided(a: Sequence[torch.Tensor]) -> torch.Tensor:
+            y = a[0]
+            picked = y[(slice(None),) * axis + (slice(start, stop, step),)]
+            return picked.reshape(*y.shape[:axis], *index_shape, *y.shape[axis + 1:])
+
+        return strided
 
     def gather(a: Sequence[torch.Tensor]) -> torch.Tensor:
         y = a[0]
@@ -498,6 +510,17 @@ class Executor:
         self.dtype = dtype if dtype is not None else torch.float32
         self.device = device
         self._kernels: list[tuple[Node, Kernel]] = []
+        # values to drop once a node has run (their last reader), unless they are graph outputs:
+        # a run without ``keep`` holds only the live values
+        last: dict[str, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for name in node.inputs:
+                last[name] = i
+        kept = set(graph.outputs)
+        self._dead: list[tuple[str, ...]] = [
+            tuple(sorted({name for name in node.inputs if last[name] == i and name not in kept}))
+            for i, node in enumerate(graph.nodes)
+        ]
         for node in graph.nodes:
             try:
                 param = self._param if not parameters else self._substituting(node, parameters)
@@ -530,13 +553,17 @@ class Executor:
         return param
 
     def run(self, inputs: Mapping[str, torch.Tensor], *, keep: bool = False) -> dict[str, torch.Tensor]:
-        """Evaluate the graph; returns the outputs (every value when ``keep``)."""
+        """Evaluate the graph; returns the outputs (every value when ``keep``; without it, each value
+        is released after its last reader has run)."""
         env: dict[str, torch.Tensor] = dict(inputs)
-        for node, kernel in self._kernels:
+        for (node, kernel), dead in zip(self._kernels, self._dead, strict=True):
             try:
                 env[node.output] = kernel([env[name] for name in node.inputs])
             except Exception as exc:  # re-raised with the node's context (STYLE convention 4)
                 raise RuntimeError(f"node {node.name!r} ({node.op.type.value}): {exc}") from exc
+            if not keep:
+                for name in dead:
+                    del env[name]
         if keep:
             return env
         return {name: env[name] for name in self.graph.outputs}

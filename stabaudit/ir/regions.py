@@ -14,9 +14,24 @@ AFFINE_IN_INPUTS: frozenset[O.OpType] = frozenset(
         O.OpType.LINEAR, O.OpType.CONV, O.OpType.CONV_TRANSPOSE, O.OpType.AFFINE,
         O.OpType.ADD, O.OpType.SUB, O.OpType.RESHAPE, O.OpType.TRANSPOSE, O.OpType.PAD,
         O.OpType.CONCAT, O.OpType.AVG_POOL, O.OpType.GLOBAL_AVG_POOL, O.OpType.REDUCE_SUM,
-        O.OpType.REDUCE_MEAN,
+        O.OpType.REDUCE_MEAN, O.OpType.SLICE, O.OpType.GATHER, O.OpType.TILE,
     }
 )
+
+
+# Of those, the selections: their regions may grow too large to form, where the regions on
+# either side of them would not be (``find_linear_regions``' ``selections``)
+SELECTIONS: frozenset[O.OpType] = frozenset({O.OpType.SLICE, O.OpType.GATHER, O.OpType.TILE, O.OpType.WHERE})
+
+
+def affine_in_inputs(op: O.Op, *, selections: bool = True) -> bool:
+    """Whether the op's output is an affine function of its variable inputs: the types of
+    AFFINE_IN_INPUTS, and a Where whose condition is a constant mask (each entry is one branch's
+    entry, or a constant: a selection plus a translation); without ``selections``, none of
+    SELECTIONS."""
+    if not selections and op.type in SELECTIONS:
+        return False
+    return op.type in AFFINE_IN_INPUTS or (isinstance(op, O.Where) and not op.test)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -36,10 +51,11 @@ class LinearRegion:
         return sum(1 for n in self.nodes if n.op.type not in O.STRUCTURAL)
 
 
-def find_linear_regions(graph: Graph, *, min_scaling: int = 2) -> tuple[LinearRegion, ...]:
+def find_linear_regions(graph: Graph, *, min_scaling: int = 2, selections: bool = True) -> tuple[LinearRegion, ...]:
     """The maximal single-input linear regions of the nodes the outputs depend on, in topological
     order of their outputs, with at least ``min_scaling`` nodes that may change distances (below
-    two, composing the per-node bounds is already as tight as bounding the region as a whole).
+    two, composing the per-node bounds is already as tight as bounding the region as a whole);
+    without ``selections``, Slice, Gather, Tile and Where end a region as non-affine nodes do.
 
     Every value gets a root: a graph input or the output of a non-affine node is its own root; the
     output of an affine node whose inputs share one root has that root, and one whose inputs have
@@ -50,7 +66,7 @@ def find_linear_regions(graph: Graph, *, min_scaling: int = 2) -> tuple[LinearRe
     root: dict[str, str] = {name: name for name in graph.input_names}
     for node in needed:
         roots = {root.get(name, name) for name in node.inputs}
-        if node.op.type in AFFINE_IN_INPUTS and len(roots) == 1:
+        if affine_in_inputs(node.op, selections=selections) and len(roots) == 1:
             root[node.output] = roots.pop()
         else:
             root[node.output] = node.output

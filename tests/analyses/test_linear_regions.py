@@ -247,3 +247,107 @@ def test_branches_that_cancel_keep_the_rounding_of_their_weights() -> None:
     assert found.value >= 2 * u * np.linalg.norm(w)  # one rounding per branch at least
     assert found.value <= 1e-10 * np.linalg.norm(w, 2)
     assert found.lower == 0.0
+
+
+def test_selections_and_constant_masks_join_a_region() -> None:
+    """Slice, Gather, Tile and a Where on a constant mask are affine in their input (an exporter
+    writes an uneven adaptive pool with them): the region runs through them, the constant branch
+    is a translation, and the bound is the norm of the explicit matrix."""
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(3, 2, 3, 3))
+    mask = rng.random((1, 3, 4, 4)) < 0.6
+    v = rng.normal(size=(4, 36))
+
+    def nodes(fill: float) -> list[Node]:
+        return [
+            Node(name="conv", op=O.Conv(weight=w, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)),
+                 inputs=("x",), output="c"),
+            Node(name="pick", op=O.Gather(axis=2, indices=np.array([0, 2, 3, 3])), inputs=("c",), output="g"),
+            Node(name="mask", op=O.Where(mask=mask, when_false=np.array(fill)), inputs=("g",), output="m"),
+            Node(name="cut", op=O.Slice(starts=(0, 0, 1, 0), ends=(1, 3, 4, 4), steps=(1, 1, 1, 2)),
+                 inputs=("m",), output="s"),
+            Node(name="tile", op=O.Tile(repeats=(1, 1, 1, 2)), inputs=("s",), output="t"),
+            Node(name="sum", op=O.Add(), inputs=("t", "t"), output="u"),
+            Node(name="flat", op=O.Reshape(shape=(1, 36)), inputs=("u",), output="f"),
+            Node(name="fc", op=O.Linear(weight=v), inputs=("f",), output="y"),
+        ]
+
+    filled, zero = _graph(nodes(5.0), (1, 2, 4, 4)), _graph(nodes(0.0), (1, 2, 4, 4))
+    (region,) = find_linear_regions(filled)
+    assert region.x == "x" and [n.name for n in region.nodes] == [n.name for n in filled.nodes]
+    a, b = _only_bound(filled), _only_bound(zero)
+    assert a.value == b.value
+    exact = np.linalg.norm(_jacobian(zero), 2)
+    assert exact <= a.value <= exact * (1 + 1e-12)
+    assert a.value < a.composed
+
+
+def test_a_data_dependent_where_ends_a_region() -> None:
+    w = np.eye(3) * 2.0
+    g = _graph([
+        Node(name="fc1", op=O.Linear(weight=w), inputs=("x",), output="a"),
+        Node(name="fc2", op=O.Linear(weight=w), inputs=("a",), output="b"),
+        # where(b > 0, b, 0): the tested input, then the variable branch
+        Node(name="sel", op=O.Where(test="greater", other=np.array(0.0), when_false=np.array(0.0)),
+             inputs=("b", "b"), output="c"),
+        Node(name="fc3", op=O.Linear(weight=w), inputs=("c",), output="d"),
+        Node(name="fc4", op=O.Linear(weight=w), inputs=("d",), output="y"),
+    ], (1, 3))
+    assert [(r.x, r.output) for r in find_linear_regions(g)] == [("x", "b"), ("c", "y")]
+
+
+def test_long_window_sums_are_not_taken_for_underflow() -> None:
+    """The sum of 12 x 12 gathered entries (143 chained Adds, as an exported adaptive pool writes
+    it) keeps the quantum of its terms: no product of the passes can be subnormal, so the region
+    is bounded (a shrink of 2^-53 per sum would have given up after 20 of them)."""
+    rng = np.random.default_rng(12)
+    nodes = [Node(name="fc", op=O.Linear(weight=rng.normal(size=(144, 6))), inputs=("x",), output="h")]
+    terms = []
+    for i in range(144):
+        nodes.append(Node(name=f"g{i}", op=O.Gather(axis=1, indices=np.array([i])), inputs=("h",), output=f"g{i}"))
+        terms.append(f"g{i}")
+    acc = terms[0]
+    for i, t in enumerate(terms[1:]):
+        nodes.append(Node(name=f"s{i}", op=O.Add(), inputs=(acc, t), output=f"s{i}"))
+        acc = f"s{i}"
+    nodes.append(Node(name="out", op=O.Linear(weight=rng.normal(size=(2, 1))), inputs=(acc,), output="y"))
+    g = _graph(nodes, (1, 6))
+    (region,) = find_linear_regions(g)
+    assert not R._may_underflow(g, region)
+    found = _only_bound(g)
+    exact = np.linalg.norm(_jacobian(g), 2)
+    assert exact <= found.value <= exact * (1 + 1e-11)
+    # coefficients whose products reach the subnormal range are still refused
+    tiny = [
+        Node(name="fc1", op=O.Linear(weight=np.full((2, 2), 2.0**-500)), inputs=("x",), output="a"),
+        Node(name="fc2", op=O.Linear(weight=np.full((2, 2), 2.0**-500)), inputs=("a",), output="b"),
+        Node(name="fc3", op=O.Linear(weight=np.full((2, 2), 1.0)), inputs=("x",), output="c"),
+        Node(name="add", op=O.Add(), inputs=("b", "c"), output="y"),
+    ]
+    g = _graph(tiny, (1, 2))
+    (region,) = find_linear_regions(g)
+    assert R._may_underflow(g, region)
+
+
+def test_a_region_too_large_through_a_selection_falls_back_to_its_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(13)
+    ws = [rng.normal(size=(6, 6)) for _ in range(4)]
+    g = _graph([
+        Node(name="fc1", op=O.Linear(weight=ws[0]), inputs=("x",), output="a"),
+        Node(name="fc2", op=O.Linear(weight=ws[1]), inputs=("a",), output="b"),
+        Node(name="rev", op=O.Gather(axis=1, indices=np.arange(5, -1, -1)), inputs=("b",), output="c"),
+        Node(name="fc3", op=O.Linear(weight=ws[2]), inputs=("c",), output="d"),
+        Node(name="fc4", op=O.Linear(weight=ws[3]), inputs=("d",), output="y"),
+    ], (1, 6))
+    (whole,) = find_linear_regions(g)
+    parts = find_linear_regions(g, selections=False)
+    assert [(r.x, r.output) for r in parts] == [("x", "b"), ("c", "y")]
+    ops = rule_bounds(g)
+    assert set(R.region_bounds(g, ops)) == {"y"}
+    # the whole too much work, its parts not: both parts are bounded, each by its own matrix
+    monkeypatch.setattr(R, "WORK_BUDGET", 2.0 * 6 * max(R._work(g, r) for r in parts))
+    assert R.region_bound(g, whole, ops) is None
+    found = R.region_bounds(g, ops)
+    assert set(found) == {"b", "y"}
+    first = np.linalg.norm(ws[1] @ ws[0], 2)
+    assert first <= found["b"].value <= first * (1 + 1e-12)
