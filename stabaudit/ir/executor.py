@@ -675,23 +675,67 @@ def _formula_shape(op: O.Op, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ..
                 return tuple(int(d) for d in shape)
             case O.Transpose(perm=perm) if len(shapes) == 1 and sorted(perm) == list(range(len(x))):
                 return tuple(x[i] for i in perm)
+            case O.LayerNorm() | O.Pow() if len(shapes) == 1:
+                return x
+            case O.PRelu(slope=sl) if len(shapes) == 1 and np.broadcast_shapes(x, np.shape(sl)) == x:
+                return x
+            case O.ConvTranspose(weight=w, bias=b, strides=st, pads=pd, dilations=dl, groups=g, output_padding=op_) if (
+                    len(shapes) == 1 and w.ndim == len(st) + 2 and len(x) == w.ndim and g >= 1 and x[1] == w.shape[0]
+                    and w.shape[0] % g == 0 and (b is None or b.shape == (w.shape[1] * g,))):
+                n = len(st)
+                outs = tuple((x[2 + i] - 1) * st[i] - pd[i] - pd[i + n] + dl[i] * (w.shape[2 + i] - 1) + op_[i] + 1
+                             for i in range(n))
+                return (x[0], int(w.shape[1] * g), *outs) if min(outs) >= 1 and all(
+                    0 <= op_[i] < max(st[i], dl[i]) for i in range(n)) else None
+            case O.Reduce(axes=axes, keepdims=keep) if len(shapes) == 1 and all(0 <= a < len(x) for a in axes):
+                return tuple(1 if i in axes else d for i, d in enumerate(x) if keep or i not in axes)
+            case O.Slice(starts=st, ends=en, steps=sp) if len(shapes) == 1 and len(st) == len(en) == len(sp) == len(x) and (
+                    0 not in sp):
+                return tuple(len(range(a, b, c)) for a, b, c in zip(st, en, sp, strict=True))
+            case O.Gather(axis=axis, indices=idx) if len(shapes) == 1 and 0 <= axis < len(x) and (
+                    idx.size == 0 or (int(np.min(idx)) >= 0 and int(np.max(idx)) < x[axis])):
+                return (*x[:axis], *(int(d) for d in np.shape(idx)), *x[axis + 1:])
+            case O.Tile(repeats=rep) if len(shapes) == 1 and len(rep) == len(x) and min(rep, default=0) >= 0:
+                return tuple(d * int(r) for d, r in zip(x, rep, strict=True))
+            case O.Where(mask=mask, other=other, when_true=a, when_false=b) if shapes:
+                parts = [tuple(t) for t in shapes] + [np.shape(v) for v in (mask, other, a, b) if v is not None]
+                return tuple(int(d) for d in np.broadcast_shapes(*parts))
+            case O.Max(constant=c) | O.Min(constant=c) if shapes:
+                parts = [tuple(t) for t in shapes] + ([np.shape(c)] if c is not None else [])
+                return tuple(int(d) for d in np.broadcast_shapes(*parts))
+            case O.MatMul() if len(shapes) == 2 and len(x) >= 2 and len(shapes[1]) >= 2 and x[-1] == shapes[1][-2]:
+                y = tuple(shapes[1])
+                batch = np.broadcast_shapes(x[:-2], y[:-2])
+                return (*(int(d) for d in batch), x[-2], y[-1])
+            case O.Resize(axes=axes, in_sizes=ins, sizes=outs) if len(shapes) == 1 and all(
+                    0 <= a < len(x) and x[a] == n for a, n in zip(axes, ins, strict=True)):
+                out_list = list(x)
+                for a, n in zip(axes, outs, strict=True):
+                    out_list[a] = int(n)
+                return tuple(out_list)
     except ValueError:  # shapes that do not broadcast: the executor's own error
         return None
     return None
 
 
 def infer_shapes(inputs: Sequence[tuple[str, tuple[int, ...]]], nodes: Sequence[Node]) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value: by ``_formula_shape`` where every node has one, else computed
-    on torch's meta device (no data is allocated)."""
+    """Static shapes of every value: by ``_formula_shape`` where a node has one, else by running
+    that node alone on torch's meta device (no data is allocated)."""
     import torch
 
     from stabaudit.ir.graph import Graph, TensorSpec
 
     known = {n: tuple(int(d) for d in s) for n, s in inputs}
     for node in nodes:
-        found = _formula_shape(node.op, [known[i] for i in node.inputs]) if all(i in known for i in node.inputs) else None
-        if found is None:
-            break
+        if not all(name in known for name in node.inputs):
+            break  # a value read before it is made: the executor's own error, on the meta device
+        found = _formula_shape(node.op, [known[name] for name in node.inputs])
+        if found is None:  # this node alone on the meta device
+            specs = tuple(TensorSpec(name=name, shape=known[name]) for name in dict.fromkeys(node.inputs))
+            one = Graph(inputs=specs, outputs=(node.output,), nodes=(node,))
+            (out,) = Executor(one, dtype=torch.float32, device="meta")(
+                *(torch.empty(spec.shape, device="meta") for spec in specs))
+            found = tuple(int(d) for d in out.shape)
         known[node.output] = found
     else:
         return known

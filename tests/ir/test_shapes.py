@@ -66,6 +66,30 @@ CASES = [
     (O.Reshape(shape=(2, 15)), [(2, 3, 5)]),
     (O.Reshape(shape=(2, 16)), [(2, 3, 5)]),  # wrong size
     (O.Transpose(perm=(0, 2, 3, 1)), [(1, 3, 4, 5)]),
+    (O.LayerNorm(axis=2, epsilon=1e-5), [(2, 3, 8)]),
+    (O.Pow(exponent=2.0), [(2, 3)]),
+    (O.ReduceMean(axes=(1,), keepdims=True), [(2, 3, 4)]),
+    (O.ReduceSum(axes=(0, 2), keepdims=False), [(2, 3, 4)]),
+    (O.ReduceMax(axes=(), keepdims=False), [(2, 3)]),
+    (O.Slice(starts=(0, 1, 4), ends=(2, 3, -1), steps=(1, 1, -2)), [(2, 3, 5)]),
+    (O.Slice(starts=(0, 0), ends=(2, 5), steps=(1, 3)), [(2, 7)]),
+    (O.Gather(axis=1, indices=np.array([[0, 2], [1, 1]])), [(2, 3, 4)]),
+    (O.Gather(axis=2, indices=np.array(3)), [(2, 3, 4)]),
+    (O.Gather(axis=0, indices=np.array([0, 1, 2])), [(2, 3)]),  # beyond the axis
+    (O.Tile(repeats=(1, 2, 3)), [(2, 3, 4)]),
+    (O.Where(mask=np.ones((3, 1), dtype=bool), when_false=np.array(0.0)), [(2, 3, 4)]),
+    (O.Where(test="greater", other=np.array(0.0), when_false=np.array(1.0)), [(3, 4), (1, 4)]),
+    (O.Max(constant=np.zeros(4)), [(2, 4)]),
+    (O.Min(), [(2, 1), (1, 3)]),
+    (O.MatMul(), [(2, 1, 3, 4), (5, 4, 6)]),
+    (O.MatMul(), [(3, 4), (5, 6)]),  # inner sizes differ
+    (O.Resize(axes=(2, 3), in_sizes=(4, 4), sizes=(8, 6), scales=(2.0, 1.5)), [(1, 2, 4, 4)]),
+    (O.PRelu(slope=W((3, 1, 1))), [(1, 3, 5, 5)]),
+    (O.ConvTranspose(weight=W((4, 3, 3, 3)), bias=W(3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1),
+                     output_padding=(1, 0)), [(1, 4, 5, 6)]),
+    (O.ConvTranspose(weight=W((4, 2, 2, 3)), strides=(2, 1), pads=(0, 1, 1, 0), dilations=(1, 2), groups=2,
+                     output_padding=(0, 1)), [(2, 4, 3, 4)]),
+    (O.ConvTranspose(weight=W((4, 2, 5)), strides=(3,), pads=(2, 0), dilations=(1,), output_padding=(2,)), [(1, 4, 7)]),
 ]
 
 
@@ -85,9 +109,10 @@ def test_formula_matches_the_meta_device_or_defers_to_it(op: O.Op, shapes: list[
 
 def test_infer_shapes_falls_back_to_the_meta_device_for_the_rest() -> None:
     nodes = [Node(name="a", op=O.Relu(), inputs=("x",), output="a"),
-             Node(name="b", op=O.Pow(exponent=2.0), inputs=("a",), output="b"),  # no formula
+             Node(name="b", op=O.MaxPool(kernel=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1),
+                                         ceil_mode=True), inputs=("a",), output="b"),  # no formula
              Node(name="c", op=O.GlobalAvgPool(), inputs=("b",), output="c")]
-    assert infer_shapes([("x", (1, 2, 3, 4))], nodes) == {"x": (1, 2, 3, 4), "a": (1, 2, 3, 4), "b": (1, 2, 3, 4),
+    assert infer_shapes([("x", (1, 2, 3, 5))], nodes) == {"x": (1, 2, 3, 5), "a": (1, 2, 3, 5), "b": (1, 2, 2, 3),
                                                           "c": (1, 2, 1, 1)}
 
 
