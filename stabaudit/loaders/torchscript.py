@@ -105,7 +105,7 @@ def load_torchscript(
     notes.extend(walker.notes)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     held = {name: h.value for name, h in walker.held.items()}
-    reference = _reference(module, tuple(walker.tensor_names), signature, dtype, where, held)
+    reference = _reference(module, tuple(walker.tensor_names), signature, dtype, where, held, walker.kept_outputs)
     for name, h in walker.held.items():
         notes.append(f"input {name!r} {list(h.value.shape)} held at {h.why}: it is a constant of the audit")
     for name, (_, why) in walker.starts.items():
@@ -277,10 +277,11 @@ def _flatten_outputs(value: Any) -> Iterator[Any]:
 
 def _reference(
     module: Any, names: tuple[str, ...], signature: Signature, dtype: Any, where: str,
-    held: Mapping[str, Any] | None = None,
+    held: Mapping[str, Any] | None = None, kept: tuple[int, ...] | None = None,
 ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
     """The module's forward on named float32 inputs (``names``: every tensor argument in order),
-    the held ones at their values, its other arguments at their bound values."""
+    the held ones at their values, its other arguments at their bound values; ``kept``: the
+    indices of the (flattened) outputs that the audit covers (None: all)."""
     held = dict(held or {})
 
     def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -297,9 +298,10 @@ def _reference(
                 out = module(*args)
         except Exception as exc:  # the archive's own forward fails on a valid input
             raise ModelLoadError(f"the TorchScript forward fails: {_first_line(exc)}", path=where) from exc
-        return [
-            t.detach().to(torch.float32).cpu().numpy() for t in _flatten_outputs(out) if isinstance(t, torch.Tensor)
-        ]
+        flat = [t for t in _flatten_outputs(out) if isinstance(t, torch.Tensor)]
+        if kept is not None:
+            flat = [flat[i] for i in kept if i < len(flat)]
+        return [t.detach().to(torch.float32).cpu().numpy() for t in flat]
 
     return run
 
@@ -395,6 +397,7 @@ class _Walker:
         self.tensor_names: list[str] = []  # the forward's tensor inputs, named, in order
         self.held: dict[str, Held] = {}  # integer inputs held at values (loaders.ts_held)
         self.starts: dict[str, tuple[np.ndarray, str]] = {}  # start tensor -> (its value at the held inputs, why)
+        self.kept_outputs: tuple[int, ...] | None = None  # the forward outputs audited (None: all)
         self._start_shapes: dict[str, tuple[int, ...]] = {}
         self._tainted: dict[int, Any] = {}  # id -> tensor computed from the held inputs (kept alive)
 
@@ -447,6 +450,14 @@ class _Walker:
             self.env[value.unique()] = Var(id=name, shape=shape)
         self._block(graph.nodes())
         outputs = list(_flatten_outputs([self.env[v.unique()] for v in graph.outputs()]))
+        labels = [i for i, value in enumerate(outputs) if isinstance(value, Opaque) and value.label]
+        if labels and len(labels) < len(outputs) and not self.unsupported:
+            # class indices beside the scores: left out of the audit and of the equivalence check
+            self.note(f"forward output(s) {', '.join(map(str, labels))} are class indices (argmax, argmin: "
+                      "piecewise constant, no Lipschitz constant): left out of the audited graph and of the "
+                      "equivalence check")
+            self.kept_outputs = tuple(i for i in range(len(outputs)) if i not in labels)
+            outputs = [outputs[i] for i in self.kept_outputs]
         for value in outputs:
             if isinstance(value, Opaque):
                 self._refuse(value.kind, value.detail)

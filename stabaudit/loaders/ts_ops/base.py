@@ -59,10 +59,13 @@ POISON = _Poison()
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Opaque:
-    """An output the IR cannot represent (e.g. pooling indices): an error only where it is used."""
+    """An output the IR cannot represent (e.g. pooling indices): an error only where it is used.
+    ``label``: a class index (argmax, argmin), which a forward output may hold beside the scores:
+    left out of the audit there, as ONNX's ArgMax outputs are."""
 
     kind: str
     detail: str
+    label: bool = False
 
 
 class Unsupported(Exception):

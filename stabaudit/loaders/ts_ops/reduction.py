@@ -1,5 +1,6 @@
 """Translators of TorchScript's reductions (sum, mean over any dims, amax, amin, max/min over a
-dim, logsumexp, the 2-norm) and of the element-wise maximum and minimum."""
+dim, logsumexp, the 2-norm, argmax/argmin as class indices) and of the element-wise maximum and
+minimum."""
 
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def sum_(ctx: Context, node: SourceNode) -> Sequence[Any]:
 def amax(ctx: Context, node: SourceNode) -> Sequence[Any]:
     kind = O.ReduceMax if node.base == "amax" else O.ReduceMin
     return [_reduce(ctx, node, kind, node.arg("dim"), node.arg("keepdim", False))]
+
+
+@translates("aten::argmax", "aten::argmin")
+def arg_extremum(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """An integer index, piecewise constant with jumps where the extremum moves: no Lipschitz
+    constant. A forward output of it is left out of the audit (the notes say so); a value computed
+    from it is refused where it is used."""
+    return [Opaque(kind=node.kind, detail="its class index is used as a value", label=True)]
 
 
 @translates("aten::logsumexp")
