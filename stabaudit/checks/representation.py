@@ -24,8 +24,10 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     feedforward spectral stability condition: K <= 1 is non-expansive, K < 1 contractive).
     Upper bound: the tightest certified method enabled (composition of certified per-layer
     bounds over the graph: product along chains, 1 + Lip f for x + f(x), sums at Add; a linear
-    region, a subgraph affine in one value such as Conv then ConvTranspose or sums of scaled
-    copies, is bounded as a whole by the certified norm of its explicit matrix, rounding included).
+    region, a subgraph affine in one value such as Conv then ConvTranspose, sums of scaled
+    copies, or the selections, masks and window sums an exporter writes for an uneven adaptive
+    pool (Slice, Gather, Tile, Where on a constant mask), is bounded as a whole by the certified
+    norm of its explicit matrix, rounding included).
     Lower bound: the largest difference quotient |F(x) - F(y)| / |x - y| found by a seeded
     multi-start search, confirmed with a certified bound of the evaluation's rounding error
     (float64; in double-double, about 106 bits, for piecewise-linear networks whose float64 bound

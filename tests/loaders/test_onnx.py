@@ -256,6 +256,39 @@ def test_gelu_erf_pattern_is_one_gelu(tmp_path: Path, form: str) -> None:
     assert any(note.startswith("fused: Gelu") for note in lm.notes)
 
 
+GELU_TANH_FORMS = {
+    # torch's gelu(approximate="tanh") by the TorchScript-based exporter: x * (x * x), constants first
+    "torch": [node("Mul", ["x", "x"], ["sq"]), node("Mul", ["x", "sq"], ["cube"]), _scalar("k", 0.044715),
+              node("Mul", ["k", "cube"], ["t"]), node("Add", ["x", "t"], ["s"]), _scalar("c", math.sqrt(2 / math.pi)),
+              node("Mul", ["c", "s"], ["u"]), node("Tanh", ["u"], ["h"]), _scalar("one", 1.0),
+              node("Add", ["one", "h"], ["w"]), node("Mul", ["x", "w"], ["p"]), _scalar("half", 0.5),
+              node("Mul", ["half", "p"], ["y"])],
+    # GPT-2's new GELU: 0.5 * x * (1 + tanh(c * (x + 0.044715 * pow(x, 3))))
+    "pow_half_first": [_scalar("three", 3.0), node("Pow", ["x", "three"], ["cube"]), _scalar("k", 0.044715),
+                       node("Mul", ["cube", "k"], ["t"]), node("Add", ["t", "x"], ["s"]),
+                       _scalar("c", math.sqrt(2 / math.pi)), node("Mul", ["s", "c"], ["u"]), node("Tanh", ["u"], ["h"]),
+                       _scalar("one", 1.0), node("Add", ["h", "one"], ["w"]), _scalar("half", 0.5),
+                       node("Mul", ["half", "x"], ["hx"]), node("Mul", ["hx", "w"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("form", sorted(GELU_TANH_FORMS))
+def test_gelu_tanh_pattern_is_one_gelu(tmp_path: Path, form: str) -> None:
+    nodes = [node("Relu", ["in"], ["x"]), *GELU_TANH_FORMS[form]]
+    lm = check(save(tmp_path, nodes, {"in": [2, 7]}))
+    assert ir_ops(lm) == ["Relu", "Gelu"]
+    op = lm.graph.nodes[1].op
+    assert isinstance(op, O.Gelu) and op.approximate == "tanh"
+    assert "Tanh" in lm.graph.nodes[1].source_op
+
+
+def test_a_tanh_with_other_constants_is_not_a_gelu(tmp_path: Path) -> None:
+    forms = [n for n in GELU_TANH_FORMS["torch"]]
+    forms[2] = _scalar("k", 0.05)  # not GELU's 0.044715: a product of variables, left as it is
+    lm = check(save(tmp_path, [node("Relu", ["in"], ["x"]), *forms], {"in": [2, 7]}))
+    assert "Gelu" not in ir_ops(lm) and "Tanh" in ir_ops(lm)
+
+
 def test_silu_and_hardswish_patterns(tmp_path: Path) -> None:
     nodes = [node("Sigmoid", ["x"], ["s"]), node("Mul", ["s", "x"], ["a"]),
              node("HardSigmoid", ["a"], ["h"], alpha=1 / 6, beta=0.5), node("Mul", ["a", "h"])]

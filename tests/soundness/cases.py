@@ -1719,6 +1719,19 @@ class RmsNorms(nn.Module):
         return self.fc3(h)
 
 
+class ScoresAndIndices(nn.Module):
+    """Scores with their argmax and an argmin beside them, as a classifier's forward returns them: the
+    indices are left out of the audit (a TorchScript archive; the ONNX twin is onnx_einsum_group_norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = torch.tanh(self.fc(x))
+        return y, y.argmax(-1), x.argmin(1)
+
+
 class FusedAttention(nn.Module):
     """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
     their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
@@ -1810,6 +1823,8 @@ def _cases() -> list[Case]:
         _act("gelu_tanh", lambda: nn.GELU(approximate="tanh"), {L.GELU}, opset=20),
         # exported as Erf arithmetic, which the loader fuses
         _act("gelu_erf_pattern", nn.GELU, {L.GELU}, opset=17, formats=(ONNX,)),
+        # exported as Tanh arithmetic (x * (x * x), the constants rounded to float32), fused likewise
+        _act("gelu_tanh_pattern", lambda: nn.GELU(approximate="tanh"), {L.GELU}, opset=17, formats=(ONNX,)),
         _act("hardsigmoid", nn.Hardsigmoid, {L.HARD_SIGMOID}, onnx_ops=frozenset({"HardSigmoid"}),
              ts_ops=frozenset({"aten::hardsigmoid"})),
         _act("hardswish", nn.Hardswish, {L.HARD_SWISH}, opset=17, onnx_ops=frozenset({"HardSwish"}),
@@ -1980,6 +1995,8 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.EXP, L.LOG, L.SQRT, L.RECIPROCAL, L.POW, L.ERF, L.MUL, L.SIGMOID, L.SLICE}),
              ts_ops=frozenset({"aten::exp", "aten::log", "aten::sqrt", "aten::rsqrt", "aten::reciprocal", "aten::pow",
                                "aten::square", "aten::erf", "aten::glu"})),
+        Case(id="scores_and_indices", input_shape=(2, 6), formats=(TS,), module=_seeded(ScoresAndIndices, 92),
+             ops=frozenset({L.LINEAR, L.TANH}), ts_ops=frozenset({"aten::argmax", "aten::argmin"})),
         Case(id="fused_attention", input_shape=(1, 3, 4), formats=(TS,), script=True, module=_seeded(FusedAttention, 91),
              ops=frozenset({L.LINEAR, L.MATMUL, L.SOFTMAX, L.LAYER_NORM, L.RELU, L.ADD}),
              ts_ops=frozenset({"aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd"})),

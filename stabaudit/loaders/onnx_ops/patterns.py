@@ -1,4 +1,4 @@
-"""Fusion of exported patterns: activations (GELU via Erf, x*Sigmoid(x), x*HardSigmoid(x)), the
+"""Fusion of exported patterns: activations (GELU via Erf or Tanh, x*Sigmoid(x), x*HardSigmoid(x)), the
 decomposed LayerNorm (ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, Mul scale, Add bias)
 and RMSNorm (Pow 2, ReduceMean, Add eps, Sqrt, Div or Reciprocal and Mul, Mul scale), the
 decomposed softmax (Exp(x - max x) / ReduceSum(...), as jax2tf and TensorFlow export it), and
@@ -82,7 +82,14 @@ def _match_gelu(erf: OnnxNode, g: _Graph) -> _Match | None:
     one = g.other(plus, erf.outputs[0])
     if one is None or not g.is_scalar(one, 1.0):
         return None
-    chain, value = [scaled, erf, plus], plus.outputs[0]
+    chain = [scaled, erf, plus]
+    return _times_half_x(chain, x, g, "none")
+
+
+def _times_half_x(chain: list[OnnxNode], x: str, g: _Graph, approximate: str) -> _Match | None:
+    """The GELU patterns' last steps: the value of ``chain`` (1 + erf(...) or 1 + tanh(...)) times x
+    and 0.5 (or divided by 2), in any order, or times a separate Mul(x, 0.5)."""
+    value = chain[-1].outputs[0]
     need_x, need_half = True, True
     while need_x or need_half:
         step = g.sole_consumer(value)
@@ -107,7 +114,55 @@ def _match_gelu(erf: OnnxNode, g: _Graph) -> _Match | None:
             return None
         chain.append(step)
         value = step.outputs[0]
-    return _Match(nodes=tuple(chain), fused=_fused("Gelu", chain, x, {"approximate": "none"}))
+    return _Match(nodes=tuple(chain), fused=_fused("Gelu", chain, x, {"approximate": approximate}))
+
+
+def _cube_of(name: str, g: _Graph) -> tuple[str, list[OnnxNode]] | None:
+    """(x, nodes) where ``name`` is x^3 as exported: Pow(x, 3), or x * (x * x) in either order."""
+    node = g.producer.get(name)
+    if node is None or g.sole_consumer(name) is None:
+        return None
+    if node.op_type == "Pow" and len(node.inputs) == 2 and g.is_scalar(node.inputs[1], 3.0):
+        return node.inputs[0], [node]
+    if node.op_type != "Mul" or len(node.inputs) != 2:
+        return None
+    for a, b in (node.inputs, tuple(reversed(node.inputs))):
+        square = g.producer.get(b)
+        if (square is not None and square.op_type == "Mul" and list(square.inputs) == [a, a]
+                and g.sole_consumer(b) is node):
+            return a, [square, node]
+    return None
+
+
+def _match_gelu_tanh(tanh: OnnxNode, g: _Graph) -> _Match | None:
+    """x * 0.5 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))), torch's gelu(approximate="tanh")
+    as the TorchScript-based exporter writes it (and GPT-2's "new GELU" in Python)."""
+    scaled = g.producer.get(tanh.inputs[0])
+    if scaled is None or scaled.op_type != "Mul" or len(scaled.inputs) != 2 or g.sole_consumer(tanh.inputs[0]) is not tanh:
+        return None
+    c = math.sqrt(2.0 / math.pi)
+    inner = scaled.inputs[1] if g.is_scalar(scaled.inputs[0], c) else scaled.inputs[0] if g.is_scalar(scaled.inputs[1], c) else None
+    if inner is None or g.sole_consumer(inner) is not scaled:
+        return None
+    total = g.producer.get(inner)
+    if total is None or total.op_type != "Add" or len(total.inputs) != 2:
+        return None
+    for x, term in (total.inputs, tuple(reversed(total.inputs))):
+        times = g.producer.get(term)
+        if times is None or times.op_type != "Mul" or len(times.inputs) != 2 or g.sole_consumer(term) is not total:
+            continue
+        for k, cube in (times.inputs, tuple(reversed(times.inputs))):
+            found = _cube_of(cube, g) if g.is_scalar(k, 0.044715) else None
+            if found is None or found[0] != x or x in g.constants:
+                continue
+            plus = g.sole_consumer(tanh.outputs[0])
+            if plus is None or plus.op_type not in ("Add", "Sum"):
+                return None
+            one = g.other(plus, tanh.outputs[0])
+            if one is None or not g.is_scalar(one, 1.0):
+                return None
+            return _times_half_x([*found[1], times, total, scaled, tanh, plus], x, g, "tanh")
+    return None
 
 
 def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
@@ -413,6 +468,8 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
         match = None
         if node.op_type == "Erf":
             match = _match_gelu(node, g)
+        elif node.op_type == "Tanh":
+            match = _match_gelu_tanh(node, g)
         elif node.op_type == "Mul":
             match = _match_gated(node, g)
         elif node.op_type == "ReduceMean":
