@@ -74,16 +74,19 @@ def _match_gelu(erf: OnnxNode, g: _Graph) -> _Match | None:
         x = scaled.inputs[1]
     else:
         return None
-    if x in g.constants:
+    plus = _one_plus(erf.outputs[0], g)
+    if x in g.constants or plus is None:
         return None
-    plus = g.sole_consumer(erf.outputs[0])
+    return _times_half_x([scaled, erf, plus], x, g, "none")
+
+
+def _one_plus(value: str, g: _Graph) -> OnnxNode | None:
+    """The sole reader of ``value`` when it adds the constant 1 to it (Add or Sum)."""
+    plus = g.sole_consumer(value)
     if plus is None or plus.op_type not in ("Add", "Sum"):
         return None
-    one = g.other(plus, erf.outputs[0])
-    if one is None or not g.is_scalar(one, 1.0):
-        return None
-    chain = [scaled, erf, plus]
-    return _times_half_x(chain, x, g, "none")
+    one = g.other(plus, value)
+    return plus if one is not None and g.is_scalar(one, 1.0) else None
 
 
 def _times_half_x(chain: list[OnnxNode], x: str, g: _Graph, approximate: str) -> _Match | None:
@@ -155,11 +158,8 @@ def _match_gelu_tanh(tanh: OnnxNode, g: _Graph) -> _Match | None:
             found = _cube_of(cube, g) if g.is_scalar(k, 0.044715) else None
             if found is None or found[0] != x or x in g.constants:
                 continue
-            plus = g.sole_consumer(tanh.outputs[0])
-            if plus is None or plus.op_type not in ("Add", "Sum"):
-                return None
-            one = g.other(plus, tanh.outputs[0])
-            if one is None or not g.is_scalar(one, 1.0):
+            plus = _one_plus(tanh.outputs[0], g)
+            if plus is None:
                 return None
             return _times_half_x([*found[1], times, total, scaled, tanh, plus], x, g, "tanh")
     return None
