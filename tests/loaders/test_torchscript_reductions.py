@@ -101,3 +101,19 @@ def test_a_forward_of_only_an_argmax_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperatorError) as info:
         load_torchscript(path, input_shape=(2, 6))
     assert any("argmax" in key for key in info.value.counts)
+
+
+class Statistics(nn.Module):
+    """Statistics pooling (x-vector speaker embeddings) and the other overloads of std and var."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.std(-1)  # [2, 3, 4], unbiased
+        b = x.var(dim=[1, 2], unbiased=False, keepdim=True).flatten(1)  # [2, 5]
+        c = torch.var(x, dim=1, correction=0).flatten(1)  # [2, 20]
+        d = torch.std(x).reshape(1, 1).expand(2, 1)  # every entry
+        return torch.cat([a.flatten(1), b, c, d], 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_std_and_var_match_the_module(mode: str, tmp_path: Path) -> None:
+    _check_equivalent(Statistics(), (2, 3, 4, 5), mode, tmp_path)

@@ -1732,6 +1732,18 @@ class ScoresAndIndices(nn.Module):
         return y, y.argmax(-1), x.argmin(1)
 
 
+class StatsPooling(nn.Module):
+    """Statistics pooling of an x-vector speaker network: the mean, the std and the var over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(3, 4, 3), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(torch.cat([h.mean(-1), h.std(-1), h.var(-1, unbiased=False)], 1))
+
+
 class FusedAttention(nn.Module):
     """nn.MultiheadAttention and nn.TransformerEncoderLayer (post-norm, ReLU) in eval, scripted:
     their fused fast paths (_native_multi_head_attention, _transformer_encoder_layer_fwd)."""
@@ -1995,6 +2007,9 @@ def _cases() -> list[Case]:
              ops=frozenset({L.LINEAR, L.EXP, L.LOG, L.SQRT, L.RECIPROCAL, L.POW, L.ERF, L.MUL, L.SIGMOID, L.SLICE}),
              ts_ops=frozenset({"aten::exp", "aten::log", "aten::sqrt", "aten::rsqrt", "aten::reciprocal", "aten::pow",
                                "aten::square", "aten::erf", "aten::glu"})),
+        Case(id="stats_pooling", input_shape=(1, 3, 8), formats=(TS,), module=_seeded(StatsPooling, 93),
+             ops=frozenset({L.CONV, L.RELU, L.SUB, L.MUL, L.REDUCE_SUM, L.SQRT, L.LINEAR}),
+             ts_ops=frozenset({"aten::std", "aten::var"})),
         Case(id="scores_and_indices", input_shape=(2, 6), formats=(TS,), module=_seeded(ScoresAndIndices, 92),
              ops=frozenset({L.LINEAR, L.TANH}), ts_ops=frozenset({"aten::argmax", "aten::argmin"})),
         Case(id="fused_attention", input_shape=(1, 3, 4), formats=(TS,), script=True, module=_seeded(FusedAttention, 91),

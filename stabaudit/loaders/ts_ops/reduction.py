@@ -1,11 +1,14 @@
 """Translators of TorchScript's reductions (sum, mean over any dims, amax, amin, max/min over a
-dim, logsumexp, the 2-norm, argmax/argmin as class indices) and of the element-wise maximum and
-minimum."""
+dim, logsumexp, the 2-norm, std and var, argmax/argmin as class indices) and of the element-wise
+maximum and minimum."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from stabaudit.ir import ops as O
 from stabaudit.loaders.ts_ops.base import (
@@ -62,6 +65,30 @@ def arg_extremum(ctx: Context, node: SourceNode) -> Sequence[Any]:
     constant. A forward output of it is left out of the audit (the notes say so); a value computed
     from it is refused where it is used."""
     return [Opaque(kind=node.kind, detail="its class index is used as a value", label=True)]
+
+
+@translates("aten::std", "aten::var")
+def std_var(ctx: Context, node: SourceNode) -> Sequence[Any]:
+    """var = sum((x - mean x)^2) / (n - correction) over the dims (every axis when none is given),
+    std its square root, as torch computes them: ReduceMean, Sub, Mul(d, d), ReduceSum, a scale
+    by 1 / (n - correction) (a float64 reciprocal, as ONNX's Div by a constant) and Sqrt. The
+    square and the root have no global constant: bounded over a domain. ``unbiased`` (correction
+    1) or ``correction`` as the overload gives them."""
+    x = node.var(0)
+    axes = _axes(x, node.arg("dim"))
+    if "correction" in node.arg_names:
+        given = node.arg("correction")
+        correction = 1.0 if given is None else as_float(given, what="correction")
+    else:
+        correction = 1.0 if node.arg("unbiased", True) else 0.0
+    n = math.prod(x.shape[a] for a in axes)
+    if not n - correction > 0:
+        raise Unsupported(f"a correction of {correction:g} over groups of {n} entries")
+    mean = ctx.emit(O.ReduceMean(axes=axes, keepdims=True), [x])
+    d = ctx.emit(O.Sub(), [x, mean])
+    total = ctx.emit(O.ReduceSum(axes=axes, keepdims=bool(node.arg("keepdim", False))), [ctx.emit(O.Mul(), [d, d])])
+    var = ctx.emit(O.Affine(scale=np.array(1.0 / (n - correction))), [total])
+    return [ctx.emit(O.Sqrt(), [var]) if node.base == "std" else var]
 
 
 @translates("aten::logsumexp")
