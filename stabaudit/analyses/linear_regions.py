@@ -19,7 +19,7 @@ from stabaudit.bounds.numerics import (
 )
 from stabaudit.ir import ops as O
 from stabaudit.ir.graph import Graph, Node, TensorSpec
-from stabaudit.ir.regions import LinearRegion, find_linear_regions
+from stabaudit.ir.regions import SELECTIONS, LinearRegion, find_linear_regions
 from stabaudit.limits import check_deadline
 
 METHOD = "linear-region"
@@ -207,19 +207,17 @@ def _work(graph: Graph, region: LinearRegion) -> float:
 
 def _live_peak(graph: Graph, region: LinearRegion) -> int:
     """Entries of one basis vector's values held at once by the executor, which releases each
-    value after its last reader (the basis vector and the output included)."""
-    last: dict[str, int] = {}
-    for i, node in enumerate(region.nodes):
-        for name in node.inputs:
-            last[name] = i
+    value after its last reader (``ir.executor.released_after``; the basis vector and the output
+    included)."""
+    from stabaudit.ir.executor import released_after
+
     live = {region.x: _size(tuple(graph.shapes[region.x]))}
     peak = sum(live.values())
-    for i, node in enumerate(region.nodes):
+    for node, dead in zip(region.nodes, released_after(region.nodes, frozenset({region.output})), strict=True):
         live[node.output] = _size(tuple(graph.shapes[node.output]))
         peak = max(peak, sum(live.values()))
-        for name in node.inputs:
-            if last[name] == i and name != region.output:
-                live.pop(name, None)
+        for name in dead:
+            live.pop(name, None)
     return peak
 
 
@@ -421,27 +419,25 @@ def region_bounds(graph: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, R
     (relative). Where a region through selections (Slice, Gather, Tile, Where) cannot be formed,
     the regions between its selections are tried instead."""
     out: dict[str, RegionBound] = {}
-    refused: list[set[str]] = []
-    for region in find_linear_regions(graph):
+    refused: list[set[str]] = []  # the nodes of regions through selections that could not be formed
+
+    def bound(region: LinearRegion) -> RegionBound | None:
         check_deadline()
         found = region_bound(graph, region, op_bounds)
-        if found is None:
-            refused.append({node.name for node in region.nodes})
         # a gain at the rounding level (a chain the composition already bounds exactly) is no
         # gain: the report keeps the composition's figure there
-        elif found.value < found.composed * (1.0 - MIN_GAIN):
+        if found is not None and found.value < found.composed * (1.0 - MIN_GAIN):
             out[region.output] = found
-    if refused:
-        # a region that grew through selections too large to form: the regions on either side
-        # of its selections may still be formed
-        for region in find_linear_regions(graph, selections=False):
-            names = {node.name for node in region.nodes}
-            if region.output in out or not any(names <= big for big in refused):
-                continue
-            check_deadline()
-            found = region_bound(graph, region, op_bounds)
-            if found is not None and found.value < found.composed * (1.0 - MIN_GAIN):
-                out[region.output] = found
+        return found
+
+    for region in find_linear_regions(graph):
+        if bound(region) is None and any(node.op.type in SELECTIONS for node in region.nodes):
+            refused.append({node.name for node in region.nodes})
+    # the regions on either side of the selections of those (each a strict part of one)
+    for region in find_linear_regions(graph, selections=False) if refused else ():
+        names = {node.name for node in region.nodes}
+        if region.output not in out and any(names <= big for big in refused):
+            bound(region)
     return out
 
 

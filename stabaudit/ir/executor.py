@@ -489,6 +489,17 @@ def parameter_arrays(graph: Graph) -> dict[ParameterKey, np.ndarray]:
     return out
 
 
+def released_after(nodes: Sequence[Node], kept: frozenset[str]) -> list[tuple[str, ...]]:
+    """Per node, the values it is the last reader of (other than ``kept``): what a run without
+    ``keep`` releases once that node has run."""
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            last[name] = i
+    return [tuple(sorted({name for name in node.inputs if last[name] == i and name not in kept}))
+            for i, node in enumerate(nodes)]
+
+
 class Executor:
     """Runs a graph in torch; parameters are converted once to ``dtype`` on ``device``.
 
@@ -510,17 +521,8 @@ class Executor:
         self.dtype = dtype if dtype is not None else torch.float32
         self.device = device
         self._kernels: list[tuple[Node, Kernel]] = []
-        # values to drop once a node has run (their last reader), unless they are graph outputs:
         # a run without ``keep`` holds only the live values
-        last: dict[str, int] = {}
-        for i, node in enumerate(graph.nodes):
-            for name in node.inputs:
-                last[name] = i
-        kept = set(graph.outputs)
-        self._dead: list[tuple[str, ...]] = [
-            tuple(sorted({name for name in node.inputs if last[name] == i and name not in kept}))
-            for i, node in enumerate(graph.nodes)
-        ]
+        self._dead = released_after(graph.nodes, frozenset(graph.outputs))
         for node in graph.nodes:
             try:
                 param = self._param if not parameters else self._substituting(node, parameters)
