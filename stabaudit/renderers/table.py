@@ -97,6 +97,12 @@ def mark(certified: bool) -> str:
     return "certified" if certified else "estimate"
 
 
+def upper_source(upper: float | None, method: str, certified: bool) -> str:
+    """Where an upper end comes from, or that there is none (a method name beside no number
+    would read as a bound)."""
+    return "none" if upper is None else f"{method} ({mark(certified)})"
+
+
 def _layer_mark(lip: LayerLipschitz) -> str:
     """Which of the two numbers are sound: both, only the upper one, or neither."""
     if lip.upper is None:
@@ -138,7 +144,7 @@ def render_table(report: Report) -> str:
     out.append("")
     out.append(
         f"Global Lipschitz bracket (L2): [{num(lip.lower)}, {num(lip.upper)}]"
-        f"  upper: {lip.upper_method} ({mark(lip.certified)}); lower: {lip.lower_method}"
+        f"  upper: {upper_source(lip.upper, lip.upper_method, lip.certified)}; lower: {lip.lower_method}"
     )
     if lip.lower and lip.upper:
         out.append(f"  upper / lower = {lip.upper / lip.lower:.4g}")
@@ -149,7 +155,7 @@ def render_table(report: Report) -> str:
     if dom is not None:
         out.append(
             f"Over the domain ({dom.domain.description}): [{num(dom.lower)}, {num(dom.upper)}]"
-            f"  upper: {dom.upper_method} ({mark(dom.certified)})"
+            f"  upper: {upper_source(dom.upper, dom.upper_method, dom.certified)}"
         )
         out += [f"  {note}" for note in dom.notes]
     for mb in lip.methods:

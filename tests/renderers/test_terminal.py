@@ -57,3 +57,16 @@ def test_colour_marks_statuses_and_the_verdict_and_nothing_else() -> None:
     verdict = next(line for line in painted.splitlines() if line.startswith("verdict:"))
     assert "\x1b[32mPASS\x1b[0m" in verdict
     assert all(not ANSI.search(line) for line in painted.splitlines() if not re.match(r"(SA\d{3}|verdict:)", line))
+
+
+def test_a_missing_upper_end_reads_none_not_a_method() -> None:
+    """A model without a global upper end (a Softmax with no domain): the line names no method, which
+    would read as a bound; one with an upper end names its method and whether it is certified."""
+    from dataclasses import replace
+
+    base = make_report()
+    line = next(x for x in render_table(base).splitlines() if x.startswith("Global Lipschitz bracket"))
+    assert "upper: product (certified)" in line
+    report = replace(base, lipschitz=replace(base.lipschitz, upper=None, certified=False))
+    line = next(x for x in render_table(report).splitlines() if x.startswith("Global Lipschitz bracket"))
+    assert "upper: none; lower: search" in line
