@@ -20,10 +20,12 @@ SEQ, BATCH, FEATURES, HIDDEN = 4, 2, 3, 5
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 
-def _model(tmp_path: Path, op: str, *, directions: int = 1, layout: int = 0, initial: bool = False,
+def _model(tmp_path: Path, op: str, *, directions: int = 1, layout: int = 0, initial: bool | str = False,
            peepholes: bool = False, outputs: tuple[str, ...] = ("y", "yh", "yc"), lens: int | None = None,
            **attrs: Any) -> Path:
-    """One cell with seeded weights; its initial states (when ``initial``) and peepholes are constants."""
+    """One cell with seeded weights; its peepholes and, when ``initial``, its initial states are
+    constants (``initial="input"``: the initial states are graph inputs, as streaming models pass
+    their state from call to call)."""
     g = GATES[op]
     params = {"w": rand(directions, g * HIDDEN, FEATURES, seed=1), "r": rand(directions, g * HIDDEN, HIDDEN, seed=2),
               "b": rand(directions, 2 * g * HIDDEN, seed=3)}
@@ -32,12 +34,15 @@ def _model(tmp_path: Path, op: str, *, directions: int = 1, layout: int = 0, ini
         params["lens"] = np.full(BATCH, lens, np.int32)
         inputs[4] = "lens"
     state = (BATCH, directions, HIDDEN) if layout else (directions, BATCH, HIDDEN)
+    fed: dict[str, list[int]] = {}
     if initial:
         params["h0"] = rand(*state, seed=4)
         inputs[5] = "h0"
         if op == "LSTM":
             params["c0"] = rand(*state, seed=5)
             inputs[6] = "c0"
+        if initial == "input":
+            fed = {name: list(state) for name in ("h0", "c0") if params.pop(name, None) is not None}
     if peepholes:
         params["p"] = rand(directions, 3 * HIDDEN, seed=6)
         inputs[7] = "p"
@@ -49,16 +54,17 @@ def _model(tmp_path: Path, op: str, *, directions: int = 1, layout: int = 0, ini
     direction = "bidirectional" if directions == 2 else attrs.pop("direction", "forward")
     node = helper.make_node(op, inputs, names, hidden_size=HIDDEN, direction=direction, **attrs)
     shape = [BATCH, SEQ, FEATURES] if layout else [SEQ, BATCH, FEATURES]
-    return save(tmp_path, [node], {"x": shape}, outputs=[n for n in names if n], params=params)
+    return save(tmp_path, [node], {"x": shape, **fed}, outputs=[n for n in names if n], params=params)
 
 
 def _check_with_onnx_reference(path: Path) -> Any:
     from onnx.reference import ReferenceEvaluator
 
     lm = load_onnx(path)
-    x = np.random.default_rng(1).standard_normal(lm.graph.inputs[0].shape).astype(np.float32)
-    want = ReferenceEvaluator(str(path)).run(None, {"x": x})
-    got = Executor(lm.graph, dtype=torch.float64)(torch.from_numpy(x.astype(np.float64)))
+    rng = np.random.default_rng(1)
+    xs = {s.name: rng.standard_normal(s.shape).astype(np.float32) for s in lm.graph.inputs}
+    want = ReferenceEvaluator(str(path)).run(None, xs)
+    got = Executor(lm.graph, dtype=torch.float64)(*(torch.from_numpy(v.astype(np.float64)) for v in xs.values()))
     assert len(got) == len(want)
     for ours, ref in zip(got, want, strict=True):
         np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-5, atol=1e-5)
@@ -77,6 +83,12 @@ def _check_with_onnx_reference(path: Path) -> Any:
     ("LSTM", {"layout": 1, "initial": True, "peepholes": True}),
     ("LSTM", {"direction": "reverse", "outputs": ("", "yh", "yc")}),
     ("LSTM", {"outputs": ("y", "", "yc")}),
+    # initial states carried in as inputs (streaming models such as voice-activity detectors)
+    ("RNN", {"initial": "input", "directions": 2}),
+    ("GRU", {"initial": "input", "layout": 1, "linear_before_reset": 1}),
+    ("GRU", {"initial": "input", "direction": "reverse"}),
+    ("LSTM", {"initial": "input", "directions": 2, "peepholes": True}),
+    ("LSTM", {"initial": "input", "layout": 1}),
 ], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v) or "defaults")
 def test_recurrent_cells_match_onnxruntime(tmp_path: Path, op: str, kwargs: dict[str, Any]) -> None:
     """onnxruntime refuses layout 1 (batch first): there the reference is onnx's own evaluator
@@ -87,6 +99,9 @@ def test_recurrent_cells_match_onnxruntime(tmp_path: Path, op: str, kwargs: dict
     assert not [n for n in lm.notes if "dropped" in n], lm.notes  # no gate computed for nothing
     types = {n.op.type for n in lm.graph.nodes}
     assert (OpType.MUL in types) == (op != "RNN")
+    if kwargs.get("initial") == "input":  # the states are audited inputs beside x
+        want = {"x", "h0", "c0"} if op == "LSTM" else {"x", "h0"}
+        assert {s.name for s in lm.graph.inputs} == want
 
 
 @pytest.mark.parametrize(("op", "kwargs", "label"), [

@@ -6,8 +6,9 @@ the previous hidden state adds R h, Slices take the gates, Sigmoid / Tanh / Relu
 variables (Mul) and sums (Add) make the new state. Y is the Concat of the hidden states, Y_h and
 Y_c the last ones, reshaped (and transposed for layout 1) as ONNX lays them out.
 
-A state is an IR value, a constant (the given initial_h / initial_c before the first step) or
-None for zero (absent initial state), so that the first step folds the constant terms into
+A state is an IR value (every state after the first, and an initial_h / initial_c computed from
+the inputs, as streaming models carry their state from call to call), a constant (a stored
+initial_h / initial_c before the first step) or None for zero (absent initial state), so that the first step folds the constant terms into
 Affine shifts and scales instead of multiplying constants at run time.
 """
 
@@ -141,20 +142,43 @@ def _activations(node: OnnxNode, directions: int) -> list[tuple[str, ...]]:
     return [tuple(n.lower() for n in names[d * k:(d + 1) * k]) for d in range(directions)]
 
 
-def _state(ctx: Context, node: OnnxNode, index: int, layout: int, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """initial_h / initial_c as [num_directions, batch, hidden] float64, None when absent or zero."""
+def _state(ctx: Context, node: OnnxNode, index: int, layout: int,
+           shape: tuple[int, int, int]) -> np.ndarray | str | None:
+    """initial_h / initial_c: a constant as [num_directions, batch, hidden] float64, None when
+    absent or zero, or the name of the variable (a state carried in from a graph input, as streaming
+    models pass it from call to call)."""
     name = node.input(index)
     if name is None:
         return None
     value = ctx.const(name)
     if value is None:
-        raise Unsupported(f"{node.op_type}(variable {'initial_h' if index == 5 else 'initial_c'})")
+        var = ctx.var(name)
+        given = tuple(ctx.shape(var))
+        expected = (shape[1], shape[0], shape[2]) if layout == 1 else shape
+        if given != expected:
+            raise ModelLoadError(f"{node.op_type} initial state of shape {list(given)}, expected {list(expected)}")
+        return var
     value = np.asarray(value, np.float64)
     if layout == 1:
         value = np.swapaxes(value, 0, 1)
     if value.shape != shape:
         raise ModelLoadError(f"{node.op_type} initial state of shape {list(value.shape)} (layout 0), expected {list(shape)}")
     return value if value.any() else None
+
+
+def _direction(unroll: _Unroll, state: np.ndarray | str | None, d: int, layout: int) -> State:
+    """Direction d's initial state [batch, hidden]: a constant's row, or a Slice of the variable
+    ([directions, batch, hidden], or [batch, directions, hidden] for layout 1) reshaped."""
+    if state is None or isinstance(state, np.ndarray):
+        return None if state is None else state[d]
+    axis = 1 if layout else 0
+    starts, ends = [0, 0, 0], [unroll.batch, unroll.batch, unroll.hidden]
+    starts[axis], ends[axis] = d, d + 1
+    unroll.where = f"d{d}/"
+    part = unroll.emit(O.Slice(starts=tuple(starts), ends=tuple(ends), steps=(1, 1, 1)), [state], "state")
+    out = unroll.emit(O.Reshape(shape=(unroll.batch, unroll.hidden)), [part], "state")
+    unroll.where = ""
+    return out
 
 
 @register("RNN", "GRU", "LSTM")
@@ -212,7 +236,8 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
     unroll = _Unroll(node, ctx, batch, hidden, clip)
     # R as a training parameter: one direction whose R h_{t-1} never meets a constant state (R h_0
     # would be folded into a constant) and is not split by gates (GRU)
-    r_term = ctx.term(node, 2, "recurrence weight (R)") if directions == 1 and h0 is None and op != "GRU" else None
+    r_term = (ctx.term(node, 2, "recurrence weight (R)")
+              if directions == 1 and not isinstance(h0, np.ndarray) and op != "GRU" else None)
     ys, last_h, last_c = [], [], []
     for d in range(directions):
         wb, rb = b64[d, :gates * hidden], b64[d, gates * hidden:]
@@ -222,8 +247,8 @@ def recurrent(node: OnnxNode, ctx: Context) -> None:
         projection = unroll.emit(O.Linear(weight=np.ascontiguousarray(w[d]), bias=in_bias), [x_name], f"d{d}/proj")
         if directions == 1:  # W [1, gates * hidden, input] is the projection's weight, reshaped
             ctx.bind(projection, "weight", [ctx.term(node, 1, "weight (W)")])
-        h: State = None if h0 is None else h0[d]
-        c: State = None if c0 is None else c0[d]
+        h = _direction(unroll, h0, d, layout)
+        c = _direction(unroll, c0, d, layout)
         p = None if peep is None or not np.asarray(peep).any() else np.asarray(peep[d], np.float64)
         steps = range(seq - 1, -1, -1) if direction == "reverse" or d == 1 else range(seq)
         hs: dict[int, State] = {}
