@@ -139,8 +139,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_arguments(items: list[str] | None) -> dict[str, Any] | None:
-    """--arg NAME=VALUE values: forward's non-tensor arguments of a TorchScript model, as strings
-    (the loader reads each as the argument's declared type)."""
+    """--arg NAME=VALUE values, as strings: forward's non-tensor arguments of a TorchScript model, or
+    the values of an ONNX model's integer and bool inputs (the loader reads each as the argument's
+    declared type or the input's dtype)."""
     import re
 
     values: dict[str, str] = {}
@@ -685,8 +686,9 @@ def check(
     arg: Annotated[
         list[str] | None,
         typer.Option("--arg", metavar="NAME=VALUE",
-                     help="TorchScript: the value of forward's non-tensor argument NAME, e.g. sr=16000 (repeatable; "
-                          "lists as 1,2,3; overrides the config's arguments:)."),
+                     help="The value of argument NAME, e.g. sr=16000: TorchScript, forward's non-tensor argument; "
+                          "ONNX, an integer or bool input, held at it (repeatable; lists as 1,2,3; overrides the "
+                          "config's arguments:)."),
     ] = None,
     threshold: ThresholdOption = None,
     fail_on: FailOnOption = None,

@@ -112,8 +112,9 @@ class Settings(BaseModel):
     samples: int | None = None
     # skip the static gate of TorchScript code (loaders.ts_gate): the user vouches for the archive
     trust_torchscript: bool | None = None
-    # TorchScript: values of forward's non-tensor arguments by name (merged key by key; the command
-    # line's --arg gives strings, a config YAML values; the loader reads them as the declared types)
+    # values by name of TorchScript forward's non-tensor arguments, or of an ONNX model's integer and
+    # bool inputs (merged key by key; the command line's --arg gives strings, a config YAML values;
+    # the loader reads them as the declared types or the input's dtype)
     arguments: dict[str, ArgumentInput] | None = None
 
     def merged(self, over: Settings) -> Settings:
@@ -488,7 +489,8 @@ _EXPECTED: dict[str, tuple[str, str | None]] = {
     "margin": ("expected a finite number >= 0 (added around the samples' box)", None),
     "samples": (f"expected a positive integer (at most {MAX_SAMPLE_COUNT})", None),
     "trust_torchscript": ("expected true or false", None),
-    "arguments": ("expected a mapping NAME: value (forward's non-tensor arguments of a TorchScript model)",
+    "arguments": ("expected a mapping NAME: value (forward's non-tensor arguments of a TorchScript model, "
+                  "integer and bool inputs of an ONNX model)",
                   "expected a number, true/false, a string, null or a list of those"),
     "low": ("expected a number or a list of numbers", None),
     "high": ("expected a number or a list of numbers", None),

@@ -27,7 +27,7 @@ def load_model(
     functions of the loaded model that need the module itself) run there, their results in
     ``LoadedModel.module_results`` (``cuda``: they run on CUDA), and ``arguments`` gives the values
     of forward's non-tensor arguments by name (loaders.ts_signature). For ONNX, ``module_jobs`` are
-    not run, and ``arguments`` are refused."""
+    not run, and ``arguments`` give the values of integer and bool inputs, held constant."""
     if detect_format(path) is ModelFormat.TORCHSCRIPT:
         from stabaudit.loaders.ts_child import load_isolated
 
@@ -41,14 +41,10 @@ def load_model(
         precheck_archive(Path(path), str(path))
         return load_isolated(path, input_shape=input_shape, trust_code=trust_torchscript, seed=seed, jobs=module_jobs,
                              cuda=cuda, arguments=arguments)
-    if arguments:
-        from stabaudit.errors import ModelLoadError
-
-        raise ModelLoadError("forward arguments (--arg, config arguments:) apply to TorchScript models only",
-                             path=str(path))
     from stabaudit.loaders.onnx import load_onnx
 
-    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb, end=end)
+    return load_onnx(path, input_shape=input_shape, input_shapes=input_shapes, start=start, perturb=perturb, end=end,
+                     arguments=arguments)
 
 
 def supported_operators() -> dict[str, list[str]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -37,7 +37,8 @@ def supported_operators() -> list[str]:
 
 def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
               input_shapes: Mapping[str, tuple[int, ...]] | None = None, start: str | None = None,
-              perturb: Sequence[str] | None = None, end: Sequence[str] = ()) -> LoadedModel:
+              perturb: Sequence[str] | None = None, end: Sequence[str] = (),
+              arguments: Mapping[str, Any] | None = None) -> LoadedModel:
     """Load an ONNX model; dynamic dims come from ``input_shape`` (first input), ``input_shapes``
     (by input name; a symbolic dim named in one fixes it in every input) or batch 1.
 
@@ -46,13 +47,17 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
     ``start`` (a tensor name: the graph upstream of it is cut). With ``perturb``, the real inputs
     not named there are held at seeded standard-normal values too. ``end`` (tensor names): the
     audit ends there, they are the outputs and the nodes no one of them depends on are cut (a
-    detector's post-processing: TopK, NonMaxSuppression), for the reference as well.
+    detector's post-processing: TopK, NonMaxSuppression), for the reference as well. ``arguments``
+    (input name -> value: a number, a list, or their text "16000", "1,2,3"): the values the named
+    integer or bool inputs are held at instead of the seeded ones (a sample rate, a flag), broadcast
+    to the input's shape.
 
     Raises ModelLoadError (with ``path``) for unreadable, malformed or unsafe files, and
     UnsupportedOperatorError listing every operator outside the IR at once.
     """
     try:
-        return _load(Path(path), input_shape, dict(input_shapes or {}), start, tuple(perturb or ()), tuple(end))
+        return _load(Path(path), input_shape, dict(input_shapes or {}), start, tuple(perturb or ()), tuple(end),
+                     dict(arguments or {}))
     except StabauditError as exc:
         if exc.path is None:
             exc.path = str(path)
@@ -64,7 +69,8 @@ def load_onnx(path: str | Path, *, input_shape: tuple[int, ...] | None = None,
 
 
 def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tuple[int, ...]],
-          start: str | None, perturb: tuple[str, ...] = (), end: tuple[str, ...] = ()) -> LoadedModel:
+          start: str | None, perturb: tuple[str, ...] = (), end: tuple[str, ...] = (),
+          arguments: dict[str, Any] | None = None) -> LoadedModel:
     check_file(path)
     data: bytes | None = path.read_bytes()
     assert data is not None
@@ -89,6 +95,8 @@ def _load(path: Path, input_shape: tuple[int, ...] | None, named: dict[str, tupl
     all_inputs = _input_shapes(work.graph, input_shape, notes, named)
     constants = _initializers(work.graph)
     cut = replace(_held_values(work.graph, all_inputs, constants), start=start)
+    if arguments:
+        cut = _given_values(all_inputs, cut, arguments)
     if expanded:
         _check_expansion(original, model, all_inputs, cut.held, path)
         notes.append(f"com.microsoft.EmbedLayerNormalization x{expanded} written as the Gather, Add and "
@@ -156,26 +164,13 @@ def _check_expansion(original: Any, expanded: Any, inputs: Sequence[_Input], hel
                                  "kernel on this model")
 
 
-def _subgraph_reads(node: Any) -> set[str]:
-    """Every tensor name read inside the subgraphs of ``node`` (If, Loop, Scan read outer values
-    without listing them as inputs), recursively."""
-    import onnx
-
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            for inner in g.node:
-                names.update(i for i in inner.input if i)
-                names |= _subgraph_reads(inner)
-    return names
-
-
 def _cut_after(model: Any, end: Sequence[str], notes: list[str]) -> Any:
     """A copy of ``model`` whose outputs are the tensors ``end`` (--to), without the nodes none of
     them depends on (a detector's post-processing after its heads): those are neither translated
     nor run by the reference."""
     import onnx
+
+    from stabaudit.loaders.onnx_ops.control import subgraph_reads
 
     produced = {name: node for node in model.graph.node for name in node.output if name}
     initializers = {t.name for t in model.graph.initializer}
@@ -199,7 +194,7 @@ def _cut_after(model: Any, end: Sequence[str], notes: list[str]) -> Any:
             continue
         needed.add(id(node))
         stack.extend(i for i in node.input if i)
-        stack.extend(_subgraph_reads(node))
+        stack.extend(subgraph_reads(node))
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     kept = [n for n in model.graph.node if id(n) in needed]
@@ -591,6 +586,55 @@ def _held_values(graph: Any, inputs: Sequence[_Input], constants: Mapping[str, n
     return _Cut(held=held, why=why, sources=frozenset(sources))
 
 
+def _given_values(inputs: Sequence[_Input], cut: _Cut, arguments: Mapping[str, Any]) -> _Cut:
+    """``cut`` with the integer and bool inputs named in ``arguments`` held at the given values
+    (broadcast to the input's shape); they are constants of the audit, never a place it starts."""
+    by_name = {i.name: i for i in inputs}
+    held, why, sources = dict(cut.held), dict(cut.why), set(cut.sources)
+    fixed = [i.name for i in inputs if not i.real]
+    for name, given in arguments.items():
+        i = by_name.get(name)
+        if i is None or i.real:
+            what = "a floating-point input (--perturb NAME holds the others)" if i is not None else "not an input"
+            raise ModelLoadError(f"--arg {name}: {what}; --arg gives the values of the model's integer and bool "
+                                 f"inputs: {', '.join(map(repr, fixed)) or 'it has none'}")
+        value = _argument_array(name, given, i.dtype)
+        try:
+            held[name] = np.broadcast_to(value, i.shape).astype(i.dtype)
+        except ValueError:
+            raise ModelLoadError(f"--arg {name}: {value.size} value(s) do not fit the input's shape "
+                                 f"{list(i.shape)}") from None
+        shown = str(given) if isinstance(given, str) else ",".join(map(str, np.ravel(given)))
+        why[name] = f"{shown} (given by --arg)"
+        sources.discard(name)
+    return replace(cut, held=held, why=why, sources=frozenset(sources))
+
+
+def _argument_array(name: str, given: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """The numbers of an --arg value (text "16000" / "1,2,3" / "true", a number or a list) as
+    ``dtype``; a value that is not one is a ModelLoadError."""
+    items = [t.strip() for t in given.split(",")] if isinstance(given, str) else list(np.ravel(np.asarray(given)))
+    out: list[int | bool] = []
+    for item in items:
+        text = str(item).strip().lower()
+        if dtype == np.bool_ and text in ("true", "false"):
+            out.append(text == "true")
+            continue
+        try:
+            number = float(text)
+        except ValueError:
+            raise ModelLoadError(f"--arg {name}: {item!r} is not a number") from None
+        if not (math.isfinite(number) and number == int(number)):
+            raise ModelLoadError(f"--arg {name}: {item!r} is not an integer")
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        if info is not None and not info.min <= int(number) <= info.max:
+            raise ModelLoadError(f"--arg {name}: {item!r} is outside the range of {dtype}")
+        out.append(int(number))
+    if not out:
+        raise ModelLoadError(f"--arg {name}: no value given")
+    return np.asarray(out if len(out) > 1 else out[0], dtype=dtype)
+
+
 def _perturb_only(inputs: Sequence[_Input], cut: _Cut, perturb: Sequence[str]) -> _Cut:
     """The real inputs not in ``perturb`` held at seeded standard-normal values."""
     real = [i.name for i in inputs if i.real]
@@ -747,6 +791,8 @@ class _Walk:
     constant_nodes: int
     folded: Counter[str]
     starts: dict[str, str]  # start tensor -> why the audit starts there
+    inlined: Counter[str] = field(default_factory=Counter)  # If nodes inlined, by the branch taken
+    fused_in_branches: Counter[str] = field(default_factory=Counter)  # patterns fused inside them
 
 
 def _initializers(graph: Any) -> dict[str, np.ndarray]:
@@ -956,20 +1002,36 @@ def _start_reason(node: Any, ctx: Any, tainted: set[str]) -> str | None:
 def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Sequence[_Input],
           outputs: Sequence[str], cut: _Cut | None = None) -> _Walk:
     """Fold constants and translate every other node; unsupported nodes are counted, and the
-    nodes that depend on them are skipped (counted only when their op is unknown too)."""
+    nodes that depend on them are skipped (counted only when their op is unknown too). An If on a
+    constant condition is replaced by the nodes of the branch it takes (onnx_ops.control)."""
     from stabaudit.loaders.onnx_ops import (
+        ANCHORS,
         FOLDERS,
         TRANSLATORS,
         Context,
         Unsupported,
         fold,
         foldable,
+        fuse_patterns,
+    )
+    from stabaudit.loaders.onnx_ops.control import (
+        SUBGRAPH_OPS,
+        Branch,
+        bind_outputs,
+        branch_constants,
+        branch_uses,
+        subgraph_reads,
+        taken_branch,
     )
     from stabaudit.loaders.onnx_ops.ml import carry_dropped, refusal
     from stabaudit.loaders.onnx_ops.quantization import carry_quantization
 
     cut = cut if cut is not None else _Cut(held={}, why={})
     uses = Counter(name for node in nodes for name in node.present_inputs) + Counter(outputs)
+    # values read inside If / Loop / Scan bodies count as uses of the values around them
+    uses += Counter(name for node in nodes if node.op_type in SUBGRAPH_OPS and node.proto is not None
+                    for name in subgraph_reads(node.proto))
+    fused_in_branches: Counter[str] = Counter()
     shapes = {i.name: i.shape for i in inputs}
     if cut.start is not None and cut.start_shape is not None:
         shapes[cut.start] = cut.start_shape
@@ -985,7 +1047,35 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
     folded: Counter[str] = Counter()
     poisoned: set[str] = set()
     constant_nodes = 0
-    for node in nodes:
+    inlined: Counter[str] = Counter()
+    queue: deque[Any] = deque(nodes)
+    while queue:
+        node = queue.popleft()
+        if isinstance(node, Branch):  # the taken branch is translated: the If's outputs are its outputs
+            bind_outputs(node, ctx, poisoned)
+            continue
+        if node.op_type == "If" and node.domain in ("", "ai.onnx") and not any(n in poisoned for n in node.present_inputs):
+            try:
+                # the names defined so far and by the nodes still to come: a branch's own are renamed
+                pending = {o for n in queue if not isinstance(n, Branch) for o in n.outputs if o}
+                branch = taken_branch(node, ctx, _known(ctx) | pending)
+            except Unsupported as exc:
+                unsupported[exc.label] += 1
+                poisoned.update(node.outputs)
+                continue
+            inner = list(branch.nodes)
+            if any(n.op_type in ANCHORS for n in inner):  # the patterns of the branch (GELU, LayerNorm, ..)
+                inner, labels = fuse_patterns(inner, {**ctx.constants, **branch.initializers,
+                                                      **branch_constants(inner, _constant_value)},
+                                              {b for _, b in branch.bindings})
+                fused_in_branches.update(labels)
+            for name, value in branch.initializers.items():
+                ctx.constants[name] = value
+                ctx.stored.add(name)
+            ctx.uses.update(branch_uses(branch))  # type: ignore[attr-defined]
+            queue.extendleft(reversed([*inner, branch]))
+            inlined["then" if branch.taken else "else"] += 1
+            continue
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             ctx.constants[node.outputs[0]] = _constant_value(node)
             ctx.stored.add(node.outputs[0])
@@ -1031,7 +1121,13 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
                 AssertionError) as exc:  # a malformed node: wrong arity, attribute types or shapes
             raise ModelLoadError(f"node {node.name!r} ({node.op_type}): {_first_line(exc)}") from exc
     return _Walk(ctx=ctx, unsupported=unsupported, poisoned=frozenset(poisoned),
-                 constant_nodes=constant_nodes, folded=folded, starts=starts)
+                 constant_nodes=constant_nodes, folded=folded, starts=starts, inlined=inlined,
+                 fused_in_branches=fused_in_branches)
+
+
+def _known(ctx: Any) -> set[str]:
+    """Every ONNX name the walk has defined so far (variables, constants, aliases, conditions)."""
+    return set(ctx.shapes) | set(ctx.constants) | set(ctx.aliases) | set(ctx.conditions) | set(ctx.dropped)
 
 
 _READS_CONDITIONS = frozenset({"Where", "Not"})  # the translators that take a Context.conditions entry
@@ -1057,6 +1153,12 @@ def _notes(walk: _Walk, dead: int, notes: list[str]) -> None:
         notes.append(f"{sum(walk.folded.values())} node(s) constant-folded ({counts(walk.folded)})")
     if walk.ctx.removed:
         notes.append(f"removed as no-ops at inference: {counts(walk.ctx.removed)}")
+    if walk.inlined:
+        taken = ", ".join(f"{k} branch x{n}" for k, n in sorted(walk.inlined.items()))
+        notes.append(f"{sum(walk.inlined.values())} If node(s) whose condition is a constant of the audit "
+                     f"inlined ({taken})")
+    if walk.fused_in_branches:
+        notes.append(f"fused inside If branches: {counts(walk.fused_in_branches)}")
     if dead:
         notes.append(f"{dead} IR node(s) that no output depends on dropped")
 

@@ -94,9 +94,10 @@ def test_config_arguments_and_the_command_line_override(rate: tuple[Path, float]
     assert sigma <= upper <= sigma * (1 + 1e-9)  # --arg over the config
 
 
-def test_arguments_for_an_onnx_model_are_refused() -> None:
+def test_arguments_for_an_onnx_model_name_its_integer_inputs() -> None:
+    """An ONNX model takes --arg for its integer and bool inputs only: this one has none."""
     _one_line_error(run(ROOT / "sample_models" / "mlp.onnx", "--arg", "sr=1"),
-                    "forward arguments (--arg, config arguments:) apply to TorchScript models only")
+                    "--arg sr: not an input; --arg gives the values of the model's integer and bool inputs: it has none")
 
 
 def test_a_convolution_names_the_missing_spatial_size(tmp_path: Path) -> None:

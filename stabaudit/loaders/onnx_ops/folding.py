@@ -33,7 +33,7 @@ NONDETERMINISTIC = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"}
 )
 # Control flow whose run time the file chooses (a Loop's trip count): never evaluated at load time.
-NOT_FOLDED = frozenset({"Loop", "Scan", "SequenceMap"})
+NOT_FOLDED = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # If: onnx_ops.control inlines its branch
 _SMALL_INPUT = 4096  # int inputs up to this size are shown to shape inference as data (shapes, repeats)
 
 
