@@ -581,10 +581,15 @@ def check_device(request: AuditRequest, ev: AnalysisState) -> None:
 def load(request: AuditRequest, ev: AnalysisState) -> None:
     """The model within the memory budget: ``loaded`` as loaded, ``graph`` with the report's
     layers (affine maps folded, adjacent linear maps merged: one operator each; slices of one
-    value concatenated back: one Gather). A TorchScript
+    value concatenated back: one Gather; the root of a sum of squares: one ReduceL2). A TorchScript
     archive loads in a child process of its own (loaders.ts_child); the training channel's Hessian
     over its module's parameters is computed there (``_module_jobs``) and read by ``training``."""
-    from stabaudit.ir.passes import fold_affine, gather_slices, merge_linear_maps
+    from stabaudit.ir.passes import (
+        fold_affine,
+        fuse_root_of_squares,
+        gather_slices,
+        merge_linear_maps,
+    )
     from stabaudit.limits import analysis_memory_plan, check_model_memory
     from stabaudit.loaders import load_model
 
@@ -597,8 +602,8 @@ def load(request: AuditRequest, ev: AnalysisState) -> None:
         module_jobs=_module_jobs(request), cuda=request.device == "cuda", arguments=request.arguments,
     )
     # the report's layers: affine maps folded, adjacent linear maps merged (one operator each),
-    # concatenated slices of one value (a roll) one Gather
-    graph = merge_linear_maps(fold_affine(gather_slices(loaded.graph)))
+    # concatenated slices of one value (a roll) one Gather, a root of a sum of squares one ReduceL2
+    graph = merge_linear_maps(fold_affine(gather_slices(fuse_root_of_squares(loaded.graph))))
     # what the analyses plan: each stage is checked against what remains of the budget as it
     # starts (engine.run_stages), so that a stage too large stops the audit with the evidence so far
     ev.loaded, ev.graph, ev.memory_plan = loaded, graph, analysis_memory_plan(graph)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -635,4 +635,144 @@ def gather_slices(graph: Graph) -> Graph:
     if not replaced:
         return graph
     nodes = tuple(replaced.get(n.output, n) for n in graph.nodes if n.output not in dropped)
+    return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())
+
+
+def _square_of(node: Node | None) -> str | None:
+    """x when ``node`` is x ** 2 (Pow 2 or Mul(x, x)), else None."""
+    if node is None:
+        return None
+    if isinstance(node.op, O.Pow) and node.op.exponent == 2.0 or isinstance(node.op, O.Mul) and node.inputs[0] == node.inputs[1]:
+        return node.inputs[0]
+    return None
+
+
+def _stacked_slices(terms: list[str], producer: Mapping[str, Node], shapes: Mapping[str, tuple[int, ...]],
+                    sole: Callable[[str], Node | None], readers: Mapping[str, Node]) -> tuple[str, O.Slice, int] | None:
+    """(X, the Slice of X that the terms tile, the axis) when every term is a unit-step Slice of one
+    value X, read only by its square, the same on every axis but one, where they are chunks of one
+    length that tile a range: sqrt(sum_j x_j^2) is then ReduceL2 over that axis of X's range,
+    reshaped to (terms, length)."""
+    slices = [producer.get(t) for t in terms]
+    if not all(s is not None and isinstance(s.op, O.Slice) and sole(s.output) is readers[t]
+               for s, t in zip(slices, terms, strict=True)):
+        return None
+    ops = [s.op for s in slices if s is not None and isinstance(s.op, O.Slice)]
+    source = {s.inputs[0] for s in slices if s is not None}
+    if len(source) != 1 or any(any(step != 1 for step in op.steps) for op in ops):
+        return None
+    x = source.pop()
+    differ = [a for a in range(len(ops[0].starts)) if len({(op.starts[a], op.ends[a]) for op in ops}) > 1]
+    if len(differ) != 1:
+        return None
+    axis = differ[0]
+    chunks = sorted((op.starts[axis], op.ends[axis]) for op in ops)
+    length = chunks[0][1] - chunks[0][0]
+    if length <= 0 or any(b - a != length or a != chunks[0][0] + j * length for j, (a, b) in enumerate(chunks)):
+        return None
+    starts, ends = list(ops[0].starts), list(ops[0].ends)
+    starts[axis], ends[axis] = chunks[0][0], chunks[-1][1]
+    if not all(0 <= s <= e <= d for s, e, d in zip(starts, ends, shapes[x], strict=True)):
+        return None
+    return x, O.Slice(starts=tuple(starts), ends=tuple(ends), steps=tuple(1 for _ in starts)), axis
+
+
+def fuse_root_of_squares(graph: Graph) -> Graph:
+    """sqrt of a sum of squares becomes one ReduceL2, whose global constant is 1 (a norm of each
+    group), where the square root alone has none (its slope is unbounded at 0): the magnitude of an
+    STFT written out (sqrt(re^2 + im^2), re and im slices of one convolution, as audio front ends
+    export it), a norm written out (sqrt(sum(x^2, axes)), sqrt(ReduceSumSquare(x))).
+
+    - Sqrt(x_1^2 + .. + x_k^2) of k values of one shape (a tree of Adds, k >= 2): when the x_j are
+      unit-step Slices of one value X that tile a range of one axis in chunks of one length n, it is
+      ReduceL2 over that axis of X's range reshaped to (k, n) (the same pairs of entries; the
+      reshape and the slice are exact selections); otherwise each x_j gets a trailing axis of one,
+      they are concatenated along it, and ReduceL2 reduces it.
+    - Sqrt(ReduceSum(x^2)) and Sqrt(ReduceSumSquare(x)): ReduceL2 with the same axes and keepdims.
+    The map is the same in exact arithmetic: no constant is rounded. A mean under the root
+    (sqrt(mean(x^2)), a standard deviation) or an eps added before it is left as it is: the scale
+    1/sqrt(n) or the entry sqrt(eps) would be rounded. Every intermediate value must be read only
+    by the next step."""
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
+    consumers = graph.consumers()
+    producer = {n.output: n for n in graph.nodes}
+    outputs = set(graph.outputs)
+
+    def sole(name: str) -> Node | None:
+        """The one node that reads ``name`` (once, or twice as Mul(x, x) does), if only one does."""
+        users = {id(n): n for n in consumers.get(name, [])}
+        return next(iter(users.values())) if len(users) == 1 and name not in outputs else None
+
+    replaced: dict[str, list[Node]] = {}
+    dropped: set[str] = set()
+    for root in graph.nodes:
+        if not isinstance(root.op, O.Sqrt):
+            continue
+        inner = producer.get(root.inputs[0])
+        if inner is None or sole(inner.output) is not root or inner.output in dropped:
+            continue
+        chain: list[Node] = [inner]
+        name = root.output
+        if isinstance(inner.op, O.ReduceSumSquare | O.ReduceSum):
+            x = inner.inputs[0]
+            if isinstance(inner.op, O.ReduceSum):
+                square = producer.get(x)
+                x = _square_of(square) or ""
+                if not x or square is None or sole(square.output) is not inner:
+                    continue
+                chain.append(square)
+            new = [Node(name=root.name, op=O.ReduceL2(axes=inner.op.axes, keepdims=inner.op.keepdims), inputs=(x,),
+                        output=name, source_op="+".join(n.source_op or type(n.op).__name__ for n in [*chain[::-1], root]))]
+        elif isinstance(inner.op, O.Add):
+            terms: list[str] = []
+            readers: dict[str, Node] = {}
+            todo, ok = [inner], True
+            while todo and ok:
+                add = todo.pop()
+                for part in add.inputs:
+                    node = producer.get(part)
+                    if node is None or sole(part) is not add or add.inputs[0] == add.inputs[1]:
+                        ok = False
+                    elif isinstance(node.op, O.Add):
+                        chain.append(node)
+                        todo.append(node)
+                    elif (term := _square_of(node)) is not None:
+                        chain.append(node)
+                        terms.append(term)
+                        readers[term] = node
+                    else:
+                        ok = False
+            shape = shapes[root.output]
+            if not ok or len(terms) < 2 or len(set(terms)) != len(terms) or any(shapes[t] != shape for t in terms):
+                continue
+            source = " + ".join(n.source_op or type(n.op).__name__ for n in chain[::-1])
+            stacked = _stacked_slices(terms, producer, shapes, sole, readers)
+            if stacked is not None:
+                x, cut, axis = stacked
+                k, n = len(terms), shape[axis]
+                whole = cut.starts == tuple(0 for _ in cut.starts) and cut.ends == shapes[x]
+                new = [] if whole else [Node(name=f"{root.name}/range", op=cut, inputs=(x,), output=f"{name}/range")]
+                grouped = (*shape[:axis], k, n, *shape[axis + 1:])
+                new.append(Node(name=f"{root.name}/pairs", op=O.Reshape(shape=grouped),
+                                inputs=(new[-1].output if new else x,), output=f"{name}/pairs"))
+                new.append(Node(name=root.name, op=O.ReduceL2(axes=(axis,), keepdims=False), inputs=(new[-1].output,),
+                                output=name, source_op=f"Slice + {source} + Sqrt"))
+                chain += [producer[t] for t in terms]
+            else:
+                parts = [Node(name=f"{root.name}/part{j}", op=O.Reshape(shape=(*shape, 1)), inputs=(t,),
+                              output=f"{name}/part{j}") for j, t in enumerate(terms)]
+                stack = Node(name=f"{root.name}/stack", op=O.Concat(axis=len(shape)),
+                             inputs=tuple(p.output for p in parts), output=f"{name}/stack")
+                new = [*parts, stack, Node(name=root.name, op=O.ReduceL2(axes=(len(shape),), keepdims=False),
+                                           inputs=(stack.output,), output=name, source_op=f"{source} + Sqrt")]
+        else:
+            continue
+        replaced[name] = new
+        dropped.update(n.output for n in chain)
+    if not replaced:
+        return graph
+    nodes = tuple(m for n in graph.nodes if n.output not in dropped for m in replaced.get(n.output, [n]))
     return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())

@@ -122,7 +122,7 @@ def test_forward_arguments_merge_key_by_key(tmp_path):
     ("text", "message"),
     [
         ("arguments: [1, 2]\n", "audit.yaml:1: arguments: expected a mapping NAME: value (forward's non-tensor "
-                                "arguments of a TorchScript model)"),
+                                "arguments of a TorchScript model, integer and bool inputs of an ONNX model)"),
         ("arguments: {sr: {a: 1}}\n", "audit.yaml:1: arguments.sr: expected a number, true/false, a string, null or "
                                       "a list of those"),
         ("arguments: {sr: [[1]]}\n", "audit.yaml:1: arguments.sr: expected a number, true/false, a string, null or "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -330,3 +332,138 @@ def test_a_slice_read_twice_by_the_concat_is_dropped_too() -> None:
     graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(2, 6, 3)),), outputs=("y",), nodes=(half, cat)))
     (node,) = gather_slices(graph).nodes
     assert isinstance(node.op, O.Gather) and node.op.indices.tolist() == [3, 4, 5, 3, 4, 5]
+
+
+# ---- fuse_root_of_squares ---------------------------------------------------------------------------
+def _squares(terms: list[Node], square_kinds: list[str], extra: list[Node] | None = None,
+             shape: tuple[int, ...] = (2, 6, 3), outputs: tuple[str, ...] = ("y",)) -> Graph:
+    """x -> ``terms`` (values t0, t1, ..) -> a square of each (Pow 2 or Mul(t, t)) -> a chain of Adds -> Sqrt."""
+    nodes = list(extra or []) + list(terms)
+    for k, (term, kind) in enumerate(zip(terms, square_kinds, strict=True)):
+        op = O.Pow(exponent=2.0) if kind == "pow" else O.Mul()
+        ins = (term.output,) if kind == "pow" else (term.output, term.output)
+        nodes.append(Node(name=f"sq{k}", op=op, inputs=ins, output=f"q{k}"))
+    total = "q0"
+    for k in range(1, len(terms)):
+        nodes.append(Node(name=f"add{k}", op=O.Add(), inputs=(total, f"q{k}"), output=f"a{k}"))
+        total = f"a{k}"
+    nodes.append(Node(name="root", op=O.Sqrt(), inputs=(total,), output="y"))
+    return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=shape),), outputs=outputs, nodes=tuple(nodes)))
+
+
+def _slice(name: str, axis: int, start: int, end: int, shape: tuple[int, ...]) -> Node:
+    starts, ends = [0] * len(shape), list(shape)
+    starts[axis], ends[axis] = start, end
+    return Node(name=name, op=O.Slice(starts=tuple(starts), ends=tuple(ends), steps=(1,) * len(shape)),
+                inputs=("x",), output=f"t{name[1:]}")
+
+
+@pytest.mark.parametrize(("chunks", "shape", "kinds", "ops"), [
+    # an STFT's magnitude: real and imaginary halves of one convolution's channels
+    ([(0, 3), (3, 6)], (2, 6, 3), ["pow", "pow"], ["Reshape", "ReduceL2"]),
+    # three chunks tiling a range that is not the whole axis, listed out of order
+    ([(7, 10), (1, 4), (4, 7)], (2, 10, 3), ["mul", "pow", "mul"], ["Slice", "Reshape", "ReduceL2"]),
+])
+def test_a_root_of_squared_slices_becomes_one_norm(chunks: list[tuple[int, int]], shape: tuple[int, ...],
+                                                    kinds: list[str], ops: list[str]) -> None:
+    from stabaudit.analyses.composition import rule_bounds
+    from stabaudit.ir.passes import fuse_root_of_squares
+
+    terms = [_slice(f"s{k}", 1, a, b, shape) for k, (a, b) in enumerate(chunks)]
+    graph = _squares(terms, kinds, shape=shape)
+    fused = fuse_root_of_squares(graph)
+    assert [n.op.type.value for n in fused.nodes] == ops
+    x = torch.randn(*shape, dtype=torch.float64)
+    np.testing.assert_allclose(Executor(fused, dtype=torch.float64)(x)[0], Executor(graph, dtype=torch.float64)(x)[0],
+                               rtol=1e-15)
+    assert rule_bounds(fused)["y"].upper.value == 1.0  # a norm of each group: exactly 1
+
+
+def test_a_root_of_squares_of_other_values_stacks_them() -> None:
+    from stabaudit.ir.passes import fuse_root_of_squares
+
+    terms = [Node(name="a", op=O.Tanh(), inputs=("x",), output="t0"), Node(name="b", op=O.Sigmoid(), inputs=("x",), output="t1"),
+             Node(name="c", op=O.Relu(), inputs=("x",), output="t2")]
+    graph = _squares(terms, ["pow", "mul", "pow"])
+    fused = fuse_root_of_squares(graph)
+    assert [n.op.type.value for n in fused.nodes] == ["Tanh", "Sigmoid", "Relu", "Reshape", "Reshape", "Reshape",
+                                                      "Concat", "ReduceL2"]
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    np.testing.assert_allclose(Executor(fused, dtype=torch.float64)(x)[0], Executor(graph, dtype=torch.float64)(x)[0],
+                               rtol=1e-15)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "sumsquare"])
+def test_a_root_of_a_sum_of_squares_over_axes_is_reduce_l2(reduce: str) -> None:
+    from stabaudit.ir.passes import fuse_root_of_squares
+
+    nodes: list[Node] = []
+    if reduce == "sum":
+        nodes += [Node(name="sq", op=O.Pow(exponent=2.0), inputs=("x",), output="q"),
+                  Node(name="sum", op=O.ReduceSum(axes=(1, 2), keepdims=False), inputs=("q",), output="s")]
+    else:
+        nodes.append(Node(name="sum", op=O.ReduceSumSquare(axes=(2,), keepdims=True), inputs=("x",), output="s"))
+    nodes.append(Node(name="root", op=O.Sqrt(), inputs=("s",), output="y"))
+    graph = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(2, 6, 3)),), outputs=("y",), nodes=tuple(nodes)))
+    fused = fuse_root_of_squares(graph)
+    (node,) = fused.nodes
+    assert isinstance(node.op, O.ReduceL2) and node.op.axes == ((1, 2) if reduce == "sum" else (2,))
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    np.testing.assert_allclose(Executor(fused, dtype=torch.float64)(x)[0], Executor(graph, dtype=torch.float64)(x)[0],
+                               rtol=1e-15)
+
+
+def test_roots_that_are_not_norms_stay() -> None:
+    """A mean under the root, an eps added, a square read twice, x^2 + x^2: left as they are."""
+    from stabaudit.ir.passes import fuse_root_of_squares
+
+    x = TensorSpec(name="x", shape=(2, 6, 3))
+    mean = (Node(name="sq", op=O.Pow(exponent=2.0), inputs=("x",), output="q"),
+            Node(name="m", op=O.ReduceMean(axes=(2,), keepdims=True), inputs=("q",), output="s"),
+            Node(name="root", op=O.Sqrt(), inputs=("s",), output="y"))
+    eps = (Node(name="sq", op=O.Pow(exponent=2.0), inputs=("x",), output="q"),
+           Node(name="sum", op=O.ReduceSum(axes=(2,), keepdims=True), inputs=("q",), output="s0"),
+           Node(name="eps", op=O.Affine(shift=np.array(1e-6)), inputs=("s0",), output="s"),
+           Node(name="root", op=O.Sqrt(), inputs=("s",), output="y"))
+    twice = (Node(name="sq", op=O.Pow(exponent=2.0), inputs=("x",), output="q"),
+             Node(name="add", op=O.Add(), inputs=("q", "q"), output="s"),
+             Node(name="root", op=O.Sqrt(), inputs=("s",), output="y"))
+    for nodes in (mean, eps, twice):
+        graph = with_shapes(Graph(inputs=(x,), outputs=("y",), nodes=nodes))
+        assert fuse_root_of_squares(graph) is graph
+    shared = _squares([_slice("s0", 1, 0, 3, (2, 6, 3)), _slice("s1", 1, 3, 6, (2, 6, 3))], ["pow", "pow"],
+                      outputs=("y", "q0"))  # a square is also an output
+    assert fuse_root_of_squares(shared) is shared
+
+
+def test_the_magnitude_of_an_exported_stft_gets_a_global_bound(tmp_path: Path) -> None:
+    """Conv (real and imaginary filters as channels) -> Slice, Slice -> Pow 2, Pow 2 -> Add -> Sqrt,
+    as audio front ends export |STFT|: the upper end is the convolution's norm (the magnitude is
+    1-Lipschitz), where the root alone had no global bound."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stabaudit.api import audit
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 16)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[4]),
+             helper.make_node("Slice", ["c", "s0", "e0", "ax"], ["re"]),
+             helper.make_node("Slice", ["c", "s1", "e1", "ax"], ["im"]),
+             helper.make_node("Pow", ["re", "two"], ["r2"]), helper.make_node("Pow", ["im", "two"], ["i2"]),
+             helper.make_node("Add", ["r2", "i2"], ["p"]), helper.make_node("Sqrt", ["p"], ["y"])]
+    consts = {"w": w, "s0": np.array([0], np.int64), "e0": np.array([4], np.int64), "s1": np.array([4], np.int64),
+              "e1": np.array([8], np.int64), "ax": np.array([1], np.int64), "two": np.float32(2.0)}
+    graph = helper.make_graph(nodes, "stft", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "stft.onnx"
+    onnx.save(model, path)
+    report = audit(path, budget=0.5)
+    conv = next(layer for layer in report.layers if layer.op == "Conv")
+    assert report.lipschitz.certified and report.lipschitz.upper is not None
+    assert report.lipschitz.upper == pytest.approx(conv.lipschitz.upper, rel=1e-9)
+    assert report.lipschitz.lower is not None and report.lipschitz.lower <= report.lipschitz.upper
+    assert any(layer.op == "ReduceL2" for layer in report.layers)
