@@ -898,3 +898,42 @@ def test_to_ends_the_audit_before_a_detectors_post_processing(tmp_path: Path) ->
 def test_to_names_a_computed_tensor(name: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=message):
         load_onnx(_detector(tmp_path), end=(name,))
+
+
+def _hard_swish_clip(form: str, opset: int) -> tuple[list[Any], dict[str, Any]]:
+    """x * Clip(x + 3, 0, 6) and a division by 6 in the ways exporters write it."""
+    params: dict[str, Any] = {"three": np.array(3.0, np.float32), "zero": np.array(0.0, np.float32),
+                              "six": np.array(6.0, np.float32), "sixth": np.array(1 / 6, np.float32)}
+    clip = (node("Clip", ["t"], ["c"], min=0.0, max=6.0) if opset < 11 else node("Clip", ["t", "zero", "six"], ["c"]))
+    head = [node("Relu", ["in"], ["x"]), node("Add", ["x", "three"], ["t"]), clip]
+    tails = {
+        "div_after": [node("Mul", ["x", "c"], ["m"]), node("Div", ["m", "six"])],  # paddle2onnx
+        "mul_after": [node("Mul", ["c", "x"], ["m"]), node("Mul", ["m", "sixth"])],
+        "div_gate": [node("Div", ["c", "six"], ["g"]), node("Mul", ["x", "g"])],
+        "mul_gate": [node("Mul", ["sixth", "c"], ["g"]), node("Mul", ["g", "x"])],
+        "no_division": [node("Mul", ["x", "c"])],
+    }
+    return head + tails[form], params
+
+
+@pytest.mark.parametrize("opset", [10, 17])
+@pytest.mark.parametrize(("form", "scale"), [("div_after", None), ("mul_after", 6 * float(np.float32(1 / 6))),
+                                             ("div_gate", None), ("mul_gate", 6 * float(np.float32(1 / 6))),
+                                             ("no_division", 6.0)])
+def test_hardswish_written_with_a_clip_is_one_hardswish(tmp_path: Path, form: str, scale: float | None,
+                                                        opset: int) -> None:
+    """The stored map exactly: HardSwish, times the factor the constant leaves (6 c for a Mul by
+    the float32 c near 1/6, 6 without a division)."""
+    nodes, params = _hard_swish_clip(form, opset)
+    lm = check(save(tmp_path, nodes, {"in": [2, 7]}, params=params, opset=opset))
+    assert ir_ops(lm) == ["Relu", "HardSwish"] + (["Affine"] if scale is not None else [])
+    if scale is not None:
+        assert float(lm.graph.nodes[2].op.scale) == scale
+    assert "Clip" in lm.graph.nodes[1].source_op
+
+
+def test_a_clip_with_other_bounds_is_not_a_hardswish(tmp_path: Path) -> None:
+    nodes, params = _hard_swish_clip("div_after", 17)
+    params["six"] = np.array(5.0, np.float32)  # Clip(x + 3, 0, 5): a product of variables, left as it is
+    lm = check(save(tmp_path, nodes, {"in": [2, 7]}, params=params))
+    assert "HardSwish" not in ir_ops(lm) and "Mul" in ir_ops(lm)

@@ -21,7 +21,6 @@ _PLAIN: dict[str, type[O.Op]] = {
     "Sigmoid": O.Sigmoid,
     "Tanh": O.Tanh,
     "Softplus": O.Softplus,
-    "HardSwish": O.HardSwish,
     "Mish": O.Mish,
     "Abs": O.Abs,
 }
@@ -30,6 +29,18 @@ _PLAIN: dict[str, type[O.Op]] = {
 @register(*_PLAIN)
 def plain(node: OnnxNode, ctx: Context) -> None:
     ctx.emit(node, _PLAIN[node.op_type](), [node.inputs[0]])
+
+
+@register("HardSwish")
+def hard_swish(node: OnnxNode, ctx: Context) -> None:
+    """HardSwish; a fused Clip form (onnx_ops.patterns) may carry ``_scale``, the exact factor its
+    constant leaves: a scalar Affine after it."""
+    scale = float(node.attrs.get("_scale", 1.0))
+    if scale == 1.0:
+        ctx.emit(node, O.HardSwish(), [node.inputs[0]])
+        return
+    inner = ctx.emit(node, O.HardSwish(), [node.inputs[0]], tag="hardswish")
+    ctx.emit(node, O.Affine(scale=np.array(scale)), [inner])
 
 
 @register("LeakyRelu")

@@ -14,7 +14,7 @@ import numpy as np
 
 from stabaudit.loaders.onnx_ops.common import OnnxNode
 
-ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "Tanh", "ReduceMean", "Exp", "Softmax"})  # fusion is tried only when one occurs
+ANCHORS = frozenset({"Erf", "Sigmoid", "HardSigmoid", "Tanh", "ReduceMean", "Exp", "Softmax", "Clip"})  # fusion is tried only when one occurs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +185,83 @@ def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
         if (gate.op_type == "HardSigmoid" and abs(float(gate.attr("alpha")) - 1 / 6) <= 1e-6
                 and float(gate.attr("beta")) == 0.5):
             return _Match(nodes=(gate, mul), fused=_fused("HardSwish", (gate, mul), x, {}))
+    return None
+
+
+def _exactly(g: _Graph, name: str | None, target: float) -> bool:
+    """Whether ``name`` is a constant scalar equal to ``target`` (no tolerance)."""
+    value = None if name is None else g.constants.get(name)
+    return value is not None and value.size == 1 and value.dtype.kind in "fiu" and float(value.reshape(-1)[0]) == target
+
+
+def _relu6_of_shift(gate: OnnxNode, x: str, g: _Graph) -> OnnxNode | None:
+    """The Add of Clip(x + 3, 0, 6) when ``gate`` is that Clip (bounds exactly 0 and 6, the shift
+    exactly 3, the sum read only by the Clip), else None."""
+    if gate.op_type != "Clip":
+        return None
+    if gate.opset < 11:
+        low, high = gate.attr("min", None), gate.attr("max", None)
+        bounded = low is not None and high is not None and float(low) == 0.0 and float(high) == 6.0
+    else:
+        bounded = _exactly(g, gate.input(1), 0.0) and _exactly(g, gate.input(2), 6.0)
+    add = g.producer.get(gate.inputs[0])
+    if not bounded or add is None or add.op_type != "Add" or g.sole_consumer(add.outputs[0]) is not gate:
+        return None
+    return add if g.other(add, x) is not None and _exactly(g, g.other(add, x), 3.0) else None
+
+
+def _sixth(node: OnnxNode | None, value: str, g: _Graph) -> float | None:
+    """When ``node`` divides ``value`` by exactly 6 or multiplies it by a constant c near 1/6: the
+    factor 6 c that remains once the division by 6 is taken out (1 for the exact division; 6 c
+    only where it is exact in float64), else None."""
+    from fractions import Fraction
+
+    if node is None:
+        return None
+    if node.op_type == "Div" and node.inputs[0] == value and _exactly(g, node.inputs[1], 6.0):
+        return 1.0
+    other = g.other(node, value) if node.op_type == "Mul" else None
+    if other is None or not g.is_scalar(other, 1 / 6):
+        return None
+    c = float(np.asarray(g.constants[other]).reshape(-1)[0])
+    return 6.0 * c if Fraction(6.0 * c) == 6 * Fraction(c) else None
+
+
+def _match_hard_swish_clip(mul: OnnxNode, g: _Graph) -> _Match | None:
+    """HardSwish written with a Clip, as paddle2onnx and TensorFlow exports write it: x * Clip(x + 3,
+    0, 6) / 6 (the division after the product, or on the Clip before it; a Div by 6 or a Mul by a
+    constant near 1/6). The fused node is HardSwish(x) = x * max(0, min(1, x / 6 + 1/2)) times the
+    factor the constant leaves (``_scale``: 6 c for a Mul by c, exact in float64; 1 for a Div by
+    6), so the map is the stored one exactly. Without a division it is 6 HardSwish(x)."""
+    if len(mul.inputs) != 2:
+        return None
+    for gate_name, x in (mul.inputs, tuple(reversed(mul.inputs))):
+        gate = g.producer.get(gate_name)
+        if gate is None or g.sole_consumer(gate_name) is not mul:
+            continue
+        scaled = None
+        if gate.op_type in ("Div", "Mul"):  # the division on the gate: x * (Clip(x + 3, 0, 6) / 6)
+            inner = g.producer.get(gate.inputs[0]) if gate.op_type == "Div" else next(
+                (g.producer.get(n) for n in gate.inputs if g.producer.get(n) is not None
+                 and g.producer[n].op_type == "Clip"), None)
+            if inner is None or g.sole_consumer(inner.outputs[0]) is not gate:
+                continue
+            scaled = _sixth(gate, inner.outputs[0], g)
+            if scaled is None:
+                continue
+            gate, divide = inner, gate
+        add = _relu6_of_shift(gate, x, g)
+        if add is None:
+            continue
+        if scaled is not None:
+            return _Match(nodes=(add, gate, divide, mul),
+                          fused=_fused("HardSwish", (add, gate, divide, mul), x, {"_scale": scaled}))
+        after = g.sole_consumer(mul.outputs[0])
+        factor = _sixth(after, mul.outputs[0], g)
+        if after is not None and factor is not None:
+            return _Match(nodes=(add, gate, mul, after),
+                          fused=_fused("HardSwish", (add, gate, mul, after), x, {"_scale": factor}))
+        return _Match(nodes=(add, gate, mul), fused=_fused("HardSwish", (add, gate, mul), x, {"_scale": 6.0}))
     return None
 
 
@@ -471,7 +548,7 @@ def fuse_patterns(nodes: Sequence[OnnxNode], constants: Mapping[str, np.ndarray]
         elif node.op_type == "Tanh":
             match = _match_gelu_tanh(node, g)
         elif node.op_type == "Mul":
-            match = _match_gated(node, g)
+            match = _match_gated(node, g) or _match_hard_swish_clip(node, g)
         elif node.op_type == "ReduceMean":
             match = _match_layer_norm(node, g) or _match_rms_norm(node, g)
         elif node.op_type == "Exp":
