@@ -33,6 +33,12 @@ Average pooling is such a map too: window sums of the zero-padded input (K the w
 1/count, the executor's count per window, held as hi + lo with its exact remainder.
 The other operators: sums and differences of two values by TwoSum (exact) plus the float64 sum of
 the low parts (within 2u of it); Max and Min of values and a constant as b + max(a - b, 0);
+products of two values by TwoProduct (Dekker's, with Veltkamp's splitting: exact without overflow
+or underflow) of the high parts plus the float64 sum of the cross terms, within 6u of their
+magnitudes; HardSwish as 0, x or x (x + 3) / 6 by the side of -3 and 3 that h + l lies on (the sum,
+the product and the multiplication by 1/6 held as hi + lo with its exact remainder, all as above;
+an entry within a few ulps of -3 or 3 adds what the other branch would differ by), with the bound
+(3/2) E of its Lipschitz constant; HardSigmoid as the affine map then the clip;
 Relu, Clip, LeakyRelu, PRelu by the sign of h + l (exact: h is
 the rounded value of h + l after each TwoSum, so |l| <= u |h|): a unit whose value is at distance
 more than E from the kink keeps its exact branch, one within E takes the branch of h + l with the
@@ -98,6 +104,22 @@ def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     bb = s - a
     e = (a - (s - bb)) + (b - bb)
     return s, e
+
+
+_SPLITTER = 134217729.0  # 2^27 + 1: Veltkamp's splitting of a float64 into two 26-bit halves
+
+
+def two_prod(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p = fl(a b) and e with a b = p + e exactly (Dekker's TwoProduct with Veltkamp's splitting;
+    exact when neither the splitting overflows, |a|, |b| < 2^995, nor a partial product
+    underflows, which the callers' absolute slack TINY covers)."""
+    p = a * b
+    ca, cb = _SPLITTER * a, _SPLITTER * b
+    ah = ca - (ca - a)
+    bh = cb - (cb - b)
+    al, bl = a - ah, b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
 
 
 def _up(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -375,17 +397,26 @@ class PreciseModel:
                 return self._leaky(np.asarray(slope, dtype=np.float64))
             case O.Clip(min=lo_c, max=hi_c):
                 def clip(xs: list[Value], lo_c: float | None = lo_c, hi_c: float | None = hi_c) -> Value:
-                    v = xs[0]
-                    own = torch.zeros_like(v.h)
-                    if lo_c is not None:
-                        v = _kink(v, float(lo_c))
-                        own = own + v.own if v.own is not None else own
-                    if hi_c is not None:  # min(v, c) = -max(-v, -c); 1-Lipschitz: own errors add
-                        v = _neg(_kink(_neg(v), -float(hi_c)))
-                        own = own + v.own if v.own is not None else own
-                    return Value(h=v.h, l=v.l, e=v.e, own=own * (1 + 2 * U))
+                    return _clip(xs[0], lo_c, hi_c)
 
                 return clip
+            case O.Mul():
+                return lambda xs: _mul(xs[0], xs[1])
+            case O.HardSwish():
+                return self._hard_swish()
+            case O.HardSigmoid(alpha=alpha, beta=beta):
+                scaled = self._linear_step(self._linear(np.asarray(alpha, dtype=np.float64), None, 0.0,
+                                                        lambda c, x: x * c, 1,
+                                                        torch.tensor(float(beta), dtype=torch.float64)))
+
+                def hard_sigmoid(xs: list[Value], scaled: Callable[[list[Value]], Value] = scaled) -> Value:
+                    z = scaled(xs)
+                    y = _clip(z, 0.0, 1.0)
+                    assert y.own is not None
+                    own = y.own if z.own is None else (y.own + z.own) * (1 + 2 * U)  # clip is 1-Lipschitz
+                    return Value(h=y.h, l=y.l, e=y.e, own=own)
+
+                return hard_sigmoid
             case O.MaxPool() | O.GlobalMaxPool():
                 return self._max_pool(node)
             case O.Pad():
@@ -449,6 +480,45 @@ class PreciseModel:
             return Value(h=h, l=l, e=_fit(e, h), own=None if own is None else _fit(own, h))
 
         return step
+
+    def _hard_swish(self) -> Callable[[list[Value]], Value]:
+        """HardSwish(x) = 0 (x <= -3), x (x >= 3), x (x + 3) / 6 between, each branch taken by the side
+        of -3 and 3 that h + l lies on and evaluated there in double-double (the middle: TwoSum,
+        TwoProduct, 1/6 as hi + lo with its exact remainder); the inputs' distance E to the exact
+        values moves the output by at most (3/2) E, its Lipschitz constant. Where h + l is within a
+        few ulps of -3 or 3 the side may be misread: the two branches meet there and are each
+        (3/2)-Lipschitz, so they differ by at most 3 |h + l -+ 3|, added to the own error."""
+        import torch
+
+        exact = Fraction(1, 6)
+        hi = float(exact)
+        lo = float(exact - Fraction(hi))
+        rest = float(abs(exact - Fraction(hi) - Fraction(lo))) * (1.0 + 4 * U) + TINY
+        sixth = self._linear_step(self._linear(np.asarray(hi), np.asarray(lo), rest, lambda c, x: x * c, 1, None))
+
+        def side(v: Value, c: float) -> torch.Tensor:
+            """Where h + l > c (up to the entries ``near`` takes care of)."""
+            d_h, d_l = two_sum(v.h, torch.full_like(v.h, -c))
+            return two_sum(d_h, d_l + v.l)[0] > 0.0
+
+        def hard_swish(xs: list[Value]) -> Value:
+            v = xs[0]
+            zero = torch.zeros_like(v.h)
+            x0 = Value(h=v.h, l=v.l, e=zero)  # the enclosure's centre, as exact: the own error alone
+            t = _add(x0, Value(h=torch.full_like(v.h, 3.0), l=zero, e=zero))
+            mid = sixth([_mul(t, x0)])
+            above, below = side(v, 3.0), ~side(v, -3.0)
+            h = torch.where(above, v.h, torch.where(below, zero, mid.h))
+            l = torch.where(above, v.l, torch.where(below, zero, mid.l))  # noqa: E741
+            own = torch.where(above | below, zero, mid.e)
+            for c in (3.0, -3.0):
+                gap = (v.h - c).abs() + v.l.abs()
+                near = gap <= 16 * U * (v.h.abs() + 3.0) + TINY
+                own = own + torch.where(near, 3.0 * gap * (1 + 4 * U) + TINY, zero)
+            own = own * (1 + 4 * U)
+            return Value(h=h, l=l, e=(1.5 * v.e + own) * (1 + 4 * U), own=own)
+
+        return hard_swish
 
     def _leaky(self, slope: np.ndarray) -> Callable[[list[Value]], Value]:
         import torch
@@ -715,6 +785,34 @@ def _add(a: Value, b: Value, sign: float = 1.0) -> Value:
     return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U), own=rounding)
 
 
+def _mul(a: Value, b: Value) -> Value:
+    """a b (broadcasting): TwoProduct of the high parts (exact) plus the cross terms h_a l_b + l_a h_b +
+    l_a l_b summed with its error term in float64 (each product within u, the three additions
+    within gamma_3 of the magnitudes: 6u in all), one TwoSum to normalise. The inputs' distances
+    move the product by at most |a| E_b + |b| E_a + E_a E_b."""
+    p, pe = two_prod(a.h, b.h)
+    t1, t2, t3 = a.h * b.l, a.l * b.h, a.l * b.l
+    h, l = two_sum(p, ((pe + t1) + t2) + t3)  # noqa: E741
+    own = 6 * U * (pe.abs() + t1.abs() + t2.abs() + t3.abs()) * (1 + 4 * U) + TINY
+    size_a, size_b = a.h.abs() + a.l.abs(), b.h.abs() + b.l.abs()
+    e = (size_a * b.e + size_b * a.e + a.e * b.e + own) * (1 + 8 * U)
+    return Value(h=h, l=l, e=e, own=own)
+
+
+def _clip(v: Value, lo_c: float | None, hi_c: float | None) -> Value:
+    """min(max(v, lo), hi) by the kinks' sides (``_kink``); 1-Lipschitz, so the own errors add."""
+    import torch
+
+    own = torch.zeros_like(v.h)
+    if lo_c is not None:
+        v = _kink(v, float(lo_c))
+        own = own + v.own if v.own is not None else own
+    if hi_c is not None:  # min(v, c) = -max(-v, -c)
+        v = _neg(_kink(_neg(v), -float(hi_c)))
+        own = own + v.own if v.own is not None else own
+    return Value(h=v.h, l=v.l, e=v.e, own=own * (1 + 2 * U))
+
+
 def _max2(a: Value, b: Value) -> Value:
     """max(a, b) = b + max(a - b, 0); each step 1-Lipschitz, so the own errors add."""
     d = _add(a, b, -1.0)
@@ -756,4 +854,4 @@ def _kink(v: Value, c: float) -> Value:
     return Value(h=h, l=l, e=e, own=own)
 
 
-__all__ = ["PASSES", "PreciseModel", "Value", "extract", "memory_estimate", "two_sum"]
+__all__ = ["PASSES", "PreciseModel", "Value", "extract", "memory_estimate", "two_prod", "two_sum"]

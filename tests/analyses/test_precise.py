@@ -38,11 +38,13 @@ def _one(op: O.Op, shapes: list[tuple[int, ...]]) -> Graph:
     return with_shapes(g)
 
 
-def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26, than_float64: bool = True) -> float:
+def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26, than_float64: bool = True,
+           telescoped: bool = True) -> float:
     """Every entry of the precise model's enclosure h + l is within its e of the exact output, e is
     below ``rel`` times the outputs' size and far below float64's bound (``than_float64``: an
     operator that float64 evaluates exactly, such as max, has none); ``evaluate``'s rounded
-    outputs are within its L2 bound. Returns the largest e."""
+    outputs are within its L2 bound; with ``telescoped``, the telescoped bound of the certified
+    operator bounds holds too (a graph with a product of two values has none). Returns the largest e."""
     model = PreciseModel(graph, dict(graph.shapes))
     assert model.supported, model.why
     flat = torch.from_numpy(np.concatenate([x.ravel() for x in xs]))
@@ -69,7 +71,7 @@ def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1
     gap = math.sqrt(float(sum((Fraction(float(h)) + Fraction(float(lo)) - t) ** 2 for h, lo, t in
                               zip(out.h.numpy().ravel(), out.l.numpy().ravel(), truth, strict=True))))
     # looser on small networks (global S_v); each norm has a floor for squares that underflow
-    assert gap <= tele.telescoped <= 1e-20 * size + 1e-152 * len(graph.nodes) * math.sqrt(len(truth))
+    assert not telescoped or gap <= tele.telescoped <= 1e-20 * size + 1e-152 * len(graph.nodes) * math.sqrt(len(truth))
     return worst
 
 
@@ -357,3 +359,68 @@ def test_equal_weights_share_their_slices_and_different_ones_do_not() -> None:
     x = _wide(rng, 1, 130) * 1e-8
     ew, eo = _exact(w), _exact(other)
     _check(g, [x], ((_exact(x) @ ew.T) @ ew.T) @ eo.T, rel=1e-24)
+
+
+def _hard_swish_exact(v: Fraction) -> Fraction:
+    return Fraction(0) if v <= -3 else v if v >= 3 else v * (v + 3) / 6
+
+
+@pytest.mark.parametrize("kind", ["hardswish", "hardsigmoid"])
+def test_hard_activations_near_and_far_from_their_kinks(kind: str) -> None:
+    """A linear map with cancellation puts units within a few ulps of HardSwish's kinks -3 and 3
+    (and of HardSigmoid's 0 and 1) and others far from them: every entry within its bound of the
+    exact value, far below float64's bound."""
+    rng = np.random.default_rng(21)
+    w = _wide(rng, 40, 30)
+    x = _wide(rng, 1, 30)
+    if kind == "hardswish":
+        bias = np.where(np.arange(40) % 2 == 0, 3.0, -3.0)
+        op: O.Op = O.HardSwish()
+        ref: Callable[[Fraction], Fraction] = _hard_swish_exact
+    else:
+        bias = np.where(np.arange(40) % 2 == 0, 0.5, -0.5) * 6.0  # alpha z + beta near 0 and 1
+        op = O.HardSigmoid(alpha=1 / 6, beta=0.5)
+        ref = lambda v: min(max(Fraction(1 / 6) * v + Fraction(0.5), Fraction(0)), Fraction(1))  # noqa: E731
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 30)),), outputs=("y",), nodes=(
+        Node(name="a", op=O.Linear(weight=w, bias=bias), inputs=("x",), output="z"),
+        Node(name="b", op=op, inputs=("z",), output="y"))))
+    z = _exact(x) @ _exact(w).T + _exact(bias)
+    _check(g, [x * 1e-12], np.vectorize(ref, otypes=[object])(_exact(x * 1e-12) @ _exact(w).T + _exact(bias)))
+    _check(g, [x], np.vectorize(ref, otypes=[object])(z))
+
+
+def test_products_of_two_values_with_broadcasting() -> None:
+    """A squeeze-and-excitation gate: a (1, 3, 4, 4) map times a (1, 3, 1, 1) gate from its pooled
+    HardSigmoid, as MobileNetV3 computes it, against the exact outputs."""
+    rng = np.random.default_rng(5)
+    w1 = _wide(rng, 3, 2, 3, 3)
+    wl, bl = _wide(rng, 3, 3) * 1e-3, _wide(rng, 3)
+    x = _wide(rng, 1, 2, 4, 4) * 1e-3
+    nodes = (
+        Node(name="c1", op=O.Conv(weight=w1, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1)), inputs=("x",), output="a"),
+        Node(name="hs", op=O.HardSwish(), inputs=("a",), output="b"),
+        Node(name="gap", op=O.GlobalAvgPool(), inputs=("b",), output="c"),
+        Node(name="flat", op=O.Reshape(shape=(1, 3)), inputs=("c",), output="d"),
+        Node(name="fc", op=O.Linear(weight=wl, bias=bl), inputs=("d",), output="e"),
+        Node(name="hsig", op=O.HardSigmoid(alpha=0.2, beta=0.5), inputs=("e",), output="f"),
+        Node(name="up", op=O.Reshape(shape=(1, 3, 1, 1)), inputs=("f",), output="g"),
+        Node(name="gate", op=O.Mul(), inputs=("b", "g"), output="y"),
+    )
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 2, 4, 4)),), outputs=("y",), nodes=nodes))
+    a = _conv2d(_exact(x[0]), _exact(w1), 1, 1)
+    b = np.vectorize(_hard_swish_exact, otypes=[object])(a)
+    c = b.sum(axis=(1, 2)) / 16
+    e = _exact(wl) @ c + _exact(bl)
+    f = np.vectorize(lambda v: min(max(Fraction(0.2) * v + Fraction(0.5), Fraction(0)), Fraction(1)), otypes=[object])(e)
+    _check(g, [x], (b * f[:, None, None])[None], rel=1e-24,  # wide values: cancellation in the conv
+           telescoped=False)
+
+
+def test_two_prod_is_exact() -> None:
+    from stabaudit.analyses.precise import two_prod
+
+    rng = np.random.default_rng(2)
+    a, b = _wide(rng, 200) * 1e3, rng.standard_normal(200) * 10.0 ** rng.uniform(-30, 30, 200)
+    p, e = two_prod(torch.from_numpy(a), torch.from_numpy(b))
+    for ai, bi, pi, ei in zip(a, b, p.numpy(), e.numpy(), strict=True):
+        assert Fraction(float(ai)) * Fraction(float(bi)) == Fraction(float(pi)) + Fraction(float(ei))
