@@ -140,6 +140,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
         ForwardErrorModel,
         confirm_quotient,
         error_sensitivities,
+        escalated_plan,
         forward_macs,
         precise_doubtful,
         precise_plan,
@@ -211,6 +212,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                     precise_still = precise_doubtful(precise, ratio, x[0], macs)
                     if precise_still is not None:
                         precise = None
+                    else:
+                        precise_left = escalated_plan(precise, precise_left, macs)
             if precise is None or precise_left < 2:
                 # the error bound swamps the outputs at the center and a drawn point (or at the
                 # center alone, beyond lower.DECISIVE_RATIO): no pair of this box is searched (a
@@ -221,7 +224,8 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                 continue
             confirm_with, most = precise, precise_left // 2
             precise_left -= 2 * most
-            notes.append("pairs confirmed in double-double where float64's error bound swamps the outputs")
+            notes.append(f"pairs confirmed in {getattr(precise, 'arithmetic', 'double-double')} arithmetic where "
+                         "float64's error bound swamps the outputs")
         spend(work.box_s)  # the work of a box that is searched
         try:
             with torch.no_grad():

@@ -1357,7 +1357,7 @@ def _confirm_precise(model: Evaluation, pop: _Population, pairs: _PairAscent, do
                 at_x = model.evaluate(x)
                 ratio = _swamped(*at_x) if used == 0 else None
                 if ratio is not None:
-                    return 0.0, None, 1, _swamped_why(ratio, "double-double error bound") + _NO_QUOTIENT
+                    return 0.0, None, 1, _swamped_why(ratio, f"{getattr(model, 'arithmetic', 'double-double')} error bound") + _NO_QUOTIENT
                 base = float(x.norm()) + domain_scale
                 want = 2.0 * PRECISE_MARGIN * at_x[1] / max(sigma * base, 1e-300)
                 h = min(max(want, PRECISE_STEP), PRECISE_MAX_STEP)
@@ -1463,13 +1463,31 @@ def precise_doubtful(precise: PreciseModel, ratio: float, x: torch.Tensor, macs:
     double-double evaluation at ``x`` (one evaluation of a network of ``macs`` multiply-adds,
     charged here): why it cannot confirm a quotient either (its own bound swamps the outputs
     there), or None (worth searching with)."""
-    from stabaudit.analyses.precise import PASSES
+    from stabaudit.analyses.precise import LIMBS, PASSES, PASSES_4
 
     if ratio <= PRECISE_DOUBT:
         return None
     plan.spend(PASSES * macs / plan.LOWER_MACS_PER_S)
-    still, _, _ = unconfirmable_at(precise, (x,), "double-double error bound")
-    return still
+    still, _, _ = unconfirmable_at(precise, (x,), "multi-limb error bound")
+    if precise.limbs > LIMBS[0]:  # two limbs were not enough: the evaluation was made again with four
+        plan.spend(PASSES_4 * macs / plan.LOWER_MACS_PER_S)
+    # named by the arithmetic the model ended in (four limbs where two were not enough)
+    return None if still is None else still.replace("multi-limb", precise.arithmetic, 1)
+
+
+def escalated_plan(precise: PreciseModel, count: int, macs: float) -> int:
+    """The evaluations that ``count`` planned two-limb evaluations (charged by ``precise_plan``) buy
+    once the model takes four limbs (``precise.PreciseModel.evaluate``): as many as the same work
+    buys, at least PRECISE_LEAST (the difference charged here)."""
+    from stabaudit.analyses.precise import LIMBS, PASSES, PASSES_4
+
+    if precise.limbs == LIMBS[0]:
+        return count
+    fewer = max(PRECISE_LEAST, int(count * PASSES / PASSES_4))
+    extra = fewer * PASSES_4 - count * PASSES
+    if extra > 0:
+        plan.spend(extra * macs / plan.LOWER_MACS_PER_S)
+    return fewer
 
 
 def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel, macs: float,
@@ -1612,8 +1630,10 @@ def lower_bound(
     # the test's float64 evaluations are work of this search (charged whatever they decide)
     plan.spend(checked * _CONFIRM_PASSES * search.fwd / plan.LOWER_MACS_PER_S)
     precise_evaluations = 0
+    precise: PreciseModel | None = None
     if hopeless is not None:
-        # deep networks: the double-double evaluation's error bound is some 2^-50 of float64's;
+        # deep networks: the double-double evaluation's error bound is some 2^-50 of float64's (and
+        # four limbs' some 2^-100 of that, taken where two are not enough);
         # the search runs and its best pairs are confirmed with it, as many as its share buys (at
         # least PRECISE_LEAST when they are planned within PRECISE_FLOOR_S), memory permitting
         assert isinstance(model, ForwardErrorModel)
@@ -1626,6 +1646,7 @@ def lower_bound(
         if still is not None:  # swamped in double-double too: the search could confirm nothing
             return LowerResult(value=0.0, method=f"not searched: {swamped_both(hopeless, still)}", witness=None,
                                seconds=time.perf_counter() - start_time, evaluations=checked + 1)
+        precise_evaluations = escalated_plan(precise, precise_evaluations, search.fwd)
         model = precise
     pool, adam_steps, jac_every, proposals = _plan(search, starts, steps, budget_s)
     # the plan fills the budget's units, and at least the smallest plan
@@ -1708,7 +1729,8 @@ def lower_bound(
     method = (
         f"multi-start jacobian ascent + difference quotient ({k} starts from {screened} screened, "
         f"{rounds} rounds of {adam_steps} pair steps and {proposals} proposals, {jac}, "
-        + (f"double-double evaluation of up to {precise_evaluations} points with its error bound; "
+        + (f"{precise.arithmetic if precise is not None else 'double-double'} evaluation of up to "
+           f"{precise_evaluations} points with its error bound; "
            f"{hopeless.removesuffix(_NO_QUOTIENT)})"
            if precise_evaluations and hopeless else "float64 error bound)")
     )

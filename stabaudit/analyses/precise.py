@@ -1,20 +1,31 @@
-"""The exact outputs of piecewise-linear networks to about 100 bits, with a certified error bound.
+"""The exact outputs of a network to 100 bits and more, with a certified error bound.
 
 Why. A lower bound of the Lipschitz constant is a difference quotient ||f(y) - f(x)|| / ||y - x||
 of the exact function of the stored weights; the float64 evaluation is within a certified error
 bound of it (``lower.ForwardErrorModel``), and a quotient counts only when the computed difference
-exceeds the two points' bounds. In deep networks (a ResNet-18 at 224x224) that bound, which
-follows |W| through every layer, reaches many times the output itself: no quotient can be
-confirmed in float64. This module evaluates the same graph with values carried as unevaluated sums
-h + l of two float64 tensors (double-double, about 106 bits) and a componentwise bound E of the
-distance to the exact value, so that the error bound shrinks by some 2^-50 and quotients confirm.
+exceeds the two points' bounds. In deep networks (a ResNet-18 at 224x224, a MobileNetV3 of 30
+layers) that bound, which follows |W| through every layer, reaches many times the output itself:
+no quotient can be confirmed in float64. This module evaluates the same graph with each value
+carried as an unevaluated sum of K float64 tensors (K limbs: double-double for K = 2, about 106
+bits; K = 4 about 210 bits) and a componentwise bound E of the distance to the exact value, so that
+the error bound shrinks by some 2^-50 per limb beyond the first and quotients confirm. The model
+starts with two limbs and takes four from then on when an evaluation's bound is still above
+ESCALATE times its outputs (its |W| growth is that large; ``PreciseModel.limbs``).
+
+Sums of limbs (``_distill``): the terms of an exact sum (limbs, TwoSum and TwoProduct results)
+are passed twice through VecSum (Ogita, Rump and Oishi, "Accurate sum and dot product", SIAM J.
+Sci. Comput. 26, 2005: a cascade of TwoSum that keeps the sum exactly, its first term the
+float64 sum and the others the errors); the first term is a limb and the others are distilled
+again, until K - 1 limbs are taken; the last limb is the float64 sum of what is left, whose error
+(gamma_(n-1) times the sum of its magnitudes, Higham, Accuracy and Stability, 4.2) joins the
+node's own error. Every value is exactly the sum of its limbs up to that bound.
 
 How a linear map is applied (error-free transformation by splitting; Ozaki, Ogita, Oishi and Rump,
 "Error-free transformations of matrix multiplication by using fast routines of matrix
 multiplication and its applications", Numer. Algorithms 59, 2012). A node y = A(W, x) + b whose
 output entries are sums of K products w x (Linear, Conv, ConvTranspose; Affine with K = 1; means
 and sums with the coefficient 1/n or 1) splits W and x into slices W = W_1 + .. + W_P + W_r and
-x = x_1 + .. + x_Q + x_r. Slice p of a tensor t is extracted with sigma = 2^k as
+x = x_1 + .. + x_Q + x_r (Q grows with the limbs). Slice p of a tensor t is extracted with sigma = 2^k as
 q = fl(fl(sigma + t) - sigma) (Rump, Ogita and Oishi, "Accurate floating-point summation part I",
 SIAM J. Sci. Comput. 31, 2008, ExtractVector): with max |t| <= 2^e and k = e + 54 - beta, q is
 exact, a multiple of 2^(k-53) with fewer than 2^beta units, and |t - q| <= 2^(k-53) (t - q is exact
@@ -22,39 +33,38 @@ too). Choosing 2 beta + ceil(log2 K) <= 53, every product of slices w_p x_q is a
 2^(k_p + k_q - 106) with fewer than 2^(2 beta) units, and every sum of K of them, in any order, has
 fewer than 2^53 units: the float64 kernel A(W_p, x_q) is exact, however it orders its sums, as long
 as it computes sums of products (no transform-based convolution; torch's float64 CPU kernels are
-im2col and dot products). The exact terms are added by TwoSum (Knuth), which keeps the sum
-s and its rounding errors exactly; the errors are summed in float64, each addition within u of
-its result. What the slices leave out is bounded by |A|(|W|, |x_r|) + |A|(|W_r| + D, |h| + |l|)
-(D: a bound of the coefficient's own representation error, for 1/n), computed in float64 with
-the relative margin (1 + 2 gamma_(K+2)) of a sum of nonnegative terms (Higham, Accuracy and
-Stability, Lemma 3.1). The error in from the input, |A(W, e)| <= |A|(|W|, E), is propagated alike.
+im2col and dot products). The exact terms are added into K limbs by a cascade of TwoSum (Knuth),
+exact; what falls off the last limb is bounded by its magnitude. What the slices leave out is
+bounded by |A|(|W|, |x_r|) + |A|(|W_r| + D, |x|) (D: a bound of the coefficient's own
+representation error, for 1/n), computed in float64 with the relative margin (1 + 2 gamma_(K+2))
+of a sum of nonnegative terms (Higham, Lemma 3.1). The error in from the input, |A(W, e)| <=
+|A|(|W|, E), is propagated alike.
 
 Average pooling is such a map too: window sums of the zero-padded input (K the window size) times
-1/count, the executor's count per window, held as hi + lo with its exact remainder.
-The other operators: sums and differences of two values by TwoSum (exact) plus the float64 sum of
-the low parts (within 2u of it); Max and Min of values and a constant as b + max(a - b, 0);
-products of two values by TwoProduct (Dekker's, with Veltkamp's splitting: exact without overflow
-or underflow) of the high parts plus the float64 sum of the cross terms, within 6u of their
-magnitudes; HardSwish as 0, x or x (x + 3) / 6 by the side of -3 and 3 that h + l lies on (the sum,
-the product and the multiplication by 1/6 held as hi + lo with its exact remainder, all as above;
-an entry within a few ulps of -3 or 3 adds what the other branch would differ by), with the bound
-(3/2) E of its Lipschitz constant; HardSigmoid as the affine map then the clip;
-Relu, Clip, LeakyRelu, PRelu by the sign of h + l (exact: h is
-the rounded value of h + l after each TwoSum, so |l| <= u |h|): a unit whose value is at distance
-more than E from the kink keeps its exact branch, one within E takes the branch of h + l with the
-bound max(1, |slope|) E (the operator is Lipschitz with that constant); max pooling as the
-lexicographic maximum of (h, l) over each window (exact on normalised pairs) with the window's
-largest E; entries moved (reshape, transpose, slice, gather, tile, concat, constant pad, nearest
-resizing) move h, l and E alike. Any other operator is evaluated in float64 on fl(h + l) with the
-float64 error rules of ``lower.ForwardErrorModel`` when one is given (from there on the bound is
-float64's, which costs little near the outputs: a softmax or sigmoid head); without one the graph
-is not supported (``PreciseModel.why`` says which operator).
+1/count, the executor's count per window, held in limbs with its exact remainder.
+The other operators: sums and differences of two values as the distilled limbs of both (exact up
+to the last limb's rounding); products of two values by TwoProduct (Dekker's, with Veltkamp's
+splitting: exact without overflow or underflow) of every pair of limbs whose orders sum below K,
+the others bounded by their magnitudes; HardSwish as 0, x or x (x + 3) / 6 by the side of -3 and 3
+that the value lies on (the sum, the product and the multiplication by 1/6 in limbs, 1/6 with its
+exact remainder), with the bound (3/2) E of its Lipschitz constant; HardSigmoid as the affine map
+then the clip; Max and Min of values and a constant as b + max(a - b, 0); Relu, Clip, LeakyRelu,
+PRelu by the side of the kink that the value's limbs sum to: the difference to the kink is
+distilled and summed in float64 within r (gamma_(K+1) of its magnitudes plus what the distilling
+dropped); a unit further than E + r from the kink keeps its exact branch, one within takes the
+branch of the computed sum, with the bound max(1, |slope|) E and, where the side may be misread
+(within r of the kink), the other branch's distance 2 r added; max pooling as that maximum taken
+pairwise over each window, with the window's largest E (max is 1-Lipschitz in the largest
+entry); entries moved (reshape, transpose, slice, gather, tile, concat, constant pad, nearest
+resizing) move the limbs and E alike. Any other operator is evaluated in float64 on the rounded
+sum of the limbs with the float64 error rules of ``lower.ForwardErrorModel`` when one is given
+(from there on the bound is float64's, which costs little near the outputs: a softmax or sigmoid
+head); without one the graph is not supported (``PreciseModel.why`` says which operator).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -75,7 +85,7 @@ if TYPE_CHECKING:
 
 U = 2.0**-53  # unit roundoff of float64
 TINY = 1e-290  # absolute slack against underflow
-SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P)
+SLICES = 4  # slices of a value (Q) and at most as many of a coefficient (P), with two limbs
 # slices whose unit would fall below 2^MIN_UNIT_EXPONENT stay in the remainder (their products
 # could underflow)
 MIN_UNIT_EXPONENT = -480
@@ -84,8 +94,21 @@ MIN_UNIT_EXPONENT = -480
 # one core, with the sensitivities: the malviz ResNet-18 at 224x224 1.79 s for a float64 pass
 # planned at 0.118 s, a seeded ResNet-50 4.67 s for 0.265 s, the captcha CRNN 1.10 s for 0.070 s)
 PASSES = 16.0
+# the same with four limbs (the ResNet-18 above: 4.55 s; a MobileNetV3-style classifier, whose
+# elementwise operators the cost model does not count, 142 planned passes with four, 42 with two)
+PASSES_4 = 40.0
+LIMBS = (2, 4)  # the limbs of the first evaluations, and of those after an escalation
+# an evaluation whose bound is above ESCALATE times its outputs' norm is done again with the
+# most limbs (and so are the later ones)
+ESCALATE = 1e-10
 
 _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
+
+
+def slices_for(limbs: int, beta: int) -> int:
+    """Slices of a value for ``limbs`` limbs at ``beta`` bits a slice: SLICES for two, and enough
+    for 53 bits a limb beyond."""
+    return SLICES if limbs <= 2 else max(SLICES, math.ceil((53 * limbs + 8) / beta))
 
 
 def _gamma(k: int) -> float:
@@ -155,26 +178,137 @@ def extract(parts: Sequence[torch.Tensor], beta: int, count: int) -> tuple[list[
 
 @dataclass
 class Value:
-    """An enclosure of an exact tensor v: |v - (h + l)| <= e entry-wise."""
+    """An enclosure of an exact tensor v: |v - sum(parts)| <= e entry-wise (the parts are the
+    limbs, largest first, at most the model's number of limbs)."""
 
-    h: torch.Tensor
-    l: torch.Tensor  # noqa: E741
+    parts: list[torch.Tensor]
     e: torch.Tensor
-    # the node's own part of e: |node(h_in + l_in) - (h + l)| for its inputs' enclosures taken as
-    # exact (None: 0), for the telescoped bound
+    # the node's own part of e: |node(inputs' sums) - sum(parts)| for its inputs' enclosures taken
+    # as exact (None: 0), for the telescoped bound
     own: torch.Tensor | None = None
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.parts[0]
+
+    def total(self) -> torch.Tensor:
+        """The float64 sum of the limbs, smallest first."""
+        return self.rounded()[0]
+
+    def rounded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the float64 sum of the limbs, smallest first; a bound of its distance to their exact
+        sum): each addition is within u of its result, so u times the sum of the partial results'
+        magnitudes (rounded up)."""
+        import torch
+
+        out = self.parts[-1]
+        err = torch.zeros_like(out)
+        for p in reversed(self.parts[:-1]):
+            out = out + p
+            err = err + out.abs()
+        return out, err * (U * (1 + 4 * len(self.parts) * U))
+
+    def magnitude(self) -> torch.Tensor:
+        """sum |parts|, rounded up."""
+        out = self.parts[0].abs()
+        for p in self.parts[1:]:
+            out = out + p.abs()
+        return out * (1 + (len(self.parts) + 2) * U)
+
+    def exactly(self) -> Value:
+        """The same limbs with no distance to an exact value: what a node's own error is measured on."""
+        import torch
+
+        return Value(parts=self.parts, e=torch.zeros_like(self.e))
+
+
+def _constant(like: torch.Tensor, c: float) -> Value:
+    import torch
+
+    return Value(parts=[torch.full_like(like, c)], e=torch.zeros_like(like))
+
+
+def _where(mask: torch.Tensor, a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Limb by limb where(mask, a, b), the shorter list padded with zeros."""
+    import torch
+
+    n = max(len(a), len(b))
+    zero = torch.zeros_like(a[0] if a else b[0])
+    return [torch.where(mask, a[i] if i < len(a) else zero, b[i] if i < len(b) else zero) for i in range(n)]
+
+
+def _vec_sum(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One VecSum pass: the same exact sum, the first term the float64 sum (bottom up), the others
+    the TwoSum errors."""
+    out = list(parts)
+    s = out[-1]
+    for i in range(len(out) - 2, -1, -1):
+        s, out[i + 1] = two_sum(out[i], s)
+    out[0] = s
+    return out
+
+
+def _distill(parts: Sequence[torch.Tensor], limbs: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """At most ``limbs`` limbs whose sum is that of ``parts`` up to the returned bound (None: exact):
+    two VecSum passes give a limb and the rest, distilled again, until the last limb, the float64
+    sum of what is left (within gamma_(n-1) of its magnitudes)."""
+    import torch
+
+    rest = list(torch.broadcast_tensors(*parts)) if len(parts) > 1 else list(parts)
+    out: list[torch.Tensor] = []
+    while len(out) < limbs - 1 and len(rest) > 1:
+        rest = _vec_sum(_vec_sum(rest))
+        out.append(rest[0])
+        rest = rest[1:]
+    if len(rest) == 1:
+        return out + rest, None
+    total, size = rest[-1], rest[-1].abs()
+    for r in reversed(rest[:-1]):
+        total = total + r
+        size = size + r.abs()
+    return out + [total], size * _gamma(len(rest)) + TINY
+
+
+def _accumulate(terms: Iterable[torch.Tensor], limbs: int, extra: torch.Tensor | None = None,
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(limbs, bound) with |sum(terms) + extra - sum(limbs)| <= bound: each term added into the
+    limbs by a cascade of TwoSum (exact), what falls off the last limb summed in magnitude, then
+    distilled; broadcast to a common shape."""
+    import torch
+
+    parts: list[torch.Tensor] = []
+    dropped: torch.Tensor | None = None
+    count = 0
+    for t in ([*terms, extra] if extra is not None else terms):
+        count += 1
+        if not parts:
+            parts = [t.clone()]
+            continue
+        carry = t
+        for i in range(len(parts)):
+            parts[i], carry = two_sum(parts[i], carry)
+        if len(parts) < limbs:
+            parts.append(carry)
+        else:
+            dropped = carry.abs() if dropped is None else dropped + carry.abs()
+    out, left = _distill(parts, limbs)
+    bound = torch.zeros_like(out[0]) + TINY
+    if dropped is not None:
+        bound = bound + _up(dropped, count)
+    if left is not None:
+        bound = bound + left
+    return out, bound * (1 + 2 * U)
 
 
 @dataclass(frozen=True)
 class _Sliced:
-    """A coefficient hi (+ lo) as slices: hi + lo = sum(slices) + the remainder, |remainder| <= left;
-    magnitude >= |hi| + |lo| (both rounded up)."""
+    """A coefficient (a sum of limbs) as slices: sum(limbs) = sum(slices) + the remainder,
+    |remainder| <= left; magnitude >= sum |limbs| (rounded up)."""
 
-    hi: np.ndarray
-    lo: np.ndarray | None
+    limbs: tuple[np.ndarray, ...]
     slices: tuple[torch.Tensor, ...]
     left: torch.Tensor
-    magnitude: torch.Tensor  # |hi| + |lo|
+    magnitude: torch.Tensor  # sum |limbs|
     zero: torch.Tensor
 
 
@@ -192,47 +326,46 @@ class _Linear:
     rest_nonzero: bool = True  # False: the slices hold the exact coefficient (rest is 0)
 
 
-def _accumulate(terms: Iterable[torch.Tensor], extra: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h, l, bound) with |sum(terms) + extra - (h + l)| <= bound: TwoSum of the exact terms (taken
-    one at a time, so that they need not all be held), their errors summed in float64 (each
-    addition within u of its result), then one TwoSum to normalise; broadcast to a common shape."""
-    import torch
-
-    it = iter(terms)
-    s = next(it)
-    if extra is not None:
-        s = s.expand(torch.broadcast_shapes(s.shape, extra.shape))
-    s = s.clone()
-    c = torch.zeros_like(s)
-    mag = torch.zeros_like(s)
-    count = 1
-    for t in itertools.chain(it, [] if extra is None else [extra]):
-        s, err = two_sum(s, t)
-        c = c + err
-        mag = mag + c.abs()
-        count += 1
-    h, l = two_sum(s, c)  # noqa: E741
-    return h, l, _up(mag * U, count)
+def _fraction_limbs(exact: Fraction, limbs: int) -> tuple[list[float], float]:
+    """The limbs of a rational number (each the float64 nearest to what the previous ones leave)
+    and a bound of what they leave."""
+    out, left = [], exact
+    for _ in range(limbs):
+        f = float(left)
+        out.append(f)
+        left = left - Fraction(f)
+        if left == 0:
+            break
+    return out, float(abs(left)) * (1.0 + 4 * U) + (TINY if left != 0 else 0.0)
 
 
 class PreciseModel:
     """``evaluate(x)``: the graph's outputs at x and an upper bound of their distance (L2) to the
-    exact outputs of the stored weights, as ``lower.ForwardErrorModel.evaluate`` gives them."""
+    exact outputs of the stored weights, as ``lower.ForwardErrorModel.evaluate`` gives them.
+    ``limbs``: the limbs of each value now (LIMBS[0], then LIMBS[-1] after an escalation)."""
 
-    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel | None = None):
+    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel | None = None,
+                 limbs: int = LIMBS[0]):
         self.graph = graph
         self.shapes = shapes
+        self.fallback = fallback
         self.why: str | None = None
         self.failure: str | None = None  # why the last evaluation failed (its bound was inf)
-        self._sliced: dict[tuple[tuple[int, ...], bytes, bytes | None, int], list[_Sliced]] = {}
+        self._sliced: dict[tuple[tuple[int, ...], bytes, int, int], list[_Sliced]] = {}
         # S_v of ``fallback`` (``lower.error_sensitivities``): with them, a second bound sum_v S_v
         # ||own_v|| (as ``lower.ForwardErrorModel`` telescopes its own)
         self.sensitivities = dict(fallback.sensitivities) if fallback is not None else {}
+        self.telescoped = math.inf
+        self._build(limbs)
+
+    def _build(self, limbs: int) -> None:
+        self.limbs = limbs
+        self._sliced.clear()
+        self.why = None
         # nodes evaluated in float64 with ``fallback``'s error rules (no exact evaluation here)
         self.in_float64: list[str] = []
         self._steps: list[tuple[Node, Callable[[list[Value]], Value]]] = []
-        for node in graph.nodes:
+        for node in self.graph.nodes:
             try:
                 step = self._step(node)
             except StabauditError:
@@ -240,8 +373,8 @@ class PreciseModel:
             except Exception as exc:  # noqa: BLE001  (a node this module cannot build runs in float64)
                 raise_allocation_failure(exc)
                 step = f"{node.name}: {type(exc).__name__}: {exc}"
-            if isinstance(step, str) and fallback is not None:
-                step = self._float64(node, fallback)
+            if isinstance(step, str) and self.fallback is not None:
+                step = self._float64(node, self.fallback)
                 self.in_float64.append(node.name)
             if isinstance(step, str):
                 self.why = step
@@ -252,6 +385,11 @@ class PreciseModel:
     @property
     def supported(self) -> bool:
         return self.why is None
+
+    @property
+    def arithmetic(self) -> str:
+        """The arithmetic it evaluates in now, as the report names it."""
+        return "double-double" if self.limbs == 2 else f"{self.limbs}-limb (about {53 * self.limbs} bits)"
 
     # ---- building ---------------------------------------------------------------------------------
     def _kernel(self, node: Node, op: O.Op, weight: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
@@ -269,29 +407,29 @@ class PreciseModel:
         kern = _kernel(op, param)
         return lambda *args: kern(list(args))
 
-    def _linear(self, coeff_hi: np.ndarray, coeff_lo: np.ndarray | None, rest: float,
+    def _linear(self, coeff: Sequence[np.ndarray], rest: float,
                 apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], k: int,
                 bias: torch.Tensor | None, extra: torch.Tensor | None = None) -> _Linear:
-        """The linear map's slices; ``rest`` (a number) or ``extra`` (a tensor like the coefficient)
-        bounds |W_exact - (hi + lo)| entry-wise."""
+        """The linear map of the coefficient sum(coeff) (its limbs) as slices; ``rest`` (a number)
+        or ``extra`` (a tensor like the coefficient) bounds |W_exact - sum(coeff)| entry-wise."""
         import torch
 
         beta = _beta(k)
-        hi_a = np.ascontiguousarray(coeff_hi, dtype=np.float64)
-        lo_a = None if coeff_lo is None else np.ascontiguousarray(coeff_lo, dtype=np.float64)
+        count = slices_for(self.limbs, beta)
+        arrays = [np.ascontiguousarray(c, dtype=np.float64) for c in coeff]
         # one weight read by many nodes (the steps of an unrolled recurrence) is sliced once: found
         # by its shape and a few of its entries, and confirmed equal entry by entry
-        stride = max(1, hi_a.size // 64)
-        key = (hi_a.shape, hi_a.ravel()[::stride].tobytes(), None if lo_a is None else lo_a.ravel()[::stride].tobytes(), beta)
-        found = next((c for c in self._sliced.get(key, []) if np.array_equal(c.hi, hi_a) and (
-            (lo_a is None and c.lo is None) or (lo_a is not None and c.lo is not None and np.array_equal(c.lo, lo_a)))),
-            None)
+        stride = max(1, arrays[0].size // 64)
+        key = (arrays[0].shape, b"".join(a.ravel()[::stride].tobytes() for a in arrays), beta, len(arrays))
+        found = next((c for c in self._sliced.get(key, [])
+                      if len(c.limbs) == len(arrays) and all(np.array_equal(p, q) for p, q in zip(c.limbs, arrays,
+                                                                                                   strict=True))), None)
         if found is None:
-            parts = [torch.from_numpy(hi_a.copy())] + ([] if lo_a is None else [torch.from_numpy(lo_a.copy())])
-            slices, left = extract(parts, beta, SLICES)
+            parts = [torch.from_numpy(a.copy()) for a in arrays]
+            slices, left = extract(parts, beta, count)
             # zeros as views of one number (no memory): the remainder of a float32 weight usually is
             zero = torch.zeros((), dtype=torch.float64).expand(parts[0].shape)
-            found = _Sliced(hi=hi_a, lo=lo_a, slices=tuple(slices),
+            found = _Sliced(limbs=tuple(arrays), slices=tuple(slices),
                             left=sum((r.abs() for r in left), zero) * (1.0 + 4 * U) if any(
                                 bool((r != 0).any()) for r in left) else zero,
                             magnitude=sum((p.abs() for p in parts[1:]), parts[0].abs()) * (1.0 + 4 * U),
@@ -299,11 +437,15 @@ class PreciseModel:
             self._sliced.setdefault(key, []).append(found)
         remainder, magnitude = found.left, found.magnitude
         if rest != 0.0 or extra is not None:
-            # |W_exact| <= |hi| + |lo| + D entry-wise (D: the coefficient's representation error)
+            # |W_exact| <= sum |limbs| + D entry-wise (D: the coefficient's representation error)
             d = (rest if extra is None else extra + rest) * (1.0 + 4 * U)
             remainder, magnitude = (remainder + d) * (1.0 + 2 * U), (magnitude + d) * (1.0 + 2 * U)
         return _Linear(apply=apply, slices=found.slices, magnitude=magnitude, rest=remainder, k=k, bias=bias,
                        zero=found.zero, rest_nonzero=remainder is not found.zero)
+
+    def _scalar(self, exact: Fraction) -> tuple[list[np.ndarray], float]:
+        values, rest = _fraction_limbs(exact, self.limbs)
+        return [np.asarray(v) for v in values], rest
 
     def _step(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
@@ -311,6 +453,7 @@ class PreciseModel:
         op = node.op
         out_shape = tuple(self.shapes[node.output])
         rank = len(out_shape)
+        limbs = self.limbs
         match op:
             case O.Linear() | O.Conv() | O.ConvTranspose():
                 if getattr(op, "error", 0.0) != 0.0:
@@ -337,36 +480,33 @@ class PreciseModel:
                 if op.bias is not None:
                     b = torch.from_numpy(np.asarray(op.bias, dtype=np.float64).copy())
                     bias = b if isinstance(op, O.Linear) else b.reshape((-1,) + (1,) * (rank - 2))
-                return self._linear_step(self._linear(w, None, 0.0, apply, k, bias))
+                return self._linear_step(self._linear([w], 0.0, apply, k, bias))
             case O.Affine(scale=sc, shift=sh):
                 one = np.ones(()) if sc is None else np.asarray(sc, dtype=np.float64)
                 shift = None if sh is None else torch.from_numpy(np.asarray(sh, dtype=np.float64).copy())
-                return self._linear_step(self._linear(one, None, 0.0, lambda c, x: x * c, 1, shift))
+                return self._linear_step(self._linear([one], 0.0, lambda c, x: x * c, 1, shift))
             case O.GlobalAvgPool() | O.ReduceMean() | O.ReduceSum():
                 shape = tuple(self.shapes[node.inputs[0]])
                 axes = tuple(range(2, len(shape))) if isinstance(op, O.GlobalAvgPool) else op.axes
                 keep = True if isinstance(op, O.GlobalAvgPool) else op.keepdims
                 n = int(np.prod([shape[a] for a in axes])) if axes else 1
                 if isinstance(op, O.ReduceSum):
-                    hi, lo, rest = np.ones(()), None, 0.0
+                    coeff, rest = [np.ones(())], 0.0
                 else:
-                    exact = Fraction(1, n)
-                    h = float(exact)
-                    lo_f = float(exact - Fraction(h))
-                    hi, lo = np.asarray(h), np.asarray(lo_f)
-                    rest = float(abs(exact - Fraction(h) - Fraction(lo_f))) * (1.0 + 4 * U) + TINY
+                    coeff, rest = self._scalar(Fraction(1, n))
 
                 def total(c: torch.Tensor, x: torch.Tensor, axes: tuple[int, ...] = axes, keep: bool = keep) -> torch.Tensor:
                     s = x.sum(dim=axes, keepdim=keep) if axes else x
                     return s * c
 
-                return self._linear_step(self._linear(hi, lo, rest, total, max(n, 1), None))
+                return self._linear_step(self._linear(coeff, rest, total, max(n, 1), None))
             case O.AvgPool():
                 return self._avg_pool(op)
             case O.Add() | O.Sub():
                 sign = 1.0 if isinstance(op, O.Add) else -1.0
+
                 def add(xs: list[Value], sign: float = sign) -> Value:
-                    return _add(xs[0], xs[1], sign)
+                    return _add(xs[0], xs[1], limbs, sign)
 
                 return add
             case O.Max() | O.Min():
@@ -374,47 +514,41 @@ class PreciseModel:
                 const = None if op.constant is None else torch.from_numpy(np.asarray(op.constant, dtype=np.float64).copy())
 
                 def extremum(xs: list[Value], top: bool = top, const: torch.Tensor | None = const) -> Value:
-                    # the inputs' own errors are their nodes'; this node's are those of its steps
-                    vals = [Value(h=v.h, l=v.l, e=v.e) for v in xs]
+                    vals = [Value(parts=v.parts, e=v.e) for v in xs]
                     vals = vals if top else [_neg(v) for v in vals]
                     if const is not None:
                         c = const if top else -const
-                        vals.append(Value(h=c, l=torch.zeros_like(c), e=torch.zeros_like(c)))
-                    out, own = vals[0], None
-                    for v in vals[1:]:
-                        out = _max2(out, v)
-                        assert out.own is not None
-                        own = out.own if own is None else (own + out.own) * (1 + 2 * U)
-                    out = Value(h=out.h, l=out.l, e=out.e, own=own)
+                        vals.append(Value(parts=[c], e=torch.zeros_like(c)))
+                    out = _max_of(vals, limbs)
                     return out if top else _neg(out)
 
                 return extremum
             case O.Relu():
-                return lambda xs: _kink(xs[0], 0.0)
+                return lambda xs: _kink(xs[0], 0.0, limbs)
             case O.LeakyRelu(alpha=alpha):
                 return self._leaky(np.asarray(alpha, dtype=np.float64))
             case O.PRelu(slope=slope):
                 return self._leaky(np.asarray(slope, dtype=np.float64))
             case O.Clip(min=lo_c, max=hi_c):
                 def clip(xs: list[Value], lo_c: float | None = lo_c, hi_c: float | None = hi_c) -> Value:
-                    return _clip(xs[0], lo_c, hi_c)
+                    return _clip(xs[0], lo_c, hi_c, limbs)
 
                 return clip
             case O.Mul():
-                return lambda xs: _mul(xs[0], xs[1])
+                return lambda xs: _mul(xs[0], xs[1], limbs)
             case O.HardSwish():
                 return self._hard_swish()
             case O.HardSigmoid(alpha=alpha, beta=beta):
-                scaled = self._linear_step(self._linear(np.asarray(alpha, dtype=np.float64), None, 0.0,
+                scaled = self._linear_step(self._linear([np.asarray(alpha, dtype=np.float64)], 0.0,
                                                         lambda c, x: x * c, 1,
                                                         torch.tensor(float(beta), dtype=torch.float64)))
 
                 def hard_sigmoid(xs: list[Value], scaled: Callable[[list[Value]], Value] = scaled) -> Value:
                     z = scaled(xs)
-                    y = _clip(z, 0.0, 1.0)
+                    y = _clip(z, 0.0, 1.0, limbs)
                     assert y.own is not None
                     own = y.own if z.own is None else (y.own + z.own) * (1 + 2 * U)  # clip is 1-Lipschitz
-                    return Value(h=y.h, l=y.l, e=y.e, own=own)
+                    return Value(parts=y.parts, e=y.e, own=own)
 
                 return hard_sigmoid
             case O.MaxPool() | O.GlobalMaxPool():
@@ -426,7 +560,7 @@ class PreciseModel:
                 def pad(xs: list[Value], kern: Callable[..., torch.Tensor] = kern,
                         kval: Callable[..., torch.Tensor] = kval) -> Value:
                     v = xs[0]
-                    return Value(h=kval(v.h), l=kern(v.l), e=kern(v.e))
+                    return Value(parts=[kval(v.parts[0])] + [kern(p) for p in v.parts[1:]], e=kern(v.e))
 
                 return pad
             case _ if isinstance(op, _MOVES) or (
@@ -435,115 +569,112 @@ class PreciseModel:
                 kern = self._kernel(node, op)
 
                 def move(xs: list[Value], kern: Callable[..., torch.Tensor] = kern) -> Value:
-                    return Value(h=kern(*[v.h for v in xs]), l=kern(*[v.l for v in xs]), e=kern(*[v.e for v in xs]))
+                    n = max(len(v.parts) for v in xs)
+                    parts = [kern(*[v.parts[i] if i < len(v.parts) else torch.zeros_like(v.parts[0]) for v in xs])
+                             for i in range(n)]
+                    return Value(parts=parts, e=kern(*[v.e for v in xs]))
 
                 return move
         return f"{node.name}: {op.type.value} is not evaluated exactly"
 
     def _float64(self, node: Node, fallback: ForwardErrorModel) -> Callable[[list[Value]], Value]:
-        """The node in float64 on the rounded inputs fl(h + l), whose distance to the exact ones is
-        at most e + u |fl(h + l)|, with ``fallback``'s rule for the node (``lower.ForwardErrorModel``:
-        the computed output's distance to the exact one, given the inputs' distances)."""
-        import torch
+        """The node in float64 on the rounded inputs fl(sum of limbs), whose distance to the exact
+        ones is at most e + gamma_n sum |limbs|, with ``fallback``'s rule for the node
+        (``lower.ForwardErrorModel``: the computed output's distance to the exact one, given the
+        inputs' distances)."""
 
         kern = self._kernel(node, node.op)
         rule = fallback.rule(node)
 
         def step(xs: list[Value]) -> Value:
-            rounded = [v.h + v.l for v in xs]
-            errs = [(v.e + U * r.abs()) * (1 + 4 * U) + TINY for v, r in zip(xs, rounded, strict=True)]
+            pairs = [v.rounded() for v in xs]
+            rounded = [t for t, _ in pairs]
+            rnd = [r + TINY for _, r in pairs]
+            errs = [(v.e + r) * (1 + 4 * U) + TINY for v, r in zip(xs, rnd, strict=True)]
             y = kern(*rounded)
             own = None
             if self.sensitivities:  # the inputs' rounding to float64 is this node's too
-                own = _fit(rule(rounded, [U * r.abs() * (1 + 4 * U) + TINY for r in rounded], y), y)
-            return Value(h=y, l=torch.zeros_like(y), e=_fit(rule(rounded, errs, y), y), own=own)
+                own = _fit(rule(rounded, rnd, y), y)
+            return Value(parts=[y], e=_fit(rule(rounded, errs, y), y), own=own)
 
         return step
 
     def _linear_step(self, lin: _Linear) -> Callable[[list[Value]], Value]:
         import torch
 
+        limbs = self.limbs
+
         def step(xs: list[Value]) -> Value:
             v = xs[0]
             beta = _beta(lin.k)
-            xq, xr = extract([v.h, v.l], beta, SLICES)
+            xq, xr = extract(v.parts, beta, slices_for(limbs, beta))
             # the slice products one at a time (a zero of the output's shape when there is none:
             # a zero coefficient or a zero input), the bias last
             terms: Iterable[torch.Tensor] = (
-                (lin.apply(w, x) for w in lin.slices for x in xq) if lin.slices and xq else [lin.apply(lin.zero, v.h)])
-            h, l, acc = _accumulate(terms, lin.bias)  # noqa: E741
-            left = sum((r.abs() for r in xr), torch.zeros_like(v.h))
-            # A(W, x) = sum A(W_p, x_q) + A(W, x_r) + A(W_r, x - x_r), |x - x_r| <= |h| + |l| + |x_r|
-            rest = lin.apply(lin.rest, v.h.abs() + v.l.abs() + left) if lin.rest_nonzero else 0.0
+                (lin.apply(w, x) for w in lin.slices for x in xq) if lin.slices and xq
+                else [lin.apply(lin.zero, v.parts[0])])
+            parts, acc = _accumulate(terms, limbs, lin.bias)
+            left = sum((r.abs() for r in xr), torch.zeros_like(v.parts[0]))
+            # A(W, x) = sum A(W_p, x_q) + A(W, x_r) + A(W_r, x - x_r), |x - x_r| <= sum |limbs| + |x_r|
+            rest = lin.apply(lin.rest, v.magnitude() + left) if lin.rest_nonzero else 0.0
             e = _up(lin.apply(lin.magnitude, v.e + left) + rest, lin.k) + acc
             own = _up(lin.apply(lin.magnitude, left) + rest, lin.k) + acc if self.sensitivities else None
-            return Value(h=h, l=l, e=_fit(e, h), own=None if own is None else _fit(own, h))
+            return Value(parts=parts, e=_fit(e, parts[0]), own=None if own is None else _fit(own, parts[0]))
 
         return step
 
     def _hard_swish(self) -> Callable[[list[Value]], Value]:
         """HardSwish(x) = 0 (x <= -3), x (x >= 3), x (x + 3) / 6 between, each branch taken by the side
-        of -3 and 3 that h + l lies on and evaluated there in double-double (the middle: TwoSum,
-        TwoProduct, 1/6 as hi + lo with its exact remainder); the inputs' distance E to the exact
-        values moves the output by at most (3/2) E, its Lipschitz constant. Where h + l is within a
-        few ulps of -3 or 3 the side may be misread: the two branches meet there and are each
-        (3/2)-Lipschitz, so they differ by at most 3 |h + l -+ 3|, added to the own error."""
+        of -3 and 3 that the value lies on and evaluated there in limbs (the middle: a sum, a
+        product, 1/6 in limbs with its exact remainder); the inputs' distance E to the exact values
+        moves the output by at most (3/2) E, its Lipschitz constant. Where the value is within r of
+        -3 or 3 (``_side``) the side may be misread: the two branches meet there and are each
+        (3/2)-Lipschitz, so they differ by at most 3 (2 r), added to the own error."""
         import torch
 
-        exact = Fraction(1, 6)
-        hi = float(exact)
-        lo = float(exact - Fraction(hi))
-        rest = float(abs(exact - Fraction(hi) - Fraction(lo))) * (1.0 + 4 * U) + TINY
-        sixth = self._linear_step(self._linear(np.asarray(hi), np.asarray(lo), rest, lambda c, x: x * c, 1, None))
-
-        def side(v: Value, c: float) -> torch.Tensor:
-            """Where h + l > c (up to the entries ``near`` takes care of)."""
-            d_h, d_l = two_sum(v.h, torch.full_like(v.h, -c))
-            return two_sum(d_h, d_l + v.l)[0] > 0.0
+        limbs = self.limbs
+        coeff, rest = self._scalar(Fraction(1, 6))
+        sixth = self._linear_step(self._linear(coeff, rest, lambda c, x: x * c, 1, None))
 
         def hard_swish(xs: list[Value]) -> Value:
             v = xs[0]
-            zero = torch.zeros_like(v.h)
-            x0 = Value(h=v.h, l=v.l, e=zero)  # the enclosure's centre, as exact: the own error alone
-            t = _add(x0, Value(h=torch.full_like(v.h, 3.0), l=zero, e=zero))
-            mid = sixth([_mul(t, x0)])
-            above, below = side(v, 3.0), ~side(v, -3.0)
-            h = torch.where(above, v.h, torch.where(below, zero, mid.h))
-            l = torch.where(above, v.l, torch.where(below, zero, mid.l))  # noqa: E741
+            zero = torch.zeros_like(v.parts[0])
+            x0 = v.exactly()  # the enclosure's centre, as exact: the own error alone
+            mid = sixth([_mul(_add(x0, _constant(zero, 3.0), limbs), x0, limbs)])
+            above, _, near_hi = _side(v, 3.0, limbs)
+            over, _, near_lo = _side(v, -3.0, limbs)
+            below = ~over
+            parts = _where(above, v.parts, _where(below, [zero], mid.parts))
             own = torch.where(above | below, zero, mid.e)
-            for c in (3.0, -3.0):
-                gap = (v.h - c).abs() + v.l.abs()
-                near = gap <= 16 * U * (v.h.abs() + 3.0) + TINY
-                own = own + torch.where(near, 3.0 * gap * (1 + 4 * U) + TINY, zero)
-            own = own * (1 + 4 * U)
-            return Value(h=h, l=l, e=(1.5 * v.e + own) * (1 + 4 * U), own=own)
+            own = (own + 3.0 * (near_hi + near_lo)) * (1 + 4 * U)
+            return Value(parts=parts, e=(1.5 * v.e + own) * (1 + 4 * U), own=own)
 
         return hard_swish
 
     def _leaky(self, slope: np.ndarray) -> Callable[[list[Value]], Value]:
         import torch
 
-        scale = self._linear(slope, None, 0.0, lambda c, x: x * c, 1, None)
-        scaled = self._linear_step(scale)
+        limbs = self.limbs
+        scaled = self._linear_step(self._linear([slope], 0.0, lambda c, x: x * c, 1, None))
         top = float(max(1.0, float(np.max(np.abs(slope))) if slope.size else 1.0))
 
         def leaky(xs: list[Value]) -> Value:
             v = xs[0]
             low = scaled([v])
-            pos = v.h > 0.0
-            sure = _sure(v, 0.0)
-            h = torch.where(pos, v.h, low.h)
-            l = torch.where(pos, v.l, low.l)  # noqa: E741
-            e = torch.where(sure, torch.where(pos, v.e, low.e), (v.e * top + low.e) * (1 + 2 * U))
-            own = None if low.own is None else torch.where(pos, torch.zeros_like(low.own), low.own)
-            return Value(h=h, l=l, e=e, own=own)
+            pos, sure, near = _side(v, 0.0, limbs)
+            parts = _where(pos, v.parts, low.parts)
+            # misread sides (within r of 0): the branches meet at 0, each top-Lipschitz
+            slack = (1.0 + top) * near
+            e = torch.where(sure, torch.where(pos, v.e, low.e), (v.e * top + low.e + slack) * (1 + 2 * U))
+            own = torch.where(pos, torch.zeros_like(v.e), low.own if low.own is not None else torch.zeros_like(v.e))
+            return Value(parts=parts, e=e, own=(own + slack) * (1 + 2 * U))
 
         return leaky
 
     def _avg_pool(self, op: O.AvgPool) -> Callable[[list[Value]], Value] | str:
         """Average pooling as the executor defines it, (window sum of the zero-padded input) times
         1/count, count the window sum of the padding mask (exact small integers): a linear map
-        with K = the window size and the coefficient 1/count held as hi + lo (+ its exact
+        with K = the window size and the coefficient 1/count held in limbs (+ its exact
         remainder, from rational arithmetic per distinct count)."""
         import torch
         import torch.nn.functional as F
@@ -567,27 +698,28 @@ class PreciseModel:
                 mask = F.pad(ones, pads, value=1.0 if op.count_include_pad else 0.0) if any(pads) else ones
                 counts = _pool_sum(mask, op, n)
                 c = counts.numpy()
-                hi, lo, rest = np.zeros_like(c), np.zeros_like(c), np.zeros_like(c)
+                coeff = [np.zeros_like(c) for _ in range(self.limbs)]
+                rest = np.zeros_like(c)
                 for value in np.unique(c):
-                    exact = Fraction(1, int(value))
-                    h = float(exact)
-                    lo_v = float(exact - Fraction(h))
+                    parts, left = _fraction_limbs(Fraction(1, int(value)), self.limbs)
                     sel = c == value
-                    hi[sel], lo[sel] = h, lo_v
-                    rest[sel] = float(abs(exact - Fraction(h) - Fraction(lo_v))) * (1.0 + 4 * U) + TINY
+                    for i, p in enumerate(parts):
+                        coeff[i][sel] = p
+                    rest[sel] = left + TINY
                 k = int(np.prod(op.kernel))
-                state[spatial] = self._linear(hi, lo, 0.0, lambda cf, x: window_sum(x) * cf, k, None,
+                state[spatial] = self._linear(coeff, 0.0, lambda cf, x: window_sum(x) * cf, k, None,
                                               extra=torch.from_numpy(rest))
             return state[spatial]
 
         def avg(xs: list[Value]) -> Value:
-            return self._linear_step(linear_for(tuple(xs[0].h.shape)))(xs)
+            return self._linear_step(linear_for(tuple(xs[0].parts[0].shape)))(xs)
 
         return avg
 
     def _max_pool(self, node: Node) -> Callable[[list[Value]], Value] | str:
         import torch
 
+        limbs = self.limbs
         op = node.op
         in_shape = tuple(self.shapes[node.inputs[0]])
         out_shape = tuple(self.shapes[node.output])
@@ -599,7 +731,7 @@ class PreciseModel:
             kernel, strides, pads, dil = op.kernel, op.strides, op.pads, op.dilations
         if any(d != 1 for d in dil):
             return f"{node.name}: a dilated max pool is not evaluated exactly"
-        # padding (and ceil mode's extra end) never wins: -inf for h, anything for l and e
+        # padding (and ceil mode's extra end) never wins: it repeats an entry of its window
         ends = []
         for i in range(spatial):
             need = (out_shape[2 + i] - 1) * strides[i] + kernel[i]
@@ -617,14 +749,23 @@ class PreciseModel:
 
         def pool(xs: list[Value]) -> Value:
             v = xs[0]
-            wh = windows(v.h, -math.inf)
-            top = wh.amax(dim=-1)
-            ties = wh == top.unsqueeze(-1)
-            low = torch.where(ties, windows(v.l, 0.0), torch.tensor(-math.inf, dtype=v.l.dtype)).amax(dim=-1)
+            # a padded entry takes the limbs of the window's first entry that is not padding (the
+            # maximum is that of the entries that are)
+            valid = windows(torch.ones_like(v.parts[0]), 0.0) > 0.0
+            first = valid.to(torch.int8).argmax(dim=-1, keepdim=True)
+            wins = []
+            for p in v.parts:
+                w = windows(p, 0.0)
+                wins.append(torch.where(valid, w, w.gather(-1, first)))
             e = windows(v.e, 0.0).amax(dim=-1)
-            if tuple(top.shape) != out_shape:
+            if tuple(e.shape) != out_shape:
                 raise ValueError("max pool windows do not match the output shape")
-            return Value(h=top, l=low, e=e)
+            zero = torch.zeros_like(e)
+            entries = [Value(parts=[w[..., j] for w in wins], e=zero) for j in range(wins[0].shape[-1])]
+            out = _max_of(entries, limbs)
+            # max is 1-Lipschitz in the largest entry: the window's largest distance, plus the own
+            assert out.own is not None
+            return Value(parts=out.parts, e=(e + out.own) * (1 + 2 * U), own=out.own)
 
         return pool
 
@@ -641,7 +782,7 @@ class PreciseModel:
         env: dict[str, Value] = {}
         for p, s in zip(parts, specs, strict=True):
             t = p.reshape(s.shape).clone()
-            env[s.name] = Value(h=t, l=torch.zeros_like(t), e=torch.zeros_like(t))
+            env[s.name] = Value(parts=[t], e=torch.zeros_like(t))
         self.telescoped = 0.0 if self.sensitivities else math.inf
         # each value is dropped after its last reader (the outputs are kept)
         last = {name: i for i, (node, _) in enumerate(self._steps) for name in node.inputs}
@@ -661,8 +802,18 @@ class PreciseModel:
         return [env[name] for name in self.graph.outputs]
 
     def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        """The outputs (flat, float64: h + l rounded) at the flat input x and an upper bound of the
-        L2 distance to the exact outputs (inf when not supported or not finite)."""
+        """The outputs (flat, float64: the limbs' sum rounded) at the flat input x and an upper bound
+        of the L2 distance to the exact outputs (inf when not supported or not finite). A bound
+        above ESCALATE times the outputs' norm with fewer than the most limbs: the model takes the
+        most limbs from now on and evaluates again."""
+        y, bound = self._evaluate(x)
+        if (self.supported and self.limbs < LIMBS[-1] and np.all(np.isfinite(y))
+                and not bound <= ESCALATE * float(np.linalg.norm(y))):
+            self._build(LIMBS[-1])
+            y, bound = self._evaluate(x)
+        return y, bound
+
+    def _evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
         import torch
 
         n = sum(int(np.prod(self.shapes[o])) for o in self.graph.outputs)
@@ -676,18 +827,19 @@ class PreciseModel:
             raise_allocation_failure(exc)
             self.failure = f"{type(exc).__name__}: {exc}"
             return np.full(n, np.nan), math.inf
-        h = torch.cat([v.h.reshape(-1) for v in outs])
-        l = torch.cat([v.l.reshape(-1) for v in outs])  # noqa: E741
+        pairs = [v.rounded() for v in outs]
+        total = torch.cat([t.reshape(-1) for t, _ in pairs])
+        mag = torch.cat([r.reshape(-1) for _, r in pairs])
         e = torch.cat([v.e.reshape(-1) for v in outs])
-        y = (h + l).numpy().astype(np.float64)
-        # rounding h + l to one float64 moves each entry by at most u |y|
-        bound = e.numpy() + U * np.abs(y) * (1 + 4 * U)
+        y = total.numpy().astype(np.float64)
+        # the float64 sum of the limbs (``Value.rounded``)
+        bound = e.numpy() + mag.numpy() * (1 + 4 * U)
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(bound))):
             return y, math.inf
         size = _size(torch.from_numpy(bound)) * (1 + 1e-9)
         # the telescoped bound (module docstring of ``lower``: switching the nodes from exact to
         # computed one at a time), plus the final rounding to float64
-        rounding = _size(torch.from_numpy(U * np.abs(y))) * (1 + 1e-9)
+        rounding = _size(mag) * (1 + 1e-9)
         return y, min(size, (self.telescoped + rounding) * (1 + 4 * U))
 
 
@@ -775,83 +927,119 @@ def _pool_sum(mask: torch.Tensor, op: O.AvgPool, n: int) -> torch.Tensor:
     return pool(mask, op.kernel, op.strides, 0, op.ceil_mode, True, 1)  # type: ignore[call-arg,no-any-return]
 
 
-def _add(a: Value, b: Value, sign: float = 1.0) -> Value:
-    """a + sign b: TwoSum of the high parts (exact), the low parts and its error summed in float64
-    (two roundings, each within u of its result), one TwoSum to normalise (broadcasting)."""
-    s, err = two_sum(a.h, sign * b.h)
-    low = (a.l + sign * b.l) + err
-    h, l = two_sum(s, low)  # noqa: E741
-    rounding = 2 * U * (a.l.abs() + b.l.abs() + err.abs()) * (1 + 4 * U) + TINY
-    return Value(h=h, l=l, e=(a.e + b.e + rounding) * (1 + 2 * U), own=rounding)
-
-
-def _mul(a: Value, b: Value) -> Value:
-    """a b (broadcasting): TwoProduct of the high parts (exact) plus the cross terms h_a l_b + l_a h_b +
-    l_a l_b summed with its error term in float64 (each product within u, the three additions
-    within gamma_3 of the magnitudes: 6u in all), one TwoSum to normalise. The inputs' distances
-    move the product by at most |a| E_b + |b| E_a + E_a E_b."""
-    p, pe = two_prod(a.h, b.h)
-    t1, t2, t3 = a.h * b.l, a.l * b.h, a.l * b.l
-    h, l = two_sum(p, ((pe + t1) + t2) + t3)  # noqa: E741
-    own = 6 * U * (pe.abs() + t1.abs() + t2.abs() + t3.abs()) * (1 + 4 * U) + TINY
-    size_a, size_b = a.h.abs() + a.l.abs(), b.h.abs() + b.l.abs()
-    e = (size_a * b.e + size_b * a.e + a.e * b.e + own) * (1 + 8 * U)
-    return Value(h=h, l=l, e=e, own=own)
-
-
-def _clip(v: Value, lo_c: float | None, hi_c: float | None) -> Value:
-    """min(max(v, lo), hi) by the kinks' sides (``_kink``); 1-Lipschitz, so the own errors add."""
+def _add(a: Value, b: Value, limbs: int, sign: float = 1.0) -> Value:
+    """a + sign b: the limbs of both distilled (exact up to the last limb's rounding, the own error)."""
     import torch
 
-    own = torch.zeros_like(v.h)
-    if lo_c is not None:
-        v = _kink(v, float(lo_c))
-        own = own + v.own if v.own is not None else own
-    if hi_c is not None:  # min(v, c) = -max(-v, -c)
-        v = _neg(_kink(_neg(v), -float(hi_c)))
-        own = own + v.own if v.own is not None else own
-    return Value(h=v.h, l=v.l, e=v.e, own=own * (1 + 2 * U))
+    parts, left = _distill([*a.parts, *(sign * p for p in b.parts)], limbs)
+    own = torch.zeros_like(parts[0]) + TINY if left is None else left
+    return Value(parts=parts, e=(a.e + b.e + own) * (1 + 2 * U), own=own)
 
 
-def _max2(a: Value, b: Value) -> Value:
-    """max(a, b) = b + max(a - b, 0); each step 1-Lipschitz, so the own errors add."""
-    d = _add(a, b, -1.0)
-    r = _kink(d, 0.0)
-    out = _add(b, r)
-    assert d.own is not None and r.own is not None and out.own is not None
-    return Value(h=out.h, l=out.l, e=out.e, own=(d.own + r.own + out.own) * (1 + 4 * U))
+def _mul(a: Value, b: Value, limbs: int) -> Value:
+    """a b (broadcasting): TwoProduct of every pair of limbs whose orders sum below ``limbs`` (exact),
+    the other pairs bounded by their magnitudes, all distilled. The inputs' distances move the
+    product by at most |a| E_b + |b| E_a + E_a E_b."""
+    import torch
+
+    parts: list[torch.Tensor] = []
+    tail: torch.Tensor | None = None
+    for i, p in enumerate(a.parts):
+        for j, q in enumerate(b.parts):
+            if i + j < limbs:
+                parts += list(two_prod(p, q))
+            else:
+                t = (p * q).abs()
+                tail = t if tail is None else tail + t
+    out, left = _distill(parts, limbs)
+    # TINY per product: what an underflowing TwoProduct may lose
+    own = torch.zeros_like(out[0]) + TINY * (len(parts) + 1)
+    if left is not None:
+        own = own + left
+    if tail is not None:
+        own = own + tail * (1 + (len(a.parts) * len(b.parts) + 2) * U)
+    own = own * (1 + 4 * U)
+    e = (a.magnitude() * b.e + b.magnitude() * a.e + a.e * b.e + own) * (1 + 8 * U)
+    return Value(parts=out, e=e, own=own)
 
 
 def _neg(v: Value) -> Value:
-    return Value(h=-v.h, l=-v.l, e=v.e, own=v.own)
+    return Value(parts=[-p for p in v.parts], e=v.e, own=v.own)
 
 
-def _sure(v: Value, c: float) -> torch.Tensor:
-    """Where h + l stands further than e from c (its side of c is that of the exact value); the
-    comparison widened by the rounding of h - c and the size of l."""
-    return (v.h - c).abs() * (1 - 4 * U) > v.e * (1 + 4 * U) + 2 * U * (v.h.abs() + abs(c)) + TINY
-
-
-def _kink(v: Value, c: float) -> Value:
-    """max(v, c) entry-wise: c + max(v - c, 0), the side of c from h + l (exact: after a TwoSum,
-    h + l - c has the sign of fl(h - c) unless |h - c| is within the ulps this comparison allows,
-    which leaves the unit among the unsure ones)."""
+def _side(v: Value, c: float, limbs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(where the limbs' sum is above c, where the exact value is on that same side for sure, the
+    distance 2 r by which a misread side may be off): the difference to c is distilled and summed
+    in float64 within r (gamma of its magnitudes plus what the distilling dropped); the side can be
+    misread only where |sum - c| <= r, and is sure where it exceeds e + r."""
     import torch
 
-    diff_h, diff_l = two_sum(v.h, torch.full_like(v.h, -c))
-    low = diff_l + v.l
-    above = two_sum(diff_h, low)[0] > 0.0
-    sure_above = above & _sure(v, c)
-    sure_below = (~above) & _sure(v, c)
-    cc = torch.full_like(v.h, c)
-    h = torch.where(above, v.h, cc)
-    l = torch.where(above, v.l, torch.zeros_like(v.l))  # noqa: E741
-    # an unsure unit: max(v, c) is within e of max(h + l, c), which this representation holds
-    # exactly up to the rounding of d (the side taken)
-    slack = 4 * U * (v.h.abs() + abs(c) + v.l.abs()) + TINY
-    e = torch.where(sure_above, v.e, torch.where(sure_below, torch.zeros_like(v.e), (v.e + slack) * (1 + 2 * U)))
-    own = torch.where(sure_above | sure_below, torch.zeros_like(slack), slack)
-    return Value(h=h, l=l, e=e, own=own)
+    parts, left = _distill([*v.parts, torch.full_like(v.parts[0], -c)] if c != 0.0 else v.parts, limbs)
+    d = Value(parts=parts, e=v.e)
+    approx = d.total()
+    r = d.magnitude() * _gamma(len(parts) + 1) + TINY
+    if left is not None:
+        r = r + left
+    r = r * (1 + 4 * U)
+    above = approx > 0.0
+    sure = approx.abs() * (1 - 4 * U) > v.e * (1 + 4 * U) + r
+    near = torch.where(approx.abs() <= r, 2.0 * r, torch.zeros_like(r))
+    return above, sure, near
 
 
-__all__ = ["PASSES", "PreciseModel", "Value", "extract", "memory_estimate", "two_prod", "two_sum"]
+def _kink(v: Value, c: float, limbs: int) -> Value:
+    """max(v, c) entry-wise by the side of c (``_side``): above it the limbs as they are, below it c;
+    1-Lipschitz, and a misread side is off by at most the distance to c."""
+    import torch
+
+    above, sure, near = _side(v, c, limbs)
+    parts = _where(above, v.parts, [torch.full_like(v.parts[0], c)])
+    zero = torch.zeros_like(v.e)
+    e = torch.where(sure, torch.where(above, v.e, zero), (v.e + near) * (1 + 2 * U))
+    return Value(parts=parts, e=e, own=near)
+
+
+def _clip(v: Value, lo_c: float | None, hi_c: float | None, limbs: int) -> Value:
+    """min(max(v, lo), hi) by the kinks' sides (``_kink``); 1-Lipschitz, so the own errors add."""
+    import torch
+
+    own = torch.zeros_like(v.e)
+    if lo_c is not None:
+        v = _kink(v, float(lo_c), limbs)
+        own = own + v.own if v.own is not None else own
+    if hi_c is not None:  # min(v, c) = -max(-v, -c)
+        v = _neg(_kink(_neg(v), -float(hi_c), limbs))
+        own = own + v.own if v.own is not None else own
+    return Value(parts=v.parts, e=v.e, own=own * (1 + 2 * U))
+
+
+def _max2(a: Value, b: Value, limbs: int) -> Value:
+    """max(a, b) = b + max(a - b, 0); each step 1-Lipschitz, so the own errors add."""
+    d = _add(a, b, limbs, -1.0)
+    r = _kink(d, 0.0, limbs)
+    out = _add(b, r, limbs)
+    assert d.own is not None and r.own is not None and out.own is not None
+    return Value(parts=out.parts, e=out.e, own=(d.own + r.own + out.own) * (1 + 4 * U))
+
+
+def _max_of(values: Sequence[Value], limbs: int) -> Value:
+    """The entry-wise maximum of ``values``, pairwise (``_max2``): within the largest of their
+    distances (max is 1-Lipschitz in the largest entry) plus the steps' own errors."""
+    import torch
+
+    out = values[0]
+    own: torch.Tensor | None = None
+    for v in values[1:]:
+        out = _max2(Value(parts=out.parts, e=torch.zeros_like(out.e)), Value(parts=v.parts, e=torch.zeros_like(v.e)),
+                    limbs)
+        assert out.own is not None
+        own = out.own if own is None else (own + out.own) * (1 + 2 * U)
+    if own is None:
+        own = torch.zeros_like(values[0].e)
+    largest = values[0].e
+    for v in values[1:]:
+        largest = torch.maximum(largest, v.e)
+    return Value(parts=out.parts, e=(largest + own) * (1 + 2 * U), own=own)
+
+
+__all__ = ["LIMBS", "PASSES", "PASSES_4", "PreciseModel", "Value", "extract", "memory_estimate", "two_prod", "two_sum"]

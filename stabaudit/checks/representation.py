@@ -30,8 +30,9 @@ def lipschitz_global(ev: Evidence, ctx: CheckContext) -> Finding:
     norm of its explicit matrix, rounding included).
     Lower bound: the largest difference quotient |F(x) - F(y)| / |x - y| found by a seeded
     multi-start search, confirmed with a certified bound of the evaluation's rounding error
-    (float64; in double-double, about 106 bits, for piecewise-linear networks whose float64 bound
-    exceeds their outputs, such as ResNets at 224x224); its witness pair is in the report.
+    (float64; in double-double, about 106 bits, or in four float64 limbs, about 212 bits, for
+    networks whose float64 bound exceeds their outputs, such as ResNets at 224x224 and MobileNetV3);
+    its witness pair is in the report.
     Status: pass when the certified upper bound is <= K_max, fail when the lower bound is
     > K_max, inconclusive when the bracket straddles K_max.
     Branch switches: a model whose executed code switches branch with a jump (torch's softplus

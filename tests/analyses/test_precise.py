@@ -13,7 +13,7 @@ import torch
 
 from stabaudit.analyses.composition import rule_bounds
 from stabaudit.analyses.lower import ForwardErrorModel, error_sensitivities
-from stabaudit.analyses.precise import PreciseModel, extract
+from stabaudit.analyses.precise import PreciseModel, Value, extract
 from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from stabaudit.ir.graph import Graph, Node, TensorSpec
@@ -38,25 +38,32 @@ def _one(op: O.Op, shapes: list[tuple[int, ...]]) -> Graph:
     return with_shapes(g)
 
 
+def _exact_sum(value: Value) -> list[Fraction]:
+    """The exact sums of an enclosure's limbs, entry by entry."""
+    limbs = [p.expand_as(value.parts[0]).numpy().ravel() for p in value.parts]
+    return [sum((Fraction(float(p[i])) for p in limbs), Fraction(0)) for i in range(limbs[0].size)]
+
+
 def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1e-26, than_float64: bool = True,
-           telescoped: bool = True) -> float:
+           telescoped: bool = True, limbs: int = 2) -> float:
     """Every entry of the precise model's enclosure h + l is within its e of the exact output, e is
     below ``rel`` times the outputs' size and far below float64's bound (``than_float64``: an
     operator that float64 evaluates exactly, such as max, has none); ``evaluate``'s rounded
     outputs are within its L2 bound; with ``telescoped``, the telescoped bound of the certified
     operator bounds holds too (a graph with a product of two values has none). Returns the largest e."""
-    model = PreciseModel(graph, dict(graph.shapes))
+    model = PreciseModel(graph, dict(graph.shapes), limbs=limbs)
     assert model.supported, model.why
     flat = torch.from_numpy(np.concatenate([x.ravel() for x in xs]))
     (out,) = model.run(flat)
     truth = exact.ravel()
-    for h, lo, e, t in zip(out.h.numpy().ravel(), out.l.numpy().ravel(), out.e.numpy().ravel(), truth, strict=True):
-        assert abs(Fraction(float(h)) + Fraction(float(lo)) - t) <= Fraction(float(e))
+    sums = _exact_sum(out)
+    for s, e, t in zip(sums, out.e.numpy().ravel(), truth, strict=True):
+        assert abs(s - t) <= Fraction(float(e))
     top = max(abs(b) for b in truth)
     size = float(top) * math.sqrt(float(sum((b / top) ** 2 for b in truth))) if top else 0.0  # no underflow
     worst = float(out.e.max())
     assert worst <= rel * size + 1e-280
-    y, bound = model.evaluate(flat)
+    y, bound = model._evaluate(flat)
     diffs = [Fraction(float(a)) - b for a, b in zip(y, truth, strict=True)]
     far = max(abs(d) for d in diffs)
     dist = float(far) * math.sqrt(float(sum((d / far) ** 2 for d in diffs))) if far else 0.0  # no underflow
@@ -65,11 +72,10 @@ def _check(graph: Graph, xs: list[np.ndarray], exact: np.ndarray, rel: float = 1
     assert worst < 1e-6 * float64_bound or float64_bound == 0.0 or not than_float64
     # the telescoped bound (certified operator bounds downstream of each node) encloses h + l too
     fallback = ForwardErrorModel(graph, dict(graph.shapes), error_sensitivities(graph, rule_bounds(graph)))
-    tele = PreciseModel(graph, dict(graph.shapes), fallback=fallback)
+    tele = PreciseModel(graph, dict(graph.shapes), fallback=fallback, limbs=limbs)
     (again,) = tele.run(flat)
-    assert torch.equal(again.h, out.h) and torch.equal(again.l, out.l)
-    gap = math.sqrt(float(sum((Fraction(float(h)) + Fraction(float(lo)) - t) ** 2 for h, lo, t in
-                              zip(out.h.numpy().ravel(), out.l.numpy().ravel(), truth, strict=True))))
+    assert all(torch.equal(p, q) for p, q in zip(again.parts, out.parts, strict=True))
+    gap = math.sqrt(float(sum((s - t) ** 2 for s, t in zip(sums, truth, strict=True))))
     # looser on small networks (global S_v); each norm has a floor for squares that underflow
     assert not telescoped or gap <= tele.telescoped <= 1e-20 * size + 1e-152 * len(graph.nodes) * math.sqrt(len(truth))
     return worst
@@ -216,12 +222,14 @@ def test_max_pool_ties_in_the_high_part_are_decided_by_the_low_part() -> None:
     (pool,) = model.run(torch.tensor([1.0, 1.0], dtype=torch.float64))
     assert float(pool.e.max()) < 2.0**-100
     # the exact maximum 1 + 2^-70 (a max of the high parts alone would give 1)
-    assert Fraction(float(pool.h.ravel()[0])) + Fraction(float(pool.l.ravel()[0])) == 1 + Fraction(2) ** -70
+    assert _exact_sum(pool)[0] == 1 + Fraction(2) ** -70
 
 
-def test_a_residual_cnn_end_to_end() -> None:
+@pytest.mark.parametrize(("limbs", "rel"), [(2, 1e-26), (4, 1e-55)])
+def test_a_residual_cnn_end_to_end(limbs: int, rel: float) -> None:
     """Conv, Affine (batch norm), Relu, MaxPool, Conv, Clip, Add (skip), GlobalAvgPool, Reshape,
-    Linear against the exact outputs; float64's own bound is far larger."""
+    Linear against the exact outputs; float64's own bound is far larger; four limbs some 2^-100
+    below two."""
     rng = np.random.default_rng(11)
     w1 = _wide(rng, 3, 2, 3, 3)
     w2 = _wide(rng, 3, 3, 3, 3)
@@ -249,7 +257,7 @@ def test_a_residual_cnn_end_to_end() -> None:
     f = np.vectorize(lambda v: min(max(v, Fraction(0)), Fraction(6)), otypes=[object])(e)
     h = (f + d).sum(axis=(1, 2)) / 9
     y = _exact(wl) @ h + _exact(bl)
-    _check(g, [x], y[None])
+    _check(g, [x], y[None], rel=rel, limbs=limbs)
 
 
 def test_unsupported_operators_are_named() -> None:
@@ -365,8 +373,9 @@ def _hard_swish_exact(v: Fraction) -> Fraction:
     return Fraction(0) if v <= -3 else v if v >= 3 else v * (v + 3) / 6
 
 
+@pytest.mark.parametrize("limbs", [2, 4])
 @pytest.mark.parametrize("kind", ["hardswish", "hardsigmoid"])
-def test_hard_activations_near_and_far_from_their_kinks(kind: str) -> None:
+def test_hard_activations_near_and_far_from_their_kinks(kind: str, limbs: int) -> None:
     """A linear map with cancellation puts units within a few ulps of HardSwish's kinks -3 and 3
     (and of HardSigmoid's 0 and 1) and others far from them: every entry within its bound of the
     exact value, far below float64's bound."""
@@ -385,11 +394,14 @@ def test_hard_activations_near_and_far_from_their_kinks(kind: str) -> None:
         Node(name="a", op=O.Linear(weight=w, bias=bias), inputs=("x",), output="z"),
         Node(name="b", op=op, inputs=("z",), output="y"))))
     z = _exact(x) @ _exact(w).T + _exact(bias)
-    _check(g, [x * 1e-12], np.vectorize(ref, otypes=[object])(_exact(x * 1e-12) @ _exact(w).T + _exact(bias)))
-    _check(g, [x], np.vectorize(ref, otypes=[object])(z))
+    rel = 1e-26 if limbs == 2 else 1e-55
+    _check(g, [x * 1e-12], np.vectorize(ref, otypes=[object])(_exact(x * 1e-12) @ _exact(w).T + _exact(bias)),
+           rel=rel, limbs=limbs)
+    _check(g, [x], np.vectorize(ref, otypes=[object])(z), rel=rel, limbs=limbs)
 
 
-def test_products_of_two_values_with_broadcasting() -> None:
+@pytest.mark.parametrize(("limbs", "rel"), [(2, 1e-24), (4, 1e-52)])
+def test_products_of_two_values_with_broadcasting(limbs: int, rel: float) -> None:
     """A squeeze-and-excitation gate: a (1, 3, 4, 4) map times a (1, 3, 1, 1) gate from its pooled
     HardSigmoid, as MobileNetV3 computes it, against the exact outputs."""
     rng = np.random.default_rng(5)
@@ -412,8 +424,8 @@ def test_products_of_two_values_with_broadcasting() -> None:
     c = b.sum(axis=(1, 2)) / 16
     e = _exact(wl) @ c + _exact(bl)
     f = np.vectorize(lambda v: min(max(Fraction(0.2) * v + Fraction(0.5), Fraction(0)), Fraction(1)), otypes=[object])(e)
-    _check(g, [x], (b * f[:, None, None])[None], rel=1e-24,  # wide values: cancellation in the conv
-           telescoped=False)
+    _check(g, [x], (b * f[:, None, None])[None], rel=rel,  # wide values: cancellation in the conv
+           telescoped=False, limbs=limbs)
 
 
 def test_two_prod_is_exact() -> None:
@@ -424,3 +436,39 @@ def test_two_prod_is_exact() -> None:
     p, e = two_prod(torch.from_numpy(a), torch.from_numpy(b))
     for ai, bi, pi, ei in zip(a, b, p.numpy(), e.numpy(), strict=True):
         assert Fraction(float(ai)) * Fraction(float(bi)) == Fraction(float(pi)) + Fraction(float(ei))
+
+
+def test_a_deep_chain_takes_four_limbs_when_two_are_not_enough() -> None:
+    """60 layers of a rotation (float32 entries) and a wide clip: |W| grows some 2.7 times a layer
+    where W keeps norms, so two limbs leave a bound above ESCALATE times the outputs; the model then
+    evaluates with four, from then on, and its bound is the outputs' rounding to float64; the
+    outputs stay within it of the exact ones."""
+    from stabaudit.analyses.precise import ESCALATE, LIMBS
+
+    rng = np.random.default_rng(8)
+    nodes = []
+    name = "x"
+    ws = []
+    for i in range(60):
+        q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+        w = q.astype(np.float32).astype(np.float64)
+        ws.append(w)
+        nodes.append(Node(name=f"l{i}", op=O.Linear(weight=w), inputs=(name,), output=f"z{i}"))
+        nodes.append(Node(name=f"c{i}", op=O.Clip(min=-100.0, max=100.0), inputs=(f"z{i}",), output=f"a{i}"))
+        name = f"a{i}"
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 12)),), outputs=(name,), nodes=tuple(nodes)))
+    x = rng.standard_normal(12)
+    model = PreciseModel(g, dict(g.shapes))
+    assert model.limbs == LIMBS[0]
+    _, two = model._evaluate(torch.from_numpy(x))
+    y, bound = model.evaluate(torch.from_numpy(x))
+    assert model.limbs == LIMBS[-1] == 4
+    norm = float(np.linalg.norm(y))
+    # four limbs: only the outputs' rounding to float64 is left
+    assert two > ESCALATE * norm and bound <= 2.3e-16 * norm
+    v = _exact(x)
+    for w in ws:
+        v = _exact(w) @ v  # the clip is never reached
+    assert max(abs(t) for t in v) < 100
+    gap = math.sqrt(sum(float(Fraction(float(a)) - b) ** 2 for a, b in zip(y, v, strict=True)))
+    assert gap <= bound
