@@ -79,13 +79,19 @@ def run(spec: str, member: str, args: list[str], budget: float, timeout: float) 
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - start
         report = json.loads(out.read_text()) if out.exists() else None
-    if report is None or "lipschitz" not in report:
-        reason = (proc.stderr.strip().splitlines() or ["?"])[0].replace("|", "/")[:120]
-        return f"| {label} | exit {proc.returncode}: {reason} | | | {seconds:.0f} |"
+    if report is None or "lipschitz" not in report or proc.returncode >= 2:
+        reason = next((line for line in proc.stderr.splitlines() if line.startswith("error:")), "?")
+        reason = reason.split(": ", 2)[-1].replace("|", "/")[:120]
+        return f"| {label} | {proc.returncode} | refused: {reason} | | {seconds:.0f} |"
     lip = report["lipschitz"]
     how = lip.get("lower_method") or ""
-    confirmed = ("4-limb" if "4-limb" in how else "double-double" if "double-double evaluation" in how
-                 else "float64" if lip.get("lower") is not None else how.split(";")[0][:60])
+    arithmetic = "4-limb" if "4-limb" in how else "double-double" if "double-double" in how else "float64"
+    if lip.get("lower") is not None:
+        confirmed = arithmetic
+    elif "planned at" in how:
+        confirmed = "none: not planned within the budget"
+    else:
+        confirmed = f"none: its {arithmetic} error bound swamps the outputs"
     return (f"| {label} | {proc.returncode} | [{fmt(lip.get('lower'))}, {fmt(lip.get('upper'))}] | {confirmed} | "
             f"{seconds:.0f} |")
 

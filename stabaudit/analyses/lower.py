@@ -1463,14 +1463,14 @@ def precise_doubtful(precise: PreciseModel, ratio: float, x: torch.Tensor, macs:
     double-double evaluation at ``x`` (one evaluation of a network of ``macs`` multiply-adds,
     charged here): why it cannot confirm a quotient either (its own bound swamps the outputs
     there), or None (worth searching with)."""
-    from stabaudit.analyses.precise import LIMBS, PASSES, PASSES_4
+    from stabaudit.analyses.precise import LIMBS, evaluation_macs
 
     if ratio <= PRECISE_DOUBT:
         return None
-    plan.spend(PASSES * macs / plan.LOWER_MACS_PER_S)
+    plan.spend(evaluation_macs(precise.graph, precise.shapes, macs, LIMBS[0]) / plan.LOWER_MACS_PER_S)
     still, _, _ = unconfirmable_at(precise, (x,), "multi-limb error bound")
     if precise.limbs > LIMBS[0]:  # two limbs were not enough: the evaluation was made again with four
-        plan.spend(PASSES_4 * macs / plan.LOWER_MACS_PER_S)
+        plan.spend(evaluation_macs(precise.graph, precise.shapes, macs, precise.limbs) / plan.LOWER_MACS_PER_S)
     # named by the arithmetic the model ended in (four limbs where two were not enough)
     return None if still is None else still.replace("multi-limb", precise.arithmetic, 1)
 
@@ -1479,14 +1479,16 @@ def escalated_plan(precise: PreciseModel, count: int, macs: float) -> int:
     """The evaluations that ``count`` planned two-limb evaluations (charged by ``precise_plan``) buy
     once the model takes four limbs (``precise.PreciseModel.evaluate``): as many as the same work
     buys, at least PRECISE_LEAST (the difference charged here)."""
-    from stabaudit.analyses.precise import LIMBS, PASSES, PASSES_4
+    from stabaudit.analyses.precise import LIMBS, evaluation_macs
 
     if precise.limbs == LIMBS[0]:
         return count
-    fewer = max(PRECISE_LEAST, int(count * PASSES / PASSES_4))
-    extra = fewer * PASSES_4 - count * PASSES
+    two = evaluation_macs(precise.graph, precise.shapes, macs, LIMBS[0])
+    four = evaluation_macs(precise.graph, precise.shapes, macs, precise.limbs)
+    fewer = max(PRECISE_LEAST, int(count * two / four))
+    extra = fewer * four - count * two
     if extra > 0:
-        plan.spend(extra * macs / plan.LOWER_MACS_PER_S)
+        plan.spend(extra / plan.LOWER_MACS_PER_S)
     return fewer
 
 
@@ -1497,10 +1499,10 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
     at least PRECISE_LEAST when they are planned within PRECISE_FLOOR_S (not for a search that is
     a ``share`` of another's budget); none when they are not planned, or when the model's memory
     (``precise.memory_estimate``) is above what the memory budget leaves."""
-    from stabaudit.analyses.precise import PASSES, PreciseModel, memory_estimate
+    from stabaudit.analyses.precise import LIMBS, PreciseModel, evaluation_macs, memory_estimate
     from stabaudit.limits import active_memory_budget, format_size, remaining_memory
 
-    cost = PASSES * macs
+    cost = evaluation_macs(graph, shapes, macs, LIMBS[0])
     count = int(PRECISE_SHARE * plan.lower_units(budget_s) / cost)
     if count < PRECISE_LEAST and not share:
         count = PRECISE_LEAST if PRECISE_LEAST * cost <= PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S else 0

@@ -94,15 +94,37 @@ MIN_UNIT_EXPONENT = -480
 # one core, with the sensitivities: the malviz ResNet-18 at 224x224 1.79 s for a float64 pass
 # planned at 0.118 s, a seeded ResNet-50 4.67 s for 0.265 s, the captcha CRNN 1.10 s for 0.070 s)
 PASSES = 16.0
-# the same with four limbs (the ResNet-18 above: 4.55 s; a MobileNetV3-style classifier, whose
-# elementwise operators the cost model does not count, 142 planned passes with four, 42 with two)
+# the same with four limbs (the ResNet-18 above: 4.55 s)
 PASSES_4 = 40.0
+# multiply-accumulates of the cost model per output entry of the operators evaluated in limbs
+# entry by entry, with two and with four limbs (measured on one core: a CRNN with 1.39 million
+# entries of Sigmoid, Tanh and SiLU, 3.8 s and 36 s beyond its linear maps; a MobileNetV3-style
+# classifier with 2.5 million HardSwish entries, 1.1 s and 4.4 s)
+ENTRY_MACS = {
+    "logistic": {2: 1.1e4, 4: 1.0e5},
+    "product": {2: 1.8e3, 4: 7.0e3},
+}
 LIMBS = (2, 4)  # the limbs of the first evaluations, and of those after an escalation
 # an evaluation whose bound is above ESCALATE times its outputs' norm is done again with the
-# most limbs (and so are the later ones)
-ESCALATE = 1e-10
+# most limbs (and so are the later ones): double-double's bound on a packaged ResNet-18 at 224x224,
+# 1.7e-8 of its outputs, confirms its quotients; a seeded ResNet-50's 1.3e-3 rarely does
+ESCALATE = 1e-6
 
 _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
+
+
+def evaluation_macs(graph: Graph, shapes: dict[str, tuple[int, ...]], macs: float, limbs: int) -> float:
+    """The cost model's multiply-accumulates of one evaluation with ``limbs`` limbs of a graph whose
+    float64 forward pass counts ``macs``: PASSES (PASSES_4) passes, and ENTRY_MACS per output entry of
+    the operators evaluated entry by entry (Sigmoid, Tanh, SiLU; HardSwish, HardSigmoid, products)."""
+    passes = PASSES if limbs <= 2 else PASSES_4
+    entries = 0.0
+    for node in graph.nodes:
+        kind = ("logistic" if isinstance(node.op, O.Sigmoid | O.Tanh | O.Silu)
+                else "product" if isinstance(node.op, O.HardSwish | O.HardSigmoid | O.Mul) else None)
+        if kind is not None:
+            entries += ENTRY_MACS[kind][2 if limbs <= 2 else 4] * float(math.prod(shapes[node.output]))
+    return passes * macs + entries
 
 
 def slices_for(limbs: int, beta: int) -> int:
@@ -538,6 +560,8 @@ class PreciseModel:
                 return lambda xs: _mul(xs[0], xs[1], limbs)
             case O.HardSwish():
                 return self._hard_swish()
+            case O.Sigmoid() | O.Tanh() | O.Silu():
+                return self._logistic(op)
             case O.HardSigmoid(alpha=alpha, beta=beta):
                 scaled = self._linear_step(self._linear([np.asarray(alpha, dtype=np.float64)], 0.0,
                                                         lambda c, x: x * c, 1,
@@ -650,6 +674,32 @@ class PreciseModel:
             return Value(parts=parts, e=(1.5 * v.e + own) * (1 + 4 * U), own=own)
 
         return hard_swish
+
+    def _logistic(self, op: O.Op) -> Callable[[list[Value]], Value]:
+        """Sigmoid, Tanh = 2 sigmoid(2x) - 1 and SiLU = x sigmoid(x), in limbs (``_sigmoid``) at the
+        enclosure's centre; the inputs' distance E moves the output by at most L E, L the
+        operator's Lipschitz constant (1/4, 1, 1.1 > 1.0998)."""
+        import torch
+
+        limbs = self.limbs
+        lip = 0.25 if isinstance(op, O.Sigmoid) else 1.0 if isinstance(op, O.Tanh) else 1.1
+
+        def logistic(xs: list[Value]) -> Value:
+            v = xs[0]
+            x0 = v.exactly()
+            if isinstance(op, O.Tanh):
+                half = _sigmoid(Value(parts=[2.0 * p for p in x0.parts], e=x0.e), limbs)
+                out = _add(Value(parts=[2.0 * p for p in half.parts], e=2.0 * half.e), _constant(x0.parts[0], -1.0),
+                           limbs)
+            else:
+                out = _sigmoid(x0, limbs)
+                if isinstance(op, O.Silu):
+                    out = _mul(x0, out, limbs)
+            own = out.e * (1 + 4 * U)
+            return Value(parts=out.parts, e=(lip * v.e + own) * (1 + 4 * U), own=own)
+
+        del torch
+        return logistic
 
     def _leaky(self, slope: np.ndarray) -> Callable[[list[Value]], Value]:
         import torch
@@ -847,15 +897,16 @@ def memory_estimate(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> int:
     """Bytes a model of ``graph`` holds beyond the graph itself, for the memory plan: each weight's
     slices, magnitude and remainder (about seven float64 copies; measured on ResNet-50 at 224x224,
     1.55 GB against 1.58 GB estimated) and the working set of the largest node (about 24 float64
-    tensors of its output: h, l, e and own of its inputs and output, the input's slices and
-    remainders, the running sums)."""
+    tensors of its output with two limbs: the limbs, e and own of its inputs and output, the
+    input's slices and remainders, the running sums; counted as 64 for four limbs and for the
+    temporaries of an exponential in limbs)."""
     weights = 0
     for node in graph.nodes:
         w = getattr(node.op, "weight", None)
         if isinstance(w, np.ndarray):
             weights += int(w.size)
     largest = max((math.prod(shapes[n.output]) for n in graph.nodes), default=0)
-    return 8 * (7 * weights + 24 * largest)
+    return 8 * (7 * weights + 64 * largest)
 
 
 def _fit(e: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -963,6 +1014,86 @@ def _mul(a: Value, b: Value, limbs: int) -> Value:
     return Value(parts=out, e=e, own=own)
 
 
+def _scaled(v: Value, power: torch.Tensor) -> Value:
+    """v times 2^power entry-wise: exact on the limbs unless they leave the normal range, which
+    TINY per limb covers (the scaled e rounded up alike)."""
+    import torch
+
+    return Value(parts=[torch.ldexp(p, power) for p in v.parts],
+                 e=torch.ldexp(v.e, power) * (1 + 2 * U) + TINY * (len(v.parts) + 1), own=v.own)
+
+
+_FACTORIALS = [Fraction(1, math.factorial(j)) for j in range(24)]
+# exp(t) is computed for t <= this: e^600 < 3.8e260, so its squares stay finite and TwoProduct's
+# splitting (a factor 2^27 + 1) does not overflow
+EXP_LIMIT = 600.0
+REDUCED = 2.0**-12  # |t| / 2^m at most this before the Taylor series
+
+
+def _exp(t: Value, limbs: int) -> Value:
+    """exp(t) for an exact t = sum(t.parts) <= EXP_LIMIT (t.e = 0), in limbs, with e its certified
+    distance to exp(t): s = t / 2^m (exact; m per entry) with |s| <= REDUCED, its Taylor polynomial
+    of degree N by Horner in limbs (the remainder |s|^(N+1) / (N+1)! e^|s| added to e), then m
+    squarings (``_mul`` carries the error: each squaring doubles the relative one)."""
+    import torch
+
+    # m per entry: an entry far smaller than the tensor's largest is not squared as often (each
+    # squaring doubles the relative error)
+    size_t = t.magnitude()
+    m = torch.clamp(torch.ceil(torch.log2(torch.clamp(size_t, min=REDUCED) / REDUCED)), min=0).to(torch.int32)
+    most = int(m.max()) if m.numel() else 0
+    s = _scaled(t, -m) if most else t
+    degree = 9 if limbs <= 2 else 16
+    like = t.parts[0]
+
+    def const(c: Fraction) -> Value:
+        vals, rest = _fraction_limbs(c, limbs)
+        return Value(parts=[torch.full_like(like, v) for v in vals], e=torch.full_like(like, rest))
+
+    p = const(_FACTORIALS[degree])
+    for j in range(degree - 1, -1, -1):
+        p = _add(_mul(p, s, limbs), const(_FACTORIALS[j]), limbs)
+    size = s.magnitude() + s.e
+    rem = size ** (degree + 1) * (float(_FACTORIALS[degree + 1]) * (1 + 8 * U)) * 1.001  # e^|s| <= 1.001
+    p = Value(parts=p.parts, e=(p.e + rem) * (1 + 2 * U) + TINY)
+    for i in range(most):
+        square = _mul(p, p, limbs)
+        now = m > i
+        p = Value(parts=_where(now, square.parts, p.parts), e=torch.where(now, square.e, p.e))
+    return p
+
+
+def _sigmoid(x: Value, limbs: int) -> Value:
+    """1 / (1 + exp(-x)) for an exact x (x.e = 0), in limbs, with e its certified distance to the
+    exact value: d = 1 + exp(-x) (``_exp``), y its reciprocal by Newton's iteration in limbs from the
+    float64 one, and the a posteriori bound |1/d - y| = |1 - d y| / d <= (|rho| + e_rho) / d_low
+    (rho = 1 - d y in limbs with its own error e_rho, d_low >= 1 - 1e-9 a lower bound of d), plus
+    |1/d_exact - 1/d| <= e_d / d_low^2. Where -x >
+    EXP_LIMIT, the output is 0 within e^-600 < 3e-261."""
+    import torch
+
+    zero = torch.zeros_like(x.parts[0])
+    t = _neg(x)
+    far = t.total() > EXP_LIMIT
+    t = Value(parts=_where(far, [zero], t.parts), e=zero)
+    d = _add(_exp(t, limbs), _constant(zero, 1.0), limbs)
+    exact_d = d.exactly()
+    y = Value(parts=[1.0 / d.total()], e=zero)
+    for _ in range(1 if limbs <= 2 else 2):
+        rho = _add(_constant(zero, 1.0), _mul(exact_d, y, limbs), limbs, -1.0)
+        y = _add(y, _mul(y, rho.exactly(), limbs), limbs)
+        y = y.exactly()
+    rho = _add(_constant(zero, 1.0), _mul(exact_d, y, limbs), limbs, -1.0)
+    # a lower bound of both the limbs' sum D and the exact d: D's float64 sum less its rounding and
+    # e_d, and at least 1 - 1e-9 (d = 1 + exp >= 1; the limbs sum to it up to their rounding)
+    total, rounding = d.rounded()
+    low = torch.clamp((total - rounding - d.e) * (1 - 4 * U), min=1.0 - 1e-9)
+    # |1/d_exact - y| <= |1 - D y| / D + |d_exact - D| / (d_exact D)
+    bound = ((rho.magnitude() + rho.e) / low + d.e / low / low) * (1 + 8 * U) + TINY
+    parts = _where(far, [zero], y.parts)
+    return Value(parts=parts, e=torch.where(far, torch.full_like(zero, 3e-261), bound))
+
+
 def _neg(v: Value) -> Value:
     return Value(parts=[-p for p in v.parts], e=v.e, own=v.own)
 
@@ -1042,4 +1173,4 @@ def _max_of(values: Sequence[Value], limbs: int) -> Value:
     return Value(parts=out.parts, e=(largest + own) * (1 + 2 * U), own=own)
 
 
-__all__ = ["LIMBS", "PASSES", "PASSES_4", "PreciseModel", "Value", "extract", "memory_estimate", "two_prod", "two_sum"]
+__all__ = ["ENTRY_MACS", "LIMBS", "PASSES", "PASSES_4", "PreciseModel", "evaluation_macs", "Value", "extract", "memory_estimate", "two_prod", "two_sum"]

@@ -13,6 +13,7 @@ import torch
 
 from stabaudit.analyses.lower import ForwardErrorModel
 from stabaudit.analyses.precise import PreciseModel
+from stabaudit.ir import ops as O
 from stabaudit.ir.executor import with_shapes
 from tests.soundness import harness as H
 from tests.soundness.cases import CASES, ONNX, TS, Case
@@ -73,5 +74,8 @@ def test_the_real_network_corpus(external_dir: Path) -> None:
             assert float(np.linalg.norm(ydd - y64)) <= (e64 + edd) * (1 + 1e-9) + 1e-300, path.name
         if not precise.in_float64:
             exact += 1
-            assert edd <= 1e-6 * e64 + 1.2e-16 * float(np.linalg.norm(ydd)) + 1e-150, path.name
+            # piecewise-linear networks: some 2^-50 of float64's bound; with Sigmoid or Tanh layers
+            # (in limbs too, their slicing of each layer's input to about 84 bits) 1e-4 of it
+            smooth = any(isinstance(node.op, O.Sigmoid | O.Tanh | O.Silu) for node in graph.nodes)
+            assert edd <= (1e-4 if smooth else 1e-6) * e64 + 1.2e-16 * float(np.linalg.norm(ydd)) + 1e-150, path.name
     assert exact >= 10  # ACAS Xu, the ReLU MLPs, the CIFAR ResNets and CNNs
