@@ -513,6 +513,24 @@ def fuse_masked_softmax(graph: Graph) -> Graph:
     return with_shapes(Graph(inputs=graph.inputs, outputs=graph.outputs, nodes=nodes).validate())
 
 
+def _single_readers(graph: Graph) -> tuple[Mapping[str, tuple[int, ...]], dict[str, Node], Callable[[str], Node | None]]:
+    """What the pattern fusions read: the shapes of ``graph``'s values, their producers, and
+    ``sole(name)``, the one node that reads the value (once, or twice as Mul(x, x) does) when no
+    other node does and it is not a graph output, else None."""
+    from stabaudit.ir.executor import with_shapes
+
+    known = all(n.output in graph.shapes for n in graph.nodes)
+    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+
+    def sole(name: str) -> Node | None:
+        users = {id(n): n for n in consumers.get(name, [])}
+        return next(iter(users.values())) if len(users) == 1 and name not in outputs else None
+
+    return shapes, {n.output: n for n in graph.nodes}, sole
+
+
 def fuse_rms_norm(graph: Graph) -> Graph:
     """x / sqrt(mean(x^2) + eps) [* scale] over trailing axes, as traced modules compute RMSNorm
     (x.pow(2).mean(-1, keepdim=True), + eps, rsqrt, times x, times the weight), becomes one
@@ -523,16 +541,7 @@ def fuse_rms_norm(graph: Graph) -> Graph:
     value must be read only by the next step."""
     from stabaudit.ir.executor import with_shapes
 
-    known = all(n.output in graph.shapes for n in graph.nodes)
-    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
-    consumers = graph.consumers()
-    producer = {n.output: n for n in graph.nodes}
-    outputs = set(graph.outputs)
-
-    def sole(name: str) -> Node | None:
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and name not in outputs else None
-
+    shapes, producer, sole = _single_readers(graph)
     replaced: dict[str, Node] = {}
     dropped: set[str] = set()
     for mean in graph.nodes:
@@ -695,17 +704,7 @@ def fuse_root_of_squares(graph: Graph) -> Graph:
     by the next step."""
     from stabaudit.ir.executor import with_shapes
 
-    known = all(n.output in graph.shapes for n in graph.nodes)
-    shapes = graph.shapes if known else with_shapes(graph.validate()).shapes
-    consumers = graph.consumers()
-    producer = {n.output: n for n in graph.nodes}
-    outputs = set(graph.outputs)
-
-    def sole(name: str) -> Node | None:
-        """The one node that reads ``name`` (once, or twice as Mul(x, x) does), if only one does."""
-        users = {id(n): n for n in consumers.get(name, [])}
-        return next(iter(users.values())) if len(users) == 1 and name not in outputs else None
-
+    shapes, producer, sole = _single_readers(graph)
     replaced: dict[str, list[Node]] = {}
     dropped: set[str] = set()
     for root in graph.nodes:
