@@ -1471,8 +1471,15 @@ def precise_doubtful(precise: PreciseModel, ratio: float, x: torch.Tensor, macs:
     still, _, _ = unconfirmable_at(precise, (x,), "multi-limb error bound")
     if precise.limbs > LIMBS[0]:  # two limbs were not enough: the evaluation was made again with four
         plan.spend(evaluation_macs(precise.graph, precise.shapes, macs, precise.limbs) / plan.LOWER_MACS_PER_S)
+    if still is None:
+        return None
     # named by the arithmetic the model ended in (four limbs where two were not enough)
-    return None if still is None else still.replace("multi-limb", precise.arithmetic, 1)
+    still = still.replace("multi-limb", precise.arithmetic, 1)
+    if precise.most_limbs < LIMBS[-1]:
+        still = (still.removesuffix(_NO_QUOTIENT) + f"; the four-limb evaluation (about 212 bits) is planned at "
+                 f"{precise.four_limbs_s:.3g} s, beyond this search's share of --budget (a larger --budget may "
+                 "confirm it)" + _NO_QUOTIENT)
+    return still
 
 
 def escalated_plan(precise: PreciseModel, count: int, macs: float) -> int:
@@ -1516,8 +1523,16 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
                          f"{format_size(needed)}, above the {format_size(max(left, 0))} the memory budget "
                          "leaves (--max-memory)")
     plan.spend(count * cost / plan.LOWER_MACS_PER_S)
+    # four limbs only where their smallest plan fits what two limbs could have had (the share, or
+    # PRECISE_FLOOR_S for a search of its own)
+    four = evaluation_macs(graph, shapes, macs, LIMBS[-1])
+    room = max(PRECISE_SHARE * plan.lower_units(budget_s),
+               0.0 if share else PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S)
+    most = LIMBS[-1] if PRECISE_LEAST * four <= room else LIMBS[0]
     # the nodes without an exact kernel run in float64 with ``fallback``'s rules and sensitivities
-    return PreciseModel(graph, shapes, fallback=fallback), count, ""
+    model = PreciseModel(graph, shapes, fallback=fallback, most_limbs=most)
+    model.four_limbs_s = PRECISE_LEAST * four / plan.LOWER_MACS_PER_S
+    return model, count, ""
 
 
 # the end of every such message: what an error bound that swamps the outputs means

@@ -367,8 +367,10 @@ class PreciseModel:
     ``limbs``: the limbs of each value now (LIMBS[0], then LIMBS[-1] after an escalation)."""
 
     def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: ForwardErrorModel | None = None,
-                 limbs: int = LIMBS[0]):
+                 limbs: int = LIMBS[0], most_limbs: int = LIMBS[-1]):
         self.graph = graph
+        self.most_limbs = most_limbs  # the limbs an escalation may take (the plan's choice)
+        self.four_limbs_s = 0.0  # what two evaluations with four limbs were planned at (set by the plan)
         self.shapes = shapes
         self.fallback = fallback
         self.why: str | None = None
@@ -854,10 +856,10 @@ class PreciseModel:
     def evaluate(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
         """The outputs (flat, float64: the limbs' sum rounded) at the flat input x and an upper bound
         of the L2 distance to the exact outputs (inf when not supported or not finite). A bound
-        above ESCALATE times the outputs' norm with fewer than the most limbs: the model takes the
-        most limbs from now on and evaluates again."""
+        above ESCALATE times the outputs' norm with fewer than the most limbs (``most_limbs``: what
+        the plan allows): the model takes the most limbs from now on and evaluates again."""
         y, bound = self._evaluate(x)
-        if (self.supported and self.limbs < LIMBS[-1] and np.all(np.isfinite(y))
+        if (self.supported and self.limbs < min(LIMBS[-1], self.most_limbs) and np.all(np.isfinite(y))
                 and not bound <= ESCALATE * float(np.linalg.norm(y))):
             self._build(LIMBS[-1])
             y, bound = self._evaluate(x)

@@ -466,6 +466,10 @@ def test_a_deep_chain_takes_four_limbs_when_two_are_not_enough() -> None:
     norm = float(np.linalg.norm(y))
     # four limbs: only the outputs' rounding to float64 is left
     assert two > ESCALATE * norm and bound <= 2.3e-16 * norm
+    # a plan that cannot afford four limbs keeps two
+    kept = PreciseModel(g, dict(g.shapes), most_limbs=2)
+    _, again = kept.evaluate(torch.from_numpy(x))
+    assert kept.limbs == 2 and again == two
     v = _exact(x)
     for w in ws:
         v = _exact(w) @ v  # the clip is never reached
