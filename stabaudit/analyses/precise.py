@@ -209,10 +209,6 @@ class Value:
     # as exact (None: 0), for the telescoped bound
     own: torch.Tensor | None = None
 
-    @property
-    def h(self) -> torch.Tensor:
-        return self.parts[0]
-
     def total(self) -> torch.Tensor:
         """The float64 sum of the limbs, smallest first."""
         return self.rounded()[0]
@@ -605,7 +601,8 @@ class PreciseModel:
 
     def _float64(self, node: Node, fallback: ForwardErrorModel) -> Callable[[list[Value]], Value]:
         """The node in float64 on the rounded inputs fl(sum of limbs), whose distance to the exact
-        ones is at most e + gamma_n sum |limbs|, with ``fallback``'s rule for the node
+        ones is at most e plus the rounding of that sum (``Value.rounded``), with ``fallback``'s rule
+        for the node
         (``lower.ForwardErrorModel``: the computed output's distance to the exact one, given the
         inputs' distances)."""
 
@@ -681,8 +678,6 @@ class PreciseModel:
         """Sigmoid, Tanh = 2 sigmoid(2x) - 1 and SiLU = x sigmoid(x), in limbs (``_sigmoid``) at the
         enclosure's centre; the inputs' distance E moves the output by at most L E, L the
         operator's Lipschitz constant (1/4, 1, 1.1 > 1.0998)."""
-        import torch
-
         limbs = self.limbs
         lip = 0.25 if isinstance(op, O.Sigmoid) else 1.0 if isinstance(op, O.Tanh) else 1.1
 
@@ -700,7 +695,6 @@ class PreciseModel:
             own = out.e * (1 + 4 * U)
             return Value(parts=out.parts, e=(lip * v.e + own) * (1 + 4 * U), own=own)
 
-        del torch
         return logistic
 
     def _leaky(self, slope: np.ndarray) -> Callable[[list[Value]], Value]:
