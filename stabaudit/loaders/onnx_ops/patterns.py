@@ -46,6 +46,12 @@ class _Graph:
             return False
         return abs(float(value.reshape(-1)[0]) - target) <= 1e-6 * abs(target)
 
+    def is_exactly(self, name: str | None, target: float) -> bool:
+        """Whether ``name`` is a constant scalar equal to ``target`` (no tolerance)."""
+        value = None if name is None else self.constants.get(name)
+        return (value is not None and value.size == 1 and value.dtype.kind in "fiu"
+                and float(value.reshape(-1)[0]) == target)
+
     def other(self, node: OnnxNode, name: str) -> str | None:
         """The second operand of binary ``node`` that reads ``name`` once."""
         if len(node.inputs) != 2 or list(node.inputs).count(name) != 1:
@@ -188,12 +194,6 @@ def _match_gated(mul: OnnxNode, g: _Graph) -> _Match | None:
     return None
 
 
-def _exactly(g: _Graph, name: str | None, target: float) -> bool:
-    """Whether ``name`` is a constant scalar equal to ``target`` (no tolerance)."""
-    value = None if name is None else g.constants.get(name)
-    return value is not None and value.size == 1 and value.dtype.kind in "fiu" and float(value.reshape(-1)[0]) == target
-
-
 def _relu6_of_shift(gate: OnnxNode, x: str, g: _Graph) -> OnnxNode | None:
     """The Add of Clip(x + 3, 0, 6) when ``gate`` is that Clip (bounds exactly 0 and 6, the shift
     exactly 3, the sum read only by the Clip), else None."""
@@ -203,11 +203,11 @@ def _relu6_of_shift(gate: OnnxNode, x: str, g: _Graph) -> OnnxNode | None:
         low, high = gate.attr("min", None), gate.attr("max", None)
         bounded = low is not None and high is not None and float(low) == 0.0 and float(high) == 6.0
     else:
-        bounded = _exactly(g, gate.input(1), 0.0) and _exactly(g, gate.input(2), 6.0)
+        bounded = g.is_exactly(gate.input(1), 0.0) and g.is_exactly(gate.input(2), 6.0)
     add = g.producer.get(gate.inputs[0])
     if not bounded or add is None or add.op_type != "Add" or g.sole_consumer(add.outputs[0]) is not gate:
         return None
-    return add if g.other(add, x) is not None and _exactly(g, g.other(add, x), 3.0) else None
+    return add if g.other(add, x) is not None and g.is_exactly(g.other(add, x), 3.0) else None
 
 
 def _sixth(node: OnnxNode | None, value: str, g: _Graph) -> float | None:
@@ -218,7 +218,7 @@ def _sixth(node: OnnxNode | None, value: str, g: _Graph) -> float | None:
 
     if node is None:
         return None
-    if node.op_type == "Div" and node.inputs[0] == value and _exactly(g, node.inputs[1], 6.0):
+    if node.op_type == "Div" and node.inputs[0] == value and g.is_exactly(node.inputs[1], 6.0):
         return 1.0
     other = g.other(node, value) if node.op_type == "Mul" else None
     if other is None or not g.is_scalar(other, 1 / 6):
