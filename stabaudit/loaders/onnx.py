@@ -1005,23 +1005,19 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
     nodes that depend on them are skipped (counted only when their op is unknown too). An If on a
     constant condition is replaced by the nodes of the branch it takes (onnx_ops.control)."""
     from stabaudit.loaders.onnx_ops import (
-        ANCHORS,
         FOLDERS,
         TRANSLATORS,
         Context,
         Unsupported,
         fold,
         foldable,
-        fuse_patterns,
     )
     from stabaudit.loaders.onnx_ops.control import (
         SUBGRAPH_OPS,
         Branch,
         bind_outputs,
-        branch_constants,
-        branch_uses,
+        inline,
         subgraph_reads,
-        taken_branch,
     )
     from stabaudit.loaders.onnx_ops.ml import carry_dropped, refusal
     from stabaudit.loaders.onnx_ops.quantization import carry_quantization
@@ -1058,21 +1054,12 @@ def _walk(nodes: Sequence[Any], constants: Mapping[str, np.ndarray], inputs: Seq
             try:
                 # the names defined so far and by the nodes still to come: a branch's own are renamed
                 pending = {o for n in queue if not isinstance(n, Branch) for o in n.outputs if o}
-                branch = taken_branch(node, ctx, _known(ctx) | pending)
+                inner, branch, labels = inline(node, ctx, _known(ctx) | pending, _constant_value)
             except Unsupported as exc:
                 unsupported[exc.label] += 1
                 poisoned.update(node.outputs)
                 continue
-            inner = list(branch.nodes)
-            if any(n.op_type in ANCHORS for n in inner):  # the patterns of the branch (GELU, LayerNorm, ..)
-                inner, labels = fuse_patterns(inner, {**ctx.constants, **branch.initializers,
-                                                      **branch_constants(inner, _constant_value)},
-                                              {b for _, b in branch.bindings})
-                fused_in_branches.update(labels)
-            for name, value in branch.initializers.items():
-                ctx.constants[name] = value
-                ctx.stored.add(name)
-            ctx.uses.update(branch_uses(branch))  # type: ignore[attr-defined]
+            fused_in_branches.update(labels)
             queue.extendleft(reversed([*inner, branch]))
             inlined["then" if branch.taken else "else"] += 1
             continue

@@ -126,7 +126,7 @@ def taken_branch(node: OnnxNode, ctx: Context, known: Iterable[str]) -> Branch:
     return Branch(node=node, taken=taken, nodes=tuple(nodes), initializers=stored, bindings=bindings)
 
 
-def branch_uses(branch: Branch) -> list[str]:
+def _branch_uses(branch: Branch) -> list[str]:
     """The names the branch's nodes and outputs read (for the walk's use counts)."""
     names = [name for n in branch.nodes for name in n.present_inputs]
     names += [name for n in branch.nodes if n.op_type in SUBGRAPH_OPS and n.proto is not None
@@ -149,7 +149,7 @@ def bind_outputs(branch: Branch, ctx: Context, poisoned: set[str]) -> None:
             ctx.aliases[out] = ctx.var(inner)
 
 
-def branch_constants(nodes: Sequence[OnnxNode], read: Any) -> dict[str, np.ndarray]:
+def _branch_constants(nodes: Sequence[OnnxNode], read: Any) -> dict[str, np.ndarray]:
     """The values of the branch's Constant nodes (``read``: a Constant node's value), for the
     pattern fusion that runs on the branch before it is translated."""
     out = {}
@@ -162,5 +162,27 @@ def branch_constants(nodes: Sequence[OnnxNode], read: Any) -> dict[str, np.ndarr
     return out
 
 
-__all__ = ["SUBGRAPH_OPS", "Branch", "bind_outputs", "branch_constants", "branch_uses", "subgraph_reads",
-           "taken_branch"]
+def inline(node: OnnxNode, ctx: Context, known: Iterable[str], read_constant: Any) -> tuple[list[OnnxNode], Branch,
+                                                                                         list[str]]:
+    """(the nodes to translate in place of If ``node``, the Branch whose outputs bind once they are,
+    the labels of the patterns fused among them): the taken branch (``taken_branch``; ``known``: the
+    names in use), its patterns fused as the graph's are (its Constant nodes' values read with
+    ``read_constant``), its stored tensors made constants of ``ctx`` and its reads counted as
+    uses. Raises Unsupported when the condition is not a constant of the audit."""
+    from stabaudit.loaders.onnx_ops.patterns import ANCHORS, fuse_patterns
+
+    branch = taken_branch(node, ctx, known)
+    inner: list[OnnxNode] = list(branch.nodes)
+    labels: list[str] = []
+    if any(n.op_type in ANCHORS for n in inner):  # the patterns of the branch (GELU, LayerNorm, ..)
+        inner, labels = fuse_patterns(inner, {**ctx.constants, **branch.initializers,
+                                              **_branch_constants(inner, read_constant)},
+                                      {b for _, b in branch.bindings})
+    for name, value in branch.initializers.items():
+        ctx.constants[name] = value
+        ctx.stored.add(name)
+    ctx.uses.update(_branch_uses(branch))  # type: ignore[attr-defined]
+    return inner, branch, labels
+
+
+__all__ = ["SUBGRAPH_OPS", "Branch", "bind_outputs", "inline", "subgraph_reads", "taken_branch"]
