@@ -13,16 +13,12 @@ Prints a markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cli_check import check
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTERNAL = ROOT.parent / "shared" / "models" / "external"
@@ -78,26 +74,23 @@ def fmt(v: float | None) -> str:
 def run(case: Case, budget: float, timeout: float) -> str:
     if not case.model.exists():
         return f"| {case.name} | absent | | | | |"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        extra = list(case.args)
+    def prepare(tmp: Path) -> list[str]:
+        """The seeded points (--inputs) and the config the case names, written into the run's folder."""
+        extra: list[str] = []
         if case.points is not None:
             count, shape, low, high = case.points
             rng = np.random.default_rng(0)
             x = rng.uniform(low, high, size=(count, *shape))
             if case.sparse:
                 x = np.where(rng.random((count, *shape)) < 0.15, high, low)
-            np.save(Path(tmp) / "x.npy", x)
-            extra += ["--inputs", str(Path(tmp) / "x.npy")]
+            np.save(tmp / "x.npy", x)
+            extra += ["--inputs", str(tmp / "x.npy")]
         if case.config is not None:
-            (Path(tmp) / "c.yaml").write_text(case.config)
-            extra += ["--config", str(Path(tmp) / "c.yaml")]
-        cmd = [sys.executable, "-m", "stabaudit", "check", str(case.model), "--budget", str(budget),
-               "--timeout", str(timeout), "--no-cache", "--quiet", "-o", str(out), *extra]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
-        report = json.loads(out.read_text()) if out.exists() else None
+            (tmp / "c.yaml").write_text(case.config)
+            extra += ["--config", str(tmp / "c.yaml")]
+        return extra
+
+    report, proc, seconds = check(case.model, case.args, budget, timeout, prepare)
     if report is None or proc.returncode >= 2:
         reason = (proc.stderr.strip().splitlines() or ["?"])[0].replace("|", "/")[:140]
         return f"| {case.name} | exit {proc.returncode}: {reason} | | | | {seconds:.0f} |"

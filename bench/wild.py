@@ -9,14 +9,12 @@ listed as such.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
+
+from cli_check import check
 
 WILD = Path(os.environ.get("STABAUDIT_WILD_DIR", Path.home() / ".cache" / "stabaudit-wild"))
 
@@ -53,15 +51,7 @@ def source_ops(path: Path) -> str:
 
 def row(path: Path, budget: float, timeout: float) -> str:
     name = path.name
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "stabaudit", "check", str(path), "--budget", str(budget),
-               "--timeout", str(timeout), "--no-cache", "--quiet", "-o", str(out), *SHAPES.get(name, []),
-               *DOMAINS.get(name, [])]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
-        report = json.loads(out.read_text()) if out.exists() else None
+    report, proc, seconds = check(path, [*SHAPES.get(name, []), *DOMAINS.get(name, [])], budget, timeout)
     bracket = "-"
     if report is not None and report.get("lipschitz"):
         lip = report["lipschitz"]
