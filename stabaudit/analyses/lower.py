@@ -1476,9 +1476,10 @@ def precise_doubtful(precise: PreciseModel, ratio: float, x: torch.Tensor, macs:
     # named by the arithmetic the model ended in (four limbs where two were not enough)
     still = still.replace("multi-limb", precise.arithmetic, 1)
     if precise.most_limbs < LIMBS[-1]:
+        four_s = PRECISE_LEAST * evaluation_macs(precise.graph, precise.shapes, macs, LIMBS[-1]) / plan.LOWER_MACS_PER_S
         still = (still.removesuffix(_NO_QUOTIENT) + f"; the four-limb evaluation (about 212 bits) is planned at "
-                 f"{precise.four_limbs_s:.3g} s, beyond this search's share of --budget (a larger --budget may "
-                 "confirm it)" + _NO_QUOTIENT)
+                 f"{four_s:.3g} s, beyond this search's share of --budget (a larger --budget may confirm it)"
+                 + _NO_QUOTIENT)
     return still
 
 
@@ -1530,9 +1531,7 @@ def precise_plan(graph: Graph, shapes: dict[str, tuple[int, ...]], fallback: For
                0.0 if share else PRECISE_FLOOR_S * plan.LOWER_MACS_PER_S)
     most = LIMBS[-1] if PRECISE_LEAST * four <= room else LIMBS[0]
     # the nodes without an exact kernel run in float64 with ``fallback``'s rules and sensitivities
-    model = PreciseModel(graph, shapes, fallback=fallback, most_limbs=most)
-    model.four_limbs_s = PRECISE_LEAST * four / plan.LOWER_MACS_PER_S
-    return model, count, ""
+    return PreciseModel(graph, shapes, fallback=fallback, most_limbs=most), count, ""
 
 
 # the end of every such message: what an error bound that swamps the outputs means

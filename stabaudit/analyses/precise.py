@@ -366,7 +366,6 @@ class PreciseModel:
                  limbs: int = LIMBS[0], most_limbs: int = LIMBS[-1]):
         self.graph = graph
         self.most_limbs = most_limbs  # the limbs an escalation may take (the plan's choice)
-        self.four_limbs_s = 0.0  # what two evaluations with four limbs were planned at (set by the plan)
         self.shapes = shapes
         self.fallback = fallback
         self.why: str | None = None
