@@ -899,7 +899,12 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
     from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
     from stabaudit.analyses.domain_lower import domain_lower
-    from stabaudit.analyses.plan import DOMAIN_BB_SHARE, DOMAIN_CHAIN_SHARE, remaining
+    from stabaudit.analyses.plan import (
+        DOMAIN_BB_SHARE,
+        DOMAIN_CHAIN_SHARE,
+        JACOBIAN_SHARE,
+        remaining,
+    )
     from stabaudit.report.model import DomainInfo
 
     assert request.domain is not None
@@ -925,14 +930,15 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     patches = _patch_entries(ev.memory_budget)
     # the receptive-field Jacobian within what the stage has left (it goes before the pair search)
     unbought = _patches_unbought(loaded.graph, patches, len(boxes.boxes), remaining(ev.budget_s))
-    interval = None
     if unbought:
         notes.append(unbought)
-    else:
-        interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=patches,
-                                  op_bounds=functools.partial(_loaded_bounds, ev))
+    # the ranges over each box and the reference-Jacobian bound within half of what is left (the
+    # pair search keeps the rest)
+    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=0 if unbought else patches,
+                              op_bounds=functools.partial(_loaded_bounds, ev),
+                              budget_s=JACOBIAN_SHARE * remaining(ev.budget_s))
     if interval is not None and interval[0] < upper:
-        upper, method, certified = interval[0], f"interval Clarke Jacobian over the domain ({interval[1]})", True
+        upper, method, certified = interval[0], f"local Jacobian bound over the domain ({interval[1]})", True
     if result.resolved:
         notes.append(f"{len(result.resolved)} operator(s) with no global bound bounded on the domain's ranges: "
                      + _names(result.resolved))

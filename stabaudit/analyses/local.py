@@ -645,13 +645,10 @@ def _structured_linear(node: Node, op: O.Op, j: PJ.Structured, lin: Callable[...
     return None
 
 
-def _softmax_jacobian(axis: int, p_lo: torch.Tensor, p_hi: torch.Tensor, jc: torch.Tensor,
-                      jr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval Jacobian through a softmax with outputs in [p_lo, p_hi]: its Jacobian is
-    S = diag(p) - p p^T, S_ii = p_i - p_i^2 (concave: extremes at the ends, 1/4 at p_i = 1/2) and
-    S_ij = -p_i p_j in [-hi_i hi_j, -lo_i lo_j]; every secant matrix of the softmax is an average of
-    such S (convex), so it lies in [Sc - Sr, Sc + Sr]. Then S J - Sc Jc = Sc E + D Jc + D E with
-    |D| <= Sr, |E| <= Jr, and the computed Sc Jc is within gamma_K |Sc||Jc| (K: the axis length)."""
+def softmax_jacobian_enclosure(axis: int, p_lo: torch.Tensor, p_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centre, radius) [M, K, K] of the Jacobians diag(p) - p p^T of a softmax over ``axis`` whose
+    outputs lie in [p_lo, p_hi], one K x K block per row of the axis (rows: outputs); see
+    ``_softmax_jacobian``."""
     import torch
 
     pl, ph = p_lo.movedim(axis, -1), p_hi.movedim(axis, -1)
@@ -665,7 +662,20 @@ def _softmax_jacobian(axis: int, p_lo: torch.Tensor, p_hi: torch.Tensor, jc: tor
     s_lo = torch.where(eye, torch.diag_embed(f_lo), s_lo)
     s_hi = torch.where(eye, torch.diag_embed(f_hi), s_hi)
     s_lo, s_hi = s_lo - 4 * EPS * s_lo.abs() - TINY, s_hi + 4 * EPS * s_hi.abs() + TINY
-    sc, sr = _center_radius(s_lo, s_hi)  # [M, K, K], rows: outputs
+    return _center_radius(s_lo, s_hi)
+
+
+def _softmax_jacobian(axis: int, p_lo: torch.Tensor, p_hi: torch.Tensor, jc: torch.Tensor,
+                      jr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval Jacobian through a softmax with outputs in [p_lo, p_hi]: its Jacobian is
+    S = diag(p) - p p^T, S_ii = p_i - p_i^2 (concave: extremes at the ends, 1/4 at p_i = 1/2) and
+    S_ij = -p_i p_j in [-hi_i hi_j, -lo_i lo_j]; every secant matrix of the softmax is an average of
+    such S (convex), so it lies in [Sc - Sr, Sc + Sr]. Then S J - Sc Jc = Sc E + D Jc + D E with
+    |D| <= Sr, |E| <= Jr, and the computed Sc Jc is within gamma_K |Sc||Jc| (K: the axis length)."""
+    import torch
+
+    sc, sr = softmax_jacobian_enclosure(axis, p_lo, p_hi)  # [M, K, K], rows: outputs
+    k = int(sc.shape[-1])
     n_in = jc.shape[0]
     moved = jc.movedim(axis + 1, -1)
     shape = moved.shape
@@ -921,7 +931,7 @@ def _vertex_bound(graph: Graph, shapes: Mapping[str, tuple[int, ...]], fwd: Mapp
         vertex: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, wide in units:
             s_lo, s_hi = e.slopes[name]
-            vertex[name] = (wide, s_lo.clone())
+            vertex[name] = (wide, s_lo.clone(memory_format=torch.contiguous_format))
         for j, (name, i) in enumerate(flat):
             if bits >> j & 1:
                 vertex[name][1].view(-1)[i] = e.slopes[name][1].reshape(-1)[i]

@@ -346,13 +346,15 @@ def reaches_outputs(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_den
     return _walk(graph, shapes, max_dense, max_patch)[0]
 
 
-def patch_cost(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, max_patch: int) -> float:
+def patch_cost(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, max_patch: int, *,
+               partial: bool = False) -> float:
     """The counted seconds of one interval Jacobian on receptive fields (one ball): what the
     convolutions and max pools in patch form charge as they run (``conv``, ``max_pool``), from the
-    shapes alone; 0 where it does not reach the outputs (it is not run). Lets a stage decide,
+    shapes alone; 0 where it does not reach the outputs (it is not run), unless ``partial`` (the
+    work on the nodes it does reach: symbolic ranges go as far as they can). Lets a stage decide,
     before any tensor is built, whether its budget buys it."""
     reaches, cost = _walk(graph, shapes, max_dense, max_patch)
-    return cost if reaches else 0.0
+    return cost if reaches or partial else 0.0
 
 
 def _walk(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, max_patch: int) -> tuple[bool, float]:

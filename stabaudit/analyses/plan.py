@@ -129,6 +129,12 @@ CONV_POSITION_MACS = 256.0
 # interval Jacobians on receptive fields (analyses.patch_jacobian): multiply-accumulates and
 # element operations on patch tensors per budget second
 JACOBIAN_OPS_PER_S = 2e9
+# reverse-mode products over batches of rows (analyses.backsub, analyses.reference_jacobian):
+# multiply-accumulates per budget second, counting each row's pass through a node's weights
+# (measured on the 2-core machine in float64: CIFAR ResNet-4B over a 2/255 ball, 3,276 rows
+# back-substituted in 6.6 s and 1,654 reference rows in 1.1 s; MTCNN O-Net over a 1/255 ball,
+# 4,840 rows in 38 s and 50,994 in 100 s)
+REVERSE_MACS_PER_S = 6e9
 NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 # ECLipsE-Fast's closed form and the float64 verification of a chain certificate (plan.closed_form_s,
@@ -153,6 +159,9 @@ DOMAIN_BB_SHARE = 0.3
 # ranges, the rest for the pair search.
 DOMAIN_CHAIN_SHARE = 0.4
 DOMAIN_RESIDUAL_SHARE = 0.3
+# ... and of what is left before the pair search, JACOBIAN_SHARE for the tightened ranges over each
+# box and the bound around a reference Jacobian (analyses.domain_bound.jacobian_bound)
+JACOBIAN_SHARE = 0.5
 # ReLU chains over a domain (analyses.domain_chain): each box's share of the budget buys pieces of
 # DOMAIN_PIECE_S planned seconds each (measured 0.047 s a piece on ACAS Xu N(1,1): back-substitution,
 # up to DOMAIN_MAX_PATTERNS activation patterns, the interval Jacobian); an unsplit box spends its
