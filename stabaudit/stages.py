@@ -387,6 +387,7 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
     only once the graph's operators are known to have local rules (a model the local bounds refuse
     costs no per-layer certificate)."""
     from stabaudit.analyses.local import check_supported, local_bounds
+    from stabaudit.analyses.plan import JACOBIAN_SHARE
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
 
@@ -398,14 +399,22 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     patches = _patch_entries(memory_budget)
     # the receptive-field Jacobian within the sample channels' part of --budget, else not at all
-    unbought = _patches_unbought(graph, patches, n, stage_share(request, "sample_evidence"))
+    share = stage_share(request, "sample_evidence")
+    unbought = _patches_unbought(graph, patches, n, share)
+    # half of the part: tightened ranges over each ball, then the reference-Jacobian bound
+    balls = _local_balls(graph, samples, request.eps, JACOBIAN_SHARE * share, 0 if unbought else patches)
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",
                               max_patch_entries=0 if unbought else patches,
-                              op_bounds=None if op_bounds is None else op_bounds())
+                              op_bounds=None if op_bounds is None else op_bounds(),
+                              known=[known for known, _ in balls] if balls else None)
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
-    upper = _finite(result.upper.value)
+    uppers = [s.upper for s in result.samples]
+    for i, (_, ref) in enumerate(balls):
+        if ref is not None and ref < uppers[i]:
+            uppers[i] = ref
+    upper = _finite(max(uppers))
     totals: dict[str, list[int]] = {}
     for sample in result.samples:
         for c in sample.counts:
@@ -420,6 +429,32 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
         units=tuple((layer, a, i, u) for layer, (a, i, u) in totals.items()),
         note=unbought,
     )
+
+
+def _local_balls(graph: Graph, samples: np.ndarray, eps: float, budget_s: float,
+                 patches: int) -> list[tuple[dict[str, Interval], float | None]]:
+    """Per sample, within ``budget_s`` of counted work in all: the ranges over its linf ball
+    (``domain_bound.box_ranges``) and the bound around a reference Jacobian over it
+    (``analyses.reference_jacobian``; None where it does not apply or its work is not bought).
+    Empty for a graph with several inputs (the interval Jacobian's own ranges stand)."""
+    from stabaudit.analyses.domain_bound import box_ranges
+    from stabaudit.analyses.plan import remaining, spent
+    from stabaudit.analyses.reference_jacobian import reference_bound
+    from stabaudit.bounds.base import Interval
+
+    if len(graph.inputs) != 1 or not (math.isfinite(eps) and eps > 0):
+        return []
+    spec = graph.inputs[0]
+    r = float(np.nextafter(eps, math.inf))
+    start = spent()
+    found: list[tuple[dict[str, Interval], float | None]] = []
+    for x in np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1):
+        centre = x.reshape(spec.shape)
+        box = {spec.name: Interval(lo=np.nextafter(centre - r, -math.inf), hi=np.nextafter(centre + r, math.inf))}
+        known, pools = box_ranges(graph, box, budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+        ref = reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
+        found.append((known, ref.upper if ref is not None and math.isfinite(ref.upper) else None))
+    return found
 
 
 def _residual_evidence(

@@ -22,11 +22,14 @@ def clarke_local(ev: Evidence, ctx: CheckContext) -> Finding:
     Inequality: ||G||_2 <= L_local for every element G of the Clarke generalized Jacobian of the
     model at every point of the ball {x : ||x - x_i||_inf <= eps} around each sample x_i, hence
     ||F(x) - F(y)||_2 <= L_local ||x - y||_2 inside the ball. Pre-activation ranges come from
-    interval propagation in float64 with outward rounding; a ReLU-type unit whose interval
-    straddles 0 gets the slope interval [0, 1] (its Clarke derivative), smooth activations the
-    range of their derivative; L_local is the smallest of the certified candidates (interval
-    Jacobian, dense or on receptive fields for image inputs (docs/domain.md), local products of
-    layer gains with dead units removed, slope vertices), and never
+    interval propagation in float64 with outward rounding, tightened where the budget buys it
+    (back-substitution; for convolutional networks symbolic intervals on receptive fields); a
+    ReLU-type unit whose range straddles 0 gets the slope interval [0, 1] (its Clarke
+    derivative), smooth activations the range of their derivative; L_local is the smallest of
+    the certified candidates (interval Jacobian, dense or on receptive fields for image inputs;
+    the exact Jacobian of a reference network plus the perturbations of the units that can
+    change state (docs/domain.md); local products of layer gains with dead units removed, slope
+    vertices), and never
     more than the global certified bound K (which holds on every ball). The value lists, per
     activation layer and summed over the balls, the stably active, stably inactive and unstable
     units (an unstable unit's pre-activation interval straddles a kink).
