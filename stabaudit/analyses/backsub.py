@@ -54,7 +54,7 @@ from stabaudit.analyses.local import (
     _single,
     _up_t,
 )
-from stabaudit.analyses.plan import REVERSE_MACS_PER_S, spend
+from stabaudit.analyses.plan import REVERSE_MACS_PER_S, REVERSE_NODE_S, spend
 from stabaudit.analyses.symbolic import Choice, plain_choice
 from stabaudit.bounds.base import Interval
 from stabaudit.bounds.numerics import EPS, TINY
@@ -308,14 +308,14 @@ def _targets(ctx: _Ctx, graph: Graph, reach: set[str], readers: Mapping[str, lis
     return found
 
 
-def _planned(ctx: _Ctx, graph: Graph, reach: set[str], readers: Mapping[str, list[Node]]) -> float:
+def _planned(ctx: _Ctx, graph: Graph, reach: set[str], readers: Mapping[str, list[Node]], transposes: int) -> float:
     """The counted seconds of the back-substitutions: two rows a unit, each through the linear
-    nodes before its value."""
+    nodes before its value, and the ``transposes`` built once (0 when there is nothing to bound)."""
     total = 0.0
     for name, units in _targets(ctx, graph, reach, readers):
         before = sum(ctx.macs.get(n.output, 0.0) for n in ctx.nodes[: ctx.producer[name] + 1])
         total += 2.0 * units * before / REVERSE_MACS_PER_S
-    return total
+    return total + REVERSE_NODE_S * transposes if total > 0 else 0.0
 
 
 def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[str, Interval], *,
@@ -355,6 +355,16 @@ def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[st
         for name in node.inputs:
             readers.setdefault(name, []).append(node)
     for node in nodes:
+        if isinstance(node.op, LINEAR):
+            per_out = 1  # an Affine: one product per entry
+            if isinstance(node.op, (O.Conv, O.Linear)):
+                per_out = int(np.prod(np.asarray(node.op.weight).shape[1:]))
+            ctx.macs[node.output] = float(np.prod(shapes[node.output])) * per_out
+    transposes = sum(isinstance(node.op, (*LINEAR, *MOVES)) for node in nodes)
+    if _planned(ctx, graph, reach, readers, transposes) > budget_s:
+        return None
+    spend(REVERSE_NODE_S * transposes)
+    for node in nodes:
         out = node.output
         if isinstance(node.op, (*LINEAR, *MOVES)):
             ctx.vjps[out] = _vjp(node, shapes)
@@ -363,13 +373,6 @@ def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[st
             zero = torch.zeros(shapes[node.inputs[0]], dtype=torch.float64)
             ctx.betas[out] = _single(node, node.op, shapes)(zero) - lin(zero)
             ctx.absmaps[out] = absmap
-            per_out = 1  # an Affine: one product per entry
-            if isinstance(node.op, (O.Conv, O.Linear)):
-                w = np.asarray(node.op.weight)
-                per_out = int(np.prod(w.shape[1:]))
-            ctx.macs[out] = float(np.prod(shapes[out])) * per_out
-    if _planned(ctx, graph, reach, readers) > budget_s:
-        return None
     boundary = {name for name, _ in _targets(ctx, graph, reach, readers)
                 if not any(isinstance(n.op, KINKS) and n.inputs[0] == name for n in nodes)}
     tightened = False

@@ -47,8 +47,9 @@ METHOD = "domain-composition"
 BB_METHOD = "branch and bound over activation regions (LipBaB over the box)"
 METHOD_REFERENCE = "reference Jacobian with perturbations on the units that may change state"
 # symbolic intervals on receptive fields: planned at this many interval Jacobians on receptive
-# fields (analyses.patch_jacobian.patch_cost; measured 1.3 to 1.6 on a CIFAR ResNet and MTCNN O-Net)
-SYMBOLIC_PER_PATCH = 1.5
+# fields (analyses.patch_jacobian.patch_cost; the clock over that count: 0.3 on a CIFAR ResNet-2B,
+# 0.54 on MTCNN O-Net, 1.2 on ResNet-4B)
+SYMBOLIC_PER_PATCH = 1.0
 # balls of a ball domain bounded one by one; beyond, one box that holds them all (their hull)
 MAX_BALLS = 64
 

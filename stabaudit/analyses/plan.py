@@ -130,11 +130,14 @@ CONV_POSITION_MACS = 256.0
 # element operations on patch tensors per budget second
 JACOBIAN_OPS_PER_S = 2e9
 # reverse-mode products over batches of rows (analyses.backsub, analyses.reference_jacobian):
-# multiply-accumulates per budget second, counting each row's pass through a node's weights
-# (measured on the 2-core machine in float64: CIFAR ResNet-4B over a 2/255 ball, 3,276 rows
-# back-substituted in 6.6 s and 1,654 reference rows in 1.1 s; MTCNN O-Net over a 1/255 ball,
-# 4,840 rows in 38 s and 50,994 in 100 s)
-REVERSE_MACS_PER_S = 6e9
+# multiply-accumulates per budget second, counting each row's pass through a node's weights, and
+# a fixed part per linear node (its transpose built once: 0.3 ms measured). Measured on the
+# 2-core machine in float64 (the ratio of the clock to the count): back-substitution 0.97 on the
+# CIFAR ResNet sri_resnet_a over a 0.05 ball (8.5 s), 0.8 on ResNet-2B, 0.67 on ResNet-4B, 0.3 on
+# MTCNN O-Net; reference rows 0.65, 0.9, 0.41 (the first transpose of a process also loads
+# torch.func, about 1.3 s, once)
+REVERSE_MACS_PER_S = 2e9
+REVERSE_NODE_S = 1e-3
 NEWTON_STEP_OVERHEAD_S = 4e-4  # one Newton step of the barrier method: fixed part (seconds)
 NEWTON_FLOPS_PER_S = 8e9  # ... and its dim(P)^3 + (#t + 1)^3 part (flops per second)
 # ECLipsE-Fast's closed form and the float64 verification of a chain certificate (plan.closed_form_s,
