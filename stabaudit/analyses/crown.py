@@ -293,6 +293,27 @@ def crown_flat(chain: ReluChain, lo0: np.ndarray, hi0: np.ndarray,
     return lo, hi
 
 
+def crown_cost(graph: Graph) -> float | None:
+    """The counted seconds of ``crown_ranges`` on ``graph`` (None: not a ReLU chain): two rows a
+    unit of every value back-substituted (those that feed a Relu, and the output), each through
+    the matrices of the steps before it (``plan.REVERSE_MACS_PER_S``)."""
+    from stabaudit.analyses.plan import REVERSE_MACS_PER_S
+
+    chain = chain_steps(graph)
+    if isinstance(chain, str):
+        return None
+    relu_next = {i for i, s in enumerate(chain.steps) if s.kind == "relu"}
+    total, before, seen_relu = 0.0, 0.0, False
+    for j, step in enumerate(chain.steps, start=1):
+        if step.kind == "linear" and step.w is not None:
+            before += float(step.w.size)
+        feeds = (j in relu_next) or j == len(chain.steps)
+        if step.kind in ("linear", "scale") and feeds and seen_relu:
+            total += 2.0 * step.size * before
+        seen_relu = seen_relu or step.kind == "relu"
+    return total / REVERSE_MACS_PER_S
+
+
 def crown_ranges(graph: Graph, box: Mapping[str, Interval],
                  ranges: Mapping[str, Interval] | None = None) -> dict[str, Interval] | None:
     """The ranges of every node output of a ReLU chain over ``box`` by back-substitution,
@@ -328,4 +349,4 @@ def pre_activations(chain: ReluChain, lo: Sequence[np.ndarray], hi: Sequence[np.
     return [(lo[i], hi[i]) for i in chain.relus]
 
 
-__all__ = ["ReluChain", "Step", "chain_steps", "crown_flat", "crown_ranges", "pre_activations"]
+__all__ = ["ReluChain", "Step", "chain_steps", "crown_cost", "crown_flat", "crown_ranges", "pre_activations"]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stabaudit.analyses.plan import remaining, spent
+from stabaudit.analyses.plan import remaining, spend, spent
 from stabaudit.analyses.samples import (
     BallDomain,
     Domain,
@@ -421,22 +421,26 @@ def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | Non
 def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = math.inf,
                max_patch_entries: int | None = None) -> tuple[dict[str, Interval], dict[str, Any]]:
     """(enclosures of every value over ``box``, max pools' choices): the interval ranges
-    (``analyses.ranges``), tightened by back-substitution on a ReLU chain (``analyses.crown``),
-    else by symbolic intervals on receptive fields (``analyses.symbolic``) and then
+    (``analyses.ranges``), tightened by back-substitution on a ReLU chain (``analyses.crown``,
+    where its counted work fits ``budget_s``), else by symbolic intervals on receptive fields (``analyses.symbolic``) and then
     back-substitution on the graph (``analyses.backsub``), each where its planned cost fits what
     is left of ``budget_s``."""
     from stabaudit.analyses.backsub import backsub_ranges
-    from stabaudit.analyses.crown import crown_ranges
+    from stabaudit.analyses.crown import crown_cost, crown_ranges
     from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES, patch_cost
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.analyses.symbolic import symbolic_ranges
 
     ranges = value_ranges(graph, box)
-    tight = crown_ranges(graph, box, ranges)
-    if tight is not None:
-        return {**ranges, **tight}, {}
     start = spent()
+    chain = crown_cost(graph)
+    if chain is not None:  # a ReLU chain: its back-substitution, where the budget buys it
+        if chain > budget_s:
+            return ranges, {}
+        spend(chain)
+        tight = crown_ranges(graph, box, ranges)
+        return ({**ranges, **tight} if tight is not None else ranges), {}
     patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     pools: dict[str, Any] = {}

@@ -59,7 +59,7 @@ def test_the_tightened_ranges_hold_the_executor_s_values(seed: int, eps: float) 
         assert np.all(np.asarray(back[name].lo) >= np.asarray(merged[name].lo))
         assert np.all(np.asarray(back[name].hi) <= np.asarray(merged[name].hi))
     # the point: the deeper values are tighter than by interval arithmetic (measured: the head's
-    # ranges are 0.46 to 0.73 of their interval width, back-substitution below the symbolic one)
+    # ranges are 0.33 to 0.73 of their interval width, back-substitution below the symbolic one)
     assert _width(back, "c2") <= _width(iv, "c2")
     assert _width(back, "y") < 0.8 * _width(iv, "y")
     assert _width(back, "y") < _width(sym.ranges, "y")
