@@ -451,7 +451,10 @@ def _local_balls(graph: Graph, samples: np.ndarray, eps: float, budget_s: float,
     for x in np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1):
         centre = x.reshape(spec.shape)
         box = {spec.name: Interval(lo=np.nextafter(centre - r, -math.inf), hi=np.nextafter(centre + r, math.inf))}
-        known, pools = box_ranges(graph, box, budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+        tightened = box_ranges(graph, box, budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+        if tightened is None:  # not even the interval pass fits: the local analysis's own ranges stand
+            return []
+        known, pools = tightened
         ref = reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
         found.append((known, ref.upper if ref is not None and math.isfinite(ref.upper) else None))
     return found

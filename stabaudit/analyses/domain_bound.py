@@ -418,13 +418,28 @@ def _box_search(graph: Graph, boxes: Boxes, budget_s: float) -> _BoxSearch | Non
     return _BoxSearch(uppers=tuple(uppers), lower=lower, point=point)
 
 
+def interval_pass_cost(graph: Graph) -> float:
+    """The counted seconds of one interval-range pass (``analyses.ranges``): the centre and the
+    radius through every convolution and dense layer (``plan.REVERSE_MACS_PER_S``)."""
+    from stabaudit.analyses.plan import REVERSE_MACS_PER_S
+    from stabaudit.ir import ops as O
+
+    macs = 0.0
+    for node in graph.nodes:
+        if isinstance(node.op, (O.Conv, O.Linear)):
+            macs += float(np.prod(graph.shapes[node.output])) * float(np.prod(np.asarray(node.op.weight).shape[1:]))
+    return 2.0 * macs / REVERSE_MACS_PER_S
+
+
 def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = math.inf,
-               max_patch_entries: int | None = None) -> tuple[dict[str, Interval], dict[str, Any]]:
+               max_patch_entries: int | None = None) -> tuple[dict[str, Interval], dict[str, Any]] | None:
     """(enclosures of every value over ``box``, max pools' choices): the interval ranges
     (``analyses.ranges``), tightened by back-substitution on a ReLU chain (``analyses.crown``,
-    where its counted work fits ``budget_s``), else by symbolic intervals on receptive fields (``analyses.symbolic``) and then
-    back-substitution on the graph (``analyses.backsub``), each where its planned cost fits what
-    is left of ``budget_s``."""
+    where its counted work fits ``budget_s``), else by symbolic intervals on receptive fields
+    (``analyses.symbolic``) and then back-substitution on the graph (``analyses.backsub``), each
+    where its planned cost fits what is left of ``budget_s``. None where the interval pass itself
+    (``interval_pass_cost``) does not fit: a large network whose tightened ranges the budget could
+    not buy anyway."""
     from stabaudit.analyses.backsub import backsub_ranges
     from stabaudit.analyses.crown import crown_cost, crown_ranges
     from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES
@@ -432,11 +447,15 @@ def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = m
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.analyses.symbolic import symbolic_ranges
 
-    ranges = value_ranges(graph, box)
     start = spent()
+    first = interval_pass_cost(graph)
+    if first > budget_s:
+        return None
+    spend(first)
+    ranges = value_ranges(graph, box)
     chain = crown_cost(graph)
     if chain is not None:  # a ReLU chain: its back-substitution, where the budget buys it
-        if chain > budget_s:
+        if chain > remaining(budget_s, since=start):
             return ranges, {}
         spend(chain)
         tight = crown_ranges(graph, box, ranges)
@@ -499,8 +518,9 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
         c = (lo + hi) / 2
         r = float(np.nextafter(np.max(np.maximum(hi - c, c - lo)), np.inf))
         ball = _split(graph, np.nextafter(c - r, -np.inf)), _split(graph, np.nextafter(c + r, np.inf))
-        known, pools = box_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]},
-                                  budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+        tightened = box_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]},
+                               budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+        known, pools = tightened if tightened is not None else (None, {})
         found: list[tuple[float, str]] = []
         if interval:
             try:
@@ -510,7 +530,7 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
                 local = None
             if local is not None and local.upper.certified and METHOD_INTERVAL in local.samples[0].candidates:
                 found.append((local.upper.value, local.method))
-        ref = reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
+        ref = None if known is None else reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
         if ref is not None and math.isfinite(ref.upper):
             found.append((ref.upper, METHOD_REFERENCE))
         if not found:

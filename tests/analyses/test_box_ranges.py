@@ -10,8 +10,9 @@ import torch
 
 from stabaudit.analyses.backsub import backsub_ranges
 from stabaudit.analyses.crown import crown_ranges
-from stabaudit.analyses.domain_bound import box_ranges
+from stabaudit.analyses.domain_bound import box_ranges, interval_pass_cost
 from stabaudit.analyses.local import _max_candidates
+from stabaudit.analyses.plan import ledger
 from stabaudit.analyses.ranges import value_ranges
 from stabaudit.analyses.symbolic import plain_choice, symbolic_ranges
 from stabaudit.bounds.base import Interval
@@ -158,9 +159,17 @@ def test_box_ranges_takes_each_step_within_its_budget() -> None:
     x0 = np.random.default_rng(8).normal(size=162)
     box = _box(g, x0, 0.05)
     plain = value_ranges(g, box)
-    none, pools = box_ranges(g, box, budget_s=0.0)
+    first = interval_pass_cost(g)
+    assert first > 0
+    with ledger():
+        assert box_ranges(g, box, budget_s=0.5 * first) is None  # not even the interval pass
+    with ledger() as spent:
+        found = box_ranges(g, box, budget_s=first)
+        assert found is not None and spent[0] == pytest.approx(first)
+    only, pools = found
     assert pools == {}
     for name in plain:
-        np.testing.assert_array_equal(np.asarray(none[name].lo), np.asarray(plain[name].lo))
-    full, pools = box_ranges(g, box)
-    assert pools and _width(full, "y") < _width(plain, "y")
+        np.testing.assert_array_equal(np.asarray(only[name].lo), np.asarray(plain[name].lo))
+    full = box_ranges(g, box)
+    assert full is not None
+    assert full[1] and _width(full[0], "y") < _width(plain, "y")

@@ -27,7 +27,9 @@ from tests.analyses.cnn_fixture import (
 def _ranges(g: Graph, x0: np.ndarray, eps: float):
     shape = g.inputs[0].shape
     box = {g.inputs[0].name: Interval(lo=(x0 - eps).reshape(shape), hi=(x0 + eps).reshape(shape))}
-    return box_ranges(g, box)
+    found = box_ranges(g, box)
+    assert found is not None
+    return found
 
 
 def test_exact_when_no_unit_can_change_state() -> None:
