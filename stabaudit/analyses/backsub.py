@@ -55,7 +55,7 @@ from stabaudit.analyses.local import (
     _up_t,
 )
 from stabaudit.analyses.plan import REVERSE_MACS_PER_S, REVERSE_NODE_S, spend
-from stabaudit.analyses.symbolic import Choice, plain_choice
+from stabaudit.analyses.symbolic import Choice, chord, plain_choice
 from stabaudit.bounds.base import Interval
 from stabaudit.bounds.numerics import EPS, TINY
 from stabaudit.ir import ops as O
@@ -129,19 +129,12 @@ def _lines(op: O.Op, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, 
     """(alpha_l, t_l, alpha_u, t_u, fmag): alpha_l z + t_l <= f(z) <= alpha_u z + t_u on [lo, hi]."""
     import torch
 
-    if isinstance(op, O.PRelu):
-        a = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(np.asarray(op.slope, dtype=np.float64),
-                                                                   tuple(lo.shape))).copy())
-    else:
-        a = torch.full_like(lo, float(op.alpha) if isinstance(op, O.LeakyRelu) else 0.0)
-    f_lo = torch.where(lo >= 0, lo, a * lo)
-    f_hi = torch.where(hi >= 0, hi, a * hi)
+    c = chord(op, lo, hi)
+    a, f_lo, f_hi, s = c.a, c.f_lo, c.f_hi, c.s
     above, below = lo >= 0, hi <= 0
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    s = (f_hi - f_lo) / span
-    margin = 4 * EPS * ((a * lo).abs() + (s * lo).abs() + (a * hi).abs() + (s * hi).abs()) + TINY
-    t_top = _up_t(torch.maximum(f_lo - s * lo, f_hi - s * hi) + margin)  # chord above f at both ends
-    t_bot = _down(torch.minimum(f_lo - s * lo, f_hi - s * hi) - margin)  # chord below f at both ends
+    margin = c.m_lo + c.m_hi + TINY
+    t_top = _up_t(torch.maximum(c.e_lo, c.e_hi) + margin)  # chord above f at both ends
+    t_bot = _down(torch.minimum(c.e_lo, c.e_hi) - margin)  # chord below f at both ends
     alpha = torch.where(hi >= -lo, torch.ones_like(lo), a)
     convex = a <= 1
     zero = torch.zeros_like(lo)

@@ -144,6 +144,23 @@ def rows(j: Structured, l2: bool) -> torch.Tensor:
     return m.sum(dim=1) * (1 + rel)
 
 
+def columns(j: Patches) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx, valid), each [H, W, C_in, Ph, Pw]: the graph-input column of every patch coordinate,
+    idx[h, w, ci, p, q] = colmap[ci, h S + p + O, w S + q + O], and whether that coordinate lies
+    inside u (idx is 0 where it does not)."""
+    import torch
+
+    _, h, w, c_in, ph, pw = (int(s) for s in j.c.shape)
+    _, h_in, w_in = (int(s) for s in j.colmap.shape)
+    hin = torch.arange(h)[:, None] * j.stride[0] + torch.arange(ph)[None, :] + j.offset[0]  # [H, Ph]
+    win = torch.arange(w)[:, None] * j.stride[1] + torch.arange(pw)[None, :] + j.offset[1]  # [W, Pw]
+    vh, vw = (hin >= 0) & (hin < h_in), (win >= 0) & (win < w_in)
+    hc, wc = hin.clamp(0, h_in - 1), win.clamp(0, w_in - 1)
+    idx = j.colmap[torch.arange(c_in)[None, None, :, None, None], hc[:, None, None, :, None], wc[None, :, None, None, :]]
+    valid = (vh[:, None, None, :, None] & vw[None, :, None, None, :]).expand(h, w, c_in, ph, pw)
+    return torch.where(valid, idx, torch.zeros_like(idx)), valid
+
+
 def to_dense(j: Structured, n_in: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The dense (Jc, Jr), [n_in, *shape], of a structured Jacobian (coordinates outside u dropped:
     their entries are zero)."""
@@ -158,15 +175,8 @@ def to_dense(j: Structured, n_in: int, shape: tuple[int, ...]) -> tuple[torch.Te
         out_r[idx, j.colmap.reshape(-1)] = j.r.reshape(-1)
         return out_c.T.reshape(n_in, *shape).contiguous(), out_r.T.reshape(n_in, *shape).contiguous()
     c_out, h, w, c_in, ph, pw = (int(s) for s in j.c.shape)
-    _, h_in, w_in = (int(s) for s in j.colmap.shape)
-    hin = torch.arange(h)[:, None] * j.stride[0] + torch.arange(ph)[None, :] + j.offset[0]  # [H, Ph]
-    win = torch.arange(w)[:, None] * j.stride[1] + torch.arange(pw)[None, :] + j.offset[1]  # [W, Pw]
-    vh, vw = (hin >= 0) & (hin < h_in), (win >= 0) & (win < w_in)
-    hc, wc = hin.clamp(0, h_in - 1), win.clamp(0, w_in - 1)
-    # idx[h, w, ci, p, q] = colmap[ci, hin[h, p], win[w, q]]
-    idx = j.colmap[torch.arange(c_in)[None, None, :, None, None], hc[:, None, None, :, None], wc[None, :, None, None, :]]
-    valid = (vh[:, None, None, :, None] & vw[None, :, None, None, :]).expand(h, w, c_in, ph, pw)
-    idx = torch.where(valid, idx, torch.zeros_like(idx)).reshape(1, h * w, -1).expand(c_out, -1, -1)
+    idx, valid = columns(j)
+    idx = idx.reshape(1, h * w, -1).expand(c_out, -1, -1)
     outs = []
     for t in (j.c, j.r):
         vals = torch.where(valid.reshape(1, h, w, c_in, ph, pw), t, torch.zeros_like(t)).reshape(c_out, h * w, -1)
@@ -419,5 +429,5 @@ def _walk(graph: Graph, shapes: Mapping[str, tuple[int, ...]], max_dense: int, m
     return all(name in kind and (kind[name] == "dense" or dense_ok(name)) for name in graph.outputs), cost
 
 
-__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "conv", "identity", "max_pool", "patch_cost",
+__all__ = ["MAX_PATCH_ENTRIES", "PEAK_BYTES_PER_ENTRY", "Diag", "Patches", "add", "columns", "conv", "identity", "max_pool", "patch_cost",
            "permute", "rows", "scale", "scaled", "patch_entries", "reaches_outputs", "to_dense", "to_patches"]

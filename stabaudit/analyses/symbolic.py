@@ -150,16 +150,9 @@ def _spread(rows: Rows, r0: torch.Tensor) -> torch.Tensor:
     elif isinstance(rows, PJ.Diag):
         return _up_t((rows.c.abs() + rows.r) * r0[rows.colmap] * (1 + 2 * EPS))
     else:
-        c_out, h, w, c_in, ph, pw = (int(s) for s in rows.c.shape)
-        _, h_in, w_in = (int(s) for s in rows.colmap.shape)
-        hin = torch.arange(h)[:, None] * rows.stride[0] + torch.arange(ph)[None, :] + rows.offset[0]
-        win = torch.arange(w)[:, None] * rows.stride[1] + torch.arange(pw)[None, :] + rows.offset[1]
-        vh, vw = (hin >= 0) & (hin < h_in), (win >= 0) & (win < w_in)
-        hc, wc = hin.clamp(0, h_in - 1), win.clamp(0, w_in - 1)
-        ru = r0[rows.colmap]  # [C_in, H_in, W_in]
-        rp = ru[torch.arange(c_in)[None, None, :, None, None], hc[:, None, None, :, None], wc[None, :, None, None, :]]
-        valid = vh[:, None, None, :, None] & vw[None, :, None, None, :]
-        rp = torch.where(valid, rp, torch.zeros_like(rp))  # [H, W, C_in, Ph, Pw]
+        c_in, ph, pw = (int(s) for s in rows.c.shape[3:])
+        idx, valid = PJ.columns(rows)
+        rp = torch.where(valid, r0[idx], torch.zeros(1, dtype=torch.float64))  # [H, W, C_in, Ph, Pw]
         s = torch.einsum("chwipq,hwipq->chw", rows.c.abs() + rows.r, rp)[None]
         k = c_in * ph * pw
     return _up_t(s * (1 + _rel(k)))
@@ -201,7 +194,8 @@ def _linear(node: Node, sym: Sym, lo: torch.Tensor, hi: torch.Tensor, shapes: Ma
     elif isinstance(op, O.Affine):
         if tuple(shapes[node.output]) != tuple(shapes[node.inputs[0]]):
             return None
-        rows = _scale_rows(sym.rows, lin(torch.ones_like(sym.b)))
+        scale = lin(torch.ones_like(sym.b))  # x * scale: the scale, exactly
+        rows = _scale_rows(sym.rows, scale)
     else:  # Linear
         shape = shapes[node.inputs[0]]
         if int(np.prod(shape[:-1])) != 1:
@@ -218,7 +212,7 @@ def _linear(node: Node, sym: Sym, lo: torch.Tensor, hi: torch.Tensor, shapes: Ma
     if rows is None:
         return None
     if isinstance(op, O.Affine):
-        s = lin(torch.ones_like(sym.b))
+        s = scale
         t = _single(node, op, shapes)(torch.zeros_like(sym.b))
         b = sym.b * s + t
         err = 2 * EPS * ((s * sym.b).abs() + t.abs() + (s * _mag(lo, hi)).abs() + t.abs())
@@ -241,25 +235,49 @@ def _below_slope(op: O.Op, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.full(shape, alpha, dtype=torch.float64)
 
 
+@dataclass(frozen=True, eq=False)
+class Chord:
+    """A piecewise-linear activation on [lo, hi]: its slope ``a`` below 0, f at the ends, the
+    chord's slope ``s``, and f(end) - s end at both ends with a bound on the rounding of each
+    (``m_lo``, ``m_hi``: each a difference of two rounded products)."""
+
+    a: torch.Tensor
+    f_lo: torch.Tensor
+    f_hi: torch.Tensor
+    s: torch.Tensor
+    e_lo: torch.Tensor
+    e_hi: torch.Tensor
+    m_lo: torch.Tensor
+    m_hi: torch.Tensor
+
+
+def chord(op: O.Op, lo: torch.Tensor, hi: torch.Tensor) -> Chord:
+    """The chord of Relu, LeakyRelu or PRelu over [lo, hi] (slope 0 where lo = hi)."""
+    import torch
+
+    a = _below_slope(op, tuple(lo.shape))
+    f_lo = torch.where(lo >= 0, lo, a * lo)
+    f_hi = torch.where(hi >= 0, hi, a * hi)
+    s = (f_hi - f_lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return Chord(a=a, f_lo=f_lo, f_hi=f_hi, s=s, e_lo=f_lo - s * lo, e_hi=f_hi - s * hi,
+                 m_lo=4 * EPS * ((a * lo).abs() + (s * lo).abs()), m_hi=4 * EPS * ((a * hi).abs() + (s * hi).abs()))
+
+
 def _kink(op: O.Op, sym: Sym, lo: torch.Tensor, hi: torch.Tensor) -> Sym | None:
     """f(z) in s z + kappa +- w on [lo, hi] (see the module)."""
     import torch
 
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         return None
-    a = _below_slope(op, tuple(lo.shape))
-    f_lo = torch.where(lo >= 0, lo, a * lo)
-    f_hi = torch.where(hi >= 0, hi, a * hi)
+    c = chord(op, lo, hi)
+    a, f_lo, f_hi = c.a, c.f_lo, c.f_hi
     above, below = lo >= 0, hi <= 0
-    chord = (f_hi - f_lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    s = torch.where(above, torch.ones_like(lo), torch.where(below, a, chord))
-    # f(L) - s L, f(U) - s U with their rounding (each a difference of two rounded products)
-    e_lo, e_hi = f_lo - s * lo, f_hi - s * hi
-    m_lo = 4 * EPS * ((a * lo).abs() + (s * lo).abs()) + TINY
-    m_hi = 4 * EPS * ((a * hi).abs() + (s * hi).abs()) + TINY
+    s = torch.where(above, torch.ones_like(lo), torch.where(below, a, c.s))
+    # on the unstable units (the others have a band of width 0 below) s is the chord's
+    m_lo, m_hi = c.m_lo + TINY, c.m_hi + TINY
     zero = torch.zeros_like(lo)
-    g_lo = torch.minimum(zero, torch.minimum(e_lo - m_lo, e_hi - m_hi))
-    g_hi = torch.maximum(zero, torch.maximum(e_lo + m_lo, e_hi + m_hi))
+    g_lo = torch.minimum(zero, torch.minimum(c.e_lo - m_lo, c.e_hi - m_hi))
+    g_hi = torch.maximum(zero, torch.maximum(c.e_lo + m_lo, c.e_hi + m_hi))
     stable = above | below
     g_lo, g_hi = torch.where(stable, zero, g_lo), torch.where(stable, zero, g_hi)
     kappa, w = _center_radius(g_lo, g_hi)
@@ -451,4 +469,4 @@ def symbolic_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[s
     return SymbolicResult(ranges=found, pools=pools)
 
 
-__all__ = ["MAX_DENSE_ENTRIES", "Choice", "plain_choice", "SymbolicResult", "Sym", "concretize", "symbolic_ranges"]
+__all__ = ["MAX_DENSE_ENTRIES", "Choice", "Chord", "chord", "plain_choice", "SymbolicResult", "Sym", "concretize", "symbolic_ranges"]
