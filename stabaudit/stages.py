@@ -308,29 +308,29 @@ def _bounds_as_loaded(ev: AnalysisState, *, quick: bool) -> dict[str, OpBound]:
     return {**shared, **computed}
 
 
-def _patch_cost(graph: Graph, patches: int) -> float:
-    """The counted seconds of one interval Jacobian of ``graph`` on receptive fields (one ball;
-    analyses.patch_jacobian.patch_cost), 0 where it runs densely or not at all."""
-    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, jacobian_form
-    from stabaudit.analyses.patch_jacobian import patch_cost
+def _jacobian_cost(graph: Graph, patches: int) -> float:
+    """The counted seconds of one interval Jacobian of ``graph`` (one ball), dense or on receptive
+    fields (analyses.local.jacobian_cost), 0 where it does not run at all."""
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, jacobian_cost
 
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
-    if jacobian_form(graph, shapes, max_patch=patches) != "patches":
-        return 0.0
-    return patch_cost(graph, shapes, MAX_JACOBIAN_ENTRIES, patches)
+    return jacobian_cost(graph, shapes, MAX_JACOBIAN_ENTRIES, patches)
 
 
-def _patches_unbought(graph: Graph, patches: int, balls: int, budget_s: float) -> str:
-    """Why the interval Jacobian on receptive fields over ``balls`` balls is not run ("": it is):
-    its counted cost from the shapes is above twice ``budget_s`` (plan.SMALLEST_PLAN_FACTOR), the
-    part of --budget the stage has (a decision on the sizes alone, before any tensor is built)."""
+def _jacobian_unbought(graph: Graph, patches: int, balls: int, budget_s: float) -> str:
+    """Why the interval Jacobian over ``balls`` balls is not run ("": it is): its counted cost
+    from the shapes is above twice ``budget_s`` (plan.SMALLEST_PLAN_FACTOR), the part of --budget
+    the stage has left (a decision on the sizes alone, before any tensor is built)."""
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, jacobian_form
     from stabaudit.analyses.plan import SMALLEST_PLAN_FACTOR
 
-    total = _patch_cost(graph, patches) * balls
+    total = _jacobian_cost(graph, patches) * balls
     if total <= SMALLEST_PLAN_FACTOR * budget_s:
         return ""
-    return (f"the interval Jacobian on receptive fields is planned at {total:.3g} s for {balls} ball(s), above "
-            f"twice the {budget_s:.3g} s of --budget this stage has: not run (a larger --budget runs it)")
+    shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+    form = "on receptive fields" if jacobian_form(graph, shapes, MAX_JACOBIAN_ENTRIES, patches) == "patches" else "(dense)"
+    return (f"the interval Jacobian {form} is planned at {total:.3g} s for {balls} ball(s), above "
+            f"twice the {budget_s:.3g} s of --budget this stage has left: not run (a larger --budget runs it)")
 
 
 def _shared_bounds(loaded: Graph, folded: Graph, op_bounds: Mapping[str, OpBound]) -> dict[str, OpBound]:
@@ -386,8 +386,8 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
     ``op_bounds``: gives the per-layer bounds already computed for nodes of ``graph`` (reused), called
     only once the graph's operators are known to have local rules (a model the local bounds refuse
     costs no per-layer certificate)."""
-    from stabaudit.analyses.local import check_supported, local_bounds
-    from stabaudit.analyses.plan import JACOBIAN_SHARE
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES, check_supported, local_bounds
+    from stabaudit.analyses.plan import JACOBIAN_SHARE, remaining, spent
     from stabaudit.checks.base import LocalEvidence
     from stabaudit.errors import UnsupportedOperatorError
 
@@ -398,13 +398,15 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
     except UnsupportedOperatorError as exc:
         return LocalEvidence(upper=None, eps=request.eps, norm="linf", samples=n, message=str(exc))
     patches = _patch_entries(memory_budget)
-    # the receptive-field Jacobian within the sample channels' part of --budget, else not at all
     share = stage_share(request, "sample_evidence")
-    unbought = _patches_unbought(graph, patches, n, share)
-    # half of the part: tightened ranges over each ball, then the reference-Jacobian bound
-    balls = _local_balls(graph, samples, request.eps, JACOBIAN_SHARE * share, 0 if unbought else patches)
+    start = spent()
+    # half of the sample channels' part of --budget: tightened ranges over each ball, then the
+    # reference-Jacobian bound; the interval Jacobian (counted) within what the part has left
+    balls = _local_balls(graph, samples, request.eps, JACOBIAN_SHARE * share, patches)
+    unbought = _jacobian_unbought(graph, patches, n, remaining(share, since=start))
     try:
         result = local_bounds(graph, samples, eps=request.eps, norm="linf",
+                              max_jacobian_entries=0 if unbought else MAX_JACOBIAN_ENTRIES,
                               max_patch_entries=0 if unbought else patches,
                               op_bounds=None if op_bounds is None else op_bounds(),
                               known=[known for known, _ in balls] if balls else None)
@@ -935,7 +937,12 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     bounded on them and composed (analyses.domain_bound), the interval Jacobian where it applies,
     never above the global bound; the lower bound from a pair inside the domain
     (analyses.domain_lower). Each layer gets its bound over the domain (``domain_upper``)."""
-    from stabaudit.analyses.domain_bound import domain_bound, domain_boxes, jacobian_bound
+    from stabaudit.analyses.domain_bound import (
+        ball_references,
+        domain_bound,
+        domain_boxes,
+        jacobian_bound,
+    )
     from stabaudit.analyses.domain_lower import domain_lower
     from stabaudit.analyses.plan import (
         DOMAIN_BB_SHARE,
@@ -966,15 +973,16 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     upper, method, certified = result.upper.value, result.upper.method, result.upper.certified
     notes = list(result.notes)
     patches = _patch_entries(ev.memory_budget)
-    # the receptive-field Jacobian within what the stage has left (it goes before the pair search)
-    unbought = _patches_unbought(loaded.graph, patches, len(boxes.boxes), remaining(ev.budget_s))
+    # the ranges over each box and the reference-Jacobian bound within half of what is left, then
+    # the interval Jacobian (counted) where what the stage has left buys it (before the pair search)
+    references = ball_references(loaded.graph, boxes, max_patch_entries=patches,
+                                 budget_s=JACOBIAN_SHARE * remaining(ev.budget_s))
+    unbought = _jacobian_unbought(loaded.graph, patches, len(boxes.boxes), remaining(ev.budget_s))
     if unbought:
         notes.append(unbought)
-    # the ranges over each box and the reference-Jacobian bound within half of what is left (the
-    # pair search keeps the rest)
-    interval = jacobian_bound(loaded.graph, boxes, max_patch_entries=0 if unbought else patches,
-                              op_bounds=functools.partial(_loaded_bounds, ev),
-                              budget_s=JACOBIAN_SHARE * remaining(ev.budget_s))
+    interval = None if references is None else jacobian_bound(
+        loaded.graph, boxes, max_patch_entries=patches, op_bounds=functools.partial(_loaded_bounds, ev),
+        interval=not unbought, references=references)
     if interval is not None and interval[0] < upper:
         upper, method, certified = interval[0], f"local Jacobian bound over the domain ({interval[1]})", True
     if result.resolved:

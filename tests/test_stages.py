@@ -144,11 +144,12 @@ def test_sa302_on_a_graph_it_refuses_asks_for_no_per_layer_bounds() -> None:
     assert ok.upper == pytest.approx(float(np.linalg.norm(nodes[0].op.weight, 2)), rel=1e-6)
 
 
-def test_the_receptive_field_jacobian_runs_only_when_the_stage_budget_buys_it() -> None:
-    # a conv net too large for the dense interval Jacobian: its receptive-field form is counted
-    # from the shapes (per ball) and run only within twice the stage's part of --budget
+def test_the_interval_jacobian_runs_only_when_the_stage_budget_buys_it() -> None:
+    # the interval Jacobian is counted from the shapes (per ball), dense or on receptive fields,
+    # and run only within twice what the stage has left of its part of --budget
     import numpy as np
 
+    from stabaudit.analyses.local import dense_cost
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
     from stabaudit.ir import ops as O
     from stabaudit.ir.executor import with_shapes
@@ -162,13 +163,23 @@ def test_the_receptive_field_jacobian_runs_only_when_the_stage_budget_buys_it() 
              Node(name="f", op=O.Reshape(shape=(1, 8 * 12 * 12)), inputs=("p",), output="f"),
              Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 8 * 12 * 12))), inputs=("f",), output="y"))
     g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3, 48, 48)),), outputs=("y",), nodes=nodes))
-    one = stages._patch_cost(g, MAX_PATCH_ENTRIES)
+    one = stages._jacobian_cost(g, MAX_PATCH_ENTRIES)
     assert one > 0
-    assert stages._patches_unbought(g, MAX_PATCH_ENTRIES, 4, 2 * one) == ""  # 4 balls within twice 2 balls' cost
-    why = stages._patches_unbought(g, MAX_PATCH_ENTRIES, 4, 1.9 * one)
+    assert stages._jacobian_unbought(g, MAX_PATCH_ENTRIES, 4, 2 * one) == ""  # 4 balls within twice 2 balls' cost
+    why = stages._jacobian_unbought(g, MAX_PATCH_ENTRIES, 4, 1.9 * one)
     assert why.startswith(f"the interval Jacobian on receptive fields is planned at {4 * one:.3g} s for 4 ball(s)")
     assert "a larger --budget runs it" in why
-    assert stages._patch_cost(g, 10) == 0.0  # no patch fits: it would not run at all
+    assert stages._jacobian_cost(g, 10) == 0.0  # no patch fits: it would not run at all
+    # a small one runs densely: 2 n_in per multiply-accumulate of the conv and the dense layer, 4 n_in
+    # per entry of the other nodes
+    small = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3, 8, 8)),), outputs=("y",), nodes=(
+        nodes[0], nodes[1], Node(name="f", op=O.Reshape(shape=(1, 8 * 8 * 8)), inputs=("r",), output="f"),
+        Node(name="fc", op=O.Linear(weight=rng.normal(size=(4, 8 * 8 * 8))), inputs=("f",), output="y"))))
+    n_in = 3 * 8 * 8
+    ops = 2 * n_in * (8 * 8 * 8 * 27 + 4 * 512) + 4 * n_in * (8 * 8 * 8) * 2
+    assert stages._jacobian_cost(small, MAX_PATCH_ENTRIES) == dense_cost(small, small.shapes) == pytest.approx(ops / 2e9)
+    why = stages._jacobian_unbought(small, MAX_PATCH_ENTRIES, 2, 0.9 * dense_cost(small, small.shapes))
+    assert why.startswith("the interval Jacobian (dense) is planned at")
 
 
 def test_the_lower_searches_read_bounds_of_the_graph_as_loaded() -> None:

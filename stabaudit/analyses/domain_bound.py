@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -477,40 +477,35 @@ def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = m
     return ranges, pools
 
 
-def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None,
-                   op_bounds: Callable[[], Mapping[str, OpBound]] | None = None,
-                   budget_s: float = math.inf) -> tuple[float, str] | None:
-    """The local Jacobian bounds over each box, enclosed in the linf ball around its center
-    (radius rounded up so that the ball holds the box), on the ranges of ``box_ranges``: the
-    interval Clarke Jacobian (``analyses.local``, densely or on receptive fields of up to
-    ``max_patch_entries`` entries) and the bound around a reference Jacobian
-    (``analyses.reference_jacobian``, where its planned cost fits what is left of ``budget_s``),
-    the smaller of the two per box; the largest over the boxes, with its methods. None where
-    neither applies to every box. ``op_bounds``: gives global per-operator bounds of ``graph``'s
-    nodes already computed (any subset), reused by ``local_bounds``; called once, and only after
-    the operators and sizes are known to fit (a graph refused costs no bound)."""
-    from stabaudit.analyses.local import (
-        METHOD_INTERVAL,
-        check_supported,
-        jacobian_form,
-        local_bounds,
-    )
+@dataclass(frozen=True, kw_only=True)
+class BallReference:
+    """One box of the domain as the local Jacobian bounds see it: the linf ball around its centre
+    that holds it, the ranges over that ball (``box_ranges``; None where not even the interval
+    pass was bought), the max pools' choices, and the reference-Jacobian bound on those ranges
+    (None where it does not apply or was not bought)."""
+
+    centre: np.ndarray
+    radius: float
+    ranges: dict[str, Interval] | None
+    pools: dict[str, Any]
+    reference: float | None
+
+
+def ball_references(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None,
+                    budget_s: float = math.inf) -> list[BallReference] | None:
+    """Per box, within an equal part of what ``budget_s`` has left when its turn comes: the ranges
+    over the linf ball around its centre (radius rounded up so that the ball holds the box;
+    ``box_ranges``) and the bound around a reference Jacobian on them
+    (``analyses.reference_jacobian``, where its planned cost fits what the part has left). None
+    where a box is not finite. Every box gets its part: a bound over the domain needs all of them."""
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
     from stabaudit.analyses.reference_jacobian import reference_bound
-    from stabaudit.errors import UnsupportedOperatorError
 
     patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
-    interval = True
-    try:
-        check_supported(graph)
-    except UnsupportedOperatorError:
-        interval = False
-    if interval and jacobian_form(graph, graph.shapes, max_patch=patches) is None:
-        interval = False  # the interval Jacobian would not fit
-    given = None if op_bounds is None or not interval else op_bounds()
     start = spent()
-    worst, methods = 0.0, set()
-    for box in boxes.boxes:
+    found: list[BallReference] = []
+    count = len(boxes.boxes)
+    for index, box in enumerate(boxes.boxes):
         check_deadline()
         lo, hi = flat_box(graph, box)
         if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -518,21 +513,67 @@ def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None 
         c = (lo + hi) / 2
         r = float(np.nextafter(np.max(np.maximum(hi - c, c - lo)), np.inf))
         ball = _split(graph, np.nextafter(c - r, -np.inf)), _split(graph, np.nextafter(c + r, np.inf))
+        share = remaining(budget_s, since=start) / (count - index)
+        mine = spent()
         tightened = box_ranges(graph, {k: Interval(lo=ball[0][k], hi=ball[1][k]) for k in ball[0]},
-                               budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
+                               budget_s=share, max_patch_entries=patches)
         known, pools = tightened if tightened is not None else (None, {})
+        ref = None if known is None else reference_bound(graph, known, pools, budget_s=remaining(share, since=mine))
+        found.append(BallReference(centre=c, radius=r, ranges=known, pools=pools,
+                                   reference=ref.upper if ref is not None and math.isfinite(ref.upper) else None))
+    return found
+
+
+def jacobian_bound(graph: Graph, boxes: Boxes, *, max_patch_entries: int | None = None,
+                   op_bounds: Callable[[], Mapping[str, OpBound]] | None = None,
+                   budget_s: float = math.inf, interval: bool = True,
+                   references: Sequence[BallReference] | None = None) -> tuple[float, str] | None:
+    """The local Jacobian bounds over each box, enclosed in the linf ball around its center: the
+    bound around a reference Jacobian (``references``, default ``ball_references`` within
+    ``budget_s``) and, with ``interval``, the interval Clarke Jacobian (``analyses.local``, densely
+    or on receptive fields of up to ``max_patch_entries`` entries; its work is counted as it runs)
+    on the same ranges, the smaller of the two per box; the largest over the boxes, with its
+    methods. None where neither applies to every box. ``op_bounds``: gives global per-operator
+    bounds of ``graph``'s nodes already computed (any subset), reused by ``local_bounds``; called
+    once, and only after the operators and sizes are known to fit (a graph refused costs no bound)."""
+    from stabaudit.analyses.local import (
+        MAX_JACOBIAN_ENTRIES,
+        METHOD_INTERVAL,
+        check_supported,
+        jacobian_form,
+        local_bounds,
+    )
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES
+    from stabaudit.errors import UnsupportedOperatorError
+
+    patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
+    refs = list(references) if references is not None else ball_references(
+        graph, boxes, max_patch_entries=patches, budget_s=budget_s)
+    if refs is None:
+        return None
+    if interval:
+        try:
+            check_supported(graph)
+        except UnsupportedOperatorError:
+            interval = False
+    if interval and jacobian_form(graph, graph.shapes, max_patch=patches) is None:
+        interval = False  # the interval Jacobian would not fit
+    given = None if op_bounds is None or not interval else op_bounds()
+    worst, methods = 0.0, set()
+    for ref in refs:
+        check_deadline()
         found: list[tuple[float, str]] = []
+        if ref.reference is not None:
+            found.append((ref.reference, METHOD_REFERENCE))
         if interval:
             try:
-                local = local_bounds(graph, c[None, :], eps=r, norm="linf", known=[known], max_patch_entries=patches,
+                local = local_bounds(graph, ref.centre[None, :], eps=ref.radius, norm="linf", known=[ref.ranges],
+                                     max_jacobian_entries=MAX_JACOBIAN_ENTRIES, max_patch_entries=patches,
                                      op_bounds=given)
             except UnsupportedOperatorError:
                 local = None
             if local is not None and local.upper.certified and METHOD_INTERVAL in local.samples[0].candidates:
                 found.append((local.upper.value, local.method))
-        ref = None if known is None else reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
-        if ref is not None and math.isfinite(ref.upper):
-            found.append((ref.upper, METHOD_REFERENCE))
         if not found:
             return None  # neither bound applies to this box: the composition stands
         value, method = min(found)

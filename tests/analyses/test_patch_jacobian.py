@@ -87,7 +87,7 @@ def test_the_shape_walk_decides_before_any_tensor_is_built() -> None:
 
 def test_the_shape_walk_counts_what_the_receptive_fields_charge() -> None:
     # patch_cost is what conv and max_pool charge as they run, known before any tensor is built:
-    # a stage decides from it whether its budget buys the interval Jacobian (stages._patches_unbought)
+    # a stage decides from it whether its budget buys the interval Jacobian (stages._jacobian_unbought)
     from stabaudit.analyses import plan
 
     g = cnn()
@@ -100,3 +100,11 @@ def test_the_shape_walk_counts_what_the_receptive_fields_charge() -> None:
     assert found.notes == ("interval Jacobian on receptive fields (patches)",)
     assert spent[0] == pytest.approx(2 * cost, rel=1e-12)
     assert PJ.patch_cost(g, g.shapes, cap, 10) == 0.0  # no patch fits: nothing would be charged
+    # densely, local_bounds charges local.dense_cost per ball before it runs
+    from stabaudit.analyses.local import dense_cost, jacobian_cost
+
+    with plan.ledger() as spent:
+        dense = local_bounds(g, x0, eps=0.02, max_vertex_work=0)
+    assert dense.notes == () and dense_cost(g, g.shapes) > 0
+    assert spent[0] == pytest.approx(2 * dense_cost(g, g.shapes), rel=1e-12) == 2 * jacobian_cost(g, g.shapes)
+    assert jacobian_cost(g, g.shapes, cap) == pytest.approx(cost, rel=1e-12)
