@@ -47,9 +47,10 @@ METHOD = "domain-composition"
 BB_METHOD = "branch and bound over activation regions (LipBaB over the box)"
 METHOD_REFERENCE = "reference Jacobian with perturbations on the units that may change state"
 # symbolic intervals on receptive fields: planned at this many interval Jacobians on receptive
-# fields (analyses.patch_jacobian.patch_cost; the clock over that count: 0.3 on a CIFAR ResNet-2B,
-# 0.54 on MTCNN O-Net, 1.2 on ResNet-4B)
-SYMBOLIC_PER_PATCH = 1.0
+# fields (analyses.patch_jacobian.patch_cost; the clock over that count on the 2-core machine, a
+# second run in the process: 0.39 on a CIFAR ResNet-2B, 0.48 on MTCNN O-Net, 0.68 on the OVAL21
+# deep CNN, 0.96 on ResNet-4B; planned over taken from 0.68 to 1.65)
+SYMBOLIC_PER_PATCH = 0.65
 # balls of a ball domain bounded one by one; beyond, one box that holds them all (their hull)
 MAX_BALLS = 64
 
