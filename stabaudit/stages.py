@@ -535,10 +535,11 @@ def _samples_resolve(graph: Graph, request: AuditRequest) -> tuple[np.ndarray | 
 def _planned_samples(graph: Graph, available: int, request: AuditRequest) -> int:
     """How many of the samples the float64 sample channels evaluate (analyses.plan.sample_count)."""
     from stabaudit.analyses.lower import forward_macs
-    from stabaudit.analyses.plan import sample_count
+    from stabaudit.analyses.plan import call_macs, sample_count
 
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
-    return sample_count(stage_share(request, "sample_evidence"), forward_macs(graph, shapes), available)
+    return sample_count(stage_share(request, "sample_evidence"), forward_macs(graph, shapes), available,
+                        call_macs(len(graph.nodes)))
 
 
 def _samples_evidence(

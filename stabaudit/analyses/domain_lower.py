@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stabaudit.analyses.domain_bound import Boxes, flat_box
-from stabaudit.analyses.plan import DOMAIN_SEARCH_FLOOR_S, SMALLEST_PLAN_FACTOR, spend
+from stabaudit.analyses.plan import DOMAIN_SEARCH_FLOOR_S, SMALLEST_PLAN_FACTOR, call_macs, spend
 
 if TYPE_CHECKING:
     import torch
@@ -65,12 +65,13 @@ class Plan:
     box_s: float = 0.0  # the planned seconds of one box (charged for each box that is searched)
 
 
-def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
+def plan(macs: float, budget_s: float, boxes: int, inputs: int, call: float | None = None) -> Plan:
     """The search's work from the budget by the cost model of ``analyses.plan`` (forward
     multiply-accumulates per budget second, plus a fixed cost per batched call): one Jacobian
     norm costs 2 inputs + 1 passes (forward mode, few inputs) or 17 (four power sweeps of a jvp
     and a vjp); a forward-mode or reverse pass counts as two forward passes (as in
-    ``analyses.lower``), and each batched call of a sweep or pass of a confirmation LOWER_CALL_MACS. The pairs
+    ``analyses.lower``), and each batched call of a sweep or pass of a confirmation ``call``
+    (``plan.call_macs`` of the graph's nodes; default LOWER_CALL_MACS). The pairs
     confirmed per box (``tries``, CONFIRM_PASSES each): as many as a quarter of the box's work
     buys, between MIN_TRIES and MAX_TRIES; of the rest, half screens points, half goes to the
     local search's rounds. Never below two points, no rounds."""
@@ -78,10 +79,11 @@ def plan(macs: float, budget_s: float, boxes: int, inputs: int) -> Plan:
 
     full = inputs <= FULL_JACOBIAN_MAX_INPUTS
     per_sigma = float(2 * inputs + 1 if full else 17)
-    calls = (1.0 if full else 8.0) * LOWER_CALL_MACS  # the batched calls of one evaluation of Jacobian norms
+    call = LOWER_CALL_MACS if call is None else call
+    calls = (1.0 if full else 8.0) * call  # the batched calls of one evaluation of Jacobian norms
     macs = max(macs, 1.0)
     units = lower_units(budget_s) / max(boxes, 1)
-    try_cost = CONFIRM_PASSES * (macs + LOWER_CALL_MACS)
+    try_cost = CONFIRM_PASSES * (macs + call)
     tries = int(min(MAX_TRIES, max(MIN_TRIES, 0.25 * units / try_cost)))
     left = max(units - tries * try_cost, 0.0)
     sigma = per_sigma * macs
@@ -161,8 +163,9 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
     f1 = Executor(graph, dtype=torch.float64).flat()
     n_in = int(sum(int(np.prod(spec.shape)) for spec in graph.inputs))
     macs = forward_macs(graph, shapes)
+    call = call_macs(len(graph.nodes))
     searched = boxes.search
-    work = plan(macs, budget_s, len(searched), n_in)
+    work = plan(macs, budget_s, len(searched), n_in, call)
     if work.box_s * len(searched) > SMALLEST_PLAN_FACTOR * budget_s:
         # the smallest plan of every box is beyond twice the budget: the first boxes, as many as
         # twice the budget buys, else one whose plan is within DOMAIN_SEARCH_FLOOR_S, else none (a
@@ -175,7 +178,7 @@ def domain_lower(graph: Graph, boxes: Boxes, *, seed: int, budget_s: float,
                 f"not searched: the smallest plan of one box costs {work.box_s:.3g} s, above twice the "
                 f"{budget_s:.3g} s of --budget left to the search inside the domain (a larger --budget searches it)"))
         searched = searched[:count]
-        work = plan(macs, budget_s, count, n_in)
+        work = plan(macs, budget_s, count, n_in, call)
     points, rounds, proposals = work.points, work.rounds, work.proposals
     gen = torch.Generator().manual_seed(int(seed))
     best, best_x, best_y, best_box = 0.0, None, None, 0

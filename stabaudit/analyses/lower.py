@@ -869,6 +869,7 @@ class _Search:
         self.sweeps = POWER_SWEEPS  # warm-started sweeps at the best points before confirmation
         self.steps_h: tuple[float, ...] = _STEPS_H  # the step sizes of the pairs confirmed at each chosen point
         self.fwd = forward_macs(graph, shapes)
+        self.call = plan.call_macs(len(graph.nodes))  # the fixed cost of a batched call
         values = sum(float(np.prod(s)) for s in shapes.values())
         # keep one batched call's memory modest: the per-point work tensors times the batch
         per_point = values * 8.0 * (k + 2 if self.full else 4)
@@ -1057,7 +1058,7 @@ def _smallest_cost(search: _Search, starts: int, rounds: int) -> float:
     ``starts`` screened points, one Adam step per round, one Jacobian round of the pair ascent, no
     proposals, then the confirmation (power sweeps and the difference quotients)."""
     jac_point = search.fwd * search.jac_passes
-    call = plan.LOWER_CALL_MACS
+    call = search.call
     screen = starts * jac_point + call
     ascent = rounds * (starts * 6.0 * search.fwd + call)
     if rounds:
@@ -1107,7 +1108,7 @@ def _plan(search: _Search, starts: int, steps: int, budget_s: float) -> tuple[in
     """
     units = plan.lower_units(budget_s)
     jac_point = search.fwd * search.jac_passes
-    call = plan.LOWER_CALL_MACS
+    call = search.call
     rounds = max(steps, 1)
     pool = int(0.25 * units / (jac_point + call / 256.0))
     pool = max(starts, min(pool, 1024 * starts))

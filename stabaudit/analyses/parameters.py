@@ -218,11 +218,12 @@ def parameter_sensitivity(
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     outputs = sum(int(np.prod(shapes[name])) for name in graph.outputs)
     macs = forward_macs(graph, shapes)
-    passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, macs)
+    call = plan.call_macs(len(graph.nodes))
+    passes = plan.reverse_passes(plan.PARAMETER_SHARE * budget_s, macs, call)
     count, iterations = plan.measurement_plan(passes, outputs, len(layers), min(max_measured, len(samples)))
     # charged for what the plan runs (its smallest plan, one sample's shared probe, may exceed the share)
     run = max(passes, plan.measurement_passes(count, iterations, outputs, len(layers)))
-    plan.spend(run * (plan.PASS_FORWARDS * max(macs, 1.0) + plan.LOWER_CALL_MACS) / plan.LOWER_MACS_PER_S)
+    plan.spend(run * (plan.PASS_FORWARDS * max(macs, 1.0) + call) / plan.LOWER_MACS_PER_S)
     head = np.asarray(samples)[:count]
     measured = _measured(graph, layers, head, seed, iterations) if layers else {}
     out = []

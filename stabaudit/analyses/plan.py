@@ -117,6 +117,19 @@ LOWER_MACS_PER_S = 4e9  # lower-bound search: forward multiply-accumulates per b
 LARGE_OP_MACS = 2e7
 LARGE_OP_SPEEDUP = 4.0
 LOWER_CALL_MACS = 2e6  # fixed cost of one batched call of the search, in the same units
+# ... or this much per node of the graph where that is more: each batched call runs every node at
+# least once forward and once in reverse, whatever the batch (measured on the 2-core machine,
+# vmapped, one point: 15 us a node forward and 30 us forward and reverse on an unrolled GRU of 877
+# nodes and an LSTM of 1,158, where their multiply-accumulates count 2 ms; an audit of the GRU at
+# --budget 2 took 60 s for 5 s planned before this term). LOWER_CALL_MACS holds for the small
+# networks it was measured on (up to 16 nodes).
+NODE_CALL_MACS = 1.2e5
+
+
+def call_macs(nodes: int) -> float:
+    """The fixed cost of one batched call on a graph of ``nodes`` nodes: the larger of
+    LOWER_CALL_MACS and NODE_CALL_MACS a node, in the units of LOWER_MACS_PER_S."""
+    return max(LOWER_CALL_MACS, NODE_CALL_MACS * max(int(nodes), 0))
 # ... and a convolution costs CONV_POSITION_MACS more per output position (batch and spatial
 # entry, all output channels together): convolutions of few channels run far below the counted
 # rate (measured on one core in float64, 3x3 kernels over batches of 25,600: 2 to 4 channels on
@@ -322,16 +335,17 @@ def residual_branch_budget(budget_s: float, blocks: int) -> float:
     return max(float(budget_s), 0.0) * RESIDUAL_SHARE / blocks
 
 
-def reverse_passes(budget_s: float, forward_macs: float) -> int:
+def reverse_passes(budget_s: float, forward_macs: float, call: float = LOWER_CALL_MACS) -> int:
     """The reverse-mode passes (autograd backward calls) that ``budget_s`` planned seconds buy on
-    a graph whose forward pass costs ``forward_macs`` (at least one)."""
-    cost = PASS_FORWARDS * max(float(forward_macs), 1.0) + LOWER_CALL_MACS
+    a graph whose forward pass costs ``forward_macs`` and a call ``call`` (``call_macs``; at least
+    one)."""
+    cost = PASS_FORWARDS * max(float(forward_macs), 1.0) + call
     return max(1, int(max(float(budget_s), 0.0) * LOWER_MACS_PER_S / cost))
 
 
 def residual_points(
     budget_s: float, block_macs: float, available: int, *, dense_passes: int | None, square: bool,
-    steps: int,
+    steps: int, call: float = LOWER_CALL_MACS,
 ) -> tuple[int, int]:
     """(points, Krylov steps) for one residual block's Jacobians at the samples (analyses.residual):
     a point costs ``dense_passes`` reverse passes (the full Jacobian) or 2 (power iteration on the
@@ -342,7 +356,7 @@ def residual_points(
 
     def cost(k: int) -> float:
         passes = dense_passes if dense_passes is not None else (3 if square else 2) * 2 * k
-        return (passes * PASS_FORWARDS + QUOTIENT_FORWARDS) * macs + LOWER_CALL_MACS
+        return (passes * PASS_FORWARDS + QUOTIENT_FORWARDS) * macs + call
 
     if available <= 0:
         return 0, 0
@@ -354,7 +368,7 @@ def residual_points(
     if points >= 1:
         spend(points * cost(steps) / LOWER_MACS_PER_S)
         return points, steps
-    k = min(steps, int(((units - LOWER_CALL_MACS) / macs - QUOTIENT_FORWARDS) / PASS_FORWARDS
+    k = min(steps, int(((units - call) / macs - QUOTIENT_FORWARDS) / PASS_FORWARDS
                        / ((3 if square else 2) * 2)))
     if k < MIN_KRYLOV_STEPS:
         return 0, 0
@@ -362,10 +376,11 @@ def residual_points(
     return 1, k
 
 
-def sample_count(budget_s: float, forward_macs: float, available: int) -> int:
-    """How many of the ``available`` samples the sample channels evaluate (the first ones)."""
+def sample_count(budget_s: float, forward_macs: float, available: int, call: float = LOWER_CALL_MACS) -> int:
+    """How many of the ``available`` samples the sample channels evaluate (the first ones), each
+    a forward pass and a call (``call_macs``)."""
     units = max(float(budget_s), 0.0) * SAMPLE_SHARE * LOWER_MACS_PER_S
-    each = max(float(forward_macs), 1.0) + LOWER_CALL_MACS
+    each = max(float(forward_macs), 1.0) + call
     bought = int(units // each)
     count = min(max(int(available), 0), max(MIN_SAMPLES, bought))
     spend(count * each / LOWER_MACS_PER_S)

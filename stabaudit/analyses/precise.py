@@ -104,6 +104,16 @@ ENTRY_MACS = {
     "logistic": {2: 1.1e4, 4: 1.0e5},
     "product": {2: 1.8e3, 4: 7.0e3},
 }
+# ... and per node, whatever its size: a node evaluated in limbs runs dozens of small tensor
+# operations (the exponential's Horner steps and squarings, each a product in limbs), so a graph of
+# many small nodes costs far more than its entries (measured on one core, an unrolled GRU of 877
+# nodes, 145 of them Sigmoid or Tanh over 256 entries: 48 ms each, 0.5 ms each of the others, 7.3 s
+# an evaluation with two limbs where its entries count 0.1 s)
+NODE_MACS: dict[str | None, dict[int, float]] = {
+    "logistic": {2: 2.0e8, 4: 8.0e8},
+    "product": {2: 5.0e6, 4: 2.0e7},
+    None: {2: 2.0e6, 4: 8.0e6},
+}
 LIMBS = (2, 4)  # the limbs of the first evaluations, and of those after an escalation
 # an evaluation whose bound is above ESCALATE times its outputs' norm is done again with the
 # most limbs (and so are the later ones): double-double's bound on a packaged ResNet-18 at 224x224,
@@ -115,15 +125,18 @@ _MOVES = (O.Reshape, O.Transpose, O.Slice, O.Gather, O.Tile, O.Concat)
 
 def evaluation_macs(graph: Graph, shapes: dict[str, tuple[int, ...]], macs: float, limbs: int) -> float:
     """The cost model's multiply-accumulates of one evaluation with ``limbs`` limbs of a graph whose
-    float64 forward pass counts ``macs``: PASSES (PASSES_4) passes, and ENTRY_MACS per output entry of
-    the operators evaluated entry by entry (Sigmoid, Tanh, SiLU; HardSwish, HardSigmoid, products)."""
+    float64 forward pass counts ``macs``: PASSES (PASSES_4) passes, ENTRY_MACS per output entry of
+    the operators evaluated entry by entry (Sigmoid, Tanh, SiLU; HardSwish, HardSigmoid, products),
+    and NODE_MACS per node."""
     passes = PASSES if limbs <= 2 else PASSES_4
+    width = 2 if limbs <= 2 else 4
     entries = 0.0
     for node in graph.nodes:
         kind = ("logistic" if isinstance(node.op, O.Sigmoid | O.Tanh | O.Silu)
                 else "product" if isinstance(node.op, O.HardSwish | O.HardSigmoid | O.Mul) else None)
         if kind is not None:
-            entries += ENTRY_MACS[kind][2 if limbs <= 2 else 4] * float(math.prod(shapes[node.output]))
+            entries += ENTRY_MACS[kind][width] * float(math.prod(shapes[node.output]))
+        entries += NODE_MACS[kind][width]
     return passes * macs + entries
 
 

@@ -218,9 +218,11 @@ def _analyse(
 
         _, out_n, square, dense = _jacobian_form(graph, m)
         shapes = {k: tuple(v) for k, v in graph.shapes.items()}
+        block = _block_graph(graph, m)
         count, steps = plan.residual_points(
-            points_budget_s, forward_macs(_block_graph(graph, m), shapes), len(at),
-            dense_passes=(out_n if square else 2 * out_n) if dense else None, square=square, steps=KRYLOV_STEPS)
+            points_budget_s, forward_macs(block, shapes), len(at),
+            dense_passes=(out_n if square else 2 * out_n) if dense else None, square=square, steps=KRYLOV_STEPS,
+            call=plan.call_macs(len(block.nodes)))
         if count < len(at):
             notes.append(f"Jacobians at {count} of {len(at)} sample point(s): what the budget plans"
                          + ("" if count else " (--budget buys none at this size)"))

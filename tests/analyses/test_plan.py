@@ -49,7 +49,8 @@ def test_the_lower_search_shrinks_its_smallest_plan_only_for_large_networks():
     from stabaudit.analyses.lower import _STEPS_H, _shape, _smallest_cost
 
     def search(fwd: float) -> Any:  # duck-typed _Search; full Jacobians of 10 outputs: 21 passes per point
-        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True, sweeps=4, power_iterations=12, steps_h=_STEPS_H)
+        return SimpleNamespace(fwd=fwd, jac_passes=21, full=True, sweeps=4, power_iterations=12, steps_h=_STEPS_H,
+                               call=plan.LOWER_CALL_MACS)
 
     # up to ~1e7 multiply-accumulates per forward pass (every network of the corpus) the plan of
     # 32 starts and 30 rounds fits max(2 budget, budget + 20) planned seconds from --budget 1 on
@@ -320,3 +321,41 @@ def test_a_share_that_buys_no_point_builds_no_jacobian(monkeypatch):
     monkeypatch.setattr(lower, "forward_macs", lambda graph, shapes: 1e13)
     found = lower.lower_bound(g, seed=0, budget_s=0.01, smallest_slack_s=0.0, share=True)
     assert found.value == 0.0 and found.evaluations == 0 and "not searched" in found.method
+
+
+def test_a_call_costs_its_nodes():
+    # every batched call runs each node of the graph: NODE_CALL_MACS a node, LOWER_CALL_MACS at least
+    assert plan.call_macs(0) == plan.call_macs(16) == plan.LOWER_CALL_MACS == 2e6
+    assert plan.call_macs(877) == 877 * 1.2e5
+    call = plan.call_macs(877)  # an unrolled GRU: 1.05e8 units a call, 26 ms
+    assert plan.reverse_passes(1.0, 1e6, call) == int(4e9 / (3e6 + call))  # 36 where its MACs alone buy 800
+    assert plan.sample_count(1.0, 1e6, 64, call) == int(plan.SAMPLE_SHARE * 4e9 // (1e6 + call))  # 3
+    point = (240 * 3 + 60) * 1e6 + call
+    assert plan.residual_points(5 * point / 4e9, 1e6, 16, dense_passes=None, square=True, steps=40,
+                                call=call) == (5, 40)
+
+
+def test_the_search_plans_its_calls_by_the_graph_size():
+    # the lower search's calls cost what the graph's nodes cost: a long chain of small nodes buys
+    # fewer screened points than a short one with the same multiply-accumulates
+    from stabaudit.analyses.lower import _plan, _Search, _smallest_cost
+    from stabaudit.ir import ops as O
+    from stabaudit.ir.executor import with_shapes
+    from stabaudit.ir.graph import Graph, Node, TensorSpec
+
+    def chain(depth: int) -> Graph:
+        w = np.random.default_rng(depth).standard_normal((4, 4))
+        nodes, src = [], "x"
+        for k in range(depth):
+            nodes += [Node(name=f"l{k}", op=O.Linear(weight=w), inputs=(src,), output=f"h{k}"),
+                      Node(name=f"r{k}", op=O.Relu(), inputs=(f"h{k}",), output=f"a{k}")]
+            src = f"a{k}"
+        return with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 4)),), outputs=(src,), nodes=tuple(nodes)))
+
+    short, long = chain(2), chain(60)  # 4 and 120 nodes
+    a, b = _Search(short, dict(short.shapes), 0), _Search(long, dict(long.shapes), 0)
+    assert a.call == plan.call_macs(len(short.nodes)) and b.call == plan.call_macs(len(long.nodes)) > a.call
+    b.fwd = a.fwd  # the same forward work: only the calls differ
+    assert _smallest_cost(b, 8, 4) - _smallest_cost(a, 8, 4) == pytest.approx(
+        (1 + 4 + 1) * (b.call - a.call))  # the screening, 4 rounds and one Jacobian round: a call each
+    assert _plan(b, 8, 4, 0.05)[3] < _plan(a, 8, 4, 0.05)[3]  # fewer proposals a round

@@ -516,3 +516,23 @@ def test_logistic_activations_in_limbs(kind: str, limbs: int) -> None:
     assert float(out.e.max()) <= (2.0**-90 if limbs == 2 else 2.0**-180) * size
     _, float64_bound = ForwardErrorModel(g, dict(g.shapes)).evaluate(flat)
     assert float(out.e.max()) < 1e-6 * float64_bound
+
+
+def test_the_cost_model_counts_every_node_and_more_for_logistic_ones() -> None:
+    # an evaluation in limbs costs PASSES forward passes, ENTRY_MACS per entry of the entry-wise
+    # operators and NODE_MACS per node: a graph of many small nodes is not priced by its entries
+    from stabaudit.analyses.precise import ENTRY_MACS, NODE_MACS, PASSES, PASSES_4, evaluation_macs
+
+    w = np.ones((3, 3))
+    nodes = (Node(name="l", op=O.Linear(weight=w), inputs=("x",), output="h"),
+             Node(name="s", op=O.Sigmoid(), inputs=("h",), output="s"),
+             Node(name="m", op=O.Mul(), inputs=("s", "h"), output="y"))
+    g = with_shapes(Graph(inputs=(TensorSpec(name="x", shape=(1, 3)),), outputs=("y",), nodes=nodes))
+    shapes = dict(g.shapes)
+    two = PASSES * 9.0 + 3 * (ENTRY_MACS["logistic"][2] + ENTRY_MACS["product"][2]) + sum(
+        NODE_MACS[k][2] for k in (None, "logistic", "product"))
+    assert evaluation_macs(g, shapes, 9.0, 2) == pytest.approx(two, rel=1e-15)
+    four = PASSES_4 * 9.0 + 3 * (ENTRY_MACS["logistic"][4] + ENTRY_MACS["product"][4]) + sum(
+        NODE_MACS[k][4] for k in (None, "logistic", "product"))
+    assert evaluation_macs(g, shapes, 9.0, 4) == pytest.approx(four, rel=1e-15)
+    assert NODE_MACS["logistic"][2] / 4e9 > 0.04  # 48 ms measured a small Sigmoid node with two limbs
