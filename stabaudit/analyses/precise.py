@@ -99,20 +99,23 @@ PASSES_4 = 40.0
 # multiply-accumulates of the cost model per output entry of the operators evaluated in limbs
 # entry by entry, with two and with four limbs (measured on one core: a CRNN with 1.39 million
 # entries of Sigmoid, Tanh and SiLU, 3.8 s and 36 s beyond its linear maps; a MobileNetV3-style
-# classifier with 2.5 million HardSwish entries, 1.1 s and 4.4 s)
+# classifier with 2.5 million HardSwish entries, 1.1 s and 4.4 s; with two limbs in Dekker's
+# product and the double-double sum, 400,000 entries of Sigmoid or SiLU take 3.3e3 to 3.7e3 units
+# an entry, 9.5e3 before)
 ENTRY_MACS = {
-    "logistic": {2: 1.1e4, 4: 1.0e5},
+    "logistic": {2: 5.0e3, 4: 1.0e5},
     "product": {2: 1.8e3, 4: 7.0e3},
 }
 # ... and per node, whatever its size: a node evaluated in limbs runs dozens of small tensor
 # operations (the exponential's Horner steps and squarings, each a product in limbs), so a graph of
-# many small nodes costs far more than its entries (measured on one core, an unrolled GRU of 877
-# nodes, 145 of them Sigmoid or Tanh over 256 entries: 48 ms each, 0.5 ms each of the others, 7.3 s
-# an evaluation with two limbs where its entries count 0.1 s)
+# many small nodes costs far more than its entries (measured on one core over chains of 20 dense
+# layers of 256 and activations: a Sigmoid or Tanh node 2.8 to 4.5 ms with two limbs and 49 to 55
+# ms with four, a product 0.1 and 1.6 ms, any other node 0.4 and 1.2 ms; an unrolled GRU of 877
+# nodes, 145 of them Sigmoid or Tanh: 0.65 s an evaluation with two limbs, 7.9 s with four)
 NODE_MACS: dict[str | None, dict[int, float]] = {
-    "logistic": {2: 2.0e8, 4: 8.0e8},
-    "product": {2: 5.0e6, 4: 2.0e7},
-    None: {2: 2.0e6, 4: 8.0e6},
+    "logistic": {2: 1.8e7, 4: 2.2e8},
+    "product": {2: 2.0e6, 4: 8.0e6},
+    None: {2: 1.6e6, 4: 4.8e6},
 }
 LIMBS = (2, 4)  # the limbs of the first evaluations, and of those after an escalation
 # an evaluation whose bound is above ESCALATE times its outputs' norm is done again with the
@@ -986,10 +989,84 @@ def _pool_sum(mask: torch.Tensor, op: O.AvgPool, n: int) -> torch.Tensor:
     return pool(mask, op.kernel, op.strides, 0, op.ceil_mode, True, 1)  # type: ignore[call-arg,no-any-return]
 
 
-def _add(a: Value, b: Value, limbs: int, sign: float = 1.0) -> Value:
-    """a + sign b: the limbs of both distilled (exact up to the last limb's rounding, the own error)."""
+def _pair(v: Value) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(high, low) limbs of a value of at most two (None for a missing low limb), or None."""
+    if len(v.parts) > 2:
+        return None
+    return v.parts[0], v.parts[1] if len(v.parts) == 2 else None
+
+
+def _add2(a: Value, b: Value, sign: float) -> Value | None:
+    """a + sign b in two limbs (double-double addition; None where an input has more limbs):
+    s + e1 = a_hi + sign b_hi exactly (TwoSum), t = fl(a_lo + sign b_lo), t2 = fl(t + e1), and
+    hi + lo = s + t2 exactly (TwoSum); a missing low limb is 0 and its sum is not formed. Each
+    rounding is within u |x| <= 1.01 u |fl(x)| (|x| <= |fl(x)| / (1 - u)), plus an absolute
+    2^-1075 below the normal range (TINY)."""
     import torch
 
+    pa, pb = _pair(a), _pair(b)
+    if pa is None or pb is None:
+        return None
+    a_hi, a_lo = pa
+    b_hi, b_lo = pb
+    if sign != 1.0:
+        b_hi, b_lo = -b_hi, None if b_lo is None else -b_lo
+    hi, e1 = two_sum(a_hi, b_hi)
+    size = torch.zeros_like(e1)
+    lows = [x for x in (a_lo, b_lo) if x is not None]
+    if lows:
+        t = lows[0] if len(lows) == 1 else lows[0] + lows[1]
+        if len(lows) == 2:
+            size = size + t.abs()  # the rounding of a_lo + b_lo
+        e1 = t + e1
+    t2 = e1
+    hi, lo = two_sum(hi, t2)
+    size = size + t2.abs()
+    own = torch.broadcast_to((size * (1.01 * U) + 2 * TINY) * (1 + 4 * U), hi.shape)
+    return Value(parts=[hi, lo], e=(a.e + b.e + own) * (1 + 2 * U), own=own)
+
+
+def _mul2(a: Value, b: Value) -> Value | None:
+    """a b in two limbs (Dekker's double-double product; None where an input has more limbs):
+    p + pe = a_hi b_hi exactly (TwoProduct), c1 = fl(a_hi b_lo), c2 = fl(a_lo b_hi), t = fl(c1 + c2)
+    within gamma_2 (|a_hi b_lo| + |a_lo b_hi|) of a_hi b_lo + a_lo b_hi (a dot product of two terms,
+    |a_hi b_lo| <= |c1| / (1 - u); one term: within 1.01 u |c|), s = fl(pe + t) within 1.01 u |s|,
+    hi + lo = p + s exactly (TwoSum), and a_lo b_lo left out (at most |fl(a_lo b_lo)| / (1 - u));
+    a missing low limb is 0 and its products are not formed. TINY per product for what an
+    underflow may lose. The inputs' distances move the product as in ``_mul``."""
+    import torch
+
+    pa, pb = _pair(a), _pair(b)
+    if pa is None or pb is None:
+        return None
+    a_hi, a_lo = pa
+    b_hi, b_lo = pb
+    p, pe = two_prod(a_hi, b_hi)
+    cross = [c for c in (None if b_lo is None else a_hi * b_lo, None if a_lo is None else a_lo * b_hi) if c is not None]
+    own = torch.zeros_like(p)
+    if cross:
+        t = cross[0] if len(cross) == 1 else cross[0] + cross[1]
+        grow = _gamma(2) * (1 + 2 * U) if len(cross) == 2 else 1.01 * U
+        own = own + sum((c.abs() for c in cross[1:]), cross[0].abs()) * grow
+        pe = pe + t
+        own = own + pe.abs() * (1.01 * U)
+    if a_lo is not None and b_lo is not None:
+        own = own + (a_lo * b_lo).abs() * (1 + 2 * U)
+    hi, lo = two_sum(p, pe)
+    own = (own + 6 * TINY) * (1 + 4 * U)
+    e = (a.magnitude() * b.e + b.magnitude() * a.e + a.e * b.e + own) * (1 + 8 * U)
+    return Value(parts=[hi, lo], e=e, own=own)
+
+
+def _add(a: Value, b: Value, limbs: int, sign: float = 1.0) -> Value:
+    """a + sign b: the limbs of both distilled (exact up to the last limb's rounding, the own error);
+    with two limbs, the double-double addition (``_add2``)."""
+    import torch
+
+    if limbs == 2 and (sign == 1.0 or sign == -1.0):
+        fast = _add2(a, b, sign)
+        if fast is not None:
+            return fast
     parts, left = _distill([*a.parts, *(sign * p for p in b.parts)], limbs)
     own = torch.zeros_like(parts[0]) + TINY if left is None else left
     return Value(parts=parts, e=(a.e + b.e + own) * (1 + 2 * U), own=own)
@@ -998,8 +1075,13 @@ def _add(a: Value, b: Value, limbs: int, sign: float = 1.0) -> Value:
 def _mul(a: Value, b: Value, limbs: int) -> Value:
     """a b (broadcasting): TwoProduct of every pair of limbs whose orders sum below ``limbs`` (exact),
     the other pairs bounded by their magnitudes, all distilled. The inputs' distances move the
-    product by at most |a| E_b + |b| E_a + E_a E_b."""
+    product by at most |a| E_b + |b| E_a + E_a E_b. With two limbs, Dekker's product (``_mul2``)."""
     import torch
+
+    if limbs == 2:
+        fast = _mul2(a, b)
+        if fast is not None:
+            return fast
 
     parts: list[torch.Tensor] = []
     tail: torch.Tensor | None = None

@@ -535,4 +535,42 @@ def test_the_cost_model_counts_every_node_and_more_for_logistic_ones() -> None:
     four = PASSES_4 * 9.0 + 3 * (ENTRY_MACS["logistic"][4] + ENTRY_MACS["product"][4]) + sum(
         NODE_MACS[k][4] for k in (None, "logistic", "product"))
     assert evaluation_macs(g, shapes, 9.0, 4) == pytest.approx(four, rel=1e-15)
-    assert NODE_MACS["logistic"][2] / 4e9 > 0.04  # 48 ms measured a small Sigmoid node with two limbs
+    assert NODE_MACS["logistic"][4] / 4e9 > 0.05  # 49 to 55 ms measured a Sigmoid or Tanh node of 256 with four limbs
+
+
+def test_double_double_products_and_sums_enclose_the_exact_ones() -> None:
+    """Two limbs: ``_mul`` and ``_add`` (Dekker's product, the double-double sum) against exact
+    rationals, over 60 decades, both signs, zero and missing low limbs, inputs with their own
+    distances: every result within its e of the exact result of the inputs' sums moved by up to
+    their e, and the own error at most 16 u^2 of the operands. size."""
+    from stabaudit.analyses.precise import U, _add, _mul
+
+    rng = np.random.default_rng(7)
+    n = 400
+    hi = rng.standard_normal(n) * 10.0 ** rng.uniform(-30, 30, n)
+    lo = hi * rng.uniform(-1, 1, n) * 2.0**-53
+    lo[::7] = 0.0
+    e = np.abs(hi) * 2.0**-100 * (rng.random(n) < 0.5)
+
+    def value(h: np.ndarray, low: np.ndarray | None, err: np.ndarray) -> Value:
+        parts = [torch.from_numpy(h.copy())] + ([torch.from_numpy(low.copy())] if low is not None else [])
+        return Value(parts=parts, e=torch.from_numpy(err.copy()))
+
+    a = value(hi, lo, e)
+    b = value(np.roll(hi, 1), np.roll(lo, 1), np.roll(e, 1))
+    single = value(np.roll(hi, 2), None, np.zeros(n))  # a one-limb operand
+    for x, y in ((a, b), (a, single), (single, b)):
+        xs, ys = _exact_sum(x), _exact_sum(y)
+        for op in ("mul", "add", "sub"):
+            out = _mul(x, y, 2) if op == "mul" else _add(x, y, 2, 1.0 if op == "add" else -1.0)
+            assert len(out.parts) == 2 and out.own is not None
+            got = _exact_sum(out)
+            for i in range(n):
+                ex, ey = Fraction(float(x.e[i])), Fraction(float(y.e[i]))
+                size = abs(xs[i]) * abs(ys[i]) if op == "mul" else abs(xs[i]) + abs(ys[i])
+                exact = xs[i] * ys[i] if op == "mul" else xs[i] + (ys[i] if op == "add" else -ys[i])
+                assert abs(got[i] - exact) <= Fraction(float(out.own[i]))  # the node's own error
+                assert Fraction(float(out.own[i])) <= size * Fraction(16 * U * U) + Fraction(1e-280)
+                # the inputs anywhere within their distances: the worst corner
+                moved = (abs(xs[i]) * ey + abs(ys[i]) * ex + ex * ey) if op == "mul" else ex + ey
+                assert abs(got[i] - exact) + moved <= Fraction(float(out.e[i]))
