@@ -311,15 +311,11 @@ def _planned(ctx: _Ctx, graph: Graph, reach: set[str], readers: Mapping[str, lis
     return total + REVERSE_NODE_S * transposes if total > 0 else 0.0
 
 
-def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[str, Interval], *,
-                   pools: Mapping[str, Choice] | None = None, budget_s: float = math.inf,
-                   max_entries: int = MAX_ROW_ENTRIES) -> dict[str, Interval] | None:
-    """Tighter ranges, by back-substitution, of the inputs of the activations and max pools the
-    rules reach (and of the small values read beyond them), within ``ranges`` (enclosures of every
-    reached value over ``box``, e.g. ``analyses.ranges``); the other reached values keep their
-    given ranges, activations' and pools' outputs are recomputed from the tightened inputs. None
-    for a graph with several inputs, an infinite box, none of those values, or a planned cost
-    (``backsub_cost``) above ``budget_s``."""
+def _context(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[str, Interval],
+             pools: Mapping[str, Choice] | None) -> tuple[_Ctx, set[str], dict[str, list[Node]], int] | None:
+    """(the back-substitution's context, the reached values, each value's readers, the linear
+    nodes and moves whose transposes are built), or None for a graph with several inputs, an
+    infinite box or range, or a reached value without a range."""
     import torch
 
     if len(graph.inputs) != 1:
@@ -354,6 +350,38 @@ def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[st
                 per_out = int(np.prod(np.asarray(node.op.weight).shape[1:]))
             ctx.macs[node.output] = float(np.prod(shapes[node.output])) * per_out
     transposes = sum(isinstance(node.op, (*LINEAR, *MOVES)) for node in nodes)
+    return ctx, reach, readers, transposes
+
+
+def backsub_cost(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[str, Interval],
+                 pools: Mapping[str, Choice] | None = None) -> float | None:
+    """The counted seconds ``backsub_ranges`` plans on these ranges (it bounds the units they leave
+    across their kinks), or None where it does not apply."""
+    found = _context(graph, box, ranges, pools)
+    if found is None:
+        return None
+    ctx, reach, readers, transposes = found
+    return _planned(ctx, graph, reach, readers, transposes)
+
+
+def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[str, Interval], *,
+                   pools: Mapping[str, Choice] | None = None, budget_s: float = math.inf,
+                   max_entries: int = MAX_ROW_ENTRIES) -> dict[str, Interval] | None:
+    """Tighter ranges, by back-substitution, of the inputs of the activations and max pools the
+    rules reach (and of the small values read beyond them), within ``ranges`` (enclosures of every
+    reached value over ``box``, e.g. ``analyses.ranges``); the other reached values keep their
+    given ranges, activations' and pools' outputs are recomputed from the tightened inputs. None
+    for a graph with several inputs, an infinite box, none of those values, or a planned cost
+    (``backsub_cost``) above ``budget_s``."""
+    import torch
+
+    found = _context(graph, box, ranges, pools)
+    if found is None:
+        return None
+    ctx, reach, readers, transposes = found
+    spec = graph.inputs[0]
+    shapes = ctx.shapes
+    nodes = ctx.nodes
     if _planned(ctx, graph, reach, readers, transposes) > budget_s:
         return None
     spend(REVERSE_NODE_S * transposes)
@@ -392,4 +420,4 @@ def backsub_ranges(graph: Graph, box: Mapping[str, Interval], ranges: Mapping[st
     return {name: Interval(lo=ctx.lo[name].numpy().copy(), hi=ctx.hi[name].numpy().copy()) for name in reach}
 
 
-__all__ = ["MAX_BOUNDARY_UNITS", "MAX_ROW_ENTRIES", "backsub_ranges", "supported"]
+__all__ = ["MAX_BOUNDARY_UNITS", "MAX_ROW_ENTRIES", "backsub_cost", "backsub_ranges", "supported"]

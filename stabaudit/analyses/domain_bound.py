@@ -441,7 +441,7 @@ def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = m
     where its planned cost fits what is left of ``budget_s``. None where the interval pass itself
     (``interval_pass_cost``) does not fit: a large network whose tightened ranges the budget could
     not buy anyway."""
-    from stabaudit.analyses.backsub import backsub_ranges
+    from stabaudit.analyses.backsub import backsub_cost, backsub_ranges
     from stabaudit.analyses.crown import crown_cost, crown_ranges
     from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES
     from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES, patch_cost
@@ -464,9 +464,13 @@ def box_ranges(graph: Graph, box: Mapping[str, Interval], *, budget_s: float = m
     patches = MAX_PATCH_ENTRIES if max_patch_entries is None else max_patch_entries
     shapes = {k: tuple(v) for k, v in graph.shapes.items()}
     pools: dict[str, Any] = {}
-    # symbolic intervals: the work of about 1.5 interval Jacobians on receptive fields (measured)
+    # symbolic intervals (SYMBOLIC_PER_PATCH receptive-field Jacobians), only where the budget buys
+    # the back-substitution after them too: it is planned here on the interval ranges, which leave
+    # more units across their kinks than the symbolic ones will (back-substitution from the interval
+    # ranges is the better buy where both do not fit)
     planned = SYMBOLIC_PER_PATCH * patch_cost(graph, shapes, MAX_JACOBIAN_ENTRIES, patches, partial=True)
-    if patches > 0 and planned <= remaining(budget_s, since=start):
+    after = backsub_cost(graph, box, ranges) if patches > 0 else None
+    if patches > 0 and planned + (after or 0.0) <= remaining(budget_s, since=start):
         found = symbolic_ranges(graph, box, ranges, max_patch_entries=patches)
         if found is not None:
             ranges = {**ranges, **found.ranges}

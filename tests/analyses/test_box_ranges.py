@@ -173,3 +173,32 @@ def test_box_ranges_takes_each_step_within_its_budget() -> None:
     full = box_ranges(g, box)
     assert full is not None
     assert full[1] and _width(full[0], "y") < _width(plain, "y")
+
+
+def test_the_symbolic_step_is_taken_only_with_the_back_substitution_after_it() -> None:
+    # symbolic intervals are bought only where the back-substitution (planned on the interval
+    # ranges, which leave more units open) fits after them; else the back-substitution alone
+    from stabaudit.analyses.backsub import backsub_cost, backsub_ranges
+    from stabaudit.analyses.domain_bound import SYMBOLIC_PER_PATCH
+    from stabaudit.analyses.local import MAX_JACOBIAN_ENTRIES
+    from stabaudit.analyses.patch_jacobian import MAX_PATCH_ENTRIES, patch_cost
+
+    g = cnn(seed=1)
+    box = _box(g, np.random.default_rng(8).normal(size=162), 0.05)
+    plain = value_ranges(g, box)
+    first = interval_pass_cost(g)
+    after = backsub_cost(g, box, plain)
+    assert after is not None and after > 0
+    with ledger() as spent:
+        backed = backsub_ranges(g, box, plain)
+    assert backed is not None and 0 < spent[0] <= after  # it plans the open units of the given ranges
+    symbolic = SYMBOLIC_PER_PATCH * patch_cost(g, dict(g.shapes), MAX_JACOBIAN_ENTRIES, MAX_PATCH_ENTRIES, partial=True)
+    assert symbolic > 0
+    with ledger():
+        short = box_ranges(g, box, budget_s=first + after + 0.5 * symbolic)
+    assert short is not None and short[1] == {}  # no symbolic step (no pool choices), back-substituted
+    for name in backed:
+        np.testing.assert_array_equal(np.asarray(short[0][name].lo), np.asarray(backed[name].lo))
+    with ledger():
+        both = box_ranges(g, box, budget_s=first + symbolic + after)
+    assert both is not None and both[1]  # symbolic (the max pool's choices), then back-substitution
