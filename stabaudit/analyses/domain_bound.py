@@ -210,12 +210,15 @@ def bound_over_box(graph: Graph, op_bounds: Mapping[str, OpBound], box: Mapping[
                    ) -> tuple[float, bool, float, dict[str, OpBound]]:
     """(the composed bound over ``box``, certified, the composed layer gains (no linear regions:
     the depth profile's figure), the per-node bounds used); ``ranges_out`` receives the value
-    ranges over the box."""
+    ranges over the box. Always computed (the domain's certified bound), and counted as one
+    interval pass (``interval_pass_cost``: a ViT-S over pixels in [0, 1], 4.6 s counted, 3.9 s
+    taken with its per-operator rules)."""
     from stabaudit.analyses.composition import compose
     from stabaudit.analyses.crown import crown_ranges
     from stabaudit.analyses.ranges import value_ranges
     from stabaudit.bounds.ranged import ranged_bound
 
+    spend(interval_pass_cost(graph))
     ranges = value_ranges(graph, box)
     tight = crown_ranges(graph, box, ranges)  # a ReLU chain: back-substituted, inside the intervals
     if tight is not None:
