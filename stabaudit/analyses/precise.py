@@ -109,11 +109,11 @@ ENTRY_MACS = {
 # ... and per node, whatever its size: a node evaluated in limbs runs dozens of small tensor
 # operations (the exponential's Horner steps and squarings, each a product in limbs), so a graph of
 # many small nodes costs far more than its entries (measured on one core over chains of 20 dense
-# layers of 256 and activations: a Sigmoid or Tanh node 2.8 to 4.5 ms with two limbs and 49 to 55
-# ms with four, a product 0.1 and 1.6 ms, any other node 0.4 and 1.2 ms; an unrolled GRU of 877
-# nodes, 145 of them Sigmoid or Tanh: 0.65 s an evaluation with two limbs, 7.9 s with four)
+# layers of 256 and activations: a Sigmoid or Tanh node 2.8 to 4.5 ms with two limbs and 37 ms
+# with four, a product 0.1 and 1.3 ms, any other node 0.4 and 1.2 ms; an unrolled GRU of 877
+# nodes, 145 of them Sigmoid or Tanh: 0.65 s an evaluation with two limbs, 6.2 s with four)
 NODE_MACS: dict[str | None, dict[int, float]] = {
-    "logistic": {2: 1.8e7, 4: 2.2e8},
+    "logistic": {2: 1.8e7, 4: 1.6e8},
     "product": {2: 2.0e6, 4: 8.0e6},
     None: {2: 1.6e6, 4: 4.8e6},
 }
@@ -1073,9 +1073,11 @@ def _add(a: Value, b: Value, limbs: int, sign: float = 1.0) -> Value:
 
 
 def _mul(a: Value, b: Value, limbs: int) -> Value:
-    """a b (broadcasting): TwoProduct of every pair of limbs whose orders sum below ``limbs`` (exact),
-    the other pairs bounded by their magnitudes, all distilled. The inputs' distances move the
-    product by at most |a| E_b + |b| E_a + E_a E_b. With two limbs, Dekker's product (``_mul2``)."""
+    """a b (broadcasting): TwoProduct of every pair of limbs whose orders sum below ``limbs`` - 1
+    (exact), the pairs of order ``limbs`` - 1 as float64 products (each within 1.01 u of its
+    magnitude: the order of the last limb's own rounding), the other pairs bounded by their
+    magnitudes, all distilled. The inputs' distances move the product by at most
+    |a| E_b + |b| E_a + E_a E_b. With two limbs, Dekker's product (``_mul2``)."""
     import torch
 
     if limbs == 2:
@@ -1085,10 +1087,16 @@ def _mul(a: Value, b: Value, limbs: int) -> Value:
 
     parts: list[torch.Tensor] = []
     tail: torch.Tensor | None = None
+    rounded: torch.Tensor | None = None  # the products of the last order, rounded once each
     for i, p in enumerate(a.parts):
         for j, q in enumerate(b.parts):
-            if i + j < limbs:
+            if i + j < limbs - 1 or (i + j == limbs - 1 and limbs <= 2):
                 parts += list(two_prod(p, q))
+            elif i + j == limbs - 1:
+                # of the order of the last limb: fl(p q) within u |p q| <= 1.01 u |fl(p q)|
+                pq = p * q
+                parts.append(pq)
+                rounded = pq.abs() if rounded is None else rounded + pq.abs()
             else:
                 t = (p * q).abs()
                 tail = t if tail is None else tail + t
@@ -1097,6 +1105,8 @@ def _mul(a: Value, b: Value, limbs: int) -> Value:
     own = torch.zeros_like(out[0]) + TINY * (len(parts) + 1)
     if left is not None:
         own = own + left
+    if rounded is not None:
+        own = own + rounded * (1.01 * U * (1 + (len(a.parts) * len(b.parts) + 2) * U))
     if tail is not None:
         own = own + tail * (1 + (len(a.parts) * len(b.parts) + 2) * U)
     own = own * (1 + 4 * U)
