@@ -434,32 +434,19 @@ def _local_evidence(graph: Graph, samples: np.ndarray, request: AuditRequest, me
 
 
 def _local_balls(graph: Graph, samples: np.ndarray, eps: float, budget_s: float,
-                 patches: int) -> list[tuple[dict[str, Interval], float | None]]:
-    """Per sample, within ``budget_s`` of counted work in all: the ranges over its linf ball
-    (``domain_bound.box_ranges``) and the bound around a reference Jacobian over it
-    (``analyses.reference_jacobian``; None where it does not apply or its work is not bought).
-    Empty for a graph with several inputs (the interval Jacobian's own ranges stand)."""
-    from stabaudit.analyses.domain_bound import box_ranges
-    from stabaudit.analyses.plan import remaining, spent
-    from stabaudit.analyses.reference_jacobian import reference_bound
-    from stabaudit.bounds.base import Interval
+                 patches: int) -> list[tuple[dict[str, Interval] | None, float | None]]:
+    """Per sample, within ``budget_s`` of counted work in all (first come): the ranges
+    over its linf ball and the bound around a reference Jacobian over it
+    (``domain_bound.ball_references``; None where not bought or where it does not apply). Empty for
+    a graph with several inputs (the interval Jacobian's own ranges stand)."""
+    from stabaudit.analyses.domain_bound import ball_references
 
     if len(graph.inputs) != 1 or not (math.isfinite(eps) and eps > 0):
         return []
-    spec = graph.inputs[0]
     r = float(np.nextafter(eps, math.inf))
-    start = spent()
-    found: list[tuple[dict[str, Interval], float | None]] = []
-    for x in np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1):
-        centre = x.reshape(spec.shape)
-        box = {spec.name: Interval(lo=np.nextafter(centre - r, -math.inf), hi=np.nextafter(centre + r, math.inf))}
-        tightened = box_ranges(graph, box, budget_s=remaining(budget_s, since=start), max_patch_entries=patches)
-        if tightened is None:  # not even the interval pass fits: the local analysis's own ranges stand
-            return []
-        known, pools = tightened
-        ref = reference_bound(graph, known, pools, budget_s=remaining(budget_s, since=start))
-        found.append((known, ref.upper if ref is not None and math.isfinite(ref.upper) else None))
-    return found
+    flat = np.asarray(samples, dtype=np.float64).reshape(samples.shape[0], -1)
+    refs = ball_references(graph, [(x, r) for x in flat], max_patch_entries=patches, budget_s=budget_s)
+    return [(ref.ranges, ref.reference) for ref in refs]
 
 
 def _residual_evidence(
@@ -942,6 +929,7 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
         ball_references,
         domain_bound,
         domain_boxes,
+        enclosing_balls,
         jacobian_bound,
     )
     from stabaudit.analyses.domain_lower import domain_lower
@@ -976,8 +964,9 @@ def domain_bounds(request: AuditRequest, ev: AnalysisState) -> None:
     patches = _patch_entries(ev.memory_budget)
     # the ranges over each box and the reference-Jacobian bound within half of what is left, then
     # the interval Jacobian (counted) where what the stage has left buys it (before the pair search)
-    references = ball_references(loaded.graph, boxes, max_patch_entries=patches,
-                                 budget_s=JACOBIAN_SHARE * remaining(ev.budget_s))
+    balls = enclosing_balls(loaded.graph, boxes)
+    references = None if balls is None else ball_references(
+        loaded.graph, balls, max_patch_entries=patches, budget_s=JACOBIAN_SHARE * remaining(ev.budget_s))
     unbought = _jacobian_unbought(loaded.graph, patches, len(boxes.boxes), remaining(ev.budget_s))
     if unbought:
         notes.append(unbought)
